@@ -1,0 +1,3 @@
+from geossm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Serializers: irregular data -> packed sequences (``Serialization``)."""

@@ -1,0 +1,1 @@
+"""Tasks built on geossm: segmentation, detection, graph learning, events."""
