@@ -1,0 +1,114 @@
+"""Validation and canonicalisation shared by the public kernel functions.
+
+Only the public functions validate; backends receive canonical tensors (packed, contiguous,
+same device) and trust them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from geossm import _compat
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BACKENDS = ("torch", "numba", "triton")
+
+
+def check_tensor(name: str, value, *, ndims: tuple[int, ...], floating: bool = True) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is a tensor of one of ``ndims`` ranks."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and value.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float16 or bfloat16, got dtype {value.dtype}")
+    if value.dim() not in ndims:
+        ranks = " or ".join(str(n) for n in ndims)
+        raise ValueError(
+            f"{name} must have {ranks} dimensions, got shape {tuple(value.shape)}")
+
+
+def check_shape(name: str, value: torch.Tensor, expected: tuple[int, ...], what: str) -> None:
+    """Raise ``ValueError`` unless ``value.shape == expected``; ``what`` spells the expectation."""
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {what} = {tuple(expected)}, "
+                         f"got {tuple(value.shape)}")
+
+
+def check_same_device(reference: torch.Tensor, **tensors) -> None:
+    """Raise ``ValueError`` if any given tensor is on another device than ``reference``."""
+    for name, value in tensors.items():
+        if value is not None and value.device != reference.device:
+            raise ValueError(f"{name} must be on {reference.device} like the input, "
+                             f"got {value.device}")
+
+
+def canonical_cu_seqlens(cu_seqlens, total: int, device: torch.device) -> torch.Tensor:
+    """Validate ``cu_seqlens`` and return it as int32 on ``device``.
+
+    ``None`` means one segment over all ``total`` tokens. Checking the values needs a host
+    sync (skipped while ``torch.compile`` traces, where the values are not known).
+    """
+    if cu_seqlens is None:
+        return torch.tensor([0, total], dtype=torch.int32, device=device)
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got dtype {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError("cu_seqlens must be 1-D with at least 2 entries (S+1,), "
+                         f"got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens must be on {device} like the input, got {cu_seqlens.device}")
+    if not torch.compiler.is_compiling():
+        values = cu_seqlens.detach().cpu()
+        if int(values[0]) != 0:
+            raise ValueError(f"cu_seqlens must start with 0, got {int(values[0])}")
+        if int(values[-1]) != total:
+            raise ValueError(f"cu_seqlens must end with the number of tokens T={total}, "
+                             f"got {int(values[-1])}")
+        steps = values[1:] - values[:-1]
+        if bool((steps < 0).any()):
+            where = int(torch.nonzero(steps < 0)[0])
+            raise ValueError("cu_seqlens must be non-decreasing, got "
+                             f"cu_seqlens[{where}]={int(values[where])} > "
+                             f"cu_seqlens[{where + 1}]={int(values[where + 1])}")
+        if total >= 2**31:
+            raise ValueError(f"T={total} tokens do not fit int32 cu_seqlens (max {2**31 - 1})")
+    return cu_seqlens.to(torch.int32).contiguous()
+
+
+def resolve_backend(backend, device: torch.device) -> str:
+    """Pick the backend: triton for CUDA tensors, numba for CPU; validate an explicit choice."""
+    if backend is None:
+        if device.type == "cuda" and _compat.has_triton():
+            return "triton"
+        if device.type == "cpu" and _compat.has_numba():
+            return "numba"
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"backend='numba' needs CPU tensors, got tensors on {device}")
+    if backend == "triton":
+        interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        if device.type != "cuda" and not (interpret and device.type == "cpu"):
+            raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with "
+                             f"TRITON_INTERPRET=1), got tensors on {device}")
+        _compat.require("triton", "backend='triton'")
+    if backend == "numba":
+        _compat.require("numba", "backend='numba'")
+    return backend
+
+
+def segment_bounds(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token first and one-past-last token index of its segment.
+
+    Shapes: ``cu_seqlens: (S+1,)`` -> ``start, end: (T,)`` int64.
+    """
+    cu = cu_seqlens.long()
+    lengths = cu[1:] - cu[:-1]
+    start = torch.repeat_interleave(cu[:-1], lengths)
+    end = torch.repeat_interleave(cu[1:], lengths)
+    return start, end

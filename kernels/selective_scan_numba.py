@@ -1,0 +1,238 @@
+"""Selective scan on the CPU with numba: forward and backward kernels.
+
+Work decomposition: ``prange`` over (segment range × channel block) items. Segment ranges hold
+about the same number of tokens; a channel block never straddles two B/C groups, so the partial
+sums of dB/dC of one item never collide with another's. Within an item the state of its
+channels, ``(block, N)`` floats, stays in cache while the item walks its segments token by token.
+
+The backward pass needs ``h_{t-1}`` at every step in reverse order. It recomputes the forward
+recurrence once to keep the state at every ``CHUNK``-th token, then, chunk by chunk from the end,
+recomputes the chunk's states into a small buffer and back-propagates through them: memory stays
+``O(T/CHUNK)`` per item whatever the segment length, at the price of two forward recurrences.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+CHUNK = 64          # tokens between saved states in the backward pass
+CHANNEL_BLOCK = 16  # channels per work item
+SOFTPLUS_THRESHOLD = 20.0  # as torch.nn.functional.softplus: above it softplus(x) = x
+
+
+@njit(inline="always", fastmath=True)
+def _dt(raw, softplus):
+    if softplus and raw <= SOFTPLUS_THRESHOLD:
+        return math.log1p(math.exp(raw))
+    return raw
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _forward(u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
+             has_D, has_z, has_bias, has_init, softplus, reverse, out, final):
+    N = A.shape[1]
+    num_blocks = blocks.shape[0]
+    for item in prange((seg_ranges.shape[0] - 1) * num_blocks):
+        r, b = item // num_blocks, item % num_blocks
+        d0, d1, g = blocks[b, 0], blocks[b, 1], blocks[b, 2]
+        h = np.zeros((d1 - d0, N), dtype=np.float32)
+        for s in range(seg_ranges[r], seg_ranges[r + 1]):
+            start, end = cu[s], cu[s + 1]
+            for j in range(d1 - d0):
+                for n in range(N):
+                    h[j, n] = init[s, d0 + j, n] if has_init else 0.0
+            for k in range(end - start):
+                t = end - 1 - k if reverse else start + k
+                for j in range(d1 - d0):
+                    d = d0 + j
+                    dt = _dt(delta[t, d] + (bias[d] if has_bias else 0.0), softplus)
+                    ut = u[t, d]
+                    acc = 0.0
+                    for n in range(N):
+                        hn = math.exp(dt * A[d, n]) * h[j, n] + dt * B[t, g, n] * ut
+                        h[j, n] = hn
+                        acc += C[t, g, n] * hn
+                    y = acc + (Dskip[d] * ut if has_D else 0.0)
+                    if has_z:
+                        y *= z[t, d] / (1.0 + math.exp(-z[t, d]))
+                    out[t, d] = y
+            for j in range(d1 - d0):
+                for n in range(N):
+                    final[s, d0 + j, n] = h[j, n]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _backward(dout, dfinal, u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
+              has_D, has_z, has_bias, has_init, has_dfinal, softplus, reverse,
+              du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dinit):
+    N = A.shape[1]
+    num_blocks = blocks.shape[0]
+    for item in prange((seg_ranges.shape[0] - 1) * num_blocks):
+        r, b = item // num_blocks, item % num_blocks
+        d0, d1, g, jb = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
+        nd = d1 - d0
+        h = np.zeros((nd, N), dtype=np.float32)
+        grad = np.zeros((nd, N), dtype=np.float32)
+        states = np.zeros((CHUNK + 1, nd, N), dtype=np.float32)   # h at chunk steps 0..CHUNK
+        for s in range(seg_ranges[r], seg_ranges[r + 1]):
+            start, end = cu[s], cu[s + 1]
+            length = end - start
+            num_chunks = (length + CHUNK - 1) // CHUNK
+            saved = np.empty((max(num_chunks, 1), nd, N), dtype=np.float32)
+            for j in range(nd):
+                for n in range(N):
+                    h[j, n] = init[s, d0 + j, n] if has_init else 0.0
+                    grad[j, n] = dfinal[s, d0 + j, n] if has_dfinal else 0.0
+            # pass 1: states at the start of every chunk
+            for k in range(length):
+                if k % CHUNK == 0:
+                    saved[k // CHUNK] = h
+                t = end - 1 - k if reverse else start + k
+                for j in range(nd):
+                    d = d0 + j
+                    dt = _dt(delta[t, d] + (bias[d] if has_bias else 0.0), softplus)
+                    ut = u[t, d]
+                    for n in range(N):
+                        h[j, n] = math.exp(dt * A[d, n]) * h[j, n] + dt * B[t, g, n] * ut
+            # pass 2: chunks from the last, recompute states then back-propagate
+            for c in range(num_chunks - 1, -1, -1):
+                k0 = c * CHUNK
+                k1 = min(k0 + CHUNK, length)
+                states[0] = saved[c]
+                for k in range(k0, k1):
+                    t = end - 1 - k if reverse else start + k
+                    for j in range(nd):
+                        d = d0 + j
+                        dt = _dt(delta[t, d] + (bias[d] if has_bias else 0.0), softplus)
+                        ut = u[t, d]
+                        for n in range(N):
+                            states[k - k0 + 1, j, n] = (math.exp(dt * A[d, n]) * states[k - k0, j, n]
+                                                        + dt * B[t, g, n] * ut)
+                for k in range(k1 - 1, k0 - 1, -1):
+                    t = end - 1 - k if reverse else start + k
+                    i = k - k0
+                    for j in range(nd):
+                        d = d0 + j
+                        raw = delta[t, d] + (bias[d] if has_bias else 0.0)
+                        dt = _dt(raw, softplus)
+                        ut = u[t, d]
+                        go = dout[t, d]
+                        if has_z:
+                            zt = z[t, d]
+                            sig = 1.0 / (1.0 + math.exp(-zt))
+                            acc = 0.0
+                            for n in range(N):
+                                acc += C[t, g, n] * states[i + 1, j, n]
+                            y = acc + (Dskip[d] * ut if has_D else 0.0)
+                            dz[t, d] = go * y * sig * (1.0 + zt * (1.0 - sig))
+                            dy = go * zt * sig
+                        else:
+                            dy = go
+                        du_t = dy * Dskip[d] if has_D else 0.0
+                        if has_D:
+                            dD_part[r, d] += dy * ut
+                        ddt = 0.0
+                        for n in range(N):
+                            hn = states[i + 1, j, n]
+                            hp = states[i, j, n]
+                            dC_part[jb, t, g, n] += dy * hn
+                            gn = grad[j, n] + dy * C[t, g, n]
+                            decay = math.exp(dt * A[d, n])
+                            dB_part[jb, t, g, n] += gn * dt * ut
+                            du_t += gn * dt * B[t, g, n]
+                            dA_part[r, d, n] += gn * dt * decay * hp
+                            ddt += gn * (B[t, g, n] * ut + A[d, n] * decay * hp)
+                            grad[j, n] = gn * decay
+                        if softplus and raw <= SOFTPLUS_THRESHOLD:
+                            ddt *= 1.0 / (1.0 + math.exp(-raw))
+                        du[t, d] = du_t
+                        ddelta[t, d] = ddt
+                        if has_bias:
+                            dbias_part[r, d] += ddt
+            for j in range(nd):
+                for n in range(N):
+                    dinit[s, d0 + j, n] = grad[j, n]
+
+
+def _work_split(cu: np.ndarray, channels: int, groups: int):
+    """Segment ranges of roughly equal token counts and group-aligned channel blocks.
+
+    Returns ``seg_ranges (R+1,) int64`` (segment indices) and ``blocks (NB, 4) int64`` rows
+    ``(first channel, end channel, group, block index within the group)``.
+    """
+    num_segments = cu.shape[0] - 1
+    per_group = channels // groups
+    block = min(CHANNEL_BLOCK, per_group)
+    blocks = [(g * per_group + j * block, min(g * per_group + (j + 1) * block, (g + 1) * per_group), g, j)
+              for g in range(groups) for j in range((per_group + block - 1) // block)]
+    blocks = np.asarray(blocks, dtype=np.int64)
+    wanted = max(1, 4 * numba.get_num_threads() // max(1, len(blocks)) + 1)
+    num_ranges = max(1, min(num_segments, wanted))
+    targets = np.linspace(0, cu[-1], num_ranges + 1)[1:-1]
+    inner = np.searchsorted(cu, targets, side="left")
+    seg_ranges = np.unique(np.concatenate([[0], inner, [num_segments]])).astype(np.int64)
+    return seg_ranges, blocks
+
+
+def _np32(x: torch.Tensor | None, empty_dims: int) -> np.ndarray:
+    """float32 contiguous numpy view of ``x`` (or an empty placeholder of ``empty_dims`` ranks)."""
+    if x is None:
+        return np.zeros((0,) * empty_dims, dtype=np.float32)
+    return x.detach().float().contiguous().numpy()
+
+
+def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
+                       delta_softplus: bool, reverse: bool):
+    """Forward kernel: returns ``(out (T, D) in u.dtype, final_state (S, D, N) float32)``."""
+    T, channels = u.shape
+    groups, N = B.shape[1], B.shape[2]
+    cu = cu_seqlens.detach().cpu().numpy().astype(np.int64)
+    seg_ranges, blocks = _work_split(cu, channels, groups)
+    out = np.empty((T, channels), dtype=np.float32)
+    final = np.empty((cu.shape[0] - 1, channels, N), dtype=np.float32)
+    _forward(_np32(u, 2), _np32(delta, 2), _np32(A, 2), _np32(B, 3), _np32(C, 3), _np32(D, 1),
+             _np32(z, 2), _np32(delta_bias, 1), cu, _np32(initial_state, 3), seg_ranges, blocks,
+             D is not None, z is not None, delta_bias is not None, initial_state is not None,
+             bool(delta_softplus), bool(reverse), out, final)
+    return torch.from_numpy(out).to(u.dtype), torch.from_numpy(final)
+
+
+def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens,
+                       initial_state, delta_softplus: bool, reverse: bool):
+    """Backward kernel: returns ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)``.
+
+    ``None`` for each input that is ``None``; every gradient is float32.
+    """
+    T, channels = u.shape
+    groups, N = B.shape[1], B.shape[2]
+    cu = cu_seqlens.detach().cpu().numpy().astype(np.int64)
+    num_segments = cu.shape[0] - 1
+    seg_ranges, blocks = _work_split(cu, channels, groups)
+    blocks_per_group = int(blocks[:, 3].max()) + 1
+    num_ranges = seg_ranges.shape[0] - 1
+    du = np.empty((T, channels), dtype=np.float32)
+    ddelta = np.empty((T, channels), dtype=np.float32)
+    dz = np.empty((T, channels) if z is not None else (0, 0), dtype=np.float32)
+    dA_part = np.zeros((num_ranges, channels, N), dtype=np.float32)
+    dB_part = np.zeros((blocks_per_group, T, groups, N), dtype=np.float32)
+    dC_part = np.zeros((blocks_per_group, T, groups, N), dtype=np.float32)
+    dD_part = np.zeros((num_ranges, channels), dtype=np.float32)
+    dbias_part = np.zeros((num_ranges, channels), dtype=np.float32)
+    dinit = np.empty((num_segments, channels, N), dtype=np.float32)
+    _backward(_np32(dout, 2), _np32(dfinal_state, 3), _np32(u, 2), _np32(delta, 2), _np32(A, 2),
+              _np32(B, 3), _np32(C, 3), _np32(D, 1), _np32(z, 2), _np32(delta_bias, 1), cu,
+              _np32(initial_state, 3), seg_ranges, blocks,
+              D is not None, z is not None, delta_bias is not None, initial_state is not None,
+              dfinal_state is not None, bool(delta_softplus), bool(reverse),
+              du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dinit)
+    as_torch = torch.from_numpy
+    return (as_torch(du), as_torch(ddelta), as_torch(dA_part.sum(0)), as_torch(dB_part.sum(0)),
+            as_torch(dC_part.sum(0)), as_torch(dD_part.sum(0)) if D is not None else None,
+            as_torch(dz) if z is not None else None,
+            as_torch(dbias_part.sum(0)) if delta_bias is not None else None,
+            as_torch(dinit) if initial_state is not None else None)
