@@ -1,1 +1,31 @@
-"""Serializers: irregular data -> packed sequences (``Serialization``)."""
+"""Serializers: irregular data -> packed sequences (``Serialization``).
+
+Layers consume one structure, ``Serialization(order, inverse, cu_seqlens, extras)``, and do
+``y = scan(x[order], cu_seqlens)[inverse]``. Constructors here build it for
+
+- points and voxels along space-filling curves (``serialize``, ``serialize_multi``,
+  ``encode`` / ``decode`` for ten orders) with PTv3 serialized pooling;
+- LiDAR voxels in LION window groups (``window_groups``);
+- graphs: random-walk neighbourhood tokens and degree ordering (``random_walk_tokens``,
+  ``degree_order``);
+- event streams (``geossm.serialization.events``: tonic-compatible slicers, frames, voxel grids,
+  time surfaces, ``serialize_events``).
+"""
+
+from .curves import ORDERS, coarsen, decode, encode, fit_depth
+from .graph import NeighbourhoodTokens, degree_order, random_walk_tokens, random_walks, to_csr
+from .points import (Pooling, grid_coordinates, serialize, serialize_grid, serialize_multi,
+                     serialized_pooling)
+from .structure import (InsertedTokens, Serialization, apply, batch_to_cu_seqlens,
+                        cu_seqlens_to_batch, insert_tokens, undo)
+from .windows import window_groups
+
+__all__ = [
+    "ORDERS", "encode", "decode", "coarsen", "fit_depth",
+    "Serialization", "batch_to_cu_seqlens", "cu_seqlens_to_batch", "apply", "undo",
+    "insert_tokens", "InsertedTokens",
+    "serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
+    "serialized_pooling", "Pooling",
+    "window_groups",
+    "random_walk_tokens", "random_walks", "NeighbourhoodTokens", "degree_order", "to_csr",
+]

@@ -1,0 +1,244 @@
+"""Graph serializations: random-walk neighbourhood tokens (Graph Mamba Networks) and degree
+ordering (Graph-Mamba).
+
+Graph Mamba Networks (Behrouz & Hashemi, KDD 2024) turn every node ``v`` into a sequence of
+tokens: for each walk length ``m̂ = 1..m`` they sample ``M`` random walks of length ``m̂`` from
+``v`` and take the set of visited nodes (the induced subgraph) as a token; tokens run from the
+largest neighbourhood to ``v`` itself, so the SSM reads the node last. Graph-Mamba (Wang et al.,
+2024) instead orders the nodes of every graph by degree with random tie-breaking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .structure import Serialization, _unchecked, batch_to_cu_seqlens
+
+__all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "to_csr", "random_walks"]
+
+
+def _check_graph(edge_index, num_nodes) -> None:
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        raise ValueError(f"num_nodes: expected a non-negative int, got {num_nodes!r}")
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"edge_index: expected a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index: expected shape (2, E), got {tuple(edge_index.shape)}")
+    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
+        raise ValueError(f"edge_index: expected an integer tensor, got dtype {edge_index.dtype}")
+    if edge_index.numel():
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(
+                f"edge_index: expected node ids in [0, num_nodes={num_nodes}), got [{lo}, {hi}]"
+            )
+
+
+def to_csr(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """Out-neighbour lists: ``(rowptr (n+1,) long, col (E,) long)``, neighbours sorted by id.
+
+    Edges go ``edge_index[0] -> edge_index[1]``; store both directions for undirected graphs
+    (PyG's convention).
+    """
+    _check_graph(edge_index, num_nodes)
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    perm = torch.sort(src * num_nodes + dst, stable=True).indices
+    col = dst[perm]
+    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=edge_index.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=num_nodes), 0)
+    return rowptr, col
+
+
+def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
+                 generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
+    """Uniform random walks, all advanced together (vectorised torch, CPU or CUDA).
+
+    ``walk[:, 0] = start``; ``walk[:, i+1] = col[rowptr[c] + floor(u[:, i] · deg(c))]`` for the
+    current node ``c``; a node without out-neighbours stays where it is.
+
+    Args:
+        rowptr, col: CSR from ``to_csr``.
+        start: ``(W,)`` start nodes.
+        length: number of steps.
+        generator: torch generator for the uniforms (on ``start``'s device).
+        u: ``(W, length)`` uniforms in [0, 1) to use instead of drawing (for tests).
+
+    Returns:
+        ``walk: (W, length + 1) long``.
+    """
+    w = start.numel()
+    if u is None:
+        u = torch.rand((w, length), generator=generator, device=start.device, dtype=torch.float64)
+    out = torch.empty((w, length + 1), dtype=torch.long, device=start.device)
+    cur = start.long()
+    out[:, 0] = cur
+    for i in range(length):
+        lo = rowptr[cur]
+        deg = rowptr[cur + 1] - lo
+        # float rounding can make u·deg == deg; clamp keeps the pick inside the list.
+        pick = torch.minimum((u[:, i] * deg).long(), (deg - 1).clamp_min(0))
+        nxt = col[(lo + pick).clamp_max(max(col.numel() - 1, 0))] if col.numel() else cur
+        cur = torch.where(deg > 0, nxt, cur)
+        out[:, i + 1] = cur
+    return out
+
+
+@dataclass(frozen=True)
+class NeighbourhoodTokens:
+    """Random-walk neighbourhood tokens of every node, packed node by node.
+
+    ``K = n·(m·s + 1)`` tokens; node ``v`` owns tokens ``v·(m·s+1) ... (v+1)·(m·s+1) - 1``:
+    ``s`` tokens of walk length ``m``, then ``s`` of length ``m-1``, ..., ``s`` of length 1, and
+    last the node itself (length 0).
+
+    Shapes::
+
+        ptr:        (K+1,) long   CSR row pointer: members of token k are index[ptr[k]:ptr[k+1]]
+        index:      (nnz,) long   member node ids (sorted within a token)
+        token:      (nnz,) long   token of every member (PyG ``scatter(x[index], token, ...)``)
+        center:     (K,)   long   node whose sequence holds the token
+        length:     (K,)   long   walk length m̂ of the token (0 = the node itself)
+        cu_seqlens: (n+1,) int32  token sequences per node (all of length m·s + 1)
+        walks:      (n, m, s, M, m+1) long or None: the sampled walks (``return_walks=True``);
+                    walks of length m̂ = m - b are ``walks[:, b, :, :, :m̂+1]``
+    """
+
+    ptr: Tensor
+    index: Tensor
+    token: Tensor
+    center: Tensor
+    length: Tensor
+    cu_seqlens: Tensor
+    num_nodes: int
+    walks: Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.center.numel()
+
+    def aggregate(self, x: Tensor, reduce: str = "mean") -> Tensor:
+        """Token features from node features: ``(n, *F) -> (K, *F)``, reduced over members.
+
+        ``reduce`` in ``"mean"``, ``"sum"``, ``"max"``, ``"min"`` (torch ``scatter_reduce``;
+        equal to ``torch_geometric.utils.scatter(x[index], token, 0, K, reduce)``).
+        """
+        if reduce not in ("mean", "sum", "max", "min"):
+            raise ValueError(f"reduce: expected 'mean', 'sum', 'max' or 'min', got {reduce!r}")
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != self.num_nodes:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected shape ({self.num_nodes}, ...), got {got}")
+        src = x.index_select(0, self.index)
+        idx = self.token.view(-1, *([1] * (x.dim() - 1))).expand_as(src)
+        out = x.new_zeros((self.num_tokens, *x.shape[1:]))
+        name = {"mean": "mean", "sum": "sum", "max": "amax", "min": "amin"}[reduce]
+        return out.scatter_reduce(0, idx, src, name, include_self=False)
+
+    def serialization(self) -> Serialization:
+        """The tokens as packed sequences (identity order, one segment per node)."""
+        ident = torch.arange(self.num_tokens, device=self.center.device)
+        return _unchecked(ident, ident.clone(), self.cu_seqlens,
+                          {"center": self.center, "length": self.length})
+
+
+def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num_walks: int,
+                       repeats: int = 1, generator: torch.Generator | None = None,
+                       return_walks: bool = False) -> NeighbourhoodTokens:
+    """Graph Mamba Networks' neighbourhood tokens from uniform random walks.
+
+    For node ``v``, walk length ``m̂ in 1..m`` and repeat ``r in 1..s``: sample ``M`` walks of
+    ``m̂`` steps from ``v``; the token is the set of nodes they visit (``v`` included). The
+    ``s`` repeats of one length are i.i.d., so their order is already a uniform shuffle. The
+    sequence of ``v`` is ``[T_m^(1..s), ..., T_1^(1..s), {v}]`` (length ``m·s + 1``).
+
+    Args:
+        edge_index: ``(2, E)`` edges ``src -> dst`` (both directions for undirected graphs).
+        num_nodes: ``n``.
+        walk_length: ``m >= 1``.
+        num_walks: ``M >= 1`` walks per token.
+        repeats: ``s >= 1`` tokens per walk length, default 1.
+        generator: torch generator on ``edge_index``'s device, default None (global RNG).
+        return_walks: keep the sampled walks in the result, default False.
+
+    Returns:
+        ``NeighbourhoodTokens``. Host syncs: input checks and the deduplication size.
+    """
+    _check_graph(edge_index, num_nodes)
+    for name, v in (("walk_length", walk_length), ("num_walks", num_walks), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    n, m, big_m, s = num_nodes, walk_length, num_walks, repeats
+    dev = edge_index.device
+    per = m * s + 1
+    k = n * per
+    rowptr, col = to_csr(edge_index, n)
+    nodes = torch.arange(n, device=dev)
+    keys = [(nodes * per + m * s) * n + nodes]
+    walks_out = (torch.empty((n, m, s, big_m, m + 1), dtype=torch.long, device=dev)
+                 if return_walks else None)
+    for b in range(m):
+        steps = m - b
+        start = nodes.repeat_interleave(s * big_m)
+        walk = random_walks(rowptr, col, start, steps, generator)
+        slot = torch.arange(s, device=dev).repeat_interleave(big_m).repeat(n)
+        tok = start * per + b * s + slot
+        keys.append((tok[:, None] * n + walk).reshape(-1))
+        if walks_out is not None:
+            walks_out[:, b, :, :, : steps + 1] = walk.view(n, s, big_m, steps + 1)
+            walks_out[:, b, :, :, steps + 1:] = -1
+    uniq = torch.unique(torch.cat(keys))
+    token = uniq // n if n else uniq
+    index = uniq - token * n
+    ptr = torch.zeros(k + 1, dtype=torch.long, device=dev)
+    ptr[1:] = torch.cumsum(torch.bincount(token, minlength=k), 0)
+    center = torch.arange(n, device=dev).repeat_interleave(per)
+    slot_len = torch.cat([torch.arange(m, 0, -1, device=dev).repeat_interleave(s),
+                          torch.zeros(1, dtype=torch.long, device=dev)])
+    length = slot_len.repeat(n)
+    cu = (torch.arange(n + 1, device=dev) * per).to(torch.int32)
+    return NeighbourhoodTokens(ptr, index, token, center, length, cu, n, walks_out)
+
+
+def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
+                 noise: bool = True, generator: torch.Generator | None = None) -> Serialization:
+    """Nodes of every graph sorted by degree ascending (Graph-Mamba's node prioritisation).
+
+    ``key = deg(v) + ε_v``, ``ε ~ U(0, 1)`` when ``noise`` (ties broken at random, degrees
+    never reordered), else ties by node id; nodes sorted by ``(batch, key)``.
+    ``deg(v)`` counts the edges with ``edge_index[0] == v`` (equal to the degree for undirected
+    graphs stored in both directions).
+
+    Args:
+        edge_index: ``(2, E)``.
+        num_nodes: ``n``.
+        batch: ``(n,)`` graph of every node (PyG's ``batch``), default None (one graph).
+        noise: add U(0,1) tie-breaking noise, default True.
+        generator: torch generator for the noise, default None.
+
+    Returns:
+        ``Serialization`` with one segment per graph and extras ``degree (n,)``, ``batch (n,)``.
+        Host syncs: input checks and the number of graphs.
+    """
+    _check_graph(edge_index, num_nodes)
+    dev = edge_index.device
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
+        num_graphs = 1
+    else:
+        if not isinstance(batch, Tensor):
+            raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+        if batch.shape != (num_nodes,):
+            raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
+        num_graphs = None
+    deg = torch.bincount(edge_index[0].long(), minlength=num_nodes)
+    key = deg.to(torch.float64)
+    if noise:
+        key = key + torch.rand(num_nodes, generator=generator, device=dev, dtype=torch.float64)
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort(batch.long()[order], stable=True).indices]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(num_nodes, device=dev)
+    cu = batch_to_cu_seqlens(batch, num_graphs)
+    return _unchecked(order, inverse, cu, {"degree": deg, "batch": batch.long()})

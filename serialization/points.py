@@ -1,0 +1,261 @@
+"""Point and voxel serialization along space-filling curves, and serialized pooling (PTv3).
+
+``serialize`` quantises coordinates to a grid, encodes each cell along a curve (``curves``) with
+the sample index in the top bits, and sorts: one segment per sample, points of a sample in curve
+order, ties (points in the same cell) by source index.
+
+``serialized_pooling`` coarsens codes by ``3·k`` bits (``k`` levels of a ``2^k`` stride): points
+with the same parent code form one cluster, and the parents come out already serialized, so a
+U-Net goes down and up without kNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .curves import ORDERS, _check_order, _encode_checked, _encode_curve, coarsen, decode, fit_depth
+from .structure import Serialization, _unchecked, batch_to_cu_seqlens
+
+__all__ = ["serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
+           "serialized_pooling", "Pooling"]
+
+
+def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
+    """Quantise coordinates: ``grid_coord = floor((coord - coord.min(0)) / grid_size)``.
+
+    Args:
+        coord: ``(N, 3)`` real coordinates (x, y, z).
+        grid_size: cell edge, a positive float or a ``(3,)`` sequence / tensor (per axis).
+
+    Returns:
+        ``grid_coord: (N, 3) int64``, non-negative. One host sync (the minimum is a tensor op;
+        the grid_size check reads it).
+    """
+    if not isinstance(coord, Tensor):
+        raise TypeError(f"coord: expected a torch.Tensor, got {type(coord).__name__}")
+    if coord.dim() != 2 or coord.shape[1] != 3:
+        raise ValueError(f"coord: expected shape (N, 3), got {tuple(coord.shape)}")
+    if coord.dtype.is_complex or coord.dtype == torch.bool:
+        raise TypeError(f"coord: expected a real tensor, got dtype {coord.dtype}")
+    dtype = coord.dtype if coord.dtype.is_floating_point else torch.float64
+    gs = torch.as_tensor(grid_size, dtype=dtype, device=coord.device).reshape(-1)
+    if gs.numel() not in (1, 3):
+        raise ValueError(f"grid_size: expected a float or 3 values, got {gs.numel()} values")
+    if not bool((gs > 0).all()) or not bool(torch.isfinite(gs).all()):
+        raise ValueError(f"grid_size: expected positive finite values, got {gs.tolist()}")
+    c = coord.to(dtype)
+    if coord.shape[0] == 0:
+        return torch.zeros((0, 3), dtype=torch.long, device=coord.device)
+    if not bool(torch.isfinite(c).all()):
+        raise ValueError("coord: expected finite coordinates, got NaN or inf")
+    return torch.floor((c - c.min(0).values) / gs).long()
+
+
+def _resolve_batch(batch, n: int, device) -> Tensor | None:
+    if batch is None:
+        return None
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+    if batch.shape != (n,):
+        raise ValueError(f"batch: expected shape ({n},), got {tuple(batch.shape)}")
+    if batch.device != device:
+        raise ValueError(f"batch: expected device {device}, got {batch.device}")
+    return batch
+
+
+def serialize_grid(grid_coord: Tensor, order: str = "hilbert", batch: Tensor | None = None,
+                   depth: int | None = None, num_samples: int | None = None) -> Serialization:
+    """Serialize integer grid cells along one curve, one segment per sample.
+
+    ``order = stable argsort(encode(grid_coord, order, batch, depth))``: samples ascending
+    (sample bits are on top), curve order inside, ties by source index.
+
+    Args:
+        grid_coord: ``(N, 3)`` non-negative integers (x, y, z).
+        order: one of ``ORDERS``, default ``"hilbert"``.
+        batch: ``(N,)`` sample index, default None (one sample).
+        depth: bits per axis, default the fewest that fit.
+        num_samples: number of segments ``S``, default ``batch.max() + 1`` (1 without batch).
+
+    Returns:
+        ``Serialization`` with extras ``code (N,)`` (source order), ``grid_coord (N, 3)``,
+        ``batch (N,)`` and ``depth`` (0-D int64). Host syncs: the input checks of ``encode``.
+    """
+    if batch is not None and not isinstance(batch, Tensor):
+        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+    code, depth = _encode_checked(grid_coord, order, batch, depth)
+    return _from_code(code, grid_coord, batch, depth, num_samples)
+
+
+def _from_code(code: Tensor, grid_coord: Tensor, batch: Tensor | None, depth: int,
+               num_samples: int | None) -> Serialization:
+    n = code.numel()
+    dev = code.device
+    order = torch.sort(code, stable=True).indices
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n, device=dev)
+    if batch is None:
+        batch = torch.zeros(n, dtype=torch.long, device=dev)
+        if num_samples is None:
+            num_samples = 1
+    cu = batch_to_cu_seqlens(batch, num_samples)
+    extras = {"code": code, "grid_coord": grid_coord.long(), "batch": batch.long(),
+              "depth": torch.tensor(depth, dtype=torch.long)}
+    return _unchecked(order, inverse, cu, extras)
+
+
+def serialize(coord: Tensor, grid_size, order: str = "hilbert", batch: Tensor | None = None,
+              depth: int | None = None) -> Serialization:
+    """Serialize a (batched) point cloud along a space-filling curve.
+
+    ``grid_coord = floor((coord - coord.min(0)) / grid_size)``, then ``serialize_grid``.
+
+    Args:
+        coord: ``(N, 3)`` coordinates (x, y, z).
+        grid_size: cell edge (float or per-axis ``(3,)``).
+        order: one of ``ORDERS`` (``"z"``, ``"z-trans"``, ``"hilbert"``, ``"hilbert-trans"``,
+            ``"xyz"`` ... ``"zyx"``), default ``"hilbert"``.
+        batch: ``(N,)`` sample index, default None (one sample). Need not be sorted.
+        depth: bits per axis, default the fewest that fit.
+
+    Returns:
+        ``Serialization`` (``S = batch.max() + 1`` segments) with extras ``code``,
+        ``grid_coord``, ``batch``, ``depth``. A few host syncs (input checks, depth, S).
+
+    Shapes: ``coord: (N, 3)``, ``batch: (N,)`` -> ``order, inverse: (N,)``, ``cu_seqlens: (S+1,)``.
+    """
+    _check_order(order)
+    return serialize_grid(grid_coordinates(coord, grid_size), order, batch, depth)
+
+
+def serialize_multi(coord: Tensor, grid_size, orders: Sequence[str] = ("z", "z-trans", "hilbert",
+                    "hilbert-trans"), batch: Tensor | None = None,
+                    depth: int | None = None) -> tuple[Serialization, ...]:
+    """``serialize`` for several orders at once, sharing quantisation and checks.
+
+    PTv3 shuffles four orders across its blocks; Point Cloud Mamba cycles traverse orders.
+
+    Returns:
+        one ``Serialization`` per entry of ``orders``, in that order.
+    """
+    if isinstance(orders, str) or not isinstance(orders, Sequence) or len(orders) == 0:
+        raise ValueError(f"orders: expected a non-empty sequence of names from {ORDERS}, got {orders!r}")
+    for o in orders:
+        _check_order(o)
+    grid = grid_coordinates(coord, grid_size)
+    batch = _resolve_batch(batch, grid.shape[0], grid.device)
+    if depth is None:
+        depth = fit_depth(grid)
+    num_samples = None
+    if batch is not None and batch.numel():
+        num_samples = int(batch.max()) + 1
+    first = serialize_grid(grid, orders[0], batch, depth, num_samples)
+    out = [first]
+    for o in orders[1:]:
+        # Inputs were checked by the first encode; skip re-validation for the others.
+        code = _encode_curve(grid, o, depth)
+        if batch is not None:
+            code = code | (batch.long() << (3 * depth))
+        out.append(_from_code(code, grid, batch, depth, num_samples))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Parents of a serialized pooling step and the maps between children and parents.
+
+    Shapes (``N`` children, ``M`` parents)::
+
+        cluster:       (N,)   long  parent of every child (source index order)
+        counts:        (M,)   long  children per parent
+        code:          (M,)   int64 parent codes at depth ``depth``
+        grid_coord:    (M, 3) int64 parent cells (child cell >> levels)
+        batch:         (M,)   long  sample of every parent
+        head:          (M,)   long  one child (the first in code order) of every parent
+        serialization: Serialization over the parents (already in curve order: identity order)
+    """
+
+    cluster: Tensor
+    counts: Tensor
+    code: Tensor
+    grid_coord: Tensor
+    batch: Tensor
+    head: Tensor
+    depth: int
+    order: str
+    serialization: Serialization
+
+    def pool(self, x: Tensor, reduce: str = "mean") -> Tensor:
+        """Children features -> parent features: ``(N, *F) -> (M, *F)``.
+
+        ``reduce`` in ``"mean"``, ``"sum"``, ``"max"``, ``"min"`` (torch ``scatter_reduce``).
+        """
+        if reduce not in ("mean", "sum", "max", "min"):
+            raise ValueError(f"reduce: expected 'mean', 'sum', 'max' or 'min', got {reduce!r}")
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != self.cluster.numel():
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x: expected shape ({self.cluster.numel()}, ...), got {got}")
+        m = self.counts.numel()
+        idx = self.cluster.view(-1, *([1] * (x.dim() - 1))).expand_as(x)
+        out = x.new_zeros((m, *x.shape[1:]))
+        name = {"mean": "mean", "sum": "sum", "max": "amax", "min": "amin"}[reduce]
+        return out.scatter_reduce(0, idx, x, name, include_self=False)
+
+    def unpool(self, y: Tensor) -> Tensor:
+        """Parent features -> children: ``y[cluster]``, ``(M, *F) -> (N, *F)``."""
+        if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != self.counts.numel():
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"y: expected shape ({self.counts.numel()}, ...), got {got}")
+        return y.index_select(0, self.cluster)
+
+
+def serialized_pooling(code: Tensor, order: str, depth: int, levels: int = 1,
+                       num_samples: int | None = None) -> Pooling:
+    """PTv3 serialized pooling: parents are the cells of the ``2^levels`` coarser grid.
+
+    ``parent_code = coarsen(code, order, depth, levels)`` (``code >> 3·levels`` for z/hilbert),
+    ``cluster = unique(parent_code, return_inverse)``; parents sorted by code, i.e. already in
+    curve order, so their serialization has the identity order and one segment per sample.
+
+    Args:
+        code: ``(N,)`` int64 from ``encode`` / ``serialize`` (``ser.extras["code"]``).
+        order: the order the codes were made with.
+        depth: bits per axis of ``code`` (``int(ser.extras["depth"])``).
+        levels: ``k``, default 1 (stride 2).
+        num_samples: segments of the parents' serialization, default ``max sample + 1``.
+
+    Returns:
+        ``Pooling``. Host syncs: ``torch.unique`` (output size) and ``num_samples``.
+    """
+    _check_order(order)
+    if not isinstance(code, Tensor) or code.dim() != 1:
+        got = tuple(code.shape) if isinstance(code, Tensor) else type(code).__name__
+        raise ValueError(f"code: expected a (N,) int64 tensor, got {got}")
+    if not isinstance(depth, int) or not 1 <= depth <= 21:
+        raise ValueError(f"depth: expected an int in [1, 21], got {depth!r}")
+    parent = coarsen(code, order, depth, levels)
+    pdepth = depth - levels
+    uniq, cluster, counts = torch.unique(parent, sorted=True, return_inverse=True,
+                                         return_counts=True)
+    m = uniq.numel()
+    grid, batch = decode(uniq, order, pdepth)
+    # The first child in code order: smallest (code, index) among the cluster's members.
+    n = code.numel()
+    child_order = torch.sort(code, stable=True).indices
+    first_pos = torch.full((m,), n, dtype=torch.long, device=code.device)
+    pos = torch.empty_like(child_order)
+    pos[child_order] = torch.arange(n, device=code.device)
+    first_pos = first_pos.scatter_reduce(0, cluster, pos, "amin", include_self=True)
+    head = child_order[first_pos] if n else first_pos
+    if num_samples is None:
+        num_samples = int(batch.max()) + 1 if m else 0
+    cu = batch_to_cu_seqlens(batch, num_samples)
+    ident = torch.arange(m, device=code.device)
+    ser = _unchecked(ident, ident.clone(), cu, {
+        "code": uniq, "grid_coord": grid, "batch": batch,
+        "depth": torch.tensor(pdepth, dtype=torch.long)})
+    return Pooling(cluster, counts, uniq, grid, batch, head, pdepth, order, ser)
