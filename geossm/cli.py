@@ -1,11 +1,208 @@
-"""The ``geossm`` command line (placeholder until the engine lands)."""
+"""The ``geossm`` command line (also ``python -m geossm``).
+
+::
+
+    geossm train [CONFIG] [key.sub=value ...]          # no CONFIG: configs/default.yaml
+    geossm eval CONFIG checkpoint=PATH [key=value ...]
+    geossm predict CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]
+    geossm viz INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true]
+    geossm configs [DIR]
+
+CONFIG is a path or a name looked up as described in ``geossm.config`` (``./configs/``, then
+the repository's ``configs/``). ``train`` prints one JSON line at the end:
+``{"run_dir": ..., "best": {...}, "last": {...}}``; ``eval`` and ``predict`` print one JSON line
+too. Errors a user can cause (missing file, unknown key, bad value, data root without the
+expected layout, unsafe checkpoint) print ``geossm <command>: error: <message>`` on stderr and
+exit with status 2; set ``GEOSSM_DEBUG=1`` for the traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
 import sys
+from typing import Any
+
+from geossm._compat import MissingDependencyError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError,
+    MissingDependencyError, ModuleNotFoundError, FloatingPointError,
+)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from geossm.config import ConfigKeyError
+    from geossm.registry import RegistryError
+    return (*USER_ERRORS, RegistryError, ConfigKeyError)
+
+
+def _json(obj: Any) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if hasattr(v, "item"):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v
+    return json.dumps(clean(obj))
+
+
+def _split_args(args: list[str], need_config: bool) -> tuple[str | None, list[str]]:
+    config = None
+    if args and "=" not in args[0]:
+        config, args = args[0], args[1:]
+    elif need_config:
+        raise ValueError("a CONFIG (path or name, see `geossm configs`) is required before "
+                         "the key=value overrides")
+    for a in args:
+        if "=" not in a:
+            raise ValueError(f"unexpected argument '{a}': expected key=value overrides after CONFIG")
+    return config, args
+
+
+def _load(config: str | None, overrides: list[str]):
+    from geossm.config import config_name, find_config, load_config
+    path = find_config(config if config is not None else "default.yaml")
+    return load_config(path, overrides), config_name(path)
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from geossm.engine import Trainer
+    config, overrides = _split_args(ns.args, need_config=False)
+    cfg, name = _load(config, overrides)
+    trainer = Trainer(cfg, config_name=name)
+    try:
+        summary = trainer.fit()
+        if trainer.is_main:
+            print(_json(summary), flush=True)
+    finally:
+        trainer.close()
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from geossm.engine import Trainer
+    config, overrides = _split_args(ns.args, need_config=True)
+    cfg, name = _load(config, overrides)
+    if not cfg.checkpoint:
+        raise ValueError("eval needs checkpoint=PATH")
+    trainer = Trainer(cfg, config_name=name)
+    try:
+        metrics = trainer.evaluate_checkpoint(str(cfg.checkpoint))
+        if trainer.is_main:
+            print(_json({"checkpoint": str(cfg.checkpoint), "metrics": metrics}), flush=True)
+    finally:
+        trainer.close()
+    return 0
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    from geossm.engine import Trainer
+    config, overrides = _split_args(ns.args, need_config=True)
+    cfg, name = _load(config, overrides)
+    if not cfg.checkpoint:
+        raise ValueError("predict needs checkpoint=PATH")
+    if not cfg.input:
+        raise ValueError("predict needs input=FILE")
+    if not os.path.isfile(str(cfg.input)):
+        raise FileNotFoundError(f"input file not found: {cfg.input}")
+    trainer = Trainer(cfg, config_name=name)
+    try:
+        written = trainer.predict(str(cfg.input), cfg.output and str(cfg.output),
+                                  checkpoint=str(cfg.checkpoint))
+        if trainer.is_main:
+            print(_json({"input": str(cfg.input), "outputs": [str(p) for p in written]}),
+                  flush=True)
+    finally:
+        trainer.close()
+    return 0
+
+
+_VIZ_OPTIONS = {"output": str, "width": int, "height": int, "point_size": float, "show": bool}
+
+
+def cmd_viz(ns: argparse.Namespace) -> int:
+    from geossm import viz
+    from geossm.config import parse_override
+    opts: dict[str, Any] = {}
+    for text in ns.options:
+        key, value, _ = parse_override(text)
+        if key not in _VIZ_OPTIONS:
+            raise ValueError(f"viz: unknown option '{key}' (known: {', '.join(_VIZ_OPTIONS)})")
+        kind = _VIZ_OPTIONS[key]
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError(f"viz: {key} expects true or false, got {value!r}")
+        if kind in (int, float) and (isinstance(value, bool)
+                                     or not isinstance(value, (int, float))):
+            raise ValueError(f"viz: {key} expects a number, got {value!r}")
+        opts[key] = kind(value) if kind is not bool else value
+    show = opts.pop("show", None)
+    if show is None:
+        show = "output" not in opts and viz.has_display()
+    if show:
+        viz.show_file(ns.input)
+        print(_json({"input": ns.input, "shown": True}), flush=True)
+        return 0
+    png = viz.render_file(ns.input, opts.get("output"), width=opts.get("width", 1024),
+                          height=opts.get("height", 768), point_size=opts.get("point_size", 3.0))
+    print(_json({"input": ns.input, "png": str(png)}), flush=True)
+    return 0
+
+
+def cmd_configs(ns: argparse.Namespace) -> int:
+    from geossm.config import list_configs
+    rows = list_configs(ns.dir)
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}".rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="geossm", description="Selective state-space models for point clouds, LiDAR, "
+        "graphs and events: train, evaluate, predict, visualise.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    t = sub.add_parser("train", help="train a model (prints a JSON summary line)")
+    t.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
+                   help="config path or name (default: default.yaml), then overrides")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a checkpoint on eval.split / eval.test_split")
+    e.add_argument("args", nargs="+", metavar="CONFIG checkpoint=PATH key=value")
+    e.set_defaults(func=cmd_eval)
+    pr = sub.add_parser("predict", help="run a checkpoint on one input file (.npz + .ply)")
+    pr.add_argument("args", nargs="+", metavar="CONFIG checkpoint=PATH input=FILE")
+    pr.set_defaults(func=cmd_predict)
+    v = sub.add_parser("viz", help="render a .ply/.npz to PNG (or a window)")
+    v.add_argument("input", metavar="INPUT")
+    v.add_argument("options", nargs="*", metavar="key=value",
+                   help="output=PNG width=W height=H point_size=S show=true|false")
+    v.set_defaults(func=cmd_viz)
+    c = sub.add_parser("configs", help="list configs with their descriptions")
+    c.add_argument("dir", nargs="?", default=None, help="configs folder (default: found one)")
+    c.set_defaults(func=cmd_configs)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    sys.stderr.write("geossm: no task is installed yet (the training engine lands with issue 5)\n")
-    return 1
+    """Entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(ns.func(ns) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"geossm {ns.command}: interrupted (train: continue with resume=true "
+                         "output_dir=RUN_DIR)\n")
+        return 130
+    except _user_errors() as err:
+        if os.environ.get("GEOSSM_DEBUG"):
+            raise
+        msg = " ".join(str(err).split()) or type(err).__name__
+        sys.stderr.write(f"geossm {ns.command}: error: {msg}\n")
+        return 2

@@ -1,0 +1,257 @@
+"""The task interface: what a task supplies so the trainer, ``eval`` and ``predict`` can run it.
+
+A task is a ``Task`` subclass registered in ``TASKS`` under its class name and named by the
+config key ``task``. The trainer calls, in this order::
+
+    task = TaskCls(cfg)
+    train_set = task.build_dataset(cfg.data.split)      # DATASETS[cfg.data.name](root=, split=, ...)
+    model = task.build_model()                          # MODELS[cfg.model.name](**cfg.model)
+    batch = task.collate([train_set[i] for i in ...])   # packed, no padding
+    outputs = task.forward(model, batch)                # model(**{k: batch[k] for k in input_keys})
+    loss = task.loss(outputs, batch)                    # scalar, or dict with "loss"
+    metrics = task.build_metrics(); metrics.update(outputs, batch); metrics.reduce(); metrics.compute()
+
+and for ``geossm predict``::
+
+    sample = task.load_input(path); batch = task.collate([sample])
+    result = task.postprocess(task.forward(model, batch), batch)   # dict of numpy arrays
+    task.write_prediction(sample, result, out_npz)                 # .npz + .ply
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from geossm.engine.metrics import Metric, MetricCollection
+from geossm.registry import DATASETS, MODELS
+
+
+def pack_collate(samples: Sequence[Mapping[str, Any]], *, stack_keys: Sequence[str] = (),
+                 length_key: str | None = None) -> dict[str, Any]:
+    """Pack per-sample dicts into one batch without padding.
+
+    For every key:
+
+    - arrays / tensors with ``ndim >= 1`` are concatenated along dim 0 (variable length);
+    - keys in ``stack_keys`` are stacked into a new leading batch dim (fixed per-sample shape);
+    - numbers and 0-d arrays become a ``(B,)`` tensor; strings and other objects a list.
+
+    Added keys:
+
+    - ``cu_seqlens (B+1,) int32``: boundaries of the packed sequences along ``length_key``
+      (default: the first concatenated key), with a leading 0;
+    - ``batch (N,) int64``: sample index of every row of ``length_key``;
+    - ``<key>_cu_seqlens (B+1,) int32`` for each other concatenated key whose per-sample lengths
+      differ from those of ``length_key`` (e.g. boxes next to points).
+
+    Shapes: sample ``x: (N_i, ...)`` -> batch ``x: (sum N_i, ...)``.
+
+    Raises ``ValueError`` for an empty list or samples with different keys.
+    """
+    if not samples:
+        raise ValueError("pack_collate: expected at least one sample, got an empty list")
+    keys = list(samples[0].keys())
+    for i, s in enumerate(samples):
+        if list(s.keys()) != keys:
+            raise ValueError(f"pack_collate: sample {i} has keys {sorted(s)}, sample 0 has "
+                             f"{sorted(keys)}")
+    for reserved in ("cu_seqlens", "batch"):
+        if reserved in keys:
+            raise ValueError(f"pack_collate: samples may not carry the key '{reserved}' "
+                             "(it is added by the collate)")
+    out: dict[str, Any] = {}
+    lengths: dict[str, list[int]] = {}
+    for key in keys:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim >= 1:
+            tensors = [torch.as_tensor(v) for v in values]
+            if key in stack_keys:
+                out[key] = torch.stack(tensors)
+            else:
+                out[key] = torch.cat(tensors)
+                lengths[key] = [len(t) for t in tensors]
+        elif isinstance(first, (bool, int, float, np.number, np.ndarray, torch.Tensor)):
+            out[key] = torch.as_tensor(np.asarray([np.asarray(v).item() if hasattr(v, "item")
+                                                   else v for v in values]))
+        else:
+            out[key] = list(values)
+    if lengths:
+        ref = length_key or next(iter(lengths))
+        if ref not in lengths:
+            raise ValueError(f"pack_collate: length_key '{ref}' is not a concatenated key "
+                             f"(those are {sorted(lengths)})")
+        counts = torch.tensor(lengths[ref], dtype=torch.int64)
+        out["cu_seqlens"] = _cu(lengths[ref])
+        out["batch"] = torch.repeat_interleave(torch.arange(len(samples)), counts)
+        for key, ls in lengths.items():
+            if ls != lengths[ref]:
+                out[f"{key}_cu_seqlens"] = _cu(ls)
+    return out
+
+
+def _cu(lengths: Sequence[int]) -> torch.Tensor:
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
+    return cu
+
+
+def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move every tensor in nested dicts / lists / tuples to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: move_to(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to(v, device, non_blocking) for v in obj)
+    if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
+        return obj.to(device)
+    return obj
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class Task:
+    """Base class of tasks. Subclass, set the class attributes, override what differs.
+
+    Class attributes:
+        input_keys: batch keys passed to the model by the default ``forward``.
+        target_key: batch key of the targets (used by the default ``postprocess``/``write``).
+        stack_keys: sample keys stacked (fixed shape) instead of concatenated by ``collate``.
+        best_metric / best_mode: metric selecting ``best.pt`` (``"max"`` or ``"min"``);
+            the config's ``eval.metric`` / ``eval.mode`` override them.
+
+    Args:
+        cfg: the full run config (``cfg.data``, ``cfg.model``, ``cfg.train``, ... ).
+    """
+
+    input_keys: tuple[str, ...] = ()
+    target_key: str = "label"
+    stack_keys: tuple[str, ...] = ()
+    best_metric: str = "loss"
+    best_mode: str = "min"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ data
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        """The dataset of ``split``: ``DATASETS[data.name](root=data.root, split=split, **rest)``.
+
+        Every ``data.*`` key but ``name`` is passed to the constructor (``split`` replaced).
+        The dataset should raise ``FileNotFoundError`` naming the missing path when ``root``
+        lacks the official layout.
+        """
+        data = dict(_plain(self.cfg.data))
+        if not data.get("name"):
+            raise ValueError("config key 'data.name' is not set (the dataset class name)")
+        data["split"] = split
+        return DATASETS.build(data)
+
+    def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Samples -> one packed batch (``pack_collate`` with ``stack_keys``)."""
+        return pack_collate(samples, stack_keys=self.stack_keys)
+
+    def num_samples(self, batch: Mapping[str, Any]) -> int:
+        """How many samples a batch holds (for throughput and loss averaging)."""
+        if "cu_seqlens" in batch:
+            return int(batch["cu_seqlens"].numel() - 1)
+        for v in batch.values():
+            if isinstance(v, (torch.Tensor, list)):
+                return len(v)
+        return 1
+
+    # ----------------------------------------------------------------- model
+    def build_model(self) -> torch.nn.Module:
+        """``MODELS[model.name](**model)`` (all ``model.*`` keys but ``name`` as kwargs)."""
+        if not self.cfg.model.get("name"):
+            raise ValueError("config key 'model.name' is not set (the model class name)")
+        return MODELS.build(_plain(self.cfg.model))
+
+    def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict]:
+        """AdamW groups: weight decay on matrices/kernels (``ndim >= 2``) only, not on biases,
+        norms, or parameters flagged ``p._no_weight_decay = True`` (e.g. Mamba's ``A_log``)."""
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim < 2 or getattr(p, "_no_weight_decay", False):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
+        """Run the model on a batch (already on the device)."""
+        if not self.input_keys:
+            raise NotImplementedError(
+                f"{type(self).__name__}: set input_keys or override forward(model, batch)")
+        return model(**{k: batch[k] for k in self.input_keys})
+
+    # -------------------------------------------------------- loss & metrics
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Scalar training loss, or a dict with ``"loss"`` (other entries are logged)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(outputs, batch)")
+
+    def build_metrics(self) -> Metric:
+        """A fresh metric accumulator for one evaluation (the trainer adds the mean ``loss``)."""
+        return MetricCollection()
+
+    # ---------------------------------------------------------------- predict
+    def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Read one input file into a sample dict like the dataset's (default: ``.npz`` arrays,
+        ``.npy`` as ``{"coord": array}``, ``.ply`` vertex properties via ``geossm.viz.read_ply``).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"input file not found: {path}")
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        if suffix == ".npy":
+            return {"coord": np.load(path, allow_pickle=False)}
+        if suffix == ".ply":
+            from geossm.viz import read_ply
+            return dict(read_ply(path))
+        raise ValueError(f"input file {path}: expected .npz, .npy or .ply, got '{suffix}'")
+
+    def postprocess(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Raw outputs of one sample as numpy arrays. Default: tensor outputs (or every tensor of
+        a dict output) under their keys, plus ``pred`` = argmax of ``logits`` when present."""
+        if isinstance(outputs, torch.Tensor):
+            outputs = {"logits": outputs}
+        result = {k: v.detach().float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
+                  for k, v in outputs.items() if isinstance(v, torch.Tensor)}
+        if "logits" in result and "pred" not in result and result["logits"].ndim >= 2:
+            result["pred"] = result["logits"].argmax(-1).astype(np.int64)
+        return result
+
+    def write_prediction(self, sample: Mapping[str, Any], result: Mapping[str, np.ndarray],
+                         path: str | os.PathLike) -> list[Path]:
+        """Write ``result`` to ``path`` (``.npz``) and, when the sample has ``coord (N, 3)``, a
+        ``.ply`` beside it coloured by ``pred`` (with ``label`` as ground truth if present)."""
+        from geossm.viz import write_labeled_ply
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in result.items()})
+        written = [path]
+        coord = sample.get("coord")
+        if coord is not None and np.asarray(coord).ndim == 2 and np.asarray(coord).shape[1] >= 3:
+            ply = path.with_suffix(".ply")
+            write_labeled_ply(ply, np.asarray(coord)[:, :3], pred=result.get("pred"),
+                              label=sample.get(self.target_key))
+            written.append(ply)
+        return written

@@ -1,0 +1,448 @@
+"""The trainer: one loop for single-process and DDP runs, evaluation and prediction.
+
+Run directory (``output_dir``; default ``runs/<config name>/<YYYYmmdd-HHMMSS>``)::
+
+    config.yaml     resolved config of the run
+    train.log       console log
+    metrics.jsonl   one JSON object per evaluation ({"epoch", "split", ...metrics})
+    tb/             TensorBoard event files
+    last.pt         checkpoint after the latest epoch (resume from it)
+    best.pt         checkpoint of the best validation epoch
+
+Optimisation: AdamW (decay on matrices only, see ``Task.parameter_groups``), a per-step
+schedule with linear warm-up over ``train.warmup_epochs`` then a cosine decay to
+``train.min_lr``, global gradient-norm clipping at ``train.grad_clip``, bf16 autocast on CUDA
+when ``train.amp``. Epochs are counted from 1; a checkpoint's ``epoch`` is the last finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+from geossm.config import save_config, to_container
+from geossm.engine import distributed as dist
+from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
+                                      save_checkpoint, seed_everything, set_rng_state)
+from geossm.engine.logging import RunLogger, get_logger, setup_console
+from geossm.engine.metrics import MeanMetric
+from geossm.engine.task import Task, move_to
+from geossm.registry import TASKS, import_modules
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + K, ...`` of a dataset, in order and without padding (evaluation:
+    every sample is seen exactly once over all ranks, unlike ``DistributedSampler``)."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's base seed; NumPy and random would otherwise
+    # start from the same forked state in every worker (identical "random" augmentations).
+    import random
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def cosine_warmup_factor(step: int, total_steps: int, warmup_steps: int,
+                         min_ratio: float = 0.0) -> float:
+    """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warm-up,
+    then ``min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_run_dir(cfg: DictConfig, config_name: str = "run") -> Path:
+    """The run directory: ``output_dir`` if set; else with ``resume=true`` the newest
+    ``runs/<config_name>/*`` holding ``last.pt``; with ``resume=PATH`` the checkpoint's folder;
+    else a new ``runs/<config_name>/<timestamp>``."""
+    if cfg.output_dir:
+        return Path(str(cfg.output_dir))
+    resume = cfg.resume
+    if isinstance(resume, str) and resume:
+        return Path(resume).parent
+    base = Path("runs") / config_name
+    if resume is True:
+        runs = sorted(p.parent for p in base.glob("*/last.pt"))
+        if not runs:
+            raise FileNotFoundError(
+                f"resume=true: no run with last.pt under {base}/ (set output_dir=RUN_DIR or "
+                "resume=PATH/TO/last.pt)")
+        return runs[-1]
+    return base / time.strftime("%Y%m%d-%H%M%S")
+
+
+class Trainer:
+    """Builds the task and model from a config and trains, evaluates or predicts.
+
+    Args:
+        cfg: a config from ``geossm.config.load_config``.
+        task: a task instance (default: ``TASKS[cfg.task](cfg)``).
+        config_name: names the default run directory ``runs/<config_name>/<timestamp>``.
+
+    Under ``torchrun`` the process group starts here (see ``geossm.engine.distributed``).
+    """
+
+    def __init__(self, cfg: DictConfig, task: Task | None = None, config_name: str = "run") -> None:
+        import_modules(list(cfg.imports or []))
+        self.cfg = cfg
+        self.device = dist.resolve_device(cfg.device)
+        dist.setup(self.device)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        self.log = setup_console(rank=self.rank)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(int(cfg.seed))
+        if task is None:
+            if not cfg.task:
+                raise ValueError("config key 'task' is not set (the task class name, e.g. "
+                                 "task: SegmentationTask)")
+            task = TASKS.get(str(cfg.task))(cfg)
+        self.task = task
+        # Same seed on every rank above: identical initial weights; distinct streams below so
+        # ranks do not draw identical augmentations / dropout masks.
+        self.model = task.build_model().to(self.device)
+        seed_everything(int(cfg.seed) + self.rank)
+        self.ddp_model: torch.nn.Module = self.model
+        if self.world_size > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg.train.find_unused_parameters))
+        self.config_name = config_name
+        self.run_dir: Path | None = None
+        self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
+        self.progress = bool(cfg.train.progress) and self.is_main
+        self.best_metric = str(cfg.eval.metric or task.best_metric)
+        self.best_mode = str(cfg.eval.mode or task.best_mode)
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
+
+    # ----------------------------------------------------------------- plumbing
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+    def _loader(self, dataset: Dataset, train: bool, epoch_seed: int = 0) -> DataLoader:
+        cfg = self.cfg
+        bs = int(cfg.train.batch_size if train or not cfg.eval.batch_size else cfg.eval.batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size must be >= 1, got {bs}")
+        if train:
+            sampler: Sampler = DistributedSampler(dataset, num_replicas=self.world_size,
+                                                  rank=self.rank, shuffle=True,
+                                                  seed=int(cfg.seed), drop_last=False)
+        else:
+            sampler = ShardSampler(len(dataset), self.rank, self.world_size)
+        nw = int(cfg.train.num_workers)
+        return DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=self.task.collate,
+                          num_workers=nw, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=_seed_worker if nw > 0 else None,
+                          persistent_workers=nw > 0)
+
+    def _split_loss(self, out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(out, Mapping):
+            if "loss" not in out:
+                raise ValueError(f"{type(self.task).__name__}.loss returned a dict without "
+                                 f"'loss' (keys {sorted(out)})")
+            return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+        return out, {}
+
+    def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Load model weights from a checkpoint (``weights_only``); returns the checkpoint."""
+        ckpt = load_checkpoint(path, map_location="cpu")
+        state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as err:
+            lines = str(err).strip().splitlines()
+            raise CheckpointError(f"checkpoint {path} does not fit model "
+                                  f"{type(self.model).__name__}: {' '.join(lines[:3])[:400]}") from err
+        return ckpt
+
+    # --------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str, dataset: Dataset | None = None,
+                 desc: str | None = None) -> dict[str, float]:
+        """Metrics of the current weights on ``split`` (mean ``loss`` + the task's metrics),
+        reduced over ranks; every rank gets the same dict."""
+        dataset = dataset if dataset is not None else self.task.build_dataset(split)
+        loader = self._loader(dataset, train=False)
+        self.model.eval()
+        metrics = self.task.build_metrics().to(self.device)
+        loss_meter = MeanMetric("loss").to(self.device)
+        for batch in tqdm(loader, desc=desc or f"eval {split}", leave=False,
+                          disable=not self.progress, dynamic_ncols=True):
+            batch = move_to(batch, self.device, non_blocking=True)
+            with self.autocast():
+                outputs = self.task.forward(self.model, batch)
+                loss, _ = self._split_loss(self.task.loss(outputs, batch))
+            loss_meter.add(loss.float(), self.task.num_samples(batch))
+            metrics.update(outputs, batch)
+        loss_meter.reduce()
+        metrics.reduce()
+        return {**loss_meter.compute(), **metrics.compute()}
+
+    def evaluate_checkpoint(self, checkpoint: str | os.PathLike) -> dict[str, dict[str, float]]:
+        """``{split: metrics}`` of ``checkpoint`` on ``eval.split`` and ``eval.test_split``."""
+        self.load_weights(checkpoint)
+        splits = [s for s in (self.cfg.eval.split, self.cfg.eval.test_split) if s]
+        if not splits:
+            raise ValueError("eval: set eval.split and/or eval.test_split")
+        return {str(s): self.evaluate(str(s)) for s in splits}
+
+    # -------------------------------------------------------------------- train
+    def _train_epoch(self, loader: DataLoader, epoch: int, step0: int,
+                     optimizer: torch.optim.Optimizer, scheduler: Any,
+                     logger: RunLogger) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        loss_meter = MeanMetric("loss").to(self.device)
+        clip = float(cfg.train.grad_clip or 0.0)
+        log_every = max(1, int(cfg.train.log_every))
+        t0 = time.perf_counter()
+        seen = 0
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
+                   dynamic_ncols=True)
+        step = step0
+        for batch in bar:
+            batch = move_to(batch, self.device, non_blocking=True)
+            n = self.task.num_samples(batch)
+            with self.autocast():
+                outputs = self.task.forward(self.ddp_model, batch)
+                loss, extras = self._split_loss(self.task.loss(outputs, batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = None
+            if clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += n
+            loss_meter.add(loss.detach().float(), n)
+            if step % log_every == 0:
+                # One host sync per log_every steps (loss.item()), not per step.
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"non-finite training loss {value} at epoch {epoch}, "
+                                             f"step {step} (lower train.lr or check the data)")
+                rate = seen * self.world_size / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{value:.4f}", samples_per_s=f"{rate:.1f}")
+                scalars = {"loss": value, "lr": optimizer.param_groups[0]["lr"]}
+                scalars.update({k: float(v) for k, v in extras.items()})
+                if grad_norm is not None:
+                    scalars["grad_norm"] = float(grad_norm)
+                logger.scalars("train", scalars, step)
+        bar.close()
+        loss_meter.reduce()
+        elapsed = time.perf_counter() - t0
+        total = float(loss_meter.weight)
+        return {**loss_meter.compute(), "lr": optimizer.param_groups[0]["lr"],
+                "samples_per_s": total / max(elapsed, 1e-9), "time_s": elapsed}
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.best_mode == "max" else value < best
+
+    def fit(self, until_epoch: int | None = None) -> dict[str, Any]:
+        """Train ``train.epochs`` epochs (resuming if ``resume``), validating every
+        ``eval.every`` epochs, then test ``eval.test_split`` with best and last weights.
+
+        Args:
+            until_epoch: stop after this epoch as if interrupted (no test); a later run with
+                ``resume=true`` continues exactly (time-boxed jobs).
+
+        Returns:
+            ``{"run_dir": str, "best": {"epoch", **val metrics, **test_*}, "last": {...}}``;
+            ``best`` is the best validation epoch (the last epoch if there is no validation).
+        """
+        cfg = self.cfg
+        run_dir = resolve_run_dir(cfg, self.config_name) if self.is_main else None
+        self.run_dir = run_dir = Path(dist.broadcast_object(str(run_dir) if run_dir else None))
+        resume_path: Path | None = None
+        if cfg.resume:
+            resume_path = Path(cfg.resume) if isinstance(cfg.resume, str) else run_dir / "last.pt"
+            if not resume_path.is_file():
+                raise FileNotFoundError(f"resume: checkpoint not found: {resume_path}")
+        epochs = int(cfg.train.epochs)
+        if epochs < 1:
+            raise ValueError(f"train.epochs must be >= 1, got {epochs}")
+
+        train_set = self.task.build_dataset(str(cfg.data.split))
+        val_split = str(cfg.eval.split) if cfg.eval.split else None
+        val_set = self.task.build_dataset(val_split) if val_split else None
+        loader = self._loader(train_set, train=True)
+        steps = len(loader)
+        if steps == 0:
+            raise ValueError(f"training split '{cfg.data.split}' of {type(train_set).__name__} "
+                             "is empty")
+        optimizer = torch.optim.AdamW(
+            self.task.parameter_groups(self.model, float(cfg.train.weight_decay)),
+            lr=float(cfg.train.lr))
+        lr = float(cfg.train.lr)
+        min_ratio = float(cfg.train.min_lr or 0.0) / lr if lr > 0 else 0.0
+        total, warmup = epochs * steps, int(round(float(cfg.train.warmup_epochs) * steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_warmup_factor(s, total, warmup, min_ratio))
+
+        start_epoch = 0
+        best: dict[str, Any] = {"metric": self.best_metric, "mode": self.best_mode,
+                                "value": None, "epoch": None, "metrics": {}}
+        last: dict[str, Any] = {}
+        if resume_path is not None:
+            ckpt = self.load_weights(resume_path)
+            for key in ("optimizer", "scheduler", "epoch"):
+                if key not in ckpt:
+                    raise CheckpointError(f"resume: {resume_path} has no '{key}' (weights only?)")
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            start_epoch = int(ckpt["epoch"])
+            best = dict(ckpt.get("best") or best)
+            last = dict(ckpt.get("last_metrics") or {})
+            rng = ckpt.get("rng") or []
+            if len(rng) == self.world_size:
+                set_rng_state(rng[self.rank])
+            else:
+                seed_everything(int(cfg.seed) + self.rank + 1000 * start_epoch)
+            self.log.info("resumed from %s at epoch %d", resume_path, start_epoch)
+
+        logger = RunLogger(run_dir, enabled=self.is_main,
+                           resume_epoch=start_epoch if resume_path is not None else None)
+        try:
+            if self.is_main:
+                save_config(cfg, run_dir / "config.yaml")
+                if resume_path is None and (run_dir / "last.pt").exists():
+                    self.log.warning("%s already holds a run; starting afresh over it", run_dir)
+                self.log.info("run %s: %s, %d parameters, %d train samples, %d process(es) on %s",
+                              run_dir, type(self.model).__name__,
+                              sum(p.numel() for p in self.model.parameters()), len(train_set),
+                              self.world_size, self.device)
+            stop = min(epochs, until_epoch) if until_epoch else epochs
+            bar = tqdm(range(start_epoch + 1, stop + 1), initial=start_epoch, total=epochs,
+                       desc="epochs", disable=not self.progress, dynamic_ncols=True)
+            for epoch in bar:
+                loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+                train_stats = self._train_epoch(loader, epoch, (epoch - 1) * steps,
+                                                optimizer, scheduler, logger)
+                logger.evaluation(epoch, "train", train_stats, epoch * steps)
+                row: dict[str, Any] = {"epoch": epoch, "train_loss": train_stats["loss"]}
+                improved = False
+                if val_set is not None and (epoch % max(1, int(cfg.eval.every)) == 0
+                                            or epoch == epochs):
+                    metrics = self.evaluate(val_split, val_set)
+                    logger.evaluation(epoch, val_split, metrics, epoch * steps)
+                    if self.best_metric not in metrics:
+                        raise ValueError(f"best metric '{self.best_metric}' is not reported; "
+                                         f"metrics are {sorted(metrics)} (set eval.metric)")
+                    row.update(metrics)
+                    improved = self._better(metrics[self.best_metric], best["value"])
+                    bar.set_postfix({self.best_metric: f"{metrics[self.best_metric]:.4g}"})
+                elif val_set is None:
+                    improved = True  # no validation: best is the latest epoch
+                    row["loss"] = train_stats["loss"]
+                last = row
+                if improved:
+                    best.update(value=row.get(self.best_metric), epoch=epoch, metrics=dict(row))
+                self._save(run_dir, epoch, optimizer, scheduler, best, last, improved)
+            bar.close()
+            finished = stop >= epochs
+            best_row = dict(best["metrics"]) if best["metrics"] else dict(last)
+            last_row = dict(last)
+            if finished and cfg.eval.test_split:
+                test_split = str(cfg.eval.test_split)
+                test_set = self.task.build_dataset(test_split)
+                final_epoch = int(last_row.get("epoch", epochs))
+                test_last = self.evaluate(test_split, test_set, desc="test (last)")
+                logger.evaluation(final_epoch, test_split, {"weights": "last", **test_last},
+                                  final_epoch * steps)
+                last_row.update({f"test_{k}": v for k, v in test_last.items()})
+                if best["epoch"] is not None and best["epoch"] != final_epoch:
+                    dist.barrier()  # best.pt is written by rank 0
+                    self.load_weights(run_dir / "best.pt")
+                    test_best = self.evaluate(test_split, test_set, desc="test (best)")
+                    logger.evaluation(int(best["epoch"]), test_split,
+                                      {"weights": "best", **test_best}, final_epoch * steps)
+                else:
+                    test_best = test_last
+                best_row.update({f"test_{k}": v for k, v in test_best.items()})
+        finally:
+            logger.close()
+        dist.barrier()
+        return {"run_dir": str(run_dir), "best": best_row, "last": last_row}
+
+    def _save(self, run_dir: Path, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any,
+              best: dict[str, Any], last: dict[str, Any], improved: bool) -> None:
+        # Every rank's RNG state, so a resumed DDP run continues each rank's stream.
+        rng = dist.all_gather_object(get_rng_state())
+        if not self.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "rng": rng,
+            "best": best,
+            "last_metrics": last,
+            "config": to_container(self.cfg),
+        }
+        save_checkpoint(state, run_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, run_dir / "best.pt")
+
+    # ------------------------------------------------------------------ predict
+    @torch.no_grad()
+    def predict(self, input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
+                checkpoint: str | os.PathLike | None = None) -> list[Path]:
+        """Run the model on one input file; writes the task's outputs (``.npz`` + ``.ply``).
+
+        ``output_path`` defaults to ``<input without suffix>.pred.npz``. Returns written paths.
+        """
+        if checkpoint is not None:
+            self.load_weights(checkpoint)
+        input_path = Path(input_path)
+        sample = self.task.load_input(input_path)
+        out = Path(output_path) if output_path else input_path.with_name(
+            input_path.with_suffix("").name + ".pred.npz")
+        if out.suffix != ".npz":
+            out = out.with_suffix(".npz")
+        batch = move_to(self.task.collate([sample]), self.device)
+        self.model.eval()
+        with self.autocast():
+            outputs = self.task.forward(self.model, batch)
+        result = self.task.postprocess(outputs, batch)
+        return self.task.write_prediction(sample, result, out)
+
+    def close(self) -> None:
+        """End the process group (if this process started one)."""
+        dist.cleanup()

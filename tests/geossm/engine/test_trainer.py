@@ -1,0 +1,166 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from geossm.config import load_config
+from geossm.engine import Trainer, cosine_warmup_factor, load_checkpoint, resolve_run_dir
+from toy_task import write_toy_config
+
+
+def make_cfg(tmp_path, *overrides, **extra):
+    path = write_toy_config(tmp_path / "toy.yaml", **extra)
+    return load_config(path, list(overrides))
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def strip_timing(rows):
+    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "time_s")} for r in rows]
+
+
+def test_fit_writes_run_dir_and_summary(tmp_path):
+    run = tmp_path / "run"
+    cfg = make_cfg(tmp_path, f"output_dir={run}", "eval.test_split=test", "train.epochs=3")
+    summary = Trainer(cfg).fit()
+    assert summary["run_dir"] == str(run)
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    assert not list(run.glob(".*.tmp")), "temporary checkpoint files left behind"
+    rows = read_jsonl(run / "metrics.jsonl")
+    val = [r for r in rows if r["split"] == "val"]
+    assert [r["epoch"] for r in val] == [1, 2, 3]
+    assert {"loss", "acc", "macc", "miou"} <= set(val[0])
+    best_epoch = max(val, key=lambda r: r["miou"])["epoch"]
+    assert summary["best"]["epoch"] == best_epoch
+    assert summary["best"]["miou"] == pytest.approx(max(r["miou"] for r in val))
+    assert summary["last"]["epoch"] == 3
+    for part in ("best", "last"):
+        assert {"test_loss", "test_acc", "test_miou"} <= set(summary[part])
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["epoch"] == best_epoch and ckpt["best"]["metric"] == "miou"
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON
+
+
+def test_resume_is_exact(tmp_path):
+    """4 epochs straight == 2 epochs, stop, resume for 2 more: same weights and metrics."""
+    common = ("train.epochs=4", "deterministic=true", "train.warmup_epochs=1")
+    straight = tmp_path / "straight"
+    Trainer(make_cfg(tmp_path, f"output_dir={straight}", *common)).fit()
+
+    parted = tmp_path / "parted"
+    first = Trainer(make_cfg(tmp_path, f"output_dir={parted}", *common)).fit(until_epoch=2)
+    assert first["last"]["epoch"] == 2
+    assert load_checkpoint(parted / "last.pt")["epoch"] == 2
+    # A fresh process state: other seeds and RNG draws must not leak into the resumed run.
+    torch.manual_seed(12345)
+    np.random.seed(999)
+    Trainer(make_cfg(tmp_path, f"output_dir={parted}", "resume=true", *common)).fit()
+
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(parted / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for k, st in a["optimizer"]["state"].items():
+        torch.testing.assert_close(st["exp_avg"], b["optimizer"]["state"][k]["exp_avg"],
+                                   rtol=0, atol=0)
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+    assert strip_timing(read_jsonl(straight / "metrics.jsonl")) == strip_timing(
+        read_jsonl(parted / "metrics.jsonl"))
+    assert a["best"] == b["best"]
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    cfg = make_cfg(tmp_path, f"output_dir={tmp_path / 'none'}", "resume=true")
+    with pytest.raises(FileNotFoundError, match="resume: checkpoint not found"):
+        Trainer(cfg).fit()
+
+
+def test_resolve_run_dir_newest_run_for_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for stamp in ("20250101-000000", "20250102-000000"):
+        (tmp_path / "runs" / "toy" / stamp).mkdir(parents=True)
+        (tmp_path / "runs" / "toy" / stamp / "last.pt").write_bytes(b"")
+    cfg = load_config(None, ["resume=true"])
+    assert resolve_run_dir(cfg, "toy").name == "20250102-000000"
+    with pytest.raises(FileNotFoundError, match="no run with last.pt"):
+        resolve_run_dir(cfg, "other")
+    fresh = resolve_run_dir(load_config(None), "toy")
+    assert fresh.parent == tmp_path.joinpath("runs", "toy").relative_to(tmp_path)
+
+
+def test_no_validation_best_is_last(tmp_path):
+    run = tmp_path / "run"
+    summary = Trainer(make_cfg(tmp_path, f"output_dir={run}", "eval.split=null")).fit()
+    assert summary["best"]["epoch"] == summary["last"]["epoch"] == 2
+    assert {r["split"] for r in read_jsonl(run / "metrics.jsonl")} == {"train"}
+
+
+def test_unknown_best_metric(tmp_path):
+    cfg = make_cfg(tmp_path, f"output_dir={tmp_path / 'r'}", "eval.metric=f1", "train.epochs=1")
+    with pytest.raises(ValueError, match="best metric 'f1' is not reported"):
+        Trainer(cfg).fit()
+
+
+def test_missing_task_and_unknown_task(tmp_path):
+    with pytest.raises(ValueError, match="'task' is not set"):
+        Trainer(make_cfg(tmp_path, "task=null"))
+    with pytest.raises(KeyError, match="unknown task 'NoSuchTask'.*ToySegTask"):
+        Trainer(make_cfg(tmp_path, "task=NoSuchTask"))
+
+
+def test_data_root_without_layout(tmp_path):
+    cfg = make_cfg(tmp_path, f"output_dir={tmp_path / 'r'}", f"data.root={tmp_path / 'empty'}")
+    with pytest.raises(FileNotFoundError, match="expected .npz files in"):
+        Trainer(cfg).fit()
+
+
+def test_cosine_warmup_schedule():
+    f = [cosine_warmup_factor(s, total_steps=10, warmup_steps=2, min_ratio=0.1) for s in range(10)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)
+    assert f[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[1:], f[2:]))
+    assert cosine_warmup_factor(10, 10, 2, 0.1) == pytest.approx(0.1)
+    mid = cosine_warmup_factor(6, 10, 2, 0.0)
+    assert mid == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_parameter_groups_skip_decay_on_vectors(tmp_path):
+    trainer = Trainer(make_cfg(tmp_path))
+    groups = trainer.task.parameter_groups(trainer.model, 0.1)
+    decay = {id(p) for p in groups[0]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    for p in trainer.model.parameters():
+        assert (id(p) in decay) == (p.ndim >= 2)
+
+
+def test_predict_writes_npz_and_ply(tmp_path):
+    run = tmp_path / "run"
+    cfg = make_cfg(tmp_path, f"output_dir={run}", "train.epochs=1")
+    trainer = Trainer(cfg)
+    trainer.fit()
+    rng = np.random.default_rng(0)
+    coord = rng.uniform(-1, 1, (50, 3)).astype(np.float32)
+    label = np.digitize(coord[:, 0], [-0.3, 0.3])
+    np.savez(tmp_path / "scan.npz", coord=coord, label=label)
+    written = trainer.predict(tmp_path / "scan.npz", checkpoint=run / "best.pt")
+    assert [p.name for p in written] == ["scan.pred.npz", "scan.pred.ply"]
+    with np.load(written[0]) as z:
+        assert z["logits"].shape == (50, 3) and z["pred"].shape == (50,)
+    from geossm.viz import read_ply
+    ply = read_ply(written[1])
+    np.testing.assert_allclose(ply["coord"], coord)
+    np.testing.assert_array_equal(ply["label"], label)
+
+
+def test_eval_checkpoint_matches_training_metrics(tmp_path):
+    run = tmp_path / "run"
+    summary = Trainer(make_cfg(tmp_path, f"output_dir={run}", "train.epochs=1")).fit()
+    metrics = Trainer(make_cfg(tmp_path)).evaluate_checkpoint(run / "last.pt")
+    assert metrics["val"]["miou"] == pytest.approx(summary["last"]["miou"])
