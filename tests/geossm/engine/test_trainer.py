@@ -47,7 +47,13 @@ def test_fit_writes_run_dir_and_summary(tmp_path):
     assert json.loads(json.dumps(summary)) == summary  # plain JSON
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.fixture
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)  # deterministic=true is process-global
+
+
+def test_resume_is_exact(tmp_path, restore_determinism):
     """4 epochs straight == 2 epochs, stop, resume for 2 more: same weights and metrics."""
     common = ("train.epochs=4", "deterministic=true", "train.warmup_epochs=1")
     straight = tmp_path / "straight"

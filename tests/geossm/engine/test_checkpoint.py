@@ -1,0 +1,84 @@
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
+                                      save_checkpoint, set_rng_state)
+
+
+def test_roundtrip_with_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    path = save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "epoch": 3, "rng": [get_rng_state()],
+                            "best": {"metric": "miou", "value": 0.5, "epoch": 2}},
+                           tmp_path / "ck" / "last.pt")
+    raw = torch.load(path, weights_only=True)  # plain types only: loads without our helper
+    assert raw["format"] == "geossm-checkpoint"
+    ck = load_checkpoint(path)
+    assert ck["epoch"] == 3 and ck["best"]["value"] == 0.5
+    torch.testing.assert_close(ck["model"]["weight"], model.weight)
+    assert list(tmp_path.joinpath("ck").iterdir()) == [path]  # no temporary file left
+
+
+def test_atomic_replace_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = save_checkpoint({"epoch": 1, "model": {}}, tmp_path / "last.pt")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2, "model": {}}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_rng_state_roundtrip():
+    state = get_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn()) == expected
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = marker
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        torch.save({"model": {}, "payload": evil}, f)
+    with pytest.raises(CheckpointError, match="refusing to load checkpoint .*weights_only=True"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    plain = tmp_path / "evil.pkl"
+    plain.write_bytes(pickle.dumps(evil))
+    with pytest.raises(CheckpointError, match="refusing to load|cannot read"):
+        load_checkpoint(plain)
+    assert not marker.exists()
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"weight": torch.ones(2)}, tmp_path / "sd.pt")
+    assert set(load_checkpoint(tmp_path / "sd.pt")["model"]) == {"weight"}  # bare state_dict
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load_checkpoint(tmp_path / "list.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
