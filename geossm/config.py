@@ -231,8 +231,14 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return cfg
 
 
+#: Keys that take a bool or a string (``resume``: true/false or a checkpoint path).
+BOOL_OR_PATH_KEYS = frozenset({"resume"})
+
+
 def _check_type(text: str, key: str, old: Any, new: Any) -> None:
     if old is None or new is None:
+        return
+    if key in BOOL_OR_PATH_KEYS and isinstance(new, (bool, str)):
         return
     if isinstance(old, bool):
         ok = isinstance(new, bool)

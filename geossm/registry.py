@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Iterator, Mapping
 from typing import Any, Callable, TypeVar
@@ -102,8 +103,8 @@ class Registry:
         """Register ``obj`` under its ``__name__`` (or ``name``); usable as ``@REG.register``.
 
         Registering a second, different object under a taken name raises ``ValueError``;
-        registering the same class again (a module imported twice, e.g. by a test runner under
-        another module name) replaces the entry.
+        registering the same class again (one file imported under two module names, e.g. by a
+        test runner) replaces the entry.
         """
 
         def deco(target: T) -> T:
@@ -111,9 +112,7 @@ class Registry:
             if not key:
                 raise TypeError(f"{self.kind} registry: cannot register {target!r} without a name")
             old = self._items.get(key)
-            if old is not None and old is not target and (
-                    getattr(old, "__qualname__", None) != getattr(target, "__qualname__", None)
-                    or _module_tail(old) != _module_tail(target)):
+            if old is not None and old is not target and not _same_definition(old, target):
                 raise ValueError(
                     f"{self.kind} registry: name '{key}' is already taken by "
                     f"{old.__module__}.{old.__qualname__}; rename {target!r}")
@@ -184,8 +183,15 @@ class Registry:
         return f"Registry({self.kind!r}, {sorted(self._items)})"
 
 
-def _module_tail(obj: Any) -> str:
-    return str(getattr(obj, "__module__", "")).rsplit(".", 1)[-1]
+def _same_definition(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are one class defined twice by importing one file under two
+    module names (same qualified name, same source file)."""
+    if getattr(a, "__qualname__", None) != getattr(b, "__qualname__", None):
+        return False
+    try:
+        return inspect.getfile(a) == inspect.getfile(b)
+    except TypeError:  # built-ins and classes made at run time have no file
+        return False
 
 
 def _plain(value: Any) -> Any:

@@ -90,8 +90,12 @@ class RunLogger:
         self._file_handler = handler
         if tensorboard:
             # Imported here: tensorboard takes ~1 s to import and is unused by eval/predict.
-            from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=None)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # a declared dependency, but a run must not die for logs
+                self.logger.warning("TensorBoard logging off: %s (pip install tensorboard)", err)
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.run_dir / "tb"))
 
     def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
         """TensorBoard scalars ``prefix/name`` at ``step``."""

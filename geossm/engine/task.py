@@ -193,7 +193,12 @@ class Task:
         return [g for g in groups if g["params"]]
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
-        """Run the model on a batch (already on the device)."""
+        """Run the model on a batch (already on the device).
+
+        During training ``model`` is the DDP wrapper under torchrun: call it (``model(...)``),
+        not its other methods, so gradients are synchronised. It runs under bf16 autocast on
+        CUDA; compute losses in float32 (``logits.float()``).
+        """
         if not self.input_keys:
             raise NotImplementedError(
                 f"{type(self).__name__}: set input_keys or override forward(model, batch)")

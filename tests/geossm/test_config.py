@@ -61,6 +61,8 @@ def test_overrides():
     assert cfg.train.lr == 2 and cfg.train.amp is False and cfg.data.root == "/data/x"
     assert cfg.model.depth == 3 and cfg.eval.split is None
     assert list(cfg.extra.list) == [1, 2]
+    assert load_config(None, ["resume=runs/x/last.pt"]).resume == "runs/x/last.pt"
+    assert load_config(None, ["resume=true"]).resume is True
 
 
 def test_unknown_key_names_the_key():

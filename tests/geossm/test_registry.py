@@ -16,7 +16,10 @@ def test_register_get_build():
     assert reg.get("Gadget") is Gadget and "Gadget" in reg
     assert reg.build({"name": "Gadget", "size": 3}).size == 3
     assert reg.build("Gadget", size=5).size == 5
-    reg.register(Gadget)  # the same class again (module imported twice) is fine
+    reg.register(Gadget)  # the same class again is fine
+    twin = type("Gadget", (), {})  # same name, other definition: refused below
+    with pytest.raises(ValueError, match="name 'Gadget' is already taken"):
+        reg.register(twin)
 
     class Other:
         pass

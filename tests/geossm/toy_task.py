@@ -19,8 +19,9 @@ from geossm.registry import DATASETS, MODELS, TASKS
 NUM_CLASSES = 3
 
 
-def toy_sample(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    n = int(rng.integers(20, 60))
+def toy_sample(rng: np.random.Generator, min_points: int = 20,
+               max_points: int = 60) -> dict[str, np.ndarray]:
+    n = int(rng.integers(min_points, max_points))
     coord = rng.uniform(-1, 1, size=(n, 3)).astype(np.float32)
     label = np.digitize(coord[:, 0], [-0.3, 0.3]).astype(np.int64)  # 3 slabs along x
     return {"coord": coord, "label": label}
@@ -31,11 +32,12 @@ class ToyPoints(torch.utils.data.Dataset):
     """Synthetic clouds (``root: null``) or ``<root>/<split>/*.npz`` files with coord/label."""
 
     def __init__(self, root: str | None = None, split: str = "train", num_samples: int = 16,
-                 augment: bool = True, seed: int = 0) -> None:
+                 augment: bool = True, seed: int = 0, min_points: int = 20,
+                 max_points: int = 60) -> None:
         self.split, self.augment = split, augment and split == "train"
         if root is None:
             rng = np.random.default_rng(seed + zlib.crc32(split.encode()))
-            self.samples = [toy_sample(rng) for _ in range(num_samples)]
+            self.samples = [toy_sample(rng, min_points, max_points) for _ in range(num_samples)]
         else:
             folder = Path(root) / split
             files = sorted(folder.glob("*.npz")) if folder.is_dir() else []
