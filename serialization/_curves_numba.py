@@ -101,3 +101,31 @@ def hilbert_decode(code, depth):
         out[j, 1] = x1
         out[j, 2] = x2
     return out
+
+
+@numba.njit(cache=True, parallel=True)
+def morton_encode(g, depth):
+    """``g: (N, 3) int64`` -> ``(N,) int64`` Morton codes (x most significant per level)."""
+    n = g.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for j in numba.prange(n):
+        out[j] = _interleave_one(np.int64(g[j, 0]), np.int64(g[j, 1]), np.int64(g[j, 2]), depth)
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def traverse_encode(g, slow, mid, fast, depth):
+    """``g: (N, 3) int64`` -> ``(N,) int64`` snake codes, axis ``slow`` slowest."""
+    n = g.shape[0]
+    top = (np.int64(1) << depth) - 1
+    out = np.empty(n, dtype=np.int64)
+    for j in numba.prange(n):
+        a = np.int64(g[j, slow])
+        b = np.int64(g[j, mid])
+        c = np.int64(g[j, fast])
+        if a & 1:
+            b = top - b
+        if b & 1:
+            c = top - c
+        out[j] = (((a << depth) | b) << depth) | c
+    return out

@@ -22,8 +22,8 @@ Orders:
   so on a full grid consecutive codes are neighbouring cells (Manhattan distance 1), as they are
   for the Hilbert orders.
 
-All functions are vectorised torch (CPU or CUDA); the Hilbert order on CPU tensors uses a numba
-kernel (the same algorithm, one thread per point) when numba is importable.
+All functions are vectorised torch (CPU or CUDA); encoding CPU tensors of 4096 points or more
+uses numba kernels (the same formulas, one thread per point) when numba is importable.
 """
 
 from __future__ import annotations
@@ -174,10 +174,19 @@ def _encode_curve(g: Tensor, order: str, depth: int) -> Tensor:
     if order.endswith("-trans"):
         g = g[:, [1, 0, 2]]
         order = order[: -len("-trans")]
+    kernels = _numba_kernels() if g.device.type == "cpu" and g.shape[0] >= 4096 else None
+    if kernels is not None:
+        # One pass per point instead of tens of full-array torch passes (CPU only).
+        g = g.contiguous().numpy()
+        if order == "z":
+            return torch.from_numpy(kernels.morton_encode(g, depth))
+        if order == "hilbert":
+            return torch.from_numpy(kernels.hilbert_encode(g, depth))
+        return torch.from_numpy(kernels.traverse_encode(g, *_TRAVERSE_AXES[order], depth))
     if order == "z":
         return _interleave(g[:, 0], g[:, 1], g[:, 2])
     if order == "hilbert":
-        return _hilbert_encode(g, depth)
+        return _hilbert_encode_torch(g, depth)
     return _traverse_encode(g, _TRAVERSE_AXES[order], depth)
 
 
@@ -242,20 +251,11 @@ def _traverse_decode(local: Tensor, axes: tuple[int, int, int], depth: int) -> T
     return out
 
 
-def _hilbert_encode(g: Tensor, depth: int) -> Tensor:
-    if g.device.type == "cpu" and g.shape[0] >= 4096:
-        kernel = _numba_kernels()
-        if kernel is not None:
-            out = torch.from_numpy(kernel[0](g.contiguous().numpy(), depth))
-            return out
-    return _hilbert_encode_torch(g, depth)
-
-
 def _hilbert_decode(local: Tensor, depth: int) -> Tensor:
     if local.device.type == "cpu" and local.shape[0] >= 4096:
-        kernel = _numba_kernels()
-        if kernel is not None:
-            return torch.from_numpy(kernel[1](local.contiguous().numpy(), depth))
+        kernels = _numba_kernels()
+        if kernels is not None:
+            return torch.from_numpy(kernels.hilbert_decode(local.contiguous().numpy(), depth))
     return _hilbert_decode_torch(local, depth)
 
 
@@ -314,12 +314,11 @@ _NUMBA_CACHE: list = []
 
 
 def _numba_kernels():
-    """``(encode, decode)`` numba kernels, compiled on first use; None without numba."""
+    """The ``_curves_numba`` module (kernels compile on first use); None without numba."""
     if _NUMBA_CACHE:
         return _NUMBA_CACHE[0]
     try:
-        from ._curves_numba import hilbert_decode, hilbert_encode
-        kernels = (hilbert_encode, hilbert_decode)
+        from . import _curves_numba as kernels
     except ImportError:
         kernels = None
     _NUMBA_CACHE.append(kernels)

@@ -52,12 +52,27 @@ def to_csr(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
     return rowptr, col
 
 
+_NUMBA: list = []
+
+
+def _numba_walks():
+    """The numba walk kernel (compiled on first use), or None without numba."""
+    if not _NUMBA:
+        try:
+            from ._graph_numba import walks
+        except ImportError:
+            walks = None
+        _NUMBA.append(walks)
+    return _NUMBA[0]
+
+
 def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
                  generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
     """Uniform random walks, all advanced together (vectorised torch, CPU or CUDA).
 
     ``walk[:, 0] = start``; ``walk[:, i+1] = col[rowptr[c] + floor(u[:, i] · deg(c))]`` for the
-    current node ``c``; a node without out-neighbours stays where it is.
+    current node ``c``; a node without out-neighbours stays where it is. CPU inputs of 4096
+    walks or more run a numba kernel with the same rule and the same uniforms.
 
     Args:
         rowptr, col: CSR from ``to_csr``.
@@ -72,7 +87,14 @@ def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
     w = start.numel()
     if u is None:
         u = torch.rand((w, length), generator=generator, device=start.device, dtype=torch.float64)
+    if start.device.type == "cpu" and w >= 4096:
+        kernel = _numba_walks()
+        if kernel is not None:
+            return torch.from_numpy(kernel(rowptr.long().numpy(), col.long().numpy(),
+                                           start.long().contiguous().numpy(),
+                                           u.to(torch.float64).contiguous().numpy()))
     out = torch.empty((w, length + 1), dtype=torch.long, device=start.device)
+    col_ext = torch.cat([col.long(), col.new_zeros(1, dtype=torch.long)])
     cur = start.long()
     out[:, 0] = cur
     for i in range(length):
@@ -80,8 +102,8 @@ def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
         deg = rowptr[cur + 1] - lo
         # float rounding can make u·deg == deg; clamp keeps the pick inside the list.
         pick = torch.minimum((u[:, i] * deg).long(), (deg - 1).clamp_min(0))
-        nxt = col[(lo + pick).clamp_max(max(col.numel() - 1, 0))] if col.numel() else cur
-        cur = torch.where(deg > 0, nxt, cur)
+        # col_ext's last entry is a dummy read by nodes without neighbours (then discarded).
+        cur = torch.where(deg > 0, col_ext[lo + pick], cur)
         out[:, i + 1] = cur
     return out
 
@@ -175,24 +197,28 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
     k = n * per
     rowptr, col = to_csr(edge_index, n)
     nodes = torch.arange(n, device=dev)
-    keys = [(nodes * per + m * s) * n + nodes]
-    walks_out = (torch.empty((n, m, s, big_m, m + 1), dtype=torch.long, device=dev)
+    width = big_m * (m + 1)
+    # Visited nodes of every token in one padded row (pad = n, sorts last); sorting the short
+    # rows and dropping repeats deduplicates without a global sort over all memberships.
+    visited = torch.full((n, per, width), n, dtype=torch.long, device=dev)
+    visited[:, per - 1, 0] = nodes
+    walks_out = (torch.full((n, m, s, big_m, m + 1), -1, dtype=torch.long, device=dev)
                  if return_walks else None)
     for b in range(m):
         steps = m - b
         start = nodes.repeat_interleave(s * big_m)
         walk = random_walks(rowptr, col, start, steps, generator)
-        slot = torch.arange(s, device=dev).repeat_interleave(big_m).repeat(n)
-        tok = start * per + b * s + slot
-        keys.append((tok[:, None] * n + walk).reshape(-1))
+        visited[:, b * s:(b + 1) * s, : big_m * (steps + 1)] = walk.view(n, s, big_m * (steps + 1))
         if walks_out is not None:
             walks_out[:, b, :, :, : steps + 1] = walk.view(n, s, big_m, steps + 1)
-            walks_out[:, b, :, :, steps + 1:] = -1
-    uniq = torch.unique(torch.cat(keys))
-    token = uniq // n if n else uniq
-    index = uniq - token * n
+    visited = torch.sort(visited.view(k, width), dim=1).values
+    keep = visited < n
+    keep[:, 1:] &= visited[:, 1:] != visited[:, :-1]
+    counts = keep.sum(1)
+    index = visited[keep]
+    token = torch.repeat_interleave(torch.arange(k, device=dev), counts, output_size=index.numel())
     ptr = torch.zeros(k + 1, dtype=torch.long, device=dev)
-    ptr[1:] = torch.cumsum(torch.bincount(token, minlength=k), 0)
+    ptr[1:] = torch.cumsum(counts, 0)
     center = torch.arange(n, device=dev).repeat_interleave(per)
     slot_len = torch.cat([torch.arange(m, 0, -1, device=dev).repeat_interleave(s),
                           torch.zeros(1, dtype=torch.long, device=dev)])

@@ -19,10 +19,22 @@ def test_numba_hilbert_matches_torch(depth):
     assert torch.equal(curves._hilbert_decode_torch(ref, depth), coord)
 
 
-def test_public_encode_uses_the_same_codes_for_large_inputs():
+@pytest.mark.parametrize("order", curves.ORDERS)
+def test_public_encode_uses_the_same_codes_for_large_inputs(order):
     coord = torch.randint(0, 1 << 10, (10000, 3), generator=torch.Generator().manual_seed(0))
-    big = curves.encode(coord, "hilbert", depth=10)
-    small = torch.cat([curves.encode(c, "hilbert", depth=10) for c in coord.split(1000)])
+    big = curves.encode(coord, order, depth=10)
+    small = torch.cat([curves.encode(c, order, depth=10) for c in coord.split(1000)])
     assert torch.equal(big, small)
-    back, _ = curves.decode(big, "hilbert", 10)
+    back, _ = curves.decode(big, order, 10)
     assert torch.equal(back, coord)
+
+
+@pytest.mark.parametrize("depth", [1, 5, 21])
+def test_numba_morton_and_traverse_match_torch(depth):
+    coord = torch.randint(0, 1 << depth, (5000, 3), generator=torch.Generator().manual_seed(depth))
+    ref = curves._interleave(coord[:, 0], coord[:, 1], coord[:, 2])
+    assert torch.equal(torch.from_numpy(numba_kernels.morton_encode(coord.numpy(), depth)), ref)
+    for order, axes in curves._TRAVERSE_AXES.items():
+        ref = curves._traverse_encode(coord, axes, depth)
+        got = torch.from_numpy(numba_kernels.traverse_encode(coord.numpy(), *axes, depth))
+        assert torch.equal(got, ref), order
