@@ -108,7 +108,8 @@ def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
     return out
 
 
-@dataclass(frozen=True)
+# eq=False: fields are tensors, so equality is identity (no ambiguous tensor bools).
+@dataclass(frozen=True, eq=False)
 class NeighbourhoodTokens:
     """Random-walk neighbourhood tokens of every node, packed node by node.
 

@@ -32,8 +32,8 @@ def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
         grid_size: cell edge, a positive float or a ``(3,)`` sequence / tensor (per axis).
 
     Returns:
-        ``grid_coord: (N, 3) int64``, non-negative. One host sync (the minimum is a tensor op;
-        the grid_size check reads it).
+        ``grid_coord: (N, 3) int64``, non-negative. Host syncs: the grid_size and finiteness
+        checks.
     """
     if not isinstance(coord, Tensor):
         raise TypeError(f"coord: expected a torch.Tensor, got {type(coord).__name__}")
@@ -164,7 +164,8 @@ def serialize_multi(coord: Tensor, grid_size, orders: Sequence[str] = ("z", "z-t
     return tuple(out)
 
 
-@dataclass(frozen=True)
+# eq=False: fields are tensors, so equality is identity (no ambiguous tensor bools).
+@dataclass(frozen=True, eq=False)
 class Pooling:
     """Parents of a serialized pooling step and the maps between children and parents.
 

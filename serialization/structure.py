@@ -67,7 +67,8 @@ def _check_cu_seqlens(cu_seqlens, total: int | None, name: str = "cu_seqlens") -
             raise ValueError(f"{name}: expected the last value to be N = {total}, got {last}")
 
 
-@dataclass(frozen=True)
+# eq=False: fields are tensors, so equality is identity (no ambiguous tensor bools).
+@dataclass(frozen=True, eq=False)
 class Serialization:
     """Permutation of ``N`` items into ``S`` packed sequences (validated on construction).
 

@@ -45,7 +45,11 @@ def nmnist(tmp_path_factory):
         pytest.skip(f"real N-MNIST sample not found at {NMNIST} (../shared/data is absent)")
     root = tmp_path_factory.mktemp("nmnist")
     with tarfile.open(NMNIST) as tar:
-        tar.extractall(root, filter="data")
+        # the "data" filter exists from Python 3.11.4 / 3.10.12 on; older ones extract as is
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(root, filter="data")
+        else:
+            tar.extractall(root)
     files = sorted(root.rglob("*.bin"))
     assert len(files) == 700
     return [read_nmnist(f) for f in files], files

@@ -180,3 +180,9 @@ def test_insert_tokens_errors():
         insert_tokens(x, cu, prefix=[1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match=r"x: expected a packed \(T, \*F\) tensor, got a 0-D tensor"):
         insert_tokens(torch.tensor(1.0), cu)
+
+
+def test_equality_is_identity():
+    s = Serialization(*_valid())
+    t = Serialization(s.order, s.inverse, s.cu_seqlens)
+    assert s == s and s != t
