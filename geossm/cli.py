@@ -81,6 +81,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
         summary = trainer.fit()
         if trainer.is_main:
             print(_json(summary), flush=True)
+    except KeyboardInterrupt:
+        if trainer.run_dir is not None:
+            sys.stderr.write(f"geossm train: interrupted; continue with: geossm train "
+                             f"{config or ''} resume=true output_dir={trainer.run_dir}\n")
+            return 130
+        raise
     finally:
         trainer.close()
     return 0

@@ -161,10 +161,18 @@ class Trainer:
         else:
             sampler = ShardSampler(len(dataset), self.rank, self.world_size)
         nw = int(cfg.train.num_workers)
+        # Workers are not persistent and draw their seeds from the loader's own generator,
+        # re-seeded every epoch (see _set_epoch): the random stream of epoch e is then a function
+        # of (seed, rank, e) alone, so a resumed run augments exactly as an uninterrupted one.
         return DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=self.task.collate,
                           num_workers=nw, pin_memory=self.device.type == "cuda",
                           worker_init_fn=_seed_worker if nw > 0 else None,
-                          persistent_workers=nw > 0)
+                          generator=torch.Generator(), persistent_workers=False)
+
+    def _set_epoch(self, loader: DataLoader, epoch: int) -> None:
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        loader.generator.manual_seed(  # type: ignore[union-attr]
+            (int(self.cfg.seed) * 1_000_003 + self.rank * 10_007 + epoch) % 2**63)
 
     def _split_loss(self, out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if isinstance(out, Mapping):
@@ -351,7 +359,7 @@ class Trainer:
             bar = tqdm(range(start_epoch + 1, stop + 1), initial=start_epoch, total=epochs,
                        desc="epochs", disable=not self.progress, dynamic_ncols=True)
             for epoch in bar:
-                loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+                self._set_epoch(loader, epoch)
                 train_stats = self._train_epoch(loader, epoch, (epoch - 1) * steps,
                                                 optimizer, scheduler, logger)
                 logger.evaluation(epoch, "train", train_stats, epoch * steps)

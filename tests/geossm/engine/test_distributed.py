@@ -41,6 +41,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert len(ckpt["rng"]) == 2  # one RNG state per rank
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["split"] == "val"] == [1, 2]  # written once (rank 0)
+    assert len(list((run / "tb").iterdir())) == 1  # one TensorBoard writer (rank 0)
     # Each rank trained on half the samples per epoch: 16 samples / (2 ranks x batch 2).
     assert ckpt["scheduler"]["last_epoch"] == 2 * 4
     # Metrics reduced over ranks equal a single-process evaluation of the same weights.

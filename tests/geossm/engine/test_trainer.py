@@ -53,9 +53,13 @@ def restore_determinism():
     torch.use_deterministic_algorithms(False)  # deterministic=true is process-global
 
 
-def test_resume_is_exact(tmp_path, restore_determinism):
-    """4 epochs straight == 2 epochs, stop, resume for 2 more: same weights and metrics."""
-    common = ("train.epochs=4", "deterministic=true", "train.warmup_epochs=1")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_is_exact(tmp_path, restore_determinism, workers):
+    """4 epochs straight == 2 epochs, stop, resume for 2 more: same weights and metrics
+    (the toy dataset augments with the global torch RNG, in the main process or in workers;
+    the worker variant skips validation to fork fewer worker processes)."""
+    common = ("train.epochs=4", "deterministic=true", "train.warmup_epochs=1",
+              f"train.num_workers={workers}") + (("eval.split=null",) if workers else ())
     straight = tmp_path / "straight"
     Trainer(make_cfg(tmp_path, f"output_dir={straight}", *common)).fit()
 
