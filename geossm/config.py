@@ -20,7 +20,8 @@ Where a config name is looked for (``find_config``), first match wins:
 2. ``$GEOSSM_CONFIG_DIR/<name>`` if that variable is set;
 3. ``./configs/<name>``;
 4. the repository's ``configs/<name>`` next to the installed ``geossm`` source (editable
-   installs and source checkouts).
+   installs and source checkouts);
+5. ``geossm/configs/<name>`` inside the installed package (for a wheel that ships them there).
 
 Each step also tries ``<name>.yaml``.
 """
@@ -280,6 +281,8 @@ def config_dirs() -> list[Path]:
         dirs.append(Path(env))
     dirs.append(Path.cwd() / "configs")
     dirs.append(repo_config_dir())
+    # Where a wheel that maps configs/ into the package (geossm/configs) would put them.
+    dirs.append(Path(__file__).resolve().parent / "configs")
     seen, out = set(), []
     for d in dirs:
         key = d.resolve() if d.exists() else d
