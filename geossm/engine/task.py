@@ -16,6 +16,31 @@ and for ``geossm predict``::
     sample = task.load_input(path); batch = task.collate([sample])
     result = task.postprocess(task.forward(model, batch), batch)   # dict of numpy arrays
     task.write_prediction(sample, result, out_npz)                 # .npz + .ply
+
+Writing a task (``tasks/<name>/``)::
+
+    @DATASETS.register
+    class MyScans(torch.utils.data.Dataset):        # __init__(root, split, **data kwargs)
+        def __getitem__(self, i):                    # one sample: arrays, first dim = points
+            return {"coord": xyz (N, 3) float32, "feat": (N, C), "label": (N,) int64}
+
+    @MODELS.register
+    class MyNet(torch.nn.Module):
+        @classmethod
+        def example(cls):                            # tiny (init kwargs, forward kwargs)
+            return {"dim": 8}, {"coord": torch.randn(5, 3), "cu_seqlens": ...}
+
+    @TASKS.register
+    class MySegTask(Task):
+        input_keys = ("coord", "feat", "cu_seqlens")
+        best_metric, best_mode = "miou", "max"
+        def loss(self, outputs, batch):
+            return F.cross_entropy(outputs.float(), batch["label"], ignore_index=-1)
+        def build_metrics(self):
+            return ConfusionMatrix(self.cfg.model.num_classes, ignore_index=-1)
+
+and a config ``configs/<name>/<dataset>.yaml`` with ``task: MySegTask``, ``model: {name: MyNet,
+...}``, ``data: {name: MyScans, root: ..., ...}`` (``_base_: ../_base_/runtime.yaml``).
 """
 
 from __future__ import annotations
