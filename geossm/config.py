@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 #: The standard keys and their defaults (the schema every config is merged over).
 DEFAULTS: dict[str, Any] = {
@@ -363,5 +363,5 @@ def list_configs(directory: str | os.PathLike | None = None) -> list[tuple[str, 
 __all__ = [
     "DEFAULTS", "ConfigError", "ConfigKeyError", "load_config", "apply_overrides",
     "parse_override", "parse_yaml", "find_config", "list_configs", "describe_config",
-    "config_dirs", "repo_config_dir", "save_config", "to_container", "ListConfig",
+    "config_dirs", "repo_config_dir", "save_config", "to_container", "config_name",
 ]

@@ -35,7 +35,7 @@ from geossm.config import save_config, to_container
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       save_checkpoint, seed_everything, set_rng_state)
-from geossm.engine.logging import RunLogger, get_logger, setup_console
+from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.task import Task, move_to
 from geossm.registry import TASKS, import_modules
