@@ -1,7 +1,8 @@
-"""CPU numba kernels for the 3-D Hilbert code (one thread per point).
+"""CPU numba kernels for the curve codes (Hilbert, Morton, traverse): one loop over the points.
 
-The same Skilling transpose algorithm as ``curves._hilbert_encode_torch``; a per-point loop is
-its natural form and avoids the ~30 full-array passes per level of the vectorised version.
+The same formulas as the torch versions in ``curves`` (Skilling's transpose algorithm for
+Hilbert); a per-point loop is their natural form and avoids the tens of full-array passes of the
+vectorised versions. Serial on purpose: no numba thread pool competing with torch's threads.
 Importing this module raises ImportError when numba is missing (callers fall back to torch).
 """
 
@@ -21,12 +22,12 @@ def _interleave_one(a, b, c, depth):
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def hilbert_encode(g, depth):
     """``g: (N, 3) int64`` cells of a ``2^depth`` grid -> ``(N,) int64`` Hilbert codes."""
     n = g.shape[0]
     out = np.empty(n, dtype=np.int64)
-    for j in numba.prange(n):
+    for j in range(n):
         x0 = np.int64(g[j, 0])
         x1 = np.int64(g[j, 1])
         x2 = np.int64(g[j, 2])
@@ -60,12 +61,12 @@ def hilbert_encode(g, depth):
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def hilbert_decode(code, depth):
     """``code: (N,) int64`` Hilbert codes (no sample bits) -> ``(N, 3) int64`` cells."""
     n = code.shape[0]
     out = np.empty((n, 3), dtype=np.int64)
-    for j in numba.prange(n):
+    for j in range(n):
         h = np.int64(code[j])
         x0 = np.int64(0)
         x1 = np.int64(0)
@@ -103,23 +104,23 @@ def hilbert_decode(code, depth):
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def morton_encode(g, depth):
     """``g: (N, 3) int64`` -> ``(N,) int64`` Morton codes (x most significant per level)."""
     n = g.shape[0]
     out = np.empty(n, dtype=np.int64)
-    for j in numba.prange(n):
+    for j in range(n):
         out[j] = _interleave_one(np.int64(g[j, 0]), np.int64(g[j, 1]), np.int64(g[j, 2]), depth)
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def traverse_encode(g, slow, mid, fast, depth):
     """``g: (N, 3) int64`` -> ``(N,) int64`` snake codes, axis ``slow`` slowest."""
     n = g.shape[0]
     top = (np.int64(1) << depth) - 1
     out = np.empty(n, dtype=np.int64)
-    for j in numba.prange(n):
+    for j in range(n):
         a = np.int64(g[j, slow])
         b = np.int64(g[j, mid])
         c = np.int64(g[j, fast])

@@ -1,4 +1,4 @@
-"""CPU numba kernel for uniform random walks (one thread per walk).
+"""CPU numba kernel for uniform random walks (one loop over the walks, serial on purpose).
 
 A walk is a loop over steps by nature; one pass per walk replaces ~10 full-array torch passes
 per step. Importing this module raises ImportError without numba (callers use torch).
@@ -12,12 +12,12 @@ import numpy as np
 __all__ = ["walks"]
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def walks(rowptr, col, start, u):
     """Same rule as ``graph.random_walks``: ``(W,)`` starts, ``(W, L)`` uniforms -> ``(W, L+1)``."""
     w, length = u.shape
     out = np.empty((w, length + 1), dtype=np.int64)
-    for j in numba.prange(w):
+    for j in range(w):
         cur = start[j]
         out[j, 0] = cur
         for i in range(length):

@@ -23,7 +23,7 @@ Orders:
   for the Hilbert orders.
 
 All functions are vectorised torch (CPU or CUDA); encoding CPU tensors of 4096 points or more
-uses numba kernels (the same formulas, one thread per point) when numba is importable.
+uses numba kernels (the same formulas in one serial loop) when numba is importable.
 """
 
 from __future__ import annotations
