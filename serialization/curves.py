@@ -79,7 +79,7 @@ def encode(grid_coord: Tensor, order: str = "hilbert", batch: Tensor | None = No
         ``code: (N,) int64``; ``3·depth`` + bits of ``batch.max()`` must be ``<= 63``.
 
     Raises ValueError for an unknown order, float, negative or out-of-range coordinates, a bad
-    batch, or codes wider than 63 bits. The value checks synchronise with the host once.
+    batch, or codes wider than 63 bits. Host syncs: the min/max value checks (a few scalars).
     """
     return _encode_checked(grid_coord, order, batch, depth)[0]
 
@@ -125,7 +125,7 @@ def _encode_checked(grid_coord, order, batch, depth) -> tuple[Tensor, int]:
     return code, depth
 
 
-def decode(code: Tensor, order: str = "hilbert", depth: int = 16) -> tuple[Tensor, Tensor]:
+def decode(code: Tensor, order: str, depth: int) -> tuple[Tensor, Tensor]:
     """Inverse of ``encode``.
 
     Args:
