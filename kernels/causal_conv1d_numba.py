@@ -78,13 +78,13 @@ def causal_conv1d_fwd(x, weight, bias, cu_seqlens, silu: bool, reverse: bool):
     """Forward kernel: ``(T, D)`` output in x's dtype."""
     start, end = _bounds(cu_seqlens, x.shape[0])
     xs = x.detach().float().contiguous().numpy()
-    pre = np.empty_like(xs)
+    pre = torch.empty(xs.shape, dtype=torch.float32).numpy()
     bias_np = (np.zeros(0, np.float32) if bias is None
                else bias.detach().float().contiguous().numpy())
     _preactivation(xs, weight.detach().float().contiguous().numpy(), bias_np, start, end,
                    bias is not None, bool(reverse), pre)
     if silu:
-        out = np.empty_like(pre)
+        out = torch.empty(pre.shape, dtype=torch.float32).numpy()
         _apply_silu(pre, out)
         pre = out
     return torch.from_numpy(pre).to(x.dtype)
@@ -102,7 +102,7 @@ def causal_conv1d_bwd(dout, x, weight, bias, cu_seqlens, silu: bool, reverse: bo
                    else bias.detach().float().contiguous().numpy())
         _preactivation(xs, w, bias_np, start, end, bias is not None, bool(reverse), pre)
     num_chunks = max(1, (T + TOKEN_CHUNK - 1) // TOKEN_CHUNK)
-    dx = np.empty_like(xs)
+    dx = torch.empty(xs.shape, dtype=torch.float32).numpy()
     dweight_part = np.zeros((num_chunks, channels, w.shape[1]), dtype=np.float32)
     dbias_part = np.zeros((num_chunks, channels), dtype=np.float32)
     _backward(dout.detach().float().contiguous().numpy(), pre, xs, w, start, end, bool(silu),

@@ -179,6 +179,11 @@ def _work_split(cu: np.ndarray, channels: int, groups: int):
     return seg_ranges, blocks
 
 
+def _output(*shape: int) -> np.ndarray:
+    """A float32 output buffer from ``torch.empty`` (tests poison it with NaN to catch gaps)."""
+    return torch.empty(shape, dtype=torch.float32).numpy()
+
+
 def _np32(x: torch.Tensor | None, empty_dims: int) -> np.ndarray:
     """float32 contiguous numpy view of ``x`` (or an empty placeholder of ``empty_dims`` ranks)."""
     if x is None:
@@ -193,8 +198,8 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
     groups, N = B.shape[1], B.shape[2]
     cu = cu_seqlens.detach().cpu().numpy().astype(np.int64)
     seg_ranges, blocks = _work_split(cu, channels, groups)
-    out = np.empty((T, channels), dtype=np.float32)
-    final = np.empty((cu.shape[0] - 1, channels, N), dtype=np.float32)
+    out = _output(T, channels)
+    final = _output(cu.shape[0] - 1, channels, N)
     _forward(_np32(u, 2), _np32(delta, 2), _np32(A, 2), _np32(B, 3), _np32(C, 3), _np32(D, 1),
              _np32(z, 2), _np32(delta_bias, 1), cu, _np32(initial_state, 3), seg_ranges, blocks,
              D is not None, z is not None, delta_bias is not None, initial_state is not None,
@@ -215,15 +220,15 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     seg_ranges, blocks = _work_split(cu, channels, groups)
     blocks_per_group = int(blocks[:, 3].max()) + 1
     num_ranges = seg_ranges.shape[0] - 1
-    du = np.empty((T, channels), dtype=np.float32)
-    ddelta = np.empty((T, channels), dtype=np.float32)
-    dz = np.empty((T, channels) if z is not None else (0, 0), dtype=np.float32)
+    du = _output(T, channels)
+    ddelta = _output(T, channels)
+    dz = _output(T, channels) if z is not None else _output(0, 0)
     dA_part = np.zeros((num_ranges, channels, N), dtype=np.float32)
     dB_part = np.zeros((blocks_per_group, T, groups, N), dtype=np.float32)
     dC_part = np.zeros((blocks_per_group, T, groups, N), dtype=np.float32)
     dD_part = np.zeros((num_ranges, channels), dtype=np.float32)
     dbias_part = np.zeros((num_ranges, channels), dtype=np.float32)
-    dinit = np.empty((num_segments, channels, N), dtype=np.float32)
+    dinit = _output(num_segments, channels, N)
     _backward(_np32(dout, 2), _np32(dfinal_state, 3), _np32(u, 2), _np32(delta, 2), _np32(A, 2),
               _np32(B, 3), _np32(C, 3), _np32(D, 1), _np32(z, 2), _np32(delta_bias, 1), cu,
               _np32(initial_state, 3), seg_ranges, blocks,

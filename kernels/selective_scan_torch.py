@@ -11,11 +11,20 @@ import torch
 import torch.nn.functional as F
 
 
+def compute_dtype(u: torch.Tensor) -> torch.dtype:
+    """float64 for float64 inputs (tests use it as the exact reference), else float32."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
 def discretized_dt(delta: torch.Tensor, delta_bias, delta_softplus: bool) -> torch.Tensor:
-    """``dt = softplus(delta + bias)`` (or ``delta + bias``) in float32. Shapes: ``(T, D)``."""
-    dt = delta.float()
+    """``dt = softplus(delta + bias)`` (or ``delta + bias``) in float32 (float64 for float64).
+
+    Shapes: ``delta: (T, D)``, ``delta_bias: (D,)``.
+    """
+    work = compute_dtype(delta)
+    dt = delta.to(work)
     if delta_bias is not None:
-        dt = dt + delta_bias.float()
+        dt = dt + delta_bias.to(work)
     return F.softplus(dt) if delta_softplus else dt
 
 
@@ -37,9 +46,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         u, delta, z: (T, D); A: (D, N); B, C: (T, G, N); D, delta_bias: (D,);
         cu_seqlens: (S+1,) int32; initial_state: (S, D, N).
 
-    Returns ``(out (T, D) in u.dtype, final_state (S, D, N) float32)``. One host sync (the
+    Returns ``(out (T, D) in u.dtype, final_state (S, D, N) float32)``; float64 inputs are
+    computed and returned in float64 (the exact reference of the tests). One host sync (the
     longest segment decides the number of steps).
     """
+    work = compute_dtype(u)
     T, channels = u.shape
     groups, N = B.shape[1], B.shape[2]
     cu = cu_seqlens.long()
@@ -47,15 +58,15 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     num_segments = lengths.numel()
 
     dt = discretized_dt(delta, delta_bias, delta_softplus)                    # (T, D)
-    B_per_channel = B.float().repeat_interleave(channels // groups, dim=1)   # (T, D, N)
-    C_per_channel = C.float().repeat_interleave(channels // groups, dim=1)   # (T, D, N)
-    decay = torch.exp(dt[..., None] * A.float())                             # (T, D, N)
-    drive = dt[..., None] * B_per_channel * u.float()[..., None]             # (T, D, N)
+    B_per_channel = B.to(work).repeat_interleave(channels // groups, dim=1)  # (T, D, N)
+    C_per_channel = C.to(work).repeat_interleave(channels // groups, dim=1)  # (T, D, N)
+    decay = torch.exp(dt[..., None] * A.to(work))                            # (T, D, N)
+    drive = dt[..., None] * B_per_channel * u.to(work)[..., None]            # (T, D, N)
 
     if initial_state is None:
-        state = u.new_zeros((num_segments, channels, N), dtype=torch.float32)
+        state = u.new_zeros((num_segments, channels, N), dtype=work)
     else:
-        state = initial_state.float()
+        state = initial_state.to(work)
     longest = int(lengths.max()) if num_segments > 0 else 0
     y_steps, token_steps = [], []
     for step in range(longest):
@@ -67,11 +78,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         y_steps.append((new_state * C_per_channel[token]).sum(-1))
         token_steps.append(token)
 
-    y = u.new_zeros((T, channels), dtype=torch.float32)
+    y = u.new_zeros((T, channels), dtype=work)
     if token_steps:
         y = y.index_copy(0, torch.cat(token_steps), torch.cat(y_steps))
     if D is not None:
-        y = y + D.float() * u.float()
+        y = y + D.to(work) * u.to(work)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(work))
     return y.to(u.dtype), state

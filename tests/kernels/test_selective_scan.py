@@ -1,0 +1,288 @@
+"""selective_scan: every backend against the torch reference, forward and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geossm.kernels import selective_scan
+from geossm.kernels.selective_scan_torch import selective_scan_ref
+
+from .conftest import device_under_test, fast_backends
+
+DEVICE = device_under_test()
+BACKENDS = ["torch", *fast_backends()]
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+LENGTHS = {
+    "len0": [0],
+    "len1": [1],
+    "len2": [2],
+    "len63": [63],
+    "len1000": [1000],
+    "mixed": [0, 5, 1, 0, 63, 2, 17, 0],
+}
+
+
+def short_lengths(count: int = 500, seed: int = 0) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 7, (count,), generator=gen).tolist()
+
+
+def make_inputs(lengths, channels=8, state=4, groups=2, dtype=torch.float32, z=True, skip=True,
+                bias=True, init=True, seed=0, positive_delta=False):
+    """Random inputs for ``selective_scan`` (leaf tensors requiring grad) and cu_seqlens."""
+    gen = torch.Generator().manual_seed(seed)
+    T = sum(lengths)
+
+    def leaf(tensor, dt=dtype):
+        return tensor.to(device=DEVICE, dtype=dt).requires_grad_()
+
+    inputs = dict(
+        u=leaf(torch.randn(T, channels, generator=gen)),
+        # without softplus, a negative step would make the state grow without bound
+        delta=leaf(torch.randn(T, channels, generator=gen).abs_().mul_(0.5).add_(0.01)
+                   if positive_delta else torch.randn(T, channels, generator=gen) * 0.5),
+        A=leaf(-torch.rand(channels, state, generator=gen) * 2 - 0.05, torch.float32),
+        B=leaf(torch.randn(T, groups, state, generator=gen)),
+        C=leaf(torch.randn(T, groups, state, generator=gen)),
+        D=leaf(torch.randn(channels, generator=gen), torch.float32) if skip else None,
+        z=leaf(torch.randn(T, channels, generator=gen)) if z else None,
+        delta_bias=(leaf(torch.rand(channels, generator=gen) * 0.3, torch.float32) if bias
+                    else None),
+        initial_state=(leaf(torch.randn(len(lengths), channels, state, generator=gen),
+                            torch.float32) if init else None),
+    )
+    cu = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0).to(torch.int32).to(DEVICE)
+    return inputs, cu
+
+
+def run(backend, inputs, cu, softplus=True, reverse=False, seed=1):
+    """Output, final state and the gradients of a random projection of both.
+
+    ``backend="exact"`` runs the torch reference in float64 on float64 copies of the inputs:
+    the value every backend is measured against.
+    """
+    if backend == "exact":
+        inputs = {k: None if v is None else v.detach().double().requires_grad_()
+                  for k, v in inputs.items()}
+        out, final = selective_scan_ref(**inputs, delta_softplus=softplus, cu_seqlens=cu,
+                                        reverse=reverse)
+    else:
+        out, final = selective_scan(**inputs, delta_softplus=softplus, cu_seqlens=cu,
+                                    reverse=reverse, return_final_state=True, backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    w_out = torch.randn(out.shape, generator=gen).to(DEVICE)
+    w_final = torch.randn(final.shape, generator=gen).to(DEVICE)
+    loss = (out.double() * w_out).sum() + (final.double() * w_final).sum()
+    names = [n for n in GRAD_NAMES if inputs[n] is not None]
+    grads = torch.autograd.grad(loss, [inputs[n] for n in names], allow_unused=True)
+    # with zero tokens, autograd reports the unused per-token inputs as None
+    grads = [torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, grads)]
+    return out, final, dict(zip(names, grads))
+
+
+def rel_err(got, want):
+    got, want = got.detach().double(), want.detach().double()
+    assert torch.isfinite(got).all(), "non-finite values (unwritten output?)"
+    return float((got - want).norm() / want.norm().clamp_min(1e-12))
+
+
+def assert_close(got, want, tol):
+    out, final, grads = got
+    ref_out, ref_final, ref_grads = want
+    assert out.shape == ref_out.shape
+    assert rel_err(out, ref_out) <= tol, f"out: {rel_err(out, ref_out)}"
+    assert rel_err(final, ref_final) <= tol, f"final_state: {rel_err(final, ref_final)}"
+    for name, ref in ref_grads.items():
+        grad = grads[name]
+        assert grad is not None and grad.shape == ref.shape, name
+        assert rel_err(grad, ref) <= tol, f"d{name}: {rel_err(grad, ref)}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case", [*LENGTHS, "S1_long", "S500_short"])
+def test_matches_reference_on_lengths(backend, case, reverse):
+    lengths = {"S1_long": [1000], "S500_short": short_lengths()}.get(case) or LENGTHS[case]
+    inputs, cu = make_inputs(lengths)
+    want = run("exact", inputs, cu, reverse=reverse)
+    got = run(backend, inputs, cu, reverse=reverse)
+    assert_close(got, want, 1e-5)
+
+
+FEATURES = {
+    "G1_plain": dict(groups=1, z=False, skip=False, bias=False, init=False),
+    "G4": dict(groups=4, channels=16),
+    "G8_per_channel": dict(groups=8),
+    "no_z": dict(z=False),
+    "no_D": dict(skip=False),
+    "no_bias": dict(bias=False),
+    "no_init": dict(init=False),
+    "odd_channels_N": dict(channels=5, state=3, groups=1),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("feature", list(FEATURES) + ["no_softplus"])
+def test_matches_reference_with_features(backend, feature, reverse):
+    softplus = feature != "no_softplus"
+    inputs, cu = make_inputs(LENGTHS["mixed"], positive_delta=not softplus,
+                             **FEATURES.get(feature, {}))
+    want = run("exact", inputs, cu, softplus=softplus, reverse=reverse)
+    got = run(backend, inputs, cu, softplus=softplus, reverse=reverse)
+    assert_close(got, want, 1e-5)
+
+
+# Half-precision inputs: the reference sees the same rounded inputs and also computes in float32,
+# so the gap is the rounding of the outputs and gradients to 16 bits (bf16: 8 mantissa bits).
+HALF_TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_inputs(backend, dtype):
+    inputs, cu = make_inputs(LENGTHS["mixed"] + [300], dtype=dtype)
+    want = run("exact", inputs, cu)
+    got = run(backend, inputs, cu)
+    assert got[0].dtype == dtype
+    assert_close(got, want, HALF_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_initial_state_chaining(backend, reverse):
+    """Scanning a segment in two halves, passing the final state on, equals one whole scan."""
+    inputs, _ = make_inputs([90], init=False)
+    args = {k: v.detach() for k, v in inputs.items() if v is not None}
+    whole = selective_scan(**args, delta_softplus=True, reverse=reverse, backend=backend)
+    first, second = (slice(0, 37), slice(37, 90)) if not reverse else (slice(37, 90), slice(0, 37))
+
+    def part(piece, state=None):
+        tokens = {k: (v[piece] if k in ("u", "delta", "B", "C", "z") else v)
+                  for k, v in args.items()}
+        return selective_scan(**tokens, delta_softplus=True, reverse=reverse, backend=backend,
+                              initial_state=state, return_final_state=True)
+
+    out_first, state = part(first)
+    out_second, _ = part(second, state)
+    joined = torch.empty_like(whole)
+    joined[first], joined[second] = out_first, out_second
+    assert rel_err(joined, whole) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dense_input_equals_packed(backend):
+    batch, length, channels, state = 3, 20, 8, 4
+    inputs, cu = make_inputs([length] * batch, channels=channels, state=state, init=False)
+    args = {k: v.detach() for k, v in inputs.items() if v is not None}
+    packed = selective_scan(**args, cu_seqlens=cu, delta_softplus=True, backend=backend)
+    dense_args = {k: (v.reshape(batch, length, *v.shape[1:]) if k in ("u", "delta", "B", "C", "z")
+                      else v) for k, v in args.items()}
+    dense = selective_scan(**dense_args, delta_softplus=True, backend=backend)
+    assert dense.shape == (batch, length, channels)
+    assert rel_err(dense.reshape(-1, channels), packed) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_B_without_group_axis_equals_one_group(backend):
+    inputs, cu = make_inputs([7, 0, 12], groups=1, init=False)
+    args = {k: v.detach() for k, v in inputs.items() if v is not None}
+    grouped = selective_scan(**args, cu_seqlens=cu, backend=backend)
+    flat = selective_scan(**{**args, "B": args["B"][:, 0], "C": args["C"][:, 0]},
+                          cu_seqlens=cu, backend=backend)
+    assert torch.equal(grouped, flat)
+
+
+def test_empty_segment_final_state_is_initial_state():
+    inputs, cu = make_inputs([3, 0, 4])
+    for backend in BACKENDS:
+        _, final = selective_scan(**inputs, cu_seqlens=cu, return_final_state=True,
+                                  backend=backend)
+        assert torch.equal(final[1], inputs["initial_state"][1].detach())
+
+
+# ---------------------------------------------------------------------------- validation
+def valid_args():
+    inputs, cu = make_inputs([3, 4], init=False)
+    args = {k: v.detach() for k, v in inputs.items() if v is not None}
+    return args, cu
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(u="not a tensor"), TypeError, r"u must be a torch.Tensor, got str"),
+    (dict(u=torch.randn(7)), ValueError, r"u must have 2 or 3 dimensions, got shape \(7,\)"),
+    (dict(u=torch.randint(0, 3, (7, 8))), TypeError, r"u must be float32, float16 or bfloat16"),
+    (dict(delta=torch.randn(7, 9)), ValueError, r"delta must have shape like u = \(7, 8\), got \(7, 9\)"),
+    (dict(z=torch.randn(6, 8)), ValueError, r"z must have shape like u = \(7, 8\), got \(6, 8\)"),
+    (dict(A=torch.randn(9, 4)), ValueError, r"A must have shape \(D, N\) with D=8, got \(9, 4\)"),
+    (dict(B=torch.randn(7, 5)), ValueError, r"B must have shape \(7, 4\) or \(7, 'G', 4\)"),
+    (dict(C=torch.randn(6, 2, 4)), ValueError, r"C must have shape"),
+    (dict(B=torch.randn(7, 3, 4), C=torch.randn(7, 3, 4)), ValueError,
+     r"number of groups G=3 of B/C must divide D=8"),
+    (dict(C=torch.randn(7, 4, 4)), ValueError, r"B and C must have the same number of groups G, got 2 and 4"),
+    (dict(D=torch.randn(7)), ValueError, r"D must have shape \(D,\) = \(8,\), got \(7,\)"),
+    (dict(delta_bias=torch.randn(8, 1)), ValueError, r"delta_bias must have 1 dimensions"),
+    (dict(initial_state=torch.randn(3, 8, 4)), ValueError,
+     r"initial_state must have shape \(S, D, N\) = \(2, 8, 4\), got \(3, 8, 4\)"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 6], dtype=torch.int32)), ValueError,
+     r"cu_seqlens must end with the number of tokens T=7, got 6"),
+    (dict(cu_seqlens=torch.tensor([1, 3, 7], dtype=torch.int32)), ValueError,
+     r"cu_seqlens must start with 0, got 1"),
+    (dict(cu_seqlens=torch.tensor([0, 5, 3, 7], dtype=torch.int32)), ValueError,
+     r"cu_seqlens must be non-decreasing, got cu_seqlens\[1\]=5 > cu_seqlens\[2\]=3"),
+    (dict(cu_seqlens=torch.tensor([0.0, 7.0])), TypeError, r"cu_seqlens must be int32 or int64"),
+    (dict(cu_seqlens=torch.tensor([[0, 7]])), ValueError, r"cu_seqlens must be 1-D"),
+    (dict(cu_seqlens=[0, 7]), TypeError, r"cu_seqlens must be a torch.Tensor, got list"),
+    (dict(backend="cuda"), ValueError, r"backend must be one of \('torch', 'numba', 'triton'\) or None, got 'cuda'"),
+    (dict(A=torch.randn(8, 4, device="meta")), ValueError, r"A must be on cpu like the input, got meta"),
+])
+def test_validation_errors(change, error, message):
+    if DEVICE != "cpu" and "meta" in message:
+        pytest.skip("device-mismatch case is written for CPU inputs")
+    args, cu = valid_args()
+    args = {k: v.cpu() for k, v in args.items()}
+    call = dict(args, cu_seqlens=cu.cpu())
+    call.update(change)
+    with pytest.raises(error, match=message):
+        selective_scan(**call)
+
+
+def test_dense_input_refuses_cu_seqlens():
+    args, cu = valid_args()
+    dense = {k: (v.reshape(1, 7, *v.shape[1:]) if k in ("u", "delta", "B", "C", "z") else v)
+             for k, v in args.items()}
+    with pytest.raises(ValueError, match=r"cu_seqlens must be None for dense \(Bt, L, D\) input"):
+        selective_scan(**dense, cu_seqlens=cu)
+
+
+def test_numba_refuses_non_cpu_tensors():
+    args, cu = valid_args()
+    meta = {k: v.to("meta") for k, v in args.items()}
+    with pytest.raises(ValueError, match=r"backend='numba' needs CPU tensors, got tensors on meta"):
+        selective_scan(**meta, backend="numba")
+
+
+def test_reference_is_the_formula_on_a_hand_case():
+    """One channel, one state, hand-computed: h1 = 2, h2 = e^-1 * 2 + 3."""
+    u = torch.tensor([[1.0], [1.5]])
+    delta = torch.tensor([[1.0], [1.0]])
+    A = torch.tensor([[-1.0]])
+    B = torch.tensor([[2.0], [2.0]])
+    C = torch.tensor([[1.0], [1.0]])
+    for backend in BACKENDS:
+        out = selective_scan(u, delta, A, B, C, backend=backend)
+        expected = torch.tensor([[2.0], [2.0 * torch.exp(torch.tensor(-1.0)).item() + 3.0]])
+        torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("backend", fast_backends())
+def test_custom_op_passes_opcheck(backend):
+    """The registered op's fake implementation, schema and autograd agree with the kernel."""
+    inputs, cu = make_inputs([5, 0, 9], init=True)
+    args = [inputs[n] for n in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    torch.library.opcheck(torch.ops.geossm.selective_scan.default,
+                          (*args, cu, inputs["initial_state"], True, False, backend),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))
