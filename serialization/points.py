@@ -244,14 +244,16 @@ def serialized_pooling(code: Tensor, order: str, depth: int, levels: int = 1,
                                          return_counts=True)
     m = uniq.numel()
     grid, batch = decode(uniq, order, pdepth)
-    # The first child in code order: smallest (code, index) among the cluster's members.
+    # The first child in code order: smallest (code, index) among the cluster's members, found
+    # with two scatter-min passes instead of another sort.
     n = code.numel()
-    child_order = torch.sort(code, stable=True).indices
-    first_pos = torch.full((m,), n, dtype=torch.long, device=code.device)
-    pos = torch.empty_like(child_order)
-    pos[child_order] = torch.arange(n, device=code.device)
-    first_pos = first_pos.scatter_reduce(0, cluster, pos, "amin", include_self=True)
-    head = child_order[first_pos] if n else first_pos
+    dev = code.device
+    code = code.long()
+    min_code = torch.full((m,), torch.iinfo(torch.long).max, dtype=torch.long, device=dev)
+    min_code = min_code.scatter_reduce(0, cluster, code, "amin")
+    is_min = code == min_code[cluster]
+    head = torch.full((m,), n, dtype=torch.long, device=dev).scatter_reduce(
+        0, cluster[is_min], torch.arange(n, device=dev)[is_min], "amin")
     if num_samples is None:
         num_samples = int(batch.max()) + 1 if m else 0
     cu = batch_to_cu_seqlens(batch, num_samples)
