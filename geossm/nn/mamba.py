@@ -1,0 +1,213 @@
+"""Mamba (selective SSM) mixers over packed variable-length sequences.
+
+``Mamba`` is the Mamba-1 block of Gu & Dao (2023) written on the grouped kernels of
+``geossm.kernels``: one call runs every segment of a packed ``(T, D)`` tensor, with no padding
+and no Python loop over sequences. ``BiMamba`` adds a second, reversed direction (the
+bidirectional encoder of Vim, Point Cloud Mamba and Graph Mamba Networks) without flipping or
+copying the input: the kernels scan each segment from its end when ``reverse=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geossm.kernels import causal_conv1d, selective_scan
+
+__all__ = ["Mamba", "BiMamba"]
+
+
+def check_tokens(name: str, x, dim: int) -> None:
+    """Raise unless ``x`` is a packed ``(T, dim)`` or dense ``(B, L, dim)`` float tensor.
+
+    Shape checks only (no host sync), so modules stay compilable.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() not in (2, 3) or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (T, {dim}) or (B, L, {dim}), "
+                         f"got {tuple(x.shape)}")
+
+
+def check_cu_seqlens(cu_seqlens, x: torch.Tensor) -> None:
+    """Raise on ``cu_seqlens`` given with dense input or of the wrong kind (no host sync).
+
+    Its values (leading 0, non-decreasing, last = T) are checked by the kernels.
+    """
+    if cu_seqlens is None:
+        return
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor or None, got "
+                        f"{type(cu_seqlens).__name__}")
+    if x.dim() == 3:
+        raise ValueError("cu_seqlens must be None for dense (B, L, D) input, got a tensor; "
+                         "pass packed (T, D) input to give segment boundaries")
+    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cu_seqlens must be a 1-D int32 tensor (S+1,), got shape "
+                         f"{tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}")
+
+
+class Mamba(nn.Module):
+    r"""Mamba-1 mixer on packed ``(T, D)`` + ``cu_seqlens`` or dense ``(B, L, D)`` input.
+
+    With ``E = expand * d_model`` inner channels and state size ``N = d_state``::
+
+        x', z   = split(in_proj(x))                                   # (T, E) each
+        x'      = silu(causal_conv1d(x', conv_weight, conv_bias))     # per segment, width d_conv
+        dt,B,C  = split(x_proj(x'))                                   # (T, R), (T, N), (T, N)
+        Δ       = softplus(dt_proj.weight @ dt + dt_proj.bias)        # (T, E)
+        A       = -exp(A_log)                                         # (E, N)
+        h_t     = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t x'_t,   y_t = <C_t, h_t> + D ⊙ x'_t
+        out     = out_proj(y ⊙ silu(z))                               # (T, d_model)
+
+    The state ``h`` restarts at zero at every segment start; the convolution never reads
+    across a boundary. ``reverse=True`` runs the convolution and the scan from each segment's
+    end to its start (equal to flipping every segment, running forward and flipping back).
+
+    Initialisation (Mamba's): ``A = -[1, 2, …, N]`` for every channel, stored as ``A_log``;
+    ``D = 1``; ``dt_proj.bias = softplus⁻¹(dt)`` with ``dt`` log-uniform in
+    ``[dt_min, dt_max]`` (floored at ``dt_init_floor``), so the initial step sizes span that
+    range; ``dt_proj.weight`` uniform in ``±dt_rank^-1/2``. ``A_log`` and ``D`` carry
+    ``_no_weight_decay = True``, honoured by the trainer.
+
+    Args:
+        d_model: model width ``D``.
+        d_state: SSM state size ``N``, default 16.
+        d_conv: causal convolution width, 2..8, default 4.
+        expand: inner width factor, ``E = expand * d_model``, default 2.
+        dt_rank: rank ``R`` of the step-size projection, default ``"auto"`` =
+            ``ceil(d_model / 16)``.
+        dt_min, dt_max: range of the initial step sizes, default 1e-3, 0.1.
+        dt_init_floor: lower clamp of the initial step sizes, default 1e-4.
+        conv_bias: bias in the convolution, default True.
+        bias: biases in ``in_proj`` and ``out_proj``, default False.
+        backend: kernel backend (``"torch"``, ``"numba"``, ``"triton"``) or None = numba on
+            CPU, triton on CUDA.
+
+    Shapes::
+
+        x:          (T, D) packed or (B, L, D) dense
+        cu_seqlens: (S+1,) int32, leading 0, last T (packed only; None = one segment)
+        out:        like x
+
+    Validating ``cu_seqlens`` costs one host sync per kernel call (skipped under
+    ``torch.compile``).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank="auto", dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
+                 backend=None):
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("expand", expand)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(d_conv, bool) or not isinstance(d_conv, int) or not 2 <= d_conv <= 8:
+            raise ValueError(f"d_conv must be an int in [2, 8] (kernel limit), got {d_conv!r}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, got "
+                             f"dt_min={dt_min}, dt_max={dt_max}")
+        if backend not in (None, "torch", "numba", "triton"):
+            raise ValueError(f"backend must be None, 'torch', 'numba' or 'triton', "
+                             f"got {backend!r}")
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank
+        self.backend = backend
+        inner = self.d_inner
+
+        self.in_proj = nn.Linear(d_model, 2 * inner, bias=bias)
+        # Depthwise filters (E, W): weight[:, -1] multiplies the current token.
+        self.conv_weight = nn.Parameter(torch.empty(inner, d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(inner)) if conv_bias else None
+        self.x_proj = nn.Linear(inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(inner, d_state))
+        self.D = nn.Parameter(torch.empty(inner))
+        self.out_proj = nn.Linear(inner, d_model, bias=bias)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self._dt_range = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba's initialisation of the convolution, ``dt_proj``, ``A_log`` and ``D``."""
+        # Same bound as nn.Conv1d's default for a depthwise filter (fan_in = d_conv).
+        bound = 1.0 / math.sqrt(self.d_conv)
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        if self.conv_bias is not None:
+            nn.init.uniform_(self.conv_bias, -bound, bound)
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt_min, dt_max, floor = self._dt_range
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=floor)
+        # softplus(inv_dt) == dt: inv_dt = log(exp(dt) - 1) = dt + log(1 - exp(-dt)).
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                reverse: bool = False) -> torch.Tensor:
+        """Mix along every segment (see the class docstring); returns a tensor shaped like x."""
+        check_tokens("x", x, self.d_model)
+        check_cu_seqlens(cu_seqlens, x)
+        xz = self.in_proj(x)
+        h, z = xz.split(self.d_inner, dim=-1)
+        h = causal_conv1d(h, self.conv_weight, self.conv_bias, cu_seqlens=cu_seqlens,
+                          activation="silu", reverse=reverse, backend=self.backend)
+        dt, B, C = self.x_proj(h).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # The bias goes into the kernel (delta_bias), applied before the softplus in float32.
+        delta = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(h, delta, A, B, C, D=self.D.float(), z=z,
+                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           cu_seqlens=cu_seqlens, reverse=reverse, backend=self.backend)
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"expand={self.expand}, dt_rank={self.dt_rank}, backend={self.backend!r}")
+
+
+class BiMamba(nn.Module):
+    r"""Bidirectional Mamba: a forward and a reversed direction with separate parameters.
+
+    ``out = forward_mamba(x) + backward_mamba(x, reverse=True)``, where the reversed direction
+    scans each segment from its end to its start inside the kernels (no flip, no copy);
+    mathematically ``backward_mamba(x, reverse=True) = flip(backward_mamba(flip(x)))`` with
+    ``flip`` reversing every segment.
+
+    Args:
+        d_model: model width ``D``.
+        **mamba_kwargs: passed to both ``Mamba`` directions (``d_state``, ``d_conv``,
+            ``expand``, ``dt_rank``, ``dt_min``, ``dt_max``, ``dt_init_floor``, ``conv_bias``,
+            ``bias``, ``backend``).
+
+    Shapes::
+
+        x:          (T, D) packed or (B, L, D) dense
+        cu_seqlens: (S+1,) int32 (packed only; None = one segment)
+        out:        like x
+    """
+
+    def __init__(self, d_model: int, **mamba_kwargs):
+        super().__init__()
+        self.forward_mamba = Mamba(d_model, **mamba_kwargs)
+        self.backward_mamba = Mamba(d_model, **mamba_kwargs)
+        self.d_model = d_model
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.forward_mamba(x, cu_seqlens)
+                + self.backward_mamba(x, cu_seqlens, reverse=True))
