@@ -129,6 +129,8 @@ def test_bimamba_separate_parameters_and_per_sequence(packed):
     torch.testing.assert_close(bi(dense)[0], y[:5], atol=1e-5, rtol=1e-5)
 
 
+# The kernels' backend choice reads an lru_cache'd availability check; dynamo traces through it.
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a .functools.lru_cache.:UserWarning")
 def test_torch_compile_fullgraph_matches_eager(packed):
     x, cu = packed
     m = small()

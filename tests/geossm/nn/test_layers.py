@@ -1,0 +1,101 @@
+"""RMSNorm, DropPath and MLP on packed input of mixed lengths."""
+
+import pytest
+import torch
+
+from geossm.nn import MLP, DropPath, RMSNorm
+
+LENGTHS = [4, 0, 1, 7, 0, 2]
+CU = torch.tensor([0] + LENGTHS).cumsum(0).to(torch.int32)
+T = sum(LENGTHS)
+
+
+def test_rmsnorm_formula_dtype_and_gradient():
+    torch.manual_seed(0)
+    norm = RMSNorm(6, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(T, 6, requires_grad=True)
+    y = norm(x)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight
+    torch.testing.assert_close(y, expected)
+    # Token-wise: each segment alone gives the same rows.
+    for a, b in zip(CU[:-1].tolist(), CU[1:].tolist()):
+        torch.testing.assert_close(norm(x[a:b]), y[a:b])
+    y.sum().backward()
+    assert norm.weight.grad.abs().sum() > 0 and x.grad is not None
+    assert norm(x.detach().bfloat16()).dtype == torch.bfloat16
+    assert norm(torch.randn(2, 3, 6)).shape == (2, 3, 6)
+
+
+def test_rmsnorm_errors():
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 6\), got \(3, 5\)"):
+        RMSNorm(6)(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="dim must be a positive int"):
+        RMSNorm(0)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        RMSNorm(4, eps=0.0)
+
+
+def test_drop_path_identity_in_eval_and_at_zero():
+    x = torch.randn(T, 3)
+    dp = DropPath(0.5).eval()
+    assert dp(x, CU) is x
+    assert DropPath(0.0).train()(x, CU) is x
+
+
+def test_drop_path_drops_whole_segments():
+    torch.manual_seed(0)
+    dp = DropPath(0.5).train()
+    x = torch.rand(T, 3) + 1.0  # no zeros, so a zero row means "dropped"
+    seen = set()
+    for _ in range(20):
+        y = dp(x, CU)
+        for a, b in zip(CU[:-1].tolist(), CU[1:].tolist()):
+            if b == a:
+                continue
+            rows = y[a:b]
+            if (rows == 0).all():
+                seen.add("dropped")
+            else:
+                torch.testing.assert_close(rows, 2 * x[a:b])
+                seen.add("kept")
+    assert seen == {"dropped", "kept"}
+
+
+def test_drop_path_dense_per_sample_and_gradient():
+    torch.manual_seed(1)
+    dp = DropPath(0.25).train()
+    x = (torch.rand(64, 5, 3) + 1).requires_grad_(True)
+    y = dp(x)
+    per_sample = (y != 0).flatten(1)
+    assert (per_sample.all(1) | ~per_sample.any(1)).all()
+    kept = per_sample.all(1).float().mean()
+    assert 0.5 < kept < 0.95
+    y.sum().backward()
+    torch.testing.assert_close(x.grad[per_sample.all(1)], torch.full_like(
+        x.grad[per_sample.all(1)], 1 / 0.75))
+
+
+def test_drop_path_errors():
+    with pytest.raises(ValueError, match=r"p must be a float in \[0, 1\), got 1.0"):
+        DropPath(1.0)
+    with pytest.raises(ValueError, match="p must be a float in"):
+        DropPath(-0.1)
+    with pytest.raises(ValueError, match="cu_seqlens must be a 1-D int32 tensor"):
+        DropPath(0.1).train()(torch.randn(T, 3), CU.float())
+
+
+def test_mlp_shapes_gradient_and_errors():
+    torch.manual_seed(2)
+    mlp = MLP(4, hidden_dim=10, out_dim=3)
+    x = torch.randn(T, 4)
+    y = mlp(x)
+    assert y.shape == (T, 3)
+    torch.testing.assert_close(y, mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x))))
+    y.pow(2).sum().backward()
+    for name, p in mlp.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert MLP(4).fc1.out_features == 16 and MLP(4).fc2.out_features == 4
+    with pytest.raises(ValueError, match="hidden_dim must be a positive int, got 0"):
+        MLP(4, hidden_dim=0)
