@@ -6,14 +6,15 @@ same device) and trust them.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from geossm import _compat
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("torch", "numba", "triton")
+# Probed once (find_spec imports nothing), so that torch.compile traces no import machinery.
+HAS_TRITON = _compat.has_triton()
+HAS_NUMBA = _compat.has_numba()
 
 
 def check_tensor(name: str, value, *, ndims: tuple[int, ...], floating: bool = True) -> None:
@@ -82,9 +83,9 @@ def canonical_cu_seqlens(cu_seqlens, total: int, device: torch.device) -> torch.
 def resolve_backend(backend, device: torch.device) -> str:
     """Pick the backend: triton for CUDA tensors, numba for CPU; validate an explicit choice."""
     if backend is None:
-        if device.type == "cuda" and _compat.has_triton():
+        if device.type == "cuda" and HAS_TRITON:
             return "triton"
-        if device.type == "cpu" and _compat.has_numba():
+        if device.type == "cpu" and HAS_NUMBA:
             return "numba"
         return "torch"
     if backend not in BACKENDS:
@@ -92,13 +93,13 @@ def resolve_backend(backend, device: torch.device) -> str:
     if backend == "numba" and device.type != "cpu":
         raise ValueError(f"backend='numba' needs CPU tensors, got tensors on {device}")
     if backend == "triton":
-        interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        interpret = _compat.triton_interpret()
         if device.type != "cuda" and not (interpret and device.type == "cpu"):
             raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with "
                              f"TRITON_INTERPRET=1), got tensors on {device}")
-        _compat.require("triton", "backend='triton'")
-    if backend == "numba":
-        _compat.require("numba", "backend='numba'")
+    missing = (backend == "triton" and not HAS_TRITON) or (backend == "numba" and not HAS_NUMBA)
+    if missing:
+        _compat.require(backend, f"backend={backend!r}")  # raises with the install hint
     return backend
 
 
