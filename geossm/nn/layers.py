@@ -81,8 +81,10 @@ class DropPath(nn.Module):
             return x * mask / keep
         if (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1
                 or cu_seqlens.numel() < 1 or cu_seqlens.dtype not in (torch.int32, torch.int64)):
-            raise ValueError("cu_seqlens must be a 1-D int32 tensor (S+1,) with a leading 0, got "
-                             f"{cu_seqlens!r}")
+            got = (f"shape {tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}"
+                   if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__)
+            raise ValueError(f"cu_seqlens must be a 1-D int32 tensor (S+1,) with a leading 0, "
+                             f"got {got}")
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         sample_mask = x.new_empty(lengths.shape[0]).bernoulli_(keep)
         # (T,) per-token mask; output_size avoids a host sync.

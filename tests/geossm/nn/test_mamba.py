@@ -57,6 +57,14 @@ def test_packed_matches_each_sequence_alone(packed):
             torch.testing.assert_close(y[a:b], m(x[a:b]), atol=1e-5, rtol=1e-5)
 
 
+def test_no_tokens_at_all():
+    m = small()
+    x = torch.zeros(0, DIM, requires_grad=True)
+    y = m(x, cu_of([0, 0]))
+    y.sum().backward()
+    assert y.shape == (0, DIM) and x.grad.shape == (0, DIM)
+
+
 def test_dense_equals_packed():
     torch.manual_seed(2)
     m = small()
