@@ -168,7 +168,8 @@ def test_constructor_errors(kwargs, match):
 def test_forward_errors(packed):
     x, cu = packed
     m = small()
-    with pytest.raises(ValueError, match=r"x must have shape \(T, 8\) or \(B, L, 8\), got \(3, 5\)"):
+    with pytest.raises(ValueError,
+                       match=r"x must have shape \(T, 8\) or \(B, L, 8\), got \(3, 5\)"):
         m(torch.randn(3, 5))
     with pytest.raises(TypeError, match="x must be a floating-point tensor"):
         m(torch.ones(3, DIM, dtype=torch.long))
