@@ -1,0 +1,237 @@
+"""Detection datasets: ``KittiDataset`` (official KITTI object layout) and ``SyntheticLidar``
+(ray-cast scenes, the embedded default).
+
+Every sample is a dict (``points`` first, so ``pack_collate`` packs along points)::
+
+    points      (N, 4) float32   x, y, z, reflectance (LiDAR frame)
+    gt_boxes    (M, 7) float32   x, y, z, dx, dy, dz, heading (OpenPCDet convention)
+    gt_labels   (M,)   int64     1-based index into ``classes``
+    gt_names    [M] str
+    frame_id    str
+    calib       {"P2" (3, 4), "R0" (3, 3), "V2C" (3, 4)} float32
+    annos       every labelled object for the KITTI evaluation (DontCare and other classes
+                included): name (K,) str, boxes (K, 7), bbox (K, 4), truncated (K,), occluded (K,)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geossm.registry import DATASETS
+
+from .kitti import (Calibration, camera_to_lidar_boxes, in_image_fov, read_calib, read_label,
+                    read_velodyne)
+from .transforms import GTSampling, RangeFilter, ShufflePoints, build_transforms
+
+__all__ = ["KittiDataset", "SyntheticLidar"]
+
+KITTI_RANGE = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0)
+
+
+def _check_classes(classes) -> tuple[str, ...]:
+    if isinstance(classes, str) or not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"classes: expected a non-empty list of class names, got {classes!r}")
+    return tuple(classes)
+
+
+class _DetectionDataset(torch.utils.data.Dataset):
+    """Shared pipeline: raw sample -> augmentations (training only) -> range filter -> shuffle."""
+
+    def __init__(self, classes, augment, point_cloud_range, training: bool, seed: int,
+                 gt_sampling: Mapping[str, Any] | None = None):
+        self.classes = _check_classes(classes)
+        specs = list(augment or []) if training else []
+        self.gt_sampling_cfg = None
+        rest = []
+        for spec in specs:
+            if dict(spec).get("name") == "GTSampling":
+                self.gt_sampling_cfg = {k: v for k, v in dict(spec).items() if k != "name"}
+            else:
+                rest.append(spec)
+        self.transforms = build_transforms(rest)
+        self.range_filter = RangeFilter(point_cloud_range) if point_cloud_range else None
+        self.shuffle = ShufflePoints() if training else None
+        self.training = training
+        self.seed = int(seed)
+        self._epoch_draws = 0
+        self._gt_sampler: GTSampling | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def raw(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _sampler(self) -> GTSampling | None:
+        if self.gt_sampling_cfg is None:
+            return None
+        if self._gt_sampler is None:
+            cfg = dict(self.gt_sampling_cfg)
+            groups = dict(cfg.pop("sample_groups", {c: 10 for c in self.classes}))
+            db = GTSampling.build((self.raw(i) for i in range(len(self))), self.classes)
+            self._gt_sampler = GTSampling(db, groups, self.classes, **cfg)
+        return self._gt_sampler
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} frames")
+        s = self.raw(index)
+        # a fresh stream per draw when training (augmentations differ across epochs), a fixed one
+        # otherwise; torch's seed ties it to the loader's seeded generator
+        rng = np.random.default_rng(
+            [self.seed, index, torch.initial_seed() % (2 ** 32) if self.training else 0])
+        if self.training:
+            sampler = self._sampler()
+            if sampler is not None:
+                s = sampler(s, rng)
+            for t in self.transforms:
+                s = t(s, rng)
+        if self.range_filter is not None:
+            s = self.range_filter(s)
+        if self.shuffle is not None:
+            s = self.shuffle(s, rng)
+        s["points"] = np.ascontiguousarray(s["points"], dtype=np.float32)
+        s["gt_boxes"] = np.ascontiguousarray(s["gt_boxes"], dtype=np.float32).reshape(-1, 7)
+        s["gt_labels"] = np.asarray(s["gt_labels"], dtype=np.int64).reshape(-1)
+        return s
+
+
+@DATASETS.register
+class KittiDataset(_DetectionDataset):
+    """KITTI 3D object detection, read from the official layout (see ``tasks.detection.kitti``).
+
+    Args:
+        root: the KITTI object folder (holding ``training/`` and/or ``testing/``).
+        split: ``"training"`` / ``"testing"`` (every frame of that folder), or ``"train"``,
+            ``"val"``, ``"trainval"``, ``"test"``: the ids of ``ImageSets/<split>.txt`` when it
+            exists, else every frame of ``training/`` (``testing/`` for ``test``). Default
+            ``"training"``.
+        classes: classes kept as targets, default ``("Car", "Pedestrian", "Cyclist")``; other
+            classes and DontCare are dropped from ``gt_boxes`` (kept in ``annos`` for evaluation).
+        augment: training augmentations, config entries ``{name: ..., **kwargs}``
+            (``GTSampling`` with ``sample_groups: {Car: 15, ...}``, ``RandomFlip``,
+            ``GlobalRotation``, ``GlobalScaling``, ``ObjectNoise``); applied for ``train`` /
+            ``training`` / ``trainval`` only. Default none.
+        point_cloud_range: ``[x0, y0, z0, x1, y1, z1]`` filter (default OpenPCDet's KITTI range
+            ``[0, -39.68, -3, 69.12, 39.68, 1]``); ``None`` keeps everything.
+        fov_only: keep only points that project into the camera image (KITTI labels only
+            objects seen by the camera), default True.
+        seed: augmentation seed, default 0.
+
+    Raises ``FileNotFoundError`` naming the missing folder/file and ``ValueError`` naming the
+    malformed file (truncated ``.bin``, label lines without 15 fields, incomplete calibration).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "training",
+                 classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
+                 augment: Sequence[Mapping[str, Any]] | None = None,
+                 point_cloud_range: Sequence[float] | None = KITTI_RANGE, fov_only: bool = True,
+                 seed: int = 0):
+        if root is None:
+            raise ValueError("root: expected the KITTI object folder (with training/), got None")
+        self.root = Path(root)
+        splits = ("training", "testing", "train", "val", "trainval", "test")
+        if split not in splits:
+            raise ValueError(f"split: expected one of {splits}, got {split!r}")
+        self.split = split
+        self.folder = "testing" if split in ("testing", "test") else "training"
+        base = self.root / self.folder
+        velo = base / "velodyne"
+        if not velo.is_dir():
+            raise FileNotFoundError(f"KITTI folder not found: {velo} (expected the official "
+                                    "layout <root>/{training,testing}/velodyne)")
+        image_set = self.root / "ImageSets" / f"{split}.txt"
+        if split not in ("training", "testing") and image_set.is_file():
+            ids = [ln.strip() for ln in image_set.read_text().splitlines() if ln.strip()]
+        else:
+            ids = sorted(p.stem for p in velo.glob("*.bin"))
+        if not ids:
+            raise FileNotFoundError(f"no frames found in {velo}")
+        self.frame_ids = ids
+        self.has_labels = self.folder == "training"
+        self.fov_only = bool(fov_only)
+        super().__init__(classes, augment, point_cloud_range,
+                         training=split in ("train", "training", "trainval"), seed=seed)
+
+    def raw(self, index: int) -> dict[str, Any]:
+        fid = self.frame_ids[index]
+        base = self.root / self.folder
+        points = read_velodyne(base / "velodyne" / f"{fid}.bin")
+        calib = read_calib(base / "calib" / f"{fid}.txt")
+        if self.fov_only:
+            points = points[in_image_fov(points, calib)]
+        annos = _kitti_annos(base / "label_2" / f"{fid}.txt", calib) if self.has_labels \
+            else _empty_annos()
+        keep = np.array([n in self.classes for n in annos["name"]], dtype=bool)
+        return {"points": points, "gt_boxes": annos["boxes"][keep].astype(np.float32),
+                "gt_labels": np.array([self.classes.index(n) + 1 for n in annos["name"][keep]],
+                                      dtype=np.int64),
+                "gt_names": [str(n) for n in annos["name"][keep]], "frame_id": fid,
+                "calib": calib.as_dict(), "annos": annos}
+
+
+def _empty_annos() -> dict[str, np.ndarray]:
+    return {"name": np.zeros(0, dtype=str), "boxes": np.zeros((0, 7)), "bbox": np.zeros((0, 4)),
+            "truncated": np.zeros(0), "occluded": np.zeros(0, dtype=np.int64)}
+
+
+def _kitti_annos(path: Path, calib: Calibration) -> dict[str, np.ndarray]:
+    lab = read_label(path)
+    boxes = camera_to_lidar_boxes(lab["location"], lab["dimensions"], lab["rotation_y"], calib)
+    boxes[lab["name"] == "DontCare"] = np.nan  # DontCare regions are 2D only
+    return {"name": lab["name"], "boxes": boxes, "bbox": lab["bbox"],
+            "truncated": lab["truncated"], "occluded": lab["occluded"]}
+
+
+@DATASETS.register
+class SyntheticLidar(_DetectionDataset):
+    """Procedurally generated LiDAR scenes ray-cast with a 64-beam spinning sensor (see
+    ``tasks.detection.synthetic``), deterministic from ``seed``: frame ``i`` of split ``s`` is
+    ``generate_scene(hash(seed, s, i))``.
+
+    Args:
+        root: unused (no files), accepted for the common dataset signature.
+        split: ``"train"`` / ``"val"`` / ``"test"`` (disjoint seeds), default ``"train"``.
+        num_samples / num_val_samples: frames of the training / other splits (512 / 64).
+        classes: default ``("Car", "Pedestrian", "Cyclist")``.
+        augment / point_cloud_range: as for ``KittiDataset`` (range default the scene extent).
+        scene: keyword arguments of ``generate_scene`` (objects, range, beams ...).
+        seed: default 0.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 num_samples: int = 512, num_val_samples: int = 64,
+                 classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
+                 augment: Sequence[Mapping[str, Any]] | None = None,
+                 point_cloud_range: Sequence[float] | None = (0.0, -25.6, -3.0, 51.2, 25.6, 1.0),
+                 scene: Mapping[str, Any] | None = None, seed: int = 0):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split: expected 'train', 'val' or 'test', got {split!r}")
+        n = num_samples if split == "train" else num_val_samples
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_samples/num_val_samples: expected a positive int, got {n!r}")
+        self.split = split
+        self.frame_ids = [f"{split}_{i:06d}" for i in range(n)]
+        self.scene_kwargs = dict(scene or {})
+        self._cache: dict[int, dict] = {}
+        super().__init__(classes, augment, point_cloud_range, training=split == "train",
+                         seed=seed)
+
+    def raw(self, index: int) -> dict[str, Any]:
+        from .synthetic import generate_scene
+
+        if index not in self._cache:
+            split_id = ("train", "val", "test").index(self.split)
+            scene = generate_scene(np.random.default_rng([self.seed, split_id, index]),
+                                   classes=self.classes, **self.scene_kwargs)
+            scene["frame_id"] = self.frame_ids[index]
+            self._cache[index] = scene
+        s = self._cache[index]
+        return {k: (v.copy() if isinstance(v, np.ndarray) else
+                    (list(v) if isinstance(v, list) else v)) for k, v in s.items()}

@@ -1,0 +1,221 @@
+"""Detection augmentations on samples ``{"points" (N, >=3), "gt_boxes" (M, 7), "gt_labels" (M,),
+"gt_names" [M]}``: ground-truth sampling, global flip / rotation / scaling, per-object noise,
+range filtering and shuffling. Each transform is ``t(sample, rng) -> sample`` with a
+``numpy.random.Generator``; configs list them as ``augment: [{name: GlobalRotation, ...}]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .boxes import iou_bev, limit_period, points_in_boxes
+
+__all__ = ["GTSampling", "RandomFlip", "GlobalRotation", "GlobalScaling", "ObjectNoise",
+           "RangeFilter", "ShufflePoints", "build_transforms", "TRANSFORMS"]
+
+
+def _rot_z(xy: np.ndarray, angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([xy[:, 0] * c - xy[:, 1] * s, xy[:, 0] * s + xy[:, 1] * c], 1)
+
+
+class RandomFlip:
+    """Mirror ``y -> -y`` (heading -> -heading) with probability ``p`` (default 0.5)."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = float(p)
+
+    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+        if rng.random() < self.p:
+            s["points"][:, 1] *= -1
+            s["gt_boxes"][:, 1] *= -1
+            s["gt_boxes"][:, 6] *= -1
+        return s
+
+
+class GlobalRotation:
+    """Rotate the scene about +z by an angle uniform in ``angle`` (radians, default ±pi/4)."""
+
+    def __init__(self, angle: Sequence[float] = (-0.785398, 0.785398)):
+        self.angle = tuple(float(a) for a in angle)
+
+    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+        a = rng.uniform(*self.angle)
+        s["points"][:, :2] = _rot_z(s["points"][:, :2], a)
+        s["gt_boxes"][:, :2] = _rot_z(s["gt_boxes"][:, :2], a)
+        s["gt_boxes"][:, 6] = limit_period(s["gt_boxes"][:, 6] + a)
+        return s
+
+
+class GlobalScaling:
+    """Scale coordinates and box sizes by a factor uniform in ``scale`` (default 0.95-1.05)."""
+
+    def __init__(self, scale: Sequence[float] = (0.95, 1.05)):
+        self.scale = tuple(float(a) for a in scale)
+
+    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+        f = rng.uniform(*self.scale)
+        s["points"][:, :3] *= f
+        s["gt_boxes"][:, :6] *= f
+        return s
+
+
+class ObjectNoise:
+    """Move each object (box and the points inside it) by a normal translation (std ``sigma``
+    metres per axis) and a yaw uniform in ``angle``; a move that would make boxes overlap in
+    BEV is dropped (tried ``tries`` times)."""
+
+    def __init__(self, sigma: Sequence[float] = (0.25, 0.25, 0.25),
+                 angle: Sequence[float] = (-0.15708, 0.15708), tries: int = 10):
+        self.sigma = np.asarray(sigma, dtype=np.float64)
+        self.angle = tuple(float(a) for a in angle)
+        self.tries = int(tries)
+
+    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+        boxes, pts = s["gt_boxes"], s["points"]
+        if len(boxes) == 0:
+            return s
+        inside = points_in_boxes(pts, boxes)
+        for j in range(len(boxes)):
+            for _ in range(self.tries):
+                t = rng.normal(0, 1, 3) * self.sigma
+                a = rng.uniform(*self.angle)
+                cand = boxes[j].copy()
+                cand[:3] += t
+                cand[6] = limit_period(cand[6] + a)
+                others = np.delete(boxes, j, 0)
+                if len(others) and iou_bev(cand[None], others).max() > 0:
+                    continue
+                m = inside[:, j]
+                local = pts[m, :2] - boxes[j, :2]
+                pts[m, :2] = _rot_z(local, a) + boxes[j, :2] + t[:2]
+                pts[m, 2] += t[2]
+                boxes[j] = cand
+                break
+        return s
+
+
+class RangeFilter:
+    """Keep points inside ``point_cloud_range = [x0, y0, z0, x1, y1, z1]`` and boxes whose
+    centre lies inside its x/y extent."""
+
+    def __init__(self, point_cloud_range: Sequence[float]):
+        r = np.asarray(point_cloud_range, dtype=np.float64)
+        if r.shape != (6,) or np.any(r[3:] <= r[:3]):
+            raise ValueError("point_cloud_range: expected [x0, y0, z0, x1, y1, z1] with x1 > x0, "
+                             f"y1 > y0, z1 > z0, got {list(point_cloud_range)}")
+        self.r = r
+
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
+        p, r = s["points"], self.r
+        keep = np.all((p[:, :3] >= r[:3]) & (p[:, :3] < r[3:]), 1)
+        s["points"] = p[keep]
+        b = s["gt_boxes"]
+        kb = (b[:, 0] >= r[0]) & (b[:, 0] < r[3]) & (b[:, 1] >= r[1]) & (b[:, 1] < r[4])
+        return _select_boxes(s, kb)
+
+
+class ShufflePoints:
+    """Random point order (the voxeliser's per-voxel mean does not depend on it, but a point cap
+    per frame would)."""
+
+    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+        s["points"] = s["points"][rng.permutation(len(s["points"]))]
+        return s
+
+
+def _select_boxes(s: dict, keep: np.ndarray) -> dict:
+    s["gt_boxes"] = s["gt_boxes"][keep]
+    s["gt_labels"] = s["gt_labels"][keep]
+    s["gt_names"] = [n for n, k in zip(s["gt_names"], keep) if k]
+    return s
+
+
+class GTSampling:
+    """Paste ground-truth objects from a database into the scene (SECOND's GT sampling).
+
+    The database holds, per class, boxes ``(7,)`` and the points inside them (relative to the box
+    centre) taken from the training frames (``GTSampling.build``). For each class up to
+    ``sample_groups[class]`` objects in total are kept: random database objects whose BEV box
+    overlaps neither the scene's boxes nor each other are added, and the scene's points inside
+    them removed.
+
+    Args:
+        database: ``{class: [(box (7,), points (K, C)), ...]}``.
+        sample_groups: ``{class: target number of objects}``.
+        min_points: database objects with fewer points are skipped (default 5).
+    """
+
+    def __init__(self, database: Mapping[str, list], sample_groups: Mapping[str, int],
+                 classes: Sequence[str], min_points: int = 5):
+        self.db = {k: [o for o in v if len(o[1]) >= min_points] for k, v in database.items()}
+        self.groups = dict(sample_groups)
+        self.classes = tuple(classes)
+
+    @staticmethod
+    def build(samples, classes: Sequence[str]) -> dict[str, list]:
+        """Database from an iterable of samples (``points``, ``gt_boxes``, ``gt_names``)."""
+        db: dict[str, list] = {c: [] for c in classes}
+        for s in samples:
+            if len(s["gt_boxes"]) == 0:
+                continue
+            inside = points_in_boxes(s["points"], s["gt_boxes"])
+            for j, name in enumerate(s["gt_names"]):
+                if name in db:
+                    pts = s["points"][inside[:, j]].copy()
+                    pts[:, :3] -= s["gt_boxes"][j, :3]
+                    db[name].append((s["gt_boxes"][j].copy(), pts))
+        return db
+
+    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+        boxes = s["gt_boxes"]
+        new_boxes, new_pts, new_names = [], [], []
+        for cls, target in self.groups.items():
+            pool = self.db.get(cls, [])
+            have = sum(1 for n in s["gt_names"] if n == cls)
+            want = int(target) - have
+            if want <= 0 or not pool:
+                continue
+            for k in rng.choice(len(pool), size=min(want, len(pool)), replace=False):
+                box, pts = pool[k]
+                existing = np.concatenate([boxes] + [b[None] for b in new_boxes], 0)
+                if len(existing) and iou_bev(box[None], existing).max() > 0:
+                    continue
+                new_boxes.append(box.copy())
+                p = pts.copy()
+                p[:, :3] += box[:3]
+                new_pts.append(p)
+                new_names.append(cls)
+        if not new_boxes:
+            return s
+        nb = np.stack(new_boxes).astype(s["gt_boxes"].dtype)
+        # remove scene points that the pasted objects now occupy
+        keep = ~points_in_boxes(s["points"], nb).any(1)
+        s["points"] = np.concatenate([s["points"][keep]] + [p.astype(s["points"].dtype)
+                                                           for p in new_pts], 0)
+        s["gt_boxes"] = np.concatenate([s["gt_boxes"], nb], 0)
+        s["gt_labels"] = np.concatenate(
+            [s["gt_labels"], np.array([self.classes.index(n) + 1 for n in new_names])]).astype(np.int64)
+        s["gt_names"] = list(s["gt_names"]) + new_names
+        return s
+
+
+TRANSFORMS = {c.__name__: c for c in (RandomFlip, GlobalRotation, GlobalScaling, ObjectNoise,
+                                      RangeFilter, ShufflePoints)}
+
+
+def build_transforms(specs: Sequence[Mapping[str, Any]] | None) -> list:
+    """Transforms from config entries ``{name: ..., **kwargs}`` (``GTSampling`` is built by the
+    dataset, which owns the database). Raises ``ValueError`` for an unknown name."""
+    out = []
+    for spec in specs or []:
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        if name not in TRANSFORMS:
+            raise ValueError(f"augment: unknown transform {name!r} (known: GTSampling, "
+                             f"{', '.join(TRANSFORMS)})")
+        out.append(TRANSFORMS[name](**spec))
+    return out
