@@ -1,0 +1,261 @@
+"""KITTI object detection AP: BEV and 3D, easy / moderate / hard, R40 and 11-point.
+
+The rules are those of the official KITTI devkit (``evaluate_object``), re-implemented:
+
+- difficulty by the ground truth's 2D box height, occlusion and truncation::
+
+      easy:     height >= 40 px,  occluded <= 0 (fully visible),  truncated <= 0.15
+      moderate: height >= 25 px,  occluded <= 1 (partly),          truncated <= 0.30
+      hard:     height >= 25 px,  occluded <= 2 (largely),         truncated <= 0.50
+
+  a ground truth of the class outside the difficulty, or of the neighbouring class (``Van`` for
+  ``Car``, ``Person_sitting`` for ``Pedestrian``), is *ignored*: a detection matched to it is
+  neither a true nor a false positive, and missing it is no false negative. Detections lower
+  than the difficulty's minimum height are ignored the same way.
+- ``DontCare`` objects are never targets. With ``dontcare_filter`` (what the devkit does for its
+  2D metric; off for BEV/3D, as in the devkit) unmatched detections whose image box lies in a
+  DontCare region (intersection over the detection's area > the IoU threshold) are not false
+  positives.
+- a detection matches a ground truth when their rotated BEV (or 3D) IoU exceeds 0.7 (Car) or
+  0.5 (Pedestrian, Cyclist); each ground truth takes one detection: the highest-scoring one when
+  the score thresholds are collected, the one with the largest overlap when counting.
+- score thresholds are taken from the true positives' scores so that recall steps by 1/40;
+  precision at each threshold is made monotone (``p_i = max_{j >= i} p_j``), then
+  ``AP_R40 = mean(p_1 .. p_40)`` and ``AP_11 = mean(p_0, p_4, ..., p_40)`` (in percent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from .boxes import iou_3d, iou_bev
+
+__all__ = ["kitti_eval", "clean_frame", "DIFFICULTIES", "IOU_THRESHOLDS"]
+
+DIFFICULTIES = ("easy", "moderate", "hard")
+MIN_HEIGHT = (40.0, 25.0, 25.0)
+MAX_OCCLUSION = (0, 1, 2)
+MAX_TRUNCATION = (0.15, 0.3, 0.5)
+IOU_THRESHOLDS = {"Car": 0.7, "Pedestrian": 0.5, "Cyclist": 0.5}
+NEIGHBOURS = {"Car": "Van", "Pedestrian": "Person_sitting"}
+NUM_SAMPLE_PTS = 41
+
+
+def clean_frame(gt: Mapping[str, Any], dt: Mapping[str, Any], cls: str, difficulty: int):
+    """Devkit flags of one frame for ``cls`` at ``difficulty`` (0 easy, 1 moderate, 2 hard).
+
+    Returns ``(ignored_gt (K,), ignored_dt (D,), dontcare_bbox (C, 4), num_valid)`` with flags
+    0 (counts), 1 (ignored) and -1 (other class)."""
+    names = [str(n) for n in gt["name"]]
+    bbox = np.asarray(gt["bbox"], dtype=np.float64).reshape(-1, 4)
+    height = bbox[:, 3] - bbox[:, 1]
+    ignored_gt = np.full(len(names), -1, dtype=np.int64)
+    num_valid = 0
+    for i, n in enumerate(names):
+        if n.lower() == cls.lower():
+            valid = 1
+        elif NEIGHBOURS.get(cls, "").lower() == n.lower():
+            valid = 0
+        else:
+            valid = -1
+        ignore = (int(gt["occluded"][i]) > MAX_OCCLUSION[difficulty]
+                  or float(gt["truncated"][i]) > MAX_TRUNCATION[difficulty]
+                  or height[i] <= MIN_HEIGHT[difficulty])
+        if valid == 1 and not ignore:
+            ignored_gt[i] = 0
+            num_valid += 1
+        elif valid == 0 or (valid == 1 and ignore):
+            ignored_gt[i] = 1
+    dc = bbox[[n == "DontCare" for n in names]] if len(names) else np.zeros((0, 4))
+    dnames = [str(n) for n in dt["name"]]
+    dbox = np.asarray(dt["bbox"], dtype=np.float64).reshape(-1, 4)
+    dheight = dbox[:, 3] - dbox[:, 1]
+    ignored_dt = np.full(len(dnames), -1, dtype=np.int64)
+    for i, n in enumerate(dnames):
+        if dheight[i] < MIN_HEIGHT[difficulty]:
+            ignored_dt[i] = 1
+        elif n.lower() == cls.lower():
+            ignored_dt[i] = 0
+    return ignored_gt, ignored_dt, dc.reshape(-1, 4), num_valid
+
+
+@numba.njit(cache=True)
+def _statistics(overlaps, ignored_gt, ignored_dt, dc_overlaps, scores, min_overlap, thresh,
+                compute_fp):
+    """Devkit counting for one frame. ``overlaps (D, K)``, ``dc_overlaps (D, C)`` (intersection
+    over detection area with DontCare boxes, or (D, 0)). Returns ``tp, fp, fn, tp_scores``."""
+    n_dt, n_gt = overlaps.shape
+    assigned = np.zeros(n_dt, dtype=np.bool_)
+    below = np.zeros(n_dt, dtype=np.bool_)
+    if compute_fp:
+        for i in range(n_dt):
+            below[i] = scores[i] < thresh
+    tp = 0
+    fp = 0
+    fn = 0
+    tp_scores = np.empty(n_gt)
+    n_scores = 0
+    no_det = -1e30
+    for j in range(n_gt):
+        if ignored_gt[j] == -1:
+            continue
+        det = -1
+        best = no_det
+        max_overlap = 0.0
+        on_ignored = False
+        for i in range(n_dt):
+            if ignored_dt[i] == -1 or assigned[i] or below[i]:
+                continue
+            ov = overlaps[i, j]
+            if not compute_fp:
+                if ov > min_overlap and scores[i] > best:
+                    det = i
+                    best = scores[i]
+            elif ov > min_overlap and (ov > max_overlap or on_ignored) and ignored_dt[i] == 0:
+                max_overlap = ov
+                det = i
+                best = 1.0
+                on_ignored = False
+            elif ov > min_overlap and best == no_det and ignored_dt[i] == 1:
+                det = i
+                best = 1.0
+                on_ignored = True
+        if best == no_det:
+            if ignored_gt[j] == 0:
+                fn += 1
+        elif ignored_gt[j] == 1 or ignored_dt[det] == 1:
+            assigned[det] = True
+        else:
+            tp += 1
+            tp_scores[n_scores] = scores[det]
+            n_scores += 1
+            assigned[det] = True
+    if compute_fp:
+        for i in range(n_dt):
+            if not (assigned[i] or ignored_dt[i] != 0 or below[i]):
+                # a detection in a DontCare region is no false positive
+                in_dc = False
+                for c in range(dc_overlaps.shape[1]):
+                    if dc_overlaps[i, c] > min_overlap:
+                        in_dc = True
+                        break
+                if not in_dc:
+                    fp += 1
+    return tp, fp, fn, tp_scores[:n_scores]
+
+
+def _thresholds(scores: np.ndarray, num_gt: int) -> np.ndarray:
+    """Scores at which recall comes closest to ``0, 1/40, ..., 1`` (devkit's getThresholds)."""
+    scores = np.sort(scores)[::-1]
+    out = []
+    current = 0.0
+    for i, s in enumerate(scores):
+        left = (i + 1) / num_gt
+        right = (i + 2) / num_gt if i < len(scores) - 1 else left
+        if right - current < current - left and i < len(scores) - 1:
+            continue
+        out.append(s)
+        current += 1.0 / (NUM_SAMPLE_PTS - 1)
+    return np.asarray(out)
+
+
+def _box_overlap_over_first(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Image-box intersection over the area of ``a``: ``(D, 4), (C, 4) -> (D, C)``."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    return iw * ih / np.maximum(area[:, None], 1e-12)
+
+
+def _check_annos(name: str, annos, keys) -> None:
+    if not isinstance(annos, Sequence) or isinstance(annos, (str, bytes)):
+        raise TypeError(f"{name}: expected a list of per-frame dicts, got {type(annos).__name__}")
+    for i, a in enumerate(annos):
+        missing = [k for k in keys if k not in a]
+        if missing:
+            raise ValueError(f"{name}[{i}]: missing keys {missing} (expected {list(keys)})")
+
+
+def kitti_eval(gt_annos: Sequence[Mapping[str, Any]], dt_annos: Sequence[Mapping[str, Any]],
+               classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
+               metrics: Sequence[str] = ("bev", "3d"),
+               iou_thresholds: Mapping[str, float] | None = None,
+               dontcare_filter: bool = False) -> dict[str, float]:
+    """KITTI AP of detections against ground truth, per class, metric and difficulty.
+
+    Args:
+        gt_annos: per frame ``{"name" (K,), "boxes" (K, 7) LiDAR boxes (NaN for DontCare),
+            "bbox" (K, 4) image boxes, "truncated" (K,), "occluded" (K,)}``.
+        dt_annos: per frame (same order) ``{"name" (D,), "boxes" (D, 7), "score" (D,),
+            "bbox" (D, 4)}``.
+        classes: classes evaluated (default Car, Pedestrian, Cyclist).
+        metrics: ``"bev"`` and/or ``"3d"``.
+        iou_thresholds: per class (default 0.7 / 0.5 / 0.5).
+        dontcare_filter: drop false positives in DontCare image regions (default False).
+
+    Returns:
+        ``{"<cls>/<metric>_<difficulty>_R40": AP, "..._R11": AP}`` in percent (NaN where a class
+        has no valid ground truth at that difficulty).
+    """
+    _check_annos("gt_annos", gt_annos, ("name", "boxes", "bbox", "truncated", "occluded"))
+    _check_annos("dt_annos", dt_annos, ("name", "boxes", "score", "bbox"))
+    if len(gt_annos) != len(dt_annos):
+        raise ValueError(f"dt_annos: expected one entry per frame ({len(gt_annos)}), "
+                         f"got {len(dt_annos)}")
+    for m in metrics:
+        if m not in ("bev", "3d"):
+            raise ValueError(f"metrics: expected 'bev' and/or '3d', got {m!r}")
+    thr = dict(IOU_THRESHOLDS, **(iou_thresholds or {}))
+    out: dict[str, float] = {}
+    for metric in metrics:
+        iou_fn = iou_bev if metric == "bev" else iou_3d
+        overlaps, dc_overlaps = [], []
+        for gt, dt in zip(gt_annos, dt_annos):
+            gboxes = np.nan_to_num(np.asarray(gt["boxes"], dtype=np.float64).reshape(-1, 7))
+            ov = iou_fn(np.asarray(dt["boxes"], dtype=np.float64).reshape(-1, 7), gboxes)
+            ov[:, [str(n) == "DontCare" for n in gt["name"]]] = 0.0
+            overlaps.append(ov)
+            dcb = np.asarray(gt["bbox"], dtype=np.float64).reshape(-1, 4)[
+                [str(n) == "DontCare" for n in gt["name"]]]
+            dbox = np.asarray(dt["bbox"], dtype=np.float64).reshape(-1, 4)
+            dc_overlaps.append(_box_overlap_over_first(dbox, dcb) if dontcare_filter
+                               else np.zeros((len(dbox), 0)))
+        for cls in classes:
+            min_overlap = float(thr.get(cls, 0.5))
+            for d, dname in enumerate(DIFFICULTIES):
+                ap40, ap11 = _class_ap(gt_annos, dt_annos, overlaps, dc_overlaps, cls, d,
+                                       min_overlap)
+                out[f"{cls}/{metric}_{dname}_R40"] = ap40
+                out[f"{cls}/{metric}_{dname}_R11"] = ap11
+    return out
+
+
+def _class_ap(gt_annos, dt_annos, overlaps, dc_overlaps, cls, d, min_overlap):
+    flags, scores_all, num_valid = [], [], 0
+    for gt, dt in zip(gt_annos, dt_annos):
+        ig, idt, _, nv = clean_frame(gt, dt, cls, d)
+        flags.append((ig, idt, np.asarray(dt["score"], dtype=np.float64).reshape(-1)))
+        num_valid += nv
+    if num_valid == 0:
+        return float("nan"), float("nan")
+    for (ig, idt, sc), ov, dco in zip(flags, overlaps, dc_overlaps):
+        _, _, _, s = _statistics(ov, ig, idt, dco, sc, min_overlap, 0.0, False)
+        scores_all.append(s)
+    thresholds = _thresholds(np.concatenate(scores_all) if scores_all else np.zeros(0), num_valid)
+    precision = np.zeros(NUM_SAMPLE_PTS)
+    for t, th in enumerate(thresholds):
+        tp = fp = fn = 0
+        for (ig, idt, sc), ov, dco in zip(flags, overlaps, dc_overlaps):
+            a, b, c, _ = _statistics(ov, ig, idt, dco, sc, min_overlap, th, True)
+            tp, fp, fn = tp + a, fp + b, fn + c
+        precision[t] = tp / max(tp + fp, 1)
+    for t in range(len(thresholds)):
+        precision[t] = precision[t:].max()
+    return (float(precision[1:].sum() / (NUM_SAMPLE_PTS - 1) * 100),
+            float(precision[::4].sum() / 11 * 100))
