@@ -22,13 +22,22 @@ from numba import njit, prange
 
 CHUNK = 64          # tokens between saved states in the backward pass
 CHANNEL_BLOCK = 16  # channels per work item
-SOFTPLUS_THRESHOLD = 20.0  # as torch.nn.functional.softplus: above it softplus(x) = x
+# Every constant is float32: a float64 literal would promote the whole recurrence to float64
+# (twice the exp cost and half the vector width).
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+SOFTPLUS_THRESHOLD = np.float32(20.0)  # as torch's softplus: above it softplus(x) = x
+
+
+@njit(inline="always", fastmath=True)
+def _raw_dt(delta, bias, t, d, has_bias):
+    return delta[t, d] + bias[d] if has_bias else delta[t, d]
 
 
 @njit(inline="always", fastmath=True)
 def _dt(raw, softplus):
     if softplus and raw <= SOFTPLUS_THRESHOLD:
-        return math.log1p(math.exp(raw))
+        return np.float32(math.log1p(math.exp(raw)))
     return raw
 
 
@@ -45,21 +54,21 @@ def _forward(u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
             start, end = cu[s], cu[s + 1]
             for j in range(d1 - d0):
                 for n in range(N):
-                    h[j, n] = init[s, d0 + j, n] if has_init else 0.0
+                    h[j, n] = init[s, d0 + j, n] if has_init else ZERO
             for k in range(end - start):
                 t = end - 1 - k if reverse else start + k
                 for j in range(d1 - d0):
                     d = d0 + j
-                    dt = _dt(delta[t, d] + (bias[d] if has_bias else 0.0), softplus)
-                    ut = u[t, d]
-                    acc = 0.0
+                    dt = _dt(_raw_dt(delta, bias, t, d, has_bias), softplus)
+                    dtu = dt * u[t, d]
+                    acc = ZERO
                     for n in range(N):
-                        hn = math.exp(dt * A[d, n]) * h[j, n] + dt * B[t, g, n] * ut
+                        hn = math.exp(dt * A[d, n]) * h[j, n] + dtu * B[t, g, n]
                         h[j, n] = hn
                         acc += C[t, g, n] * hn
-                    y = acc + (Dskip[d] * ut if has_D else 0.0)
+                    y = acc + Dskip[d] * u[t, d] if has_D else acc
                     if has_z:
-                        y *= z[t, d] / (1.0 + math.exp(-z[t, d]))
+                        y *= z[t, d] / (ONE + math.exp(-z[t, d]))
                     out[t, d] = y
             for j in range(d1 - d0):
                 for n in range(N):
@@ -78,7 +87,9 @@ def _backward(dout, dfinal, u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ran
         nd = d1 - d0
         h = np.zeros((nd, N), dtype=np.float32)
         grad = np.zeros((nd, N), dtype=np.float32)
-        states = np.zeros((CHUNK + 1, nd, N), dtype=np.float32)   # h at chunk steps 0..CHUNK
+        states = np.zeros((CHUNK + 1, nd, N), dtype=np.float32)  # h at chunk steps 0..CHUNK
+        decays = np.zeros((CHUNK, nd, N), dtype=np.float32)      # exp(dt A) at chunk steps
+        dts = np.zeros((CHUNK, nd), dtype=np.float32)
         for s in range(seg_ranges[r], seg_ranges[r + 1]):
             start, end = cu[s], cu[s + 1]
             length = end - start
@@ -86,70 +97,73 @@ def _backward(dout, dfinal, u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ran
             saved = np.empty((max(num_chunks, 1), nd, N), dtype=np.float32)
             for j in range(nd):
                 for n in range(N):
-                    h[j, n] = init[s, d0 + j, n] if has_init else 0.0
-                    grad[j, n] = dfinal[s, d0 + j, n] if has_dfinal else 0.0
-            # pass 1: states at the start of every chunk
+                    h[j, n] = init[s, d0 + j, n] if has_init else ZERO
+                    grad[j, n] = dfinal[s, d0 + j, n] if has_dfinal else ZERO
+            # pass 1: the state at the start of every chunk
             for k in range(length):
                 if k % CHUNK == 0:
                     saved[k // CHUNK] = h
                 t = end - 1 - k if reverse else start + k
                 for j in range(nd):
                     d = d0 + j
-                    dt = _dt(delta[t, d] + (bias[d] if has_bias else 0.0), softplus)
-                    ut = u[t, d]
+                    dt = _dt(_raw_dt(delta, bias, t, d, has_bias), softplus)
+                    dtu = dt * u[t, d]
                     for n in range(N):
-                        h[j, n] = math.exp(dt * A[d, n]) * h[j, n] + dt * B[t, g, n] * ut
-            # pass 2: chunks from the last, recompute states then back-propagate
+                        h[j, n] = math.exp(dt * A[d, n]) * h[j, n] + dtu * B[t, g, n]
+            # pass 2: chunks from the last; recompute the chunk's states, then back-propagate
             for c in range(num_chunks - 1, -1, -1):
                 k0 = c * CHUNK
                 k1 = min(k0 + CHUNK, length)
                 states[0] = saved[c]
                 for k in range(k0, k1):
                     t = end - 1 - k if reverse else start + k
+                    i = k - k0
                     for j in range(nd):
                         d = d0 + j
-                        dt = _dt(delta[t, d] + (bias[d] if has_bias else 0.0), softplus)
-                        ut = u[t, d]
+                        dt = _dt(_raw_dt(delta, bias, t, d, has_bias), softplus)
+                        dts[i, j] = dt
+                        dtu = dt * u[t, d]
                         for n in range(N):
-                            states[k - k0 + 1, j, n] = (math.exp(dt * A[d, n]) * states[k - k0, j, n]
-                                                        + dt * B[t, g, n] * ut)
+                            decay = math.exp(dt * A[d, n])
+                            decays[i, j, n] = decay
+                            states[i + 1, j, n] = decay * states[i, j, n] + dtu * B[t, g, n]
                 for k in range(k1 - 1, k0 - 1, -1):
                     t = end - 1 - k if reverse else start + k
                     i = k - k0
                     for j in range(nd):
                         d = d0 + j
-                        raw = delta[t, d] + (bias[d] if has_bias else 0.0)
-                        dt = _dt(raw, softplus)
+                        dt = dts[i, j]
                         ut = u[t, d]
                         go = dout[t, d]
                         if has_z:
                             zt = z[t, d]
-                            sig = 1.0 / (1.0 + math.exp(-zt))
-                            acc = 0.0
+                            sig = ONE / (ONE + math.exp(-zt))
+                            acc = ZERO
                             for n in range(N):
                                 acc += C[t, g, n] * states[i + 1, j, n]
-                            y = acc + (Dskip[d] * ut if has_D else 0.0)
-                            dz[t, d] = go * y * sig * (1.0 + zt * (1.0 - sig))
+                            y = acc + Dskip[d] * ut if has_D else acc
+                            dz[t, d] = go * y * sig * (ONE + zt * (ONE - sig))
                             dy = go * zt * sig
                         else:
                             dy = go
-                        du_t = dy * Dskip[d] if has_D else 0.0
+                        du_t = dy * Dskip[d] if has_D else ZERO
                         if has_D:
                             dD_part[r, d] += dy * ut
-                        ddt = 0.0
+                        ddt = ZERO
                         for n in range(N):
-                            hn = states[i + 1, j, n]
-                            hp = states[i, j, n]
-                            dC_part[jb, t, g, n] += dy * hn
                             gn = grad[j, n] + dy * C[t, g, n]
-                            decay = math.exp(dt * A[d, n])
+                            decay = decays[i, j, n]
+                            hp = states[i, j, n]
+                            dC_part[jb, t, g, n] += dy * states[i + 1, j, n]
                             dB_part[jb, t, g, n] += gn * dt * ut
                             du_t += gn * dt * B[t, g, n]
-                            dA_part[r, d, n] += gn * dt * decay * hp
-                            ddt += gn * (B[t, g, n] * ut + A[d, n] * decay * hp)
+                            gdh = gn * decay * hp
+                            dA_part[r, d, n] += gdh * dt
+                            ddt += gn * B[t, g, n] * ut + gdh * A[d, n]
                             grad[j, n] = gn * decay
+                        raw = _raw_dt(delta, bias, t, d, has_bias)
                         if softplus and raw <= SOFTPLUS_THRESHOLD:
-                            ddt *= 1.0 / (1.0 + math.exp(-raw))
+                            ddt *= ONE / (ONE + math.exp(-raw))
                         du[t, d] = du_t
                         ddelta[t, d] = ddt
                         if has_bias:
