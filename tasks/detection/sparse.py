@@ -1,0 +1,252 @@
+"""Sparse voxels in plain torch: voxelisation, mean VFE, submanifold sparse 3D convolution,
+voxel merging (down-sampling) and expanding (up-sampling). CPU and GPU, any Python version;
+spconv is an optional faster backend for the convolution.
+
+Voxel indices follow spconv: ``indices (V, 4) int`` = ``(batch, z, y, x)`` in a grid of
+``spatial_shape = (Z, Y, X)``. Lookups hash every voxel to one int64 key
+``((b * Z + z) * Y + y) * X + x`` and binary-search the sorted keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from geossm._compat import MissingDependencyError
+
+__all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
+           "kernel_map", "spconv_available", "scatter_max"]
+
+
+@dataclass(eq=False)
+class SparseVoxels:
+    """Features on the non-empty cells of a voxel grid.
+
+    Shapes: ``features (V, C)``, ``indices (V, 4)`` int64 ``(batch, z, y, x)``;
+    ``spatial_shape (Z, Y, X)``; ``batch_size`` samples. ``cache`` keeps kernel maps of these
+    indices so that stacked convolutions build them once.
+    """
+
+    features: Tensor
+    indices: Tensor
+    spatial_shape: tuple[int, int, int]
+    batch_size: int
+    cache: dict = field(default_factory=dict)
+
+    def replace(self, features: Tensor) -> "SparseVoxels":
+        """Same voxels (and cached maps), new features ``(V, C')``."""
+        return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size, self.cache)
+
+
+def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
+    """Int64 keys ``(V,)`` of ``indices (V, 4)``, ordered like ``(batch, z, y, x)``."""
+    z, y, x = spatial_shape
+    i = indices.long()
+    return ((i[:, 0] * z + i[:, 1]) * y + i[:, 2]) * x + i[:, 3]
+
+
+def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
+    """Row-wise max of ``src (N, C)`` into ``size`` rows by ``index (N,)`` (empty rows 0)."""
+    out = torch.zeros(size, src.shape[1], dtype=src.dtype, device=src.device)
+    return out.scatter_reduce(0, index[:, None].expand_as(src), src, "amax", include_self=False)
+
+
+def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequence[float],
+             point_cloud_range: Sequence[float]) -> tuple[SparseVoxels, Tensor]:
+    """Points -> voxels with the mean of their points' features (mean VFE).
+
+    A point ``p`` falls in cell ``floor((p - range_min) / voxel_size)``; points outside the range
+    are dropped. Features of a voxel are the mean over its points of ``points[:, :C]``.
+
+    Args:
+        points: ``(N, C)`` float, ``x, y, z, ...`` first.
+        batch: ``(N,)`` sample of every point.
+        batch_size: ``B``.
+        voxel_size: ``(vx, vy, vz)`` metres.
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``.
+
+    Returns:
+        ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
+        Host sync: the number of voxels.
+    """
+    if points.dim() != 2 or points.shape[1] < 3:
+        raise ValueError(f"points: expected shape (N, >=3), got {tuple(points.shape)}")
+    if batch.shape != points.shape[:1]:
+        raise ValueError(f"batch: expected shape ({points.shape[0]},), got {tuple(batch.shape)}")
+    vs = torch.tensor(voxel_size, dtype=points.dtype, device=points.device)
+    lo = torch.tensor(point_cloud_range[:3], dtype=points.dtype, device=points.device)
+    hi = torch.tensor(point_cloud_range[3:], dtype=points.dtype, device=points.device)
+    shape_xyz = [int(round(float(h - l) / float(v))) for l, h, v in
+                 zip(point_cloud_range[:3], point_cloud_range[3:], voxel_size)]
+    spatial = (shape_xyz[2], shape_xyz[1], shape_xyz[0])
+    cell = torch.floor((points[:, :3] - lo) / vs).long()
+    inside = ((points[:, :3] >= lo) & (points[:, :3] < hi)).all(1)
+    inside &= ((cell >= 0) & (cell < torch.tensor(shape_xyz, device=points.device))).all(1)
+    idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)[inside]
+    keys = voxel_keys(idx, spatial)
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    v = uniq.numel()
+    feats = torch.zeros(v, points.shape[1], dtype=points.dtype, device=points.device)
+    feats.index_add_(0, inv, points[inside])
+    counts = torch.bincount(inv, minlength=v).clamp_min(1).to(points.dtype)
+    feats = feats / counts[:, None]
+    indices = _decode(uniq, spatial)
+    p2v = torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
+    p2v[inside] = inv
+    return SparseVoxels(feats, indices, spatial, int(batch_size)), p2v
+
+
+def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
+    z, y, x = spatial
+    xi = keys % x
+    yi = (keys // x) % y
+    zi = (keys // (x * y)) % z
+    bi = keys // (x * y * z)
+    return torch.stack([bi, zi, yi, xi], 1)
+
+
+def kernel_map(sp: SparseVoxels, kernel_size: int = 3) -> list[tuple[Tensor, Tensor]]:
+    """For each of the ``k^3`` offsets ``(dz, dy, dx)``, the pairs ``(out_rows, in_rows)`` with
+    ``indices[in] = indices[out] + offset`` (the submanifold rule: outputs only at input sites).
+    Cached on ``sp``. Offsets are ordered z-major, then y, then x, each from ``-k//2``."""
+    key = ("subm", kernel_size)
+    if key in sp.cache:
+        return sp.cache[key]
+    keys = voxel_keys(sp.indices, sp.spatial_shape)
+    sorted_keys, perm = torch.sort(keys)
+    r = kernel_size // 2
+    z, y, x = sp.spatial_shape
+    out = []
+    rows = torch.arange(keys.numel(), device=keys.device)
+    for dz in range(-r, r + 1):
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                if dz == dy == dx == 0:
+                    out.append((rows, rows))
+                    continue
+                nb = sp.indices + torch.tensor([0, dz, dy, dx], device=keys.device)
+                ok = ((nb[:, 1] >= 0) & (nb[:, 1] < z) & (nb[:, 2] >= 0) & (nb[:, 2] < y)
+                      & (nb[:, 3] >= 0) & (nb[:, 3] < x))
+                nk = voxel_keys(nb, sp.spatial_shape)
+                pos = torch.searchsorted(sorted_keys, nk).clamp_max(max(keys.numel() - 1, 0))
+                found = ok & (sorted_keys[pos] == nk) if keys.numel() else ok
+                out.append((rows[found], perm[pos[found]]))
+    sp.cache[key] = out
+    return out
+
+
+def spconv_available() -> bool:
+    """Whether the spconv backend can be used (``spconv.pytorch`` importable)."""
+    try:
+        import spconv.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class SubMConv3d(nn.Module):
+    """Submanifold sparse 3D convolution: outputs only at the input's voxels.
+
+    ``out[v] = bias + sum_{o in offsets} W[o]^T in[v + o]`` over neighbours ``v + o`` that exist
+    (gather - GEMM - scatter over the ``k^3`` offsets of ``kernel_map``).
+
+    Args:
+        in_channels, out_channels: ``C_in``, ``C_out``.
+        kernel_size: odd ``k``, default 3.
+        bias: default True.
+        backend: ``"torch"`` (default) or ``"spconv"`` (needs spconv; same weights layout).
+
+    Shapes: ``features (V, C_in) -> (V, C_out)``; weight ``(k^3, C_in, C_out)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 bias: bool = True, backend: str = "torch"):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: expected an odd positive int, got {kernel_size!r}")
+        if backend not in ("torch", "spconv"):
+            raise ValueError(f"backend: expected 'torch' or 'spconv', got {backend!r}")
+        if backend == "spconv" and not spconv_available():
+            raise MissingDependencyError(
+                "SubMConv3d(backend='spconv') needs spconv: pip install spconv-cu120 "
+                "(or use backend='torch')")
+        self.kernel_size, self.backend = kernel_size, backend
+        self.in_channels, self.out_channels = in_channels, out_channels
+        k3 = kernel_size ** 3
+        self.weight = nn.Parameter(torch.empty(k3, in_channels, out_channels))
+        bound = 1 / math.sqrt(in_channels * k3)
+        nn.init.uniform_(self.weight, -bound * math.sqrt(3), bound * math.sqrt(3))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def forward(self, sp: SparseVoxels) -> SparseVoxels:
+        x = sp.features
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"features: expected shape (V, {self.in_channels}), got "
+                             f"{tuple(x.shape)}")
+        if self.backend == "spconv":
+            return sp.replace(self._spconv(sp))
+        out = torch.zeros(x.shape[0], self.out_channels, dtype=x.dtype, device=x.device)
+        w = self.weight.to(x.dtype)
+        for k, (o, i) in enumerate(kernel_map(sp, self.kernel_size)):
+            if o.numel():
+                out.index_add_(0, o, x.index_select(0, i) @ w[k])
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype)
+        return sp.replace(out)
+
+    def _spconv(self, sp: SparseVoxels) -> Tensor:
+        import spconv.pytorch as spconv
+
+        t = spconv.SparseConvTensor(sp.features, sp.indices.int(), list(sp.spatial_shape),
+                                    sp.batch_size)
+        conv = spconv.SubMConv3d(self.in_channels, self.out_channels, self.kernel_size,
+                                 bias=self.bias is not None, indice_key=None).to(sp.features.device)
+        k = self.kernel_size
+        # spconv 2 stores (C_out, kz, ky, kx, C_in); ours is (k^3 z-major, C_in, C_out)
+        with torch.no_grad():
+            conv.weight.copy_(self.weight.view(k, k, k, self.in_channels, self.out_channels)
+                              .permute(4, 0, 1, 2, 3))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv(t).features
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"backend={self.backend}")
+
+
+def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
+                 ) -> tuple[SparseVoxels, Tensor]:
+    """Voxel merging (down-sampling): cell ``(z, y, x)`` goes to ``(z // sz, y // sy, x // sx)``
+    and features of the merged cells are reduced (``"max"`` or ``"mean"``).
+
+    Args:
+        stride: ``(sz, sy, sx)``.
+    Returns:
+        ``(coarse SparseVoxels, fine_to_coarse (V,))``; ``expand_voxels`` undoes the merge.
+    """
+    s = torch.tensor([1, *[int(v) for v in stride]], device=sp.indices.device)
+    if (s < 1).any():
+        raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
+    shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
+    coarse = sp.indices // s
+    keys = voxel_keys(coarse, shape)
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    if reduce == "max":
+        feats = scatter_max(sp.features, inv, uniq.numel())
+    elif reduce == "mean":
+        feats = torch.zeros(uniq.numel(), sp.features.shape[1], dtype=sp.features.dtype,
+                            device=sp.features.device).index_add_(0, inv, sp.features)
+        feats = feats / torch.bincount(inv, minlength=uniq.numel()).clamp_min(1)[:, None]
+    else:
+        raise ValueError(f"reduce: expected 'max' or 'mean', got {reduce!r}")
+    return SparseVoxels(feats, _decode(uniq, shape), shape, sp.batch_size), inv
+
+
+def expand_voxels(coarse: SparseVoxels, fine: SparseVoxels, fine_to_coarse: Tensor) -> SparseVoxels:
+    """Voxel expanding (up-sampling): every fine voxel takes its coarse cell's features."""
+    return fine.replace(coarse.features.index_select(0, fine_to_coarse))
