@@ -26,15 +26,33 @@ def _backend_module(name: str):
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
+def _keeps_chunk_states(backend: str) -> bool:
+    """Whether the backend's forward returns states for its backward (numba does)."""
+    return backend == "numba"
+
+
+def _chunk_states_shape(backend: str, u: torch.Tensor, A: torch.Tensor) -> tuple[int, ...]:
+    if not _keeps_chunk_states(backend):
+        return (0,)
+    from .selective_scan_numba import chunk_states_shape
+
+    return chunk_states_shape(u.shape[0], u.shape[1], A.shape[1])
+
+
 @torch.library.custom_op("geossm::selective_scan", mutates_args=())
 def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                        C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                        delta_bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
                        initial_state: Optional[torch.Tensor], delta_softplus: bool,
-                       reverse: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    out, final = _backend_module(backend).selective_scan_fwd(
+                       reverse: bool, backend: str
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(out, final_state, chunk_states)``; the last is the backend's own record for
+    its backward (empty for backends that recompute everything)."""
+    outputs = _backend_module(backend).selective_scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_softplus, reverse)
-    return out.to(u.device), final.to(u.device)
+    out, final = outputs[0], outputs[1]
+    saved = outputs[2] if _keeps_chunk_states(backend) else u.new_zeros(0, dtype=torch.float32)
+    return out.to(u.device), final.to(u.device), saved.to(u.device)
 
 
 @_selective_scan_op.register_fake
@@ -42,7 +60,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_soft
       backend):
     num_segments = cu_seqlens.shape[0] - 1
     final = u.new_empty((num_segments, u.shape[1], A.shape[1]), dtype=torch.float32)
-    return torch.empty_like(u), final
+    saved = u.new_empty(_chunk_states_shape(backend, u, A), dtype=torch.float32)
+    return torch.empty_like(u), final, saved
 
 
 @torch.library.custom_op("geossm::selective_scan_backward", mutates_args=())
@@ -51,10 +70,12 @@ def _selective_scan_backward_op(
         delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
         D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
         cu_seqlens: torch.Tensor, initial_state: Optional[torch.Tensor], delta_softplus: bool,
-        reverse: bool, backend: str) -> list[torch.Tensor]:
+        reverse: bool, backend: str, chunk_states: torch.Tensor) -> list[torch.Tensor]:
+    extra = (chunk_states,) if _keeps_chunk_states(backend) else ()
     grads = _backend_module(backend).selective_scan_bwd(
         dout.contiguous(), None if dfinal_state is None else dfinal_state.contiguous(),
-        u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_softplus, reverse)
+        u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_softplus, reverse,
+        *extra)
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # An absent input gets an empty placeholder: custom ops cannot return None.
     return [u.new_empty(0) if x is None else g.to(device=x.device, dtype=x.dtype)
@@ -63,7 +84,7 @@ def _selective_scan_backward_op(
 
 @_selective_scan_backward_op.register_fake
 def _(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
-      delta_softplus, reverse, backend):
+      delta_softplus, reverse, backend, chunk_states):
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     return [u.new_empty(0) if x is None else torch.empty_like(x) for x in inputs]
 
@@ -71,16 +92,18 @@ def _(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initi
 def _setup_context(ctx, inputs, output):
     (u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_softplus, reverse,
      backend) = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state)
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
+                          output[2])
+    ctx.mark_non_differentiable(output[2])
     ctx.flags = (delta_softplus, reverse, backend)
 
 
-def _backward(ctx, dout, dfinal_state):
-    u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state = ctx.saved_tensors
+def _backward(ctx, dout, dfinal_state, _dchunk_states):
+    u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, saved = ctx.saved_tensors
     delta_softplus, reverse, backend = ctx.flags
     grads = torch.ops.geossm.selective_scan_backward(
         dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
-        delta_softplus, reverse, backend)
+        delta_softplus, reverse, backend, saved)
     present = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     du, ddelta, dA, dB, dC, dD, dz, dbias, dinit = (
         None if x is None else g for g, x in zip(grads, present))
@@ -201,7 +224,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if name == "torch":
         out, final = selective_scan_ref(delta_softplus=delta_softplus, reverse=reverse, **args)
     else:
-        out, final = torch.ops.geossm.selective_scan(
+        out, final, _ = torch.ops.geossm.selective_scan(
             args["u"], args["delta"], args["A"], args["B"], args["C"], args["D"], args["z"],
             args["delta_bias"], args["cu_seqlens"], args["initial_state"],
             bool(delta_softplus), bool(reverse), name)

@@ -5,10 +5,11 @@ about the same number of tokens; a channel block never straddles two B/C groups,
 sums of dB/dC of one item never collide with another's. Within an item the state of its
 channels, ``(block, N)`` floats, stays in cache while the item walks its segments token by token.
 
-The backward pass needs ``h_{t-1}`` at every step in reverse order. It recomputes the forward
-recurrence once to keep the state at every ``CHUNK``-th token, then, chunk by chunk from the end,
-recomputes the chunk's states into a small buffer and back-propagates through them: memory stays
-``O(T/CHUNK)`` per item whatever the segment length, at the price of two forward recurrences.
+The backward pass needs ``h_{t-1}`` at every step in reverse order. The forward pass keeps the
+state at the start of every ``CHUNK`` tokens of a segment (except the first chunk, whose start
+state is the initial state): at most ``T // CHUNK`` states of ``(D, N)``, however many segments.
+The backward pass walks the chunks from the end, recomputes each chunk's states and decays into a
+small buffer from its saved start state, and back-propagates through them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-CHUNK = 64          # tokens between saved states in the backward pass
+CHUNK = 64          # tokens between the states the forward pass keeps for the backward pass
+CHUNK_STATES = True  # this backend's forward returns chunk states for its backward
 CHANNEL_BLOCK = 16  # channels per work item
 # Every constant is float32: a float64 literal would promote the whole recurrence to float64
 # (twice the exp cost and half the vector width).
@@ -42,8 +44,8 @@ def _dt(raw, softplus):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _forward(u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
-             has_D, has_z, has_bias, has_init, softplus, reverse, out, final):
+def _forward(u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks, chunk_offset,
+             has_D, has_z, has_bias, has_init, softplus, reverse, out, final, saved):
     N = A.shape[1]
     num_blocks = blocks.shape[0]
     for item in prange((seg_ranges.shape[0] - 1) * num_blocks):
@@ -56,6 +58,10 @@ def _forward(u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
                 for n in range(N):
                     h[j, n] = init[s, d0 + j, n] if has_init else ZERO
             for k in range(end - start):
+                if k > 0 and k % CHUNK == 0:
+                    for j in range(d1 - d0):
+                        for n in range(N):
+                            saved[chunk_offset[s] + k // CHUNK - 1, d0 + j, n] = h[j, n]
                 t = end - 1 - k if reverse else start + k
                 for j in range(d1 - d0):
                     d = d0 + j
@@ -77,7 +83,7 @@ def _forward(u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _backward(dout, dfinal, u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ranges, blocks,
-              has_D, has_z, has_bias, has_init, has_dfinal, softplus, reverse,
+              chunk_offset, saved, has_D, has_z, has_bias, has_init, has_dfinal, softplus, reverse,
               du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dinit):
     N = A.shape[1]
     num_blocks = blocks.shape[0]
@@ -85,7 +91,6 @@ def _backward(dout, dfinal, u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ran
         r, b = item // num_blocks, item % num_blocks
         d0, d1, g, jb = blocks[b, 0], blocks[b, 1], blocks[b, 2], blocks[b, 3]
         nd = d1 - d0
-        h = np.zeros((nd, N), dtype=np.float32)
         grad = np.zeros((nd, N), dtype=np.float32)
         states = np.zeros((CHUNK + 1, nd, N), dtype=np.float32)  # h at chunk steps 0..CHUNK
         decays = np.zeros((CHUNK, nd, N), dtype=np.float32)      # exp(dt A) at chunk steps
@@ -94,27 +99,19 @@ def _backward(dout, dfinal, u, delta, A, B, C, Dskip, z, bias, cu, init, seg_ran
             start, end = cu[s], cu[s + 1]
             length = end - start
             num_chunks = (length + CHUNK - 1) // CHUNK
-            saved = np.empty((max(num_chunks, 1), nd, N), dtype=np.float32)
             for j in range(nd):
                 for n in range(N):
-                    h[j, n] = init[s, d0 + j, n] if has_init else ZERO
                     grad[j, n] = dfinal[s, d0 + j, n] if has_dfinal else ZERO
-            # pass 1: the state at the start of every chunk
-            for k in range(length):
-                if k % CHUNK == 0:
-                    saved[k // CHUNK] = h
-                t = end - 1 - k if reverse else start + k
-                for j in range(nd):
-                    d = d0 + j
-                    dt = _dt(_raw_dt(delta, bias, t, d, has_bias), softplus)
-                    dtu = dt * u[t, d]
-                    for n in range(N):
-                        h[j, n] = math.exp(dt * A[d, n]) * h[j, n] + dtu * B[t, g, n]
-            # pass 2: chunks from the last; recompute the chunk's states, then back-propagate
+            # chunks from the last: recompute the chunk's states, then back-propagate
             for c in range(num_chunks - 1, -1, -1):
                 k0 = c * CHUNK
                 k1 = min(k0 + CHUNK, length)
-                states[0] = saved[c]
+                for j in range(nd):
+                    for n in range(N):
+                        if c > 0:
+                            states[0, j, n] = saved[chunk_offset[s] + c - 1, d0 + j, n]
+                        else:
+                            states[0, j, n] = init[s, d0 + j, n] if has_init else ZERO
                 for k in range(k0, k1):
                     t = end - 1 - k if reverse else start + k
                     i = k - k0
@@ -205,27 +202,44 @@ def _np32(x: torch.Tensor | None, empty_dims: int) -> np.ndarray:
     return x.detach().float().contiguous().numpy()
 
 
+def chunk_states_shape(T: int, channels: int, N: int) -> tuple[int, int, int]:
+    """Shape of the chunk states the forward keeps: at most ``T // CHUNK`` of ``(D, N)``."""
+    return (T // CHUNK, channels, N)
+
+
+def _chunk_offsets(cu: np.ndarray) -> np.ndarray:
+    """Row of each segment's first kept state: chunks after the first, counted cumulatively."""
+    kept = np.maximum((np.diff(cu) + CHUNK - 1) // CHUNK - 1, 0)
+    return np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
+
+
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
                        delta_softplus: bool, reverse: bool):
-    """Forward kernel: returns ``(out (T, D) in u.dtype, final_state (S, D, N) float32)``."""
+    """Forward kernel.
+
+    Returns ``(out (T, D) in u.dtype, final_state (S, D, N) float32, chunk_states)`` where
+    ``chunk_states`` (``chunk_states_shape``) feeds ``selective_scan_bwd``.
+    """
     T, channels = u.shape
     groups, N = B.shape[1], B.shape[2]
     cu = cu_seqlens.detach().cpu().numpy().astype(np.int64)
     seg_ranges, blocks = _work_split(cu, channels, groups)
     out = _output(T, channels)
     final = _output(cu.shape[0] - 1, channels, N)
+    saved = _output(*chunk_states_shape(T, channels, N))
     _forward(_np32(u, 2), _np32(delta, 2), _np32(A, 2), _np32(B, 3), _np32(C, 3), _np32(D, 1),
              _np32(z, 2), _np32(delta_bias, 1), cu, _np32(initial_state, 3), seg_ranges, blocks,
-             D is not None, z is not None, delta_bias is not None, initial_state is not None,
-             bool(delta_softplus), bool(reverse), out, final)
-    return torch.from_numpy(out).to(u.dtype), torch.from_numpy(final)
+             _chunk_offsets(cu), D is not None, z is not None, delta_bias is not None,
+             initial_state is not None, bool(delta_softplus), bool(reverse), out, final, saved)
+    return torch.from_numpy(out).to(u.dtype), torch.from_numpy(final), torch.from_numpy(saved)
 
 
 def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens,
-                       initial_state, delta_softplus: bool, reverse: bool):
+                       initial_state, delta_softplus: bool, reverse: bool, chunk_states):
     """Backward kernel: returns ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)``.
 
-    ``None`` for each input that is ``None``; every gradient is float32.
+    ``chunk_states`` is the third output of ``selective_scan_fwd`` on the same inputs. ``None``
+    for each input that is ``None``; every gradient is float32.
     """
     T, channels = u.shape
     groups, N = B.shape[1], B.shape[2]
@@ -245,7 +259,8 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     dinit = _output(num_segments, channels, N)
     _backward(_np32(dout, 2), _np32(dfinal_state, 3), _np32(u, 2), _np32(delta, 2), _np32(A, 2),
               _np32(B, 3), _np32(C, 3), _np32(D, 1), _np32(z, 2), _np32(delta_bias, 1), cu,
-              _np32(initial_state, 3), seg_ranges, blocks,
+              _np32(initial_state, 3), seg_ranges, blocks, _chunk_offsets(cu),
+              chunk_states.detach().contiguous().numpy(),
               D is not None, z is not None, delta_bias is not None, initial_state is not None,
               dfinal_state is not None, bool(delta_softplus), bool(reverse),
               du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dinit)
