@@ -1,0 +1,643 @@
+"""Point-cloud datasets, each reading its official on-disk layout (``data.root``).
+
+Every dataset returns samples ``{"coord": (N, 3) float32, "feat": (N, C) float32,
+"label": (N,) int64 (-1 = ignored) or int (classification), ["category": int]}`` of any size
+``N``: batches are packed by the task's collate, never padded. Per-sample processing, in order::
+
+    load -> grid sampling (grid_size) -> crop (max_points, training) -> subsample (num_points)
+         -> normalisation (objects) -> augmentation (training: ``augment``) -> feat
+
+- ``SyntheticParts``: procedurally generated shapes with part labels (no download).
+- ``ShapeNetPart``: ``shapenetcore_partanno_segmentation_benchmark_v0_normal`` (16 categories,
+  50 parts, official json splits).
+- ``S3DIS``: ``Stanford3dDataset_v1.2_Aligned_Version`` (``Area_N/<room>/Annotations/*.txt``,
+  13 classes, ``test_area`` held out).
+- ``ModelNet40``: ``modelnet40_normal_resampled`` (``modelnet40_{train,test}.txt``, 40 classes).
+- ``SemanticKITTI``: official ``sequences/XX/{velodyne,labels}`` with the learning map (19
+  classes), or the preprocessed ``points/*.npy`` + ``labels/*.npy`` variant.
+
+A root without the expected layout raises ``FileNotFoundError`` naming the missing path; a file
+that cannot be parsed raises ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geossm.registry import DATASETS
+
+from . import synthetic
+from .transforms import NormalizeCoord, build_transforms, rng, select
+
+__all__ = ["PointCloudDataset", "SyntheticParts", "ShapeNetPart", "S3DIS", "ModelNet40",
+           "SemanticKITTI", "SHAPENETPART_CATEGORIES", "SEMANTICKITTI_LEARNING_MAP"]
+
+EVAL_SPLITS = ("val", "test")
+
+
+class PointCloudDataset(torch.utils.data.Dataset):
+    """Shared processing of the point-cloud datasets (see the module doc for the order).
+
+    Args:
+        split: split name; ``"train"`` (and ``"trainval"``) enables augmentation, random grid
+            sampling, random crops and random subsets; other splits are deterministic.
+        augment: transform specs applied to training samples, e.g.
+            ``[{name: RandomRotate, axis: z}, {name: RandomScale, scale: [0.9, 1.1]}]``
+            (see ``transforms.build_transforms``), default none.
+        feat_keys: per-point arrays concatenated into ``feat`` (``coord``, ``normal``,
+            ``color``, ``strength``), default ``("coord",)``.
+        grid_size: voxel size of grid sampling (one point per cell), default None (off).
+        max_points: crop training samples to this many points around a random point, default
+            None (off); evaluation keeps whole scenes.
+        num_points: random subset of this size (deterministic per sample in evaluation),
+            default None (all points).
+        normalize: centre and scale into the unit sphere (objects), default False.
+        loop: repeat the sample list this many times per epoch (small datasets), default 1.
+    """
+
+    CLASS_NAMES: tuple[str, ...] = ()
+    IGNORE_INDEX = -1
+    #: Part segmentation: the parts of each category (global part indices), else None.
+    CATEGORY_PARTS: tuple[tuple[int, ...], ...] | None = None
+    CATEGORY_NAMES: tuple[str, ...] = ()
+
+    def __init__(self, split: str = "train", augment: Sequence[Mapping[str, Any]] | None = None,
+                 feat_keys: Sequence[str] = ("coord",), grid_size: float | None = None,
+                 max_points: int | None = None, num_points: int | None = None,
+                 normalize: bool = False, loop: int = 1) -> None:
+        if not isinstance(split, str) or not split:
+            raise ValueError(f"split: expected a non-empty string, got {split!r}")
+        if not isinstance(loop, int) or loop < 1:
+            raise ValueError(f"loop: expected an int >= 1, got {loop!r}")
+        if isinstance(feat_keys, str) or not feat_keys:
+            raise ValueError(f"feat_keys: expected a non-empty list of array names, got "
+                             f"{feat_keys!r}")
+        if grid_size is not None and not grid_size > 0:
+            raise ValueError(f"grid_size: expected a positive float or null, got {grid_size!r}")
+        for name, v in (("max_points", max_points), ("num_points", num_points)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}: expected an int >= 1 or null, got {v!r}")
+        self.split = split
+        self.train = split in ("train", "trainval")
+        self.augment = build_transforms(augment) if self.train else build_transforms([])
+        self.feat_keys = tuple(feat_keys)
+        self.grid_size, self.max_points, self.num_points = grid_size, max_points, num_points
+        self.normalize, self.loop = normalize, loop
+
+    # Subclasses implement these two.
+    def num_items(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> dict[str, Any]:
+        """The raw sample ``index`` (coord, label and the arrays named in ``feat_keys``)."""
+        raise NotImplementedError
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.CLASS_NAMES)
+
+    def __len__(self) -> int:
+        return self.num_items() * self.loop
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{type(self).__name__}: index {i} out of range for {len(self)} samples")
+        index = i % self.num_items()
+        sample = self.load(index)
+        return self.process(sample, index)
+
+    def process(self, sample: dict[str, Any], index: int = 0) -> dict[str, Any]:
+        """Grid sampling, crop, subsample, normalisation, augmentation and ``feat`` of a raw
+        sample (also used by ``geossm predict`` on an input file)."""
+        # Evaluation draws its "random" choices from the sample index: reproducible metrics.
+        g = rng() if self.train else np.random.default_rng(index)
+        if self.grid_size is not None:
+            sample = _grid_sample(sample, self.grid_size, g if self.train else None)
+        if self.train and self.max_points is not None and len(sample["coord"]) > self.max_points:
+            coord = sample["coord"]
+            d = np.sum((coord - coord[g.integers(len(coord))]) ** 2, axis=1)
+            sample = select(sample, np.sort(np.argpartition(d, self.max_points - 1)
+                                            [:self.max_points]))
+        if self.num_points is not None and len(sample["coord"]) > self.num_points:
+            sample = select(sample, np.sort(g.choice(len(sample["coord"]), self.num_points,
+                                                     replace=False)))
+        if self.normalize:
+            sample = NormalizeCoord()(sample)
+        sample = self.augment(sample)
+        return self.finish(sample)
+
+    def finish(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Build ``feat`` from ``feat_keys`` and keep only the keys the task packs."""
+        parts = []
+        for k in self.feat_keys:
+            if k not in sample:
+                raise KeyError(f"{type(self).__name__}: feat_keys names '{k}', which this "
+                               f"dataset does not provide (it has {sorted(sample)})")
+            v = np.asarray(sample[k], dtype=np.float32)
+            parts.append(v.reshape(len(v), -1))
+        out = {"coord": np.ascontiguousarray(sample["coord"], dtype=np.float32),
+               "feat": np.ascontiguousarray(np.concatenate(parts, 1), dtype=np.float32)}
+        label = sample.get("label")
+        if isinstance(label, np.ndarray) and label.ndim >= 1:
+            out["label"] = label.astype(np.int64).reshape(-1)
+        elif label is not None:
+            out["label"] = int(label)
+        if "category" in sample:
+            out["category"] = int(sample["category"])
+        return out
+
+
+def _grid_sample(sample: dict[str, Any], grid_size: float,
+                 g: np.random.Generator | None) -> dict[str, Any]:
+    coord = sample["coord"]
+    if len(coord) == 0:
+        return sample
+    cell = np.floor((coord - coord.min(0)) / grid_size).astype(np.int64)
+    order = g.permutation(len(coord)) if g is not None else np.arange(len(coord))
+    _, first = np.unique(cell[order], axis=0, return_index=True)
+    return select(sample, np.sort(order[first]))
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what}: expected a folder at {path}")
+    return path
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: expected a file at {path}")
+    return path
+
+
+def _root(root: str | os.PathLike | None, cls: str) -> Path:
+    if root is None or str(root) == "":
+        raise ValueError(f"{cls}: data.root is not set (the folder of the official layout)")
+    return _require_dir(Path(root).expanduser(), f"{cls} root")
+
+
+def _loadtxt(path: Path, columns: int, delimiter: str | None = None) -> np.ndarray:
+    """A numeric text table of at least ``columns`` columns, with the file named on failure."""
+    try:
+        data = np.loadtxt(path, dtype=np.float32, delimiter=delimiter, ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"{path}: expected {columns} numeric columns per line "
+                         f"({' '.join(str(err).split())[:200]})") from err
+    if data.shape[1] < columns:
+        raise ValueError(f"{path}: expected at least {columns} columns, got {data.shape[1]}")
+    return data
+
+
+# ------------------------------------------------------------------------- synthetic parts
+
+@DATASETS.register
+class SyntheticParts(PointCloudDataset):
+    """Procedurally generated part-segmentation shapes (``synthetic.make_shape``), generated on
+    the fly, deterministic from ``(seed, split, index)``. No files: ``root`` must be null.
+
+    Args:
+        root: must be None (accepted so configs share the ``data.root`` key).
+        split: any name; each split is an independent stream of shapes.
+        num_samples: shapes in the split, default 512 (``num_val_samples`` for other splits).
+        num_val_samples: shapes in splits other than ``train``, default 128.
+        min_points, max_points: points per shape, uniform in ``[min, max]``.
+        noise: surface jitter (fraction of the size), default 0.01.
+        seed: base seed, default 0.
+        feat_keys: default ``("coord",)`` (normalised xyz).
+        normalize: default True (unit sphere).
+        **kwargs: see ``PointCloudDataset`` (``augment``, ``grid_size`` ...).
+    """
+
+    CLASS_NAMES = synthetic.PART_NAMES
+    CATEGORY_NAMES = synthetic.CATEGORIES
+    CATEGORY_PARTS = synthetic.CATEGORY_PARTS
+
+    def __init__(self, root: str | None = None, split: str = "train", num_samples: int = 512,
+                 num_val_samples: int = 128, min_points: int = 1024, max_points: int = 2048,
+                 noise: float = 0.01, seed: int = 0, normalize: bool = True, **kwargs: Any) -> None:
+        if root is not None:
+            raise ValueError(f"SyntheticParts: root must be null (the data is generated), got "
+                             f"{root!r}")
+        super().__init__(split=split, normalize=normalize, **kwargs)
+        count = num_samples if self.train else num_val_samples
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"SyntheticParts: num_samples must be an int >= 1, got {count!r}")
+        if not 1 <= min_points <= max_points:
+            raise ValueError(f"SyntheticParts: expected 1 <= min_points <= max_points, got "
+                             f"{min_points} and {max_points}")
+        self.count, self.min_points, self.max_points_shape = count, min_points, max_points
+        self.noise, self.seed = noise, seed
+
+    def num_items(self) -> int:
+        return self.count
+
+    def load(self, index: int) -> dict[str, Any]:
+        g = np.random.default_rng(synthetic.sample_seed(self.seed, self.split, index))
+        return synthetic.make_shape(g, min_points=self.min_points,
+                                    max_points=self.max_points_shape, noise=self.noise)
+
+
+# ---------------------------------------------------------------------------- ShapeNetPart
+
+#: The 16 ShapeNetPart categories in the official order: (name, synset, global part indices).
+SHAPENETPART_CATEGORIES = (
+    ("Airplane", "02691156", (0, 1, 2, 3)), ("Bag", "02773838", (4, 5)),
+    ("Cap", "02954340", (6, 7)), ("Car", "02958343", (8, 9, 10, 11)),
+    ("Chair", "03001627", (12, 13, 14, 15)), ("Earphone", "03261776", (16, 17, 18)),
+    ("Guitar", "03467517", (19, 20, 21)), ("Knife", "03624134", (22, 23)),
+    ("Lamp", "03636649", (24, 25, 26, 27)), ("Laptop", "03642806", (28, 29)),
+    ("Motorbike", "03790512", (30, 31, 32, 33, 34, 35)), ("Mug", "03797390", (36, 37)),
+    ("Pistol", "03948459", (38, 39, 40)), ("Rocket", "04099429", (41, 42, 43)),
+    ("Skateboard", "04225987", (44, 45, 46)), ("Table", "04379243", (47, 48, 49)),
+)
+
+
+@DATASETS.register
+class ShapeNetPart(PointCloudDataset):
+    """ShapeNetPart (``shapenetcore_partanno_segmentation_benchmark_v0_normal``).
+
+    Layout: ``synsetoffset2category.txt`` (``<Name>\\t<synset>``), ``<synset>/<shape>.txt``
+    (lines ``x y z nx ny nz part``, part in the global 50-part index) and
+    ``train_test_split/shuffled_{train,val,test}_file_list.json`` (``shape_data/<synset>/<shape>``).
+
+    Args:
+        root: the folder above.
+        split: ``train``, ``val``, ``test`` or ``trainval``.
+        categories: category names to keep (e.g. ``[Cap]``), default all present.
+        split_lists: ``{split: ["<synset>/<shape>", ...]}`` replacing the json lists (to train
+            on a subset such as the bundled caps), default None.
+        num_points: default 2048 (the published protocol), None keeps all points.
+        feat_keys: default ``("coord", "normal")`` (6 channels).
+        normalize: default True.
+        **kwargs: see ``PointCloudDataset``.
+
+    Samples carry ``category`` (official index 0-15) for category-conditioned segmentation.
+    """
+
+    CLASS_NAMES = tuple(f"{name}_{p - parts[0]}" for name, _, parts in SHAPENETPART_CATEGORIES
+                        for p in parts)
+    CATEGORY_NAMES = tuple(c[0] for c in SHAPENETPART_CATEGORIES)
+    CATEGORY_PARTS = tuple(c[2] for c in SHAPENETPART_CATEGORIES)
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 categories: Sequence[str] | None = None,
+                 split_lists: Mapping[str, Sequence[str]] | None = None,
+                 num_points: int | None = 2048, feat_keys: Sequence[str] = ("coord", "normal"),
+                 normalize: bool = True, **kwargs: Any) -> None:
+        super().__init__(split=split, num_points=num_points, feat_keys=feat_keys,
+                         normalize=normalize, **kwargs)
+        self.root = root = _root(root, "ShapeNetPart")
+        catfile = _require_file(root / "synsetoffset2category.txt", "ShapeNetPart category list")
+        synset_to_index = {s: i for i, (_, s, _) in enumerate(SHAPENETPART_CATEGORIES)}
+        present: dict[str, str] = {}
+        for line in catfile.read_text().splitlines():
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in synset_to_index:
+                raise ValueError(f"{catfile}: expected lines '<Name> <synset>' with a ShapeNetPart "
+                                 f"synset, got {line!r}")
+            present[fields[0]] = fields[1]
+        if categories is not None:
+            unknown = [c for c in categories if c not in present]
+            if unknown:
+                raise ValueError(f"ShapeNetPart: categories {unknown} are not in {catfile} "
+                                 f"(it lists {sorted(present)})")
+            present = {c: present[c] for c in categories}
+        keep = set(present.values())
+        if split_lists is not None:
+            if split not in split_lists:
+                raise ValueError(f"ShapeNetPart: split_lists has no entry for split '{split}' "
+                                 f"(it has {sorted(split_lists)})")
+            entries = list(split_lists[split])
+        else:
+            names = {"trainval": ("train", "val")}.get(split, (split,))
+            entries = []
+            for name in names:
+                if name not in ("train", "val", "test"):
+                    raise ValueError(f"ShapeNetPart: split must be train, val, test or trainval, "
+                                     f"got {split!r}")
+                lst = _require_file(root / "train_test_split" / f"shuffled_{name}_file_list.json",
+                                    "ShapeNetPart split list")
+                try:
+                    entries += json.loads(lst.read_text())
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{lst}: expected a JSON list of shape paths ({err})") from err
+        self.items: list[tuple[Path, int]] = []
+        for entry in entries:
+            parts = str(entry).split("/")
+            if len(parts) < 2:
+                raise ValueError(f"ShapeNetPart: expected entries '<synset>/<shape>', got {entry!r}")
+            synset, shape = parts[-2], parts[-1]
+            if synset not in keep:
+                continue
+            path = _require_file(root / synset / f"{shape}.txt", "ShapeNetPart shape")
+            self.items.append((path, synset_to_index[synset]))
+
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> dict[str, Any]:
+        path, category = self.items[index]
+        data = _loadtxt(path, 7)
+        label = data[:, 6].astype(np.int64)
+        parts = self.CATEGORY_PARTS[category]
+        if label.size and (label.min() < parts[0] or label.max() > parts[-1]):
+            raise ValueError(f"{path}: part labels must lie in {parts[0]}..{parts[-1]} for "
+                             f"{self.CATEGORY_NAMES[category]}, got {label.min()}..{label.max()}")
+        return {"coord": data[:, :3], "normal": data[:, 3:6], "label": label,
+                "category": category}
+
+
+# ---------------------------------------------------------------------------------- S3DIS
+
+S3DIS_CLASSES = ("ceiling", "floor", "wall", "beam", "column", "window", "door", "table",
+                 "chair", "sofa", "bookcase", "board", "clutter")
+
+
+@DATASETS.register
+class S3DIS(PointCloudDataset):
+    """S3DIS (``Stanford3dDataset_v1.2_Aligned_Version``): one sample per room.
+
+    Layout: ``Area_<k>/<room>/Annotations/<class>_<i>.txt`` with lines ``x y z r g b``; the
+    class comes from the file name (``stairs`` counts as ``clutter``, as usual).
+
+    Args:
+        root: the folder holding ``Area_1`` ... ``Area_6``.
+        split: ``train`` (every area but ``test_area``), ``val`` / ``test`` (``test_area``).
+        test_area: default 5.
+        areas: explicit list of area numbers for this split (overrides the rule above).
+        grid_size: default 0.04 m; ``max_points`` default 80,000 (training crops).
+        feat_keys: default ``("coord", "color")`` (colour in [0, 1]).
+        cache_dir: parsed rooms are stored there as ``.npz`` (the text files are slow to read),
+            default None (no cache; never written beside the data).
+        **kwargs: see ``PointCloudDataset``.
+    """
+
+    CLASS_NAMES = S3DIS_CLASSES
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 test_area: int = 5, areas: Sequence[int] | None = None,
+                 grid_size: float | None = 0.04, max_points: int | None = 80000,
+                 feat_keys: Sequence[str] = ("coord", "color"),
+                 cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        super().__init__(split=split, grid_size=grid_size, max_points=max_points,
+                         feat_keys=feat_keys, **kwargs)
+        self.root = root = _root(root, "S3DIS")
+        if areas is None:
+            areas = ([a for a in range(1, 7) if a != test_area] if self.train else [test_area])
+        self.rooms: list[Path] = []
+        for a in areas:
+            area = _require_dir(root / f"Area_{a}", "S3DIS area")
+            for room in sorted(p for p in area.iterdir() if p.is_dir()):
+                _require_dir(room / "Annotations", "S3DIS room annotations")
+                self.rooms.append(room)
+        if not self.rooms:
+            raise FileNotFoundError(f"S3DIS: no room folders in {[str(root / f'Area_{a}') for a in areas]}")
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+
+    def num_items(self) -> int:
+        return len(self.rooms)
+
+    def load(self, index: int) -> dict[str, Any]:
+        room = self.rooms[index]
+        cached = None
+        if self.cache_dir is not None:
+            cached = self.cache_dir / f"{room.parent.name}_{room.name}.npz"
+            if cached.is_file():
+                with np.load(cached) as z:
+                    return {"coord": z["coord"], "color": z["color"], "label": z["label"]}
+        coords, colors, labels = [], [], []
+        files = sorted((room / "Annotations").glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"S3DIS: no <class>_<i>.txt files in {room / 'Annotations'}")
+        for f in files:
+            name = f.stem.rsplit("_", 1)[0]
+            name = "clutter" if name == "stairs" else name
+            if name not in S3DIS_CLASSES:
+                raise ValueError(f"{f}: unknown S3DIS class '{name}' (expected one of "
+                                 f"{', '.join(S3DIS_CLASSES)} or stairs)")
+            data = _loadtxt(f, 6)
+            coords.append(data[:, :3])
+            colors.append(data[:, 3:6] / 255.0)
+            labels.append(np.full(len(data), S3DIS_CLASSES.index(name), dtype=np.int64))
+        sample = {"coord": np.concatenate(coords).astype(np.float32),
+                  "color": np.concatenate(colors).astype(np.float32),
+                  "label": np.concatenate(labels)}
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cached, **sample)
+        return sample
+
+
+# ----------------------------------------------------------------------------- ModelNet40
+
+@DATASETS.register
+class ModelNet40(PointCloudDataset):
+    """ModelNet40 (``modelnet40_normal_resampled``): shape classification.
+
+    Layout: ``modelnet40_shape_names.txt`` (one class per line), ``modelnet40_train.txt`` /
+    ``modelnet40_test.txt`` (one shape id per line, ``<class>_<NNNN>``) and
+    ``<class>/<shape id>.txt`` with lines ``x,y,z,nx,ny,nz``.
+
+    Args:
+        root: the folder above.
+        split: ``train`` or ``test`` (``val`` reads the test list, as is customary).
+        num_points: default 1024; the first points of each file (they are already resampled).
+        use_normals: add normals to ``feat`` (6 channels), default False.
+        **kwargs: see ``PointCloudDataset``.
+
+    Samples have ``label: int`` (the class).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 num_points: int | None = 1024, use_normals: bool = False,
+                 normalize: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("feat_keys", ("coord", "normal") if use_normals else ("coord",))
+        super().__init__(split=split, normalize=normalize, **kwargs)
+        self.first_points = num_points
+        self.root = root = _root(root, "ModelNet40")
+        names = _require_file(root / "modelnet40_shape_names.txt", "ModelNet40 class list")
+        self.class_names = tuple(l.strip() for l in names.read_text().splitlines() if l.strip())
+        list_split = {"val": "test", "trainval": "train"}.get(split, split)
+        if list_split not in ("train", "test"):
+            raise ValueError(f"ModelNet40: split must be train, val or test, got {split!r}")
+        lst = _require_file(root / f"modelnet40_{list_split}.txt", "ModelNet40 split list")
+        self.items: list[tuple[Path, int]] = []
+        for line in lst.read_text().splitlines():
+            shape = line.strip()
+            if not shape:
+                continue
+            cls = shape.rsplit("_", 1)[0]
+            if cls not in self.class_names:
+                raise ValueError(f"{lst}: shape '{shape}' has class '{cls}', not listed in {names}")
+            path = _require_file(root / cls / f"{shape}.txt", "ModelNet40 shape")
+            self.items.append((path, self.class_names.index(cls)))
+
+    @property
+    def CLASS_NAMES(self) -> tuple[str, ...]:  # noqa: N802 - read from the dataset's list
+        return self.class_names
+
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> dict[str, Any]:
+        path, label = self.items[index]
+        data = _loadtxt(path, 6, delimiter=",")
+        if self.first_points is not None:
+            data = data[:self.first_points]
+        return {"coord": data[:, :3], "normal": data[:, 3:6], "label": label}
+
+
+# -------------------------------------------------------------------------- SemanticKITTI
+
+#: Raw SemanticKITTI label -> training class 0-19 (0 = unlabeled), from the official
+#: ``semantic-kitti.yaml``; moving classes merge into their static ones.
+SEMANTICKITTI_LEARNING_MAP = {
+    0: 0, 1: 0, 10: 1, 11: 2, 13: 5, 15: 3, 16: 5, 18: 4, 20: 5, 30: 6, 31: 7, 32: 8, 40: 9,
+    44: 10, 48: 11, 49: 12, 50: 13, 51: 14, 52: 0, 60: 9, 70: 15, 71: 16, 72: 17, 80: 18,
+    81: 19, 99: 0, 252: 1, 253: 7, 254: 6, 255: 8, 256: 5, 257: 5, 258: 4, 259: 5,
+}
+SEMANTICKITTI_CLASSES = ("car", "bicycle", "motorcycle", "truck", "other-vehicle", "person",
+                         "bicyclist", "motorcyclist", "road", "parking", "sidewalk",
+                         "other-ground", "building", "fence", "vegetation", "trunk", "terrain",
+                         "pole", "traffic-sign")
+SEMANTICKITTI_SPLITS = {"train": (0, 1, 2, 3, 4, 5, 6, 7, 9, 10), "val": (8,),
+                        "test": tuple(range(11, 22))}
+
+_LUT = np.zeros(2 ** 16, dtype=np.int64)  # unknown raw labels -> 0 (unlabeled)
+for _raw, _cls in SEMANTICKITTI_LEARNING_MAP.items():
+    _LUT[_raw] = _cls
+
+
+def semantickitti_learning_map(raw: np.ndarray) -> np.ndarray:
+    """Raw ``.label`` values (uint32: semantic in the low 16 bits, instance above) -> training
+    labels ``0..18``, ``-1`` for unlabeled / ignored."""
+    return _LUT[np.asarray(raw, dtype=np.uint32) & 0xFFFF] - 1
+
+
+@DATASETS.register
+class SemanticKITTI(PointCloudDataset):
+    """SemanticKITTI LiDAR scans, 19 classes (``-1`` = unlabeled).
+
+    Two layouts are read (``layout: auto`` picks by what ``root`` holds):
+
+    - ``official``: ``sequences/<XX>/velodyne/<NNNNNN>.bin`` (float32 ``x y z remission``) and
+      ``sequences/<XX>/labels/<NNNNNN>.label`` (uint32), mapped by the learning map; splits are
+      the official sequences (train 00-07, 09, 10; val 08; test 11-21, without labels);
+    - ``npy``: ``points/<NNNNNN>.npy`` (``(N, 3)`` xyz) and ``labels/<NNNNNN>.npy`` (``(N, 1)``,
+      already 0-19 with 0 = unlabeled), as archived in ``shared/data/semantickitti``; there is no
+      remission (``strength`` is 0) and no official split: ``frames`` chooses.
+
+    Args:
+        root: the dataset folder (above ``sequences/``, or holding ``points/`` and ``labels/``).
+        split: ``train``, ``val`` or ``test`` (or any key of ``sequences`` / ``frames``).
+        sequences: ``{split: [sequence numbers]}`` replacing the official split (official layout).
+        frames: ``{split: ["000000", ...]}`` frame ids per split, default None (every frame, in
+            every split). Both layouts.
+        grid_size: default 0.05 m; ``max_points`` default 120,000 (training crops).
+        feat_keys: default ``("coord", "strength")`` (4 channels).
+        layout: ``auto``, ``official`` or ``npy``.
+        **kwargs: see ``PointCloudDataset``.
+    """
+
+    CLASS_NAMES = SEMANTICKITTI_CLASSES
+
+    def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
+                 sequences: Mapping[str, Sequence[int]] | None = None,
+                 frames: Mapping[str, Sequence[str]] | None = None,
+                 grid_size: float | None = 0.05, max_points: int | None = 120000,
+                 feat_keys: Sequence[str] = ("coord", "strength"), layout: str = "auto",
+                 **kwargs: Any) -> None:
+        super().__init__(split=split, grid_size=grid_size, max_points=max_points,
+                         feat_keys=feat_keys, **kwargs)
+        self.root = root = _root(root, "SemanticKITTI")
+        if layout == "auto":
+            layout = "official" if (root / "sequences").is_dir() else (
+                "npy" if (root / "points").is_dir() else None)
+            if layout is None:
+                raise FileNotFoundError(f"SemanticKITTI: expected {root / 'sequences'} (official "
+                                        f"layout) or {root / 'points'} (npy layout)")
+        if layout not in ("official", "npy"):
+            raise ValueError(f"SemanticKITTI: layout must be auto, official or npy, got {layout!r}")
+        self.layout = layout
+        wanted = None
+        if frames is not None:
+            if split not in frames:
+                raise ValueError(f"SemanticKITTI: frames has no entry for split '{split}' "
+                                 f"(it has {sorted(frames)})")
+            wanted = {f"{int(f):06d}" if str(f).isdigit() else str(f) for f in frames[split]}
+        self.items: list[tuple[Path, Path | None]] = []
+        if layout == "official":
+            table = dict(SEMANTICKITTI_SPLITS) if sequences is None else {
+                k: tuple(v) for k, v in sequences.items()}
+            if split not in table:
+                raise ValueError(f"SemanticKITTI: unknown split '{split}' (sequences define "
+                                 f"{sorted(table)})")
+            for seq in table[split]:
+                folder = _require_dir(root / "sequences" / f"{int(seq):02d}" / "velodyne",
+                                      "SemanticKITTI scans")
+                for scan in sorted(folder.glob("*.bin")):
+                    if wanted is not None and scan.stem not in wanted:
+                        continue
+                    label = scan.parent.parent / "labels" / f"{scan.stem}.label"
+                    if split != "test":
+                        _require_file(label, "SemanticKITTI labels")
+                    self.items.append((scan, label if label.is_file() else None))
+        else:
+            points = _require_dir(root / "points", "SemanticKITTI npy points")
+            labels = _require_dir(root / "labels", "SemanticKITTI npy labels")
+            for scan in sorted(points.glob("*.npy")):
+                if wanted is not None and scan.stem not in wanted:
+                    continue
+                self.items.append((scan, _require_file(labels / scan.name, "SemanticKITTI labels")))
+        if wanted is not None:
+            found = {p.stem for p, _ in self.items}
+            missing = sorted(wanted - found)
+            if missing:
+                raise FileNotFoundError(f"SemanticKITTI: frames {missing} of split '{split}' not "
+                                        f"found under {root}")
+        if not self.items:
+            raise FileNotFoundError(f"SemanticKITTI: no scans for split '{split}' under {root}")
+
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> dict[str, Any]:
+        scan, label_path = self.items[index]
+        if self.layout == "official":
+            raw = np.fromfile(scan, dtype=np.float32)
+            if raw.size % 4:
+                raise ValueError(f"{scan}: expected float32 records of 4 values (x y z "
+                                 f"remission), got {raw.size} values")
+            raw = raw.reshape(-1, 4)
+            coord, strength = raw[:, :3], raw[:, 3:4]
+            if label_path is None:
+                label = np.full(len(raw), -1, dtype=np.int64)
+            else:
+                lab = np.fromfile(label_path, dtype=np.uint32)
+                if lab.size != len(raw):
+                    raise ValueError(f"{label_path}: expected {len(raw)} labels (one per point "
+                                     f"of {scan.name}), got {lab.size}")
+                label = semantickitti_learning_map(lab)
+        else:
+            coord = np.load(scan, allow_pickle=False).astype(np.float32)
+            if coord.ndim != 2 or coord.shape[1] < 3:
+                raise ValueError(f"{scan}: expected an (N, 3) array, got shape {coord.shape}")
+            coord = coord[:, :3]
+            strength = np.zeros((len(coord), 1), dtype=np.float32)
+            lab = np.load(label_path, allow_pickle=False).reshape(-1)
+            if lab.size != len(coord):
+                raise ValueError(f"{label_path}: expected {len(coord)} labels, got {lab.size}")
+            if lab.size and (lab.min() < 0 or lab.max() > 19):
+                raise ValueError(f"{label_path}: expected labels in 0..19, got "
+                                 f"{lab.min()}..{lab.max()}")
+            label = lab.astype(np.int64) - 1
+        return {"coord": coord, "strength": strength, "label": label}

@@ -1,0 +1,276 @@
+"""Point-cloud transforms on sample dicts (NumPy, per sample, before packing).
+
+A sample is a dict of arrays whose first dimension indexes points (``coord (N, 3)``,
+``feat (N, C)``, ``label (N,)``, ``normal (N, 3)``, ``color (N, 3)``...) plus per-sample values
+(``category``). Transforms that select points (grid sampling, crops) apply the same index to
+every per-point array; geometric ones rotate ``coord`` and ``normal`` together.
+
+Randomness: augmentations draw from ``rng()``, a NumPy generator seeded from torch's global
+RNG, so the trainer's seeding (and exact resume) covers them like any torch random op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+Sample = dict[str, Any]
+
+#: Per-point keys that rotate with the coordinates.
+VECTOR_KEYS = ("normal",)
+
+
+def rng() -> np.random.Generator:
+    """A NumPy generator drawn from torch's global RNG (seeded by the trainer)."""
+    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
+
+
+def num_points(sample: Mapping[str, Any]) -> int:
+    """``N`` of a sample (the length of ``coord``)."""
+    if "coord" not in sample:
+        raise KeyError(f"sample: expected a 'coord' array, got keys {sorted(sample)}")
+    return len(sample["coord"])
+
+
+def select(sample: Mapping[str, Any], index: np.ndarray) -> Sample:
+    """Apply the point index ``index`` (indices or a boolean mask) to every per-point array."""
+    n = num_points(sample)
+    out = {}
+    for k, v in sample.items():
+        if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n:
+            out[k] = v[index]
+        else:
+            out[k] = v
+    return out
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+class GridSample:
+    """Keep one point per cell of a ``grid_size`` grid (voxel downsampling).
+
+    ``mode="random"`` keeps a random point of every cell (training: a different subset each
+    epoch); ``mode="first"`` keeps the first point in input order (deterministic, evaluation).
+    Adds nothing; ``N`` shrinks to the number of occupied cells.
+    """
+
+    def __init__(self, grid_size: float, mode: str = "random") -> None:
+        if not grid_size > 0:
+            raise ValueError(f"GridSample: grid_size must be > 0, got {grid_size!r}")
+        if mode not in ("random", "first"):
+            raise ValueError(f"GridSample: mode must be 'random' or 'first', got {mode!r}")
+        self.grid_size, self.mode = float(grid_size), mode
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = np.asarray(sample["coord"])
+        if len(coord) == 0:
+            return sample
+        cell = np.floor((coord - coord.min(0)) / self.grid_size).astype(np.int64)
+        order = np.arange(len(coord))
+        if self.mode == "random":
+            order = rng().permutation(len(coord))
+        _, first = np.unique(cell[order], axis=0, return_index=True)
+        return select(sample, np.sort(order[first]))
+
+    def __repr__(self) -> str:
+        return f"GridSample({self.grid_size}, {self.mode!r})"
+
+
+class RandomRotate:
+    """Rotate ``coord`` (and normals) about ``axis`` by an angle uniform in ``angle`` (radians)."""
+
+    def __init__(self, axis: str = "z", angle: tuple[float, float] = (-np.pi, np.pi)) -> None:
+        if axis not in ("x", "y", "z"):
+            raise ValueError(f"RandomRotate: axis must be 'x', 'y' or 'z', got {axis!r}")
+        self.axis, self.angle = axis, tuple(angle)
+
+    def __call__(self, sample: Sample) -> Sample:
+        a = rng().uniform(*self.angle)
+        c, s = np.cos(a), np.sin(a)
+        i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[self.axis]
+        rot = np.eye(3)
+        rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+        return _linear(sample, rot)
+
+
+class RandomScale:
+    """Scale ``coord`` by a factor uniform in ``scale`` (per axis when ``anisotropic``)."""
+
+    def __init__(self, scale: tuple[float, float] = (0.9, 1.1), anisotropic: bool = False) -> None:
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"RandomScale: scale must be (low, high) with 0 < low <= high, "
+                             f"got {scale!r}")
+        self.scale, self.anisotropic = tuple(scale), anisotropic
+
+    def __call__(self, sample: Sample) -> Sample:
+        f = rng().uniform(*self.scale, size=3 if self.anisotropic else 1)
+        out = dict(sample)
+        out["coord"] = (np.asarray(sample["coord"]) * f).astype(np.float32)
+        if self.anisotropic:
+            for k in VECTOR_KEYS:
+                if k in out:  # normals transform with the inverse scale
+                    n = np.asarray(out[k]) / f
+                    out[k] = (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+                              ).astype(np.float32)
+        return out
+
+
+class RandomFlip:
+    """Mirror ``coord`` (and normals) along each axis in ``axes`` with probability ``p``."""
+
+    def __init__(self, axes: Sequence[str] = ("x", "y"), p: float = 0.5) -> None:
+        for a in axes:
+            if a not in ("x", "y", "z"):
+                raise ValueError(f"RandomFlip: axes must be among 'x', 'y', 'z', got {a!r}")
+        self.axes, self.p = tuple(axes), float(p)
+
+    def __call__(self, sample: Sample) -> Sample:
+        g = rng()
+        diag = np.ones(3)
+        for a in self.axes:
+            if g.uniform() < self.p:
+                diag["xyz".index(a)] = -1
+        return _linear(sample, np.diag(diag))
+
+
+class RandomJitter:
+    """Add Gaussian noise ``N(0, sigma²)`` clipped to ``±clip`` to ``coord``."""
+
+    def __init__(self, sigma: float = 0.005, clip: float = 0.02) -> None:
+        if sigma < 0 or clip < 0:
+            raise ValueError(f"RandomJitter: sigma and clip must be >= 0, got {sigma}, {clip}")
+        self.sigma, self.clip = float(sigma), float(clip)
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = np.asarray(sample["coord"])
+        noise = np.clip(rng().normal(0, self.sigma, size=coord.shape), -self.clip, self.clip)
+        return {**sample, "coord": (coord + noise).astype(np.float32)}
+
+
+class NormalizeCoord:
+    """Centre ``coord`` on its bounding-box centre (``"center"``) or mean (``"mean"``) and scale
+    it into the unit sphere (objects: ShapeNetPart, ModelNet40, synthetic parts)."""
+
+    def __init__(self, center: str = "center", unit_sphere: bool = True) -> None:
+        if center not in ("center", "mean"):
+            raise ValueError(f"NormalizeCoord: center must be 'center' or 'mean', got {center!r}")
+        self.center, self.unit_sphere = center, unit_sphere
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = np.asarray(sample["coord"], dtype=np.float64)
+        if len(coord) == 0:
+            return sample
+        c = coord.mean(0) if self.center == "mean" else (coord.min(0) + coord.max(0)) / 2
+        coord = coord - c
+        if self.unit_sphere:
+            coord = coord / max(float(np.linalg.norm(coord, axis=1).max()), 1e-12)
+        return {**sample, "coord": coord.astype(np.float32)}
+
+
+class CenterShift:
+    """Shift ``coord`` so its x-y bounding-box centre is at 0 and its lowest z at 0 (scenes)."""
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = np.asarray(sample["coord"])
+        if len(coord) == 0:
+            return sample
+        lo, hi = coord.min(0), coord.max(0)
+        shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+        return {**sample, "coord": (coord - shift).astype(np.float32)}
+
+
+class RandomSubsample:
+    """Keep at most ``num_points`` points, drawn without replacement (``mode="random"``) or the
+    first ones (``"first"``); with ``pad=True`` smaller clouds are topped up by repeating points
+    (fixed-size inputs, e.g. the published ShapeNetPart protocol of 2048 points)."""
+
+    def __init__(self, num_points: int, mode: str = "random", pad: bool = False) -> None:
+        if not isinstance(num_points, int) or num_points < 1:
+            raise ValueError(f"RandomSubsample: num_points must be an int >= 1, got {num_points!r}")
+        if mode not in ("random", "first"):
+            raise ValueError(f"RandomSubsample: mode must be 'random' or 'first', got {mode!r}")
+        self.num_points, self.mode, self.pad = num_points, mode, pad
+
+    def __call__(self, sample: Sample) -> Sample:
+        n = num_points(sample)
+        if n > self.num_points:
+            idx = (rng().choice(n, self.num_points, replace=False) if self.mode == "random"
+                   else np.arange(self.num_points))
+            return select(sample, np.sort(idx))
+        if self.pad and 0 < n < self.num_points:
+            extra = rng().choice(n, self.num_points - n, replace=True)
+            return select(sample, np.concatenate([np.arange(n), extra]))
+        return sample
+
+
+class SphereCrop:
+    """Crop large scenes to at most ``max_points``: the points nearest to a centre (a random
+    point when ``mode="random"``, the scene centre when ``"center"``). Smaller scenes pass."""
+
+    def __init__(self, max_points: int, mode: str = "random") -> None:
+        if not isinstance(max_points, int) or max_points < 1:
+            raise ValueError(f"SphereCrop: max_points must be an int >= 1, got {max_points!r}")
+        if mode not in ("random", "center"):
+            raise ValueError(f"SphereCrop: mode must be 'random' or 'center', got {mode!r}")
+        self.max_points, self.mode = max_points, mode
+
+    def __call__(self, sample: Sample) -> Sample:
+        coord = np.asarray(sample["coord"])
+        n = len(coord)
+        if n <= self.max_points:
+            return sample
+        if self.mode == "random":
+            center = coord[rng().integers(n)]
+        else:
+            center = (coord.min(0) + coord.max(0)) / 2
+        d = np.sum((coord - center) ** 2, axis=1)
+        idx = np.argpartition(d, self.max_points - 1)[:self.max_points]
+        return select(sample, np.sort(idx))
+
+
+def _linear(sample: Sample, mat: np.ndarray) -> Sample:
+    out = dict(sample)
+    out["coord"] = (np.asarray(sample["coord"]) @ mat.T).astype(np.float32)
+    for k in VECTOR_KEYS:
+        if k in out:
+            out[k] = (np.asarray(out[k]) @ mat.T).astype(np.float32)
+    return out
+
+
+_TRANSFORMS: dict[str, type] = {c.__name__: c for c in (
+    GridSample, RandomRotate, RandomScale, RandomFlip, RandomJitter, NormalizeCoord,
+    CenterShift, RandomSubsample, SphereCrop)}
+
+
+def build_transforms(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
+    """``Compose`` from config entries ``[{name: RandomRotate, axis: z}, ...]``."""
+    transforms = []
+    for spec in specs or []:
+        if not isinstance(spec, Mapping) or "name" not in spec:
+            raise ValueError(f"transforms: expected mappings with a 'name' key, got {spec!r}")
+        kwargs = dict(spec)
+        name = kwargs.pop("name")
+        if name not in _TRANSFORMS:
+            raise ValueError(f"transforms: unknown transform {name!r}; known: "
+                             f"{', '.join(sorted(_TRANSFORMS))}")
+        for k, v in kwargs.items():
+            if isinstance(v, list):
+                kwargs[k] = tuple(v)
+        transforms.append(_TRANSFORMS[name](**kwargs))
+    return Compose(transforms)

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from geossm.tasks.segmentation import transforms as T
+
+
+def sample(n=200, seed=0):
+    g = np.random.default_rng(seed)
+    normal = g.normal(size=(n, 3))
+    return {"coord": g.uniform(-1, 1, (n, 3)).astype(np.float32),
+            "normal": (normal / np.linalg.norm(normal, axis=1, keepdims=True)).astype(np.float32),
+            "label": g.integers(0, 4, n), "category": 2}
+
+
+def test_geometric_transforms_keep_points_and_normals():
+    torch.manual_seed(0)
+    s = sample()
+    for t in (T.RandomRotate("z"), T.RandomFlip(("x", "y"), p=1.0), T.RandomScale((0.5, 2), True)):
+        out = t(s)
+        assert out["coord"].shape == s["coord"].shape and out["category"] == 2
+        np.testing.assert_allclose(np.linalg.norm(out["normal"], axis=1), 1, atol=1e-5)
+        np.testing.assert_array_equal(out["label"], s["label"])
+    rot = T.RandomRotate("z")(s)
+    np.testing.assert_allclose(rot["coord"][:, 2], s["coord"][:, 2], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(rot["coord"][:, :2], axis=1),
+                               np.linalg.norm(s["coord"][:, :2], axis=1), atol=1e-5)
+    flip = T.RandomFlip(("x",), p=1.0)(s)
+    np.testing.assert_allclose(flip["coord"][:, 0], -s["coord"][:, 0])
+
+
+def test_seeded_by_torch():
+    s = sample()
+    torch.manual_seed(5)
+    a = T.RandomJitter(0.01)(s)
+    torch.manual_seed(5)
+    b = T.RandomJitter(0.01)(s)
+    np.testing.assert_array_equal(a["coord"], b["coord"])
+    assert np.abs(a["coord"] - s["coord"]).max() <= 0.02 + 1e-6
+
+
+def test_sampling_and_crops():
+    s = sample(1000)
+    g = T.GridSample(0.5, mode="first")(s)
+    cells = np.floor((s["coord"] - s["coord"].min(0)) / 0.5)
+    assert len(g["coord"]) == len(np.unique(cells, axis=0)) and len(g["label"]) == len(g["coord"])
+    assert len(T.GridSample(0.5)(s)["coord"]) == len(g["coord"])
+    assert len(T.SphereCrop(100)(s)["coord"]) == 100
+    assert len(T.SphereCrop(100, "center")(s)["coord"]) == 100
+    assert len(T.RandomSubsample(64)(s)["coord"]) == 64
+    assert len(T.RandomSubsample(2000, pad=True)(s)["label"]) == 2000
+    n = T.NormalizeCoord()(s)["coord"]
+    assert abs(np.linalg.norm(n, axis=1).max() - 1) < 1e-5
+    c = T.CenterShift()(s)["coord"]
+    assert abs(c[:, 2].min()) < 1e-6
+
+
+def test_build_transforms_and_errors():
+    comp = T.build_transforms([{"name": "RandomScale", "scale": [0.9, 1.1]},
+                               {"name": "RandomJitter"}])
+    assert len(comp.transforms) == 2
+    with pytest.raises(ValueError, match="unknown transform 'Nope'"):
+        T.build_transforms([{"name": "Nope"}])
+    with pytest.raises(ValueError, match="expected mappings with a 'name' key"):
+        T.build_transforms(["RandomJitter"])
+    with pytest.raises(ValueError, match="GridSample: grid_size must be > 0, got 0"):
+        T.GridSample(0)
+    with pytest.raises(ValueError, match="RandomRotate: axis must be 'x', 'y' or 'z', got 'w'"):
+        T.RandomRotate("w")
+    with pytest.raises(ValueError, match=r"RandomScale: scale must be \(low, high\)"):
+        T.RandomScale((2, 1))
+    with pytest.raises(ValueError, match="SphereCrop: max_points must be an int >= 1, got 0"):
+        T.SphereCrop(0)
