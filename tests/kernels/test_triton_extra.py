@@ -20,8 +20,9 @@ from .conftest import device_under_test
 DEVICE = device_under_test()
 HAS_TRITON = _compat.has_triton() and (DEVICE == "cuda" or _compat.triton_interpret())
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton not installed / not interpretable")
-needs_cuda = pytest.mark.skipif(DEVICE != "cuda" or not HAS_TRITON,
-                                reason="needs a CUDA GPU with triton (CPU runs use the interpreter)")
+needs_cuda = pytest.mark.skipif(
+    DEVICE != "cuda" or not HAS_TRITON,
+    reason="needs a CUDA GPU with triton (CPU runs use the interpreter)")
 
 
 def _scan64(u, delta, A, B, C, D, z, bias, cu, init, softplus, reverse):
@@ -63,14 +64,14 @@ def _inputs(lengths, channels, state, groups, dtype, seed=0, init=True):
 
 
 @needs_triton
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("lengths, channels, state, groups, saved", [
-    ([1, 2, 0, 9, 5], 8, 5, 2, False),
-    ([13, 0, 7], 12, 3, 3, True),
-    ([17], 16, 16, 1, False),
+@pytest.mark.parametrize("lengths, channels, state, groups, saved, reverse", [
+    ([1, 2, 0, 9, 5], 8, 5, 2, False, False),
+    ([13, 0, 7], 12, 3, 3, True, True),
+    ([17], 16, 16, 1, False, True),
+    ([6, 11], 8, 4, 1, True, False),
 ])
-def test_chunked_scan_matches_float64(monkeypatch, reverse, lengths, channels, state, groups,
-                                      saved):
+def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, groups, saved,
+                                      reverse):
     from geossm.kernels import selective_scan_triton as ST
 
     monkeypatch.setattr(ST, "CHUNK", 4)
@@ -89,11 +90,12 @@ def test_chunked_scan_matches_float64(monkeypatch, reverse, lengths, channels, s
     f32 = [x[n].detach().float().to(dev) for n in names]
     args = (*f32[:8], cu.to(dev), f32[8], True, reverse)
     if saved:
-        out, final, keep = ST.selective_scan_fwd(*args, return_saved=True)
+        out, final, keep = ST.selective_scan_fwd(*args, return_chunk_states=True)
     else:
         out, final = ST.selective_scan_fwd(*args)
         keep = None
-    got = ST.selective_scan_bwd(dout.float().to(dev), dfin.float().to(dev), *args, saved=keep)
+    got = ST.selective_scan_bwd(dout.float().to(dev), dfin.float().to(dev), *args,
+                                chunk_states=keep)
 
     def err(a, b):
         return float((a.detach().cpu().double() - b).norm() / b.norm().clamp_min(1e-12))
@@ -201,9 +203,9 @@ def test_cuda_graph_capture_forward_and_backward():
     def step():
         h = CT.causal_conv1d_fwd(x, weight, None, cu, True, False)
         out, final, saved = ST.selective_scan_fwd(h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                                  True, False, return_saved=True)
+                                                  True, False, return_chunk_states=True)
         grads = ST.selective_scan_bwd(dout, None, h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                      True, False, saved=saved)
+                                      True, False, chunk_states=saved)
         dx = CT.causal_conv1d_bwd(grads[0], x, weight, None, cu, True, False)[0]
         return out, final, grads[2], dx
 

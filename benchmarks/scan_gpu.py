@@ -1,0 +1,249 @@
+"""GPU benchmark of the Triton selective scan on the four workloads of issue 3.
+
+Prints one JSON line per measurement (and appends them to ``--out`` if given). Medians come from
+``triton.testing.do_bench``. The memory floor of a forward pass is
+``2 * (4*T*D + 2*T*N)`` bytes (read u, delta, z, B, C in bf16, write out) over the copy
+bandwidth measured here with a large device-to-device ``clone`` (bytes read + written).
+
+Workloads (N = 16, bf16 u/delta/z/B/C with B, C shaped (T, N), fp32 A/D/delta_bias,
+delta_softplus=True, z and D given; lengths from ``torch.Generator().manual_seed(0)``):
+
+    scene         torch.randint(20000, 80001, (8,)) segments, D = 192
+    windows       100 segments of 4096, D = 128
+    graph_tokens  torch.randint(8, 34, (20000,)) segments, D = 128
+    long          one segment of 1,000,000, D = 64
+
+Measured per workload: ``kernels`` = the Triton backend called directly (forward; forward +
+backward where the backward reuses the forward's chunk states; forward + backward that
+recomputes them, as the autograd path does today) and ``api`` = the public
+``selective_scan(..., backend="triton")`` with autograd (includes its input validation, which
+costs one host sync per call). The torch reference runs where it finishes in reasonable time.
+
+Usage: python benchmarks/scan_gpu.py [--out FILE] [--workloads scene,windows,...] [--no-ref]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+
+import torch
+
+N_STATE = 16
+
+
+def workload_lengths(name: str) -> list[int]:
+    g = torch.Generator().manual_seed(0)
+    if name == "scene":
+        return torch.randint(20000, 80001, (8,), generator=g).tolist()
+    if name == "windows":
+        return [4096] * 100
+    if name == "graph_tokens":
+        return torch.randint(8, 34, (20000,), generator=g).tolist()
+    if name == "long":
+        return [1_000_000]
+    raise ValueError(f"unknown workload {name!r}")
+
+
+WORKLOAD_D = {"scene": 192, "windows": 128, "graph_tokens": 128, "long": 64}
+
+
+def make_inputs(name: str, device: torch.device):
+    lens = workload_lengths(name)
+    D, N = WORKLOAD_D[name], N_STATE
+    T = sum(lens)
+    g = torch.Generator(device=device).manual_seed(1)
+    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(torch.tensor(lens), 0)
+    bf = torch.bfloat16
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device)
+
+    # Mamba-like values: S4D-real A, dt in [1e-3, 1e-1] through the bias, unit-scale signals
+    A = -torch.arange(1, N + 1, device=device, dtype=torch.float32).repeat(D, 1)
+    dt0 = torch.exp(torch.rand(D, generator=g, device=device) * (math.log(0.1) - math.log(1e-3))
+                    + math.log(1e-3))
+    delta_bias = dt0 + torch.log(-torch.expm1(-dt0))
+    return dict(u=randn(T, D).to(bf), delta=(0.1 * randn(T, D)).to(bf), A=A,
+                B=randn(T, N).to(bf), C=randn(T, N).to(bf), D=randn(D),
+                z=randn(T, D).to(bf), delta_bias=delta_bias,
+                cu_seqlens=cu.to(device)), T, D, len(lens)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes/s of a large device-to-device clone, counting bytes read plus written."""
+    import triton.testing
+    x = torch.empty(2 * 1024**3 // 4, dtype=torch.float32, device=device).normal_()
+    ms = triton.testing.do_bench(lambda: x.clone(), warmup=50, rep=300, return_mode="median")
+    bw = 2 * x.numel() * 4 / (ms * 1e-3)
+    del x
+    torch.cuda.empty_cache()
+    return bw
+
+
+def emit(rec: dict, out_file):
+    line = json.dumps(rec)
+    print(line, flush=True)
+    if out_file:
+        with open(out_file, "a") as f:
+            f.write(line + "\n")
+
+
+def time_events(fn, reps=3) -> float:
+    """Median of a few event-timed calls (for slow references that do_bench would repeat
+    too often)."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=None)
+    p.add_argument("--workloads", default="scene,windows,graph_tokens,long")
+    p.add_argument("--no-ref", action="store_true")
+    p.add_argument("--no-api", action="store_true")
+    p.add_argument("--chunk", type=int, default=None, help="override the Triton chunk length")
+    p.add_argument("--fwd-only", action="store_true")
+    p.add_argument("--bd", type=int, default=None, help="override the channels per program")
+    p.add_argument("--nw-fwd", type=int, default=None, help="override forward num_warps")
+    p.add_argument("--nw-bwd", type=int, default=None, help="override backward num_warps")
+    p.add_argument("--no-recompute", action="store_true")
+    args = p.parse_args(argv)
+
+    import triton
+    import triton.testing
+    from geossm.kernels import selective_scan
+    from geossm.kernels import selective_scan_triton as ST
+    from geossm.kernels.selective_scan_torch import selective_scan_ref
+
+    if args.chunk:
+        ST.CHUNK = args.chunk
+    if args.bd:
+        ST.MAX_BD = args.bd
+    ST.NUM_WARPS_FWD = args.nw_fwd
+    ST.NUM_WARPS_BWD = args.nw_bwd
+    dev = torch.device("cuda")
+    card = torch.cuda.get_device_name(dev)
+    bw = copy_bandwidth(dev)
+    base = dict(card=card, torch=torch.__version__, triton=triton.__version__, chunk=ST.CHUNK,
+                max_bd=ST.MAX_BD, nw_fwd=args.nw_fwd, nw_bwd=args.nw_bwd)
+    emit(dict(base, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
+
+    def bench(fn, grad_to_none=None):
+        return triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none,
+                                       return_mode="median")
+
+    for name in args.workloads.split(","):
+        x, T, D, S = make_inputs(name, dev)
+        N = N_STATE
+        floor_bytes = 2 * (4 * T * D + 2 * T * N)
+        floor_ms = floor_bytes / bw * 1e3
+        info = dict(base, workload=name, T=T, D=D, S=S, N=N, floor_ms=round(floor_ms, 4))
+
+        def rec(metric, ms, **extra):
+            emit(dict(info, metric=metric, ms=round(ms, 4), x_floor=round(ms / floor_ms, 2),
+                      **extra), args.out)
+
+        # canonical tensors as the public function hands them to the backend
+        Bg, Cg = x["B"].view(T, 1, N), x["C"].view(T, 1, N)
+        kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
+                 x["cu_seqlens"], None, True, False)
+        dout = torch.randn(T, D, device=dev).to(torch.bfloat16)
+
+        fwd = lambda: ST.selective_scan_fwd(*kargs)  # noqa: E731
+        rec("kernels_fwd", bench(fwd))
+        if args.fwd_only:
+            continue
+
+        def fwd_bwd_saved():
+            out, fin, saved = ST.selective_scan_fwd(*kargs, return_chunk_states=True)
+            ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
+
+        def fwd_bwd_recompute():
+            ST.selective_scan_fwd(*kargs)
+            ST.selective_scan_bwd(dout, None, *kargs)
+
+        rec("kernels_fwd_bwd", bench(fwd_bwd_saved), bwd="reuses forward chunk states")
+        if not args.no_recompute:
+            rec("kernels_fwd_bwd_recompute", bench(fwd_bwd_recompute),
+                bwd="recomputes chunk states (as the custom-op autograd path did)")
+
+        if not args.no_api:
+            leaves = {k: v.detach().clone().requires_grad_(True)
+                      for k, v in x.items() if k != "cu_seqlens"}
+
+            def api_fwd():
+                with torch.no_grad():
+                    selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], D=x["D"],
+                                   z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True,
+                                   cu_seqlens=x["cu_seqlens"], backend="triton")
+
+            def api_fwd_bwd():
+                out = selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"],
+                                     leaves["C"], D=leaves["D"], z=leaves["z"],
+                                     delta_bias=leaves["delta_bias"], delta_softplus=True,
+                                     cu_seqlens=x["cu_seqlens"], backend="triton")
+                out.backward(dout)
+
+            rec("api_fwd", bench(api_fwd))
+            rec("api_fwd_bwd", bench(api_fwd_bwd, grad_to_none=list(leaves.values())))
+            del leaves
+
+        # correctness against the torch reference where it is cheap enough to run
+        if not args.no_ref and name in ("graph_tokens", "windows"):
+            ref_args = dict(u=x["u"], delta=x["delta"], A=x["A"], B=Bg, C=Cg, D=x["D"],
+                            z=x["z"], delta_bias=x["delta_bias"], cu_seqlens=x["cu_seqlens"],
+                            delta_softplus=True)
+            ref_ms = time_events(lambda: selective_scan_ref(**ref_args))
+            rec("torch_ref_fwd", ref_ms)
+            with torch.no_grad():
+                y_ref, f_ref = selective_scan_ref(**ref_args)
+                y, f = fwd()
+            err = float((y.float() - y_ref.float()).norm() / y_ref.float().norm())
+            ferr = float((f - f_ref).norm() / f_ref.norm())
+            emit(dict(info, metric="rel_err_vs_torch_ref", out=err, final_state=ferr), args.out)
+            del y_ref, f_ref
+        del x, kargs, dout
+        torch.cuda.empty_cache()
+    compile_report(ST, args.out, base)
+    return 0
+
+
+def compile_report(module, out_file, base):
+    """Registers and spills of every compiled Triton kernel of ``module`` (best effort: the
+    cache layout differs between Triton versions)."""
+    import triton
+    for name in dir(module):
+        fn = getattr(module, name)
+        if not isinstance(fn, triton.runtime.jit.JITFunction):
+            continue
+        try:
+            caches = fn.device_caches
+            for dev_cache in caches.values():
+                kernels = dev_cache[0] if isinstance(dev_cache, tuple) else dev_cache
+                for k in kernels.values():
+                    emit(dict(base, metric="compiled", kernel=name,
+                              n_regs=getattr(k, "n_regs", None),
+                              n_spills=getattr(k, "n_spills", None),
+                              num_warps=getattr(getattr(k, "metadata", None), "num_warps", None),
+                              shared=getattr(getattr(k, "metadata", None), "shared", None)),
+                         out_file)
+        except Exception as err:  # noqa: BLE001 - a report, never a failure
+            emit(dict(base, metric="compiled", kernel=name, error=repr(err)), out_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
