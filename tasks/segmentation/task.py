@@ -1,0 +1,183 @@
+"""Segmentation and classification tasks (``task: SegmentationTask`` / ``ClassificationTask``).
+
+Batches are packed by ``pack_collate``: ``coord (N, 3)``, ``feat (N, C)``, ``label (N,)`` (or
+``(B,)`` for classification), ``category (B,)`` when the dataset has categories, ``cu_seqlens
+(B+1,)`` and ``batch (N,)``. Config keys read here (besides the standard ones)::
+
+    model.num_classes        classes (segmentation: per point; classification: per sample)
+    model.num_categories     > 0: category-conditioned parts (ShapeNetPart, synthetic parts)
+    loss: {label_smoothing: 0.0, class_weights: null, ignore_index: -1}
+
+Part-segmentation datasets (with ``CATEGORY_PARTS``) also report the instance and class mIoU
+(``ins_miou``, ``cls_miou``) and predict within each shape's own parts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geossm.engine.metrics import MetricCollection
+from geossm.engine.task import Task
+from geossm.registry import DATASETS, TASKS
+
+from .losses import cross_entropy
+from .metrics import (ClassificationMetric, PartSegMetric, SegmentationMetric, masked_prediction,
+                      part_mask)
+
+
+def _loss_cfg(cfg) -> dict[str, Any]:
+    loss = dict(cfg.get("loss") or {}) if hasattr(cfg, "get") else {}
+    unknown = set(loss) - {"label_smoothing", "class_weights", "ignore_index"}
+    if unknown:
+        raise ValueError(f"loss: unknown keys {sorted(unknown)} (known: label_smoothing, "
+                         "class_weights, ignore_index)")
+    return loss
+
+
+class _PointTask(Task):
+    input_keys = ("coord", "feat", "cu_seqlens")
+
+    def dataset_class(self) -> type:
+        return DATASETS.get(str(self.cfg.data.name))
+
+    def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+        kwargs = {k: batch[k] for k in self.input_keys}
+        if int(self.cfg.model.get("num_categories", 0) or 0) > 0:
+            if "category" not in batch:
+                raise ValueError("model.num_categories > 0 needs samples with 'category' "
+                                 f"(dataset {self.cfg.data.name} gives {sorted(batch)})")
+            kwargs["category"] = batch["category"]
+        return model(**kwargs)
+
+    def num_classes(self) -> int:
+        n = self.cfg.model.get("num_classes")
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"config key 'model.num_classes' must be an int >= 1, got {n!r}")
+        return n
+
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        cfg = _loss_cfg(self.cfg)
+        return cross_entropy(outputs, batch[self.target_key],
+                             ignore_index=int(cfg.get("ignore_index", -1)),
+                             label_smoothing=float(cfg.get("label_smoothing", 0.0)),
+                             class_weights=cfg.get("class_weights"))
+
+    def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Read ``.npz`` / ``.npy`` / ``.ply`` (``coord`` plus optional ``label``, ``category``
+        and the dataset's other arrays) and process it as the dataset does for evaluation
+        (grid sampling, normalisation, ``feat`` from ``data.feat_keys``)."""
+        raw = super().load_input(path)
+        if "coord" not in raw:
+            raise ValueError(f"input file {path}: expected a 'coord' array, got {sorted(raw)}")
+        raw["coord"] = np.asarray(raw["coord"], dtype=np.float32)[:, :3]
+        for key in ("category", "label"):
+            if key in raw and np.asarray(raw[key]).ndim == 0:
+                raw[key] = int(np.asarray(raw[key]))
+        proc = self._eval_processor()
+        for key in proc.feat_keys:
+            if key not in raw and key in ("strength",):
+                raw[key] = np.zeros((len(raw["coord"]), 1), dtype=np.float32)
+        return proc.process(raw, 0)
+
+    def _eval_processor(self):
+        """A dataset object of the configured class used only for its ``process`` settings
+        (no files are read: ``__init__`` is bypassed and the settings copied from the config)."""
+        from .datasets import PointCloudDataset
+        cls = self.dataset_class()
+        data = dict(self.cfg.data)
+        proc = PointCloudDataset.__new__(cls)
+        defaults = _init_defaults(cls)
+        PointCloudDataset.__init__(
+            proc, split="test", augment=None,
+            feat_keys=tuple(data.get("feat_keys") or defaults.get("feat_keys", ("coord",))),
+            grid_size=data.get("grid_size", defaults.get("grid_size")),
+            max_points=None,
+            num_points=None,
+            normalize=bool(data.get("normalize", defaults.get("normalize", False))))
+        return proc
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    import inspect
+    out: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for name, p in inspect.signature(init).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                out[name] = p.default
+    return out
+
+
+@TASKS.register
+class SegmentationTask(_PointTask):
+    """Per-point semantic or part segmentation (``best.pt`` by ``miou``)."""
+
+    best_metric, best_mode = "miou", "max"
+
+    def _parts(self):
+        cls = self.dataset_class()
+        return getattr(cls, "CATEGORY_PARTS", None), tuple(getattr(cls, "CATEGORY_NAMES", ()))
+
+    def build_metrics(self) -> MetricCollection:
+        n = self.num_classes()
+        names = tuple(getattr(self.dataset_class(), "CLASS_NAMES", ()) or ())
+        if isinstance(names, property) or len(names) != n:
+            names = None
+        ignore = int(_loss_cfg(self.cfg).get("ignore_index", -1))
+        parts, cat_names = self._parts()
+        conditioned = bool(parts) and int(self.cfg.model.get("num_categories", 0) or 0) > 0
+        metrics = [SegmentationMetric(n, ignore_index=ignore, class_names=names,
+                                      category_parts=parts if conditioned else None)]
+        if conditioned:
+            metrics.append(PartSegMetric(parts, cat_names or None))
+        return MetricCollection(*metrics)
+
+    def postprocess(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        logits = outputs.detach().float()
+        parts, _ = self._parts()
+        if parts and "category" in batch and int(self.cfg.model.get("num_categories", 0) or 0):
+            mask = part_mask(parts, logits.shape[1], logits.device)
+            pred = masked_prediction(logits, batch["category"].to(logits.device),
+                                     batch["batch"].to(logits.device), mask)
+        else:
+            pred = logits.argmax(-1)
+        return {"logits": logits.cpu().numpy(), "pred": pred.cpu().numpy().astype(np.int64)}
+
+
+@TASKS.register
+class ClassificationTask(_PointTask):
+    """Per-sample classification (``best.pt`` by overall accuracy ``oa``)."""
+
+    best_metric, best_mode = "oa", "max"
+
+    def build_metrics(self) -> ClassificationMetric:
+        return ClassificationMetric(self.num_classes())
+
+    def postprocess(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        logits = outputs.detach().float().cpu()
+        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy().astype(np.int64)}
+
+    def write_prediction(self, sample: Mapping[str, Any], result: Mapping[str, np.ndarray],
+                         path: str | os.PathLike) -> list[Path]:
+        """The ``.npz`` of logits and the predicted class, and a ``.ply`` of the cloud with
+        every point labelled by the predicted class (ground truth likewise when known)."""
+        from geossm.viz import write_labeled_ply
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in result.items()})
+        coord = np.asarray(sample["coord"])
+        n = len(coord)
+        pred = np.full(n, int(np.asarray(result["pred"]).reshape(-1)[0]), dtype=np.int64)
+        label = sample.get("label")
+        label = None if label is None else np.full(n, int(np.asarray(label).reshape(-1)[0]))
+        ply = path.with_suffix(".ply")
+        write_labeled_ply(ply, coord[:, :3], pred=pred, label=label)
+        return [path, ply]

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from geossm.tasks.segmentation.models import (PCM_ORDERS, SIZES, PointCloudMambaCls,
+                                              PointCloudMambaSeg, _example_inputs, knn)
+
+
+def test_knn_matches_brute_force_per_sample():
+    coord, _, cu = _example_inputs(3, lengths=(30, 5, 12))
+    idx = knn(coord, cu, k=8, max_elements=64)  # tiny chunks: exercises the chunk loop
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        pts = coord[a:b]
+        d = torch.cdist(pts, pts)
+        for i in range(b - a):
+            got = idx[a + i]
+            assert ((got >= a) & (got < b)).all()  # never crosses samples
+            kk = min(8, b - a)
+            ref = d[i].topk(kk, largest=False).values
+            torch.testing.assert_close(d[i][got - a][:kk].sort().values, ref.sort().values)
+    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
+        knn(coord, cu, 0)
+
+
+def small_seg(**kw):
+    args = dict(in_channels=3, num_classes=4, dims=(8, 16), depths=(1, 1), strides=(2,),
+                grid_size=0.1, d_state=4, num_prompts=1)
+    args.update(kw)
+    torch.manual_seed(0)
+    return PointCloudMambaSeg(**args).eval()
+
+
+def test_packing_equals_one_sample_at_a_time():
+    """Whole scenes packed: each sample's output equals running it alone (no cross-talk)."""
+    model = small_seg()
+    coord, feat, cu = _example_inputs(3, lengths=(60, 17, 33))
+    with torch.no_grad():
+        packed = model(coord, feat, cu)
+        for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+            alone = model(coord[a:b], feat[a:b], torch.tensor([0, b - a], dtype=torch.int32))
+            torch.testing.assert_close(packed[a:b], alone, atol=1e-4, rtol=1e-4)
+    assert packed.shape == (110, 4)
+
+
+def test_orders_cycle_and_presets():
+    model = PointCloudMambaSeg(size="tiny")
+    enc = model.encoder
+    flat = [o for stage in enc.block_orders for o in stage]
+    assert flat == list(range(len(flat)))  # block j uses orders[j % 9]
+    assert enc.orders == PCM_ORDERS and len(PCM_ORDERS) == 9
+    base = PointCloudMambaSeg(size="base", num_classes=13)
+    assert base.encoder.dims == SIZES["base"]["dims"]
+    assert sum(p.numel() for p in base.parameters()) > 5 * sum(p.numel() for p in model.parameters())
+
+
+def test_category_conditioning_and_classifier():
+    model = small_seg(num_categories=3)
+    coord, feat, cu = _example_inputs(3, lengths=(40, 25))
+    out = model(coord, feat, cu, category=torch.tensor([0, 2]))
+    assert out.shape == (65, 4)
+    with pytest.raises(ValueError, match="category \\(B,\\) is required"):
+        model(coord, feat, cu)
+    with pytest.raises(ValueError, match="category must have one entry per sample \\(B=2\\), got 3"):
+        model(coord, feat, cu, category=torch.tensor([0, 1, 2]))
+    cls = PointCloudMambaCls(num_classes=5, dims=(8, 16), depths=(1, 1), strides=(2,),
+                             grid_size=0.1, d_state=4)
+    logits = cls(coord, feat, cu)
+    assert logits.shape == (2, 5)
+    logits.sum().backward()
+
+
+def test_model_errors():
+    coord, feat, cu = _example_inputs(3, lengths=(20,))
+    model = small_seg()
+    with pytest.raises(ValueError, match=r"feat must have shape \(N=20, in_channels=3\), got \(20, 2\)"):
+        model(coord, feat[:, :2], cu)
+    with pytest.raises(ValueError, match=r"coord must have shape \(N, 3\), got \(20, 2\)"):
+        model(coord[:, :2], feat, cu)
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0 and end at N=20, got 0..19"):
+        model(coord, feat, torch.tensor([0, 19]))
+    with pytest.raises(ValueError, match="size must be one of \\['base', 'tiny'\\], got 'huge'"):
+        PointCloudMambaSeg(size="huge")
+    with pytest.raises(ValueError, match="strides must be powers of two >= 2, got \\(3,\\)"):
+        small_seg(strides=(3,))
+    with pytest.raises(ValueError, match="strides must have len\\(dims\\) - 1 = 1 entries"):
+        small_seg(strides=(2, 2))
+    with pytest.raises(ValueError, match="orders must be a non-empty list of names"):
+        small_seg(orders=("spiral",))
+    with pytest.raises(ValueError, match="dec_depths must have len\\(dims\\) - 1 = 1 entries"):
+        small_seg(dec_depths=(1, 1))
