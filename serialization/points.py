@@ -32,8 +32,9 @@ def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
         grid_size: cell edge, a positive float or a ``(3,)`` sequence / tensor (per axis).
 
     Returns:
-        ``grid_coord: (N, 3) int64``, non-negative. Host syncs: the grid_size and finiteness
-        checks.
+        ``grid_coord: (N, 3) int64``, non-negative. Raises ``ValueError`` when the extent
+        holds 2^62 cells or more along an axis (int64 would wrap). Host syncs: the grid_size,
+        finiteness and extent checks.
     """
     if not isinstance(coord, Tensor):
         raise TypeError(f"coord: expected a torch.Tensor, got {type(coord).__name__}")
@@ -52,7 +53,15 @@ def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
         return torch.zeros((0, 3), dtype=torch.long, device=coord.device)
     if not bool(torch.isfinite(c).all()):
         raise ValueError("coord: expected finite coordinates, got NaN or inf")
-    return torch.floor((c - c.min(0).values) / gs).long()
+    cells = torch.floor((c - c.min(0).values) / gs)
+    # Casting a float past int64's range wraps (to a negative index on x86): refuse instead.
+    top = float(cells.max())
+    if not top < 2.0**62:
+        extent = (c.max(0).values - c.min(0).values).tolist()
+        raise ValueError(f"coord: the extent {extent} / grid_size {gs.tolist()} is {top:.3g} "
+                         "cells per axis, more than int64 grid coordinates hold (2^62); "
+                         "expected a larger grid_size")
+    return cells.long()
 
 
 def _resolve_batch(batch, n: int, device) -> Tensor | None:
