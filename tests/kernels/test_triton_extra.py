@@ -162,9 +162,9 @@ class _ConvScanOps(_ConvScan):
 
     def forward(self, x, delta, B, C, z, cu):
         h = torch.ops.geossm.causal_conv1d(x, self.weight, self.bias, cu, True, False, "triton")
-        out, _ = torch.ops.geossm.selective_scan(
+        out = torch.ops.geossm.selective_scan(
             h, delta, -self.A_log.exp(), B[:, None], C[:, None], self.D, z, self.dt_bias, cu,
-            None, True, False, "triton")
+            None, True, False, "triton")[0]
         return out
 
 
