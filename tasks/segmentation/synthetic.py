@@ -17,7 +17,7 @@ stored on disk. Points are sampled on the primitives' surfaces (uniform by area 
 primitive; parts get points in proportion to their area times a random density factor, with a
 floor so that thin parts stay visible).
 
-Run ``python -m geossm.tasks.segmentation.synthetic OUT.npz [--split val] [--index 0]`` to write
+Run ``python -m geossm.tasks.segmentation OUT.npz [--split val] [--index 0] [--points N]`` to write
 one sample as the input of ``geossm predict``.
 """
 
@@ -245,14 +245,18 @@ def sample_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m geossm.tasks.segmentation.synthetic",
+        prog="python -m geossm.tasks.segmentation",
         description="Write one synthetic_parts sample (coord, label, category) to an .npz file.")
     parser.add_argument("output", help="output .npz path")
     parser.add_argument("--split", default="val")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--points", type=int, default=None,
+                        help="number of points (default: drawn in [1024, 2048])")
     args = parser.parse_args(argv)
-    shape = make_shape(np.random.default_rng(sample_seed(args.seed, args.split, args.index)))
+    counts = {} if args.points is None else {"min_points": args.points, "max_points": args.points}
+    shape = make_shape(np.random.default_rng(sample_seed(args.seed, args.split, args.index)),
+                       **counts)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, coord=shape["coord"], label=shape["label"],
