@@ -738,15 +738,14 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
 
 
 def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
-                       delta_softplus: bool, reverse: bool, *, need_final_state: bool = True,
-                       return_chunk_states: bool = False):
+                       delta_softplus: bool, reverse: bool, *, need_final_state: bool = True):
     """Forward of the grouped varlen selective scan (recurrence and shapes: module docstring).
 
-    Returns ``(out, final_state)``: out (T, D) in ``u.dtype``, final_state (S, D, N) float32
-    (None when ``need_final_state`` is False). With ``return_chunk_states=True`` a third item,
-    a flat float32 tensor of :func:`chunk_states_shape` (chunk end states and sums of dt);
-    passing it to :func:`selective_scan_bwd` skips the backward's recomputation of them (one
-    recurrence pass). No host sync; deterministic (no atomics).
+    Returns ``(out, final_state, chunk_states)`` like the numba backend: out (T, D) in
+    ``u.dtype``, final_state (S, D, N) float32 (None when ``need_final_state`` is False) and
+    chunk_states, a flat float32 tensor of :func:`chunk_states_shape` (chunk end states and
+    sums of dt); passing it to :func:`selective_scan_bwd` skips the backward's recomputation
+    of them (one recurrence pass). No host sync; deterministic (no atomics).
     """
     T, Dm = u.shape
     S = cu_seqlens.numel() - 1
@@ -772,9 +771,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
             HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_INIT=initial_state is not None, NEED_FINAL=final is not None,
             num_warps=plan.num_warps)
-    if return_chunk_states:
-        return out, final, states
-    return out, final
+    return out, final, states
 
 
 def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens,
@@ -785,8 +782,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)``: du in u.dtype,
     dz in z.dtype, ddelta (T, D) float32, dA (D, N), dB/dC (T, G, N), dD/ddelta_bias (D,) and
     dinitial_state (S, D, N) float32; None where the input is None. ``dfinal_state`` may be
-    None. ``chunk_states`` is the third output of ``selective_scan_fwd(...,
-    return_chunk_states=True)``; without it the
+    None. ``chunk_states`` is the third output of :func:`selective_scan_fwd`; without it the
     chunk states are recomputed (one extra recurrence pass). No host sync;
     deterministic (per-program partial sums reduced with torch.sum, no atomics).
     """

@@ -90,9 +90,9 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
     f32 = [x[n].detach().float().to(dev) for n in names]
     args = (*f32[:8], cu.to(dev), f32[8], True, reverse)
     if saved:
-        out, final, keep = ST.selective_scan_fwd(*args, return_chunk_states=True)
+        out, final, keep = ST.selective_scan_fwd(*args)
     else:
-        out, final = ST.selective_scan_fwd(*args)
+        out, final, _ = ST.selective_scan_fwd(*args)
         keep = None
     got = ST.selective_scan_bwd(dout.float().to(dev), dfin.float().to(dev), *args,
                                 chunk_states=keep)
@@ -203,7 +203,7 @@ def test_cuda_graph_capture_forward_and_backward():
     def step():
         h = CT.causal_conv1d_fwd(x, weight, None, cu, True, False)
         out, final, saved = ST.selective_scan_fwd(h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                                  True, False, return_chunk_states=True)
+                                                  True, False)
         grads = ST.selective_scan_bwd(dout, None, h, delta, A, B3, C3, Dsk, z, bias, cu, None,
                                       True, False, chunk_states=saved)
         dx = CT.causal_conv1d_bwd(grads[0], x, weight, None, cu, True, False)[0]
