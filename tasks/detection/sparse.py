@@ -139,6 +139,48 @@ def kernel_map(sp: SparseVoxels, kernel_size: int = 3) -> list[tuple[Tensor, Ten
     return out
 
 
+def neighbour_table(sp: SparseVoxels, kernel_size: int = 3) -> Tensor:
+    """``(V, k^3)`` long: row of the voxel at ``indices[v] + offset_k``, or ``V`` (a zero row)
+    where that cell is empty. Built from ``kernel_map`` and cached on ``sp``."""
+    key = ("table", kernel_size)
+    if key not in sp.cache:
+        v = sp.indices.shape[0]
+        table = torch.full((v, kernel_size ** 3), v, dtype=torch.long, device=sp.indices.device)
+        for k, (o, i) in enumerate(kernel_map(sp, kernel_size)):
+            table[o, k] = i
+        sp.cache[key] = table
+    return sp.cache[key]
+
+
+class _GatherGemm(torch.autograd.Function):
+    """``out = gather(x, table) (V, k^3 * C_in) @ W (k^3 * C_in, C_out)``.
+
+    The submanifold rulebook is symmetric (``u = v + o`` iff ``v = u - o``), so the input
+    gradient is again a gather - GEMM with the mirrored offsets, and no scatter-add (slow on
+    CPU, atomic on GPU) is needed in either direction."""
+
+    @staticmethod
+    def forward(ctx, x, weight, table):
+        v, k3 = table.shape
+        xp = torch.cat([x, x.new_zeros(1, x.shape[1])])
+        cols = xp[table].reshape(v, k3 * x.shape[1])                      # (V, k^3 * C_in)
+        ctx.save_for_backward(cols, weight, table)
+        return cols @ weight.reshape(-1, weight.shape[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        cols, weight, table = ctx.saved_tensors
+        k3, cin, cout = weight.shape
+        grad_w = (cols.t() @ grad).reshape(k3, cin, cout) if ctx.needs_input_grad[1] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            gp = torch.cat([grad, grad.new_zeros(1, cout)])
+            # offset k of u reads grad_out at u - o_k = the entry of the mirrored offset
+            gcols = gp[table.flip(1)].reshape(table.shape[0], k3 * cout)   # (V, k^3 * C_out)
+            grad_x = gcols @ weight.transpose(1, 2).reshape(-1, cin)
+        return grad_x, grad_w, None
+
+
 def spconv_available() -> bool:
     """Whether the spconv backend can be used (``spconv.pytorch`` importable)."""
     try:
@@ -151,8 +193,11 @@ def spconv_available() -> bool:
 class SubMConv3d(nn.Module):
     """Submanifold sparse 3D convolution: outputs only at the input's voxels.
 
-    ``out[v] = bias + sum_{o in offsets} W[o]^T in[v + o]`` over neighbours ``v + o`` that exist
-    (gather - GEMM - scatter over the ``k^3`` offsets of ``kernel_map``).
+    ``out[v] = bias + sum_{o in offsets} W[o]^T in[v + o]`` over neighbours ``v + o`` that exist.
+    The rulebook (``kernel_map``: hashed voxel keys, sorted and binary-searched per offset) is
+    laid out as a neighbour table; one gather of the ``k^3`` neighbours and one GEMM give the
+    output rows directly (the scatter of gather-GEMM-scatter is the identity for a submanifold
+    conv), and the backward pass is the same with mirrored offsets.
 
     Args:
         in_channels, out_channels: ``C_in``, ``C_out``.
@@ -189,11 +234,7 @@ class SubMConv3d(nn.Module):
                              f"{tuple(x.shape)}")
         if self.backend == "spconv":
             return sp.replace(self._spconv(sp))
-        out = torch.zeros(x.shape[0], self.out_channels, dtype=x.dtype, device=x.device)
-        w = self.weight.to(x.dtype)
-        for k, (o, i) in enumerate(kernel_map(sp, self.kernel_size)):
-            if o.numel():
-                out.index_add_(0, o, x.index_select(0, i) @ w[k])
+        out = _GatherGemm.apply(x, self.weight.to(x.dtype), neighbour_table(sp, self.kernel_size))
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
         return sp.replace(out)

@@ -38,10 +38,16 @@ def test_submanifold_conv_equals_dense_conv_at_active_sites(device):
     ref = F.conv3d(_dense(sp), k, conv.bias, padding=1)
     i = sp.indices
     torch.testing.assert_close(out, ref[i[:, 0], :, i[:, 1], i[:, 2], i[:, 3]])
-    # gradients flow to features and weights
-    sp.features.requires_grad_(True)
-    conv(sp).features.square().sum().backward()
-    assert sp.features.grad.abs().sum() > 0 and conv.weight.grad.abs().sum() > 0
+    # gradients (gather-GEMM with mirrored offsets) equal the dense convolution's
+    feats = sp.features.clone().requires_grad_(True)
+    up = torch.randn_like(out)
+    (conv(sp.replace(feats)).features * up).sum().backward()
+    dense = _dense(sp).requires_grad_(True)
+    w = k.detach().clone().requires_grad_(True)
+    ref = F.conv3d(dense, w, conv.bias.detach(), padding=1)[i[:, 0], :, i[:, 1], i[:, 2], i[:, 3]]
+    (ref * up).sum().backward()
+    torch.testing.assert_close(feats.grad, dense.grad[i[:, 0], :, i[:, 1], i[:, 2], i[:, 3]])
+    torch.testing.assert_close(conv.weight.grad.view(3, 3, 3, 5, 7).permute(4, 3, 0, 1, 2), w.grad)
 
 
 def test_kernel_map_is_cached_and_empty_input():

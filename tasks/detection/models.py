@@ -1,0 +1,382 @@
+"""LION: LiDAR detection with linear group RNNs over window groups of voxels.
+
+Pipeline (``LION.forward``)::
+
+    points (N, 4) ─voxelize + mean VFE─▶ voxels (V, C) ─SubMConv stem─▶ (V, dim)
+      ─▶ LION blocks: 3D spatial descriptor (submanifold 3x3x3 conv)
+                      linear group RNN along x, then along y with shifted windows
+                      voxel merging ─▶ the same at half resolution ─▶ voxel expanding (+ residual)
+                      voxel generation (top-k foreground voxels diffused to their BEV neighbours)
+                      z merging between blocks
+      ─▶ height compression (sum over z) ─▶ dense BEV (B, dim, Y, X) ─▶ 2D backbone
+      ─▶ CenterPoint-style head: class heatmaps (B, K, Y, X) + box regression (B, 8, Y, X)
+
+The linear group RNN is (Bi)Mamba over the packed groups of ``window_groups`` (no padding, no
+duplicated voxels). The operator is chosen by name (``operator="mamba"``); other linear
+operators (RWKV, RetNet) plug in through ``OPERATORS``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geossm.nn import SerializedBlock
+from geossm.registry import MODELS
+from geossm.serialization import window_groups
+
+from .boxes import nms_bev
+from .sparse import SparseVoxels, SubMConv3d, expand_voxels, merge_voxels, voxelize
+
+__all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "decode_boxes"]
+
+
+def _mamba_block(dim: int, bidirectional: bool, mlp_ratio: float, drop_path: float, **kw):
+    return SerializedBlock(dim, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
+                           drop_path=drop_path, **kw)
+
+
+#: name -> factory ``(dim, bidirectional, mlp_ratio, drop_path, **kwargs) -> module`` whose
+#: ``forward(x (N, D), serialization)`` mixes along the serialization's groups.
+OPERATORS = {"mamba": _mamba_block}
+
+
+class LinearGroupLayer(nn.Module):
+    """One linear group RNN layer: voxels grouped by ``window_groups`` along ``axis`` and mixed
+    by the operator within each group.
+
+    Shapes: ``SparseVoxels (V, D) -> (V, D)``.
+    """
+
+    def __init__(self, dim: int, window_shape: Sequence[int], group_size: int, axis: str,
+                 shift: bool, operator: str = "mamba", bidirectional: bool = True,
+                 mlp_ratio: float = 0.0, drop_path: float = 0.0, **op_kwargs):
+        super().__init__()
+        if operator not in OPERATORS:
+            raise ValueError(f"operator: expected one of {sorted(OPERATORS)}, got {operator!r}")
+        self.window_shape, self.group_size = tuple(int(v) for v in window_shape), int(group_size)
+        self.axis, self.shift = axis, bool(shift)
+        self.mixer = OPERATORS[operator](dim, bidirectional, mlp_ratio, drop_path, **op_kwargs)
+
+    def forward(self, sp: SparseVoxels) -> SparseVoxels:
+        ser = window_groups(sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
+                            axis=self.axis, shift=self.shift)
+        return sp.replace(self.mixer(sp.features, ser))
+
+
+class _Descriptor(nn.Module):
+    """3D spatial feature descriptor: submanifold 3x3x3 conv + norm + GELU, residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = SubMConv3d(dim, dim, 3, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, sp: SparseVoxels) -> SparseVoxels:
+        return sp.replace(sp.features + F.gelu(self.norm(self.conv(sp).features)))
+
+
+class LIONBlock(nn.Module):
+    """A LION block: descriptor, x / y(shifted) group layers at full resolution, voxel merging,
+    x / y group layers at the merged resolution, voxel expanding added back.
+
+    Args:
+        dim: feature width.
+        window_shape: ``(wx, wy, wz)`` window in voxels (the merged level uses the same window
+            in its own, coarser voxels).
+        group_size: voxels per group (the merged level uses half).
+        merge_stride: ``(sz, sy, sx)`` of the merge (default ``(1, 2, 2)``).
+        operator / bidirectional / mlp_ratio / drop_path / op_kwargs: of ``LinearGroupLayer``.
+    """
+
+    def __init__(self, dim: int, window_shape: Sequence[int], group_size: int,
+                 merge_stride: Sequence[int] = (1, 2, 2), operator: str = "mamba",
+                 bidirectional: bool = True, mlp_ratio: float = 0.0, drop_path: float = 0.0,
+                 **op_kwargs):
+        super().__init__()
+        kw = dict(operator=operator, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
+                  drop_path=drop_path, **op_kwargs)
+        self.descriptor = _Descriptor(dim)
+        self.full = nn.ModuleList([
+            LinearGroupLayer(dim, window_shape, group_size, "x", False, **kw),
+            LinearGroupLayer(dim, window_shape, group_size, "y", True, **kw)])
+        self.merge_stride = tuple(int(s) for s in merge_stride)
+        self.coarse = nn.ModuleList([
+            LinearGroupLayer(dim, window_shape, max(group_size // 2, 1), "x", False, **kw),
+            LinearGroupLayer(dim, window_shape, max(group_size // 2, 1), "y", True, **kw)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, sp: SparseVoxels) -> SparseVoxels:
+        sp = self.descriptor(sp)
+        for layer in self.full:
+            sp = layer(sp)
+        coarse, inv = merge_voxels(sp, self.merge_stride)
+        for layer in self.coarse:
+            coarse = layer(coarse)
+        up = expand_voxels(coarse, sp, inv)
+        return sp.replace(self.norm(sp.features + up.features))
+
+
+def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> SparseVoxels:
+    """Voxel generation: the ``ratio`` fraction of voxels with the largest feature response
+    (max over channels, per sample) is diffused to its four BEV neighbours at ``distance``
+    (``x +- d``, ``y +- d``); new cells start from their source voxel's features, cells that
+    already exist keep theirs."""
+    if ratio <= 0 or sp.features.shape[0] == 0:
+        return sp
+    score = sp.features.detach().max(1).values
+    b = sp.indices[:, 0]
+    sel = []
+    for i in range(sp.batch_size):
+        idx = torch.nonzero(b == i).squeeze(1)
+        k = int(math.ceil(ratio * idx.numel()))
+        if k:
+            sel.append(idx[torch.topk(score[idx], k).indices])
+    if not sel:
+        return sp
+    src = torch.cat(sel)
+    z, y, x = sp.spatial_shape
+    offs = torch.tensor([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
+                         [0, 0, -distance, 0]], device=sp.indices.device)
+    cand = (sp.indices[src][:, None] + offs[None]).reshape(-1, 4)
+    cand_src = src.repeat_interleave(4)
+    ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
+    cand, cand_src = cand[ok], cand_src[ok]
+    from .sparse import voxel_keys
+    old = voxel_keys(sp.indices, sp.spatial_shape)
+    new = voxel_keys(cand, sp.spatial_shape)
+    # one entry per new cell: drop cells that exist, then duplicates among the candidates
+    fresh = ~torch.isin(new, old)
+    new, cand, cand_src = new[fresh], cand[fresh], cand_src[fresh]
+    uniq, first = _first_occurrence(new)
+    cand, cand_src = cand[first], cand_src[first]
+    return SparseVoxels(torch.cat([sp.features, sp.features[cand_src]]),
+                        torch.cat([sp.indices, cand]), sp.spatial_shape, sp.batch_size)
+
+
+def _first_occurrence(keys: Tensor) -> tuple[Tensor, Tensor]:
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    pos = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long, device=keys.device)
+    pos.scatter_reduce_(0, inv, torch.arange(keys.numel(), device=keys.device), "amin")
+    return uniq, pos
+
+
+def _bev(sp: SparseVoxels) -> Tensor:
+    """Height compression: sum over z into a dense ``(B, C, Y, X)`` map."""
+    _, y, x = sp.spatial_shape
+    c = sp.features.shape[1]
+    flat = torch.zeros(sp.batch_size * y * x, c, dtype=sp.features.dtype, device=sp.features.device)
+    i = sp.indices
+    flat.index_add_(0, (i[:, 0] * y + i[:, 2]) * x + i[:, 3], sp.features)
+    return flat.view(sp.batch_size, y, x, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class BEVBackbone(nn.Module):
+    """Small 2D backbone: ``layers`` convs at stride 1, ``layers`` at stride 2, the second
+    up-sampled back and concatenated. Shapes: ``(B, C, Y, X) -> (B, 2 * channels, Y, X)``."""
+
+    def __init__(self, in_channels: int, channels: int = 64, layers: int = 2):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"bev_layers: expected an int >= 1, got {layers!r}")
+        self.block1 = nn.Sequential(_conv(in_channels, channels),
+                                    *[_conv(channels, channels) for _ in range(layers - 1)])
+        self.block2 = nn.Sequential(_conv(channels, 2 * channels, 2),
+                                    *[_conv(2 * channels, 2 * channels) for _ in range(layers - 1)])
+        self.up = nn.Sequential(nn.ConvTranspose2d(2 * channels, channels, 2, 2, bias=False),
+                                nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.out_channels = 2 * channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.block1(x)
+        b = self.up(self.block2(a))
+        if b.shape[-2:] != a.shape[-2:]:
+            b = b[..., :a.shape[-2], :a.shape[-1]]
+        return torch.cat([a, b], 1)
+
+
+class CenterHead(nn.Module):
+    """CenterPoint-style head: class heatmaps and box regression
+    ``(dx_cell, dy_cell, z, log dx, log dy, log dz, sin, cos)`` per BEV cell."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 64,
+                 branch_conv: bool = True):
+        super().__init__()
+        self.shared = _conv(in_channels, channels)
+        pre = (lambda: [_conv(channels, channels)]) if branch_conv else (lambda: [])
+        self.heatmap = nn.Sequential(*pre(), nn.Conv2d(channels, num_classes, 1))
+        self.reg = nn.Sequential(*pre(), nn.Conv2d(channels, 8, 1))
+        # focal-loss prior: initial heatmap probability 0.1
+        nn.init.constant_(self.heatmap[-1].bias, -2.19)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.shared(x)
+        return self.heatmap(h), self.reg(h)
+
+
+@MODELS.register
+class LION(nn.Module):
+    """LION detector (see the module docstring).
+
+    Args:
+        num_classes: ``K`` heatmap classes (default 3: Car, Pedestrian, Cyclist).
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``, default OpenPCDet's KITTI range.
+        voxel_size: ``(vx, vy, vz)``, default ``(0.32, 0.32, 0.25)``.
+        in_channels: point features (x, y, z, reflectance), default 4.
+        dim: voxel feature width, default 32.
+        stem_dim: width of the embedding and stem conv at full resolution (default ``dim``);
+            a linear layer maps it to ``dim`` after the stem merge.
+        stem_stride: ``(sz, sy, sx)`` merge after the stem (1 = none), default ``(1, 1, 1)``.
+        num_blocks: LION blocks, default 2.
+        window_shape: ``(wx, wy, wz)``, default ``(13, 13, 4)``.
+        group_sizes: voxels per group, per block, default ``(1024, 512)`` (LION: 4096 .. 512).
+        z_stride: z merge factor after every block but the last, default 2.
+        generation_ratio: voxel generation top-k fraction (0 = off), default 0.1.
+        operator / bidirectional / d_state / expand / mlp_ratio / drop_path: linear operator
+            settings (``Mamba`` with ``d_state=8``, ``expand=1`` by default).
+        bev_channels / bev_layers: 2D backbone width and convs per stage, default 64 / 2.
+        head_branch_conv: a 3x3 conv before each head's 1x1 output, default True.
+        score_threshold / nms_threshold / max_detections / pre_nms: decoding, defaults
+            0.1 / 0.1 / 50 / 200.
+
+    Forward: ``points (N, C)``, ``cu_seqlens (B+1,)`` -> ``{"heatmap" (B, K, Y, X) logits,
+    "reg" (B, 8, Y, X)}`` with the BEV grid of ``bev_grid()``.
+    """
+
+    def __init__(self, num_classes: int = 3,
+                 point_cloud_range: Sequence[float] = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0),
+                 voxel_size: Sequence[float] = (0.32, 0.32, 0.25), in_channels: int = 4,
+                 dim: int = 32, stem_dim: int | None = None, stem_stride: Sequence[int] = (1, 1, 1), num_blocks: int = 2,
+                 window_shape: Sequence[int] = (13, 13, 4), group_sizes: Sequence[int] = (1024, 512),
+                 z_stride: int = 2, generation_ratio: float = 0.1, operator: str = "mamba",
+                 bidirectional: bool = True, d_state: int = 8, expand: int = 1,
+                 mlp_ratio: float = 0.0, drop_path: float = 0.0, bev_channels: int = 64,
+                 bev_layers: int = 2, head_branch_conv: bool = True,
+                 score_threshold: float = 0.1, nms_threshold: float = 0.1,
+                 max_detections: int = 50, pre_nms: int = 200, **_ignored):
+        super().__init__()
+        if len(point_cloud_range) != 6 or len(voxel_size) != 3:
+            raise ValueError("point_cloud_range / voxel_size: expected 6 and 3 numbers, got "
+                             f"{list(point_cloud_range)} / {list(voxel_size)}")
+        if len(group_sizes) < num_blocks:
+            raise ValueError(f"group_sizes: expected {num_blocks} sizes (one per block), got "
+                             f"{list(group_sizes)}")
+        self.num_classes = int(num_classes)
+        self.pcr = tuple(float(v) for v in point_cloud_range)
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.stem_stride = tuple(int(s) for s in stem_stride)
+        self.z_stride = int(z_stride)
+        self.generation_ratio = float(generation_ratio)
+        # voxel features: mean of (x, y, z, r) plus the mean's offset from the voxel centre
+        sd = int(stem_dim or dim)
+        self.embed = nn.Sequential(nn.Linear(in_channels + 3, sd), nn.LayerNorm(sd), nn.GELU())
+        self.stem = SubMConv3d(sd, sd, 3, bias=False)
+        self.stem_norm = nn.LayerNorm(sd)
+        self.lift = nn.Linear(sd, dim) if sd != dim else nn.Identity()
+        op = dict(operator=operator, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
+                  drop_path=drop_path, d_state=d_state, expand=expand)
+        self.blocks = nn.ModuleList([LIONBlock(dim, window_shape, group_sizes[i], **op)
+                                     for i in range(num_blocks)])
+        self.bev = BEVBackbone(dim, bev_channels, bev_layers)
+        self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)
+        self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
+        self.max_detections, self.pre_nms = int(max_detections), int(pre_nms)
+
+    @classmethod
+    def example(cls):
+        """Tiny model and a 2-frame input for the registry test."""
+        g = torch.Generator().manual_seed(0)
+        pts = torch.rand(300, 4, generator=g) * torch.tensor([8.0, 8.0, 2.0, 1.0]) \
+            + torch.tensor([0.0, -4.0, -1.5, 0.0])
+        kwargs = dict(num_classes=2, point_cloud_range=(0, -4, -2, 8, 4, 1),
+                      voxel_size=(0.5, 0.5, 0.5), dim=8, num_blocks=1, window_shape=(4, 4, 2),
+                      group_sizes=(32,), bev_channels=8)
+        return kwargs, {"points": pts, "cu_seqlens": torch.tensor([0, 150, 300], dtype=torch.int32)}
+
+    def bev_grid(self) -> dict[str, Any]:
+        """The output map: origin ``(x0, y0)``, cell size ``(cx, cy)`` metres, shape ``(Y, X)``."""
+        sy, sx = self.stem_stride[1], self.stem_stride[2]
+        nx = int(round((self.pcr[3] - self.pcr[0]) / self.voxel_size[0]))
+        ny = int(round((self.pcr[4] - self.pcr[1]) / self.voxel_size[1]))
+        return {"x0": self.pcr[0], "y0": self.pcr[1], "cx": self.voxel_size[0] * sx,
+                "cy": self.voxel_size[1] * sy, "nx": -(-nx // sx), "ny": -(-ny // sy)}
+
+    def forward(self, points: Tensor, cu_seqlens: Tensor) -> dict[str, Tensor]:
+        b = cu_seqlens.numel() - 1
+        counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts)
+        pts = points.float()
+        sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr)
+        vs = torch.tensor(self.voxel_size, device=pts.device)
+        centre = (sp.indices[:, [3, 2, 1]].float() + 0.5) * vs + torch.tensor(self.pcr[:3],
+                                                                               device=pts.device)
+        f = torch.cat([sp.features, (sp.features[:, :3] - centre) / vs], 1)
+        sp = sp.replace(self.embed(f))
+        sp = sp.replace(self.stem_norm(sp.features + self.stem(sp).features))
+        if any(s > 1 for s in self.stem_stride):
+            sp, _ = merge_voxels(sp, self.stem_stride)
+        sp = sp.replace(self.lift(sp.features))
+        for i, blk in enumerate(self.blocks):
+            sp = blk(sp)
+            if i < len(self.blocks) - 1:
+                sp = generate_voxels(sp, self.generation_ratio)
+                if self.z_stride > 1:
+                    sp, _ = merge_voxels(sp, (self.z_stride, 1, 1))
+        bev = self.bev(_bev(sp))
+        heatmap, reg = self.head(bev)
+        return {"heatmap": heatmap, "reg": reg}
+
+    @torch.no_grad()
+    def decode(self, outputs: dict[str, Tensor]) -> list[dict[str, np.ndarray]]:
+        """Boxes per sample: ``{"boxes" (D, 7), "scores" (D,), "labels" (D,) 1-based}``."""
+        return decode_boxes(outputs["heatmap"], outputs["reg"], self.bev_grid(),
+                            self.score_threshold, self.nms_threshold, self.max_detections,
+                            self.pre_nms)
+
+
+def decode_boxes(heatmap: Tensor, reg: Tensor, grid: dict, score_threshold: float = 0.1,
+                 nms_threshold: float = 0.1, max_detections: int = 50, pre_nms: int = 200
+                 ) -> list[dict[str, np.ndarray]]:
+    """Heatmap peaks (3x3 local maxima) -> top ``pre_nms`` -> boxes -> score threshold ->
+    rotated BEV NMS per class -> at most ``max_detections`` per sample.
+
+    Shapes: ``heatmap (B, K, Y, X)`` logits, ``reg (B, 8, Y, X)``."""
+    prob = torch.sigmoid(heatmap.float())
+    peak = prob == F.max_pool2d(prob, 3, 1, 1)
+    prob = prob * peak
+    bsz, k, ny, nx = prob.shape
+    out = []
+    for i in range(bsz):
+        scores, idx = torch.topk(prob[i].reshape(-1), min(pre_nms, prob[i].numel()))
+        keep = scores > score_threshold
+        scores, idx = scores[keep], idx[keep]
+        cls = idx // (ny * nx)
+        cell = idx % (ny * nx)
+        iy, ix = cell // nx, cell % nx
+        r = reg[i].float().reshape(8, -1)[:, cell]
+        x = (ix.float() + r[0]) * grid["cx"] + grid["x0"]
+        y = (iy.float() + r[1]) * grid["cy"] + grid["y0"]
+        dims = torch.exp(r[3:6].clamp(max=4.0))
+        heading = torch.atan2(r[6], r[7])
+        boxes = torch.stack([x, y, r[2], dims[0], dims[1], dims[2], heading], 1).cpu().numpy()
+        sc, lab = scores.cpu().numpy(), (cls + 1).cpu().numpy()
+        kept = []
+        for c in np.unique(lab):
+            m = np.nonzero(lab == c)[0]
+            kept.append(m[nms_bev(boxes[m], sc[m], nms_threshold)])
+        kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+        kept = kept[np.argsort(-sc[kept], kind="stable")][:max_detections]
+        out.append({"boxes": boxes[kept].astype(np.float32), "scores": sc[kept].astype(np.float32),
+                    "labels": lab[kept].astype(np.int64)})
+    return out
