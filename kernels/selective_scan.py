@@ -26,17 +26,19 @@ def _backend_module(name: str):
     return importlib.import_module(_BACKEND_MODULES[name])
 
 
-def _keeps_chunk_states(backend: str) -> bool:
-    """Whether the backend's forward returns states for its backward (numba does)."""
-    return backend == "numba"
-
-
 def _chunk_states_shape(backend: str, u: torch.Tensor, A: torch.Tensor) -> tuple[int, ...]:
-    if not _keeps_chunk_states(backend):
-        return (0,)
-    from .selective_scan_numba import chunk_states_shape
+    """Shape of the record the backend's forward keeps for its backward (chunk start/end states).
 
-    return chunk_states_shape(u.shape[0], u.shape[1], A.shape[1])
+    Both kernel backends keep at most ``T // chunk`` states of ``(D, N)``; the shape depends on
+    shapes and the device type only, so the fake implementation can give it too.
+    """
+    if backend == "numba":
+        from .selective_scan_numba import chunk_states_shape
+
+        return chunk_states_shape(u.shape[0], u.shape[1], A.shape[1])
+    from .selective_scan_triton import chunk_states_shape
+
+    return chunk_states_shape(u.shape[0], u.shape[1], A.shape[1], u.device)
 
 
 @torch.library.custom_op("geossm::selective_scan", mutates_args=())
@@ -46,12 +48,10 @@ def _selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
                        initial_state: Optional[torch.Tensor], delta_softplus: bool,
                        reverse: bool, backend: str
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(out, final_state, chunk_states)``; the last is the backend's own record for
-    its backward (empty for backends that recompute everything)."""
-    outputs = _backend_module(backend).selective_scan_fwd(
+    """Returns ``(out, final_state, chunk_states)``; the last is the backend's own record of
+    chunk states for its backward, so the backward does not rerun the forward recurrence."""
+    out, final, saved = _backend_module(backend).selective_scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_softplus, reverse)
-    out, final = outputs[0], outputs[1]
-    saved = outputs[2] if _keeps_chunk_states(backend) else u.new_zeros(0, dtype=torch.float32)
     return out.to(u.device), final.to(u.device), saved.to(u.device)
 
 
@@ -71,11 +71,10 @@ def _selective_scan_backward_op(
         D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
         cu_seqlens: torch.Tensor, initial_state: Optional[torch.Tensor], delta_softplus: bool,
         reverse: bool, backend: str, chunk_states: torch.Tensor) -> list[torch.Tensor]:
-    extra = (chunk_states,) if _keeps_chunk_states(backend) else ()
     grads = _backend_module(backend).selective_scan_bwd(
         dout.contiguous(), None if dfinal_state is None else dfinal_state.contiguous(),
         u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_softplus, reverse,
-        *extra)
+        chunk_states)
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     # An absent input gets an empty placeholder: custom ops cannot return None.
     return [u.new_empty(0) if x is None else g.to(device=x.device, dtype=x.dtype)
