@@ -1,0 +1,29 @@
+"""Graph learning with Graph Mamba Networks on PyTorch Geometric.
+
+- ``datasets``: Planetoid (``Cora``, ``CiteSeer``, ``PubMed``), heterophilous graphs
+  (``RomanEmpire``, ``AmazonRatings``, ``Minesweeper``, ``Tolokers``, ``Questions``,
+  ``ChameleonFiltered``, ``SquirrelFiltered``), TU sets (``MUTAG``, ``PROTEINS``, ...) with
+  10-fold cross-validation, LRGB ``PeptidesFunc``, ``KarateClub``;
+- ``models``: ``GraphMambaNetwork`` (random-walk neighbourhood tokens + BiMamba, optional
+  degree-order BiMamba, MPNN and PE/SE) and ``GraphMamba`` (degree order, GatedGCN);
+- ``metrics``: accuracy, ROC-AUC, multi-label AP, mean ± std over splits;
+- ``task``: ``NodeClassificationTask``, ``GraphClassificationTask``, ``MultiLabelGraphTask``;
+- ``crossval``: train every split / fold / seed of a config and summarise
+  (``python -m geossm.tasks.graph.crossval CONFIG --splits 0-9``).
+
+Configs: ``configs/graph/*.yaml``.
+"""
+
+from . import datasets, metrics, models, task
+from .datasets import (COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, AmazonRatings,
+                       ChameleonFiltered, CiteSeer, Cora, IMDBBinary, KarateClub, Minesweeper,
+                       PeptidesFunc, PubMed, Questions, RomanEmpire, SquirrelFiltered, Tolokers)
+from .models import GraphMamba, GraphMambaNetwork
+from .task import GraphClassificationTask, MultiLabelGraphTask, NodeClassificationTask
+
+__all__ = ["datasets", "metrics", "models", "task",
+           "Cora", "CiteSeer", "PubMed", "RomanEmpire", "AmazonRatings", "Minesweeper",
+           "Tolokers", "Questions", "ChameleonFiltered", "SquirrelFiltered", "MUTAG", "PROTEINS",
+           "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "KarateClub",
+           "GraphMambaNetwork", "GraphMamba", "NodeClassificationTask",
+           "GraphClassificationTask", "MultiLabelGraphTask"]

@@ -1,0 +1,453 @@
+"""Graph Mamba Networks and Graph-Mamba as PyTorch Geometric style modules.
+
+Both take PyG tensors (or a ``Data`` / ``Batch``) and return node or graph logits::
+
+    model = GraphMambaNetwork(in_channels=1433, num_classes=7, task_level="node")
+    logits = model(data.x, data.edge_index)                # (N, 7)
+    logits = model(data)                                   # same, from a Data / Batch
+
+``GraphMambaNetwork`` (Behrouz & Hashemi, KDD 2024): every node becomes a sequence of
+neighbourhood tokens from random walks (``random_walk_tokens``: ``m`` walk lengths, ``M`` walks
+per token, ``s`` tokens per length), ordered from the widest neighbourhood to the node itself.
+A local encoder turns each token into a vector (``token_encoder="mean"``: the mean of its
+members' features; ``"gine"``: PyG's ``GINEConv`` over the token's induced subgraph, then the
+mean), and a bidirectional Mamba runs over every node's token sequence (all nodes packed in one
+call, ``cu_seqlens`` per node); the node's output is read at its own (last) token. Optional
+branches in each layer: a BiMamba over the degree-ordered nodes of every graph
+(``global_mamba``), a message-passing layer (``mpnn``: ``gcn``, ``sage``, ``gine``,
+``gatedgcn``), and positional / structural encodings added at the input (``pe_dim``: the
+dataset's ``pe`` attribute, Laplacian eigenvectors with random sign flips while training, then
+RWSE). ``GraphMamba`` (Wang et al., 2024) is the variant without tokens: nodes sorted by degree
+with random tie-breaking, a BiMamba over that order plus a GatedGCN, averaged over several
+orders at evaluation.
+
+One layer (pre-norm, residual; ``x = norm(h)``)::
+
+    h = h + dropout(tokens(x) + mpnn(x) + global(x))      # branches that are enabled
+    h = h + dropout(ffn(norm2(h)))
+    (residual=False: h = dropout(gelu(tokens(x) + mpnn(x) + global(x))), then the FFN)
+
+Random walks and tie-breaking noise use the global RNG while training; at evaluation a
+generator seeded with ``eval_seed`` makes outputs repeatable, and ``eval_samples`` draws are
+averaged (logits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.utils import scatter
+
+from geossm.nn import MLP, BiMamba, RMSNorm, SerializedBlock
+from geossm.registry import MODELS
+from geossm.serialization import (NeighbourhoodTokens, Serialization, degree_order,
+                                  random_walk_tokens)
+
+__all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
+
+TASK_LEVELS = ("node", "graph")
+MPNNS = (None, "gcn", "sage", "gine", "gatedgcn")
+TOKEN_ENCODERS = ("mean", "gine")
+POOLS = ("mean", "sum", "max")
+
+
+class CategoricalEncoder(nn.Module):
+    """Sum of one embedding per integer column (OGB's atom / bond encoders).
+
+    Shapes: ``x (N, len(vocab)) long -> (N, dim)``; column ``j`` must lie in ``[0, vocab[j])``.
+    """
+
+    def __init__(self, vocab: Sequence[int], dim: int) -> None:
+        super().__init__()
+        self.vocab = [int(v) for v in vocab]
+        self.embeddings = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab)
+        for e in self.embeddings:
+            nn.init.xavier_uniform_(e.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != len(self.vocab):
+            raise ValueError(f"x: expected integer features of shape (N, {len(self.vocab)}), got "
+                             f"{tuple(x.shape)}")
+        x = x.long()
+        out = self.embeddings[0](x[:, 0])
+        for j in range(1, len(self.vocab)):
+            out = out + self.embeddings[j](x[:, j])
+        return out
+
+
+def induced_token_edges(tokens: NeighbourhoodTokens, edge_index: torch.Tensor,
+                        num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges of every token's induced subgraph, between member rows.
+
+    Member row ``r`` is node ``tokens.index[r]`` inside token ``tokens.token[r]``; an edge
+    ``u -> v`` of the graph becomes ``r_u -> r_v`` in every token holding both ends.
+
+    Returns ``(member_edge_index (2, E') long, edge_id (E',) long)`` (``edge_id`` indexes the
+    input edges, for their attributes). Cost: ``O(Σ_r deg(index[r]))``.
+    """
+    n = num_nodes
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    perm = torch.argsort(src * n + dst)
+    col = dst[perm]
+    rowptr = torch.zeros(n + 1, dtype=torch.long, device=src.device)
+    rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=n), 0)
+    member_key = tokens.token * n + tokens.index  # sorted: tokens ascending, members sorted
+    node = tokens.index
+    deg = rowptr[node + 1] - rowptr[node]
+    rows = torch.repeat_interleave(torch.arange(node.numel(), device=node.device), deg)
+    # Position of each candidate neighbour in the CSR: start of its row + rank inside the row.
+    start = torch.repeat_interleave(rowptr[node], deg)
+    first = torch.repeat_interleave(torch.cumsum(deg, 0) - deg, deg)
+    pos = start + torch.arange(rows.numel(), device=node.device) - first
+    cand = tokens.token[rows] * n + col[pos]
+    hit = torch.searchsorted(member_key, cand).clamp_max(member_key.numel() - 1)
+    keep = member_key[hit] == cand
+    return torch.stack([rows[keep], hit[keep]]), perm[pos[keep]]
+
+
+@dataclass
+class _Context:
+    """What every layer of one forward pass shares (built once per sample of the randomness)."""
+
+    edge_index: torch.Tensor
+    edge_attr: torch.Tensor | None
+    tokens: NeighbourhoodTokens | None
+    token_edges: tuple[torch.Tensor, torch.Tensor] | None
+    order: Serialization | None
+
+
+class _TokenBranch(nn.Module):
+    """Token features -> BiMamba over each node's token sequence -> the node's own token."""
+
+    def __init__(self, dim: int, walk_length: int, encoder: str, edge_dim: int | None,
+                 readout: str, mamba_kwargs: dict) -> None:
+        super().__init__()
+        self.encoder, self.readout = encoder, readout
+        self.length_embedding = nn.Embedding(walk_length + 1, dim)
+        nn.init.zeros_(self.length_embedding.weight)
+        if encoder == "gine":
+            from torch_geometric.nn import GINEConv
+            mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.local = GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+        self.norm = RMSNorm(dim)
+        self.mixer = BiMamba(dim, **mamba_kwargs)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        tok = ctx.tokens
+        if self.encoder == "gine":
+            member = x.index_select(0, tok.index)  # (nnz, D)
+            edges, eid = ctx.token_edges
+            ea = ctx.edge_attr.index_select(0, eid) if ctx.edge_attr is not None else \
+                member.new_zeros(eid.numel(), member.shape[1])
+            member = self.local(member, edges, ea)
+            t = scatter(member, tok.token, 0, dim_size=tok.num_tokens, reduce="mean")
+        else:
+            t = tok.aggregate(x, "mean")  # (K, D)
+        t = t + self.length_embedding(tok.length)
+        cu = tok.cu_seqlens
+        t = t + self.mixer(self.norm(t), cu)
+        if self.readout == "last":
+            y = t.index_select(0, (cu[1:] - 1).long())  # the node's own token closes its sequence
+        else:
+            y = scatter(t, tok.center, 0, dim_size=tok.num_nodes, reduce="mean")
+        return self.out(y)
+
+
+class _MPNN(nn.Module):
+    def __init__(self, kind: str, dim: int, edge_dim: int | None) -> None:
+        super().__init__()
+        import torch_geometric.nn as pygnn
+        self.kind = kind
+        self.uses_edges = False
+        if kind == "gcn":
+            self.conv = pygnn.GCNConv(dim, dim, cached=False)
+        elif kind == "sage":
+            self.conv = pygnn.SAGEConv(dim, dim, root_weight=True)
+        elif kind == "gine":
+            mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.conv = pygnn.GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
+            self.uses_edges = True
+        else:  # gatedgcn
+            self.conv = pygnn.ResGatedGraphConv(dim, dim, edge_dim=edge_dim)
+            self.uses_edges = edge_dim is not None
+
+    def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        if self.kind == "gine":
+            ea = ctx.edge_attr if ctx.edge_attr is not None else \
+                x.new_zeros(ctx.edge_index.shape[1], x.shape[1])
+            return self.conv(x, ctx.edge_index, ea)
+        if self.uses_edges:
+            return self.conv(x, ctx.edge_index, ctx.edge_attr)
+        return self.conv(x, ctx.edge_index)
+
+
+class GMNLayer(nn.Module):
+    """One Graph Mamba Network layer (see the module docstring); ``h: (N, D) -> (N, D)``."""
+
+    def __init__(self, dim: int, walk_length: int, tokens: bool, token_encoder: str,
+                 global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
+                 dropout: float, mlp_ratio: float, mamba_kwargs: dict,
+                 residual: bool = True) -> None:
+        super().__init__()
+        self.residual = residual
+        self.norm = RMSNorm(dim)
+        self.tokens = (_TokenBranch(dim, walk_length, token_encoder, edge_dim, readout,
+                                    mamba_kwargs) if tokens else None)
+        self.mpnn = _MPNN(mpnn, dim, edge_dim) if mpnn else None
+        self.global_block = (SerializedBlock(dim, bidirectional=True, mlp_ratio=0, **mamba_kwargs)
+                             if global_mamba else None)
+        self.drop = nn.Dropout(dropout)
+        self.norm2 = RMSNorm(dim) if mlp_ratio > 0 else None
+        self.ffn = MLP(dim, int(mlp_ratio * dim), drop=dropout) if mlp_ratio > 0 else None
+
+    def forward(self, h: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        x = self.norm(h)
+        out = torch.zeros_like(h)
+        if self.tokens is not None:
+            out = out + self.tokens(x, ctx)
+        if self.mpnn is not None:
+            out = out + self.mpnn(x, ctx)
+        if self.global_block is not None:
+            # SerializedBlock adds its input back: subtract it to keep only the mixer's output.
+            out = out + self.global_block(x, ctx.order) - x
+        # Without the skip (small homophilous graphs: the raw self-features on the skip path
+        # overfit 140 labels), the branches replace h, as in a GCN stack.
+        h = h + self.drop(out) if self.residual else self.drop(F.gelu(out))
+        if self.ffn is not None:
+            h = h + self.ffn(self.norm2(h))
+        return h
+
+
+def _posint(name: str, v: Any, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
+    return v
+
+
+@MODELS.register
+class GraphMambaNetwork(nn.Module):
+    r"""Graph Mamba Network for node or graph prediction (see the module docstring).
+
+    Args:
+        in_channels: node feature width ``F`` (float features), default None (use
+            ``node_vocab``).
+        num_classes: output width ``C`` (classes, or labels for multi-label tasks).
+        task_level: ``"node"`` (logits per node) or ``"graph"`` (pooled per graph), default
+            ``"node"``.
+        dim: hidden width ``D``, default 64.
+        num_layers: default 2.
+        walk_length: ``m``, longest random walk of a token, default 3.
+        num_walks: ``M``, walks per token, default 4.
+        repeats: ``s``, tokens per walk length, default 1.
+        tokens: use the token branch, default True.
+        token_encoder: ``"mean"`` or ``"gine"`` (over the token's induced subgraph), default
+            ``"mean"``.
+        readout: node output from its sequence, ``"last"`` (its own token) or ``"mean"``,
+            default ``"last"``.
+        global_mamba: BiMamba over the degree-ordered nodes of each graph, default False.
+        mpnn: message-passing branch ``None``, ``"gcn"``, ``"sage"``, ``"gine"``, ``"gatedgcn"``,
+            default None.
+        edge_dim: edge feature width (float ``edge_attr``), default None.
+        node_vocab / edge_vocab: vocabulary sizes of integer node / edge features (embedded
+            and summed, e.g. OGB atoms), default None.
+        pe_dim: width of the input ``pe`` (``lap_dim`` Laplacian columns first), default 0.
+        lap_dim: how many leading ``pe`` columns are Laplacian eigenvectors (random sign flip
+            while training), default 0.
+        dropout: after every branch and in the FFN, default 0.1.
+        input_dropout: on the raw float input features, default 0.
+        mlp_ratio: FFN width factor, 0 = no FFN, default 2.
+        pool: graph readout ``"mean"``, ``"sum"``, ``"max"``, default ``"mean"``.
+        eval_samples: random draws averaged at evaluation, default 1.
+        eval_seed: seed of the evaluation draws, default 0.
+        d_state, d_conv, expand, backend: Mamba settings, defaults 16, 4, 2, None.
+        residual: skip connections around the branches, default True (False: each layer
+            replaces ``h``, as a GCN stack does; better on small homophilous graphs).
+
+    Shapes::
+
+        x:          (N, F) float, or (N, len(node_vocab)) long
+        edge_index: (2, E) long, both directions for undirected graphs
+        edge_attr:  (E, edge_dim) float or (E, len(edge_vocab)) long, optional
+        batch:      (N,) long graph of every node, optional (one graph)
+        pe:         (N, pe_dim), optional
+        out:        (N, C) for task_level="node", (G, C) for "graph"
+    """
+
+    def __init__(self, in_channels: int | None = None, num_classes: int = 2,
+                 task_level: str = "node", dim: int = 64, num_layers: int = 2,
+                 walk_length: int = 3, num_walks: int = 4, repeats: int = 1, tokens: bool = True,
+                 token_encoder: str = "mean", readout: str = "last", global_mamba: bool = False,
+                 mpnn: str | None = None, edge_dim: int | None = None,
+                 node_vocab: Sequence[int] | None = None, edge_vocab: Sequence[int] | None = None,
+                 pe_dim: int = 0, lap_dim: int = 0, dropout: float = 0.1,
+                 input_dropout: float = 0.0, mlp_ratio: float = 2.0, pool: str = "mean",
+                 eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
+                 expand: int = 2, backend: str | None = None, residual: bool = True) -> None:
+        super().__init__()
+        if task_level not in TASK_LEVELS:
+            raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
+        if mpnn not in MPNNS:
+            raise ValueError(f"mpnn: expected one of {MPNNS}, got {mpnn!r}")
+        if token_encoder not in TOKEN_ENCODERS:
+            raise ValueError(f"token_encoder: expected one of {TOKEN_ENCODERS}, got "
+                             f"{token_encoder!r}")
+        if readout not in ("last", "mean"):
+            raise ValueError(f"readout: expected 'last' or 'mean', got {readout!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+        if (in_channels is None) == (node_vocab is None):
+            raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
+                             f"(integer features), got in_channels={in_channels!r}, "
+                             f"node_vocab={node_vocab!r}")
+        if not (tokens or global_mamba or mpnn):
+            raise ValueError("enable at least one branch: tokens, global_mamba or mpnn")
+        for name, v in (("dim", dim), ("num_layers", num_layers), ("walk_length", walk_length),
+                        ("num_walks", num_walks), ("repeats", repeats),
+                        ("num_classes", num_classes), ("eval_samples", eval_samples)):
+            _posint(name, v)
+        _posint("pe_dim", pe_dim, 0)
+        if not 0 <= lap_dim <= pe_dim:
+            raise ValueError(f"lap_dim: expected an int in [0, pe_dim={pe_dim}], got {lap_dim!r}")
+        for name, v in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= float(v) < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
+        self.task_level, self.pool = task_level, pool
+        self.walk_length, self.num_walks, self.repeats = walk_length, num_walks, repeats
+        self.use_tokens, self.token_encoder = tokens, token_encoder
+        self.global_mamba = global_mamba
+        self.pe_dim, self.lap_dim = pe_dim, lap_dim
+        self.eval_samples, self.eval_seed = eval_samples, eval_seed
+        self.input_encoder = (nn.Linear(in_channels, dim) if node_vocab is None
+                              else CategoricalEncoder(node_vocab, dim))
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
+        uses_edges = mpnn in ("gine", "gatedgcn") or (tokens and token_encoder == "gine")
+        self.edge_encoder: nn.Module | None = None
+        hidden_edge_dim = None
+        if uses_edges and edge_vocab is not None:
+            self.edge_encoder = CategoricalEncoder(edge_vocab, dim)
+            hidden_edge_dim = dim
+        elif uses_edges and edge_dim:
+            self.edge_encoder = nn.Linear(edge_dim, dim)
+            hidden_edge_dim = dim
+        mamba_kwargs = {"d_state": d_state, "d_conv": d_conv, "expand": expand,
+                        "backend": backend}
+        self.layers = nn.ModuleList(
+            GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
+                     readout, dropout, mlp_ratio, mamba_kwargs, residual)
+            for _ in range(num_layers))
+        self.norm = RMSNorm(dim)
+        self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
+                     nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
+                                   nn.Linear(dim, num_classes)))
+
+    @classmethod
+    def example(cls) -> tuple[dict, dict]:
+        """A tiny model and input (two graphs of 5 and 4 nodes) for the registry test."""
+        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
+                           [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
+        init = {"in_channels": 3, "num_classes": 2, "task_level": "graph", "dim": 8,
+                "num_layers": 1, "walk_length": 2, "num_walks": 2, "global_mamba": True,
+                "mpnn": "gine", "token_encoder": "gine", "edge_dim": 2, "d_state": 4,
+                "pe_dim": 2, "lap_dim": 1}
+        inputs = {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
+                  "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
+        return init, inputs
+
+    def forward(self, x: Any, edge_index: torch.Tensor | None = None,
+                edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
+                pe: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``."""
+        if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
+            data = x
+            x, edge_index = data.x, data.edge_index
+            edge_attr = getattr(data, "edge_attr", None)
+            batch = getattr(data, "batch", None)
+            pe = getattr(data, "pe", None)
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected node features of shape (N, F), got {got}")
+        if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
+                or edge_index.shape[0] != 2:
+            got = tuple(edge_index.shape) if isinstance(edge_index, torch.Tensor) else edge_index
+            raise ValueError(f"edge_index: expected shape (2, E), got {got}")
+        if self.pe_dim and (pe is None or pe.shape != (x.shape[0], self.pe_dim)):
+            got = None if pe is None else tuple(pe.shape)
+            raise ValueError(f"pe: expected shape ({x.shape[0]}, {self.pe_dim}) (model pe_dim="
+                             f"{self.pe_dim}; set data.pe), got {got}")
+        n = x.shape[0]
+        if isinstance(self.input_encoder, CategoricalEncoder):
+            h = self.input_encoder(x)
+        else:
+            # Dropout on the raw features (as GCN / GAT do on bag-of-words inputs), not on
+            # their embedding: it regularises the first, largest matrix.
+            h = self.input_encoder(self.input_dropout(x.float()))
+        if self.pe_encoder is not None:
+            pe = pe.float()
+            if self.training and self.lap_dim:
+                sign = torch.randint(0, 2, (1, self.lap_dim), device=pe.device) * 2 - 1
+                pe = torch.cat([pe[:, :self.lap_dim] * sign, pe[:, self.lap_dim:]], 1)
+            h = h + self.pe_encoder(pe)
+        ea = None
+        if self.edge_encoder is not None and edge_attr is not None:
+            ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
+                                   else edge_attr.float())
+        if self.training or self.eval_samples == 1 and not self._random_branches():
+            return self._run(h, edge_index, ea, batch, n, None)
+        gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
+        out = 0
+        for _ in range(self.eval_samples):
+            out = out + self._run(h, edge_index, ea, batch, n, gen)
+        return out / self.eval_samples
+
+    def _random_branches(self) -> bool:
+        return self.use_tokens or self.global_mamba
+
+    def _run(self, h, edge_index, edge_attr, batch, n, generator) -> torch.Tensor:
+        tokens = token_edges = order = None
+        if self.use_tokens:
+            tokens = random_walk_tokens(edge_index, n, self.walk_length, self.num_walks,
+                                        self.repeats, generator=generator)
+            if self.token_encoder == "gine":
+                token_edges = induced_token_edges(tokens, edge_index, n)
+        if self.global_mamba:
+            order = degree_order(edge_index, n, batch, noise=True, generator=generator)
+        ctx = _Context(edge_index, edge_attr, tokens, token_edges, order)
+        for layer in self.layers:
+            h = layer(h, ctx)
+        h = self.norm(h)
+        if self.task_level == "graph":
+            if batch is None:
+                batch = torch.zeros(n, dtype=torch.long, device=h.device)
+            from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+            pool = {"mean": global_mean_pool, "sum": global_add_pool,
+                    "max": global_max_pool}[self.pool]
+            h = pool(h, batch)
+        return self.head(h)
+
+
+@MODELS.register
+class GraphMamba(GraphMambaNetwork):
+    """Graph-Mamba (Wang et al., 2024): nodes of each graph in degree order with random
+    tie-breaking, a BiMamba over that sequence next to a GatedGCN, no neighbourhood tokens;
+    ``eval_samples`` orders averaged at evaluation. Arguments as ``GraphMambaNetwork`` (whose
+    ``tokens``, ``global_mamba`` and ``mpnn`` default here to False, True, ``"gatedgcn"``)."""
+
+    def __init__(self, in_channels: int | None = None, num_classes: int = 2,
+                 tokens: bool = False, global_mamba: bool = True, mpnn: str | None = "gatedgcn",
+                 eval_samples: int = 4, **kwargs: Any) -> None:
+        super().__init__(in_channels=in_channels, num_classes=num_classes, tokens=tokens,
+                         global_mamba=global_mamba, mpnn=mpnn, eval_samples=eval_samples,
+                         **kwargs)
+
+    @classmethod
+    def example(cls) -> tuple[dict, dict]:
+        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+        init = {"in_channels": 3, "num_classes": 3, "dim": 8, "num_layers": 1, "d_state": 4}
+        return init, {"x": torch.randn(5, 3), "edge_index": ei}

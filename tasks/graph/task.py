@@ -1,0 +1,135 @@
+"""Graph tasks: node classification (one graph, masks) and graph classification / multi-label.
+
+Batches are PyG ``Batch`` objects (``x``, ``edge_index``, ``edge_attr``, ``batch``, ``y``, and
+``mask`` for node tasks, ``pe`` when ``data.pe`` is set). ``data.split`` selects which fixed
+split (heterophilous graphs, ``0..9``) or cross-validation fold (TU, ``0..9``) a run uses; the
+training part of it trains, ``eval.split`` / ``eval.test_split`` (``val`` / ``test``) evaluate::
+
+    geossm train configs/graph/tolokers_gmn.yaml data.split=3
+
+For node tasks an epoch is one full-graph step (transductive); evaluation runs the whole graph
+and scores the masked nodes. Config keys read here besides the standard ones: ``model.*``
+(``GraphMambaNetwork``), ``data.*`` (the dataset's keyword arguments; ``data.split`` as above).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import Batch, Data
+
+from geossm.engine.metrics import MetricCollection
+from geossm.engine.task import Task, _plain
+from geossm.registry import DATASETS, TASKS
+
+from .metrics import Accuracy, AveragePrecision, RocAuc
+
+__all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
+
+
+def split_spec(split: str, default_index: Any) -> tuple[str, int]:
+    """The trainer's split name -> ``(part, split_index)``.
+
+    The trainer asks for ``str(data.split)`` to train and for ``eval.split`` / ``eval.test_split``
+    to evaluate; ``data.split`` is a split / fold number here, so a number means "the train part
+    of that split" and ``"val"`` / ``"test"`` take the number from ``data.split``.
+    """
+    def as_index(v: Any) -> int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, str) and v.isdigit():
+            return int(v)
+        if v in (None, "train"):
+            return 0
+        raise ValueError(f"data.split: expected a split / fold number (0, 1, ...), got {v!r}")
+
+    if isinstance(split, str) and split.isdigit():
+        return "train", int(split)
+    if split in ("train", "val", "test"):
+        return split, as_index(default_index)
+    raise ValueError(f"split: expected 'train', 'val', 'test' or a split number, got {split!r}")
+
+
+class _GraphTask(Task):
+    best_metric, best_mode = "acc", "max"
+
+    def build_dataset(self, split: str) -> torch.utils.data.Dataset:
+        """``DATASETS[data.name](split=part, split_index=K, **other data keys)``."""
+        data = dict(_plain(self.cfg.data))
+        if not data.get("name"):
+            raise ValueError("config key 'data.name' is not set (the dataset class name)")
+        part, index = split_spec(split, data.get("split"))
+        data["split"], data["split_index"] = part, index
+        return DATASETS.build(data)
+
+    def collate(self, samples: Sequence[Data]) -> Batch:
+        """PyG ``Batch.from_data_list`` (graphs concatenated, ``batch (N,)`` added)."""
+        if not samples:
+            raise ValueError("collate: expected at least one graph, got an empty list")
+        return Batch.from_data_list(list(samples))
+
+    def num_samples(self, batch: Batch) -> int:
+        return int(batch.num_graphs)
+
+    def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),
+                     batch=batch.batch, pe=getattr(batch, "pe", None))
+
+    def _binary(self) -> bool:
+        return int(self.cfg.model.get("num_classes", 0) or 0) == 2
+
+    def build_metrics(self) -> MetricCollection:
+        metrics = [Accuracy()]
+        if self._binary():
+            metrics.append(RocAuc())
+        return MetricCollection(*metrics)
+
+    def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        logits = outputs.detach().float().cpu()
+        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy()}
+
+
+@TASKS.register
+class NodeClassificationTask(_GraphTask):
+    """Cross-entropy on the nodes of ``mask``; reports ``acc`` (and ``roc_auc`` for two
+    classes). ``eval.metric: roc_auc`` selects checkpoints by ROC-AUC (Tolokers)."""
+
+    def num_samples(self, batch: Batch) -> int:
+        return int(batch.mask.sum()) if hasattr(batch, "mask") else int(batch.num_nodes)
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if not hasattr(batch, "mask"):
+            raise ValueError("NodeClassificationTask: batches need 'mask' (a node dataset); got "
+                             f"keys {sorted(batch.keys())}")
+        return F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
+
+
+@TASKS.register
+class GraphClassificationTask(_GraphTask):
+    """Cross-entropy per graph; reports ``acc`` (and ``roc_auc`` for two classes)."""
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), batch.y.view(-1))
+
+
+@TASKS.register
+class MultiLabelGraphTask(_GraphTask):
+    """Binary cross-entropy per graph and label (``y (G, L)``, NaN = unlabelled); reports
+    ``ap`` (mean average precision over labels, Peptides-func)."""
+
+    best_metric = "ap"
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        y = batch.y.float()
+        known = ~torch.isnan(y)
+        return F.binary_cross_entropy_with_logits(outputs.float()[known], y[known])
+
+    def build_metrics(self) -> MetricCollection:
+        return MetricCollection(AveragePrecision())
+
+    def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        logits = outputs.detach().float().cpu()
+        return {"logits": logits.numpy(), "pred": (logits > 0).long().numpy()}
