@@ -239,7 +239,10 @@ class LION(nn.Module):
             a linear layer maps it to ``dim`` after the stem merge.
         stem_stride: ``(sz, sy, sx)`` merge after the stem (1 = none), default ``(1, 1, 1)``.
         num_blocks: LION blocks, default 2.
-        window_shape: ``(wx, wy, wz)``, default ``(13, 13, 4)``.
+        window_shape: ``(wx, wy, wz)`` for every block, or one per block, default
+            ``(13, 13, 4)``.
+        merge_stride: ``(sz, sy, sx)`` of the voxel merging inside every block, default
+            ``(1, 2, 2)`` (LION: ``(2, 2, 2)``).
         group_sizes: voxels per group, per block, default ``(1024, 512)`` (LION: 4096 .. 512).
         z_stride: z merge factor after every block but the last, default 2.
         generation_ratio: voxel generation top-k fraction (0 = off), default 0.1.
@@ -258,7 +261,8 @@ class LION(nn.Module):
                  point_cloud_range: Sequence[float] = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0),
                  voxel_size: Sequence[float] = (0.32, 0.32, 0.25), in_channels: int = 4,
                  dim: int = 32, stem_dim: int | None = None, stem_stride: Sequence[int] = (1, 1, 1), num_blocks: int = 2,
-                 window_shape: Sequence[int] = (13, 13, 4), group_sizes: Sequence[int] = (1024, 512),
+                 window_shape: Sequence = (13, 13, 4), merge_stride: Sequence[int] = (1, 2, 2),
+                 group_sizes: Sequence[int] = (1024, 512),
                  z_stride: int = 2, generation_ratio: float = 0.1, operator: str = "mamba",
                  bidirectional: bool = True, d_state: int = 8, expand: int = 1,
                  mlp_ratio: float = 0.0, drop_path: float = 0.0, bev_channels: int = 64,
@@ -286,7 +290,12 @@ class LION(nn.Module):
         self.lift = nn.Linear(sd, dim) if sd != dim else nn.Identity()
         op = dict(operator=operator, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
                   drop_path=drop_path, d_state=d_state, expand=expand)
-        self.blocks = nn.ModuleList([LIONBlock(dim, window_shape, group_sizes[i], **op)
+        windows = (list(window_shape) if isinstance(window_shape[0], Sequence)
+                   else [window_shape] * num_blocks)
+        if len(windows) < num_blocks:
+            raise ValueError(f"window_shape: expected one (wx, wy, wz) or {num_blocks}, got "
+                             f"{list(window_shape)}")
+        self.blocks = nn.ModuleList([LIONBlock(dim, windows[i], group_sizes[i], merge_stride, **op)
                                      for i in range(num_blocks)])
         self.bev = BEVBackbone(dim, bev_channels, bev_layers)
         self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)
