@@ -17,6 +17,7 @@ followed by ``compute`` equals the single-process result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,7 +70,8 @@ class SegmentationMetric(ConfusionMatrix):
         out = super().compute()
         p = self.prefix
         out[f"{p}oa"] = out.pop(f"{p}acc")
-        return out
+        # Classes absent from targets and predictions have no IoU: leave them out of the report.
+        return {k: v for k, v in out.items() if not (k.startswith(f"{p}iou/") and math.isnan(v))}
 
 
 class ClassificationMetric(ConfusionMatrix):
