@@ -7,5 +7,19 @@
 - ``evaluation``: KITTI AP (R40 and 11-point), BEV and 3D, easy / moderate / hard;
 - ``sparse``: voxelisation, mean VFE, submanifold sparse 3D convolution in torch (spconv optional);
 - ``models``: ``LION`` (window-group Mamba backbone, BEV backbone, CenterPoint-style head);
-- ``task``: ``DetectionTask``.
+- ``task``: ``DetectionTask``, ``render_detections`` (points, GT and predicted boxes to PNG).
+
+Configs: ``configs/detection/synthetic_lion.yaml`` (CPU default),
+``configs/detection/kitti_lion.yaml``.
 """
+
+from . import (boxes, datasets, evaluation, kitti, losses, models, sparse, synthetic, task,
+               transforms)
+from .datasets import KittiDataset, SyntheticLidar
+from .evaluation import kitti_eval
+from .models import LION
+from .task import DetectionTask, render_detections
+
+__all__ = ["boxes", "datasets", "evaluation", "kitti", "losses", "models", "sparse", "synthetic",
+           "task", "transforms", "KittiDataset", "SyntheticLidar", "kitti_eval", "LION",
+           "DetectionTask", "render_detections"]

@@ -167,8 +167,9 @@ def _box_overlap_over_first(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Image-box intersection over the area of ``a``: ``(D, 4), (C, 4) -> (D, C)``."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    iw, ih = np.clip(hi - lo, 0, None).transpose(2, 0, 1)
     area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     return iw * ih / np.maximum(area[:, None], 1e-12)
 

@@ -84,7 +84,8 @@ def read_calib(path: str | os.PathLike) -> Calibration:
         try:
             values[key.strip()] = np.array(rest.split(), dtype=np.float64)
         except ValueError as err:
-            raise ValueError(f"{path}: line {n}: non-numeric value in {key.strip()} ({err})") from None
+            raise ValueError(f"{path}: line {n}: non-numeric value in {key.strip()} "
+                             f"({err})") from None
     sizes = {"P2": 12, "R0_rect": 9, "Tr_velo_to_cam": 12}
     for key, size in sizes.items():
         if key not in values:

@@ -5,7 +5,8 @@ Pipeline (``LION.forward``)::
     points (N, 4) ─voxelize + mean VFE─▶ voxels (V, C) ─SubMConv stem─▶ (V, dim)
       ─▶ LION blocks: 3D spatial descriptor (submanifold 3x3x3 conv)
                       linear group RNN along x, then along y with shifted windows
-                      voxel merging ─▶ the same at half resolution ─▶ voxel expanding (+ residual)
+                      voxel merging ─▶ the same at the merged resolution
+                      ─▶ voxel expanding (+ residual)
                       voxel generation (top-k foreground voxels diffused to their BEV neighbours)
                       z merging between blocks
       ─▶ height compression (sum over z) ─▶ dense BEV (B, dim, Y, X) ─▶ 2D backbone
@@ -260,7 +261,8 @@ class LION(nn.Module):
     def __init__(self, num_classes: int = 3,
                  point_cloud_range: Sequence[float] = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0),
                  voxel_size: Sequence[float] = (0.32, 0.32, 0.25), in_channels: int = 4,
-                 dim: int = 32, stem_dim: int | None = None, stem_stride: Sequence[int] = (1, 1, 1), num_blocks: int = 2,
+                 dim: int = 32, stem_dim: int | None = None,
+                 stem_stride: Sequence[int] = (1, 1, 1), num_blocks: int = 2,
                  window_shape: Sequence = (13, 13, 4), merge_stride: Sequence[int] = (1, 2, 2),
                  group_sizes: Sequence[int] = (1024, 512),
                  z_stride: int = 2, generation_ratio: float = 0.1, operator: str = "mamba",

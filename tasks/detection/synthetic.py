@@ -106,7 +106,8 @@ def _place(rng, boxes, box, margin=0.3) -> bool:
 
 def generate_scene(rng: np.random.Generator,
                    classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
-                   num_objects: Sequence[int] = (4, 12), class_weights: Sequence[float] = (0.6, 0.25, 0.15),
+                   num_objects: Sequence[int] = (4, 12),
+                   class_weights: Sequence[float] = (0.6, 0.25, 0.15),
                    num_clutter: Sequence[int] = (4, 12), x_range: Sequence[float] = (3.0, 50.0),
                    fov_deg: float = 90.0, num_beams: int = 64, azimuth_res_deg: float = 0.25,
                    max_range: float = 80.0, range_noise: float = 0.02, dropout: float = 0.05,
@@ -159,8 +160,9 @@ def generate_scene(rng: np.random.Generator,
                 break
     for _ in range(int(rng.integers(num_clutter[0], num_clutter[1] + 1))):
         kind = rng.choice(3)
-        size = [(0.25, 0.25, rng.uniform(2.5, 5.0)), (rng.uniform(0.6, 2.0), rng.uniform(0.6, 2.0),
-                rng.uniform(0.4, 1.2)), (rng.uniform(0.5, 1.2),) * 2 + (rng.uniform(0.5, 1.0),)][kind]
+        size = [(0.25, 0.25, rng.uniform(2.5, 5.0)),                       # pole
+                (rng.uniform(0.6, 2.0), rng.uniform(0.6, 2.0), rng.uniform(0.4, 1.2)),  # bush
+                (rng.uniform(0.5, 1.2),) * 2 + (rng.uniform(0.5, 1.0),)][kind]  # crate
         for _try in range(10):
             x = rng.uniform(*x_range)
             y = np.tan(rng.uniform(-half_fov, half_fov)) * x

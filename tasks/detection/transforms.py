@@ -197,8 +197,8 @@ class GTSampling:
         s["points"] = np.concatenate([s["points"][keep]] + [p.astype(s["points"].dtype)
                                                            for p in new_pts], 0)
         s["gt_boxes"] = np.concatenate([s["gt_boxes"], nb], 0)
-        s["gt_labels"] = np.concatenate(
-            [s["gt_labels"], np.array([self.classes.index(n) + 1 for n in new_names])]).astype(np.int64)
+        new_labels = np.array([self.classes.index(n) + 1 for n in new_names])
+        s["gt_labels"] = np.concatenate([s["gt_labels"], new_labels]).astype(np.int64)
         s["gt_names"] = list(s["gt_names"]) + new_names
         return s
 

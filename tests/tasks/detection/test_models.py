@@ -40,7 +40,8 @@ def test_voxel_generation_and_bev():
     assert {tuple(r) for r in g.indices[2:].tolist()} == {(0, 0, 2, 1), (0, 0, 2, 3), (0, 0, 1, 2),
                                                           (0, 0, 3, 2)}
     assert (g.features[2:] == torch.tensor([5.0, 1.0])).all()
-    bev = _bev(SparseVoxels(torch.ones(2, 3), torch.tensor([[0, 0, 1, 2], [0, 1, 1, 2]]), (2, 3, 4), 1))
+    two_heights = torch.tensor([[0, 0, 1, 2], [0, 1, 1, 2]])
+    bev = _bev(SparseVoxels(torch.ones(2, 3), two_heights, (2, 3, 4), 1))
     assert bev.shape == (1, 3, 3, 4) and bev[0, :, 1, 2].tolist() == [2.0, 2.0, 2.0]
 
 
@@ -52,7 +53,8 @@ def test_gaussian_radius_grows_with_size():
 def test_targets_decode_and_evaluate_agree():
     """Perfect outputs built from the targets decode to the ground truth: AP 100."""
     grid = {"x0": 0.0, "y0": -20.0, "cx": 0.5, "cy": 0.5, "nx": 100, "ny": 80}
-    boxes = torch.tensor([[10.3, -3.1, -0.9, 3.9, 1.6, 1.5, 0.4], [30.7, 6.2, -1.0, 4.2, 1.7, 1.4, -2.9],
+    boxes = torch.tensor([[10.3, -3.1, -0.9, 3.9, 1.6, 1.5, 0.4],
+                          [30.7, 6.2, -1.0, 4.2, 1.7, 1.4, -2.9],
                           [20.2, 0.4, -0.8, 0.8, 0.6, 1.7, 1.2]])
     labels = torch.tensor([1, 1, 2])
     hm, reg, mask = centerpoint_targets(boxes, labels, torch.tensor([0, 3], dtype=torch.int32),

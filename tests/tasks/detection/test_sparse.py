@@ -55,7 +55,8 @@ def test_kernel_map_is_cached_and_empty_input():
     conv = SubMConv3d(5, 4).double()
     conv(sp)
     assert ("subm", 3) in sp.cache
-    empty = SparseVoxels(torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0, 4, dtype=torch.long),
+    empty = SparseVoxels(torch.zeros(0, 5, dtype=torch.float64),
+                         torch.zeros(0, 4, dtype=torch.long),
                          (4, 4, 4), 1)
     assert conv(empty).features.shape == (0, 4)
 

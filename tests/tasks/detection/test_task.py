@@ -35,8 +35,8 @@ def test_train_step_and_metrics(task):
     ds = task.build_dataset("train")
     model = task.build_model()
     batch = task.collate([ds[0], ds[1]])
-    assert batch["gt_boxes_cu_seqlens"].tolist() == [0, len(ds[0]["gt_boxes"]),
-                                                     len(ds[0]["gt_boxes"]) + len(ds[1]["gt_boxes"])]
+    n0, n1 = len(ds[0]["gt_boxes"]), len(ds[1]["gt_boxes"])
+    assert batch["gt_boxes_cu_seqlens"].tolist() == [0, n0, n0 + n1]
     out = task.forward(model, batch)
     loss = task.loss(out, batch)
     assert torch.isfinite(loss["loss"]) and set(loss) == {"loss", "hm_loss", "reg_loss"}
