@@ -48,6 +48,16 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def _row_epoch(line: str) -> int | None:
+    """Epoch of one ``metrics.jsonl`` line; None for a blank or torn line (a process killed
+    while appending leaves half a line, which a resumed run drops)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return int(row.get("epoch", 0)) if isinstance(row, dict) else None
+
+
 def _json_value(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()
@@ -82,8 +92,11 @@ class RunLogger:
             self.jsonl.write_text("")
         elif self.jsonl.exists():
             kept = [ln for ln in self.jsonl.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("epoch", 0) <= resume_epoch]
-            self.jsonl.write_text("".join(ln + "\n" for ln in kept))
+                    if _row_epoch(ln) is not None and _row_epoch(ln) <= resume_epoch]
+            # Atomic: a crash while resuming must not truncate the rows of finished epochs.
+            tmp = self.jsonl.with_name(f".{self.jsonl.name}.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.jsonl)
         handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.logger.addHandler(handler)
