@@ -30,3 +30,18 @@ def samples(tmp_path_factory):
     if not SAMPLES_TAR.is_file():
         pytest.skip(f"real event samples not found at {SAMPLES_TAR} (../shared/data is absent)")
     return _unpack(SAMPLES_TAR, tmp_path_factory.mktemp("event_samples")) / "samples"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keep_torch_threads():
+    """The first numba kernel call resets torch's intra-op thread count to the core count; on a
+    shared CPU that makes small matmuls orders of magnitude slower. Warm the kernels once and
+    restore the count torch had (the kernels' owner is told)."""
+    import torch
+
+    from geossm.nn import Mamba
+    before = torch.get_num_threads()
+    with torch.no_grad():
+        Mamba(8)(torch.rand(1, 3, 8))
+    torch.set_num_threads(before)
+    yield

@@ -1,0 +1,67 @@
+import csv
+
+import numpy as np
+import pytest
+
+from geossm.tasks.events import DVSGesture, NMNIST
+
+from . import encoders as enc
+
+
+def test_nmnist_official_layout(nmnist_root):
+    train = NMNIST(nmnist_root, "train")
+    test = NMNIST(nmnist_root, "test")
+    assert len(train) == 600 and len(test) == 100
+    assert sorted(set(test.labels)) == list(range(10))
+    s = test[0]
+    assert s["frames"].shape == (6, 34, 34) and s["frames"].dtype == np.float32
+    assert s["label"] == 0
+    small = NMNIST(nmnist_root, "train", limit=20, representation="events", max_events=256)
+    assert len(small) == 20 and sorted(set(small.labels)) == list(range(10))
+    ev = small[3]["events"]
+    assert ev.shape == (256, 4) and ev[0, 2] == 0 and np.all(np.diff(ev[:, 2]) >= 0)
+    vox = NMNIST(nmnist_root, "test", limit=10, representation="voxel", n_time_bins=4)[0]
+    assert vox["frames"].shape == (4, 34, 34) and np.abs(vox["frames"]).max() == 1.0
+
+
+def test_nmnist_augment_keeps_events_on_the_sensor(nmnist_root):
+    ds = NMNIST(nmnist_root, "train", limit=10, representation="events", augment=True,
+                max_shift=3, drop_rate=0.3, max_events=10_000)
+    a, b = ds[0]["events"], ds[0]["events"]
+    assert not np.array_equal(a, b)  # a fresh draw per call
+    assert a[:, 0].max() < 34 and a[:, 1].max() < 34 and a[:, :2].min() >= 0
+    assert len(a) < len(ds.recordings[0])
+
+
+def test_nmnist_errors(tmp_path, nmnist_root):
+    with pytest.raises(FileNotFoundError, match="NMNIST: data.root not found"):
+        NMNIST(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match=r"NMNIST: expected the folder .*Train"):
+        NMNIST(tmp_path)
+    with pytest.raises(ValueError, match="NMNIST: split must be one of .* got 'dev'"):
+        NMNIST(nmnist_root, "dev")
+    with pytest.raises(ValueError, match="representation: expected one of .* got 'graph'"):
+        NMNIST(nmnist_root, representation="graph")
+    with pytest.raises(ValueError, match="data.root is not set"):
+        NMNIST(None)
+
+
+def test_dvs_gesture_official_layout(tmp_path):
+    """DVS128 Gesture layout written here (the real recordings are not available offline)."""
+    ev = enc.random_events(3000, seed=1, width=128, height=128, span=3_000_000)
+    for user in ("user01_fluorescent", "user24_led"):
+        (tmp_path / f"{user}.aedat").write_bytes(enc.aedat3(ev, per_packet=500))
+        with open(tmp_path / f"{user}_labels.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["class", "startTime_usec", "endTime_usec"])
+            w.writerow([1, 100_000, 1_000_000])
+            w.writerow([11, 1_500_000, 2_900_000])
+    (tmp_path / "trials_to_train.txt").write_text("user01_fluorescent.aedat\n")
+    (tmp_path / "trials_to_test.txt").write_text("user24_led.aedat\n")
+    ds = DVSGesture(tmp_path, "train", representation="frames", n_time_bins=2)
+    assert len(ds) == 2 and ds.labels == [0, 10]
+    t = ds.recordings[1]["t"]
+    assert t.min() >= 1_500_000 and t.max() < 2_900_000
+    assert ds[0]["frames"].shape == (4, 128, 128)
+    with pytest.raises(ValueError, match="split must be one of"):
+        DVSGesture(tmp_path, "dev")
