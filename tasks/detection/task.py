@@ -201,9 +201,11 @@ class DetectionTask(Task):
 
 
 def render_detections(npz: str | os.PathLike, png: str | os.PathLike, width: int = 1280,
-                      height: int = 720, score_threshold: float = 0.3) -> Path:
+                      height: int = 720, score_threshold: float = 0.3,
+                      view: tuple[float, float, float] = (-1.0, -0.15, 0.9)) -> Path:
     """Render a ``predict`` output: points (grey), ground-truth boxes (green) and predicted
-    boxes with score >= ``score_threshold`` (red) as Open3D line sets, from above and behind."""
+    boxes with score >= ``score_threshold`` (red) as Open3D line sets, seen from ``view``
+    (default: behind and above the sensor)."""
     from geossm.viz import Scene
 
     with np.load(npz) as z:
@@ -217,4 +219,4 @@ def render_detections(npz: str | os.PathLike, png: str | os.PathLike, width: int
     pred = data["pred_boxes"][data["pred_scores"] >= score_threshold]
     if len(pred):
         scene.add_boxes("pred", pred, color=(0.9, 0.0, 0.0), line_width=3.0)
-    return scene.render(png, width, height)
+    return scene.render(png, width, height, view=view)
