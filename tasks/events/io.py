@@ -654,7 +654,10 @@ class _AEDAT3(_Reader):
                 if esize <= 0 or number < 0:
                     raise self.error(offset, f"malformed AEDAT 3.1 packet header (event size "
                                              f"{esize}, number {number})")
-                data = f.read(esize * number)
+                # Compared before reading: a corrupt header may declare up to 2^62 bytes, which
+                # f.read would try to allocate.
+                remaining = self.size - offset - 28
+                data = f.read(esize * number) if esize * number <= remaining else b""
                 if len(data) < esize * number:
                     raise self.error(offset, f"truncated AEDAT 3.1 packet: {number} events of "
                                              f"{esize} bytes declared, {len(data)} bytes remain")
