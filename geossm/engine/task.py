@@ -46,6 +46,9 @@ and a config ``configs/<name>/<dataset>.yaml`` with ``task: MySegTask``, ``model
 from __future__ import annotations
 
 import os
+import tokenize
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -247,11 +250,16 @@ class Task:
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
         suffix = path.suffix.lower()
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        if suffix == ".npy":
-            return {"coord": np.load(path, allow_pickle=False)}
+        try:
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            if suffix == ".npy":
+                return {"coord": np.load(path, allow_pickle=False)}
+        except (EOFError, OSError, zipfile.BadZipFile, zlib.error, SyntaxError,
+                tokenize.TokenError) as err:
+            # numpy reports truncated or corrupt files (and .npy headers) with these
+            raise ValueError(f"input file {path}: not a readable {suffix} file ({err})") from err
         if suffix == ".ply":
             from geossm.viz import read_ply
             return dict(read_ply(path))
