@@ -396,10 +396,58 @@ def load_for_view(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise ValueError(f"viz: expected a .ply or .npz file, got '{path.name}'")
 
 
+# ------------------------------------------------------------------------ file viewers
+
+@dataclass
+class Viewer:
+    """A task's view of its own file types (e.g. event recordings), used by ``render_file`` /
+    ``show_file`` before the built-in ``.ply``/``.npz`` view.
+
+    ``claims(path) -> bool`` decides (usually by suffix, maybe by sniffing the header);
+    ``render(path, output, width, height, point_size) -> Path`` writes a PNG;
+    ``show(path)`` opens a window (optional).
+    """
+
+    name: str
+    claims: Any
+    render: Any
+    show: Any = None
+
+
+VIEWERS: dict[str, Viewer] = {}
+
+
+def register_viewer(viewer: Viewer) -> Viewer:
+    """Add (or replace, by name) a file viewer; tasks call this at import time."""
+    VIEWERS[viewer.name] = viewer
+    return viewer
+
+
+def find_viewer(path: str | os.PathLike) -> Viewer | None:
+    """The registered viewer claiming ``path`` (the library's tasks are imported first, so their
+    viewers are known), or None for the built-in ``.ply``/``.npz`` view."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".ply", ".npz") and not any(v.claims(Path(path)) for v in VIEWERS.values()):
+        return None
+    from geossm.registry import autoload
+    autoload()
+    for viewer in VIEWERS.values():
+        if viewer.claims(Path(path)):
+            return viewer
+    return None
+
+
 def render_file(path: str | os.PathLike, output: str | os.PathLike | None = None,
                 width: int = 1024, height: int = 768, point_size: float = 3.0) -> Path:
     """Render a ``.ply``/``.npz`` to PNG (default ``<input>.png``): ground truth and prediction
-    side by side when both are there, else the labels, else the stored colours."""
+    side by side when both are there, else the labels, else the stored colours. Files claimed
+    by a registered ``Viewer`` (event recordings ...) are drawn by it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"viz: input file not found: {path}")
+    viewer = find_viewer(path)
+    if viewer is not None:
+        out = Path(output) if output else Path(path).with_suffix(".png")
+        return viewer.render(Path(path), out, width, height, point_size)
     data = load_for_view(path)
     if "label" in data or "pred" in data:
         scene = side_by_side(data["coord"], data.get("label"), data.get("pred"),
@@ -413,6 +461,12 @@ def render_file(path: str | os.PathLike, output: str | os.PathLike | None = None
 
 def show_file(path: str | os.PathLike) -> None:
     """Open a window on a ``.ply``/``.npz`` (as ``render_file`` would draw it)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"viz: input file not found: {path}")
+    viewer = find_viewer(path)
+    if viewer is not None and viewer.show is not None:
+        viewer.show(Path(path))
+        return
     data = load_for_view(path)
     if "label" in data or "pred" in data:
         scene = side_by_side(data["coord"], data.get("label"), data.get("pred"))
