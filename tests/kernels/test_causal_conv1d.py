@@ -8,7 +8,7 @@ import torch
 from geossm.kernels import causal_conv1d
 from geossm.kernels.causal_conv1d_torch import causal_conv1d_ref
 
-from .conftest import device_under_test, fast_backends
+from .conftest import device_under_test, fast_backends, skip_in_interpreter
 
 DEVICE = device_under_test()
 BACKENDS = ["torch", *fast_backends()]
@@ -62,6 +62,7 @@ def check(backend, inputs, tol=1e-5, **kw):
 @pytest.mark.parametrize("reverse", [False, True], ids=["causal", "anticausal"])
 @pytest.mark.parametrize("case", list(LENGTHS))
 def test_matches_reference_on_lengths(backend, case, reverse):
+    skip_in_interpreter(backend, heavy=case in ("len1000",))
     check(backend, make_inputs(LENGTHS[case]), reverse=reverse)
 
 
@@ -75,6 +76,7 @@ def test_matches_reference_with_features(backend, width, activation, bias):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_many_short_segments(backend):
+    skip_in_interpreter(backend)
     lengths = torch.randint(0, 6, (500,), generator=torch.Generator().manual_seed(3)).tolist()
     check(backend, make_inputs(lengths), reverse=True)
 
