@@ -426,6 +426,19 @@ IMDBBinary = _tu("IMDBBinary", "IMDB-BINARY")
 COLLAB = _tu("COLLAB", "COLLAB")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts/lists of NumPy arrays only; any other global is refused."""
+
+    ALLOWED = {(core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only NumPy "
+                                         "arrays are expected in a split file)")
+        return super().find_class(module, name)
+
+
 @DATASETS.register
 class PeptidesFunc(GraphDataset):
     """LRGB Peptides-func (Dwivedi et al., 2022): 15,535 peptides, 10 binary labels (average
@@ -482,9 +495,13 @@ class PeptidesFunc(GraphDataset):
             torch.save(graphs, tmp)
             os.replace(tmp, cached)  # atomic: a parallel reader never sees half a file
         with open(split_file, "rb") as fh:
-            # The official split file is a pickle of NumPy index arrays (trusted input: it is the
-            # dataset's own release file).
-            index = np.asarray(pickle.load(fh)[split], dtype=np.int64)
+            # The official split file is a pickle of NumPy index arrays: unpickled with only
+            # NumPy's array constructors allowed, so a tampered file cannot run code.
+            try:
+                index = np.asarray(_ArrayUnpickler(fh).load()[split], dtype=np.int64)
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError) as err:
+                raise ValueError(f"{split_file}: expected a pickled dict of index arrays with "
+                                 f"'{split}' ({err})") from err
         n = len(graphs["n_nodes"])
         index = index[index < n]
         self.split, self.split_index = split, split_index
