@@ -200,10 +200,8 @@ def test_modelnet40_list_is_read_as_data(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/graph/datasets.py PeptidesFunc unpickles the "
-                   "LRGB split file with pickle.load (runs code); remove this marker once it "
-                   "uses a restricted unpickler (numpy arrays only)")
 def test_peptides_split_pickle_is_not_unpickled_blindly(tmp_path):
+    """The LRGB split file is a pickle: only NumPy arrays may come out of it."""
     datasets = pytest.importorskip("geossm.tasks.graph.datasets",
                                    reason="graph task not installed")
     pytest.importorskip("rdkit", reason="RDKit not installed: Peptides-func graphs not built")
@@ -212,12 +210,14 @@ def test_peptides_split_pickle_is_not_unpickled_blindly(tmp_path):
         pytest.skip(f"real sample data not found at {source}")
     root = tmp_path / "peptides"
     shutil.copytree(source, root)
+    real = datasets.PeptidesFunc(root=root, split="val", max_graphs=4,
+                                 cache_dir=tmp_path / "cache")  # the official file still loads
+    assert len(real) <= 4
     marker = tmp_path / "pwned"
     with open(root / datasets.PeptidesFunc.SPLITS_FILE, "wb") as fh:
         pickle.dump({"train": _Evil(marker), "val": [], "test": []}, fh)
-    try:
+    with pytest.raises(ValueError, match=r"splits_random_stratified_peptide.pickle: .*refusing "
+                                         r"to unpickle (posix|os)\.system"):
         datasets.PeptidesFunc(root=root, split="train", max_graphs=4,
                               cache_dir=tmp_path / "cache")
-    except (ValueError, pickle.UnpicklingError, ModuleNotFoundError):
-        pass
     assert not marker.exists(), "unpickling the split file ran its code"
