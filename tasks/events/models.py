@@ -144,7 +144,8 @@ class EventMambaCls(nn.Module):
         if key not in self._grid_cache:
             gh, gw = self.grid_hw
             yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-            cells = torch.stack([xx.flatten(), yy.flatten(), torch.zeros(gh * gw, dtype=torch.long)], 1)
+            cells = torch.stack([xx.flatten(), yy.flatten(),
+                                 torch.zeros(gh * gw, dtype=torch.long)], 1)
             grid = cells.repeat(batch, 1).to(device)
             b = torch.arange(batch, device=device).repeat_interleave(gh * gw)
             self._grid_cache = {key: [serialize_grid(grid, o, b, num_samples=batch)

@@ -27,7 +27,6 @@ Boxes are ``[x, y, w, h]`` with ``(x, y)`` the top-left corner in pixels (``grou
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
