@@ -9,7 +9,9 @@ training part of it trains, ``eval.split`` / ``eval.test_split`` (``val`` / ``te
 
 For node tasks an epoch is one full-graph step (transductive); evaluation runs the whole graph
 and scores the masked nodes. Config keys read here besides the standard ones: ``model.*``
-(``GraphMambaNetwork``), ``data.*`` (the dataset's keyword arguments; ``data.split`` as above).
+(``GraphMambaNetwork``), ``data.*`` (the dataset's keyword arguments; ``data.split`` as above),
+``input_l2`` (node tasks: coupled L2 ``input_l2 / 2 · ||W_in||²`` on the input projection,
+default 0).
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ class _GraphTask(Task):
         return int(batch.num_graphs)
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        l2 = float(self.cfg.get("input_l2", 0.0) or 0.0)
+        self._penalty = None
+        if l2 > 0 and model.training:
+            # Adam-style coupled L2 on the input projection only (Kipf & Welling's recipe): with
+            # Adam it drives the weights of rarely seen features to zero, which AdamW's decoupled
+            # decay does not; the trainer's optimizer is AdamW, so the term goes into the loss.
+            enc = getattr(getattr(model, "module", model), "input_encoder", None)
+            weight = getattr(enc, "weight", None)
+            if weight is not None:
+                self._penalty = 0.5 * l2 * weight.pow(2).sum()
         return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),
                      batch=batch.batch, pe=getattr(batch, "pe", None))
 
@@ -104,7 +116,8 @@ class NodeClassificationTask(_GraphTask):
         if not hasattr(batch, "mask"):
             raise ValueError("NodeClassificationTask: batches need 'mask' (a node dataset); got "
                              f"keys {sorted(batch.keys())}")
-        return F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
+        loss = F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
+        return loss + self._penalty if getattr(self, "_penalty", None) is not None else loss
 
 
 @TASKS.register
