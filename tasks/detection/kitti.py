@@ -67,6 +67,14 @@ class Calibration:
                 "V2C": self.V2C.astype(np.float32)}
 
 
+def _read_text(path: Path) -> str:
+    """The file as text; a binary or corrupt file is a ``ValueError`` naming it."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err})") from None
+
+
 def read_calib(path: str | os.PathLike) -> Calibration:
     """Parse a KITTI object calibration file. Raises ``FileNotFoundError`` / ``ValueError``
     naming the file when it is missing, lacks ``P2``/``R0_rect``/``Tr_velo_to_cam`` or has a
@@ -75,7 +83,7 @@ def read_calib(path: str | os.PathLike) -> Calibration:
     if not path.is_file():
         raise FileNotFoundError(f"KITTI calibration file not found: {path}")
     values: dict[str, np.ndarray] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         key, sep, rest = line.partition(":")
@@ -119,7 +127,7 @@ def read_label(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"KITTI label file not found: {path}")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
