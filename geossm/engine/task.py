@@ -256,7 +256,7 @@ class Task:
                     return {k: z[k] for k in z.files}
             if suffix == ".npy":
                 return {"coord": np.load(path, allow_pickle=False)}
-        except (EOFError, OSError, zipfile.BadZipFile, zlib.error, SyntaxError,
+        except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, SyntaxError,
                 tokenize.TokenError) as err:
             # numpy reports truncated or corrupt files (and .npy headers) with these
             raise ValueError(f"input file {path}: not a readable {suffix} file ({err})") from err
