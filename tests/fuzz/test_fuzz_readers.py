@@ -121,7 +121,8 @@ def fuzz(name: str, read, seed: bytes, suffix: str, allowed: tuple[type[BaseExce
                     out = read(path)
                 except allowed as err:
                     outcome = type(err).__name__
-                    assert str(err), f"{name}: {outcome} without a message"
+                    # the message must say which file was bad (the CLI prints only the message)
+                    assert path.name in str(err), f"{name}: {outcome} does not name the file: {err}"
                 else:
                     outcome = "ok"
                     if check is not None:
@@ -305,9 +306,27 @@ def test_fuzz_predict_npz(kitti, tmp_path):
          _predict_check)
 
 
+@pytest.mark.xfail(strict=False, reason="geossm/viz.py read_ply: malformed headers raise "
+                   "IndexError / ValueError without the file name, and a huge vertex count "
+                   "makes f.read allocate it (see test_read_ply_malformed_header)")
 def test_fuzz_predict_ply(kitti, tmp_path):
     from geossm.viz import write_labeled_ply
     pts = _predict_seed_points(kitti)
     seed_path = write_labeled_ply(tmp_path / "seed.ply", pts, pred=(pts[:, 0] > 0).astype(int))
     fuzz("predict ply", _load_input, Path(seed_path).read_bytes(), ".ply", (ValueError,),
          tmp_path, _predict_check)
+
+
+@pytest.mark.xfail(strict=True, raises=(IndexError, MemoryError, AssertionError),
+                   reason="geossm/viz.py read_ply does not validate its header yet; remove this "
+                   "marker (and the one above) when it raises ValueError naming the file")
+@pytest.mark.parametrize("header", [b"ply\nformat\nend_header\n",
+                                    b"ply\nproperty float x\nend_header\n",
+                                    b"ply\nformat binary_little_endian 1.0\nelement vertex x\n"
+                                    b"end_header\n"])
+def test_read_ply_malformed_header(tmp_path, header):
+    path = tmp_path / "bad.ply"
+    path.write_bytes(header)
+    with pytest.raises(ValueError) as info:
+        _load_input(path)
+    assert path.name in str(info.value)
