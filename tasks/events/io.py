@@ -499,7 +499,8 @@ class _AEDAT4(_Reader):
             if len(head) < len(self.MAGIC) + 4:
                 raise self.error(len(head), "truncated AEDAT 4.0 header")
             hsize = struct.unpack_from("<i", head, len(self.MAGIC))[0]
-            hdr = f.read(hsize)
+            # A corrupt size may be negative (f.read raises) or huge (f.read allocates it).
+            hdr = f.read(min(hsize, self.size - len(head))) if hsize > 0 else b""
         if hsize <= 0 or len(hdr) < hsize:
             raise self.error(len(self.MAGIC) + 4 + len(hdr),
                              f"truncated AEDAT 4.0 IOHeader (expected {hsize} bytes)")
@@ -573,7 +574,7 @@ class _AEDAT4(_Reader):
                     raise self.error(offset, "truncated AEDAT 4.0 packet header "
                                              f"({len(head)} of 8 bytes)")
                 sid, size = struct.unpack("<ii", head)
-                data = f.read(size)
+                data = f.read(min(size, self.size - offset - 8)) if size >= 0 else b""
                 if size < 0 or len(data) < size:
                     raise self.error(offset, f"truncated AEDAT 4.0 packet: stream {sid} declares "
                                              f"{size} bytes, {len(data)} remain")
@@ -657,7 +658,7 @@ class _AEDAT3(_Reader):
                 # Compared before reading: a corrupt header may declare up to 2^62 bytes, which
                 # f.read would try to allocate.
                 remaining = self.size - offset - 28
-                data = f.read(esize * number) if esize * number <= remaining else b""
+                data = f.read(min(esize * number, max(remaining, 0)))
                 if len(data) < esize * number:
                     raise self.error(offset, f"truncated AEDAT 3.1 packet: {number} events of "
                                              f"{esize} bytes declared, {len(data)} bytes remain")
