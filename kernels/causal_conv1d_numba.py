@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ._numba_threads import threads_like_torch
+
 TOKEN_CHUNK = 1024
 
 
@@ -81,12 +83,13 @@ def causal_conv1d_fwd(x, weight, bias, cu_seqlens, silu: bool, reverse: bool):
     pre = torch.empty(xs.shape, dtype=torch.float32).numpy()
     bias_np = (np.zeros(0, np.float32) if bias is None
                else bias.detach().float().contiguous().numpy())
-    _preactivation(xs, weight.detach().float().contiguous().numpy(), bias_np, start, end,
-                   bias is not None, bool(reverse), pre)
-    if silu:
-        out = torch.empty(pre.shape, dtype=torch.float32).numpy()
-        _apply_silu(pre, out)
-        pre = out
+    with threads_like_torch():
+        _preactivation(xs, weight.detach().float().contiguous().numpy(), bias_np, start, end,
+                       bias is not None, bool(reverse), pre)
+        if silu:
+            out = torch.empty(pre.shape, dtype=torch.float32).numpy()
+            _apply_silu(pre, out)
+            pre = out
     return torch.from_numpy(pre).to(x.dtype)
 
 
@@ -97,15 +100,16 @@ def causal_conv1d_bwd(dout, x, weight, bias, cu_seqlens, silu: bool, reverse: bo
     xs = x.detach().float().contiguous().numpy()
     w = weight.detach().float().contiguous().numpy()
     pre = np.empty_like(xs)
-    if silu:
-        bias_np = (np.zeros(0, np.float32) if bias is None
-                   else bias.detach().float().contiguous().numpy())
-        _preactivation(xs, w, bias_np, start, end, bias is not None, bool(reverse), pre)
     num_chunks = max(1, (T + TOKEN_CHUNK - 1) // TOKEN_CHUNK)
     dx = torch.empty(xs.shape, dtype=torch.float32).numpy()
     dweight_part = np.zeros((num_chunks, channels, w.shape[1]), dtype=np.float32)
     dbias_part = np.zeros((num_chunks, channels), dtype=np.float32)
-    _backward(dout.detach().float().contiguous().numpy(), pre, xs, w, start, end, bool(silu),
-              bool(reverse), dx, dweight_part, dbias_part)
+    with threads_like_torch():
+        if silu:
+            bias_np = (np.zeros(0, np.float32) if bias is None
+                       else bias.detach().float().contiguous().numpy())
+            _preactivation(xs, w, bias_np, start, end, bias is not None, bool(reverse), pre)
+        _backward(dout.detach().float().contiguous().numpy(), pre, xs, w, start, end, bool(silu),
+                  bool(reverse), dx, dweight_part, dbias_part)
     dbias = torch.from_numpy(dbias_part.sum(0)) if bias is not None else None
     return torch.from_numpy(dx), torch.from_numpy(dweight_part.sum(0)), dbias

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ._numba_threads import threads_like_torch
+
 CHUNK = 64          # tokens between the states the forward pass keeps for the backward pass
 CHUNK_STATES = True  # this backend's forward returns chunk states for its backward
 CHANNEL_BLOCK = 16  # channels per work item
@@ -227,10 +229,11 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
     out = _output(T, channels)
     final = _output(cu.shape[0] - 1, channels, N)
     saved = _output(*chunk_states_shape(T, channels, N))
-    _forward(_np32(u, 2), _np32(delta, 2), _np32(A, 2), _np32(B, 3), _np32(C, 3), _np32(D, 1),
-             _np32(z, 2), _np32(delta_bias, 1), cu, _np32(initial_state, 3), seg_ranges, blocks,
-             _chunk_offsets(cu), D is not None, z is not None, delta_bias is not None,
-             initial_state is not None, bool(delta_softplus), bool(reverse), out, final, saved)
+    with threads_like_torch():
+        _forward(_np32(u, 2), _np32(delta, 2), _np32(A, 2), _np32(B, 3), _np32(C, 3), _np32(D, 1),
+                 _np32(z, 2), _np32(delta_bias, 1), cu, _np32(initial_state, 3), seg_ranges, blocks,
+                 _chunk_offsets(cu), D is not None, z is not None, delta_bias is not None,
+                 initial_state is not None, bool(delta_softplus), bool(reverse), out, final, saved)
     return torch.from_numpy(out).to(u.dtype), torch.from_numpy(final), torch.from_numpy(saved)
 
 
@@ -257,13 +260,14 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     dD_part = np.zeros((num_ranges, channels), dtype=np.float32)
     dbias_part = np.zeros((num_ranges, channels), dtype=np.float32)
     dinit = _output(num_segments, channels, N)
-    _backward(_np32(dout, 2), _np32(dfinal_state, 3), _np32(u, 2), _np32(delta, 2), _np32(A, 2),
-              _np32(B, 3), _np32(C, 3), _np32(D, 1), _np32(z, 2), _np32(delta_bias, 1), cu,
-              _np32(initial_state, 3), seg_ranges, blocks, _chunk_offsets(cu),
-              chunk_states.detach().contiguous().numpy(),
-              D is not None, z is not None, delta_bias is not None, initial_state is not None,
-              dfinal_state is not None, bool(delta_softplus), bool(reverse),
-              du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dinit)
+    with threads_like_torch():
+        _backward(_np32(dout, 2), _np32(dfinal_state, 3), _np32(u, 2), _np32(delta, 2), _np32(A, 2),
+                  _np32(B, 3), _np32(C, 3), _np32(D, 1), _np32(z, 2), _np32(delta_bias, 1), cu,
+                  _np32(initial_state, 3), seg_ranges, blocks, _chunk_offsets(cu),
+                  chunk_states.detach().contiguous().numpy(),
+                  D is not None, z is not None, delta_bias is not None, initial_state is not None,
+                  dfinal_state is not None, bool(delta_softplus), bool(reverse),
+                  du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dinit)
     as_torch = torch.from_numpy
     return (as_torch(du), as_torch(ddelta), as_torch(dA_part.sum(0)), as_torch(dB_part.sum(0)),
             as_torch(dC_part.sum(0)), as_torch(dD_part.sum(0)) if D is not None else None,

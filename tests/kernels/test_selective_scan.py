@@ -291,3 +291,17 @@ def test_custom_op_passes_opcheck(backend):
                           (*args, cu, inputs["initial_state"], True, False, backend),
                           test_utils=("test_schema", "test_faketensor",
                                       "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "numba"])
+def test_numba_kernels_leave_torch_thread_count_alone(backend):
+    """numba's OpenMP layer must not override ``torch.set_num_threads`` (it shares the runtime)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        inputs, cu = make_inputs([5, 9])
+        out = selective_scan(**inputs, cu_seqlens=cu, backend=backend)
+        out.sum().backward()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
