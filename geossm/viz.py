@@ -112,6 +112,19 @@ def write_ply(path: str | os.PathLike, coord: np.ndarray, colors: np.ndarray | N
 
 
 def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Vertex properties of a ``.ply`` (ascii or binary): ``coord (N, 3) float32``, ``color``
+    when it has red/green/blue, and every other vertex property under its name. Raises
+    ``FileNotFoundError`` or a ``ValueError`` naming the file for a malformed or truncated one."""
+    path = Path(path)
+    try:
+        return _read_ply(path)
+    except (IndexError, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: malformed PLY file ({err})") from None
+
+
+def _read_ply(path: Path) -> dict[str, np.ndarray]:
     """Read the vertices of a PLY file (ascii or binary, as written by most tools).
 
     Returns ``coord (N, 3) float32``, ``color (N, 3) uint8`` when present, and every other
@@ -155,6 +168,11 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
         elif fmt in ("binary_little_endian", "binary_big_endian"):
             order = "<" if fmt == "binary_little_endian" else ">"
             dtype = np.dtype([(name, order + t) for name, t in props])
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            # checked before reading: a corrupt count must not make f.read allocate it
+            if n < 0 or dtype.itemsize * n > left:
+                raise ValueError(f"{path}: PLY header declares {n} vertices of "
+                                 f"{dtype.itemsize} bytes, {left} bytes follow (truncated?)")
             table = np.frombuffer(f.read(dtype.itemsize * n), dtype=dtype, count=n)
             data = {name: table[name].astype(np.dtype(t).newbyteorder("=")) for name, t in props}
         else:
