@@ -306,9 +306,6 @@ def test_fuzz_predict_npz(kitti, tmp_path):
          _predict_check)
 
 
-@pytest.mark.xfail(strict=False, reason="geossm/viz.py read_ply: malformed headers raise "
-                   "IndexError / ValueError without the file name, and a huge vertex count "
-                   "makes f.read allocate it (see test_read_ply_malformed_header)")
 def test_fuzz_predict_ply(kitti, tmp_path):
     from geossm.viz import write_labeled_ply
     pts = _predict_seed_points(kitti)
@@ -317,14 +314,12 @@ def test_fuzz_predict_ply(kitti, tmp_path):
          tmp_path, _predict_check)
 
 
-@pytest.mark.xfail(strict=True, raises=(IndexError, MemoryError, AssertionError),
-                   reason="geossm/viz.py read_ply does not validate its header yet; remove this "
-                   "marker (and the one above) when it raises ValueError naming the file")
 @pytest.mark.parametrize("header", [b"ply\nformat\nend_header\n",
                                     b"ply\nproperty float x\nend_header\n",
                                     b"ply\nformat binary_little_endian 1.0\nelement vertex x\n"
                                     b"end_header\n"])
 def test_read_ply_malformed_header(tmp_path, header):
+    """Header holes the fuzzer found: each is one ValueError naming the file."""
     path = tmp_path / "bad.ply"
     path.write_bytes(header)
     with pytest.raises(ValueError) as info:
