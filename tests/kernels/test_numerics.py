@@ -20,15 +20,19 @@ from geossm import serialization as S
 from geossm.kernels import causal_conv1d, selective_scan
 from geossm.kernels.selective_scan_torch import selective_scan_ref
 
-from .conftest import fast_backends
+from .conftest import device_under_test, fast_backends
 
 BACKENDS = ["torch", *fast_backends()]
 REPO = Path(__file__).resolve().parents[2]
 TOY_DIR = REPO / "tests" / "geossm"
 
 
+DEVICE = device_under_test()
+
+
 def leaf(t: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    return t.to(dtype).requires_grad_()
+    """A leaf on the device under test (CUDA on the GPU run, where triton needs it)."""
+    return t.to(device=DEVICE, dtype=dtype).requires_grad_()
 
 
 def extreme_inputs(delta_value: float, A_value: float, dtype=torch.float32, T: int = 70,
@@ -95,7 +99,7 @@ def test_extreme_values_match_reference(backend):
             exact_inputs[name] = exact_inputs[name].unsqueeze(1)
         exact, _ = selective_scan_ref(
             **exact_inputs, delta_softplus=True,
-            cu_seqlens=torch.tensor([0, out.shape[0]], dtype=torch.int32))
+            cu_seqlens=torch.tensor([0, out.shape[0]], dtype=torch.int32, device=DEVICE))
         torch.testing.assert_close(out.double(), exact, rtol=1e-4, atol=1e-3,
                                    msg=f"delta={delta_value}, A={A_value}")
 
@@ -119,7 +123,8 @@ def test_causal_conv1d_large_inputs_stay_finite(backend):
     for dtype in (torch.float32, torch.bfloat16):
         xd = x.detach().to(dtype).requires_grad_()
         out = causal_conv1d(xd, w, activation="silu",
-                            cu_seqlens=torch.tensor([0, 7, 130], dtype=torch.int32),
+                            cu_seqlens=torch.tensor([0, 7, 130], dtype=torch.int32,
+                                                    device=DEVICE),
                             backend=backend)
         out.float().sum().backward()
         assert torch.isfinite(out.float()).all() and torch.isfinite(xd.grad.float()).all()
