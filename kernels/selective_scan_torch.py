@@ -68,19 +68,28 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     else:
         state = initial_state.to(work)
     longest = int(lengths.max()) if num_segments > 0 else 0
-    y_steps, token_steps = [], []
+    # Which segments run at each step, and their token there. Gathering every step's rows in one
+    # indexing op keeps the backward to one scatter instead of one (T, D, N) scatter per step.
+    actives, tokens = [], []
     for step in range(longest):
         active = torch.nonzero(lengths > step).squeeze(1)
         offset = lengths[active] - 1 - step if reverse else step
-        token = starts[active] + offset
-        new_state = decay[token] * state[active] + drive[token]
+        actives.append(active)
+        tokens.append(starts[active] + offset)
+    counts = [len(a) for a in actives]
+    order = torch.cat(tokens) if tokens else lengths.new_zeros(0)
+    decay_steps = decay[order].split(counts)
+    drive_steps = drive[order].split(counts)
+    C_steps = C_per_channel[order].split(counts)
+    y_steps = []
+    for active, step_decay, step_drive, step_C in zip(actives, decay_steps, drive_steps, C_steps):
+        new_state = step_decay * state[active] + step_drive
         state = state.index_copy(0, active, new_state)
-        y_steps.append((new_state * C_per_channel[token]).sum(-1))
-        token_steps.append(token)
+        y_steps.append((new_state * step_C).sum(-1))
 
     y = u.new_zeros((T, channels), dtype=work)
-    if token_steps:
-        y = y.index_copy(0, torch.cat(token_steps), torch.cat(y_steps))
+    if y_steps:
+        y = y.index_copy(0, order, torch.cat(y_steps))
     if D is not None:
         y = y + D.to(work) * u.to(work)
     if z is not None:
