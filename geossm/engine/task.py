@@ -255,7 +255,16 @@ class Task:
                 with np.load(path, allow_pickle=False) as z:
                     return {k: z[k] for k in z.files}
             if suffix == ".npy":
-                return {"coord": np.load(path, allow_pickle=False)}
+                # Memory-mapping first checks the header's shape against the file size, so a
+                # corrupt header cannot make numpy allocate more than the file holds.
+                try:
+                    mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+                except ValueError as err:
+                    if "Python objects" in str(err):  # object arrays are pickles: refused
+                        raise ValueError("object arrays are refused (loaded with "
+                                         "allow_pickle=False)") from err
+                    raise
+                return {"coord": np.array(mapped)}
         except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, SyntaxError,
                 tokenize.TokenError) as err:
             # numpy reports truncated or corrupt files (and .npy headers) with these
