@@ -259,6 +259,18 @@ def _hilbert_decode(local: Tensor, depth: int) -> Tensor:
     return _hilbert_decode_torch(local, depth)
 
 
+def _hilbert_invert_or_exchange(x: list[Tensor], i: int, q: int, p: int) -> None:
+    """Skilling's per-bit step, shared by encode and decode: where bit ``q`` of axis ``i`` is
+    set, invert the low bits ``p`` of axis 0; elsewhere exchange them between axes 0 and i."""
+    bit = (x[i] & q).bool()
+    if i == 0:
+        x[0] = torch.where(bit, x[0] ^ p, x[0])
+    else:
+        t = torch.where(bit, 0, (x[0] ^ x[i]) & p)
+        x[0] = torch.where(bit, x[0] ^ p, x[0] ^ t)
+        x[i] = x[i] ^ t
+
+
 def _hilbert_encode_torch(g: Tensor, depth: int) -> Tensor:
     """Skilling's AxesToTranspose, vectorised over points; then bit interleaving.
 
@@ -270,13 +282,7 @@ def _hilbert_encode_torch(g: Tensor, depth: int) -> Tensor:
     while q > 1:
         p = q - 1
         for i in range(3):
-            bit = (x[i] & q).bool()
-            if i == 0:
-                x[0] = torch.where(bit, x[0] ^ p, x[0])
-            else:
-                t = torch.where(bit, 0, (x[0] ^ x[i]) & p)
-                x[0] = torch.where(bit, x[0] ^ p, x[0] ^ t)
-                x[i] = x[i] ^ t
+            _hilbert_invert_or_exchange(x, i, q, p)
         q >>= 1
     x[1] = x[1] ^ x[0]
     x[2] = x[2] ^ x[1]
@@ -299,13 +305,7 @@ def _hilbert_decode_torch(local: Tensor, depth: int) -> Tensor:
     while q != (2 << (depth - 1)):
         p = q - 1
         for i in (2, 1, 0):
-            bit = (x[i] & q).bool()
-            if i == 0:
-                x[0] = torch.where(bit, x[0] ^ p, x[0])
-            else:
-                t = torch.where(bit, 0, (x[0] ^ x[i]) & p)
-                x[0] = torch.where(bit, x[0] ^ p, x[0] ^ t)
-                x[i] = x[i] ^ t
+            _hilbert_invert_or_exchange(x, i, q, p)
         q <<= 1
     return torch.stack(x, 1)
 
