@@ -92,12 +92,18 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(ns: argparse.Namespace) -> int:
-    from geossm.engine import Trainer
+def _load_with_checkpoint(ns: argparse.Namespace, command: str):
+    """Config and name for a command that needs ``CONFIG checkpoint=PATH``."""
     config, overrides = _split_args(ns.args, need_config=True)
     cfg, name = _load(config, overrides)
     if not cfg.checkpoint:
-        raise ValueError("eval needs checkpoint=PATH")
+        raise ValueError(f"{command} needs checkpoint=PATH")
+    return cfg, name
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from geossm.engine import Trainer
+    cfg, name = _load_with_checkpoint(ns, "eval")
     trainer = Trainer(cfg, config_name=name)
     try:
         metrics = trainer.evaluate_checkpoint(str(cfg.checkpoint))
@@ -110,10 +116,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 def cmd_predict(ns: argparse.Namespace) -> int:
     from geossm.engine import Trainer
-    config, overrides = _split_args(ns.args, need_config=True)
-    cfg, name = _load(config, overrides)
-    if not cfg.checkpoint:
-        raise ValueError("predict needs checkpoint=PATH")
+    cfg, name = _load_with_checkpoint(ns, "predict")
     if not cfg.input:
         raise ValueError("predict needs input=FILE")
     if not os.path.isfile(str(cfg.input)):
