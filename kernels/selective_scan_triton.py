@@ -76,6 +76,9 @@ accumulation throughout. Kernels also run under ``TRITON_INTERPRET=1`` on CPU te
 
 from __future__ import annotations
 
+import collections
+import weakref
+
 import torch
 import triton
 import triton.language as tl
@@ -117,6 +120,22 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _softplus(x, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """softplus(x) (x itself when SOFTPLUS is off); on the GPU log2 is one ``lg2.approx``
+    (libdevice's log2f is a ~30-instruction polynomial)."""
+    y = x
+    if SOFTPLUS:
+        if FAST:
+            lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r",
+                                           [1.0 + tl.exp2(x * LOG2E)],
+                                           dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            lg = tl.log2(1.0 + tl.exp2(x * LOG2E))
+        y = tl.where(x > 20.0, x, lg * LN2)
+    return y
+
+
+@triton.jit
 def _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S, n_chunks_bound,
                 L: tl.constexpr, REVERSE: tl.constexpr):
     """Segment, position and extent of chunk ``c`` (clen == 0 when c is past the last chunk)."""
@@ -143,11 +162,28 @@ def _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S, n_chunks_bound,
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_ch, cu_nl, chunk_seg, hs, sdt,
-                     S, n_chunks_bound, nprog, D, G, N, dpg,
+def _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound,
+              L: tl.constexpr, REVERSE: tl.constexpr):
+    """Segment and first token of chunk-state row ``r`` (a full chunk, not its segment's last)."""
+    s = tl.minimum(tl.load(row_seg + tl.minimum(r, n_rows_bound - 1)), S - 1)
+    k = r - tl.load(cu_nl + s)
+    tok0 = tl.load(cu_seq + s)
+    if REVERSE:
+        base = tl.load(cu_seq + s + 1) - 1 - k * L
+    else:
+        base = tok0 + k * L
+    return base.to(tl.int64)
+
+
+@triton.jit
+def _fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
+                     S, n_rows_bound, nprog, D, G, N, dpg,
                      L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                      REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                      HAS_BIAS: tl.constexpr):
+    """Local end state (from h = 0) and sum(dt) of every full chunk that is not the last of its
+    segment: programs walk the rows of ``hs`` directly, so last chunks (every chunk of a
+    single-chunk segment) cost nothing, not even their metadata loads."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
@@ -161,41 +197,31 @@ def _fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_ch, cu_nl, chunk_seg, h
         bias = tl.load(dbias + offs_d)
     else:
         bias = tl.zeros([BD], dtype=tl.float32)
-    for c in range(pid, n_chunks_bound, nprog):
-        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S,
-                                                       n_chunks_bound, L, REVERSE)
-        work = valid & (k < nck - 1)
-        n_it = tl.where(work, clen, 0)
+    n_rows = tl.load(cu_nl + S)                      # rows that exist (<= n_rows_bound)
+    for r in range(pid, n_rows, nprog):
+        base = _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound, L, REVERSE)
         h = tl.zeros([NP, BD], dtype=tl.float32)
         st = tl.zeros([BD], dtype=tl.float32)
-        tn = tl.where(n_it > 0, base, 0)
+        tn = base
         u_n = tl.load(u + tn * D + offs_d)
         d_n = tl.load(delta + tn * D + offs_d)
         b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
-        for i in range(0, n_it):
+        for i in range(0, L):
             uu = u_n.to(tl.float32)
             dt = d_n.to(tl.float32) + bias
             bv = b_n.to(tl.float32)
             # prefetch the next step (the last step re-reads its own row): hides load latency
-            tn = base + tl.minimum(i + 1, n_it - 1) * STEP
+            tn = base + tl.minimum(i + 1, L - 1) * STEP
             u_n = tl.load(u + tn * D + offs_d)
             d_n = tl.load(delta + tn * D + offs_d)
             b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
-            if SOFTPLUS:
-                if FAST:
-                    # libdevice log2f is a ~30-instruction polynomial; lg2.approx is one MUFU op
-                    lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r",
-                                                   [1.0 + tl.exp2(dt * LOG2E)],
-                                                   dtype=tl.float32, is_pure=True, pack=1)
-                else:
-                    lg = tl.log2(1.0 + tl.exp2(dt * LOG2E))
-                dt = tl.where(dt > 20.0, dt, lg * LN2)
+            dt = _softplus(dt, SOFTPLUS, FAST)
             h = tl.exp2(a2 * dt[None, :]) * h + bv[:, None] * (dt * uu)[None, :]
             st += dt
-        row = (nl0 + k).to(tl.int64)
+        row = base * 0 + r                           # int64 (r is a plain int when interpreted)
         tl.store(hs + row * D * N + offs_d[None, :] * N + offs_n[:, None], h,
-                 mask=_and(mask_n[:, None], work))
-        tl.store(sdt + row * D + offs_d, st, mask=_and(offs_d < D, work))
+                 mask=mask_n[:, None])
+        tl.store(sdt + row * D + offs_d, st)
 
 
 @triton.jit
@@ -301,15 +327,7 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
             c_n = tl.load(Cm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
             if HAS_Z:
                 z_n = tl.load(z + tn * D + offs_d)
-            if SOFTPLUS:
-                if FAST:
-                    # libdevice log2f is a ~30-instruction polynomial; lg2.approx is one MUFU op
-                    lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r",
-                                                   [1.0 + tl.exp2(dt * LOG2E)],
-                                                   dtype=tl.float32, is_pure=True, pack=1)
-                else:
-                    lg = tl.log2(1.0 + tl.exp2(dt * LOG2E))
-                dt = tl.where(dt > 20.0, dt, lg * LN2)
+            dt = _softplus(dt, SOFTPLUS, FAST)
             h = tl.exp2(a2 * dt[None, :]) * h + bv[:, None] * (dt * uu)[None, :]
             y = tl.reduce(h * cv[:, None], 0, _SUM) + dsk * uu
             if HAS_Z:
@@ -395,15 +413,7 @@ def _bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
             o_n = tl.load(dout + tn * D + offs_d)
             if HAS_Z:
                 z_n = tl.load(z + tn * D + offs_d)
-            if SOFTPLUS:
-                if FAST:
-                    # libdevice log2f is a ~30-instruction polynomial; lg2.approx is one MUFU op
-                    lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r",
-                                                   [1.0 + tl.exp2(dt * LOG2E)],
-                                                   dtype=tl.float32, is_pure=True, pack=1)
-                else:
-                    lg = tl.log2(1.0 + tl.exp2(dt * LOG2E))
-                dt = tl.where(dt > 20.0, dt, lg * LN2)
+            dt = _softplus(dt, SOFTPLUS, FAST)
             a = tl.exp2(a2 * dt[None, :])
             h = a * h + bv[:, None] * (dt * uu)[None, :]
             p = p * a
@@ -590,16 +600,7 @@ def _bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfina
             p_n = tl.load(phi + tn * D + offs_d)
             if HAS_Z:
                 z_n = tl.load(z + tn * D + offs_d)
-            if SOFTPLUS:
-                if FAST:
-                    lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r",
-                                                   [1.0 + tl.exp2(dl * LOG2E)],
-                                                   dtype=tl.float32, is_pure=True, pack=1)
-                else:
-                    lg = tl.log2(1.0 + tl.exp2(dl * LOG2E))
-                dt = tl.where(dl > 20.0, dl, lg * LN2)
-            else:
-                dt = dl
+            dt = _softplus(dl, SOFTPLUS, FAST)
             if HAS_Z:
                 dy = do * zz * (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
             else:
@@ -665,6 +666,7 @@ class _Plan:
         self.nprog = max(1, min(self.n_chunks_bound, (sms * per_sm * 4) // max(1, self.n_dblk)))
         if dev.type != "cuda":
             self.nprog = min(self.n_chunks_bound, 4)
+        self.nprog_rows = max(1, min(self.nprog, self.n_rows))
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
         nck = (lens + (L - 1)) // L
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -672,6 +674,9 @@ class _Plan:
         self.cu_nl = torch.cat([zero, torch.cumsum((nck - 1).clamp_(min=0), 0, dtype=torch.int32)])
         ar = torch.arange(self.n_chunks_bound, device=dev, dtype=torch.int32)
         self.chunk_seg = torch.searchsorted(self.cu_ch[1:], ar, right=True, out_int32=True)
+        # segment of every chunk-state row (rows past the true count point past the last one)
+        self.row_seg = torch.searchsorted(self.cu_nl[1:], ar[:self.n_rows], right=True,
+                                          out_int32=True)
         # carry passes: one program per (segment, block of BDN (d, n) pairs), walking that
         # segment's chunk rows K at a time. Few segments (one long sequence) get narrow blocks
         # so that enough programs run side by side; many short ones get wide blocks.
@@ -683,10 +688,37 @@ class _Plan:
         self.K = max(8, min(512, 4096 // self.BDN))
 
 
+_PLAN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 16
+
+
+def _plan_for(cu_seqlens, T, D, G, N, dev) -> _Plan:
+    """The launch plan of ``cu_seqlens``, cached per tensor (identity and in-place version).
+
+    Building one costs ~10 small device ops; the layers of a model and the backward share one
+    ``cu_seqlens`` tensor per batch, so they share one plan. Never cached while a CUDA graph is
+    being captured: a captured plan must live in the graph's own memory pool.
+    """
+    capturing = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if capturing or torch.compiler.is_compiling():
+        return _Plan(cu_seqlens, T, D, G, N, dev)
+    key = (id(cu_seqlens), cu_seqlens._version, T, D, G, N, str(dev), CHUNK, MAX_BD,
+           NUM_WARPS_FWD, NUM_WARPS_BWD)
+    hit = _PLAN_CACHE.get(key)
+    if hit is not None and hit[0]() is cu_seqlens:
+        _PLAN_CACHE.move_to_end(key)
+        return hit[1]
+    plan = _Plan(cu_seqlens, T, D, G, N, dev)
+    _PLAN_CACHE[key] = (weakref.ref(cu_seqlens), plan)
+    while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+        _PLAN_CACHE.popitem(last=False)
+    return plan
+
+
 def _common(u, delta, A, B, cu_seqlens):
     T, D = u.shape
     _, G, N = B.shape
-    plan = _Plan(cu_seqlens, T, D, G, N, u.device)
+    plan = _plan_for(cu_seqlens, T, D, G, N, u.device)
     A2 = (A.float() * _LOG2E).contiguous()
     return plan, A2
 
@@ -723,10 +755,10 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
     if plan.S == 0:
         return buf
     if plan.T > 0:
-        _fwd_chunk_state[(plan.nprog, plan.n_dblk)](
+        _fwd_chunk_state[(plan.nprog_rows, plan.n_dblk)](
             u, delta, A2, B, delta_bias if delta_bias is not None else dm, cu_seqlens,
-            plan.cu_ch, plan.cu_nl, plan.chunk_seg, hs, sdt,
-            plan.S, plan.n_chunks_bound, plan.nprog, D, plan.G, N, plan.dpg,
+            plan.cu_nl, plan.row_seg, hs, sdt,
+            plan.S, plan.n_rows, plan.nprog_rows, D, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
             num_warps=plan.num_warps)
