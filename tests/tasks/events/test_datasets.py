@@ -65,3 +65,70 @@ def test_dvs_gesture_official_layout(tmp_path):
     assert ds[0]["frames"].shape == (4, 128, 128)
     with pytest.raises(ValueError, match="split must be one of"):
         DVSGesture(tmp_path, "dev")
+
+
+def _write_tonic_gesture(root, ev_by_user):
+    """tonic's preprocessed layout: <split folder>/<user>/<label>.npy, (N, 4) x, y, p, t [ms]."""
+    for (folder, user), per_label in ev_by_user.items():
+        out = root / folder / user
+        out.mkdir(parents=True)
+        for label, ev in per_label.items():
+            arr = np.stack([ev["x"], ev["y"], ev["p"], ev["t"] / 1000.0], 1).astype(np.float64)
+            np.save(out / f"{label}.npy", arr)
+
+
+def test_dvs_gesture_tonic_layout(tmp_path):
+    """tonic's .npy layout written here (the real recordings are not available offline)."""
+    a = enc.random_events(500, seed=2, width=128, height=128, span=2_000_000)
+    b = enc.random_events(300, seed=3, width=128, height=128, span=1_000_000)
+    _write_tonic_gesture(tmp_path, {("ibmGestureTrain", "user01_led"): {0: a, 10: b},
+                                    ("ibmGestureTest", "user24_led"): {4: b}})
+    train = DVSGesture(tmp_path, "train", n_time_bins=2)
+    assert train.layout == "tonic" and train.labels == [0, 10]
+    got = train.recordings[0]
+    assert np.array_equal(got["x"], a["x"]) and np.array_equal(got["p"], a["p"])
+    # milliseconds (as tonic stores them) back to integer microseconds
+    assert np.abs(got["t"] - a["t"]).max() <= 1
+    assert train[1]["frames"].shape == (4, 128, 128)
+    test = DVSGesture(tmp_path, "test", layout="tonic", representation="events")
+    assert len(test) == 1 and test.labels == [4] and test[0]["events"].shape == (300, 4)
+
+
+def test_dvs_gesture_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trials_to_train.txt .*tonic's layout"):
+        DVSGesture(tmp_path, "train")
+    with pytest.raises(ValueError, match="layout must be one of .* got 'h5'"):
+        DVSGesture(tmp_path, "train", layout="h5")
+    with pytest.raises(FileNotFoundError, match="expected the folder .*ibmGestureTest"):
+        DVSGesture(tmp_path, "test", layout="tonic")
+    bad = tmp_path / "ibmGestureTrain" / "user01_led"
+    bad.mkdir(parents=True)
+    np.save(bad / "11.npy", np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="label in 0..10"):
+        DVSGesture(tmp_path, "train")
+    (bad / "11.npy").unlink()
+    np.save(bad / "3.npy", np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"expected an \(N, 4\) array"):
+        DVSGesture(tmp_path, "train")
+    np.save(bad / "3.npy", np.array([[200.0, 0, 1, 0.5]]))
+    with pytest.raises(ValueError, match="outside the 128 x 128 sensor"):
+        DVSGesture(tmp_path, "train")
+
+
+def test_augment_rotation_and_scale_move_events(nmnist_root):
+    """Rotation / scaling about the centre: events move, stay on the sensor, and with all
+    augmentations off the recording is unchanged."""
+    ds = NMNIST(nmnist_root, "train", limit=10, representation="events", augment=True,
+                max_shift=0, drop_rate=0.0, max_rotation=30.0, max_scale=0.2,
+                max_events=10_000)
+    ev = ds[0]["events"]
+    assert ev[:, :2].min() >= 0 and ev[:, :2].max() < 34
+    ref = ds.recordings[0]
+    assert len(ev) <= len(ref)
+    moved = len(ev) != len(ref) or not np.array_equal(ev[:, 0], ref["x"])
+    assert moved
+    still = NMNIST(nmnist_root, "train", limit=10, representation="events", augment=True,
+                   max_shift=0, drop_rate=0.0, max_events=10_000)[0]["events"]
+    assert np.array_equal(still[:, 0], ref["x"]) and np.array_equal(still[:, 1], ref["y"])
+    with pytest.raises(ValueError, match="max_scale: expected a number in"):
+        NMNIST(nmnist_root, "train", limit=10, max_scale=1.5)
