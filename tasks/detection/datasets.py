@@ -201,7 +201,8 @@ class SyntheticLidar(_DetectionDataset):
         num_samples / num_val_samples: frames of the training / other splits (512 / 64).
         classes: default ``("Car", "Pedestrian", "Cyclist")``.
         augment / point_cloud_range: as for ``KittiDataset`` (range default the scene extent).
-        scene: keyword arguments of ``generate_scene`` (objects, range, beams ...).
+        scene: keyword arguments of ``generate_scene`` (objects, range, beams ...); its
+            ``y_range`` defaults to the lateral point-cloud range less 0.5 m.
         seed: default 0.
     """
 
@@ -219,6 +220,10 @@ class SyntheticLidar(_DetectionDataset):
         self.split = split
         self.frame_ids = [f"{split}_{i:06d}" for i in range(n)]
         self.scene_kwargs = dict(scene or {})
+        if point_cloud_range is not None and "y_range" not in self.scene_kwargs:
+            # labelled objects inside the grid (0.5 m margin), as the evaluation counts them all
+            self.scene_kwargs["y_range"] = (float(point_cloud_range[1]) + 0.5,
+                                            float(point_cloud_range[4]) - 0.5)
         self._cache: dict[int, dict] = {}
         super().__init__(classes, augment, point_cloud_range, training=split == "train",
                          seed=seed)

@@ -109,7 +109,7 @@ def generate_scene(rng: np.random.Generator,
                    num_objects: Sequence[int] = (4, 12),
                    class_weights: Sequence[float] = (0.6, 0.25, 0.15),
                    num_clutter: Sequence[int] = (4, 12), x_range: Sequence[float] = (3.0, 50.0),
-                   fov_deg: float = 90.0, num_beams: int = 64, azimuth_res_deg: float = 0.25,
+                   y_range: Sequence[float] | None = None, fov_deg: float = 90.0, num_beams: int = 64, azimuth_res_deg: float = 0.25,
                    max_range: float = 80.0, range_noise: float = 0.02, dropout: float = 0.05,
                    min_points: int = 3) -> dict:
     """One scene: points, labelled boxes and KITTI-style annotations.
@@ -121,6 +121,9 @@ def generate_scene(rng: np.random.Generator,
             (Car, Pedestrian, Cyclist).
         num_clutter: ``[lo, hi]`` poles / bushes / crates; two walls are always added.
         x_range: forward distance of objects (metres); lateral within the field of view.
+        y_range: ``[lo, hi]`` lateral limit of object centres (metres), default none (the field
+            of view only); ``SyntheticLidar`` sets it to its point-cloud range so that no
+            labelled object lies outside the detector's grid.
         fov_deg / num_beams / azimuth_res_deg: sensor sweep (default 90 deg, 64, 0.25 deg).
         max_range / range_noise / dropout: returns beyond ``max_range`` are lost; Gaussian range
             noise (m); fraction of beams without return.
@@ -134,6 +137,12 @@ def generate_scene(rng: np.random.Generator,
     names_all = ("Car", "Pedestrian", "Cyclist")
     ground = -SENSOR_HEIGHT
     half_fov = np.deg2rad(fov_deg / 2) * 0.92
+    y_lo, y_hi = (-np.inf, np.inf) if y_range is None else (float(y_range[0]), float(y_range[1]))
+
+    def lateral(x: float) -> float:
+        # uniform in the view angle, the angles limited to those of the lateral limit
+        lo, hi = max(-half_fov, np.arctan2(y_lo, x)), min(half_fov, np.arctan2(y_hi, x))
+        return np.tan(rng.uniform(lo, hi)) * x
     boxes, kinds = [], []
     # walls (building fronts) beyond the sidewalks on both sides
     for side in (-1, 1):
@@ -150,7 +159,7 @@ def generate_scene(rng: np.random.Generator,
         l, wd, h = np.maximum(np.asarray(mean) + rng.normal(0, 1, 3) * np.asarray(std), 0.3)
         for _try in range(20):
             x = rng.uniform(*x_range)
-            y = np.tan(rng.uniform(-half_fov, half_fov)) * x
+            y = lateral(x)
             heading = rng.choice([0.0, np.pi]) + rng.normal(0, 0.15) if (
                 cls == "Car" and rng.random() < 0.7) else rng.uniform(-np.pi, np.pi)
             box = np.array([x, y, ground + h / 2, l, wd, h, heading])
@@ -165,7 +174,7 @@ def generate_scene(rng: np.random.Generator,
                 (rng.uniform(0.5, 1.2),) * 2 + (rng.uniform(0.5, 1.0),)][kind]  # crate
         for _try in range(10):
             x = rng.uniform(*x_range)
-            y = np.tan(rng.uniform(-half_fov, half_fov)) * x
+            y = lateral(x)
             box = np.array([x, y, ground + size[2] / 2, *size, rng.uniform(-np.pi, np.pi)])
             if _place(rng, boxes, box, margin=0.1):
                 boxes.append(box)

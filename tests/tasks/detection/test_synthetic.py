@@ -47,3 +47,13 @@ def test_dataset_splits_and_classes():
     np.testing.assert_array_equal(va[0]["points"], s["points"])   # val: no augmentation
     with pytest.raises(ValueError, match="split: expected 'train', 'val' or 'test'"):
         SyntheticLidar(split="training")
+
+
+def test_objects_lie_inside_the_point_cloud_range():
+    # the evaluation counts every annotated object, so none may lie outside the detector's grid
+    ds = SyntheticLidar(split="val", num_val_samples=3, point_cloud_range=(0, -10, -3, 40, 10, 1))
+    for i in range(3):
+        boxes = ds[i]["annos"]["boxes"]
+        assert (np.abs(boxes[:, 1]) <= 9.5).all() and (boxes[:, 0] < 40).all()
+    wide = generate_scene(np.random.default_rng(0), y_range=(-2.0, 2.0))
+    assert (np.abs(wide["annos"]["boxes"][:, 1]) <= 2.0).all()
