@@ -90,6 +90,12 @@ def centerpoint_loss(outputs: dict, targets: tuple[Tensor, Tensor, Tensor],
     hm_loss = focal_loss(outputs["heatmap"], hm_t)
     reg = outputs["reg"].float().permute(0, 2, 3, 1)[mask]        # (P, 8)
     tgt = reg_t.permute(0, 2, 3, 1)[mask]
-    reg_loss = (reg - tgt).abs().sum() / max(int(mask.sum()), 1)
+    err = (reg - tgt).abs()
+    # heading up to a half turn: a box and its 180-degree turn are the same box (same IoU), and
+    # a symmetric object (a synthetic car, a distant real one) cannot tell them apart, so the
+    # (sin, cos) target of either direction is accepted (as SECOND's sin(a - b) loss does)
+    flipped = (reg[:, 6:8] + tgt[:, 6:8]).abs().sum(1)
+    heading = torch.minimum(err[:, 6:8].sum(1), flipped)
+    reg_loss = (err[:, :6].sum() + heading.sum()) / max(int(mask.sum()), 1)
     return {"loss": hm_loss + reg_weight * reg_loss, "hm_loss": hm_loss.detach(),
             "reg_loss": reg_loss.detach()}

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,23 @@ def test_bad_arguments():
         LinearGroupLayer(4, (4, 4, 1), 3, "x", False, operator="rwkv")
     with pytest.raises(ValueError, match="group_sizes: expected 2 sizes"):
         LION(num_blocks=2, group_sizes=(64,))
+
+
+def test_heading_loss_accepts_either_direction():
+    """A box turned by a half turn is the same box: regressing (sin, cos) of either direction
+    costs nothing; a quarter turn does."""
+    grid = {"x0": 0.0, "y0": -10.0, "cx": 0.5, "cy": 0.5, "nx": 40, "ny": 40}
+    boxes = torch.tensor([[10.3, -3.1, -0.9, 3.9, 1.6, 1.5, 0.4]])
+    hm, reg, mask = centerpoint_targets(boxes, torch.tensor([1]),
+                                        torch.tensor([0, 1], dtype=torch.int32), grid, 1, 1)
+    logits = torch.logit(hm.clamp(1e-4, 1 - 1e-4))
+    for turn, expected in ((math.pi, 0.0), (math.pi / 2, None)):
+        turned = reg.clone()
+        iy, ix = torch.nonzero(mask[0])[0].tolist()
+        turned[0, 6, iy, ix] = math.sin(0.4 + turn)
+        turned[0, 7, iy, ix] = math.cos(0.4 + turn)
+        loss = float(centerpoint_loss({"heatmap": logits, "reg": turned}, (hm, reg, mask))["reg_loss"])
+        if expected is None:
+            assert loss > 0.5
+        else:
+            assert loss == pytest.approx(expected, abs=1e-6)
