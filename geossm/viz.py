@@ -375,6 +375,39 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     return np.stack([x, y, local[..., 2]], -1) + boxes[:, None, :3]
 
 
+#: Detection renders: ground-truth boxes green, predicted boxes red, points grey.
+GT_BOX_COLOR = (0.0, 0.75, 0.0)
+PRED_BOX_COLOR = (0.9, 0.0, 0.0)
+DETECTION_POINT_COLOR = (0.45, 0.45, 0.5)
+#: Camera direction for LiDAR scenes: behind and above the sensor, looking along +x.
+DETECTION_VIEW = (-1.0, -0.15, 0.9)
+
+
+def detection_scene(coord: np.ndarray, gt_boxes: np.ndarray | None = None,
+                    pred_boxes: np.ndarray | None = None, pred_scores: np.ndarray | None = None,
+                    score_threshold: float = 0.3, point_size: float = 2.0,
+                    line_width: float = 3.0) -> Scene:
+    """Points (grey), ground-truth boxes (``GT_BOX_COLOR``) and predicted boxes with score >=
+    ``score_threshold`` (``PRED_BOX_COLOR``; all of them without scores) as line sets.
+
+    Shapes: ``coord (N, 3)``, boxes ``(M, 7)`` (x, y, z, dx, dy, dz, yaw), ``pred_scores (M,)``.
+    """
+    scene = Scene()
+    coord = np.asarray(coord, dtype=np.float64).reshape(-1, 3)
+    if len(coord):
+        colors = np.tile([DETECTION_POINT_COLOR], (len(coord), 1))
+        scene.add_points("points", coord, colors=colors, point_size=point_size)
+    if gt_boxes is not None and len(gt_boxes):
+        scene.add_boxes("gt_boxes", gt_boxes, color=GT_BOX_COLOR, line_width=line_width)
+    if pred_boxes is not None and len(pred_boxes):
+        pred = np.asarray(pred_boxes).reshape(-1, 7)
+        if pred_scores is not None:
+            pred = pred[np.asarray(pred_scores).reshape(-1) >= score_threshold]
+        if len(pred):
+            scene.add_boxes("pred_boxes", pred, color=PRED_BOX_COLOR, line_width=line_width)
+    return scene
+
+
 def side_by_side(coord: np.ndarray, label: np.ndarray | None = None,
                  pred: np.ndarray | None = None, gap: float = 0.3,
                  point_size: float = 3.0) -> Scene:
@@ -457,8 +490,10 @@ def find_viewer(path: str | os.PathLike) -> Viewer | None:
 
 def render_file(path: str | os.PathLike, output: str | os.PathLike | None = None,
                 width: int = 1024, height: int = 768, point_size: float = 3.0) -> Path:
-    """Render a ``.ply``/``.npz`` to PNG (default ``<input>.png``): ground truth and prediction
-    side by side when both are there, else the labels, else the stored colours. Files claimed
+    """Render a ``.ply``/``.npz`` to PNG (default ``<input>.png``): points with ground-truth and
+    predicted 3D boxes when the ``.npz`` holds ``gt_boxes`` / ``pred_boxes`` (``pred_scores``
+    >= 0.3; see ``detection_scene``), else ground truth and prediction side by side when both
+    are there, else the labels, else the stored colours. Files claimed
     by a registered ``Viewer`` (event recordings ...) are drawn by it."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"viz: input file not found: {path}")
@@ -467,13 +502,18 @@ def render_file(path: str | os.PathLike, output: str | os.PathLike | None = None
         out = Path(output) if output else Path(path).with_suffix(".png")
         return viewer.render(Path(path), out, width, height, point_size)
     data = load_for_view(path)
+    out = Path(output) if output else Path(path).with_suffix(".png")
+    if "gt_boxes" in data or "pred_boxes" in data:
+        # a detection prediction (geossm predict): points with both box sets
+        scene = detection_scene(data["coord"], data.get("gt_boxes"), data.get("pred_boxes"),
+                                data.get("pred_scores"), point_size=min(point_size, 2.0))
+        return scene.render(out, width, height, view=DETECTION_VIEW)
     if "label" in data or "pred" in data:
         scene = side_by_side(data["coord"], data.get("label"), data.get("pred"),
                              point_size=point_size)
     else:
         scene = Scene().add_points("points", data["coord"], colors=data.get("color"),
                                    point_size=point_size)
-    out = Path(output) if output else Path(path).with_suffix(".png")
     return scene.render(out, width, height)
 
 
@@ -486,7 +526,10 @@ def show_file(path: str | os.PathLike) -> None:
         viewer.show(Path(path))
         return
     data = load_for_view(path)
-    if "label" in data or "pred" in data:
+    if "gt_boxes" in data or "pred_boxes" in data:
+        scene = detection_scene(data["coord"], data.get("gt_boxes"), data.get("pred_boxes"),
+                                data.get("pred_scores"))
+    elif "label" in data or "pred" in data:
         scene = side_by_side(data["coord"], data.get("label"), data.get("pred"))
     else:
         scene = Scene().add_points("points", data["coord"], colors=data.get("color"))

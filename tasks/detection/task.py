@@ -202,21 +202,15 @@ class DetectionTask(Task):
 
 def render_detections(npz: str | os.PathLike, png: str | os.PathLike, width: int = 1280,
                       height: int = 720, score_threshold: float = 0.3,
-                      view: tuple[float, float, float] = (-1.0, -0.15, 0.9)) -> Path:
+                      view: tuple[float, float, float] | None = None) -> Path:
     """Render a ``predict`` output: points (grey), ground-truth boxes (green) and predicted
     boxes with score >= ``score_threshold`` (red) as Open3D line sets, seen from ``view``
-    (default: behind and above the sensor)."""
-    from geossm.viz import Scene
+    (default ``geossm.viz.DETECTION_VIEW``: behind and above the sensor). ``geossm viz`` draws
+    the same from the ``.npz``."""
+    from geossm import viz
 
     with np.load(npz) as z:
         data = {k: z[k] for k in z.files}
-    scene = Scene()
-    coord = data["coord"]
-    colors = np.tile([[0.45, 0.45, 0.5]], (len(coord), 1))
-    scene.add_points("points", coord, colors=colors, point_size=2.0)
-    if len(data.get("gt_boxes", [])):
-        scene.add_boxes("gt", data["gt_boxes"], color=(0.0, 0.75, 0.0), line_width=3.0)
-    pred = data["pred_boxes"][data["pred_scores"] >= score_threshold]
-    if len(pred):
-        scene.add_boxes("pred", pred, color=(0.9, 0.0, 0.0), line_width=3.0)
-    return scene.render(png, width, height, view=view)
+    scene = viz.detection_scene(data["coord"], data.get("gt_boxes"), data.get("pred_boxes"),
+                                data.get("pred_scores"), score_threshold)
+    return scene.render(png, width, height, view=view or viz.DETECTION_VIEW)

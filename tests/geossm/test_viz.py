@@ -102,3 +102,34 @@ def test_show_without_display(monkeypatch):
         viz.Scene().show()
     with pytest.raises(ValueError, match="the scene is empty"):
         viz.Scene().render("x.png")
+
+
+def test_render_detection_npz_draws_box_colours(tmp_path):
+    """A ``geossm predict`` detection output (.npz with coord, gt_boxes, pred_boxes, pred_scores)
+    renders through ``render_file`` with both box sets in their colours; a low-scoring
+    prediction is left out."""
+    try:
+        viz.require("open3d", "test")
+    except ImportError as err:
+        print(f"SKIP reason: {err}")
+        pytest.skip(f"open3d cannot be imported: {err}")
+    rng = np.random.default_rng(0)
+    coord = np.c_[rng.uniform(0, 30, 4000), rng.uniform(-10, 10, 4000), np.full(4000, -1.7)]
+    gt = np.array([[10.0, -3.0, -0.9, 4.0, 1.7, 1.5, 0.3]])
+    pred = np.array([[20.0, 4.0, -0.9, 4.0, 1.7, 1.5, -0.2], [5.0, 5.0, -0.9, 4.0, 1.7, 1.5, 0]])
+    npz = tmp_path / "det.npz"
+    np.savez(npz, coord=coord, gt_boxes=gt, pred_boxes=pred, pred_scores=np.array([0.9, 0.1]))
+    png = viz.render_file(npz, tmp_path / "det.png", width=400, height=300)
+    image = np.asarray(viz.require("open3d").io.read_image(str(png)))
+    assert image.shape[:2] == (300, 400)
+    rgb = image[..., :3].reshape(-1, 3).astype(int)
+    assert 0.02 < 1 - np.all(rgb == 255, axis=1).mean() < 0.95, "render is blank or full"
+    for color in (viz.GT_BOX_COLOR, viz.PRED_BOX_COLOR):
+        expected = np.round(np.asarray(color) * 255).astype(int)
+        assert (np.abs(rgb - expected).max(1) <= 2).sum() > 20, f"box colour {color} missing"
+    # the prediction scored 0.1 is below the default threshold 0.3: 12 edges (one box) drawn
+    default = viz.detection_scene(coord, gt, pred, np.array([0.9, 0.1]))
+    assert set(default.items) == {"points", "gt_boxes", "pred_boxes"}
+    assert len(np.asarray(default.items["pred_boxes"].geometry.lines)) == 12
+    both = viz.detection_scene(coord, gt, pred, np.array([0.9, 0.1]), score_threshold=0.05)
+    assert len(np.asarray(both.items["pred_boxes"].geometry.lines)) == 24
