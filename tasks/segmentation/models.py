@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from geossm.nn import CoordinateEncoding, PointPrompts, SerializedBlock
 from geossm.registry import MODELS
@@ -66,6 +67,14 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
     if int(cu_seqlens[-1]) != coord.shape[0] or int(cu_seqlens[0]) != 0:
         raise ValueError(f"cu_seqlens must start at 0 and end at N={coord.shape[0]}, got "
                          f"{int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
+
+
+def _run(module: nn.Module, enabled: bool, *args: Any) -> Any:
+    """``module(*args)``, under activation checkpointing when ``enabled`` and gradients are
+    being recorded in training mode (otherwise checkpointing would only cost time)."""
+    if enabled and module.training and torch.is_grad_enabled():
+        return _checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 @torch.no_grad()
@@ -108,12 +117,20 @@ class KNNEmbedding(nn.Module):
     neighbours ``j`` of each point ``i`` (self included), ``r`` the sample's mean distance to
     the ``k``-th neighbour (scale-free offsets for objects and scenes alike).
 
+    With ``grad_checkpoint`` (while training with gradients) the MLP runs over chunks of
+    ``checkpoint_chunk`` points, each under activation checkpointing: the ``(N, k, dim)``
+    activations, the largest tensors of the model at full resolution, are then neither kept for
+    backward nor materialised for all points at once (backward recomputes one chunk at a time).
+
     Shapes: ``coord (N, 3)``, ``feat (N, C)``, ``cu_seqlens (B+1,)`` -> ``(N, dim)``.
     """
 
-    def __init__(self, in_channels: int, dim: int, k: int = 16) -> None:
+    def __init__(self, in_channels: int, dim: int, k: int = 16, grad_checkpoint: bool = False,
+                 checkpoint_chunk: int = 2 ** 17) -> None:
         super().__init__()
         self.k = k
+        self.grad_checkpoint = bool(grad_checkpoint)
+        self.checkpoint_chunk = int(checkpoint_chunk)
         self.fc1 = nn.Linear(in_channels + 3, dim)
         self.norm1 = nn.LayerNorm(dim)
         self.fc2 = nn.Linear(dim, dim)
@@ -129,9 +146,18 @@ class KNNEmbedding(nn.Module):
             mean = torch.zeros(b, device=coord.device).index_add_(0, batch, reach.float())
             counts = torch.bincount(batch, minlength=b).clamp(min=1)
             radius = (mean / counts).clamp(min=1e-6)[batch]        # (N,)
-        rel = rel / radius[:, None, None].to(rel.dtype)
-        h = torch.cat([feat[idx], rel.to(feat.dtype)], -1)         # (N, k, C + 3)
-        h = self.fc2(F.gelu(self.norm1(self.fc1(h))))              # (N, k, dim)
+        rel = (rel / radius[:, None, None].to(rel.dtype)).to(feat.dtype)
+        if not (self.grad_checkpoint and self.training and torch.is_grad_enabled()):
+            return self._mlp(feat, idx, rel)
+        step = max(1, self.checkpoint_chunk)
+        return torch.cat([_checkpoint(self._mlp, feat, idx[a:a + step], rel[a:a + step],
+                                      use_reentrant=False)
+                          for a in range(0, idx.shape[0], step)])
+
+    def _mlp(self, feat: torch.Tensor, idx: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """``(n, dim)`` features of the points whose neighbours are ``idx (n, k)``."""
+        h = torch.cat([feat[idx], rel], -1)                        # (n, k, C + 3)
+        h = self.fc2(F.gelu(self.norm1(self.fc1(h))))              # (n, k, dim)
         return self.norm2(h.amax(1))
 
 
@@ -237,12 +263,15 @@ class PCMEncoder(nn.Module):
         num_prompts: point prompts at each end of every sequence (0 = none).
         mlp_ratio, drop_path, d_state, d_conv, expand, backend: block settings (``drop_path``
             grows linearly from 0 to this value over the blocks).
+        grad_checkpoint: activation checkpointing of the embedding and of every block while
+            training (see ``SerializedBlock``): far less memory, about one more forward.
     """
 
     def __init__(self, in_channels: int, dims: Sequence[int], depths: Sequence[int],
                  strides: Sequence[int], grid_size: float, orders: Sequence[str], k: int,
                  num_prompts: int, mlp_ratio: float, drop_path: float, d_state: int,
-                 d_conv: int, expand: int, backend: str | None) -> None:
+                 d_conv: int, expand: int, backend: str | None,
+                 grad_checkpoint: bool = False) -> None:
         super().__init__()
         if not grid_size > 0:
             raise ValueError(f"grid_size must be > 0, got {grid_size!r}")
@@ -254,11 +283,13 @@ class PCMEncoder(nn.Module):
         self.in_channels, self.dims, self.depths = in_channels, tuple(dims), tuple(depths)
         self.levels = tuple(int(math.log2(s)) for s in strides)
         self.grid_size, self.orders = float(grid_size), tuple(orders)
-        self.embed = KNNEmbedding(in_channels, dims[0], k)
+        self.grad_checkpoint = bool(grad_checkpoint)
+        self.embed = KNNEmbedding(in_channels, dims[0], k, grad_checkpoint=grad_checkpoint)
         self.down = nn.ModuleList(_Down(dims[i - 1], dims[i]) for i in range(1, len(dims)))
         total = sum(depths)
         rates = [drop_path * j / max(1, total - 1) for j in range(total)]
-        mamba = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "backend": backend}
+        mamba = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "backend": backend,
+                 "grad_checkpoint": grad_checkpoint}
         self.stages = nn.ModuleList()
         self.coord_enc = nn.ModuleList()
         self.prompts = nn.ModuleList()
@@ -296,7 +327,7 @@ class PCMEncoder(nn.Module):
         for s, blocks in enumerate(self.stages):
             if s > 0:
                 level = level.pool(self.levels[s - 1])
-                x = self.down[s - 1](x, level.pooling)
+                x = _run(self.down[s - 1], self.grad_checkpoint, x, level.pooling)
             for b, block in enumerate(blocks):
                 oi = self.block_orders[s][b]
                 ser = level.serialization(self.orders[oi])
@@ -336,6 +367,9 @@ class PointCloudMambaSeg(nn.Module):
         num_categories: > 0 adds a learned category embedding to every point before the head
             (ShapeNetPart's category-conditioned parts); ``forward`` then needs ``category``.
         backend: scan backend (None = numba on CPU, triton on CUDA; ``"torch"`` reference).
+        grad_checkpoint: activation checkpointing of the embedding, of every encoder and decoder
+            block, of the pooling/unpooling steps and of the head while training (config ``model.grad_checkpoint: true``): same results,
+            a fraction of the activation memory, about one extra forward per step. Default False.
 
     Shapes::
 
@@ -349,7 +383,8 @@ class PointCloudMambaSeg(nn.Module):
                  k: int | None = None, num_prompts: int | None = None,
                  mlp_ratio: float | None = None, drop_path: float = 0.1,
                  d_state: int | None = None, d_conv: int = 4, expand: int | None = None,
-                 dropout: float = 0.0, num_categories: int = 0, backend: str | None = None) -> None:
+                 dropout: float = 0.0, num_categories: int = 0, backend: str | None = None,
+                 grad_checkpoint: bool = False) -> None:
         super().__init__()
         cfg = _resolve(size, dict(dims=dims, depths=depths, strides=strides, k=k,
                                   num_prompts=num_prompts, mlp_ratio=mlp_ratio, d_state=d_state,
@@ -359,7 +394,8 @@ class PointCloudMambaSeg(nn.Module):
         dims = cfg["dims"]
         self.encoder = PCMEncoder(in_channels, dims, cfg["depths"], cfg["strides"], grid_size,
                                   orders, cfg["k"], cfg["num_prompts"], cfg["mlp_ratio"],
-                                  drop_path, cfg["d_state"], d_conv, cfg["expand"], backend)
+                                  drop_path, cfg["d_state"], d_conv, cfg["expand"], backend,
+                                  grad_checkpoint)
         dec_depths = tuple(dec_depths) if dec_depths is not None else (0,) * (len(dims) - 1)
         if len(dec_depths) != len(dims) - 1:
             raise ValueError(f"dec_depths must have len(dims) - 1 = {len(dims) - 1} entries, "
@@ -368,7 +404,8 @@ class PointCloudMambaSeg(nn.Module):
         self.dec_blocks = nn.ModuleList(
             nn.ModuleList(SerializedBlock(dims[i], bidirectional=True,
                                           mlp_ratio=cfg["mlp_ratio"], d_state=cfg["d_state"],
-                                          d_conv=d_conv, expand=cfg["expand"], backend=backend)
+                                          d_conv=d_conv, expand=cfg["expand"], backend=backend,
+                                          grad_checkpoint=grad_checkpoint)
                           for _ in range(dec_depths[i]))
             for i in range(len(dims) - 1))
         self.num_categories = num_categories
@@ -390,7 +427,7 @@ class PointCloudMambaSeg(nn.Module):
         feats, levels = self.encoder(coord, feat, cu_seqlens)
         x = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
-            x = self.up[i](x, feats[i], levels[i + 1].pooling)
+            x = _run(self.up[i], self.encoder.grad_checkpoint, x, feats[i], levels[i + 1].pooling)
             for b, block in enumerate(self.dec_blocks[i]):
                 order = self.encoder.orders[b % len(self.encoder.orders)]
                 x = block(x, levels[i].serialization(order))
@@ -403,7 +440,7 @@ class PointCloudMambaSeg(nn.Module):
                 raise ValueError(f"category must have one entry per sample (B="
                                  f"{cu_seqlens.numel() - 1}), got {category.numel()}")
             x = x + self.category_embed(category)[levels[0].batch]
-        return self.head(x)
+        return _run(self.head, self.encoder.grad_checkpoint, x)
 
 
 @MODELS.register
@@ -413,7 +450,7 @@ class PointCloudMambaCls(nn.Module):
 
     Args:
         in_channels, size, dims, depths, strides, grid_size, orders, k, num_prompts, mlp_ratio,
-        drop_path, d_state, d_conv, expand, backend: see ``PointCloudMambaSeg``.
+        drop_path, d_state, d_conv, expand, backend, grad_checkpoint: see ``PointCloudMambaSeg``.
         num_classes: default 40 (ModelNet40).
         dropout: head dropout, default 0.5.
 
@@ -427,7 +464,7 @@ class PointCloudMambaCls(nn.Module):
                  num_prompts: int | None = None, mlp_ratio: float | None = None,
                  drop_path: float = 0.1, d_state: int | None = None, d_conv: int = 4,
                  expand: int | None = None, dropout: float = 0.5,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, grad_checkpoint: bool = False) -> None:
         super().__init__()
         cfg = _resolve(size, dict(dims=dims, depths=depths, strides=strides, k=k,
                                   num_prompts=num_prompts, mlp_ratio=mlp_ratio, d_state=d_state,
@@ -437,7 +474,7 @@ class PointCloudMambaCls(nn.Module):
         self.encoder = PCMEncoder(in_channels, cfg["dims"], cfg["depths"], cfg["strides"],
                                   grid_size, orders, cfg["k"], cfg["num_prompts"],
                                   cfg["mlp_ratio"], drop_path, cfg["d_state"], d_conv,
-                                  cfg["expand"], backend)
+                                  cfg["expand"], backend, grad_checkpoint)
         d = cfg["dims"][-1]
         hidden = max(256, d)
         self.head = nn.Sequential(nn.Linear(2 * d, hidden), nn.LayerNorm(hidden), nn.GELU(),

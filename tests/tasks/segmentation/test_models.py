@@ -87,3 +87,34 @@ def test_model_errors():
         small_seg(orders=("spiral",))
     with pytest.raises(ValueError, match="dec_depths must have len\\(dims\\) - 1 = 1 entries"):
         small_seg(dec_depths=(1, 1))
+
+
+def _loss_grads_and_saved_bytes(model, coord, feat, cu, label):
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(coord, feat, cu), label)
+    loss.backward()
+    return loss.detach(), [p.grad for p in model.parameters()], sum(saved.values())
+
+
+def test_grad_checkpoint_same_loss_and_gradients_with_less_saved_memory():
+    """model.grad_checkpoint: identical training step (drop-path and head dropout replayed),
+    a fraction of the activations kept for backward."""
+    coord, feat, cu = _example_inputs(3, lengths=(150, 90))
+    label = torch.randint(0, 4, (240,), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for ckpt in (False, True):
+        model = small_seg(drop_path=0.3, dropout=0.2, dec_depths=(1,), grad_checkpoint=ckpt)
+        model.encoder.embed.checkpoint_chunk = 100  # several chunks of the kNN embedding
+        torch.manual_seed(3)
+        runs.append(_loss_grads_and_saved_bytes(model.train(), coord, feat, cu, label))
+    (loss0, grads0, bytes0), (loss1, grads1, bytes1) = runs
+    torch.testing.assert_close(loss1, loss0)
+    for g1, g0 in zip(grads1, grads0):
+        torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-4)
+    assert bytes1 * 4 < bytes0, (bytes1, bytes0)
