@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,        # steps between TensorBoard scalars
         "progress": True,       # tqdm bars
         "find_unused_parameters": False,
+        "oom_skip_limit": 3,    # CUDA out of memory: skip the batch; stop after this many in a row
     },
     "eval": {
         "split": "val",         # validation split selecting best.pt (null: no validation)

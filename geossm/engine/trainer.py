@@ -13,6 +13,15 @@ Optimisation: AdamW (decay on matrices only, see ``Task.parameter_groups``), a p
 schedule with linear warm-up over ``train.warmup_epochs`` then a cosine decay to
 ``train.min_lr``, global gradient-norm clipping at ``train.grad_clip``, bf16 autocast on CUDA
 when ``train.amp``. Epochs are counted from 1; a checkpoint's ``epoch`` is the last finished one.
+
+Out of memory (``torch.OutOfMemoryError``, CUDA): the step's tensors are freed, one warning
+names the batch (samples, points), the peak memory and the remedies (lower
+``train.batch_size``, ``model.grad_checkpoint=true`` where the model has it), the batch is
+skipped and training goes on; ``train.oom_skip_limit`` consecutive failing batches (default 3)
+stop the run with ``OutOfMemoryStop``, a one-line error. Under DDP a batch cannot be skipped by
+one process alone (the others wait for its gradients), so the first out-of-memory batch stops
+the run with that error. Each epoch's ``train`` row of ``metrics.jsonl`` reports
+``oom_skipped`` and, on CUDA, ``peak_mem_gib`` (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -53,6 +62,30 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.length, self.world_size))
+
+
+class OutOfMemoryStop(MemoryError, ValueError):
+    """Training stopped on out-of-memory batches (the message says which and what to change).
+
+    Also a ``ValueError``: the command line reports it as one line, like other errors a
+    user's settings cause."""
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2 ** 30:.2f} GiB"
+
+
+def _batch_description(batch: Any, num_samples: int) -> str:
+    """``"8 samples, 377,412 points"`` (points from ``cu_seqlens``, else the first tensor)."""
+    rows = None
+    if isinstance(batch, Mapping):
+        if isinstance(batch.get("cu_seqlens"), torch.Tensor) and batch["cu_seqlens"].numel():
+            rows = int(batch["cu_seqlens"][-1])
+        else:
+            rows = next((int(v.shape[0]) for v in batch.values()
+                         if isinstance(v, torch.Tensor) and v.dim() > 0), None)
+    text = f"{num_samples} sample{'s' if num_samples != 1 else ''}"
+    return text if rows is None else f"{text}, {rows:,} points"
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -131,9 +164,14 @@ class Trainer:
         seed_everything(int(cfg.seed) + self.rank)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
+            # Gradients as views of the all-reduce buckets: no copy in or out of the buckets.
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(cfg.train.find_unused_parameters))
+                find_unused_parameters=bool(cfg.train.find_unused_parameters),
+                gradient_as_bucket_view=True)
+        #: Called as ``callback(trainer, step, num_samples)`` after every optimizer step (on
+        #: every rank; e.g. benchmarks timing steps). Keep them cheap: no host sync.
+        self.step_callbacks: list = []
         self.config_name = config_name
         self.run_dir: Path | None = None
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
@@ -226,6 +264,51 @@ class Trainer:
         return {str(s): self.evaluate(str(s)) for s in splits}
 
     # -------------------------------------------------------------------- train
+    def _train_step(self, batch: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """Forward, backward, clipping and the optimizer step of one batch (on the device).
+
+        Returns the detached loss, the loss's extra terms and the gradient norm (or None).
+        Every activation of the step lives in this frame, so it is freed when it returns or
+        raises (the out-of-memory recovery relies on that)."""
+        with self.autocast():
+            outputs = self.task.forward(self.ddp_model, batch)
+            loss, extras = self._split_loss(self.task.loss(outputs, batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = None
+        if clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        return loss.detach(), {k: v.detach() for k, v in extras.items()}, grad_norm
+
+    def _skip_oom_batch(self, batch: Any, n: int, epoch: int, index: int, consecutive: int,
+                        optimizer: torch.optim.Optimizer) -> None:
+        """Free what a failed step left (gradients, cached blocks), log one line; raise
+        ``OutOfMemoryStop`` under DDP or after ``train.oom_skip_limit`` consecutive failures."""
+        optimizer.zero_grad(set_to_none=True)
+        peak = ""
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            peak = (f"; peak {_gib(torch.cuda.max_memory_allocated(self.device))} allocated "
+                    f"of {_gib(total)}")
+            torch.cuda.empty_cache()
+        what = (f"out of memory at epoch {epoch}, batch {index} ({_batch_description(batch, n)} "
+                f"on {self.device}{peak})")
+        remedy = ("lower train.batch_size (now "
+                  f"{int(self.cfg.train.batch_size)}) or set model.grad_checkpoint=true "
+                  "(activation checkpointing, where the model has it)")
+        if self.world_size > 1:
+            raise OutOfMemoryStop(f"{what} on rank {self.rank}: a DDP run cannot skip a batch "
+                                  f"on one process; {remedy}")
+        limit = int(self.cfg.train.get("oom_skip_limit", 3) or 0)
+        if consecutive >= max(1, limit):
+            raise OutOfMemoryStop(f"{what}: {consecutive} consecutive batches did not fit "
+                                  f"(train.oom_skip_limit={limit}); {remedy}")
+        self.log.warning("%s: batch skipped (%d in a row, the run stops at %d); %s", what,
+                         consecutive, limit, remedy)
+
     def _train_epoch(self, loader: DataLoader, epoch: int, step0: int,
                      optimizer: torch.optim.Optimizer, scheduler: Any,
                      logger: RunLogger) -> dict[str, float]:
@@ -234,30 +317,36 @@ class Trainer:
         loss_meter = MeanMetric("loss").to(self.device)
         clip = float(cfg.train.grad_clip or 0.0)
         log_every = max(1, int(cfg.train.log_every))
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        seen = 0
+        seen = skipped = consecutive_oom = 0
         bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not self.progress,
                    dynamic_ncols=True)
         step = step0
-        for batch in bar:
+        for index, batch in enumerate(bar):
             batch = move_to(batch, self.device, non_blocking=True)
             n = self.task.num_samples(batch)
-            with self.autocast():
-                outputs = self.task.forward(self.ddp_model, batch)
-                loss, extras = self._split_loss(self.task.loss(outputs, batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = None
-            if clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            optimizer.step()
-            scheduler.step()
+            try:
+                loss, extras, grad_norm = self._train_step(batch, optimizer, scheduler, clip)
+                failed = False
+            except torch.OutOfMemoryError:
+                failed = True  # recovered below, once the traceback (and its tensors) is gone
+            if failed:
+                consecutive_oom += 1
+                skipped += 1
+                self._skip_oom_batch(batch, n, epoch, index, consecutive_oom, optimizer)
+                continue
+            consecutive_oom = 0
             step += 1
             seen += n
-            loss_meter.add(loss.detach().float(), n)
+            loss_meter.add(loss.float(), n)
+            for callback in self.step_callbacks:
+                callback(self, step, n)
             if step % log_every == 0:
                 # One host sync per log_every steps (loss.item()), not per step.
-                value = float(loss.detach())
+                value = float(loss)
                 if not math.isfinite(value):
                     raise FloatingPointError(f"non-finite training loss {value} at epoch {epoch}, "
                                              f"step {step} (lower train.lr or check the data)")
@@ -272,8 +361,12 @@ class Trainer:
         loss_meter.reduce()
         elapsed = time.perf_counter() - t0
         total = float(loss_meter.weight)
-        return {**loss_meter.compute(), "lr": optimizer.param_groups[0]["lr"],
-                "samples_per_s": total / max(elapsed, 1e-9), "time_s": elapsed}
+        stats = {**loss_meter.compute(), "lr": optimizer.param_groups[0]["lr"],
+                 "samples_per_s": total / max(elapsed, 1e-9), "time_s": elapsed,
+                 "oom_skipped": skipped}
+        if cuda:
+            stats["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 30, 3)
+        return stats
 
     def _better(self, value: float, best: float | None) -> bool:
         if value is None or not math.isfinite(value):
@@ -316,7 +409,7 @@ class Trainer:
                              "is empty")
         optimizer = torch.optim.AdamW(
             self.task.parameter_groups(self.model, float(cfg.train.weight_decay)),
-            lr=float(cfg.train.lr))
+            lr=float(cfg.train.lr), fused=self.device.type == "cuda" or None)
         lr = float(cfg.train.lr)
         min_ratio = float(cfg.train.min_lr or 0.0) / lr if lr > 0 else 0.0
         total, warmup = epochs * steps, int(round(float(cfg.train.warmup_epochs) * steps))

@@ -174,3 +174,14 @@ def test_eval_checkpoint_matches_training_metrics(tmp_path):
     summary = Trainer(make_cfg(tmp_path, f"output_dir={run}", "train.epochs=1")).fit()
     metrics = Trainer(make_cfg(tmp_path)).evaluate_checkpoint(run / "last.pt")
     assert metrics["val"]["miou"] == pytest.approx(summary["last"]["miou"])
+
+
+def test_step_callbacks_see_every_optimizer_step(tmp_path):
+    cfg = make_cfg(tmp_path, f"output_dir={tmp_path / 'run'}", "train.epochs=2",
+                   "eval.split=null")
+    trainer = Trainer(cfg)
+    calls = []
+    trainer.step_callbacks.append(lambda tr, step, n: calls.append((tr is trainer, step, n)))
+    trainer.fit()
+    assert [c[1] for c in calls] == list(range(1, 9))  # 16 samples / batch 4, 2 epochs
+    assert all(c[0] for c in calls) and sum(c[2] for c in calls) == 32
