@@ -5,11 +5,21 @@ Measures, for forward + backward (bf16 autocast, as the trainer runs) of ``Point
 
 1. ``packed8``: 8 scenes of 20k-80k points packed into one batch: step time, peak memory,
    points per second;
-2. ``scaling``: step time for 100k ... 2M points in total (scenes of 50k points);
+2. ``scaling``: step time and peak memory for 100k ... 4M points in total (scenes of 50k
+   points), without and with activation checkpointing (``grad_checkpoint``); sizes that run
+   out of memory are reported as such;
 3. ``reference``: the same model with the torch-reference scan and convolution (a Python loop
    over time steps) against the Triton kernels, on a small batch;
 4. ``padded``: the 8 scenes of (1) padded to the longest one (each scene repeated up to 80k
-   points; equal lengths = a dense (B, L) batch), against packing.
+   points; equal lengths = a dense (B, L) batch), against packing;
+5. ``trainer``: the Trainer on ``configs/segmentation/semantickitti_pcm.yaml`` (base model,
+   scans of ~86k points): the largest ``train.batch_size`` that fits (doubling-ish search,
+   3 steps each; a size that does not fit ends its run with the trainer's one-line
+   ``OutOfMemoryStop`` after ``train.oom_skip_limit`` batches), the peak memory the trainer
+   reports for it (``peak_mem_gib`` in ``metrics.jsonl``), the same with
+   ``model.grad_checkpoint=true`` at a larger batch, and a run at the largest batch in which one
+   batch is deliberately oversized (its scans tiled 3x): the real CUDA out-of-memory recovery
+   (one warning line, batch skipped, training goes on).
 
 Scenes are crops of the real SemanticKITTI scans in ``../shared/data`` (unpacked to a temporary
 folder), randomly rotated, and concatenated for larger sizes; without the archive, synthetic
@@ -17,11 +27,13 @@ ground-plus-boxes scenes are used. Prints one JSON line per measurement and writ
 ``--out`` (default ``$OUT/segmentation_gpu.json`` when ``$OUT`` is set).
 
     python benchmarks/segmentation_gpu.py [--budget 300] [--out results.json]
+        [--sections packed8 scaling reference padded trainer]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -96,6 +108,19 @@ def batch_of(scenes: list[np.ndarray], device) -> dict[str, torch.Tensor]:
     return {"coord": coord, "feat": feat, "cu_seqlens": cu.to(device), "label": label}
 
 
+def step_or_oom(model, batch, iters: int, warmup: int = 1) -> tuple[float, float] | None:
+    """``step_time``, or None when the step runs out of memory (the memory is then freed)."""
+    try:
+        return step_time(model, batch, iters, warmup)
+    except torch.OutOfMemoryError:
+        failed = True  # freed below, once the traceback and the tensors it holds are gone
+    if failed:
+        model.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return None
+
+
 def step_time(model, batch, iters: int, warmup: int = 1) -> tuple[float, float]:
     """Median seconds of forward + backward and the peak memory (GiB) of those steps."""
     cuda = batch["coord"].is_cuda
@@ -117,12 +142,16 @@ def step_time(model, batch, iters: int, warmup: int = 1) -> tuple[float, float]:
     return statistics.median(times), (torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else 0.0)
 
 
+SECTIONS = ("packed8", "scaling", "reference", "padded", "trainer")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=300.0,
                         help="seconds; later sections are skipped once spent")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the torch-reference comparison (section 3)")
     parser.add_argument("--archive", type=Path, default=ARCHIVE,
@@ -130,6 +159,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of the script: sizes / 2000, tiny model")
     args = parser.parse_args()
+    if args.no_reference and "reference" in args.sections:
+        args.sections.remove("reference")
     scale = 2000 if args.smoke else 1
     out_path = args.out or (os.path.join(os.environ["OUT"], "segmentation_gpu.json")
                             if os.environ.get("OUT") else None)
@@ -156,8 +187,13 @@ def main() -> None:
     scans = load_scans(args.archive)
     size = "tiny" if args.smoke else "base"
     dec = (1, 1) if args.smoke else (1, 1, 1)
-    model = PointCloudMambaSeg(size=size, in_channels=4, num_classes=19, grid_size=0.05,
-                               dec_depths=dec).to(device)
+
+    def build(**kw) -> PointCloudMambaSeg:
+        torch.manual_seed(0)
+        return PointCloudMambaSeg(size=size, in_channels=4, num_classes=19, grid_size=0.05,
+                                  dec_depths=dec, **kw).to(device)
+
+    model = build()
     params = sum(p.numel() for p in model.parameters())
 
     # 1. eight packed scenes of 20k-80k points.
@@ -165,41 +201,26 @@ def main() -> None:
                                                 g.integers(20000, 80001, 6)]
     scenes8 = [make_scene(scans, n, g) for n in sizes]
     b8 = batch_of(scenes8, device)
-    t, mem = step_time(model, b8, args.iters, warmup=2)  # warm-up compiles the Triton kernels
     n8 = int(b8["coord"].shape[0])
-    emit({"case": "packed8", "scenes": sizes, "points": n8, "params": params,
-          "step_s": round(t, 4), "peak_mem_gib": round(mem, 2), "points_per_s": round(n8 / t)})
+    if "packed8" in args.sections or "padded" in args.sections:
+        t, mem = step_time(model, b8, args.iters, warmup=2)  # warm-up compiles the kernels
+        emit({"case": "packed8", "scenes": sizes, "points": n8, "params": params,
+              "step_s": round(t, 4), "peak_mem_gib": round(mem, 2),
+              "points_per_s": round(n8 / t)})
 
-    # 2. scaling with the total number of points.
-    for total in (100_000, 200_000, 500_000, 1_000_000, 2_000_000):
-        total //= scale
-        if left() < 60:
-            emit({"case": "scaling", "points": total, "skipped": "time budget"})
-            continue
-        k = max(1, math.ceil(total / (50_000 // scale)))
-        scenes = [make_scene(scans, total // k, g) for _ in range(k)]
-        b = batch_of(scenes, device)
-        try:
-            t, mem = step_time(model, b, 3 if total <= 500_000 else 2)
-        except torch.OutOfMemoryError:
-            emit({"case": "scaling", "points": total, "scenes": k, "error": "out of memory"})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            continue
-        emit({"case": "scaling", "points": total, "scenes": k, "step_s": round(t, 4),
-              "peak_mem_gib": round(mem, 2), "points_per_s": round(total / t),
-              "us_per_point": round(t / total * 1e6, 3)})
-        del b
+    # 2. scaling with the total number of points, without and with activation checkpointing.
+    if "scaling" in args.sections:
+        scaling(args, model, scans, g, device, scale, emit, left)
 
     # 3. torch-reference scan/conv vs Triton on a small batch.
-    if args.no_reference:
+    if "reference" not in args.sections:
         pass
     elif left() > 60:
-        small = batch_of([make_scene(scans, 2000 // scale, g), make_scene(scans, 1500 // scale, g)],
+        small = batch_of([make_scene(scans, max(8, 2000 // scale), g),
+                          make_scene(scans, max(8, 1500 // scale), g)],
                          device)
         t_triton, _ = step_time(model, small, 3)
-        ref = PointCloudMambaSeg(size=size, in_channels=4, num_classes=19, grid_size=0.05,
-                                 dec_depths=dec, backend="torch").to(device)
+        ref = build(backend="torch")
         ref.load_state_dict(model.state_dict())
         t_ref, _ = step_time(ref, small, 1, warmup=0)
         emit({"case": "reference", "points": int(small["coord"].shape[0]),
@@ -210,22 +231,201 @@ def main() -> None:
         emit({"case": "reference", "skipped": "time budget"})
 
     # 4. padding every scene to the longest (a dense batch) vs packing.
-    if left() > 40:
+    if "padded" not in args.sections:
+        pass
+    elif left() > 40:
         longest = max(sizes)
         padded = [np.concatenate([s, s[np.arange(longest - len(s)) % len(s)]]) for s in scenes8]
         bp = batch_of(padded, device)
-        try:
-            t_pad, mem_pad = step_time(model, bp, max(2, args.iters - 2))
+        res = step_or_oom(model, bp, max(2, args.iters - 2))
+        if res is None:
+            emit({"case": "padded", "error": "out of memory"})
+        else:
+            t_pad, mem_pad = res
             packed = next(r for r in records if r["case"] == "packed8")
             emit({"case": "padded", "points_real": n8, "points_padded": int(bp["coord"].shape[0]),
                   "step_s": round(t_pad, 4), "peak_mem_gib": round(mem_pad, 2),
                   "packed_step_s": packed["step_s"], "packed_peak_mem_gib": packed["peak_mem_gib"],
                   "packing_speedup": round(t_pad / packed["step_s"], 2)})
-        except torch.OutOfMemoryError:
-            emit({"case": "padded", "error": "out of memory"})
+        del bp
     else:
         emit({"case": "padded", "skipped": "time budget"})
+    del model, b8
+
+    # 5. the trainer at the largest batch that fits, and its out-of-memory recovery.
+    if "trainer" in args.sections:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        trainer_section(args, emit, left)
     emit({"case": "total", "wall_s": round(time.perf_counter() - start, 1)})
+
+
+SCALING_POINTS = (100_000, 200_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
+
+
+def scaling(args, model, scans, g, device, scale, emit, left) -> None:
+    """Step time / peak memory from 100k to 4M points, plain then checkpointed (the plain
+    model is not tried past its first out-of-memory size)."""
+    plain_fits = True
+    for total in SCALING_POINTS:
+        total //= scale
+        k = max(1, math.ceil(total / (50_000 // scale)))
+        scenes = [make_scene(scans, total // k, g) for _ in range(k)]
+        b = batch_of(scenes, device)
+        for ckpt in (False, True):
+            if not ckpt and not plain_fits:
+                emit({"case": "scaling", "points": total, "scenes": k, "grad_checkpoint": False,
+                      "error": "out of memory (at a smaller size already)"})
+                continue
+            if left() < 45:
+                emit({"case": "scaling", "points": total, "grad_checkpoint": ckpt,
+                      "skipped": "time budget"})
+                continue
+            for m in model.modules():
+                if hasattr(m, "grad_checkpoint"):
+                    m.grad_checkpoint = ckpt
+            res = step_or_oom(model, b, 3 if total <= 500_000 // scale else 2)
+            if res is None:
+                plain_fits = plain_fits and ckpt
+                emit({"case": "scaling", "points": total, "scenes": k, "grad_checkpoint": ckpt,
+                      "error": "out of memory"})
+                continue
+            t, mem = res
+            emit({"case": "scaling", "points": total, "scenes": k, "grad_checkpoint": ckpt,
+                  "step_s": round(t, 4), "peak_mem_gib": round(mem, 2),
+                  "points_per_s": round(total / t), "us_per_point": round(t / total * 1e6, 3)})
+        del b
+    for m in model.modules():
+        if hasattr(m, "grad_checkpoint"):
+            m.grad_checkpoint = False
+
+
+# ------------------------------------------------------------------ 5. the trainer
+KITTI_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "segmentation" / \
+    "semantickitti_pcm.yaml"
+
+
+def _train_row(run_dir: Path) -> dict:
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
+    return next(r for r in rows if r["split"] == "train")
+
+
+def _fit(cfg, task=None) -> tuple[dict | None, str | None]:
+    """``(train row of metrics.jsonl, None)`` or ``(None, OutOfMemoryStop message)``."""
+    from geossm.engine import Trainer
+    from geossm.engine.trainer import OutOfMemoryStop
+    trainer = Trainer(cfg, task=task, config_name="segmentation_gpu")
+    try:
+        trainer.fit()
+        return _train_row(Path(str(cfg.output_dir))), None
+    except OutOfMemoryStop as err:
+        return None, str(err)
+    finally:
+        trainer.close()
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class _Oversized(torch.utils.data.Dataset):
+    """Items ``[first, last)`` (in fetch order: a loader without workers fetches batch by
+    batch) come back with their scan tiled ``factor`` times side by side."""
+
+    def __init__(self, dataset, first: int, last: int, factor: int = 3) -> None:
+        self.dataset, self.first, self.last, self.factor = dataset, first, last, factor
+        self.fetched = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        sample = self.dataset[i]
+        self.fetched += 1
+        if not self.first < self.fetched <= self.last:
+            return sample
+        n = len(sample["coord"])
+        tiled = {k: np.concatenate([v] * self.factor) if isinstance(v, np.ndarray)
+                 and v.ndim and len(v) == n else v for k, v in sample.items()}
+        tiled["coord"] = tiled["coord"].copy()
+        tiled["coord"][:, 0] += np.repeat(np.arange(self.factor) * 200.0, n).astype(np.float32)
+        return tiled
+
+
+def trainer_section(args, emit, left) -> None:
+    from geossm.config import load_config
+    from geossm.registry import TASKS
+    import geossm.tasks.segmentation  # noqa: F401  (registers the task)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.archive.is_file():
+            emit({"case": "trainer", "skipped": f"no archive {args.archive}"})
+            return
+        with tarfile.open(args.archive) as tar:
+            tar.extractall(tmp, filter="data")
+        root = tmp / "semantickitti_npy"
+        steps = 3
+        common = [f"data.root={root}", '+data.frames={train: ["000000", "000001"]}',
+                  "eval.split=null", "train.epochs=1", "train.progress=false",
+                  "train.log_every=1000", "train.oom_skip_limit=2",
+                  f"device={'cpu' if args.smoke else 'cuda'}"]
+        if args.smoke:
+            common += ["model.size=tiny", "model.dec_depths=[1,1]", "data.max_points=600",
+                       "model.num_prompts=1", "train.num_workers=0"]
+        else:
+            common += ["train.num_workers=4"]
+
+        def config(batch: int, name: str, *extra: str, loop_steps: int = steps):
+            loop = max(1, math.ceil(loop_steps * batch / 2))
+            return load_config(str(KITTI_CONFIG), common + [f"train.batch_size={batch}",
+                                                       f"+data.loop={loop}",
+                                                       f"output_dir={tmp / name}", *extra])
+
+        candidates = (1, 2) if args.smoke else (2, 4, 6, 8, 12, 16, 24, 32)
+        largest = None
+        for batch in candidates:
+            if left() < 60:
+                emit({"case": "trainer_batch", "batch": batch, "skipped": "time budget"})
+                break
+            t = time.perf_counter()
+            row, stop = _fit(config(batch, f"b{batch}"))
+            fits = row is not None and row["oom_skipped"] == 0
+            rec = {"case": "trainer_batch", "config": KITTI_CONFIG.name, "batch": batch,
+                   "fits": fits, "wall_s": round(time.perf_counter() - t, 1)}
+            if row is not None:
+                rec.update({k: row.get(k) for k in ("peak_mem_gib", "oom_skipped",
+                                                    "samples_per_s")})
+            if stop is not None:
+                rec["error"] = stop
+            emit(rec)
+            if not fits:
+                break
+            largest = batch
+        if largest is None:
+            return
+        if left() > 90:
+            batch = 2 * largest
+            row, stop = _fit(config(batch, f"ckpt{batch}", "model.grad_checkpoint=true",
+                                    loop_steps=2))
+            emit({"case": "trainer_checkpointed", "batch": batch, "grad_checkpoint": True,
+                  "fits": row is not None and row["oom_skipped"] == 0,
+                  **({k: row.get(k) for k in ("peak_mem_gib", "oom_skipped", "samples_per_s")}
+                     if row else {"error": stop})})
+        if left() < 60:
+            emit({"case": "trainer_oom_recovery", "skipped": "time budget"})
+            return
+        # The real recovery: batch 2 of 4 holds its scans tiled 3x (3x the points of the
+        # largest batch that fits), fetched in order by a loader without workers.
+        cfg = config(largest, "recovery", "train.num_workers=0", loop_steps=4)
+        task = TASKS.get(str(cfg.task))(cfg)
+        build = task.build_dataset
+        task.build_dataset = lambda split: _Oversized(build(split), largest, 2 * largest)
+        row, stop = _fit(cfg, task)
+        log = (tmp / "recovery" / "train.log").read_text().splitlines()
+        emit({"case": "trainer_oom_recovery", "batch": largest, "oversized_batch": 2,
+              "finished": row is not None, "train_row": row, "stop": stop,
+              "warning_lines": [ln for ln in log if "out of memory" in ln]})
 
 
 if __name__ == "__main__":
