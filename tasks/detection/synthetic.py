@@ -5,9 +5,20 @@ pedestrians and cyclists as boxes of realistic sizes (KITTI's class means and sp
 along the road and clutter (poles, bushes, boxes). Every beam of an HDL-64E-like sensor (64
 elevations from +2 to -24.8 degrees; azimuths over the camera's field of view) returns its first
 hit, so nearer objects occlude farther ones and point density falls off with range as on a real
-sensor. Labels use the KITTI / OpenPCDet box convention; difficulty fields come from a synthetic
-KITTI camera (2D box height through ``P2``, occlusion from the fraction of an object's rays that
-reach it first). Everything is deterministic given the ``numpy.random.Generator``.
+sensor. Labels use the KITTI / OpenPCDet box convention. Everything is deterministic given the
+``numpy.random.Generator``.
+
+Difficulty (what the KITTI evaluation's easy / moderate / hard rules read) is assigned as for a
+real frame seen by a KITTI camera (``SYNTHETIC_CALIB``: KITTI's ``P2``, the camera 0.27 m behind
+and 0.08 m above the LiDAR):
+
+- ``bbox``: the box's 8 corners projected through ``P2``, clipped to the 1242 x 375 image, so
+  the height rule (>= 40 px easy, >= 25 px moderate / hard) drops cars beyond ~45 m from
+  moderate as on KITTI;
+- ``occluded``: from the fraction ``v`` of the rays that would hit the object alone and do hit
+  it first in the scene: 0 for ``v > 0.8``, 1 for ``v > 0.5``, 2 for ``v > 0.2``, else 3
+  (KITTI: fully visible, partly, largely occluded, unknown);
+- ``truncated``: 0 (objects are placed inside the sensor's field of view).
 """
 
 from __future__ import annotations
