@@ -20,7 +20,8 @@ names the batch (samples, points), the peak memory and the remedies (lower
 skipped and training goes on; ``train.oom_skip_limit`` consecutive failing batches (default 3)
 stop the run with ``OutOfMemoryStop``, a one-line error. Under DDP a batch cannot be skipped by
 one process alone (the others wait for its gradients), so the first out-of-memory batch stops
-the run with that error. Each epoch's ``train`` row of ``metrics.jsonl`` reports
+the run with that error. Out of memory while evaluating stops with that error too (skipping
+would report metrics of part of a split). Each epoch's ``train`` row of ``metrics.jsonl`` reports
 ``oom_skipped`` and, on CUDA, ``peak_mem_gib`` (``torch.cuda.max_memory_allocated``).
 """
 
@@ -243,12 +244,23 @@ class Trainer:
         self.model.eval()
         metrics = self.task.build_metrics().to(self.device)
         loss_meter = MeanMetric("loss").to(self.device)
-        for batch in tqdm(loader, desc=desc or f"eval {split}", leave=False,
-                          disable=not self.progress, dynamic_ncols=True):
+        for index, batch in enumerate(tqdm(loader, desc=desc or f"eval {split}", leave=False,
+                                           disable=not self.progress, dynamic_ncols=True)):
             batch = move_to(batch, self.device, non_blocking=True)
-            with self.autocast():
-                outputs = self.task.forward(self.model, batch)
-                loss, _ = self._split_loss(self.task.loss(outputs, batch))
+            try:
+                with self.autocast():
+                    outputs = self.task.forward(self.model, batch)
+                    loss, _ = self._split_loss(self.task.loss(outputs, batch))
+                failed = False
+            except torch.OutOfMemoryError:
+                failed = True  # raised below, once the traceback (and its tensors) is gone
+            if failed:
+                # Skipping would report metrics of part of the split as if of all of it.
+                n = self.task.num_samples(batch)
+                raise OutOfMemoryStop(
+                    f"out of memory evaluating split '{split}', batch {index} "
+                    f"({_batch_description(batch, n)} on {self.device}{self._peak_text()}); "
+                    "lower eval.batch_size (null = train.batch_size)")
             loss_meter.add(loss.float(), self.task.num_samples(batch))
             metrics.update(outputs, batch)
         loss_meter.reduce()
@@ -283,19 +295,23 @@ class Trainer:
         scheduler.step()
         return loss.detach(), {k: v.detach() for k, v in extras.items()}, grad_norm
 
+    def _peak_text(self) -> str:
+        """``"; peak 71.20 GiB allocated of 79.19 GiB"`` on CUDA (after emptying the cache of
+        a failed step's blocks), else ``""``."""
+        if self.device.type != "cuda":
+            return ""
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        peak = torch.cuda.max_memory_allocated(self.device)
+        torch.cuda.empty_cache()
+        return f"; peak {_gib(peak)} allocated of {_gib(total)}"
+
     def _skip_oom_batch(self, batch: Any, n: int, epoch: int, index: int, consecutive: int,
                         optimizer: torch.optim.Optimizer) -> None:
         """Free what a failed step left (gradients, cached blocks), log one line; raise
         ``OutOfMemoryStop`` under DDP or after ``train.oom_skip_limit`` consecutive failures."""
         optimizer.zero_grad(set_to_none=True)
-        peak = ""
-        if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            peak = (f"; peak {_gib(torch.cuda.max_memory_allocated(self.device))} allocated "
-                    f"of {_gib(total)}")
-            torch.cuda.empty_cache()
         what = (f"out of memory at epoch {epoch}, batch {index} ({_batch_description(batch, n)} "
-                f"on {self.device}{peak})")
+                f"on {self.device}{self._peak_text()})")
         remedy = ("lower train.batch_size (now "
                   f"{int(self.cfg.train.batch_size)}) or set model.grad_checkpoint=true "
                   "(activation checkpointing, where the model has it)")

@@ -72,3 +72,21 @@ def test_other_errors_are_not_swallowed(tmp_path):
     trainer.task.forward = lambda model, batch: (_ for _ in ()).throw(RuntimeError("bad op"))
     with pytest.raises(RuntimeError, match="bad op"):
         trainer.fit()
+
+
+def test_oom_in_evaluation_stops_instead_of_reporting_part_of_the_split(tmp_path):
+    trainer, _ = trainer_failing_on(tmp_path, lambda i: False)
+    forward = trainer.task.forward
+    calls = {"eval": 0}
+
+    def eval_fails_once(model, batch):
+        if not model.training:
+            calls["eval"] += 1
+            if calls["eval"] == 2:
+                raise torch.OutOfMemoryError("CUDA out of memory.")
+        return forward(model, batch)
+
+    trainer.task.forward = eval_fails_once
+    with pytest.raises(OutOfMemoryStop, match=r"out of memory evaluating split 'val', batch 1 "
+                       r"\(4 samples, \d+ points on cpu\); lower eval.batch_size"):
+        trainer.fit()
