@@ -121,7 +121,21 @@ def main(argv=None) -> int:
     p.add_argument("--nw-fwd", type=int, default=None, help="override forward num_warps")
     p.add_argument("--nw-bwd", type=int, default=None, help="override backward num_warps")
     p.add_argument("--no-recompute", action="store_true")
+    p.add_argument("--bd-bwd", type=int, default=None, help="channels per backward program")
+    p.add_argument("--kernels-file", default=None,
+                   help="sweep: load the triton scan module from this file instead (A/B of "
+                        "a kernel rewrite against the installed one in the same process)")
+    p.add_argument("--profile", action="store_true",
+                   help="per-kernel CUDA times (torch.profiler) of kernels fwd and fwd+bwd")
+    p.add_argument("--sweep", default=None,
+                   help="semicolon-separated variants, each comma-separated NAME=VALUE module "
+                        "switches of selective_scan_triton (e.g. 'base;MAX_BD_BWD=32'): times "
+                        "kernels fwd and fwd+bwd of every workload under each, one process")
     args = p.parse_args(argv)
+    if args.sweep:
+        return sweep(args)
+    if args.profile:
+        return profile(args)
 
     import triton
     import triton.testing
@@ -135,11 +149,13 @@ def main(argv=None) -> int:
         ST.MAX_BD = args.bd
     ST.NUM_WARPS_FWD = args.nw_fwd
     ST.NUM_WARPS_BWD = args.nw_bwd
+    ST.MAX_BD_BWD = args.bd_bwd
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(dev)
     bw = copy_bandwidth(dev)
     base = dict(card=card, torch=torch.__version__, triton=triton.__version__, chunk=ST.CHUNK,
-                max_bd=ST.MAX_BD, nw_fwd=args.nw_fwd, nw_bwd=args.nw_bwd)
+                max_bd=ST.MAX_BD, nw_fwd=args.nw_fwd, nw_bwd=args.nw_bwd,
+                bd_bwd=ST.MAX_BD_BWD)
     emit(dict(base, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
 
     def bench(fn, grad_to_none=None):
@@ -219,6 +235,100 @@ def main(argv=None) -> int:
         del x, kargs, dout
         torch.cuda.empty_cache()
     compile_report(ST, args.out, base)
+    return 0
+
+
+def sweep(args) -> int:
+    """Kernel fwd and fwd+bwd times of every workload under each variant (module switches)."""
+    import triton
+    import triton.testing
+    from geossm.kernels import selective_scan_triton as ST
+
+    tag = "installed"
+    if args.kernels_file:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("scan_triton_alt", args.kernels_file)
+        ST = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(ST)
+        tag = args.kernels_file
+    dev = torch.device("cuda")
+    card = torch.cuda.get_device_name(dev)
+    bw = copy_bandwidth(dev)
+    emit(dict(card=card, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
+    defaults = {name: getattr(ST, name) for name in
+                ("MAX_BD", "MAX_BD_BWD", "NUM_WARPS_FWD",
+                 "NUM_WARPS_BWD", "CHUNK")}
+    inputs = {name: make_inputs(name, dev) for name in args.workloads.split(",")}
+    for variant in args.sweep.split(";"):
+        for name, value in defaults.items():
+            setattr(ST, name, value)
+        switches = {}
+        for item in filter(None, variant.split(",")):
+            if item == "base":
+                continue
+            key, value = item.split("=")
+            switches[key] = int(value)
+            setattr(ST, key, int(value))
+        for name, (x, T, D, S) in inputs.items():
+            N = N_STATE
+            floor_ms = 2 * (4 * T * D + 2 * T * N) / bw * 1e3
+            Bg, Cg = x["B"].view(T, 1, N), x["C"].view(T, 1, N)
+            kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
+                     x["cu_seqlens"], None, True, False)
+            dout = torch.randn(T, D, device=dev).to(torch.bfloat16)
+
+            def fwd_bwd():
+                _, _, saved = ST.selective_scan_fwd(*kargs)
+                ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
+
+            for metric, fn in (("kernels_fwd", lambda: ST.selective_scan_fwd(*kargs)),
+                               ("kernels_fwd_bwd", fwd_bwd)):
+                ms = triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+                emit(dict(card=card, kernels=tag, variant=variant, workload=name, metric=metric,
+                          ms=round(ms, 4), x_floor=round(ms / floor_ms, 2),
+                          floor_ms=round(floor_ms, 4)), args.out)
+    compile_report(ST, args.out, dict(card=card))
+    return 0
+
+
+def profile(args) -> int:
+    """Per-kernel CUDA time of one kernels fwd+bwd call per workload (mean of 5, torch.profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from geossm.kernels import selective_scan_triton as ST
+
+    dev = torch.device("cuda")
+    card = torch.cuda.get_device_name(dev)
+    for name in args.workloads.split(","):
+        x, T, D, S = make_inputs(name, dev)
+        N = N_STATE
+        Bg, Cg = x["B"].view(T, 1, N), x["C"].view(T, 1, N)
+        kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
+                 x["cu_seqlens"], None, True, False)
+        dout = torch.randn(T, D, device=dev).to(torch.bfloat16)
+
+        def fwd_bwd():
+            _, _, saved = ST.selective_scan_fwd(*kargs)
+            ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
+
+        fwd_bwd()
+        torch.cuda.synchronize()
+        reps = 5
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fwd_bwd()
+            torch.cuda.synchronize()
+        rows = {}
+        for evt in prof.key_averages():
+            us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            if us:
+                rows[evt.key[:60]] = (round(us / reps / 1e3, 4), evt.count // reps)
+        for kernel, (ms, calls) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+            emit(dict(card=card, workload=name, metric="profile_ms_per_fwd_bwd", kernel=kernel,
+                      ms=ms, calls=calls), args.out)
+        del x, kargs, dout
+        torch.cuda.empty_cache()
     return 0
 
 

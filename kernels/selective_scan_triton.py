@@ -97,6 +97,7 @@ CHUNK_INTERPRET = 16  # under the interpreter: small tests still cross chunk bou
 MAX_BD = 64          # channels per program; a program keeps a (N, BD) float32 state tile
 NUM_WARPS_FWD = None  # None: BD // 32 warps, so that N stays inside a thread
 NUM_WARPS_BWD = None
+MAX_BD_BWD = None     # channels per backward program (None: MAX_BD)
 
 
 def _interpreting(t: torch.Tensor) -> bool:
@@ -133,6 +134,17 @@ def _softplus(x, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
             lg = tl.log2(1.0 + tl.exp2(x * LOG2E))
         y = tl.where(x > 20.0, x, lg * LN2)
     return y
+
+
+@triton.jit
+def _load_n(ptrs, mn, EVEN_N: tl.constexpr):
+    """Load an (NP, .) state-indexed tile; unmasked when N is a power of two (NP == N): the
+    masked form costs a zero-fill and a select per element and step."""
+    if EVEN_N:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=mn, other=0.0)
+    return x
 
 
 @triton.jit
@@ -180,48 +192,47 @@ def _fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
                      S, n_rows_bound, nprog, D, G, N, dpg,
                      L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                      REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
-                     HAS_BIAS: tl.constexpr):
+                     HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr):
     """Local end state (from h = 0) and sum(dt) of every full chunk that is not the last of its
     segment: programs walk the rows of ``hs`` directly, so last chunks (every chunk of a
     single-chunk segment) cost nothing, not even their metadata loads."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
+    # (NP, BD) state tile, N inside a thread; per-step vectors stay 2-D in the tile's layout
+    od = pdb * BD + tl.arange(0, BD)[None, :]                 # (1, BD)
+    on = tl.arange(0, NP)[:, None]                            # (NP, 1)
+    mn = on < N
     g = (pdb * BD) // dpg
-    # (NP, BD): N runs inside a thread so sums over N need no shuffles
-    a2 = tl.load(A2 + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
+    a2 = tl.load(A2 + od * N + on, mask=mn, other=0.0)
     if HAS_BIAS:
-        bias = tl.load(dbias + offs_d)
+        bias = tl.load(dbias + od)
     else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+        bias = tl.zeros([1, BD], dtype=tl.float32)
     n_rows = tl.load(cu_nl + S)                      # rows that exist (<= n_rows_bound)
     for r in range(pid, n_rows, nprog):
         base = _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound, L, REVERSE)
         h = tl.zeros([NP, BD], dtype=tl.float32)
-        st = tl.zeros([BD], dtype=tl.float32)
+        st = tl.zeros([1, BD], dtype=tl.float32)
         tn = base
-        u_n = tl.load(u + tn * D + offs_d)
-        d_n = tl.load(delta + tn * D + offs_d)
-        b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
+        u_n = tl.load(u + tn * D + od)
+        d_n = tl.load(delta + tn * D + od)
+        b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
         for i in range(0, L):
             uu = u_n.to(tl.float32)
             dt = d_n.to(tl.float32) + bias
             bv = b_n.to(tl.float32)
             # prefetch the next step (the last step re-reads its own row): hides load latency
             tn = base + tl.minimum(i + 1, L - 1) * STEP
-            u_n = tl.load(u + tn * D + offs_d)
-            d_n = tl.load(delta + tn * D + offs_d)
-            b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
+            u_n = tl.load(u + tn * D + od)
+            d_n = tl.load(delta + tn * D + od)
+            b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
             dt = _softplus(dt, SOFTPLUS, FAST)
-            h = tl.exp2(a2 * dt[None, :]) * h + bv[:, None] * (dt * uu)[None, :]
+            h = tl.exp2(a2 * dt) * h + bv * (dt * uu)
             st += dt
         row = base * 0 + r                           # int64 (r is a plain int when interpreted)
-        tl.store(hs + row * D * N + offs_d[None, :] * N + offs_n[:, None], h,
-                 mask=mask_n[:, None])
-        tl.store(sdt + row * D + offs_d, st)
+        tl.store(hs + row * D * N + od * N + on, h, mask=mn)
+        tl.store(sdt + row * D + od, st)
 
 
 @triton.jit
@@ -277,40 +288,43 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
                 REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                 HAS_BIAS: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
-                NEED_FINAL: tl.constexpr):
+                NEED_FINAL: tl.constexpr, EVEN_N: tl.constexpr):
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
+    # every per-step vector is kept 2-D ((1, BD) per channel, (NP, 1) per state) so that it
+    # lives in the state tile's layout: 1-D vectors cost a shared-memory layout conversion
+    # (two barriers) each step
+    od = pdb * BD + tl.arange(0, BD)[None, :]                 # (1, BD)
+    on = tl.arange(0, NP)[:, None]                            # (NP, 1)
+    mn = on < N
     g = (pdb * BD) // dpg
-    st_off = offs_d[None, :] * N + offs_n[:, None]          # (NP, BD) offsets in a (D, N) state
-    a2 = tl.load(A2 + st_off, mask=mask_n[:, None], other=0.0)
+    st_off = od * N + on                                      # (NP, BD) offsets in a (D, N) state
+    a2 = tl.load(A2 + st_off, mask=mn, other=0.0)
     if HAS_BIAS:
-        bias = tl.load(dbias + offs_d)
+        bias = tl.load(dbias + od)
     else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+        bias = tl.zeros([1, BD], dtype=tl.float32)
     if HAS_D:
-        dsk = tl.load(Dsk + offs_d)
+        dsk = tl.load(Dsk + od)
     else:
-        dsk = tl.zeros([BD], dtype=tl.float32)
+        dsk = tl.zeros([1, BD], dtype=tl.float32)
     DN = D * N
     for c in range(pid, n_chunks_bound, nprog):
         valid, s, k, nck, clen, base, nl0 = _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S,
                                                        n_chunks_bound, L, REVERSE)
         prev = (nl0 + k - 1).to(tl.int64)
-        h = tl.load(hs + prev * DN + st_off, mask=_and(mask_n[:, None], valid & (k > 0)), other=0.0)
+        h = tl.load(hs + prev * DN + st_off, mask=_and(mn, valid & (k > 0)), other=0.0)
         if HAS_INIT:
             h += tl.load(init + s.to(tl.int64) * DN + st_off,
-                         mask=_and(mask_n[:, None], valid & (k == 0)), other=0.0)
+                         mask=_and(mn, valid & (k == 0)), other=0.0)
         tn = tl.where(clen > 0, base, 0)
-        u_n = tl.load(u + tn * D + offs_d)
-        d_n = tl.load(delta + tn * D + offs_d)
-        b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
-        c_n = tl.load(Cm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
+        u_n = tl.load(u + tn * D + od)
+        d_n = tl.load(delta + tn * D + od)
+        b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
+        c_n = _load_n(Cm + (tn * G + g) * N + on, mn, EVEN_N)
         if HAS_Z:
-            z_n = tl.load(z + tn * D + offs_d)
+            z_n = tl.load(z + tn * D + od)
         for i in range(0, clen):
             tok = base + i * STEP
             uu = u_n.to(tl.float32)
@@ -321,21 +335,21 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
                 zz = z_n.to(tl.float32)
             # prefetch the next step (the last step re-reads its own row): hides load latency
             tn = base + tl.minimum(i + 1, clen - 1) * STEP
-            u_n = tl.load(u + tn * D + offs_d)
-            d_n = tl.load(delta + tn * D + offs_d)
-            b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
-            c_n = tl.load(Cm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
+            u_n = tl.load(u + tn * D + od)
+            d_n = tl.load(delta + tn * D + od)
+            b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
+            c_n = _load_n(Cm + (tn * G + g) * N + on, mn, EVEN_N)
             if HAS_Z:
-                z_n = tl.load(z + tn * D + offs_d)
+                z_n = tl.load(z + tn * D + od)
             dt = _softplus(dt, SOFTPLUS, FAST)
-            h = tl.exp2(a2 * dt[None, :]) * h + bv[:, None] * (dt * uu)[None, :]
-            y = tl.reduce(h * cv[:, None], 0, _SUM) + dsk * uu
+            h = tl.exp2(a2 * dt) * h + bv * (dt * uu)
+            y = tl.reduce(h * cv, 0, _SUM, keep_dims=True) + dsk * uu
             if HAS_Z:
                 y = y * zz * (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
-            tl.store(out + tok * D + offs_d, y.to(out.dtype.element_ty))
+            tl.store(out + tok * D + od, y.to(out.dtype.element_ty))
         if NEED_FINAL:
             tl.store(final + s.to(tl.int64) * DN + st_off, h,
-                     mask=_and(mask_n[:, None], valid & (k == nck - 1)))
+                     mask=_and(mn, valid & (k == nck - 1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,7 +672,11 @@ class _Plan:
         self.nblk_g = self.dpg // self.BD                  # blocks sharing one group
         self.NP = max(2, triton.next_power_of_2(N))
         self.num_warps = NUM_WARPS_FWD or max(1, min(4, self.BD // 32))
-        self.num_warps_bwd = NUM_WARPS_BWD or max(1, min(4, self.BD // 32))
+        # the backward may use narrower channel blocks (its passes are register-bound)
+        self.BD_bwd = _pow2_divisor(self.dpg, MAX_BD_BWD or MAX_BD)
+        self.n_dblk_bwd = D // self.BD_bwd
+        self.nblk_g_bwd = self.dpg // self.BD_bwd
+        self.num_warps_bwd = NUM_WARPS_BWD or max(1, min(4, self.BD_bwd // 32))
         self.n_chunks_bound = max(1, T // L + S)            # ceil(len/L) <= len/L + 1 per segment
         self.n_rows = max(1, T // L)                        # non-last chunks are full: <= T // L
         sms = _num_sms(dev)
@@ -667,6 +685,10 @@ class _Plan:
         if dev.type != "cuda":
             self.nprog = min(self.n_chunks_bound, 4)
         self.nprog_rows = max(1, min(self.nprog, self.n_rows))
+        self.nprog_bwd = self.nprog
+        if dev.type == "cuda":
+            self.nprog_bwd = max(1, min(self.n_chunks_bound,
+                                        (sms * per_sm * 4) // max(1, self.n_dblk_bwd)))
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
         nck = (lens + (L - 1)) // L
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -703,7 +725,7 @@ def _plan_for(cu_seqlens, T, D, G, N, dev) -> _Plan:
     if capturing or torch.compiler.is_compiling():
         return _Plan(cu_seqlens, T, D, G, N, dev)
     key = (id(cu_seqlens), cu_seqlens._version, T, D, G, N, str(dev), CHUNK, MAX_BD,
-           NUM_WARPS_FWD, NUM_WARPS_BWD)
+           MAX_BD_BWD, NUM_WARPS_FWD, NUM_WARPS_BWD)
     hit = _PLAN_CACHE.get(key)
     if hit is not None and hit[0]() is cu_seqlens:
         _PLAN_CACHE.move_to_end(key)
@@ -761,7 +783,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
             plan.S, plan.n_rows, plan.nprog_rows, D, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
-            num_warps=plan.num_warps)
+            EVEN_N=plan.NP == N, num_warps=plan.num_warps)
     DN = D * N
     _fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
         A2, hs, sdt, plan.cu_ch, plan.cu_nl,
@@ -804,7 +826,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
             FAST=not _interpreting(u),
             HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_INIT=initial_state is not None, NEED_FINAL=final is not None,
-            num_warps=plan.num_warps)
+            EVEN_N=plan.NP == N, num_warps=plan.num_warps)
     return out, final, states
 
 
@@ -834,7 +856,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     du = torch.empty_like(u)
     dz = torch.empty_like(z) if z is not None else None
     phi = torch.empty(T, Dm, dtype=torch.float32, device=dev)     # becomes ddelta
-    nb = plan.nblk_g
+    nb = plan.nblk_g_bwd
     dC_buf = torch.empty(nb, T, G, N, dtype=torch.float32, device=dev)
     dB_buf = torch.empty(nb, T, G, N, dtype=torch.float32, device=dev)
     gbuf = torch.empty(plan.n_rows, Dm, N, dtype=torch.float32, device=dev)
@@ -845,16 +867,16 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
         dfinal_state = dfinal_state.contiguous().float()
     kappa = torch.empty(max(S, 1), Dm, dtype=torch.float32, device=dev) if has_dfinal else dm
     stot = torch.empty(max(S, 1), Dm, dtype=torch.float32, device=dev)   # sum dt, last chunks
-    P = plan.nprog
+    P = plan.nprog_bwd
     dA_part = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
     dA_part2 = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
     dD_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
     dbias_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
-    common = dict(L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
+    common = dict(L=plan.L, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
                   FAST=not _interpreting(u),
                   HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None)
     if S > 0 and T > 0:
-        _bwd_h_pass[(P, plan.n_dblk)](
+        _bwd_h_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
             delta_bias if delta_bias is not None else dm, dout,
             initial_state if initial_state is not None else dm, hs,
@@ -873,7 +895,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             HAS_DFINAL=has_dfinal, NEED_DINIT=need_dinit, USE_SCAN=not _interpreting(u),
             num_warps=4)
     if S > 0 and T > 0:
-        _bwd_dh_pass[(P, plan.n_dblk)](
+        _bwd_dh_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
             delta_bias if delta_bias is not None else dm, dout, hs, sdt, stot,
             dfinal_state if has_dfinal else dm, gbuf, kappa,

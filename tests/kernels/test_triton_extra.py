@@ -107,6 +107,25 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
         assert err(g, w) < 1e-5, f"d{name}: {err(g, w)}"
 
 
+# launch variants the GPU benchmark compares (module switches of selective_scan_triton)
+_VARIANTS = {
+    "narrow_backward_blocks": dict(MAX_BD=8, MAX_BD_BWD=4),
+}
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", sorted(_VARIANTS))
+def test_kernel_variants_match_float64(monkeypatch, variant):
+    """Every switchable code path of the kernels gives the float64 results (mixed lengths with an
+    empty segment, both directions through two cases)."""
+    from geossm.kernels import selective_scan_triton as ST
+
+    for name, value in _VARIANTS[variant].items():
+        monkeypatch.setattr(ST, name, value)
+    test_chunked_scan_matches_float64(monkeypatch, [1, 2, 0, 9, 5], 8, 5, 2, True, False)
+    test_chunked_scan_matches_float64(monkeypatch, [13, 0, 7], 12, 3, 3, False, True)
+
+
 class _ConvScan(torch.nn.Module):
     """conv -> selective scan, as in a Mamba block, on packed tokens."""
 
