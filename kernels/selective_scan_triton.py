@@ -56,10 +56,16 @@ length, which is why CHUNK is 64 (128 is ~10% faster on the 1M-token workload bu
 about float32 epsilon times sum |C dy h| over a chunk whatever A is, so for channels whose
 decay underflows (|A| dt >> 30) the tiny true dA comes back as rounding noise of that size.
 
-GPU code path: a program holds a (N, BD) float32 state tile with N inside each thread (sums
-over N need no shuffles; sums over channels, for dB/dC, do), prefetches the next step's inputs
+GPU code path: a program holds a (N, BD) float32 state tile, prefetches the next step's inputs
 one iteration ahead, and takes log2 in softplus as ``lg2.approx`` (libdevice's log2f is a long
-polynomial); the interpreter path uses ``tl.log2`` and walks the carry rows one at a time.
+polynomial); the interpreter path uses ``tl.log2`` and walks the carry rows one at a time. The
+forward kernels keep every per-step vector 2-D ((1, BD) per channel, (N, 1) per state): Triton
+then gives the whole step one layout (N inside a thread, one channel per thread) and the step
+loop has no shared-memory layout conversion and no barrier (with 1-D vectors the sm_90 SASS
+had 4 to 6 barriers per step, each vector going through shared memory). The backward kernels keep 1-D vectors on purpose: there the
+compiler picks a (4 states x 4 channels per thread) layout whose sums over channels (dB, dC)
+need 3 shuffle rounds instead of 5, and the 2-D form measured 30-35% more instructions per
+step (benchmarks/NOTES_scan_gpu.md).
 
 Determinism: no atomics. dB/dC are written per token (a program holds every channel of a group
 or writes one slice of a partial buffer summed afterwards); dA, dD and ddelta_bias come from
@@ -67,7 +73,9 @@ per-program partial buffers summed with ``torch.sum`` in a fixed order, so resul
 reproducible on one GPU for the same launch configuration.
 
 Host syncs: none. Grids use bounds known from shapes (chunks <= T // L + S); chunk metadata
-(per-segment chunk offsets and each chunk's segment) is built with torch ops on the device, and
+(per-segment chunk offsets, each chunk's and each state row's segment) is built with torch ops
+on the device, once per ``cu_seqlens`` tensor (cached by identity and in-place version, so the
+layers of a model and the backward share it; never cached during CUDA-graph capture), and
 programs past the true chunk count exit. The functions are CUDA-graph capturable.
 
 ``exp`` is ``exp2`` with log2(e) folded into ``A`` once per launch. Numerics: float32 state and
