@@ -72,7 +72,8 @@ class EventMambaCls(nn.Module):
         dim: token width ``D``, default 64.
         depth: number of ``SerializedBlock`` s, default 2.
         patch_size: windowed patch side, default 4 (inputs are zero-padded to a multiple).
-        stem_channels: width of the 3x3 stem convolution (0: none), default 32.
+        stem_channels: width of the 3x3 stem convolutions (0: none), default 32.
+        stem_depth: number of 3x3 convolution + BatchNorm + GELU layers in the stem, default 1.
         orders: scan order per block, cycled; default ``("xyz", "yxz")`` for windowed (rows,
             then columns) and ``("hilbert", "hilbert-trans")`` for serialized.
         time_scale: serialized: time cells per µs of ``serialize_events``, default 1e-3.
@@ -91,7 +92,7 @@ class EventMambaCls(nn.Module):
 
     def __init__(self, num_classes: int = 10, mode: str = "windowed", in_channels: int = 6,
                  sensor_size: Sequence[int] = (34, 34, 2), dim: int = 64, depth: int = 2,
-                 patch_size: int = 4, stem_channels: int = 32,
+                 patch_size: int = 4, stem_channels: int = 32, stem_depth: int = 1,
                  orders: Sequence[str] | None = None, time_scale: float = 1e-3,
                  d_state: int = 8, expand: int = 2, mlp_ratio: float = 2.0,
                  drop_path: float = 0.0, dropout: float = 0.0, backend: str | None = None):
@@ -100,6 +101,8 @@ class EventMambaCls(nn.Module):
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth: expected a positive int, got {depth!r}")
+        if isinstance(stem_depth, bool) or not isinstance(stem_depth, int) or stem_depth < 1:
+            raise ValueError(f"stem_depth: expected a positive int, got {stem_depth!r}")
         if len(sensor_size) != 3:
             raise ValueError(f"sensor_size: expected (W, H, P), got {sensor_size!r}")
         self.mode = mode
@@ -114,7 +117,7 @@ class EventMambaCls(nn.Module):
             self.grid_hw = (math.ceil(h / ps), math.ceil(w / ps))
             layers: list[nn.Module] = []
             c = in_channels
-            if stem_channels:
+            for _ in range(int(stem_depth) if stem_channels else 0):
                 layers += [nn.Conv2d(c, stem_channels, 3, padding=1),
                            nn.BatchNorm2d(stem_channels), nn.GELU()]
                 c = stem_channels

@@ -21,6 +21,17 @@ def test_windowed_forward_backward():
     torch.testing.assert_close(a[[0, 2]], b[[0, 2]])
 
 
+def test_stem_depth_stacks_convolutions():
+    m = EventMambaCls(in_channels=2, sensor_size=(8, 8, 2), dim=8, depth=1, stem_channels=4,
+                      stem_depth=3)
+    convs = [layer for layer in m.embed if isinstance(layer, torch.nn.Conv2d)]
+    # three 3x3 stem convolutions, then the patch embedding
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 3 + [(4, 4)]
+    assert m(frames=torch.rand(2, 2, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError, match="stem_depth: expected a positive int, got 0"):
+        EventMambaCls(stem_depth=0)
+
+
 def test_serialized_forward_backward():
     torch.manual_seed(0)
     m = EventMambaCls(num_classes=3, mode="serialized", sensor_size=(16, 16, 2), dim=16, depth=2)
