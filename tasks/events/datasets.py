@@ -10,7 +10,8 @@ Every dataset yields one sample per recording as a dict, in one of three represe
 - ``"events"``: ``events (N, 4) int64`` columns ``x, y, t, p`` (t in µs from the first event),
   at most ``max_events`` of them (a random subset while training, an even stride otherwise).
 
-plus ``label`` (int). Training splits can augment (``augment: true``), drawn per call: dropping
+plus ``label`` (int). The training split can augment (``augment: true``; the test and validation
+splits never do, so one config serves every split), drawn per call: dropping
 up to ``drop_rate`` of the events, a random rotation of up to ``max_rotation`` degrees and
 scaling by a factor in ``[1 - max_scale, 1 + max_scale]`` about the sensor centre, and a random
 translation of up to ``max_shift`` pixels (events leaving the sensor are dropped).
@@ -43,7 +44,8 @@ class EventClassificationDataset(torch.utils.data.Dataset):
         representation: ``"frames"`` (default), ``"voxel"`` or ``"events"``.
         n_time_bins: time bins of frames / voxel grids, default 3.
         max_events: cap of the ``"events"`` representation, default 1024.
-        augment: random translation and event dropping, default False (only for training).
+        augment: random event dropping, rotation, scaling and translation, default False
+            (the subclasses turn it off for every split but ``"train"``).
         max_shift: largest translation in pixels, default 2.
         drop_rate: largest fraction of events dropped, default 0.1.
         max_rotation: largest rotation in degrees, default 0 (none).
@@ -194,6 +196,7 @@ class NMNIST(EventClassificationDataset):
             files = [f for i in range(int(limit)) for f in [per[i % 10][i // 10]]
                      if i // 10 < len(per[i % 10])]
         self.split, self.files = split, [f for f, _ in files]
+        self.augment = self.augment and split == "train"
         for path, digit in tqdm(files, desc=f"NMNIST {split}", leave=False,
                                 disable=len(files) < 200):
             self.recordings.append(read_events(path, "nmnist").events)
@@ -246,6 +249,7 @@ class DVSGesture(EventClassificationDataset):
             layout = "tonic" if any((root / d).is_dir() for d in self._TONIC.values()) \
                 else "official"
         self.split, self.layout = split, layout
+        self.augment = self.augment and split == "train"
         if layout == "tonic":
             self._read_tonic(root / self._TONIC[split])
         else:

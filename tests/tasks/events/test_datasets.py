@@ -33,6 +33,16 @@ def test_nmnist_augment_keeps_events_on_the_sensor(nmnist_root):
     assert len(a) < len(ds.recordings[0])
 
 
+def test_nmnist_augments_only_the_training_split(nmnist_root):
+    """One config serves every split: augment=True must not perturb test samples."""
+    kw = dict(limit=10, representation="events", augment=True, max_shift=3, drop_rate=0.3,
+              max_rotation=20.0, max_events=10_000)
+    test = NMNIST(nmnist_root, "test", **kw)
+    assert not test.augment and NMNIST(nmnist_root, "train", **kw).augment
+    a, b = test[0]["events"], test[0]["events"]
+    assert np.array_equal(a, b) and len(a) == len(test.recordings[0])
+
+
 def test_nmnist_errors(tmp_path, nmnist_root):
     with pytest.raises(FileNotFoundError, match="NMNIST: data.root not found"):
         NMNIST(tmp_path / "missing")
