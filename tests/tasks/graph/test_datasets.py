@@ -6,10 +6,12 @@ import stat
 import numpy as np
 import pytest
 import torch
+from torch_geometric.data import Data
 
 from geossm.tasks.graph.datasets import (MUTAG, ChameleonFiltered, Cora, KarateClub,
                                          PeptidesFunc, PubMed, Tolokers, add_positional_encodings,
-                                         cache_copy, stratified_folds)
+                                         batched_positional_encodings, cache_copy,
+                                         stratified_folds)
 
 
 def _undirected(ei: torch.Tensor) -> bool:
@@ -170,8 +172,90 @@ def test_peptides_reader_on_real_molecules(peptides_root, tmp_path):
     assert g.edge_index.max() < g.num_nodes and g.num_nodes > 50  # peptides are large
     for j, v in enumerate(PeptidesFunc.ATOM_DIMS):
         assert int(g.x[:, j].max()) < v
-    assert (tmp_path / "cache").rglob("peptides_func_all.pt")
+    cached = list((tmp_path / "cache").rglob("peptides_func_all.npz"))
+    assert len(cached) == 1
     again = PeptidesFunc(root, split="test", cache_dir=tmp_path / "cache", pe={"laplacian": 4})
     assert len(again) == 1 and again[0].pe.shape == (again[0].num_nodes, 4)
-    with pytest.raises(FileNotFoundError, match="peptide_multi_class_dataset.csv.gz"):
+    with pytest.raises(FileNotFoundError, match="splits_random_stratified_peptide.pickle"):
         PeptidesFunc(root / "raw", cache_dir=tmp_path / "cache")
+
+
+def test_peptides_compact_cache_round_trip_without_rdkit(peptides_root, tmp_path, monkeypatch):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    root = tmp_path / "peptides"
+    (root / "raw").mkdir(parents=True)
+    with gzip.open(peptides_root / PeptidesFunc.CSV, "rt") as fh:
+        lines = [next(fh) for _ in range(9)]
+    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
+        fh.writelines(lines)
+    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
+        pickle.dump({"train": np.array([0, 2, 4, 6]), "val": np.array([1, 3]),
+                     "test": np.array([5, 7])}, fh)
+    graphs = PeptidesFunc.convert(root / PeptidesFunc.CSV)
+    path = PeptidesFunc.save_compact(graphs, tmp_path / "moved" / "peptides.npz")
+    back = PeptidesFunc.load_compact(path)
+    for key, value in graphs.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+
+    def no_rdkit(*args, **kwargs):
+        raise AssertionError("the compact cache must be read without converting")
+
+    # A machine without RDKit: only the split pickle and the cache are needed.
+    monkeypatch.setattr(PeptidesFunc, "convert", staticmethod(no_rdkit))
+    (root / PeptidesFunc.CSV).unlink()
+    ds = PeptidesFunc(root, split="val", cache=path, pe={"random_walk": 3})
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), graphs["n_nodes"].long().cumsum(0)])
+    eptr = torch.cat([torch.zeros(1, dtype=torch.long), graphs["n_edges"].long().cumsum(0)])
+    for item, g in zip(ds, (1, 3)):
+        assert torch.equal(item.x, graphs["x"][ptr[g]:ptr[g + 1]].long())
+        assert torch.equal(item.edge_index, graphs["edge_index"][:, eptr[g]:eptr[g + 1]].long())
+        assert torch.equal(item.y, graphs["y"][g:g + 1].float())
+        ref = add_positional_encodings(item.clone(), random_walk=3).pe
+        assert torch.allclose(item.pe, ref, atol=1e-5)
+    graphs["x"][0, 0] = 300
+    with pytest.raises(ValueError, match="x spans"):
+        PeptidesFunc.save_compact(graphs, tmp_path / "bad.npz")
+
+
+def test_batched_encodings_match_pyg_per_graph():
+    # Graphs of mixed sizes (one smaller than k + 1, one with an isolated node), padded
+    # together in one chunk and in several.
+    gen = torch.Generator().manual_seed(0)
+    graphs = []
+    for n in (3, 7, 12, 12, 20):
+        src = torch.randint(0, n - 1, (2 * n,), generator=gen)
+        dst = torch.randint(0, n - 1, (2 * n,), generator=gen)
+        keep = src != dst
+        ei = torch.stack([torch.cat([src[keep], dst[keep]]), torch.cat([dst[keep], src[keep]])])
+        graphs.append((torch.unique(ei, dim=1), n))  # node n - 1 stays isolated
+    edge_index = torch.cat([e for e, _ in graphs], 1)
+    num_nodes = torch.tensor([n for _, n in graphs])
+    num_edges = torch.tensor([e.shape[1] for e, _ in graphs])
+    k = 4
+    for chunk in (1 << 20, 200):
+        pe = batched_positional_encodings(edge_index, num_nodes, num_edges, laplacian=k,
+                                          random_walk=5, degree=True, chunk_nodes=chunk)
+        start = 0
+        for e, n in graphs:
+            mine = pe[start:start + n]
+            start += n
+            ref = add_positional_encodings(Data(edge_index=e, num_nodes=n), random_walk=5,
+                                           degree=True).pe
+            assert torch.allclose(mine[:, k:], ref, atol=1e-5)
+            # Eigenvectors are defined up to sign / rotation: check L v = lambda v with the
+            # eigenvalues 2..k+1 of the symmetric normalised Laplacian, unit norm.
+            adj = torch.zeros(n, n, dtype=torch.float64)
+            adj[e[0], e[1]] = 1.0
+            deg = adj.sum(1)
+            dinv = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
+            lap = torch.eye(n, dtype=torch.float64) - dinv[:, None] * adj * dinv[None, :]
+            expected = torch.linalg.eigvalsh(lap)[1:k + 1]
+            vec = mine[:, :k].double()[:, :len(expected)]
+            lam = (vec * (lap @ vec)).sum(0)
+            assert torch.allclose(lam, expected, atol=1e-4)
+            assert torch.allclose(lap @ vec, vec * lam, atol=1e-4)
+            assert torch.allclose(vec.norm(dim=0), torch.ones(len(expected), dtype=torch.float64),
+                                  atol=1e-4)
+            if n - 1 < k:
+                assert torch.all(mine[:, n - 1:k] == 0)
