@@ -47,6 +47,7 @@ def _check_order(order) -> str:
 
 def fit_depth(grid_coord: Tensor) -> int:
     """Fewest bits per axis that hold every coordinate (at least 1). One host sync."""
+    _check_integer("grid_coord", grid_coord)
     if grid_coord.numel() == 0:
         return 1
     return max(1, int(grid_coord.max()).bit_length())

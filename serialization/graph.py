@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .structure import Serialization, _unchecked, batch_to_cu_seqlens
+from .structure import Serialization, _unchecked, batch_to_cu_seqlens, check_int32_total
 
 __all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "to_csr", "random_walks"]
 
@@ -83,7 +83,45 @@ def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
 
     Returns:
         ``walk: (W, length + 1) long``.
+
+    Raises ``TypeError``/``ValueError`` naming the argument for non-tensors, non-integer CSR
+    or start nodes, wrong ranks or devices, start nodes outside ``[0, n)``, a negative
+    ``length`` or ``u`` not shaped ``(W, length)``. One host sync for the range check.
     """
+    _check_walk_inputs(rowptr, col, start, length, u)
+    return _random_walks(rowptr, col, start, length, generator, u)
+
+
+def _check_walk_inputs(rowptr, col, start, length, u) -> None:
+    for name, t in (("rowptr", rowptr), ("col", col), ("start", start)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 1:
+            raise ValueError(f"{name}: expected a 1-D tensor, got shape {tuple(t.shape)}")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ValueError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
+        if t.device != start.device:
+            raise ValueError(f"{name}: expected device {start.device} (that of start), "
+                             f"got {t.device}")
+    if rowptr.numel() < 1:
+        raise ValueError("rowptr: expected shape (n+1,) with n >= 0, got shape (0,)")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ValueError(f"length: expected a non-negative int, got {length!r}")
+    n = rowptr.numel() - 1
+    if start.numel():
+        lo, hi = int(start.min()), int(start.max())
+        if lo < 0 or hi >= n:
+            raise ValueError(f"start: expected node ids in [0, n={n}), got [{lo}, {hi}]")
+    if u is not None:
+        if not isinstance(u, Tensor) or tuple(u.shape) != (start.numel(), length):
+            got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
+            raise ValueError(f"u: expected shape (W, length) = ({start.numel()}, {length}), "
+                             f"got {got}")
+
+
+def _random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
+                  generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
+    """``random_walks`` without the input checks (callers pass a valid CSR and start nodes)."""
     w = start.numel()
     if u is None:
         u = torch.rand((w, length), generator=generator, device=start.device, dtype=torch.float64)
@@ -196,6 +234,7 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
     dev = edge_index.device
     per = m * s + 1
     k = n * per
+    check_int32_total(k, "random_walk_tokens")  # before any (n, per, ...) allocation
     rowptr, col = to_csr(edge_index, n)
     nodes = torch.arange(n, device=dev)
     width = big_m * (m + 1)
@@ -208,7 +247,7 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
     for b in range(m):
         steps = m - b
         start = nodes.repeat_interleave(s * big_m)
-        walk = random_walks(rowptr, col, start, steps, generator)
+        walk = _random_walks(rowptr, col, start, steps, generator)
         visited[:, b * s:(b + 1) * s, : big_m * (steps + 1)] = walk.view(n, s, big_m * (steps + 1))
         if walks_out is not None:
             walks_out[:, b, :, :, : steps + 1] = walk.view(n, s, big_m, steps + 1)

@@ -21,6 +21,9 @@ from torch import Tensor
 
 __all__ = [
     "Serialization",
+    "INT32_MAX",
+    "check_int32_total",
+    "cu_seqlens_from_lengths",
     "batch_to_cu_seqlens",
     "cu_seqlens_to_batch",
     "apply",
@@ -28,6 +31,47 @@ __all__ = [
     "insert_tokens",
     "InsertedTokens",
 ]
+
+
+# The largest token count int32 cu_seqlens can hold (the FlashAttention convention's dtype).
+INT32_MAX = 2**31 - 1
+
+
+def check_int32_total(total: int, name: str) -> None:
+    """Raise ``ValueError`` when ``total`` tokens would wrap int32 ``cu_seqlens``.
+
+    Called with the number *before* anything of that size is allocated or cast, so that a
+    batch of 2^31 tokens or more is refused instead of producing negative boundaries.
+    """
+    if total > INT32_MAX:
+        raise ValueError(f"{name}: {total} tokens do not fit int32 cu_seqlens (max "
+                         f"{INT32_MAX} = 2^31 - 1); expected fewer tokens per batch")
+
+
+def cu_seqlens_from_lengths(lengths, name: str = "lengths") -> Tensor:
+    """``cu_seqlens (S+1,) int32`` with a leading 0 from per-segment lengths.
+
+    The sum is taken in int64 and checked before the cast (``check_int32_total``), so it
+    cannot wrap. One host sync for the check.
+
+    Args:
+        lengths: ``(S,)`` non-negative integer tensor, or a sequence of ints.
+        name: what the lengths are, for the error message.
+    """
+    if isinstance(lengths, Tensor):
+        _check_tensor(name, lengths, 1)
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dtype.is_complex:
+            raise TypeError(f"{name}: expected an integer tensor, got dtype {lengths.dtype}")
+        counts = lengths.long()
+    else:
+        counts = torch.as_tensor(list(lengths), dtype=torch.int64)
+    cu = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+    if counts.numel():
+        if int(counts.min()) < 0:
+            raise ValueError(f"{name}: expected non-negative lengths, got min {int(counts.min())}")
+        torch.cumsum(counts, 0, out=cu[1:])
+        check_int32_total(int(cu[-1]), name)
+    return cu.to(torch.int32)
 
 
 def _describe(t) -> str:
@@ -62,6 +106,7 @@ def _check_cu_seqlens(cu_seqlens, total: int | None, name: str = "cu_seqlens") -
                 f"{int(cu_seqlens[bad])} > {name}[{bad + 1}] = {int(cu_seqlens[bad + 1])}"
             )
     if total is not None:
+        check_int32_total(total, name)
         last = int(cu_seqlens[-1])
         if last != total:
             raise ValueError(f"{name}: expected the last value to be N = {total}, got {last}")
@@ -200,10 +245,14 @@ def batch_to_cu_seqlens(batch: Tensor, num_segments: int | None = None) -> Tenso
 
     Returns:
         ``cu_seqlens: (S+1,) int32``.
+
+    Raises ``ValueError`` for negative indices, indices ``>= num_segments`` and ``N >= 2^31``
+    (int32 boundaries would wrap).
     """
     _check_tensor("batch", batch, 1)
     if batch.dtype.is_floating_point or batch.dtype == torch.bool or batch.dtype.is_complex:
         raise TypeError(f"batch: expected an integer tensor, got dtype {batch.dtype}")
+    check_int32_total(batch.numel(), "batch")
     if batch.numel() and int(batch.min()) < 0:
         raise ValueError(f"batch: expected non-negative sample indices, got min {int(batch.min())}")
     if num_segments is None:
@@ -214,7 +263,7 @@ def batch_to_cu_seqlens(batch: Tensor, num_segments: int | None = None) -> Tenso
         )
     counts = torch.bincount(batch.long(), minlength=num_segments)
     cu = torch.zeros(num_segments + 1, dtype=torch.int32, device=batch.device)
-    cu[1:] = torch.cumsum(counts, 0)
+    cu[1:] = torch.cumsum(counts, 0)  # <= N, checked above to fit int32
     return cu
 
 
@@ -229,6 +278,9 @@ def cu_seqlens_to_batch(cu_seqlens: Tensor, total: int | None = None) -> Tensor:
         ``batch: (N,) long``.
     """
     _check_tensor("cu_seqlens", cu_seqlens, 1)
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens: expected dtype torch.int32 or torch.int64, "
+                        f"got {cu_seqlens.dtype}")
     if cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens: expected shape (S+1,) with S >= 0, got shape (0,)")
     seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -339,6 +391,7 @@ def insert_tokens(x: Tensor, cu_seqlens: Tensor, prefix: Tensor | None = None,
     per = n_pre + n_suf
     t = x.shape[0]
     s = cu_seqlens.numel() - 1
+    check_int32_total(t + s * per, "insert_tokens")  # the new last boundary
     dev = x.device
     cu = cu_seqlens.long()
     seg = torch.arange(s + 1, device=dev)

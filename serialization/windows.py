@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .structure import Serialization, _unchecked
+from .structure import Serialization, _unchecked, check_int32_total
 
 __all__ = ["window_groups"]
 
@@ -68,6 +68,7 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
         raise ValueError(f"axis: expected 'x' or 'y', got {axis!r}")
     dev = coords.device
     n = coords.shape[0]
+    check_int32_total(n, "coords")
     c = coords.long()
     if n:
         lo = c.min(0).values.tolist()

@@ -186,3 +186,48 @@ def test_equality_is_identity():
     s = Serialization(*_valid())
     t = Serialization(s.order, s.inverse, s.cu_seqlens)
     assert s == s and s != t
+
+
+# ------------------------------------------------------------------ int32 overflow is refused
+
+def _expanded(n, *rest, dtype=torch.long):
+    """A tensor of ``n`` rows that owns one element (stride 0): checks run, no memory is used."""
+    return torch.zeros((), dtype=dtype).expand(n, *rest)
+
+
+def test_cu_seqlens_from_lengths_sums_in_int64_and_refuses_int32_overflow():
+    from geossm.serialization.structure import INT32_MAX, cu_seqlens_from_lengths
+    assert cu_seqlens_from_lengths([2, 0, 3]).tolist() == [0, 2, 2, 5]
+    assert cu_seqlens_from_lengths(torch.tensor([2, 0, 3])).dtype == torch.int32
+    assert cu_seqlens_from_lengths([]).tolist() == [0]
+    fits = cu_seqlens_from_lengths([2**30, 2**30 - 1])  # exactly INT32_MAX
+    assert int(fits[-1]) == INT32_MAX
+    with pytest.raises(ValueError, match=r"lengths: 2147483648 tokens do not fit int32 cu_seqlens"):
+        cu_seqlens_from_lengths([2**30, 2**30])
+    with pytest.raises(ValueError, match=r"sizes: 4294967296 tokens do not fit"):
+        cu_seqlens_from_lengths(torch.tensor([2**32]), "sizes")  # would wrap to 0
+    with pytest.raises(ValueError, match=r"lengths: expected non-negative lengths, got min -1"):
+        cu_seqlens_from_lengths([3, -1])
+    with pytest.raises(TypeError, match=r"lengths: expected an integer tensor, got dtype"):
+        cu_seqlens_from_lengths(torch.tensor([1.0]))
+
+
+def test_batch_to_cu_seqlens_refuses_2_31_tokens():
+    with pytest.raises(ValueError, match=r"batch: 2147483648 tokens do not fit int32 cu_seqlens"):
+        batch_to_cu_seqlens(_expanded(2**31))
+
+
+def test_insert_tokens_refuses_a_result_of_2_31_tokens():
+    t = 2**31 - 2  # fits; two inserted tokens (one segment) make 2^31
+    x = _expanded(t, 1, dtype=torch.float32)
+    cu = torch.tensor([0, t], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"insert_tokens: 2147483648 tokens do not fit int32"):
+        insert_tokens(x, cu, prefix=torch.zeros(1), suffix=torch.zeros(1))
+
+
+def test_serialization_refuses_a_cu_seqlens_total_beyond_int32():
+    """The constructor's check names the overflow rather than a mismatched last value."""
+    from geossm.serialization.structure import _check_cu_seqlens
+    cu = torch.tensor([0, 5], dtype=torch.int32)  # any int32 array: N = 2^31 cannot end it
+    with pytest.raises(ValueError, match=r"cu_seqlens: 2147483648 tokens do not fit int32"):
+        _check_cu_seqlens(cu, 2**31)
