@@ -45,6 +45,24 @@ def check_same_device(reference: torch.Tensor, **tensors) -> None:
                              f"got {value.device}")
 
 
+INT32_MAX = 2**31 - 1
+
+
+def check_int32_tokens(total: int) -> None:
+    """Raise ``ValueError`` when ``total`` tokens cannot be indexed by int32 ``cu_seqlens``."""
+    if total > INT32_MAX:
+        raise ValueError(f"T={total} tokens do not fit int32 cu_seqlens (max {INT32_MAX})")
+
+
+def dense_cu_seqlens(batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """``(batch+1,) int32`` boundaries of a dense ``(batch, length, ...)`` input.
+
+    Checked before the int32 product, which would otherwise wrap for ``batch*length >= 2^31``.
+    """
+    check_int32_tokens(batch * length)
+    return torch.arange(0, batch + 1, device=device, dtype=torch.int32) * length
+
+
 def canonical_cu_seqlens(cu_seqlens, total: int, device: torch.device) -> torch.Tensor:
     """Validate ``cu_seqlens`` and return it as int32 on ``device``.
 
@@ -75,8 +93,7 @@ def canonical_cu_seqlens(cu_seqlens, total: int, device: torch.device) -> torch.
             raise ValueError("cu_seqlens must be non-decreasing, got "
                              f"cu_seqlens[{where}]={int(values[where])} > "
                              f"cu_seqlens[{where + 1}]={int(values[where + 1])}")
-        if total >= 2**31:
-            raise ValueError(f"T={total} tokens do not fit int32 cu_seqlens (max {2**31 - 1})")
+        check_int32_tokens(total)
     return cu_seqlens.to(torch.int32).contiguous()
 
 

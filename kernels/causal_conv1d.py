@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ._common import (canonical_cu_seqlens, check_same_device, check_shape, check_tensor,
-                      resolve_backend)
+                      dense_cu_seqlens, resolve_backend)
 from .causal_conv1d_torch import causal_conv1d_ref
 
 _BACKEND_MODULES = {"numba": "geossm.kernels.causal_conv1d_numba",
@@ -114,7 +114,7 @@ def causal_conv1d(x, weight, bias=None, cu_seqlens=None, activation=None, revers
         if cu_seqlens is not None:
             raise ValueError("cu_seqlens must be None for dense (Bt, L, D) input, got a tensor; "
                              "pass packed (T, D) input to give segment boundaries")
-        cu = torch.arange(0, shape[0] + 1, device=x.device, dtype=torch.int32) * shape[1]
+        cu = dense_cu_seqlens(shape[0], shape[1], x.device)
     else:
         cu = canonical_cu_seqlens(cu_seqlens, shape[0], x.device)
     packed = x.reshape(-1, channels).contiguous()

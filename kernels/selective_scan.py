@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ._common import (canonical_cu_seqlens, check_same_device, check_shape, check_tensor,
-                      resolve_backend)
+                      dense_cu_seqlens, resolve_backend)
 from .selective_scan_torch import selective_scan_ref
 
 _BACKEND_MODULES = {"numba": "geossm.kernels.selective_scan_numba",
@@ -157,7 +157,7 @@ def _canonical_inputs(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_s
             raise ValueError("cu_seqlens must be None for dense (Bt, L, D) input, got a tensor; "
                              "pass packed (T, D) input to give segment boundaries")
         batch, length = shape[0], shape[1]
-        cu = torch.arange(0, batch + 1, device=u.device, dtype=torch.int32) * length
+        cu = dense_cu_seqlens(batch, length, u.device)
     else:
         cu = canonical_cu_seqlens(cu_seqlens, tokens, u.device)
     num_segments = cu.shape[0] - 1

@@ -186,6 +186,18 @@ def test_int32_cu_seqlens_overflow_is_refused(op):
             causal_conv1d(_expanded(T, 1), torch.zeros(1, 2), cu_seqlens=cu, backend="torch")
 
 
+@pytest.mark.parametrize("op", ["selective_scan", "causal_conv1d"])
+def test_dense_input_of_2_31_tokens_is_refused(op):
+    """Dense (B, L, D) input builds its own int32 boundaries B*L: refused, not wrapped."""
+    shape = (2, 2**30, 1)  # B*L = 2^31
+    with pytest.raises(ValueError, match=r"T=2147483648 tokens do not fit int32 cu_seqlens"):
+        if op == "selective_scan":
+            selective_scan(_expanded(*shape), _expanded(*shape), torch.zeros(1, 1),
+                           _expanded(2, 2**30, 1), _expanded(2, 2**30, 1), backend="torch")
+        else:
+            causal_conv1d(_expanded(*shape), torch.zeros(1, 2), backend="torch")
+
+
 def test_int64_cu_seqlens_beyond_int32_is_not_wrapped():
     """int64 boundaries past 2^31 that would wrap into a valid-looking int32 array."""
     u = torch.zeros(4, 1)
