@@ -59,6 +59,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geossm.engine.metrics import Metric, MetricCollection
 from geossm.registry import DATASETS, MODELS
+from geossm.serialization.structure import check_int32_total, cu_seqlens_from_lengths
 
 
 def pack_collate(samples: Sequence[Mapping[str, Any]], *, stack_keys: Sequence[str] = (),
@@ -81,7 +82,13 @@ def pack_collate(samples: Sequence[Mapping[str, Any]], *, stack_keys: Sequence[s
 
     Shapes: sample ``x: (N_i, ...)`` -> batch ``x: (sum N_i, ...)``.
 
-    Raises ``ValueError`` for an empty list or samples with different keys.
+    A sample with zero rows gives an empty segment (``cu_seqlens = [0, 2, 2, 5]``); a batch whose
+    every sample has zero rows of ``length_key`` is refused, since no model output can be
+    computed from it (a loss over it would be NaN, a pooled feature undefined).
+
+    Raises ``ValueError`` for an empty list, samples with different keys, a batch whose samples
+    are all empty, and concatenated totals of 2^31 rows or more (int32 ``cu_seqlens`` would
+    wrap); all checked before anything is concatenated.
     """
     if not samples:
         raise ValueError("pack_collate: expected at least one sample, got an empty list")
@@ -94,28 +101,34 @@ def pack_collate(samples: Sequence[Mapping[str, Any]], *, stack_keys: Sequence[s
         if reserved in keys:
             raise ValueError(f"pack_collate: samples may not carry the key '{reserved}' "
                              "(it is added by the collate)")
-    out: dict[str, Any] = {}
-    lengths: dict[str, list[int]] = {}
-    for key in keys:
-        values = [s[key] for s in samples]
-        first = values[0]
-        if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim >= 1:
-            tensors = [torch.as_tensor(v) for v in values]
-            if key in stack_keys:
-                out[key] = torch.stack(tensors)
-            else:
-                out[key] = torch.cat(tensors)
-                lengths[key] = [len(t) for t in tensors]
-        elif isinstance(first, (bool, int, float, np.number, np.ndarray, torch.Tensor)):
-            out[key] = torch.as_tensor(np.asarray([np.asarray(v).item() if hasattr(v, "item")
-                                                   else v for v in values]))
-        else:
-            out[key] = list(values)
+    lengths = {key: [_rows(s[key], key, i) for i, s in enumerate(samples)]
+               for key in keys if _is_sequence(samples[0][key]) and key not in stack_keys}
+    ref = None
     if lengths:
         ref = length_key or next(iter(lengths))
         if ref not in lengths:
             raise ValueError(f"pack_collate: length_key '{ref}' is not a concatenated key "
                              f"(those are {sorted(lengths)})")
+        for key, ls in lengths.items():
+            check_int32_total(sum(ls), f"pack_collate: '{key}'")
+        if not any(lengths[ref]):
+            raise ValueError(
+                f"pack_collate: every sample of the batch has zero rows of '{ref}' "
+                f"({len(samples)} empty samples); expected at least one sample with data "
+                "(drop empty samples in the dataset; one empty sample among others is fine)")
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if _is_sequence(first):
+            tensors = [torch.as_tensor(v) for v in values]
+            out[key] = torch.stack(tensors) if key in stack_keys else torch.cat(tensors)
+        elif isinstance(first, (bool, int, float, np.number, np.ndarray, torch.Tensor)):
+            out[key] = torch.as_tensor(np.asarray([np.asarray(v).item() if hasattr(v, "item")
+                                                   else v for v in values]))
+        else:
+            out[key] = list(values)
+    if ref is not None:
         counts = torch.tensor(lengths[ref], dtype=torch.int64)
         out["cu_seqlens"] = _cu(lengths[ref])
         out["batch"] = torch.repeat_interleave(torch.arange(len(samples)), counts)
@@ -125,10 +138,25 @@ def pack_collate(samples: Sequence[Mapping[str, Any]], *, stack_keys: Sequence[s
     return out
 
 
+def _is_sequence(value: Any) -> bool:
+    """An array or tensor with rows (concatenated or stacked by ``pack_collate``)."""
+    return isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim >= 1
+
+
+def _rows(value: Any, key: str, index: int) -> int:
+    """Number of rows of sample ``index``'s ``key`` (its length along dim 0)."""
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if not _is_sequence(value):
+        raise ValueError(f"pack_collate: sample {index} '{key}' must be an array with rows like "
+                         f"sample 0's, got {type(value).__name__} "
+                         f"{tuple(getattr(value, 'shape', ()))}")
+    return int(value.shape[0])
+
+
 def _cu(lengths: Sequence[int]) -> torch.Tensor:
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0).to(torch.int32)
-    return cu
+    """``(B+1,) int32`` boundaries from per-sample lengths; refuses totals >= 2^31."""
+    return cu_seqlens_from_lengths(lengths, "pack_collate: lengths")
 
 
 def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
