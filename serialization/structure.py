@@ -48,6 +48,10 @@ def check_int32_total(total: int, name: str) -> None:
                          f"{INT32_MAX} = 2^31 - 1); expected fewer tokens per batch")
 
 
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
 def cu_seqlens_from_lengths(lengths, name: str = "lengths") -> Tensor:
     """``cu_seqlens (S+1,) int32`` with a leading 0 from per-segment lengths.
 
@@ -60,7 +64,7 @@ def cu_seqlens_from_lengths(lengths, name: str = "lengths") -> Tensor:
     """
     if isinstance(lengths, Tensor):
         _check_tensor(name, lengths, 1)
-        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.dtype.is_complex:
+        if not _is_integer(lengths.dtype):
             raise TypeError(f"{name}: expected an integer tensor, got dtype {lengths.dtype}")
         counts = lengths.long()
     else:
