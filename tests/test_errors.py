@@ -2,10 +2,15 @@
 
 One parametrized case per row (``ROWS``: id, call, exception, message pattern), plus the inputs
 that are accepted rather than refused (empty clouds, empty samples in a batch, graphs without
-edges, empty event windows), each checked for the result it documents.
+edges, empty event windows), each checked for the result it documents. Overflow cases use
+stride-0 views of 2^31 elements: the checks run on the sizes, nothing that large is allocated.
+The last test keeps docs/errors.md and these cases in step.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +34,16 @@ def _events(xs):
     ev["x"] = xs
     ev["t"] = np.arange(len(xs))
     return ev
+
+
+def _huge(*shape, dtype=torch.float32):
+    """A tensor of 2^31 elements or more that owns one (stride 0): checks run, nothing is
+    allocated, so overflow tests cost nothing."""
+    return torch.zeros((), dtype=dtype).expand(*shape)
+
+
+def _huge_array(*shape):
+    return np.broadcast_to(np.zeros((), np.float32), shape)
 
 
 def _dataset(module, cls, **kwargs):
@@ -60,6 +75,13 @@ ROWS = [
      r"weight must have shape \(D, W\) with D=4 and 2 <= W <= 8, got \(4, 9\)"),
     ("conv-activation", lambda: causal_conv1d(U, torch.randn(4, 3), activation="relu"),
      ValueError, r"activation must be None or 'silu', got 'relu'"),
+    ("conv-cu-end", lambda: causal_conv1d(U, torch.randn(4, 3), cu_seqlens=CU.clamp(max=9)),
+     ValueError, r"cu_seqlens must end with the number of tokens T=10, got 9"),
+    ("conv-device", lambda: causal_conv1d(U, torch.randn(4, 3).to("meta")), ValueError,
+     r"weight must be on cpu like the input, got meta"),
+    ("scan-dense-overflow", lambda: selective_scan(*[_huge(2, 2**30, 1)] * 2, torch.zeros(1, 1),
+                                                   *[_huge(2, 2**30, 1)] * 2, backend="torch"),
+     ValueError, r"T=2147483648 tokens do not fit int32 cu_seqlens"),
     # layers
     ("mamba-width", lambda: Mamba(8)(torch.randn(10, 4), cu_seqlens=CU), ValueError,
      r"x must have shape \(T, 8\) or \(B, L, 8\), got \(10, 4\)"),
@@ -73,6 +95,24 @@ ROWS = [
     ("serialization-cu-dtype", lambda: S.Serialization.from_order(torch.arange(3),
                                                                   torch.tensor([0, 3])),
      ValueError, r"cu_seqlens: expected dtype torch.int32, got torch.int64"),
+    ("cu-seqlens-float", lambda: S.cu_seqlens_to_batch(torch.tensor([0.0, 2.0])), TypeError,
+     r"cu_seqlens: expected dtype torch.int32 or torch.int64, got torch.float32"),
+    ("batch-overflow", lambda: S.batch_to_cu_seqlens(_huge(2**31, dtype=torch.long)),
+     ValueError, r"batch: 2147483648 tokens do not fit int32 cu_seqlens"),
+    ("fit-depth-float", lambda: S.fit_depth(torch.rand(4, 3)), ValueError,
+     r"grid_coord: expected an integer tensor, got dtype torch.float32"),
+    ("windows-overflow", lambda: S.window_groups(_huge(2**31, 4, dtype=torch.long), (4, 4, 4),
+                                                 (2, 2, 2), 4),
+     ValueError, r"coords: 2147483648 tokens do not fit int32 cu_seqlens"),
+    ("graph-tokens-overflow", lambda: S.random_walk_tokens(torch.empty(2, 0, dtype=torch.long),
+                                                           2**30, walk_length=1, num_walks=1),
+     ValueError, r"random_walk_tokens: 2147483648 tokens do not fit int32 cu_seqlens"),
+    ("walks-start-range", lambda: S.random_walks(torch.tensor([0, 1, 1]), torch.tensor([1]),
+                                                 torch.tensor([0, 5]), 3),
+     ValueError, r"start: expected node ids in \[0, n=2\), got \[0, 5\]"),
+    ("walks-start-float", lambda: S.random_walks(torch.tensor([0, 1, 1]), torch.tensor([1]),
+                                                 torch.tensor([0.0]), 3),
+     ValueError, r"start: expected an integer tensor, got dtype torch.float32"),
     ("graph-node-range", lambda: S.random_walk_tokens(torch.tensor([[0, 7], [7, 0]]), 4,
                                                       walk_length=3, num_walks=2),
      ValueError, r"edge_index: expected node ids in \[0, num_nodes=4\), got \[0, 7\]"),
@@ -85,6 +125,11 @@ ROWS = [
     # engine, config, files
     ("collate-empty", lambda: pack_collate([]), ValueError,
      r"pack_collate: expected at least one sample, got an empty list"),
+    ("collate-all-empty-samples", lambda: pack_collate([{"coord": np.zeros((0, 3))}] * 3),
+     ValueError, r"pack_collate: every sample of the batch has zero rows of 'coord' "
+                 r"\(3 empty samples\)"),
+    ("collate-overflow", lambda: pack_collate([{"coord": _huge_array(2**30, 3)}] * 2),
+     ValueError, r"pack_collate: 'coord': 2147483648 tokens do not fit int32 cu_seqlens"),
     ("config-unknown-key", lambda: load_config(None, ["train.lrr=1"]), ConfigKeyError,
      r"unknown config key 'train.lrr'; did you mean 'train.lr'\?"),
     ("config-type", lambda: load_config(None, ["train.epochs=two"]), ConfigError,
@@ -126,6 +171,31 @@ def test_unsafe_checkpoint_row(tmp_path):
         load_checkpoint(path)
 
 
+EMPTY_BATCHES = [
+    ("segmentation", "geossm.tasks.segmentation.task", "SegmentationTask", "coord",
+     {"coord": np.zeros((0, 3), np.float32), "feat": np.zeros((0, 3), np.float32),
+      "label": np.zeros(0, np.int64)}),
+    ("events-raw", "geossm.tasks.events.task", "EventClassificationTask", "events",
+     {"events": np.zeros((0, 4), np.int64), "label": 3}),
+    ("detection", "geossm.tasks.detection.task", "DetectionTask", "points",
+     {"points": np.zeros((0, 4), np.float32), "gt_boxes": np.zeros((0, 7), np.float32),
+      "gt_labels": np.zeros(0, np.int64)}),
+]
+
+
+@pytest.mark.parametrize("module, cls, key, sample",
+                         [pytest.param(mod, c, k, s, id=i) for i, mod, c, k, s in EMPTY_BATCHES])
+def test_task_collate_refuses_a_batch_of_only_empty_samples(module, cls, key, sample):
+    """Every task's collate goes through pack_collate: the same refusal, naming the key."""
+    task = getattr(pytest.importorskip(module, reason=f"{module} not importable"), cls)(None)
+    with pytest.raises(ValueError, match=rf"every sample of the batch has zero rows of '{key}'"):
+        task.collate([sample, sample])
+    full = {k: (np.ones((2, *v.shape[1:]), v.dtype) if isinstance(v, np.ndarray) else v)
+            for k, v in sample.items()}
+    batch = task.collate([sample, full])  # one empty sample among others: an empty segment
+    assert batch["cu_seqlens"].tolist() == [0, 0, 2]
+
+
 # ------------------------------------------------------------- accepted, with a defined result
 
 def test_empty_point_cloud_serializes_to_nothing():
@@ -165,3 +235,34 @@ def test_empty_event_window_gives_zero_frames():
     assert frames.shape[1:] == (2, 34, 34) and not frames.any()
     vox = E.to_voxel_grid(empty, (34, 34, 2), n_time_bins=5)
     assert vox.shape[0] == 5 and not vox.any()
+
+
+# ----------------------------------------------------------- the table and the tests agree
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+def _table_test_cells() -> list[str]:
+    """The last cell of every table row of docs/errors.md (the tests backing that row)."""
+    rows = [ln for ln in DOCS.read_text().splitlines() if ln.startswith("| ")]
+    return [ln.rstrip(" |").rsplit("|", 1)[1] for ln in rows
+            if not ln.startswith(("| what you did", "| input"))]
+
+
+def test_every_docs_row_names_an_existing_test_and_every_case_is_documented():
+    cells = _table_test_cells()
+    assert len(cells) >= 40
+    known = ({i for i, *_ in ROWS} | {i for i, *_ in DATASET_ROWS}
+             | {name for name in globals() if name.startswith("test_")})
+    test_files = {p.name for p in Path(__file__).parent.rglob("test_*.py")}
+    for cell in cells:
+        names = re.findall(r"`([^`]+)`", cell)
+        files = re.findall(r"([\w/]+\.py)", re.sub(r"`[^`]+`", "", cell))
+        assert names or files, f"docs/errors.md row without a test: {cell!r}"
+        assert set(names) <= known, f"{cell!r} names unknown tests {set(names) - known}"
+        for f in files:
+            assert Path(f).name in test_files, f"{cell!r}: no test file {f}"
+    documented = set(re.findall(r"`([^`]+)`", " ".join(cells)))
+    undocumented = {i for i, *_ in ROWS} - documented
+    assert not undocumented, f"ROWS cases without a row in docs/errors.md: {undocumented}"
+    assert "test_missing_dataset_folder" in documented  # the DATASET_ROWS cases
