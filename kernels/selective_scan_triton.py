@@ -106,6 +106,8 @@ MAX_BD = 64          # channels per program; a program keeps a (N, BD) float32 s
 NUM_WARPS_FWD = None  # None: BD // 32 warps, so that N stays inside a thread
 NUM_WARPS_BWD = None
 MAX_BD_BWD = None     # channels per backward program (None: MAX_BD)
+META_PREFETCH = False  # forward output pass loads the next chunk's metadata row one chunk ahead
+MAXNREG_FWD = None    # register cap per thread of the forward kernels (None: compiler's choice)
 
 
 def _interpreting(t: torch.Tensor) -> bool:
@@ -156,25 +158,32 @@ def _load_n(ptrs, mn, EVEN_N: tl.constexpr):
 
 
 @triton.jit
-def _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S, n_chunks_bound,
-                L: tl.constexpr, REVERSE: tl.constexpr):
-    """Segment, position and extent of chunk ``c`` (clen == 0 when c is past the last chunk)."""
-    total = tl.load(cu_ch + S)
-    valid = c < total
-    s = tl.minimum(tl.load(chunk_seg + tl.minimum(c, n_chunks_bound - 1)), S - 1)
-    ch0 = tl.load(cu_ch + s)
-    nck = tl.load(cu_ch + s + 1) - ch0
-    k = c - ch0
-    tok0 = tl.load(cu_seq + s)
-    slen = tl.load(cu_seq + s + 1) - tok0
+def _meta_load(c, meta, n_chunks_bound):
+    """The raw metadata row of chunk ``c``: seven independent loads of one 32-byte row (a single
+    round trip; the row layout is built by ``_Plan``)."""
+    row = meta + tl.minimum(c, n_chunks_bound - 1) * 8
+    return (tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3),
+            tl.load(row + 4), tl.load(row + 5), tl.load(row + 6))
+
+
+@triton.jit
+def _meta_decode(c, valid, s, k, nck, tok0, slen, nl0, L: tl.constexpr, REVERSE: tl.constexpr):
+    """Segment, position and extent of chunk ``c`` from its row (clen == 0 past the last chunk)."""
+    valid = valid != 0
     i0 = k * L
     clen = tl.where(valid, tl.minimum(slen - i0, L), 0)
     if REVERSE:
         base = tok0 + slen - 1 - i0
     else:
         base = tok0 + i0
-    nl0 = tl.load(cu_nl + s)
     return valid, s, k, nck, clen, base.to(tl.int64), nl0
+
+
+@triton.jit
+def _chunk_info(c, meta, n_chunks_bound, L: tl.constexpr, REVERSE: tl.constexpr):
+    """Segment, position and extent of chunk ``c`` (clen == 0 when c is past the last chunk)."""
+    v, s, k, nck, tok0, slen, nl0 = _meta_load(c, meta, n_chunks_bound)
+    return _meta_decode(c, v, s, k, nck, tok0, slen, nl0, L, REVERSE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,13 +299,14 @@ def _fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, final, D, N, DN,
 
 @triton.jit
 def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
-                cu_seq, cu_ch, cu_nl, chunk_seg,
+                chunk_meta,
                 S, n_chunks_bound, nprog, D, G, N, dpg,
                 L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                 REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                 HAS_BIAS: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
-                NEED_FINAL: tl.constexpr, EVEN_N: tl.constexpr):
+                NEED_FINAL: tl.constexpr, EVEN_N: tl.constexpr,
+                META_PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
@@ -318,9 +328,19 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
     else:
         dsk = tl.zeros([1, BD], dtype=tl.float32)
     DN = D * N
+    if META_PREFETCH:
+        # the next chunk's metadata row is loaded while this chunk runs (short segments: one
+        # chunk of 8-33 steps each, where the metadata round trip is a visible share)
+        mv, ms, mk, mnck, mtok0, mslen, mnl0 = _meta_load(pid, chunk_meta, n_chunks_bound)
     for c in range(pid, n_chunks_bound, nprog):
-        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S,
-                                                       n_chunks_bound, L, REVERSE)
+        if META_PREFETCH:
+            valid, s, k, nck, clen, base, nl0 = _meta_decode(c, mv, ms, mk, mnck, mtok0, mslen,
+                                                            mnl0, L, REVERSE)
+            mv, ms, mk, mnck, mtok0, mslen, mnl0 = _meta_load(c + nprog, chunk_meta,
+                                                              n_chunks_bound)
+        else:
+            valid, s, k, nck, clen, base, nl0 = _chunk_info(c, chunk_meta, n_chunks_bound,
+                                                           L, REVERSE)
         prev = (nl0 + k - 1).to(tl.int64)
         h = tl.load(hs + prev * DN + st_off, mask=_and(mn, valid & (k > 0)), other=0.0)
         if HAS_INIT:
@@ -366,7 +386,7 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
 
 @triton.jit
 def _bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
-                cu_seq, cu_ch, cu_nl, chunk_seg,
+                chunk_meta,
                 dz, phi, dC, gbuf, dinit, kappa, stot, dA_part, dD_part,
                 S, n_chunks_bound, nprog, D, G, N, dpg, nblk_g, T,
                 L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
@@ -397,8 +417,8 @@ def _bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     da_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dd_acc = tl.zeros([BD], dtype=tl.float32)
     for c in range(pid, n_chunks_bound, nprog):
-        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S,
-                                                       n_chunks_bound, L, REVERSE)
+        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, chunk_meta, n_chunks_bound,
+                                                       L, REVERSE)
         s64 = s.to(tl.int64)
         prev = (nl0 + k - 1).to(tl.int64)
         h = tl.load(hs + prev * DN + st_off, mask=_and(mask_n[:, None], valid & (k > 0)), other=0.0)
@@ -532,7 +552,7 @@ def _bwd_carry(A2, gbuf, sdt, cu_ch, cu_nl, dfinal, dinit, D, N, DN,
 @triton.jit
 def _bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal, gbuf, kappa,
                  init, dinit,
-                 cu_seq, cu_ch, cu_nl, chunk_seg,
+                 chunk_meta,
                  du, phi, dB, dA_part, dbias_part,
                  S, n_chunks_bound, nprog, D, G, N, dpg, nblk_g, T,
                  L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
@@ -563,8 +583,8 @@ def _bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfina
     da_acc = tl.zeros([NP, BD], dtype=tl.float32)
     db_acc = tl.zeros([BD], dtype=tl.float32)
     for c in range(pid, n_chunks_bound, nprog):
-        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, cu_seq, cu_ch, cu_nl, chunk_seg, S,
-                                                       n_chunks_bound, L, REVERSE)
+        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, chunk_meta, n_chunks_bound,
+                                                       L, REVERSE)
         s64 = s.to(tl.int64)
         row = (nl0 + k).to(tl.int64)
         not_last = valid & (k < nck - 1)
@@ -704,6 +724,15 @@ class _Plan:
         self.cu_nl = torch.cat([zero, torch.cumsum((nck - 1).clamp_(min=0), 0, dtype=torch.int32)])
         ar = torch.arange(self.n_chunks_bound, device=dev, dtype=torch.int32)
         self.chunk_seg = torch.searchsorted(self.cu_ch[1:], ar, right=True, out_int32=True)
+        # one 8-int row per chunk (valid, segment, k, chunks of the segment, segment's first
+        # token, segment length, segment's first state row, pad): one round trip per chunk
+        seg = self.chunk_seg.clamp(max=max(S - 1, 0)).long()
+        if S > 0:
+            cols = [ar < self.cu_ch[-1], seg, ar - self.cu_ch[seg], nck[seg],
+                    cu_seqlens[:-1][seg], lens[seg], self.cu_nl[seg], torch.zeros_like(ar)]
+            self.meta = torch.stack([col.to(torch.int32) for col in cols], 1).contiguous()
+        else:
+            self.meta = torch.zeros(self.n_chunks_bound, 8, dtype=torch.int32, device=dev)
         # segment of every chunk-state row (rows past the true count point past the last one)
         self.row_seg = torch.searchsorted(self.cu_nl[1:], ar[:self.n_rows], right=True,
                                           out_int32=True)
@@ -753,6 +782,13 @@ def _common(u, delta, A, B, cu_seqlens):
     return plan, A2
 
 
+def _reg_cap(u) -> dict:
+    """Launch option capping the forward kernels' registers per thread (MAXNREG_FWD)."""
+    if MAXNREG_FWD and not _interpreting(u):
+        return dict(maxnreg=MAXNREG_FWD)
+    return {}
+
+
 def _dummy(dev):
     return torch.empty(1, dtype=torch.float32, device=dev)
 
@@ -791,7 +827,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
             plan.S, plan.n_rows, plan.nprog_rows, D, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
-            EVEN_N=plan.NP == N, num_warps=plan.num_warps)
+            EVEN_N=plan.NP == N, num_warps=plan.num_warps, **_reg_cap(u))
     DN = D * N
     _fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
         A2, hs, sdt, plan.cu_ch, plan.cu_nl,
@@ -828,13 +864,14 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
             delta_bias if delta_bias is not None else dm, out,
             initial_state if initial_state is not None else dm, final if final is not None else dm,
-            hs, cu_seqlens, plan.cu_ch, plan.cu_nl, plan.chunk_seg,
+            hs, plan.meta,
             S, plan.n_chunks_bound, plan.nprog, Dm, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u),
             HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_INIT=initial_state is not None, NEED_FINAL=final is not None,
-            EVEN_N=plan.NP == N, num_warps=plan.num_warps)
+            EVEN_N=plan.NP == N, META_PREFETCH=META_PREFETCH, num_warps=plan.num_warps,
+            **_reg_cap(u))
     return out, final, states
 
 
@@ -889,7 +926,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             delta_bias if delta_bias is not None else dm, dout,
             initial_state if initial_state is not None else dm, hs,
             dfinal_state if has_dfinal else dm,
-            cu_seqlens, plan.cu_ch, plan.cu_nl, plan.chunk_seg,
+            plan.meta,
             dz if dz is not None else dm, phi, dC_buf, gbuf, dinit if need_dinit else dm, kappa,
             stot, dA_part, dD_part,
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
@@ -908,7 +945,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             delta_bias if delta_bias is not None else dm, dout, hs, sdt, stot,
             dfinal_state if has_dfinal else dm, gbuf, kappa,
             initial_state if initial_state is not None else dm, dinit if need_dinit else dm,
-            cu_seqlens, plan.cu_ch, plan.cu_nl, plan.chunk_seg,
+            plan.meta,
             du, phi, dB_buf, dA_part2, dbias_part,
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
             HAS_DFINAL=has_dfinal, HAS_INIT=initial_state is not None,
