@@ -95,7 +95,10 @@ def as_tensors(events, device=None) -> dict[str, Tensor]:
     cols = _columns(events)
     out = {}
     for f, v in cols.items():
-        tens = v if isinstance(v, Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+        # astype copies into a fresh int64 array: a field of a packed structured array (13-byte
+        # records) has strides torch cannot view, and numpy calls a 1-event field contiguous,
+        # so ascontiguousarray would not copy it.
+        tens = v if isinstance(v, Tensor) else torch.from_numpy(np.asarray(v).astype(np.int64))
         out[f] = tens.to(device=device, dtype=torch.long) if device is not None else tens.long()
     return out
 

@@ -400,7 +400,11 @@ def insert_tokens(x: Tensor, cu_seqlens: Tensor, prefix: Tensor | None = None,
     cu = cu_seqlens.long()
     seg = torch.arange(s + 1, device=dev)
     new_cu = cu + seg * per
-    token_seg = cu_seqlens_to_batch(cu_seqlens, t)
+    try:
+        token_seg = cu_seqlens_to_batch(cu_seqlens, t)
+    except RuntimeError as err:  # CPU: the segment lengths do not add up to T (no sync before)
+        raise ValueError(f"cu_seqlens: expected the last value to be T = {t} (the rows of x), "
+                         f"got {int(cu_seqlens[-1])}") from err
     keep = torch.arange(t, device=dev) + token_seg * per + n_pre
     prefix_index = new_cu[:-1, None] + torch.arange(n_pre, device=dev)
     suffix_index = new_cu[1:, None] - n_suf + torch.arange(n_suf, device=dev)

@@ -97,6 +97,8 @@ ROWS = [
      ValueError, r"cu_seqlens: expected dtype torch.int32, got torch.int64"),
     ("cu-seqlens-float", lambda: S.cu_seqlens_to_batch(torch.tensor([0.0, 2.0])), TypeError,
      r"cu_seqlens: expected dtype torch.int32 or torch.int64, got torch.float32"),
+    ("insert-tokens-cu-end", lambda: S.insert_tokens(U, CU.clamp(max=9), prefix=torch.zeros(4)),
+     ValueError, r"cu_seqlens: expected the last value to be T = 10 \(the rows of x\), got 9"),
     ("batch-overflow", lambda: S.batch_to_cu_seqlens(_huge(2**31, dtype=torch.long)),
      ValueError, r"batch: 2147483648 tokens do not fit int32 cu_seqlens"),
     ("fit-depth-float", lambda: S.fit_depth(torch.rand(4, 3)), ValueError,
@@ -227,6 +229,15 @@ def test_graph_without_edges_or_with_isolated_nodes():
     assert members.numel() > 0 and set(members.tolist()) == {3}
     order = S.degree_order(torch.empty(2, 0, dtype=torch.long), 5)
     assert sorted(order.order.tolist()) == list(range(5))
+
+
+def test_one_event_window_of_a_packed_event_dtype():
+    """A 1-event window of the 13-byte (x, y, t, p) records: torch could not view its fields."""
+    one = _events([5])
+    assert EVENT_DTYPE.itemsize == 13
+    assert E.as_tensors(one)["x"].tolist() == [5]
+    ser = E.serialize_events(one, (34, 34, 2), 1.0)
+    assert ser.cu_seqlens.tolist() == [0, 1] and ser.extras["grid_coord"].tolist() == [[5, 0, 0]]
 
 
 def test_empty_event_window_gives_zero_frames():
