@@ -102,6 +102,12 @@ def worker(args: argparse.Namespace) -> None:
                "samples_per_s_windows": [round(x, 2) for x in totals.tolist()],
                "step_s": round(statistics.median(step_s), 4),
                "overrides": list(args.overrides)}
+        rows = [json.loads(ln) for ln in (Path(args.run_dir) / "metrics.jsonl").read_text()
+                .splitlines() if ln.strip()]
+        epoch = next(r for r in rows if r["split"] == "train")
+        # Rank 0's host time waiting for its DataLoader over the whole epoch (warm-up included).
+        rec["epoch_time_s"] = round(epoch["time_s"], 2)
+        rec["data_wait_s"] = round(epoch["data_wait_s"], 2)
         if trainer.device.type == "cuda":
             rec["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         Path(args.result).write_text(json.dumps(rec))

@@ -28,7 +28,7 @@ TRIALS = 6               # independent kill/resume chains
 KILLS_PER_TRIAL = 2      # SIGKILLs tried per chain before the final resume
 SEED = int(os.environ.get("GEOSSM_CRASH_SEED", "0"))  # kill times are reproducible
 EPOCHS = 6
-TIMING = ("time_s", "samples_per_s")
+TIMING = ("time_s", "samples_per_s", "data_wait_s")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ def read_jsonl(path):
 
 
 def strip_timing(rows):
-    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "time_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("samples_per_s", "time_s", "data_wait_s")}
+            for r in rows]
 
 
 def test_fit_writes_run_dir_and_summary(tmp_path):
