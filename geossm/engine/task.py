@@ -159,6 +159,23 @@ def _cu(lengths: Sequence[int]) -> torch.Tensor:
     return cu_seqlens_from_lengths(lengths, "pack_collate: lengths")
 
 
+def _check_npy_header_length(path: Path) -> None:
+    """Raise ``ValueError`` when a ``.npy`` header declares more bytes than the file has.
+
+    numpy reads the declared header length before checking it (a flipped version byte turns
+    the 2-byte length into a 4-byte one: ~660 MB read for a 12 KB file).
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:6] != b"\x93NUMPY" or len(head) < 10:
+        return  # numpy's own error names what is wrong
+    wide = head[6] >= 2  # format 2.0 and 3.0 store the header length in 4 bytes
+    length = int.from_bytes(head[8:12] if wide else head[8:10], "little")
+    size = path.stat().st_size
+    if (12 if wide else 10) + length > size:
+        raise ValueError(f"the header declares {length} bytes, the file has {size}")
+
+
 def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     """Move every tensor in nested dicts / lists / tuples to ``device``."""
     if isinstance(obj, torch.Tensor):
@@ -285,6 +302,7 @@ class Task:
             if suffix == ".npy":
                 # Memory-mapping first checks the header's shape against the file size, so a
                 # corrupt header cannot make numpy allocate more than the file holds.
+                _check_npy_header_length(path)
                 try:
                     mapped = np.load(path, allow_pickle=False, mmap_mode="r")
                 except ValueError as err:

@@ -325,3 +325,24 @@ def test_read_ply_malformed_header(tmp_path, header):
     with pytest.raises(ValueError) as info:
         _load_input(path)
     assert path.name in str(info.value)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_npy_header_length_beyond_the_file_is_not_read(tmp_path, version):
+    """Found by the fuzzer: a flipped version byte (1.0 -> 3.0) makes numpy read the 2-byte
+    header length and two header bytes as a 4-byte length of ~660 MB, which it read before
+    checking. The length is now checked against the file size first."""
+    path = tmp_path / "flipped.npy"
+    np.save(path, np.zeros((1000, 3), np.float32))
+    blob = bytearray(path.read_bytes())
+    blob[6] = version
+    path.write_bytes(bytes(blob))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"flipped.npy: not a readable .npy file \(the header "
+                                             r"declares \d+ bytes, the file has 12128\)"):
+            _load_input(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
