@@ -91,6 +91,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import tensor_version
+
 # tl.sum / tl.sigmoid are jit functions: under TRITON_INTERPRET=1 every call re-patches the
 # language (milliseconds each), so kernels call tl.reduce with the combine function the
 # interpreter recognises and spell out the sigmoid.
@@ -759,9 +761,10 @@ def _plan_for(cu_seqlens, T, D, G, N, dev) -> _Plan:
     being captured: a captured plan must live in the graph's own memory pool.
     """
     capturing = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if capturing or torch.compiler.is_compiling():
+    version = tensor_version(cu_seqlens)
+    if capturing or version is None or torch.compiler.is_compiling():
         return _Plan(cu_seqlens, T, D, G, N, dev)
-    key = (id(cu_seqlens), cu_seqlens._version, T, D, G, N, str(dev), CHUNK, MAX_BD,
+    key = (id(cu_seqlens), version, T, D, G, N, str(dev), CHUNK, MAX_BD,
            MAX_BD_BWD, NUM_WARPS_FWD, NUM_WARPS_BWD)
     hit = _PLAN_CACHE.get(key)
     if hit is not None and hit[0]() is cu_seqlens:

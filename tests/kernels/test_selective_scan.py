@@ -254,6 +254,30 @@ def test_validation_errors(change, error, message):
         selective_scan(**call)
 
 
+def test_cu_seqlens_changed_in_place_is_checked_again():
+    """The checks of cu_seqlens are cached per tensor: an in-place change must reach them."""
+    args, cu = valid_args()                                   # cu = [0, 3, 7]
+    selective_scan(**args, cu_seqlens=cu)
+    cu[1] = 9
+    with pytest.raises(ValueError, match=r"cu_seqlens must be non-decreasing"):
+        selective_scan(**args, cu_seqlens=cu)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="host syncs exist only with a CUDA device")
+def test_second_call_with_the_same_cu_seqlens_does_not_sync():
+    """Only the first call with a cu_seqlens tensor pays the host sync of its checks (the
+    layers of a model share one), so the public path stays asynchronous and capturable."""
+    args, cu = valid_args()
+    with torch.no_grad():
+        selective_scan(**args, cu_seqlens=cu)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            selective_scan(**args, cu_seqlens=cu)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_dense_input_refuses_cu_seqlens():
     args, cu = valid_args()
     dense = {k: (v.reshape(1, 7, *v.shape[1:]) if k in ("u", "delta", "B", "C", "z") else v)
