@@ -34,8 +34,13 @@ def gaussian_radius(height: float, width: float, min_overlap: float = 0.1) -> fl
 
 def centerpoint_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_cu: Tensor, grid: dict,
                         num_classes: int, batch_size: int, min_radius: int = 2,
-                        min_overlap: float = 0.1):
+                        min_overlap: float = 0.1, reg_neighbours: int = 0):
     """Targets on the BEV grid ``grid`` (``x0, y0, cx, cy, nx, ny``).
+
+    ``reg_neighbours = n`` also gives the cells within ``n`` of the centre cell (a
+    ``(2n+1)^2`` square) a regression target, with offsets measured from each cell (so a
+    heatmap peak one cell off still decodes to the right box); a cell claimed by two objects
+    keeps the one whose centre is nearer. Default 0: the centre cell only (CenterPoint).
 
     Shapes: ``gt_boxes (M, 7)``, ``gt_labels (M,)`` 1-based, ``gt_cu (B+1,)`` ->
     ``heatmap (B, K, Y, X)``, ``reg (B, 8, Y, X)``, ``mask (B, Y, X) bool``."""
@@ -44,6 +49,7 @@ def centerpoint_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_cu: Tensor, grid
     hm = torch.zeros(batch_size, num_classes, ny, nx, device=dev)
     reg = torch.zeros(batch_size, 8, ny, nx, device=dev)
     mask = torch.zeros(batch_size, ny, nx, dtype=torch.bool, device=dev)
+    owner = torch.full((batch_size, ny, nx), math.inf)   # squared distance of the cell's object
     boxes = gt_boxes.detach().float().cpu()
     labels = gt_labels.cpu()
     cu = gt_cu.cpu().tolist()
@@ -64,10 +70,17 @@ def centerpoint_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_cu: Tensor, grid
             g = torch.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sigma ** 2))
             g = torch.where(((xs - ix).abs() <= r) & ((ys - iy).abs() <= r), g, torch.zeros(()))
             hm[b, c] = torch.maximum(hm[b, c], g.to(dev))
-            reg[b, :, iy, ix] = torch.tensor([fx - ix, fy - iy, z, math.log(dx), math.log(dy),
-                                              math.log(max(dz, 1e-3)), math.sin(h), math.cos(h)],
-                                             device=dev)
-            mask[b, iy, ix] = True
+            n = int(reg_neighbours)
+            for jy in range(max(iy - n, 0), min(iy + n + 1, ny)):
+                for jx in range(max(ix - n, 0), min(ix + n + 1, nx)):
+                    d = (jx + 0.5 - fx) ** 2 + (jy + 0.5 - fy) ** 2
+                    if d >= owner[b, jy, jx]:
+                        continue
+                    owner[b, jy, jx] = d
+                    reg[b, :, jy, jx] = torch.tensor(
+                        [fx - jx, fy - jy, z, math.log(dx), math.log(dy),
+                         math.log(max(dz, 1e-3)), math.sin(h), math.cos(h)], device=dev)
+                    mask[b, jy, jx] = True
     return hm, reg, mask
 
 

@@ -6,7 +6,7 @@ Batches are packed by ``pack_collate``: ``points (N, 4)``, ``cu_seqlens (B+1,)``
 
     model.num_classes             heatmap classes (= len(data.classes))
     data.classes                  class names, default [Car, Pedestrian, Cyclist]
-    loss: {reg_weight: 2.0, min_radius: 2, min_overlap: 0.1}
+    loss: {reg_weight: 2.0, min_radius: 2, min_overlap: 0.1, reg_neighbours: 0}
     eval_metrics: [bev, 3d]       KITTI AP metrics reported by evaluation
 
 The best checkpoint is chosen by Car BEV AP R40 at moderate difficulty.
@@ -122,15 +122,16 @@ class DetectionTask(Task):
     def loss(self, outputs: dict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         self._ensure_model_info()
         cfg = dict(self.cfg.get("loss") or {})
-        unknown = set(cfg) - {"reg_weight", "min_radius", "min_overlap"}
+        unknown = set(cfg) - {"reg_weight", "min_radius", "min_overlap", "reg_neighbours"}
         if unknown:
             raise ValueError(f"loss: unknown keys {sorted(unknown)} (known: reg_weight, "
-                             "min_radius, min_overlap)")
+                             "min_radius, min_overlap, reg_neighbours)")
         hm = outputs["heatmap"]
         targets = centerpoint_targets(batch["gt_boxes"], batch["gt_labels"],
                                       batch["gt_boxes_cu_seqlens"], self._grid, hm.shape[1],
                                       hm.shape[0], int(cfg.get("min_radius", 2)),
-                                      float(cfg.get("min_overlap", 0.1)))
+                                      float(cfg.get("min_overlap", 0.1)),
+                                      int(cfg.get("reg_neighbours", 0)))
         return centerpoint_loss(outputs, targets, float(cfg.get("reg_weight", 2.0)))
 
     def build_metrics(self) -> Metric:

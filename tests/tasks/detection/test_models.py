@@ -106,3 +106,27 @@ def test_heading_loss_accepts_either_direction():
             assert loss > 0.5
         else:
             assert loss == pytest.approx(expected, abs=1e-6)
+
+
+def test_neighbour_cells_regress_the_same_box():
+    """With ``reg_neighbours=1`` the 3x3 cells around a centre hold offsets from themselves:
+    decoding any of them gives the object's centre; a cell between two objects keeps the
+    nearer one."""
+    grid = {"x0": 0.0, "y0": -10.0, "cx": 0.5, "cy": 0.5, "nx": 40, "ny": 40}
+    boxes = torch.tensor([[10.3, -3.1, -0.9, 3.9, 1.6, 1.5, 0.4],
+                          [11.1, -3.1, -0.9, 3.9, 1.6, 1.5, 0.4]])
+    cu = torch.tensor([0, 2], dtype=torch.int32)
+    _, reg0, mask0 = centerpoint_targets(boxes[:1], torch.tensor([1]), torch.tensor([0, 1]),
+                                         grid, 1, 1)
+    _, reg, mask = centerpoint_targets(boxes, torch.tensor([1, 1]), cu, grid, 1, 1,
+                                       reg_neighbours=1)
+    assert int(mask0.sum()) == 1 and int(mask.sum()) == 15   # two 3x3 squares sharing 3 cells
+    iy, ix = torch.nonzero(mask[0], as_tuple=True)
+    x = (ix.float() + reg[0, 0, iy, ix]) * 0.5
+    y = (iy.float() + reg[0, 1, iy, ix]) * 0.5 - 10.0
+    centre = np.where(x.numpy() < 10.7, 10.3, 11.1)
+    np.testing.assert_allclose(x.numpy(), centre, atol=1e-5)
+    np.testing.assert_allclose(y.numpy(), -3.1, atol=1e-5)
+    # the shared column 21 (cell centre 10.75 m) is nearer the second object
+    shared = (21 + reg[0, 0, iy[ix == 21], 21]) * 0.5
+    assert len(shared) == 3 and torch.allclose(shared, torch.tensor(11.1))
