@@ -169,6 +169,7 @@ class Recorder:
                 {"where": " <- ".join(str(f) for f in d.traceback),
                  "kb": round(d.size_diff / 1024, 1),
                  "count": d.count_diff} for d in diff[:top] if d.size_diff > 0]
+            del diff  # its objects would show in the census below
         if self.first_types is not None:
             grew = type_counts()
             grew.subtract(self.first_types)
