@@ -10,6 +10,7 @@ must not allocate them). Each test prints ``fuzz <reader>: <n> cases ...`` (see 
 
 ``GEOSSM_FUZZ_EXAMPLES`` sets the cases per reader (default 300; AEDAT4, whose seed is a 1 MB
 recording, gets a third): about 35 s in all on an idle 2-core CPU, 2-3 minutes on a loaded one.
+``GEOSSM_SHARED_DATA`` names the sample folder when it is not ``../shared/data``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis not installed:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# ``GEOSSM_SHARED_DATA`` points elsewhere (a copy of ../shared/data on another machine).
+SHARED = Path(os.environ.get("GEOSSM_SHARED_DATA")
+              or Path(__file__).resolve().parents[2].parent / "shared" / "data")
 MAX_EXAMPLES = int(os.environ.get("GEOSSM_FUZZ_EXAMPLES", "300"))
 CASE_TIMEOUT = 20.0           # seconds per case (generous: CI's 2 cores are shared)
 MEMORY_FACTOR = 512           # bytes allocated per byte of input, at most (+ MEMORY_SLACK)
