@@ -161,6 +161,13 @@ class _GatherGemm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, table):
+        # one compute dtype for both passes: autocast's (bf16 on GPU training) when it is on,
+        # else the inputs' common type; gradients go back in the inputs' own dtypes
+        dev = x.device.type
+        dtype = (torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev)
+                 else torch.promote_types(x.dtype, weight.dtype))
+        ctx.dtypes = (x.dtype, weight.dtype)
+        x, weight = x.to(dtype), weight.to(dtype)
         v, k3 = table.shape
         xp = torch.cat([x, x.new_zeros(1, x.shape[1])])
         cols = xp[table].reshape(v, k3 * x.shape[1])                      # (V, k^3 * C_in)
@@ -170,14 +177,18 @@ class _GatherGemm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         cols, weight, table = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.dtypes
+        grad = grad.to(cols.dtype)
         k3, cin, cout = weight.shape
-        grad_w = (cols.t() @ grad).reshape(k3, cin, cout) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (cols.t() @ grad).reshape(k3, cin, cout).to(w_dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             gp = torch.cat([grad, grad.new_zeros(1, cout)])
             # offset k of u reads grad_out at u - o_k = the entry of the mirrored offset
             gcols = gp[table.flip(1)].reshape(table.shape[0], k3 * cout)   # (V, k^3 * C_out)
-            grad_x = gcols @ weight.transpose(1, 2).reshape(-1, cin)
+            grad_x = (gcols @ weight.transpose(1, 2).reshape(-1, cin)).to(x_dtype)
         return grad_x, grad_w, None
 
 

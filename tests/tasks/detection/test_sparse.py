@@ -113,3 +113,23 @@ def test_conv_bad_arguments():
         SubMConv3d(2, 2, kernel_size=2)
     with pytest.raises(ValueError, match=r"features: expected shape \(V, 3\)"):
         SubMConv3d(3, 2)(_random_voxels(c=5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_under_bf16_autocast_trains(device):
+    """Mixed precision (the trainer's bf16 autocast): the GEMMs run in bf16 and the backward
+    pass works (it met a bf16 gradient with fp32 columns before), the gradients come back in
+    the parameters' and inputs' fp32, close to the fp32 ones."""
+    sp = _random_voxels(device=device)
+    sp = sp.replace(sp.features.float())
+    conv = SubMConv3d(5, 7).to(device)
+    feats = sp.features.clone().requires_grad_(True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = conv(sp.replace(feats)).features
+    out.float().square().sum().backward()
+    assert feats.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    grad_bf16 = conv.weight.grad.clone()
+    conv.weight.grad = None
+    conv(sp).features.square().sum().backward()
+    torch.testing.assert_close(grad_bf16, conv.weight.grad, rtol=0.05, atol=0.05 * float(
+        conv.weight.grad.abs().max()))
