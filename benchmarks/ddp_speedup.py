@@ -21,6 +21,11 @@ Usage::
 
 ``--cpu`` runs the same thing with gloo on CPU processes (a check of the script, not a
 speed-up figure: the processes share the host's cores).
+
+Measured (2x NVIDIA H200, NVLink NV18, 12 host cores, 5 workers and 2 threads per process,
+defaults above, 10 warm-up + 30 timed steps): 1 GPU 115.8 samples/s (0.276 s/step), 2 GPUs
+221.5 samples/s (0.289 s/step): speed-up 1.91x (efficiency 0.96); rank 0 waited 0.2-0.3 s
+for data over the whole epoch; peak 9.7 GiB per GPU.
 """
 
 from __future__ import annotations
