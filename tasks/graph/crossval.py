@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="seeds, e.g. 0-4")
     parser.add_argument("--out", default=None, help="parent folder of the run directories")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    ns = parser.parse_args(argv)
+    ns = parser.parse_intermixed_args(argv)
 
     def emit(row: dict) -> None:
         sys.stdout.write(json.dumps(row) + "\n")
