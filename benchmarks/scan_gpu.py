@@ -256,7 +256,7 @@ def sweep(args) -> int:
     bw = copy_bandwidth(dev)
     emit(dict(card=card, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
     defaults = {name: getattr(ST, name, None) for name in
-                ("MAX_BD", "MAX_BD_BWD", "NUM_WARPS_FWD", "META_PREFETCH", "MAXNREG_FWD",
+                ("MAX_BD", "MAX_BD_BWD", "NUM_WARPS_FWD", "MAXNREG_FWD",
                  "NUM_WARPS_BWD", "CHUNK")}
     inputs = {name: make_inputs(name, dev) for name in args.workloads.split(",")}
     for variant in args.sweep.split(";"):

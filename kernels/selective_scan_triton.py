@@ -58,14 +58,14 @@ decay underflows (|A| dt >> 30) the tiny true dA comes back as rounding noise of
 
 GPU code path: a program holds a (N, BD) float32 state tile, prefetches the next step's inputs
 one iteration ahead, and takes log2 in softplus as ``lg2.approx`` (libdevice's log2f is a long
-polynomial); the interpreter path uses ``tl.log2`` and walks the carry rows one at a time. The
-forward kernels keep every per-step vector 2-D ((1, BD) per channel, (N, 1) per state): Triton
-then gives the whole step one layout (N inside a thread, one channel per thread) and the step
-loop has no shared-memory layout conversion and no barrier (with 1-D vectors the sm_90 SASS
-had 4 to 6 barriers per step, each vector going through shared memory). The backward kernels keep 1-D vectors on purpose: there the
-compiler picks a (4 states x 4 channels per thread) layout whose sums over channels (dB, dC)
-need 3 shuffle rounds instead of 5, and the 2-D form measured 30-35% more instructions per
-step (benchmarks/NOTES_scan_gpu.md).
+polynomial); the interpreter path uses ``tl.log2`` and walks the carry rows one at a time.
+Per-channel vectors are 1-D: Triton then picks a (4 states x 4 channels per thread) layout for
+the tile, so each thread unpacks only 4 of the 16 B and C values per step and the sums over
+channels (dB, dC) need 3 shuffle rounds, at the price of shared-memory layout conversions (and
+barriers) for the 1-D vectors each step. Keeping every vector 2-D gives a barrier-free step
+loop with one channel and all 16 states per thread, but more instructions per step (forward
+199 -> 216, backward h-pass 458 -> 601 in the sm_90 SASS) and it measured slower on the GPU
+(benchmarks/NOTES_scan_gpu.md).
 
 Determinism: no atomics. dB/dC are written per token (a program holds every channel of a group
 or writes one slice of a partial buffer summed afterwards); dA, dD and ddelta_bias come from
@@ -107,8 +107,7 @@ CHUNK_INTERPRET = 16  # under the interpreter: small tests still cross chunk bou
 MAX_BD = 64          # channels per program; a program keeps a (N, BD) float32 state tile
 NUM_WARPS_FWD = None  # None: BD // 32 warps, so that N stays inside a thread
 NUM_WARPS_BWD = None
-MAX_BD_BWD = None     # channels per backward program (None: MAX_BD)
-META_PREFETCH = False  # forward output pass loads the next chunk's metadata row one chunk ahead
+MAX_BD_BWD = 32       # channels per backward program: one warp, no cross-warp sums (None: MAX_BD)
 MAXNREG_FWD = None    # register cap per thread of the forward kernels (None: compiler's choice)
 
 
@@ -146,17 +145,6 @@ def _softplus(x, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
             lg = tl.log2(1.0 + tl.exp2(x * LOG2E))
         y = tl.where(x > 20.0, x, lg * LN2)
     return y
-
-
-@triton.jit
-def _load_n(ptrs, mn, EVEN_N: tl.constexpr):
-    """Load an (NP, .) state-indexed tile; unmasked when N is a power of two (NP == N): the
-    masked form costs a zero-fill and a select per element and step."""
-    if EVEN_N:
-        x = tl.load(ptrs)
-    else:
-        x = tl.load(ptrs, mask=mn, other=0.0)
-    return x
 
 
 @triton.jit
@@ -211,47 +199,48 @@ def _fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
                      S, n_rows_bound, nprog, D, G, N, dpg,
                      L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                      REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
-                     HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr):
+                     HAS_BIAS: tl.constexpr):
     """Local end state (from h = 0) and sum(dt) of every full chunk that is not the last of its
     segment: programs walk the rows of ``hs`` directly, so last chunks (every chunk of a
     single-chunk segment) cost nothing, not even their metadata loads."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    # (NP, BD) state tile, N inside a thread; per-step vectors stay 2-D in the tile's layout
-    od = pdb * BD + tl.arange(0, BD)[None, :]                 # (1, BD)
-    on = tl.arange(0, NP)[:, None]                            # (NP, 1)
-    mn = on < N
+    offs_d = pdb * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
     g = (pdb * BD) // dpg
-    a2 = tl.load(A2 + od * N + on, mask=mn, other=0.0)
+    # (NP, BD): N runs inside a thread so sums over N need no shuffles
+    a2 = tl.load(A2 + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
     if HAS_BIAS:
-        bias = tl.load(dbias + od)
+        bias = tl.load(dbias + offs_d)
     else:
-        bias = tl.zeros([1, BD], dtype=tl.float32)
+        bias = tl.zeros([BD], dtype=tl.float32)
     n_rows = tl.load(cu_nl + S)                      # rows that exist (<= n_rows_bound)
     for r in range(pid, n_rows, nprog):
         base = _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound, L, REVERSE)
         h = tl.zeros([NP, BD], dtype=tl.float32)
-        st = tl.zeros([1, BD], dtype=tl.float32)
+        st = tl.zeros([BD], dtype=tl.float32)
         tn = base
-        u_n = tl.load(u + tn * D + od)
-        d_n = tl.load(delta + tn * D + od)
-        b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
+        u_n = tl.load(u + tn * D + offs_d)
+        d_n = tl.load(delta + tn * D + offs_d)
+        b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
         for i in range(0, L):
             uu = u_n.to(tl.float32)
             dt = d_n.to(tl.float32) + bias
             bv = b_n.to(tl.float32)
             # prefetch the next step (the last step re-reads its own row): hides load latency
             tn = base + tl.minimum(i + 1, L - 1) * STEP
-            u_n = tl.load(u + tn * D + od)
-            d_n = tl.load(delta + tn * D + od)
-            b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
+            u_n = tl.load(u + tn * D + offs_d)
+            d_n = tl.load(delta + tn * D + offs_d)
+            b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
             dt = _softplus(dt, SOFTPLUS, FAST)
-            h = tl.exp2(a2 * dt) * h + bv * (dt * uu)
+            h = tl.exp2(a2 * dt[None, :]) * h + bv[:, None] * (dt * uu)[None, :]
             st += dt
         row = base * 0 + r                           # int64 (r is a plain int when interpreted)
-        tl.store(hs + row * D * N + od * N + on, h, mask=mn)
-        tl.store(sdt + row * D + od, st)
+        tl.store(hs + row * D * N + offs_d[None, :] * N + offs_n[:, None], h,
+                 mask=mask_n[:, None])
+        tl.store(sdt + row * D + offs_d, st)
 
 
 @triton.jit
@@ -307,54 +296,40 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
                 REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                 HAS_BIAS: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
-                NEED_FINAL: tl.constexpr, EVEN_N: tl.constexpr,
-                META_PREFETCH: tl.constexpr):
+                NEED_FINAL: tl.constexpr):
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    # every per-step vector is kept 2-D ((1, BD) per channel, (NP, 1) per state) so that it
-    # lives in the state tile's layout: 1-D vectors cost a shared-memory layout conversion
-    # (two barriers) each step
-    od = pdb * BD + tl.arange(0, BD)[None, :]                 # (1, BD)
-    on = tl.arange(0, NP)[:, None]                            # (NP, 1)
-    mn = on < N
+    offs_d = pdb * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
     g = (pdb * BD) // dpg
-    st_off = od * N + on                                      # (NP, BD) offsets in a (D, N) state
-    a2 = tl.load(A2 + st_off, mask=mn, other=0.0)
+    st_off = offs_d[None, :] * N + offs_n[:, None]          # (NP, BD) offsets in a (D, N) state
+    a2 = tl.load(A2 + st_off, mask=mask_n[:, None], other=0.0)
     if HAS_BIAS:
-        bias = tl.load(dbias + od)
+        bias = tl.load(dbias + offs_d)
     else:
-        bias = tl.zeros([1, BD], dtype=tl.float32)
+        bias = tl.zeros([BD], dtype=tl.float32)
     if HAS_D:
-        dsk = tl.load(Dsk + od)
+        dsk = tl.load(Dsk + offs_d)
     else:
-        dsk = tl.zeros([1, BD], dtype=tl.float32)
+        dsk = tl.zeros([BD], dtype=tl.float32)
     DN = D * N
-    if META_PREFETCH:
-        # the next chunk's metadata row is loaded while this chunk runs (short segments: one
-        # chunk of 8-33 steps each, where the metadata round trip is a visible share)
-        mv, ms, mk, mnck, mtok0, mslen, mnl0 = _meta_load(pid, chunk_meta, n_chunks_bound)
     for c in range(pid, n_chunks_bound, nprog):
-        if META_PREFETCH:
-            valid, s, k, nck, clen, base, nl0 = _meta_decode(c, mv, ms, mk, mnck, mtok0, mslen,
-                                                            mnl0, L, REVERSE)
-            mv, ms, mk, mnck, mtok0, mslen, mnl0 = _meta_load(c + nprog, chunk_meta,
-                                                              n_chunks_bound)
-        else:
-            valid, s, k, nck, clen, base, nl0 = _chunk_info(c, chunk_meta, n_chunks_bound,
-                                                           L, REVERSE)
+        valid, s, k, nck, clen, base, nl0 = _chunk_info(c, chunk_meta, n_chunks_bound,
+                                                       L, REVERSE)
         prev = (nl0 + k - 1).to(tl.int64)
-        h = tl.load(hs + prev * DN + st_off, mask=_and(mn, valid & (k > 0)), other=0.0)
+        h = tl.load(hs + prev * DN + st_off, mask=_and(mask_n[:, None], valid & (k > 0)), other=0.0)
         if HAS_INIT:
             h += tl.load(init + s.to(tl.int64) * DN + st_off,
-                         mask=_and(mn, valid & (k == 0)), other=0.0)
+                         mask=_and(mask_n[:, None], valid & (k == 0)), other=0.0)
         tn = tl.where(clen > 0, base, 0)
-        u_n = tl.load(u + tn * D + od)
-        d_n = tl.load(delta + tn * D + od)
-        b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
-        c_n = _load_n(Cm + (tn * G + g) * N + on, mn, EVEN_N)
+        u_n = tl.load(u + tn * D + offs_d)
+        d_n = tl.load(delta + tn * D + offs_d)
+        b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
+        c_n = tl.load(Cm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
         if HAS_Z:
-            z_n = tl.load(z + tn * D + od)
+            z_n = tl.load(z + tn * D + offs_d)
         for i in range(0, clen):
             tok = base + i * STEP
             uu = u_n.to(tl.float32)
@@ -365,21 +340,21 @@ def _fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
                 zz = z_n.to(tl.float32)
             # prefetch the next step (the last step re-reads its own row): hides load latency
             tn = base + tl.minimum(i + 1, clen - 1) * STEP
-            u_n = tl.load(u + tn * D + od)
-            d_n = tl.load(delta + tn * D + od)
-            b_n = _load_n(Bm + (tn * G + g) * N + on, mn, EVEN_N)
-            c_n = _load_n(Cm + (tn * G + g) * N + on, mn, EVEN_N)
+            u_n = tl.load(u + tn * D + offs_d)
+            d_n = tl.load(delta + tn * D + offs_d)
+            b_n = tl.load(Bm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
+            c_n = tl.load(Cm + (tn * G + g) * N + offs_n, mask=mask_n, other=0.0)
             if HAS_Z:
-                z_n = tl.load(z + tn * D + od)
+                z_n = tl.load(z + tn * D + offs_d)
             dt = _softplus(dt, SOFTPLUS, FAST)
-            h = tl.exp2(a2 * dt) * h + bv * (dt * uu)
-            y = tl.reduce(h * cv, 0, _SUM, keep_dims=True) + dsk * uu
+            h = tl.exp2(a2 * dt[None, :]) * h + bv[:, None] * (dt * uu)[None, :]
+            y = tl.reduce(h * cv[:, None], 0, _SUM) + dsk * uu
             if HAS_Z:
                 y = y * zz * (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
-            tl.store(out + tok * D + od, y.to(out.dtype.element_ty))
+            tl.store(out + tok * D + offs_d, y.to(out.dtype.element_ty))
         if NEED_FINAL:
             tl.store(final + s.to(tl.int64) * DN + st_off, h,
-                     mask=_and(mn, valid & (k == nck - 1)))
+                     mask=_and(mask_n[:, None], valid & (k == nck - 1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -830,7 +805,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
             plan.S, plan.n_rows, plan.nprog_rows, D, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
-            EVEN_N=plan.NP == N, num_warps=plan.num_warps, **_reg_cap(u))
+            num_warps=plan.num_warps, **_reg_cap(u))
     DN = D * N
     _fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
         A2, hs, sdt, plan.cu_ch, plan.cu_nl,
@@ -873,8 +848,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
             FAST=not _interpreting(u),
             HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_INIT=initial_state is not None, NEED_FINAL=final is not None,
-            EVEN_N=plan.NP == N, META_PREFETCH=META_PREFETCH, num_warps=plan.num_warps,
-            **_reg_cap(u))
+            num_warps=plan.num_warps, **_reg_cap(u))
     return out, final, states
 
 

@@ -110,7 +110,6 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
 # launch variants the GPU benchmark compares (module switches of selective_scan_triton)
 _VARIANTS = {
     "narrow_backward_blocks": dict(MAX_BD=8, MAX_BD_BWD=4),
-    "metadata_prefetch": dict(META_PREFETCH=True),
 }
 
 
