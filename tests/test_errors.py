@@ -21,7 +21,7 @@ from geossm.config import ConfigError, ConfigKeyError, load_config
 from geossm.engine.checkpoint import CheckpointError, load_checkpoint
 from geossm.engine.task import pack_collate
 from geossm.kernels import causal_conv1d, selective_scan
-from geossm.nn import Mamba
+from geossm.nn import MLP, Mamba
 from geossm.serialization import events as E
 
 U, A, B = torch.randn(10, 4), -torch.rand(4, 3), torch.randn(10, 3)
@@ -44,6 +44,12 @@ def _huge(*shape, dtype=torch.float32):
 
 def _huge_array(*shape):
     return np.broadcast_to(np.zeros((), np.float32), shape)
+
+
+def _segmentation_model():
+    from geossm.tasks.segmentation.models import PointCloudMambaSeg
+    return PointCloudMambaSeg(in_channels=3, num_classes=4, dims=[8, 8], depths=[0, 1],
+                              strides=[4], d_state=4, expand=1, k=4)
 
 
 def _dataset(module, cls, **kwargs):
@@ -140,6 +146,12 @@ ROWS = [
      ConfigError, r"refused YAML tag"),
     ("checkpoint-missing", lambda: load_checkpoint("/nonexistent/last.pt"), FileNotFoundError,
      r"checkpoint not found: /nonexistent/last.pt"),
+    # layers and models called directly
+    ("mlp-width", lambda: MLP(8)(torch.randn(5, 6)), ValueError,
+     r"MLP: x must have 8 features in its last dimension, got shape \(5, 6\)"),
+    ("model-all-empty", lambda: _segmentation_model()(
+        torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(3, dtype=torch.int32)), ValueError,
+     r"coord has 0 points: every one of the 2 point clouds of the batch is empty"),
 ]
 
 DATASET_ROWS = [

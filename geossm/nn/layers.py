@@ -126,4 +126,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.fc1.in_features:
+            raise ValueError(f"MLP: x must have {self.fc1.in_features} features in its last "
+                             f"dimension, got shape {tuple(x.shape)}")
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))

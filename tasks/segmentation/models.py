@@ -67,6 +67,10 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
     if int(cu_seqlens[-1]) != coord.shape[0] or int(cu_seqlens[0]) != 0:
         raise ValueError(f"cu_seqlens must start at 0 and end at N={coord.shape[0]}, got "
                          f"{int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
+    if coord.shape[0] == 0:
+        # one empty cloud among others is an empty segment; a batch of nothing has no grid
+        raise ValueError(f"coord has 0 points: every one of the {cu_seqlens.numel() - 1} "
+                         "point clouds of the batch is empty")
 
 
 def _run(module: nn.Module, enabled: bool, *args: Any) -> Any:
