@@ -156,7 +156,9 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(ctx, refere
           f"(uninterrupted run {duration:.1f} s), {finished_early} runs ended before their kill; "
           f"last.pt epoch after each kill per trial {epochs}; every trial resumed to the "
           f"uninterrupted run's weights and metrics")
-    assert len(kills) >= TRIALS, "most runs ended before their kill: the kill window is wrong"
+    # a sanity check of the kill window, not of the machine's speed: on a loaded machine the
+    # uninterrupted reference can run slower than the trials, so ask for half of them
+    assert len(kills) >= TRIALS // 2, "most runs ended before their kill: the kill window is wrong"
 
 
 def test_resume_after_a_torn_metrics_line(ctx, reference, tmp_path):
