@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +569,28 @@ class _RealTracking(_TrackingSequences):
         raise FileNotFoundError(f"{type(self).__name__}: none of "
                                 f"{[str(root / n) for n in self.split_dirs[split]]} exists")
 
+    def _files(self, sequence_dir: Path) -> tuple[Path, Path]:
+        """``(ground-truth file, event file)`` of one sequence folder in the dataset's layout."""
+        raise NotImplementedError
+
+    def _sequence_dirs(self, root: str | os.PathLike, split: str,
+                       sequences: Sequence[str] | None) -> Iterator[tuple[Path, Path, Path]]:
+        """``(sequence folder, ground-truth file, event file)`` of every sequence of ``split``,
+        with a progress bar; a missing folder or file raises naming it."""
+        name = type(self).__name__
+        folder = self._split_dir(Path(str(root)), split)
+        dirs = sorted(d for d in folder.iterdir() if d.is_dir())
+        if sequences is not None:
+            dirs = [d for d in dirs if d.name in set(sequences)]
+        if not dirs:
+            raise FileNotFoundError(f"{name}: no sequence folders under {folder}")
+        for d in tqdm(dirs, desc=f"{name} {split}", leave=False):
+            gt, ev_file = self._files(d)
+            for p in (gt, ev_file):
+                if not p.is_file():
+                    raise FileNotFoundError(f"{name}: expected {p} (official layout)")
+            yield d, gt, ev_file
+
 
 @DATASETS.register
 class EventVOT(_RealTracking):
@@ -586,22 +608,14 @@ class EventVOT(_RealTracking):
                   "val": ("val", "validating Subset")}
     sensor_size = (1280, 720, 2)
 
+    def _files(self, sequence_dir: Path) -> tuple[Path, Path]:
+        return sequence_dir / "groundtruth.txt", sequence_dir / f"{sequence_dir.name}.csv"
+
     def __init__(self, root: str | os.PathLike, split: str = "test",
                  sequences: Sequence[str] | None = None, **kwargs: Any):
         kwargs.setdefault("mode", "pairs" if split == "train" else "sequences")
         super().__init__(**kwargs)
-        folder = self._split_dir(Path(str(root)), split)
-        dirs = sorted(d for d in folder.iterdir() if d.is_dir())
-        if sequences is not None:
-            dirs = [d for d in dirs if d.name in set(sequences)]
-        if not dirs:
-            raise FileNotFoundError(f"EventVOT: no sequence folders under {folder}")
-        for d in tqdm(dirs, desc=f"EventVOT {split}", leave=False):
-            gt = d / "groundtruth.txt"
-            ev_file = d / f"{d.name}.csv"
-            for p in (gt, ev_file):
-                if not p.is_file():
-                    raise FileNotFoundError(f"EventVOT: expected {p} (official layout)")
+        for d, gt, ev_file in self._sequence_dirs(root, split, sequences):
             events = _read_csv_events(ev_file)
             boxes = _read_boxes(gt)
             self.add(d.name, events, boxes, _frame_times(d, events, len(boxes)),
@@ -623,22 +637,14 @@ class FE108(_RealTracking):
     split_dirs = {"train": ("train",), "test": ("test",), "val": ("test",)}
     sensor_size = (346, 260, 2)
 
+    def _files(self, sequence_dir: Path) -> tuple[Path, Path]:
+        return sequence_dir / "groundtruth_rect.txt", sequence_dir / "events.aedat4"
+
     def __init__(self, root: str | os.PathLike, split: str = "test",
                  sequences: Sequence[str] | None = None, **kwargs: Any):
         kwargs.setdefault("mode", "pairs" if split == "train" else "sequences")
         super().__init__(**kwargs)
-        folder = self._split_dir(Path(str(root)), split)
-        dirs = sorted(d for d in folder.iterdir() if d.is_dir())
-        if sequences is not None:
-            dirs = [d for d in dirs if d.name in set(sequences)]
-        if not dirs:
-            raise FileNotFoundError(f"FE108: no sequence folders under {folder}")
-        for d in tqdm(dirs, desc=f"FE108 {split}", leave=False):
-            gt = d / "groundtruth_rect.txt"
-            ev_file = d / "events.aedat4"
-            for p in (gt, ev_file):
-                if not p.is_file():
-                    raise FileNotFoundError(f"FE108: expected {p} (official layout)")
+        for d, gt, ev_file in self._sequence_dirs(root, split, sequences):
             rec = read_events(ev_file, "aedat4")
             boxes = _read_boxes(gt)
             self.add(d.name, rec.events, boxes, _frame_times(d, rec.events, len(boxes)),
