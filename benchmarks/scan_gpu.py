@@ -173,20 +173,11 @@ def main(argv=None) -> int:
             emit(dict(info, metric=metric, ms=round(ms, 4), x_floor=round(ms / floor_ms, 2),
                       **extra), args.out)
 
-        # canonical tensors as the public function hands them to the backend
-        Bg, Cg = x["B"].view(T, 1, N), x["C"].view(T, 1, N)
-        kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
-                 x["cu_seqlens"], None, True, False)
-        dout = torch.randn(T, D, device=dev).to(torch.bfloat16)
-
-        fwd = lambda: ST.selective_scan_fwd(*kargs)  # noqa: E731
+        kargs, dout = kernel_args(x, T, D, dev)
+        fwd, fwd_bwd_saved = kernel_calls(ST, kargs, dout)
         rec("kernels_fwd", bench(fwd))
         if args.fwd_only:
             continue
-
-        def fwd_bwd_saved():
-            out, fin, saved = ST.selective_scan_fwd(*kargs)
-            ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
 
         def fwd_bwd_recompute():
             ST.selective_scan_fwd(*kargs)
@@ -270,25 +261,37 @@ def sweep(args) -> int:
             switches[key] = int(value)
             setattr(ST, key, int(value))
         for name, (x, T, D, S) in inputs.items():
-            N = N_STATE
-            floor_ms = 2 * (4 * T * D + 2 * T * N) / bw * 1e3
-            Bg, Cg = x["B"].view(T, 1, N), x["C"].view(T, 1, N)
-            kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
-                     x["cu_seqlens"], None, True, False)
-            dout = torch.randn(T, D, device=dev).to(torch.bfloat16)
-
-            def fwd_bwd():
-                _, _, saved = ST.selective_scan_fwd(*kargs)
-                ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
-
-            for metric, fn in (("kernels_fwd", lambda: ST.selective_scan_fwd(*kargs)),
-                               ("kernels_fwd_bwd", fwd_bwd)):
+            floor_ms = 2 * (4 * T * D + 2 * T * N_STATE) / bw * 1e3
+            fwd, fwd_bwd = kernel_calls(ST, *kernel_args(x, T, D, dev))
+            for metric, fn in (("kernels_fwd", fwd), ("kernels_fwd_bwd", fwd_bwd)):
                 ms = triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
                 emit(dict(card=card, kernels=tag, variant=variant, workload=name, metric=metric,
                           ms=round(ms, 4), x_floor=round(ms / floor_ms, 2),
                           floor_ms=round(floor_ms, 4)), args.out)
     compile_report(ST, args.out, dict(card=card))
     return 0
+
+
+def kernel_args(x: dict, T: int, D: int, dev: torch.device) -> tuple[tuple, torch.Tensor]:
+    """The bare kernels' positional arguments for one workload's inputs ``x`` (the canonical
+    tensors the public function hands the backend: B, C as (T, 1, N)) and a bf16 ``dout``."""
+    Bg, Cg = x["B"].view(T, 1, N_STATE), x["C"].view(T, 1, N_STATE)
+    kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
+             x["cu_seqlens"], None, True, False)
+    return kargs, torch.randn(T, D, device=dev).to(torch.bfloat16)
+
+
+def kernel_calls(ST, kargs: tuple, dout: torch.Tensor):
+    """``(fwd, fwd_bwd)``: closures over the Triton kernels of module ``ST`` (fwd+bwd reuses
+    the forward's chunk states)."""
+    def fwd():
+        return ST.selective_scan_fwd(*kargs)
+
+    def fwd_bwd():
+        _, _, saved = ST.selective_scan_fwd(*kargs)
+        ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
+
+    return fwd, fwd_bwd
 
 
 def profile(args) -> int:
@@ -302,16 +305,7 @@ def profile(args) -> int:
     card = torch.cuda.get_device_name(dev)
     for name in args.workloads.split(","):
         x, T, D, S = make_inputs(name, dev)
-        N = N_STATE
-        Bg, Cg = x["B"].view(T, 1, N), x["C"].view(T, 1, N)
-        kargs = (x["u"], x["delta"], x["A"], Bg, Cg, x["D"], x["z"], x["delta_bias"],
-                 x["cu_seqlens"], None, True, False)
-        dout = torch.randn(T, D, device=dev).to(torch.bfloat16)
-
-        def fwd_bwd():
-            _, _, saved = ST.selective_scan_fwd(*kargs)
-            ST.selective_scan_bwd(dout, None, *kargs, chunk_states=saved)
-
+        _, fwd_bwd = kernel_calls(ST, *kernel_args(x, T, D, dev))
         fwd_bwd()
         torch.cuda.synchronize()
         reps = 5
