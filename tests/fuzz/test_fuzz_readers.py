@@ -21,7 +21,6 @@ import faulthandler
 import os
 import resource
 import signal
-import tarfile
 import tracemalloc
 from pathlib import Path
 
@@ -32,9 +31,8 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis not installed:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-# ``GEOSSM_SHARED_DATA`` points elsewhere (a copy of ../shared/data on another machine).
-SHARED = Path(os.environ.get("GEOSSM_SHARED_DATA")
-              or Path(__file__).resolve().parents[2].parent / "shared" / "data")
+from tests.shared_data import unpack  # noqa: E402
+
 MAX_EXAMPLES = int(os.environ.get("GEOSSM_FUZZ_EXAMPLES", "300"))
 CASE_TIMEOUT = 20.0           # seconds per case (generous: CI's 2 cores are shared)
 MEMORY_FACTOR = 512           # bytes allocated per byte of input, at most (+ MEMORY_SLACK)
@@ -149,24 +147,14 @@ def fuzz(name: str, read, seed: bytes, suffix: str, allowed: tuple[type[BaseExce
 
 # --------------------------------------------------------------------------------- seeds
 
-def _unpack(archive: Path, out: Path) -> Path:
-    if not archive.is_file():
-        pytest.skip(f"real sample archive not found: {archive} (../shared/data is absent)")
-    with tarfile.open(archive) as tar:
-        tar.extractall(out, filter="data")  # no links, devices or absolute paths
-    return out
-
-
 @pytest.fixture(scope="module")
 def kitti(tmp_path_factory) -> Path:
-    return _unpack(SHARED / "kitti" / "kitti_object_6frames.tar.xz",
-                   tmp_path_factory.mktemp("kitti")) / "training"
+    return unpack(tmp_path_factory, "kitti", "kitti_object_6frames.tar.xz") / "training"
 
 
 @pytest.fixture(scope="module")
 def event_samples(tmp_path_factory) -> Path:
-    return _unpack(SHARED / "events" / "event_samples.tar.xz",
-                   tmp_path_factory.mktemp("events")) / "samples"
+    return unpack(tmp_path_factory, "events", "event_samples.tar.xz") / "samples"
 
 
 def _prefix_at_word(blob: bytes, body_start: int, size: int, word: int) -> bytes:

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from geossm.cli import main
+from tests.shared_data import shared_path
 from toy_task import write_toy_config
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 class _Evil:
@@ -205,9 +205,7 @@ def test_peptides_split_pickle_is_not_unpickled_blindly(tmp_path):
     datasets = pytest.importorskip("geossm.tasks.graph.datasets",
                                    reason="graph task not installed")
     pytest.importorskip("rdkit", reason="RDKit not installed: Peptides-func graphs not built")
-    source = SHARED / "graphs" / "peptides-functional"
-    if not source.is_dir():
-        pytest.skip(f"real sample data not found at {source}")
+    source = shared_path("graphs", "peptides-functional")
     root = tmp_path / "peptides"
     shutil.copytree(source, root)
     real = datasets.PeptidesFunc(root=root, split="val", max_graphs=4,

@@ -1,5 +1,3 @@
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +7,10 @@ from hypothesis import strategies as st
 
 from geossm.serialization import Serialization, encode
 from geossm.serialization import events as ev
+from tests.shared_data import unpack
 
 DTYPE = np.dtype([("x", np.int64), ("y", np.int64), ("t", np.int64), ("p", np.int64)])
 SENSOR = (34, 34, 2)
-NMNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "events" / \
-    "nmnist_600train_100test.tar.xz"
 
 try:
     import tonic.functional as tonic_functional
@@ -41,15 +38,7 @@ def read_nmnist(path):
 
 @pytest.fixture(scope="module")
 def nmnist(tmp_path_factory):
-    if not NMNIST.exists():
-        pytest.skip(f"real N-MNIST sample not found at {NMNIST} (../shared/data is absent)")
-    root = tmp_path_factory.mktemp("nmnist")
-    with tarfile.open(NMNIST) as tar:
-        # the "data" filter exists from Python 3.11.4 / 3.10.12 on; older ones extract as is
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(root, filter="data")
-        else:
-            tar.extractall(root)
+    root = unpack(tmp_path_factory, "events", "nmnist_600train_100test.tar.xz")
     files = sorted(root.rglob("*.bin"))
     assert len(files) == 700
     return [read_nmnist(f) for f in files], files

@@ -1,35 +1,19 @@
 """Shared fixtures: the real event samples in ../shared/data/events, unpacked once per session
 (the shared copy is read-only, so archives go to a temporary folder)."""
 
-import tarfile
-from pathlib import Path
-
 import pytest
 
-EVENTS = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "events"
-NMNIST_TAR = EVENTS / "nmnist_600train_100test.tar.xz"
-SAMPLES_TAR = EVENTS / "event_samples.tar.xz"
-
-
-def _unpack(archive: Path, out: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        # data filter: no links, devices or absolute paths from the archive
-        tar.extractall(out, filter="data")
-    return out
+from tests.shared_data import unpack
 
 
 @pytest.fixture(scope="session")
 def nmnist_root(tmp_path_factory):
-    if not NMNIST_TAR.is_file():
-        pytest.skip(f"real N-MNIST archive not found at {NMNIST_TAR} (../shared/data is absent)")
-    return _unpack(NMNIST_TAR, tmp_path_factory.mktemp("nmnist"))
+    return unpack(tmp_path_factory, "events", "nmnist_600train_100test.tar.xz")
 
 
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory):
-    if not SAMPLES_TAR.is_file():
-        pytest.skip(f"real event samples not found at {SAMPLES_TAR} (../shared/data is absent)")
-    return _unpack(SAMPLES_TAR, tmp_path_factory.mktemp("event_samples")) / "samples"
+    return unpack(tmp_path_factory, "events", "event_samples.tar.xz") / "samples"
 
 
 @pytest.fixture(scope="session", autouse=True)
