@@ -2,6 +2,7 @@ import gzip
 import pickle
 import shutil
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,19 +152,27 @@ def test_cache_copy_skips_fresh_files(tmp_path):
         cache_copy([tmp_path / "src" / "b.txt"], tmp_path / "src", tmp_path / "dst")
 
 
+def _peptides_sample(peptides_root, tmp_path, splits: dict) -> Path:
+    """The first real rows of Peptides-func (as many as ``splits`` index) in the official layout:
+    csv.gz with its header line + the split pickle."""
+    root = tmp_path / "peptides"
+    (root / "raw").mkdir(parents=True)
+    rows = 1 + max(max(v) for v in splits.values())
+    with gzip.open(peptides_root / PeptidesFunc.CSV, "rt") as fh:
+        lines = [next(fh) for _ in range(rows + 1)]
+    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
+        fh.writelines(lines)
+    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
+        pickle.dump({k: np.array(v) for k, v in splits.items()}, fh)
+    return root
+
+
 def test_peptides_reader_on_real_molecules(peptides_root, tmp_path):
     pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
     pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
     # The first 6 real rows in the official layout (csv.gz + split pickle).
-    root = tmp_path / "peptides"
-    (root / "raw").mkdir(parents=True)
-    with gzip.open(peptides_root / PeptidesFunc.CSV, "rt") as fh:
-        lines = [next(fh) for _ in range(7)]
-    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
-        fh.writelines(lines)
-    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
-        pickle.dump({"train": np.array([0, 1, 2, 3]), "val": np.array([4]),
-                     "test": np.array([5])}, fh)
+    root = _peptides_sample(peptides_root, tmp_path, {"train": [0, 1, 2, 3], "val": [4],
+                                                      "test": [5]})
     ds = PeptidesFunc(root, split="train", cache_dir=tmp_path / "cache")
     assert len(ds) == 4
     g = ds[0]
@@ -183,15 +192,8 @@ def test_peptides_reader_on_real_molecules(peptides_root, tmp_path):
 def test_peptides_compact_cache_round_trip_without_rdkit(peptides_root, tmp_path, monkeypatch):
     pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
     pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
-    root = tmp_path / "peptides"
-    (root / "raw").mkdir(parents=True)
-    with gzip.open(peptides_root / PeptidesFunc.CSV, "rt") as fh:
-        lines = [next(fh) for _ in range(9)]
-    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
-        fh.writelines(lines)
-    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
-        pickle.dump({"train": np.array([0, 2, 4, 6]), "val": np.array([1, 3]),
-                     "test": np.array([5, 7])}, fh)
+    root = _peptides_sample(peptides_root, tmp_path, {"train": [0, 2, 4, 6], "val": [1, 3],
+                                                      "test": [5, 7]})
     graphs = PeptidesFunc.convert(root / PeptidesFunc.CSV)
     path = PeptidesFunc.save_compact(graphs, tmp_path / "moved" / "peptides.npz")
     back = PeptidesFunc.load_compact(path)
