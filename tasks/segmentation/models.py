@@ -254,6 +254,20 @@ def _resolve(size: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _encoder(size: str, num_classes: int, in_channels: int, grid_size: float,
+             orders: Sequence[str], drop_path: float, d_conv: int, backend: str | None,
+             grad_checkpoint: bool, **overrides: Any) -> tuple["PCMEncoder", dict[str, Any]]:
+    """``(encoder, cfg)`` of a segmentation or classification model: the ``size`` preset with
+    the non-None ``overrides`` (``cfg``) and its ``PCMEncoder``, after checking ``num_classes``."""
+    cfg = _resolve(size, overrides)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    encoder = PCMEncoder(in_channels, cfg["dims"], cfg["depths"], cfg["strides"], grid_size,
+                         orders, cfg["k"], cfg["num_prompts"], cfg["mlp_ratio"], drop_path,
+                         cfg["d_state"], d_conv, cfg["expand"], backend, grad_checkpoint)
+    return encoder, cfg
+
+
 class PCMEncoder(nn.Module):
     """The encoder shared by segmentation and classification (see the module doc).
 
@@ -390,16 +404,11 @@ class PointCloudMambaSeg(nn.Module):
                  dropout: float = 0.0, num_categories: int = 0, backend: str | None = None,
                  grad_checkpoint: bool = False) -> None:
         super().__init__()
-        cfg = _resolve(size, dict(dims=dims, depths=depths, strides=strides, k=k,
-                                  num_prompts=num_prompts, mlp_ratio=mlp_ratio, d_state=d_state,
-                                  expand=expand))
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+        self.encoder, cfg = _encoder(size, num_classes, in_channels, grid_size, orders,
+                                     drop_path, d_conv, backend, grad_checkpoint, dims=dims,
+                                     depths=depths, strides=strides, k=k, num_prompts=num_prompts,
+                                     mlp_ratio=mlp_ratio, d_state=d_state, expand=expand)
         dims = cfg["dims"]
-        self.encoder = PCMEncoder(in_channels, dims, cfg["depths"], cfg["strides"], grid_size,
-                                  orders, cfg["k"], cfg["num_prompts"], cfg["mlp_ratio"],
-                                  drop_path, cfg["d_state"], d_conv, cfg["expand"], backend,
-                                  grad_checkpoint)
         dec_depths = tuple(dec_depths) if dec_depths is not None else (0,) * (len(dims) - 1)
         if len(dec_depths) != len(dims) - 1:
             raise ValueError(f"dec_depths must have len(dims) - 1 = {len(dims) - 1} entries, "
@@ -470,15 +479,10 @@ class PointCloudMambaCls(nn.Module):
                  expand: int | None = None, dropout: float = 0.5,
                  backend: str | None = None, grad_checkpoint: bool = False) -> None:
         super().__init__()
-        cfg = _resolve(size, dict(dims=dims, depths=depths, strides=strides, k=k,
-                                  num_prompts=num_prompts, mlp_ratio=mlp_ratio, d_state=d_state,
-                                  expand=expand))
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
-        self.encoder = PCMEncoder(in_channels, cfg["dims"], cfg["depths"], cfg["strides"],
-                                  grid_size, orders, cfg["k"], cfg["num_prompts"],
-                                  cfg["mlp_ratio"], drop_path, cfg["d_state"], d_conv,
-                                  cfg["expand"], backend, grad_checkpoint)
+        self.encoder, cfg = _encoder(size, num_classes, in_channels, grid_size, orders,
+                                     drop_path, d_conv, backend, grad_checkpoint, dims=dims,
+                                     depths=depths, strides=strides, k=k, num_prompts=num_prompts,
+                                     mlp_ratio=mlp_ratio, d_state=d_state, expand=expand)
         d = cfg["dims"][-1]
         hidden = max(256, d)
         self.head = nn.Sequential(nn.Linear(2 * d, hidden), nn.LayerNorm(hidden), nn.GELU(),
