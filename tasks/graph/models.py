@@ -119,6 +119,7 @@ class _Context:
     tokens: NeighbourhoodTokens | None
     token_edges: tuple[torch.Tensor, torch.Tensor] | None
     order: Serialization | None
+    adj_t: torch.Tensor | None = None  # sparse CSR (target, source), for gcn / sage
 
 
 class _TokenBranch(nn.Module):
@@ -184,6 +185,10 @@ class _MPNN(nn.Module):
             return self.conv(x, ctx.edge_index, ea)
         if self.uses_edges:
             return self.conv(x, ctx.edge_index, ctx.edge_attr)
+        if ctx.adj_t is not None:
+            # The sparse product needs one dtype: the float32 matrix and float32 features
+            # (bf16 under autocast otherwise).
+            return self.conv(x.float(), ctx.adj_t)
         return self.conv(x, ctx.edge_index)
 
 
@@ -268,6 +273,10 @@ class GraphMambaNetwork(nn.Module):
         d_state, d_conv, expand, backend: Mamba settings, defaults 16, 4, 2, None.
         residual: skip connections around the branches, default True (False: each layer
             replaces ``h``, as a GCN stack does; better on small homophilous graphs).
+        sparse_adjacency: run a ``gcn`` / ``sage`` branch as a sparse CSR matrix product
+            (built once per forward) instead of gather / scatter over the edge list, default
+            False. Same result; ~5x faster fwd+bwd on CPU for large graphs (Tolokers, 1M
+            edges: 0.88 -> 0.16 s per SAGE layer on one core).
 
     Shapes::
 
@@ -288,7 +297,8 @@ class GraphMambaNetwork(nn.Module):
                  pe_dim: int = 0, lap_dim: int = 0, dropout: float = 0.1,
                  input_dropout: float = 0.0, mlp_ratio: float = 2.0, pool: str = "mean",
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, backend: str | None = None, residual: bool = True) -> None:
+                 expand: int = 2, backend: str | None = None, residual: bool = True,
+                 sparse_adjacency: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -321,6 +331,7 @@ class GraphMambaNetwork(nn.Module):
         self.walk_length, self.num_walks, self.repeats = walk_length, num_walks, repeats
         self.use_tokens, self.token_encoder = tokens, token_encoder
         self.global_mamba = global_mamba
+        self.sparse_adjacency = bool(sparse_adjacency) and mpnn in ("gcn", "sage")
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
         self.input_encoder = (nn.Linear(in_channels, dim) if node_vocab is None
@@ -418,7 +429,14 @@ class GraphMambaNetwork(nn.Module):
                 token_edges = induced_token_edges(tokens, edge_index, n)
         if self.global_mamba:
             order = degree_order(edge_index, n, batch, noise=True, generator=generator)
-        ctx = _Context(edge_index, edge_attr, tokens, token_edges, order)
+        adj_t = None
+        if self.sparse_adjacency:
+            import warnings
+            from torch_geometric.utils import to_torch_csr_tensor
+            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
+        ctx = _Context(edge_index, edge_attr, tokens, token_edges, order, adj_t)
         for layer in self.layers:
             h = layer(h, ctx)
         h = self.norm(h)

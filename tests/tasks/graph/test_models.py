@@ -42,6 +42,24 @@ def test_node_model_accepts_tensors_or_data_and_is_repeatable_in_eval():
     assert model(data).shape == (6, 4)
 
 
+@pytest.mark.parametrize("mpnn", ["gcn", "sage"])
+def test_sparse_adjacency_gives_the_edge_list_result_and_gradients(mpnn):
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 0, 4, 4, 5], [1, 0, 2, 1, 3, 2, 4, 0, 5, 4]])
+    x = torch.randn(6, 3)
+    dense = GraphMambaNetwork(in_channels=3, num_classes=2, mpnn=mpnn, tokens=False,
+                              dropout=0.0, **TINY).eval()
+    sparse = GraphMambaNetwork(in_channels=3, num_classes=2, mpnn=mpnn, tokens=False,
+                               dropout=0.0, sparse_adjacency=True, **TINY).eval()
+    sparse.load_state_dict(dense.state_dict())
+    a, b = dense(x, ei), sparse(x, ei)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_graph_level_with_categorical_features_edges_and_pe():
     torch.manual_seed(0)
     graphs = [Data(x=torch.randint(0, 3, (n, 2)), edge_index=_path(n),
