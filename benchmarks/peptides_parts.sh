@@ -17,6 +17,9 @@
 #   TRAIN_S   wall seconds of training in this part, default 440
 #   BATCH, LR, WARMUP, EVAL_EVERY, EXTRA (more key=value overrides), CACHE (compact .npz)
 #   SMOKE=1   a few hundred graphs on the CPU: checks the script, not the model
+# A SIGINT that lands while DataLoader workers fork can be swallowed (Python's logging at-fork
+# handler): timeout then kills the run 6 s later; last.pt is replaced atomically, so it stays
+# the last finished epoch either way.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
@@ -57,7 +60,7 @@ COMMON="configs/graph/peptides_func_gmn.yaml output_dir=$RUN data.root=$DATA/gra
 data.cache=$CACHE train.num_workers=$NW train.progress=false train.batch_size=$BATCH \
 train.lr=$LR train.warmup_epochs=$WARMUP train.epochs=$EPOCHS eval.every=$EVAL_EVERY $EXTRA"
 RESUME=$([ "$PART" = 1 ] && echo false || echo true)
-timeout -s INT -k 10 "$TRAIN_S" taskset -c "$CPUS" geossm train $COMMON resume=$RESUME 2>&1 \
+timeout -s INT -k 6 "$TRAIN_S" taskset -c "$CPUS" geossm train $COMMON resume=$RESUME 2>&1 \
   | tee "$RESULT/train$PART.log"
 echo "train rc=$? at $(( $(date +%s) - T0 )) s" | tee -a "$RESULT/job.txt"
 # Earlier parts' logs travel on, so part N+1 measures the epoch time over all parts.
