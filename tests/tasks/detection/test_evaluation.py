@@ -80,6 +80,29 @@ def test_one_missed_object_of_forty():
     assert res["Car/bev_moderate_R40"] == pytest.approx(38 / 40 * 100)
 
 
+@pytest.mark.parametrize("n", [1, 3, 20, 40])
+def test_perfect_detections_of_at_most_forty_objects_score_n_minus_one_fortieths(n):
+    # the devkit keeps one threshold per true positive while n <= 40 and books the first at
+    # recall 0, which R40 leaves out: (n - 1) / 40 (the 3 moderate Cars of the 6 real KITTI
+    # frames: 5 %); R11 has sample 0 plus every 4th sample that a threshold reached
+    gts = _frames(n)
+    res = kitti_eval(gts, _dets(gts, range(n)), classes=("Car",), metrics=("bev",))
+    assert res["Car/bev_moderate_R40"] == pytest.approx((n - 1) / 40 * 100)
+    assert res["Car/bev_moderate_R11"] == pytest.approx(((n - 1) // 4 + 1) / 11 * 100)
+
+
+def test_frames_repeated_to_forty_one_objects_give_100():
+    # what benchmarks/detection_kitti_overfit.py reports beside the devkit AP: 1 object counted
+    # 41 times reaches every sample point (40 times is one short: 97.5)
+    gts = _frames(1)
+    dts = _dets(gts, [0])
+    assert kitti_eval(gts * 40, dts * 40, ("Car",), ("bev",))["Car/bev_moderate_R40"] == \
+        pytest.approx(97.5)
+    res = kitti_eval(gts * 41, dts * 41, ("Car",), ("bev",))
+    assert res["Car/bev_moderate_R40"] == pytest.approx(100.0)
+    assert res["Car/bev_moderate_R11"] == pytest.approx(100.0)
+
+
 def test_shifted_boxes_against_class_thresholds():
     # shifted 1 m along the 4 m side: BEV IoU 0.6 -> a miss for Car (0.7), a hit for Ped (0.5)
     gts = _frames(80)
