@@ -20,6 +20,12 @@ recomputes them, as the autograd path does today) and ``api`` = the public
 costs one host sync per call). The torch reference runs where it finishes in reasonable time.
 
 Usage: python benchmarks/scan_gpu.py [--out FILE] [--workloads scene,windows,...] [--no-ref]
+
+``--tiny`` cuts every workload to at most 4 segments of at most 16 tokens and 32 channels and,
+without a GPU, runs through Triton's CPU interpreter with wall-clock timing: a smoke test of the
+script's code paths, not a measurement. ``--ncu-target`` runs one kernels fwd+bwd per workload between
+``cudaProfilerStart``/``Stop`` (after a warm-up call that compiles), for
+``ncu --profile-from-start off``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 
@@ -35,25 +42,28 @@ import torch
 N_STATE = 16
 
 
-def workload_lengths(name: str) -> list[int]:
+def workload_lengths(name: str, tiny: bool = False) -> list[int]:
+    """Segment lengths of workload ``name``; ``tiny``: the first 4, each cut to 16 tokens."""
     g = torch.Generator().manual_seed(0)
     if name == "scene":
-        return torch.randint(20000, 80001, (8,), generator=g).tolist()
-    if name == "windows":
-        return [4096] * 100
-    if name == "graph_tokens":
-        return torch.randint(8, 34, (20000,), generator=g).tolist()
-    if name == "long":
-        return [1_000_000]
-    raise ValueError(f"unknown workload {name!r}")
+        lens = torch.randint(20000, 80001, (8,), generator=g).tolist()
+    elif name == "windows":
+        lens = [4096] * 100
+    elif name == "graph_tokens":
+        lens = torch.randint(8, 34, (20000,), generator=g).tolist()
+    elif name == "long":
+        lens = [1_000_000]
+    else:
+        raise ValueError(f"unknown workload {name!r}")
+    return [min(n, 16) for n in lens[:4]] if tiny else lens
 
 
 WORKLOAD_D = {"scene": 192, "windows": 128, "graph_tokens": 128, "long": 64}
 
 
-def make_inputs(name: str, device: torch.device):
-    lens = workload_lengths(name)
-    D, N = WORKLOAD_D[name], N_STATE
+def make_inputs(name: str, device: torch.device, tiny: bool = False):
+    lens = workload_lengths(name, tiny)
+    D, N = (32 if tiny else WORKLOAD_D[name]), N_STATE
     T = sum(lens)
     g = torch.Generator(device=device).manual_seed(1)
     cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
@@ -76,9 +86,9 @@ def make_inputs(name: str, device: torch.device):
 
 def copy_bandwidth(device) -> float:
     """Bytes/s of a large device-to-device clone, counting bytes read plus written."""
-    import triton.testing
-    x = torch.empty(2 * 1024**3 // 4, dtype=torch.float32, device=device).normal_()
-    ms = triton.testing.do_bench(lambda: x.clone(), warmup=50, rep=300, return_mode="median")
+    size = 2 * 1024**3 if device.type == "cuda" else 64 * 1024**2
+    x = torch.empty(size // 4, dtype=torch.float32, device=device).normal_()
+    ms = median_ms(lambda: x.clone(), warmup=50, rep=300)
     bw = 2 * x.numel() * 4 / (ms * 1e-3)
     del x
     torch.cuda.empty_cache()
@@ -93,9 +103,40 @@ def emit(rec: dict, out_file):
             f.write(line + "\n")
 
 
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def synchronize() -> None:
+    if on_gpu():
+        torch.cuda.synchronize()
+
+
+def card_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "CPU (Triton interpreter, smoke test only)"
+
+
+def median_ms(fn, warmup=25, rep=200, grad_to_none=None) -> float:
+    """``triton.testing.do_bench`` median on a GPU; on CPU (``--tiny`` smoke test) the
+    wall-clock time of one call after one warm-up call."""
+    if on_gpu():
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, grad_to_none=grad_to_none,
+                                       return_mode="median")
+    import time
+    fn()
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
 def time_events(fn, reps=3) -> float:
     """Median of a few event-timed calls (for slow references that do_bench would repeat
     too often)."""
+    if not on_gpu():
+        return median_ms(fn)
     fn()
     torch.cuda.synchronize()
     times = []
@@ -127,18 +168,29 @@ def main(argv=None) -> int:
                         "a kernel rewrite against the installed one in the same process)")
     p.add_argument("--profile", action="store_true",
                    help="per-kernel CUDA times (torch.profiler) of kernels fwd and fwd+bwd")
+    p.add_argument("--tiny", action="store_true",
+                   help="smoke test: at most 4 segments of at most 16 tokens, 32 channels; "
+                        "runs on CPU through the Triton interpreter when there is no GPU")
+    p.add_argument("--ncu-target", action="store_true",
+                   help="one kernels fwd+bwd per workload inside cudaProfilerStart/Stop "
+                        "(after a compiling warm-up call), for ncu --profile-from-start off")
     p.add_argument("--sweep", default=None,
                    help="semicolon-separated variants, each comma-separated NAME=VALUE module "
                         "switches of selective_scan_triton (e.g. 'base;MAX_BD_BWD=32'): times "
                         "kernels fwd and fwd+bwd of every workload under each, one process")
     args = p.parse_args(argv)
+    if not on_gpu():
+        if not args.tiny:
+            p.error("needs a CUDA GPU (--tiny runs a CPU smoke test through the interpreter)")
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton is first imported
     if args.sweep:
         return sweep(args)
     if args.profile:
         return profile(args)
+    if args.ncu_target:
+        return ncu_target(args)
 
     import triton
-    import triton.testing
     from geossm.kernels import selective_scan
     from geossm.kernels import selective_scan_triton as ST
     from geossm.kernels.selective_scan_torch import selective_scan_ref
@@ -150,8 +202,8 @@ def main(argv=None) -> int:
     ST.NUM_WARPS_FWD = args.nw_fwd
     ST.NUM_WARPS_BWD = args.nw_bwd
     ST.MAX_BD_BWD = args.bd_bwd
-    dev = torch.device("cuda")
-    card = torch.cuda.get_device_name(dev)
+    dev = torch.device("cuda" if on_gpu() else "cpu")
+    card = card_name(dev)
     bw = copy_bandwidth(dev)
     base = dict(card=card, torch=torch.__version__, triton=triton.__version__, chunk=ST.CHUNK,
                 max_bd=ST.MAX_BD, nw_fwd=args.nw_fwd, nw_bwd=args.nw_bwd,
@@ -159,11 +211,10 @@ def main(argv=None) -> int:
     emit(dict(base, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
 
     def bench(fn, grad_to_none=None):
-        return triton.testing.do_bench(fn, warmup=25, rep=200, grad_to_none=grad_to_none,
-                                       return_mode="median")
+        return median_ms(fn, warmup=25, rep=200, grad_to_none=grad_to_none)
 
     for name in args.workloads.split(","):
-        x, T, D, S = make_inputs(name, dev)
+        x, T, D, S = make_inputs(name, dev, args.tiny)
         N = N_STATE
         floor_bytes = 2 * (4 * T * D + 2 * T * N)
         floor_ms = floor_bytes / bw * 1e3
@@ -211,7 +262,7 @@ def main(argv=None) -> int:
 
         # correctness against the torch reference where it is cheap enough to run
         if not args.no_ref and name in ("graph_tokens", "windows"):
-            ref_args = dict(u=x["u"], delta=x["delta"], A=x["A"], B=Bg, C=Cg, D=x["D"],
+            ref_args = dict(u=x["u"], delta=x["delta"], A=x["A"], B=kargs[3], C=kargs[4], D=x["D"],
                             z=x["z"], delta_bias=x["delta_bias"], cu_seqlens=x["cu_seqlens"],
                             delta_softplus=True)
             ref_ms = time_events(lambda: selective_scan_ref(**ref_args))
@@ -242,14 +293,14 @@ def sweep(args) -> int:
         ST = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(ST)
         tag = args.kernels_file
-    dev = torch.device("cuda")
-    card = torch.cuda.get_device_name(dev)
+    dev = torch.device("cuda" if on_gpu() else "cpu")
+    card = card_name(dev)
     bw = copy_bandwidth(dev)
     emit(dict(card=card, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
     defaults = {name: getattr(ST, name, None) for name in
                 ("MAX_BD", "MAX_BD_BWD", "NUM_WARPS_FWD", "MAXNREG_FWD",
                  "NUM_WARPS_BWD", "CHUNK")}
-    inputs = {name: make_inputs(name, dev) for name in args.workloads.split(",")}
+    inputs = {name: make_inputs(name, dev, args.tiny) for name in args.workloads.split(",")}
     for variant in args.sweep.split(";"):
         for name, value in defaults.items():
             setattr(ST, name, value)
@@ -264,7 +315,7 @@ def sweep(args) -> int:
             floor_ms = 2 * (4 * T * D + 2 * T * N_STATE) / bw * 1e3
             fwd, fwd_bwd = kernel_calls(ST, *kernel_args(x, T, D, dev))
             for metric, fn in (("kernels_fwd", fwd), ("kernels_fwd_bwd", fwd_bwd)):
-                ms = triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+                ms = median_ms(fn, warmup=10, rep=100)
                 emit(dict(card=card, kernels=tag, variant=variant, workload=name, metric=metric,
                           ms=round(ms, 4), x_floor=round(ms / floor_ms, 2),
                           floor_ms=round(floor_ms, 4)), args.out)
@@ -301,27 +352,54 @@ def profile(args) -> int:
 
     from geossm.kernels import selective_scan_triton as ST
 
-    dev = torch.device("cuda")
-    card = torch.cuda.get_device_name(dev)
+    dev = torch.device("cuda" if on_gpu() else "cpu")
+    card = card_name(dev)
+    activity = ProfilerActivity.CUDA if on_gpu() else ProfilerActivity.CPU
     for name in args.workloads.split(","):
-        x, T, D, S = make_inputs(name, dev)
+        x, T, D, S = make_inputs(name, dev, args.tiny)
         _, fwd_bwd = kernel_calls(ST, *kernel_args(x, T, D, dev))
         fwd_bwd()
-        torch.cuda.synchronize()
+        synchronize()
         reps = 5
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch_profile(activities=[activity]) as prof:
             for _ in range(reps):
                 fwd_bwd()
-            torch.cuda.synchronize()
+            synchronize()
         rows = {}
         for evt in prof.key_averages():
-            us = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            us = (getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+                  if on_gpu() else evt.cpu_time_total)
             if us:
                 rows[evt.key[:60]] = (round(us / reps / 1e3, 4), evt.count // reps)
         for kernel, (ms, calls) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
             emit(dict(card=card, workload=name, metric="profile_ms_per_fwd_bwd", kernel=kernel,
                       ms=ms, calls=calls), args.out)
-        del x, kargs, dout
+        del x, fwd_bwd
+        torch.cuda.empty_cache()
+    return 0
+
+
+def ncu_target(args) -> int:
+    """One kernels fwd+bwd per workload between cudaProfilerStart and cudaProfilerStop, each
+    after a warm-up call (compilation, launch plan), so that ``ncu --profile-from-start off``
+    profiles exactly the kernels of one forward (chunk state, carry, output) and one backward."""
+    from geossm.kernels import selective_scan_triton as ST
+
+    dev = torch.device("cuda" if on_gpu() else "cpu")
+    for name in args.workloads.split(","):
+        x, T, D, S = make_inputs(name, dev, args.tiny)
+        _, fwd_bwd = kernel_calls(ST, *kernel_args(x, T, D, dev))
+        fwd_bwd()
+        synchronize()
+        if on_gpu():
+            torch.cuda.profiler.start()
+        fwd_bwd()
+        synchronize()
+        if on_gpu():
+            torch.cuda.profiler.stop()
+        emit(dict(card=card_name(dev), workload=name, T=T, D=D, S=S,
+                  metric="ncu_target_done"), args.out)
+        del x, fwd_bwd
         torch.cuda.empty_cache()
     return 0
 
