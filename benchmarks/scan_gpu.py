@@ -282,8 +282,6 @@ def main(argv=None) -> int:
 
 def sweep(args) -> int:
     """Kernel fwd and fwd+bwd times of every workload under each variant (module switches)."""
-    import triton
-    import triton.testing
     from geossm.kernels import selective_scan_triton as ST
 
     tag = "installed"
