@@ -264,6 +264,10 @@ class GraphMambaNetwork(nn.Module):
         pe_dim: width of the input ``pe`` (``lap_dim`` Laplacian columns first), default 0.
         lap_dim: how many leading ``pe`` columns are Laplacian eigenvectors (random sign flip
             while training), default 0.
+        pe_norm: batch-normalise the raw ``pe`` columns before their projection, default
+            False. Random-walk and Laplacian encodings are small numbers (column std 0.007 to
+            0.14 on Peptides-func): standardised, a step of the projection moves them as much
+            as the atom embeddings (GraphGPS normalises RWSE the same way).
         dropout: after every branch and in the FFN, default 0.1.
         input_dropout: on the raw float input features, default 0.
         mlp_ratio: FFN width factor, 0 = no FFN, default 2.
@@ -298,7 +302,7 @@ class GraphMambaNetwork(nn.Module):
                  input_dropout: float = 0.0, mlp_ratio: float = 2.0, pool: str = "mean",
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, backend: str | None = None, residual: bool = True,
-                 sparse_adjacency: bool = False) -> None:
+                 sparse_adjacency: bool = False, pe_norm: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -338,6 +342,7 @@ class GraphMambaNetwork(nn.Module):
                               else CategoricalEncoder(node_vocab, dim))
         self.input_dropout = nn.Dropout(input_dropout)
         self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
+        self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim and pe_norm else None
         uses_edges = mpnn in ("gine", "gatedgcn") or (tokens and token_encoder == "gine")
         self.edge_encoder: nn.Module | None = None
         hidden_edge_dim = None
@@ -404,6 +409,8 @@ class GraphMambaNetwork(nn.Module):
             if self.training and self.lap_dim:
                 sign = torch.randint(0, 2, (1, self.lap_dim), device=pe.device) * 2 - 1
                 pe = torch.cat([pe[:, :self.lap_dim] * sign, pe[:, self.lap_dim:]], 1)
+            if self.pe_norm is not None:
+                pe = self.pe_norm(pe)
             h = h + self.pe_encoder(pe)
         ea = None
         if self.edge_encoder is not None and edge_attr is not None:

@@ -75,6 +75,21 @@ def test_graph_level_with_categorical_features_edges_and_pe():
     assert model.input_encoder.embeddings[0].weight.grad is not None
 
 
+
+@pytest.mark.parametrize("pe_norm", [True, False])
+def test_pe_norm_makes_the_output_blind_to_the_scale_of_pe(pe_norm):
+    # Batch-normalised columns: pe and 10 * pe + 3 give the same training-mode output (the
+    # encodings' scale no longer matters); without the norm the output follows the scale.
+    torch.manual_seed(0)
+    n = 12
+    x, pe = torch.randn(n, 4), torch.rand(n, 5)
+    model = GraphMambaNetwork(in_channels=4, num_classes=3, tokens=False, mpnn="gcn",
+                              pe_dim=5, pe_norm=pe_norm, dropout=0.0, num_layers=1, dim=8)
+    model.train()
+    same = torch.allclose(model(x, _path(n), pe=pe), model(x, _path(n), pe=10 * pe + 3),
+                          atol=1e-4)
+    assert same == pe_norm
+
 def test_graph_mamba_variant_orders_by_degree():
     torch.manual_seed(0)
     model = GraphMamba(in_channels=3, num_classes=2, dim=8, num_layers=1, d_state=4).eval()
