@@ -273,6 +273,13 @@ class NodeDataset(torch.utils.data.Dataset):
     family = ""
     name = ""
     task_level = "node"
+    #: No edge features (``edge_attr`` is absent); read by ``model.edge_dim: auto``.
+    num_edge_features = 0
+
+    @property
+    def metric(self) -> str:
+        """The metric results are published in for this dataset (``eval.metric: null``)."""
+        return "acc"
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  split_index: int = 0, normalize_features: bool = False,
@@ -357,6 +364,12 @@ class Heterophilous(NodeDataset):
 
     family = "heterophilous"
 
+    @property
+    def metric(self) -> str:
+        """ROC-AUC for the binary graphs (Minesweeper, Tolokers, Questions), accuracy for the
+        multi-class ones, as Platonov et al. (2023) report them."""
+        return "roc_auc" if self.num_classes == 2 else "acc"
+
     def load(self):
         from torch_geometric.utils import to_undirected
         root = self._require_root()
@@ -379,15 +392,17 @@ class Heterophilous(NodeDataset):
         return Data(x=data.x, edge_index=data.edge_index, y=data.y), masks
 
 
-def _heterophilous(cls_name: str, name: str) -> type:
+def _heterophilous(cls_name: str, name: str, alias: str | None = None) -> type:
     cls = type(cls_name, (Heterophilous,), {"name": name, "__module__": __name__,
                                             "__doc__": f"``{name}`` of the heterophilous "
                                                        "benchmark (see ``Heterophilous``)."})
+    if alias:  # the paper's and PyG's spelling works as data.name too
+        DATASETS.register(cls, name=alias)
     return DATASETS.register(cls)
 
 
-RomanEmpire = _heterophilous("RomanEmpire", "roman_empire")
-AmazonRatings = _heterophilous("AmazonRatings", "amazon_ratings")
+RomanEmpire = _heterophilous("RomanEmpire", "roman_empire", "Roman-empire")
+AmazonRatings = _heterophilous("AmazonRatings", "amazon_ratings", "Amazon-ratings")
 Minesweeper = _heterophilous("Minesweeper", "minesweeper")
 Tolokers = _heterophilous("Tolokers", "tolokers")
 Questions = _heterophilous("Questions", "questions")
@@ -420,6 +435,11 @@ class GraphDataset(torch.utils.data.Dataset):
     """
 
     task_level = "graph"
+
+    @property
+    def metric(self) -> str:
+        """The metric results are published in (``eval.metric: null``): accuracy."""
+        return "acc"
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -507,6 +527,8 @@ class TUGraphs(GraphDataset):
 def _tu(cls_name: str, name: str) -> type:
     cls = type(cls_name, (TUGraphs,), {"name": name, "__module__": __name__,
                                        "__doc__": f"TU ``{name}`` (see ``TUGraphs``)."})
+    if name != cls_name:  # the collection's own spelling (IMDB-BINARY) works as data.name too
+        DATASETS.register(cls, name=name)
     return DATASETS.register(cls)
 
 

@@ -12,6 +12,14 @@ and scores the masked nodes. Config keys read here besides the standard ones: ``
 (``GraphMambaNetwork``), ``data.*`` (the dataset's keyword arguments; ``data.split`` as above),
 ``input_l2`` (node tasks: coupled L2 ``input_l2 / 2 · ||W_in||²`` on the input projection,
 default 0).
+
+One config serves a whole family of datasets (``data.name=CiteSeer`` with the Cora config):
+``model.in_channels``, ``model.num_classes`` and ``model.edge_dim`` set to ``auto`` are read
+from the training dataset (``num_features``, ``num_classes``, ``num_edge_features``; no edge
+features gives ``edge_dim=None``), and ``eval.metric: null`` selects checkpoints by the
+dataset's published metric (``dataset.metric``: ROC-AUC for the binary heterophilous graphs,
+accuracy otherwise). The resolved values are written back into the config, so the run's
+``config.yaml`` holds the numbers.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from geossm.registry import DATASETS, TASKS
 from .metrics import Accuracy, AveragePrecision, RocAuc
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
+
+#: ``model.*`` keys that ``auto`` fills from the training dataset, and the attribute read.
+AUTO_MODEL_KEYS = {"in_channels": "num_features", "num_classes": "num_classes",
+                   "edge_dim": "num_edge_features"}
 
 
 def split_spec(split: str, default_index: Any) -> tuple[str, int]:
@@ -57,9 +69,41 @@ def split_spec(split: str, default_index: Any) -> tuple[str, int]:
 
 class _GraphTask(Task):
     best_metric, best_mode = "acc", "max"
+    #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
+    metric_from_dataset = True
+
+    def build_model(self) -> torch.nn.Module:
+        """``MODELS[model.name](**model)`` after ``auto`` keys and a null ``eval.metric`` are
+        resolved from the training dataset (see the module docstring)."""
+        model = self.cfg.model
+        auto = [k for k in AUTO_MODEL_KEYS if model.get(k) == "auto"]
+        wants_metric = self.metric_from_dataset and not self.cfg.eval.get("metric")
+        if auto or wants_metric:
+            dataset = self._training_dataset()
+            for key in auto:
+                value = getattr(dataset, AUTO_MODEL_KEYS[key], None)
+                if key != "edge_dim" and not value:
+                    raise ValueError(f"model.{key}=auto: {type(dataset).__name__} does not say "
+                                     f"its {AUTO_MODEL_KEYS[key]}; set model.{key}")
+                model[key] = int(value) if value else None
+            if wants_metric:
+                self.cfg.eval.metric = getattr(dataset, "metric", self.best_metric)
+        return super().build_model()
+
+    def _training_dataset(self) -> torch.utils.data.Dataset:
+        """The training dataset, kept for the trainer's first ``build_dataset`` call (built
+        once: Planetoid / TU processing takes seconds)."""
+        split = str(self.cfg.data.split)
+        cache = self.__dict__.setdefault("_dataset_cache", {})
+        if split not in cache:
+            cache[split] = self.build_dataset(split)
+        return cache[split]
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         """``DATASETS[data.name](split=part, split_index=K, **other data keys)``."""
+        cached = self.__dict__.get("_dataset_cache", {}).pop(str(split), None)
+        if cached is not None:
+            return cached
         data = dict(_plain(self.cfg.data))
         if not data.get("name"):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
@@ -91,7 +135,8 @@ class _GraphTask(Task):
                      batch=batch.batch, pe=getattr(batch, "pe", None))
 
     def _binary(self) -> bool:
-        return int(self.cfg.model.get("num_classes", 0) or 0) == 2
+        classes = self.cfg.model.get("num_classes", 0)
+        return classes != "auto" and int(classes or 0) == 2
 
     def build_metrics(self) -> MetricCollection:
         metrics = [Accuracy()]
@@ -134,6 +179,7 @@ class MultiLabelGraphTask(_GraphTask):
     ``ap`` (mean average precision over labels, Peptides-func)."""
 
     best_metric = "ap"
+    metric_from_dataset = False
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         y = batch.y.float()

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +9,9 @@ from geossm.config import load_config
 from geossm.engine import Trainer
 from geossm.registry import DATASETS, MODELS, TASKS
 from geossm.tasks.graph import crossval
-from geossm.tasks.graph.task import split_spec
+from geossm.tasks.graph.task import AUTO_MODEL_KEYS, split_spec
+
+from .test_datasets import _write_planetoid
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "graph"
 KARATE = ["data.name=KarateClub", "data.root=null", "model.in_channels=34",
@@ -20,8 +23,109 @@ KARATE = ["data.name=KarateClub", "data.root=null", "model.in_channels=34",
 def test_configs_name_registered_classes_and_build(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.task in TASKS.names() and cfg.data.name in DATASETS.names()
-    model = MODELS.build(dict(cfg.model))
+    model = dict(cfg.model)
+    # Widths left to the dataset (auto) get stand-ins here; test_family_configs_* reads them.
+    model.update({k: 3 for k in AUTO_MODEL_KEYS if model.get(k) == "auto"})
+    model = MODELS.build(model)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def _write_heterophilous(root: Path, name: str, num_classes: int, n: int = 40, f: int = 4):
+    """``root/<name>/raw/<name>.npz`` in PyG's layout (directed edges, 10 split masks)."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    split = np.stack([rng.permutation(n) % 4 for _ in range(10)])  # 0, 1: train, 2: val, 3: test
+    edges = np.stack([np.arange(n), (np.arange(n) + 1) % n], 1)
+    np.savez(raw / f"{name}.npz", node_features=rng.random((n, f), dtype=np.float32),
+             node_labels=np.arange(n) % num_classes, edges=edges, train_masks=split < 2,
+             val_masks=split == 2, test_masks=split == 3)
+
+
+def _write_tu(root: Path, name: str, num_classes: int, graphs: int = 30, nodes: int = 5):
+    """TU text files (1-based ids, cycles of ``nodes`` nodes, 3 node labels, no edge labels)."""
+    raw = root / name / "raw"
+    raw.mkdir(parents=True)
+    edges, indicator, labels = [], [], []
+    for g in range(graphs):
+        first = g * nodes + 1
+        for i in range(nodes):
+            a, b = first + i, first + (i + 1) % nodes
+            edges += [(a, b), (b, a)]
+            indicator.append(g + 1)
+            labels.append((g + i) % 3)
+    np.savetxt(raw / f"{name}_A.txt", np.array(edges), fmt="%d", delimiter=", ")
+    np.savetxt(raw / f"{name}_graph_indicator.txt", np.array(indicator), fmt="%d")
+    np.savetxt(raw / f"{name}_node_labels.txt", np.array(labels), fmt="%d")
+    np.savetxt(raw / f"{name}_graph_labels.txt", np.arange(graphs) % num_classes + 1, fmt="%d")
+
+
+def _planetoid(root: Path, name: str) -> None:
+    _write_planetoid(root / name / "raw", name.lower(), n=520, f=6, c=4)
+
+
+# config, data.name, files written in its family's layout, then what the dataset must give:
+# model.in_channels, model.num_classes, model.edge_dim, eval.metric.
+FAMILIES = [
+    ("cora_gmn", "CiteSeer", lambda r: _planetoid(r, "CiteSeer"), 6, 4, None, "acc"),
+    ("cora_gmn", "PubMed", lambda r: _planetoid(r, "PubMed"), 6, 4, None, "acc"),
+    ("tolokers_gmn", "Roman-empire", lambda r: _write_heterophilous(r, "roman_empire", 5),
+     4, 5, None, "acc"),
+    ("tolokers_gmn", "Minesweeper", lambda r: _write_heterophilous(r, "minesweeper", 2),
+     4, 2, None, "roc_auc"),
+    ("mutag_gmn", "ENZYMES", lambda r: _write_tu(r, "ENZYMES", 6), 3, 6, None, "acc"),
+    ("mutag_gmn", "PROTEINS", lambda r: _write_tu(r, "PROTEINS", 2), 3, 2, None, "acc"),
+]
+
+
+@pytest.mark.parametrize("config,name,write,channels,classes,edge_dim,metric", FAMILIES,
+                         ids=[f"{c}-{n}" for c, n, *_ in FAMILIES])
+def test_family_configs_run_unchanged_on_another_dataset(tmp_path, config, name, write, channels,
+                                                         classes, edge_dim, metric):
+    # Only data.name changes (data.root points at the files written here, in the family's
+    # layout); widths, classes and the selection metric come from the dataset.
+    write(tmp_path / "data")
+    cfg = load_config(CONFIGS / f"{config}.yaml",
+                      [f"data.name={name}", f"data.root={tmp_path / 'data'}",
+                       f"+data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
+                       f"output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    model = cfg.model
+    assert (model.in_channels, model.num_classes, model.get("edge_dim")) == \
+        (channels, classes, edge_dim)
+    assert trainer.best_metric == metric
+    assert f"test_{metric}" in result["last"]
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.model.in_channels == channels and saved.eval.metric == metric
+
+
+def test_tolokers_config_on_the_real_filtered_chameleon(heterophilous_extra_root, tmp_path):
+    from geossm.tasks.graph.task import NodeClassificationTask
+    cfg = load_config(CONFIGS / "tolokers_gmn.yaml",
+                      ["data.name=ChameleonFiltered", f"data.root={heterophilous_extra_root}"])
+    task = NodeClassificationTask(cfg)
+    model = task.build_model()
+    data = task.build_dataset("0")[0]  # the dataset read for the widths, handed on
+    assert (cfg.model.in_channels, cfg.model.num_classes, cfg.eval.metric) == (2325, 5, "acc")
+    assert model(data).shape == (890, 5)
+
+
+def test_auto_width_the_dataset_cannot_give_is_named():
+    from geossm.tasks.graph.task import NodeClassificationTask
+
+    class NoWidth(torch.utils.data.Dataset):
+        num_classes = 2
+
+    cfg = load_config(CONFIGS / "tolokers_gmn.yaml")  # in_channels: auto
+    task = NodeClassificationTask(cfg)
+    task.build_dataset = lambda split: NoWidth()
+    with pytest.raises(ValueError, match=r"model.in_channels=auto: NoWidth does not say its "
+                                         r"num_features"):
+        task.build_model()
 
 
 def test_split_spec():
