@@ -281,6 +281,8 @@ class GraphMambaNetwork(nn.Module):
             (built once per forward) instead of gather / scatter over the edge list, default
             False. Same result; ~5x faster fwd+bwd on CPU for large graphs (Tolokers, 1M
             edges: 0.88 -> 0.16 s per SAGE layer on one core).
+        jumping_knowledge: sum the normalised input embedding and every layer's output before
+            the pooling / head (GIN's readout over all depths), default False (last layer).
 
     Shapes::
 
@@ -302,7 +304,8 @@ class GraphMambaNetwork(nn.Module):
                  input_dropout: float = 0.0, mlp_ratio: float = 2.0, pool: str = "mean",
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, backend: str | None = None, residual: bool = True,
-                 sparse_adjacency: bool = False, pe_norm: bool = False) -> None:
+                 sparse_adjacency: bool = False, pe_norm: bool = False,
+                 jumping_knowledge: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -336,6 +339,7 @@ class GraphMambaNetwork(nn.Module):
         self.use_tokens, self.token_encoder = tokens, token_encoder
         self.global_mamba = global_mamba
         self.sparse_adjacency = bool(sparse_adjacency) and mpnn in ("gcn", "sage")
+        self.jumping_knowledge = bool(jumping_knowledge)
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
         self.input_encoder = (nn.Linear(in_channels, dim) if node_vocab is None
@@ -444,9 +448,15 @@ class GraphMambaNetwork(nn.Module):
                 warnings.simplefilter("ignore", UserWarning)
                 adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
         ctx = _Context(edge_index, edge_attr, tokens, token_edges, order, adj_t)
+        depths = [h] if self.jumping_knowledge else None
         for layer in self.layers:
             h = layer(h, ctx)
-        h = self.norm(h)
+            if depths is not None:
+                depths.append(h)
+        if depths is not None:
+            h = torch.stack([self.norm(d) for d in depths]).sum(0)  # every depth contributes
+        else:
+            h = self.norm(h)
         if self.task_level == "graph":
             if batch is None:
                 batch = torch.zeros(n, dtype=torch.long, device=h.device)

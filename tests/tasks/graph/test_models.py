@@ -60,6 +60,21 @@ def test_sparse_adjacency_gives_the_edge_list_result_and_gradients(mpnn):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_jumping_knowledge_pools_every_depth():
+    torch.manual_seed(0)
+    graphs = [Data(x=torch.randn(n, 3), edge_index=_path(n)) for n in (4, 6)]
+    batch = Batch.from_data_list(graphs)
+    model = GraphMambaNetwork(in_channels=3, num_classes=2, task_level="graph", tokens=False,
+                              mpnn="gcn", pool="sum", jumping_knowledge=True, dim=8,
+                              num_layers=1).eval()
+    from torch_geometric.nn import global_add_pool
+    from geossm.tasks.graph.models import _Context
+    h0 = model.input_encoder(batch.x)
+    h1 = model.layers[0](h0, _Context(batch.edge_index, None, None, None, None))
+    pooled = global_add_pool(model.norm(h0) + model.norm(h1), batch.batch)
+    torch.testing.assert_close(model(batch), model.head(pooled))
+
+
 def test_graph_level_with_categorical_features_edges_and_pe():
     torch.manual_seed(0)
     graphs = [Data(x=torch.randint(0, 3, (n, 2)), edge_index=_path(n),
