@@ -199,14 +199,19 @@ def main(argv=None) -> int:
         ST.CHUNK = args.chunk
     if args.bd:
         ST.MAX_BD = args.bd
-    ST.NUM_WARPS_FWD = args.nw_fwd
-    ST.NUM_WARPS_BWD = args.nw_bwd
-    ST.MAX_BD_BWD = args.bd_bwd
+    # only switches given on the command line change the module's defaults (assigning None
+    # here once replaced the default 32-channel backward blocks by 64-channel ones)
+    if args.nw_fwd:
+        ST.NUM_WARPS_FWD = args.nw_fwd
+    if args.nw_bwd:
+        ST.NUM_WARPS_BWD = args.nw_bwd
+    if args.bd_bwd:
+        ST.MAX_BD_BWD = args.bd_bwd
     dev = torch.device("cuda" if on_gpu() else "cpu")
     card = card_name(dev)
     bw = copy_bandwidth(dev)
     base = dict(card=card, torch=torch.__version__, triton=triton.__version__, chunk=ST.CHUNK,
-                max_bd=ST.MAX_BD, nw_fwd=args.nw_fwd, nw_bwd=args.nw_bwd,
+                max_bd=ST.MAX_BD, nw_fwd=ST.NUM_WARPS_FWD, nw_bwd=ST.NUM_WARPS_BWD,
                 bd_bwd=ST.MAX_BD_BWD)
     emit(dict(base, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
 
