@@ -33,6 +33,14 @@ exported before the evaluation.
     python benchmarks/detection_kitti_overfit.py --root DIR --out OUTDIR
         (--checkpoint last.pt | --train-seconds 360 [--max-steps N] [--lr 2e-3])
         [--frames 000002,000003] [--repeat 41] [--export weights.pt] [key=value overrides ...]
+
+Measured (H200, shared with three other processes: ~1.1 s per step instead of ~0.33 s):
+``--train-seconds 360 --lr 1e-3 +loss.reg_neighbours=1`` (and ``--lr 2e-3``, side by side),
+324 (320) steps of the 6 frames, loss 917 -> 0.08 (0.05), peak 4.1 GiB: every labelled Car found
+with 3D IoU 0.99 (0.986-0.997), no other detection above the 0.1 score threshold; Car BEV / 3D
+R40 = 100 for easy / moderate / hard with ``repeated_x41``, and the devkit's maxima 0 / 5 / 5 on
+the frames as they are (1 easy and 3 moderate / hard Cars). The exported fp16 weights give the
+same numbers on CPU (``--checkpoint``).
 """
 
 from __future__ import annotations
