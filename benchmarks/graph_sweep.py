@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t0 + ns.budget_s
     with open(ns.variants) as fh:
         variants: dict[str, list[str]] = json.load(fh)
+    # Within a variant: every split of one seed before the next seed (a time box then leaves
+    # whole cross-validations, not every fold of a few splits).
     grid = [(name, split, seed) for name in variants
-            for split in parse_range(ns.splits) for seed in parse_range(ns.seeds)]
+            for seed in parse_range(ns.seeds) for split in parse_range(ns.splits)]
     if ns.split_major:
         grid.sort(key=lambda g: (g[1], g[2]))  # stable: variants keep their order
     items = [(name, {"config": ns.config, "split": split, "seed": seed,
