@@ -18,7 +18,8 @@ Test metrics of the selection runs are printed too but never used to choose.
 (``{"variant", "summary"}``), then ``{"selected": name, "by": metric, "value": mean}`` and the
 final runs and summary. ``--budget-s`` stops starting new runs after that many seconds
 (time-boxed jobs). ``--jobs N`` trains N runs at once in separate processes, each with one
-thread (CPU: one core per run; GPU: runs share the card).
+thread (CPU: one core per run; GPU: runs share the card); ``--threads T`` gives each run T
+threads (set ``NUMBA_NUM_THREADS`` to T as well).
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ def metric(row: dict, key: str) -> float:
     return float(row[kind][name])
 
 
-def _one_thread() -> None:
+def _set_threads(threads: int) -> None:
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
 
 
 def train_one(config: str, split: int, seed: int, overrides: list[str], out: str) -> dict:
@@ -60,11 +61,13 @@ def train_one(config: str, split: int, seed: int, overrides: list[str], out: str
     return row
 
 
-def run_all(items: list[tuple[str, dict]], jobs: int, deadline: float) -> list[tuple[str, dict]]:
+def run_all(items: list[tuple[str, dict]], jobs: int, deadline: float,
+            threads: int = 1) -> list[tuple[str, dict]]:
     """Train every ``(tag, kwargs of train_one)`` item, ``jobs`` at a time; items not started
     before ``deadline`` (monotonic seconds) are skipped. Rows are emitted as they finish."""
     done: list[tuple[str, dict]] = []
     if jobs <= 1:
+        _set_threads(threads)
         for tag, kw in items:
             if time.monotonic() > deadline:
                 break
@@ -73,7 +76,8 @@ def run_all(items: list[tuple[str, dict]], jobs: int, deadline: float) -> list[t
             emit({"variant": tag, **row})
         return done
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_set_threads,
+                             initargs=(threads,)) as pool:
         pending, queue = {}, list(items)
         while queue or pending:
             while queue and len(pending) < jobs and time.monotonic() <= deadline:
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/graph_sweep")
     p.add_argument("--budget-s", type=float, default=float("inf"))
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each run process")
     p.add_argument("--split-major", action="store_true",
                    help="train every variant on the first split before the next split; "
                         "variants are compared on the splits all of them finished")
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     items = [(name, {"config": ns.config, "split": split, "seed": seed,
                      "overrides": [*ns.overrides, *variants[name]], "out": f"{ns.out}/{name}"})
              for name, split, seed in grid]
-    done = run_all(items, ns.jobs, deadline)
+    done = run_all(items, ns.jobs, deadline, ns.threads)
     runs = [(split, seed) for split in parse_range(ns.splits) for seed in parse_range(ns.seeds)]
     if ns.split_major:
         # Compare on the (split, seed) pairs that every variant finished.
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "overrides": final, "out": f"{ns.out}/final_{chosen}"})
                  for split in parse_range(ns.final_splits or ns.splits)
                  for seed in parse_range(ns.final_seeds or ns.seeds)]
-        rows = [r for _, r in run_all(items, ns.jobs, deadline)]
+        rows = [r for _, r in run_all(items, ns.jobs, deadline, ns.threads)]
         if rows:
             emit({"final": chosen, "n": len(rows), "summary": summaries(rows),
                   "elapsed_s": time.monotonic() - t0})
