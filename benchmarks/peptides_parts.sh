@@ -17,6 +17,7 @@
 #   TRAIN_S   wall seconds of training in this part, default 440
 #   BATCH, LR, WARMUP, EVAL_EVERY, EXTRA (more key=value overrides), CACHE (compact .npz)
 #   SMOKE=1   a few hundred graphs on the CPU: checks the script, not the model
+#   SKIP_EVAL=1  no separate evaluation of best.pt when the schedule did not finish
 # A SIGINT that lands while DataLoader workers fork can be swallowed (Python's logging at-fork
 # handler): timeout then kills the run 6 s later; last.pt is replaced atomically, so it stays
 # the last finished epoch either way.
@@ -69,7 +70,7 @@ cp "$RUN/metrics.jsonl" "$RUN/last.pt" "$RESULT/"
 python3 benchmarks/peptides_parts.py strip "$RUN/best.pt" "$RESULT/best.pt"
 tar czf "$RUN/triton_cache.tgz" -C "$RUN" triton_cache 2>/dev/null \
   && [ "$(stat -c %s "$RUN/triton_cache.tgz")" -lt 2000000 ] && cp "$RUN/triton_cache.tgz" "$RESULT/"
-if ! grep -q "test: weights=" "$RESULT/train$PART.log"; then
+if [ "${SKIP_EVAL:-0}" != 1 ] && ! grep -q "test: weights=" "$RESULT/train$PART.log"; then
   taskset -c "$CPUS" geossm eval $COMMON checkpoint="$RUN/best.pt" 2>&1 | tail -2 \
     | tee "$RESULT/eval_best.log"
 fi
