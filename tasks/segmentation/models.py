@@ -73,10 +73,15 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
                          "point clouds of the batch is empty")
 
 
+def _checkpointing(module: nn.Module, enabled: bool) -> bool:
+    """Whether activation checkpointing applies: ``enabled`` and gradients being recorded in
+    training mode (otherwise checkpointing would only cost time)."""
+    return enabled and module.training and torch.is_grad_enabled()
+
+
 def _run(module: nn.Module, enabled: bool, *args: Any) -> Any:
-    """``module(*args)``, under activation checkpointing when ``enabled`` and gradients are
-    being recorded in training mode (otherwise checkpointing would only cost time)."""
-    if enabled and module.training and torch.is_grad_enabled():
+    """``module(*args)``, under activation checkpointing when ``_checkpointing`` says so."""
+    if _checkpointing(module, enabled):
         return _checkpoint(module, *args, use_reentrant=False)
     return module(*args)
 
@@ -116,13 +121,12 @@ def knn(coord: torch.Tensor, cu_seqlens: torch.Tensor, k: int,
         n = b - a
         if n == 0:
             continue
+        pts = pts_all[a:b]
         use_tree = method == "kdtree" or (method == "auto" and not coord.is_cuda
                                           and n >= KDTREE_MIN_POINTS)
         if use_tree:
-            idx = _knn_kdtree(pts_all[a:b], min(k, n)) + a
-            out[a:b] = _pad_neighbours(idx, k)
+            out[a:b] = _pad_neighbours(_knn_kdtree(pts, min(k, n)) + a, k)
             continue
-        pts = pts_all[a:b]
         step = max(1, max_elements // n)
         for q in range(0, n, step):
             d = torch.cdist(pts[q:q + step], pts)  # (chunk, n)
@@ -182,7 +186,7 @@ class KNNEmbedding(nn.Module):
             counts = torch.bincount(batch, minlength=b).clamp(min=1)
             radius = (mean / counts).clamp(min=1e-6)[batch]        # (N,)
         rel = (rel / radius[:, None, None].to(rel.dtype)).to(feat.dtype)
-        if not (self.grad_checkpoint and self.training and torch.is_grad_enabled()):
+        if not _checkpointing(self, self.grad_checkpoint):
             return self._mlp(feat, idx, rel)
         step = max(1, self.checkpoint_chunk)
         return torch.cat([_checkpoint(self._mlp, feat, idx[a:a + step], rel[a:a + step],
