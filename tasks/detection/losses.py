@@ -46,9 +46,11 @@ def centerpoint_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_cu: Tensor, grid
     ``heatmap (B, K, Y, X)``, ``reg (B, 8, Y, X)``, ``mask (B, Y, X) bool``."""
     ny, nx = grid["ny"], grid["nx"]
     dev = gt_boxes.device
-    hm = torch.zeros(batch_size, num_classes, ny, nx, device=dev)
-    reg = torch.zeros(batch_size, 8, ny, nx, device=dev)
-    mask = torch.zeros(batch_size, ny, nx, dtype=torch.bool, device=dev)
+    # built on the host (one small write per cell) and moved to ``dev`` once at the end
+    hm = torch.zeros(batch_size, num_classes, ny, nx)
+    reg = torch.zeros(batch_size, 8, ny, nx)
+    mask = torch.zeros(batch_size, ny, nx, dtype=torch.bool)
+    n = int(reg_neighbours)
     owner = torch.full((batch_size, ny, nx), math.inf)   # squared distance of the cell's object
     boxes = gt_boxes.detach().float().cpu()
     labels = gt_labels.cpu()
@@ -69,19 +71,18 @@ def centerpoint_targets(gt_boxes: Tensor, gt_labels: Tensor, gt_cu: Tensor, grid
             sigma = (2 * r + 1) / 6
             g = torch.exp(-((xs - ix) ** 2 + (ys - iy) ** 2) / (2 * sigma ** 2))
             g = torch.where(((xs - ix).abs() <= r) & ((ys - iy).abs() <= r), g, torch.zeros(()))
-            hm[b, c] = torch.maximum(hm[b, c], g.to(dev))
-            n = int(reg_neighbours)
+            hm[b, c] = torch.maximum(hm[b, c], g)
+            box = [z, math.log(dx), math.log(dy), math.log(max(dz, 1e-3)), math.sin(h),
+                   math.cos(h)]
             for jy in range(max(iy - n, 0), min(iy + n + 1, ny)):
                 for jx in range(max(ix - n, 0), min(ix + n + 1, nx)):
                     d = (jx + 0.5 - fx) ** 2 + (jy + 0.5 - fy) ** 2
                     if d >= owner[b, jy, jx]:
                         continue
                     owner[b, jy, jx] = d
-                    reg[b, :, jy, jx] = torch.tensor(
-                        [fx - jx, fy - jy, z, math.log(dx), math.log(dy),
-                         math.log(max(dz, 1e-3)), math.sin(h), math.cos(h)], device=dev)
+                    reg[b, :, jy, jx] = torch.tensor([fx - jx, fy - jy, *box])
                     mask[b, jy, jx] = True
-    return hm, reg, mask
+    return hm.to(dev), reg.to(dev), mask.to(dev)
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
