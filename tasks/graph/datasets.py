@@ -618,8 +618,6 @@ class PeptidesFunc(GraphDataset):
                                         f"layout; no compact cache at {cached} either)")
             graphs = self.convert(csv, max_graphs)
             self.save_compact(graphs, cached)
-        if max_graphs is not None and len(graphs["n_nodes"]) > max_graphs:
-            graphs = self._select(graphs, np.arange(int(max_graphs)))  # a full cache, cut
         with open(split_file, "rb") as fh:
             # The official split file is a pickle of NumPy index arrays: unpickled with only
             # NumPy's array constructors allowed, so a tampered file cannot run code.
@@ -629,6 +627,8 @@ class PeptidesFunc(GraphDataset):
                 raise ValueError(f"{split_file}: expected a pickled dict of index arrays with "
                                  f"'{split}' ({err})") from err
         n = len(graphs["n_nodes"])
+        if max_graphs is not None:
+            n = min(n, int(max_graphs))  # a full cache read for the first max_graphs only
         index = index[index < n]
         self.split, self.split_index = split, split_index
         self._store, self._index = self._select(graphs, index), np.arange(len(index))
