@@ -123,11 +123,10 @@ def step_or_oom(model, batch, iters: int, warmup: int = 1) -> tuple[float, float
     try:
         return step_time(model, batch, iters, warmup)
     except torch.OutOfMemoryError:
-        failed = True  # freed below, once the traceback and the tensors it holds are gone
-    if failed:
-        model.zero_grad(set_to_none=True)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        pass  # freed below, once the traceback and the tensors it holds are gone
+    model.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return None
 
 
@@ -275,6 +274,13 @@ def main() -> None:
 SCALING_POINTS = (100_000, 200_000, 500_000, 1_000_000, 2_000_000, 4_000_000)
 
 
+def set_grad_checkpoint(model: torch.nn.Module, on: bool) -> None:
+    """Activation checkpointing on or off in every module that has the switch."""
+    for m in model.modules():
+        if hasattr(m, "grad_checkpoint"):
+            m.grad_checkpoint = on
+
+
 def scaling(args, model, scans, g, device, scale, emit, left) -> None:
     """Step time / peak memory from 100k to 4M points, plain then checkpointed (the plain
     model is not tried past its first out-of-memory size)."""
@@ -293,9 +299,7 @@ def scaling(args, model, scans, g, device, scale, emit, left) -> None:
                 emit({"case": "scaling", "points": total, "grad_checkpoint": ckpt,
                       "skipped": "time budget"})
                 continue
-            for m in model.modules():
-                if hasattr(m, "grad_checkpoint"):
-                    m.grad_checkpoint = ckpt
+            set_grad_checkpoint(model, ckpt)
             res = step_or_oom(model, b, 3 if total <= 500_000 // scale else 2)
             if res is None:
                 plain_fits = plain_fits and ckpt
@@ -307,9 +311,7 @@ def scaling(args, model, scans, g, device, scale, emit, left) -> None:
                   "step_s": round(t, 4), "peak_mem_gib": round(mem, 2),
                   "points_per_s": round(total / t), "us_per_point": round(t / total * 1e6, 3)})
         del b
-    for m in model.modules():
-        if hasattr(m, "grad_checkpoint"):
-            m.grad_checkpoint = False
+    set_grad_checkpoint(model, False)
 
 
 # ------------------------------------------------------------------ 5. the trainer
