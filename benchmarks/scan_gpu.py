@@ -107,6 +107,11 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def bench_device() -> torch.device:
+    """The GPU, or the CPU (``--tiny`` smoke test through the Triton interpreter)."""
+    return torch.device("cuda" if on_gpu() else "cpu")
+
+
 def synchronize() -> None:
     if on_gpu():
         torch.cuda.synchronize()
@@ -207,7 +212,7 @@ def main(argv=None) -> int:
         ST.NUM_WARPS_BWD = args.nw_bwd
     if args.bd_bwd:
         ST.MAX_BD_BWD = args.bd_bwd
-    dev = torch.device("cuda" if on_gpu() else "cpu")
+    dev = bench_device()
     card = card_name(dev)
     bw = copy_bandwidth(dev)
     base = dict(card=card, torch=torch.__version__, triton=triton.__version__, chunk=ST.CHUNK,
@@ -296,7 +301,7 @@ def sweep(args) -> int:
         ST = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(ST)
         tag = args.kernels_file
-    dev = torch.device("cuda" if on_gpu() else "cpu")
+    dev = bench_device()
     card = card_name(dev)
     bw = copy_bandwidth(dev)
     emit(dict(card=card, metric="copy_bandwidth_GBps", value=round(bw / 1e9, 1)), args.out)
@@ -355,7 +360,7 @@ def profile(args) -> int:
 
     from geossm.kernels import selective_scan_triton as ST
 
-    dev = torch.device("cuda" if on_gpu() else "cpu")
+    dev = bench_device()
     card = card_name(dev)
     activity = ProfilerActivity.CUDA if on_gpu() else ProfilerActivity.CPU
     for name in args.workloads.split(","):
@@ -388,7 +393,7 @@ def ncu_target(args) -> int:
     profiles exactly the kernels of one forward (chunk state, carry, output) and one backward."""
     from geossm.kernels import selective_scan_triton as ST
 
-    dev = torch.device("cuda" if on_gpu() else "cpu")
+    dev = bench_device()
     for name in args.workloads.split(","):
         x, T, D, S = make_inputs(name, dev, args.tiny)
         _, fwd_bwd = kernel_calls(ST, *kernel_args(x, T, D, dev))
