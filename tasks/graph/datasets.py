@@ -141,6 +141,11 @@ def _dense_laplacian_pe(edge_index: torch.Tensor, n: int, k: int) -> torch.Tenso
     return pe
 
 
+def _offsets(counts: torch.Tensor) -> torch.Tensor:
+    """Per-item counts ``(G,)`` -> start offsets ``(G+1,)`` long with a leading 0."""
+    return torch.cat([torch.zeros(1, dtype=torch.long), counts.long().cumsum(0)])
+
+
 def batched_positional_encodings(edge_index: torch.Tensor, num_nodes: torch.Tensor,
                                  num_edges: torch.Tensor, laplacian: int = 0,
                                  random_walk: int = 0, degree: bool = False,
@@ -159,9 +164,7 @@ def batched_positional_encodings(edge_index: torch.Tensor, num_nodes: torch.Tens
     ``chunk_nodes`` bounds ``B * n * n`` of a chunk (default 2^20, 8 MB in float64);
     ``workers > 1`` spreads the chunks over that many forked processes (default 1).
     """
-    num_nodes, num_edges = num_nodes.long(), num_edges.long()
-    node_ptr = torch.cat([num_nodes.new_zeros(1), num_nodes.cumsum(0)])
-    edge_ptr = torch.cat([num_edges.new_zeros(1), num_edges.cumsum(0)])
+    node_ptr, edge_ptr = _offsets(num_nodes), _offsets(num_edges)
     width = laplacian + random_walk + int(bool(degree))
     out = torch.zeros(int(node_ptr[-1]), width)
     sizes = num_nodes.tolist()
@@ -631,12 +634,12 @@ class PeptidesFunc(GraphDataset):
             n = min(n, int(max_graphs))  # a full cache read for the first max_graphs only
         index = index[index < n]
         self.split, self.split_index = split, split_index
-        self._store, self._index = self._select(graphs, index), np.arange(len(index))
+        self._store = s = self._select(graphs, index)
+        self._node_ptr, self._edge_ptr = _offsets(s["n_nodes"]), _offsets(s["n_edges"])
         if pe:
-            s = self._store
             if pe_workers is None:
                 pe_workers = min(16, len(os.sched_getaffinity(0)))
-            self._store["pe"] = batched_positional_encodings(
+            s["pe"] = batched_positional_encodings(
                 s["edge_index"], s["n_nodes"], s["n_edges"], **dict(pe), workers=pe_workers)
         self._items: dict[int, Data] = {}
         self.num_features, self.num_edge_features = len(self.ATOM_DIMS), len(self.BOND_DIMS)
@@ -644,13 +647,15 @@ class PeptidesFunc(GraphDataset):
     @staticmethod
     def _select(graphs: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torch.Tensor]:
         """The graphs ``index`` of a concatenated store, as a store of their own."""
-        node_ptr = torch.cat([torch.zeros(1, dtype=torch.long), graphs["n_nodes"].long().cumsum(0)])
-        edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long), graphs["n_edges"].long().cumsum(0)])
         idx = torch.from_numpy(index)
-        nodes = torch.cat([torch.arange(int(node_ptr[g]), int(node_ptr[g + 1])) for g in index]) \
-            if len(index) else torch.zeros(0, dtype=torch.long)
-        edges = torch.cat([torch.arange(int(edge_ptr[g]), int(edge_ptr[g + 1])) for g in index]) \
-            if len(index) else torch.zeros(0, dtype=torch.long)
+
+        def rows(ptr: torch.Tensor) -> torch.Tensor:
+            # Concatenated arange(ptr[g], ptr[g + 1]) over g in index, without a Python loop.
+            start, size = ptr[idx], ptr[idx + 1] - ptr[idx]
+            shift = torch.repeat_interleave(start - (size.cumsum(0) - size), size)
+            return torch.arange(int(size.sum())) + shift
+
+        nodes, edges = rows(_offsets(graphs["n_nodes"])), rows(_offsets(graphs["n_edges"]))
         return {"x": graphs["x"][nodes], "edge_index": graphs["edge_index"][:, edges],
                 "edge_attr": graphs["edge_attr"][edges], "y": graphs["y"][idx],
                 "n_nodes": graphs["n_nodes"][idx], "n_edges": graphs["n_edges"][idx]}
@@ -729,20 +734,15 @@ class PeptidesFunc(GraphDataset):
                 "n_edges": torch.tensor(ne, dtype=torch.int32)}
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._store["n_nodes"])
 
     def __getitem__(self, i: int) -> Data:
-        g = int(self._index[i])
+        g = range(len(self))[i]  # the store holds this split only, in order
         item = self._items.get(g)
         if item is None:
             s = self._store
-            if "node_ptr" not in s:
-                s["node_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long),
-                                           s["n_nodes"].long().cumsum(0)])
-                s["edge_ptr"] = torch.cat([torch.zeros(1, dtype=torch.long),
-                                           s["n_edges"].long().cumsum(0)])
-            a, b = int(s["node_ptr"][g]), int(s["node_ptr"][g + 1])
-            c, d = int(s["edge_ptr"][g]), int(s["edge_ptr"][g + 1])
+            a, b = int(self._node_ptr[g]), int(self._node_ptr[g + 1])
+            c, d = int(self._edge_ptr[g]), int(self._edge_ptr[g + 1])
             item = Data(x=s["x"][a:b].long(), edge_index=s["edge_index"][:, c:d].long(),
                         edge_attr=s["edge_attr"][c:d].long(), y=s["y"][g:g + 1].float(),
                         num_nodes=b - a)
