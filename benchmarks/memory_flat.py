@@ -71,13 +71,18 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _malloc_trim():
-    """glibc's ``malloc_trim`` (None on other C libraries)."""
+def _libc_function(symbol: str):
+    """The C library's function ``symbol`` (None where there is no such function)."""
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(name), symbol) if name else None
     except (OSError, AttributeError):
         return None
+
+
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None on other C libraries)."""
+    return _libc_function("malloc_trim")
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -88,11 +93,7 @@ class _Mallinfo2(ctypes.Structure):
 
 def _mallinfo2():
     """glibc's ``mallinfo2`` (None on other C libraries or glibc < 2.33)."""
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name).mallinfo2 if name else None
-    except (OSError, AttributeError):
-        return None
+    fn = _libc_function("mallinfo2")
     if fn is not None:
         fn.restype = _Mallinfo2
     return fn
