@@ -28,17 +28,10 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from geossm.tasks.graph.crossval import parse_range, run
-from geossm.tasks.graph.metrics import summarize
-
-
-def emit(row: dict) -> None:
-    sys.stdout.write(json.dumps(row) + "\n")
-    sys.stdout.flush()
+from geossm.tasks.graph.crossval import emit, parse_range, run, summaries
 
 
 def metric(row: dict, key: str) -> float:
@@ -94,11 +87,6 @@ def run_all(items: list[tuple[str, dict]], jobs: int, deadline: float,
                 done.append((tag, row))
                 emit({"variant": tag, **row})
     return done
-
-
-def summaries(rows: list[dict]) -> dict:
-    return {kind: summarize({(r["split"], r["seed"]): r[kind] for r in rows})
-            for kind in ("best", "last")}
 
 
 def main(argv: list[str] | None = None) -> int:

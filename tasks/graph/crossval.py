@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .metrics import summarize
 
-__all__ = ["parse_range", "run", "main"]
+__all__ = ["parse_range", "run", "summaries", "emit", "main"]
 
 
 def parse_range(text: str) -> list[int]:
@@ -42,6 +42,18 @@ def parse_range(text: str) -> list[int]:
         except ValueError:
             raise ValueError(f"expected a range like '0-9' or '0,2,5', got {text!r}") from None
     return out
+
+
+def emit(row: dict) -> None:
+    """Print ``row`` as one JSON line (flushed: rows appear as runs finish)."""
+    sys.stdout.write(json.dumps(row) + "\n")
+    sys.stdout.flush()
+
+
+def summaries(rows: list[dict]) -> dict:
+    """``{"best": summary, "last": summary}`` (``metrics.summarize``) over run rows."""
+    return {kind: summarize({(r["split"], r["seed"]): r[kind] for r in rows})
+            for kind in ("best", "last")}
 
 
 def run(config: str, splits: list[int], seeds: list[int], overrides: list[str],
@@ -70,9 +82,7 @@ def run(config: str, splits: list[int], seeds: list[int], overrides: list[str],
             rows.append(row)
             if emit is not None:
                 emit(row)
-    summary = {kind: summarize({(r["split"], r["seed"]): r[kind] for r in rows})
-               for kind in ("best", "last")}
-    return {"runs": rows, "summary": summary}
+    return {"runs": rows, "summary": summaries(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="parent folder of the run directories")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     ns = parser.parse_intermixed_args(argv)
-
-    def emit(row: dict) -> None:
-        sys.stdout.write(json.dumps(row) + "\n")
-        sys.stdout.flush()
-
     result = run(ns.config, parse_range(ns.splits), parse_range(ns.seeds), ns.overrides,
                  ns.out, emit)
     sys.stdout.write(json.dumps({"summary": result["summary"]}) + "\n")
