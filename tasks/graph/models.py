@@ -34,6 +34,7 @@ averaged (logits).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.utils import scatter
+from torch_geometric.utils import scatter, to_torch_csr_tensor
 
 from geossm.nn import MLP, BiMamba, RMSNorm, SerializedBlock
 from geossm.registry import MODELS
@@ -420,18 +421,23 @@ class GraphMambaNetwork(nn.Module):
         if self.edge_encoder is not None and edge_attr is not None:
             ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
                                    else edge_attr.float())
+        adj_t = None
+        if self.sparse_adjacency:  # once per forward, shared by every eval sample
+            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
         if self.training or self.eval_samples == 1 and not self._random_branches():
-            return self._run(h, edge_index, ea, batch, n, None)
+            return self._run(h, edge_index, ea, batch, n, None, adj_t)
         gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
         out = 0
         for _ in range(self.eval_samples):
-            out = out + self._run(h, edge_index, ea, batch, n, gen)
+            out = out + self._run(h, edge_index, ea, batch, n, gen, adj_t)
         return out / self.eval_samples
 
     def _random_branches(self) -> bool:
         return self.use_tokens or self.global_mamba
 
-    def _run(self, h, edge_index, edge_attr, batch, n, generator) -> torch.Tensor:
+    def _run(self, h, edge_index, edge_attr, batch, n, generator, adj_t=None) -> torch.Tensor:
         tokens = token_edges = order = None
         if self.use_tokens:
             tokens = random_walk_tokens(edge_index, n, self.walk_length, self.num_walks,
@@ -440,13 +446,6 @@ class GraphMambaNetwork(nn.Module):
                 token_edges = induced_token_edges(tokens, edge_index, n)
         if self.global_mamba:
             order = degree_order(edge_index, n, batch, noise=True, generator=generator)
-        adj_t = None
-        if self.sparse_adjacency:
-            import warnings
-            from torch_geometric.utils import to_torch_csr_tensor
-            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
         ctx = _Context(edge_index, edge_attr, tokens, token_edges, order, adj_t)
         depths = [h] if self.jumping_knowledge else None
         for layer in self.layers:
