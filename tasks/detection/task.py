@@ -34,6 +34,8 @@ from .losses import centerpoint_loss, centerpoint_targets
 
 __all__ = ["DetectionTask", "KittiAPMetric"]
 
+LOSS_KEYS = ("reg_weight", "min_radius", "min_overlap", "reg_neighbours")   # of cfg.loss
+
 
 class KittiAPMetric(Metric):
     """KITTI AP over an evaluation: keeps every frame's detections and annotations (they do not
@@ -122,10 +124,10 @@ class DetectionTask(Task):
     def loss(self, outputs: dict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         self._ensure_model_info()
         cfg = dict(self.cfg.get("loss") or {})
-        unknown = set(cfg) - {"reg_weight", "min_radius", "min_overlap", "reg_neighbours"}
+        unknown = set(cfg) - set(LOSS_KEYS)
         if unknown:
-            raise ValueError(f"loss: unknown keys {sorted(unknown)} (known: reg_weight, "
-                             "min_radius, min_overlap, reg_neighbours)")
+            raise ValueError(f"loss: unknown keys {sorted(unknown)} "
+                             f"(known: {', '.join(LOSS_KEYS)})")
         hm = outputs["heatmap"]
         targets = centerpoint_targets(batch["gt_boxes"], batch["gt_labels"],
                                       batch["gt_boxes_cu_seqlens"], self._grid, hm.shape[1],
