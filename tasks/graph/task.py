@@ -72,6 +72,11 @@ class _GraphTask(Task):
     #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
     metric_from_dataset = True
 
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        #: Datasets built ahead of the trainer (``build_model``'s ``auto`` keys), by split.
+        self._dataset_cache: dict[str, torch.utils.data.Dataset] = {}
+
     def build_model(self) -> torch.nn.Module:
         """``MODELS[model.name](**model)`` after ``auto`` keys and a null ``eval.metric`` are
         resolved from the training dataset (see the module docstring)."""
@@ -94,14 +99,13 @@ class _GraphTask(Task):
         """The training dataset, kept for the trainer's first ``build_dataset`` call (built
         once: Planetoid / TU processing takes seconds)."""
         split = str(self.cfg.data.split)
-        cache = self.__dict__.setdefault("_dataset_cache", {})
-        if split not in cache:
-            cache[split] = self.build_dataset(split)
-        return cache[split]
+        if split not in self._dataset_cache:
+            self._dataset_cache[split] = self.build_dataset(split)
+        return self._dataset_cache[split]
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         """``DATASETS[data.name](split=part, split_index=K, **other data keys)``."""
-        cached = self.__dict__.get("_dataset_cache", {}).pop(str(split), None)
+        cached = self._dataset_cache.pop(str(split), None)
         if cached is not None:
             return cached
         data = dict(_plain(self.cfg.data))
