@@ -119,13 +119,14 @@ def train_overfit(task, model, batch: dict, device: torch.device, seconds: float
 def recompute_batchnorm(model: torch.nn.Module, batch: dict, task) -> None:
     """BatchNorm running statistics := the statistics of ``batch`` under the final weights."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None            # cumulative average: after one pass, exactly that batch
     model.train()
     task.forward(model, batch)
-    for m in norms:
-        m.momentum = 0.1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 def car_matches(gt_boxes: np.ndarray, gt_names, det: dict, car_label: int) -> list[dict]:
