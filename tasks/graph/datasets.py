@@ -128,17 +128,10 @@ def add_positional_encodings(data: Data, laplacian: int = 0, random_walk: int = 
 
 
 def _dense_laplacian_pe(edge_index: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    pe = torch.zeros(n, k)
+    """Laplacian PE ``(n, k)`` of one small graph: a chunk of one for ``_dense_chunk_pe``."""
     if n < 2:
-        return pe
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    adj[edge_index[0], edge_index[1]] = 1.0
-    deg = adj.sum(1)
-    dinv = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
-    lap = torch.eye(n, dtype=torch.float64) - dinv[:, None] * adj * dinv[None, :]
-    vec = torch.linalg.eigh(lap).eigenvectors[:, 1:k + 1]  # skip the trivial eigenvector
-    pe[:, :vec.shape[1]] = vec.float()
-    return pe
+        return torch.zeros(n, k)
+    return _dense_chunk_pe(([edge_index], [n], k, 0, False))[0]
 
 
 def _offsets(counts: torch.Tensor) -> torch.Tensor:
