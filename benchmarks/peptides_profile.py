@@ -49,8 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load_config(find_config("graph/peptides_func_gmn"), [])
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = dict(_plain(cfg.model))
-    model = MODELS.get(spec.pop("name"))(**spec).to(dev).train()
+    model = MODELS.build(cfg.model).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda" or None)
     data = [b.to(dev) for b in batches(args.root, args.cache, dict(_plain(cfg.data.pe)),
                                        args.batch)]
