@@ -271,11 +271,8 @@ class NodeDataset(torch.utils.data.Dataset):
     task_level = "node"
     #: No edge features (``edge_attr`` is absent); read by ``model.edge_dim: auto``.
     num_edge_features = 0
-
-    @property
-    def metric(self) -> str:
-        """The metric results are published in for this dataset (``eval.metric: null``)."""
-        return "acc"
+    #: The metric results are published in for this dataset (``eval.metric: null``).
+    metric = "acc"
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  split_index: int = 0, normalize_features: bool = False,
@@ -431,11 +428,8 @@ class GraphDataset(torch.utils.data.Dataset):
     """
 
     task_level = "graph"
-
-    @property
-    def metric(self) -> str:
-        """The metric results are published in (``eval.metric: null``): accuracy."""
-        return "acc"
+    #: The metric results are published in (``eval.metric: null``).
+    metric = "acc"
 
     def __len__(self) -> int:
         return len(self.graphs)
