@@ -103,9 +103,7 @@ def add_positional_encodings(data: Data, laplacian: int = 0, random_walk: int = 
     sparse matrix powers that fill in on large dense graphs (Tolokers: use ``degree``).
     """
     from torch_geometric.transforms import AddLaplacianEigenvectorPE, AddRandomWalkPE
-    for name, v in (("laplacian", laplacian), ("random_walk", random_walk)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"pe.{name}: expected an int >= 0, got {v!r}")
+    _check_pe_sizes(laplacian, random_walk)
     parts = []
     n = data.num_nodes
     if laplacian:
@@ -125,6 +123,13 @@ def add_positional_encodings(data: Data, laplacian: int = 0, random_walk: int = 
     if parts:
         data.pe = torch.cat(parts, 1)
     return data
+
+
+def _check_pe_sizes(laplacian: object, random_walk: object) -> None:
+    """Raise ``ValueError`` unless both PE widths are ints >= 0."""
+    for name, v in (("laplacian", laplacian), ("random_walk", random_walk)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"pe.{name}: expected an int >= 0, got {v!r}")
 
 
 def _dense_laplacian_pe(edge_index: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -157,6 +162,7 @@ def batched_positional_encodings(edge_index: torch.Tensor, num_nodes: torch.Tens
     ``chunk_nodes`` bounds ``B * n * n`` of a chunk (default 2^20, 8 MB in float64);
     ``workers > 1`` spreads the chunks over that many forked processes (default 1).
     """
+    _check_pe_sizes(laplacian, random_walk)
     node_ptr, edge_ptr = _offsets(num_nodes), _offsets(num_edges)
     width = laplacian + random_walk + int(bool(degree))
     out = torch.zeros(int(node_ptr[-1]), width)
