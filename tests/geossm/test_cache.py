@@ -14,8 +14,6 @@ import pytest
 from geossm import cache
 from geossm.cache import COMPLETE_MARKER, atomic_path, atomic_write, build_once, file_lock
 
-REPO = Path(__file__).resolve().parents[2]
-
 # One worker process: waits for the start signal, then asks for the cache. Its builder writes
 # the cache in PIECES pieces, slowly, and logs one line per build into builds.log (O_APPEND:
 # lines of concurrent builders would not overwrite each other). It prints the sha256 of what it
@@ -25,7 +23,8 @@ import hashlib, os, sys, time
 from pathlib import Path
 from geossm.cache import build_once
 
-path, kind, work, delay, wid = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+path, kind, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+delay, wid = float(sys.argv[4]), sys.argv[5]
 PIECES = 8
 
 def write_pieces(f):
@@ -60,10 +59,9 @@ EXPECTED = b"".join(bytes([i]) * 4096 for i in range(8))
 
 
 def start_worker(path, kind, work, delay, wid):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-c", WORKER, str(path), kind, str(work), str(delay),
                              str(wid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True)
 
 
 def wait_for(predicate, timeout=60.0):
@@ -96,7 +94,8 @@ def test_eight_processes_on_a_fresh_cache_build_once_and_read_the_same_data(tmp_
     if kind == "dir":
         assert (path / COMPLETE_MARKER).is_file() and (path / "meta.txt").read_text() == "v1"
     # Only the cache and its lock file are left beside it: no temporaries.
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f".{path.name}.lock"])
+    left = sorted(p.name for p in path.parent.iterdir())
+    assert left == sorted([path.name, f".{path.name}.lock"])
 
 
 @pytest.mark.parametrize("kind", ["file", "dir"])
