@@ -110,9 +110,8 @@ def test_random_bytes_truncated_and_empty_files_are_corrupt_not_unsafe(tmp_path)
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_only_a_whole_pickle_with_forbidden_globals_is_refused_as_unsafe(tmp_path):
-    marker = tmp_path / "pwned"
     evil = _Evil()
-    evil.marker = marker
+    evil.marker = tmp_path / "pwned"
     # Protocol 4/5: torch's weights-only unpickler stops at an opcode before the global; the
     # opcode scan still finds os.system (posix.system / nt.system) and names it.
     plain = tmp_path / "evil.pkl"
@@ -130,4 +129,4 @@ def test_only_a_whole_pickle_with_forbidden_globals_is_refused_as_unsafe(tmp_pat
     with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*module\.pt: .*"
                                               r"torch\.nn\.modules\.linear\.Linear"):
         load_checkpoint(tmp_path / "module.pt")
-    assert not marker.exists()
+    assert not evil.marker.exists()
