@@ -15,13 +15,14 @@ import io
 import os
 import pickletools
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from geossm.cache import atomic_write
 
 FORMAT = "geossm-checkpoint"
 VERSION = 1
@@ -32,22 +33,13 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync'd, then
-    ``os.replace`` (a crash leaves either the old file or the new one, never half of one)."""
+    """Write ``state`` to ``path`` atomically (``geossm.cache.atomic_write``: a temporary file in
+    the same folder, fsync'd, then ``os.replace``; a crash leaves either the old file or the new
+    one, never half of one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(state, f)
     return path
 
 
