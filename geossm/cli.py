@@ -6,7 +6,7 @@
     geossm eval CONFIG checkpoint=PATH [key=value ...]
     geossm predict CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]
     geossm viz INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true]
-    geossm configs [DIR]
+    geossm configs [DIR]                               # "(runs without data)": generated data
 
 CONFIG is a path or a name looked up as described in ``geossm.config`` (``./configs/``, then
 the repository's ``configs/``). ``train`` prints one JSON line at the end:
@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from geossm._compat import MissingDependencyError
@@ -143,13 +144,13 @@ def cmd_viz(ns: argparse.Namespace) -> int:
     for text in ns.options:
         key, value, _ = parse_override(text)
         if key not in _VIZ_OPTIONS:
-            raise ValueError(f"viz: unknown option '{key}' (known: {', '.join(_VIZ_OPTIONS)})")
+            raise ValueError(f"unknown option '{key}' (known: {', '.join(_VIZ_OPTIONS)})")
         kind = _VIZ_OPTIONS[key]
         if kind is bool and not isinstance(value, bool):
-            raise ValueError(f"viz: {key} expects true or false, got {value!r}")
+            raise ValueError(f"{key} expects true or false, got {value!r}")
         if kind in (int, float) and (isinstance(value, bool)
                                      or not isinstance(value, (int, float))):
-            raise ValueError(f"viz: {key} expects a number, got {value!r}")
+            raise ValueError(f"{key} expects a number, got {value!r}")
         opts[key] = kind(value) if kind is not bool else value
     show = opts.pop("show", None)
     if show is None:
@@ -164,36 +165,104 @@ def cmd_viz(ns: argparse.Namespace) -> int:
     return 0
 
 
+#: Printed after the description of a config whose dataset is generated (``_runs_without_data``).
+NO_DATA_MARK = "(runs without data)"
+
+
+def _runs_without_data(path: os.PathLike | str) -> bool:
+    """Whether the config at ``path`` needs no dataset on disk: its resolved ``data.name`` is a
+    generated dataset (the library names those ``Synthetic...``). False if it does not load."""
+    from geossm.config import load_config
+    try:
+        name = load_config(path).get("data", {}).get("name")
+    except (ValueError, OSError):
+        return False
+    return isinstance(name, str) and name.startswith("Synthetic")
+
+
 def cmd_configs(ns: argparse.Namespace) -> int:
-    from geossm.config import list_configs
+    from geossm.config import config_dirs, list_configs
     rows = list_configs(ns.dir)
+    folder = Path(ns.dir) if ns.dir else next(d for d in config_dirs() if d.is_dir())
     width = max((len(n) for n, _ in rows), default=0)
+    marked = False
     for name, desc in rows:
-        print(f"{name:<{width}}  {desc}".rstrip())
+        mark = _runs_without_data(folder / f"{name}.yaml")
+        marked |= mark
+        print(f"{name:<{width}}  {desc}{'  ' + NO_DATA_MARK if mark else ''}".rstrip())
+    if marked:
+        print(f"\n{NO_DATA_MARK}: the data is generated, no download and no data.root; the "
+              "others read a dataset from data.root=PATH (each config's comment names the "
+              "folder it expects).")
     return 0
+
+
+EXAMPLES = """\
+examples:
+  geossm train                          # the embedded default: synthetic part segmentation, CPU
+  geossm configs                        # every config; "(runs without data)" marks generated data
+  geossm train graph/synthetic_gmn      # a graph model, no data needed either
+  geossm train segmentation/shapenetpart_pcm data.root=/data/shapenet train.epochs=50
+  python -m geossm.tasks.segmentation shape.npz        # one sample to predict on
+  geossm predict default checkpoint=runs/default/<time>/best.pt input=shape.npz output=pred.npz
+  geossm viz pred.npz output=pred.png   # ground truth | prediction
+  geossm eval default checkpoint=runs/default/<time>/best.pt
+
+CONFIG is a path or a name under configs/ (see `geossm configs`); key=value overrides any config
+key (+key=value adds one). Errors print one line; GEOSSM_DEBUG=1 shows the traceback.
+"""
+
+
+def _subcommand(sub, name: str, summary: str, usage: str, description: str):
+    """A sub-parser whose usage line is ``usage`` (argparse would repeat a ``nargs="+"``
+    metavar) and whose help keeps the line breaks of ``description``."""
+    return sub.add_parser(name, help=summary, usage=f"geossm {name} {usage}",
+                          description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geossm", description="Selective state-space models for point clouds, LiDAR, "
-        "graphs and events: train, evaluate, predict, visualise.")
+        "graphs and events:\ntrain, evaluate, predict, visualise.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    t = sub.add_parser("train", help="train a model (prints a JSON summary line)")
-    t.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
-                   help="config path or name (default: default.yaml), then overrides")
+    t = _subcommand(sub, "train", "train a model (prints a JSON summary line)",
+                    "[CONFIG] [key=value ...]",
+                    "CONFIG defaults to default.yaml (synthetic part segmentation). The run goes\n"
+                    "to output_dir (default runs/<config name>/<time>); resume=true continues it.")
+    t.add_argument("args", nargs="*", metavar="ARG",
+                   help="config path or name (default: default.yaml), then key=value overrides")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a checkpoint on eval.split / eval.test_split")
-    e.add_argument("args", nargs="+", metavar="CONFIG checkpoint=PATH key=value")
+    e = _subcommand(sub, "eval", "evaluate a checkpoint on eval.split / eval.test_split",
+                    "CONFIG checkpoint=PATH [key=value ...]",
+                    "Prints one JSON line {\"checkpoint\": ..., \"metrics\": {split: {...}}}.")
+    e.add_argument("args", nargs="+", metavar="ARG",
+                   help="config path or name, then checkpoint=PATH and key=value overrides")
     e.set_defaults(func=cmd_eval)
-    pr = sub.add_parser("predict", help="run a checkpoint on one input file (.npz + .ply)")
-    pr.add_argument("args", nargs="+", metavar="CONFIG checkpoint=PATH input=FILE")
+    pr = _subcommand(sub, "predict", "run a checkpoint on one input file",
+                     "CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]",
+                     "input=FILE   the sample to predict on (.npz, .npy or .ply; the task's\n"
+                     "             input, e.g. `python -m geossm.tasks.segmentation shape.npz`)\n"
+                     "output=FILE  the prediction's .npz (another suffix becomes .npz), with a .ply\n"
+                     "             of the points beside it (default: <input>.pred.npz beside INPUT)\n"
+                     "\nPrints one JSON line {\"input\": ..., \"outputs\": [files written]}.")
+    pr.add_argument("args", nargs="+", metavar="ARG",
+                    help="config path or name, then checkpoint=PATH input=FILE [output=FILE] and "
+                         "key=value overrides")
     pr.set_defaults(func=cmd_predict)
-    v = sub.add_parser("viz", help="render a .ply/.npz to PNG (or a window)")
+    v = _subcommand(sub, "viz", "render a .ply/.npz to PNG (or a window)",
+                    "INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true|false]",
+                    "A prediction of `geossm predict` (.npz or .ply with label and pred) renders\n"
+                    "ground truth and prediction side by side. output= defaults to INPUT with .png;\n"
+                    "without output= and with a display, a window opens instead.")
     v.add_argument("input", metavar="INPUT")
     v.add_argument("options", nargs="*", metavar="key=value",
                    help="output=PNG width=W height=H point_size=S show=true|false")
     v.set_defaults(func=cmd_viz)
-    c = sub.add_parser("configs", help="list configs with their descriptions")
+    c = _subcommand(sub, "configs", "list configs with their descriptions", "[DIR]",
+                    f"{NO_DATA_MARK} marks configs whose data is generated (no download, no\n"
+                    "data.root); the others need data.root=PATH.")
     c.add_argument("dir", nargs="?", default=None, help="configs folder (default: found one)")
     c.set_defaults(func=cmd_configs)
     return p
@@ -213,5 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("GEOSSM_DEBUG"):
             raise
         msg = " ".join(str(err).split()) or type(err).__name__
+        # Messages of a command's own module may start with its name ("viz: ..."): said once.
+        msg = msg.removeprefix(f"{ns.command}: ")
         sys.stderr.write(f"geossm {ns.command}: error: {msg}\n")
         return 2

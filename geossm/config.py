@@ -322,7 +322,8 @@ def config_name(path: Path) -> str:
 
 
 def describe_config(path: Path) -> str:
-    """One-line description: the ``description:`` key, else the first comment line, else ``""``."""
+    """One-line description: the whole ``description:`` key, else the first sentence of the
+    first comment paragraph (comment lines up to a blank one, joined), else ``""``."""
     text = Path(path).read_text(encoding="utf-8")
     try:
         data = parse_yaml(text, str(path))
@@ -330,13 +331,22 @@ def describe_config(path: Path) -> str:
         data = None
     if isinstance(data, dict) and isinstance(data.get("description"), str) and data["description"]:
         return " ".join(data["description"].split())
+    paragraph: list[str] = []
     for line in text.splitlines():
         s = line.strip()
-        if s.startswith("#"):
-            s = s.lstrip("#").strip()
-            if s:
-                return s
-    return ""
+        comment = s.lstrip("#").strip() if s.startswith("#") else None
+        if comment:
+            paragraph.append(comment)
+        elif paragraph:
+            break  # a blank line, an empty comment or YAML ends the paragraph
+    return _first_sentence(" ".join(paragraph))
+
+
+def _first_sentence(text: str) -> str:
+    """``text`` up to the first ``.``, ``!`` or ``?`` that a capital letter follows (so ``e.g.``
+    and ``0.5`` do not end it), or all of it."""
+    match = re.search(r"[.!?](?=\s+[A-Z])", text)
+    return text[:match.end()] if match else text
 
 
 def list_configs(directory: str | os.PathLike | None = None) -> list[tuple[str, str]]:

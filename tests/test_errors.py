@@ -203,6 +203,15 @@ def test_unsafe_checkpoint_row(tmp_path):
         load_checkpoint(path)
 
 
+def test_corrupt_checkpoint_row(tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(100))  # not "could run code": just corrupt
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*x\.pt: not a valid "
+                                              r"checkpoint \(truncated or corrupt; expected a "
+                                              r"file written by torch.save\)"):
+        load_checkpoint(path)
+
+
 EMPTY_BATCHES = [
     ("segmentation", "geossm.tasks.segmentation.task", "SegmentationTask", "coord",
      {"coord": np.zeros((0, 3), np.float32), "feat": np.zeros((0, 3), np.float32),

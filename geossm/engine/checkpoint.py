@@ -11,15 +11,18 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
+import pickletools
 import random
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from geossm.cache import atomic_write
 
 FORMAT = "geossm-checkpoint"
 VERSION = 1
@@ -30,22 +33,13 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync'd, then
-    ``os.replace`` (a crash leaves either the old file or the new one, never half of one)."""
+    """Write ``state`` to ``path`` atomically (``geossm.cache.atomic_write``: a temporary file in
+    the same folder, fsync'd, then ``os.replace``; a crash leaves either the old file or the new
+    one, never half of one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(state, f)
     return path
 
 
@@ -57,23 +51,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file holds Python objects beyond tensors and plain types (a pickle
-            that could run code: refused), or is not a readable checkpoint.
+        CheckpointError: the file is a pickle holding Python objects beyond tensors and plain
+            types (it could run code: refused, the objects named), or it is not a valid
+            checkpoint at all (truncated or corrupt: "cannot read checkpoint ...: not a valid
+            checkpoint"), or it holds something other than a checkpoint dict.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
-        raise CheckpointError(
-            f"refusing to load checkpoint {path}: it holds Python objects other than tensors and "
-            f"plain data, which could run code when unpickled (loaded with weights_only=True)"
-            + (f"; {detail}" if detail else "")) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a corrupt file makes torch.load raise anything
+        raise _load_error(path, err) from err
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, got {type(data).__name__}")
     if data.get("format") != FORMAT:
@@ -83,6 +72,109 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             raise CheckpointError(
                 f"checkpoint {path}: not a geossm checkpoint (keys {sorted(map(str, data))[:8]})")
     return data
+
+
+def _load_error(path: Path, err: Exception) -> CheckpointError:
+    """What ``torch.load(weights_only=True)``'s failure ``err`` means for the user.
+
+    Refused as unsafe only when the file really is a whole pickle naming globals that
+    weights_only does not allow (a scan of its opcodes finds them; torch's own message is not
+    enough: random bytes may start like a GLOBAL opcode, and a protocol-4 pickle fails on an
+    opcode before torch reaches its globals); anything else that fails (random bytes, a cut
+    archive, text) is a corrupt checkpoint.
+    """
+    lines = [ln.strip() for ln in str(err).strip().splitlines()]
+    forbidden = _forbidden_globals(path)
+    if forbidden:
+        named = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported global" in ln), "")
+        return _unsafe(path, named or "it names " + ", ".join(forbidden[:5])
+                       + (f" and {len(forbidden) - 5} more" if len(forbidden) > 5 else ""))
+    if path.stat().st_size == 0:
+        reason = "the file is empty"
+    else:
+        # torch's own words, without its advice about weights_only=False (wrong here).
+        reason = next((ln for key in ("Unsupported operand", "failed reading") for ln in lines
+                       if key in ln), lines[0] if lines and lines[0] else type(err).__name__)
+        reason = reason.split(". ")[0].rstrip(".")
+        if isinstance(err, (KeyError, EOFError)):
+            reason = f"{type(err).__name__} {reason}".strip()
+    return CheckpointError(
+        f"cannot read checkpoint {path}: not a valid checkpoint (truncated or corrupt; expected "
+        f"a file written by torch.save): {reason}")
+
+
+def _unsafe(path: Path, detail: str) -> CheckpointError:
+    return CheckpointError(
+        f"refusing to load checkpoint {path}: it holds Python objects other than tensors and "
+        f"plain data, which could run code when unpickled (loaded with weights_only=True); "
+        f"{detail}")
+
+
+#: Bytes of a non-archive file scanned for pickle globals (a legacy checkpoint's pickles come
+#: first, its tensor bytes after them).
+_SCAN_LIMIT = 64 << 20
+
+
+def _forbidden_globals(path: Path) -> list[str]:
+    """``module.name`` of every global outside weights_only's allowlist that the pickle(s) of
+    ``path`` name; ``[]`` when it holds none or is not a well-formed pickle.
+
+    Nothing is unpickled: ``pickletools.genops`` only decodes opcodes. A ``torch.save`` archive
+    is scanned in its ``data.pkl``; another file from its start, pickle after pickle (the legacy
+    format concatenates several), until one does not parse.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                stream = io.BytesIO(archive.read(member))
+        else:
+            with open(path, "rb") as fh:
+                stream = io.BytesIO(fh.read(_SCAN_LIMIT))
+    except (OSError, StopIteration, zipfile.BadZipFile, ValueError, RuntimeError):
+        return []
+    names: list[str] = []
+    while stream.tell() < len(stream.getbuffer()):
+        found = _pickle_globals(stream)
+        if found is None:
+            break
+        names += found
+    allowed = _allowed_globals()
+    return [n for n in dict.fromkeys(names) if n not in allowed]
+
+
+def _pickle_globals(stream: io.BytesIO) -> list[str] | None:
+    """Globals one pickle of ``stream`` names (``GLOBAL`` and ``STACK_GLOBAL``), or None if no
+    whole pickle starts at the stream's position."""
+    names, strings, memo = [], [], {}
+    try:
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name == "GLOBAL":
+                names.append(str(arg).replace(" ", "."))
+            elif isinstance(arg, str) and "UNICODE" in op.name:
+                strings.append(arg)
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+                memo[int(arg)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+                strings.append(memo[int(arg)])
+            elif op.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+            if op.name == "STOP":
+                return names
+    except (ValueError, MemoryError, OverflowError, UnicodeDecodeError):
+        return None
+    return None  # the stream ended before STOP
+
+
+def _allowed_globals() -> set[str]:
+    """``module.name`` of the globals ``torch.load(weights_only=True)`` accepts."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        return set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a private helper: without it, name every global
+        return set()
 
 
 # ----------------------------------------------------------------------------- RNG states

@@ -67,6 +67,25 @@ def split_spec(split: str, default_index: Any) -> tuple[str, int]:
     raise ValueError(f"split: expected 'train', 'val', 'test' or a split number, got {split!r}")
 
 
+def _expected_layout(dataset: type) -> str | None:
+    """What ``data.root`` must hold for ``dataset`` (a class of ``datasets``), for the error
+    of a run whose root lacks it; None for datasets without files."""
+    family, name = getattr(dataset, "family", ""), getattr(dataset, "name", "")
+    if family == "Planetoid":
+        return (f"{name}/raw/ind.{name.lower()}.{{{','.join(dataset.FILES)}}} (Planetoid's "
+                "layout)")
+    if family == "heterophilous":
+        if name.endswith("_filtered"):
+            return f"{name}.npz (keys node_features, node_labels, edges, *_masks)"
+        return f"{name}/raw/{name}.npz (PyG's HeterophilousGraphDataset layout)"
+    if family == "TU":
+        return (f"{name}/raw/{name}_A.txt, {name}_graph_indicator.txt, "
+                f"{name}_graph_labels.txt, ... (the TU collection's text files)")
+    if family == "peptides":
+        return f"{dataset.CSV} and {dataset.SPLITS_FILE} (LRGB's Peptides-func layout)"
+    return None
+
+
 class _GraphTask(Task):
     best_metric, best_mode = "acc", "max"
     #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
@@ -113,7 +132,14 @@ class _GraphTask(Task):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         part, index = split_spec(split, data.get("split"))
         data["split"], data["split_index"] = part, index
-        return DATASETS.build(data)
+        try:
+            return DATASETS.build(data)
+        except FileNotFoundError as err:
+            layout = _expected_layout(DATASETS.get(data["name"]))
+            if layout is None:
+                raise
+            raise FileNotFoundError(f"{data['name']}: {err}; set data.root=PATH to the folder "
+                                    f"holding {layout}") from err
 
     def collate(self, samples: Sequence[Data]) -> Batch:
         """PyG ``Batch.from_data_list`` (graphs concatenated, ``batch (N,)`` added)."""

@@ -24,6 +24,7 @@ one sample as the input of ``geossm predict``.
 from __future__ import annotations
 
 import argparse
+import json
 import zlib
 from pathlib import Path
 
@@ -261,6 +262,10 @@ def _main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, coord=shape["coord"], label=shape["label"],
                         category=np.int64(shape["category"]))
+    # One JSON line, as the geossm commands print: what was written, and what it holds.
+    print(json.dumps({"output": str(out), "points": len(shape["coord"]),
+                      "category": CATEGORIES[int(shape["category"])], "split": args.split,
+                      "index": args.index}), flush=True)
     return 0
 
 

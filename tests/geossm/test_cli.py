@@ -114,3 +114,44 @@ def test_python_m_geossm_error_has_no_traceback(tmp_path):
     assert proc.stderr.strip() == (
         "geossm train: error: override 'trian.epochs=3': unknown config key 'trian.epochs'; "
         "did you mean 'train.epochs'? (use +trian.epochs=... to add a new key)")
+
+
+def test_configs_prints_whole_first_sentences_and_marks_configs_without_data(tmp_path, capsys):
+    (tmp_path / "long.yaml").write_text(
+        "# Part segmentation of generated shapes, e.g. tables and lamps, on a\n"
+        "# 2-core CPU (about 0.5 minutes). Second sentence.\n"
+        "data: {name: SyntheticParts}\n")
+    (tmp_path / "real.yaml").write_text("description: a real dataset\ndata: {name: ShapeNetPart}\n")
+    code, out, _ = run_cli(capsys, "configs", tmp_path)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == ("long  Part segmentation of generated shapes, e.g. tables and lamps, on a "
+                        "2-core CPU (about 0.5 minutes).  (runs without data)")
+    assert lines[1] == "real  a real dataset"
+    assert lines[3].startswith("(runs without data): the data is generated")
+    code, out, _ = run_cli(capsys, "configs")
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert rows["default"].endswith("on a 2-core CPU).  (runs without data)")  # not cut
+    assert rows["graph/synthetic_gmn"].endswith("(runs without data)")
+    assert not rows["graph/cora_gmn"].endswith("(runs without data)")
+
+
+def test_help_has_examples_and_predict_help_documents_output_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:\n  geossm train " in out and "geossm predict default checkpoint=" in out
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    out = capsys.readouterr().out
+    usage = "usage: geossm predict CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]"
+    assert out.startswith(usage + "\n") and out.count("CONFIG checkpoint=PATH input=FILE") == 1
+    assert "output=FILE  the prediction's .npz" in out
+
+
+def test_viz_errors_say_viz_once(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "viz", tmp_path / "none.ply")
+    assert code == 2
+    assert err == f"geossm viz: error: input file not found: {tmp_path / 'none.ply'}\n"
+    code, _, err = run_cli(capsys, "viz", tmp_path / "none.ply", "width=big")
+    assert err == "geossm viz: error: width expects a number, got 'big'\n"

@@ -147,3 +147,12 @@ def test_save_config_roundtrip(tmp_path):
     cfg = load_config(None, ["+model.depth=3", "train.lr=0.25"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_describe_config_takes_the_whole_first_sentence_of_the_first_comment(tmp_path):
+    write(tmp_path / "a.yaml", "# Default of `geossm train`: segmentation on the embedded\n"
+                               "# synthetic data (e.g. 3 min). Details follow.\n#\n# More.\nseed: 1\n")
+    assert describe_config(tmp_path / "a.yaml") == ("Default of `geossm train`: segmentation on "
+                                                    "the embedded synthetic data (e.g. 3 min).")
+    write(tmp_path / "b.yaml", "seed: 1\n# only a late comment, no full stop\n")
+    assert describe_config(tmp_path / "b.yaml") == "only a late comment, no full stop"

@@ -1,6 +1,7 @@
 import os
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -82,3 +83,50 @@ def test_missing_and_foreign_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+CORRUPT = r"cannot read checkpoint .*{name}: not a valid checkpoint \(truncated or corrupt; "
+
+
+def test_random_bytes_truncated_and_empty_files_are_corrupt_not_unsafe(tmp_path):
+    good = save_checkpoint({"epoch": 1, "model": {"w": torch.ones(3)}}, tmp_path / "good.pt")
+    files = {"random.pt": np.random.default_rng(0).bytes(100),
+             "cut.pt": good.read_bytes()[:good.stat().st_size // 2],
+             "empty.pt": b"",
+             "text.pt": b"hello, this is not a checkpoint\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=CORRUPT.format(name=re.escape(name))) as info:
+            load_checkpoint(tmp_path / name)
+        assert "could run code" not in str(info.value)
+    with pytest.raises(CheckpointError, match=r"empty\.pt: .*: the file is empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+    # Random bytes that happen to start like a pickle opcode are still only corrupt.
+    for seed in range(200):
+        (tmp_path / "r.pt").write_bytes(np.random.default_rng(seed).bytes(100))
+        with pytest.raises(CheckpointError, match=CORRUPT.format(name="r.pt")):
+            load_checkpoint(tmp_path / "r.pt")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_only_a_whole_pickle_with_forbidden_globals_is_refused_as_unsafe(tmp_path):
+    evil = _Evil()
+    evil.marker = tmp_path / "pwned"
+    # Protocol 4/5: torch's weights-only unpickler stops at an opcode before the global; the
+    # opcode scan still finds os.system (posix.system / nt.system) and names it.
+    plain = tmp_path / "evil.pkl"
+    plain.write_bytes(pickle.dumps({"model": evil}, protocol=4))
+    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*evil\.pkl: it holds "
+                                              r"Python objects .*could run code.*; it names "
+                                              r"(posix|nt)\.system"):
+        load_checkpoint(plain)
+    # A plain pickle of plain data is no checkpoint either, but nothing in it could run code.
+    (tmp_path / "data.pkl").write_bytes(pickle.dumps({"model": {"a": 1}}, protocol=4))
+    with pytest.raises(CheckpointError, match=CORRUPT.format(name=r"data\.pkl")):
+        load_checkpoint(tmp_path / "data.pkl")
+    # A torch.save archive naming a class: refused, with torch's words for the global.
+    torch.save({"model": {}, "x": torch.nn.Linear(1, 1)}, tmp_path / "module.pt")
+    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*module\.pt: .*"
+                                              r"torch\.nn\.modules\.linear\.Linear"):
+        load_checkpoint(tmp_path / "module.pt")
+    assert not evil.marker.exists()

@@ -19,7 +19,8 @@ KARATE = ["data.name=KarateClub", "data.root=null", "model.in_channels=34",
           "train.epochs=2", "train.warmup_epochs=0"]
 
 
-@pytest.mark.parametrize("name", ["cora_gmn", "tolokers_gmn", "mutag_gmn", "peptides_func_gmn"])
+@pytest.mark.parametrize("name", ["cora_gmn", "tolokers_gmn", "mutag_gmn", "peptides_func_gmn",
+                                  "synthetic_gmn"])
 def test_configs_name_registered_classes_and_build(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.task in TASKS.names() and cfg.data.name in DATASETS.names()
@@ -186,3 +187,47 @@ def test_crossval_command_line_takes_overrides_after_options(tmp_path, capsys):
                           "input_l2=0"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["split"] == 0 and "summary" in lines[-1]
+
+
+def test_synthetic_config_trains_with_no_data_at_all(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ folder, no ../shared
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    cfg = load_config(CONFIGS / "synthetic_gmn.yaml",
+                      ["train.epochs=1", "data.num_graphs=32", "data.num_eval_graphs=8",
+                       f"output_dir={tmp_path / 'run'}"])
+    assert cfg.data.root is None
+    trainer = Trainer(cfg)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    assert (cfg.model.in_channels, cfg.model.num_classes) == (9, 4)
+    assert 0.0 <= result["last"]["test_acc"] <= 1.0
+    assert not (tmp_path / "cache").exists()  # nothing was cached either
+
+
+# The default data.root of every real-data config, and what the error says it must hold.
+DEFAULT_ROOTS = [
+    ("cora_gmn", "NodeClassificationTask", r"Cora: dataset root not found: data/Planetoid; set "
+     r"data.root=PATH to the folder holding Cora/raw/ind\.cora\.\{x,tx,allx,y,ty,ally,graph,"
+     r"test\.index\} \(Planetoid's layout\)"),
+    ("tolokers_gmn", "NodeClassificationTask", r"Tolokers: dataset root not found: "
+     r"data/heterophilous; set data.root=PATH to the folder holding tolokers/raw/tolokers\.npz"),
+    ("mutag_gmn", "GraphClassificationTask", r"MUTAG: dataset folder not found: data/TU/MUTAG/raw "
+     r".*; set data.root=PATH to the folder holding MUTAG/raw/MUTAG_A\.txt, "
+     r"MUTAG_graph_indicator\.txt"),
+    ("peptides_func_gmn", "MultiLabelGraphTask", r"PeptidesFunc: dataset file not found: "
+     r"data/peptides-functional/splits_random_stratified_peptide\.pickle .*; set data.root=PATH "
+     r"to the folder holding raw/peptide_multi_class_dataset\.csv\.gz and "
+     r"splits_random_stratified_peptide\.pickle"),
+]
+
+
+@pytest.mark.parametrize("config, task, message", DEFAULT_ROOTS, ids=[c for c, *_ in DEFAULT_ROOTS])
+def test_default_data_root_is_user_facing_and_its_error_says_what_to_set(tmp_path, monkeypatch,
+                                                                         config, task, message):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIGS / f"{config}.yaml")
+    assert str(cfg.data.root).startswith("data/")  # not a path of the development tree
+    with pytest.raises(FileNotFoundError, match=message):
+        TASKS.get(task)(cfg).build_dataset(str(cfg.data.split))
