@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from geossm.tasks.segmentation import transforms as T
+from geossm.transforms import build_transforms
 
 
 def sample(n=200, seed=0):
@@ -56,13 +57,13 @@ def test_sampling_and_crops():
 
 
 def test_build_transforms_and_errors():
-    comp = T.build_transforms([{"name": "RandomScale", "scale": [0.9, 1.1]},
-                               {"name": "RandomJitter"}])
+    comp = build_transforms([{"name": "RandomScale", "scale": [0.9, 1.1]},
+                             {"name": "RandomJitter"}])
     assert len(comp.transforms) == 2
     with pytest.raises(ValueError, match="unknown transform 'Nope'"):
-        T.build_transforms([{"name": "Nope"}])
+        build_transforms([{"name": "Nope"}])
     with pytest.raises(ValueError, match="expected mappings with a 'name' key"):
-        T.build_transforms(["RandomJitter"])
+        build_transforms(["RandomJitter"])
     with pytest.raises(ValueError, match="GridSample: grid_size must be > 0, got 0"):
         T.GridSample(0)
     with pytest.raises(ValueError, match="RandomRotate: axis must be 'x', 'y' or 'z', got 'w'"):
