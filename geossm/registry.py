@@ -1,4 +1,4 @@
-"""Registries of the things configs name: models, datasets and tasks.
+"""Registries of the things configs name: models, datasets, tasks and transforms.
 
 A config names a class by its class name (``model.name: PointMambaSeg``); the class makes itself
 known with a decorator::
@@ -208,3 +208,4 @@ def _plain(value: Any) -> Any:
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
 TASKS = Registry("task")
+TRANSFORMS = Registry("transform")

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from geossm.registry import DATASETS
+from geossm.transforms import Compose, build_transforms
 
 from .kitti import (Calibration, camera_to_lidar_boxes, in_image_fov, read_calib, read_label,
                     read_velodyne)
-from .transforms import GTSampling, RangeFilter, ShufflePoints, build_transforms
+from .transforms import DetectionPreprocess, GTSampling, ShufflePoints
 
 __all__ = ["KittiDataset", "SyntheticLidar"]
 
@@ -41,26 +42,19 @@ def _check_classes(classes) -> tuple[str, ...]:
 
 
 class _DetectionDataset(torch.utils.data.Dataset):
-    """Shared pipeline: raw sample -> augmentations (training only) -> range filter -> shuffle."""
+    """Shared pipeline: raw sample -> augmentations (training only) -> ``DetectionPreprocess``
+    (range filter, dtypes) -> shuffle (training only)."""
 
-    def __init__(self, classes, augment, point_cloud_range, training: bool, seed: int,
-                 gt_sampling: Mapping[str, Any] | None = None):
+    def __init__(self, classes, augment, point_cloud_range, training: bool, seed: int):
         self.classes = _check_classes(classes)
-        specs = list(augment or []) if training else []
-        self.gt_sampling_cfg = None
-        rest = []
-        for spec in specs:
-            if dict(spec).get("name") == "GTSampling":
-                self.gt_sampling_cfg = {k: v for k, v in dict(spec).items() if k != "name"}
-            else:
-                rest.append(spec)
-        self.transforms = build_transforms(rest)
-        self.range_filter = RangeFilter(point_cloud_range) if point_cloud_range else None
+        self.augment = build_transforms(augment) if training else Compose()
+        for transform in self.augment:
+            if isinstance(transform, GTSampling):  # its database: this dataset's frames
+                transform.attach(self)
+        self.preprocess = DetectionPreprocess(point_cloud_range)
         self.shuffle = ShufflePoints() if training else None
         self.training = training
         self.seed = int(seed)
-        self._epoch_draws = 0
-        self._gt_sampler: GTSampling | None = None
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -68,37 +62,16 @@ class _DetectionDataset(torch.utils.data.Dataset):
     def raw(self, index: int) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _sampler(self) -> GTSampling | None:
-        if self.gt_sampling_cfg is None:
-            return None
-        if self._gt_sampler is None:
-            cfg = dict(self.gt_sampling_cfg)
-            groups = dict(cfg.pop("sample_groups", {c: 10 for c in self.classes}))
-            db = GTSampling.build((self.raw(i) for i in range(len(self))), self.classes)
-            self._gt_sampler = GTSampling(db, groups, self.classes, **cfg)
-        return self._gt_sampler
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} frames")
-        s = self.raw(index)
         # a fresh stream per draw when training (augmentations differ across epochs), a fixed one
         # otherwise; torch's seed ties it to the loader's seeded generator
         rng = np.random.default_rng(
             [self.seed, index, torch.initial_seed() % (2 ** 32) if self.training else 0])
-        if self.training:
-            sampler = self._sampler()
-            if sampler is not None:
-                s = sampler(s, rng)
-            for t in self.transforms:
-                s = t(s, rng)
-        if self.range_filter is not None:
-            s = self.range_filter(s)
+        s = self.preprocess(self.augment(self.raw(index), rng))
         if self.shuffle is not None:
             s = self.shuffle(s, rng)
-        s["points"] = np.ascontiguousarray(s["points"], dtype=np.float32)
-        s["gt_boxes"] = np.ascontiguousarray(s["gt_boxes"], dtype=np.float32).reshape(-1, 7)
-        s["gt_labels"] = np.asarray(s["gt_labels"], dtype=np.int64).reshape(-1)
         return s
 
 
@@ -115,9 +88,9 @@ class KittiDataset(_DetectionDataset):
         classes: classes kept as targets, default ``("Car", "Pedestrian", "Cyclist")``; other
             classes and DontCare are dropped from ``gt_boxes`` (kept in ``annos`` for evaluation).
         augment: training augmentations, config entries ``{name: ..., **kwargs}``
-            (``GTSampling`` with ``sample_groups: {Car: 15, ...}``, ``RandomFlip``,
-            ``GlobalRotation``, ``GlobalScaling``, ``ObjectNoise``); applied for ``train`` /
-            ``training`` / ``trainval`` only. Default none.
+            (``GTSampling`` with ``sample_groups: {Car: 15, ...}``, ``GlobalFlip``,
+            ``GlobalRotation``, ``GlobalScaling``, ``ObjectNoise``), applied in the listed
+            order for ``train`` / ``training`` / ``trainval`` only. Default none.
         point_cloud_range: ``[x0, y0, z0, x1, y1, z1]`` filter (default OpenPCDet's KITTI range
             ``[0, -39.68, -3, 69.12, 39.68, 1]``); ``None`` keeps everything.
         fov_only: keep only points that project into the camera image (KITTI labels only

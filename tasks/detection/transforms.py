@@ -1,20 +1,26 @@
-"""Detection augmentations on samples ``{"points" (N, >=3), "gt_boxes" (M, 7), "gt_labels" (M,),
+"""Detection transforms on samples ``{"points" (N, >=3), "gt_boxes" (M, 7), "gt_labels" (M,),
 "gt_names" [M]}``: ground-truth sampling, global flip / rotation / scaling, per-object noise,
-range filtering and shuffling. Each transform is ``t(sample, rng) -> sample`` with a
-``numpy.random.Generator``; configs list them as ``augment: [{name: GlobalRotation, ...}]``.
+range filtering and shuffling, and ``DetectionPreprocess``, what the datasets do to every frame.
+
+Transforms follow ``geossm.transforms`` (``t(sample, rng=None) -> sample``, changing ``sample``
+in place); configs list them as ``augment: [{name: GlobalRotation, ...}]``. The detection
+datasets hand every transform of a frame one generator, drawn from ``(seed, index, torch's
+seed)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
+from geossm.registry import TRANSFORMS
+from geossm.transforms import generator
+
 from .boxes import iou_bev, limit_period, points_in_boxes
 
-__all__ = ["GTSampling", "RandomFlip", "GlobalRotation", "GlobalScaling", "ObjectNoise",
-           "RangeFilter", "ShufflePoints", "build_transforms", "TRANSFORMS"]
+__all__ = ["GTSampling", "GlobalFlip", "GlobalRotation", "GlobalScaling", "ObjectNoise",
+           "RangeFilter", "ShufflePoints", "DetectionPreprocess"]
 
 
 def _rot_z(xy: np.ndarray, angle: float) -> np.ndarray:
@@ -22,47 +28,52 @@ def _rot_z(xy: np.ndarray, angle: float) -> np.ndarray:
     return np.stack([xy[:, 0] * c - xy[:, 1] * s, xy[:, 0] * s + xy[:, 1] * c], 1)
 
 
-class RandomFlip:
-    """Mirror ``y -> -y`` (heading -> -heading) with probability ``p`` (default 0.5)."""
+@TRANSFORMS.register
+class GlobalFlip:
+    """Mirror the scene across the x-z plane, ``y -> -y`` (heading -> -heading), with
+    probability ``p`` (default 0.5): OpenPCDet's ``random_world_flip`` along x."""
 
     def __init__(self, p: float = 0.5):
         self.p = float(p)
 
-    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
-        if rng.random() < self.p:
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
+        if generator(rng).random() < self.p:
             s["points"][:, 1] *= -1
             s["gt_boxes"][:, 1] *= -1
             s["gt_boxes"][:, 6] *= -1
         return s
 
 
+@TRANSFORMS.register
 class GlobalRotation:
     """Rotate the scene about +z by an angle uniform in ``angle`` (radians, default ±pi/4)."""
 
     def __init__(self, angle: Sequence[float] = (-0.785398, 0.785398)):
         self.angle = tuple(float(a) for a in angle)
 
-    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
-        a = rng.uniform(*self.angle)
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
+        a = generator(rng).uniform(*self.angle)
         s["points"][:, :2] = _rot_z(s["points"][:, :2], a)
         s["gt_boxes"][:, :2] = _rot_z(s["gt_boxes"][:, :2], a)
         s["gt_boxes"][:, 6] = limit_period(s["gt_boxes"][:, 6] + a)
         return s
 
 
+@TRANSFORMS.register
 class GlobalScaling:
     """Scale coordinates and box sizes by a factor uniform in ``scale`` (default 0.95-1.05)."""
 
     def __init__(self, scale: Sequence[float] = (0.95, 1.05)):
         self.scale = tuple(float(a) for a in scale)
 
-    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
-        f = rng.uniform(*self.scale)
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
+        f = generator(rng).uniform(*self.scale)
         s["points"][:, :3] *= f
         s["gt_boxes"][:, :6] *= f
         return s
 
 
+@TRANSFORMS.register
 class ObjectNoise:
     """Move each object (box and the points inside it) by a normal translation (std ``sigma``
     metres per axis) and a yaw uniform in ``angle``; a move that would make boxes overlap in
@@ -74,10 +85,11 @@ class ObjectNoise:
         self.angle = tuple(float(a) for a in angle)
         self.tries = int(tries)
 
-    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
         boxes, pts = s["gt_boxes"], s["points"]
         if len(boxes) == 0:
             return s
+        rng = generator(rng)
         inside = points_in_boxes(pts, boxes)
         for j in range(len(boxes)):
             for _ in range(self.tries):
@@ -98,6 +110,7 @@ class ObjectNoise:
         return s
 
 
+@TRANSFORMS.register
 class RangeFilter:
     """Keep points inside ``point_cloud_range = [x0, y0, z0, x1, y1, z1]`` and boxes whose
     centre lies inside its x/y extent."""
@@ -118,12 +131,13 @@ class RangeFilter:
         return _select_boxes(s, kb)
 
 
+@TRANSFORMS.register
 class ShufflePoints:
     """Random point order (the voxeliser's per-voxel mean does not depend on it, but a point cap
     per frame would)."""
 
-    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
-        s["points"] = s["points"][rng.permutation(len(s["points"]))]
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
+        s["points"] = s["points"][generator(rng).permutation(len(s["points"]))]
         return s
 
 
@@ -134,26 +148,48 @@ def _select_boxes(s: dict, keep: np.ndarray) -> dict:
     return s
 
 
+@TRANSFORMS.register
 class GTSampling:
     """Paste ground-truth objects from a database into the scene (SECOND's GT sampling).
 
     The database holds, per class, boxes ``(7,)`` and the points inside them (relative to the box
-    centre) taken from the training frames (``GTSampling.build``). For each class up to
+    centre), taken from the training frames of the dataset the transform is attached to
+    (``attach``; the detection datasets attach every ``GTSampling`` of their ``augment``). It is
+    built at the first call, in each DataLoader worker. For each class up to
     ``sample_groups[class]`` objects in total are kept: random database objects whose BEV box
     overlaps neither the scene's boxes nor each other are added, and the scene's points inside
     them removed.
 
     Args:
-        database: ``{class: [(box (7,), points (K, C)), ...]}``.
-        sample_groups: ``{class: target number of objects}``.
+        sample_groups: ``{class: target number of objects}``, default 10 of every class of the
+            dataset.
         min_points: database objects with fewer points are skipped (default 5).
     """
 
-    def __init__(self, database: Mapping[str, list], sample_groups: Mapping[str, int],
-                 classes: Sequence[str], min_points: int = 5):
-        self.db = {k: [o for o in v if len(o[1]) >= min_points] for k, v in database.items()}
-        self.groups = dict(sample_groups)
-        self.classes = tuple(classes)
+    def __init__(self, sample_groups: Mapping[str, int] | None = None, min_points: int = 5):
+        self.sample_groups = None if sample_groups is None else dict(sample_groups)
+        self.min_points = int(min_points)
+        self.dataset = None
+        self.db: dict[str, list] | None = None
+
+    def attach(self, dataset) -> None:
+        """Fill the database (at the first call) from ``dataset``: its ``classes``, ``len()``
+        and raw frames ``raw(i)`` (``points``, ``gt_boxes``, ``gt_names``)."""
+        self.dataset, self.db = dataset, None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.dataset.classes) if self.dataset is not None else ()
+
+    def _database(self) -> dict[str, list]:
+        if self.db is None:
+            if self.dataset is None:
+                raise ValueError("GTSampling: no database; it is filled from the training frames "
+                                 "of a detection dataset (list it in that dataset's augment)")
+            frames = (self.dataset.raw(i) for i in range(len(self.dataset)))
+            db = self.build(frames, self.classes)
+            self.db = {k: [o for o in v if len(o[1]) >= self.min_points] for k, v in db.items()}
+        return self.db
 
     @staticmethod
     def build(samples, classes: Sequence[str]) -> dict[str, list]:
@@ -170,11 +206,15 @@ class GTSampling:
                     db[name].append((s["gt_boxes"][j].copy(), pts))
         return db
 
-    def __call__(self, s: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
+        database = self._database()
+        groups = (self.sample_groups if self.sample_groups is not None
+                  else {c: 10 for c in self.classes})
+        rng = generator(rng)
         boxes = s["gt_boxes"]
         new_boxes, new_pts, new_names = [], [], []
-        for cls, target in self.groups.items():
-            pool = self.db.get(cls, [])
+        for cls, target in groups.items():
+            pool = database.get(cls, [])
             have = sum(1 for n in s["gt_names"] if n == cls)
             want = int(target) - have
             if want <= 0 or not pool:
@@ -203,19 +243,18 @@ class GTSampling:
         return s
 
 
-TRANSFORMS = {c.__name__: c for c in (RandomFlip, GlobalRotation, GlobalScaling, ObjectNoise,
-                                      RangeFilter, ShufflePoints)}
+class DetectionPreprocess:
+    """What the detection datasets do to every frame after augmentation: keep what lies in
+    ``point_cloud_range`` (``RangeFilter``; None keeps everything) and give ``points`` (N, C)
+    float32, ``gt_boxes`` (M, 7) float32 and ``gt_labels`` (M,) int64."""
 
+    def __init__(self, point_cloud_range: Sequence[float] | None = None):
+        self.range_filter = RangeFilter(point_cloud_range) if point_cloud_range else None
 
-def build_transforms(specs: Sequence[Mapping[str, Any]] | None) -> list:
-    """Transforms from config entries ``{name: ..., **kwargs}`` (``GTSampling`` is built by the
-    dataset, which owns the database). Raises ``ValueError`` for an unknown name."""
-    out = []
-    for spec in specs or []:
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        if name not in TRANSFORMS:
-            raise ValueError(f"augment: unknown transform {name!r} (known: GTSampling, "
-                             f"{', '.join(TRANSFORMS)})")
-        out.append(TRANSFORMS[name](**spec))
-    return out
+    def __call__(self, s: dict) -> dict:
+        if self.range_filter is not None:
+            s = self.range_filter(s)
+        s["points"] = np.ascontiguousarray(s["points"], dtype=np.float32)
+        s["gt_boxes"] = np.ascontiguousarray(s["gt_boxes"], dtype=np.float32).reshape(-1, 7)
+        s["gt_labels"] = np.asarray(s["gt_labels"], dtype=np.int64).reshape(-1)
+        return s

@@ -1,26 +1,18 @@
 """Event-recognition datasets in their official on-disk layouts.
 
-Every dataset yields one sample per recording as a dict, in one of three representations
-(``representation``):
-
-- ``"frames"``: ``frames (C, H, W) float32`` = ``log1p`` of event counts per polarity in
-  ``n_time_bins`` equal time bins (``C = 2 * n_time_bins``, channel ``2 b + p``);
-- ``"voxel"``: ``frames (n_time_bins, H, W) float32``, the bilinear event volume of Zhu et
-  al. (``to_voxel_grid``), divided by its largest magnitude;
-- ``"events"``: ``events (N, 4) int64`` columns ``x, y, t, p`` (t in µs from the first event),
-  at most ``max_events`` of them (a random subset while training, an even stride otherwise).
-
-plus ``label`` (int). The training split can augment (``augment: true``; the test and validation
-splits never do, so one config serves every split), drawn per call: dropping
-up to ``drop_rate`` of the events, a random rotation of up to ``max_rotation`` degrees and
-scaling by a factor in ``[1 - max_scale, 1 + max_scale]`` about the sensor centre, and a random
-translation of up to ``max_shift`` pixels (events leaving the sensor are dropped).
+Every dataset yields one sample per recording as a dict: the recording in the representation
+``data.representation`` (``"frames"``, ``"voxel"`` or ``"events"``; see
+``transforms.EventPreprocess``, which ``predict`` shares) plus ``label`` (int). The training
+split applies the transforms of ``augment`` first (the test and validation splits never do, so
+one config serves every split), e.g. ``[{name: DropEvent, max_rate: 0.1}, {name: RandomAffine,
+max_rotation: 15, max_scale: 0.15, max_shift: 3}]``.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,59 +21,41 @@ import torch
 from tqdm.auto import tqdm
 
 from geossm.registry import DATASETS
-from geossm.serialization.events import to_frame, to_voxel_grid
+from geossm.transforms import Compose, build_transforms
 
 from .io import EVENT_DTYPE, make_events, read_events
-
-REPRESENTATIONS = ("frames", "voxel", "events")
+from .transforms import EventPreprocess
 
 
 class EventClassificationDataset(torch.utils.data.Dataset):
     """Base: a list of ``(events, label)`` recordings in memory -> samples (module docstring).
 
     Args:
-        sensor_size: ``(W, H, 2)``.
-        representation: ``"frames"`` (default), ``"voxel"`` or ``"events"``.
-        n_time_bins: time bins of frames / voxel grids, default 3.
-        max_events: cap of the ``"events"`` representation, default 1024.
-        augment: random event dropping, rotation, scaling and translation, default False
-            (the subclasses turn it off for every split but ``"train"``).
-        max_shift: largest translation in pixels, default 2.
-        drop_rate: largest fraction of events dropped, default 0.1.
-        max_rotation: largest rotation in degrees, default 0 (none).
-        max_scale: largest relative change of scale, default 0 (none).
+        training: apply ``augment`` (the subclasses set it for the ``"train"`` split only),
+            default False.
+        augment: transform specs (``geossm.transforms``), default none.
         seed: base seed of the augmentation stream, default 0.
+        **preprocess: ``EventPreprocess`` settings: ``representation`` (default ``"frames"``),
+            ``n_time_bins`` (3), ``max_events`` (1024).
     """
 
     sensor_size: tuple[int, int, int]
     num_classes: int
 
-    def __init__(self, representation: str = "frames", n_time_bins: int = 3,
-                 max_events: int = 1024, augment: bool = False, max_shift: int = 2,
-                 drop_rate: float = 0.1, max_rotation: float = 0.0, max_scale: float = 0.0,
-                 seed: int = 0):
-        if representation not in REPRESENTATIONS:
-            raise ValueError(f"representation: expected one of {REPRESENTATIONS}, got "
-                             f"{representation!r}")
-        for name, value in (("n_time_bins", n_time_bins), ("max_events", max_events)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        if not 0.0 <= float(drop_rate) < 1.0:
-            raise ValueError(f"drop_rate: expected a number in [0, 1), got {drop_rate!r}")
-        if not 0.0 <= float(max_scale) < 1.0:
-            raise ValueError(f"max_scale: expected a number in [0, 1), got {max_scale!r}")
-        self.representation = representation
-        self.n_time_bins = n_time_bins
-        self.max_events = max_events
-        self.augment = bool(augment)
-        self.max_shift = int(max_shift)
-        self.drop_rate = float(drop_rate)
-        self.max_rotation = float(max_rotation)
-        self.max_scale = float(max_scale)
+    def __init__(self, training: bool = False, augment: Sequence[Mapping[str, Any]] | None = None,
+                 seed: int = 0, **preprocess: Any):
+        self.preprocess = self.build_preprocess(preprocess)
+        self.augment = build_transforms(augment) if training else Compose()
         self.seed = int(seed)
         self.recordings: list[np.ndarray] = []
         self.labels: list[int] = []
         self._calls = 0
+
+    @classmethod
+    def build_preprocess(cls, settings: Mapping[str, Any]) -> EventPreprocess:
+        """The ``EventPreprocess`` of this dataset class (its sensor size) with ``settings``
+        (e.g. from ``data.*``). Needs no files, so ``predict`` builds it from the config."""
+        return EventPreprocess(cls.sensor_size, **settings)
 
     def __len__(self) -> int:
         return len(self.recordings)
@@ -93,61 +67,12 @@ class EventClassificationDataset(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, index, self._calls,
                                       int(torch.randint(0, 2**31 - 1, ()).item())])
 
-    def _augment(self, ev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        w, h, _ = self.sensor_size
-        if self.drop_rate > 0 and len(ev):
-            keep = rng.random(len(ev)) >= rng.uniform(0, self.drop_rate)
-            ev = ev[keep]
-        if self.max_shift > 0 or self.max_rotation > 0 or self.max_scale > 0:
-            x, y = self._warp(ev["x"].astype(np.float64), ev["y"].astype(np.float64), rng)
-            inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
-            ev = ev[inside].copy()
-            ev["x"], ev["y"] = x[inside], y[inside]
-        return ev
-
-    def _warp(self, x: np.ndarray, y: np.ndarray,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Random rotation + scaling about the sensor centre, then an integer translation;
-        ``x, y (N,) float64`` -> rounded ``(N,) int64`` pixel coordinates (may leave the sensor)."""
-        w, h, _ = self.sensor_size
-        angle = np.deg2rad(rng.uniform(-self.max_rotation, self.max_rotation))
-        scale = rng.uniform(1.0 - self.max_scale, 1.0 + self.max_scale)
-        dx, dy = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
-        cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-        cos, sin = scale * np.cos(angle), scale * np.sin(angle)
-        u, v = x - cx, y - cy
-        return (np.rint(cos * u - sin * v + cx).astype(np.int64) + dx,
-                np.rint(sin * u + cos * v + cy).astype(np.int64) + dy)
-
-    def represent(self, ev: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        """The representation of one recording ``ev (N,) EVENT_DTYPE`` (module docstring)."""
-        if self.representation == "frames":
-            fr = to_frame(ev, self.sensor_size, n_time_bins=self.n_time_bins)  # (B, 2, H, W)
-            fr = np.log1p(fr.astype(np.float32))
-            return {"frames": fr.reshape(-1, *fr.shape[2:])}
-        if self.representation == "voxel":
-            vox = to_voxel_grid(ev, self.sensor_size, self.n_time_bins)[:, 0]  # (B, H, W)
-            scale = float(np.abs(vox).max()) if vox.size else 0.0
-            return {"frames": (vox / scale if scale > 0 else vox).astype(np.float32)}
-        n = len(ev)
-        if n > self.max_events:
-            if rng is not None:
-                idx = np.sort(rng.choice(n, self.max_events, replace=False))
-            else:
-                idx = np.linspace(0, n - 1, self.max_events).round().astype(np.int64)
-            ev = ev[idx]
-        t0 = int(ev["t"][0]) if len(ev) else 0
-        cols = np.stack([ev["x"].astype(np.int64), ev["y"].astype(np.int64),
-                         ev["t"].astype(np.int64) - t0, ev["p"].astype(np.int64)], 1)
-        return {"events": cols.reshape(-1, 4)}
-
     def __getitem__(self, index: int) -> dict[str, Any]:
-        ev = self.recordings[index]
-        rng = None
-        if self.augment:
-            rng = self._rng(index)
-            ev = self._augment(ev, rng)
-        return {**self.represent(ev, rng), "label": int(self.labels[index])}
+        sample = {"events": self.recordings[index], "sensor_size": self.sensor_size,
+                  "label": int(self.labels[index])}
+        # augmented samples also draw their "events" subset from the stream (even stride else)
+        rng = self._rng(index) if self.augment else None
+        return self.preprocess(self.augment(sample, rng), rng)
 
 
 def _check_root(root: Any, cls: str) -> Path:
@@ -166,8 +91,8 @@ class NMNIST(EventClassificationDataset):
 
     34 x 34 sensor, 10 classes, three saccades of about 100 ms each. ``split``: ``"train"``
     (``Train/``) or ``"test"`` (``Test/``; ``"val"`` reads it too, for configs that validate).
-    Recordings are read once into memory (about 20 kB each). Other arguments: see
-    ``EventClassificationDataset``.
+    Recordings are read once into memory (about 20 kB each). ``augment`` applies to ``"train"``
+    only. Other arguments: see ``EventClassificationDataset``.
     """
 
     sensor_size = (34, 34, 2)
@@ -176,7 +101,7 @@ class NMNIST(EventClassificationDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", limit: int | None = None,
                  **kwargs: Any):
-        super().__init__(**kwargs)
+        super().__init__(training=split == "train", **kwargs)
         root = _check_root(root, "NMNIST")
         if split not in self._FOLDERS:
             raise ValueError(f"NMNIST: split must be one of {sorted(self._FOLDERS)}, got "
@@ -196,7 +121,6 @@ class NMNIST(EventClassificationDataset):
             files = [f for i in range(int(limit)) for f in [per[i % 10][i // 10]]
                      if i // 10 < len(per[i % 10])]
         self.split, self.files = split, [f for f, _ in files]
-        self.augment = self.augment and split == "train"
         for path, digit in tqdm(files, desc=f"NMNIST {split}", leave=False,
                                 disable=len(files) < 200):
             self.recordings.append(read_events(path, "nmnist").events)
@@ -237,8 +161,7 @@ class DVSGesture(EventClassificationDataset):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", layout: str = "auto",
                  **kwargs: Any):
-        kwargs.setdefault("max_shift", 8)
-        super().__init__(**kwargs)
+        super().__init__(training=split == "train", **kwargs)
         root = _check_root(root, "DVSGesture")
         if split not in self._TRIALS:
             raise ValueError(f"DVSGesture: split must be one of {sorted(self._TRIALS)}, got "
@@ -249,7 +172,6 @@ class DVSGesture(EventClassificationDataset):
             layout = "tonic" if any((root / d).is_dir() for d in self._TONIC.values()) \
                 else "official"
         self.split, self.layout = split, layout
-        self.augment = self.augment and split == "train"
         if layout == "tonic":
             self._read_tonic(root / self._TONIC[split])
         else:
@@ -313,5 +235,4 @@ class DVSGesture(EventClassificationDataset):
             self.labels.append(int(path.stem))
 
 
-__all__ = ["EventClassificationDataset", "NMNIST", "DVSGesture", "REPRESENTATIONS",
-           "EVENT_DTYPE"]
+__all__ = ["EventClassificationDataset", "NMNIST", "DVSGesture", "EVENT_DTYPE"]

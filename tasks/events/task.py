@@ -26,7 +26,6 @@ from geossm.engine.metrics import ConfusionMatrix
 from geossm.engine.task import Task, pack_collate
 from geossm.registry import DATASETS, TASKS
 
-from .datasets import EventClassificationDataset
 from .io import read_events
 
 
@@ -69,14 +68,16 @@ class EventClassificationTask(Task):
             with np.load(path, allow_pickle=False) as z:
                 if "frames" in z.files or "events" in z.files:
                     return {k: z[k] for k in z.files if k in ("frames", "events", "label")}
-        data = {k: v for k, v in dict(self.cfg.data).items() if k not in ("name", "root",
-                                                                          "split", "augment")}
-        cls = DATASETS.get(str(self.cfg.data.name))
-        ds = cls.__new__(cls)
-        # Only the representation settings are needed: no dataset folder is read.
-        base_keys = ("representation", "n_time_bins", "max_events")
-        EventClassificationDataset.__init__(ds, **{k: data[k] for k in base_keys if k in data})
-        return ds.represent(read_events(path).events)
+        return self.preprocess({"events": read_events(path).events})
+
+    def preprocess(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """A recording ``{"events": (N,) EVENT_DTYPE, ...}`` in the dataset's evaluation
+        representation (``data.representation``, ``n_time_bins``, ``max_events`` over the
+        dataset class's sensor size; no dataset folder is read)."""
+        data = self.cfg.data
+        settings = {k: data[k] for k in ("representation", "n_time_bins", "max_events")
+                    if k in data}
+        return DATASETS.get(str(data.name)).build_preprocess(settings)(sample)
 
     def write_prediction(self, sample, result, path):
         path = Path(path)

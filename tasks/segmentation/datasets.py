@@ -7,6 +7,9 @@ Every dataset returns samples ``{"coord": (N, 3) float32, "feat": (N, C) float32
     load -> grid sampling (grid_size) -> crop (max_points, training) -> subsample (num_points)
          -> normalisation (objects) -> augmentation (training: ``augment``) -> feat
 
+(``transforms.PointPreprocess`` does all but loading and augmentation; ``geossm predict`` uses
+the same object, built by the dataset class's ``build_preprocess``.)
+
 - ``SyntheticParts``: procedurally generated shapes with part labels (no download).
 - ``ShapeNetPart``: ``shapenetcore_partanno_segmentation_benchmark_v0_normal`` (16 categories,
   50 parts, official json splits).
@@ -32,9 +35,10 @@ import numpy as np
 import torch
 
 from geossm.registry import DATASETS
+from geossm.transforms import Compose, build_transforms, torch_generator
 
 from . import synthetic
-from .transforms import NormalizeCoord, build_transforms, rng, select
+from .transforms import PointPreprocess
 
 __all__ = ["PointCloudDataset", "SyntheticParts", "ShapeNetPart", "S3DIS", "ModelNet40",
            "SemanticKITTI", "SHAPENETPART_CATEGORIES", "SEMANTICKITTI_LEARNING_MAP"]
@@ -50,16 +54,11 @@ class PointCloudDataset(torch.utils.data.Dataset):
             sampling, random crops and random subsets; other splits are deterministic.
         augment: transform specs applied to training samples, e.g.
             ``[{name: RandomRotate, axis: z}, {name: RandomScale, scale: [0.9, 1.1]}]``
-            (see ``transforms.build_transforms``), default none.
-        feat_keys: per-point arrays concatenated into ``feat`` (``coord``, ``normal``,
-            ``color``, ``strength``), default ``("coord",)``.
-        grid_size: voxel size of grid sampling (one point per cell), default None (off).
-        max_points: crop training samples to this many points around a random point, default
-            None (off); evaluation keeps whole scenes.
-        num_points: random subset of this size (deterministic per sample in evaluation),
-            default None (all points).
-        normalize: centre and scale into the unit sphere (objects), default False.
+            (see ``geossm.transforms``), default none.
         loop: repeat the sample list this many times per epoch (small datasets), default 1.
+        **preprocess: ``PointPreprocess`` settings (``feat_keys``, ``grid_size``,
+            ``max_points``, ``num_points``, ``normalize``) over the class's
+            ``PREPROCESS_DEFAULTS``.
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -67,29 +66,26 @@ class PointCloudDataset(torch.utils.data.Dataset):
     #: Part segmentation: the parts of each category (global part indices), else None.
     CATEGORY_PARTS: tuple[tuple[int, ...], ...] | None = None
     CATEGORY_NAMES: tuple[str, ...] = ()
+    #: This dataset's defaults of the ``PointPreprocess`` settings.
+    PREPROCESS_DEFAULTS: Mapping[str, Any] = {}
 
     def __init__(self, split: str = "train", augment: Sequence[Mapping[str, Any]] | None = None,
-                 feat_keys: Sequence[str] = ("coord",), grid_size: float | None = None,
-                 max_points: int | None = None, num_points: int | None = None,
-                 normalize: bool = False, loop: int = 1) -> None:
+                 loop: int = 1, **preprocess: Any) -> None:
         if not isinstance(split, str) or not split:
             raise ValueError(f"split: expected a non-empty string, got {split!r}")
         if not isinstance(loop, int) or loop < 1:
             raise ValueError(f"loop: expected an int >= 1, got {loop!r}")
-        if isinstance(feat_keys, str) or not feat_keys:
-            raise ValueError(f"feat_keys: expected a non-empty list of array names, got "
-                             f"{feat_keys!r}")
-        if grid_size is not None and not grid_size > 0:
-            raise ValueError(f"grid_size: expected a positive float or null, got {grid_size!r}")
-        for name, v in (("max_points", max_points), ("num_points", num_points)):
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}: expected an int >= 1 or null, got {v!r}")
+        self.preprocess = self.build_preprocess(preprocess)
         self.split = split
         self.train = split in ("train", "trainval")
-        self.augment = build_transforms(augment) if self.train else build_transforms([])
-        self.feat_keys = tuple(feat_keys)
-        self.grid_size, self.max_points, self.num_points = grid_size, max_points, num_points
-        self.normalize, self.loop = normalize, loop
+        self.augment = build_transforms(augment) if self.train else Compose()
+        self.loop = loop
+
+    @classmethod
+    def build_preprocess(cls, settings: Mapping[str, Any]) -> PointPreprocess:
+        """The ``PointPreprocess`` of this dataset class: ``settings`` (e.g. from ``data.*``)
+        over ``PREPROCESS_DEFAULTS``. Needs no files, so ``predict`` builds it from the config."""
+        return PointPreprocess(**{**cls.PREPROCESS_DEFAULTS, **settings})
 
     # Subclasses implement these two.
     def num_items(self) -> int:
@@ -111,58 +107,11 @@ class PointCloudDataset(torch.utils.data.Dataset):
             raise IndexError(f"{type(self).__name__}: index {i} out of range for {len(self)} samples")
         index = i % self.num_items()
         sample = self.load(index)
-        return self.process(sample, index)
-
-    def process(self, sample: dict[str, Any], index: int = 0) -> dict[str, Any]:
-        """Grid sampling, crop, subsample, normalisation, augmentation and ``feat`` of a raw
-        sample (also used by ``geossm predict`` on an input file)."""
-        # Evaluation draws its "random" choices from the sample index: reproducible metrics.
-        g = rng() if self.train else np.random.default_rng(index)
-        if self.grid_size is not None:
-            sample = _grid_sample(sample, self.grid_size, g if self.train else None)
-        if self.train and self.max_points is not None and len(sample["coord"]) > self.max_points:
-            coord = sample["coord"]
-            d = np.sum((coord - coord[g.integers(len(coord))]) ** 2, axis=1)
-            sample = select(sample, np.sort(np.argpartition(d, self.max_points - 1)
-                                            [:self.max_points]))
-        if self.num_points is not None and len(sample["coord"]) > self.num_points:
-            sample = select(sample, np.sort(g.choice(len(sample["coord"]), self.num_points,
-                                                     replace=False)))
-        if self.normalize:
-            sample = NormalizeCoord()(sample)
-        sample = self.augment(sample)
-        return self.finish(sample)
-
-    def finish(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Build ``feat`` from ``feat_keys`` and keep only the keys the task packs."""
-        parts = []
-        for k in self.feat_keys:
-            if k not in sample:
-                raise KeyError(f"{type(self).__name__}: feat_keys names '{k}', which this "
-                               f"dataset does not provide (it has {sorted(sample)})")
-            v = np.asarray(sample[k], dtype=np.float32)
-            parts.append(v.reshape(len(v), -1))
-        out = {"coord": np.ascontiguousarray(sample["coord"], dtype=np.float32),
-               "feat": np.ascontiguousarray(np.concatenate(parts, 1), dtype=np.float32)}
-        label = sample.get("label")
-        if isinstance(label, np.ndarray) and label.ndim >= 1:
-            out["label"] = label.astype(np.int64).reshape(-1)
-        elif label is not None:
-            out["label"] = int(label)
-        if "category" in sample:
-            out["category"] = int(sample["category"])
-        return out
-
-
-def _grid_sample(sample: dict[str, Any], grid_size: float,
-                 g: np.random.Generator | None) -> dict[str, Any]:
-    coord = sample["coord"]
-    if len(coord) == 0:
-        return sample
-    cell = np.floor((coord - coord.min(0)) / grid_size).astype(np.int64)
-    order = g.permutation(len(coord)) if g is not None else np.arange(len(coord))
-    _, first = np.unique(cell[order], axis=0, return_index=True)
-    return select(sample, np.sort(order[first]))
+        if not self.train:
+            return self.preprocess(sample, index)
+        # The point choices draw from one torch-seeded stream, each augmentation from its own.
+        sample = self.preprocess.sample_points(sample, torch_generator(), train=True)
+        return self.preprocess.features(self.augment(sample))
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -218,14 +167,15 @@ class SyntheticParts(PointCloudDataset):
     CLASS_NAMES = synthetic.PART_NAMES
     CATEGORY_NAMES = synthetic.CATEGORIES
     CATEGORY_PARTS = synthetic.CATEGORY_PARTS
+    PREPROCESS_DEFAULTS = {"normalize": True}
 
     def __init__(self, root: str | None = None, split: str = "train", num_samples: int = 512,
                  num_val_samples: int = 128, min_points: int = 1024, max_points: int = 2048,
-                 noise: float = 0.01, seed: int = 0, normalize: bool = True, **kwargs: Any) -> None:
+                 noise: float = 0.01, seed: int = 0, **kwargs: Any) -> None:
         if root is not None:
             raise ValueError(f"SyntheticParts: root must be null (the data is generated), got "
                              f"{root!r}")
-        super().__init__(split=split, normalize=normalize, **kwargs)
+        super().__init__(split=split, **kwargs)
         count = num_samples if self.train else num_val_samples
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"SyntheticParts: num_samples must be an int >= 1, got {count!r}")
@@ -285,14 +235,13 @@ class ShapeNetPart(PointCloudDataset):
                         for p in parts)
     CATEGORY_NAMES = tuple(c[0] for c in SHAPENETPART_CATEGORIES)
     CATEGORY_PARTS = tuple(c[2] for c in SHAPENETPART_CATEGORIES)
+    PREPROCESS_DEFAULTS = {"num_points": 2048, "feat_keys": ("coord", "normal"),
+                           "normalize": True}
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  categories: Sequence[str] | None = None,
-                 split_lists: Mapping[str, Sequence[str]] | None = None,
-                 num_points: int | None = 2048, feat_keys: Sequence[str] = ("coord", "normal"),
-                 normalize: bool = True, **kwargs: Any) -> None:
-        super().__init__(split=split, num_points=num_points, feat_keys=feat_keys,
-                         normalize=normalize, **kwargs)
+                 split_lists: Mapping[str, Sequence[str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(split=split, **kwargs)
         self.root = root = _root(root, "ShapeNetPart")
         catfile = _require_file(root / "synsetoffset2category.txt", "ShapeNetPart category list")
         synset_to_index = {s: i for i, (_, s, _) in enumerate(SHAPENETPART_CATEGORIES)}
@@ -382,14 +331,13 @@ class S3DIS(PointCloudDataset):
     """
 
     CLASS_NAMES = S3DIS_CLASSES
+    PREPROCESS_DEFAULTS = {"grid_size": 0.04, "max_points": 80000,
+                           "feat_keys": ("coord", "color")}
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  test_area: int = 5, areas: Sequence[int] | None = None,
-                 grid_size: float | None = 0.04, max_points: int | None = 80000,
-                 feat_keys: Sequence[str] = ("coord", "color"),
                  cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
-        super().__init__(split=split, grid_size=grid_size, max_points=max_points,
-                         feat_keys=feat_keys, **kwargs)
+        super().__init__(split=split, **kwargs)
         self.root = root = _root(root, "S3DIS")
         if areas is None:
             areas = ([a for a in range(1, 7) if a != test_area] if self.train else [test_area])
@@ -457,11 +405,13 @@ class ModelNet40(PointCloudDataset):
     Samples have ``label: int`` (the class).
     """
 
+    PREPROCESS_DEFAULTS = {"normalize": True}
+
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  num_points: int | None = 1024, use_normals: bool = False,
-                 normalize: bool = True, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         kwargs.setdefault("feat_keys", ("coord", "normal") if use_normals else ("coord",))
-        super().__init__(split=split, normalize=normalize, **kwargs)
+        super().__init__(split=split, **kwargs)
         self.first_points = num_points
         self.root = root = _root(root, "ModelNet40")
         names = _require_file(root / "modelnet40_shape_names.txt", "ModelNet40 class list")
@@ -549,15 +499,14 @@ class SemanticKITTI(PointCloudDataset):
     """
 
     CLASS_NAMES = SEMANTICKITTI_CLASSES
+    PREPROCESS_DEFAULTS = {"grid_size": 0.05, "max_points": 120000,
+                           "feat_keys": ("coord", "strength")}
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  sequences: Mapping[str, Sequence[int]] | None = None,
-                 frames: Mapping[str, Sequence[str]] | None = None,
-                 grid_size: float | None = 0.05, max_points: int | None = 120000,
-                 feat_keys: Sequence[str] = ("coord", "strength"), layout: str = "auto",
+                 frames: Mapping[str, Sequence[str]] | None = None, layout: str = "auto",
                  **kwargs: Any) -> None:
-        super().__init__(split=split, grid_size=grid_size, max_points=max_points,
-                         feat_keys=feat_keys, **kwargs)
+        super().__init__(split=split, **kwargs)
         self.root = root = _root(root, "SemanticKITTI")
         if layout == "auto":
             layout = "official" if (root / "sequences").is_dir() else (

@@ -29,6 +29,7 @@ from geossm.registry import DATASETS, TASKS
 from .losses import cross_entropy
 from .metrics import (ClassificationMetric, PartSegMetric, SegmentationMetric, masked_prediction,
                       part_mask)
+from .transforms import PointPreprocess
 
 
 def _loss_cfg(cfg) -> dict[str, Any]:
@@ -68,10 +69,23 @@ class _PointTask(Task):
                              label_smoothing=float(cfg.get("label_smoothing", 0.0)),
                              class_weights=cfg.get("class_weights"))
 
+    def preprocess(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """A raw sample (``coord`` and the arrays ``data.feat_keys`` names, optional ``label`` and
+        ``category``) prepared as the dataset prepares evaluation samples, keeping every
+        grid-sampled point (no ``num_points`` subset): grid sampling, normalisation, ``feat``."""
+        return self._prediction_preprocess()(sample)
+
+    def _prediction_preprocess(self) -> PointPreprocess:
+        """The dataset class's ``PointPreprocess`` with the config's ``grid_size``,
+        ``normalize`` and ``feat_keys`` (no files are read)."""
+        data = self.cfg.data
+        settings = {k: data[k] for k in ("feat_keys", "grid_size", "normalize") if k in data}
+        return self.dataset_class().build_preprocess({**settings, "num_points": None})
+
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read ``.npz`` / ``.npy`` / ``.ply`` (``coord`` plus optional ``label``, ``category``
-        and the dataset's other arrays) and process it as the dataset does for evaluation
-        (grid sampling, normalisation, ``feat`` from ``data.feat_keys``)."""
+        and the dataset's other arrays) and ``preprocess`` it; a missing ``strength`` (LiDAR
+        intensity) is zero."""
         raw = super().load_input(path)
         if "coord" not in raw:
             raise ValueError(f"input file {path}: expected a 'coord' array, got {sorted(raw)}")
@@ -79,41 +93,9 @@ class _PointTask(Task):
         for key in ("category", "label"):
             if key in raw and np.asarray(raw[key]).ndim == 0:
                 raw[key] = int(np.asarray(raw[key]))
-        proc = self._eval_processor()
-        for key in proc.feat_keys:
-            if key not in raw and key in ("strength",):
-                raw[key] = np.zeros((len(raw["coord"]), 1), dtype=np.float32)
-        return proc.process(raw, 0)
-
-    def _eval_processor(self):
-        """A dataset object of the configured class used only for its ``process`` settings
-        (no files are read: ``__init__`` is bypassed and the settings copied from the config)."""
-        from .datasets import PointCloudDataset
-        cls = self.dataset_class()
-        data = dict(self.cfg.data)
-        proc = PointCloudDataset.__new__(cls)
-        defaults = _init_defaults(cls)
-        PointCloudDataset.__init__(
-            proc, split="test", augment=None,
-            feat_keys=tuple(data.get("feat_keys") or defaults.get("feat_keys", ("coord",))),
-            grid_size=data.get("grid_size", defaults.get("grid_size")),
-            max_points=None,
-            num_points=None,
-            normalize=bool(data.get("normalize", defaults.get("normalize", False))))
-        return proc
-
-
-def _init_defaults(cls: type) -> dict[str, Any]:
-    import inspect
-    out: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        for name, p in inspect.signature(init).parameters.items():
-            if p.default is not inspect.Parameter.empty:
-                out[name] = p.default
-    return out
+        if "strength" in self._prediction_preprocess().feat_keys and "strength" not in raw:
+            raw["strength"] = np.zeros((len(raw["coord"]), 1), dtype=np.float32)
+        return self.preprocess(raw)
 
 
 @TASKS.register

@@ -1,31 +1,30 @@
-"""Point-cloud transforms on sample dicts (NumPy, per sample, before packing).
+"""Point-cloud transforms on sample dicts (NumPy, per sample, before packing), and
+``PointPreprocess``, the deterministic preparation every point-cloud dataset and ``predict``
+apply.
 
 A sample is a dict of arrays whose first dimension indexes points (``coord (N, 3)``,
 ``feat (N, C)``, ``label (N,)``, ``normal (N, 3)``, ``color (N, 3)``...) plus per-sample values
 (``category``). Transforms that select points (grid sampling, crops) apply the same index to
 every per-point array; geometric ones rotate ``coord`` and ``normal`` together.
 
-Randomness: augmentations draw from ``rng()``, a NumPy generator seeded from torch's global
-RNG, so the trainer's seeding (and exact resume) covers them like any torch random op.
+Transforms follow ``geossm.transforms`` (``t(sample, rng=None)``; configs list them as
+``augment: [{name: RandomRotate, axis: z}, ...]``). The point-cloud datasets call them with
+``rng=None``: each transform that draws makes its own generator from torch's global RNG, so the
+trainer's seeding (and exact resume) covers them like any torch random op.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-Sample = dict[str, Any]
+from geossm.registry import TRANSFORMS
+from geossm.transforms import Compose, Sample, generator
 
 #: Per-point keys that rotate with the coordinates.
 VECTOR_KEYS = ("normal",)
-
-
-def rng() -> np.random.Generator:
-    """A NumPy generator drawn from torch's global RNG (seeded by the trainer)."""
-    return np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,)).item()))
 
 
 def num_points(sample: Mapping[str, Any]) -> int:
@@ -47,21 +46,7 @@ def select(sample: Mapping[str, Any], index: np.ndarray) -> Sample:
     return out
 
 
-class Compose:
-    """Apply transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, sample: Sample) -> Sample:
-        for t in self.transforms:
-            sample = t(sample)
-        return sample
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
-
-
+@TRANSFORMS.register
 class GridSample:
     """Keep one point per cell of a ``grid_size`` grid (voxel downsampling).
 
@@ -77,14 +62,14 @@ class GridSample:
             raise ValueError(f"GridSample: mode must be 'random' or 'first', got {mode!r}")
         self.grid_size, self.mode = float(grid_size), mode
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = np.asarray(sample["coord"])
         if len(coord) == 0:
             return sample
         cell = np.floor((coord - coord.min(0)) / self.grid_size).astype(np.int64)
         order = np.arange(len(coord))
         if self.mode == "random":
-            order = rng().permutation(len(coord))
+            order = generator(rng).permutation(len(coord))
         _, first = np.unique(cell[order], axis=0, return_index=True)
         return select(sample, np.sort(order[first]))
 
@@ -92,6 +77,7 @@ class GridSample:
         return f"GridSample({self.grid_size}, {self.mode!r})"
 
 
+@TRANSFORMS.register
 class RandomRotate:
     """Rotate ``coord`` (and normals) about ``axis`` by an angle uniform in ``angle`` (radians)."""
 
@@ -100,8 +86,8 @@ class RandomRotate:
             raise ValueError(f"RandomRotate: axis must be 'x', 'y' or 'z', got {axis!r}")
         self.axis, self.angle = axis, tuple(angle)
 
-    def __call__(self, sample: Sample) -> Sample:
-        a = rng().uniform(*self.angle)
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        a = generator(rng).uniform(*self.angle)
         c, s = np.cos(a), np.sin(a)
         i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[self.axis]
         rot = np.eye(3)
@@ -109,6 +95,7 @@ class RandomRotate:
         return _linear(sample, rot)
 
 
+@TRANSFORMS.register
 class RandomScale:
     """Scale ``coord`` by a factor uniform in ``scale`` (per axis when ``anisotropic``)."""
 
@@ -118,8 +105,8 @@ class RandomScale:
                              f"got {scale!r}")
         self.scale, self.anisotropic = tuple(scale), anisotropic
 
-    def __call__(self, sample: Sample) -> Sample:
-        f = rng().uniform(*self.scale, size=3 if self.anisotropic else 1)
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        f = generator(rng).uniform(*self.scale, size=3 if self.anisotropic else 1)
         out = dict(sample)
         out["coord"] = (np.asarray(sample["coord"]) * f).astype(np.float32)
         if self.anisotropic:
@@ -131,6 +118,7 @@ class RandomScale:
         return out
 
 
+@TRANSFORMS.register
 class RandomFlip:
     """Mirror ``coord`` (and normals) along each axis in ``axes`` with probability ``p``."""
 
@@ -140,8 +128,8 @@ class RandomFlip:
                 raise ValueError(f"RandomFlip: axes must be among 'x', 'y', 'z', got {a!r}")
         self.axes, self.p = tuple(axes), float(p)
 
-    def __call__(self, sample: Sample) -> Sample:
-        g = rng()
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        g = generator(rng)
         diag = np.ones(3)
         for a in self.axes:
             if g.uniform() < self.p:
@@ -149,6 +137,7 @@ class RandomFlip:
         return _linear(sample, np.diag(diag))
 
 
+@TRANSFORMS.register
 class RandomJitter:
     """Add Gaussian noise ``N(0, sigma²)`` clipped to ``±clip`` to ``coord``."""
 
@@ -157,12 +146,14 @@ class RandomJitter:
             raise ValueError(f"RandomJitter: sigma and clip must be >= 0, got {sigma}, {clip}")
         self.sigma, self.clip = float(sigma), float(clip)
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = np.asarray(sample["coord"])
-        noise = np.clip(rng().normal(0, self.sigma, size=coord.shape), -self.clip, self.clip)
+        noise = np.clip(generator(rng).normal(0, self.sigma, size=coord.shape),
+                        -self.clip, self.clip)
         return {**sample, "coord": (coord + noise).astype(np.float32)}
 
 
+@TRANSFORMS.register
 class NormalizeCoord:
     """Centre ``coord`` on its bounding-box centre (``"center"``) or mean (``"mean"``) and scale
     it into the unit sphere (objects: ShapeNetPart, ModelNet40, synthetic parts)."""
@@ -172,7 +163,7 @@ class NormalizeCoord:
             raise ValueError(f"NormalizeCoord: center must be 'center' or 'mean', got {center!r}")
         self.center, self.unit_sphere = center, unit_sphere
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = np.asarray(sample["coord"], dtype=np.float64)
         if len(coord) == 0:
             return sample
@@ -183,10 +174,11 @@ class NormalizeCoord:
         return {**sample, "coord": coord.astype(np.float32)}
 
 
+@TRANSFORMS.register
 class CenterShift:
     """Shift ``coord`` so its x-y bounding-box centre is at 0 and its lowest z at 0 (scenes)."""
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = np.asarray(sample["coord"])
         if len(coord) == 0:
             return sample
@@ -195,6 +187,7 @@ class CenterShift:
         return {**sample, "coord": (coord - shift).astype(np.float32)}
 
 
+@TRANSFORMS.register
 class RandomSubsample:
     """Keep at most ``num_points`` points, drawn without replacement (``mode="random"``) or the
     first ones (``"first"``); with ``pad=True`` smaller clouds are topped up by repeating points
@@ -207,18 +200,19 @@ class RandomSubsample:
             raise ValueError(f"RandomSubsample: mode must be 'random' or 'first', got {mode!r}")
         self.num_points, self.mode, self.pad = num_points, mode, pad
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         n = num_points(sample)
         if n > self.num_points:
-            idx = (rng().choice(n, self.num_points, replace=False) if self.mode == "random"
-                   else np.arange(self.num_points))
+            idx = (generator(rng).choice(n, self.num_points, replace=False)
+                   if self.mode == "random" else np.arange(self.num_points))
             return select(sample, np.sort(idx))
         if self.pad and 0 < n < self.num_points:
-            extra = rng().choice(n, self.num_points - n, replace=True)
+            extra = generator(rng).choice(n, self.num_points - n, replace=True)
             return select(sample, np.concatenate([np.arange(n), extra]))
         return sample
 
 
+@TRANSFORMS.register
 class SphereCrop:
     """Crop large scenes to at most ``max_points``: the points nearest to a centre (a random
     point when ``mode="random"``, the scene centre when ``"center"``). Smaller scenes pass."""
@@ -230,13 +224,13 @@ class SphereCrop:
             raise ValueError(f"SphereCrop: mode must be 'random' or 'center', got {mode!r}")
         self.max_points, self.mode = max_points, mode
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         coord = np.asarray(sample["coord"])
         n = len(coord)
         if n <= self.max_points:
             return sample
         if self.mode == "random":
-            center = coord[rng().integers(n)]
+            center = coord[generator(rng).integers(n)]
         else:
             center = (coord.min(0) + coord.max(0)) / 2
         d = np.sum((coord - center) ** 2, axis=1)
@@ -253,24 +247,84 @@ def _linear(sample: Sample, mat: np.ndarray) -> Sample:
     return out
 
 
-_TRANSFORMS: dict[str, type] = {c.__name__: c for c in (
-    GridSample, RandomRotate, RandomScale, RandomFlip, RandomJitter, NormalizeCoord,
-    CenterShift, RandomSubsample, SphereCrop)}
+class PointPreprocess:
+    """What every point-cloud dataset does to a raw sample besides augmentation, in order::
 
+        grid sampling (grid_size) -> crop (max_points, training) -> subset (num_points)
+            -> normalisation (normalize) -> [augmentation, training] -> feat (feat_keys)
 
-def build_transforms(specs: Sequence[Mapping[str, Any]] | None) -> Compose:
-    """``Compose`` from config entries ``[{name: RandomRotate, axis: z}, ...]``."""
-    transforms = []
-    for spec in specs or []:
-        if not isinstance(spec, Mapping) or "name" not in spec:
-            raise ValueError(f"transforms: expected mappings with a 'name' key, got {spec!r}")
-        kwargs = dict(spec)
-        name = kwargs.pop("name")
-        if name not in _TRANSFORMS:
-            raise ValueError(f"transforms: unknown transform {name!r}; known: "
-                             f"{', '.join(sorted(_TRANSFORMS))}")
-        for k, v in kwargs.items():
-            if isinstance(v, list):
-                kwargs[k] = tuple(v)
-        transforms.append(_TRANSFORMS[name](**kwargs))
-    return Compose(transforms)
+    Evaluation (``__call__``) is deterministic: grid sampling keeps each cell's first point
+    and the subset is drawn from ``numpy.random.default_rng(index)`` (reproducible metrics).
+    Training (``sample_points`` with a generator, then ``features``) keeps a random point per
+    cell, crops around a random point and draws a random subset. ``geossm predict`` uses the
+    evaluation path with ``num_points=None``: every grid-sampled point is predicted.
+
+    Args:
+        feat_keys: per-point arrays concatenated into ``feat`` (``coord``, ``normal``, ``color``,
+            ``strength``), default ``("coord",)``.
+        grid_size: voxel size of grid sampling (one point per cell), default None (off).
+        max_points: crop training samples to this many points around a random point, default
+            None (off); evaluation keeps whole scenes.
+        num_points: random subset of this size, default None (all points).
+        normalize: centre and scale into the unit sphere (objects), default False.
+    """
+
+    def __init__(self, feat_keys: Sequence[str] = ("coord",), grid_size: float | None = None,
+                 max_points: int | None = None, num_points: int | None = None,
+                 normalize: bool = False) -> None:
+        if isinstance(feat_keys, str) or not feat_keys:
+            raise ValueError(f"feat_keys: expected a non-empty list of array names, got "
+                             f"{feat_keys!r}")
+        if grid_size is not None and not grid_size > 0:
+            raise ValueError(f"grid_size: expected a positive float or null, got {grid_size!r}")
+        for name, v in (("max_points", max_points), ("num_points", num_points)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name}: expected an int >= 1 or null, got {v!r}")
+        self.feat_keys = tuple(feat_keys)
+        self.grid_size, self.max_points, self.num_points = grid_size, max_points, num_points
+        self.normalize = normalize
+
+    def __call__(self, sample: Sample, index: int = 0) -> Sample:
+        """The evaluation path: points of ``sample`` chosen deterministically (from ``index``),
+        then ``feat``."""
+        chosen = self.sample_points(sample, np.random.default_rng(index), train=False)
+        return self.features(chosen)
+
+    def sample_points(self, sample: Sample, rng: np.random.Generator, train: bool) -> Sample:
+        """Grid sampling, crop (``train`` only), subset and normalisation, drawing from ``rng``."""
+        steps = []
+        if self.grid_size is not None:
+            steps.append(GridSample(self.grid_size, "random" if train else "first"))
+        if train and self.max_points is not None:
+            steps.append(SphereCrop(self.max_points))
+        if self.num_points is not None:
+            steps.append(RandomSubsample(self.num_points))
+        if self.normalize:
+            steps.append(NormalizeCoord())
+        return Compose(steps)(sample, rng)
+
+    def features(self, sample: Sample) -> Sample:
+        """``coord``, ``feat`` (the ``feat_keys`` arrays side by side), ``label`` and
+        ``category``: the keys the task packs. ``KeyError`` names a missing ``feat_keys`` entry."""
+        parts = []
+        for k in self.feat_keys:
+            if k not in sample:
+                raise KeyError(f"feat_keys names '{k}', which the sample does not provide (it "
+                               f"has {sorted(sample)})")
+            v = np.asarray(sample[k], dtype=np.float32)
+            parts.append(v.reshape(len(v), -1))
+        out = {"coord": np.ascontiguousarray(sample["coord"], dtype=np.float32),
+               "feat": np.ascontiguousarray(np.concatenate(parts, 1), dtype=np.float32)}
+        label = sample.get("label")
+        if isinstance(label, np.ndarray) and label.ndim >= 1:
+            out["label"] = label.astype(np.int64).reshape(-1)
+        elif label is not None:
+            out["label"] = int(label)
+        if "category" in sample:
+            out["category"] = int(sample["category"])
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PointPreprocess(feat_keys={self.feat_keys}, grid_size={self.grid_size}, "
+                f"max_points={self.max_points}, num_points={self.num_points}, "
+                f"normalize={self.normalize})")

@@ -60,7 +60,7 @@ def test_image_sets_and_augment(kitti_root, tmp_path):
     (root / "ImageSets" / "train.txt").write_text("000001\n000004\n")
     (root / "ImageSets" / "val.txt").write_text("000002\n")
     aug = [{"name": "GTSampling", "sample_groups": {"Car": 4}},
-           {"name": "RandomFlip"}, {"name": "GlobalRotation"}, {"name": "GlobalScaling"},
+           {"name": "GlobalFlip"}, {"name": "GlobalRotation"}, {"name": "GlobalScaling"},
            {"name": "ObjectNoise"}]
     tr = KittiDataset(root, "train", augment=aug[:1], point_cloud_range=None)
     assert tr.frame_ids == ["000001", "000004"]

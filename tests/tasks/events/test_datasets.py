@@ -25,8 +25,9 @@ def test_nmnist_official_layout(nmnist_root):
 
 
 def test_nmnist_augment_keeps_events_on_the_sensor(nmnist_root):
-    ds = NMNIST(nmnist_root, "train", limit=10, representation="events", augment=True,
-                max_shift=3, drop_rate=0.3, max_events=10_000)
+    ds = NMNIST(nmnist_root, "train", limit=10, representation="events", max_events=10_000,
+                augment=[{"name": "DropEvent", "max_rate": 0.3},
+                         {"name": "RandomAffine", "max_shift": 3}])
     a, b = ds[0]["events"], ds[0]["events"]
     assert not np.array_equal(a, b)  # a fresh draw per call
     assert a[:, 0].max() < 34 and a[:, 1].max() < 34 and a[:, :2].min() >= 0
@@ -35,8 +36,9 @@ def test_nmnist_augment_keeps_events_on_the_sensor(nmnist_root):
 
 def test_nmnist_augments_only_the_training_split(nmnist_root):
     """One config serves every split: augment=True must not perturb test samples."""
-    kw = dict(limit=10, representation="events", augment=True, max_shift=3, drop_rate=0.3,
-              max_rotation=20.0, max_events=10_000)
+    kw = dict(limit=10, representation="events", max_events=10_000,
+              augment=[{"name": "DropEvent", "max_rate": 0.3},
+                       {"name": "RandomAffine", "max_shift": 3, "max_rotation": 20.0}])
     test = NMNIST(nmnist_root, "test", **kw)
     assert not test.augment and NMNIST(nmnist_root, "train", **kw).augment
     a, b = test[0]["events"], test[0]["events"]
@@ -128,17 +130,18 @@ def test_dvs_gesture_errors(tmp_path):
 def test_augment_rotation_and_scale_move_events(nmnist_root):
     """Rotation / scaling about the centre: events move, stay on the sensor, and with all
     augmentations off the recording is unchanged."""
-    ds = NMNIST(nmnist_root, "train", limit=10, representation="events", augment=True,
-                max_shift=0, drop_rate=0.0, max_rotation=30.0, max_scale=0.2,
-                max_events=10_000)
+    ds = NMNIST(nmnist_root, "train", limit=10, representation="events", max_events=10_000,
+                augment=[{"name": "RandomAffine", "max_shift": 0, "max_rotation": 30.0,
+                          "max_scale": 0.2}])
     ev = ds[0]["events"]
     assert ev[:, :2].min() >= 0 and ev[:, :2].max() < 34
     ref = ds.recordings[0]
     assert len(ev) <= len(ref)
     moved = len(ev) != len(ref) or not np.array_equal(ev[:, 0], ref["x"])
     assert moved
-    still = NMNIST(nmnist_root, "train", limit=10, representation="events", augment=True,
-                   max_shift=0, drop_rate=0.0, max_events=10_000)[0]["events"]
+    still = NMNIST(nmnist_root, "train", limit=10, representation="events", max_events=10_000,
+                   augment=[{"name": "DropEvent", "max_rate": 0.0},
+                            {"name": "RandomAffine", "max_shift": 0}])[0]["events"]
     assert np.array_equal(still[:, 0], ref["x"]) and np.array_equal(still[:, 1], ref["y"])
     with pytest.raises(ValueError, match="max_scale: expected a number in"):
-        NMNIST(nmnist_root, "train", limit=10, max_scale=1.5)
+        NMNIST(nmnist_root, "train", limit=10, augment=[{"name": "RandomAffine", "max_scale": 1.5}])

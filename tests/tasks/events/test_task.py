@@ -15,7 +15,7 @@ def test_nmnist_config_loads():
     ser = load_config("events/nmnist_serialized")
     assert ser.model.mode == "serialized" and ser.data.representation == "events"
     # the two modes share data, augmentation and optimiser settings
-    assert ser.data.max_rotation == cfg.data.max_rotation and ser.train.lr == cfg.train.lr
+    assert ser.data.augment == cfg.data.augment and ser.train.lr == cfg.train.lr
 
 
 def test_dvs_gesture_config_runs_on_written_files(tmp_path):

@@ -83,3 +83,20 @@ def test_classification_task_metrics_and_prediction(tmp_path):
     out = task.write_prediction(sample, task.postprocess(logits[:1], pack_collate([sample])),
                                 tmp_path / "p.npz")
     assert out[1].suffix == ".ply"
+
+
+@pytest.mark.parametrize("overrides", [[], ["+data.grid_size=0.05",
+                                             "+data.feat_keys=[coord,coord]"]])
+def test_predict_prepares_inputs_as_the_evaluation_dataset(tmp_path, overrides):
+    """``preprocess`` / ``load_input`` and the validation split give the same arrays."""
+    cfg = load_config(find_config("default.yaml"), overrides + ["data.num_val_samples=3"])
+    task = SegmentationTask(cfg)
+    val = task.build_dataset("val")
+    for index in range(3):
+        raw = val.load(index)
+        np.savez(tmp_path / "raw.npz", **raw)
+        from_dataset = val[index]
+        for prepared in (task.preprocess(raw), task.load_input(tmp_path / "raw.npz")):
+            assert prepared.keys() == from_dataset.keys()
+            for key in prepared:
+                np.testing.assert_array_equal(prepared[key], from_dataset[key])

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from geossm.tasks.segmentation import transforms as T
+from geossm.transforms import build_transforms
 
 
 def sample(n=200, seed=0):
@@ -56,13 +57,13 @@ def test_sampling_and_crops():
 
 
 def test_build_transforms_and_errors():
-    comp = T.build_transforms([{"name": "RandomScale", "scale": [0.9, 1.1]},
-                               {"name": "RandomJitter"}])
+    comp = build_transforms([{"name": "RandomScale", "scale": [0.9, 1.1]},
+                             {"name": "RandomJitter"}])
     assert len(comp.transforms) == 2
     with pytest.raises(ValueError, match="unknown transform 'Nope'"):
-        T.build_transforms([{"name": "Nope"}])
+        build_transforms([{"name": "Nope"}])
     with pytest.raises(ValueError, match="expected mappings with a 'name' key"):
-        T.build_transforms(["RandomJitter"])
+        build_transforms(["RandomJitter"])
     with pytest.raises(ValueError, match="GridSample: grid_size must be > 0, got 0"):
         T.GridSample(0)
     with pytest.raises(ValueError, match="RandomRotate: axis must be 'x', 'y' or 'z', got 'w'"):
@@ -71,3 +72,22 @@ def test_build_transforms_and_errors():
         T.RandomScale((2, 1))
     with pytest.raises(ValueError, match="SphereCrop: max_points must be an int >= 1, got 0"):
         T.SphereCrop(0)
+
+
+def test_point_preprocess_evaluation_and_training_paths():
+    s = sample(1000)
+    pre = T.PointPreprocess(feat_keys=("coord", "normal"), grid_size=0.2, max_points=300,
+                            num_points=200, normalize=True)
+    a, b = pre(s, index=3), pre(s, index=3)
+    assert a["feat"].shape == (200, 6) and a["category"] == 2
+    np.testing.assert_array_equal(a["coord"], b["coord"])      # evaluation: deterministic
+    crop = pre.sample_points(s, np.random.default_rng(0), train=True)
+    assert len(crop["coord"]) == 200 and len(crop["label"]) == 200
+    with pytest.raises(KeyError, match="feat_keys names 'color'"):
+        T.PointPreprocess(feat_keys=("color",))(s)
+    with pytest.raises(ValueError, match="feat_keys: expected a non-empty list"):
+        T.PointPreprocess(feat_keys="coord")
+    with pytest.raises(ValueError, match="grid_size: expected a positive float or null, got 0"):
+        T.PointPreprocess(grid_size=0)
+    with pytest.raises(ValueError, match="num_points: expected an int >= 1 or null, got 0"):
+        T.PointPreprocess(num_points=0)
