@@ -173,42 +173,33 @@ def cu_seqlens_to_batch(cu_seqlens: Tensor, total: int | None = None) -> Tensor:
 
 # ---------------------------------------------------------------------------- validation
 
-# The error messages of each wording, per check: (exception, template). The kernels say
-# "cu_seqlens must ...", the serializers "cu_seqlens: expected ..., got ...", and the layers,
-# which check the kind only, give one message for any wrong kind of tensor. docs/errors.md
-# quotes them and tests match them. A refused dtype raises the rule's ``dtype_error``.
-_MUST_SHAPE = (ValueError, "{name} must be 1-D with at least {entries} entries (S+1,), "
-                           "got shape {shape}")
-_MUST = {
-    "type": (TypeError, "{name} must be a torch.Tensor, got {type}"),
-    "rank": _MUST_SHAPE,
-    "entries": _MUST_SHAPE,
-    "dtype": (None, "{name} must be {dtype_names}, got dtype {dtype}"),
-    "device": (ValueError, "{name} must be on {device} like {like}, got {got}"),
-    "first": (ValueError, "{name} must start with 0, got {first}"),
-    "last": (ValueError, "{name} must end with the number of tokens T={total}, got {last}"),
-    "order": (ValueError, "{name} must be non-decreasing, got {name}[{i}]={a} > "
-                          "{name}[{j}]={b}"),
+# The messages, per check: (exception, the kernels' wording "cu_seqlens must ...", the
+# serializers' wording "cu_seqlens: expected ..., got ..."); a refused dtype raises the rule's
+# dtype_error instead. docs/errors.md quotes them and tests match them.
+_MUST_SHAPE = "{name} must be 1-D with at least {entries} entries (S+1,), got shape {shape}"
+_MESSAGES = {
+    "type": (TypeError, "{name} must be a torch.Tensor, got {type}",
+             "{name}: expected a torch.Tensor, got {described}"),
+    "rank": (ValueError, _MUST_SHAPE, "{name}: expected a 1-D tensor, got shape {shape}"),
+    "entries": (ValueError, _MUST_SHAPE,
+                "{name}: expected shape (S+1,) with S >= {min_segments}, got shape {shape}"),
+    "dtype": (None, "{name} must be {dtype_names}, got dtype {dtype}",
+              "{name}: expected dtype {dtypes}, got {dtype}"),
+    "device": (ValueError, "{name} must be on {device} like {like}, got {got}",
+               "{name}: expected device {device} (that of {like}), got {got}"),
+    "first": (ValueError, "{name} must start with 0, got {first}",
+              "{name}: expected a leading 0, got {name}[0] = {first}"),
+    "last": (ValueError, "{name} must end with the number of tokens T={total}, got {last}",
+             "{name}: expected the last value to be N = {total}, got {last}"),
+    "order": (ValueError, "{name} must be non-decreasing, got {name}[{i}]={a} > {name}[{j}]={b}",
+              "{name}: expected non-decreasing values, got {name}[{i}] = {a} > "
+              "{name}[{j}] = {b}"),
 }
-_LAYER_KIND = (ValueError, "{name} must be a 1-D int32 tensor (S+1,) with a leading 0, "
-                           "got shape {shape} and dtype {dtype}")
-_WORDINGS = {
-    "must": _MUST,
-    "layer": {**_MUST, "type": (TypeError, "{name} must be a torch.Tensor or None, got {type}"),
-              "rank": _LAYER_KIND, "entries": _LAYER_KIND, "dtype": _LAYER_KIND},
-    "expected": {
-        "type": (TypeError, "{name}: expected a torch.Tensor, got {described}"),
-        "rank": (ValueError, "{name}: expected a 1-D tensor, got shape {shape}"),
-        "entries": (ValueError, "{name}: expected shape (S+1,) with S >= {min_segments}, "
-                                "got shape {shape}"),
-        "dtype": (None, "{name}: expected dtype {dtypes}, got {dtype}"),
-        "device": (ValueError, "{name}: expected device {device} (that of {like}), got {got}"),
-        "first": (ValueError, "{name}: expected a leading 0, got {name}[0] = {first}"),
-        "last": (ValueError, "{name}: expected the last value to be N = {total}, got {last}"),
-        "order": (ValueError, "{name}: expected non-decreasing values, got {name}[{i}] = {a} > "
-                              "{name}[{j}] = {b}"),
-    },
-}
+# The layers check the kind only and say so in one message; otherwise they word as the kernels.
+_LAYER_KIND = ("{name} must be a 1-D int32 tensor (S+1,) with a leading 0, got shape {shape} "
+               "and dtype {dtype}")
+_LAYER_MESSAGES = {"type": "{name} must be a torch.Tensor or None, got {type}",
+                   "rank": _LAYER_KIND, "entries": _LAYER_KIND, "dtype": _LAYER_KIND}
 
 
 @dataclass(frozen=True)
@@ -223,7 +214,7 @@ class CuSeqlensRule:
             must fit int32): a host sync, paid once per tensor and skipped while
             ``torch.compile`` traces. False checks the kind and shape only, with no host sync.
         wording: the error messages: ``"must"`` (kernels), ``"expected"`` (serialization) or
-            ``"layer"`` (one message for any wrong kind of tensor).
+            ``"layer"`` (one message for any wrong kind of tensor; see ``_MESSAGES``).
         dtype_error: the exception a refused dtype raises.
     """
 
@@ -250,7 +241,9 @@ INDEX = CuSeqlensRule(_INT32_OR_64, 0, False, "expected", TypeError)
 def _fail(wording: str, check: str, name: str = "cu_seqlens",
           error: type[Exception] | None = None, **fields) -> NoReturn:
     """Raise the message of ``check`` in ``wording`` (``error`` overrides its exception)."""
-    default, template = _WORDINGS[wording][check]
+    default, must, expected = _MESSAGES[check]
+    template = {"must": must, "expected": expected,
+                "layer": _LAYER_MESSAGES.get(check, must)}[wording]
     raise (error or default)(template.format(name=name, **fields))
 
 
