@@ -313,20 +313,21 @@ def _check_kind(cu_seqlens, rule: CuSeqlensRule, device, like: str) -> None:
     if not isinstance(cu_seqlens, Tensor):
         _fail(rule.wording, "type", type=type(cu_seqlens).__name__,
               described=_describe(cu_seqlens))
-    shape, dtype = tuple(cu_seqlens.shape), cu_seqlens.dtype
-    fields = dict(shape=shape, dtype=dtype, entries=rule.min_segments + 1,
-                  min_segments=rule.min_segments)
     if cu_seqlens.dim() != 1:
-        _fail(rule.wording, "rank", **fields)
-    if dtype not in rule.dtypes:
-        _fail(rule.wording, "dtype", error=rule.dtype_error,
-              dtypes=" or ".join(map(str, rule.dtypes)),
-              dtype_names=" or ".join(str(d).removeprefix("torch.") for d in rule.dtypes),
-              **fields)
-    if cu_seqlens.numel() < rule.min_segments + 1:
-        _fail(rule.wording, "entries", **fields)
-    if device is not None and cu_seqlens.device != device:
+        failed = "rank"
+    elif cu_seqlens.dtype not in rule.dtypes:
+        failed = "dtype"
+    elif cu_seqlens.numel() < rule.min_segments + 1:
+        failed = "entries"
+    elif device is not None and cu_seqlens.device != device:
         _fail(rule.wording, "device", device=device, like=like, got=cu_seqlens.device)
+    else:
+        return
+    _fail(rule.wording, failed, error=rule.dtype_error if failed == "dtype" else None,
+          shape=tuple(cu_seqlens.shape), dtype=cu_seqlens.dtype,
+          dtypes=" or ".join(map(str, rule.dtypes)),
+          dtype_names=" or ".join(str(d).removeprefix("torch.") for d in rule.dtypes),
+          entries=rule.min_segments + 1, min_segments=rule.min_segments)
 
 
 # cu_seqlens tensors whose values passed the checks: (id, in-place version, T) -> (the tensor,
