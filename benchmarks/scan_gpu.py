@@ -39,6 +39,8 @@ import sys
 
 import torch
 
+from geossm.packed import cu_seqlens_from_lengths
+
 N_STATE = 16
 
 
@@ -66,8 +68,7 @@ def make_inputs(name: str, device: torch.device, tiny: bool = False):
     D, N = (32 if tiny else WORKLOAD_D[name]), N_STATE
     T = sum(lens)
     g = torch.Generator(device=device).manual_seed(1)
-    cu = torch.zeros(len(lens) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lens), 0)
+    cu = cu_seqlens_from_lengths(lens)
     bf = torch.bfloat16
 
     def randn(*shape):

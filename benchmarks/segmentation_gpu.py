@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geossm.packed import cu_seqlens_from_lengths
 from geossm.tasks.segmentation.models import PointCloudMambaSeg
 
 ARCHIVE = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "semantickitti"
@@ -111,9 +112,7 @@ def make_scene(scans: list[np.ndarray], n: int, g: np.random.Generator) -> np.nd
 def batch_of(scenes: list[np.ndarray], device) -> dict[str, torch.Tensor]:
     coord = torch.from_numpy(np.concatenate(scenes)).to(device)
     feat = torch.cat([coord, torch.rand(len(coord), 1, device=device)], 1)
-    lengths = torch.tensor([len(s) for s in scenes])
-    cu = torch.zeros(len(scenes) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
+    cu = cu_seqlens_from_lengths([len(s) for s in scenes])
     label = torch.randint(0, 19, (len(coord),), device=device)
     return {"coord": coord, "feat": feat, "cu_seqlens": cu.to(device), "label": label}
 

@@ -12,8 +12,9 @@ from typing import Optional
 
 import torch
 
-from ._common import (canonical_cu_seqlens, check_same_device, check_shape, check_tensor,
-                      dense_cu_seqlens, resolve_backend)
+from geossm.packed import canonical_cu_seqlens
+
+from ._common import check_same_device, check_shape, check_tensor, resolve_backend
 from .causal_conv1d_torch import causal_conv1d_ref
 
 _BACKEND_MODULES = {"numba": "geossm.kernels.causal_conv1d_numba",
@@ -110,13 +111,7 @@ def causal_conv1d(x, weight, bias=None, cu_seqlens=None, activation=None, revers
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
     check_same_device(x, weight=weight, bias=bias)
     shape = tuple(x.shape)
-    if x.dim() == 3:
-        if cu_seqlens is not None:
-            raise ValueError("cu_seqlens must be None for dense (Bt, L, D) input, got a tensor; "
-                             "pass packed (T, D) input to give segment boundaries")
-        cu = dense_cu_seqlens(shape[0], shape[1], x.device)
-    else:
-        cu = canonical_cu_seqlens(cu_seqlens, shape[0], x.device)
+    cu = canonical_cu_seqlens(cu_seqlens, shape[:-1], x.device)
     packed = x.reshape(-1, channels).contiguous()
     silu = activation is not None
     name = resolve_backend(backend, x.device)

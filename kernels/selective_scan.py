@@ -14,8 +14,9 @@ from typing import Optional
 
 import torch
 
-from ._common import (canonical_cu_seqlens, check_same_device, check_shape, check_tensor,
-                      dense_cu_seqlens, resolve_backend)
+from geossm.packed import canonical_cu_seqlens
+
+from ._common import check_same_device, check_shape, check_tensor, resolve_backend
 from .selective_scan_torch import selective_scan_ref
 
 _BACKEND_MODULES = {"numba": "geossm.kernels.selective_scan_numba",
@@ -152,14 +153,7 @@ def _canonical_inputs(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_s
                       initial_state=initial_state)
 
     tokens = int(torch.tensor(token_shape).prod()) if token_shape else 0
-    if dense:
-        if cu_seqlens is not None:
-            raise ValueError("cu_seqlens must be None for dense (Bt, L, D) input, got a tensor; "
-                             "pass packed (T, D) input to give segment boundaries")
-        batch, length = shape[0], shape[1]
-        cu = dense_cu_seqlens(batch, length, u.device)
-    else:
-        cu = canonical_cu_seqlens(cu_seqlens, tokens, u.device)
+    cu = canonical_cu_seqlens(cu_seqlens, token_shape, u.device)
     num_segments = cu.shape[0] - 1
     if initial_state is not None:
         check_tensor("initial_state", initial_state, ndims=(3,))

@@ -91,7 +91,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import tensor_version
+from geossm.packed import tensor_version
 
 # tl.sum / tl.sigmoid are jit functions: under TRITON_INTERPRET=1 every call re-patches the
 # language (milliseconds each), so kernels call tl.reduce with the combine function the

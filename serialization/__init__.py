@@ -12,12 +12,13 @@ Layers consume one structure, ``Serialization(order, inverse, cu_seqlens, extras
   time surfaces, ``serialize_events``).
 """
 
+from geossm.packed import batch_to_cu_seqlens, cu_seqlens_to_batch
+
 from .curves import ORDERS, coarsen, decode, encode, fit_depth
 from .graph import NeighbourhoodTokens, degree_order, random_walk_tokens, random_walks, to_csr
 from .points import (Pooling, grid_coordinates, serialize, serialize_grid, serialize_multi,
                      serialized_pooling)
-from .structure import (InsertedTokens, Serialization, apply, batch_to_cu_seqlens,
-                        cu_seqlens_to_batch, insert_tokens, undo)
+from .structure import InsertedTokens, Serialization, apply, insert_tokens, undo
 from .windows import window_groups
 
 __all__ = [

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .structure import Serialization, _unchecked, batch_to_cu_seqlens, check_int32_total
+from geossm.packed import batch_to_cu_seqlens, check_int32_tokens, dense_cu_seqlens
+
+from .structure import Serialization, _unchecked
 
 __all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "to_csr", "random_walks"]
 
@@ -234,7 +236,7 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
     dev = edge_index.device
     per = m * s + 1
     k = n * per
-    check_int32_total(k, "random_walk_tokens")  # before any (n, per, ...) allocation
+    check_int32_tokens(k, "random_walk_tokens")  # before any (n, per, ...) allocation
     rowptr, col = to_csr(edge_index, n)
     nodes = torch.arange(n, device=dev)
     width = big_m * (m + 1)
@@ -263,7 +265,7 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
     slot_len = torch.cat([torch.arange(m, 0, -1, device=dev).repeat_interleave(s),
                           torch.zeros(1, dtype=torch.long, device=dev)])
     length = slot_len.repeat(n)
-    cu = (torch.arange(n + 1, device=dev) * per).to(torch.int32)
+    cu = dense_cu_seqlens(n, per, dev)
     return NeighbourhoodTokens(ptr, index, token, center, length, cu, n, walks_out)
 
 

@@ -17,8 +17,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from geossm.packed import batch_to_cu_seqlens
+
 from .curves import ORDERS, _check_order, _encode_checked, _encode_curve, coarsen, decode, fit_depth
-from .structure import Serialization, _unchecked, batch_to_cu_seqlens
+from .structure import Serialization, _unchecked
 
 __all__ = ["serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
            "serialized_pooling", "Pooling"]

@@ -1,4 +1,4 @@
-"""The ``Serialization`` structure and the packed-sequence helpers around it.
+"""The ``Serialization`` structure and the helpers that move tensors through it.
 
 A serialization turns ``N`` irregular items (points, voxels, nodes, events) into ``S`` packed
 sequences. Layers use it as ``y = scan(x[order], cu_seqlens)[inverse]``:
@@ -6,7 +6,7 @@ sequences. Layers use it as ``y = scan(x[order], cu_seqlens)[inverse]``:
 - ``order (N,) long``: position in the serialized sequence -> source index;
 - ``inverse (N,) long``: source index -> position (``inverse[order] == arange(N)``);
 - ``cu_seqlens (S+1,) int32``: segment boundaries over the serialized order, leading 0, last N
-  (the FlashAttention / flash-linear-attention convention);
+  (the packed-sequence contract of ``geossm.packed``);
 - ``extras``: optional named tensors (``code``, ``batch``, ``group_batch`` ...).
 """
 
@@ -19,63 +19,16 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import Tensor
 
+from geossm.packed import (SERIALIZATION, TOKENS, check_cu_seqlens, check_int32_tokens,
+                           cu_seqlens_to_batch)
+
 __all__ = [
     "Serialization",
-    "INT32_MAX",
-    "check_int32_total",
-    "cu_seqlens_from_lengths",
-    "batch_to_cu_seqlens",
-    "cu_seqlens_to_batch",
     "apply",
     "undo",
     "insert_tokens",
     "InsertedTokens",
 ]
-
-
-# The largest token count int32 cu_seqlens can hold (the FlashAttention convention's dtype).
-INT32_MAX = 2**31 - 1
-
-
-def check_int32_total(total: int, name: str) -> None:
-    """Raise ``ValueError`` when ``total`` tokens would wrap int32 ``cu_seqlens``.
-
-    Called with the number *before* anything of that size is allocated or cast, so that a
-    batch of 2^31 tokens or more is refused instead of producing negative boundaries.
-    """
-    if total > INT32_MAX:
-        raise ValueError(f"{name}: {total} tokens do not fit int32 cu_seqlens (max "
-                         f"{INT32_MAX} = 2^31 - 1); expected fewer tokens per batch")
-
-
-def _is_integer(dtype: torch.dtype) -> bool:
-    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
-
-
-def cu_seqlens_from_lengths(lengths, name: str = "lengths") -> Tensor:
-    """``cu_seqlens (S+1,) int32`` with a leading 0 from per-segment lengths.
-
-    The sum is taken in int64 and checked before the cast (``check_int32_total``), so it
-    cannot wrap. One host sync for the check.
-
-    Args:
-        lengths: ``(S,)`` non-negative integer tensor, or a sequence of ints.
-        name: what the lengths are, for the error message.
-    """
-    if isinstance(lengths, Tensor):
-        _check_tensor(name, lengths, 1)
-        if not _is_integer(lengths.dtype):
-            raise TypeError(f"{name}: expected an integer tensor, got dtype {lengths.dtype}")
-        counts = lengths.long()
-    else:
-        counts = torch.as_tensor(list(lengths), dtype=torch.int64)
-    cu = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
-    if counts.numel():
-        if int(counts.min()) < 0:
-            raise ValueError(f"{name}: expected non-negative lengths, got min {int(counts.min())}")
-        torch.cumsum(counts, 0, out=cu[1:])
-        check_int32_total(int(cu[-1]), name)
-    return cu.to(torch.int32)
 
 
 def _describe(t) -> str:
@@ -89,31 +42,6 @@ def _check_tensor(name: str, t, ndim: int | None = None) -> None:
         raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(t)}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(t.shape)}")
-
-
-def _check_cu_seqlens(cu_seqlens, total: int | None, name: str = "cu_seqlens") -> None:
-    """Validate a cu_seqlens tensor (one host sync for the value checks)."""
-    _check_tensor(name, cu_seqlens, 1)
-    if cu_seqlens.dtype != torch.int32:
-        raise ValueError(f"{name}: expected dtype torch.int32, got {cu_seqlens.dtype}")
-    if cu_seqlens.numel() < 1:
-        raise ValueError(f"{name}: expected shape (S+1,) with S >= 0, got shape (0,)")
-    first = int(cu_seqlens[0])
-    if first != 0:
-        raise ValueError(f"{name}: expected a leading 0, got {name}[0] = {first}")
-    if cu_seqlens.numel() > 1:
-        steps = cu_seqlens[1:] - cu_seqlens[:-1]
-        if bool((steps < 0).any()):
-            bad = int(torch.nonzero(steps < 0)[0, 0])
-            raise ValueError(
-                f"{name}: expected non-decreasing values, got {name}[{bad}] = "
-                f"{int(cu_seqlens[bad])} > {name}[{bad + 1}] = {int(cu_seqlens[bad + 1])}"
-            )
-    if total is not None:
-        check_int32_total(total, name)
-        last = int(cu_seqlens[-1])
-        if last != total:
-            raise ValueError(f"{name}: expected the last value to be N = {total}, got {last}")
 
 
 # eq=False: fields are tensors, so equality is identity (no ambiguous tensor bools).
@@ -149,13 +77,11 @@ class Serialization:
             raise ValueError(
                 f"inverse: expected shape ({n},) like order, got {tuple(self.inverse.shape)}"
             )
-        _check_tensor("cu_seqlens", self.cu_seqlens, 1)
-        for name, t in (("inverse", self.inverse), ("cu_seqlens", self.cu_seqlens)):
-            if t.device != self.order.device:
-                raise ValueError(
-                    f"{name}: expected device {self.order.device} (that of order), got {t.device}"
-                )
-        _check_cu_seqlens(self.cu_seqlens, n)
+        if self.inverse.device != self.order.device:
+            raise ValueError(f"inverse: expected device {self.order.device} (that of order), "
+                             f"got {self.inverse.device}")
+        check_cu_seqlens(self.cu_seqlens, SERIALIZATION, n, device=self.order.device,
+                         like="order")
         if n:
             lo, hi = int(self.order.min()), int(self.order.max())
             if lo < 0 or hi >= n:
@@ -235,63 +161,6 @@ def _unchecked(order: Tensor, inverse: Tensor, cu_seqlens: Tensor,
     object.__setattr__(s, "cu_seqlens", cu_seqlens)
     object.__setattr__(s, "extras", types.MappingProxyType(dict(extras or {})))
     return s
-
-
-def batch_to_cu_seqlens(batch: Tensor, num_segments: int | None = None) -> Tensor:
-    """Segment boundaries from per-token sample indices.
-
-    ``cu_seqlens[s+1] - cu_seqlens[s] = #{i : batch[i] == s}``; the packed tensor must already be
-    grouped by sample (as after ``serialize``). Empty samples give empty segments.
-
-    Args:
-        batch: ``(N,)`` integer sample index of every token, values in ``[0, S)``.
-        num_segments: ``S`` (default ``batch.max() + 1``, one host sync; 0 when ``N == 0``).
-
-    Returns:
-        ``cu_seqlens: (S+1,) int32``.
-
-    Raises ``ValueError`` for negative indices, indices ``>= num_segments`` and ``N >= 2^31``
-    (int32 boundaries would wrap).
-    """
-    _check_tensor("batch", batch, 1)
-    if batch.dtype.is_floating_point or batch.dtype == torch.bool or batch.dtype.is_complex:
-        raise TypeError(f"batch: expected an integer tensor, got dtype {batch.dtype}")
-    check_int32_total(batch.numel(), "batch")
-    if batch.numel() and int(batch.min()) < 0:
-        raise ValueError(f"batch: expected non-negative sample indices, got min {int(batch.min())}")
-    if num_segments is None:
-        num_segments = int(batch.max()) + 1 if batch.numel() else 0
-    elif batch.numel() and int(batch.max()) >= num_segments:
-        raise ValueError(
-            f"batch: expected values < num_segments = {num_segments}, got max {int(batch.max())}"
-        )
-    counts = torch.bincount(batch.long(), minlength=num_segments)
-    cu = torch.zeros(num_segments + 1, dtype=torch.int32, device=batch.device)
-    cu[1:] = torch.cumsum(counts, 0)  # <= N, checked above to fit int32
-    return cu
-
-
-def cu_seqlens_to_batch(cu_seqlens: Tensor, total: int | None = None) -> Tensor:
-    """Segment index of every packed token: ``batch[i] = s`` for ``cu[s] <= i < cu[s+1]``.
-
-    Args:
-        cu_seqlens: ``(S+1,)`` int32 with a leading 0.
-        total: ``N = cu_seqlens[-1]``; pass it to avoid a host sync.
-
-    Returns:
-        ``batch: (N,) long``.
-    """
-    _check_tensor("cu_seqlens", cu_seqlens, 1)
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cu_seqlens: expected dtype torch.int32 or torch.int64, "
-                        f"got {cu_seqlens.dtype}")
-    if cu_seqlens.numel() < 1:
-        raise ValueError("cu_seqlens: expected shape (S+1,) with S >= 0, got shape (0,)")
-    seqlens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    if total is None:
-        total = int(cu_seqlens[-1])
-    ids = torch.arange(seqlens.numel(), device=cu_seqlens.device)
-    return torch.repeat_interleave(ids, seqlens, output_size=total)
 
 
 def _check_same_length(name: str, x: Tensor, dim: int, n: int) -> int:
@@ -382,20 +251,14 @@ def insert_tokens(x: Tensor, cu_seqlens: Tensor, prefix: Tensor | None = None,
     _check_tensor("x", x)
     if x.dim() == 0:
         raise ValueError("x: expected a packed (T, *F) tensor, got a 0-D tensor")
-    _check_tensor("cu_seqlens", cu_seqlens, 1)
-    if cu_seqlens.dtype != torch.int32:
-        raise ValueError(f"cu_seqlens: expected dtype torch.int32, got {cu_seqlens.dtype}")
-    if cu_seqlens.numel() < 1:
-        raise ValueError("cu_seqlens: expected shape (S+1,) with S >= 0, got shape (0,)")
-    if cu_seqlens.device != x.device:
-        raise ValueError(f"cu_seqlens: expected device {x.device} (that of x), got {cu_seqlens.device}")
+    check_cu_seqlens(cu_seqlens, TOKENS, device=x.device, like="x")
     pre = _as_tokens("prefix", prefix, x)
     suf = _as_tokens("suffix", suffix, x)
     n_pre, n_suf = pre.shape[0], suf.shape[0]
     per = n_pre + n_suf
     t = x.shape[0]
     s = cu_seqlens.numel() - 1
-    check_int32_total(t + s * per, "insert_tokens")  # the new last boundary
+    check_int32_tokens(t + s * per, "insert_tokens")  # the new last boundary
     dev = x.device
     cu = cu_seqlens.long()
     seg = torch.arange(s + 1, device=dev)

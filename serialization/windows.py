@@ -13,7 +13,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .structure import Serialization, _unchecked, check_int32_total
+from geossm.packed import check_int32_tokens
+
+from .structure import Serialization, _unchecked
 
 __all__ = ["window_groups"]
 
@@ -68,7 +70,7 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
         raise ValueError(f"axis: expected 'x' or 'y', got {axis!r}")
     dev = coords.device
     n = coords.shape[0]
-    check_int32_total(n, "coords")
+    check_int32_tokens(n, "coords")
     c = coords.long()
     if n:
         lo = c.min(0).values.tolist()

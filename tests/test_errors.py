@@ -19,9 +19,9 @@ import torch
 from geossm import serialization as S
 from geossm.config import ConfigError, ConfigKeyError, load_config
 from geossm.engine.checkpoint import CheckpointError, load_checkpoint
-from geossm.engine.task import pack_collate
 from geossm.kernels import causal_conv1d, selective_scan
 from geossm.nn import MLP, Mamba
+from geossm.packed import pack_collate
 from geossm.serialization import events as E
 
 U, A, B = torch.randn(10, 4), -torch.rand(4, 3), torch.randn(10, 3)

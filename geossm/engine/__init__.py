@@ -6,8 +6,9 @@ Importing this package does not import TensorBoard or open3d (they load on use).
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       save_checkpoint, seed_everything, set_rng_state)
 from geossm.engine.metrics import ConfusionMatrix, MeanMetric, Metric, MetricCollection
-from geossm.engine.task import Task, move_to, pack_collate
+from geossm.engine.task import Task, move_to
 from geossm.engine.trainer import Trainer, cosine_warmup_factor, resolve_run_dir
+from geossm.packed import pack_collate
 
 __all__ = [
     "Task", "Trainer", "pack_collate", "move_to", "Metric", "MeanMetric", "MetricCollection",

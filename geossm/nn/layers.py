@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geossm.packed import LAYER, check_cu_seqlens
+
 __all__ = ["RMSNorm", "DropPath", "MLP"]
 
 
@@ -79,12 +81,7 @@ class DropPath(nn.Module):
                                  "0-D tensor")
             mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
             return x * mask / keep
-        if (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1
-                or cu_seqlens.numel() < 1 or cu_seqlens.dtype not in (torch.int32, torch.int64)):
-            got = (f"shape {tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}"
-                   if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__)
-            raise ValueError(f"cu_seqlens must be a 1-D int32 tensor (S+1,) with a leading 0, "
-                             f"got {got}")
+        check_cu_seqlens(cu_seqlens, LAYER)
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
         sample_mask = x.new_empty(lengths.shape[0]).bernoulli_(keep)
         # (T,) per-token mask; output_size avoids a host sync.

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geossm.kernels import causal_conv1d, selective_scan
+from geossm.packed import LAYER, check_cu_seqlens, check_none_for_dense
 
 __all__ = ["Mamba", "BiMamba"]
 
@@ -34,22 +35,16 @@ def check_tokens(name: str, x, dim: int) -> None:
                          f"got {tuple(x.shape)}")
 
 
-def check_cu_seqlens(cu_seqlens, x: torch.Tensor) -> None:
+def check_layer_cu_seqlens(cu_seqlens, x: torch.Tensor) -> None:
     """Raise on ``cu_seqlens`` given with dense input or of the wrong kind (no host sync).
 
     Its values (leading 0, non-decreasing, last = T) are checked by the kernels.
     """
     if cu_seqlens is None:
         return
-    if not isinstance(cu_seqlens, torch.Tensor):
-        raise TypeError(f"cu_seqlens must be a torch.Tensor or None, got "
-                        f"{type(cu_seqlens).__name__}")
-    if x.dim() == 3:
-        raise ValueError("cu_seqlens must be None for dense (B, L, D) input, got a tensor; "
-                         "pass packed (T, D) input to give segment boundaries")
-    if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"cu_seqlens must be a 1-D int32 tensor (S+1,), got shape "
-                         f"{tuple(cu_seqlens.shape)} and dtype {cu_seqlens.dtype}")
+    if x.dim() == 3 and isinstance(cu_seqlens, torch.Tensor):
+        check_none_for_dense(cu_seqlens)
+    check_cu_seqlens(cu_seqlens, LAYER)
 
 
 class Mamba(nn.Module):
@@ -162,7 +157,7 @@ class Mamba(nn.Module):
                 reverse: bool = False) -> torch.Tensor:
         """Mix along every segment (see the class docstring); returns a tensor shaped like x."""
         check_tokens("x", x, self.d_model)
-        check_cu_seqlens(cu_seqlens, x)
+        check_layer_cu_seqlens(cu_seqlens, x)
         xz = self.in_proj(x)
         h, z = xz.split(self.d_inner, dim=-1)
         h = causal_conv1d(h, self.conv_weight, self.conv_bias, cu_seqlens=cu_seqlens,

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from geossm.engine.metrics import Metric
-from geossm.engine.task import Task, _cu, pack_collate
+from geossm.engine.task import Task
+from geossm.packed import cu_seqlens_from_lengths, pack_collate
 from geossm.registry import TASKS
 
 from .datasets import KITTI_RANGE
@@ -118,7 +119,8 @@ class DetectionTask(Task):
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = pack_collate(samples, length_key="points")
         # pack_collate omits the box boundaries when they happen to equal the point ones
-        batch["gt_boxes_cu_seqlens"] = _cu([len(s["gt_boxes"]) for s in samples])
+        boxes = [len(s["gt_boxes"]) for s in samples]
+        batch["gt_boxes_cu_seqlens"] = cu_seqlens_from_lengths(boxes, "gt_boxes")
         return batch
 
     def loss(self, outputs: dict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from geossm.engine.metrics import ConfusionMatrix
-from geossm.engine.task import Task, pack_collate
+from geossm.engine.task import Task
+from geossm.packed import pack_collate
 from geossm.registry import DATASETS, TASKS
 
 from .io import read_events

@@ -41,8 +41,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from geossm.engine.metrics import Metric
-from geossm.engine.task import Task, pack_collate
+from geossm.engine.task import Task
 from geossm.nn import MLP, BiMamba, Mamba, RMSNorm
+from geossm.packed import pack_collate
 from geossm.registry import DATASETS, MODELS, TASKS
 
 from .io import read_events

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from geossm.nn import CoordinateEncoding, PointPrompts, SerializedBlock
+from geossm.packed import cu_seqlens_from_lengths
 from geossm.registry import MODELS
 from geossm.serialization import (ORDERS, Serialization, encode, fit_depth, grid_coordinates,
                                   serialize_grid, serialized_pooling)
@@ -399,9 +400,7 @@ def _example_inputs(in_channels: int, lengths: Sequence[int] = (150, 40, 97), se
     n = sum(lengths)
     coord = torch.rand(n, 3, generator=g) * 2 - 1
     feat = torch.cat([coord, torch.randn(n, in_channels - 3, generator=g)], 1)[:, :in_channels]
-    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
-    return coord, feat, cu
+    return coord, feat, cu_seqlens_from_lengths(lengths)
 
 
 @MODELS.register

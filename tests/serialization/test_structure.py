@@ -3,8 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geossm.serialization import (Serialization, apply, batch_to_cu_seqlens,
-                                  cu_seqlens_to_batch, insert_tokens, undo)
+from geossm.serialization import Serialization, apply, insert_tokens, undo
 
 
 def _valid(n=5, seed=0):
@@ -94,32 +93,6 @@ def test_apply_undo_errors():
         s.apply([1, 2, 3, 4, 5])
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 6), min_size=0, max_size=8))
-def test_batch_cu_roundtrip(lengths):
-    batch = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
-    cu = batch_to_cu_seqlens(batch, len(lengths))
-    assert cu.dtype == torch.int32 and cu.shape == (len(lengths) + 1,)
-    assert torch.equal(cu[1:] - cu[:-1], torch.tensor(lengths, dtype=torch.int32))
-    assert torch.equal(cu_seqlens_to_batch(cu), batch)
-    assert torch.equal(cu_seqlens_to_batch(cu, int(batch.numel())), batch)
-
-
-def test_batch_to_cu_seqlens_default_and_errors():
-    assert batch_to_cu_seqlens(torch.tensor([0, 0, 2])).tolist() == [0, 2, 2, 3]
-    assert batch_to_cu_seqlens(torch.zeros(0, dtype=torch.long)).tolist() == [0]
-    with pytest.raises(TypeError, match=r"batch: expected an integer tensor, got dtype torch.float32"):
-        batch_to_cu_seqlens(torch.zeros(3))
-    with pytest.raises(ValueError, match=r"batch: expected non-negative sample indices, got min -1"):
-        batch_to_cu_seqlens(torch.tensor([-1, 0]))
-    with pytest.raises(ValueError, match=r"batch: expected values < num_segments = 2, got max 2"):
-        batch_to_cu_seqlens(torch.tensor([0, 2]), 2)
-    with pytest.raises(ValueError, match=r"batch: expected a 1-D tensor, got shape \(2, 1\)"):
-        batch_to_cu_seqlens(torch.zeros(2, 1, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"cu_seqlens: expected shape \(S\+1,\)"):
-        cu_seqlens_to_batch(torch.zeros(0, dtype=torch.int32))
-
-
 def _insert_reference(x, cu, prefix, suffix):
     parts, new_cu, keep = [], [0], []
     pos = 0
@@ -195,39 +168,9 @@ def _expanded(n, *rest, dtype=torch.long):
     return torch.zeros((), dtype=dtype).expand(n, *rest)
 
 
-def test_cu_seqlens_from_lengths_sums_in_int64_and_refuses_int32_overflow():
-    from geossm.serialization.structure import INT32_MAX, cu_seqlens_from_lengths
-    assert cu_seqlens_from_lengths([2, 0, 3]).tolist() == [0, 2, 2, 5]
-    assert cu_seqlens_from_lengths(torch.tensor([2, 0, 3])).dtype == torch.int32
-    assert cu_seqlens_from_lengths([]).tolist() == [0]
-    fits = cu_seqlens_from_lengths([2**30, 2**30 - 1])  # exactly INT32_MAX
-    assert int(fits[-1]) == INT32_MAX
-    with pytest.raises(ValueError, match=r"lengths: 2147483648 tokens do not fit int32 cu_seqlens"):
-        cu_seqlens_from_lengths([2**30, 2**30])
-    with pytest.raises(ValueError, match=r"sizes: 4294967296 tokens do not fit"):
-        cu_seqlens_from_lengths(torch.tensor([2**32]), "sizes")  # would wrap to 0
-    with pytest.raises(ValueError, match=r"lengths: expected non-negative lengths, got min -1"):
-        cu_seqlens_from_lengths([3, -1])
-    with pytest.raises(TypeError, match=r"lengths: expected an integer tensor, got dtype"):
-        cu_seqlens_from_lengths(torch.tensor([1.0]))
-
-
-def test_batch_to_cu_seqlens_refuses_2_31_tokens():
-    with pytest.raises(ValueError, match=r"batch: 2147483648 tokens do not fit int32 cu_seqlens"):
-        batch_to_cu_seqlens(_expanded(2**31))
-
-
 def test_insert_tokens_refuses_a_result_of_2_31_tokens():
     t = 2**31 - 2  # fits; two inserted tokens (one segment) make 2^31
     x = _expanded(t, 1, dtype=torch.float32)
     cu = torch.tensor([0, t], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"insert_tokens: 2147483648 tokens do not fit int32"):
         insert_tokens(x, cu, prefix=torch.zeros(1), suffix=torch.zeros(1))
-
-
-def test_serialization_refuses_a_cu_seqlens_total_beyond_int32():
-    """The constructor's check names the overflow rather than a mismatched last value."""
-    from geossm.serialization.structure import _check_cu_seqlens
-    cu = torch.tensor([0, 5], dtype=torch.int32)  # any int32 array: N = 2^31 cannot end it
-    with pytest.raises(ValueError, match=r"cu_seqlens: 2147483648 tokens do not fit int32"):
-        _check_cu_seqlens(cu, 2**31)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from geossm.engine.task import pack_collate
+from geossm.packed import pack_collate
 from geossm.tasks.segmentation.datasets import (S3DIS, ModelNet40, SemanticKITTI, ShapeNetPart,
                                                 SyntheticParts, semantickitti_learning_map)
 

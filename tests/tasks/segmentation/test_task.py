@@ -8,7 +8,7 @@ import torch
 
 from geossm.config import find_config, load_config
 from geossm.engine import Trainer
-from geossm.engine.task import pack_collate
+from geossm.packed import pack_collate
 from geossm.registry import DATASETS, MODELS, TASKS
 from geossm.tasks.segmentation import synthetic
 from geossm.tasks.segmentation.task import ClassificationTask, SegmentationTask
