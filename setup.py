@@ -1,7 +1,7 @@
 """Maps the top-level folders into the single ``geossm`` import namespace.
 
 ``kernels/`` installs as ``geossm.kernels``, ``serialization/`` as ``geossm.serialization`` and
-``tasks/`` as ``geossm.tasks`` (see DESIGN.md); every sub-folder with an ``__init__.py`` becomes a
+``tasks/`` as ``geossm.tasks`` (see docs/architecture.md); every sub-folder with an ``__init__.py`` becomes a
 sub-package, so adding one needs no edit here.
 """
 
