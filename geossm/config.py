@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 #: The standard keys and their defaults (the schema every config is merged over).
 DEFAULTS: dict[str, Any] = {
@@ -256,9 +256,16 @@ def _check_type(text: str, key: str, old: Any, new: Any) -> None:
         raise ConfigError(f"override '{text}': '{key}' expects {want}, got {new!r}")
 
 
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain Python data (for checkpoints and ``config.yaml``)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_container(value: Any) -> Any:
+    """OmegaConf containers (``DictConfig``, ``ListConfig``) as plain dicts / lists with
+    interpolations resolved; any other value unchanged.
+
+    For checkpoints, ``config.yaml`` and constructors that take config sections as keyword
+    arguments (``MODELS.build(to_container(cfg.model))``).
+    """
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

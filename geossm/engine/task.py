@@ -55,8 +55,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from geossm.config import to_container
 from geossm.engine.metrics import Metric, MetricCollection
 from geossm.registry import DATASETS, MODELS
 from geossm.serialization.structure import check_int32_total, cu_seqlens_from_lengths
@@ -189,10 +190,6 @@ def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return obj
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
 class Task:
     """Base class of tasks. Subclass, set the class attributes, override what differs.
 
@@ -224,7 +221,7 @@ class Task:
         The dataset should raise ``FileNotFoundError`` naming the missing path when ``root``
         lacks the official layout.
         """
-        data = dict(_plain(self.cfg.data))
+        data = dict(to_container(self.cfg.data))
         if not data.get("name"):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         data["split"] = split
@@ -248,7 +245,7 @@ class Task:
         """``MODELS[model.name](**model)`` (all ``model.*`` keys but ``name`` as kwargs)."""
         if not self.cfg.model.get("name"):
             raise ValueError("config key 'model.name' is not set (the model class name)")
-        return MODELS.build(_plain(self.cfg.model))
+        return MODELS.build(to_container(self.cfg.model))
 
     def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict]:
         """AdamW groups: weight decay on matrices/kernels (``ndim >= 2``) only, not on biases,

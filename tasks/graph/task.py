@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from geossm.engine.metrics import MetricCollection
-from geossm.engine.task import Task, _plain
+from geossm.config import to_container
+from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
 
 from .metrics import Accuracy, AveragePrecision, RocAuc
@@ -108,7 +109,7 @@ class _GraphTask(Task):
         cached = self._dataset_cache.pop(str(split), None)
         if cached is not None:
             return cached
-        data = dict(_plain(self.cfg.data))
+        data = dict(to_container(self.cfg.data))
         if not data.get("name"):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         part, index = split_spec(split, data.get("split"))
