@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.engine.distributed import all_gather_lists
 from geossm.engine.metrics import Metric
 from geossm.engine.task import Task, _cu, pack_collate
 from geossm.registry import TASKS
@@ -62,11 +63,7 @@ class KittiAPMetric(Metric):
         self.gt, self.dt = [], []
 
     def reduce(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, (self.gt, self.dt))
-            self.gt = [g for p in parts for g in p[0]]
-            self.dt = [d for p in parts for d in p[1]]
+        self.gt, self.dt = all_gather_lists(self.gt, self.dt)
 
     def to(self, device) -> "KittiAPMetric":
         return self
