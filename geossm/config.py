@@ -48,10 +48,13 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 10,
         "batch_size": 8,
-        "lr": 1.0e-3,
-        "min_lr": 0.0,          # floor of the cosine schedule
-        "weight_decay": 0.05,
-        "warmup_epochs": 1,
+        "lr": 1.0e-3,           # peak learning rate
+        "min_lr": 0.0,          # floor of the schedule's decay
+        "weight_decay": 0.05,   # on the parameters the task decays (matrices)
+        "warmup_epochs": 1,     # linear warm-up (per step) before every schedule
+        "optimizer": {"name": "AdamW"},     # any torch.optim class; other keys: its kwargs
+        "schedule": {"name": "cosine"},     # cosine | constant | step | multistep (+ options)
+        "param_groups": [],     # [{params: REGEX, lr_scale: .., weight_decay: .., ...}]
         "grad_clip": 1.0,       # max global grad norm; 0 or null disables clipping
         "amp": True,            # bf16 autocast on CUDA (ignored on CPU)
         "num_workers": 0,

@@ -248,8 +248,9 @@ class Task:
         return MODELS.build(to_container(self.cfg.model))
 
     def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict]:
-        """AdamW groups: weight decay on matrices/kernels (``ndim >= 2``) only, not on biases,
-        norms, or parameters flagged ``p._no_weight_decay = True`` (e.g. Mamba's ``A_log``)."""
+        """The optimiser's parameter groups before ``train.param_groups`` overrides: weight
+        decay on matrices/kernels (``ndim >= 2``) only, not on biases, norms, or parameters
+        flagged ``p._no_weight_decay = True`` (e.g. Mamba's ``A_log``)."""
         decay, no_decay = [], []
         for p in model.parameters():
             if not p.requires_grad:

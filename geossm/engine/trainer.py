@@ -9,10 +9,11 @@ Run directory (``output_dir``; default ``runs/<config name>/<YYYYmmdd-HHMMSS>``)
     last.pt         checkpoint after the latest epoch (resume from it)
     best.pt         checkpoint of the best validation epoch
 
-Optimisation: AdamW (decay on matrices only, see ``Task.parameter_groups``), a per-step
-schedule with linear warm-up over ``train.warmup_epochs`` then a cosine decay to
-``train.min_lr``, global gradient-norm clipping at ``train.grad_clip``, bf16 autocast on CUDA
-when ``train.amp``. Epochs are counted from 1; a checkpoint's ``epoch`` is the last finished one.
+Optimisation (``geossm.engine.optim``): the optimiser ``train.optimizer`` (default AdamW) over
+the task's parameter groups (``Task.parameter_groups``: decay on matrices only) split by
+``train.param_groups``, a per-step schedule ``train.schedule`` (default: linear warm-up over
+``train.warmup_epochs``, then a cosine decay to ``train.min_lr``), global gradient-norm
+clipping at ``train.grad_clip``, bf16 autocast on CUDA when ``train.amp``. Epochs are counted from 1; a checkpoint's ``epoch`` is the last finished one.
 
 Out of memory (``torch.OutOfMemoryError``, CUDA): the step's tensors are freed, one warning
 names the batch (samples, points), the peak memory and the remedies (lower
@@ -48,6 +49,7 @@ from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_check
                                       save_checkpoint, seed_everything, set_rng_state)
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
+from geossm.engine.optim import build_optimizer, build_scheduler, check_optimization_config
 from geossm.engine.task import Task, move_to
 from geossm.registry import TASKS, import_modules
 
@@ -99,17 +101,6 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def cosine_warmup_factor(step: int, total_steps: int, warmup_steps: int,
-                         min_ratio: float = 0.0) -> float:
-    """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warm-up,
-    then ``min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def resolve_run_dir(cfg: DictConfig, config_name: str = "run") -> Path:
     """The run directory: ``output_dir`` if set; else with ``resume=true`` the newest
     ``runs/<config_name>/*`` holding ``last.pt``; with ``resume=PATH`` the checkpoint's folder;
@@ -154,6 +145,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(int(cfg.seed))
+        check_optimization_config(cfg.train)
         if task is None:
             if not cfg.task:
                 raise ValueError("config key 'task' is not set (the task class name, e.g. "
@@ -432,14 +424,9 @@ class Trainer:
         if steps == 0:
             raise ValueError(f"training split '{cfg.data.split}' of {type(train_set).__name__} "
                              "is empty")
-        optimizer = torch.optim.AdamW(
-            self.task.parameter_groups(self.model, float(cfg.train.weight_decay)),
-            lr=float(cfg.train.lr), fused=self.device.type == "cuda" or None)
-        lr = float(cfg.train.lr)
-        min_ratio = float(cfg.train.min_lr or 0.0) / lr if lr > 0 else 0.0
-        total, warmup = epochs * steps, int(round(float(cfg.train.warmup_epochs) * steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: cosine_warmup_factor(s, total, warmup, min_ratio))
+        groups = self.task.parameter_groups(self.model, float(cfg.train.weight_decay))
+        optimizer = build_optimizer(self.model, groups, cfg.train, self.device)
+        scheduler = build_scheduler(optimizer, cfg.train, epochs, steps)
 
         start_epoch = 0
         best: dict[str, Any] = {"metric": self.best_metric, "mode": self.best_mode,
