@@ -6,6 +6,7 @@ config key ``task``. The trainer calls, in this order::
     task = TaskCls(cfg)
     train_set = task.build_dataset(cfg.data.split)      # DATASETS[cfg.data.name](root=, split=, ...)
     model = task.build_model()                          # MODELS[cfg.model.name](**cfg.model)
+    metric, mode = task.selection_metric()              # selects best.pt ("miou", "max")
     batch = task.collate([train_set[i] for i in ...])   # packed, no padding
     outputs = task.forward(model, batch)                # model(**{k: batch[k] for k in input_keys})
     loss = task.loss(outputs, batch)                    # scalar, or dict with "loss"
@@ -198,7 +199,7 @@ class Task:
         target_key: batch key of the targets (used by the default ``postprocess``/``write``).
         stack_keys: sample keys stacked (fixed shape) instead of concatenated by ``collate``.
         best_metric / best_mode: metric selecting ``best.pt`` (``"max"`` or ``"min"``);
-            the config's ``eval.metric`` / ``eval.mode`` override them.
+            the config's ``eval.metric`` / ``eval.mode`` override them (``selection_metric``).
 
     Args:
         cfg: the full run config (``cfg.data``, ``cfg.model``, ``cfg.train``, ... ).
@@ -262,6 +263,13 @@ class Task:
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
+
+    def selection_metric(self) -> tuple[str, str]:
+        """``(metric, mode)`` selecting ``best.pt``, asked once by the trainer: ``eval.metric`` /
+        ``eval.mode`` when set, else ``best_metric`` / ``best_mode``. Override when the choice
+        depends on the data (the graph tasks take the dataset's published metric)."""
+        return (str(self.cfg.eval.metric or self.best_metric),
+                str(self.cfg.eval.mode or self.best_mode))
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
         """Run the model on a batch (already on the device).

@@ -170,8 +170,7 @@ class Trainer:
         self.run_dir: Path | None = None
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
         self.progress = bool(cfg.train.progress) and self.is_main
-        self.best_metric = str(cfg.eval.metric or task.best_metric)
-        self.best_mode = str(cfg.eval.mode or task.best_mode)
+        self.best_metric, self.best_mode = task.selection_metric()
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
 

@@ -79,12 +79,12 @@ class _GraphTask(Task):
         self._dataset_cache: dict[str, torch.utils.data.Dataset] = {}
 
     def build_model(self) -> torch.nn.Module:
-        """``MODELS[model.name](**model)`` after ``auto`` keys and a null ``eval.metric`` are
-        resolved from the training dataset (see the module docstring)."""
+        """``MODELS[model.name](**model)`` after the ``auto`` keys are read from the training
+        dataset; the widths and a null ``eval.metric`` (``selection_metric``) are written into
+        the config, so the run's ``config.yaml`` records them (see the module docstring)."""
         model = self.cfg.model
         auto = [k for k in AUTO_MODEL_KEYS if model.get(k) == "auto"]
-        wants_metric = self.metric_from_dataset and not self.cfg.eval.get("metric")
-        if auto or wants_metric:
+        if auto:
             dataset = self._training_dataset()
             for key in auto:
                 value = getattr(dataset, AUTO_MODEL_KEYS[key], None)
@@ -92,9 +92,21 @@ class _GraphTask(Task):
                     raise ValueError(f"model.{key}=auto: {type(dataset).__name__} does not say "
                                      f"its {AUTO_MODEL_KEYS[key]}; set model.{key}")
                 model[key] = int(value) if value else None
-            if wants_metric:
-                self.cfg.eval.metric = getattr(dataset, "metric", self.best_metric)
+        if self._metric_from_dataset():
+            self.cfg.eval.metric = self.selection_metric()[0]
         return super().build_model()
+
+    def _metric_from_dataset(self) -> bool:
+        return self.metric_from_dataset and not self.cfg.eval.get("metric")
+
+    def selection_metric(self) -> tuple[str, str]:
+        """``eval.metric`` when set, else the training dataset's published ``metric`` (ROC-AUC
+        for the binary heterophilous graphs, accuracy otherwise; ``metric_from_dataset``), else
+        ``best_metric``; the mode as ``Task.selection_metric``."""
+        metric, mode = super().selection_metric()
+        if self._metric_from_dataset():
+            metric = str(getattr(self._training_dataset(), "metric", self.best_metric))
+        return metric, mode
 
     def _training_dataset(self) -> torch.utils.data.Dataset:
         """The training dataset, kept for the trainer's first ``build_dataset`` call (built

@@ -90,6 +90,15 @@ def test_base_task_requires_names_and_hooks():
         task.loss(None, {})
 
 
+def test_selection_metric_from_the_task_or_the_config():
+    class Scored(Task):
+        best_metric, best_mode = "miou", "max"
+
+    assert Scored(load_config(None)).selection_metric() == ("miou", "max")
+    cfg = load_config(None, ["eval.metric=loss", "eval.mode=min"])
+    assert Scored(cfg).selection_metric() == ("loss", "min")
+
+
 def test_load_input_formats(tmp_path):
     task = Task(load_config(None))
     np.savez(tmp_path / "a.npz", coord=np.zeros((2, 3)))
