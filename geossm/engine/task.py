@@ -7,9 +7,10 @@ config key ``task``. The trainer calls, in this order::
     train_set = task.build_dataset(cfg.data.split)      # DATASETS[cfg.data.name](root=, split=, ...)
     model = task.build_model()                          # MODELS[cfg.model.name](**cfg.model)
     metric, mode = task.selection_metric()              # selects best.pt ("miou", "max")
+    loss_fn = task.build_loss(model)                    # default: task.loss
     batch = task.collate([train_set[i] for i in ...])   # packed, no padding
     outputs = task.forward(model, batch)                # model(**{k: batch[k] for k in input_keys})
-    loss = task.loss(outputs, batch)                    # scalar, or dict with "loss"
+    loss = loss_fn(outputs, batch)                      # scalar, or dict with "loss"
     metrics = task.build_metrics(); metrics.update(outputs, batch); metrics.reduce(); metrics.compute()
 
 and for ``geossm predict``::
@@ -50,7 +51,7 @@ import os
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,16 @@ class Task:
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor | dict[str, torch.Tensor]:
         """Scalar training loss, or a dict with ``"loss"`` (other entries are logged)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss(outputs, batch)")
+
+    def build_loss(self, model: torch.nn.Module) -> Callable[[Any, Mapping[str, Any]], Any]:
+        """The objective the trainer calls as ``loss_fn(outputs, batch)`` in training and
+        evaluation, built once after the model (default: ``self.loss``).
+
+        Override when a term needs the model itself (a penalty on some of its weights): the
+        model comes here explicitly (unwrapped from DDP; the parameters are the same), so
+        ``forward`` and ``loss`` keep no state between calls.
+        """
+        return self.loss
 
     def build_metrics(self) -> Metric:
         """A fresh metric accumulator for one evaluation (the trainer adds the mean ``loss``)."""

@@ -155,6 +155,7 @@ class Trainer:
         # Same seed on every rank above: identical initial weights; distinct streams below so
         # ranks do not draw identical augmentations / dropout masks.
         self.model = task.build_model().to(self.device)
+        self.loss_fn = task.build_loss(self.model)
         seed_everything(int(cfg.seed) + self.rank)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -242,7 +243,7 @@ class Trainer:
             try:
                 with self.autocast():
                     outputs = self.task.forward(self.model, batch)
-                    loss, _ = self._split_loss(self.task.loss(outputs, batch))
+                    loss, _ = self._split_loss(self.loss_fn(outputs, batch))
                 failed = False
             except torch.OutOfMemoryError:
                 failed = True  # raised below, once the traceback (and its tensors) is gone
@@ -277,7 +278,7 @@ class Trainer:
         raises (the out-of-memory recovery relies on that)."""
         with self.autocast():
             outputs = self.task.forward(self.ddp_model, batch)
-            loss, extras = self._split_loss(self.task.loss(outputs, batch))
+            loss, extras = self._split_loss(self.loss_fn(outputs, batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None

@@ -10,8 +10,8 @@ training part of it trains, ``eval.split`` / ``eval.test_split`` (``val`` / ``te
 For node tasks an epoch is one full-graph step (transductive); evaluation runs the whole graph
 and scores the masked nodes. Config keys read here besides the standard ones: ``model.*``
 (``GraphMambaNetwork``), ``data.*`` (the dataset's keyword arguments; ``data.split`` as above),
-``input_l2`` (node tasks: coupled L2 ``input_l2 / 2 · ||W_in||²`` on the input projection,
-default 0).
+``loss.input_l2`` (node tasks: coupled L2 ``input_l2 / 2 · ||W_in||²`` on the input projection
+while training, default 0; ``losses.WithInputL2``).
 
 One config serves a whole family of datasets (``data.name=CiteSeer`` with the Cora config):
 ``model.in_channels``, ``model.num_classes`` and ``model.edge_dim`` set to ``auto`` are read
@@ -24,18 +24,19 @@ accuracy otherwise). The resolved values are written back into the config, so th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
-from geossm.engine.metrics import MetricCollection
 from geossm.config import to_container
+from geossm.engine.metrics import MetricCollection
 from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
 
+from .losses import WithInputL2
 from .metrics import Accuracy, AveragePrecision, RocAuc
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
@@ -70,6 +71,8 @@ def split_spec(split: str, default_index: Any) -> tuple[str, int]:
 
 class _GraphTask(Task):
     best_metric, best_mode = "acc", "max"
+    #: Keys of the config's ``loss`` mapping this task reads.
+    loss_keys: tuple[str, ...] = ()
     #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
     metric_from_dataset = True
 
@@ -137,17 +140,23 @@ class _GraphTask(Task):
     def num_samples(self, batch: Batch) -> int:
         return int(batch.num_graphs)
 
+    def loss_options(self) -> dict[str, Any]:
+        """The config's ``loss`` mapping; keys other than ``loss_keys`` raise ``ValueError``."""
+        if "input_l2" in self.cfg:  # a silently ignored penalty would change results
+            raise ValueError("input_l2: the key moved to loss.input_l2")
+        options = dict(to_container(self.cfg.get("loss")) or {})
+        unknown = set(options) - set(self.loss_keys)
+        if unknown:
+            raise ValueError(f"loss: unknown keys {sorted(unknown)} for {type(self).__name__} "
+                             f"(known: {', '.join(self.loss_keys) or 'none'})")
+        return options
+
+    def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+        """``self.loss`` (after checking the ``loss`` keys)."""
+        self.loss_options()
+        return self.loss
+
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        l2 = float(self.cfg.get("input_l2", 0.0) or 0.0)
-        self._penalty = None
-        if l2 > 0 and model.training:
-            # Adam-style coupled L2 on the input projection only (Kipf & Welling's recipe): with
-            # Adam it drives the weights of rarely seen features to zero, which AdamW's decoupled
-            # decay does not; the trainer's optimizer is AdamW, so the term goes into the loss.
-            enc = getattr(getattr(model, "module", model), "input_encoder", None)
-            weight = getattr(enc, "weight", None)
-            if weight is not None:
-                self._penalty = 0.5 * l2 * weight.pow(2).sum()
         return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),
                      batch=batch.batch, pe=getattr(batch, "pe", None))
 
@@ -171,6 +180,8 @@ class NodeClassificationTask(_GraphTask):
     """Cross-entropy on the nodes of ``mask``; reports ``acc`` (and ``roc_auc`` for two
     classes). ``eval.metric: roc_auc`` selects checkpoints by ROC-AUC (Tolokers)."""
 
+    loss_keys = ("input_l2",)
+
     def num_samples(self, batch: Batch) -> int:
         return int(batch.mask.sum()) if hasattr(batch, "mask") else int(batch.num_nodes)
 
@@ -178,8 +189,19 @@ class NodeClassificationTask(_GraphTask):
         if not hasattr(batch, "mask"):
             raise ValueError("NodeClassificationTask: batches need 'mask' (a node dataset); got "
                              f"keys {sorted(batch.keys())}")
-        loss = F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
-        return loss + self._penalty if getattr(self, "_penalty", None) is not None else loss
+        return F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
+
+    def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+        """``loss`` plus, with ``loss.input_l2 > 0``, the coupled L2 on ``model.input_encoder``
+        while training (``WithInputL2``; none for an encoder without a weight matrix, e.g.
+        categorical features)."""
+        input_l2 = self.loss_options().get("input_l2") or 0.0
+        if not isinstance(input_l2, (int, float)) or isinstance(input_l2, bool) or input_l2 < 0:
+            raise ValueError(f"loss.input_l2: expected a number >= 0, got {input_l2!r}")
+        encoder = getattr(model, "input_encoder", None)
+        if input_l2 == 0 or not isinstance(getattr(encoder, "weight", None), torch.Tensor):
+            return self.loss
+        return WithInputL2(self.loss, encoder, input_l2)
 
 
 @TASKS.register

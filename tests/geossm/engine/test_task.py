@@ -99,6 +99,15 @@ def test_selection_metric_from_the_task_or_the_config():
     assert Scored(cfg).selection_metric() == ("loss", "min")
 
 
+def test_build_loss_defaults_to_the_task_loss():
+    class Scored(Task):
+        def loss(self, outputs, batch):
+            return outputs.sum()
+
+    task = Scored(load_config(None))
+    assert task.build_loss(torch.nn.Identity())(torch.ones(3), {}) == 3
+
+
 def test_load_input_formats(tmp_path):
     task = Task(load_config(None))
     np.savez(tmp_path / "a.npz", coord=np.zeros((2, 3)))
