@@ -13,7 +13,8 @@ Optimisation (``geossm.engine.optim``): the optimiser ``train.optimizer`` (defau
 the task's parameter groups (``Task.parameter_groups``: decay on matrices only) split by
 ``train.param_groups``, a per-step schedule ``train.schedule`` (default: linear warm-up over
 ``train.warmup_epochs``, then a cosine decay to ``train.min_lr``), global gradient-norm
-clipping at ``train.grad_clip``, bf16 autocast on CUDA when ``train.amp``. Epochs are counted from 1; a checkpoint's ``epoch`` is the last finished one.
+clipping at ``train.grad_clip``, bf16 autocast on CUDA when ``train.amp``. Epochs are counted
+from 1; a checkpoint's ``epoch`` is the last finished one.
 
 Out of memory (``torch.OutOfMemoryError``, CUDA): the step's tensors are freed, one warning
 names the batch (samples, points), the peak memory and the remedies (lower
