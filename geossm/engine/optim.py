@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import inspect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -50,8 +51,8 @@ from geossm.registry import Registry, RegistryError
 #: min_ratio, **options) -> factor(step)``.
 SCHEDULES = Registry("schedule")
 
-#: Optimisers given ``fused=True`` on CUDA unless the config sets ``fused`` (one kernel for all
-#: parameters; others take the default ``foreach`` path).
+#: Optimisers given ``fused=True`` on CUDA (where their torch version has it) unless the config
+#: sets ``fused``: one kernel for all parameters; others take the default ``foreach`` path.
 FUSED_ON_CUDA = ("Adam", "AdamW", "SGD")
 
 
@@ -261,7 +262,8 @@ def build_optimizer(model: torch.nn.Module, groups: list[dict[str, Any]],
     cls = optimizer_class(name)
     lr = float(train["lr"])
     groups = apply_param_group_rules(model, groups, lr, train.get("param_groups"))
-    if name in FUSED_ON_CUDA and device.type == "cuda":
+    if (name in FUSED_ON_CUDA and device.type == "cuda"
+            and "fused" in inspect.signature(cls).parameters):
         spec.setdefault("fused", True)
     try:
         return cls(groups, lr=lr, **spec)
