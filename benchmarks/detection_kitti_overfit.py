@@ -157,7 +157,7 @@ def evaluate(task, model, ds, indices, device, repeat: int, out: Path) -> dict:
     for i in indices:
         sample = ds[i]
         batch = move_to(task.collate([sample]), device)
-        det = task._decode(task.forward(model, batch))[0]
+        det = task.decoder(task.forward(model, batch))[0]
         fid = batch["frame_id"][0]
         anno = batch["annos"][0]
         gts.append(anno)

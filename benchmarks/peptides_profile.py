@@ -27,8 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch_geometric.data import Batch
 
-from geossm.config import find_config, load_config
-from geossm.engine.task import _plain
+from geossm.config import find_config, load_config, to_container
 from geossm.registry import MODELS
 from geossm.tasks.graph.datasets import PeptidesFunc
 
@@ -51,7 +50,7 @@ def main() -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = MODELS.build(cfg.model).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda" or None)
-    data = [b.to(dev) for b in batches(args.root, args.cache, dict(_plain(cfg.data.pe)),
+    data = [b.to(dev) for b in batches(args.root, args.cache, dict(to_container(cfg.data.pe)),
                                        args.batch)]
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda"
            else contextlib.nullcontext())

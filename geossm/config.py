@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 #: The standard keys and their defaults (the schema every config is merged over).
 DEFAULTS: dict[str, Any] = {
@@ -48,10 +48,13 @@ DEFAULTS: dict[str, Any] = {
     "train": {
         "epochs": 10,
         "batch_size": 8,
-        "lr": 1.0e-3,
-        "min_lr": 0.0,          # floor of the cosine schedule
-        "weight_decay": 0.05,
-        "warmup_epochs": 1,
+        "lr": 1.0e-3,           # peak learning rate
+        "min_lr": 0.0,          # floor of the schedule's decay
+        "weight_decay": 0.05,   # on the parameters the task decays (matrices)
+        "warmup_epochs": 1,     # linear warm-up (per step) before every schedule
+        "optimizer": {"name": "AdamW"},     # any torch.optim class; other keys: its kwargs
+        "schedule": {"name": "cosine"},     # cosine | constant | step | multistep (+ options)
+        "param_groups": [],     # [{params: REGEX, lr_scale: .., weight_decay: .., ...}]
         "grad_clip": 1.0,       # max global grad norm; 0 or null disables clipping
         "amp": True,            # bf16 autocast on CUDA (ignored on CPU)
         "num_workers": 0,
@@ -256,9 +259,16 @@ def _check_type(text: str, key: str, old: Any, new: Any) -> None:
         raise ConfigError(f"override '{text}': '{key}' expects {want}, got {new!r}")
 
 
-def to_container(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain Python data (for checkpoints and ``config.yaml``)."""
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_container(value: Any) -> Any:
+    """OmegaConf containers (``DictConfig``, ``ListConfig``) as plain dicts / lists with
+    interpolations resolved; any other value unchanged.
+
+    For checkpoints, ``config.yaml`` and constructors that take config sections as keyword
+    arguments (``MODELS.build(to_container(cfg.model))``).
+    """
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Callable, TypeVar
 
 from geossm._compat import MissingDependencyError
+from geossm.config import to_container
 
 T = TypeVar("T")
 
@@ -146,7 +147,7 @@ class Registry:
         if isinstance(spec, str):
             name, init = spec, {}
         elif isinstance(spec, Mapping) or hasattr(spec, "items"):
-            init = {str(k): _plain(v) for k, v in spec.items()}
+            init = {str(k): to_container(v) for k, v in spec.items()}
             if "name" not in init:
                 raise RegistryError(
                     f"{self.kind} spec needs a 'name' key (the class name); got keys "
@@ -192,17 +193,6 @@ def _same_definition(a: Any, b: Any) -> bool:
         return inspect.getfile(a) == inspect.getfile(b)
     except TypeError:  # built-ins and classes made at run time have no file
         return False
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain dict/list, so constructors get ordinary Python values."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a hard dependency
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 MODELS = Registry("model")

@@ -100,6 +100,17 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
+def all_gather_lists(*lists: list) -> tuple[list, ...]:
+    """Each list concatenated over ranks in rank order (rank 0's items first), on every rank.
+
+    For metric states that do not add up across batches (scores ranked over a whole split,
+    per-frame detections): one ``all_gather_object`` carries all the lists. In one process the
+    result holds the same items as ``lists``.
+    """
+    parts = all_gather_object(lists)
+    return tuple([item for part in parts for item in part[i]] for i in range(len(lists)))
+
+
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """In-place sum over ranks (no-op in a single process). Host sync on NCCL only at use.
 

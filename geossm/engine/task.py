@@ -6,9 +6,11 @@ config key ``task``. The trainer calls, in this order::
     task = TaskCls(cfg)
     train_set = task.build_dataset(cfg.data.split)      # DATASETS[cfg.data.name](root=, split=, ...)
     model = task.build_model()                          # MODELS[cfg.model.name](**cfg.model)
+    metric, mode = task.selection_metric()              # selects best.pt ("miou", "max")
+    loss_fn = task.build_loss(model)                    # default: task.loss
     batch = task.collate([train_set[i] for i in ...])   # packed, no padding
     outputs = task.forward(model, batch)                # model(**{k: batch[k] for k in input_keys})
-    loss = task.loss(outputs, batch)                    # scalar, or dict with "loss"
+    loss = loss_fn(outputs, batch)                      # scalar, or dict with "loss"
     metrics = task.build_metrics(); metrics.update(outputs, batch); metrics.reduce(); metrics.compute()
 
 and for ``geossm predict``::
@@ -49,14 +51,15 @@ import os
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from geossm.config import to_container
 from geossm.engine.metrics import Metric, MetricCollection
 from geossm.packed import pack_collate
 from geossm.registry import DATASETS, MODELS
@@ -92,10 +95,6 @@ def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return obj
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
 class Task:
     """Base class of tasks. Subclass, set the class attributes, override what differs.
 
@@ -104,7 +103,7 @@ class Task:
         target_key: batch key of the targets (used by the default ``postprocess``/``write``).
         stack_keys: sample keys stacked (fixed shape) instead of concatenated by ``collate``.
         best_metric / best_mode: metric selecting ``best.pt`` (``"max"`` or ``"min"``);
-            the config's ``eval.metric`` / ``eval.mode`` override them.
+            the config's ``eval.metric`` / ``eval.mode`` override them (``selection_metric``).
 
     Args:
         cfg: the full run config (``cfg.data``, ``cfg.model``, ``cfg.train``, ... ).
@@ -127,7 +126,7 @@ class Task:
         The dataset should raise ``FileNotFoundError`` naming the missing path when ``root``
         lacks the official layout.
         """
-        data = dict(_plain(self.cfg.data))
+        data = dict(to_container(self.cfg.data))
         if not data.get("name"):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         data["split"] = split
@@ -151,11 +150,12 @@ class Task:
         """``MODELS[model.name](**model)`` (all ``model.*`` keys but ``name`` as kwargs)."""
         if not self.cfg.model.get("name"):
             raise ValueError("config key 'model.name' is not set (the model class name)")
-        return MODELS.build(_plain(self.cfg.model))
+        return MODELS.build(to_container(self.cfg.model))
 
     def parameter_groups(self, model: torch.nn.Module, weight_decay: float) -> list[dict]:
-        """AdamW groups: weight decay on matrices/kernels (``ndim >= 2``) only, not on biases,
-        norms, or parameters flagged ``p._no_weight_decay = True`` (e.g. Mamba's ``A_log``)."""
+        """The optimiser's parameter groups before ``train.param_groups`` overrides: weight
+        decay on matrices/kernels (``ndim >= 2``) only, not on biases, norms, or parameters
+        flagged ``p._no_weight_decay = True`` (e.g. Mamba's ``A_log``)."""
         decay, no_decay = [], []
         for p in model.parameters():
             if not p.requires_grad:
@@ -167,6 +167,13 @@ class Task:
         groups = [{"params": decay, "weight_decay": weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]
+
+    def selection_metric(self) -> tuple[str, str]:
+        """``(metric, mode)`` selecting ``best.pt``, asked once by the trainer: ``eval.metric`` /
+        ``eval.mode`` when set, else ``best_metric`` / ``best_mode``. Override when the choice
+        depends on the data (the graph tasks take the dataset's published metric)."""
+        return (str(self.cfg.eval.metric or self.best_metric),
+                str(self.cfg.eval.mode or self.best_mode))
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
         """Run the model on a batch (already on the device).
@@ -184,6 +191,16 @@ class Task:
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor | dict[str, torch.Tensor]:
         """Scalar training loss, or a dict with ``"loss"`` (other entries are logged)."""
         raise NotImplementedError(f"{type(self).__name__} must implement loss(outputs, batch)")
+
+    def build_loss(self, model: torch.nn.Module) -> Callable[[Any, Mapping[str, Any]], Any]:
+        """The objective the trainer calls as ``loss_fn(outputs, batch)`` in training and
+        evaluation, built once after the model (default: ``self.loss``).
+
+        Override when a term needs the model itself (a penalty on some of its weights): the
+        model comes here explicitly (unwrapped from DDP; the parameters are the same), so
+        ``forward`` and ``loss`` keep no state between calls.
+        """
+        return self.loss
 
     def build_metrics(self) -> Metric:
         """A fresh metric accumulator for one evaluation (the trainer adds the mean ``loss``)."""

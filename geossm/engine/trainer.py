@@ -9,10 +9,12 @@ Run directory (``output_dir``; default ``runs/<config name>/<YYYYmmdd-HHMMSS>``)
     last.pt         checkpoint after the latest epoch (resume from it)
     best.pt         checkpoint of the best validation epoch
 
-Optimisation: AdamW (decay on matrices only, see ``Task.parameter_groups``), a per-step
-schedule with linear warm-up over ``train.warmup_epochs`` then a cosine decay to
-``train.min_lr``, global gradient-norm clipping at ``train.grad_clip``, bf16 autocast on CUDA
-when ``train.amp``. Epochs are counted from 1; a checkpoint's ``epoch`` is the last finished one.
+Optimisation (``geossm.engine.optim``): the optimiser ``train.optimizer`` (default AdamW) over
+the task's parameter groups (``Task.parameter_groups``: decay on matrices only) split by
+``train.param_groups``, a per-step schedule ``train.schedule`` (default: linear warm-up over
+``train.warmup_epochs``, then a cosine decay to ``train.min_lr``), global gradient-norm
+clipping at ``train.grad_clip``, bf16 autocast on CUDA when ``train.amp``. Epochs are counted
+from 1; a checkpoint's ``epoch`` is the last finished one.
 
 Out of memory (``torch.OutOfMemoryError``, CUDA): the step's tensors are freed, one warning
 names the batch (samples, points), the peak memory and the remedies (lower
@@ -48,6 +50,7 @@ from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_check
                                       save_checkpoint, seed_everything, set_rng_state)
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
+from geossm.engine.optim import build_optimizer, build_scheduler, check_optimization_config
 from geossm.engine.task import Task, move_to
 from geossm.registry import TASKS, import_modules
 
@@ -99,17 +102,6 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def cosine_warmup_factor(step: int, total_steps: int, warmup_steps: int,
-                         min_ratio: float = 0.0) -> float:
-    """LR multiplier at optimizer step ``step`` (0-based): ``(step+1)/warmup`` during warm-up,
-    then ``min_ratio + (1 - min_ratio) * (1 + cos(pi * progress)) / 2``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def resolve_run_dir(cfg: DictConfig, config_name: str = "run") -> Path:
     """The run directory: ``output_dir`` if set; else with ``resume=true`` the newest
     ``runs/<config_name>/*`` holding ``last.pt``; with ``resume=PATH`` the checkpoint's folder;
@@ -154,6 +146,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         seed_everything(int(cfg.seed))
+        check_optimization_config(cfg.train)
         if task is None:
             if not cfg.task:
                 raise ValueError("config key 'task' is not set (the task class name, e.g. "
@@ -163,6 +156,7 @@ class Trainer:
         # Same seed on every rank above: identical initial weights; distinct streams below so
         # ranks do not draw identical augmentations / dropout masks.
         self.model = task.build_model().to(self.device)
+        self.loss_fn = task.build_loss(self.model)
         seed_everything(int(cfg.seed) + self.rank)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -178,8 +172,7 @@ class Trainer:
         self.run_dir: Path | None = None
         self.amp = bool(cfg.train.amp) and self.device.type == "cuda"
         self.progress = bool(cfg.train.progress) and self.is_main
-        self.best_metric = str(cfg.eval.metric or task.best_metric)
-        self.best_mode = str(cfg.eval.mode or task.best_mode)
+        self.best_metric, self.best_mode = task.selection_metric()
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
 
@@ -251,7 +244,7 @@ class Trainer:
             try:
                 with self.autocast():
                     outputs = self.task.forward(self.model, batch)
-                    loss, _ = self._split_loss(self.task.loss(outputs, batch))
+                    loss, _ = self._split_loss(self.loss_fn(outputs, batch))
                 failed = False
             except torch.OutOfMemoryError:
                 failed = True  # raised below, once the traceback (and its tensors) is gone
@@ -286,7 +279,7 @@ class Trainer:
         raises (the out-of-memory recovery relies on that)."""
         with self.autocast():
             outputs = self.task.forward(self.ddp_model, batch)
-            loss, extras = self._split_loss(self.task.loss(outputs, batch))
+            loss, extras = self._split_loss(self.loss_fn(outputs, batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = None
@@ -432,14 +425,9 @@ class Trainer:
         if steps == 0:
             raise ValueError(f"training split '{cfg.data.split}' of {type(train_set).__name__} "
                              "is empty")
-        optimizer = torch.optim.AdamW(
-            self.task.parameter_groups(self.model, float(cfg.train.weight_decay)),
-            lr=float(cfg.train.lr), fused=self.device.type == "cuda" or None)
-        lr = float(cfg.train.lr)
-        min_ratio = float(cfg.train.min_lr or 0.0) / lr if lr > 0 else 0.0
-        total, warmup = epochs * steps, int(round(float(cfg.train.warmup_epochs) * steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: cosine_warmup_factor(s, total, warmup, min_ratio))
+        groups = self.task.parameter_groups(self.model, float(cfg.train.weight_decay))
+        optimizer = build_optimizer(self.model, groups, cfg.train, self.device)
+        scheduler = build_scheduler(optimizer, cfg.train, epochs, steps)
 
         start_epoch = 0
         best: dict[str, Any] = {"metric": self.best_metric, "mode": self.best_mode,

@@ -19,6 +19,7 @@ operators (RWKV, RetNet) plug in through ``OPERATORS``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,8 @@ from geossm.serialization import window_groups
 from .boxes import nms_bev
 from .sparse import SparseVoxels, SubMConv3d, expand_voxels, merge_voxels, voxelize
 
-__all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "decode_boxes"]
+__all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
+           "decode_boxes"]
 
 
 def _mamba_block(dim: int, bidirectional: bool, mlp_ratio: float, drop_path: float, **kw):
@@ -301,8 +303,8 @@ class LION(nn.Module):
                                      for i in range(num_blocks)])
         self.bev = BEVBackbone(dim, bev_channels, bev_layers)
         self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)
-        self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
-        self.max_detections, self.pre_nms = int(max_detections), int(pre_nms)
+        self.decoder = BoxDecoder(bev_grid(self.pcr, self.voxel_size, self.stem_stride),
+                                  score_threshold, nms_threshold, max_detections, pre_nms)
 
     @classmethod
     def example(cls):
@@ -316,12 +318,8 @@ class LION(nn.Module):
         return kwargs, {"points": pts, "cu_seqlens": torch.tensor([0, 150, 300], dtype=torch.int32)}
 
     def bev_grid(self) -> dict[str, Any]:
-        """The output map: origin ``(x0, y0)``, cell size ``(cx, cy)`` metres, shape ``(Y, X)``."""
-        sy, sx = self.stem_stride[1], self.stem_stride[2]
-        nx = int(round((self.pcr[3] - self.pcr[0]) / self.voxel_size[0]))
-        ny = int(round((self.pcr[4] - self.pcr[1]) / self.voxel_size[1]))
-        return {"x0": self.pcr[0], "y0": self.pcr[1], "cx": self.voxel_size[0] * sx,
-                "cy": self.voxel_size[1] * sy, "nx": -(-nx // sx), "ny": -(-ny // sy)}
+        """The output map (``bev_grid`` of this model's range, voxel size and stem stride)."""
+        return dict(self.decoder.grid)
 
     def forward(self, points: Tensor, cu_seqlens: Tensor) -> dict[str, Tensor]:
         b = cu_seqlens.numel() - 1
@@ -348,12 +346,74 @@ class LION(nn.Module):
         heatmap, reg = self.head(bev)
         return {"heatmap": heatmap, "reg": reg}
 
-    @torch.no_grad()
     def decode(self, outputs: dict[str, Tensor]) -> list[dict[str, np.ndarray]]:
         """Boxes per sample: ``{"boxes" (D, 7), "scores" (D,), "labels" (D,) 1-based}``."""
-        return decode_boxes(outputs["heatmap"], outputs["reg"], self.bev_grid(),
-                            self.score_threshold, self.nms_threshold, self.max_detections,
-                            self.pre_nms)
+        return self.decoder(outputs)
+
+
+def bev_grid(point_cloud_range: Sequence[float], voxel_size: Sequence[float],
+             stem_stride: Sequence[int] = (1, 1, 1)) -> dict[str, Any]:
+    """The BEV output map of ``LION`` with these settings: origin ``(x0, y0)``, cell size
+    ``(cx, cy)`` metres, shape ``(ny, nx)`` (the voxel grid over ``point_cloud_range``
+    ``(x0, y0, z0, x1, y1, z1)``, divided by the ``(sz, sy, sx)`` stem merge, rounded up)."""
+    pcr = [float(v) for v in point_cloud_range]
+    vx, vy = float(voxel_size[0]), float(voxel_size[1])
+    sy, sx = int(stem_stride[1]), int(stem_stride[2])
+    nx = int(round((pcr[3] - pcr[0]) / vx))
+    ny = int(round((pcr[4] - pcr[1]) / vy))
+    return {"x0": pcr[0], "y0": pcr[1], "cx": vx * sx, "cy": vy * sy,
+            "nx": -(-nx // sx), "ny": -(-ny // sy)}
+
+
+#: ``model.*`` keys that ``BoxDecoder.from_config`` reads (grid, then decoding).
+DECODER_KEYS = ("point_cloud_range", "voxel_size", "stem_stride", "score_threshold",
+                "nms_threshold", "max_detections", "pre_nms")
+
+
+class BoxDecoder:
+    """Head outputs -> boxes per sample (``decode_boxes`` on the BEV ``grid``).
+
+    Args:
+        grid: the output map (``bev_grid``).
+        score_threshold / nms_threshold / max_detections / pre_nms: as ``decode_boxes``,
+            defaults 0.1 / 0.1 / 50 / 200.
+    """
+
+    def __init__(self, grid: dict[str, Any], score_threshold: float = 0.1,
+                 nms_threshold: float = 0.1, max_detections: int = 50, pre_nms: int = 200):
+        self.grid = dict(grid)
+        self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
+        self.max_detections, self.pre_nms = int(max_detections), int(pre_nms)
+
+    @classmethod
+    def from_config(cls, model: Any) -> "BoxDecoder":
+        """The decoder of the model a config's ``model`` mapping describes, without building
+        it: the ``DECODER_KEYS`` it leaves out take the model class's own defaults (``LION``'s).
+
+        Raises ``ValueError`` naming a key the config leaves out and the class has no default
+        for.
+        """
+        cls_ = MODELS.get(str(model["name"]))
+        params = inspect.signature(cls_).parameters
+        values = {}
+        for key in DECODER_KEYS:
+            if key in model:
+                values[key] = model[key]
+            elif key in params and params[key].default is not inspect.Parameter.empty:
+                values[key] = params[key].default
+            else:
+                raise ValueError(f"model.{key}: {cls_.__name__} has no default for it; set "
+                                 f"model.{key} (the detection task's box decoder reads it)")
+        grid = bev_grid(values.pop("point_cloud_range"), values.pop("voxel_size"),
+                        values.pop("stem_stride"))
+        return cls(grid, **values)
+
+    @torch.no_grad()
+    def __call__(self, outputs: dict[str, Tensor]) -> list[dict[str, np.ndarray]]:
+        """``{"heatmap" (B, K, Y, X), "reg" (B, 8, Y, X)}`` -> per sample ``{"boxes" (D, 7),
+        "scores" (D,), "labels" (D,) 1-based}``."""
+        return decode_boxes(outputs["heatmap"], outputs["reg"], self.grid, self.score_threshold,
+                            self.nms_threshold, self.max_detections, self.pre_nms)
 
 
 def decode_boxes(heatmap: Tensor, reg: Tensor, grid: dict, score_threshold: float = 0.1,

@@ -5,6 +5,10 @@ Batches are packed by ``pack_collate``: ``points (N, 4)``, ``cu_seqlens (B+1,)``
 ``gt_names``, ``frame_id``, ``calib``, ``annos``. Config keys read here besides the standard ones::
 
     model.num_classes             heatmap classes (= len(data.classes))
+    model.point_cloud_range, model.voxel_size, model.stem_stride, model.score_threshold,
+    model.nms_threshold, model.max_detections, model.pre_nms
+                                  the BEV grid and box decoder (models.BoxDecoder.from_config;
+                                  the model class's defaults where unset)
     data.classes                  class names, default [Car, Pedestrian, Cyclist]
     loss: {reg_weight: 2.0, min_radius: 2, min_overlap: 0.1, reg_neighbours: 0}
     eval_metrics: [bev, 3d]       KITTI AP metrics reported by evaluation
@@ -14,6 +18,7 @@ The best checkpoint is chosen by Car BEV AP R40 at moderate difficulty.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.engine.distributed import all_gather_lists
 from geossm.engine.metrics import Metric
 from geossm.engine.task import Task
 from geossm.packed import cu_seqlens_from_lengths, pack_collate
@@ -32,6 +38,7 @@ from .evaluation import kitti_eval
 from .kitti import (Calibration, boxes_to_image_bbox, in_image_fov, read_calib, read_label,
                     read_velodyne, camera_to_lidar_boxes)
 from .losses import centerpoint_loss, centerpoint_targets
+from .models import BoxDecoder
 
 __all__ = ["DetectionTask", "KittiAPMetric"]
 
@@ -63,11 +70,7 @@ class KittiAPMetric(Metric):
         self.gt, self.dt = [], []
 
     def reduce(self) -> None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(parts, (self.gt, self.dt))
-            self.gt = [g for p in parts for g in p[0]]
-            self.dt = [d for p in parts for d in p[1]]
+        self.gt, self.dt = all_gather_lists(self.gt, self.dt)
 
     def to(self, device) -> "KittiAPMetric":
         return self
@@ -103,18 +106,17 @@ class DetectionTask(Task):
         return tuple(self.cfg.data.get("classes") or ("Car", "Pedestrian", "Cyclist"))
 
     def build_model(self) -> torch.nn.Module:
-        model = super().build_model()
         n = int(self.cfg.model.get("num_classes", 3))
         if n != len(self.classes()):
             raise ValueError(f"model.num_classes: expected len(data.classes) = "
                              f"{len(self.classes())}, got {n}")
-        self._grid = model.bev_grid()
-        self._decode = model.decode
-        return model
+        return super().build_model()
 
-    def _ensure_model_info(self):
-        if not hasattr(self, "_grid"):
-            self.build_model()
+    @functools.cached_property
+    def decoder(self) -> BoxDecoder:
+        """Head outputs -> boxes, on the BEV grid of the configured model (from ``model.*``;
+        no model is built): the targets of ``loss``, the metric's and ``postprocess``'s boxes."""
+        return BoxDecoder.from_config(self.cfg.model)
 
     def collate(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = pack_collate(samples, length_key="points")
@@ -124,7 +126,6 @@ class DetectionTask(Task):
         return batch
 
     def loss(self, outputs: dict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        self._ensure_model_info()
         cfg = dict(self.cfg.get("loss") or {})
         unknown = set(cfg) - set(LOSS_KEYS)
         if unknown:
@@ -132,16 +133,15 @@ class DetectionTask(Task):
                              f"(known: {', '.join(LOSS_KEYS)})")
         hm = outputs["heatmap"]
         targets = centerpoint_targets(batch["gt_boxes"], batch["gt_labels"],
-                                      batch["gt_boxes_cu_seqlens"], self._grid, hm.shape[1],
+                                      batch["gt_boxes_cu_seqlens"], self.decoder.grid, hm.shape[1],
                                       hm.shape[0], int(cfg.get("min_radius", 2)),
                                       float(cfg.get("min_overlap", 0.1)),
                                       int(cfg.get("reg_neighbours", 0)))
         return centerpoint_loss(outputs, targets, float(cfg.get("reg_weight", 2.0)))
 
     def build_metrics(self) -> Metric:
-        self._ensure_model_info()
         metrics = tuple(self.cfg.get("eval_metrics") or ("bev", "3d"))
-        return KittiAPMetric(lambda out: self._decode(out), self.classes(), metrics)
+        return KittiAPMetric(self.decoder, self.classes(), metrics)
 
     # ---------------------------------------------------------------- predict
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
@@ -183,8 +183,7 @@ class DetectionTask(Task):
                 "gt_labels": np.zeros(len(gt), dtype=np.int64)}
 
     def postprocess(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        self._ensure_model_info()
-        det = self._decode(outputs)[0]
+        det = self.decoder(outputs)[0]
         names = np.array([self.classes()[int(i) - 1] for i in det["labels"]], dtype=str)
         return {"pred_boxes": det["boxes"], "pred_scores": det["scores"],
                 "pred_labels": det["labels"], "pred_names": names}

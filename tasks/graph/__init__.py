@@ -7,6 +7,7 @@
 - ``models``: ``GraphMambaNetwork`` (random-walk neighbourhood tokens + BiMamba, optional
   degree-order BiMamba, MPNN and PE/SE) and ``GraphMamba`` (degree order, GatedGCN);
 - ``metrics``: accuracy, ROC-AUC, multi-label AP, mean ± std over splits;
+- ``losses``: ``WithInputL2`` (coupled L2 on the input projection, ``loss.input_l2``);
 - ``task``: ``NodeClassificationTask``, ``GraphClassificationTask``, ``MultiLabelGraphTask``;
 - ``crossval``: train every split / fold / seed of a config and summarise
   (``python -m geossm.tasks.graph.crossval CONFIG --splits 0-9``).

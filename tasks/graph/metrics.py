@@ -3,7 +3,7 @@
 All read ``outputs`` (logits, ``(N, C)`` for nodes or ``(G, C)`` for graphs) and the PyG batch
 (``y``; node tasks also ``mask (N,) bool``: only masked rows count). Accuracy keeps summable
 counts; ROC-AUC and AP need every score, so they keep the scores and gather them from all DDP
-ranks in ``reduce`` (``all_gather_object``; a no-op in one process).
+ranks in ``reduce`` (``all_gather_lists``; a no-op in one process).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from geossm.engine.distributed import all_gather_object
+from geossm.engine.distributed import all_gather_lists
 from geossm.engine.metrics import Metric
 
 __all__ = ["Accuracy", "RocAuc", "AveragePrecision", "roc_auc", "average_precision",
@@ -68,9 +68,7 @@ class _Gathered(Metric):
         self.scores, self.targets = [], []
 
     def reduce(self) -> None:
-        gathered = all_gather_object((self.scores, self.targets))
-        self.scores = [s for part in gathered for s in part[0]]
-        self.targets = [t for part in gathered for t in part[1]]
+        self.scores, self.targets = all_gather_lists(self.scores, self.targets)
 
     def to(self, device) -> "_Gathered":
         return self

@@ -10,8 +10,8 @@ training part of it trains, ``eval.split`` / ``eval.test_split`` (``val`` / ``te
 For node tasks an epoch is one full-graph step (transductive); evaluation runs the whole graph
 and scores the masked nodes. Config keys read here besides the standard ones: ``model.*``
 (``GraphMambaNetwork``), ``data.*`` (the dataset's keyword arguments; ``data.split`` as above),
-``input_l2`` (node tasks: coupled L2 ``input_l2 / 2 · ||W_in||²`` on the input projection,
-default 0).
+``loss.input_l2`` (node tasks: coupled L2 ``input_l2 / 2 · ||W_in||²`` on the input projection
+while training, default 0; ``losses.WithInputL2``).
 
 One config serves a whole family of datasets (``data.name=CiteSeer`` with the Cora config):
 ``model.in_channels``, ``model.num_classes`` and ``model.edge_dim`` set to ``auto`` are read
@@ -24,17 +24,19 @@ accuracy otherwise). The resolved values are written back into the config, so th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
+from geossm.config import to_container
 from geossm.engine.metrics import MetricCollection
-from geossm.engine.task import Task, _plain
+from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
 
+from .losses import WithInputL2
 from .metrics import Accuracy, AveragePrecision, RocAuc
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
@@ -88,6 +90,8 @@ def _expected_layout(dataset: type) -> str | None:
 
 class _GraphTask(Task):
     best_metric, best_mode = "acc", "max"
+    #: Keys of the config's ``loss`` mapping this task reads.
+    loss_keys: tuple[str, ...] = ()
     #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
     metric_from_dataset = True
 
@@ -97,12 +101,12 @@ class _GraphTask(Task):
         self._dataset_cache: dict[str, torch.utils.data.Dataset] = {}
 
     def build_model(self) -> torch.nn.Module:
-        """``MODELS[model.name](**model)`` after ``auto`` keys and a null ``eval.metric`` are
-        resolved from the training dataset (see the module docstring)."""
+        """``MODELS[model.name](**model)`` after the ``auto`` keys are read from the training
+        dataset; the widths and a null ``eval.metric`` (``selection_metric``) are written into
+        the config, so the run's ``config.yaml`` records them (see the module docstring)."""
         model = self.cfg.model
         auto = [k for k in AUTO_MODEL_KEYS if model.get(k) == "auto"]
-        wants_metric = self.metric_from_dataset and not self.cfg.eval.get("metric")
-        if auto or wants_metric:
+        if auto:
             dataset = self._training_dataset()
             for key in auto:
                 value = getattr(dataset, AUTO_MODEL_KEYS[key], None)
@@ -110,9 +114,21 @@ class _GraphTask(Task):
                     raise ValueError(f"model.{key}=auto: {type(dataset).__name__} does not say "
                                      f"its {AUTO_MODEL_KEYS[key]}; set model.{key}")
                 model[key] = int(value) if value else None
-            if wants_metric:
-                self.cfg.eval.metric = getattr(dataset, "metric", self.best_metric)
+        if self._metric_from_dataset():
+            self.cfg.eval.metric = self.selection_metric()[0]
         return super().build_model()
+
+    def _metric_from_dataset(self) -> bool:
+        return self.metric_from_dataset and not self.cfg.eval.get("metric")
+
+    def selection_metric(self) -> tuple[str, str]:
+        """``eval.metric`` when set, else the training dataset's published ``metric`` (ROC-AUC
+        for the binary heterophilous graphs, accuracy otherwise; ``metric_from_dataset``), else
+        ``best_metric``; the mode as ``Task.selection_metric``."""
+        metric, mode = super().selection_metric()
+        if self._metric_from_dataset():
+            metric = str(getattr(self._training_dataset(), "metric", self.best_metric))
+        return metric, mode
 
     def _training_dataset(self) -> torch.utils.data.Dataset:
         """The training dataset, kept for the trainer's first ``build_dataset`` call (built
@@ -127,7 +143,7 @@ class _GraphTask(Task):
         cached = self._dataset_cache.pop(str(split), None)
         if cached is not None:
             return cached
-        data = dict(_plain(self.cfg.data))
+        data = dict(to_container(self.cfg.data))
         if not data.get("name"):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         part, index = split_spec(split, data.get("split"))
@@ -150,17 +166,23 @@ class _GraphTask(Task):
     def num_samples(self, batch: Batch) -> int:
         return int(batch.num_graphs)
 
+    def loss_options(self) -> dict[str, Any]:
+        """The config's ``loss`` mapping; keys other than ``loss_keys`` raise ``ValueError``."""
+        if "input_l2" in self.cfg:  # a silently ignored penalty would change results
+            raise ValueError("input_l2: the key moved to loss.input_l2")
+        options = dict(to_container(self.cfg.get("loss")) or {})
+        unknown = set(options) - set(self.loss_keys)
+        if unknown:
+            raise ValueError(f"loss: unknown keys {sorted(unknown)} for {type(self).__name__} "
+                             f"(known: {', '.join(self.loss_keys) or 'none'})")
+        return options
+
+    def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+        """``self.loss`` (after checking the ``loss`` keys)."""
+        self.loss_options()
+        return self.loss
+
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        l2 = float(self.cfg.get("input_l2", 0.0) or 0.0)
-        self._penalty = None
-        if l2 > 0 and model.training:
-            # Adam-style coupled L2 on the input projection only (Kipf & Welling's recipe): with
-            # Adam it drives the weights of rarely seen features to zero, which AdamW's decoupled
-            # decay does not; the trainer's optimizer is AdamW, so the term goes into the loss.
-            enc = getattr(getattr(model, "module", model), "input_encoder", None)
-            weight = getattr(enc, "weight", None)
-            if weight is not None:
-                self._penalty = 0.5 * l2 * weight.pow(2).sum()
         return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),
                      batch=batch.batch, pe=getattr(batch, "pe", None))
 
@@ -184,6 +206,8 @@ class NodeClassificationTask(_GraphTask):
     """Cross-entropy on the nodes of ``mask``; reports ``acc`` (and ``roc_auc`` for two
     classes). ``eval.metric: roc_auc`` selects checkpoints by ROC-AUC (Tolokers)."""
 
+    loss_keys = ("input_l2",)
+
     def num_samples(self, batch: Batch) -> int:
         return int(batch.mask.sum()) if hasattr(batch, "mask") else int(batch.num_nodes)
 
@@ -191,8 +215,19 @@ class NodeClassificationTask(_GraphTask):
         if not hasattr(batch, "mask"):
             raise ValueError("NodeClassificationTask: batches need 'mask' (a node dataset); got "
                              f"keys {sorted(batch.keys())}")
-        loss = F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
-        return loss + self._penalty if getattr(self, "_penalty", None) is not None else loss
+        return F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
+
+    def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
+        """``loss`` plus, with ``loss.input_l2 > 0``, the coupled L2 on ``model.input_encoder``
+        while training (``WithInputL2``; none for an encoder without a weight matrix, e.g.
+        categorical features)."""
+        input_l2 = self.loss_options().get("input_l2") or 0.0
+        if not isinstance(input_l2, (int, float)) or isinstance(input_l2, bool) or input_l2 < 0:
+            raise ValueError(f"loss.input_l2: expected a number >= 0, got {input_l2!r}")
+        encoder = getattr(model, "input_encoder", None)
+        if input_l2 == 0 or not isinstance(getattr(encoder, "weight", None), torch.Tensor):
+            return self.loss
+        return WithInputL2(self.loss, encoder, input_l2)
 
 
 @TASKS.register

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from geossm.config import load_config
 from geossm.engine import Trainer, load_checkpoint
+from geossm.engine.distributed import all_gather_lists
 from toy_task import write_toy_config
 
 HERE = Path(__file__).resolve().parents[1]
@@ -51,3 +53,22 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # The mean loss weights per-batch means by samples, and batches differ between 2 shards
     # and one process: close, not equal.
     assert single["loss"] == pytest.approx(summary["last"]["loss"], rel=0.05)
+
+
+def _gather_on_rank(rank: int, world_size: int, init_file: str, out: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    try:
+        scores, ids = all_gather_lists([f"r{rank}"] * (rank + 1), [rank])
+        Path(f"{out}.{rank}").write_text(json.dumps([scores, ids]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_all_gather_lists_concatenates_in_rank_order(tmp_path):
+    assert all_gather_lists(["a", "b"], [1]) == (["a", "b"], [1])  # one process
+    torch.multiprocessing.spawn(_gather_on_rank, nprocs=2,
+                                args=(2, str(tmp_path / "init"), str(tmp_path / "out")))
+    for rank in range(2):
+        gathered = json.loads((tmp_path / f"out.{rank}").read_text())
+        assert gathered == [["r0", "r1", "r1"], [0, 1]]

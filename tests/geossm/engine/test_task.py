@@ -23,6 +23,24 @@ def test_base_task_requires_names_and_hooks():
         task.loss(None, {})
 
 
+def test_selection_metric_from_the_task_or_the_config():
+    class Scored(Task):
+        best_metric, best_mode = "miou", "max"
+
+    assert Scored(load_config(None)).selection_metric() == ("miou", "max")
+    cfg = load_config(None, ["eval.metric=loss", "eval.mode=min"])
+    assert Scored(cfg).selection_metric() == ("loss", "min")
+
+
+def test_build_loss_defaults_to_the_task_loss():
+    class Scored(Task):
+        def loss(self, outputs, batch):
+            return outputs.sum()
+
+    task = Scored(load_config(None))
+    assert task.build_loss(torch.nn.Identity())(torch.ones(3), {}) == 3
+
+
 def test_load_input_formats(tmp_path):
     task = Task(load_config(None))
     np.savez(tmp_path / "a.npz", coord=np.zeros((2, 3)))

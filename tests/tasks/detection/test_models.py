@@ -130,3 +130,43 @@ def test_neighbour_cells_regress_the_same_box():
     # the shared column 21 (cell centre 10.75 m) is nearer the second object
     shared = (21 + reg[0, 0, iy[ix == 21], 21]) * 0.5
     assert len(shared) == 3 and torch.allclose(shared, torch.tensor(11.1))
+
+
+def test_box_decoder_from_config_matches_the_model_without_building_it():
+    from pathlib import Path
+
+    from geossm.config import load_config
+    from geossm.tasks.detection.models import BoxDecoder, bev_grid
+
+    configs = Path(__file__).resolve().parents[3] / "configs" / "detection"
+    for name in ("synthetic_lion.yaml", "kitti_lion.yaml"):
+        cfg = load_config(configs / name, ["model.dim=8", "model.bev_channels=8"])
+        decoder = BoxDecoder.from_config(cfg.model)
+        model = LION(**{k: v for k, v in dict(cfg.model).items() if k != "name"})
+        assert decoder.grid == model.bev_grid() == model.decoder.grid
+        assert vars(decoder) == vars(model.decoder)
+    # Keys the config leaves out take LION's own defaults.
+    kwargs, inputs = LION.example()
+    decoder = BoxDecoder.from_config({"name": "LION", **kwargs})
+    model = LION(**kwargs).eval()
+    assert vars(decoder) == vars(model.decoder) and decoder.pre_nms == 200
+    assert bev_grid(kwargs["point_cloud_range"], kwargs["voxel_size"]) == model.bev_grid()
+    with torch.no_grad():
+        out = model(**inputs)
+    for a, b in zip(decoder(out), model.decode(out)):
+        for key in ("boxes", "scores", "labels"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_box_decoder_names_a_setting_the_model_class_has_no_default_for(monkeypatch):
+    from geossm.registry import MODELS
+    from geossm.tasks.detection.models import BoxDecoder
+
+    class NoRangeDetector(torch.nn.Module):
+        def __init__(self, point_cloud_range, voxel_size=(0.5, 0.5, 0.5)):
+            super().__init__()
+
+    monkeypatch.setattr(MODELS, "get", {"NoRangeDetector": NoRangeDetector}.__getitem__)
+    with pytest.raises(ValueError, match="model.point_cloud_range: NoRangeDetector has no "
+                                         "default for it"):
+        BoxDecoder.from_config({"name": "NoRangeDetector"})

@@ -104,6 +104,20 @@ def test_family_configs_run_unchanged_on_another_dataset(tmp_path, config, name,
     assert saved.model.in_channels == channels and saved.eval.metric == metric
 
 
+def test_selection_metric_is_asked_of_the_task_not_read_back_from_the_config(tmp_path):
+    from geossm.tasks.graph.task import NodeClassificationTask
+    _write_heterophilous(tmp_path / "data", "minesweeper", 2)
+    cfg = load_config(CONFIGS / "tolokers_gmn.yaml",
+                      ["data.name=Minesweeper", f"data.root={tmp_path / 'data'}",
+                       f"+data.cache_dir={tmp_path / 'cache'}"])
+    task = NodeClassificationTask(cfg)
+    assert task.selection_metric() == ("roc_auc", "max")  # before any build_model
+    assert cfg.eval.metric is None
+    task.build_model()
+    assert cfg.eval.metric == "roc_auc"  # recorded for the run's config.yaml
+    assert task.selection_metric() == ("roc_auc", "max")
+
+
 def test_tolokers_config_on_the_real_filtered_chameleon(heterophilous_extra_root, tmp_path):
     from geossm.tasks.graph.task import NodeClassificationTask
     cfg = load_config(CONFIGS / "tolokers_gmn.yaml",
@@ -184,7 +198,7 @@ def test_crossval_command_line_takes_overrides_after_options(tmp_path, capsys):
     # must reach the trainer; KarateClub needs no files.
     assert crossval.main([str(CONFIGS / "cora_gmn.yaml"), "--splits", "0", "--seeds", "0",
                           "--out", str(tmp_path / "cv"), *KARATE, "model.tokens=false",
-                          "input_l2=0"]) == 0
+                          "loss.input_l2=0"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["split"] == 0 and "summary" in lines[-1]
 
