@@ -209,7 +209,8 @@ class Task:
     # ---------------------------------------------------------------- predict
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read one input file into a sample dict like the dataset's (default: ``.npz`` arrays,
-        ``.npy`` as ``{"coord": array}``, ``.ply`` vertex properties via ``geossm.viz.read_ply``).
+        ``.npy`` as ``{"coord": array}``, ``.ply`` vertex properties via
+        ``geossm.io.ply.read_ply``).
         """
         path = Path(path)
         if not path.is_file():
@@ -236,7 +237,7 @@ class Task:
             # numpy reports truncated or corrupt files (and .npy headers) with these
             raise ValueError(f"input file {path}: not a readable {suffix} file ({err})") from err
         if suffix == ".ply":
-            from geossm.viz import read_ply
+            from geossm.io.ply import read_ply
             return dict(read_ply(path))
         raise ValueError(f"input file {path}: expected .npz, .npy or .ply, got '{suffix}'")
 
