@@ -1,5 +1,10 @@
 """The fixed label palette: label ``k >= 0`` is drawn with ``PALETTE[k % 20]``, negative labels
-(ignored / unlabelled) with ``IGNORE_COLOR``; ``BACKGROUND`` is the render background."""
+(ignored / unlabelled) with ``IGNORE_COLOR`` (grey 128); ``BACKGROUND`` is the render background.
+
+    0 blue  1 orange  2 green  3 red  4 purple  5 brown  6 pink  7 olive  8 cyan  9 navy
+    10 lime  11 maroon  12 teal  13 gold  14 magenta  15 sky  16 coral  17 dark green
+    18 lavender  19 dark grey
+"""
 
 from __future__ import annotations
 
