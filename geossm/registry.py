@@ -167,6 +167,11 @@ class Registry:
         autoload()
         return sorted(self._items)
 
+    def loaded(self) -> dict[str, Any]:
+        """``{name: object}`` registered so far, in registration order, without autoloading
+        (for lookups that must stay cheap when the tasks are not imported)."""
+        return dict(self._items)
+
     def _known(self) -> str:
         autoload()
         return ", ".join(sorted(self._items)) or "(none registered)"

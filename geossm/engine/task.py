@@ -11,13 +11,15 @@ config key ``task``. The trainer calls, in this order::
     batch = task.collate([train_set[i] for i in ...])   # packed, no padding
     outputs = task.forward(model, batch)                # model(**{k: batch[k] for k in input_keys})
     loss = loss_fn(outputs, batch)                      # scalar, or dict with "loss"
+    outputs = task.predict_step(model, batch)           # evaluation (default: forward), then
+    loss = loss_fn(outputs, batch)                      # unless task.evaluation_loss is False
     metrics = task.build_metrics(); metrics.update(outputs, batch); metrics.reduce(); metrics.compute()
 
 and for ``geossm predict``::
 
     sample = task.load_input(path); batch = task.collate([sample])
-    result = task.postprocess(task.forward(model, batch), batch)   # dict of numpy arrays
-    task.write_prediction(sample, result, out_npz)                 # .npz + .ply
+    result = task.postprocess(task.predict_step(model, batch), batch)  # dict of numpy arrays
+    task.write_prediction(sample, result, out_npz)                     # .npz + .ply
 
 Writing a task (``tasks/<name>/``)::
 
@@ -104,6 +106,9 @@ class Task:
         stack_keys: sample keys stacked (fixed shape) instead of concatenated by ``collate``.
         best_metric / best_mode: metric selecting ``best.pt`` (``"max"`` or ``"min"``);
             the config's ``eval.metric`` / ``eval.mode`` override them (``selection_metric``).
+        evaluation_loss: whether evaluation scores ``predict_step``'s outputs with the loss and
+            reports its mean ``loss`` (default True); False for a task whose evaluation output
+            is not what its training loss takes (tracking: whole sequences, no loss).
 
     Args:
         cfg: the full run config (``cfg.data``, ``cfg.model``, ``cfg.train``, ... ).
@@ -114,6 +119,7 @@ class Task:
     stack_keys: tuple[str, ...] = ()
     best_metric: str = "loss"
     best_mode: str = "min"
+    evaluation_loss: bool = True
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -187,6 +193,12 @@ class Task:
                 f"{type(self).__name__}: set input_keys or override forward(model, batch)")
         return model(**{k: batch[k] for k in self.input_keys})
 
+    def predict_step(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
+        """Outputs of an evaluation or prediction batch (``geossm eval`` / ``predict``; no
+        gradients). Default: ``forward``. A task whose inference is not its training step
+        overrides it (tracking: trains on template / search pairs, tracks whole sequences)."""
+        return self.forward(model, batch)
+
     # -------------------------------------------------------- loss & metrics
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor | dict[str, torch.Tensor]:
         """Scalar training loss, or a dict with ``"loss"`` (other entries are logged)."""
@@ -203,13 +215,15 @@ class Task:
         return self.loss
 
     def build_metrics(self) -> Metric:
-        """A fresh metric accumulator for one evaluation (the trainer adds the mean ``loss``)."""
+        """A fresh metric accumulator for one evaluation (the trainer adds the mean ``loss``
+        unless ``evaluation_loss`` is False)."""
         return MetricCollection()
 
     # ---------------------------------------------------------------- predict
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read one input file into a sample dict like the dataset's (default: ``.npz`` arrays,
-        ``.npy`` as ``{"coord": array}``, ``.ply`` vertex properties via ``geossm.viz.read_ply``).
+        ``.npy`` as ``{"coord": array}``, ``.ply`` vertex properties via
+        ``geossm.io.ply.read_ply``).
         """
         path = Path(path)
         if not path.is_file():
@@ -236,7 +250,7 @@ class Task:
             # numpy reports truncated or corrupt files (and .npy headers) with these
             raise ValueError(f"input file {path}: not a readable {suffix} file ({err})") from err
         if suffix == ".ply":
-            from geossm.viz import read_ply
+            from geossm.io.ply import read_ply
             return dict(read_ply(path))
         raise ValueError(f"input file {path}: expected .npz, .npy or .ply, got '{suffix}'")
 

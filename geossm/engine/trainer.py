@@ -231,20 +231,23 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str, dataset: Dataset | None = None,
                  desc: str | None = None) -> dict[str, float]:
-        """Metrics of the current weights on ``split`` (mean ``loss`` + the task's metrics),
-        reduced over ranks; every rank gets the same dict."""
+        """Metrics of the current weights on ``split`` (mean ``loss`` unless the task's
+        ``evaluation_loss`` is False, + the task's metrics), reduced over ranks; every rank gets
+        the same dict."""
         dataset = dataset if dataset is not None else self.task.build_dataset(split)
         loader = self._loader(dataset, train=False)
         self.model.eval()
         metrics = self.task.build_metrics().to(self.device)
         loss_meter = MeanMetric("loss").to(self.device)
+        scored = self.task.evaluation_loss  # False: predict_step's outputs take no loss (tracking)
         for index, batch in enumerate(tqdm(loader, desc=desc or f"eval {split}", leave=False,
                                            disable=not self.progress, dynamic_ncols=True)):
             batch = move_to(batch, self.device, non_blocking=True)
             try:
                 with self.autocast():
-                    outputs = self.task.forward(self.model, batch)
-                    loss, _ = self._split_loss(self.loss_fn(outputs, batch))
+                    outputs = self.task.predict_step(self.model, batch)
+                    if scored:
+                        loss, _ = self._split_loss(self.loss_fn(outputs, batch))
                 failed = False
             except torch.OutOfMemoryError:
                 failed = True  # raised below, once the traceback (and its tensors) is gone
@@ -255,11 +258,12 @@ class Trainer:
                     f"out of memory evaluating split '{split}', batch {index} "
                     f"({_batch_description(batch, n)} on {self.device}{self._peak_text()}); "
                     "lower eval.batch_size (null = train.batch_size)")
-            loss_meter.add(loss.float(), self.task.num_samples(batch))
+            if scored:
+                loss_meter.add(loss.float(), self.task.num_samples(batch))
             metrics.update(outputs, batch)
         loss_meter.reduce()
         metrics.reduce()
-        return {**loss_meter.compute(), **metrics.compute()}
+        return {**(loss_meter.compute() if scored else {}), **metrics.compute()}
 
     def evaluate_checkpoint(self, checkpoint: str | os.PathLike) -> dict[str, dict[str, float]]:
         """``{split: metrics}`` of ``checkpoint`` on ``eval.split`` and ``eval.test_split``."""
@@ -553,7 +557,7 @@ class Trainer:
         batch = move_to(self.task.collate([sample]), self.device)
         self.model.eval()
         with self.autocast():
-            outputs = self.task.forward(self.model, batch)
+            outputs = self.task.predict_step(self.model, batch)
         result = self.task.postprocess(outputs, batch)
         return self.task.write_prediction(sample, result, out)
 

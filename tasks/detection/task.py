@@ -192,7 +192,7 @@ class DetectionTask(Task):
                          path: str | os.PathLike) -> list[Path]:
         """``.npz`` with ``coord (N, 3)``, ``gt_boxes`` and the ``pred_*`` arrays, and a ``.ply``
         of the points beside it (``render_detections`` draws both box sets)."""
-        from geossm.viz import write_ply
+        from geossm.io.ply import write_ply
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

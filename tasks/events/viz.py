@@ -1,4 +1,4 @@
-"""Event-recording views for ``geossm viz`` (registered as a ``geossm.viz.Viewer``).
+"""Event-recording views for ``geossm viz`` (``EventViewer``, a registered ``geossm.viz.Viewer``).
 
 ``render_events`` draws one PNG: on top, the events as an Open3D point cloud in ``(x, t, y)``
 (time runs into the picture; ON events red, OFF events blue); below it a strip of
@@ -160,6 +160,15 @@ def _show(path: Path) -> None:
     viz.Scene().add_points("events", coord, colors=colors).show(title=str(path))
 
 
-VIEWER = viz.register_viewer(viz.Viewer("events", _claims, _render, _show))
+@viz.VIEWERS.register
+class EventViewer(viz.Viewer):
+    """Event recordings: the files ``_claims`` accepts, drawn by ``render_events``."""
 
-__all__ = ["event_cloud", "frame_strip", "render_events", "VIEWER"]
+    claims = staticmethod(_claims)
+    render = staticmethod(_render)
+    show = staticmethod(_show)
+
+
+VIEWER = EventViewer
+
+__all__ = ["event_cloud", "frame_strip", "render_events", "EventViewer", "VIEWER"]

@@ -4,6 +4,8 @@
   (``RomanEmpire``, ``AmazonRatings``, ``Minesweeper``, ``Tolokers``, ``Questions``,
   ``ChameleonFiltered``, ``SquirrelFiltered``), TU sets (``MUTAG``, ``PROTEINS``, ...) with
   10-fold cross-validation, LRGB ``PeptidesFunc``, ``KarateClub``;
+- ``transforms``: positional / structural encodings as PyG transforms
+  (``AddPositionalEncodings``: Laplacian eigenvectors, RWSE, degree);
 - ``models``: ``GraphMambaNetwork`` (random-walk neighbourhood tokens + BiMamba, optional
   degree-order BiMamba, MPNN and PE/SE) and ``GraphMamba`` (degree order, GatedGCN);
 - ``metrics``: accuracy, ROC-AUC, multi-label AP, mean ± std over splits;
@@ -15,14 +17,14 @@
 Configs: ``configs/graph/*.yaml``.
 """
 
-from . import datasets, metrics, models, task
+from . import datasets, metrics, models, task, transforms
 from .datasets import (COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, AmazonRatings,
                        ChameleonFiltered, CiteSeer, Cora, IMDBBinary, KarateClub, Minesweeper,
                        PeptidesFunc, PubMed, Questions, RomanEmpire, SquirrelFiltered, Tolokers)
 from .models import GraphMamba, GraphMambaNetwork
 from .task import GraphClassificationTask, MultiLabelGraphTask, NodeClassificationTask
 
-__all__ = ["datasets", "metrics", "models", "task",
+__all__ = ["datasets", "metrics", "models", "task", "transforms",
            "Cora", "CiteSeer", "PubMed", "RomanEmpire", "AmazonRatings", "Minesweeper",
            "Tolokers", "Questions", "ChameleonFiltered", "SquirrelFiltered", "MUTAG", "PROTEINS",
            "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "KarateClub",

@@ -26,7 +26,8 @@ from torch_geometric.data import Data
 
 from geossm.registry import DATASETS
 
-from .datasets import GraphDataset, add_positional_encodings
+from .datasets import GraphDataset
+from .transforms import AddPositionalEncodings
 
 __all__ = ["SyntheticGraphs", "FAMILIES", "make_graph"]
 
@@ -139,5 +140,5 @@ class SyntheticGraphs(GraphDataset):
             data = Data(x=torch.nn.functional.one_hot(degree, max_degree + 1).float(),
                         edge_index=edge_index, y=torch.tensor([label]), num_nodes=n)
             if pe:
-                data = add_positional_encodings(data, **dict(pe))
+                data = AddPositionalEncodings(**dict(pe))(data)
             self.graphs.append(data)

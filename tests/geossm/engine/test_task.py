@@ -52,3 +52,16 @@ def test_load_input_formats(tmp_path):
         task.load_input(tmp_path / "c.txt")
     with pytest.raises(FileNotFoundError, match="input file not found"):
         task.load_input(tmp_path / "missing.npz")
+
+
+def test_default_prediction_step_is_forward_and_evaluation_has_a_loss():
+    class Doubling(Task):
+        input_keys = ("x",)
+
+    task = Doubling(None)
+    batch = {"x": torch.ones(3)}
+    double = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(double.weight, 2.0)
+    model = lambda x: double(x[:, None])[:, 0]  # noqa: E731
+    assert torch.equal(task.predict_step(model, batch), torch.full((3,), 2.0))
+    assert task.evaluation_loss

@@ -164,7 +164,7 @@ def test_predict_writes_npz_and_ply(tmp_path):
     assert [p.name for p in written] == ["scan.pred.npz", "scan.pred.ply"]
     with np.load(written[0]) as z:
         assert z["logits"].shape == (50, 3) and z["pred"].shape == (50,)
-    from geossm.viz import read_ply
+    from geossm.io.ply import read_ply
     ply = read_ply(written[1])
     np.testing.assert_allclose(ply["coord"], coord)
     np.testing.assert_array_equal(ply["label"], label)

@@ -11,7 +11,7 @@ from geossm.registry import DATASETS, MODELS, TASKS
 from geossm.tasks.graph import crossval
 from geossm.tasks.graph.task import AUTO_MODEL_KEYS, split_spec
 
-from .test_datasets import _write_planetoid
+from .datasets.test_planetoid import _write_planetoid
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "graph"
 KARATE = ["data.name=KarateClub", "data.root=null", "model.in_channels=34",

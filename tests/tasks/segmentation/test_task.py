@@ -64,7 +64,7 @@ def test_train_then_predict(tmp_path):
         assert z["pred"].shape == s["label"].shape
         # Category-conditioned: every prediction is one of the shape's own parts.
         assert set(np.unique(z["pred"])) <= set(synthetic.CATEGORY_PARTS[int(s["category"])])
-    from geossm.viz import read_ply
+    from geossm.io.ply import read_ply
     ply = read_ply(written[1])
     assert "label" in ply and "pred" in ply
 

@@ -1,0 +1,64 @@
+from geossm.config import load_config
+
+
+def test_tracking_task_one_step_and_eval(tmp_path):
+    cfg = load_config("events/tracking_synthetic", [
+        "data.num_sequences=2", "data.num_test_sequences=2", "data.samples_per_sequence=4",
+        "+data.sim.num_frames=6", "model.dim=16", "model.depth=1", "train.epochs=1",
+        "train.batch_size=8", "train.progress=false", f"output_dir={tmp_path / 'run'}",
+        f"data.cache_dir={tmp_path / 'cache'}"])
+    from geossm.engine.trainer import Trainer
+    trainer = Trainer(cfg, config_name="track_tiny")
+    try:
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+    best = summary["best"]
+    assert 0.0 <= best["test_success_auc"] <= 1.0 and "test_precision_20" in best
+    assert len(list((tmp_path / "cache" / "synthetic_tracking").glob("*.npz"))) == 4
+
+
+def test_evaluation_and_prediction_track_whole_sequences_without_a_loss(tmp_path):
+    """Evaluation and ``predict`` run ``track`` through ``predict_step``; evaluation takes no
+    loss (``evaluation_loss`` is False) and training batches go through ``forward``."""
+    import numpy as np
+    import torch
+
+    from geossm.registry import TASKS
+    cfg = load_config("events/tracking_synthetic", [
+        "data.num_test_sequences=2", "+data.sim.num_frames=5", "model.dim=16",
+        "model.depth=1", f"data.cache_dir={tmp_path / 'cache'}"])
+    task = TASKS.get("EventTrackingTask")(cfg)
+    torch.manual_seed(0)
+    model = task.build_model()
+    test_set = task.build_dataset("test")
+    batch = task.collate([test_set[0], test_set[1]])
+    outputs = task.predict_step(model, batch)
+    assert not task.evaluation_loss and outputs["tracks"].shape == (2, 5, 4)
+    metrics = task.build_metrics()
+    metrics.update(outputs, batch)
+    assert set(metrics.compute()) == {"success_auc", "precision_20", "norm_precision"}
+    sample = {"frames": np.asarray(test_set[0]["frames"]), "boxes": test_set[0]["boxes"]}
+    result = task.postprocess(task.predict_step(model, task.collate([sample])), batch)
+    written = task.write_prediction(sample, result, tmp_path / "pred.npz")
+    assert written == [tmp_path / "pred.npz"]
+    with np.load(written[0]) as z:
+        assert z.files == ["tracks"] and z["tracks"].shape == (1, 5, 4)
+    train_set = task.build_dataset("train")
+    pairs = task.collate([train_set[0], train_set[1]])
+    assert "cu_seqlens" not in pairs and pairs["template"].shape == (2, 2, 32, 32)
+    assert task.forward(model, pairs)["logits"].shape == (2, 64)
+
+
+def test_trainer_evaluation_reports_no_loss_for_tracking(tmp_path):
+    cfg = load_config("events/tracking_synthetic", [
+        "data.num_sequences=1", "data.num_test_sequences=2", "+data.sim.num_frames=5",
+        "model.dim=16", "model.depth=1", "train.progress=false", f"output_dir={tmp_path / 'run'}",
+        f"data.cache_dir={tmp_path / 'cache'}"])
+    from geossm.engine.trainer import Trainer
+    trainer = Trainer(cfg, config_name="track_eval")
+    try:
+        metrics = trainer.evaluate("test")
+    finally:
+        trainer.close()
+    assert set(metrics) == {"success_auc", "precision_20", "norm_precision"}

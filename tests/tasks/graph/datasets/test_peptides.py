@@ -1,0 +1,78 @@
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geossm.tasks.graph.datasets import PeptidesFunc
+from geossm.tasks.graph.transforms import add_positional_encodings
+
+
+def _peptides_sample(peptides_root, tmp_path, splits: dict) -> Path:
+    """The first real rows of Peptides-func (as many as ``splits`` index) in the official layout:
+    csv.gz with its header line + the split pickle."""
+    root = tmp_path / "peptides"
+    (root / "raw").mkdir(parents=True)
+    rows = 1 + max(max(v) for v in splits.values())
+    with gzip.open(peptides_root / PeptidesFunc.CSV, "rt") as fh:
+        lines = [next(fh) for _ in range(rows + 1)]
+    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
+        fh.writelines(lines)
+    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
+        pickle.dump({k: np.array(v) for k, v in splits.items()}, fh)
+    return root
+
+
+def test_peptides_reader_on_real_molecules(peptides_root, tmp_path):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    # The first 6 real rows in the official layout (csv.gz + split pickle).
+    root = _peptides_sample(peptides_root, tmp_path, {"train": [0, 1, 2, 3], "val": [4],
+                                                      "test": [5]})
+    ds = PeptidesFunc(root, split="train", cache_dir=tmp_path / "cache")
+    assert len(ds) == 4
+    g = ds[0]
+    assert g.x.dtype == torch.long and g.x.shape[1] == 9 and g.edge_attr.shape[1] == 3
+    assert g.y.shape == (1, 10) and set(g.y.unique().tolist()) <= {0.0, 1.0}
+    assert g.edge_index.max() < g.num_nodes and g.num_nodes > 50  # peptides are large
+    for j, v in enumerate(PeptidesFunc.ATOM_DIMS):
+        assert int(g.x[:, j].max()) < v
+    cached = list((tmp_path / "cache").rglob("peptides_func_all.npz"))
+    assert len(cached) == 1
+    again = PeptidesFunc(root, split="test", cache_dir=tmp_path / "cache", pe={"laplacian": 4})
+    assert len(again) == 1 and again[0].pe.shape == (again[0].num_nodes, 4)
+    with pytest.raises(FileNotFoundError, match="splits_random_stratified_peptide.pickle"):
+        PeptidesFunc(root / "raw", cache_dir=tmp_path / "cache")
+
+
+def test_peptides_compact_cache_round_trip_without_rdkit(peptides_root, tmp_path, monkeypatch):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    root = _peptides_sample(peptides_root, tmp_path, {"train": [0, 2, 4, 6], "val": [1, 3],
+                                                      "test": [5, 7]})
+    graphs = PeptidesFunc.convert(root / PeptidesFunc.CSV)
+    path = PeptidesFunc.save_compact(graphs, tmp_path / "moved" / "peptides.npz")
+    back = PeptidesFunc.load_compact(path)
+    for key, value in graphs.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+
+    def no_rdkit(*args, **kwargs):
+        raise AssertionError("the compact cache must be read without converting")
+
+    # A machine without RDKit: only the split pickle and the cache are needed.
+    monkeypatch.setattr(PeptidesFunc, "convert", staticmethod(no_rdkit))
+    (root / PeptidesFunc.CSV).unlink()
+    ds = PeptidesFunc(root, split="val", cache=path, pe={"random_walk": 3})
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), graphs["n_nodes"].long().cumsum(0)])
+    eptr = torch.cat([torch.zeros(1, dtype=torch.long), graphs["n_edges"].long().cumsum(0)])
+    for item, g in zip(ds, (1, 3)):
+        assert torch.equal(item.x, graphs["x"][ptr[g]:ptr[g + 1]].long())
+        assert torch.equal(item.edge_index, graphs["edge_index"][:, eptr[g]:eptr[g + 1]].long())
+        assert torch.equal(item.y, graphs["y"][g:g + 1].float())
+        ref = add_positional_encodings(item.clone(), random_walk=3).pe
+        assert torch.allclose(item.pe, ref, atol=1e-5)
+    graphs["x"][0, 0] = 300
+    with pytest.raises(ValueError, match="x spans"):
+        PeptidesFunc.save_compact(graphs, tmp_path / "bad.npz")
