@@ -213,12 +213,23 @@ key (+key=value adds one). Errors print one line; GEOSSM_DEBUG=1 shows the trace
 """
 
 
-def _subcommand(sub, name: str, summary: str, usage: str, description: str):
-    """A sub-parser whose usage line is ``usage`` (argparse would repeat a ``nargs="+"``
+def _subcommand(sub, name: str, summary: str, usage: str, description: str, func,
+                *arguments: tuple[tuple, dict]):
+    """A sub-parser running ``func``, with the positional ``arguments`` (``(args, kwargs)`` of
+    ``add_argument``), whose usage line is ``usage`` (argparse would repeat a ``nargs="+"``
     metavar) and whose help keeps the line breaks of ``description``."""
-    return sub.add_parser(name, help=summary, usage=f"geossm {name} {usage}",
-                          description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(name, help=summary, usage=f"geossm {name} {usage}",
+                            description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    for args, kwargs in arguments:
+        parser.add_argument(*args, **kwargs)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _config_args(nargs: str, help_text: str) -> tuple[tuple, dict]:
+    """The ``CONFIG key=value ...`` positional of train, eval and predict."""
+    return ("args",), {"nargs": nargs, "metavar": "ARG", "help": help_text}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,44 +238,45 @@ def build_parser() -> argparse.ArgumentParser:
         "graphs and events:\ntrain, evaluate, predict, visualise.", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    t = _subcommand(sub, "train", "train a model (prints a JSON summary line)",
-                    "[CONFIG] [key=value ...]",
-                    "CONFIG defaults to default.yaml (synthetic part segmentation). The run goes\n"
-                    "to output_dir (default runs/<config name>/<time>); resume=true continues it.")
-    t.add_argument("args", nargs="*", metavar="ARG",
-                   help="config path or name (default: default.yaml), then key=value overrides")
-    t.set_defaults(func=cmd_train)
-    e = _subcommand(sub, "eval", "evaluate a checkpoint on eval.split / eval.test_split",
-                    "CONFIG checkpoint=PATH [key=value ...]",
-                    "Prints one JSON line {\"checkpoint\": ..., \"metrics\": {split: {...}}}.")
-    e.add_argument("args", nargs="+", metavar="ARG",
-                   help="config path or name, then checkpoint=PATH and key=value overrides")
-    e.set_defaults(func=cmd_eval)
-    pr = _subcommand(sub, "predict", "run a checkpoint on one input file",
-                     "CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]",
-                     "input=FILE   the sample to predict on (.npz, .npy or .ply; the task's\n"
-                     "             input, e.g. `python -m geossm.tasks.segmentation shape.npz`)\n"
-                     "output=FILE  the prediction's .npz (another suffix becomes .npz), with a .ply\n"
-                     "             of the points beside it (default: <input>.pred.npz beside INPUT)\n"
-                     "\nPrints one JSON line {\"input\": ..., \"outputs\": [files written]}.")
-    pr.add_argument("args", nargs="+", metavar="ARG",
-                    help="config path or name, then checkpoint=PATH input=FILE [output=FILE] and "
-                         "key=value overrides")
-    pr.set_defaults(func=cmd_predict)
-    v = _subcommand(sub, "viz", "render a .ply/.npz to PNG (or a window)",
-                    "INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true|false]",
-                    "A prediction of `geossm predict` (.npz or .ply with label and pred) renders\n"
-                    "ground truth and prediction side by side. output= defaults to INPUT with .png;\n"
-                    "without output= and with a display, a window opens instead.")
-    v.add_argument("input", metavar="INPUT")
-    v.add_argument("options", nargs="*", metavar="key=value",
-                   help="output=PNG width=W height=H point_size=S show=true|false")
-    v.set_defaults(func=cmd_viz)
-    c = _subcommand(sub, "configs", "list configs with their descriptions", "[DIR]",
-                    f"{NO_DATA_MARK} marks configs whose data is generated (no download, no\n"
-                    "data.root); the others need data.root=PATH.")
-    c.add_argument("dir", nargs="?", default=None, help="configs folder (default: found one)")
-    c.set_defaults(func=cmd_configs)
+    _subcommand(sub, "train", "train a model (prints a JSON summary line)",
+                "[CONFIG] [key=value ...]",
+                "CONFIG defaults to default.yaml (synthetic part segmentation). The run goes\n"
+                "to output_dir (default runs/<config name>/<time>); resume=true continues it.",
+                cmd_train,
+                _config_args("*", "config path or name (default: default.yaml), then key=value "
+                                  "overrides"))
+    _subcommand(sub, "eval", "evaluate a checkpoint on eval.split / eval.test_split",
+                "CONFIG checkpoint=PATH [key=value ...]",
+                "Prints one JSON line {\"checkpoint\": ..., \"metrics\": {split: {...}}}.",
+                cmd_eval,
+                _config_args("+", "config path or name, then checkpoint=PATH and key=value "
+                                  "overrides"))
+    _subcommand(sub, "predict", "run a checkpoint on one input file",
+                "CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]",
+                "input=FILE   the sample to predict on (.npz, .npy or .ply; the task's\n"
+                "             input, e.g. `python -m geossm.tasks.segmentation shape.npz`)\n"
+                "output=FILE  the prediction's .npz (another suffix becomes .npz), with a .ply\n"
+                "             of the points beside it (default: <input>.pred.npz beside INPUT)\n"
+                "\nPrints one JSON line {\"input\": ..., \"outputs\": [files written]}.",
+                cmd_predict,
+                _config_args("+", "config path or name, then checkpoint=PATH input=FILE "
+                                  "[output=FILE] and key=value overrides"))
+    _subcommand(sub, "viz", "render a .ply/.npz to PNG (or a window)",
+                "INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true|false]",
+                "A prediction of `geossm predict` (.npz or .ply with label and pred) renders\n"
+                "ground truth and prediction side by side. output= defaults to INPUT with .png;\n"
+                "without output= and with a display, a window opens instead.",
+                cmd_viz,
+                (("input",), {"metavar": "INPUT"}),
+                (("options",), {"nargs": "*", "metavar": "key=value",
+                                "help": "output=PNG width=W height=H point_size=S "
+                                        "show=true|false"}))
+    _subcommand(sub, "configs", "list configs with their descriptions", "[DIR]",
+                f"{NO_DATA_MARK} marks configs whose data is generated (no download, no\n"
+                "data.root); the others need data.root=PATH.",
+                cmd_configs,
+                (("dir",), {"nargs": "?", "default": None,
+                            "help": "configs folder (default: found one)"}))
     return p
 
 

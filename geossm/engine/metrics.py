@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from geossm.engine.distributed import all_reduce_sum_
+from geossm.engine.distributed import all_gather_lists, all_reduce_sum_
 
 
 class Metric:
@@ -48,6 +48,33 @@ class Metric:
     def to(self, device: torch.device | str) -> "Metric":
         for name in self._defaults:
             setattr(self, name, getattr(self, name).to(device))
+        return self
+
+
+class ListMetric(Metric):
+    """Base class for metrics whose state does not add up: per-batch items kept in Python lists
+    on the host (scores ranked over a whole split, per-frame detections).
+
+    Name the lists in ``list_states``; ``reset`` empties them, ``reduce`` concatenates each over
+    the DDP ranks in rank order (``all_gather_lists``), and ``to`` leaves them on the host.
+    """
+
+    list_states: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        for name in self.list_states:
+            setattr(self, name, [])
+
+    def reduce(self) -> None:
+        gathered = all_gather_lists(*(getattr(self, name) for name in self.list_states))
+        for name, items in zip(self.list_states, gathered):
+            setattr(self, name, items)
+
+    def to(self, device: torch.device | str) -> "ListMetric":
         return self
 
 

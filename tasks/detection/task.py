@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geossm.engine.distributed import all_gather_lists
-from geossm.engine.metrics import Metric
+from geossm.engine.metrics import ListMetric
 from geossm.engine.task import Task
 from geossm.packed import cu_seqlens_from_lengths, pack_collate
 from geossm.registry import TASKS
@@ -45,7 +44,7 @@ __all__ = ["DetectionTask", "KittiAPMetric"]
 LOSS_KEYS = ("reg_weight", "min_radius", "min_overlap", "reg_neighbours")   # of cfg.loss
 
 
-class KittiAPMetric(Metric):
+class KittiAPMetric(ListMetric):
     """KITTI AP over an evaluation: keeps every frame's detections and annotations (they do not
     add up across batches), gathers them from all ranks in ``reduce``, evaluates in ``compute``.
 
@@ -55,25 +54,16 @@ class KittiAPMetric(Metric):
         metrics: ``("bev", "3d")`` by default.
     """
 
+    list_states = ("gt", "dt")   # per-frame annotations and detections
+
     def __init__(self, decode, classes: Sequence[str], metrics: Sequence[str] = ("bev", "3d")):
         super().__init__()
         self.decode, self.classes, self.metrics = decode, tuple(classes), tuple(metrics)
-        self.gt: list[dict] = []
-        self.dt: list[dict] = []
 
     def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
         for det, anno, calib in zip(self.decode(outputs), batch["annos"], batch["calib"]):
             self.gt.append(anno)
             self.dt.append(detections_to_anno(det, calib, self.classes))
-
-    def reset(self) -> None:
-        self.gt, self.dt = [], []
-
-    def reduce(self) -> None:
-        self.gt, self.dt = all_gather_lists(self.gt, self.dt)
-
-    def to(self, device) -> "KittiAPMetric":
-        return self
 
     def compute(self) -> dict[str, float]:
         if not self.gt:

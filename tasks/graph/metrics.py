@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from geossm.engine.distributed import all_gather_lists
-from geossm.engine.metrics import Metric
+from geossm.engine.metrics import ListMetric, Metric
 
 __all__ = ["Accuracy", "RocAuc", "AveragePrecision", "roc_auc", "average_precision",
            "mean_std", "summarize"]
@@ -56,22 +55,10 @@ class Accuracy(Metric):
         return {f"{self.prefix}acc": float(self.correct) / t if t else float("nan")}
 
 
-class _Gathered(Metric):
+class _Gathered(ListMetric):
     """Keeps per-batch (scores, targets) on the CPU; ``reduce`` gathers them from all ranks."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.scores: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-
-    def reset(self) -> None:
-        self.scores, self.targets = [], []
-
-    def reduce(self) -> None:
-        self.scores, self.targets = all_gather_lists(self.scores, self.targets)
-
-    def to(self, device) -> "_Gathered":
-        return self
+    list_states = ("scores", "targets")
 
     def _cat(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.scores:

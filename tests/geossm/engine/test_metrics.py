@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from geossm.engine.metrics import ConfusionMatrix, MeanMetric, MetricCollection
+from geossm.engine.metrics import ConfusionMatrix, ListMetric, MeanMetric, MetricCollection
 
 
 def test_confusion_matrix_values():
@@ -52,3 +52,27 @@ def test_mean_and_collection():
     assert out["loss"] == pytest.approx(2.5) and out["seg_acc"] == 1.0
     with pytest.raises(ValueError, match="two metrics report 'loss'"):
         MetricCollection(MeanMetric("loss"), MeanMetric("loss")).compute()
+
+
+class _Pairs(ListMetric):
+    list_states = ("xs", "ys")
+
+    def update(self, outputs, batch):
+        self.xs.append(outputs)
+        self.ys.append(batch)
+
+    def compute(self):
+        return {"n": float(len(self.xs))}
+
+
+def test_list_metric_keeps_reduces_and_resets_its_lists():
+    m = _Pairs()
+    assert m.xs == [] and m.ys == []
+    m.update(1, "a")
+    m.update(2, "b")
+    assert m.to("cpu") is m
+    m.reduce()  # one process: the gather keeps the items in order
+    assert (m.xs, m.ys) == ([1, 2], ["a", "b"])
+    assert m.compute() == {"n": 2.0}
+    m.reset()
+    assert m.xs == [] and m.ys == [] and m.compute() == {"n": 0.0}
