@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 #: ``kind`` of ``check_field`` -> the numpy dtype kinds it accepts and how the message says it.
-KINDS = {"int": ("iu", "integers"), "number": ("iuf", "numbers"),
-         "float": ("f", "floating-point numbers")}
+KINDS = {"int": ("iu", "integers"), "number": ("iuf", "numbers")}
 
 
 def check_field(sample: Mapping[str, Any], key: str, *, source: str = "sample",
@@ -39,8 +38,8 @@ def check_field(sample: Mapping[str, Any], key: str, *, source: str = "sample",
         shape: expected shape, one entry per dimension: an int (that size), a name (``"N"``:
             any size) or ``">=k"`` (at least ``k``); ``()`` is a single value. Default None
             (any shape).
-        kind: ``"int"`` (integer dtype, or whole floats), ``"number"`` (integer or float) or
-            ``"float"``; default None (any dtype).
+        kind: ``"int"`` (integer dtype, or whole floats) or ``"number"`` (integer or float);
+            default None (any dtype).
         low, high: values must lie in ``[low, high)`` for ``kind="int"``, ``[low, high]``
             otherwise; either may be None (unbounded). Default None.
         ignore: one more value accepted outside the range (an ``ignore_index``), default None.
