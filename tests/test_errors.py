@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from geossm import serialization as S
-from geossm.config import ConfigError, ConfigKeyError, load_config
+from geossm.config import ConfigError, ConfigKeyError, find_config, load_config
 from geossm.engine.checkpoint import CheckpointError, load_checkpoint
 from geossm.kernels import causal_conv1d, selective_scan
 from geossm.nn import MLP, Mamba
@@ -50,6 +50,12 @@ def _segmentation_model():
     from geossm.tasks.segmentation.models import PointCloudMambaSeg
     return PointCloudMambaSeg(in_channels=3, num_classes=4, dims=[8, 8], depths=[0, 1],
                               strides=[4], d_state=4, expand=1, k=4)
+
+
+def _segmentation_task():
+    """The embedded default's task (``model.num_categories=4``, ``model.num_classes=10``)."""
+    from geossm.tasks.segmentation.task import SegmentationTask
+    return SegmentationTask(load_config(find_config("default.yaml")))
 
 
 def _dataset(module, cls, **kwargs):
@@ -146,6 +152,12 @@ ROWS = [
      ConfigError, r"refused YAML tag"),
     ("checkpoint-missing", lambda: load_checkpoint("/nonexistent/last.pt"), FileNotFoundError,
      r"checkpoint not found: /nonexistent/last.pt"),
+    # predict inputs (``geossm predict`` says "input file <path>" where these say "sample")
+    ("predict-category-range", lambda: _segmentation_task().preprocess(
+        {"coord": np.zeros((5, 3), np.float32), "category": 7}), ValueError,
+     r"sample: category: expected an integer in \[0, 4\) \(model\.num_categories=4\), got 7"),
+    ("predict-coord-shape", lambda: _segmentation_task().preprocess({"coord": np.zeros((10, 2))}),
+     ValueError, r"sample: coord: expected shape \(N, 3\), got shape \(10, 2\)"),
     # layers and models called directly
     ("mlp-width", lambda: MLP(8)(torch.randn(5, 6)), ValueError,
      r"MLP: x must have 8 features in its last dimension, got shape \(5, 6\)"),

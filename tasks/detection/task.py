@@ -38,6 +38,7 @@ from .kitti import (Calibration, boxes_to_image_bbox, in_image_fov, read_calib, 
                     read_velodyne, camera_to_lidar_boxes)
 from .losses import centerpoint_loss, centerpoint_targets
 from .models import BoxDecoder
+from .transforms import validate_frame
 
 __all__ = ["DetectionTask", "KittiAPMetric"]
 
@@ -156,17 +157,17 @@ class DetectionTask(Task):
                     keep = np.isin(lab["name"], self.classes())
                     gt = camera_to_lidar_boxes(lab["location"][keep], lab["dimensions"][keep],
                                                lab["rotation_y"][keep], calib).astype(np.float32)
+            frame = {"points": points, "gt_boxes": gt}
         elif path.suffix == ".npz":
-            with np.load(path) as z:
-                if "points" not in z:
-                    raise ValueError(f"input file {path}: expected a 'points' array, got "
-                                     f"{sorted(z.files)}")
-                points = z["points"].astype(np.float32)
-                gt = z["gt_boxes"].astype(np.float32) if "gt_boxes" in z else np.zeros((0, 7),
-                                                                                       np.float32)
+            # allow_pickle=False, and corrupt files are one line, as for every task
+            frame = super().load_input(path)
         else:
             raise ValueError(f"input file {path}: expected a KITTI .bin or an .npz, got "
                              f"'{path.suffix}'")
+        validate_frame(frame, source=f"input file {path}", point_cloud_range=pcr,
+                       in_channels=self.cfg.model.get("in_channels", 4))
+        points = frame["points"].astype(np.float32)
+        gt = frame.get("gt_boxes", np.zeros((0, 7))).astype(np.float32)
         lo, hi = np.asarray(pcr[:3]), np.asarray(pcr[3:])
         points = points[np.all((points[:, :3] >= lo) & (points[:, :3] < hi), 1)]
         return {"points": points, "gt_boxes": gt,

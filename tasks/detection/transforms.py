@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from geossm.engine.inputs import check_field
 from geossm.registry import TRANSFORMS
 from geossm.transforms import generator
 
 from .boxes import iou_bev, limit_period, points_in_boxes
 
 __all__ = ["GTSampling", "GlobalFlip", "GlobalRotation", "GlobalScaling", "ObjectNoise",
-           "RangeFilter", "ShufflePoints", "DetectionPreprocess"]
+           "RangeFilter", "ShufflePoints", "DetectionPreprocess", "validate_frame"]
 
 
 def _rot_z(xy: np.ndarray, angle: float) -> np.ndarray:
@@ -258,3 +259,31 @@ class DetectionPreprocess:
         s["gt_boxes"] = np.ascontiguousarray(s["gt_boxes"], dtype=np.float32).reshape(-1, 7)
         s["gt_labels"] = np.asarray(s["gt_labels"], dtype=np.int64).reshape(-1)
         return s
+
+
+def validate_frame(sample: Mapping, *, source: str = "sample", in_channels: int = 4,
+                   point_cloud_range: Sequence[float] | None = None) -> None:
+    """Raise ``ValueError`` (naming ``source``, the field, the expectation and what came)
+    unless ``sample`` is a frame the detector can run on (``predict``'s input):
+
+    - ``points (N, in_channels)`` finite numbers (x, y, z, reflectance...), ``N >= 1``, some
+      inside ``point_cloud_range`` ``[x0, y0, z0, x1, y1, z1]`` when given (the rest are dropped);
+    - ``gt_boxes`` (optional ground truth): ``(M, 7)`` finite numbers.
+    """
+    points = check_field(sample, "points", source=source, shape=("N", in_channels),
+                         kind="number", finite=True, note=f"(model.in_channels={in_channels})")
+    check_field(sample, "gt_boxes", source=source, shape=("M", 7), kind="number", finite=True,
+                required=False)
+    if len(points) == 0:
+        raise ValueError(f"{source}: points: expected at least one point, got shape "
+                         f"{tuple(points.shape)}")
+    if point_cloud_range is None:
+        return
+    r = np.asarray(point_cloud_range, dtype=np.float64)
+    xyz = points[:, :3]
+    if not np.all((xyz >= r[:3]) & (xyz < r[3:]), 1).any():
+        extent = ", ".join(f"{axis} in [{lo:g}, {hi:g}]"
+                           for axis, lo, hi in zip("xyz", xyz.min(0), xyz.max(0)))
+        raise ValueError(f"{source}: points: expected points inside point_cloud_range "
+                         f"{[float(v) for v in r]} (x0, y0, z0, x1, y1, z1), got none of "
+                         f"{len(points)} ({extent})")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.engine.inputs import check_field
 from geossm.engine.metrics import MetricCollection
 from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
@@ -30,6 +31,12 @@ from .losses import cross_entropy
 from .metrics import (ClassificationMetric, PartSegMetric, SegmentationMetric, masked_prediction,
                       part_mask)
 from .transforms import PointPreprocess
+
+
+#: Channels of the per-point arrays ``data.feat_keys`` may name (others: any, checked in total).
+FEATURE_WIDTHS = {"coord": 3, "normal": 3, "color": 3}
+#: Value ranges of those arrays (colours are scaled to [0, 1], as the datasets give them).
+FEATURE_RANGES = {"color": {"low": 0.0, "high": 1.0}}
 
 
 def _loss_cfg(cfg) -> dict[str, Any]:
@@ -43,6 +50,7 @@ def _loss_cfg(cfg) -> dict[str, Any]:
 
 class _PointTask(Task):
     input_keys = ("coord", "feat", "cu_seqlens")
+    label_per_point = True  # ground truth of a sample: (N,) per point, or one class
 
     def dataset_class(self) -> type:
         return DATASETS.get(str(self.cfg.data.name))
@@ -69,11 +77,59 @@ class _PointTask(Task):
                              label_smoothing=float(cfg.get("label_smoothing", 0.0)),
                              class_weights=cfg.get("class_weights"))
 
-    def preprocess(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+    def preprocess(self, sample: Mapping[str, Any], *, source: str = "sample") -> dict[str, Any]:
         """A raw sample (``coord`` and the arrays ``data.feat_keys`` names, optional ``label`` and
         ``category``) prepared as the dataset prepares evaluation samples, keeping every
-        grid-sampled point (no ``num_points`` subset): grid sampling, normalisation, ``feat``."""
+        grid-sampled point (no ``num_points`` subset): grid sampling, normalisation, ``feat``.
+        ``validate_input`` checks it first (``source`` starts its messages)."""
+        self.validate_input(sample, source=source)
         return self._prediction_preprocess()(sample)
+
+    def validate_input(self, sample: Mapping[str, Any], *, source: str = "sample") -> None:
+        """Raise ``ValueError`` (naming ``source``, the field, the expectation and what came)
+        unless ``sample`` is a point cloud the model can run on. Shapes first, then values:
+
+        - ``coord (N, 3)`` numbers, finite, ``N >= 1``;
+        - every ``data.feat_keys`` array ``(N, C)`` (or ``(N,)``) numbers, finite (``color`` in
+          [0, 1]); their channels together ``model.in_channels``;
+        - ``category``: one integer in ``[0, model.num_categories)``, required when
+          ``model.num_categories > 0`` (ignored otherwise);
+        - ``label`` (optional ground truth): integers in ``[0, model.num_classes)`` or
+          ``loss.ignore_index``, one per point (or one for the cloud: ``label_per_point``).
+        """
+        coord = check_field(sample, "coord", source=source, shape=("N", 3), kind="number",
+                            finite=True)
+        n = len(coord)
+        if n == 0:
+            raise ValueError(f"{source}: coord: expected at least one point, got shape (0, 3)")
+        self._check_features(sample, n, source)
+        num_categories = int(self.cfg.model.get("num_categories", 0) or 0)
+        if num_categories > 0:  # otherwise the model does not read it
+            check_field(sample, "category", source=source, shape=(), kind="int", low=0,
+                        high=num_categories, note=f"(model.num_categories={num_categories})")
+        num_classes = self.num_classes()
+        check_field(sample, "label", source=source, shape=(n,) if self.label_per_point else (),
+                    kind="int", low=0, high=num_classes, required=False,
+                    ignore=int(_loss_cfg(self.cfg).get("ignore_index", -1)),
+                    note=f"(model.num_classes={num_classes})")
+
+    def _check_features(self, sample: Mapping[str, Any], n: int, source: str) -> None:
+        """The ``data.feat_keys`` arrays: ``n`` rows each, finite numbers, and as many
+        channels together as ``model.in_channels`` (when the config sets it)."""
+        widths = []  # (key, channels); a key may be named twice
+        for key in self._prediction_preprocess().feat_keys:
+            one_channel = key in sample and np.ndim(sample[key]) == 1  # (N,): one channel
+            value = check_field(sample, key, source=source, kind="number", finite=True,
+                                shape=(n,) if one_channel else (n, FEATURE_WIDTHS.get(key, "C")),
+                                note=f"(data.feat_keys names '{key}')",
+                                **FEATURE_RANGES.get(key, {}))
+            widths.append((key, int(np.prod(value.shape[1:]))))
+        in_channels = self.cfg.model.get("in_channels")
+        total = sum(w for _, w in widths)
+        if isinstance(in_channels, int) and total != in_channels:
+            parts = " + ".join(f"{k} {w}" for k, w in widths)
+            raise ValueError(f"{source}: feat: data.feat_keys give {parts} = {total} channels "
+                             f"per point, model.in_channels expects {in_channels}")
 
     def _prediction_preprocess(self) -> PointPreprocess:
         """The dataset class's ``PointPreprocess`` with the config's ``grid_size``,
@@ -84,18 +140,18 @@ class _PointTask(Task):
 
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read ``.npz`` / ``.npy`` / ``.ply`` (``coord`` plus optional ``label``, ``category``
-        and the dataset's other arrays) and ``preprocess`` it; a missing ``strength`` (LiDAR
+        and the dataset's other arrays; columns of ``coord`` after the third are dropped),
+        check it (``validate_input``) and ``preprocess`` it; a missing ``strength`` (LiDAR
         intensity) is zero."""
         raw = super().load_input(path)
-        if "coord" not in raw:
-            raise ValueError(f"input file {path}: expected a 'coord' array, got {sorted(raw)}")
-        raw["coord"] = np.asarray(raw["coord"], dtype=np.float32)[:, :3]
-        for key in ("category", "label"):
-            if key in raw and np.asarray(raw[key]).ndim == 0:
-                raw[key] = int(np.asarray(raw[key]))
-        if "strength" in self._prediction_preprocess().feat_keys and "strength" not in raw:
-            raw["strength"] = np.zeros((len(raw["coord"]), 1), dtype=np.float32)
-        return self.preprocess(raw)
+        coord = raw.get("coord")
+        if coord is not None and np.ndim(coord) == 2:
+            raw["coord"] = coord[:, :3]
+            if "strength" in self._prediction_preprocess().feat_keys and "strength" not in raw:
+                raw["strength"] = np.zeros((len(coord), 1), dtype=np.float32)
+        self.validate_input(raw, source=f"input file {path}")
+        raw["coord"] = np.asarray(raw["coord"], dtype=np.float32)
+        return self._prediction_preprocess()(raw)
 
 
 @TASKS.register
@@ -139,6 +195,7 @@ class ClassificationTask(_PointTask):
     """Per-sample classification (``best.pt`` by overall accuracy ``oa``)."""
 
     best_metric, best_mode = "oa", "max"
+    label_per_point = False
 
     def build_metrics(self) -> ClassificationMetric:
         return ClassificationMetric(self.num_classes())

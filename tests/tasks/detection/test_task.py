@@ -105,3 +105,36 @@ def test_synthetic_targets_decode_to_ap_100(task):
     assert cars > 0
     assert res["Car/bev_moderate_R40"] == pytest.approx(100.0)
     assert res["Car/3d_moderate_R40"] == pytest.approx(100.0)
+
+
+POINTS = np.c_[np.random.default_rng(0).uniform([1, -20, -2, 0], [50, 20, 0.5, 1], (500, 4))]
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(points=POINTS[:, :3]), r"^input file .*bad\.npz: points: expected shape \(N, 4\), got "
+                                 r"shape \(500, 3\)$"),
+    (dict(points=np.c_[POINTS, POINTS[:, :1]]),
+     r"points: expected shape \(N, 4\), got shape \(500, 5\)"),
+    (dict(points=POINTS.ravel()), r"points: expected shape \(N, 4\), got shape \(2000,\)"),
+    (dict(points=np.where(POINTS > 45, np.nan, POINTS)),
+     r"points: expected finite values, got NaN or inf"),
+    (dict(points=np.zeros((0, 4))), r"points: expected at least one point, got shape \(0, 4\)"),
+    (dict(points=POINTS + 1000),
+     r"points: expected points inside point_cloud_range \[0.0, -25.6, -3.0, 51.2, 25.6, 1.0\] "
+     r"\(x0, y0, z0, x1, y1, z1\), got none of 500 \(x in \[100\d"),
+    (dict(points=POINTS, gt_boxes=np.zeros((3, 5))),
+     r"gt_boxes: expected shape \(M, 7\), got shape \(3, 5\)"),
+    (dict(xyz=POINTS), r"expected 'points' of shape \(N, 4\) \(model\.in_channels=4\), got keys "
+                       r"\['xyz'\]"),
+])
+def test_predict_input_refused_in_one_line(task, tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        task.load_input(tmp_path / "bad.npz")
+
+
+def test_predict_input_npz_keeps_the_points_in_range(task, tmp_path):
+    np.savez(tmp_path / "ok.npz", points=np.r_[POINTS, POINTS[:1] + 1000])
+    sample = task.load_input(tmp_path / "ok.npz")
+    assert sample["points"].shape == (500, 4) and sample["points"].dtype == np.float32
+    assert sample["gt_boxes"].shape == (0, 7)

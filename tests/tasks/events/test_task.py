@@ -7,6 +7,8 @@ from geossm.config import load_config
 from geossm.engine.trainer import Trainer
 from geossm.tasks.events.task import EventClassificationTask
 
+from .encoders import random_events
+
 
 def test_nmnist_config_loads():
     cfg = load_config("events/nmnist_mamba")
@@ -69,3 +71,61 @@ def test_load_input_reads_event_files(nmnist_root):
     with pytest.raises(FileNotFoundError, match="input file not found"):
         task.load_input(nmnist_root / "nope.bin")
     assert np.isfinite(sample["frames"]).all()
+
+
+# ------------------------------------------------------- predict inputs: one-line refusals
+
+def _task(*overrides):
+    return EventClassificationTask(load_config("events/nmnist_mamba", list(overrides)))
+
+
+SERIALIZED = ("model.mode=serialized", "data.representation=events")
+FRAMES = np.zeros((6, 34, 34), np.float32)
+
+
+@pytest.mark.parametrize("overrides, arrays, message", [
+    ((), dict(frames=FRAMES[:5]), r"^input file .*bad\.npz: frames: expected shape "
+                                  r"\(6, 34, 34\), got shape \(5, 34, 34\)$"),
+    ((), dict(frames=np.zeros((6, 40, 40))), r"frames: expected shape \(6, 34, 34\), got shape "
+                                             r"\(6, 40, 40\)"),
+    ((), dict(frames=FRAMES + np.nan), r"frames: expected finite values, got NaN or inf"),
+    ((), dict(frames=FRAMES, label=40), r"label: expected an integer in \[0, 10\) "
+                                        r"\(model\.num_classes=10\), got 40"),
+    ((), dict(events=np.zeros((10, 4), np.int64)),
+     r"expected 'frames' of shape \(6, 34, 34\) \(data\.representation=frames or voxel\), got "
+     r"keys \['events'\]"),
+    (SERIALIZED, dict(events=np.zeros((10, 3), np.int64)),
+     r"events: expected shape \(N, 4\), got shape \(10, 3\)"),
+    (SERIALIZED, dict(events=np.full((10, 4), 0.5)),
+     r"events: expected integers, got 0.5 \(dtype float64\)"),
+    (SERIALIZED, dict(events=np.array([[50, 0, 0, 1]])),
+     r"events\[:, 0\] \(x\): expected values in \[0, 34\) \(sensor 34 x 34\), got \[50, 50\]"),
+    (SERIALIZED, dict(events=np.array([[5, 0, -3, 1]])),
+     r"events\[:, 2\] \(t\): expected values in \[0, inf\), got \[-3, -3\]"),
+    (SERIALIZED, dict(events=np.zeros((0, 4), np.int64)),
+     r"events: expected at least one event, got shape \(0, 4\)"),
+    (SERIALIZED, dict(frames=FRAMES),
+     r"expected 'events' of shape \(N, 4\) \(data\.representation=events: columns x, y, t, "
+     r"p\), got keys \['frames'\]"),
+    ((), dict(events=random_events(50, width=60, height=34)),  # a recording, off the sensor
+     r"^input file .*bad\.npz: events\['x'\]: expected values in \[0, 34\) \(sensor 34 x 34\), "
+     r"got \[\d+, 5\d\]$"),
+])
+def test_predict_input_refused_in_one_line(tmp_path, overrides, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=message):
+        _task(*overrides).load_input(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("overrides, key, shape", [((), "frames", (6, 34, 34)),
+                                                   (SERIALIZED, "events", (50, 4))])
+def test_a_structured_recording_in_an_npz_is_prepared(tmp_path, overrides, key, shape):
+    """An .npz holding a recording (structured events) used to reach torch as records."""
+    np.savez(tmp_path / "rec.npz", events=random_events(50, width=34, height=34))
+    assert _task(*overrides).load_input(tmp_path / "rec.npz")[key].shape == shape
+
+
+def test_preprocess_needs_a_structured_recording():
+    with pytest.raises(ValueError, match=r"^sample: events: expected a structured array with "
+                                         r"fields x, y, t, p \(EVENT_DTYPE\), got dtype int64"):
+        _task().preprocess({"events": np.zeros(5, np.int64)})

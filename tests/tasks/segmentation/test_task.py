@@ -1,11 +1,13 @@
 """End to end: a tiny synthetic-parts run through the trainer, then predict on one file."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from geossm.cli import main
 from geossm.config import find_config, load_config
 from geossm.engine import Trainer
 from geossm.packed import pack_collate
@@ -45,7 +47,7 @@ def test_dataset_configs_build_their_models(name):
     assert task.build_metrics() is not None
 
 
-def test_train_then_predict(tmp_path):
+def test_train_then_predict(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = load_config(find_config("default.yaml"), TINY + [f"output_dir={run}"])
     trainer = Trainer(cfg, config_name="default")
@@ -68,6 +70,17 @@ def test_train_then_predict(tmp_path):
     ply = read_ply(written[1])
     assert "label" in ply and "pred" in ply
 
+    # An out-of-range category: one line and status 2, not IndexError deep in the model.
+    bad = tmp_path / "bad.npz"
+    with np.load(sample) as s:
+        np.savez(bad, coord=s["coord"], category=7)
+    capsys.readouterr()  # the training log
+    code = main(["predict", "default", *TINY, f"checkpoint={run / 'best.pt'}", f"input={bad}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.fullmatch(r"geossm predict: error: input file .*bad\.npz: category: expected an "
+                        r"integer in \[0, 4\) \(model\.num_categories=4\), got 7\n", err)
+
 
 def test_classification_task_metrics_and_prediction(tmp_path):
     cfg = load_config(find_config("classification/modelnet40_pcm.yaml"),
@@ -85,7 +98,7 @@ def test_classification_task_metrics_and_prediction(tmp_path):
     assert out[1].suffix == ".ply"
 
 
-@pytest.mark.parametrize("overrides", [[], ["+data.grid_size=0.05",
+@pytest.mark.parametrize("overrides", [[], ["+data.grid_size=0.05", "model.in_channels=6",
                                              "+data.feat_keys=[coord,coord]"]])
 def test_predict_prepares_inputs_as_the_evaluation_dataset(tmp_path, overrides):
     """``preprocess`` / ``load_input`` and the validation split give the same arrays."""
@@ -100,3 +113,95 @@ def test_predict_prepares_inputs_as_the_evaluation_dataset(tmp_path, overrides):
             assert prepared.keys() == from_dataset.keys()
             for key in prepared:
                 np.testing.assert_array_equal(prepared[key], from_dataset[key])
+
+
+# ------------------------------------------------------- predict inputs: one-line refusals
+
+COORD = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)
+
+
+def _write(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(coord=COORD, category=7), r"^input file .*bad\.npz: category: expected an integer in "
+                                    r"\[0, 4\) \(model\.num_categories=4\), got 7$"),
+    (dict(coord=COORD, category=-1), r"category: expected an integer in \[0, 4\) .*, got -1$"),
+    (dict(coord=COORD, category=1.5), r"category: expected integers, got 1.5 \(dtype float64\)"),
+    (dict(coord=COORD, category=[1, 2]),
+     r"category: expected a single value \(shape \(\)\), got shape \(2,\)"),
+    (dict(coord=COORD), r"bad\.npz: expected 'category' \(model\.num_categories=4\), got keys "
+                        r"\['coord'\]"),
+    # the shape is the first problem, not the missing category
+    (dict(coord=COORD[:10, :2]), r"^input file .*bad\.npz: coord: expected shape \(N, 3\), "
+                                 r"got shape \(10, 2\)$"),
+    (dict(coord=COORD.ravel(), category=1), r"coord: expected shape \(N, 3\), got shape \(900,\)"),
+    (dict(coord=np.where(COORD > 2, np.nan, COORD), category=1),
+     r"coord: expected finite values, got NaN or inf"),
+    (dict(coord=np.array([["a", "b", "c"]]), category=1), r"coord: expected numbers, got dtype"),
+    (dict(coord=np.zeros((0, 3)), category=1),
+     r"coord: expected at least one point, got shape \(0, 3\)"),
+    (dict(points=COORD), r"expected 'coord' of shape \(N, 3\), got keys \['points'\]"),
+    (dict(coord=COORD, category=1, label=np.full(300, 99)),
+     r"label: expected values in \[0, 10\) or -1 \(ignored\) \(model\.num_classes=10\), "
+     r"got \[99, 99\]"),
+    (dict(coord=COORD, category=1, label=np.zeros(5, np.int64)),
+     r"label: expected shape \(300,\), got shape \(5,\)"),
+])
+def test_segmentation_predict_input_refused_in_one_line(tmp_path, arrays, message):
+    task = SegmentationTask(load_config(find_config("default.yaml")))
+    with pytest.raises(ValueError, match=message):
+        task.load_input(_write(tmp_path, **arrays))
+
+
+def test_predict_input_columns_after_xyz_are_dropped_and_ignored_labels_pass(tmp_path):
+    task = SegmentationTask(load_config(find_config("default.yaml")))
+    label = np.full(300, -1)
+    sample = task.load_input(_write(tmp_path, coord=np.c_[COORD, COORD[:, :1]], category=1,
+                                    label=label))
+    assert sample["coord"].shape[1] == 3 and sample["category"] == 1
+
+
+@pytest.mark.parametrize("overrides, arrays, message", [
+    (["+data.feat_keys=[coord,normal]", "model.in_channels=6"], dict(category=0),
+     r"expected 'normal' of shape \(300, 3\) \(data\.feat_keys names 'normal'\), got keys"),
+    (["+data.feat_keys=[coord,normal]", "model.in_channels=6"],
+     dict(category=0, normal=COORD[:, :2]), r"normal: expected shape \(300, 3\), got shape "
+                                            r"\(300, 2\)"),
+    (["+data.feat_keys=[coord,normal]"], dict(category=0, normal=COORD),
+     r"feat: data\.feat_keys give coord 3 \+ normal 3 = 6 channels per point, "
+     r"model\.in_channels expects 3"),
+])
+def test_feature_arrays_match_feat_keys_and_in_channels(tmp_path, overrides, arrays, message):
+    task = SegmentationTask(load_config(find_config("default.yaml"), overrides))
+    with pytest.raises(ValueError, match=message):
+        task.load_input(_write(tmp_path, coord=COORD, **arrays))
+
+
+def test_colours_in_0_255_are_refused():
+    task = SegmentationTask(load_config(find_config("segmentation/s3dis_pcm.yaml")))
+    with pytest.raises(ValueError, match=r"^sample: color: expected values in \[0, 1\] "
+                                         r"\(data\.feat_keys names 'color'\), got \[0, 255\]"):
+        task.preprocess({"coord": COORD, "color": np.tile([0.0, 128.0, 255.0], (300, 1))})
+
+
+def test_preprocess_validates_like_load_input():
+    """The Python route (``preprocess``) refuses what ``predict`` refuses, naming "sample"."""
+    task = SegmentationTask(load_config(find_config("default.yaml")))
+    with pytest.raises(ValueError, match=r"^sample: category: expected an integer in \[0, 4\)"):
+        task.preprocess({"coord": COORD, "category": 4})
+
+
+@pytest.mark.parametrize("label, message", [
+    (np.zeros(2, np.int64), r"label: expected a single value \(shape \(\)\), got shape \(2,\)"),
+    (40, r"label: expected an integer in \[0, 40\) or -1 \(ignored\) \(model\.num_classes=40\), "
+         r"got 40"),
+])
+def test_classification_predict_input_label_is_one_class(tmp_path, label, message):
+    task = ClassificationTask(load_config(find_config("classification/modelnet40_pcm.yaml")))
+    with pytest.raises(ValueError, match=message):
+        task.load_input(_write(tmp_path, coord=COORD, label=label))
+    assert task.load_input(_write(tmp_path, coord=COORD, label=3))["label"] == 3
