@@ -16,7 +16,9 @@ that serialize inside their forward (``PointCloudMambaSeg``: per-sample kNN over
 ``cu_seqlens.tolist()``, SciPy KD-trees, grid pooling whose output size depends on the
 coordinates; ``EventMambaCls`` ``mode: serialized``: the event grid's extent read with
 ``int(v.min())``) stop ``torch.export`` at the first such line; ``export_program`` raises an
-``ExportError`` naming it.
+``ExportError`` naming it. The kernel backend must be one behind the custom ops (``numba``, the
+CPU default, or ``triton``): the ``torch`` reference scan runs op by op and pads every segment
+to the longest (``int(lengths.max())``), which does not trace.
 """
 
 from __future__ import annotations
