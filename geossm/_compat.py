@@ -24,6 +24,7 @@ INSTALL_HINTS = {
     "aedat": "pip install aedat",
     "h5py": "pip install h5py",
     "rdkit": "pip install rdkit",
+    "safetensors": "pip install safetensors  (or the extra: pip install 'geossm-lib[export]')",
 }
 
 

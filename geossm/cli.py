@@ -6,6 +6,7 @@
     geossm eval CONFIG checkpoint=PATH [key=value ...]
     geossm predict CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]
     geossm viz INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true]
+    geossm export checkpoint=PATH format=safetensors|torch-export [output=FILE] [input=FILE]
     geossm configs [DIR]                               # "(runs without data)": generated data
 
 CONFIG is a path or a name looked up as described in ``geossm.config`` (``./configs/``, then
@@ -131,6 +132,28 @@ def cmd_predict(ns: argparse.Namespace) -> int:
                   flush=True)
     finally:
         trainer.close()
+    return 0
+
+
+_EXPORT_OPTIONS = ("checkpoint", "format", "output", "input")
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from geossm.config import parse_override
+    from geossm.engine.export import export_checkpoint
+    opts: dict[str, Any] = {}
+    for text in ns.options:
+        key, value, _ = parse_override(text)
+        if key not in _EXPORT_OPTIONS:
+            raise ValueError(f"unknown option '{key}' (known: {', '.join(_EXPORT_OPTIONS)})")
+        opts[key] = text.split("=", 1)[1]  # paths as written, not parsed as YAML
+    for key in ("checkpoint", "format"):
+        if key not in opts:
+            raise ValueError(f"export needs {key}=... (checkpoint=PATH "
+                             "format=safetensors|torch-export)")
+    result = export_checkpoint(opts["checkpoint"], opts["format"], opts.get("output"),
+                               opts.get("input"))
+    print(_json(result), flush=True)
     return 0
 
 
@@ -261,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd_predict,
                 _config_args("+", "config path or name, then checkpoint=PATH input=FILE "
                                   "[output=FILE] and key=value overrides"))
+    _subcommand(sub, "export", "export a checkpoint's model (safetensors or torch.export)",
+                "checkpoint=PATH format=safetensors|torch-export [output=FILE] [input=FILE]",
+                "format=safetensors    the state dict (+ the config as metadata)\n"
+                "format=torch-export   torch.export program (.pt2), checked against eager on\n"
+                "                      an example batch (input=FILE, default the first training\n"
+                "                      samples); not every model traces (see docs)\n"
+                "output= defaults to the checkpoint's path with .safetensors / .pt2.\n"
+                "\nPrints one JSON line {\"output\": ..., \"format\": ..., ...}.",
+                cmd_export,
+                (("options",), {"nargs": "+", "metavar": "key=value",
+                                "help": "checkpoint=PATH format=... [output=FILE] "
+                                        "[input=FILE]"}))
     _subcommand(sub, "viz", "render a .ply/.npz to PNG (or a window)",
                 "INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true|false]",
                 "A prediction of `geossm predict` (.npz or .ply with label and pred) renders\n"

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "description": "",
     "imports": [],          # extra modules to import for their registrations (user code)
     "task": None,           # Task class name (TASKS registry)
-    "model": {"name": None},
+    "model": {"name": None, "init_from": None},   # init_from: weights to fine-tune from
     "data": {"name": None, "root": None, "split": "train"},
     "train": {
         "epochs": 10,

@@ -94,10 +94,13 @@ class Registry:
 
     Args:
         kind: what the registry holds, used in messages (``"model"``, ``"dataset"``, ``"task"``).
+        engine_keys: keys of a config spec that are read by the engine, not passed to the
+            constructor (``model.init_from``: the weights a run starts from).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, engine_keys: tuple[str, ...] = ()):
         self.kind = kind
+        self.engine_keys = engine_keys
         self._items: dict[str, Any] = {}
 
     def register(self, obj: T | None = None, *, name: str | None = None) -> T | Callable[[T], T]:
@@ -153,6 +156,8 @@ class Registry:
                     f"{self.kind} spec needs a 'name' key (the class name); got keys "
                     f"{sorted(init)}; known {self.kind}s: {self._known()}")
             name = init.pop("name")
+            for key in self.engine_keys:
+                init.pop(key, None)
         else:
             raise TypeError(f"{self.kind} spec: expected a name or a mapping, got {spec!r}")
         init.update(kwargs)
@@ -200,7 +205,7 @@ def _same_definition(a: Any, b: Any) -> bool:
         return False
 
 
-MODELS = Registry("model")
+MODELS = Registry("model", engine_keys=("init_from",))
 DATASETS = Registry("dataset")
 TASKS = Registry("task")
 TRANSFORMS = Registry("transform")

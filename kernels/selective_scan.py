@@ -10,6 +10,7 @@ call this function compile under ``torch.compile(fullgraph=True)``.
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Optional
 
 import torch
@@ -152,7 +153,7 @@ def _canonical_inputs(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_s
     check_same_device(u, delta=delta, z=z, A=A, B=B, C=C, D=D, delta_bias=delta_bias,
                       initial_state=initial_state)
 
-    tokens = int(torch.tensor(token_shape).prod()) if token_shape else 0
+    tokens = math.prod(token_shape) if token_shape else 0  # SymInts too (torch.export)
     cu = canonical_cu_seqlens(cu_seqlens, token_shape, u.device)
     num_segments = cu.shape[0] - 1
     if initial_state is not None:

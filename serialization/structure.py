@@ -122,6 +122,24 @@ class Serialization:
         """``(S,)`` int32 segment lengths."""
         return self.cu_seqlens[1:] - self.cu_seqlens[:-1]
 
+    def repeat(self, times: int) -> "Serialization":
+        """The serialization of ``times`` copies of this one's items laid one after another
+        (copy ``i`` holds source items ``i*N .. (i+1)*N - 1``), each copy ordered and split into
+        segments as this one is: what serializing a batch of ``times`` identical layouts gives
+        (e.g. the patch grid of every frame of a batch). Tensor ops only: no host sync, and
+        ``times`` may be symbolic under ``torch.export``. The extras describe one sample and
+        are not carried.
+
+        Shapes: ``order``, ``inverse`` ``(times*N,)``; ``cu_seqlens`` ``(times*S+1,)``.
+        """
+        n = self.order.numel()
+        offsets = torch.arange(times, device=self.order.device)[:, None] * n  # (times, 1)
+        order = (self.order[None] + offsets).reshape(-1)
+        inverse = (self.inverse[None] + offsets).reshape(-1)
+        ends = (self.cu_seqlens[1:].long()[None] + offsets).reshape(-1)
+        cu = torch.cat([self.cu_seqlens[:1].long(), ends]).to(self.cu_seqlens.dtype)
+        return _unchecked(order, inverse, cu)
+
     def segment_ids(self) -> Tensor:
         """``(N,)`` long: the segment of every serialized position."""
         return cu_seqlens_to_batch(self.cu_seqlens, self.num_tokens)

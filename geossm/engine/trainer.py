@@ -50,6 +50,7 @@ from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_check
                                       save_checkpoint, seed_everything, set_rng_state)
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
+from geossm.engine.finetune import init_from_checkpoint
 from geossm.engine.optim import build_optimizer, build_scheduler, check_optimization_config
 from geossm.engine.task import Task, move_to
 from geossm.registry import TASKS, import_modules
@@ -226,6 +227,18 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} does not fit model "
                                   f"{type(self.model).__name__}: {' '.join(lines[:3])[:400]}") from err
         return ckpt
+
+    def _init_from(self, resume_path: Path | None) -> str | None:
+        """Load ``model.init_from`` into the fresh model (before the optimiser is built) and
+        return the text to log once the run's log file is open. When resuming, the resumed
+        checkpoint wins and ``init_from`` is not read (it was applied when the run started)."""
+        init_from = self.cfg.model.get("init_from")
+        if not init_from:
+            return None
+        if resume_path is not None:
+            return f"model.init_from={init_from} ignored: resuming from {resume_path}"
+        match = init_from_checkpoint(self.model, str(init_from))
+        return f"model.init_from={init_from}: {match.table()}"
 
     # --------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -429,6 +442,7 @@ class Trainer:
         if steps == 0:
             raise ValueError(f"training split '{cfg.data.split}' of {type(train_set).__name__} "
                              "is empty")
+        init_report = self._init_from(resume_path)
         groups = self.task.parameter_groups(self.model, float(cfg.train.weight_decay))
         optimizer = build_optimizer(self.model, groups, cfg.train, self.device)
         scheduler = build_scheduler(optimizer, cfg.train, epochs, steps)
@@ -456,6 +470,8 @@ class Trainer:
 
         logger = RunLogger(run_dir, enabled=self.is_main,
                            resume_epoch=start_epoch if resume_path is not None else None)
+        if init_report:
+            self.log.info("%s", init_report)
         try:
             if self.is_main:
                 save_config(cfg, run_dir / "config.yaml")

@@ -18,7 +18,7 @@ from torch import nn
 from geossm.kernels import causal_conv1d, selective_scan
 from geossm.packed import LAYER, check_cu_seqlens, check_none_for_dense
 
-__all__ = ["Mamba", "BiMamba"]
+__all__ = ["Mamba", "BiMamba", "from_mamba_ssm_state_dict", "to_mamba_ssm_state_dict"]
 
 
 def check_tokens(name: str, x, dim: int) -> None:
@@ -171,6 +171,53 @@ class Mamba(nn.Module):
                            cu_seqlens=cu_seqlens, reverse=reverse, backend=self.backend)
         return self.out_proj(y)
 
+    @classmethod
+    def from_mamba_ssm(cls, state_dict, prefix: str = "", **kwargs) -> "Mamba":
+        """A ``Mamba`` sized from a ``mamba_ssm.Mamba`` state dict, holding its weights.
+
+        ``d_model``, ``d_state``, ``d_conv``, ``expand``, ``dt_rank``, ``conv_bias`` and
+        ``bias`` are read from the tensor shapes and keys; ``kwargs`` adds the others
+        (``backend``). See ``from_mamba_ssm_state_dict`` for the mapping and its errors.
+        """
+        state = from_mamba_ssm_state_dict(state_dict, prefix)
+        inner, d_model = state["in_proj.weight"].shape
+        inner //= 2
+        if inner % d_model:
+            raise ValueError(f"mamba_ssm state dict: d_inner={inner} is not a multiple of "
+                             f"d_model={d_model} (geossm.nn.Mamba needs an integer expand)")
+        module = cls(d_model, d_state=state["A_log"].shape[1],
+                     d_conv=state["conv_weight"].shape[1], expand=inner // d_model,
+                     dt_rank=state["dt_proj.weight"].shape[1],
+                     conv_bias="conv_bias" in state, bias="in_proj.bias" in state, **kwargs)
+        module.load_mamba_ssm_state_dict(state_dict, prefix)
+        return module
+
+    def load_mamba_ssm_state_dict(self, state_dict, prefix: str = "") -> None:
+        """Load a ``mamba_ssm.Mamba`` state dict (its key names and shapes) into this module.
+
+        Raises ``ValueError`` naming the key, the expected shape (from this module's sizes)
+        and the received one when a tensor does not fit, and on missing or unknown keys.
+        """
+        state = from_mamba_ssm_state_dict(state_dict, prefix)
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(
+                f"mamba_ssm state dict does not fit {self.extra_repr()}: geossm keys missing "
+                f"{missing}, not in this module {extra} (bias / conv_bias differ?)")
+        for key, value in state.items():
+            if value.shape != own[key].shape:
+                raise ValueError(
+                    f"mamba_ssm state dict: '{_MAMBA_SSM_NAMES.get(key, key)}' expected shape "
+                    f"{_mamba_ssm_shape(key, tuple(own[key].shape))} for {self.extra_repr()}, "
+                    f"got {_mamba_ssm_shape(key, tuple(value.shape))}")
+        self.load_state_dict(state)
+
+    def mamba_ssm_state_dict(self) -> dict[str, torch.Tensor]:
+        """This module's weights under ``mamba_ssm.Mamba``'s key names and shapes."""
+        return to_mamba_ssm_state_dict(self.state_dict())
+
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
                 f"expand={self.expand}, dt_rank={self.dt_rank}, backend={self.backend!r}")
@@ -206,3 +253,80 @@ class BiMamba(nn.Module):
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         return (self.forward_mamba(x, cu_seqlens)
                 + self.backward_mamba(x, cu_seqlens, reverse=True))
+
+
+# ------------------------------------------------------------- mamba_ssm interoperability
+
+#: geossm key -> mamba_ssm key where they differ (the depthwise convolution: mamba_ssm keeps
+#: an ``nn.Conv1d(E, E, W, groups=E)`` with weight ``(E, 1, W)``; geossm the filters ``(E, W)``;
+#: both put the current token's tap last, so the values are the same).
+_MAMBA_SSM_NAMES = {"conv_weight": "conv1d.weight", "conv_bias": "conv1d.bias"}
+_REQUIRED = ("in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight",
+             "dt_proj.bias", "A_log", "D", "out_proj.weight")
+_OPTIONAL = ("conv1d.bias", "in_proj.bias", "out_proj.bias")
+
+
+def _mamba_ssm_shape(geossm_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape mamba_ssm stores for a geossm tensor of ``shape``."""
+    return (shape[0], 1, shape[1]) if geossm_key == "conv_weight" else shape
+
+
+def from_mamba_ssm_state_dict(state_dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Map a ``mamba_ssm.Mamba`` state dict to ``geossm.nn.Mamba``'s keys and shapes.
+
+    ``conv1d.weight (E, 1, W)`` becomes ``conv_weight (E, W)``, ``conv1d.bias (E,)``
+    ``conv_bias``; ``in_proj`` ``(2E, D)``, ``x_proj`` ``(R + 2N, E)``, ``dt_proj``
+    ``(E, R)`` + bias ``(E,)``, ``A_log (E, N)``, ``D (E,)``, ``out_proj`` ``(D, E)`` keep
+    their names and layouts (same split order: x then z; dt, B, C). Tensors are not copied.
+
+    Args:
+        state_dict: the mixer's state dict (``mamba_ssm.Mamba(...).state_dict()``) or a whole
+            model's with ``prefix``.
+        prefix: the mixer's key prefix in ``state_dict`` (e.g. ``"layers.0.mixer."``); keys
+            without it are ignored. Default ``""``.
+
+    Returns:
+        ``{geossm key: tensor}``, loadable with ``Mamba.load_state_dict``.
+
+    Raises:
+        ValueError: a required key is missing, a key is not one of mamba_ssm's ``Mamba``, or
+            ``conv1d.weight`` is not ``(E, 1, W)``.
+    """
+    own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    missing = [k for k in _REQUIRED if k not in own]
+    unknown = sorted(k for k in own if k not in _REQUIRED + _OPTIONAL)
+    if missing or unknown:
+        raise ValueError(
+            f"mamba_ssm state dict (prefix {prefix!r}): expected the keys of mamba_ssm's Mamba "
+            f"{list(_REQUIRED)} (+ {list(_OPTIONAL)} if present); missing {missing}, "
+            f"unknown {unknown}")
+    conv = own["conv1d.weight"]
+    if conv.dim() != 3 or conv.shape[1] != 1:
+        raise ValueError(f"mamba_ssm state dict: 'conv1d.weight' expected shape (E, 1, W) "
+                         f"(a depthwise Conv1d), got {tuple(conv.shape)}")
+    geossm_names = {v: k for k, v in _MAMBA_SSM_NAMES.items()}
+    state = {geossm_names.get(k, k): v for k, v in own.items()}
+    state["conv_weight"] = conv[:, 0, :]
+    return state
+
+
+def to_mamba_ssm_state_dict(state_dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Map a ``geossm.nn.Mamba`` state dict to ``mamba_ssm.Mamba``'s keys and shapes (the
+    inverse of ``from_mamba_ssm_state_dict``: ``conv_weight (E, W)`` → ``conv1d.weight
+    (E, 1, W)``); ``prefix`` is put before every key. Raises ``ValueError`` on a missing or
+    unknown key or a ``conv_weight`` that is not ``(E, W)``."""
+    geossm_required = [{v: k for k, v in _MAMBA_SSM_NAMES.items()}.get(k, k) for k in _REQUIRED]
+    geossm_optional = ["conv_bias", "in_proj.bias", "out_proj.bias"]
+    missing = [k for k in geossm_required if k not in state_dict]
+    unknown = sorted(k for k in state_dict if k not in geossm_required + geossm_optional)
+    if missing or unknown:
+        raise ValueError(f"geossm Mamba state dict: expected the keys {geossm_required} "
+                         f"(+ {geossm_optional} if present); missing {missing}, "
+                         f"unknown {unknown}")
+    conv = state_dict["conv_weight"]
+    if conv.dim() != 2:
+        raise ValueError(f"geossm Mamba state dict: 'conv_weight' expected shape (E, W), got "
+                         f"{tuple(conv.shape)}")
+    out = {prefix + _MAMBA_SSM_NAMES.get(k, k): v for k, v in state_dict.items()}
+    out[prefix + "conv1d.weight"] = conv[:, None, :]
+    return out

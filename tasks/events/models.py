@@ -134,7 +134,7 @@ class EventMambaCls(nn.Module):
         self.norm = RMSNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
-        self._grid_cache: dict[tuple, list] = {}
+        self._grid_cache: dict[str, list] = {}
 
     @classmethod
     def example(cls):
@@ -142,18 +142,18 @@ class EventMambaCls(nn.Module):
                 "sensor_size": (8, 8, 2), "patch_size": 4, "stem_channels": 4}
         return init, {"frames": torch.rand(2, 2, 8, 8)}
 
-    def _patch_serializations(self, batch: int, device: torch.device) -> list:
-        key = (batch, str(device))
+    def _patch_serializations(self, batch, device: torch.device) -> list:
+        """One serialization per order of a batch of ``batch`` patch grids: the grid of one
+        frame is serialized once per device (cached) and repeated for the batch by tensor ops,
+        so ``batch`` may stay symbolic under ``torch.export``."""
+        key = str(device)
         if key not in self._grid_cache:
             gh, gw = self.grid_hw
             yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
             cells = torch.stack([xx.flatten(), yy.flatten(),
-                                 torch.zeros(gh * gw, dtype=torch.long)], 1)
-            grid = cells.repeat(batch, 1).to(device)
-            b = torch.arange(batch, device=device).repeat_interleave(gh * gw)
-            self._grid_cache = {key: [serialize_grid(grid, o, b, num_samples=batch)
-                                      for o in self.orders]}
-        return self._grid_cache[key]
+                                 torch.zeros(gh * gw, dtype=torch.long)], 1).to(device)
+            self._grid_cache = {key: [serialize_grid(cells, o) for o in self.orders]}
+        return [s.repeat(batch) for s in self._grid_cache[key]]
 
     def forward(self, frames: torch.Tensor | None = None, events: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:

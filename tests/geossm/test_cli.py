@@ -155,3 +155,98 @@ def test_viz_errors_say_viz_once(tmp_path, capsys):
     assert err == f"geossm viz: error: input file not found: {tmp_path / 'none.ply'}\n"
     code, _, err = run_cli(capsys, "viz", tmp_path / "none.ply", "width=big")
     assert err == "geossm viz: error: width expects a number, got 'big'\n"
+
+
+# ----------------------------------------------------------------------------- export
+
+def _event_checkpoint(tmp_path):
+    """A small windowed N-MNIST EventMambaCls checkpoint (random weights; no data needed) and
+    an input file of ready frames ``(6, 34, 34)``."""
+    import torch
+
+    from geossm.config import find_config, load_config, to_container
+    from geossm.engine import save_checkpoint
+    from geossm.registry import TASKS
+    cfg = load_config(find_config("events/nmnist_mamba"),
+                      ["model.dim=16", "model.depth=1", "model.stem_channels=8", "device=cpu"])
+    torch.manual_seed(0)
+    model = TASKS.get(str(cfg.task))(cfg).build_model()
+    for module in model.modules():  # non-trivial BatchNorm statistics, so eval mode matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    path = save_checkpoint({"model": model.state_dict(), "config": to_container(cfg)},
+                           tmp_path / "events.pt")
+    frames = np.random.default_rng(0).poisson(0.3, (6, 34, 34)).astype(np.float32)
+    np.savez(tmp_path / "frames.npz", frames=frames)
+    return path, tmp_path / "frames.npz", model.eval(), frames
+
+
+def test_export_event_model_torch_export_matches_eager(tmp_path, capsys):
+    import torch
+    ckpt, frames_file, model, frames = _event_checkpoint(tmp_path)
+    code, out, err = run_cli(capsys, "export", f"checkpoint={ckpt}", "format=torch-export",
+                             f"input={frames_file}")
+    assert code == 0, err
+    result = json_line(out)
+    assert result["output"] == str(tmp_path / "events.pt2") and result["format"] == "torch-export"
+    assert result["dynamic"] == {"frames": [0]}  # the batch dimension
+    assert result["max_abs_diff"] < 1e-5
+    program = torch.export.load(result["output"])
+    targets = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    assert torch.ops.geossm.selective_scan.default in targets  # the custom op, one node
+    # A batch size other than the traced one (2), against eager.
+    batch = torch.from_numpy(np.stack([frames, frames * 0.5, frames + 1.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(frames=batch), model(frames=batch),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_export_safetensors_holds_the_state_dict(tmp_path, capsys):
+    pytest.importorskip("safetensors", reason="safetensors not installed (extra: export)")
+    from safetensors import safe_open
+    ckpt, _, model, _ = _event_checkpoint(tmp_path)
+    out = tmp_path / "weights.safetensors"
+    code, stdout, err = run_cli(capsys, "export", f"checkpoint={ckpt}", "format=safetensors",
+                                f"output={out}")
+    assert code == 0, err
+    assert json_line(stdout) == {"output": str(out), "format": "safetensors"}
+    with safe_open(str(out), framework="pt") as f:
+        assert set(f.keys()) == set(model.state_dict())
+        for key, value in model.state_dict().items():
+            assert (f.get_tensor(key) == value).all(), key
+        assert json.loads(f.metadata()["geossm_config"])["model"]["name"] == "EventMambaCls"
+
+
+def test_export_segmentation_model_names_why_it_cannot_trace(tmp_path, capsys):
+    """The default PointCloudMambaSeg serializes inside its forward (kNN per sample over
+    ``cu_seqlens.tolist()``): torch.export stops there and the error names the line."""
+    import torch
+
+    from geossm.config import find_config, load_config, to_container
+    from geossm.engine import save_checkpoint
+    from geossm.registry import TASKS
+    cfg = load_config(find_config("default.yaml"), ["data.num_samples=2"])
+    model = TASKS.get(str(cfg.task))(cfg).build_model()
+    ckpt = save_checkpoint({"model": model.state_dict(), "config": to_container(cfg)},
+                           tmp_path / "seg.pt")
+    code, out, err = run_cli(capsys, "export", f"checkpoint={ckpt}", "format=torch-export")
+    assert code == 2 and not (tmp_path / "seg.pt2").exists()
+    assert "torch.export cannot trace PointCloudMambaSeg" in err
+    assert "tasks/segmentation/models.py" in err and "data-dependent" in err
+    assert torch.__version__  # the message does not depend on the torch version's wording
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "format=safetensors"], "export needs checkpoint="),
+    (["export", "checkpoint={tmp}/none.pt", "format=onnx"], "format: expected one of"),
+    (["export", "checkpoint={tmp}/none.pt", "format=safetensors"], "checkpoint not found"),
+    (["export", "checkpoint={tmp}/x.pt", "colour=red"], "unknown option 'colour'"),
+])
+def test_export_errors_are_one_line(tmp_path, capsys, argv, message):
+    import re
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    code, out, err = run_cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("geossm export: error: ")
+    assert re.search(message, lines[0]), lines[0]

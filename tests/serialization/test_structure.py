@@ -174,3 +174,19 @@ def test_insert_tokens_refuses_a_result_of_2_31_tokens():
     cu = torch.tensor([0, t], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"insert_tokens: 2147483648 tokens do not fit int32"):
         insert_tokens(x, cu, prefix=torch.zeros(1), suffix=torch.zeros(1))
+
+
+@pytest.mark.parametrize("order", ["xyz", "yxz", "hilbert"])
+@pytest.mark.parametrize("times", [1, 3])
+def test_repeat_equals_serializing_the_batch_of_copies(order, times):
+    from geossm.serialization.points import serialize_grid
+    g = torch.Generator().manual_seed(0)
+    cells = torch.randint(0, 6, (10, 3), generator=g)
+    one = serialize_grid(cells, order)
+    batch = torch.arange(times).repeat_interleave(10)
+    expected = serialize_grid(cells.repeat(times, 1), order, batch, num_samples=times)
+    got = one.repeat(times)
+    assert torch.equal(got.order, expected.order) and torch.equal(got.inverse, expected.inverse)
+    assert torch.equal(got.cu_seqlens, expected.cu_seqlens)
+    assert got.cu_seqlens.dtype == expected.cu_seqlens.dtype
+    Serialization(got.order, got.inverse, got.cu_seqlens)  # valid by the checked constructor

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from geossm.nn import BiMamba, Mamba
+from geossm.nn.mamba import from_mamba_ssm_state_dict, to_mamba_ssm_state_dict
 
 LENGTHS = [5, 0, 1, 9, 2, 0, 3]
 DIM = 8
@@ -179,3 +180,119 @@ def test_forward_errors(packed):
         m(x, cu.float())
     with pytest.raises(ValueError, match="cu_seqlens must end with the number of tokens"):
         m(x, cu_of([1, 2]))
+
+
+# ------------------------------------------------------------- mamba_ssm state dicts
+
+def mamba_ssm_state_dict(d_model=8, d_state=4, d_conv=4, expand=2, dt_rank=2, bias=False,
+                         seed=0):
+    """Random weights under mamba_ssm's ``Mamba`` key names and shapes (built here: mamba_ssm
+    needs CUDA to import)."""
+    g = torch.Generator().manual_seed(seed)
+    inner = expand * d_model
+    sd = {
+        "in_proj.weight": torch.randn(2 * inner, d_model, generator=g) * 0.3,
+        "conv1d.weight": torch.randn(inner, 1, d_conv, generator=g) * 0.5,
+        "conv1d.bias": torch.randn(inner, generator=g) * 0.1,
+        "x_proj.weight": torch.randn(dt_rank + 2 * d_state, inner, generator=g) * 0.3,
+        "dt_proj.weight": torch.randn(inner, dt_rank, generator=g) * 0.5,
+        "dt_proj.bias": torch.randn(inner, generator=g) * 0.5 - 3.0,
+        "A_log": torch.log(torch.rand(inner, d_state, generator=g) * 3 + 0.5),
+        "D": torch.randn(inner, generator=g),
+        "out_proj.weight": torch.randn(d_model, inner, generator=g) * 0.3,
+    }
+    if bias:
+        sd["in_proj.bias"] = torch.randn(2 * inner, generator=g) * 0.1
+        sd["out_proj.bias"] = torch.randn(d_model, generator=g) * 0.1
+    return sd
+
+
+def mamba_ssm_reference(sd, x):
+    """mamba_ssm's slow path written out from its tensors: ``nn.Conv1d`` (padding W-1, cut to
+    L) and the recurrence as a Python loop over time. ``x: (B, L, D)``."""
+    inner, _, width = sd["conv1d.weight"].shape
+    d_state = sd["A_log"].shape[1]
+    length = x.shape[1]
+    xz = F.linear(x, sd["in_proj.weight"], sd.get("in_proj.bias"))
+    u, z = xz.split(inner, dim=-1)
+    u = F.conv1d(u.transpose(1, 2), sd["conv1d.weight"], sd["conv1d.bias"], padding=width - 1,
+                 groups=inner)[..., :length].transpose(1, 2)
+    u = F.silu(u)
+    dt, B, C = F.linear(u, sd["x_proj.weight"]).split(
+        [sd["dt_proj.weight"].shape[1], d_state, d_state], dim=-1)
+    delta = F.softplus(F.linear(dt, sd["dt_proj.weight"], sd["dt_proj.bias"]))  # (B, L, E)
+    A = -torch.exp(sd["A_log"])
+    h = torch.zeros(x.shape[0], inner, d_state)
+    ys = []
+    for t in range(length):
+        h = (torch.exp(delta[:, t, :, None] * A) * h
+             + delta[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None])
+        ys.append((h * C[:, t, None, :]).sum(-1) + sd["D"] * u[:, t])
+    y = torch.stack(ys, 1) * F.silu(z)
+    return F.linear(y, sd["out_proj.weight"], sd.get("out_proj.bias"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_mamba_ssm_weights_give_mamba_ssm_outputs(backend, bias):
+    sd = mamba_ssm_state_dict(bias=bias)
+    m = Mamba(8, d_state=4, d_conv=4, expand=2, dt_rank=2, bias=bias, backend=backend)
+    m.load_mamba_ssm_state_dict(sd)
+    x = torch.randn(2, 11, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), mamba_ssm_reference(sd, x), rtol=1e-4, atol=1e-5)
+    # Sized from the shapes alone: the same module.
+    built = Mamba.from_mamba_ssm(sd, backend=backend)
+    assert (built.d_model, built.d_state, built.d_conv, built.expand, built.dt_rank) == (
+        8, 4, 4, 2, 2)
+    assert (built.in_proj.bias is not None) == bias
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), m(x), rtol=0, atol=0)
+
+
+def test_mamba_ssm_round_trip_is_identity():
+    sd = mamba_ssm_state_dict(bias=True, seed=5)
+    m = Mamba.from_mamba_ssm(sd)
+    back = m.mamba_ssm_state_dict()
+    assert back.keys() == sd.keys()
+    for key in sd:
+        assert torch.equal(back[key], sd[key]), key
+    # geossm -> mamba_ssm -> geossm, from a freshly initialised module.
+    fresh = Mamba(16, d_state=3, d_conv=3)
+    again = from_mamba_ssm_state_dict(to_mamba_ssm_state_dict(fresh.state_dict(), "mixer."),
+                                      "mixer.")
+    assert again.keys() == fresh.state_dict().keys()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(again[key], value), key
+
+
+def test_mamba_ssm_prefix_picks_one_mixer():
+    whole = {f"layers.{i}.mixer.{k}": v for i in range(2)
+             for k, v in mamba_ssm_state_dict(seed=i).items()}
+    whole["embedding.weight"] = torch.zeros(3, 8)
+    m = Mamba.from_mamba_ssm(whole, prefix="layers.1.mixer.")
+    assert torch.equal(m.D, whole["layers.1.mixer.D"])
+
+
+def test_mamba_ssm_errors():
+    sd = mamba_ssm_state_dict()
+    without = {k: v for k, v in sd.items() if k != "A_log"}
+    with pytest.raises(ValueError, match=r"missing \['A_log'\], unknown \[\]"):
+        from_mamba_ssm_state_dict(without)
+    with pytest.raises(ValueError, match=r"unknown \['norm.weight'\]"):
+        from_mamba_ssm_state_dict({**sd, "norm.weight": torch.ones(8)})
+    with pytest.raises(ValueError, match=r"'conv1d.weight' expected shape \(E, 1, W\) .*got "
+                                         r"\(16, 4\)"):
+        from_mamba_ssm_state_dict({**sd, "conv1d.weight": sd["conv1d.weight"][:, 0]})
+    m = Mamba(8, d_state=6, d_conv=4, expand=2, dt_rank=2)
+    with pytest.raises(ValueError,
+                       match=r"'x_proj.weight' expected shape \(14, 16\) .*got \(10, 16\)"):
+        m.load_mamba_ssm_state_dict(sd)
+    with pytest.raises(ValueError, match=r"'conv1d.weight' expected shape \(16, 1, 3\) .*got "
+                                         r"\(16, 1, 4\)"):
+        Mamba(8, d_state=4, d_conv=3, dt_rank=2).load_mamba_ssm_state_dict(sd)
+    with pytest.raises(ValueError, match=r"geossm keys missing \['in_proj.bias', "
+                                         r"'out_proj.bias'\]"):
+        Mamba(8, d_state=4, dt_rank=2, bias=True).load_mamba_ssm_state_dict(sd)
+    with pytest.raises(ValueError, match=r"'conv_weight' expected shape \(E, W\)"):
+        to_mamba_ssm_state_dict({**m.state_dict(), "conv_weight": torch.zeros(16, 1, 4)})

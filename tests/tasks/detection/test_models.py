@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from geossm.registry import MODELS
 from geossm.tasks.detection.evaluation import kitti_eval
 from geossm.tasks.detection.losses import centerpoint_loss, centerpoint_targets, gaussian_radius
 from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes, generate_voxels,
@@ -142,7 +143,7 @@ def test_box_decoder_from_config_matches_the_model_without_building_it():
     for name in ("synthetic_lion.yaml", "kitti_lion.yaml"):
         cfg = load_config(configs / name, ["model.dim=8", "model.bev_channels=8"])
         decoder = BoxDecoder.from_config(cfg.model)
-        model = LION(**{k: v for k, v in dict(cfg.model).items() if k != "name"})
+        model = MODELS.build(dict(cfg.model))
         assert decoder.grid == model.bev_grid() == model.decoder.grid
         assert vars(decoder) == vars(model.decoder)
     # Keys the config leaves out take LION's own defaults.
