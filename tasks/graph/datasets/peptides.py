@@ -19,7 +19,7 @@ from geossm.registry import DATASETS
 
 from ..transforms import batched_positional_encodings
 from .base import GraphDataset, check_split
-from .cache import cache_root
+from .cache import cache_folder
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -90,7 +90,7 @@ class PeptidesFunc(GraphDataset):
                                     "layout)")
         tag = "all" if max_graphs is None else str(int(max_graphs))
         cached = Path(cache) if cache else \
-            cache_root(root, self.family, cache_dir) / f"peptides_func_{tag}.npz"
+            cache_folder(root, self.family, cache_dir) / f"peptides_func_{tag}.npz"
         if cached.is_file():
             graphs = self.load_compact(cached)
         else:
