@@ -32,14 +32,15 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from filelock import FileLock, Timeout
 
 __all__ = ["COMPLETE_MARKER", "cache_root", "atomic_write", "atomic_path", "file_lock",
-           "build_once", "main_process_first"]
+           "build_once", "is_whole_npz", "main_process_first"]
 
 #: Name of the file that marks a cached folder as complete (written last).
 COMPLETE_MARKER = ".complete"
@@ -179,10 +180,23 @@ def file_lock(path: str | os.PathLike, timeout: float | None = None) -> Iterator
         lock.release()
 
 
-def _is_built(path: Path, directory: bool) -> bool:
-    if directory:
-        return (path / COMPLETE_MARKER).is_file()
-    return path.is_file()
+def _is_built(path: Path, directory: bool, valid: Callable[[Path], bool] | None) -> bool:
+    built = (path / COMPLETE_MARKER).is_file() if directory else path.is_file()
+    return built and (valid is None or bool(valid(path)))
+
+
+def is_whole_npz(path: str | os.PathLike, keys: Iterable[str] = ()) -> bool:
+    """Whether ``path`` is a whole ``.npz`` archive holding the arrays ``keys`` (default: any).
+
+    Reads only the archive's directory, which ``np.savez`` writes last: a file torn by a killed
+    writer (an older version wrote some caches in place) has none. For ``build_once(valid=)``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(f"{key}.npy" in names for key in keys)
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -198,7 +212,8 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 def build_once(path: str | os.PathLike, build: Callable[[Path], object],
-               directory: bool = False, timeout: float | None = None) -> Path:
+               directory: bool = False, timeout: float | None = None,
+               valid: Callable[[Path], bool] | None = None) -> Path:
     """Return ``path`` after making sure it was built, by one process only.
 
     If ``path`` is built (a file; with ``directory=True`` a folder holding ``COMPLETE_MARKER``)
@@ -207,22 +222,26 @@ def build_once(path: str | os.PathLike, build: Callable[[Path], object],
     removed and ``build(tmp)`` is called with a temporary beside ``path`` (a path to write a
     file to, or with ``directory=True`` an empty folder to fill), which is then fsync'd and
     renamed to ``path`` (see ``atomic_path``). An exception in ``build`` removes the temporary
-    and propagates; ``path`` stays unbuilt.
+    and propagates; ``path`` stays unbuilt. A built ``path`` that ``valid`` refuses is built
+    again the same way (replaced whole: readers holding the old one open keep reading it).
 
     Args:
         path: the cached file or folder.
         build: ``build(tmp)`` writes the cache into ``tmp``; its return value is ignored.
         directory: the cache is a folder, default False.
         timeout: seconds to wait for another builder, default None (no limit).
+        valid: ``valid(path) -> bool`` checks a built cache, False marking it broken (e.g.
+            ``is_whole_npz`` for a file an older version wrote in place, maybe torn); default
+            None (a built cache is whole).
 
     Raises:
         TimeoutError: another process held the lock longer than ``timeout``.
     """
     path = Path(path)
-    if _is_built(path, directory):
+    if _is_built(path, directory, valid):
         return path
     with file_lock(path, timeout):
-        if _is_built(path, directory):
+        if _is_built(path, directory, valid):
             return path
         _remove_stale_temporaries(path)
         with atomic_path(path, directory=directory) as tmp:

@@ -44,6 +44,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from geossm.cache import main_process_first
 from geossm.config import save_config, to_container
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
@@ -203,6 +204,13 @@ class Trainer:
                           worker_init_fn=_seed_worker if nw > 0 else None,
                           generator=torch.Generator(), persistent_workers=False)
 
+    def _build_dataset(self, split: str) -> Dataset:
+        """``task.build_dataset(split)``, on rank 0 first: the other ranks wait at a barrier and
+        then read the caches it wrote (``geossm.cache.main_process_first``; every rank calls
+        this for the same splits, in the same order). No barrier without a process group."""
+        with main_process_first():
+            return self.task.build_dataset(split)
+
     def _set_epoch(self, loader: DataLoader, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         loader.generator.manual_seed(  # type: ignore[union-attr]
@@ -247,7 +255,7 @@ class Trainer:
         """Metrics of the current weights on ``split`` (mean ``loss`` unless the task's
         ``evaluation_loss`` is False, + the task's metrics), reduced over ranks; every rank gets
         the same dict."""
-        dataset = dataset if dataset is not None else self.task.build_dataset(split)
+        dataset = dataset if dataset is not None else self._build_dataset(split)
         loader = self._loader(dataset, train=False)
         self.model.eval()
         metrics = self.task.build_metrics().to(self.device)
@@ -434,9 +442,9 @@ class Trainer:
         if epochs < 1:
             raise ValueError(f"train.epochs must be >= 1, got {epochs}")
 
-        train_set = self.task.build_dataset(str(cfg.data.split))
+        train_set = self._build_dataset(str(cfg.data.split))
         val_split = str(cfg.eval.split) if cfg.eval.split else None
-        val_set = self.task.build_dataset(val_split) if val_split else None
+        val_set = self._build_dataset(val_split) if val_split else None
         loader = self._loader(train_set, train=True)
         steps = len(loader)
         if steps == 0:
@@ -514,7 +522,7 @@ class Trainer:
             last_row = dict(last)
             if finished and cfg.eval.test_split:
                 test_split = str(cfg.eval.test_split)
-                test_set = self.task.build_dataset(test_split)
+                test_set = self._build_dataset(test_split)
                 final_epoch = int(last_row.get("epoch", epochs))
                 test_last = self.evaluate(test_split, test_set, desc="test (last)")
                 logger.evaluation(final_epoch, test_split, {"weights": "last", **test_last},

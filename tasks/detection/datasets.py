@@ -118,7 +118,11 @@ class KittiDataset(_DetectionDataset):
         velo = base / "velodyne"
         if not velo.is_dir():
             raise FileNotFoundError(f"KITTI folder not found: {velo} (expected the official "
-                                    "layout <root>/{training,testing}/velodyne)")
+                                    "layout <root>/{training,testing}/velodyne); set "
+                                    "data.root=PATH to the KITTI object folder holding "
+                                    "training/velodyne/<id>.bin, training/calib/<id>.txt and "
+                                    "training/label_2/<id>.txt (testing/ and ImageSets/ "
+                                    "optional)")
         image_set = self.root / "ImageSets" / f"{split}.txt"
         if split not in ("training", "testing") and image_set.is_file():
             ids = [ln.strip() for ln in image_set.read_text().splitlines() if ln.strip()]

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
+from geossm.cache import main_process_first
 from geossm.config import to_container
 from geossm.engine.metrics import MetricCollection
 from geossm.engine.task import Task
@@ -132,10 +133,13 @@ class _GraphTask(Task):
 
     def _training_dataset(self) -> torch.utils.data.Dataset:
         """The training dataset, kept for the trainer's first ``build_dataset`` call (built
-        once: Planetoid / TU processing takes seconds)."""
+        once: Planetoid / TU processing takes seconds). Under DDP rank 0 builds it first (it
+        writes the PyG cache) while the others wait (``main_process_first``): every rank gets
+        here from ``build_model`` or ``selection_metric`` alike."""
         split = str(self.cfg.data.split)
         if split not in self._dataset_cache:
-            self._dataset_cache[split] = self.build_dataset(split)
+            with main_process_first():
+                self._dataset_cache[split] = self.build_dataset(split)
         return self._dataset_cache[split]
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:

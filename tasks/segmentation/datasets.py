@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.cache import build_once, is_whole_npz
 from geossm.registry import DATASETS
 from geossm.transforms import Compose, build_transforms, torch_generator
 
@@ -326,11 +327,14 @@ class S3DIS(PointCloudDataset):
         grid_size: default 0.04 m; ``max_points`` default 80,000 (training crops).
         feat_keys: default ``("coord", "color")`` (colour in [0, 1]).
         cache_dir: parsed rooms are stored there as ``.npz`` (the text files are slow to read),
-            default None (no cache; never written beside the data).
+            each parsed by one process and written whole (``geossm.cache.build_once``), default
+            None (no cache; never written beside the data).
         **kwargs: see ``PointCloudDataset``.
     """
 
     CLASS_NAMES = S3DIS_CLASSES
+    #: Arrays of a parsed room (and of its cache file).
+    ROOM_KEYS = ("coord", "color", "label")
     PREPROCESS_DEFAULTS = {"grid_size": 0.04, "max_points": 80000,
                            "feat_keys": ("coord", "color")}
 
@@ -356,12 +360,20 @@ class S3DIS(PointCloudDataset):
 
     def load(self, index: int) -> dict[str, Any]:
         room = self.rooms[index]
-        cached = None
-        if self.cache_dir is not None:
-            cached = self.cache_dir / f"{room.parent.name}_{room.name}.npz"
-            if cached.is_file():
-                with np.load(cached) as z:
-                    return {"coord": z["coord"], "color": z["color"], "label": z["label"]}
+        if self.cache_dir is None:
+            return self._read_room(room)
+        cached = self.cache_dir / f"{room.parent.name}_{room.name}.npz"
+        # Parsed by one of the processes (DataLoader workers, runs) that ask at once, written
+        # whole; a file an older version wrote in place (maybe torn) is parsed again.
+        build_once(cached, lambda tmp: np.savez(tmp, **self._read_room(room)),
+                   valid=lambda path: is_whole_npz(path, self.ROOM_KEYS))
+        with np.load(cached) as z:
+            return {key: z[key] for key in self.ROOM_KEYS}
+
+    @staticmethod
+    def _read_room(room: Path) -> dict[str, np.ndarray]:
+        """``coord (N, 3)``, ``color (N, 3)`` in [0, 1] (float32) and ``label (N,)`` int64 of
+        the room folder ``room`` (its ``Annotations/<class>_<i>.txt``)."""
         coords, colors, labels = [], [], []
         files = sorted((room / "Annotations").glob("*.txt"))
         if not files:
@@ -376,13 +388,9 @@ class S3DIS(PointCloudDataset):
             coords.append(data[:, :3])
             colors.append(data[:, 3:6] / 255.0)
             labels.append(np.full(len(data), S3DIS_CLASSES.index(name), dtype=np.int64))
-        sample = {"coord": np.concatenate(coords).astype(np.float32),
-                  "color": np.concatenate(colors).astype(np.float32),
-                  "label": np.concatenate(labels)}
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cached, **sample)
-        return sample
+        return {"coord": np.concatenate(coords).astype(np.float32),
+                "color": np.concatenate(colors).astype(np.float32),
+                "label": np.concatenate(labels)}
 
 
 # ----------------------------------------------------------------------------- ModelNet40

@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geossm import cache
-from geossm.cache import COMPLETE_MARKER, atomic_path, atomic_write, build_once, file_lock
+from geossm.cache import (COMPLETE_MARKER, atomic_path, atomic_write, build_once, file_lock,
+                          is_whole_npz)
 
 # One worker process: waits for the start signal, then asks for the cache. Its builder writes
 # the cache in PIECES pieces, slowly, and logs one line per build into builds.log (O_APPEND:
@@ -160,6 +162,26 @@ def test_a_folder_without_its_marker_is_rebuilt(tmp_path):
     build_once(path, lambda tmp: (tmp / "data.pt").write_bytes(b"whole"), directory=True)
     assert sorted(p.name for p in path.iterdir()) == [COMPLETE_MARKER, "data.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".processed.lock", "processed"]
+
+
+def test_a_file_that_valid_refuses_is_rebuilt_once(tmp_path):
+    # An .npz an older version wrote in place and a kill tore: its directory (written last) is
+    # missing, so is_whole_npz refuses it and build_once replaces it, once.
+    path = tmp_path / "room.npz"
+    np.savez(path, coord=np.arange(1000))
+    path.write_bytes(path.read_bytes()[:500])
+    assert not is_whole_npz(path)
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        np.savez(tmp, coord=np.arange(3))
+
+    for _ in range(2):
+        build_once(path, build, valid=lambda p: is_whole_npz(p, ["coord"]))
+    assert len(calls) == 1 and np.load(path)["coord"].tolist() == [0, 1, 2]
+    assert is_whole_npz(path) and not is_whole_npz(path, ["coord", "label"])
+    assert not is_whole_npz(tmp_path / "missing.npz")
 
 
 def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):

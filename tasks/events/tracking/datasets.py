@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from geossm.cache import build_once, cache_root, is_whole_npz
 from geossm.registry import DATASETS
 
 from ..io import make_events, read_events
@@ -111,7 +112,9 @@ class SyntheticTracking(_TrackingSequences):
     ``split="train"`` uses seeds ``seed .. seed + num_sequences - 1``; ``"val"`` / ``"test"``
     use ``num_test_sequences`` held-out seeds from ``seed + 100_000`` on. Training yields pairs,
     evaluation whole sequences. Simulated sequences are cached as ``.npz`` under ``cache_dir``
-    (default: ``$GEOSSM_CACHE`` or ``~/.cache/geossm``, then ``synthetic_tracking/``).
+    (default: ``$GEOSSM_CACHE`` or ``~/.cache/geossm``, then ``synthetic_tracking/``), each
+    simulated once by one of the processes started together and written whole
+    (``geossm.cache.build_once``).
 
     Args:
         root: unused (the data is generated); accepted for the config convention.
@@ -132,30 +135,34 @@ class SyntheticTracking(_TrackingSequences):
         sim = dict(sim or {})
         seeds = (range(seed, seed + num_sequences) if split == "train"
                  else range(seed + 100_000, seed + 100_000 + num_test_sequences))
-        cache = Path(cache_dir or os.environ.get("GEOSSM_CACHE")
-                     or Path.home() / ".cache" / "geossm") / "synthetic_tracking"
+        cache = (Path(cache_dir) if cache_dir else cache_root()) / "synthetic_tracking"
         tag = "_".join(f"{k}{v}" for k, v in sorted(sim.items())) or "default"
         for s in tqdm(list(seeds), desc=f"simulate {split}", leave=False):
-            path = cache / f"{tag}_seed{s}.npz"
-            seq = None
-            if path.is_file():
-                try:
-                    with np.load(path, allow_pickle=False) as z:
-                        seq = (z["events"], z["boxes"], z["times"], tuple(z["sensor_size"]))
-                except (OSError, ValueError, KeyError):
-                    seq = None  # a broken cache entry is simulated again
-            if seq is None:
-                r = simulate(s, **sim)
-                seq = (r.events, r.boxes, r.times, r.sensor_size)
-                try:
-                    cache.mkdir(parents=True, exist_ok=True)
-                    tmp = path.with_suffix(".tmp.npz")
-                    np.savez(tmp, events=r.events, boxes=r.boxes, times=r.times,
-                             sensor_size=np.asarray(r.sensor_size))
-                    os.replace(tmp, path)
-                except OSError:
-                    pass  # a read-only cache only costs time
+            seq = _cached_sequence(cache / f"{tag}_seed{s}.npz", s, sim)
             self.add(f"seed{s}", *seq)
+
+
+_SEQUENCE_KEYS = ("events", "boxes", "times", "sensor_size")
+
+
+def _cached_sequence(path: Path, seed: int, sim: Mapping[str, Any]) -> tuple:
+    """``(events, boxes, times, sensor_size)`` of ``simulate(seed, **sim)``, simulated once
+    into the ``.npz`` cache ``path`` by one of the processes that ask at once
+    (``geossm.cache.build_once``); a broken file (an older version's, torn) is simulated again.
+    A cache that cannot be written (read-only) only costs time: the sequence is simulated here.
+    """
+    def build(tmp: Path) -> None:
+        r = simulate(seed, **sim)
+        np.savez(tmp, events=r.events, boxes=r.boxes, times=r.times,
+                 sensor_size=np.asarray(r.sensor_size))
+
+    try:
+        build_once(path, build, valid=lambda p: is_whole_npz(p, _SEQUENCE_KEYS))
+    except OSError:
+        r = simulate(seed, **sim)
+        return r.events, r.boxes, r.times, r.sensor_size
+    with np.load(path, allow_pickle=False) as z:
+        return z["events"], z["boxes"], z["times"], tuple(z["sensor_size"])
 
 
 def _read_boxes(path: Path) -> np.ndarray:

@@ -24,8 +24,10 @@ One module per family (``planetoid``, ``heterophilous``, ``tu``, ``peptides``, `
 interfaces of ``base``; ``folds`` deals the TU cross-validation folds.
 
 PyG's dataset classes write ``processed/`` beside ``raw/``; the raw files are therefore copied
-into a cache folder first (``cache``: ``cache_dir``, default ``$GEOSSM_CACHE`` or
-``~/.cache/geossm``, then ``graphs/<family>/<hash of root>``), so a read-only data folder works.
+into a cache folder and processed there (``cache``: ``cache_dir``, default ``$GEOSSM_CACHE`` or
+``~/.cache/geossm``, then ``graphs/<family>/<hash of root>/<name>``), so a read-only data folder
+works. That folder is built whole by one process and renamed into place (``geossm.cache``):
+processes started together (sweeps, folds, DDP ranks) never read half of it.
 Nothing is ever downloaded: a missing file raises ``FileNotFoundError`` naming it.
 
 Positional / structural encodings (``pe={"laplacian": k, "random_walk": k, "degree": true}``)

@@ -10,7 +10,7 @@ from torch_geometric.data import Data
 from geossm.registry import DATASETS
 
 from .base import SPLITS, NodeDataset
-from .cache import cache_copy, cache_root
+from .cache import cache_folder, pyg_dataset
 
 
 class Heterophilous(NodeDataset):
@@ -43,9 +43,9 @@ class Heterophilous(NodeDataset):
             edge_index = to_undirected(edges, num_nodes=x.shape[0])
             return Data(x=x, edge_index=edge_index, y=y), masks
         from torch_geometric.datasets import HeterophilousGraphDataset
-        cache = cache_root(root, self.family, self.cache_dir)
-        cache_copy([root / self.name / "raw" / f"{self.name}.npz"], root, cache)
-        data = HeterophilousGraphDataset(str(cache), self.name)[0]
+        folder = cache_folder(root, self.family, self.cache_dir) / self.name
+        data = pyg_dataset(lambda path: HeterophilousGraphDataset(path, self.name),
+                           [root / self.name / "raw" / f"{self.name}.npz"], root, folder)[0]
         masks = {s: getattr(data, f"{s}_mask").bool() for s in SPLITS}
         return Data(x=data.x, edge_index=data.edge_index, y=data.y), masks
 

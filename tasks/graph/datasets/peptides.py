@@ -7,6 +7,7 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -15,11 +16,12 @@ from torch_geometric.utils import cumsum
 from tqdm.auto import tqdm
 
 from geossm._compat import require
+from geossm.cache import atomic_write, build_once, is_whole_npz
 from geossm.registry import DATASETS
 
 from ..transforms import batched_positional_encodings
 from .base import GraphDataset, check_split
-from .cache import cache_root
+from .cache import cache_folder
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -73,6 +75,8 @@ class PeptidesFunc(GraphDataset):
     #: Vocabulary sizes of OGB's atom and bond features (``ogb.utils.features``).
     ATOM_DIMS = (119, 5, 12, 12, 10, 6, 6, 2, 2)
     BOND_DIMS = (5, 6, 2)
+    #: Arrays of the compact cache (``save_compact``).
+    COMPACT_KEYS = ("x", "edge_index", "edge_attr", "y", "n_nodes", "n_edges")
     num_classes = 10
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
@@ -90,15 +94,24 @@ class PeptidesFunc(GraphDataset):
                                     "layout)")
         tag = "all" if max_graphs is None else str(int(max_graphs))
         cached = Path(cache) if cache else \
-            cache_root(root, self.family, cache_dir) / f"peptides_func_{tag}.npz"
-        if cached.is_file():
-            graphs = self.load_compact(cached)
-        else:
+            cache_folder(root, self.family, cache_dir) / f"peptides_func_{tag}.npz"
+
+        def require_csv() -> None:
             if not csv.is_file():
                 raise FileNotFoundError(f"dataset file not found: {csv} (LRGB Peptides-func "
                                         f"layout; no compact cache at {cached} either)")
-            graphs = self.convert(csv, max_graphs)
-            self.save_compact(graphs, cached)
+
+        def build(tmp: Path) -> None:
+            require_csv()
+            with open(tmp, "wb") as fh:
+                self._write_compact(self.convert(csv, max_graphs), fh)
+
+        if not cached.is_file():
+            require_csv()  # before anything is written to the cache folder
+        # Converted once by one of the processes started together; a file an older version
+        # left torn is converted again.
+        build_once(cached, build, valid=lambda path: is_whole_npz(path, self.COMPACT_KEYS))
+        graphs = self.load_compact(cached)
         with open(split_file, "rb") as fh:
             # The official split file is a pickle of NumPy index arrays: unpickled with only
             # NumPy's array constructors allowed, so a tampered file cannot run code.
@@ -140,14 +153,9 @@ class PeptidesFunc(GraphDataset):
                 "n_nodes": graphs["n_nodes"][idx], "n_edges": graphs["n_edges"][idx]}
 
     @staticmethod
-    def save_compact(graphs: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
-        """Write ``convert``'s output to a compressed ``.npz`` in small dtypes (atom / bond
-        features and labels uint8, local edge ids int16, counts int32), atomically.
-
-        Raises ``ValueError`` if a value does not fit its small dtype (a feature over 255, a
-        graph over 32,767 nodes).
-        """
-        path = Path(path)
+    def _write_compact(graphs: dict[str, torch.Tensor], fh: BinaryIO) -> None:
+        """``convert``'s output as a compressed ``.npz`` in small dtypes into the open file
+        ``fh`` (see ``save_compact``)."""
         small = {"x": np.uint8, "edge_index": np.int16, "edge_attr": np.uint8, "y": np.uint8,
                  "n_nodes": np.int32, "n_edges": np.int32}
         arrays = {}
@@ -158,17 +166,27 @@ class PeptidesFunc(GraphDataset):
                 raise ValueError(f"save_compact: {key} spans [{a.min()}, {a.max()}], beyond "
                                  f"{np.dtype(dtype).name}")
             arrays[key] = a.astype(dtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a parallel reader never sees half a file
+        np.savez_compressed(fh, **arrays)
+
+    @staticmethod
+    def save_compact(graphs: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+        """Write ``convert``'s output to a compressed ``.npz`` in small dtypes (atom / bond
+        features and labels uint8, local edge ids int16, counts int32), atomically
+        (``geossm.cache.atomic_write``: a reader never sees half a file).
+
+        Raises ``ValueError`` if a value does not fit its small dtype (a feature over 255, a
+        graph over 32,767 nodes).
+        """
+        path = Path(path)
+        with atomic_write(path) as fh:
+            PeptidesFunc._write_compact(graphs, fh)
         return path
 
     @staticmethod
     def load_compact(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         """Read ``save_compact``'s file back into ``convert``'s layout (``x`` int16,
         ``edge_index`` int32, ``edge_attr`` int8, ``y`` uint8, counts int32)."""
-        keys = ("x", "edge_index", "edge_attr", "y", "n_nodes", "n_edges")
+        keys = PeptidesFunc.COMPACT_KEYS
         dtypes = (torch.int16, torch.int32, torch.int8, torch.uint8, torch.int32, torch.int32)
         with np.load(path) as z:
             missing = [k for k in keys if k not in z.files]

@@ -7,7 +7,7 @@ from torch_geometric.data import Data
 from geossm.registry import DATASETS
 
 from .base import SPLITS, NodeDataset
-from .cache import cache_copy, cache_root
+from .cache import cache_folder, pyg_dataset
 
 
 class Planetoid(NodeDataset):
@@ -22,9 +22,8 @@ class Planetoid(NodeDataset):
         root = self._require_root()
         raw = root / self.name / "raw"
         files = [raw / f"ind.{self.name.lower()}.{f}" for f in self.FILES]
-        cache = cache_root(root, self.family, self.cache_dir)
-        cache_copy(files, root, cache)
-        data = PygPlanetoid(str(cache), self.name)[0]
+        folder = cache_folder(root, self.family, self.cache_dir) / self.name
+        data = pyg_dataset(lambda path: PygPlanetoid(path, self.name), files, root, folder)[0]
         masks = {s: getattr(data, f"{s}_mask").view(-1, 1) for s in SPLITS}
         return Data(x=data.x, edge_index=data.edge_index, y=data.y), masks
 

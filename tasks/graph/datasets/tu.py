@@ -16,7 +16,7 @@ from geossm.registry import DATASETS
 
 from ..transforms import AddPositionalEncodings
 from .base import GraphDataset, check_split
-from .cache import cache_copy, cache_root
+from .cache import cache_folder, pyg_dataset
 from .folds import stratified_folds
 
 
@@ -61,9 +61,9 @@ class TUGraphs(GraphDataset):
         raw = root / self.name / "raw"
         if not raw.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {raw} (TU raw text files)")
-        cache = cache_root(root, self.family, cache_dir)
-        cache_copy(sorted(p for p in raw.iterdir() if p.is_file()), root, cache)
-        pyg = TUDataset(str(cache), self.name)
+        pyg = pyg_dataset(lambda path: TUDataset(path, self.name),
+                          sorted(p for p in raw.iterdir() if p.is_file()), root,
+                          cache_folder(root, self.family, cache_dir) / self.name)
         labels = pyg._data.y.numpy()
         fold = stratified_folds(labels, num_folds, fold_seed)
         test = fold == split_index

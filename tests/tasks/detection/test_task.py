@@ -30,6 +30,18 @@ def test_configs_load_and_build():
     assert list(kitti.model.group_sizes) == [4096, 2048, 1024, 512]
 
 
+def test_kitti_config_without_its_data_says_set_data_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ folder here
+    cfg = load_config(CONFIGS / "kitti_lion.yaml")
+    assert cfg.data.root == "data/kitti"  # a user-facing default, not the development tree's
+    with pytest.raises(FileNotFoundError, match=r"KITTI folder not found: "
+                       r"data/kitti/training/velodyne \(expected the official layout .*\); set "
+                       r"data.root=PATH to the KITTI object folder holding "
+                       r"training/velodyne/<id>\.bin, training/calib/<id>\.txt and "
+                       r"training/label_2/<id>\.txt"):
+        TASKS.get("DetectionTask")(cfg).build_dataset("train")
+
+
 def test_train_step_and_metrics(task):
     torch.manual_seed(0)
     ds = task.build_dataset("train")

@@ -245,3 +245,51 @@ def test_default_data_root_is_user_facing_and_its_error_says_what_to_set(tmp_pat
     assert str(cfg.data.root).startswith("data/")  # not a path of the development tree
     with pytest.raises(FileNotFoundError, match=message):
         TASKS.get(task)(cfg).build_dataset(str(cfg.data.split))
+
+
+def _ddp_rank_logging_builds(rank: int, world_size: int, init_file: str, log: str,
+                             overrides: list[str]) -> None:
+    """One DDP rank (gloo) building a trainer of the synthetic config and the datasets ``fit``
+    builds (no training: compiling the CPU kernels in two fresh processes takes long); every
+    ``build_dataset`` call appends ``<rank> start|end <split>`` to ``log``, rank 0 slowly."""
+    import time
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    try:
+        cfg = load_config(CONFIGS / "synthetic_gmn.yaml", overrides)
+        task = TASKS.get(cfg.task)(cfg)
+        build = task.build_dataset
+
+        def logged(split):
+            with open(log, "a") as fh:
+                fh.write(f"{rank} start {split}\n")
+            if rank == 0:
+                time.sleep(0.3)  # without the barrier, rank 1 would start meanwhile
+            dataset = build(split)
+            with open(log, "a") as fh:
+                fh.write(f"{rank} end {split}\n")
+            return dataset
+
+        task.build_dataset = logged
+        trainer = Trainer(cfg, task=task)  # build_model builds the training set (auto widths)
+        for split in ("0", "val", "test"):  # fit's and evaluate's calls
+            trainer._build_dataset(split)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_rank_zero_builds_every_dataset_before_the_others(tmp_path):
+    # The training set (built by build_model for the auto widths, then handed to the trainer),
+    # validation and test sets: each built by rank 0 while rank 1 waits at the barrier, and
+    # both ranks reach the same barriers (no deadlock).
+    log = tmp_path / "builds.log"
+    overrides = ["train.epochs=1", "data.num_graphs=16", "data.num_eval_graphs=8",
+                 f"output_dir={tmp_path / 'run'}"]
+    torch.multiprocessing.spawn(_ddp_rank_logging_builds, nprocs=2,
+                                args=(2, str(tmp_path / "init"), str(log), overrides))
+    lines = log.read_text().splitlines()
+    for split in ("0", "val", "test"):
+        rank0_ends = [i for i, line in enumerate(lines) if line == f"0 end {split}"]
+        rank1_starts = [i for i, line in enumerate(lines) if line == f"1 start {split}"]
+        assert rank0_ends and len(rank0_ends) == len(rank1_starts), lines
+        assert all(end < start for end, start in zip(rank0_ends, rank1_starts)), lines

@@ -104,6 +104,72 @@ def test_s3dis_errors(tmp_path):
         S3DIS(tmp_path, split="train", areas=[3])
 
 
+# Processes sharing a room cache (tests/cache_workers.py): each loads the first room of area 1
+# at $S3DIS_ROOT through the cache $S3DIS_CACHE, counting parses; the builder of the kill test
+# stalls in the middle of writing the room's .npz.
+SETUP = r'''
+import numpy
+from geossm.tasks.segmentation.datasets import S3DIS
+
+count_builds(S3DIS, "_read_room")
+if STALL:
+    stall_writes(numpy, "savez")
+'''
+FIRST_ROOM = r'''
+ds = S3DIS(os.environ["S3DIS_ROOT"], split="train", areas=[1], cache_dir=os.environ["S3DIS_CACHE"])
+room = ds.load(0)
+print(digest(*(room[key] for key in S3DIS.ROOM_KEYS)))
+'''
+
+
+def _room_digest(room: dict) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for key in S3DIS.ROOM_KEYS:
+        h.update(f"{room[key].dtype}{room[key].shape}".encode())
+        h.update(room[key].tobytes())
+    return h.hexdigest()
+
+
+def test_s3dis_eight_processes_on_a_fresh_room_cache_parse_it_once(tmp_path):
+    from tests.cache_workers import builds, run_together
+    write_s3dis(tmp_path / "s3dis", areas=(1,))
+    cache = tmp_path / "cache"
+    out = run_together(SETUP, FIRST_ROOM, tmp_path / "work",
+                       env={"S3DIS_ROOT": str(tmp_path / "s3dis"), "S3DIS_CACHE": str(cache)})
+    assert builds(tmp_path / "work") == 1
+    reference = S3DIS._read_room(tmp_path / "s3dis" / "Area_1" / "hallway_2")  # rooms sorted
+    assert out == [_room_digest(reference)] * 8
+    assert sorted(p.name for p in cache.iterdir()) == [".Area_1_hallway_2.npz.lock",
+                                                       "Area_1_hallway_2.npz"]
+
+
+def test_s3dis_room_builder_killed_mid_write_leaves_no_cache_and_the_next_run_parses_again(
+        tmp_path):
+    from tests.cache_workers import kill_mid_write
+    write_s3dis(tmp_path / "s3dis", areas=(1,))
+    cache = tmp_path / "cache"
+    kill_mid_write(SETUP, FIRST_ROOM, tmp_path / "work",
+                   env={"S3DIS_ROOT": str(tmp_path / "s3dis"), "S3DIS_CACHE": str(cache)})
+    assert not (cache / "Area_1_hallway_2.npz").exists()
+    torn = list(cache.glob(".Area_1_hallway_2.npz.*.tmp.npz"))
+    assert len(torn) == 1 and torn[0].stat().st_size > 0
+    ds = S3DIS(tmp_path / "s3dis", split="train", areas=[1], cache_dir=cache)
+    reference = S3DIS._read_room(tmp_path / "s3dis" / "Area_1" / "hallway_2")
+    assert _room_digest(ds.load(0)) == _room_digest(reference)
+    assert sorted(p.name for p in cache.iterdir()) == [".Area_1_hallway_2.npz.lock",
+                                                       "Area_1_hallway_2.npz"]
+
+
+def test_s3dis_room_an_older_version_left_torn_is_parsed_again(tmp_path):
+    write_s3dis(tmp_path / "s3dis", areas=(1,))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "Area_1_hallway_2.npz").write_bytes(b"PK\x03\x04 torn")
+    ds = S3DIS(tmp_path / "s3dis", split="train", areas=[1], cache_dir=tmp_path / "cache")
+    reference = S3DIS._read_room(tmp_path / "s3dis" / "Area_1" / "hallway_2")
+    assert _room_digest(ds.load(0)) == _room_digest(reference)
+
+
 def write_modelnet(root):
     g = np.random.default_rng(1)
     (root / "modelnet40_shape_names.txt").write_text("airplane\nbathtub\n")

@@ -62,3 +62,63 @@ def test_eventvot_and_fe108_layouts(tmp_path, samples):
     (fe / "groundtruth_rect.txt").write_text("10,10,20\n")
     with pytest.raises(ValueError, match=r"groundtruth_rect.txt: line 1: expected 4 numbers"):
         tr.FE108(tmp_path / "FE108", "test")
+
+
+# Processes sharing the simulation cache (tests/cache_workers.py): each builds the training
+# split of two short sequences (cache: $GEOSSM_CACHE), counting simulations; the builder of the
+# kill test stalls in the middle of writing the first .npz.
+SETUP = r'''
+import numpy
+from geossm.tasks.events.tracking import datasets
+
+count_builds(datasets, "simulate")
+if STALL:
+    stall_writes(numpy, "savez")
+'''
+TWO_SEQUENCES = r'''
+ds = datasets.SyntheticTracking(split="train", num_sequences=2, sim={"num_frames": 6})
+print(digest(*ds.frames, *ds.boxes))
+'''
+
+
+def _two_sequences_digest(cache_dir):
+    import hashlib
+    ds = tr.SyntheticTracking(split="train", num_sequences=2, sim={"num_frames": 6},
+                              cache_dir=cache_dir)
+    h = hashlib.sha256()
+    for a in (*ds.frames, *ds.boxes):
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def test_eight_processes_on_a_fresh_cache_simulate_each_sequence_once(tmp_path):
+    from tests.cache_workers import builds, run_together
+    cache = tmp_path / "cache"
+    out = run_together(SETUP, TWO_SEQUENCES, tmp_path / "work", env={"GEOSSM_CACHE": str(cache)})
+    assert builds(tmp_path / "work") == 2  # one simulation per sequence, in all 8 processes
+    assert out == [_two_sequences_digest(tmp_path / "ref")] * 8
+    names = sorted(p.name for p in (cache / "synthetic_tracking").iterdir())
+    assert names == [".num_frames6_seed0.npz.lock", ".num_frames6_seed1.npz.lock",
+                     "num_frames6_seed0.npz", "num_frames6_seed1.npz"]
+
+
+def test_a_builder_killed_mid_write_leaves_no_sequence_and_the_next_run_simulates_again(
+        tmp_path, monkeypatch):
+    from tests.cache_workers import kill_mid_write
+    cache = tmp_path / "cache"
+    kill_mid_write(SETUP, TWO_SEQUENCES, tmp_path / "work", env={"GEOSSM_CACHE": str(cache)})
+    folder = cache / "synthetic_tracking"
+    assert not (folder / "num_frames6_seed0.npz").exists()
+    torn = list(folder.glob(".num_frames6_seed0.npz.*.tmp.npz"))
+    assert len(torn) == 1 and torn[0].stat().st_size > 0
+    monkeypatch.setenv("GEOSSM_CACHE", str(cache))
+    assert _two_sequences_digest(None) == _two_sequences_digest(tmp_path / "ref")
+    assert not list(folder.glob("*.tmp.npz"))
+
+
+def test_a_sequence_an_older_version_left_torn_is_simulated_again(tmp_path):
+    folder = tmp_path / "synthetic_tracking"
+    folder.mkdir()
+    (folder / "num_frames6_seed0.npz").write_bytes(b"PK\x03\x04 torn")
+    assert _two_sequences_digest(tmp_path) == _two_sequences_digest(tmp_path / "ref")

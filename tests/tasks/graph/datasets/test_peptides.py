@@ -76,3 +76,90 @@ def test_peptides_compact_cache_round_trip_without_rdkit(peptides_root, tmp_path
     graphs["x"][0, 0] = 300
     with pytest.raises(ValueError, match="x spans"):
         PeptidesFunc.save_compact(graphs, tmp_path / "bad.npz")
+
+
+# Processes sharing the compact cache (tests/cache_workers.py): each reads the train split of
+# $PEPTIDES_ROOT (cache: $GEOSSM_CACHE), counting conversions; the builder of the kill test
+# stalls in the middle of writing the .npz.
+SETUP = r'''
+import numpy
+import ogb.utils  # imported once, before the fork (the conversion needs it)
+from geossm.tasks.graph.datasets import PeptidesFunc
+
+count_builds(PeptidesFunc, "convert")
+if STALL:
+    stall_writes(numpy, "savez_compressed")
+'''
+READ_TRAIN = r'''
+ds = PeptidesFunc(os.environ["PEPTIDES_ROOT"], split="train")
+print(digest(*[t for g in ds for t in (g.x, g.edge_index, g.edge_attr, g.y)]))
+'''
+SMILES = ["CC(=O)NC(C)C(=O)O", "NCC(=O)NCC(=O)O", "CC(C)C(N)C(=O)O", "c1ccccc1CC(N)C(=O)O",
+          "OCC(N)C(=O)O", "CSCCC(N)C(=O)O"]
+
+
+def _tiny_peptides(root: Path) -> Path:
+    """Six small amino-acid-like molecules in the official layout (csv.gz + split pickle)."""
+    (root / "raw").mkdir(parents=True)
+    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
+        fh.write("smiles,labels\n")
+        for i, smiles in enumerate(SMILES):
+            labels = ", ".join(str((i + j) % 2) for j in range(10))
+            fh.write(f'{smiles},"[{labels}]"\n')
+    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
+        pickle.dump({"train": np.arange(4), "val": np.array([4]), "test": np.array([5])}, fh)
+    return root
+
+
+def _train_digest(root: Path, cache_dir: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for g in PeptidesFunc(root, split="train", cache_dir=cache_dir):
+        for t in (g.x, g.edge_index, g.edge_attr, g.y):
+            h.update(f"{t.numpy().dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_eight_processes_on_a_fresh_cache_convert_once(tmp_path):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    from tests.cache_workers import builds, run_together
+    root = _tiny_peptides(tmp_path / "peptides")
+    cache = tmp_path / "cache"
+    out = run_together(SETUP, READ_TRAIN, tmp_path / "work",
+                       env={"GEOSSM_CACHE": str(cache), "PEPTIDES_ROOT": str(root)})
+    assert builds(tmp_path / "work") == 1
+    assert out == [_train_digest(root, tmp_path / "ref")] * 8
+    folder = next(cache.glob("graphs/peptides/*"))
+    assert sorted(p.name for p in folder.iterdir()) == [".peptides_func_all.npz.lock",
+                                                        "peptides_func_all.npz"]
+
+
+def test_a_builder_killed_mid_write_leaves_no_cache_and_the_next_run_converts_again(
+        tmp_path, monkeypatch):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    from tests.cache_workers import kill_mid_write
+    root = _tiny_peptides(tmp_path / "peptides")
+    cache = tmp_path / "cache"
+    kill_mid_write(SETUP, READ_TRAIN, tmp_path / "work",
+                   env={"GEOSSM_CACHE": str(cache), "PEPTIDES_ROOT": str(root)})
+    folder = next(cache.glob("graphs/peptides/*"))
+    assert not (folder / "peptides_func_all.npz").exists()
+    torn = list(folder.glob(".peptides_func_all.npz.*.tmp.npz"))
+    assert len(torn) == 1 and torn[0].stat().st_size > 0
+    monkeypatch.setenv("GEOSSM_CACHE", str(cache))
+    assert _train_digest(root, None) == _train_digest(root, tmp_path / "ref")
+    assert sorted(p.name for p in folder.iterdir()) == [".peptides_func_all.npz.lock",
+                                                        "peptides_func_all.npz"]
+
+
+def test_a_compact_cache_an_older_version_left_torn_is_converted_again(tmp_path):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    root = _tiny_peptides(tmp_path / "peptides")
+    cache = tmp_path / "given.npz"
+    cache.write_bytes(b"PK\x03\x04 torn")
+    assert len(PeptidesFunc(root, split="val", cache=cache)) == 1
+    assert PeptidesFunc.load_compact(cache)["n_nodes"].shape == (6,)
