@@ -127,10 +127,27 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
+#: What each reader expects in ``data.root``, for the message of a missing folder.
+ROOT_LAYOUTS = {
+    "ShapeNetPart": "synsetoffset2category.txt, train_test_split/ and one folder of <id>.txt per "
+                    "category (shapenetcore_partanno_segmentation_benchmark_v0_normal)",
+    "S3DIS": "Area_1/ ... Area_6/, each room with its Annotations/ "
+             "(Stanford3dDataset_v1.2_Aligned_Version)",
+    "ModelNet40": "modelnet40_shape_names.txt, modelnet40_{train,test}.txt and <class>/<id>.txt "
+                  "(modelnet40_normal_resampled)",
+    "SemanticKITTI": "sequences/<NN>/velodyne/*.bin with labels/*.label (or points/ and labels/ "
+                     "of .npy files)",
+}
+
+
 def _root(root: str | os.PathLike | None, cls: str) -> Path:
     if root is None or str(root) == "":
         raise ValueError(f"{cls}: data.root is not set (the folder of the official layout)")
-    return _require_dir(Path(root).expanduser(), f"{cls} root")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{cls} root: expected a folder at {path}; set data.root=PATH "
+                                f"to the folder holding {ROOT_LAYOUTS[cls]}")
+    return path
 
 
 def _loadtxt(path: Path, columns: int, delimiter: str | None = None) -> np.ndarray:
