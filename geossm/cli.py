@@ -130,8 +130,10 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     source = str(paths["input"])
     if not os.path.exists(source):
         raise FileNotFoundError(f"input file not found: {source}")
-    predictor = Predictor.from_checkpoint(str(paths["checkpoint"]), device=None, config=config,
-                                          overrides=overrides)
+    # The stored config's device is the training machine's: without CONFIG or device=, auto.
+    chosen = config is not None or any(a.startswith("device=") for a in overrides)
+    predictor = Predictor.from_checkpoint(str(paths["checkpoint"]), config=config,
+                                          device=None if chosen else "auto", overrides=overrides)
     output = paths.get("output")
     written = predictor.predict_path(source, output and str(output),
                                      progress=None if predictor.cfg.train.progress else False)

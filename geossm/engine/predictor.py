@@ -24,6 +24,7 @@ or per graph; tracking ``tracks (1, K, 4)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -178,7 +179,8 @@ class Predictor:
     def run(self, prepared: Any) -> dict[str, np.ndarray]:
         """The task's outputs on one prepared sample (``preprocess`` / ``load_input``'s)."""
         batch = move_to(self.task.collate([prepared]), self.device)
-        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.amp)
+        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.amp
+                    else contextlib.nullcontext())
         with autocast:
             outputs = self.task.predict_step(self.model, batch)
         return self.task.postprocess(outputs, batch)

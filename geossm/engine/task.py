@@ -271,13 +271,15 @@ class Task:
 
     def postprocess(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Raw outputs of one sample as numpy arrays. Default: tensor outputs (or every tensor of
-        a dict output) under their keys, plus ``pred`` = argmax of ``logits`` when present."""
+        a dict output) under their keys, plus ``pred`` = argmax and ``probs`` = softmax of
+        ``logits (..., C)`` when present."""
         if isinstance(outputs, torch.Tensor):
             outputs = {"logits": outputs}
         result = {k: v.detach().float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
                   for k, v in outputs.items() if isinstance(v, torch.Tensor)}
         if "logits" in result and "pred" not in result and result["logits"].ndim >= 2:
             result["pred"] = result["logits"].argmax(-1).astype(np.int64)
+            result["probs"] = torch.softmax(torch.from_numpy(result["logits"]), -1).numpy()
         return result
 
     def write_prediction(self, sample: Mapping[str, Any], result: Mapping[str, np.ndarray],

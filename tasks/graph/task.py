@@ -201,8 +201,10 @@ class _GraphTask(Task):
         return MetricCollection(*metrics)
 
     def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        """``logits``, ``pred`` (arg-max) and ``probs`` (softmax), per node or per graph."""
         logits = outputs.detach().float().cpu()
-        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy()}
+        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy(),
+                "probs": torch.softmax(logits, -1).numpy()}
 
     # ---------------------------------------------------------------- predict
     input_suffixes = (".npz", ".pt")
@@ -370,5 +372,7 @@ class MultiLabelGraphTask(_GraphTask):
         return MetricCollection(AveragePrecision())
 
     def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        """``logits (G, L)``, ``pred`` (``logits > 0``) and ``probs`` (sigmoid) per label."""
         logits = outputs.detach().float().cpu()
-        return {"logits": logits.numpy(), "pred": (logits > 0).long().numpy()}
+        return {"logits": logits.numpy(), "pred": (logits > 0).long().numpy(),
+                "probs": torch.sigmoid(logits).numpy()}

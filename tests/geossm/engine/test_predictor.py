@@ -59,7 +59,9 @@ def test_python_predictor_equals_cli_predict_without_config(toy_checkpoint, tmp_
     predictor = geossm.predictor(toy_checkpoint, device="cpu")
     assert isinstance(predictor, geossm.Predictor)
     result = predictor(coord=scan["coord"], label=scan["label"])
-    assert set(result) == {"logits", "pred"} and result["pred"].shape == (30,)
+    assert set(result) == {"logits", "pred", "probs"} and result["pred"].shape == (30,)
+    np.testing.assert_allclose(result["probs"].sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(result["probs"].argmax(1), result["pred"])
     with np.load(written[0]) as z:
         np.testing.assert_array_equal(z["pred"], result["pred"])
         np.testing.assert_allclose(z["logits"], result["logits"], rtol=0, atol=0)
@@ -150,20 +152,30 @@ def test_segmentation_predictor_on_arrays_matches_the_task_steps(tmp_path):
         expected = task.postprocess(task.predict_step(model, batch), batch)
     assert result["pred"].shape == (len(batch["coord"]),)
     np.testing.assert_array_equal(result["pred"], expected["pred"])
+    # probabilities over the parts of the shape's category only, and pred is their arg-max
+    parts = task.dataset_class().CATEGORY_PARTS[1]
+    others = np.setdiff1d(np.arange(result["probs"].shape[1]), parts)
+    assert (result["probs"][:, others] == 0).all()
+    np.testing.assert_allclose(result["probs"].sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(result["probs"].argmax(1), result["pred"])
     with pytest.raises(ValueError, match=r"^sample: category: expected an integer in \[0, 4\)"):
         Predictor.from_checkpoint(path, device="cpu")(coord=sample["coord"], category=9)
 
 
-def test_detection_and_event_predictors_take_arrays(tmp_path):
-    """Detection takes ``points=``, event recognition a structured recording ``events=``; each
-    equals the task's own steps on the same prepared sample."""
+def test_detection_tracking_and_event_predictors_take_arrays(tmp_path):
+    """Detection takes ``points=``, tracking ``frames=`` and ``boxes=``, event recognition a
+    structured recording ``events=``; each equals the task's own steps on the same sample."""
     cases = [("detection/synthetic_lion", lambda rng: {
         "points": np.c_[rng.uniform([0, -20, -2], [40, 20, 0], (300, 3)),
                         rng.uniform(0, 1, (300, 1))].astype(np.float32)}),
+             ("events/tracking_synthetic", lambda rng: {
+                 "frames": rng.random((4, 2, 96, 96)).astype(np.float32),
+                 "boxes": np.array([[30.0, 30.0, 16.0, 16.0]])}),
              ("events/nmnist_mamba", lambda rng: {"events": _recording(rng)})]
+    small = {"events/tracking_synthetic": ["model.dim=16", "model.depth=1"]}
     rng = np.random.default_rng(0)
     for name, make in cases:
-        path, model, task = _saved(tmp_path, name)
+        path, model, task = _saved(tmp_path, name, small.get(name, ()))
         sample = make(rng)
         result = Predictor.from_checkpoint(path, device="cpu")(**sample)
         batch = task.collate([task.preprocess(sample)])
@@ -173,6 +185,7 @@ def test_detection_and_event_predictors_take_arrays(tmp_path):
         for key in expected:
             np.testing.assert_array_equal(result[key], expected[key], err_msg=f"{name} {key}")
     assert result["pred"].shape == (1,) and result["logits"].shape == (1, 10)
+    np.testing.assert_allclose(result["probs"].sum(), 1.0, rtol=1e-5)
 
 
 def _recording(rng: np.random.Generator, n: int = 500) -> np.ndarray:
@@ -182,3 +195,21 @@ def _recording(rng: np.random.Generator, n: int = 500) -> np.ndarray:
     events["x"], events["y"] = rng.integers(0, 34, n), rng.integers(0, 34, n)
     events["t"], events["p"] = np.sort(rng.integers(0, 100_000, n)), rng.integers(0, 2, n)
     return events
+
+
+def test_config_less_predict_ignores_the_training_machines_device(toy_checkpoint, tmp_path,
+                                                                   capsys):
+    """A checkpoint trained with ``device: cuda:7`` predicts here (``auto``) unless CONFIG or
+    ``device=`` asks for a device."""
+    state = torch.load(toy_checkpoint, weights_only=True)
+    state["config"]["device"] = "cuda:7"
+    moved = save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")},
+                            tmp_path / "gpu.pt")
+    np.savez(tmp_path / "scan.npz", **_scan(3))
+    assert main(["predict", f"checkpoint={moved}", f"input={tmp_path / 'scan.npz'}"]) == 0
+    assert (tmp_path / "scan.pred.npz").is_file()
+    capsys.readouterr()
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 8:
+        assert main(["predict", f"checkpoint={moved}", f"input={tmp_path / 'scan.npz'}",
+                     "device=cuda:7"]) == 2
+        assert "device" in capsys.readouterr().err

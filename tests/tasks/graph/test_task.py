@@ -291,6 +291,8 @@ def test_graph_predict_end_to_end_from_npz_pt_and_data(synthetic_checkpoint, tmp
     result = predictor(Data(x=graph.x, edge_index=graph.edge_index))
     np.testing.assert_allclose(result["logits"], expected.numpy(), rtol=1e-5, atol=1e-6)
     assert result["pred"][0] == expected.argmax(-1)[0]
+    np.testing.assert_allclose(result["probs"], torch.softmax(expected, -1).numpy(), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_graph_predict_inputs_are_checked(synthetic_checkpoint, tmp_path):
