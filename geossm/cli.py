@@ -141,7 +141,6 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 0
 
 
-
 _VIZ_OPTIONS = {"output": str, "width": int, "height": int, "point_size": float, "show": bool}
 
 
