@@ -4,7 +4,7 @@
 
     geossm train [CONFIG] [key.sub=value ...]          # no CONFIG: configs/default.yaml
     geossm eval CONFIG checkpoint=PATH [key=value ...]
-    geossm predict CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]
+    geossm predict [CONFIG] checkpoint=PATH input=FILE|FOLDER [output=FILE|DIR] [key=value ...]
     geossm viz INPUT [output=PNG] [width=1024] [height=768] [point_size=3] [show=true]
     geossm export checkpoint=PATH format=safetensors|torch-export [output=FILE] [input=FILE]
     geossm configs [DIR]                               # "(runs without data)": generated data
@@ -117,21 +117,28 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
-    from geossm.engine import Trainer
-    cfg, name = _load_with_checkpoint(ns, "predict")
-    if not cfg.input:
-        raise ValueError("predict needs input=FILE")
-    if not os.path.isfile(str(cfg.input)):
-        raise FileNotFoundError(f"input file not found: {cfg.input}")
-    trainer = Trainer(cfg, config_name=name)
-    try:
-        written = trainer.predict(str(cfg.input), cfg.output and str(cfg.output),
-                                  checkpoint=str(cfg.checkpoint))
-        if trainer.is_main:
-            print(_json({"input": str(cfg.input), "outputs": [str(p) for p in written]}),
-                  flush=True)
-    finally:
-        trainer.close()
+    """``predict [CONFIG] checkpoint=PATH input=FILE_OR_FOLDER [output=...]``: the config stored
+    in the checkpoint unless CONFIG is given (the overrides apply to either)."""
+    from geossm.config import parse_override
+    from geossm.engine.predictor import Predictor
+    config, overrides = _split_args(ns.args, need_config=False)
+    paths = {key: value for key, value, _ in map(parse_override, overrides)
+             if key in ("checkpoint", "input", "output")}
+    if not paths.get("checkpoint"):
+        raise ValueError("predict needs checkpoint=PATH")
+    if not paths.get("input"):
+        raise ValueError("predict needs input=FILE or input=FOLDER")
+    source = str(paths["input"])
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"input file not found: {source}")
+    # The stored config's device is the training machine's: without CONFIG or device=, auto.
+    chosen = config is not None or any(a.startswith("device=") for a in overrides)
+    predictor = Predictor.from_checkpoint(str(paths["checkpoint"]), config=config,
+                                          device=None if chosen else "auto", overrides=overrides)
+    output = paths.get("output")
+    written = predictor.predict_path(source, output and str(output),
+                                     progress=None if predictor.cfg.train.progress else False)
+    print(_json({"input": source, "outputs": [str(p) for p in written]}), flush=True)
     return 0
 
 
@@ -228,6 +235,7 @@ examples:
   geossm train segmentation/shapenetpart_pcm data.root=/data/shapenet train.epochs=50
   python -m geossm.tasks.segmentation shape.npz        # one sample to predict on
   geossm predict default checkpoint=runs/default/<time>/best.pt input=shape.npz output=pred.npz
+  geossm predict checkpoint=runs/default/<time>/best.pt input=scans/   # config from checkpoint
   geossm viz pred.npz output=pred.png   # ground truth | prediction
   geossm eval default checkpoint=runs/default/<time>/best.pt
 
@@ -274,15 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
                 cmd_eval,
                 _config_args("+", "config path or name, then checkpoint=PATH and key=value "
                                   "overrides"))
-    _subcommand(sub, "predict", "run a checkpoint on one input file",
+    _subcommand(sub, "predict", "run a checkpoint on an input file or folder",
                 "CONFIG checkpoint=PATH input=FILE [output=FILE] [key=value ...]",
+                "CONFIG may be left out: the checkpoint holds its run's config (a CONFIG given\n"
+                "replaces it; key=value overrides apply to either).\n"
                 "input=FILE   the sample to predict on (.npz, .npy or .ply; the task's\n"
-                "             input, e.g. `python -m geossm.tasks.segmentation shape.npz`)\n"
+                "             input, e.g. `python -m geossm.tasks.segmentation shape.npz`),\n"
+                "             or a FOLDER: every file of it the task reads (progress bar)\n"
                 "output=FILE  the prediction's .npz (another suffix becomes .npz), with a .ply\n"
-                "             of the points beside it (default: <input>.pred.npz beside INPUT)\n"
+                "             of the points beside it (default: <input>.pred.npz beside INPUT;\n"
+                "             for a folder: output=DIR holds <name>.pred.npz per file)\n"
                 "\nPrints one JSON line {\"input\": ..., \"outputs\": [files written]}.",
                 cmd_predict,
-                _config_args("+", "config path or name, then checkpoint=PATH input=FILE "
+                _config_args("+", "[config path or name], then checkpoint=PATH input=FILE "
                                   "[output=FILE] and key=value overrides"))
     _subcommand(sub, "export", "export a checkpoint's model (safetensors or torch.export)",
                 "checkpoint=PATH format=safetensors|torch-export [output=FILE] [input=FILE]",

@@ -15,7 +15,8 @@ config key ``task``. The trainer calls, in this order::
     loss = loss_fn(outputs, batch)                      # unless task.evaluation_loss is False
     metrics = task.build_metrics(); metrics.update(outputs, batch); metrics.reduce(); metrics.compute()
 
-and for ``geossm predict``::
+and for ``geossm predict`` (``geossm.Predictor``; in memory ``task.preprocess(arrays)``
+replaces ``load_input``)::
 
     sample = task.load_input(path); batch = task.collate([sample])
     result = task.postprocess(task.predict_step(model, batch), batch)  # dict of numpy arrays
@@ -120,6 +121,8 @@ class Task:
     best_metric: str = "loss"
     best_mode: str = "min"
     evaluation_loss: bool = True
+    #: Suffixes of the files ``load_input`` reads (``geossm predict input=FOLDER`` takes these).
+    input_suffixes: tuple[str, ...] = (".npz", ".npy", ".ply")
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -220,6 +223,18 @@ class Task:
         return MetricCollection()
 
     # ---------------------------------------------------------------- predict
+    def validate_input(self, sample: Any, *, source: str = "sample") -> None:
+        """Raise ``ValueError`` (naming ``source``, the field, the expectation and what came;
+        ``geossm.engine.inputs.check_field``) unless the model can run on ``sample``.
+        Default: accept anything."""
+
+    def preprocess(self, sample: Any, *, source: str = "sample") -> Any:
+        """An in-memory sample (the arrays ``load_input`` reads from a file) checked and
+        prepared as one model input, as ``load_input`` prepares a file (``geossm.Predictor``
+        calls it). Default: ``validate_input``, then a shallow copy."""
+        self.validate_input(sample, source=source)
+        return dict(sample)
+
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
         """Read one input file into a sample dict like the dataset's (default: ``.npz`` arrays,
         ``.npy`` as ``{"coord": array}``, ``.ply`` vertex properties via
@@ -256,13 +271,15 @@ class Task:
 
     def postprocess(self, outputs: Any, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Raw outputs of one sample as numpy arrays. Default: tensor outputs (or every tensor of
-        a dict output) under their keys, plus ``pred`` = argmax of ``logits`` when present."""
+        a dict output) under their keys, plus ``pred`` = argmax and ``probs`` = softmax of
+        ``logits (..., C)`` when present."""
         if isinstance(outputs, torch.Tensor):
             outputs = {"logits": outputs}
         result = {k: v.detach().float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
                   for k, v in outputs.items() if isinstance(v, torch.Tensor)}
         if "logits" in result and "pred" not in result and result["logits"].ndim >= 2:
             result["pred"] = result["logits"].argmax(-1).astype(np.int64)
+            result["probs"] = torch.softmax(torch.from_numpy(result["logits"]), -1).numpy()
         return result
 
     def write_prediction(self, sample: Mapping[str, Any], result: Mapping[str, np.ndarray],

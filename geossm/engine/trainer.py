@@ -566,24 +566,17 @@ class Trainer:
     @torch.no_grad()
     def predict(self, input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
                 checkpoint: str | os.PathLike | None = None) -> list[Path]:
-        """Run the model on one input file; writes the task's outputs (``.npz`` + ``.ply``).
+        """Run the model on one input file, or on every file of a folder the task reads; writes
+        the task's outputs (``.npz`` + ``.ply``; ``geossm.engine.predictor.Predictor``).
 
-        ``output_path`` defaults to ``<input without suffix>.pred.npz``. Returns written paths.
+        ``output_path`` defaults to ``<input without suffix>.pred.npz`` (for a folder: a folder,
+        default the input folder). Returns written paths.
         """
+        from geossm.engine.predictor import Predictor
         if checkpoint is not None:
             self.load_weights(checkpoint)
-        input_path = Path(input_path)
-        sample = self.task.load_input(input_path)
-        out = Path(output_path) if output_path else input_path.with_name(
-            input_path.with_suffix("").name + ".pred.npz")
-        if out.suffix != ".npz":
-            out = out.with_suffix(".npz")
-        batch = move_to(self.task.collate([sample]), self.device)
-        self.model.eval()
-        with self.autocast():
-            outputs = self.task.predict_step(self.model, batch)
-        result = self.task.postprocess(outputs, batch)
-        return self.task.write_prediction(sample, result, out)
+        predictor = Predictor(self.model, self.task, self.device, amp=self.amp)
+        return predictor.predict_path(input_path, output_path, progress=None if self.progress else False)
 
     def close(self) -> None:
         """End the process group (if this process started one)."""

@@ -91,6 +91,7 @@ class DetectionTask(Task):
     """LiDAR 3D object detection (see the module docstring)."""
 
     input_keys = ("points", "cu_seqlens")
+    input_suffixes = (".bin", ".npz")
     best_metric, best_mode = "Car/bev_moderate_R40", "max"
 
     def classes(self) -> tuple[str, ...]:
@@ -143,7 +144,6 @@ class DetectionTask(Task):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"input file not found: {path}")
-        pcr = self.cfg.data.get("point_cloud_range") or KITTI_RANGE
         if path.suffix == ".bin":
             points = read_velodyne(path)
             calib_path = path.parent.parent / "calib" / f"{path.stem}.txt"
@@ -164,10 +164,18 @@ class DetectionTask(Task):
         else:
             raise ValueError(f"input file {path}: expected a KITTI .bin or an .npz, got "
                              f"'{path.suffix}'")
-        validate_frame(frame, source=f"input file {path}", point_cloud_range=pcr,
+        return self.preprocess(frame, source=f"input file {path}")
+
+    def preprocess(self, frame: Mapping[str, Any], *, source: str = "sample") -> dict[str, Any]:
+        """A frame ``{"points": (N, model.in_channels), "gt_boxes": (M, 7) optional}`` checked
+        (``validate_frame``) and cropped to ``data.point_cloud_range``, as ``load_input``
+        prepares a file."""
+        pcr = self.cfg.data.get("point_cloud_range") or KITTI_RANGE
+        validate_frame(frame, source=source, point_cloud_range=pcr,
                        in_channels=self.cfg.model.get("in_channels", 4))
-        points = frame["points"].astype(np.float32)
-        gt = frame.get("gt_boxes", np.zeros((0, 7))).astype(np.float32)
+        points = np.asarray(frame["points"]).astype(np.float32)
+        gt = frame.get("gt_boxes")
+        gt = np.zeros((0, 7), np.float32) if gt is None else np.asarray(gt, dtype=np.float32)
         lo, hi = np.asarray(pcr[:3]), np.asarray(pcr[3:])
         points = points[np.all((points[:, :3] >= lo) & (points[:, :3] < hi), 1)]
         return {"points": points, "gt_boxes": gt,

@@ -28,7 +28,7 @@ from geossm.engine.task import Task
 from geossm.packed import pack_collate
 from geossm.registry import DATASETS, TASKS
 
-from .io import read_events
+from .io import _EXTENSIONS, read_events
 
 
 @TASKS.register
@@ -37,6 +37,8 @@ class EventClassificationTask(Task):
 
     stack_keys = ("frames",)
     best_metric, best_mode = "acc", "max"
+    #: What ``read_events`` reads (``.raw``: Prophesee EVT 2.0 / 3.0) and ready ``.npz`` arrays.
+    input_suffixes = (*sorted(_EXTENSIONS), ".raw")
 
     def collate(self, samples):
         return pack_collate(samples, stack_keys=self.stack_keys)

@@ -381,10 +381,21 @@ class GraphMambaNetwork(nn.Module):
                   "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
         return init, inputs
 
-    def forward(self, x: Any, edge_index: torch.Tensor | None = None,
+    def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
                 pe: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``."""
+        """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
+
+        ``edge_attr``, ``batch`` and ``pe`` are keyword-only: PyG models disagree on their third
+        positional argument (``batch`` in many, ``edge_weight`` in ``BasicGNN``), and a batch
+        vector taken for edge features would pool a whole batch into one row, so
+        ``model(x, edge_index, batch)`` raises ``TypeError`` instead of guessing.
+        """
+        if extra:
+            raise TypeError(
+                f"{type(self).__name__}.forward: edge_attr, batch and pe are keyword-only, got "
+                f"{len(extra)} more positional argument(s) after edge_index; call "
+                "model(x, edge_index, batch=batch) (or model(data))")
         if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
             data = x
             x, edge_index = data.x, data.edge_index

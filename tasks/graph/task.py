@@ -24,15 +24,19 @@ accuracy otherwise). The resolved values are written back into the config, so th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from geossm.cache import main_process_first
 from geossm.config import to_container
+from geossm.engine.inputs import check_field
 from geossm.engine.metrics import MetricCollection
 from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
@@ -201,8 +205,121 @@ class _GraphTask(Task):
         return MetricCollection(*metrics)
 
     def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        """``logits``, ``pred`` (arg-max) and ``probs`` (softmax), per node or per graph."""
         logits = outputs.detach().float().cpu()
-        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy()}
+        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy(),
+                "probs": torch.softmax(logits, -1).numpy()}
+
+    # ---------------------------------------------------------------- predict
+    input_suffixes = (".npz", ".pt")
+
+    def load_input(self, path: str | os.PathLike) -> Data:
+        """One graph from an ``.npz`` (``x (N, F)``, ``edge_index (2, E)``, optional
+        ``edge_attr (E, D)`` and ``y``) or a ``.pt`` holding a PyG ``Data`` or a dict of its
+        tensors (loaded with ``weights_only=True``: nothing but tensors, plain data and PyG's
+        ``Data`` classes is unpickled), prepared by ``preprocess``."""
+        path = Path(path)
+        if path.is_file() and path.suffix.lower() == ".pt":
+            sample = _load_graph_pt(path)
+        elif path.is_file() and path.suffix.lower() != ".npz":
+            raise ValueError(f"input file {path}: expected a graph .npz or .pt, got "
+                             f"'{path.suffix}'")
+        else:
+            sample = super().load_input(path)  # allow_pickle=False; corrupt files: one line
+        return self.preprocess(sample, source=f"input file {path}")
+
+    def preprocess(self, sample: Data | Mapping[str, Any], *, source: str = "sample") -> Data:
+        """A graph (PyG ``Data``, or a mapping with ``x``, ``edge_index``, optional
+        ``edge_attr`` and ``y``) checked by ``validate_input`` and prepared as the dataset
+        prepares its graphs: ``x`` row-normalised when ``data.normalize_features``, the
+        positional encodings of ``data.pe`` added (``AddPositionalEncodings``)."""
+        fields = _graph_fields(sample)
+        self.validate_input(fields, source=source)
+        data = Data(num_nodes=len(fields["x"]))
+        data.x = torch.as_tensor(np.asarray(fields["x"]))
+        if data.x.is_floating_point() or self.cfg.model.get("node_vocab") is None:
+            data.x = data.x.float()
+            if self.cfg.data.get("normalize_features"):
+                data.x = data.x / data.x.sum(1, keepdim=True).clamp_min(1e-12)
+        else:
+            data.x = data.x.long()
+        data.edge_index = torch.as_tensor(np.asarray(fields["edge_index"])).long()
+        if fields.get("edge_attr") is not None:
+            data.edge_attr = torch.as_tensor(np.asarray(fields["edge_attr"]))
+        if fields.get("y") is not None:
+            data.y = torch.as_tensor(np.asarray(fields["y"]))
+        pe = self.cfg.data.get("pe")
+        if pe:
+            from .transforms import AddPositionalEncodings
+            data = AddPositionalEncodings(**dict(to_container(pe)))(data)
+        return data
+
+    def validate_input(self, sample: Data | Mapping[str, Any], *, source: str = "sample") -> None:
+        """Raise ``ValueError`` (naming ``source``, the field, the expectation and what came)
+        unless ``sample`` is a graph the model reads: ``x (N, model.in_channels)`` finite
+        numbers (``(N, len(model.node_vocab))`` integers for categorical features), ``N >= 1``;
+        ``edge_index (2, E)`` integers in ``[0, N)``; ``edge_attr (E, model.edge_dim)`` when
+        the model has edge features (optional, ignored otherwise)."""
+        fields = _graph_fields(sample)
+        model = self.cfg.model
+        vocab = model.get("node_vocab")
+        width = len(vocab) if vocab is not None else model.get("in_channels")
+        width = width if isinstance(width, int) else "F"
+        x = check_field(fields, "x", source=source, shape=("N", width),
+                        kind="int" if vocab is not None else "number", finite=True,
+                        note=f"(model.in_channels={width})" if vocab is None else "")
+        if len(x) == 0:
+            raise ValueError(f"{source}: x: expected at least one node, got shape "
+                             f"{tuple(x.shape)}")
+        check_field(fields, "edge_index", source=source, shape=(2, "E"), kind="int", low=0,
+                    high=len(x), note=f"(node ids of N={len(x)} nodes)")
+        edges = np.shape(fields["edge_index"])[1]
+        edge_vocab, edge_dim = model.get("edge_vocab"), model.get("edge_dim")
+        edge_width = len(edge_vocab) if edge_vocab is not None else edge_dim
+        if isinstance(edge_width, int):
+            check_field(fields, "edge_attr", source=source, shape=(edges, edge_width),
+                        kind="int" if edge_vocab is not None else "number", finite=True,
+                        required=False, note=f"(model.edge_dim={edge_width})")
+
+    def write_prediction(self, sample: Data, result: Mapping[str, np.ndarray],
+                         path: str | os.PathLike) -> list[Path]:
+        """``.npz`` of ``logits`` and ``pred``: per node (node tasks) or for the graph, and the
+        ground truth ``y`` when the input had it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"y": sample.y.cpu().numpy()} if getattr(sample, "y", None) is not None else {}
+        np.savez_compressed(path, **{k: np.asarray(v) for k, v in result.items()}, **extra)
+        return [path]
+
+
+def _graph_fields(sample: Data | Mapping[str, Any]) -> dict[str, Any]:
+    """``x``, ``edge_index``, ``edge_attr``, ``y`` of a ``Data`` or a mapping (absent: None)."""
+    if isinstance(sample, Data):
+        return {k: getattr(sample, k, None) for k in ("x", "edge_index", "edge_attr", "y")}
+    if isinstance(sample, Mapping):
+        return dict(sample)
+    raise TypeError(f"graph input: expected a torch_geometric Data or a mapping of arrays, got "
+                    f"{type(sample).__name__}")
+
+
+def _load_graph_pt(path: Path) -> Data | dict[str, Any]:
+    """A ``Data`` (or dict of tensors) saved with ``torch.save``, loaded with
+    ``weights_only=True`` and PyG's ``Data`` classes allowed; anything else is refused."""
+    from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+    from torch_geometric.data.storage import GlobalStorage
+    try:
+        with torch.serialization.safe_globals([Data, DataEdgeAttr, DataTensorAttr,
+                                               GlobalStorage]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a corrupt or unsafe file makes torch raise anything
+        reason = next((ln.strip() for ln in str(err).splitlines()
+                       if "GLOBAL" in ln or "Unsupported" in ln), type(err).__name__)
+        raise ValueError(f"input file {path}: not a readable graph .pt (loaded with "
+                         f"weights_only=True: tensors and PyG Data only): {reason}") from err
+    if not isinstance(loaded, (Data, Mapping)):
+        raise ValueError(f"input file {path}: expected a torch_geometric Data or a dict of "
+                         f"tensors, got {type(loaded).__name__}")
+    return loaded
 
 
 @TASKS.register
@@ -259,5 +376,7 @@ class MultiLabelGraphTask(_GraphTask):
         return MetricCollection(AveragePrecision())
 
     def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        """``logits (G, L)``, ``pred`` (``logits > 0``) and ``probs`` (sigmoid) per label."""
         logits = outputs.detach().float().cpu()
-        return {"logits": logits.numpy(), "pred": (logits > 0).long().numpy()}
+        return {"logits": logits.numpy(), "pred": (logits > 0).long().numpy(),
+                "probs": torch.sigmoid(logits).numpy()}

@@ -179,15 +179,20 @@ class SegmentationTask(_PointTask):
         return MetricCollection(*metrics)
 
     def postprocess(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``logits (N, C)``, ``pred (N,)`` and ``probs (N, C)`` (softmax; with categories, over
+        each point's category's parts only, as ``pred``)."""
         logits = outputs.detach().float()
         parts, _ = self._parts()
+        scores = logits
         if parts and "category" in batch and int(self.cfg.model.get("num_categories", 0) or 0):
             mask = part_mask(parts, logits.shape[1], logits.device)
-            pred = masked_prediction(logits, batch["category"].to(logits.device),
-                                     batch["batch"].to(logits.device), mask)
+            category, owner = batch["category"].to(logits.device), batch["batch"].to(logits.device)
+            pred = masked_prediction(logits, category, owner, mask)
+            scores = logits.masked_fill(~mask[category.long()][owner.long()], float("-inf"))
         else:
             pred = logits.argmax(-1)
-        return {"logits": logits.cpu().numpy(), "pred": pred.cpu().numpy().astype(np.int64)}
+        return {"logits": logits.cpu().numpy(), "pred": pred.cpu().numpy().astype(np.int64),
+                "probs": torch.softmax(scores, -1).cpu().numpy()}
 
 
 @TASKS.register
@@ -201,8 +206,10 @@ class ClassificationTask(_PointTask):
         return ClassificationMetric(self.num_classes())
 
     def postprocess(self, outputs: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``logits (1, C)``, ``pred (1,)`` and ``probs (1, C)`` (softmax)."""
         logits = outputs.detach().float().cpu()
-        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy().astype(np.int64)}
+        return {"logits": logits.numpy(), "pred": logits.argmax(-1).numpy().astype(np.int64),
+                "probs": torch.softmax(logits, -1).numpy()}
 
     def write_prediction(self, sample: Mapping[str, Any], result: Mapping[str, np.ndarray],
                          path: str | os.PathLike) -> list[Path]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geossm.engine.inputs import check_field
 from geossm.engine.task import Task
 from geossm.registry import TASKS
 
@@ -36,6 +37,7 @@ class EventTrackingTask(Task):
     best_metric, best_mode = "success_auc", "max"
     #: Evaluation tracks whole sequences: no training loss to report, the metrics alone.
     evaluation_loss = False
+    input_suffixes = (".npz",)
 
     def _tracker_kwargs(self) -> dict[str, Any]:
         tr = self.cfg.get("tracker") if hasattr(self.cfg, "get") else None
@@ -67,12 +69,34 @@ class EventTrackingTask(Task):
         return TrackingMetric()
 
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:
-        """A ``.npz`` with ``frames (K, 2, H, W)`` and ``boxes (K, 4)`` (at least the first)."""
+        """A ``.npz`` with ``frames (K, 2, H, W)`` and ``boxes (M, 4)`` (at least the first),
+        checked by ``validate_input``."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"input file not found: {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "frames" not in z.files or "boxes" not in z.files:
-                raise ValueError(f"input file {path}: expected arrays 'frames' and 'boxes', got "
-                                 f"{z.files}")
-            return {"frames": z["frames"], "boxes": z["boxes"]}
+        if path.is_file() and path.suffix.lower() != ".npz":
+            raise ValueError(f"input file {path}: expected an .npz with 'frames' and 'boxes', "
+                             f"got '{path.suffix}'")
+        arrays = super().load_input(path)  # allow_pickle=False; corrupt files: one line
+        return self.preprocess(arrays, source=f"input file {path}")
+
+    def preprocess(self, sample: Mapping[str, Any], *, source: str = "sample") -> dict[str, Any]:
+        """``{"frames", "boxes"}`` of one sequence, checked (``validate_input``), as arrays."""
+        self.validate_input(sample, source=source)
+        return {"frames": np.asarray(sample["frames"]), "boxes": np.asarray(sample["boxes"])}
+
+    def validate_input(self, sample: Mapping[str, Any], *, source: str = "sample") -> None:
+        """Raise ``ValueError`` (naming ``source``, the field, the expectation and what came)
+        unless ``sample`` is a sequence the tracker runs on: ``frames (K, 2, H, W)`` finite
+        numbers (two polarity channels) with ``K >= 1``, and ``boxes (M, 4)`` finite numbers
+        ``x, y, w, h`` with ``1 <= M <= K`` (usually ``K``; only the first, the target in frame
+        0, is read)."""
+        frames = check_field(sample, "frames", source=source, shape=("K", 2, "H", "W"),
+                             kind="number", finite=True, note="(K frames of 2 polarities)")
+        if len(frames) == 0:
+            raise ValueError(f"{source}: frames: expected at least one frame, got shape "
+                             f"{tuple(frames.shape)}")
+        boxes = check_field(sample, "boxes", source=source, shape=("M", 4), kind="number",
+                            finite=True)
+        if not 1 <= len(boxes) <= len(frames):
+            raise ValueError(f"{source}: boxes: expected 1 to K={len(frames)} boxes (x, y, w, h; "
+                             f"the first is the target in frame 0), got shape "
+                             f"{tuple(boxes.shape)}")

@@ -152,3 +152,19 @@ def test_bad_inputs_are_named():
         model(torch.randn(4, 3), torch.zeros(3, 2, dtype=torch.long), pe=torch.randn(4, 2))
     with pytest.raises(ValueError, match=r"x: expected integer features of shape \(N, 2\)"):
         CategoricalEncoder([2, 2], 4)(torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_a_positional_batch_is_refused_and_the_keyword_call_pools_per_graph():
+    """PyG users write ``model(x, edge_index, batch)``; taken as ``edge_attr`` it would pool
+    the whole batch into one row, so a third positional argument raises instead."""
+    torch.manual_seed(0)
+    graphs = [Data(x=torch.randn(n, 3), edge_index=_path(n)) for n in (4, 5, 3)]
+    batch = Batch.from_data_list(graphs)
+    for cls in (GraphMamba, GraphMambaNetwork):
+        model = cls(in_channels=3, num_classes=2, task_level="graph", **TINY).eval()
+        with pytest.raises(TypeError, match=r"edge_attr, batch and pe are keyword-only, got 1 "
+                                            r"more positional argument"):
+            model(batch.x, batch.edge_index, batch.batch)
+        out = model(batch.x, batch.edge_index, batch=batch.batch)
+        assert out.shape == (3, 2)
+        torch.testing.assert_close(out, model(batch))

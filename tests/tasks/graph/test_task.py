@@ -293,3 +293,83 @@ def test_ddp_rank_zero_builds_every_dataset_before_the_others(tmp_path):
         rank1_starts = [i for i, line in enumerate(lines) if line == f"1 start {split}"]
         assert rank0_ends and len(rank0_ends) == len(rank1_starts), lines
         assert all(end < start for end, start in zip(rank0_ends, rank1_starts)), lines
+
+
+@pytest.fixture(scope="module")
+def synthetic_checkpoint(tmp_path_factory):
+    """``best.pt`` of graph/synthetic_gmn after one epoch on 32 graphs, and the validation set."""
+    from geossm.cli import main
+    tmp = tmp_path_factory.mktemp("gmn")
+    overrides = ["train.epochs=1", "data.num_graphs=32", "data.num_eval_graphs=8"]
+    assert main(["train", str(CONFIGS / "synthetic_gmn.yaml"), *overrides,
+                 f"output_dir={tmp / 'run'}"]) == 0
+    cfg = load_config(CONFIGS / "synthetic_gmn.yaml", overrides)
+    val = TASKS.get("GraphClassificationTask")(cfg).build_dataset("val")
+    return tmp / "run" / "best.pt", val
+
+
+def test_graph_predict_end_to_end_from_npz_pt_and_data(synthetic_checkpoint, tmp_path, capsys):
+    """``geossm predict`` without a config on a graph ``.npz`` and ``.pt``; the positional
+    encodings are the dataset's (the model on the dataset's own graph gives the same logits),
+    and ``Predictor`` on a ``Data`` gives the same result."""
+    from torch_geometric.data import Data
+
+    import geossm
+    from geossm.cli import main
+    checkpoint, val = synthetic_checkpoint
+    graph = val[0]
+    np.savez(tmp_path / "g.npz", x=graph.x.numpy(), edge_index=graph.edge_index.numpy(),
+             y=graph.y.numpy())
+    torch.save(Data(x=graph.x, edge_index=graph.edge_index), tmp_path / "g2.pt")
+    outputs = {}
+    for name in ("g.npz", "g2.pt"):
+        assert main(["predict", f"checkpoint={checkpoint}", f"input={tmp_path / name}"]) == 0
+        line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        outputs[name] = line["outputs"]
+    assert outputs["g.npz"] == [str(tmp_path / "g.pred.npz")]
+    model, cfg = geossm.load(checkpoint, device="cpu")
+    with torch.no_grad():
+        expected = model(graph).float()  # the dataset's graph, its pe included
+    with np.load(tmp_path / "g.pred.npz") as z, np.load(tmp_path / "g2.pred.npz") as z2:
+        assert z["logits"].shape == (1, cfg.model.num_classes) and z["pred"].shape == (1,)
+        np.testing.assert_allclose(z["logits"], expected.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(z["y"], graph.y.numpy())
+        np.testing.assert_array_equal(z2["logits"], z["logits"])
+    predictor = geossm.predictor(checkpoint, device="cpu")
+    result = predictor(Data(x=graph.x, edge_index=graph.edge_index))
+    np.testing.assert_allclose(result["logits"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert result["pred"][0] == expected.argmax(-1)[0]
+    np.testing.assert_allclose(result["probs"], torch.softmax(expected, -1).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_graph_predict_inputs_are_checked(synthetic_checkpoint, tmp_path):
+    """Wrong widths, edges naming missing nodes, float ids, no nodes and unsafe or foreign
+    ``.pt`` files: one ``ValueError`` line each (not a PyG or pickle traceback)."""
+    from geossm.engine.predictor import Predictor
+    checkpoint, val = synthetic_checkpoint
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    x, ei = val[0].x.numpy(), val[0].edge_index.numpy()
+    n = len(x)
+    cases = [({"x": x[:, :3], "edge_index": ei},
+              r"x: expected shape \(N, 9\), got shape \(\d+, 3\)"),
+             ({"x": x, "edge_index": ei.T}, r"edge_index: expected shape \(2, E\), got shape"),
+             ({"x": x, "edge_index": ei + n},
+              rf"edge_index: expected values in \[0, {n}\) \(node ids of N={n} nodes\)"),
+             ({"x": x, "edge_index": ei + 0.5}, r"edge_index: expected integers"),
+             ({"x": x[:0], "edge_index": ei[:, :0]}, r"x: expected at least one node"),
+             ({"edge_index": ei}, r"expected 'x' of shape \(N, 9\)")]
+    for sample, match in cases:
+        with pytest.raises(ValueError, match=r"^sample: " + match):
+            predictor(sample)
+    with pytest.raises(TypeError, match=r"graph input: expected a torch_geometric Data"):
+        predictor([x, ei])
+    import pickle
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(__import__("os").getcwd, protocol=2))
+    with pytest.raises(ValueError, match=r"^input file .*evil\.pt: not a readable graph \.pt "
+                                         r"\(loaded with weights_only=True"):
+        predictor.task.load_input(tmp_path / "evil.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"list\.pt: expected a torch_geometric Data or a dict "
+                                         r"of tensors, got list"):
+        predictor.task.load_input(tmp_path / "list.pt")

@@ -62,3 +62,34 @@ def test_trainer_evaluation_reports_no_loss_for_tracking(tmp_path):
     finally:
         trainer.close()
     assert set(metrics) == {"success_auc", "precision_20", "norm_precision"}
+
+
+def test_predict_inputs_are_checked_field_by_field(tmp_path):
+    """``frames`` without the polarity axis, ``boxes`` of two columns and an empty sequence
+    each give one line naming the field (not an unpacking, index or runtime error)."""
+    import numpy as np
+    import pytest
+
+    from geossm.registry import TASKS
+    task = TASKS.get("EventTrackingTask")(load_config("events/tracking_synthetic"))
+    good = {"frames": np.zeros((3, 2, 8, 8), np.float32), "boxes": np.ones((3, 4))}
+    prepared = task.preprocess(good)
+    assert prepared["frames"].shape == (3, 2, 8, 8) and prepared["boxes"].shape == (3, 4)
+    assert task.preprocess({**good, "boxes": np.ones((1, 4))})["boxes"].shape == (1, 4)
+    cases = [({"frames": np.zeros((3, 8, 8))}, r"frames: expected shape \(K, 2, H, W\), got "
+                                                r"shape \(3, 8, 8\)"),
+             ({"boxes": np.ones((3, 2))}, r"boxes: expected shape \(M, 4\), got shape \(3, 2\)"),
+             ({"frames": np.zeros((0, 2, 8, 8)), "boxes": np.ones((0, 4))},
+              r"frames: expected at least one frame, got shape \(0, 2, 8, 8\)"),
+             ({"boxes": np.ones((0, 4))}, r"boxes: expected 1 to K=3 boxes"),
+             ({"boxes": np.full((3, 4), np.nan)}, r"boxes: expected finite values")]
+    for change, match in cases:
+        with pytest.raises(ValueError, match=r"^sample: " + match):
+            task.preprocess({**good, **change})
+    path = tmp_path / "seq.npz"
+    np.savez(path, frames=np.zeros((3, 8, 8)), boxes=np.ones((3, 4)))
+    with pytest.raises(ValueError, match=rf"^input file {path}: frames: expected shape"):
+        task.load_input(path)
+    np.savez(path, frames=np.zeros((3, 2, 8, 8)))
+    with pytest.raises(ValueError, match=r"expected 'boxes' of shape \(M, 4\), got keys"):
+        task.load_input(path)
