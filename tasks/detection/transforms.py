@@ -56,7 +56,7 @@ class GlobalRotation:
         a = generator(rng).uniform(*self.angle)
         s["points"][:, :2] = _rot_z(s["points"][:, :2], a)
         s["gt_boxes"][:, :2] = _rot_z(s["gt_boxes"][:, :2], a)
-        s["gt_boxes"][:, 6] = limit_period(s["gt_boxes"][:, 6] + a)
+        s["gt_boxes"][:, 6] = limit_period(s["gt_boxes"][:, 6] + a, period=2 * np.pi)
         return s
 
 
@@ -98,7 +98,7 @@ class ObjectNoise:
                 a = rng.uniform(*self.angle)
                 cand = boxes[j].copy()
                 cand[:3] += t
-                cand[6] = limit_period(cand[6] + a)
+                cand[6] = limit_period(cand[6] + a, period=2 * np.pi)
                 others = np.delete(boxes, j, 0)
                 if len(others) and iou_bev(cand[None], others).max() > 0:
                     continue
