@@ -10,7 +10,15 @@ Every sample is a dict (``points`` first, so ``pack_collate`` packs along points
     frame_id    str
     calib       {"P2" (3, 4), "R0" (3, 3), "V2C" (3, 4)} float32
     annos       every labelled object for the KITTI evaluation (DontCare and other classes
-                included): name (K,) str, boxes (K, 7), bbox (K, 4), truncated (K,), occluded (K,)
+                included): name (K,) str, boxes (K, 7) LiDAR, bbox (K, 4), truncated (K,),
+                occluded (K,) and the label's camera-frame fields location (K, 3) bottom centre,
+                dimensions (K, 3) h, w, l, rotation_y (K,), alpha (K,) (KittiDataset only)
+
+Boxes and labels: ``gt_boxes (M, 7)`` with a separate ``gt_labels (M,)``, where OpenPCDet's
+datasets hand one ``gt_boxes (M, 8)`` whose last column is the 1-based class index; the
+7 columns are the same (``[x, y, z, dx, dy, dz, heading]``). ``np.concatenate([gt_boxes,
+gt_labels[:, None]], 1)`` gives OpenPCDet's array; ``tasks.detection.interop`` converts
+annotations and detections to and from OpenPCDet's ``result.pkl`` entries.
 """
 
 from __future__ import annotations
@@ -151,15 +159,20 @@ class KittiDataset(_DetectionDataset):
 
 def _empty_annos() -> dict[str, np.ndarray]:
     return {"name": np.zeros(0, dtype=str), "boxes": np.zeros((0, 7)), "bbox": np.zeros((0, 4)),
-            "truncated": np.zeros(0), "occluded": np.zeros(0, dtype=np.int64)}
+            "truncated": np.zeros(0), "occluded": np.zeros(0, dtype=np.int64),
+            "location": np.zeros((0, 3)), "dimensions": np.zeros((0, 3)),
+            "rotation_y": np.zeros(0), "alpha": np.zeros(0)}
 
 
 def _kitti_annos(path: Path, calib: Calibration) -> dict[str, np.ndarray]:
     lab = read_label(path)
     boxes = camera_to_lidar_boxes(lab["location"], lab["dimensions"], lab["rotation_y"], calib)
     boxes[lab["name"] == "DontCare"] = np.nan  # DontCare regions are 2D only
+    # the camera-frame fields are what the official evaluation compares (evaluation.py)
     return {"name": lab["name"], "boxes": boxes, "bbox": lab["bbox"],
-            "truncated": lab["truncated"], "occluded": lab["occluded"]}
+            "truncated": lab["truncated"], "occluded": lab["occluded"],
+            "location": lab["location"], "dimensions": lab["dimensions"],
+            "rotation_y": lab["rotation_y"], "alpha": lab["alpha"]}
 
 
 @DATASETS.register
