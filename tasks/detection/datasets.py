@@ -23,6 +23,8 @@ annotations and detections to and from OpenPCDet's ``result.pkl`` entries.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.cache import cache_root
 from geossm.registry import DATASETS
 from geossm.transforms import Compose, build_transforms
 
@@ -41,6 +44,8 @@ from .transforms import DetectionPreprocess, GTSampling, ShufflePoints
 __all__ = ["KittiDataset", "SyntheticLidar"]
 
 KITTI_RANGE = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0)
+#: Bumped when the cached GT-sampling database's content or layout changes.
+GT_DATABASE_VERSION = 1
 
 
 def _check_classes(classes) -> tuple[str, ...]:
@@ -139,6 +144,23 @@ class KittiDataset(_DetectionDataset):
         self.fov_only = bool(fov_only)
         super().__init__(classes, augment, point_cloud_range,
                          training=split in ("train", "training", "trainval"), seed=seed)
+
+    def gt_database_path(self) -> Path:
+        """The cached GT-sampling database of these frames (``GTSampling``):
+        ``<cache_root>/detection/kitti_gt_database_<key>.npz``, the key a hash of the root,
+        split, frame ids, classes, ``fov_only`` and each frame's label and point-cloud file size
+        and modification time (an edited frame makes a new database)."""
+        base = self.root / self.folder
+        digest = hashlib.sha256()
+        header = [GT_DATABASE_VERSION, str(self.root.resolve()), self.split, list(self.classes),
+                  self.fov_only]
+        digest.update(json.dumps(header).encode())
+        for fid in self.frame_ids:
+            for path in (base / "label_2" / f"{fid}.txt", base / "velodyne" / f"{fid}.bin",
+                         base / "calib" / f"{fid}.txt"):
+                st = path.stat() if path.exists() else None
+                digest.update(f"{fid}:{st and st.st_size}:{st and st.st_mtime_ns};".encode())
+        return cache_root() / "detection" / f"kitti_gt_database_{digest.hexdigest()[:16]}.npz"
 
     def raw(self, index: int) -> dict[str, Any]:
         fid = self.frame_ids[index]
