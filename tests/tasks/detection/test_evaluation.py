@@ -251,6 +251,10 @@ def test_tilted_calibration_ap_follows_the_camera_frame():
     assert camera_iou == pytest.approx(3.3 / 4.7) and camera_iou > 0.7 > lidar_iou
     # the image box comes from the camera-frame corners (the LiDAR corners would differ)
     np.testing.assert_allclose(det["bbox"], camera_boxes_to_image_bbox(moved, calib))
+    from geossm.viz import box_corners
+    uv, _ = calib.rect_to_image(calib.lidar_to_rect(box_corners(lidar).reshape(-1, 3)))
+    lidar_corner_bbox = np.concatenate([uv.min(0), uv.max(0)])
+    assert np.abs(lidar_corner_bbox - det["bbox"][0]).max() > 2.0  # pixels
     dts = [det] * n
     camera = kitti_eval(gts, dts, ("Car",), ("bev",))
     assert camera["Car/bev_moderate_R40"] == pytest.approx(100.0)

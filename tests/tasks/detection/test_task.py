@@ -173,3 +173,12 @@ def test_kitti_metric_on_real_frames_writes_submission_files(kitti_root, tmp_pat
     keep = np.isin(label["name"], classes)
     np.testing.assert_allclose(first["location"], label["location"][keep], atol=1e-3)
     np.testing.assert_allclose(first["rotation_y"], label["rotation_y"][keep], atol=1e-3)
+
+
+def test_eval_write_kitti_override_reaches_the_metric(tmp_path):
+    cfg = apply_overrides(load_config(CONFIGS / "kitti_lion.yaml"),
+                          [f"eval.write_kitti={tmp_path / 'sub'}", "eval_metrics=[bbox,aos]"])
+    metric = TASKS.get("DetectionTask")(cfg).build_metrics()
+    assert metric.write_dir == tmp_path / "sub" and metric.metrics == ("bbox", "aos")
+    assert TASKS.get("DetectionTask")(load_config(CONFIGS / "kitti_lion.yaml")) \
+        .build_metrics().write_dir is None
