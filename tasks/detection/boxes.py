@@ -28,8 +28,12 @@ def _check_boxes(name: str, boxes) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :7])
 
 
-def limit_period(angle, offset: float = 0.5, period: float = 2 * np.pi):
-    """Wrap ``angle`` into ``[-offset * period, (1 - offset) * period)`` (numpy or torch)."""
+def limit_period(angle, offset: float = 0.5, period: float = np.pi):
+    """Wrap ``angle`` into ``[-offset * period, (1 - offset) * period)`` (numpy or torch).
+
+    The defaults are OpenPCDet's (``offset=0.5, period=pi``: into ``[-pi/2, pi/2)``, which
+    forgets a box's direction). Headings that keep their direction, as this library's
+    augmentations do, pass ``period=2 * np.pi`` (into ``[-pi, pi)``)."""
     if isinstance(angle, torch.Tensor):
         return angle - torch.floor(angle / period + offset) * period
     return angle - np.floor(angle / period + offset) * period

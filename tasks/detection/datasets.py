@@ -10,11 +10,21 @@ Every sample is a dict (``points`` first, so ``pack_collate`` packs along points
     frame_id    str
     calib       {"P2" (3, 4), "R0" (3, 3), "V2C" (3, 4)} float32
     annos       every labelled object for the KITTI evaluation (DontCare and other classes
-                included): name (K,) str, boxes (K, 7), bbox (K, 4), truncated (K,), occluded (K,)
+                included): name (K,) str, boxes (K, 7) LiDAR, bbox (K, 4), truncated (K,),
+                occluded (K,) and the label's camera-frame fields location (K, 3) bottom centre,
+                dimensions (K, 3) h, w, l, rotation_y (K,), alpha (K,) (KittiDataset only)
+
+Boxes and labels: ``gt_boxes (M, 7)`` with a separate ``gt_labels (M,)``, where OpenPCDet's
+datasets hand one ``gt_boxes (M, 8)`` whose last column is the 1-based class index; the
+7 columns are the same (``[x, y, z, dx, dy, dz, heading]``). ``np.concatenate([gt_boxes,
+gt_labels[:, None]], 1)`` gives OpenPCDet's array; ``tasks.detection.interop`` converts
+annotations and detections to and from OpenPCDet's ``result.pkl`` entries.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.cache import cache_root
 from geossm.registry import DATASETS
 from geossm.transforms import Compose, build_transforms
 
@@ -33,6 +44,8 @@ from .transforms import DetectionPreprocess, GTSampling, ShufflePoints
 __all__ = ["KittiDataset", "SyntheticLidar"]
 
 KITTI_RANGE = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0)
+#: Bumped when the cached GT-sampling database's content or layout changes.
+GT_DATABASE_VERSION = 1
 
 
 def _check_classes(classes) -> tuple[str, ...]:
@@ -136,6 +149,23 @@ class KittiDataset(_DetectionDataset):
         super().__init__(classes, augment, point_cloud_range,
                          training=split in ("train", "training", "trainval"), seed=seed)
 
+    def gt_database_path(self) -> Path:
+        """The cached GT-sampling database of these frames (``GTSampling``):
+        ``<cache_root>/detection/kitti_gt_database_<key>.npz``, the key a hash of the root,
+        split, frame ids, classes, ``fov_only`` and each frame's label and point-cloud file size
+        and modification time (an edited frame makes a new database)."""
+        base = self.root / self.folder
+        digest = hashlib.sha256()
+        header = [GT_DATABASE_VERSION, str(self.root.resolve()), self.split, list(self.classes),
+                  self.fov_only]
+        digest.update(json.dumps(header).encode())
+        for fid in self.frame_ids:
+            for path in (base / "label_2" / f"{fid}.txt", base / "velodyne" / f"{fid}.bin",
+                         base / "calib" / f"{fid}.txt"):
+                st = path.stat() if path.exists() else None
+                digest.update(f"{fid}:{st and st.st_size}:{st and st.st_mtime_ns};".encode())
+        return cache_root() / "detection" / f"kitti_gt_database_{digest.hexdigest()[:16]}.npz"
+
     def raw(self, index: int) -> dict[str, Any]:
         fid = self.frame_ids[index]
         base = self.root / self.folder
@@ -155,15 +185,20 @@ class KittiDataset(_DetectionDataset):
 
 def _empty_annos() -> dict[str, np.ndarray]:
     return {"name": np.zeros(0, dtype=str), "boxes": np.zeros((0, 7)), "bbox": np.zeros((0, 4)),
-            "truncated": np.zeros(0), "occluded": np.zeros(0, dtype=np.int64)}
+            "truncated": np.zeros(0), "occluded": np.zeros(0, dtype=np.int64),
+            "location": np.zeros((0, 3)), "dimensions": np.zeros((0, 3)),
+            "rotation_y": np.zeros(0), "alpha": np.zeros(0)}
 
 
 def _kitti_annos(path: Path, calib: Calibration) -> dict[str, np.ndarray]:
     lab = read_label(path)
     boxes = camera_to_lidar_boxes(lab["location"], lab["dimensions"], lab["rotation_y"], calib)
     boxes[lab["name"] == "DontCare"] = np.nan  # DontCare regions are 2D only
+    # the camera-frame fields are what the official evaluation compares (evaluation.py)
     return {"name": lab["name"], "boxes": boxes, "bbox": lab["bbox"],
-            "truncated": lab["truncated"], "occluded": lab["occluded"]}
+            "truncated": lab["truncated"], "occluded": lab["occluded"],
+            "location": lab["location"], "dimensions": lab["dimensions"],
+            "rotation_y": lab["rotation_y"], "alpha": lab["alpha"]}
 
 
 @DATASETS.register

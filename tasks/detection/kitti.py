@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Calibration", "read_calib", "read_label", "read_velodyne", "camera_to_lidar_boxes",
-           "lidar_to_camera_boxes", "boxes_to_image_bbox", "KITTI_CLASSES"]
+__all__ = ["Calibration", "read_calib", "read_label", "write_label", "read_velodyne",
+           "camera_to_lidar_boxes", "lidar_to_camera_boxes", "camera_box_corners",
+           "camera_boxes_to_image_bbox", "boxes_to_image_bbox", "observation_angle",
+           "KITTI_CLASSES"]
 
 KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",
                  "DontCare")
@@ -171,26 +173,88 @@ def lidar_to_camera_boxes(boxes: np.ndarray, calib: Calibration) -> np.ndarray:
     return np.concatenate([loc, boxes[:, 5:6], boxes[:, 4:5], boxes[:, 3:4], ry[:, None]], 1)
 
 
-def boxes_to_image_bbox(boxes: np.ndarray, calib: Calibration,
-                        image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
-    """2D boxes ``(M, 4)`` (left, top, right, bottom) of LiDAR boxes ``(M, 7)``: the projected
-    corners' extent clipped to the image (what the KITTI evaluation reads for the height rule)."""
-    from geossm.viz import box_corners
+def camera_box_corners(camera_boxes: np.ndarray) -> np.ndarray:
+    """Corners ``(M, 8, 3)`` of KITTI camera boxes ``(M, 7)`` = ``(x, y, z) bottom centre,
+    (h, w, l), rotation_y``: the length along the box's x, the width along its z, rotated by
+    ``rotation_y`` about the camera's y axis (pointing down), the box from ``y - h`` to ``y``."""
+    b = np.asarray(camera_boxes, dtype=np.float64).reshape(-1, 7)
+    h, w, l, ry = b[:, 3:4], b[:, 4:5], b[:, 5:6], b[:, 6:7]
+    sx = np.array([0.5, 0.5, -0.5, -0.5, 0.5, 0.5, -0.5, -0.5])
+    sy = np.array([0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0])
+    sz = np.array([0.5, -0.5, -0.5, 0.5, 0.5, -0.5, -0.5, 0.5])
+    x, y, z = sx * l, sy * h, sz * w  # (M, 8) each, box axes
+    c, s = np.cos(ry), np.sin(ry)
+    return np.stack([x * c + z * s + b[:, 0:1], y + b[:, 1:2], -x * s + z * c + b[:, 2:3]], -1)
 
-    if len(boxes) == 0:
+
+def camera_boxes_to_image_bbox(camera_boxes: np.ndarray, calib: Calibration,
+                               image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
+    """2D boxes ``(M, 4)`` (left, top, right, bottom) of KITTI camera boxes ``(M, 7)``: the
+    extent of the projected camera-frame corners clipped to the image, as the KITTI tools
+    derive a detection's image box (what the evaluation's 25 / 40 px height rule reads)."""
+    if len(camera_boxes) == 0:
         return np.zeros((0, 4))
-    corners = box_corners(boxes).reshape(-1, 3)
-    uv, depth = calib.rect_to_image(calib.lidar_to_rect(corners))
+    corners = camera_box_corners(camera_boxes)
+    uv, depth = calib.rect_to_image(corners.reshape(-1, 3))
     uv = uv.reshape(-1, 8, 2)
     # corners behind the camera would flip through the projection: clamp them to the image edge
     behind = (depth.reshape(-1, 8) <= 0.1)
-    lo, hi = uv.min(1), uv.max(1)
-    out = np.concatenate([lo, hi], 1)
+    out = np.concatenate([uv.min(1), uv.max(1)], 1)
     h, w = image_shape
     out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w - 1)
     out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h - 1)
     out[behind.all(1)] = 0
     return out
+
+
+def boxes_to_image_bbox(boxes: np.ndarray, calib: Calibration,
+                        image_shape: tuple[int, int] = DEFAULT_IMAGE_SHAPE) -> np.ndarray:
+    """2D boxes ``(M, 4)`` of LiDAR boxes ``(M, 7)``: converted to camera boxes through the
+    calibration (``lidar_to_camera_boxes``), whose corners are projected
+    (``camera_boxes_to_image_bbox``). The camera box stands upright along the camera's y, which
+    the rectification tilts by about 0.01 rad from the LiDAR's z: projecting the LiDAR box's own
+    corners differs by several pixels."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    return camera_boxes_to_image_bbox(lidar_to_camera_boxes(boxes, calib), calib, image_shape)
+
+
+def observation_angle(camera_boxes: np.ndarray) -> np.ndarray:
+    """KITTI ``alpha`` ``(M,)`` of camera boxes ``(M, 7)``: ``rotation_y`` less the azimuth of
+    the box seen from the camera, ``alpha = ry - atan2(x, z)``, wrapped into ``[-pi, pi)``."""
+    b = np.asarray(camera_boxes, dtype=np.float64).reshape(-1, 7)
+    alpha = b[:, 6] - np.arctan2(b[:, 0], b[:, 2])
+    return alpha - np.floor(alpha / (2 * np.pi) + 0.5) * 2 * np.pi
+
+
+def write_label(path: str | os.PathLike, anno: dict[str, np.ndarray]) -> Path:
+    """Write one frame's objects as a KITTI ``label_2`` / submission ``.txt`` (what
+    ``read_label`` reads back): one line per object, ``type truncated occluded alpha left top
+    right bottom h w l x y z rotation_y [score]`` in the rectified camera frame, 16 fields when
+    ``anno`` has ``score`` (detections; the official submission format), else 15.
+
+    ``anno``: ``name (M,)``, ``alpha (M,)``, ``bbox (M, 4)``, ``dimensions (M, 3)`` (h, w, l),
+    ``location (M, 3)`` (bottom centre), ``rotation_y (M,)``; optional ``truncated``,
+    ``occluded`` (default -1, 'unknown', as for detections) and ``score``. The file is written
+    whole (an empty file for a frame without objects); the folder is created."""
+    path = Path(path)
+    n = len(anno["name"])
+    rows = [np.asarray(anno.get("truncated", np.full(n, -1.0)), dtype=np.float64).reshape(n, 1),
+            np.asarray(anno.get("occluded", np.full(n, -1)), dtype=np.float64).reshape(n, 1),
+            np.asarray(anno["alpha"], dtype=np.float64).reshape(n, 1),
+            np.asarray(anno["bbox"], dtype=np.float64).reshape(n, 4),
+            np.asarray(anno["dimensions"], dtype=np.float64).reshape(n, 3),
+            np.asarray(anno["location"], dtype=np.float64).reshape(n, 3),
+            np.asarray(anno["rotation_y"], dtype=np.float64).reshape(n, 1)]
+    if "score" in anno:
+        rows.append(np.asarray(anno["score"], dtype=np.float64).reshape(n, 1))
+    values = np.concatenate(rows, 1)
+    lines = []
+    for name, v in zip(anno["name"], values):
+        lines.append(" ".join([str(name), f"{v[0]:.2f}", str(int(v[1]))]
+                              + [f"{x:.4f}" for x in v[2:]]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
 
 
 def in_image_fov(points: np.ndarray, calib: Calibration,

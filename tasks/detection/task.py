@@ -11,7 +11,9 @@ Batches are packed by ``pack_collate``: ``points (N, 4)``, ``cu_seqlens (B+1,)``
                                   the model class's defaults where unset)
     data.classes                  class names, default [Car, Pedestrian, Cyclist]
     loss: {reg_weight: 2.0, min_radius: 2, min_overlap: 0.1, reg_neighbours: 0}
-    eval_metrics: [bev, 3d]       KITTI AP metrics reported by evaluation
+    eval_metrics: [bev, 3d]       KITTI AP metrics reported by evaluation (bbox, bev, 3d, aos)
+    eval.write_kitti              a folder: evaluation writes the detections there as KITTI
+                                  submission files, <frame_id>.txt (null: none)
 
 The best checkpoint is chosen by Car BEV AP R40 at moderate difficulty.
 """
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.engine import distributed
 from geossm.engine.metrics import ListMetric
 from geossm.engine.task import Task
 from geossm.packed import cu_seqlens_from_lengths, pack_collate
@@ -34,13 +37,14 @@ from geossm.registry import TASKS
 
 from .datasets import KITTI_RANGE
 from .evaluation import kitti_eval
-from .kitti import (Calibration, boxes_to_image_bbox, in_image_fov, read_calib, read_label,
-                    read_velodyne, camera_to_lidar_boxes)
+from .kitti import (Calibration, camera_boxes_to_image_bbox, camera_to_lidar_boxes,
+                    in_image_fov, lidar_to_camera_boxes, observation_angle, read_calib,
+                    read_label, read_velodyne, write_label)
 from .losses import centerpoint_loss, centerpoint_targets
 from .models import BoxDecoder
 from .transforms import validate_frame
 
-__all__ = ["DetectionTask", "KittiAPMetric"]
+__all__ = ["DetectionTask", "KittiAPMetric", "detections_to_anno", "write_kitti_submission"]
 
 LOSS_KEYS = ("reg_weight", "min_radius", "min_overlap", "reg_neighbours")   # of cfg.loss
 
@@ -52,38 +56,74 @@ class KittiAPMetric(ListMetric):
     Args:
         decode: ``outputs -> [ {"boxes", "scores", "labels"} per sample ]``.
         classes: class names (label ``i`` is ``classes[i - 1]``).
-        metrics: ``("bev", "3d")`` by default.
+        metrics: ``("bev", "3d")`` by default (any of ``bbox``, ``bev``, ``3d``, ``aos``).
+        write_dir: a folder to write the detections to as KITTI submission files
+            (``<frame_id>.txt``, camera frame, with scores) in ``compute``; default None.
     """
 
     list_states = ("gt", "dt")   # per-frame annotations and detections
 
-    def __init__(self, decode, classes: Sequence[str], metrics: Sequence[str] = ("bev", "3d")):
+    def __init__(self, decode, classes: Sequence[str], metrics: Sequence[str] = ("bev", "3d"),
+                 write_dir: str | os.PathLike | None = None):
         super().__init__()
         self.decode, self.classes, self.metrics = decode, tuple(classes), tuple(metrics)
+        self.write_dir = None if write_dir is None else Path(write_dir)
 
     def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
-        for det, anno, calib in zip(self.decode(outputs), batch["annos"], batch["calib"]):
+        frame_ids = batch.get("frame_id") or [None] * len(batch["annos"])
+        for det, anno, calib, fid in zip(self.decode(outputs), batch["annos"], batch["calib"],
+                                         frame_ids):
             self.gt.append(anno)
-            self.dt.append(detections_to_anno(det, calib, self.classes))
+            self.dt.append({**detections_to_anno(det, calib, self.classes), "frame_id": fid})
 
     def compute(self) -> dict[str, float]:
         if not self.gt:
             return {}
+        if self.write_dir is not None and distributed.is_main():
+            write_kitti_submission(self.write_dir, self.dt)
         return kitti_eval(self.gt, self.dt, self.classes, self.metrics)
+
+
+def write_kitti_submission(folder: str | os.PathLike,
+                           dt_annos: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """Write detections as the KITTI benchmark's submission: one ``<frame_id>.txt`` per frame
+    in ``folder`` (created), 16 fields per line in the rectified camera frame
+    (``kitti.write_label``; an empty file for a frame without detections).
+
+    ``dt_annos``: per frame ``frame_id``, ``name``, ``alpha``, ``bbox``, ``dimensions`` (h, w,
+    l), ``location``, ``rotation_y``, ``score`` (what ``detections_to_anno`` gives with a
+    calibration). Raises ``ValueError`` naming the entry without a frame id or camera boxes."""
+    folder = Path(folder)
+    paths = []
+    for i, anno in enumerate(dt_annos):
+        if anno.get("frame_id") is None:
+            raise ValueError(f"dt_annos[{i}]: expected a frame_id to name its .txt file, got none")
+        missing = [k for k in ("location", "dimensions", "rotation_y", "alpha") if k not in anno]
+        if missing:
+            raise ValueError(f"dt_annos[{i}]: missing camera-frame fields {missing} (detections "
+                             f"need the frame's calibration)")
+        paths.append(write_label(folder / f"{anno['frame_id']}.txt", anno))
+    return paths
 
 
 def detections_to_anno(det: Mapping[str, np.ndarray], calib: Mapping[str, Any] | None,
                        classes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Decoded boxes of one frame as a KITTI evaluation entry (image boxes through ``P2``)."""
+    """Decoded LiDAR boxes of one frame as a KITTI evaluation entry: ``name``, ``boxes`` (D, 7),
+    ``score`` and, with a calibration, the camera-frame fields of the official evaluation
+    (``location``, ``dimensions`` (h, w, l), ``rotation_y``, ``alpha``: ``lidar_to_camera_boxes``)
+    and ``bbox`` projected from the camera-frame corners (without one, a 100 px box)."""
     boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 7)
-    if calib is not None:
-        cal = Calibration(*(np.asarray(calib[k], dtype=np.float64) for k in ("P2", "R0", "V2C")))
-        bbox = boxes_to_image_bbox(boxes, cal)
-    else:
-        bbox = np.tile([0.0, 0.0, 100.0, 100.0], (len(boxes), 1))
     names = np.array([classes[int(i) - 1] for i in det["labels"]], dtype=str).reshape(-1)
-    return {"name": names, "boxes": boxes, "score": np.asarray(det["scores"], dtype=np.float64),
-            "bbox": bbox}
+    anno = {"name": names, "boxes": boxes,
+            "score": np.asarray(det["scores"], dtype=np.float64).reshape(-1)}
+    if calib is None:
+        anno["bbox"] = np.tile([0.0, 0.0, 100.0, 100.0], (len(boxes), 1))
+        return anno
+    cal = Calibration(*(np.asarray(calib[k], dtype=np.float64) for k in ("P2", "R0", "V2C")))
+    cam = lidar_to_camera_boxes(boxes, cal)
+    anno.update(location=cam[:, :3], dimensions=cam[:, 3:6], rotation_y=cam[:, 6],
+                alpha=observation_angle(cam), bbox=camera_boxes_to_image_bbox(cam, cal))
+    return anno
 
 
 @TASKS.register
@@ -131,9 +171,10 @@ class DetectionTask(Task):
                                       int(cfg.get("reg_neighbours", 0)))
         return centerpoint_loss(outputs, targets, float(cfg.get("reg_weight", 2.0)))
 
-    def build_metrics(self) -> Metric:
+    def build_metrics(self) -> KittiAPMetric:
         metrics = tuple(self.cfg.get("eval_metrics") or ("bev", "3d"))
-        return KittiAPMetric(self.decoder, self.classes(), metrics)
+        write_dir = (self.cfg.get("eval") or {}).get("write_kitti")
+        return KittiAPMetric(self.decoder, self.classes(), metrics, write_dir)
 
     # ---------------------------------------------------------------- predict
     def load_input(self, path: str | os.PathLike) -> dict[str, Any]:

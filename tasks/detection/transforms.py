@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from geossm.cache import build_once
 from geossm.engine.inputs import check_field
 from geossm.registry import TRANSFORMS
 from geossm.transforms import generator
@@ -56,7 +57,7 @@ class GlobalRotation:
         a = generator(rng).uniform(*self.angle)
         s["points"][:, :2] = _rot_z(s["points"][:, :2], a)
         s["gt_boxes"][:, :2] = _rot_z(s["gt_boxes"][:, :2], a)
-        s["gt_boxes"][:, 6] = limit_period(s["gt_boxes"][:, 6] + a)
+        s["gt_boxes"][:, 6] = limit_period(s["gt_boxes"][:, 6] + a, period=2 * np.pi)
         return s
 
 
@@ -98,7 +99,7 @@ class ObjectNoise:
                 a = rng.uniform(*self.angle)
                 cand = boxes[j].copy()
                 cand[:3] += t
-                cand[6] = limit_period(cand[6] + a)
+                cand[6] = limit_period(cand[6] + a, period=2 * np.pi)
                 others = np.delete(boxes, j, 0)
                 if len(others) and iou_bev(cand[None], others).max() > 0:
                     continue
@@ -155,9 +156,13 @@ class GTSampling:
 
     The database holds, per class, boxes ``(7,)`` and the points inside them (relative to the box
     centre), taken from the training frames of the dataset the transform is attached to
-    (``attach``; the detection datasets attach every ``GTSampling`` of their ``augment``). It is
-    built at the first call, in each DataLoader worker. For each class up to
-    ``sample_groups[class]`` objects in total are kept: random database objects whose BEV box
+    (``attach``; the detection datasets attach every ``GTSampling`` of their ``augment``). A
+    dataset that names a cache file for it (``gt_database_path()``: ``KittiDataset``, keyed by
+    its root, split, frames, classes and files) has it built once into that ``.npz`` (through
+    ``geossm.cache.build_once``: one builder, atomic) and every process — each DataLoader worker
+    of every epoch — loads the file, as OpenPCDet reads its ``dbinfos`` and ``gt_database``;
+    other datasets (the synthetic scenes) build it in memory at the first call. For each class up
+    to ``sample_groups[class]`` objects in total are kept: random database objects whose BEV box
     overlaps neither the scene's boxes nor each other are added, and the scene's points inside
     them removed.
 
@@ -172,11 +177,15 @@ class GTSampling:
         self.min_points = int(min_points)
         self.dataset = None
         self.db: dict[str, list] | None = None
+        self.db_path = None
 
     def attach(self, dataset) -> None:
-        """Fill the database (at the first call) from ``dataset``: its ``classes``, ``len()``
-        and raw frames ``raw(i)`` (``points``, ``gt_boxes``, ``gt_names``)."""
+        """Take the database (at the first call) from ``dataset``: its ``classes``, ``len()``
+        and raw frames ``raw(i)`` (``points``, ``gt_boxes``, ``gt_names``), cached in the file
+        ``dataset.gt_database_path()`` names when it has that method and it returns a path."""
         self.dataset, self.db = dataset, None
+        path_of = getattr(dataset, "gt_database_path", None)
+        self.db_path = path_of() if callable(path_of) else None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -187,10 +196,48 @@ class GTSampling:
             if self.dataset is None:
                 raise ValueError("GTSampling: no database; it is filled from the training frames "
                                  "of a detection dataset (list it in that dataset's augment)")
-            frames = (self.dataset.raw(i) for i in range(len(self.dataset)))
-            db = self.build(frames, self.classes)
+            if self.db_path is not None:
+                db = self.load(build_once(self.db_path, self._write_database), self.classes)
+            else:
+                db = self.build((self.dataset.raw(i) for i in range(len(self.dataset))),
+                                self.classes)
             self.db = {k: [o for o in v if len(o[1]) >= self.min_points] for k, v in db.items()}
         return self.db
+
+    def _write_database(self, tmp) -> None:
+        frames = (self.dataset.raw(i) for i in range(len(self.dataset)))
+        self.save(tmp, self.build(frames, self.classes))
+
+    @staticmethod
+    def save(path, db: Mapping[str, list]) -> None:
+        """Write a database to an ``.npz`` (no pickles): per class ``<class>.boxes (K, 7)``,
+        ``<class>.points (P, C)`` (every object's points, box-relative, one after another) and
+        ``<class>.offsets (K+1,)`` (object ``k`` is ``points[offsets[k]:offsets[k+1]]``)."""
+        arrays = {}
+        for cls, objects in db.items():
+            boxes = [b for b, _ in objects]
+            pts = [p for _, p in objects]
+            width = pts[0].shape[1] if pts else 4
+            arrays[f"{cls}.boxes"] = np.asarray(boxes, dtype=np.float32).reshape(-1, 7)
+            arrays[f"{cls}.points"] = (np.concatenate(pts, 0).astype(np.float32) if pts
+                                       else np.zeros((0, width), np.float32))
+            arrays[f"{cls}.offsets"] = np.concatenate(
+                [[0], np.cumsum([len(p) for p in pts], dtype=np.int64)]).astype(np.int64)
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @staticmethod
+    def load(path, classes: Sequence[str]) -> dict[str, list]:
+        """Read a database written by ``save``: ``{class: [(box (7,), points (n, C)), ...]}``
+        (classes missing from the file get an empty list)."""
+        db: dict[str, list] = {c: [] for c in classes}
+        with np.load(path, allow_pickle=False) as z:
+            for cls in classes:
+                if f"{cls}.boxes" not in z.files:
+                    continue
+                boxes, pts, off = z[f"{cls}.boxes"], z[f"{cls}.points"], z[f"{cls}.offsets"]
+                db[cls] = [(boxes[k], pts[off[k]:off[k + 1]]) for k in range(len(boxes))]
+        return db
 
     @staticmethod
     def build(samples, classes: Sequence[str]) -> dict[str, list]:

@@ -106,3 +106,32 @@ def test_bad_arguments(tmp_path):
         SyntheticLidar(classes="Car")
     with pytest.raises(ValueError, match="augment: unknown transform 'Jitter'"):
         SyntheticLidar(augment=[{"name": "Jitter"}])
+
+
+def test_gt_database_built_once_into_a_cached_file_and_loaded(kitti_root, monkeypatch):
+    aug = [{"name": "GTSampling", "sample_groups": {"Car": 6, "Pedestrian": 4}, "min_points": 1}]
+    first = KittiDataset(kitti_root, "train", augment=aug, point_cloud_range=None)
+    path = first.gt_database_path()
+    assert not path.exists()
+    first[0]
+    assert path.is_file()
+    built = first.augment.transforms[0].db
+    # a fresh copy of the dataset (what each DataLoader worker of each epoch holds) reads the
+    # file and never the frames
+    second = KittiDataset(kitti_root, "train", augment=aug, point_cloud_range=None)
+    assert second.gt_database_path() == path
+
+    def no_frames(index):
+        raise AssertionError("the database was rebuilt from the frames")
+
+    monkeypatch.setattr(second, "raw", no_frames)
+    loaded = second.augment.transforms[0]._database()
+    assert {k: len(v) for k, v in loaded.items()} == {k: len(v) for k, v in built.items()}
+    assert sum(len(v) for v in loaded.values()) >= 5
+    for cls in built:
+        for (b0, p0), (b1, p1) in zip(built[cls], loaded[cls]):
+            np.testing.assert_allclose(b0, b1, rtol=1e-6)
+            np.testing.assert_allclose(p0, p1, rtol=1e-6)
+    # other classes or frames: another database
+    other = KittiDataset(kitti_root, "train", classes=["Car"], augment=aug)
+    assert other.gt_database_path() != path

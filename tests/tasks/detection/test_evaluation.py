@@ -179,3 +179,185 @@ def test_bad_arguments():
         kitti_eval(gts, _dets(gts, [0]), metrics=("2d",))
     with pytest.raises(ValueError, match=r"boxes_a: expected shape \(M, 7\)"):
         iou_bev(np.zeros((2, 3)), np.zeros((1, 7)))
+
+
+# ---------------------------------------------------------------- camera frame, AOS, 2D box
+from geossm.tasks.detection.kitti import (Calibration, camera_box_corners,  # noqa: E402
+                                          camera_boxes_to_image_bbox, camera_to_lidar_boxes,
+                                          read_label)
+from geossm.tasks.detection.evaluation import iou_camera_3d, iou_camera_bev  # noqa: E402
+from geossm.tasks.detection.task import (detections_to_anno,  # noqa: E402
+                                         write_kitti_submission)
+
+TILT = 0.08  # rad about the camera's x axis (KITTI's rectification tilts by about 0.012)
+
+
+def _tilted_calib(tilt=TILT):
+    # LiDAR x forward, y left, z up -> camera x right, y down, z forward, then pitched by R0
+    v2c = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, -0.08], [1.0, 0.0, 0.0, -0.27]])
+    c, s = math.cos(tilt), math.sin(tilt)
+    r0 = np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    p2 = np.array([[721.5, 0.0, 609.6, 44.9], [0.0, 721.5, 172.9, 0.2], [0.0, 0.0, 1.0, 0.003]])
+    return Calibration(p2, r0, v2c)
+
+
+CAR = np.array([[2.0, 1.6, 15.0, 1.5, 1.6, 4.0, 0.0]])   # camera: bottom centre, h w l, ry
+
+
+def _camera_gt(cam, calib, n):
+    anno = {"name": np.array(["Car"]), "location": cam[:, :3], "dimensions": cam[:, 3:6],
+            "rotation_y": cam[:, 6], "alpha": np.array([0.3]),
+            "boxes": camera_to_lidar_boxes(cam[:, :3], cam[:, 3:6], cam[:, 6], calib),
+            "bbox": camera_boxes_to_image_bbox(cam, calib), "truncated": np.zeros(1),
+            "occluded": np.zeros(1, dtype=np.int64)}
+    return [anno] * n
+
+
+def test_camera_frame_iou_by_hand():
+    # length 4 along camera x: a 0.6 m shift leaves 3.4 of 4.6 m -> BEV IoU 3.4 / 4.6; a 0.5 m
+    # drop along camera y leaves 1.0 of the 1.5 m height on top of that
+    moved = CAR + [[0.6, 0.5, 0.0, 0, 0, 0, 0]]
+    assert iou_camera_bev(CAR, moved)[0, 0] == pytest.approx(3.4 / 4.6)
+    inter = 3.4 * 1.6 * 1.0
+    assert iou_camera_3d(CAR, moved)[0, 0] == pytest.approx(inter / (2 * 9.6 - inter))
+    # the box spans y - h .. y: a box lifted by its full height no longer overlaps
+    assert iou_camera_3d(CAR, CAR - [[0, 1.5, 0, 0, 0, 0, 0]])[0, 0] == pytest.approx(0.0)
+    # rotation_y turns the length from camera x towards -z: pi/2 puts it along z
+    turned = CAR.copy()
+    turned[0, 6] = math.pi / 2
+    inter = 1.6 * 1.6
+    assert iou_camera_bev(CAR, turned)[0, 0] == pytest.approx(inter / (12.8 - inter))
+    corners = camera_box_corners(turned)[0]
+    np.testing.assert_allclose(np.ptp(corners, 0), [1.6, 1.5, 4.0], atol=1e-12)
+
+
+def test_tilted_calibration_ap_follows_the_camera_frame():
+    # a detection moved 0.7 m along camera x and 1.2 m down camera y: in the camera frame its
+    # BEV IoU is 3.3 / 4.7 = 0.702 > 0.7 (a hit); the same boxes upright along LiDAR z (what
+    # geossm compared before) are 0.08 rad apart from the camera's vertical, so the drop moves
+    # the detection ~0.1 m sideways in the LiDAR's ground plane and the IoU falls below 0.7
+    calib = _tilted_calib()
+    n = 41  # enough objects for every R40 sample point
+    gts = _camera_gt(CAR, calib, n)
+    moved = CAR + [[0.7, 1.2, 0.0, 0, 0, 0, 0]]
+    lidar = camera_to_lidar_boxes(moved[:, :3], moved[:, 3:6], moved[:, 6], calib)
+    cal = {k: getattr(calib, k) for k in ("P2", "R0", "V2C")}
+    det = detections_to_anno({"boxes": lidar, "scores": np.array([0.9]),
+                              "labels": np.array([1])}, cal, ("Car",))
+    np.testing.assert_allclose(det["location"], moved[:, :3], atol=1e-9)
+    np.testing.assert_allclose(det["rotation_y"], moved[:, 6], atol=1e-9)
+    camera_iou = iou_camera_bev(CAR, moved)[0, 0]
+    lidar_iou = iou_bev(lidar, gts[0]["boxes"])[0, 0]
+    assert camera_iou == pytest.approx(3.3 / 4.7) and camera_iou > 0.7 > lidar_iou
+    # the image box comes from the camera-frame corners (the LiDAR corners would differ)
+    np.testing.assert_allclose(det["bbox"], camera_boxes_to_image_bbox(moved, calib))
+    from geossm.viz import box_corners
+    uv, _ = calib.rect_to_image(calib.lidar_to_rect(box_corners(lidar).reshape(-1, 3)))
+    lidar_corner_bbox = np.concatenate([uv.min(0), uv.max(0)])
+    assert np.abs(lidar_corner_bbox - det["bbox"][0]).max() > 2.0  # pixels
+    dts = [det] * n
+    camera = kitti_eval(gts, dts, ("Car",), ("bev",))
+    assert camera["Car/bev_moderate_R40"] == pytest.approx(100.0)
+    assert kitti_eval(gts, dts, ("Car",), ("bev",), frame="lidar")["Car/bev_moderate_R40"] == 0.0
+    assert camera == kitti_eval(gts, dts, ("Car",), ("bev",), frame="camera")
+
+
+def _image_frames(n, dt_alpha, gt_alpha=0.3):
+    gts, dts = [], []
+    for _ in range(n):
+        bbox = np.array([[100.0, 100.0, 200.0, 160.0]])
+        gts.append({"name": np.array(["Car"]), "bbox": bbox, "alpha": np.array([gt_alpha]),
+                    "truncated": np.zeros(1), "occluded": np.zeros(1, dtype=np.int64)})
+        dts.append({"name": np.array(["Car"]), "bbox": bbox + 2.0, "alpha": np.array([dt_alpha]),
+                    "score": np.array([0.8])})
+    return gts, dts
+
+
+@pytest.mark.parametrize("delta, expect", [(0.0, 100.0), (math.pi, 0.0), (math.pi / 2, 50.0)])
+def test_aos_by_hand(delta, expect):
+    # every detection a hit in 2D (IoU 0.89 > 0.7); orientation similarity (1 + cos d) / 2: a
+    # flip by pi is similarity 0, a quarter turn 0.5
+    gts, dts = _image_frames(41, 0.3 + delta)
+    res = kitti_eval(gts, dts, ("Car",), ("bbox", "aos"))
+    assert res["Car/bbox_moderate_R40"] == pytest.approx(100.0)
+    assert res["Car/aos_moderate_R40"] == pytest.approx(expect, abs=1e-9)
+    assert res["Car/aos_easy_R11"] == pytest.approx(expect, abs=1e-9)
+
+
+def test_aos_one_flipped_detection_of_two():
+    # per frame, a correct and a flipped detection of two cars: similarity (1 + 0) / 2 over 2
+    gts, dts = _image_frames(41, 0.3)
+    for g, d in zip(gts, dts):
+        for k in ("name", "truncated", "occluded"):
+            g[k] = np.concatenate([g[k], g[k]])
+        g["bbox"] = np.array([[100.0, 100.0, 200.0, 160.0], [400.0, 100.0, 500.0, 160.0]])
+        g["alpha"] = np.array([0.3, 0.3])
+        d["name"] = np.array(["Car", "Car"])
+        d["bbox"] = g["bbox"] + 1.0
+        d["alpha"] = np.array([0.3, 0.3 + math.pi])
+        d["score"] = np.array([0.8, 0.8])
+    res = kitti_eval(gts, dts, ("Car",), ("bbox", "aos"))
+    assert res["Car/bbox_moderate_R40"] == pytest.approx(100.0)
+    assert res["Car/aos_moderate_R40"] == pytest.approx(50.0)
+
+
+def test_bbox_metric_iou_threshold_and_dontcare_by_default():
+    gts, dts = _image_frames(41, 0.3)
+    for d in dts:  # shifted by 30 of 100 px: IoU 70 / 130 = 0.54 -> a miss for Car, not for Ped
+        d["bbox"] = np.array([[130.0, 100.0, 230.0, 160.0]])
+    assert kitti_eval(gts, dts, ("Car",), ("bbox",))["Car/bbox_moderate_R40"] == 0.0
+    # an extra detection inside a DontCare region: no false positive for the 2D metric
+    gts, dts = _image_frames(41, 0.3)
+    for g, d in zip(gts, dts):
+        g["name"] = np.array(["Car", "DontCare"])
+        g["bbox"] = np.array([[100.0, 100.0, 200.0, 160.0], [600.0, 100.0, 800.0, 200.0]])
+        g["truncated"], g["occluded"] = np.array([0.0, -1]), np.array([0, -1])
+        d["name"] = np.array(["Car", "Car"])
+        d["bbox"] = np.array([[100.0, 100.0, 200.0, 160.0], [650.0, 120.0, 750.0, 190.0]])
+        d["score"] = np.array([0.5, 0.9])
+    assert kitti_eval(gts, dts, ("Car",), ("bbox",))["Car/bbox_moderate_R40"] == \
+        pytest.approx(100.0)
+    assert kitti_eval(gts, dts, ("Car",), ("bbox",),
+                      dontcare_filter=False)["Car/bbox_moderate_R40"] == pytest.approx(50.0)
+
+
+def test_empty_ap_official_zero():
+    gts = _frames(80, height=30.0)   # no easy object
+    res = kitti_eval(gts, _dets(gts, range(80)), ("Car",), ("bev",), empty_ap=0.0)
+    assert res["Car/bev_easy_R40"] == 0.0 and res["Car/bev_moderate_R40"] == pytest.approx(100)
+
+
+def test_camera_frame_and_metric_arguments_refused():
+    gts = _frames(1)
+    with pytest.raises(ValueError, match=r"gt_annos\[0\]: missing keys \['location', "
+                                         r"'dimensions', 'rotation_y'\]"):
+        kitti_eval(gts, _dets(gts, [0]), frame="camera")
+    with pytest.raises(ValueError, match="frame: expected 'auto', 'camera' or 'lidar', got 'cam'"):
+        kitti_eval(gts, _dets(gts, [0]), frame="cam")
+    with pytest.raises(ValueError, match=r"dt_annos\[0\]: missing keys \['alpha'\]"):
+        g = [dict(gts[0], alpha=np.zeros(1))]
+        kitti_eval(g, _dets(gts, [0]), metrics=("aos",))
+
+
+def test_submission_files_round_trip_through_the_label_reader(tmp_path):
+    calib = _tilted_calib()
+    cam = np.array([[2.0, 1.6, 15.0, 1.5, 1.6, 4.0, 0.25], [-4.0, 1.7, 22.0, 1.8, 0.6, 0.8, -1.0]])
+    lidar = camera_to_lidar_boxes(cam[:, :3], cam[:, 3:6], cam[:, 6], calib)
+    cal = {k: getattr(calib, k) for k in ("P2", "R0", "V2C")}
+    det = detections_to_anno({"boxes": lidar, "scores": np.array([0.91, 0.42]),
+                              "labels": np.array([1, 2])}, cal, ("Car", "Pedestrian"))
+    empty = detections_to_anno({"boxes": np.zeros((0, 7)), "scores": np.zeros(0),
+                                "labels": np.zeros(0, int)}, cal, ("Car", "Pedestrian"))
+    paths = write_kitti_submission(tmp_path / "sub", [dict(det, frame_id="000007"),
+                                                      dict(empty, frame_id="000008")])
+    assert [p.name for p in paths] == ["000007.txt", "000008.txt"]
+    lines = paths[0].read_text().splitlines()
+    assert len(lines) == 2 and len(lines[0].split()) == 16 and lines[0].startswith("Car -1.00 -1 ")
+    back = read_label(paths[0])
+    assert list(back["name"]) == ["Car", "Pedestrian"]
+    for key in ("location", "dimensions", "rotation_y", "alpha", "bbox", "score"):
+        np.testing.assert_allclose(back[key], det[key], atol=6e-5)
+    np.testing.assert_allclose(back["location"], cam[:, :3], atol=6e-5)
+    assert paths[1].read_text() == "" and len(read_label(paths[1])["name"]) == 0
+    with pytest.raises(ValueError, match=r"dt_annos\[0\]: expected a frame_id"):
+        write_kitti_submission(tmp_path / "x", [det])
