@@ -1,6 +1,8 @@
 """Legends drawn into rendered PNGs, since Open3D's offscreen renderer draws no 2-D text.
 
-A ``Legend`` has two parts, each a band of background colour added to the 3-D view:
+A ``Legend`` has two parts, each drawn on a band of the background colour; the PNG keeps its
+``width x height`` and the 3-D view is rendered into the height the bands leave
+(``render_with_legend``):
 
 - ``captions`` (top band): one caption centred above each named geometry of the scene, e.g.
   "ground truth" over the left cloud and "prediction" over the right one;
