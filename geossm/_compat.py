@@ -18,6 +18,7 @@ INSTALL_HINTS = {
               "mesa-vulkan-drivers libvulkan1 for offscreen rendering)",
     "spconv": "pip install spconv-cu120  (wheels exist for Python <= 3.11 only; "
               "geossm falls back to its torch sparse convolution)",
+    "PIL": "pip install pillow  (legends drawn into rendered PNGs)",
     "numba": "pip install numba",
     "torch_geometric": "pip install torch-geometric",
     "tonic": "pip install tonic",

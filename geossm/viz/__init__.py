@@ -18,9 +18,14 @@ The ``Scene`` holds named geometries: point clouds (``add_points``), 3D boxes as
 (``add_boxes``), arbitrary line sets (``add_lines``), and any Open3D geometry
 (``add_geometry``) - the hook for task-specific views (event streams, voxels).
 
-Modules: ``palette`` (colours), ``scene`` (``Scene``, ``box_corners``), ``views`` (ready-made
-scenes of prediction files: ``side_by_side``, ``detection_scene``), ``files`` (``render_file`` /
-``show_file`` / ``load_for_view``, ``write_labeled_ply`` and the tasks' ``VIEWERS``).
+Legends are drawn into the PNG with Pillow (``pip install pillow``; Open3D draws no 2-D text):
+a caption band on top ("ground truth" over the left cloud, "prediction" over the right one) and
+a colour key at the bottom (the classes present; points / ground-truth / predicted boxes).
+
+Modules: ``palette`` (colours), ``scene`` (``Scene``, ``box_corners``), ``legend`` (``Legend``,
+``render_with_legend``), ``views`` (ready-made scenes of prediction files and their legends:
+``side_by_side``, ``detection_scene``), ``files`` (``render_file`` / ``show_file`` /
+``load_for_view``, ``write_labeled_ply`` and the tasks' ``VIEWERS``).
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from geossm.io.ply import read_ply, write_ply
 
 from .files import (VIEWERS, Viewer, find_viewer, load_for_view, render_file, show_file,
                     write_labeled_ply)
+from .legend import Legend, Swatch, caption_band, key_band, render_with_legend
 from .palette import BACKGROUND, IGNORE_COLOR, PALETTE, label_colors
 from .scene import Scene, box_corners, has_display
 from .views import (DETECTION_POINT_COLOR, DETECTION_VIEW, GT_BOX_COLOR, PRED_BOX_COLOR,
-                    detection_scene, side_by_side)
+                    detection_legend, detection_scene, side_by_side, side_by_side_legend)
 
 __all__ = ["PALETTE", "IGNORE_COLOR", "BACKGROUND", "label_colors", "read_ply", "write_ply",
            "write_labeled_ply", "Scene", "box_corners", "has_display", "side_by_side",
            "detection_scene", "GT_BOX_COLOR", "PRED_BOX_COLOR", "DETECTION_POINT_COLOR",
            "DETECTION_VIEW", "load_for_view", "render_file", "show_file", "Viewer", "VIEWERS",
-           "find_viewer", "require"]
+           "find_viewer", "require", "Legend", "Swatch", "render_with_legend", "key_band",
+           "caption_band", "side_by_side_legend", "detection_legend"]

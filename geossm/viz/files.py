@@ -15,7 +15,9 @@ from geossm.registry import Registry, autoload
 
 from .palette import label_colors
 from .scene import Scene
-from .views import DETECTION_VIEW, detection_scene, side_by_side
+from .legend import render_with_legend
+from .views import (DETECTION_VIEW, detection_legend, detection_scene, side_by_side,
+                    side_by_side_legend)
 
 
 def write_labeled_ply(path: str | os.PathLike, coord: np.ndarray, pred: np.ndarray | None = None,
@@ -102,11 +104,14 @@ def find_viewer(path: str | os.PathLike) -> type[Viewer] | None:
 
 def render_file(path: str | os.PathLike, output: str | os.PathLike | None = None,
                 width: int = 1024, height: int = 768, point_size: float = 3.0) -> Path:
-    """Render a ``.ply``/``.npz`` to PNG (default ``<input>.png``): points with ground-truth and
-    predicted 3D boxes when the ``.npz`` holds ``gt_boxes`` / ``pred_boxes`` (``pred_scores``
-    >= 0.3; see ``detection_scene``), else ground truth and prediction side by side when both
-    are there, else the labels, else the stored colours. Files claimed
-    by a registered ``Viewer`` (event recordings ...) are drawn by it."""
+    """Render a ``.ply``/``.npz`` to a PNG of ``width x height`` pixels (default path
+    ``<input>.png``): points with ground-truth and predicted 3D boxes when the ``.npz`` holds
+    ``gt_boxes`` / ``pred_boxes`` (``pred_scores`` >= 0.3; see ``detection_scene``), else ground
+    truth and prediction side by side when both are there, else the labels, else the stored
+    colours. Boxes and labels come with their legend drawn in (``render_with_legend``: captions
+    "ground truth" / "prediction" in a band on top, a colour key at the bottom; see
+    ``side_by_side_legend``, ``detection_legend``). Files claimed by a registered ``Viewer``
+    (event recordings ...) are drawn by it."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"viz: input file not found: {path}")
     viewer = find_viewer(path)
@@ -117,15 +122,17 @@ def render_file(path: str | os.PathLike, output: str | os.PathLike | None = None
     out = Path(output) if output else Path(path).with_suffix(".png")
     if "gt_boxes" in data or "pred_boxes" in data:
         # a detection prediction (geossm predict): points with both box sets
-        scene = detection_scene(data["coord"], data.get("gt_boxes"), data.get("pred_boxes"),
-                                data.get("pred_scores"), point_size=min(point_size, 2.0))
-        return scene.render(out, width, height, view=DETECTION_VIEW)
+        boxes = (data.get("gt_boxes"), data.get("pred_boxes"), data.get("pred_scores"))
+        scene = detection_scene(data["coord"], *boxes, point_size=min(point_size, 2.0))
+        return render_with_legend(scene, detection_legend(data["coord"], *boxes), out, width,
+                                  height, view=DETECTION_VIEW)
     if "label" in data or "pred" in data:
         scene = side_by_side(data["coord"], data.get("label"), data.get("pred"),
                              point_size=point_size)
-    else:
-        scene = Scene().add_points("points", data["coord"], colors=data.get("color"),
-                                   point_size=point_size)
+        legend = side_by_side_legend(data.get("label"), data.get("pred"))
+        return render_with_legend(scene, legend, out, width, height)
+    scene = Scene().add_points("points", data["coord"], colors=data.get("color"),
+                               point_size=point_size)
     return scene.render(out, width, height)
 
 

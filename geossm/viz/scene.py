@@ -118,6 +118,18 @@ class Scene:
                view: tuple[float, float, float] = (-0.25, -1.0, 0.75), fov_deg: float = 45.0) -> Path:
         """Render offscreen to a PNG of ``width x height`` pixels; the camera looks at the centre
         of all geometries from direction ``view`` (z up) at a distance that fits them."""
+        image = self.render_image(width, height, view, fov_deg)
+        o3d = require("open3d", "geossm.viz (PNG rendering)")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not o3d.io.write_image(str(path), o3d.geometry.Image(image)):
+            raise OSError(f"render: could not write {path}")
+        return path
+
+    def render_image(self, width: int = 1024, height: int = 768,
+                     view: tuple[float, float, float] = (-0.25, -1.0, 0.75),
+                     fov_deg: float = 45.0) -> np.ndarray:
+        """What ``render`` writes, as an RGB array ``(height, width, 3) uint8``."""
         if width < 1 or height < 1:
             raise ValueError(f"render: width and height must be >= 1, got {width}x{height}")
         if not self.items:
@@ -134,14 +146,29 @@ class Scene:
                 scene.add_geometry(name, item.geometry, self._material(item))
             center, eye, up = self._camera(width, height, view, fov_deg)
             renderer.setup_camera(fov_deg, center, eye, up)
-            image = renderer.render_to_image()
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not o3d.io.write_image(str(path), image):
-                raise OSError(f"render: could not write {path}")
+            image = np.asarray(renderer.render_to_image())
         finally:
             del renderer
-        return path
+        return np.ascontiguousarray(image[..., :3])
+
+    def project(self, points: np.ndarray, width: int = 1024, height: int = 768,
+                view: tuple[float, float, float] = (-0.25, -1.0, 0.75),
+                fov_deg: float = 45.0) -> np.ndarray:
+        """Pixel positions ``(M, 2)`` (column, row; row 0 at the top) of ``points (M, 3)`` in the
+        image ``render`` draws with the same arguments (pinhole camera, vertical ``fov_deg``)."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        center, eye, up = (v.astype(np.float64) for v in self._camera(width, height, view,
+                                                                       fov_deg))
+        forward = (center - eye) / np.linalg.norm(center - eye)
+        right = np.cross(forward, up)
+        right /= np.linalg.norm(right)
+        true_up = np.cross(right, forward)
+        rel = points - eye
+        depth = np.maximum(rel @ forward, 1e-9)
+        focal = height / 2 / math.tan(math.radians(fov_deg) / 2)
+        col = width / 2 + focal * (rel @ right) / depth
+        row = height / 2 - focal * (rel @ true_up) / depth
+        return np.stack([col, row], 1)
 
     def _camera(self, width: int, height: int, view: tuple[float, float, float],
                 fov_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,10 +1,13 @@
 """Ready-made scenes of prediction files: labels side by side (``side_by_side``) and points with
-ground-truth and predicted 3D boxes (``detection_scene``)."""
+ground-truth and predicted 3D boxes (``detection_scene``), each with the ``Legend`` that
+``render_file`` draws into its PNG (``side_by_side_legend``, ``detection_legend``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from .legend import Legend, Swatch, rgb255
+from .palette import IGNORE_COLOR, label_colors
 from .scene import Scene
 
 #: Detection renders: ground-truth boxes green, predicted boxes red, points grey.
@@ -56,3 +59,37 @@ def side_by_side(coord: np.ndarray, label: np.ndarray | None = None,
         values = np.asarray(values).reshape(-1).astype(np.int64)
         scene.add_points(name, coord + i * shift, labels=values, point_size=point_size)
     return scene
+
+
+def side_by_side_legend(label: np.ndarray | None = None, pred: np.ndarray | None = None) -> Legend:
+    """The legend of ``side_by_side``: "ground truth" above the labels, "prediction" above the
+    prediction, and a key "classes:" with the palette colour of each label present in either
+    (sorted; negative labels as one "ignored" swatch)."""
+    present = [np.asarray(v).reshape(-1).astype(np.int64) for v in (label, pred) if v is not None]
+    captions = {name: text for name, text, values in (("label", "ground truth", label),
+                                                       ("pred", "prediction", pred))
+                if values is not None}
+    if not present:
+        return Legend(captions)
+    classes = np.unique(np.concatenate(present))
+    key = [Swatch(str(k), tuple(int(c) for c in label_colors(np.array([k]))[0]))
+           for k in classes[classes >= 0]]
+    if (classes < 0).any():
+        key.append(Swatch("ignored", tuple(int(c) for c in IGNORE_COLOR)))
+    return Legend(captions, (Swatch("classes:"), *key))
+
+
+def detection_legend(coord: np.ndarray | None = None, gt_boxes: np.ndarray | None = None,
+                     pred_boxes: np.ndarray | None = None, pred_scores: np.ndarray | None = None,
+                     score_threshold: float = 0.3) -> Legend:
+    """The key of ``detection_scene`` for what is given: "points" (grey), "ground truth"
+    (green box edges), "prediction" (red box edges; "prediction (score >= 0.3)" with scores)."""
+    key = []
+    if coord is not None and len(coord):
+        key.append(Swatch("points", rgb255(DETECTION_POINT_COLOR)))
+    if gt_boxes is not None:
+        key.append(Swatch("ground truth", rgb255(GT_BOX_COLOR), outline=True))
+    if pred_boxes is not None:
+        text = "prediction" if pred_scores is None else f"prediction (score >= {score_threshold:g})"
+        key.append(Swatch(text, rgb255(PRED_BOX_COLOR), outline=True))
+    return Legend(key=tuple(key))

@@ -249,12 +249,14 @@ def render_detections(npz: str | os.PathLike, png: str | os.PathLike, width: int
                       view: tuple[float, float, float] | None = None) -> Path:
     """Render a ``predict`` output: points (grey), ground-truth boxes (green) and predicted
     boxes with score >= ``score_threshold`` (red) as Open3D line sets, seen from ``view``
-    (default ``geossm.viz.DETECTION_VIEW``: behind and above the sensor). ``geossm viz`` draws
-    the same from the ``.npz``."""
+    (default ``geossm.viz.DETECTION_VIEW``: behind and above the sensor), with their colour key
+    at the bottom. ``geossm viz`` draws the same from the ``.npz``."""
     from geossm import viz
 
     with np.load(npz) as z:
         data = {k: z[k] for k in z.files}
-    scene = viz.detection_scene(data["coord"], data.get("gt_boxes"), data.get("pred_boxes"),
-                                data.get("pred_scores"), score_threshold)
-    return scene.render(png, width, height, view=view or viz.DETECTION_VIEW)
+    boxes = (data.get("gt_boxes"), data.get("pred_boxes"), data.get("pred_scores"))
+    scene = viz.detection_scene(data["coord"], *boxes, score_threshold)
+    legend = viz.detection_legend(data["coord"], *boxes, score_threshold)
+    return viz.render_with_legend(scene, legend, png, width, height,
+                                  view=view or viz.DETECTION_VIEW)

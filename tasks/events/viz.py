@@ -3,7 +3,8 @@
 ``render_events`` draws one PNG: on top, the events as an Open3D point cloud in ``(x, t, y)``
 (time runs into the picture; ON events red, OFF events blue); below it a strip of
 ``n_frames`` event frames over equal time bins (red / blue per polarity on white), with
-ground-truth (green) and predicted (magenta) boxes when given (tracking). Files with a
+ground-truth (green) and predicted (magenta) boxes when given (tracking); at the bottom a key
+of these colours (``geossm.viz.key_band``). Files with a
 ``read_events`` extension (``.raw``, ``.dat``, ``.aedat4``, ``.aedat``, ``.es``, ``.h5``,
 ``.hdf5``) are claimed; ``.bin`` only when it parses as N-MNIST records with non-decreasing
 timestamps (KITTI ``.bin`` point clouds do not).
@@ -12,13 +13,13 @@ timestamps (KITTI ``.bin`` point clouds do not).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from geossm import viz
 from geossm._compat import require
+from geossm.viz.legend import Swatch, font_size, key_band
 
 from .io import read_events
 
@@ -98,23 +99,34 @@ def frame_strip(events: np.ndarray, sensor_size, n_frames: int = 6, width: int =
     return strip
 
 
+def event_key(boxes=None, pred_boxes=None) -> tuple[Swatch, ...]:
+    """The key of ``render_events``: ON / OFF polarity colours, and the box colours of what is
+    drawn (``boxes`` ground truth, ``pred_boxes`` prediction)."""
+    key = [Swatch("ON events", tuple(ON_COLOR.tolist())),
+           Swatch("OFF events", tuple(OFF_COLOR.tolist()))]
+    for given, text, color in ((boxes, "ground truth", GT_COLOR),
+                               (pred_boxes, "prediction", PRED_COLOR)):
+        if given is not None:
+            key.append(Swatch(text, tuple(color.tolist()), outline=True))
+    return tuple(key)
+
+
 def render_events(events: np.ndarray, sensor_size, path: str | os.PathLike, width: int = 1024,
                   height: int = 768, point_size: float = 2.0, n_frames: int = 6, boxes=None,
                   pred_boxes=None, times=None) -> Path:
     """The PNG described in the module docstring, ``width`` wide; the 3D view takes
-    ``height`` pixels, the frame strip is added below it."""
+    ``height`` pixels, the frame strip (with an 8-pixel margin above and below) and the key
+    (``band_height(font_size(height))`` pixels, ``geossm.viz.legend``) are added below it."""
     o3d = require("open3d", "geossm.tasks.events.viz (PNG rendering)")
     coord, colors = event_cloud(events, sensor_size)
     scene = viz.Scene().add_points("events", coord, colors=colors, point_size=point_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        cloud_png = scene.render(Path(tmp) / "cloud.png", width, height,
-                                 view=(0.9, -0.8, 0.5))
-        top = np.asarray(o3d.io.read_image(str(cloud_png)))[..., :3]
+    top = scene.render_image(width, height, view=(0.9, -0.8, 0.5))
     strip = frame_strip(events, sensor_size, n_frames, width, boxes, pred_boxes, times)
     pad = np.full((strip.shape[0] + 16, width, 3), 255, np.uint8)
     left = (width - strip.shape[1]) // 2
     pad[8:8 + strip.shape[0], left:left + strip.shape[1]] = strip
-    image = np.ascontiguousarray(np.concatenate([top, pad], 0))
+    key = key_band(width, event_key(boxes, pred_boxes), font_size(height))
+    image = np.ascontiguousarray(np.concatenate([top, pad, key], 0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not o3d.io.write_image(str(path), o3d.geometry.Image(image)):
@@ -171,4 +183,4 @@ class EventViewer(viz.Viewer):
 
 VIEWER = EventViewer
 
-__all__ = ["event_cloud", "frame_strip", "render_events", "EventViewer", "VIEWER"]
+__all__ = ["event_cloud", "frame_strip", "event_key", "render_events", "EventViewer", "VIEWER"]

@@ -20,3 +20,23 @@ def test_show_without_display(monkeypatch):
         viz.Scene().show()
     with pytest.raises(ValueError, match="the scene is empty"):
         viz.Scene().render("x.png")
+
+
+def test_project_matches_the_render():
+    """``Scene.project`` puts a point where the renderer draws it (within 2 pixels)."""
+    try:
+        viz.require("open3d", "test")
+    except ImportError as err:
+        print(f"SKIP reason: {err}")
+        pytest.skip(f"open3d cannot be imported: {err}")
+    rng = np.random.default_rng(0)
+    blob = rng.normal(size=(300, 3)) * 0.03 + np.array([0.6, 0.2, -0.3])
+    scene = viz.Scene().add_points("blob", blob, colors=np.tile([255, 0, 0], (300, 1)))
+    scene.add_points("cloud", rng.uniform(-1, 1, (2000, 3)), point_size=1.0)
+    for view, (width, height) in (((-0.25, -1.0, 0.75), (320, 200)),
+                                  (viz.DETECTION_VIEW, (200, 300))):
+        image = scene.render_image(width, height, view=view)
+        assert image.shape == (height, width, 3) and image.dtype == np.uint8
+        rows, cols = np.nonzero(np.all(image == [255, 0, 0], axis=-1))
+        col, row = scene.project(blob.mean(0), width, height, view=view)[0]
+        assert abs(col - cols.mean()) < 2 and abs(row - rows.mean()) < 2

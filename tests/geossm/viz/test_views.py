@@ -59,3 +59,29 @@ def test_render_detection_npz_draws_box_colours(tmp_path):
     assert len(np.asarray(default.items["pred_boxes"].geometry.lines)) == 12
     both = viz.detection_scene(coord, gt, pred, np.array([0.9, 0.1]), score_threshold=0.05)
     assert len(np.asarray(both.items["pred_boxes"].geometry.lines)) == 24
+
+
+def test_side_by_side_legend_names_views_and_classes_present():
+    label, pred = np.array([3, 0, -1, 3]), np.array([0, 0, 21, 3])
+    legend = viz.side_by_side_legend(label, pred)
+    assert dict(legend.captions) == {"label": "ground truth", "pred": "prediction"}
+    assert [s.text for s in legend.key] == ["classes:", "0", "3", "21", "ignored"]
+    assert legend.key[0].color is None
+    assert legend.key[3].color == tuple(int(c) for c in viz.PALETTE[1])  # 21 % 20
+    assert legend.key[4].color == tuple(int(c) for c in viz.IGNORE_COLOR)
+    only_pred = viz.side_by_side_legend(pred=pred)
+    assert dict(only_pred.captions) == {"pred": "prediction"}
+    assert viz.side_by_side_legend() == viz.Legend()
+
+
+def test_detection_legend_keys_what_is_drawn():
+    coord = np.zeros((5, 3))
+    boxes = np.zeros((1, 7))
+    full = viz.detection_legend(coord, boxes, boxes, np.ones(1), score_threshold=0.25)
+    assert [s.text for s in full.key] == ["points", "ground truth", "prediction (score >= 0.25)"]
+    assert full.key[0].color == (115, 115, 128) and not full.key[0].outline
+    assert full.key[1].color == (0, 191, 0) and full.key[1].outline
+    assert full.key[2].color == (230, 0, 0) and full.key[2].outline
+    assert not full.captions
+    assert [s.text for s in viz.detection_legend(coord, pred_boxes=boxes).key] == ["points",
+                                                                                   "prediction"]
