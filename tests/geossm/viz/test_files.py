@@ -19,13 +19,6 @@ def test_load_for_view_npz_uses_ply_beside(tmp_path):
         viz.load_for_view(tmp_path / "c.txt")
 
 
-def _need_open3d():
-    try:
-        viz.require("open3d", "test")
-    except ImportError as err:
-        print(f"SKIP reason: {err}")
-        pytest.skip(f"open3d cannot be imported: {err}")
-
 
 def _read_rgb(path):
     return np.asarray(viz.require("open3d").io.read_image(str(path)))[..., :3].astype(int)
@@ -36,11 +29,10 @@ def _has_color(image, color, tolerance=0):
     return bool(np.any(np.abs(rgb - np.asarray(color)).max(1) <= tolerance))
 
 
-def test_render_file_side_by_side_draws_the_legend(tmp_path):
+def test_render_file_side_by_side_draws_the_legend(needs_open3d, tmp_path):
     """``geossm viz pred.npz``: a PNG of exactly width x height; "ground truth" / "prediction"
     captions above their clouds in the top band; the colours of the classes present in a key at
     the bottom; the clouds in between."""
-    _need_open3d()
     rng = np.random.default_rng(0)
     coord = rng.uniform(-1, 1, (3000, 3))
     label = (coord[:, 0] > 0).astype(np.int64)
@@ -70,10 +62,9 @@ def test_render_file_side_by_side_draws_the_legend(tmp_path):
     np.testing.assert_array_equal(_read_rgb(again), image)
 
 
-def test_render_file_detection_draws_the_key(tmp_path):
+def test_render_file_detection_draws_the_key(needs_open3d, tmp_path):
     """A detection ``.npz``: no captions, a key band at the bottom with the point, ground-truth
     and prediction colours; the boxes are drawn in the 3-D view above it."""
-    _need_open3d()
     rng = np.random.default_rng(0)
     coord = np.c_[rng.uniform(0, 30, 4000), rng.uniform(-10, 10, 4000), np.full(4000, -1.7)]
     gt = np.array([[10.0, -3.0, -0.9, 4.0, 1.7, 1.5, 0.3]])

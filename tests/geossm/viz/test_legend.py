@@ -58,16 +58,8 @@ def test_caption_band_centres_captions_on_their_columns():
     assert columns.max() < 200 - 5
 
 
-def _need_open3d():
-    try:
-        viz.require("open3d", "test")
-    except ImportError as err:
-        print(f"SKIP reason: {err}")
-        pytest.skip(f"open3d cannot be imported: {err}")
 
-
-def test_render_with_legend_keeps_the_size_and_draws_bands(tmp_path):
-    _need_open3d()
+def test_render_with_legend_keeps_the_size_and_draws_bands(needs_open3d, tmp_path):
     rng = np.random.default_rng(0)
     coord = rng.uniform(-1, 1, (2000, 3))
     label = (coord[:, 0] > 0).astype(np.int64)

@@ -22,13 +22,8 @@ def test_show_without_display(monkeypatch):
         viz.Scene().render("x.png")
 
 
-def test_project_matches_the_render():
+def test_project_matches_the_render(needs_open3d):
     """``Scene.project`` puts a point where the renderer draws it (within 2 pixels)."""
-    try:
-        viz.require("open3d", "test")
-    except ImportError as err:
-        print(f"SKIP reason: {err}")
-        pytest.skip(f"open3d cannot be imported: {err}")
     rng = np.random.default_rng(0)
     blob = rng.normal(size=(300, 3)) * 0.03 + np.array([0.6, 0.2, -0.3])
     scene = viz.Scene().add_points("blob", blob, colors=np.tile([255, 0, 0], (300, 1)))

@@ -4,12 +4,7 @@ import pytest
 from geossm import viz
 
 
-def test_render_known_cloud_png(tmp_path):
-    try:
-        viz.require("open3d", "test")
-    except ImportError as err:
-        print(f"SKIP reason: {err}")
-        pytest.skip(f"open3d cannot be imported: {err}")
+def test_render_known_cloud_png(needs_open3d, tmp_path):
     rng = np.random.default_rng(0)
     coord = rng.uniform(-1, 1, (3000, 3))
     label = (coord[:, 0] > 0).astype(np.int64)
@@ -30,15 +25,10 @@ def test_render_known_cloud_png(tmp_path):
     assert drawn[:, :160].any() and drawn[:, 160:].any()
 
 
-def test_render_detection_npz_draws_box_colours(tmp_path):
+def test_render_detection_npz_draws_box_colours(needs_open3d, tmp_path):
     """A ``geossm predict`` detection output (.npz with coord, gt_boxes, pred_boxes, pred_scores)
     renders through ``render_file`` with both box sets in their colours; a low-scoring
     prediction is left out."""
-    try:
-        viz.require("open3d", "test")
-    except ImportError as err:
-        print(f"SKIP reason: {err}")
-        pytest.skip(f"open3d cannot be imported: {err}")
     rng = np.random.default_rng(0)
     coord = np.c_[rng.uniform(0, 30, 4000), rng.uniform(-10, 10, 4000), np.full(4000, -1.7)]
     gt = np.array([[10.0, -3.0, -0.9, 4.0, 1.7, 1.5, 0.3]])
