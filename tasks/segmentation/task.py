@@ -140,7 +140,8 @@ class _PointTask(Task):
 
     def _prediction_preprocess(self) -> PointPreprocess:
         """The dataset class's ``PointPreprocess`` with the config's ``grid_size``,
-        ``normalize`` and ``feat_keys`` (no files are read)."""
+        ``normalize`` and ``feat_keys`` and the evaluation's ``full_resolution`` / ``votes``
+        (no files are read)."""
         data = self.cfg.data
         settings = {k: data[k] for k in ("feat_keys", "grid_size", "normalize") if k in data}
         return self.dataset_class().build_preprocess({**settings, "num_points": None,
