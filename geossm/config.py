@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "mode": None,           # "max" or "min"; null: the task's best_mode
         "full_resolution": False,  # segmentation: score / predict every original point
         "votes": 1,             # segmentation: test-time passes summed (needs full_resolution)
+        "write_predictions": None,  # SemanticKITTI: folder for the split's .label files
     },
     "output_dir": None,         # the run directory; null: runs/<config name>/<timestamp>
     "seed": 0,

@@ -489,10 +489,14 @@ def semantickitti_raw_labels(pred: np.ndarray) -> np.ndarray:
     return table[pred.astype(np.int64) + 1]
 
 
-def semantickitti_prediction_path(root: str | os.PathLike, sequence: str | int,
+def semantickitti_prediction_path(root: str | os.PathLike, sequence: str | int | None,
                                   frame: str | int) -> Path:
-    """``root/sequences/<XX>/predictions/<NNNNNN>.label``: the official submission layout."""
-    return Path(root) / "sequences" / f"{int(sequence):02d}" / "predictions" / f"{int(frame):06d}.label"
+    """``root/sequences/<XX>/predictions/<NNNNNN>.label``: the official submission layout
+    (``root/predictions/<NNNNNN>.label`` when the sequence is unknown, ``None``)."""
+    name = f"{int(frame):06d}.label"
+    if sequence is None:
+        return Path(root) / "predictions" / name
+    return Path(root) / "sequences" / f"{int(sequence):02d}" / "predictions" / name
 
 
 def write_semantickitti_label(path: str | os.PathLike, pred: np.ndarray) -> Path:
@@ -605,6 +609,19 @@ class SemanticKITTI(PointCloudDataset):
 
     def num_items(self) -> int:
         return len(self.items)
+
+    def scan_id(self, index: int) -> str:
+        """``"<XX>/<NNNNNN>"`` (official layout) or ``"<NNNNNN>"`` (npy) of scan ``index``."""
+        scan = self.items[index][0]
+        return f"{scan.parent.parent.name}/{scan.stem}" if self.layout == "official" else scan.stem
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """The sample; evaluation samples also name their scan (``scan_id``), so predictions of
+        a whole split can be written as ``.label`` files (``eval.write_predictions``)."""
+        sample = super().__getitem__(i)
+        if not self.train:
+            sample["scan_id"] = self.scan_id(i % self.num_items())
+        return sample
 
     def load(self, index: int) -> dict[str, Any]:
         scan, label_path = self.items[index]

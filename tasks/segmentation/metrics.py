@@ -26,7 +26,7 @@ import torch
 from geossm.engine.metrics import ConfusionMatrix, Metric
 
 __all__ = ["SegmentationMetric", "ClassificationMetric", "PartSegMetric", "part_mask",
-           "masked_prediction"]
+           "masked_prediction", "LabelFileWriter"]
 
 
 class SegmentationMetric(ConfusionMatrix):
@@ -202,3 +202,33 @@ class PartSegMetric(Metric):
             if have[i]:
                 out[f"{p}miou/{name}"] = float(sums[i] / shapes[i])
         return out
+
+
+class LabelFileWriter(Metric):
+    """Writes every evaluated sample's per-point predictions to a file (no values reported): a
+    split's predictions in a benchmark's submission layout while it is scored.
+
+    Args:
+        write: ``write(scan_id, pred)`` for each sample, ``pred (N,) int64`` the arg-max of the
+            logits of each of its points (of every original point with ``full_logits``).
+
+    ``update(outputs, batch)``: ``outputs`` logits ``(N, C)`` (``batch["batch"]``) or a dict
+    with ``full_logits (M, C)`` (``batch["full_batch"]``); ``batch["scan_id"]`` one name per
+    sample.
+    """
+
+    def __init__(self, write) -> None:
+        super().__init__()
+        self.write = write
+
+    def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
+        if isinstance(outputs, torch.Tensor):
+            pred, point_batch = outputs.detach().argmax(-1), batch["batch"]
+        else:
+            pred, point_batch = outputs["full_logits"].detach().argmax(-1), batch["full_batch"]
+        pred, point_batch = pred.cpu().numpy(), point_batch.cpu().numpy()
+        for b, scan_id in enumerate(batch["scan_id"]):
+            self.write(scan_id, pred[point_batch == b])
+
+    def compute(self) -> dict[str, float]:
+        return {}

@@ -32,8 +32,8 @@ from geossm.registry import DATASETS, TASKS
 from .datasets import (SemanticKITTI, read_semantickitti_scan, semantickitti_learning_map,
                        semantickitti_prediction_path, write_semantickitti_label)
 from .losses import cross_entropy
-from .metrics import (ClassificationMetric, PartSegMetric, SegmentationMetric, masked_prediction,
-                      part_mask)
+from .metrics import (ClassificationMetric, LabelFileWriter, PartSegMetric, SegmentationMetric,
+                      masked_prediction, part_mask)
 from .transforms import PointPreprocess
 
 
@@ -180,6 +180,12 @@ class _PointTask(Task):
         return prepared
 
 
+def _sequence_and_frame(scan_id: str) -> tuple[str | None, str]:
+    """``"08/000002"`` -> ``("08", "000002")``; ``"000002"`` -> ``(None, "000002")``."""
+    sequence, _, frame = str(scan_id).rpartition("/")
+    return sequence or None, frame
+
+
 @TASKS.register
 class SegmentationTask(_PointTask):
     """Per-point semantic or part segmentation (``best.pt`` by ``miou``)."""
@@ -260,6 +266,13 @@ class SegmentationTask(_PointTask):
                                       category_parts=parts if conditioned else None, **keys)]
         if conditioned:
             metrics.append(PartSegMetric(parts, cat_names or None, **keys))
+        folder = self.cfg.eval.get("write_predictions")
+        if folder:
+            if not self._is_semantickitti():
+                raise ValueError(f"config key 'eval.write_predictions' writes SemanticKITTI "
+                                 f".label files; data.name is {self.cfg.data.name}")
+            metrics.append(LabelFileWriter(lambda scan_id, pred: write_semantickitti_label(
+                semantickitti_prediction_path(folder, *_sequence_and_frame(scan_id)), pred)))
         return MetricCollection(*metrics)
 
     def postprocess(self, outputs: torch.Tensor | Mapping[str, torch.Tensor],
@@ -323,7 +336,7 @@ class SegmentationTask(_PointTask):
         if self._is_semantickitti():
             path = Path(path)
             scan_id = sample.get("scan_id")
-            target = (semantickitti_prediction_path(path.parent, *str(scan_id).split("/"))
+            target = (semantickitti_prediction_path(path.parent, *_sequence_and_frame(scan_id))
                       if scan_id else path.with_suffix(".label"))
             written.append(write_semantickitti_label(target, result["pred"]))
         return written

@@ -216,3 +216,13 @@ def test_semantickitti_real_scan_full_resolution_sample(kitti_npy_root):
     cell = np.floor((raw["coord"] - raw["coord"].min(0)) / 0.1)
     rows = s["inverse"][:, 0]
     np.testing.assert_array_equal(np.floor((s["coord"][rows] - raw["coord"].min(0)) / 0.1), cell)
+
+
+def test_shapenetpart_real_caps_full_resolution(shapenetpart_root):
+    """Evaluation on 1024 of each cap's points keeps every point of the shape for the score."""
+    ds = ShapeNetPart(shapenetpart_root, split="test", num_points=1024, full_resolution=True)
+    raw, s = ds.load(0), ds[0]
+    assert len(s["coord"]) == 1024 < len(raw["coord"]) == len(s["full_label"]) == len(s["inverse"])
+    np.testing.assert_array_equal(s["full_label"], raw["label"])
+    kept = np.asarray(s["inverse"][:, 0])
+    assert kept.min() == 0 and kept.max() == 1023 and s["category"] == raw["category"]

@@ -298,20 +298,29 @@ def test_full_resolution_part_segmentation_scores_every_point_of_each_shape():
     assert 0 < got["ins_miou"] < 1.0
 
 
+KITTI_TINY = ["model.dims=[8,16]", "model.depths=[0,1]", "model.strides=[8]", "model.d_state=4",
+              "model.k=6", "train.progress=false", "data.grid_size=0.4"]
+
+
+def _official_scan(tmp_path, kitti_npy_root):
+    """The real scan 000002 written as ``sequences/08/velodyne/000002.bin``: its coordinates."""
+    coord = np.load(kitti_npy_root / "points" / "000002.npy").astype(np.float32)[:, :3]
+    velodyne = tmp_path / "kitti" / "sequences" / "08" / "velodyne"
+    velodyne.mkdir(parents=True)
+    np.c_[coord, np.zeros(len(coord))].astype(np.float32).tofile(velodyne / "000002.bin")
+    return coord
+
+
 def test_predict_writes_one_label_per_original_point_and_semantickitti_label_files(
         tmp_path, kitti_npy_root):
     """``geossm predict`` on a real SemanticKITTI scan written in the official layout: the
     .npz, the .ply and the .label (raw ids, submission layout) hold every input point."""
     from geossm.tasks.segmentation.datasets import (SEMANTICKITTI_LEARNING_MAP_INV,
                                                     semantickitti_learning_map)
-    coord = np.load(kitti_npy_root / "points" / "000002.npy").astype(np.float32)[:, :3]
+    coord = _official_scan(tmp_path, kitti_npy_root)
     velodyne = tmp_path / "kitti" / "sequences" / "08" / "velodyne"
-    velodyne.mkdir(parents=True)
-    np.c_[coord, np.zeros(len(coord))].astype(np.float32).tofile(velodyne / "000002.bin")
     cfg = load_config(find_config("segmentation/semantickitti_sample.yaml"),
-                      ["model.dims=[8,16]", "model.depths=[0,1]", "model.strides=[8]",
-                       "model.d_state=4", "model.k=6", "train.progress=false",
-                       f"output_dir={tmp_path / 'run'}", "data.grid_size=0.4"])
+                      KITTI_TINY + [f"output_dir={tmp_path / 'run'}"])
     trainer = Trainer(cfg, config_name="semantickitti_sample")
     written = trainer.predict(velodyne / "000002.bin", tmp_path / "out" / "scan.npz")
     assert [p.suffix for p in written] == [".npz", ".ply", ".label"]
@@ -323,3 +332,30 @@ def test_predict_writes_one_label_per_original_point_and_semantickitti_label_fil
     assert raw.shape == (len(coord),) and set(np.unique(raw)) <= set(
         SEMANTICKITTI_LEARNING_MAP_INV.values())
     np.testing.assert_array_equal(semantickitti_learning_map(raw), pred)
+
+
+def test_eval_write_predictions_writes_the_split_as_label_files(tmp_path, kitti_npy_root):
+    """``eval.write_predictions=DIR``: evaluating the split writes one .label per scan, every
+    original point, in the submission layout, equal to the prediction of ``predict``."""
+    from geossm.tasks.segmentation.datasets import semantickitti_learning_map
+    coord = _official_scan(tmp_path, kitti_npy_root)
+    labels = tmp_path / "kitti" / "sequences" / "08" / "labels"
+    labels.mkdir()
+    np.full(len(coord), 40, np.uint32).tofile(labels / "000002.label")  # all road
+    cfg = load_config(find_config("segmentation/semantickitti_sample.yaml"), KITTI_TINY + [
+        f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'kitti'}",
+        f"eval.write_predictions={tmp_path / 'submission'}"])
+    trainer = Trainer(cfg, config_name="semantickitti_sample")
+    metrics = trainer.evaluate("val")
+    written = tmp_path / "submission" / "sequences" / "08" / "predictions" / "000002.label"
+    pred = semantickitti_learning_map(np.fromfile(written, dtype=np.uint32))
+    assert pred.shape == (len(coord),)
+    assert metrics["oa"] == pytest.approx(float((pred == 8).mean()))  # road is class 8
+    out = trainer.predict(tmp_path / "kitti" / "sequences" / "08" / "velodyne" / "000002.bin",
+                          tmp_path / "out" / "scan.npz")
+    with np.load(out[0]) as z:
+        np.testing.assert_array_equal(z["pred"], pred)
+    with pytest.raises(ValueError, match=r"'eval\.write_predictions' writes SemanticKITTI \.label "
+                                         r"files; data\.name is SyntheticParts"):
+        SegmentationTask(load_config(find_config("default.yaml"),
+                                     ["eval.write_predictions=x"])).build_metrics()
