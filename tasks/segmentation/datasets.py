@@ -42,8 +42,8 @@ from .transforms import PointPreprocess
 
 __all__ = ["PointCloudDataset", "SyntheticParts", "ShapeNetPart", "S3DIS", "ModelNet40",
            "SemanticKITTI", "SHAPENETPART_CATEGORIES", "SEMANTICKITTI_LEARNING_MAP",
-           "SEMANTICKITTI_LEARNING_MAP_INV", "semantickitti_raw_labels", "write_semantickitti_label",
-           "semantickitti_prediction_path", "read_semantickitti_scan"]
+           "SEMANTICKITTI_LEARNING_MAP_INV", "semantickitti_raw_labels",
+           "write_semantickitti_label", "semantickitti_prediction_path", "read_semantickitti_scan"]
 
 EVAL_SPLITS = ("val", "test")
 

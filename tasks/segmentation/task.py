@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from geossm.config import to_container
 from geossm.engine.inputs import check_field
 from geossm.engine.metrics import MetricCollection
-from geossm.config import to_container
 from geossm.engine.task import Task
 from geossm.packed import cu_seqlens_from_lengths, pack_collate
 from geossm.registry import DATASETS, TASKS
@@ -293,7 +293,6 @@ class SegmentationTask(_PointTask):
         else:
             pred = logits.argmax(-1)
         return {"logits": logits.cpu().numpy(), "pred": pred.cpu().numpy().astype(np.int64)}
-
 
     def read_input(self, path: str | os.PathLike) -> dict[str, Any]:
         """Besides ``Task.load_input``'s formats, a SemanticKITTI ``velodyne/<NNNNNN>.bin`` scan

@@ -344,8 +344,9 @@ class PointPreprocess:
         passes, columns, offset = [], [], 0
         for vote in range(self.votes):
             chosen = self._vote_points(tagged, index, vote)
-            columns.append(self._inverse(np.asarray(sample["coord"]), chosen[_SOURCE_INDEX]) + offset)
-            offset += len(chosen[_SOURCE_INDEX])
+            kept = chosen[_SOURCE_INDEX]
+            columns.append(self._inverse(np.asarray(sample["coord"]), kept) + offset)
+            offset += len(kept)
             passes.append(self.features(chosen))
         out = {k: (np.concatenate([p[k] for p in passes]) if isinstance(v, np.ndarray) else v)
                for k, v in passes[0].items()}

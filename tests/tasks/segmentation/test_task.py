@@ -266,13 +266,15 @@ def test_one_vote_is_no_voting_and_votes_sum_the_passes():
     two = tasks[2].predict_step(model, two_batch)
     assert two_batch["cu_seqlens"].numel() == 3  # one segment per pass
     rows = two_batch["inverse"]
-    torch.testing.assert_close(two["full_logits"], two["logits"][rows[:, 0]] + two["logits"][rows[:, 1]])
+    torch.testing.assert_close(two["full_logits"],
+                               two["logits"][rows[:, 0]] + two["logits"][rows[:, 1]])
 
 
 def test_eval_votes_config_refused():
     with pytest.raises(ValueError, match=r"'eval\.votes' = 2 sums passes on the original points: "
                                          r"set eval\.full_resolution=true too"):
-        SegmentationTask(load_config(find_config("default.yaml"), ["eval.votes=2"])).build_dataset("val")
+        SegmentationTask(load_config(find_config("default.yaml"),
+                                     ["eval.votes=2"])).build_dataset("val")
 
 
 def test_full_resolution_part_segmentation_scores_every_point_of_each_shape():
