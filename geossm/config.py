@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
         "every": 1,             # epochs between validations (the last epoch always validates)
         "metric": None,         # null: the task's best_metric
         "mode": None,           # "max" or "min"; null: the task's best_mode
+        "full_resolution": False,  # segmentation: score / predict every original point
+        "votes": 1,             # segmentation: test-time passes summed (needs full_resolution)
+        "write_predictions": None,  # SemanticKITTI: folder for the split's .label files
     },
     "output_dir": None,         # the run directory; null: runs/<config name>/<timestamp>
     "seed": 0,

@@ -42,7 +42,9 @@ from . import synthetic
 from .transforms import PointPreprocess
 
 __all__ = ["PointCloudDataset", "SyntheticParts", "ShapeNetPart", "S3DIS", "ModelNet40",
-           "SemanticKITTI", "SHAPENETPART_CATEGORIES", "SEMANTICKITTI_LEARNING_MAP"]
+           "SemanticKITTI", "SHAPENETPART_CATEGORIES", "SEMANTICKITTI_LEARNING_MAP",
+           "SEMANTICKITTI_LEARNING_MAP_INV", "semantickitti_raw_labels",
+           "write_semantickitti_label", "semantickitti_prediction_path", "read_semantickitti_scan"]
 
 EVAL_SPLITS = ("val", "test")
 
@@ -492,6 +494,55 @@ for _raw, _cls in SEMANTICKITTI_LEARNING_MAP.items():
     _LUT[_raw] = _cls
 
 
+#: Training class 0-19 -> raw SemanticKITTI label (``learning_map_inv`` of the official
+#: ``semantic-kitti.yaml``): what submissions and ``.label`` prediction files hold.
+SEMANTICKITTI_LEARNING_MAP_INV = {
+    0: 0, 1: 10, 2: 11, 3: 15, 4: 18, 5: 20, 6: 30, 7: 31, 8: 32, 9: 40, 10: 44, 11: 48, 12: 49,
+    13: 50, 14: 51, 15: 70, 16: 71, 17: 72, 18: 80, 19: 81,
+}
+
+
+def semantickitti_raw_labels(pred: np.ndarray) -> np.ndarray:
+    """Training labels ``0..18`` (``-1`` = unlabeled) -> raw SemanticKITTI ids ``(N,) uint32``
+    (semantic id in the low 16 bits, instance 0), the inverse of ``semantickitti_learning_map``
+    on the classes it keeps. ``ValueError`` names labels outside ``-1..18``."""
+    pred = np.asarray(pred).reshape(-1)
+    if pred.size and (pred.min() < -1 or pred.max() > 18):
+        raise ValueError(f"pred: expected SemanticKITTI training labels in -1..18, got "
+                         f"{pred.min()}..{pred.max()}")
+    table = np.array([SEMANTICKITTI_LEARNING_MAP_INV[c] for c in range(20)], dtype=np.uint32)
+    return table[pred.astype(np.int64) + 1]
+
+
+def semantickitti_prediction_path(root: str | os.PathLike, sequence: str | int | None,
+                                  frame: str | int) -> Path:
+    """``root/sequences/<XX>/predictions/<NNNNNN>.label``: the official submission layout
+    (``root/predictions/<NNNNNN>.label`` when the sequence is unknown, ``None``)."""
+    name = f"{int(frame):06d}.label"
+    if sequence is None:
+        return Path(root) / "predictions" / name
+    return Path(root) / "sequences" / f"{int(sequence):02d}" / "predictions" / name
+
+
+def write_semantickitti_label(path: str | os.PathLike, pred: np.ndarray) -> Path:
+    """Write predictions (training labels ``0..18``) as a SemanticKITTI ``.label`` file: one
+    little-endian uint32 per point, the raw label id (``semantickitti_raw_labels``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    semantickitti_raw_labels(pred).astype("<u4").tofile(path)
+    return path
+
+
+def read_semantickitti_scan(scan: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``coord (N, 3)`` and ``strength (N, 1)`` (remission) of a ``velodyne/*.bin`` scan."""
+    raw = np.fromfile(scan, dtype=np.float32)
+    if raw.size % 4:
+        raise ValueError(f"{scan}: expected float32 records of 4 values (x y z "
+                         f"remission), got {raw.size} values")
+    raw = raw.reshape(-1, 4)
+    return raw[:, :3], raw[:, 3:4]
+
+
 def semantickitti_learning_map(raw: np.ndarray) -> np.ndarray:
     """Raw ``.label`` values (uint32: semantic in the low 16 bits, instance above) -> training
     labels ``0..18``, ``-1`` for unlabeled / ignored."""
@@ -584,21 +635,29 @@ class SemanticKITTI(PointCloudDataset):
     def num_items(self) -> int:
         return len(self.items)
 
+    def scan_id(self, index: int) -> str:
+        """``"<XX>/<NNNNNN>"`` (official layout) or ``"<NNNNNN>"`` (npy) of scan ``index``."""
+        scan = self.items[index][0]
+        return f"{scan.parent.parent.name}/{scan.stem}" if self.layout == "official" else scan.stem
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """The sample; evaluation samples also name their scan (``scan_id``), so predictions of
+        a whole split can be written as ``.label`` files (``eval.write_predictions``)."""
+        sample = super().__getitem__(i)
+        if not self.train:
+            sample["scan_id"] = self.scan_id(i % self.num_items())
+        return sample
+
     def load(self, index: int) -> dict[str, Any]:
         scan, label_path = self.items[index]
         if self.layout == "official":
-            raw = np.fromfile(scan, dtype=np.float32)
-            if raw.size % 4:
-                raise ValueError(f"{scan}: expected float32 records of 4 values (x y z "
-                                 f"remission), got {raw.size} values")
-            raw = raw.reshape(-1, 4)
-            coord, strength = raw[:, :3], raw[:, 3:4]
+            coord, strength = read_semantickitti_scan(scan)
             if label_path is None:
-                label = np.full(len(raw), -1, dtype=np.int64)
+                label = np.full(len(coord), -1, dtype=np.int64)
             else:
                 lab = np.fromfile(label_path, dtype=np.uint32)
-                if lab.size != len(raw):
-                    raise ValueError(f"{label_path}: expected {len(raw)} labels (one per point "
+                if lab.size != len(coord):
+                    raise ValueError(f"{label_path}: expected {len(coord)} labels (one per point "
                                      f"of {scan.name}), got {lab.size}")
                 label = semantickitti_learning_map(lab)
         else:

@@ -26,7 +26,7 @@ import torch
 from geossm.engine.metrics import ConfusionMatrix, Metric
 
 __all__ = ["SegmentationMetric", "ClassificationMetric", "PartSegMetric", "part_mask",
-           "masked_prediction"]
+           "masked_prediction", "LabelFileWriter"]
 
 
 class SegmentationMetric(ConfusionMatrix):
@@ -42,6 +42,9 @@ class SegmentationMetric(ConfusionMatrix):
             the arg-max over each shape's own parts (needs ``category (B,)`` and ``batch (N,)``
             in the batch), default None (plain arg-max).
         logits_key, target_key, prefix: see ``geossm.engine.metrics.ConfusionMatrix``.
+        batch_key, category_key: batch keys of the sample of every point and the category of
+            every sample (part segmentation), default ``batch`` and ``category``; on original
+            points ``full_batch`` and ``sample_category`` (with ``full_logits``, ``full_label``).
 
     ``update(outputs, batch)``: ``outputs`` logits ``(N, C)`` (or a dict with ``logits``),
     ``batch["label"] (N,)``.
@@ -50,19 +53,21 @@ class SegmentationMetric(ConfusionMatrix):
     def __init__(self, num_classes: int, ignore_index: int = -1,
                  class_names: Sequence[str] | None = None, per_class: bool = True,
                  category_parts: Sequence[Sequence[int]] | None = None,
-                 logits_key: str = "logits", target_key: str = "label", prefix: str = "") -> None:
+                 logits_key: str = "logits", target_key: str = "label", prefix: str = "",
+                 batch_key: str = "batch", category_key: str = "category") -> None:
         super().__init__(num_classes, ignore_index=ignore_index, logits_key=logits_key,
                          target_key=target_key, class_names=class_names, per_class=per_class,
                          prefix=prefix)
         self.mask = part_mask(category_parts, num_classes) if category_parts else None
+        self.batch_key, self.category_key = batch_key, category_key
 
     def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
         logits = outputs if isinstance(outputs, torch.Tensor) else outputs[self.logits_key]
         logits = logits.detach()
         if self.mask is not None and logits.dim() == 2:
             target = batch[self.target_key]
-            logits = masked_prediction(logits, batch["category"].to(target.device),
-                                       batch["batch"].to(target.device),
+            logits = masked_prediction(logits, batch[self.category_key].to(target.device),
+                                       batch[self.batch_key].to(target.device),
                                        self.mask.to(target.device))
         self.add(logits, batch[self.target_key])
 
@@ -119,14 +124,15 @@ class PartSegMetric(Metric):
     Args:
         category_parts: global part indices of every category.
         category_names: names of the categories (default indices).
-        logits_key, target_key: see ``SegmentationMetric``; the batch also needs ``category
-            (B,)`` and ``batch (N,)`` (added by the packing collate).
+        logits_key, target_key, batch_key, category_key: see ``SegmentationMetric``; the batch
+            needs ``category (B,)`` and ``batch (N,)`` (added by the packing collate).
         prefix: prepended to the reported names.
     """
 
     def __init__(self, category_parts: Sequence[Sequence[int]],
                  category_names: Sequence[str] | None = None, logits_key: str = "logits",
-                 target_key: str = "label", prefix: str = "") -> None:
+                 target_key: str = "label", prefix: str = "", batch_key: str = "batch",
+                 category_key: str = "category") -> None:
         super().__init__()
         if not category_parts:
             raise ValueError("PartSegMetric: category_parts must list at least one category")
@@ -137,7 +143,7 @@ class PartSegMetric(Metric):
         if len(names) != k:
             raise ValueError(f"PartSegMetric: category_names must have {k} names, got {len(names)}")
         self.category_names, self.logits_key, self.target_key = names, logits_key, target_key
-        self.prefix = prefix
+        self.prefix, self.batch_key, self.category_key = prefix, batch_key, category_key
         self.mask = part_mask(self.category_parts, self.num_parts)
         self.add_state("iou_sum", torch.zeros(k, dtype=torch.float64))
         self.add_state("shapes", torch.zeros(k, dtype=torch.int64))
@@ -180,7 +186,8 @@ class PartSegMetric(Metric):
 
     def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
         logits = outputs if isinstance(outputs, torch.Tensor) else outputs[self.logits_key]
-        self.add(logits.detach(), batch[self.target_key], batch["category"], batch["batch"])
+        self.add(logits.detach(), batch[self.target_key], batch[self.category_key],
+                 batch[self.batch_key])
 
     def compute(self) -> dict[str, float]:
         p = self.prefix
@@ -195,3 +202,33 @@ class PartSegMetric(Metric):
             if have[i]:
                 out[f"{p}miou/{name}"] = float(sums[i] / shapes[i])
         return out
+
+
+class LabelFileWriter(Metric):
+    """Writes every evaluated sample's per-point predictions to a file (no values reported): a
+    split's predictions in a benchmark's submission layout while it is scored.
+
+    Args:
+        write: ``write(scan_id, pred)`` for each sample, ``pred (N,) int64`` the arg-max of the
+            logits of each of its points (of every original point with ``full_logits``).
+
+    ``update(outputs, batch)``: ``outputs`` logits ``(N, C)`` (``batch["batch"]``) or a dict
+    with ``full_logits (M, C)`` (``batch["full_batch"]``); ``batch["scan_id"]`` one name per
+    sample.
+    """
+
+    def __init__(self, write) -> None:
+        super().__init__()
+        self.write = write
+
+    def update(self, outputs: Any, batch: Mapping[str, Any]) -> None:
+        if isinstance(outputs, torch.Tensor):
+            pred, point_batch = outputs.detach().argmax(-1), batch["batch"]
+        else:
+            pred, point_batch = outputs["full_logits"].detach().argmax(-1), batch["full_batch"]
+        pred, point_batch = pred.cpu().numpy(), point_batch.cpu().numpy()
+        for b, scan_id in enumerate(batch["scan_id"]):
+            self.write(scan_id, pred[point_batch == b])
+
+    def compute(self) -> dict[str, float]:
+        return {}

@@ -23,6 +23,9 @@ import numpy as np
 from geossm.registry import TRANSFORMS
 from geossm.transforms import Compose, Sample, generator
 
+#: Per-point key carrying each point's original index through the evaluation sampling.
+_SOURCE_INDEX = "_source_index"
+
 #: Per-point keys that rotate with the coordinates.
 VECTOR_KEYS = ("normal",)
 
@@ -46,6 +49,28 @@ def select(sample: Mapping[str, Any], index: np.ndarray) -> Sample:
     return out
 
 
+def grid_cells(coord: np.ndarray, grid_size: float) -> np.ndarray:
+    """Integer cell of every point of a ``grid_size`` grid anchored at the cloud's minimum.
+
+    Shapes: ``coord (N, 3)`` -> ``(N, 3) int64``."""
+    return np.floor((coord - coord.min(0)) / grid_size).astype(np.int64)
+
+
+def grid_pick(coord: np.ndarray, grid_size: float, k: int = 0) -> np.ndarray:
+    """Indices (ascending) of the ``k``-th point, in input order, of every occupied cell; a cell
+    of ``c`` points gives its ``k mod c``-th. ``k=0`` is ``GridSample(mode="first")``; ``k`` over
+    ``0..max c - 1`` visits every point (Pointcept's test-time fragments).
+
+    Shapes: ``coord (N, 3)`` -> ``(number of occupied cells,) int64``."""
+    if len(coord) == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, cell_id, counts = np.unique(grid_cells(coord, grid_size), axis=0, return_inverse=True,
+                                   return_counts=True)
+    by_cell = np.argsort(cell_id.reshape(-1), kind="stable")  # input order inside each cell
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.sort(by_cell[starts + k % counts])
+
+
 @TRANSFORMS.register
 class GridSample:
     """Keep one point per cell of a ``grid_size`` grid (voxel downsampling).
@@ -66,7 +91,7 @@ class GridSample:
         coord = np.asarray(sample["coord"])
         if len(coord) == 0:
             return sample
-        cell = np.floor((coord - coord.min(0)) / self.grid_size).astype(np.int64)
+        cell = grid_cells(coord, self.grid_size)
         order = np.arange(len(coord))
         if self.mode == "random":
             order = generator(rng).permutation(len(coord))
@@ -259,6 +284,15 @@ class PointPreprocess:
     cell, crops around a random point and draws a random subset. ``geossm predict`` uses the
     evaluation path with ``num_points=None``: every grid-sampled point is predicted.
 
+    With ``full_resolution`` the evaluation path also keeps the way back to every original
+    point (what the benchmarks score, as Pointcept's tester does): ``inverse (N_orig, votes)``,
+    for each original point and pass the row of the point that stands for it (the one kept from
+    its grid cell; the nearest kept point when a subset or crop dropped that one), and
+    ``full_label (N_orig,)``. With ``votes = V > 1`` the sample holds ``V`` passes one after
+    another (pass ``k`` keeps the ``k``-th point of every cell, ``grid_pick``, and draws its subset
+    from ``default_rng([index, k])``; pass 0 is the plain evaluation sample) and
+    ``vote_lengths (V,)`` their sizes; the task sums the passes' logits on the original points.
+
     Args:
         feat_keys: per-point arrays concatenated into ``feat`` (``coord``, ``normal``, ``color``,
             ``strength``), default ``("coord",)``.
@@ -267,14 +301,23 @@ class PointPreprocess:
             None (off); evaluation keeps whole scenes.
         num_points: random subset of this size, default None (all points).
         normalize: centre and scale into the unit sphere (objects), default False.
+        full_resolution: evaluation samples keep ``inverse`` and ``full_label``, default False.
+        votes: evaluation passes per sample (test-time voting; needs ``full_resolution``),
+            default 1.
     """
 
     def __init__(self, feat_keys: Sequence[str] = ("coord",), grid_size: float | None = None,
                  max_points: int | None = None, num_points: int | None = None,
-                 normalize: bool = False) -> None:
+                 normalize: bool = False, full_resolution: bool = False, votes: int = 1) -> None:
         if isinstance(feat_keys, str) or not feat_keys:
             raise ValueError(f"feat_keys: expected a non-empty list of array names, got "
                              f"{feat_keys!r}")
+        if not isinstance(votes, int) or isinstance(votes, bool) or votes < 1:
+            raise ValueError(f"votes: expected an int >= 1, got {votes!r}")
+        if votes > 1 and not full_resolution:
+            raise ValueError(f"votes: {votes} passes are summed on the original points, which "
+                             "needs full_resolution=True (eval.full_resolution), got False")
+        self.full_resolution, self.votes = bool(full_resolution), votes
         if grid_size is not None and not grid_size > 0:
             raise ValueError(f"grid_size: expected a positive float or null, got {grid_size!r}")
         for name, v in (("max_points", max_points), ("num_points", num_points)):
@@ -287,8 +330,64 @@ class PointPreprocess:
     def __call__(self, sample: Sample, index: int = 0) -> Sample:
         """The evaluation path: points of ``sample`` chosen deterministically (from ``index``),
         then ``feat``."""
-        chosen = self.sample_points(sample, np.random.default_rng(index), train=False)
-        return self.features(chosen)
+        if not self.full_resolution:
+            chosen = self.sample_points(sample, np.random.default_rng(index), train=False)
+            return self.features(chosen)
+        return self.full_resolution_sample(sample, index)
+
+    def full_resolution_sample(self, sample: Sample, index: int = 0) -> Sample:
+        """The evaluation sample of ``votes`` passes with ``inverse (N_orig, votes)`` (rows of
+        the packed passes), ``vote_lengths (votes,)`` and ``full_label (N_orig,)`` (when the
+        sample has per-point labels); see the class doc."""
+        n = num_points(sample)
+        tagged = {**sample, _SOURCE_INDEX: np.arange(n)}
+        passes, columns, offset = [], [], 0
+        for vote in range(self.votes):
+            chosen = self._vote_points(tagged, index, vote)
+            kept = chosen[_SOURCE_INDEX]
+            columns.append(self._inverse(np.asarray(sample["coord"]), kept) + offset)
+            offset += len(kept)
+            passes.append(self.features(chosen))
+        out = {k: (np.concatenate([p[k] for p in passes]) if isinstance(v, np.ndarray) else v)
+               for k, v in passes[0].items()}
+        out["inverse"] = np.stack(columns, 1)
+        out["vote_lengths"] = np.array([len(p["coord"]) for p in passes], dtype=np.int64)
+        label = sample.get("label")
+        if isinstance(label, np.ndarray) and label.ndim >= 1:
+            out["full_label"] = label.astype(np.int64).reshape(-1)
+        return out
+
+    def _vote_points(self, sample: Sample, index: int, vote: int) -> Sample:
+        """Pass ``vote`` of the evaluation sampling (pass 0: ``sample_points``)."""
+        if vote == 0:
+            return self.sample_points(sample, np.random.default_rng(index), train=False)
+        if self.grid_size is not None:
+            sample = select(sample, grid_pick(np.asarray(sample["coord"]), self.grid_size, vote))
+        rng = np.random.default_rng([index, vote])
+        steps = [RandomSubsample(self.num_points)] if self.num_points is not None else []
+        if self.normalize:
+            steps.append(NormalizeCoord())
+        return Compose(steps)(sample, rng)
+
+    def _inverse(self, coord: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        """Row (in the kept points) standing for every original point: the kept point of its
+        grid cell, else (cell dropped by a subset) the nearest kept point.
+
+        Shapes: ``coord (N, 3)``, ``kept (M,)`` original indices -> ``(N,) int64``."""
+        inverse = np.full(len(coord), -1, dtype=np.int64)
+        if self.grid_size is not None and len(coord):
+            _, cell_id = np.unique(grid_cells(coord, self.grid_size), axis=0, return_inverse=True)
+            cell_id = cell_id.reshape(-1)
+            row_of_cell = np.full(cell_id.max() + 1, -1, dtype=np.int64)
+            row_of_cell[cell_id[kept]] = np.arange(len(kept))
+            inverse = row_of_cell[cell_id]
+        inverse[kept] = np.arange(len(kept))
+        missing = np.flatnonzero(inverse < 0)
+        if len(missing) and len(kept):
+            from scipy.spatial import cKDTree
+            _, nearest = cKDTree(coord[kept]).query(coord[missing])
+            inverse[missing] = nearest
+        return inverse
 
     def sample_points(self, sample: Sample, rng: np.random.Generator, train: bool) -> Sample:
         """Grid sampling, crop (``train`` only), subset and normalisation, drawing from ``rng``."""
@@ -327,4 +426,5 @@ class PointPreprocess:
     def __repr__(self) -> str:
         return (f"PointPreprocess(feat_keys={self.feat_keys}, grid_size={self.grid_size}, "
                 f"max_points={self.max_points}, num_points={self.num_points}, "
-                f"normalize={self.normalize})")
+                f"normalize={self.normalize}, full_resolution={self.full_resolution}, "
+                f"votes={self.votes})")

@@ -245,3 +245,50 @@ def test_semantickitti_npy_real_scans(kitti_npy_root):
     assert s["feat"].shape == (len(s["coord"]), 4) and len(s["coord"]) < len(raw["coord"])
     with pytest.raises(FileNotFoundError, match=r"frames \['000009'\] of split 'val' not found"):
         SemanticKITTI(kitti_npy_root, split="val", frames={"val": ["000009"]})
+
+
+def test_semantickitti_label_writer_round_trips_through_the_reader(tmp_path):
+    """Predictions (training labels) written as .label files in the submission layout, then
+    read back by the dataset (learning map): the same labels; the ids are the raw ones."""
+    from geossm.tasks.segmentation.datasets import (semantickitti_prediction_path,
+                                                    semantickitti_raw_labels,
+                                                    write_semantickitti_label)
+    pred = np.r_[np.arange(19), np.arange(19)[::-1], -1]
+    raw = semantickitti_raw_labels(pred)
+    assert raw.dtype == np.uint32 and raw[:3].tolist() == [10, 11, 15] and raw[-1] == 0
+    path = write_semantickitti_label(semantickitti_prediction_path(tmp_path, 8, 3), pred)
+    assert path == tmp_path / "sequences" / "08" / "predictions" / "000003.label"
+    assert path.stat().st_size == 4 * len(pred)
+    # The reader expects labels/ beside velodyne/: present the predictions as labels.
+    velodyne = tmp_path / "sequences" / "08" / "velodyne"
+    velodyne.mkdir()
+    np.zeros((len(pred), 4), np.float32).tofile(velodyne / "000003.bin")
+    path.parent.rename(tmp_path / "sequences" / "08" / "labels")
+    back = SemanticKITTI(tmp_path, split="val", grid_size=None).load(0)["label"]
+    np.testing.assert_array_equal(back, pred)
+    with pytest.raises(ValueError, match=r"pred: expected SemanticKITTI training labels in "
+                                         r"-1\.\.18, got 0\.\.19"):
+        semantickitti_raw_labels(np.array([0, 19]))
+
+
+def test_semantickitti_real_scan_full_resolution_sample(kitti_npy_root):
+    """The real scan 000002 at 0.1 m: every original point keeps its label and a row."""
+    val = SemanticKITTI(kitti_npy_root, split="val", frames={"val": ["000002"]}, grid_size=0.1,
+                        full_resolution=True)
+    raw, s = val.load(0), val[0]
+    assert len(s["coord"]) < len(raw["coord"]) == len(s["inverse"]) == len(s["full_label"])
+    np.testing.assert_array_equal(s["full_label"], raw["label"])
+    # The row standing for a point holds a point of the same 0.1 m cell.
+    cell = np.floor((raw["coord"] - raw["coord"].min(0)) / 0.1)
+    rows = s["inverse"][:, 0]
+    np.testing.assert_array_equal(np.floor((s["coord"][rows] - raw["coord"].min(0)) / 0.1), cell)
+
+
+def test_shapenetpart_real_caps_full_resolution(shapenetpart_root):
+    """Evaluation on 1024 of each cap's points keeps every point of the shape for the score."""
+    ds = ShapeNetPart(shapenetpart_root, split="test", num_points=1024, full_resolution=True)
+    raw, s = ds.load(0), ds[0]
+    assert len(s["coord"]) == 1024 < len(raw["coord"]) == len(s["full_label"]) == len(s["inverse"])
+    np.testing.assert_array_equal(s["full_label"], raw["label"])
+    kept = np.asarray(s["inverse"][:, 0])
+    assert kept.min() == 0 and kept.max() == 1023 and s["category"] == raw["category"]

@@ -205,3 +205,159 @@ def test_classification_predict_input_label_is_one_class(tmp_path, label, messag
     with pytest.raises(ValueError, match=message):
         task.load_input(_write(tmp_path, coord=COORD, label=label))
     assert task.load_input(_write(tmp_path, coord=COORD, label=3))["label"] == 3
+
+
+# ------------------------------------------- full resolution: metrics and predict on every point
+
+class _LeftIsZero(torch.nn.Module):
+    """Logits of 3 classes: class 0 where x < 0.5, else class 1 (never class 2)."""
+
+    def forward(self, coord, feat, cu_seqlens, category=None):
+        right = (coord[:, 0] >= 0.5).long()
+        return torch.nn.functional.one_hot(right, 3).float()
+
+
+SCENE = {"coord": np.array([[0, 0, 0], [0.01, 0, 0], [0.02, 0, 0], [1, 0, 0], [2, 0, 0]],
+                           np.float32),  # points 0-2 share one 0.5 m voxel
+         "label": np.array([0, 0, 1, 1, 2])}
+SCENE_CONFIG = ["+data.grid_size=0.5", "+data.normalize=false", "model.num_categories=0",
+                "model.num_classes=3"]
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_full_resolution_metric_equals_a_hand_computation(full):
+    """Kept points 0, 3, 4 predict 0, 1, 1. Every point: pred [0 0 0 1 1] vs label [0 0 1 1 2]:
+    IoU 2/3, 1/3, 0; the kept points alone: pred [0 1 1] vs [0 1 2]: IoU 1, 1/2, 0."""
+    cfg = load_config(find_config("default.yaml"),
+                      SCENE_CONFIG + [f"eval.full_resolution={str(full).lower()}"])
+    task = SegmentationTask(cfg)
+    batch = task.collate([task.preprocess(SCENE)])
+    outputs = task.predict_step(_LeftIsZero(), batch)
+    assert float(task.loss(outputs, batch)) > 0
+    metrics = task.build_metrics()
+    metrics.update(outputs, batch)
+    got = metrics.compute()
+    want_iou = [2 / 3, 1 / 3, 0.0] if full else [1.0, 0.5, 0.0]
+    assert got["miou"] == pytest.approx(np.mean(want_iou))
+    assert got["oa"] == pytest.approx(3 / 5 if full else 2 / 3)
+    pred = task.postprocess(outputs, batch)["pred"]
+    assert pred.tolist() == ([0, 0, 0, 1, 1] if full else [0, 1, 1])
+
+
+def test_one_vote_is_no_voting_and_votes_sum_the_passes():
+    coord = np.random.default_rng(3).uniform(0, 1, (200, 3)).astype(np.float32)
+    raw = {"coord": coord, "label": np.arange(200) % 3}
+    model = torch.nn.Linear(3, 3)
+    tasks = {v: SegmentationTask(load_config(find_config("default.yaml"), [
+        "+data.grid_size=0.2", "model.num_categories=0", "model.num_classes=3",
+        "eval.full_resolution=true", f"eval.votes={v}"])) for v in (1, 2)}
+    plain = SegmentationTask(load_config(find_config("default.yaml"), [
+        "+data.grid_size=0.2", "model.num_categories=0", "model.num_classes=3"]))
+    forward = lambda batch: model(batch["feat"])  # noqa: E731 - a per-point stand-in model
+    for task in (*tasks.values(), plain):
+        task.forward = lambda m, batch: forward(batch)
+    plain_batch = plain.collate([plain.preprocess(raw)])
+    plain_logits = plain.predict_step(model, plain_batch)
+    one_batch = tasks[1].collate([tasks[1].preprocess(raw)])
+    one = tasks[1].predict_step(model, one_batch)
+    torch.testing.assert_close(one["logits"], plain_logits)
+    torch.testing.assert_close(one["full_logits"], plain_logits[one_batch["inverse"][:, 0]])
+    two_batch = tasks[2].collate([tasks[2].preprocess(raw)])
+    two = tasks[2].predict_step(model, two_batch)
+    assert two_batch["cu_seqlens"].numel() == 3  # one segment per pass
+    rows = two_batch["inverse"]
+    torch.testing.assert_close(two["full_logits"],
+                               two["logits"][rows[:, 0]] + two["logits"][rows[:, 1]])
+
+
+def test_eval_votes_config_refused():
+    with pytest.raises(ValueError, match=r"'eval\.votes' = 2 sums passes on the original points: "
+                                         r"set eval\.full_resolution=true too"):
+        SegmentationTask(load_config(find_config("default.yaml"),
+                                     ["eval.votes=2"])).build_dataset("val")
+
+
+def test_full_resolution_part_segmentation_scores_every_point_of_each_shape():
+    """ShapeNetPart-style: a subset of points per shape (num_points) is predicted, the instance
+    mIoU counts every point of every shape (category-conditioned, two shapes in one batch)."""
+    cfg = load_config(find_config("default.yaml"), ["+data.num_points=40",
+                                                    "eval.full_resolution=true",
+                                                    "data.num_val_samples=2"])
+    task = SegmentationTask(cfg)
+    val = task.build_dataset("val")
+    samples = [val[0], val[1]]
+    assert all(len(s["coord"]) == 40 < len(s["full_label"]) for s in samples)
+    batch = task.collate(samples)
+    # A model right on every kept point: the full-resolution score counts the others too.
+    oracle = torch.nn.functional.one_hot(batch["label"], 10).float() * 5
+    outputs = {"logits": oracle, "full_logits": oracle[batch["inverse"]].sum(1)}
+    metrics = task.build_metrics()
+    metrics.update(outputs, batch)
+    got = metrics.compute()
+    full_pred = batch["label"][batch["inverse"][:, 0]]
+    accuracy = float((full_pred == batch["full_label"]).float().mean())
+    assert got["oa"] == pytest.approx(accuracy) and accuracy < 1.0
+    assert 0 < got["ins_miou"] < 1.0
+
+
+KITTI_TINY = ["model.dims=[8,16]", "model.depths=[0,1]", "model.strides=[8]", "model.d_state=4",
+              "model.k=6", "train.progress=false", "data.grid_size=0.4"]
+
+
+def _official_scan(tmp_path, kitti_npy_root):
+    """The real scan 000002 written as ``sequences/08/velodyne/000002.bin``: its coordinates."""
+    coord = np.load(kitti_npy_root / "points" / "000002.npy").astype(np.float32)[:, :3]
+    velodyne = tmp_path / "kitti" / "sequences" / "08" / "velodyne"
+    velodyne.mkdir(parents=True)
+    np.c_[coord, np.zeros(len(coord))].astype(np.float32).tofile(velodyne / "000002.bin")
+    return coord
+
+
+def test_predict_writes_one_label_per_original_point_and_semantickitti_label_files(
+        tmp_path, kitti_npy_root):
+    """``geossm predict`` on a real SemanticKITTI scan written in the official layout: the
+    .npz, the .ply and the .label (raw ids, submission layout) hold every input point."""
+    from geossm.tasks.segmentation.datasets import (SEMANTICKITTI_LEARNING_MAP_INV,
+                                                    semantickitti_learning_map)
+    coord = _official_scan(tmp_path, kitti_npy_root)
+    velodyne = tmp_path / "kitti" / "sequences" / "08" / "velodyne"
+    cfg = load_config(find_config("segmentation/semantickitti_sample.yaml"),
+                      KITTI_TINY + [f"output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg, config_name="semantickitti_sample")
+    written = trainer.predict(velodyne / "000002.bin", tmp_path / "out" / "scan.npz")
+    assert [p.suffix for p in written] == [".npz", ".ply", ".label"]
+    assert written[2] == tmp_path / "out" / "sequences" / "08" / "predictions" / "000002.label"
+    with np.load(written[0]) as z:
+        pred = z["pred"]
+    assert pred.shape == (len(coord),)
+    raw = np.fromfile(written[2], dtype=np.uint32)
+    assert raw.shape == (len(coord),) and set(np.unique(raw)) <= set(
+        SEMANTICKITTI_LEARNING_MAP_INV.values())
+    np.testing.assert_array_equal(semantickitti_learning_map(raw), pred)
+
+
+def test_eval_write_predictions_writes_the_split_as_label_files(tmp_path, kitti_npy_root):
+    """``eval.write_predictions=DIR``: evaluating the split writes one .label per scan, every
+    original point, in the submission layout, equal to the prediction of ``predict``."""
+    from geossm.tasks.segmentation.datasets import semantickitti_learning_map
+    coord = _official_scan(tmp_path, kitti_npy_root)
+    labels = tmp_path / "kitti" / "sequences" / "08" / "labels"
+    labels.mkdir()
+    np.full(len(coord), 40, np.uint32).tofile(labels / "000002.label")  # all road
+    cfg = load_config(find_config("segmentation/semantickitti_sample.yaml"), KITTI_TINY + [
+        f"output_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'kitti'}",
+        f"eval.write_predictions={tmp_path / 'submission'}"])
+    trainer = Trainer(cfg, config_name="semantickitti_sample")
+    metrics = trainer.evaluate("val")
+    written = tmp_path / "submission" / "sequences" / "08" / "predictions" / "000002.label"
+    pred = semantickitti_learning_map(np.fromfile(written, dtype=np.uint32))
+    assert pred.shape == (len(coord),)
+    assert metrics["oa"] == pytest.approx(float((pred == 8).mean()))  # road is class 8
+    out = trainer.predict(tmp_path / "kitti" / "sequences" / "08" / "velodyne" / "000002.bin",
+                          tmp_path / "out" / "scan.npz")
+    with np.load(out[0]) as z:
+        np.testing.assert_array_equal(z["pred"], pred)
+    with pytest.raises(ValueError, match=r"'eval\.write_predictions' writes SemanticKITTI \.label "
+                                         r"files; data\.name is SyntheticParts"):
+        SegmentationTask(load_config(find_config("default.yaml"),
+                                     ["eval.write_predictions=x"])).build_metrics()

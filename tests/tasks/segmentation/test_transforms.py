@@ -91,3 +91,67 @@ def test_point_preprocess_evaluation_and_training_paths():
         T.PointPreprocess(grid_size=0)
     with pytest.raises(ValueError, match="num_points: expected an int >= 1 or null, got 0"):
         T.PointPreprocess(num_points=0)
+
+
+# ------------------------------------------------- full resolution: inverse index and votes
+
+def test_grid_pick_first_is_grid_sample_first_and_votes_visit_every_point():
+    from geossm.tasks.segmentation.transforms import GridSample, grid_pick
+    coord = np.random.default_rng(0).uniform(0, 1, (400, 3)).astype(np.float32)
+    first = GridSample(0.2, "first")({"coord": coord, "i": np.arange(400)})["i"]
+    np.testing.assert_array_equal(grid_pick(coord, 0.2, 0), first)
+    visited = np.concatenate([grid_pick(coord, 0.2, k) for k in range(40)])
+    assert set(visited.tolist()) == set(range(400))
+
+
+def test_full_resolution_inverse_maps_every_point_to_its_cell_then_the_nearest_kept():
+    from geossm.tasks.segmentation.transforms import PointPreprocess
+    # Cells (grid 0.5): {0, 1, 2} duplicates of one voxel, {3}, {4}.
+    coord = np.array([[0, 0, 0], [0.01, 0, 0], [0.02, 0, 0], [1, 0, 0], [2, 0, 0]], np.float32)
+    sample = {"coord": coord, "label": np.array([0, 0, 1, 1, 2])}
+    out = PointPreprocess(grid_size=0.5, full_resolution=True)(sample)
+    np.testing.assert_array_equal(out["coord"], coord[[0, 3, 4]])
+    assert out["inverse"].tolist() == [[0], [0], [0], [1], [2]]
+    assert out["full_label"].tolist() == [0, 0, 1, 1, 2] and out["label"].tolist() == [0, 1, 2]
+    # A subset that drops a cell's point: its points go to the nearest kept point.
+    out = PointPreprocess(grid_size=0.5, num_points=2, full_resolution=True)(sample, index=3)
+    kept = [int(np.flatnonzero((coord == c).all(1))[0]) for c in out["coord"]]
+    inverse = out["inverse"][:, 0]
+    assert [inverse[k] for k in kept] == [0, 1]
+    for i in range(5):
+        d = np.linalg.norm(coord[kept] - coord[i], axis=1)
+        assert d[inverse[i]] == d.min()
+
+
+def test_votes_stack_passes_and_pass_zero_is_the_plain_evaluation_sample():
+    from geossm.tasks.segmentation.transforms import PointPreprocess
+    coord = np.random.default_rng(1).uniform(0, 1, (300, 3)).astype(np.float32)
+    sample = {"coord": coord, "label": np.arange(300) % 4}
+    plain = PointPreprocess(grid_size=0.25)(sample, index=5)
+    one = PointPreprocess(grid_size=0.25, full_resolution=True)(sample, index=5)
+    three = PointPreprocess(grid_size=0.25, full_resolution=True, votes=3)(sample, index=5)
+    n = len(plain["coord"])
+    for key in ("coord", "feat", "label"):
+        np.testing.assert_array_equal(one[key], plain[key])
+        np.testing.assert_array_equal(three[key][:n], plain[key])
+    np.testing.assert_array_equal(three["inverse"][:, :1], one["inverse"])
+    assert three["vote_lengths"].tolist() == [n] * 3 and three["inverse"].shape == (300, 3)
+    # Every pass's row of a point lies in its own pass and holds a point of the same cell.
+    cell = np.floor((coord - coord.min(0)) / 0.25)
+    offsets = np.r_[0, np.cumsum(three["vote_lengths"])]
+    for k in range(3):
+        rows = three["inverse"][:, k]
+        assert ((rows >= offsets[k]) & (rows < offsets[k + 1])).all()
+        picked = three["coord"][rows]
+        np.testing.assert_array_equal(np.floor((picked - coord.min(0)) / 0.25), cell)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(votes=0, full_resolution=True), r"votes: expected an int >= 1, got 0"),
+    (dict(votes=2), r"votes: 2 passes are summed on the original points, which needs "
+                    r"full_resolution=True"),
+])
+def test_votes_refused(kwargs, message):
+    from geossm.tasks.segmentation.transforms import PointPreprocess
+    with pytest.raises(ValueError, match=message):
+        PointPreprocess(**kwargs)
