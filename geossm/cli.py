@@ -145,15 +145,23 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 _EXPORT_OPTIONS = ("checkpoint", "format", "output", "input")
 
 
-def cmd_export(ns: argparse.Namespace) -> int:
+def _options(texts: list[str], known) -> list[tuple[str, Any, str]]:
+    """``key=value`` options of a command: ``(key, parsed value, value as written)`` each;
+    ``ValueError`` naming an unknown key and the ``known`` ones."""
     from geossm.config import parse_override
-    from geossm.engine.export import export_checkpoint
-    opts: dict[str, Any] = {}
-    for text in ns.options:
+    options = []
+    for text in texts:
         key, value, _ = parse_override(text)
-        if key not in _EXPORT_OPTIONS:
-            raise ValueError(f"unknown option '{key}' (known: {', '.join(_EXPORT_OPTIONS)})")
-        opts[key] = text.split("=", 1)[1]  # paths as written, not parsed as YAML
+        if key not in known:
+            raise ValueError(f"unknown option '{key}' (known: {', '.join(known)})")
+        options.append((key, value, text.split("=", 1)[1]))
+    return options
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from geossm.engine.export import export_checkpoint
+    # paths as written, not parsed as YAML
+    opts = {key: text for key, _, text in _options(ns.options, _EXPORT_OPTIONS)}
     for key in ("checkpoint", "format"):
         if key not in opts:
             raise ValueError(f"export needs {key}=... (checkpoint=PATH "
@@ -169,12 +177,8 @@ _VIZ_OPTIONS = {"output": str, "width": int, "height": int, "point_size": float,
 
 def cmd_viz(ns: argparse.Namespace) -> int:
     from geossm import viz
-    from geossm.config import parse_override
     opts: dict[str, Any] = {}
-    for text in ns.options:
-        key, value, _ = parse_override(text)
-        if key not in _VIZ_OPTIONS:
-            raise ValueError(f"unknown option '{key}' (known: {', '.join(_VIZ_OPTIONS)})")
+    for key, value, _ in _options(ns.options, _VIZ_OPTIONS):
         kind = _VIZ_OPTIONS[key]
         if kind is bool and not isinstance(value, bool):
             raise ValueError(f"{key} expects true or false, got {value!r}")

@@ -61,6 +61,14 @@ def _field(anno: Mapping[str, Any], key: str, n: int, default: float,
     return np.full(shape, default)
 
 
+def _require_camera_fields(anno: Mapping[str, Any], index: int, hint: str) -> None:
+    """``ValueError`` naming entry ``index`` and the camera-frame keys it lacks."""
+    missing = [k for k in ("name", "bbox", "location", "dimensions", "rotation_y")
+               if k not in anno]
+    if missing:
+        raise ValueError(f"annos[{index}]: missing keys {missing} ({hint})")
+
+
 def to_openpcdet_annos(annos: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """geossm evaluation entries (per frame ``name``, ``bbox``, ``location``, ``dimensions``
     (h, w, l), ``rotation_y``, optional ``alpha``, ``score``, ``truncated``, ``occluded``,
@@ -69,11 +77,8 @@ def to_openpcdet_annos(annos: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     -10, 'not given'). Raises ``ValueError`` naming an entry without camera boxes."""
     out = []
     for i, a in enumerate(annos):
-        missing = [k for k in ("name", "bbox", "location", "dimensions", "rotation_y")
-                   if k not in a]
-        if missing:
-            raise ValueError(f"annos[{i}]: missing keys {missing} (camera-frame fields; "
-                             f"detections need their frame's calibration)")
+        _require_camera_fields(a, i, "camera-frame fields; detections need their frame's "
+                                     "calibration")
         n = len(a["name"])
         entry = {"name": np.asarray(a["name"], dtype=str).reshape(n),
                  "truncated": _field(a, "truncated", n, 0.0),
@@ -98,11 +103,7 @@ def from_openpcdet_annos(annos: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     as in geossm's annotations); ``score`` and ``frame_id`` are kept when present."""
     out = []
     for i, a in enumerate(annos):
-        missing = [k for k in ("name", "bbox", "location", "dimensions", "rotation_y")
-                   if k not in a]
-        if missing:
-            raise ValueError(f"annos[{i}]: missing keys {missing} (expected OpenPCDet's "
-                             f"result.pkl fields)")
+        _require_camera_fields(a, i, "expected OpenPCDet's result.pkl fields")
         names = np.asarray(a["name"], dtype=str).reshape(-1)
         n = len(names)
         entry = {"name": names, "truncated": _field(a, "truncated", n, 0.0),
