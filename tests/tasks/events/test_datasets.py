@@ -247,3 +247,25 @@ def test_dvs_gesture_tonic_layout_reads_lazily(tmp_path, monkeypatch):
     got = ds.recordings[0]
     assert loads == ["r", None]
     assert np.array_equal(got["x"], a["x"]) and np.abs(got["t"] - a["t"]).max() <= 1
+
+
+def test_lazy_training_sample_keeps_the_augmentation_stream(nmnist_root):
+    """An augmented sample is the eager one: the recording read here, augmented and reduced with
+    the generator the dataset makes from (seed, index, call count, one torch draw)."""
+    import torch
+
+    from geossm.tasks.events.io import read_events
+
+    ds = NMNIST(nmnist_root, "train", limit=10, seed=7, representation="events", max_events=300,
+                augment=[{"name": "DropEvent", "max_rate": 0.3},
+                         {"name": "RandomAffine", "max_rotation": 10.0, "max_shift": 2}])
+    torch.manual_seed(3)
+    got = [ds[4], ds[4]]
+    torch.manual_seed(3)
+    for calls, sample in enumerate(got, start=1):
+        rng = np.random.default_rng([7, 4, calls, int(torch.randint(0, 2**31 - 1, ()).item())])
+        raw = {"events": read_events(ds.files[4], "nmnist").events,
+               "sensor_size": ds.sensor_size, "label": ds.labels[4]}
+        want = ds.preprocess(ds.augment(raw, rng), rng)
+        assert np.array_equal(sample["events"], want["events"]) and sample["label"] == 4
+    assert not np.array_equal(got[0]["events"], got[1]["events"])  # a fresh stream per call
