@@ -6,6 +6,11 @@ Every dataset yields one sample per recording as a dict: the recording in the re
 split applies the transforms of ``augment`` first (the test and validation splits never do, so
 one config serves every split), e.g. ``[{name: DropEvent, max_rate: 0.1}, {name: RandomAffine,
 max_rotation: 15, max_scale: 0.15, max_shift: 3}]``.
+
+Loading is lazy, as in tonic: construction indexes the files (and, for DVS128 Gesture's AEDAT
+recordings, the labelled gesture segments from the small label files), and ``__getitem__`` reads
+the one recording it needs, so full N-MNIST / DVS128 Gesture need no more memory than a sample.
+``cache_recordings=True`` keeps every decoded recording in memory after its first read.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from geossm.registry import DATASETS
 from geossm.transforms import Compose, build_transforms
@@ -27,14 +31,30 @@ from .io import EVENT_DTYPE, make_events, read_events
 from .transforms import EventPreprocess
 
 
+class _Recordings(Sequence):
+    """``dataset.recordings[i]``: recording ``i`` as ``(N,) EVENT_DTYPE``, read on access."""
+
+    def __init__(self, dataset: "EventClassificationDataset"):
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._dataset.recording(index)
+
+
 class EventClassificationDataset(torch.utils.data.Dataset):
-    """Base: a list of ``(events, label)`` recordings in memory -> samples (module docstring).
+    """Base: an index of recordings (``self.items``, one entry per sample, and ``self.labels``)
+    read one at a time by ``read_recording`` -> samples (module docstring).
 
     Args:
         training: apply ``augment`` (the subclasses set it for the ``"train"`` split only),
             default False.
         augment: transform specs (``geossm.transforms``), default none.
         seed: base seed of the augmentation stream, default 0.
+        cache_recordings: keep each decoded recording in memory after its first read, default
+            False (every ``__getitem__`` reads its file).
         **preprocess: ``EventPreprocess`` settings: ``representation`` (default ``"frames"``),
             ``n_time_bins`` (3), ``max_events`` (1024).
     """
@@ -43,13 +63,34 @@ class EventClassificationDataset(torch.utils.data.Dataset):
     num_classes: int
 
     def __init__(self, training: bool = False, augment: Sequence[Mapping[str, Any]] | None = None,
-                 seed: int = 0, **preprocess: Any):
+                 seed: int = 0, cache_recordings: bool = False, **preprocess: Any):
         self.preprocess = self.build_preprocess(preprocess)
         self.augment = build_transforms(augment) if training else Compose()
         self.seed = int(seed)
-        self.recordings: list[np.ndarray] = []
+        if not isinstance(cache_recordings, bool):
+            raise TypeError(f"cache_recordings: expected True or False, got "
+                            f"{cache_recordings!r}")
+        self._cache: dict[int, np.ndarray] | None = {} if cache_recordings else None
+        self.items: list[Any] = []
         self.labels: list[int] = []
         self._calls = 0
+
+    @property
+    def recordings(self) -> Sequence[np.ndarray]:
+        """The recordings as a sequence that reads each on access (nothing is held)."""
+        return _Recordings(self)
+
+    def read_recording(self, item: Any) -> np.ndarray:
+        """Recording ``(N,) EVENT_DTYPE`` (sorted by ``t``) of one entry of ``self.items``."""
+        raise NotImplementedError
+
+    def recording(self, index: int) -> np.ndarray:
+        """Recording ``index``, read now (or from the cache with ``cache_recordings``)."""
+        if self._cache is None:
+            return self.read_recording(self.items[index])
+        if index not in self._cache:
+            self._cache[index] = self.read_recording(self.items[index])
+        return self._cache[index]
 
     @classmethod
     def build_preprocess(cls, settings: Mapping[str, Any]) -> EventPreprocess:
@@ -58,7 +99,7 @@ class EventClassificationDataset(torch.utils.data.Dataset):
         return EventPreprocess(cls.sensor_size, **settings)
 
     def __len__(self) -> int:
-        return len(self.recordings)
+        return len(self.items)
 
     def _rng(self, index: int) -> np.random.Generator:
         # A fresh stream per call: DataLoader workers and epochs see different augmentations,
@@ -68,7 +109,7 @@ class EventClassificationDataset(torch.utils.data.Dataset):
                                       int(torch.randint(0, 2**31 - 1, ()).item())])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = {"events": self.recordings[index], "sensor_size": self.sensor_size,
+        sample = {"events": self.recording(index), "sensor_size": self.sensor_size,
                   "label": int(self.labels[index])}
         # augmented samples also draw their "events" subset from the stream (even stride else)
         rng = self._rng(index) if self.augment else None
@@ -91,8 +132,8 @@ class NMNIST(EventClassificationDataset):
 
     34 x 34 sensor, 10 classes, three saccades of about 100 ms each. ``split``: ``"train"``
     (``Train/``) or ``"test"`` (``Test/``; ``"val"`` reads it too, for configs that validate).
-    Recordings are read once into memory (about 20 kB each). ``augment`` applies to ``"train"``
-    only. Other arguments: see ``EventClassificationDataset``.
+    Each ``.bin`` file is read when its sample is (about 20 kB each). ``augment`` applies to
+    ``"train"`` only. Other arguments: see ``EventClassificationDataset``.
     """
 
     sensor_size = (34, 34, 2)
@@ -118,13 +159,14 @@ class NMNIST(EventClassificationDataset):
         if limit is not None:
             # An even share of every digit, so tiny subsets stay balanced.
             per = {d: [f for f in files if f[1] == d] for d in range(10)}
-            files = [f for i in range(int(limit)) for f in [per[i % 10][i // 10]]
+            # (a digit with fewer recordings than its share gives what it has)
+            files = [per[i % 10][i // 10] for i in range(int(limit))
                      if i // 10 < len(per[i % 10])]
         self.split, self.files = split, [f for f, _ in files]
-        for path, digit in tqdm(files, desc=f"NMNIST {split}", leave=False,
-                                disable=len(files) < 200):
-            self.recordings.append(read_events(path, "nmnist").events)
-            self.labels.append(digit)
+        self.items, self.labels = list(self.files), [digit for _, digit in files]
+
+    def read_recording(self, item: Path) -> np.ndarray:
+        return read_events(item, "nmnist").events
 
 
 @DATASETS.register
@@ -140,7 +182,9 @@ class DVSGesture(EventClassificationDataset):
         root/userNN_<lighting>_labels.csv                      # class,startTime_usec,endTime_usec
 
     One sample per labelled gesture (classes 1-11 -> labels 0-10), events with
-    ``start <= t < end``.
+    ``start <= t < end``. Construction reads the label files only; a sample reads its
+    ``.aedat`` file (the last one read is kept, so consecutive gestures of one trial read it
+    once).
 
     ``"tonic"``, tonic's preprocessed release (``ibmGestureTrain.tar.gz`` /
     ``ibmGestureTest.tar.gz``, gestures already cut out)::
@@ -172,6 +216,7 @@ class DVSGesture(EventClassificationDataset):
             layout = "tonic" if any((root / d).is_dir() for d in self._TONIC.values()) \
                 else "official"
         self.split, self.layout = split, layout
+        self._last_trial: tuple[Path | None, np.ndarray | None] = (None, None)
         if layout == "tonic":
             self._read_tonic(root / self._TONIC[split])
         else:
@@ -182,16 +227,25 @@ class DVSGesture(EventClassificationDataset):
             raise FileNotFoundError(f"DVSGesture: expected {listing} (official layout), or "
                                     f"{root}/ibmGestureTrain|ibmGestureTest (tonic's layout)")
         trials = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        for trial in tqdm(trials, desc=f"DVSGesture {self.split}", leave=False):
+        for trial in trials:
             path = root / trial
             labels = path.with_name(path.stem + "_labels.csv")
             if not labels.is_file():
                 raise FileNotFoundError(f"DVSGesture: labels file not found: {labels}")
-            ev = read_events(path, "aedat3").events
             for cls, start, end in self._label_rows(labels):
-                lo, hi = np.searchsorted(ev["t"], [start, end])
-                self.recordings.append(np.ascontiguousarray(ev[lo:hi]))
+                self.items.append(("aedat3", path, start, end))
                 self.labels.append(cls - 1)
+
+    def read_recording(self, item: tuple) -> np.ndarray:
+        if item[0] == "npy":
+            return self._read_npy(item[1])
+        _, path, start, end = item
+        if self._last_trial[0] != path:
+            # consecutive gestures of one trial (the usual order) read its file once
+            self._last_trial = (path, read_events(path, "aedat3").events)
+        ev = self._last_trial[1]
+        lo, hi = np.searchsorted(ev["t"], [start, end])
+        return ev[lo:hi].copy()  # a copy: the sample must not pin the whole trial
 
     def _label_rows(self, labels: Path) -> list[tuple[int, int, int]]:
         rows = []
@@ -216,23 +270,33 @@ class DVSGesture(EventClassificationDataset):
         files = sorted(folder.glob("*/*.npy"))
         if not files:
             raise FileNotFoundError(f"DVSGesture: no <user>/<label>.npy files under {folder}")
-        w, h, _ = self.sensor_size
-        for path in tqdm(files, desc=f"DVSGesture {self.split}", leave=False):
+        for path in files:
             if not path.stem.isdigit() or not 0 <= int(path.stem) < self.num_classes:
                 raise ValueError(f"{path}: expected a file named <label>.npy with label in "
                                  f"0..{self.num_classes - 1}")
-            arr = np.load(path, allow_pickle=False)
-            if arr.ndim != 2 or arr.shape[1] != 4:
-                raise ValueError(f"{path}: expected an (N, 4) array x, y, p, t, got shape "
-                                 f"{arr.shape}")
-            x, y = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
-            if len(arr) and (x.min() < 0 or y.min() < 0 or x.max() >= w or y.max() >= h):
-                raise ValueError(f"{path}: x, y outside the {w} x {h} sensor")
-            # tonic stores milliseconds (float); the library's convention is integer µs.
-            t = np.rint(arr[:, 3].astype(np.float64) * 1000.0).astype(np.int64)
-            ev = make_events(x, y, t, arr[:, 2])
-            self.recordings.append(ev[np.argsort(t, kind="stable")])
+            # the shape is in the .npy header: a memory map checks it without reading the data
+            self._check_shape(path, np.load(path, mmap_mode="r", allow_pickle=False))
+            self.items.append(("npy", path))
             self.labels.append(int(path.stem))
+
+    @staticmethod
+    def _check_shape(path: Path, arr: np.ndarray) -> None:
+        if arr.ndim != 2 or arr.shape[1] != 4:
+            raise ValueError(f"{path}: expected an (N, 4) array x, y, p, t, got shape "
+                             f"{arr.shape}")
+
+    def _read_npy(self, path: Path) -> np.ndarray:
+        w, h, _ = self.sensor_size
+        arr = np.load(path, allow_pickle=False)
+        self._check_shape(path, arr)
+        x, y = arr[:, 0].astype(np.int64), arr[:, 1].astype(np.int64)
+        if len(arr) and (x.min() < 0 or y.min() < 0 or x.max() >= w or y.max() >= h):
+            raise ValueError(f"{path}: x, y outside the {w} x {h} sensor")
+        # tonic stores milliseconds (float); the library's convention is integer µs.
+        t = np.rint(arr[:, 3].astype(np.float64) * 1000.0).astype(np.int64)
+        ev = make_events(x, y, t, arr[:, 2])
+        return ev[np.argsort(t, kind="stable")]
+
 
 
 __all__ = ["EventClassificationDataset", "NMNIST", "DVSGesture", "EVENT_DTYPE"]

@@ -6,20 +6,30 @@ sensor size to each transform's constructor; here the sample carries it (the dat
 so configs need not repeat it. Transforms follow ``geossm.transforms`` (``t(sample, rng=None)``)
 and are listed as ``augment: [{name: DropEvent, max_rate: 0.1}, {name: RandomAffine, ...}]``;
 the recognition datasets hand every transform of a sample one generator.
+
+The representations and slicers of ``geossm.serialization.events`` also come as tonic's classes
+(same names and arguments), called on the events alone: ``ToFrame(sensor_size,
+n_time_bins=3)(events)`` is ``to_frame(events, sensor_size, n_time_bins=3)``. They return an
+array or a list of windows, not a sample, so they are not in ``TRANSFORMS`` (the datasets'
+representation step is ``EventPreprocess``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from geossm.registry import TRANSFORMS
+from geossm.serialization import events as E
 from geossm.serialization.events import to_frame, to_voxel_grid
 from geossm.transforms import Sample, generator
 
-__all__ = ["DropEvent", "RandomAffine", "EventPreprocess", "REPRESENTATIONS"]
+__all__ = ["DropEvent", "RandomAffine", "EventPreprocess", "REPRESENTATIONS", "ToFrame",
+           "ToVoxelGrid", "ToTimesurface", "SliceByTime", "SliceByEventCount",
+           "SliceByTimeBins", "SliceByEventBins"]
 
 REPRESENTATIONS = ("frames", "voxel", "events")
 
@@ -169,3 +179,111 @@ class EventPreprocess:
         return (f"EventPreprocess(sensor_size={self.sensor_size}, representation="
                 f"{self.representation!r}, n_time_bins={self.n_time_bins}, "
                 f"max_events={self.max_events})")
+
+
+# ------------------------------------------- tonic's transform classes over events (docstring)
+
+@dataclass(frozen=True)
+class ToFrame:
+    """tonic's ``ToFrame``: ``to_frame(events, sensor_size, ...)``, counts ``(T, P, H, W)``
+    over the windows of exactly one of ``time_window`` (µs), ``event_count``, ``n_time_bins``,
+    ``n_event_bins``."""
+
+    sensor_size: tuple[int, int, int]
+    time_window: float | None = None
+    event_count: int | None = None
+    n_time_bins: int | None = None
+    n_event_bins: int | None = None
+    overlap: float = 0
+    include_incomplete: bool = False
+    start_time: float | None = None
+    end_time: float | None = None
+
+    def __call__(self, events):
+        return E.to_frame(events, self.sensor_size, time_window=self.time_window,
+                          event_count=self.event_count, n_time_bins=self.n_time_bins,
+                          n_event_bins=self.n_event_bins, overlap=self.overlap,
+                          include_incomplete=self.include_incomplete,
+                          start_time=self.start_time, end_time=self.end_time)
+
+
+@dataclass(frozen=True)
+class ToVoxelGrid:
+    """tonic's ``ToVoxelGrid``: ``to_voxel_grid(events, sensor_size, n_time_bins)``,
+    ``(n_time_bins, 1, H, W)`` (Zhu et al.'s ``B - 1`` time scaling, see the function)."""
+
+    sensor_size: tuple[int, int, int]
+    n_time_bins: int
+
+    def __call__(self, events):
+        return E.to_voxel_grid(events, self.sensor_size, self.n_time_bins)
+
+
+@dataclass(frozen=True)
+class ToTimesurface:
+    """tonic's ``ToTimesurface``: ``to_time_surface(events, sensor_size, dt, tau, overlap,
+    include_incomplete)``, ``(T, P, H, W)`` (``overlap`` and ``include_incomplete`` as tonic's
+    functional form; its class fixes them at 0 and False, the defaults here)."""
+
+    sensor_size: tuple[int, int, int]
+    dt: float
+    tau: float
+    overlap: float = 0
+    include_incomplete: bool = False
+
+    def __call__(self, events):
+        return E.to_time_surface(events, self.sensor_size, self.dt, self.tau, self.overlap,
+                                 self.include_incomplete)
+
+
+@dataclass(frozen=True)
+class SliceByTime:
+    """tonic's ``SliceByTime`` as a callable: ``slice_by_time(events, ...)``, a list of windows
+    of ``time_window`` µs."""
+
+    time_window: float
+    overlap: float = 0
+    include_incomplete: bool = False
+    start_time: float | None = None
+    end_time: float | None = None
+
+    def __call__(self, events) -> list:
+        return E.slice_by_time(events, self.time_window, self.overlap, self.include_incomplete,
+                               self.start_time, self.end_time)
+
+
+@dataclass(frozen=True)
+class SliceByEventCount:
+    """tonic's ``SliceByEventCount`` as a callable: ``slice_by_count(events, ...)``, a list of
+    windows of ``event_count`` events."""
+
+    event_count: int
+    overlap: int = 0
+    include_incomplete: bool = False
+
+    def __call__(self, events) -> list:
+        return E.slice_by_count(events, self.event_count, self.overlap, self.include_incomplete)
+
+
+@dataclass(frozen=True)
+class SliceByTimeBins:
+    """tonic's ``SliceByTimeBins`` as a callable: ``slice_by_time_bins(events, bin_count,
+    overlap)``, ``bin_count`` windows."""
+
+    bin_count: int
+    overlap: float = 0.0
+
+    def __call__(self, events) -> list:
+        return E.slice_by_time_bins(events, self.bin_count, self.overlap)
+
+
+@dataclass(frozen=True)
+class SliceByEventBins:
+    """tonic's ``SliceByEventBins`` as a callable: ``slice_by_event_bins(events, bin_count,
+    overlap)``, ``bin_count`` windows."""
+
+    bin_count: int
+    overlap: float = 0.0
+
+    def __call__(self, events) -> list:
+        return E.slice_by_event_bins(events, self.bin_count, self.overlap)

@@ -124,7 +124,7 @@ def test_dvs_gesture_errors(tmp_path):
         DVSGesture(tmp_path, "train")
     np.save(bad / "3.npy", np.array([[200.0, 0, 1, 0.5]]))
     with pytest.raises(ValueError, match="outside the 128 x 128 sensor"):
-        DVSGesture(tmp_path, "train")
+        DVSGesture(tmp_path, "train")[0]  # lazy: the events are checked when read
 
 
 def test_augment_rotation_and_scale_move_events(nmnist_root):
@@ -145,3 +145,127 @@ def test_augment_rotation_and_scale_move_events(nmnist_root):
     assert np.array_equal(still[:, 0], ref["x"]) and np.array_equal(still[:, 1], ref["y"])
     with pytest.raises(ValueError, match="max_scale: expected a number in"):
         NMNIST(nmnist_root, "train", limit=10, augment=[{"name": "RandomAffine", "max_scale": 1.5}])
+
+
+# ------------------------------------------------------------------ lazy loading (tonic-style)
+
+def _holds_arrays(value) -> bool:
+    """Whether ``value`` (an attribute of a dataset, walked into containers) holds an array."""
+    if isinstance(value, np.ndarray):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_arrays(v) for v in value)
+    return False
+
+
+def _count_reads(monkeypatch):
+    """Wrap the datasets' ``read_events``: the returned list collects the files read."""
+    import geossm.tasks.events.datasets as module
+
+    calls, real = [], module.read_events
+    monkeypatch.setattr(module, "read_events",
+                        lambda path, fmt=None: calls.append(path) or real(path, fmt))
+    return calls
+
+
+def test_nmnist_reads_each_recording_in_getitem(nmnist_root, monkeypatch):
+    """Construction lists the files only; ``ds[i]`` reads file i and equals the preprocessing of
+    the recording read here (the eager dataset's sample)."""
+    from geossm.tasks.events.io import read_events
+
+    calls = _count_reads(monkeypatch)
+    ds = NMNIST(nmnist_root, "test", limit=10, representation="events", max_events=256)
+    assert calls == [] and len(ds) == 10
+    assert not any(_holds_arrays(v) for v in vars(ds).values())
+    for i in (7, 2):
+        ref = read_events(ds.files[i], "nmnist").events
+        got = ds[i]
+        assert calls[-1] == ds.files[i]
+        want = ds.preprocess({"events": ref, "sensor_size": ds.sensor_size, "label": ds.labels[i]})
+        assert got.keys() == want.keys() and np.array_equal(got["events"], want["events"])
+        assert got["label"] == ds.labels[i] == int(ds.files[i].parent.name)
+    assert len(calls) == 2
+    ds[7]
+    assert len(calls) == 3  # no cache by default: read again
+
+
+def test_cache_recordings_reads_each_file_once(nmnist_root, monkeypatch):
+    calls = _count_reads(monkeypatch)
+    cached = NMNIST(nmnist_root, "test", limit=5, cache_recordings=True)
+    plain = NMNIST(nmnist_root, "test", limit=5)
+    first, again = cached[3], cached[3]
+    assert len(calls) == 1
+    assert np.array_equal(first["frames"], again["frames"])
+    assert np.array_equal(first["frames"], plain[3]["frames"])
+    with pytest.raises(TypeError, match="cache_recordings: expected True or False, got 'yes'"):
+        NMNIST(nmnist_root, "test", cache_recordings="yes")
+
+
+def test_dvs_gesture_official_layout_reads_trials_lazily(tmp_path, monkeypatch):
+    """Construction reads the label files only; a gesture is the slice ``start <= t < end`` of
+    its trial, read when the sample is (consecutive gestures of a trial: one read)."""
+    trials = {"user01_fluorescent": enc.random_events(4000, seed=4, width=128, height=128,
+                                                      span=3_000_000),
+              "user02_led": enc.random_events(2500, seed=5, width=128, height=128,
+                                              span=3_000_000)}
+    rows = [(3, 0, 900_000), (7, 1_000_000, 2_000_000), (11, 2_100_000, 3_000_000)]
+    for user, ev in trials.items():
+        (tmp_path / f"{user}.aedat").write_bytes(enc.aedat3(ev, per_packet=300))
+        with open(tmp_path / f"{user}_labels.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["class", "startTime_usec", "endTime_usec"], *rows])
+    (tmp_path / "trials_to_train.txt").write_text("user01_fluorescent.aedat\nuser02_led.aedat\n")
+    calls = _count_reads(monkeypatch)
+    ds = DVSGesture(tmp_path, "train", representation="events", max_events=100_000)
+    assert calls == [] and len(ds) == 6 and ds.labels == [2, 6, 10] * 2
+    assert not any(_holds_arrays(v) for v in vars(ds).values())
+    for i in range(len(ds)):
+        ev = trials[list(trials)[i // 3]]
+        _, start, end = rows[i % 3]
+        want = ev[(ev["t"] >= start) & (ev["t"] < end)]
+        got = ds.recordings[i]
+        for field in ("x", "y", "t", "p"):
+            assert np.array_equal(got[field], want[field]), (i, field)
+        sample = ds[i]["events"]
+        assert np.array_equal(sample[:, 2], want["t"] - want["t"][0])
+    assert len(calls) == 2  # each trial once: its three gestures are consecutive
+    ds[0]
+    assert len(calls) == 3
+
+
+def test_dvs_gesture_tonic_layout_reads_lazily(tmp_path, monkeypatch):
+    a = enc.random_events(400, seed=6, width=128, height=128, span=2_000_000)
+    _write_tonic_gesture(tmp_path, {("ibmGestureTrain", "user01_led"): {5: a}})
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *args, **kw: loads.append(kw.get("mmap_mode"))
+                        or real_load(*args, **kw))
+    ds = DVSGesture(tmp_path, "train")
+    assert loads == ["r"]  # the header only (a memory map, its shape checked)
+    assert not any(_holds_arrays(v) for v in vars(ds).values())
+    got = ds.recordings[0]
+    assert loads == ["r", None]
+    assert np.array_equal(got["x"], a["x"]) and np.abs(got["t"] - a["t"]).max() <= 1
+
+
+def test_lazy_training_sample_keeps_the_augmentation_stream(nmnist_root):
+    """An augmented sample is the eager one: the recording read here, augmented and reduced with
+    the generator the dataset makes from (seed, index, call count, one torch draw)."""
+    import torch
+
+    from geossm.tasks.events.io import read_events
+
+    ds = NMNIST(nmnist_root, "train", limit=10, seed=7, representation="events", max_events=300,
+                augment=[{"name": "DropEvent", "max_rate": 0.3},
+                         {"name": "RandomAffine", "max_rotation": 10.0, "max_shift": 2}])
+    torch.manual_seed(3)
+    got = [ds[4], ds[4]]
+    torch.manual_seed(3)
+    for calls, sample in enumerate(got, start=1):
+        rng = np.random.default_rng([7, 4, calls, int(torch.randint(0, 2**31 - 1, ()).item())])
+        raw = {"events": read_events(ds.files[4], "nmnist").events,
+               "sensor_size": ds.sensor_size, "label": ds.labels[4]}
+        want = ds.preprocess(ds.augment(raw, rng), rng)
+        assert np.array_equal(sample["events"], want["events"]) and sample["label"] == 4
+    assert not np.array_equal(got[0]["events"], got[1]["events"])  # a fresh stream per call
