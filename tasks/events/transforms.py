@@ -266,24 +266,26 @@ class SliceByEventCount:
 
 
 @dataclass(frozen=True)
-class SliceByTimeBins:
+class _SliceIntoBins:
+    """A slicer into ``bin_count`` windows: ``slicer(events, bin_count, overlap)``."""
+
+    bin_count: int
+    overlap: float = 0.0
+    slicer = None  # the serialization.events function, set by each subclass
+
+    def __call__(self, events) -> list:
+        return type(self).slicer(events, self.bin_count, self.overlap)
+
+
+class SliceByTimeBins(_SliceIntoBins):
     """tonic's ``SliceByTimeBins`` as a callable: ``slice_by_time_bins(events, bin_count,
-    overlap)``, ``bin_count`` windows."""
+    overlap)``, ``bin_count`` windows of equal duration."""
 
-    bin_count: int
-    overlap: float = 0.0
-
-    def __call__(self, events) -> list:
-        return E.slice_by_time_bins(events, self.bin_count, self.overlap)
+    slicer = staticmethod(E.slice_by_time_bins)
 
 
-@dataclass(frozen=True)
-class SliceByEventBins:
+class SliceByEventBins(_SliceIntoBins):
     """tonic's ``SliceByEventBins`` as a callable: ``slice_by_event_bins(events, bin_count,
-    overlap)``, ``bin_count`` windows."""
+    overlap)``, ``bin_count`` windows of equal event counts."""
 
-    bin_count: int
-    overlap: float = 0.0
-
-    def __call__(self, events) -> list:
-        return E.slice_by_event_bins(events, self.bin_count, self.overlap)
+    slicer = staticmethod(E.slice_by_event_bins)
