@@ -116,13 +116,23 @@ class EventClassificationDataset(torch.utils.data.Dataset):
         return self.preprocess(self.augment(sample, rng), rng)
 
 
+#: What each reader expects in ``data.root``, for the message of a missing folder.
+ROOT_LAYOUTS = {
+    "NMNIST": "Train/<digit>/*.bin and Test/<digit>/*.bin (the unpacked official archives)",
+    "DVSGesture": "trials_to_train.txt, trials_to_test.txt and user*_*.aedat with their "
+                  "_labels.csv (the unpacked DvsGesture.tar.gz), or tonic's ibmGestureTrain/ "
+                  "and ibmGestureTest/",
+}
+
+
 def _check_root(root: Any, cls: str) -> Path:
     if root is None:
         raise ValueError(f"{cls}: data.root is not set (the dataset folder in its official "
                          "layout)")
     root = Path(str(root)).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{cls}: data.root not found: {root}")
+        raise FileNotFoundError(f"{cls}: data.root not found: {root}; set data.root=PATH to "
+                                f"the folder holding {ROOT_LAYOUTS[cls]}")
     return root
 
 

@@ -269,3 +269,11 @@ def test_lazy_training_sample_keeps_the_augmentation_stream(nmnist_root):
         want = ds.preprocess(ds.augment(raw, rng), rng)
         assert np.array_equal(sample["events"], want["events"]) and sample["label"] == 4
     assert not np.array_equal(got[0]["events"], got[1]["events"])  # a fresh stream per call
+
+
+@pytest.mark.parametrize("cls, layout", [(NMNIST, r"Train/<digit>/\*\.bin"),
+                                         (DVSGesture, r"trials_to_train\.txt")])
+def test_missing_root_says_what_to_set(tmp_path, cls, layout):
+    with pytest.raises(FileNotFoundError, match=rf"set data\.root=PATH to the folder holding "
+                                                rf"{layout}"):
+        cls(tmp_path / "missing")

@@ -292,3 +292,12 @@ def test_shapenetpart_real_caps_full_resolution(shapenetpart_root):
     np.testing.assert_array_equal(s["full_label"], raw["label"])
     kept = np.asarray(s["inverse"][:, 0])
     assert kept.min() == 0 and kept.max() == 1023 and s["category"] == raw["category"]
+
+
+@pytest.mark.parametrize("name", ["ShapeNetPart", "S3DIS", "ModelNet40", "SemanticKITTI"])
+def test_missing_root_says_what_to_set(tmp_path, name):
+    from geossm.registry import DATASETS
+    from geossm.tasks.segmentation.datasets import ROOT_LAYOUTS
+    with pytest.raises(FileNotFoundError, match=r"set data\.root=PATH to the folder holding") as err:
+        DATASETS.get(name)(root=tmp_path / "missing")
+    assert ROOT_LAYOUTS[name] in str(err.value)
