@@ -74,12 +74,13 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _check_vector(name: str, value) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``value`` is a 1-D tensor."""
+def _check_tensor(name: str, value, ndim: int | None = None) -> None:
+    """Raise ``TypeError`` unless ``value`` is a tensor, ``ValueError`` unless it has ``ndim``
+    dims (None: any); ``geossm.serialization`` checks its arguments with it too."""
     if not isinstance(value, Tensor):
-        _fail("expected", "type", name, described=_describe(value))
-    if value.dim() != 1:
-        _fail("expected", "rank", name, shape=tuple(value.shape))
+        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(value)}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(value.shape)}")
 
 
 def cu_seqlens_from_lengths(lengths, name: str = "lengths") -> Tensor:
@@ -94,7 +95,7 @@ def cu_seqlens_from_lengths(lengths, name: str = "lengths") -> Tensor:
         name: what the lengths are, for the error message, default ``"lengths"``.
     """
     if isinstance(lengths, Tensor):
-        _check_vector(name, lengths)
+        _check_tensor(name, lengths, 1)
         if not _is_integer(lengths.dtype):
             raise TypeError(f"{name}: expected an integer tensor, got dtype {lengths.dtype}")
         counts = lengths.long()
@@ -134,7 +135,7 @@ def batch_to_cu_seqlens(batch: Tensor, num_segments: int | None = None) -> Tenso
     Raises ``ValueError`` for negative indices, indices ``>= num_segments`` and ``N >= 2^31``
     (int32 boundaries would wrap).
     """
-    _check_vector("batch", batch)
+    _check_tensor("batch", batch, 1)
     if not _is_integer(batch.dtype):
         raise TypeError(f"batch: expected an integer tensor, got dtype {batch.dtype}")
     check_int32_tokens(batch.numel(), "batch")

@@ -19,8 +19,8 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from geossm.packed import (SERIALIZATION, TOKENS, check_cu_seqlens, check_int32_tokens,
-                           cu_seqlens_to_batch)
+from geossm.packed import (SERIALIZATION, TOKENS, _check_tensor, _describe, check_cu_seqlens,
+                           check_int32_tokens, cu_seqlens_to_batch)
 
 __all__ = [
     "Serialization",
@@ -29,19 +29,6 @@ __all__ = [
     "insert_tokens",
     "InsertedTokens",
 ]
-
-
-def _describe(t) -> str:
-    if isinstance(t, Tensor):
-        return f"Tensor(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device})"
-    return f"{type(t).__name__} {t!r}"
-
-
-def _check_tensor(name: str, t, ndim: int | None = None) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(t)}")
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(t.shape)}")
 
 
 # eq=False: fields are tensors, so equality is identity (no ambiguous tensor bools).

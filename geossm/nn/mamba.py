@@ -264,6 +264,9 @@ _MAMBA_SSM_NAMES = {"conv_weight": "conv1d.weight", "conv_bias": "conv1d.bias"}
 _REQUIRED = ("in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight",
              "dt_proj.bias", "A_log", "D", "out_proj.weight")
 _OPTIONAL = ("conv1d.bias", "in_proj.bias", "out_proj.bias")
+_GEOSSM_NAMES = {v: k for k, v in _MAMBA_SSM_NAMES.items()}  # mamba_ssm key -> geossm key
+_GEOSSM_REQUIRED = [_GEOSSM_NAMES.get(k, k) for k in _REQUIRED]
+_GEOSSM_OPTIONAL = [_GEOSSM_NAMES.get(k, k) for k in _OPTIONAL]
 
 
 def _mamba_ssm_shape(geossm_key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -304,8 +307,7 @@ def from_mamba_ssm_state_dict(state_dict, prefix: str = "") -> dict[str, torch.T
     if conv.dim() != 3 or conv.shape[1] != 1:
         raise ValueError(f"mamba_ssm state dict: 'conv1d.weight' expected shape (E, 1, W) "
                          f"(a depthwise Conv1d), got {tuple(conv.shape)}")
-    geossm_names = {v: k for k, v in _MAMBA_SSM_NAMES.items()}
-    state = {geossm_names.get(k, k): v for k, v in own.items()}
+    state = {_GEOSSM_NAMES.get(k, k): v for k, v in own.items()}
     state["conv_weight"] = conv[:, 0, :]
     return state
 
@@ -315,13 +317,11 @@ def to_mamba_ssm_state_dict(state_dict, prefix: str = "") -> dict[str, torch.Ten
     inverse of ``from_mamba_ssm_state_dict``: ``conv_weight (E, W)`` → ``conv1d.weight
     (E, 1, W)``); ``prefix`` is put before every key. Raises ``ValueError`` on a missing or
     unknown key or a ``conv_weight`` that is not ``(E, W)``."""
-    geossm_required = [{v: k for k, v in _MAMBA_SSM_NAMES.items()}.get(k, k) for k in _REQUIRED]
-    geossm_optional = ["conv_bias", "in_proj.bias", "out_proj.bias"]
-    missing = [k for k in geossm_required if k not in state_dict]
-    unknown = sorted(k for k in state_dict if k not in geossm_required + geossm_optional)
+    missing = [k for k in _GEOSSM_REQUIRED if k not in state_dict]
+    unknown = sorted(k for k in state_dict if k not in _GEOSSM_REQUIRED + _GEOSSM_OPTIONAL)
     if missing or unknown:
-        raise ValueError(f"geossm Mamba state dict: expected the keys {geossm_required} "
-                         f"(+ {geossm_optional} if present); missing {missing}, "
+        raise ValueError(f"geossm Mamba state dict: expected the keys {_GEOSSM_REQUIRED} "
+                         f"(+ {_GEOSSM_OPTIONAL} if present); missing {missing}, "
                          f"unknown {unknown}")
     conv = state_dict["conv_weight"]
     if conv.dim() != 2:
