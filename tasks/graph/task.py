@@ -43,6 +43,7 @@ from geossm.registry import DATASETS, TASKS
 
 from .losses import WithInputL2
 from .metrics import Accuracy, AveragePrecision, RocAuc
+from .transforms import AddPositionalEncodings, normalize_rows
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
 
@@ -240,7 +241,7 @@ class _GraphTask(Task):
         if data.x.is_floating_point() or self.cfg.model.get("node_vocab") is None:
             data.x = data.x.float()
             if self.cfg.data.get("normalize_features"):
-                data.x = data.x / data.x.sum(1, keepdim=True).clamp_min(1e-12)
+                data.x = normalize_rows(data.x)
         else:
             data.x = data.x.long()
         data.edge_index = torch.as_tensor(np.asarray(fields["edge_index"])).long()
@@ -250,7 +251,6 @@ class _GraphTask(Task):
             data.y = torch.as_tensor(np.asarray(fields["y"]))
         pe = self.cfg.data.get("pe")
         if pe:
-            from .transforms import AddPositionalEncodings
             data = AddPositionalEncodings(**dict(to_container(pe)))(data)
         return data
 

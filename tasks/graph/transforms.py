@@ -14,7 +14,13 @@ from torch_geometric.transforms import BaseTransform
 from torch_geometric.utils import cumsum
 
 
-__all__ = ["AddPositionalEncodings", "add_positional_encodings", "batched_positional_encodings"]
+__all__ = ["AddPositionalEncodings", "add_positional_encodings", "batched_positional_encodings",
+           "normalize_rows"]
+
+
+def normalize_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every feature row divided by its sum (Planetoid practice; all-zero rows stay zero)."""
+    return x / x.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 class AddPositionalEncodings(BaseTransform):

@@ -21,13 +21,15 @@ def event_frames(events: np.ndarray, times: np.ndarray, sensor_size: Sequence[in
     exact up to 32,767 events of one polarity on one pixel within a window.
     """
     w, h = int(sensor_size[0]), int(sensor_size[1])
-    t = events["t"]
+    # Off-sensor events dropped once (order kept, so every window is still one slice).
+    events = events[(events["x"] >= 0) & (events["x"] < w) & (events["y"] >= 0)
+                    & (events["y"] < h)]
+    times = np.asarray(times)
+    lo = np.searchsorted(events["t"], times - window_us, side="right")
+    hi = np.searchsorted(events["t"], times, side="right")
     out = np.zeros((len(times), 2, h, w), np.float32)
-    for k, tk in enumerate(np.asarray(times)):
-        lo, hi = np.searchsorted(t, [tk - window_us, tk], side="right")
-        e = events[lo:hi]
-        e = e[(e["x"] >= 0) & (e["x"] < w) & (e["y"] >= 0) & (e["y"] < h)]
-        out[k] = to_frame(e, (w, h, 2), n_event_bins=1)[0]
+    for k in range(len(times)):
+        out[k] = to_frame(events[lo[k]:hi[k]], (w, h, 2), n_event_bins=1)[0]
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-from ..transforms import AddPositionalEncodings
+from ..transforms import AddPositionalEncodings, normalize_rows
 
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +64,7 @@ class NodeDataset(torch.utils.data.Dataset):
         self.split, self.split_index, self.num_splits = split, split_index, num_splits
         data.x = data.x.float()
         if normalize_features:
-            data.x = data.x / data.x.sum(1, keepdim=True).clamp_min(1e-12)
+            data.x = normalize_rows(data.x)
         data.y = data.y.long()
         if pe:
             data = AddPositionalEncodings(**dict(pe))(data)
