@@ -289,6 +289,20 @@ def _frame_overlaps(gt: Mapping[str, Any], dt: Mapping[str, Any], metric: str,
     return ov
 
 
+def _overlaps(gt_annos, dt_annos, metric: str, frame: str, use_dc: bool) -> tuple[list, list]:
+    """Per frame, the overlaps ``(D, K)`` of ``metric`` and the detections' overlaps with the
+    DontCare boxes ``(D, C)`` (``(D, 0)`` without ``use_dc``)."""
+    overlaps, dc_overlaps = [], []
+    for gt, dt in zip(gt_annos, dt_annos):
+        overlaps.append(_frame_overlaps(gt, dt, metric, frame))
+        dcb = np.asarray(gt["bbox"], dtype=np.float64).reshape(-1, 4)[
+            [str(n) == "DontCare" for n in gt["name"]]]
+        dbox = np.asarray(dt["bbox"], dtype=np.float64).reshape(-1, 4)
+        dc_overlaps.append(_box_overlap_over_first(dbox, dcb) if use_dc
+                           else np.zeros((len(dbox), 0)))
+    return overlaps, dc_overlaps
+
+
 def kitti_eval(gt_annos: Sequence[Mapping[str, Any]], dt_annos: Sequence[Mapping[str, Any]],
                classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
                metrics: Sequence[str] = ("bev", "3d"),
@@ -332,17 +346,14 @@ def kitti_eval(gt_annos: Sequence[Mapping[str, Any]], dt_annos: Sequence[Mapping
                          f"got {len(dt_annos)}")
     thr = dict(IOU_THRESHOLDS, **(iou_thresholds or {}))
     out: dict[str, float] = {}
+    frame_overlaps: dict[tuple[str, bool], tuple[list, list]] = {}  # bbox and aos share theirs
     for metric in metrics:
         image_metric = metric in ("bbox", "aos")
         use_dc = image_metric if dontcare_filter is None else bool(dontcare_filter)
-        overlaps, dc_overlaps = [], []
-        for gt, dt in zip(gt_annos, dt_annos):
-            overlaps.append(_frame_overlaps(gt, dt, metric, box_frame))
-            dcb = np.asarray(gt["bbox"], dtype=np.float64).reshape(-1, 4)[
-                [str(n) == "DontCare" for n in gt["name"]]]
-            dbox = np.asarray(dt["bbox"], dtype=np.float64).reshape(-1, 4)
-            dc_overlaps.append(_box_overlap_over_first(dbox, dcb) if use_dc
-                               else np.zeros((len(dbox), 0)))
+        key = ("bbox" if image_metric else metric, use_dc)
+        if key not in frame_overlaps:
+            frame_overlaps[key] = _overlaps(gt_annos, dt_annos, metric, box_frame, use_dc)
+        overlaps, dc_overlaps = frame_overlaps[key]
         for cls in classes:
             min_overlap = float(thr.get(cls, 0.5))
             for d, dname in enumerate(DIFFICULTIES):
