@@ -205,16 +205,16 @@ class GTSampling:
                 raise ValueError("GTSampling: no database; it is filled from the training frames "
                                  "of a detection dataset (list it in that dataset's augment)")
             if self.db_path is not None:
-                db = self.load(build_once(self.db_path, self._write_database), self.classes)
+                db = self.load(build_once(self.db_path, lambda tmp: self.save(tmp, self._build())),
+                               self.classes)
             else:
-                db = self.build((self.dataset.raw(i) for i in range(len(self.dataset))),
-                                self.classes)
+                db = self._build()
             self.db = {k: [o for o in v if len(o[1]) >= self.min_points] for k, v in db.items()}
         return self.db
 
-    def _write_database(self, tmp) -> None:
-        frames = (self.dataset.raw(i) for i in range(len(self.dataset)))
-        self.save(tmp, self.build(frames, self.classes))
+    def _build(self) -> dict[str, list]:
+        """The database of the attached dataset's raw frames (``build``)."""
+        return self.build((self.dataset.raw(i) for i in range(len(self.dataset))), self.classes)
 
     @staticmethod
     def save(path, db: Mapping[str, list]) -> None:
