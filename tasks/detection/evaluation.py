@@ -289,6 +289,20 @@ def _frame_overlaps(gt: Mapping[str, Any], dt: Mapping[str, Any], metric: str,
     return ov
 
 
+def _overlaps(gt_annos, dt_annos, metric: str, frame: str, use_dc: bool) -> tuple[list, list]:
+    """Per frame, the overlaps ``(D, K)`` of ``metric`` and the detections' overlaps with the
+    DontCare boxes ``(D, C)`` (``(D, 0)`` without ``use_dc``)."""
+    overlaps, dc_overlaps = [], []
+    for gt, dt in zip(gt_annos, dt_annos):
+        overlaps.append(_frame_overlaps(gt, dt, metric, frame))
+        dcb = np.asarray(gt["bbox"], dtype=np.float64).reshape(-1, 4)[
+            [str(n) == "DontCare" for n in gt["name"]]]
+        dbox = np.asarray(dt["bbox"], dtype=np.float64).reshape(-1, 4)
+        dc_overlaps.append(_box_overlap_over_first(dbox, dcb) if use_dc
+                           else np.zeros((len(dbox), 0)))
+    return overlaps, dc_overlaps
+
+
 def kitti_eval(gt_annos: Sequence[Mapping[str, Any]], dt_annos: Sequence[Mapping[str, Any]],
                classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
                metrics: Sequence[str] = ("bev", "3d"),
@@ -332,21 +346,21 @@ def kitti_eval(gt_annos: Sequence[Mapping[str, Any]], dt_annos: Sequence[Mapping
                          f"got {len(dt_annos)}")
     thr = dict(IOU_THRESHOLDS, **(iou_thresholds or {}))
     out: dict[str, float] = {}
+    frame_overlaps: dict[tuple[str, bool], tuple[list, list]] = {}  # bbox and aos share theirs
+    cleaned: dict[tuple[str, int], tuple[list, int]] = {}
     for metric in metrics:
         image_metric = metric in ("bbox", "aos")
         use_dc = image_metric if dontcare_filter is None else bool(dontcare_filter)
-        overlaps, dc_overlaps = [], []
-        for gt, dt in zip(gt_annos, dt_annos):
-            overlaps.append(_frame_overlaps(gt, dt, metric, box_frame))
-            dcb = np.asarray(gt["bbox"], dtype=np.float64).reshape(-1, 4)[
-                [str(n) == "DontCare" for n in gt["name"]]]
-            dbox = np.asarray(dt["bbox"], dtype=np.float64).reshape(-1, 4)
-            dc_overlaps.append(_box_overlap_over_first(dbox, dcb) if use_dc
-                               else np.zeros((len(dbox), 0)))
+        key = ("bbox" if image_metric else metric, use_dc)
+        if key not in frame_overlaps:
+            frame_overlaps[key] = _overlaps(gt_annos, dt_annos, metric, box_frame, use_dc)
+        overlaps, dc_overlaps = frame_overlaps[key]
         for cls in classes:
             min_overlap = float(thr.get(cls, 0.5))
             for d, dname in enumerate(DIFFICULTIES):
-                ap40, ap11 = _class_ap(gt_annos, dt_annos, overlaps, dc_overlaps, cls, d,
+                if (cls, d) not in cleaned:  # the flags do not depend on the metric
+                    cleaned[cls, d] = _clean_frames(gt_annos, dt_annos, cls, d)
+                ap40, ap11 = _class_ap(gt_annos, dt_annos, overlaps, dc_overlaps, cleaned[cls, d],
                                        min_overlap, orientation=metric == "aos")
                 if ap40 is None:
                     ap40 = ap11 = float(empty_ap)
@@ -361,18 +375,28 @@ def _alphas(anno: Mapping[str, Any], n: int, orientation: bool) -> np.ndarray:
     return np.asarray(anno["alpha"], dtype=np.float64).reshape(n)
 
 
-def _class_ap(gt_annos, dt_annos, overlaps, dc_overlaps, cls, d, min_overlap,
-              orientation: bool = False):
-    """``(AP_R40, AP_11)`` of ``cls`` at difficulty ``d`` in percent, ``(None, None)`` without
-    valid ground truth. ``orientation``: the AOS instead of the precision."""
-    frames, scores_all, num_valid = [], [], 0
+def _clean_frames(gt_annos, dt_annos, cls: str, d: int) -> tuple[list, int]:
+    """Per frame ``(ignored_gt, ignored_dt, scores)`` of ``cls`` at difficulty ``d``
+    (``clean_frame``), and the number of valid ground truths."""
+    flags, num_valid = [], 0
     for gt, dt in zip(gt_annos, dt_annos):
         ig, idt, _, nv = clean_frame(gt, dt, cls, d)
-        frames.append((ig, idt, np.asarray(dt["score"], dtype=np.float64).reshape(-1),
-                       _alphas(gt, len(ig), orientation), _alphas(dt, len(idt), orientation)))
+        flags.append((ig, idt, np.asarray(dt["score"], dtype=np.float64).reshape(-1)))
         num_valid += nv
+    return flags, num_valid
+
+
+def _class_ap(gt_annos, dt_annos, overlaps, dc_overlaps, cleaned, min_overlap,
+              orientation: bool = False):
+    """``(AP_R40, AP_11)`` in percent of the class and difficulty that ``cleaned``
+    (``_clean_frames``) flags, ``(None, None)`` without valid ground truth. ``orientation``: the
+    AOS instead of the precision."""
+    flags, num_valid = cleaned
     if num_valid == 0:
         return None, None
+    scores_all = []
+    frames = [(ig, idt, sc, _alphas(gt, len(ig), orientation), _alphas(dt, len(idt), orientation))
+              for (ig, idt, sc), gt, dt in zip(flags, gt_annos, dt_annos)]
     for (ig, idt, sc, ga, da), ov, dco in zip(frames, overlaps, dc_overlaps):
         s = _statistics(ov, ig, idt, dco, sc, ga, da, min_overlap, 0.0, False)[3]
         scores_all.append(s)

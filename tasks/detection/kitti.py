@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .boxes import limit_period
+
 __all__ = ["Calibration", "read_calib", "read_label", "write_label", "read_velodyne",
            "camera_to_lidar_boxes", "lidar_to_camera_boxes", "camera_box_corners",
            "camera_boxes_to_image_bbox", "boxes_to_image_bbox", "observation_angle",
@@ -223,7 +225,7 @@ def observation_angle(camera_boxes: np.ndarray) -> np.ndarray:
     the box seen from the camera, ``alpha = ry - atan2(x, z)``, wrapped into ``[-pi, pi)``."""
     b = np.asarray(camera_boxes, dtype=np.float64).reshape(-1, 7)
     alpha = b[:, 6] - np.arctan2(b[:, 0], b[:, 2])
-    return alpha - np.floor(alpha / (2 * np.pi) + 0.5) * 2 * np.pi
+    return limit_period(alpha, 0.5, 2 * np.pi)
 
 
 def write_label(path: str | os.PathLike, anno: dict[str, np.ndarray]) -> Path:

@@ -42,7 +42,7 @@ from .kitti import (Calibration, camera_boxes_to_image_bbox, camera_to_lidar_box
                     read_label, read_velodyne, write_label)
 from .losses import centerpoint_loss, centerpoint_targets
 from .models import BoxDecoder
-from .transforms import validate_frame
+from .transforms import points_in_range, validate_frame
 
 __all__ = ["DetectionTask", "KittiAPMetric", "detections_to_anno", "write_kitti_submission"]
 
@@ -217,8 +217,7 @@ class DetectionTask(Task):
         points = np.asarray(frame["points"]).astype(np.float32)
         gt = frame.get("gt_boxes")
         gt = np.zeros((0, 7), np.float32) if gt is None else np.asarray(gt, dtype=np.float32)
-        lo, hi = np.asarray(pcr[:3]), np.asarray(pcr[3:])
-        points = points[np.all((points[:, :3] >= lo) & (points[:, :3] < hi), 1)]
+        points = points[points_in_range(points, pcr)]
         return {"points": points, "gt_boxes": gt,
                 "gt_labels": np.zeros(len(gt), dtype=np.int64)}
 

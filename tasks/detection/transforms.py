@@ -22,7 +22,8 @@ from geossm.transforms import generator
 from .boxes import iou_bev, limit_period, points_in_boxes
 
 __all__ = ["GTSampling", "GlobalFlip", "GlobalRotation", "GlobalScaling", "ObjectNoise",
-           "RangeFilter", "ShufflePoints", "DetectionPreprocess", "validate_frame"]
+           "RangeFilter", "ShufflePoints", "points_in_range", "DetectionPreprocess",
+           "validate_frame"]
 
 
 def _rot_z(xy: np.ndarray, angle: float) -> np.ndarray:
@@ -112,6 +113,14 @@ class ObjectNoise:
         return s
 
 
+def points_in_range(points: np.ndarray, point_cloud_range: Sequence[float]) -> np.ndarray:
+    """Mask ``(N,)`` of the points ``(N, >=3)`` inside ``[x0, y0, z0, x1, y1, z1]`` (lower
+    bounds included, upper excluded)."""
+    r = np.asarray(point_cloud_range, dtype=np.float64)
+    xyz = np.asarray(points)[:, :3]
+    return np.all((xyz >= r[:3]) & (xyz < r[3:]), 1)
+
+
 @TRANSFORMS.register
 class RangeFilter:
     """Keep points inside ``point_cloud_range = [x0, y0, z0, x1, y1, z1]`` and boxes whose
@@ -125,9 +134,8 @@ class RangeFilter:
         self.r = r
 
     def __call__(self, s: dict, rng: np.random.Generator | None = None) -> dict:
-        p, r = s["points"], self.r
-        keep = np.all((p[:, :3] >= r[:3]) & (p[:, :3] < r[3:]), 1)
-        s["points"] = p[keep]
+        r = self.r
+        s["points"] = s["points"][points_in_range(s["points"], r)]
         b = s["gt_boxes"]
         kb = (b[:, 0] >= r[0]) & (b[:, 0] < r[3]) & (b[:, 1] >= r[1]) & (b[:, 1] < r[4])
         return _select_boxes(s, kb)
@@ -197,16 +205,16 @@ class GTSampling:
                 raise ValueError("GTSampling: no database; it is filled from the training frames "
                                  "of a detection dataset (list it in that dataset's augment)")
             if self.db_path is not None:
-                db = self.load(build_once(self.db_path, self._write_database), self.classes)
+                db = self.load(build_once(self.db_path, lambda tmp: self.save(tmp, self._build())),
+                               self.classes)
             else:
-                db = self.build((self.dataset.raw(i) for i in range(len(self.dataset))),
-                                self.classes)
+                db = self._build()
             self.db = {k: [o for o in v if len(o[1]) >= self.min_points] for k, v in db.items()}
         return self.db
 
-    def _write_database(self, tmp) -> None:
-        frames = (self.dataset.raw(i) for i in range(len(self.dataset)))
-        self.save(tmp, self.build(frames, self.classes))
+    def _build(self) -> dict[str, list]:
+        """The database of the attached dataset's raw frames (``build``)."""
+        return self.build((self.dataset.raw(i) for i in range(len(self.dataset))), self.classes)
 
     @staticmethod
     def save(path, db: Mapping[str, list]) -> None:
@@ -328,7 +336,7 @@ def validate_frame(sample: Mapping, *, source: str = "sample", in_channels: int 
         return
     r = np.asarray(point_cloud_range, dtype=np.float64)
     xyz = points[:, :3]
-    if not np.all((xyz >= r[:3]) & (xyz < r[3:]), 1).any():
+    if not points_in_range(xyz, r).any():
         extent = ", ".join(f"{axis} in [{lo:g}, {hi:g}]"
                            for axis, lo, hi in zip("xyz", xyz.min(0), xyz.max(0)))
         raise ValueError(f"{source}: points: expected points inside point_cloud_range "

@@ -64,9 +64,20 @@ def grid_pick(coord: np.ndarray, grid_size: float, k: int = 0) -> np.ndarray:
     Shapes: ``coord (N, 3)`` -> ``(number of occupied cells,) int64``."""
     if len(coord) == 0:
         return np.zeros(0, dtype=np.int64)
+    return _pick_in_cells(*_cell_ids(coord, grid_size), k)
+
+
+def _cell_ids(coord: np.ndarray, grid_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied cell of every point ``(N,)`` (numbered in sorted cell order) and the points
+    per occupied cell ``(number of occupied cells,)``. ``coord`` has at least one point."""
     _, cell_id, counts = np.unique(grid_cells(coord, grid_size), axis=0, return_inverse=True,
                                    return_counts=True)
-    by_cell = np.argsort(cell_id.reshape(-1), kind="stable")  # input order inside each cell
+    return cell_id.reshape(-1), counts
+
+
+def _pick_in_cells(cell_id: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """``grid_pick`` from the cells of ``_cell_ids``."""
+    by_cell = np.argsort(cell_id, kind="stable")  # input order inside each cell
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     return np.sort(by_cell[starts + k % counts])
 
@@ -341,11 +352,14 @@ class PointPreprocess:
         sample has per-point labels); see the class doc."""
         n = num_points(sample)
         tagged = {**sample, _SOURCE_INDEX: np.arange(n)}
+        coord = np.asarray(sample["coord"])
+        # the original points' grid cells, shared by every pass (computed once per sample)
+        cells = _cell_ids(coord, self.grid_size) if self.grid_size is not None and n else None
         passes, columns, offset = [], [], 0
         for vote in range(self.votes):
-            chosen = self._vote_points(tagged, index, vote)
+            chosen = self._vote_points(tagged, index, vote, cells)
             kept = chosen[_SOURCE_INDEX]
-            columns.append(self._inverse(np.asarray(sample["coord"]), kept) + offset)
+            columns.append(self._inverse(coord, kept, cells) + offset)
             offset += len(kept)
             passes.append(self.features(chosen))
         out = {k: (np.concatenate([p[k] for p in passes]) if isinstance(v, np.ndarray) else v)
@@ -357,27 +371,31 @@ class PointPreprocess:
             out["full_label"] = label.astype(np.int64).reshape(-1)
         return out
 
-    def _vote_points(self, sample: Sample, index: int, vote: int) -> Sample:
-        """Pass ``vote`` of the evaluation sampling (pass 0: ``sample_points``)."""
+    def _vote_points(self, sample: Sample, index: int, vote: int,
+                     cells: tuple[np.ndarray, np.ndarray] | None) -> Sample:
+        """Pass ``vote`` of the evaluation sampling (pass 0: ``sample_points``); ``cells``: the
+        ``_cell_ids`` of ``sample`` (None without grid sampling or points)."""
         if vote == 0:
             return self.sample_points(sample, np.random.default_rng(index), train=False)
         if self.grid_size is not None:
-            sample = select(sample, grid_pick(np.asarray(sample["coord"]), self.grid_size, vote))
+            sample = select(sample, grid_pick(np.asarray(sample["coord"]), self.grid_size, vote)
+                            if cells is None else _pick_in_cells(*cells, vote))
         rng = np.random.default_rng([index, vote])
         steps = [RandomSubsample(self.num_points)] if self.num_points is not None else []
         if self.normalize:
             steps.append(NormalizeCoord())
         return Compose(steps)(sample, rng)
 
-    def _inverse(self, coord: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    def _inverse(self, coord: np.ndarray, kept: np.ndarray,
+                 cells: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         """Row (in the kept points) standing for every original point: the kept point of its
-        grid cell, else (cell dropped by a subset) the nearest kept point.
+        grid cell (``cells``: the ``_cell_ids`` of ``coord``, None without grid sampling),
+        else (cell dropped by a subset) the nearest kept point.
 
         Shapes: ``coord (N, 3)``, ``kept (M,)`` original indices -> ``(N,) int64``."""
         inverse = np.full(len(coord), -1, dtype=np.int64)
-        if self.grid_size is not None and len(coord):
-            _, cell_id = np.unique(grid_cells(coord, self.grid_size), axis=0, return_inverse=True)
-            cell_id = cell_id.reshape(-1)
+        if cells is not None:
+            cell_id = cells[0]
             row_of_cell = np.full(cell_id.max() + 1, -1, dtype=np.int64)
             row_of_cell[cell_id[kept]] = np.arange(len(kept))
             inverse = row_of_cell[cell_id]
