@@ -373,6 +373,8 @@ class S3DIS(PointCloudDataset):
         if not self.rooms:
             raise FileNotFoundError(f"S3DIS: no room folders in {[str(root / f'Area_{a}') for a in areas]}")
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        #: Cache files this process has seen whole: later epochs skip the lock and the check.
+        self._cached_rooms: set[Path] = set()
 
     def num_items(self) -> int:
         return len(self.rooms)
@@ -384,8 +386,10 @@ class S3DIS(PointCloudDataset):
         cached = self.cache_dir / f"{room.parent.name}_{room.name}.npz"
         # Parsed by one of the processes (DataLoader workers, runs) that ask at once, written
         # whole; a file an older version wrote in place (maybe torn) is parsed again.
-        build_once(cached, lambda tmp: np.savez(tmp, **self._read_room(room)),
-                   valid=lambda path: is_whole_npz(path, self.ROOM_KEYS))
+        if cached not in self._cached_rooms:
+            build_once(cached, lambda tmp: np.savez(tmp, **self._read_room(room)),
+                       valid=lambda path: is_whole_npz(path, self.ROOM_KEYS))
+            self._cached_rooms.add(cached)
         with np.load(cached) as z:
             return {key: z[key] for key in self.ROOM_KEYS}
 
