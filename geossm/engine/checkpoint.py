@@ -74,6 +74,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return data
 
 
+def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any],
+                     path: str | os.PathLike) -> None:
+    """Load the ``model`` entry of a loaded ``checkpoint`` (read from ``path``) into ``model``,
+    strict, with any DDP ``module.`` prefix dropped; ``CheckpointError`` naming the first
+    mismatches when the weights do not fit the model."""
+    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise CheckpointError(f"checkpoint {path} does not fit model "
+                              f"{type(model).__name__}: {' '.join(lines[:3])[:400]}") from err
+
+
 def _load_error(path: Path, err: Exception) -> CheckpointError:
     """What ``torch.load(weights_only=True)``'s failure ``err`` means for the user.
 

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geossm.config import DEFAULTS, apply_overrides, find_config, load_config
 from geossm.engine import distributed as dist
-from geossm.engine.checkpoint import CheckpointError, load_checkpoint
+from geossm.engine.checkpoint import load_checkpoint, load_model_state
 from geossm.engine.task import Task, move_to
 from geossm.registry import TASKS, import_modules
 
@@ -77,13 +77,7 @@ def load_model(checkpoint: str | os.PathLike, *, config: str | os.PathLike | Non
         raise ValueError("config key 'task' is not set (the task class name)")
     task = TASKS.get(str(cfg.task))(cfg)
     model = task.build_model()
-    state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        lines = str(err).strip().splitlines()
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit model "
-                              f"{type(model).__name__}: {' '.join(lines[:3])[:400]}") from err
+    load_model_state(model, ckpt, checkpoint)
     target = dist.resolve_device(str(device) if device is not None else cfg.device)
     return model.to(target).eval(), task, cfg
 

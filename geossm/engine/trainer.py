@@ -48,7 +48,8 @@ from geossm.cache import main_process_first
 from geossm.config import save_config, to_container
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
-                                      save_checkpoint, seed_everything, set_rng_state)
+                                      load_model_state, save_checkpoint, seed_everything,
+                                      set_rng_state)
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
@@ -227,13 +228,7 @@ class Trainer:
     def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
         """Load model weights from a checkpoint (``weights_only``); returns the checkpoint."""
         ckpt = load_checkpoint(path, map_location="cpu")
-        state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as err:
-            lines = str(err).strip().splitlines()
-            raise CheckpointError(f"checkpoint {path} does not fit model "
-                                  f"{type(self.model).__name__}: {' '.join(lines[:3])[:400]}") from err
+        load_model_state(self.model, ckpt, path)
         return ckpt
 
     def _init_from(self, resume_path: Path | None) -> str | None:
