@@ -33,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 
 from geossm.config import to_container
-from geossm.engine.checkpoint import CheckpointError, load_checkpoint
+from geossm.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from geossm.engine.task import Task
 
 FORMATS = {"safetensors": ".safetensors", "torch-export": ".pt2"}
@@ -48,7 +48,8 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, Any
     weights loaded (strict) and in eval mode.
 
     Raises ``FileNotFoundError`` / ``CheckpointError`` (``load_checkpoint``'s), and
-    ``CheckpointError`` when the file holds no config (a plain state dict).
+    ``CheckpointError`` when the file holds no config (a plain state dict) or its weights do
+    not fit the model (``load_model_state``).
     """
     from geossm.registry import TASKS, import_modules
     ckpt = load_checkpoint(path)
@@ -59,8 +60,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, Any
     import_modules(list(cfg.get("imports") or []))
     task = TASKS.get(str(cfg.task))(cfg)
     model = task.build_model()
-    state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
-    model.load_state_dict(state)
+    load_model_state(model, ckpt, path)
     return model.eval(), cfg, task
 
 
