@@ -202,7 +202,5 @@ class Predictor:
         files = input_files(path, self.task.input_suffixes)
         for file in tqdm(files, desc="predict", unit="file", dynamic_ncols=True,
                          disable=None if progress is None else not progress):
-            sample = self.task.load_input(file)
-            written += self.task.write_prediction(sample, self.run(sample),
-                                                  prediction_path(file, output, root=path))
+            written += self.predict_file(file, prediction_path(file, output, root=path))
         return written
