@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from geossm.config import to_container
 from geossm.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from geossm.engine.task import Task
+from geossm.engine.task import Task, build_task
 
 FORMATS = {"safetensors": ".safetensors", "torch-export": ".pt2"}
 
@@ -51,14 +51,12 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, Any
     ``CheckpointError`` when the file holds no config (a plain state dict) or its weights do
     not fit the model (``load_model_state``).
     """
-    from geossm.registry import TASKS, import_modules
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"checkpoint {path}: holds no config (a plain state dict?); "
                               "export needs a checkpoint written by geossm train")
     cfg = OmegaConf.create(ckpt["config"])
-    import_modules(list(cfg.get("imports") or []))
-    task = TASKS.get(str(cfg.task))(cfg)
+    task = build_task(cfg)
     model = task.build_model()
     load_model_state(model, ckpt, path)
     return model.eval(), cfg, task

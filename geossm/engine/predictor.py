@@ -37,8 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from geossm.config import DEFAULTS, apply_overrides, find_config, load_config
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import load_checkpoint, load_model_state
-from geossm.engine.task import Task, move_to
-from geossm.registry import TASKS, import_modules
+from geossm.engine.task import Task, build_task, move_to
 
 __all__ = ["Predictor", "load", "load_model", "checkpoint_config", "prediction_path",
            "input_files"]
@@ -72,10 +71,7 @@ def load_model(checkpoint: str | os.PathLike, *, config: str | os.PathLike | Non
         cfg = load_config(find_config(config), overrides)
     else:
         cfg = checkpoint_config(ckpt, checkpoint, overrides)
-    import_modules(list(cfg.imports or []))
-    if not cfg.task:
-        raise ValueError("config key 'task' is not set (the task class name)")
-    task = TASKS.get(str(cfg.task))(cfg)
+    task = build_task(cfg)
     model = task.build_model()
     load_model_state(model, ckpt, checkpoint)
     target = dist.resolve_device(str(device) if device is not None else cfg.device)

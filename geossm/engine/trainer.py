@@ -54,8 +54,8 @@ from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
 from geossm.engine.optim import build_optimizer, build_scheduler, check_optimization_config
-from geossm.engine.task import Task, move_to
-from geossm.registry import TASKS, import_modules
+from geossm.engine.task import Task, build_task, move_to
+from geossm.registry import import_modules
 
 
 class ShardSampler(Sampler[int]):
@@ -151,10 +151,7 @@ class Trainer:
         seed_everything(int(cfg.seed))
         check_optimization_config(cfg.train)
         if task is None:
-            if not cfg.task:
-                raise ValueError("config key 'task' is not set (the task class name, e.g. "
-                                 "task: SegmentationTask)")
-            task = TASKS.get(str(cfg.task))(cfg)
+            task = build_task(cfg)
         self.task = task
         # Same seed on every rank above: identical initial weights; distinct streams below so
         # ranks do not draw identical augmentations / dropout masks.
