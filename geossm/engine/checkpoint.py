@@ -74,6 +74,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return data
 
 
+def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any],
+                     path: str | os.PathLike) -> None:
+    """Load the ``model`` entry of a loaded ``checkpoint`` (read from ``path``) into ``model``,
+    strict, with any DDP ``module.`` prefix dropped; ``CheckpointError`` naming the first
+    mismatches when the weights do not fit the model."""
+    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise CheckpointError(f"checkpoint {path} does not fit model "
+                              f"{type(model).__name__}: {' '.join(lines[:3])[:400]}") from err
+
+
 def _load_error(path: Path, err: Exception) -> CheckpointError:
     """What ``torch.load(weights_only=True)``'s failure ``err`` means for the user.
 
@@ -146,23 +160,34 @@ def _forbidden_globals(path: Path) -> list[str]:
 def _pickle_globals(stream: io.BytesIO) -> list[str] | None:
     """Globals one pickle of ``stream`` names (``GLOBAL`` and ``STACK_GLOBAL``), or None if no
     whole pickle starts at the stream's position."""
-    names, strings, memo = [], [], {}
+    # ``recent``: what the last two pushing opcodes pushed, a string or None (anything else);
+    # STACK_GLOBAL takes those two. ``memo``: the memoized values, by index, the same way (every
+    # MEMOIZE takes the next index, strings or not, as the unpickler's memo does).
+    names: list[str] = []
+    recent: list[str | None] = [None, None]
+    memo: dict[int, str | None] = {}
     try:
         for op, arg, _ in pickletools.genops(stream):
+            if op.name == "MEMOIZE":
+                memo[len(memo)] = recent[-1]
+                continue
+            if op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = recent[-1]
+                continue
+            pushed = None
             if op.name == "GLOBAL":
                 names.append(str(arg).replace(" ", "."))
             elif isinstance(arg, str) and "UNICODE" in op.name:
-                strings.append(arg)
-            elif op.name == "MEMOIZE" and strings:
-                memo[len(memo)] = strings[-1]
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
-                memo[int(arg)] = strings[-1]
-            elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
-                strings.append(memo[int(arg)])
+                pushed = arg
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                pushed = memo.get(int(arg))
             elif op.name == "STACK_GLOBAL":
-                names.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
-            if op.name == "STOP":
+                module, name = recent
+                names.append(f"{module}.{name}" if module is not None and name is not None
+                             else "?")
+            elif op.name == "STOP":
                 return names
+            recent = [recent[-1], pushed]
     except (ValueError, MemoryError, OverflowError, UnicodeDecodeError):
         return None
     return None  # the stream ended before STOP

@@ -33,8 +33,8 @@ import torch
 from omegaconf import OmegaConf
 
 from geossm.config import to_container
-from geossm.engine.checkpoint import CheckpointError, load_checkpoint
-from geossm.engine.task import Task
+from geossm.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from geossm.engine.task import Task, build_task
 
 FORMATS = {"safetensors": ".safetensors", "torch-export": ".pt2"}
 
@@ -48,19 +48,17 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, Any
     weights loaded (strict) and in eval mode.
 
     Raises ``FileNotFoundError`` / ``CheckpointError`` (``load_checkpoint``'s), and
-    ``CheckpointError`` when the file holds no config (a plain state dict).
+    ``CheckpointError`` when the file holds no config (a plain state dict) or its weights do
+    not fit the model (``load_model_state``).
     """
-    from geossm.registry import TASKS, import_modules
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"checkpoint {path}: holds no config (a plain state dict?); "
                               "export needs a checkpoint written by geossm train")
     cfg = OmegaConf.create(ckpt["config"])
-    import_modules(list(cfg.get("imports") or []))
-    task = TASKS.get(str(cfg.task))(cfg)
+    task = build_task(cfg)
     model = task.build_model()
-    state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
-    model.load_state_dict(state)
+    load_model_state(model, ckpt, path)
     return model.eval(), cfg, task
 
 

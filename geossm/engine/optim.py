@@ -48,7 +48,7 @@ from geossm.config import to_container
 from geossm.registry import Registry, RegistryError
 
 #: Learning-rate schedules by name: ``factory(total_steps, warmup_steps, steps_per_epoch,
-#: min_ratio, **options) -> factor(step)``.
+#: min_ratio, **options) -> factor(step)``; ``build_scheduler`` applies the warm-up before it.
 SCHEDULES = Registry("schedule")
 
 #: Optimisers given ``fused=True`` on CUDA (where their torch version has it) unless the config
@@ -95,10 +95,7 @@ def cosine_schedule(total_steps: int, warmup_steps: int, steps_per_epoch: int,
 def constant_schedule(total_steps: int, warmup_steps: int, steps_per_epoch: int,
                       min_ratio: float) -> Callable[[int], float]:
     """Warm-up, then the peak learning rate to the end."""
-    def factor(step: int) -> float:
-        warm = _warmup(step, warmup_steps)
-        return 1.0 if warm is None else warm
-    return factor
+    return lambda step: 1.0
 
 
 @SCHEDULES.register(name="multistep")
@@ -117,12 +114,7 @@ def multistep_schedule(total_steps: int, warmup_steps: int, steps_per_epoch: int
                          f"{list(milestones)}")
     gamma = float(gamma)
 
-    def factor(step: int) -> float:
-        warm = _warmup(step, warmup_steps)
-        if warm is not None:
-            return warm
-        return max(min_ratio, gamma ** bisect.bisect_right(bounds, step))
-    return factor
+    return lambda step: max(min_ratio, gamma ** bisect.bisect_right(bounds, step))
 
 
 @SCHEDULES.register(name="step")
@@ -132,10 +124,7 @@ def step_schedule(total_steps: int, warmup_steps: int, steps_per_epoch: int, min
     every = _epochs_to_steps(every_epochs, steps_per_epoch, "every_epochs")
     gamma = float(gamma)
 
-    def factor(step: int) -> float:
-        warm = _warmup(step, warmup_steps)
-        return max(min_ratio, gamma ** (step // every)) if warm is None else warm
-    return factor
+    return lambda step: max(min_ratio, gamma ** (step // every))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: Mapping[str, Any], epochs: int,
@@ -153,9 +142,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: Mapping[str, Any], 
     factor = SCHEDULES.build(_spec(train, "schedule", "cosine"), total_steps=total,
                              warmup_steps=warmup, steps_per_epoch=steps_per_epoch,
                              min_ratio=min_ratio)
+
+    def warmed(step: int) -> float:
+        # The warm-up comes first for every schedule (the schedules' factors are what follows).
+        warm = _warmup(step, warmup)
+        return factor(step) if warm is None else warm
+
     # A plain function (not a callable object): LambdaLR then stores no state for it, so
     # checkpoints look the same for every schedule.
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmed)
 
 
 # ----------------------------------------------------------------------------- optimiser

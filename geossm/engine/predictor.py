@@ -36,9 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from geossm.config import DEFAULTS, apply_overrides, find_config, load_config
 from geossm.engine import distributed as dist
-from geossm.engine.checkpoint import CheckpointError, load_checkpoint
-from geossm.engine.task import Task, move_to
-from geossm.registry import TASKS, import_modules
+from geossm.engine.checkpoint import load_checkpoint, load_model_state
+from geossm.engine.task import Task, build_task, move_to
 
 __all__ = ["Predictor", "load", "load_model", "checkpoint_config", "prediction_path",
            "input_files"]
@@ -72,18 +71,9 @@ def load_model(checkpoint: str | os.PathLike, *, config: str | os.PathLike | Non
         cfg = load_config(find_config(config), overrides)
     else:
         cfg = checkpoint_config(ckpt, checkpoint, overrides)
-    import_modules(list(cfg.imports or []))
-    if not cfg.task:
-        raise ValueError("config key 'task' is not set (the task class name)")
-    task = TASKS.get(str(cfg.task))(cfg)
+    task = build_task(cfg)
     model = task.build_model()
-    state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        lines = str(err).strip().splitlines()
-        raise CheckpointError(f"checkpoint {checkpoint} does not fit model "
-                              f"{type(model).__name__}: {' '.join(lines[:3])[:400]}") from err
+    load_model_state(model, ckpt, checkpoint)
     target = dist.resolve_device(str(device) if device is not None else cfg.device)
     return model.to(target).eval(), task, cfg
 
@@ -208,7 +198,5 @@ class Predictor:
         files = input_files(path, self.task.input_suffixes)
         for file in tqdm(files, desc="predict", unit="file", dynamic_ncols=True,
                          disable=None if progress is None else not progress):
-            sample = self.task.load_input(file)
-            written += self.task.write_prediction(sample, self.run(sample),
-                                                  prediction_path(file, output, root=path))
+            written += self.predict_file(file, prediction_path(file, output, root=path))
         return written

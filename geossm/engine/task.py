@@ -65,7 +65,7 @@ from omegaconf import DictConfig
 from geossm.config import to_container
 from geossm.engine.metrics import Metric, MetricCollection
 from geossm.packed import pack_collate
-from geossm.registry import DATASETS, MODELS
+from geossm.registry import DATASETS, MODELS, TASKS, import_modules
 
 
 def _check_npy_header_length(path: Path) -> None:
@@ -96,6 +96,16 @@ def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
         return obj.to(device)
     return obj
+
+
+def build_task(cfg: DictConfig) -> "Task":
+    """``TASKS[cfg.task](cfg)``, after importing the modules of ``cfg.imports`` (where a
+    project's own tasks and models register); ``ValueError`` when ``task`` is not set."""
+    import_modules(list(cfg.get("imports") or []))
+    if not cfg.get("task"):
+        raise ValueError("config key 'task' is not set (the task class name, e.g. "
+                         "task: SegmentationTask)")
+    return TASKS.get(str(cfg.task))(cfg)
 
 
 class Task:

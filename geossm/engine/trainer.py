@@ -48,13 +48,14 @@ from geossm.cache import main_process_first
 from geossm.config import save_config, to_container
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
-                                      save_checkpoint, seed_everything, set_rng_state)
+                                      load_model_state, save_checkpoint, seed_everything,
+                                      set_rng_state)
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
 from geossm.engine.optim import build_optimizer, build_scheduler, check_optimization_config
-from geossm.engine.task import Task, move_to
-from geossm.registry import TASKS, import_modules
+from geossm.engine.task import Task, build_task, move_to
+from geossm.registry import import_modules
 
 
 class ShardSampler(Sampler[int]):
@@ -150,10 +151,7 @@ class Trainer:
         seed_everything(int(cfg.seed))
         check_optimization_config(cfg.train)
         if task is None:
-            if not cfg.task:
-                raise ValueError("config key 'task' is not set (the task class name, e.g. "
-                                 "task: SegmentationTask)")
-            task = TASKS.get(str(cfg.task))(cfg)
+            task = build_task(cfg)
         self.task = task
         # Same seed on every rank above: identical initial weights; distinct streams below so
         # ranks do not draw identical augmentations / dropout masks.
@@ -227,13 +225,7 @@ class Trainer:
     def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
         """Load model weights from a checkpoint (``weights_only``); returns the checkpoint."""
         ckpt = load_checkpoint(path, map_location="cpu")
-        state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as err:
-            lines = str(err).strip().splitlines()
-            raise CheckpointError(f"checkpoint {path} does not fit model "
-                                  f"{type(self.model).__name__}: {' '.join(lines[:3])[:400]}") from err
+        load_model_state(self.model, ckpt, path)
         return ckpt
 
     def _init_from(self, resume_path: Path | None) -> str | None:

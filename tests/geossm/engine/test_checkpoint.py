@@ -130,3 +130,14 @@ def test_only_a_whole_pickle_with_forbidden_globals_is_refused_as_unsafe(tmp_pat
                                               r"torch\.nn\.modules\.linear\.Linear"):
         load_checkpoint(tmp_path / "module.pt")
     assert not evil.marker.exists()
+
+
+def test_pickle_scan_resolves_memoized_module_names():
+    """A protocol-4 pickle names a repeated module through the memo (BINGET): the scan counts
+    every MEMOIZE, so the second global reads collections.Counter, not a shifted string."""
+    import collections
+    import io
+
+    from geossm.engine.checkpoint import _pickle_globals
+    data = pickle.dumps({"a": collections.OrderedDict(), "b": collections.Counter()}, protocol=4)
+    assert _pickle_globals(io.BytesIO(data)) == ["collections.OrderedDict", "collections.Counter"]
