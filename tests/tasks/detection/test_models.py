@@ -28,7 +28,7 @@ def test_lion_example_runs_and_backpropagates():
 
 def test_lion_with_spconv_backend_equals_the_torch_backend():
     """``sparse_backend="spconv"`` (native algorithm on this CPU) gives the torch backend's
-    outputs and gradients with the same weights; two blocks so that voxel generation and the
+    outputs and gradients (fp32, the model's dtype) with the same weights; two blocks so that voxel generation and the
     z merge run between the convolutions."""
     from geossm.tasks.detection.sparse import spconv_available
 
@@ -41,20 +41,22 @@ def test_lion_with_spconv_backend_equals_the_torch_backend():
     runs = {}
     for backend in ("torch", "spconv"):
         torch.manual_seed(0)
-        model = LION(**kwargs, sparse_backend=backend).double()
+        model = LION(**kwargs, sparse_backend=backend)
         assert {m.backend for m in model.modules() if isinstance(m, SubMConv3d)} == {backend}
-        out = model(inputs["points"].double(), inputs["cu_seqlens"])
+        out = model(**inputs)
         (out["heatmap"].square().mean() + out["reg"].square().mean()).backward()
         grads = {n: p.grad for n, p in model.named_parameters() if n.endswith("conv.weight")
                  or n == "stem.weight"}
         runs[backend] = out, grads
     (out_t, grads_t), (out_s, grads_s) = runs["torch"], runs["spconv"]
     for key in ("heatmap", "reg"):
-        torch.testing.assert_close(out_s[key], out_t[key])
+        torch.testing.assert_close(out_s[key], out_t[key], rtol=1e-4, atol=1e-5)
     assert len(grads_t) == 3 and grads_t.keys() == grads_s.keys()
     for name in grads_t:
         assert grads_t[name].abs().max() > 0, name
-        torch.testing.assert_close(grads_s[name], grads_t[name], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads_s[name], grads_t[name], rtol=1e-4,
+                                   atol=1e-4 * float(grads_t[name].abs().max()),
+                                   msg=lambda m: f"{name}: {m}")
 
 
 def test_lion_sparse_backend_argument():
