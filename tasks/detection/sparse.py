@@ -274,17 +274,20 @@ def spconv_subm_conv(sp: SparseVoxels, weight: Tensor, kernel_size: int, algo: s
     if key not in sp.cache:
         sp.cache[key] = _spconv_rulebook(ops, sp, k, conv_algo, is_train)
     rules = sp.cache[key]
-    filters = weight.permute(2, 0, 1).reshape(cout, k, k, k, cin).contiguous()
-    features = sp.features.contiguous()
+    # under CUDA autocast spconv's custom_fwd casts both inputs to fp16 itself; casting the
+    # weight to bf16 features first would round it twice
+    dtype = (torch.float16 if sp.features.is_cuda and torch.is_autocast_enabled("cuda")
+             else sp.features.dtype)
+    filters = weight.permute(2, 0, 1).reshape(cout, k, k, k, cin).to(dtype).contiguous()
+    features = sp.features.to(dtype).contiguous()
     v = features.shape[0]
     if conv_algo.name == "Native":
         pairs, pairs_per_offset = rules
-        return functional.indice_subm_conv(features, filters.to(features.dtype), pairs,
-                                           pairs_per_offset, v, conv_algo)
+        return functional.indice_subm_conv(features, filters, pairs, pairs_per_offset, v,
+                                           conv_algo)
     pair_fwd, pair_bwd, mask_fwd, mask_bwd, order_fwd, order_bwd, masks = rules
-    return functional.implicit_gemm(features, filters.to(features.dtype), pair_fwd, pair_bwd,
-                                    mask_fwd, mask_bwd, order_fwd, order_bwd, v, masks,
-                                    is_train, True)
+    return functional.implicit_gemm(features, filters, pair_fwd, pair_bwd, mask_fwd, mask_bwd,
+                                    order_fwd, order_bwd, v, masks, is_train, True)
 
 
 def _spconv_rulebook(ops, sp: SparseVoxels, k: int, conv_algo, is_train: bool) -> tuple:

@@ -163,6 +163,31 @@ def test_spconv_training_step_updates_the_weight():
     torch.testing.assert_close(weights["spconv"], weights["torch"])
 
 
+def test_spconv_under_cuda_autocast_trains_close_to_fp32():
+    """On CUDA under the trainer's bf16 autocast spconv computes in fp16 (its own cast): the
+    gradients come back in fp32 and stay close to the fp32 torch path's."""
+    _skip_without_spconv()
+    if not torch.cuda.is_available():
+        reason = "no CUDA device: spconv's autocast path runs on the GPU test run"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    sp = _random_voxels(n=2000, shape=(20, 30, 40), c=32, device="cuda")
+    sp = sp.replace(sp.features.float())
+    conv = SubMConv3d(32, 32).cuda()
+    upstream = torch.randn(len(sp.indices), 32, device="cuda")
+    ref = _run(conv, sp, "torch", upstream)
+    conv.backend = "spconv"
+    conv.zero_grad(set_to_none=True)
+    feats = sp.features.clone().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = conv(sp.replace(feats)).features
+    assert out.dtype == torch.float16
+    (out.float() * upstream).sum().backward()
+    assert feats.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    for got, want in ((out.float(), ref[0]), (feats.grad, ref[1]), (conv.weight.grad, ref[2])):
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()))
+
+
 def test_spconv_backend_on_empty_voxels():
     _skip_without_spconv()
     empty = SparseVoxels(torch.zeros(0, 5), torch.zeros(0, 4, dtype=torch.long), (4, 4, 4), 2)
