@@ -246,12 +246,17 @@ def _check_backend(backend: str, argument: str) -> None:
         require_spconv(f"{argument}='spconv'")
 
 
-def _spconv_algo(name: str, device: torch.device):
+def _spconv_algo(name: str, kernel_size: int, device: torch.device):
     """spconv's ``ConvAlgo`` for ``name``: ``"auto"`` is spconv's own default, the masked
-    implicit GEMM on CUDA and the native gather-GEMM-scatter on the CPU (the only one there)."""
+    implicit GEMM on CUDA for kernels of at most 32 offsets, else the native
+    gather-GEMM-scatter (the only one on the CPU)."""
     algo = _import_spconv()[2]
     if name == "auto":
-        return algo.MaskImplicitGemm if device.type == "cuda" else algo.Native
+        implicit = device.type == "cuda" and kernel_size ** 3 <= 32
+        return algo.MaskImplicitGemm if implicit else algo.Native
+    if name == "mask_implicit_gemm" and device.type != "cuda":
+        raise ValueError(f"spconv_algo: 'mask_implicit_gemm' runs on CUDA only, got "
+                         f"{device.type} features (use 'native' or 'auto')")
     return {"native": algo.Native, "mask_implicit_gemm": algo.MaskImplicitGemm}[name]
 
 
@@ -268,7 +273,7 @@ def spconv_subm_conv(sp: SparseVoxels, weight: Tensor, kernel_size: int, algo: s
     """
     ops, functional, _ = _import_spconv()
     k, (_, cin, cout) = kernel_size, weight.shape
-    conv_algo = _spconv_algo(algo, sp.features.device)
+    conv_algo = _spconv_algo(algo, k, sp.features.device)
     is_train = torch.is_grad_enabled()
     key = ("spconv_subm", k, conv_algo.name, is_train)
     if key not in sp.cache:
@@ -322,8 +327,9 @@ class SubMConv3d(nn.Module):
         backend: ``"torch"`` (default), ``"spconv"`` (needs spconv; raises
             ``MissingDependencyError`` with the install line when it is missing) or ``"auto"``
             (spconv for CUDA inputs when installed, torch otherwise; decided per forward).
-        spconv_algo: ``"auto"`` (spconv's default: masked implicit GEMM on CUDA, native on the
-            CPU), ``"native"`` or ``"mask_implicit_gemm"`` (CUDA only).
+        spconv_algo: ``"auto"`` (spconv's default: masked implicit GEMM on CUDA for
+            ``k^3 <= 32``, else native, the only one on the CPU), ``"native"`` or
+            ``"mask_implicit_gemm"`` (CUDA only).
 
     Shapes: ``features (V, C_in) -> (V, C_out)``; weight ``(k^3, C_in, C_out)`` with z-major
     offsets for every backend (checkpoints load into either).

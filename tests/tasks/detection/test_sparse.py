@@ -188,10 +188,14 @@ def test_spconv_under_cuda_autocast_trains_close_to_fp32():
         torch.testing.assert_close(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()))
 
 
-def test_spconv_backend_on_empty_voxels():
+def test_spconv_backend_on_empty_voxels_and_a_cuda_only_algorithm():
     _skip_without_spconv()
     empty = SparseVoxels(torch.zeros(0, 5), torch.zeros(0, 4, dtype=torch.long), (4, 4, 4), 2)
     assert SubMConv3d(5, 3, backend="spconv")(empty).features.shape == (0, 3)
+    sp = _random_voxels()
+    with pytest.raises(ValueError, match="spconv_algo: 'mask_implicit_gemm' runs on CUDA only"):
+        SubMConv3d(5, 3, backend="spconv", spconv_algo="mask_implicit_gemm")(
+            sp.replace(sp.features.float()))
 
 
 def test_backend_selection_and_missing_spconv(monkeypatch):
