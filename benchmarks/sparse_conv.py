@@ -11,8 +11,9 @@ found) and each backend:
    ``rulebook_ms`` included) and with it cached (``cached_ms``).
 3. ``agreement``: fp32 forward + backward of the LION step from the same weights on every
    backend against the torch backend: the largest heatmap difference and the largest
-   difference of the conv weights' gradients (relative to their largest entry), so that a
-   run on the GPU also checks spconv's CUDA path.
+   difference of the conv weights' gradients (relative to their largest entry), and the
+   heatmap difference in eval mode under ``no_grad``, so that a run on the GPU also checks
+   spconv's CUDA paths (training and inference rulebooks).
 
 Backends: ``torch``, ``spconv`` (spconv's default algorithm: masked implicit GEMM on CUDA,
 native on the CPU) and ``spconv-native`` (CUDA only). Prints one JSON line per measurement
@@ -137,16 +138,23 @@ def lion_agreement(task, model, state, batch, backends, device) -> list[dict]:
         model.zero_grad(set_to_none=True)
         out = task.forward(model, batch)
         task.loss(out, batch)["loss"].backward()
-        runs[label] = out["heatmap"].detach().float(), conv_grads(model)
-    ref_heatmap, ref_grads = runs["torch"]
+        grads = conv_grads(model)
+        model.eval()
+        with torch.no_grad():  # inference builds spconv's forward-only rulebook
+            eval_heatmap = task.forward(model, batch)["heatmap"].float()
+        model.train()
+        runs[label] = out["heatmap"].detach().float(), grads, eval_heatmap
+    ref_heatmap, ref_grads, ref_eval = runs["torch"]
     rows = []
-    for label, (heatmap, grads) in runs.items():
+    for label, (heatmap, grads, eval_heatmap) in runs.items():
         if label == "torch":
             continue
         rel = max(float((grads[n] - g).abs().max() / g.abs().max().clamp_min(1e-30))
                   for n, g in ref_grads.items())
-        rows.append({"backend": label, "heatmap_max_abs_diff": float(
-            (heatmap - ref_heatmap).abs().max()), "conv_grad_max_rel_diff": rel})
+        rows.append({"backend": label,
+                     "heatmap_max_abs_diff": float((heatmap - ref_heatmap).abs().max()),
+                     "eval_heatmap_max_abs_diff": float((eval_heatmap - ref_eval).abs().max()),
+                     "conv_grad_max_rel_diff": rel})
     return rows
 
 

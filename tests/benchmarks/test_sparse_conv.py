@@ -39,6 +39,7 @@ def test_tiny_mode_measures_both_backends_and_their_agreement(tmp_path, capsys):
     agreement = [r for r in rows if r["bench"] == "agreement"]
     assert [r["backend"] for r in agreement] == ["spconv"]
     assert agreement[0]["heatmap_max_abs_diff"] < 1e-3
+    assert agreement[0]["eval_heatmap_max_abs_diff"] < 1e-3
     assert agreement[0]["conv_grad_max_rel_diff"] < 1e-3
 
 
