@@ -136,6 +136,8 @@ def lion_agreement(task, model, state, batch, backends, device) -> list[dict]:
         model.load_state_dict(state)
         set_backend(model, label, algo)
         model.zero_grad(set_to_none=True)
+        # Same random stream per backend: drop-path masks must match for the training rows.
+        torch.manual_seed(0)
         out = task.forward(model, batch)
         task.loss(out, batch)["loss"].backward()
         grads = conv_grads(model)
