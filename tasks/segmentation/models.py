@@ -34,9 +34,11 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from geossm.nn import CoordinateEncoding, PointPrompts, SerializedBlock
 from geossm.packed import cu_seqlens_from_lengths
 from geossm.registry import MODELS
-from geossm.serialization import (ORDERS, Serialization, encode, fit_depth, grid_coordinates,
-                                  serialize_grid, serialized_pooling)
+from geossm.serialization import (ORDERS, Serialization, fit_depth, grid_coordinates, pool_grid,
+                                  serialize_grid)
+from geossm.serialization.traceable import tracing
 
+from .traceable import knn_op
 __all__ = ["PCM_ORDERS", "SIZES", "knn", "KNNEmbedding", "PCMEncoder", "PointCloudMambaSeg",
            "PointCloudMambaCls"]
 
@@ -65,6 +67,8 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
             or cu_seqlens.numel() < 2):
         got = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
         raise ValueError(f"cu_seqlens must have shape (B+1,) with B >= 1, got {got}")
+    if tracing():  # torch.export: the values are symbolic; the shapes above are checked
+        return
     if int(cu_seqlens[-1]) != coord.shape[0] or int(cu_seqlens[0]) != 0:
         raise ValueError(f"cu_seqlens must start at 0 and end at N={coord.shape[0]}, got "
                          f"{int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
@@ -115,6 +119,8 @@ def knn(coord: torch.Tensor, cu_seqlens: torch.Tensor, k: int,
         raise ValueError("knn method='kdtree' runs on the CPU; use 'brute' (or 'auto') for CUDA tensors")
     if max_elements is None:
         max_elements = 2 ** 28 if coord.is_cuda else 2 ** 24
+    if tracing():
+        return knn_op(coord, cu_seqlens, k, max_elements, method)
     out = torch.empty(coord.shape[0], k, dtype=torch.long, device=coord.device)
     bounds = cu_seqlens.tolist()
     pts_all = coord.float()
@@ -247,12 +253,7 @@ class _Level:
     def pool(self, levels: int) -> "_Level":
         # Pooling along z: coarsening z codes is a shift (no decode); the parents come out
         # z-serialized, so that order is free at the next level.
-        levels = max(0, min(levels, self.depth - 1))
-        if levels == 0:
-            raise ValueError(f"cannot pool further: the grid has depth {self.depth} (too few "
-                             "cells for another stage; lower grid_size or use fewer stages)")
-        code = encode(self.grid, "z", self.batch, self.depth)
-        pooling = serialized_pooling(code, "z", self.depth, levels, self.num_samples)
+        pooling = pool_grid(self.grid, self.batch, self.depth, levels, self.num_samples)
         coord = pooling.pool(self.coord, "mean")
         return _Level(pooling.grid_coord, pooling.batch, pooling.depth, self.num_samples,
                       coord, pooling)
@@ -374,7 +375,8 @@ class PCMEncoder(nn.Module):
         lo = coord.new_full((num_samples, 3), float("inf")).scatter_reduce(
             0, batch[:, None].expand(-1, 3), coord, "amin", include_self=True)
         grid = grid_coordinates(coord - lo[batch], self.grid_size)
-        level = _Level(grid, batch, fit_depth(grid), num_samples,
+        # under torch.export the depth is known at run time only (serialization.traceable)
+        level = _Level(grid, batch, None if tracing() else fit_depth(grid), num_samples,
                        _sample_normalised(coord, batch, num_samples))
         x = self.embed(coord, feat.to(coord.dtype), cu_seqlens.to(torch.int64), batch)
         feats, levels = [], []
