@@ -1,0 +1,275 @@
+"""Triton kernels of the Mamba-2 SSD over packed segments (forward).
+
+Four launches, the chunked algorithm of ``ssd_scan_torch.ssd_scan_chunked``:
+
+1. ``_chunk_state_kernel`` (chunk, head): step sizes, within-chunk cumulative log-decay and the
+   chunk's contribution to the end state of its last token's segment (one ``tl.dot``).
+2. ``_state_passing_kernel`` (head, state block): walks the chunks in order and records the
+   state entering every chunk; the carry is zeroed where a segment starts, so no state crosses
+   a boundary.
+3. ``_chunk_scan_kernel`` (chunk, head, channel block): the masked ``(Q, Q)`` intra-chunk matmul
+   plus the entering (or initial) state, skip ``D`` and gate ``z``.
+4. ``_final_state_kernel`` (segment, head): the state after each segment's last token.
+
+Segments may start anywhere in a chunk: every mask compares per-token segment ids. Work and
+state are float32; the matmuls take 16-bit operands for 16-bit inputs (tensor cores) and exact
+float32 (``input_precision="ieee"``) for float32 inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .ssd_scan_torch import reversal_index, segment_tokens
+
+#: Tokens per chunk.
+CHUNK = 64
+
+
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr, DTYPE: tl.constexpr):
+    """``a @ b`` accumulated in float32; operands cast to ``DTYPE`` unless ``IEEE``."""
+    if IEEE:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a.to(DTYPE), b.to(DTYPE))
+    return out
+
+
+@triton.jit
+def _softplus(v):
+    return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+
+
+@triton.jit
+def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_ptr,
+                        step_ptr, cum_ptr, states_ptr, decay_ptr, fresh_ptr,
+                        T, H, P, G, N, heads_per_group,
+                        HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // heads_per_group
+    q = tl.arange(0, Q)
+    t = c * Q + q
+    valid = t < T
+    step = tl.load(dt_ptr + t * H + h, mask=valid, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        step += tl.load(bias_ptr + h)
+    if SOFTPLUS:
+        step = _softplus(step)
+    step = tl.where(valid, step, 0.0)
+    log_decay = step * tl.load(A_ptr + h)
+    cum = tl.cumsum(log_decay, 0)
+    tl.store(step_ptr + t * H + h, step)
+    tl.store(cum_ptr + t * H + h, cum)
+
+    last_t = tl.minimum(c * Q + Q, T) - 1
+    seg_last = tl.load(seg_ptr + last_t)
+    start_last = tl.load(start_ptr + last_t)
+    first = tl.maximum(start_last - c * Q, 0)
+    cum_before_last = tl.sum(tl.where(q < first, log_decay, 0.0), 0)
+    cum_last = tl.sum(log_decay, 0)
+    decay = tl.exp(cum_last - cum_before_last)
+    carries = start_last < c * Q
+    tl.store(decay_ptr + c * H + h, tl.where(carries, decay, 0.0))
+    tl.store(fresh_ptr + c * H + h, tl.where(carries, 0.0, decay))
+
+    seg = tl.load(seg_ptr + t, mask=valid, other=-1)
+    weight = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf"))) * step
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    x = tl.load(x_ptr + t[:, None] * (H * P) + h * P + p[None, :],
+                mask=valid[:, None] & (p[None, :] < P), other=0.0)
+    B = tl.load(B_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+                mask=valid[:, None] & (n[None, :] < N), other=0.0)
+    xw = x.to(tl.float32) * weight[:, None]
+    state = _mm(tl.trans(xw), B, IEEE, x_ptr.dtype.element_ty)
+    tl.store(states_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :], state,
+             mask=(p[:, None] < P) & (n[None, :] < N))
+
+
+@triton.jit
+def _state_passing_kernel(states_ptr, decay_ptr, fresh_ptr, init_ptr, seg_ptr, entering_ptr,
+                          T, H, PN, num_chunks,
+                          HAS_INIT: tl.constexpr, Q: tl.constexpr, BLOCK: tl.constexpr):
+    h = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < PN
+    state = tl.zeros((BLOCK,), dtype=tl.float32)
+    for c in range(0, num_chunks):
+        base = (c * H + h) * PN
+        tl.store(entering_ptr + base + offs, state, mask=inside)
+        contribution = tl.load(states_ptr + base + offs, mask=inside, other=0.0)
+        state = tl.load(decay_ptr + c * H + h) * state + contribution
+        if HAS_INIT:
+            seg_last = tl.load(seg_ptr + tl.minimum(c * Q + Q, T) - 1)
+            init = tl.load(init_ptr + (seg_last * H + h) * PN + offs, mask=inside, other=0.0)
+            state += tl.load(fresh_ptr + c * H + h) * init
+
+
+@triton.jit
+def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_ptr, step_ptr,
+                       cum_ptr, entering_ptr, init_ptr, out_ptr,
+                       T, H, P, G, N, heads_per_group,
+                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+                       Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                       IEEE: tl.constexpr):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    g = h // heads_per_group
+    q = tl.arange(0, Q)
+    n = tl.arange(0, BLOCK_N)
+    t = c * Q + q
+    valid = t < T
+    DTYPE = x_ptr.dtype.element_ty
+    step = tl.load(step_ptr + t * H + h)
+    cum = tl.load(cum_ptr + t * H + h)
+    seg = tl.load(seg_ptr + t, mask=valid, other=-1)
+    start = tl.load(start_ptr + t, mask=valid, other=T)
+    B = tl.load(B_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+                mask=valid[:, None] & (n[None, :] < N), other=0.0)
+    C = tl.load(C_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+                mask=valid[:, None] & (n[None, :] < N), other=0.0)
+    x_mask = valid[:, None] & (p[None, :] < P)
+    x = tl.load(x_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask, other=0.0)
+
+    scores = _mm(C, tl.trans(B), IEEE, DTYPE)
+    same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
+    weight = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf"))) * step[None, :]
+    y = _mm(scores * weight, x, IEEE, DTYPE)
+
+    state_mask = (p[:, None] < P) & (n[None, :] < N)
+    entering = tl.load(entering_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :],
+                       mask=state_mask, other=0.0)
+    began_before = start < c * Q
+    y += tl.where(began_before, tl.exp(cum), 0.0)[:, None] * _mm(C, tl.trans(entering), IEEE,
+                                                                 DTYPE)
+    if HAS_INIT:
+        # Segments that start inside this chunk begin from their initial state.
+        log_decay = step * tl.load(A_ptr + h)
+        first = tl.maximum(start - c * Q, 0)
+        cum_before = tl.sum(tl.where(q[None, :] < first[:, None], log_decay[None, :], 0.0), 1)
+        decay = tl.exp(cum - cum_before)
+        seg_first = tl.load(seg_ptr + c * Q)
+        seg_end = tl.load(seg_ptr + tl.minimum(c * Q + Q, T) - 1)
+        for s in range(seg_first, seg_end + 1):
+            rows = (seg == s) & (start >= c * Q)
+            init = tl.load(init_ptr + ((s * H + h) * P + p[:, None]) * N + n[None, :],
+                           mask=state_mask, other=0.0)
+            y += tl.where(rows, decay, 0.0)[:, None] * _mm(C, tl.trans(init), IEEE, DTYPE)
+    if HAS_D:
+        y += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * x.to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask,
+                    other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_ptr + t[:, None] * (H * P) + h * P + p[None, :], y.to(DTYPE), mask=x_mask)
+
+
+@triton.jit
+def _final_state_kernel(x_ptr, B_ptr, A_ptr, cu_ptr, step_ptr, cum_ptr, entering_ptr, init_ptr,
+                        final_ptr, H, P, G, N, heads_per_group,
+                        HAS_INIT: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                        BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // heads_per_group
+    start = tl.load(cu_ptr + s)
+    end = tl.load(cu_ptr + s + 1)
+    nonempty = end > start
+    last = tl.maximum(end - 1, 0)
+    c = last // Q
+    q = tl.arange(0, Q)
+    t = c * Q + q
+    mine = (t >= start) & (t < end)
+    step = tl.load(step_ptr + t * H + h)
+    cum = tl.load(cum_ptr + t * H + h)
+    cum_last = tl.load(cum_ptr + last * H + h)
+    weight = tl.exp(tl.where(mine, cum_last - cum, float("-inf"))) * step
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    x = tl.load(x_ptr + t[:, None] * (H * P) + h * P + p[None, :],
+                mask=mine[:, None] & (p[None, :] < P), other=0.0)
+    B = tl.load(B_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+                mask=mine[:, None] & (n[None, :] < N), other=0.0)
+    state = _mm(tl.trans(x.to(tl.float32) * weight[:, None]), B, IEEE, x_ptr.dtype.element_ty)
+    state_mask = (p[:, None] < P) & (n[None, :] < N)
+    state_offs = (h * P + p[:, None]) * N + n[None, :]
+    carried = (start < c * Q) & nonempty
+    entering = tl.load(entering_ptr + c * H * P * N + state_offs, mask=state_mask, other=0.0)
+    state += tl.where(carried, tl.exp(cum_last), 0.0) * entering
+    if HAS_INIT:
+        first = tl.minimum(start, last)
+        cum_before = (tl.load(cum_ptr + first * H + h)
+                      - tl.load(step_ptr + first * H + h) * tl.load(A_ptr + h))
+        coefficient = tl.where(nonempty, tl.where(carried, 0.0, tl.exp(cum_last - cum_before)),
+                               1.0)
+        init = tl.load(init_ptr + s * H * P * N + state_offs, mask=state_mask, other=0.0)
+        state += coefficient * init
+    tl.store(final_ptr + s * H * P * N + state_offs, state, mask=state_mask)
+
+
+def _block(size: int) -> int:
+    """Power-of-two tile at least 16 wide (``tl.dot``'s minimum)."""
+    return max(16, triton.next_power_of_2(size))
+
+
+def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus,
+                 reverse):
+    """Forward on canonical tensors; returns ``(out like x, final (S, H, P, N) float32)``."""
+    T, H, P = x.shape
+    G, N = B.shape[1], B.shape[2]
+    S = cu_seqlens.shape[0] - 1
+    device = x.device
+    if T == 0:
+        final = (initial_states.clone() if initial_states is not None
+                 else torch.zeros(S, H, P, N, device=device, dtype=torch.float32))
+        return torch.zeros_like(x), final
+    if reverse:
+        # The reversed scan is the forward scan of every segment read back to front.
+        flip = reversal_index(cu_seqlens, T)
+        out, final = ssd_scan_fwd(x[flip], dt[flip], A, B[flip], C[flip], D,
+                                  None if z is None else z[flip], dt_bias, cu_seqlens,
+                                  initial_states, dt_softplus, False)
+        return out[flip], final
+    seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
+    Q = CHUNK
+    K = triton.cdiv(T, Q)
+    f32 = dict(device=device, dtype=torch.float32)
+    step = torch.zeros(K * Q, H, **f32)
+    cum = torch.zeros(K * Q, H, **f32)
+    states = torch.empty(K, H, P, N, **f32)
+    decay = torch.empty(K, H, **f32)
+    fresh = torch.empty(K, H, **f32)
+    entering = torch.empty(K, H, P, N, **f32)
+    out = torch.empty_like(x)
+    final = torch.empty(S, H, P, N, **f32)
+    ieee = x.dtype == torch.float32
+    BLOCK_P, BLOCK_N = _block(P), _block(N)
+    dummy = step  # stands in for absent optional tensors (never read)
+    init = initial_states if initial_states is not None else dummy
+    _chunk_state_kernel[(K, H)](
+        x, dt, A, B, dt_bias if dt_bias is not None else dummy, seg, seg_start,
+        step, cum, states, decay, fresh, T, H, P, G, N, H // G,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
+        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
+    block = min(1024, triton.next_power_of_2(P * N))
+    _state_passing_kernel[(H, triton.cdiv(P * N, block))](
+        states, decay, fresh, init, seg, entering, T, H, P * N, K,
+        HAS_INIT=initial_states is not None, Q=Q, BLOCK=block)
+    scan_block_p = min(BLOCK_P, 64)
+    _chunk_scan_kernel[(K, H, triton.cdiv(P, scan_block_p))](
+        x, z if z is not None else x, B, C, D if D is not None else dummy, A, seg, seg_start,
+        step, cum, entering, init, out, T, H, P, G, N, H // G,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=initial_states is not None, Q=Q,
+        BLOCK_P=scan_block_p, BLOCK_N=BLOCK_N, IEEE=ieee)
+    if S > 0:
+        _final_state_kernel[(S, H)](
+            x, B, A, cu_seqlens, step, cum, entering, init, final, H, P, G, N, H // G,
+            HAS_INIT=initial_states is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+            IEEE=ieee)
+    return out, final
