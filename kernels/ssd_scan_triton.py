@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from geossm._compat import triton_interpret
+
 from .ssd_scan_torch import reversal_index, segment_tokens
 
 #: Tokens per chunk.
@@ -248,7 +250,9 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
     entering = torch.empty(K, H, P, N, **f32)
     out = torch.empty_like(x)
     final = torch.empty(S, H, P, N, **f32)
-    ieee = x.dtype == torch.float32
+    # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bfloat16), so
+    # there the bfloat16 matmuls run in float32; on a GPU they use the tensor cores.
+    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
     BLOCK_P, BLOCK_N = _block(P), _block(N)
     dummy = step  # stands in for absent optional tensors (never read)
     init = initial_states if initial_states is not None else dummy
