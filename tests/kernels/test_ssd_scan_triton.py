@@ -1,0 +1,76 @@
+"""Triton SSD kernels: the heavy cases of test_ssd_scan.py and GPU-only checks.
+
+On CPU these run in Triton's interpreter only where tiny (chunk-boundary cases); the long,
+many-segment and 16-bit tensor-core cases need CUDA and skip with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geossm import _compat
+from geossm.kernels import ssd_scan
+from geossm.kernels.ssd_scan_triton import CHUNK
+
+from .conftest import device_under_test
+from .test_ssd_scan import LENGTHS, assert_close, make_inputs, rel_err, run, short_lengths
+
+DEVICE = device_under_test()
+HAS_TRITON = _compat.has_triton() and (DEVICE == "cuda" or _compat.triton_interpret())
+needs_triton = pytest.mark.skipif(not HAS_TRITON,
+                                  reason="triton not installed / not interpretable")
+needs_cuda = pytest.mark.skipif(DEVICE != "cuda" or not HAS_TRITON,
+                                reason="needs a CUDA GPU with triton (CPU runs use the "
+                                       "interpreter on tiny cases only)")
+
+
+@needs_triton
+@pytest.mark.parametrize("lengths", [[CHUNK - 1, 2], [CHUNK, CHUNK], [CHUNK + 1, 0, 3],
+                                     [5, 2 * CHUNK - 3]],
+                         ids=["end_minus_1", "exact", "plus_1", "spans_two"])
+def test_segments_around_chunk_boundaries(lengths):
+    """Segments that start or end at, before or after a chunk edge keep their own state."""
+    inputs, cu = make_inputs(lengths, heads=2, head_dim=4, groups=1, state=4)
+    want = run("exact", inputs, cu)
+    assert_close(run("triton", inputs, cu), want, 1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("case", ["len63", "len1000", "mixed", "across_chunks", "S500_short"])
+def test_heavy_cases_match_reference(case, reverse):
+    lengths = short_lengths() if case == "S500_short" else LENGTHS[case]
+    inputs, cu = make_inputs(lengths)
+    assert_close(run("triton", inputs, cu, reverse=reverse),
+                 run("exact", inputs, cu, reverse=reverse), 1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
+                         ids=["bf16", "fp16"])
+@pytest.mark.parametrize("state", [64, 128])
+def test_tensor_core_sizes_in_half_precision(dtype, tol, state):
+    """Mamba-2 sizes (heads of 64 channels, N = 64 / 128) on mixed lengths, 16-bit inputs."""
+    lengths = [0, 700, 1, 64, 300, 0, 5] + short_lengths(50)
+    inputs, cu = make_inputs(lengths, heads=2, head_dim=64, groups=1, state=state, dtype=dtype)
+    assert_close(run("triton", inputs, cu), run("exact", inputs, cu), tol)
+
+
+@needs_cuda
+def test_long_segment_matches_chunked_backend():
+    """100k tokens in one segment: the Triton forward equals the chunked torch form."""
+    inputs, cu = make_inputs([100_000], heads=2, head_dim=64, groups=1, state=64, init=False)
+    args = {k: v.detach() for k, v in inputs.items() if v is not None}
+    got = ssd_scan(**args, cu_seqlens=cu, dt_softplus=True, backend="triton")
+    want = ssd_scan(**args, cu_seqlens=cu, dt_softplus=True, backend="chunked")
+    assert rel_err(got, want) <= 1e-4
+
+
+@needs_cuda
+def test_forward_is_deterministic():
+    inputs, cu = make_inputs([3000, 17, 900], heads=2, head_dim=64, groups=1, state=64)
+    args = {k: v.detach() for k, v in inputs.items() if v is not None}
+    first = ssd_scan(**args, cu_seqlens=cu, dt_softplus=True, backend="triton")
+    second = ssd_scan(**args, cu_seqlens=cu, dt_softplus=True, backend="triton")
+    assert torch.equal(first, second)
