@@ -3,8 +3,9 @@
 One public function validates and canonicalises its inputs, then dispatches to a backend:
 ``reference`` (sequential, autograd; float64 for float64 inputs), ``chunked`` (the vectorised
 chunked form in torch, autograd; the CPU backend) or ``triton`` (GPU kernels). The Triton
-forward runs behind the custom op ``geossm::ssd_scan`` (with a fake implementation); its
-backward recomputes the chunked torch form under autograd.
+forward runs behind the custom op ``geossm::ssd_scan`` (with a fake implementation). Its backward
+runs in Triton when there are no initial states and no final states are asked for (the Mamba-2
+layers); otherwise it recomputes the chunked torch form under autograd.
 """
 
 from __future__ import annotations
@@ -28,18 +29,24 @@ BACKENDS = ("reference", "chunked", "triton")
 def _ssd_scan_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                  dt_bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
-                 initial_states: Optional[torch.Tensor], dt_softplus: bool, reverse: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton forward; returns ``(out like x, final_states (S, H, P, N) float32)``."""
-    triton_module = importlib.import_module("geossm.kernels.ssd_scan_triton")
-    return triton_module.ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens,
-                                      initial_states, dt_softplus, reverse)
+                 initial_states: Optional[torch.Tensor], dt_softplus: bool, reverse: bool,
+                 final_states: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward; returns ``(out like x, final_states (S, H, P, N) float32)``, the
+    latter empty ``(0,)`` unless ``final_states``."""
+    return _triton().ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states,
+                                  dt_softplus, reverse, final_states)
+
+
+def _triton():
+    return importlib.import_module("geossm.kernels.ssd_scan_triton")
 
 
 @_ssd_scan_op.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus, reverse):
+def _(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus, reverse,
+      final_states):
     S = cu_seqlens.shape[0] - 1
-    final = x.new_empty((S, x.shape[1], x.shape[2], B.shape[2]), dtype=torch.float32)
+    shape = (S, x.shape[1], x.shape[2], B.shape[2]) if final_states else (0,)
+    final = x.new_empty(shape, dtype=torch.float32)
     return torch.empty_like(x), final
 
 
@@ -47,15 +54,27 @@ _GRAD_INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
 
 
 def _setup_context(ctx, inputs, output):
-    (x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus, reverse) = inputs
+    (x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus, reverse,
+     final_states) = inputs
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states)
-    ctx.flags = (dt_softplus, reverse)
+    ctx.flags = (dt_softplus, reverse, final_states)
 
 
 def _backward(ctx, dout, dfinal):
-    """Recompute the chunked torch form with autograd and pull the output gradients back."""
     x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states = ctx.saved_tensors
-    dt_softplus, reverse = ctx.flags
+    dt_softplus, reverse, final_states = ctx.flags
+    if initial_states is None and not final_states:
+        grads = _triton().ssd_scan_bwd(dout.contiguous(), x, dt, A, B, C, D, z, dt_bias,
+                                       cu_seqlens, dt_softplus, reverse)
+        dx, ddt, dA, dB, dC, dD, dz, dbias = grads
+        return dx, ddt, dA, dB, dC, dD, dz, dbias, None, None, None, None, None
+    return _recomputed_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states,
+                                dt_softplus, reverse, dout, dfinal if final_states else None)
+
+
+def _recomputed_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states,
+                         dt_softplus, reverse, dout, dfinal):
+    """Recompute the chunked torch form with autograd and pull the output gradients back."""
     present = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     with torch.enable_grad():
         leaves = [None if v is None else v.detach().requires_grad_() for v in present]
@@ -75,7 +94,7 @@ def _backward(ctx, dout, dfinal):
             grad = torch.zeros_like(leaf)
         result.append(grad)
     dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = result
-    return dx, ddt, dA, dB, dC, dD, dz, dbias, None, dinit, None, None
+    return dx, ddt, dA, dB, dC, dD, dz, dbias, None, dinit, None, None, None
 
 
 _ssd_scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -202,7 +221,7 @@ def ssd_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, cu
         out, final = torch.ops.geossm.ssd_scan(
             args["x"], args["dt"], args["A"], args["B"], args["C"], args["D"], args["z"],
             args["dt_bias"], args["cu_seqlens"], args["initial_states"], bool(dt_softplus),
-            bool(reverse))
+            bool(reverse), bool(return_final_states))
     if dense_shape is not None:
         out = out.reshape(dense_shape)
     return (out, final) if return_final_states else out

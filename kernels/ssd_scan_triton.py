@@ -1,6 +1,6 @@
-"""Triton kernels of the Mamba-2 SSD over packed segments (forward).
+"""Triton kernels of the Mamba-2 SSD over packed segments (forward and backward).
 
-Four launches, the chunked algorithm of ``ssd_scan_torch.ssd_scan_chunked``:
+Forward: four launches, the chunked algorithm of ``ssd_scan_torch.ssd_scan_chunked``:
 
 1. ``_chunk_state_kernel`` (chunk, head): step sizes, within-chunk cumulative log-decay and the
    chunk's contribution to the end state of its last token's segment (one ``tl.dot``).
@@ -10,6 +10,10 @@ Four launches, the chunked algorithm of ``ssd_scan_torch.ssd_scan_chunked``:
 3. ``_chunk_scan_kernel`` (chunk, head, channel block): the masked ``(Q, Q)`` intra-chunk matmul
    plus the entering (or initial) state, skip ``D`` and gate ``z``.
 4. ``_final_state_kernel`` (segment, head): the state after each segment's last token.
+
+Backward (no initial states, no final-state gradient): launches 1-2 again, then the gradient of
+every chunk's entering state, a reversed state pass, and one kernel per (chunk, head) for
+``dx, dz, dB, dC, ddt`` and per-chunk partial sums of ``dA, dD``.
 
 Segments may start anywhere in a chunk: every mask compares per-token segment ids. Work and
 state are float32; the matmuls take 16-bit operands for 16-bit inputs (tensor cores) and exact
@@ -221,22 +225,27 @@ def _block(size: int) -> int:
 
 
 def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus,
-                 reverse):
-    """Forward on canonical tensors; returns ``(out like x, final (S, H, P, N) float32)``."""
+                 reverse, final_states=True):
+    """Forward on canonical tensors; returns ``(out like x, final (S, H, P, N) float32)``
+    (``final`` empty ``(0,)`` unless ``final_states``)."""
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
     S = cu_seqlens.shape[0] - 1
     device = x.device
+    if not final_states:
+        final = torch.zeros(0, device=device, dtype=torch.float32)
+    elif initial_states is not None:
+        final = initial_states.clone()
+    else:
+        final = torch.zeros(S, H, P, N, device=device, dtype=torch.float32)
     if T == 0:
-        final = (initial_states.clone() if initial_states is not None
-                 else torch.zeros(S, H, P, N, device=device, dtype=torch.float32))
         return torch.zeros_like(x), final
     if reverse:
         # The reversed scan is the forward scan of every segment read back to front.
         flip = reversal_index(cu_seqlens, T)
         out, final = ssd_scan_fwd(x[flip], dt[flip], A, B[flip], C[flip], D,
                                   None if z is None else z[flip], dt_bias, cu_seqlens,
-                                  initial_states, dt_softplus, False)
+                                  initial_states, dt_softplus, False, final_states)
         return out[flip], final
     seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
     Q = CHUNK
@@ -249,7 +258,6 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
     fresh = torch.empty(K, H, **f32)
     entering = torch.empty(K, H, P, N, **f32)
     out = torch.empty_like(x)
-    final = torch.empty(S, H, P, N, **f32)
     # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bfloat16), so
     # there the bfloat16 matmuls run in float32; on a GPU they use the tensor cores.
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
@@ -271,9 +279,245 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
         step, cum, entering, init, out, T, H, P, G, N, H // G,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=initial_states is not None, Q=Q,
         BLOCK_P=scan_block_p, BLOCK_N=BLOCK_N, IEEE=ieee)
-    if S > 0:
+    if final_states and S > 0:
         _final_state_kernel[(S, H)](
             x, B, A, cu_seqlens, step, cum, entering, init, final, H, P, G, N, H // G,
             HAS_INIT=initial_states is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
             IEEE=ieee)
     return out, final
+
+
+# ------------------------------------------------------------------------------- backward
+#
+# Without initial states and without a gradient of the final states (what the Mamba-2 layers
+# use), the backward runs in Triton. With ``cum`` the within-chunk cumulative log-decay, every
+# decay factor is ``exp`` of a difference of ``cum`` values, so each kernel accumulates
+# ``dcum`` per token and the step sizes get ``ds = direct + A * (reverse cumsum of dcum)``.
+
+
+@triton.jit
+def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr,
+                          T, H, P, G, N, heads_per_group,
+                          HAS_Z: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                          BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    """Gradient of each chunk's outputs w.r.t. its entering state: sum_i e^cum_i dy_i C_i^T."""
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // heads_per_group
+    q = tl.arange(0, Q)
+    t = c * Q + q
+    valid = t < T
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    x_mask = valid[:, None] & (p[None, :] < P)
+    dy = tl.load(dout_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask,
+                 other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask,
+                    other=0.0).to(tl.float32)
+        dy *= z * tl.sigmoid(z)
+    cum = tl.load(cum_ptr + t * H + h)
+    start = tl.load(start_ptr + t, mask=valid, other=T)
+    weight = tl.where(start < c * Q, tl.exp(cum), 0.0)
+    C = tl.load(C_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+                mask=valid[:, None] & (n[None, :] < N), other=0.0)
+    local = _mm(tl.trans(dy * weight[:, None]), C, IEEE, C_ptr.dtype.element_ty)
+    tl.store(dlocal_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :], local,
+             mask=(p[:, None] < P) & (n[None, :] < N))
+
+
+@triton.jit
+def _state_passing_bwd_kernel(dlocal_ptr, decay_ptr, entering_ptr, dstates_ptr, ddecay_ptr,
+                              H, PN, num_chunks, num_blocks, BLOCK: tl.constexpr):
+    """Walk the chunks backwards: dS_c = dE_{c+1}; dE_c = local_c + decay_c dE_{c+1}."""
+    h = tl.program_id(0)
+    block = tl.program_id(1)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < PN
+    grad = tl.zeros((BLOCK,), dtype=tl.float32)
+    for step in range(0, num_chunks):
+        c = num_chunks - 1 - step
+        base = (c * H + h) * PN
+        tl.store(dstates_ptr + base + offs, grad, mask=inside)
+        entering = tl.load(entering_ptr + base + offs, mask=inside, other=0.0)
+        tl.store(ddecay_ptr + (c * H + h) * num_blocks + block, tl.sum(grad * entering, 0))
+        local = tl.load(dlocal_ptr + base + offs, mask=inside, other=0.0)
+        grad = local + tl.load(decay_ptr + c * H + h) * grad
+
+
+@triton.jit
+def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
+                      seg_ptr, start_ptr, step_ptr, cum_ptr, entering_ptr, dstates_ptr,
+                      decay_ptr, ddecay_ptr,
+                      dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dA_ptr, dD_ptr,
+                      T, H, P, G, N, heads_per_group, num_blocks,
+                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, IEEE: tl.constexpr):
+    c = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // heads_per_group
+    DTYPE = x_ptr.dtype.element_ty
+    q = tl.arange(0, Q)
+    t = c * Q + q
+    valid = t < T
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    x_offs = t[:, None] * (H * P) + h * P + p[None, :]
+    x_mask = valid[:, None] & (p[None, :] < P)
+    bc_offs = t[:, None] * (G * N) + g * N + n[None, :]
+    bc_mask = valid[:, None] & (n[None, :] < N)
+    state_offs = ((c * H + h) * P + p[:, None]) * N + n[None, :]
+    state_mask = (p[:, None] < P) & (n[None, :] < N)
+
+    x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+    B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
+    C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+    dout = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+    step = tl.load(step_ptr + t * H + h)
+    cum = tl.load(cum_ptr + t * H + h)
+    seg = tl.load(seg_ptr + t, mask=valid, other=-1)
+    start = tl.load(start_ptr + t, mask=valid, other=T)
+    A = tl.load(A_ptr + h)
+    entering = tl.load(entering_ptr + state_offs, mask=state_mask, other=0.0)
+    dstate = tl.load(dstates_ptr + state_offs, mask=state_mask, other=0.0)
+
+    # Intra-chunk matrix M_ij = (C_i.B_j) exp(cum_i - cum_j) step_j on i >= j, same segment.
+    scores = _mm(C, tl.trans(B), IEEE, DTYPE)
+    same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
+    decay = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf")))
+    lower = decay * step[None, :]
+    matrix = scores * lower
+    in_state = tl.where(start < c * Q, tl.exp(cum), 0.0)                  # entering weights
+    C_entering = _mm(C, tl.trans(entering), IEEE, DTYPE)                  # (Q, P)
+
+    if HAS_Z:
+        z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+        gate = tl.sigmoid(z)
+        y = _mm(matrix, x, IEEE, DTYPE) + in_state[:, None] * C_entering
+        if HAS_D:
+            y += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * x.to(tl.float32)
+        dz = dout * y * gate * (1.0 + z * (1.0 - gate))
+        tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=x_mask)
+        dy = dout * z * gate
+    else:
+        dy = dout
+
+    # Through the intra-chunk matrix.
+    grad_matrix = _mm(dy, tl.trans(x), IEEE, DTYPE)                        # G_ij = dy_i . x_j
+    dx = _mm(tl.trans(matrix), dy, IEEE, DTYPE)
+    grad_lower = grad_matrix * lower
+    dC = _mm(grad_lower, B, IEEE, DTYPE)
+    dB = _mm(tl.trans(grad_lower), C, IEEE, DTYPE)
+    through = grad_matrix * scores * decay                                 # d/d step_j, no step
+    dstep = tl.sum(through, 0)
+    term = through * step[None, :]
+    dcum = tl.sum(term, 1) - tl.sum(term, 0)
+
+    # Through the entering state.
+    dC += in_state[:, None] * _mm(dy, entering, IEEE, DTYPE)
+    dcum += in_state * tl.sum(dy * C_entering, 1)
+
+    # Through this chunk's contribution to the state it passes on.
+    last = tl.minimum(Q, T - c * Q) - 1
+    seg_last = tl.load(seg_ptr + c * Q + last)
+    cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
+    to_end = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf")))
+    weight = to_end * step
+    B_dstate = _mm(B, tl.trans(dstate), IEEE, DTYPE)                       # (Q, P)
+    dx += weight[:, None] * B_dstate
+    dB += weight[:, None] * _mm(x, dstate, IEEE, DTYPE)
+    dweight = tl.sum(x.to(tl.float32) * B_dstate, 1)
+    dstep += dweight * to_end
+    state_term = dweight * weight
+    ddecay = tl.sum(tl.load(ddecay_ptr + (c * H + h) * num_blocks + tl.arange(0, BLOCK_R),
+                            mask=tl.arange(0, BLOCK_R) < num_blocks, other=0.0), 0)
+    last_term = tl.sum(state_term, 0) + ddecay * tl.load(decay_ptr + c * H + h)
+    dcum += tl.where(q == last, last_term, 0.0) - state_term
+
+    if HAS_D:
+        dx += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * dy
+        tl.store(dD_ptr + (c * H + h) * P + p, tl.sum(dy * x.to(tl.float32), 0), mask=p < P)
+    tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
+    tl.store(dB_ptr + (t[:, None] * H + h) * N + n[None, :], dB, mask=bc_mask)
+    tl.store(dC_ptr + (t[:, None] * H + h) * N + n[None, :], dC, mask=bc_mask)
+
+    # cum_i = sum_{j<=i} step_j A: d(step_j A) = sum_{i>=j} dcum_i.
+    dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
+    dstep += A * dlog
+    tl.store(dA_ptr + c * H + h, tl.sum(tl.where(valid, step * dlog, 0.0), 0))
+    if SOFTPLUS:
+        raw = tl.load(dt_ptr + t * H + h, mask=valid, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw += tl.load(bias_ptr + h)
+        dstep *= tl.sigmoid(raw)
+    tl.store(ddt_ptr + t * H + h, dstep, mask=valid)
+
+
+def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
+    """Gradients ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias)`` (None for absent inputs) of the
+    output, without initial states and without a gradient of the final states."""
+    T, H, P = x.shape
+    G, N = B.shape[1], B.shape[2]
+    if T == 0:
+        zeros = [None if v is None else torch.zeros_like(v)
+                 for v in (x, dt, A, B, C, D, z, dt_bias)]
+        return tuple(zeros)
+    if reverse:
+        flip = reversal_index(cu_seqlens, T)
+        grads = ssd_scan_bwd(dout[flip], x[flip], dt[flip], A, B[flip], C[flip], D,
+                             None if z is None else z[flip], dt_bias, cu_seqlens,
+                             dt_softplus, False)
+        per_token = (True, True, False, True, True, False, True, False)
+        return tuple(g[flip] if token and g is not None else g
+                     for g, token in zip(grads, per_token))
+    seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
+    Q = CHUNK
+    K = triton.cdiv(T, Q)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    step = torch.zeros(K * Q, H, **f32)
+    cum = torch.zeros(K * Q, H, **f32)
+    states = torch.empty(K, H, P, N, **f32)
+    decay = torch.empty(K, H, **f32)
+    fresh = torch.empty(K, H, **f32)
+    entering = torch.empty(K, H, P, N, **f32)
+    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
+    BLOCK_P, BLOCK_N = _block(P), _block(N)
+    dummy = step
+    _chunk_state_kernel[(K, H)](
+        x, dt, A, B, dt_bias if dt_bias is not None else dummy, seg, seg_start,
+        step, cum, states, decay, fresh, T, H, P, G, N, H // G,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
+        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
+    block = min(1024, triton.next_power_of_2(P * N))
+    num_blocks = triton.cdiv(P * N, block)
+    _state_passing_kernel[(H, num_blocks)](
+        states, decay, fresh, dummy, seg, entering, T, H, P * N, K,
+        HAS_INIT=False, Q=Q, BLOCK=block)
+    dlocal = states  # the chunk states are no longer needed: reuse the buffer
+    _entering_grad_kernel[(K, H)](
+        dout, z if z is not None else dout, C, cum, seg_start, dlocal, T, H, P, G, N, H // G,
+        HAS_Z=z is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
+    dstates = torch.empty(K, H, P, N, **f32)
+    ddecay = torch.empty(K, H, num_blocks, **f32)
+    _state_passing_bwd_kernel[(H, num_blocks)](
+        dlocal, decay, entering, dstates, ddecay, H, P * N, K, num_blocks, BLOCK=block)
+    dx = torch.empty_like(x)
+    dz = torch.empty_like(z) if z is not None else None
+    dB = torch.empty(T, H, N, **f32)
+    dC = torch.empty(T, H, N, **f32)
+    ddt = torch.empty(T, H, **f32)
+    dA = torch.empty(K, H, **f32)
+    dD = torch.empty(K, H, P, **f32) if D is not None else None
+    _chunk_bwd_kernel[(K, H)](
+        x, dt, A, B, C, D if D is not None else dummy, z if z is not None else x,
+        dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, entering,
+        dstates, decay, ddecay, dx, dz if dz is not None else dx, dB, dC, ddt, dA,
+        dD if dD is not None else dummy, T, H, P, G, N, H // G, num_blocks,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        BLOCK_R=max(2, triton.next_power_of_2(num_blocks)), IEEE=ieee, num_warps=8)
+    groups = (T, G, H // G, N)
+    return (dx, ddt.to(dt.dtype), dA.sum(0), dB.view(groups).sum(2).to(B.dtype),
+            dC.view(groups).sum(2).to(C.dtype), None if D is None else dD.sum(0), dz,
+            None if dt_bias is None else ddt.sum(0))

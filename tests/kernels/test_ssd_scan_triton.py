@@ -14,7 +14,8 @@ from geossm.kernels import ssd_scan
 from geossm.kernels.ssd_scan_triton import CHUNK
 
 from .conftest import device_under_test
-from .test_ssd_scan import LENGTHS, assert_close, make_inputs, rel_err, run, short_lengths
+from .test_ssd_scan import (LENGTHS, OWN_BACKWARD_TOLERANCE, assert_close, make_inputs, rel_err,
+                            run, short_lengths)
 
 DEVICE = device_under_test()
 HAS_TRITON = _compat.has_triton() and (DEVICE == "cuda" or _compat.triton_interpret())
@@ -39,22 +40,29 @@ def test_segments_around_chunk_boundaries(lengths):
 @needs_cuda
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("case", ["len63", "len1000", "mixed", "across_chunks", "S500_short"])
-def test_heavy_cases_match_reference(case, reverse):
+@pytest.mark.parametrize("states", [True, False], ids=["with_states", "output_only"])
+def test_heavy_cases_match_reference(case, reverse, states):
+    """``output_only``: no initial / final states, so the Triton backward runs."""
     lengths = short_lengths() if case == "S500_short" else LENGTHS[case]
-    inputs, cu = make_inputs(lengths)
-    assert_close(run("triton", inputs, cu, reverse=reverse),
-                 run("exact", inputs, cu, reverse=reverse), 1e-5)
+    inputs, cu = make_inputs(lengths, init=states)
+    assert_close(run("triton", inputs, cu, reverse=reverse, final=states),
+                 run("exact", inputs, cu, reverse=reverse, final=states),
+                 1e-5 if states else OWN_BACKWARD_TOLERANCE)
 
 
 @needs_cuda
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3)],
                          ids=["bf16", "fp16"])
 @pytest.mark.parametrize("state", [64, 128])
-def test_tensor_core_sizes_in_half_precision(dtype, tol, state):
-    """Mamba-2 sizes (heads of 64 channels, N = 64 / 128) on mixed lengths, 16-bit inputs."""
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_tensor_core_sizes_in_half_precision(dtype, tol, state, reverse):
+    """Mamba-2 sizes (heads of 64 channels, N = 64 / 128) on mixed lengths, 16-bit inputs,
+    output only (the Triton backward)."""
     lengths = [0, 700, 1, 64, 300, 0, 5] + short_lengths(50)
-    inputs, cu = make_inputs(lengths, heads=2, head_dim=64, groups=1, state=state, dtype=dtype)
-    assert_close(run("triton", inputs, cu), run("exact", inputs, cu), tol)
+    inputs, cu = make_inputs(lengths, heads=2, head_dim=64, groups=1, state=state, dtype=dtype,
+                             init=False)
+    assert_close(run("triton", inputs, cu, reverse=reverse, final=False),
+                 run("exact", inputs, cu, reverse=reverse, final=False), tol)
 
 
 @needs_cuda
