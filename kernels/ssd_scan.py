@@ -50,7 +50,25 @@ def _(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus, re
     return torch.empty_like(x), final
 
 
-_GRAD_INPUTS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+@torch.library.custom_op("geossm::ssd_scan_backward", mutates_args=())
+def _ssd_scan_backward_op(dout: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
+                          A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                          D: Optional[torch.Tensor], z: Optional[torch.Tensor],
+                          dt_bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
+                          dt_softplus: bool, reverse: bool) -> list[torch.Tensor]:
+    """Triton backward (no initial states, no final-state gradient): the gradients of
+    ``x, dt, A, B, C, D, z, dt_bias``; an absent input gets an empty placeholder (custom ops
+    cannot return None)."""
+    grads = _triton().ssd_scan_bwd(dout.contiguous(), x, dt, A, B, C, D, z, dt_bias,
+                                   cu_seqlens, dt_softplus, reverse)
+    return [x.new_empty(0) if g is None else g for g in grads]
+
+
+@_ssd_scan_backward_op.register_fake
+def _(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
+    return [x.new_empty(0) if v is None else torch.empty_like(v)
+            for v in (x, dt, A, B, C, D, z, dt_bias)]
+
 
 
 def _setup_context(ctx, inputs, output):
@@ -64,9 +82,10 @@ def _backward(ctx, dout, dfinal):
     x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states = ctx.saved_tensors
     dt_softplus, reverse, final_states = ctx.flags
     if initial_states is None and not final_states:
-        grads = _triton().ssd_scan_bwd(dout.contiguous(), x, dt, A, B, C, D, z, dt_bias,
-                                       cu_seqlens, dt_softplus, reverse)
-        dx, ddt, dA, dB, dC, dD, dz, dbias = grads
+        grads = torch.ops.geossm.ssd_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias,
+                                                   cu_seqlens, dt_softplus, reverse)
+        dx, ddt, dA, dB, dC, dD, dz, dbias = (
+            None if v is None else g for g, v in zip(grads, (x, dt, A, B, C, D, z, dt_bias)))
         return dx, ddt, dA, dB, dC, dD, dz, dbias, None, None, None, None, None
     return _recomputed_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states,
                                 dt_softplus, reverse, dout, dfinal if final_states else None)

@@ -82,3 +82,31 @@ def test_forward_is_deterministic():
     first = ssd_scan(**args, cu_seqlens=cu, dt_softplus=True, backend="triton")
     second = ssd_scan(**args, cu_seqlens=cu, dt_softplus=True, backend="triton")
     assert torch.equal(first, second)
+
+
+@needs_cuda
+def test_mamba2_compiles_fullgraph_with_the_same_result():
+    """Both custom ops (forward, Triton backward) trace under torch.compile(fullgraph=True)."""
+    from geossm.nn import BiMamba2
+
+    torch.manual_seed(0)
+    model = BiMamba2(128, d_state=64, backend="triton").cuda()
+    x = torch.randn(3000, 128, device="cuda", requires_grad=True)
+    cu = torch.tensor([0, 1000, 1000, 2500, 3000], dtype=torch.int32, device="cuda")
+    want = model(x, cu)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    compiled = torch.compile(model, fullgraph=True)
+    got = compiled(x, cu)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+@needs_triton
+def test_backward_op_passes_opcheck():
+    inputs, cu = make_inputs([5, 0, 9], init=False)
+    args = [inputs[n] for n in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
+    dout = torch.randn_like(inputs["x"])
+    torch.library.opcheck(torch.ops.geossm.ssd_scan_backward.default,
+                          (dout, *[a.detach() for a in args], cu, True, False),
+                          test_utils=("test_schema", "test_faketensor"))
