@@ -4,9 +4,8 @@ Forward: four launches, the chunked algorithm of ``ssd_scan_torch.ssd_scan_chunk
 
 1. ``_chunk_state_kernel`` (chunk, head): step sizes, within-chunk cumulative log-decay and the
    chunk's contribution to the end state of its last token's segment (one ``tl.dot``).
-2. ``_state_passing_kernel`` (head, state block): walks the chunks in order and records the
-   state entering every chunk; the carry is zeroed where a segment starts, so no state crosses
-   a boundary.
+2. ``linear_scan`` (two launches of ``_linear_scan_kernel`` and a fix-up): the state entering
+   every chunk; the carry is zeroed where a segment starts, so no state crosses a boundary.
 3. ``_chunk_scan_kernel`` (chunk, head, channel block): the masked ``(Q, Q)`` intra-chunk matmul
    plus the entering (or initial) state, skip ``D`` and gate ``z``.
 4. ``_final_state_kernel`` (segment, head): the state after each segment's last token.
@@ -21,6 +20,8 @@ float32 (``input_precision="ieee"``) for float32 inputs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -98,22 +99,77 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
 
 
 @triton.jit
-def _state_passing_kernel(states_ptr, decay_ptr, fresh_ptr, init_ptr, seg_ptr, entering_ptr,
-                          T, H, PN, num_chunks,
-                          HAS_INIT: tl.constexpr, Q: tl.constexpr, BLOCK: tl.constexpr):
+def _linear_scan_kernel(decay_ptr, drive_ptr, out_ptr, prefix_ptr, group_state_ptr,
+                        group_decay_ptr, H, PN, K, L,
+                        REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """One group of ``L`` consecutive steps of ``h_c = decay_c h_{c-1} + drive_c`` from zero.
+
+    Stores the state before each step (``out``), the product of the group's decays before
+    each step (``prefix``, by the first block only), the group's end state and its total
+    decay. ``REVERSE`` walks the steps from ``K - 1`` down (step ``j`` is chunk ``K - 1 - j``).
+    """
     h = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    block = tl.program_id(1)
+    group = tl.program_id(2)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
     inside = offs < PN
+    lane = tl.arange(0, BLOCK)
+    first_lane = (lane + block) == 0          # one lane of the first block writes scalars
     state = tl.zeros((BLOCK,), dtype=tl.float32)
-    for c in range(0, num_chunks):
-        base = (c * H + h) * PN
-        tl.store(entering_ptr + base + offs, state, mask=inside)
-        contribution = tl.load(states_ptr + base + offs, mask=inside, other=0.0)
-        state = tl.load(decay_ptr + c * H + h) * state + contribution
-        if HAS_INIT:
-            seg_last = tl.load(seg_ptr + tl.minimum(c * Q + Q, T) - 1)
-            init = tl.load(init_ptr + (seg_last * H + h) * PN + offs, mask=inside, other=0.0)
-            state += tl.load(fresh_ptr + c * H + h) * init
+    product = tl.full((BLOCK,), 1.0, tl.float32)
+    for i in range(0, L):
+        j = group * L + i
+        valid = (lane * 0 + j) < K            # a vector: the interpreter refuses scalar masks
+        step = tl.minimum(j, K - 1)
+        if REVERSE:
+            c = K - 1 - step
+        else:
+            c = step
+        tl.store(out_ptr + (c * H + h) * PN + offs, state, mask=inside & valid)
+        tl.store(prefix_ptr + c * H + h + offs * 0, product, mask=first_lane & valid)
+        decay = tl.where(valid, tl.load(decay_ptr + c * H + h + lane * 0), 1.0)
+        drive = tl.load(drive_ptr + (c * H + h) * PN + offs, mask=inside & valid, other=0.0)
+        state = decay * state + drive
+        product = product * decay
+    tl.store(group_state_ptr + (group * H + h) * PN + offs, state, mask=inside)
+    tl.store(group_decay_ptr + group * H + h + offs * 0, product, mask=first_lane)
+
+
+def linear_scan(decay: torch.Tensor, drive: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """States before every step of ``h_c = decay_c h_{c-1} + drive_c`` (``h = 0`` before the
+    first step; ``reverse``: steps run from the last chunk to the first).
+
+    Two levels so that no chain is longer than about ``sqrt(K)``: groups of ``L`` chunks scan
+    in parallel from zero, one pass carries the group end states across groups, and each
+    chunk adds its group's entering state times the decay product before it.
+
+    Shapes: ``decay (K, H)``, ``drive (K, H, P, N)`` float32 -> ``(K, H, P, N)``.
+    """
+    K, H = decay.shape
+    PN = drive[0, 0].numel()
+    L = max(1, math.isqrt(K - 1) + 1) if K > 1 else 1
+    groups = triton.cdiv(K, L)
+    block = min(1024, triton.next_power_of_2(PN))
+    grid_blocks = triton.cdiv(PN, block)
+    f32 = dict(device=decay.device, dtype=torch.float32)
+    out = torch.empty(K, H, *drive.shape[2:], **f32)
+    prefix = torch.empty(K, H, **f32)
+    group_state = torch.empty(groups, H, *drive.shape[2:], **f32)
+    group_decay = torch.empty(groups, H, **f32)
+    _linear_scan_kernel[(H, grid_blocks, groups)](
+        decay, drive, out, prefix, group_state, group_decay, H, PN, K, L,
+        REVERSE=bool(reverse), BLOCK=block)
+    if groups == 1:
+        return out
+    entering = torch.empty_like(group_state)
+    unused = torch.empty(groups, H, **f32)
+    carried, carried_decay = torch.empty_like(group_state[:1]), torch.empty(1, H, **f32)
+    _linear_scan_kernel[(H, grid_blocks, 1)](
+        group_decay, group_state, entering, unused, carried, carried_decay, H, PN, groups,
+        groups, REVERSE=False, BLOCK=block)
+    step = torch.arange(K, device=decay.device)
+    group_of_chunk = ((K - 1 - step) if reverse else step) // L
+    return out.add_(prefix[..., None, None] * entering[group_of_chunk])
 
 
 @triton.jit
@@ -256,7 +312,6 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
     states = torch.empty(K, H, P, N, **f32)
     decay = torch.empty(K, H, **f32)
     fresh = torch.empty(K, H, **f32)
-    entering = torch.empty(K, H, P, N, **f32)
     out = torch.empty_like(x)
     # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bfloat16), so
     # there the bfloat16 matmuls run in float32; on a GPU they use the tensor cores.
@@ -269,10 +324,12 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
         step, cum, states, decay, fresh, T, H, P, G, N, H // G,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
         BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
-    block = min(1024, triton.next_power_of_2(P * N))
-    _state_passing_kernel[(H, triton.cdiv(P * N, block))](
-        states, decay, fresh, init, seg, entering, T, H, P * N, K,
-        HAS_INIT=initial_states is not None, Q=Q, BLOCK=block)
+    if initial_states is not None:
+        # The last segment of a chunk that began in it (not before) passes on its initial
+        # state, decayed over its tokens there.
+        ends = torch.clamp(torch.arange(1, K + 1, device=device) * Q, max=T) - 1
+        states += fresh[..., None, None] * initial_states[seg[ends].long()]
+    entering = linear_scan(decay, states, reverse=False)
     scan_block_p = min(BLOCK_P, 64)
     _chunk_scan_kernel[(K, H, triton.cdiv(P, scan_block_p))](
         x, z if z is not None else x, B, C, D if D is not None else dummy, A, seg, seg_start,
@@ -327,33 +384,14 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr
 
 
 @triton.jit
-def _state_passing_bwd_kernel(dlocal_ptr, decay_ptr, entering_ptr, dstates_ptr, ddecay_ptr,
-                              H, PN, num_chunks, num_blocks, BLOCK: tl.constexpr):
-    """Walk the chunks backwards: dS_c = dE_{c+1}; dE_c = local_c + decay_c dE_{c+1}."""
-    h = tl.program_id(0)
-    block = tl.program_id(1)
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < PN
-    grad = tl.zeros((BLOCK,), dtype=tl.float32)
-    for step in range(0, num_chunks):
-        c = num_chunks - 1 - step
-        base = (c * H + h) * PN
-        tl.store(dstates_ptr + base + offs, grad, mask=inside)
-        entering = tl.load(entering_ptr + base + offs, mask=inside, other=0.0)
-        tl.store(ddecay_ptr + (c * H + h) * num_blocks + block, tl.sum(grad * entering, 0))
-        local = tl.load(dlocal_ptr + base + offs, mask=inside, other=0.0)
-        grad = local + tl.load(decay_ptr + c * H + h) * grad
-
-
-@triton.jit
 def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
                       seg_ptr, start_ptr, step_ptr, cum_ptr, entering_ptr, dstates_ptr,
-                      decay_ptr, ddecay_ptr,
+                      decay_ptr,
                       dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dA_ptr, dD_ptr,
-                      T, H, P, G, N, heads_per_group, num_blocks,
+                      T, H, P, G, N, heads_per_group,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     c = tl.program_id(0)
     h = tl.program_id(1)
     g = h // heads_per_group
@@ -430,8 +468,8 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     dweight = tl.sum(x.to(tl.float32) * B_dstate, 1)
     dstep += dweight * to_end
     state_term = dweight * weight
-    ddecay = tl.sum(tl.load(ddecay_ptr + (c * H + h) * num_blocks + tl.arange(0, BLOCK_R),
-                            mask=tl.arange(0, BLOCK_R) < num_blocks, other=0.0), 0)
+    # The state passed on is decay_c E_c + S_c: the decay's gradient is <dS_c, E_c>.
+    ddecay = tl.sum(tl.sum(dstate * entering, 1), 0)
     last_term = tl.sum(state_term, 0) + ddecay * tl.load(decay_ptr + c * H + h)
     dcum += tl.where(q == last, last_term, 0.0) - state_term
 
@@ -480,7 +518,6 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
     states = torch.empty(K, H, P, N, **f32)
     decay = torch.empty(K, H, **f32)
     fresh = torch.empty(K, H, **f32)
-    entering = torch.empty(K, H, P, N, **f32)
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
     BLOCK_P, BLOCK_N = _block(P), _block(N)
     dummy = step
@@ -489,19 +526,13 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
         step, cum, states, decay, fresh, T, H, P, G, N, H // G,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
         BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
-    block = min(1024, triton.next_power_of_2(P * N))
-    num_blocks = triton.cdiv(P * N, block)
-    _state_passing_kernel[(H, num_blocks)](
-        states, decay, fresh, dummy, seg, entering, T, H, P * N, K,
-        HAS_INIT=False, Q=Q, BLOCK=block)
+    entering = linear_scan(decay, states, reverse=False)
     dlocal = states  # the chunk states are no longer needed: reuse the buffer
     _entering_grad_kernel[(K, H)](
         dout, z if z is not None else dout, C, cum, seg_start, dlocal, T, H, P, G, N, H // G,
         HAS_Z=z is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
-    dstates = torch.empty(K, H, P, N, **f32)
-    ddecay = torch.empty(K, H, num_blocks, **f32)
-    _state_passing_bwd_kernel[(H, num_blocks)](
-        dlocal, decay, entering, dstates, ddecay, H, P * N, K, num_blocks, BLOCK=block)
+    # dS_c = dE_{c+1}, with dE_c = local_c + decay_c dE_{c+1}: the same scan, reversed.
+    dstates = linear_scan(decay, dlocal, reverse=True)
     dx = torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
     dB = torch.empty(T, H, N, **f32)
@@ -512,11 +543,11 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
     _chunk_bwd_kernel[(K, H)](
         x, dt, A, B, C, D if D is not None else dummy, z if z is not None else x,
         dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, entering,
-        dstates, decay, ddecay, dx, dz if dz is not None else dx, dB, dC, ddt, dA,
-        dD if dD is not None else dummy, T, H, P, G, N, H // G, num_blocks,
+        dstates, decay, dx, dz if dz is not None else dx, dB, dC, ddt, dA,
+        dD if dD is not None else dummy, T, H, P, G, N, H // G,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
-        BLOCK_R=max(2, triton.next_power_of_2(num_blocks)), IEEE=ieee, num_warps=8)
+        IEEE=ieee, num_warps=8)
     groups = (T, G, H // G, N)
     return (dx, ddt.to(dt.dtype), dA.sum(0), dB.view(groups).sum(2).to(B.dtype),
             dC.view(groups).sum(2).to(C.dtype), None if D is None else dD.sum(0), dz,
