@@ -46,23 +46,36 @@ def _mm(a, b, IEEE: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _rows(order_ptr, t, valid, REVERSE: tl.constexpr):
+    """Memory rows of the logical tokens ``t``: themselves, or (``REVERSE``) the token at the
+    mirrored position of the same segment, so a reversed scan reads and writes in place."""
+    if REVERSE:
+        rows = tl.load(order_ptr + t, mask=valid, other=0)
+    else:
+        rows = t
+    return rows
+
+
+@triton.jit
 def _softplus(v):
     return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
 
 
 @triton.jit
 def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_ptr,
-                        step_ptr, cum_ptr, states_ptr, decay_ptr, fresh_ptr,
+                        step_ptr, cum_ptr, states_ptr, decay_ptr, fresh_ptr, order_ptr,
                         T, H, P, G, N, heads_per_group,
                         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr,
-                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                        REVERSE: tl.constexpr):
     c = tl.program_id(0)
     h = tl.program_id(1)
     g = h // heads_per_group
     q = tl.arange(0, Q)
     t = c * Q + q
     valid = t < T
-    step = tl.load(dt_ptr + t * H + h, mask=valid, other=0.0).to(tl.float32)
+    row = _rows(order_ptr, t, valid, REVERSE)
+    step = tl.load(dt_ptr + row * H + h, mask=valid, other=0.0).to(tl.float32)
     if HAS_BIAS:
         step += tl.load(bias_ptr + h)
     if SOFTPLUS:
@@ -88,9 +101,9 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
     weight = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf"))) * step
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
-    x = tl.load(x_ptr + t[:, None] * (H * P) + h * P + p[None, :],
+    x = tl.load(x_ptr + row[:, None] * (H * P) + h * P + p[None, :],
                 mask=valid[:, None] & (p[None, :] < P), other=0.0)
-    B = tl.load(B_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+    B = tl.load(B_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                 mask=valid[:, None] & (n[None, :] < N), other=0.0)
     xw = x.to(tl.float32) * weight[:, None]
     state = _mm(tl.trans(xw), B, IEEE, x_ptr.dtype.element_ty)
@@ -174,11 +187,11 @@ def linear_scan(decay: torch.Tensor, drive: torch.Tensor, reverse: bool) -> torc
 
 @triton.jit
 def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_ptr, step_ptr,
-                       cum_ptr, entering_ptr, init_ptr, out_ptr,
+                       cum_ptr, entering_ptr, init_ptr, out_ptr, order_ptr,
                        T, H, P, G, N, heads_per_group,
                        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
                        Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-                       IEEE: tl.constexpr):
+                       IEEE: tl.constexpr, REVERSE: tl.constexpr):
     c = tl.program_id(0)
     h = tl.program_id(1)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -188,16 +201,18 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_
     t = c * Q + q
     valid = t < T
     DTYPE = x_ptr.dtype.element_ty
+    row = _rows(order_ptr, t, valid, REVERSE)
     step = tl.load(step_ptr + t * H + h)
     cum = tl.load(cum_ptr + t * H + h)
     seg = tl.load(seg_ptr + t, mask=valid, other=-1)
     start = tl.load(start_ptr + t, mask=valid, other=T)
-    B = tl.load(B_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+    B = tl.load(B_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                 mask=valid[:, None] & (n[None, :] < N), other=0.0)
-    C = tl.load(C_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+    C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                 mask=valid[:, None] & (n[None, :] < N), other=0.0)
     x_mask = valid[:, None] & (p[None, :] < P)
-    x = tl.load(x_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask, other=0.0)
+    x_offs = row[:, None] * (H * P) + h * P + p[None, :]
+    x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
 
     scores = _mm(C, tl.trans(B), IEEE, DTYPE)
     same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
@@ -226,17 +241,16 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_
     if HAS_D:
         y += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * x.to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask,
-                    other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
         y *= z * tl.sigmoid(z)
-    tl.store(out_ptr + t[:, None] * (H * P) + h * P + p[None, :], y.to(DTYPE), mask=x_mask)
+    tl.store(out_ptr + x_offs, y.to(DTYPE), mask=x_mask)
 
 
 @triton.jit
 def _final_state_kernel(x_ptr, B_ptr, A_ptr, cu_ptr, step_ptr, cum_ptr, entering_ptr, init_ptr,
-                        final_ptr, H, P, G, N, heads_per_group,
+                        final_ptr, order_ptr, H, P, G, N, heads_per_group,
                         HAS_INIT: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                        BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                        BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
     s = tl.program_id(0)
     h = tl.program_id(1)
     g = h // heads_per_group
@@ -248,15 +262,16 @@ def _final_state_kernel(x_ptr, B_ptr, A_ptr, cu_ptr, step_ptr, cum_ptr, entering
     q = tl.arange(0, Q)
     t = c * Q + q
     mine = (t >= start) & (t < end)
+    row = _rows(order_ptr, t, mine, REVERSE)
     step = tl.load(step_ptr + t * H + h)
     cum = tl.load(cum_ptr + t * H + h)
     cum_last = tl.load(cum_ptr + last * H + h)
     weight = tl.exp(tl.where(mine, cum_last - cum, float("-inf"))) * step
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
-    x = tl.load(x_ptr + t[:, None] * (H * P) + h * P + p[None, :],
+    x = tl.load(x_ptr + row[:, None] * (H * P) + h * P + p[None, :],
                 mask=mine[:, None] & (p[None, :] < P), other=0.0)
-    B = tl.load(B_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+    B = tl.load(B_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                 mask=mine[:, None] & (n[None, :] < N), other=0.0)
     state = _mm(tl.trans(x.to(tl.float32) * weight[:, None]), B, IEEE, x_ptr.dtype.element_ty)
     state_mask = (p[:, None] < P) & (n[None, :] < N)
@@ -296,13 +311,6 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
         final = torch.zeros(S, H, P, N, device=device, dtype=torch.float32)
     if T == 0:
         return torch.zeros_like(x), final
-    if reverse:
-        # The reversed scan is the forward scan of every segment read back to front.
-        flip = reversal_index(cu_seqlens, T)
-        out, final = ssd_scan_fwd(x[flip], dt[flip], A, B[flip], C[flip], D,
-                                  None if z is None else z[flip], dt_bias, cu_seqlens,
-                                  initial_states, dt_softplus, False, final_states)
-        return out[flip], final
     seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
     Q = CHUNK
     K = triton.cdiv(T, Q)
@@ -319,11 +327,13 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
     BLOCK_P, BLOCK_N = _block(P), _block(N)
     dummy = step  # stands in for absent optional tensors (never read)
     init = initial_states if initial_states is not None else dummy
+    # The reversed scan is the forward scan of every segment read back to front, in place.
+    order = reversal_index(cu_seqlens, T).to(torch.int32) if reverse else seg
     _chunk_state_kernel[(K, H)](
         x, dt, A, B, dt_bias if dt_bias is not None else dummy, seg, seg_start,
-        step, cum, states, decay, fresh, T, H, P, G, N, H // G,
+        step, cum, states, decay, fresh, order, T, H, P, G, N, H // G,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
-        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
+        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse))
     if initial_states is not None:
         # The last segment of a chunk that began in it (not before) passes on its initial
         # state, decayed over its tokens there.
@@ -333,14 +343,14 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
     scan_block_p = min(BLOCK_P, 64)
     _chunk_scan_kernel[(K, H, triton.cdiv(P, scan_block_p))](
         x, z if z is not None else x, B, C, D if D is not None else dummy, A, seg, seg_start,
-        step, cum, entering, init, out, T, H, P, G, N, H // G,
+        step, cum, entering, init, out, order, T, H, P, G, N, H // G,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_INIT=initial_states is not None, Q=Q,
-        BLOCK_P=scan_block_p, BLOCK_N=BLOCK_N, IEEE=ieee)
+        BLOCK_P=scan_block_p, BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse))
     if final_states and S > 0:
         _final_state_kernel[(S, H)](
-            x, B, A, cu_seqlens, step, cum, entering, init, final, H, P, G, N, H // G,
+            x, B, A, cu_seqlens, step, cum, entering, init, final, order, H, P, G, N, H // G,
             HAS_INIT=initial_states is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
-            IEEE=ieee)
+            IEEE=ieee, REVERSE=bool(reverse))
     return out, final
 
 
@@ -353,10 +363,10 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
 
 
 @triton.jit
-def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr,
+def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr, order_ptr,
                           T, H, P, G, N, heads_per_group,
                           HAS_Z: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                          BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                          BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
     """Gradient of each chunk's outputs w.r.t. its entering state: sum_i e^cum_i dy_i C_i^T."""
     c = tl.program_id(0)
     h = tl.program_id(1)
@@ -367,16 +377,16 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     x_mask = valid[:, None] & (p[None, :] < P)
-    dy = tl.load(dout_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask,
-                 other=0.0).to(tl.float32)
+    row = _rows(order_ptr, t, valid, REVERSE)
+    x_offs = row[:, None] * (H * P) + h * P + p[None, :]
+    dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + t[:, None] * (H * P) + h * P + p[None, :], mask=x_mask,
-                    other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
         dy *= z * tl.sigmoid(z)
     cum = tl.load(cum_ptr + t * H + h)
     start = tl.load(start_ptr + t, mask=valid, other=T)
     weight = tl.where(start < c * Q, tl.exp(cum), 0.0)
-    C = tl.load(C_ptr + t[:, None] * (G * N) + g * N + n[None, :],
+    C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                 mask=valid[:, None] & (n[None, :] < N), other=0.0)
     local = _mm(tl.trans(dy * weight[:, None]), C, IEEE, C_ptr.dtype.element_ty)
     tl.store(dlocal_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :], local,
@@ -387,11 +397,11 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr
 def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
                       seg_ptr, start_ptr, step_ptr, cum_ptr, entering_ptr, dstates_ptr,
                       decay_ptr,
-                      dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dA_ptr, dD_ptr,
+                      dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dA_ptr, dD_ptr, order_ptr,
                       T, H, P, G, N, heads_per_group,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                      BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                      BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
     c = tl.program_id(0)
     h = tl.program_id(1)
     g = h // heads_per_group
@@ -401,9 +411,10 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     valid = t < T
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
-    x_offs = t[:, None] * (H * P) + h * P + p[None, :]
+    row = _rows(order_ptr, t, valid, REVERSE)
+    x_offs = row[:, None] * (H * P) + h * P + p[None, :]
     x_mask = valid[:, None] & (p[None, :] < P)
-    bc_offs = t[:, None] * (G * N) + g * N + n[None, :]
+    bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
     bc_mask = valid[:, None] & (n[None, :] < N)
     state_offs = ((c * H + h) * P + p[:, None]) * N + n[None, :]
     state_mask = (p[:, None] < P) & (n[None, :] < N)
@@ -477,19 +488,19 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         dx += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * dy
         tl.store(dD_ptr + (c * H + h) * P + p, tl.sum(dy * x.to(tl.float32), 0), mask=p < P)
     tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
-    tl.store(dB_ptr + (t[:, None] * H + h) * N + n[None, :], dB, mask=bc_mask)
-    tl.store(dC_ptr + (t[:, None] * H + h) * N + n[None, :], dC, mask=bc_mask)
+    tl.store(dB_ptr + (row[:, None] * H + h) * N + n[None, :], dB, mask=bc_mask)
+    tl.store(dC_ptr + (row[:, None] * H + h) * N + n[None, :], dC, mask=bc_mask)
 
     # cum_i = sum_{j<=i} step_j A: d(step_j A) = sum_{i>=j} dcum_i.
     dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
     dstep += A * dlog
     tl.store(dA_ptr + c * H + h, tl.sum(tl.where(valid, step * dlog, 0.0), 0))
     if SOFTPLUS:
-        raw = tl.load(dt_ptr + t * H + h, mask=valid, other=0.0).to(tl.float32)
+        raw = tl.load(dt_ptr + row * H + h, mask=valid, other=0.0).to(tl.float32)
         if HAS_BIAS:
             raw += tl.load(bias_ptr + h)
         dstep *= tl.sigmoid(raw)
-    tl.store(ddt_ptr + t * H + h, dstep, mask=valid)
+    tl.store(ddt_ptr + row * H + h, dstep, mask=valid)
 
 
 def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
@@ -501,14 +512,6 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
         zeros = [None if v is None else torch.zeros_like(v)
                  for v in (x, dt, A, B, C, D, z, dt_bias)]
         return tuple(zeros)
-    if reverse:
-        flip = reversal_index(cu_seqlens, T)
-        grads = ssd_scan_bwd(dout[flip], x[flip], dt[flip], A, B[flip], C[flip], D,
-                             None if z is None else z[flip], dt_bias, cu_seqlens,
-                             dt_softplus, False)
-        per_token = (True, True, False, True, True, False, True, False)
-        return tuple(g[flip] if token and g is not None else g
-                     for g, token in zip(grads, per_token))
     seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
     Q = CHUNK
     K = triton.cdiv(T, Q)
@@ -521,16 +524,18 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
     ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
     BLOCK_P, BLOCK_N = _block(P), _block(N)
     dummy = step
+    order = reversal_index(cu_seqlens, T).to(torch.int32) if reverse else seg
     _chunk_state_kernel[(K, H)](
         x, dt, A, B, dt_bias if dt_bias is not None else dummy, seg, seg_start,
-        step, cum, states, decay, fresh, T, H, P, G, N, H // G,
+        step, cum, states, decay, fresh, order, T, H, P, G, N, H // G,
         HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
-        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
+        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse))
     entering = linear_scan(decay, states, reverse=False)
     dlocal = states  # the chunk states are no longer needed: reuse the buffer
     _entering_grad_kernel[(K, H)](
-        dout, z if z is not None else dout, C, cum, seg_start, dlocal, T, H, P, G, N, H // G,
-        HAS_Z=z is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee)
+        dout, z if z is not None else dout, C, cum, seg_start, dlocal, order, T, H, P, G, N,
+        H // G, HAS_Z=z is not None, Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee,
+        REVERSE=bool(reverse))
     # dS_c = dE_{c+1}, with dE_c = local_c + decay_c dE_{c+1}: the same scan, reversed.
     dstates = linear_scan(decay, dlocal, reverse=True)
     dx = torch.empty_like(x)
@@ -544,10 +549,10 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
         x, dt, A, B, C, D if D is not None else dummy, z if z is not None else x,
         dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, entering,
         dstates, decay, dx, dz if dz is not None else dx, dB, dC, ddt, dA,
-        dD if dD is not None else dummy, T, H, P, G, N, H // G,
+        dD if dD is not None else dummy, order, T, H, P, G, N, H // G,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
-        IEEE=ieee, num_warps=8)
+        IEEE=ieee, REVERSE=bool(reverse), num_warps=8)
     groups = (T, G, H // G, N)
     return (dx, ddt.to(dt.dtype), dA.sum(0), dB.view(groups).sum(2).to(B.dtype),
             dC.view(groups).sum(2).to(C.dtype), None if D is None else dD.sum(0), dz,
