@@ -144,13 +144,15 @@ def mamba_ssm_calls(scan, inputs: dict):
     dout = torch.randn_like(batch["x"])
 
     def call(tensors):
-        return scan(tensors["x"], tensors["dt"], tensors["A"], tensors["B"], tensors["C"],
-                    MAMBA_SSM_CHUNK, D=tensors["D"], z=tensors["z"], dt_bias=tensors["dt_bias"],
-                    seq_idx=seq_idx, dt_softplus=True)
+        result = scan(tensors["x"], tensors["dt"], tensors["A"], tensors["B"], tensors["C"],
+                      MAMBA_SSM_CHUNK, D=tensors["D"], z=tensors["z"],
+                      dt_bias=tensors["dt_bias"], seq_idx=seq_idx, dt_softplus=True)
+        # (1, T, H, P); some versions return a tuple led by the output
+        return result[0] if isinstance(result, tuple) else result
 
     def forward():
         with torch.no_grad():
-            return call(batch)[0]
+            return call(batch)
 
     def forward_backward():
         call(leaves).backward(dout)
