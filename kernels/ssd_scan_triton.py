@@ -50,7 +50,7 @@ def _rows(order_ptr, t, valid, REVERSE: tl.constexpr):
     """Memory rows of the logical tokens ``t``: themselves, or (``REVERSE``) the token at the
     mirrored position of the same segment, so a reversed scan reads and writes in place."""
     if REVERSE:
-        rows = tl.load(order_ptr + t, mask=valid, other=0)
+        rows = tl.load(order_ptr + t, mask=valid, other=0).to(tl.int64)
     else:
         rows = t
     return rows
@@ -68,7 +68,7 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
                         HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, Q: tl.constexpr,
                         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
                         REVERSE: tl.constexpr):
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
     h = tl.program_id(1)
     g = h // heads_per_group
     q = tl.arange(0, Q)
@@ -123,7 +123,7 @@ def _linear_scan_kernel(decay_ptr, drive_ptr, out_ptr, prefix_ptr, group_state_p
     """
     h = tl.program_id(0)
     block = tl.program_id(1)
-    group = tl.program_id(2)
+    group = tl.program_id(2).to(tl.int64)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     inside = offs < PN
     lane = tl.arange(0, BLOCK)
@@ -192,7 +192,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_
                        HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
                        Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                        IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
     h = tl.program_id(1)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     g = h // heads_per_group
@@ -231,7 +231,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_
         first = tl.maximum(start - c * Q, 0)
         cum_before = tl.sum(tl.where(q[None, :] < first[:, None], log_decay[None, :], 0.0), 1)
         decay = tl.exp(cum - cum_before)
-        seg_first = tl.load(seg_ptr + c * Q)
+        seg_first = tl.load(seg_ptr + c * Q).to(tl.int64)
         seg_end = tl.load(seg_ptr + tl.minimum(c * Q + Q, T) - 1)
         for s in range(seg_first, seg_end + 1):
             rows = (seg == s) & (start >= c * Q)
@@ -251,11 +251,11 @@ def _final_state_kernel(x_ptr, B_ptr, A_ptr, cu_ptr, step_ptr, cum_ptr, entering
                         final_ptr, order_ptr, H, P, G, N, heads_per_group,
                         HAS_INIT: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                         BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    s = tl.program_id(0)
+    s = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     g = h // heads_per_group
-    start = tl.load(cu_ptr + s)
-    end = tl.load(cu_ptr + s + 1)
+    start = tl.load(cu_ptr + s).to(tl.int64)
+    end = tl.load(cu_ptr + s + 1).to(tl.int64)
     nonempty = end > start
     last = tl.maximum(end - 1, 0)
     c = last // Q
@@ -368,7 +368,7 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, start_ptr, dlocal_ptr
                           HAS_Z: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                           BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
     """Gradient of each chunk's outputs w.r.t. its entering state: sum_i e^cum_i dy_i C_i^T."""
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
     h = tl.program_id(1)
     g = h // heads_per_group
     q = tl.arange(0, Q)
@@ -402,7 +402,7 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                       BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    c = tl.program_id(0)
+    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
     h = tl.program_id(1)
     g = h // heads_per_group
     DTYPE = x_ptr.dtype.element_ty
