@@ -1,7 +1,8 @@
 """GPU benchmark of the Mamba-2 SSD scan (``geossm.kernels.ssd_scan``, Triton backend).
 
 Prints one JSON line per measurement (and appends them to ``--out`` if given). Medians come from
-``triton.testing.do_bench``.
+``triton.testing.do_bench`` (10 ms warm-up, 50 ms of repetitions, so that the whole run takes a
+few minutes).
 
 Workloads: the four segment-length sets of ``benchmarks/scan_gpu.py`` (scene, windows,
 graph_tokens, long) with their widths ``D`` split into heads of ``P = 64`` channels
@@ -16,7 +17,8 @@ Measured per workload and N:
   path) on the same inputs viewed as batch 1, when importable: pass the directory that holds
   the ``mamba_ssm`` package with ``--mamba-ssm-path`` (only its pure-Python/Triton SSD modules
   are loaded, not its compiled extensions); otherwise a line says why it is skipped. The
-  largest relative difference of the two forward outputs is reported as a check.
+  relative difference (Frobenius) of the two forward outputs is reported as a check, and
+  ``rel_diff_to_chunked`` compares the Triton forward with the chunked torch backend.
 
 FLOPs: the matmul work of a chunked SSD with chunk ``Q`` per token and head is
 ``2QN + 2QP`` (intra-chunk ``C B^T`` and ``(CB ⊙ L) x``) plus ``4PN`` (chunk state and
@@ -160,13 +162,22 @@ def mamba_ssm_calls(scan, inputs: dict):
     return forward, forward_backward, list(leaves.values())
 
 
+def chunked_difference(inputs: dict, got: torch.Tensor) -> float:
+    """Relative difference of the Triton forward to the chunked torch form (a check)."""
+    args = {k: v for k, v in inputs.items() if k != "cu_seqlens"}
+    with torch.no_grad():
+        want = ssd_scan(**args, dt_softplus=True, cu_seqlens=inputs["cu_seqlens"],
+                        backend="chunked").float()
+    return float((got.float() - want).norm() / want.norm().clamp_min(1e-12))
+
+
 def measure(impl: str, calls, flops_fwd: float, base: dict, args, out_file) -> None:
     forward, forward_backward, leaves = calls
-    fwd_ms = median_ms(forward)
+    fwd_ms = median_ms(forward, warmup=10, rep=50)
     emit(dict(base, impl=impl, mode="fwd", ms=fwd_ms, tflops=flops_fwd / fwd_ms * 1e-9,
               peak_fraction=flops_fwd / fwd_ms * 1e-9 / args.peak_tflops), out_file)
     if not args.no_backward:
-        ms = median_ms(forward_backward, grad_to_none=leaves)
+        ms = median_ms(forward_backward, warmup=10, rep=50, grad_to_none=leaves)
         emit(dict(base, impl=impl, mode="fwd+bwd", ms=ms, tflops=3 * flops_fwd / ms * 1e-9,
                   peak_fraction=3 * flops_fwd / ms * 1e-9 / args.peak_tflops), out_file)
 
@@ -195,6 +206,7 @@ def main(argv=None) -> int:
             base = dict(workload=name, T=T, H=H, P=P, N=state,
                         segments=inputs["cu_seqlens"].numel() - 1, device=card_name(device))
             ours = geossm_calls(inputs)
+            base["rel_diff_to_chunked"] = chunked_difference(inputs, ours[0]())
             measure("geossm", ours, forward_flops(T, H, P, state, CHUNK),
                     dict(base, chunk=CHUNK), args, args.out)
             if scan is not None:

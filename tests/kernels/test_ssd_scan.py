@@ -15,6 +15,9 @@ DEVICE = device_under_test()
 HAS_TRITON = _compat.has_triton() and (DEVICE == "cuda" or _compat.triton_interpret())
 BACKENDS = ["reference", "chunked"] + (["triton"] if HAS_TRITON else [])
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+# float32 inputs against the float64 reference. On CUDA the sums over all tokens (dA,
+# ddt_bias) reduce in another order than on the CPU: measured up to 1.1e-5 there.
+FP32_TOLERANCE = 3e-5 if DEVICE == "cuda" else 1e-5
 
 LENGTHS = {
     "len0": [0],
@@ -128,7 +131,7 @@ def test_matches_reference_on_lengths(backend, case, reverse):
     inputs, cu = make_inputs(lengths)
     want = run("exact", inputs, cu, reverse=reverse)
     got = run(backend, inputs, cu, reverse=reverse)
-    assert_close(got, want, 1e-5)
+    assert_close(got, want, FP32_TOLERANCE)
 
 
 FEATURES = {
@@ -152,7 +155,7 @@ def test_matches_reference_with_features(backend, feature):
                              **FEATURES.get(feature, {}))
     want = run("exact", inputs, cu, softplus=softplus)
     got = run(backend, inputs, cu, softplus=softplus)
-    assert_close(got, want, 1e-5)
+    assert_close(got, want, FP32_TOLERANCE)
 
 
 # Half-precision inputs: the reference sees the same rounded inputs; the gap is the 16-bit
