@@ -99,7 +99,8 @@ def _recomputed_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_stat
         leaves = [None if v is None else v.detach().requires_grad_() for v in present]
         lx, ldt, lA, lB, lC, lD, lz, lbias, linit = leaves
         out, final = ssd_scan_chunked(lx, ldt, lA, lB, lC, lD, lz, lbias, dt_softplus,
-                                      cu_seqlens, reverse, linit)
+                                      cu_seqlens, reverse, linit,
+                                      final_states=dfinal is not None)
         outputs, grads_out = [out], [dout]
         if dfinal is not None:
             outputs.append(final)
@@ -235,7 +236,7 @@ def ssd_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, cu
         out, final = ssd_scan_ref(dt_softplus=bool(dt_softplus), reverse=bool(reverse), **args)
     elif name == "chunked":
         out, final = ssd_scan_chunked(dt_softplus=bool(dt_softplus), reverse=bool(reverse),
-                                      **args)
+                                      final_states=bool(return_final_states), **args)
     else:
         out, final = torch.ops.geossm.ssd_scan(
             args["x"], args["dt"], args["A"], args["B"], args["C"], args["D"], args["z"],

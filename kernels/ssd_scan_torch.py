@@ -92,8 +92,10 @@ def _scan_chunks(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
 
 
 def ssd_scan_chunked(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                     cu_seqlens=None, reverse=False, initial_states=None, chunk: int = 64):
-    """Chunked SSD over packed segments; returns ``(out like x, final (S, H, P, N))``.
+                     cu_seqlens=None, reverse=False, initial_states=None, chunk: int = 64,
+                     final_states: bool = True):
+    """Chunked SSD over packed segments; returns ``(out like x, final (S, H, P, N))``
+    (``final`` None unless ``final_states``: it costs a gather per segment).
 
     Per chunk ``c`` of ``Q = chunk`` tokens, with ``l`` the within-chunk cumulative log-decay
     (``l_i = sum_{j<=i} dt_j A``) and ``same(i, j)`` "tokens i, j in one segment"::
@@ -113,7 +115,7 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=F
         flip = reversal_index(cu_seqlens, T)
         out, final = ssd_scan_chunked(
             x[flip], dt[flip], A, B[flip], C[flip], D, None if z is None else z[flip],
-            dt_bias, dt_softplus, cu_seqlens, False, initial_states, chunk)
+            dt_bias, dt_softplus, cu_seqlens, False, initial_states, chunk, final_states)
         return out[flip], final
     Q = chunk
     K = max(1, -(-T // Q))
@@ -171,6 +173,8 @@ def ssd_scan_chunked(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=F
         y = y + D.to(work) * x.to(work)
     if z is not None:
         y = y * F.silu(z.to(work))
+    if not final_states:
+        return y.to(x.dtype), None
     final = _final_states(cu_seqlens, ends, entering, cum, cum_before, step, began_before,
                           seg, Bs, xs, None if initial_states is None else init, Q)
     return y.to(x.dtype), final
