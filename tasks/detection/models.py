@@ -252,6 +252,7 @@ class LION(nn.Module):
         generation_ratio: voxel generation top-k fraction (0 = off), default 0.1.
         operator / bidirectional / d_state / expand / mlp_ratio / drop_path: linear operator
             settings (``Mamba`` with ``d_state=8``, ``expand=1`` by default).
+        mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in the operator.
         bev_channels / bev_layers: 2D backbone width and convs per stage, default 64 / 2.
         head_branch_conv: a 3x3 conv before each head's 1x1 output, default True.
         score_threshold / nms_threshold / max_detections / pre_nms: decoding, defaults
@@ -278,6 +279,7 @@ class LION(nn.Module):
                  bev_layers: int = 2, head_branch_conv: bool = True,
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
                  max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
+                 mixer: str = "mamba",
                  **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:
@@ -299,7 +301,7 @@ class LION(nn.Module):
         self.stem_norm = nn.LayerNorm(sd)
         self.lift = nn.Linear(sd, dim) if sd != dim else nn.Identity()
         op = dict(operator=operator, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
-                  drop_path=drop_path, d_state=d_state, expand=expand)
+                  drop_path=drop_path, d_state=d_state, expand=expand, mixer=mixer)
         windows = (list(window_shape) if isinstance(window_shape[0], Sequence)
                    else [window_shape] * num_blocks)
         if len(windows) < num_blocks:
