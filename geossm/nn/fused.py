@@ -1,23 +1,24 @@
-"""The fused inner Mamba path: keep the in-projection output and the scan's chunk states only.
+"""The fused inner Mamba path: keep the block input and the scan's chunk states only.
 
-``mamba_inner`` computes, for ``xz = in_proj(x)`` (what ``Mamba`` does between its two
-projections)::
+``mamba_inner`` computes what ``Mamba`` does before its out-projection::
 
-    x', z   = split(xz)                                         # (T, E) each
+    x', z   = split(x @ in_proj_weight.T + in_proj_bias)        # (T, E) each
     h       = silu(causal_conv1d(x', conv_weight, conv_bias))   # per segment
     dt,B,C  = split(h @ x_proj_weight.T)                        # (T, R), (T, N), (T, N)
     delta   = dt @ dt_proj_weight.T                             # (T, E); bias in the scan
     y       = selective_scan(h, delta, -exp(A_log), B, C, D, z, dt_proj_bias, softplus)
 
 with the same kernels, in the same order, as the unfused path, so outputs and gradients are
-the same. What differs is what autograd keeps for the backward: the unfused path keeps the
-convolution's input copy, ``h``, ``x_proj``'s output, ``delta``, contiguous copies of ``B``,
-``C`` and ``z`` (about ``5E + 3N + R`` values per token); this path keeps ``xz`` (``2E``, in
-its autocast dtype, bf16 under the trainer) and the scan kernel's compact chunk states
-(``T / chunk`` states of ``(E, N)``), and recomputes ``h``, ``dt``, ``B``, ``C``, ``delta``
-in the backward (a depthwise convolution and two thin matmuls: cheap next to the scan), the
-idea of ``mamba_ssm``'s ``mamba_inner_fn``. The scan's forward is not rerun: its backward
-kernel starts from the saved chunk states, as in the unfused path.
+the same. What differs is what autograd keeps for the backward: the unfused path keeps
+``in_proj``'s input, the convolution's input copy, ``h``, ``x_proj``'s output, ``delta``,
+contiguous copies of ``B``, ``C`` and ``z`` (about ``D + 5E + 3N + R`` values per token); this
+path keeps ``x`` (``D`` values, in the dtype ``in_proj`` computes in: bf16 under the
+trainer's autocast) and the scan kernel's compact chunk states (``T / chunk`` states of
+``(E, N)``), and recomputes ``xz``, ``h``, ``dt``, ``B``, ``C``, ``delta`` in the backward (a
+depthwise convolution and three matmuls: cheap next to the scan), the idea of ``mamba_ssm``'s
+``mamba_inner_fn`` (which keeps ``xz``; recomputing it from ``x`` halves what is kept again
+for one more matmul). The scan's forward is not rerun: its backward kernel starts from the
+saved chunk states, as in the unfused path.
 
 The kernel backends (numba on CPU, triton on CUDA) run through the ``geossm::selective_scan``
 and ``geossm::selective_scan_backward`` ops; the ``torch`` reference backend (autograd through
@@ -51,8 +52,13 @@ class _MambaInner(torch.autograd.Function):
     """Autograd of ``mamba_inner`` (see the module docstring); packed ``(T, 2E)`` input."""
 
     @staticmethod
-    def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                A_log, D, cu, reverse: bool, backend: str, dt_rank: int, d_state: int):
+    def forward(ctx, u, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+                dt_proj_weight, dt_proj_bias, A_log, D, cu, reverse: bool, backend: str,
+                dt_rank: int, d_state: int):
+        amp = _autocast_state(u.device.type)
+        # Kept in the dtype in_proj computes in (bf16 under autocast): what F.linear casts to.
+        kept = u.to(amp[1]) if amp[0] and u.is_floating_point() else u
+        xz = F.linear(kept, in_proj_weight, in_proj_bias)
         inner = conv_weight.shape[0]
         x, z = xz.split(inner, dim=-1)
         h = causal_conv1d(x, conv_weight, conv_bias, cu_seqlens=cu, activation="silu",
@@ -69,25 +75,26 @@ class _MambaInner(torch.autograd.Function):
                 h, delta.contiguous(), A, B.unsqueeze(1).contiguous(),
                 C.unsqueeze(1).contiguous(), D.float(), z.contiguous(), dt_proj_bias.float(),
                 cu, None, True, bool(reverse), backend)
-        ctx.save_for_backward(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                              dt_proj_bias, A_log, D, cu, chunk_states)
-        ctx.flags = (reverse, backend, dt_rank, d_state, xz.device.type,
-                     _autocast_state(xz.device.type))
+        ctx.save_for_backward(kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
+                              x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cu,
+                              chunk_states)
+        ctx.flags = (reverse, backend, dt_rank, d_state, u.device.type, amp, u.dtype)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cu,
-         chunk_states) = ctx.saved_tensors
-        reverse, backend, dt_rank, d_state, device_type, (amp, amp_dtype) = ctx.flags
+        (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+         dt_proj_weight, dt_proj_bias, A_log, D, cu, chunk_states) = ctx.saved_tensors
+        reverse, backend, dt_rank, d_state, device_type, (amp, amp_dtype), u_dtype = ctx.flags
         leaves = [t.detach().requires_grad_() if t is not None else None
-                  for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
-                            dt_proj_bias, A_log, D)]
-        xz_, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log_, D_ = leaves
+                  for t in (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
+                            x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)]
+        u_, in_w, in_b, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log_, D_ = leaves
         with torch.enable_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
+            xz = F.linear(u_, in_w, in_b)
             inner = conv_w.shape[0]
-            x, z = xz_.split(inner, dim=-1)
+            x, z = xz.split(inner, dim=-1)
             h = causal_conv1d(x, conv_w, conv_b, cu_seqlens=cu, activation="silu",
                               reverse=reverse, backend=backend)
             delta, B, C = _projections(h, x_proj_w, dt_proj_w, dt_rank, d_state)
@@ -108,22 +115,24 @@ class _MambaInner(torch.autograd.Function):
                 outputs = [h, delta, B, C, z, A, D_.float(), dt_bias.float()]
                 grads = [du, ddelta, dB.squeeze(1), dC.squeeze(1), dz, dA, dD, dbias]
         wanted = [t for t in leaves if t is not None]
-        found = torch.autograd.grad(outputs, wanted, grads, allow_unused=True)
-        found = iter(found)
-        return (*(next(found) if t is not None else None for t in leaves),
-                None, None, None, None, None)
+        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+        du_, *rest = (next(found) if t is not None else None for t in leaves)
+        return (du_.to(u_dtype), *rest, None, None, None, None, None)
 
 
-def mamba_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
-                x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
-                dt_proj_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
-                cu_seqlens: torch.Tensor | None = None, reverse: bool = False,
+def mamba_inner(x: torch.Tensor, in_proj_weight: torch.Tensor,
+                in_proj_bias: torch.Tensor | None, conv_weight: torch.Tensor,
+                conv_bias: torch.Tensor | None, x_proj_weight: torch.Tensor,
+                dt_proj_weight: torch.Tensor, dt_proj_bias: torch.Tensor, A_log: torch.Tensor,
+                D: torch.Tensor, cu_seqlens: torch.Tensor | None = None, reverse: bool = False,
                 backend: str | None = None) -> torch.Tensor:
-    """The gated scan output ``y`` of a Mamba block from its in-projection ``xz`` (see the
-    module docstring), keeping only ``xz`` and the scan's chunk states for the backward.
+    """The gated scan output ``y`` of a Mamba block from its input ``x`` (``in_proj`` through
+    the scan; see the module docstring), keeping only ``x`` (in the dtype ``in_proj`` computes
+    in) and the scan's chunk states for the backward.
 
     Args:
-        xz: packed ``(T, 2E)`` or dense ``(Bt, L, 2E)``: ``x'`` then ``z``.
+        x: packed ``(T, D)`` or dense ``(Bt, L, D)`` block input.
+        in_proj_weight: ``(2E, D)``; in_proj_bias ``(2E,)`` or None.
         conv_weight: ``(E, W)`` depthwise filters; conv_bias ``(E,)`` or None.
         x_proj_weight: ``(R + 2N, E)``; dt_proj_weight ``(E, R)``; dt_proj_bias ``(E,)``.
         A_log: ``(E, N)`` (``A = -exp(A_log)``); D: ``(E,)``.
@@ -134,19 +143,19 @@ def mamba_inner(xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Te
 
     Shapes::
 
-        xz:  (T, 2E) or (Bt, L, 2E)
-        out: (T, E) or (Bt, L, E), in the dtype of the scan's input (xz's under autocast)
+        x:   (T, D) or (Bt, L, D)
+        out: (T, E) or (Bt, L, E), in in_proj's output dtype (bf16 under bf16 autocast)
 
     Host sync: validating ``cu_seqlens`` once, as the kernels do.
     """
-    inner = conv_weight.shape[0]
-    if xz.dim() not in (2, 3) or xz.shape[-1] != 2 * inner:
-        raise ValueError(f"xz must have shape (T, {2 * inner}) or (B, L, {2 * inner}), got "
-                         f"{tuple(xz.shape)}")
-    dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
-    cu = canonical_cu_seqlens(cu_seqlens, tuple(xz.shape[:-1]), xz.device)
-    name = resolve_backend(backend, xz.device)
-    y = _MambaInner.apply(xz.reshape(-1, 2 * inner), conv_weight, conv_bias, x_proj_weight,
-                          dt_proj_weight, dt_proj_bias, A_log, D, cu, bool(reverse), name,
-                          dt_rank, d_state)
-    return y.reshape(*xz.shape[:-1], inner)
+    width = in_proj_weight.shape[1]
+    if x.dim() not in (2, 3) or x.shape[-1] != width:
+        raise ValueError(f"x must have shape (T, {width}) or (B, L, {width}), got "
+                         f"{tuple(x.shape)}")
+    inner, dt_rank, d_state = conv_weight.shape[0], dt_proj_weight.shape[1], A_log.shape[1]
+    cu = canonical_cu_seqlens(cu_seqlens, tuple(x.shape[:-1]), x.device)
+    name = resolve_backend(backend, x.device)
+    y = _MambaInner.apply(x.reshape(-1, width), in_proj_weight, in_proj_bias, conv_weight,
+                          conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cu,
+                          bool(reverse), name, dt_rank, d_state)
+    return y.reshape(*x.shape[:-1], inner)

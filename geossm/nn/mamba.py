@@ -86,9 +86,9 @@ class Mamba(nn.Module):
         backend: kernel backend (``"torch"``, ``"numba"``, ``"triton"``) or None = numba on
             CPU, triton on CUDA.
         fused: while gradients are recorded, run the convolution, projections and scan as one
-            autograd function (``geossm.nn.fused.mamba_inner``) that keeps only ``in_proj``'s
-            output and the scan's chunk states for the backward and recomputes the rest there:
-            same outputs and gradients, about half the activation memory of the block. Not
+            autograd function (``geossm.nn.fused.mamba_inner``) that keeps only the block's
+            input and the scan's chunk states for the backward and recomputes the rest there:
+            same outputs and gradients, a fraction of the activation memory of the block. Not
             used under ``torch.compile`` (which traces the unfused ops) nor without
             gradients (nothing is kept then). The attribute can be switched at any time.
             Default True.
@@ -170,12 +170,13 @@ class Mamba(nn.Module):
         """Mix along every segment (see the class docstring); returns a tensor shaped like x."""
         check_tokens("x", x, self.d_model)
         check_layer_cu_seqlens(cu_seqlens, x)
-        xz = self.in_proj(x)
         if self.fused and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            y = mamba_inner(xz, self.conv_weight, self.conv_bias, self.x_proj.weight,
-                            self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
-                            cu_seqlens=cu_seqlens, reverse=reverse, backend=self.backend)
+            y = mamba_inner(x, self.in_proj.weight, self.in_proj.bias, self.conv_weight,
+                            self.conv_bias, self.x_proj.weight, self.dt_proj.weight,
+                            self.dt_proj.bias, self.A_log, self.D, cu_seqlens=cu_seqlens,
+                            reverse=reverse, backend=self.backend)
             return self.out_proj(y)
+        xz = self.in_proj(x)
         h, z = xz.split(self.d_inner, dim=-1)
         h = causal_conv1d(h, self.conv_weight, self.conv_bias, cu_seqlens=cu_seqlens,
                           activation="silu", reverse=reverse, backend=self.backend)

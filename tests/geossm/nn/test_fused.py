@@ -120,8 +120,8 @@ def test_fused_keeps_far_fewer_activations():
     fused, plain = twins(d_state=16)
     kept_fused, kept_plain = _saved_bytes(fused, x, cu), _saved_bytes(plain, x, cu)
     # E = 16, N = 16, R = 1: unfused ~ x + conv input + h + x_dbl + delta + B + C + z + y
-    # (~ 8 + 16 * 5 + 33 + 32 values per token); fused x + xz + y (8 + 32 + 16) + chunk states.
-    assert kept_fused < 0.5 * kept_plain, (kept_fused, kept_plain)
+    # (~ 8 + 16 * 5 + 33 + 32 values per token); fused x + y (8 + 16) + chunk states.
+    assert kept_fused < 0.35 * kept_plain, (kept_fused, kept_plain)
 
 
 def test_switch_and_paths_without_gradients():
@@ -137,7 +137,7 @@ def test_switch_and_paths_without_gradients():
 
 def test_mamba_inner_shape_error():
     m = Mamba(DIM, d_state=4)
-    with pytest.raises(ValueError, match=r"xz must have shape \(T, 32\) or \(B, L, 32\), got "
-                                         r"\(5, 31\)"):
-        mamba_inner(torch.randn(5, 31), m.conv_weight, m.conv_bias, m.x_proj.weight,
-                    m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D)
+    with pytest.raises(ValueError, match=r"x must have shape \(T, 8\) or \(B, L, 8\), got "
+                                         r"\(5, 7\)"):
+        mamba_inner(torch.randn(5, 7), m.in_proj.weight, m.in_proj.bias, m.conv_weight,
+                    m.conv_bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D)
