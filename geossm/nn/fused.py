@@ -35,7 +35,7 @@ from geossm.kernels import causal_conv1d, selective_scan
 from geossm.kernels._common import resolve_backend  # the kernels' own backend choice
 from geossm.packed import canonical_cu_seqlens
 
-__all__ = ["mamba_inner"]
+__all__ = ["mamba_inner", "rms_norm"]
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
@@ -159,3 +159,46 @@ def mamba_inner(x: torch.Tensor, in_proj_weight: torch.Tensor,
                           conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cu,
                           bool(reverse), name, dt_rank, d_state)
     return y.reshape(*x.shape[:-1], inner)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """``y = (x * rsqrt(mean(x², -1) + eps) * weight)`` in float32, keeping ``x`` and the
+    ``(..., 1)`` reciprocal root only; the backward repeats autograd's own steps for that
+    formula (mul, rsqrt, mean, pow) in the same order, so its gradients are bitwise those of
+    the unfused ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        xf = x.float()
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd * weight.float()).to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        xf, wf, dyf = x.float(), weight.float(), dy.float()
+        normed = xf * rstd
+        dnormed = dyf * wf
+        dweight = (dyf * normed).sum(tuple(range(x.dim() - 1)))
+        drstd = (dnormed * xf).sum(-1, keepdim=True)
+        dmean = -0.5 * drstd * rstd.pow(3)
+        dsquare = dmean.expand_as(xf) / x.shape[-1]
+        dx = dnormed * rstd + dsquare * (2 * xf.pow(1))
+        return dx.to(x.dtype), dweight.to(weight.dtype), None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``x / sqrt(mean(x², dim=-1) + eps) * weight`` in float32, returned in x's dtype, keeping
+    for the backward ``x`` and one float per row (not also the normalised float32 copy).
+
+    Without gradients or under ``torch.compile`` / ``torch.export`` the plain ops run (nothing
+    is kept then; the compiler plans its own saving).
+
+    Shapes: ``x (..., D)``, ``weight (D,)`` -> ``(..., D)``.
+    """
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return _RMSNorm.apply(x, weight, float(eps))
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)

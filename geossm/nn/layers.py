@@ -7,6 +7,8 @@ from torch import nn
 
 from geossm.packed import LAYER, check_cu_seqlens
 
+from .fused import rms_norm
+
 __all__ = ["RMSNorm", "DropPath", "MLP"]
 
 
@@ -38,9 +40,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        # One autograd function: keeps x and one float per row for the backward, not also
+        # the normalised float32 copy (same values and gradients as the plain formula).
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"

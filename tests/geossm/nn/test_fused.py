@@ -5,7 +5,7 @@ import torch
 
 from geossm.kernels import available_backends
 from geossm.nn import BiMamba, Mamba
-from geossm.nn.fused import mamba_inner
+from geossm.nn.fused import mamba_inner, rms_norm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: Every backend that runs here: numba on CPU, triton on CUDA (or in Triton's CPU interpreter
@@ -141,3 +141,34 @@ def test_mamba_inner_shape_error():
                                          r"\(5, 7\)"):
         mamba_inner(torch.randn(5, 7), m.in_proj.weight, m.in_proj.bias, m.conv_weight,
                     m.conv_bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D)
+
+
+def _rms_reference(x, weight, eps):
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(37, 64), (3, 5, 48), (1, 7)])
+def test_rms_norm_equals_plain_formula_bitwise(dtype, shape):
+    torch.manual_seed(0)
+    x, weight = 3 * torch.randn(shape, dtype=dtype), torch.randn(shape[-1])
+    g = torch.randn(shape, dtype=dtype)
+    runs = []
+    for fn in (rms_norm, _rms_reference):
+        xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        y = fn(xi, wi, 1e-5)
+        y.backward(g)
+        runs.append((y, xi.grad, wi.grad))
+    for a, b in zip(*runs):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_rms_norm_keeps_only_input_and_row_scale():
+    x = torch.randn(100, 32, requires_grad=True)
+    weight = torch.ones(32, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        rms_norm(x, weight)
+    assert sorted(t.numel() for t in kept) == [32, 100, 3200]
