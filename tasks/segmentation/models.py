@@ -65,9 +65,10 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
             or cu_seqlens.numel() < 2):
         got = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
         raise ValueError(f"cu_seqlens must have shape (B+1,) with B >= 1, got {got}")
-    if int(cu_seqlens[-1]) != coord.shape[0] or int(cu_seqlens[0]) != 0:
+    first, last = cu_seqlens[[0, -1]].tolist()  # one host sync for both ends
+    if last != coord.shape[0] or first != 0:
         raise ValueError(f"cu_seqlens must start at 0 and end at N={coord.shape[0]}, got "
-                         f"{int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
+                         f"{first}..{last}")
     if coord.shape[0] == 0:
         # one empty cloud among others is an empty segment; a batch of nothing has no grid
         raise ValueError(f"coord has 0 points: every one of the {cu_seqlens.numel() - 1} "
