@@ -25,7 +25,8 @@ step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (w
 ``--points 100000 1000000 2000000``: PCM base segmentation memory per point instead (the
 scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the real scans):
 peak memory, activation memory per point (peak minus the memory held before the step) and
-step time, with the fused Mamba path and without it (``Mamba.fused``), no checkpointing.
+step time, with the memory-saving paths (fused Mamba and RMSNorm, kNN embedding recomputed in
+the backward) and without them (``set_fused``), no checkpointing.
 
     python benchmarks/step_profile.py [--tasks segmentation detection graph events]
         [--steps 5] [--warmup 3] [--out steps.jsonl] [--unfused]
@@ -132,10 +133,12 @@ def make_batches(trainer, batch_size: int, count: int) -> list:
 
 
 def set_fused(model: torch.nn.Module, on: bool) -> None:
-    """The fused Mamba path on or off in every mixer that has the switch."""
+    """The memory-saving paths on or off: fused Mamba and RMSNorm (``fused``), the kNN
+    embedding's recomputation (``recompute``); off = the ops as they were before them."""
     for m in model.modules():
-        if hasattr(m, "fused") and isinstance(m.fused, bool):
-            m.fused = on
+        for switch in ("fused", "recompute"):
+            if isinstance(getattr(m, switch, None), bool):
+                setattr(m, switch, on)
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -317,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", type=int, default=3, help="distinct batches cycled over")
     ap.add_argument("--graphs", type=int, default=3000,
                     help="Peptides-func molecules converted (the csv's first rows)")
-    ap.add_argument("--unfused", action="store_true", help="Mamba without the fused path")
+    ap.add_argument("--unfused", action="store_true",
+                    help="without the fused Mamba / RMSNorm paths and the kNN recomputation")
     ap.add_argument("--points", type=int, nargs="+", default=None,
                     help="PCM memory per point at these point counts instead of the tasks")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
