@@ -49,15 +49,17 @@ def _projections(h, x_proj_weight, dt_proj_weight, dt_rank: int, d_state: int):
 
 
 class _MambaInner(torch.autograd.Function):
-    """Autograd of ``mamba_inner`` (see the module docstring); packed ``(T, 2E)`` input."""
+    """Autograd of ``mamba_inner`` (see the module docstring) on packed ``(T, D)`` input."""
 
     @staticmethod
     def forward(ctx, u, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
                 dt_proj_weight, dt_proj_bias, A_log, D, cu, reverse: bool, backend: str,
                 dt_rank: int, d_state: int):
         amp = _autocast_state(u.device.type)
-        # Kept in the dtype in_proj computes in (bf16 under autocast): what F.linear casts to.
-        kept = u.to(amp[1]) if amp[0] and u.is_floating_point() else u
+        # Kept in the dtype in_proj computes in (bf16 under autocast): the copy F.linear would
+        # cast to (autocast leaves float64 alone).
+        cast = amp[0] and u.is_floating_point() and u.dtype != torch.float64
+        kept = u.to(amp[1]) if cast else u
         xz = F.linear(kept, in_proj_weight, in_proj_bias)
         inner = conv_weight.shape[0]
         x, z = xz.split(inner, dim=-1)
