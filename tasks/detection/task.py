@@ -157,9 +157,11 @@ class DetectionTask(Task):
         batch["gt_boxes_cu_seqlens"] = cu_seqlens_from_lengths(boxes, "gt_boxes")
         # The heatmap / regression targets are built here, in the data loader, on the CPU
         # tensors: the training step then has no host loop over boxes and no device-to-host
-        # copy of them (the loss builds them itself for a batch without "targets").
-        batch["targets"] = self._targets(batch, int(self.cfg.model.get("num_classes", 3)),
-                                         len(samples))
+        # copy of them (the loss builds them itself for a batch without "targets"). A task
+        # without a config has no grid: its batches carry none.
+        if self.cfg is not None:
+            batch["targets"] = self._targets(batch, int(self.cfg.model.get("num_classes", 3)),
+                                             len(samples))
         return batch
 
     def _loss_config(self) -> dict[str, Any]:
