@@ -35,16 +35,17 @@ class RMSNorm(nn.Module):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.dim, self.eps = dim, eps
-        #: ``geossm.nn.fused.rms_norm`` (less kept for the backward) or the plain ops.
-        self.fused = True
+        #: ``geossm.nn.fused.rms_norm``: keeps x and one float per row for the backward instead
+        #: of also the normalised float32 copy. Off by default: its single gradient for x is
+        #: added to x's other uses in another order than autograd's three terms of the plain
+        #: ops, so training results move by float rounding (the default job's mIoU changes).
+        self.fused = False
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
         if self.fused:
-            # One autograd function: keeps x and one float per row for the backward, not also
-            # the normalised float32 copy (same values and gradients as the plain formula).
             return rms_norm(x, self.weight, self.eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
