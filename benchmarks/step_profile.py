@@ -25,11 +25,12 @@ step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (w
 ``--points 100000 1000000 2000000``: PCM base segmentation memory per point instead (the
 scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the real scans):
 peak memory, activation memory per point (peak minus the memory held before the step) and
-step time, with the memory-saving paths (fused Mamba and RMSNorm, kNN embedding recomputed in
-the backward) and without them (``set_fused``), no checkpointing.
+step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = none,
+``default`` = the library's defaults: fused Mamba, kNN embedding recomputed in the backward;
+``all`` = also the opt-in fused RMSNorm), no checkpointing.
 
     python benchmarks/step_profile.py [--tasks segmentation detection graph events]
-        [--steps 5] [--warmup 3] [--out steps.jsonl] [--unfused]
+        [--steps 5] [--warmup 3] [--out steps.jsonl] [--paths off|default|all]
     python benchmarks/step_profile.py --points 100000 1000000 2000000
     python benchmarks/step_profile.py --tiny       # CPU check of the script: tiny models
 """
@@ -136,13 +137,24 @@ def make_batches(trainer, batch_size: int, count: int) -> list:
     return batches
 
 
-def set_fused(model: torch.nn.Module, on: bool) -> None:
-    """The memory-saving paths on or off: fused Mamba and RMSNorm (``fused``), the kNN
-    embedding's recomputation (``recompute``); off = the ops as they were before them."""
+#: paths -> (Mamba.fused, KNNEmbedding.recompute, RMSNorm.fused)
+PATHS = {"off": (False, False, False), "default": (True, True, False),
+         "all": (True, True, True)}
+
+
+def set_memory_paths(model: torch.nn.Module, paths: str) -> None:
+    """Switch the memory-saving paths of every module (see ``PATHS``); ``off`` = the ops as
+    they were before them."""
+    from geossm.nn import Mamba, RMSNorm
+
+    mamba, recompute, norm = PATHS[paths]
     for m in model.modules():
-        for switch in ("fused", "recompute"):
-            if isinstance(getattr(m, switch, None), bool):
-                setattr(m, switch, on)
+        if isinstance(m, Mamba):
+            m.fused = mamba
+        elif isinstance(m, RMSNorm):
+            m.fused = norm
+        elif isinstance(getattr(m, "recompute", None), bool):  # the kNN embedding
+            m.recompute = recompute
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -219,8 +231,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
     trainer, optimizer, scheduler = build_trainer(task, overrides, device)
     dev = trainer.device
     try:
-        if args.unfused:
-            set_fused(trainer.model, False)
+        set_memory_paths(trainer.model, args.paths)
         trainer.model.train()
         clip = float(trainer.cfg.train.grad_clip or 0.0)
         batches = make_batches(trainer, batch_size, args.batches)
@@ -241,7 +252,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             times.append(time.perf_counter() - t0)
         step_ms = 1e3 * statistics.median(times)
         row = {"bench": "step_profile", "task": task, "config": TASKS[task][0],
-               "batch_size": batch_size, "fused": not args.unfused,
+               "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
         prof = profile_steps(step, batches, args.steps, dev)
         row.update({k: round(v, 3) for k, v in prof.items()})
@@ -271,7 +282,7 @@ def _items(batch) -> int:
 # ------------------------------------------------------------------- memory per point (PCM)
 
 def measure_points(points: list[int], args, emit) -> None:
-    """Peak and activation memory per point of the PCM base step, fused and unfused."""
+    """Peak and activation memory per point of the PCM base step for every ``PATHS``."""
     import segmentation_gpu as seg
     from geossm.config import find_config, load_config
     from geossm.registry import TASKS as TASK_REGISTRY
@@ -293,12 +304,12 @@ def measure_points(points: list[int], args, emit) -> None:
         if cfg.model.in_channels != batch["feat"].shape[1]:
             raise ValueError(f"the config's model.in_channels={cfg.model.in_channels} does not "
                              f"fit the scenes' {batch['feat'].shape[1]} features")
-        for fused in (True, False):
-            set_fused(model, fused)
+        for paths in ("default", "all", "off"):
+            set_memory_paths(model, paths)
             held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
             res = seg.step_or_oom(model, batch, iters=1 if args.tiny else 2, warmup=1)
             row = {"bench": "step_profile_points", "points": int(batch["coord"].shape[0]),
-                   "scenes": k, "fused": fused, "grad_checkpoint": False}
+                   "scenes": k, "paths": paths, "grad_checkpoint": False}
             if res is None:
                 row["error"] = "out of memory"
             else:
@@ -331,8 +342,8 @@ def main(argv: list[str] | None = None) -> None:
                          "(PeptidesFunc(..., max_graphs=N, cache=PATH) writes one; without it "
                          "they are converted with RDKit + OGB). Default: .cache/"
                          "peptides_func_<graphs>.npz of the repository when present")
-    ap.add_argument("--unfused", action="store_true",
-                    help="without the fused Mamba / RMSNorm paths and the kNN recomputation")
+    ap.add_argument("--paths", choices=list(PATHS), default="default",
+                    help="memory-saving paths (see PATHS; off = as before them)")
     ap.add_argument("--points", type=int, nargs="+", default=None,
                     help="PCM memory per point at these point counts instead of the tasks")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")

@@ -40,20 +40,35 @@ def test_tiny_profile_of_every_task(step_profile, capsys, tmp_path, monkeypatch,
     assert [r["batch_size"] for r in rows] == [1, 2]
     assert [json.loads(l) for l in out.read_text().splitlines()] == rows
     for row in rows:
-        assert row["task"] == task and row["device"] == "cpu" and row["fused"] is True
+        assert row["task"] == task and row["device"] == "cpu" and row["paths"] == "default"
         assert row["step_ms"] > 0 and row["aten_ops"] > 100 and row["items_per_batch"] > 0
         # No CUDA on the CPU check: no kernels, syncs or GPU fraction to report.
         assert row["kernels"] == 0 and row["syncs"] == 0 and row["gpu_busy_frac"] is None
 
 
-def test_tiny_points_mode_runs_fused_and_unfused(step_profile, capsys):
+def test_tiny_points_mode_runs_every_set_of_memory_paths(step_profile, capsys):
     shared_path("semantickitti", "semantickitti_npy_3scans.tar.xz")
     step_profile.main(["--tiny", "--points", "900"])
     rows = _rows(capsys)
-    assert [r["fused"] for r in rows] == [True, False]
+    assert [r["paths"] for r in rows] == ["default", "all", "off"]
     assert all(r["points"] == 900 and r["step_s"] > 0 for r in rows)
 
 
 def test_busy_union_merges_overlapping_intervals(step_profile):
     assert step_profile._busy_union_us([(0, 4), (2, 6), (10, 11), (10.5, 10.7)]) == 7
     assert step_profile._busy_union_us([]) == 0
+
+
+def test_memory_paths_switch_every_module(step_profile):
+    from geossm.nn import Mamba, RMSNorm
+    from geossm.tasks.segmentation.models import KNNEmbedding, PointCloudMambaSeg
+
+    model = PointCloudMambaSeg(in_channels=3, num_classes=4, dims=(8, 16), depths=(1, 1),
+                               strides=(2,), d_state=4)
+    kinds = (Mamba, KNNEmbedding, RMSNorm)
+    for paths, switches in step_profile.PATHS.items():
+        step_profile.set_memory_paths(model, paths)
+        for kind, on in zip(kinds, switches):
+            mods = [m for m in model.modules() if isinstance(m, kind)]
+            assert mods and all((m.recompute if kind is KNNEmbedding else m.fused) is on
+                                for m in mods), (paths, kind)
