@@ -7,6 +7,8 @@ from torch import nn
 
 from geossm.packed import LAYER, check_cu_seqlens
 
+from .fused import rms_norm
+
 __all__ = ["RMSNorm", "DropPath", "MLP"]
 
 
@@ -33,11 +35,18 @@ class RMSNorm(nn.Module):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.dim, self.eps = dim, eps
+        #: ``geossm.nn.fused.rms_norm``: keeps x and one float per row for the backward instead
+        #: of also the normalised float32 copy. Off by default: its single gradient for x is
+        #: added to x's other uses in another order than autograd's three terms of the plain
+        #: ops, so training results move by float rounding (the default job's mIoU changes).
+        self.fused = False
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
+        if self.fused:
+            return rms_norm(x, self.weight, self.eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.float()).to(x.dtype)

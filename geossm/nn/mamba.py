@@ -18,6 +18,8 @@ from torch import nn
 from geossm.kernels import causal_conv1d, selective_scan
 from geossm.packed import LAYER, check_cu_seqlens, check_none_for_dense
 
+from .fused import mamba_inner
+
 __all__ = ["Mamba", "BiMamba", "from_mamba_ssm_state_dict", "to_mamba_ssm_state_dict"]
 
 
@@ -83,6 +85,13 @@ class Mamba(nn.Module):
         bias: biases in ``in_proj`` and ``out_proj``, default False.
         backend: kernel backend (``"torch"``, ``"numba"``, ``"triton"``) or None = numba on
             CPU, triton on CUDA.
+        fused: while gradients are recorded, run the convolution, projections and scan as one
+            autograd function (``geossm.nn.fused.mamba_inner``) that keeps only the block's
+            input and the scan's chunk states for the backward and recomputes the rest there:
+            same outputs and gradients, a fraction of the activation memory of the block. Not
+            used under ``torch.compile`` (which traces the unfused ops) nor without
+            gradients (nothing is kept then). The attribute can be switched at any time.
+            Default True.
 
     Shapes::
 
@@ -97,8 +106,10 @@ class Mamba(nn.Module):
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank="auto", dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False,
-                 backend=None):
+                 backend=None, fused: bool = True):
         super().__init__()
+        if not isinstance(fused, bool):
+            raise TypeError(f"fused must be a bool, got {fused!r}")
         for name, value in (("d_model", d_model), ("d_state", d_state), ("expand", expand)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -118,6 +129,7 @@ class Mamba(nn.Module):
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank
         self.backend = backend
+        self.fused = fused
         inner = self.d_inner
 
         self.in_proj = nn.Linear(d_model, 2 * inner, bias=bias)
@@ -158,6 +170,12 @@ class Mamba(nn.Module):
         """Mix along every segment (see the class docstring); returns a tensor shaped like x."""
         check_tokens("x", x, self.d_model)
         check_layer_cu_seqlens(cu_seqlens, x)
+        if self.fused and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            y = mamba_inner(x, self.in_proj.weight, self.in_proj.bias, self.conv_weight,
+                            self.conv_bias, self.x_proj.weight, self.dt_proj.weight,
+                            self.dt_proj.bias, self.A_log, self.D, cu_seqlens=cu_seqlens,
+                            reverse=reverse, backend=self.backend)
+            return self.out_proj(y)
         xz = self.in_proj(x)
         h, z = xz.split(self.d_inner, dim=-1)
         h = causal_conv1d(h, self.conv_weight, self.conv_bias, cu_seqlens=cu_seqlens,
@@ -235,7 +253,7 @@ class BiMamba(nn.Module):
         d_model: model width ``D``.
         **mamba_kwargs: passed to both ``Mamba`` directions (``d_state``, ``d_conv``,
             ``expand``, ``dt_rank``, ``dt_min``, ``dt_max``, ``dt_init_floor``, ``conv_bias``,
-            ``bias``, ``backend``).
+            ``bias``, ``backend``, ``fused``).
 
     Shapes::
 

@@ -110,6 +110,6 @@ def centerpoint_loss(outputs: dict, targets: tuple[Tensor, Tensor, Tensor],
     # (sin, cos) target of either direction is accepted (as SECOND's sin(a - b) loss does)
     flipped = (reg[:, 6:8] + tgt[:, 6:8]).abs().sum(1)
     heading = torch.minimum(err[:, 6:8].sum(1), flipped)
-    reg_loss = (err[:, :6].sum() + heading.sum()) / max(int(mask.sum()), 1)
+    reg_loss = (err[:, :6].sum() + heading.sum()) / mask.sum().clamp(min=1)  # no host sync
     return {"loss": hm_loss + reg_weight * reg_loss, "hm_loss": hm_loss.detach(),
             "reg_loss": reg_loss.detach()}

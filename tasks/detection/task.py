@@ -155,20 +155,38 @@ class DetectionTask(Task):
         # pack_collate omits the box boundaries when they happen to equal the point ones
         boxes = [len(s["gt_boxes"]) for s in samples]
         batch["gt_boxes_cu_seqlens"] = cu_seqlens_from_lengths(boxes, "gt_boxes")
+        # The heatmap / regression targets are built here, in the data loader, on the CPU
+        # tensors: the training step then has no host loop over boxes and no device-to-host
+        # copy of them (the loss builds them itself for a batch without "targets"). A task
+        # without a config has no grid: its batches carry none.
+        if self.cfg is not None:
+            batch["targets"] = self._targets(batch, int(self.cfg.model.get("num_classes", 3)),
+                                             len(samples))
         return batch
 
-    def loss(self, outputs: dict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _loss_config(self) -> dict[str, Any]:
         cfg = dict(self.cfg.get("loss") or {})
         unknown = set(cfg) - set(LOSS_KEYS)
         if unknown:
             raise ValueError(f"loss: unknown keys {sorted(unknown)} "
                              f"(known: {', '.join(LOSS_KEYS)})")
+        return cfg
+
+    def _targets(self, batch: Mapping[str, Any], num_classes: int, batch_size: int):
+        """``centerpoint_targets`` of the batch's boxes on the model's BEV grid."""
+        cfg = self._loss_config()
+        return centerpoint_targets(batch["gt_boxes"], batch["gt_labels"],
+                                   batch["gt_boxes_cu_seqlens"], self.decoder.grid, num_classes,
+                                   batch_size, int(cfg.get("min_radius", 2)),
+                                   float(cfg.get("min_overlap", 0.1)),
+                                   int(cfg.get("reg_neighbours", 0)))
+
+    def loss(self, outputs: dict, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self._loss_config()
         hm = outputs["heatmap"]
-        targets = centerpoint_targets(batch["gt_boxes"], batch["gt_labels"],
-                                      batch["gt_boxes_cu_seqlens"], self.decoder.grid, hm.shape[1],
-                                      hm.shape[0], int(cfg.get("min_radius", 2)),
-                                      float(cfg.get("min_overlap", 0.1)),
-                                      int(cfg.get("reg_neighbours", 0)))
+        targets = batch.get("targets")
+        if targets is None or tuple(targets[0].shape) != tuple(hm.shape):
+            targets = self._targets(batch, hm.shape[1], hm.shape[0])
         return centerpoint_loss(outputs, targets, float(cfg.get("reg_weight", 2.0)))
 
     def build_metrics(self) -> KittiAPMetric:

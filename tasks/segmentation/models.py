@@ -69,9 +69,10 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
         raise ValueError(f"cu_seqlens must have shape (B+1,) with B >= 1, got {got}")
     if tracing():  # torch.export: the values are symbolic; the shapes above are checked
         return
-    if int(cu_seqlens[-1]) != coord.shape[0] or int(cu_seqlens[0]) != 0:
+    first, last = cu_seqlens[[0, -1]].tolist()  # one host sync for both ends
+    if last != coord.shape[0] or first != 0:
         raise ValueError(f"cu_seqlens must start at 0 and end at N={coord.shape[0]}, got "
-                         f"{int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
+                         f"{first}..{last}")
     if coord.shape[0] == 0:
         # one empty cloud among others is an empty segment; a batch of nothing has no grid
         raise ValueError(f"coord has 0 points: every one of the {cu_seqlens.numel() - 1} "
@@ -163,19 +164,22 @@ class KNNEmbedding(nn.Module):
     neighbours ``j`` of each point ``i`` (self included), ``r`` the sample's mean distance to
     the ``k``-th neighbour (scale-free offsets for objects and scenes alike).
 
-    With ``grad_checkpoint`` (while training with gradients) the MLP runs over chunks of
-    ``checkpoint_chunk`` points, each under activation checkpointing: the ``(N, k, dim)``
-    activations, the largest tensors of the model at full resolution, are then neither kept for
-    backward nor materialised for all points at once (backward recomputes one chunk at a time).
+    While training with gradients and ``recompute`` (default True; or ``grad_checkpoint``) the
+    MLP runs over chunks of ``checkpoint_chunk`` points, each under activation checkpointing:
+    the ``(N, k, dim)`` activations, the largest tensors of the model at full resolution (about
+    20 KB per point of PCM base under bf16 autocast), are then neither kept for backward nor
+    materialised for all points at once (backward recomputes one chunk at a time: two thin
+    matmuls over ``N k`` rows, cheap next to the rest of the step). Same results either way.
 
     Shapes: ``coord (N, 3)``, ``feat (N, C)``, ``cu_seqlens (B+1,)`` -> ``(N, dim)``.
     """
 
     def __init__(self, in_channels: int, dim: int, k: int = 16, grad_checkpoint: bool = False,
-                 checkpoint_chunk: int = 2 ** 17) -> None:
+                 checkpoint_chunk: int = 2 ** 17, recompute: bool = True) -> None:
         super().__init__()
         self.k = k
         self.grad_checkpoint = bool(grad_checkpoint)
+        self.recompute = bool(recompute)
         self.checkpoint_chunk = int(checkpoint_chunk)
         self.fc1 = nn.Linear(in_channels + 3, dim)
         self.norm1 = nn.LayerNorm(dim)
@@ -193,7 +197,7 @@ class KNNEmbedding(nn.Module):
             counts = torch.bincount(batch, minlength=b).clamp(min=1)
             radius = (mean / counts).clamp(min=1e-6)[batch]        # (N,)
         rel = (rel / radius[:, None, None].to(rel.dtype)).to(feat.dtype)
-        if not _checkpointing(self, self.grad_checkpoint):
+        if not _checkpointing(self, self.grad_checkpoint or self.recompute):
             return self._mlp(feat, idx, rel)
         step = max(1, self.checkpoint_chunk)
         return torch.cat([_checkpoint(self._mlp, feat, idx[a:a + step], rel[a:a + step],

@@ -99,3 +99,24 @@ def test_mlp_shapes_gradient_and_errors():
     assert MLP(4).fc1.out_features == 16 and MLP(4).fc2.out_features == 4
     with pytest.raises(ValueError, match="hidden_dim must be a positive int, got 0"):
         MLP(4, hidden_dim=0)
+
+
+def test_rmsnorm_fused_switch_same_values_and_gradients():
+    """RMSNorm.fused runs geossm.nn.fused.rms_norm; off (default), the plain ops: same numbers."""
+    from geossm.nn import RMSNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 16)
+    runs = []
+    for fused in (True, False):
+        norm = RMSNorm(16)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+        norm.fused = fused
+        xi = x.clone().requires_grad_()
+        y = norm(xi)
+        y.pow(2).sum().backward()
+        runs.append((y, xi.grad, norm.weight.grad))
+    assert RMSNorm(4).fused is False  # opt-in: see RMSNorm.fused
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -194,3 +194,25 @@ def test_eval_write_kitti_override_reaches_the_metric(tmp_path):
     assert metric.write_dir == tmp_path / "sub" and metric.metrics == ("bbox", "aos")
     assert TASKS.get("DetectionTask")(load_config(CONFIGS / "kitti_lion.yaml")) \
         .build_metrics().write_dir is None
+
+
+def test_collate_builds_the_loss_targets_in_the_loader(task):
+    """The heatmap / regression targets come with the batch (built by the data loader, no
+    host loop or device-to-host copy in the step); the loss is the same as when it builds them."""
+    from geossm.tasks.detection.losses import centerpoint_targets
+
+    ds = task.build_dataset("train")
+    batch = task.collate([ds[0], ds[1]])
+    expected = centerpoint_targets(batch["gt_boxes"], batch["gt_labels"],
+                                   batch["gt_boxes_cu_seqlens"], task.decoder.grid,
+                                   int(task.cfg.model.num_classes), 2)
+    for got, want in zip(batch["targets"], expected):
+        assert torch.equal(got, want)
+    assert bool(batch["targets"][2].any())  # the samples have boxes on the grid
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    outputs = task.forward(model, batch)
+    with_targets = task.loss(outputs, batch)
+    without = task.loss(outputs, {k: v for k, v in batch.items() if k != "targets"})
+    for key in ("loss", "hm_loss", "reg_loss"):
+        assert torch.equal(with_targets[key], without[key]), key

@@ -143,3 +143,25 @@ def test_grad_checkpoint_same_loss_and_gradients_with_less_saved_memory():
     for g1, g0 in zip(grads1, grads0):
         torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-4)
     assert bytes1 * 4 < bytes0, (bytes1, bytes0)
+
+
+def test_knn_embedding_recompute_same_step_keeps_no_neighbour_activations():
+    """KNNEmbedding.recompute (default): the (N, k, dim) MLP activations are recomputed in the
+    backward instead of kept; the training step is the same."""
+    coord, feat, cu = _example_inputs(3, lengths=(150, 90))
+    label = torch.randint(0, 4, (240,), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for recompute in (False, True):
+        model = small_seg(drop_path=0.3, dropout=0.2, dec_depths=(1,))
+        model.encoder.embed.recompute = recompute
+        model.encoder.embed.checkpoint_chunk = 100  # several chunks
+        torch.manual_seed(3)
+        runs.append(_loss_grads_and_saved_bytes(model.train(), coord, feat, cu, label))
+    (loss0, grads0, bytes0), (loss1, grads1, bytes1) = runs
+    torch.testing.assert_close(loss1, loss0, atol=0, rtol=0)
+    for g1, g0 in zip(grads1, grads0):
+        torch.testing.assert_close(g1, g0, atol=1e-6, rtol=1e-4)
+    embed = model.encoder.embed
+    # Kept without recomputation: at least the fc1, norm1, gelu and fc2 activations, 4 floats
+    # of (N, k, dim) each.
+    assert bytes0 - bytes1 >= 4 * 240 * embed.k * embed.fc1.out_features * 4, (bytes0, bytes1)

@@ -1,0 +1,393 @@
+"""Whole-step GPU efficiency of every task: wall time, GPU-busy time, launches, host syncs, memory.
+
+For each task config and two batch sizes, one training step exactly as the trainer runs it
+(``Trainer._train_step``: bf16 autocast on CUDA, the task's forward and loss, backward,
+gradient clipping, the config's optimizer and schedule), on batches built by the task's own
+dataset and ``collate`` from the real samples of ``../shared/data``:
+
+- ``segmentation``: ``configs/segmentation/semantickitti_pcm.yaml`` (PCM base), crops of the
+  3 SemanticKITTI scans (``data.max_points`` of the config, 120k);
+- ``detection``: ``configs/detection/kitti_lion.yaml`` (LION), the 6 KITTI frames (camera
+  field of view; no augmentation: it runs in the data loader, not in the step);
+- ``graph``: ``configs/graph/peptides_func_gmn.yaml``, Peptides-func training graphs (the first
+  ``--graphs`` molecules of the csv are converted with RDKit, not all 15,535);
+- ``events``: ``configs/events/nmnist_mamba.yaml``, the 600 N-MNIST training recordings.
+
+Per (task, batch) one JSON line: ``step_ms`` (median wall time of ``--steps`` steps after
+``--warmup``, cycling over ``--batches`` distinct batches), under ``torch.profiler`` over the
+same steps: ``gpu_busy_ms`` (union of the intervals in which a kernel, copy or memset runs, per
+step), ``kernel_ms`` (sum of kernel durations), ``gpu_busy_frac`` = gpu_busy_ms / step_ms,
+``kernels`` (kernel launches per step), ``aten_ops`` (operator calls per step), ``syncs``
+(``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
+step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
+``torch.cuda.set_sync_debug_mode("warn")`` reports over one step); ``peak_mem_gib``.
+
+``--points 100000 1000000 2000000``: PCM base segmentation memory per point instead (the
+scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the real scans):
+peak memory, activation memory per point (peak minus the memory held before the step) and
+step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = none,
+``default`` = the library's defaults: fused Mamba, kNN embedding recomputed in the backward;
+``all`` = also the opt-in fused RMSNorm), no checkpointing.
+
+    python benchmarks/step_profile.py [--tasks segmentation detection graph events]
+        [--steps 5] [--warmup 3] [--out steps.jsonl] [--paths off|default|all]
+    python benchmarks/step_profile.py --points 100000 1000000 2000000
+    python benchmarks/step_profile.py --tiny       # CPU check of the script: tiny models
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GEOSSM_SHARED_DATA") or REPO.parent / "shared" / "data")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # segmentation_gpu (scenes, steps)
+
+#: task -> (config, default batch sizes (the config's default last), tiny overrides).
+TASKS = {
+    "segmentation": ("segmentation/semantickitti_pcm.yaml", (2, 8),
+                     ["model.size=tiny", "model.dec_depths=[1,1]", "data.max_points=600",
+                      "model.num_prompts=1"]),
+    "detection": ("detection/kitti_lion.yaml", (1, 8),
+                  ["model.dim=8", "+model.stem_dim=8", "model.bev_channels=8", "model.num_blocks=1",
+                   "model.window_shape=[13, 13, 32]",
+                   "model.group_sizes=[64]"]),
+    "graph": ("graph/peptides_func_gmn.yaml", (128, 256),
+              ["model.dim=16", "model.num_layers=1", "+data.pe_workers=1"]),
+    "events": ("events/nmnist_mamba.yaml", (32, 128), ["model.dim=16", "model.depth=1"]),
+}
+TINY_BATCHES = (1, 2)
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+#: Device-timeline records of waits ("Stream Sync", "Event Sync", "Context Sync", "Stream Wait
+#: Event"), left out of the busy time.
+DEVICE_WAITS = ("Sync", "Stream Wait")
+
+
+# ------------------------------------------------------------------------------ data + task
+
+def _unpack(archive: Path, into: Path) -> Path:
+    """``archive`` unpacked into ``into`` (once: an existing folder is reused)."""
+    if into.is_dir():
+        return into
+    if not archive.is_file():
+        raise FileNotFoundError(f"real sample not found: {archive} (../shared/data)")
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def data_overrides(task: str, tmp: Path, graphs: int, peptides_cache: Path | None) -> list[str]:
+    """Config overrides pointing the task's dataset at the real samples (unpacked into tmp;
+    the Peptides graphs converted there too unless ``peptides_cache`` holds them)."""
+    if task == "segmentation":
+        root = _unpack(SHARED / "semantickitti" / "semantickitti_npy_3scans.tar.xz", tmp / "sk")
+        return [f"data.root={root / 'semantickitti_npy'}",
+                '+data.frames={train: ["000000", "000001", "000002"]}', "+data.loop=4"]
+    if task == "detection":
+        root = _unpack(SHARED / "kitti" / "kitti_object_6frames.tar.xz", tmp / "kitti")
+        return [f"data.root={root}", "data.split=training", "data.augment=[]"]
+    if task == "graph":
+        root = SHARED / "graphs" / "peptides-functional"
+        cache = peptides_cache or tmp / "cache" / f"peptides_func_{graphs}.npz"
+        return [f"data.root={root}", f"+data.max_graphs={graphs}", f"data.cache={cache}"]
+    root = _unpack(SHARED / "events" / "nmnist_600train_100test.tar.xz", tmp / "nmnist")
+    return [f"data.root={root}"]
+
+
+def build_trainer(task: str, overrides: list[str], device: str):
+    """A ``Trainer`` on the task's config (its model, loss, step) plus optimizer and schedule."""
+    from geossm.config import find_config, load_config
+    from geossm.engine import Trainer
+    from geossm.engine.optim import build_optimizer, build_scheduler
+
+    cfg = load_config(find_config(TASKS[task][0]),
+                      overrides + [f"device={device}", "train.progress=false"])
+    trainer = Trainer(cfg, config_name="step_profile")
+    groups = trainer.task.parameter_groups(trainer.model, float(cfg.train.weight_decay))
+    optimizer = build_optimizer(trainer.model, groups, cfg.train, trainer.device)
+    scheduler = build_scheduler(optimizer, cfg.train, int(cfg.train.epochs), 1000)
+    return trainer, optimizer, scheduler
+
+
+def make_batches(trainer, batch_size: int, count: int) -> list:
+    """``count`` distinct batches of ``batch_size`` training samples, on the device."""
+    from geossm.engine.task import move_to
+
+    dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
+    g = np.random.default_rng(0)
+    batches = []
+    for _ in range(count):
+        idx = g.choice(len(dataset), size=batch_size, replace=batch_size > len(dataset))
+        batch = trainer.task.collate([dataset[int(i)] for i in idx])
+        batches.append(move_to(batch, trainer.device))
+    return batches
+
+
+#: paths -> (Mamba.fused, KNNEmbedding.recompute, RMSNorm.fused)
+PATHS = {"off": (False, False, False), "default": (True, True, False),
+         "all": (True, True, True)}
+
+
+def set_memory_paths(model: torch.nn.Module, paths: str) -> None:
+    """Switch the memory-saving paths of every module (see ``PATHS``); ``off`` = the ops as
+    they were before them."""
+    from geossm.nn import Mamba, RMSNorm
+
+    mamba, recompute, norm = PATHS[paths]
+    for m in model.modules():
+        if isinstance(m, Mamba):
+            m.fused = mamba
+        elif isinstance(m, RMSNorm):
+            m.fused = norm
+        elif isinstance(getattr(m, "recompute", None), bool):  # the kNN embedding
+            m.recompute = recompute
+
+
+# ------------------------------------------------------------------------------ measuring
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _busy_union_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``[start, end)`` intervals (streams may overlap)."""
+    total, end = 0.0, -math.inf
+    for s, e in sorted(intervals):
+        if s > end:
+            total += e - s
+            end = e
+        elif e > end:
+            total += e - end
+            end = e
+    return total
+
+
+def profile_steps(step, batches: list, steps: int, device: torch.device) -> dict:
+    """Per-step averages of GPU-busy time, kernel time, launches, operators and syncs."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        _sync(device)
+    intervals, kernel_us, kernels, ops, syncs, dtoh = [], 0.0, 0, 0, 0, 0
+    for ev in prof.events():
+        name = ev.name
+        if ev.device_type == DeviceType.CUDA:
+            if any(tag in name for tag in DEVICE_WAITS):
+                continue  # CUPTI's synchronisation records: the device waiting, not working
+            intervals.append((ev.time_range.start, ev.time_range.end))
+            if name.startswith("Memcpy"):
+                dtoh += "DtoH" in name
+            elif not name.startswith("Memset"):
+                kernels += 1
+                kernel_us += ev.time_range.elapsed_us()
+        elif name.startswith("aten::"):
+            ops += 1
+        elif name in SYNC_CALLS:
+            syncs += 1
+    syncs -= device.type == "cuda"  # the synchronize closing the profiled steps
+    return {"gpu_busy_ms": _busy_union_us(intervals) / 1e3 / steps,
+            "kernel_ms": kernel_us / 1e3 / steps, "kernels": kernels / steps,
+            "aten_ops": ops / steps, "syncs": syncs / steps, "dtoh_copies": dtoh / steps}
+
+
+def sync_warnings(step, batch, device: torch.device) -> int | None:
+    """Host syncs ``torch.cuda.set_sync_debug_mode("warn")`` reports over one step."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> dict:
+    overrides = data_overrides(task, tmp, args.graphs, args.peptides_cache)
+    if args.tiny:
+        overrides += TASKS[task][2]
+    trainer, optimizer, scheduler = build_trainer(task, overrides, device)
+    dev = trainer.device
+    try:
+        set_memory_paths(trainer.model, args.paths)
+        trainer.model.train()
+        clip = float(trainer.cfg.train.grad_clip or 0.0)
+        batches = make_batches(trainer, batch_size, args.batches)
+
+        def step(batch) -> None:
+            trainer._train_step(batch, optimizer, scheduler, clip)
+
+        for i in range(args.warmup):
+            step(batches[i % len(batches)])
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = []
+        for i in range(args.steps):
+            _sync(dev)
+            t0 = time.perf_counter()
+            step(batches[i % len(batches)])
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+        step_ms = 1e3 * statistics.median(times)
+        row = {"bench": "step_profile", "task": task, "config": TASKS[task][0],
+               "batch_size": batch_size, "paths": args.paths,
+               "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
+        prof = profile_steps(step, batches, args.steps, dev)
+        row.update({k: round(v, 3) for k, v in prof.items()})
+        row["gpu_busy_frac"] = round(prof["gpu_busy_ms"] / step_ms, 3) if dev.type == "cuda" \
+            else None
+        row["sync_warnings"] = sync_warnings(step, batches[0], dev)
+        row["peak_mem_gib"] = (round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
+                               if dev.type == "cuda" else None)
+        row["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+        return row
+    finally:
+        trainer.close()
+        del trainer, optimizer
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _items(batch) -> int:
+    """Rows of the batch's first packed input (points, nodes, events)."""
+    for key in ("coord", "points", "x", "frames", "events"):
+        value = batch.get(key) if hasattr(batch, "get") else getattr(batch, key, None)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0])
+    return -1
+
+
+# ------------------------------------------------------------------- memory per point (PCM)
+
+def measure_points(points: list[int], args, emit) -> None:
+    """Peak and activation memory per point of the PCM base step for every ``PATHS``."""
+    import segmentation_gpu as seg
+    from geossm.config import find_config, load_config
+    from geossm.registry import TASKS as TASK_REGISTRY
+    import geossm.tasks.segmentation  # noqa: F401  (registers the task)
+
+    device = torch.device("cpu" if args.tiny else "cuda")
+    overrides = TASKS["segmentation"][2] if args.tiny else []
+    cfg = load_config(find_config(TASKS["segmentation"][0]), overrides)
+    task = TASK_REGISTRY.get(str(cfg.task))(cfg)
+    torch.manual_seed(0)
+    model = task.build_model().to(device).train()
+    scans = seg.load_scans(SHARED / "semantickitti" / "semantickitti_npy_3scans.tar.xz")
+    g = np.random.default_rng(0)
+    for total in points:
+        per_scene = min(total, 500 if args.tiny else 50_000)
+        k = max(1, math.ceil(total / per_scene))
+        scenes = [seg.make_scene(scans, total // k, g) for _ in range(k)]
+        batch = seg.batch_of(scenes, device)
+        if cfg.model.in_channels != batch["feat"].shape[1]:
+            raise ValueError(f"the config's model.in_channels={cfg.model.in_channels} does not "
+                             f"fit the scenes' {batch['feat'].shape[1]} features")
+        for paths in ("default", "all", "off"):
+            set_memory_paths(model, paths)
+            held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+            res = seg.step_or_oom(model, batch, iters=1 if args.tiny else 2, warmup=1)
+            row = {"bench": "step_profile_points", "points": int(batch["coord"].shape[0]),
+                   "scenes": k, "paths": paths, "grad_checkpoint": False}
+            if res is None:
+                row["error"] = "out of memory"
+            else:
+                t, peak_gib = res
+                act = peak_gib * 2 ** 30 - held
+                row.update({"step_s": round(t, 4), "peak_mem_gib": round(peak_gib, 2),
+                            "activation_kb_per_point":
+                                round(act / row["points"] / 1e3, 2) if device.type == "cuda"
+                                else None})
+            emit(row)
+        del batch
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------ main
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                    help="instead of each task's two default batch sizes")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps (Triton compiles)")
+    ap.add_argument("--batches", type=int, default=3, help="distinct batches cycled over")
+    ap.add_argument("--graphs", type=int, default=3000,
+                    help="Peptides-func molecules converted (the csv's first rows)")
+    ap.add_argument("--peptides-cache", type=Path, default=None,
+                    help="compact cache of the first --graphs Peptides-func molecules "
+                         "(PeptidesFunc(..., max_graphs=N, cache=PATH) writes one; without it "
+                         "they are converted with RDKit + OGB). Default: .cache/"
+                         "peptides_func_<graphs>.npz of the repository when present")
+    ap.add_argument("--paths", choices=list(PATHS), default="default",
+                    help="memory-saving paths (see PATHS; off = as before them)")
+    ap.add_argument("--points", type=int, nargs="+", default=None,
+                    help="PCM memory per point at these point counts instead of the tasks")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
+    ap.add_argument("--tiny", action="store_true", help="CPU check: tiny models and batches")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.steps, args.warmup, args.batches, args.graphs = 1, 1, 1, 40
+    if args.peptides_cache is None:
+        found = REPO / ".cache" / f"peptides_func_{args.graphs}.npz"
+        args.peptides_cache = found if found.is_file() else None
+    device = "cpu" if args.tiny else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("step_profile: no CUDA device (use --tiny for the CPU check)")
+    rows = []
+
+    def emit(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    if args.points:
+        measure_points(args.points, args, emit)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks:
+            sizes = args.batch_sizes or (TINY_BATCHES if args.tiny else TASKS[task][1])
+            for batch_size in sizes:
+                try:
+                    emit(measure_task(task, batch_size, args, Path(tmp), device))
+                except torch.OutOfMemoryError:
+                    emit({"bench": "step_profile", "task": task, "batch_size": batch_size,
+                          "error": "out of memory"})
+                    torch.cuda.empty_cache()
+                except (ImportError, OSError, ValueError, RuntimeError) as err:
+                    if args.tiny:
+                        raise  # the CPU check must run every case
+                    # One case that cannot run (a missing package or file) is reported and
+                    # the others still run: the GPU call is one shot.
+                    emit({"bench": "step_profile", "task": task, "batch_size": batch_size,
+                          "error": f"{type(err).__name__}: {err}"[:500]})
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        main()

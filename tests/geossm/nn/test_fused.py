@@ -1,0 +1,174 @@
+"""The fused inner Mamba path against the unfused one: outputs, every gradient, saved memory."""
+
+import pytest
+import torch
+
+from geossm.kernels import available_backends
+from geossm.nn import BiMamba, Mamba
+from geossm.nn.fused import mamba_inner, rms_norm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: Every backend that runs here: numba on CPU, triton on CUDA (or in Triton's CPU interpreter
+#: with TRITON_INTERPRET=1), and the torch reference.
+BACKENDS = available_backends(DEVICE)
+
+LENGTHS = [5, 0, 1, 9, 2, 0, 3, 70]
+DIM = 8
+
+
+def cu_of(lengths):
+    return torch.tensor([0] + list(lengths), dtype=torch.int32).cumsum(0).to(torch.int32)
+
+
+def twins(cls=Mamba, **kw):
+    """The same module twice (same weights), fused and unfused."""
+    kw.setdefault("d_state", 4)
+    torch.manual_seed(0)
+    fused = cls(DIM, fused=True, **kw)
+    plain = cls(DIM, fused=False, **kw)
+    plain.load_state_dict(fused.state_dict())
+    with torch.no_grad():  # non-default D and conv bias so every gradient path is exercised
+        for m in (fused, plain):
+            for p in m.parameters():
+                p.add_(0.05 * torch.sin(torch.arange(p.numel(), dtype=p.dtype)).view_as(p))
+    return fused, plain
+
+
+def run(module, x, grad_out, **kw):
+    x = x.detach().clone().requires_grad_()
+    module.zero_grad(set_to_none=True)
+    y = module(x, **kw)
+    y.backward(grad_out)
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    return y.detach(), x.grad, grads
+
+
+def assert_same(a, b, atol, rtol):
+    (ya, xa, ga), (yb, xb, gb) = a, b
+    torch.testing.assert_close(ya, yb, atol=atol, rtol=rtol)
+    torch.testing.assert_close(xa, xb, atol=atol, rtol=rtol)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        assert ga[name] is not None, name
+        torch.testing.assert_close(ga[name], gb[name], atol=atol, rtol=rtol, msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_packed_outputs_and_gradients_equal_unfused(backend, reverse):
+    cu = cu_of(LENGTHS).to(DEVICE)
+    torch.manual_seed(2)
+    x = torch.randn(int(cu[-1]), DIM, device=DEVICE)
+    g = torch.randn_like(x)
+    fused, plain = (m.to(DEVICE) for m in twins(backend=backend))
+    assert_same(run(fused, x, g, cu_seqlens=cu, reverse=reverse),
+                run(plain, x, g, cu_seqlens=cu, reverse=reverse), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [Mamba, BiMamba])
+def test_dense_and_bidirectional_equal_unfused(cls):
+    torch.manual_seed(3)
+    x = torch.randn(3, 17, DIM, device=DEVICE)
+    g = torch.randn_like(x)
+    fused, plain = (m.to(DEVICE) for m in twins(cls))
+    assert_same(run(fused, x, g), run(plain, x, g), atol=1e-6, rtol=1e-5)
+
+
+def test_bimamba_packed_int64_boundaries_and_no_conv_bias():
+    cu = cu_of(LENGTHS).long()
+    torch.manual_seed(4)
+    x = torch.randn(int(cu[-1]), DIM)
+    g = torch.randn_like(x)
+    fused, plain = twins(BiMamba, conv_bias=False, bias=True)
+    assert_same(run(fused, x, g, cu_seqlens=cu), run(plain, x, g, cu_seqlens=cu),
+                atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_autocast_equals_unfused():
+    """Under autocast the backward recomputes in the forward's autocast dtype."""
+    cu = cu_of(LENGTHS)
+    torch.manual_seed(5)
+    x = torch.randn(int(cu[-1]), DIM)
+    g = torch.randn_like(x)
+    fused, plain = twins()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a = run(fused, x, g, cu_seqlens=cu)
+        b = run(plain, x, g, cu_seqlens=cu)
+    assert a[0].dtype == torch.bfloat16
+    assert_same(a, b, atol=1e-2, rtol=1e-2)
+
+
+def _saved_bytes(module, x, cu) -> int:
+    """Bytes of the tensors autograd keeps for the backward (parameters excluded)."""
+    params = {p.data_ptr() for p in module.parameters()}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        if t.data_ptr() not in params:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x, cu_seqlens=cu)
+    return total
+
+
+def test_fused_keeps_far_fewer_activations():
+    cu = cu_of([300, 200, 500])
+    x = torch.randn(1000, DIM, requires_grad=True)
+    fused, plain = twins(d_state=16)
+    kept_fused, kept_plain = _saved_bytes(fused, x, cu), _saved_bytes(plain, x, cu)
+    # E = 16, N = 16, R = 1: unfused ~ x + conv input + h + x_dbl + delta + B + C + z + y
+    # (~ 8 + 16 * 5 + 33 + 32 values per token); fused x + y (8 + 16) + chunk states.
+    assert kept_fused < 0.35 * kept_plain, (kept_fused, kept_plain)
+
+
+def test_switch_and_paths_without_gradients():
+    fused, plain = twins()
+    x = torch.randn(10, DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), atol=0, rtol=0)
+    fused.fused = False
+    torch.testing.assert_close(fused(x), plain(x), atol=0, rtol=0)
+    with pytest.raises(TypeError, match="fused must be a bool, got 1"):
+        Mamba(DIM, fused=1)
+
+
+def test_mamba_inner_shape_error():
+    m = Mamba(DIM, d_state=4)
+    with pytest.raises(ValueError, match=r"x must have shape \(T, 8\) or \(B, L, 8\), got "
+                                         r"\(5, 7\)"):
+        mamba_inner(torch.randn(5, 7), m.in_proj.weight, m.in_proj.bias, m.conv_weight,
+                    m.conv_bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D)
+
+
+def _rms_reference(x, weight, eps):
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(37, 64), (3, 5, 48), (1, 7)])
+def test_rms_norm_equals_plain_formula_bitwise(dtype, shape):
+    torch.manual_seed(0)
+    x, weight = 3 * torch.randn(shape, dtype=dtype), torch.randn(shape[-1])
+    g = torch.randn(shape, dtype=dtype)
+    runs = []
+    for fn in (rms_norm, _rms_reference):
+        xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        y = fn(xi, wi, 1e-5)
+        y.backward(g)
+        runs.append((y, xi.grad, wi.grad))
+    for a, b in zip(*runs):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_rms_norm_keeps_only_input_and_row_scale():
+    x = torch.randn(100, 32, requires_grad=True)
+    weight = torch.ones(32, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        rms_norm(x, weight)
+    assert sorted(t.numel() for t in kept) == [32, 100, 3200]
