@@ -230,6 +230,23 @@ class GMNLayer(nn.Module):
         return h
 
 
+class PooledNorm(nn.BatchNorm1d):
+    """BatchNorm over pooled graph vectors ``(G, D) -> (G, D)``.
+
+    Sum pooling scales a graph's vector with its node count (30-60 nodes: logits ~40x those of
+    one node at initialisation, a first loss of ~14 for 6 classes), so the head starts saturated
+    and training sinks into the class prior (loss ln C). Normalising the pooled vectors over the
+    batch keeps the relative sizes (what sum pooling is for) at a unit scale. A training batch
+    of one graph has no batch statistics: it is normalised with the running ones.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def _posint(name: str, v: Any, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
@@ -271,8 +288,13 @@ class GraphMambaNetwork(nn.Module):
             as the atom embeddings (GraphGPS normalises RWSE the same way).
         dropout: after every branch and in the FFN, default 0.1.
         input_dropout: on the raw float input features, default 0.
+        input_norm: batch-normalise the raw float input features, default False. Continuous
+            TU attributes are raw measurements whose column scales differ by 1000x; without it
+            the widest columns dominate the input projection.
         mlp_ratio: FFN width factor, 0 = no FFN, default 2.
         pool: graph readout ``"mean"``, ``"sum"``, ``"max"``, default ``"mean"``.
+        pool_norm: batch-normalise the pooled graph vectors before the head (``PooledNorm``),
+            default None = only for ``pool="sum"`` (whose scale grows with the graph size).
         eval_samples: random draws averaged at evaluation, default 1.
         eval_seed: seed of the evaluation draws, default 0.
         d_state, d_conv, expand, backend: Mamba settings, defaults 16, 4, 2, None.
@@ -306,7 +328,8 @@ class GraphMambaNetwork(nn.Module):
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, backend: str | None = None, residual: bool = True,
                  sparse_adjacency: bool = False, pe_norm: bool = False,
-                 jumping_knowledge: bool = False) -> None:
+                 jumping_knowledge: bool = False, pool_norm: bool | None = None,
+                 input_norm: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -346,6 +369,8 @@ class GraphMambaNetwork(nn.Module):
         self.input_encoder = (nn.Linear(in_channels, dim) if node_vocab is None
                               else CategoricalEncoder(node_vocab, dim))
         self.input_dropout = nn.Dropout(input_dropout)
+        self.input_norm = (nn.BatchNorm1d(in_channels) if input_norm and node_vocab is None
+                           else None)
         self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
         self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim and pe_norm else None
         uses_edges = mpnn in ("gine", "gatedgcn") or (tokens and token_encoder == "gine")
@@ -364,6 +389,9 @@ class GraphMambaNetwork(nn.Module):
                      readout, dropout, mlp_ratio, mamba_kwargs, residual)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
+        if pool_norm is None:
+            pool_norm = pool == "sum"
+        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
                      nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
                                    nn.Linear(dim, num_classes)))
@@ -419,7 +447,10 @@ class GraphMambaNetwork(nn.Module):
         else:
             # Dropout on the raw features (as GCN / GAT do on bag-of-words inputs), not on
             # their embedding: it regularises the first, largest matrix.
-            h = self.input_encoder(self.input_dropout(x.float()))
+            x = x.float()
+            if self.input_norm is not None:
+                x = self.input_norm(x)
+            h = self.input_encoder(self.input_dropout(x))
         if self.pe_encoder is not None:
             pe = pe.float()
             if self.training and self.lap_dim:
@@ -474,6 +505,8 @@ class GraphMambaNetwork(nn.Module):
             pool = {"mean": global_mean_pool, "sum": global_add_pool,
                     "max": global_max_pool}[self.pool]
             h = pool(h, batch)
+            if self.pool_norm is not None:
+                h = self.pool_norm(h)
         return self.head(h)
 
 

@@ -168,3 +168,23 @@ def test_a_positional_batch_is_refused_and_the_keyword_call_pools_per_graph():
         out = model(batch.x, batch.edge_index, batch=batch.batch)
         assert out.shape == (3, 2)
         torch.testing.assert_close(out, model(batch))
+
+
+def test_sum_pooled_logits_do_not_grow_with_graph_size():
+    # Sum pooling multiplies a graph's vector by its node count; PooledNorm (default for
+    # pool="sum") brings it back to a unit scale, so a large graph does not saturate the head.
+    torch.manual_seed(0)
+    sizes = [10, 400]
+    ei = torch.cat([torch.stack([torch.arange(n - 1), torch.arange(1, n)]) + sum(sizes[:i])
+                    for i, n in enumerate(sizes)], 1)
+    ei = torch.cat([ei, ei.flip(0)], 1)
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    x = torch.randn(sum(sizes), 4)
+    logits = {}
+    for norm in (False, None):
+        torch.manual_seed(0)
+        model = GraphMambaNetwork(4, 6, task_level="graph", dim=16, num_layers=1, tokens=False,
+                                  mpnn="gcn", pool="sum", pool_norm=norm, dropout=0.0)
+        logits[norm] = model.train()(x, ei, batch=batch)  # batch statistics of the two graphs
+    assert logits[False].abs().max() > 10  # the size shows in the raw sum
+    assert logits[None].abs().max() < 3
