@@ -199,13 +199,20 @@ class GMNLayer(nn.Module):
     def __init__(self, dim: int, walk_length: int, tokens: bool, token_encoder: str,
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
-                 residual: bool = True) -> None:
+                 residual: bool = True, mpnn_plus: bool = False, gate: bool = False) -> None:
         super().__init__()
         self.residual = residual
         self.norm = RMSNorm(dim)
         self.tokens = (_TokenBranch(dim, walk_length, token_encoder, edge_dim, readout,
                                     mamba_kwargs) if tokens else None)
-        self.mpnn = _MPNN(mpnn, dim, edge_dim) if mpnn else None
+        self.mpnn = _MPNN(mpnn, dim, edge_dim) if mpnn and not mpnn_plus else None
+        self.local = None
+        if mpnn and mpnn_plus:  # the GNN+ layer of baselines.py: the yardstick's own block
+            from .baselines import GNNPlusLayer
+            self.local = GNNPlusLayer(mpnn, dim, dim, edge_dim, "batch", dropout, True)
+        # Zero-initialised per-channel gate on the Mamba branches (ReZero): the layer starts as
+        # its MPNN and the sequence branches grow only as far as the loss asks for them.
+        self.gate = nn.Parameter(torch.zeros(dim)) if gate else None
         self.global_block = (SerializedBlock(dim, bidirectional=True, mlp_ratio=0, **mamba_kwargs)
                              if global_mamba else None)
         self.drop = nn.Dropout(dropout)
@@ -217,14 +224,20 @@ class GMNLayer(nn.Module):
         out = torch.zeros_like(h)
         if self.tokens is not None:
             out = out + self.tokens(x, ctx)
-        if self.mpnn is not None:
-            out = out + self.mpnn(x, ctx)
         if self.global_block is not None:
             # SerializedBlock adds its input back: subtract it to keep only the mixer's output.
             out = out + self.global_block(x, ctx.order) - x
-        # Without the skip (small homophilous graphs: the raw self-features on the skip path
-        # overfit 140 labels), the branches replace h, as in a GCN stack.
-        h = h + self.drop(out) if self.residual else self.drop(F.gelu(out))
+        if self.gate is not None:
+            out = out * self.gate
+        if self.local is not None:
+            # GNN+ layer on h (conv -> BN -> ReLU -> dropout, residual); Mamba adds on top.
+            h = self.local(h, ctx.edge_index, ctx.edge_attr, ctx.adj_t) + self.drop(out)
+        else:
+            if self.mpnn is not None:
+                out = out + self.mpnn(x, ctx)
+            # Without the skip (small homophilous graphs: the raw self-features on the skip
+            # path overfit 140 labels), the branches replace h, as in a GCN stack.
+            h = h + self.drop(out) if self.residual else self.drop(F.gelu(out))
         if self.ffn is not None:
             h = h + self.ffn(self.norm2(h))
         return h
@@ -293,6 +306,11 @@ class GraphMambaNetwork(nn.Module):
             the widest columns dominate the input projection.
         mlp_ratio: FFN width factor, 0 = no FFN, default 2.
         pool: graph readout ``"mean"``, ``"sum"``, ``"max"``, default ``"mean"``.
+        mpnn_plus: the MPNN branch is a GNN+ layer (``baselines.GNNPlusLayer``: conv,
+            BatchNorm, ReLU, dropout, its own residual) applied to ``h``, and the Mamba branches
+            are added on top of it (``h = gnn_plus(h) + dropout(mamba(norm(h)))``), default
+            False (the MPNN is one more branch on ``norm(h)``).
+        gate: zero-initialised per-channel gate on the Mamba branches' sum, default False.
         pool_norm: batch-normalise the pooled graph vectors before the head (``PooledNorm``),
             default None = only for ``pool="sum"`` (whose scale grows with the graph size).
         eval_samples: random draws averaged at evaluation, default 1.
@@ -329,7 +347,8 @@ class GraphMambaNetwork(nn.Module):
                  expand: int = 2, backend: str | None = None, residual: bool = True,
                  sparse_adjacency: bool = False, pe_norm: bool = False,
                  jumping_knowledge: bool = False, pool_norm: bool | None = None,
-                 input_norm: bool = False) -> None:
+                 input_norm: bool = False, mpnn_plus: bool = False,
+                 gate: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -363,6 +382,9 @@ class GraphMambaNetwork(nn.Module):
         self.use_tokens, self.token_encoder = tokens, token_encoder
         self.global_mamba = global_mamba
         self.sparse_adjacency = bool(sparse_adjacency) and mpnn in ("gcn", "sage")
+        if mpnn_plus and not mpnn:
+            raise ValueError("mpnn_plus: needs an mpnn ('gcn', 'sage', 'gine', 'gatedgcn'), got "
+                             "mpnn=None")
         self.jumping_knowledge = bool(jumping_knowledge)
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
@@ -386,7 +408,7 @@ class GraphMambaNetwork(nn.Module):
                         "backend": backend}
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
-                     readout, dropout, mlp_ratio, mamba_kwargs, residual)
+                     readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
         if pool_norm is None:

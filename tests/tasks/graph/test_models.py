@@ -188,3 +188,23 @@ def test_sum_pooled_logits_do_not_grow_with_graph_size():
         logits[norm] = model.train()(x, ei, batch=batch)  # batch statistics of the two graphs
     assert logits[False].abs().max() > 10  # the size shows in the raw sum
     assert logits[None].abs().max() < 3
+
+
+def test_mpnn_plus_layer_is_the_gnn_plus_block_and_a_zero_gate_leaves_only_it():
+    from geossm.tasks.graph.baselines import GNNPlusLayer
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, num_walks=2,
+                              mpnn="gcn", mpnn_plus=True, gate=True, d_state=4, mlp_ratio=0,
+                              dropout=0.0).eval()
+    layer = model.layers[0]
+    assert isinstance(layer.local, GNNPlusLayer) and layer.mpnn is None
+    h = torch.randn(5, 8)
+    ctx = type("Ctx", (), {"edge_index": ei, "edge_attr": None, "adj_t": None, "order": None,
+                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None})()
+    torch.testing.assert_close(layer(h, ctx), layer.local(h, ei))  # the gate starts at zero
+    with torch.no_grad():
+        layer.gate.fill_(1.0)
+    assert not torch.allclose(layer(h, ctx), layer.local(h, ei))
+    with pytest.raises(ValueError, match="mpnn_plus: needs an mpnn"):
+        GraphMambaNetwork(3, 2, mpnn=None, mpnn_plus=True)
