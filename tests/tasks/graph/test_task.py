@@ -395,3 +395,33 @@ def test_mutag_config_learns_a_multiclass_tu_set_with_continuous_attributes(tmp_
     assert cfg.model.in_channels == 18 + 3  # attributes, then the node-label one-hot
     assert result["last"]["train_loss"] < 0.5 * np.log(6)
     assert result["last"]["test_acc"] > 0.8
+
+
+@pytest.mark.parametrize("config", ["tolokers_gcnplus", "tolokers_gmn"])
+def test_model_selection_never_reads_test_labels(tmp_path, config):
+    # Two runs that differ only in the test nodes' labels (every one changed to another class)
+    # must select the same epoch with the same validation metric; only the test metric moves.
+    results = []
+    for poisoned in (False, True):
+        root = tmp_path / f"data{int(poisoned)}"
+        _write_heterophilous(root, "roman_empire", 3, n=60)
+        path = root / "roman_empire" / "raw" / "roman_empire.npz"
+        arrays = dict(np.load(path))
+        if poisoned:
+            test = arrays["test_masks"][0]
+            arrays["node_labels"][test] = (arrays["node_labels"][test] + 1) % 3
+            np.savez(path, **arrays)
+        cfg = load_config(CONFIGS / f"{config}.yaml",
+                          ["data.name=Roman-empire", f"data.root={root}",
+                           f"+data.cache_dir={tmp_path / f'cache{int(poisoned)}'}",
+                           "model.dim=8", "model.num_layers=2", "train.epochs=6",
+                           "eval.every=1", f"output_dir={tmp_path / f'run{int(poisoned)}'}"])
+        trainer = Trainer(cfg)
+        try:
+            results.append(trainer.fit())
+        finally:
+            trainer.close()
+    clean, poisoned = results
+    assert clean["best"]["epoch"] == poisoned["best"]["epoch"]
+    assert clean["best"]["acc"] == poisoned["best"]["acc"]
+    assert clean["best"]["test_loss"] != poisoned["best"]["test_loss"]  # the labels did change
