@@ -199,7 +199,8 @@ class GMNLayer(nn.Module):
     def __init__(self, dim: int, walk_length: int, tokens: bool, token_encoder: str,
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
-                 residual: bool = True, mpnn_plus: bool = False, gate: bool = False) -> None:
+                 residual: bool = True, mpnn_plus: bool = False, gate: bool = False,
+                 mpnn_norm: str | None = "batch") -> None:
         super().__init__()
         self.residual = residual
         self.norm = RMSNorm(dim)
@@ -209,7 +210,7 @@ class GMNLayer(nn.Module):
         self.local = None
         if mpnn and mpnn_plus:  # the GNN+ layer of baselines.py: the yardstick's own block
             from .baselines import GNNPlusLayer
-            self.local = GNNPlusLayer(mpnn, dim, dim, edge_dim, "batch", dropout, True)
+            self.local = GNNPlusLayer(mpnn, dim, dim, edge_dim, mpnn_norm, dropout, residual)
         # Zero-initialised per-channel gate on the Mamba branches (ReZero): the layer starts as
         # its MPNN and the sequence branches grow only as far as the loss asks for them.
         self.gate = nn.Parameter(torch.zeros(dim)) if gate else None
@@ -310,6 +311,8 @@ class GraphMambaNetwork(nn.Module):
             BatchNorm, ReLU, dropout, its own residual) applied to ``h``, and the Mamba branches
             are added on top of it (``h = gnn_plus(h) + dropout(mamba(norm(h)))``), default
             False (the MPNN is one more branch on ``norm(h)``).
+        mpnn_norm: the GNN+ layer's normalisation (``"batch"``, ``"layer"``, None), default
+            ``"batch"``; its residual follows ``residual``.
         gate: zero-initialised per-channel gate on the Mamba branches' sum, default False.
         pool_norm: batch-normalise the pooled graph vectors before the head (``PooledNorm``),
             default None = only for ``pool="sum"`` (whose scale grows with the graph size).
@@ -348,7 +351,7 @@ class GraphMambaNetwork(nn.Module):
                  sparse_adjacency: bool = False, pe_norm: bool = False,
                  jumping_knowledge: bool = False, pool_norm: bool | None = None,
                  input_norm: bool = False, mpnn_plus: bool = False,
-                 gate: bool = False) -> None:
+                 gate: bool = False, mpnn_norm: str | None = "batch") -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -408,7 +411,8 @@ class GraphMambaNetwork(nn.Module):
                         "backend": backend}
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
-                     readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate)
+                     readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,
+                     mpnn_norm)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
         if pool_norm is None:
