@@ -17,8 +17,8 @@ One layer (``GNNPlusLayer``; ``conv`` reads edge features when the model has the
     h = norm2(h + ffn(h))     (mlp_ratio > 0: the FFN block of GNN+)
 
 ``GCNPlus`` with edge features adds GNN+'s edge term to ``GCNConv``: every edge's embedded
-feature, weighted by the same symmetric normalisation ``1 / sqrt(d_u d_v)`` (degrees with the
-self-loop), summed into its target.
+feature (projected when its width differs from the layer's), weighted by the same symmetric
+normalisation ``1 / sqrt(d_u d_v)`` (degrees with the self-loop), summed into its target.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class GNNPlusLayer(nn.Module):
         self.edge_proj = None
         if conv == "gcn":
             self.conv = pygnn.GCNConv(in_dim, dim)
-            if edge_dim:
-                self.edge_proj = nn.Linear(edge_dim, dim, bias=False)
+            if edge_dim:  # embedded edges already at the layer's width are used as they are
+                self.edge_proj = (nn.Identity() if edge_dim == dim
+                                  else nn.Linear(edge_dim, dim, bias=False))
         elif conv == "sage":
             self.conv = pygnn.SAGEConv(in_dim, dim)
         elif conv == "gine":

@@ -30,6 +30,7 @@ def test_gcn_edge_term_is_the_normalised_sum_over_incoming_edges():
     torch.manual_seed(0)
     _, ei, _ = _two_graphs()
     layer = GNNPlusLayer("gcn", 3, 4, edge_dim=2)
+    assert isinstance(GNNPlusLayer("gcn", 3, 4, edge_dim=4).edge_proj, torch.nn.Identity)
     e = torch.randn(14, 2)
     deg = torch.bincount(ei[1], minlength=9).float() + 1  # with the self-loop
     want = torch.zeros(9, 4)
