@@ -200,8 +200,9 @@ class GMNLayer(nn.Module):
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
                  residual: bool = True, mpnn_plus: bool = False, gate: bool = False,
-                 mpnn_norm: str | None = "batch") -> None:
+                 mpnn_norm: str | None = "batch", branch_drop: float = 0.0) -> None:
         super().__init__()
+        self.branch_drop = branch_drop
         self.residual = residual
         self.norm = RMSNorm(dim)
         self.tokens = (_TokenBranch(dim, walk_length, token_encoder, edge_dim, readout,
@@ -230,6 +231,11 @@ class GMNLayer(nn.Module):
             out = out + self.global_block(x, ctx.order) - x
         if self.gate is not None:
             out = out * self.gate
+        if self.training and self.branch_drop > 0:
+            # Stochastic depth per node on the sequence branches: a node's token / order
+            # features cannot be relied on alone to fit its label (Cora: 140 labels).
+            keep = torch.rand(out.shape[0], 1, device=out.device) >= self.branch_drop
+            out = out * keep / (1.0 - self.branch_drop)
         if self.local is not None:
             # GNN+ layer on h (conv -> BN -> ReLU -> dropout, residual); Mamba adds on top.
             h = self.local(h, ctx.edge_index, ctx.edge_attr, ctx.adj_t) + self.drop(out)
@@ -314,6 +320,8 @@ class GraphMambaNetwork(nn.Module):
         mpnn_norm: the GNN+ layer's normalisation (``"batch"``, ``"layer"``, None), default
             ``"batch"``; its residual follows ``residual``.
         gate: zero-initialised per-channel gate on the Mamba branches' sum, default False.
+        branch_drop: probability of dropping the Mamba branches' sum per node while training
+            (stochastic depth; rescaled), default 0.
         pool_norm: batch-normalise the pooled graph vectors before the head (``PooledNorm``),
             default None = only for ``pool="sum"`` (whose scale grows with the graph size).
         eval_samples: random draws averaged at evaluation, default 1.
@@ -351,7 +359,8 @@ class GraphMambaNetwork(nn.Module):
                  sparse_adjacency: bool = False, pe_norm: bool = False,
                  jumping_knowledge: bool = False, pool_norm: bool | None = None,
                  input_norm: bool = False, mpnn_plus: bool = False,
-                 gate: bool = False, mpnn_norm: str | None = "batch") -> None:
+                 gate: bool = False, mpnn_norm: str | None = "batch",
+                 branch_drop: float = 0.0) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -377,7 +386,8 @@ class GraphMambaNetwork(nn.Module):
         _posint("pe_dim", pe_dim, 0)
         if not 0 <= lap_dim <= pe_dim:
             raise ValueError(f"lap_dim: expected an int in [0, pe_dim={pe_dim}], got {lap_dim!r}")
-        for name, v in (("dropout", dropout), ("input_dropout", input_dropout)):
+        for name, v in (("dropout", dropout), ("input_dropout", input_dropout),
+                        ("branch_drop", branch_drop)):
             if not 0.0 <= float(v) < 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
         self.task_level, self.pool = task_level, pool
@@ -412,7 +422,7 @@ class GraphMambaNetwork(nn.Module):
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
                      readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,
-                     mpnn_norm)
+                     mpnn_norm, branch_drop)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
         if pool_norm is None:

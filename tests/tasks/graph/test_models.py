@@ -208,3 +208,21 @@ def test_mpnn_plus_layer_is_the_gnn_plus_block_and_a_zero_gate_leaves_only_it():
     assert not torch.allclose(layer(h, ctx), layer.local(h, ei))
     with pytest.raises(ValueError, match="mpnn_plus: needs an mpnn"):
         GraphMambaNetwork(3, 2, mpnn=None, mpnn_plus=True)
+
+
+def test_branch_drop_zeroes_whole_nodes_of_the_sequence_branches_while_training():
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, num_walks=2,
+                              mpnn="gcn", mpnn_plus=True, branch_drop=0.5, d_state=4,
+                              mlp_ratio=0, dropout=0.0)
+    layer = model.layers[0]
+    h = torch.randn(5, 8)
+    ctx = type("Ctx", (), {"edge_index": ei, "edge_attr": None, "adj_t": None, "order": None,
+                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None})()
+    local = layer.local(h, ei)
+    branch = layer(h, ctx) - local  # (N, D): zero rows where a node's branches were dropped
+    dropped = (branch.abs().sum(1) == 0)
+    assert 0 < int(dropped.sum()) < 5
+    with pytest.raises(ValueError, match="branch_drop: expected a probability"):
+        GraphMambaNetwork(3, 2, mpnn="gcn", branch_drop=1.0)
