@@ -122,8 +122,8 @@ def _cell(g: dict | None) -> str:
         return "not run"
     scale = 1.0 if g["metric"] == "ap" else 100.0
     digits = 4 if g["metric"] == "ap" else 1
-    return (f"{g['mean'] * scale:.{digits}f} ± {g['std'] * scale:.{digits}f} ({g['model']}, "
-            f"n={g['n']})")
+    spread = f" ± {g['std'] * scale:.{digits}f}" if g["n"] > 1 else ""
+    return f"{g['mean'] * scale:.{digits}f}{spread} ({g['model']}, n={g['n']})"
 
 
 def table(grouped: dict[tuple[str, str], dict]) -> str:
@@ -137,8 +137,8 @@ def table(grouped: dict[tuple[str, str], dict]) -> str:
         mamba = next((rows[m] for m in MAMBAS if m in rows), None)
         shown = [g for g in (base, mamba) if g is not None]
         first = shown[0]
-        seeds = "; ".join(f"seeds {_ranges(g['seeds'])} × splits {_ranges(g['splits'])}"
-                          for g in shown)
+        seeds = "; ".join(dict.fromkeys(  # one entry when both models ran the same grid
+            f"seeds {_ranges(g['seeds'])} × splits {_ranges(g['splits'])}" for g in shown))
         machines = "; ".join(sorted(set().union(*(g["machines"] for g in shown))))
         wall = " + ".join(f"{g['wall_s'] / 60:.1f} min" for g in shown)
         lines.append(f"| {dataset} | {first['metric']} ({first['selected']} weights) | "
