@@ -20,7 +20,8 @@ KARATE = ["data.name=KarateClub", "data.root=null", "model.in_channels=34",
 
 
 @pytest.mark.parametrize("name", ["cora_gmn", "tolokers_gmn", "mutag_gmn", "peptides_func_gmn",
-                                  "synthetic_gmn"])
+                                  "synthetic_gmn", "cora_gcnplus", "tolokers_gcnplus",
+                                  "mutag_ginplus", "peptides_func_gcnplus"])
 def test_configs_name_registered_classes_and_build(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.task in TASKS.names() and cfg.data.name in DATASETS.names()
@@ -76,6 +77,10 @@ FAMILIES = [
      4, 2, None, "roc_auc"),
     ("mutag_gmn", "ENZYMES", lambda r: _write_tu(r, "ENZYMES", 6), 3, 6, None, "acc"),
     ("mutag_gmn", "PROTEINS", lambda r: _write_tu(r, "PROTEINS", 2), 3, 2, None, "acc"),
+    ("cora_gcnplus", "CiteSeer", lambda r: _planetoid(r, "CiteSeer"), 6, 4, None, "acc"),
+    ("tolokers_gcnplus", "Minesweeper", lambda r: _write_heterophilous(r, "minesweeper", 2),
+     4, 2, None, "roc_auc"),
+    ("mutag_ginplus", "ENZYMES", lambda r: _write_tu(r, "ENZYMES", 6), 3, 6, None, "acc"),
 ]
 
 
