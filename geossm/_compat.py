@@ -16,8 +16,9 @@ INSTALL_HINTS = {
     "triton": "pip install triton  (GPU kernels; CPU runs use numba or TRITON_INTERPRET=1)",
     "open3d": "pip install open3d  (and on Debian: apt-get install -y libusb-1.0-0 "
               "mesa-vulkan-drivers libvulkan1 for offscreen rendering)",
-    "spconv": "pip install spconv-cu120  (wheels exist for Python <= 3.11 only; "
-              "geossm falls back to its torch sparse convolution)",
+    "spconv": "pip install 'geossm-lib[spconv]'  (spconv-cu120 on Python <= 3.11, "
+              "spconv-cu121 on 3.12-3.13; both run on CUDA 12 and, with the native "
+              "algorithm, on the CPU; geossm's torch sparse convolution needs neither)",
     "PIL": "pip install pillow  (legends drawn into rendered PNGs)",
     "numba": "pip install numba",
     "torch_geometric": "pip install torch-geometric",

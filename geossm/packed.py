@@ -56,6 +56,10 @@ def check_int32_tokens(total: int, name: str | None = None) -> None:
         name: what is counted, for the message (``"pack_collate: 'coord'"``); default None =
             the packed tokens ``T`` of a kernel call.
     """
+    if not isinstance(total, int):  # a symbolic size (torch.export): refuse at run time
+        torch._check(total <= INT32_MAX, lambda: f"{name or 'T'}: more tokens than int32 "
+                     "cu_seqlens hold")
+        return
     if total > INT32_MAX:
         what = f"T={total}" if name is None else f"{name}: {total}"
         raise ValueError(f"{what} tokens do not fit int32 cu_seqlens (max {INT32_MAX} = "

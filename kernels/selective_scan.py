@@ -62,7 +62,13 @@ def _(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, delta_soft
       backend):
     num_segments = cu_seqlens.shape[0] - 1
     final = u.new_empty((num_segments, u.shape[1], A.shape[1]), dtype=torch.float32)
-    saved = u.new_empty(_chunk_states_shape(backend, u, A), dtype=torch.float32)
+    shape = _chunk_states_shape(backend, u, A)
+    if torch.compiler.is_exporting():
+        # Under torch.export, a row count of T // chunk makes the program specialise on
+        # T < chunk or not (a contiguity check on the fake guards on its size); the record is
+        # never an output of an inference program, so its rows are just a new symbol there.
+        shape = (torch.library.get_ctx().new_dynamic_size(), *shape[1:])
+    saved = u.new_empty(shape, dtype=torch.float32)
     return torch.empty_like(u), final, saved
 
 

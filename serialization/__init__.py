@@ -16,8 +16,8 @@ from geossm.packed import batch_to_cu_seqlens, cu_seqlens_to_batch
 
 from .curves import ORDERS, coarsen, decode, encode, fit_depth
 from .graph import NeighbourhoodTokens, degree_order, random_walk_tokens, random_walks, to_csr
-from .points import (Pooling, grid_coordinates, serialize, serialize_grid, serialize_multi,
-                     serialized_pooling)
+from .points import (Pooling, grid_coordinates, pool_grid, serialize, serialize_grid,
+                     serialize_multi, serialized_pooling)
 from .structure import InsertedTokens, Serialization, apply, insert_tokens, undo
 from .windows import window_groups
 
@@ -26,7 +26,7 @@ __all__ = [
     "Serialization", "batch_to_cu_seqlens", "cu_seqlens_to_batch", "apply", "undo",
     "insert_tokens", "InsertedTokens",
     "serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
-    "serialized_pooling", "Pooling",
+    "serialized_pooling", "pool_grid", "Pooling",
     "window_groups",
     "random_walk_tokens", "random_walks", "NeighbourhoodTokens", "degree_order", "to_csr",
 ]

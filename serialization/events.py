@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .points import serialize_grid
 from .structure import Serialization, _unchecked
+from .traceable import serialize_events_op, tracing
 
 __all__ = [
     "slice_by_time", "slice_by_count", "slice_by_time_bins", "slice_by_event_bins",
@@ -443,10 +444,17 @@ def serialize_events(events, sensor_size, time_scale: float, order: str = "hilbe
     Returns:
         ``Serialization`` (one segment per recording) with extras ``code``, ``grid_coord``
         ``(N, 3)`` = (x, y, time cell), ``batch``, ``depth`` and ``p``. Host syncs: checks.
+        Under ``torch.export`` the custom op ``geossm::serialize_events`` (no extras: the
+        checks and codes run at run time).
     """
     sensor = _check_sensor(sensor_size)
     _positive("time_scale", time_scale)
     cols = as_tensors(events)
+    if tracing():
+        order_, inverse, cu = serialize_events_op(cols["x"], cols["y"], cols["t"], cols["p"],
+                                                  batch, list(sensor), float(time_scale),
+                                                  order, depth)
+        return _unchecked(order_, inverse, cu)
     dev = cols["t"].device
     x, y, p = _pixels(cols, sensor, torch)
     t = cols["t"]

@@ -21,9 +21,10 @@ from geossm.packed import batch_to_cu_seqlens
 
 from .curves import ORDERS, _check_order, _encode_checked, _encode_curve, coarsen, decode, fit_depth
 from .structure import Serialization, _unchecked
+from .traceable import grid_coordinates_op, grid_pooling_op, serialize_grid_op, tracing
 
 __all__ = ["serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
-           "serialized_pooling", "Pooling"]
+           "serialized_pooling", "pool_grid", "Pooling"]
 
 
 def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
@@ -36,8 +37,11 @@ def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
     Returns:
         ``grid_coord: (N, 3) int64``, non-negative. Raises ``ValueError`` when the extent
         holds 2^62 cells or more along an axis (int64 would wrap). Host syncs: the grid_size,
-        finiteness and extent checks.
+        finiteness and extent checks. Under ``torch.export`` (scalar ``grid_size``) the custom
+        op ``geossm::grid_coordinates`` (``serialization.traceable``).
     """
+    if tracing() and isinstance(grid_size, (int, float)) and isinstance(coord, Tensor):
+        return grid_coordinates_op(coord, float(grid_size))
     if not isinstance(coord, Tensor):
         raise TypeError(f"coord: expected a torch.Tensor, got {type(coord).__name__}")
     if coord.dim() != 2 or coord.shape[1] != 3:
@@ -95,9 +99,16 @@ def serialize_grid(grid_coord: Tensor, order: str = "hilbert", batch: Tensor | N
     Returns:
         ``Serialization`` with extras ``code (N,)`` (source order), ``grid_coord (N, 3)``,
         ``batch (N,)`` and ``depth`` (0-D int64). Host syncs: the input checks of ``encode``.
+        Under ``torch.export`` the custom op ``geossm::serialize_grid`` (extras ``grid_coord``
+        and ``batch`` only: code and depth are known at run time only).
     """
     if batch is not None and not isinstance(batch, Tensor):
         raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+    if tracing():
+        order_, inverse, cu = serialize_grid_op(grid_coord, batch, order, depth, num_samples)
+        extras = {"grid_coord": grid_coord} if batch is None else {"grid_coord": grid_coord,
+                                                                     "batch": batch}
+        return _unchecked(order_, inverse, cu, extras)
     code, depth = _encode_checked(grid_coord, order, batch, depth)
     return _from_code(code, grid_coord, batch, depth, num_samples)
 
@@ -197,7 +208,7 @@ class Pooling:
     grid_coord: Tensor
     batch: Tensor
     head: Tensor
-    depth: int
+    depth: int | None  # None under torch.export (see pool_grid)
     order: str
     serialization: Serialization
 
@@ -273,3 +284,42 @@ def serialized_pooling(code: Tensor, order: str, depth: int, levels: int = 1,
         "code": uniq, "grid_coord": grid, "batch": batch,
         "depth": torch.tensor(pdepth, dtype=torch.long)})
     return Pooling(cluster, counts, uniq, grid, batch, head, pdepth, order, ser)
+
+
+def pool_grid(grid_coord: Tensor, batch: Tensor, depth: int | None, levels: int,
+              num_samples: int) -> Pooling:
+    """Serialized pooling of grid cells along ``"z"`` by ``levels`` levels (a ``2^levels``
+    stride), at most ``depth - 1`` levels (one cell per axis left).
+
+    ``encode(grid_coord, "z", batch, depth)``, then ``serialized_pooling``. Coarsening z codes is
+    a shift (no decode) and the parents come out z-serialized.
+
+    Args:
+        grid_coord: ``(N, 3)`` non-negative cells.
+        batch: ``(N,)`` sample index.
+        depth: bits per axis of ``grid_coord``, None = the fewest that fit (``fit_depth``).
+        levels: wanted levels (clipped to ``depth - 1``).
+        num_samples: ``S`` segments of the parents' serialization.
+
+    Returns:
+        ``Pooling`` (``M`` parents). Under ``torch.export`` the custom op
+        ``geossm::grid_pooling`` (``M`` symbolic); its ``depth`` is then None (the parents'
+        depth is their ``fit_depth``, known at run time) and the serialization has extras
+        ``grid_coord`` and ``batch`` only.
+
+    Raises ``ValueError`` when no level is left (``depth == 1``: a single cell per axis).
+    """
+    if tracing():
+        cluster, counts, code, grid, pbatch, head, cu = grid_pooling_op(
+            grid_coord, batch, depth, levels, num_samples)
+        ident = torch.arange(code.shape[0], device=code.device)
+        ser = _unchecked(ident, ident.clone(), cu, {"grid_coord": grid, "batch": pbatch})
+        return Pooling(cluster, counts, code, grid, pbatch, head, None, "z", ser)
+    if depth is None:
+        depth = fit_depth(grid_coord)
+    levels = max(0, min(levels, depth - 1))
+    if levels == 0:
+        raise ValueError(f"cannot pool further: the grid has depth {depth} (too few "
+                         "cells for another stage; lower grid_size or use fewer stages)")
+    code = _encode_checked(grid_coord, "z", batch, depth)[0]
+    return serialized_pooling(code, "z", depth, levels, num_samples)

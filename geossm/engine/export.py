@@ -10,15 +10,22 @@
   a dimension the model specialises on stays static); the program is run on the example and
   checked against the eager model before it is written.
 
-Exportable today: models whose forward has no data-dependent Python control flow, e.g.
-``EventMambaCls`` with ``mode: windowed`` (frames ``(B, C, H, W)``, dynamic ``B``). Models
-that serialize inside their forward (``PointCloudMambaSeg``: per-sample kNN over
-``cu_seqlens.tolist()``, SciPy KD-trees, grid pooling whose output size depends on the
-coordinates; ``EventMambaCls`` ``mode: serialized``: the event grid's extent read with
-``int(v.min())``) stop ``torch.export`` at the first such line; ``export_program`` raises an
-``ExportError`` naming it. The kernel backend must be one behind the custom ops (``numba``, the
-CPU default, or ``triton``): the ``torch`` reference scan runs op by op and pads every segment
-to the longest (``int(lengths.max())``), which does not trace.
+Exportable: ``EventMambaCls`` in both modes (``windowed``: frames ``(B, C, H, W)``, dynamic
+``B``; ``serialized``: events ``(N, 4)`` and ``cu_seqlens (B+1,)``, dynamic ``N`` and ``B``) and
+``PointCloudMambaSeg`` (``coord``, ``feat``, ``cu_seqlens``, ``category``: dynamic ``N`` and
+``B``). The steps of their forward that read values on the host (quantising, serializing along
+curves of a data-dependent depth, serialized pooling with ``torch.unique``, per-sample kNN, the
+numba curve kernels) are custom ops while ``torch.export`` traces
+(``geossm.serialization.traceable``, ``geossm.tasks.segmentation.traceable``): one node each,
+run eagerly by the program, with symbolic output sizes (the number of pooled cells). Sizes 0 and
+1 are specialised by torch.export, so a program traced on two samples needs at least two (add
+an empty sample to run one). Models with other data-dependent Python control flow stop
+``torch.export`` at the first such line; ``export_program`` raises an ``ExportError`` naming it.
+The kernel backend must be one behind the custom ops (``numba``, the CPU default, or
+``triton``): the ``torch`` reference scan runs op by op and pads every segment to the longest
+(``int(lengths.max())``), which does not trace. ``torch.export.load`` of a program needs its
+custom ops registered: import the model's module first (e.g.
+``geossm.tasks.segmentation.models``).
 """
 
 from __future__ import annotations

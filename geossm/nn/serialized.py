@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from geossm.serialization import Serialization, insert_tokens
 
 from .layers import MLP, DropPath, RMSNorm
-from .mamba import BiMamba, Mamba
+from .mamba2 import build_mixer
 
 __all__ = ["SerializedBlock"]
 
@@ -22,8 +22,8 @@ class SerializedBlock(nn.Module):
         x = x + drop_path(mixer(norm1(x)[order], cu_seqlens)[inverse])
         x = x + drop_path(mlp(norm2(x)))                 # when mlp_ratio > 0
 
-    ``mixer`` is ``BiMamba`` (``bidirectional=True``) or ``Mamba``; norms are ``RMSNorm``. The
-    block works in the serialized layout internally (one gather in, one out; the norm and MLP
+    ``mixer`` is ``BiMamba`` (``bidirectional=True``) or ``Mamba`` (``BiMamba2`` / ``Mamba2``
+    with ``mixer="mamba2"``); norms are ``RMSNorm``. The block works in the serialized layout internally (one gather in, one out; the norm and MLP
     are token-wise, so this equals the formula). Drop-path is per segment of the serialization:
     a sample for the point, graph and event serializers, a window group for ``window_groups``.
 
@@ -42,7 +42,8 @@ class SerializedBlock(nn.Module):
             (``torch.utils.checkpoint``, non-reentrant, RNG state preserved so drop-path draws
             the same masks). Saves memory on large scenes for about one extra forward; the
             attribute can be switched at any time. Default False.
-        **mamba_kwargs: passed to ``Mamba`` / ``BiMamba`` (``d_state``, ``d_conv``, ``expand``,
+        mixer: ``"mamba"`` (Mamba-1) or ``"mamba2"`` (Mamba-2 SSD), default ``"mamba"``.
+        **mamba_kwargs: passed to the mixer class (``d_state``, ``d_conv``, ``expand``,
             ``backend``, ...).
 
     Shapes::
@@ -55,14 +56,14 @@ class SerializedBlock(nn.Module):
 
     def __init__(self, dim: int, bidirectional: bool = True, mlp_ratio: float = 4.0,
                  drop_path: float = 0.0, norm_eps: float = 1e-5, grad_checkpoint: bool = False,
-                 **mamba_kwargs):
+                 mixer: str = "mamba", **mamba_kwargs):
         super().__init__()
         self.grad_checkpoint = bool(grad_checkpoint)
         if not isinstance(mlp_ratio, (int, float)) or mlp_ratio < 0:
             raise ValueError(f"mlp_ratio must be a number >= 0 (0 = no MLP), got {mlp_ratio!r}")
         self.dim = dim
         self.norm1 = RMSNorm(dim, eps=norm_eps)
-        self.mixer = (BiMamba if bidirectional else Mamba)(dim, **mamba_kwargs)
+        self.mixer = build_mixer(mixer, dim, bidirectional, **mamba_kwargs)
         self.drop_path = DropPath(drop_path)
         hidden = int(mlp_ratio * dim)
         if mlp_ratio > 0 and hidden < 1:

@@ -76,9 +76,9 @@ class LinearGroupLayer(nn.Module):
 class _Descriptor(nn.Module):
     """3D spatial feature descriptor: submanifold 3x3x3 conv + norm + GELU, residual."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, sparse_backend: str = "torch"):
         super().__init__()
-        self.conv = SubMConv3d(dim, dim, 3, bias=False)
+        self.conv = SubMConv3d(dim, dim, 3, bias=False, backend=sparse_backend)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, sp: SparseVoxels) -> SparseVoxels:
@@ -96,16 +96,17 @@ class LIONBlock(nn.Module):
         group_size: voxels per group (the merged level uses half).
         merge_stride: ``(sz, sy, sx)`` of the merge (default ``(1, 2, 2)``).
         operator / bidirectional / mlp_ratio / drop_path / op_kwargs: of ``LinearGroupLayer``.
+        sparse_backend: of the descriptor's ``SubMConv3d``, default ``"torch"``.
     """
 
     def __init__(self, dim: int, window_shape: Sequence[int], group_size: int,
                  merge_stride: Sequence[int] = (1, 2, 2), operator: str = "mamba",
                  bidirectional: bool = True, mlp_ratio: float = 0.0, drop_path: float = 0.0,
-                 **op_kwargs):
+                 sparse_backend: str = "torch", **op_kwargs):
         super().__init__()
         kw = dict(operator=operator, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
                   drop_path=drop_path, **op_kwargs)
-        self.descriptor = _Descriptor(dim)
+        self.descriptor = _Descriptor(dim, sparse_backend)
         self.full = nn.ModuleList([
             LinearGroupLayer(dim, window_shape, group_size, "x", False, **kw),
             LinearGroupLayer(dim, window_shape, group_size, "y", True, **kw)])
@@ -251,10 +252,15 @@ class LION(nn.Module):
         generation_ratio: voxel generation top-k fraction (0 = off), default 0.1.
         operator / bidirectional / d_state / expand / mlp_ratio / drop_path: linear operator
             settings (``Mamba`` with ``d_state=8``, ``expand=1`` by default).
+        mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in the operator.
         bev_channels / bev_layers: 2D backbone width and convs per stage, default 64 / 2.
         head_branch_conv: a 3x3 conv before each head's 1x1 output, default True.
         score_threshold / nms_threshold / max_detections / pre_nms: decoding, defaults
             0.1 / 0.1 / 50 / 200.
+        sparse_backend: the submanifold convolutions' backend (``SubMConv3d``): ``"torch"``,
+            ``"spconv"`` (raises ``MissingDependencyError`` here when spconv is missing) or
+            ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
+            merging, expanding and generation are index operations with no spconv counterpart.
 
     Forward: ``points (N, C)``, ``cu_seqlens (B+1,)`` -> ``{"heatmap" (B, K, Y, X) logits,
     "reg" (B, 8, Y, X)}`` with the BEV grid of ``bev_grid()``.
@@ -272,7 +278,9 @@ class LION(nn.Module):
                  mlp_ratio: float = 0.0, drop_path: float = 0.0, bev_channels: int = 64,
                  bev_layers: int = 2, head_branch_conv: bool = True,
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
-                 max_detections: int = 50, pre_nms: int = 200, **_ignored):
+                 max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
+                 mixer: str = "mamba",
+                 **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:
             raise ValueError("point_cloud_range / voxel_size: expected 6 and 3 numbers, got "
@@ -289,17 +297,18 @@ class LION(nn.Module):
         # voxel features: mean of (x, y, z, r) plus the mean's offset from the voxel centre
         sd = int(stem_dim or dim)
         self.embed = nn.Sequential(nn.Linear(in_channels + 3, sd), nn.LayerNorm(sd), nn.GELU())
-        self.stem = SubMConv3d(sd, sd, 3, bias=False)
+        self.stem = SubMConv3d(sd, sd, 3, bias=False, backend=sparse_backend)
         self.stem_norm = nn.LayerNorm(sd)
         self.lift = nn.Linear(sd, dim) if sd != dim else nn.Identity()
         op = dict(operator=operator, bidirectional=bidirectional, mlp_ratio=mlp_ratio,
-                  drop_path=drop_path, d_state=d_state, expand=expand)
+                  drop_path=drop_path, d_state=d_state, expand=expand, mixer=mixer)
         windows = (list(window_shape) if isinstance(window_shape[0], Sequence)
                    else [window_shape] * num_blocks)
         if len(windows) < num_blocks:
             raise ValueError(f"window_shape: expected one (wx, wy, wz) or {num_blocks}, got "
                              f"{list(window_shape)}")
-        self.blocks = nn.ModuleList([LIONBlock(dim, windows[i], group_sizes[i], merge_stride, **op)
+        self.blocks = nn.ModuleList([LIONBlock(dim, windows[i], group_sizes[i], merge_stride,
+                                               sparse_backend=sparse_backend, **op)
                                      for i in range(num_blocks)])
         self.bev = BEVBackbone(dim, bev_channels, bev_layers)
         self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)

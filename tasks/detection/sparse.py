@@ -1,6 +1,7 @@
 """Sparse voxels in plain torch: voxelisation, mean VFE, submanifold sparse 3D convolution,
 voxel merging (down-sampling) and expanding (up-sampling). CPU and GPU, any Python version;
-spconv is an optional faster backend for the convolution.
+spconv is an optional backend for the convolution (``SubMConv3d(backend="spconv"|"auto")``),
+trained through the same weight.
 
 Voxel indices follow spconv: ``indices (V, 4) int`` = ``(batch, z, y, x)`` in a grid of
 ``spatial_shape = (Z, Y, X)``. Lookups hash every voxel to one int64 key
@@ -9,17 +10,20 @@ Voxel indices follow spconv: ``indices (V, 4) int`` = ``(batch, z, y, x)`` in a 
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from geossm._compat import MissingDependencyError
+from geossm._compat import INSTALL_HINTS, MissingDependencyError
 
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
-           "kernel_map", "spconv_available", "scatter_max"]
+           "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
+           "resolve_backend", "require_spconv", "spconv_subm_conv"]
 
 
 @dataclass(eq=False)
@@ -192,45 +196,155 @@ class _GatherGemm(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+#: the values of ``SubMConv3d(backend=...)`` and of ``LION(sparse_backend=...)``
+SPARSE_BACKENDS = ("torch", "spconv", "auto")
+
+
+@functools.lru_cache(maxsize=None)
 def spconv_available() -> bool:
-    """Whether the spconv backend can be used (``spconv.pytorch`` importable)."""
+    """Whether the spconv backend can be used (``spconv.pytorch`` imports; checked once, the
+    import takes seconds)."""
     try:
-        import spconv.pytorch  # noqa: F401
+        _import_spconv()
     except ImportError:
         return False
     return True
+
+
+def _import_spconv():
+    """``(spconv.pytorch.ops, spconv.pytorch.functional, ConvAlgo)``; spconv 2.3's import
+    warns about its own deprecated ``torch.cuda.amp`` decorators, which say nothing to users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from spconv.core import ConvAlgo
+        from spconv.pytorch import functional, ops
+    return ops, functional, ConvAlgo
+
+
+def require_spconv(feature: str) -> None:
+    """Raise ``MissingDependencyError`` with the install hint unless spconv can be used."""
+    if not spconv_available():
+        raise MissingDependencyError(
+            f"{feature} needs spconv, which is not importable here: {INSTALL_HINTS['spconv']}. "
+            "Or choose the torch backend ('torch', or 'auto' to use spconv only where it is "
+            "installed)")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"torch"`` or ``"spconv"`` for ``backend`` in ``SPARSE_BACKENDS`` on ``device``:
+    ``"auto"`` is spconv on CUDA when it is installed, torch otherwise."""
+    if backend == "auto":
+        return "spconv" if device.type == "cuda" and spconv_available() else "torch"
+    return backend
+
+
+def _check_backend(backend: str, argument: str) -> None:
+    if backend not in SPARSE_BACKENDS:
+        raise ValueError(f"{argument}: expected one of {SPARSE_BACKENDS}, got {backend!r}")
+    if backend == "spconv":
+        require_spconv(f"{argument}='spconv'")
+
+
+def _spconv_algo(name: str, kernel_size: int, device: torch.device):
+    """spconv's ``ConvAlgo`` for ``name``: ``"auto"`` is spconv's own default, the masked
+    implicit GEMM on CUDA for kernels of at most 32 offsets, else the native
+    gather-GEMM-scatter (the only one on the CPU)."""
+    algo = _import_spconv()[2]
+    if name == "auto":
+        implicit = device.type == "cuda" and kernel_size ** 3 <= 32
+        return algo.MaskImplicitGemm if implicit else algo.Native
+    if name == "mask_implicit_gemm" and device.type != "cuda":
+        raise ValueError(f"spconv_algo: 'mask_implicit_gemm' runs on CUDA only, got "
+                         f"{device.type} features (use 'native' or 'auto')")
+    return {"native": algo.Native, "mask_implicit_gemm": algo.MaskImplicitGemm}[name]
+
+
+def spconv_subm_conv(sp: SparseVoxels, weight: Tensor, kernel_size: int, algo: str = "auto"
+                     ) -> Tensor:
+    """Submanifold convolution of ``sp.features (V, C_in)`` through spconv's autograd
+    functions, without bias: ``(V, C_out)`` rows in ``sp``'s order.
+
+    ``weight (k^3, C_in, C_out)`` (z-major offsets, the torch path's layout) is viewed as
+    spconv's ``(C_out, kz, ky, kx, C_in)``; the permuted copy is part of the graph, so the
+    gradient reaches ``weight`` itself. spconv's rulebook (its "indice pairs") is built once per
+    voxel set, algorithm and grad mode, and kept in ``sp.cache`` like the torch path's kernel
+    map. On CUDA under autocast spconv computes in fp16 (its ``custom_fwd`` casts the inputs).
+    """
+    ops, functional, _ = _import_spconv()
+    k, (_, cin, cout) = kernel_size, weight.shape
+    conv_algo = _spconv_algo(algo, k, sp.features.device)
+    is_train = torch.is_grad_enabled()
+    key = ("spconv_subm", k, conv_algo.name, is_train)
+    if key not in sp.cache:
+        sp.cache[key] = _spconv_rulebook(ops, sp, k, conv_algo, is_train)
+    rules = sp.cache[key]
+    # under CUDA autocast spconv's custom_fwd casts both inputs to fp16 itself; casting the
+    # weight to bf16 features first would round it twice
+    dtype = (torch.float16 if sp.features.is_cuda and torch.is_autocast_enabled("cuda")
+             else sp.features.dtype)
+    filters = weight.permute(2, 0, 1).reshape(cout, k, k, k, cin).to(dtype).contiguous()
+    features = sp.features.to(dtype).contiguous()
+    v = features.shape[0]
+    if conv_algo.name == "Native":
+        pairs, pairs_per_offset = rules
+        return functional.indice_subm_conv(features, filters, pairs, pairs_per_offset, v,
+                                           conv_algo)
+    pair_fwd, pair_bwd, mask_fwd, mask_bwd, order_fwd, order_bwd, masks = rules
+    return functional.implicit_gemm(features, filters, pair_fwd, pair_bwd, mask_fwd, mask_bwd,
+                                    order_fwd, order_bwd, v, masks, is_train, True)
+
+
+def _spconv_rulebook(ops, sp: SparseVoxels, k: int, conv_algo, is_train: bool) -> tuple:
+    """spconv's indice pairs of a ``k^3`` submanifold conv on ``sp.indices`` (int32)."""
+    indices = sp.indices.int().contiguous()
+    geometry = dict(ksize=[k] * 3, stride=[1] * 3, padding=[k // 2] * 3, dilation=[1] * 3,
+                    out_padding=[0] * 3, subm=True, transpose=False)
+    if conv_algo.name == "Native":
+        _, pairs, pairs_per_offset = ops.get_indice_pairs(
+            indices, sp.batch_size, list(sp.spatial_shape), conv_algo, **geometry)
+        return pairs, pairs_per_offset
+    res = ops.get_indice_pairs_implicit_gemm(indices, sp.batch_size, list(sp.spatial_shape),
+                                             conv_algo, is_train=is_train, **geometry)
+    return tuple(res[2:9])
 
 
 class SubMConv3d(nn.Module):
     """Submanifold sparse 3D convolution: outputs only at the input's voxels.
 
     ``out[v] = bias + sum_{o in offsets} W[o]^T in[v + o]`` over neighbours ``v + o`` that exist.
-    The rulebook (``kernel_map``: hashed voxel keys, sorted and binary-searched per offset) is
-    laid out as a neighbour table; one gather of the ``k^3`` neighbours and one GEMM give the
-    output rows directly (the scatter of gather-GEMM-scatter is the identity for a submanifold
-    conv), and the backward pass is the same with mirrored offsets.
+    The torch path lays the rulebook (``kernel_map``: hashed voxel keys, sorted and
+    binary-searched per offset) out as a neighbour table; one gather of the ``k^3`` neighbours
+    and one GEMM give the output rows directly (the scatter of gather-GEMM-scatter is the
+    identity for a submanifold conv), and the backward pass is the same with mirrored offsets.
+    The spconv path feeds the same weight to spconv's autograd functions
+    (``spconv_subm_conv``); both train the one parameter.
 
     Args:
         in_channels, out_channels: ``C_in``, ``C_out``.
         kernel_size: odd ``k``, default 3.
         bias: default True.
-        backend: ``"torch"`` (default) or ``"spconv"`` (needs spconv; same weights layout).
+        backend: ``"torch"`` (default), ``"spconv"`` (needs spconv; raises
+            ``MissingDependencyError`` with the install line when it is missing) or ``"auto"``
+            (spconv for CUDA inputs when installed, torch otherwise; decided per forward).
+        spconv_algo: ``"auto"`` (spconv's default: masked implicit GEMM on CUDA for
+            ``k^3 <= 32``, else native, the only one on the CPU), ``"native"`` or
+            ``"mask_implicit_gemm"`` (CUDA only).
 
-    Shapes: ``features (V, C_in) -> (V, C_out)``; weight ``(k^3, C_in, C_out)``.
+    Shapes: ``features (V, C_in) -> (V, C_out)``; weight ``(k^3, C_in, C_out)`` with z-major
+    offsets for every backend (checkpoints load into either).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
-                 bias: bool = True, backend: str = "torch"):
+                 bias: bool = True, backend: str = "torch", spconv_algo: str = "auto"):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size: expected an odd positive int, got {kernel_size!r}")
-        if backend not in ("torch", "spconv"):
-            raise ValueError(f"backend: expected 'torch' or 'spconv', got {backend!r}")
-        if backend == "spconv" and not spconv_available():
-            raise MissingDependencyError(
-                "SubMConv3d(backend='spconv') needs spconv: pip install spconv-cu120 "
-                "(or use backend='torch')")
-        self.kernel_size, self.backend = kernel_size, backend
+        _check_backend(backend, "backend")
+        if spconv_algo not in ("auto", "native", "mask_implicit_gemm"):
+            raise ValueError("spconv_algo: expected 'auto', 'native' or 'mask_implicit_gemm', "
+                             f"got {spconv_algo!r}")
+        self.kernel_size, self.backend, self.spconv_algo = kernel_size, backend, spconv_algo
         self.in_channels, self.out_channels = in_channels, out_channels
         k3 = kernel_size ** 3
         self.weight = nn.Parameter(torch.empty(k3, in_channels, out_channels))
@@ -243,28 +357,15 @@ class SubMConv3d(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"features: expected shape (V, {self.in_channels}), got "
                              f"{tuple(x.shape)}")
-        if self.backend == "spconv":
-            return sp.replace(self._spconv(sp))
-        out = _GatherGemm.apply(x, self.weight.to(x.dtype), neighbour_table(sp, self.kernel_size))
+        # no voxels: nothing for spconv's rulebook; the torch path gives the empty rows
+        if resolve_backend(self.backend, x.device) == "spconv" and x.shape[0]:
+            out = spconv_subm_conv(sp, self.weight, self.kernel_size, self.spconv_algo)
+        else:
+            out = _GatherGemm.apply(x, self.weight.to(x.dtype),
+                                    neighbour_table(sp, self.kernel_size))
         if self.bias is not None:
-            out = out + self.bias.to(x.dtype)
+            out = out + self.bias.to(out.dtype)
         return sp.replace(out)
-
-    def _spconv(self, sp: SparseVoxels) -> Tensor:
-        import spconv.pytorch as spconv
-
-        t = spconv.SparseConvTensor(sp.features, sp.indices.int(), list(sp.spatial_shape),
-                                    sp.batch_size)
-        conv = spconv.SubMConv3d(self.in_channels, self.out_channels, self.kernel_size,
-                                 bias=self.bias is not None, indice_key=None).to(sp.features.device)
-        k = self.kernel_size
-        # spconv 2 stores (C_out, kz, ky, kx, C_in); ours is (k^3 z-major, C_in, C_out)
-        with torch.no_grad():
-            conv.weight.copy_(self.weight.view(k, k, k, self.in_channels, self.out_channels)
-                              .permute(4, 0, 1, 2, 3))
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv(t).features
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

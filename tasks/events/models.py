@@ -82,6 +82,7 @@ class EventMambaCls(nn.Module):
         drop_path: largest stochastic-depth rate (linear over blocks), default 0.
         dropout: dropout before the classifier, default 0.
         backend: Mamba kernel backend (None: numba on CPU, triton on CUDA).
+        mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in every block.
 
     Shapes::
 
@@ -95,7 +96,8 @@ class EventMambaCls(nn.Module):
                  patch_size: int = 4, stem_channels: int = 32, stem_depth: int = 1,
                  orders: Sequence[str] | None = None, time_scale: float = 1e-3,
                  d_state: int = 8, expand: int = 2, mlp_ratio: float = 2.0,
-                 drop_path: float = 0.0, dropout: float = 0.0, backend: str | None = None):
+                 drop_path: float = 0.0, dropout: float = 0.0, backend: str | None = None,
+                 mixer: str = "mamba"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -130,7 +132,7 @@ class EventMambaCls(nn.Module):
         rates = [drop_path * i / max(1, depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             SerializedBlock(dim, mlp_ratio=mlp_ratio, drop_path=r, d_state=d_state,
-                            expand=expand, backend=backend) for r in rates)
+                            expand=expand, backend=backend, mixer=mixer) for r in rates)
         self.norm = RMSNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.utils import scatter, to_torch_csr_tensor
 
-from geossm.nn import MLP, BiMamba, RMSNorm, SerializedBlock
+from geossm.nn import MLP, RMSNorm, SerializedBlock, build_mixer
 from geossm.registry import MODELS
 from geossm.serialization import (NeighbourhoodTokens, Serialization, degree_order,
                                   random_walk_tokens)
@@ -137,7 +137,7 @@ class _TokenBranch(nn.Module):
             mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
             self.local = GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
         self.norm = RMSNorm(dim)
-        self.mixer = BiMamba(dim, **mamba_kwargs)
+        self.mixer = build_mixer(d_model=dim, **mamba_kwargs)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
@@ -327,6 +327,7 @@ class GraphMambaNetwork(nn.Module):
         eval_samples: random draws averaged at evaluation, default 1.
         eval_seed: seed of the evaluation draws, default 0.
         d_state, d_conv, expand, backend: Mamba settings, defaults 16, 4, 2, None.
+        mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in every branch.
         residual: skip connections around the branches, default True (False: each layer
             replaces ``h``, as a GCN stack does; better on small homophilous graphs).
         sparse_adjacency: run a ``gcn`` / ``sage`` branch as a sparse CSR matrix product
@@ -357,9 +358,9 @@ class GraphMambaNetwork(nn.Module):
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, backend: str | None = None, residual: bool = True,
                  sparse_adjacency: bool = False, pe_norm: bool = False,
-                 jumping_knowledge: bool = False, pool_norm: bool | None = None,
-                 input_norm: bool = False, mpnn_plus: bool = False,
-                 gate: bool = False, mpnn_norm: str | None = "batch",
+                 jumping_knowledge: bool = False, mixer: str = "mamba",
+                 pool_norm: bool | None = None, input_norm: bool = False,
+                 mpnn_plus: bool = False, gate: bool = False, mpnn_norm: str | None = "batch",
                  branch_drop: float = 0.0) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
@@ -418,7 +419,7 @@ class GraphMambaNetwork(nn.Module):
             self.edge_encoder = nn.Linear(edge_dim, dim)
             hidden_edge_dim = dim
         mamba_kwargs = {"d_state": d_state, "d_conv": d_conv, "expand": expand,
-                        "backend": backend}
+                        "backend": backend, "mixer": mixer}
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
                      readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,

@@ -34,9 +34,11 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from geossm.nn import CoordinateEncoding, PointPrompts, SerializedBlock
 from geossm.packed import cu_seqlens_from_lengths
 from geossm.registry import MODELS
-from geossm.serialization import (ORDERS, Serialization, encode, fit_depth, grid_coordinates,
-                                  serialize_grid, serialized_pooling)
+from geossm.serialization import (ORDERS, Serialization, fit_depth, grid_coordinates, pool_grid,
+                                  serialize_grid)
+from geossm.serialization.traceable import tracing
 
+from .traceable import knn_op
 __all__ = ["PCM_ORDERS", "SIZES", "knn", "KNNEmbedding", "PCMEncoder", "PointCloudMambaSeg",
            "PointCloudMambaCls"]
 
@@ -65,6 +67,8 @@ def _check_packed(coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Ten
             or cu_seqlens.numel() < 2):
         got = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, torch.Tensor) else cu_seqlens
         raise ValueError(f"cu_seqlens must have shape (B+1,) with B >= 1, got {got}")
+    if tracing():  # torch.export: the values are symbolic; the shapes above are checked
+        return
     if int(cu_seqlens[-1]) != coord.shape[0] or int(cu_seqlens[0]) != 0:
         raise ValueError(f"cu_seqlens must start at 0 and end at N={coord.shape[0]}, got "
                          f"{int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
@@ -115,6 +119,8 @@ def knn(coord: torch.Tensor, cu_seqlens: torch.Tensor, k: int,
         raise ValueError("knn method='kdtree' runs on the CPU; use 'brute' (or 'auto') for CUDA tensors")
     if max_elements is None:
         max_elements = 2 ** 28 if coord.is_cuda else 2 ** 24
+    if tracing():
+        return knn_op(coord, cu_seqlens, k, max_elements, method)
     out = torch.empty(coord.shape[0], k, dtype=torch.long, device=coord.device)
     bounds = cu_seqlens.tolist()
     pts_all = coord.float()
@@ -247,12 +253,7 @@ class _Level:
     def pool(self, levels: int) -> "_Level":
         # Pooling along z: coarsening z codes is a shift (no decode); the parents come out
         # z-serialized, so that order is free at the next level.
-        levels = max(0, min(levels, self.depth - 1))
-        if levels == 0:
-            raise ValueError(f"cannot pool further: the grid has depth {self.depth} (too few "
-                             "cells for another stage; lower grid_size or use fewer stages)")
-        code = encode(self.grid, "z", self.batch, self.depth)
-        pooling = serialized_pooling(code, "z", self.depth, levels, self.num_samples)
+        pooling = pool_grid(self.grid, self.batch, self.depth, levels, self.num_samples)
         coord = pooling.pool(self.coord, "mean")
         return _Level(pooling.grid_coord, pooling.batch, pooling.depth, self.num_samples,
                       coord, pooling)
@@ -292,7 +293,8 @@ def _resolve(size: str, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _encoder(size: str, num_classes: int, in_channels: int, grid_size: float,
              orders: Sequence[str], drop_path: float, d_conv: int, backend: str | None,
-             grad_checkpoint: bool, **overrides: Any) -> tuple["PCMEncoder", dict[str, Any]]:
+             grad_checkpoint: bool, mixer: str = "mamba",
+             **overrides: Any) -> tuple["PCMEncoder", dict[str, Any]]:
     """``(encoder, cfg)`` of a segmentation or classification model: the ``size`` preset with
     the non-None ``overrides`` (``cfg``) and its ``PCMEncoder``, after checking ``num_classes``."""
     cfg = _resolve(size, overrides)
@@ -300,7 +302,8 @@ def _encoder(size: str, num_classes: int, in_channels: int, grid_size: float,
         raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     encoder = PCMEncoder(in_channels, cfg["dims"], cfg["depths"], cfg["strides"], grid_size,
                          orders, cfg["k"], cfg["num_prompts"], cfg["mlp_ratio"], drop_path,
-                         cfg["d_state"], d_conv, cfg["expand"], backend, grad_checkpoint)
+                         cfg["d_state"], d_conv, cfg["expand"], backend, grad_checkpoint,
+                         mixer=mixer)
     return encoder, cfg
 
 
@@ -319,13 +322,14 @@ class PCMEncoder(nn.Module):
             grows linearly from 0 to this value over the blocks).
         grad_checkpoint: activation checkpointing of the embedding and of every block while
             training (see ``SerializedBlock``): far less memory, about one more forward.
+        mixer: sequence mixer of every block, ``"mamba"`` or ``"mamba2"``, default ``"mamba"``.
     """
 
     def __init__(self, in_channels: int, dims: Sequence[int], depths: Sequence[int],
                  strides: Sequence[int], grid_size: float, orders: Sequence[str], k: int,
                  num_prompts: int, mlp_ratio: float, drop_path: float, d_state: int,
                  d_conv: int, expand: int, backend: str | None,
-                 grad_checkpoint: bool = False) -> None:
+                 grad_checkpoint: bool = False, mixer: str = "mamba") -> None:
         super().__init__()
         if not grid_size > 0:
             raise ValueError(f"grid_size must be > 0, got {grid_size!r}")
@@ -343,7 +347,7 @@ class PCMEncoder(nn.Module):
         total = sum(depths)
         rates = [drop_path * j / max(1, total - 1) for j in range(total)]
         mamba = {"d_state": d_state, "d_conv": d_conv, "expand": expand, "backend": backend,
-                 "grad_checkpoint": grad_checkpoint}
+                 "grad_checkpoint": grad_checkpoint, "mixer": mixer}
         self.stages = nn.ModuleList()
         self.coord_enc = nn.ModuleList()
         self.prompts = nn.ModuleList()
@@ -374,7 +378,8 @@ class PCMEncoder(nn.Module):
         lo = coord.new_full((num_samples, 3), float("inf")).scatter_reduce(
             0, batch[:, None].expand(-1, 3), coord, "amin", include_self=True)
         grid = grid_coordinates(coord - lo[batch], self.grid_size)
-        level = _Level(grid, batch, fit_depth(grid), num_samples,
+        # under torch.export the depth is known at run time only (serialization.traceable)
+        level = _Level(grid, batch, None if tracing() else fit_depth(grid), num_samples,
                        _sample_normalised(coord, batch, num_samples))
         x = self.embed(coord, feat.to(coord.dtype), cu_seqlens.to(torch.int64), batch)
         feats, levels = [], []
@@ -422,6 +427,7 @@ class PointCloudMambaSeg(nn.Module):
         grad_checkpoint: activation checkpointing of the embedding, of every encoder and decoder
             block, of the pooling/unpooling steps and of the head while training (config ``model.grad_checkpoint: true``): same results,
             a fraction of the activation memory, about one extra forward per step. Default False.
+        mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in every block.
 
     Shapes::
 
@@ -436,10 +442,11 @@ class PointCloudMambaSeg(nn.Module):
                  mlp_ratio: float | None = None, drop_path: float = 0.1,
                  d_state: int | None = None, d_conv: int = 4, expand: int | None = None,
                  dropout: float = 0.0, num_categories: int = 0, backend: str | None = None,
-                 grad_checkpoint: bool = False) -> None:
+                 grad_checkpoint: bool = False, mixer: str = "mamba") -> None:
         super().__init__()
         self.encoder, cfg = _encoder(size, num_classes, in_channels, grid_size, orders,
-                                     drop_path, d_conv, backend, grad_checkpoint, dims=dims,
+                                     drop_path, d_conv, backend, grad_checkpoint, mixer,
+                                     dims=dims,
                                      depths=depths, strides=strides, k=k, num_prompts=num_prompts,
                                      mlp_ratio=mlp_ratio, d_state=d_state, expand=expand)
         dims = cfg["dims"]
@@ -452,7 +459,7 @@ class PointCloudMambaSeg(nn.Module):
             nn.ModuleList(SerializedBlock(dims[i], bidirectional=True,
                                           mlp_ratio=cfg["mlp_ratio"], d_state=cfg["d_state"],
                                           d_conv=d_conv, expand=cfg["expand"], backend=backend,
-                                          grad_checkpoint=grad_checkpoint)
+                                          grad_checkpoint=grad_checkpoint, mixer=mixer)
                           for _ in range(dec_depths[i]))
             for i in range(len(dims) - 1))
         self.num_categories = num_categories
@@ -497,7 +504,8 @@ class PointCloudMambaCls(nn.Module):
 
     Args:
         in_channels, size, dims, depths, strides, grid_size, orders, k, num_prompts, mlp_ratio,
-        drop_path, d_state, d_conv, expand, backend, grad_checkpoint: see ``PointCloudMambaSeg``.
+        drop_path, d_state, d_conv, expand, backend, grad_checkpoint, mixer: see
+        ``PointCloudMambaSeg``.
         num_classes: default 40 (ModelNet40).
         dropout: head dropout, default 0.5.
 
@@ -511,10 +519,12 @@ class PointCloudMambaCls(nn.Module):
                  num_prompts: int | None = None, mlp_ratio: float | None = None,
                  drop_path: float = 0.1, d_state: int | None = None, d_conv: int = 4,
                  expand: int | None = None, dropout: float = 0.5,
-                 backend: str | None = None, grad_checkpoint: bool = False) -> None:
+                 backend: str | None = None, grad_checkpoint: bool = False,
+                 mixer: str = "mamba") -> None:
         super().__init__()
         self.encoder, cfg = _encoder(size, num_classes, in_channels, grid_size, orders,
-                                     drop_path, d_conv, backend, grad_checkpoint, dims=dims,
+                                     drop_path, d_conv, backend, grad_checkpoint, mixer,
+                                     dims=dims,
                                      depths=depths, strides=strides, k=k, num_prompts=num_prompts,
                                      mlp_ratio=mlp_ratio, d_state=d_state, expand=expand)
         d = cfg["dims"][-1]

@@ -150,3 +150,24 @@ def test_pooling_errors():
         pool.pool(torch.zeros(3))
     with pytest.raises(ValueError, match=r"y: expected shape \(2, \.\.\.\), got \(3,\)"):
         pool.unpool(torch.zeros(3))
+
+
+def test_pool_grid_is_z_encoding_then_serialized_pooling():
+    from geossm.serialization import fit_depth, pool_grid, serialized_pooling
+    g = torch.Generator().manual_seed(4)
+    grid = torch.randint(0, 13, (90, 3), generator=g)
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 20, 30]))
+    depth = fit_depth(grid)
+    for given_depth in (depth, None):  # None: the fewest bits that fit
+        pooled = pool_grid(grid, batch, given_depth, 2, 3)
+        want = serialized_pooling(encode(grid, "z", batch, depth), "z", depth, 2, 3)
+        for name in ("cluster", "counts", "code", "grid_coord", "batch", "head"):
+            assert torch.equal(getattr(pooled, name), getattr(want, name)), name
+        assert pooled.depth == depth - 2 and pooled.order == "z"
+        assert torch.equal(pooled.serialization.cu_seqlens, want.serialization.cu_seqlens)
+    # more levels than the grid has are clipped to depth - 1 (one cell per axis)
+    assert torch.equal(pool_grid(grid, batch, None, 10, 3).grid_coord,
+                       pool_grid(grid, batch, None, depth - 1, 3).grid_coord)
+    with pytest.raises(ValueError, match="cannot pool further: the grid has depth 1"):
+        pool_grid(torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, dtype=torch.long), None,
+                  1, 1)

@@ -9,7 +9,7 @@ from geossm.tasks.detection.evaluation import kitti_eval
 from geossm.tasks.detection.losses import centerpoint_loss, centerpoint_targets, gaussian_radius
 from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes, generate_voxels,
                                            _bev)
-from geossm.tasks.detection.sparse import SparseVoxels
+from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d
 
 
 def test_lion_example_runs_and_backpropagates():
@@ -24,6 +24,53 @@ def test_lion_example_runs_and_backpropagates():
     assert mamba and all(p.grad is not None for p in mamba)
     dets = model.decode(out)
     assert len(dets) == 2 and dets[0]["boxes"].shape[1] == 7
+
+
+def test_lion_with_spconv_backend_equals_the_torch_backend():
+    """``sparse_backend="spconv"`` (native algorithm on this CPU) gives the torch backend's
+    outputs and gradients (fp32, the model's dtype) with the same weights; two blocks so that voxel generation and the
+    z merge run between the convolutions."""
+    from geossm.tasks.detection.sparse import spconv_available
+
+    if not spconv_available():
+        reason = "spconv is not importable (pip install 'geossm-lib[spconv]')"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    kwargs, inputs = LION.example()
+    kwargs.update(num_blocks=2, group_sizes=(32, 16), generation_ratio=0.2)
+    runs = {}
+    for backend in ("torch", "spconv"):
+        torch.manual_seed(0)
+        model = LION(**kwargs, sparse_backend=backend)
+        assert {m.backend for m in model.modules() if isinstance(m, SubMConv3d)} == {backend}
+        out = model(**inputs)
+        (out["heatmap"].square().mean() + out["reg"].square().mean()).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if n.endswith("conv.weight")
+                 or n == "stem.weight"}
+        runs[backend] = out, grads
+    (out_t, grads_t), (out_s, grads_s) = runs["torch"], runs["spconv"]
+    for key in ("heatmap", "reg"):
+        torch.testing.assert_close(out_s[key], out_t[key], rtol=1e-4, atol=1e-5)
+    assert len(grads_t) == 3 and grads_t.keys() == grads_s.keys()
+    for name in grads_t:
+        assert grads_t[name].abs().max() > 0, name
+        torch.testing.assert_close(grads_s[name], grads_t[name], rtol=1e-4,
+                                   atol=1e-4 * float(grads_t[name].abs().max()),
+                                   msg=lambda m: f"{name}: {m}")
+
+
+def test_lion_sparse_backend_argument():
+    from geossm._compat import MissingDependencyError
+    from geossm.tasks.detection import sparse
+
+    kwargs, inputs = LION.example()
+    assert LION(**kwargs).stem.backend == "auto"
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        LION(**kwargs, sparse_backend="cuda")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sparse, "spconv_available", lambda: False)
+        with pytest.raises(MissingDependencyError, match="needs spconv"):
+            LION(**kwargs, sparse_backend="spconv")
 
 
 def test_group_layer_packs_without_padding():

@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from geossm._compat import MissingDependencyError
 from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, expand_voxels, merge_voxels,
-                                           spconv_available, voxelize)
+                                           resolve_backend, spconv_available, voxelize)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -61,19 +62,159 @@ def test_kernel_map_is_cached_and_empty_input():
     assert conv(empty).features.shape == (0, 4)
 
 
-def test_spconv_agrees_with_torch_path():
+def _skip_without_spconv():
     if not spconv_available():
-        reason = "spconv is not installed (pip install spconv-cu120); torch path only"
-        print(f"SKIP spconv agreement: {reason}")
+        reason = ("spconv is not importable (pip install 'geossm-lib[spconv]'); only the torch "
+                  "path is tested")
+        print(f"SKIP: {reason}")
         pytest.skip(reason)
+
+
+def _run(conv, sp, backend, upstream):
+    """Output, input-feature gradient and weight/bias gradients of ``conv`` on ``sp``."""
+    conv.backend = backend
+    conv.zero_grad(set_to_none=True)
+    feats = sp.features.clone().requires_grad_(True)
+    out = conv(SparseVoxels(feats, sp.indices, sp.spatial_shape, sp.batch_size)).features
+    (out * upstream).sum().backward()
+    bias_grad = None if conv.bias is None else conv.bias.grad.clone()
+    return out.detach(), feats.grad, conv.weight.grad.clone(), bias_grad
+
+
+#: (voxels drawn, spatial shape, batch, C_in, C_out, kernel, empty sample, dtype, bias)
+SPCONV_CASES = [
+    (300, (6, 9, 11), 2, 5, 7, 3, None, torch.float64, True),
+    (500, (5, 13, 7), 4, 3, 8, 3, 2, torch.float64, False),      # sample 2 has no voxel
+    (80, (3, 4, 17), 3, 6, 2, 5, None, torch.float64, True),
+    (200, (7, 7, 7), 1, 4, 4, 1, None, torch.float64, True),
+    (400, (9, 5, 6), 3, 16, 16, 3, 0, torch.float32, False),     # sample 0 has no voxel
+]
+
+
+@pytest.mark.parametrize("case", SPCONV_CASES, ids=lambda c: f"{c[1]}-b{c[2]}-k{c[5]}-{c[7]}")
+@pytest.mark.parametrize("device", DEVICES)
+def test_spconv_outputs_and_gradients_equal_the_torch_path(case, device):
+    """The spconv backend (native algorithm on the CPU, spconv's default on CUDA) computes
+    what the torch path does, forward and backward, through the one weight parameter."""
+    _skip_without_spconv()
+    n, shape, batch, cin, cout, k, empty, dtype, bias = case
+    if device == "cuda" and dtype == torch.float64:
+        pytest.skip("spconv's CUDA kernels take fp32/fp16 features; fp64 cases run on the CPU")
+    sp = _random_voxels(n, shape, batch, cin, seed=n)
+    if empty is not None:
+        keep = sp.indices[:, 0] != empty
+        sp = SparseVoxels(sp.features[keep], sp.indices[keep], shape, batch)
+        assert (sp.indices[:, 0] == empty).sum() == 0 and len(sp.indices)
+    sp = SparseVoxels(sp.features.to(device, dtype), sp.indices.to(device), shape, batch)
+    conv = SubMConv3d(cin, cout, k, bias=bias).to(device, dtype)
+    if bias:
+        with torch.no_grad():
+            conv.bias.normal_()
+    upstream = torch.randn(len(sp.indices), cout, generator=torch.Generator().manual_seed(1),
+                           dtype=torch.float64).to(device, dtype)
+    ref = _run(conv, sp, "torch", upstream)
+    got = _run(conv, sp, "spconv", upstream)
+    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), got, ref):
+        if b is None:
+            assert a is None
+            continue
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_spconv_rulebook_is_built_once_per_voxel_set(monkeypatch):
+    """Stacked convolutions on the same voxels (``sp.replace``) share spconv's indice pairs,
+    as spconv's ``indice_key`` does; a new voxel set builds its own."""
+    _skip_without_spconv()
+    from geossm.tasks.detection import sparse
+
+    builds = []
+    original = sparse._spconv_rulebook
+    monkeypatch.setattr(sparse, "_spconv_rulebook",
+                        lambda *a: builds.append(a[2]) or original(*a))
+    sp = _random_voxels()
+    first, second = SubMConv3d(5, 6, backend="spconv").double(), \
+        SubMConv3d(6, 4, backend="spconv").double()
+    second(first(sp))
+    assert builds == [3]
+    assert ("spconv_subm", 3, "Native", True) in sp.cache
+    SubMConv3d(5, 6, kernel_size=5, backend="spconv").double()(sp)
+    second(first(_random_voxels(seed=3)))
+    assert builds == [3, 5, 3]
+
+
+def test_spconv_training_step_updates_the_weight():
+    """One optimizer step through the spconv backend moves the conv weight exactly as the
+    same step through the torch path (the old backend copied the weight into a fresh spconv
+    module under no_grad, so its weight never trained)."""
+    _skip_without_spconv()
+    sp = _random_voxels()
+    weights = {}
+    for backend in ("torch", "spconv"):
+        torch.manual_seed(0)
+        conv = SubMConv3d(5, 7, backend=backend).double()
+        before = conv.weight.detach().clone()
+        opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+        conv(sp).features.square().mean().backward()
+        opt.step()
+        assert not torch.equal(conv.weight.detach(), before)
+        weights[backend] = conv.weight.detach()
+    torch.testing.assert_close(weights["spconv"], weights["torch"])
+
+
+def test_spconv_under_cuda_autocast_trains_close_to_fp32():
+    """On CUDA under the trainer's bf16 autocast spconv computes in fp16 (its own cast): the
+    gradients come back in fp32 and stay close to the fp32 torch path's."""
+    _skip_without_spconv()
     if not torch.cuda.is_available():
-        pytest.skip("spconv's submanifold convolution needs a CUDA device here")
-    sp = _random_voxels(device="cuda")
+        reason = "no CUDA device: spconv's autocast path runs on the GPU test run"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    sp = _random_voxels(n=2000, shape=(20, 30, 40), c=32, device="cuda")
     sp = sp.replace(sp.features.float())
-    conv = SubMConv3d(5, 7).cuda()
-    ref = conv(sp).features
+    conv = SubMConv3d(32, 32).cuda()
+    upstream = torch.randn(len(sp.indices), 32, device="cuda")
+    ref = _run(conv, sp, "torch", upstream)
     conv.backend = "spconv"
-    torch.testing.assert_close(conv(sp).features, ref, atol=1e-4, rtol=1e-4)
+    conv.zero_grad(set_to_none=True)
+    feats = sp.features.clone().requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = conv(sp.replace(feats)).features
+    assert out.dtype == torch.float16
+    (out.float() * upstream).sum().backward()
+    assert feats.grad.dtype == torch.float32 and conv.weight.grad.dtype == torch.float32
+    for got, want in ((out.float(), ref[0]), (feats.grad, ref[1]), (conv.weight.grad, ref[2])):
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()))
+
+
+def test_spconv_backend_on_empty_voxels_and_a_cuda_only_algorithm():
+    _skip_without_spconv()
+    empty = SparseVoxels(torch.zeros(0, 5), torch.zeros(0, 4, dtype=torch.long), (4, 4, 4), 2)
+    assert SubMConv3d(5, 3, backend="spconv")(empty).features.shape == (0, 3)
+    sp = _random_voxels()
+    with pytest.raises(ValueError, match="spconv_algo: 'mask_implicit_gemm' runs on CUDA only"):
+        SubMConv3d(5, 3, backend="spconv", spconv_algo="mask_implicit_gemm")(
+            sp.replace(sp.features.float()))
+
+
+def test_backend_selection_and_missing_spconv(monkeypatch):
+    from geossm.tasks.detection import sparse
+
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("torch", torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match=r"backend: expected one of \('torch', 'spconv', 'auto'\)"):
+        SubMConv3d(2, 2, backend="cuda")
+    with pytest.raises(ValueError, match="spconv_algo: expected 'auto', 'native'"):
+        SubMConv3d(2, 2, spconv_algo="implicit")
+    monkeypatch.setattr(sparse, "spconv_available", lambda: False)
+    assert resolve_backend("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(MissingDependencyError, match=r"pip install 'geossm-lib\[spconv\]'"):
+        SubMConv3d(2, 2, backend="spconv")
+    assert SubMConv3d(2, 2, backend="auto").backend == "auto"
+    monkeypatch.setattr(sparse, "spconv_available", lambda: True)
+    assert resolve_backend("auto", torch.device("cuda")) == "spconv"
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
 
 
 def test_voxelize_means_and_drops_out_of_range():
