@@ -7,6 +7,8 @@
 #   PART=2 PREV=.devdata/pep_b EPOCHS=auto TRAIN_S=440 bash benchmarks/peptides_parts.sh
 #
 # Environment:
+#   CONFIG    the config trained, default configs/graph/peptides_func_gmn.yaml (also
+#             configs/graph/peptides_func_gcnplus.yaml: the GCN+ yardstick)
 #   DATA      folder holding graphs/peptides-functional (the shared data layout)
 #   RESULT    output folder: train.log, metrics.jsonl, last.pt (full state), best.pt (weights),
 #             eval_best.log (val and test of best.pt), part.json, triton_cache.tgz
@@ -57,7 +59,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 echo "part=$PART cpus=$CPUS workers=$NW epochs=$EPOCHS batch=$BATCH lr=$LR train_s=$TRAIN_S" \
   | tee "$RESULT/job.txt"
-COMMON="configs/graph/peptides_func_gmn.yaml output_dir=$RUN data.root=$DATA/graphs/peptides-functional \
+CONFIG=${CONFIG:-configs/graph/peptides_func_gmn.yaml}
+COMMON="$CONFIG output_dir=$RUN data.root=$DATA/graphs/peptides-functional \
 data.cache=$CACHE train.num_workers=$NW train.progress=false train.batch_size=$BATCH \
 train.lr=$LR train.warmup_epochs=$WARMUP train.epochs=$EPOCHS eval.every=$EVAL_EVERY $EXTRA"
 RESUME=$([ "$PART" = 1 ] && echo false || echo true)

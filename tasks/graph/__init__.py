@@ -6,6 +6,8 @@
   10-fold cross-validation, LRGB ``PeptidesFunc``, ``KarateClub``;
 - ``transforms``: positional / structural encodings as PyG transforms
   (``AddPositionalEncodings``: Laplacian eigenvectors, RWSE, degree);
+- ``baselines``: ``GNNPlus`` and ``GCNPlus`` / ``GINPlus`` / ``GatedGCNPlus`` / ``SAGEPlus``
+  (classic GNNs with residual, normalisation, dropout, FFN, edge features, PE: the yardstick);
 - ``models``: ``GraphMambaNetwork`` (random-walk neighbourhood tokens + BiMamba, optional
   degree-order BiMamba, MPNN and PE/SE) and ``GraphMamba`` (degree order, GatedGCN);
 - ``metrics``: accuracy, ROC-AUC, multi-label AP, mean ± std over splits;
@@ -17,16 +19,18 @@
 Configs: ``configs/graph/*.yaml``.
 """
 
-from . import datasets, metrics, models, task, transforms
+from . import baselines, datasets, metrics, models, task, transforms
 from .datasets import (COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, AmazonRatings,
                        ChameleonFiltered, CiteSeer, Cora, IMDBBinary, KarateClub, Minesweeper,
                        PeptidesFunc, PubMed, Questions, RomanEmpire, SquirrelFiltered, Tolokers)
+from .baselines import GatedGCNPlus, GCNPlus, GINPlus, GNNPlus, SAGEPlus
 from .models import GraphMamba, GraphMambaNetwork
 from .task import GraphClassificationTask, MultiLabelGraphTask, NodeClassificationTask
 
-__all__ = ["datasets", "metrics", "models", "task", "transforms",
+__all__ = ["baselines", "datasets", "metrics", "models", "task", "transforms",
            "Cora", "CiteSeer", "PubMed", "RomanEmpire", "AmazonRatings", "Minesweeper",
            "Tolokers", "Questions", "ChameleonFiltered", "SquirrelFiltered", "MUTAG", "PROTEINS",
            "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "KarateClub",
-           "GraphMambaNetwork", "GraphMamba", "NodeClassificationTask",
+           "GraphMambaNetwork", "GraphMamba", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus",
+           "SAGEPlus", "NodeClassificationTask",
            "GraphClassificationTask", "MultiLabelGraphTask"]

@@ -199,13 +199,22 @@ class GMNLayer(nn.Module):
     def __init__(self, dim: int, walk_length: int, tokens: bool, token_encoder: str,
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
-                 residual: bool = True) -> None:
+                 residual: bool = True, mpnn_plus: bool = False, gate: bool = False,
+                 mpnn_norm: str | None = "batch", branch_drop: float = 0.0) -> None:
         super().__init__()
+        self.branch_drop = branch_drop
         self.residual = residual
         self.norm = RMSNorm(dim)
         self.tokens = (_TokenBranch(dim, walk_length, token_encoder, edge_dim, readout,
                                     mamba_kwargs) if tokens else None)
-        self.mpnn = _MPNN(mpnn, dim, edge_dim) if mpnn else None
+        self.mpnn = _MPNN(mpnn, dim, edge_dim) if mpnn and not mpnn_plus else None
+        self.local = None
+        if mpnn and mpnn_plus:  # the GNN+ layer of baselines.py: the yardstick's own block
+            from .baselines import GNNPlusLayer
+            self.local = GNNPlusLayer(mpnn, dim, dim, edge_dim, mpnn_norm, dropout, residual)
+        # Zero-initialised per-channel gate on the Mamba branches (ReZero): the layer starts as
+        # its MPNN and the sequence branches grow only as far as the loss asks for them.
+        self.gate = nn.Parameter(torch.zeros(dim)) if gate else None
         self.global_block = (SerializedBlock(dim, bidirectional=True, mlp_ratio=0, **mamba_kwargs)
                              if global_mamba else None)
         self.drop = nn.Dropout(dropout)
@@ -217,17 +226,45 @@ class GMNLayer(nn.Module):
         out = torch.zeros_like(h)
         if self.tokens is not None:
             out = out + self.tokens(x, ctx)
-        if self.mpnn is not None:
-            out = out + self.mpnn(x, ctx)
         if self.global_block is not None:
             # SerializedBlock adds its input back: subtract it to keep only the mixer's output.
             out = out + self.global_block(x, ctx.order) - x
-        # Without the skip (small homophilous graphs: the raw self-features on the skip path
-        # overfit 140 labels), the branches replace h, as in a GCN stack.
-        h = h + self.drop(out) if self.residual else self.drop(F.gelu(out))
+        if self.gate is not None:
+            out = out * self.gate
+        if self.training and self.branch_drop > 0:
+            # Stochastic depth per node on the sequence branches: a node's token / order
+            # features cannot be relied on alone to fit its label (Cora: 140 labels).
+            keep = torch.rand(out.shape[0], 1, device=out.device) >= self.branch_drop
+            out = out * keep / (1.0 - self.branch_drop)
+        if self.local is not None:
+            # GNN+ layer on h (conv -> BN -> ReLU -> dropout, residual); Mamba adds on top.
+            h = self.local(h, ctx.edge_index, ctx.edge_attr, ctx.adj_t) + self.drop(out)
+        else:
+            if self.mpnn is not None:
+                out = out + self.mpnn(x, ctx)
+            # Without the skip (small homophilous graphs: the raw self-features on the skip
+            # path overfit 140 labels), the branches replace h, as in a GCN stack.
+            h = h + self.drop(out) if self.residual else self.drop(F.gelu(out))
         if self.ffn is not None:
             h = h + self.ffn(self.norm2(h))
         return h
+
+
+class PooledNorm(nn.BatchNorm1d):
+    """BatchNorm over pooled graph vectors ``(G, D) -> (G, D)``.
+
+    Sum pooling scales a graph's vector with its node count (30-60 nodes: logits ~40x those of
+    one node at initialisation, a first loss of ~14 for 6 classes), so the head starts saturated
+    and training sinks into the class prior (loss ln C). Normalising the pooled vectors over the
+    batch keeps the relative sizes (what sum pooling is for) at a unit scale. A training batch
+    of one graph has no batch statistics: it is normalised with the running ones.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        return super().forward(x)
 
 
 def _posint(name: str, v: Any, minimum: int = 1) -> int:
@@ -271,8 +308,22 @@ class GraphMambaNetwork(nn.Module):
             as the atom embeddings (GraphGPS normalises RWSE the same way).
         dropout: after every branch and in the FFN, default 0.1.
         input_dropout: on the raw float input features, default 0.
+        input_norm: batch-normalise the raw float input features, default False. Continuous
+            TU attributes are raw measurements whose column scales differ by 1000x; without it
+            the widest columns dominate the input projection.
         mlp_ratio: FFN width factor, 0 = no FFN, default 2.
         pool: graph readout ``"mean"``, ``"sum"``, ``"max"``, default ``"mean"``.
+        mpnn_plus: the MPNN branch is a GNN+ layer (``baselines.GNNPlusLayer``: conv,
+            BatchNorm, ReLU, dropout, its own residual) applied to ``h``, and the Mamba branches
+            are added on top of it (``h = gnn_plus(h) + dropout(mamba(norm(h)))``), default
+            False (the MPNN is one more branch on ``norm(h)``).
+        mpnn_norm: the GNN+ layer's normalisation (``"batch"``, ``"layer"``, None), default
+            ``"batch"``; its residual follows ``residual``.
+        gate: zero-initialised per-channel gate on the Mamba branches' sum, default False.
+        branch_drop: probability of dropping the Mamba branches' sum per node while training
+            (stochastic depth; rescaled), default 0.
+        pool_norm: batch-normalise the pooled graph vectors before the head (``PooledNorm``),
+            default None = only for ``pool="sum"`` (whose scale grows with the graph size).
         eval_samples: random draws averaged at evaluation, default 1.
         eval_seed: seed of the evaluation draws, default 0.
         d_state, d_conv, expand, backend: Mamba settings, defaults 16, 4, 2, None.
@@ -307,7 +358,10 @@ class GraphMambaNetwork(nn.Module):
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, backend: str | None = None, residual: bool = True,
                  sparse_adjacency: bool = False, pe_norm: bool = False,
-                 jumping_knowledge: bool = False, mixer: str = "mamba") -> None:
+                 jumping_knowledge: bool = False, mixer: str = "mamba",
+                 pool_norm: bool | None = None, input_norm: bool = False,
+                 mpnn_plus: bool = False, gate: bool = False, mpnn_norm: str | None = "batch",
+                 branch_drop: float = 0.0) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -333,7 +387,8 @@ class GraphMambaNetwork(nn.Module):
         _posint("pe_dim", pe_dim, 0)
         if not 0 <= lap_dim <= pe_dim:
             raise ValueError(f"lap_dim: expected an int in [0, pe_dim={pe_dim}], got {lap_dim!r}")
-        for name, v in (("dropout", dropout), ("input_dropout", input_dropout)):
+        for name, v in (("dropout", dropout), ("input_dropout", input_dropout),
+                        ("branch_drop", branch_drop)):
             if not 0.0 <= float(v) < 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
         self.task_level, self.pool = task_level, pool
@@ -341,12 +396,17 @@ class GraphMambaNetwork(nn.Module):
         self.use_tokens, self.token_encoder = tokens, token_encoder
         self.global_mamba = global_mamba
         self.sparse_adjacency = bool(sparse_adjacency) and mpnn in ("gcn", "sage")
+        if mpnn_plus and not mpnn:
+            raise ValueError("mpnn_plus: needs an mpnn ('gcn', 'sage', 'gine', 'gatedgcn'), got "
+                             "mpnn=None")
         self.jumping_knowledge = bool(jumping_knowledge)
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
         self.input_encoder = (nn.Linear(in_channels, dim) if node_vocab is None
                               else CategoricalEncoder(node_vocab, dim))
         self.input_dropout = nn.Dropout(input_dropout)
+        self.input_norm = (nn.BatchNorm1d(in_channels) if input_norm and node_vocab is None
+                           else None)
         self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
         self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim and pe_norm else None
         uses_edges = mpnn in ("gine", "gatedgcn") or (tokens and token_encoder == "gine")
@@ -362,9 +422,13 @@ class GraphMambaNetwork(nn.Module):
                         "backend": backend, "mixer": mixer}
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
-                     readout, dropout, mlp_ratio, mamba_kwargs, residual)
+                     readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,
+                     mpnn_norm, branch_drop)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
+        if pool_norm is None:
+            pool_norm = pool == "sum"
+        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
                      nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
                                    nn.Linear(dim, num_classes)))
@@ -420,7 +484,10 @@ class GraphMambaNetwork(nn.Module):
         else:
             # Dropout on the raw features (as GCN / GAT do on bag-of-words inputs), not on
             # their embedding: it regularises the first, largest matrix.
-            h = self.input_encoder(self.input_dropout(x.float()))
+            x = x.float()
+            if self.input_norm is not None:
+                x = self.input_norm(x)
+            h = self.input_encoder(self.input_dropout(x))
         if self.pe_encoder is not None:
             pe = pe.float()
             if self.training and self.lap_dim:
@@ -475,6 +542,8 @@ class GraphMambaNetwork(nn.Module):
             pool = {"mean": global_mean_pool, "sum": global_add_pool,
                     "max": global_max_pool}[self.pool]
             h = pool(h, batch)
+            if self.pool_norm is not None:
+                h = self.pool_norm(h)
         return self.head(h)
 
 

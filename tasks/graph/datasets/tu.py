@@ -39,6 +39,12 @@ class TUGraphs(GraphDataset):
         pe: ``{"laplacian": k, "random_walk": k}``, default None.
         cache_dir: see the module docstring.
         max_degree: one-hot width for featureless graphs, default 64.
+        use_node_attr: keep the continuous node attributes (``<NAME>_node_attributes.txt``)
+            in front of the node-label one-hot, default True (PyG's ``TUDataset`` drops them by
+            default; the published TU baselines use them). A set whose only node features are
+            attributes gets the degree one-hot when False.
+        use_edge_attr: keep continuous edge attributes (``<NAME>_edge_attributes.txt``) in
+            front of the edge-label one-hot, default False (PyG's default).
     """
 
     family = "TU"
@@ -47,7 +53,8 @@ class TUGraphs(GraphDataset):
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
                  split_index: int = 0, num_folds: int = 10, inner_val: float = 0.1,
                  fold_seed: int = 0, pe: Mapping[str, int] | None = None,
-                 cache_dir: str | os.PathLike | None = None, max_degree: int = 64) -> None:
+                 cache_dir: str | os.PathLike | None = None, max_degree: int = 64,
+                 use_node_attr: bool = True, use_edge_attr: bool = False) -> None:
         if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
             raise ValueError(f"num_folds: expected an int >= 2, got {num_folds!r}")
         check_split(split, split_index, num_folds)
@@ -61,7 +68,8 @@ class TUGraphs(GraphDataset):
         raw = root / self.name / "raw"
         if not raw.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {raw} (TU raw text files)")
-        pyg = pyg_dataset(lambda path: TUDataset(path, self.name),
+        pyg = pyg_dataset(lambda path: TUDataset(path, self.name, use_node_attr=bool(use_node_attr),
+                                                 use_edge_attr=bool(use_edge_attr)),
                           sorted(p for p in raw.iterdir() if p.is_file()), root,
                           cache_folder(root, self.family, cache_dir) / self.name)
         labels = pyg._data.y.numpy()
@@ -82,7 +90,7 @@ class TUGraphs(GraphDataset):
                       disable=len(pick) < 2000):
             g = pyg[i]
             x = g.x
-            if x is None:
+            if x is None or x.shape[1] == 0:  # no labels (and attributes dropped, if any)
                 deg = degree(g.edge_index[0], g.num_nodes).long().clamp(max=max_degree)
                 x = torch.nn.functional.one_hot(deg, max_degree + 1)
             d = Data(x=x.float(), edge_index=g.edge_index, y=g.y.view(1).long(),
@@ -92,7 +100,8 @@ class TUGraphs(GraphDataset):
             if pe:
                 d = AddPositionalEncodings(**dict(pe))(d)
             self.graphs.append(d)
-        self.num_features = pyg.num_features or max_degree + 1
+        self.num_features = self.graphs[0].num_features if self.graphs else (
+            pyg.num_features or max_degree + 1)
         self.num_edge_features = pyg.num_edge_features
 
 

@@ -168,3 +168,61 @@ def test_a_positional_batch_is_refused_and_the_keyword_call_pools_per_graph():
         out = model(batch.x, batch.edge_index, batch=batch.batch)
         assert out.shape == (3, 2)
         torch.testing.assert_close(out, model(batch))
+
+
+def test_sum_pooled_logits_do_not_grow_with_graph_size():
+    # Sum pooling multiplies a graph's vector by its node count; PooledNorm (default for
+    # pool="sum") brings it back to a unit scale, so a large graph does not saturate the head.
+    torch.manual_seed(0)
+    sizes = [10, 400]
+    ei = torch.cat([torch.stack([torch.arange(n - 1), torch.arange(1, n)]) + sum(sizes[:i])
+                    for i, n in enumerate(sizes)], 1)
+    ei = torch.cat([ei, ei.flip(0)], 1)
+    batch = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+    x = torch.randn(sum(sizes), 4)
+    logits = {}
+    for norm in (False, None):
+        torch.manual_seed(0)
+        model = GraphMambaNetwork(4, 6, task_level="graph", dim=16, num_layers=1, tokens=False,
+                                  mpnn="gcn", pool="sum", pool_norm=norm, dropout=0.0)
+        logits[norm] = model.train()(x, ei, batch=batch)  # batch statistics of the two graphs
+    assert logits[False].abs().max() > 10  # the size shows in the raw sum
+    assert logits[None].abs().max() < 3
+
+
+def test_mpnn_plus_layer_is_the_gnn_plus_block_and_a_zero_gate_leaves_only_it():
+    from geossm.tasks.graph.baselines import GNNPlusLayer
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, num_walks=2,
+                              mpnn="gcn", mpnn_plus=True, gate=True, d_state=4, mlp_ratio=0,
+                              dropout=0.0).eval()
+    layer = model.layers[0]
+    assert isinstance(layer.local, GNNPlusLayer) and layer.mpnn is None
+    h = torch.randn(5, 8)
+    ctx = type("Ctx", (), {"edge_index": ei, "edge_attr": None, "adj_t": None, "order": None,
+                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None})()
+    torch.testing.assert_close(layer(h, ctx), layer.local(h, ei))  # the gate starts at zero
+    with torch.no_grad():
+        layer.gate.fill_(1.0)
+    assert not torch.allclose(layer(h, ctx), layer.local(h, ei))
+    with pytest.raises(ValueError, match="mpnn_plus: needs an mpnn"):
+        GraphMambaNetwork(3, 2, mpnn=None, mpnn_plus=True)
+
+
+def test_branch_drop_zeroes_whole_nodes_of_the_sequence_branches_while_training():
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, num_walks=2,
+                              mpnn="gcn", mpnn_plus=True, branch_drop=0.5, d_state=4,
+                              mlp_ratio=0, dropout=0.0)
+    layer = model.layers[0]
+    h = torch.randn(5, 8)
+    ctx = type("Ctx", (), {"edge_index": ei, "edge_attr": None, "adj_t": None, "order": None,
+                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None})()
+    local = layer.local(h, ei)
+    branch = layer(h, ctx) - local  # (N, D): zero rows where a node's branches were dropped
+    dropped = (branch.abs().sum(1) == 0)
+    assert 0 < int(dropped.sum()) < 5
+    with pytest.raises(ValueError, match="branch_drop: expected a probability"):
+        GraphMambaNetwork(3, 2, mpnn="gcn", branch_drop=1.0)

@@ -55,3 +55,19 @@ def test_positional_encodings_and_bad_arguments():
         SyntheticGraphs(min_nodes=3)
     with pytest.raises(ValueError, match=r"split: expected one of \('train', 'val', 'test'\)"):
         SyntheticGraphs(split="dev")
+
+
+def test_write_tu_folder_is_read_with_its_continuous_attributes(tmp_path):
+    from geossm.tasks.graph.datasets import ENZYMES
+    from geossm.tasks.graph.synthetic import write_tu_folder
+    raw = write_tu_folder(tmp_path, "ENZYMES", num_classes=3, num_graphs=30, attr_dim=5,
+                          min_nodes=8, max_nodes=10)
+    assert (raw / "ENZYMES_node_attributes.txt").is_file()
+    kept = ENZYMES(tmp_path, split="test", cache_dir=tmp_path / "cache")
+    dropped = ENZYMES(tmp_path, split="test", cache_dir=tmp_path / "cache", use_node_attr=False)
+    assert kept.num_classes == 3 and kept.num_features == 5 + 3 and dropped.num_features == 3
+    g = kept[0]
+    assert g.x.shape == (g.num_nodes, 8) and torch.equal(g.x[:, 5:], dropped[0].x)
+    assert g.x[:, :5].abs().max() > 1.0  # raw measurements, not one-hot
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        write_tu_folder(tmp_path, num_classes=1)

@@ -1,0 +1,193 @@
+"""The graph results table, built from run directories: ``benchmarks/graph_results.md`` and the
+README's graph-results section.
+
+Every run directory under the given roots (a folder holding ``config.yaml`` and
+``metrics.jsonl``, as ``geossm train`` and ``geossm.tasks.graph.crossval`` write them) is one
+run. Runs are grouped by dataset (``data.name``) and model class (``model.name``); a group's
+test metric is the mean ± std (ddof 1) over its runs of the test metric of the weights chosen on
+validation (``weights=best``; ``last`` for configs without a validation split, e.g. the TU folds,
+which test the last epoch). Every row prints the geossm MPNN baseline (``GNNPlus`` family) and
+the Graph Mamba model beside the published anchors, with the seeds / splits, the machine and the
+summed wall time of the runs::
+
+    python benchmarks/graph_table.py runs/table_cpu:"CPU, 1 thread (shared 2-core)" \\
+        runs/table_gpu:"1x H200" [--out benchmarks/graph_results.md] [--readme README.md]
+
+``ROOT:MACHINE`` labels the runs under ROOT (default: the config's ``device``). One JSON line per
+group is printed, then the table is written to ``--out`` and, with ``--readme``, between the
+README's ``<!-- graph-results:begin -->`` and ``<!-- graph-results:end -->`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+#: Published anchors (test metric, percent or AP) per dataset name: facts from the papers.
+ANCHORS = {
+    "Cora": "GCN 81.5, GAT 83.0",
+    "CiteSeer": "GCN 70.3, GAT 72.5",
+    "PubMed": "GCN 79.0, GAT 79.0",
+    "Tolokers": "GAT-sep 83.78 ± 0.43, GCN 83.64 (Platonov et al.)",
+    "ChameleonFiltered": "tuned GCN 46.3 (Luo et al. 2024); GCN 40.9 (Platonov et al.)",
+    "SquirrelFiltered": "tuned GCN 45.0 (Luo et al. 2024); GCN 39.5 (Platonov et al.)",
+    "MUTAG": "GIN 89.4 ± 5.6",
+    "PeptidesFunc": "GCN+ 0.726 (GNN+), GMN 0.7071, Graph-Mamba 0.6739, GPS 0.6535",
+}
+BASELINES = ("GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus")
+MAMBAS = ("GraphMambaNetwork", "GraphMamba")
+TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ")
+BEGIN, END = "<!-- graph-results:begin -->", "<!-- graph-results:end -->"
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (``root`` itself included), sorted."""
+    return sorted(p.parent for p in root.rglob("metrics.jsonl")
+                  if (p.parent / "config.yaml").is_file())
+
+
+def read_run(run: Path) -> dict | None:
+    """``{"dataset", "model", "metric", "value", "split", "seed", "device", "wall_s"}`` of one
+    finished run (None while it has no test line). ``value`` is the test metric of the
+    validation-selected weights (``best``), or of the last weights without a validation split.
+    """
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    metric = (cfg.get("eval") or {}).get("metric") or "acc"
+    selected = "best" if (cfg.get("eval") or {}).get("split") else "last"
+    value = None
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("split") == "test" and row.get("weights") == selected and metric in row:
+            value = float(row[metric])
+    if value is None:
+        return None
+    return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "metric": metric,
+            "value": value, "split": cfg["data"].get("split"), "seed": cfg.get("seed"),
+            "device": cfg.get("device"), "wall_s": wall_seconds(run / "train.log"),
+            "selected": selected}
+
+
+def wall_seconds(log: Path) -> float:
+    """Seconds between the first and the last timestamped line of ``train.log`` (0 if none)."""
+    if not log.is_file():
+        return 0.0
+    stamps = [TIME.match(line) for line in log.read_text().splitlines()]
+    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") for m in stamps if m]
+    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else 0.0
+
+
+def summarize(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def groups(runs: list[tuple[dict, str]]) -> dict[tuple[str, str], dict]:
+    """Runs grouped by (dataset, model): metric, mean, std, seeds, splits, machine, wall."""
+    out: dict[tuple[str, str], dict] = {}
+    for run, machine in runs:
+        g = out.setdefault((run["dataset"], run["model"]), {
+            "dataset": run["dataset"], "model": run["model"], "metric": run["metric"],
+            "values": [], "seeds": set(), "splits": set(), "machines": set(), "wall_s": 0.0,
+            "selected": run["selected"]})
+        g["values"].append(run["value"])
+        g["seeds"].add(run["seed"])
+        g["splits"].add(run["split"])
+        g["machines"].add(machine)
+        g["wall_s"] += run["wall_s"]
+    for g in out.values():
+        g["mean"], g["std"] = summarize(g["values"])
+        g["n"] = len(g.pop("values"))
+    return out
+
+
+def _ranges(values: set) -> str:
+    nums = sorted(int(v) for v in values if v is not None)
+    if not nums:
+        return "-"
+    return f"{nums[0]}-{nums[-1]}" if nums == list(range(nums[0], nums[-1] + 1)) and \
+        len(nums) > 1 else ",".join(map(str, nums))
+
+
+def _cell(g: dict | None) -> str:
+    if g is None:
+        return "not run"
+    scale = 1.0 if g["metric"] == "ap" else 100.0
+    digits = 4 if g["metric"] == "ap" else 1
+    spread = f" ± {g['std'] * scale:.{digits}f}" if g["n"] > 1 else ""
+    return f"{g['mean'] * scale:.{digits}f}{spread} ({g['model']}, n={g['n']})"
+
+
+def table(grouped: dict[tuple[str, str], dict]) -> str:
+    """The markdown table, one row per dataset."""
+    lines = ["| dataset | metric (test, selection) | geossm MPNN baseline | geossm Graph Mamba | "
+             "published | seeds / splits | machine | wall time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for dataset in sorted({d for d, _ in grouped}):
+        rows = {m: g for (d, m), g in grouped.items() if d == dataset}
+        base = next((rows[m] for m in BASELINES if m in rows), None)
+        mamba = next((rows[m] for m in MAMBAS if m in rows), None)
+        shown = [g for g in (base, mamba) if g is not None]
+        first = shown[0]
+        seeds = "; ".join(dict.fromkeys(  # one entry when both models ran the same grid
+            f"seeds {_ranges(g['seeds'])} × splits {_ranges(g['splits'])}" for g in shown))
+        machines = "; ".join(sorted(set().union(*(g["machines"] for g in shown))))
+        wall = " + ".join(f"{g['wall_s'] / 60:.1f} min" for g in shown)
+        lines.append(f"| {dataset} | {first['metric']} ({first['selected']} weights) | "
+                     f"{_cell(base)} | {_cell(mamba)} | {ANCHORS.get(dataset, '-')} | {seeds} | "
+                     f"{machines} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with the part between the markers replaced by ``body`` (appended, markers
+    included, when absent)."""
+    block = f"{BEGIN}\n{body}{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("roots", nargs="+", help="ROOT or ROOT:MACHINE")
+    p.add_argument("--out", default="benchmarks/graph_results.md")
+    p.add_argument("--readme", default=None, help="README to update between the markers")
+    ns = p.parse_args(argv)
+    runs = []
+    for spec in ns.roots:
+        root, _, machine = spec.partition(":")
+        for run in find_runs(Path(root)):
+            row = read_run(run)
+            if row is not None:
+                runs.append((row, machine or str(row["device"])))
+    if not runs:
+        raise SystemExit(f"no finished run directories under {ns.roots}")
+    grouped = groups(runs)
+    for g in grouped.values():
+        sys.stdout.write(json.dumps({**g, "seeds": sorted(map(str, g["seeds"])),
+                                     "splits": sorted(map(str, g["splits"])),
+                                     "machines": sorted(g["machines"])}) + "\n")
+    body = table(grouped)
+    out = Path(ns.out)
+    out.write_text("# Graph results (written by benchmarks/graph_table.py)\n\n"
+                   "Test metrics, mean ± std (ddof 1) over the runs; weights selected on "
+                   "validation only (best) or the last epoch where there is no validation "
+                   "split (TU folds).\n\n" + body)
+    if ns.readme:
+        readme = Path(ns.readme)
+        readme.write_text(replace_section(readme.read_text(), body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

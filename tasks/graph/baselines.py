@@ -1,0 +1,347 @@
+"""Tuned classic message-passing baselines (GCN+, GIN+, GatedGCN+, SAGE+) in the graph pipeline.
+
+"Classic GNNs are Strong Baselines" (Luo et al., NeurIPS 2024) and GNN+ (Luo et al., ICML 2025)
+show that GCN / GIN / GatedGCN with residual connections, normalisation, dropout, edge
+features, a feed-forward block and positional encodings match graph transformers and graph
+SSMs. ``GNNPlus`` is that recipe on PyG's layers (``GCNConv``, ``GINEConv`` / ``GINConv``,
+``ResGatedGraphConv``, ``SAGEConv``); the registered names fix the convolution::
+
+    model = GCNPlus(in_channels=1433, num_classes=7, task_level="node", dim=512, num_layers=3)
+    logits = model(data.x, data.edge_index)                # (N, 7)
+    logits = model(data)                                   # same, from a Data / Batch
+
+One layer (``GNNPlusLayer``; ``conv`` reads edge features when the model has them)::
+
+    y = dropout(act(norm(conv(h, edge_index, e))))
+    h = h + y                 (residual=True and equal widths; else h = y)
+    h = norm2(h + ffn(h))     (mlp_ratio > 0: the FFN block of GNN+)
+
+``GCNPlus`` with edge features adds GNN+'s edge term to ``GCNConv``: every edge's embedded
+feature (projected when its width differs from the layer's), weighted by the same symmetric
+normalisation ``1 / sqrt(d_u d_v)`` (degrees with the self-loop), summed into its target.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.utils import scatter, to_torch_csr_tensor
+
+from geossm.registry import MODELS
+
+from .models import POOLS, CategoricalEncoder, PooledNorm
+
+__all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
+
+CONVS = ("gcn", "gine", "gatedgcn", "sage")
+NORMS = (None, "batch", "layer")
+
+
+def _norm(kind: str | None, dim: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(dim)
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    return nn.Identity()
+
+
+class GNNPlusLayer(nn.Module):
+    """One GNN+ layer (see the module docstring): ``h (N, in_dim) -> (N, dim)``.
+
+    Args:
+        conv: ``"gcn"``, ``"gine"``, ``"gatedgcn"`` or ``"sage"``.
+        in_dim, dim: input and output widths (the residual needs them equal).
+        edge_dim: width of the (embedded) edge features, None = the graph has none.
+        norm: ``"batch"``, ``"layer"`` or None, default ``"batch"``.
+        dropout: after the activation and inside the FFN, default 0.
+        residual: default True.
+        mlp_ratio: FFN width factor, 0 = no FFN, default 0.
+        final: the output layer (node logits): the convolution alone, no norm, activation,
+            dropout, residual or FFN, default False.
+    """
+
+    def __init__(self, conv: str, in_dim: int, dim: int, edge_dim: int | None = None,
+                 norm: str | None = "batch", dropout: float = 0.0, residual: bool = True,
+                 mlp_ratio: float = 0.0, final: bool = False) -> None:
+        super().__init__()
+        import torch_geometric.nn as pygnn
+        if conv not in CONVS:
+            raise ValueError(f"conv: expected one of {CONVS}, got {conv!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        self.kind, self.edge_dim, self.final = conv, edge_dim, final
+        self.residual = residual and in_dim == dim and not final
+        self.edge_proj = None
+        if conv == "gcn":
+            self.conv = pygnn.GCNConv(in_dim, dim)
+            if edge_dim:  # embedded edges already at the layer's width are used as they are
+                self.edge_proj = (nn.Identity() if edge_dim == dim
+                                  else nn.Linear(edge_dim, dim, bias=False))
+        elif conv == "sage":
+            self.conv = pygnn.SAGEConv(in_dim, dim)
+        elif conv == "gine":
+            mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.BatchNorm1d(dim), nn.ReLU(),
+                                nn.Linear(dim, dim))
+            self.conv = (pygnn.GINEConv(mlp, train_eps=True, edge_dim=edge_dim) if edge_dim
+                         else pygnn.GINConv(mlp, train_eps=True))
+        else:
+            self.conv = pygnn.ResGatedGraphConv(in_dim, dim, edge_dim=edge_dim)
+        self.norm = _norm(norm, dim)
+        self.drop = nn.Dropout(dropout)
+        hidden = 0 if final else int(mlp_ratio * dim)
+        self.ffn = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden, dim), nn.Dropout(dropout))
+                    if hidden > 0 else None)
+        self.norm2 = _norm(norm, dim) if hidden > 0 else None
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor,
+                edge_attr: torch.Tensor | None = None,
+                adj_t: torch.Tensor | None = None) -> torch.Tensor:
+        """``adj_t``: optional sparse CSR (target, source) matrix for ``gcn`` / ``sage`` (the
+        same product as ``edge_index``, faster on CPU); edge features need ``edge_index``."""
+        y = self._conv(h, edge_index, edge_attr, adj_t)
+        if self.final:
+            return y
+        y = self.drop(F.relu(self.norm(y)))
+        h = h + y if self.residual else y
+        if self.ffn is not None:
+            h = self.norm2(h + self.ffn(h))
+        return h
+
+    def _conv(self, h, edge_index, edge_attr, adj_t) -> torch.Tensor:
+        if self.kind in ("gine", "gatedgcn") and self.edge_dim:
+            if edge_attr is None:
+                raise ValueError(f"edge_attr: the {self.kind} layer was built with edge_dim="
+                                 f"{self.edge_dim}, got None")
+            return self.conv(h, edge_index, edge_attr)
+        y = self.conv(h.float(), adj_t) if adj_t is not None else self.conv(h, edge_index)
+        if self.edge_proj is not None and edge_attr is not None:
+            y = y + self._edge_term(edge_attr, edge_index, h.shape[0])
+        return y
+
+    def _edge_term(self, edge_attr: torch.Tensor, edge_index: torch.Tensor,
+                   n: int) -> torch.Tensor:
+        """``Σ_{u->v} e_uv W_e / sqrt(d_u d_v)`` per target ``v`` (degrees with self-loops,
+        GCN's normalisation): ``(N, dim)``."""
+        src, dst = edge_index
+        deg = torch.bincount(dst, minlength=n).to(edge_attr.dtype) + 1.0
+        weight = (deg[src] * deg[dst]).rsqrt().unsqueeze(1)
+        return scatter(self.edge_proj(edge_attr) * weight, dst, 0, dim_size=n, reduce="sum")
+
+
+@MODELS.register
+class GNNPlus(nn.Module):
+    r"""Classic GNN with the GNN+ recipe for node or graph prediction (module docstring).
+
+    Args:
+        in_channels: float node feature width ``F``, default None (use ``node_vocab``).
+        num_classes: output width ``C``, default 2.
+        task_level: ``"node"`` or ``"graph"``, default ``"node"``.
+        conv: ``"gcn"``, ``"gine"`` (``GINConv`` without edge features), ``"gatedgcn"``,
+            ``"sage"``, default ``"gcn"``.
+        dim: hidden width, default 256.
+        num_layers: default 3.
+        norm: ``"batch"``, ``"layer"`` or None, default ``"batch"``.
+        dropout: after every layer and in the FFN / head, default 0.2.
+        input_dropout: on the raw float features, default 0.
+        input_norm: batch-normalise the raw float features, default False.
+        residual: default True.
+        mlp_ratio: FFN width factor per layer, 0 = none, default 0.
+        pre_linear: project the input to ``dim`` before the first layer, default True (False:
+            the first convolution reads the raw features, as GCN does; it has no residual).
+        edge_dim / edge_vocab: float edge feature width / integer edge vocabularies, default
+            None (no edge features).
+        node_vocab: integer node feature vocabularies (OGB atoms), default None.
+        pe_dim: width of the input ``pe`` (RWSE / LapPE / degree), default 0; concatenated to
+            float features (batch-normalised first: the columns are tiny), or projected and
+            added to embedded categorical ones.
+        pool: graph readout ``"mean"``, ``"sum"``, ``"max"``, default ``"mean"``.
+        pool_norm: ``PooledNorm`` after pooling, default None = only for ``pool="sum"``.
+        head_layers: head depth after the layers (Linear-ReLU-Dropout ... Linear; one Linear
+            at node level), default 2. ``0`` (node level only): the last of the
+            ``num_layers`` convolutions outputs the logits (Kipf & Welling's GCN).
+        sparse_adjacency: ``gcn`` / ``sage`` as one sparse CSR product, default False.
+
+    Shapes::
+
+        x: (N, F) float or (N, len(node_vocab)) long;  edge_index: (2, E)
+        edge_attr: (E, edge_dim) float or (E, len(edge_vocab)) long, optional
+        batch: (N,), optional;  pe: (N, pe_dim), optional
+        out: (N, C) node level, (G, C) graph level
+    """
+
+    default_conv = "gcn"
+
+    def __init__(self, in_channels: int | None = None, num_classes: int = 2,
+                 task_level: str = "node", conv: str | None = None, dim: int = 256,
+                 num_layers: int = 3, norm: str | None = "batch", dropout: float = 0.2,
+                 input_dropout: float = 0.0, input_norm: bool = False, residual: bool = True,
+                 mlp_ratio: float = 0.0, pre_linear: bool = True, edge_dim: int | None = None,
+                 edge_vocab: Sequence[int] | None = None,
+                 node_vocab: Sequence[int] | None = None, pe_dim: int = 0, pool: str = "mean",
+                 pool_norm: bool | None = None, head_layers: int = 2,
+                 sparse_adjacency: bool = False) -> None:
+        super().__init__()
+        conv = conv or self.default_conv
+        if task_level not in ("node", "graph"):
+            raise ValueError(f"task_level: expected 'node' or 'graph', got {task_level!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+        if (in_channels is None) == (node_vocab is None):
+            raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
+                             f"(integer features), got in_channels={in_channels!r}, "
+                             f"node_vocab={node_vocab!r}")
+        for name, v, low in (("dim", dim, 1), ("num_layers", num_layers, 1),
+                             ("num_classes", num_classes, 1), ("pe_dim", pe_dim, 0),
+                             ("head_layers", head_layers, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+        for name, v in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= float(v) < 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
+        if head_layers == 0 and task_level != "node":
+            raise ValueError("head_layers: 0 (a convolution outputs the logits) is for "
+                             f"task_level='node', got task_level={task_level!r}")
+        self.task_level, self.pool, self.pe_dim = task_level, pool, pe_dim
+        self.sparse_adjacency = bool(sparse_adjacency) and conv in ("gcn", "sage")
+        self.categorical = node_vocab is not None
+        self.input_norm = (nn.BatchNorm1d(in_channels) if input_norm and not self.categorical
+                           else None)
+        self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim else None
+        self.input_dropout = nn.Dropout(input_dropout)
+        if self.categorical:
+            self.input_encoder: nn.Module = CategoricalEncoder(node_vocab, dim)
+            self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
+            width = dim
+        else:
+            self.pe_encoder = None
+            width = in_channels + pe_dim
+            self.input_encoder = nn.Linear(width, dim) if pre_linear else nn.Identity()
+            width = dim if pre_linear else width
+        self.edge_encoder: nn.Module | None = None
+        hidden_edge_dim = None
+        if edge_vocab is not None:
+            self.edge_encoder, hidden_edge_dim = CategoricalEncoder(edge_vocab, dim), dim
+        elif edge_dim:
+            self.edge_encoder, hidden_edge_dim = nn.Linear(edge_dim, dim), dim
+        layers = []
+        for i in range(num_layers):
+            final = head_layers == 0 and i == num_layers - 1
+            layers.append(GNNPlusLayer(conv, width, num_classes if final else dim,
+                                       hidden_edge_dim, norm, dropout, residual, mlp_ratio,
+                                       final))
+            width = dim
+        self.layers = nn.ModuleList(layers)
+        if pool_norm is None:
+            pool_norm = pool == "sum"
+        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
+        head: list[nn.Module] = []
+        for _ in range(head_layers - 1 if task_level == "graph" else 0):
+            head += [nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout)]
+        self.head = (nn.Sequential(*head, nn.Linear(dim, num_classes)) if head_layers
+                     else nn.Identity())
+
+    @classmethod
+    def example(cls) -> tuple[dict, dict]:
+        """A tiny model and input (two graphs of 5 and 4 nodes) for the registry test."""
+        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
+                           [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
+        init = {"in_channels": 3, "num_classes": 2, "task_level": "graph", "dim": 8,
+                "num_layers": 2, "edge_dim": 2, "pe_dim": 2, "mlp_ratio": 2}
+        inputs = {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
+                  "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
+        return init, inputs
+
+    def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
+                edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
+                pe: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
+        ``edge_attr``, ``batch`` and ``pe`` are keyword-only (as ``GraphMambaNetwork``)."""
+        if extra:
+            raise TypeError(f"{type(self).__name__}.forward: edge_attr, batch and pe are "
+                            f"keyword-only, got {len(extra)} more positional argument(s); call "
+                            "model(x, edge_index, batch=batch) (or model(data))")
+        if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
+            data = x
+            x, edge_index = data.x, data.edge_index
+            edge_attr, batch = getattr(data, "edge_attr", None), getattr(data, "batch", None)
+            pe = getattr(data, "pe", None)
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected node features of shape (N, F), got {got}")
+        if self.pe_dim and (pe is None or pe.shape != (x.shape[0], self.pe_dim)):
+            got = None if pe is None else tuple(pe.shape)
+            raise ValueError(f"pe: expected shape ({x.shape[0]}, {self.pe_dim}) (model pe_dim="
+                             f"{self.pe_dim}; set data.pe), got {got}")
+        n = x.shape[0]
+        h = self._embed(x, pe)
+        ea = None
+        if self.edge_encoder is not None and edge_attr is not None:
+            ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
+                                   else edge_attr.float())
+        adj_t = None
+        if self.sparse_adjacency:
+            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
+        for layer in self.layers:
+            h = layer(h, edge_index, ea, adj_t)
+        if self.task_level == "graph":
+            from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+            if batch is None:
+                batch = torch.zeros(n, dtype=torch.long, device=h.device)
+            pool = {"mean": global_mean_pool, "sum": global_add_pool,
+                    "max": global_max_pool}[self.pool]
+            h = pool(h, batch)
+            if self.pool_norm is not None:
+                h = self.pool_norm(h)
+        return self.head(h)
+
+    def _embed(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
+        if self.pe_norm is not None:
+            pe = self.pe_norm(pe.float())
+        if self.categorical:
+            h = self.input_encoder(x)
+            return h + self.pe_encoder(pe) if self.pe_encoder is not None else h
+        x = x.float()
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        if pe is not None and self.pe_norm is not None:
+            x = torch.cat([x, pe], 1)
+        return self.input_encoder(self.input_dropout(x))
+
+
+@MODELS.register
+class GCNPlus(GNNPlus):
+    """``GNNPlus`` with ``conv="gcn"`` (GCN+; edge features through GNN+'s normalised edge
+    term)."""
+
+    default_conv = "gcn"
+
+
+@MODELS.register
+class GINPlus(GNNPlus):
+    """``GNNPlus`` with ``conv="gine"`` (GIN+: ``GINEConv`` with edge features, ``GINConv``
+    without)."""
+
+    default_conv = "gine"
+
+
+@MODELS.register
+class GatedGCNPlus(GNNPlus):
+    """``GNNPlus`` with ``conv="gatedgcn"`` (GatedGCN+ on PyG's ``ResGatedGraphConv``; edges
+    gate the messages but are not updated per layer, unlike the original GatedGCN)."""
+
+    default_conv = "gatedgcn"
+
+
+@MODELS.register
+class SAGEPlus(GNNPlus):
+    """``GNNPlus`` with ``conv="sage"``."""
+
+    default_conv = "sage"

@@ -1,0 +1,49 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "graph_table.py"
+spec = importlib.util.spec_from_file_location("graph_table", SCRIPT)
+graph_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(graph_table)
+
+
+def _run(root: Path, model: str, seed: int, best: float, last: float, eval_split="val"):
+    run = root / f"{model}_{seed}"
+    run.mkdir(parents=True)
+    cfg = {"data": {"name": "Cora", "split": 0}, "model": {"name": model}, "seed": seed,
+           "device": "cpu", "eval": {"split": eval_split, "metric": "acc"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = [{"epoch": 1, "split": "val", "acc": 0.5},
+            {"epoch": 9, "split": "test", "weights": "last", "acc": last},
+            {"epoch": 3, "split": "test", "weights": "best", "acc": best}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run / "train.log").write_text("2026-12-04 10:00:00,001 INFO run\n"
+                                   "2026-12-04 10:01:30,500 INFO epoch 9 test\n")
+
+
+def test_table_from_run_directories_and_readme_section(tmp_path):
+    for seed, acc in ((0, 0.80), (1, 0.82)):
+        _run(tmp_path / "runs", "GCNPlus", seed, acc, 0.1)
+    _run(tmp_path / "runs", "GraphMambaNetwork", 0, 0.83, 0.2)
+    (tmp_path / "runs" / "unfinished").mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- graph-results:begin -->\nold\n<!-- graph-results:end -->\ntail\n")
+    out = tmp_path / "results.md"
+    assert graph_table.main([f"{tmp_path / 'runs'}:test box", "--out", str(out),
+                             "--readme", str(readme)]) == 0
+    text = out.read_text()
+    assert "| Cora | acc (best weights) | 81.0 ± 1.4 (GCNPlus, n=2) | 83.0 " \
+           "(GraphMambaNetwork, n=1) | GCN 81.5, GAT 83.0 |" in text
+    assert "seeds 0-1 × splits 0; seeds 0 × splits 0 | test box | 3.0 min + 1.5 min |" in text
+    new = readme.read_text()
+    assert "old" not in new and new.endswith("tail\n") and "81.0 ± 1.4" in new
+    assert graph_table.replace_section(new, "b\n").count("graph-results:begin") == 1
+
+
+def test_runs_without_validation_report_the_last_weights(tmp_path):
+    _run(tmp_path, "GINPlus", 0, 0.9, 0.7, eval_split=None)
+    row = graph_table.read_run(tmp_path / "GINPlus_0")
+    assert row["value"] == 0.7 and row["selected"] == "last" and row["wall_s"] == 90.0
