@@ -200,6 +200,9 @@ class AEDAT3Reader(Reader):
                     raise self.error(offset, f"truncated AEDAT 3.1 packet: {number} events of "
                                              f"{esize} bytes declared, {len(data)} bytes remain")
                 if etype == 1:
+                    if esize < 8:  # a polarity event is (data u32, timestamp i32)
+                        raise self.error(offset, f"malformed AEDAT 3.1 polarity packet: event "
+                                                 f"size {esize} bytes, expected at least 8")
                     rec = np.frombuffer(data, dtype=np.dtype([("d", "<u4"), ("t", "<i4")]
                                                              + ([("pad", f"V{esize - 8}")]
                                                                 if esize > 8 else [])))

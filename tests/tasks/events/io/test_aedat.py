@@ -53,3 +53,16 @@ def test_aedat3_round_trip(tmp_path):
     rec = io.read_events(path)
     assert rec.sensor_size == (128, 128, 2)
     np.testing.assert_array_equal(canon(rec.events), canon(ev))
+
+
+def test_aedat3_polarity_event_size_too_small(tmp_path):
+    """A polarity packet declaring events of fewer than 8 bytes is malformed, not a numpy error
+    (found by the reader fuzz test)."""
+    ev = enc.random_events(10, seed=7, width=128, height=128)
+    data = bytearray(enc.aedat3(ev, per_packet=10))
+    head = data.index(b"#!END-HEADER\r\n") + len(b"#!END-HEADER\r\n")
+    data[head + 4:head + 8] = (5).to_bytes(4, "little")  # event size 8 -> 5
+    bad = write(tmp_path, "small.aedat", bytes(data))
+    with pytest.raises(io.EventFileError, match=r"small\.aedat at byte offset \d+: malformed "
+                                                r"AEDAT 3\.1 polarity packet: event size 5"):
+        io.read_events(bad)
