@@ -23,18 +23,18 @@ normalisation ``1 / sqrt(d_u d_v)`` (degrees with the self-loop), summed into it
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.utils import scatter, to_torch_csr_tensor
+from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import POOLS, CategoricalEncoder, PooledNorm
+from .models import (POOLS, CategoricalEncoder, PooledNorm, check_node_inputs, encode_edges,
+                     graph_readout, sparse_adjacency)
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
@@ -271,35 +271,14 @@ class GNNPlus(nn.Module):
             x, edge_index = data.x, data.edge_index
             edge_attr, batch = getattr(data, "edge_attr", None), getattr(data, "batch", None)
             pe = getattr(data, "pe", None)
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected node features of shape (N, F), got {got}")
-        if self.pe_dim and (pe is None or pe.shape != (x.shape[0], self.pe_dim)):
-            got = None if pe is None else tuple(pe.shape)
-            raise ValueError(f"pe: expected shape ({x.shape[0]}, {self.pe_dim}) (model pe_dim="
-                             f"{self.pe_dim}; set data.pe), got {got}")
-        n = x.shape[0]
+        check_node_inputs(x, pe, self.pe_dim)
         h = self._embed(x, pe)
-        ea = None
-        if self.edge_encoder is not None and edge_attr is not None:
-            ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
-                                   else edge_attr.float())
-        adj_t = None
-        if self.sparse_adjacency:
-            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
+        ea = encode_edges(self.edge_encoder, edge_attr)
+        adj_t = sparse_adjacency(edge_index, x.shape[0]) if self.sparse_adjacency else None
         for layer in self.layers:
             h = layer(h, edge_index, ea, adj_t)
         if self.task_level == "graph":
-            from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-            if batch is None:
-                batch = torch.zeros(n, dtype=torch.long, device=h.device)
-            pool = {"mean": global_mean_pool, "sum": global_add_pool,
-                    "max": global_max_pool}[self.pool]
-            h = pool(h, batch)
-            if self.pool_norm is not None:
-                h = self.pool_norm(h)
+            h = graph_readout(h, batch, self.pool, self.pool_norm)
         return self.head(h)
 
     def _embed(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:

@@ -267,6 +267,45 @@ class PooledNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def check_node_inputs(x: Any, pe: torch.Tensor | None, pe_dim: int) -> None:
+    """``x`` must be ``(N, F)``; with ``pe_dim`` > 0, ``pe`` must be ``(N, pe_dim)``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected node features of shape (N, F), got {got}")
+    if pe_dim and (pe is None or pe.shape != (x.shape[0], pe_dim)):
+        got = None if pe is None else tuple(pe.shape)
+        raise ValueError(f"pe: expected shape ({x.shape[0]}, {pe_dim}) (model pe_dim="
+                         f"{pe_dim}; set data.pe), got {got}")
+
+
+def encode_edges(edge_encoder: nn.Module | None,
+                 edge_attr: torch.Tensor | None) -> torch.Tensor | None:
+    """``(E, D)`` edge embeddings, or None without an encoder or edge features."""
+    if edge_encoder is None or edge_attr is None:
+        return None
+    return edge_encoder(edge_attr if isinstance(edge_encoder, CategoricalEncoder)
+                        else edge_attr.float())
+
+
+def sparse_adjacency(edge_index: torch.Tensor, n: int) -> torch.Tensor:
+    """``(N, N)`` sparse CSR matrix with rows = targets, columns = sources."""
+    with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return to_torch_csr_tensor(edge_index.flip(0), size=(n, n))
+
+
+def graph_readout(h: torch.Tensor, batch: torch.Tensor | None, pool: str,
+                  pool_norm: nn.Module | None) -> torch.Tensor:
+    """Node states ``(N, D)`` pooled per graph (``pool`` in ``POOLS``; ``batch`` None = one
+    graph) to ``(G, D)``, then ``pool_norm`` if given."""
+    from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+    if batch is None:
+        batch = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+    pooled = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}[pool]
+    h = pooled(h, batch)
+    return pool_norm(h) if pool_norm is not None else h
+
+
 def _posint(name: str, v: Any, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
@@ -467,17 +506,12 @@ class GraphMambaNetwork(nn.Module):
             edge_attr = getattr(data, "edge_attr", None)
             batch = getattr(data, "batch", None)
             pe = getattr(data, "pe", None)
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected node features of shape (N, F), got {got}")
+        check_node_inputs(x, None, 0)
         if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
                 or edge_index.shape[0] != 2:
             got = tuple(edge_index.shape) if isinstance(edge_index, torch.Tensor) else edge_index
             raise ValueError(f"edge_index: expected shape (2, E), got {got}")
-        if self.pe_dim and (pe is None or pe.shape != (x.shape[0], self.pe_dim)):
-            got = None if pe is None else tuple(pe.shape)
-            raise ValueError(f"pe: expected shape ({x.shape[0]}, {self.pe_dim}) (model pe_dim="
-                             f"{self.pe_dim}; set data.pe), got {got}")
+        check_node_inputs(x, pe, self.pe_dim)
         n = x.shape[0]
         if isinstance(self.input_encoder, CategoricalEncoder):
             h = self.input_encoder(x)
@@ -496,15 +530,9 @@ class GraphMambaNetwork(nn.Module):
             if self.pe_norm is not None:
                 pe = self.pe_norm(pe)
             h = h + self.pe_encoder(pe)
-        ea = None
-        if self.edge_encoder is not None and edge_attr is not None:
-            ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
-                                   else edge_attr.float())
-        adj_t = None
-        if self.sparse_adjacency:  # once per forward, shared by every eval sample
-            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
+        ea = encode_edges(self.edge_encoder, edge_attr)
+        # Once per forward, shared by every eval sample.
+        adj_t = sparse_adjacency(edge_index, n) if self.sparse_adjacency else None
         if self.training or self.eval_samples == 1 and not self._random_branches():
             return self._run(h, edge_index, ea, batch, n, None, adj_t)
         gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
@@ -536,14 +564,7 @@ class GraphMambaNetwork(nn.Module):
         else:
             h = self.norm(h)
         if self.task_level == "graph":
-            if batch is None:
-                batch = torch.zeros(n, dtype=torch.long, device=h.device)
-            from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-            pool = {"mean": global_mean_pool, "sum": global_add_pool,
-                    "max": global_max_pool}[self.pool]
-            h = pool(h, batch)
-            if self.pool_norm is not None:
-                h = self.pool_norm(h)
+            h = graph_readout(h, batch, self.pool, self.pool_norm)
         return self.head(h)
 
 
