@@ -33,7 +33,8 @@ from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import (POOLS, CategoricalEncoder, PooledNorm, check_node_inputs, encode_edges,
+from .models import (CategoricalEncoder, PooledNorm, check_node_inputs,
+                     check_pool_and_node_features, encode_edges, example_graph_inputs,
                      graph_readout, sparse_adjacency)
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
@@ -190,12 +191,7 @@ class GNNPlus(nn.Module):
         conv = conv or self.default_conv
         if task_level not in ("node", "graph"):
             raise ValueError(f"task_level: expected 'node' or 'graph', got {task_level!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-        if (in_channels is None) == (node_vocab is None):
-            raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
-                             f"(integer features), got in_channels={in_channels!r}, "
-                             f"node_vocab={node_vocab!r}")
+        check_pool_and_node_features(pool, in_channels, node_vocab)
         for name, v, low in (("dim", dim, 1), ("num_layers", num_layers, 1),
                              ("num_classes", num_classes, 1), ("pe_dim", pe_dim, 0),
                              ("head_layers", head_layers, 0)):
@@ -249,13 +245,9 @@ class GNNPlus(nn.Module):
     @classmethod
     def example(cls) -> tuple[dict, dict]:
         """A tiny model and input (two graphs of 5 and 4 nodes) for the registry test."""
-        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
-                           [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
         init = {"in_channels": 3, "num_classes": 2, "task_level": "graph", "dim": 8,
                 "num_layers": 2, "edge_dim": 2, "pe_dim": 2, "mlp_ratio": 2}
-        inputs = {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
-                  "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
-        return init, inputs
+        return init, example_graph_inputs()
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,

@@ -267,6 +267,26 @@ class PooledNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def example_graph_inputs() -> dict[str, torch.Tensor]:
+    """Two path graphs of 5 and 4 nodes: random ``x`` (9, 3), ``edge_attr`` (14, 2) and
+    ``pe`` (9, 2), for the models' ``example`` (the registry test)."""
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
+                       [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
+    return {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
+            "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
+
+
+def check_pool_and_node_features(pool: str, in_channels: int | None,
+                                 node_vocab: Sequence[int] | None) -> None:
+    """``pool`` must be in ``POOLS``; exactly one of ``in_channels`` / ``node_vocab`` given."""
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if (in_channels is None) == (node_vocab is None):
+        raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
+                         f"(integer features), got in_channels={in_channels!r}, "
+                         f"node_vocab={node_vocab!r}")
+
+
 def check_node_inputs(x: Any, pe: torch.Tensor | None, pe_dim: int) -> None:
     """``x`` must be ``(N, F)``; with ``pe_dim`` > 0, ``pe`` must be ``(N, pe_dim)``."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -411,12 +431,7 @@ class GraphMambaNetwork(nn.Module):
                              f"{token_encoder!r}")
         if readout not in ("last", "mean"):
             raise ValueError(f"readout: expected 'last' or 'mean', got {readout!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-        if (in_channels is None) == (node_vocab is None):
-            raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
-                             f"(integer features), got in_channels={in_channels!r}, "
-                             f"node_vocab={node_vocab!r}")
+        check_pool_and_node_features(pool, in_channels, node_vocab)
         if not (tokens or global_mamba or mpnn):
             raise ValueError("enable at least one branch: tokens, global_mamba or mpnn")
         for name, v in (("dim", dim), ("num_layers", num_layers), ("walk_length", walk_length),
@@ -475,15 +490,11 @@ class GraphMambaNetwork(nn.Module):
     @classmethod
     def example(cls) -> tuple[dict, dict]:
         """A tiny model and input (two graphs of 5 and 4 nodes) for the registry test."""
-        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
-                           [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
         init = {"in_channels": 3, "num_classes": 2, "task_level": "graph", "dim": 8,
                 "num_layers": 1, "walk_length": 2, "num_walks": 2, "global_mamba": True,
                 "mpnn": "gine", "token_encoder": "gine", "edge_dim": 2, "d_state": 4,
                 "pe_dim": 2, "lap_dim": 1}
-        inputs = {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
-                  "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
-        return init, inputs
+        return init, example_graph_inputs()
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
