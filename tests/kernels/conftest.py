@@ -103,3 +103,16 @@ def assert_close(got, want, tol, final_name: str = "final_state"):
         grad = grads[name]
         assert grad is not None and grad.shape == ref.shape, name
         assert rel_err(grad, ref) <= tol, f"d{name}: {rel_err(grad, ref)}"
+
+
+def scan_in_two_parts(part, length: int, cut: int, reverse: bool):
+    """Tokens ``[0, length)`` scanned as two parts split at ``cut``, the first part (in scan
+    order) handing its final state to the second; the outputs joined back in token order.
+
+    ``part(tokens: slice, state) -> (out, final_state)`` scans the tokens of one part.
+    """
+    first, second = (slice(0, cut), slice(cut, length)) if not reverse else \
+        (slice(cut, length), slice(0, cut))
+    out_first, state = part(first, None)
+    out_second, _ = part(second, state)
+    return torch.cat([out_first, out_second] if not reverse else [out_second, out_first])

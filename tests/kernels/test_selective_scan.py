@@ -9,7 +9,7 @@ from geossm.kernels import selective_scan
 from geossm.kernels.selective_scan_torch import selective_scan_ref
 
 from .conftest import (assert_close, device_under_test, fast_backends, projection_gradients,
-                       rel_err, short_lengths, skip_in_interpreter)
+                       rel_err, scan_in_two_parts, short_lengths, skip_in_interpreter)
 
 DEVICE = device_under_test()
 BACKENDS = ["torch", *fast_backends()]
@@ -132,19 +132,14 @@ def test_initial_state_chaining(backend, reverse):
     inputs, _ = make_inputs([90], init=False)
     args = {k: v.detach() for k, v in inputs.items() if v is not None}
     whole = selective_scan(**args, delta_softplus=True, reverse=reverse, backend=backend)
-    first, second = (slice(0, 37), slice(37, 90)) if not reverse else (slice(37, 90), slice(0, 37))
 
-    def part(piece, state=None):
+    def part(piece, state):
         tokens = {k: (v[piece] if k in ("u", "delta", "B", "C", "z") else v)
                   for k, v in args.items()}
         return selective_scan(**tokens, delta_softplus=True, reverse=reverse, backend=backend,
                               initial_state=state, return_final_state=True)
 
-    out_first, state = part(first)
-    out_second, _ = part(second, state)
-    joined = torch.empty_like(whole)
-    joined[first], joined[second] = out_first, out_second
-    assert rel_err(joined, whole) <= 1e-5
+    assert rel_err(scan_in_two_parts(part, 90, 37, reverse), whole) <= 1e-5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -11,7 +11,7 @@ from geossm.kernels.ssd_scan_torch import ssd_scan_ref
 
 from .conftest import assert_close as shared_assert_close
 from .conftest import (device_under_test, interpreted, projection_gradients, rel_err,
-                       short_lengths)
+                       scan_in_two_parts, short_lengths)
 
 DEVICE = device_under_test()
 HAS_TRITON = _compat.has_triton() and (DEVICE == "cuda" or _compat.triton_interpret())
@@ -196,19 +196,14 @@ def test_initial_state_chaining(backend, reverse):
     inputs, _ = make_inputs([90], init=False)
     args = {k: v.detach() for k, v in inputs.items() if v is not None}
     whole = ssd_scan(**args, dt_softplus=True, reverse=reverse, backend=backend)
-    first, second = (slice(0, 37), slice(37, 90)) if not reverse else (slice(37, 90), slice(0, 37))
 
-    def part(piece, state=None):
+    def part(piece, state):
         tokens = {k: (v[piece] if k in ("x", "dt", "B", "C", "z") else v)
                   for k, v in args.items()}
         return ssd_scan(**tokens, dt_softplus=True, reverse=reverse, backend=backend,
                         initial_states=state, return_final_states=True)
 
-    out_first, state = part(first)
-    out_second, _ = part(second, state)
-    joined = torch.cat([out_first, out_second]) if not reverse else torch.cat(
-        [out_second, out_first])
-    assert rel_err(joined, whole) <= 1e-5
+    assert rel_err(scan_in_two_parts(part, 90, 37, reverse), whole) <= 1e-5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
