@@ -51,6 +51,23 @@ def load_frames(root: Path) -> list[dict[str, np.ndarray]]:
     return frames
 
 
+def load_kitti_frames(root: Path | None) -> list[dict[str, np.ndarray]]:
+    """``load_frames(root)``; ``root=None``: of the shared KITTI archive, unpacked to a temp dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if root is None:
+            with tarfile.open(ARCHIVE) as tar:
+                tar.extractall(tmp, filter="data")
+            root = Path(tmp)
+        return load_frames(root)
+
+
+def write_rows(rows: list[dict], out: Path | None) -> None:
+    """The rows as JSON lines to ``out`` (its folder made); nothing when ``out`` is None."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def batch_of(frames: list[dict], key: str, size: int, pcr) -> list[np.ndarray]:
     """``size`` point clouds (cropped to the range): the frames in order, mirrored repeats."""
     lo, hi = np.asarray(pcr[:3]), np.asarray(pcr[3:])
@@ -119,13 +136,7 @@ def main() -> None:
     cfg = apply_overrides(load_config(ns.config), ns.overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task = TASKS.get("DetectionTask")(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = ns.root
-        if root is None:
-            with tarfile.open(ARCHIVE) as tar:
-                tar.extractall(tmp, filter="data")
-            root = Path(tmp)
-        frames = load_frames(root)
+    frames = load_kitti_frames(ns.root)
     rows = []
     for case in ns.cases.split(","):
         key = "fov" if case.startswith("fov") else "all"
@@ -140,9 +151,7 @@ def main() -> None:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if ns.out:
-        ns.out.parent.mkdir(parents=True, exist_ok=True)
-        ns.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(rows, ns.out)
 
 
 if __name__ == "__main__":

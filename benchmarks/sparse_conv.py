@@ -32,8 +32,6 @@ import copy
 import json
 import statistics
 import sys
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d, spconv_avail
 from geossm.tasks.detection.synthetic import generate_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection_lion import ARCHIVE, REPO, batch_of, load_frames  # noqa: E402
+from detection_lion import ARCHIVE, REPO, batch_of, load_kitti_frames, write_rows  # noqa: E402
 
 #: overrides of ``--tiny``: the synthetic CPU config shrunk to seconds per step
 TINY_OVERRIDES = ["model.dim=8", "model.stem_dim=8", "model.bev_channels=8",
@@ -258,13 +256,7 @@ def main(argv=None) -> None:
     task = TASKS.get("DetectionTask")(cfg)
     frames = None
     if not ns.synthetic and (ns.root or ARCHIVE.exists()):
-        with tempfile.TemporaryDirectory() as tmp:
-            root = ns.root
-            if root is None:
-                with tarfile.open(ARCHIVE) as tar:
-                    tar.extractall(tmp, filter="data")
-                root = Path(tmp)
-            frames = load_frames(root)
+        frames = load_kitti_frames(ns.root)
     data = "kitti" if frames else "synthetic"
     if frames is None:
         frames = synthetic_frames(2 if ns.tiny else 6)
@@ -276,9 +268,7 @@ def main(argv=None) -> None:
             rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if ns.out:
-        ns.out.parent.mkdir(parents=True, exist_ok=True)
-        ns.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_rows(rows, ns.out)
 
 
 if __name__ == "__main__":

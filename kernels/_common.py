@@ -46,6 +46,14 @@ def check_same_device(reference: torch.Tensor, **tensors) -> None:
                              f"got {value.device}")
 
 
+def check_triton_device(device: torch.device) -> None:
+    """Triton runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``."""
+    interpret = _compat.triton_interpret()
+    if device.type != "cuda" and not (interpret and device.type == "cpu"):
+        raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with "
+                         f"TRITON_INTERPRET=1), got tensors on {device}")
+
+
 def resolve_backend(backend, device: torch.device) -> str:
     """Pick the backend: triton for CUDA tensors, numba for CPU; validate an explicit choice."""
     if backend is None:
@@ -59,10 +67,7 @@ def resolve_backend(backend, device: torch.device) -> str:
     if backend == "numba" and device.type != "cpu":
         raise ValueError(f"backend='numba' needs CPU tensors, got tensors on {device}")
     if backend == "triton":
-        interpret = _compat.triton_interpret()
-        if device.type != "cuda" and not (interpret and device.type == "cpu"):
-            raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with "
-                             f"TRITON_INTERPRET=1), got tensors on {device}")
+        check_triton_device(device)
     missing = (backend == "triton" and not HAS_TRITON) or (backend == "numba" and not HAS_NUMBA)
     if missing:
         _compat.require(backend, f"backend={backend!r}")  # raises with the install hint

@@ -19,7 +19,7 @@ import torch
 from geossm import _compat
 from geossm.packed import canonical_cu_seqlens
 
-from ._common import HAS_TRITON, check_same_device, check_shape, check_tensor
+from ._common import HAS_TRITON, check_same_device, check_shape, check_tensor, check_triton_device
 from .ssd_scan_torch import ssd_scan_chunked, ssd_scan_ref
 
 BACKENDS = ("reference", "chunked", "triton")
@@ -127,10 +127,7 @@ def resolve_ssd_backend(backend, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
     if backend == "triton":
-        interpret = _compat.triton_interpret()
-        if device.type != "cuda" and not (interpret and device.type == "cpu"):
-            raise ValueError(f"backend='triton' needs CUDA tensors (or CPU tensors with "
-                             f"TRITON_INTERPRET=1), got tensors on {device}")
+        check_triton_device(device)
         if not HAS_TRITON:
             _compat.require("triton", "backend='triton'")
     return backend

@@ -48,6 +48,23 @@ def _projections(h, x_proj_weight, dt_proj_weight, dt_rank: int, d_state: int):
     return F.linear(dt, dt_proj_weight), B, C
 
 
+def _scan_inputs(u, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+                 dt_proj_weight, A_log, cu, reverse: bool, backend: str, dt_rank: int,
+                 d_state: int):
+    """``(h, z, delta, B, C, A)``: everything the selective scan reads, from the input ``u``.
+
+    ``h`` (the convolution output), ``z`` and ``delta`` are ``(T, E)``, ``B``, ``C``
+    ``(T, N)``, ``A = -exp(A_log)`` ``(E, N)`` in float32. The forward runs it without
+    autograd, the backward again on leaves to differentiate it.
+    """
+    xz = F.linear(u, in_proj_weight, in_proj_bias)
+    x, z = xz.split(conv_weight.shape[0], dim=-1)
+    h = causal_conv1d(x, conv_weight, conv_bias, cu_seqlens=cu, activation="silu",
+                      reverse=reverse, backend=backend)
+    delta, B, C = _projections(h, x_proj_weight, dt_proj_weight, dt_rank, d_state)
+    return h, z, delta, B, C, -torch.exp(A_log.float())
+
+
 class _MambaInner(torch.autograd.Function):
     """Autograd of ``mamba_inner`` (see the module docstring) on packed ``(T, D)`` input."""
 
@@ -60,13 +77,9 @@ class _MambaInner(torch.autograd.Function):
         # cast to (autocast leaves float64 alone).
         cast = amp[0] and u.is_floating_point() and u.dtype != torch.float64
         kept = u.to(amp[1]) if cast else u
-        xz = F.linear(kept, in_proj_weight, in_proj_bias)
-        inner = conv_weight.shape[0]
-        x, z = xz.split(inner, dim=-1)
-        h = causal_conv1d(x, conv_weight, conv_bias, cu_seqlens=cu, activation="silu",
-                          reverse=reverse, backend=backend)
-        delta, B, C = _projections(h, x_proj_weight, dt_proj_weight, dt_rank, d_state)
-        A = -torch.exp(A_log.float())
+        h, z, delta, B, C, A = _scan_inputs(kept, in_proj_weight, in_proj_bias, conv_weight,
+                                            conv_bias, x_proj_weight, dt_proj_weight, A_log,
+                                            cu, reverse, backend, dt_rank, d_state)
         if backend == "torch":
             y = selective_scan(h, delta, A, B, C, D=D.float(), z=z,
                                delta_bias=dt_proj_bias.float(), delta_softplus=True,
@@ -94,13 +107,9 @@ class _MambaInner(torch.autograd.Function):
                             x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)]
         u_, in_w, in_b, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log_, D_ = leaves
         with torch.enable_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
-            xz = F.linear(u_, in_w, in_b)
-            inner = conv_w.shape[0]
-            x, z = xz.split(inner, dim=-1)
-            h = causal_conv1d(x, conv_w, conv_b, cu_seqlens=cu, activation="silu",
-                              reverse=reverse, backend=backend)
-            delta, B, C = _projections(h, x_proj_w, dt_proj_w, dt_rank, d_state)
-            A = -torch.exp(A_log_.float())
+            h, z, delta, B, C, A = _scan_inputs(u_, in_w, in_b, conv_w, conv_b, x_proj_w,
+                                                dt_proj_w, A_log_, cu, reverse, backend,
+                                                dt_rank, d_state)
             if backend == "torch":
                 y = selective_scan(h, delta, A, B, C, D=D_.float(), z=z,
                                    delta_bias=dt_bias.float(), delta_softplus=True,

@@ -241,7 +241,27 @@ class Mamba(nn.Module):
                 f"expand={self.expand}, dt_rank={self.dt_rank}, backend={self.backend!r}")
 
 
-class BiMamba(nn.Module):
+class Bidirectional(nn.Module):
+    """Two directions of ``direction_class`` with separate parameters, summed.
+
+    Subclasses set ``direction_class`` (a mixer taking ``(x, cu_seqlens, reverse=...)``);
+    the parameters live under ``forward_mamba.*`` and ``backward_mamba.*``.
+    """
+
+    direction_class: type[nn.Module]
+
+    def __init__(self, d_model: int, **mamba_kwargs):
+        super().__init__()
+        self.forward_mamba = self.direction_class(d_model, **mamba_kwargs)
+        self.backward_mamba = self.direction_class(d_model, **mamba_kwargs)
+        self.d_model = d_model
+
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        return (self.forward_mamba(x, cu_seqlens)
+                + self.backward_mamba(x, cu_seqlens, reverse=True))
+
+
+class BiMamba(Bidirectional):
     r"""Bidirectional Mamba: a forward and a reversed direction with separate parameters.
 
     ``out = forward_mamba(x) + backward_mamba(x, reverse=True)``, where the reversed direction
@@ -262,15 +282,7 @@ class BiMamba(nn.Module):
         out:        like x
     """
 
-    def __init__(self, d_model: int, **mamba_kwargs):
-        super().__init__()
-        self.forward_mamba = Mamba(d_model, **mamba_kwargs)
-        self.backward_mamba = Mamba(d_model, **mamba_kwargs)
-        self.d_model = d_model
-
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        return (self.forward_mamba(x, cu_seqlens)
-                + self.backward_mamba(x, cu_seqlens, reverse=True))
+    direction_class = Mamba
 
 
 # ------------------------------------------------------------- mamba_ssm interoperability

@@ -17,7 +17,7 @@ from torch import nn
 
 from geossm.kernels import causal_conv1d, ssd_scan
 
-from .mamba import BiMamba, Mamba, check_layer_cu_seqlens, check_tokens
+from .mamba import BiMamba, Bidirectional, Mamba, check_layer_cu_seqlens, check_tokens
 
 __all__ = ["Mamba2", "BiMamba2", "MIXERS", "build_mixer"]
 
@@ -179,7 +179,7 @@ class Mamba2(nn.Module):
                 f"ngroups={self.ngroups}, rmsnorm={self.rmsnorm}, backend={self.backend!r}")
 
 
-class BiMamba2(nn.Module):
+class BiMamba2(Bidirectional):
     r"""Bidirectional Mamba-2: a forward and a reversed direction with separate parameters.
 
     ``out = forward_mamba(x) + backward_mamba(x, reverse=True)``; the reversed direction scans
@@ -197,15 +197,7 @@ class BiMamba2(nn.Module):
         out:        like x
     """
 
-    def __init__(self, d_model: int, **mamba_kwargs):
-        super().__init__()
-        self.forward_mamba = Mamba2(d_model, **mamba_kwargs)
-        self.backward_mamba = Mamba2(d_model, **mamba_kwargs)
-        self.d_model = d_model
-
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        return (self.forward_mamba(x, cu_seqlens)
-                + self.backward_mamba(x, cu_seqlens, reverse=True))
+    direction_class = Mamba2
 
 
 #: mixer name -> (unidirectional class, bidirectional class).

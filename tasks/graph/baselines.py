@@ -23,18 +23,19 @@ normalisation ``1 / sqrt(d_u d_v)`` (degrees with the self-loop), summed into it
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.utils import scatter, to_torch_csr_tensor
+from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import POOLS, CategoricalEncoder, PooledNorm
+from .models import (CategoricalEncoder, PooledNorm, check_node_inputs,
+                     check_pool_and_node_features, encode_edges, example_graph_inputs,
+                     graph_readout, sparse_adjacency)
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
@@ -190,12 +191,7 @@ class GNNPlus(nn.Module):
         conv = conv or self.default_conv
         if task_level not in ("node", "graph"):
             raise ValueError(f"task_level: expected 'node' or 'graph', got {task_level!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-        if (in_channels is None) == (node_vocab is None):
-            raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
-                             f"(integer features), got in_channels={in_channels!r}, "
-                             f"node_vocab={node_vocab!r}")
+        check_pool_and_node_features(pool, in_channels, node_vocab)
         for name, v, low in (("dim", dim, 1), ("num_layers", num_layers, 1),
                              ("num_classes", num_classes, 1), ("pe_dim", pe_dim, 0),
                              ("head_layers", head_layers, 0)):
@@ -249,13 +245,9 @@ class GNNPlus(nn.Module):
     @classmethod
     def example(cls) -> tuple[dict, dict]:
         """A tiny model and input (two graphs of 5 and 4 nodes) for the registry test."""
-        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
-                           [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
         init = {"in_channels": 3, "num_classes": 2, "task_level": "graph", "dim": 8,
                 "num_layers": 2, "edge_dim": 2, "pe_dim": 2, "mlp_ratio": 2}
-        inputs = {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
-                  "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
-        return init, inputs
+        return init, example_graph_inputs()
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
@@ -271,35 +263,14 @@ class GNNPlus(nn.Module):
             x, edge_index = data.x, data.edge_index
             edge_attr, batch = getattr(data, "edge_attr", None), getattr(data, "batch", None)
             pe = getattr(data, "pe", None)
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected node features of shape (N, F), got {got}")
-        if self.pe_dim and (pe is None or pe.shape != (x.shape[0], self.pe_dim)):
-            got = None if pe is None else tuple(pe.shape)
-            raise ValueError(f"pe: expected shape ({x.shape[0]}, {self.pe_dim}) (model pe_dim="
-                             f"{self.pe_dim}; set data.pe), got {got}")
-        n = x.shape[0]
+        check_node_inputs(x, pe, self.pe_dim)
         h = self._embed(x, pe)
-        ea = None
-        if self.edge_encoder is not None and edge_attr is not None:
-            ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
-                                   else edge_attr.float())
-        adj_t = None
-        if self.sparse_adjacency:
-            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
+        ea = encode_edges(self.edge_encoder, edge_attr)
+        adj_t = sparse_adjacency(edge_index, x.shape[0]) if self.sparse_adjacency else None
         for layer in self.layers:
             h = layer(h, edge_index, ea, adj_t)
         if self.task_level == "graph":
-            from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-            if batch is None:
-                batch = torch.zeros(n, dtype=torch.long, device=h.device)
-            pool = {"mean": global_mean_pool, "sum": global_add_pool,
-                    "max": global_max_pool}[self.pool]
-            h = pool(h, batch)
-            if self.pool_norm is not None:
-                h = self.pool_norm(h)
+            h = graph_readout(h, batch, self.pool, self.pool_norm)
         return self.head(h)
 
     def _embed(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:

@@ -267,6 +267,65 @@ class PooledNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def example_graph_inputs() -> dict[str, torch.Tensor]:
+    """Two path graphs of 5 and 4 nodes: random ``x`` (9, 3), ``edge_attr`` (14, 2) and
+    ``pe`` (9, 2), for the models' ``example`` (the registry test)."""
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
+                       [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
+    return {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
+            "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
+
+
+def check_pool_and_node_features(pool: str, in_channels: int | None,
+                                 node_vocab: Sequence[int] | None) -> None:
+    """``pool`` must be in ``POOLS``; exactly one of ``in_channels`` / ``node_vocab`` given."""
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if (in_channels is None) == (node_vocab is None):
+        raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
+                         f"(integer features), got in_channels={in_channels!r}, "
+                         f"node_vocab={node_vocab!r}")
+
+
+def check_node_inputs(x: Any, pe: torch.Tensor | None, pe_dim: int) -> None:
+    """``x`` must be ``(N, F)``; with ``pe_dim`` > 0, ``pe`` must be ``(N, pe_dim)``."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected node features of shape (N, F), got {got}")
+    if pe_dim and (pe is None or pe.shape != (x.shape[0], pe_dim)):
+        got = None if pe is None else tuple(pe.shape)
+        raise ValueError(f"pe: expected shape ({x.shape[0]}, {pe_dim}) (model pe_dim="
+                         f"{pe_dim}; set data.pe), got {got}")
+
+
+def encode_edges(edge_encoder: nn.Module | None,
+                 edge_attr: torch.Tensor | None) -> torch.Tensor | None:
+    """``(E, D)`` edge embeddings, or None without an encoder or edge features."""
+    if edge_encoder is None or edge_attr is None:
+        return None
+    return edge_encoder(edge_attr if isinstance(edge_encoder, CategoricalEncoder)
+                        else edge_attr.float())
+
+
+def sparse_adjacency(edge_index: torch.Tensor, n: int) -> torch.Tensor:
+    """``(N, N)`` sparse CSR matrix with rows = targets, columns = sources."""
+    with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return to_torch_csr_tensor(edge_index.flip(0), size=(n, n))
+
+
+def graph_readout(h: torch.Tensor, batch: torch.Tensor | None, pool: str,
+                  pool_norm: nn.Module | None) -> torch.Tensor:
+    """Node states ``(N, D)`` pooled per graph (``pool`` in ``POOLS``; ``batch`` None = one
+    graph) to ``(G, D)``, then ``pool_norm`` if given."""
+    from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+    if batch is None:
+        batch = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+    pooled = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}[pool]
+    h = pooled(h, batch)
+    return pool_norm(h) if pool_norm is not None else h
+
+
 def _posint(name: str, v: Any, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
@@ -372,12 +431,7 @@ class GraphMambaNetwork(nn.Module):
                              f"{token_encoder!r}")
         if readout not in ("last", "mean"):
             raise ValueError(f"readout: expected 'last' or 'mean', got {readout!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-        if (in_channels is None) == (node_vocab is None):
-            raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
-                             f"(integer features), got in_channels={in_channels!r}, "
-                             f"node_vocab={node_vocab!r}")
+        check_pool_and_node_features(pool, in_channels, node_vocab)
         if not (tokens or global_mamba or mpnn):
             raise ValueError("enable at least one branch: tokens, global_mamba or mpnn")
         for name, v in (("dim", dim), ("num_layers", num_layers), ("walk_length", walk_length),
@@ -436,15 +490,11 @@ class GraphMambaNetwork(nn.Module):
     @classmethod
     def example(cls) -> tuple[dict, dict]:
         """A tiny model and input (two graphs of 5 and 4 nodes) for the registry test."""
-        ei = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4, 5, 6, 6, 7, 7, 8],
-                           [1, 0, 2, 1, 3, 2, 4, 3, 6, 5, 7, 6, 8, 7]])
         init = {"in_channels": 3, "num_classes": 2, "task_level": "graph", "dim": 8,
                 "num_layers": 1, "walk_length": 2, "num_walks": 2, "global_mamba": True,
                 "mpnn": "gine", "token_encoder": "gine", "edge_dim": 2, "d_state": 4,
                 "pe_dim": 2, "lap_dim": 1}
-        inputs = {"x": torch.randn(9, 3), "edge_index": ei, "edge_attr": torch.randn(14, 2),
-                  "batch": torch.tensor([0] * 5 + [1] * 4), "pe": torch.randn(9, 2)}
-        return init, inputs
+        return init, example_graph_inputs()
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
@@ -467,17 +517,12 @@ class GraphMambaNetwork(nn.Module):
             edge_attr = getattr(data, "edge_attr", None)
             batch = getattr(data, "batch", None)
             pe = getattr(data, "pe", None)
-        if not isinstance(x, torch.Tensor) or x.dim() != 2:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected node features of shape (N, F), got {got}")
+        check_node_inputs(x, None, 0)
         if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
                 or edge_index.shape[0] != 2:
             got = tuple(edge_index.shape) if isinstance(edge_index, torch.Tensor) else edge_index
             raise ValueError(f"edge_index: expected shape (2, E), got {got}")
-        if self.pe_dim and (pe is None or pe.shape != (x.shape[0], self.pe_dim)):
-            got = None if pe is None else tuple(pe.shape)
-            raise ValueError(f"pe: expected shape ({x.shape[0]}, {self.pe_dim}) (model pe_dim="
-                             f"{self.pe_dim}; set data.pe), got {got}")
+        check_node_inputs(x, pe, self.pe_dim)
         n = x.shape[0]
         if isinstance(self.input_encoder, CategoricalEncoder):
             h = self.input_encoder(x)
@@ -496,15 +541,9 @@ class GraphMambaNetwork(nn.Module):
             if self.pe_norm is not None:
                 pe = self.pe_norm(pe)
             h = h + self.pe_encoder(pe)
-        ea = None
-        if self.edge_encoder is not None and edge_attr is not None:
-            ea = self.edge_encoder(edge_attr if isinstance(self.edge_encoder, CategoricalEncoder)
-                                   else edge_attr.float())
-        adj_t = None
-        if self.sparse_adjacency:  # once per forward, shared by every eval sample
-            with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                adj_t = to_torch_csr_tensor(edge_index.flip(0), size=(n, n))  # rows = targets
+        ea = encode_edges(self.edge_encoder, edge_attr)
+        # Once per forward, shared by every eval sample.
+        adj_t = sparse_adjacency(edge_index, n) if self.sparse_adjacency else None
         if self.training or self.eval_samples == 1 and not self._random_branches():
             return self._run(h, edge_index, ea, batch, n, None, adj_t)
         gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
@@ -536,14 +575,7 @@ class GraphMambaNetwork(nn.Module):
         else:
             h = self.norm(h)
         if self.task_level == "graph":
-            if batch is None:
-                batch = torch.zeros(n, dtype=torch.long, device=h.device)
-            from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-            pool = {"mean": global_mean_pool, "sum": global_add_pool,
-                    "max": global_max_pool}[self.pool]
-            h = pool(h, batch)
-            if self.pool_norm is not None:
-                h = self.pool_norm(h)
+            h = graph_readout(h, batch, self.pool, self.pool_norm)
         return self.head(h)
 
 

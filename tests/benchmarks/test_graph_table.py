@@ -1,13 +1,11 @@
-import importlib.util
 import json
 from pathlib import Path
 
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "graph_table.py"
-spec = importlib.util.spec_from_file_location("graph_table", SCRIPT)
-graph_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(graph_table)
+from tests.benchmarks.conftest import load_benchmark
+
+graph_table = load_benchmark("graph_table")
 
 
 def _run(root: Path, model: str, seed: int, best: float, last: float, eval_split="val"):

@@ -1,26 +1,22 @@
 """benchmarks/kitti_eval_vs_openpcdet.py: the jittered KITTI case it builds, geossm's half on
 it, and (with an OpenPCDet checkout named by ``GEOSSM_OPENPCDET``) the ``--tiny`` comparison."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.benchmarks.conftest import BENCHMARKS, load_benchmark
 from tests.shared_data import unpack
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kitti_eval_vs_openpcdet.py"
+SCRIPT = BENCHMARKS / "kitti_eval_vs_openpcdet.py"
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("kitti_eval_vs_openpcdet", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("kitti_eval_vs_openpcdet")
 
 
 @pytest.fixture(scope="module")

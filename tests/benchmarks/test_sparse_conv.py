@@ -1,19 +1,14 @@
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from geossm.tasks.detection.sparse import spconv_available
+from tests.benchmarks.conftest import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sparse_conv.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_sparse_conv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sparse_conv")
 
 
 def test_tiny_mode_measures_both_backends_and_their_agreement(tmp_path, capsys):

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 
 from geossm import _compat
+from tests.benchmarks.conftest import load_benchmark
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "ssd_gpu.py")
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("ssd_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("ssd_gpu")
 
 
 @pytest.mark.skipif(not _compat.has_triton(), reason="triton not installed")

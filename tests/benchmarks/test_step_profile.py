@@ -1,23 +1,18 @@
 """``benchmarks/step_profile.py --tiny``: the CPU check of the GPU step profile runs every task's
 config, dataset, collate, model, loss and optimizer step and prints one JSON line per case."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.conftest import load_benchmark
 from tests.shared_data import shared_path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_profile.py"
 
 
 @pytest.fixture(scope="module")
 def step_profile():
-    spec = importlib.util.spec_from_file_location("step_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("step_profile")
 
 
 def _rows(capsys) -> list[dict]:

@@ -60,3 +60,59 @@ def skip_in_interpreter(backend: str, heavy: bool = True) -> None:
     if heavy and interpreted(backend):
         pytest.skip("Triton CPU interpreter: long case left to the GPU test run "
                     "(TRITON_INTERPRET=1 costs seconds per case)")
+
+
+def short_lengths(count: int = 500, seed: int = 0) -> list[int]:
+    """``count`` segment lengths in 0..6 (many empty and one-token segments)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 7, (count,), generator=gen).tolist()
+
+
+def projection_gradients(out, final, inputs: dict, grad_names, seed: int = 1) -> dict:
+    """The gradients of a random projection of ``out`` and ``final`` (weights from ``seed``)
+    with respect to every input in ``grad_names`` that is not None.
+
+    With zero tokens autograd reports the unused per-token inputs as None; they get zeros.
+    """
+    device = device_under_test()
+    gen = torch.Generator().manual_seed(seed)
+    w_out = torch.randn(out.shape, generator=gen).to(device)
+    w_final = torch.randn(final.shape, generator=gen).to(device)
+    loss = (out.double() * w_out).sum() + (final.double() * w_final).sum()
+    names = [n for n in grad_names if inputs[n] is not None]
+    grads = torch.autograd.grad(loss, [inputs[n] for n in names], allow_unused=True)
+    grads = [torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, grads)]
+    return dict(zip(names, grads))
+
+
+def rel_err(got, want):
+    """``|got - want| / |want|`` (Frobenius); ``got`` must be finite."""
+    got, want = got.detach().double(), want.detach().double()
+    assert torch.isfinite(got).all(), "non-finite values (unwritten output?)"
+    return float((got - want).norm() / want.norm().clamp_min(1e-12))
+
+
+def assert_close(got, want, tol, final_name: str = "final_state"):
+    """``got`` and ``want`` = ``(out, final, grads)`` agree to relative error ``tol``."""
+    out, final, grads = got
+    ref_out, ref_final, ref_grads = want
+    assert out.shape == ref_out.shape
+    assert rel_err(out, ref_out) <= tol, f"out: {rel_err(out, ref_out)}"
+    assert rel_err(final, ref_final) <= tol, f"{final_name}: {rel_err(final, ref_final)}"
+    for name, ref in ref_grads.items():
+        grad = grads[name]
+        assert grad is not None and grad.shape == ref.shape, name
+        assert rel_err(grad, ref) <= tol, f"d{name}: {rel_err(grad, ref)}"
+
+
+def scan_in_two_parts(part, length: int, cut: int, reverse: bool):
+    """Tokens ``[0, length)`` scanned as two parts split at ``cut``, the first part (in scan
+    order) handing its final state to the second; the outputs joined back in token order.
+
+    ``part(tokens: slice, state) -> (out, final_state)`` scans the tokens of one part.
+    """
+    first, second = (slice(0, cut), slice(cut, length)) if not reverse else \
+        (slice(cut, length), slice(0, cut))
+    out_first, state = part(first, None)
+    out_second, _ = part(second, state)
+    return torch.cat([out_first, out_second] if not reverse else [out_second, out_first])

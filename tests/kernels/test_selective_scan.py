@@ -8,7 +8,8 @@ import torch
 from geossm.kernels import selective_scan
 from geossm.kernels.selective_scan_torch import selective_scan_ref
 
-from .conftest import device_under_test, fast_backends, skip_in_interpreter
+from .conftest import (assert_close, device_under_test, fast_backends, projection_gradients,
+                       rel_err, scan_in_two_parts, short_lengths, skip_in_interpreter)
 
 DEVICE = device_under_test()
 BACKENDS = ["torch", *fast_backends()]
@@ -22,11 +23,6 @@ LENGTHS = {
     "len1000": [1000],
     "mixed": [0, 5, 1, 0, 63, 2, 17, 0],
 }
-
-
-def short_lengths(count: int = 500, seed: int = 0) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 7, (count,), generator=gen).tolist()
 
 
 def make_inputs(lengths, channels=8, state=4, groups=2, dtype=torch.float32, z=True, skip=True,
@@ -71,33 +67,7 @@ def run(backend, inputs, cu, softplus=True, reverse=False, seed=1):
     else:
         out, final = selective_scan(**inputs, delta_softplus=softplus, cu_seqlens=cu,
                                     reverse=reverse, return_final_state=True, backend=backend)
-    gen = torch.Generator().manual_seed(seed)
-    w_out = torch.randn(out.shape, generator=gen).to(DEVICE)
-    w_final = torch.randn(final.shape, generator=gen).to(DEVICE)
-    loss = (out.double() * w_out).sum() + (final.double() * w_final).sum()
-    names = [n for n in GRAD_NAMES if inputs[n] is not None]
-    grads = torch.autograd.grad(loss, [inputs[n] for n in names], allow_unused=True)
-    # with zero tokens, autograd reports the unused per-token inputs as None
-    grads = [torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, grads)]
-    return out, final, dict(zip(names, grads))
-
-
-def rel_err(got, want):
-    got, want = got.detach().double(), want.detach().double()
-    assert torch.isfinite(got).all(), "non-finite values (unwritten output?)"
-    return float((got - want).norm() / want.norm().clamp_min(1e-12))
-
-
-def assert_close(got, want, tol):
-    out, final, grads = got
-    ref_out, ref_final, ref_grads = want
-    assert out.shape == ref_out.shape
-    assert rel_err(out, ref_out) <= tol, f"out: {rel_err(out, ref_out)}"
-    assert rel_err(final, ref_final) <= tol, f"final_state: {rel_err(final, ref_final)}"
-    for name, ref in ref_grads.items():
-        grad = grads[name]
-        assert grad is not None and grad.shape == ref.shape, name
-        assert rel_err(grad, ref) <= tol, f"d{name}: {rel_err(grad, ref)}"
+    return out, final, projection_gradients(out, final, inputs, GRAD_NAMES, seed)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -162,19 +132,14 @@ def test_initial_state_chaining(backend, reverse):
     inputs, _ = make_inputs([90], init=False)
     args = {k: v.detach() for k, v in inputs.items() if v is not None}
     whole = selective_scan(**args, delta_softplus=True, reverse=reverse, backend=backend)
-    first, second = (slice(0, 37), slice(37, 90)) if not reverse else (slice(37, 90), slice(0, 37))
 
-    def part(piece, state=None):
+    def part(piece, state):
         tokens = {k: (v[piece] if k in ("u", "delta", "B", "C", "z") else v)
                   for k, v in args.items()}
         return selective_scan(**tokens, delta_softplus=True, reverse=reverse, backend=backend,
                               initial_state=state, return_final_state=True)
 
-    out_first, state = part(first)
-    out_second, _ = part(second, state)
-    joined = torch.empty_like(whole)
-    joined[first], joined[second] = out_first, out_second
-    assert rel_err(joined, whole) <= 1e-5
+    assert rel_err(scan_in_two_parts(part, 90, 37, reverse), whole) <= 1e-5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

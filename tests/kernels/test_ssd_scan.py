@@ -9,7 +9,9 @@ from geossm import _compat
 from geossm.kernels import ssd_scan
 from geossm.kernels.ssd_scan_torch import ssd_scan_ref
 
-from .conftest import device_under_test, interpreted
+from .conftest import assert_close as shared_assert_close
+from .conftest import (device_under_test, interpreted, projection_gradients, rel_err,
+                       scan_in_two_parts, short_lengths)
 
 DEVICE = device_under_test()
 HAS_TRITON = _compat.has_triton() and (DEVICE == "cuda" or _compat.triton_interpret())
@@ -28,11 +30,6 @@ LENGTHS = {
     "mixed": [0, 5, 1, 0, 63, 2, 17, 0],
     "across_chunks": [3, 0, 70, 130, 1, 64, 64],
 }
-
-
-def short_lengths(count: int = 500, seed: int = 0) -> list[int]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 7, (count,), generator=gen).tolist()
 
 
 def skip_heavy_in_interpreter(backend: str, heavy: bool) -> None:
@@ -93,33 +90,11 @@ def run(backend, inputs, cu, softplus=True, reverse=False, seed=1, final=True):
                      backend=backend), None)
     if not final:
         states = torch.zeros(0, device=DEVICE)
-    gen = torch.Generator().manual_seed(seed)
-    w_out = torch.randn(out.shape, generator=gen).to(DEVICE)
-    w_final = torch.randn(states.shape, generator=gen).to(DEVICE)
-    loss = (out.double() * w_out).sum() + (states.double() * w_final).sum()
-    names = [n for n in GRAD_NAMES if inputs[n] is not None]
-    grads = torch.autograd.grad(loss, [inputs[n] for n in names], allow_unused=True)
-    # with zero tokens, autograd reports the unused per-token inputs as None
-    grads = [torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, grads)]
-    return out, states, dict(zip(names, grads))
-
-
-def rel_err(got, want):
-    got, want = got.detach().double(), want.detach().double()
-    assert torch.isfinite(got).all(), "non-finite values (unwritten output?)"
-    return float((got - want).norm() / want.norm().clamp_min(1e-12))
+    return out, states, projection_gradients(out, states, inputs, GRAD_NAMES, seed)
 
 
 def assert_close(got, want, tol):
-    out, final, grads = got
-    ref_out, ref_final, ref_grads = want
-    assert out.shape == ref_out.shape
-    assert rel_err(out, ref_out) <= tol, f"out: {rel_err(out, ref_out)}"
-    assert rel_err(final, ref_final) <= tol, f"final_states: {rel_err(final, ref_final)}"
-    for name, ref in ref_grads.items():
-        grad = grads[name]
-        assert grad is not None and grad.shape == ref.shape, name
-        assert rel_err(grad, ref) <= tol, f"d{name}: {rel_err(grad, ref)}"
+    shared_assert_close(got, want, tol, final_name="final_states")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -221,19 +196,14 @@ def test_initial_state_chaining(backend, reverse):
     inputs, _ = make_inputs([90], init=False)
     args = {k: v.detach() for k, v in inputs.items() if v is not None}
     whole = ssd_scan(**args, dt_softplus=True, reverse=reverse, backend=backend)
-    first, second = (slice(0, 37), slice(37, 90)) if not reverse else (slice(37, 90), slice(0, 37))
 
-    def part(piece, state=None):
+    def part(piece, state):
         tokens = {k: (v[piece] if k in ("x", "dt", "B", "C", "z") else v)
                   for k, v in args.items()}
         return ssd_scan(**tokens, dt_softplus=True, reverse=reverse, backend=backend,
                         initial_states=state, return_final_states=True)
 
-    out_first, state = part(first)
-    out_second, _ = part(second, state)
-    joined = torch.cat([out_first, out_second]) if not reverse else torch.cat(
-        [out_second, out_first])
-    assert rel_err(joined, whole) <= 1e-5
+    assert rel_err(scan_in_two_parts(part, 90, 37, reverse), whole) <= 1e-5
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

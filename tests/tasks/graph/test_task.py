@@ -32,6 +32,21 @@ def test_configs_name_registered_classes_and_build(name):
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
+def _config_on_written_data(config: str, name: str, root: Path, cache: Path, *overrides: str):
+    """``configs/graph/<config>.yaml`` pointed at dataset ``name`` written under ``root``."""
+    return load_config(CONFIGS / f"{config}.yaml", [f"data.name={name}", f"data.root={root}",
+                                                    f"+data.cache_dir={cache}", *overrides])
+
+
+def _fit(cfg):
+    """``(trainer, trainer.fit())``; the trainer is closed either way."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer, trainer.fit()
+    finally:
+        trainer.close()
+
+
 def _write_heterophilous(root: Path, name: str, num_classes: int, n: int = 40, f: int = 4):
     """``root/<name>/raw/<name>.npz`` in PyG's layout (directed edges, 10 split masks)."""
     raw = root / name / "raw"
@@ -91,15 +106,9 @@ def test_family_configs_run_unchanged_on_another_dataset(tmp_path, config, name,
     # Only data.name changes (data.root points at the files written here, in the family's
     # layout); widths, classes and the selection metric come from the dataset.
     write(tmp_path / "data")
-    cfg = load_config(CONFIGS / f"{config}.yaml",
-                      [f"data.name={name}", f"data.root={tmp_path / 'data'}",
-                       f"+data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
-                       f"output_dir={tmp_path / 'run'}"])
-    trainer = Trainer(cfg)
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
+    cfg = _config_on_written_data(config, name, tmp_path / "data", tmp_path / "cache",
+                                  "train.epochs=1", f"output_dir={tmp_path / 'run'}")
+    trainer, result = _fit(cfg)
     model = cfg.model
     assert (model.in_channels, model.num_classes, model.get("edge_dim")) == \
         (channels, classes, edge_dim)
@@ -112,9 +121,8 @@ def test_family_configs_run_unchanged_on_another_dataset(tmp_path, config, name,
 def test_selection_metric_is_asked_of_the_task_not_read_back_from_the_config(tmp_path):
     from geossm.tasks.graph.task import NodeClassificationTask
     _write_heterophilous(tmp_path / "data", "minesweeper", 2)
-    cfg = load_config(CONFIGS / "tolokers_gmn.yaml",
-                      ["data.name=Minesweeper", f"data.root={tmp_path / 'data'}",
-                       f"+data.cache_dir={tmp_path / 'cache'}"])
+    cfg = _config_on_written_data("tolokers_gmn", "Minesweeper", tmp_path / "data",
+                                  tmp_path / "cache")
     task = NodeClassificationTask(cfg)
     assert task.selection_metric() == ("roc_auc", "max")  # before any build_model
     assert cfg.eval.metric is None
@@ -160,11 +168,7 @@ def test_split_spec():
 
 def test_node_task_trains_from_the_cora_config(tmp_path):
     cfg = load_config(CONFIGS / "cora_gmn.yaml", [*KARATE, f"output_dir={tmp_path / 'run'}"])
-    trainer = Trainer(cfg)
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
+    _, result = _fit(cfg)
     assert 0.0 <= result["best"]["test_acc"] <= 1.0 and "acc" in result["best"]
     text = (tmp_path / "run" / "metrics.jsonl").read_text()
     rows = [json.loads(line) for line in text.splitlines()]
@@ -215,11 +219,7 @@ def test_synthetic_config_trains_with_no_data_at_all(tmp_path, monkeypatch):
                       ["train.epochs=1", "data.num_graphs=32", "data.num_eval_graphs=8",
                        f"output_dir={tmp_path / 'run'}"])
     assert cfg.data.root is None
-    trainer = Trainer(cfg)
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
+    _, result = _fit(cfg)
     assert (cfg.model.in_channels, cfg.model.num_classes) == (9, 4)
     assert 0.0 <= result["last"]["test_acc"] <= 1.0
     assert not (tmp_path / "cache").exists()  # nothing was cached either
@@ -388,15 +388,9 @@ def test_mutag_config_learns_a_multiclass_tu_set_with_continuous_attributes(tmp_
     from geossm.tasks.graph.synthetic import write_tu_folder
     write_tu_folder(tmp_path / "data", "ENZYMES", num_classes=6, num_graphs=120, min_nodes=16,
                     max_nodes=32)
-    cfg = load_config(CONFIGS / "mutag_gmn.yaml",
-                      ["data.name=ENZYMES", f"data.root={tmp_path / 'data'}",
-                       f"+data.cache_dir={tmp_path / 'cache'}", "train.epochs=15",
-                       f"output_dir={tmp_path / 'run'}"])
-    trainer = Trainer(cfg)
-    try:
-        result = trainer.fit()
-    finally:
-        trainer.close()
+    cfg = _config_on_written_data("mutag_gmn", "ENZYMES", tmp_path / "data", tmp_path / "cache",
+                                  "train.epochs=15", f"output_dir={tmp_path / 'run'}")
+    _, result = _fit(cfg)
     assert cfg.model.in_channels == 18 + 3  # attributes, then the node-label one-hot
     assert result["last"]["train_loss"] < 0.5 * np.log(6)
     assert result["last"]["test_acc"] > 0.8
@@ -416,16 +410,11 @@ def test_model_selection_never_reads_test_labels(tmp_path, config):
             test = arrays["test_masks"][0]
             arrays["node_labels"][test] = (arrays["node_labels"][test] + 1) % 3
             np.savez(path, **arrays)
-        cfg = load_config(CONFIGS / f"{config}.yaml",
-                          ["data.name=Roman-empire", f"data.root={root}",
-                           f"+data.cache_dir={tmp_path / f'cache{int(poisoned)}'}",
-                           "model.dim=8", "model.num_layers=2", "train.epochs=6",
-                           "eval.every=1", f"output_dir={tmp_path / f'run{int(poisoned)}'}"])
-        trainer = Trainer(cfg)
-        try:
-            results.append(trainer.fit())
-        finally:
-            trainer.close()
+        cfg = _config_on_written_data(
+            config, "Roman-empire", root, tmp_path / f"cache{int(poisoned)}", "model.dim=8",
+            "model.num_layers=2", "train.epochs=6", "eval.every=1",
+            f"output_dir={tmp_path / f'run{int(poisoned)}'}")
+        results.append(_fit(cfg)[1])
     clean, poisoned = results
     assert clean["best"]["epoch"] == poisoned["best"]["epoch"]
     assert clean["best"]["acc"] == poisoned["best"]["acc"]
