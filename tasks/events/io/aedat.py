@@ -20,6 +20,17 @@ def _fb_table(buf: bytes, pos: int) -> tuple[int, list[int]]:
     return pos, list(struct.unpack_from(f"<{(vsize - 4) // 2}H", buf, vt + 4))
 
 
+def _sensor_size(attrs: dict[str, str]) -> tuple[int, int, int]:
+    """``(sizeX, sizeY, 2)`` from an AEDAT 4.0 stream's attributes.
+
+    Raises ValueError when they are not positive integers (a damaged header)."""
+    width, height = attrs["sizeX"].strip(), attrs["sizeY"].strip()
+    if not (width.isdigit() and height.isdigit()) or int(width) == 0 or int(height) == 0:
+        raise ValueError(f"sensor size sizeX={attrs['sizeX']!r}, sizeY={attrs['sizeY']!r} is "
+                         "not two positive integers")
+    return int(width), int(height), 2
+
+
 class AEDAT4Reader(Reader):
     """iniVation AEDAT 4.0: IOHeader flatbuffer, then ``(int32 stream id, int32 size)`` packets
     of size-prefixed flatbuffers, LZ4- or Zstd-framed as the header says. Only streams whose
@@ -60,7 +71,10 @@ class AEDAT4Reader(Reader):
             raise self.error(len(self.MAGIC) + 4,
                              f"unknown AEDAT 4.0 compression type {self.compression}")
         self.start = len(self.MAGIC) + 4 + hsize
-        self.event_streams, self.sensor_size = self._streams(info)
+        try:
+            self.event_streams, self.sensor_size = self._streams(info)
+        except ValueError as err:
+            raise self.error(len(self.MAGIC) + 4, f"malformed AEDAT 4.0 header: {err}") from err
 
     @staticmethod
     def _streams(info: str) -> tuple[set[int], tuple[int, int, int] | None]:
@@ -78,7 +92,7 @@ class AEDAT4Reader(Reader):
                 if attrs.get("typeIdentifier") == "EVTS" and stream.get("name", "").isdigit():
                     streams.add(int(stream.get("name")))
                     if "sizeX" in attrs and "sizeY" in attrs and size is None:
-                        size = (int(attrs["sizeX"]), int(attrs["sizeY"]), 2)
+                        size = _sensor_size(attrs)
         return streams, size
 
     def _decompress(self, data: bytes, offset: int) -> bytes:

@@ -66,3 +66,15 @@ def test_aedat3_polarity_event_size_too_small(tmp_path):
     with pytest.raises(io.EventFileError, match=r"small\.aedat at byte offset \d+: malformed "
                                                 r"AEDAT 3\.1 polarity packet: event size 5"):
         io.read_events(bad)
+
+
+def test_aedat4_malformed_sensor_size(samples, tmp_path):
+    """A damaged sizeX in the header XML is a file error, not a bare int() ValueError (found by
+    the reader fuzz test)."""
+    data = (samples / "sample.aedat4").read_bytes()
+    key = b'key="sizeX" type="int">320<'
+    assert data.count(key) == 1
+    bad = write(tmp_path, "size.aedat4", data.replace(key, b'key="sizeX" type="int">!40<'))
+    with pytest.raises(io.EventFileError, match=r"size\.aedat4 at byte offset \d+: malformed "
+                                                r"AEDAT 4\.0 header: sensor size sizeX='!40'"):
+        io.read_events(bad)
