@@ -200,11 +200,8 @@ def _final_states(cu_seqlens, ends, entering, cum, cum_before, step, began_befor
                          xs[chunk_of]).reshape(S, H, P, N)
     decay = torch.exp(cum_last - cum_before[chunk_of, pos])                  # (S, H)
     carried = began_before[chunk_of, pos]
-    start_state = torch.where(carried[:, None, None, None], entering[chunk_of],
-                              init[:S] if init is not None else torch.zeros_like(final))
+    # A segment's own initial state: where it starts in its last chunk, and if it is empty.
+    initial = init[:S] if init is not None else torch.zeros_like(final)
+    start_state = torch.where(carried[:, None, None, None], entering[chunk_of], initial)
     final = final + decay[..., None, None] * start_state
-    if init is not None:
-        empty_state = init[:S]
-    else:
-        empty_state = torch.zeros_like(final)
-    return torch.where(nonempty[:, None, None, None], final, empty_state)
+    return torch.where(nonempty[:, None, None, None], final, initial)
