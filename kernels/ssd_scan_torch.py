@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from geossm.packed import cu_seqlens_to_batch
+
 from .selective_scan_torch import selective_scan_ref
 
 
@@ -38,11 +40,8 @@ def processed_dt(dt, dt_bias, dt_softplus: bool, work: torch.dtype) -> torch.Ten
 
 def segment_tokens(cu_seqlens: torch.Tensor, total: int):
     """Per-token segment id and segment start, ``(T,)`` int64 each."""
-    cu = cu_seqlens.long()
-    lengths = cu[1:] - cu[:-1]
-    ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu.device), lengths,
-                                  output_size=total)
-    return ids, cu[:-1][ids]
+    ids = cu_seqlens_to_batch(cu_seqlens, total)
+    return ids, cu_seqlens.long()[:-1][ids]
 
 
 def reversal_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -201,11 +200,8 @@ def _final_states(cu_seqlens, ends, entering, cum, cum_before, step, began_befor
                          xs[chunk_of]).reshape(S, H, P, N)
     decay = torch.exp(cum_last - cum_before[chunk_of, pos])                  # (S, H)
     carried = began_before[chunk_of, pos]
-    start_state = torch.where(carried[:, None, None, None], entering[chunk_of],
-                              init[:S] if init is not None else torch.zeros_like(final))
+    # A segment's own initial state: where it starts in its last chunk, and if it is empty.
+    initial = init[:S] if init is not None else torch.zeros_like(final)
+    start_state = torch.where(carried[:, None, None, None], entering[chunk_of], initial)
     final = final + decay[..., None, None] * start_state
-    if init is not None:
-        empty_state = init[:S]
-    else:
-        empty_state = torch.zeros_like(final)
-    return torch.where(nonempty[:, None, None, None], final, empty_state)
+    return torch.where(nonempty[:, None, None, None], final, initial)

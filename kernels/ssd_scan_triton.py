@@ -295,6 +295,35 @@ def _block(size: int) -> int:
     return max(16, triton.next_power_of_2(size))
 
 
+def _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse):
+    """Launch 1 of both passes on ``T > 0`` tokens: the per-token segment ids, starts and
+    memory order, and ``_chunk_state_kernel``'s outputs; returns ``(seg, seg_start, order,
+    step, cum, states, decay, fresh, ieee, BLOCK_P, BLOCK_N)``."""
+    T, H, P = x.shape
+    G, N = B.shape[1], B.shape[2]
+    seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
+    Q = CHUNK
+    K = triton.cdiv(T, Q)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    step = torch.zeros(K * Q, H, **f32)
+    cum = torch.zeros(K * Q, H, **f32)
+    states = torch.empty(K, H, P, N, **f32)
+    decay = torch.empty(K, H, **f32)
+    fresh = torch.empty(K, H, **f32)
+    # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bfloat16), so
+    # there the bfloat16 matmuls run in float32; on a GPU they use the tensor cores.
+    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
+    BLOCK_P, BLOCK_N = _block(P), _block(N)
+    # The reversed scan is the forward scan of every segment read back to front, in place.
+    order = reversal_index(cu_seqlens, T).to(torch.int32) if reverse else seg
+    _chunk_state_kernel[(K, H)](
+        x, dt, A, B, dt_bias if dt_bias is not None else step, seg, seg_start,
+        step, cum, states, decay, fresh, order, T, H, P, G, N, H // G,
+        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
+        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse))
+    return seg, seg_start, order, step, cum, states, decay, fresh, ieee, BLOCK_P, BLOCK_N
+
+
 def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_softplus,
                  reverse, final_states=True):
     """Forward on canonical tensors; returns ``(out like x, final (S, H, P, N) float32)``
@@ -311,29 +340,13 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
         final = torch.zeros(S, H, P, N, device=device, dtype=torch.float32)
     if T == 0:
         return torch.zeros_like(x), final
-    seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
+    (seg, seg_start, order, step, cum, states, decay, fresh, ieee, BLOCK_P,
+     BLOCK_N) = _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse)
     Q = CHUNK
     K = triton.cdiv(T, Q)
-    f32 = dict(device=device, dtype=torch.float32)
-    step = torch.zeros(K * Q, H, **f32)
-    cum = torch.zeros(K * Q, H, **f32)
-    states = torch.empty(K, H, P, N, **f32)
-    decay = torch.empty(K, H, **f32)
-    fresh = torch.empty(K, H, **f32)
     out = torch.empty_like(x)
-    # Triton's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bfloat16), so
-    # there the bfloat16 matmuls run in float32; on a GPU they use the tensor cores.
-    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
-    BLOCK_P, BLOCK_N = _block(P), _block(N)
     dummy = step  # stands in for absent optional tensors (never read)
     init = initial_states if initial_states is not None else dummy
-    # The reversed scan is the forward scan of every segment read back to front, in place.
-    order = reversal_index(cu_seqlens, T).to(torch.int32) if reverse else seg
-    _chunk_state_kernel[(K, H)](
-        x, dt, A, B, dt_bias if dt_bias is not None else dummy, seg, seg_start,
-        step, cum, states, decay, fresh, order, T, H, P, G, N, H // G,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
-        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse))
     if initial_states is not None:
         # The last segment of a chunk that began in it (not before) passes on its initial
         # state, decayed over its tokens there.
@@ -512,24 +525,12 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
         zeros = [None if v is None else torch.zeros_like(v)
                  for v in (x, dt, A, B, C, D, z, dt_bias)]
         return tuple(zeros)
-    seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
+    (seg, seg_start, order, step, cum, states, decay, fresh, ieee, BLOCK_P,
+     BLOCK_N) = _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse)
     Q = CHUNK
     K = triton.cdiv(T, Q)
     f32 = dict(device=x.device, dtype=torch.float32)
-    step = torch.zeros(K * Q, H, **f32)
-    cum = torch.zeros(K * Q, H, **f32)
-    states = torch.empty(K, H, P, N, **f32)
-    decay = torch.empty(K, H, **f32)
-    fresh = torch.empty(K, H, **f32)
-    ieee = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
-    BLOCK_P, BLOCK_N = _block(P), _block(N)
     dummy = step
-    order = reversal_index(cu_seqlens, T).to(torch.int32) if reverse else seg
-    _chunk_state_kernel[(K, H)](
-        x, dt, A, B, dt_bias if dt_bias is not None else dummy, seg, seg_start,
-        step, cum, states, decay, fresh, order, T, H, P, G, N, H // G,
-        HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus), Q=Q,
-        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse))
     entering = linear_scan(decay, states, reverse=False)
     dlocal = states  # the chunk states are no longer needed: reuse the buffer
     _entering_grad_kernel[(K, H)](

@@ -65,6 +65,12 @@ def _scan_inputs(u, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj
     return h, z, delta, B, C, -torch.exp(A_log.float())
 
 
+def _torch_scan(h, delta, A, B, C, D, z, dt_proj_bias, cu, reverse: bool):
+    """The ``torch`` backend's scan (autograd through its loop, no chunk states)."""
+    return selective_scan(h, delta, A, B, C, D=D.float(), z=z, delta_bias=dt_proj_bias.float(),
+                          delta_softplus=True, cu_seqlens=cu, reverse=reverse, backend="torch")
+
+
 class _MambaInner(torch.autograd.Function):
     """Autograd of ``mamba_inner`` (see the module docstring) on packed ``(T, D)`` input."""
 
@@ -81,9 +87,7 @@ class _MambaInner(torch.autograd.Function):
                                             conv_bias, x_proj_weight, dt_proj_weight, A_log,
                                             cu, reverse, backend, dt_rank, d_state)
         if backend == "torch":
-            y = selective_scan(h, delta, A, B, C, D=D.float(), z=z,
-                               delta_bias=dt_proj_bias.float(), delta_softplus=True,
-                               cu_seqlens=cu, reverse=reverse, backend=backend)
+            y = _torch_scan(h, delta, A, B, C, D, z, dt_proj_bias, cu, reverse)
             chunk_states = None
         else:
             y, _, chunk_states = torch.ops.geossm.selective_scan(
@@ -111,9 +115,7 @@ class _MambaInner(torch.autograd.Function):
                                                 dt_proj_w, A_log_, cu, reverse, backend,
                                                 dt_rank, d_state)
             if backend == "torch":
-                y = selective_scan(h, delta, A, B, C, D=D_.float(), z=z,
-                                   delta_bias=dt_bias.float(), delta_softplus=True,
-                                   cu_seqlens=cu, reverse=reverse, backend=backend)
+                y = _torch_scan(h, delta, A, B, C, D_, z, dt_bias, cu, reverse)
                 outputs, grads = [y], [dy]
             else:
                 du, ddelta, dA, dB, dC, dD, dz, dbias, _ = \
