@@ -33,7 +33,7 @@ from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import (CategoricalEncoder, PooledNorm, check_node_inputs,
+from .models import (CategoricalEncoder, PooledNorm, _posint, check_node_inputs,
                      check_pool_and_node_features, encode_edges, example_graph_inputs,
                      graph_readout, sparse_adjacency)
 
@@ -195,8 +195,7 @@ class GNNPlus(nn.Module):
         for name, v, low in (("dim", dim, 1), ("num_layers", num_layers, 1),
                              ("num_classes", num_classes, 1), ("pe_dim", pe_dim, 0),
                              ("head_layers", head_layers, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+            _posint(name, v, low)
         for name, v in (("dropout", dropout), ("input_dropout", input_dropout)):
             if not 0.0 <= float(v) < 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
