@@ -35,7 +35,7 @@ from geossm.registry import MODELS
 
 from .models import (CategoricalEncoder, PooledNorm, _posint, check_node_inputs,
                      check_pool_and_node_features, encode_edges, example_graph_inputs,
-                     graph_readout, sparse_adjacency)
+                     graph_forward_inputs, graph_readout, sparse_adjacency)
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
@@ -253,15 +253,8 @@ class GNNPlus(nn.Module):
                 pe: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
         ``edge_attr``, ``batch`` and ``pe`` are keyword-only (as ``GraphMambaNetwork``)."""
-        if extra:
-            raise TypeError(f"{type(self).__name__}.forward: edge_attr, batch and pe are "
-                            f"keyword-only, got {len(extra)} more positional argument(s); call "
-                            "model(x, edge_index, batch=batch) (or model(data))")
-        if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
-            data = x
-            x, edge_index = data.x, data.edge_index
-            edge_attr, batch = getattr(data, "edge_attr", None), getattr(data, "batch", None)
-            pe = getattr(data, "pe", None)
+        x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
+            self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, pe, self.pe_dim)
         h = self._embed(x, pe)
         ea = encode_edges(self.edge_encoder, edge_attr)

@@ -287,6 +287,27 @@ def check_pool_and_node_features(pool: str, in_channels: int | None,
                          f"node_vocab={node_vocab!r}")
 
 
+def graph_forward_inputs(model: nn.Module, x: Any, edge_index: torch.Tensor | None,
+                         extra: tuple, edge_attr: torch.Tensor | None,
+                         batch: torch.Tensor | None, pe: torch.Tensor | None) -> tuple:
+    """A graph model's ``forward`` arguments as ``(x, edge_index, edge_attr, batch, pe)``:
+    ``x`` may be a PyG ``Data`` / ``Batch`` (its fields are taken); ``extra`` (positional
+    arguments after ``edge_index``) raises ``TypeError``, as ``edge_attr``, ``batch`` and ``pe``
+    are keyword-only."""
+    if extra:
+        raise TypeError(
+            f"{type(model).__name__}.forward: edge_attr, batch and pe are keyword-only, got "
+            f"{len(extra)} more positional argument(s) after edge_index; call "
+            "model(x, edge_index, batch=batch) (or model(data))")
+    if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
+        data = x
+        x, edge_index = data.x, data.edge_index
+        edge_attr = getattr(data, "edge_attr", None)
+        batch = getattr(data, "batch", None)
+        pe = getattr(data, "pe", None)
+    return x, edge_index, edge_attr, batch, pe
+
+
 def check_node_inputs(x: Any, pe: torch.Tensor | None, pe_dim: int) -> None:
     """``x`` must be ``(N, F)``; with ``pe_dim`` > 0, ``pe`` must be ``(N, pe_dim)``."""
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
@@ -506,17 +527,8 @@ class GraphMambaNetwork(nn.Module):
         vector taken for edge features would pool a whole batch into one row, so
         ``model(x, edge_index, batch)`` raises ``TypeError`` instead of guessing.
         """
-        if extra:
-            raise TypeError(
-                f"{type(self).__name__}.forward: edge_attr, batch and pe are keyword-only, got "
-                f"{len(extra)} more positional argument(s) after edge_index; call "
-                "model(x, edge_index, batch=batch) (or model(data))")
-        if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
-            data = x
-            x, edge_index = data.x, data.edge_index
-            edge_attr = getattr(data, "edge_attr", None)
-            batch = getattr(data, "batch", None)
-            pe = getattr(data, "pe", None)
+        x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
+            self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, None, 0)
         if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
                 or edge_index.shape[0] != 2:
