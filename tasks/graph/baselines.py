@@ -33,9 +33,10 @@ from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import (CategoricalEncoder, PooledNorm, _posint, check_node_inputs,
+from .models import (CategoricalEncoder, _posint, check_node_inputs,
                      check_pool_and_node_features, encode_edges, example_graph_inputs,
-                     graph_forward_inputs, graph_readout, sparse_adjacency)
+                     graph_forward_inputs, graph_readout, pooled_norm,
+                     sparse_adjacency)
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
@@ -232,9 +233,7 @@ class GNNPlus(nn.Module):
                                        final))
             width = dim
         self.layers = nn.ModuleList(layers)
-        if pool_norm is None:
-            pool_norm = pool == "sum"
-        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
+        self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         head: list[nn.Module] = []
         for _ in range(head_layers - 1 if task_level == "graph" else 0):
             head += [nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout)]

@@ -267,6 +267,15 @@ class PooledNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def pooled_norm(pool_norm: bool | None, pool: str, task_level: str,
+                dim: int) -> PooledNorm | None:
+    """The ``PooledNorm(dim)`` of a graph-level model's ``pool_norm`` argument (None = only
+    for ``pool="sum"``); None at node level."""
+    if pool_norm is None:
+        pool_norm = pool == "sum"
+    return PooledNorm(dim) if task_level == "graph" and pool_norm else None
+
+
 def example_graph_inputs() -> dict[str, torch.Tensor]:
     """Two path graphs of 5 and 4 nodes: random ``x`` (9, 3), ``edge_attr`` (14, 2) and
     ``pe`` (9, 2), for the models' ``example`` (the registry test)."""
@@ -501,9 +510,7 @@ class GraphMambaNetwork(nn.Module):
                      mpnn_norm, branch_drop)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
-        if pool_norm is None:
-            pool_norm = pool == "sum"
-        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
+        self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
                      nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
                                    nn.Linear(dim, num_classes)))
