@@ -211,9 +211,11 @@ def spconv_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
 def _import_spconv():
-    """``(spconv.pytorch.ops, spconv.pytorch.functional, ConvAlgo)``; spconv 2.3's import
-    warns about its own deprecated ``torch.cuda.amp`` decorators, which say nothing to users."""
+    """``(spconv.pytorch.ops, spconv.pytorch.functional, ConvAlgo)``, imported once (every
+    spconv forward asks for them); spconv 2.3's import warns about its own deprecated
+    ``torch.cuda.amp`` decorators, which say nothing to users."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -33,9 +33,10 @@ from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import (CategoricalEncoder, PooledNorm, check_node_inputs,
+from .models import (CategoricalEncoder, _posint, check_node_inputs,
                      check_pool_and_node_features, encode_edges, example_graph_inputs,
-                     graph_readout, sparse_adjacency)
+                     graph_forward_inputs, graph_readout, pooled_norm,
+                     sparse_adjacency)
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
@@ -195,8 +196,7 @@ class GNNPlus(nn.Module):
         for name, v, low in (("dim", dim, 1), ("num_layers", num_layers, 1),
                              ("num_classes", num_classes, 1), ("pe_dim", pe_dim, 0),
                              ("head_layers", head_layers, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+            _posint(name, v, low)
         for name, v in (("dropout", dropout), ("input_dropout", input_dropout)):
             if not 0.0 <= float(v) < 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
@@ -233,9 +233,7 @@ class GNNPlus(nn.Module):
                                        final))
             width = dim
         self.layers = nn.ModuleList(layers)
-        if pool_norm is None:
-            pool_norm = pool == "sum"
-        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
+        self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         head: list[nn.Module] = []
         for _ in range(head_layers - 1 if task_level == "graph" else 0):
             head += [nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout)]
@@ -254,15 +252,8 @@ class GNNPlus(nn.Module):
                 pe: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
         ``edge_attr``, ``batch`` and ``pe`` are keyword-only (as ``GraphMambaNetwork``)."""
-        if extra:
-            raise TypeError(f"{type(self).__name__}.forward: edge_attr, batch and pe are "
-                            f"keyword-only, got {len(extra)} more positional argument(s); call "
-                            "model(x, edge_index, batch=batch) (or model(data))")
-        if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
-            data = x
-            x, edge_index = data.x, data.edge_index
-            edge_attr, batch = getattr(data, "edge_attr", None), getattr(data, "batch", None)
-            pe = getattr(data, "pe", None)
+        x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
+            self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, pe, self.pe_dim)
         h = self._embed(x, pe)
         ea = encode_edges(self.edge_encoder, edge_attr)

@@ -267,6 +267,15 @@ class PooledNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
+def pooled_norm(pool_norm: bool | None, pool: str, task_level: str,
+                dim: int) -> PooledNorm | None:
+    """The ``PooledNorm(dim)`` of a graph-level model's ``pool_norm`` argument (None = only
+    for ``pool="sum"``); None at node level."""
+    if pool_norm is None:
+        pool_norm = pool == "sum"
+    return PooledNorm(dim) if task_level == "graph" and pool_norm else None
+
+
 def example_graph_inputs() -> dict[str, torch.Tensor]:
     """Two path graphs of 5 and 4 nodes: random ``x`` (9, 3), ``edge_attr`` (14, 2) and
     ``pe`` (9, 2), for the models' ``example`` (the registry test)."""
@@ -285,6 +294,27 @@ def check_pool_and_node_features(pool: str, in_channels: int | None,
         raise ValueError(f"give exactly one of in_channels (float features) and node_vocab "
                          f"(integer features), got in_channels={in_channels!r}, "
                          f"node_vocab={node_vocab!r}")
+
+
+def graph_forward_inputs(model: nn.Module, x: Any, edge_index: torch.Tensor | None,
+                         extra: tuple, edge_attr: torch.Tensor | None,
+                         batch: torch.Tensor | None, pe: torch.Tensor | None) -> tuple:
+    """A graph model's ``forward`` arguments as ``(x, edge_index, edge_attr, batch, pe)``:
+    ``x`` may be a PyG ``Data`` / ``Batch`` (its fields are taken); ``extra`` (positional
+    arguments after ``edge_index``) raises ``TypeError``, as ``edge_attr``, ``batch`` and ``pe``
+    are keyword-only."""
+    if extra:
+        raise TypeError(
+            f"{type(model).__name__}.forward: edge_attr, batch and pe are keyword-only, got "
+            f"{len(extra)} more positional argument(s) after edge_index; call "
+            "model(x, edge_index, batch=batch) (or model(data))")
+    if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
+        data = x
+        x, edge_index = data.x, data.edge_index
+        edge_attr = getattr(data, "edge_attr", None)
+        batch = getattr(data, "batch", None)
+        pe = getattr(data, "pe", None)
+    return x, edge_index, edge_attr, batch, pe
 
 
 def check_node_inputs(x: Any, pe: torch.Tensor | None, pe_dim: int) -> None:
@@ -480,9 +510,7 @@ class GraphMambaNetwork(nn.Module):
                      mpnn_norm, branch_drop)
             for _ in range(num_layers))
         self.norm = RMSNorm(dim)
-        if pool_norm is None:
-            pool_norm = pool == "sum"
-        self.pool_norm = PooledNorm(dim) if task_level == "graph" and pool_norm else None
+        self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
                      nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
                                    nn.Linear(dim, num_classes)))
@@ -506,17 +534,8 @@ class GraphMambaNetwork(nn.Module):
         vector taken for edge features would pool a whole batch into one row, so
         ``model(x, edge_index, batch)`` raises ``TypeError`` instead of guessing.
         """
-        if extra:
-            raise TypeError(
-                f"{type(self).__name__}.forward: edge_attr, batch and pe are keyword-only, got "
-                f"{len(extra)} more positional argument(s) after edge_index; call "
-                "model(x, edge_index, batch=batch) (or model(data))")
-        if hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
-            data = x
-            x, edge_index = data.x, data.edge_index
-            edge_attr = getattr(data, "edge_attr", None)
-            batch = getattr(data, "batch", None)
-            pe = getattr(data, "pe", None)
+        x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
+            self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, None, 0)
         if not isinstance(edge_index, torch.Tensor) or edge_index.dim() != 2 \
                 or edge_index.shape[0] != 2:
