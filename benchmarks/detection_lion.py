@@ -80,14 +80,19 @@ def batch_of(frames: list[dict], key: str, size: int, pcr) -> list[np.ndarray]:
     return out
 
 
+def device_batch(task, clouds: list[np.ndarray], device: torch.device) -> dict:
+    """``clouds`` collated by ``task`` with no ground truth boxes, its tensors on ``device``."""
+    samples = [{"points": c, "gt_boxes": np.zeros((0, 7), np.float32),
+                "gt_labels": np.zeros(0, np.int64)} for c in clouds]
+    return {k: (v.to(device) if torch.is_tensor(v) else v)
+            for k, v in task.collate(samples).items()}
+
+
 def measure(task, model, clouds: list[np.ndarray], raw_points: int, steps: int, warmup: int,
             device: torch.device) -> dict:
     """Median seconds of one training step on ``clouds`` (no ground truth boxes: the loss is
     the heatmap focal loss against an empty map plus the regression terms, same cost)."""
-    samples = [{"points": c, "gt_boxes": np.zeros((0, 7), np.float32),
-                "gt_labels": np.zeros(0, np.int64)} for c in clouds]
-    batch = task.collate(samples)
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    batch = device_batch(task, clouds, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     amp = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else \
         torch.autocast("cpu", enabled=False)

@@ -139,18 +139,18 @@ def write_case(training: Path, out: Path, repeats: int, seed: int) -> list[int]:
     from geossm.tasks.detection.task import detections_to_anno
 
     rng = np.random.default_rng(seed)
-    frames = sorted(p.stem for p in (training / "label_2").glob("*.txt"))
+    # every frame read once: (label file text, parsed label, calibration)
+    labels = sorted((training / "label_2").glob("*.txt"), key=lambda path: path.stem)
+    frames = [(path.read_text(), read_label(path),
+               read_calib(training / "calib" / f"{path.stem}.txt")) for path in labels]
     ids = []
     for r in range(repeats):
-        for frame in frames:
-            label = read_label(training / "label_2" / f"{frame}.txt")
-            calib = read_calib(training / "calib" / f"{frame}.txt")
+        for text, label, calib in frames:
             det = jittered_detections(label, calib, rng)
             anno = detections_to_anno(det, calib.as_dict(), CLASSES)
             idx = len(ids)
             (out / "gt").mkdir(parents=True, exist_ok=True)
-            (out / "gt" / f"{idx:06d}.txt").write_text(
-                (training / "label_2" / f"{frame}.txt").read_text())
+            (out / "gt" / f"{idx:06d}.txt").write_text(text)
             write_label(out / "dt" / f"{idx:06d}.txt", anno)
             ids.append(idx)
     return ids

@@ -46,7 +46,8 @@ from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d, spconv_avail
 from geossm.tasks.detection.synthetic import generate_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detection_lion import ARCHIVE, REPO, batch_of, load_kitti_frames, write_rows  # noqa: E402
+from detection_lion import (ARCHIVE, REPO, batch_of, device_batch, load_kitti_frames,  # noqa: E402
+                            write_rows)
 
 #: overrides of ``--tiny``: the synthetic CPU config shrunk to seconds per step
 TINY_OVERRIDES = ["model.dim=8", "model.stem_dim=8", "model.bev_channels=8",
@@ -201,10 +202,7 @@ def run_case(task, case: str, frames, ns, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
     model = task.build_model().to(device).train()
     clouds = batch_of(frames, key, size, model.pcr)
-    samples = [{"points": c, "gt_boxes": np.zeros((0, 7), np.float32),
-                "gt_labels": np.zeros(0, np.int64)} for c in clouds]
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v)
-             for k, v in task.collate(samples).items()}
+    batch = device_batch(task, clouds, device)
     sp = case_voxels(task, model, batch, device)
     backends = backends_for(device)
     state = copy.deepcopy(model.state_dict())

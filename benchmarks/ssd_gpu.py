@@ -162,13 +162,19 @@ def mamba_ssm_calls(scan, inputs: dict):
     return forward, forward_backward, list(leaves.values())
 
 
+def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``|got - want| / |want|`` (Frobenius norms, in float32)."""
+    want = want.float()
+    return float((got.float() - want).norm() / want.norm().clamp_min(1e-12))
+
+
 def chunked_difference(inputs: dict, got: torch.Tensor) -> float:
     """Relative difference of the Triton forward to the chunked torch form (a check)."""
     args = {k: v for k, v in inputs.items() if k != "cu_seqlens"}
     with torch.no_grad():
         want = ssd_scan(**args, dt_softplus=True, cu_seqlens=inputs["cu_seqlens"],
-                        backend="chunked").float()
-    return float((got.float() - want).norm() / want.norm().clamp_min(1e-12))
+                        backend="chunked")
+    return relative_difference(got, want)
 
 
 def measure(impl: str, calls, flops_fwd: float, base: dict, args, out_file) -> None:
@@ -211,9 +217,7 @@ def main(argv=None) -> int:
                     dict(base, chunk=CHUNK), args, args.out)
             if scan is not None:
                 theirs = mamba_ssm_calls(scan, inputs)
-                want = theirs[0]().float()[0]
-                got = ours[0]().float()
-                diff = float((got - want).norm() / want.norm().clamp_min(1e-12))
+                diff = relative_difference(ours[0](), theirs[0]()[0])
                 measure("mamba_ssm", theirs, forward_flops(T, H, P, state, MAMBA_SSM_CHUNK),
                         dict(base, chunk=MAMBA_SSM_CHUNK, rel_diff_to_geossm=diff), args,
                         args.out)
