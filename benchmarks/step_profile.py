@@ -137,22 +137,25 @@ def make_batches(trainer, batch_size: int, count: int) -> list:
     return batches
 
 
-#: paths -> (Mamba.fused, KNNEmbedding.recompute, RMSNorm.fused)
-PATHS = {"off": (False, False, False), "default": (True, True, False),
-         "all": (True, True, True)}
+#: paths -> (Mamba.fused, KNNEmbedding.recompute, RMSNorm.fused, MLP.fused); ``default`` is
+#: the modules' own defaults (None = on for CUDA inputs)
+PATHS = {"off": (False, False, False, False), "default": (True, True, None, None),
+         "all": (True, True, True, True)}
 
 
 def set_memory_paths(model: torch.nn.Module, paths: str) -> None:
     """Switch the memory-saving paths of every module (see ``PATHS``); ``off`` = the ops as
     they were before them."""
-    from geossm.nn import Mamba, RMSNorm
+    from geossm.nn import MLP, Mamba, RMSNorm
 
-    mamba, recompute, norm = PATHS[paths]
+    mamba, recompute, norm, mlp = PATHS[paths]
     for m in model.modules():
         if isinstance(m, Mamba):
             m.fused = mamba
         elif isinstance(m, RMSNorm):
             m.fused = norm
+        elif isinstance(m, MLP):
+            m.fused = mlp
         elif isinstance(getattr(m, "recompute", None), bool):  # the kNN embedding
             m.recompute = recompute
 

@@ -35,7 +35,7 @@ from geossm.kernels import causal_conv1d, selective_scan
 from geossm.kernels._common import resolve_backend  # the kernels' own backend choice
 from geossm.packed import canonical_cu_seqlens
 
-__all__ = ["mamba_inner", "rms_norm"]
+__all__ = ["gelu_linear", "mamba_inner", "rms_norm"]
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
@@ -215,3 +215,66 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.
         return _RMSNorm.apply(x, weight, float(eps))
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast would compute a matmul in on ``device_type``, or None when off."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), weight, bias)`` keeping ``h`` only: the activation ``gelu(h)`` (what
+    ``linear`` would keep, as wide as ``h``) is recomputed in the backward, one elementwise op.
+    Casts are explicit (the matmul dtype is fixed in the forward from autocast), so the
+    backward does not depend on the autocast state it runs under."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, approximate: str, dtype):
+        with torch.autocast(h.device.type, enabled=False):
+            a = F.gelu(h, approximate=approximate).to(dtype)
+            w = weight.to(dtype)
+            b = None if bias is None else bias.to(dtype)
+            out = F.linear(a, w, b)
+        ctx.save_for_backward(h, weight, bias)
+        ctx.approximate, ctx.dtype = approximate, dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        h, weight, bias = ctx.saved_tensors
+        with torch.autocast(h.device.type, enabled=False):
+            dout2 = dout.reshape(-1, dout.shape[-1]).to(ctx.dtype)
+            a = F.gelu(h, approximate=ctx.approximate).to(ctx.dtype).reshape(-1, h.shape[-1])
+            da = dout2.mm(weight.to(ctx.dtype))
+            dweight = dout2.t().mm(a).to(weight.dtype)
+            dbias = None if bias is None else dout2.sum(0).to(bias.dtype)
+            dh = torch.ops.aten.gelu_backward(da.to(h.dtype).reshape(h.shape), h,
+                                              approximate=ctx.approximate)
+        return dh, dweight, dbias, None, None
+
+
+def gelu_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                approximate: str = "none") -> torch.Tensor:
+    """``F.linear(F.gelu(h), weight, bias)`` keeping only ``h`` for the backward.
+
+    The plain ops keep ``h`` (for the GELU's gradient) and ``gelu(h)`` (for the weight's
+    gradient): two tensors as wide as the MLP's hidden layer (4x the model width). This keeps
+    ``h`` and recomputes ``gelu(h)`` in the backward. The matmul runs in autocast's dtype when
+    autocast is on (as ``F.linear`` would), else in ``h``'s dtype; gradients equal the plain
+    ops' to float rounding (their sums run in another order).
+
+    Without gradients or under ``torch.compile`` / ``torch.export`` the plain ops run.
+
+    Shapes: ``h (..., H)``, ``weight (O, H)``, ``bias (O,)`` -> ``(..., O)``.
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return F.linear(F.gelu(h, approximate=approximate), weight, bias)
+    if h.dim() == 0 or h.shape[-1] != weight.shape[1]:
+        raise ValueError(f"h must have shape (..., {weight.shape[1]}), got {tuple(h.shape)}")
+    dtype = _autocast_dtype(h.device.type) or torch.promote_types(h.dtype, weight.dtype)
+    return _GeluLinear.apply(h, weight, bias, approximate, dtype)

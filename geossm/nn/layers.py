@@ -7,7 +7,7 @@ from torch import nn
 
 from geossm.packed import LAYER, check_cu_seqlens
 
-from .fused import rms_norm
+from .fused import gelu_linear, rms_norm
 
 __all__ = ["RMSNorm", "DropPath", "MLP"]
 
@@ -36,16 +36,18 @@ class RMSNorm(nn.Module):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.dim, self.eps = dim, eps
         #: ``geossm.nn.fused.rms_norm``: keeps x and one float per row for the backward instead
-        #: of also the normalised float32 copy. Off by default: its single gradient for x is
-        #: added to x's other uses in another order than autograd's three terms of the plain
-        #: ops, so training results move by float rounding (the default job's mIoU changes).
-        self.fused = False
+        #: of also the normalised float32 copy. ``None`` (default): on for CUDA inputs, where
+        #: activation memory bounds the scene size; off on the CPU, because its single gradient
+        #: for x is added to x's other uses in another order than autograd's three terms of
+        #: the plain ops, so CPU training results would move by float rounding (the default
+        #: job's mIoU is kept bit for bit). True / False force it.
+        self.fused: bool | None = None
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (..., {self.dim}), got {tuple(x.shape)}")
-        if self.fused:
+        if self.fused or (self.fused is None and x.is_cuda):
             return rms_norm(x, self.weight, self.eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -130,9 +132,25 @@ class MLP(nn.Module):
         self.act = act()
         self.fc2 = nn.Linear(hidden_dim, out_dim, bias=bias)
         self.drop = nn.Dropout(drop)
+        #: ``geossm.nn.fused.gelu_linear`` for ``fc2(act(h))``: keeps the hidden pre-activation
+        #: only, not also the activation (4x the width per token), and recomputes the GELU in
+        #: the backward. Used when ``act`` is ``nn.GELU`` and no dropout sits between act and
+        #: fc2. ``None`` (default): on for CUDA inputs (results move by float rounding, so the
+        #: CPU keeps the plain ops and its results bit for bit); True / False force it.
+        self.fused: bool | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.fc1.in_features:
             raise ValueError(f"MLP: x must have {self.fc1.in_features} features in its last "
                              f"dimension, got shape {tuple(x.shape)}")
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        if self._use_fused(h):
+            out = gelu_linear(h, self.fc2.weight, self.fc2.bias, self.act.approximate)
+        else:
+            out = self.fc2(self.drop(self.act(h)))
+        return self.drop(out)
+
+    def _use_fused(self, h: torch.Tensor) -> bool:
+        wanted = self.fused or (self.fused is None and h.is_cuda)
+        return bool(wanted) and type(self.act) is nn.GELU and not (
+            self.training and self.drop.p > 0)

@@ -55,12 +55,12 @@ def test_busy_union_merges_overlapping_intervals(step_profile):
 
 
 def test_memory_paths_switch_every_module(step_profile):
-    from geossm.nn import Mamba, RMSNorm
+    from geossm.nn import MLP, Mamba, RMSNorm
     from geossm.tasks.segmentation.models import KNNEmbedding, PointCloudMambaSeg
 
     model = PointCloudMambaSeg(in_channels=3, num_classes=4, dims=(8, 16), depths=(1, 1),
                                strides=(2,), d_state=4)
-    kinds = (Mamba, KNNEmbedding, RMSNorm)
+    kinds = (Mamba, KNNEmbedding, RMSNorm, MLP)
     for paths, switches in step_profile.PATHS.items():
         step_profile.set_memory_paths(model, paths)
         for kind, on in zip(kinds, switches):

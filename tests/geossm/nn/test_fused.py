@@ -1,11 +1,12 @@
-"""The fused inner Mamba path against the unfused one: outputs, every gradient, saved memory."""
+"""The fused paths (inner Mamba, RMSNorm, GELU + linear) against the plain ops: outputs, every
+gradient, saved memory."""
 
 import pytest
 import torch
 
 from geossm.kernels import available_backends
 from geossm.nn import BiMamba, Mamba
-from geossm.nn.fused import mamba_inner, rms_norm
+from geossm.nn.fused import gelu_linear, mamba_inner, rms_norm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 #: Every backend that runs here: numba on CPU, triton on CUDA (or in Triton's CPU interpreter
@@ -172,3 +173,70 @@ def test_rms_norm_keeps_only_input_and_row_scale():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         rms_norm(x, weight)
     assert sorted(t.numel() for t in kept) == [32, 100, 3200]
+
+
+def _gelu_linear_runs(h, weight, bias, approximate, autocast_dtype=None):
+    """(out, dh, dweight, dbias) of gelu_linear and of the plain ops, same upstream gradient."""
+    runs = []
+    for fused in (True, False):
+        hi = h.clone().requires_grad_()
+        wi = weight.clone().requires_grad_()
+        bi = None if bias is None else bias.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            out = (gelu_linear(hi, wi, bi, approximate) if fused else
+                   torch.nn.functional.linear(torch.nn.functional.gelu(hi, approximate=approximate),
+                                              wi, bi))
+        out.float().pow(2).sum().backward()
+        runs.append((out, hi.grad, wi.grad, None if bi is None else bi.grad))
+    return runs
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape,bias", [((41, 24), True), ((2, 5, 24), False), ((1, 24), True)])
+def test_gelu_linear_equals_plain_ops_float64(approximate, shape, bias):
+    torch.manual_seed(0)
+    h = 2 * torch.randn(shape, dtype=torch.float64)
+    weight = torch.randn(6, 24, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64) if bias else None
+    fused, plain = _gelu_linear_runs(h, weight, b, approximate)
+    for a, r in zip(fused, plain):
+        if r is None:
+            assert a is None
+            continue
+        assert a.dtype == r.dtype and a.shape == r.shape
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_gelu_linear_under_bf16_autocast_matches_plain_ops():
+    """The matmul runs in autocast's dtype as F.linear would; gradients land in the parameters'
+    float32 and agree with the plain ops to bf16 rounding."""
+    torch.manual_seed(0)
+    h = torch.randn(64, 32).to(torch.bfloat16)   # fc1's output under autocast is bf16
+    weight, bias = torch.randn(16, 32), torch.randn(16)
+    fused, plain = _gelu_linear_runs(h, weight, bias, "none", autocast_dtype=torch.bfloat16)
+    assert fused[0].dtype == plain[0].dtype == torch.bfloat16
+    for a, r in zip(fused, plain):
+        assert a.dtype == r.dtype
+        torch.testing.assert_close(a.float(), r.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_gelu_linear_keeps_only_its_input():
+    h = torch.randn(100, 64, requires_grad=True)
+    weight = torch.randn(16, 64, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        gelu_linear(h, weight)
+    # h itself and the weight; the plain ops also keep gelu(h) (another 100 x 64)
+    assert sorted(t.numel() for t in kept) == [1024, 6400]
+
+
+def test_gelu_linear_errors_and_no_grad_path():
+    with pytest.raises(ValueError, match="approximate must be 'none' or 'tanh', got 'erf'"):
+        gelu_linear(torch.randn(3, 4), torch.randn(2, 4), approximate="erf")
+    with pytest.raises(ValueError, match=r"h must have shape \(\.\.\., 4\), got \(3, 5\)"):
+        gelu_linear(torch.randn(3, 5, requires_grad=True), torch.randn(2, 4))
+    h, w = torch.randn(3, 4), torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(gelu_linear(h, w),
+                           torch.nn.functional.linear(torch.nn.functional.gelu(h), w))

@@ -102,7 +102,8 @@ def test_mlp_shapes_gradient_and_errors():
 
 
 def test_rmsnorm_fused_switch_same_values_and_gradients():
-    """RMSNorm.fused runs geossm.nn.fused.rms_norm; off (default), the plain ops: same numbers."""
+    """RMSNorm.fused runs geossm.nn.fused.rms_norm; off (the CPU default), the plain ops: same
+    numbers."""
     from geossm.nn import RMSNorm
 
     torch.manual_seed(0)
@@ -117,6 +118,47 @@ def test_rmsnorm_fused_switch_same_values_and_gradients():
         y = norm(xi)
         y.pow(2).sum().backward()
         runs.append((y, xi.grad, norm.weight.grad))
-    assert RMSNorm(4).fused is False  # opt-in: see RMSNorm.fused
+    assert RMSNorm(4).fused is None  # on for CUDA inputs only: see RMSNorm.fused
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.3])
+def test_mlp_fused_switch_same_values_and_gradients(drop):
+    """MLP.fused runs fc2(GELU) through geossm.nn.fused.gelu_linear (not with dropout between
+    them while training); the plain ops give the same numbers."""
+    from geossm.nn import MLP
+    from geossm.nn import fused as fused_mod
+
+    torch.manual_seed(0)
+    x = torch.randn(11, 6, dtype=torch.float64)
+    runs, calls = [], []
+    original = fused_mod._GeluLinear.apply
+    for fused in (True, False):
+        torch.manual_seed(1)
+        mlp = MLP(6, drop=drop).double()
+        mlp.fused = fused
+        xi = x.clone().requires_grad_()
+        fused_mod._GeluLinear.apply = lambda *a: calls.append(1) or original(*a)
+        try:
+            torch.manual_seed(2)
+            y = mlp(xi)
+        finally:
+            fused_mod._GeluLinear.apply = original
+        y.pow(2).sum().backward()
+        runs.append((y, xi.grad, *[p.grad for p in mlp.parameters()]))
+    assert len(calls) == (1 if drop == 0 else 0)
+    assert MLP(4).fused is None  # on for CUDA inputs only: see MLP.fused
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_default_keeps_plain_ops_on_cpu_and_other_activations():
+    from geossm.nn import MLP
+
+    x = torch.randn(3, 4)
+    assert not MLP(4)._use_fused(x)                       # None: CPU keeps the plain ops
+    assert not MLP(4, act=torch.nn.ReLU)._use_fused(x.requires_grad_())
+    forced = MLP(4)
+    forced.fused = True
+    assert forced._use_fused(x)
