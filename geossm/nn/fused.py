@@ -103,34 +103,104 @@ class _MambaInner(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
-         dt_proj_weight, dt_proj_bias, A_log, D, cu, chunk_states) = ctx.saved_tensors
-        reverse, backend, dt_rank, d_state, device_type, (amp, amp_dtype), u_dtype = ctx.flags
-        leaves = [t.detach().requires_grad_() if t is not None else None
-                  for t in (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
-                            x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)]
-        u_, in_w, in_b, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log_, D_ = leaves
-        with torch.enable_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
-            h, z, delta, B, C, A = _scan_inputs(u_, in_w, in_b, conv_w, conv_b, x_proj_w,
-                                                dt_proj_w, A_log_, cu, reverse, backend,
-                                                dt_rank, d_state)
-            if backend == "torch":
-                y = _torch_scan(h, delta, A, B, C, D_, z, dt_bias, cu, reverse)
-                outputs, grads = [y], [dy]
-            else:
-                du, ddelta, dA, dB, dC, dD, dz, dbias, _ = \
-                    torch.ops.geossm.selective_scan_backward(
-                        dy, None, h.detach(), delta.detach().contiguous(), A.detach(),
-                        B.detach().unsqueeze(1).contiguous(),
-                        C.detach().unsqueeze(1).contiguous(), D_.detach().float(),
-                        z.detach().contiguous(), dt_bias.detach().float(), cu, None, True,
-                        bool(reverse), backend, chunk_states)
-                outputs = [h, delta, B, C, z, A, D_.float(), dt_bias.float()]
-                grads = [du, ddelta, dB.squeeze(1), dC.squeeze(1), dz, dA, dD, dbias]
-        wanted = [t for t in leaves if t is not None]
-        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
-        du_, *rest = (next(found) if t is not None else None for t in leaves)
-        return (du_.to(u_dtype), *rest, None, None, None, None, None)
+        if ctx.flags[1] == "torch":
+            return _replay_backward(ctx, dy)
+        return _kernel_backward(ctx, dy)
+
+
+def _replay_backward(ctx, dy):
+    """The backward of ``_MambaInner`` by autograd: rerun the forward on detached leaves under
+    autograd and differentiate it. The ``torch`` backend's scan has no backward kernel, so its
+    scan is rerun too; with a kernel backend this is the reference ``_kernel_backward`` is
+    tested against bit for bit."""
+    (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+     dt_proj_weight, dt_proj_bias, A_log, D, cu, chunk_states) = ctx.saved_tensors
+    reverse, backend, dt_rank, d_state, device_type, (amp, amp_dtype), u_dtype = ctx.flags
+    leaves = [t.detach().requires_grad_() if t is not None else None
+              for t in (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
+                        x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)]
+    u_, in_w, in_b, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log_, D_ = leaves
+    with torch.enable_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
+        h, z, delta, B, C, A = _scan_inputs(u_, in_w, in_b, conv_w, conv_b, x_proj_w,
+                                            dt_proj_w, A_log_, cu, reverse, backend,
+                                            dt_rank, d_state)
+        if backend == "torch":
+            y = _torch_scan(h, delta, A, B, C, D_, z, dt_bias, cu, reverse)
+            outputs, grads = [y], [dy]
+        else:
+            du, ddelta, dA, dB, dC, dD, dz, dbias, _ = \
+                torch.ops.geossm.selective_scan_backward(
+                    dy, None, h.detach(), delta.detach().contiguous(), A.detach(),
+                    B.detach().unsqueeze(1).contiguous(),
+                    C.detach().unsqueeze(1).contiguous(), D_.detach().float(),
+                    z.detach().contiguous(), dt_bias.detach().float(), cu, None, True,
+                    bool(reverse), backend, chunk_states)
+            outputs = [h, delta, B, C, z, A, D_.float(), dt_bias.float()]
+            grads = [du, ddelta, dB.squeeze(1), dC.squeeze(1), dz, dA, dD, dbias]
+    wanted = [t for t in leaves if t is not None]
+    found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+    du_, *rest = (next(found) if t is not None else None for t in leaves)
+    return (du_.to(u_dtype), *rest, None, None, None, None, None)
+
+
+def _linear_backward(grad, inp, weight):
+    """``(d input, d weight)`` of ``F.linear(inp, weight)`` on 2-D tensors, as autograd's mm
+    backward computes them for a contiguous weight (``weight.t()`` is column-major): the same
+    products, so the same bits."""
+    return grad.mm(weight), grad.t().mm(inp)
+
+
+def _kernel_backward(ctx, dy):
+    """The backward of ``_MambaInner`` for the kernel backends, written out: recompute the
+    scan inputs without autograd, run the scan's backward kernel, then the chain rule through
+    dt_proj, x_proj, the convolution and in_proj by hand.
+
+    It performs autograd's own steps for these ops (the mm products in the same orientation,
+    casts at the same places, the split backward as one concatenation), so the gradients are
+    those of the autograd replay that the ``torch`` backend still uses, at a fraction of its
+    operator count (no leaf detaching, no graph building, no zero-filled split grads).
+    """
+    (kept, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
+     dt_proj_weight, dt_proj_bias, A_log, D, cu, chunk_states) = ctx.saved_tensors
+    reverse, backend, dt_rank, d_state, device_type, (amp, amp_dtype), u_dtype = ctx.flags
+    # The dtype autocast computes the projections in (it leaves float64 alone).
+    mm_dtype = amp_dtype if amp and kept.dtype != torch.float64 else kept.dtype
+    w_in, w_x, w_dt = (w.to(mm_dtype) for w in (in_proj_weight, x_proj_weight,
+                                                  dt_proj_weight))
+    b_in = None if in_proj_bias is None else in_proj_bias.to(mm_dtype)
+    inner = conv_weight.shape[0]
+    conv_w = conv_weight.contiguous()
+    conv_b = None if conv_bias is None else conv_bias.contiguous()
+    with torch.no_grad(), torch.autocast(device_type, enabled=False):
+        xz = F.linear(kept, w_in, b_in)
+        x, z = xz.split(inner, dim=-1)
+        x = x.contiguous()
+        h = torch.ops.geossm.causal_conv1d(x, conv_w, conv_b, cu, True, bool(reverse), backend)
+        x_dbl = F.linear(h, w_x)
+        dt, B, C = x_dbl.split([dt_rank, d_state, d_state], dim=-1)
+        delta = F.linear(dt, w_dt)
+        e = torch.exp(A_log.float())
+        du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
+            dy, None, h, delta.contiguous(), -e, B.unsqueeze(1).contiguous(),
+            C.unsqueeze(1).contiguous(), D.float(), z.contiguous(), dt_proj_bias.float(), cu,
+            None, True, bool(reverse), backend, chunk_states)
+        # autograd hands every gradient over in its tensor's dtype
+        ddt, d_w_dt = _linear_backward(ddelta.to(delta.dtype), dt, w_dt)
+        dx_dbl = torch.cat([ddt, dB.squeeze(1).to(x_dbl.dtype), dC.squeeze(1).to(x_dbl.dtype)],
+                           dim=-1)
+        dh_proj, d_w_x = _linear_backward(dx_dbl, h, w_x)
+        dh = du.to(h.dtype) + dh_proj
+        dx, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
+            dh, x, conv_w, conv_b, cu, True, bool(reverse), backend)
+        dxz = torch.cat([dx, dz.to(z.dtype)], dim=-1)
+        du_in, d_w_in = _linear_backward(dxz, kept, w_in)
+        d_b_in = None if in_proj_bias is None else dxz.sum(0).to(in_proj_bias.dtype)
+        dA_log = dA.neg() * e
+    return (du_in.to(u_dtype), d_w_in.to(in_proj_weight.dtype), d_b_in,
+            d_conv_w.to(conv_weight.dtype), None if conv_bias is None else d_conv_b,
+            d_w_x.to(x_proj_weight.dtype), d_w_dt.to(dt_proj_weight.dtype),
+            dbias.to(dt_proj_bias.dtype), dA_log.to(A_log.dtype), dD.to(D.dtype),
+            None, None, None, None, None)
 
 
 def mamba_inner(x: torch.Tensor, in_proj_weight: torch.Tensor,
