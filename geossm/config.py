@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
         "progress": True,       # tqdm bars
         "find_unused_parameters": False,
         "oom_skip_limit": 3,    # CUDA out of memory: skip the batch; stop after this many in a row
+        "cuda_graph": False,    # replay forward+backward+clip as a CUDA graph (static shapes)
+        "compile": None,        # torch.compile the training forward: true or its kwargs
     },
     "eval": {
         "split": "val",         # validation split selecting best.pt (null: no validation)

@@ -25,6 +25,13 @@ one process alone (the others wait for its gradients), so the first out-of-memor
 the run with that error. Out of memory while evaluating stops with that error too (skipping
 would report metrics of part of a split). Each epoch's ``train`` row of ``metrics.jsonl`` reports
 ``oom_skipped`` and, on CUDA, ``peak_mem_gib`` (``torch.cuda.max_memory_allocated``).
+
+Host overhead (both off by default; results do not change while off): ``train.cuda_graph: true``
+replays the forward, backward and clipping of every batch of a recurring layout as one CUDA
+graph (``geossm.engine.cuda_graph``: static shapes, no host syncs in the step, one process; the
+epoch's ``train`` row then reports ``cuda_graph_replayed``); ``train.compile`` runs the training
+forward under ``torch.compile`` (true, or a mapping of its arguments such as ``{mode:
+reduce-overhead}``).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       load_model_state, save_checkpoint, seed_everything,
                                       set_rng_state)
+from geossm.engine.cuda_graph import GraphedStep
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
@@ -175,8 +183,47 @@ class Trainer:
         self.best_metric, self.best_mode = task.selection_metric()
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
+        self.ddp_model = self._compiled(self.ddp_model, cfg.train.get("compile"))
+        #: ``train.cuda_graph``: the forward, backward and clipping replayed as a CUDA graph.
+        self.graphed_step: GraphedStep | None = self._graphed_step(cfg.train.get("cuda_graph"))
 
     # ----------------------------------------------------------------- plumbing
+    def _compiled(self, module: torch.nn.Module, spec: Any) -> torch.nn.Module:
+        """``module`` under ``torch.compile`` for ``train.compile``: null / false = off (the
+        default), true = ``torch.compile``'s defaults, a mapping = its keyword arguments
+        (``mode: reduce-overhead``, ``dynamic``, ``backend``, ``fullgraph``). Only the training
+        forward runs compiled; evaluation, checkpoints and the optimizer see ``self.model``."""
+        if spec is None or spec is False:
+            return module
+        if spec is True:
+            options: dict[str, Any] = {}
+        elif isinstance(spec, Mapping):
+            options = dict(to_container(spec)) if isinstance(spec, DictConfig) else dict(spec)
+            unknown = set(options) - {"mode", "dynamic", "backend", "fullgraph", "options"}
+            if unknown:
+                raise ValueError(f"train.compile: unknown keys {sorted(unknown)} (known: mode, "
+                                 "dynamic, backend, fullgraph, options)")
+        else:
+            raise ValueError(f"train.compile: expected null, true/false or a mapping of "
+                             f"torch.compile arguments, got {spec!r}")
+        return torch.compile(module, **options)
+
+    def _graphed_step(self, enabled: Any) -> GraphedStep | None:
+        """The ``GraphedStep`` of ``train.cuda_graph`` (a bool, default false): CUDA and one
+        process only (a DDP backward all-reduces through hooks the graph cannot hold)."""
+        if not isinstance(enabled, bool):
+            raise ValueError(f"train.cuda_graph: expected true or false, got {enabled!r}")
+        if not enabled:
+            return None
+        if self.device.type != "cuda":
+            raise ValueError(f"train.cuda_graph=true needs a CUDA device, got device "
+                             f"{self.device} (set train.cuda_graph=false)")
+        if self.world_size > 1:
+            raise ValueError("train.cuda_graph=true runs in one process only, got "
+                             f"{self.world_size} (torchrun); set train.cuda_graph=false")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return GraphedStep(params, device=self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.amp:
             return contextlib.nullcontext()
@@ -293,7 +340,23 @@ class Trainer:
 
         Returns the detached loss, the loss's extra terms and the gradient norm (or None).
         Every activation of the step lives in this frame, so it is freed when it returns or
-        raises (the out-of-memory recovery relies on that)."""
+        raises (the out-of-memory recovery relies on that). With ``train.cuda_graph`` the
+        forward, backward and clipping are replayed as a CUDA graph (``GraphedStep``); the
+        optimizer step and the schedule run after it either way."""
+        def backward(b: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+            return self._backward_step(b, optimizer, clip)
+
+        if self.graphed_step is not None:
+            result = self.graphed_step(batch, backward)
+        else:
+            result = backward(batch)
+        optimizer.step()
+        scheduler.step()
+        return result
+
+    def _backward_step(self, batch: Any, optimizer: torch.optim.Optimizer,
+                       clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """Forward, loss, backward and gradient clipping of one batch (no optimizer step)."""
         with self.autocast():
             outputs = self.task.forward(self.ddp_model, batch)
             loss, extras = self._split_loss(self.loss_fn(outputs, batch))
@@ -302,8 +365,6 @@ class Trainer:
         grad_norm = None
         if clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        optimizer.step()
-        scheduler.step()
         return loss.detach(), {k: v.detach() for k, v in extras.items()}, grad_norm
 
     def _peak_text(self) -> str:
@@ -401,6 +462,8 @@ class Trainer:
                  "data_wait_s": data_wait, "oom_skipped": skipped}
         if cuda:
             stats["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 30, 3)
+        if self.graphed_step is not None:
+            stats["cuda_graph_replayed"] = self.graphed_step.stats["replayed"]
         return stats
 
     def _better(self, value: float, best: float | None) -> bool:
