@@ -27,7 +27,8 @@ replayed as one CUDA graph per batch layout; rows get ``"cuda_graph": true`` and
 ``eager`` / ``captured`` / ``replayed`` steps; use ``--warmup 5``: a layout is captured at its
 4th step). ``--graph-check N``: events only, N steps eager and N steps graphed from the same
 weights on the same batches (drop-path off: no randomness), one row with the largest loss and
-parameter differences. ``--op-sources``: one more row per case, ``bench: step_ops``, counting
+parameter differences. ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training
+forward under ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting
 every operator of one step by the source line that called it (``TorchDispatchMode``): the
 ``top_sources`` and the data-dependent ops (``_local_scalar_dense`` = ``.item()`` / ``int()``,
 ``nonzero``, boolean indexing, ``repeat_interleave`` without ``output_size``, ``bincount``...),
@@ -233,12 +234,13 @@ SOURCE_MARKS = ("/geossm/", "/tasks/", "/serialization/", "/kernels/", "torch/op
 
 def _calling_line() -> str | None:
     """``file.py:line:function`` of the innermost project / library frame calling an op."""
-    import traceback
-    for frame in reversed(traceback.extract_stack()[:-2]):
-        if "_python_dispatch" in frame.filename or frame.filename == __file__:
-            continue
-        if any(mark in frame.filename for mark in SOURCE_MARKS):
-            return f"{Path(frame.filename).name}:{frame.lineno}:{frame.name}"
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "_python_dispatch" not in name and name != __file__ \
+                and any(mark in name for mark in SOURCE_MARKS):
+            return f"{Path(name).name}:{frame.f_lineno}:{frame.f_code.co_name}"
+        frame = frame.f_back
     return None
 
 
@@ -302,6 +304,8 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         overrides += TASKS[task][2]
     if args.cuda_graph:
         overrides.append("train.cuda_graph=true")
+    if args.compile:
+        overrides.append(f"train.compile={args.compile}")
     trainer, optimizer, scheduler = build_trainer(task, overrides, device)
     dev = trainer.device
     try:
@@ -337,6 +341,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
                                if dev.type == "cuda" else None)
         row["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
         row["cuda_graph"] = trainer.graphed_step is not None
+        row["compile"] = args.compile
         if trainer.graphed_step is not None:
             row["graph_steps"] = dict(trainer.graphed_step.stats)
         if args.op_sources:
@@ -457,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="PCM memory per point at these point counts instead of the tasks")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="train.cuda_graph=true: the step replayed as a CUDA graph")
+    ap.add_argument("--compile", default=None, metavar="SPEC",
+                    help="train.compile=SPEC: true or a mapping, e.g. '{dynamic: true}'")
     ap.add_argument("--graph-check", type=int, default=0, metavar="N",
                     help="events: N steps eager vs graphed from the same weights (one row)")
     ap.add_argument("--op-sources", action="store_true",

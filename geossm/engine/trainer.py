@@ -191,22 +191,41 @@ class Trainer:
     def _compiled(self, module: torch.nn.Module, spec: Any) -> torch.nn.Module:
         """``module`` under ``torch.compile`` for ``train.compile``: null / false = off (the
         default), true = ``torch.compile``'s defaults, a mapping = its keyword arguments
-        (``mode: reduce-overhead``, ``dynamic``, ``backend``, ``fullgraph``). Only the training
-        forward runs compiled; evaluation, checkpoints and the optimizer see ``self.model``."""
+        (``mode: reduce-overhead``, ``dynamic``, ``backend``, ``fullgraph``). The whole model
+        runs compiled in the training forward only; evaluation, checkpoints and the optimizer
+        see ``self.model``. With ``modules: [ClassName, ...]`` only the sub-modules of those
+        classes are compiled, in place (``nn.Module.compile``; evaluation runs them compiled
+        too): the dense parts of a model whose other parts (data-dependent sizes, custom
+        kernels) cannot be traced."""
         if spec is None or spec is False:
             return module
         if spec is True:
             options: dict[str, Any] = {}
         elif isinstance(spec, Mapping):
             options = dict(to_container(spec)) if isinstance(spec, DictConfig) else dict(spec)
-            unknown = set(options) - {"mode", "dynamic", "backend", "fullgraph", "options"}
+            known = {"mode", "dynamic", "backend", "fullgraph", "options", "modules"}
+            unknown = set(options) - known
             if unknown:
-                raise ValueError(f"train.compile: unknown keys {sorted(unknown)} (known: mode, "
-                                 "dynamic, backend, fullgraph, options)")
+                raise ValueError(f"train.compile: unknown keys {sorted(unknown)} (known: "
+                                 f"{', '.join(sorted(known))})")
         else:
             raise ValueError(f"train.compile: expected null, true/false or a mapping of "
                              f"torch.compile arguments, got {spec!r}")
-        return torch.compile(module, **options)
+        names = options.pop("modules", None)
+        if names is None:
+            return torch.compile(module, **options)
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"train.compile.modules: expected a list of class names, got "
+                             f"{names!r}")
+        present = {type(m).__name__ for m in module.modules()}
+        missing = sorted(set(names) - present)
+        if missing:
+            raise ValueError(f"train.compile.modules: {missing} not in the model (its classes: "
+                             f"{', '.join(sorted(present))})")
+        for sub in module.modules():
+            if type(sub).__name__ in names:
+                sub.compile(**options)
+        return module
 
     def _graphed_step(self, enabled: Any) -> GraphedStep | None:
         """The ``GraphedStep`` of ``train.cuda_graph`` (a bool, default false): CUDA and one

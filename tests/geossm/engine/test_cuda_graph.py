@@ -155,3 +155,16 @@ def test_compiled_training_forward_trains_as_eager(tmp_path):
     assert list(sd_eager) == list(sd_compiled)
     for key in sd_eager:
         torch.testing.assert_close(sd_eager[key], sd_compiled[key], rtol=1e-5, atol=1e-6)
+
+
+def test_compile_of_named_submodules_only(tmp_path):
+    """``train.compile.modules``: those classes compiled in place (the state dict keeps its
+    keys); a class the model lacks raises, naming the model's classes."""
+    trainer = Trainer(_toy_cfg(tmp_path, "sub", "train.compile={backend: aot_eager, "
+                                                "modules: [LayerNorm]}"))
+    assert trainer.ddp_model is trainer.model
+    assert trainer.model.norm._compiled_call_impl is not None
+    assert trainer.model.head._compiled_call_impl is None
+    assert "norm.weight" in trainer.model.state_dict()
+    with pytest.raises(ValueError, match="not in the model .*LayerNorm"):
+        Trainer(_toy_cfg(tmp_path, "bad", "train.compile={modules: [RMSNorm]}"))
