@@ -246,7 +246,10 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        # A captured step must not keep autocast's cache of casted weights across the capture
+        # (PyTorch's advice for CUDA graphs); without a graph the cache stays on.
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                              cache_enabled=self.graphed_step is None)
 
     def _loader(self, dataset: Dataset, train: bool, epoch_seed: int = 0) -> DataLoader:
         cfg = self.cfg
