@@ -179,8 +179,15 @@ class GraphedStep:
         for p in self.params:
             p.grad = None  # the backward inside the capture allocates the graph's own buffers
         graph = self._new_graph()
-        with self._capture_context(graph):
-            outputs = step(inputs)
+        try:
+            with self._capture_context(graph):
+                outputs = step(inputs)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"train.cuda_graph: the training step could not be captured as a CUDA graph "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__}); a host "
+                "sync or a shape that depends on values in the step? Set "
+                "train.cuda_graph=false") from err
         captured = _Captured(graph, step, inputs, outputs, [p.grad for p in self.params])
         self._graphs[sig] = captured
         self.stats["captured"] += 1
@@ -190,7 +197,9 @@ class GraphedStep:
         return torch.cuda.CUDAGraph()
 
     def _capture_context(self, graph: Any) -> Any:
-        return torch.cuda.graph(graph)
+        # thread_local: the DataLoader's pin-memory thread may allocate pinned memory while
+        # this thread captures (the default "global" mode would fail the capture then).
+        return torch.cuda.graph(graph, capture_error_mode="thread_local")
 
     def _replay(self, captured: _Captured) -> None:
         captured.graph.replay()

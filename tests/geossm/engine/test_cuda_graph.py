@@ -168,3 +168,20 @@ def test_compile_of_named_submodules_only(tmp_path):
     assert "norm.weight" in trainer.model.state_dict()
     with pytest.raises(ValueError, match="not in the model .*LayerNorm"):
         Trainer(_toy_cfg(tmp_path, "bad", "train.compile={modules: [RMSNorm]}"))
+
+
+def test_a_step_that_cannot_be_captured_names_the_setting():
+    class FailingCapture(RerunGraphedStep):
+        def _capture_context(self, graph):
+            @contextlib.contextmanager
+            def failing():
+                yield
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return failing()
+
+    model = torch.nn.Linear(3, 1)
+    graphed = FailingCapture(list(model.parameters()), warmup=1)
+    batch = {"x": torch.randn(2, 3), "y": torch.randn(2, 1)}
+    graphed(batch, _linear_step(model))
+    with pytest.raises(RuntimeError, match="train.cuda_graph=false"):
+        graphed(batch, _linear_step(model))
