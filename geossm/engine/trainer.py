@@ -228,10 +228,14 @@ class Trainer:
         return module
 
     def _graphed_step(self, enabled: Any) -> GraphedStep | None:
-        """The ``GraphedStep`` of ``train.cuda_graph`` (a bool, default false): CUDA and one
-        process only (a DDP backward all-reduces through hooks the graph cannot hold)."""
+        """The ``GraphedStep`` of ``train.cuda_graph``: false (the default), true (CUDA and one
+        process only: a DDP backward all-reduces through hooks the graph cannot hold) or
+        ``auto`` (on where true would be allowed, off on CPU and under DDP: for configs whose
+        step has static shapes and no host syncs)."""
+        if enabled == "auto":
+            enabled = self.device.type == "cuda" and self.world_size == 1
         if not isinstance(enabled, bool):
-            raise ValueError(f"train.cuda_graph: expected true or false, got {enabled!r}")
+            raise ValueError(f"train.cuda_graph: expected true, false or auto, got {enabled!r}")
         if not enabled:
             return None
         if self.device.type != "cuda":

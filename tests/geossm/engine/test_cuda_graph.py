@@ -134,6 +134,14 @@ def test_trainer_with_graphed_steps_trains_as_the_eager_trainer(tmp_path):
             assert a == b
 
 
+def test_auto_is_off_on_cpu_and_serialized_events_do_not_inherit_it(tmp_path):
+    assert Trainer(_toy_cfg(tmp_path, "auto", "train.cuda_graph=auto")).graphed_step is None
+    # The windowed N-MNIST step has static shapes (graphed where CUDA allows); its serialized
+    # variant, built on it, has value-dependent sizes and must not inherit the setting.
+    assert load_config("events/nmnist_mamba").train.cuda_graph == "auto"
+    assert load_config("events/nmnist_serialized").train.cuda_graph is False
+
+
 def test_trainer_refuses_cuda_graph_without_cuda_and_bad_compile_settings(tmp_path):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         Trainer(_toy_cfg(tmp_path, "cpu", "train.cuda_graph=true"))
