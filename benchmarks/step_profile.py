@@ -24,8 +24,9 @@ step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (w
 
 ``--cuda-graph``: the steps with ``train.cuda_graph=true`` (the forward, backward and clipping
 replayed as one CUDA graph per batch layout; rows get ``"cuda_graph": true`` and the counts of
-``eager`` / ``captured`` / ``replayed`` steps; use ``--warmup 5``: a layout is captured at its
-4th step). ``--graph-check N``: events only, N steps eager and N steps graphed from the same
+``eager`` / ``captured`` / ``replayed`` steps; the graph's warm-up and capture steps come on top
+of ``--warmup``). Configs with ``train.cuda_graph: auto`` (``events/nmnist_mamba``) are graphed
+on CUDA without the flag. ``--graph-check N``: events only, N steps eager and N steps graphed from the same
 weights on the same batches (drop-path off: no randomness), one row with the largest loss and
 parameter differences. ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training
 forward under ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting
@@ -45,7 +46,7 @@ step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = n
         [--steps 5] [--warmup 3] [--out steps.jsonl] [--paths off|default|all]
     python benchmarks/step_profile.py --points 100000 1000000 2000000
     python benchmarks/step_profile.py --tiny       # CPU check of the script: tiny models
-    python benchmarks/step_profile.py --tasks events --cuda-graph --warmup 5
+    python benchmarks/step_profile.py --tasks events --cuda-graph
     python benchmarks/step_profile.py --tasks graph events --op-sources --steps 2
 """
 
@@ -317,7 +318,10 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         def step(batch) -> None:
             trainer._train_step(batch, optimizer, scheduler, clip)
 
-        for i in range(args.warmup):
+        # A graphed step (train.cuda_graph, or auto in the config) also warms up and captures
+        # before the timed steps.
+        graph = trainer.graphed_step
+        for i in range(args.warmup + (graph.warmup + 1 if graph is not None else 0)):
             step(batches[i % len(batches)])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
