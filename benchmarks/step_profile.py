@@ -26,7 +26,7 @@ step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (w
 replayed as one CUDA graph per batch layout; rows get ``"cuda_graph": true`` and the counts of
 ``eager`` / ``captured`` / ``replayed`` steps; the graph's warm-up and capture steps come on top
 of ``--warmup``). Configs with ``train.cuda_graph: auto`` (``events/nmnist_mamba``) are graphed
-on CUDA without the flag. ``--graph-check N``: events only, N steps eager and N steps graphed from the same
+on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: events only, N steps eager and N steps graphed from the same
 weights on the same batches (drop-path off: no randomness), one row with the largest loss and
 parameter differences. ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training
 forward under ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting
@@ -303,8 +303,8 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
     overrides = data_overrides(task, tmp, args.graphs, args.peptides_cache)
     if args.tiny:
         overrides += TASKS[task][2]
-    if args.cuda_graph:
-        overrides.append("train.cuda_graph=true")
+    if args.cuda_graph is not None:
+        overrides.append(f"train.cuda_graph={args.cuda_graph}")
     if args.compile:
         overrides.append(f"train.compile={args.compile}")
     trainer, optimizer, scheduler = build_trainer(task, overrides, device)
@@ -464,8 +464,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="memory-saving paths (see PATHS; off = as before them)")
     ap.add_argument("--points", type=int, nargs="+", default=None,
                     help="PCM memory per point at these point counts instead of the tasks")
-    ap.add_argument("--cuda-graph", action="store_true",
-                    help="train.cuda_graph=true: the step replayed as a CUDA graph")
+    ap.add_argument("--cuda-graph", nargs="?", const="true", default=None,
+                    choices=["true", "false", "auto"],
+                    help="train.cuda_graph (bare flag: true; default: the config's)")
     ap.add_argument("--compile", default=None, metavar="SPEC",
                     help="train.compile=SPEC: true or a mapping, e.g. '{dynamic: true}'")
     ap.add_argument("--graph-check", type=int, default=0, metavar="N",
