@@ -233,7 +233,12 @@ SOURCE_MARKS = ("/geossm/", "/tasks/", "/serialization/", "/kernels/", "torch/op
                 "torch_geometric/", "torch/nn/")
 
 
-def _calling_line() -> str | None:
+#: ``count_ops``'s source of operators without a project frame: on CUDA, autograd runs the
+#: backward on its own thread, whose stack holds no caller.
+NO_FRAME = "<autograd thread / no project frame>"
+
+
+def _calling_line() -> str:
     """``file.py:line:function`` of the innermost project / library frame calling an op."""
     frame = sys._getframe(2)
     while frame is not None:
@@ -242,7 +247,7 @@ def _calling_line() -> str | None:
                 and any(mark in name for mark in SOURCE_MARKS):
             return f"{Path(name).name}:{frame.f_lineno}:{frame.f_code.co_name}"
         frame = frame.f_back
-    return None
+    return NO_FRAME
 
 
 def _data_dependent(name: str, args: tuple, kwargs: dict) -> bool:
@@ -279,7 +284,7 @@ def count_ops(step, batch, top: int = 30) -> dict:
     with Counter():
         step(batch)
     return {"ops": sum(ops.values()), "top_ops": dict(ops.most_common(top)),
-            "top_sources": {str(k): v for k, v in sources.most_common(top)},
+            "top_sources": dict(sources.most_common(top)),
             "data_dependent": dict(dependent.most_common()),
             "data_dependent_total": sum(dependent.values())}
 
