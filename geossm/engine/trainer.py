@@ -27,11 +27,12 @@ would report metrics of part of a split). Each epoch's ``train`` row of ``metric
 ``oom_skipped`` and, on CUDA, ``peak_mem_gib`` (``torch.cuda.max_memory_allocated``).
 
 Host overhead (both off by default; results do not change while off): ``train.cuda_graph: true``
-replays the forward, backward and clipping of every batch of a recurring layout as one CUDA
-graph (``geossm.engine.cuda_graph``: static shapes, no host syncs in the step, one process; the
-epoch's ``train`` row then reports ``cuda_graph_replayed``); ``train.compile`` runs the training
-forward under ``torch.compile`` (true, or a mapping of its arguments such as ``{mode:
-reduce-overhead}``).
+(or ``auto``: on for one CUDA process) replays the forward, backward and clipping of every batch
+of a recurring layout as one CUDA graph (``geossm.engine.cuda_graph``: static shapes, no host
+syncs in the step, one process; the epoch's ``train`` row then reports ``cuda_graph_replayed``,
+the replays so far); ``train.compile`` runs the training forward under ``torch.compile`` (true,
+or a mapping of its arguments such as ``{mode: reduce-overhead}``, or ``{modules: [RMSNorm]}``
+for named sub-module classes only).
 """
 
 from __future__ import annotations
