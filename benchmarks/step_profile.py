@@ -26,11 +26,12 @@ step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (w
 replayed as one CUDA graph per batch layout; rows get ``"cuda_graph": true`` and the counts of
 ``eager`` / ``captured`` / ``replayed`` steps; the graph's warm-up and capture steps come on top
 of ``--warmup``). Configs with ``train.cuda_graph: auto`` (``events/nmnist_mamba``) are graphed
-on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: events only, N steps eager and N steps graphed from the same
-weights on the same batches (drop-path off: no randomness), one row with the largest loss and
-parameter differences. ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training
-forward under ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting
-every operator of one step by the source line that called it (``TorchDispatchMode``): the
+on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: events only, N
+steps eager and N steps graphed from the same weights on the same batches (drop-path off: no
+randomness), one row with the largest loss and parameter differences. ``--compile SPEC``: the
+steps with ``train.compile=SPEC`` (the training forward under ``torch.compile``; the warm-up
+steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting every
+operator of one step by the source line that called it (``TorchDispatchMode``): the
 ``top_sources`` and the data-dependent ops (``_local_scalar_dense`` = ``.item()`` / ``int()``,
 ``nonzero``, boolean indexing, ``repeat_interleave`` without ``output_size``, ``bincount``...),
 each a host sync on CUDA.
@@ -231,8 +232,6 @@ DATA_DEPENDENT_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique
 #: Path parts that mark a frame of the project (or of the libraries the step calls).
 SOURCE_MARKS = ("/geossm/", "/tasks/", "/serialization/", "/kernels/", "torch/optim/",
                 "torch_geometric/", "torch/nn/")
-
-
 #: ``count_ops``'s source of operators without a project frame: on CUDA, autograd runs the
 #: backward on its own thread, whose stack holds no caller.
 NO_FRAME = "<autograd thread / no project frame>"
