@@ -22,6 +22,20 @@ step), ``kernel_ms`` (sum of kernel durations), ``gpu_busy_frac`` = gpu_busy_ms 
 step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
 ``torch.cuda.set_sync_debug_mode("warn")`` reports over one step); ``peak_mem_gib``.
 
+``--cuda-graph``: the steps with ``train.cuda_graph=true`` (the forward, backward and clipping
+replayed as one CUDA graph per batch layout; rows get ``"cuda_graph": true`` and the counts of
+``eager`` / ``captured`` / ``replayed`` steps; the graph's warm-up and capture steps come on top
+of ``--warmup``). Configs with ``train.cuda_graph: auto`` (``events/nmnist_mamba``) are graphed
+on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: events only, N
+steps eager and N steps graphed from the same weights on the same batches (drop-path off: no
+randomness), one row with the largest loss and parameter differences. ``--compile SPEC``: the
+steps with ``train.compile=SPEC`` (the training forward under ``torch.compile``; the warm-up
+steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting every
+operator of one step by the source line that called it (``TorchDispatchMode``): the
+``top_sources`` and the data-dependent ops (``_local_scalar_dense`` = ``.item()`` / ``int()``,
+``nonzero``, boolean indexing, ``repeat_interleave`` without ``output_size``, ``bincount``...),
+each a host sync on CUDA.
+
 ``--points 100000 1000000 2000000``: PCM base segmentation memory per point instead (the
 scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the real scans):
 peak memory, activation memory per point (peak minus the memory held before the step) and
@@ -33,6 +47,8 @@ step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = n
         [--steps 5] [--warmup 3] [--out steps.jsonl] [--paths off|default|all]
     python benchmarks/step_profile.py --points 100000 1000000 2000000
     python benchmarks/step_profile.py --tiny       # CPU check of the script: tiny models
+    python benchmarks/step_profile.py --tasks events --cuda-graph
+    python benchmarks/step_profile.py --tasks graph events --op-sources --steps 2
 """
 
 from __future__ import annotations
@@ -212,6 +228,69 @@ def profile_steps(step, batches: list, steps: int, device: torch.device) -> dict
             "aten_ops": ops / steps, "syncs": syncs / steps, "dtoh_copies": dtoh / steps}
 
 
+#: Operators whose output size or value the host must read (a host sync on CUDA).
+DATA_DEPENDENT_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
+                      "unique_consecutive", "unique_dim", "bincount", "masked_scatter", "equal",
+                      "is_nonzero", "histc"}
+#: Path parts that mark a frame of the project (or of the libraries the step calls).
+SOURCE_MARKS = ("/geossm/", "/tasks/", "/serialization/", "/kernels/", "torch/optim/",
+                "torch_geometric/", "torch/nn/")
+#: ``count_ops``'s source of operators without a project frame: on CUDA, autograd runs the
+#: backward on its own thread, whose stack holds no caller.
+NO_FRAME = "<autograd thread / no project frame>"
+
+
+def _calling_line() -> str:
+    """``file.py:line:function`` of the innermost project / library frame calling an op."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "_python_dispatch" not in name and name != __file__ \
+                and any(mark in name for mark in SOURCE_MARKS):
+            return f"{Path(name).name}:{frame.f_lineno}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return NO_FRAME
+
+
+def _data_dependent(name: str, args: tuple, kwargs: dict) -> bool:
+    if name in DATA_DEPENDENT_OPS:
+        return True
+    if name == "index":  # x[mask]: the number of True entries sizes the output
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                   for i in (args[1] if len(args) > 1 else ()) or ())
+    if name == "repeat_interleave":  # the total of the repeats sizes the output
+        return kwargs.get("output_size") is None and (
+            len(args) == 1 or isinstance(args[1], torch.Tensor))
+    return False
+
+
+def count_ops(step, batch, top: int = 30) -> dict:
+    """Every operator of one ``step(batch)`` counted by the source line calling it
+    (``TorchDispatchMode``: the operators autograd and the optimizer run included)."""
+    import collections
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops, sources, dependent = (collections.Counter() for _ in range(3))
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = func.__name__.split(".")[0]
+            where = _calling_line()
+            ops[name] += 1
+            sources[where] += 1
+            if _data_dependent(name, args, kwargs):
+                dependent[f"{name} @ {where}"] += 1
+            return func(*args, **kwargs)
+
+    with Counter():
+        step(batch)
+    return {"ops": sum(ops.values()), "top_ops": dict(ops.most_common(top)),
+            "top_sources": dict(sources.most_common(top)),
+            "data_dependent": dict(dependent.most_common()),
+            "data_dependent_total": sum(dependent.values())}
+
+
 def sync_warnings(step, batch, device: torch.device) -> int | None:
     """Host syncs ``torch.cuda.set_sync_debug_mode("warn")`` reports over one step."""
     if device.type != "cuda":
@@ -231,6 +310,10 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
     overrides = data_overrides(task, tmp, args.graphs, args.peptides_cache)
     if args.tiny:
         overrides += TASKS[task][2]
+    if args.cuda_graph is not None:
+        overrides.append(f"train.cuda_graph={args.cuda_graph}")
+    if args.compile:
+        overrides.append(f"train.compile={args.compile}")
     trainer, optimizer, scheduler = build_trainer(task, overrides, device)
     dev = trainer.device
     try:
@@ -242,7 +325,10 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         def step(batch) -> None:
             trainer._train_step(batch, optimizer, scheduler, clip)
 
-        for i in range(args.warmup):
+        # A graphed step (train.cuda_graph, or auto in the config) also warms up and captures
+        # before the timed steps.
+        graph = trainer.graphed_step
+        for i in range(args.warmup + (graph.warmup + 1 if graph is not None else 0)):
             step(batches[i % len(batches)])
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -265,12 +351,48 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         row["peak_mem_gib"] = (round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
                                if dev.type == "cuda" else None)
         row["device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+        row["cuda_graph"] = trainer.graphed_step is not None
+        row["compile"] = args.compile
+        if trainer.graphed_step is not None:
+            row["graph_steps"] = dict(trainer.graphed_step.stats)
+        if args.op_sources:
+            row["op_sources"] = {"bench": "step_ops", "task": task, "batch_size": batch_size,
+                                 **count_ops(step, batches[0])}
         return row
     finally:
         trainer.close()
         del trainer, optimizer
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def graph_check(args, tmp: Path) -> dict:
+    """The events step ``args.graph_check`` times eagerly and as a CUDA graph, from the same
+    weights on the same batches, drop-path off: the largest differences of the losses and of
+    the final parameters (bf16 autocast: the two differ by float rounding at most)."""
+    steps = args.graph_check
+    overrides = data_overrides("events", tmp, args.graphs, args.peptides_cache) + \
+        ["model.drop_path=0.0", "model.dropout=0.0"]
+    results = []
+    for graphed in (False, True):
+        trainer, optimizer, scheduler = build_trainer(
+            "events", overrides + [f"train.cuda_graph={str(graphed).lower()}"], "cuda")
+        trainer.model.train()
+        batches = make_batches(trainer, TASKS["events"][1][0], args.batches)
+        clip = float(trainer.cfg.train.grad_clip or 0.0)
+        losses = [float(trainer._train_step(batches[i % len(batches)], optimizer, scheduler,
+                                            clip)[0]) for i in range(steps)]
+        params = [p.detach().float().clone() for p in trainer.model.parameters()]
+        stats = dict(trainer.graphed_step.stats) if graphed else None
+        results.append((losses, params, stats))
+        trainer.close()
+    (l0, p0, _), (l1, p1, stats) = results
+    return {"bench": "step_profile_graph_check", "task": "events", "steps": steps,
+            "graph_steps": stats, "loss_first": l0[0], "loss_last_eager": l0[-1],
+            "loss_last_graphed": l1[-1],
+            "max_loss_diff": max(abs(a - b) for a, b in zip(l0, l1)),
+            "max_param_diff": max(float((a - b).abs().max()) for a, b in zip(p0, p1)),
+            "device": torch.cuda.get_device_name()}
 
 
 def _items(batch) -> int:
@@ -349,6 +471,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="memory-saving paths (see PATHS; off = as before them)")
     ap.add_argument("--points", type=int, nargs="+", default=None,
                     help="PCM memory per point at these point counts instead of the tasks")
+    ap.add_argument("--cuda-graph", nargs="?", const="true", default=None,
+                    choices=["true", "false", "auto"],
+                    help="train.cuda_graph (bare flag: true; default: the config's)")
+    ap.add_argument("--compile", default=None, metavar="SPEC",
+                    help="train.compile=SPEC: true or a mapping, e.g. '{dynamic: true}'")
+    ap.add_argument("--graph-check", type=int, default=0, metavar="N",
+                    help="events: N steps eager vs graphed from the same weights (one row)")
+    ap.add_argument("--op-sources", action="store_true",
+                    help="one more row per case: operators of one step by calling line")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
     ap.add_argument("--tiny", action="store_true", help="CPU check: tiny models and batches")
     args = ap.parse_args(argv)
@@ -372,12 +503,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.points:
         measure_points(args.points, args, emit)
         return
+    if args.graph_check:
+        with tempfile.TemporaryDirectory() as tmp:
+            emit(graph_check(args, Path(tmp)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             sizes = args.batch_sizes or (TINY_BATCHES if args.tiny else TASKS[task][1])
             for batch_size in sizes:
                 try:
-                    emit(measure_task(task, batch_size, args, Path(tmp), device))
+                    row = measure_task(task, batch_size, args, Path(tmp), device)
+                    ops = row.pop("op_sources", None)
+                    emit(row)
+                    if ops is not None:
+                        emit(ops)
                 except torch.OutOfMemoryError:
                     emit({"bench": "step_profile", "task": task, "batch_size": batch_size,
                           "error": "out of memory"})

@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
         "progress": True,       # tqdm bars
         "find_unused_parameters": False,
         "oom_skip_limit": 3,    # CUDA out of memory: skip the batch; stop after this many in a row
+        "cuda_graph": False,    # replay forward+backward+clip as a CUDA graph (static shapes)
+        "compile": None,        # torch.compile the training forward: true or its kwargs
     },
     "eval": {
         "split": "val",         # validation split selecting best.pt (null: no validation)
@@ -239,8 +241,9 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     return cfg
 
 
-#: Keys that take a bool or a string (``resume``: true/false or a checkpoint path).
-BOOL_OR_PATH_KEYS = frozenset({"resume"})
+#: Keys that take a bool or a string (``resume``: true/false or a checkpoint path;
+#: ``train.cuda_graph``: true/false or auto).
+BOOL_OR_PATH_KEYS = frozenset({"resume", "train.cuda_graph"})
 
 
 def _check_type(text: str, key: str, old: Any, new: Any) -> None:

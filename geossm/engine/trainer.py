@@ -25,6 +25,14 @@ one process alone (the others wait for its gradients), so the first out-of-memor
 the run with that error. Out of memory while evaluating stops with that error too (skipping
 would report metrics of part of a split). Each epoch's ``train`` row of ``metrics.jsonl`` reports
 ``oom_skipped`` and, on CUDA, ``peak_mem_gib`` (``torch.cuda.max_memory_allocated``).
+
+Host overhead (both off by default; results do not change while off): ``train.cuda_graph: true``
+(or ``auto``: on for one CUDA process) replays the forward, backward and clipping of every batch
+of a recurring layout as one CUDA graph (``geossm.engine.cuda_graph``: static shapes, no host
+syncs in the step, one process; the epoch's ``train`` row then reports ``cuda_graph_replayed``,
+the replays so far); ``train.compile`` runs the training forward under ``torch.compile`` (true,
+or a mapping of its arguments such as ``{mode: reduce-overhead}``, or ``{modules: [RMSNorm]}``
+for named sub-module classes only).
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       load_model_state, save_checkpoint, seed_everything,
                                       set_rng_state)
+from geossm.engine.cuda_graph import GraphedStep
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
@@ -175,12 +184,77 @@ class Trainer:
         self.best_metric, self.best_mode = task.selection_metric()
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
+        self.ddp_model = self._compiled(self.ddp_model, cfg.train.get("compile"))
+        #: ``train.cuda_graph``: the forward, backward and clipping replayed as a CUDA graph.
+        self.graphed_step: GraphedStep | None = self._graphed_step(cfg.train.get("cuda_graph"))
 
     # ----------------------------------------------------------------- plumbing
+    def _compiled(self, module: torch.nn.Module, spec: Any) -> torch.nn.Module:
+        """``module`` under ``torch.compile`` for ``train.compile``: null / false = off (the
+        default), true = ``torch.compile``'s defaults, a mapping = its keyword arguments
+        (``mode: reduce-overhead``, ``dynamic``, ``backend``, ``fullgraph``). The whole model
+        runs compiled in the training forward only; evaluation, checkpoints and the optimizer
+        see ``self.model``. With ``modules: [ClassName, ...]`` only the sub-modules of those
+        classes are compiled, in place (``nn.Module.compile``; evaluation runs them compiled
+        too): the dense parts of a model whose other parts (data-dependent sizes, custom
+        kernels) cannot be traced."""
+        if spec is None or spec is False:
+            return module
+        if spec is True:
+            options: dict[str, Any] = {}
+        elif isinstance(spec, Mapping):
+            options = dict(to_container(spec)) if isinstance(spec, DictConfig) else dict(spec)
+            known = {"mode", "dynamic", "backend", "fullgraph", "options", "modules"}
+            unknown = set(options) - known
+            if unknown:
+                raise ValueError(f"train.compile: unknown keys {sorted(unknown)} (known: "
+                                 f"{', '.join(sorted(known))})")
+        else:
+            raise ValueError(f"train.compile: expected null, true/false or a mapping of "
+                             f"torch.compile arguments, got {spec!r}")
+        names = options.pop("modules", None)
+        if names is None:
+            return torch.compile(module, **options)
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"train.compile.modules: expected a list of class names, got "
+                             f"{names!r}")
+        present = {type(m).__name__ for m in module.modules()}
+        missing = sorted(set(names) - present)
+        if missing:
+            raise ValueError(f"train.compile.modules: {missing} not in the model (its classes: "
+                             f"{', '.join(sorted(present))})")
+        for sub in module.modules():
+            if type(sub).__name__ in names:
+                sub.compile(**options)
+        return module
+
+    def _graphed_step(self, enabled: Any) -> GraphedStep | None:
+        """The ``GraphedStep`` of ``train.cuda_graph``: false (the default), true (CUDA and one
+        process only: a DDP backward all-reduces through hooks the graph cannot hold) or
+        ``auto`` (on where true would be allowed, off on CPU and under DDP: for configs whose
+        step has static shapes and no host syncs)."""
+        if enabled == "auto":
+            enabled = self.device.type == "cuda" and self.world_size == 1
+        if not isinstance(enabled, bool):
+            raise ValueError(f"train.cuda_graph: expected true, false or auto, got {enabled!r}")
+        if not enabled:
+            return None
+        if self.device.type != "cuda":
+            raise ValueError(f"train.cuda_graph=true needs a CUDA device, got device "
+                             f"{self.device} (set train.cuda_graph=false)")
+        if self.world_size > 1:
+            raise ValueError("train.cuda_graph=true runs in one process only, got "
+                             f"{self.world_size} (torchrun); set train.cuda_graph=false")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return GraphedStep(params, device=self.device)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        # A captured step must not keep autocast's cache of casted weights across the capture
+        # (PyTorch's advice for CUDA graphs); without a graph the cache stays on.
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                              cache_enabled=self.graphed_step is None)
 
     def _loader(self, dataset: Dataset, train: bool, epoch_seed: int = 0) -> DataLoader:
         cfg = self.cfg
@@ -293,7 +367,23 @@ class Trainer:
 
         Returns the detached loss, the loss's extra terms and the gradient norm (or None).
         Every activation of the step lives in this frame, so it is freed when it returns or
-        raises (the out-of-memory recovery relies on that)."""
+        raises (the out-of-memory recovery relies on that). With ``train.cuda_graph`` the
+        forward, backward and clipping are replayed as a CUDA graph (``GraphedStep``); the
+        optimizer step and the schedule run after it either way."""
+        def backward(b: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+            return self._backward_step(b, optimizer, clip)
+
+        if self.graphed_step is not None:
+            result = self.graphed_step(batch, backward)
+        else:
+            result = backward(batch)
+        optimizer.step()
+        scheduler.step()
+        return result
+
+    def _backward_step(self, batch: Any, optimizer: torch.optim.Optimizer,
+                       clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """Forward, loss, backward and gradient clipping of one batch (no optimizer step)."""
         with self.autocast():
             outputs = self.task.forward(self.ddp_model, batch)
             loss, extras = self._split_loss(self.loss_fn(outputs, batch))
@@ -302,8 +392,6 @@ class Trainer:
         grad_norm = None
         if clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        optimizer.step()
-        scheduler.step()
         return loss.detach(), {k: v.detach() for k, v in extras.items()}, grad_norm
 
     def _peak_text(self) -> str:
@@ -401,6 +489,8 @@ class Trainer:
                  "data_wait_s": data_wait, "oom_skipped": skipped}
         if cuda:
             stats["peak_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2 ** 30, 3)
+        if self.graphed_step is not None:
+            stats["cuda_graph_replayed"] = self.graphed_step.stats["replayed"]
         return stats
 
     def _better(self, value: float, best: float | None) -> bool:

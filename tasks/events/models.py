@@ -28,6 +28,9 @@ from geossm.serialization import serialize_grid
 from geossm.serialization.events import serialize_events
 
 MODES = ("windowed", "serialized")
+#: Batch sizes whose repeated patch serializations ``EventMambaCls`` keeps (training and
+#: evaluation batch sizes and an epoch's last, smaller batch).
+REPEAT_CACHE_SIZE = 8
 
 
 def segment_mean(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -137,6 +140,7 @@ class EventMambaCls(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
         self._grid_cache: dict[str, list] = {}
+        self._repeat_cache: dict[int, list] = {}  # batch size -> serializations (one device)
 
     @classmethod
     def example(cls):
@@ -147,7 +151,10 @@ class EventMambaCls(nn.Module):
     def _patch_serializations(self, batch, device: torch.device) -> list:
         """One serialization per order of a batch of ``batch`` patch grids: the grid of one
         frame is serialized once per device (cached) and repeated for the batch by tensor ops,
-        so ``batch`` may stay symbolic under ``torch.export``."""
+        so ``batch`` may stay symbolic under ``torch.export``. A concrete ``batch``'s repeats
+        are cached too: the same ``cu_seqlens`` tensors every step, so the kernels' value
+        check of them (a host sync) runs once, not per step (a CUDA graph of the step needs
+        that)."""
         key = str(device)
         if key not in self._grid_cache:
             gh, gw = self.grid_hw
@@ -155,7 +162,14 @@ class EventMambaCls(nn.Module):
             cells = torch.stack([xx.flatten(), yy.flatten(),
                                  torch.zeros(gh * gw, dtype=torch.long)], 1).to(device)
             self._grid_cache = {key: [serialize_grid(cells, o) for o in self.orders]}
-        return [s.repeat(batch) for s in self._grid_cache[key]]
+            self._repeat_cache = {}
+        if type(batch) is not int or torch.compiler.is_compiling():
+            return [s.repeat(batch) for s in self._grid_cache[key]]
+        if batch not in self._repeat_cache:
+            if len(self._repeat_cache) >= REPEAT_CACHE_SIZE:
+                self._repeat_cache.pop(next(iter(self._repeat_cache)))
+            self._repeat_cache[batch] = [s.repeat(batch) for s in self._grid_cache[key]]
+        return self._repeat_cache[batch]
 
     def forward(self, frames: torch.Tensor | None = None, events: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:

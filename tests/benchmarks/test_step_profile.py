@@ -4,6 +4,7 @@ config, dataset, collate, model, loss and optimizer step and prints one JSON lin
 import json
 
 import pytest
+import torch
 
 from tests.benchmarks.conftest import load_benchmark
 from tests.shared_data import shared_path
@@ -67,3 +68,35 @@ def test_memory_paths_switch_every_module(step_profile):
             mods = [m for m in model.modules() if isinstance(m, kind)]
             assert mods and all((m.recompute if kind is KNNEmbedding else m.fused) is on
                                 for m in mods), (paths, kind)
+
+
+def test_count_ops_finds_host_syncs_and_their_lines(step_profile):
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0])
+
+    def step(t):
+        y = t * 2  # plain op
+        kept = y[y > 2]  # boolean mask: size read by the host
+        n = int(kept.sum())  # .item()
+        return torch.repeat_interleave(t.long(), torch.ones(4, dtype=torch.long)), \
+            torch.repeat_interleave(t.long(), torch.ones(4, dtype=torch.long), output_size=4), n
+
+    res = step_profile.count_ops(step, x)
+    names = {k.split(" @ ")[0] for k in res["data_dependent"]}
+    assert names == {"index", "_local_scalar_dense", "repeat_interleave"}
+    # One of the two: with output_size no sync. The step is defined here, outside the
+    # project's folders: no frame to name.
+    assert res["data_dependent"][f"repeat_interleave @ {step_profile.NO_FRAME}"] == 1
+    assert res["ops"] >= 6 and res["top_ops"]["mul"] == 1
+
+
+def test_op_sources_row_on_cpu(step_profile, capsys, tmp_path, monkeypatch):
+    shared_path("events", "nmnist_600train_100test.tar.xz")
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    step_profile.main(["--tiny", "--tasks", "events", "--batch-sizes", "2", "--op-sources"])
+    rows = _rows(capsys)
+    assert [r["bench"] for r in rows] == ["step_profile", "step_ops"]
+    assert rows[0]["cuda_graph"] is False and rows[0]["compile"] is None
+    ops = rows[1]
+    assert ops["ops"] > 100 and ops["top_sources"]
+    # The windowed model's patch serializations are cached: no cu_seqlens check per step.
+    assert not any("_validated_int32" in k for k in ops["data_dependent"])

@@ -65,3 +65,25 @@ def test_segment_mean():
     cu = torch.tensor([0, 2, 2, 5], dtype=torch.int32)
     out = segment_mean(x, cu)
     torch.testing.assert_close(out, torch.tensor([[1.0, 2.0], [0.0, 0.0], [6.0, 7.0]]))
+
+
+def test_windowed_patch_serializations_are_cached_per_batch_size():
+    """The same ``cu_seqlens`` tensors every step (their value check, a host sync, runs once;
+    a CUDA graph of the step needs that), the same logits as uncached serializations."""
+    from geossm.tasks.events import models as event_models
+    torch.manual_seed(0)
+    m = EventMambaCls(num_classes=4, in_channels=2, sensor_size=(8, 8, 2), dim=16, depth=2,
+                      patch_size=4, stem_channels=4).eval()
+    first = m._patch_serializations(3, torch.device("cpu"))
+    assert m._patch_serializations(3, torch.device("cpu")) is first
+    assert m._patch_serializations(2, torch.device("cpu"))[0].cu_seqlens.numel() == 2 + 1  # a segment per frame
+    fresh = [s.repeat(3) for s in m._grid_cache["cpu"]]
+    for a, b in zip(first, fresh):
+        assert torch.equal(a.order, b.order) and torch.equal(a.cu_seqlens, b.cu_seqlens)
+    x = torch.rand(3, 2, 8, 8)
+    cached = m(frames=x)
+    m._repeat_cache.clear()
+    torch.testing.assert_close(m(frames=x), cached, rtol=0, atol=0)
+    for size in range(1, event_models.REPEAT_CACHE_SIZE + 3):
+        m._patch_serializations(size, torch.device("cpu"))
+    assert len(m._repeat_cache) == event_models.REPEAT_CACHE_SIZE

@@ -419,3 +419,19 @@ def test_model_selection_never_reads_test_labels(tmp_path, config):
     assert clean["best"]["epoch"] == poisoned["best"]["epoch"]
     assert clean["best"]["acc"] == poisoned["best"]["acc"]
     assert clean["best"]["test_loss"] != poisoned["best"]["test_loss"]  # the labels did change
+
+
+def test_multilabel_loss_averages_the_labelled_entries_only():
+    """The weighted mean (no boolean indexing, no host sync) equals the mean binary
+    cross-entropy over the entries whose label is not NaN."""
+    from torch_geometric.data import Batch, Data
+    from geossm.tasks.graph.task import MultiLabelGraphTask
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4)
+    y = torch.tensor([[1.0, 0.0, float("nan"), 1.0], [float("nan")] * 4, [0.0, 1.0, 1.0, 0.0]])
+    batch = Batch.from_data_list([Data(y=y[i:i + 1], num_nodes=1) for i in range(3)])
+    loss = MultiLabelGraphTask.loss(None, logits, batch)
+    known = ~torch.isnan(y)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
+    torch.testing.assert_close(loss, expected)
+    assert torch.isfinite(loss)
