@@ -23,8 +23,9 @@ Modes:
 - ``--sweep``: per N and workload, geossm's forward under each ``FWD_SWEEP`` setting and its
   backward alone (``ssd_scan_bwd``) under each ``BWD_SWEEP`` setting (each line: the settings,
   ``ms`` and ``rel_diff`` to the first setting's result), the mamba_ssm forward and forward +
-  backward, then a per-kernel CUDA-time profile (``--profile`` alone does only that) of both
-  implementations' forward + backward. Stops (with a line saying so) once ``--budget-s`` seconds
+  backward, then a per-kernel CUDA-time profile (``--profile`` alone: of every workload and N)
+  of both implementations' forward + backward at the largest N on the first and third
+  workload. Stops starting measurements (with a line saying so) once ``--budget-s`` seconds
   have passed.
 
 mamba_ssm: pass the directory holding the ``mamba_ssm`` package with ``--mamba-ssm-path`` (only
@@ -83,25 +84,27 @@ _DEFAULT = LaunchSettings()
 #: Forward settings of ``--sweep`` (the first is the reference of ``rel_diff``).
 FWD_SWEEP = (
     _DEFAULT,
-    dataclasses.replace(_DEFAULT, block_m=128, fwd_warps=8),
-    dataclasses.replace(_DEFAULT, block_m=128, fwd_warps=4),
+    dataclasses.replace(_DEFAULT, fwd_warps=4),
+    dataclasses.replace(_DEFAULT, block_m=128),
     dataclasses.replace(_DEFAULT, block_k=32, fwd_stages=3),
-    dataclasses.replace(_DEFAULT, fwd_stages=3, state_warps=8),
-    dataclasses.replace(_DEFAULT, block_k=128, block_m=128, fwd_warps=8),
+    dataclasses.replace(_DEFAULT, block_k=128),
+    dataclasses.replace(_DEFAULT, fwd_stages=3),
     dataclasses.replace(_DEFAULT, chunk=128),
-    dataclasses.replace(_DEFAULT, chunk=128, block_m=128, fwd_warps=8),
-    dataclasses.replace(_DEFAULT, chunk=64, block_m=64),
+    dataclasses.replace(_DEFAULT, chunk=128, block_m=128),
+    dataclasses.replace(_DEFAULT, chunk=64),
     dataclasses.replace(_DEFAULT, scan_block=256),
     dataclasses.replace(_DEFAULT, scan_block=2048, scan_warps=8),
+    dataclasses.replace(_DEFAULT, state_warps=4),
 )
 #: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``).
 BWD_SWEEP = (
     _DEFAULT,
-    dataclasses.replace(_DEFAULT, bwd_warps=4),
+    dataclasses.replace(_DEFAULT, bwd_block_n=64),
+    dataclasses.replace(_DEFAULT, bwd_warps=4, bwd_bc_warps=4),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
-    dataclasses.replace(_DEFAULT, bwd_chunk=128, block_k=64),
-    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_warps=16),
-    dataclasses.replace(_DEFAULT, state_warps=8, scan_block=256),
+    dataclasses.replace(_DEFAULT, bwd_warps=16, bwd_bc_warps=16),
+    dataclasses.replace(_DEFAULT, state_warps=4),
+    dataclasses.replace(_DEFAULT, scan_block=256),
 )
 
 
@@ -291,49 +294,55 @@ def release(inputs: dict, device: torch.device) -> None:
 
 
 def settings_record(settings: LaunchSettings) -> dict:
-    return dataclasses.asdict(settings)
+    """The fields in which ``settings`` differ from the defaults (``{}``: the defaults)."""
+    default = dataclasses.asdict(_DEFAULT)
+    return {k: v for k, v in dataclasses.asdict(settings).items() if v != default[k]}
 
 
 def sweep(args, scan, device, states, started: float) -> bool:
-    """``--sweep``: every FWD_SWEEP / BWD_SWEEP setting on every workload; False when the time
-    budget ran out."""
+    """``--sweep``: every FWD_SWEEP, then every BWD_SWEEP setting on every (N, workload) (so
+    that each setting compiles once per N and a cut by the time budget drops whole settings,
+    least promising last), then mamba_ssm; False when the time budget ran out."""
     reps = (2, 10) if args.tiny else (3, 20)
+    cases = []
     for state in states:
         for name in args.workloads.split(","):
             inputs = make_inputs(name, state, device, args.tiny)
-            T, H, P = inputs["x"].shape
-            base = dict(workload=name, T=T, N=state, H=H)
             forward, _, _, dout = geossm_calls(inputs)
-            reference = None
-            for settings in FWD_SWEEP:
-                if over_budget(args, started):
-                    return False
-                with use_settings(settings):
-                    out = forward()
-                    ms = median_ms(forward, *reps)
-                reference = out if reference is None else reference
-                emit(dict(base, sweep="fwd", settings=settings_record(settings), ms=ms,
-                          rel_diff=relative_difference(out, reference)), args.out)
-            backward = geossm_backward_call(inputs, dout)
-            reference = None
-            for settings in BWD_SWEEP:
-                if over_budget(args, started):
-                    return False
-                with use_settings(settings):
-                    grads = backward()
-                    ms = median_ms(backward, *reps)
-                reference = grads if reference is None else reference
-                diff = max(relative_difference(g, r) for g, r in zip(grads, reference)
-                           if g is not None)
-                emit(dict(base, sweep="bwd", settings=settings_record(settings), ms=ms,
-                          max_grad_rel_diff=diff), args.out)
-            if scan is not None and not over_budget(args, started):
-                theirs = mamba_ssm_calls(scan, inputs, dout)
-                emit(dict(base, sweep="mamba_ssm", mode="fwd", ms=median_ms(theirs[0], *reps)),
-                     args.out)
-                emit(dict(base, sweep="mamba_ssm", mode="fwd+bwd",
-                          ms=median_ms(theirs[1], *reps, grad_to_none=theirs[2])), args.out)
-            release(inputs, device)
+            T, H = inputs["x"].shape[:2]
+            cases.append(dict(base=dict(workload=name, T=T, N=state, H=H), inputs=inputs,
+                              forward=forward, backward=geossm_backward_call(inputs, dout),
+                              dout=dout))
+    for settings in FWD_SWEEP:
+        for case in cases:
+            if over_budget(args, started):
+                return False
+            with use_settings(settings):
+                out = case["forward"]()
+                ms = median_ms(case["forward"], *reps)
+            reference = case.setdefault("fwd_reference", out)
+            emit(dict(case["base"], sweep="fwd", settings=settings_record(settings), ms=ms,
+                      rel_diff=relative_difference(out, reference)), args.out)
+    for settings in BWD_SWEEP:
+        for case in cases:
+            if over_budget(args, started):
+                return False
+            with use_settings(settings):
+                grads = case["backward"]()
+                ms = median_ms(case["backward"], *reps)
+            reference = case.setdefault("bwd_reference", grads)
+            diff = max(relative_difference(g, r) for g, r in zip(grads, reference)
+                       if g is not None)
+            emit(dict(case["base"], sweep="bwd", settings=settings_record(settings), ms=ms,
+                      max_grad_rel_diff=diff), args.out)
+    for case in cases if scan is not None else []:
+        if over_budget(args, started):
+            return False
+        theirs = mamba_ssm_calls(scan, case["inputs"], case["dout"])
+        emit(dict(case["base"], sweep="mamba_ssm", mode="fwd",
+                  ms=median_ms(theirs[0], *reps)), args.out)
+        emit(dict(case["base"], sweep="mamba_ssm", mode="fwd+bwd",
+                  ms=median_ms(theirs[1], *reps, grad_to_none=theirs[2])), args.out)
     return True
 
 
@@ -404,10 +413,16 @@ def main(argv=None) -> int:
             emit({"sweep": "stopped", "reason": f"--budget-s {args.budget_s} reached"},
                  args.out)
     if args.sweep or args.profile:
+        # the profile of a sweep: the largest N on the first and third workload only
+        chosen = args.workloads.split(",")
+        if args.sweep:
+            args.workloads = ",".join(chosen[0:1] + chosen[2:3])
+            states = states[-1:]
         profile(args, scan, device, states)
     else:
         compare(args, scan, device, states)
-    emit({"done": True, "elapsed_s": round(time.perf_counter() - started, 1)}, args.out)
+    emit({"done": True, "elapsed_s": round(time.perf_counter() - started, 1),
+          "defaults": dataclasses.asdict(_DEFAULT)}, args.out)
     return 0
 
 

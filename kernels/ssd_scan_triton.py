@@ -18,9 +18,10 @@ Forward (chunks of ``Q = settings.chunk`` tokens), the chunked algorithm of
 
 Backward (no initial states, no final-state gradient; chunks of ``settings.bwd_chunk``,
 independent of the forward's): launches 1-2 again, the gradient of every chunk's entering
-state, a reversed state pass, and one program per (chunk, group of B/C) that loops over the
-group's heads for ``dx, dz, ddt`` and per-chunk partial sums of ``dA, dD``, and accumulates
-``dB, dC`` over the heads (``C B^T`` is computed once per group).
+state, a reversed state pass, one program per (chunk, head) for ``dx, dz, ddt`` and per-chunk
+partial sums of ``dA, dD``, and one per (chunk, group of B/C, block of state columns) that
+sums ``dB, dC`` over the group's heads. Both walk the state dimension in blocks, so neither
+holds a whole ``P x N`` state (registers: the single fused kernel spilled kilobytes).
 
 Segments may start anywhere in a chunk: every mask compares per-token segment ids. Work and
 state are float32; the matmuls take 16-bit operands for 16-bit inputs (tensor cores) and exact
@@ -58,8 +59,11 @@ class LaunchSettings:
         fwd_warps / fwd_stages: ``num_warps`` / ``num_stages`` of the chunk-scan kernel.
         state_warps / state_stages: the same for the chunk-state, final-state and
             entering-gradient kernels.
-        bwd_chunk: backward tokens per chunk (64 or 128; one ``(Q, Q)`` tile), default 64.
-        bwd_warps / bwd_stages: of the backward chunk kernel.
+        bwd_chunk: backward tokens per chunk (one ``(Q, Q)`` tile), default 64 (128 spills
+            kilobytes of registers on sm_90).
+        bwd_block_n: state columns per step of the backward chunk kernels, default 32.
+        bwd_warps / bwd_bc_warps / bwd_stages: ``num_warps`` of the backward chunk kernel
+            (``dx, dz, ddt``) and of its ``dB, dC`` kernel, ``num_stages`` of both.
         scan_block: state elements per program of the chunk-to-chunk scan, default 1024.
         scan_warps: its ``num_warps``.
     """
@@ -67,12 +71,14 @@ class LaunchSettings:
     chunk: int = 256
     block_m: int = 64
     block_k: int = 64
-    fwd_warps: int = 4
+    fwd_warps: int = 8
     fwd_stages: int = 2
-    state_warps: int = 4
+    state_warps: int = 8
     state_stages: int = 2
     bwd_chunk: int = 64
+    bwd_block_n: int = 32
     bwd_warps: int = 8
+    bwd_bc_warps: int = 8
     bwd_stages: int = 1
     scan_block: int = 1024
     scan_warps: int = 4
@@ -100,6 +106,8 @@ class LaunchSettings:
 
 
 #: The settings every launch uses (replace with ``use_settings``).
+#: The defaults were chosen so that no kernel spills registers (or only a few hundred bytes in
+#: the backward) when compiled for sm_90 (``ptxas -v`` of Triton's PTX).
 SETTINGS = LaunchSettings()
 #: Forward tokens per chunk of the default settings.
 CHUNK = SETTINGS.chunk
@@ -125,6 +133,16 @@ def _mm(a, b, IEEE: tl.constexpr, DTYPE: tl.constexpr):
         out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         out = tl.dot(a.to(DTYPE), b.to(DTYPE))
+    return out
+
+
+@triton.jit
+def _mma(a, b, acc, IEEE: tl.constexpr, DTYPE: tl.constexpr):
+    """``acc + a @ b`` (float32 ``acc``), accumulated in place by the matmul."""
+    if IEEE:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a.to(DTYPE), b.to(DTYPE), acc)
     return out
 
 
@@ -211,8 +229,8 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
                     mask=valid[:, None] & (n[None, :] < N), other=0.0)
         # Once seg_last has begun every later token is in it, so the state so far decays
         # over the whole tile.
-        state = state * tl.exp(tile_decay) + _mm(tl.trans(x.to(tl.float32) * weight[:, None]),
-                                                 B, IEEE, x_ptr.dtype.element_ty)
+        state = _mma(tl.trans(x.to(tl.float32) * weight[:, None]), B,
+                     state * tl.exp(tile_decay), IEEE, x_ptr.dtype.element_ty)
         carry = tile_end
     decay = tl.exp(own)
     carries = start_last < c * Q
@@ -366,7 +384,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_
             keep = (seg[:, None] == seg_k[None, :]) & (m[:, None] >= k[None, :])
             weight = tl.exp(tl.where(keep, cum[:, None] - cum_k[None, :], float("-inf"))
                             ) * step_k[None, :]
-            y += _mm(scores * weight, x, IEEE, DTYPE)
+            y = _mma(scores * weight, x, y, IEEE, DTYPE)
 
         if HAS_INIT:
             # Rows whose segment starts inside this chunk begin from its initial state.
@@ -425,7 +443,7 @@ def _final_state_kernel(x_ptr, B_ptr, A_ptr, cu_ptr, step_ptr, cum_ptr, local_pt
                     mask=mine[:, None] & (p[None, :] < P), other=0.0)
         B = tl.load(B_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                     mask=mine[:, None] & (n[None, :] < N), other=0.0)
-        state += _mm(tl.trans(x.to(tl.float32) * weight[:, None]), B, IEEE,
+        state = _mma(tl.trans(x.to(tl.float32) * weight[:, None]), B, state, IEEE,
                      x_ptr.dtype.element_ty)
     state_mask = (p[:, None] < P) & (n[None, :] < N)
     state_offs = p[:, None] * N + n[None, :]
@@ -570,7 +588,7 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, c
             weight = tl.where(valid, tl.exp(cum), 0.0)
             C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                         mask=valid[:, None] & (n[None, :] < N), other=0.0)
-            local += _mm(tl.trans(dy * weight[:, None]), C, IEEE, C_ptr.dtype.element_ty)
+            local = _mma(tl.trans(dy * weight[:, None]), C, local, IEEE, C_ptr.dtype.element_ty)
     tl.store(dlocal_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :], local,
              mask=(p[:, None] < P) & (n[None, :] < N))
 
@@ -579,122 +597,169 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, c
 def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
                       seg_ptr, start_ptr, step_ptr, cum_ptr, local_ptr, prefix_ptr, group_ptr,
                       dlocal_ptr, dprefix_ptr, dgroup_ptr, decay_ptr,
-                      dx_ptr, dz_ptr, dB_ptr, dC_ptr, ddt_ptr, dA_ptr, dD_ptr, order_ptr,
+                      dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, order_ptr,
                       T, H, P, G, N, heads_per_group, K, L, dL,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                       BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    """One chunk of one group of B/C: loops over the group's heads; ``dB, dC`` summed over
-    them (stored in B's dtype), the rest per head."""
+    """One chunk of one head: ``dx, dz, ddt`` and the chunk's partial ``dA, dD``. The state
+    dimension is walked in blocks of ``BLOCK_N`` (``C B^T``, ``C E^T``, ``B dS^T``), so no
+    full ``P x N`` state is held."""
     c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
-    g = tl.program_id(1)
+    h = tl.program_id(1)
+    g = h // heads_per_group
     DTYPE = x_ptr.dtype.element_ty
     q = tl.arange(0, Q)
     t = c * Q + q
     valid = t < T
     p = tl.arange(0, BLOCK_P)
-    n = tl.arange(0, BLOCK_N)
+    row = _rows(order_ptr, t, valid, REVERSE)
+    x_offs = row[:, None] * (H * P) + h * P + p[None, :]
+    x_mask = valid[:, None] & (p[None, :] < P)
+    x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+    step = tl.load(step_ptr + t * H + h)
+    cum = tl.load(cum_ptr + t * H + h)
+    seg = tl.load(seg_ptr + t, mask=valid, other=-1)
+    start = tl.load(start_ptr + t, mask=valid, other=T)
+    A = tl.load(A_ptr + h)
+    in_state = tl.where(start < c * Q, tl.exp(cum), 0.0)                  # entering weights
+    last = tl.minimum(Q, T - c * Q) - 1
+    seg_last = tl.load(seg_ptr + c * Q + last)
+    cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
+    to_end = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf")))
+    weight = to_end * step                                                 # into the end state
+
+    scores = tl.zeros((Q, Q), dtype=tl.float32)
+    C_entering = tl.zeros((Q, BLOCK_P), dtype=tl.float32)                  # C_i . E rows
+    B_dstate = tl.zeros((Q, BLOCK_P), dtype=tl.float32)                    # B_i . dS rows
+    ddecay = tl.sum(tl.zeros((BLOCK_P,), dtype=tl.float32), 0)             # <dS_c, E_c>
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
+        bc_mask = valid[:, None] & (n[None, :] < N)
+        B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
+        C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+        state_offs = p[:, None] * N + n[None, :]
+        state_mask = (p[:, None] < P) & (n[None, :] < N)
+        entering = _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, P * N,
+                                  state_offs, state_mask, False)
+        dstate = _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL, P * N,
+                                state_offs, state_mask, True)
+        scores = _mma(C, tl.trans(B), scores, IEEE, DTYPE)
+        C_entering = _mma(C, tl.trans(entering), C_entering, IEEE, DTYPE)
+        B_dstate = _mma(B, tl.trans(dstate), B_dstate, IEEE, DTYPE)
+        ddecay += tl.sum(tl.sum(dstate * entering, 1), 0)
+
+    # Intra-chunk matrix M_ij = (C_i.B_j) exp(cum_i - cum_j) step_j on i >= j, same segment.
+    same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
+    decay = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf")))
+    lower = decay * step[None, :]
+    matrix = scores * lower
+    dout = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+        gate = tl.sigmoid(z)
+        y = _mm(matrix, x, IEEE, DTYPE) + in_state[:, None] * C_entering
+        if HAS_D:
+            y += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * x.to(tl.float32)
+        dz = dout * y * gate * (1.0 + z * (1.0 - gate))
+        tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=x_mask)
+        dy = dout * z * gate
+    else:
+        dy = dout
+
+    # Through the intra-chunk matrix (dB, dC: _chunk_bwd_bc_kernel).
+    grad_matrix = _mm(dy, tl.trans(x), IEEE, DTYPE)                        # G_ij = dy_i . x_j
+    dx = _mm(tl.trans(matrix), dy, IEEE, DTYPE) + weight[:, None] * B_dstate
+    through = grad_matrix * scores * decay                                 # d/d step_j
+    dstep = tl.sum(through, 0)
+    term = through * step[None, :]
+    dcum = tl.sum(term, 1) - tl.sum(term, 0)
+    # Through the entering state and the state passed on (decay_c E_c + S_c: the decay's
+    # gradient is <dS_c, E_c>).
+    dcum += in_state * tl.sum(dy * C_entering, 1)
+    dweight = tl.sum(x.to(tl.float32) * B_dstate, 1)
+    dstep += dweight * to_end
+    state_term = dweight * weight
+    last_term = tl.sum(state_term, 0) + ddecay * tl.load(decay_ptr + c * H + h)
+    dcum += tl.where(q == last, last_term, 0.0) - state_term
+
+    if HAS_D:
+        dx += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * dy
+        tl.store(dD_ptr + (c * H + h) * P + p, tl.sum(dy * x.to(tl.float32), 0), mask=p < P)
+    tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
+
+    # cum_i = sum_{j<=i} step_j A: d(step_j A) = sum_{i>=j} dcum_i.
+    dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
+    dstep += A * dlog
+    tl.store(dA_ptr + c * H + h, tl.sum(tl.where(valid, step * dlog, 0.0), 0))
+    if SOFTPLUS:
+        raw = tl.load(dt_ptr + row * H + h, mask=valid, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            raw += tl.load(bias_ptr + h)
+        dstep *= tl.sigmoid(raw)
+    tl.store(ddt_ptr + row * H + h, dstep, mask=valid)
+
+
+@triton.jit
+def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_ptr, step_ptr,
+                         cum_ptr, local_ptr, prefix_ptr, group_ptr, dlocal_ptr, dprefix_ptr,
+                         dgroup_ptr, dB_ptr, dC_ptr, order_ptr,
+                         T, H, P, G, N, heads_per_group, K, L, dL,
+                         HAS_Z: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
+    """``dB, dC`` of one chunk, one group of B/C and one block of ``BLOCK_N`` state columns,
+    summed over the group's heads (stored in B's dtype)."""
+    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
+    g = tl.program_id(1)
+    n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    DTYPE = x_ptr.dtype.element_ty
+    q = tl.arange(0, Q)
+    t = c * Q + q
+    valid = t < T
+    p = tl.arange(0, BLOCK_P)
     row = _rows(order_ptr, t, valid, REVERSE)
     x_mask = valid[:, None] & (p[None, :] < P)
     bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
     bc_mask = valid[:, None] & (n[None, :] < N)
     state_offs = p[:, None] * N + n[None, :]
     state_mask = (p[:, None] < P) & (n[None, :] < N)
-
     B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
     C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
     seg = tl.load(seg_ptr + t, mask=valid, other=-1)
     start = tl.load(start_ptr + t, mask=valid, other=T)
-    scores = _mm(C, tl.trans(B), IEEE, DTYPE)                              # shared by heads
     same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
     began_before = start < c * Q
     last = tl.minimum(Q, T - c * Q) - 1
-    seg_last = tl.load(seg_ptr + c * Q + last)
-    dB_sum = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
-    dC_sum = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
+    ends_last = seg == tl.load(seg_ptr + c * Q + last)
+    dB = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
+    dC = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
     for j in range(0, heads_per_group):
         h = g * heads_per_group + j
         x_offs = row[:, None] * (H * P) + h * P + p[None, :]
         x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
-        dout = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-        step = tl.load(step_ptr + t * H + h)
-        cum = tl.load(cum_ptr + t * H + h)
-        A = tl.load(A_ptr + h)
-        entering = _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, P * N,
-                                  state_offs, state_mask, False)
-        dstate = _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL, P * N,
-                                state_offs, state_mask, True)
-
-        # Intra-chunk matrix M_ij = (C_i.B_j) exp(cum_i - cum_j) step_j on i >= j, same segment.
-        decay = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf")))
-        lower = decay * step[None, :]
-        matrix = scores * lower
-        in_state = tl.where(began_before, tl.exp(cum), 0.0)                # entering weights
-        C_entering = _mm(C, tl.trans(entering), IEEE, DTYPE)               # (Q, P)
-
+        dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
         if HAS_Z:
             z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-            gate = tl.sigmoid(z)
-            y = _mm(matrix, x, IEEE, DTYPE) + in_state[:, None] * C_entering
-            if HAS_D:
-                y += (tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :]
-                      * x.to(tl.float32))
-            dz = dout * y * gate * (1.0 + z * (1.0 - gate))
-            tl.store(dz_ptr + x_offs, dz.to(dz_ptr.dtype.element_ty), mask=x_mask)
-            dy = dout * z * gate
-        else:
-            dy = dout
-
-        # Through the intra-chunk matrix.
-        grad_matrix = _mm(dy, tl.trans(x), IEEE, DTYPE)                    # G_ij = dy_i . x_j
-        dx = _mm(tl.trans(matrix), dy, IEEE, DTYPE)
-        grad_lower = grad_matrix * lower
-        dC = _mm(grad_lower, B, IEEE, DTYPE)
-        dB = _mm(tl.trans(grad_lower), C, IEEE, DTYPE)
-        through = grad_matrix * scores * decay                             # d/d step_j
-        dstep = tl.sum(through, 0)
-        term = through * step[None, :]
-        dcum = tl.sum(term, 1) - tl.sum(term, 0)
-
-        # Through the entering state.
-        dC += in_state[:, None] * _mm(dy, entering, IEEE, DTYPE)
-        dcum += in_state * tl.sum(dy * C_entering, 1)
-
-        # Through this chunk's contribution to the state it passes on.
+            dy *= z * tl.sigmoid(z)
+        step = tl.load(step_ptr + t * H + h)
+        cum = tl.load(cum_ptr + t * H + h)
         cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
-        to_end = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf")))
-        weight = to_end * step
-        B_dstate = _mm(B, tl.trans(dstate), IEEE, DTYPE)                   # (Q, P)
-        dx += weight[:, None] * B_dstate
-        dB += weight[:, None] * _mm(x, dstate, IEEE, DTYPE)
-        dweight = tl.sum(x.to(tl.float32) * B_dstate, 1)
-        dstep += dweight * to_end
-        state_term = dweight * weight
-        # The state passed on is decay_c E_c + S_c: the decay's gradient is <dS_c, E_c>.
-        ddecay = tl.sum(tl.sum(dstate * entering, 1), 0)
-        last_term = tl.sum(state_term, 0) + ddecay * tl.load(decay_ptr + c * H + h)
-        dcum += tl.where(q == last, last_term, 0.0) - state_term
-
-        if HAS_D:
-            dx += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * dy
-            tl.store(dD_ptr + (c * H + h) * P + p, tl.sum(dy * x.to(tl.float32), 0),
-                     mask=p < P)
-        tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
-        dB_sum += dB
-        dC_sum += dC
-
-        # cum_i = sum_{j<=i} step_j A: d(step_j A) = sum_{i>=j} dcum_i.
-        dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
-        dstep += A * dlog
-        tl.store(dA_ptr + c * H + h, tl.sum(tl.where(valid, step * dlog, 0.0), 0))
-        if SOFTPLUS:
-            raw = tl.load(dt_ptr + row * H + h, mask=valid, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                raw += tl.load(bias_ptr + h)
-            dstep *= tl.sigmoid(raw)
-        tl.store(ddt_ptr + row * H + h, dstep, mask=valid)
-    tl.store(dB_ptr + bc_offs, dB_sum.to(dB_ptr.dtype.element_ty), mask=bc_mask)
-    tl.store(dC_ptr + bc_offs, dC_sum.to(dC_ptr.dtype.element_ty), mask=bc_mask)
+        lower = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf"))) * step[None, :]
+        grad_lower = _mm(dy, tl.trans(x), IEEE, DTYPE) * lower
+        # Matmul operands only: in the operand dtype, to save registers.
+        entering = _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, P * N,
+                                  state_offs, state_mask, False).to(DTYPE)
+        dstate = _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL, P * N,
+                                state_offs, state_mask, True).to(DTYPE)
+        in_state = tl.where(began_before, tl.exp(cum), 0.0)
+        weight = tl.exp(tl.where(ends_last, cum_last - cum, float("-inf"))) * step
+        dC += _mm(grad_lower, B, IEEE, DTYPE) + in_state[:, None] * _mm(dy, entering, IEEE,
+                                                                        DTYPE)
+        dB += _mm(tl.trans(grad_lower), C, IEEE, DTYPE) + weight[:, None] * _mm(x, dstate, IEEE,
+                                                                                DTYPE)
+    tl.store(dB_ptr + bc_offs, dB.to(dB_ptr.dtype.element_ty), mask=bc_mask)
+    tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=bc_mask)
 
 
 def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
@@ -735,15 +800,21 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
     ddt = torch.empty(T, H, **f32)
     dA = torch.empty(K, H, **f32)
     dD = torch.empty(K, H, P, **f32) if D is not None else None
-    _chunk_bwd_kernel[(K, G)](
+    block_n = min(BLOCK_N, settings.bwd_block_n)
+    parts = (local, prefix, group, dstate_local, dstate_prefix, dstate_group)
+    _chunk_bwd_kernel[(K, H)](
         x, dt, A, B, C, D if D is not None else dummy, z if z is not None else x,
-        dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, local,
-        prefix, group, dstate_local, dstate_prefix, dstate_group, decay, dx,
-        dz if dz is not None else dx, dB, dC, ddt, dA, dD if dD is not None else dummy, order,
-        T, H, P, G, N, H // G, K, L, dL,
+        dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, *parts,
+        decay, dx, dz if dz is not None else dx, ddt, dA, dD if dD is not None else dummy,
+        order, T, H, P, G, N, H // G, K, L, dL,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=block_n,
         IEEE=ieee, REVERSE=bool(reverse), num_warps=settings.bwd_warps,
+        num_stages=settings.bwd_stages)
+    _chunk_bwd_bc_kernel[(K, G, triton.cdiv(N, block_n))](
+        x, B, C, z if z is not None else x, dout, seg, seg_start, step, cum, *parts, dB, dC,
+        order, T, H, P, G, N, H // G, K, L, dL, HAS_Z=z is not None, Q=Q, BLOCK_P=BLOCK_P,
+        BLOCK_N=block_n, IEEE=ieee, REVERSE=bool(reverse), num_warps=settings.bwd_bc_warps,
         num_stages=settings.bwd_stages)
     return (dx, ddt.to(dt.dtype), dA.sum(0), dB, dC, None if D is None else dD.sum(0), dz,
             None if dt_bias is None else ddt.sum(0))

@@ -60,6 +60,19 @@ def test_segments_around_chunk_boundaries(settings, case, states):
     assert_close_with_sums(got, want)
 
 
+@needs_triton
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_state_columns_in_blocks_and_heads_sharing_a_group(reverse):
+    """N = 20 walked in blocks of 16 state columns by the backward, P = 20 padded to 32, two
+    groups of two heads each (the dB/dC kernel sums over a group's heads)."""
+    inputs, cu = make_inputs([70, 3, 0, 90], heads=4, head_dim=20, groups=2, state=20,
+                             init=False)
+    want = run("exact", inputs, cu, reverse=reverse, final=False)
+    with use_settings(LaunchSettings(chunk=64, block_m=32, block_k=16, bwd_block_n=16)):
+        got = run("triton", inputs, cu, reverse=reverse, final=False)
+    assert_close_with_sums(got, want)
+
+
 # dA and ddt_bias are one sum per head over hundreds of float32 terms of both signs
 # (cancellation): the chunked torch backend lands at 1.1e-4 on [255, 2, 63, 2].
 SUM_TOLERANCE = 1e-3
