@@ -95,6 +95,7 @@ FWD_SWEEP = (
     dataclasses.replace(_DEFAULT, scan_block=256),
     dataclasses.replace(_DEFAULT, scan_block=2048, scan_warps=8),
     dataclasses.replace(_DEFAULT, state_warps=4),
+    dataclasses.replace(_DEFAULT, half_states=False),
 )
 #: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``).
 BWD_SWEEP = (
@@ -105,6 +106,7 @@ BWD_SWEEP = (
     dataclasses.replace(_DEFAULT, bwd_warps=16, bwd_bc_warps=16),
     dataclasses.replace(_DEFAULT, state_warps=4),
     dataclasses.replace(_DEFAULT, scan_block=256),
+    dataclasses.replace(_DEFAULT, half_states=False),
 )
 
 

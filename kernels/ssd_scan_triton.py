@@ -66,6 +66,8 @@ class LaunchSettings:
             (``dx, dz, ddt``) and of its ``dB, dC`` kernel, ``num_stages`` of both.
         scan_block: state elements per program of the chunk-to-chunk scan, default 1024.
         scan_warps: its ``num_warps``.
+        half_states: store the per-chunk states (not the carries between groups of chunks)
+            in the inputs' dtype for 16-bit inputs, default True.
     """
 
     chunk: int = 256
@@ -82,10 +84,15 @@ class LaunchSettings:
     bwd_stages: int = 1
     scan_block: int = 1024
     scan_warps: int = 4
+    half_states: bool = True
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name == "half_states":
+                if not isinstance(value, bool):
+                    raise TypeError(f"LaunchSettings.half_states must be a bool, got {value!r}")
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LaunchSettings.{field.name} must be a positive int, got "
                                  f"{value!r}")
@@ -184,7 +191,8 @@ def _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, PN, state_of
         group = (K - 1 - c) // L
     else:
         group = c // L
-    local = tl.load(local_ptr + (c * H + h) * PN + state_offs, mask=mask, other=0.0)
+    local = tl.load(local_ptr + (c * H + h) * PN + state_offs, mask=mask,
+                    other=0.0).to(tl.float32)
     carried = tl.load(group_ptr + (group * H + h) * PN + state_offs, mask=mask, other=0.0)
     return local + tl.load(prefix_ptr + c * H + h) * carried
 
@@ -236,7 +244,8 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
     carries = start_last < c * Q
     tl.store(decay_ptr + c * H + h, tl.where(carries, decay, 0.0))
     tl.store(fresh_ptr + c * H + h, tl.where(carries, 0.0, decay))
-    tl.store(states_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :], state,
+    tl.store(states_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :],
+             state.to(states_ptr.dtype.element_ty),
              mask=(p[:, None] < P) & (n[None, :] < N))
 
 
@@ -267,10 +276,12 @@ def _linear_scan_kernel(decay_ptr, drive_ptr, out_ptr, prefix_ptr, group_state_p
             c = K - 1 - step
         else:
             c = step
-        tl.store(out_ptr + (c * H + h) * PN + offs, state, mask=inside & valid)
+        tl.store(out_ptr + (c * H + h) * PN + offs, state.to(out_ptr.dtype.element_ty),
+                 mask=inside & valid)
         tl.store(prefix_ptr + c * H + h + offs * 0, product, mask=first_lane & valid)
         decay = tl.where(valid, tl.load(decay_ptr + c * H + h + lane * 0), 1.0)
-        drive = tl.load(drive_ptr + (c * H + h) * PN + offs, mask=inside & valid, other=0.0)
+        drive = tl.load(drive_ptr + (c * H + h) * PN + offs, mask=inside & valid,
+                        other=0.0).to(tl.float32)
         state = decay * state + drive
         product = product * decay
     tl.store(group_state_ptr + (group * H + h) * PN + offs, state, mask=inside)
@@ -288,8 +299,9 @@ def linear_scan_parts(decay: torch.Tensor, drive: torch.Tensor, reverse: bool,
     state before chunk ``c`` is ``local[c] + prefix[c] * group[g(c)]``, ``g(c) = c // L``
     (reversed: ``(K - 1 - c) // L``); kernels add it while loading (``_load_entering``).
 
-    Shapes: ``decay (K, H)``, ``drive (K, H, P, N)`` float32 -> ``(local (K, H, P, N),
-    prefix (K, H), group (groups, H, P, N), L)``.
+    Shapes: ``decay (K, H)`` float32, ``drive (K, H, P, N)`` float32 or 16-bit -> ``(local
+    (K, H, P, N) like drive, prefix (K, H), group (groups, H, P, N) float32, L)``; the
+    recurrence runs in float32.
     """
     settings = settings or SETTINGS
     K, H = decay.shape
@@ -299,7 +311,7 @@ def linear_scan_parts(decay: torch.Tensor, drive: torch.Tensor, reverse: bool,
     block = min(settings.scan_block, triton.next_power_of_2(PN))
     grid_blocks = triton.cdiv(PN, block)
     f32 = dict(device=decay.device, dtype=torch.float32)
-    local = torch.empty(K, H, *drive.shape[2:], **f32)
+    local = torch.empty(K, H, *drive.shape[2:], device=decay.device, dtype=drive.dtype)
     prefix = torch.empty(K, H, **f32)
     group_state = torch.empty(groups, H, *drive.shape[2:], **f32)
     group_decay = torch.empty(groups, H, **f32)
@@ -474,6 +486,15 @@ def _uses_ieee(x: torch.Tensor) -> bool:
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and triton_interpret())
 
 
+def _state_dtype(x: torch.Tensor, settings: LaunchSettings) -> torch.dtype:
+    """Storage of the per-chunk states: x's dtype for 16-bit inputs when
+    ``settings.half_states`` (half the memory traffic, as mamba_ssm's passed states), else
+    float32. Every recurrence and sum over them runs in float32."""
+    if settings.half_states and x.dtype in (torch.float16, torch.bfloat16):
+        return x.dtype
+    return torch.float32
+
+
 def _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse, Q, settings):
     """Launch 1 of both passes on ``T > 0`` tokens with chunks of ``Q``: the per-token segment
     ids, starts and memory order, and ``_chunk_state_kernel``'s outputs; returns ``(seg,
@@ -485,7 +506,7 @@ def _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse, Q, set
     f32 = dict(device=x.device, dtype=torch.float32)
     step = torch.empty(K * Q, H, **f32)
     cum = torch.empty(K * Q, H, **f32)
-    states = torch.empty(K, H, P, N, **f32)
+    states = torch.empty(K, H, P, N, device=x.device, dtype=_state_dtype(x, settings))
     decay = torch.empty(K, H, **f32)
     fresh = torch.empty(K, H, **f32)
     # The reversed scan is the forward scan of every segment read back to front, in place.
@@ -589,7 +610,8 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, c
             C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                         mask=valid[:, None] & (n[None, :] < N), other=0.0)
             local = _mma(tl.trans(dy * weight[:, None]), C, local, IEEE, C_ptr.dtype.element_ty)
-    tl.store(dlocal_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :], local,
+    tl.store(dlocal_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :],
+             local.to(dlocal_ptr.dtype.element_ty),
              mask=(p[:, None] < P) & (n[None, :] < N))
 
 

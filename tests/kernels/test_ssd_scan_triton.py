@@ -73,6 +73,20 @@ def test_state_columns_in_blocks_and_heads_sharing_a_group(reverse):
     assert_close_with_sums(got, want)
 
 
+@needs_triton
+@pytest.mark.parametrize("half_states", [True, False], ids=["bf16_states", "fp32_states"])
+def test_bfloat16_across_chunks(half_states):
+    """bfloat16 inputs over several forward and backward chunks: the per-chunk states stored
+    in bfloat16 (or float32) stay within the 16-bit tolerance of the float64 reference."""
+    inputs, cu = make_inputs([150, 3, 0, 90], heads=2, head_dim=16, groups=1, state=16,
+                             dtype=torch.bfloat16, init=False)
+    want = run("exact", inputs, cu, final=False)
+    settings = LaunchSettings(chunk=64, block_m=32, block_k=32, half_states=half_states)
+    with use_settings(settings):
+        got = run("triton", inputs, cu, final=False)
+    assert_close(got, want, 2e-2)
+
+
 # dA and ddt_bias are one sum per head over hundreds of float32 terms of both signs
 # (cancellation): the chunked torch backend lands at 1.1e-4 on [255, 2, 63, 2].
 SUM_TOLERANCE = 1e-3
