@@ -92,8 +92,9 @@ FWD_SWEEP = (
     dataclasses.replace(_DEFAULT, chunk=128),
     dataclasses.replace(_DEFAULT, chunk=128, block_m=128),
     dataclasses.replace(_DEFAULT, chunk=64),
-    dataclasses.replace(_DEFAULT, scan_block=256),
-    dataclasses.replace(_DEFAULT, scan_block=2048, scan_warps=8),
+    dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
+    dataclasses.replace(_DEFAULT, scan_unroll=16),
+    dataclasses.replace(_DEFAULT, scan_block=512, scan_warps=8),
     dataclasses.replace(_DEFAULT, state_warps=4),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
@@ -105,7 +106,7 @@ BWD_SWEEP = (
     dataclasses.replace(_DEFAULT, bwd_stages=2),
     dataclasses.replace(_DEFAULT, bwd_warps=16, bwd_bc_warps=16),
     dataclasses.replace(_DEFAULT, state_warps=4),
-    dataclasses.replace(_DEFAULT, scan_block=256),
+    dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
 

@@ -64,7 +64,8 @@ class LaunchSettings:
         bwd_block_n: state columns per step of the backward chunk kernels, default 32.
         bwd_warps / bwd_bc_warps / bwd_stages: ``num_warps`` of the backward chunk kernel
             (``dx, dz, ddt``) and of its ``dB, dC`` kernel, ``num_stages`` of both.
-        scan_block: state elements per program of the chunk-to-chunk scan, default 1024.
+        scan_block: state elements per program of the chunk-to-chunk scan, default 256.
+        scan_unroll: chunks it loads and combines at once, default 8.
         scan_warps: its ``num_warps``.
         half_states: store the per-chunk states (not the carries between groups of chunks)
             in the inputs' dtype for 16-bit inputs, default True.
@@ -82,7 +83,8 @@ class LaunchSettings:
     bwd_warps: int = 8
     bwd_bc_warps: int = 8
     bwd_stages: int = 1
-    scan_block: int = 1024
+    scan_block: int = 256
+    scan_unroll: int = 8
     scan_warps: int = 4
     half_states: bool = True
 
@@ -230,15 +232,16 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
         seg = tl.load(seg_ptr + t, mask=valid, other=-1)
         mine = seg == seg_last
         own += tl.sum(tl.where(mine, log_decay, 0.0), 0)
-        weight = tl.exp(tl.where(mine, tile_end - cum, float("-inf"))) * step
-        x = tl.load(x_ptr + row[:, None] * (H * P) + h * P + p[None, :],
-                    mask=valid[:, None] & (p[None, :] < P), other=0.0)
-        B = tl.load(B_ptr + row[:, None] * (G * N) + g * N + n[None, :],
-                    mask=valid[:, None] & (n[None, :] < N), other=0.0)
-        # Once seg_last has begun every later token is in it, so the state so far decays
-        # over the whole tile.
-        state = _mma(tl.trans(x.to(tl.float32) * weight[:, None]), B,
-                     state * tl.exp(tile_decay), IEEE, x_ptr.dtype.element_ty)
+        if k0 + BLOCK_K > start_last - c * Q:     # else no token of seg_last: state stays 0
+            weight = tl.exp(tl.where(mine, tile_end - cum, float("-inf"))) * step
+            x = tl.load(x_ptr + row[:, None] * (H * P) + h * P + p[None, :],
+                        mask=valid[:, None] & (p[None, :] < P), other=0.0)
+            B = tl.load(B_ptr + row[:, None] * (G * N) + g * N + n[None, :],
+                        mask=valid[:, None] & (n[None, :] < N), other=0.0)
+            # Once seg_last has begun every later token is in it, so the state so far
+            # decays over the whole tile.
+            state = _mma(tl.trans(x.to(tl.float32) * weight[:, None]), B,
+                         state * tl.exp(tile_decay), IEEE, x_ptr.dtype.element_ty)
         carry = tile_end
     decay = tl.exp(own)
     carries = start_last < c * Q
@@ -250,42 +253,71 @@ def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_pt
 
 
 @triton.jit
+def _combine_steps(decay_a, drive_a, decay_b, drive_b):
+    """Step a then step b of ``h -> decay h + drive``, as one step."""
+    return decay_a * decay_b, drive_a * decay_b + drive_b
+
+
+@triton.jit
+def _chunk_of_step(j, K, REVERSE: tl.constexpr):
+    if REVERSE:
+        c = K - 1 - j
+    else:
+        c = j
+    return c
+
+
+@triton.jit
 def _linear_scan_kernel(decay_ptr, drive_ptr, out_ptr, prefix_ptr, group_state_ptr,
                         group_decay_ptr, H, PN, K, L,
-                        REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+                        REVERSE: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
     """One group of ``L`` consecutive steps of ``h_c = decay_c h_{c-1} + drive_c`` from zero.
 
     Stores the state before each step (``out``), the product of the group's decays before
     each step (``prefix``, by the first block only), the group's end state and its total
     decay. ``REVERSE`` walks the steps from ``K - 1`` down (step ``j`` is chunk ``K - 1 - j``).
+    ``UNROLL`` steps are loaded together and combined by an associative scan, so their loads
+    are in flight at once (a step-by-step loop waits for one load per step).
     """
     h = tl.program_id(0)
     block = tl.program_id(1)
     group = tl.program_id(2).to(tl.int64)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     inside = offs < PN
-    lane = tl.arange(0, BLOCK)
-    first_lane = (lane + block) == 0          # one lane of the first block writes scalars
+    u = tl.arange(0, UNROLL)
+    first_block = (u * 0 + block) == 0        # a vector: the interpreter refuses scalar masks
+    scalars = (u == 0) & first_block          # one lane of the first block writes scalars
+    # Before the group's first step: state 0, decay product 1.
+    first = _chunk_of_step(group * L, K, REVERSE)
+    tl.store(out_ptr + (first * H + h) * PN + offs,
+             tl.zeros((BLOCK,), dtype=tl.float32).to(out_ptr.dtype.element_ty), mask=inside)
+    tl.store(prefix_ptr + first * H + h + u * 0, tl.full((UNROLL,), 1.0, tl.float32),
+             mask=scalars)
     state = tl.zeros((BLOCK,), dtype=tl.float32)
-    product = tl.full((BLOCK,), 1.0, tl.float32)
-    for i in range(0, L):
-        j = group * L + i
-        valid = (lane * 0 + j) < K            # a vector: the interpreter refuses scalar masks
-        step = tl.minimum(j, K - 1)
-        if REVERSE:
-            c = K - 1 - step
-        else:
-            c = step
-        tl.store(out_ptr + (c * H + h) * PN + offs, state.to(out_ptr.dtype.element_ty),
-                 mask=inside & valid)
-        tl.store(prefix_ptr + c * H + h + offs * 0, product, mask=first_lane & valid)
-        decay = tl.where(valid, tl.load(decay_ptr + c * H + h + lane * 0), 1.0)
-        drive = tl.load(drive_ptr + (c * H + h) * PN + offs, mask=inside & valid,
-                        other=0.0).to(tl.float32)
-        state = decay * state + drive
-        product = product * decay
+    product = tl.max(tl.full((UNROLL,), 1.0, tl.float32), 0)
+    for i0 in range(0, L, UNROLL):
+        j = group * L + i0 + u                # the steps of this tile
+        valid = (i0 + u < L) & (j < K)        # invalid steps: decay 1, drive 0 (identity)
+        c = _chunk_of_step(tl.minimum(j, K - 1), K, REVERSE)
+        decay = tl.load(decay_ptr + c * H + h, mask=valid, other=1.0)
+        drive = tl.load(drive_ptr + (c[:, None] * H + h) * PN + offs[None, :],
+                        mask=valid[:, None] & inside[None, :], other=0.0).to(tl.float32)
+        decays, drives = tl.associative_scan(
+            (tl.broadcast_to(decay[:, None], (UNROLL, BLOCK)), drive), 0, _combine_steps)
+        after = decays * state[None, :] + drives           # the state after each step
+        products = product * tl.cumprod(decay, 0)
+        # The state after step j is the state before step j + 1 of the group.
+        following = (i0 + u + 1 < L) & (j + 1 < K)
+        c_next = _chunk_of_step(tl.minimum(j + 1, K - 1), K, REVERSE)
+        tl.store(out_ptr + (c_next[:, None] * H + h) * PN + offs[None, :],
+                 after.to(out_ptr.dtype.element_ty), mask=following[:, None] & inside[None, :])
+        tl.store(prefix_ptr + c_next * H + h, products, mask=following & first_block)
+        last = u == UNROLL - 1
+        state = tl.sum(tl.where(last[:, None], after, 0.0), 0)
+        product = tl.sum(tl.where(last, products, 0.0), 0)
     tl.store(group_state_ptr + (group * H + h) * PN + offs, state, mask=inside)
-    tl.store(group_decay_ptr + group * H + h + offs * 0, product, mask=first_lane)
+    tl.store(group_decay_ptr + group * H + h + u * 0, tl.full((UNROLL,), 1.0, tl.float32)
+             * product, mask=scalars)
 
 
 def linear_scan_parts(decay: torch.Tensor, drive: torch.Tensor, reverse: bool,
@@ -317,7 +349,8 @@ def linear_scan_parts(decay: torch.Tensor, drive: torch.Tensor, reverse: bool,
     group_decay = torch.empty(groups, H, **f32)
     _linear_scan_kernel[(H, grid_blocks, groups)](
         decay, drive, local, prefix, group_state, group_decay, H, PN, K, L,
-        REVERSE=bool(reverse), BLOCK=block, num_warps=settings.scan_warps)
+        REVERSE=bool(reverse), BLOCK=block, UNROLL=settings.scan_unroll,
+        num_warps=settings.scan_warps)
     entering = torch.empty_like(group_state)
     if groups == 1:
         return local, prefix, entering.zero_(), L
@@ -325,7 +358,8 @@ def linear_scan_parts(decay: torch.Tensor, drive: torch.Tensor, reverse: bool,
     carried, carried_decay = torch.empty_like(group_state[:1]), torch.empty(1, H, **f32)
     _linear_scan_kernel[(H, grid_blocks, 1)](
         group_decay, group_state, entering, unused, carried, carried_decay, H, PN, groups,
-        groups, REVERSE=False, BLOCK=block, num_warps=settings.scan_warps)
+        groups, REVERSE=False, BLOCK=block, UNROLL=settings.scan_unroll,
+        num_warps=settings.scan_warps)
     return local, prefix, entering, L
 
 

@@ -68,7 +68,7 @@ def distinct_tilings(script):
     seen = {}
     for settings in script.FWD_SWEEP + script.BWD_SWEEP:
         key = (settings.chunk, settings.block_m, settings.block_k, settings.bwd_chunk,
-               settings.scan_block)
+               settings.scan_block, settings.scan_unroll, settings.half_states)
         seen.setdefault(key, settings)
     return list(seen.values())
 

@@ -201,7 +201,7 @@ def test_backward_op_passes_opcheck():
 
 
 @needs_triton
-@pytest.mark.parametrize("chunks", [1, 2, 3, 17, 50])
+@pytest.mark.parametrize("chunks", [1, 2, 3, 17, 50, 200])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_linear_scan_over_chunks_matches_a_loop(chunks, reverse):
     """The two-level chunk scan (groups of ~sqrt(K) chunks) equals the plain recurrence."""
