@@ -68,7 +68,7 @@ class LaunchSettings:
         scan_unroll: chunks it loads and combines at once, default 8.
         scan_warps: its ``num_warps``.
         half_states: store the per-chunk states (not the carries between groups of chunks)
-            in the inputs' dtype for 16-bit inputs, default True.
+            in bfloat16 for bfloat16 inputs, default True.
     """
 
     chunk: int = 256
@@ -521,11 +521,12 @@ def _uses_ieee(x: torch.Tensor) -> bool:
 
 
 def _state_dtype(x: torch.Tensor, settings: LaunchSettings) -> torch.dtype:
-    """Storage of the per-chunk states: x's dtype for 16-bit inputs when
+    """Storage of the per-chunk states: bfloat16 for bfloat16 inputs when
     ``settings.half_states`` (half the memory traffic, as mamba_ssm's passed states), else
-    float32. Every recurrence and sum over them runs in float32."""
-    if settings.half_states and x.dtype in (torch.float16, torch.bfloat16):
-        return x.dtype
+    float32 (float16's range is too small for states and their gradients). Every recurrence
+    and sum over them runs in float32."""
+    if settings.half_states and x.dtype == torch.bfloat16:
+        return torch.bfloat16
     return torch.float32
 
 
