@@ -84,14 +84,13 @@ _DEFAULT = LaunchSettings()
 #: Forward settings of ``--sweep`` (the first is the reference of ``rel_diff``).
 FWD_SWEEP = (
     _DEFAULT,
-    dataclasses.replace(_DEFAULT, fwd_warps=4),
-    dataclasses.replace(_DEFAULT, block_m=128),
-    dataclasses.replace(_DEFAULT, block_k=32, fwd_stages=3),
+    dataclasses.replace(_DEFAULT, block_m=64),
     dataclasses.replace(_DEFAULT, block_k=128),
+    dataclasses.replace(_DEFAULT, block_k=32, fwd_stages=3),
     dataclasses.replace(_DEFAULT, fwd_stages=3),
-    dataclasses.replace(_DEFAULT, chunk=128),
-    dataclasses.replace(_DEFAULT, chunk=128, block_m=128),
-    dataclasses.replace(_DEFAULT, chunk=64),
+    dataclasses.replace(_DEFAULT, chunk=256, block_m=64, fwd_warps=4),
+    dataclasses.replace(_DEFAULT, chunk=256, block_m=128),
+    dataclasses.replace(_DEFAULT, chunk=64, block_m=64),
     dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
     dataclasses.replace(_DEFAULT, scan_unroll=16),
     dataclasses.replace(_DEFAULT, scan_block=512, scan_warps=8),
@@ -102,9 +101,9 @@ FWD_SWEEP = (
 BWD_SWEEP = (
     _DEFAULT,
     dataclasses.replace(_DEFAULT, bwd_block_n=64),
-    dataclasses.replace(_DEFAULT, bwd_warps=4, bwd_bc_warps=4),
+    dataclasses.replace(_DEFAULT, bwd_warps=4),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
-    dataclasses.replace(_DEFAULT, bwd_warps=16, bwd_bc_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_bc_warps=4),
     dataclasses.replace(_DEFAULT, state_warps=4),
     dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
     dataclasses.replace(_DEFAULT, half_states=False),
@@ -263,11 +262,14 @@ def measure(impl: str, calls, flops_fwd: float, base: dict, args, out_file, reps
                   peak_fraction=3 * flops_fwd / ms * 1e-9 / args.peak_tflops), out_file)
 
 
-def compare(args, scan, device, states) -> None:
-    """Default and ``--quick`` modes: geossm (default settings) vs mamba_ssm."""
+def compare(args, scan, device, states, started: float) -> bool:
+    """Default and ``--quick`` modes: geossm (default settings) vs mamba_ssm; with
+    ``--quick``, False when the time budget stopped it before a workload."""
     reps = (3, 15) if args.quick else (10, 50)
     for name in args.workloads.split(","):
         for state in states:
+            if args.quick and over_budget(args, started):
+                return False
             inputs = make_inputs(name, state, device, args.tiny)
             T, H, P = inputs["x"].shape
             base = dict(workload=name, T=T, H=H, P=P, N=state,
@@ -288,6 +290,7 @@ def compare(args, scan, device, states) -> None:
                     emit(dict(base, check="grad_rel_diff",
                               grad_rel_diff=gradient_differences(ours, theirs)), args.out)
             release(inputs, device)
+    return True
 
 
 def release(inputs: dict, device: torch.device) -> None:
@@ -399,7 +402,8 @@ def main(argv=None) -> int:
     mode.add_argument("--sweep", action="store_true")
     mode.add_argument("--profile", action="store_true")
     parser.add_argument("--budget-s", type=float, default=140.0,
-                        help="--sweep stops starting new measurements after this many seconds")
+                        help="--sweep / --quick stop starting new measurements after this "
+                             "many seconds")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     device = bench_device()
@@ -424,8 +428,8 @@ def main(argv=None) -> int:
             states = states[-1:]
         # mamba_ssm joins the profile only where the sweep got to it (compiled and tuned)
         profile(args, scan if not args.sweep or finished else None, device, states)
-    else:
-        compare(args, scan, device, states)
+    elif not compare(args, scan, device, states, started):
+        emit({"quick": "stopped", "reason": f"--budget-s {args.budget_s} reached"}, args.out)
     emit({"done": True, "elapsed_s": round(time.perf_counter() - started, 1),
           "defaults": dataclasses.asdict(_DEFAULT)}, args.out)
     return 0

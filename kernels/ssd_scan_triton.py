@@ -18,10 +18,12 @@ Forward (chunks of ``Q = settings.chunk`` tokens), the chunked algorithm of
 
 Backward (no initial states, no final-state gradient; chunks of ``settings.bwd_chunk``,
 independent of the forward's): launches 1-2 again, the gradient of every chunk's entering
-state, a reversed state pass, one program per (chunk, head) for ``dx, dz, ddt`` and per-chunk
-partial sums of ``dA, dD``, and one per (chunk, group of B/C, block of state columns) that
-sums ``dB, dC`` over the group's heads. Both walk the state dimension in blocks, so neither
-holds a whole ``P x N`` state (registers: the single fused kernel spilled kilobytes).
+state, a reversed state pass, then two kernels per (chunk, head): ``dx, dz, ddt`` and
+per-chunk partial sums of ``dA, dD``; and ``dB, dC`` (heads that share a group of B/C add
+theirs atomically into float32 sums). Both walk the state dimension in blocks, so neither
+holds a whole ``P x N`` state (one fused kernel spilled kilobytes of registers on sm_90; a
+per-group ``dB, dC`` kernel that recomputed ``dy x^T`` per block of N took 60% of the
+backward on an H200).
 
 Segments may start anywhere in a chunk: every mask compares per-token segment ids. Work and
 state are float32; the matmuls take 16-bit operands for 16-bit inputs (tensor cores) and exact
@@ -43,7 +45,6 @@ import triton.language as tl
 
 from geossm._compat import triton_interpret
 
-from .ssd_scan_torch import reversal_index, segment_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +52,8 @@ class LaunchSettings:
     """Launch settings of the SSD kernels (positive ints; all but the stages powers of two).
 
     Attributes:
-        chunk: forward tokens per chunk (64, 128 or 256), default 256.
-        block_m: rows (tokens) per forward chunk-scan program, divides ``chunk``, default 64.
+        chunk: forward tokens per chunk (64, 128 or 256), default 128.
+        block_m: rows (tokens) per forward chunk-scan program, divides ``chunk``, default 128.
         block_k: source tokens per tile (forward chunk scan, chunk states, final states,
             entering-state gradient), at most ``chunk`` (the backward uses at most
             ``bwd_chunk``), default 64.
@@ -62,8 +63,8 @@ class LaunchSettings:
         bwd_chunk: backward tokens per chunk (one ``(Q, Q)`` tile), default 64 (128 spills
             kilobytes of registers on sm_90).
         bwd_block_n: state columns per step of the backward chunk kernels, default 32.
-        bwd_warps / bwd_bc_warps / bwd_stages: ``num_warps`` of the backward chunk kernel
-            (``dx, dz, ddt``) and of its ``dB, dC`` kernel, ``num_stages`` of both.
+        bwd_warps / bwd_bc_warps / bwd_stages: ``num_warps`` of the backward chunk kernels
+            (``dx, dz, ddt`` and ``dB, dC``), ``num_stages`` of both.
         scan_block: state elements per program of the chunk-to-chunk scan, default 256.
         scan_unroll: chunks it loads and combines at once, default 8.
         scan_warps: its ``num_warps``.
@@ -71,8 +72,8 @@ class LaunchSettings:
             in bfloat16 for bfloat16 inputs, default True.
     """
 
-    chunk: int = 256
-    block_m: int = 64
+    chunk: int = 128
+    block_m: int = 128
     block_k: int = 64
     fwd_warps: int = 8
     fwd_stages: int = 2
@@ -115,8 +116,10 @@ class LaunchSettings:
 
 
 #: The settings every launch uses (replace with ``use_settings``).
-#: The defaults were chosen so that no kernel spills registers (or only a few hundred bytes in
-#: the backward) when compiled for sm_90 (``ptxas -v`` of Triton's PTX).
+#: The defaults: the forward's from an H200 sweep of ``benchmarks/ssd_gpu.py --sweep`` (chunk
+#: 128 with 128-row blocks was fastest in sum over the four workloads, N = 64 and 128); the
+#: backward's so that its kernels spill no registers, or ~150 bytes, compiled for sm_90
+#: (``ptxas -v`` of Triton's PTX).
 SETTINGS = LaunchSettings()
 #: Forward tokens per chunk of the default settings.
 CHUNK = SETTINGS.chunk
@@ -530,13 +533,22 @@ def _state_dtype(x: torch.Tensor, settings: LaunchSettings) -> torch.dtype:
     return torch.float32
 
 
+def _segments(cu_seqlens: torch.Tensor, T: int):
+    """Per-token segment id, segment start and segment end, ``(T,)`` int32 each (a binary
+    search per token: ``repeat_interleave`` took ~70 us on 8 long segments on an H200)."""
+    cu = cu_seqlens.to(torch.int32)
+    tokens = torch.arange(T, device=cu.device, dtype=torch.int32)
+    seg = torch.searchsorted(cu[1:].contiguous(), tokens, right=True, out_int32=True)
+    return seg, cu[:-1][seg], cu[1:][seg]
+
+
 def _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse, Q, settings):
     """Launch 1 of both passes on ``T > 0`` tokens with chunks of ``Q``: the per-token segment
     ids, starts and memory order, and ``_chunk_state_kernel``'s outputs; returns ``(seg,
     seg_start, order, step, cum, states, decay, fresh)``."""
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
-    seg, seg_start = (v.to(torch.int32) for v in segment_tokens(cu_seqlens, T))
+    seg, seg_start, seg_end = _segments(cu_seqlens, T)
     K = triton.cdiv(T, Q)
     f32 = dict(device=x.device, dtype=torch.float32)
     step = torch.empty(K * Q, H, **f32)
@@ -545,7 +557,8 @@ def _chunk_states(x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse, Q, set
     decay = torch.empty(K, H, **f32)
     fresh = torch.empty(K, H, **f32)
     # The reversed scan is the forward scan of every segment read back to front, in place.
-    order = reversal_index(cu_seqlens, T).to(torch.int32) if reverse else seg
+    tokens = torch.arange(T, device=x.device, dtype=torch.int32)
+    order = seg_start + seg_end - 1 - tokens if reverse else seg
     _chunk_state_kernel[(K, H)](
         x, dt, A, B, dt_bias if dt_bias is not None else step, seg, seg_start,
         step, cum, states, decay, fresh, order, T, H, P, G, N, H // G,
@@ -659,9 +672,9 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                       SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                       BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    """One chunk of one head: ``dx, dz, ddt`` and the chunk's partial ``dA, dD``. The state
-    dimension is walked in blocks of ``BLOCK_N`` (``C B^T``, ``C E^T``, ``B dS^T``), so no
-    full ``P x N`` state is held."""
+    """One chunk of one head: ``dx, dz, ddt`` and the chunk's partial ``dA, dD``
+    (``dB, dC``: ``_chunk_bwd_bc_kernel``). The state dimension is walked in blocks of
+    ``BLOCK_N``, so no full ``P x N`` state is held."""
     c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
     h = tl.program_id(1)
     g = h // heads_per_group
@@ -725,13 +738,14 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     else:
         dy = dout
 
-    # Through the intra-chunk matrix (dB, dC: _chunk_bwd_bc_kernel).
+    # Through the intra-chunk matrix.
     grad_matrix = _mm(dy, tl.trans(x), IEEE, DTYPE)                        # G_ij = dy_i . x_j
     dx = _mm(tl.trans(matrix), dy, IEEE, DTYPE) + weight[:, None] * B_dstate
     through = grad_matrix * scores * decay                                 # d/d step_j
     dstep = tl.sum(through, 0)
     term = through * step[None, :]
     dcum = tl.sum(term, 1) - tl.sum(term, 0)
+
     # Through the entering state and the state passed on (decay_c E_c + S_c: the decay's
     # gradient is <dS_c, E_c>).
     dcum += in_state * tl.sum(dy * C_entering, 1)
@@ -763,60 +777,67 @@ def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_pt
                          cum_ptr, local_ptr, prefix_ptr, group_ptr, dlocal_ptr, dprefix_ptr,
                          dgroup_ptr, dB_ptr, dC_ptr, order_ptr,
                          T, H, P, G, N, heads_per_group, K, L, dL,
-                         HAS_Z: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                         BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    """``dB, dC`` of one chunk, one group of B/C and one block of ``BLOCK_N`` state columns,
-    summed over the group's heads (stored in B's dtype)."""
+                         HAS_Z: tl.constexpr, ATOMIC: tl.constexpr, Q: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                         REVERSE: tl.constexpr):
+    """One chunk of one head: its share of ``dB, dC`` (``ATOMIC``: added to float32 sums over
+    the group's heads, else stored), walking N in blocks::
+
+        dC_i = sum_j G_ij L_ij B_j + in_i dy_i E^T      dB_j = sum_i G_ij L_ij C_i + w_j x_j dS
+
+    with ``G = dy x^T`` and ``L`` the masked decay matrix, both computed once per head.
+    """
     c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
-    g = tl.program_id(1)
-    n = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    h = tl.program_id(1)
+    g = h // heads_per_group
     DTYPE = x_ptr.dtype.element_ty
     q = tl.arange(0, Q)
     t = c * Q + q
     valid = t < T
     p = tl.arange(0, BLOCK_P)
     row = _rows(order_ptr, t, valid, REVERSE)
+    x_offs = row[:, None] * (H * P) + h * P + p[None, :]
     x_mask = valid[:, None] & (p[None, :] < P)
-    bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
-    bc_mask = valid[:, None] & (n[None, :] < N)
-    state_offs = p[:, None] * N + n[None, :]
-    state_mask = (p[:, None] < P) & (n[None, :] < N)
-    B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
-    C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+    x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+    dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+        dy *= z * tl.sigmoid(z)
+    step = tl.load(step_ptr + t * H + h)
+    cum = tl.load(cum_ptr + t * H + h)
     seg = tl.load(seg_ptr + t, mask=valid, other=-1)
     start = tl.load(start_ptr + t, mask=valid, other=T)
-    same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
-    began_before = start < c * Q
     last = tl.minimum(Q, T - c * Q) - 1
-    ends_last = seg == tl.load(seg_ptr + c * Q + last)
-    dB = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
-    dC = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
-    for j in range(0, heads_per_group):
-        h = g * heads_per_group + j
-        x_offs = row[:, None] * (H * P) + h * P + p[None, :]
-        x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
-        dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-        if HAS_Z:
-            z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-            dy *= z * tl.sigmoid(z)
-        step = tl.load(step_ptr + t * H + h)
-        cum = tl.load(cum_ptr + t * H + h)
-        cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
-        lower = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf"))) * step[None, :]
-        grad_lower = _mm(dy, tl.trans(x), IEEE, DTYPE) * lower
+    seg_last = tl.load(seg_ptr + c * Q + last)
+    cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
+    in_state = tl.where(start < c * Q, tl.exp(cum), 0.0)
+    weight = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf"))) * step
+    same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
+    lower = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf"))) * step[None, :]
+    grad_lower = _mm(dy, tl.trans(x), IEEE, DTYPE) * lower
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
+        bc_mask = valid[:, None] & (n[None, :] < N)
+        B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
+        C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+        state_offs = p[:, None] * N + n[None, :]
+        state_mask = (p[:, None] < P) & (n[None, :] < N)
         # Matmul operands only: in the operand dtype, to save registers.
         entering = _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, P * N,
                                   state_offs, state_mask, False).to(DTYPE)
         dstate = _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL, P * N,
                                 state_offs, state_mask, True).to(DTYPE)
-        in_state = tl.where(began_before, tl.exp(cum), 0.0)
-        weight = tl.exp(tl.where(ends_last, cum_last - cum, float("-inf"))) * step
-        dC += _mm(grad_lower, B, IEEE, DTYPE) + in_state[:, None] * _mm(dy, entering, IEEE,
-                                                                        DTYPE)
-        dB += _mm(tl.trans(grad_lower), C, IEEE, DTYPE) + weight[:, None] * _mm(x, dstate, IEEE,
-                                                                                DTYPE)
-    tl.store(dB_ptr + bc_offs, dB.to(dB_ptr.dtype.element_ty), mask=bc_mask)
-    tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=bc_mask)
+        dC = _mm(grad_lower, B, IEEE, DTYPE) + in_state[:, None] * _mm(dy, entering, IEEE,
+                                                                       DTYPE)
+        dB = _mm(tl.trans(grad_lower), C, IEEE, DTYPE) + weight[:, None] * _mm(x, dstate, IEEE,
+                                                                               DTYPE)
+        if ATOMIC:
+            tl.atomic_add(dB_ptr + bc_offs, dB, mask=bc_mask)
+            tl.atomic_add(dC_ptr + bc_offs, dC, mask=bc_mask)
+        else:
+            tl.store(dB_ptr + bc_offs, dB.to(dB_ptr.dtype.element_ty), mask=bc_mask)
+            tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=bc_mask)
 
 
 def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
@@ -852,8 +873,10 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
     del states, dlocal
     dx = torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
-    dB = torch.empty_like(B)
-    dC = torch.empty_like(C)
+    # Heads sharing a group add their dB, dC into float32 sums; one head per group stores.
+    atomic = H // G > 1
+    dB = torch.zeros(B.shape, **f32) if atomic else torch.empty_like(B)
+    dC = torch.zeros(C.shape, **f32) if atomic else torch.empty_like(C)
     ddt = torch.empty(T, H, **f32)
     dA = torch.empty(K, H, **f32)
     dD = torch.empty(K, H, P, **f32) if D is not None else None
@@ -862,16 +885,16 @@ def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, r
     _chunk_bwd_kernel[(K, H)](
         x, dt, A, B, C, D if D is not None else dummy, z if z is not None else x,
         dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, *parts,
-        decay, dx, dz if dz is not None else dx, ddt, dA, dD if dD is not None else dummy,
-        order, T, H, P, G, N, H // G, K, L, dL,
+        decay, dx, dz if dz is not None else dx, ddt, dA,
+        dD if dD is not None else dummy, order, T, H, P, G, N, H // G, K, L, dL,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=block_n,
         IEEE=ieee, REVERSE=bool(reverse), num_warps=settings.bwd_warps,
         num_stages=settings.bwd_stages)
-    _chunk_bwd_bc_kernel[(K, G, triton.cdiv(N, block_n))](
+    _chunk_bwd_bc_kernel[(K, H)](
         x, B, C, z if z is not None else x, dout, seg, seg_start, step, cum, *parts, dB, dC,
-        order, T, H, P, G, N, H // G, K, L, dL, HAS_Z=z is not None, Q=Q, BLOCK_P=BLOCK_P,
-        BLOCK_N=block_n, IEEE=ieee, REVERSE=bool(reverse), num_warps=settings.bwd_bc_warps,
-        num_stages=settings.bwd_stages)
-    return (dx, ddt.to(dt.dtype), dA.sum(0), dB, dC, None if D is None else dD.sum(0), dz,
-            None if dt_bias is None else ddt.sum(0))
+        order, T, H, P, G, N, H // G, K, L, dL, HAS_Z=z is not None, ATOMIC=atomic, Q=Q,
+        BLOCK_P=BLOCK_P, BLOCK_N=block_n, IEEE=ieee, REVERSE=bool(reverse),
+        num_warps=settings.bwd_bc_warps, num_stages=settings.bwd_stages)
+    return (dx, ddt.to(dt.dtype), dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
+            None if D is None else dD.sum(0), dz, None if dt_bias is None else ddt.sum(0))
