@@ -263,6 +263,7 @@ def _combine_steps(decay_a, drive_a, decay_b, drive_b):
 
 @triton.jit
 def _chunk_of_step(j, K, REVERSE: tl.constexpr):
+    """Chunk of scan step ``j``: ``j``, or ``K - 1 - j`` when the scan runs backwards."""
     if REVERSE:
         c = K - 1 - j
     else:

@@ -6,6 +6,8 @@ many-segment and 16-bit tensor-core cases need CUDA and skip with the reason oth
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -218,3 +220,28 @@ def test_linear_scan_over_chunks_matches_a_loop(chunks, reverse):
         want[c] = state
         state = decay[c][:, None, None] * state + drive[c]
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields, error, words", [
+    (dict(chunk=100), ValueError, "chunk must be a power of two"),
+    (dict(block_m=512), ValueError, "block_m=512 must not exceed chunk=128"),
+    (dict(block_k=8), ValueError, "block_k=8 must lie in [16"),
+    (dict(fwd_warps=0), ValueError, "fwd_warps must be a positive int"),
+    (dict(half_states=1), TypeError, "half_states must be a bool"),
+])
+def test_launch_settings_refuse_bad_values(fields, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        LaunchSettings(**fields)
+
+
+def test_use_settings_swaps_and_restores():
+    from geossm.kernels import ssd_scan_triton
+
+    before = ssd_scan_triton.SETTINGS
+    chosen = LaunchSettings(chunk=64, block_m=64)
+    with use_settings(chosen):
+        assert ssd_scan_triton.SETTINGS is chosen
+    assert ssd_scan_triton.SETTINGS is before
+    with pytest.raises(TypeError, match="settings must be a LaunchSettings, got dict"):
+        with use_settings({}):
+            pass
