@@ -1,35 +1,49 @@
 """GPU benchmark of the Mamba-2 SSD scan (``geossm.kernels.ssd_scan``, Triton backend).
 
 Prints one JSON line per measurement (and appends them to ``--out`` if given). Medians come from
-``triton.testing.do_bench`` (10 ms warm-up, 50 ms of repetitions, so that the whole run takes a
-few minutes).
+``triton.testing.do_bench``.
 
 Workloads: the four segment-length sets of ``benchmarks/scan_gpu.py`` (scene, windows,
 graph_tokens, long) with their widths ``D`` split into heads of ``P = 64`` channels
 (``H = D / 64``), one group of ``B``/``C``, state sizes ``N = 64`` and ``N = 128``; bf16
 ``x, dt, B, C, z``, fp32 ``A, D, dt_bias``, ``dt_softplus=True``, z and D given.
 
-Measured per workload and N:
+Modes:
 
-- ``geossm``: the public ``ssd_scan(..., backend="triton")``, forward (no grad) and forward +
-  backward (autograd, all inputs requiring grad).
-- ``mamba_ssm``: ``mamba_chunk_scan_combined`` (chunk 256) with ``seq_idx`` (its packed varlen
-  path) on the same inputs viewed as batch 1, when importable: pass the directory that holds
-  the ``mamba_ssm`` package with ``--mamba-ssm-path`` (only its pure-Python/Triton SSD modules
-  are loaded, not its compiled extensions); otherwise a line says why it is skipped. The
-  relative difference (Frobenius) of the two forward outputs is reported as a check, and
-  ``rel_diff_to_chunked`` compares the Triton forward with the chunked torch backend.
+- default: per workload and N, ``geossm`` (the public ``ssd_scan(..., backend="triton")`` with
+  the module's default ``LaunchSettings``; forward without grad, forward + backward under
+  autograd with all inputs requiring grad) and ``mamba_ssm``
+  (``mamba_chunk_scan_combined``, chunk 256, with ``seq_idx``: its packed varlen path, batch 1)
+  when importable; ``rel_diff_to_chunked`` compares the Triton forward with the chunked torch
+  backend, ``rel_diff_to_geossm`` mamba_ssm's forward with geossm's.
+- ``--quick``: the same comparison with fewer repetitions and no chunked-backend check, plus
+  one line per workload and N with the relative difference of every input gradient between
+  geossm and mamba_ssm (``grad_rel_diff``); all four workloads finish within ~3 minutes on an
+  H200 including compilation.
+- ``--sweep``: per N and workload, geossm's forward under each ``FWD_SWEEP`` setting and its
+  backward alone (``ssd_scan_bwd``) under each ``BWD_SWEEP`` setting (each line: the settings,
+  ``ms`` and ``rel_diff`` to the first setting's result), the mamba_ssm forward and forward +
+  backward, then a per-kernel CUDA-time profile (``--profile`` alone: of every workload and N)
+  of both implementations' forward + backward at the largest N on the first and third
+  workload. Stops starting measurements (with a line saying so) once ``--budget-s`` seconds
+  have passed.
+
+mamba_ssm: pass the directory holding the ``mamba_ssm`` package with ``--mamba-ssm-path`` (only
+its pure-Python/Triton SSD modules are loaded, not its compiled extensions); otherwise a line
+says why it is skipped.
 
 FLOPs: the matmul work of a chunked SSD with chunk ``Q`` per token and head is
 ``2QN + 2QP`` (intra-chunk ``C B^T`` and ``(CB ⊙ L) x``) plus ``4PN`` (chunk state and
-entering state), counted with each implementation's own ``Q`` (geossm 64, mamba_ssm 256);
-forward + backward counts three times the forward. ``peak_fraction`` is against
-``--peak-tflops`` (default 790: the measured bf16 dense tensor-core peak of an H200).
+entering state), counted with each implementation's own forward ``Q`` (geossm's
+``LaunchSettings.chunk``, mamba_ssm 256); forward + backward counts three times the forward.
+``peak_fraction`` is against ``--peak-tflops`` (default 989: the H200's dense bf16
+tensor-core peak from its data sheet).
 
 Usage::
 
-    python benchmarks/ssd_gpu.py [--out FILE] [--workloads scene,windows,graph_tokens,long]
-        [--states 64,128] [--mamba-ssm-path DIR] [--no-backward]
+    python benchmarks/ssd_gpu.py [--quick | --sweep | --profile] [--out FILE]
+        [--workloads scene,windows,graph_tokens,long] [--states 64,128]
+        [--mamba-ssm-path DIR] [--no-backward] [--budget-s 140]
 
 ``--tiny`` cuts every workload to at most 4 segments of at most 16 tokens, one head of 16
 channels and N = 16 and, without a GPU, runs through Triton's CPU interpreter with wall-clock
@@ -39,10 +53,12 @@ timing: a smoke test of the script's code paths, not a measurement.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import math
 import os
 import sys
+import time
 import types
 
 import torch
@@ -55,12 +71,43 @@ from scan_gpu import (WORKLOAD_D, bench_device, card_name, emit, median_ms,  # n
                       workload_lengths)
 
 from geossm.kernels import ssd_scan  # noqa: E402
-from geossm.kernels.ssd_scan_triton import CHUNK  # noqa: E402
+from geossm.kernels import ssd_scan_triton as SST  # noqa: E402
+from geossm.kernels.ssd_scan_triton import LaunchSettings, use_settings  # noqa: E402
 from geossm.packed import cu_seqlens_from_lengths  # noqa: E402
 
 HEAD_DIM = 64
 MAMBA_SSM_CHUNK = 256
 WORKLOADS = ("scene", "windows", "graph_tokens", "long")
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
+
+_DEFAULT = LaunchSettings()
+#: Forward settings of ``--sweep`` (the first is the reference of ``rel_diff``).
+FWD_SWEEP = (
+    _DEFAULT,
+    dataclasses.replace(_DEFAULT, block_m=64),
+    dataclasses.replace(_DEFAULT, block_k=128),
+    dataclasses.replace(_DEFAULT, block_k=32, fwd_stages=3),
+    dataclasses.replace(_DEFAULT, fwd_stages=3),
+    dataclasses.replace(_DEFAULT, chunk=256, block_m=64, fwd_warps=4),
+    dataclasses.replace(_DEFAULT, chunk=256, block_m=128),
+    dataclasses.replace(_DEFAULT, chunk=64, block_m=64),
+    dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
+    dataclasses.replace(_DEFAULT, scan_unroll=16),
+    dataclasses.replace(_DEFAULT, scan_block=512, scan_warps=8),
+    dataclasses.replace(_DEFAULT, state_warps=4),
+    dataclasses.replace(_DEFAULT, half_states=False),
+)
+#: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``).
+BWD_SWEEP = (
+    _DEFAULT,
+    dataclasses.replace(_DEFAULT, bwd_block_n=64),
+    dataclasses.replace(_DEFAULT, bwd_warps=4),
+    dataclasses.replace(_DEFAULT, bwd_stages=2),
+    dataclasses.replace(_DEFAULT, bwd_bc_warps=4),
+    dataclasses.replace(_DEFAULT, state_warps=4),
+    dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
+    dataclasses.replace(_DEFAULT, half_states=False),
+)
 
 
 def make_inputs(name: str, state: int, device: torch.device, tiny: bool = False) -> dict:
@@ -117,11 +164,14 @@ def load_mamba_ssm(path: str | None):
 
 
 def geossm_calls(inputs: dict):
-    """``(forward, forward_backward, leaves)`` closures of the public Triton path."""
+    """``(forward, forward_backward, leaves, dout)``: closures of the public Triton path,
+    the leaves they differentiate and the output gradient they use."""
     args = {k: v for k, v in inputs.items() if k != "cu_seqlens"}
     cu = inputs["cu_seqlens"]
     leaves = {k: v.detach().clone().requires_grad_() for k, v in args.items()}
-    dout = torch.randn_like(args["x"])
+    x = args["x"]
+    dout = torch.randn(x.shape, generator=torch.Generator(x.device).manual_seed(2),
+                       device=x.device).to(x.dtype)
 
     def forward():
         with torch.no_grad():
@@ -131,10 +181,23 @@ def geossm_calls(inputs: dict):
         out = ssd_scan(**leaves, dt_softplus=True, cu_seqlens=cu, backend="triton")
         out.backward(dout)
 
-    return forward, forward_backward, list(leaves.values())
+    return forward, forward_backward, list(leaves.values()), dout
 
 
-def mamba_ssm_calls(scan, inputs: dict):
+def geossm_backward_call(inputs: dict, dout: torch.Tensor):
+    """The Triton backward alone (``ssd_scan_bwd`` on canonical tensors)."""
+    H, P = inputs["x"].shape[1:]
+    D = inputs["D"].float()[:, None].expand(H, P).contiguous()
+
+    def backward():
+        return SST.ssd_scan_bwd(dout, inputs["x"], inputs["dt"], inputs["A"], inputs["B"],
+                                inputs["C"], D, inputs["z"], inputs["dt_bias"],
+                                inputs["cu_seqlens"], True, False)
+
+    return backward
+
+
+def mamba_ssm_calls(scan, inputs: dict, dout: torch.Tensor):
     """The same closures for ``mamba_chunk_scan_combined`` with ``seq_idx`` (batch 1)."""
     cu = inputs["cu_seqlens"].long()
     T = inputs["x"].shape[0]
@@ -143,7 +206,6 @@ def mamba_ssm_calls(scan, inputs: dict):
     batch = {k: (v[None] if k in ("x", "dt", "B", "C", "z") else v)
              for k, v in inputs.items() if k != "cu_seqlens"}
     leaves = {k: v.detach().clone().requires_grad_() for k, v in batch.items()}
-    dout = torch.randn_like(batch["x"])
 
     def call(tensors):
         result = scan(tensors["x"], tensors["dt"], tensors["A"], tensors["B"], tensors["C"],
@@ -157,7 +219,7 @@ def mamba_ssm_calls(scan, inputs: dict):
             return call(batch)
 
     def forward_backward():
-        call(leaves).backward(dout)
+        call(leaves).backward(dout[None])
 
     return forward, forward_backward, list(leaves.values())
 
@@ -177,15 +239,154 @@ def chunked_difference(inputs: dict, got: torch.Tensor) -> float:
     return relative_difference(got, want)
 
 
-def measure(impl: str, calls, flops_fwd: float, base: dict, args, out_file) -> None:
-    forward, forward_backward, leaves = calls
-    fwd_ms = median_ms(forward, warmup=10, rep=50)
+def gradient_differences(ours, theirs) -> dict:
+    """Relative difference of every input gradient, geossm vs mamba_ssm (one fwd+bwd each)."""
+    for leaves in (ours[2], theirs[2]):
+        for leaf in leaves:
+            leaf.grad = None
+    ours[1]()
+    theirs[1]()
+    return {name: relative_difference(mine.grad, other.grad.reshape(mine.shape))
+            for name, mine, other in zip(GRAD_NAMES, ours[2], theirs[2])}
+
+
+def measure(impl: str, calls, flops_fwd: float, base: dict, args, out_file, reps) -> None:
+    forward, forward_backward, leaves = calls[:3]
+    warmup, rep = reps
+    fwd_ms = median_ms(forward, warmup=warmup, rep=rep)
     emit(dict(base, impl=impl, mode="fwd", ms=fwd_ms, tflops=flops_fwd / fwd_ms * 1e-9,
               peak_fraction=flops_fwd / fwd_ms * 1e-9 / args.peak_tflops), out_file)
     if not args.no_backward:
-        ms = median_ms(forward_backward, warmup=10, rep=50, grad_to_none=leaves)
+        ms = median_ms(forward_backward, warmup=warmup, rep=rep, grad_to_none=leaves)
         emit(dict(base, impl=impl, mode="fwd+bwd", ms=ms, tflops=3 * flops_fwd / ms * 1e-9,
                   peak_fraction=3 * flops_fwd / ms * 1e-9 / args.peak_tflops), out_file)
+
+
+def compare(args, scan, device, states, started: float) -> bool:
+    """Default and ``--quick`` modes: geossm (default settings) vs mamba_ssm; with
+    ``--quick``, False when the time budget stopped it before a workload."""
+    reps = (3, 15) if args.quick else (10, 50)
+    for name in args.workloads.split(","):
+        for state in states:
+            if args.quick and over_budget(args, started):
+                return False
+            inputs = make_inputs(name, state, device, args.tiny)
+            T, H, P = inputs["x"].shape
+            base = dict(workload=name, T=T, H=H, P=P, N=state,
+                        segments=inputs["cu_seqlens"].numel() - 1, device=card_name(device))
+            ours = geossm_calls(inputs)
+            if not args.quick:
+                base["rel_diff_to_chunked"] = chunked_difference(inputs, ours[0]())
+            measure("geossm", ours, forward_flops(T, H, P, state, SST.SETTINGS.chunk),
+                    dict(base, chunk=SST.SETTINGS.chunk, bwd_chunk=SST.SETTINGS.bwd_chunk),
+                    args, args.out, reps)
+            if scan is not None:
+                theirs = mamba_ssm_calls(scan, inputs, ours[3])
+                diff = relative_difference(ours[0](), theirs[0]()[0])
+                measure("mamba_ssm", theirs, forward_flops(T, H, P, state, MAMBA_SSM_CHUNK),
+                        dict(base, chunk=MAMBA_SSM_CHUNK, rel_diff_to_geossm=diff), args,
+                        args.out, reps)
+                if args.quick and not args.no_backward:
+                    emit(dict(base, check="grad_rel_diff",
+                              grad_rel_diff=gradient_differences(ours, theirs)), args.out)
+            release(inputs, device)
+    return True
+
+
+def release(inputs: dict, device: torch.device) -> None:
+    inputs.clear()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def settings_record(settings: LaunchSettings) -> dict:
+    """The fields in which ``settings`` differ from the defaults (``{}``: the defaults)."""
+    default = dataclasses.asdict(_DEFAULT)
+    return {k: v for k, v in dataclasses.asdict(settings).items() if v != default[k]}
+
+
+def sweep(args, scan, device, states, started: float) -> bool:
+    """``--sweep``: every FWD_SWEEP, then every BWD_SWEEP setting on every (N, workload) (so
+    that each setting compiles once per N and a cut by the time budget drops whole settings,
+    least promising last), then mamba_ssm; False when the time budget ran out."""
+    reps = (2, 10) if args.tiny else (3, 20)
+    cases = []
+    for state in states:
+        for name in args.workloads.split(","):
+            inputs = make_inputs(name, state, device, args.tiny)
+            forward, _, _, dout = geossm_calls(inputs)
+            T, H = inputs["x"].shape[:2]
+            cases.append(dict(base=dict(workload=name, T=T, N=state, H=H), inputs=inputs,
+                              forward=forward, backward=geossm_backward_call(inputs, dout),
+                              dout=dout))
+    for settings in FWD_SWEEP:
+        for case in cases:
+            if over_budget(args, started):
+                return False
+            with use_settings(settings):
+                out = case["forward"]()
+                ms = median_ms(case["forward"], *reps)
+            reference = case.setdefault("fwd_reference", out)
+            emit(dict(case["base"], sweep="fwd", settings=settings_record(settings), ms=ms,
+                      rel_diff=relative_difference(out, reference)), args.out)
+    for settings in BWD_SWEEP:
+        for case in cases:
+            if over_budget(args, started):
+                return False
+            with use_settings(settings):
+                grads = case["backward"]()
+                ms = median_ms(case["backward"], *reps)
+            reference = case.setdefault("bwd_reference", grads)
+            diff = max(relative_difference(g, r) for g, r in zip(grads, reference)
+                       if g is not None)
+            emit(dict(case["base"], sweep="bwd", settings=settings_record(settings), ms=ms,
+                      max_grad_rel_diff=diff), args.out)
+    for case in cases if scan is not None else []:
+        if over_budget(args, started):
+            return False
+        theirs = mamba_ssm_calls(scan, case["inputs"], case["dout"])
+        emit(dict(case["base"], sweep="mamba_ssm", mode="fwd",
+                  ms=median_ms(theirs[0], *reps)), args.out)
+        emit(dict(case["base"], sweep="mamba_ssm", mode="fwd+bwd",
+                  ms=median_ms(theirs[1], *reps, grad_to_none=theirs[2])), args.out)
+    return True
+
+
+def over_budget(args, started: float) -> bool:
+    return time.perf_counter() - started > args.budget_s
+
+
+def profile(args, scan, device, states) -> None:
+    """Per-kernel CUDA time of one forward + backward of each implementation (mean of 3)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for state in states:
+        for name in args.workloads.split(","):
+            inputs = make_inputs(name, state, device, args.tiny)
+            ours = geossm_calls(inputs)
+            impls = [("geossm", ours[1])]
+            if scan is not None:
+                impls.append(("mamba_ssm", mamba_ssm_calls(scan, inputs, ours[3])[1]))
+            for impl, call in impls:
+                call()
+                activities = [ProfilerActivity.CUDA] if device.type == "cuda" else []
+                with torch_profile(activities=activities or [ProfilerActivity.CPU]) as prof:
+                    for _ in range(3):
+                        call()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                kernels = []
+                for event in prof.key_averages():
+                    total = getattr(event, "device_time_total", None)
+                    if total is None:
+                        total = getattr(event, "cuda_time_total", 0.0)
+                    if total > 0:
+                        kernels.append((event.key[:80], round(total / 3, 1), event.count // 3))
+                kernels.sort(key=lambda k: -k[1])
+                emit(dict(workload=name, N=state, profile=impl,
+                          kernels_us=[list(k) for k in kernels[:14]]), args.out)
+            release(inputs, device)
 
 
 def main(argv=None) -> int:
@@ -194,36 +395,43 @@ def main(argv=None) -> int:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--states", default="64,128")
     parser.add_argument("--mamba-ssm-path", default=None)
-    parser.add_argument("--peak-tflops", type=float, default=790.0)
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--no-backward", action="store_true")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true")
+    mode.add_argument("--sweep", action="store_true")
+    mode.add_argument("--profile", action="store_true")
+    parser.add_argument("--budget-s", type=float, default=140.0,
+                        help="--sweep / --quick stop starting new measurements after this "
+                             "many seconds")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     device = bench_device()
     if device.type != "cuda" and not args.tiny:
         parser.error("needs a CUDA GPU (or --tiny for the CPU smoke test)")
+    started = time.perf_counter()
     scan, reason = load_mamba_ssm(args.mamba_ssm_path)
     if scan is None:
         emit({"impl": "mamba_ssm", "skipped": reason}, args.out)
     states = [16] if args.tiny else [int(s) for s in args.states.split(",")]
-    for name in args.workloads.split(","):
-        for state in states:
-            inputs = make_inputs(name, state, device, args.tiny)
-            T, H, P = inputs["x"].shape
-            base = dict(workload=name, T=T, H=H, P=P, N=state,
-                        segments=inputs["cu_seqlens"].numel() - 1, device=card_name(device))
-            ours = geossm_calls(inputs)
-            base["rel_diff_to_chunked"] = chunked_difference(inputs, ours[0]())
-            measure("geossm", ours, forward_flops(T, H, P, state, CHUNK),
-                    dict(base, chunk=CHUNK), args, args.out)
-            if scan is not None:
-                theirs = mamba_ssm_calls(scan, inputs)
-                diff = relative_difference(ours[0](), theirs[0]()[0])
-                measure("mamba_ssm", theirs, forward_flops(T, H, P, state, MAMBA_SSM_CHUNK),
-                        dict(base, chunk=MAMBA_SSM_CHUNK, rel_diff_to_geossm=diff), args,
-                        args.out)
-            del inputs
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+    finished = True
+    if args.sweep:
+        finished = sweep(args, scan, device, states, started)
+        if not finished:
+            emit({"sweep": "stopped", "reason": f"--budget-s {args.budget_s} reached"},
+                 args.out)
+    if args.sweep or args.profile:
+        # the profile of a sweep: the largest N on the first and third workload only
+        chosen = args.workloads.split(",")
+        if args.sweep:
+            args.workloads = ",".join(chosen[0:1] + chosen[2:3])
+            states = states[-1:]
+        # mamba_ssm joins the profile only where the sweep got to it (compiled and tuned)
+        profile(args, scan if not args.sweep or finished else None, device, states)
+    elif not compare(args, scan, device, states, started):
+        emit({"quick": "stopped", "reason": f"--budget-s {args.budget_s} reached"}, args.out)
+    emit({"done": True, "elapsed_s": round(time.perf_counter() - started, 1),
+          "defaults": dataclasses.asdict(_DEFAULT)}, args.out)
     return 0
 
 

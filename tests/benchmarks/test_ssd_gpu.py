@@ -22,7 +22,8 @@ def test_tiny_run_prints_one_line_per_measurement(capsys, tmp_path):
     assert script.main(["--tiny", "--workloads", "graph_tokens", "--out", str(out_file)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0] == {"impl": "mamba_ssm", "skipped": "no --mamba-ssm-path given"}
-    measured = lines[1:]
+    assert lines[-1]["done"] is True and lines[-1]["elapsed_s"] >= 0
+    measured = lines[1:-1]
     assert [(r["impl"], r["mode"]) for r in measured] == [("geossm", "fwd"),
                                                           ("geossm", "fwd+bwd")]
     for record in measured:
@@ -44,3 +45,48 @@ def test_flop_count_of_the_chunked_form():
     # per token and head: 2QN + 2QP + 4PN
     assert script.forward_flops(10, 2, 64, 128, 64) == 10 * 2 * (2 * 64 * 128 + 2 * 64 * 64
                                                                  + 4 * 64 * 128)
+
+
+@pytest.mark.skipif(not _compat.has_triton(), reason="triton not installed")
+def test_tiny_sweep_prints_every_setting(capsys):
+    script = load_script()
+    assert script.main(["--tiny", "--sweep", "--workloads", "windows"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    fwd = [r for r in lines if r.get("sweep") == "fwd"]
+    bwd = [r for r in lines if r.get("sweep") == "bwd"]
+    assert len(fwd) == len(script.FWD_SWEEP) and len(bwd) == len(script.BWD_SWEEP)
+    for record in fwd + bwd:
+        assert record["ms"] > 0
+    # the interpreter computes every setting in float32 (bf16 inputs): equal up to rounding
+    assert max(r["rel_diff"] for r in fwd) < 1e-2
+    assert max(r["max_grad_rel_diff"] for r in bwd) < 1e-2
+    assert any("profile" in r for r in lines) and lines[-1]["done"] is True
+
+
+def distinct_tilings(script):
+    """The sweep's settings that differ in what the interpreter runs (not warps/stages)."""
+    seen = {}
+    for settings in script.FWD_SWEEP + script.BWD_SWEEP:
+        key = (settings.chunk, settings.block_m, settings.block_k, settings.bwd_chunk,
+               settings.scan_block, settings.scan_unroll, settings.half_states)
+        seen.setdefault(key, settings)
+    return list(seen.values())
+
+
+@pytest.mark.skipif(not _compat.has_triton(), reason="triton not installed")
+def test_every_swept_setting_matches_the_float64_reference():
+    """Every tiling of the sweep: Triton forward and own backward against the float64
+    reference, on segments that start and end around the chunk edges."""
+    from geossm.kernels.ssd_scan_triton import use_settings
+    from tests.kernels.test_ssd_scan import make_inputs, run
+    from tests.kernels.test_ssd_scan_triton import assert_close_with_sums
+
+    script = load_script()
+    for settings in distinct_tilings(script):
+        Q, Qb = settings.chunk, settings.bwd_chunk
+        lengths = [Q - 1, 2, 0, Qb + 1, 3] + ([Q + 5] if Q <= 128 else [])
+        inputs, cu = make_inputs(lengths, heads=2, head_dim=4, groups=1, state=4, init=False)
+        want = run("exact", inputs, cu, final=False)
+        with use_settings(settings):
+            got = run("triton", inputs, cu, final=False)
+        assert_close_with_sums(got, want)

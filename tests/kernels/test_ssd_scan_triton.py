@@ -6,12 +6,14 @@ many-segment and 16-bit tensor-core cases need CUDA and skip with the reason oth
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from geossm import _compat
 from geossm.kernels import ssd_scan
-from geossm.kernels.ssd_scan_triton import CHUNK
+from geossm.kernels.ssd_scan_triton import LaunchSettings, use_settings
 
 from .conftest import device_under_test
 from .test_ssd_scan import (FP32_TOLERANCE, LENGTHS, OWN_BACKWARD_TOLERANCE, assert_close,
@@ -26,15 +28,80 @@ needs_cuda = pytest.mark.skipif(DEVICE != "cuda" or not HAS_TRITON,
                                        "interpreter on tiny cases only)")
 
 
+# Forward chunk / row block / source tile / backward chunk: the default and two others that
+# cut chunks into several row blocks and tiles (the interpreter ignores warps and stages).
+SETTINGS = {
+    "default": LaunchSettings(),
+    "c64_m32_k16": LaunchSettings(chunk=64, block_m=32, block_k=16, bwd_chunk=64),
+    "c128_m64_k32_b128": LaunchSettings(chunk=128, block_m=64, block_k=32, bwd_chunk=128),
+}
+
+
+def boundary_lengths(case: str, chunk: int) -> list[int]:
+    return {"end_minus_1": [chunk - 1, 2], "exact": [chunk, chunk], "plus_1": [chunk + 1, 0, 3],
+            "spans_two": [5, 2 * chunk - 3]}[case]
+
+
 @needs_triton
-@pytest.mark.parametrize("lengths", [[CHUNK - 1, 2], [CHUNK, CHUNK], [CHUNK + 1, 0, 3],
-                                     [5, 2 * CHUNK - 3]],
-                         ids=["end_minus_1", "exact", "plus_1", "spans_two"])
-def test_segments_around_chunk_boundaries(lengths):
-    """Segments that start or end at, before or after a chunk edge keep their own state."""
-    inputs, cu = make_inputs(lengths, heads=2, head_dim=4, groups=1, state=4)
-    want = run("exact", inputs, cu)
-    assert_close(run("triton", inputs, cu), want, FP32_TOLERANCE)
+@pytest.mark.parametrize("settings", list(SETTINGS))
+@pytest.mark.parametrize("case", ["end_minus_1", "exact", "plus_1", "spans_two"])
+@pytest.mark.parametrize("states", [True, False], ids=["with_states", "output_only"])
+def test_segments_around_chunk_boundaries(settings, case, states):
+    """Segments that start or end at, before or after a forward (and, ``output_only``,
+    backward) chunk edge keep their own state (``output_only``: the Triton backward runs;
+    with states the chunked torch form's backward). Gradients sum over hundreds of float32 terms: the own-backward
+    tolerance."""
+    chosen = SETTINGS[settings]
+    lengths = boundary_lengths(case, chosen.chunk)
+    if not states:
+        lengths += boundary_lengths(case, chosen.bwd_chunk)
+    inputs, cu = make_inputs(lengths, heads=2, head_dim=4, groups=1, state=4, init=states)
+    want = run("exact", inputs, cu, final=states)
+    with use_settings(chosen):
+        got = run("triton", inputs, cu, final=states)
+    assert_close_with_sums(got, want)
+
+
+@needs_triton
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_state_columns_in_blocks_and_heads_sharing_a_group(reverse):
+    """N = 20 walked in blocks of 16 state columns by the backward, P = 20 padded to 32, two
+    groups of two heads each (the dB/dC kernel sums over a group's heads)."""
+    inputs, cu = make_inputs([70, 3, 0, 90], heads=4, head_dim=20, groups=2, state=20,
+                             init=False)
+    want = run("exact", inputs, cu, reverse=reverse, final=False)
+    with use_settings(LaunchSettings(chunk=64, block_m=32, block_k=16, bwd_block_n=16)):
+        got = run("triton", inputs, cu, reverse=reverse, final=False)
+    assert_close_with_sums(got, want)
+
+
+@needs_triton
+@pytest.mark.parametrize("half_states", [True, False], ids=["bf16_states", "fp32_states"])
+def test_bfloat16_across_chunks(half_states):
+    """bfloat16 inputs over several forward and backward chunks: the per-chunk states stored
+    in bfloat16 (or float32) stay within the 16-bit tolerance of the float64 reference."""
+    inputs, cu = make_inputs([150, 3, 0, 90], heads=2, head_dim=16, groups=1, state=16,
+                             dtype=torch.bfloat16, init=False)
+    want = run("exact", inputs, cu, final=False)
+    settings = LaunchSettings(chunk=64, block_m=32, block_k=32, half_states=half_states)
+    with use_settings(settings):
+        got = run("triton", inputs, cu, final=False)
+    assert_close(got, want, 2e-2)
+
+
+# dA and ddt_bias are one sum per head over hundreds of float32 terms of both signs
+# (cancellation): the chunked torch backend lands at 1.1e-4 on [255, 2, 63, 2].
+SUM_TOLERANCE = 1e-3
+
+
+def assert_close_with_sums(got, want):
+    """``assert_close`` at the own-backward tolerance, the per-head sums at SUM_TOLERANCE."""
+    sums = ("A", "dt_bias")
+    for name in sums:
+        assert rel_err(got[2][name], want[2][name]) <= SUM_TOLERANCE, name
+    rest = [(out, final, {k: v for k, v in grads.items() if k not in sums})
+            for out, final, grads in (got, want)]
+    assert_close(*rest, OWN_BACKWARD_TOLERANCE)
 
 
 @needs_cuda
@@ -136,7 +203,7 @@ def test_backward_op_passes_opcheck():
 
 
 @needs_triton
-@pytest.mark.parametrize("chunks", [1, 2, 3, 17, 50])
+@pytest.mark.parametrize("chunks", [1, 2, 3, 17, 50, 200])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_linear_scan_over_chunks_matches_a_loop(chunks, reverse):
     """The two-level chunk scan (groups of ~sqrt(K) chunks) equals the plain recurrence."""
@@ -153,3 +220,28 @@ def test_linear_scan_over_chunks_matches_a_loop(chunks, reverse):
         want[c] = state
         state = decay[c][:, None, None] * state + drive[c]
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields, error, words", [
+    (dict(chunk=100), ValueError, "chunk must be a power of two"),
+    (dict(block_m=512), ValueError, "block_m=512 must not exceed chunk=128"),
+    (dict(block_k=8), ValueError, "block_k=8 must lie in [16"),
+    (dict(fwd_warps=0), ValueError, "fwd_warps must be a positive int"),
+    (dict(half_states=1), TypeError, "half_states must be a bool"),
+])
+def test_launch_settings_refuse_bad_values(fields, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        LaunchSettings(**fields)
+
+
+def test_use_settings_swaps_and_restores():
+    from geossm.kernels import ssd_scan_triton
+
+    before = ssd_scan_triton.SETTINGS
+    chosen = LaunchSettings(chunk=64, block_m=64)
+    with use_settings(chosen):
+        assert ssd_scan_triton.SETTINGS is chosen
+    assert ssd_scan_triton.SETTINGS is before
+    with pytest.raises(TypeError, match="settings must be a LaunchSettings, got dict"):
+        with use_settings({}):
+            pass
