@@ -17,7 +17,7 @@ from geossm.packed import check_int32_tokens
 
 from .structure import Serialization, _unchecked
 
-__all__ = ["window_groups"]
+__all__ = ["window_groups", "window_partition"]
 
 
 def _triple(name: str, value, what: str) -> tuple[int, int, int]:
@@ -30,7 +30,9 @@ def _triple(name: str, value, what: str) -> tuple[int, int, int]:
 
 
 def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
-                  axis: str = "x", shift: bool = False) -> Serialization:
+                  axis: str = "x", shift: bool = False, *,
+                  partition: tuple[Tensor, Tensor] | None = None,
+                  check: bool = True) -> Serialization:
     """Serialize voxels window by window and cut every sample into fixed-size groups.
 
     With ``(wx, wy, wz) = window_shape`` and ``s = window // 2`` when ``shift`` (else 0), a voxel
@@ -43,6 +45,10 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
     ``ceil(n_b / group_size)`` groups: all of exactly ``group_size`` voxels except the sample's
     last; groups never cross samples, no voxel is padded or duplicated, empty samples give no group.
 
+    The groups depend only on the samples' voxel counts and ``group_size``, not on the axis or
+    the shift: layers that serialize the same voxels along x and along y can share one
+    ``partition`` (``window_partition``), and with it one ``cu_seqlens`` tensor.
+
     Args:
         coords: ``(N, 4)`` integer voxel indices ``(batch, z, y, x)`` (spconv's convention).
         sparse_shape: ``(Z, Y, X)`` grid extent (spconv's ``spatial_shape``).
@@ -50,11 +56,17 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
         group_size: voxels per group (LION: 4096, 2048, 1024, 512).
         axis: ``"x"`` or ``"y"``: the slowest window axis, default ``"x"``.
         shift: offset the windows by half a window (shifted windows), default False.
+        partition: ``window_partition(coords[:, 0], batch_size, group_size)`` computed before
+            (reused, not checked against ``coords``), default None: computed here.
+        check: check that ``coords`` are non-negative and inside ``sparse_shape`` (two host
+            syncs), default True; a caller whose indices are valid by construction passes
+            False (then ``partition`` is required).
 
     Returns:
         ``Serialization`` over the ``G`` groups (``cu_seqlens (G+1,)``) with extras
         ``group_batch (G,)`` (sample of every group) and ``window (N,)`` (flat window index of
-        every source voxel, unique across samples). Host syncs: the range checks and ``G``.
+        every source voxel, unique across samples). Host syncs: the range checks and ``G``
+        (none with ``partition`` and ``check=False``).
     """
     if not isinstance(coords, Tensor):
         raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
@@ -64,15 +76,17 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
         raise ValueError(f"coords: expected an integer tensor, got dtype {coords.dtype}")
     zs, ys, xs = _triple("sparse_shape", sparse_shape, "(Z, Y, X)")
     wx, wy, wz = _triple("window_shape", window_shape, "(wx, wy, wz)")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
+    _check_group_size(group_size)
     if axis not in ("x", "y"):
         raise ValueError(f"axis: expected 'x' or 'y', got {axis!r}")
-    dev = coords.device
+    if not check and partition is None:
+        raise ValueError("partition: expected window_partition(...) when check=False (the "
+                         "number of samples is then not read from coords), got None")
     n = coords.shape[0]
     check_int32_tokens(n, "coords")
     c = coords.long()
-    if n:
+    num_samples = 0
+    if check and n:
         lo = c.min(0).values.tolist()
         hi = c.max(0).values.tolist()
         if min(lo) < 0:
@@ -82,27 +96,63 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
                 f"coords: expected (z, y, x) < sparse_shape {(zs, ys, xs)}, got maxima {hi[1:]}"
             )
         num_samples = hi[0] + 1
-    else:
-        num_samples = 0
-    sx, sy, sz = (wx // 2, wy // 2, wz // 2) if shift else (0, 0, 0)
-    x, y, z = c[:, 3] + sx, c[:, 2] + sy, c[:, 1] + sz
+    if partition is None:
+        partition = window_partition(c[:, 0], num_samples, group_size)
+    cu, group_batch = partition
+    order, inverse, win = _window_order(c, (zs, ys, xs), (wx, wy, wz), axis, shift)
+    return _unchecked(order, inverse, cu, {"group_batch": group_batch, "window": win})
+
+
+def _check_group_size(group_size) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
+
+
+def _window_order(c: Tensor, sparse_shape: tuple[int, int, int],
+                  window_shape: tuple[int, int, int], axis: str, shift: bool
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(order, inverse, window)`` of ``window_groups`` for int64 ``c (N, 4)``: the window
+    and in-window keys of the three axes as one ``(N, 3)`` tensor each, combined by strides
+    (the same integers as the nested ``(w_x * ny + w_y) * nz + w_z`` form)."""
+    zs, ys, xs = sparse_shape
+    wx, wy, wz = window_shape
+    dev = c.device
     # +1 window per axis leaves room for the shifted grid.
     nx, ny, nz = -(-xs // wx) + 1, -(-ys // wy) + 1, -(-zs // wz) + 1
-    win_x, win_y, win_z = x // wx, y // wy, z // wz
-    in_x, in_y, in_z = x % wx, y % wy, z % wz
+    size = torch.tensor([wx, wy, wz], device=dev)
+    xyz = c[:, [3, 2, 1]]
+    if shift:
+        xyz = xyz + size // 2
+    win_xyz = xyz // size
+    in_xyz = xyz - win_xyz * size
     if axis == "x":
-        win = (win_x * ny + win_y) * nz + win_z
-        inner = (in_x * wy + in_y) * wz + in_z
+        win_stride, in_stride = (ny * nz, nz, 1), (wy * wz, wz, 1)
     else:
-        win = (win_y * nx + win_x) * nz + win_z
-        inner = (in_y * wx + in_x) * wz + in_z
-    win = c[:, 0] * (nx * ny * nz) + win
-    key = win * (wx * wy * wz) + inner
+        win_stride, in_stride = (nz, nx * nz, 1), (wz, wx * wz, 1)
+    win = (win_xyz * torch.tensor(win_stride, device=dev)).sum(1) + c[:, 0] * (nx * ny * nz)
+    key = win * (wx * wy * wz) + (in_xyz * torch.tensor(in_stride, device=dev)).sum(1)
     order = torch.sort(key, stable=True).indices
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n, device=dev)
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=dev))
+    return order, inverse, win
 
-    counts = torch.bincount(c[:, 0], minlength=num_samples)
+
+def window_partition(sample: Tensor, num_samples: int, group_size: int) -> tuple[Tensor, Tensor]:
+    """The groups of ``window_groups``: every sample's run cut into groups of ``group_size``.
+
+    Args:
+        sample: ``(N,)`` integer sample of every voxel, each in ``[0, num_samples)``.
+        num_samples: ``B``.
+        group_size: voxels per group.
+
+    Returns:
+        ``(cu_seqlens (G+1,) int32, group_batch (G,) int64)``. One host sync: ``G``.
+    """
+    _check_group_size(group_size)
+    dev = sample.device
+    n = sample.numel()
+    # scatter-add, not bincount: bincount reads the maximum on the host
+    counts = torch.zeros(num_samples, dtype=torch.long, device=dev).index_add_(
+        0, sample.long(), torch.ones_like(sample, dtype=torch.long))
     starts = torch.cumsum(counts, 0) - counts
     groups = (counts + group_size - 1) // group_size
     total = int(groups.sum()) if num_samples else 0
@@ -113,4 +163,4 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
     cu = torch.empty(total + 1, dtype=torch.int32, device=dev)
     cu[:total] = (starts[group_batch] + rank * group_size).to(torch.int32)
     cu[total] = n
-    return _unchecked(order, inverse, cu, {"group_batch": group_batch, "window": win})
+    return cu, group_batch

@@ -20,7 +20,6 @@ operators (RWKV, RetNet) plug in through ``OPERATORS``.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +30,11 @@ from torch import Tensor, nn
 
 from geossm.nn import SerializedBlock
 from geossm.registry import MODELS
-from geossm.serialization import window_groups
+from geossm.serialization import window_groups, window_partition
 
 from .boxes import nms_bev
-from .sparse import SparseVoxels, SubMConv3d, expand_voxels, merge_voxels, voxelize
+from .sparse import (SparseVoxels, SubMConv3d, contains_keys, expand_voxels, merge_voxels,
+                     sorted_voxel_keys, voxel_keys, voxelize)
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes"]
@@ -69,8 +69,19 @@ class LinearGroupLayer(nn.Module):
 
     def forward(self, sp: SparseVoxels) -> SparseVoxels:
         ser = window_groups(sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
-                            axis=self.axis, shift=self.shift)
+                            axis=self.axis, shift=self.shift,
+                            partition=group_partition(sp, self.group_size), check=False)
         return sp.replace(self.mixer(sp.features, ser))
+
+
+def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:
+    """``window_partition`` of ``sp``'s voxels, cached on ``sp``: the x and the y layer of a
+    LION level cut the same groups (one host sync and one ``cu_seqlens`` tensor for both, so
+    the kernels' check of its values runs once)."""
+    key = ("window_partition", group_size)
+    if key not in sp.cache:
+        sp.cache[key] = window_partition(sp.indices[:, 0], sp.batch_size, group_size)
+    return sp.cache[key]
 
 
 class _Descriptor(nn.Module):
@@ -129,42 +140,53 @@ class LIONBlock(nn.Module):
 
 def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> SparseVoxels:
     """Voxel generation: the ``ratio`` fraction of voxels with the largest feature response
-    (max over channels, per sample) is diffused to its four BEV neighbours at ``distance``
-    (``x +- d``, ``y +- d``); new cells start from their source voxel's features, cells that
-    already exist keep theirs."""
+    (max over channels, per sample: ``ceil(ratio * n_b)`` of a sample's ``n_b``) is diffused to
+    its four BEV neighbours at ``distance`` (``x +- d``, ``y +- d``); new cells start from their
+    source voxel's features, cells that already exist keep theirs.
+
+    The whole batch at once: one sort ranks every sample's voxels by score, and the candidate
+    cells (outside the grid or already there: a key past every cell's) are deduplicated by one
+    ``unique``. Host syncs: the number of selected voxels and of new cells."""
     if ratio <= 0 or sp.features.shape[0] == 0:
         return sp
-    score = sp.features.detach().max(1).values
-    b = sp.indices[:, 0]
-    sel = []
-    for i in range(sp.batch_size):
-        idx = torch.nonzero(b == i).squeeze(1)
-        k = int(math.ceil(ratio * idx.numel()))
-        if k:
-            sel.append(idx[torch.topk(score[idx], k).indices])
-    if not sel:
-        return sp
-    src = torch.cat(sel)
+    src = _top_voxels(sp.features.detach().max(1).values, sp.indices[:, 0], sp.batch_size,
+                      ratio)
     z, y, x = sp.spatial_shape
+    dev = sp.indices.device
     offs = torch.tensor([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
-                         [0, 0, -distance, 0]], device=sp.indices.device)
+                         [0, 0, -distance, 0]], device=dev)
     cand = (sp.indices[src][:, None] + offs[None]).reshape(-1, 4)
-    cand_src = src.repeat_interleave(4)
     ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
-    cand, cand_src = cand[ok], cand_src[ok]
-    from .sparse import voxel_keys
-    old = voxel_keys(sp.indices, sp.spatial_shape)
     new = voxel_keys(cand, sp.spatial_shape)
-    # one entry per new cell: drop cells that exist, then duplicates among the candidates
-    fresh = ~torch.isin(new, old)
-    new, cand, cand_src = new[fresh], cand[fresh], cand_src[fresh]
+    # a candidate outside the grid or on an existing cell gets the key past every cell's (the
+    # batch's last sample + 1), so that one unique drops them all as its last entry
+    past = sp.batch_size * z * y * x
+    new = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], new), new, past)
+    new = torch.cat([new, new.new_full((1,), past)])   # always one: the last entry to drop
     uniq, first = _first_occurrence(new)
-    cand, cand_src = cand[first], cand_src[first]
-    return SparseVoxels(torch.cat([sp.features, sp.features[cand_src]]),
-                        torch.cat([sp.indices, cand]), sp.spatial_shape, sp.batch_size)
+    first = first[:-1]
+    cand_src = torch.div(first, 4, rounding_mode="floor")
+    return SparseVoxels(torch.cat([sp.features, sp.features[src[cand_src]]]),
+                        torch.cat([sp.indices, cand[first]]), sp.spatial_shape, sp.batch_size)
+
+
+def _top_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float) -> Tensor:
+    """Rows of the ``ceil(ratio * n_b)`` highest ``score`` of every sample, sample by sample,
+    each by descending score (as ``topk`` per sample gives them). Shapes: ``score, sample (V,)``
+    -> ``(K,)``."""
+    # descending score, then (stable) by sample: each sample's run sorted by score
+    by_score = torch.sort(score, descending=True, stable=True).indices
+    order = by_score[torch.sort(sample[by_score], stable=True).indices]
+    counts = torch.zeros(batch_size, dtype=torch.long, device=score.device).index_add_(
+        0, sample.long(), torch.ones_like(sample, dtype=torch.long))
+    starts = torch.cumsum(counts, 0) - counts
+    take = torch.ceil(ratio * counts.double()).long()
+    rank = torch.arange(order.numel(), device=score.device) - starts[sample[order]]
+    return order[rank < take[sample[order]]]
 
 
 def _first_occurrence(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sorted distinct keys (U,), position of each one's first occurrence in keys (U,))``."""
     uniq, inv = torch.unique(keys, return_inverse=True)
     pos = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long, device=keys.device)
     pos.scatter_reduce_(0, inv, torch.arange(keys.numel(), device=keys.device), "amin")

@@ -23,7 +23,8 @@ from geossm._compat import INSTALL_HINTS, MissingDependencyError
 
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
-           "resolve_backend", "require_spconv", "spconv_subm_conv"]
+           "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
+           "voxel_keys", "sorted_voxel_keys", "contains_keys"]
 
 
 @dataclass(eq=False)
@@ -51,6 +52,23 @@ def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
     z, y, x = spatial_shape
     i = indices.long()
     return ((i[:, 0] * z + i[:, 1]) * y + i[:, 2]) * x + i[:, 3]
+
+
+def sorted_voxel_keys(sp: "SparseVoxels") -> tuple[Tensor, Tensor]:
+    """``(sorted keys (V,), perm (V,))`` of ``sp``'s voxels (``keys[perm] = sorted``), cached
+    on ``sp``: the neighbour table and voxel generation look cells up in them."""
+    if "sorted_keys" not in sp.cache:
+        sp.cache["sorted_keys"] = torch.sort(voxel_keys(sp.indices, sp.spatial_shape))
+    return sp.cache["sorted_keys"]
+
+
+def contains_keys(sorted_keys: Tensor, keys: Tensor) -> Tensor:
+    """``(M,)`` bool: whether each of ``keys (M,)`` is among ``sorted_keys (V,)`` (sorted,
+    distinct). A binary search, no host sync (``torch.isin`` may sort on the host's count)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, keys).clamp_max(sorted_keys.numel() - 1)
+    return sorted_keys[pos] == keys
 
 
 def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
@@ -90,17 +108,22 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     cell = torch.floor((points[:, :3] - lo) / vs).long()
     inside = ((points[:, :3] >= lo) & (points[:, :3] < hi)).all(1)
     inside &= ((cell >= 0) & (cell < torch.tensor(shape_xyz, device=points.device))).all(1)
-    idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)[inside]
-    keys = voxel_keys(idx, spatial)
-    uniq, inv = torch.unique(keys, return_inverse=True)
+    idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)
+    # points outside get the key past every cell's, and one such key is always appended: the
+    # unique's last entry is theirs and is dropped (no boolean selection, no host sync but the
+    # unique's size)
+    past = int(batch_size) * spatial[0] * spatial[1] * spatial[2]
+    keys = torch.where(inside, voxel_keys(idx, spatial), past)
+    uniq, inv = torch.unique(torch.cat([keys, keys.new_full((1,), past)]), return_inverse=True)
+    uniq, inv = uniq[:-1], inv[:-1]
     v = uniq.numel()
-    feats = torch.zeros(v, points.shape[1], dtype=points.dtype, device=points.device)
-    feats.index_add_(0, inv, points[inside])
-    counts = torch.bincount(inv, minlength=v).clamp_min(1).to(points.dtype)
-    feats = feats / counts[:, None]
+    feats = torch.zeros(v + 1, points.shape[1], dtype=points.dtype, device=points.device)
+    feats.index_add_(0, inv, points)
+    counts = torch.zeros(v + 1, dtype=points.dtype, device=points.device).index_add_(
+        0, inv, torch.ones_like(points[:, 0]))
+    feats = feats[:v] / counts[:v, None].clamp_min(1)
     indices = _decode(uniq, spatial)
-    p2v = torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
-    p2v[inside] = inv
+    p2v = torch.where(inside, inv, -1)
     return SparseVoxels(feats, indices, spatial, int(batch_size)), p2v
 
 
@@ -113,46 +136,53 @@ def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
     return torch.stack([bi, zi, yi, xi], 1)
 
 
-def kernel_map(sp: SparseVoxels, kernel_size: int = 3) -> list[tuple[Tensor, Tensor]]:
-    """For each of the ``k^3`` offsets ``(dz, dy, dx)``, the pairs ``(out_rows, in_rows)`` with
-    ``indices[in] = indices[out] + offset`` (the submanifold rule: outputs only at input sites).
-    Cached on ``sp``. Offsets are ordered z-major, then y, then x, each from ``-k//2``."""
-    key = ("subm", kernel_size)
-    if key in sp.cache:
-        return sp.cache[key]
-    keys = voxel_keys(sp.indices, sp.spatial_shape)
-    sorted_keys, perm = torch.sort(keys)
-    r = kernel_size // 2
-    z, y, x = sp.spatial_shape
-    out = []
-    rows = torch.arange(keys.numel(), device=keys.device)
-    for dz in range(-r, r + 1):
-        for dy in range(-r, r + 1):
-            for dx in range(-r, r + 1):
-                if dz == dy == dx == 0:
-                    out.append((rows, rows))
-                    continue
-                nb = sp.indices + torch.tensor([0, dz, dy, dx], device=keys.device)
-                ok = ((nb[:, 1] >= 0) & (nb[:, 1] < z) & (nb[:, 2] >= 0) & (nb[:, 2] < y)
-                      & (nb[:, 3] >= 0) & (nb[:, 3] < x))
-                nk = voxel_keys(nb, sp.spatial_shape)
-                pos = torch.searchsorted(sorted_keys, nk).clamp_max(max(keys.numel() - 1, 0))
-                found = ok & (sorted_keys[pos] == nk) if keys.numel() else ok
-                out.append((rows[found], perm[pos[found]]))
-    sp.cache[key] = out
-    return out
+def _offsets(kernel_size: int, device: torch.device) -> Tensor:
+    """``(k^3, 4)`` long offsets ``(0, dz, dy, dx)``, z-major, then y, then x, each from
+    ``-k//2``."""
+    r = torch.arange(-(kernel_size // 2), kernel_size // 2 + 1, device=device)
+    dz, dy, dx = torch.meshgrid(r, r, r, indexing="ij")
+    return torch.stack([torch.zeros_like(dz), dz, dy, dx], -1).reshape(-1, 4)
 
 
 def neighbour_table(sp: SparseVoxels, kernel_size: int = 3) -> Tensor:
     """``(V, k^3)`` long: row of the voxel at ``indices[v] + offset_k``, or ``V`` (a zero row)
-    where that cell is empty. Built from ``kernel_map`` and cached on ``sp``."""
+    where that cell is empty. Offsets as ``kernel_map``. Cached on ``sp``.
+
+    All offsets at once: the ``V * k^3`` neighbour keys are looked up in the sorted voxel keys
+    by one ``searchsorted``, with no output whose size depends on the data (no host sync)."""
     key = ("table", kernel_size)
     if key not in sp.cache:
         v = sp.indices.shape[0]
-        table = torch.full((v, kernel_size ** 3), v, dtype=torch.long, device=sp.indices.device)
-        for k, (o, i) in enumerate(kernel_map(sp, kernel_size)):
-            table[o, k] = i
+        dev = sp.indices.device
+        sorted_keys, perm = sorted_voxel_keys(sp)
+        nb = sp.indices.long()[:, None, :] + _offsets(kernel_size, dev)         # (V, k^3, 4)
+        hi = torch.tensor([sp.batch_size, *sp.spatial_shape], device=dev)
+        ok = ((nb >= 0) & (nb < hi)).all(-1)
+        nk = voxel_keys(nb.reshape(-1, 4), sp.spatial_shape).view(v, kernel_size ** 3)
+        pos = torch.searchsorted(sorted_keys, nk).clamp_max(max(v - 1, 0))
+        if v:
+            found = ok & (sorted_keys[pos] == nk)
+            table = torch.where(found, perm[pos], v)
+        else:
+            table = torch.empty(0, kernel_size ** 3, dtype=torch.long, device=dev)
         sp.cache[key] = table
+    return sp.cache[key]
+
+
+def kernel_map(sp: SparseVoxels, kernel_size: int = 3) -> list[tuple[Tensor, Tensor]]:
+    """For each of the ``k^3`` offsets ``(dz, dy, dx)``, the pairs ``(out_rows, in_rows)`` with
+    ``indices[in] = indices[out] + offset`` (the submanifold rule: outputs only at input sites).
+    Cached on ``sp``. Offsets are ordered z-major, then y, then x, each from ``-k//2``.
+    Read from ``neighbour_table`` (one host sync per offset: the number of pairs)."""
+    key = ("subm", kernel_size)
+    if key not in sp.cache:
+        table = neighbour_table(sp, kernel_size)
+        v = table.shape[0]
+        out = []
+        for k in range(table.shape[1]):
+            rows = torch.nonzero(table[:, k] < v).squeeze(1)
+            out.append((rows, table[rows, k]))
+        sp.cache[key] = out
     return sp.cache[key]
 
 

@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from geossm._compat import MissingDependencyError
-from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, expand_voxels, merge_voxels,
-                                           resolve_backend, spconv_available, voxelize)
+from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, expand_voxels, kernel_map,
+                                           merge_voxels, neighbour_table, resolve_backend,
+                                           spconv_available, voxel_keys, voxelize)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -55,11 +56,50 @@ def test_kernel_map_is_cached_and_empty_input():
     sp = _random_voxels(n=50)
     conv = SubMConv3d(5, 4).double()
     conv(sp)
-    assert ("subm", 3) in sp.cache
+    # the convolution builds the neighbour table only (kernel_map is read from it on demand)
+    table = sp.cache[("table", 3)]
+    assert neighbour_table(sp) is table
     empty = SparseVoxels(torch.zeros(0, 5, dtype=torch.float64),
                          torch.zeros(0, 4, dtype=torch.long),
                          (4, 4, 4), 1)
     assert conv(empty).features.shape == (0, 4)
+
+
+def _table_by_offset_loop(sp, k):
+    """The neighbour table one offset at a time (the rulebook's definition, no vectorisation)."""
+    keys = voxel_keys(sp.indices, sp.spatial_shape).tolist()
+    row_of = {key: row for row, key in enumerate(keys)}
+    v, r = len(keys), k // 2
+    table = torch.full((v, k ** 3), v, dtype=torch.long)
+    offsets = [(dz, dy, dx) for dz in range(-r, r + 1) for dy in range(-r, r + 1)
+               for dx in range(-r, r + 1)]
+    for row, (b, z, y, x) in enumerate(sp.indices.tolist()):
+        for col, (dz, dy, dx) in enumerate(offsets):
+            cell = (z + dz, y + dy, x + dx)
+            if all(0 <= c < s for c, s in zip(cell, sp.spatial_shape)):
+                key = voxel_keys(torch.tensor([[b, *cell]]), sp.spatial_shape).item()
+                table[row, col] = row_of.get(key, v)
+    return table
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_neighbour_table_and_kernel_map_match_the_offset_loop(k):
+    sp = _random_voxels(n=120, shape=(3, 5, 4), batch=3)
+    ref = _table_by_offset_loop(sp, k)
+    assert torch.equal(neighbour_table(sp, k), ref)
+    v = ref.shape[0]
+    pairs = kernel_map(sp, k)
+    assert len(pairs) == k ** 3
+    for col, (out_rows, in_rows) in enumerate(pairs):
+        expect = torch.nonzero(ref[:, col] < v).squeeze(1)
+        assert torch.equal(out_rows, expect)
+        assert torch.equal(in_rows, ref[expect, col])
+
+
+def test_neighbour_table_of_no_voxels():
+    empty = SparseVoxels(torch.zeros(0, 2), torch.zeros(0, 4, dtype=torch.long), (4, 4, 4), 1)
+    assert neighbour_table(empty).shape == (0, 27)
+    assert all(o.numel() == 0 and i.numel() == 0 for o, i in kernel_map(empty))
 
 
 def _skip_without_spconv():
