@@ -144,36 +144,37 @@ def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> Sparse
     its four BEV neighbours at ``distance`` (``x +- d``, ``y +- d``); new cells start from their
     source voxel's features, cells that already exist keep theirs.
 
-    The whole batch at once: one sort ranks every sample's voxels by score, and the candidate
-    cells (outside the grid or already there: a key past every cell's) are deduplicated by one
-    ``unique``. Host syncs: the number of selected voxels and of new cells."""
+    The whole batch at once and with no size that depends on the data but the result's: one
+    sort ranks every sample's voxels by score; every voxel proposes its four cells, and those
+    of unselected voxels, outside the grid or already there get a key past every cell's, so
+    that one ``unique`` both deduplicates the new cells and drops them (as its last entry).
+    Host sync: the number of new cells."""
     if ratio <= 0 or sp.features.shape[0] == 0:
         return sp
-    src = _top_voxels(sp.features.detach().max(1).values, sp.indices[:, 0], sp.batch_size,
-                      ratio)
+    order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
+                                     sp.batch_size, ratio)
     z, y, x = sp.spatial_shape
-    dev = sp.indices.device
     offs = torch.tensor([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
-                         [0, 0, -distance, 0]], device=dev)
-    cand = (sp.indices[src][:, None] + offs[None]).reshape(-1, 4)
+                         [0, 0, -distance, 0]], device=sp.indices.device)
+    cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
     ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
+    ok &= selected[:, None].expand(-1, offs.shape[0]).reshape(-1)
     new = voxel_keys(cand, sp.spatial_shape)
-    # a candidate outside the grid or on an existing cell gets the key past every cell's (the
-    # batch's last sample + 1), so that one unique drops them all as its last entry
     past = sp.batch_size * z * y * x
     new = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], new), new, past)
     new = torch.cat([new, new.new_full((1,), past)])   # always one: the last entry to drop
-    uniq, first = _first_occurrence(new)
+    _, first = _first_occurrence(new)
     first = first[:-1]
-    cand_src = torch.div(first, 4, rounding_mode="floor")
-    return SparseVoxels(torch.cat([sp.features, sp.features[src[cand_src]]]),
+    src = order[torch.div(first, offs.shape[0], rounding_mode="floor")]
+    return SparseVoxels(torch.cat([sp.features, sp.features[src]]),
                         torch.cat([sp.indices, cand[first]]), sp.spatial_shape, sp.batch_size)
 
 
-def _top_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float) -> Tensor:
-    """Rows of the ``ceil(ratio * n_b)`` highest ``score`` of every sample, sample by sample,
-    each by descending score (as ``topk`` per sample gives them). Shapes: ``score, sample (V,)``
-    -> ``(K,)``."""
+def _ranked_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float
+                   ) -> tuple[Tensor, Tensor]:
+    """``(order (V,), selected (V,) bool)``: the voxels sample by sample, each sample's by
+    descending ``score`` (the order ``topk`` gives), and whether each is among its sample's
+    ``ceil(ratio * n_b)`` highest. Shapes: ``score, sample (V,)``."""
     # descending score, then (stable) by sample: each sample's run sorted by score
     by_score = torch.sort(score, descending=True, stable=True).indices
     order = by_score[torch.sort(sample[by_score], stable=True).indices]
@@ -181,8 +182,9 @@ def _top_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float) ->
         0, sample.long(), torch.ones_like(sample, dtype=torch.long))
     starts = torch.cumsum(counts, 0) - counts
     take = torch.ceil(ratio * counts.double()).long()
-    rank = torch.arange(order.numel(), device=score.device) - starts[sample[order]]
-    return order[rank < take[sample[order]]]
+    sample_of = sample[order]
+    rank = torch.arange(order.numel(), device=score.device) - starts[sample_of]
+    return order, rank < take[sample_of]
 
 
 def _first_occurrence(keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -355,7 +357,8 @@ class LION(nn.Module):
     def forward(self, points: Tensor, cu_seqlens: Tensor) -> dict[str, Tensor]:
         b = cu_seqlens.numel() - 1
         counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts)
+        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
+                                        output_size=points.shape[0])
         pts = points.float()
         sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr)
         vs = torch.tensor(self.voxel_size, device=pts.device)

@@ -414,9 +414,9 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
     Returns:
         ``(coarse SparseVoxels, fine_to_coarse (V,))``; ``expand_voxels`` undoes the merge.
     """
-    s = torch.tensor([1, *[int(v) for v in stride]], device=sp.indices.device)
-    if (s < 1).any():
+    if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
+    s = torch.tensor([1, *[int(v) for v in stride]], device=sp.indices.device)
     shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
     coarse = sp.indices // s
     keys = voxel_keys(coarse, shape)
