@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_profile  # noqa: E402  (build_trainer, make_batches, data_overrides, TASKS)
@@ -55,6 +55,8 @@ INDEXING = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default,
             aten._index_put_impl_.default)
 #: Python-level tensor reads that copy to the host (``.item()`` is ``_local_scalar_dense``)
 HOST_READS = ("tolist", "numpy", "cpu")
+#: factories that copy host data to ``device=``: on the GPU a copy the host waits for
+HOST_COPIES = ("tensor", "as_tensor")
 
 
 def _sync_kind(func, args, kwargs) -> str | None:
@@ -74,13 +76,17 @@ def _sync_kind(func, args, kwargs) -> str | None:
 class OpCounter(TorchDispatchMode):
     """Counts dispatched operators (``ops[name]``) and host-sync points (``syncs[kind]``).
 
-    ``HOST_READS`` (``Tensor.tolist``, ``.numpy``, ``.cpu``) are counted too while the mode is
-    active (they do not reach the dispatcher for CPU tensors), except inside a dispatched
+    ``HOST_READS`` (``Tensor.tolist``, ``.numpy``, ``.cpu``) and ``HOST_COPIES`` with a
+    ``device`` (``torch.tensor(..., device=d)``: on the GPU a blocking copy) are counted too
+    while the mode is active (they do not reach the dispatcher for CPU tensors), except inside a dispatched
     operator (the CPU implementation of a custom op reading its inputs is not a device sync).
+
+    Tensors that live on the host on every device (``host_tensors``, the results of ``.cpu()``
+    and what operators compute from only such tensors) are followed: reading them is no sync.
 
     Args:
         host_tensors: tensors that live on the host on every device (the optimizer's step
-            counters): reading them is no sync.
+            counters).
     """
 
     def __init__(self, host_tensors=()):
@@ -89,20 +95,36 @@ class OpCounter(TorchDispatchMode):
         self.syncs: collections.Counter = collections.Counter()
         self.sync_sites: collections.Counter = collections.Counter()
         self._patched: list = []
-        self._host = {id(t) for t in host_tensors}
+        self._host: dict[int, torch.Tensor] = {}   # id -> tensor (kept alive: ids stay unique)
+        for t in host_tensors:
+            self._mark_host(t)
         self._depth = 0
+
+    def _mark_host(self, value) -> None:
+        for t in torch.utils._pytree.tree_leaves(value):
+            if isinstance(t, torch.Tensor):
+                self._host[id(t)] = t
+
+    def _on_host(self, args, kwargs) -> bool:
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                   if isinstance(t, torch.Tensor)]
+        return bool(tensors) and all(id(t) in self._host for t in tensors)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[str(func.overloadpacket.__name__)] += 1
+        on_host = self._on_host(args, kwargs)
         kind = _sync_kind(func, args, kwargs)
-        if kind and not (kind == "scalar" and args and id(args[0]) in self._host):
+        if kind and not on_host:
             self._record(kind)
         self._depth += 1
         try:
-            return func(*args, **kwargs)
+            out = func(*args, **kwargs)
         finally:
             self._depth -= 1
+        if on_host:
+            self._mark_host(out)
+        return out
 
     def _record(self, kind: str) -> None:
         self.syncs[kind] += 1
@@ -123,15 +145,32 @@ class OpCounter(TorchDispatchMode):
             def counted(t, *a, _original=original, _name=name, **kw):
                 if not self._depth and id(t) not in self._host:
                     self._record(_name)
-                return _original(t, *a, **kw)
+                out = _original(t, *a, **kw)
+                if _name == "cpu":
+                    # a CPU tensor's .cpu() is itself; on the GPU it is a new host tensor
+                    if out is t:
+                        with _disable_current_modes():   # not an operator of the step
+                            out = out.clone()
+                    self._mark_host(out)
+                return out
 
             setattr(torch.Tensor, name, counted)
-            self._patched.append((name, original))
+            self._patched.append((torch.Tensor, name, original))
+        for name in HOST_COPIES:
+            original = getattr(torch, name)
+
+            def copied(*a, _original=original, **kw):
+                if not self._depth and kw.get("device") is not None:
+                    self._record("to_device")
+                return _original(*a, **kw)
+
+            setattr(torch, name, copied)
+            self._patched.append((torch, name, original))
         return super().__enter__()
 
     def __exit__(self, *exc):
-        for name, original in self._patched:
-            setattr(torch.Tensor, name, original)
+        for owner, name, original in self._patched:
+            setattr(owner, name, original)
         self._patched.clear()
         return super().__exit__(*exc)
 

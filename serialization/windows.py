@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from geossm.packed import check_int32_tokens
+from geossm.packed import check_int32_tokens, mark_cu_seqlens_valid
 
 from .structure import Serialization, _unchecked
 
@@ -111,28 +112,26 @@ def _check_group_size(group_size) -> None:
 def _window_order(c: Tensor, sparse_shape: tuple[int, int, int],
                   window_shape: tuple[int, int, int], axis: str, shift: bool
                   ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(order, inverse, window)`` of ``window_groups`` for int64 ``c (N, 4)``: the window
-    and in-window keys of the three axes as one ``(N, 3)`` tensor each, combined by strides
-    (the same integers as the nested ``(w_x * ny + w_y) * nz + w_z`` form)."""
+    """``(order, inverse, window)`` of ``window_groups`` for int64 ``c (N, 4)``. Python-number
+    arithmetic only: no constant tensor to copy to the device."""
     zs, ys, xs = sparse_shape
     wx, wy, wz = window_shape
-    dev = c.device
     # +1 window per axis leaves room for the shifted grid.
     nx, ny, nz = -(-xs // wx) + 1, -(-ys // wy) + 1, -(-zs // wz) + 1
-    size = torch.tensor([wx, wy, wz], device=dev)
-    xyz = c[:, [3, 2, 1]]
-    if shift:
-        xyz = xyz + size // 2
-    win_xyz = xyz // size
-    in_xyz = xyz - win_xyz * size
+    sx, sy, sz = (wx // 2, wy // 2, wz // 2) if shift else (0, 0, 0)
+    x, y, z = c[:, 3] + sx, c[:, 2] + sy, c[:, 1] + sz
+    win_x, win_y, win_z = x // wx, y // wy, z // wz
+    in_x, in_y, in_z = x - win_x * wx, y - win_y * wy, z - win_z * wz
     if axis == "x":
-        win_stride, in_stride = (ny * nz, nz, 1), (wy * wz, wz, 1)
+        win = (win_x * ny + win_y) * nz + win_z
+        inner = (in_x * wy + in_y) * wz + in_z
     else:
-        win_stride, in_stride = (nz, nx * nz, 1), (wz, wx * wz, 1)
-    win = (win_xyz * torch.tensor(win_stride, device=dev)).sum(1) + c[:, 0] * (nx * ny * nz)
-    key = win * (wx * wy * wz) + (in_xyz * torch.tensor(in_stride, device=dev)).sum(1)
-    order = torch.sort(key, stable=True).indices
-    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=dev))
+        win = (win_y * nx + win_x) * nz + win_z
+        inner = (in_y * wx + in_x) * wz + in_z
+    win = c[:, 0] * (nx * ny * nz) + win
+    order = torch.sort(win * (wx * wy * wz) + inner, stable=True).indices
+    inverse = torch.empty_like(order).scatter_(
+        0, order, torch.arange(order.numel(), device=c.device))
     return order, inverse, win
 
 
@@ -145,22 +144,31 @@ def window_partition(sample: Tensor, num_samples: int, group_size: int) -> tuple
         group_size: voxels per group.
 
     Returns:
-        ``(cu_seqlens (G+1,) int32, group_batch (G,) int64)``. One host sync: ``G``.
+        ``(cu_seqlens (G+1,) int32, group_batch (G,) int64)`` on ``sample``'s device. One host
+        sync: the ``B`` voxel counts, from which the groups are laid out on the host (a few
+        numbers, no kernel launches) and sent back without waiting (pinned memory); the
+        kernels' check of ``cu_seqlens`` is then skipped (``mark_cu_seqlens_valid``).
     """
     _check_group_size(group_size)
     dev = sample.device
     n = sample.numel()
-    # scatter-add, not bincount: bincount reads the maximum on the host
+    # scatter-add, not bincount: bincount reads the maximum on the host (a second sync)
     counts = torch.zeros(num_samples, dtype=torch.long, device=dev).index_add_(
-        0, sample.long(), torch.ones_like(sample, dtype=torch.long))
-    starts = torch.cumsum(counts, 0) - counts
-    groups = (counts + group_size - 1) // group_size
-    total = int(groups.sum()) if num_samples else 0
-    group_batch = torch.repeat_interleave(torch.arange(num_samples, device=dev), groups,
-                                          output_size=total)
-    first_group = torch.cumsum(groups, 0) - groups
-    rank = torch.arange(total, device=dev) - first_group[group_batch]
-    cu = torch.empty(total + 1, dtype=torch.int32, device=dev)
-    cu[:total] = (starts[group_batch] + rank * group_size).to(torch.int32)
-    cu[total] = n
+        0, sample.long(), torch.ones_like(sample, dtype=torch.long)).cpu().numpy()
+    groups = -(-counts // group_size)
+    group_batch = np.repeat(np.arange(num_samples, dtype=np.int64), groups)
+    rank = np.arange(len(group_batch)) - np.repeat(np.cumsum(groups) - groups, groups)
+    starts = np.cumsum(counts) - counts
+    cu = np.append(starts[group_batch] + rank * group_size, n).astype(np.int32)
+    cu, group_batch = _to_device(cu, dev), _to_device(group_batch, dev)
+    mark_cu_seqlens_valid(cu, n)
     return cu, group_batch
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """``array`` as a tensor on ``device``; to a GPU from pinned memory without a host wait
+    (the caching host allocator keeps the block until the copy is done)."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

@@ -33,8 +33,8 @@ from geossm.registry import MODELS
 from geossm.serialization import window_groups, window_partition
 
 from .boxes import nms_bev
-from .sparse import (SparseVoxels, SubMConv3d, contains_keys, expand_voxels, merge_voxels,
-                     sorted_voxel_keys, voxel_keys, voxelize)
+from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
+                     merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes"]
@@ -154,8 +154,8 @@ def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> Sparse
     order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
                                      sp.batch_size, ratio)
     z, y, x = sp.spatial_shape
-    offs = torch.tensor([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
-                         [0, 0, -distance, 0]], device=sp.indices.device)
+    offs = device_constant([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
+                            [0, 0, -distance, 0]], sp.indices.device)
     cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
     ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
     ok &= selected[:, None].expand(-1, offs.shape[0]).reshape(-1)
@@ -361,9 +361,9 @@ class LION(nn.Module):
                                         output_size=points.shape[0])
         pts = points.float()
         sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr)
-        vs = torch.tensor(self.voxel_size, device=pts.device)
-        centre = (sp.indices[:, [3, 2, 1]].float() + 0.5) * vs + torch.tensor(self.pcr[:3],
-                                                                               device=pts.device)
+        vs = device_constant(self.voxel_size, pts.device, torch.float32)
+        centre = ((sp.indices.flip(1)[:, :3].float() + 0.5) * vs   # (x, y, z) of (b, z, y, x)
+                  + device_constant(self.pcr[:3], pts.device, torch.float32))
         f = torch.cat([sp.features, (sp.features[:, :3] - centre) / vs], 1)
         sp = sp.replace(self.embed(f))
         sp = sp.replace(self.stem_norm(sp.features + self.stem(sp).features))

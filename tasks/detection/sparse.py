@@ -24,7 +24,7 @@ from geossm._compat import INSTALL_HINTS, MissingDependencyError
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
-           "voxel_keys", "sorted_voxel_keys", "contains_keys"]
+           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant"]
 
 
 @dataclass(eq=False)
@@ -45,6 +45,22 @@ class SparseVoxels:
     def replace(self, features: Tensor) -> "SparseVoxels":
         """Same voxels (and cached maps), new features ``(V, C')``."""
         return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size, self.cache)
+
+
+def device_constant(values, device: torch.device, dtype: torch.dtype = torch.long) -> Tensor:
+    """A constant tensor of ``values`` (nested tuples of numbers) on ``device``, made once per
+    process: a fresh ``torch.tensor(..., device=cuda)`` in every step is a copy to the device
+    that waits for it (a host sync). The result is shared: never modify it in place."""
+    return _device_constant(_frozen(values), torch.device(device), dtype)
+
+
+def _frozen(values):
+    return tuple(_frozen(v) for v in values) if isinstance(values, (list, tuple)) else values
+
+
+@functools.lru_cache(maxsize=256)
+def _device_constant(values, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
@@ -99,15 +115,16 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
         raise ValueError(f"points: expected shape (N, >=3), got {tuple(points.shape)}")
     if batch.shape != points.shape[:1]:
         raise ValueError(f"batch: expected shape ({points.shape[0]},), got {tuple(batch.shape)}")
-    vs = torch.tensor(voxel_size, dtype=points.dtype, device=points.device)
-    lo = torch.tensor(point_cloud_range[:3], dtype=points.dtype, device=points.device)
-    hi = torch.tensor(point_cloud_range[3:], dtype=points.dtype, device=points.device)
+    dev, dtype = points.device, points.dtype
+    vs = device_constant([float(v) for v in voxel_size], dev, dtype)
+    lo = device_constant([float(v) for v in point_cloud_range[:3]], dev, dtype)
+    hi = device_constant([float(v) for v in point_cloud_range[3:]], dev, dtype)
     shape_xyz = [int(round(float(h - l) / float(v))) for l, h, v in
                  zip(point_cloud_range[:3], point_cloud_range[3:], voxel_size)]
     spatial = (shape_xyz[2], shape_xyz[1], shape_xyz[0])
     cell = torch.floor((points[:, :3] - lo) / vs).long()
     inside = ((points[:, :3] >= lo) & (points[:, :3] < hi)).all(1)
-    inside &= ((cell >= 0) & (cell < torch.tensor(shape_xyz, device=points.device))).all(1)
+    inside &= ((cell >= 0) & (cell < device_constant(shape_xyz, dev))).all(1)
     idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)
     # points outside get the key past every cell's, and one such key is always appended: the
     # unique's last entry is theirs and is dropped (no boolean selection, no host sync but the
@@ -138,10 +155,9 @@ def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
 
 def _offsets(kernel_size: int, device: torch.device) -> Tensor:
     """``(k^3, 4)`` long offsets ``(0, dz, dy, dx)``, z-major, then y, then x, each from
-    ``-k//2``."""
-    r = torch.arange(-(kernel_size // 2), kernel_size // 2 + 1, device=device)
-    dz, dy, dx = torch.meshgrid(r, r, r, indexing="ij")
-    return torch.stack([torch.zeros_like(dz), dz, dy, dx], -1).reshape(-1, 4)
+    ``-k//2`` (a ``device_constant``)."""
+    r = range(-(kernel_size // 2), kernel_size // 2 + 1)
+    return device_constant([(0, dz, dy, dx) for dz in r for dy in r for dx in r], device)
 
 
 def neighbour_table(sp: SparseVoxels, kernel_size: int = 3) -> Tensor:
@@ -156,7 +172,7 @@ def neighbour_table(sp: SparseVoxels, kernel_size: int = 3) -> Tensor:
         dev = sp.indices.device
         sorted_keys, perm = sorted_voxel_keys(sp)
         nb = sp.indices.long()[:, None, :] + _offsets(kernel_size, dev)         # (V, k^3, 4)
-        hi = torch.tensor([sp.batch_size, *sp.spatial_shape], device=dev)
+        hi = device_constant([sp.batch_size, *sp.spatial_shape], dev)
         ok = ((nb >= 0) & (nb < hi)).all(-1)
         nk = voxel_keys(nb.reshape(-1, 4), sp.spatial_shape).view(v, kernel_size ** 3)
         pos = torch.searchsorted(sorted_keys, nk).clamp_max(max(v - 1, 0))
@@ -416,7 +432,7 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
     """
     if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
-    s = torch.tensor([1, *[int(v) for v in stride]], device=sp.indices.device)
+    s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
     shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
     coarse = sp.indices // s
     keys = voxel_keys(coarse, shape)
