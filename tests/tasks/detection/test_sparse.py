@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from geossm._compat import MissingDependencyError
-from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, expand_voxels, kernel_map,
+from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, device_constant,
+                                           expand_voxels, kernel_map,
                                            merge_voxels, neighbour_table, resolve_backend,
                                            spconv_available, voxel_keys, voxelize)
 
@@ -268,6 +269,42 @@ def test_voxelize_means_and_drops_out_of_range():
     assert p2v.tolist() == [0, 1, 2, -1]
     with pytest.raises(ValueError, match=r"points: expected shape \(N, >=3\)"):
         voxelize(pts[:, :2], batch, 2, (0.1,) * 3, (0, 0, 0, 1, 1, 1))
+
+
+def _voxelize_by_selection(points, batch, batch_size, voxel_size, pcr):
+    """Voxelisation by its definition: the points inside, grouped by cell, averaged."""
+    cells = {}
+    for p, b in zip(points.tolist(), batch.tolist()):
+        cell = [int(torch.floor(torch.tensor((p[i] - pcr[i]) / voxel_size[i]))) for i in range(3)]
+        shape = [round((pcr[i + 3] - pcr[i]) / voxel_size[i]) for i in range(3)]
+        if all(pcr[i] <= p[i] < pcr[i + 3] and 0 <= cell[i] < shape[i] for i in range(3)):
+            cells.setdefault((b, cell[2], cell[1], cell[0]), []).append(p)
+    keys = sorted(cells)
+    return torch.tensor(keys), torch.tensor([list(map(sum, zip(*cells[k]))) for k in keys]) / \
+        torch.tensor([[len(cells[k])] for k in keys])
+
+
+def test_voxelize_matches_the_definition_with_points_outside_on_every_side():
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(400, 4, generator=g, dtype=torch.float64) * 1.6 - 0.3   # ~half outside
+    batch = torch.randint(0, 3, (400,), generator=g)
+    pcr, vs = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.5)
+    sp, p2v = voxelize(pts, batch, 3, vs, pcr)
+    indices, means = _voxelize_by_selection(pts, batch, 3, vs, pcr)
+    assert torch.equal(sp.indices, indices)
+    torch.testing.assert_close(sp.features, means.to(torch.float64))
+    inside = p2v >= 0
+    assert 0 < int(inside.sum()) < 400
+    assert torch.equal(sp.indices[p2v[inside]][:, 0], batch[inside])
+    # every point outside the range has -1, every point inside its cell
+    lo, hi = torch.tensor(pcr[:3], dtype=pts.dtype), torch.tensor(pcr[3:], dtype=pts.dtype)
+    assert torch.equal(inside, ((pts[:, :3] >= lo) & (pts[:, :3] < hi)).all(1))
+
+
+def test_device_constants_are_made_once():
+    a = device_constant([[0, 1], [2, 3]], torch.device("cpu"))
+    assert a is device_constant(((0, 1), (2, 3)), "cpu") and a.dtype == torch.long
+    assert device_constant([0.5], "cpu", torch.float32).dtype == torch.float32
 
 
 def test_merge_and_expand():
