@@ -8,6 +8,7 @@ voxels. LION pads each sample's run to a multiple of the group size by duplicati
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +19,23 @@ from geossm.packed import check_int32_tokens, mark_cu_seqlens_valid
 
 from .structure import Serialization, _unchecked
 
-__all__ = ["window_groups", "window_partition"]
+__all__ = ["window_groups", "window_groups_multi", "window_partition", "device_constant"]
+
+
+def device_constant(values, device: torch.device, dtype: torch.dtype = torch.long) -> Tensor:
+    """A constant tensor of ``values`` (nested tuples of numbers) on ``device``, made once per
+    process: a fresh ``torch.tensor(..., device=cuda)`` in every step is a copy to the device
+    that waits for it (a host sync). The result is shared: never modify it in place."""
+    return _device_constant(_frozen(values), torch.device(device), dtype)
+
+
+def _frozen(values):
+    return tuple(_frozen(v) for v in values) if isinstance(values, (list, tuple)) else values
+
+
+@functools.lru_cache(maxsize=256)
+def _device_constant(values, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def _triple(name: str, value, what: str) -> tuple[int, int, int]:
@@ -69,6 +86,18 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
         every source voxel, unique across samples). Host syncs: the range checks and ``G``
         (none with ``partition`` and ``check=False``).
     """
+    return window_groups_multi(coords, sparse_shape, window_shape, group_size, [(axis, shift)],
+                               partition=partition, check=check)[0]
+
+
+def window_groups_multi(coords: Tensor, sparse_shape, window_shape, group_size: int,
+                        variants: Sequence[tuple[str, bool]] = (("x", False), ("y", True)), *,
+                        partition: tuple[Tensor, Tensor] | None = None,
+                        check: bool = True) -> list[Serialization]:
+    """``window_groups`` of the same voxels for several ``(axis, shift)`` ``variants`` (default
+    LION's pair: x, then y with shifted windows), computed together: one sort of all the
+    variants' keys and one shared partition (``cu_seqlens``). Arguments and result of each as
+    ``window_groups``; raises as it does."""
     if not isinstance(coords, Tensor):
         raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
     if coords.dim() != 2 or coords.shape[1] != 4:
@@ -78,8 +107,10 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
     zs, ys, xs = _triple("sparse_shape", sparse_shape, "(Z, Y, X)")
     wx, wy, wz = _triple("window_shape", window_shape, "(wx, wy, wz)")
     _check_group_size(group_size)
-    if axis not in ("x", "y"):
-        raise ValueError(f"axis: expected 'x' or 'y', got {axis!r}")
+    variants = [(axis, bool(shift)) for axis, shift in variants]
+    for axis, _ in variants:
+        if axis not in ("x", "y"):
+            raise ValueError(f"axis: expected 'x' or 'y', got {axis!r}")
     if not check and partition is None:
         raise ValueError("partition: expected window_partition(...) when check=False (the "
                          "number of samples is then not read from coords), got None")
@@ -100,8 +131,9 @@ def window_groups(coords: Tensor, sparse_shape, window_shape, group_size: int,
     if partition is None:
         partition = window_partition(c[:, 0], num_samples, group_size)
     cu, group_batch = partition
-    order, inverse, win = _window_order(c, (zs, ys, xs), (wx, wy, wz), axis, shift)
-    return _unchecked(order, inverse, cu, {"group_batch": group_batch, "window": win})
+    orders, inverses, wins = _window_orders(c, (zs, ys, xs), (wx, wy, wz), variants)
+    return [_unchecked(order, inverse, cu, {"group_batch": group_batch, "window": win})
+            for order, inverse, win in zip(orders, inverses, wins)]
 
 
 def _check_group_size(group_size) -> None:
@@ -109,29 +141,36 @@ def _check_group_size(group_size) -> None:
         raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
 
 
-def _window_order(c: Tensor, sparse_shape: tuple[int, int, int],
-                  window_shape: tuple[int, int, int], axis: str, shift: bool
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(order, inverse, window)`` of ``window_groups`` for int64 ``c (N, 4)``. Python-number
-    arithmetic only: no constant tensor to copy to the device."""
+def _window_orders(c: Tensor, sparse_shape: tuple[int, int, int],
+                   window_shape: tuple[int, int, int], variants: Sequence[tuple[str, bool]]
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(order, inverse, window)`` of ``window_groups``, each ``(K, N)`` for int64 ``c (N, 4)``
+    and ``K`` variants: the coordinates of every variant (shifted or not) as one ``(K, N, 3)``
+    tensor, window and in-window keys combined by per-variant strides (the same integers as
+    the nested ``(w_x * ny + w_y) * nz + w_z`` form), one sort along the voxels."""
     zs, ys, xs = sparse_shape
     wx, wy, wz = window_shape
+    dev = c.device
     # +1 window per axis leaves room for the shifted grid.
     nx, ny, nz = -(-xs // wx) + 1, -(-ys // wy) + 1, -(-zs // wz) + 1
-    sx, sy, sz = (wx // 2, wy // 2, wz // 2) if shift else (0, 0, 0)
-    x, y, z = c[:, 3] + sx, c[:, 2] + sy, c[:, 1] + sz
-    win_x, win_y, win_z = x // wx, y // wy, z // wz
-    in_x, in_y, in_z = x - win_x * wx, y - win_y * wy, z - win_z * wz
-    if axis == "x":
-        win = (win_x * ny + win_y) * nz + win_z
-        inner = (in_x * wy + in_y) * wz + in_z
-    else:
-        win = (win_y * nx + win_x) * nz + win_z
-        inner = (in_y * wx + in_x) * wz + in_z
-    win = c[:, 0] * (nx * ny * nz) + win
-    order = torch.sort(win * (wx * wy * wz) + inner, stable=True).indices
-    inverse = torch.empty_like(order).scatter_(
-        0, order, torch.arange(order.numel(), device=c.device))
+    shifts, win_strides, in_strides = [], [], []
+    for axis, shift in variants:
+        shifts.append([[wx // 2, wy // 2, wz // 2] if shift else [0, 0, 0]])
+        if axis == "x":
+            win_strides.append([[ny * nz, nz, 1]])
+            in_strides.append([[wy * wz, wz, 1]])
+        else:
+            win_strides.append([[nz, nx * nz, 1]])
+            in_strides.append([[wz, wx * wz, 1]])
+    size = device_constant([wx, wy, wz], dev)
+    xyz = c.flip(1)[:, :3] + device_constant(shifts, dev)                  # (K, N, 3)
+    win_xyz = xyz // size
+    in_xyz = xyz - win_xyz * size
+    win = (win_xyz * device_constant(win_strides, dev)).sum(-1) + c[:, 0] * (nx * ny * nz)
+    key = win * (wx * wy * wz) + (in_xyz * device_constant(in_strides, dev)).sum(-1)
+    order = torch.sort(key, dim=1, stable=True).indices
+    rows = torch.arange(order.shape[1], device=dev).expand_as(order)
+    inverse = torch.empty_like(order).scatter_(1, order, rows)
     return order, inverse, win
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from geossm.nn import SerializedBlock
 from geossm.registry import MODELS
-from geossm.serialization import window_groups, window_partition
+from geossm.serialization import Serialization, window_groups_multi, window_partition
 
 from .boxes import nms_bev
 from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
@@ -67,11 +67,33 @@ class LinearGroupLayer(nn.Module):
         self.axis, self.shift = axis, bool(shift)
         self.mixer = OPERATORS[operator](dim, bidirectional, mlp_ratio, drop_path, **op_kwargs)
 
-    def forward(self, sp: SparseVoxels) -> SparseVoxels:
-        ser = window_groups(sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
-                            axis=self.axis, shift=self.shift,
-                            partition=group_partition(sp, self.group_size), check=False)
-        return sp.replace(self.mixer(sp.features, ser))
+    def forward(self, sp: SparseVoxels, serialization: Serialization | None = None
+                ) -> SparseVoxels:
+        """``serialization``: this layer's window groups of ``sp``'s voxels when computed
+        before (``run_level``); default None: computed here."""
+        if serialization is None:
+            serialization = window_groups_multi(
+                sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
+                [(self.axis, self.shift)], partition=group_partition(sp, self.group_size),
+                check=False)[0]
+        return sp.replace(self.mixer(sp.features, serialization))
+
+
+def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVoxels:
+    """``layers`` one after the other on the same voxels (a LION level: x, then y shifted),
+    their window groups computed together (one sort, one partition: ``window_groups_multi``).
+    The layers must share ``window_shape`` and ``group_size``."""
+    first = layers[0]
+    if any((l.window_shape, l.group_size) != (first.window_shape, first.group_size)
+           for l in layers):
+        raise ValueError("layers: expected one window_shape and group_size for the level, got "
+                         f"{[(l.window_shape, l.group_size) for l in layers]}")
+    sers = window_groups_multi(sp.indices, sp.spatial_shape, first.window_shape,
+                               first.group_size, [(l.axis, l.shift) for l in layers],
+                               partition=group_partition(sp, first.group_size), check=False)
+    for layer, ser in zip(layers, sers):
+        sp = layer(sp, ser)
+    return sp
 
 
 def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:
@@ -128,12 +150,9 @@ class LIONBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, sp: SparseVoxels) -> SparseVoxels:
-        sp = self.descriptor(sp)
-        for layer in self.full:
-            sp = layer(sp)
+        sp = run_level(self.full, self.descriptor(sp))
         coarse, inv = merge_voxels(sp, self.merge_stride)
-        for layer in self.coarse:
-            coarse = layer(coarse)
+        coarse = run_level(self.coarse, coarse)
         up = expand_voxels(coarse, sp, inv)
         return sp.replace(self.norm(sp.features + up.features))
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from geossm._compat import INSTALL_HINTS, MissingDependencyError
+from geossm.serialization.windows import device_constant
 
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
@@ -47,27 +48,12 @@ class SparseVoxels:
         return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size, self.cache)
 
 
-def device_constant(values, device: torch.device, dtype: torch.dtype = torch.long) -> Tensor:
-    """A constant tensor of ``values`` (nested tuples of numbers) on ``device``, made once per
-    process: a fresh ``torch.tensor(..., device=cuda)`` in every step is a copy to the device
-    that waits for it (a host sync). The result is shared: never modify it in place."""
-    return _device_constant(_frozen(values), torch.device(device), dtype)
-
-
-def _frozen(values):
-    return tuple(_frozen(v) for v in values) if isinstance(values, (list, tuple)) else values
-
-
-@functools.lru_cache(maxsize=256)
-def _device_constant(values, device: torch.device, dtype: torch.dtype) -> Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
-
-
 def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
-    """Int64 keys ``(V,)`` of ``indices (V, 4)``, ordered like ``(batch, z, y, x)``."""
-    z, y, x = spatial_shape
-    i = indices.long()
-    return ((i[:, 0] * z + i[:, 1]) * y + i[:, 2]) * x + i[:, 3]
+    """Int64 keys ``(V,)`` of ``indices (V, 4)``, ordered like ``(batch, z, y, x)``:
+    ``((b * Z + z) * Y + y) * X + x``, as one product with the strides and a sum."""
+    z, y, x = (int(v) for v in spatial_shape)
+    strides = device_constant([z * y * x, y * x, x, 1], indices.device)
+    return (indices.long() * strides).sum(-1)
 
 
 def sorted_voxel_keys(sp: "SparseVoxels") -> tuple[Tensor, Tensor]:
@@ -145,12 +131,11 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
 
 
 def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
-    z, y, x = spatial
-    xi = keys % x
-    yi = (keys // x) % y
-    zi = (keys // (x * y)) % z
-    bi = keys // (x * y * z)
-    return torch.stack([bi, zi, yi, xi], 1)
+    """``(V, 4)`` ``(batch, z, y, x)`` of ``voxel_keys`` ``(V,)`` in the grid ``spatial``."""
+    z, y, x = (int(v) for v in spatial)
+    strides = device_constant([z * y * x, y * x, x, 1], keys.device)
+    extents = device_constant([2 ** 62, z, y, x], keys.device)   # the batch is not wrapped
+    return torch.remainder(keys[:, None] // strides, extents)
 
 
 def _offsets(kernel_size: int, device: torch.device) -> Tensor:

@@ -3,7 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geossm.serialization import Serialization, window_groups, window_partition
+from geossm.serialization import (Serialization, window_groups, window_groups_multi,
+                                  window_partition)
 
 SPARSE = (5, 40, 30)  # (Z, Y, X)
 
@@ -79,6 +80,23 @@ def test_one_partition_serves_both_axes_and_shifts(samples, group_size):
             for name in ("group_batch", "window"):
                 assert torch.equal(alone.extras[name], shared.extras[name])
     assert partition[0].dtype == torch.int32 and partition[1].dtype == torch.long
+
+
+@pytest.mark.parametrize("n", [0, 1, 250])
+def test_several_variants_at_once_equal_one_at_a_time(n):
+    coords = _voxels(n, 3, seed=n)
+    variants = [("x", False), ("y", True), ("y", False), ("x", True)]
+    together = window_groups_multi(coords, SPARSE, (7, 6, 3), 16, variants)
+    assert len(together) == len(variants)
+    assert all(s.cu_seqlens is together[0].cu_seqlens for s in together)  # one partition
+    for (axis, shift), got in zip(variants, together):
+        alone = window_groups(coords, SPARSE, (7, 6, 3), 16, axis, shift)
+        for name in ("order", "inverse", "cu_seqlens"):
+            assert torch.equal(getattr(alone, name), getattr(got, name))
+        for name in ("group_batch", "window"):
+            assert torch.equal(alone.extras[name], got.extras[name])
+    with pytest.raises(ValueError, match=r"axis: expected 'x' or 'y', got 'z'"):
+        window_groups_multi(coords, SPARSE, (7, 6, 3), 16, [("x", False), ("z", True)])
 
 
 def test_partition_of_no_voxels_and_trailing_empty_samples():

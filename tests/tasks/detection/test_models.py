@@ -8,7 +8,7 @@ from geossm.registry import MODELS
 from geossm.tasks.detection.evaluation import kitti_eval
 from geossm.tasks.detection.losses import centerpoint_loss, centerpoint_targets, gaussian_radius
 from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes, generate_voxels,
-                                           _bev)
+                                           run_level, _bev)
 from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d
 
 
@@ -135,6 +135,24 @@ def test_generation_of_the_whole_batch_equals_sample_by_sample(ratio, distance):
     assert torch.equal(out.indices, indices)
     assert torch.equal(out.features, features)
     assert out.indices.shape[0] > sp.indices.shape[0]
+
+
+def test_a_level_run_together_equals_its_layers_one_by_one():
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([LinearGroupLayer(8, (4, 4, 2), 16, "x", False),
+                                  LinearGroupLayer(8, (4, 4, 2), 16, "y", True)])
+    g = torch.Generator().manual_seed(1)
+    idx = torch.unique(torch.stack([torch.randint(0, 2, (200,), generator=g)] +
+                                   [torch.randint(0, s, (200,), generator=g) for s in (3, 9, 10)],
+                                   1), dim=0)
+    sp = SparseVoxels(torch.randn(len(idx), 8, generator=g), idx, (3, 9, 10), 2)
+    one_by_one = sp
+    for layer in layers:
+        one_by_one = layer(one_by_one)
+    assert torch.equal(run_level(layers, sp).features, one_by_one.features)
+    other = LinearGroupLayer(8, (4, 4, 2), 8, "y", True)
+    with pytest.raises(ValueError, match="layers: expected one window_shape and group_size"):
+        run_level([layers[0], other], sp)
 
 
 def test_gaussian_radius_grows_with_size():
