@@ -36,6 +36,7 @@ __all__ = [
     "cu_seqlens_from_lengths", "dense_cu_seqlens", "batch_to_cu_seqlens", "cu_seqlens_to_batch",
     "CuSeqlensRule", "KERNEL", "LAYER", "SERIALIZATION", "TOKENS", "INDEX",
     "check_cu_seqlens", "check_none_for_dense", "canonical_cu_seqlens", "tensor_version",
+    "mark_cu_seqlens_valid",
     "pack_collate",
 ]
 
@@ -380,6 +381,22 @@ def _validated_int32(cu_seqlens: Tensor, rule: CuSeqlensRule, total: int) -> Ten
 
 
 # ------------------------------------------------------------------------------- collate
+
+def mark_cu_seqlens_valid(cu_seqlens: Tensor, total: int) -> None:
+    """Record that ``cu_seqlens`` (int32, contiguous) is valid for ``total`` tokens: the
+    kernels' check of its values (a host copy: a sync on the GPU) is skipped until it changes.
+    For constructors that lay the boundaries out on the host from numbers they already hold.
+    Raises ``ValueError`` for another dtype or layout."""
+    if cu_seqlens.dtype != torch.int32 or not cu_seqlens.is_contiguous():
+        raise ValueError(f"cu_seqlens: expected a contiguous int32 tensor, got "
+                         f"{cu_seqlens.dtype}{'' if cu_seqlens.is_contiguous() else ' strided'}")
+    key = (id(cu_seqlens), tensor_version(cu_seqlens), int(total))
+    if key[1] is None:
+        return
+    if len(_VALIDATED_CU) >= _VALIDATED_CU_SIZE:
+        _VALIDATED_CU.pop(next(iter(_VALIDATED_CU)))
+    _VALIDATED_CU[key] = (cu_seqlens, cu_seqlens)
+
 
 def pack_collate(samples: Sequence[Mapping[str, Any]], *, stack_keys: Sequence[str] = (),
                  length_key: str | None = None) -> dict[str, Any]:

@@ -5,7 +5,8 @@ Layers consume one structure, ``Serialization(order, inverse, cu_seqlens, extras
 
 - points and voxels along space-filling curves (``serialize``, ``serialize_multi``,
   ``encode`` / ``decode`` for ten orders) with PTv3 serialized pooling;
-- LiDAR voxels in LION window groups (``window_groups``);
+- LiDAR voxels in LION window groups (``window_groups``, ``window_groups_multi``,
+  ``window_partition``);
 - graphs: random-walk neighbourhood tokens and degree ordering (``random_walk_tokens``,
   ``degree_order``);
 - event streams (``geossm.serialization.events``: tonic-compatible slicers, frames, voxel grids,
@@ -19,7 +20,7 @@ from .graph import NeighbourhoodTokens, degree_order, random_walk_tokens, random
 from .points import (Pooling, grid_coordinates, pool_grid, serialize, serialize_grid,
                      serialize_multi, serialized_pooling)
 from .structure import InsertedTokens, Serialization, apply, insert_tokens, undo
-from .windows import window_groups
+from .windows import window_groups, window_groups_multi, window_partition
 
 __all__ = [
     "ORDERS", "encode", "decode", "coarsen", "fit_depth",
@@ -27,6 +28,6 @@ __all__ = [
     "insert_tokens", "InsertedTokens",
     "serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
     "serialized_pooling", "pool_grid", "Pooling",
-    "window_groups",
+    "window_groups", "window_groups_multi", "window_partition",
     "random_walk_tokens", "random_walks", "NeighbourhoodTokens", "degree_order", "to_csr",
 ]

@@ -102,14 +102,16 @@ def centerpoint_loss(outputs: dict, targets: tuple[Tensor, Tensor, Tensor],
     ``centerpoint_targets``."""
     hm_t, reg_t, mask = targets
     hm_loss = focal_loss(outputs["heatmap"], hm_t)
-    reg = outputs["reg"].float().permute(0, 2, 3, 1)[mask]        # (P, 8)
-    tgt = reg_t.permute(0, 2, 3, 1)[mask]
-    err = (reg - tgt).abs()
+    # on the whole (B, 8, Y, X) map with the cells outside the mask set to zero, not on the
+    # selected cells: no output whose size the host has to read (no sync), same sum
+    reg = outputs["reg"].float()
+    err = (reg - reg_t).abs()
     # heading up to a half turn: a box and its 180-degree turn are the same box (same IoU), and
     # a symmetric object (a synthetic car, a distant real one) cannot tell them apart, so the
     # (sin, cos) target of either direction is accepted (as SECOND's sin(a - b) loss does)
-    flipped = (reg[:, 6:8] + tgt[:, 6:8]).abs().sum(1)
+    flipped = (reg[:, 6:8] + reg_t[:, 6:8]).abs().sum(1)
     heading = torch.minimum(err[:, 6:8].sum(1), flipped)
-    reg_loss = (err[:, :6].sum() + heading.sum()) / mask.sum().clamp(min=1)  # no host sync
+    per_cell = torch.where(mask, err[:, :6].sum(1) + heading, 0.0)          # (B, Y, X)
+    reg_loss = per_cell.sum() / mask.sum().clamp(min=1)
     return {"loss": hm_loss + reg_weight * reg_loss, "hm_loss": hm_loss.detach(),
             "reg_loss": reg_loss.detach()}

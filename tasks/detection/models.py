@@ -20,7 +20,6 @@ operators (RWKV, RetNet) plug in through ``OPERATORS``.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +30,11 @@ from torch import Tensor, nn
 
 from geossm.nn import SerializedBlock
 from geossm.registry import MODELS
-from geossm.serialization import window_groups
+from geossm.serialization import Serialization, window_groups_multi, window_partition
 
 from .boxes import nms_bev
-from .sparse import SparseVoxels, SubMConv3d, expand_voxels, merge_voxels, voxelize
+from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
+                     merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes"]
@@ -67,10 +67,43 @@ class LinearGroupLayer(nn.Module):
         self.axis, self.shift = axis, bool(shift)
         self.mixer = OPERATORS[operator](dim, bidirectional, mlp_ratio, drop_path, **op_kwargs)
 
-    def forward(self, sp: SparseVoxels) -> SparseVoxels:
-        ser = window_groups(sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
-                            axis=self.axis, shift=self.shift)
-        return sp.replace(self.mixer(sp.features, ser))
+    def forward(self, sp: SparseVoxels, serialization: Serialization | None = None
+                ) -> SparseVoxels:
+        """``serialization``: this layer's window groups of ``sp``'s voxels when computed
+        before (``run_level``); default None: computed here."""
+        if serialization is None:
+            serialization = window_groups_multi(
+                sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
+                [(self.axis, self.shift)], partition=group_partition(sp, self.group_size),
+                check=False)[0]
+        return sp.replace(self.mixer(sp.features, serialization))
+
+
+def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVoxels:
+    """``layers`` one after the other on the same voxels (a LION level: x, then y shifted),
+    their window groups computed together (one sort, one partition: ``window_groups_multi``).
+    The layers must share ``window_shape`` and ``group_size``."""
+    first = layers[0]
+    if any((l.window_shape, l.group_size) != (first.window_shape, first.group_size)
+           for l in layers):
+        raise ValueError("layers: expected one window_shape and group_size for the level, got "
+                         f"{[(l.window_shape, l.group_size) for l in layers]}")
+    sers = window_groups_multi(sp.indices, sp.spatial_shape, first.window_shape,
+                               first.group_size, [(l.axis, l.shift) for l in layers],
+                               partition=group_partition(sp, first.group_size), check=False)
+    for layer, ser in zip(layers, sers):
+        sp = layer(sp, ser)
+    return sp
+
+
+def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:
+    """``window_partition`` of ``sp``'s voxels, cached on ``sp``: the x and the y layer of a
+    LION level cut the same groups (one host sync and one ``cu_seqlens`` tensor for both, so
+    the kernels' check of its values runs once)."""
+    key = ("window_partition", group_size)
+    if key not in sp.cache:
+        sp.cache[key] = window_partition(sp.indices[:, 0], sp.batch_size, group_size)
+    return sp.cache[key]
 
 
 class _Descriptor(nn.Module):
@@ -117,54 +150,64 @@ class LIONBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, sp: SparseVoxels) -> SparseVoxels:
-        sp = self.descriptor(sp)
-        for layer in self.full:
-            sp = layer(sp)
+        sp = run_level(self.full, self.descriptor(sp))
         coarse, inv = merge_voxels(sp, self.merge_stride)
-        for layer in self.coarse:
-            coarse = layer(coarse)
+        coarse = run_level(self.coarse, coarse)
         up = expand_voxels(coarse, sp, inv)
         return sp.replace(self.norm(sp.features + up.features))
 
 
 def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> SparseVoxels:
     """Voxel generation: the ``ratio`` fraction of voxels with the largest feature response
-    (max over channels, per sample) is diffused to its four BEV neighbours at ``distance``
-    (``x +- d``, ``y +- d``); new cells start from their source voxel's features, cells that
-    already exist keep theirs."""
+    (max over channels, per sample: ``ceil(ratio * n_b)`` of a sample's ``n_b``) is diffused to
+    its four BEV neighbours at ``distance`` (``x +- d``, ``y +- d``); new cells start from their
+    source voxel's features, cells that already exist keep theirs.
+
+    The whole batch at once and with no size that depends on the data but the result's: one
+    sort ranks every sample's voxels by score; every voxel proposes its four cells, and those
+    of unselected voxels, outside the grid or already there get a key past every cell's, so
+    that one ``unique`` both deduplicates the new cells and drops them (as its last entry).
+    Host sync: the number of new cells."""
     if ratio <= 0 or sp.features.shape[0] == 0:
         return sp
-    score = sp.features.detach().max(1).values
-    b = sp.indices[:, 0]
-    sel = []
-    for i in range(sp.batch_size):
-        idx = torch.nonzero(b == i).squeeze(1)
-        k = int(math.ceil(ratio * idx.numel()))
-        if k:
-            sel.append(idx[torch.topk(score[idx], k).indices])
-    if not sel:
-        return sp
-    src = torch.cat(sel)
+    order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
+                                     sp.batch_size, ratio)
     z, y, x = sp.spatial_shape
-    offs = torch.tensor([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
-                         [0, 0, -distance, 0]], device=sp.indices.device)
-    cand = (sp.indices[src][:, None] + offs[None]).reshape(-1, 4)
-    cand_src = src.repeat_interleave(4)
+    offs = device_constant([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
+                            [0, 0, -distance, 0]], sp.indices.device)
+    cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
     ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
-    cand, cand_src = cand[ok], cand_src[ok]
-    from .sparse import voxel_keys
-    old = voxel_keys(sp.indices, sp.spatial_shape)
+    ok &= selected[:, None].expand(-1, offs.shape[0]).reshape(-1)
     new = voxel_keys(cand, sp.spatial_shape)
-    # one entry per new cell: drop cells that exist, then duplicates among the candidates
-    fresh = ~torch.isin(new, old)
-    new, cand, cand_src = new[fresh], cand[fresh], cand_src[fresh]
-    uniq, first = _first_occurrence(new)
-    cand, cand_src = cand[first], cand_src[first]
-    return SparseVoxels(torch.cat([sp.features, sp.features[cand_src]]),
-                        torch.cat([sp.indices, cand]), sp.spatial_shape, sp.batch_size)
+    past = sp.batch_size * z * y * x
+    new = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], new), new, past)
+    new = torch.cat([new, new.new_full((1,), past)])   # always one: the last entry to drop
+    _, first = _first_occurrence(new)
+    first = first[:-1]
+    src = order[torch.div(first, offs.shape[0], rounding_mode="floor")]
+    return SparseVoxels(torch.cat([sp.features, sp.features[src]]),
+                        torch.cat([sp.indices, cand[first]]), sp.spatial_shape, sp.batch_size)
+
+
+def _ranked_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float
+                   ) -> tuple[Tensor, Tensor]:
+    """``(order (V,), selected (V,) bool)``: the voxels sample by sample, each sample's by
+    descending ``score`` (the order ``topk`` gives), and whether each is among its sample's
+    ``ceil(ratio * n_b)`` highest. Shapes: ``score, sample (V,)``."""
+    # descending score, then (stable) by sample: each sample's run sorted by score
+    by_score = torch.sort(score, descending=True, stable=True).indices
+    order = by_score[torch.sort(sample[by_score], stable=True).indices]
+    counts = torch.zeros(batch_size, dtype=torch.long, device=score.device).index_add_(
+        0, sample.long(), torch.ones_like(sample, dtype=torch.long))
+    starts = torch.cumsum(counts, 0) - counts
+    take = torch.ceil(ratio * counts.double()).long()
+    sample_of = sample[order]
+    rank = torch.arange(order.numel(), device=score.device) - starts[sample_of]
+    return order, rank < take[sample_of]
 
 
 def _first_occurrence(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sorted distinct keys (U,), position of each one's first occurrence in keys (U,))``."""
     uniq, inv = torch.unique(keys, return_inverse=True)
     pos = torch.full((uniq.numel(),), keys.numel(), dtype=torch.long, device=keys.device)
     pos.scatter_reduce_(0, inv, torch.arange(keys.numel(), device=keys.device), "amin")
@@ -333,12 +376,13 @@ class LION(nn.Module):
     def forward(self, points: Tensor, cu_seqlens: Tensor) -> dict[str, Tensor]:
         b = cu_seqlens.numel() - 1
         counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts)
+        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
+                                        output_size=points.shape[0])
         pts = points.float()
         sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr)
-        vs = torch.tensor(self.voxel_size, device=pts.device)
-        centre = (sp.indices[:, [3, 2, 1]].float() + 0.5) * vs + torch.tensor(self.pcr[:3],
-                                                                               device=pts.device)
+        vs = device_constant(self.voxel_size, pts.device, torch.float32)
+        centre = ((sp.indices.flip(1)[:, :3].float() + 0.5) * vs   # (x, y, z) of (b, z, y, x)
+                  + device_constant(self.pcr[:3], pts.device, torch.float32))
         f = torch.cat([sp.features, (sp.features[:, :3] - centre) / vs], 1)
         sp = sp.replace(self.embed(f))
         sp = sp.replace(self.stem_norm(sp.features + self.stem(sp).features))

@@ -20,10 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from geossm._compat import INSTALL_HINTS, MissingDependencyError
+from geossm.serialization.windows import device_constant
 
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
-           "resolve_backend", "require_spconv", "spconv_subm_conv"]
+           "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
+           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant"]
 
 
 @dataclass(eq=False)
@@ -47,10 +49,28 @@ class SparseVoxels:
 
 
 def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
-    """Int64 keys ``(V,)`` of ``indices (V, 4)``, ordered like ``(batch, z, y, x)``."""
-    z, y, x = spatial_shape
-    i = indices.long()
-    return ((i[:, 0] * z + i[:, 1]) * y + i[:, 2]) * x + i[:, 3]
+    """Int64 keys ``(V,)`` of ``indices (V, 4)``, ordered like ``(batch, z, y, x)``:
+    ``((b * Z + z) * Y + y) * X + x``, as one product with the strides and a sum."""
+    z, y, x = (int(v) for v in spatial_shape)
+    strides = device_constant([z * y * x, y * x, x, 1], indices.device)
+    return (indices.long() * strides).sum(-1)
+
+
+def sorted_voxel_keys(sp: "SparseVoxels") -> tuple[Tensor, Tensor]:
+    """``(sorted keys (V,), perm (V,))`` of ``sp``'s voxels (``keys[perm] = sorted``), cached
+    on ``sp``: the neighbour table and voxel generation look cells up in them."""
+    if "sorted_keys" not in sp.cache:
+        sp.cache["sorted_keys"] = torch.sort(voxel_keys(sp.indices, sp.spatial_shape))
+    return sp.cache["sorted_keys"]
+
+
+def contains_keys(sorted_keys: Tensor, keys: Tensor) -> Tensor:
+    """``(M,)`` bool: whether each of ``keys (M,)`` is among ``sorted_keys (V,)`` (sorted,
+    distinct). A binary search, no host sync (``torch.isin`` may sort on the host's count)."""
+    if sorted_keys.numel() == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    pos = torch.searchsorted(sorted_keys, keys).clamp_max(sorted_keys.numel() - 1)
+    return sorted_keys[pos] == keys
 
 
 def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
@@ -81,78 +101,89 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
         raise ValueError(f"points: expected shape (N, >=3), got {tuple(points.shape)}")
     if batch.shape != points.shape[:1]:
         raise ValueError(f"batch: expected shape ({points.shape[0]},), got {tuple(batch.shape)}")
-    vs = torch.tensor(voxel_size, dtype=points.dtype, device=points.device)
-    lo = torch.tensor(point_cloud_range[:3], dtype=points.dtype, device=points.device)
-    hi = torch.tensor(point_cloud_range[3:], dtype=points.dtype, device=points.device)
+    dev, dtype = points.device, points.dtype
+    vs = device_constant([float(v) for v in voxel_size], dev, dtype)
+    lo = device_constant([float(v) for v in point_cloud_range[:3]], dev, dtype)
+    hi = device_constant([float(v) for v in point_cloud_range[3:]], dev, dtype)
     shape_xyz = [int(round(float(h - l) / float(v))) for l, h, v in
                  zip(point_cloud_range[:3], point_cloud_range[3:], voxel_size)]
     spatial = (shape_xyz[2], shape_xyz[1], shape_xyz[0])
     cell = torch.floor((points[:, :3] - lo) / vs).long()
     inside = ((points[:, :3] >= lo) & (points[:, :3] < hi)).all(1)
-    inside &= ((cell >= 0) & (cell < torch.tensor(shape_xyz, device=points.device))).all(1)
-    idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)[inside]
-    keys = voxel_keys(idx, spatial)
-    uniq, inv = torch.unique(keys, return_inverse=True)
+    inside &= ((cell >= 0) & (cell < device_constant(shape_xyz, dev))).all(1)
+    idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)
+    # points outside get the key past every cell's, and one such key is always appended: the
+    # unique's last entry is theirs and is dropped (no boolean selection, no host sync but the
+    # unique's size)
+    past = int(batch_size) * spatial[0] * spatial[1] * spatial[2]
+    keys = torch.where(inside, voxel_keys(idx, spatial), past)
+    uniq, inv = torch.unique(torch.cat([keys, keys.new_full((1,), past)]), return_inverse=True)
+    uniq, inv = uniq[:-1], inv[:-1]
     v = uniq.numel()
-    feats = torch.zeros(v, points.shape[1], dtype=points.dtype, device=points.device)
-    feats.index_add_(0, inv, points[inside])
-    counts = torch.bincount(inv, minlength=v).clamp_min(1).to(points.dtype)
-    feats = feats / counts[:, None]
+    feats = torch.zeros(v + 1, points.shape[1], dtype=points.dtype, device=points.device)
+    feats.index_add_(0, inv, points)
+    counts = torch.zeros(v + 1, dtype=points.dtype, device=points.device).index_add_(
+        0, inv, torch.ones_like(points[:, 0]))
+    feats = feats[:v] / counts[:v, None].clamp_min(1)
     indices = _decode(uniq, spatial)
-    p2v = torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
-    p2v[inside] = inv
+    p2v = torch.where(inside, inv, -1)
     return SparseVoxels(feats, indices, spatial, int(batch_size)), p2v
 
 
 def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
-    z, y, x = spatial
-    xi = keys % x
-    yi = (keys // x) % y
-    zi = (keys // (x * y)) % z
-    bi = keys // (x * y * z)
-    return torch.stack([bi, zi, yi, xi], 1)
+    """``(V, 4)`` ``(batch, z, y, x)`` of ``voxel_keys`` ``(V,)`` in the grid ``spatial``."""
+    z, y, x = (int(v) for v in spatial)
+    strides = device_constant([z * y * x, y * x, x, 1], keys.device)
+    extents = device_constant([2 ** 62, z, y, x], keys.device)   # the batch is not wrapped
+    return torch.remainder(keys[:, None] // strides, extents)
+
+
+def _offsets(kernel_size: int, device: torch.device) -> Tensor:
+    """``(k^3, 4)`` long offsets ``(0, dz, dy, dx)``, z-major, then y, then x, each from
+    ``-k//2`` (a ``device_constant``)."""
+    r = range(-(kernel_size // 2), kernel_size // 2 + 1)
+    return device_constant([(0, dz, dy, dx) for dz in r for dy in r for dx in r], device)
+
+
+def neighbour_table(sp: SparseVoxels, kernel_size: int = 3) -> Tensor:
+    """``(V, k^3)`` long: row of the voxel at ``indices[v] + offset_k``, or ``V`` (a zero row)
+    where that cell is empty. Offsets as ``kernel_map``. Cached on ``sp``.
+
+    All offsets at once: the ``V * k^3`` neighbour keys are looked up in the sorted voxel keys
+    by one ``searchsorted``, with no output whose size depends on the data (no host sync)."""
+    key = ("table", kernel_size)
+    if key not in sp.cache:
+        v = sp.indices.shape[0]
+        dev = sp.indices.device
+        sorted_keys, perm = sorted_voxel_keys(sp)
+        nb = sp.indices.long()[:, None, :] + _offsets(kernel_size, dev)         # (V, k^3, 4)
+        hi = device_constant([sp.batch_size, *sp.spatial_shape], dev)
+        ok = ((nb >= 0) & (nb < hi)).all(-1)
+        nk = voxel_keys(nb.reshape(-1, 4), sp.spatial_shape).view(v, kernel_size ** 3)
+        pos = torch.searchsorted(sorted_keys, nk).clamp_max(max(v - 1, 0))
+        if v:
+            found = ok & (sorted_keys[pos] == nk)
+            table = torch.where(found, perm[pos], v)
+        else:
+            table = torch.empty(0, kernel_size ** 3, dtype=torch.long, device=dev)
+        sp.cache[key] = table
+    return sp.cache[key]
 
 
 def kernel_map(sp: SparseVoxels, kernel_size: int = 3) -> list[tuple[Tensor, Tensor]]:
     """For each of the ``k^3`` offsets ``(dz, dy, dx)``, the pairs ``(out_rows, in_rows)`` with
     ``indices[in] = indices[out] + offset`` (the submanifold rule: outputs only at input sites).
-    Cached on ``sp``. Offsets are ordered z-major, then y, then x, each from ``-k//2``."""
+    Cached on ``sp``. Offsets are ordered z-major, then y, then x, each from ``-k//2``.
+    Read from ``neighbour_table`` (one host sync per offset: the number of pairs)."""
     key = ("subm", kernel_size)
-    if key in sp.cache:
-        return sp.cache[key]
-    keys = voxel_keys(sp.indices, sp.spatial_shape)
-    sorted_keys, perm = torch.sort(keys)
-    r = kernel_size // 2
-    z, y, x = sp.spatial_shape
-    out = []
-    rows = torch.arange(keys.numel(), device=keys.device)
-    for dz in range(-r, r + 1):
-        for dy in range(-r, r + 1):
-            for dx in range(-r, r + 1):
-                if dz == dy == dx == 0:
-                    out.append((rows, rows))
-                    continue
-                nb = sp.indices + torch.tensor([0, dz, dy, dx], device=keys.device)
-                ok = ((nb[:, 1] >= 0) & (nb[:, 1] < z) & (nb[:, 2] >= 0) & (nb[:, 2] < y)
-                      & (nb[:, 3] >= 0) & (nb[:, 3] < x))
-                nk = voxel_keys(nb, sp.spatial_shape)
-                pos = torch.searchsorted(sorted_keys, nk).clamp_max(max(keys.numel() - 1, 0))
-                found = ok & (sorted_keys[pos] == nk) if keys.numel() else ok
-                out.append((rows[found], perm[pos[found]]))
-    sp.cache[key] = out
-    return out
-
-
-def neighbour_table(sp: SparseVoxels, kernel_size: int = 3) -> Tensor:
-    """``(V, k^3)`` long: row of the voxel at ``indices[v] + offset_k``, or ``V`` (a zero row)
-    where that cell is empty. Built from ``kernel_map`` and cached on ``sp``."""
-    key = ("table", kernel_size)
     if key not in sp.cache:
-        v = sp.indices.shape[0]
-        table = torch.full((v, kernel_size ** 3), v, dtype=torch.long, device=sp.indices.device)
-        for k, (o, i) in enumerate(kernel_map(sp, kernel_size)):
-            table[o, k] = i
-        sp.cache[key] = table
+        table = neighbour_table(sp, kernel_size)
+        v = table.shape[0]
+        out = []
+        for k in range(table.shape[1]):
+            rows = torch.nonzero(table[:, k] < v).squeeze(1)
+            out.append((rows, table[rows, k]))
+        sp.cache[key] = out
     return sp.cache[key]
 
 
@@ -384,9 +415,9 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
     Returns:
         ``(coarse SparseVoxels, fine_to_coarse (V,))``; ``expand_voxels`` undoes the merge.
     """
-    s = torch.tensor([1, *[int(v) for v in stride]], device=sp.indices.device)
-    if (s < 1).any():
+    if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
+    s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
     shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
     coarse = sp.indices // s
     keys = voxel_keys(coarse, shape)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from geossm.packed import (INDEX, INT32_MAX, KERNEL, LAYER, SERIALIZATION, TOKENS,
                            _VALIDATED_CU, batch_to_cu_seqlens, canonical_cu_seqlens,
                            check_cu_seqlens, check_int32_tokens, cu_seqlens_from_lengths,
-                           cu_seqlens_to_batch, dense_cu_seqlens, pack_collate)
+                           cu_seqlens_to_batch, dense_cu_seqlens, mark_cu_seqlens_valid,
+                           pack_collate)
 
 
 def _expanded(n, *rest, dtype=torch.long):
@@ -203,6 +204,18 @@ def test_the_value_check_is_paid_once_per_tensor_until_changed_in_place():
     cu[1] = 9
     with pytest.raises(ValueError, match=r"non-decreasing"):
         check_cu_seqlens(cu, SERIALIZATION, 7)
+
+
+def test_a_tensor_marked_valid_skips_the_check_until_changed_in_place():
+    cu = _cu(0, 3, 7)
+    mark_cu_seqlens_valid(cu, 7)
+    assert canonical_cu_seqlens(cu, (7,), torch.device("cpu")) is cu   # from the record
+    cu[1] = 9   # a new version: checked again
+    with pytest.raises(ValueError, match=r"non-decreasing"):
+        check_cu_seqlens(cu, SERIALIZATION, 7)
+    with pytest.raises(ValueError, match=r"cu_seqlens: expected a contiguous int32 tensor, got "
+                                         r"torch.int64"):
+        mark_cu_seqlens_valid(_cu(0, 7, dtype=torch.int64), 7)
 
 
 # ---------------------------------------------------------------------------- pack_collate

@@ -3,7 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geossm.serialization import Serialization, window_groups
+from geossm.serialization import (Serialization, window_groups, window_groups_multi,
+                                  window_partition)
 
 SPARSE = (5, 40, 30)  # (Z, Y, X)
 
@@ -59,6 +60,56 @@ def test_window_groups_properties(n, samples, group_size, axis, shift, seed):
         assert int((group_batch == b).sum()) == expected_groups
     # no padding, no duplicates
     assert sorted(s.order.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("samples, group_size", [(1, 7), (3, 5), (4, 400)])
+def test_one_partition_serves_both_axes_and_shifts(samples, group_size):
+    """The groups depend on the samples' counts only: x / y, shifted or not, with a shared
+    partition and no range check give what window_groups computes on its own."""
+    coords = _voxels(300, samples, seed=samples)
+    coords = coords[coords[:, 0] != 1] if samples > 2 else coords   # an empty sample
+    partition = window_partition(coords[:, 0], samples, group_size)
+    for axis in ("x", "y"):
+        for shift in (False, True):
+            alone = window_groups(coords, SPARSE, (7, 6, 3), group_size, axis, shift)
+            shared = window_groups(coords, SPARSE, (7, 6, 3), group_size, axis, shift,
+                                   partition=partition, check=False)
+            assert shared.cu_seqlens is partition[0]
+            for name in ("order", "inverse", "cu_seqlens"):
+                assert torch.equal(getattr(alone, name), getattr(shared, name))
+            for name in ("group_batch", "window"):
+                assert torch.equal(alone.extras[name], shared.extras[name])
+    assert partition[0].dtype == torch.int32 and partition[1].dtype == torch.long
+
+
+@pytest.mark.parametrize("n", [0, 1, 250])
+def test_several_variants_at_once_equal_one_at_a_time(n):
+    coords = _voxels(n, 3, seed=n)
+    variants = [("x", False), ("y", True), ("y", False), ("x", True)]
+    together = window_groups_multi(coords, SPARSE, (7, 6, 3), 16, variants)
+    assert len(together) == len(variants)
+    assert all(s.cu_seqlens is together[0].cu_seqlens for s in together)  # one partition
+    for (axis, shift), got in zip(variants, together):
+        alone = window_groups(coords, SPARSE, (7, 6, 3), 16, axis, shift)
+        for name in ("order", "inverse", "cu_seqlens"):
+            assert torch.equal(getattr(alone, name), getattr(got, name))
+        for name in ("group_batch", "window"):
+            assert torch.equal(alone.extras[name], got.extras[name])
+    with pytest.raises(ValueError, match=r"axis: expected 'x' or 'y', got 'z'"):
+        window_groups_multi(coords, SPARSE, (7, 6, 3), 16, [("x", False), ("z", True)])
+
+
+def test_partition_of_no_voxels_and_trailing_empty_samples():
+    cu, group_batch = window_partition(torch.zeros(0, dtype=torch.long), 2, 4)
+    assert cu.tolist() == [0] and group_batch.numel() == 0
+    cu, group_batch = window_partition(torch.tensor([0, 0, 0, 0, 0]), 3, 2)
+    assert cu.tolist() == [0, 2, 4, 5] and group_batch.tolist() == [0, 0, 0]
+
+
+def test_no_check_needs_a_partition():
+    with pytest.raises(ValueError, match=r"partition: expected window_partition\(...\) when "
+                                         r"check=False"):
+        window_groups(torch.zeros(2, 4, dtype=torch.long), SPARSE, (4, 4, 2), 8, check=False)
 
 
 def test_window_index_extra_and_shift_changes_windows():

@@ -8,7 +8,7 @@ from geossm.registry import MODELS
 from geossm.tasks.detection.evaluation import kitti_eval
 from geossm.tasks.detection.losses import centerpoint_loss, centerpoint_targets, gaussian_radius
 from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes, generate_voxels,
-                                           _bev)
+                                           run_level, _bev)
 from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d
 
 
@@ -93,6 +93,66 @@ def test_voxel_generation_and_bev():
     two_heights = torch.tensor([[0, 0, 1, 2], [0, 1, 1, 2]])
     bev = _bev(SparseVoxels(torch.ones(2, 3), two_heights, (2, 3, 4), 1))
     assert bev.shape == (1, 3, 3, 4) and bev[0, :, 1, 2].tolist() == [2.0, 2.0, 2.0]
+
+
+def _generate_sample_by_sample(sp, ratio, distance=1):
+    """Voxel generation as defined, one sample at a time: topk of the max response, the four
+    BEV neighbours in order, existing cells and repeats dropped (the first proposal wins),
+    the new cells sorted by key."""
+    score = sp.features.max(1).values
+    z, y, x = sp.spatial_shape
+    key = lambda b, k, j, i: ((b * z + k) * y + j) * x + i
+    existing = {key(*r) for r in sp.indices.tolist()}
+    proposals = []
+    for b in range(sp.batch_size):
+        rows = torch.nonzero(sp.indices[:, 0] == b).squeeze(1)
+        k = math.ceil(ratio * rows.numel())
+        for row in rows[torch.topk(score[rows], k).indices].tolist():
+            bb, kk, jj, ii = sp.indices[row].tolist()
+            for dj, di in ((0, distance), (0, -distance), (distance, 0), (-distance, 0)):
+                if 0 <= jj + dj < y and 0 <= ii + di < x:
+                    proposals.append((key(bb, kk, jj + dj, ii + di), (bb, kk, jj + dj, ii + di), row))
+    first = {}
+    for k, cell, row in proposals:
+        if k not in existing and k not in first:
+            first[k] = (cell, row)
+    new = [first[k] for k in sorted(first)]
+    cells = torch.tensor([c for c, _ in new], dtype=torch.long).reshape(-1, 4)
+    rows = torch.tensor([r for _, r in new], dtype=torch.long)
+    return (torch.cat([sp.indices, cells]), torch.cat([sp.features, sp.features[rows]]))
+
+
+@pytest.mark.parametrize("ratio, distance", [(0.2, 1), (0.5, 2), (1.0, 1)])
+def test_generation_of_the_whole_batch_equals_sample_by_sample(ratio, distance):
+    g = torch.Generator().manual_seed(int(ratio * 10) + distance)
+    idx = torch.stack([torch.randint(0, 3, (150,), generator=g), torch.randint(0, 2, (150,), generator=g),
+                       torch.randint(0, 7, (150,), generator=g), torch.randint(0, 6, (150,), generator=g)], 1)
+    idx = torch.unique(idx, dim=0)
+    idx = idx[idx[:, 0] != 1]       # an empty sample in the middle
+    sp = SparseVoxels(torch.randn(len(idx), 4, generator=g), idx, (2, 7, 6), 3)
+    out = generate_voxels(sp, ratio, distance)
+    indices, features = _generate_sample_by_sample(sp, ratio, distance)
+    assert torch.equal(out.indices, indices)
+    assert torch.equal(out.features, features)
+    assert out.indices.shape[0] > sp.indices.shape[0]
+
+
+def test_a_level_run_together_equals_its_layers_one_by_one():
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList([LinearGroupLayer(8, (4, 4, 2), 16, "x", False),
+                                  LinearGroupLayer(8, (4, 4, 2), 16, "y", True)])
+    g = torch.Generator().manual_seed(1)
+    idx = torch.unique(torch.stack([torch.randint(0, 2, (200,), generator=g)] +
+                                   [torch.randint(0, s, (200,), generator=g) for s in (3, 9, 10)],
+                                   1), dim=0)
+    sp = SparseVoxels(torch.randn(len(idx), 8, generator=g), idx, (3, 9, 10), 2)
+    one_by_one = sp
+    for layer in layers:
+        one_by_one = layer(one_by_one)
+    assert torch.equal(run_level(layers, sp).features, one_by_one.features)
+    other = LinearGroupLayer(8, (4, 4, 2), 8, "y", True)
+    with pytest.raises(ValueError, match="layers: expected one window_shape and group_size"):
+        run_level([layers[0], other], sp)
 
 
 def test_gaussian_radius_grows_with_size():

@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from geossm._compat import MissingDependencyError
-from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, expand_voxels, merge_voxels,
-                                           resolve_backend, spconv_available, voxelize)
+from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, device_constant,
+                                           expand_voxels, kernel_map,
+                                           merge_voxels, neighbour_table, resolve_backend,
+                                           spconv_available, voxel_keys, voxelize)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -55,11 +57,50 @@ def test_kernel_map_is_cached_and_empty_input():
     sp = _random_voxels(n=50)
     conv = SubMConv3d(5, 4).double()
     conv(sp)
-    assert ("subm", 3) in sp.cache
+    # the convolution builds the neighbour table only (kernel_map is read from it on demand)
+    table = sp.cache[("table", 3)]
+    assert neighbour_table(sp) is table
     empty = SparseVoxels(torch.zeros(0, 5, dtype=torch.float64),
                          torch.zeros(0, 4, dtype=torch.long),
                          (4, 4, 4), 1)
     assert conv(empty).features.shape == (0, 4)
+
+
+def _table_by_offset_loop(sp, k):
+    """The neighbour table one offset at a time (the rulebook's definition, no vectorisation)."""
+    keys = voxel_keys(sp.indices, sp.spatial_shape).tolist()
+    row_of = {key: row for row, key in enumerate(keys)}
+    v, r = len(keys), k // 2
+    table = torch.full((v, k ** 3), v, dtype=torch.long)
+    offsets = [(dz, dy, dx) for dz in range(-r, r + 1) for dy in range(-r, r + 1)
+               for dx in range(-r, r + 1)]
+    for row, (b, z, y, x) in enumerate(sp.indices.tolist()):
+        for col, (dz, dy, dx) in enumerate(offsets):
+            cell = (z + dz, y + dy, x + dx)
+            if all(0 <= c < s for c, s in zip(cell, sp.spatial_shape)):
+                key = voxel_keys(torch.tensor([[b, *cell]]), sp.spatial_shape).item()
+                table[row, col] = row_of.get(key, v)
+    return table
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_neighbour_table_and_kernel_map_match_the_offset_loop(k):
+    sp = _random_voxels(n=120, shape=(3, 5, 4), batch=3)
+    ref = _table_by_offset_loop(sp, k)
+    assert torch.equal(neighbour_table(sp, k), ref)
+    v = ref.shape[0]
+    pairs = kernel_map(sp, k)
+    assert len(pairs) == k ** 3
+    for col, (out_rows, in_rows) in enumerate(pairs):
+        expect = torch.nonzero(ref[:, col] < v).squeeze(1)
+        assert torch.equal(out_rows, expect)
+        assert torch.equal(in_rows, ref[expect, col])
+
+
+def test_neighbour_table_of_no_voxels():
+    empty = SparseVoxels(torch.zeros(0, 2), torch.zeros(0, 4, dtype=torch.long), (4, 4, 4), 1)
+    assert neighbour_table(empty).shape == (0, 27)
+    assert all(o.numel() == 0 and i.numel() == 0 for o, i in kernel_map(empty))
 
 
 def _skip_without_spconv():
@@ -228,6 +269,42 @@ def test_voxelize_means_and_drops_out_of_range():
     assert p2v.tolist() == [0, 1, 2, -1]
     with pytest.raises(ValueError, match=r"points: expected shape \(N, >=3\)"):
         voxelize(pts[:, :2], batch, 2, (0.1,) * 3, (0, 0, 0, 1, 1, 1))
+
+
+def _voxelize_by_selection(points, batch, batch_size, voxel_size, pcr):
+    """Voxelisation by its definition: the points inside, grouped by cell, averaged."""
+    cells = {}
+    for p, b in zip(points.tolist(), batch.tolist()):
+        cell = [int(torch.floor(torch.tensor((p[i] - pcr[i]) / voxel_size[i]))) for i in range(3)]
+        shape = [round((pcr[i + 3] - pcr[i]) / voxel_size[i]) for i in range(3)]
+        if all(pcr[i] <= p[i] < pcr[i + 3] and 0 <= cell[i] < shape[i] for i in range(3)):
+            cells.setdefault((b, cell[2], cell[1], cell[0]), []).append(p)
+    keys = sorted(cells)
+    return torch.tensor(keys), torch.tensor([list(map(sum, zip(*cells[k]))) for k in keys]) / \
+        torch.tensor([[len(cells[k])] for k in keys])
+
+
+def test_voxelize_matches_the_definition_with_points_outside_on_every_side():
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(400, 4, generator=g, dtype=torch.float64) * 1.6 - 0.3   # ~half outside
+    batch = torch.randint(0, 3, (400,), generator=g)
+    pcr, vs = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0), (0.25, 0.25, 0.5)
+    sp, p2v = voxelize(pts, batch, 3, vs, pcr)
+    indices, means = _voxelize_by_selection(pts, batch, 3, vs, pcr)
+    assert torch.equal(sp.indices, indices)
+    torch.testing.assert_close(sp.features, means.to(torch.float64))
+    inside = p2v >= 0
+    assert 0 < int(inside.sum()) < 400
+    assert torch.equal(sp.indices[p2v[inside]][:, 0], batch[inside])
+    # every point outside the range has -1, every point inside its cell
+    lo, hi = torch.tensor(pcr[:3], dtype=pts.dtype), torch.tensor(pcr[3:], dtype=pts.dtype)
+    assert torch.equal(inside, ((pts[:, :3] >= lo) & (pts[:, :3] < hi)).all(1))
+
+
+def test_device_constants_are_made_once():
+    a = device_constant([[0, 1], [2, 3]], torch.device("cpu"))
+    assert a is device_constant(((0, 1), (2, 3)), "cpu") and a.dtype == torch.long
+    assert device_constant([0.5], "cpu", torch.float32).dtype == torch.float32
 
 
 def test_merge_and_expand():

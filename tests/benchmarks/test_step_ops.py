@@ -1,0 +1,53 @@
+"""``benchmarks/step_ops.py``: the operator / host-sync counter and its tiny CPU run."""
+
+import json
+
+import pytest
+import torch
+
+from tests.benchmarks.conftest import load_benchmark
+from tests.shared_data import shared_path
+
+
+@pytest.fixture(scope="module")
+def step_ops():
+    return load_benchmark("step_ops")
+
+
+def test_counter_sees_each_kind_of_host_sync(step_ops):
+    x = torch.arange(6.0)
+    counts = torch.tensor([1, 2, 3])
+    optimizer_step = torch.tensor(4.0)
+    counter = step_ops.OpCounter(host_tensors=[optimizer_step])
+    with counter:
+        y = x * 2 + 1                                     # two operators, no sync
+        torch.nonzero(y > 3)
+        y[y > 3]                                          # boolean index
+        torch.unique(y)
+        torch.repeat_interleave(torch.arange(3), counts)  # its size is read on the host
+        torch.repeat_interleave(torch.arange(3), counts, output_size=6)   # given: no sync
+        float(y.sum())                                    # .item()
+        y.tolist()
+        host = y.cpu()
+        int(host[0])                                      # a host copy: no further sync
+        float(optimizer_step)                             # lives on the host: no sync
+        torch.tensor([1, 2], device="cpu")                # a copy to the device
+        torch.bincount(counts)
+    assert dict(counter.syncs) == {"nonzero": 1, "bool_index": 1, "unique": 1,
+                                   "repeat_interleave": 1, "scalar": 1, "tolist": 1,
+                                   "cpu": 1, "to_device": 1, "bincount": 1}
+    assert counter.ops["mul"] == 1 and counter.ops["add"] == 1
+    assert torch.Tensor.cpu is not None and torch.tensor([1]).tolist() == [1]   # restored
+
+
+def test_tiny_run_prints_counts_per_batch_size(step_ops, capsys, tmp_path):
+    shared_path("kitti", "kitti_object_6frames.tar.xz")
+    out = tmp_path / "ops.jsonl"
+    step_ops.main(["--tiny", "--tasks", "detection", "--out", str(out)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{")]
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows
+    for row in rows:
+        assert row["step_ms"] > 0 and row["aten_ops"] > row["dispatched_ops"] > 100
+        assert row["syncs"] == sum(row["syncs_by_kind"].values())
