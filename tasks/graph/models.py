@@ -54,6 +54,8 @@ __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_tok
 TASK_LEVELS = ("node", "graph")
 MPNNS = (None, "gcn", "sage", "gine", "gatedgcn")
 TOKEN_ENCODERS = ("mean", "gine")
+TOKEN_SOURCES = ("walks", "hops")
+HOP_ADJACENCIES = ("gcn", "mean")
 POOLS = ("mean", "sum", "max")
 
 
@@ -121,26 +123,82 @@ class _Context:
     token_edges: tuple[torch.Tensor, torch.Tensor] | None
     order: Serialization | None
     adj_t: torch.Tensor | None = None  # sparse CSR (target, source), for gcn / sage
+    hop_adj: torch.Tensor | None = None  # normalised sparse CSR, for hop tokens
+
+
+def hop_adjacency(edge_index: torch.Tensor, n: int, kind: str = "gcn") -> torch.Tensor:
+    """Normalised ``(N, N)`` sparse CSR propagation matrix (rows = targets) of the hop tokens.
+
+    ``kind="gcn"``: ``D^-1/2 (A + I) D^-1/2`` (degrees with the self-loop; GCN's smoothing);
+    ``"mean"``: ``D^-1 A`` without self-loops (the mean over the neighbours, so the ego features
+    stay out of every hop: heterophilous graphs, where a node differs from its neighbours).
+    Always float32 (the sparse product needs one dtype).
+    """
+    if kind not in HOP_ADJACENCIES:
+        raise ValueError(f"hop_adjacency: expected one of {HOP_ADJACENCIES}, got {kind!r}")
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    if kind == "gcn":
+        loop = torch.arange(n, device=src.device)
+        src, dst = torch.cat([src, loop]), torch.cat([dst, loop])
+    deg = torch.bincount(dst, minlength=n).float()
+    if kind == "gcn":
+        weight = (deg[src] * deg[dst]).rsqrt()
+    else:
+        weight = 1.0 / deg[dst]  # every target of an edge has degree >= 1
+    with warnings.catch_warnings():  # torch: "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return to_torch_csr_tensor(torch.stack([dst, src]), weight, size=(n, n))
+
+
+def hop_tokens(x: torch.Tensor, hop_adj: torch.Tensor, hops: int) -> torch.Tensor:
+    """Every node's hop sequence ``[P^K x, ..., P x, x]`` (widest first, the node itself last),
+    packed node-major: ``x (N, D) -> (N * (K + 1), D)``, node ``i`` at rows
+    ``[i (K+1), (i+1)(K+1))``. Deterministic, so it costs no sampling noise; each token is a
+    smoothed average over a whole hop, not a few sampled walks."""
+    seq = [x]
+    h = x.float()
+    for _ in range(hops):
+        h = hop_adj @ h
+        seq.append(h.to(x.dtype))
+    return torch.stack(seq[::-1], 1).reshape(-1, x.shape[1])
 
 
 class _TokenBranch(nn.Module):
-    """Token features -> BiMamba over each node's token sequence -> the node's own token."""
+    """Token features -> BiMamba over each node's token sequence -> the node's own token.
+
+    ``source="walks"``: random-walk tokens (``ctx.tokens``); ``"hops"``: the node's hop
+    sequence ``[P^K x, ..., P x, x]`` (``hop_tokens``, ``K = walk_length``).
+    ``readout="attention"`` (hops only): the Mamba outputs only score the hops, and the node's
+    output is the softmax-weighted sum of its raw hop tokens (a per-node adaptive propagation
+    filter, as DAGNN's hop gates): no per-node feature transform that could memorise labels."""
 
     def __init__(self, dim: int, walk_length: int, encoder: str, edge_dim: int | None,
-                 readout: str, mamba_kwargs: dict) -> None:
+                 readout: str, mamba_kwargs: dict, source: str = "walks") -> None:
         super().__init__()
-        self.encoder, self.readout = encoder, readout
-        self.length_embedding = nn.Embedding(walk_length + 1, dim)
-        nn.init.zeros_(self.length_embedding.weight)
+        self.encoder, self.readout, self.source = encoder, readout, source
+        self.hops = walk_length
         if encoder == "gine":
             from torch_geometric.nn import GINEConv
             mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
             self.local = GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
-        self.norm = RMSNorm(dim)
-        self.mixer = build_mixer(d_model=dim, **mamba_kwargs)
-        self.out = nn.Linear(dim, dim)
+        # The attention readout only scores hops: its Mamba runs on a quarter of the width
+        # (4x cheaper; the scan's cost is linear in the channels).
+        width = max(8, dim // 4) if readout == "attention" else dim
+        self.length_embedding = nn.Embedding(walk_length + 1, width)
+        nn.init.zeros_(self.length_embedding.weight)
+        self.narrow = nn.Linear(dim, width) if width != dim else nn.Identity()
+        self.norm = RMSNorm(width)
+        self.mixer = build_mixer(d_model=width, **mamba_kwargs)
+        if readout == "attention":
+            self.score = nn.Linear(width, 1)
+            nn.init.zeros_(self.score.weight)  # starts as the plain mean over the hops
+            self.out: nn.Module = nn.Identity()
+        else:
+            self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        if self.source == "hops":
+            return self._hops(x, ctx.hop_adj)
         tok = ctx.tokens
         if self.encoder == "gine":
             member = x.index_select(0, tok.index)  # (nnz, D)
@@ -158,6 +216,20 @@ class _TokenBranch(nn.Module):
             y = t.index_select(0, (cu[1:] - 1).long())  # the node's own token closes its sequence
         else:
             y = scatter(t, tok.center, 0, dim_size=tok.num_nodes, reduce="mean")
+        return self.out(y)
+
+    def _hops(self, x: torch.Tensor, hop_adj: torch.Tensor) -> torch.Tensor:
+        n, length = x.shape[0], self.hops + 1
+        raw = hop_tokens(x, hop_adj, self.hops)  # (N * L, D)
+        hop = torch.arange(length - 1, -1, -1, device=x.device)  # K .. 0
+        t = self.narrow(raw).view(n, length, -1) + self.length_embedding(hop)
+        t = t.reshape(n * length, -1)
+        cu = torch.arange(0, (n + 1) * length, length, device=x.device, dtype=torch.int32)
+        t = (t + self.mixer(self.norm(t), cu)).view(n, length, -1)
+        if self.readout == "attention":
+            weight = torch.softmax(self.score(t).squeeze(2), 1)  # (N, L)
+            return torch.einsum("nl,nld->nd", weight.to(raw.dtype), raw.view(n, length, -1))
+        y = t[:, -1] if self.readout == "last" else t.mean(1)
         return self.out(y)
 
 
@@ -200,13 +272,14 @@ class GMNLayer(nn.Module):
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
                  residual: bool = True, mpnn_plus: bool = False, gate: bool = False,
-                 mpnn_norm: str | None = "batch", branch_drop: float = 0.0) -> None:
+                 mpnn_norm: str | None = "batch", branch_drop: float = 0.0,
+                 token_source: str = "walks", pre_norm: bool = True) -> None:
         super().__init__()
         self.branch_drop = branch_drop
         self.residual = residual
-        self.norm = RMSNorm(dim)
+        self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.tokens = (_TokenBranch(dim, walk_length, token_encoder, edge_dim, readout,
-                                    mamba_kwargs) if tokens else None)
+                                    mamba_kwargs, token_source) if tokens else None)
         self.mpnn = _MPNN(mpnn, dim, edge_dim) if mpnn and not mpnn_plus else None
         self.local = None
         if mpnn and mpnn_plus:  # the GNN+ layer of baselines.py: the yardstick's own block
@@ -378,10 +451,22 @@ class GraphMambaNetwork(nn.Module):
         num_walks: ``M``, walks per token, default 4.
         repeats: ``s``, tokens per walk length, default 1.
         tokens: use the token branch, default True.
+        token_source: the token sequences, ``"walks"`` (random-walk neighbourhood tokens,
+            GMN's) or ``"hops"`` (every node's ``[P^K x, ..., P x, x]`` with ``K =
+            walk_length`` and ``P`` from ``hop_adjacency``: deterministic hop averages, no
+            sampling noise), default ``"walks"``.
+        pre_norm: RMSNorm before every layer's branches and before the head, default True.
+            False: no normalisation there, so the (coupled) L2 of ``loss.input_l2`` bounds
+            the features' scale; a norm right after the input projection undoes any weight
+            decay on it (the function is invariant to the weight's scale), and small labelled
+            graphs (Cora: 140 labels) then overfit late in training.
+        hop_adjacency: ``P`` of the hop tokens, ``"gcn"`` (``D^-1/2 (A+I) D^-1/2``) or
+            ``"mean"`` (``D^-1 A``, the ego features kept out of the hops), default ``"gcn"``.
         token_encoder: ``"mean"`` or ``"gine"`` (over the token's induced subgraph), default
             ``"mean"``.
-        readout: node output from its sequence, ``"last"`` (its own token) or ``"mean"``,
-            default ``"last"``.
+        readout: node output from its sequence, ``"last"`` (its own token), ``"mean"`` or
+            ``"attention"`` (hop tokens only: a softmax over the hops, scored by the Mamba
+            outputs, weights the raw hop averages), default ``"last"``.
         global_mamba: BiMamba over the degree-ordered nodes of each graph, default False.
         mpnn: message-passing branch ``None``, ``"gcn"``, ``"sage"``, ``"gine"``, ``"gatedgcn"``,
             default None.
@@ -450,7 +535,8 @@ class GraphMambaNetwork(nn.Module):
                  jumping_knowledge: bool = False, mixer: str = "mamba",
                  pool_norm: bool | None = None, input_norm: bool = False,
                  mpnn_plus: bool = False, gate: bool = False, mpnn_norm: str | None = "batch",
-                 branch_drop: float = 0.0) -> None:
+                 branch_drop: float = 0.0, token_source: str = "walks",
+                 hop_adjacency: str = "gcn", pre_norm: bool = True) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -459,8 +545,21 @@ class GraphMambaNetwork(nn.Module):
         if token_encoder not in TOKEN_ENCODERS:
             raise ValueError(f"token_encoder: expected one of {TOKEN_ENCODERS}, got "
                              f"{token_encoder!r}")
-        if readout not in ("last", "mean"):
-            raise ValueError(f"readout: expected 'last' or 'mean', got {readout!r}")
+        if readout not in ("last", "mean", "attention"):
+            raise ValueError(f"readout: expected 'last', 'mean' or 'attention', got "
+                             f"{readout!r}")
+        if readout == "attention" and token_source != "hops":
+            raise ValueError(f"readout: 'attention' weights hop tokens; needs "
+                             f"token_source='hops', got {token_source!r}")
+        if token_source not in TOKEN_SOURCES:
+            raise ValueError(f"token_source: expected one of {TOKEN_SOURCES}, got "
+                             f"{token_source!r}")
+        if hop_adjacency not in HOP_ADJACENCIES:
+            raise ValueError(f"hop_adjacency: expected one of {HOP_ADJACENCIES}, got "
+                             f"{hop_adjacency!r}")
+        if token_source == "hops" and token_encoder != "mean":
+            raise ValueError(f"token_encoder: hop tokens are already averages; expected "
+                             f"'mean' with token_source='hops', got {token_encoder!r}")
         check_pool_and_node_features(pool, in_channels, node_vocab)
         if not (tokens or global_mamba or mpnn):
             raise ValueError("enable at least one branch: tokens, global_mamba or mpnn")
@@ -478,6 +577,7 @@ class GraphMambaNetwork(nn.Module):
         self.task_level, self.pool = task_level, pool
         self.walk_length, self.num_walks, self.repeats = walk_length, num_walks, repeats
         self.use_tokens, self.token_encoder = tokens, token_encoder
+        self.token_source, self.hop_kind = token_source, hop_adjacency
         self.global_mamba = global_mamba
         self.sparse_adjacency = bool(sparse_adjacency) and mpnn in ("gcn", "sage")
         if mpnn_plus and not mpnn:
@@ -507,9 +607,9 @@ class GraphMambaNetwork(nn.Module):
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
                      readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,
-                     mpnn_norm, branch_drop)
+                     mpnn_norm, branch_drop, token_source, pre_norm)
             for _ in range(num_layers))
-        self.norm = RMSNorm(dim)
+        self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
                      nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
@@ -563,27 +663,32 @@ class GraphMambaNetwork(nn.Module):
         ea = encode_edges(self.edge_encoder, edge_attr)
         # Once per forward, shared by every eval sample.
         adj_t = sparse_adjacency(edge_index, n) if self.sparse_adjacency else None
-        if self.training or self.eval_samples == 1 and not self._random_branches():
-            return self._run(h, edge_index, ea, batch, n, None, adj_t)
+        hop_adj = (hop_adjacency(edge_index, n, self.hop_kind) if self._hop_tokens() else None)
+        if self.training or not self._random_branches():  # deterministic: one pass
+            return self._run(h, edge_index, ea, batch, n, None, adj_t, hop_adj)
         gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
         out = 0
         for _ in range(self.eval_samples):
-            out = out + self._run(h, edge_index, ea, batch, n, gen, adj_t)
+            out = out + self._run(h, edge_index, ea, batch, n, gen, adj_t, hop_adj)
         return out / self.eval_samples
 
-    def _random_branches(self) -> bool:
-        return self.use_tokens or self.global_mamba
+    def _hop_tokens(self) -> bool:
+        return self.use_tokens and self.token_source == "hops"
 
-    def _run(self, h, edge_index, edge_attr, batch, n, generator, adj_t=None) -> torch.Tensor:
+    def _random_branches(self) -> bool:
+        return (self.use_tokens and not self._hop_tokens()) or self.global_mamba
+
+    def _run(self, h, edge_index, edge_attr, batch, n, generator, adj_t=None,
+             hop_adj=None) -> torch.Tensor:
         tokens = token_edges = order = None
-        if self.use_tokens:
+        if self.use_tokens and not self._hop_tokens():
             tokens = random_walk_tokens(edge_index, n, self.walk_length, self.num_walks,
                                         self.repeats, generator=generator)
             if self.token_encoder == "gine":
                 token_edges = induced_token_edges(tokens, edge_index, n)
         if self.global_mamba:
             order = degree_order(edge_index, n, batch, noise=True, generator=generator)
-        ctx = _Context(edge_index, edge_attr, tokens, token_edges, order, adj_t)
+        ctx = _Context(edge_index, edge_attr, tokens, token_edges, order, adj_t, hop_adj)
         depths = [h] if self.jumping_knowledge else None
         for layer in self.layers:
             h = layer(h, ctx)

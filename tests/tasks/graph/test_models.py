@@ -226,3 +226,91 @@ def test_branch_drop_zeroes_whole_nodes_of_the_sequence_branches_while_training(
     assert 0 < int(dropped.sum()) < 5
     with pytest.raises(ValueError, match="branch_drop: expected a probability"):
         GraphMambaNetwork(3, 2, mpnn="gcn", branch_drop=1.0)
+
+
+def test_hop_adjacency_is_gcn_smoothing_or_the_neighbour_mean():
+    from geossm.tasks.graph.models import hop_adjacency
+    ei = _path(4)
+    a = torch.zeros(4, 4)
+    a[ei[1], ei[0]] = 1.0  # rows = targets
+    a_loop = a + torch.eye(4)
+    d = a_loop.sum(1)
+    gcn = a_loop / torch.sqrt(d[:, None] * d[None, :])
+    torch.testing.assert_close(hop_adjacency(ei, 4, "gcn").to_dense(), gcn)
+    torch.testing.assert_close(hop_adjacency(ei, 4, "mean").to_dense(), a / a.sum(1, keepdim=True))
+    with pytest.raises(ValueError, match="hop_adjacency: expected one of"):
+        hop_adjacency(ei, 4, "sym")
+
+
+def test_hop_tokens_pack_every_node_widest_hop_first_and_itself_last():
+    from geossm.tasks.graph.models import hop_adjacency, hop_tokens
+    ei, x = _path(5), torch.randn(5, 3)
+    p = hop_adjacency(ei, 5, "mean")
+    t = hop_tokens(x, p, 2).view(5, 3, 3)  # (node, hop K..0, D)
+    torch.testing.assert_close(t[:, 2], x)
+    torch.testing.assert_close(t[:, 1], p.to_dense() @ x)
+    torch.testing.assert_close(t[:, 0], p.to_dense() @ p.to_dense() @ x)
+
+
+def test_hop_token_branch_sees_exactly_walk_length_hops_and_is_deterministic():
+    torch.manual_seed(0)
+    n, ei = 8, _path(8)
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=3, token_source="hops",
+                              d_state=4, mlp_ratio=0, dropout=0.0).eval()
+    x = torch.randn(n, 3)
+    out = model(x, ei)
+    torch.testing.assert_close(model(x, ei), out)  # no sampled walks: the same every call
+    near, far = x.clone(), x.clone()
+    near[3] += 1.0  # 3 hops from node 0
+    far[4] += 1.0   # 4 hops from node 0
+    assert not torch.allclose(model(near, ei)[0], out[0])
+    torch.testing.assert_close(model(far, ei)[0], out[0])
+    assert model.train()(x, ei).shape == (n, 2)
+
+
+def test_hop_token_arguments_are_checked():
+    with pytest.raises(ValueError, match="token_source: expected one of"):
+        GraphMambaNetwork(3, 2, token_source="bfs")
+    with pytest.raises(ValueError, match="hop_adjacency: expected one of"):
+        GraphMambaNetwork(3, 2, token_source="hops", hop_adjacency="sym")
+    with pytest.raises(ValueError, match="token_encoder: hop tokens"):
+        GraphMambaNetwork(3, 2, token_source="hops", token_encoder="gine", edge_dim=2)
+
+
+def test_attention_readout_is_a_convex_mix_of_the_raw_hops_starting_at_their_mean():
+    from geossm.tasks.graph.models import _TokenBranch, hop_adjacency, hop_tokens
+    torch.manual_seed(0)
+    n, hops = 6, 3
+    branch = _TokenBranch(16, hops, "mean", None, "attention", {"d_state": 4, "mixer": "mamba"},
+                          source="hops")
+    assert branch.length_embedding.weight.shape == (hops + 1, 8)  # the narrow scorer
+    p = hop_adjacency(_path(n), n, "gcn")
+    x = torch.randn(n, 16)
+    ctx = type("Ctx", (), {"hop_adj": p})()
+    raw = hop_tokens(x, p, hops).view(n, hops + 1, 16)
+    torch.testing.assert_close(branch(x, ctx), raw.mean(1))  # zero-initialised scores
+    with torch.no_grad():
+        branch.score.weight.normal_()
+    y = branch(x, ctx)
+    lo, hi = raw.min(1).values, raw.max(1).values
+    assert not torch.allclose(y, raw.mean(1))
+    assert bool(((y >= lo - 1e-5) & (y <= hi + 1e-5)).all())  # a convex combination per node
+    with pytest.raises(ValueError, match="readout: 'attention' weights hop tokens"):
+        GraphMambaNetwork(3, 2, readout="attention")
+
+
+def test_without_pre_norm_the_input_weights_scale_reaches_the_logits():
+    # A norm right after the input projection makes the model invariant to the projection's
+    # scale, so weight decay on it cannot regularise; pre_norm=False keeps the scale.
+    torch.manual_seed(0)
+    ei, x = _path(6), torch.randn(6, 3)
+    for pre_norm in (True, False):
+        model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, token_source="hops",
+                                  residual=False, d_state=4, mlp_ratio=0, dropout=0.0,
+                                  pre_norm=pre_norm).eval()
+        before = model(x, ei)
+        with torch.no_grad():
+            model.input_encoder.weight.mul_(10.0)
+            model.input_encoder.bias.mul_(10.0)
+        after = model(x, ei)
+        assert torch.allclose(before, after, atol=1e-3) == pre_norm

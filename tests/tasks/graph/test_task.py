@@ -206,7 +206,7 @@ def test_crossval_command_line_takes_overrides_after_options(tmp_path, capsys):
     # The documented form `crossval CONFIG --splits 0 key=value` (overrides after the options)
     # must reach the trainer; KarateClub needs no files.
     assert crossval.main([str(CONFIGS / "cora_gmn.yaml"), "--splits", "0", "--seeds", "0",
-                          "--out", str(tmp_path / "cv"), *KARATE, "model.tokens=false",
+                          "--out", str(tmp_path / "cv"), *KARATE, "model.walk_length=2",
                           "loss.input_l2=0"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["split"] == 0 and "summary" in lines[-1]
