@@ -63,6 +63,13 @@ def _inputs(lengths, channels, state, groups, dtype, seed=0, init=True):
     return x, cu
 
 
+def _tiny_chunks(**settings):
+    """A launch config with 4-step chunks, so that every segment spans several of them."""
+    from geossm.kernels.selective_scan_triton import LaunchConfig
+
+    return LaunchConfig(chunk=4, chunk_interpret=4, **settings)
+
+
 @needs_triton
 @pytest.mark.parametrize("lengths, channels, state, groups, saved, reverse", [
     ([1, 2, 0, 9, 5], 8, 5, 2, False, False),
@@ -70,12 +77,14 @@ def _inputs(lengths, channels, state, groups, dtype, seed=0, init=True):
     ([17], 16, 16, 1, False, True),
     ([6, 11], 8, 4, 1, True, False),
 ])
-def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, groups, saved,
-                                      reverse):
+def test_chunked_scan_matches_float64(lengths, channels, state, groups, saved, reverse):
+    _check_against_float64(_tiny_chunks(), lengths, channels, state, groups, saved, reverse)
+
+
+def _check_against_float64(config, lengths, channels, state, groups, saved, reverse):
+    """Forward and backward of the kernels under launch ``config`` against float64 autograd."""
     from geossm.kernels import selective_scan_triton as ST
 
-    monkeypatch.setattr(ST, "CHUNK", 4)
-    monkeypatch.setattr(ST, "CHUNK_INTERPRET", 4)
     x, cu = _inputs(lengths, channels, state, groups, torch.float64)
     names = ["u", "delta", "A", "B", "C", "D", "z", "bias", "init"]
     leaves = [x[n].requires_grad_() for n in names]
@@ -90,12 +99,12 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
     f32 = [x[n].detach().float().to(dev) for n in names]
     args = (*f32[:8], cu.to(dev), f32[8], True, reverse)
     if saved:
-        out, final, keep = ST.selective_scan_fwd(*args)
+        out, final, keep = ST.selective_scan_fwd(*args, config=config)
     else:
-        out, final, _ = ST.selective_scan_fwd(*args)
+        out, final, _ = ST.selective_scan_fwd(*args, config=config)
         keep = None
     got = ST.selective_scan_bwd(dout.float().to(dev), dfin.float().to(dev), *args,
-                                chunk_states=keep)
+                                chunk_states=keep, config=config)
 
     def err(a, b):
         return float((a.detach().cpu().double() - b).norm() / b.norm().clamp_min(1e-12))
@@ -107,23 +116,24 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
         assert err(g, w) < 1e-5, f"d{name}: {err(g, w)}"
 
 
-# launch variants the GPU benchmark compares (module switches of selective_scan_triton)
+# launch variants the GPU benchmark compares (LaunchConfig settings of selective_scan_triton)
 _VARIANTS = {
-    "narrow_backward_blocks": dict(MAX_BD=8, MAX_BD_BWD=4),
+    "narrow_backward_blocks": dict(max_bd=8, max_bd_bwd=4),
+    "serial_forward": dict(forward="serial"),
+    "serial_forward_narrow_blocks": dict(forward="serial", bd_serial=4),
+    "polynomial_exp2_on_half_the_states": dict(exp_poly_every=2),
+    "polynomial_exp2_everywhere": dict(exp_poly_every=1, forward="serial"),
 }
 
 
 @needs_triton
 @pytest.mark.parametrize("variant", sorted(_VARIANTS))
-def test_kernel_variants_match_float64(monkeypatch, variant):
+def test_kernel_variants_match_float64(variant):
     """Every switchable code path of the kernels gives the float64 results (mixed lengths with an
     empty segment, both directions through two cases)."""
-    from geossm.kernels import selective_scan_triton as ST
-
-    for name, value in _VARIANTS[variant].items():
-        monkeypatch.setattr(ST, name, value)
-    test_chunked_scan_matches_float64(monkeypatch, [1, 2, 0, 9, 5], 8, 5, 2, True, False)
-    test_chunked_scan_matches_float64(monkeypatch, [13, 0, 7], 12, 3, 3, False, True)
+    config = _tiny_chunks(**_VARIANTS[variant])
+    _check_against_float64(config, [1, 2, 0, 9, 5], 8, 5, 2, True, False)
+    _check_against_float64(config, [13, 0, 7], 12, 3, 3, False, True)
 
 
 class _ConvScan(torch.nn.Module):

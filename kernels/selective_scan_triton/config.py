@@ -1,0 +1,204 @@
+"""Launch settings of the Triton selective scan and the launch plan derived from them.
+
+A :class:`LaunchConfig` is a frozen (hashable) value passed to the host functions; nothing reads
+module globals at launch time. ``DEFAULT_CONFIG`` is what the public API uses; ``V1_CONFIG`` is
+the session-3 launch (chunked forward, 32 programs per SM) that the benchmark times alongside.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import weakref
+
+import torch
+import triton
+
+from geossm.packed import tensor_version
+
+FORWARD_MODES = ("chunked", "serial", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """Block sizes, warps and program counts of the scan's passes (GPU defaults).
+
+    Attributes:
+        chunk: time steps per chunk on the GPU (matters for multi-chunk segments only); 64.
+        chunk_interpret: chunk under the interpreter (small tests still cross chunks); 16.
+        max_bd: channels per forward program (a program keeps an (N, BD) float32 tile); 64.
+        max_bd_bwd: channels per backward program (one warp: no cross-warp sums); 32.
+        num_warps_fwd, num_warps_bwd: None = BD // 32 warps, so that N stays inside a thread.
+        maxnreg_fwd: register cap per thread of the forward kernels; None = compiler's choice.
+        programs_per_sm_fwd, programs_per_sm_bwd: programs per SM of the chunk-walking passes
+            (more, shorter programs shrink the last wave; session 3 measured 60 / 48 best).
+        forward: ``"chunked"`` (local chunk states, carry, rescan: two exponentials per element
+            of multi-chunk segments, chunk-parallel), ``"serial"`` (one program per (segment,
+            channel block) walks its segment once: one exponential per element, one launch, no
+            carry; parallel over segments only) or ``"auto"`` (serial when there are at least
+            ``serial_min_programs`` programs and segments average at most ``serial_max_mean``
+            tokens).
+        bd_serial, num_warps_serial: channels and warps per program of the serial forward.
+        serial_min_programs: minimum (segments x channel blocks) for ``auto`` to go serial.
+        serial_max_mean: maximum mean segment length (T / S) for ``auto`` to go serial.
+        exp_poly_every: k > 0 evaluates the decay of states n % k == k - 1 with a polynomial on
+            the FMA pipe instead of MUFU ``ex2`` (k = 4: a quarter of them); 0 = all on MUFU.
+    """
+
+    chunk: int = 64
+    chunk_interpret: int = 16
+    max_bd: int = 64
+    max_bd_bwd: int = 32
+    num_warps_fwd: int | None = None
+    num_warps_bwd: int | None = None
+    maxnreg_fwd: int | None = None
+    programs_per_sm_fwd: int = 60
+    programs_per_sm_bwd: int = 48
+    forward: str = "chunked"
+    bd_serial: int = 32
+    num_warps_serial: int | None = None
+    serial_min_programs: int = 1024
+    serial_max_mean: int = 8192
+    exp_poly_every: int = 0
+
+    def __post_init__(self):
+        if self.forward not in FORWARD_MODES:
+            raise ValueError(f"forward must be one of {FORWARD_MODES}, got {self.forward!r}")
+        for name in ("chunk", "chunk_interpret", "max_bd", "max_bd_bwd", "bd_serial",
+                     "programs_per_sm_fwd", "programs_per_sm_bwd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.exp_poly_every < 0:
+            raise ValueError(f"exp_poly_every must be >= 0, got {self.exp_poly_every!r}")
+
+    def chunk_length(self, device) -> int:
+        return self.chunk if torch.device(device).type == "cuda" else self.chunk_interpret
+
+
+DEFAULT_CONFIG = LaunchConfig()
+V1_CONFIG = LaunchConfig(programs_per_sm_fwd=32, programs_per_sm_bwd=32, forward="chunked")
+
+
+def pow2_divisor(n: int, cap: int) -> int:
+    """Largest power of two that divides ``n`` and is at most ``cap``."""
+    b = 1
+    while b * 2 <= cap and n % (b * 2) == 0:
+        b *= 2
+    return b
+
+
+def num_sms(dev: torch.device) -> int:
+    if dev.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(dev).multi_processor_count
+
+
+def _programs(bound: int, per_sm: int, sms: int, channel_blocks: int, dev) -> int:
+    """Programs of a chunk-walking pass: ``per_sm`` per SM shared by the channel blocks (4 on
+    the interpreter), at most one per chunk."""
+    if dev.type != "cuda":
+        return max(1, min(bound, 4))
+    return max(1, min(bound, (sms * per_sm) // max(1, channel_blocks)))
+
+
+class Plan:
+    """Launch geometry and device-side chunk metadata (no host sync: only shapes are read)."""
+
+    def __init__(self, cu_seqlens: torch.Tensor, T: int, D: int, G: int, N: int, dev,
+                 config: LaunchConfig):
+        S = cu_seqlens.numel() - 1
+        L = config.chunk_length(dev)
+        self.config = config
+        self.S, self.T, self.D, self.G, self.N, self.L = S, T, D, G, N, L
+        self.dpg = D // G
+        self.BD = pow2_divisor(self.dpg, config.max_bd)
+        self.n_dblk = D // self.BD
+        self.nblk_g = self.dpg // self.BD                  # blocks sharing one group
+        self.NP = max(2, triton.next_power_of_2(N))
+        self.num_warps = config.num_warps_fwd or max(1, min(4, self.BD // 32))
+        # the backward may use narrower channel blocks (its passes are register-bound)
+        self.BD_bwd = pow2_divisor(self.dpg, config.max_bd_bwd)
+        self.n_dblk_bwd = D // self.BD_bwd
+        self.nblk_g_bwd = self.dpg // self.BD_bwd
+        self.num_warps_bwd = config.num_warps_bwd or max(1, min(4, self.BD_bwd // 32))
+        # serial forward: one program per (segment, channel block)
+        self.BD_serial = pow2_divisor(self.dpg, config.bd_serial)
+        self.n_dblk_serial = D // self.BD_serial
+        self.num_warps_serial = config.num_warps_serial or max(1, min(4, self.BD_serial // 32))
+        self.serial = self._use_serial(config)
+        self.n_chunks_bound = max(1, T // L + S)            # ceil(len/L) <= len/L + 1 per segment
+        self.n_rows = max(1, T // L)                        # non-last chunks are full: <= T // L
+        sms = num_sms(dev)
+        self.nprog = _programs(self.n_chunks_bound, config.programs_per_sm_fwd, sms,
+                               self.n_dblk, dev)
+        self.nprog_rows = max(1, min(self.nprog, self.n_rows))
+        self.nprog_bwd = _programs(self.n_chunks_bound, config.programs_per_sm_bwd, sms,
+                                   self.n_dblk_bwd, dev)
+        self._build_metadata(cu_seqlens, dev)
+        # carry passes: one program per (segment, block of BDN (d, n) pairs), walking that
+        # segment's chunk rows K at a time. Few segments (one long sequence) get narrow blocks
+        # so that enough programs run side by side; many short ones get wide blocks.
+        DN = D * N
+        bdn = triton.next_power_of_2(DN)
+        while bdn > 8 and S * triton.cdiv(DN, bdn) < 4 * sms:
+            bdn //= 2
+        self.BDN = min(bdn, 1024)
+        self.K = max(8, min(512, 4096 // self.BDN))
+
+    def _use_serial(self, config: LaunchConfig) -> bool:
+        if config.forward != "auto":
+            return config.forward == "serial"
+        programs = self.S * self.n_dblk_serial
+        return (programs >= config.serial_min_programs
+                and self.T <= config.serial_max_mean * max(self.S, 1))
+
+    def _build_metadata(self, cu_seqlens: torch.Tensor, dev) -> None:
+        S, L = self.S, self.L
+        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+        nck = (lens + (L - 1)) // L
+        zero = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.cu_ch = torch.cat([zero, torch.cumsum(nck, 0, dtype=torch.int32)])
+        self.cu_nl = torch.cat([zero, torch.cumsum((nck - 1).clamp_(min=0), 0, dtype=torch.int32)])
+        ar = torch.arange(self.n_chunks_bound, device=dev, dtype=torch.int32)
+        self.chunk_seg = torch.searchsorted(self.cu_ch[1:], ar, right=True, out_int32=True)
+        # one 8-int row per chunk (valid, segment, k, chunks of the segment, segment's first
+        # token, segment length, segment's first state row, pad): one round trip per chunk
+        seg = self.chunk_seg.clamp(max=max(S - 1, 0)).long()
+        if S > 0:
+            cols = [ar < self.cu_ch[-1], seg, ar - self.cu_ch[seg], nck[seg],
+                    cu_seqlens[:-1][seg], lens[seg], self.cu_nl[seg], torch.zeros_like(ar)]
+            self.meta = torch.stack([col.to(torch.int32) for col in cols], 1).contiguous()
+        else:
+            self.meta = torch.zeros(self.n_chunks_bound, 8, dtype=torch.int32, device=dev)
+        # segment of every chunk-state row (rows past the true count point past the last one)
+        self.row_seg = torch.searchsorted(self.cu_nl[1:], ar[:self.n_rows], right=True,
+                                          out_int32=True)
+
+
+_PLAN_CACHE: "collections.OrderedDict" = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 16
+
+
+def plan_for(cu_seqlens, T, D, G, N, dev, config: LaunchConfig) -> Plan:
+    """The launch plan of ``cu_seqlens`` under ``config``, cached per tensor (identity and
+    in-place version).
+
+    Building one costs ~10 small device ops; the layers of a model and the backward share one
+    ``cu_seqlens`` tensor per batch, so they share one plan. Never cached while a CUDA graph is
+    being captured: a captured plan must live in the graph's own memory pool.
+    """
+    capturing = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    version = tensor_version(cu_seqlens)
+    if capturing or version is None or torch.compiler.is_compiling():
+        return Plan(cu_seqlens, T, D, G, N, dev, config)
+    key = (id(cu_seqlens), version, T, D, G, N, str(dev), config)
+    hit = _PLAN_CACHE.get(key)
+    if hit is not None and hit[0]() is cu_seqlens:
+        _PLAN_CACHE.move_to_end(key)
+        return hit[1]
+    plan = Plan(cu_seqlens, T, D, G, N, dev, config)
+    _PLAN_CACHE[key] = (weakref.ref(cu_seqlens), plan)
+    while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+        _PLAN_CACHE.popitem(last=False)
+    return plan
