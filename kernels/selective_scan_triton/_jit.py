@@ -46,6 +46,30 @@ def softplus(x, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def load_state(ptr, pdb, cond, N, BD: tl.constexpr, NP: tl.constexpr,
+               STATE_IN_THREAD: tl.constexpr):
+    """The (NP, BD) tile of channels pdb*BD ... of a (D, N) float32 matrix at ``ptr`` (zeros
+    where the scalar ``cond`` is false or n >= N).
+
+    With STATE_IN_THREAD the tile is read as a flat vector in (state, channel) order and
+    reshaped: Triton then lays the channels across the lanes and every thread keeps all N states
+    of its channels, so the step loops sum over N without shuffles and convert no per-channel
+    vector. (A direct 2-D load is contiguous along N; Triton then spreads the states of a channel
+    over 16 lanes and the loops inherit that layout: the v1 layout.)"""
+    if STATE_IN_THREAD:
+        flat = tl.arange(0, NP * BD)
+        n = flat // BD
+        x = tl.load(ptr + (pdb * BD + flat % BD) * N + n, mask=and_scalar(n < N, cond), other=0.0)
+        tile = tl.reshape(x, (NP, BD))
+    else:
+        offs_n = tl.arange(0, NP)
+        offs_d = pdb * BD + tl.arange(0, BD)
+        tile = tl.load(ptr + offs_d[None, :] * N + offs_n[:, None],
+                       mask=and_scalar((offs_n < N)[:, None], cond), other=0.0)
+    return tile
+
+
+@triton.jit
 def exp2_poly(x):
     """2**x on the FMA pipe (no MUFU): 2**floor(x) from the exponent bits times a degree-5
     polynomial of the fraction (relative error < 2e-7 on [0, 1), about float32 rounding).

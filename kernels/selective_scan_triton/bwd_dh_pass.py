@@ -6,7 +6,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import LN2, LOG2E, SUM, and_scalar, chunk_info, decay, softplus, step_inputs
+from ._jit import (LN2, LOG2E, SUM, and_scalar, chunk_info, decay, load_state, softplus,
+                   step_inputs)
 
 
 @triton.jit
@@ -14,12 +15,13 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
                 init, dinit,
                 chunk_meta,
                 du, phi, dB, dA_part, dbias_part,
-                S, n_chunks_bound, nprog, D, G, N, dpg, nblk_g, T,
+                S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
                 L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                 REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                 HAS_BIAS: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr,
-                HAS_INIT: tl.constexpr, POLY_EVERY: tl.constexpr):
+                HAS_INIT: tl.constexpr, POLY_EVERY: tl.constexpr,
+                STATE_IN_THREAD: tl.constexpr):
     """Reverse-order pass of the backward: dh inside each chunk; du, ddelta (over phi), dB."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
@@ -30,7 +32,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
     g = (pdb * BD) // dpg
     slot = (pdb % nblk_g).to(tl.int64)
     st_off = offs_d[None, :] * N + offs_n[:, None]
-    a2 = tl.load(A2 + st_off, mask=mask_n[:, None], other=0.0)
+    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
     if HAS_BIAS:
         bias = tl.load(dbias + offs_d)
     else:
@@ -49,20 +51,20 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
         row = (nl0 + k).to(tl.int64)
         not_last = valid & (k < nck - 1)
         is_last = valid & (k == nck - 1)
-        mst = and_scalar(mask_n[:, None], not_last)
         # G: gradient reaching the chunk's last state from later chunks
-        q = tl.load(gbuf + row * DN + st_off, mask=mst, other=0.0)
-        hend = tl.load(hs + row * DN + st_off, mask=mst, other=0.0)
+        q = load_state(gbuf + row * DN, pdb, not_last, N, BD, NP, STATE_IN_THREAD)
+        hend = load_state(hs + row * DN, pdb, not_last, N, BD, NP, STATE_IN_THREAD)
         kap = (tl.reduce(a2 * q * hend, 0, SUM) * LN2)
         # E at both ends of the chunk (gradient into a state times that state), for dA
         prev = (nl0 + k - 1).to(tl.int64)
-        mprev = and_scalar(mask_n[:, None], valid & (k > 0))
-        eboth = q * hend + tl.load(gbuf + prev * DN + st_off, mask=mprev, other=0.0) * \
-            tl.load(hs + prev * DN + st_off, mask=mprev, other=0.0)
+        has_prev = valid & (k > 0)
+        eboth = q * hend + (load_state(gbuf + prev * DN, pdb, has_prev, N, BD, NP, STATE_IN_THREAD)
+                            * load_state(hs + prev * DN, pdb, has_prev, N, BD, NP,
+                                         STATE_IN_THREAD))
         if HAS_INIT:
-            mfirst = and_scalar(mask_n[:, None], valid & (k == 0))
-            eboth += tl.load(dinit + s64 * DN + st_off, mask=mfirst, other=0.0) * \
-                tl.load(init + s64 * DN + st_off, mask=mfirst, other=0.0)
+            is_first = valid & (k == 0)
+            eboth += (load_state(dinit + s64 * DN, pdb, is_first, N, BD, NP, STATE_IN_THREAD)
+                      * load_state(init + s64 * DN, pdb, is_first, N, BD, NP, STATE_IN_THREAD))
         # the chunk's sum of dt (pass 1 saved it for non-last chunks, the h-pass for last ones)
         half = 0.5 * (tl.load(sdt + row * D + offs_d, mask=and_scalar(offs_d < D, not_last),
                               other=0.0)
@@ -70,8 +72,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
                                 other=0.0))
         da_acc += eboth * half[None, :]
         if HAS_DFINAL:
-            q += tl.load(dfinal + s64 * DN + st_off, mask=and_scalar(mask_n[:, None], is_last),
-                         other=0.0)
+            q += load_state(dfinal + s64 * DN, pdb, is_last, N, BD, NP, STATE_IN_THREAD)
             kap += tl.load(kappa + s64 * D + offs_d, mask=and_scalar(offs_d < D, is_last),
                            other=0.0)
         big_phi = kap                                        # sum_n A E_t, built backwards

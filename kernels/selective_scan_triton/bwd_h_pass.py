@@ -7,20 +7,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import LN2, LOG2E, SUM, and_scalar, chunk_info, decay, softplus, step_inputs
+from ._jit import (LN2, LOG2E, SUM, and_scalar, chunk_info, decay, load_state, softplus,
+                   step_inputs)
 
 
 @triton.jit
 def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                chunk_meta,
                dz, phi, dC, gbuf, dinit, kappa, stot, dA_part, dD_part,
-               S, n_chunks_bound, nprog, D, G, N, dpg, nblk_g, T,
+               S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
                L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                HAS_BIAS: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
                HAS_DFINAL: tl.constexpr, NEED_DINIT: tl.constexpr,
-               POLY_EVERY: tl.constexpr):
+               POLY_EVERY: tl.constexpr,
+               STATE_IN_THREAD: tl.constexpr):
     """Forward-order pass of the backward: recompute h inside each chunk (h-part of the grads)."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
@@ -31,7 +33,7 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     g = (pdb * BD) // dpg
     slot = (pdb % nblk_g).to(tl.int64)                     # partial-dC slice of this block
     st_off = offs_d[None, :] * N + offs_n[:, None]
-    a2 = tl.load(A2 + st_off, mask=mask_n[:, None], other=0.0)
+    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
     if HAS_BIAS:
         bias = tl.load(dbias + offs_d)
     else:
@@ -48,11 +50,9 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                                                        L, REVERSE)
         s64 = s.to(tl.int64)
         prev = (nl0 + k - 1).to(tl.int64)
-        h = tl.load(hs + prev * DN + st_off, mask=and_scalar(mask_n[:, None], valid & (k > 0)),
-                    other=0.0)
+        h = load_state(hs + prev * DN, pdb, valid & (k > 0), N, BD, NP, STATE_IN_THREAD)
         if HAS_INIT:
-            h += tl.load(init + s64 * DN + st_off,
-                         mask=and_scalar(mask_n[:, None], valid & (k == 0)), other=0.0)
+            h += load_state(init + s64 * DN, pdb, valid & (k == 0), N, BD, NP, STATE_IN_THREAD)
         p = tl.full([NP, BD], 1.0, dtype=tl.float32)     # decay from chunk start to t
         gl = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t p_t * C_t dy_t
         sloc = tl.zeros([BD], dtype=tl.float32)          # sum of dt from chunk start, inclusive
@@ -103,8 +103,7 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
         tl.store(stot + s64 * D + offs_d, sloc, mask=and_scalar(offs_d < D, is_last))
         x = gl
         if HAS_DFINAL:
-            gf = tl.load(dfinal + s64 * DN + st_off, mask=and_scalar(mask_n[:, None], is_last),
-                         other=0.0)
+            gf = load_state(dfinal + s64 * DN, pdb, is_last, N, BD, NP, STATE_IN_THREAD)
             da_acc += gf * h * (0.5 * sloc)[None, :]
             tl.store(kappa + s64 * D + offs_d, (tl.reduce(a2 * gf * h, 0, SUM) * LN2),
                      mask=and_scalar(offs_d < D, is_last))

@@ -41,6 +41,10 @@ class LaunchConfig:
         bd_serial, num_warps_serial: channels and warps per program of the serial forward.
         serial_min_programs: minimum (segments x channel blocks) for ``auto`` to go serial.
         serial_max_mean: maximum mean segment length (T / S) for ``auto`` to go serial.
+        state_in_thread: every thread keeps all N states of its channels (A is passed
+            transposed so that Triton lays channels across lanes): sums over N without
+            shuffles, no layout conversions of the per-channel vectors (False: the v1 layout,
+            the states of a channel spread over 16 lanes).
         exp_poly_every: k > 0 evaluates the decay of states n % k == k - 1 with a polynomial on
             the FMA pipe instead of MUFU ``ex2`` (k = 4: a quarter of them); 0 = all on MUFU.
     """
@@ -60,6 +64,7 @@ class LaunchConfig:
     serial_min_programs: int = 1024
     serial_max_mean: int = 8192
     exp_poly_every: int = 0
+    state_in_thread: bool = True
 
     def __post_init__(self):
         if self.forward not in FORWARD_MODES:
@@ -77,7 +82,8 @@ class LaunchConfig:
 
 
 DEFAULT_CONFIG = LaunchConfig()
-V1_CONFIG = LaunchConfig(programs_per_sm_fwd=32, programs_per_sm_bwd=32, forward="chunked")
+V1_CONFIG = LaunchConfig(programs_per_sm_fwd=32, programs_per_sm_bwd=32, forward="chunked",
+                         state_in_thread=False)
 
 
 def pow2_divisor(n: int, cap: int) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import decay, softplus, step_inputs
+from ._jit import decay, load_state, softplus, step_inputs
 
 
 @triton.jit
@@ -25,10 +25,11 @@ def _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound,
 
 @triton.jit
 def fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
-                    S, n_rows_bound, nprog, D, G, N, dpg,
+                    S, n_rows_bound, nprog, D, G, N: tl.constexpr, dpg,
                     L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                     REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, POLY_EVERY: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, POLY_EVERY: tl.constexpr,
+                    STATE_IN_THREAD: tl.constexpr):
     """Local end state (from h = 0) and sum(dt) of every full chunk that is not the last of its
     segment: programs walk the rows of ``hs`` directly, so last chunks (every chunk of a
     single-chunk segment) cost nothing, not even their metadata loads."""
@@ -40,7 +41,7 @@ def fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
     mask_n = offs_n < N
     g = (pdb * BD) // dpg
     # (NP, BD): N runs inside a thread so sums over N need no shuffles
-    a2 = tl.load(A2 + offs_d[None, :] * N + offs_n[:, None], mask=mask_n[:, None], other=0.0)
+    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
     if HAS_BIAS:
         bias = tl.load(dbias + offs_d)
     else:

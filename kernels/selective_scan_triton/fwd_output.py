@@ -6,18 +6,19 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import and_scalar, chunk_info, output_step, step_inputs
+from ._jit import and_scalar, chunk_info, load_state, output_step, step_inputs
 
 
 @triton.jit
 def fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
                chunk_meta,
-               S, n_chunks_bound, nprog, D, G, N, dpg,
+               S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg,
                L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                HAS_BIAS: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
-               NEED_FINAL: tl.constexpr, POLY_EVERY: tl.constexpr):
+               NEED_FINAL: tl.constexpr, POLY_EVERY: tl.constexpr,
+               STATE_IN_THREAD: tl.constexpr):
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
@@ -26,7 +27,7 @@ def fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
     mask_n = offs_n < N
     g = (pdb * BD) // dpg
     st_off = offs_d[None, :] * N + offs_n[:, None]          # (NP, BD) offsets in a (D, N) state
-    a2 = tl.load(A2 + st_off, mask=mask_n[:, None], other=0.0)
+    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
     if HAS_BIAS:
         bias = tl.load(dbias + offs_d)
     else:
@@ -40,11 +41,9 @@ def fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
         valid, s, k, nck, clen, base, nl0 = chunk_info(c, chunk_meta, n_chunks_bound,
                                                        L, REVERSE)
         prev = (nl0 + k - 1).to(tl.int64)
-        h = tl.load(hs + prev * DN + st_off, mask=and_scalar(mask_n[:, None], valid & (k > 0)),
-                    other=0.0)
+        h = load_state(hs + prev * DN, pdb, valid & (k > 0), N, BD, NP, STATE_IN_THREAD)
         if HAS_INIT:
-            h += tl.load(init + s.to(tl.int64) * DN + st_off,
-                         mask=and_scalar(mask_n[:, None], valid & (k == 0)), other=0.0)
+            h += load_state(init + s.to(tl.int64) * DN, pdb, valid & (k == 0), N, BD, NP, STATE_IN_THREAD)
         u_n, d_n, b_n, c_n, z_n, _o, _p = step_inputs(
             tl.where(clen > 0, base, 0), u, delta, Bm, Cm, z, u, delta, offs_d, offs_n, mask_n,
             D, G, N, g, True, HAS_Z, False, False)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import and_scalar, output_step, step_inputs
+from ._jit import and_scalar, load_state, output_step, step_inputs
 
 
 @triton.jit
 def fwd_serial(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs, sdt, cu_seq, cu_nl,
-               D, G, N, dpg,
+               D, G, N: tl.constexpr, dpg,
                L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-               HAS_INIT: tl.constexpr, NEED_FINAL: tl.constexpr, POLY_EVERY: tl.constexpr):
+               HAS_INIT: tl.constexpr, NEED_FINAL: tl.constexpr, POLY_EVERY: tl.constexpr,
+               STATE_IN_THREAD: tl.constexpr):
     s = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
@@ -32,7 +33,7 @@ def fwd_serial(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs, sdt, c
     DN = D * N
     s64 = s.to(tl.int64)
     st_off = offs_d[None, :] * N + offs_n[:, None]          # (NP, BD) offsets in a (D, N) state
-    a2 = tl.load(A2 + st_off, mask=mask_n[:, None], other=0.0)
+    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
     if HAS_BIAS:
         bias = tl.load(dbias + offs_d)
     else:
@@ -42,7 +43,7 @@ def fwd_serial(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs, sdt, c
     else:
         dsk = tl.zeros([BD], dtype=tl.float32)
     if HAS_INIT:
-        h = tl.load(init + s64 * DN + st_off, mask=mask_n[:, None], other=0.0)
+        h = load_state(init + s64 * DN, pdb, s >= 0, N, BD, NP, STATE_IN_THREAD)
     else:
         h = tl.zeros([NP, BD], dtype=tl.float32)
     tok0 = tl.load(cu_seq + s).to(tl.int64)

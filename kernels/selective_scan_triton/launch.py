@@ -36,6 +36,7 @@ def _plan_and_a2(u, A, B, cu_seqlens, config: LaunchConfig) -> tuple[Plan, torch
     return plan, A2
 
 
+
 def _reg_cap(u, config: LaunchConfig) -> dict:
     """Launch option capping the forward kernels' registers per thread (``maxnreg_fwd``)."""
     if config.maxnreg_fwd and not _interpreting(u):
@@ -82,7 +83,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
             plan.S, plan.n_rows, plan.nprog_rows, D, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
-            POLY_EVERY=plan.config.exp_poly_every,
+            POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
             num_warps=plan.num_warps, **_reg_cap(u, plan.config))
     DN = D * N
     fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
@@ -96,7 +97,8 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
 def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias) -> dict:
     return dict(NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
                 FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None, HAS_D=D is not None,
-                HAS_Z=z is not None, POLY_EVERY=plan.config.exp_poly_every)
+                HAS_Z=z is not None, POLY_EVERY=plan.config.exp_poly_every,
+                STATE_IN_THREAD=plan.config.state_in_thread)
 
 
 def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, initial_state,
@@ -206,7 +208,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     common = dict(L=plan.L, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
                   FAST=not _interpreting(u),
                   HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
-                  POLY_EVERY=config.exp_poly_every)
+                  POLY_EVERY=config.exp_poly_every, STATE_IN_THREAD=config.state_in_thread)
     if S > 0 and T > 0:
         bwd_h_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,

@@ -119,6 +119,7 @@ def _check_against_float64(config, lengths, channels, state, groups, saved, reve
 # launch variants the GPU benchmark compares (LaunchConfig settings of selective_scan_triton)
 _VARIANTS = {
     "narrow_backward_blocks": dict(max_bd=8, max_bd_bwd=4),
+    "v1_layout_states_across_lanes": dict(state_in_thread=False),
     "serial_forward": dict(forward="serial"),
     "serial_forward_narrow_blocks": dict(forward="serial", bd_serial=4),
     "polynomial_exp2_on_half_the_states": dict(exp_poly_every=2),
