@@ -54,6 +54,27 @@ def kernel_signature(fn, constexprs: dict) -> dict:
 
 
 def compile_cubin(fn, constexprs: dict, num_warps: int, arch: int) -> bytes:
+    return compile_kernel(fn, constexprs, num_warps, arch).asm["cubin"]
+
+
+def registers(ptx: str, arch: int) -> dict:
+    """Registers per thread and spill bytes that ``ptxas -v`` reports for ``ptx`` (empty when
+    ptxas is not on PATH)."""
+    ptxas = shutil.which("ptxas")
+    if not ptxas:
+        return {}
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        err = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True).stderr
+    regs = re.search(r"Used (\d+) registers", err)
+    spill = re.search(r"(\d+) bytes spill stores", err)
+    return dict(n_regs=int(regs.group(1)) if regs else None,
+                spill_store_bytes=int(spill.group(1)) if spill else None)
+
+
+def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -63,9 +84,8 @@ def compile_cubin(fn, constexprs: dict, num_warps: int, arch: int) -> bytes:
     constexprs = {k: v for k, v in constexprs.items() if sig.get(k) == "constexpr"}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constexprs.items()
                                          if k in sig})
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=num_warps))
-    return kernel.asm["cubin"]
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=num_warps))
 
 
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -177,9 +197,9 @@ def main(argv=None) -> int:
 
     for vname, config in parse_variants(args.variants.replace("chunked", "default"), ST):
         for name, fn, constexprs, warps, bd in passes(ST, config):
-            cubin = compile_cubin(fn, constexprs, warps, args.arch)
+            kernel = compile_kernel(fn, constexprs, warps, args.arch)
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(cubin)
+                f.write(kernel.asm["cubin"])
                 f.flush()
                 text = subprocess.run([nvdisasm, "-c", f.name], check=True,
                                       capture_output=True, text=True).stdout
@@ -189,6 +209,7 @@ def main(argv=None) -> int:
                        triton=triton.__version__,
                        arch=f"sm_{args.arch}", BD=bd, num_warps=warps,
                        elements_per_thread_per_step=per_thread, **counts,
+                       **registers(kernel.asm["ptx"], args.arch),
                        instr_per_element=round(counts["loop_instructions"] / per_thread, 2))
             line = json.dumps(rec)
             print(line, flush=True)

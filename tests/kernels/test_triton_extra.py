@@ -217,9 +217,12 @@ def test_compile_fullgraph_custom_ops():
 
 
 @needs_cuda
-def test_cuda_graph_capture_forward_and_backward():
+@pytest.mark.parametrize("forward", ["chunked", "serial"])
+def test_cuda_graph_capture_forward_and_backward(forward):
     from geossm.kernels import causal_conv1d_triton as CT
     from geossm.kernels import selective_scan_triton as ST
+
+    config = ST.LaunchConfig(forward=forward)
 
     channels, state = 32, 16
     (x, delta, B, C, z), cu = _module_inputs([300, 0, 1, 77, 1000], channels, state)
@@ -233,9 +236,9 @@ def test_cuda_graph_capture_forward_and_backward():
     def step():
         h = CT.causal_conv1d_fwd(x, weight, None, cu, True, False)
         out, final, saved = ST.selective_scan_fwd(h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                                  True, False)
+                                                  True, False, config=config)
         grads = ST.selective_scan_bwd(dout, None, h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                      True, False, chunk_states=saved)
+                                      True, False, chunk_states=saved, config=config)
         dx = CT.causal_conv1d_bwd(grads[0], x, weight, None, cu, True, False)[0]
         return out, final, grads[2], dx
 
