@@ -14,8 +14,8 @@ delta_softplus=True, z and D given; lengths from ``torch.Generator().manual_seed
     long          one segment of 1,000,000, D = 64
 
 Measured per workload, for every launch variant (``--variants``; default: ``v1`` = the
-session-3 launch, ``default`` = ``DEFAULT_CONFIG``, the serial forward and the polynomial-exp2
-split): ``kernels_fwd`` / ``kernels_fwd_bwd`` = the Triton backend called directly (the
+session-3 launch and layout, ``default`` = ``DEFAULT_CONFIG``, the serial and piece forwards and
+the polynomial-exp2 split): ``kernels_fwd`` / ``kernels_fwd_bwd`` = the Triton backend called directly (the
 backward reuses the forward's chunk states, as the autograd path does), plus
 ``rel_diff_vs_v1`` (outputs, final states and every gradient against the ``v1`` variant: the
 variants must agree to rounding). ``api`` = the public ``selective_scan(..., backend="triton")``
@@ -167,8 +167,8 @@ def time_events(fn, reps=3) -> float:
     return statistics.median(times)
 
 
-DEFAULT_VARIANTS = ("v1;default;serial:forward=serial;poly4:exp_poly_every=4;"
-                    "serial_poly4:forward=serial,exp_poly_every=4")
+DEFAULT_VARIANTS = ("v1;default;serial:forward=serial;pieces:forward=pieces;"
+                    "pieces4:forward=pieces,piece_chunks=4;poly4:exp_poly_every=4")
 
 
 def parse_variants(spec: str, ST) -> list[tuple[str, object]]:

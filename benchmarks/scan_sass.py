@@ -29,9 +29,9 @@ import sys
 import tempfile
 
 BF16_POINTERS = {"u", "delta", "Bm", "Cm", "z", "dout", "out", "du", "dz"}
-INT_POINTERS = {"cu_seq", "cu_nl", "row_seg", "chunk_meta", "cu_ch"}
+INT_POINTERS = {"cu_seq", "cu_nl", "row_seg", "chunk_meta", "piece_meta", "cu_ch"}
 SCALARS = {"S", "n_rows_bound", "n_chunks_bound", "nprog", "D", "G", "N", "dpg", "nblk_g", "T",
-           "DN"}
+           "DN", "n_pieces_bound"}
 N_STATE = 16
 
 
@@ -152,9 +152,17 @@ def passes(ST, config):
                   STATE_IN_THREAD=config.state_in_thread)
     full = dict(common, HAS_D=True, HAS_Z=True, HAS_INIT=False)
     out = []
-    if config.forward == "serial":
-        out.append(("fwd_serial", fwd_serial.fwd_serial,
-                    dict(full, BD=bd_serial, NEED_FINAL=True), warps_serial, bd_serial))
+    if config.forward in ("serial", "pieces"):
+        from geossm.kernels.selective_scan_triton.config import SERIAL_PIECE_CHUNKS
+
+        serial = config.forward == "serial"
+        pieces = SERIAL_PIECE_CHUNKS if serial else (config.piece_chunks or 16)
+        if not serial:
+            out.append(("fwd_chunk_state (pieces)", fwd_chunk_state.fwd_chunk_state,
+                        dict(common, BD=bd, L=config.chunk * pieces), warps, bd))
+        out.append(("fwd_serial" if serial else "fwd_serial (pieces)", fwd_serial.fwd_serial,
+                    dict(full, BD=bd_serial, P=pieces, NEED_FINAL=True), warps_serial,
+                    bd_serial))
     else:
         out.append(("fwd_chunk_state", fwd_chunk_state.fwd_chunk_state,
                     dict(common, BD=bd), warps, bd))
@@ -181,6 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--out", default=None)
     p.add_argument("--variants", default="v1;chunked;serial:forward=serial;"
+                                         "pieces:forward=pieces,piece_chunks=16;"
                                          "poly_all:exp_poly_every=1;"
                                          "serial_poly_all:forward=serial,exp_poly_every=1",
                    help="as in scan_gpu.py; a loop with exp_poly_every=k > 1 holds both "

@@ -20,8 +20,9 @@ per pass; every pass is one launch for all segments:
 
 - forward, ``LaunchConfig.forward == "chunked"``: ``fwd_chunk_state`` (local end state of every
   non-last chunk) -> ``carry.fwd_carry`` (true end states) -> ``fwd_output`` (rescan, outputs);
-- forward, ``"serial"``: ``fwd_serial`` (one program per (segment, channel block), one
-  exponential per element, outputs and the chunk record in one launch);
+- forward, ``"serial"`` / ``"pieces"``: ``fwd_serial`` (one program per (segment or piece,
+  channel block) walks it once: one exponential per element, outputs and the chunk record;
+  pieces get their start states from ``fwd_chunk_state`` + ``carry.fwd_carry`` over pieces);
 - backward: ``bwd_h_pass`` (forward order, recomputes h) -> ``carry.bwd_carry`` ->
   ``bwd_dh_pass`` (reverse order, dh).
 

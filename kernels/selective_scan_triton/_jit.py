@@ -70,6 +70,30 @@ def load_state(ptr, pdb, cond, N, BD: tl.constexpr, NP: tl.constexpr,
 
 
 @triton.jit
+def channel_block(pdb, A2, dbias, Dsk, dpg, N, BD: tl.constexpr, NP: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, STATE_IN_THREAD: tl.constexpr):
+    """What a program of channel block ``pdb`` loads once: ``(offs_d, offs_n, mask_n, g,
+    st_off, a2, bias, dsk)`` = its channels (BD,), states (NP,) and their mask, its group, the
+    (NP, BD) offsets of its tile in a (D, N) state, A * log2(e) as an (NP, BD) tile, and
+    delta_bias, D (zeros when absent)."""
+    offs_d = pdb * BD + tl.arange(0, BD)
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    g = (pdb * BD) // dpg
+    st_off = offs_d[None, :] * N + offs_n[:, None]
+    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
+    if HAS_BIAS:
+        bias = tl.load(dbias + offs_d)
+    else:
+        bias = tl.zeros([BD], dtype=tl.float32)
+    if HAS_D:
+        dsk = tl.load(Dsk + offs_d)
+    else:
+        dsk = tl.zeros([BD], dtype=tl.float32)
+    return offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk
+
+
+@triton.jit
 def exp2_poly(x):
     """2**x on the FMA pipe (no MUFU): 2**floor(x) from the exponent bits times a degree-5
     polynomial of the fraction (relative error < 2e-7 on [0, 1), about float32 rounding).

@@ -7,8 +7,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import (LN2, LOG2E, SUM, and_scalar, chunk_info, decay, load_state, softplus,
-                   step_inputs)
+from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay, load_state,
+                   softplus, step_inputs)
 
 
 @triton.jit
@@ -27,21 +27,9 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    g = (pdb * BD) // dpg
+    offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
+        pdb, A2, dbias, Dsk, dpg, N, BD, NP, HAS_BIAS, HAS_D, STATE_IN_THREAD)
     slot = (pdb % nblk_g).to(tl.int64)                     # partial-dC slice of this block
-    st_off = offs_d[None, :] * N + offs_n[:, None]
-    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
-    if HAS_BIAS:
-        bias = tl.load(dbias + offs_d)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        dsk = tl.load(Dsk + offs_d)
-    else:
-        dsk = tl.zeros([BD], dtype=tl.float32)
     DN = D * N
     da_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dd_acc = tl.zeros([BD], dtype=tl.float32)

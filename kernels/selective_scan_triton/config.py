@@ -16,7 +16,8 @@ import triton
 
 from geossm.packed import tensor_version
 
-FORWARD_MODES = ("chunked", "serial", "auto")
+FORWARD_MODES = ("chunked", "serial", "pieces", "auto")
+SERIAL_PIECE_CHUNKS = 1 << 16   # "serial": pieces of 4M tokens at L = 64, i.e. whole segments
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +36,18 @@ class LaunchConfig:
         forward: ``"chunked"`` (local chunk states, carry, rescan: two exponentials per element
             of multi-chunk segments, chunk-parallel), ``"serial"`` (one program per (segment,
             channel block) walks its segment once: one exponential per element, one launch, no
-            carry; parallel over segments only) or ``"auto"`` (serial when there are at least
-            ``serial_min_programs`` programs and segments average at most ``serial_max_mean``
-            tokens).
-        bd_serial, num_warps_serial: channels and warps per program of the serial forward.
-        serial_min_programs: minimum (segments x channel blocks) for ``auto`` to go serial.
+            carry; parallel over segments only), ``"pieces"`` (segments cut into pieces of
+            ``piece_chunks`` chunks: local end states and a carry per piece, then one program
+            per piece walks it like the serial forward: the second exponential only for the
+            non-last pieces, far fewer state rows than chunks) or ``"auto"`` (serial when
+            segments x channel blocks give ``serial_programs_per_sm`` programs per SM and
+            segments average at most ``serial_max_mean`` tokens, else pieces).
+        bd_serial, num_warps_serial: channels and warps per program of the serial and piece
+            forwards (32 / 1: one channel per lane).
+        serial_programs_per_sm: programs per SM the serial / piece forwards aim for.
         serial_max_mean: maximum mean segment length (T / S) for ``auto`` to go serial.
+        piece_chunks: chunks per piece of the piece forward; 0 = from the shapes (a power of
+            two: the mean segment cut into as many pieces as ``serial_programs_per_sm`` needs).
         state_in_thread: every thread keeps all N states of its channels (A is passed
             transposed so that Triton lays channels across lanes): sums over N without
             shuffles, no layout conversions of the per-channel vectors (False: the v1 layout,
@@ -61,8 +68,9 @@ class LaunchConfig:
     forward: str = "chunked"
     bd_serial: int = 32
     num_warps_serial: int | None = None
-    serial_min_programs: int = 1024
+    serial_programs_per_sm: int = 16
     serial_max_mean: int = 8192
+    piece_chunks: int = 0
     exp_poly_every: int = 0
     state_in_thread: bool = True
 
@@ -70,10 +78,12 @@ class LaunchConfig:
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"forward must be one of {FORWARD_MODES}, got {self.forward!r}")
         for name in ("chunk", "chunk_interpret", "max_bd", "max_bd_bwd", "bd_serial",
-                     "programs_per_sm_fwd", "programs_per_sm_bwd"):
+                     "programs_per_sm_fwd", "programs_per_sm_bwd", "serial_programs_per_sm"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.piece_chunks < 0:
+            raise ValueError(f"piece_chunks must be >= 0, got {self.piece_chunks!r}")
         if self.exp_poly_every < 0:
             raise ValueError(f"exp_poly_every must be >= 0, got {self.exp_poly_every!r}")
 
@@ -108,6 +118,41 @@ def _programs(bound: int, per_sm: int, sms: int, channel_blocks: int, dev) -> in
     return max(1, min(bound, (sms * per_sm) // max(1, channel_blocks)))
 
 
+class ChunkTable:
+    """Device-side metadata of the cut of every segment into chunks of ``L`` steps (the last
+    chunk of a segment may be shorter; chunks never cross segments). No host sync.
+
+    Attributes: ``n_chunks_bound`` (>= the chunk count: ceil(len/L) <= len/L + 1 per segment),
+    ``n_rows`` (>= the non-last chunks, which are full: T // L), ``cu_ch`` / ``cu_nl`` (S+1,)
+    chunk and non-last-chunk offsets per segment, ``meta`` (one 8-int row per chunk: valid,
+    segment, k, chunks of the segment, segment's first token, segment length, segment's first
+    state row, pad: one round trip per chunk) and ``row_seg`` (segment of every state row).
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, L: int, T: int, dev):
+        S = cu_seqlens.numel() - 1
+        self.L = L
+        self.n_chunks_bound = max(1, T // L + S)
+        self.n_rows = max(1, T // L)
+        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
+        nck = ((lens.long() + (L - 1)) // L).to(torch.int32)     # int64: L may be ~2**22
+        zero = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.cu_ch = torch.cat([zero, torch.cumsum(nck, 0, dtype=torch.int32)])
+        self.cu_nl = torch.cat([zero, torch.cumsum((nck - 1).clamp_(min=0), 0, dtype=torch.int32)])
+        ar = torch.arange(self.n_chunks_bound, device=dev, dtype=torch.int32)
+        chunk_seg = torch.searchsorted(self.cu_ch[1:], ar, right=True, out_int32=True)
+        seg = chunk_seg.clamp(max=max(S - 1, 0)).long()
+        if S > 0:
+            cols = [ar < self.cu_ch[-1], seg, ar - self.cu_ch[seg], nck[seg],
+                    cu_seqlens[:-1][seg], lens[seg], self.cu_nl[seg], torch.zeros_like(ar)]
+            self.meta = torch.stack([col.to(torch.int32) for col in cols], 1).contiguous()
+        else:
+            self.meta = torch.zeros(self.n_chunks_bound, 8, dtype=torch.int32, device=dev)
+        # segment of every chunk-state row (rows past the true count point past the last one)
+        self.row_seg = torch.searchsorted(self.cu_nl[1:], ar[:self.n_rows], right=True,
+                                          out_int32=True)
+
+
 class Plan:
     """Launch geometry and device-side chunk metadata (no host sync: only shapes are read)."""
 
@@ -128,20 +173,24 @@ class Plan:
         self.n_dblk_bwd = D // self.BD_bwd
         self.nblk_g_bwd = self.dpg // self.BD_bwd
         self.num_warps_bwd = config.num_warps_bwd or max(1, min(4, self.BD_bwd // 32))
-        # serial forward: one program per (segment, channel block)
+        # serial forward: one program per (segment or piece, channel block)
         self.BD_serial = pow2_divisor(self.dpg, config.bd_serial)
         self.n_dblk_serial = D // self.BD_serial
         self.num_warps_serial = config.num_warps_serial or max(1, min(4, self.BD_serial // 32))
-        self.serial = self._use_serial(config)
-        self.n_chunks_bound = max(1, T // L + S)            # ceil(len/L) <= len/L + 1 per segment
-        self.n_rows = max(1, T // L)                        # non-last chunks are full: <= T // L
         sms = num_sms(dev)
+        self.forward = self._forward_mode(config, sms, dev)
+        self.chunks = ChunkTable(cu_seqlens, L, T, dev)
+        self.cu_ch, self.cu_nl, self.meta = self.chunks.cu_ch, self.chunks.cu_nl, self.chunks.meta
+        self.row_seg = self.chunks.row_seg
+        self.n_chunks_bound, self.n_rows = self.chunks.n_chunks_bound, self.chunks.n_rows
+        self.piece_chunks = self._piece_chunks(config, sms, dev)
+        self.pieces = (ChunkTable(cu_seqlens, L * self.piece_chunks, T, dev)
+                       if self.forward in ("serial", "pieces") else None)
         self.nprog = _programs(self.n_chunks_bound, config.programs_per_sm_fwd, sms,
                                self.n_dblk, dev)
         self.nprog_rows = max(1, min(self.nprog, self.n_rows))
         self.nprog_bwd = _programs(self.n_chunks_bound, config.programs_per_sm_bwd, sms,
                                    self.n_dblk_bwd, dev)
-        self._build_metadata(cu_seqlens, dev)
         # carry passes: one program per (segment, block of BDN (d, n) pairs), walking that
         # segment's chunk rows K at a time. Few segments (one long sequence) get narrow blocks
         # so that enough programs run side by side; many short ones get wide blocks.
@@ -152,34 +201,30 @@ class Plan:
         self.BDN = min(bdn, 1024)
         self.K = max(8, min(512, 4096 // self.BDN))
 
-    def _use_serial(self, config: LaunchConfig) -> bool:
-        if config.forward != "auto":
-            return config.forward == "serial"
-        programs = self.S * self.n_dblk_serial
-        return (programs >= config.serial_min_programs
-                and self.T <= config.serial_max_mean * max(self.S, 1))
+    def _serial_programs_wanted(self, sms: int, dev) -> int:
+        return (self.config.serial_programs_per_sm * sms) if dev.type == "cuda" else 4
 
-    def _build_metadata(self, cu_seqlens: torch.Tensor, dev) -> None:
-        S, L = self.S, self.L
-        lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
-        nck = (lens + (L - 1)) // L
-        zero = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.cu_ch = torch.cat([zero, torch.cumsum(nck, 0, dtype=torch.int32)])
-        self.cu_nl = torch.cat([zero, torch.cumsum((nck - 1).clamp_(min=0), 0, dtype=torch.int32)])
-        ar = torch.arange(self.n_chunks_bound, device=dev, dtype=torch.int32)
-        self.chunk_seg = torch.searchsorted(self.cu_ch[1:], ar, right=True, out_int32=True)
-        # one 8-int row per chunk (valid, segment, k, chunks of the segment, segment's first
-        # token, segment length, segment's first state row, pad): one round trip per chunk
-        seg = self.chunk_seg.clamp(max=max(S - 1, 0)).long()
-        if S > 0:
-            cols = [ar < self.cu_ch[-1], seg, ar - self.cu_ch[seg], nck[seg],
-                    cu_seqlens[:-1][seg], lens[seg], self.cu_nl[seg], torch.zeros_like(ar)]
-            self.meta = torch.stack([col.to(torch.int32) for col in cols], 1).contiguous()
-        else:
-            self.meta = torch.zeros(self.n_chunks_bound, 8, dtype=torch.int32, device=dev)
-        # segment of every chunk-state row (rows past the true count point past the last one)
-        self.row_seg = torch.searchsorted(self.cu_nl[1:], ar[:self.n_rows], right=True,
-                                          out_int32=True)
+    def _forward_mode(self, config: LaunchConfig, sms: int, dev) -> str:
+        """``chunked``, ``serial`` or ``pieces``; ``auto``: serial where segments x channel
+        blocks alone fill the GPU, else pieces."""
+        if config.forward != "auto":
+            return config.forward
+        enough = self.S * self.n_dblk_serial >= self._serial_programs_wanted(sms, dev)
+        short = self.T <= config.serial_max_mean * max(self.S, 1)
+        return "serial" if enough and short else "pieces"
+
+    def _piece_chunks(self, config: LaunchConfig, sms: int, dev) -> int:
+        """Chunks per piece: ``config.piece_chunks``, or (0) a power of two that cuts the mean
+        segment into enough pieces for ``serial_programs_per_sm`` programs per SM."""
+        if self.forward == "serial":
+            return SERIAL_PIECE_CHUNKS
+        if config.piece_chunks:
+            return config.piece_chunks
+        wanted = self._serial_programs_wanted(sms, dev)
+        per_segment = -(-wanted // max(1, self.S * self.n_dblk_serial))
+        mean_chunks = -(-self.T // max(1, self.S * self.L))
+        chunks = max(1, -(-mean_chunks // per_segment))
+        return min(1024, triton.next_power_of_2(chunks))
 
 
 _PLAN_CACHE: "collections.OrderedDict" = collections.OrderedDict()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import decay, load_state, softplus, step_inputs
+from ._jit import channel_block, decay, softplus, step_inputs
 
 
 @triton.jit
@@ -36,16 +36,8 @@ def fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    g = (pdb * BD) // dpg
-    # (NP, BD): N runs inside a thread so sums over N need no shuffles
-    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
-    if HAS_BIAS:
-        bias = tl.load(dbias + offs_d)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
+    offs_d, offs_n, mask_n, g, st_off, a2, bias, _dsk = channel_block(
+        pdb, A2, dbias, A2, dpg, N, BD, NP, HAS_BIAS, False, STATE_IN_THREAD)
     n_rows = tl.load(cu_nl + S)                      # rows that exist (<= n_rows_bound)
     for r in range(pid, n_rows, nprog):
         base = _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound, L, REVERSE)
@@ -66,6 +58,6 @@ def fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
             h = decay(a2, dt, i, POLY_EVERY) * h + bv[:, None] * (dt * uu)[None, :]
             st += dt
         row = base * 0 + r                           # int64 (r is a plain int when interpreted)
-        tl.store(hs + row * D * N + offs_d[None, :] * N + offs_n[:, None], h,
+        tl.store(hs + row * D * N + st_off, h,
                  mask=mask_n[:, None])
         tl.store(sdt + row * D + offs_d, st)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._jit import and_scalar, chunk_info, load_state, output_step, step_inputs
+from ._jit import and_scalar, channel_block, chunk_info, load_state, output_step, step_inputs
 
 
 @triton.jit
@@ -22,20 +22,8 @@ def fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
-    offs_d = pdb * BD + tl.arange(0, BD)
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    g = (pdb * BD) // dpg
-    st_off = offs_d[None, :] * N + offs_n[:, None]          # (NP, BD) offsets in a (D, N) state
-    a2 = load_state(A2, pdb, pdb >= 0, N, BD, NP, STATE_IN_THREAD)
-    if HAS_BIAS:
-        bias = tl.load(dbias + offs_d)
-    else:
-        bias = tl.zeros([BD], dtype=tl.float32)
-    if HAS_D:
-        dsk = tl.load(Dsk + offs_d)
-    else:
-        dsk = tl.zeros([BD], dtype=tl.float32)
+    offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
+        pdb, A2, dbias, Dsk, dpg, N, BD, NP, HAS_BIAS, HAS_D, STATE_IN_THREAD)
     DN = D * N
     for c in range(pid, n_chunks_bound, nprog):
         valid, s, k, nck, clen, base, nl0 = chunk_info(c, chunk_meta, n_chunks_bound,

@@ -67,27 +67,31 @@ def _state_buffer(plan: Plan, dev) -> torch.Tensor:
 
 
 def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state,
-                    delta_softplus, reverse, final):
-    """Passes 1-2 of the chunked forward: true end state of every non-last chunk and sum(dt)."""
+                    delta_softplus, reverse, final, table=None):
+    """Passes 1-2 of the chunked forward: true end state and sum(dt) of every non-last chunk of
+    ``table`` (the plan's chunks by default; its pieces for the piece forward), in a new flat
+    buffer (:func:`_split_states` layout); final states of empty segments."""
     dev = u.device
     D, N = plan.D, plan.N
-    buf = _state_buffer(plan, dev)
-    hs, sdt = _split_states(buf, plan.n_rows, D, N)
+    table = table or plan.chunks
+    buf = torch.empty(table.n_rows * D * (N + 1), dtype=torch.float32, device=dev)
+    hs, sdt = _split_states(buf, table.n_rows, D, N)
     dm = _dummy(dev)
     if plan.S == 0:
         return buf
     if plan.T > 0:
-        fwd_chunk_state[(plan.nprog_rows, plan.n_dblk)](
+        nprog = max(1, min(plan.nprog, table.n_rows))
+        fwd_chunk_state[(nprog, plan.n_dblk)](
             u, delta, A2, B, delta_bias if delta_bias is not None else dm, cu_seqlens,
-            plan.cu_nl, plan.row_seg, hs, sdt,
-            plan.S, plan.n_rows, plan.nprog_rows, D, plan.G, N, plan.dpg,
-            L=plan.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
+            table.cu_nl, table.row_seg, hs, sdt,
+            plan.S, table.n_rows, nprog, D, plan.G, N, plan.dpg,
+            L=table.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
             POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
             num_warps=plan.num_warps, **_reg_cap(u, plan.config))
     DN = D * N
     fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
-        A2, hs, sdt, plan.cu_ch, plan.cu_nl,
+        A2, hs, sdt, table.cu_ch, table.cu_nl,
         initial_state if initial_state is not None else dm, final if final is not None else dm,
         D, N, DN, K=plan.K, BDN=plan.BDN, HAS_INIT=initial_state is not None,
         NEED_FINAL=final is not None, USE_SCAN=not _interpreting(u), num_warps=4)
@@ -103,17 +107,24 @@ def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias) -> dict:
 
 def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, initial_state,
                     delta_softplus, reverse, out, final) -> torch.Tensor:
-    """The serial forward (one launch): out, final state and the backward's chunk record."""
+    """The serial / piece forward: local end states and carry over pieces (nothing to do when
+    pieces are whole segments, but the final states of empty segments), then one serial
+    program per piece: out, final state and the backward's chunk record."""
     dev = u.device
     dm = _dummy(dev)
+    pieces = plan.pieces
+    piece_states = _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state,
+                                   delta_softplus, reverse, final, table=pieces)
+    hp, _ = _split_states(piece_states, pieces.n_rows, plan.D, plan.N)
     buf = _state_buffer(plan, dev)
     hs, sdt = _split_states(buf, plan.n_rows, plan.D, plan.N)
-    fwd_serial[(plan.S, plan.n_dblk_serial)](
+    fwd_serial[(pieces.n_chunks_bound, plan.n_dblk_serial)](
         u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
         delta_bias if delta_bias is not None else dm, out,
         initial_state if initial_state is not None else dm, final if final is not None else dm,
-        hs, sdt, cu_seqlens, plan.cu_nl, plan.D, plan.G, plan.N, plan.dpg,
-        L=plan.L, BD=plan.BD_serial, HAS_INIT=initial_state is not None,
+        hs, sdt, hp, pieces.meta, plan.cu_nl, pieces.n_chunks_bound,
+        plan.D, plan.G, plan.N, plan.dpg,
+        L=plan.L, P=plan.piece_chunks, BD=plan.BD_serial, HAS_INIT=initial_state is not None,
         NEED_FINAL=final is not None, num_warps=plan.num_warps_serial,
         **_flags(u, plan, delta_softplus, reverse, D, z, delta_bias), **_reg_cap(u, plan.config))
     return buf
@@ -140,7 +151,7 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
     final = (torch.empty(S, Dm, N, dtype=torch.float32, device=dev)
              if need_final_state else None)
     plan, A2 = _plan_and_a2(u, A, B, cu_seqlens, config)
-    if plan.serial and S > 0 and T > 0:
+    if plan.pieces is not None and S > 0 and T > 0:
         states = _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens,
                                  initial_state, delta_softplus, reverse, out, final)
         return out, final, states

@@ -122,6 +122,10 @@ _VARIANTS = {
     "v1_layout_states_across_lanes": dict(state_in_thread=False),
     "serial_forward": dict(forward="serial"),
     "serial_forward_narrow_blocks": dict(forward="serial", bd_serial=4),
+    "pieces_of_two_chunks": dict(forward="pieces", piece_chunks=2),
+    "pieces_of_one_chunk_reverse_poly": dict(forward="pieces", piece_chunks=1,
+                                             exp_poly_every=3),
+    "auto_forward": dict(forward="auto"),
     "polynomial_exp2_on_half_the_states": dict(exp_poly_every=2),
     "polynomial_exp2_everywhere": dict(exp_poly_every=1, forward="serial"),
 }
