@@ -29,7 +29,7 @@ Usage: python benchmarks/scan_gpu.py [--quick] [--out FILE] [--workloads scene,w
     [--variants "v1;default;serial:forward=serial"] [--mamba-ssm-path DIR] [--no-ref]
 
 A variant is ``v1``, ``default`` or ``NAME:key=value,...`` (LaunchConfig fields changed from
-the default). ``--quick`` (about 2-3 minutes on an H200 including compilation): short
+the default; ints and true/false parse). ``--quick`` (about 2-3 minutes on an H200 including compilation): short
 ``do_bench`` windows, no recompute-backward line, no torch reference.
 
 ``--tiny`` cuts every workload to at most 4 segments of at most 16 tokens and 32 channels and,
@@ -167,8 +167,8 @@ def time_events(fn, reps=3) -> float:
     return statistics.median(times)
 
 
-DEFAULT_VARIANTS = ("v1;default;serial:forward=serial;pieces:forward=pieces;"
-                    "pieces4:forward=pieces,piece_chunks=4;poly4:exp_poly_every=4")
+DEFAULT_VARIANTS = ("v1;default;sit:forward=chunked,state_in_thread=true;"
+                    "serial:forward=serial;pieces:forward=pieces;poly4:exp_poly_every=4")
 
 
 def parse_variants(spec: str, ST) -> list[tuple[str, object]]:
@@ -188,9 +188,18 @@ def parse_variants(spec: str, ST) -> list[tuple[str, object]]:
         changes = {}
         for pair in filter(None, settings.split(",")):
             key, _, value = pair.partition("=")
-            changes[key] = int(value) if value.lstrip("-").isdigit() else value
+            changes[key] = parse_value(value)
         variants.append((name, dataclasses.replace(ST.DEFAULT_CONFIG, **changes)))
     return variants
+
+
+def parse_value(text: str):
+    """``"3"`` -> 3, ``"true"`` / ``"false"`` -> bool, anything else stays a string."""
+    if text.lstrip("-").isdigit():
+        return int(text)
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
 
 
 def serial_is_hopeless(config, S: int, D: int) -> bool:

@@ -161,8 +161,9 @@ def passes(ST, config):
             out.append(("fwd_chunk_state (pieces)", fwd_chunk_state.fwd_chunk_state,
                         dict(common, BD=bd, L=config.chunk * pieces), warps, bd))
         out.append(("fwd_serial" if serial else "fwd_serial (pieces)", fwd_serial.fwd_serial,
-                    dict(full, BD=bd_serial, P=pieces, NEED_FINAL=True), warps_serial,
-                    bd_serial))
+                    dict(full, BD=bd_serial, P=pieces, NEED_FINAL=True,
+                         STATE_IN_THREAD=config.serial_state_in_thread),
+                    warps_serial, bd_serial))
     else:
         out.append(("fwd_chunk_state", fwd_chunk_state.fwd_chunk_state,
                     dict(common, BD=bd), warps, bd))
@@ -188,9 +189,11 @@ def main(argv=None) -> int:
     p.add_argument("--nvdisasm", default=None)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--out", default=None)
-    p.add_argument("--variants", default="v1;chunked;serial:forward=serial;"
+    p.add_argument("--variants", default="v1;sit:forward=chunked,state_in_thread=true;"
+                                         "serial:forward=serial;"
                                          "pieces:forward=pieces,piece_chunks=16;"
-                                         "poly_all:exp_poly_every=1;"
+                                         "poly_all:forward=chunked,state_in_thread=true,"
+                                         "exp_poly_every=1;"
                                          "serial_poly_all:forward=serial,exp_poly_every=1",
                    help="as in scan_gpu.py; a loop with exp_poly_every=k > 1 holds both "
                         "branches, so count k = 1 (every step on the polynomial) and weight: "
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
 
     from geossm.kernels import selective_scan_triton as ST
 
-    for vname, config in parse_variants(args.variants.replace("chunked", "default"), ST):
+    for vname, config in parse_variants(args.variants, ST):
         for name, fn, constexprs, warps, bd in passes(ST, config):
             kernel = compile_kernel(fn, constexprs, warps, args.arch)
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
                                       capture_output=True, text=True).stdout
             counts = count(step_loop(text))
             per_thread = bd * N_STATE / (32 * warps)
-            rec = dict(variant="chunked" if vname == "default" else vname, kernel=name,
+            rec = dict(variant=vname, kernel=name,
                        triton=triton.__version__,
                        arch=f"sm_{args.arch}", BD=bd, num_warps=warps,
                        elements_per_thread_per_step=per_thread, **counts,

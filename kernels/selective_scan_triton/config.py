@@ -39,19 +39,23 @@ class LaunchConfig:
             carry; parallel over segments only), ``"pieces"`` (segments cut into pieces of
             ``piece_chunks`` chunks: local end states and a carry per piece, then one program
             per piece walks it like the serial forward: the second exponential only for the
-            non-last pieces, far fewer state rows than chunks) or ``"auto"`` (serial when
-            segments x channel blocks give ``serial_programs_per_sm`` programs per SM and
-            segments average at most ``serial_max_mean`` tokens, else pieces).
+            non-last pieces, far fewer state rows than chunks) or ``"auto"`` (default: serial
+            when segments x channel blocks give ``serial_programs_per_sm`` programs per SM and
+            segments average at most ``serial_max_mean`` tokens, else chunked; session 16's
+            H200 run measured serial faster than chunked only there).
         bd_serial, num_warps_serial: channels and warps per program of the serial and piece
             forwards (32 / 1: one channel per lane).
         serial_programs_per_sm: programs per SM the serial / piece forwards aim for.
         serial_max_mean: maximum mean segment length (T / S) for ``auto`` to go serial.
         piece_chunks: chunks per piece of the piece forward; 0 = from the shapes (a power of
             two: the mean segment cut into as many pieces as ``serial_programs_per_sm`` needs).
-        state_in_thread: every thread keeps all N states of its channels (A is passed
-            transposed so that Triton lays channels across lanes): sums over N without
-            shuffles, no layout conversions of the per-channel vectors (False: the v1 layout,
-            the states of a channel spread over 16 lanes).
+        state_in_thread: the chunked forward's and the backward's passes keep all N states of a
+            channel in one thread (tiles read through ``load_state`` so that Triton lays the
+            channels across lanes): sums over N without shuffles, 17-34 % fewer step-loop
+            instructions, yet 1-10 % slower on the H200 (session 16); False = the v1 layout
+            (a channel's states over 16 lanes).
+        serial_state_in_thread: the same for the serial / piece forward kernel (measured: its
+            state-in-thread form beat the chunked v1 forward on many short segments).
         exp_poly_every: k > 0 evaluates the decay of states n % k == k - 1 with a polynomial on
             the FMA pipe instead of MUFU ``ex2`` (k = 4: a quarter of them); 0 = all on MUFU.
     """
@@ -65,14 +69,15 @@ class LaunchConfig:
     maxnreg_fwd: int | None = None
     programs_per_sm_fwd: int = 60
     programs_per_sm_bwd: int = 48
-    forward: str = "chunked"
+    forward: str = "auto"
     bd_serial: int = 32
     num_warps_serial: int | None = None
     serial_programs_per_sm: int = 16
     serial_max_mean: int = 8192
     piece_chunks: int = 0
     exp_poly_every: int = 0
-    state_in_thread: bool = True
+    state_in_thread: bool = False
+    serial_state_in_thread: bool = True
 
     def __post_init__(self):
         if self.forward not in FORWARD_MODES:
@@ -91,6 +96,8 @@ class LaunchConfig:
         return self.chunk if torch.device(device).type == "cuda" else self.chunk_interpret
 
 
+# the fastest measured per part (session 16, H200): v1 layout, 60 / 48 programs per SM, the
+# serial forward where many short segments fill the GPU
 DEFAULT_CONFIG = LaunchConfig()
 V1_CONFIG = LaunchConfig(programs_per_sm_fwd=32, programs_per_sm_bwd=32, forward="chunked",
                          state_in_thread=False)
@@ -206,12 +213,12 @@ class Plan:
 
     def _forward_mode(self, config: LaunchConfig, sms: int, dev) -> str:
         """``chunked``, ``serial`` or ``pieces``; ``auto``: serial where segments x channel
-        blocks alone fill the GPU, else pieces."""
+        blocks alone fill the GPU with short segments, else chunked."""
         if config.forward != "auto":
             return config.forward
         enough = self.S * self.n_dblk_serial >= self._serial_programs_wanted(sms, dev)
         short = self.T <= config.serial_max_mean * max(self.S, 1)
-        return "serial" if enough and short else "pieces"
+        return "serial" if enough and short else "chunked"
 
     def _piece_chunks(self, config: LaunchConfig, sms: int, dev) -> int:
         """Chunks per piece: ``config.piece_chunks``, or (0) a power of two that cuts the mean

@@ -98,11 +98,12 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
     return buf
 
 
-def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias) -> dict:
+def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=False) -> dict:
     return dict(NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
                 FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None, HAS_D=D is not None,
                 HAS_Z=z is not None, POLY_EVERY=plan.config.exp_poly_every,
-                STATE_IN_THREAD=plan.config.state_in_thread)
+                STATE_IN_THREAD=(plan.config.serial_state_in_thread if serial
+                                 else plan.config.state_in_thread))
 
 
 def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, initial_state,
@@ -126,7 +127,8 @@ def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, init
         plan.D, plan.G, plan.N, plan.dpg,
         L=plan.L, P=plan.piece_chunks, BD=plan.BD_serial, HAS_INIT=initial_state is not None,
         NEED_FINAL=final is not None, num_warps=plan.num_warps_serial,
-        **_flags(u, plan, delta_softplus, reverse, D, z, delta_bias), **_reg_cap(u, plan.config))
+        **_flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=True),
+        **_reg_cap(u, plan.config))
     return buf
 
 

@@ -67,7 +67,7 @@ def _tiny_chunks(**settings):
     """A launch config with 4-step chunks, so that every segment spans several of them."""
     from geossm.kernels.selective_scan_triton import LaunchConfig
 
-    return LaunchConfig(chunk=4, chunk_interpret=4, **settings)
+    return LaunchConfig(**{"forward": "chunked", "chunk": 4, "chunk_interpret": 4, **settings})
 
 
 @needs_triton
@@ -119,14 +119,16 @@ def _check_against_float64(config, lengths, channels, state, groups, saved, reve
 # launch variants the GPU benchmark compares (LaunchConfig settings of selective_scan_triton)
 _VARIANTS = {
     "narrow_backward_blocks": dict(max_bd=8, max_bd_bwd=4),
-    "v1_layout_states_across_lanes": dict(state_in_thread=False),
+    "v1_layout_states_across_lanes": dict(state_in_thread=False, forward="chunked"),
+    "states_in_thread_everywhere": dict(state_in_thread=True, forward="chunked"),
+    "serial_forward_v1_layout": dict(forward="serial", serial_state_in_thread=False),
     "serial_forward": dict(forward="serial"),
     "serial_forward_narrow_blocks": dict(forward="serial", bd_serial=4),
     "pieces_of_two_chunks": dict(forward="pieces", piece_chunks=2),
     "pieces_of_one_chunk_reverse_poly": dict(forward="pieces", piece_chunks=1,
                                              exp_poly_every=3),
     "auto_forward": dict(forward="auto"),
-    "polynomial_exp2_on_half_the_states": dict(exp_poly_every=2),
+    "polynomial_exp2_every_second_step": dict(exp_poly_every=2),
     "polynomial_exp2_everywhere": dict(exp_poly_every=1, forward="serial"),
 }
 
