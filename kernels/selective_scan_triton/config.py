@@ -35,8 +35,8 @@ class LaunchConfig:
             (more, shorter programs shrink the last wave; session 3 measured 60 / 48 best).
         forward: ``"chunked"`` (local chunk states, carry, rescan: two exponentials per element
             of multi-chunk segments, chunk-parallel), ``"serial"`` (one program per (segment,
-            channel block) walks its segment once: one exponential per element, one launch, no
-            carry; parallel over segments only), ``"pieces"`` (segments cut into pieces of
+            channel block) walks its segment once: one exponential per element, no chunk-state
+            work; parallel over segments only), ``"pieces"`` (segments cut into pieces of
             ``piece_chunks`` chunks: local end states and a carry per piece, then one program
             per piece walks it like the serial forward: the second exponential only for the
             non-last pieces, far fewer state rows than chunks) or ``"auto"`` (default: serial
@@ -52,12 +52,13 @@ class LaunchConfig:
         state_in_thread: the chunked forward's and the backward's passes keep all N states of a
             channel in one thread (tiles read through ``load_state`` so that Triton lays the
             channels across lanes): sums over N without shuffles, 17-34 % fewer step-loop
-            instructions, yet 1-10 % slower on the H200 (session 16); False = the v1 layout
+            instructions, yet 1-11 % slower on the H200 (session 16); False = the v1 layout
             (a channel's states over 16 lanes).
         serial_state_in_thread: the same for the serial / piece forward kernel (measured: its
             state-in-thread form beat the chunked v1 forward on many short segments).
-        exp_poly_every: k > 0 evaluates the decay of states n % k == k - 1 with a polynomial on
-            the FMA pipe instead of MUFU ``ex2`` (k = 4: a quarter of them); 0 = all on MUFU.
+        exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
+            FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
+            k = 4: the loops are not MUFU-bound).
     """
 
     chunk: int = 64
