@@ -102,12 +102,17 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
                           output[2])
     ctx.mark_non_differentiable(output[2])
+    # an unused final state must reach the backward as None, not as an (S, D, N) tensor of zeros
+    # that is filled and then read by the kernels (with many segments it is as large as u)
+    ctx.set_materialize_grads(False)
     ctx.flags = (delta_softplus, reverse, backend)
 
 
 def _backward(ctx, dout, dfinal_state, _dchunk_states):
     u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state, saved = ctx.saved_tensors
     delta_softplus, reverse, backend = ctx.flags
+    if dout is None:                       # only the final state was used
+        dout = torch.zeros_like(u)
     grads = torch.ops.geossm.selective_scan_backward(
         dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_state,
         delta_softplus, reverse, backend, saved)

@@ -142,6 +142,31 @@ def test_initial_state_chaining(backend, reverse):
     assert rel_err(scan_in_two_parts(part, 90, 37, reverse), whole) <= 1e-5
 
 
+@pytest.mark.parametrize("backend", fast_backends())
+@pytest.mark.parametrize("used", ["out", "final_state"])
+def test_gradient_through_one_output_only(backend, used):
+    """When only one of out / final state reaches the loss, the other's gradient is absent
+    (not materialised as zeros) and the gradients still equal the reference's."""
+    inputs, cu = make_inputs([3, 0, 7])
+    grads = {}
+    for name in ("exact", backend):
+        leaves = {k: None if v is None else v.detach().double().requires_grad_()
+                  for k, v in inputs.items()} if name == "exact" else \
+            {k: None if v is None else v.detach().clone().requires_grad_()
+             for k, v in inputs.items()}
+        if name == "exact":
+            out, final = selective_scan_ref(**leaves, delta_softplus=True, cu_seqlens=cu)
+        else:
+            out, final = selective_scan(**leaves, delta_softplus=True, cu_seqlens=cu,
+                                        return_final_state=True, backend=backend)
+        loss = (out.sin().sum() if used == "out" else final.cos().sum())
+        present = [v for v in leaves.values() if v is not None]
+        grads[name] = torch.autograd.grad(loss, present, allow_unused=True,
+                                          materialize_grads=True)
+    for got, want in zip(grads[backend], grads["exact"]):
+        assert rel_err(got, want) <= 1e-5
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dense_input_equals_packed(backend):
     batch, length, channels, state = 3, 20, 8, 4

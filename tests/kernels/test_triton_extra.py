@@ -63,6 +63,13 @@ def _inputs(lengths, channels, state, groups, dtype, seed=0, init=True):
     return x, cu
 
 
+def _tiny_chunks(**settings):
+    """A launch config with 4-step chunks, so that every segment spans several of them."""
+    from geossm.kernels.selective_scan_triton import LaunchConfig
+
+    return LaunchConfig(**{"forward": "chunked", "chunk": 4, "chunk_interpret": 4, **settings})
+
+
 @needs_triton
 @pytest.mark.parametrize("lengths, channels, state, groups, saved, reverse", [
     ([1, 2, 0, 9, 5], 8, 5, 2, False, False),
@@ -70,12 +77,14 @@ def _inputs(lengths, channels, state, groups, dtype, seed=0, init=True):
     ([17], 16, 16, 1, False, True),
     ([6, 11], 8, 4, 1, True, False),
 ])
-def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, groups, saved,
-                                      reverse):
+def test_chunked_scan_matches_float64(lengths, channels, state, groups, saved, reverse):
+    _check_against_float64(_tiny_chunks(), lengths, channels, state, groups, saved, reverse)
+
+
+def _check_against_float64(config, lengths, channels, state, groups, saved, reverse):
+    """Forward and backward of the kernels under launch ``config`` against float64 autograd."""
     from geossm.kernels import selective_scan_triton as ST
 
-    monkeypatch.setattr(ST, "CHUNK", 4)
-    monkeypatch.setattr(ST, "CHUNK_INTERPRET", 4)
     x, cu = _inputs(lengths, channels, state, groups, torch.float64)
     names = ["u", "delta", "A", "B", "C", "D", "z", "bias", "init"]
     leaves = [x[n].requires_grad_() for n in names]
@@ -90,12 +99,12 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
     f32 = [x[n].detach().float().to(dev) for n in names]
     args = (*f32[:8], cu.to(dev), f32[8], True, reverse)
     if saved:
-        out, final, keep = ST.selective_scan_fwd(*args)
+        out, final, keep = ST.selective_scan_fwd(*args, config=config)
     else:
-        out, final, _ = ST.selective_scan_fwd(*args)
+        out, final, _ = ST.selective_scan_fwd(*args, config=config)
         keep = None
     got = ST.selective_scan_bwd(dout.float().to(dev), dfin.float().to(dev), *args,
-                                chunk_states=keep)
+                                chunk_states=keep, config=config)
 
     def err(a, b):
         return float((a.detach().cpu().double() - b).norm() / b.norm().clamp_min(1e-12))
@@ -107,23 +116,31 @@ def test_chunked_scan_matches_float64(monkeypatch, lengths, channels, state, gro
         assert err(g, w) < 1e-5, f"d{name}: {err(g, w)}"
 
 
-# launch variants the GPU benchmark compares (module switches of selective_scan_triton)
+# launch variants the GPU benchmark compares (LaunchConfig settings of selective_scan_triton)
 _VARIANTS = {
-    "narrow_backward_blocks": dict(MAX_BD=8, MAX_BD_BWD=4),
+    "narrow_backward_blocks": dict(max_bd=8, max_bd_bwd=4),
+    "v1_layout_states_across_lanes": dict(state_in_thread=False, forward="chunked"),
+    "states_in_thread_everywhere": dict(state_in_thread=True, forward="chunked"),
+    "serial_forward_v1_layout": dict(forward="serial", serial_state_in_thread=False),
+    "serial_forward": dict(forward="serial"),
+    "serial_forward_narrow_blocks": dict(forward="serial", bd_serial=4),
+    "pieces_of_two_chunks": dict(forward="pieces", piece_chunks=2),
+    "pieces_of_one_chunk_reverse_poly": dict(forward="pieces", piece_chunks=1,
+                                             exp_poly_every=3),
+    "auto_forward": dict(forward="auto"),
+    "polynomial_exp2_every_second_step": dict(exp_poly_every=2),
+    "polynomial_exp2_everywhere": dict(exp_poly_every=1, forward="serial"),
 }
 
 
 @needs_triton
 @pytest.mark.parametrize("variant", sorted(_VARIANTS))
-def test_kernel_variants_match_float64(monkeypatch, variant):
+def test_kernel_variants_match_float64(variant):
     """Every switchable code path of the kernels gives the float64 results (mixed lengths with an
     empty segment, both directions through two cases)."""
-    from geossm.kernels import selective_scan_triton as ST
-
-    for name, value in _VARIANTS[variant].items():
-        monkeypatch.setattr(ST, name, value)
-    test_chunked_scan_matches_float64(monkeypatch, [1, 2, 0, 9, 5], 8, 5, 2, True, False)
-    test_chunked_scan_matches_float64(monkeypatch, [13, 0, 7], 12, 3, 3, False, True)
+    config = _tiny_chunks(**_VARIANTS[variant])
+    _check_against_float64(config, [1, 2, 0, 9, 5], 8, 5, 2, True, False)
+    _check_against_float64(config, [13, 0, 7], 12, 3, 3, False, True)
 
 
 class _ConvScan(torch.nn.Module):
@@ -206,9 +223,12 @@ def test_compile_fullgraph_custom_ops():
 
 
 @needs_cuda
-def test_cuda_graph_capture_forward_and_backward():
+@pytest.mark.parametrize("forward", ["chunked", "serial"])
+def test_cuda_graph_capture_forward_and_backward(forward):
     from geossm.kernels import causal_conv1d_triton as CT
     from geossm.kernels import selective_scan_triton as ST
+
+    config = ST.LaunchConfig(forward=forward)
 
     channels, state = 32, 16
     (x, delta, B, C, z), cu = _module_inputs([300, 0, 1, 77, 1000], channels, state)
@@ -222,9 +242,9 @@ def test_cuda_graph_capture_forward_and_backward():
     def step():
         h = CT.causal_conv1d_fwd(x, weight, None, cu, True, False)
         out, final, saved = ST.selective_scan_fwd(h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                                  True, False)
+                                                  True, False, config=config)
         grads = ST.selective_scan_bwd(dout, None, h, delta, A, B3, C3, Dsk, z, bias, cu, None,
-                                      True, False, chunk_states=saved)
+                                      True, False, chunk_states=saved, config=config)
         dx = CT.causal_conv1d_bwd(grads[0], x, weight, None, cu, True, False)[0]
         return out, final, grads[2], dx
 

@@ -1,0 +1,104 @@
+"""Backward h-pass (forward order): recompute h inside each chunk from its saved start state;
+the h-part of the gradients (dz, dC, the per-token sum_n A C h dy into the ddelta buffer, the
+chunk's local gradient towards its start state, dA's h-terms, dD)."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay, load_state,
+                   softplus, step_inputs)
+
+
+@triton.jit
+def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
+               chunk_meta,
+               dz, phi, dC, gbuf, dinit, kappa, stot, dA_part, dD_part,
+               S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
+               L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+               REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
+               HAS_BIAS: tl.constexpr,
+               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+               HAS_DFINAL: tl.constexpr, NEED_DINIT: tl.constexpr,
+               POLY_EVERY: tl.constexpr,
+               STATE_IN_THREAD: tl.constexpr):
+    """Forward-order pass of the backward: recompute h inside each chunk (h-part of the grads)."""
+    pid = tl.program_id(0)
+    pdb = tl.program_id(1)
+    STEP: tl.constexpr = -1 if REVERSE else 1
+    offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
+        pdb, A2, dbias, Dsk, dpg, N, BD, NP, HAS_BIAS, HAS_D, STATE_IN_THREAD)
+    slot = (pdb % nblk_g).to(tl.int64)                     # partial-dC slice of this block
+    DN = D * N
+    da_acc = tl.zeros([NP, BD], dtype=tl.float32)
+    dd_acc = tl.zeros([BD], dtype=tl.float32)
+    for c in range(pid, n_chunks_bound, nprog):
+        valid, s, k, nck, clen, base, nl0 = chunk_info(c, chunk_meta, n_chunks_bound,
+                                                       L, REVERSE)
+        s64 = s.to(tl.int64)
+        prev = (nl0 + k - 1).to(tl.int64)
+        h = load_state(hs + prev * DN, pdb, valid & (k > 0), N, BD, NP, STATE_IN_THREAD)
+        if HAS_INIT:
+            h += load_state(init + s64 * DN, pdb, valid & (k == 0), N, BD, NP, STATE_IN_THREAD)
+        p = tl.full([NP, BD], 1.0, dtype=tl.float32)     # decay from chunk start to t
+        gl = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t p_t * C_t dy_t
+        sloc = tl.zeros([BD], dtype=tl.float32)          # sum of dt from chunk start, inclusive
+        wa = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t sloc_t C_t dy_t h_t
+        wb = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t C_t dy_t h_t
+        u_n, d_n, b_n, c_n, z_n, o_n, _p = step_inputs(
+            tl.where(clen > 0, base, 0), u, delta, Bm, Cm, z, dout, delta, offs_d, offs_n,
+            mask_n, D, G, N, g, True, HAS_Z, True, False)
+        for i in range(0, clen):
+            tok = base + i * STEP
+            uu = u_n.to(tl.float32)
+            dt = d_n.to(tl.float32) + bias
+            bv = b_n.to(tl.float32)
+            cv = c_n.to(tl.float32)
+            do = o_n.to(tl.float32)
+            zz = z_n.to(tl.float32)
+            # prefetch the next step (the last step re-reads its own row)
+            u_n, d_n, b_n, c_n, z_n, o_n, _p = step_inputs(
+                base + tl.minimum(i + 1, clen - 1) * STEP, u, delta, Bm, Cm, z, dout, delta,
+                offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, False)
+            dt = softplus(dt, SOFTPLUS, FAST)
+            a = decay(a2, dt, i, POLY_EVERY)
+            h = a * h + bv[:, None] * (dt * uu)[None, :]
+            p = p * a
+            sloc += dt
+            hc = h * cv[:, None]
+            if HAS_Z:
+                y = tl.reduce(hc, 0, SUM) + dsk * uu
+                sz = (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
+                dy = do * zz * sz
+                dzv = do * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz + tok * D + offs_d, dzv.to(dz.dtype.element_ty))
+            else:
+                dy = do
+            cm = cv[:, None] * dy[None, :]
+            gl += p * cm
+            tl.store(phi + tok * D + offs_d, dy * (tl.reduce(a2 * hc, 0, SUM) * LN2))
+            v = h * dy[None, :]
+            tl.store(dC + ((slot * T + tok) * G + g) * N + offs_n, tl.reduce(v, 1, SUM),
+                     mask=mask_n)
+            cvh = v * cv[:, None]
+            wa += sloc[None, :] * cvh
+            wb += cvh
+            dd_acc += dy * uu
+        # dA weights centred on the chunk's middle (S_t - Stot/2): halves the cancellation
+        da_acc += wa - (0.5 * sloc)[None, :] * wb
+        is_last = valid & (k == nck - 1)
+        tl.store(stot + s64 * D + offs_d, sloc, mask=and_scalar(offs_d < D, is_last))
+        x = gl
+        if HAS_DFINAL:
+            gf = load_state(dfinal + s64 * DN, pdb, is_last, N, BD, NP, STATE_IN_THREAD)
+            da_acc += gf * h * (0.5 * sloc)[None, :]
+            tl.store(kappa + s64 * D + offs_d, (tl.reduce(a2 * gf * h, 0, SUM) * LN2),
+                     mask=and_scalar(offs_d < D, is_last))
+            x += p * gf
+        tl.store(gbuf + prev * DN + st_off, x, mask=and_scalar(mask_n[:, None], valid & (k > 0)))
+        if NEED_DINIT:
+            tl.store(dinit + s64 * DN + st_off, x,
+                     mask=and_scalar(mask_n[:, None], valid & (k == 0)))
+    tl.store(dA_part + pid.to(tl.int64) * DN + st_off, da_acc, mask=mask_n[:, None])
+    tl.store(dD_part + pid.to(tl.int64) * D + offs_d, dd_acc)
