@@ -453,22 +453,12 @@ def ssd_peer_calls(scan, x: dict, T: int, D: int):
                    B=x["B"].view(1, T, 1, N_STATE), C=x["C"].view(1, T, 1, N_STATE),
                    D=x["D"][:H].contiguous(), z=x["z"].view(1, T, H, P),
                    dt_bias=x["delta_bias"][:H].contiguous())
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
-    dout = torch.randn_like(tensors["x"])
-
     def call(t):
         result = scan(t["x"], t["dt"], t["A"], t["B"], t["C"], SSD_CHUNK, D=t["D"], z=t["z"],
                       dt_bias=t["dt_bias"], seq_idx=seq_idx, dt_softplus=True)
         return result[0] if isinstance(result, tuple) else result
 
-    def fwd():
-        with torch.no_grad():
-            call(tensors)
-
-    def fwd_bwd():
-        call(leaves).backward(dout)
-
-    return fwd, fwd_bwd, list(leaves.values())
+    return _peer_steps(call, tensors, "x")
 
 
 def mamba1_peer_calls(scan_fn, x: dict, T: int, D: int):
@@ -491,12 +481,19 @@ def mamba1_peer_calls(scan_fn, x: dict, T: int, D: int):
     tensors = dict(u=padded(x["u"], D), delta=padded(x["delta"], D), A=x["A"],
                    B=padded(x["B"], N_STATE), C=padded(x["C"], N_STATE), D=x["D"],
                    z=padded(x["z"], D), delta_bias=x["delta_bias"])
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
-    dout = torch.randn_like(tensors["u"])
-
     def call(t):
         return scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], D=t["D"], z=t["z"],
                        delta_bias=t["delta_bias"], delta_softplus=True)
+
+    return _peer_steps(call, tensors, "u")
+
+
+def _peer_steps(call, tensors: dict, out_like: str):
+    """``(fwd, fwd_bwd, leaves)`` for a peer's ``call(tensors)``: the forward without
+    gradients, and forward + backward on leaf copies with a fixed random output gradient
+    shaped like ``tensors[out_like]``."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in tensors.items()}
+    dout = torch.randn_like(tensors[out_like])
 
     def fwd():
         with torch.no_grad():
