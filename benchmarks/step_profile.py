@@ -232,9 +232,10 @@ def profile_steps(step, batches: list, steps: int, device: torch.device) -> dict
 DATA_DEPENDENT_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
                       "unique_consecutive", "unique_dim", "bincount", "masked_scatter", "equal",
                       "is_nonzero", "histc"}
-#: Path parts that mark a frame of the project (or of the libraries the step calls).
-SOURCE_MARKS = ("/geossm/", "/tasks/", "/serialization/", "/kernels/", "torch/optim/",
-                "torch_geometric/", "torch/nn/")
+#: Top-level folders of this repository whose frames name an operator's source ...
+PROJECT_DIRS = ("geossm", "tasks", "serialization", "kernels")
+#: ... and path parts that mark a frame of the libraries the step calls.
+LIBRARY_MARKS = ("torch/optim/", "torch_geometric/", "torch/nn/")
 #: ``count_ops``'s source of operators without a project frame: on CUDA, autograd runs the
 #: backward on its own thread, whose stack holds no caller.
 NO_FRAME = "<autograd thread / no project frame>"
@@ -245,11 +246,21 @@ def _calling_line() -> str:
     frame = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename
-        if "_python_dispatch" not in name and name != __file__ \
-                and any(mark in name for mark in SOURCE_MARKS):
+        if "_python_dispatch" not in name and name != __file__ and _is_source(name):
             return f"{Path(name).name}:{frame.f_lineno}:{frame.f_code.co_name}"
         frame = frame.f_back
     return NO_FRAME
+
+
+def _is_source(filename: str) -> bool:
+    """Whether a frame's file is the project's (judged relative to the repository, so a
+    checkout in a folder named like a project folder, e.g. ``…/geossm/tests``, is not) or a
+    called library's."""
+    try:
+        top = Path(filename).resolve().relative_to(REPO).parts[0]
+    except (ValueError, IndexError):
+        return any(mark in filename for mark in LIBRARY_MARKS)
+    return top in PROJECT_DIRS
 
 
 def _data_dependent(name: str, args: tuple, kwargs: dict) -> bool:
