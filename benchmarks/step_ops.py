@@ -132,8 +132,7 @@ class OpCounter(TorchDispatchMode):
         frame = sys._getframe(2)
         while frame is not None:
             name = frame.f_code.co_filename
-            if ("/tasks/" in name or "/geossm/" in name or "/serialization/" in name) and \
-                    "step_ops.py" not in name:
+            if "step_ops.py" not in name and step_profile.is_project_file(name):
                 self.sync_sites[f"{kind} {Path(name).name}:{frame.f_lineno}"] += 1
                 break
             frame = frame.f_back

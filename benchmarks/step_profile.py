@@ -252,15 +252,19 @@ def _calling_line() -> str:
     return NO_FRAME
 
 
-def _is_source(filename: str) -> bool:
-    """Whether a frame's file is the project's (judged relative to the repository, so a
-    checkout in a folder named like a project folder, e.g. ``…/geossm/tests``, is not) or a
-    called library's."""
+def is_project_file(filename: str) -> bool:
+    """Whether a frame's file lies in one of the repository's ``PROJECT_DIRS`` (judged
+    relative to the repository, so a checkout in a folder named like one of them, e.g.
+    ``…/geossm/tests``, does not count its tests)."""
     try:
-        top = Path(filename).resolve().relative_to(REPO).parts[0]
+        return Path(filename).resolve().relative_to(REPO).parts[0] in PROJECT_DIRS
     except (ValueError, IndexError):
-        return any(mark in filename for mark in LIBRARY_MARKS)
-    return top in PROJECT_DIRS
+        return False
+
+
+def _is_source(filename: str) -> bool:
+    """A project frame or a frame of a library the step calls (``LIBRARY_MARKS``)."""
+    return is_project_file(filename) or any(mark in filename for mark in LIBRARY_MARKS)
 
 
 def _data_dependent(name: str, args: tuple, kwargs: dict) -> bool:
