@@ -224,6 +224,11 @@ def mamba_ssm_calls(scan, inputs: dict, dout: torch.Tensor):
     return forward, forward_backward, list(leaves.values())
 
 
+def _max_grad_difference(grads, reference) -> float:
+    """The largest ``relative_difference`` over the gradients that exist."""
+    return max(relative_difference(g, r) for g, r in zip(grads, reference) if g is not None)
+
+
 def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
     """``|got - want| / |want|`` (Frobenius norms, in float32)."""
     want = want.float()
@@ -319,28 +324,20 @@ def sweep(args, scan, device, states, started: float) -> bool:
             cases.append(dict(base=dict(workload=name, T=T, N=state, H=H), inputs=inputs,
                               forward=forward, backward=geossm_backward_call(inputs, dout),
                               dout=dout))
-    for settings in FWD_SWEEP:
-        for case in cases:
-            if over_budget(args, started):
-                return False
-            with use_settings(settings):
-                out = case["forward"]()
-                ms = median_ms(case["forward"], *reps)
-            reference = case.setdefault("fwd_reference", out)
-            emit(dict(case["base"], sweep="fwd", settings=settings_record(settings), ms=ms,
-                      rel_diff=relative_difference(out, reference)), args.out)
-    for settings in BWD_SWEEP:
-        for case in cases:
-            if over_budget(args, started):
-                return False
-            with use_settings(settings):
-                grads = case["backward"]()
-                ms = median_ms(case["backward"], *reps)
-            reference = case.setdefault("bwd_reference", grads)
-            diff = max(relative_difference(g, r) for g, r in zip(grads, reference)
-                       if g is not None)
-            emit(dict(case["base"], sweep="bwd", settings=settings_record(settings), ms=ms,
-                      max_grad_rel_diff=diff), args.out)
+    # (sweep, settings, the case's call, how its result is compared with the first setting's)
+    sweeps = (("fwd", FWD_SWEEP, "forward", "rel_diff", relative_difference),
+              ("bwd", BWD_SWEEP, "backward", "max_grad_rel_diff", _max_grad_difference))
+    for kind, grid, call, diff_key, difference in sweeps:
+        for settings in grid:
+            for case in cases:
+                if over_budget(args, started):
+                    return False
+                with use_settings(settings):
+                    result = case[call]()
+                    ms = median_ms(case[call], *reps)
+                reference = case.setdefault(f"{kind}_reference", result)
+                emit(dict(case["base"], sweep=kind, settings=settings_record(settings), ms=ms,
+                          **{diff_key: difference(result, reference)}), args.out)
     for case in cases if scan is not None else []:
         if over_budget(args, started):
             return False
