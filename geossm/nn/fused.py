@@ -42,27 +42,25 @@ def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
     return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
 
-def _projections(h, x_proj_weight, dt_proj_weight, dt_rank: int, d_state: int):
-    """``(delta (T, E), B (T, N), C (T, N))`` from the convolution output ``h``."""
-    dt, B, C = F.linear(h, x_proj_weight).split([dt_rank, d_state, d_state], dim=-1)
-    return F.linear(dt, dt_proj_weight), B, C
-
-
 def _scan_inputs(u, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight,
                  dt_proj_weight, A_log, cu, reverse: bool, backend: str, dt_rank: int,
                  d_state: int):
-    """``(h, z, delta, B, C, A)``: everything the selective scan reads, from the input ``u``.
+    """``(h, z, delta, B, C, A, x, dt)``: everything the selective scan reads, from the input
+    ``u``, and the two intermediates the hand-written backward needs.
 
-    ``h`` (the convolution output), ``z`` and ``delta`` are ``(T, E)``, ``B``, ``C``
-    ``(T, N)``, ``A = -exp(A_log)`` ``(E, N)`` in float32. The forward runs it without
-    autograd, the backward again on leaves to differentiate it.
+    ``h`` (the convolution output), ``z``, ``delta`` and ``x`` (the convolution's contiguous
+    input) are ``(T, E)``, ``B``, ``C`` ``(T, N)``, ``dt`` ``(T, R)``, ``A = -exp(A_log)``
+    ``(E, N)`` in float32. The forward runs it without autograd, the backward again (on
+    leaves to differentiate it, or without autograd for the kernel backends).
     """
     xz = F.linear(u, in_proj_weight, in_proj_bias)
     x, z = xz.split(conv_weight.shape[0], dim=-1)
+    x = x.contiguous()
     h = causal_conv1d(x, conv_weight, conv_bias, cu_seqlens=cu, activation="silu",
                       reverse=reverse, backend=backend)
-    delta, B, C = _projections(h, x_proj_weight, dt_proj_weight, dt_rank, d_state)
-    return h, z, delta, B, C, -torch.exp(A_log.float())
+    dt, B, C = F.linear(h, x_proj_weight).split([dt_rank, d_state, d_state], dim=-1)
+    delta = F.linear(dt, dt_proj_weight)
+    return h, z, delta, B, C, -torch.exp(A_log.float()), x, dt
 
 
 def _torch_scan(h, delta, A, B, C, D, z, dt_proj_bias, cu, reverse: bool):
@@ -83,7 +81,7 @@ class _MambaInner(torch.autograd.Function):
         # cast to (autocast leaves float64 alone).
         cast = amp[0] and u.is_floating_point() and u.dtype != torch.float64
         kept = u.to(amp[1]) if cast else u
-        h, z, delta, B, C, A = _scan_inputs(kept, in_proj_weight, in_proj_bias, conv_weight,
+        h, z, delta, B, C, A, _, _ = _scan_inputs(kept, in_proj_weight, in_proj_bias, conv_weight,
                                             conv_bias, x_proj_weight, dt_proj_weight, A_log,
                                             cu, reverse, backend, dt_rank, d_state)
         if backend == "torch":
@@ -121,7 +119,7 @@ def _replay_backward(ctx, dy):
                         x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D)]
     u_, in_w, in_b, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A_log_, D_ = leaves
     with torch.enable_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
-        h, z, delta, B, C, A = _scan_inputs(u_, in_w, in_b, conv_w, conv_b, x_proj_w,
+        h, z, delta, B, C, A, _, _ = _scan_inputs(u_, in_w, in_b, conv_w, conv_b, x_proj_w,
                                             dt_proj_w, A_log_, cu, reverse, backend,
                                             dt_rank, d_state)
         if backend == "torch":
@@ -167,26 +165,21 @@ def _kernel_backward(ctx, dy):
     mm_dtype = amp_dtype if amp and kept.dtype != torch.float64 else kept.dtype
     w_in, w_x, w_dt = (w.to(mm_dtype) for w in (in_proj_weight, x_proj_weight,
                                                   dt_proj_weight))
-    b_in = None if in_proj_bias is None else in_proj_bias.to(mm_dtype)
-    inner = conv_weight.shape[0]
     conv_w = conv_weight.contiguous()
     conv_b = None if conv_bias is None else conv_bias.contiguous()
+    with torch.no_grad(), torch.autocast(device_type, dtype=amp_dtype, enabled=amp):
+        h, z, delta, B, C, A, x, dt = _scan_inputs(kept, in_proj_weight, in_proj_bias,
+                                                   conv_weight, conv_bias, x_proj_weight,
+                                                   dt_proj_weight, A_log, cu, reverse,
+                                                   backend, dt_rank, d_state)
     with torch.no_grad(), torch.autocast(device_type, enabled=False):
-        xz = F.linear(kept, w_in, b_in)
-        x, z = xz.split(inner, dim=-1)
-        x = x.contiguous()
-        h = torch.ops.geossm.causal_conv1d(x, conv_w, conv_b, cu, True, bool(reverse), backend)
-        x_dbl = F.linear(h, w_x)
-        dt, B, C = x_dbl.split([dt_rank, d_state, d_state], dim=-1)
-        delta = F.linear(dt, w_dt)
-        e = torch.exp(A_log.float())
         du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
-            dy, None, h, delta.contiguous(), -e, B.unsqueeze(1).contiguous(),
+            dy, None, h, delta.contiguous(), A, B.unsqueeze(1).contiguous(),
             C.unsqueeze(1).contiguous(), D.float(), z.contiguous(), dt_proj_bias.float(), cu,
             None, True, bool(reverse), backend, chunk_states)
         # autograd hands every gradient over in its tensor's dtype
         ddt, d_w_dt = _linear_backward(ddelta.to(delta.dtype), dt, w_dt)
-        dx_dbl = torch.cat([ddt, dB.squeeze(1).to(x_dbl.dtype), dC.squeeze(1).to(x_dbl.dtype)],
+        dx_dbl = torch.cat([ddt, dB.squeeze(1).to(B.dtype), dC.squeeze(1).to(C.dtype)],
                            dim=-1)
         dh_proj, d_w_x = _linear_backward(dx_dbl, h, w_x)
         dh = du.to(h.dtype) + dh_proj
@@ -195,7 +188,7 @@ def _kernel_backward(ctx, dy):
         dxz = torch.cat([dx, dz.to(z.dtype)], dim=-1)
         du_in, d_w_in = _linear_backward(dxz, kept, w_in)
         d_b_in = None if in_proj_bias is None else dxz.sum(0).to(in_proj_bias.dtype)
-        dA_log = dA.neg() * e
+        dA_log = dA.neg() * A.neg()
     return (du_in.to(u_dtype), d_w_in.to(in_proj_weight.dtype), d_b_in,
             d_conv_w.to(conv_weight.dtype), None if conv_bias is None else d_conv_b,
             d_w_x.to(x_proj_weight.dtype), d_w_dt.to(dt_proj_weight.dtype),
