@@ -108,9 +108,10 @@ FWD_SWEEP = (
 )
 #: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``), most
 #: promising first (a cut by the time budget drops the last). ``--registers`` (Triton 3.9's
-#: sm_90 PTX, N = 128): the dx kernel spills 124 bytes at ``bwd_block_p`` 64, none at 32 (the
-#: default), 4 bytes at 32 with 16 warps (128 registers); the dB/dC kernel 400 / 52 / 36 bytes
-#: at ``bwd_bc_block_n`` 64 / 32 (the default) / 16.
+#: sm_90 PTX, N = 128): the dx kernel spills 44 bytes at ``bwd_block_p`` 64, none at 32 (the
+#: default), 8 bytes at 32 with 16 warps (128 registers), none with ``bwd_step_from_outputs``
+#: (250 registers; 128 with 16 warps); the dB/dC kernel 400 / 52 / 36 bytes at
+#: ``bwd_bc_block_n`` 64 / 32 (the default) / 16.
 BWD_SWEEP = (
     _DEFAULT,
     dataclasses.replace(_DEFAULT, bwd_block_p=64, bwd_bc_block_n=64),
@@ -350,12 +351,16 @@ def sweep(args, scan, device, states, started: float) -> bool:
         if scan is not None:
             impls.append(("mamba_ssm", mamba_ssm_calls(scan, case["inputs"], case["dout"])))
         for impl, (forward, forward_backward, leaves) in impls:
-            if over_budget(args, started):
-                return False
-            emit(dict(case["base"], sweep="compare", impl=impl, mode="fwd",
-                      ms=median_ms(forward, *reps)), args.out)
-            emit(dict(case["base"], sweep="compare", impl=impl, mode="fwd+bwd",
-                      ms=median_ms(forward_backward, *reps, grad_to_none=leaves)), args.out)
+            for mode, call, clear in (("fwd", forward, None),
+                                      ("fwd+bwd", forward_backward, leaves)):
+                if over_budget(args, started):
+                    return False
+                record = dict(case["base"], sweep="compare", impl=impl, mode=mode)
+                try:
+                    record["ms"] = median_ms(call, *reps, grad_to_none=clear)
+                except Exception as error:  # reported, so the other lines still come
+                    record["error"] = repr(error)[:300]
+                emit(record, args.out)
     # (sweep, settings, the case's call, how its result is compared with the first setting's)
     sweeps = (("fwd", FWD_SWEEP, "forward", "rel_diff", relative_difference),
               ("bwd", BWD_SWEEP, "backward", "max_grad_rel_diff", _max_grad_difference))
@@ -365,12 +370,17 @@ def sweep(args, scan, device, states, started: float) -> bool:
             for case in cases:
                 if over_budget(args, started):
                     return False
-                with use_settings(settings):
-                    result = case[call]()
-                    ms = median_ms(case[call], *reps)
+                record = dict(case["base"], sweep=kind, settings=settings_record(settings))
+                try:
+                    with use_settings(settings):
+                        result = case[call]()
+                        ms = median_ms(case[call], *reps)
+                except Exception as error:  # a setting that fails to compile or run
+                    emit(dict(record, error=repr(error)[:300]), args.out)
+                    continue
                 reference = case.setdefault(f"{kind}_reference", result)
-                emit(dict(case["base"], sweep=kind, settings=settings_record(settings), ms=ms,
-                          **{diff_key: difference(result, reference)}), args.out)
+                emit(dict(record, ms=ms, **{diff_key: difference(result, reference)}),
+                     args.out)
     return True
 
 
