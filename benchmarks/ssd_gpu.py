@@ -124,6 +124,8 @@ BWD_SWEEP = (
     dataclasses.replace(_DEFAULT, bwd_block_p=16),
     dataclasses.replace(_DEFAULT, bwd_block_n=64),
     dataclasses.replace(_DEFAULT, bwd_block_n=16),
+    dataclasses.replace(_DEFAULT, bwd_bc_block_n=16, bwd_bc_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_chunk=32),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
