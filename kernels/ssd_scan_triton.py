@@ -24,8 +24,9 @@ columns), summing the group's heads in a fixed order (``_chunk_bwd_bc_kernel``);
 initial states, their gradient per (segment, head) (``_initial_grad_kernel``). Initial states
 and a final-state gradient take a general path through the chunk kernels (constexpr flags:
 the Mamba-2 layers' path without them stays as lean as before). No atomics: the backward is
-bitwise deterministic. The ``dx`` kernel walks the state dimension in blocks, so no kernel
-holds a whole ``P x N`` state (one fused kernel spilled kilobytes of registers on sm_90).
+bitwise deterministic. Neither chunk kernel holds a whole ``P x N`` state (the ``dx`` kernel
+walks the state dimension in blocks; one fused kernel spilled kilobytes of registers on
+sm_90).
 
 Segments may start anywhere in a chunk: every mask compares per-token segment ids. Work and
 state are float32; the matmuls take 16-bit operands for 16-bit inputs (tensor cores) and exact
