@@ -108,23 +108,24 @@ FWD_SWEEP = (
 )
 #: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``), most
 #: promising first (a cut by the time budget drops the last). ``--registers`` (Triton 3.9's
-#: sm_90 PTX, N = 128): the dx kernel spills 44 bytes at ``bwd_block_p`` 64, none at 32 (the
-#: default), 8 bytes at 32 with 16 warps (128 registers), none with ``bwd_step_from_outputs``
-#: (250 registers; 128 with 16 warps); the dB/dC kernel 400 / 52 / 36 bytes at
-#: ``bwd_bc_block_n`` 64 / 32 (the default) / 16.
+#: sm_90 PTX, N = 64 and 128 alike): the dx kernel spills 44 bytes with whole heads
+#: (``bwd_block_p`` 64, the default), none at 32, 8 bytes at 32 with 16 warps (128 registers),
+#: none with ``bwd_step_from_outputs`` at 32 (250 registers; 128 with 16 warps); the dB/dC
+#: kernel 404 / 44 / 48 bytes at ``bwd_bc_block_n`` 64 (the default) / 32 / 16.
 BWD_SWEEP = (
     _DEFAULT,
-    dataclasses.replace(_DEFAULT, bwd_block_p=64, bwd_bc_block_n=64),
-    dataclasses.replace(_DEFAULT, bwd_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_bc_block_n=32),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_step_from_outputs=True),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_step_from_outputs=True, bwd_warps=16),
     dataclasses.replace(_DEFAULT, bwd_step_from_outputs=True),
-    dataclasses.replace(_DEFAULT, bwd_step_from_outputs=True, bwd_warps=16),
-    dataclasses.replace(_DEFAULT, bwd_bc_block_n=64),
-    dataclasses.replace(_DEFAULT, bwd_block_p=64),
+    dataclasses.replace(_DEFAULT, bwd_bc_block_n=32),
     dataclasses.replace(_DEFAULT, bwd_bc_block_n=16),
+    dataclasses.replace(_DEFAULT, bwd_bc_block_n=16, bwd_bc_warps=16),
     dataclasses.replace(_DEFAULT, bwd_block_p=16),
     dataclasses.replace(_DEFAULT, bwd_block_n=64),
     dataclasses.replace(_DEFAULT, bwd_block_n=16),
-    dataclasses.replace(_DEFAULT, bwd_bc_block_n=16, bwd_bc_warps=16),
     dataclasses.replace(_DEFAULT, bwd_chunk=32),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
     dataclasses.replace(_DEFAULT, half_states=False),
