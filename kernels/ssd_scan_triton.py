@@ -675,7 +675,7 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, c
     local = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     # Only the chunk's first segment can have begun before it: its tokens up to its end.
     if tl.load(start_ptr + c * Q) < c * Q:
-        first = tl.load(seg_ptr + c * Q)
+        first = tl.load(seg_ptr + c * Q).to(tl.int64)        # S * H * P * N may pass 2^31
         first_end = tl.load(cu_ptr + first + 1)
         for k0 in range(0, tl.minimum(first_end - c * Q, Q).to(tl.int32), BLOCK_K):
             t = c * Q + k0 + tl.arange(0, BLOCK_K)
@@ -760,7 +760,7 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     A = tl.load(A_ptr + h)
     in_state = tl.where(start < c * Q, tl.exp(cum), 0.0)                  # entering weights
     last = tl.minimum(Q, T - c * Q) - 1
-    seg_first = tl.load(seg_ptr + c * Q)
+    seg_first = tl.load(seg_ptr + c * Q).to(tl.int64)    # S * H * P * N may pass 2^31
     seg_last = tl.load(seg_ptr + c * Q + last)
     cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
     to_end = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf")))
@@ -931,7 +931,7 @@ def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_pt
     seg = tl.load(seg_ptr + t, mask=valid, other=-1)
     start = tl.load(start_ptr + t, mask=valid, other=T)
     last = tl.minimum(Q, T - c * Q) - 1
-    seg_first = tl.load(seg_ptr + c * Q)
+    seg_first = tl.load(seg_ptr + c * Q).to(tl.int64)    # S * H * P * N may pass 2^31
     seg_last = tl.load(seg_ptr + c * Q + last)
     same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
     bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
