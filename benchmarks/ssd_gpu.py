@@ -18,15 +18,20 @@ Modes:
   backend, ``rel_diff_to_geossm`` mamba_ssm's forward with geossm's.
 - ``--quick``: the same comparison with fewer repetitions and no chunked-backend check, plus
   one line per workload and N with the relative difference of every input gradient between
-  geossm and mamba_ssm (``grad_rel_diff``); all four workloads finish within ~3 minutes on an
-  H200 including compilation.
-- ``--sweep``: per N and workload, geossm's forward under each ``FWD_SWEEP`` setting and its
-  backward alone (``ssd_scan_bwd``) under each ``BWD_SWEEP`` setting (each line: the settings,
-  ``ms`` and ``rel_diff`` to the first setting's result), the mamba_ssm forward and forward +
-  backward, then a per-kernel CUDA-time profile (``--profile`` alone: of every workload and N)
-  of both implementations' forward + backward at the largest N on the first and third
-  workload. Stops starting measurements (with a line saying so) once ``--budget-s`` seconds
-  have passed.
+  geossm and mamba_ssm (``grad_rel_diff``). N is the outer loop, so mamba_ssm autotunes once
+  per N; meant to finish all four workloads within ``--budget-s 330`` on an H200 including
+  compilation and autotuning (a line says where the budget stopped it).
+- ``--registers`` (no GPU): per BWD_SWEEP setting and N, registers per thread and spill bytes of
+  the two backward chunk kernels compiled for sm_90 (``ptxas -v``; Triton's bundled ptxas or
+  ``$PTXAS``).
+- ``--sweep``: per N and workload, geossm's (default settings) and mamba_ssm's forward and
+  forward + backward (``sweep: "compare"``), then geossm's forward under each ``FWD_SWEEP``
+  setting and its backward alone (``ssd_scan_bwd``) under each ``BWD_SWEEP`` setting (each
+  line: the settings, ``ms`` and ``rel_diff`` to the first setting's result;
+  ``--sweep-kinds bwd`` runs the backward grid only), then a per-kernel CUDA-time profile
+  (``--profile`` alone: of every workload and N) of both implementations' forward + backward
+  at the largest N on the first and third workload. Stops starting measurements (with a
+  line saying so) once ``--budget-s`` seconds have passed.
 
 mamba_ssm: pass the directory holding the ``mamba_ssm`` package with ``--mamba-ssm-path`` (only
 its pure-Python/Triton SSD modules are loaded, not its compiled extensions); otherwise a line
@@ -43,7 +48,7 @@ Usage::
 
     python benchmarks/ssd_gpu.py [--quick | --sweep | --profile] [--out FILE]
         [--workloads scene,windows,graph_tokens,long] [--states 64,128]
-        [--mamba-ssm-path DIR] [--no-backward] [--budget-s 140]
+        [--mamba-ssm-path DIR] [--no-backward] [--budget-s 140] [--sweep-kinds fwd,bwd]
 
 ``--tiny`` cuts every workload to at most 4 segments of at most 16 tokens, one head of 16
 channels and N = 16 and, without a GPU, runs through Triton's CPU interpreter with wall-clock
@@ -57,7 +62,11 @@ import dataclasses
 import importlib
 import math
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import types
 
@@ -97,15 +106,28 @@ FWD_SWEEP = (
     dataclasses.replace(_DEFAULT, state_warps=4),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
-#: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``).
+#: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``), most
+#: promising first (a cut by the time budget drops the last). ``--registers`` (Triton 3.9's
+#: sm_90 PTX, N = 64 and 128 alike): the dx kernel spills 44 bytes with whole heads
+#: (``bwd_block_p`` 64, the default), none at 32, 8 bytes at 32 with 16 warps (128 registers),
+#: none with ``bwd_step_from_outputs`` at 32 (250 registers; 128 with 16 warps); the dB/dC
+#: kernel 404 / 44 / 48 bytes at ``bwd_bc_block_n`` 64 (the default) / 32 / 16.
 BWD_SWEEP = (
     _DEFAULT,
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_bc_block_n=32),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_step_from_outputs=True),
+    dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_step_from_outputs=True, bwd_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_step_from_outputs=True),
+    dataclasses.replace(_DEFAULT, bwd_bc_block_n=32),
+    dataclasses.replace(_DEFAULT, bwd_bc_block_n=16),
+    dataclasses.replace(_DEFAULT, bwd_bc_block_n=16, bwd_bc_warps=16),
+    dataclasses.replace(_DEFAULT, bwd_block_p=16),
     dataclasses.replace(_DEFAULT, bwd_block_n=64),
-    dataclasses.replace(_DEFAULT, bwd_warps=4),
+    dataclasses.replace(_DEFAULT, bwd_block_n=16),
+    dataclasses.replace(_DEFAULT, bwd_chunk=32),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
-    dataclasses.replace(_DEFAULT, bwd_bc_warps=4),
-    dataclasses.replace(_DEFAULT, state_warps=4),
-    dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
 
@@ -271,8 +293,9 @@ def compare(args, scan, device, states, started: float) -> bool:
     """Default and ``--quick`` modes: geossm (default settings) vs mamba_ssm; with
     ``--quick``, False when the time budget stopped it before a workload."""
     reps = (3, 15) if args.quick else (10, 50)
-    for name in args.workloads.split(","):
-        for state in states:
+    # N outermost: mamba_ssm autotunes per (chunk, head dim, N), once per N this way
+    for state in states:
+        for name in args.workloads.split(","):
             if args.quick and over_budget(args, started):
                 return False
             inputs = make_inputs(name, state, device, args.tiny)
@@ -311,42 +334,159 @@ def settings_record(settings: LaunchSettings) -> dict:
 
 
 def sweep(args, scan, device, states, started: float) -> bool:
-    """``--sweep``: every FWD_SWEEP, then every BWD_SWEEP setting on every (N, workload) (so
-    that each setting compiles once per N and a cut by the time budget drops whole settings,
-    least promising last), then mamba_ssm; False when the time budget ran out."""
+    """``--sweep``: per (N, workload) geossm's forward and forward + backward with the default
+    settings and mamba_ssm's (``sweep: "compare"``), then every FWD_SWEEP and every BWD_SWEEP
+    setting (those of ``--sweep-kinds``) on every (N, workload) (so that each setting compiles
+    once per N and a cut by the time budget drops whole settings, least promising last);
+    False when the time budget ran out."""
     reps = (2, 10) if args.tiny else (3, 20)
     cases = []
     for state in states:
         for name in args.workloads.split(","):
             inputs = make_inputs(name, state, device, args.tiny)
-            forward, _, _, dout = geossm_calls(inputs)
+            calls = geossm_calls(inputs)
             T, H = inputs["x"].shape[:2]
             cases.append(dict(base=dict(workload=name, T=T, N=state, H=H), inputs=inputs,
-                              forward=forward, backward=geossm_backward_call(inputs, dout),
-                              dout=dout))
+                              calls=calls, forward=calls[0],
+                              backward=geossm_backward_call(inputs, calls[3]), dout=calls[3]))
+    for case in cases:
+        impls = [("geossm", case["calls"][:3])]
+        if scan is not None:
+            impls.append(("mamba_ssm", mamba_ssm_calls(scan, case["inputs"], case["dout"])))
+        for impl, (forward, forward_backward, leaves) in impls:
+            for mode, call, clear in (("fwd", forward, None),
+                                      ("fwd+bwd", forward_backward, leaves)):
+                if over_budget(args, started):
+                    return False
+                record = dict(case["base"], sweep="compare", impl=impl, mode=mode)
+                try:
+                    record["ms"] = median_ms(call, *reps, grad_to_none=clear)
+                except Exception as error:  # reported, so the other lines still come
+                    record["error"] = repr(error)[:300]
+                emit(record, args.out)
     # (sweep, settings, the case's call, how its result is compared with the first setting's)
     sweeps = (("fwd", FWD_SWEEP, "forward", "rel_diff", relative_difference),
               ("bwd", BWD_SWEEP, "backward", "max_grad_rel_diff", _max_grad_difference))
+    kinds = args.sweep_kinds.split(",")
     for kind, grid, call, diff_key, difference in sweeps:
-        for settings in grid:
+        for settings in grid if kind in kinds else ():
             for case in cases:
                 if over_budget(args, started):
                     return False
-                with use_settings(settings):
-                    result = case[call]()
-                    ms = median_ms(case[call], *reps)
+                record = dict(case["base"], sweep=kind, settings=settings_record(settings))
+                try:
+                    with use_settings(settings):
+                        result = case[call]()
+                        ms = median_ms(case[call], *reps)
+                except Exception as error:  # a setting that fails to compile or run
+                    emit(dict(record, error=repr(error)[:300]), args.out)
+                    continue
                 reference = case.setdefault(f"{kind}_reference", result)
-                emit(dict(case["base"], sweep=kind, settings=settings_record(settings), ms=ms,
-                          **{diff_key: difference(result, reference)}), args.out)
-    for case in cases if scan is not None else []:
-        if over_budget(args, started):
-            return False
-        theirs = mamba_ssm_calls(scan, case["inputs"], case["dout"])
-        emit(dict(case["base"], sweep="mamba_ssm", mode="fwd",
-                  ms=median_ms(theirs[0], *reps)), args.out)
-        emit(dict(case["base"], sweep="mamba_ssm", mode="fwd+bwd",
-                  ms=median_ms(theirs[1], *reps, grad_to_none=theirs[2])), args.out)
+                emit(dict(record, ms=ms, **{diff_key: difference(result, reference)}),
+                     args.out)
     return True
+
+
+#: Pointer arguments of the SSD kernels that hold bf16 (benchmark inputs) / int32 data; the
+#: per-chunk states are bf16 with ``half_states``, every other pointer float32.
+_BF16_POINTERS = {"x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "dx_ptr",
+                  "dz_ptr", "dB_ptr", "dC_ptr", "out_ptr"}
+_STATE_POINTERS = {"local_ptr", "dlocal_ptr", "states_ptr"}
+_INT_POINTERS = {"seg_ptr", "start_ptr", "cu_ptr", "order_ptr"}
+
+
+def ptxas_report(text: str) -> dict:
+    """Registers per thread and spill-store bytes from ``ptxas -v`` output (None if absent)."""
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores", text)
+    return dict(n_regs=int(regs.group(1)) if regs else None,
+                spill_store_bytes=int(spill.group(1)) if spill else None)
+
+
+def _find_ptxas() -> str | None:
+    """``$PTXAS``, Triton's bundled ptxas, or the one on PATH."""
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                           "ptxas")
+    for candidate in (os.environ.get("PTXAS"), bundled, shutil.which("ptxas")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def ptx_registers(ptx: str, arch: int = 90) -> dict:
+    """``ptxas -v`` of ``ptx`` for ``sm_<arch>a``; a PTX ISA newer than the ptxas knows is
+    relabelled to the newest it accepts (Triton may be newer than its bundled ptxas)."""
+    ptxas = _find_ptxas()
+    if ptxas is None:
+        return dict(n_regs=None, spill_store_bytes=None, error="no ptxas found")
+    for _ in range(2):
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+            f.write(ptx)
+            f.flush()
+            err = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
+                                 capture_output=True, text=True).stderr
+        newest = re.search(r"current version is '(\d+\.\d+)'", err)
+        if not newest:
+            break
+        ptx = re.sub(r"^\.version \d+\.\d+", f".version {newest.group(1)}", ptx, flags=re.M)
+    return ptxas_report(err)
+
+
+def _compile_for_sm90(kernel, constexprs: dict, settings: LaunchSettings, warps: int) -> str:
+    """PTX of ``kernel`` for an H100/H200 (no GPU needed) with the benchmark's dtypes."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for name in inspect.signature(kernel.fn).parameters:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif not name.endswith("_ptr"):
+            signature[name] = "i32"
+        elif name in _BF16_POINTERS or (settings.half_states and name in _STATE_POINTERS):
+            signature[name] = "*bf16"
+        elif name in _INT_POINTERS:
+            signature[name] = "*i32"
+        else:
+            signature[name] = "*fp32"
+    names = list(signature)
+    source = ASTSource(kernel, signature,
+                       constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=warps, num_stages=settings.bwd_stages))
+    return compiled.asm["ptx"]
+
+
+def backward_registers(settings: LaunchSettings, state: int) -> list[dict]:
+    """``ptxas -v`` of the two backward chunk kernels under ``settings`` (heads of 64, bf16,
+    z, D, dt_bias, softplus, no initial / final states), compiled for sm_90 on this machine."""
+    Q = settings.bwd_chunk
+    common = dict(HAS_Z=True, HAS_INIT=False, HAS_DFINAL=False, GENERAL=False, Q=Q,
+                  IEEE=False, REVERSE=False)
+    block_p = min(HEAD_DIM, settings.bwd_block_p)
+    dx = dict(common, HAS_D=True, HAS_BIAS=True, SOFTPLUS=True, FINISH=block_p == HEAD_DIM,
+              FROM_OUTPUTS=settings.bwd_step_from_outputs, BLOCK_P=block_p,
+              BLOCK_N=min(state, settings.bwd_block_n))
+    bc = dict(common, BLOCK_P=HEAD_DIM, BLOCK_N=min(state, settings.bwd_bc_block_n))
+    return [dict(kernel=name, **ptx_registers(_compile_for_sm90(kernel, constexprs, settings,
+                                                                warps)))
+            for name, kernel, constexprs, warps in (
+                ("dx_dz_ddt", SST._chunk_bwd_kernel, dx, settings.bwd_warps),
+                ("dB_dC", SST._chunk_bwd_bc_kernel, bc, settings.bwd_bc_warps))]
+
+
+def registers_report(args, states) -> None:
+    """``--registers``: registers and spills of the backward kernels per BWD_SWEEP setting."""
+    for state in states:
+        for settings in BWD_SWEEP:
+            for record in backward_registers(settings, state):
+                emit(dict(record, registers="sm_90", N=state,
+                          settings=settings_record(settings)), args.out)
 
 
 def over_budget(args, started: float) -> bool:
@@ -398,11 +538,19 @@ def main(argv=None) -> int:
     mode.add_argument("--quick", action="store_true")
     mode.add_argument("--sweep", action="store_true")
     mode.add_argument("--profile", action="store_true")
+    mode.add_argument("--registers", action="store_true",
+                      help="no GPU: registers / spills of the backward kernels compiled for "
+                           "sm_90 per BWD_SWEEP setting (ptxas -v)")
     parser.add_argument("--budget-s", type=float, default=140.0,
                         help="--sweep / --quick stop starting new measurements after this "
                              "many seconds")
+    parser.add_argument("--sweep-kinds", default="fwd,bwd",
+                        help="--sweep: which setting grids to run (fwd, bwd or both)")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
+    if args.registers:
+        registers_report(args, [int(s) for s in args.states.split(",")])
+        return 0
     device = bench_device()
     if device.type != "cuda" and not args.tiny:
         parser.error("needs a CUDA GPU (or --tiny for the CPU smoke test)")
@@ -423,8 +571,7 @@ def main(argv=None) -> int:
         if args.sweep:
             args.workloads = ",".join(chosen[0:1] + chosen[2:3])
             states = states[-1:]
-        # mamba_ssm joins the profile only where the sweep got to it (compiled and tuned)
-        profile(args, scan if not args.sweep or finished else None, device, states)
+        profile(args, scan, device, states)
     elif not compare(args, scan, device, states, started):
         emit({"quick": "stopped", "reason": f"--budget-s {args.budget_s} reached"}, args.out)
     emit({"done": True, "elapsed_s": round(time.perf_counter() - started, 1),

@@ -3,9 +3,8 @@
 One public function validates and canonicalises its inputs, then dispatches to a backend:
 ``reference`` (sequential, autograd; float64 for float64 inputs), ``chunked`` (the vectorised
 chunked form in torch, autograd; the CPU backend) or ``triton`` (GPU kernels). The Triton
-forward runs behind the custom op ``geossm::ssd_scan`` (with a fake implementation). Its backward
-runs in Triton when there are no initial states and no final states are asked for (the Mamba-2
-layers); otherwise it recomputes the chunked torch form under autograd.
+forward runs behind the custom op ``geossm::ssd_scan`` (with a fake implementation), its backward
+(initial states and final-state gradients included) behind ``geossm::ssd_scan_backward``.
 """
 
 from __future__ import annotations
@@ -55,20 +54,23 @@ def _ssd_scan_backward_op(dout: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
                           A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                           D: Optional[torch.Tensor], z: Optional[torch.Tensor],
                           dt_bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor,
-                          dt_softplus: bool, reverse: bool) -> list[torch.Tensor]:
-    """Triton backward (no initial states, no final-state gradient): the gradients of
-    ``x, dt, A, B, C, D, z, dt_bias``; an absent input gets an empty placeholder (custom ops
-    cannot return None)."""
+                          initial_states: Optional[torch.Tensor],
+                          dfinal: Optional[torch.Tensor], dt_softplus: bool,
+                          reverse: bool) -> list[torch.Tensor]:
+    """Triton backward: the gradients of ``x, dt, A, B, C, D, z, dt_bias, initial_states``
+    from the output gradient and (``dfinal``, else None) the final-state gradient; an absent
+    input gets an empty placeholder (custom ops cannot return None)."""
     grads = _triton().ssd_scan_bwd(dout.contiguous(), x, dt, A, B, C, D, z, dt_bias,
-                                   cu_seqlens, dt_softplus, reverse)
+                                   cu_seqlens, dt_softplus, reverse, initial_states,
+                                   None if dfinal is None else dfinal.contiguous())
     return [x.new_empty(0) if g is None else g for g in grads]
 
 
 @_ssd_scan_backward_op.register_fake
-def _(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
+def _(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dfinal, dt_softplus,
+      reverse):
     return [x.new_empty(0) if v is None else torch.empty_like(v)
-            for v in (x, dt, A, B, C, D, z, dt_bias)]
-
+            for v in (x, dt, A, B, C, D, z, dt_bias, initial_states)]
 
 
 def _setup_context(ctx, inputs, output):
@@ -81,39 +83,14 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, dfinal):
     x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states = ctx.saved_tensors
     dt_softplus, reverse, final_states = ctx.flags
-    if initial_states is None and not final_states:
-        grads = torch.ops.geossm.ssd_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias,
-                                                   cu_seqlens, dt_softplus, reverse)
-        dx, ddt, dA, dB, dC, dD, dz, dbias = (
-            None if v is None else g for g, v in zip(grads, (x, dt, A, B, C, D, z, dt_bias)))
-        return dx, ddt, dA, dB, dC, dD, dz, dbias, None, None, None, None, None
-    return _recomputed_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states,
-                                dt_softplus, reverse, dout, dfinal if final_states else None)
-
-
-def _recomputed_backward(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states,
-                         dt_softplus, reverse, dout, dfinal):
-    """Recompute the chunked torch form with autograd and pull the output gradients back."""
+    if not final_states:
+        dfinal = None
+    grads = torch.ops.geossm.ssd_scan_backward(dout, x, dt, A, B, C, D, z, dt_bias,
+                                               cu_seqlens, initial_states, dfinal,
+                                               dt_softplus, reverse)
     present = (x, dt, A, B, C, D, z, dt_bias, initial_states)
-    with torch.enable_grad():
-        leaves = [None if v is None else v.detach().requires_grad_() for v in present]
-        lx, ldt, lA, lB, lC, lD, lz, lbias, linit = leaves
-        out, final = ssd_scan_chunked(lx, ldt, lA, lB, lC, lD, lz, lbias, dt_softplus,
-                                      cu_seqlens, reverse, linit,
-                                      final_states=dfinal is not None)
-        outputs, grads_out = [out], [dout]
-        if dfinal is not None:
-            outputs.append(final)
-            grads_out.append(dfinal)
-        wanted = [v for v in leaves if v is not None]
-        grads = iter(torch.autograd.grad(outputs, wanted, grads_out, allow_unused=True))
-    result = []
-    for leaf in leaves:
-        grad = None if leaf is None else next(grads)
-        if leaf is not None and grad is None:
-            grad = torch.zeros_like(leaf)
-        result.append(grad)
-    dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = result
+    dx, ddt, dA, dB, dC, dD, dz, dbias, dinit = (
+        None if v is None else g for g, v in zip(grads, present))
     return dx, ddt, dA, dB, dC, dD, dz, dbias, None, dinit, None, None, None
 
 

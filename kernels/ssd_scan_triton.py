@@ -16,14 +16,17 @@ Forward (chunks of ``Q = settings.chunk`` tokens), the chunked algorithm of
    state, skip ``D`` and gate ``z``.
 4. ``_final_state_kernel`` (segment, head): the state after each segment's last token.
 
-Backward (no initial states, no final-state gradient; chunks of ``settings.bwd_chunk``,
-independent of the forward's): launches 1-2 again, the gradient of every chunk's entering
-state, a reversed state pass, then two kernels per (chunk, head): ``dx, dz, ddt`` and
-per-chunk partial sums of ``dA, dD``; and ``dB, dC`` (heads that share a group of B/C add
-theirs atomically into float32 sums). Both walk the state dimension in blocks, so neither
-holds a whole ``P x N`` state (one fused kernel spilled kilobytes of registers on sm_90; a
-per-group ``dB, dC`` kernel that recomputed ``dy x^T`` per block of N took 60% of the
-backward on an H200).
+Backward (chunks of ``settings.bwd_chunk``, independent of the forward's): launches 1-2
+again, the gradient of every chunk's entering state (``_entering_grad_kernel``), a reversed
+state pass, then ``dx, dz, ddt`` and per-chunk partial sums of ``dA, dD`` per (chunk, head,
+block of channels) (``_chunk_bwd_kernel``); ``dB, dC`` per (chunk, group, block of state
+columns), summing the group's heads in a fixed order (``_chunk_bwd_bc_kernel``); and, with
+initial states, their gradient per (segment, head) (``_initial_grad_kernel``). Initial states
+and a final-state gradient take a general path through the chunk kernels (constexpr flags:
+the Mamba-2 layers' path without them stays as lean as before). No atomics: the backward is
+bitwise deterministic. Neither chunk kernel holds a whole ``P x N`` state (the ``dx`` kernel
+walks the state dimension in blocks; one fused kernel spilled kilobytes of registers on
+sm_90).
 
 Segments may start anywhere in a chunk: every mask compares per-token segment ids. Work and
 state are float32; the matmuls take 16-bit operands for 16-bit inputs (tensor cores) and exact
@@ -62,7 +65,20 @@ class LaunchSettings:
             entering-gradient kernels.
         bwd_chunk: backward tokens per chunk (one ``(Q, Q)`` tile), default 64 (128 spills
             kilobytes of registers on sm_90).
-        bwd_block_n: state columns per step of the backward chunk kernels, default 32.
+        bwd_block_n: state columns per step of the backward ``dx, dz, ddt`` kernel, default 32.
+        bwd_block_p: channels per program of that kernel (a head of P > bwd_block_p is split
+            over several programs that recompute the chunk's ``(Q, Q)`` matrices and store
+            their shares of ``ddt, dA``), default 64 (a whole head of 64 channels, as the
+            kernel was before the split; 32 spills no registers on sm_90 but is unmeasured).
+        bwd_bc_block_n: state columns per program of the backward ``dB, dC`` kernel (each
+            recomputes ``dy x^T`` of every head of its group), default 64.
+        bwd_step_from_outputs: the ``dx`` kernel takes the step-size gradient of the
+            intra-chunk matrix from ``(M x)_i . dy_i`` and ``x_j . (scaled^T dy)_j`` instead of
+            the ``(Q, Q)`` matrix ``dy x^T`` (one matmul and its registers fewer; the row and
+            column sums then come from two 16-bit matmuls and cancel less exactly: a CPU
+            emulation of bf16 operands with float32 sums put the step-size gradient of a
+            64-token chunk at up to 3.0e-2 relative error against float64, median 2.9e-3, vs
+            2.5e-3 / 1.7e-3 without it, 200 random chunks), default False.
         bwd_warps / bwd_bc_warps / bwd_stages: ``num_warps`` of the backward chunk kernels
             (``dx, dz, ddt`` and ``dB, dC``), ``num_stages`` of both.
         scan_block: state elements per program of the chunk-to-chunk scan, default 256.
@@ -81,6 +97,9 @@ class LaunchSettings:
     state_stages: int = 2
     bwd_chunk: int = 64
     bwd_block_n: int = 32
+    bwd_block_p: int = 64
+    bwd_bc_block_n: int = 64
+    bwd_step_from_outputs: bool = False
     bwd_warps: int = 8
     bwd_bc_warps: int = 8
     bwd_stages: int = 1
@@ -92,9 +111,10 @@ class LaunchSettings:
     def __post_init__(self):
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name == "half_states":
+            if field.name in ("half_states", "bwd_step_from_outputs"):
                 if not isinstance(value, bool):
-                    raise TypeError(f"LaunchSettings.half_states must be a bool, got {value!r}")
+                    raise TypeError(f"LaunchSettings.{field.name} must be a bool, got "
+                                    f"{value!r}")
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LaunchSettings.{field.name} must be a positive int, got "
@@ -111,6 +131,9 @@ class LaunchSettings:
             raise ValueError(f"block_m={self.block_m} must not exceed chunk={self.chunk}")
         if not 16 <= self.block_k <= self.chunk:
             raise ValueError(f"block_k={self.block_k} must lie in [16, chunk={self.chunk}]")
+        if self.bwd_block_p < 16 or self.bwd_bc_block_n < 16:
+            raise ValueError(f"bwd_block_p and bwd_bc_block_n must be at least 16 (tl.dot), "
+                             f"got {self.bwd_block_p} and {self.bwd_bc_block_n}")
         if self.block_m < 16:
             raise ValueError(f"block_m must be at least 16 (tl.dot), got {self.block_m}")
 
@@ -119,7 +142,8 @@ class LaunchSettings:
 #: The defaults: the forward's from an H200 sweep of ``benchmarks/ssd_gpu.py --sweep`` (chunk
 #: 128 with 128-row blocks was fastest in sum over the four workloads, N = 64 and 128); the
 #: backward's so that its kernels spill no registers, or ~150 bytes, compiled for sm_90
-#: (``ptxas -v`` of Triton's PTX).
+#: (``ptxas -v`` of Triton's PTX; ``ssd_gpu.py --registers``). The backward's channel and
+#: state-column splits are not yet measured on a GPU (``ssd_gpu.py --sweep --sweep-kinds bwd``).
 SETTINGS = LaunchSettings()
 #: Forward tokens per chunk of the default settings.
 CHUNK = SETTINGS.chunk
@@ -595,10 +619,7 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
     dummy = step  # stands in for absent optional tensors (never read)
     init = initial_states if initial_states is not None else dummy
     if initial_states is not None:
-        # The last segment of a chunk that began in it (not before) passes on its initial
-        # state, decayed over its tokens there.
-        ends = torch.clamp(torch.arange(1, K + 1, device=device) * Q, max=T) - 1
-        states += fresh[..., None, None] * initial_states[seg[ends].long()]
+        _add_initial_states(states, fresh, initial_states, seg, T, Q)
     local, prefix, group, L = linear_scan_parts(decay, states, False, settings)
     del states
     ieee = _uses_ieee(x)
@@ -621,29 +642,41 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
 
 # ------------------------------------------------------------------------------- backward
 #
-# Without initial states and without a gradient of the final states (what the Mamba-2 layers
-# use), the backward runs in Triton. With ``cum`` the within-chunk cumulative log-decay, every
-# decay factor is ``exp`` of a difference of ``cum`` values, so each kernel accumulates
-# ``dcum`` per token and the step sizes get ``ds = direct + A * (reverse cumsum of dcum)``.
+# With ``cum`` the within-chunk cumulative log-decay, every decay factor is ``exp`` of a
+# difference ``cum_i - cum_b`` (b < i, both in one segment of one chunk). Its gradient
+# ``g`` reaches the log-decays ``step_k A`` of the tokens ``b < k <= i``; the kernels collect
+# these as ``dlog_k`` (the reverse cumsum of per-token ``dcum``, or masked sums over the
+# chunk's same-segment matrix) and the step sizes get ``ds = direct + A * dlog``.
+#
+# Initial states and the final-state gradient (``GENERAL``): each segment of a chunk starts
+# from a state ``Z_s`` (the entering state if it began before the chunk, else its initial
+# state) and leaves the chunk with a state gradient ``X_s`` at its last token there (the
+# gradient of the state passed on, for the chunk's last segment, plus the final-state
+# gradient, for a segment that ends in the chunk). Without them only the chunk's first
+# segment has a ``Z`` and only its last an ``X`` (the fast path).
 
 
 @triton.jit
 def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, cu_ptr,
-                          dlocal_ptr, order_ptr, T, H, P, G, N, heads_per_group,
-                          HAS_Z: tl.constexpr, Q: tl.constexpr, BLOCK_K: tl.constexpr,
-                          BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-                          REVERSE: tl.constexpr):
-    """Gradient of each chunk's outputs w.r.t. its entering state: sum_i e^cum_i dy_i C_i^T
-    over the rows whose segment began before the chunk."""
+                          dfinal_ptr, dlocal_ptr, order_ptr, T, H, P, G, N, heads_per_group,
+                          HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, Q: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                          IEEE: tl.constexpr, REVERSE: tl.constexpr):
+    """Gradient of each chunk's outputs (and, ``HAS_DFINAL``, of the final state of a segment
+    that ends in it) w.r.t. its entering state: ``sum_i e^cum_i dy_i C_i^T`` over the rows
+    whose segment began before the chunk, plus ``e^cum_last dfinal`` of that segment."""
     c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
     h = tl.program_id(1)
     g = h // heads_per_group
     p = tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
+    state_offs = p[:, None] * N + n[None, :]
+    state_mask = (p[:, None] < P) & (n[None, :] < N)
     local = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     # Only the chunk's first segment can have begun before it: its tokens up to its end.
     if tl.load(start_ptr + c * Q) < c * Q:
-        first_end = tl.load(cu_ptr + tl.load(seg_ptr + c * Q) + 1)
+        first = tl.load(seg_ptr + c * Q).to(tl.int64)        # S * H * P * N may pass 2^31
+        first_end = tl.load(cu_ptr + first + 1)
         for k0 in range(0, tl.minimum(first_end - c * Q, Q).to(tl.int32), BLOCK_K):
             t = c * Q + k0 + tl.arange(0, BLOCK_K)
             valid = t < first_end
@@ -659,31 +692,63 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, c
             C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
                         mask=valid[:, None] & (n[None, :] < N), other=0.0)
             local = _mma(tl.trans(dy * weight[:, None]), C, local, IEEE, C_ptr.dtype.element_ty)
-    tl.store(dlocal_ptr + ((c * H + h) * P + p[:, None]) * N + n[None, :],
-             local.to(dlocal_ptr.dtype.element_ty),
-             mask=(p[:, None] < P) & (n[None, :] < N))
+        if HAS_DFINAL:
+            if first_end <= c * Q + Q:                     # the segment ends in this chunk
+                cum_end = tl.load(cum_ptr + (first_end - 1) * H + h)
+                local += tl.exp(cum_end) * tl.load(
+                    dfinal_ptr + (first * H + h) * P * N + state_offs, mask=state_mask,
+                    other=0.0)
+    tl.store(dlocal_ptr + (c * H + h) * P * N + state_offs,
+             local.to(dlocal_ptr.dtype.element_ty), mask=state_mask)
+
+
+@triton.jit
+def _exit_and_start(cum_ptr, cu_ptr, seg, start, cum, t, valid, c, h, H, Q: tl.constexpr,
+                    HAS_INIT: tl.constexpr):
+    """Per row of a chunk (``GENERAL``): ``to_exit = e^(cum_e - cum)`` to the last token ``e``
+    of its segment in the chunk, ``cum_e``, ``cum_b`` (``cum`` before its segment's first
+    token in the chunk, 0 at the chunk start) and the factor of its start state ``Z``
+    (``e^(cum - cum_b)``; 0 for a segment begun here without ``HAS_INIT``)."""
+    end = tl.load(cu_ptr + seg + 1, mask=valid, other=0).to(tl.int64)
+    exit_t = tl.where(valid, tl.minimum(end, c * Q + Q) - 1, t)
+    cum_exit = tl.load(cum_ptr + exit_t * H + h, mask=valid, other=0.0)
+    to_exit = tl.where(valid, tl.exp(cum_exit - cum), 0.0)
+    inside = valid & (start > c * Q)                       # begun after the chunk start
+    cum_b = tl.load(cum_ptr + (start.to(tl.int64) - 1) * H + h, mask=inside, other=0.0)
+    if HAS_INIT:
+        factor = tl.where(valid, tl.exp(cum - cum_b), 0.0)
+    else:
+        factor = tl.where(valid & (start < c * Q), tl.exp(cum), 0.0)
+    return to_exit, cum_exit, cum_b, factor
 
 
 @triton.jit
 def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
-                      seg_ptr, start_ptr, step_ptr, cum_ptr, local_ptr, prefix_ptr, group_ptr,
-                      dlocal_ptr, dprefix_ptr, dgroup_ptr, decay_ptr,
-                      dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, order_ptr,
+                      seg_ptr, start_ptr, cu_ptr, step_ptr, cum_ptr, local_ptr, prefix_ptr,
+                      group_ptr, dlocal_ptr, dprefix_ptr, dgroup_ptr, decay_ptr, init_ptr,
+                      dfinal_ptr, dx_ptr, dz_ptr, ddt_ptr, dA_ptr, dD_ptr, order_ptr,
                       T, H, P, G, N, heads_per_group, K, L, dL,
                       HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      SOFTPLUS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                      SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr,
+                      HAS_DFINAL: tl.constexpr, GENERAL: tl.constexpr, FINISH: tl.constexpr,
+                      FROM_OUTPUTS: tl.constexpr, Q: tl.constexpr, BLOCK_P: tl.constexpr,
                       BLOCK_N: tl.constexpr, IEEE: tl.constexpr, REVERSE: tl.constexpr):
-    """One chunk of one head: ``dx, dz, ddt`` and the chunk's partial ``dA, dD``
-    (``dB, dC``: ``_chunk_bwd_bc_kernel``). The state dimension is walked in blocks of
-    ``BLOCK_N``, so no full ``P x N`` state is held."""
-    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
+    """One chunk of one head, one block of ``BLOCK_P`` channels: ``dx, dz`` and the
+    block's share of ``ddt`` and the chunk's ``dA`` (``FINISH``: one block covers P, so
+    ``ddt`` gets the softplus factor here; else the raw shares are stored per block and
+    summed by the caller) and ``dD`` (``dB, dC``: ``_chunk_bwd_bc_kernel``). The state
+    dimension is walked in blocks of ``BLOCK_N``, so no full ``P x N`` state is held."""
+    # The channel blocks of a chunk are neighbouring programs (they share B, C in L2).
+    p_blocks = tl.cdiv(P, BLOCK_P)
+    c = (tl.program_id(0) // p_blocks).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
+    block = tl.program_id(0) % p_blocks
     h = tl.program_id(1)
     g = h // heads_per_group
     DTYPE = x_ptr.dtype.element_ty
     q = tl.arange(0, Q)
     t = c * Q + q
     valid = t < T
-    p = tl.arange(0, BLOCK_P)
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
     row = _rows(order_ptr, t, valid, REVERSE)
     x_offs = row[:, None] * (H * P) + h * P + p[None, :]
     x_mask = valid[:, None] & (p[None, :] < P)
@@ -695,6 +760,7 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     A = tl.load(A_ptr + h)
     in_state = tl.where(start < c * Q, tl.exp(cum), 0.0)                  # entering weights
     last = tl.minimum(Q, T - c * Q) - 1
+    seg_first = tl.load(seg_ptr + c * Q).to(tl.int64)    # S * H * P * N may pass 2^31
     seg_last = tl.load(seg_ptr + c * Q + last)
     cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
     to_end = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf")))
@@ -703,7 +769,10 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     scores = tl.zeros((Q, Q), dtype=tl.float32)
     C_entering = tl.zeros((Q, BLOCK_P), dtype=tl.float32)                  # C_i . E rows
     B_dstate = tl.zeros((Q, BLOCK_P), dtype=tl.float32)                    # B_i . dS rows
+    C_init = tl.zeros((Q, BLOCK_P), dtype=tl.float32)                      # C_i . init rows
+    B_final = tl.zeros((Q, BLOCK_P), dtype=tl.float32)                     # B_i . dfinal rows
     ddecay = tl.sum(tl.zeros((BLOCK_P,), dtype=tl.float32), 0)             # <dS_c, E_c>
+    exit_start = tl.zeros((Q,), dtype=tl.float32)                          # <X_s, Z_s> rows
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
@@ -719,18 +788,53 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         scores = _mma(C, tl.trans(B), scores, IEEE, DTYPE)
         C_entering = _mma(C, tl.trans(entering), C_entering, IEEE, DTYPE)
         B_dstate = _mma(B, tl.trans(dstate), B_dstate, IEEE, DTYPE)
-        ddecay += tl.sum(tl.sum(dstate * entering, 1), 0)
+        if GENERAL:
+            for s in range(seg_first, seg_last + 1):
+                s_start = tl.load(cu_ptr + s)
+                s_end = tl.load(cu_ptr + s + 1)
+                mine = (seg == s)[:, None]
+                exit_grad = tl.where(s == seg_last, dstate, 0.0)
+                start_state = tl.where(s_start < c * Q, entering, 0.0)
+                if HAS_DFINAL:
+                    final = tl.where(s_end <= c * Q + Q, tl.load(
+                        dfinal_ptr + (s * H + h) * P * N + state_offs, mask=state_mask,
+                        other=0.0), 0.0)
+                    exit_grad += final
+                    B_final = _mma(tl.where(mine, B, 0.0), tl.trans(final), B_final, IEEE,
+                                   DTYPE)
+                if HAS_INIT:
+                    init = tl.where(s_start >= c * Q, tl.load(
+                        init_ptr + (s * H + h) * P * N + state_offs, mask=state_mask,
+                        other=0.0), 0.0)
+                    start_state += init
+                    C_init = _mma(tl.where(mine, C, 0.0), tl.trans(init), C_init, IEEE, DTYPE)
+                exit_start += tl.where(seg == s, tl.sum(tl.sum(exit_grad * start_state, 1), 0),
+                                       0.0)
+        else:
+            ddecay += tl.sum(tl.sum(dstate * entering, 1), 0)
+
+    if GENERAL:
+        to_exit, cum_exit, cum_b, factor = _exit_and_start(cum_ptr, cu_ptr, seg, start, cum, t,
+                                                           valid, c, h, H, Q, HAS_INIT)
+        weight = to_exit * step
+        C_start = tl.where((start < c * Q)[:, None], C_entering, 0.0) + C_init  # C_i . Z_s
+        B_exit = tl.where((seg == seg_last)[:, None], B_dstate, 0.0) + B_final  # B_i . X_s
+    else:
+        factor = in_state
+        C_start = C_entering
+        B_exit = B_dstate
 
     # Intra-chunk matrix M_ij = (C_i.B_j) exp(cum_i - cum_j) step_j on i >= j, same segment.
     same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
     decay = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf")))
-    lower = decay * step[None, :]
-    matrix = scores * lower
+    scaled = scores * decay
+    matrix = scaled * step[None, :]
     dout = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
         gate = tl.sigmoid(z)
-        y = _mm(matrix, x, IEEE, DTYPE) + in_state[:, None] * C_entering
+        y_intra = _mm(matrix, x, IEEE, DTYPE)
+        y = y_intra + factor[:, None] * C_start
         if HAS_D:
             y += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * x.to(tl.float32)
         dz = dout * y * gate * (1.0 + z * (1.0 - gate))
@@ -738,164 +842,318 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
         dy = dout * z * gate
     else:
         dy = dout
+        if FROM_OUTPUTS:
+            y_intra = _mm(matrix, x, IEEE, DTYPE)
 
-    # Through the intra-chunk matrix.
-    grad_matrix = _mm(dy, tl.trans(x), IEEE, DTYPE)                        # G_ij = dy_i . x_j
-    dx = _mm(tl.trans(matrix), dy, IEEE, DTYPE) + weight[:, None] * B_dstate
-    through = grad_matrix * scores * decay                                 # d/d step_j
-    dstep = tl.sum(through, 0)
-    term = through * step[None, :]
-    dcum = tl.sum(term, 1) - tl.sum(term, 0)
-
-    # Through the entering state and the state passed on (decay_c E_c + S_c: the decay's
-    # gradient is <dS_c, E_c>).
-    dcum += in_state * tl.sum(dy * C_entering, 1)
-    dweight = tl.sum(x.to(tl.float32) * B_dstate, 1)
-    dstep += dweight * to_end
-    state_term = dweight * weight
-    last_term = tl.sum(state_term, 0) + ddecay * tl.load(decay_ptr + c * H + h)
-    dcum += tl.where(q == last, last_term, 0.0) - state_term
+    # Through the intra-chunk matrix M = scaled * step_j. d/d step_j of the matrix term is
+    # sum_i G_ij scaled_ij with G = dy x^T; d/d cum_i of it the row sums of G * M minus
+    # the column sums.
+    if FROM_OUTPUTS:
+        # Without G: column sums x_j . (scaled^T dy)_j, row sums dy_i . (M x)_i.
+        scaled_dy = _mm(tl.trans(scaled), dy, IEEE, DTYPE)
+        dstep = tl.sum(x.to(tl.float32) * scaled_dy, 1)
+        dcum = tl.sum(dy * y_intra, 1) - step * dstep
+        dx = step[:, None] * scaled_dy + weight[:, None] * B_exit
+    else:
+        grad_matrix = _mm(dy, tl.trans(x), IEEE, DTYPE)                    # G_ij = dy_i . x_j
+        through = grad_matrix * scaled                                     # d/d step_j
+        dstep = tl.sum(through, 0)
+        term = through * step[None, :]
+        dcum = tl.sum(term, 1) - tl.sum(term, 0)
+        dx = _mm(tl.trans(matrix), dy, IEEE, DTYPE) + weight[:, None] * B_exit
+    dweight = tl.sum(x.to(tl.float32) * B_exit, 1)
+    start_term = factor * tl.sum(dy * C_start, 1)
+    if GENERAL:
+        # Through the start states (cum_i - cum_b), the exit states (cum_e - cum_j) and
+        # <X_s, Z_s> (cum_e - cum_b): masked sums over the same-segment matrix.
+        dstep += dweight * to_exit
+        state_term = dweight * weight
+        dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
+        dlog += tl.sum(tl.where(same, start_term[:, None], 0.0), 0)
+        dlog += tl.sum(tl.where(same, state_term[None, :], 0.0), 1) - state_term
+        dlog += exit_start * tl.exp(cum_exit - cum_b)
+    else:
+        # Through the entering state and the state passed on (decay_c E_c + S_c: the decay's
+        # gradient is <dS_c, E_c>).
+        dcum += start_term
+        dstep += dweight * to_end
+        state_term = dweight * weight
+        last_term = tl.sum(state_term, 0) + ddecay * tl.load(decay_ptr + c * H + h)
+        dcum += tl.where(q == last, last_term, 0.0) - state_term
+        # cum_i = sum_{j<=i} step_j A: d(step_j A) = sum_{i>=j} dcum_i.
+        dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
 
     if HAS_D:
         dx += tl.load(D_ptr + h * P + p, mask=p < P, other=0.0)[None, :] * dy
         tl.store(dD_ptr + (c * H + h) * P + p, tl.sum(dy * x.to(tl.float32), 0), mask=p < P)
     tl.store(dx_ptr + x_offs, dx.to(dx_ptr.dtype.element_ty), mask=x_mask)
 
-    # cum_i = sum_{j<=i} step_j A: d(step_j A) = sum_{i>=j} dcum_i.
-    dlog = tl.sum(dcum, 0) - tl.cumsum(dcum, 0) + dcum
     dstep += A * dlog
-    tl.store(dA_ptr + c * H + h, tl.sum(tl.where(valid, step * dlog, 0.0), 0))
-    if SOFTPLUS:
-        raw = tl.load(dt_ptr + row * H + h, mask=valid, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            raw += tl.load(bias_ptr + h)
-        dstep *= tl.sigmoid(raw)
-    tl.store(ddt_ptr + row * H + h, dstep, mask=valid)
+    tl.store(dA_ptr + (block * K + c) * H + h, tl.sum(tl.where(valid, step * dlog, 0.0), 0))
+    if FINISH:
+        if SOFTPLUS:
+            raw = tl.load(dt_ptr + row * H + h, mask=valid, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                raw += tl.load(bias_ptr + h)
+            dstep *= tl.sigmoid(raw)
+    tl.store(ddt_ptr + block * T * H + row * H + h, dstep, mask=valid)
 
 
 @triton.jit
-def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_ptr, step_ptr,
-                         cum_ptr, local_ptr, prefix_ptr, group_ptr, dlocal_ptr, dprefix_ptr,
-                         dgroup_ptr, dB_ptr, dC_ptr, order_ptr,
-                         T, H, P, G, N, heads_per_group, K, L, dL,
-                         HAS_Z: tl.constexpr, ATOMIC: tl.constexpr, Q: tl.constexpr,
+def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_ptr, cu_ptr,
+                         step_ptr, cum_ptr, local_ptr, prefix_ptr, group_ptr, dlocal_ptr,
+                         dprefix_ptr, dgroup_ptr, init_ptr, dfinal_ptr, dB_ptr, dC_ptr,
+                         order_ptr, T, H, P, G, N, heads_per_group, K, L, dL,
+                         HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+                         HAS_DFINAL: tl.constexpr, GENERAL: tl.constexpr, Q: tl.constexpr,
                          BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
                          REVERSE: tl.constexpr):
-    """One chunk of one head: its share of ``dB, dC`` (``ATOMIC``: added to float32 sums over
-    the group's heads, else stored), walking N in blocks::
+    """One chunk of one group, one block of ``BLOCK_N`` state columns: ``dB, dC``, summed
+    over the group's heads in a fixed order (deterministic, no atomics)::
 
-        dC_i = sum_j G_ij L_ij B_j + in_i dy_i E^T      dB_j = sum_i G_ij L_ij C_i + w_j x_j dS
+        dC_i = sum_j W_ij B_j + sum_h f_i dy_i Z_s^T      W = sum_h G ⊙ L
+        dB_j = sum_i W_ij C_i + sum_h w_j x_j X_s
 
-    with ``G = dy x^T`` and ``L`` the masked decay matrix, both computed once per head.
-    """
-    c = tl.program_id(0).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
-    h = tl.program_id(1)
-    g = h // heads_per_group
+    with ``G = dy x^T`` and ``L`` the masked decay matrix of head h (the heads meet in the
+    ``(Q, Q)`` matrix ``W``, so ``B`` and ``C`` enter one matmul each), ``Z_s`` / ``X_s`` the
+    start state / exit gradient of the row's segment (see the backward notes)."""
+    # The state-column blocks of a chunk are neighbouring programs (they share x, dy in L2).
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    c = (tl.program_id(0) // n_blocks).to(tl.int64)  # 64-bit offsets: T * H * P may pass 2^31
+    g = tl.program_id(1)
     DTYPE = x_ptr.dtype.element_ty
     q = tl.arange(0, Q)
     t = c * Q + q
     valid = t < T
     p = tl.arange(0, BLOCK_P)
+    n = (tl.program_id(0) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
     row = _rows(order_ptr, t, valid, REVERSE)
-    x_offs = row[:, None] * (H * P) + h * P + p[None, :]
-    x_mask = valid[:, None] & (p[None, :] < P)
-    x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
-    dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-    if HAS_Z:
-        z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-        dy *= z * tl.sigmoid(z)
-    step = tl.load(step_ptr + t * H + h)
-    cum = tl.load(cum_ptr + t * H + h)
     seg = tl.load(seg_ptr + t, mask=valid, other=-1)
     start = tl.load(start_ptr + t, mask=valid, other=T)
     last = tl.minimum(Q, T - c * Q) - 1
+    seg_first = tl.load(seg_ptr + c * Q).to(tl.int64)    # S * H * P * N may pass 2^31
     seg_last = tl.load(seg_ptr + c * Q + last)
-    cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
-    in_state = tl.where(start < c * Q, tl.exp(cum), 0.0)
-    weight = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf"))) * step
     same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
-    lower = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf"))) * step[None, :]
-    grad_lower = _mm(dy, tl.trans(x), IEEE, DTYPE) * lower
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
-        bc_mask = valid[:, None] & (n[None, :] < N)
-        B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
-        C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
-        state_offs = p[:, None] * N + n[None, :]
-        state_mask = (p[:, None] < P) & (n[None, :] < N)
+    bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
+    bc_mask = valid[:, None] & (n[None, :] < N)
+    B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
+    C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+    state_offs = p[:, None] * N + n[None, :]
+    state_mask = (p[:, None] < P) & (n[None, :] < N)
+    x_mask = valid[:, None] & (p[None, :] < P)
+    dB = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
+    dC = tl.zeros((Q, BLOCK_N), dtype=tl.float32)
+    grad_lower = tl.zeros((Q, Q), dtype=tl.float32)        # sum over the group's heads
+    for r in range(0, heads_per_group):
+        h = g * heads_per_group + r
+        x_offs = row[:, None] * (H * P) + h * P + p[None, :]
+        x = tl.load(x_ptr + x_offs, mask=x_mask, other=0.0)
+        dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+            dy *= z * tl.sigmoid(z)
+        step = tl.load(step_ptr + t * H + h)
+        cum = tl.load(cum_ptr + t * H + h)
+        lower = tl.exp(tl.where(same, cum[:, None] - cum[None, :], float("-inf"))) * step[None, :]
+        grad_lower += _mm(dy, tl.trans(x), IEEE, DTYPE) * lower
         # Matmul operands only: in the operand dtype, to save registers.
         entering = _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, P * N,
                                   state_offs, state_mask, False).to(DTYPE)
         dstate = _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL, P * N,
                                 state_offs, state_mask, True).to(DTYPE)
-        dC = _mm(grad_lower, B, IEEE, DTYPE) + in_state[:, None] * _mm(dy, entering, IEEE,
-                                                                       DTYPE)
-        dB = _mm(tl.trans(grad_lower), C, IEEE, DTYPE) + weight[:, None] * _mm(x, dstate, IEEE,
-                                                                               DTYPE)
-        if ATOMIC:
-            tl.atomic_add(dB_ptr + bc_offs, dB, mask=bc_mask)
-            tl.atomic_add(dC_ptr + bc_offs, dC, mask=bc_mask)
+        dy_start = _mm(dy, entering, IEEE, DTYPE)
+        x_exit = _mm(x, dstate, IEEE, DTYPE)
+        if GENERAL:
+            to_exit, cum_exit, cum_b, factor = _exit_and_start(
+                cum_ptr, cu_ptr, seg, start, cum, t, valid, c, h, H, Q, HAS_INIT)
+            weight = to_exit * step
+            dy_start = tl.where((start < c * Q)[:, None], dy_start, 0.0)
+            x_exit = tl.where((seg == seg_last)[:, None], x_exit, 0.0)
+            for s in range(seg_first, seg_last + 1):
+                mine = (seg == s)[:, None]
+                if HAS_INIT:
+                    init = tl.where(tl.load(cu_ptr + s) >= c * Q, tl.load(
+                        init_ptr + (s * H + h) * P * N + state_offs, mask=state_mask,
+                        other=0.0), 0.0)
+                    dy_start = _mma(tl.where(mine, dy, 0.0), init, dy_start, IEEE, DTYPE)
+                if HAS_DFINAL:
+                    final = tl.where(tl.load(cu_ptr + s + 1) <= c * Q + Q, tl.load(
+                        dfinal_ptr + (s * H + h) * P * N + state_offs, mask=state_mask,
+                        other=0.0), 0.0)
+                    x_exit = _mma(tl.where(mine, x, 0.0), final, x_exit, IEEE, DTYPE)
         else:
-            tl.store(dB_ptr + bc_offs, dB.to(dB_ptr.dtype.element_ty), mask=bc_mask)
-            tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=bc_mask)
+            factor = tl.where(start < c * Q, tl.exp(cum), 0.0)
+            cum_last = tl.load(cum_ptr + (c * Q + last) * H + h)
+            weight = tl.exp(tl.where(seg == seg_last, cum_last - cum, float("-inf"))) * step
+        dC += factor[:, None] * dy_start
+        dB += weight[:, None] * x_exit
+    dC = _mma(grad_lower, B, dC, IEEE, DTYPE)
+    dB = _mma(tl.trans(grad_lower), C, dB, IEEE, DTYPE)
+    tl.store(dB_ptr + bc_offs, dB.to(dB_ptr.dtype.element_ty), mask=bc_mask)
+    tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=bc_mask)
 
 
-def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse):
-    """Gradients ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias)`` (None for absent inputs) of the
-    output, without initial states and without a gradient of the final states. Launch
-    settings: ``SETTINGS``."""
+@triton.jit
+def _initial_grad_kernel(dout_ptr, z_ptr, C_ptr, cu_ptr, step_ptr, cum_ptr, dlocal_ptr,
+                         dprefix_ptr, dgroup_ptr, dfinal_ptr, dinit_ptr, order_ptr,
+                         T, H, P, G, N, heads_per_group, K, dL,
+                         HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, Q: tl.constexpr,
+                         BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                         IEEE: tl.constexpr, REVERSE: tl.constexpr):
+    """Gradient of one segment's initial state, one head: its tokens in the chunk where it
+    starts, ``sum_i e^(cum_i - cum_b) dy_i C_i^T``, plus ``e^(cum_e - cum_b) X`` with ``X``
+    the gradient leaving that chunk at its last token there (the state passed on, if it
+    runs on; its final-state gradient, if it ends there); an empty segment's is its
+    final-state gradient."""
+    s = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    g = h // heads_per_group
+    start = tl.load(cu_ptr + s).to(tl.int64)
+    end = tl.load(cu_ptr + s + 1).to(tl.int64)
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    state_offs = p[:, None] * N + n[None, :]
+    state_mask = (p[:, None] < P) & (n[None, :] < N)
+    grad = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    if HAS_DFINAL:
+        final = tl.load(dfinal_ptr + (s * H + h) * P * N + state_offs, mask=state_mask,
+                        other=0.0)
+    else:
+        final = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+    if end > start:
+        c = start // Q
+        chunk_end = tl.minimum(c * Q + Q, T)
+        part_end = tl.minimum(end, chunk_end)
+        cum_b = tl.where(start > c * Q,
+                         tl.load(cum_ptr + tl.maximum(start - 1, 0) * H + h), 0.0)
+        for k0 in range(0, (part_end - start).to(tl.int32), BLOCK_K):
+            t = start + k0 + tl.arange(0, BLOCK_K)
+            valid = t < part_end
+            row = _rows(order_ptr, t, valid, REVERSE)
+            x_mask = valid[:, None] & (p[None, :] < P)
+            x_offs = row[:, None] * (H * P) + h * P + p[None, :]
+            dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+                dy *= z * tl.sigmoid(z)
+            cum = tl.load(cum_ptr + t * H + h, mask=valid, other=0.0)
+            weight = tl.where(valid, tl.exp(cum - cum_b), 0.0)
+            C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
+                        mask=valid[:, None] & (n[None, :] < N), other=0.0)
+            grad = _mma(tl.trans(dy * weight[:, None]), C, grad, IEEE, C_ptr.dtype.element_ty)
+        exit_grad = tl.where(end <= chunk_end, final, 0.0)
+        if part_end == chunk_end:                  # the segment is the chunk's last
+            exit_grad += _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL,
+                                        P * N, state_offs, state_mask, True)
+        cum_e = tl.load(cum_ptr + (part_end - 1) * H + h)
+        grad += tl.exp(cum_e - cum_b) * exit_grad
+    else:
+        grad = final
+    tl.store(dinit_ptr + (s * H + h) * P * N + state_offs, grad, mask=state_mask)
+
+
+def _add_initial_states(states, fresh, initial_states, seg, T, Q):
+    """The last segment of a chunk that began in it (not before) passes on its initial state,
+    decayed over its tokens there: ``states[c] += fresh[c] * init[seg(last token of c)]``."""
+    K = states.shape[0]
+    ends = torch.clamp(torch.arange(1, K + 1, device=states.device) * Q, max=T) - 1
+    states += fresh[..., None, None] * initial_states[seg[ends].long()]
+
+
+def ssd_scan_bwd(dout, x, dt, A, B, C, D, z, dt_bias, cu_seqlens, dt_softplus, reverse,
+                 initial_states=None, dfinal=None):
+    """Gradients ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` (None for absent
+    inputs) of the output and, with ``dfinal`` ``(S, H, P, N)`` float32, of the final
+    states. Deterministic (no atomics). Launch settings: ``SETTINGS``."""
     settings = SETTINGS
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
+    S = cu_seqlens.shape[0] - 1
+    if dfinal is not None:
+        dfinal = dfinal.float().contiguous()
     if T == 0:
         zeros = [None if v is None else torch.zeros_like(v)
                  for v in (x, dt, A, B, C, D, z, dt_bias)]
-        return tuple(zeros)
+        dinit = None
+        if initial_states is not None:
+            dinit = dfinal.clone() if dfinal is not None else torch.zeros_like(initial_states)
+        return (*zeros, dinit)
     Q = settings.bwd_chunk
     K = triton.cdiv(T, Q)
     seg, seg_start, order, step, cum, states, decay, fresh = _chunk_states(
         x, dt, A, B, dt_bias, cu_seqlens, dt_softplus, reverse, Q, settings)
+    if initial_states is not None:
+        _add_initial_states(states, fresh, initial_states, seg, T, Q)
     f32 = dict(device=x.device, dtype=torch.float32)
     dummy = step
     ieee = _uses_ieee(x)
     BLOCK_P, BLOCK_N = _block(P), _block(N)
+    has_init, has_dfinal = initial_states is not None, dfinal is not None
+    general = has_init or has_dfinal
+    init = initial_states if has_init else dummy
+    final = dfinal if has_dfinal else dummy
     local, prefix, group, L = linear_scan_parts(decay, states, False, settings)
     dlocal = states  # the chunk states are no longer needed: reuse the buffer
     _entering_grad_kernel[(K, H)](
-        dout, z if z is not None else dout, C, cum, seg, seg_start, cu_seqlens, dlocal, order,
-        T, H, P, G, N,
-        H // G, HAS_Z=z is not None, Q=Q, BLOCK_K=min(settings.block_k, Q), BLOCK_P=BLOCK_P,
-        BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse), num_warps=settings.state_warps,
+        dout, z if z is not None else dout, C, cum, seg, seg_start, cu_seqlens, final, dlocal,
+        order, T, H, P, G, N, H // G, HAS_Z=z is not None, HAS_DFINAL=has_dfinal, Q=Q,
+        BLOCK_K=min(settings.block_k, Q), BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, IEEE=ieee,
+        REVERSE=bool(reverse), num_warps=settings.state_warps,
         num_stages=settings.state_stages)
     # dS_c = dE_{c+1}, with dE_c = local_c + decay_c dE_{c+1}: the same scan, reversed.
     dstate_local, dstate_prefix, dstate_group, dL = linear_scan_parts(decay, dlocal, True,
                                                                       settings)
     del states, dlocal
+    dstate_parts = (dstate_local, dstate_prefix, dstate_group)
     dx = torch.empty_like(x)
     dz = torch.empty_like(z) if z is not None else None
-    # Heads sharing a group add their dB, dC into float32 sums; one head per group stores.
-    atomic = H // G > 1
-    dB = torch.zeros(B.shape, **f32) if atomic else torch.empty_like(B)
-    dC = torch.zeros(C.shape, **f32) if atomic else torch.empty_like(C)
-    ddt = torch.empty(T, H, **f32)
-    dA = torch.empty(K, H, **f32)
+    dB = torch.empty_like(B)
+    dC = torch.empty_like(C)
+    block_p = min(BLOCK_P, settings.bwd_block_p)
+    p_blocks = triton.cdiv(P, block_p)
+    finish = p_blocks == 1
+    ddt = torch.empty(p_blocks, T, H, **f32)
+    dA = torch.empty(p_blocks, K, H, **f32)
     dD = torch.empty(K, H, P, **f32) if D is not None else None
-    block_n = min(BLOCK_N, settings.bwd_block_n)
-    parts = (local, prefix, group, dstate_local, dstate_prefix, dstate_group)
-    _chunk_bwd_kernel[(K, H)](
+    parts = (local, prefix, group, *dstate_parts)
+    _chunk_bwd_kernel[(K * p_blocks, H)](
         x, dt, A, B, C, D if D is not None else dummy, z if z is not None else x,
-        dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, step, cum, *parts,
-        decay, dx, dz if dz is not None else dx, ddt, dA,
+        dt_bias if dt_bias is not None else dummy, dout, seg, seg_start, cu_seqlens, step,
+        cum, *parts, decay, init, final, dx, dz if dz is not None else dx, ddt, dA,
         dD if dD is not None else dummy, order, T, H, P, G, N, H // G, K, L, dL,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), Q=Q, BLOCK_P=BLOCK_P, BLOCK_N=block_n,
+        SOFTPLUS=bool(dt_softplus), HAS_INIT=has_init, HAS_DFINAL=has_dfinal, GENERAL=general,
+        FINISH=finish, FROM_OUTPUTS=settings.bwd_step_from_outputs, Q=Q, BLOCK_P=block_p, BLOCK_N=min(BLOCK_N, settings.bwd_block_n),
         IEEE=ieee, REVERSE=bool(reverse), num_warps=settings.bwd_warps,
         num_stages=settings.bwd_stages)
-    _chunk_bwd_bc_kernel[(K, H)](
-        x, B, C, z if z is not None else x, dout, seg, seg_start, step, cum, *parts, dB, dC,
-        order, T, H, P, G, N, H // G, K, L, dL, HAS_Z=z is not None, ATOMIC=atomic, Q=Q,
-        BLOCK_P=BLOCK_P, BLOCK_N=block_n, IEEE=ieee, REVERSE=bool(reverse),
+    bc_block_n = min(BLOCK_N, settings.bwd_bc_block_n)
+    _chunk_bwd_bc_kernel[(K * triton.cdiv(N, bc_block_n), G)](
+        x, B, C, z if z is not None else x, dout, seg, seg_start, cu_seqlens, step, cum, *parts,
+        init, final, dB, dC, order, T, H, P, G, N, H // G, K, L, dL, HAS_Z=z is not None,
+        HAS_INIT=has_init, HAS_DFINAL=has_dfinal, GENERAL=general, Q=Q, BLOCK_P=BLOCK_P,
+        BLOCK_N=bc_block_n, IEEE=ieee, REVERSE=bool(reverse),
         num_warps=settings.bwd_bc_warps, num_stages=settings.bwd_stages)
-    return (dx, ddt.to(dt.dtype), dA.sum(0), dB.to(B.dtype), dC.to(C.dtype),
-            None if D is None else dD.sum(0), dz, None if dt_bias is None else ddt.sum(0))
+    dinit = None
+    if has_init:
+        dinit = torch.empty_like(initial_states)
+        if S > 0:
+            _initial_grad_kernel[(S, H)](
+                dout, z if z is not None else dout, C, cu_seqlens, step, cum, *dstate_parts,
+                final, dinit, order, T, H, P, G, N, H // G, K, dL, HAS_Z=z is not None,
+                HAS_DFINAL=has_dfinal, Q=Q, BLOCK_K=min(settings.block_k, Q), BLOCK_P=BLOCK_P,
+                BLOCK_N=BLOCK_N, IEEE=ieee, REVERSE=bool(reverse),
+                num_warps=settings.state_warps, num_stages=settings.state_stages)
+    ddt = ddt[0] if finish else _finish_step_grad(ddt.sum(0), dt, dt_bias, dt_softplus)
+    return (dx, ddt.to(dt.dtype), dA.sum((0, 1)), dB, dC, None if D is None else dD.sum(0), dz,
+            None if dt_bias is None else ddt.sum(0), dinit)
+
+
+def _finish_step_grad(dstep, dt, dt_bias, dt_softplus):
+    """``d loss / d dt`` from the gradient of the step sizes (``(T, H)`` float32): times
+    ``sigmoid(dt + dt_bias)`` under softplus."""
+    if not dt_softplus:
+        return dstep
+    raw = dt.float()
+    if dt_bias is not None:
+        raw = raw + dt_bias
+    return dstep * torch.sigmoid(raw)

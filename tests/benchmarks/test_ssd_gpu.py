@@ -55,6 +55,8 @@ def test_tiny_sweep_prints_every_setting(capsys):
     fwd = [r for r in lines if r.get("sweep") == "fwd"]
     bwd = [r for r in lines if r.get("sweep") == "bwd"]
     assert len(fwd) == len(script.FWD_SWEEP) and len(bwd) == len(script.BWD_SWEEP)
+    compared = [(r["impl"], r["mode"]) for r in lines if r.get("sweep") == "compare"]
+    assert compared == [("geossm", "fwd"), ("geossm", "fwd+bwd")]     # no mamba_ssm on CPU
     for record in fwd + bwd:
         assert record["ms"] > 0
     # the interpreter computes every setting in float32 (bf16 inputs): equal up to rounding
@@ -68,6 +70,8 @@ def distinct_tilings(script):
     seen = {}
     for settings in script.FWD_SWEEP + script.BWD_SWEEP:
         key = (settings.chunk, settings.block_m, settings.block_k, settings.bwd_chunk,
+               settings.bwd_block_n, settings.bwd_block_p, settings.bwd_bc_block_n,
+               settings.bwd_step_from_outputs,
                settings.scan_block, settings.scan_unroll, settings.half_states)
         seen.setdefault(key, settings)
     return list(seen.values())
@@ -90,3 +94,12 @@ def test_every_swept_setting_matches_the_float64_reference():
         with use_settings(settings):
             got = run("triton", inputs, cu, final=False)
         assert_close_with_sums(got, want)
+
+
+def test_ptxas_report_reads_registers_and_spills():
+    script = load_script()
+    text = ("ptxas info    : Function properties for _chunk_bwd_kernel\n"
+            "    104 bytes stack frame, 100 bytes spill stores, 100 bytes spill loads\n"
+            "ptxas info    : Used 255 registers, used 1 barriers, 104 bytes cumulative stack\n")
+    assert script.ptxas_report(text) == dict(n_regs=255, spill_store_bytes=100)
+    assert script.ptxas_report("fatal") == dict(n_regs=None, spill_store_bytes=None)

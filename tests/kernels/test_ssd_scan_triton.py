@@ -47,14 +47,12 @@ def boundary_lengths(case: str, chunk: int) -> list[int]:
 @pytest.mark.parametrize("case", ["end_minus_1", "exact", "plus_1", "spans_two"])
 @pytest.mark.parametrize("states", [True, False], ids=["with_states", "output_only"])
 def test_segments_around_chunk_boundaries(settings, case, states):
-    """Segments that start or end at, before or after a forward (and, ``output_only``,
-    backward) chunk edge keep their own state (``output_only``: the Triton backward runs;
-    with states the chunked torch form's backward). Gradients sum over hundreds of float32 terms: the own-backward
+    """Segments that start or end at, before or after a forward and a backward chunk edge
+    keep their own state, with initial and final states or without (the Triton backward
+    runs in both). Gradients sum over hundreds of float32 terms: the own-backward
     tolerance."""
     chosen = SETTINGS[settings]
-    lengths = boundary_lengths(case, chosen.chunk)
-    if not states:
-        lengths += boundary_lengths(case, chosen.bwd_chunk)
+    lengths = boundary_lengths(case, chosen.chunk) + boundary_lengths(case, chosen.bwd_chunk)
     inputs, cu = make_inputs(lengths, heads=2, head_dim=4, groups=1, state=4, init=states)
     want = run("exact", inputs, cu, final=states)
     with use_settings(chosen):
@@ -63,16 +61,55 @@ def test_segments_around_chunk_boundaries(settings, case, states):
 
 
 @needs_triton
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split_p_and_n"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_state_columns_in_blocks_and_heads_sharing_a_group(reverse):
+def test_state_columns_in_blocks_and_heads_sharing_a_group(reverse, split):
     """N = 20 walked in blocks of 16 state columns by the backward, P = 20 padded to 32, two
-    groups of two heads each (the dB/dC kernel sums over a group's heads)."""
+    groups of two heads each (the dB/dC kernel sums over a group's heads); ``split``: the
+    dx kernel's channels in two programs of 16 (their ddt / dA shares summed after) and
+    dB/dC's state columns in two programs of 16."""
     inputs, cu = make_inputs([70, 3, 0, 90], heads=4, head_dim=20, groups=2, state=20,
                              init=False)
     want = run("exact", inputs, cu, reverse=reverse, final=False)
-    with use_settings(LaunchSettings(chunk=64, block_m=32, block_k=16, bwd_block_n=16)):
+    extra = dict(bwd_block_p=16, bwd_bc_block_n=16) if split else {}
+    with use_settings(LaunchSettings(chunk=64, block_m=32, block_k=16, bwd_block_n=16,
+                                     **extra)):
         got = run("triton", inputs, cu, reverse=reverse, final=False)
     assert_close_with_sums(got, want)
+
+
+# Backward chunks of 16: segments over several chunks, several segments (and empty ones) in
+# one chunk, a segment of one token, one ending exactly at a chunk edge (5 + 1 + 10 = 16).
+STATE_LENGTHS = [0, 5, 1, 10, 0, 40, 2, 17, 0]
+
+
+@needs_triton
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("init, final", [(True, True), (True, False), (False, True)],
+                         ids=["init_and_final", "init_only", "final_only"])
+def test_initial_and_final_state_gradients(init, final, reverse):
+    """The Triton backward with initial states (their gradient) and / or a final-state
+    gradient against the float64 reference, with channels and state columns split over
+    programs."""
+    inputs, cu = make_inputs(STATE_LENGTHS, heads=4, head_dim=20, groups=2, state=20,
+                             init=init)
+    want = run("exact", inputs, cu, reverse=reverse, final=final)
+    settings = LaunchSettings(chunk=64, block_m=32, block_k=16, bwd_chunk=16, bwd_block_n=16,
+                              bwd_block_p=16, bwd_bc_block_n=16)
+    with use_settings(settings):
+        got = run("triton", inputs, cu, reverse=reverse, final=final)
+    assert_close_with_sums(got, want)
+
+
+@needs_triton
+def test_backward_is_bitwise_deterministic():
+    """No atomics: two backward passes give identical bits (heads sharing a group, initial
+    and final states)."""
+    inputs, cu = make_inputs(STATE_LENGTHS, heads=4, groups=2, init=True)
+    with use_settings(LaunchSettings(bwd_chunk=16)):
+        first, second = (run("triton", inputs, cu, final=True) for _ in range(2))
+    for name, grad in first[2].items():
+        assert torch.equal(grad, second[2][name]), name
 
 
 @needs_triton
@@ -109,7 +146,7 @@ def assert_close_with_sums(got, want):
 @pytest.mark.parametrize("case", ["len63", "len1000", "mixed", "across_chunks", "S500_short"])
 @pytest.mark.parametrize("states", [True, False], ids=["with_states", "output_only"])
 def test_heavy_cases_match_reference(case, reverse, states):
-    """``output_only``: no initial / final states, so the Triton backward runs."""
+    """With initial and final states (their gradients) or without."""
     lengths = short_lengths() if case == "S500_short" else LENGTHS[case]
     inputs, cu = make_inputs(lengths, init=states)
     assert_close(run("triton", inputs, cu, reverse=reverse, final=states),
@@ -193,12 +230,15 @@ def test_mamba2_compiles_fullgraph_with_the_same_result():
 
 
 @needs_triton
-def test_backward_op_passes_opcheck():
-    inputs, cu = make_inputs([5, 0, 9], init=False)
+@pytest.mark.parametrize("states", [True, False], ids=["with_states", "output_only"])
+def test_backward_op_passes_opcheck(states):
+    inputs, cu = make_inputs([5, 0, 9], init=states)
     args = [inputs[n] for n in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")]
     dout = torch.randn_like(inputs["x"])
+    init = inputs["initial_states"].detach() if states else None
+    dfinal = torch.randn_like(init) if states else None
     torch.library.opcheck(torch.ops.geossm.ssd_scan_backward.default,
-                          (dout, *[a.detach() for a in args], cu, True, False),
+                          (dout, *[a.detach() for a in args], cu, init, dfinal, True, False),
                           test_utils=("test_schema", "test_faketensor"))
 
 
