@@ -497,7 +497,11 @@ class PointCloudMambaSeg(nn.Module):
             if category.numel() != cu_seqlens.numel() - 1:
                 raise ValueError(f"category must have one entry per sample (B="
                                  f"{cu_seqlens.numel() - 1}), got {category.numel()}")
-            x = x + self.category_embed(category)[levels[0].batch]
+            # Look up per point, not `embed(category)[batch]`: that gather's backward is an
+            # accumulating index_put whose CPU kernel adds with atomics across threads (a
+            # summation order set by thread timing: runs differed in the last bits).
+            # Embedding's backward sums every row in point order for any thread count.
+            x = x + self.category_embed(category[levels[0].batch])
         return _run(self.head, self.encoder.grad_checkpoint, x)
 
 

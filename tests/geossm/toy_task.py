@@ -83,7 +83,9 @@ class ToyPointNet(torch.nn.Module):
         nseg = int(batch.max()) + 1 if batch.numel() else 0
         sums = h.new_zeros(nseg, h.shape[1]).index_add_(0, batch, h)
         counts = torch.bincount(batch, minlength=nseg).clamp_min(1).unsqueeze(1).to(h.dtype)
-        h = torch.relu(self.mix(torch.cat([h, (sums / counts)[batch]], 1)))
+        # index_select, not [batch]: the latter's backward adds with CPU atomics (see
+        # test_no_registered_model_sums_gradients_with_cpu_atomics).
+        h = torch.relu(self.mix(torch.cat([h, (sums / counts).index_select(0, batch)], 1)))
         return self.head(self.norm(self.drop(h)))
 
 

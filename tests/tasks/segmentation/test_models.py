@@ -165,3 +165,36 @@ def test_knn_embedding_recompute_same_step_keeps_no_neighbour_activations():
     # Kept without recomputation: at least the fc1, norm1, gelu and fc2 activations, 4 floats
     # of (N, k, dim) each.
     assert bytes0 - bytes1 >= 4 * 240 * embed.k * embed.fc1.out_features * 4, (bytes0, bytes1)
+
+
+def test_training_gradients_are_bitwise_reproducible_on_several_threads():
+    """The same step repeated on 4 CPU threads gives bitwise-identical gradients, whatever the
+    threads' timing (more threads than cores on a small machine: the OS interleaves them, as on
+    a busy one). The default job's model: 32 channels, a category embedding, T·C above torch's
+    32768-element grain so the parallel CPU paths are taken. The per-sample embedding used to be
+    gathered as ``embed(category)[batch]``, whose backward (an accumulating index_put) adds
+    with CPU atomics: most repetitions differed in the last bits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        torch.manual_seed(0)
+        model = PointCloudMambaSeg(in_channels=3, num_classes=4, dims=(32, 16), depths=(0, 1),
+                                   strides=(4,), grid_size=0.05, d_state=4, k=4, num_prompts=1,
+                                   num_categories=3, drop_path=0.0).train()
+        coord, feat, cu = _example_inputs(3, lengths=(600, 500, 400))
+        label = torch.randint(0, 4, (1500,), generator=torch.Generator().manual_seed(0))
+        category = torch.tensor([0, 2, 1])
+
+        def gradients():
+            model.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(model(coord, feat, cu, category), label)
+            loss.backward()
+            return [p.grad.clone() for p in model.parameters()]
+
+        reference = gradients()
+        for repetition in range(6):
+            torch.randn(200, 200) @ torch.randn(200, 200)  # shifts the threads' relative timing
+            for (name, _), got, want in zip(model.named_parameters(), gradients(), reference):
+                assert torch.equal(got, want), f"{name} differs at repetition {repetition}"
+    finally:
+        torch.set_num_threads(threads)
