@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from geossm.serialization import window_groups
+from geossm.tasks.detection.models import LION, LinearGroupLayer
+from geossm.tasks.detection.packed_mixer import bidirectional_indices, segment_reversal
+from geossm.tasks.detection.sparse import SparseVoxels
+
+
+def _voxels(n=300, dim=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.unique(torch.stack([torch.randint(0, 3, (n,), generator=g)] +
+                                   [torch.randint(0, s, (n,), generator=g) for s in (3, 9, 10)],
+                                   1), dim=0)
+    return SparseVoxels(torch.randn(len(idx), dim, generator=g), idx, (3, 9, 10), 3)
+
+
+def test_segment_reversal_reads_every_segment_backwards():
+    cu = torch.tensor([0, 3, 3, 4, 8], dtype=torch.int32)
+    assert segment_reversal(cu, 8).tolist() == [2, 1, 0, 3, 7, 6, 5, 4]
+    assert segment_reversal(torch.tensor([0], dtype=torch.int32), 0).numel() == 0
+
+
+def test_bidirectional_indices_are_inverse_permutations():
+    sp = _voxels()
+    ser = window_groups(sp.indices, sp.spatial_shape, (4, 4, 2), 16, "y", True)
+    rev = segment_reversal(ser.cu_seqlens, ser.num_tokens)
+    gather, scatter = bidirectional_indices(ser.order, ser.inverse, rev)
+    n = ser.num_tokens
+    assert torch.equal(gather[scatter], torch.arange(2 * n))
+    assert torch.equal(gather[0::2], 2 * ser.order)
+    assert torch.equal(gather[1::2], 2 * ser.order[rev] + 1)
+
+
+@pytest.mark.parametrize("axis,shift,group", [("x", False, 16), ("y", True, 7), ("x", True, 1)])
+@pytest.mark.parametrize("d_state,expand", [(8, 1), (4, 2)])
+def test_packed_layer_equals_the_two_mamba_calls(axis, shift, group, d_state, expand):
+    """Outputs and every gradient of the packed path match the mixer's own forward and
+    reversed Mamba calls (float32: the paths differ in rounding only)."""
+    torch.manual_seed(0)
+    layer = LinearGroupLayer(8, (4, 4, 2), group, axis, shift, d_state=d_state,
+                             expand=expand)
+    with torch.no_grad():   # distinct, non-trivial weights everywhere
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sp = _voxels()
+    results = []
+    for packed in (False, True):
+        layer.packed = packed
+        assert (layer.packed_backend(sp.features) is not None) == packed
+        x = sp.features.clone().requires_grad_()
+        out = layer(sp.replace(x)).features
+        weight = torch.randn_like(out, generator=torch.Generator().manual_seed(2))
+        layer.zero_grad()
+        (out * weight).sum().backward()
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+        results.append((out.detach(), x.grad, grads))
+    (o0, x0, g0), (o1, x1, g1) = results
+    torch.testing.assert_close(o1, o0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x1, x0, rtol=1e-4, atol=1e-5)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_packed_path_is_skipped_where_it_does_not_apply():
+    x = torch.randn(4, 8)
+    assert LinearGroupLayer(8, (4, 4, 2), 16, "x", False).packed_backend(x) == "numba"
+    assert LinearGroupLayer(8, (4, 4, 2), 16, "x", False, bidirectional=False
+                            ).packed_backend(x) is None
+    assert LinearGroupLayer(8, (4, 4, 2), 16, "x", False, mlp_ratio=2.0
+                            ).packed_backend(x) is None
+    assert LinearGroupLayer(8, (4, 4, 2), 16, "x", False, backend="torch"
+                            ).packed_backend(x) is None
+    assert LinearGroupLayer(8, (4, 4, 2), 16, "x", False, mixer="mamba2"
+                            ).packed_backend(x) is None
+    dropping = LinearGroupLayer(8, (4, 4, 2), 16, "x", False, drop_path=0.1)
+    assert dropping.packed_backend(x) is None
+    assert dropping.eval().packed_backend(x) == "numba"
+
+
+def test_lion_packed_equals_unpacked():
+    kwargs, inputs = LION.example()
+    torch.manual_seed(0)
+    model = LION(**kwargs)
+    outs = []
+    for packed in (False, True):
+        for m in model.modules():
+            if isinstance(m, LinearGroupLayer):
+                m.packed = packed
+        model.zero_grad()
+        out = model(inputs["points"], inputs["cu_seqlens"])
+        (out["heatmap"].sum() + out["reg"].square().sum()).backward()
+        outs.append((out["heatmap"].detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(outs[1][1], outs[0][1]):
+        # batch-normed convs after the Mamba layers amplify float rounding: relative to scale
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
