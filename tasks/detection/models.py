@@ -72,10 +72,11 @@ class LinearGroupLayer(nn.Module):
         #: operator allows it (see ``packed_backend``); False: the mixer's own two calls.
         self.packed = True
 
-    def forward(self, sp: SparseVoxels, serialization: Serialization | None = None
-                ) -> SparseVoxels:
+    def forward(self, sp: SparseVoxels, serialization: Serialization | None = None,
+                indices: Sequence[Tensor] | None = None) -> SparseVoxels:
         """``serialization``: this layer's window groups of ``sp``'s voxels when computed
-        before (``run_level``); default None: computed here."""
+        before (``run_level``); default None: computed here. ``indices``: its
+        ``bidirectional_indices`` for the packed path, default None: computed here."""
         if serialization is None:
             serialization = window_groups_multi(
                 sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
@@ -84,16 +85,14 @@ class LinearGroupLayer(nn.Module):
         backend = self.packed_backend(sp.features)
         if backend is None:
             return sp.replace(self.mixer(sp.features, serialization))
-        key = ("segment_reversal", self.group_size)
-        if key not in sp.cache:
-            sp.cache[key] = segment_reversal(serialization.cu_seqlens, serialization.num_tokens)
-        gather, scatter = bidirectional_indices(serialization.order, serialization.inverse,
-                                                sp.cache[key])
+        if indices is None:
+            indices = bidirectional_indices(serialization.order, serialization.inverse,
+                                            group_reversal(sp, serialization, self.group_size))
         block = self.mixer
         return sp.replace(packed_bimamba(
             sp.features, block.norm1.weight, block.mixer.forward_mamba,
-            block.mixer.backward_mamba, gather, scatter, serialization.cu_seqlens,
-            block.norm1.eps, backend))
+            block.mixer.backward_mamba, indices, serialization.cu_seqlens, block.norm1.eps,
+            backend))
 
     def packed_backend(self, x: Tensor) -> str | None:
         """The kernel backend ``packed_bimamba`` runs on for features ``x``, or None where it
@@ -131,9 +130,25 @@ def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVox
     sers = window_groups_multi(sp.indices, sp.spatial_shape, first.window_shape,
                                first.group_size, [(l.axis, l.shift) for l in layers],
                                partition=group_partition(sp, first.group_size), check=False)
-    for layer, ser in zip(layers, sers):
-        sp = layer(sp, ser)
+    indices = [None] * len(layers)
+    if any(layer.packed_backend(sp.features) is not None for layer in layers):
+        # the gathers of every layer's two directions at once (one set of index ops a level)
+        stacked = bidirectional_indices(torch.stack([s.order for s in sers]),
+                                        torch.stack([s.inverse for s in sers]),
+                                        group_reversal(sp, sers[0], first.group_size))
+        indices = list(zip(*(t.unbind(0) for t in stacked)))
+    for layer, ser, idx in zip(layers, sers, indices):
+        sp = layer(sp, ser, idx)
     return sp
+
+
+def group_reversal(sp: SparseVoxels, serialization: Serialization, group_size: int) -> Tensor:
+    """``segment_reversal`` of the window groups of ``sp``'s voxels (``serialization``'s
+    ``cu_seqlens``), cached on ``sp`` like ``group_partition``."""
+    key = ("segment_reversal", group_size)
+    if key not in sp.cache:
+        sp.cache[key] = segment_reversal(serialization.cu_seqlens, serialization.num_tokens)
+    return sp.cache[key]
 
 
 def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:

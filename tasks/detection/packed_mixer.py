@@ -15,8 +15,8 @@ Mamba of twice the inner width ``2E``:
   forward over a reversed segment is the reversed scan of it), so both halves run forward in
   one ``causal_conv1d`` and one ``selective_scan`` launch, ``B``/``C`` as ``G = 2`` groups;
 - the in-projection is one matmul over the source voxels with both weights stacked, and one
-  gather (``gather_index``) puts each half's rows in its own order; the out-projection is one
-  gather back (``scatter_index``) and one matmul whose sum over the ``2E`` channels adds the
+  gather (``bidirectional_indices``) puts each half's rows in its own order; the
+  out-projection is one gather back and one matmul whose sum over the ``2E`` channels adds the
   two directions;
 - x- and dt-projections are block-diagonal matmuls of the two directions' weights;
 - the backward is written out (autograd's chain rule, no graph), recomputing the cheap
@@ -29,6 +29,8 @@ direction's bf16 output first, and the reversed scan's chunk boundaries move).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -49,19 +51,31 @@ def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
 
 
 def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
-                          ) -> tuple[Tensor, Tensor]:
-    """``(gather_index (2T,), scatter_index (2T,))`` of ``packed_bimamba``.
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gathers of ``packed_bimamba``: ``(into_scan (4T,), from_scan (2V,), into_scan_grad
+    (2T,), from_scan_grad (4V,))``, for one serialization or a stack of them (leading dims of
+    ``order`` and ``inverse``: one index set each, computed together).
 
-    ``gather_index[2t + d] = 2 src_d(t) + d`` with ``src_f = order``, ``src_b = order[reversal]``:
-    rows of a ``(2V, C)`` view of the per-direction projections ``(V, 2C)`` in the two
-    directions' serialized orders. ``scatter_index`` is its inverse permutation (``inverse`` and
-    ``reversal[inverse]``), taking ``(2T, C)`` serialized rows back to the source voxels.
-    Shapes: ``order, inverse, reversal (T,)`` long."""
-    src_b = order.index_select(0, reversal)
-    pos_b = reversal.index_select(0, inverse)
-    gather = torch.stack([2 * order, 2 * src_b + 1], 1).view(-1)
-    scatter = torch.stack([2 * inverse, 2 * pos_b + 1], 1).view(-1)
-    return gather, scatter
+    With ``src_f = order``, ``src_b = order[reversal]`` (the backward direction reads every
+    group backwards) and ``pos_f = inverse``, ``pos_b = reversal[inverse]`` their inverses:
+
+    - ``into_scan[k, t, d] = 4 src_d(t) + 2d + k``: rows of the in-projection ``(V, 4E)``
+      (``x_f z_f x_b z_b``) viewed as ``(4V, E)``, into ``(x|z, T, 2E)`` scan order;
+    - ``from_scan[i, d] = 2 pos_d(i) + d``: rows of the scan output ``(T, 2E)`` viewed as
+      ``(2T, E)``, back to the source voxels ``(V, 2E)``;
+    - ``into_scan_grad[t, d] = 2 src_d(t) + d`` and ``from_scan_grad`` are the inverse
+      permutations of ``from_scan`` and ``into_scan``: the backward's gathers.
+
+    Shapes: ``order, inverse (..., T)`` long (``V = T``), ``reversal (T,)`` long."""
+    t = order.shape[-1]
+    src_b = order.index_select(-1, reversal)
+    pos_b = reversal[inverse]
+    grad_gather = torch.stack([2 * order, 2 * src_b + 1], -1).flatten(-2)        # (..., 2T)
+    scatter = torch.stack([2 * inverse, 2 * pos_b + 1], -1).flatten(-2)          # (..., 2V)
+    into = torch.stack([2 * grad_gather, 2 * grad_gather + 1], -2).flatten(-2)   # (..., 4T)
+    halves = device_constant([0, 2 * t], order.device).view(1, 2)
+    from_grad = (scatter.unsqueeze(-1) + halves).flatten(-2)                     # (..., 4V)
+    return into, scatter, grad_gather, from_grad
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -99,16 +113,14 @@ def _block_diag_dt(w_f: Tensor, w_b: Tensor) -> Tensor:
     return big.view(2 * e, 2 * r)
 
 
-def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, gather, backend, d_state):
-    """``(xs, z, h, dbl, B, C, dt, delta)`` of both directions from the normalised input
+def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, d_state):
+    """``(xs, z, h, B, C, dt, delta)`` of both directions from the normalised input
     ``u16 (V, D)``: ``xs, z, h, delta (T, 2E)`` (channels ``f | b``), ``B, C (T, 2, N)``,
-    ``dbl (T, 4N + 2R)`` the x-projection and ``dt (T, 2R)`` a view of it."""
-    t = gather.numel() // 2
+    ``dt (T, 2R)`` a view of the x-projection."""
+    t = into_scan.shape[0] // 4
     e = conv_w.shape[0] // 2
     xz = u16.mm(w_in.t())                                             # (V, 4E): x_f z_f x_b z_b
-    g = xz.view(-1, 2 * e).index_select(0, gather).view(t, 2, 2, e)   # (T, dir, x|z, E)
-    parts = g.permute(2, 0, 1, 3).contiguous()                        # (x|z, T, dir, E)
-    xs, z = parts[0].view(t, 2 * e), parts[1].view(t, 2 * e)
+    xs, z = xz.view(-1, e).index_select(0, into_scan).view(2, t, 2 * e).unbind(0)
     h = torch.ops.geossm.causal_conv1d(xs, conv_w, conv_b, cu, True, False, backend)
     dbl = h.mm(w_x.t())                                               # (T, 4N + 2R)
     n = d_state
@@ -124,7 +136,8 @@ class _PackedBiMamba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_w, in_f, in_b, conv_w_f, conv_w_b, conv_b_f, conv_b_b, x_f, x_b,
                 dt_f, dt_b, dt_bias_f, dt_bias_b, A_log_f, A_log_b, D_f, D_b, out_f, out_b,
-                gather, scatter, cu, eps: float, backend: str):
+                into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
+                backend: str):
         cd = _compute_dtype(x)
         dev = x.device.type
         with torch.autocast(dev, enabled=False):
@@ -137,8 +150,8 @@ class _PackedBiMamba(torch.autograd.Function):
             conv_b = None if conv_b_f is None else torch.cat([conv_b_f, conv_b_b])
             w_x = _block_diag_x(x_f, x_b, rows, halves).to(cd)
             w_dt = _block_diag_dt(dt_f, dt_b).to(cd)
-            xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, gather,
-                                               backend, A_log_f.shape[1])
+            xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
+                                               into_scan, backend, A_log_f.shape[1])
             A = -torch.exp(torch.cat([A_log_f, A_log_b]).float())
             D = torch.cat([D_f, D_b]).float()
             bias = torch.cat([dt_bias_f, dt_bias_b]).float()
@@ -146,10 +159,11 @@ class _PackedBiMamba(torch.autograd.Function):
                                                            None, True, False, backend)
             w_out = torch.cat([out_f, out_b], 1).to(cd)                   # (D, 2E)
             e = conv_w_f.shape[0]
-            ys = y.view(-1, e).index_select(0, scatter).view(x.shape[0], 2 * e)
+            ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
         ctx.save_for_backward(x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D,
-                              bias, w_out, ys, gather, scatter, cu, chunks, rows, halves)
+                              bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
+                              rows, halves)
         ctx.flags = (backend, A_log_f.shape[1], cd,
                      tuple(p.dtype for p in (in_f, conv_w_f, x_f, dt_f, out_f, A_log_f, D_f,
                                              dt_bias_f)))
@@ -158,19 +172,19 @@ class _PackedBiMamba(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys, gather,
-         scatter, cu, chunks, rows, halves) = ctx.saved_tensors
+        (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
+         into_scan, grad_gather, from_grad, cu, chunks, rows, halves) = ctx.saved_tensors
         backend, n, cd, dtypes = ctx.flags
         t_in, t_conv, t_x, t_dt, t_out, t_alog, t_d, t_bias = dtypes
         e = conv_w.shape[0] // 2
-        v, t = x.shape[0], gather.numel() // 2
+        v, t = x.shape[0], grad_gather.numel() // 2
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
-                                               gather, backend, n)
+                                               into_scan, backend, n)
             # out = x + ys @ w_out.T
             dm = dout.to(cd)
             d_w_out = dm.t().mm(ys)                                           # (D, 2E)
-            dy = dm.mm(w_out).view(2 * v, e).index_select(0, gather).view(t, 2 * e)
+            dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
             du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
                 dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
             ddelta = ddelta.to(delta.dtype)
@@ -181,8 +195,8 @@ class _PackedBiMamba(torch.autograd.Function):
             d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
             dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
                 dh, xs, conv_w, conv_b, cu, True, False, backend)
-            dg = torch.stack([dxs.view(t, 2, e), dz.to(z.dtype).view(t, 2, e)], 2)
-            dxz = dg.view(2 * t, 2 * e).index_select(0, scatter).view(v, 4 * e)
+            dxz = torch.stack([dxs, dz.to(z.dtype)]).view(4 * t, e).index_select(0, from_grad)
+            dxz = dxz.view(v, 4 * e)
             du16 = dxz.mm(w_in)
             d_w_in = dxz.t().mm(u16)                                          # (4E, D)
             dx = dout + _rms_norm_backward(du16.to(x.dtype), x, rstd, norm_w)
@@ -200,7 +214,7 @@ class _PackedBiMamba(torch.autograd.Function):
             d_d = dD.to(t_d).view(2, e).unbind(0)
             d_out = d_w_out.to(t_out).view(-1, 2, e).unbind(1)
         return (dx, d_norm_w, *d_in, *d_conv, *d_conv_bias, *d_x, *d_dt, *d_bias, *d_alog, *d_d,
-                *d_out, None, None, None, None, None)
+                *d_out, None, None, None, None, None, None, None)
 
 
 def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
@@ -217,7 +231,7 @@ def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
 
 
 def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
-                   gather_index: Tensor, scatter_index: Tensor, cu_seqlens: Tensor,
+                   indices: Sequence[Tensor], cu_seqlens: Tensor,
                    eps: float = 1e-5, backend: str = "numba") -> Tensor:
     """``x + (mamba_f(u) + mamba_b(u, reverse=True))[inverse]`` with ``u = rms_norm(x[order])``
     (see the module docstring), both directions in one launch of each kernel.
@@ -227,16 +241,16 @@ def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba
         norm_weight: ``(D,)`` of the RMS norm (epsilon ``eps``, default 1e-5).
         forward_mamba / backward_mamba: ``geossm.nn.Mamba`` modules (their weights; no biases
             in the in- and out-projections).
-        gather_index / scatter_index: ``bidirectional_indices`` of the serialization.
+        indices: the four ``bidirectional_indices`` of the serialization.
         cu_seqlens: ``(S+1,)`` int32 groups, already validated.
         backend: a kernel backend, ``"numba"`` or ``"triton"`` (default ``"numba"``).
 
-    Shapes: ``x (V, D) -> (V, D)``; ``gather_index, scatter_index (2V,)``.
+    Shapes: ``x (V, D) -> (V, D)``; ``indices`` ``(4V,), (2V,), (2V,), (4V,)``.
     """
     f, b = forward_mamba, backward_mamba
     return _PackedBiMamba.apply(
         x, norm_weight, f.in_proj.weight, b.in_proj.weight, f.conv_weight, b.conv_weight,
         f.conv_bias, b.conv_bias, f.x_proj.weight, b.x_proj.weight, f.dt_proj.weight,
         b.dt_proj.weight, f.dt_proj.bias, b.dt_proj.bias, f.A_log, b.A_log, f.D, b.D,
-        f.out_proj.weight, b.out_proj.weight, gather_index, scatter_index, cu_seqlens,
+        f.out_proj.weight, b.out_proj.weight, *indices, cu_seqlens,
         float(eps), backend)

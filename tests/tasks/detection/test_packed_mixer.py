@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from geossm.serialization import window_groups
+from geossm.serialization import window_groups_multi
 from geossm.tasks.detection.models import LION, LinearGroupLayer
 from geossm.tasks.detection.packed_mixer import bidirectional_indices, segment_reversal
 from geossm.tasks.detection.sparse import SparseVoxels
@@ -23,23 +23,32 @@ def test_segment_reversal_reads_every_segment_backwards():
 
 def test_bidirectional_indices_are_inverse_permutations():
     sp = _voxels()
-    ser = window_groups(sp.indices, sp.spatial_shape, (4, 4, 2), 16, "y", True)
-    rev = segment_reversal(ser.cu_seqlens, ser.num_tokens)
-    gather, scatter = bidirectional_indices(ser.order, ser.inverse, rev)
-    n = ser.num_tokens
-    assert torch.equal(gather[scatter], torch.arange(2 * n))
-    assert torch.equal(gather[0::2], 2 * ser.order)
-    assert torch.equal(gather[1::2], 2 * ser.order[rev] + 1)
+    sers = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)
+    rev = segment_reversal(sers[0].cu_seqlens, sers[0].num_tokens)
+    n = sers[0].num_tokens
+    stacked = bidirectional_indices(torch.stack([s.order for s in sers]),
+                                    torch.stack([s.inverse for s in sers]), rev)
+    for k, ser in enumerate(sers):
+        into, scatter, grad_gather, from_grad = bidirectional_indices(ser.order, ser.inverse, rev)
+        for one, many in zip((into, scatter, grad_gather, from_grad), stacked):
+            assert torch.equal(one, many[k])
+        assert torch.equal(grad_gather[scatter], torch.arange(2 * n))
+        assert torch.equal(into[from_grad], torch.arange(4 * n))
+        assert torch.equal(grad_gather[0::2], 2 * ser.order)
+        assert torch.equal(grad_gather[1::2], 2 * ser.order[rev] + 1)
+        # (x|z, T, direction): row 4 * source + 2 * direction + (x|z) of the (4V, E) view
+        assert torch.equal(into.view(2, n, 2)[1, :, 1], 4 * ser.order[rev] + 3)
 
 
 @pytest.mark.parametrize("axis,shift,group", [("x", False, 16), ("y", True, 7), ("x", True, 1)])
-@pytest.mark.parametrize("d_state,expand", [(8, 1), (4, 2)])
-def test_packed_layer_equals_the_two_mamba_calls(axis, shift, group, d_state, expand):
+@pytest.mark.parametrize("d_state,expand,conv_bias", [(8, 1, True), (4, 2, False)])
+def test_packed_layer_equals_the_two_mamba_calls(axis, shift, group, d_state, expand,
+                                                 conv_bias):
     """Outputs and every gradient of the packed path match the mixer's own forward and
     reversed Mamba calls (float32: the paths differ in rounding only)."""
     torch.manual_seed(0)
     layer = LinearGroupLayer(8, (4, 4, 2), group, axis, shift, d_state=d_state,
-                             expand=expand)
+                             expand=expand, conv_bias=conv_bias)
     with torch.no_grad():   # distinct, non-trivial weights everywhere
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -96,3 +105,28 @@ def test_lion_packed_equals_unpacked():
     for a, b in zip(outs[1][1], outs[0][1]):
         # batch-normed convs after the Mamba layers amplify float rounding: relative to scale
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (triton kernels)")
+def test_packed_layer_on_cuda_under_bf16_autocast_equals_the_two_mamba_calls():
+    torch.manual_seed(0)
+    layer = LinearGroupLayer(64, (13, 13, 4), 512, "y", True, d_state=16, expand=2).cuda()
+    g = torch.Generator().manual_seed(1)
+    idx = torch.unique(torch.stack([torch.randint(0, 2, (20000,), generator=g)] +
+                                   [torch.randint(0, s, (20000,), generator=g)
+                                    for s in (8, 100, 100)], 1), dim=0).cuda()
+    sp = SparseVoxels(torch.randn(len(idx), 64, generator=g).cuda(), idx, (8, 100, 100), 2)
+    results = []
+    for packed in (False, True):
+        layer.packed = packed
+        assert (layer.packed_backend(sp.features) == "triton") == packed
+        x = sp.features.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(sp.replace(x)).features
+        layer.zero_grad()
+        out.square().sum().backward()
+        results.append((out.detach(), x.grad, [p.grad.clone() for p in layer.parameters()]))
+    (o0, x0, g0), (o1, x1, g1) = results
+    # bf16 matmuls: the paths round differently; compare relative to each tensor's scale
+    for a, b in [(o1, o0), (x1, x0), *zip(g1, g0)]:
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=2e-2 * float(b.abs().max()))
