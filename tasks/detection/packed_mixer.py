@@ -73,8 +73,7 @@ def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
     grad_gather = torch.stack([2 * order, 2 * src_b + 1], -1).flatten(-2)        # (..., 2T)
     scatter = torch.stack([2 * inverse, 2 * pos_b + 1], -1).flatten(-2)          # (..., 2V)
     into = torch.stack([2 * grad_gather, 2 * grad_gather + 1], -2).flatten(-2)   # (..., 4T)
-    halves = device_constant([0, 2 * t], order.device).view(1, 2)
-    from_grad = (scatter.unsqueeze(-1) + halves).flatten(-2)                     # (..., 4V)
+    from_grad = torch.stack([scatter, scatter + 2 * t], -1).flatten(-2)          # (..., 4V)
     return into, scatter, grad_gather, from_grad
 
 
