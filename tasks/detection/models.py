@@ -71,6 +71,9 @@ class LinearGroupLayer(nn.Module):
         #: both Mamba directions in one launch of each kernel (``packed_bimamba``) where the
         #: operator allows it (see ``packed_backend``); False: the mixer's own two calls.
         self.packed = True
+        #: the packed path keeps only its normalised input for the backward and recomputes
+        #: the rest there (``packed_bimamba(recompute=True)``); False keeps the scan inputs.
+        self.packed_recompute = False
 
     def forward(self, sp: SparseVoxels, serialization: Serialization | None = None,
                 indices: Sequence[Tensor] | None = None) -> SparseVoxels:
@@ -92,7 +95,7 @@ class LinearGroupLayer(nn.Module):
         return sp.replace(packed_bimamba(
             sp.features, block.norm1.weight, block.mixer.forward_mamba,
             block.mixer.backward_mamba, indices, serialization.cu_seqlens, block.norm1.eps,
-            backend))
+            backend, self.packed_recompute))
 
     def packed_backend(self, x: Tensor) -> str | None:
         """The kernel backend ``packed_bimamba`` runs on for features ``x``, or None where it
@@ -358,6 +361,9 @@ class LION(nn.Module):
         packed_scan: both directions of every bidirectional group layer in one launch of each
             kernel (``LinearGroupLayer.packed``, ``packed_mixer.packed_bimamba``), default True;
             False: the two Mamba calls (the same math, other float rounding).
+        packed_recompute: the packed layers keep only their normalised input for the backward
+            and recompute the rest (less activation memory, ~20 more operators per layer),
+            default False.
         sparse_backend: the submanifold convolutions' backend (``SubMConv3d``): ``"torch"``,
             ``"spconv"`` (raises ``MissingDependencyError`` here when spconv is missing) or
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
@@ -380,7 +386,7 @@ class LION(nn.Module):
                  bev_layers: int = 2, head_branch_conv: bool = True,
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
                  max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
-                 mixer: str = "mamba", packed_scan: bool = True,
+                 mixer: str = "mamba", packed_scan: bool = True, packed_recompute: bool = False,
                  **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:
@@ -414,6 +420,7 @@ class LION(nn.Module):
         for module in self.blocks.modules():
             if isinstance(module, LinearGroupLayer):
                 module.packed = bool(packed_scan)
+                module.packed_recompute = bool(packed_recompute)
         self.bev = BEVBackbone(dim, bev_channels, bev_layers)
         self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)
         self.decoder = BoxDecoder(bev_grid(self.pcr, self.voxel_size, self.stem_stride),

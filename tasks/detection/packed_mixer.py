@@ -19,9 +19,10 @@ Mamba of twice the inner width ``2E``:
   out-projection is one gather back and one matmul whose sum over the ``2E`` channels adds the
   two directions;
 - x- and dt-projections are block-diagonal matmuls of the two directions' weights;
-- the backward is written out (autograd's chain rule, no graph), recomputing the cheap
-  tensors from the saved normalised input as ``geossm.nn.fused.mamba_inner`` does, and the
-  gathers' gradients are gathers again (the indices are permutations).
+- the backward is written out (autograd's chain rule, no graph); the gathers' gradients are
+  gathers again (the indices are permutations). It keeps the scan's inputs by default (the
+  LION step is bound by dispatch, not memory: 4.3 GiB at 8 KITTI frames); ``recompute=True``
+  keeps only the normalised input and rebuilds them as ``geossm.nn.fused.mamba_inner`` does.
 
 The math is the same as the two calls; the result differs by float rounding (the direction
 sum is accumulated in the out-projection's float32 accumulator instead of rounding each
@@ -136,7 +137,7 @@ class _PackedBiMamba(torch.autograd.Function):
     def forward(ctx, x, norm_w, in_f, in_b, conv_w_f, conv_w_b, conv_b_f, conv_b_b, x_f, x_b,
                 dt_f, dt_b, dt_bias_f, dt_bias_b, A_log_f, A_log_b, D_f, D_b, out_f, out_b,
                 into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
-                backend: str):
+                backend: str, recompute: bool):
         cd = _compute_dtype(x)
         dev = x.device.type
         with torch.autocast(dev, enabled=False):
@@ -160,9 +161,12 @@ class _PackedBiMamba(torch.autograd.Function):
             e = conv_w_f.shape[0]
             ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
+        # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
+        # recompute, nothing of them: the backward rebuilds them from u16 (D values per voxel)
+        kept = (None,) * 7 if recompute else (xs, z, h, B, C, dt, delta)
         ctx.save_for_backward(x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D,
                               bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
-                              rows, halves)
+                              rows, halves, *kept)
         ctx.flags = (backend, A_log_f.shape[1], cd,
                      tuple(p.dtype for p in (in_f, conv_w_f, x_f, dt_f, out_f, A_log_f, D_f,
                                              dt_bias_f)))
@@ -172,14 +176,16 @@ class _PackedBiMamba(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout):
         (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
-         into_scan, grad_gather, from_grad, cu, chunks, rows, halves) = ctx.saved_tensors
+         into_scan, grad_gather, from_grad, cu, chunks, rows, halves,
+         *kept) = ctx.saved_tensors
         backend, n, cd, dtypes = ctx.flags
         t_in, t_conv, t_x, t_dt, t_out, t_alog, t_d, t_bias = dtypes
         e = conv_w.shape[0] // 2
         v, t = x.shape[0], grad_gather.numel() // 2
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
-                                               into_scan, backend, n)
+            if kept[0] is None:
+                kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
+            xs, z, h, B, C, dt, delta = kept
             # out = x + ys @ w_out.T
             dm = dout.to(cd)
             d_w_out = dm.t().mm(ys)                                           # (D, 2E)
@@ -213,7 +219,7 @@ class _PackedBiMamba(torch.autograd.Function):
             d_d = dD.to(t_d).view(2, e).unbind(0)
             d_out = d_w_out.to(t_out).view(-1, 2, e).unbind(1)
         return (dx, d_norm_w, *d_in, *d_conv, *d_conv_bias, *d_x, *d_dt, *d_bias, *d_alog, *d_d,
-                *d_out, None, None, None, None, None, None, None)
+                *d_out, None, None, None, None, None, None, None, None)
 
 
 def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
@@ -231,7 +237,8 @@ def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
 
 def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
                    indices: Sequence[Tensor], cu_seqlens: Tensor,
-                   eps: float = 1e-5, backend: str = "numba") -> Tensor:
+                   eps: float = 1e-5, backend: str = "numba", recompute: bool = False
+                   ) -> Tensor:
     """``x + (mamba_f(u) + mamba_b(u, reverse=True))[inverse]`` with ``u = rms_norm(x[order])``
     (see the module docstring), both directions in one launch of each kernel.
 
@@ -243,6 +250,9 @@ def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba
         indices: the four ``bidirectional_indices`` of the serialization.
         cu_seqlens: ``(S+1,)`` int32 groups, already validated.
         backend: a kernel backend, ``"numba"`` or ``"triton"`` (default ``"numba"``).
+        recompute: keep only the normalised input for the backward and recompute the
+            projections, convolution and gathers there (``mamba_inner``'s trade: ~D instead of
+            ~8E + 4N values per voxel, ~20 more operators per layer), default False.
 
     Shapes: ``x (V, D) -> (V, D)``; ``indices`` ``(4V,), (2V,), (2V,), (4V,)``.
     """
@@ -252,4 +262,4 @@ def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba
         f.conv_bias, b.conv_bias, f.x_proj.weight, b.x_proj.weight, f.dt_proj.weight,
         b.dt_proj.weight, f.dt_proj.bias, b.dt_proj.bias, f.A_log, b.A_log, f.D, b.D,
         f.out_proj.weight, b.out_proj.weight, *indices, cu_seqlens,
-        float(eps), backend)
+        float(eps), backend, bool(recompute))

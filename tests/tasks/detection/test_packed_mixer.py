@@ -41,14 +41,16 @@ def test_bidirectional_indices_are_inverse_permutations():
 
 
 @pytest.mark.parametrize("axis,shift,group", [("x", False, 16), ("y", True, 7), ("x", True, 1)])
-@pytest.mark.parametrize("d_state,expand,conv_bias", [(8, 1, True), (4, 2, False)])
+@pytest.mark.parametrize("d_state,expand,conv_bias,recompute",
+                         [(8, 1, True, False), (4, 2, False, True)])
 def test_packed_layer_equals_the_two_mamba_calls(axis, shift, group, d_state, expand,
-                                                 conv_bias):
+                                                 conv_bias, recompute):
     """Outputs and every gradient of the packed path match the mixer's own forward and
     reversed Mamba calls (float32: the paths differ in rounding only)."""
     torch.manual_seed(0)
     layer = LinearGroupLayer(8, (4, 4, 2), group, axis, shift, d_state=d_state,
                              expand=expand, conv_bias=conv_bias)
+    layer.packed_recompute = recompute
     with torch.no_grad():   # distinct, non-trivial weights everywhere
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -92,11 +94,13 @@ def test_lion_packed_equals_unpacked():
     kwargs, inputs = LION.example()
     torch.manual_seed(0)
     model = LION(**kwargs)
+    assert LION(**kwargs, packed_scan=False, packed_recompute=True).blocks[0].full[1].packed \
+        is False
     outs = []
-    for packed in (False, True):
+    for packed, recompute in ((False, False), (True, False), (True, True)):
         for m in model.modules():
             if isinstance(m, LinearGroupLayer):
-                m.packed = packed
+                m.packed, m.packed_recompute = packed, recompute
         model.zero_grad()
         out = model(inputs["points"], inputs["cu_seqlens"])
         (out["heatmap"].sum() + out["reg"].square().sum()).backward()
@@ -105,6 +109,9 @@ def test_lion_packed_equals_unpacked():
     for a, b in zip(outs[1][1], outs[0][1]):
         # batch-normed convs after the Mamba layers amplify float rounding: relative to scale
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+    # recomputing in the backward runs the same operations: the same bits
+    assert torch.equal(outs[2][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[2][1], outs[1][1]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (triton kernels)")
