@@ -73,7 +73,7 @@ class LinearGroupLayer(nn.Module):
         self.packed = True
         #: the packed path keeps only its normalised input for the backward and recomputes
         #: the rest there (``packed_bimamba(recompute=True)``); False keeps the scan inputs.
-        self.packed_recompute = False
+        self.packed_recompute = True
 
     def forward(self, sp: SparseVoxels, serialization: Serialization | None = None,
                 indices: Sequence[Tensor] | None = None) -> SparseVoxels:
@@ -362,8 +362,8 @@ class LION(nn.Module):
             kernel (``LinearGroupLayer.packed``, ``packed_mixer.packed_bimamba``), default True;
             False: the two Mamba calls (the same math, other float rounding).
         packed_recompute: the packed layers keep only their normalised input for the backward
-            and recompute the rest (less activation memory, ~20 more operators per layer),
-            default False.
+            and recompute the rest (the two-call path's activation memory), default True;
+            False keeps the scan inputs (~20 fewer operators per layer, more memory).
         sparse_backend: the submanifold convolutions' backend (``SubMConv3d``): ``"torch"``,
             ``"spconv"`` (raises ``MissingDependencyError`` here when spconv is missing) or
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
@@ -386,7 +386,7 @@ class LION(nn.Module):
                  bev_layers: int = 2, head_branch_conv: bool = True,
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
                  max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
-                 mixer: str = "mamba", packed_scan: bool = True, packed_recompute: bool = False,
+                 mixer: str = "mamba", packed_scan: bool = True, packed_recompute: bool = True,
                  **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:

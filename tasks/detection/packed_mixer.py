@@ -20,9 +20,10 @@ Mamba of twice the inner width ``2E``:
   two directions;
 - x- and dt-projections are block-diagonal matmuls of the two directions' weights;
 - the backward is written out (autograd's chain rule, no graph); the gathers' gradients are
-  gathers again (the indices are permutations). It keeps the scan's inputs by default (the
-  LION step is bound by dispatch, not memory: 4.3 GiB at 8 KITTI frames); ``recompute=True``
-  keeps only the normalised input and rebuilds them as ``geossm.nn.fused.mamba_inner`` does.
+  gathers again (the indices are permutations). By default it keeps only the normalised input
+  and rebuilds the scan inputs there as ``geossm.nn.fused.mamba_inner`` does;
+  ``recompute=False`` keeps them instead (~20 fewer operators per layer for ~8E + 4N more
+  values per voxel: the LION step is bound by dispatch, not memory, 4.3 GiB at 8 KITTI frames).
 
 The math is the same as the two calls; the result differs by float rounding (the direction
 sum is accumulated in the out-projection's float32 accumulator instead of rounding each
@@ -237,7 +238,7 @@ def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
 
 def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
                    indices: Sequence[Tensor], cu_seqlens: Tensor,
-                   eps: float = 1e-5, backend: str = "numba", recompute: bool = False
+                   eps: float = 1e-5, backend: str = "numba", recompute: bool = True
                    ) -> Tensor:
     """``x + (mamba_f(u) + mamba_b(u, reverse=True))[inverse]`` with ``u = rms_norm(x[order])``
     (see the module docstring), both directions in one launch of each kernel.
@@ -252,7 +253,8 @@ def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba
         backend: a kernel backend, ``"numba"`` or ``"triton"`` (default ``"numba"``).
         recompute: keep only the normalised input for the backward and recompute the
             projections, convolution and gathers there (``mamba_inner``'s trade: ~D instead of
-            ~8E + 4N values per voxel, ~20 more operators per layer), default False.
+            ~8E + 4N values per voxel, ~20 more operators per layer), default True (the
+            activation memory of the two-call path); False keeps the scan inputs.
 
     Shapes: ``x (V, D) -> (V, D)``; ``indices`` ``(4V,), (2V,), (2V,), (4V,)``.
     """
