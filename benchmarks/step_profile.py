@@ -329,6 +329,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         overrides.append(f"train.cuda_graph={args.cuda_graph}")
     if args.compile:
         overrides.append(f"train.compile={args.compile}")
+    overrides += args.override
     trainer, optimizer, scheduler = build_trainer(task, overrides, device)
     dev = trainer.device
     try:
@@ -495,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="events: N steps eager vs graphed from the same weights (one row)")
     ap.add_argument("--op-sources", action="store_true",
                     help="one more row per case: operators of one step by calling line")
+    ap.add_argument("--override", nargs="*", default=[],
+                    help="extra config overrides, e.g. model.packed_scan=false")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
     ap.add_argument("--tiny", action="store_true", help="CPU check: tiny models and batches")
     args = ap.parse_args(argv)

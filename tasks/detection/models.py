@@ -28,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geossm.nn import SerializedBlock
+from geossm.kernels._common import resolve_backend
+from geossm.nn import BiMamba, SerializedBlock
 from geossm.registry import MODELS
 from geossm.serialization import Serialization, window_groups_multi, window_partition
 
 from .boxes import nms_bev
+from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
 from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
                      merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
 
@@ -66,17 +68,57 @@ class LinearGroupLayer(nn.Module):
         self.window_shape, self.group_size = tuple(int(v) for v in window_shape), int(group_size)
         self.axis, self.shift = axis, bool(shift)
         self.mixer = OPERATORS[operator](dim, bidirectional, mlp_ratio, drop_path, **op_kwargs)
+        #: both Mamba directions in one launch of each kernel (``packed_bimamba``) where the
+        #: operator allows it (see ``packed_backend``); False: the mixer's own two calls.
+        self.packed = True
+        #: the packed path keeps only its normalised input for the backward and recomputes
+        #: the rest there (``packed_bimamba(recompute=True)``); False keeps the scan inputs.
+        self.packed_recompute = True
 
-    def forward(self, sp: SparseVoxels, serialization: Serialization | None = None
-                ) -> SparseVoxels:
+    def forward(self, sp: SparseVoxels, serialization: Serialization | None = None,
+                indices: Sequence[Tensor] | None = None) -> SparseVoxels:
         """``serialization``: this layer's window groups of ``sp``'s voxels when computed
-        before (``run_level``); default None: computed here."""
+        before (``run_level``); default None: computed here. ``indices``: its
+        ``bidirectional_indices`` for the packed path, default None: computed here."""
         if serialization is None:
             serialization = window_groups_multi(
                 sp.indices, sp.spatial_shape, self.window_shape, self.group_size,
                 [(self.axis, self.shift)], partition=group_partition(sp, self.group_size),
                 check=False)[0]
-        return sp.replace(self.mixer(sp.features, serialization))
+        backend = self.packed_backend(sp.features)
+        if backend is None:
+            return sp.replace(self.mixer(sp.features, serialization))
+        if indices is None:
+            indices = bidirectional_indices(serialization.order, serialization.inverse,
+                                            group_reversal(sp, serialization, self.group_size))
+        block = self.mixer
+        return sp.replace(packed_bimamba(
+            sp.features, block.norm1.weight, block.mixer.forward_mamba,
+            block.mixer.backward_mamba, indices, serialization.cu_seqlens, block.norm1.eps,
+            backend, self.packed_recompute))
+
+    def packed_backend(self, x: Tensor) -> str | None:
+        """The kernel backend ``packed_bimamba`` runs on for features ``x``, or None where it
+        does not apply and the mixer runs as it is: ``packed`` off, not a bidirectional
+        Mamba-1 ``SerializedBlock`` without MLP, drop-path active, activation checkpointing,
+        biases in the in-/out-projections, the ``torch`` reference backend, the unfused Mamba
+        path, or under ``torch.compile``."""
+        block = self.mixer
+        if not (self.packed and isinstance(block, SerializedBlock)
+                and isinstance(block.mixer, BiMamba) and block.mlp is None):
+            return None
+        if (block.training and block.drop_path.p > 0) or block.grad_checkpoint:
+            return None
+        if torch.compiler.is_compiling():
+            return None
+        f, b = block.mixer.forward_mamba, block.mixer.backward_mamba
+        if any(m.in_proj.bias is not None or m.out_proj.bias is not None or not m.fused
+               or (m.conv_bias is None) != (f.conv_bias is None) for m in (f, b)):
+            return None
+        if f.backend != b.backend:
+            return None
+        name = resolve_backend(f.backend, x.device)
+        return None if name == "torch" else name
 
 
 def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVoxels:
@@ -91,9 +133,25 @@ def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVox
     sers = window_groups_multi(sp.indices, sp.spatial_shape, first.window_shape,
                                first.group_size, [(l.axis, l.shift) for l in layers],
                                partition=group_partition(sp, first.group_size), check=False)
-    for layer, ser in zip(layers, sers):
-        sp = layer(sp, ser)
+    indices = [None] * len(layers)
+    if any(layer.packed_backend(sp.features) is not None for layer in layers):
+        # the gathers of every layer's two directions at once (one set of index ops a level)
+        stacked = bidirectional_indices(torch.stack([s.order for s in sers]),
+                                        torch.stack([s.inverse for s in sers]),
+                                        group_reversal(sp, sers[0], first.group_size))
+        indices = list(zip(*(t.unbind(0) for t in stacked)))
+    for layer, ser, idx in zip(layers, sers, indices):
+        sp = layer(sp, ser, idx)
     return sp
+
+
+def group_reversal(sp: SparseVoxels, serialization: Serialization, group_size: int) -> Tensor:
+    """``segment_reversal`` of the window groups of ``sp``'s voxels (``serialization``'s
+    ``cu_seqlens``), cached on ``sp`` like ``group_partition``."""
+    key = ("segment_reversal", group_size)
+    if key not in sp.cache:
+        sp.cache[key] = segment_reversal(serialization.cu_seqlens, serialization.num_tokens)
+    return sp.cache[key]
 
 
 def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:
@@ -300,6 +358,12 @@ class LION(nn.Module):
         head_branch_conv: a 3x3 conv before each head's 1x1 output, default True.
         score_threshold / nms_threshold / max_detections / pre_nms: decoding, defaults
             0.1 / 0.1 / 50 / 200.
+        packed_scan: both directions of every bidirectional group layer in one launch of each
+            kernel (``LinearGroupLayer.packed``, ``packed_mixer.packed_bimamba``), default True;
+            False: the two Mamba calls (the same math, other float rounding).
+        packed_recompute: the packed layers keep only their normalised input for the backward
+            and recompute the rest (the two-call path's activation memory), default True;
+            False keeps the scan inputs (~20 fewer operators per layer, more memory).
         sparse_backend: the submanifold convolutions' backend (``SubMConv3d``): ``"torch"``,
             ``"spconv"`` (raises ``MissingDependencyError`` here when spconv is missing) or
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
@@ -322,7 +386,7 @@ class LION(nn.Module):
                  bev_layers: int = 2, head_branch_conv: bool = True,
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
                  max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
-                 mixer: str = "mamba",
+                 mixer: str = "mamba", packed_scan: bool = True, packed_recompute: bool = True,
                  **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:
@@ -353,6 +417,10 @@ class LION(nn.Module):
         self.blocks = nn.ModuleList([LIONBlock(dim, windows[i], group_sizes[i], merge_stride,
                                                sparse_backend=sparse_backend, **op)
                                      for i in range(num_blocks)])
+        for module in self.blocks.modules():
+            if isinstance(module, LinearGroupLayer):
+                module.packed = bool(packed_scan)
+                module.packed_recompute = bool(packed_recompute)
         self.bev = BEVBackbone(dim, bev_channels, bev_layers)
         self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)
         self.decoder = BoxDecoder(bev_grid(self.pcr, self.voxel_size, self.stem_stride),

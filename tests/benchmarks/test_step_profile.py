@@ -100,3 +100,20 @@ def test_op_sources_row_on_cpu(step_profile, capsys, tmp_path, monkeypatch):
     assert ops["ops"] > 100 and ops["top_sources"]
     # The windowed model's patch serializations are cached: no cu_seqlens check per step.
     assert not any("_validated_int32" in k for k in ops["data_dependent"])
+
+
+def test_override_reaches_the_config(step_profile, capsys, tmp_path, monkeypatch):
+    """``--override`` passes config overrides: LION's packed group layers on (the default)
+    and off (``model.packed_scan=false``: the two Mamba calls of geossm.nn)."""
+    shared_path("kitti", "kitti_object_6frames.tar.xz")
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    sources = []
+    for override in ([], ["--override", "model.packed_scan=false"]):
+        step_profile.main(["--tiny", "--tasks", "detection", "--batch-sizes", "1",
+                           "--op-sources", *override])
+        rows = _rows(capsys)
+        assert [r["bench"] for r in rows] == ["step_profile", "step_ops"]
+        sources.append(" ".join(rows[1]["top_sources"]))
+    packed, unpacked = sources
+    assert "packed_mixer.py" in packed and "fused.py" not in packed
+    assert "packed_mixer.py" not in unpacked and "fused.py" in unpacked

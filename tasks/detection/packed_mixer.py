@@ -1,0 +1,267 @@
+"""Both directions of a LION group layer in one scan launch (``packed_bimamba``).
+
+A ``LinearGroupLayer`` with a bidirectional Mamba-1 operator computes, for voxel features
+``x (V, D)`` and a window-group ``Serialization`` (``order``, ``inverse``, ``cu_seqlens``)::
+
+    h   = x[order];  u = rms_norm(h)
+    out = x + (mamba_f(u, cu) + mamba_b(u, cu, reverse=True))[inverse]
+
+with two sets of Mamba weights. Run as two ``Mamba`` calls that is two of every launch (in-,
+x-, dt- and out-projections, convolution, scan, their backwards), each a few microseconds of
+host dispatch: the LION step is bound by them, not by the GPU. Here the two directions are one
+Mamba of twice the inner width ``2E``:
+
+- the backward direction reads its tokens in the reversed order of every group (a scan
+  forward over a reversed segment is the reversed scan of it), so both halves run forward in
+  one ``causal_conv1d`` and one ``selective_scan`` launch, ``B``/``C`` as ``G = 2`` groups;
+- the in-projection is one matmul over the source voxels with both weights stacked, and one
+  gather (``bidirectional_indices``) puts each half's rows in its own order; the
+  out-projection is one gather back and one matmul whose sum over the ``2E`` channels adds the
+  two directions;
+- x- and dt-projections are block-diagonal matmuls of the two directions' weights;
+- the backward is written out (autograd's chain rule, no graph); the gathers' gradients are
+  gathers again (the indices are permutations). By default it keeps only the normalised input
+  and rebuilds the scan inputs there as ``geossm.nn.fused.mamba_inner`` does;
+  ``recompute=False`` keeps them instead (~20 fewer operators per layer for ~8E + 4N more
+  values per voxel: the LION step is bound by dispatch, not memory, 4.3 GiB at 8 KITTI frames).
+
+The math is the same as the two calls; the result differs by float rounding (the direction
+sum is accumulated in the out-projection's float32 accumulator instead of rounding each
+direction's bf16 output first, and the reversed scan's chunk boundaries move).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from geossm.serialization.windows import device_constant
+
+__all__ = ["packed_bimamba", "bidirectional_indices", "segment_reversal"]
+
+
+def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
+    """``(T,)`` long: position ``t`` of every segment of ``cu_seqlens (S+1,)`` mapped to
+    ``start + end - 1 - t`` (each segment read backwards; its own inverse). No host sync."""
+    pos = torch.arange(total, device=cu_seqlens.device)
+    cu = cu_seqlens.long()
+    seg = torch.searchsorted(cu, pos, right=True) - 1
+    return cu[seg] + cu[seg + 1] - 1 - pos
+
+
+def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gathers of ``packed_bimamba``: ``(into_scan (4T,), from_scan (2V,), into_scan_grad
+    (2T,), from_scan_grad (4V,))``, for one serialization or a stack of them (leading dims of
+    ``order`` and ``inverse``: one index set each, computed together).
+
+    With ``src_f = order``, ``src_b = order[reversal]`` (the backward direction reads every
+    group backwards) and ``pos_f = inverse``, ``pos_b = reversal[inverse]`` their inverses:
+
+    - ``into_scan[k, t, d] = 4 src_d(t) + 2d + k``: rows of the in-projection ``(V, 4E)``
+      (``x_f z_f x_b z_b``) viewed as ``(4V, E)``, into ``(x|z, T, 2E)`` scan order;
+    - ``from_scan[i, d] = 2 pos_d(i) + d``: rows of the scan output ``(T, 2E)`` viewed as
+      ``(2T, E)``, back to the source voxels ``(V, 2E)``;
+    - ``into_scan_grad[t, d] = 2 src_d(t) + d`` and ``from_scan_grad`` are the inverse
+      permutations of ``from_scan`` and ``into_scan``: the backward's gathers.
+
+    Shapes: ``order, inverse (..., T)`` long (``V = T``), ``reversal (T,)`` long."""
+    t = order.shape[-1]
+    src_b = order.index_select(-1, reversal)
+    pos_b = reversal[inverse]
+    grad_gather = torch.stack([2 * order, 2 * src_b + 1], -1).flatten(-2)        # (..., 2T)
+    scatter = torch.stack([2 * inverse, 2 * pos_b + 1], -1).flatten(-2)          # (..., 2V)
+    into = torch.stack([2 * grad_gather, 2 * grad_gather + 1], -2).flatten(-2)   # (..., 4T)
+    from_grad = torch.stack([scatter, scatter + 2 * t], -1).flatten(-2)          # (..., 4V)
+    return into, scatter, grad_gather, from_grad
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(dev)
+    return x.dtype
+
+
+def _x_proj_rows(dt_rank: int, d_state: int, device) -> tuple[Tensor, Tensor]:
+    """``(rows (2, K), halves (2, 1))``: where row ``k`` of direction ``d``'s x-projection
+    ``(K = R + 2N, E)`` (rows ``dt, B, C``) lies in the block-diagonal weight ``(2K, 2, E)``,
+    whose rows are ``B_f, B_b, C_f, C_b, dt_f, dt_b``: the scan's ``(T, 2, N)`` inputs are
+    then its first ``2N`` and next ``2N`` output columns."""
+    r, n = dt_rank, d_state
+    rows = []
+    for d in range(2):
+        rows.append([4 * n + d * r + k for k in range(r)]
+                    + [d * n + k for k in range(n)] + [2 * n + d * n + k for k in range(n)])
+    return device_constant(rows, device), device_constant([[0], [1]], device)
+
+
+def _block_diag_x(w_f: Tensor, w_b: Tensor, rows: Tensor, halves: Tensor) -> Tensor:
+    k, e = w_f.shape
+    big = w_f.new_zeros(2 * k, 2, e)
+    big[rows, halves] = torch.stack([w_f, w_b])
+    return big.view(2 * k, 2 * e)
+
+
+def _block_diag_dt(w_f: Tensor, w_b: Tensor) -> Tensor:
+    e, r = w_f.shape
+    big = w_f.new_zeros(2, e, 2, r)
+    both = device_constant([0, 1], w_f.device)
+    big[both, :, both] = torch.stack([w_f, w_b])
+    return big.view(2 * e, 2 * r)
+
+
+def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, d_state):
+    """``(xs, z, h, B, C, dt, delta)`` of both directions from the normalised input
+    ``u16 (V, D)``: ``xs, z, h, delta (T, 2E)`` (channels ``f | b``), ``B, C (T, 2, N)``,
+    ``dt (T, 2R)`` a view of the x-projection."""
+    t = into_scan.shape[0] // 4
+    e = conv_w.shape[0] // 2
+    xz = u16.mm(w_in.t())                                             # (V, 4E): x_f z_f x_b z_b
+    xs, z = xz.view(-1, e).index_select(0, into_scan).view(2, t, 2 * e).unbind(0)
+    h = torch.ops.geossm.causal_conv1d(xs, conv_w, conv_b, cu, True, False, backend)
+    dbl = h.mm(w_x.t())                                               # (T, 4N + 2R)
+    n = d_state
+    B = dbl[:, :2 * n].contiguous().view(t, 2, n)
+    C = dbl[:, 2 * n:4 * n].contiguous().view(t, 2, n)
+    dt = dbl[:, 4 * n:]
+    delta = dt.mm(w_dt.t())
+    return xs, z, h, B, C, dt, delta
+
+
+class _PackedBiMamba(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, norm_w, in_f, in_b, conv_w_f, conv_w_b, conv_b_f, conv_b_b, x_f, x_b,
+                dt_f, dt_b, dt_bias_f, dt_bias_b, A_log_f, A_log_b, D_f, D_b, out_f, out_b,
+                into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
+                backend: str, recompute: bool):
+        cd = _compute_dtype(x)
+        dev = x.device.type
+        with torch.autocast(dev, enabled=False):
+            xf = x.float()
+            rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+            u16 = (xf * rstd * norm_w.float()).to(x.dtype).to(cd)
+            rows, halves = _x_proj_rows(dt_f.shape[1], A_log_f.shape[1], x.device)
+            w_in = torch.cat([in_f, in_b]).to(cd)
+            conv_w = torch.cat([conv_w_f, conv_w_b])
+            conv_b = None if conv_b_f is None else torch.cat([conv_b_f, conv_b_b])
+            w_x = _block_diag_x(x_f, x_b, rows, halves).to(cd)
+            w_dt = _block_diag_dt(dt_f, dt_b).to(cd)
+            xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
+                                               into_scan, backend, A_log_f.shape[1])
+            A = -torch.exp(torch.cat([A_log_f, A_log_b]).float())
+            D = torch.cat([D_f, D_b]).float()
+            bias = torch.cat([dt_bias_f, dt_bias_b]).float()
+            y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
+                                                           None, True, False, backend)
+            w_out = torch.cat([out_f, out_b], 1).to(cd)                   # (D, 2E)
+            e = conv_w_f.shape[0]
+            ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
+            out = x + ys.mm(w_out.t())
+        # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
+        # recompute, nothing of them: the backward rebuilds them from u16 (D values per voxel)
+        kept = (None,) * 7 if recompute else (xs, z, h, B, C, dt, delta)
+        ctx.save_for_backward(x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D,
+                              bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
+                              rows, halves, *kept)
+        ctx.flags = (backend, A_log_f.shape[1], cd,
+                     tuple(p.dtype for p in (in_f, conv_w_f, x_f, dt_f, out_f, A_log_f, D_f,
+                                             dt_bias_f)))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
+         into_scan, grad_gather, from_grad, cu, chunks, rows, halves,
+         *kept) = ctx.saved_tensors
+        backend, n, cd, dtypes = ctx.flags
+        t_in, t_conv, t_x, t_dt, t_out, t_alog, t_d, t_bias = dtypes
+        e = conv_w.shape[0] // 2
+        v, t = x.shape[0], grad_gather.numel() // 2
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            if kept[0] is None:
+                kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
+            xs, z, h, B, C, dt, delta = kept
+            # out = x + ys @ w_out.T
+            dm = dout.to(cd)
+            d_w_out = dm.t().mm(ys)                                           # (D, 2E)
+            dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
+            du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
+                dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
+            ddelta = ddelta.to(delta.dtype)
+            ddt, d_w_dt = ddelta.mm(w_dt), ddelta.t().mm(dt)
+            d_dbl = torch.cat([dB.to(B.dtype).view(t, 2 * n), dC.to(C.dtype).view(t, 2 * n),
+                               ddt], 1)
+            dh = du.to(h.dtype) + d_dbl.mm(w_x)
+            d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
+            dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
+                dh, xs, conv_w, conv_b, cu, True, False, backend)
+            dxz = torch.stack([dxs, dz.to(z.dtype)]).view(4 * t, e).index_select(0, from_grad)
+            dxz = dxz.view(v, 4 * e)
+            du16 = dxz.mm(w_in)
+            d_w_in = dxz.t().mm(u16)                                          # (4E, D)
+            dx = dout + _rms_norm_backward(du16.to(x.dtype), x, rstd, norm_w)
+            d_norm_w = _rms_norm_weight_grad(du16.to(x.dtype), x, rstd).to(norm_w.dtype)
+            # one unbind per parameter pair (two views), not two selects
+            d_in = d_w_in.to(t_in).view(2, 2 * e, -1).unbind(0)
+            d_conv = d_conv_w.to(t_conv).view(2, e, -1).unbind(0)
+            d_conv_bias = (None, None) if conv_b is None else \
+                d_conv_b.to(t_conv).view(2, e).unbind(0)
+            d_x = d_w_x.view(-1, 2, e)[rows, halves].to(t_x).unbind(0)          # (K, E) each
+            both = device_constant([0, 1], x.device)
+            d_dt = d_w_dt.view(2, e, 2, -1)[both, :, both].to(t_dt).unbind(0)   # (E, R) each
+            d_bias = dbias.to(t_bias).view(2, e).unbind(0)
+            d_alog = (dA * A).to(t_alog).view(2, e, n).unbind(0)
+            d_d = dD.to(t_d).view(2, e).unbind(0)
+            d_out = d_w_out.to(t_out).view(-1, 2, e).unbind(1)
+        return (dx, d_norm_w, *d_in, *d_conv, *d_conv_bias, *d_x, *d_dt, *d_bias, *d_alog, *d_d,
+                *d_out, None, None, None, None, None, None, None, None)
+
+
+def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
+    """``d x`` of ``x * rstd * weight`` with ``rstd = rsqrt(mean(x^2) + eps)`` (float32):
+    ``rstd * g - x * rstd^3 * mean(g * x)`` with ``g = dy * weight``."""
+    xf = x.float()
+    g = dy.float() * weight.float()
+    proj = (g * xf).mean(-1, keepdim=True) * rstd.pow(3)
+    return (g * rstd - xf * proj).to(x.dtype)
+
+
+def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
+    return (dy.float() * (x.float() * rstd)).sum(0)
+
+
+def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
+                   indices: Sequence[Tensor], cu_seqlens: Tensor,
+                   eps: float = 1e-5, backend: str = "numba", recompute: bool = True
+                   ) -> Tensor:
+    """``x + (mamba_f(u) + mamba_b(u, reverse=True))[inverse]`` with ``u = rms_norm(x[order])``
+    (see the module docstring), both directions in one launch of each kernel.
+
+    Args:
+        x: ``(V, D)`` features in source order.
+        norm_weight: ``(D,)`` of the RMS norm (epsilon ``eps``, default 1e-5).
+        forward_mamba / backward_mamba: ``geossm.nn.Mamba`` modules (their weights; no biases
+            in the in- and out-projections).
+        indices: the four ``bidirectional_indices`` of the serialization.
+        cu_seqlens: ``(S+1,)`` int32 groups, already validated.
+        backend: a kernel backend, ``"numba"`` or ``"triton"`` (default ``"numba"``).
+        recompute: keep only the normalised input for the backward and recompute the
+            projections, convolution and gathers there (``mamba_inner``'s trade: ~D instead of
+            ~8E + 4N values per voxel, ~20 more operators per layer), default True (the
+            activation memory of the two-call path); False keeps the scan inputs.
+
+    Shapes: ``x (V, D) -> (V, D)``; ``indices`` ``(4V,), (2V,), (2V,), (4V,)``.
+    """
+    f, b = forward_mamba, backward_mamba
+    return _PackedBiMamba.apply(
+        x, norm_weight, f.in_proj.weight, b.in_proj.weight, f.conv_weight, b.conv_weight,
+        f.conv_bias, b.conv_bias, f.x_proj.weight, b.x_proj.weight, f.dt_proj.weight,
+        b.dt_proj.weight, f.dt_proj.bias, b.dt_proj.bias, f.A_log, b.A_log, f.D, b.D,
+        f.out_proj.weight, b.out_proj.weight, *indices, cu_seqlens,
+        float(eps), backend, bool(recompute))
