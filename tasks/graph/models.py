@@ -271,7 +271,7 @@ class GMNLayer(nn.Module):
     def __init__(self, dim: int, walk_length: int, tokens: bool, token_encoder: str,
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
-                 residual: bool = True, mpnn_plus: bool = False, gate: bool = False,
+                 residual: bool | str = True, mpnn_plus: bool = False, gate: bool = False,
                  mpnn_norm: str | None = "batch", branch_drop: float = 0.0,
                  token_source: str = "walks", pre_norm: bool = True) -> None:
         super().__init__()
@@ -504,6 +504,8 @@ class GraphMambaNetwork(nn.Module):
         mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in every branch.
         residual: skip connections around the branches, default True (False: each layer
             replaces ``h``, as a GCN stack does; better on small homophilous graphs).
+            ``"linear"`` (with ``mpnn_plus`` only): the GNN+ layer's learned ego term before
+            its norm instead of the identity skip (``baselines.GNNPlusLayer``).
         sparse_adjacency: run a ``gcn`` / ``sage`` branch as a sparse CSR matrix product
             (built once per forward) instead of gather / scatter over the edge list, default
             False. Same result; ~5x faster fwd+bwd on CPU for large graphs (Tolokers, 1M
@@ -530,7 +532,7 @@ class GraphMambaNetwork(nn.Module):
                  pe_dim: int = 0, lap_dim: int = 0, dropout: float = 0.1,
                  input_dropout: float = 0.0, mlp_ratio: float = 2.0, pool: str = "mean",
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, backend: str | None = None, residual: bool = True,
+                 expand: int = 2, backend: str | None = None, residual: bool | str = True,
                  sparse_adjacency: bool = False, pe_norm: bool = False,
                  jumping_knowledge: bool = False, mixer: str = "mamba",
                  pool_norm: bool | None = None, input_norm: bool = False,
@@ -583,6 +585,9 @@ class GraphMambaNetwork(nn.Module):
         if mpnn_plus and not mpnn:
             raise ValueError("mpnn_plus: needs an mpnn ('gcn', 'sage', 'gine', 'gatedgcn'), got "
                              "mpnn=None")
+        if residual == "linear" and not mpnn_plus:
+            raise ValueError("residual: 'linear' is the GNN+ layer's ego term and needs "
+                             f"mpnn_plus=True, got mpnn_plus={mpnn_plus!r}")
         self.jumping_knowledge = bool(jumping_knowledge)
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed

@@ -314,3 +314,14 @@ def test_without_pre_norm_the_input_weights_scale_reaches_the_logits():
             model.input_encoder.bias.mul_(10.0)
         after = model(x, ei)
         assert torch.allclose(before, after, atol=1e-3) == pre_norm
+
+
+def test_linear_residual_reaches_the_gnn_plus_layer_and_needs_mpnn_plus():
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, num_walks=2,
+                              mpnn="gcn", mpnn_plus=True, residual="linear", d_state=4)
+    layer = model.layers[0].local
+    assert layer.ego is not None and not layer.residual
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    assert model(torch.randn(3, 3), ei).shape == (3, 2)
+    with pytest.raises(ValueError, match="residual: 'linear' is the GNN\\+ layer's ego term"):
+        GraphMambaNetwork(3, 2, mpnn="gcn", residual="linear")
