@@ -3,7 +3,7 @@
 # Squirrel-filtered) on their 10 official splits, the GCN+ yardstick and the Graph Mamba config
 # side by side, all at once on one GPU (one process per run, one CPU thread each). The Graph
 # Mamba config runs as VARIANTS (JSON {name: [overrides]}; default: the config as it is,
-# "hops_mean", and its random-walk-token form, "walks"), and so may the GCN+ yardstick (GCN_VARIANTS,
+# "hops_att", and GMN's random-walk tokens, "walks"), and so may the GCN+ yardstick (GCN_VARIANTS,
 # default: the config as it is, "run"): the family's variant is then chosen on the validation
 # accuracy of Chameleon + Squirrel (the "best" rows' "acc"), never on test. Variants run
 # split-major (every variant on split 0, then split 1, ...): a budget cut leaves them all on
@@ -30,7 +30,7 @@ PY=${PY:-python}
 ONE=$(mktemp)
 echo "${GCN_VARIANTS:-{\"run\": []\}}" > "$ONE"
 GMN=$(mktemp)
-echo "${VARIANTS:-{\"hops_mean\": [], \"walks\": [\"model.token_source=walks\"]\}}" > "$GMN"
+echo "${VARIANTS:-{\"hops_att\": [], \"walks\": [\"model.token_source=walks\", \"model.readout=last\"]\}}" > "$GMN"
 SPLITS=${SPLITS:-0-9}
 DATASETS=${DATASETS:-Tolokers ChameleonFiltered SquirrelFiltered}
 GPU="device=${DEVICE:-cuda} train.amp=false ${EXTRA:-}"
