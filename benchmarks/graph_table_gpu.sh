@@ -3,8 +3,11 @@
 # Squirrel-filtered) on their 10 official splits, the GCN+ yardstick and the Graph Mamba config
 # side by side, all at once on one GPU (one process per run, one CPU thread each). The Graph
 # Mamba config runs as VARIANTS (JSON {name: [overrides]}; default: the config as it is,
-# "walks", and its hop-token form, "hops_mean"): the family's variant is then chosen on the
-# validation accuracy of Chameleon + Squirrel (the "best" rows' "acc"), never on test.
+# "hops_att", and GMN's random-walk tokens, "walks"), and so may the GCN+ yardstick (GCN_VARIANTS,
+# default: the config as it is, "run"): the family's variant is then chosen on the validation
+# accuracy of Chameleon + Squirrel (the "best" rows' "acc"), never on test. Variants run
+# split-major (every variant on split 0, then split 1, ...): a budget cut leaves them all on
+# the same splits.
 #
 #   OUT=runs/table_gpu bash benchmarks/graph_table_gpu.sh      # then, for the chosen variant:
 #   python benchmarks/graph_table.py $OUT/*/tolokers_gcnplus:"1x H200" \
@@ -25,9 +28,9 @@ JOBS=${JOBS:-3}
 BUDGET_S=${BUDGET_S:-170}
 PY=${PY:-python}
 ONE=$(mktemp)
-echo '{"run": []}' > "$ONE"
+echo "${GCN_VARIANTS:-{\"run\": []\}}" > "$ONE"
 GMN=$(mktemp)
-echo "${VARIANTS:-{\"walks\": [], \"hops_mean\": [\"+model.token_source=hops\", \"+model.hop_adjacency=mean\"]\}}" > "$GMN"
+echo "${VARIANTS:-{\"hops_att\": [], \"walks\": [\"model.token_source=walks\", \"model.readout=last\"]\}}" > "$GMN"
 SPLITS=${SPLITS:-0-9}
 DATASETS=${DATASETS:-Tolokers ChameleonFiltered SquirrelFiltered}
 GPU="device=${DEVICE:-cuda} train.amp=false ${EXTRA:-}"
@@ -37,7 +40,7 @@ group() {  # group CONFIG NAME ROOT JOBS -> the 10 splits of CONFIG on dataset N
     [ "$config" = tolokers_gmn ] && variants=$GMN
     # The dense edge-list GCN is the faster one on the GPU (the sparse product: on the CPU).
     $PY benchmarks/graph_sweep.py "configs/graph/$config.yaml" --variants "$variants" --splits "$SPLITS" \
-        --jobs "$jobs" --budget-s "$BUDGET_S" --out "$OUT/$name/$config" $GPU model.sparse_adjacency=false \
+        --jobs "$jobs" --budget-s "$BUDGET_S" --split-major --out "$OUT/$name/$config" $GPU model.sparse_adjacency=false \
         data.name="$name" data.root="$DATA/$root" > "$OUT/$name.$config.jsonl" 2> "$OUT/$name.$config.err"
 }
 

@@ -16,6 +16,15 @@ One layer (``GNNPlusLayer``; ``conv`` reads edge features when the model has the
     h = h + y                 (residual=True and equal widths; else h = y)
     h = norm2(h + ffn(h))     (mlp_ratio > 0: the FFN block of GNN+)
 
+``residual="linear"`` is the skip of the tuned heterophilous GCNs (Luo et al., NeurIPS 2024;
+the "-sep" ego / neighbour split of Platonov et al., 2023): the node's own features enter
+through their own weight matrix, before the norm, and the layer replaces ``h``::
+
+    h = dropout(act(norm(conv(h, edge_index, e) + W_self h)))
+
+GCN's self-loop mixes a node into its neighbours' mean with weight ``1 / d``; on heterophilous
+graphs the separate ego term keeps it apart.
+
 ``GCNPlus`` with edge features adds GNN+'s edge term to ``GCNConv``: every edge's embedded
 feature (projected when its width differs from the layer's), weighted by the same symmetric
 normalisation ``1 / sqrt(d_u d_v)`` (degrees with the self-loop), summed into its target.
@@ -44,6 +53,12 @@ CONVS = ("gcn", "gine", "gatedgcn", "sage")
 NORMS = (None, "batch", "layer")
 
 
+def check_residual(residual: bool | str) -> None:
+    """``residual`` is True, False or ``"linear"``; anything else raises ValueError."""
+    if not (isinstance(residual, bool) or residual == "linear"):
+        raise ValueError(f"residual: expected True, False or 'linear', got {residual!r}")
+
+
 def _norm(kind: str | None, dim: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm1d(dim)
@@ -61,23 +76,28 @@ class GNNPlusLayer(nn.Module):
         edge_dim: width of the (embedded) edge features, None = the graph has none.
         norm: ``"batch"``, ``"layer"`` or None, default ``"batch"``.
         dropout: after the activation and inside the FFN, default 0.
-        residual: default True.
+        residual: True (identity skip after the activation), False, or ``"linear"`` (a
+            learned ego term added before the norm, see the module docstring), default True.
         mlp_ratio: FFN width factor, 0 = no FFN, default 0.
         final: the output layer (node logits): the convolution alone, no norm, activation,
             dropout, residual or FFN, default False.
     """
 
     def __init__(self, conv: str, in_dim: int, dim: int, edge_dim: int | None = None,
-                 norm: str | None = "batch", dropout: float = 0.0, residual: bool = True,
-                 mlp_ratio: float = 0.0, final: bool = False) -> None:
+                 norm: str | None = "batch", dropout: float = 0.0,
+                 residual: bool | str = True, mlp_ratio: float = 0.0,
+                 final: bool = False) -> None:
         super().__init__()
         import torch_geometric.nn as pygnn
         if conv not in CONVS:
             raise ValueError(f"conv: expected one of {CONVS}, got {conv!r}")
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        check_residual(residual)
         self.kind, self.edge_dim, self.final = conv, edge_dim, final
-        self.residual = residual and in_dim == dim and not final
+        linear = residual == "linear"
+        self.residual = bool(residual) and not linear and in_dim == dim and not final
+        self.ego = nn.Linear(in_dim, dim) if linear else None
         self.edge_proj = None
         if conv == "gcn":
             self.conv = pygnn.GCNConv(in_dim, dim)
@@ -107,6 +127,8 @@ class GNNPlusLayer(nn.Module):
         """``adj_t``: optional sparse CSR (target, source) matrix for ``gcn`` / ``sage`` (the
         same product as ``edge_index``, faster on CPU); edge features need ``edge_index``."""
         y = self._conv(h, edge_index, edge_attr, adj_t)
+        if self.ego is not None:
+            y = y + self.ego(h)
         if self.final:
             return y
         y = self.drop(F.relu(self.norm(y)))
@@ -152,7 +174,8 @@ class GNNPlus(nn.Module):
         dropout: after every layer and in the FFN / head, default 0.2.
         input_dropout: on the raw float features, default 0.
         input_norm: batch-normalise the raw float features, default False.
-        residual: default True.
+        residual: True (identity skip), False, or ``"linear"`` (the tuned heterophilous GCN's
+            learned ego term before the norm; ``GNNPlusLayer``), default True.
         mlp_ratio: FFN width factor per layer, 0 = none, default 0.
         pre_linear: project the input to ``dim`` before the first layer, default True (False:
             the first convolution reads the raw features, as GCN does; it has no residual).
@@ -182,7 +205,7 @@ class GNNPlus(nn.Module):
     def __init__(self, in_channels: int | None = None, num_classes: int = 2,
                  task_level: str = "node", conv: str | None = None, dim: int = 256,
                  num_layers: int = 3, norm: str | None = "batch", dropout: float = 0.2,
-                 input_dropout: float = 0.0, input_norm: bool = False, residual: bool = True,
+                 input_dropout: float = 0.0, input_norm: bool = False, residual: bool | str = True,
                  mlp_ratio: float = 0.0, pre_linear: bool = True, edge_dim: int | None = None,
                  edge_vocab: Sequence[int] | None = None,
                  node_vocab: Sequence[int] | None = None, pe_dim: int = 0, pool: str = "mean",

@@ -271,9 +271,10 @@ class GMNLayer(nn.Module):
     def __init__(self, dim: int, walk_length: int, tokens: bool, token_encoder: str,
                  global_mamba: bool, mpnn: str | None, edge_dim: int | None, readout: str,
                  dropout: float, mlp_ratio: float, mamba_kwargs: dict,
-                 residual: bool = True, mpnn_plus: bool = False, gate: bool = False,
+                 residual: bool | str = True, mpnn_plus: bool = False, gate: bool = False,
                  mpnn_norm: str | None = "batch", branch_drop: float = 0.0,
-                 token_source: str = "walks", pre_norm: bool = True) -> None:
+                 token_source: str = "walks", pre_norm: bool = True,
+                 local_in_dim: int | None = None) -> None:
         super().__init__()
         self.branch_drop = branch_drop
         self.residual = residual
@@ -284,7 +285,9 @@ class GMNLayer(nn.Module):
         self.local = None
         if mpnn and mpnn_plus:  # the GNN+ layer of baselines.py: the yardstick's own block
             from .baselines import GNNPlusLayer
-            self.local = GNNPlusLayer(mpnn, dim, dim, edge_dim, mpnn_norm, dropout, residual)
+            # local_in_dim: the first layer's GNN+ block may read the raw features (mpnn_raw).
+            self.local = GNNPlusLayer(mpnn, local_in_dim or dim, dim, edge_dim, mpnn_norm,
+                                      dropout, residual)
         # Zero-initialised per-channel gate on the Mamba branches (ReZero): the layer starts as
         # its MPNN and the sequence branches grow only as far as the loss asks for them.
         self.gate = nn.Parameter(torch.zeros(dim)) if gate else None
@@ -294,7 +297,10 @@ class GMNLayer(nn.Module):
         self.norm2 = RMSNorm(dim) if mlp_ratio > 0 else None
         self.ffn = MLP(dim, int(mlp_ratio * dim), drop=dropout) if mlp_ratio > 0 else None
 
-    def forward(self, h: torch.Tensor, ctx: _Context) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: _Context,
+                raw: torch.Tensor | None = None) -> torch.Tensor:
+        """``raw``: what the GNN+ block reads instead of ``h`` (the first layer with
+        ``mpnn_raw``: the raw features, ``(N, F)``); the Mamba branches read ``h``."""
         x = self.norm(h)
         out = torch.zeros_like(h)
         if self.tokens is not None:
@@ -311,7 +317,8 @@ class GMNLayer(nn.Module):
             out = out * keep / (1.0 - self.branch_drop)
         if self.local is not None:
             # GNN+ layer on h (conv -> BN -> ReLU -> dropout, residual); Mamba adds on top.
-            h = self.local(h, ctx.edge_index, ctx.edge_attr, ctx.adj_t) + self.drop(out)
+            local_in = h if raw is None else raw
+            h = self.local(local_in, ctx.edge_index, ctx.edge_attr, ctx.adj_t) + self.drop(out)
         else:
             if self.mpnn is not None:
                 out = out + self.mpnn(x, ctx)
@@ -494,6 +501,10 @@ class GraphMambaNetwork(nn.Module):
         mpnn_norm: the GNN+ layer's normalisation (``"batch"``, ``"layer"``, None), default
             ``"batch"``; its residual follows ``residual``.
         gate: zero-initialised per-channel gate on the Mamba branches' sum, default False.
+        mpnn_raw: the first layer's GNN+ block reads the raw float features (with ``pe``
+            concatenated) through its own convolution and ego weights, as GCN+ with
+            ``pre_linear=False``; the Mamba branches read the projected ones. Needs
+            ``mpnn_plus``, default False.
         branch_drop: probability of dropping the Mamba branches' sum per node while training
             (stochastic depth; rescaled), default 0.
         pool_norm: batch-normalise the pooled graph vectors before the head (``PooledNorm``),
@@ -504,6 +515,8 @@ class GraphMambaNetwork(nn.Module):
         mixer: ``"mamba"`` (Mamba-1, default) or ``"mamba2"`` (Mamba-2 SSD) in every branch.
         residual: skip connections around the branches, default True (False: each layer
             replaces ``h``, as a GCN stack does; better on small homophilous graphs).
+            ``"linear"`` (with ``mpnn_plus`` only): the GNN+ layer's learned ego term before
+            its norm instead of the identity skip (``baselines.GNNPlusLayer``).
         sparse_adjacency: run a ``gcn`` / ``sage`` branch as a sparse CSR matrix product
             (built once per forward) instead of gather / scatter over the edge list, default
             False. Same result; ~5x faster fwd+bwd on CPU for large graphs (Tolokers, 1M
@@ -530,13 +543,14 @@ class GraphMambaNetwork(nn.Module):
                  pe_dim: int = 0, lap_dim: int = 0, dropout: float = 0.1,
                  input_dropout: float = 0.0, mlp_ratio: float = 2.0, pool: str = "mean",
                  eval_samples: int = 1, eval_seed: int = 0, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, backend: str | None = None, residual: bool = True,
+                 expand: int = 2, backend: str | None = None, residual: bool | str = True,
                  sparse_adjacency: bool = False, pe_norm: bool = False,
                  jumping_knowledge: bool = False, mixer: str = "mamba",
                  pool_norm: bool | None = None, input_norm: bool = False,
                  mpnn_plus: bool = False, gate: bool = False, mpnn_norm: str | None = "batch",
                  branch_drop: float = 0.0, token_source: str = "walks",
-                 hop_adjacency: str = "gcn", pre_norm: bool = True) -> None:
+                 hop_adjacency: str = "gcn", pre_norm: bool = True,
+                 mpnn_raw: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -583,6 +597,13 @@ class GraphMambaNetwork(nn.Module):
         if mpnn_plus and not mpnn:
             raise ValueError("mpnn_plus: needs an mpnn ('gcn', 'sage', 'gine', 'gatedgcn'), got "
                              "mpnn=None")
+        if mpnn_raw and (not mpnn_plus or node_vocab is not None):
+            raise ValueError("mpnn_raw: the first GNN+ block reads raw float features; needs "
+                             f"mpnn_plus=True and in_channels, got mpnn_plus={mpnn_plus!r}, "
+                             f"node_vocab={node_vocab!r}")
+        if residual == "linear" and not mpnn_plus:
+            raise ValueError("residual: 'linear' is the GNN+ layer's ego term and needs "
+                             f"mpnn_plus=True, got mpnn_plus={mpnn_plus!r}")
         self.jumping_knowledge = bool(jumping_knowledge)
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
@@ -604,11 +625,14 @@ class GraphMambaNetwork(nn.Module):
             hidden_edge_dim = dim
         mamba_kwargs = {"d_state": d_state, "d_conv": d_conv, "expand": expand,
                         "backend": backend, "mixer": mixer}
+        self.mpnn_raw = bool(mpnn_raw)
+        raw_width = (in_channels + pe_dim) if self.mpnn_raw else None
         self.layers = nn.ModuleList(
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
                      readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,
-                     mpnn_norm, branch_drop, token_source, pre_norm)
-            for _ in range(num_layers))
+                     mpnn_norm, branch_drop, token_source, pre_norm,
+                     raw_width if i == 0 else None)
+            for i in range(num_layers))
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
@@ -651,7 +675,8 @@ class GraphMambaNetwork(nn.Module):
             x = x.float()
             if self.input_norm is not None:
                 x = self.input_norm(x)
-            h = self.input_encoder(self.input_dropout(x))
+            x = self.input_dropout(x)
+            h = self.input_encoder(x)
         if self.pe_encoder is not None:
             pe = pe.float()
             if self.training and self.lap_dim:
@@ -660,16 +685,19 @@ class GraphMambaNetwork(nn.Module):
             if self.pe_norm is not None:
                 pe = self.pe_norm(pe)
             h = h + self.pe_encoder(pe)
+        raw = None
+        if self.mpnn_raw:  # the first GNN+ block reads [x, pe] (GCN+ with pre_linear=False)
+            raw = x if self.pe_encoder is None else torch.cat([x, pe.to(x.dtype)], 1)
         ea = encode_edges(self.edge_encoder, edge_attr)
         # Once per forward, shared by every eval sample.
         adj_t = sparse_adjacency(edge_index, n) if self.sparse_adjacency else None
         hop_adj = (hop_adjacency(edge_index, n, self.hop_kind) if self._hop_tokens() else None)
         if self.training or not self._random_branches():  # deterministic: one pass
-            return self._run(h, edge_index, ea, batch, n, None, adj_t, hop_adj)
+            return self._run(h, edge_index, ea, batch, n, None, adj_t, hop_adj, raw)
         gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
         out = 0
         for _ in range(self.eval_samples):
-            out = out + self._run(h, edge_index, ea, batch, n, gen, adj_t, hop_adj)
+            out = out + self._run(h, edge_index, ea, batch, n, gen, adj_t, hop_adj, raw)
         return out / self.eval_samples
 
     def _hop_tokens(self) -> bool:
@@ -679,7 +707,7 @@ class GraphMambaNetwork(nn.Module):
         return (self.use_tokens and not self._hop_tokens()) or self.global_mamba
 
     def _run(self, h, edge_index, edge_attr, batch, n, generator, adj_t=None,
-             hop_adj=None) -> torch.Tensor:
+             hop_adj=None, raw=None) -> torch.Tensor:
         tokens = token_edges = order = None
         if self.use_tokens and not self._hop_tokens():
             tokens = random_walk_tokens(edge_index, n, self.walk_length, self.num_walks,
@@ -690,8 +718,8 @@ class GraphMambaNetwork(nn.Module):
             order = degree_order(edge_index, n, batch, noise=True, generator=generator)
         ctx = _Context(edge_index, edge_attr, tokens, token_edges, order, adj_t, hop_adj)
         depths = [h] if self.jumping_knowledge else None
-        for layer in self.layers:
-            h = layer(h, ctx)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, ctx, raw if i == 0 else None)
             if depths is not None:
                 depths.append(h)
         if depths is not None:

@@ -88,3 +88,18 @@ def test_head_layers_zero_is_kipf_and_wellings_gcn():
     assert isinstance(model.head, torch.nn.Identity) and model(x, ei).shape == (9, 4)
     with pytest.raises(ValueError, match="head_layers: 0"):
         GCNPlus(3, 4, task_level="graph", head_layers=0)
+
+
+def test_linear_residual_adds_the_ego_term_before_the_norm_and_replaces_h():
+    torch.manual_seed(0)
+    x, ei, _ = _two_graphs()
+    layer = GNNPlusLayer("gcn", 3, 4, norm=None, residual="linear").eval()
+    assert not layer.residual and layer.ego.in_features == 3  # widths may differ
+    want = torch.relu(layer.conv(x, ei) + layer.ego(x))
+    torch.testing.assert_close(layer(x, ei), want)
+    model = GCNPlus(3, 2, dim=8, num_layers=2, pre_linear=False, residual="linear")
+    assert all(layer.ego is not None for layer in model.layers)
+    assert model(x, ei).shape == (9, 2)
+    assert GNNPlusLayer("gcn", 8, 8).ego is None
+    with pytest.raises(ValueError, match="residual: expected True, False or 'linear'"):
+        GNNPlusLayer("gcn", 8, 8, residual="identity")

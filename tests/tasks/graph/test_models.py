@@ -314,3 +314,33 @@ def test_without_pre_norm_the_input_weights_scale_reaches_the_logits():
             model.input_encoder.bias.mul_(10.0)
         after = model(x, ei)
         assert torch.allclose(before, after, atol=1e-3) == pre_norm
+
+
+def test_linear_residual_reaches_the_gnn_plus_layer_and_needs_mpnn_plus():
+    model = GraphMambaNetwork(3, 2, dim=8, num_layers=1, walk_length=2, num_walks=2,
+                              mpnn="gcn", mpnn_plus=True, residual="linear", d_state=4)
+    layer = model.layers[0].local
+    assert layer.ego is not None and not layer.residual
+    ei = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+    assert model(torch.randn(3, 3), ei).shape == (3, 2)
+    with pytest.raises(ValueError, match="residual: 'linear' is the GNN\\+ layer's ego term"):
+        GraphMambaNetwork(3, 2, mpnn="gcn", residual="linear")
+
+
+def test_mpnn_raw_first_gnn_plus_block_reads_the_raw_features_and_pe():
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+    x, pe = torch.randn(4, 5), torch.randn(4, 1)
+    model = GraphMambaNetwork(5, 3, dim=8, num_layers=2, walk_length=2, token_source="hops",
+                              mpnn="gcn", mpnn_plus=True, residual="linear", gate=True,
+                              mpnn_raw=True, pe_dim=1, d_state=4, mlp_ratio=0,
+                              dropout=0.0).eval()
+    first, second = model.layers[0].local, model.layers[1].local
+    assert first.conv.in_channels == 6 and first.ego.in_features == 6  # [x, pe]
+    assert second.conv.in_channels == 8
+    # The gates start at zero: the model is the GCN+ stack on [x, pe], then RMSNorm and head.
+    h = first(torch.cat([x, pe], 1), ei)
+    want = model.head(model.norm(second(h, ei)))
+    torch.testing.assert_close(model(x, ei, pe=pe), want)
+    with pytest.raises(ValueError, match="mpnn_raw: the first GNN\\+ block reads raw"):
+        GraphMambaNetwork(5, 3, mpnn="gcn", mpnn_raw=True)
