@@ -57,21 +57,43 @@ def compile_cubin(fn, constexprs: dict, num_warps: int, arch: int) -> bytes:
     return compile_kernel(fn, constexprs, num_warps, arch).asm["cubin"]
 
 
-def registers(ptx: str, arch: int) -> dict:
-    """Registers per thread and spill bytes that ``ptxas -v`` reports for ``ptx`` (empty when
-    ptxas is not on PATH)."""
-    ptxas = shutil.which("ptxas")
-    if not ptxas:
-        return {}
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-        f.write(ptx)
-        f.flush()
-        err = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
-                             capture_output=True, text=True).stderr
-    regs = re.search(r"Used (\d+) registers", err)
-    spill = re.search(r"(\d+) bytes spill stores", err)
+def ptxas_report(text: str) -> dict:
+    """Registers per thread and spill-store bytes from ``ptxas -v`` output (None if absent)."""
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores", text)
     return dict(n_regs=int(regs.group(1)) if regs else None,
                 spill_store_bytes=int(spill.group(1)) if spill else None)
+
+
+def find_ptxas() -> str | None:
+    """``$PTXAS``, Triton's bundled ptxas, or the one on PATH."""
+    import triton
+
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                           "ptxas")
+    for candidate in (os.environ.get("PTXAS"), bundled, shutil.which("ptxas")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def ptx_registers(ptx: str, arch: int = 90) -> dict:
+    """``ptxas -v`` of ``ptx`` for ``sm_<arch>a``; a PTX ISA newer than the ptxas knows is
+    relabelled to the newest it accepts (Triton may be newer than its bundled ptxas)."""
+    ptxas = find_ptxas()
+    if ptxas is None:
+        return dict(n_regs=None, spill_store_bytes=None, error="no ptxas found")
+    for _ in range(2):
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+            f.write(ptx)
+            f.flush()
+            err = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
+                                 capture_output=True, text=True).stderr
+        newest = re.search(r"current version is '(\d+\.\d+)'", err)
+        if not newest:
+            break
+        ptx = re.sub(r"^\.version \d+\.\d+", f".version {newest.group(1)}", ptx, flags=re.M)
+    return ptxas_report(err)
 
 
 def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
@@ -221,7 +243,7 @@ def main(argv=None) -> int:
                        triton=triton.__version__,
                        arch=f"sm_{args.arch}", BD=bd, num_warps=warps,
                        elements_per_thread_per_step=per_thread, **counts,
-                       **registers(kernel.asm["ptx"], args.arch),
+                       **ptx_registers(kernel.asm["ptx"], args.arch),
                        instr_per_element=round(counts["loop_instructions"] / per_thread, 2))
             line = json.dumps(rec)
             print(line, flush=True)

@@ -62,11 +62,7 @@ import dataclasses
 import importlib
 import math
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import types
 
@@ -76,6 +72,7 @@ if "--tiny" in sys.argv[1:] and not torch.cuda.is_available():
     # Triton reads this when its kernels are defined, i.e. before geossm's kernels import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scan_sass import ptx_registers  # noqa: E402
 from scan_gpu import (WORKLOAD_D, bench_device, card_name, emit, median_ms,  # noqa: E402
                       workload_lengths)
 
@@ -393,45 +390,6 @@ _BF16_POINTERS = {"x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "dx_
                   "dz_ptr", "dB_ptr", "dC_ptr", "out_ptr"}
 _STATE_POINTERS = {"local_ptr", "dlocal_ptr", "states_ptr"}
 _INT_POINTERS = {"seg_ptr", "start_ptr", "cu_ptr", "order_ptr"}
-
-
-def ptxas_report(text: str) -> dict:
-    """Registers per thread and spill-store bytes from ``ptxas -v`` output (None if absent)."""
-    regs = re.search(r"Used (\d+) registers", text)
-    spill = re.search(r"(\d+) bytes spill stores", text)
-    return dict(n_regs=int(regs.group(1)) if regs else None,
-                spill_store_bytes=int(spill.group(1)) if spill else None)
-
-
-def _find_ptxas() -> str | None:
-    """``$PTXAS``, Triton's bundled ptxas, or the one on PATH."""
-    import triton
-
-    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                           "ptxas")
-    for candidate in (os.environ.get("PTXAS"), bundled, shutil.which("ptxas")):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
-
-
-def ptx_registers(ptx: str, arch: int = 90) -> dict:
-    """``ptxas -v`` of ``ptx`` for ``sm_<arch>a``; a PTX ISA newer than the ptxas knows is
-    relabelled to the newest it accepts (Triton may be newer than its bundled ptxas)."""
-    ptxas = _find_ptxas()
-    if ptxas is None:
-        return dict(n_regs=None, spill_store_bytes=None, error="no ptxas found")
-    for _ in range(2):
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
-            f.write(ptx)
-            f.flush()
-            err = subprocess.run([ptxas, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
-                                 capture_output=True, text=True).stderr
-        newest = re.search(r"current version is '(\d+\.\d+)'", err)
-        if not newest:
-            break
-        ptx = re.sub(r"^\.version \d+\.\d+", f".version {newest.group(1)}", ptx, flags=re.M)
-    return ptxas_report(err)
 
 
 def _compile_for_sm90(kernel, constexprs: dict, settings: LaunchSettings, warps: int) -> str:

@@ -657,6 +657,35 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
 
 
 @triton.jit
+def _decayed_dout_C(dout_ptr, z_ptr, C_ptr, cum_ptr, order_ptr, lo, hi, cum_base, h, g, H, P,
+                    G, N, acc, HAS_Z: tl.constexpr, BLOCK_K: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+                    REVERSE: tl.constexpr):
+    """``acc + sum_t e^(cum_t - cum_base) dy_t C_t^T`` over the tokens ``lo <= t < hi`` of one
+    segment in one chunk, head ``h`` (group ``g``): the gradient of their outputs w.r.t. the
+    state they start from. ``dy`` is the output gradient, gated by ``silu(z)`` (``HAS_Z``);
+    ``acc``: (BLOCK_P, BLOCK_N) float32."""
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    for k0 in range(0, (hi - lo).to(tl.int32), BLOCK_K):
+        t = lo + k0 + tl.arange(0, BLOCK_K)
+        valid = t < hi
+        row = _rows(order_ptr, t, valid, REVERSE)
+        x_mask = valid[:, None] & (p[None, :] < P)
+        x_offs = row[:, None] * (H * P) + h * P + p[None, :]
+        dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
+            dy *= z * tl.sigmoid(z)
+        cum = tl.load(cum_ptr + t * H + h, mask=valid, other=0.0)
+        weight = tl.where(valid, tl.exp(cum - cum_base), 0.0)
+        C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
+                    mask=valid[:, None] & (n[None, :] < N), other=0.0)
+        acc = _mma(tl.trans(dy * weight[:, None]), C, acc, IEEE, C_ptr.dtype.element_ty)
+    return acc
+
+
+@triton.jit
 def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, cu_ptr,
                           dfinal_ptr, dlocal_ptr, order_ptr, T, H, P, G, N, heads_per_group,
                           HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, Q: tl.constexpr,
@@ -677,21 +706,9 @@ def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, c
     if tl.load(start_ptr + c * Q) < c * Q:
         first = tl.load(seg_ptr + c * Q).to(tl.int64)        # S * H * P * N may pass 2^31
         first_end = tl.load(cu_ptr + first + 1)
-        for k0 in range(0, tl.minimum(first_end - c * Q, Q).to(tl.int32), BLOCK_K):
-            t = c * Q + k0 + tl.arange(0, BLOCK_K)
-            valid = t < first_end
-            row = _rows(order_ptr, t, valid, REVERSE)
-            x_mask = valid[:, None] & (p[None, :] < P)
-            x_offs = row[:, None] * (H * P) + h * P + p[None, :]
-            dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-            if HAS_Z:
-                z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-                dy *= z * tl.sigmoid(z)
-            cum = tl.load(cum_ptr + t * H + h)
-            weight = tl.where(valid, tl.exp(cum), 0.0)
-            C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
-                        mask=valid[:, None] & (n[None, :] < N), other=0.0)
-            local = _mma(tl.trans(dy * weight[:, None]), C, local, IEEE, C_ptr.dtype.element_ty)
+        local = _decayed_dout_C(dout_ptr, z_ptr, C_ptr, cum_ptr, order_ptr, c * Q,
+                                tl.minimum(first_end, c * Q + Q), 0.0, h, g, H, P, G, N,
+                                local, HAS_Z, BLOCK_K, BLOCK_P, BLOCK_N, IEEE, REVERSE)
         if HAS_DFINAL:
             if first_end <= c * Q + Q:                     # the segment ends in this chunk
                 cum_end = tl.load(cum_ptr + (first_end - 1) * H + h)
@@ -1026,21 +1043,9 @@ def _initial_grad_kernel(dout_ptr, z_ptr, C_ptr, cu_ptr, step_ptr, cum_ptr, dloc
         part_end = tl.minimum(end, chunk_end)
         cum_b = tl.where(start > c * Q,
                          tl.load(cum_ptr + tl.maximum(start - 1, 0) * H + h), 0.0)
-        for k0 in range(0, (part_end - start).to(tl.int32), BLOCK_K):
-            t = start + k0 + tl.arange(0, BLOCK_K)
-            valid = t < part_end
-            row = _rows(order_ptr, t, valid, REVERSE)
-            x_mask = valid[:, None] & (p[None, :] < P)
-            x_offs = row[:, None] * (H * P) + h * P + p[None, :]
-            dy = tl.load(dout_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-            if HAS_Z:
-                z = tl.load(z_ptr + x_offs, mask=x_mask, other=0.0).to(tl.float32)
-                dy *= z * tl.sigmoid(z)
-            cum = tl.load(cum_ptr + t * H + h, mask=valid, other=0.0)
-            weight = tl.where(valid, tl.exp(cum - cum_b), 0.0)
-            C = tl.load(C_ptr + row[:, None] * (G * N) + g * N + n[None, :],
-                        mask=valid[:, None] & (n[None, :] < N), other=0.0)
-            grad = _mma(tl.trans(dy * weight[:, None]), C, grad, IEEE, C_ptr.dtype.element_ty)
+        grad = _decayed_dout_C(dout_ptr, z_ptr, C_ptr, cum_ptr, order_ptr, start, part_end,
+                               cum_b, h, g, H, P, G, N, grad, HAS_Z, BLOCK_K, BLOCK_P, BLOCK_N,
+                               IEEE, REVERSE)
         exit_grad = tl.where(end <= chunk_end, final, 0.0)
         if part_end == chunk_end:                  # the segment is the chunk's last
             exit_grad += _load_entering(dlocal_ptr, dprefix_ptr, dgroup_ptr, c, h, H, K, dL,

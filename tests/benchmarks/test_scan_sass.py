@@ -31,3 +31,12 @@ def test_step_loop_is_the_innermost_loop_with_an_exponential():
     assert counts["loop_instructions"] == 4 and counts["mufu_ex2"] == 1
     assert counts["fp32"] == 2 and counts["shuffles"] == 0
     assert script.count(max(loops, key=len))["shuffles"] == 1
+
+
+def test_ptxas_report_reads_registers_and_spills():
+    script = load_benchmark("scan_sass")
+    text = ("ptxas info    : Function properties for _chunk_bwd_kernel\n"
+            "    104 bytes stack frame, 100 bytes spill stores, 100 bytes spill loads\n"
+            "ptxas info    : Used 255 registers, used 1 barriers, 104 bytes cumulative stack\n")
+    assert script.ptxas_report(text) == dict(n_regs=255, spill_store_bytes=100)
+    assert script.ptxas_report("fatal") == dict(n_regs=None, spill_store_bytes=None)

@@ -94,12 +94,3 @@ def test_every_swept_setting_matches_the_float64_reference():
         with use_settings(settings):
             got = run("triton", inputs, cu, final=False)
         assert_close_with_sums(got, want)
-
-
-def test_ptxas_report_reads_registers_and_spills():
-    script = load_script()
-    text = ("ptxas info    : Function properties for _chunk_bwd_kernel\n"
-            "    104 bytes stack frame, 100 bytes spill stores, 100 bytes spill loads\n"
-            "ptxas info    : Used 255 registers, used 1 barriers, 104 bytes cumulative stack\n")
-    assert script.ptxas_report(text) == dict(n_regs=255, spill_store_bytes=100)
-    assert script.ptxas_report("fatal") == dict(n_regs=None, spill_store_bytes=None)
