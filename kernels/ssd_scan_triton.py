@@ -657,6 +657,17 @@ def ssd_scan_fwd(x, dt, A, B, C, D, z, dt_bias, cu_seqlens, initial_states, dt_s
 
 
 @triton.jit
+def _load_B_C(B_ptr, C_ptr, row, valid, g, G, N, n):
+    """Rows ``row`` of B and C, group ``g``, state columns ``n`` (zero where not ``valid`` or
+    ``n >= N``), with their offsets and mask (for storing dB / dC at the same places)."""
+    bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
+    bc_mask = valid[:, None] & (n[None, :] < N)
+    B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
+    C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+    return B, C, bc_offs, bc_mask
+
+
+@triton.jit
 def _decayed_dout_C(dout_ptr, z_ptr, C_ptr, cum_ptr, order_ptr, lo, hi, cum_base, h, g, H, P,
                     G, N, acc, HAS_Z: tl.constexpr, BLOCK_K: tl.constexpr,
                     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
@@ -792,10 +803,7 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     exit_start = tl.zeros((Q,), dtype=tl.float32)                          # <X_s, Z_s> rows
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
-        bc_mask = valid[:, None] & (n[None, :] < N)
-        B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
-        C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+        B, C, bc_offs, bc_mask = _load_B_C(B_ptr, C_ptr, row, valid, g, G, N, n)
         state_offs = p[:, None] * N + n[None, :]
         state_mask = (p[:, None] < P) & (n[None, :] < N)
         entering = _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, P * N,
@@ -951,10 +959,7 @@ def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_pt
     seg_first = tl.load(seg_ptr + c * Q).to(tl.int64)    # S * H * P * N may pass 2^31
     seg_last = tl.load(seg_ptr + c * Q + last)
     same = (seg[:, None] == seg[None, :]) & (q[:, None] >= q[None, :])
-    bc_offs = row[:, None] * (G * N) + g * N + n[None, :]
-    bc_mask = valid[:, None] & (n[None, :] < N)
-    B = tl.load(B_ptr + bc_offs, mask=bc_mask, other=0.0)
-    C = tl.load(C_ptr + bc_offs, mask=bc_mask, other=0.0)
+    B, C, bc_offs, bc_mask = _load_B_C(B_ptr, C_ptr, row, valid, g, G, N, n)
     state_offs = p[:, None] * N + n[None, :]
     state_mask = (p[:, None] < P) & (n[None, :] < N)
     x_mask = valid[:, None] & (p[None, :] < P)
