@@ -96,18 +96,22 @@ def ptx_registers(ptx: str, arch: int = 90) -> dict:
     return ptxas_report(err)
 
 
-def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
+def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, signature: dict | None = None,
+                   num_stages: int | None = None):
+    """``fn`` compiled for ``sm_<arch>`` on this machine (no GPU needed). ``signature``:
+    parameter name -> Triton type (default: the scan kernels' ``kernel_signature``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig = kernel_signature(fn, constexprs)
+    sig = signature if signature is not None else kernel_signature(fn, constexprs)
     names = list(sig)
     constexprs = {k: v for k, v in constexprs.items() if sig.get(k) == "constexpr"}
-    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constexprs.items()
-                                         if k in sig})
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                          options=dict(num_warps=num_warps))
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    options = dict(num_warps=num_warps)
+    if num_stages is not None:
+        options["num_stages"] = num_stages
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")

@@ -72,7 +72,7 @@ if "--tiny" in sys.argv[1:] and not torch.cuda.is_available():
     # Triton reads this when its kernels are defined, i.e. before geossm's kernels import.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scan_sass import ptx_registers  # noqa: E402
+from scan_sass import compile_kernel, ptx_registers  # noqa: E402
 from scan_gpu import (WORKLOAD_D, bench_device, card_name, emit, median_ms,  # noqa: E402
                       workload_lengths)
 
@@ -396,10 +396,6 @@ def _compile_for_sm90(kernel, constexprs: dict, settings: LaunchSettings, warps:
     """PTX of ``kernel`` for an H100/H200 (no GPU needed) with the benchmark's dtypes."""
     import inspect
 
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     signature = {}
     for name in inspect.signature(kernel.fn).parameters:
         if name in constexprs:
@@ -412,11 +408,8 @@ def _compile_for_sm90(kernel, constexprs: dict, settings: LaunchSettings, warps:
             signature[name] = "*i32"
         else:
             signature[name] = "*fp32"
-    names = list(signature)
-    source = ASTSource(kernel, signature,
-                       constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=warps, num_stages=settings.bwd_stages))
+    compiled = compile_kernel(kernel, constexprs, warps, 90, signature=signature,
+                              num_stages=settings.bwd_stages)
     return compiled.asm["ptx"]
 
 
