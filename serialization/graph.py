@@ -270,7 +270,8 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
 
 
 def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
-                 noise: bool = True, generator: torch.Generator | None = None) -> Serialization:
+                 noise: bool = True, generator: torch.Generator | None = None,
+                 num_graphs: int | None = None) -> Serialization:
     """Nodes of every graph sorted by degree ascending (Graph-Mamba's node prioritisation).
 
     ``key = deg(v) + ε_v``, ``ε ~ U(0, 1)`` when ``noise`` (ties broken at random, degrees
@@ -284,10 +285,12 @@ def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
         batch: ``(n,)`` graph of every node (PyG's ``batch``), default None (one graph).
         noise: add U(0,1) tie-breaking noise, default True.
         generator: torch generator for the noise, default None.
+        num_graphs: number of graphs ``G`` in ``batch`` (PyG's ``Batch.num_graphs``), default
+            None (read from ``batch``: one host sync).
 
     Returns:
         ``Serialization`` with one segment per graph and extras ``degree (n,)``, ``batch (n,)``.
-        Host syncs: input checks and the number of graphs.
+        Host syncs: input checks and, without ``num_graphs``, the number of graphs.
     """
     _check_graph(edge_index, num_nodes)
     dev = edge_index.device
@@ -299,7 +302,6 @@ def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
             raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
         if batch.shape != (num_nodes,):
             raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
-        num_graphs = None
     deg = torch.bincount(edge_index[0].long(), minlength=num_nodes)
     key = deg.to(torch.float64)
     if noise:
