@@ -25,7 +25,7 @@ this same code when none is given).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 from torch import Tensor
@@ -239,5 +239,6 @@ def _map_tensors(obj, fn: Callable[[Tensor], Tensor]):
     if isinstance(obj, tuple):
         return tuple(_map_tensors(v, fn) for v in obj)
     changes = {f.name: _map_tensors(getattr(obj, f.name), fn) for f in fields(obj)
-               if isinstance(getattr(obj, f.name), (Tensor, tuple))}
+               if isinstance(getattr(obj, f.name), (Tensor, tuple))
+               or is_dataclass(getattr(obj, f.name))}
     return replace(obj, **changes)
