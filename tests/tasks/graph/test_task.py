@@ -435,3 +435,34 @@ def test_multilabel_loss_averages_the_labelled_entries_only():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
     torch.testing.assert_close(loss, expected)
     assert torch.isfinite(loss)
+
+
+def _loader_plans(trainer, split: str, train: bool, epoch: int | None) -> list:
+    loader = trainer._loader(trainer._build_dataset(split), train=train)
+    if epoch is not None:
+        trainer._set_epoch(loader, epoch)
+    return [b.plan for b in loader]
+
+
+def _same_draws(a, b) -> bool:
+    return all(torch.equal(x.tokens.index, y.tokens.index) and torch.equal(x.order[0], y.order[0])
+               for p, q in zip(a, b, strict=True) for x, y in zip(p.draws, q.draws, strict=True))
+
+
+def test_plans_built_in_loader_workers_repeat_for_a_seed_and_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIGS / "synthetic_gmn.yaml",
+                      ["data.num_graphs=24", "data.num_eval_graphs=8", "train.batch_size=8",
+                       "train.num_workers=2", "model.eval_samples=2",
+                       f"output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg)
+    try:
+        first = _loader_plans(trainer, "0", True, epoch=3)
+        assert len(first) == 3 and all(p.training and len(p.draws) == 1 for p in first)
+        assert _same_draws(first, _loader_plans(trainer, "0", True, epoch=3))  # a resumed epoch
+        assert not _same_draws(first, _loader_plans(trainer, "0", True, epoch=4))  # fresh walks
+        evals = _loader_plans(trainer, "val", False, epoch=None)  # an unseeded loader
+        assert all(not p.training and len(p.draws) == 2 for p in evals)
+        assert _same_draws(evals, _loader_plans(trainer, "val", False, epoch=None))
+    finally:
+        trainer.close()
