@@ -48,6 +48,7 @@ from geossm.nn import MLP, RMSNorm, SerializedBlock, build_mixer
 from geossm.packed import mark_cu_seqlens_valid
 from geossm.registry import MODELS
 from geossm.serialization import NeighbourhoodTokens, Serialization
+from geossm.serialization.graph import NUMBA_MIN_ROWS, numba_kernels
 
 from .plan import GraphPlan, GraphPlanner, PlanDraw
 
@@ -103,6 +104,13 @@ def induced_token_edges(tokens: NeighbourhoodTokens, edge_index: torch.Tensor,
     col = dst[perm]
     rowptr = torch.zeros(n + 1, dtype=torch.long, device=src.device)
     rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=n), 0)
+    kernels = numba_kernels() if src.device.type == "cpu" else None
+    if kernels is not None and tokens.index.numel() >= NUMBA_MIN_ROWS:  # same result, ~10x
+        rows, hits, eids = kernels.induced_edges(
+            rowptr.numpy(), col.numpy(), perm.numpy(), tokens.index.numpy(),
+            tokens.token.numpy(), tokens.ptr.numpy())
+        return (torch.stack([torch.from_numpy(rows), torch.from_numpy(hits)]),
+                torch.from_numpy(eids))
     member_key = tokens.token * n + tokens.index  # sorted: tokens ascending, members sorted
     node = tokens.index
     deg = rowptr[node + 1] - rowptr[node]
