@@ -29,7 +29,9 @@ One layer (pre-norm, residual; ``x = norm(h)``)::
 
 Random walks and tie-breaking noise use the global RNG while training; at evaluation a
 generator seeded with ``eval_seed`` makes outputs repeatable, and ``eval_samples`` draws are
-averaged (logits).
+averaged (logits). The graph tasks draw them ahead, in the data loader (``plan.GraphPlan``,
+``model(..., plan=plan)``): the step then has no host sync; without a plan the model builds
+one itself with the same code.
 """
 
 from __future__ import annotations
