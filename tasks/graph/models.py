@@ -744,7 +744,8 @@ class GraphMambaNetwork(nn.Module):
         if not isinstance(plan, GraphPlan):
             raise TypeError(f"plan: expected a GraphPlan (model.planner()(...)) or None, got "
                             f"{type(plan).__name__}")
-        plan.check(planner, n, int(edge_index.shape[1]))
+        if not torch.compiler.is_compiling():  # metadata; compiled code guards on it anyway
+            plan.check(planner, n, int(edge_index.shape[1]))
         if plan.training != self.training and planner.random:
             draws = planner.draws(edge_index, n, batch, plan.num_graphs, self.training)
             plan = replace(plan, training=self.training, draws=draws)
