@@ -52,7 +52,7 @@ from geossm.registry import MODELS
 from geossm.serialization import NeighbourhoodTokens, Serialization
 from geossm.serialization.graph import NUMBA_MIN_ROWS, numba_kernels
 
-from .plan import GraphPlan, GraphPlanner, PlanDraw
+from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
 
 __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
 
@@ -692,8 +692,7 @@ class GraphMambaNetwork(nn.Module):
         than the model's mode gets fresh draws; one of another planner or graph size raises
         ``ValueError``.
         """
-        if plan is None and hasattr(x, "edge_index") and not isinstance(x, torch.Tensor):
-            plan = getattr(x, "plan", None)
+        plan = data_plan(x, plan)
         x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
             self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, None, 0)
@@ -741,11 +740,7 @@ class GraphMambaNetwork(nn.Module):
         planner = self.planner()
         if plan is None:
             return planner(edge_index, n, batch, training=self.training)
-        if not isinstance(plan, GraphPlan):
-            raise TypeError(f"plan: expected a GraphPlan (model.planner()(...)) or None, got "
-                            f"{type(plan).__name__}")
-        if not torch.compiler.is_compiling():  # metadata; compiled code guards on it anyway
-            plan.check(planner, n, int(edge_index.shape[1]))
+        plan = checked_plan(plan, planner, n, int(edge_index.shape[1]))
         if plan.training != self.training and planner.random:
             draws = planner.draws(edge_index, n, batch, plan.num_graphs, self.training)
             plan = replace(plan, training=self.training, draws=draws)

@@ -35,7 +35,7 @@ from geossm.serialization import NeighbourhoodTokens, Serialization, random_walk
 from geossm.serialization import degree_order as sample_degree_order
 from geossm.serialization.structure import _unchecked
 
-__all__ = ["GraphPlanner", "GraphPlan", "PlanDraw", "SparseParts"]
+__all__ = ["GraphPlanner", "GraphPlan", "PlanDraw", "SparseParts", "checked_plan", "data_plan"]
 
 
 def _mark_valid(cu_seqlens: Tensor, total: int) -> None:
@@ -102,28 +102,31 @@ class GraphPlanner:
     """What to precompute for one model (``GraphMambaNetwork.planner()``); picklable, compared
     by value (a plan records the planner that built it).
 
-    Args:
-        walk_length, num_walks, repeats: the token settings ``m``, ``M``, ``s``.
-        walk_tokens: sample random-walk tokens.
-        token_edges: also the edges inside every token (``token_encoder="gine"``).
-        degree_order: a degree order with random tie-breaking (``global_mamba``).
-        sparse_adjacency: the ``(N, N)`` adjacency of the ``gcn`` / ``sage`` branch.
-        hop_adjacency: the hop tokens' propagation matrix kind (``"gcn"`` / ``"mean"``), or
-            None without hop tokens.
-        eval_samples: draws of an evaluation plan.
-        eval_seed: seed of the evaluation draws.
+    Args (the defaults plan nothing but the graph count):
+        walk_length, num_walks, repeats: the token settings ``m``, ``M``, ``s``, default 1.
+        walk_tokens: sample random-walk tokens, default False.
+        token_edges: also the edges inside every token (``token_encoder="gine"``), default
+            False.
+        degree_order: a degree order with random tie-breaking (``global_mamba``), default
+            False.
+        sparse_adjacency: the ``(N, N)`` adjacency of a ``gcn`` / ``sage`` layer, default
+            False.
+        hop_adjacency: the hop tokens' propagation matrix kind (``"gcn"`` / ``"mean"``),
+            default None (no hop tokens).
+        eval_samples: draws of an evaluation plan, default 1.
+        eval_seed: seed of the evaluation draws, default 0.
     """
 
-    walk_length: int
-    num_walks: int
-    repeats: int
-    walk_tokens: bool
-    token_edges: bool
-    degree_order: bool
-    sparse_adjacency: bool
-    hop_adjacency: str | None
-    eval_samples: int
-    eval_seed: int
+    walk_length: int = 1
+    num_walks: int = 1
+    repeats: int = 1
+    walk_tokens: bool = False
+    token_edges: bool = False
+    degree_order: bool = False
+    sparse_adjacency: bool = False
+    hop_adjacency: str | None = None
+    eval_samples: int = 1
+    eval_seed: int = 0
 
     @property
     def random(self) -> bool:
@@ -234,6 +237,24 @@ class GraphPlan:
             raise ValueError(f"plan: built for {self.num_nodes} nodes and {self.num_edges} "
                              f"edges, got {num_nodes} nodes and {num_edges} edges (a plan of "
                              "another batch?)")
+
+
+def checked_plan(plan, planner: GraphPlanner, num_nodes: int, num_edges: int) -> GraphPlan:
+    """``plan`` after ``GraphPlan.check`` (skipped under ``torch.compile``: metadata the
+    compiled code guards on anyway); ``TypeError`` for anything but a ``GraphPlan``."""
+    if not isinstance(plan, GraphPlan):
+        raise TypeError(f"plan: expected a GraphPlan (model.planner()(...)) or None, got "
+                        f"{type(plan).__name__}")
+    if not torch.compiler.is_compiling():
+        plan.check(planner, num_nodes, num_edges)
+    return plan
+
+
+def data_plan(x, plan: GraphPlan | None) -> GraphPlan | None:
+    """``plan``, or the ``plan`` attribute of a PyG ``Data`` / ``Batch`` input ``x``."""
+    if plan is None and hasattr(x, "edge_index") and not isinstance(x, Tensor):
+        return getattr(x, "plan", None)
+    return plan
 
 
 def _map_tensors(obj, fn: Callable[[Tensor], Tensor]):

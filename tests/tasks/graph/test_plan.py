@@ -142,3 +142,23 @@ def test_planner_is_picklable_and_compared_by_value():
     assert isinstance(planner, GraphPlanner) and planner.token_edges and planner.degree_order
     hops = GraphMambaNetwork(**HOPS_LIKE).planner()
     assert not hops.random and hops.hop_adjacency == "mean" and hops.sparse_adjacency
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"conv": "gatedgcn", "node_vocab": [5, 3], "edge_vocab": [4], "task_level": "graph",
+     "pe_dim": 2},
+    {"conv": "gcn", "in_channels": 2, "task_level": "node", "sparse_adjacency": True}])
+def test_gnn_plus_baseline_takes_the_graph_count_and_adjacency_from_its_plan(kwargs):
+    from geossm.tasks.graph.baselines import GNNPlus
+    torch.manual_seed(0)
+    model = GNNPlus(num_classes=3, dim=8, num_layers=2, dropout=0.0, **kwargs)
+    b = _molecules()
+    inputs = _inputs(b) if "node_vocab" in kwargs else \
+        {"x": torch.randn(b.num_nodes, 2), "edge_index": b.edge_index}
+    plan = model.planner()(b.edge_index, b.num_nodes, b.batch, b.num_graphs)
+    assert (plan.adjacency is not None) == bool(kwargs.get("sparse_adjacency"))
+    planned = model(**inputs, plan=plan)
+    assert torch.equal(model(**inputs), planned)
+    planned.square().sum().backward()
+    if "node_vocab" in kwargs:  # the graph readout no longer reads the graph count
+        assert _step_syncs(model, b, plan) == {}
