@@ -47,6 +47,9 @@ from .transforms import AddPositionalEncodings, normalize_rows
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
 
+#: One-graph batches whose plan's adjacencies ``collate`` keeps (train, val and test graphs).
+STATIC_CACHE_SIZE = 4
+
 #: ``model.*`` keys that ``auto`` fills from the training dataset, and the attribute read.
 AUTO_MODEL_KEYS = {"in_channels": "num_features", "num_classes": "num_classes",
                    "edge_dim": "num_edge_features"}
@@ -107,8 +110,8 @@ class _GraphTask(Task):
         self._dataset_cache: dict[str, torch.utils.data.Dataset] = {}
         #: What ``collate`` precomputes for the built model (``plan.GraphPlanner``), or None.
         self.planner = None
-        #: ``(edge_index, key, static parts)`` of the last one-graph batch (``_static_parts``).
-        self._static_cache: tuple | None = None
+        #: ``(edge_index, static parts)`` of recent one-graph batches (``_static_parts``).
+        self._static_cache: dict[tuple, tuple] = {}
 
     def build_model(self) -> torch.nn.Module:
         """``MODELS[model.name](**model)`` after the ``auto`` keys are read from the training
@@ -129,7 +132,7 @@ class _GraphTask(Task):
         built = super().build_model()
         planner = getattr(built, "planner", None)
         self.planner = planner() if callable(planner) else None
-        self._static_cache = None
+        self._static_cache = {}
         return built
 
     def _metric_from_dataset(self) -> bool:
@@ -197,12 +200,14 @@ class _GraphTask(Task):
         if len(samples) != 1 or self.planner is None:
             return None
         edge_index = samples[0].edge_index
-        key = (edge_index._version, int(samples[0].num_nodes))
-        cached = self._static_cache
-        if cached is None or cached[0] is not edge_index or cached[1] != key:
-            parts = self.planner.static_parts(edge_index, key[1])
-            self._static_cache = cached = (edge_index, key, parts)
-        return cached[2]
+        key = (id(edge_index), edge_index._version, int(samples[0].num_nodes))
+        cached = self._static_cache.get(key)
+        if cached is None or cached[0] is not edge_index:
+            if len(self._static_cache) >= STATIC_CACHE_SIZE:  # the oldest graph goes
+                self._static_cache.pop(next(iter(self._static_cache)))
+            cached = (edge_index, self.planner.static_parts(edge_index, key[2]))
+            self._static_cache[key] = cached
+        return cached[1]
 
     def num_samples(self, batch: Batch) -> int:
         return int(batch.num_graphs)

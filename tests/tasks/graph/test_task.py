@@ -466,3 +466,19 @@ def test_plans_built_in_loader_workers_repeat_for_a_seed_and_epoch(tmp_path, mon
         assert _same_draws(evals, _loader_plans(trainer, "val", False, epoch=None))
     finally:
         trainer.close()
+
+
+def test_node_task_builds_a_graphs_adjacencies_once_across_train_and_eval_batches():
+    from geossm.tasks.graph.task import NodeClassificationTask
+    cfg = load_config(CONFIGS / "tolokers_gmn.yaml", KARATE + ["eval.metric=acc"])
+    task = NodeClassificationTask(cfg)
+    task.build_model()
+    train, val = task.build_dataset("0"), task.build_dataset("val")
+    first = task.collate(train.__getitems__([0]))
+    evaluated = task.collate(val.__getitems__([0]))
+    again = task.collate(train.__getitems__([0]))
+    assert first.plan.adjacency is not None and first.plan.hop_adjacency is not None
+    assert again.plan.adjacency is first.plan.adjacency  # not rebuilt after the val batch
+    assert evaluated.plan.adjacency is not first.plan.adjacency  # another graph object
+    assert torch.equal(evaluated.plan.adjacency.col, first.plan.adjacency.col)
+    assert first.plan.training and not evaluated.plan.training
