@@ -13,7 +13,9 @@ the real samples of ``../shared/data``, one ``Trainer._train_step``):
   and optimizer; roughly one kernel launch each on the GPU);
 - ``syncs``: dispatched operators and tensor reads that need the data on the host, by kind
   (``syncs_by_kind``: see ``SYNC_KINDS``);
-- ``step_ms``: median CPU wall time of ``--steps`` steps after ``--warmup``.
+- ``step_ms``: median CPU wall time of ``--steps`` steps after ``--warmup``;
+- ``collate_ms``: median wall time of the task's ``collate`` for one batch (a loader worker's
+  work per batch, e.g. the graph task's token plan), after one warm-up call.
 
     python benchmarks/step_ops.py [--tasks detection] [--batch-sizes 1 8] [--steps 3]
         [--threads 1] [--out ops.jsonl] [--top 15]
@@ -183,6 +185,24 @@ def profiler_aten_ops(step, batch) -> int:
     return sum(ev.name.startswith("aten::") for ev in prof.events())
 
 
+def collate_ms(trainer, batch_size: int, count: int) -> float:
+    """Median wall time (ms) of ``task.collate`` on ``count`` random batches of training
+    samples, after one untimed call (lazy compilation, caches)."""
+    import numpy as np
+
+    dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
+    g = np.random.default_rng(1)
+    times = []
+    for i in range(count + 1):
+        idx = g.choice(len(dataset), size=batch_size, replace=batch_size > len(dataset))
+        samples = [dataset[int(j)] for j in idx]
+        t0 = time.perf_counter()
+        trainer.task.collate(samples)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return round(1e3 * statistics.median(times), 1)
+
+
 def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
     overrides = step_profile.data_overrides(task, tmp, args.graphs, None)
     if args.tiny:
@@ -217,6 +237,7 @@ def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
                "batch_size": batch_size, "tiny": bool(args.tiny),
                "items_per_batch": step_profile._items(batches[0]),
                "step_ms": round(1e3 * statistics.median(times), 1),
+               "collate_ms": collate_ms(trainer, batch_size, args.batches),
                "aten_ops": profiler_aten_ops(step, batches[0]),
                "dispatched_ops": sum(counter.ops.values()),
                "syncs": sum(counter.syncs.values()),

@@ -55,17 +55,26 @@ def to_csr(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
 
 
 _NUMBA: list = []
+#: CPU inputs from this many walks / token rows / memberships on run the numba kernels.
+NUMBA_MIN_ROWS = 4096
+
+
+def numba_kernels():
+    """The numba kernel module ``_graph_numba`` (compiled on first use), or None without
+    numba."""
+    if not _NUMBA:
+        try:
+            from . import _graph_numba as kernels
+        except ImportError:
+            kernels = None
+        _NUMBA.append(kernels)
+    return _NUMBA[0]
 
 
 def _numba_walks():
-    """The numba walk kernel (compiled on first use), or None without numba."""
-    if not _NUMBA:
-        try:
-            from ._graph_numba import walks
-        except ImportError:
-            walks = None
-        _NUMBA.append(walks)
-    return _NUMBA[0]
+    """The numba walk kernel, or None without numba."""
+    kernels = numba_kernels()
+    return kernels.walks if kernels is not None else None
 
 
 def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
@@ -127,7 +136,7 @@ def _random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
     w = start.numel()
     if u is None:
         u = torch.rand((w, length), generator=generator, device=start.device, dtype=torch.float64)
-    if start.device.type == "cpu" and w >= 4096:
+    if start.device.type == "cpu" and w >= NUMBA_MIN_ROWS:
         kernel = _numba_walks()
         if kernel is not None:
             return torch.from_numpy(kernel(rowptr.long().numpy(), col.long().numpy(),
@@ -253,11 +262,7 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
         visited[:, b * s:(b + 1) * s, : big_m * (steps + 1)] = walk.view(n, s, big_m * (steps + 1))
         if walks_out is not None:
             walks_out[:, b, :, :, : steps + 1] = walk.view(n, s, big_m, steps + 1)
-    visited = torch.sort(visited.view(k, width), dim=1).values
-    keep = visited < n
-    keep[:, 1:] &= visited[:, 1:] != visited[:, :-1]
-    counts = keep.sum(1)
-    index = visited[keep]
+    index, counts = _unique_rows(visited.view(k, width), n)
     token = torch.repeat_interleave(torch.arange(k, device=dev), counts, output_size=index.numel())
     ptr = torch.zeros(k + 1, dtype=torch.long, device=dev)
     ptr[1:] = torch.cumsum(counts, 0)
@@ -269,8 +274,22 @@ def random_walk_tokens(edge_index: Tensor, num_nodes: int, walk_length: int, num
     return NeighbourhoodTokens(ptr, index, token, center, length, cu, n, walks_out)
 
 
+def _unique_rows(visited: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """Sorted distinct values below ``pad`` of every row: ``(members (nnz,), counts (K,))``
+    (numba on large CPU inputs, torch's row sort otherwise; the same result)."""
+    kernels = numba_kernels() if visited.device.type == "cpu" else None
+    if kernels is not None and visited.shape[0] >= NUMBA_MIN_ROWS:
+        index, counts = kernels.unique_rows(visited.contiguous().numpy(), pad)
+        return torch.from_numpy(index), torch.from_numpy(counts)
+    visited = torch.sort(visited, dim=1).values
+    keep = visited < pad
+    keep[:, 1:] &= visited[:, 1:] != visited[:, :-1]
+    return visited[keep], keep.sum(1)
+
+
 def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
-                 noise: bool = True, generator: torch.Generator | None = None) -> Serialization:
+                 noise: bool = True, generator: torch.Generator | None = None,
+                 num_graphs: int | None = None) -> Serialization:
     """Nodes of every graph sorted by degree ascending (Graph-Mamba's node prioritisation).
 
     ``key = deg(v) + ε_v``, ``ε ~ U(0, 1)`` when ``noise`` (ties broken at random, degrees
@@ -284,10 +303,12 @@ def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
         batch: ``(n,)`` graph of every node (PyG's ``batch``), default None (one graph).
         noise: add U(0,1) tie-breaking noise, default True.
         generator: torch generator for the noise, default None.
+        num_graphs: number of graphs ``G`` in ``batch`` (PyG's ``Batch.num_graphs``), default
+            None (read from ``batch``: one host sync).
 
     Returns:
         ``Serialization`` with one segment per graph and extras ``degree (n,)``, ``batch (n,)``.
-        Host syncs: input checks and the number of graphs.
+        Host syncs: input checks and, without ``num_graphs``, the number of graphs.
     """
     _check_graph(edge_index, num_nodes)
     dev = edge_index.device
@@ -299,7 +320,6 @@ def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
             raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
         if batch.shape != (num_nodes,):
             raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
-        num_graphs = None
     deg = torch.bincount(edge_index[0].long(), minlength=num_nodes)
     key = deg.to(torch.float64)
     if noise:

@@ -10,6 +10,8 @@
   (classic GNNs with residual, normalisation, dropout, FFN, edge features, PE: the yardstick);
 - ``models``: ``GraphMambaNetwork`` (random-walk neighbourhood tokens + BiMamba, optional
   degree-order BiMamba, MPNN and PE/SE) and ``GraphMamba`` (degree order, GatedGCN);
+- ``plan``: ``GraphPlanner`` / ``GraphPlan`` (a batch's tokens, orders and adjacencies, built
+  in the data loader so the training step has no host sync);
 - ``metrics``: accuracy, ROC-AUC, multi-label AP, mean ± std over splits;
 - ``losses``: ``WithInputL2`` (coupled L2 on the input projection, ``loss.input_l2``);
 - ``task``: ``NodeClassificationTask``, ``GraphClassificationTask``, ``MultiLabelGraphTask``;
@@ -19,7 +21,7 @@
 Configs: ``configs/graph/*.yaml``.
 """
 
-from . import baselines, datasets, metrics, models, task, transforms
+from . import baselines, datasets, metrics, models, plan, task, transforms
 from .datasets import (COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, AmazonRatings,
                        ChameleonFiltered, CiteSeer, Cora, IMDBBinary, KarateClub, Minesweeper,
                        PeptidesFunc, PubMed, Questions, RomanEmpire, SquirrelFiltered, Tolokers)
@@ -27,7 +29,7 @@ from .baselines import GatedGCNPlus, GCNPlus, GINPlus, GNNPlus, SAGEPlus
 from .models import GraphMamba, GraphMambaNetwork
 from .task import GraphClassificationTask, MultiLabelGraphTask, NodeClassificationTask
 
-__all__ = ["baselines", "datasets", "metrics", "models", "task", "transforms",
+__all__ = ["baselines", "datasets", "metrics", "models", "plan", "task", "transforms",
            "Cora", "CiteSeer", "PubMed", "RomanEmpire", "AmazonRatings", "Minesweeper",
            "Tolokers", "Questions", "ChameleonFiltered", "SquirrelFiltered", "MUTAG", "PROTEINS",
            "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "KarateClub",

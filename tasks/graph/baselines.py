@@ -46,6 +46,7 @@ from .models import (CategoricalEncoder, _posint, check_node_inputs,
                      check_pool_and_node_features, encode_edges, example_graph_inputs,
                      graph_forward_inputs, graph_readout, pooled_norm,
                      sparse_adjacency)
+from .plan import GraphPlan, GraphPlanner, checked_plan, data_plan
 
 __all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
@@ -270,21 +271,35 @@ class GNNPlus(nn.Module):
                 "num_layers": 2, "edge_dim": 2, "pe_dim": 2, "mlp_ratio": 2}
         return init, example_graph_inputs()
 
+    def planner(self) -> GraphPlanner:
+        """What a ``GraphPlan`` of this model holds: the graph count and, with
+        ``sparse_adjacency``, the adjacency (the graph tasks' ``collate`` builds it)."""
+        return GraphPlanner(sparse_adjacency=self.sparse_adjacency)
+
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
-                pe: torch.Tensor | None = None) -> torch.Tensor:
+                pe: torch.Tensor | None = None, plan: GraphPlan | None = None) -> torch.Tensor:
         """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
-        ``edge_attr``, ``batch`` and ``pe`` are keyword-only (as ``GraphMambaNetwork``)."""
+        ``edge_attr``, ``batch``, ``pe`` and ``plan`` are keyword-only (as
+        ``GraphMambaNetwork``; ``plan`` from ``self.planner()``, default None: the adjacency
+        and graph count are found here)."""
+        plan = data_plan(x, plan)
         x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
             self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, pe, self.pe_dim)
+        if plan is not None:
+            plan = checked_plan(plan, self.planner(), x.shape[0], int(edge_index.shape[1]))
         h = self._embed(x, pe)
         ea = encode_edges(self.edge_encoder, edge_attr)
-        adj_t = sparse_adjacency(edge_index, x.shape[0]) if self.sparse_adjacency else None
+        if plan is not None and plan.adjacency is not None:
+            adj_t = plan.adjacency.matrix()
+        else:
+            adj_t = sparse_adjacency(edge_index, x.shape[0]) if self.sparse_adjacency else None
         for layer in self.layers:
             h = layer(h, edge_index, ea, adj_t)
         if self.task_level == "graph":
-            h = graph_readout(h, batch, self.pool, self.pool_norm)
+            h = graph_readout(h, batch, self.pool, self.pool_norm,
+                              plan.num_graphs if plan is not None else None)
         return self.head(h)
 
     def _embed(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:

@@ -47,6 +47,9 @@ from .transforms import AddPositionalEncodings, normalize_rows
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
 
+#: One-graph batches whose plan's adjacencies ``collate`` keeps (train, val and test graphs).
+STATIC_CACHE_SIZE = 4
+
 #: ``model.*`` keys that ``auto`` fills from the training dataset, and the attribute read.
 AUTO_MODEL_KEYS = {"in_channels": "num_features", "num_classes": "num_classes",
                    "edge_dim": "num_edge_features"}
@@ -105,6 +108,10 @@ class _GraphTask(Task):
         super().__init__(cfg)
         #: Datasets built ahead of the trainer (``build_model``'s ``auto`` keys), by split.
         self._dataset_cache: dict[str, torch.utils.data.Dataset] = {}
+        #: What ``collate`` precomputes for the built model (``plan.GraphPlanner``), or None.
+        self.planner = None
+        #: ``(edge_index, static parts)`` of recent one-graph batches (``_static_parts``).
+        self._static_cache: dict[tuple, tuple] = {}
 
     def build_model(self) -> torch.nn.Module:
         """``MODELS[model.name](**model)`` after the ``auto`` keys are read from the training
@@ -122,7 +129,11 @@ class _GraphTask(Task):
                 model[key] = int(value) if value else None
         if self._metric_from_dataset():
             self.cfg.eval.metric = self.selection_metric()[0]
-        return super().build_model()
+        built = super().build_model()
+        planner = getattr(built, "planner", None)
+        self.planner = planner() if callable(planner) else None
+        self._static_cache = {}
+        return built
 
     def _metric_from_dataset(self) -> bool:
         return self.metric_from_dataset and not self.cfg.eval.get("metric")
@@ -167,10 +178,36 @@ class _GraphTask(Task):
                                     f"holding {layout}") from err
 
     def collate(self, samples: Sequence[Data]) -> Batch:
-        """PyG ``Batch.from_data_list`` (graphs concatenated, ``batch (N,)`` added)."""
+        """PyG ``Batch.from_data_list`` (graphs concatenated, ``batch (N,)`` added), and
+        ``batch.plan`` when the built model has a ``planner`` (``GraphMambaNetwork``): the
+        batch's tokens, orders and adjacencies, built here, in the loader's workers
+        (``plan.GraphPlan``). Evaluation plans for samples of the ``val`` / ``test`` splits
+        (``SplitSamples``, from the datasets' ``__getitems__``), training plans otherwise."""
         if not samples:
             raise ValueError("collate: expected at least one graph, got an empty list")
-        return Batch.from_data_list(list(samples))
+        batch = Batch.from_data_list(list(samples))
+        if self.planner is not None:
+            training = getattr(samples, "split", "train") in ("train", None)
+            batch.plan = self.planner(batch.edge_index, int(batch.num_nodes), batch.batch,
+                                      int(batch.num_graphs), training,
+                                      self._static_parts(samples))
+        return batch
+
+    def _static_parts(self, samples: Sequence[Data]) -> tuple | None:
+        """The plan's deterministic part of a one-graph batch, computed once per graph (node
+        tasks step on the same graph every epoch); None for other batches (built with the
+        plan)."""
+        if len(samples) != 1 or self.planner is None:
+            return None
+        edge_index = samples[0].edge_index
+        key = (id(edge_index), edge_index._version, int(samples[0].num_nodes))
+        cached = self._static_cache.get(key)
+        if cached is None or cached[0] is not edge_index:
+            if len(self._static_cache) >= STATIC_CACHE_SIZE:  # the oldest graph goes
+                self._static_cache.pop(next(iter(self._static_cache)))
+            cached = (edge_index, self.planner.static_parts(edge_index, key[2]))
+            self._static_cache[key] = cached
+        return cached[1]
 
     def num_samples(self, batch: Batch) -> int:
         return int(batch.num_graphs)
@@ -192,8 +229,11 @@ class _GraphTask(Task):
         return self.loss
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """The model on the batch's tensors (and its ``plan``, when ``collate`` built one)."""
+        plan = getattr(batch, "plan", None)
+        extra = {"plan": plan} if plan is not None else {}
         return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),
-                     batch=batch.batch, pe=getattr(batch, "pe", None))
+                     batch=batch.batch, pe=getattr(batch, "pe", None), **extra)
 
     def _binary(self) -> bool:
         classes = self.cfg.model.get("num_classes", 0)

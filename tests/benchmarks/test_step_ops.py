@@ -50,4 +50,18 @@ def test_tiny_run_prints_counts_per_batch_size(step_ops, capsys, tmp_path):
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
     for row in rows:
         assert row["step_ms"] > 0 and row["aten_ops"] > row["dispatched_ops"] > 100
+        assert row["collate_ms"] > 0
         assert row["syncs"] == sum(row["syncs_by_kind"].values())
+
+
+def test_graph_training_step_has_no_host_sync(step_ops, capsys):
+    # The Peptides-func GMN step (tiny widths): tokens, token edges and the degree order come
+    # with the batch (its plan, built in collate), so the step never reads sizes on the host
+    # (34 syncs per step before the plan).
+    shared_path("graphs", "peptides-functional", "splits_random_stratified_peptide.pickle")
+    pytest.importorskip("rdkit", reason="the Peptides-func SMILES are converted with RDKit")
+    step_ops.main(["--tiny", "--tasks", "graph", "--batch-sizes", "8"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{")]
+    assert len(rows) == 1 and rows[0]["dispatched_ops"] > 100
+    assert rows[0]["syncs"] == 0, rows[0]["top_sync_sites"]

@@ -16,6 +16,23 @@ from ..transforms import AddPositionalEncodings, normalize_rows
 SPLITS = ("train", "val", "test")
 
 
+class SplitSamples(list):
+    """The samples of one loader batch, with the ``split`` they come from (``"train"``,
+    ``"val"``, ``"test"``): what ``__getitems__`` hands the graph tasks' ``collate``, which
+    builds training plans (fresh random walks) for ``"train"`` and evaluation plans (drawn from
+    ``eval_seed``) for the others."""
+
+    def __init__(self, samples, split: str | None) -> None:
+        super().__init__(samples)
+        self.split = split
+
+
+def split_samples(dataset, indices) -> SplitSamples:
+    """``[dataset[i] for i in indices]`` marked with ``dataset.split`` (the DataLoader calls a
+    dataset's ``__getitems__`` for a whole batch)."""
+    return SplitSamples([dataset[i] for i in indices], getattr(dataset, "split", None))
+
+
 def check_split(split: str, split_index: int, num_splits: int) -> None:
     """Raise ``ValueError`` unless ``split`` is one of ``SPLITS`` and ``split_index`` an int in
     ``[0, num_splits)``."""
@@ -91,6 +108,9 @@ class NodeDataset(torch.utils.data.Dataset):
             raise IndexError(f"{type(self).__name__} holds one graph, got index {i}")
         return self.data
 
+    def __getitems__(self, indices) -> SplitSamples:
+        return split_samples(self, indices)
+
 
 class GraphDataset(torch.utils.data.Dataset):
     """Many graphs, one item per graph of ``split``.
@@ -108,3 +128,6 @@ class GraphDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Data:
         return self.graphs[i]
+
+    def __getitems__(self, indices) -> SplitSamples:
+        return split_samples(self, indices)

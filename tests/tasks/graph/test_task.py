@@ -435,3 +435,50 @@ def test_multilabel_loss_averages_the_labelled_entries_only():
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
     torch.testing.assert_close(loss, expected)
     assert torch.isfinite(loss)
+
+
+def _loader_plans(trainer, split: str, train: bool, epoch: int | None) -> list:
+    loader = trainer._loader(trainer._build_dataset(split), train=train)
+    if epoch is not None:
+        trainer._set_epoch(loader, epoch)
+    return [b.plan for b in loader]
+
+
+def _same_draws(a, b) -> bool:
+    return all(torch.equal(x.tokens.index, y.tokens.index) and torch.equal(x.order[0], y.order[0])
+               for p, q in zip(a, b, strict=True) for x, y in zip(p.draws, q.draws, strict=True))
+
+
+def test_plans_built_in_loader_workers_repeat_for_a_seed_and_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIGS / "synthetic_gmn.yaml",
+                      ["data.num_graphs=24", "data.num_eval_graphs=8", "train.batch_size=8",
+                       "train.num_workers=2", "model.eval_samples=2",
+                       f"output_dir={tmp_path / 'run'}"])
+    trainer = Trainer(cfg)
+    try:
+        first = _loader_plans(trainer, "0", True, epoch=3)
+        assert len(first) == 3 and all(p.training and len(p.draws) == 1 for p in first)
+        assert _same_draws(first, _loader_plans(trainer, "0", True, epoch=3))  # a resumed epoch
+        assert not _same_draws(first, _loader_plans(trainer, "0", True, epoch=4))  # fresh walks
+        evals = _loader_plans(trainer, "val", False, epoch=None)  # an unseeded loader
+        assert all(not p.training and len(p.draws) == 2 for p in evals)
+        assert _same_draws(evals, _loader_plans(trainer, "val", False, epoch=None))
+    finally:
+        trainer.close()
+
+
+def test_node_task_builds_a_graphs_adjacencies_once_across_train_and_eval_batches():
+    from geossm.tasks.graph.task import NodeClassificationTask
+    cfg = load_config(CONFIGS / "tolokers_gmn.yaml", KARATE + ["eval.metric=acc"])
+    task = NodeClassificationTask(cfg)
+    task.build_model()
+    train, val = task.build_dataset("0"), task.build_dataset("val")
+    first = task.collate(train.__getitems__([0]))
+    evaluated = task.collate(val.__getitems__([0]))
+    again = task.collate(train.__getitems__([0]))
+    assert first.plan.adjacency is not None and first.plan.hop_adjacency is not None
+    assert again.plan.adjacency is first.plan.adjacency  # not rebuilt after the val batch
+    assert evaluated.plan.adjacency is not first.plan.adjacency  # another graph object
+    assert torch.equal(evaluated.plan.adjacency.col, first.plan.adjacency.col)
+    assert first.plan.training and not evaluated.plan.training
