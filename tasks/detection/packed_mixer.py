@@ -79,6 +79,12 @@ def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
     return into, scatter, grad_gather, from_grad
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` where the dtype differs, else ``t`` itself: a no-op ``to`` is still an
+    operator call (host time on the GPU, ~50 per packed layer and step)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     dev = x.device.type
     if torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
@@ -142,23 +148,24 @@ class _PackedBiMamba(torch.autograd.Function):
         cd = _compute_dtype(x)
         dev = x.device.type
         with torch.autocast(dev, enabled=False):
-            xf = x.float()
+            f32 = torch.float32
+            xf = _cast(x, f32)
             rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-            u16 = (xf * rstd * norm_w.float()).to(x.dtype).to(cd)
+            u16 = _cast(_cast(xf * rstd * _cast(norm_w, f32), x.dtype), cd)
             rows, halves = _x_proj_rows(dt_f.shape[1], A_log_f.shape[1], x.device)
-            w_in = torch.cat([in_f, in_b]).to(cd)
+            w_in = _cast(torch.cat([in_f, in_b]), cd)
             conv_w = torch.cat([conv_w_f, conv_w_b])
             conv_b = None if conv_b_f is None else torch.cat([conv_b_f, conv_b_b])
-            w_x = _block_diag_x(x_f, x_b, rows, halves).to(cd)
-            w_dt = _block_diag_dt(dt_f, dt_b).to(cd)
+            w_x = _cast(_block_diag_x(x_f, x_b, rows, halves), cd)
+            w_dt = _cast(_block_diag_dt(dt_f, dt_b), cd)
             xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
                                                into_scan, backend, A_log_f.shape[1])
-            A = -torch.exp(torch.cat([A_log_f, A_log_b]).float())
-            D = torch.cat([D_f, D_b]).float()
-            bias = torch.cat([dt_bias_f, dt_bias_b]).float()
+            A = -torch.exp(_cast(torch.cat([A_log_f, A_log_b]), f32))
+            D = _cast(torch.cat([D_f, D_b]), f32)
+            bias = _cast(torch.cat([dt_bias_f, dt_bias_b]), f32)
             y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
                                                            None, True, False, backend)
-            w_out = torch.cat([out_f, out_b], 1).to(cd)                   # (D, 2E)
+            w_out = _cast(torch.cat([out_f, out_b], 1), cd)               # (D, 2E)
             e = conv_w_f.shape[0]
             ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
@@ -188,37 +195,42 @@ class _PackedBiMamba(torch.autograd.Function):
                 kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
             xs, z, h, B, C, dt, delta = kept
             # out = x + ys @ w_out.T
-            dm = dout.to(cd)
+            dm = _cast(dout, cd)
             d_w_out = dm.t().mm(ys)                                           # (D, 2E)
             dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
             du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
                 dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
-            ddelta = ddelta.to(delta.dtype)
+            ddelta = _cast(ddelta, delta.dtype)
             ddt, d_w_dt = ddelta.mm(w_dt), ddelta.t().mm(dt)
-            d_dbl = torch.cat([dB.to(B.dtype).view(t, 2 * n), dC.to(C.dtype).view(t, 2 * n),
-                               ddt], 1)
-            dh = du.to(h.dtype) + d_dbl.mm(w_x)
+            d_dbl = torch.cat([_cast(dB, B.dtype).view(t, 2 * n),
+                               _cast(dC, C.dtype).view(t, 2 * n), ddt], 1)
+            dh = _cast(du, h.dtype) + d_dbl.mm(w_x)
             d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
             dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
                 dh, xs, conv_w, conv_b, cu, True, False, backend)
-            dxz = torch.stack([dxs, dz.to(z.dtype)]).view(4 * t, e).index_select(0, from_grad)
+            dxz = torch.stack([dxs, _cast(dz, z.dtype)]).view(4 * t, e).index_select(0, from_grad)
             dxz = dxz.view(v, 4 * e)
             du16 = dxz.mm(w_in)
             d_w_in = dxz.t().mm(u16)                                          # (4E, D)
-            dx = dout + _rms_norm_backward(du16.to(x.dtype), x, rstd, norm_w)
-            d_norm_w = _rms_norm_weight_grad(du16.to(x.dtype), x, rstd).to(norm_w.dtype)
-            # one unbind per parameter pair (two views), not two selects
-            d_in = d_w_in.to(t_in).view(2, 2 * e, -1).unbind(0)
-            d_conv = d_conv_w.to(t_conv).view(2, e, -1).unbind(0)
+            du16 = _cast(du16, x.dtype)
+            dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
+            d_norm_w = _cast(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
+            # one unbind per parameter pair (two views), not two selects; every gradient
+            # contiguous, so that autograd keeps it as ``.grad`` without a copy
+            d_in = _cast(d_w_in, t_in).view(2, 2 * e, -1).unbind(0)
+            d_conv = _cast(d_conv_w, t_conv).view(2, e, -1).unbind(0)
             d_conv_bias = (None, None) if conv_b is None else \
-                d_conv_b.to(t_conv).view(2, e).unbind(0)
-            d_x = d_w_x.view(-1, 2, e)[rows, halves].to(t_x).unbind(0)          # (K, E) each
+                _cast(d_conv_b, t_conv).view(2, e).unbind(0)
+            d_x = _cast(d_w_x.view(-1, 2, e)[rows, halves], t_x).unbind(0)     # (K, E) each
             both = device_constant([0, 1], x.device)
-            d_dt = d_w_dt.view(2, e, 2, -1)[both, :, both].to(t_dt).unbind(0)   # (E, R) each
-            d_bias = dbias.to(t_bias).view(2, e).unbind(0)
-            d_alog = (dA * A).to(t_alog).view(2, e, n).unbind(0)
-            d_d = dD.to(t_d).view(2, e).unbind(0)
-            d_out = d_w_out.to(t_out).view(-1, 2, e).unbind(1)
+            d_dt = _cast(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt).unbind(0)  # (E, R)
+            d_bias = _cast(dbias, t_bias).view(2, e).unbind(0)
+            d_alog = _cast(dA * A, t_alog).view(2, e, n).unbind(0)
+            d_d = _cast(dD, t_d).view(2, e).unbind(0)
+            # (D, 2E) -> (2, D, E): the layout change and the cast in one copy
+            d_out = d_w_out.view(-1, 2, e).transpose(0, 1)
+            d_out = (d_out.contiguous() if d_out.dtype == t_out else
+                     d_out.to(t_out, memory_format=torch.contiguous_format)).unbind(0)
         return (dx, d_norm_w, *d_in, *d_conv, *d_conv_bias, *d_x, *d_dt, *d_bias, *d_alog, *d_d,
                 *d_out, None, None, None, None, None, None, None, None)
 
@@ -226,14 +238,16 @@ class _PackedBiMamba(torch.autograd.Function):
 def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
     """``d x`` of ``x * rstd * weight`` with ``rstd = rsqrt(mean(x^2) + eps)`` (float32):
     ``rstd * g - x * rstd^3 * mean(g * x)`` with ``g = dy * weight``."""
-    xf = x.float()
-    g = dy.float() * weight.float()
+    f32 = torch.float32
+    xf = _cast(x, f32)
+    g = _cast(dy, f32) * _cast(weight, f32)
     proj = (g * xf).mean(-1, keepdim=True) * rstd.pow(3)
-    return (g * rstd - xf * proj).to(x.dtype)
+    return _cast(g * rstd - xf * proj, x.dtype)
 
 
 def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
-    return (dy.float() * (x.float() * rstd)).sum(0)
+    f32 = torch.float32
+    return (_cast(dy, f32) * (_cast(x, f32) * rstd)).sum(0)
 
 
 def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
