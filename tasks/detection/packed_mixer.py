@@ -25,6 +25,13 @@ Mamba of twice the inner width ``2E``:
   ``recompute=False`` keeps them instead (~20 fewer operators per layer for ~8E + 4N more
   values per voxel: the LION step is bound by dispatch, not memory, 4.3 GiB at 8 KITTI frames).
 
+The two directions' weights are stored stacked (``pack_bimamba_weights``: one parameter per
+pair, e.g. ``packed_in_proj_weight (2, 2E, D)``), so the step neither stacks them in the forward
+nor splits their gradients in the backward, and autograd, clipping and the optimizer see half
+as many tensors. The state dict keeps the two-module layout (``forward_mamba.in_proj.weight``
+...): checkpoints load and save as before. The mixer's own two calls (where the packed path does
+not apply) read views of the stacked weights (``bind_direction_weights``).
+
 The math is the same as the two calls; the result differs by float rounding (the direction
 sum is accumulated in the out-projection's float32 accumulator instead of rounding each
 direction's bf16 output first, and the reversed scan's chunk boundaries move).
@@ -35,12 +42,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from geossm.serialization.windows import device_constant
 
-__all__ = ["packed_bimamba", "bidirectional_indices", "segment_reversal"]
+__all__ = ["packed_bimamba", "bidirectional_indices", "segment_reversal", "can_pack",
+           "pack_bimamba_weights", "bind_direction_weights", "is_packed"]
 
 
 def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
@@ -105,18 +113,21 @@ def _x_proj_rows(dt_rank: int, d_state: int, device) -> tuple[Tensor, Tensor]:
     return device_constant(rows, device), device_constant([[0], [1]], device)
 
 
-def _block_diag_x(w_f: Tensor, w_b: Tensor, rows: Tensor, halves: Tensor) -> Tensor:
-    k, e = w_f.shape
-    big = w_f.new_zeros(2 * k, 2, e)
-    big[rows, halves] = torch.stack([w_f, w_b])
+def _block_diag_x(w: Tensor, rows: Tensor, halves: Tensor) -> Tensor:
+    """``(2K, 2E)`` block-diagonal x-projection of the stacked ``w (2, K, E)`` (rows as
+    ``_x_proj_rows`` lays them out)."""
+    k, e = w.shape[1:]
+    big = w.new_zeros(2 * k, 2, e)
+    big[rows, halves] = w
     return big.view(2 * k, 2 * e)
 
 
-def _block_diag_dt(w_f: Tensor, w_b: Tensor) -> Tensor:
-    e, r = w_f.shape
-    big = w_f.new_zeros(2, e, 2, r)
-    both = device_constant([0, 1], w_f.device)
-    big[both, :, both] = torch.stack([w_f, w_b])
+def _block_diag_dt(w: Tensor) -> Tensor:
+    """``(2E, 2R)`` block-diagonal dt-projection of the stacked ``w (2, E, R)``."""
+    e, r = w.shape[1:]
+    big = w.new_zeros(2, e, 2, r)
+    both = device_constant([0, 1], w.device)
+    big[both, :, both] = w
     return big.view(2 * e, 2 * r)
 
 
@@ -141,32 +152,32 @@ def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, d_state
 class _PackedBiMamba(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, norm_w, in_f, in_b, conv_w_f, conv_w_b, conv_b_f, conv_b_b, x_f, x_b,
-                dt_f, dt_b, dt_bias_f, dt_bias_b, A_log_f, A_log_b, D_f, D_b, out_f, out_b,
+    def forward(ctx, x, norm_w, in_w, conv_w2, conv_b2, x_w, dt_w, dt_b, A_log2, D2, out_w,
                 into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
                 backend: str, recompute: bool):
         cd = _compute_dtype(x)
         dev = x.device.type
+        e, n = conv_w2.shape[1], A_log2.shape[2]
         with torch.autocast(dev, enabled=False):
             f32 = torch.float32
             xf = _cast(x, f32)
             rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             u16 = _cast(_cast(xf * rstd * _cast(norm_w, f32), x.dtype), cd)
-            rows, halves = _x_proj_rows(dt_f.shape[1], A_log_f.shape[1], x.device)
-            w_in = _cast(torch.cat([in_f, in_b]), cd)
-            conv_w = torch.cat([conv_w_f, conv_w_b])
-            conv_b = None if conv_b_f is None else torch.cat([conv_b_f, conv_b_b])
-            w_x = _cast(_block_diag_x(x_f, x_b, rows, halves), cd)
-            w_dt = _cast(_block_diag_dt(dt_f, dt_b), cd)
+            rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
+            # the stacked weights are both directions' concatenations already (views)
+            w_in = _cast(in_w.view(4 * e, -1), cd)
+            conv_w = conv_w2.view(2 * e, -1)
+            conv_b = None if conv_b2 is None else conv_b2.view(2 * e)
+            w_x = _cast(_block_diag_x(x_w, rows, halves), cd)
+            w_dt = _cast(_block_diag_dt(dt_w), cd)
             xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
-                                               into_scan, backend, A_log_f.shape[1])
-            A = -torch.exp(_cast(torch.cat([A_log_f, A_log_b]), f32))
-            D = _cast(torch.cat([D_f, D_b]), f32)
-            bias = _cast(torch.cat([dt_bias_f, dt_bias_b]), f32)
+                                               into_scan, backend, n)
+            A = -torch.exp(_cast(A_log2.view(2 * e, n), f32))
+            D = _cast(D2.view(2 * e), f32)
+            bias = _cast(dt_b.view(2 * e), f32)
             y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
                                                            None, True, False, backend)
-            w_out = _cast(torch.cat([out_f, out_b], 1), cd)               # (D, 2E)
-            e = conv_w_f.shape[0]
+            w_out = _cast(out_w.view(out_w.shape[0], 2 * e), cd)          # (D, 2E)
             ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
         # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
@@ -175,9 +186,8 @@ class _PackedBiMamba(torch.autograd.Function):
         ctx.save_for_backward(x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D,
                               bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
                               rows, halves, *kept)
-        ctx.flags = (backend, A_log_f.shape[1], cd,
-                     tuple(p.dtype for p in (in_f, conv_w_f, x_f, dt_f, out_f, A_log_f, D_f,
-                                             dt_bias_f)))
+        ctx.flags = (backend, n, cd,
+                     tuple(p.dtype for p in (in_w, conv_w2, x_w, dt_w, out_w, A_log2, D2, dt_b)))
         return out
 
     @staticmethod
@@ -215,24 +225,19 @@ class _PackedBiMamba(torch.autograd.Function):
             du16 = _cast(du16, x.dtype)
             dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
             d_norm_w = _cast(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
-            # one unbind per parameter pair (two views), not two selects; every gradient
-            # contiguous, so that autograd keeps it as ``.grad`` without a copy
-            d_in = _cast(d_w_in, t_in).view(2, 2 * e, -1).unbind(0)
-            d_conv = _cast(d_conv_w, t_conv).view(2, e, -1).unbind(0)
-            d_conv_bias = (None, None) if conv_b is None else \
-                _cast(d_conv_b, t_conv).view(2, e).unbind(0)
-            d_x = _cast(d_w_x.view(-1, 2, e)[rows, halves], t_x).unbind(0)     # (K, E) each
+            # one gradient per stacked parameter, each contiguous in its layout
+            d_in = _cast(d_w_in, t_in).view(2, 2 * e, -1)
+            d_conv = _cast(d_conv_w, t_conv).view(2, e, -1)
+            d_conv_bias = None if conv_b is None else _cast(d_conv_b, t_conv).view(2, e)
+            d_x = _cast(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
             both = device_constant([0, 1], x.device)
-            d_dt = _cast(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt).unbind(0)  # (E, R)
-            d_bias = _cast(dbias, t_bias).view(2, e).unbind(0)
-            d_alog = _cast(dA * A, t_alog).view(2, e, n).unbind(0)
-            d_d = _cast(dD, t_d).view(2, e).unbind(0)
-            # (D, 2E) -> (2, D, E): the layout change and the cast in one copy
-            d_out = d_w_out.view(-1, 2, e).transpose(0, 1)
-            d_out = (d_out.contiguous() if d_out.dtype == t_out else
-                     d_out.to(t_out, memory_format=torch.contiguous_format)).unbind(0)
-        return (dx, d_norm_w, *d_in, *d_conv, *d_conv_bias, *d_x, *d_dt, *d_bias, *d_alog, *d_d,
-                *d_out, None, None, None, None, None, None, None, None)
+            d_dt = _cast(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
+            d_bias = _cast(dbias, t_bias).view(2, e)
+            d_alog = _cast(dA * A, t_alog).view(2, e, n)
+            d_d = _cast(dD, t_d).view(2, e)
+            d_out = _cast(d_w_out, t_out).view(-1, 2, e)                      # (D, 2, E)
+        return (dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out,
+                None, None, None, None, None, None, None, None)
 
 
 def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
@@ -250,18 +255,17 @@ def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
     return (_cast(dy, f32) * (_cast(x, f32) * rstd)).sum(0)
 
 
-def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
-                   indices: Sequence[Tensor], cu_seqlens: Tensor,
-                   eps: float = 1e-5, backend: str = "numba", recompute: bool = True
-                   ) -> Tensor:
+def packed_bimamba(x: Tensor, norm_weight: Tensor, bimamba, indices: Sequence[Tensor],
+                   cu_seqlens: Tensor, eps: float = 1e-5, backend: str = "numba",
+                   recompute: bool = True) -> Tensor:
     """``x + (mamba_f(u) + mamba_b(u, reverse=True))[inverse]`` with ``u = rms_norm(x[order])``
     (see the module docstring), both directions in one launch of each kernel.
 
     Args:
         x: ``(V, D)`` features in source order.
         norm_weight: ``(D,)`` of the RMS norm (epsilon ``eps``, default 1e-5).
-        forward_mamba / backward_mamba: ``geossm.nn.Mamba`` modules (their weights; no biases
-            in the in- and out-projections).
+        bimamba: a ``geossm.nn.BiMamba`` whose weights ``pack_bimamba_weights`` stacked (no
+            biases in the in- and out-projections).
         indices: the four ``bidirectional_indices`` of the serialization.
         cu_seqlens: ``(S+1,)`` int32 groups, already validated.
         backend: a kernel backend, ``"numba"`` or ``"triton"`` (default ``"numba"``).
@@ -272,10 +276,122 @@ def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba
 
     Shapes: ``x (V, D) -> (V, D)``; ``indices`` ``(4V,), (2V,), (2V,), (4V,)``.
     """
-    f, b = forward_mamba, backward_mamba
+    if not is_packed(bimamba):
+        raise ValueError("bimamba: expected a BiMamba whose weights pack_bimamba_weights "
+                         f"stacked, got {type(bimamba).__name__} with separate weights")
+    w = {name: getattr(bimamba, _packed_attr(name)) for name in bimamba._packed_names}
     return _PackedBiMamba.apply(
-        x, norm_weight, f.in_proj.weight, b.in_proj.weight, f.conv_weight, b.conv_weight,
-        f.conv_bias, b.conv_bias, f.x_proj.weight, b.x_proj.weight, f.dt_proj.weight,
-        b.dt_proj.weight, f.dt_proj.bias, b.dt_proj.bias, f.A_log, b.A_log, f.D, b.D,
-        f.out_proj.weight, b.out_proj.weight, *indices, cu_seqlens,
-        float(eps), backend, bool(recompute))
+        x, norm_weight, w["in_proj.weight"], w["conv_weight"], w.get("conv_bias"),
+        w["x_proj.weight"], w["dt_proj.weight"], w["dt_proj.bias"], w["A_log"], w["D"],
+        w["out_proj.weight"], *indices, cu_seqlens, float(eps), backend, bool(recompute))
+
+
+# ------------------------------------------------------------------ stacked weights
+
+#: the two directions of a ``BiMamba`` (its submodule names), direction 0 then 1
+DIRECTIONS = ("forward_mamba", "backward_mamba")
+#: parameters of a Mamba direction that ``pack_bimamba_weights`` stacks (``conv_bias`` where
+#: the directions have one)
+_PACKED_NAMES = ("conv_weight", "conv_bias", "A_log", "D", "in_proj.weight", "x_proj.weight",
+                 "dt_proj.weight", "dt_proj.bias", "out_proj.weight")
+#: stacked along dim 1, ``(D, 2, E)``: the out-projection of both directions is then the
+#: ``(D, 2E)`` matrix of the packed path (a view); the others along dim 0
+_STACK_DIM = {"out_proj.weight": 1}
+
+
+def _packed_attr(name: str) -> str:
+    return "packed_" + name.replace(".", "_")
+
+
+def _direction(stacked: Tensor, name: str, d: int) -> Tensor:
+    """Direction ``d``'s weight ``name``: a view of its ``stacked`` parameter."""
+    return stacked.select(_STACK_DIM.get(name, 0), d)
+
+
+def is_packed(bimamba) -> bool:
+    """Whether ``pack_bimamba_weights`` stacked ``bimamba``'s weights."""
+    return bool(getattr(bimamba, "_packed_names", None))
+
+
+def can_pack(bimamba) -> bool:
+    """Whether ``pack_bimamba_weights`` applies: a ``BiMamba`` of two ``Mamba`` directions
+    with the same parameters, none but ``_PACKED_NAMES`` (no projection biases)."""
+    from geossm.nn import BiMamba, Mamba
+
+    if not isinstance(bimamba, BiMamba) or is_packed(bimamba):
+        return False
+    f, b = (getattr(bimamba, d) for d in DIRECTIONS)
+    if type(f) is not Mamba or type(b) is not Mamba:
+        return False
+    names = [n for n, _ in f.named_parameters()]
+    return names == [n for n, _ in b.named_parameters()] and set(names) <= set(_PACKED_NAMES)
+
+
+def pack_bimamba_weights(bimamba) -> None:
+    """Store the two directions' weights of ``bimamba`` (a ``geossm.nn.BiMamba`` of Mamba-1
+    directions without in-/out-projection biases) as one parameter per pair, in place.
+
+    ``forward_mamba.A_log`` and ``backward_mamba.A_log`` become ``packed_A_log (2, E, N)``
+    (stacked along dim 0; the out-projections along dim 1: ``(D, 2, E)``); weight-decay flags
+    follow the originals (``_no_weight_decay`` where they had ``ndim < 2`` or the flag). The
+    directions keep the names as views (``bind_direction_weights``), so their own forward
+    still runs; ``state_dict`` / ``load_state_dict`` keep and accept the two-module keys.
+    Same values: outputs and gradients do not change.
+
+    Raises:
+        ValueError: ``can_pack`` is false (projection biases, other direction modules, the
+            weights stacked already).
+    """
+    if not can_pack(bimamba):
+        raise ValueError("bimamba: expected a BiMamba of two Mamba directions with the "
+                         f"parameters {list(_PACKED_NAMES)} (conv_bias optional), not packed "
+                         f"yet; got {type(bimamba).__name__}")
+    f, b = (getattr(bimamba, d) for d in DIRECTIONS)
+    present = {n for n, _ in f.named_parameters()}
+    names = [n for n in _PACKED_NAMES if n in present]
+    for name in names:
+        owner, leaf = name.rpartition(".")[0], name.rpartition(".")[2]
+        pf, pb = (getattr(m.get_submodule(owner), leaf) for m in (f, b))
+        stacked = nn.Parameter(torch.stack([pf.detach(), pb.detach()], _STACK_DIM.get(name, 0)),
+                               requires_grad=pf.requires_grad)
+        if pf.ndim < 2 or getattr(pf, "_no_weight_decay", False):
+            stacked._no_weight_decay = True
+        bimamba.register_parameter(_packed_attr(name), stacked)
+        for m in (f, b):
+            del m.get_submodule(owner)._parameters[leaf]
+    bimamba._packed_names = tuple(names)
+    bimamba._register_state_dict_hook(_unpacked_state_dict)
+    bimamba._register_load_state_dict_pre_hook(_pack_loaded_state_dict, with_module=True)
+    bind_direction_weights(bimamba)
+
+
+def bind_direction_weights(bimamba) -> None:
+    """Point the directions' weight names (``forward_mamba.in_proj.weight`` ...) at views of
+    the stacked parameters, for their own forward: made again where called (after ``.to()``
+    or a dtype change the parameters hold new tensors)."""
+    for name in bimamba._packed_names:
+        owner, leaf = name.rpartition(".")[0], name.rpartition(".")[2]
+        stacked = getattr(bimamba, _packed_attr(name))
+        for d, direction in enumerate(DIRECTIONS):
+            setattr(getattr(bimamba, direction).get_submodule(owner), leaf,
+                    _direction(stacked, name, d))
+
+
+def _unpacked_state_dict(module, state_dict, prefix, local_metadata) -> None:
+    """State-dict hook: the stacked entries of ``module`` replaced by the two directions'
+    own keys and tensors (contiguous copies), in the order of the unpacked module."""
+    stacked = {name: state_dict.pop(prefix + _packed_attr(name)) for name in module._packed_names}
+    for d, direction in enumerate(DIRECTIONS):
+        for name in module._packed_names:
+            state_dict[f"{prefix}{direction}.{name}"] = _direction(
+                stacked[name], name, d).detach().clone(memory_format=torch.contiguous_format)
+
+
+def _pack_loaded_state_dict(module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: the two directions' keys of a checkpoint stacked into the
+    parameters' (pairs where one key is missing stay, so that loading reports them)."""
+    for name in module._packed_names:
+        keys = [f"{prefix}{direction}.{name}" for direction in DIRECTIONS]
+        if all(k in state_dict for k in keys):
+            pair = [state_dict.pop(k) for k in keys]
+            state_dict[prefix + _packed_attr(name)] = torch.stack(pair, _STACK_DIM.get(name, 0))
