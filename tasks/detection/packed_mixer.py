@@ -25,10 +25,10 @@ Mamba of twice the inner width ``2E``:
   ``recompute=False`` keeps them instead (~20 fewer operators per layer for ~8E + 4N more
   values per voxel: the LION step is bound by dispatch, not memory, 4.3 GiB at 8 KITTI frames).
 
-The two directions' weights are stored stacked (``pack_bimamba_weights``: one parameter per
-pair, e.g. ``packed_in_proj_weight (2, 2E, D)``), so the step neither stacks them in the forward
-nor splits their gradients in the backward, and autograd, clipping and the optimizer see half
-as many tensors. The state dict keeps the two-module layout (``forward_mamba.in_proj.weight``
+The two directions' weights are stored together (``pack_bimamba_weights``: one parameter per
+pair in the packed path's layout, e.g. ``packed_in_proj_weight (4E, D)``), so the step neither
+concatenates them in the forward nor splits their gradients in the backward, and autograd,
+clipping and the optimizer see half as many tensors. The state dict keeps the two-module layout (``forward_mamba.in_proj.weight``
 ...): checkpoints load and save as before. The mixer's own two calls (where the packed path does
 not apply) read views of the stacked weights (``bind_direction_weights``).
 
@@ -152,32 +152,31 @@ def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, d_state
 class _PackedBiMamba(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, norm_w, in_w, conv_w2, conv_b2, x_w, dt_w, dt_b, A_log2, D2, out_w,
+    def forward(ctx, x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w,
                 into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
                 backend: str, recompute: bool):
         cd = _compute_dtype(x)
         dev = x.device.type
-        e, n = conv_w2.shape[1], A_log2.shape[2]
+        n = A_log.shape[1]
         with torch.autocast(dev, enabled=False):
             f32 = torch.float32
             xf = _cast(x, f32)
             rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
             u16 = _cast(_cast(xf * rstd * _cast(norm_w, f32), x.dtype), cd)
             rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
-            # the stacked weights are both directions' concatenations already (views)
-            w_in = _cast(in_w.view(4 * e, -1), cd)
-            conv_w = conv_w2.view(2 * e, -1)
-            conv_b = None if conv_b2 is None else conv_b2.view(2 * e)
+            # the stacked weights are both directions' in the packed layout already
+            w_in = _cast(in_w, cd)
             w_x = _cast(_block_diag_x(x_w, rows, halves), cd)
             w_dt = _cast(_block_diag_dt(dt_w), cd)
             xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
                                                into_scan, backend, n)
-            A = -torch.exp(_cast(A_log2.view(2 * e, n), f32))
-            D = _cast(D2.view(2 * e), f32)
-            bias = _cast(dt_b.view(2 * e), f32)
+            A = -torch.exp(_cast(A_log, f32))
+            D = _cast(D, f32)
+            bias = _cast(dt_b, f32)
             y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
                                                            None, True, False, backend)
-            w_out = _cast(out_w.view(out_w.shape[0], 2 * e), cd)          # (D, 2E)
+            w_out = _cast(out_w, cd)                                      # (D, 2E)
+            e = conv_w.shape[0] // 2
             ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
         # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
@@ -187,7 +186,7 @@ class _PackedBiMamba(torch.autograd.Function):
                               bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
                               rows, halves, *kept)
         ctx.flags = (backend, n, cd,
-                     tuple(p.dtype for p in (in_w, conv_w2, x_w, dt_w, out_w, A_log2, D2, dt_b)))
+                     tuple(p.dtype for p in (in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b)))
         return out
 
     @staticmethod
@@ -226,16 +225,16 @@ class _PackedBiMamba(torch.autograd.Function):
             dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
             d_norm_w = _cast(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
             # one gradient per stacked parameter, each contiguous in its layout
-            d_in = _cast(d_w_in, t_in).view(2, 2 * e, -1)
-            d_conv = _cast(d_conv_w, t_conv).view(2, e, -1)
-            d_conv_bias = None if conv_b is None else _cast(d_conv_b, t_conv).view(2, e)
+            d_in = _cast(d_w_in, t_in)                                         # (4E, D)
+            d_conv = _cast(d_conv_w, t_conv)                                   # (2E, W)
+            d_conv_bias = None if conv_b is None else _cast(d_conv_b, t_conv)
             d_x = _cast(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
             both = device_constant([0, 1], x.device)
             d_dt = _cast(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
-            d_bias = _cast(dbias, t_bias).view(2, e)
-            d_alog = _cast(dA * A, t_alog).view(2, e, n)
-            d_d = _cast(dD, t_d).view(2, e)
-            d_out = _cast(d_w_out, t_out).view(-1, 2, e)                      # (D, 2, E)
+            d_bias = _cast(dbias, t_bias)
+            d_alog = _cast(dA * A, t_alog)                                     # (2E, N)
+            d_d = _cast(dD, t_d)
+            d_out = _cast(d_w_out, t_out)                                      # (D, 2E)
         return (dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out,
                 None, None, None, None, None, None, None, None)
 
@@ -294,18 +293,31 @@ DIRECTIONS = ("forward_mamba", "backward_mamba")
 #: the directions have one)
 _PACKED_NAMES = ("conv_weight", "conv_bias", "A_log", "D", "in_proj.weight", "x_proj.weight",
                  "dt_proj.weight", "dt_proj.bias", "out_proj.weight")
-#: stacked along dim 1, ``(D, 2, E)``: the out-projection of both directions is then the
-#: ``(D, 2E)`` matrix of the packed path (a view); the others along dim 0
-_STACK_DIM = {"out_proj.weight": 1}
+#: how a pair is stored: ``("cat", dim)`` (the packed path's layout: in-projection ``(4E, D)``,
+#: convolution ``(2E, W)``, ``A_log (2E, N)``, out-projection ``(D, 2E)``...) or
+#: ``("stack", 0)`` (x- and dt-projections ``(2, K, E)`` / ``(2, E, R)``, the blocks of their
+#: block-diagonal matrices); default ``("cat", 0)``
+_LAYOUT = {"x_proj.weight": ("stack", 0), "dt_proj.weight": ("stack", 0),
+           "out_proj.weight": ("cat", 1)}
 
 
 def _packed_attr(name: str) -> str:
     return "packed_" + name.replace(".", "_")
 
 
+def _combined(pair: Sequence[Tensor], name: str) -> Tensor:
+    """The two directions' weight ``name`` in its stored layout (``_LAYOUT``)."""
+    how, dim = _LAYOUT.get(name, ("cat", 0))
+    return (torch.stack if how == "stack" else torch.cat)(list(pair), dim)
+
+
 def _direction(stacked: Tensor, name: str, d: int) -> Tensor:
     """Direction ``d``'s weight ``name``: a view of its ``stacked`` parameter."""
-    return stacked.select(_STACK_DIM.get(name, 0), d)
+    how, dim = _LAYOUT.get(name, ("cat", 0))
+    if how == "stack":
+        return stacked.select(dim, d)
+    size = stacked.shape[dim] // 2
+    return stacked.narrow(dim, d * size, size)
 
 
 def is_packed(bimamba) -> bool:
@@ -331,9 +343,10 @@ def pack_bimamba_weights(bimamba) -> None:
     """Store the two directions' weights of ``bimamba`` (a ``geossm.nn.BiMamba`` of Mamba-1
     directions without in-/out-projection biases) as one parameter per pair, in place.
 
-    ``forward_mamba.A_log`` and ``backward_mamba.A_log`` become ``packed_A_log (2, E, N)``
-    (stacked along dim 0; the out-projections along dim 1: ``(D, 2, E)``); weight-decay flags
-    follow the originals (``_no_weight_decay`` where they had ``ndim < 2`` or the flag). The
+    ``forward_mamba.A_log`` and ``backward_mamba.A_log`` become ``packed_A_log (2E, N)``
+    (``_LAYOUT``: concatenated as the packed path reads them, the x- and dt-projections
+    stacked ``(2, K, E)`` / ``(2, E, R)``, the out-projections side by side ``(D, 2E)``);
+    weight-decay flags follow the originals (``_no_weight_decay`` where they had ``ndim < 2`` or the flag). The
     directions keep the names as views (``bind_direction_weights``), so their own forward
     still runs; ``state_dict`` / ``load_state_dict`` keep and accept the two-module keys.
     Same values: outputs and gradients do not change.
@@ -352,7 +365,7 @@ def pack_bimamba_weights(bimamba) -> None:
     for name in names:
         owner, leaf = name.rpartition(".")[0], name.rpartition(".")[2]
         pf, pb = (getattr(m.get_submodule(owner), leaf) for m in (f, b))
-        stacked = nn.Parameter(torch.stack([pf.detach(), pb.detach()], _STACK_DIM.get(name, 0)),
+        stacked = nn.Parameter(_combined([pf.detach(), pb.detach()], name),
                                requires_grad=pf.requires_grad)
         if pf.ndim < 2 or getattr(pf, "_no_weight_decay", False):
             stacked._no_weight_decay = True
@@ -394,4 +407,4 @@ def _pack_loaded_state_dict(module, state_dict, prefix, *args) -> None:
         keys = [f"{prefix}{direction}.{name}" for direction in DIRECTIONS]
         if all(k in state_dict for k in keys):
             pair = [state_dict.pop(k) for k in keys]
-            state_dict[prefix + _packed_attr(name)] = torch.stack(pair, _STACK_DIM.get(name, 0))
+            state_dict[prefix + _packed_attr(name)] = _combined(pair, name)

@@ -198,7 +198,7 @@ def test_stacked_weights_keep_the_two_module_checkpoint(conv_bias):
     layer.mixer.load_state_dict(old.state_dict())
     assert all(torch.equal(v, old.state_dict()[k]) for k, v in layer.mixer.state_dict().items())
     f = layer.mixer.mixer.forward_mamba
-    assert torch.equal(layer.mixer.mixer.packed_out_proj_weight[:, 0],
+    assert torch.equal(layer.mixer.mixer.packed_out_proj_weight[:, :16],
                        old.mixer.forward_mamba.out_proj.weight)
     assert f.in_proj.weight.data_ptr() == layer.mixer.mixer.packed_in_proj_weight.data_ptr()
 
@@ -234,7 +234,7 @@ def test_stacking_is_refused_where_it_does_not_apply():
     assert not is_packed(layer.mixer.mixer) and layer.packed_backend(torch.zeros(2, 8)) is None
 
 
-@pytest.mark.parametrize("recompute,most", [(True, 135), (False, 115)])
+@pytest.mark.parametrize("recompute,most", [(True, 120), (False, 100)])
 def test_packed_layer_step_dispatches_few_operators(recompute, most):
     """Operators of one packed layer's forward + backward (``benchmarks/step_ops.py``'s
     counter; each a launch's host time on the GPU): the weights are neither stacked in the
