@@ -57,6 +57,11 @@ class LinearGroupLayer(nn.Module):
     """One linear group RNN layer: voxels grouped by ``window_groups`` along ``axis`` and mixed
     by the operator within each group.
 
+    A bidirectional Mamba-1 mixer keeps its two directions' weights as one parameter per pair
+    (``packed_mixer.pack_bimamba_weights``; the state dict has the two-module keys). An
+    optimizer state saved before that layout (two parameter tensors per pair) does
+    not resume; the weights of such a checkpoint load.
+
     Shapes: ``SparseVoxels (V, D) -> (V, D)``.
     """
 
