@@ -306,5 +306,5 @@ def check_optimization_config(train: Mapping[str, Any]) -> None:
 
 
 __all__ = ["SCHEDULES", "FUSED_ON_CUDA", "clip_grad_norm", "cosine_warmup_factor",
-           "build_scheduler", "build_optimizer", "apply_param_group_rules", "optimizer_class", "optimizer_names",
-           "check_optimization_config"]
+           "build_scheduler", "build_optimizer", "apply_param_group_rules", "optimizer_class",
+           "optimizer_names", "check_optimization_config"]

@@ -34,10 +34,10 @@ from geossm.registry import MODELS
 from geossm.serialization import Serialization, window_groups_multi, window_partition
 
 from .boxes import nms_bev
-from .packed_mixer import (bidirectional_indices, bind_direction_weights, can_pack, is_packed,
-                           pack_bimamba_weights, packed_bimamba, segment_reversal)
+from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
 from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
                      merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
+from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes"]
@@ -58,7 +58,7 @@ class LinearGroupLayer(nn.Module):
     by the operator within each group.
 
     A bidirectional Mamba-1 mixer keeps its two directions' weights as one parameter per pair
-    (``packed_mixer.pack_bimamba_weights``; the state dict has the two-module keys). An
+    (``stacked_weights.pack_bimamba_weights``; the state dict has the two-module keys). An
     optimizer state saved before that layout (two parameter tensors per pair) does
     not resume; the weights of such a checkpoint load.
 
