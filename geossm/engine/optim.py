@@ -39,7 +39,7 @@ import difflib
 import inspect
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -266,6 +266,37 @@ def build_optimizer(model: torch.nn.Module, groups: list[dict[str, Any]],
         raise TypeError(f"train.optimizer: cannot build {name} with {sorted(spec)}: {err}") from err
 
 
+@torch.no_grad()
+def clip_grad_norm(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_(parameters, max_norm)`` (2-norm), the same values to the
+    bit, without its per-tensor ``norm.to(device)`` (one no-op operator call per parameter:
+    ~360 a LION step, host time on the GPU). Gradients are scaled in place by
+    ``min(max_norm / (total + 1e-6), 1)`` with no host sync.
+
+    Returns:
+        The total norm of all gradients, a 0-d tensor (on the first gradient's device).
+    """
+    params = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in params]
+    if not grads:
+        return torch.tensor(0.0)
+    if any(g.layout != torch.strided or type(g) is not torch.Tensor for g in grads):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)   # sparse / subclass: torch's
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    first = grads[0].device
+    norms = []
+    for (device, _), group in groups.items():
+        norms.extend(torch._foreach_norm(group, 2.0) if device == first else
+                     [n.to(first) for n in torch._foreach_norm(group, 2.0)])
+    total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+    coef = torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
+    for (device, _), group in groups.items():
+        torch._foreach_mul_(group, coef if device == first else coef.to(device))
+    return total
+
+
 def check_optimization_config(train: Mapping[str, Any]) -> None:
     """Fail early (before data is read) on an unknown optimiser or schedule name or a
     malformed ``param_groups`` entry."""
@@ -274,6 +305,6 @@ def check_optimization_config(train: Mapping[str, Any]) -> None:
     _check_rules(train.get("param_groups"))
 
 
-__all__ = ["SCHEDULES", "FUSED_ON_CUDA", "cosine_warmup_factor", "build_scheduler",
-           "build_optimizer", "apply_param_group_rules", "optimizer_class", "optimizer_names",
-           "check_optimization_config"]
+__all__ = ["SCHEDULES", "FUSED_ON_CUDA", "clip_grad_norm", "cosine_warmup_factor",
+           "build_scheduler", "build_optimizer", "apply_param_group_rules", "optimizer_class",
+           "optimizer_names", "check_optimization_config"]

@@ -62,7 +62,8 @@ from geossm.engine.cuda_graph import GraphedStep
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
-from geossm.engine.optim import build_optimizer, build_scheduler, check_optimization_config
+from geossm.engine.optim import (build_optimizer, build_scheduler, check_optimization_config,
+                                  clip_grad_norm)
 from geossm.engine.task import Task, build_task, move_to
 from geossm.registry import import_modules
 
@@ -391,7 +392,7 @@ class Trainer:
         loss.backward()
         grad_norm = None
         if clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            grad_norm = clip_grad_norm(self.model.parameters(), clip)
         return loss.detach(), {k: v.detach() for k, v in extras.items()}, grad_norm
 
     def _peak_text(self) -> str:

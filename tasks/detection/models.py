@@ -37,6 +37,7 @@ from .boxes import nms_bev
 from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
 from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
                      merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
+from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes"]
@@ -56,6 +57,11 @@ class LinearGroupLayer(nn.Module):
     """One linear group RNN layer: voxels grouped by ``window_groups`` along ``axis`` and mixed
     by the operator within each group.
 
+    A bidirectional Mamba-1 mixer keeps its two directions' weights as one parameter per pair
+    (``stacked_weights.pack_bimamba_weights``; the state dict has the two-module keys). An
+    optimizer state saved before that layout (two parameter tensors per pair) does
+    not resume; the weights of such a checkpoint load.
+
     Shapes: ``SparseVoxels (V, D) -> (V, D)``.
     """
 
@@ -68,6 +74,10 @@ class LinearGroupLayer(nn.Module):
         self.window_shape, self.group_size = tuple(int(v) for v in window_shape), int(group_size)
         self.axis, self.shift = axis, bool(shift)
         self.mixer = OPERATORS[operator](dim, bidirectional, mlp_ratio, drop_path, **op_kwargs)
+        if isinstance(self.mixer, SerializedBlock) and can_pack(self.mixer.mixer):
+            # both directions' weights stacked: the packed path's layout (the state dict keeps
+            # the two-module keys)
+            pack_bimamba_weights(self.mixer.mixer)
         #: both Mamba directions in one launch of each kernel (``packed_bimamba``) where the
         #: operator allows it (see ``packed_backend``); False: the mixer's own two calls.
         self.packed = True
@@ -87,15 +97,16 @@ class LinearGroupLayer(nn.Module):
                 check=False)[0]
         backend = self.packed_backend(sp.features)
         if backend is None:
+            if is_packed(getattr(self.mixer, "mixer", None)):
+                bind_direction_weights(self.mixer.mixer)
             return sp.replace(self.mixer(sp.features, serialization))
         if indices is None:
             indices = bidirectional_indices(serialization.order, serialization.inverse,
                                             group_reversal(sp, serialization, self.group_size))
         block = self.mixer
         return sp.replace(packed_bimamba(
-            sp.features, block.norm1.weight, block.mixer.forward_mamba,
-            block.mixer.backward_mamba, indices, serialization.cu_seqlens, block.norm1.eps,
-            backend, self.packed_recompute))
+            sp.features, block.norm1.weight, block.mixer, indices, serialization.cu_seqlens,
+            block.norm1.eps, backend, self.packed_recompute))
 
     def packed_backend(self, x: Tensor) -> str | None:
         """The kernel backend ``packed_bimamba`` runs on for features ``x``, or None where it
@@ -105,7 +116,8 @@ class LinearGroupLayer(nn.Module):
         path, or under ``torch.compile``."""
         block = self.mixer
         if not (self.packed and isinstance(block, SerializedBlock)
-                and isinstance(block.mixer, BiMamba) and block.mlp is None):
+                and isinstance(block.mixer, BiMamba) and is_packed(block.mixer)
+                and block.mlp is None):
             return None
         if (block.training and block.drop_path.p > 0) or block.grad_checkpoint:
             return None

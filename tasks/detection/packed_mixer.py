@@ -25,6 +25,10 @@ Mamba of twice the inner width ``2E``:
   ``recompute=False`` keeps them instead (~20 fewer operators per layer for ~8E + 4N more
   values per voxel: the LION step is bound by dispatch, not memory, 4.3 GiB at 8 KITTI frames).
 
+The weights come as one parameter per pair, in this path's layout (``stacked_weights``: e.g.
+``packed_in_proj_weight (4E, D)``), so the step neither concatenates them in the forward nor
+splits their gradients in the backward.
+
 The math is the same as the two calls; the result differs by float rounding (the direction
 sum is accumulated in the out-projection's float32 accumulator instead of rounding each
 direction's bf16 output first, and the reversed scan's chunk boundaries move).
@@ -39,6 +43,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from geossm.serialization.windows import device_constant
+
+from .stacked_weights import is_packed, stacked_weights
 
 __all__ = ["packed_bimamba", "bidirectional_indices", "segment_reversal"]
 
@@ -79,6 +85,12 @@ def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
     return into, scatter, grad_gather, from_grad
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` where the dtype differs, else ``t`` itself: a no-op ``to`` is still an
+    operator call (host time on the GPU, ~50 per packed layer and step)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _compute_dtype(x: Tensor) -> torch.dtype:
     dev = x.device.type
     if torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
@@ -99,18 +111,21 @@ def _x_proj_rows(dt_rank: int, d_state: int, device) -> tuple[Tensor, Tensor]:
     return device_constant(rows, device), device_constant([[0], [1]], device)
 
 
-def _block_diag_x(w_f: Tensor, w_b: Tensor, rows: Tensor, halves: Tensor) -> Tensor:
-    k, e = w_f.shape
-    big = w_f.new_zeros(2 * k, 2, e)
-    big[rows, halves] = torch.stack([w_f, w_b])
+def _block_diag_x(w: Tensor, rows: Tensor, halves: Tensor) -> Tensor:
+    """``(2K, 2E)`` block-diagonal x-projection of the stacked ``w (2, K, E)`` (rows as
+    ``_x_proj_rows`` lays them out)."""
+    k, e = w.shape[1:]
+    big = w.new_zeros(2 * k, 2, e)
+    big[rows, halves] = w
     return big.view(2 * k, 2 * e)
 
 
-def _block_diag_dt(w_f: Tensor, w_b: Tensor) -> Tensor:
-    e, r = w_f.shape
-    big = w_f.new_zeros(2, e, 2, r)
-    both = device_constant([0, 1], w_f.device)
-    big[both, :, both] = torch.stack([w_f, w_b])
+def _block_diag_dt(w: Tensor) -> Tensor:
+    """``(2E, 2R)`` block-diagonal dt-projection of the stacked ``w (2, E, R)``."""
+    e, r = w.shape[1:]
+    big = w.new_zeros(2, e, 2, r)
+    both = device_constant([0, 1], w.device)
+    big[both, :, both] = w
     return big.view(2 * e, 2 * r)
 
 
@@ -135,31 +150,31 @@ def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, d_state
 class _PackedBiMamba(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, norm_w, in_f, in_b, conv_w_f, conv_w_b, conv_b_f, conv_b_b, x_f, x_b,
-                dt_f, dt_b, dt_bias_f, dt_bias_b, A_log_f, A_log_b, D_f, D_b, out_f, out_b,
+    def forward(ctx, x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w,
                 into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
                 backend: str, recompute: bool):
         cd = _compute_dtype(x)
         dev = x.device.type
+        n = A_log.shape[1]
         with torch.autocast(dev, enabled=False):
-            xf = x.float()
+            f32 = torch.float32
+            xf = _cast(x, f32)
             rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-            u16 = (xf * rstd * norm_w.float()).to(x.dtype).to(cd)
-            rows, halves = _x_proj_rows(dt_f.shape[1], A_log_f.shape[1], x.device)
-            w_in = torch.cat([in_f, in_b]).to(cd)
-            conv_w = torch.cat([conv_w_f, conv_w_b])
-            conv_b = None if conv_b_f is None else torch.cat([conv_b_f, conv_b_b])
-            w_x = _block_diag_x(x_f, x_b, rows, halves).to(cd)
-            w_dt = _block_diag_dt(dt_f, dt_b).to(cd)
+            u16 = _cast(_cast(xf * rstd * _cast(norm_w, f32), x.dtype), cd)
+            rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
+            # the stacked weights are both directions' in the packed layout already
+            w_in = _cast(in_w, cd)
+            w_x = _cast(_block_diag_x(x_w, rows, halves), cd)
+            w_dt = _cast(_block_diag_dt(dt_w), cd)
             xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
-                                               into_scan, backend, A_log_f.shape[1])
-            A = -torch.exp(torch.cat([A_log_f, A_log_b]).float())
-            D = torch.cat([D_f, D_b]).float()
-            bias = torch.cat([dt_bias_f, dt_bias_b]).float()
+                                               into_scan, backend, n)
+            A = -torch.exp(_cast(A_log, f32))
+            D = _cast(D, f32)
+            bias = _cast(dt_b, f32)
             y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
                                                            None, True, False, backend)
-            w_out = torch.cat([out_f, out_b], 1).to(cd)                   # (D, 2E)
-            e = conv_w_f.shape[0]
+            w_out = _cast(out_w, cd)                                      # (D, 2E)
+            e = conv_w.shape[0] // 2
             ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
         # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
@@ -168,9 +183,8 @@ class _PackedBiMamba(torch.autograd.Function):
         ctx.save_for_backward(x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D,
                               bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
                               rows, halves, *kept)
-        ctx.flags = (backend, A_log_f.shape[1], cd,
-                     tuple(p.dtype for p in (in_f, conv_w_f, x_f, dt_f, out_f, A_log_f, D_f,
-                                             dt_bias_f)))
+        ctx.flags = (backend, n, cd,
+                     tuple(p.dtype for p in (in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b)))
         return out
 
     @staticmethod
@@ -188,66 +202,67 @@ class _PackedBiMamba(torch.autograd.Function):
                 kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
             xs, z, h, B, C, dt, delta = kept
             # out = x + ys @ w_out.T
-            dm = dout.to(cd)
+            dm = _cast(dout, cd)
             d_w_out = dm.t().mm(ys)                                           # (D, 2E)
             dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
             du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
                 dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
-            ddelta = ddelta.to(delta.dtype)
+            ddelta = _cast(ddelta, delta.dtype)
             ddt, d_w_dt = ddelta.mm(w_dt), ddelta.t().mm(dt)
-            d_dbl = torch.cat([dB.to(B.dtype).view(t, 2 * n), dC.to(C.dtype).view(t, 2 * n),
-                               ddt], 1)
-            dh = du.to(h.dtype) + d_dbl.mm(w_x)
+            d_dbl = torch.cat([_cast(dB, B.dtype).view(t, 2 * n),
+                               _cast(dC, C.dtype).view(t, 2 * n), ddt], 1)
+            dh = _cast(du, h.dtype) + d_dbl.mm(w_x)
             d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
             dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
                 dh, xs, conv_w, conv_b, cu, True, False, backend)
-            dxz = torch.stack([dxs, dz.to(z.dtype)]).view(4 * t, e).index_select(0, from_grad)
+            dxz = torch.stack([dxs, _cast(dz, z.dtype)]).view(4 * t, e).index_select(0, from_grad)
             dxz = dxz.view(v, 4 * e)
             du16 = dxz.mm(w_in)
             d_w_in = dxz.t().mm(u16)                                          # (4E, D)
-            dx = dout + _rms_norm_backward(du16.to(x.dtype), x, rstd, norm_w)
-            d_norm_w = _rms_norm_weight_grad(du16.to(x.dtype), x, rstd).to(norm_w.dtype)
-            # one unbind per parameter pair (two views), not two selects
-            d_in = d_w_in.to(t_in).view(2, 2 * e, -1).unbind(0)
-            d_conv = d_conv_w.to(t_conv).view(2, e, -1).unbind(0)
-            d_conv_bias = (None, None) if conv_b is None else \
-                d_conv_b.to(t_conv).view(2, e).unbind(0)
-            d_x = d_w_x.view(-1, 2, e)[rows, halves].to(t_x).unbind(0)          # (K, E) each
+            du16 = _cast(du16, x.dtype)
+            dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
+            d_norm_w = _cast(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
+            # one gradient per stacked parameter, each contiguous in its layout
+            d_in = _cast(d_w_in, t_in)                                         # (4E, D)
+            d_conv = _cast(d_conv_w, t_conv)                                   # (2E, W)
+            d_conv_bias = None if conv_b is None else _cast(d_conv_b, t_conv)
+            d_x = _cast(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
             both = device_constant([0, 1], x.device)
-            d_dt = d_w_dt.view(2, e, 2, -1)[both, :, both].to(t_dt).unbind(0)   # (E, R) each
-            d_bias = dbias.to(t_bias).view(2, e).unbind(0)
-            d_alog = (dA * A).to(t_alog).view(2, e, n).unbind(0)
-            d_d = dD.to(t_d).view(2, e).unbind(0)
-            d_out = d_w_out.to(t_out).view(-1, 2, e).unbind(1)
-        return (dx, d_norm_w, *d_in, *d_conv, *d_conv_bias, *d_x, *d_dt, *d_bias, *d_alog, *d_d,
-                *d_out, None, None, None, None, None, None, None, None)
+            d_dt = _cast(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
+            d_bias = _cast(dbias, t_bias)
+            d_alog = _cast(dA * A, t_alog)                                     # (2E, N)
+            d_d = _cast(dD, t_d)
+            d_out = _cast(d_w_out, t_out)                                      # (D, 2E)
+        return (dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out,
+                None, None, None, None, None, None, None, None)
 
 
 def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> Tensor:
     """``d x`` of ``x * rstd * weight`` with ``rstd = rsqrt(mean(x^2) + eps)`` (float32):
     ``rstd * g - x * rstd^3 * mean(g * x)`` with ``g = dy * weight``."""
-    xf = x.float()
-    g = dy.float() * weight.float()
+    f32 = torch.float32
+    xf = _cast(x, f32)
+    g = _cast(dy, f32) * _cast(weight, f32)
     proj = (g * xf).mean(-1, keepdim=True) * rstd.pow(3)
-    return (g * rstd - xf * proj).to(x.dtype)
+    return _cast(g * rstd - xf * proj, x.dtype)
 
 
 def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
-    return (dy.float() * (x.float() * rstd)).sum(0)
+    f32 = torch.float32
+    return (_cast(dy, f32) * (_cast(x, f32) * rstd)).sum(0)
 
 
-def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba,
-                   indices: Sequence[Tensor], cu_seqlens: Tensor,
-                   eps: float = 1e-5, backend: str = "numba", recompute: bool = True
-                   ) -> Tensor:
+def packed_bimamba(x: Tensor, norm_weight: Tensor, bimamba, indices: Sequence[Tensor],
+                   cu_seqlens: Tensor, eps: float = 1e-5, backend: str = "numba",
+                   recompute: bool = True) -> Tensor:
     """``x + (mamba_f(u) + mamba_b(u, reverse=True))[inverse]`` with ``u = rms_norm(x[order])``
     (see the module docstring), both directions in one launch of each kernel.
 
     Args:
         x: ``(V, D)`` features in source order.
         norm_weight: ``(D,)`` of the RMS norm (epsilon ``eps``, default 1e-5).
-        forward_mamba / backward_mamba: ``geossm.nn.Mamba`` modules (their weights; no biases
-            in the in- and out-projections).
+        bimamba: a ``geossm.nn.BiMamba`` whose weights ``pack_bimamba_weights`` stacked (no
+            biases in the in- and out-projections).
         indices: the four ``bidirectional_indices`` of the serialization.
         cu_seqlens: ``(S+1,)`` int32 groups, already validated.
         backend: a kernel backend, ``"numba"`` or ``"triton"`` (default ``"numba"``).
@@ -258,10 +273,11 @@ def packed_bimamba(x: Tensor, norm_weight: Tensor, forward_mamba, backward_mamba
 
     Shapes: ``x (V, D) -> (V, D)``; ``indices`` ``(4V,), (2V,), (2V,), (4V,)``.
     """
-    f, b = forward_mamba, backward_mamba
+    if not is_packed(bimamba):
+        raise ValueError("bimamba: expected a BiMamba whose weights pack_bimamba_weights "
+                         f"stacked, got {type(bimamba).__name__} with separate weights")
+    w = stacked_weights(bimamba)
     return _PackedBiMamba.apply(
-        x, norm_weight, f.in_proj.weight, b.in_proj.weight, f.conv_weight, b.conv_weight,
-        f.conv_bias, b.conv_bias, f.x_proj.weight, b.x_proj.weight, f.dt_proj.weight,
-        b.dt_proj.weight, f.dt_proj.bias, b.dt_proj.bias, f.A_log, b.A_log, f.D, b.D,
-        f.out_proj.weight, b.out_proj.weight, *indices, cu_seqlens,
-        float(eps), backend, bool(recompute))
+        x, norm_weight, w["in_proj.weight"], w["conv_weight"], w.get("conv_bias"),
+        w["x_proj.weight"], w["dt_proj.weight"], w["dt_proj.bias"], w["A_log"], w["D"],
+        w["out_proj.weight"], *indices, cu_seqlens, float(eps), backend, bool(recompute))

@@ -3,7 +3,8 @@ import torch
 
 from geossm.serialization import window_groups_multi
 from geossm.tasks.detection.models import LION, LinearGroupLayer
-from geossm.tasks.detection.packed_mixer import bidirectional_indices, segment_reversal
+from geossm.tasks.detection.packed_mixer import (bidirectional_indices, packed_bimamba,
+                                                 segment_reversal)
 from geossm.tasks.detection.sparse import SparseVoxels
 
 
@@ -167,3 +168,39 @@ def test_packed_layer_on_the_triton_backend_equals_the_two_mamba_calls(autocast)
             torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-2 * float(b.abs().max()))
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_bimamba_needs_stacked_weights():
+    from geossm.nn import BiMamba
+
+    with pytest.raises(ValueError, match="separate weights"):
+        packed_bimamba(torch.zeros(3, 8), torch.ones(8), BiMamba(8), [], torch.zeros(2))
+
+
+@pytest.mark.parametrize("recompute,most", [(True, 120), (False, 100)])
+def test_packed_layer_step_dispatches_few_operators(recompute, most):
+    """Operators of one packed layer's forward + backward (``benchmarks/step_ops.py``'s
+    counter; each a launch's host time on the GPU): the weights are neither stacked in the
+    forward (no ``cat``/``stack`` per pair) nor their gradients split or copied in the backward
+    (no ``unbind``, one ``detach`` per parameter: autograd keeps every gradient as it is).
+    Before the weights were stored stacked: 152 and 131 operators."""
+    from geossm.tasks.detection.models import group_reversal
+    from tests.benchmarks.conftest import load_benchmark
+
+    step_ops = load_benchmark("step_ops")
+    torch.manual_seed(0)
+    layer = LinearGroupLayer(8, (4, 4, 2), 16, "x", False, d_state=4)
+    layer.packed_recompute = recompute
+    sp = _voxels()
+    ser = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)[0]
+    indices = bidirectional_indices(ser.order, ser.inverse, group_reversal(sp, ser, 16))
+    x = sp.features.clone().requires_grad_()
+    counter = step_ops.OpCounter()
+    with counter:
+        layer(sp.replace(x), ser, indices).features.sum().backward()
+    ops = counter.ops
+    params = len(list(layer.parameters()))
+    assert params == 10
+    assert ops["cat"] <= 1 and ops["stack"] <= 1 and ops["unbind"] <= 2 - (not recompute)
+    assert ops["detach"] == params + 1 and ops["new_empty_strided"] == 0   # + x's gradient
+    assert sum(ops.values()) <= most, dict(ops)
