@@ -135,6 +135,20 @@ def resolve_run_dir(cfg: DictConfig, config_name: str = "run") -> Path:
     return base / time.strftime("%Y%m%d-%H%M%S")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path: Path) -> None:
+    """``optimizer.load_state_dict(state)``, with an error that says what to do when the
+    checkpoint's parameter layout is not the model's (e.g. a LION run saved before the two
+    directions' weights were stored as one parameter per pair: the weights load, the optimizer
+    state cannot)."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as err:
+        raise CheckpointError(
+            f"resume: the optimizer state in {path} does not fit this model's parameters "
+            f"({err}); it was saved with another parameter layout. Start a new run from its "
+            f"weights with model.init_from={path} (the optimizer state starts afresh)") from err
+
+
 class Trainer:
     """Builds the task and model from a config and trains, evaluates or predicts.
 
@@ -547,7 +561,7 @@ class Trainer:
             for key in ("optimizer", "scheduler", "epoch"):
                 if key not in ckpt:
                     raise CheckpointError(f"resume: {resume_path} has no '{key}' (weights only?)")
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optimizer, ckpt["optimizer"], resume_path)
             scheduler.load_state_dict(ckpt["scheduler"])
             start_epoch = int(ckpt["epoch"])
             best = dict(ckpt.get("best") or best)

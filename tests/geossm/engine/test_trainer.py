@@ -186,3 +186,19 @@ def test_step_callbacks_see_every_optimizer_step(tmp_path):
     trainer.fit()
     assert [c[1] for c in calls] == list(range(1, 9))  # 16 samples / batch 4, 2 epochs
     assert all(c[0] for c in calls) and sum(c[2] for c in calls) == 32
+
+
+def test_resume_with_an_optimizer_state_of_another_parameter_layout_says_what_to_do(tmp_path):
+    from geossm.engine.checkpoint import CheckpointError
+    from geossm.engine.trainer import load_optimizer_state
+
+    # Two parameters saved, one (their concatenation) now: torch's bare ValueError becomes a
+    # CheckpointError that names the checkpoint and the way out (model.init_from).
+    old = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))])
+    new = torch.optim.AdamW([torch.nn.Parameter(torch.ones(4))])
+    path = tmp_path / "last.pt"
+    with pytest.raises(CheckpointError, match=r"model.init_from=.*last.pt"):
+        load_optimizer_state(new, old.state_dict(), path)
+    same = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))])
+    load_optimizer_state(same, old.state_dict(), path)  # a matching layout loads as before
+    assert same.state_dict()["param_groups"] == old.state_dict()["param_groups"]
