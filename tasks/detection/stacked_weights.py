@@ -135,14 +135,22 @@ def _unpacked_state_dict(module, state_dict, prefix, local_metadata) -> None:
                 stacked[name], name, d).detach().clone(memory_format=torch.contiguous_format)
 
 
-def _pack_loaded_state_dict(module, state_dict, prefix, *args) -> None:
+def _pack_loaded_state_dict(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                            *args) -> None:
     """Load-state-dict pre-hook: the two directions' keys of a checkpoint stacked into the
-    parameters' (pairs where one key is missing stay, so that loading reports them)."""
+    parameters'. Where a checkpoint holds one direction of a pair (a partial ``strict=False``
+    load, e.g. ``model.init_from``), the other half keeps the module's current values and its
+    key is reported missing, as for an unpacked module."""
     for name in module._packed_names:
         keys = [f"{prefix}{direction}.{name}" for direction in DIRECTIONS]
-        if all(k in state_dict for k in keys):
-            pair = [state_dict.pop(k) for k in keys]
-            state_dict[prefix + _packed_attr(name)] = _combined(pair, name)
+        present = [k in state_dict for k in keys]
+        if not any(present):
+            continue
+        stacked = getattr(module, _packed_attr(name))
+        pair = [state_dict.pop(k) if here else _direction(stacked, name, d).detach()
+                for d, (k, here) in enumerate(zip(keys, present))]
+        missing_keys.extend(k for k, here in zip(keys, present) if not here)
+        state_dict[prefix + _packed_attr(name)] = _combined(pair, name)
 
 
 def stacked_weights(bimamba) -> dict[str, nn.Parameter]:

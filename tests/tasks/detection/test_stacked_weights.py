@@ -68,3 +68,30 @@ def test_stacking_is_refused_where_it_does_not_apply():
         pack_bimamba_weights(BiMamba(8, bias=True))
     layer = LinearGroupLayer(8, (4, 4, 2), 16, "x", False, bias=True)
     assert not is_packed(layer.mixer.mixer) and layer.packed_backend(torch.zeros(2, 8)) is None
+
+
+def test_init_from_a_checkpoint_of_the_two_module_layout(tmp_path):
+    """``model.init_from`` (name-and-shape matching, ``strict=False``) fills the stacked pairs
+    from a checkpoint of the unpacked layout, also when it holds one direction only."""
+    from geossm.engine.finetune import init_from_checkpoint
+
+    old = _direction_block(conv_bias=True, d_state=4)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(0)
+    layer = LinearGroupLayer(8, (4, 4, 2), 16, "x", False, conv_bias=True, d_state=4)
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    match = init_from_checkpoint(layer.mixer, tmp_path / "old.pt")
+    assert not match.missing and not match.mismatched and not match.unexpected
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in layer.mixer.state_dict().items())
+    one_direction = {k: v + 1 for k, v in old.state_dict().items() if ".forward_mamba." in k}
+    torch.save(one_direction, tmp_path / "forward.pt")
+    match = init_from_checkpoint(layer.mixer, tmp_path / "forward.pt")
+    now = layer.mixer.state_dict()
+    assert match.missing and all(torch.equal(now[k], v) for k, v in one_direction.items())
+    assert all(torch.equal(now[k], v) for k, v in old.state_dict().items()
+               if ".backward_mamba." in k)
+    # a strict load names the direction a pair lacks, as for the unpacked module
+    with pytest.raises(RuntimeError, match=r"mixer\.backward_mamba\.in_proj\.weight"):
+        layer.mixer.load_state_dict(one_direction)
