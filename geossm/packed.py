@@ -386,7 +386,10 @@ def mark_cu_seqlens_valid(cu_seqlens: Tensor, total: int) -> None:
     """Record that ``cu_seqlens`` (int32, contiguous) is valid for ``total`` tokens: the
     kernels' check of its values (a host copy: a sync on the GPU) is skipped until it changes.
     For constructors that lay the boundaries out on the host from numbers they already hold.
-    Raises ``ValueError`` for another dtype or layout."""
+    Raises ``ValueError`` for another dtype or layout. A no-op under ``torch.compile``, where
+    the check it skips is not run either (and a traced tensor has no identity to record)."""
+    if torch.compiler.is_compiling():
+        return
     if cu_seqlens.dtype != torch.int32 or not cu_seqlens.is_contiguous():
         raise ValueError(f"cu_seqlens: expected a contiguous int32 tensor, got "
                          f"{cu_seqlens.dtype}{'' if cu_seqlens.is_contiguous() else ' strided'}")

@@ -38,12 +38,6 @@ from geossm.serialization.structure import _unchecked
 __all__ = ["GraphPlanner", "GraphPlan", "PlanDraw", "SparseParts", "checked_plan", "data_plan"]
 
 
-def _mark_valid(cu_seqlens: Tensor, total: int) -> None:
-    """``mark_cu_seqlens_valid`` outside ``torch.compile`` (compiled kernels skip the check)."""
-    if not torch.compiler.is_compiling():
-        mark_cu_seqlens_valid(cu_seqlens, total)
-
-
 @dataclass(frozen=True, eq=False)
 class SparseParts:
     """A sparse CSR matrix as its parts (picklable across loader workers, pinnable).
@@ -87,13 +81,13 @@ class PlanDraw:
         if self.order is None:
             return None
         order, inverse, cu = self.order
-        _mark_valid(cu, order.numel())
+        mark_cu_seqlens_valid(cu, order.numel())
         return _unchecked(order, inverse, cu)
 
     def checked_tokens(self) -> NeighbourhoodTokens | None:
         """``tokens`` with their ``cu_seqlens`` recorded as checked (built, not user input)."""
         if self.tokens is not None:
-            _mark_valid(self.tokens.cu_seqlens, self.tokens.num_tokens)
+            mark_cu_seqlens_valid(self.tokens.cu_seqlens, self.tokens.num_tokens)
         return self.tokens
 
 
