@@ -28,7 +28,7 @@ Modes:
   forward + backward (``sweep: "compare"``), then geossm's forward under each ``FWD_SWEEP``
   setting and its backward alone (``ssd_scan_bwd``) under each ``BWD_SWEEP`` setting (each
   line: the settings, ``ms`` and ``rel_diff`` to the first setting's result;
-  ``--sweep-kinds bwd`` runs the backward grid only), then a per-kernel CUDA-time profile
+  ``--sweep-kinds`` picks among compare, fwd and bwd, e.g. ``bwd`` for the backward grid alone), then a per-kernel CUDA-time profile
   (``--profile`` alone: of every workload and N) of both implementations' forward + backward
   at the largest N on the first and third workload. Stops starting measurements (with a
   line saying so) once ``--budget-s`` seconds have passed.
@@ -124,6 +124,12 @@ BWD_SWEEP = (
     dataclasses.replace(_DEFAULT, bwd_block_n=64),
     dataclasses.replace(_DEFAULT, bwd_block_n=16),
     dataclasses.replace(_DEFAULT, bwd_chunk=32),
+    # half the chunk-to-chunk scans of the backward (they are a quarter of its time on the
+    # scene workload at N = 128), at the price of the (Q, Q) tiles' registers
+    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32),
+    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32, bwd_block_n=16),
+    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32, bwd_bc_block_n=32,
+                        bwd_warps=16),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
@@ -346,7 +352,7 @@ def sweep(args, scan, device, states, started: float) -> bool:
             cases.append(dict(base=dict(workload=name, T=T, N=state, H=H), inputs=inputs,
                               calls=calls, forward=calls[0],
                               backward=geossm_backward_call(inputs, calls[3]), dout=calls[3]))
-    for case in cases:
+    for case in cases if "compare" in args.sweep_kinds.split(",") else ():
         impls = [("geossm", case["calls"][:3])]
         if scan is not None:
             impls.append(("mamba_ssm", mamba_ssm_calls(scan, case["inputs"], case["dout"])))
@@ -495,8 +501,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=140.0,
                         help="--sweep / --quick stop starting new measurements after this "
                              "many seconds")
-    parser.add_argument("--sweep-kinds", default="fwd,bwd",
-                        help="--sweep: which setting grids to run (fwd, bwd or both)")
+    parser.add_argument("--sweep-kinds", default="compare,fwd,bwd",
+                        help="--sweep: what to run, in this order: compare (geossm's defaults "
+                             "against mamba_ssm), the fwd and / or bwd setting grids")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     if args.registers:
