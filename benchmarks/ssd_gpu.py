@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import math
 import os
 import sys
@@ -111,6 +112,12 @@ FWD_SWEEP = (
 #: kernel 404 / 44 / 48 bytes at ``bwd_bc_block_n`` 64 (the default) / 32 / 16.
 BWD_SWEEP = (
     _DEFAULT,
+    # half the chunk-to-chunk scans of the backward (they are a quarter of its time on the
+    # scene workload at N = 128), at the price of the (Q, Q) tiles' registers
+    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32),
+    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32, bwd_block_n=16),
+    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32, bwd_bc_block_n=32,
+                        bwd_warps=16),
     dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_bc_block_n=32),
     dataclasses.replace(_DEFAULT, bwd_block_p=32),
     dataclasses.replace(_DEFAULT, bwd_block_p=32, bwd_warps=16),
@@ -124,12 +131,6 @@ BWD_SWEEP = (
     dataclasses.replace(_DEFAULT, bwd_block_n=64),
     dataclasses.replace(_DEFAULT, bwd_block_n=16),
     dataclasses.replace(_DEFAULT, bwd_chunk=32),
-    # half the chunk-to-chunk scans of the backward (they are a quarter of its time on the
-    # scene workload at N = 128), at the price of the (Q, Q) tiles' registers
-    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32),
-    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32, bwd_block_n=16),
-    dataclasses.replace(_DEFAULT, bwd_chunk=128, bwd_block_p=32, bwd_bc_block_n=32,
-                        bwd_warps=16),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
     dataclasses.replace(_DEFAULT, half_states=False),
 )
@@ -501,14 +502,39 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=140.0,
                         help="--sweep / --quick stop starting new measurements after this "
                              "many seconds")
-    parser.add_argument("--sweep-kinds", default="compare,fwd,bwd",
+    parser.add_argument("--sweep-kinds", default="compare,fwd,bwd,profile",
                         help="--sweep: what to run, in this order: compare (geossm's defaults "
-                             "against mamba_ssm), the fwd and / or bwd setting grids")
+                             "against mamba_ssm), the fwd and / or bwd setting grids, the "
+                             "per-kernel profile")
+    parser.add_argument("--settings", default=None,
+                        help="JSON object of LaunchSettings fields that replace the defaults "
+                             "for every geossm call (e.g. '{\"bwd_chunk\": 128}'); the sweep "
+                             "grids keep their own settings")
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
     if args.registers:
         registers_report(args, [int(s) for s in args.states.split(",")])
         return 0
+    settings = parse_settings(args.settings, parser)
+    with use_settings(settings):
+        run(args, parser, settings)
+    return 0
+
+
+def parse_settings(text: str | None, parser) -> LaunchSettings:
+    """``--settings``: the defaults with the JSON object's fields replaced."""
+    if text is None:
+        return _DEFAULT
+    try:
+        fields = json.loads(text)
+        return dataclasses.replace(_DEFAULT, **fields)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--settings must be a JSON object of LaunchSettings fields with valid "
+                     f"values, got {text!r}: {error}")
+
+
+def run(args, parser, settings: LaunchSettings) -> None:
+    """The measurements of ``main`` under ``settings``."""
     device = bench_device()
     if device.type != "cuda" and not args.tiny:
         parser.error("needs a CUDA GPU (or --tiny for the CPU smoke test)")
@@ -523,18 +549,18 @@ def main(argv=None) -> int:
         if not finished:
             emit({"sweep": "stopped", "reason": f"--budget-s {args.budget_s} reached"},
                  args.out)
-    if args.sweep or args.profile:
+    if args.profile or (args.sweep and "profile" in args.sweep_kinds.split(",")):
         # the profile of a sweep: the largest N on the first and third workload only
         chosen = args.workloads.split(",")
         if args.sweep:
             args.workloads = ",".join(chosen[0:1] + chosen[2:3])
             states = states[-1:]
         profile(args, scan, device, states)
-    elif not compare(args, scan, device, states, started):
+    elif not args.sweep and not compare(args, scan, device, states, started):
         emit({"quick": "stopped", "reason": f"--budget-s {args.budget_s} reached"}, args.out)
     emit({"done": True, "elapsed_s": round(time.perf_counter() - started, 1),
-          "defaults": dataclasses.asdict(_DEFAULT)}, args.out)
-    return 0
+          "defaults": dataclasses.asdict(_DEFAULT),
+          "settings": settings_record(settings)}, args.out)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,24 @@ def test_every_swept_setting_matches_the_float64_reference():
         with use_settings(settings):
             got = run("triton", inputs, cu, final=False)
         assert_close_with_sums(got, want)
+
+
+@pytest.mark.skipif(not _compat.has_triton(), reason="triton not installed")
+def test_settings_replace_the_defaults_and_kinds_pick_the_sweep_parts(capsys):
+    script = load_script()
+    settings = '{"bwd_chunk": 32, "bwd_block_p": 16}'
+    assert script.main(["--tiny", "--sweep", "--sweep-kinds", "compare", "--workloads",
+                        "windows", "--settings", settings]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    compared = [r for r in lines if r.get("sweep") == "compare"]
+    assert [r["mode"] for r in compared] == ["fwd", "fwd+bwd"]
+    assert not any(r.get("sweep") in ("fwd", "bwd") or "profile" in r for r in lines)
+    assert lines[-1]["settings"] == {"bwd_chunk": 32, "bwd_block_p": 16}
+    assert script.SST.SETTINGS == script.LaunchSettings()      # restored after the run
+
+
+def test_bad_settings_are_refused_with_the_reason(capsys):
+    script = load_script()
+    with pytest.raises(SystemExit):
+        script.main(["--tiny", "--quick", "--settings", '{"bwd_chunk": 31}'])
+    assert "must be a power of two, got 31" in capsys.readouterr().err
