@@ -98,11 +98,11 @@ FWD_SWEEP = (
     dataclasses.replace(_DEFAULT, chunk=256, block_m=64, fwd_warps=4),
     dataclasses.replace(_DEFAULT, chunk=256, block_m=128),
     dataclasses.replace(_DEFAULT, chunk=64, block_m=64),
-    dataclasses.replace(_DEFAULT, scan_block=1024, scan_unroll=4),
+    dataclasses.replace(_DEFAULT, scan_block=256, scan_unroll=8),
     dataclasses.replace(_DEFAULT, scan_unroll=16),
     dataclasses.replace(_DEFAULT, scan_block=512, scan_warps=8),
     dataclasses.replace(_DEFAULT, state_warps=4),
-    dataclasses.replace(_DEFAULT, half_states=False),
+    dataclasses.replace(_DEFAULT, half_states=True),
 )
 #: Backward settings of ``--sweep`` (chunk states are recomputed at ``bwd_chunk``), most
 #: promising first (a cut by the time budget drops the last). ``--registers`` (Triton 3.9's
@@ -132,7 +132,7 @@ BWD_SWEEP = (
     dataclasses.replace(_DEFAULT, bwd_block_n=16),
     dataclasses.replace(_DEFAULT, bwd_chunk=32),
     dataclasses.replace(_DEFAULT, bwd_stages=2),
-    dataclasses.replace(_DEFAULT, half_states=False),
+    dataclasses.replace(_DEFAULT, half_states=True),
 )
 
 
