@@ -168,11 +168,13 @@ def group_reversal(sp: SparseVoxels, serialization: Serialization, group_size: i
 
 def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:
     """``window_partition`` of ``sp``'s voxels, cached on ``sp``: the x and the y layer of a
-    LION level cut the same groups (one host sync and one ``cu_seqlens`` tensor for both, so
-    the kernels' check of its values runs once)."""
+    LION level cut the same groups (one ``cu_seqlens`` tensor for both, so the kernels' check
+    of its values runs once). No host sync where ``sp`` knows its ``sample_counts`` (the
+    voxelisation and every merge read them), else one."""
     key = ("window_partition", group_size)
     if key not in sp.cache:
-        sp.cache[key] = window_partition(sp.indices[:, 0], sp.batch_size, group_size)
+        sp.cache[key] = window_partition(sp.indices[:, 0], sp.batch_size, group_size,
+                                         counts=sp.sample_counts)
     return sp.cache[key]
 
 

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,7 +26,7 @@ from geossm.serialization.windows import device_constant
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
-           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant"]
+           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys"]
 
 
 @dataclass(eq=False)
@@ -34,7 +35,10 @@ class SparseVoxels:
 
     Shapes: ``features (V, C)``, ``indices (V, 4)`` int64 ``(batch, z, y, x)``;
     ``spatial_shape (Z, Y, X)``; ``batch_size`` samples. ``cache`` keeps kernel maps of these
-    indices so that stacked convolutions build them once.
+    indices so that stacked convolutions build them once. ``sample_counts``: ``(B,)`` voxels of
+    every sample on the host (numpy) where the constructor read them (``voxelize``,
+    ``merge_voxels``: with the size of their ``unique``), so that the window groups need no
+    host read of their own; None where unknown.
     """
 
     features: Tensor
@@ -42,10 +46,12 @@ class SparseVoxels:
     spatial_shape: tuple[int, int, int]
     batch_size: int
     cache: dict = field(default_factory=dict)
+    sample_counts: np.ndarray | None = None
 
     def replace(self, features: Tensor) -> "SparseVoxels":
-        """Same voxels (and cached maps), new features ``(V, C')``."""
-        return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size, self.cache)
+        """Same voxels (and cached maps, sample counts), new features ``(V, C')``."""
+        return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size,
+                            self.cache, self.sample_counts)
 
 
 def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
@@ -73,6 +79,36 @@ def contains_keys(sorted_keys: Tensor, keys: Tensor) -> Tensor:
     return sorted_keys[pos] == keys
 
 
+def unique_keys(keys: Tensor, cells_per_sample: int, batch_size: int
+                ) -> tuple[Tensor, Tensor, np.ndarray]:
+    """``torch.unique(keys, return_inverse=True)`` of voxel keys and the number of distinct keys
+    of every sample, with one host read for both: the ``B + 1`` counts (on the GPU,
+    ``torch.unique`` reads its size on the host, and counting the samples after it would be a
+    second read).
+
+    A key's sample is ``key // cells_per_sample``; keys of sample ``batch_size`` or beyond (a
+    "past every cell" sentinel marking an entry to drop) are left out of the result, and their
+    inverse is ``U`` (one past the last distinct key: a dump row).
+
+    Shapes: ``keys (N,)`` int64, non-negative -> ``(sorted distinct keys (U,), inverse (N,)
+    int64, counts (B,) int64 numpy)`` with ``U = counts.sum()``; the keys and inverse equal
+    ``torch.unique``'s.
+    """
+    sorted_keys, perm = torch.sort(keys)
+    first = torch.ones_like(sorted_keys, dtype=torch.bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    rank = torch.cumsum(first, 0) - 1                  # distinct key of every sorted key
+    sample = torch.div(sorted_keys, cells_per_sample, rounding_mode="floor").clamp_max(batch_size)
+    counts = torch.zeros(batch_size + 1, dtype=torch.long, device=keys.device).index_add_(
+        0, sample, first.long()).cpu().numpy()
+    counts = counts[:batch_size]
+    u = int(counts.sum())
+    # the first of every run of equal keys: no scatter with repeated targets, no host read
+    firsts = torch.searchsorted(rank, torch.arange(u, device=keys.device))
+    inverse = torch.empty_like(rank).scatter_(0, perm, rank)
+    return sorted_keys[firsts], inverse, counts
+
+
 def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
     """Row-wise max of ``src (N, C)`` into ``size`` rows by ``index (N,)`` (empty rows 0)."""
     out = torch.zeros(size, src.shape[1], dtype=src.dtype, device=src.device)
@@ -95,7 +131,7 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
 
     Returns:
         ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
-        Host sync: the number of voxels.
+        Host sync: the number of voxels of every sample (``unique_keys``).
     """
     if points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points: expected shape (N, >=3), got {tuple(points.shape)}")
@@ -112,13 +148,11 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     inside = ((points[:, :3] >= lo) & (points[:, :3] < hi)).all(1)
     inside &= ((cell >= 0) & (cell < device_constant(shape_xyz, dev))).all(1)
     idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)
-    # points outside get the key past every cell's, and one such key is always appended: the
-    # unique's last entry is theirs and is dropped (no boolean selection, no host sync but the
-    # unique's size)
-    past = int(batch_size) * spatial[0] * spatial[1] * spatial[2]
-    keys = torch.where(inside, voxel_keys(idx, spatial), past)
-    uniq, inv = torch.unique(torch.cat([keys, keys.new_full((1,), past)]), return_inverse=True)
-    uniq, inv = uniq[:-1], inv[:-1]
+    # points outside get the key past every cell's: unique_keys leaves it out and maps them to
+    # the dump row v (no boolean selection, one host read: the voxels per sample)
+    cells = spatial[0] * spatial[1] * spatial[2]
+    keys = torch.where(inside, voxel_keys(idx, spatial), int(batch_size) * cells)
+    uniq, inv, per_sample = unique_keys(keys, cells, int(batch_size))
     v = uniq.numel()
     feats = torch.zeros(v + 1, points.shape[1], dtype=points.dtype, device=points.device)
     feats.index_add_(0, inv, points)
@@ -127,7 +161,7 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     feats = feats[:v] / counts[:v, None].clamp_min(1)
     indices = _decode(uniq, spatial)
     p2v = torch.where(inside, inv, -1)
-    return SparseVoxels(feats, indices, spatial, int(batch_size)), p2v
+    return SparseVoxels(feats, indices, spatial, int(batch_size), sample_counts=per_sample), p2v
 
 
 def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
@@ -414,6 +448,7 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
         stride: ``(sz, sy, sx)``.
     Returns:
         ``(coarse SparseVoxels, fine_to_coarse (V,))``; ``expand_voxels`` undoes the merge.
+        Host sync: the merged voxels of every sample (``unique_keys``).
     """
     if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
@@ -421,16 +456,20 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
     shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
     coarse = sp.indices // s
     keys = voxel_keys(coarse, shape)
-    uniq, inv = torch.unique(keys, return_inverse=True)
+    uniq, inv, counts = unique_keys(keys, shape[0] * shape[1] * shape[2], sp.batch_size)
     if reduce == "max":
         feats = scatter_max(sp.features, inv, uniq.numel())
     elif reduce == "mean":
         feats = torch.zeros(uniq.numel(), sp.features.shape[1], dtype=sp.features.dtype,
                             device=sp.features.device).index_add_(0, inv, sp.features)
-        feats = feats / torch.bincount(inv, minlength=uniq.numel()).clamp_min(1)[:, None]
+        # scatter-add, not bincount: bincount reads the maximum on the host (a sync)
+        members = torch.zeros(uniq.numel(), dtype=torch.long, device=inv.device).index_add_(
+            0, inv, torch.ones_like(inv))
+        feats = feats / members.clamp_min(1)[:, None]
     else:
         raise ValueError(f"reduce: expected 'max' or 'mean', got {reduce!r}")
-    return SparseVoxels(feats, _decode(uniq, shape), shape, sp.batch_size), inv
+    return SparseVoxels(feats, _decode(uniq, shape), shape, sp.batch_size,
+                        sample_counts=counts), inv
 
 
 def expand_voxels(coarse: SparseVoxels, fine: SparseVoxels, fine_to_coarse: Tensor) -> SparseVoxels:

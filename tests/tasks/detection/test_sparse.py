@@ -6,7 +6,8 @@ from geossm._compat import MissingDependencyError
 from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, device_constant,
                                            expand_voxels, kernel_map,
                                            merge_voxels, neighbour_table, resolve_backend,
-                                           spconv_available, voxel_keys, voxelize)
+                                           spconv_available, unique_keys, voxel_keys,
+                                           voxelize)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -351,3 +352,35 @@ def test_conv_under_bf16_autocast_trains(device):
     conv(sp).features.square().sum().backward()
     torch.testing.assert_close(grad_bf16, conv.weight.grad, rtol=0.05, atol=0.05 * float(
         conv.weight.grad.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unique_keys_equal_torch_unique_with_per_sample_counts(device):
+    g = torch.Generator().manual_seed(3)
+    cells, batch = 50, 3
+    keys = torch.randint(0, cells * batch, (400,), generator=g)
+    keys[::7] = cells * batch + 5                       # sentinels past every cell: dropped
+    keys[keys // cells == 1] = 0                        # sample 1 has no key of its own
+    keys = keys.to(device)
+    uniq, inverse, counts = unique_keys(keys, cells, batch)
+    ref, ref_inverse = torch.unique(keys, return_inverse=True)
+    u = int(counts.sum())
+    assert counts.tolist() == [int(((ref // cells) == b).sum()) for b in range(batch)]
+    assert counts[1] == 0 and u == ref.numel() - 1
+    assert torch.equal(uniq, ref[:u]) and torch.equal(inverse, ref_inverse)
+    assert int(inverse.max()) == u                      # the sentinels' dump row
+    none, inv0, counts0 = unique_keys(keys[:0], cells, batch)
+    assert none.numel() == inv0.numel() == 0 and counts0.tolist() == [0, 0, 0]
+
+
+def test_voxelize_and_merge_know_their_voxels_per_sample():
+    sp = _random_voxels(batch=3)
+    coarse, _ = merge_voxels(sp, (2, 2, 2))
+    assert coarse.sample_counts.tolist() == torch.bincount(coarse.indices[:, 0],
+                                                           minlength=3).tolist()
+    assert coarse.replace(coarse.features * 2).sample_counts is coarse.sample_counts
+    assert sp.sample_counts is None
+    pts = torch.tensor([[0.1, 0.1, 0.1, 1.0], [0.2, 0.1, 0.1, 1.0], [5.0, 0.1, 0.1, 1.0],
+                        [0.1, 0.1, 0.1, 1.0]])
+    vox, _ = voxelize(pts, torch.tensor([0, 0, 0, 2]), 3, (1, 1, 1), (0, 0, 0, 2, 2, 2))
+    assert vox.sample_counts.tolist() == [1, 0, 1]      # the point at x = 5 is out of range
