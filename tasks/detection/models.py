@@ -36,11 +36,12 @@ from geossm.serialization import Serialization, window_groups_multi, window_part
 from .boxes import nms_bev
 from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
 from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
-                     merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
+                     merge_voxels, scatter_max, sorted_voxel_keys, unique_keys, voxel_indices,
+                     voxel_keys, voxelize)
 from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
-           "decode_boxes"]
+           "decode_boxes", "generate_voxels", "generate_merged_voxels"]
 
 
 def _mamba_block(dim: int, bidirectional: bool, mlp_ratio: float, drop_path: float, **kw):
@@ -239,26 +240,79 @@ def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> Sparse
     sort ranks every sample's voxels by score; every voxel proposes its four cells, and those
     of unselected voxels, outside the grid or already there get a key past every cell's, so
     that one ``unique`` both deduplicates the new cells and drops them (as its last entry).
-    Host sync: the number of new cells."""
+    Host sync: the number of new cells (``generate_merged_voxels`` shares it with a merge)."""
     if ratio <= 0 or sp.features.shape[0] == 0:
         return sp
-    order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
-                                     sp.batch_size, ratio)
-    z, y, x = sp.spatial_shape
-    offs = device_constant([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
-                            [0, 0, -distance, 0]], sp.indices.device)
-    cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
-    ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
-    ok &= selected[:, None].expand(-1, offs.shape[0]).reshape(-1)
-    new = voxel_keys(cand, sp.spatial_shape)
-    past = sp.batch_size * z * y * x
-    new = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], new), new, past)
+    order, cand, new, past = _generation_candidates(sp, ratio, distance)
     new = torch.cat([new, new.new_full((1,), past)])   # always one: the last entry to drop
     _, first = _first_occurrence(new)
     first = first[:-1]
-    src = order[torch.div(first, offs.shape[0], rounding_mode="floor")]
+    src = order[torch.div(first, GENERATION_OFFSETS, rounding_mode="floor")]
     return SparseVoxels(torch.cat([sp.features, sp.features[src]]),
                         torch.cat([sp.indices, cand[first]]), sp.spatial_shape, sp.batch_size)
+
+
+#: cells every selected voxel proposes (``_generation_candidates``)
+GENERATION_OFFSETS = 4
+
+
+def _generation_candidates(sp: SparseVoxels, ratio: float, distance: int
+                           ) -> tuple[Tensor, Tensor, Tensor, int]:
+    """``(order (V,), cells (4V, 4), keys (4V,), past)`` of voxel generation: every voxel in
+    ``_ranked_voxels`` order proposes its four BEV neighbours ``(y - d, x - d, x + d, y + d)``
+    (the order of their keys), and ``keys`` holds the ``voxel_keys`` of the proposals that can
+    be new cells (proposed by a selected voxel, inside the grid, not a voxel of ``sp``) and
+    ``past`` (a key past every cell's) for the others."""
+    order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
+                                     sp.batch_size, ratio)
+    z, y, x = sp.spatial_shape
+    d = distance
+    offs = device_constant([[0, 0, -d, 0], [0, 0, 0, -d], [0, 0, 0, d], [0, 0, d, 0]],
+                           sp.indices.device)
+    cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
+    ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
+    ok &= selected[:, None].expand(-1, GENERATION_OFFSETS).reshape(-1)
+    keys = voxel_keys(cand, sp.spatial_shape)
+    past = sp.batch_size * z * y * x
+    keys = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], keys), keys, past)
+    return order, cand, keys, past
+
+
+def generate_merged_voxels(sp: SparseVoxels, ratio: float, stride: Sequence[int],
+                           distance: int = 1) -> SparseVoxels:
+    """``merge_voxels(generate_voxels(sp, ratio, distance), stride)[0]`` (max merge) with one
+    host sync instead of two: the generated cells are never laid out on their own.
+
+    Every proposal of ``_generation_candidates`` is a row (its source's features); a proposal
+    that is not the first of its new cell (by stable sort: the earliest-ranked source, the
+    cell ``generate_voxels`` keeps) goes to a dump row of the merge. The merge's ``unique``
+    (``unique_keys``) is then the only size the host reads, with the merged voxels per sample
+    (``sample_counts``: the next window groups need no sync). The same values as the two
+    steps, and on the CPU the same gradients bit for bit (the proposals of one source are
+    summed in the order of their cells' keys, as the two steps' gather backward sums them).
+
+    Shapes: ``sp.features (V, C)`` -> merged ``(U, C)``; ``stride (sz, sy, sx)``."""
+    if ratio <= 0 or sp.features.shape[0] == 0:
+        return merge_voxels(sp, stride)[0]
+    if len(stride) != 3 or any(int(v) < 1 for v in stride):
+        raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
+    order, cand, keys, past = _generation_candidates(sp, ratio, distance)
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    first = torch.ones_like(sorted_keys, dtype=torch.bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    keep = torch.empty_like(first).scatter_(0, perm, first) & (keys != past)
+    shape = tuple(-(-n // int(s)) for n, s in zip(sp.spatial_shape, stride))
+    cells = shape[0] * shape[1] * shape[2]
+    s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
+    merged = voxel_keys(torch.cat([sp.indices, cand]) // s, shape)
+    v = sp.indices.shape[0]
+    merged = torch.cat([merged[:v], torch.where(keep, merged[v:], sp.batch_size * cells)])
+    uniq, inv, counts = unique_keys(merged, cells, sp.batch_size)
+    src = order[:, None].expand(-1, GENERATION_OFFSETS).reshape(-1)
+    rows = torch.cat([sp.features, sp.features.index_select(0, src)])
+    feats = scatter_max(rows, inv, uniq.numel() + 1)[:-1]
+    return SparseVoxels(feats, voxel_indices(uniq, shape), shape, sp.batch_size,
+                        sample_counts=counts)
 
 
 def _ranked_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float
@@ -474,9 +528,11 @@ class LION(nn.Module):
         for i, blk in enumerate(self.blocks):
             sp = blk(sp)
             if i < len(self.blocks) - 1:
-                sp = generate_voxels(sp, self.generation_ratio)
                 if self.z_stride > 1:
-                    sp, _ = merge_voxels(sp, (self.z_stride, 1, 1))
+                    sp = generate_merged_voxels(sp, self.generation_ratio,
+                                                (self.z_stride, 1, 1))
+                else:
+                    sp = generate_voxels(sp, self.generation_ratio)
         bev = self.bev(_bev(sp))
         heatmap, reg = self.head(bev)
         return {"heatmap": heatmap, "reg": reg}

@@ -26,7 +26,8 @@ from geossm.serialization.windows import device_constant
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
-           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys"]
+           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys",
+           "voxel_indices"]
 
 
 @dataclass(eq=False)
@@ -159,12 +160,12 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     counts = torch.zeros(v + 1, dtype=points.dtype, device=points.device).index_add_(
         0, inv, torch.ones_like(points[:, 0]))
     feats = feats[:v] / counts[:v, None].clamp_min(1)
-    indices = _decode(uniq, spatial)
+    indices = voxel_indices(uniq, spatial)
     p2v = torch.where(inside, inv, -1)
     return SparseVoxels(feats, indices, spatial, int(batch_size), sample_counts=per_sample), p2v
 
 
-def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
+def voxel_indices(keys: Tensor, spatial: Sequence[int]) -> Tensor:
     """``(V, 4)`` ``(batch, z, y, x)`` of ``voxel_keys`` ``(V,)`` in the grid ``spatial``."""
     z, y, x = (int(v) for v in spatial)
     strides = device_constant([z * y * x, y * x, x, 1], keys.device)
@@ -468,7 +469,7 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
         feats = feats / members.clamp_min(1)[:, None]
     else:
         raise ValueError(f"reduce: expected 'max' or 'mean', got {reduce!r}")
-    return SparseVoxels(feats, _decode(uniq, shape), shape, sp.batch_size,
+    return SparseVoxels(feats, voxel_indices(uniq, shape), shape, sp.batch_size,
                         sample_counts=counts), inv
 
 

@@ -7,9 +7,10 @@ import torch
 from geossm.registry import MODELS
 from geossm.tasks.detection.evaluation import kitti_eval
 from geossm.tasks.detection.losses import centerpoint_loss, centerpoint_targets, gaussian_radius
-from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes, generate_voxels,
-                                           run_level, _bev)
-from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d
+from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes,
+                                           generate_merged_voxels, generate_voxels, run_level,
+                                           _bev)
+from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d, merge_voxels
 
 
 def test_lion_example_runs_and_backpropagates():
@@ -135,6 +136,35 @@ def test_generation_of_the_whole_batch_equals_sample_by_sample(ratio, distance):
     assert torch.equal(out.indices, indices)
     assert torch.equal(out.features, features)
     assert out.indices.shape[0] > sp.indices.shape[0]
+
+
+@pytest.mark.parametrize("ratio, distance, stride, ties", [
+    (0.2, 1, (2, 1, 1), False), (1.0, 1, (2, 1, 1), True), (0.5, 2, (2, 2, 2), True),
+    (0.0, 1, (2, 1, 1), False)])
+def test_generation_merged_in_one_step_equals_the_two_steps_bit_for_bit(ratio, distance, stride,
+                                                                        ties):
+    g = torch.Generator().manual_seed(7)
+    idx = torch.stack([torch.randint(0, 3, (200,), generator=g), torch.randint(0, 4, (200,), generator=g),
+                       torch.randint(0, 9, (200,), generator=g), torch.randint(0, 8, (200,), generator=g)], 1)
+    idx = torch.unique(idx, dim=0)
+    idx = idx[idx[:, 0] != 1]       # an empty sample in the middle
+    feats = torch.randn(len(idx), 5, generator=g)
+    if ties:                        # equal maxima in a merged cell share the gradient
+        feats = feats.round()
+
+    def run(fn):
+        x = feats.clone().requires_grad_(True)
+        sp = SparseVoxels(x * 1.0, idx, (4, 9, 8), 3)   # x * 1.0: a non-leaf, as in LION
+        out = fn(sp)
+        (out.features * torch.linspace(-1, 2, out.features.numel()).view_as(out.features)
+         ).sum().backward()
+        return out, x.grad
+
+    merged, grad = run(lambda sp: generate_merged_voxels(sp, ratio, stride, distance))
+    ref, ref_grad = run(lambda sp: merge_voxels(generate_voxels(sp, ratio, distance), stride)[0])
+    assert torch.equal(merged.indices, ref.indices) and merged.spatial_shape == ref.spatial_shape
+    assert torch.equal(merged.features, ref.features) and torch.equal(grad, ref_grad)
+    assert merged.sample_counts.tolist() == torch.bincount(ref.indices[:, 0], minlength=3).tolist()
 
 
 def test_a_level_run_together_equals_its_layers_one_by_one():
