@@ -35,9 +35,9 @@ from geossm.serialization import Serialization, window_groups_multi, window_part
 
 from .boxes import nms_bev
 from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
-from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
-                     merge_voxels, scatter_max, sorted_voxel_keys, unique_keys, voxel_indices,
-                     voxel_keys, voxelize)
+from .sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, contains_keys, device_constant,
+                     expand_voxels, merge_voxels, merged_shape, scatter_max, sorted_voxel_keys,
+                     unique_with_merge, voxel_indices, voxel_keys, voxelize)
 from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
@@ -279,7 +279,8 @@ def _generation_candidates(sp: SparseVoxels, ratio: float, distance: int
 
 
 def generate_merged_voxels(sp: SparseVoxels, ratio: float, stride: Sequence[int],
-                           distance: int = 1) -> SparseVoxels:
+                           distance: int = 1, then_merge: Sequence[int] | None = None
+                           ) -> SparseVoxels:
     """``merge_voxels(generate_voxels(sp, ratio, distance), stride)[0]`` (max merge) with one
     host sync instead of two: the generated cells are never laid out on their own.
 
@@ -290,10 +291,12 @@ def generate_merged_voxels(sp: SparseVoxels, ratio: float, stride: Sequence[int]
     (``sample_counts``: the next window groups need no sync). The same values as the two
     steps, and on the CPU the same gradients bit for bit (the proposals of one source are
     summed in the order of their cells' keys, as the two steps' gather backward sums them).
+    ``then_merge (sz, sy, sx)``: the next ``merge_voxels`` of the result, worked out in the
+    same host read (``unique_with_merge``), default None.
 
     Shapes: ``sp.features (V, C)`` -> merged ``(U, C)``; ``stride (sz, sy, sx)``."""
     if ratio <= 0 or sp.features.shape[0] == 0:
-        return merge_voxels(sp, stride)[0]
+        return merge_voxels(sp, stride)[0]      # no look-ahead here: a setting not trained
     if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
     order, cand, keys, past = _generation_candidates(sp, ratio, distance)
@@ -301,18 +304,21 @@ def generate_merged_voxels(sp: SparseVoxels, ratio: float, stride: Sequence[int]
     first = torch.ones_like(sorted_keys, dtype=torch.bool)
     first[1:] = sorted_keys[1:] != sorted_keys[:-1]
     keep = torch.empty_like(first).scatter_(0, perm, first) & (keys != past)
-    shape = tuple(-(-n // int(s)) for n, s in zip(sp.spatial_shape, stride))
+    shape = merged_shape(sp.spatial_shape, stride)
     cells = shape[0] * shape[1] * shape[2]
     s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
     merged = voxel_keys(torch.cat([sp.indices, cand]) // s, shape)
     v = sp.indices.shape[0]
     merged = torch.cat([merged[:v], torch.where(keep, merged[v:], sp.batch_size * cells)])
-    uniq, inv, counts = unique_keys(merged, cells, sp.batch_size)
+    uniq, inv, counts, plan = unique_with_merge(merged, shape, sp.batch_size, then_merge)
     src = order[:, None].expand(-1, GENERATION_OFFSETS).reshape(-1)
     rows = torch.cat([sp.features, sp.features.index_select(0, src)])
     feats = scatter_max(rows, inv, uniq.numel() + 1)[:-1]
-    return SparseVoxels(feats, voxel_indices(uniq, shape), shape, sp.batch_size,
-                        sample_counts=counts)
+    out = SparseVoxels(feats, voxel_indices(uniq, shape), shape, sp.batch_size,
+                       sample_counts=counts)
+    if plan is not None:
+        out.cache[MERGE_PLAN] = plan
+    return out
 
 
 def _ranked_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float
@@ -515,7 +521,10 @@ class LION(nn.Module):
         batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
                                         output_size=points.shape[0])
         pts = points.float()
-        sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr)
+        # every voxel set's first merge is worked out with the set (one host read for both)
+        stem = any(s > 1 for s in self.stem_stride)
+        first_merge = self.stem_stride if stem else self._block_merge(0)
+        sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr, first_merge)
         vs = device_constant(self.voxel_size, pts.device, torch.float32)
         centre = ((sp.indices.flip(1)[:, :3].float() + 0.5) * vs   # (x, y, z) of (b, z, y, x)
                   + device_constant(self.pcr[:3], pts.device, torch.float32))
@@ -530,12 +539,17 @@ class LION(nn.Module):
             if i < len(self.blocks) - 1:
                 if self.z_stride > 1:
                     sp = generate_merged_voxels(sp, self.generation_ratio,
-                                                (self.z_stride, 1, 1))
+                                                (self.z_stride, 1, 1),
+                                                then_merge=self._block_merge(i + 1))
                 else:
                     sp = generate_voxels(sp, self.generation_ratio)
         bev = self.bev(_bev(sp))
         heatmap, reg = self.head(bev)
         return {"heatmap": heatmap, "reg": reg}
+
+    def _block_merge(self, i: int) -> tuple[int, int, int] | None:
+        """The voxel merge stride inside block ``i`` (None past the last block)."""
+        return self.blocks[i].merge_stride if i < len(self.blocks) else None
 
     def decode(self, outputs: dict[str, Tensor]) -> list[dict[str, np.ndarray]]:
         """Boxes per sample: ``{"boxes" (D, 7), "scores" (D,), "labels" (D,) 1-based}``."""

@@ -27,7 +27,8 @@ __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_vox
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
            "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys",
-           "voxel_indices"]
+           "unique_keys_together", "unique_with_merge", "merged_shape", "voxel_indices",
+           "MERGE_PLAN"]
 
 
 @dataclass(eq=False)
@@ -85,7 +86,7 @@ def unique_keys(keys: Tensor, cells_per_sample: int, batch_size: int
     """``torch.unique(keys, return_inverse=True)`` of voxel keys and the number of distinct keys
     of every sample, with one host read for both: the ``B + 1`` counts (on the GPU,
     ``torch.unique`` reads its size on the host, and counting the samples after it would be a
-    second read).
+    second read). ``unique_keys_together`` shares the read among several key sets.
 
     A key's sample is ``key // cells_per_sample``; keys of sample ``batch_size`` or beyond (a
     "past every cell" sentinel marking an entry to drop) are left out of the result, and their
@@ -95,19 +96,72 @@ def unique_keys(keys: Tensor, cells_per_sample: int, batch_size: int
     int64, counts (B,) int64 numpy)`` with ``U = counts.sum()``; the keys and inverse equal
     ``torch.unique``'s.
     """
+    return unique_keys_together((keys, cells_per_sample, batch_size))[0]
+
+
+def unique_keys_together(*requests: tuple[Tensor, int, int]
+                         ) -> list[tuple[Tensor, Tensor, np.ndarray]]:
+    """``unique_keys(*request)`` of every ``(keys, cells_per_sample, batch_size)`` request, with
+    one host read for all of them (their counts, concatenated)."""
+    runs = [_distinct_runs(*request) for request in requests]
+    counts = runs[0][3] if len(runs) == 1 else torch.cat([run[3] for run in runs])
+    counts = counts.cpu().numpy()
+    out, at = [], 0
+    for (keys, _, batch_size), (sorted_keys, perm, rank, _) in zip(requests, runs):
+        per_sample = counts[at:at + batch_size]
+        at += batch_size + 1
+        # the first of every run of equal keys: no scatter with repeated targets, no host read
+        firsts = torch.searchsorted(rank, torch.arange(int(per_sample.sum()), device=keys.device))
+        inverse = torch.empty_like(rank).scatter_(0, perm, rank)
+        out.append((sorted_keys[firsts], inverse, per_sample))
+    return out
+
+
+def _distinct_runs(keys: Tensor, cells_per_sample: int, batch_size: int
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(sorted keys, perm, rank, counts (B + 1,))`` of ``keys (N,)``: ``rank`` numbers the
+    runs of equal sorted keys, ``counts`` the runs per sample (the last: the sentinels')."""
     sorted_keys, perm = torch.sort(keys)
     first = torch.ones_like(sorted_keys, dtype=torch.bool)
     first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    rank = torch.cumsum(first, 0) - 1                  # distinct key of every sorted key
+    rank = torch.cumsum(first, 0) - 1
     sample = torch.div(sorted_keys, cells_per_sample, rounding_mode="floor").clamp_max(batch_size)
     counts = torch.zeros(batch_size + 1, dtype=torch.long, device=keys.device).index_add_(
-        0, sample, first.long()).cpu().numpy()
-    counts = counts[:batch_size]
-    u = int(counts.sum())
-    # the first of every run of equal keys: no scatter with repeated targets, no host read
-    firsts = torch.searchsorted(rank, torch.arange(u, device=keys.device))
-    inverse = torch.empty_like(rank).scatter_(0, perm, rank)
-    return sorted_keys[firsts], inverse, counts
+        0, sample, first.long())
+    return sorted_keys, perm, rank, counts
+
+
+def merged_shape(spatial_shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int, int]:
+    """The grid ``(Z, Y, X)`` after a merge by ``stride (sz, sy, sx)`` (rounded up)."""
+    return tuple(-(-int(d) // int(v)) for d, v in zip(spatial_shape, stride))
+
+
+def unique_with_merge(keys: Tensor, spatial_shape: Sequence[int], batch_size: int,
+                      then_merge: Sequence[int] | None = None
+                      ) -> tuple[Tensor, Tensor, np.ndarray, tuple | None]:
+    """``unique_keys`` of voxel ``keys (N,)`` in the grid ``spatial_shape`` (sentinel
+    ``B * Z * Y * X`` for an entry to drop) and, with ``then_merge (sz, sy, sx)``, the
+    ``merge_voxels`` of the resulting voxels by that stride worked out in the same host read:
+    ``(keys, inverse, counts, merge)`` with ``merge = (stride, coarse keys (U2,), voxel to
+    coarse (U,), coarse voxels per sample (B,))`` or None, for the voxels' ``cache``
+    (``MERGE_PLAN``)."""
+    z, y, x = (int(v) for v in spatial_shape)
+    if then_merge is None:
+        return (*unique_keys(keys, z * y * x, batch_size), None)
+    stride = tuple(int(v) for v in then_merge)
+    shape = merged_shape(spatial_shape, stride)
+    s = device_constant([1, *stride], keys.device)
+    # a sentinel decodes to sample B: its coarse key is the coarse grid's sentinel
+    coarse = voxel_keys(voxel_indices(keys, spatial_shape) // s, shape)
+    (uniq, inverse, counts), (uniq2, inverse2, counts2) = unique_keys_together(
+        (keys, z * y * x, batch_size), (coarse, shape[0] * shape[1] * shape[2], batch_size))
+    # every entry of a voxel has the voxel's coarse cell: repeated targets, equal values
+    fine_to_coarse = inverse2.new_empty(uniq.numel() + 1).scatter_(0, inverse, inverse2)
+    return uniq, inverse, counts, (stride, uniq2, fine_to_coarse[:-1], counts2)
+
+
+#: ``SparseVoxels.cache`` key of a merge worked out with the voxels (``unique_with_merge``)
+MERGE_PLAN = "merge_plan"
 
 
 def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
@@ -117,7 +171,8 @@ def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
 
 
 def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequence[float],
-             point_cloud_range: Sequence[float]) -> tuple[SparseVoxels, Tensor]:
+             point_cloud_range: Sequence[float], then_merge: Sequence[int] | None = None
+             ) -> tuple[SparseVoxels, Tensor]:
     """Points -> voxels with the mean of their points' features (mean VFE).
 
     A point ``p`` falls in cell ``floor((p - range_min) / voxel_size)``; points outside the range
@@ -129,6 +184,8 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
         batch_size: ``B``.
         voxel_size: ``(vx, vy, vz)`` metres.
         point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``.
+        then_merge: ``(sz, sy, sx)`` of the ``merge_voxels`` the voxels will go through first:
+            its coarse cells are worked out here, in the same host read (default None).
 
     Returns:
         ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
@@ -153,7 +210,8 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     # the dump row v (no boolean selection, one host read: the voxels per sample)
     cells = spatial[0] * spatial[1] * spatial[2]
     keys = torch.where(inside, voxel_keys(idx, spatial), int(batch_size) * cells)
-    uniq, inv, per_sample = unique_keys(keys, cells, int(batch_size))
+    uniq, inv, per_sample, merge = unique_with_merge(keys, spatial, int(batch_size),
+                                                     then_merge)
     v = uniq.numel()
     feats = torch.zeros(v + 1, points.shape[1], dtype=points.dtype, device=points.device)
     feats.index_add_(0, inv, points)
@@ -162,7 +220,10 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     feats = feats[:v] / counts[:v, None].clamp_min(1)
     indices = voxel_indices(uniq, spatial)
     p2v = torch.where(inside, inv, -1)
-    return SparseVoxels(feats, indices, spatial, int(batch_size), sample_counts=per_sample), p2v
+    sp = SparseVoxels(feats, indices, spatial, int(batch_size), sample_counts=per_sample)
+    if merge is not None:
+        sp.cache[MERGE_PLAN] = merge
+    return sp, p2v
 
 
 def voxel_indices(keys: Tensor, spatial: Sequence[int]) -> Tensor:
@@ -449,15 +510,20 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
         stride: ``(sz, sy, sx)``.
     Returns:
         ``(coarse SparseVoxels, fine_to_coarse (V,))``; ``expand_voxels`` undoes the merge.
-        Host sync: the merged voxels of every sample (``unique_keys``).
+        Host sync: the merged voxels of every sample (``unique_keys``); none where the voxels'
+        constructor worked this merge out (``then_merge``).
     """
     if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
-    s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
-    shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
-    coarse = sp.indices // s
-    keys = voxel_keys(coarse, shape)
-    uniq, inv, counts = unique_keys(keys, shape[0] * shape[1] * shape[2], sp.batch_size)
+    stride = tuple(int(v) for v in stride)
+    shape = merged_shape(sp.spatial_shape, stride)
+    plan = sp.cache.get(MERGE_PLAN)
+    if plan is not None and plan[0] == stride:
+        _, uniq, inv, counts = plan
+    else:
+        s = device_constant([1, *stride], sp.indices.device)
+        keys = voxel_keys(sp.indices // s, shape)
+        uniq, inv, counts = unique_keys(keys, shape[0] * shape[1] * shape[2], sp.batch_size)
     if reduce == "max":
         feats = scatter_max(sp.features, inv, uniq.numel())
     elif reduce == "mean":
