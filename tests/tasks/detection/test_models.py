@@ -1,4 +1,5 @@
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -25,6 +26,31 @@ def test_lion_example_runs_and_backpropagates():
     assert mamba and all(p.grad is not None for p in mamba)
     dets = model.decode(out)
     assert len(dets) == 2 and dets[0]["boxes"].shape[1] == 7
+
+
+def test_lion_forward_reads_the_host_once_per_voxel_set(monkeypatch):
+    # the voxelisation and each generation (with its z merge): their sizes, their voxels per
+    # sample and their first merge's in one read each; no torch.unique, no other read by the
+    # model's code (the CPU kernels read their inputs: no device sync)
+    kwargs, inputs = LION.example()
+    model = LION(**{**kwargs, "num_blocks": 3, "group_sizes": (32, 16, 8), "z_stride": 2,
+                    "generation_ratio": 0.3})
+    reads = []
+    cpu = torch.Tensor.cpu
+
+    def counted(t, *args, **kw):
+        caller = sys._getframe(1).f_code.co_filename
+        if "kernels" not in caller:
+            reads.append(f"{caller}:{sys._getframe(1).f_lineno}")
+        return cpu(t, *args, **kw)
+
+    def no_unique(*args, **kw):
+        raise AssertionError("torch.unique in the LION forward")
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    monkeypatch.setattr(torch, "unique", no_unique)
+    model(**inputs)["heatmap"].sum().backward()
+    assert len(reads) == 3, reads
 
 
 def test_lion_with_spconv_backend_equals_the_torch_backend():
@@ -165,6 +191,17 @@ def test_generation_merged_in_one_step_equals_the_two_steps_bit_for_bit(ratio, d
     assert torch.equal(merged.indices, ref.indices) and merged.spatial_shape == ref.spatial_shape
     assert torch.equal(merged.features, ref.features) and torch.equal(grad, ref_grad)
     assert merged.sample_counts.tolist() == torch.bincount(ref.indices[:, 0], minlength=3).tolist()
+    if ratio:
+        # with the next merge worked out: the same merge, with no read of its own
+        ahead = generate_merged_voxels(SparseVoxels(feats, idx, (4, 9, 8), 3), ratio, stride,
+                                       distance, then_merge=(1, 2, 2))
+        assert torch.equal(ahead.features, ref.features.detach())
+        coarse, inverse = merge_voxels(ahead, (1, 2, 2))
+        ref_coarse, ref_inverse = merge_voxels(ref, (1, 2, 2))
+        assert torch.equal(coarse.indices, ref_coarse.indices)
+        assert torch.equal(inverse, ref_inverse)
+        assert torch.equal(coarse.features, ref_coarse.features.detach())
+        assert coarse.sample_counts.tolist() == ref_coarse.sample_counts.tolist()
 
 
 def test_a_level_run_together_equals_its_layers_one_by_one():

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from geossm._compat import MissingDependencyError
-from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, device_constant,
+from geossm.tasks.detection.sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, device_constant,
                                            expand_voxels, kernel_map,
                                            merge_voxels, neighbour_table, resolve_backend,
                                            spconv_available, unique_keys, voxel_keys,
@@ -384,3 +384,24 @@ def test_voxelize_and_merge_know_their_voxels_per_sample():
                         [0.1, 0.1, 0.1, 1.0]])
     vox, _ = voxelize(pts, torch.tensor([0, 0, 0, 2]), 3, (1, 1, 1), (0, 0, 0, 2, 2, 2))
     assert vox.sample_counts.tolist() == [1, 0, 1]      # the point at x = 5 is out of range
+
+
+@pytest.mark.parametrize("stride", [(2, 2, 2), (1, 3, 2)])
+def test_voxelize_works_out_its_first_merge_in_the_same_read(stride):
+    g = torch.Generator().manual_seed(5)
+    pts = torch.rand(400, 4, generator=g) * torch.tensor([9.0, 9.0, 4.0, 1.0]) - 0.5
+    batch = torch.randint(0, 3, (400,), generator=g)
+    batch[batch == 1] = 0                              # an empty sample
+    args = (pts, batch, 3, (1.0, 1.0, 0.5), (0, 0, 0, 8, 8, 3))
+    planned, p2v = voxelize(*args, then_merge=stride)
+    plain, ref_p2v = voxelize(*args)
+    assert torch.equal(p2v, ref_p2v) and torch.equal(planned.features, plain.features)
+    assert MERGE_PLAN in planned.cache and MERGE_PLAN not in plain.cache
+    coarse, inverse = merge_voxels(planned.replace(planned.features * 2), stride)
+    ref, ref_inverse = merge_voxels(plain.replace(plain.features * 2), stride)
+    assert torch.equal(coarse.indices, ref.indices) and torch.equal(inverse, ref_inverse)
+    assert torch.equal(coarse.features, ref.features)
+    assert coarse.sample_counts.tolist() == ref.sample_counts.tolist()
+    assert ref.sample_counts[1] == 0
+    other, _ = merge_voxels(planned, (1, 1, 1))         # another stride: merged as before
+    assert torch.equal(other.indices, planned.indices)
