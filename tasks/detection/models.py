@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,13 +36,14 @@ from geossm.serialization import Serialization, window_groups_multi, window_part
 
 from .boxes import nms_bev
 from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
-from .sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, contains_keys, device_constant,
+from .sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, VoxelLayout, contains_keys,
+                     device_constant, voxel_layout,
                      expand_voxels, merge_voxels, merged_shape, scatter_max, sorted_voxel_keys,
                      unique_with_merge, voxel_indices, voxel_keys, voxelize)
 from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
-           "decode_boxes", "generate_voxels", "generate_merged_voxels"]
+           "decode_boxes", "generate_voxels", "generate_merged_voxels", "VoxelPlanner"]
 
 
 def _mamba_block(dim: int, bidirectional: bool, mlp_ratio: float, drop_path: float, **kw):
@@ -443,8 +445,11 @@ class LION(nn.Module):
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
             merging, expanding and generation are index operations with no spconv counterpart.
 
-    Forward: ``points (N, C)``, ``cu_seqlens (B+1,)`` -> ``{"heatmap" (B, K, Y, X) logits,
-    "reg" (B, 8, Y, X)}`` with the BEV grid of ``bev_grid()``.
+    Forward: ``points (N, C)``, ``cu_seqlens (B+1,)``, optional ``voxels`` (the batch's
+    ``voxel_planner()`` layout, built in the data loader) -> ``{"heatmap" (B, K, Y, X) logits,
+    "reg" (B, 8, Y, X)}`` with the BEV grid of ``bev_grid()``. Host syncs per step: one per
+    voxel generation (with its z merge and the next block's merge), plus one for the
+    voxelisation without ``voxels``.
     """
 
     def __init__(self, num_classes: int = 3,
@@ -515,16 +520,29 @@ class LION(nn.Module):
         """The output map (``bev_grid`` of this model's range, voxel size and stem stride)."""
         return dict(self.decoder.grid)
 
-    def forward(self, points: Tensor, cu_seqlens: Tensor) -> dict[str, Tensor]:
-        b = cu_seqlens.numel() - 1
-        counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
-                                        output_size=points.shape[0])
-        pts = points.float()
-        # every voxel set's first merge is worked out with the set (one host read for both)
+    def voxel_planner(self) -> "VoxelPlanner":
+        """What ``forward`` reads of a batch's voxel grid, to build in the data loader (the
+        detection task's ``collate``): ``planner(points, cu_seqlens) -> VoxelLayout``."""
         stem = any(s > 1 for s in self.stem_stride)
+        # every voxel set's first merge is worked out with the set (one host read for both)
         first_merge = self.stem_stride if stem else self._block_merge(0)
-        sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr, first_merge)
+        return VoxelPlanner(self.voxel_size, self.pcr, first_merge)
+
+    def forward(self, points: Tensor, cu_seqlens: Tensor,
+                voxels: VoxelLayout | None = None) -> dict[str, Tensor]:
+        """``voxels``: the batch's ``voxel_planner()`` layout built before (no sort of the
+        points and no host sync for it here), default None: computed here. ``ValueError``
+        for a layout of other settings or another batch."""
+        b = cu_seqlens.numel() - 1
+        pts = points.float()
+        planner = self.voxel_planner()
+        if voxels is None:
+            voxels = planner(pts, cu_seqlens)
+        elif voxels.settings != planner.settings():
+            raise ValueError(f"voxels: a layout of {voxels.settings} (voxel size, range, first "
+                             f"merge), the model needs {planner.settings()}; build it with "
+                             "model.voxel_planner()")
+        sp, _ = voxelize(pts, None, b, self.voxel_size, self.pcr, layout=voxels)
         vs = device_constant(self.voxel_size, pts.device, torch.float32)
         centre = ((sp.indices.flip(1)[:, :3].float() + 0.5) * vs   # (x, y, z) of (b, z, y, x)
                   + device_constant(self.pcr[:3], pts.device, torch.float32))
@@ -554,6 +572,31 @@ class LION(nn.Module):
     def decode(self, outputs: dict[str, Tensor]) -> list[dict[str, np.ndarray]]:
         """Boxes per sample: ``{"boxes" (D, 7), "scores" (D,), "labels" (D,) 1-based}``."""
         return self.decoder(outputs)
+
+
+@dataclass(frozen=True)
+class VoxelPlanner:
+    """The voxel grid of ``LION`` (``LION.voxel_planner()``): ``planner(points (N, C),
+    cu_seqlens (B+1,)) -> VoxelLayout`` (``voxel_layout`` of the packed batch, with the model's
+    first merge). Picklable (a data loader worker builds the layouts), compared by value."""
+
+    voxel_size: tuple[float, float, float]
+    point_cloud_range: tuple[float, float, float, float, float, float]
+    then_merge: tuple[int, int, int] | None
+
+    def settings(self) -> tuple:
+        """``VoxelLayout.settings`` of the layouts built here."""
+        return (tuple(float(v) for v in self.voxel_size),
+                tuple(float(v) for v in self.point_cloud_range),
+                None if self.then_merge is None else tuple(int(v) for v in self.then_merge))
+
+    def __call__(self, points: Tensor, cu_seqlens: Tensor) -> VoxelLayout:
+        b = cu_seqlens.numel() - 1
+        counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
+                                        output_size=points.shape[0])
+        return voxel_layout(points.float(), batch, b, self.voxel_size, self.point_cloud_range,
+                            self.then_merge)
 
 
 def bev_grid(point_cloud_range: Sequence[float], voxel_size: Sequence[float],

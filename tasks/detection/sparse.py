@@ -28,7 +28,7 @@ __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_vox
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
            "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys",
            "unique_keys_together", "unique_with_merge", "merged_shape", "voxel_indices",
-           "MERGE_PLAN"]
+           "MERGE_PLAN", "VoxelLayout", "voxel_layout"]
 
 
 @dataclass(eq=False)
@@ -170,27 +170,46 @@ def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
     return out.scatter_reduce(0, index[:, None].expand_as(src), src, "amax", include_self=False)
 
 
-def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequence[float],
-             point_cloud_range: Sequence[float], then_merge: Sequence[int] | None = None
-             ) -> tuple[SparseVoxels, Tensor]:
-    """Points -> voxels with the mean of their points' features (mean VFE).
+@dataclass(frozen=True, eq=False)
+class VoxelLayout:
+    """Where the points of a batch fall on a voxel grid, worked out apart from their features
+    (``voxel_layout``; the detection task's ``collate`` builds it in the data loader, so that
+    the step neither sorts the points nor reads a size on the host for it).
 
-    A point ``p`` falls in cell ``floor((p - range_min) / voxel_size)``; points outside the range
-    are dropped. Features of a voxel are the mean over its points of ``points[:, :C]``.
+    Fields: ``indices (V, 4)`` long ``(batch, z, y, x)``, sorted by ``voxel_keys``;
+    ``point_to_voxel (N,)`` long, ``V`` for a point outside the grid; ``spatial_shape``;
+    ``sample_counts (B,)`` numpy voxels per sample; ``merge``: the first merge of the voxels
+    worked out with them (``unique_with_merge``) or None; ``settings``: what built it (the
+    voxel size, range and merge stride), compared by the model that uses it."""
 
-    Args:
-        points: ``(N, C)`` float, ``x, y, z, ...`` first.
-        batch: ``(N,)`` sample of every point.
-        batch_size: ``B``.
-        voxel_size: ``(vx, vy, vz)`` metres.
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``.
-        then_merge: ``(sz, sy, sx)`` of the ``merge_voxels`` the voxels will go through first:
-            its coarse cells are worked out here, in the same host read (default None).
+    indices: Tensor
+    point_to_voxel: Tensor
+    spatial_shape: tuple[int, int, int]
+    sample_counts: np.ndarray
+    merge: tuple | None = None
+    settings: tuple = ()
 
-    Returns:
-        ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
-        Host sync: the number of voxels of every sample (``unique_keys``).
-    """
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "VoxelLayout":
+        """Every tensor on ``device``."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "VoxelLayout":
+        """Every tensor in pinned host memory (the data loader's ``pin_memory``)."""
+        return self._apply(lambda t: t.pin_memory())
+
+    def _apply(self, fn) -> "VoxelLayout":
+        merge = self.merge
+        if merge is not None:
+            merge = (merge[0], fn(merge[1]), fn(merge[2]), merge[3])
+        return VoxelLayout(fn(self.indices), fn(self.point_to_voxel), self.spatial_shape,
+                           self.sample_counts, merge, self.settings)
+
+
+def voxel_layout(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequence[float],
+                 point_cloud_range: Sequence[float], then_merge: Sequence[int] | None = None
+                 ) -> VoxelLayout:
+    """The voxels of ``voxelize`` without their features (arguments as there).
+    Host sync: the number of voxels of every sample (``unique_keys``)."""
     if points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points: expected shape (N, >=3), got {tuple(points.shape)}")
     if batch.shape != points.shape[:1]:
@@ -207,23 +226,58 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     inside &= ((cell >= 0) & (cell < device_constant(shape_xyz, dev))).all(1)
     idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)
     # points outside get the key past every cell's: unique_keys leaves it out and maps them to
-    # the dump row v (no boolean selection, one host read: the voxels per sample)
+    # the dump row V (no boolean selection, one host read: the voxels per sample)
     cells = spatial[0] * spatial[1] * spatial[2]
     keys = torch.where(inside, voxel_keys(idx, spatial), int(batch_size) * cells)
     uniq, inv, per_sample, merge = unique_with_merge(keys, spatial, int(batch_size),
                                                      then_merge)
-    v = uniq.numel()
+    settings = (tuple(float(v) for v in voxel_size), tuple(float(v) for v in point_cloud_range),
+                None if then_merge is None else tuple(int(v) for v in then_merge))
+    return VoxelLayout(voxel_indices(uniq, spatial), inv, spatial, per_sample, merge, settings)
+
+
+def voxelize(points: Tensor, batch: Tensor | None, batch_size: int, voxel_size: Sequence[float],
+             point_cloud_range: Sequence[float], then_merge: Sequence[int] | None = None,
+             layout: VoxelLayout | None = None) -> tuple[SparseVoxels, Tensor]:
+    """Points -> voxels with the mean of their points' features (mean VFE).
+
+    A point ``p`` falls in cell ``floor((p - range_min) / voxel_size)``; points outside the range
+    are dropped. Features of a voxel are the mean over its points of ``points[:, :C]``.
+
+    Args:
+        points: ``(N, C)`` float, ``x, y, z, ...`` first.
+        batch: ``(N,)`` sample of every point (may be None with ``layout``).
+        batch_size: ``B``.
+        voxel_size: ``(vx, vy, vz)`` metres.
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``.
+        then_merge: ``(sz, sy, sx)`` of the ``merge_voxels`` the voxels will go through first:
+            its coarse cells are worked out here, in the same host read (default None).
+        layout: ``voxel_layout`` of these arguments computed before (e.g. in the data loader),
+            default None: computed here. Not checked against the points (that would read them).
+
+    Returns:
+        ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
+        Host sync: the number of voxels of every sample (``unique_keys``); none with
+        ``layout``.
+    """
+    if layout is None:
+        layout = voxel_layout(points, batch, batch_size, voxel_size, point_cloud_range,
+                              then_merge)
+    elif layout.point_to_voxel.shape != points.shape[:1] or len(layout.sample_counts) != batch_size:
+        raise ValueError(f"layout: built for {layout.point_to_voxel.shape[0]} points in "
+                         f"{len(layout.sample_counts)} samples, got {points.shape[0]} points in "
+                         f"{batch_size}")
+    v, inv = layout.indices.shape[0], layout.point_to_voxel
     feats = torch.zeros(v + 1, points.shape[1], dtype=points.dtype, device=points.device)
     feats.index_add_(0, inv, points)
     counts = torch.zeros(v + 1, dtype=points.dtype, device=points.device).index_add_(
         0, inv, torch.ones_like(points[:, 0]))
     feats = feats[:v] / counts[:v, None].clamp_min(1)
-    indices = voxel_indices(uniq, spatial)
-    p2v = torch.where(inside, inv, -1)
-    sp = SparseVoxels(feats, indices, spatial, int(batch_size), sample_counts=per_sample)
-    if merge is not None:
-        sp.cache[MERGE_PLAN] = merge
-    return sp, p2v
+    sp = SparseVoxels(feats, layout.indices, layout.spatial_shape, int(batch_size),
+                      sample_counts=layout.sample_counts)
+    if layout.merge is not None:
+        sp.cache[MERGE_PLAN] = layout.merge
+    return sp, torch.where(inv < v, inv, -1)
 
 
 def voxel_indices(keys: Tensor, spatial: Sequence[int]) -> Tensor:

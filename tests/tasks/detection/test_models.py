@@ -53,6 +53,35 @@ def test_lion_forward_reads_the_host_once_per_voxel_set(monkeypatch):
     assert len(reads) == 3, reads
 
 
+def test_lion_forward_with_a_layout_from_the_loader_reads_the_host_only_for_generation(
+        monkeypatch):
+    kwargs, inputs = LION.example()
+    model = LION(**{**kwargs, "num_blocks": 2, "group_sizes": (32, 16)})
+    torch.manual_seed(0)
+    layout = model.voxel_planner()(inputs["points"], inputs["cu_seqlens"])
+    assert layout.to("cpu").settings == layout.settings
+    ref = model(**inputs)
+    reads = []
+    cpu = torch.Tensor.cpu
+
+    def counted(t, *args, **kw):
+        if "kernels" not in sys._getframe(1).f_code.co_filename:
+            reads.append(sys._getframe(1).f_lineno)
+        return cpu(t, *args, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    out = model(**inputs, voxels=layout)
+    assert len(reads) == 1                      # the one generation (with its z merge)
+    assert torch.equal(out["heatmap"], ref["heatmap"]) and torch.equal(out["reg"], ref["reg"])
+    other = LION(**{**kwargs, "voxel_size": (0.25, 0.5, 0.5)})
+    with pytest.raises(ValueError, match=r"voxels: a layout of .* build it with "
+                                         r"model.voxel_planner\(\)"):
+        other(**inputs, voxels=layout)
+    with pytest.raises(ValueError, match="layout: built for 300 points in 2 samples, got 299"):
+        model(inputs["points"][:299], torch.tensor([0, 150, 299], dtype=torch.int32),
+              voxels=layout)
+
+
 def test_lion_with_spconv_backend_equals_the_torch_backend():
     """``sparse_backend="spconv"`` (native algorithm on this CPU) gives the torch backend's
     outputs and gradients (fp32, the model's dtype) with the same weights; two blocks so that voxel generation and the
