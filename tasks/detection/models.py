@@ -269,11 +269,12 @@ def _generation_candidates(sp: SparseVoxels, ratio: float, distance: int
                                      sp.batch_size, ratio)
     z, y, x = sp.spatial_shape
     d = distance
-    offs = device_constant([[0, 0, -d, 0], [0, 0, 0, -d], [0, 0, 0, d], [0, 0, d, 0]],
-                           sp.indices.device)
-    cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
-    ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
-    ok &= selected[:, None].expand(-1, GENERATION_OFFSETS).reshape(-1)
+    dev = sp.indices.device
+    offs = device_constant([[0, 0, -d, 0], [0, 0, 0, -d], [0, 0, 0, d], [0, 0, d, 0]], dev)
+    cand = sp.indices[order][:, None] + offs                                # (V, 4, 4)
+    yx = cand[..., 2:]
+    ok = ((yx >= 0) & (yx < device_constant([y, x], dev))).all(-1) & selected[:, None]
+    cand, ok = cand.view(-1, 4), ok.view(-1)
     keys = voxel_keys(cand, sp.spatial_shape)
     past = sp.batch_size * z * y * x
     keys = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], keys), keys, past)
@@ -303,8 +304,7 @@ def generate_merged_voxels(sp: SparseVoxels, ratio: float, stride: Sequence[int]
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
     order, cand, keys, past = _generation_candidates(sp, ratio, distance)
     sorted_keys, perm = torch.sort(keys, stable=True)
-    first = torch.ones_like(sorted_keys, dtype=torch.bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    first = sorted_keys != torch.cat([device_constant([-1], keys.device), sorted_keys])[:-1]
     keep = torch.empty_like(first).scatter_(0, perm, first) & (keys != past)
     shape = merged_shape(sp.spatial_shape, stride)
     cells = shape[0] * shape[1] * shape[2]

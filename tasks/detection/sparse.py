@@ -102,32 +102,52 @@ def unique_keys(keys: Tensor, cells_per_sample: int, batch_size: int
 def unique_keys_together(*requests: tuple[Tensor, int, int]
                          ) -> list[tuple[Tensor, Tensor, np.ndarray]]:
     """``unique_keys(*request)`` of every ``(keys, cells_per_sample, batch_size)`` request, with
-    one host read for all of them (their counts, concatenated)."""
-    runs = [_distinct_runs(*request) for request in requests]
-    counts = runs[0][3] if len(runs) == 1 else torch.cat([run[3] for run in runs])
+    one host read for all of them (their counts, concatenated). Key sets of one length and
+    batch size are sorted and counted as one ``(K, N)`` stack (fewer operators)."""
+    lengths = {(keys.shape[0], int(b)) for keys, _, b in requests}
+    if len(lengths) == 1:
+        keys = torch.stack([k for k, _, _ in requests])
+        cells = [int(c) for _, c, _ in requests]
+        sorted_keys, perm, rank, counts = _distinct_runs(keys, cells, requests[0][2])
+        # the inverse of every set by one scatter along the voxels
+        inverses = torch.empty_like(keys).scatter_(1, perm, rank)
+        runs = list(zip(sorted_keys.unbind(0), rank.unbind(0), inverses.unbind(0)))
+    else:
+        runs, counts = [], []
+        for keys, cells, b in requests:
+            sorted_keys, perm, rank, c = _distinct_runs(keys[None], [int(cells)], b)
+            inverse = torch.empty_like(keys).scatter_(0, perm[0], rank[0])
+            runs.append((sorted_keys[0], rank[0], inverse))
+            counts.append(c)
+        counts = torch.cat(counts)
     counts = counts.cpu().numpy()
     out, at = [], 0
-    for (keys, _, batch_size), (sorted_keys, perm, rank, _) in zip(requests, runs):
+    for (keys, _, batch_size), (sorted_keys, rank, inverse) in zip(requests, runs):
         per_sample = counts[at:at + batch_size]
         at += batch_size + 1
         # the first of every run of equal keys: no scatter with repeated targets, no host read
         firsts = torch.searchsorted(rank, torch.arange(int(per_sample.sum()), device=keys.device))
-        inverse = torch.empty_like(rank).scatter_(0, perm, rank)
         out.append((sorted_keys[firsts], inverse, per_sample))
     return out
 
 
-def _distinct_runs(keys: Tensor, cells_per_sample: int, batch_size: int
+def _distinct_runs(keys: Tensor, cells_per_sample: Sequence[int], batch_size: int
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(sorted keys, perm, rank, counts (B + 1,))`` of ``keys (N,)``: ``rank`` numbers the
-    runs of equal sorted keys, ``counts`` the runs per sample (the last: the sentinels')."""
-    sorted_keys, perm = torch.sort(keys)
-    first = torch.ones_like(sorted_keys, dtype=torch.bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    rank = torch.cumsum(first, 0) - 1
-    sample = torch.div(sorted_keys, cells_per_sample, rounding_mode="floor").clamp_max(batch_size)
-    counts = torch.zeros(batch_size + 1, dtype=torch.long, device=keys.device).index_add_(
-        0, sample, first.long())
+    """``(sorted keys, perm, rank, counts (K * (B + 1),))`` of ``K`` non-negative key sets
+    ``keys (K, N)`` (``cells_per_sample``: one per set): ``rank`` numbers the runs of equal
+    sorted keys of every set, ``counts`` the runs per sample of every set (each set's last:
+    its sentinels')."""
+    k = keys.shape[0]
+    sorted_keys, perm = torch.sort(keys, dim=1)
+    # a run starts where the key differs from the one before (-1 before the first: keys >= 0)
+    before = torch.cat([device_constant([[-1]] * k, keys.device), sorted_keys], 1)[:, :-1]
+    first = sorted_keys != before
+    rank = torch.cumsum(first, 1) - 1
+    cells = device_constant([[c] for c in cells_per_sample], keys.device)
+    rows = device_constant([[i * (batch_size + 1)] for i in range(k)], keys.device)
+    sample = torch.div(sorted_keys, cells, rounding_mode="floor").clamp_max(batch_size) + rows
+    counts = torch.zeros(k * (batch_size + 1), dtype=torch.long, device=keys.device).index_add_(
+        0, sample.view(-1), first.view(-1).long())
     return sorted_keys, perm, rank, counts
 
 

@@ -6,8 +6,8 @@ from geossm._compat import MissingDependencyError
 from geossm.tasks.detection.sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, device_constant,
                                            expand_voxels, kernel_map,
                                            merge_voxels, neighbour_table, resolve_backend,
-                                           spconv_available, unique_keys, voxel_keys,
-                                           voxelize)
+                                           spconv_available, unique_keys, unique_keys_together,
+                                           voxel_keys, voxelize)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -371,6 +371,13 @@ def test_unique_keys_equal_torch_unique_with_per_sample_counts(device):
     assert int(inverse.max()) == u                      # the sentinels' dump row
     none, inv0, counts0 = unique_keys(keys[:0], cells, batch)
     assert none.numel() == inv0.numel() == 0 and counts0.tolist() == [0, 0, 0]
+    # several sets in one read: of one length (stacked) and of different lengths
+    for other in (keys.flip(0) // 2, keys[:150] // 3):
+        together = unique_keys_together((keys, cells, batch), (other, 20, 4))
+        for (u, i, c), (k, n, b) in zip(together, [(keys, cells, batch), (other, 20, 4)]):
+            ref_u, ref_i = torch.unique(k, return_inverse=True)
+            assert torch.equal(i, ref_i) and torch.equal(u, ref_u[:int(c.sum())])
+            assert c.tolist() == [int(((ref_u // n) == s).sum()) for s in range(b)]
 
 
 def test_voxelize_and_merge_know_their_voxels_per_sample():
