@@ -210,8 +210,10 @@ class VoxelLayout:
     settings: tuple = ()
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "VoxelLayout":
-        """Every tensor on ``device``."""
-        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+        """Every tensor on ``device``; from pinned memory (the loader's ``pin_memory``) without
+        waiting for the copy whatever ``non_blocking`` says (the trainer's ``move_to`` calls
+        ``to(device)`` on objects: a blocking copy would wait for the device's queue)."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking or t.is_pinned()))
 
     def pin_memory(self) -> "VoxelLayout":
         """Every tensor in pinned host memory (the data loader's ``pin_memory``)."""
