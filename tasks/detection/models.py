@@ -542,6 +542,8 @@ class LION(nn.Module):
             raise ValueError(f"voxels: a layout of {voxels.settings} (voxel size, range, first "
                              f"merge), the model needs {planner.settings()}; build it with "
                              "model.voxel_planner()")
+        elif voxels.indices.device != pts.device:
+            voxels = voxels.to(pts.device)
         sp, _ = voxelize(pts, None, b, self.voxel_size, self.pcr, layout=voxels)
         vs = device_constant(self.voxel_size, pts.device, torch.float32)
         centre = ((sp.indices.flip(1)[:, :3].float() + 0.5) * vs   # (x, y, z) of (b, z, y, x)

@@ -3,7 +3,8 @@
 Batches are packed by ``pack_collate``: ``points (N, 4)``, ``cu_seqlens (B+1,)``, ``batch (N,)``,
 ``gt_boxes (M, 7)``, ``gt_labels (M,)``, ``gt_boxes_cu_seqlens (B+1,)``, and per-sample lists
 ``gt_names``, ``frame_id``, ``calib``, ``annos``; ``collate`` adds the CenterPoint ``targets``
-and, for a model with a ``voxel_planner`` (LION), the points' ``voxels`` layout. Config keys read here besides the standard ones::
+and, for a model with a ``voxel_planner`` (LION) and a loader with workers, the points'
+``voxels`` layout. Config keys read here besides the standard ones::
 
     model.num_classes             heatmap classes (= len(data.classes))
     model.point_cloud_range, model.voxel_size, model.stem_stride, model.score_threshold,
@@ -138,8 +139,11 @@ class DetectionTask(Task):
     def classes(self) -> tuple[str, ...]:
         return tuple(self.cfg.data.get("classes") or ("Car", "Pedestrian", "Cyclist"))
 
-    #: The built model's ``voxel_planner()`` (``LION``): ``collate`` lays every batch's points
-    #: out on its voxel grid (``batch["voxels"]``), so the step does not; None: no layout.
+    #: The built model's ``voxel_planner()`` (``LION``) when the data loader has workers
+    #: (``train.num_workers > 0``): ``collate`` lays every batch's points out on its voxel grid
+    #: (``batch["voxels"]``) there, so the step does not. None: no layout (without workers
+    #: ``collate`` runs in the training process, where the model's own path on the device is
+    #: cheaper than sorting the points on the host).
     voxel_planner = None
 
     def build_model(self) -> torch.nn.Module:
@@ -149,7 +153,8 @@ class DetectionTask(Task):
                              f"{len(self.classes())}, got {n}")
         built = super().build_model()
         planner = getattr(built, "voxel_planner", None)
-        self.voxel_planner = planner() if callable(planner) else None
+        workers = int((self.cfg.get("train") or {}).get("num_workers") or 0)
+        self.voxel_planner = planner() if callable(planner) and workers > 0 else None
         return built
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:

@@ -223,6 +223,13 @@ def test_collate_lays_the_points_out_on_the_model_voxel_grid(task):
     reads the voxel counts, not the step); the outputs are those of the model's own layout."""
     ds = task.build_dataset("train")
     torch.manual_seed(0)
+    task.build_model()
+    assert task.voxel_planner is None                  # no loader workers: the model's path
+    assert "voxels" not in task.collate([ds[0], ds[1]])
+    cfg = apply_overrides(load_config(CONFIGS / "synthetic_lion.yaml"),
+                          TINY + ["train.num_workers=2"])
+    task = TASKS.get("DetectionTask")(cfg)
+    torch.manual_seed(0)
     model = task.build_model().train()
     assert task.voxel_planner == model.voxel_planner()
     batch = task.collate([ds[0], ds[1]])
