@@ -1,4 +1,5 @@
 import math
+import pickle
 import sys
 
 import numpy as np
@@ -60,6 +61,10 @@ def test_lion_forward_with_a_layout_from_the_loader_reads_the_host_only_for_gene
     torch.manual_seed(0)
     layout = model.voxel_planner()(inputs["points"], inputs["cu_seqlens"])
     assert layout.to("cpu").settings == layout.settings
+    # both cross process boundaries (loader workers)
+    assert pickle.loads(pickle.dumps(model.voxel_planner())) == model.voxel_planner()
+    copied = pickle.loads(pickle.dumps(layout))
+    assert torch.equal(copied.indices, layout.indices) and copied.merge[0] == layout.merge[0]
     ref = model(**inputs)
     reads = []
     cpu = torch.Tensor.cpu
