@@ -84,8 +84,9 @@ def device_batch(task, clouds: list[np.ndarray], device: torch.device) -> dict:
     """``clouds`` collated by ``task`` with no ground truth boxes, its tensors on ``device``."""
     samples = [{"points": c, "gt_boxes": np.zeros((0, 7), np.float32),
                 "gt_labels": np.zeros(0, np.int64)} for c in clouds]
-    return {k: (v.to(device) if torch.is_tensor(v) else v)
-            for k, v in task.collate(samples).items()}
+    from geossm.engine.task import move_to
+
+    return move_to(task.collate(samples), device)     # the voxel layout (an object) too
 
 
 def measure(task, model, clouds: list[np.ndarray], raw_points: int, steps: int, warmup: int,

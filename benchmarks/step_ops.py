@@ -15,10 +15,13 @@ the real samples of ``../shared/data``, one ``Trainer._train_step``):
   (``syncs_by_kind``: see ``SYNC_KINDS``);
 - ``step_ms``: median CPU wall time of ``--steps`` steps after ``--warmup``;
 - ``collate_ms``: median wall time of the task's ``collate`` for one batch (a loader worker's
-  work per batch, e.g. the graph task's token plan), after one warm-up call.
+  work per batch, e.g. the graph task's token plan), after one warm-up call;
+- ``sync_stacks`` (with ``--sync-stacks``): every sync site with its project callers,
+  ``"kind file:line < caller:line < ..."`` innermost first (``top_sync_sites`` names only the
+  innermost frame, which for a shared helper says nothing about who called it).
 
     python benchmarks/step_ops.py [--tasks detection] [--batch-sizes 1 8] [--steps 3]
-        [--threads 1] [--out ops.jsonl] [--top 15]
+        [--threads 1] [--out ops.jsonl] [--top 15] [--sync-stacks]
     python benchmarks/step_ops.py --tiny        # tiny models: the check a test runs
 """
 
@@ -89,13 +92,17 @@ class OpCounter(TorchDispatchMode):
     Args:
         host_tensors: tensors that live on the host on every device (the optimizer's step
             counters).
+        stack_depth: project frames recorded per sync in ``sync_stacks`` (innermost first),
+            default 0: none (only ``sync_sites``, the innermost one).
     """
 
-    def __init__(self, host_tensors=()):
+    def __init__(self, host_tensors=(), stack_depth: int = 0):
         super().__init__()
         self.ops: collections.Counter = collections.Counter()
         self.syncs: collections.Counter = collections.Counter()
         self.sync_sites: collections.Counter = collections.Counter()
+        self.sync_stacks: collections.Counter = collections.Counter()
+        self.stack_depth = int(stack_depth)
         self._patched: list = []
         self._host: dict[int, torch.Tensor] = {}   # id -> tensor (kept alive: ids stay unique)
         for t in host_tensors:
@@ -130,14 +137,19 @@ class OpCounter(TorchDispatchMode):
 
     def _record(self, kind: str) -> None:
         self.syncs[kind] += 1
-        # where in the geossm/tasks code the sync happens: the innermost project frame
+        # where in the geossm/tasks code the sync happens: the innermost project frame (and,
+        # for sync_stacks, its project callers)
+        sites = []
         frame = sys._getframe(2)
-        while frame is not None:
+        while frame is not None and len(sites) < max(self.stack_depth, 1):
             name = frame.f_code.co_filename
             if "step_ops.py" not in name and step_profile.is_project_file(name):
-                self.sync_sites[f"{kind} {Path(name).name}:{frame.f_lineno}"] += 1
-                break
+                sites.append(f"{Path(name).name}:{frame.f_lineno}")
             frame = frame.f_back
+        if sites:
+            self.sync_sites[f"{kind} {sites[0]}"] += 1
+            if self.stack_depth:
+                self.sync_stacks[f"{kind} {' < '.join(sites)}"] += 1
 
     def __enter__(self):
         for name in HOST_READS:
@@ -230,7 +242,7 @@ def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
         # the optimizer's step counters stay on the host on the GPU too
         steps = [s["step"] for s in optimizer.state.values()
                  if isinstance(s.get("step"), torch.Tensor)]
-        counter = OpCounter(host_tensors=steps)
+        counter = OpCounter(host_tensors=steps, stack_depth=args.sync_stacks)
         with counter:
             step(batches[0])
         row = {"bench": "step_ops", "task": task, "config": step_profile.TASKS[task][0],
@@ -245,6 +257,8 @@ def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
                "top_ops": dict(counter.ops.most_common(args.top)),
                "top_sync_sites": dict(counter.sync_sites.most_common(args.top)),
                "threads": torch.get_num_threads()}
+        if args.sync_stacks:
+            row["sync_stacks"] = dict(counter.sync_stacks.most_common())
         return row
     finally:
         trainer.close()
@@ -261,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--graphs", type=int, default=200, help="Peptides-func molecules converted")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--top", type=int, default=15, help="most frequent ops / sync sites shown")
+    ap.add_argument("--sync-stacks", type=int, nargs="?", const=6, default=0, metavar="DEPTH",
+                    help="also print every sync with its project callers (DEPTH frames, "
+                         "default 6)")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
     ap.add_argument("--tiny", action="store_true", help="tiny models (the test's check)")

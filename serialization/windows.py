@@ -174,26 +174,38 @@ def _window_orders(c: Tensor, sparse_shape: tuple[int, int, int],
     return order, inverse, win
 
 
-def window_partition(sample: Tensor, num_samples: int, group_size: int) -> tuple[Tensor, Tensor]:
+def window_partition(sample: Tensor, num_samples: int, group_size: int, *,
+                     counts: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """The groups of ``window_groups``: every sample's run cut into groups of ``group_size``.
 
     Args:
         sample: ``(N,)`` integer sample of every voxel, each in ``[0, num_samples)``.
         num_samples: ``B``.
         group_size: voxels per group.
+        counts: ``(B,)`` voxels of every sample on the host (numpy), when the caller holds them
+            already (e.g. read together with the size of the ``unique`` that made the voxels);
+            checked in shape and total (``N``) only, not against ``sample`` (that would read
+            it on the host). Default None: counted here. Raises ``ValueError`` otherwise.
 
     Returns:
         ``(cu_seqlens (G+1,) int32, group_batch (G,) int64)`` on ``sample``'s device. One host
-        sync: the ``B`` voxel counts, from which the groups are laid out on the host (a few
-        numbers, no kernel launches) and sent back without waiting (pinned memory); the
-        kernels' check of ``cu_seqlens`` is then skipped (``mark_cu_seqlens_valid``).
+        sync without ``counts`` (none with them): the ``B`` voxel counts, from which the groups
+        are laid out on the host (a few numbers, no kernel launches) and sent back without
+        waiting (pinned memory); the kernels' check of ``cu_seqlens`` is then skipped
+        (``mark_cu_seqlens_valid``).
     """
     _check_group_size(group_size)
     dev = sample.device
     n = sample.numel()
-    # scatter-add, not bincount: bincount reads the maximum on the host (a second sync)
-    counts = torch.zeros(num_samples, dtype=torch.long, device=dev).index_add_(
-        0, sample.long(), torch.ones_like(sample, dtype=torch.long)).cpu().numpy()
+    if counts is None:
+        # scatter-add, not bincount: bincount reads the maximum on the host (a second sync)
+        counts = torch.zeros(num_samples, dtype=torch.long, device=dev).index_add_(
+            0, sample.long(), torch.ones_like(sample, dtype=torch.long)).cpu().numpy()
+    else:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (num_samples,) or int(counts.sum()) != n:
+            raise ValueError(f"counts: expected {num_samples} voxel counts summing to {n}, got "
+                             f"shape {counts.shape} summing to {int(counts.sum())}")
     groups = -(-counts // group_size)
     group_batch = np.repeat(np.arange(num_samples, dtype=np.int64), groups)
     rank = np.arange(len(group_batch)) - np.repeat(np.cumsum(groups) - groups, groups)

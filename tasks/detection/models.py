@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,14 @@ from geossm.serialization import Serialization, window_groups_multi, window_part
 
 from .boxes import nms_bev
 from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
-from .sparse import (SparseVoxels, SubMConv3d, contains_keys, device_constant, expand_voxels,
-                     merge_voxels, sorted_voxel_keys, voxel_keys, voxelize)
+from .sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, VoxelLayout, contains_keys,
+                     device_constant, voxel_layout,
+                     expand_voxels, merge_voxels, merged_shape, scatter_max, sorted_voxel_keys,
+                     unique_with_merge, voxel_indices, voxel_keys, voxelize)
 from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
-           "decode_boxes"]
+           "decode_boxes", "generate_voxels", "generate_merged_voxels", "VoxelPlanner"]
 
 
 def _mamba_block(dim: int, bidirectional: bool, mlp_ratio: float, drop_path: float, **kw):
@@ -168,11 +171,13 @@ def group_reversal(sp: SparseVoxels, serialization: Serialization, group_size: i
 
 def group_partition(sp: SparseVoxels, group_size: int) -> tuple[Tensor, Tensor]:
     """``window_partition`` of ``sp``'s voxels, cached on ``sp``: the x and the y layer of a
-    LION level cut the same groups (one host sync and one ``cu_seqlens`` tensor for both, so
-    the kernels' check of its values runs once)."""
+    LION level cut the same groups (one ``cu_seqlens`` tensor for both, so the kernels' check
+    of its values runs once). No host sync where ``sp`` knows its ``sample_counts`` (the
+    voxelisation and every merge read them), else one."""
     key = ("window_partition", group_size)
     if key not in sp.cache:
-        sp.cache[key] = window_partition(sp.indices[:, 0], sp.batch_size, group_size)
+        sp.cache[key] = window_partition(sp.indices[:, 0], sp.batch_size, group_size,
+                                         counts=sp.sample_counts)
     return sp.cache[key]
 
 
@@ -237,26 +242,85 @@ def generate_voxels(sp: SparseVoxels, ratio: float, distance: int = 1) -> Sparse
     sort ranks every sample's voxels by score; every voxel proposes its four cells, and those
     of unselected voxels, outside the grid or already there get a key past every cell's, so
     that one ``unique`` both deduplicates the new cells and drops them (as its last entry).
-    Host sync: the number of new cells."""
+    Host sync: the number of new cells (``generate_merged_voxels`` shares it with a merge)."""
     if ratio <= 0 or sp.features.shape[0] == 0:
         return sp
-    order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
-                                     sp.batch_size, ratio)
-    z, y, x = sp.spatial_shape
-    offs = device_constant([[0, 0, 0, distance], [0, 0, 0, -distance], [0, 0, distance, 0],
-                            [0, 0, -distance, 0]], sp.indices.device)
-    cand = (sp.indices[order][:, None] + offs[None]).reshape(-1, 4)          # (4V, 4)
-    ok = (cand[:, 2] >= 0) & (cand[:, 2] < y) & (cand[:, 3] >= 0) & (cand[:, 3] < x)
-    ok &= selected[:, None].expand(-1, offs.shape[0]).reshape(-1)
-    new = voxel_keys(cand, sp.spatial_shape)
-    past = sp.batch_size * z * y * x
-    new = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], new), new, past)
+    order, cand, new, past = _generation_candidates(sp, ratio, distance)
     new = torch.cat([new, new.new_full((1,), past)])   # always one: the last entry to drop
     _, first = _first_occurrence(new)
     first = first[:-1]
-    src = order[torch.div(first, offs.shape[0], rounding_mode="floor")]
+    src = order[torch.div(first, GENERATION_OFFSETS, rounding_mode="floor")]
     return SparseVoxels(torch.cat([sp.features, sp.features[src]]),
                         torch.cat([sp.indices, cand[first]]), sp.spatial_shape, sp.batch_size)
+
+
+#: cells every selected voxel proposes (``_generation_candidates``)
+GENERATION_OFFSETS = 4
+
+
+def _generation_candidates(sp: SparseVoxels, ratio: float, distance: int
+                           ) -> tuple[Tensor, Tensor, Tensor, int]:
+    """``(order (V,), cells (4V, 4), keys (4V,), past)`` of voxel generation: every voxel in
+    ``_ranked_voxels`` order proposes its four BEV neighbours ``(y - d, x - d, x + d, y + d)``
+    (the order of their keys), and ``keys`` holds the ``voxel_keys`` of the proposals that can
+    be new cells (proposed by a selected voxel, inside the grid, not a voxel of ``sp``) and
+    ``past`` (a key past every cell's) for the others."""
+    order, selected = _ranked_voxels(sp.features.detach().max(1).values, sp.indices[:, 0],
+                                     sp.batch_size, ratio)
+    z, y, x = sp.spatial_shape
+    d = distance
+    dev = sp.indices.device
+    offs = device_constant([[0, 0, -d, 0], [0, 0, 0, -d], [0, 0, 0, d], [0, 0, d, 0]], dev)
+    cand = sp.indices[order][:, None] + offs                                # (V, 4, 4)
+    yx = cand[..., 2:]
+    ok = ((yx >= 0) & (yx < device_constant([y, x], dev))).all(-1) & selected[:, None]
+    cand, ok = cand.view(-1, 4), ok.view(-1)
+    keys = voxel_keys(cand, sp.spatial_shape)
+    past = sp.batch_size * z * y * x
+    keys = torch.where(ok & ~contains_keys(sorted_voxel_keys(sp)[0], keys), keys, past)
+    return order, cand, keys, past
+
+
+def generate_merged_voxels(sp: SparseVoxels, ratio: float, stride: Sequence[int],
+                           distance: int = 1, then_merge: Sequence[int] | None = None
+                           ) -> SparseVoxels:
+    """``merge_voxels(generate_voxels(sp, ratio, distance), stride)[0]`` (max merge) with one
+    host sync instead of two: the generated cells are never laid out on their own.
+
+    Every proposal of ``_generation_candidates`` is a row (its source's features); a proposal
+    that is not the first of its new cell (by stable sort: the earliest-ranked source, the
+    cell ``generate_voxels`` keeps) goes to a dump row of the merge. The merge's ``unique``
+    (``unique_keys``) is then the only size the host reads, with the merged voxels per sample
+    (``sample_counts``: the next window groups need no sync). The same values as the two
+    steps, and on the CPU the same gradients bit for bit (the proposals of one source are
+    summed in the order of their cells' keys, as the two steps' gather backward sums them).
+    ``then_merge (sz, sy, sx)``: the next ``merge_voxels`` of the result, worked out in the
+    same host read (``unique_with_merge``), default None.
+
+    Shapes: ``sp.features (V, C)`` -> merged ``(U, C)``; ``stride (sz, sy, sx)``."""
+    if ratio <= 0 or sp.features.shape[0] == 0:
+        return merge_voxels(sp, stride)[0]      # no look-ahead here: a setting not trained
+    if len(stride) != 3 or any(int(v) < 1 for v in stride):
+        raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
+    order, cand, keys, past = _generation_candidates(sp, ratio, distance)
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    first = sorted_keys != torch.cat([device_constant([-1], keys.device), sorted_keys])[:-1]
+    keep = torch.empty_like(first).scatter_(0, perm, first) & (keys != past)
+    shape = merged_shape(sp.spatial_shape, stride)
+    cells = shape[0] * shape[1] * shape[2]
+    s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
+    merged = voxel_keys(torch.cat([sp.indices, cand]) // s, shape)
+    v = sp.indices.shape[0]
+    merged = torch.cat([merged[:v], torch.where(keep, merged[v:], sp.batch_size * cells)])
+    uniq, inv, counts, plan = unique_with_merge(merged, shape, sp.batch_size, then_merge)
+    src = order[:, None].expand(-1, GENERATION_OFFSETS).reshape(-1)
+    rows = torch.cat([sp.features, sp.features.index_select(0, src)])
+    feats = scatter_max(rows, inv, uniq.numel() + 1)[:-1]
+    out = SparseVoxels(feats, voxel_indices(uniq, shape), shape, sp.batch_size,
+                       sample_counts=counts)
+    if plan is not None:
+        out.cache[MERGE_PLAN] = plan
+    return out
 
 
 def _ranked_voxels(score: Tensor, sample: Tensor, batch_size: int, ratio: float
@@ -381,8 +445,11 @@ class LION(nn.Module):
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
             merging, expanding and generation are index operations with no spconv counterpart.
 
-    Forward: ``points (N, C)``, ``cu_seqlens (B+1,)`` -> ``{"heatmap" (B, K, Y, X) logits,
-    "reg" (B, 8, Y, X)}`` with the BEV grid of ``bev_grid()``.
+    Forward: ``points (N, C)``, ``cu_seqlens (B+1,)``, optional ``voxels`` (the batch's
+    ``voxel_planner()`` layout, built in the data loader) -> ``{"heatmap" (B, K, Y, X) logits,
+    "reg" (B, 8, Y, X)}`` with the BEV grid of ``bev_grid()``. Host syncs per step: one per
+    voxel generation (with its z merge and the next block's merge), plus one for the
+    voxelisation without ``voxels``.
     """
 
     def __init__(self, num_classes: int = 3,
@@ -453,13 +520,31 @@ class LION(nn.Module):
         """The output map (``bev_grid`` of this model's range, voxel size and stem stride)."""
         return dict(self.decoder.grid)
 
-    def forward(self, points: Tensor, cu_seqlens: Tensor) -> dict[str, Tensor]:
+    def voxel_planner(self) -> "VoxelPlanner":
+        """What ``forward`` reads of a batch's voxel grid, to build in the data loader (the
+        detection task's ``collate``): ``planner(points, cu_seqlens) -> VoxelLayout``."""
+        stem = any(s > 1 for s in self.stem_stride)
+        # every voxel set's first merge is worked out with the set (one host read for both)
+        first_merge = self.stem_stride if stem else self._block_merge(0)
+        return VoxelPlanner(self.voxel_size, self.pcr, first_merge)
+
+    def forward(self, points: Tensor, cu_seqlens: Tensor,
+                voxels: VoxelLayout | None = None) -> dict[str, Tensor]:
+        """``voxels``: the batch's ``voxel_planner()`` layout built before (no sort of the
+        points and no host sync for it here), default None: computed here. ``ValueError``
+        for a layout of other settings or another batch."""
         b = cu_seqlens.numel() - 1
-        counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
-                                        output_size=points.shape[0])
         pts = points.float()
-        sp, _ = voxelize(pts, batch, b, self.voxel_size, self.pcr)
+        planner = self.voxel_planner()
+        if voxels is None:
+            voxels = planner(pts, cu_seqlens)
+        elif voxels.settings != planner.settings():
+            raise ValueError(f"voxels: a layout of {voxels.settings} (voxel size, range, first "
+                             f"merge), the model needs {planner.settings()}; build it with "
+                             "model.voxel_planner()")
+        elif voxels.indices.device != pts.device:
+            voxels = voxels.to(pts.device)
+        sp, _ = voxelize(pts, None, b, self.voxel_size, self.pcr, layout=voxels)
         vs = device_constant(self.voxel_size, pts.device, torch.float32)
         centre = ((sp.indices.flip(1)[:, :3].float() + 0.5) * vs   # (x, y, z) of (b, z, y, x)
                   + device_constant(self.pcr[:3], pts.device, torch.float32))
@@ -472,16 +557,48 @@ class LION(nn.Module):
         for i, blk in enumerate(self.blocks):
             sp = blk(sp)
             if i < len(self.blocks) - 1:
-                sp = generate_voxels(sp, self.generation_ratio)
                 if self.z_stride > 1:
-                    sp, _ = merge_voxels(sp, (self.z_stride, 1, 1))
+                    sp = generate_merged_voxels(sp, self.generation_ratio,
+                                                (self.z_stride, 1, 1),
+                                                then_merge=self._block_merge(i + 1))
+                else:
+                    sp = generate_voxels(sp, self.generation_ratio)
         bev = self.bev(_bev(sp))
         heatmap, reg = self.head(bev)
         return {"heatmap": heatmap, "reg": reg}
 
+    def _block_merge(self, i: int) -> tuple[int, int, int] | None:
+        """The voxel merge stride inside block ``i`` (None past the last block)."""
+        return self.blocks[i].merge_stride if i < len(self.blocks) else None
+
     def decode(self, outputs: dict[str, Tensor]) -> list[dict[str, np.ndarray]]:
         """Boxes per sample: ``{"boxes" (D, 7), "scores" (D,), "labels" (D,) 1-based}``."""
         return self.decoder(outputs)
+
+
+@dataclass(frozen=True)
+class VoxelPlanner:
+    """The voxel grid of ``LION`` (``LION.voxel_planner()``): ``planner(points (N, C),
+    cu_seqlens (B+1,)) -> VoxelLayout`` (``voxel_layout`` of the packed batch, with the model's
+    first merge). Picklable (a data loader worker builds the layouts), compared by value."""
+
+    voxel_size: tuple[float, float, float]
+    point_cloud_range: tuple[float, float, float, float, float, float]
+    then_merge: tuple[int, int, int] | None
+
+    def settings(self) -> tuple:
+        """``VoxelLayout.settings`` of the layouts built here."""
+        return (tuple(float(v) for v in self.voxel_size),
+                tuple(float(v) for v in self.point_cloud_range),
+                None if self.then_merge is None else tuple(int(v) for v in self.then_merge))
+
+    def __call__(self, points: Tensor, cu_seqlens: Tensor) -> VoxelLayout:
+        b = cu_seqlens.numel() - 1
+        counts = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        batch = torch.repeat_interleave(torch.arange(b, device=points.device), counts,
+                                        output_size=points.shape[0])
+        return voxel_layout(points.float(), batch, b, self.voxel_size, self.point_cloud_range,
+                            self.then_merge)
 
 
 def bev_grid(point_cloud_range: Sequence[float], voxel_size: Sequence[float],

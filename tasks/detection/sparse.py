@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,7 +26,9 @@ from geossm.serialization.windows import device_constant
 __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_voxels",
            "kernel_map", "spconv_available", "scatter_max", "SPARSE_BACKENDS",
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
-           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant"]
+           "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys",
+           "unique_keys_together", "unique_with_merge", "merged_shape", "voxel_indices",
+           "MERGE_PLAN", "VoxelLayout", "voxel_layout"]
 
 
 @dataclass(eq=False)
@@ -34,7 +37,10 @@ class SparseVoxels:
 
     Shapes: ``features (V, C)``, ``indices (V, 4)`` int64 ``(batch, z, y, x)``;
     ``spatial_shape (Z, Y, X)``; ``batch_size`` samples. ``cache`` keeps kernel maps of these
-    indices so that stacked convolutions build them once.
+    indices so that stacked convolutions build them once. ``sample_counts``: ``(B,)`` voxels of
+    every sample on the host (numpy) where the constructor read them (``voxelize``,
+    ``merge_voxels``: with the size of their ``unique``), so that the window groups need no
+    host read of their own; None where unknown.
     """
 
     features: Tensor
@@ -42,10 +48,12 @@ class SparseVoxels:
     spatial_shape: tuple[int, int, int]
     batch_size: int
     cache: dict = field(default_factory=dict)
+    sample_counts: np.ndarray | None = None
 
     def replace(self, features: Tensor) -> "SparseVoxels":
-        """Same voxels (and cached maps), new features ``(V, C')``."""
-        return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size, self.cache)
+        """Same voxels (and cached maps, sample counts), new features ``(V, C')``."""
+        return SparseVoxels(features, self.indices, self.spatial_shape, self.batch_size,
+                            self.cache, self.sample_counts)
 
 
 def voxel_keys(indices: Tensor, spatial_shape: Sequence[int]) -> Tensor:
@@ -73,30 +81,157 @@ def contains_keys(sorted_keys: Tensor, keys: Tensor) -> Tensor:
     return sorted_keys[pos] == keys
 
 
+def unique_keys(keys: Tensor, cells_per_sample: int, batch_size: int
+                ) -> tuple[Tensor, Tensor, np.ndarray]:
+    """``torch.unique(keys, return_inverse=True)`` of voxel keys and the number of distinct keys
+    of every sample, with one host read for both: the ``B + 1`` counts (on the GPU,
+    ``torch.unique`` reads its size on the host, and counting the samples after it would be a
+    second read). ``unique_keys_together`` shares the read among several key sets.
+
+    A key's sample is ``key // cells_per_sample``; keys of sample ``batch_size`` or beyond (a
+    "past every cell" sentinel marking an entry to drop) are left out of the result, and their
+    inverse is ``U`` (one past the last distinct key: a dump row).
+
+    Shapes: ``keys (N,)`` int64, non-negative -> ``(sorted distinct keys (U,), inverse (N,)
+    int64, counts (B,) int64 numpy)`` with ``U = counts.sum()``; the keys and inverse equal
+    ``torch.unique``'s.
+    """
+    return unique_keys_together((keys, cells_per_sample, batch_size))[0]
+
+
+def unique_keys_together(*requests: tuple[Tensor, int, int]
+                         ) -> list[tuple[Tensor, Tensor, np.ndarray]]:
+    """``unique_keys(*request)`` of every ``(keys, cells_per_sample, batch_size)`` request, with
+    one host read for all of them (their counts, concatenated). Key sets of one length and
+    batch size are sorted and counted as one ``(K, N)`` stack (fewer operators)."""
+    lengths = {(keys.shape[0], int(b)) for keys, _, b in requests}
+    if len(lengths) == 1:
+        keys = torch.stack([k for k, _, _ in requests])
+        cells = [int(c) for _, c, _ in requests]
+        sorted_keys, perm, rank, counts = _distinct_runs(keys, cells, requests[0][2])
+        # the inverse of every set by one scatter along the voxels
+        inverses = torch.empty_like(keys).scatter_(1, perm, rank)
+        runs = list(zip(sorted_keys.unbind(0), rank.unbind(0), inverses.unbind(0)))
+    else:
+        runs, counts = [], []
+        for keys, cells, b in requests:
+            sorted_keys, perm, rank, c = _distinct_runs(keys[None], [int(cells)], b)
+            inverse = torch.empty_like(keys).scatter_(0, perm[0], rank[0])
+            runs.append((sorted_keys[0], rank[0], inverse))
+            counts.append(c)
+        counts = torch.cat(counts)
+    counts = counts.cpu().numpy()
+    out, at = [], 0
+    for (keys, _, batch_size), (sorted_keys, rank, inverse) in zip(requests, runs):
+        per_sample = counts[at:at + batch_size]
+        at += batch_size + 1
+        # the first of every run of equal keys: no scatter with repeated targets, no host read
+        firsts = torch.searchsorted(rank, torch.arange(int(per_sample.sum()), device=keys.device))
+        out.append((sorted_keys[firsts], inverse, per_sample))
+    return out
+
+
+def _distinct_runs(keys: Tensor, cells_per_sample: Sequence[int], batch_size: int
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(sorted keys, perm, rank, counts (K * (B + 1),))`` of ``K`` non-negative key sets
+    ``keys (K, N)`` (``cells_per_sample``: one per set): ``rank`` numbers the runs of equal
+    sorted keys of every set, ``counts`` the runs per sample of every set (each set's last:
+    its sentinels')."""
+    k = keys.shape[0]
+    sorted_keys, perm = torch.sort(keys, dim=1)
+    # a run starts where the key differs from the one before (-1 before the first: keys >= 0)
+    before = torch.cat([device_constant([[-1]] * k, keys.device), sorted_keys], 1)[:, :-1]
+    first = sorted_keys != before
+    rank = torch.cumsum(first, 1) - 1
+    cells = device_constant([[c] for c in cells_per_sample], keys.device)
+    rows = device_constant([[i * (batch_size + 1)] for i in range(k)], keys.device)
+    sample = torch.div(sorted_keys, cells, rounding_mode="floor").clamp_max(batch_size) + rows
+    counts = torch.zeros(k * (batch_size + 1), dtype=torch.long, device=keys.device).index_add_(
+        0, sample.view(-1), first.view(-1).long())
+    return sorted_keys, perm, rank, counts
+
+
+def merged_shape(spatial_shape: Sequence[int], stride: Sequence[int]) -> tuple[int, int, int]:
+    """The grid ``(Z, Y, X)`` after a merge by ``stride (sz, sy, sx)`` (rounded up)."""
+    return tuple(-(-int(d) // int(v)) for d, v in zip(spatial_shape, stride))
+
+
+def unique_with_merge(keys: Tensor, spatial_shape: Sequence[int], batch_size: int,
+                      then_merge: Sequence[int] | None = None
+                      ) -> tuple[Tensor, Tensor, np.ndarray, tuple | None]:
+    """``unique_keys`` of voxel ``keys (N,)`` in the grid ``spatial_shape`` (sentinel
+    ``B * Z * Y * X`` for an entry to drop) and, with ``then_merge (sz, sy, sx)``, the
+    ``merge_voxels`` of the resulting voxels by that stride worked out in the same host read:
+    ``(keys, inverse, counts, merge)`` with ``merge = (stride, coarse keys (U2,), voxel to
+    coarse (U,), coarse voxels per sample (B,))`` or None, for the voxels' ``cache``
+    (``MERGE_PLAN``)."""
+    z, y, x = (int(v) for v in spatial_shape)
+    if then_merge is None:
+        return (*unique_keys(keys, z * y * x, batch_size), None)
+    stride = tuple(int(v) for v in then_merge)
+    shape = merged_shape(spatial_shape, stride)
+    s = device_constant([1, *stride], keys.device)
+    # a sentinel decodes to sample B: its coarse key is the coarse grid's sentinel
+    coarse = voxel_keys(voxel_indices(keys, spatial_shape) // s, shape)
+    (uniq, inverse, counts), (uniq2, inverse2, counts2) = unique_keys_together(
+        (keys, z * y * x, batch_size), (coarse, shape[0] * shape[1] * shape[2], batch_size))
+    # every entry of a voxel has the voxel's coarse cell: repeated targets, equal values
+    fine_to_coarse = inverse2.new_empty(uniq.numel() + 1).scatter_(0, inverse, inverse2)
+    return uniq, inverse, counts, (stride, uniq2, fine_to_coarse[:-1], counts2)
+
+
+#: ``SparseVoxels.cache`` key of a merge worked out with the voxels (``unique_with_merge``)
+MERGE_PLAN = "merge_plan"
+
+
 def scatter_max(src: Tensor, index: Tensor, size: int) -> Tensor:
     """Row-wise max of ``src (N, C)`` into ``size`` rows by ``index (N,)`` (empty rows 0)."""
     out = torch.zeros(size, src.shape[1], dtype=src.dtype, device=src.device)
     return out.scatter_reduce(0, index[:, None].expand_as(src), src, "amax", include_self=False)
 
 
-def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequence[float],
-             point_cloud_range: Sequence[float]) -> tuple[SparseVoxels, Tensor]:
-    """Points -> voxels with the mean of their points' features (mean VFE).
+@dataclass(frozen=True, eq=False)
+class VoxelLayout:
+    """Where the points of a batch fall on a voxel grid, worked out apart from their features
+    (``voxel_layout``; the detection task's ``collate`` builds it in the data loader, so that
+    the step neither sorts the points nor reads a size on the host for it).
 
-    A point ``p`` falls in cell ``floor((p - range_min) / voxel_size)``; points outside the range
-    are dropped. Features of a voxel are the mean over its points of ``points[:, :C]``.
+    Fields: ``indices (V, 4)`` long ``(batch, z, y, x)``, sorted by ``voxel_keys``;
+    ``point_to_voxel (N,)`` long, ``V`` for a point outside the grid; ``spatial_shape``;
+    ``sample_counts (B,)`` numpy voxels per sample; ``merge``: the first merge of the voxels
+    worked out with them (``unique_with_merge``) or None; ``settings``: what built it (the
+    voxel size, range and merge stride), compared by the model that uses it."""
 
-    Args:
-        points: ``(N, C)`` float, ``x, y, z, ...`` first.
-        batch: ``(N,)`` sample of every point.
-        batch_size: ``B``.
-        voxel_size: ``(vx, vy, vz)`` metres.
-        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``.
+    indices: Tensor
+    point_to_voxel: Tensor
+    spatial_shape: tuple[int, int, int]
+    sample_counts: np.ndarray
+    merge: tuple | None = None
+    settings: tuple = ()
 
-    Returns:
-        ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
-        Host sync: the number of voxels.
-    """
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "VoxelLayout":
+        """Every tensor on ``device``; from pinned memory (the loader's ``pin_memory``) without
+        waiting for the copy whatever ``non_blocking`` says (the trainer's ``move_to`` calls
+        ``to(device)`` on objects: a blocking copy would wait for the device's queue)."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking or t.is_pinned()))
+
+    def pin_memory(self) -> "VoxelLayout":
+        """Every tensor in pinned host memory (the data loader's ``pin_memory``)."""
+        return self._apply(lambda t: t.pin_memory())
+
+    def _apply(self, fn) -> "VoxelLayout":
+        merge = self.merge
+        if merge is not None:
+            merge = (merge[0], fn(merge[1]), fn(merge[2]), merge[3])
+        return VoxelLayout(fn(self.indices), fn(self.point_to_voxel), self.spatial_shape,
+                           self.sample_counts, merge, self.settings)
+
+
+def voxel_layout(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequence[float],
+                 point_cloud_range: Sequence[float], then_merge: Sequence[int] | None = None
+                 ) -> VoxelLayout:
+    """The voxels of ``voxelize`` without their features (arguments as there).
+    Host sync: the number of voxels of every sample (``unique_keys``)."""
     if points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points: expected shape (N, >=3), got {tuple(points.shape)}")
     if batch.shape != points.shape[:1]:
@@ -112,25 +247,62 @@ def voxelize(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Sequenc
     inside = ((points[:, :3] >= lo) & (points[:, :3] < hi)).all(1)
     inside &= ((cell >= 0) & (cell < device_constant(shape_xyz, dev))).all(1)
     idx = torch.stack([batch.long(), cell[:, 2], cell[:, 1], cell[:, 0]], 1)
-    # points outside get the key past every cell's, and one such key is always appended: the
-    # unique's last entry is theirs and is dropped (no boolean selection, no host sync but the
-    # unique's size)
-    past = int(batch_size) * spatial[0] * spatial[1] * spatial[2]
-    keys = torch.where(inside, voxel_keys(idx, spatial), past)
-    uniq, inv = torch.unique(torch.cat([keys, keys.new_full((1,), past)]), return_inverse=True)
-    uniq, inv = uniq[:-1], inv[:-1]
-    v = uniq.numel()
+    # points outside get the key past every cell's: unique_keys leaves it out and maps them to
+    # the dump row V (no boolean selection, one host read: the voxels per sample)
+    cells = spatial[0] * spatial[1] * spatial[2]
+    keys = torch.where(inside, voxel_keys(idx, spatial), int(batch_size) * cells)
+    uniq, inv, per_sample, merge = unique_with_merge(keys, spatial, int(batch_size),
+                                                     then_merge)
+    settings = (tuple(float(v) for v in voxel_size), tuple(float(v) for v in point_cloud_range),
+                None if then_merge is None else tuple(int(v) for v in then_merge))
+    return VoxelLayout(voxel_indices(uniq, spatial), inv, spatial, per_sample, merge, settings)
+
+
+def voxelize(points: Tensor, batch: Tensor | None, batch_size: int, voxel_size: Sequence[float],
+             point_cloud_range: Sequence[float], then_merge: Sequence[int] | None = None,
+             layout: VoxelLayout | None = None) -> tuple[SparseVoxels, Tensor]:
+    """Points -> voxels with the mean of their points' features (mean VFE).
+
+    A point ``p`` falls in cell ``floor((p - range_min) / voxel_size)``; points outside the range
+    are dropped. Features of a voxel are the mean over its points of ``points[:, :C]``.
+
+    Args:
+        points: ``(N, C)`` float, ``x, y, z, ...`` first.
+        batch: ``(N,)`` sample of every point (may be None with ``layout``).
+        batch_size: ``B``.
+        voxel_size: ``(vx, vy, vz)`` metres.
+        point_cloud_range: ``(x0, y0, z0, x1, y1, z1)``.
+        then_merge: ``(sz, sy, sx)`` of the ``merge_voxels`` the voxels will go through first:
+            its coarse cells are worked out here, in the same host read (default None).
+        layout: ``voxel_layout`` of these arguments computed before (e.g. in the data loader),
+            default None: computed here. Not checked against the points (that would read them).
+
+    Returns:
+        ``(SparseVoxels with features (V, C), point_to_voxel (N,))`` (-1 for dropped points).
+        Host sync: the number of voxels of every sample (``unique_keys``); none with
+        ``layout``.
+    """
+    if layout is None:
+        layout = voxel_layout(points, batch, batch_size, voxel_size, point_cloud_range,
+                              then_merge)
+    elif layout.point_to_voxel.shape != points.shape[:1] or len(layout.sample_counts) != batch_size:
+        raise ValueError(f"layout: built for {layout.point_to_voxel.shape[0]} points in "
+                         f"{len(layout.sample_counts)} samples, got {points.shape[0]} points in "
+                         f"{batch_size}")
+    v, inv = layout.indices.shape[0], layout.point_to_voxel
     feats = torch.zeros(v + 1, points.shape[1], dtype=points.dtype, device=points.device)
     feats.index_add_(0, inv, points)
     counts = torch.zeros(v + 1, dtype=points.dtype, device=points.device).index_add_(
         0, inv, torch.ones_like(points[:, 0]))
     feats = feats[:v] / counts[:v, None].clamp_min(1)
-    indices = _decode(uniq, spatial)
-    p2v = torch.where(inside, inv, -1)
-    return SparseVoxels(feats, indices, spatial, int(batch_size)), p2v
+    sp = SparseVoxels(feats, layout.indices, layout.spatial_shape, int(batch_size),
+                      sample_counts=layout.sample_counts)
+    if layout.merge is not None:
+        sp.cache[MERGE_PLAN] = layout.merge
+    return sp, torch.where(inv < v, inv, -1)
 
 
-def _decode(keys: Tensor, spatial: Sequence[int]) -> Tensor:
+def voxel_indices(keys: Tensor, spatial: Sequence[int]) -> Tensor:
     """``(V, 4)`` ``(batch, z, y, x)`` of ``voxel_keys`` ``(V,)`` in the grid ``spatial``."""
     z, y, x = (int(v) for v in spatial)
     strides = device_constant([z * y * x, y * x, x, 1], keys.device)
@@ -414,23 +586,33 @@ def merge_voxels(sp: SparseVoxels, stride: Sequence[int], reduce: str = "max"
         stride: ``(sz, sy, sx)``.
     Returns:
         ``(coarse SparseVoxels, fine_to_coarse (V,))``; ``expand_voxels`` undoes the merge.
+        Host sync: the merged voxels of every sample (``unique_keys``); none where the voxels'
+        constructor worked this merge out (``then_merge``).
     """
     if len(stride) != 3 or any(int(v) < 1 for v in stride):
         raise ValueError(f"stride: expected 3 positive ints (sz, sy, sx), got {tuple(stride)}")
-    s = device_constant([1, *[int(v) for v in stride]], sp.indices.device)
-    shape = tuple(-(-d // int(v)) for d, v in zip(sp.spatial_shape, stride))
-    coarse = sp.indices // s
-    keys = voxel_keys(coarse, shape)
-    uniq, inv = torch.unique(keys, return_inverse=True)
+    stride = tuple(int(v) for v in stride)
+    shape = merged_shape(sp.spatial_shape, stride)
+    plan = sp.cache.get(MERGE_PLAN)
+    if plan is not None and plan[0] == stride:
+        _, uniq, inv, counts = plan
+    else:
+        s = device_constant([1, *stride], sp.indices.device)
+        keys = voxel_keys(sp.indices // s, shape)
+        uniq, inv, counts = unique_keys(keys, shape[0] * shape[1] * shape[2], sp.batch_size)
     if reduce == "max":
         feats = scatter_max(sp.features, inv, uniq.numel())
     elif reduce == "mean":
         feats = torch.zeros(uniq.numel(), sp.features.shape[1], dtype=sp.features.dtype,
                             device=sp.features.device).index_add_(0, inv, sp.features)
-        feats = feats / torch.bincount(inv, minlength=uniq.numel()).clamp_min(1)[:, None]
+        # scatter-add, not bincount: bincount reads the maximum on the host (a sync)
+        members = torch.zeros(uniq.numel(), dtype=torch.long, device=inv.device).index_add_(
+            0, inv, torch.ones_like(inv))
+        feats = feats / members.clamp_min(1)[:, None]
     else:
         raise ValueError(f"reduce: expected 'max' or 'mean', got {reduce!r}")
-    return SparseVoxels(feats, _decode(uniq, shape), shape, sp.batch_size), inv
+    return SparseVoxels(feats, voxel_indices(uniq, shape), shape, sp.batch_size,
+                        sample_counts=counts), inv
 
 
 def expand_voxels(coarse: SparseVoxels, fine: SparseVoxels, fine_to_coarse: Tensor) -> SparseVoxels:

@@ -2,7 +2,9 @@
 
 Batches are packed by ``pack_collate``: ``points (N, 4)``, ``cu_seqlens (B+1,)``, ``batch (N,)``,
 ``gt_boxes (M, 7)``, ``gt_labels (M,)``, ``gt_boxes_cu_seqlens (B+1,)``, and per-sample lists
-``gt_names``, ``frame_id``, ``calib``, ``annos``. Config keys read here besides the standard ones::
+``gt_names``, ``frame_id``, ``calib``, ``annos``; ``collate`` adds the CenterPoint ``targets``
+and, for a model with a ``voxel_planner`` (LION) and a loader with workers, the points'
+``voxels`` layout. Config keys read here besides the standard ones::
 
     model.num_classes             heatmap classes (= len(data.classes))
     model.point_cloud_range, model.voxel_size, model.stem_stride, model.score_threshold,
@@ -137,12 +139,30 @@ class DetectionTask(Task):
     def classes(self) -> tuple[str, ...]:
         return tuple(self.cfg.data.get("classes") or ("Car", "Pedestrian", "Cyclist"))
 
+    #: The built model's ``voxel_planner()`` (``LION``) when the data loader has workers
+    #: (``train.num_workers > 0``): ``collate`` lays every batch's points out on its voxel grid
+    #: (``batch["voxels"]``) there, so the step does not. None: no layout (without workers
+    #: ``collate`` runs in the training process, where the model's own path on the device is
+    #: cheaper than sorting the points on the host).
+    voxel_planner = None
+
     def build_model(self) -> torch.nn.Module:
         n = int(self.cfg.model.get("num_classes", 3))
         if n != len(self.classes()):
             raise ValueError(f"model.num_classes: expected len(data.classes) = "
                              f"{len(self.classes())}, got {n}")
-        return super().build_model()
+        built = super().build_model()
+        planner = getattr(built, "voxel_planner", None)
+        workers = int((self.cfg.get("train") or {}).get("num_workers") or 0)
+        self.voxel_planner = planner() if callable(planner) and workers > 0 else None
+        return built
+
+    def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
+        """The model on ``points`` and ``cu_seqlens`` (and the ``voxels`` layout, when
+        ``collate`` built one)."""
+        voxels = batch.get("voxels")
+        extra = {"voxels": voxels} if voxels is not None else {}
+        return model(batch["points"], batch["cu_seqlens"], **extra)
 
     @functools.cached_property
     def decoder(self) -> BoxDecoder:
@@ -162,6 +182,9 @@ class DetectionTask(Task):
         if self.cfg is not None:
             batch["targets"] = self._targets(batch, int(self.cfg.model.get("num_classes", 3)),
                                              len(samples))
+        # the voxel grid too (sorting the points, the host reads of their voxels per sample)
+        if self.voxel_planner is not None:
+            batch["voxels"] = self.voxel_planner(batch["points"], batch["cu_seqlens"])
         return batch
 
     def _loss_config(self) -> dict[str, Any]:

@@ -40,10 +40,27 @@ def test_counter_sees_each_kind_of_host_sync(step_ops):
     assert torch.Tensor.cpu is not None and torch.tensor([1]).tolist() == [1]   # restored
 
 
+def test_sync_stacks_name_the_project_callers(step_ops):
+    # a sync inside a shared helper (window_partition) is told apart by its callers
+    from geossm.serialization import window_partition
+
+    sample = torch.tensor([0, 0, 1])
+    counter = step_ops.OpCounter(stack_depth=3)
+    with counter:
+        window_partition(sample, 2, 4)
+    ((stack, count),) = counter.sync_stacks.items()
+    assert count == 1 and stack.startswith("cpu windows.py:")
+    assert dict(counter.sync_sites) == {stack.split(" < ")[0]: 1}
+    plain = step_ops.OpCounter()
+    with plain:
+        window_partition(sample, 2, 4)
+    assert not plain.sync_stacks and dict(plain.sync_sites) == dict(counter.sync_sites)
+
+
 def test_tiny_run_prints_counts_per_batch_size(step_ops, capsys, tmp_path):
     shared_path("kitti", "kitti_object_6frames.tar.xz")
     out = tmp_path / "ops.jsonl"
-    step_ops.main(["--tiny", "--tasks", "detection", "--out", str(out)])
+    step_ops.main(["--tiny", "--tasks", "detection", "--out", str(out), "--sync-stacks"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
             if line.startswith("{")]
     assert [r["batch_size"] for r in rows] == [1, 2]
@@ -52,6 +69,9 @@ def test_tiny_run_prints_counts_per_batch_size(step_ops, capsys, tmp_path):
         assert row["step_ms"] > 0 and row["aten_ops"] > row["dispatched_ops"] > 100
         assert row["collate_ms"] > 0
         assert row["syncs"] == sum(row["syncs_by_kind"].values())
+        stacks = row["sync_stacks"]
+        assert sum(stacks.values()) <= row["syncs"]
+        assert {key.split()[0] for key in stacks} <= set(row["syncs_by_kind"])
 
 
 def test_graph_training_step_has_no_host_sync(step_ops, capsys):

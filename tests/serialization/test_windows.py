@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -104,6 +105,17 @@ def test_partition_of_no_voxels_and_trailing_empty_samples():
     assert cu.tolist() == [0] and group_batch.numel() == 0
     cu, group_batch = window_partition(torch.tensor([0, 0, 0, 0, 0]), 3, 2)
     assert cu.tolist() == [0, 2, 4, 5] and group_batch.tolist() == [0, 0, 0]
+
+
+def test_partition_from_host_counts_equals_the_counted_one():
+    sample = torch.tensor([0, 0, 0, 2, 2, 2, 2, 2])
+    cu, group_batch = window_partition(sample, 3, 2, counts=np.array([3, 0, 5]))
+    ref_cu, ref_batch = window_partition(sample, 3, 2)
+    assert torch.equal(cu, ref_cu) and torch.equal(group_batch, ref_batch)
+    with pytest.raises(ValueError, match="counts: expected 3 voxel counts summing to 8"):
+        window_partition(sample, 3, 2, counts=np.array([3, 5]))
+    with pytest.raises(ValueError, match="summing to 8, got shape"):
+        window_partition(sample, 3, 2, counts=np.array([3, 0, 4]))
 
 
 def test_no_check_needs_a_partition():

@@ -1,4 +1,6 @@
 import math
+import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -7,9 +9,10 @@ import torch
 from geossm.registry import MODELS
 from geossm.tasks.detection.evaluation import kitti_eval
 from geossm.tasks.detection.losses import centerpoint_loss, centerpoint_targets, gaussian_radius
-from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes, generate_voxels,
-                                           run_level, _bev)
-from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d
+from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes,
+                                           generate_merged_voxels, generate_voxels, run_level,
+                                           _bev)
+from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d, merge_voxels
 
 
 def test_lion_example_runs_and_backpropagates():
@@ -24,6 +27,64 @@ def test_lion_example_runs_and_backpropagates():
     assert mamba and all(p.grad is not None for p in mamba)
     dets = model.decode(out)
     assert len(dets) == 2 and dets[0]["boxes"].shape[1] == 7
+
+
+def test_lion_forward_reads_the_host_once_per_voxel_set(monkeypatch):
+    # the voxelisation and each generation (with its z merge): their sizes, their voxels per
+    # sample and their first merge's in one read each; no torch.unique, no other read by the
+    # model's code (the CPU kernels read their inputs: no device sync)
+    kwargs, inputs = LION.example()
+    model = LION(**{**kwargs, "num_blocks": 3, "group_sizes": (32, 16, 8), "z_stride": 2,
+                    "generation_ratio": 0.3})
+    reads = []
+    cpu = torch.Tensor.cpu
+
+    def counted(t, *args, **kw):
+        caller = sys._getframe(1).f_code.co_filename
+        if "kernels" not in caller:
+            reads.append(f"{caller}:{sys._getframe(1).f_lineno}")
+        return cpu(t, *args, **kw)
+
+    def no_unique(*args, **kw):
+        raise AssertionError("torch.unique in the LION forward")
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    monkeypatch.setattr(torch, "unique", no_unique)
+    model(**inputs)["heatmap"].sum().backward()
+    assert len(reads) == 3, reads
+
+
+def test_lion_forward_with_a_layout_from_the_loader_reads_the_host_only_for_generation(
+        monkeypatch):
+    kwargs, inputs = LION.example()
+    model = LION(**{**kwargs, "num_blocks": 2, "group_sizes": (32, 16)})
+    torch.manual_seed(0)
+    layout = model.voxel_planner()(inputs["points"], inputs["cu_seqlens"])
+    assert layout.to("cpu").settings == layout.settings
+    # both cross process boundaries (loader workers)
+    assert pickle.loads(pickle.dumps(model.voxel_planner())) == model.voxel_planner()
+    copied = pickle.loads(pickle.dumps(layout))
+    assert torch.equal(copied.indices, layout.indices) and copied.merge[0] == layout.merge[0]
+    ref = model(**inputs)
+    reads = []
+    cpu = torch.Tensor.cpu
+
+    def counted(t, *args, **kw):
+        if "kernels" not in sys._getframe(1).f_code.co_filename:
+            reads.append(sys._getframe(1).f_lineno)
+        return cpu(t, *args, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counted)
+    out = model(**inputs, voxels=layout)
+    assert len(reads) == 1                      # the one generation (with its z merge)
+    assert torch.equal(out["heatmap"], ref["heatmap"]) and torch.equal(out["reg"], ref["reg"])
+    other = LION(**{**kwargs, "voxel_size": (0.25, 0.5, 0.5)})
+    with pytest.raises(ValueError, match=r"voxels: a layout of .* build it with "
+                                         r"model.voxel_planner\(\)"):
+        other(**inputs, voxels=layout)
+    with pytest.raises(ValueError, match="layout: built for 300 points in 2 samples, got 299"):
+        model(inputs["points"][:299], torch.tensor([0, 150, 299], dtype=torch.int32),
+              voxels=layout)
 
 
 def test_lion_with_spconv_backend_equals_the_torch_backend():
@@ -135,6 +196,46 @@ def test_generation_of_the_whole_batch_equals_sample_by_sample(ratio, distance):
     assert torch.equal(out.indices, indices)
     assert torch.equal(out.features, features)
     assert out.indices.shape[0] > sp.indices.shape[0]
+
+
+@pytest.mark.parametrize("ratio, distance, stride, ties", [
+    (0.2, 1, (2, 1, 1), False), (1.0, 1, (2, 1, 1), True), (0.5, 2, (2, 2, 2), True),
+    (0.0, 1, (2, 1, 1), False)])
+def test_generation_merged_in_one_step_equals_the_two_steps_bit_for_bit(ratio, distance, stride,
+                                                                        ties):
+    g = torch.Generator().manual_seed(7)
+    idx = torch.stack([torch.randint(0, 3, (200,), generator=g), torch.randint(0, 4, (200,), generator=g),
+                       torch.randint(0, 9, (200,), generator=g), torch.randint(0, 8, (200,), generator=g)], 1)
+    idx = torch.unique(idx, dim=0)
+    idx = idx[idx[:, 0] != 1]       # an empty sample in the middle
+    feats = torch.randn(len(idx), 5, generator=g)
+    if ties:                        # equal maxima in a merged cell share the gradient
+        feats = feats.round()
+
+    def run(fn):
+        x = feats.clone().requires_grad_(True)
+        sp = SparseVoxels(x * 1.0, idx, (4, 9, 8), 3)   # x * 1.0: a non-leaf, as in LION
+        out = fn(sp)
+        (out.features * torch.linspace(-1, 2, out.features.numel()).view_as(out.features)
+         ).sum().backward()
+        return out, x.grad
+
+    merged, grad = run(lambda sp: generate_merged_voxels(sp, ratio, stride, distance))
+    ref, ref_grad = run(lambda sp: merge_voxels(generate_voxels(sp, ratio, distance), stride)[0])
+    assert torch.equal(merged.indices, ref.indices) and merged.spatial_shape == ref.spatial_shape
+    assert torch.equal(merged.features, ref.features) and torch.equal(grad, ref_grad)
+    assert merged.sample_counts.tolist() == torch.bincount(ref.indices[:, 0], minlength=3).tolist()
+    if ratio:
+        # with the next merge worked out: the same merge, with no read of its own
+        ahead = generate_merged_voxels(SparseVoxels(feats, idx, (4, 9, 8), 3), ratio, stride,
+                                       distance, then_merge=(1, 2, 2))
+        assert torch.equal(ahead.features, ref.features.detach())
+        coarse, inverse = merge_voxels(ahead, (1, 2, 2))
+        ref_coarse, ref_inverse = merge_voxels(ref, (1, 2, 2))
+        assert torch.equal(coarse.indices, ref_coarse.indices)
+        assert torch.equal(inverse, ref_inverse)
+        assert torch.equal(coarse.features, ref_coarse.features.detach())
+        assert coarse.sample_counts.tolist() == ref_coarse.sample_counts.tolist()
 
 
 def test_a_level_run_together_equals_its_layers_one_by_one():

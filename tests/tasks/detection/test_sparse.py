@@ -3,10 +3,11 @@ import torch
 import torch.nn.functional as F
 
 from geossm._compat import MissingDependencyError
-from geossm.tasks.detection.sparse import (SparseVoxels, SubMConv3d, device_constant,
+from geossm.tasks.detection.sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, device_constant,
                                            expand_voxels, kernel_map,
                                            merge_voxels, neighbour_table, resolve_backend,
-                                           spconv_available, voxel_keys, voxelize)
+                                           spconv_available, unique_keys, unique_keys_together,
+                                           voxel_keys, voxelize)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -351,3 +352,63 @@ def test_conv_under_bf16_autocast_trains(device):
     conv(sp).features.square().sum().backward()
     torch.testing.assert_close(grad_bf16, conv.weight.grad, rtol=0.05, atol=0.05 * float(
         conv.weight.grad.abs().max()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unique_keys_equal_torch_unique_with_per_sample_counts(device):
+    g = torch.Generator().manual_seed(3)
+    cells, batch = 50, 3
+    keys = torch.randint(0, cells * batch, (400,), generator=g)
+    keys[::7] = cells * batch + 5                       # sentinels past every cell: dropped
+    keys[keys // cells == 1] = 0                        # sample 1 has no key of its own
+    keys = keys.to(device)
+    uniq, inverse, counts = unique_keys(keys, cells, batch)
+    ref, ref_inverse = torch.unique(keys, return_inverse=True)
+    u = int(counts.sum())
+    assert counts.tolist() == [int(((ref // cells) == b).sum()) for b in range(batch)]
+    assert counts[1] == 0 and u == ref.numel() - 1
+    assert torch.equal(uniq, ref[:u]) and torch.equal(inverse, ref_inverse)
+    assert int(inverse.max()) == u                      # the sentinels' dump row
+    none, inv0, counts0 = unique_keys(keys[:0], cells, batch)
+    assert none.numel() == inv0.numel() == 0 and counts0.tolist() == [0, 0, 0]
+    # several sets in one read: of one length (stacked) and of different lengths
+    for other in (keys.flip(0) // 2, keys[:150] // 3):
+        together = unique_keys_together((keys, cells, batch), (other, 20, 4))
+        for (u, i, c), (k, n, b) in zip(together, [(keys, cells, batch), (other, 20, 4)]):
+            ref_u, ref_i = torch.unique(k, return_inverse=True)
+            assert torch.equal(i, ref_i) and torch.equal(u, ref_u[:int(c.sum())])
+            assert c.tolist() == [int(((ref_u // n) == s).sum()) for s in range(b)]
+
+
+def test_voxelize_and_merge_know_their_voxels_per_sample():
+    sp = _random_voxels(batch=3)
+    coarse, _ = merge_voxels(sp, (2, 2, 2))
+    assert coarse.sample_counts.tolist() == torch.bincount(coarse.indices[:, 0],
+                                                           minlength=3).tolist()
+    assert coarse.replace(coarse.features * 2).sample_counts is coarse.sample_counts
+    assert sp.sample_counts is None
+    pts = torch.tensor([[0.1, 0.1, 0.1, 1.0], [0.2, 0.1, 0.1, 1.0], [5.0, 0.1, 0.1, 1.0],
+                        [0.1, 0.1, 0.1, 1.0]])
+    vox, _ = voxelize(pts, torch.tensor([0, 0, 0, 2]), 3, (1, 1, 1), (0, 0, 0, 2, 2, 2))
+    assert vox.sample_counts.tolist() == [1, 0, 1]      # the point at x = 5 is out of range
+
+
+@pytest.mark.parametrize("stride", [(2, 2, 2), (1, 3, 2)])
+def test_voxelize_works_out_its_first_merge_in_the_same_read(stride):
+    g = torch.Generator().manual_seed(5)
+    pts = torch.rand(400, 4, generator=g) * torch.tensor([9.0, 9.0, 4.0, 1.0]) - 0.5
+    batch = torch.randint(0, 3, (400,), generator=g)
+    batch[batch == 1] = 0                              # an empty sample
+    args = (pts, batch, 3, (1.0, 1.0, 0.5), (0, 0, 0, 8, 8, 3))
+    planned, p2v = voxelize(*args, then_merge=stride)
+    plain, ref_p2v = voxelize(*args)
+    assert torch.equal(p2v, ref_p2v) and torch.equal(planned.features, plain.features)
+    assert MERGE_PLAN in planned.cache and MERGE_PLAN not in plain.cache
+    coarse, inverse = merge_voxels(planned.replace(planned.features * 2), stride)
+    ref, ref_inverse = merge_voxels(plain.replace(plain.features * 2), stride)
+    assert torch.equal(coarse.indices, ref.indices) and torch.equal(inverse, ref_inverse)
+    assert torch.equal(coarse.features, ref.features)
+    assert coarse.sample_counts.tolist() == ref.sample_counts.tolist()
+    assert ref.sample_counts[1] == 0
+    other, _ = merge_voxels(planned, (1, 1, 1))         # another stride: merged as before
+    assert torch.equal(other.indices, planned.indices)

@@ -216,3 +216,27 @@ def test_collate_builds_the_loss_targets_in_the_loader(task):
     without = task.loss(outputs, {k: v for k, v in batch.items() if k != "targets"})
     for key in ("loss", "hm_loss", "reg_loss"):
         assert torch.equal(with_targets[key], without[key]), key
+
+
+def test_collate_lays_the_points_out_on_the_model_voxel_grid(task):
+    """With a built LION the batch carries its voxel layout (the loader sorts the points and
+    reads the voxel counts, not the step); the outputs are those of the model's own layout."""
+    ds = task.build_dataset("train")
+    torch.manual_seed(0)
+    task.build_model()
+    assert task.voxel_planner is None                  # no loader workers: the model's path
+    assert "voxels" not in task.collate([ds[0], ds[1]])
+    cfg = apply_overrides(load_config(CONFIGS / "synthetic_lion.yaml"),
+                          TINY + ["train.num_workers=2"])
+    task = TASKS.get("DetectionTask")(cfg)
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    assert task.voxel_planner == model.voxel_planner()
+    batch = task.collate([ds[0], ds[1]])
+    layout = batch["voxels"]
+    assert layout.point_to_voxel.shape == batch["points"].shape[:1]
+    assert int(layout.sample_counts.sum()) == layout.indices.shape[0]
+    with_layout = task.forward(model, batch)
+    without = task.forward(model, {k: v for k, v in batch.items() if k != "voxels"})
+    for key in ("heatmap", "reg"):
+        assert torch.equal(with_layout[key], without[key]), key
