@@ -50,6 +50,7 @@ and a config ``configs/<name>/<dataset>.yaml`` with ``task: MySegTask``, ``model
 
 from __future__ import annotations
 
+import inspect
 import os
 import tokenize
 import zipfile
@@ -86,7 +87,9 @@ def _check_npy_header_length(path: Path) -> None:
 
 
 def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Move every tensor in nested dicts / lists / tuples to ``device``."""
+    """Move every tensor in nested dicts / lists / tuples to ``device``; other objects with a
+    ``to`` method (a PyG ``Batch``, a task's plan) move themselves, with ``non_blocking`` where
+    their ``to`` takes it."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, Mapping):
@@ -94,8 +97,22 @@ def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(move_to(v, device, non_blocking) for v in obj)
     if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
+        if non_blocking and _takes_non_blocking(obj.to):
+            # a PyG Batch or a task's plan: a blocking copy from the loader's pinned memory
+            # would make the host wait for the GPU at every tensor of the batch
+            return obj.to(device, non_blocking=True)
         return obj.to(device)
     return obj
+
+
+def _takes_non_blocking(method: Callable) -> bool:
+    """Whether ``method`` accepts a ``non_blocking`` keyword (named or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(p.name == "non_blocking" or p.kind is inspect.Parameter.VAR_KEYWORD
+               for p in parameters)
 
 
 def build_task(cfg: DictConfig) -> "Task":

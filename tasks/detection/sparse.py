@@ -210,10 +210,9 @@ class VoxelLayout:
     settings: tuple = ()
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "VoxelLayout":
-        """Every tensor on ``device``; from pinned memory (the loader's ``pin_memory``) without
-        waiting for the copy whatever ``non_blocking`` says (the trainer's ``move_to`` calls
-        ``to(device)`` on objects: a blocking copy would wait for the device's queue)."""
-        return self._apply(lambda t: t.to(device, non_blocking=non_blocking or t.is_pinned()))
+        """Every tensor on ``device`` (the trainer's ``move_to`` passes ``non_blocking=True``:
+        from the loader's pinned memory the copies then do not wait for the device's queue)."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "VoxelLayout":
         """Every tensor in pinned host memory (the data loader's ``pin_memory``)."""

@@ -11,6 +11,40 @@ def test_move_to_nested():
     assert out["b"] == 3 and out["a"][1][1] == "s"
 
 
+class _Recorder:
+    """An object that moves itself: records the keywords its ``to`` was called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def to(self, device, non_blocking=False):
+        self.calls.append(non_blocking)
+        return self
+
+
+class _PlainMover:
+    def to(self, device):          # no non_blocking keyword: must still be called
+        return "moved"
+
+
+def test_move_to_passes_non_blocking_to_objects_that_take_it():
+    recorder = _Recorder()
+    move_to({"plan": recorder}, torch.device("cpu"), non_blocking=True)
+    move_to([recorder], torch.device("cpu"))
+    assert recorder.calls == [True, False]
+    assert move_to(_PlainMover(), torch.device("cpu"), non_blocking=True) == "moved"
+
+
+def test_move_to_moves_a_pyg_batch_without_waiting():
+    pyg = pytest.importorskip("torch_geometric.data", reason="torch_geometric not installed")
+    batch = pyg.Batch.from_data_list([pyg.Data(x=torch.ones(2, 3)), pyg.Data(x=torch.zeros(1, 3))])
+    from geossm.engine.task import _takes_non_blocking
+
+    assert _takes_non_blocking(batch.to)          # so the trainer's copy does not wait
+    moved = move_to(batch, torch.device("cpu"), non_blocking=True)
+    assert torch.equal(moved.x, batch.x) and moved.num_graphs == 2
+
+
 def test_base_task_requires_names_and_hooks():
     task = Task(load_config(None))
     with pytest.raises(ValueError, match="'data.name' is not set"):
