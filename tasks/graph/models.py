@@ -37,8 +37,8 @@ one itself with the same code.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -140,6 +140,31 @@ class _Context:
     order: Serialization | None
     adj_t: torch.Tensor | None = None  # sparse CSR (target, source), for gcn / sage
     hop_adj: torch.Tensor | None = None  # normalised sparse CSR, for hop tokens
+    #: what every layer derives from the structure alone, computed by the first that asks
+    #: (``shared``): not once per layer, a few operators each on a dispatch-bound GPU step
+    cache: dict = field(default_factory=dict)
+
+    def shared(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``build()`` the first time ``key`` is asked for in this forward, then its value."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+    def token_count(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(K, 1)`` members of every token, at least 1, in ``dtype``: the divisor of PyG's
+        ``scatter(reduce="mean")`` over ``tokens.token`` (same values, so the same bits)."""
+        tok = self.tokens
+
+        def build() -> torch.Tensor:
+            ones = torch.ones(tok.token.numel(), dtype=dtype, device=tok.token.device)
+            count = ones.new_zeros(tok.num_tokens).scatter_add_(0, tok.token, ones)
+            return count.clamp(min=1).unsqueeze(1)
+        return self.shared(("token_count", dtype), build)
+
+    def last_tokens(self) -> torch.Tensor:
+        """``(N,)`` long: every node's own token, the last of its sequence."""
+        cu = self.tokens.cu_seqlens
+        return self.shared("last_tokens", lambda: (cu[1:] - 1).long())
 
 
 def hop_adjacency(edge_index: torch.Tensor, n: int, kind: str = "gcn") -> torch.Tensor:
@@ -222,14 +247,16 @@ class _TokenBranch(nn.Module):
             ea = ctx.edge_attr.index_select(0, eid) if ctx.edge_attr is not None else \
                 member.new_zeros(eid.numel(), member.shape[1])
             member = self.local(member, edges, ea)
-            t = scatter(member, tok.token, 0, dim_size=tok.num_tokens, reduce="mean")
+            # PyG's scatter mean, its member counts shared by the layers
+            t = scatter(member, tok.token, 0, dim_size=tok.num_tokens, reduce="sum") \
+                / ctx.token_count(member.dtype)
         else:
             t = tok.aggregate(x, "mean")  # (K, D)
         t = t + self.length_embedding(tok.length)
         cu = tok.cu_seqlens
         t = t + self.mixer(self.norm(t), cu)
         if self.readout == "last":
-            y = t.index_select(0, (cu[1:] - 1).long())  # the node's own token closes its sequence
+            y = t.index_select(0, ctx.last_tokens())  # the node's own token closes its sequence
         else:
             y = scatter(t, tok.center, 0, dim_size=tok.num_nodes, reduce="mean")
         return self.out(y)
@@ -319,9 +346,7 @@ class GMNLayer(nn.Module):
         """``raw``: what the GNN+ block reads instead of ``h`` (the first layer with
         ``mpnn_raw``: the raw features, ``(N, F)``); the Mamba branches read ``h``."""
         x = self.norm(h)
-        out = torch.zeros_like(h)
-        if self.tokens is not None:
-            out = out + self.tokens(x, ctx)
+        out = torch.zeros_like(h) if self.tokens is None else self.tokens(x, ctx)
         if self.global_block is not None:
             # SerializedBlock adds its input back: subtract it to keep only the mixer's output.
             out = out + self.global_block(x, ctx.order) - x
