@@ -166,25 +166,37 @@ class _Context:
         return self.shared(("token_count", dtype), build)
 
     def order_indices(self) -> tuple[torch.Tensor, ...]:
-        """The gathers of ``packed_bimamba`` over the degree order (``bidirectional_indices``)."""
+        """The gathers of ``packed_bimamba`` over the degree order (``order_gathers``; the
+        plan's when it holds them)."""
         s = self.order
-        return self.shared("order_indices", lambda: bidirectional_indices(
-            s.order, s.inverse, segment_reversal(s.cu_seqlens, s.num_tokens)))
+        return self.shared("order_indices",
+                           lambda: order_gathers(s.order, s.inverse, s.cu_seqlens))
 
     def token_indices(self) -> tuple[torch.Tensor, ...]:
-        """The gathers of ``packed_bimamba`` over the token sequences (in place: no order)."""
+        """The gathers of ``packed_bimamba`` over the token sequences (``token_gathers``; the
+        plan's when it holds them)."""
         tok = self.tokens
-
-        def build() -> tuple[torch.Tensor, ...]:
-            rows = torch.arange(tok.num_tokens, device=tok.cu_seqlens.device)
-            return bidirectional_indices(rows, rows,
-                                         segment_reversal(tok.cu_seqlens, tok.num_tokens))
-        return self.shared("token_indices", build)
+        return self.shared("token_indices",
+                           lambda: token_gathers(tok.cu_seqlens, tok.num_tokens))
 
     def last_tokens(self) -> torch.Tensor:
         """``(N,)`` long: every node's own token, the last of its sequence."""
         cu = self.tokens.cu_seqlens
         return self.shared("last_tokens", lambda: (cu[1:] - 1).long())
+
+
+def order_gathers(order: torch.Tensor, inverse: torch.Tensor,
+                  cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``packed_bimamba``'s four gathers (``bidirectional_indices``) of a serialization
+    ``(order (T,), inverse (T,), cu_seqlens (S+1,))``."""
+    return bidirectional_indices(order, inverse, segment_reversal(cu_seqlens, order.numel()))
+
+
+def token_gathers(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, ...]:
+    """``packed_bimamba``'s four gathers of token sequences run in place (no order): the
+    segments of ``cu_seqlens`` over ``num_tokens`` rows."""
+    rows = torch.arange(num_tokens, device=cu_seqlens.device)
+    return bidirectional_indices(rows, rows, segment_reversal(cu_seqlens, num_tokens))
 
 
 def pack_mixer(mixer: nn.Module) -> None:
@@ -729,6 +741,7 @@ class GraphMambaNetwork(nn.Module):
             raise ValueError("residual: 'linear' is the GNN+ layer's ego term and needs "
                              f"mpnn_plus=True, got mpnn_plus={mpnn_plus!r}")
         self.jumping_knowledge = bool(jumping_knowledge)
+        self.packed_bimamba = bool(packed_bimamba)
         self.pe_dim, self.lap_dim = pe_dim, lap_dim
         self.eval_samples, self.eval_seed = eval_samples, eval_seed
         self.input_encoder = (nn.Linear(in_channels, dim) if node_vocab is None
@@ -780,7 +793,7 @@ class GraphMambaNetwork(nn.Module):
                             walks and self.token_encoder == "gine", self.global_mamba,
                             self.sparse_adjacency,
                             self.hop_kind if self._hop_tokens() else None,
-                            self.eval_samples, self.eval_seed)
+                            self.eval_samples, self.eval_seed, self.packed_bimamba)
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
@@ -859,6 +872,9 @@ class GraphMambaNetwork(nn.Module):
              adj_t=None, hop_adj=None, raw=None) -> torch.Tensor:
         ctx = _Context(edge_index, edge_attr, draw.checked_tokens(), draw.token_edges,
                        draw.serialization(), adj_t, hop_adj)
+        for key in ("order_indices", "token_indices"):  # built in the loader
+            if getattr(draw, key) is not None:
+                ctx.cache[key] = getattr(draw, key)
         depths = [h] if self.jumping_knowledge else None
         for i, layer in enumerate(self.layers):
             h = layer(h, ctx, raw if i == 0 else None)
