@@ -148,41 +148,49 @@ class _Context:
     #: (``shared``): not once per layer, a few operators each on a dispatch-bound GPU step
     cache: dict = field(default_factory=dict)
 
-    def shared(self, key: Any, build: Callable[[], Any]) -> Any:
-        """``build()`` the first time ``key`` is asked for in this forward, then its value."""
-        if key not in self.cache:
-            self.cache[key] = build()
-        return self.cache[key]
 
-    def token_count(self, dtype: torch.dtype) -> torch.Tensor:
-        """``(K, 1)`` members of every token, at least 1, in ``dtype``: the divisor of PyG's
-        ``scatter(reduce="mean")`` over ``tokens.token`` (same values, so the same bits)."""
-        tok = self.tokens
+def shared(ctx: Any, key: Any, build: Callable[[], Any]) -> Any:
+    """``build()`` the first time ``key`` is asked for in the forward of ``ctx`` (a
+    ``_Context``), then its value; every time for a context without ``cache``."""
+    cache = getattr(ctx, "cache", None)
+    if cache is None:
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
 
-        def build() -> torch.Tensor:
-            ones = torch.ones(tok.token.numel(), dtype=dtype, device=tok.token.device)
-            count = ones.new_zeros(tok.num_tokens).scatter_add_(0, tok.token, ones)
-            return count.clamp(min=1).unsqueeze(1)
-        return self.shared(("token_count", dtype), build)
 
-    def order_indices(self) -> tuple[torch.Tensor, ...]:
-        """The gathers of ``packed_bimamba`` over the degree order (``order_gathers``; the
-        plan's when it holds them)."""
-        s = self.order
-        return self.shared("order_indices",
-                           lambda: order_gathers(s.order, s.inverse, s.cu_seqlens))
+def token_count(ctx: Any, dtype: torch.dtype) -> torch.Tensor:
+    """``(K, 1)`` members of every token of ``ctx.tokens``, at least 1, in ``dtype``: the
+    divisor of PyG's ``scatter(reduce="mean")`` over ``tokens.token`` (same values, so the
+    same bits), shared by the layers."""
+    tok = ctx.tokens
 
-    def token_indices(self) -> tuple[torch.Tensor, ...]:
-        """The gathers of ``packed_bimamba`` over the token sequences (``token_gathers``; the
-        plan's when it holds them)."""
-        tok = self.tokens
-        return self.shared("token_indices",
-                           lambda: token_gathers(tok.cu_seqlens, tok.num_tokens))
+    def build() -> torch.Tensor:
+        ones = torch.ones(tok.token.numel(), dtype=dtype, device=tok.token.device)
+        count = ones.new_zeros(tok.num_tokens).scatter_add_(0, tok.token, ones)
+        return count.clamp(min=1).unsqueeze(1)
+    return shared(ctx, ("token_count", dtype), build)
 
-    def last_tokens(self) -> torch.Tensor:
-        """``(N,)`` long: every node's own token, the last of its sequence."""
-        cu = self.tokens.cu_seqlens
-        return self.shared("last_tokens", lambda: (cu[1:] - 1).long())
+
+def last_tokens(ctx: Any) -> torch.Tensor:
+    """``(N,)`` long: every node's own token, the last of its sequence in ``ctx.tokens``."""
+    cu = ctx.tokens.cu_seqlens
+    return shared(ctx, "last_tokens", lambda: (cu[1:] - 1).long())
+
+
+def order_indices(ctx: Any) -> tuple[torch.Tensor, ...]:
+    """The gathers of ``packed_bimamba`` over ``ctx.order`` (``order_gathers``; the plan's
+    when it holds them)."""
+    s = ctx.order
+    return shared(ctx, "order_indices", lambda: order_gathers(s.order, s.inverse, s.cu_seqlens))
+
+
+def token_indices(ctx: Any) -> tuple[torch.Tensor, ...]:
+    """The gathers of ``packed_bimamba`` over the token sequences of ``ctx.tokens``
+    (``token_gathers``; the plan's when it holds them)."""
+    tok = ctx.tokens
+    return shared(ctx, "token_indices", lambda: token_gathers(tok.cu_seqlens, tok.num_tokens))
 
 
 def order_gathers(order: torch.Tensor, inverse: torch.Tensor,
@@ -323,14 +331,14 @@ class _TokenBranch(nn.Module):
             member = self.local(member, edges, ea)
             # PyG's scatter mean, its member counts shared by the layers
             t = scatter(member, tok.token, 0, dim_size=tok.num_tokens, reduce="sum") \
-                / ctx.token_count(member.dtype)
+                / token_count(ctx, member.dtype)
         else:
             t = tok.aggregate(x, "mean")  # (K, D)
         t = t + self.length_embedding(tok.length)
         cu = tok.cu_seqlens
-        t = residual_bimamba(t, self.norm, self.mixer, cu, ctx.token_indices)
+        t = residual_bimamba(t, self.norm, self.mixer, cu, lambda: token_indices(ctx))
         if self.readout == "last":
-            y = t.index_select(0, ctx.last_tokens())  # the node's own token closes its sequence
+            y = t.index_select(0, last_tokens(ctx))  # the node's own token closes its sequence
         else:
             y = scatter(t, tok.center, 0, dim_size=tok.num_nodes, reduce="mean")
         return self.out(y)
@@ -456,7 +464,7 @@ class GMNLayer(nn.Module):
         if not is_packed(block.mixer):
             return block(x, ctx.order)
         return residual_bimamba(x, block.norm1, block.mixer, ctx.order.cu_seqlens,
-                                ctx.order_indices, ctx.order)
+                                lambda: order_indices(ctx), ctx.order)
 
 
 class PooledNorm(nn.BatchNorm1d):
