@@ -69,11 +69,15 @@ class PlanDraw:
     token members ``(member_edge_index (2, E') long, edge_id (E',) long)``
     (``models.induced_token_edges``); ``order``: the degree order's ``(order (n,), inverse
     (n,), cu_seqlens (G+1,) int32)`` (a tuple, not a ``Serialization``: it crosses process
-    boundaries; ``serialization()`` rebuilds it)."""
+    boundaries; ``serialization()`` rebuilds it); ``order_indices`` / ``token_indices``: the
+    four gathers of the packed BiMamba path over the order / the token sequences
+    (``models.order_gathers`` / ``models.token_gathers``, ``packed_gathers``)."""
 
     tokens: NeighbourhoodTokens | None = None
     token_edges: tuple[Tensor, Tensor] | None = None
     order: tuple[Tensor, Tensor, Tensor] | None = None
+    order_indices: tuple[Tensor, ...] | None = None
+    token_indices: tuple[Tensor, ...] | None = None
 
     def serialization(self) -> Serialization | None:
         """The degree order as the ``Serialization`` the global branch reads (valid by
@@ -109,6 +113,8 @@ class GraphPlanner:
             default None (no hop tokens).
         eval_samples: draws of an evaluation plan, default 1.
         eval_seed: seed of the evaluation draws, default 0.
+        packed_gathers: also the gathers of the packed BiMamba path (``packed_bimamba``
+            models) over the order and the tokens, default False.
     """
 
     walk_length: int = 1
@@ -121,6 +127,7 @@ class GraphPlanner:
     hop_adjacency: str | None = None
     eval_samples: int = 1
     eval_seed: int = 0
+    packed_gathers: bool = False
 
     @property
     def random(self) -> bool:
@@ -174,8 +181,8 @@ class GraphPlanner:
     def draw(self, edge_index: Tensor, num_nodes: int, batch: Tensor | None,
              num_graphs: int | None, generator: torch.Generator | None) -> PlanDraw:
         """One draw: walks first, then the order's noise (the in-model order of the draws)."""
-        from .models import induced_token_edges
-        tokens = token_edges = order = None
+        from .models import induced_token_edges, order_gathers, token_gathers
+        tokens = token_edges = order = order_indices = token_indices = None
         if self.walk_tokens:
             tokens = random_walk_tokens(edge_index, num_nodes, self.walk_length,
                                         self.num_walks, self.repeats, generator=generator)
@@ -185,7 +192,11 @@ class GraphPlanner:
             s = sample_degree_order(edge_index, num_nodes, batch, noise=True, generator=generator,
                              num_graphs=num_graphs)
             order = (s.order, s.inverse, s.cu_seqlens)
-        return PlanDraw(tokens, token_edges, order)
+        if self.packed_gathers:
+            order_indices = order_gathers(*order) if order is not None else None
+            token_indices = (token_gathers(tokens.cu_seqlens, tokens.num_tokens)
+                             if tokens is not None else None)
+        return PlanDraw(tokens, token_edges, order, order_indices, token_indices)
 
 
 @dataclass(frozen=True, eq=False)

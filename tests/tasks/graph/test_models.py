@@ -344,3 +344,68 @@ def test_mpnn_raw_first_gnn_plus_block_reads_the_raw_features_and_pe():
     torch.testing.assert_close(model(x, ei, pe=pe), want)
     with pytest.raises(ValueError, match="mpnn_raw: the first GNN\\+ block reads raw"):
         GraphMambaNetwork(5, 3, mpnn="gcn", mpnn_raw=True)
+
+
+def _peptides_like(**kwargs) -> GraphMambaNetwork:
+    torch.manual_seed(0)
+    return GraphMambaNetwork(node_vocab=[5, 3], edge_vocab=[4], num_classes=3,
+                             task_level="graph", dim=8, num_layers=2, walk_length=3,
+                             num_walks=2, token_encoder="gine", mpnn="gatedgcn",
+                             global_mamba=True, pe_dim=2, d_state=4, dropout=0.0, **kwargs)
+
+
+def _molecule_batch() -> dict:
+    g = torch.Generator().manual_seed(1)
+    graphs = []
+    for n in (5, 7, 6):
+        a = torch.arange(n - 1)
+        ei = torch.cat([torch.stack([a, a + 1]), torch.tensor([[0], [n - 1]])], 1)
+        ei = torch.cat([ei, ei.flip(0)], 1)
+        graphs.append(Data(x=torch.stack([torch.randint(0, 5, (n,), generator=g),
+                                          torch.randint(0, 3, (n,), generator=g)], 1),
+                           edge_index=ei, edge_attr=torch.randint(0, 4, (ei.shape[1], 1),
+                                                                  generator=g),
+                           pe=torch.randn(n, 2, generator=g), num_nodes=n))
+    b = Batch.from_data_list(graphs)
+    return {"x": b.x, "edge_index": b.edge_index, "edge_attr": b.edge_attr, "batch": b.batch,
+            "pe": b.pe.requires_grad_()}
+
+
+def _forward_backward(model, inputs, seed: int = 3):
+    torch.manual_seed(seed)  # the same walks and order noise in both models
+    out = model(**inputs)
+    pe_grad, = torch.autograd.grad(out.square().sum(), inputs["pe"])
+    return out.detach(), pe_grad
+
+
+def test_packed_bimamba_keeps_the_weights_and_state_dict_and_only_moves_float_rounding():
+    plain, packed = _peptides_like(), _peptides_like(packed_bimamba=True)
+    assert sum(p.numel() for p in plain.parameters()) == \
+        sum(p.numel() for p in packed.parameters())
+    assert len(list(packed.parameters())) < len(list(plain.parameters()))  # pairs stacked
+    state, packed_state = plain.state_dict(), packed.state_dict()
+    assert list(state) == list(packed_state)  # the two-module keys, in the same order
+    for key, value in state.items():
+        assert torch.equal(value, packed_state[key]), key  # same initial weights
+    inputs = _molecule_batch()
+    for mode in ("train", "eval"):
+        getattr(plain, mode)(), getattr(packed, mode)()
+        (out, grad), (out_p, grad_p) = (_forward_backward(m, inputs) for m in (plain, packed))
+        assert not torch.equal(out, out_p) or not torch.equal(grad, grad_p)  # other kernels
+        torch.testing.assert_close(out_p, out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_p, grad, rtol=1e-4, atol=1e-6)
+    # a checkpoint of either layout loads into the other
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    packed.load_state_dict(plain.state_dict())
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, packed.state_dict()[key]), key
+
+
+def test_packed_bimamba_falls_back_to_the_two_calls_on_the_torch_backend():
+    plain = _peptides_like(backend="torch")
+    packed = _peptides_like(backend="torch", packed_bimamba=True)
+    inputs = _molecule_batch()
+    (out, grad), (out_p, grad_p) = (_forward_backward(m, inputs) for m in (plain, packed))
+    assert torch.equal(out, out_p) and torch.equal(grad, grad_p)  # the same ops, the same bits

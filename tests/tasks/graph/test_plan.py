@@ -45,10 +45,11 @@ def _grads(model) -> list[torch.Tensor]:
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("cls", [GraphMambaNetwork, GraphMamba])
-def test_planned_forward_is_bitwise_the_in_model_one_given_the_same_random_numbers(cls):
+def test_planned_forward_is_bitwise_the_in_model_one_given_the_same_random_numbers(cls, packed):
     torch.manual_seed(0)
-    model = cls(**PEPTIDES_LIKE)
+    model = cls(**PEPTIDES_LIKE, packed_bimamba=packed)
     b = _molecules()
     torch.manual_seed(7)
     inside = model(**_inputs(b))  # draws the walks and the order inside
@@ -57,6 +58,9 @@ def test_planned_forward_is_bitwise_the_in_model_one_given_the_same_random_numbe
     model.zero_grad()
     torch.manual_seed(7)  # the loader draws the same numbers ahead of the step
     plan = model.planner()(b.edge_index, b.num_nodes, b.batch, b.num_graphs, training=True)
+    # the packed BiMamba path's gathers come with the plan
+    assert (plan.draws[0].order_indices is not None) == packed
+    assert (plan.draws[0].token_indices is not None) == (packed and cls is GraphMambaNetwork)
     planned = model(**_inputs(b), plan=pickle.loads(pickle.dumps(plan)))  # via a worker queue
     planned.square().sum().backward()
     assert torch.equal(inside, planned)
@@ -126,9 +130,10 @@ def _step_syncs(model, b: Batch, plan) -> dict:
     return dict(counter.syncs)
 
 
-def test_planned_training_step_has_no_host_sync():
+@pytest.mark.parametrize("packed", [False, True])
+def test_planned_training_step_has_no_host_sync(packed):
     torch.manual_seed(0)
-    model = GraphMambaNetwork(**{**PEPTIDES_LIKE, "lap_dim": 1})
+    model = GraphMambaNetwork(**{**PEPTIDES_LIKE, "lap_dim": 1}, packed_bimamba=packed)
     b = _molecules()
     plan = model.planner()(b.edge_index, b.num_nodes, b.batch, b.num_graphs)
     assert _step_syncs(model, b, plan) == {}
