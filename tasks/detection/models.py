@@ -35,12 +35,12 @@ from geossm.registry import MODELS
 from geossm.serialization import Serialization, window_groups_multi, window_partition
 
 from .boxes import nms_bev
-from .packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
+from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
 from .sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, VoxelLayout, contains_keys,
                      device_constant, voxel_layout,
                      expand_voxels, merge_voxels, merged_shape, scatter_max, sorted_voxel_keys,
                      unique_with_merge, voxel_indices, voxel_keys, voxelize)
-from .stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
+from geossm.nn.stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes", "generate_voxels", "generate_merged_voxels", "VoxelPlanner"]

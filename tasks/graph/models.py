@@ -53,8 +53,8 @@ from geossm.registry import MODELS
 from geossm.serialization import NeighbourhoodTokens, Serialization
 from geossm.serialization.graph import NUMBA_MIN_ROWS, numba_kernels
 
-from ..detection.packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
-from ..detection.stacked_weights import (bind_direction_weights, can_pack, is_packed,
+from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
+from geossm.nn.stacked_weights import (bind_direction_weights, can_pack, is_packed,
                                          pack_bimamba_weights)
 from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
 
@@ -209,7 +209,7 @@ def token_gathers(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tens
 
 def pack_mixer(mixer: nn.Module) -> None:
     """Store a ``BiMamba``'s two directions' weights as one parameter per pair (the layout of
-    ``packed_bimamba``; ``detection.stacked_weights``: the state dict keeps the two-module
+    ``packed_bimamba``; ``geossm.nn.stacked_weights``: the state dict keeps the two-module
     keys), where it applies (Mamba-1 directions without projection biases)."""
     if can_pack(mixer):
         pack_bimamba_weights(mixer)

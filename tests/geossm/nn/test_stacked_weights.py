@@ -1,12 +1,12 @@
-"""``tasks/detection/stacked_weights.py``: a LION group layer's two Mamba directions with their
+"""``geossm/nn/stacked_weights.py``: a LION group layer's two Mamba directions with their
 weights stored as one parameter per pair, checkpoints in the two-module layout."""
 
 import pytest
 import torch
 
 from geossm.tasks.detection.models import LinearGroupLayer
-from geossm.tasks.detection.stacked_weights import is_packed, pack_bimamba_weights
-from tests.tasks.detection.test_packed_mixer import _voxels
+from geossm.nn.stacked_weights import is_packed, pack_bimamba_weights
+from tests.geossm.nn.test_packed_mixer import _voxels
 
 
 def _direction_block(seed=0, **kw):

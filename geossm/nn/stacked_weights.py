@@ -1,4 +1,5 @@
-"""The two Mamba directions of a LION group layer with their weights stored together.
+"""The two Mamba directions of a ``BiMamba`` (a LION group layer, a graph model layer) with
+their weights stored together.
 
 ``packed_mixer.packed_bimamba`` runs both directions of a ``geossm.nn.BiMamba`` as one Mamba of
 twice the inner width, reading the pair of every weight as one matrix (the in-projections one

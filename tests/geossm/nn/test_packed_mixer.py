@@ -3,7 +3,7 @@ import torch
 
 from geossm.serialization import window_groups_multi
 from geossm.tasks.detection.models import LION, LinearGroupLayer
-from geossm.tasks.detection.packed_mixer import (bidirectional_indices, packed_bimamba,
+from geossm.nn.packed_mixer import (bidirectional_indices, packed_bimamba,
                                                  segment_reversal)
 from geossm.tasks.detection.sparse import SparseVoxels
 

@@ -1,4 +1,5 @@
-"""Both directions of a LION group layer in one scan launch (``packed_bimamba``).
+"""Both directions of a ``BiMamba`` in one scan launch (``packed_bimamba``): LION's group layers
+and the graph model's BiMambas use it.
 
 A ``LinearGroupLayer`` with a bidirectional Mamba-1 operator computes, for voxel features
 ``x (V, D)`` and a window-group ``Serialization`` (``order``, ``inverse``, ``cu_seqlens``)::
@@ -44,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from geossm.serialization.windows import device_constant
 
-from .stacked_weights import is_packed, stacked_weights
+from geossm.nn.stacked_weights import is_packed, stacked_weights
 
 __all__ = ["packed_bimamba", "bidirectional_indices", "segment_reversal"]
 
