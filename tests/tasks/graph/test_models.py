@@ -6,6 +6,7 @@ from geossm.serialization import random_walk_tokens
 from geossm.tasks.graph.datasets import KarateClub
 from geossm.tasks.graph.models import (CategoricalEncoder, GraphMamba, GraphMambaNetwork,
                                        induced_token_edges)
+from tests.tasks.graph.test_plan import _inputs, _molecules
 
 TINY = {"dim": 8, "num_layers": 1, "walk_length": 2, "num_walks": 2, "d_state": 4}
 
@@ -355,20 +356,10 @@ def _peptides_like(**kwargs) -> GraphMambaNetwork:
 
 
 def _molecule_batch() -> dict:
-    g = torch.Generator().manual_seed(1)
-    graphs = []
-    for n in (5, 7, 6):
-        a = torch.arange(n - 1)
-        ei = torch.cat([torch.stack([a, a + 1]), torch.tensor([[0], [n - 1]])], 1)
-        ei = torch.cat([ei, ei.flip(0)], 1)
-        graphs.append(Data(x=torch.stack([torch.randint(0, 5, (n,), generator=g),
-                                          torch.randint(0, 3, (n,), generator=g)], 1),
-                           edge_index=ei, edge_attr=torch.randint(0, 4, (ei.shape[1], 1),
-                                                                  generator=g),
-                           pe=torch.randn(n, 2, generator=g), num_nodes=n))
-    b = Batch.from_data_list(graphs)
-    return {"x": b.x, "edge_index": b.edge_index, "edge_attr": b.edge_attr, "batch": b.batch,
-            "pe": b.pe.requires_grad_()}
+    """Three small molecule-like graphs (categorical atoms and bonds, a 2-d encoding that
+    takes a gradient)."""
+    inputs = _inputs(_molecules(count=3, seed=1))
+    return dict(inputs, pe=inputs["pe"].requires_grad_())
 
 
 def _forward_backward(model, inputs, seed: int = 3):
