@@ -22,6 +22,16 @@ def _interleave_one(a, b, c, depth):
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _invert_or_exchange(x0, xi, q, p):
+    """One step of Skilling's transform on axis ``i``: where ``xi`` has bit ``q`` set, invert
+    the low bits ``p`` of ``x0``; else exchange the low bits of ``x0`` and ``xi``."""
+    if xi & q:
+        return x0 ^ p, xi
+    t = (x0 ^ xi) & p
+    return x0 ^ t, xi ^ t
+
+
 @numba.njit(cache=True)
 def hilbert_encode(g, depth):
     """``g: (N, 3) int64`` cells of a ``2^depth`` grid -> ``(N,) int64`` Hilbert codes."""
@@ -36,18 +46,8 @@ def hilbert_encode(g, depth):
             p = q - 1
             if x0 & q:
                 x0 ^= p
-            if x1 & q:
-                x0 ^= p
-            else:
-                t = (x0 ^ x1) & p
-                x0 ^= t
-                x1 ^= t
-            if x2 & q:
-                x0 ^= p
-            else:
-                t = (x0 ^ x2) & p
-                x0 ^= t
-                x2 ^= t
+            x0, x1 = _invert_or_exchange(x0, x1, q, p)
+            x0, x2 = _invert_or_exchange(x0, x2, q, p)
             q >>= 1
         x1 ^= x0
         x2 ^= x1
@@ -83,18 +83,8 @@ def hilbert_decode(code, depth):
         top = np.int64(2) << (depth - 1)
         while q != top:
             p = q - 1
-            if x2 & q:
-                x0 ^= p
-            else:
-                t = (x0 ^ x2) & p
-                x0 ^= t
-                x2 ^= t
-            if x1 & q:
-                x0 ^= p
-            else:
-                t = (x0 ^ x1) & p
-                x0 ^= t
-                x1 ^= t
+            x0, x2 = _invert_or_exchange(x0, x2, q, p)
+            x0, x1 = _invert_or_exchange(x0, x1, q, p)
             if x0 & q:
                 x0 ^= p
             q <<= 1
