@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .structure import _check_integer
+
 __all__ = ["ORDERS", "encode", "decode", "fit_depth", "coarsen"]
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans",
@@ -51,13 +53,6 @@ def fit_depth(grid_coord: Tensor) -> int:
     if grid_coord.numel() == 0:
         return 1
     return max(1, int(grid_coord.max()).bit_length())
-
-
-def _check_integer(name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise ValueError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
 
 
 def _batch_bits(batch: Tensor | None) -> int:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from geossm.packed import batch_to_cu_seqlens, check_int32_tokens, dense_cu_seqlens
 
-from .structure import Serialization, _unchecked
+from .structure import Serialization, _check_integer, _unchecked
 
 __all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "to_csr", "random_walks"]
 
@@ -25,12 +25,9 @@ __all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "to_csr"
 def _check_graph(edge_index, num_nodes) -> None:
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
         raise ValueError(f"num_nodes: expected a non-negative int, got {num_nodes!r}")
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"edge_index: expected a torch.Tensor, got {type(edge_index).__name__}")
+    _check_integer("edge_index", edge_index)
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index: expected shape (2, E), got {tuple(edge_index.shape)}")
-    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
-        raise ValueError(f"edge_index: expected an integer tensor, got dtype {edge_index.dtype}")
     if edge_index.numel():
         lo, hi = int(edge_index.min()), int(edge_index.max())
         if lo < 0 or hi >= num_nodes:
@@ -105,12 +102,7 @@ def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
 
 def _check_walk_inputs(rowptr, col, start, length, u) -> None:
     for name, t in (("rowptr", rowptr), ("col", col), ("start", start)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 1:
-            raise ValueError(f"{name}: expected a 1-D tensor, got shape {tuple(t.shape)}")
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise ValueError(f"{name}: expected an integer tensor, got dtype {t.dtype}")
+        _check_integer(name, t, ndim=1)
         if t.device != start.device:
             raise ValueError(f"{name}: expected device {start.device} (that of start), "
                              f"got {t.device}")

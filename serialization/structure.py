@@ -19,8 +19,8 @@ from typing import Mapping, NamedTuple
 import torch
 from torch import Tensor
 
-from geossm.packed import (SERIALIZATION, TOKENS, _check_tensor, _describe, check_cu_seqlens,
-                           check_int32_tokens, cu_seqlens_to_batch)
+from geossm.packed import (SERIALIZATION, TOKENS, _check_tensor, _describe, _is_integer,
+                           check_cu_seqlens, check_int32_tokens, cu_seqlens_to_batch)
 
 __all__ = [
     "Serialization",
@@ -145,6 +145,14 @@ class Serialization:
             self.order.to(device), self.inverse.to(device), self.cu_seqlens.to(device),
             {k: v.to(device) for k, v in self.extras.items()},
         )
+
+
+def _check_integer(name: str, value, ndim: int | None = None) -> None:
+    """``TypeError`` unless ``value`` is a tensor, ``ValueError`` unless it has ``ndim`` dims
+    (None: any) and an integer dtype: the check of the serializers' index arguments."""
+    _check_tensor(name, value, ndim)
+    if not _is_integer(value.dtype):
+        raise ValueError(f"{name}: expected an integer tensor, got dtype {value.dtype}")
 
 
 def _invert(order: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from geossm.packed import check_int32_tokens, mark_cu_seqlens_valid
 
-from .structure import Serialization, _unchecked
+from .structure import Serialization, _check_integer, _unchecked
 
 __all__ = ["window_groups", "window_groups_multi", "window_partition", "device_constant"]
 
@@ -98,12 +98,9 @@ def window_groups_multi(coords: Tensor, sparse_shape, window_shape, group_size: 
     LION's pair: x, then y with shifted windows), computed together: one sort of all the
     variants' keys and one shared partition (``cu_seqlens``). Arguments and result of each as
     ``window_groups``; raises as it does."""
-    if not isinstance(coords, Tensor):
-        raise TypeError(f"coords: expected a torch.Tensor, got {type(coords).__name__}")
+    _check_integer("coords", coords)
     if coords.dim() != 2 or coords.shape[1] != 4:
         raise ValueError(f"coords: expected shape (N, 4) = (batch, z, y, x), got {tuple(coords.shape)}")
-    if coords.dtype.is_floating_point or coords.dtype.is_complex or coords.dtype == torch.bool:
-        raise ValueError(f"coords: expected an integer tensor, got dtype {coords.dtype}")
     zs, ys, xs = _triple("sparse_shape", sparse_shape, "(Z, Y, X)")
     wx, wy, wz = _triple("window_shape", window_shape, "(wx, wy, wz)")
     _check_group_size(group_size)
