@@ -68,12 +68,6 @@ def numba_kernels():
     return _NUMBA[0]
 
 
-def _numba_walks():
-    """The numba walk kernel, or None without numba."""
-    kernels = numba_kernels()
-    return kernels.walks if kernels is not None else None
-
-
 def random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
                  generator: torch.Generator | None = None, u: Tensor | None = None) -> Tensor:
     """Uniform random walks, all advanced together (vectorised torch, CPU or CUDA).
@@ -129,11 +123,11 @@ def _random_walks(rowptr: Tensor, col: Tensor, start: Tensor, length: int,
     if u is None:
         u = torch.rand((w, length), generator=generator, device=start.device, dtype=torch.float64)
     if start.device.type == "cpu" and w >= NUMBA_MIN_ROWS:
-        kernel = _numba_walks()
-        if kernel is not None:
-            return torch.from_numpy(kernel(rowptr.long().numpy(), col.long().numpy(),
-                                           start.long().contiguous().numpy(),
-                                           u.to(torch.float64).contiguous().numpy()))
+        kernels = numba_kernels()
+        if kernels is not None:
+            return torch.from_numpy(kernels.walks(rowptr.long().numpy(), col.long().numpy(),
+                                                  start.long().contiguous().numpy(),
+                                                  u.to(torch.float64).contiguous().numpy()))
     out = torch.empty((w, length + 1), dtype=torch.long, device=start.device)
     col_ext = torch.cat([col.long(), col.new_zeros(1, dtype=torch.long)])
     cur = start.long()

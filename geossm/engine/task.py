@@ -50,6 +50,7 @@ and a config ``configs/<name>/<dataset>.yaml`` with ``task: MySegTask``, ``model
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import tokenize
@@ -97,7 +98,7 @@ def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(move_to(v, device, non_blocking) for v in obj)
     if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
-        if non_blocking and _takes_non_blocking(obj.to):
+        if non_blocking and _takes_non_blocking(type(obj)):
             # a PyG Batch or a task's plan: a blocking copy from the loader's pinned memory
             # would make the host wait for the GPU at every tensor of the batch
             return obj.to(device, non_blocking=True)
@@ -105,10 +106,12 @@ def move_to(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     return obj
 
 
-def _takes_non_blocking(method: Callable) -> bool:
-    """Whether ``method`` accepts a ``non_blocking`` keyword (named or through ``**kwargs``)."""
+@functools.lru_cache(maxsize=None)
+def _takes_non_blocking(cls: type) -> bool:
+    """Whether ``cls.to`` accepts a ``non_blocking`` keyword (named or through ``**kwargs``);
+    asked once per class (``move_to`` runs for every batch)."""
     try:
-        parameters = inspect.signature(method).parameters.values()
+        parameters = inspect.signature(cls.to).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature
         return False
     return any(p.name == "non_blocking" or p.kind is inspect.Parameter.VAR_KEYWORD

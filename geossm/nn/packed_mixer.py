@@ -43,11 +43,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from geossm.kernels._common import resolve_backend  # the kernels' own backend choice
+from geossm.nn.stacked_weights import is_packed, stacked_weights
 from geossm.serialization.windows import device_constant
 
-from geossm.nn.stacked_weights import is_packed, stacked_weights
-
-__all__ = ["packed_bimamba", "bidirectional_indices", "segment_reversal"]
+__all__ = ["packed_bimamba", "packed_backend", "bidirectional_indices", "segment_reversal"]
 
 
 def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
@@ -251,6 +251,20 @@ def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> T
 def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
     f32 = torch.float32
     return (_cast(dy, f32) * (_cast(x, f32) * rstd)).sum(0)
+
+
+def packed_backend(bimamba, x: Tensor) -> str | None:
+    """The kernel backend ``packed_bimamba`` runs ``bimamba`` on for inputs ``x``, or None where
+    the mixer's own two calls run instead: weights not stacked (``pack_bimamba_weights``),
+    under ``torch.compile``, an unfused direction, directions on different backends, or the
+    ``torch`` reference backend."""
+    if not is_packed(bimamba) or torch.compiler.is_compiling():
+        return None
+    f, b = bimamba.forward_mamba, bimamba.backward_mamba
+    if not (f.fused and b.fused) or f.backend != b.backend:
+        return None
+    name = resolve_backend(f.backend, x.device)
+    return None if name == "torch" else name
 
 
 def packed_bimamba(x: Tensor, norm_weight: Tensor, bimamba, indices: Sequence[Tensor],

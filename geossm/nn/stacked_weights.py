@@ -117,8 +117,9 @@ def pack_bimamba_weights(bimamba) -> None:
 def bind_direction_weights(bimamba) -> None:
     """Point the directions' weight names (``forward_mamba.in_proj.weight`` ...) at views of
     the stacked parameters, for their own forward: made again where called (after ``.to()``
-    or a dtype change the parameters hold new tensors)."""
-    for name in bimamba._packed_names:
+    or a dtype change the parameters hold new tensors). Nothing to do for a mixer whose
+    weights are not stacked (``is_packed`` false, or not a module at all)."""
+    for name in getattr(bimamba, "_packed_names", None) or ():
         owner, leaf = name.rpartition(".")[0], name.rpartition(".")[2]
         stacked = getattr(bimamba, _packed_attr(name))
         for d, direction in enumerate(DIRECTIONS):

@@ -29,18 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geossm.kernels._common import resolve_backend
 from geossm.nn import BiMamba, SerializedBlock
+from geossm.nn.packed_mixer import (bidirectional_indices, packed_backend, packed_bimamba,
+                                    segment_reversal)
+from geossm.nn.stacked_weights import (bind_direction_weights, can_pack, is_packed,
+                                       pack_bimamba_weights)
 from geossm.registry import MODELS
 from geossm.serialization import Serialization, window_groups_multi, window_partition
 
 from .boxes import nms_bev
-from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
 from .sparse import (MERGE_PLAN, SparseVoxels, SubMConv3d, VoxelLayout, contains_keys,
-                     device_constant, voxel_layout,
-                     expand_voxels, merge_voxels, merged_shape, scatter_max, sorted_voxel_keys,
-                     unique_with_merge, voxel_indices, voxel_keys, voxelize)
-from geossm.nn.stacked_weights import bind_direction_weights, can_pack, is_packed, pack_bimamba_weights
+                     device_constant, expand_voxels, merge_voxels, merged_shape, scatter_max,
+                     layout_settings, sorted_voxel_keys, unique_with_merge, voxel_indices,
+                     voxel_keys, voxel_layout, voxelize)
 
 __all__ = ["LION", "LIONBlock", "LinearGroupLayer", "OPERATORS", "BoxDecoder", "bev_grid",
            "decode_boxes", "generate_voxels", "generate_merged_voxels", "VoxelPlanner"]
@@ -100,8 +101,7 @@ class LinearGroupLayer(nn.Module):
                 check=False)[0]
         backend = self.packed_backend(sp.features)
         if backend is None:
-            if is_packed(getattr(self.mixer, "mixer", None)):
-                bind_direction_weights(self.mixer.mixer)
+            bind_direction_weights(getattr(self.mixer, "mixer", None))  # if stacked
             return sp.replace(self.mixer(sp.features, serialization))
         if indices is None:
             indices = bidirectional_indices(serialization.order, serialization.inverse,
@@ -124,16 +124,8 @@ class LinearGroupLayer(nn.Module):
             return None
         if (block.training and block.drop_path.p > 0) or block.grad_checkpoint:
             return None
-        if torch.compiler.is_compiling():
-            return None
-        f, b = block.mixer.forward_mamba, block.mixer.backward_mamba
-        if any(m.in_proj.bias is not None or m.out_proj.bias is not None or not m.fused
-               or (m.conv_bias is None) != (f.conv_bias is None) for m in (f, b)):
-            return None
-        if f.backend != b.backend:
-            return None
-        name = resolve_backend(f.backend, x.device)
-        return None if name == "torch" else name
+        # stacked weights imply no in-/out-projection biases and matching conv biases
+        return packed_backend(block.mixer, x)
 
 
 def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVoxels:
@@ -588,9 +580,7 @@ class VoxelPlanner:
 
     def settings(self) -> tuple:
         """``VoxelLayout.settings`` of the layouts built here."""
-        return (tuple(float(v) for v in self.voxel_size),
-                tuple(float(v) for v in self.point_cloud_range),
-                None if self.then_merge is None else tuple(int(v) for v in self.then_merge))
+        return layout_settings(self.voxel_size, self.point_cloud_range, self.then_merge)
 
     def __call__(self, points: Tensor, cu_seqlens: Tensor) -> VoxelLayout:
         b = cu_seqlens.numel() - 1

@@ -28,7 +28,7 @@ __all__ = ["SparseVoxels", "voxelize", "SubMConv3d", "merge_voxels", "expand_vox
            "resolve_backend", "require_spconv", "spconv_subm_conv", "neighbour_table",
            "voxel_keys", "sorted_voxel_keys", "contains_keys", "device_constant", "unique_keys",
            "unique_keys_together", "unique_with_merge", "merged_shape", "voxel_indices",
-           "MERGE_PLAN", "VoxelLayout", "voxel_layout"]
+           "MERGE_PLAN", "VoxelLayout", "voxel_layout", "layout_settings"]
 
 
 @dataclass(eq=False)
@@ -252,9 +252,15 @@ def voxel_layout(points: Tensor, batch: Tensor, batch_size: int, voxel_size: Seq
     keys = torch.where(inside, voxel_keys(idx, spatial), int(batch_size) * cells)
     uniq, inv, per_sample, merge = unique_with_merge(keys, spatial, int(batch_size),
                                                      then_merge)
-    settings = (tuple(float(v) for v in voxel_size), tuple(float(v) for v in point_cloud_range),
-                None if then_merge is None else tuple(int(v) for v in then_merge))
-    return VoxelLayout(voxel_indices(uniq, spatial), inv, spatial, per_sample, merge, settings)
+    return VoxelLayout(voxel_indices(uniq, spatial), inv, spatial, per_sample, merge,
+                       layout_settings(voxel_size, point_cloud_range, then_merge))
+
+
+def layout_settings(voxel_size: Sequence[float], point_cloud_range: Sequence[float],
+                    then_merge: Sequence[int] | None) -> tuple:
+    """``VoxelLayout.settings``: what a layout was built with, in a form compared by value."""
+    return (tuple(float(v) for v in voxel_size), tuple(float(v) for v in point_cloud_range),
+            None if then_merge is None else tuple(int(v) for v in then_merge))
 
 
 def voxelize(points: Tensor, batch: Tensor | None, batch_size: int, voxel_size: Sequence[float],

@@ -46,16 +46,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch_geometric.utils import scatter, to_torch_csr_tensor
 
-from geossm.kernels._common import resolve_backend  # the kernels' own backend choice
 from geossm.nn import MLP, RMSNorm, SerializedBlock, build_mixer
+from geossm.nn.packed_mixer import (bidirectional_indices, packed_backend, packed_bimamba,
+                                    segment_reversal)
+from geossm.nn.stacked_weights import (bind_direction_weights, can_pack, is_packed,
+                                       pack_bimamba_weights)
 from geossm.packed import mark_cu_seqlens_valid
 from geossm.registry import MODELS
 from geossm.serialization import NeighbourhoodTokens, Serialization
 from geossm.serialization.graph import NUMBA_MIN_ROWS, numba_kernels
 
-from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba, segment_reversal
-from geossm.nn.stacked_weights import (bind_direction_weights, can_pack, is_packed,
-                                         pack_bimamba_weights)
 from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
 
 __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
@@ -226,27 +226,14 @@ def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch
     gives its gathers (``bidirectional_indices``, shared by the layers). Elsewhere (the
     ``torch`` backend, the unfused Mamba path, ``torch.compile``) the mixer's own two calls.
     Shapes: ``x (T, D) -> (T, D)``, ``cu (S+1,) int32``."""
-    backend = _packed_backend(mixer, x)
+    backend = packed_backend(mixer, x)
     if backend is not None:
         return packed_bimamba(x, norm.weight, mixer, indices(), cu, norm.eps, backend)
-    if is_packed(mixer):
-        bind_direction_weights(mixer)  # views of the stacked parameters (moved by .to())
+    bind_direction_weights(mixer)  # views of stacked parameters (moved by .to()), if any
     if serialization is None:
         return x + mixer(norm(x), cu)
     h = x.index_select(0, serialization.order)
     return (h + mixer(norm(h), cu)).index_select(0, serialization.inverse)
-
-
-def _packed_backend(mixer: nn.Module, x: torch.Tensor) -> str | None:
-    """The kernel backend ``packed_bimamba`` runs ``mixer`` on, or None (see
-    ``residual_bimamba``)."""
-    if not is_packed(mixer) or torch.compiler.is_compiling():
-        return None
-    f, b = mixer.forward_mamba, mixer.backward_mamba
-    if not (f.fused and b.fused) or f.backend != b.backend:
-        return None
-    name = resolve_backend(f.backend, x.device)
-    return None if name == "torch" else name
 
 
 def hop_adjacency(edge_index: torch.Tensor, n: int, kind: str = "gcn") -> torch.Tensor:
@@ -456,7 +443,6 @@ class GMNLayer(nn.Module):
         if self.ffn is not None:
             h = h + self.ffn(self.norm2(h))
         return h
-
 
     def _global(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
         """The global block on ``x`` (input added back), packed where its weights are."""
