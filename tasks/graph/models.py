@@ -590,7 +590,11 @@ class GraphMambaNetwork(nn.Module):
             False: no normalisation there, so the (coupled) L2 of ``loss.input_l2`` bounds
             the features' scale; a norm right after the input projection undoes any weight
             decay on it (the function is invariant to the weight's scale), and small labelled
-            graphs (Cora: 140 labels) then overfit late in training.
+            graphs (Cora: 140 labels) then overfit late in training. With ``mpnn_plus`` the
+            GNN+ layers end in dropout, and an RMSNorm after dropout ``p`` sees vectors
+            ``1/sqrt(1-p)`` larger in RMS while training than at evaluation: the evaluated
+            logits come out sharper than the trained ones (dropout 0.7: 1.8x), which False
+            avoids (the heterophilous family's config).
         hop_adjacency: ``P`` of the hop tokens, ``"gcn"`` (``D^-1/2 (A+I) D^-1/2``) or
             ``"mean"`` (``D^-1 A``, the ego features kept out of the hops), default ``"gcn"``.
         token_encoder: ``"mean"`` or ``"gine"`` (over the token's induced subgraph), default
