@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["can_pack", "pack_bimamba_weights", "bind_direction_weights", "is_packed",
+__all__ = ["can_pack", "pack_bimamba_weights", "pack_where_possible", "bind_direction_weights", "is_packed",
            "stacked_weights", "DIRECTIONS"]
 
 #: the two directions of a ``BiMamba`` (its submodule names), direction 0 then 1
@@ -112,6 +112,13 @@ def pack_bimamba_weights(bimamba) -> None:
     bimamba._register_state_dict_hook(_unpacked_state_dict)
     bimamba._register_load_state_dict_pre_hook(_pack_loaded_state_dict, with_module=True)
     bind_direction_weights(bimamba)
+
+
+def pack_where_possible(bimamba) -> None:
+    """``pack_bimamba_weights(bimamba)`` where it applies (``can_pack``); anything else (another
+    mixer, None, weights already stacked) is left as it is."""
+    if can_pack(bimamba):
+        pack_bimamba_weights(bimamba)
 
 
 def bind_direction_weights(bimamba) -> None:

@@ -32,8 +32,7 @@ from torch import Tensor, nn
 from geossm.nn import BiMamba, SerializedBlock
 from geossm.nn.packed_mixer import (bidirectional_indices, packed_backend, packed_bimamba,
                                     segment_reversal)
-from geossm.nn.stacked_weights import (bind_direction_weights, can_pack, is_packed,
-                                       pack_bimamba_weights)
+from geossm.nn.stacked_weights import bind_direction_weights, is_packed, pack_where_possible
 from geossm.registry import MODELS
 from geossm.serialization import Serialization, window_groups_multi, window_partition
 
@@ -78,10 +77,10 @@ class LinearGroupLayer(nn.Module):
         self.window_shape, self.group_size = tuple(int(v) for v in window_shape), int(group_size)
         self.axis, self.shift = axis, bool(shift)
         self.mixer = OPERATORS[operator](dim, bidirectional, mlp_ratio, drop_path, **op_kwargs)
-        if isinstance(self.mixer, SerializedBlock) and can_pack(self.mixer.mixer):
-            # both directions' weights stacked: the packed path's layout (the state dict keeps
-            # the two-module keys)
-            pack_bimamba_weights(self.mixer.mixer)
+        if isinstance(self.mixer, SerializedBlock):
+            # both directions' weights stacked where they can be: the packed path's layout
+            # (the state dict keeps the two-module keys)
+            pack_where_possible(self.mixer.mixer)
         #: both Mamba directions in one launch of each kernel (``packed_bimamba``) where the
         #: operator allows it (see ``packed_backend``); False: the mixer's own two calls.
         self.packed = True

@@ -49,8 +49,7 @@ from torch_geometric.utils import scatter, to_torch_csr_tensor
 from geossm.nn import MLP, RMSNorm, SerializedBlock, build_mixer
 from geossm.nn.packed_mixer import (bidirectional_indices, packed_backend, packed_bimamba,
                                     segment_reversal)
-from geossm.nn.stacked_weights import (bind_direction_weights, can_pack, is_packed,
-                                       pack_bimamba_weights)
+from geossm.nn.stacked_weights import bind_direction_weights, is_packed, pack_where_possible
 from geossm.packed import mark_cu_seqlens_valid
 from geossm.registry import MODELS
 from geossm.serialization import NeighbourhoodTokens, Serialization
@@ -207,20 +206,12 @@ def token_gathers(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tens
     return bidirectional_indices(rows, rows, segment_reversal(cu_seqlens, num_tokens))
 
 
-def pack_mixer(mixer: nn.Module) -> None:
-    """Store a ``BiMamba``'s two directions' weights as one parameter per pair (the layout of
-    ``packed_bimamba``; ``geossm.nn.stacked_weights``: the state dict keeps the two-module
-    keys), where it applies (Mamba-1 directions without projection biases)."""
-    if can_pack(mixer):
-        pack_bimamba_weights(mixer)
-
-
 def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch.Tensor,
                      indices: Callable[[], Sequence[torch.Tensor]],
                      serialization: Serialization | None = None) -> torch.Tensor:
     """``x + mixer(norm(x[order]), cu)[inverse]`` (no order: ``serialization`` None).
 
-    A packed ``mixer`` (``pack_mixer``) runs both directions as one Mamba of twice the width
+    A packed ``mixer`` (``pack_where_possible``) runs both directions as one Mamba of twice the width
     (``packed_bimamba``: one launch of every kernel and projection, ~80 fewer operators per
     call on a dispatch-bound GPU step; the same math, other float rounding); ``indices()``
     gives its gathers (``bidirectional_indices``, shared by the layers). Elsewhere (the
@@ -412,7 +403,7 @@ class GMNLayer(nn.Module):
         if packed_bimamba:  # hop tokens keep their mixer's own calls
             for mixer in (getattr(self.global_block, "mixer", None),
                           self.tokens.mixer if tokens and token_source == "walks" else None):
-                pack_mixer(mixer)
+                pack_where_possible(mixer)  # one parameter per direction pair
 
     def forward(self, h: torch.Tensor, ctx: _Context,
                 raw: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geossm.tasks.detection.models import LinearGroupLayer
-from geossm.nn.stacked_weights import is_packed, pack_bimamba_weights
+from geossm.nn.stacked_weights import is_packed, pack_bimamba_weights, pack_where_possible
 from tests.geossm.nn.test_packed_mixer import _voxels
 
 
@@ -68,6 +68,18 @@ def test_stacking_is_refused_where_it_does_not_apply():
         pack_bimamba_weights(BiMamba(8, bias=True))
     layer = LinearGroupLayer(8, (4, 4, 2), 16, "x", False, bias=True)
     assert not is_packed(layer.mixer.mixer) and layer.packed_backend(torch.zeros(2, 8)) is None
+
+
+def test_pack_where_possible_stacks_what_can_be_stacked_and_leaves_the_rest():
+    from geossm.nn import BiMamba
+
+    plain, biased = BiMamba(8), BiMamba(8, bias=True)
+    for mixer in (plain, biased, None, torch.nn.Linear(2, 2)):
+        pack_where_possible(mixer)
+    assert is_packed(plain) and not is_packed(biased)
+    stacked = plain.packed_A_log
+    pack_where_possible(plain)  # already stacked: the same parameters
+    assert plain.packed_A_log is stacked
 
 
 def test_init_from_a_checkpoint_of_the_two_module_layout(tmp_path):
