@@ -208,18 +208,24 @@ def token_gathers(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tens
 
 def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch.Tensor,
                      indices: Callable[[], Sequence[torch.Tensor]],
-                     serialization: Serialization | None = None) -> torch.Tensor:
+                     serialization: Serialization | None = None,
+                     recompute: bool = True) -> torch.Tensor:
     """``x + mixer(norm(x[order]), cu)[inverse]`` (no order: ``serialization`` None).
 
     A packed ``mixer`` (``pack_where_possible``) runs both directions as one Mamba of twice the width
     (``packed_bimamba``: one launch of every kernel and projection, ~80 fewer operators per
     call on a dispatch-bound GPU step; the same math, other float rounding); ``indices()``
-    gives its gathers (``bidirectional_indices``, shared by the layers). Elsewhere (the
-    ``torch`` backend, the unfused Mamba path, ``torch.compile``) the mixer's own two calls.
+    gives its gathers (``bidirectional_indices``, shared by the layers). ``recompute``
+    (default True): the packed path keeps only its normalised input for the backward and
+    recomputes the projections, convolution and gathers there; False keeps the scan inputs
+    (the same values, so the same gradients; ~20 fewer operators per call for ~8E + 4N more
+    values per row). Elsewhere (the ``torch`` backend, the unfused Mamba path,
+    ``torch.compile``) the mixer's own two calls.
     Shapes: ``x (T, D) -> (T, D)``, ``cu (S+1,) int32``."""
     backend = packed_backend(mixer, x)
     if backend is not None:
-        return packed_bimamba(x, norm.weight, mixer, indices(), cu, norm.eps, backend)
+        return packed_bimamba(x, norm.weight, mixer, indices(), cu, norm.eps, backend,
+                              recompute)
     bind_direction_weights(mixer)  # views of stacked parameters (moved by .to()), if any
     if serialization is None:
         return x + mixer(norm(x), cu)
@@ -296,6 +302,9 @@ class _TokenBranch(nn.Module):
             self.out: nn.Module = nn.Identity()
         else:
             self.out = nn.Linear(dim, dim)
+        #: the packed BiMamba keeps only its normalised input for the backward
+        #: (``residual_bimamba(recompute=True)``); False keeps the scan inputs
+        self.packed_recompute = True
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
         if self.source == "hops":
@@ -314,7 +323,8 @@ class _TokenBranch(nn.Module):
             t = tok.aggregate(x, "mean")  # (K, D)
         t = t + self.length_embedding(tok.length)
         cu = tok.cu_seqlens
-        t = residual_bimamba(t, self.norm, self.mixer, cu, lambda: token_indices(ctx))
+        t = residual_bimamba(t, self.norm, self.mixer, cu, lambda: token_indices(ctx),
+                             recompute=self.packed_recompute)
         if self.readout == "last":
             y = t.index_select(0, last_tokens(ctx))  # the node's own token closes its sequence
         else:
@@ -404,6 +414,8 @@ class GMNLayer(nn.Module):
             for mixer in (getattr(self.global_block, "mixer", None),
                           self.tokens.mixer if tokens and token_source == "walks" else None):
                 pack_where_possible(mixer)  # one parameter per direction pair
+        #: as ``_TokenBranch.packed_recompute``, for the global branch
+        self.packed_recompute = True
 
     def forward(self, h: torch.Tensor, ctx: _Context,
                 raw: torch.Tensor | None = None) -> torch.Tensor:
@@ -441,7 +453,7 @@ class GMNLayer(nn.Module):
         if not is_packed(block.mixer):
             return block(x, ctx.order)
         return residual_bimamba(x, block.norm1, block.mixer, ctx.order.cu_seqlens,
-                                lambda: order_indices(ctx), ctx.order)
+                                lambda: order_indices(ctx), ctx.order, self.packed_recompute)
 
 
 class PooledNorm(nn.BatchNorm1d):
@@ -646,6 +658,10 @@ class GraphMambaNetwork(nn.Module):
             keys; an optimizer state saved without it does not resume), default False. The
             same math in ~80 fewer operators per BiMamba and step (the GPU step is bound by
             their dispatch); float rounding differs from the two calls.
+        packed_recompute: the packed BiMambas keep only their normalised input for the
+            backward and recompute the scan inputs there, default True (the two-call path's
+            activation memory); False keeps them (the same gradients; ~20 fewer operators
+            per BiMamba and step for ~8E + 4N more values per token or node).
         jumping_knowledge: sum the normalised input embedding and every layer's output before
             the pooling / head (GIN's readout over all depths), default False (last layer).
 
@@ -675,7 +691,8 @@ class GraphMambaNetwork(nn.Module):
                  mpnn_plus: bool = False, gate: bool = False, mpnn_norm: str | None = "batch",
                  branch_drop: float = 0.0, token_source: str = "walks",
                  hop_adjacency: str = "gcn", pre_norm: bool = True,
-                 mpnn_raw: bool = False, packed_bimamba: bool = False) -> None:
+                 mpnn_raw: bool = False, packed_bimamba: bool = False,
+                 packed_recompute: bool = True) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -759,6 +776,9 @@ class GraphMambaNetwork(nn.Module):
                      mpnn_norm, branch_drop, token_source, pre_norm,
                      raw_width if i == 0 else None, packed_bimamba)
             for i in range(num_layers))
+        for module in self.layers.modules():
+            if isinstance(module, (GMNLayer, _TokenBranch)):
+                module.packed_recompute = bool(packed_recompute)
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else

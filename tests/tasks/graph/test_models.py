@@ -400,3 +400,27 @@ def test_packed_bimamba_falls_back_to_the_two_calls_on_the_torch_backend():
     inputs = _molecule_batch()
     (out, grad), (out_p, grad_p) = (_forward_backward(m, inputs) for m in (plain, packed))
     assert torch.equal(out, out_p) and torch.equal(grad, grad_p)  # the same ops, the same bits
+
+
+def test_packed_recompute_off_keeps_the_scan_inputs_with_the_same_bits():
+    recomputed = _peptides_like(packed_bimamba=True)
+    kept = _peptides_like(packed_bimamba=True, packed_recompute=False)
+    assert all(not m.packed_recompute for m in kept.modules() if hasattr(m, "packed_recompute"))
+    inputs = _molecule_batch()
+    for mode in ("train", "eval"):
+        grads = []
+        for model in (recomputed, kept):
+            getattr(model, mode)()
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(3)
+            out = model(**inputs)
+            loss = out.square().sum()
+            pe_grad, = torch.autograd.grad(loss, inputs["pe"], retain_graph=True)
+            loss.backward()
+            grads.append((out.detach(), pe_grad,
+                          {n: p.grad for n, p in model.named_parameters()}))
+        (out, pe_grad, params), (out_k, pe_grad_k, params_k) = grads
+        assert torch.equal(out, out_k) and torch.equal(pe_grad, pe_grad_k)
+        assert params.keys() == params_k.keys()
+        for name, grad in params.items():
+            assert grad is not None and torch.equal(grad, params_k[name]), name
