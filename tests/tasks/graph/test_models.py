@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from geossm.serialization import random_walk_tokens
@@ -424,3 +425,31 @@ def test_packed_recompute_off_keeps_the_scan_inputs_with_the_same_bits():
         assert params.keys() == params_k.keys()
         for name, grad in params.items():
             assert grad is not None and torch.equal(grad, params_k[name]), name
+
+
+def test_categorical_encoder_is_the_column_by_column_sum_bit_for_bit():
+    torch.manual_seed(0)
+    vocab = [119, 5, 12, 2]
+    encoder = CategoricalEncoder(vocab, 16)
+    x = torch.stack([torch.randint(0, v, (300,)) for v in vocab], 1)
+    out = encoder(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    got = [e.weight.grad for e in encoder.embeddings]
+    tables = [e.weight.detach().clone().requires_grad_() for e in encoder.embeddings]
+    want = F.embedding(x[:, 0], tables[0])
+    for j in range(1, len(vocab)):
+        want = want + F.embedding(x[:, j], tables[j])
+    want.backward(grad)
+    assert torch.equal(out, want)
+    for g, table in zip(got, tables):
+        assert torch.equal(g, table.grad)
+    single = CategoricalEncoder([7], 4)
+    assert torch.equal(single(x[:, 3:]), single.embeddings[0](x[:, 3]))
+
+
+@pytest.mark.parametrize("value", [-1, 5])
+def test_categorical_encoder_refuses_a_value_outside_its_columns_vocabulary(value):
+    x = torch.tensor([[0, 1, 2], [3, value, 0]])
+    with pytest.raises(RuntimeError, match=r"column j must lie in \[0, vocab\[j\]\)"):
+        CategoricalEncoder([119, 5, 3], 4)(x)  # 5 (-1): the next (previous) column's row
