@@ -453,3 +453,28 @@ def test_categorical_encoder_refuses_a_value_outside_its_columns_vocabulary(valu
     x = torch.tensor([[0, 1, 2], [3, value, 0]])
     with pytest.raises(RuntimeError, match=r"column j must lie in \[0, vocab\[j\]\)"):
         CategoricalEncoder([119, 5, 3], 4)(x)  # 5 (-1): the next (previous) column's row
+
+
+def test_fused_mpnn_keeps_the_state_dict_and_only_moves_float_rounding():
+    plain, fused = _peptides_like(), _peptides_like(fused_mpnn=True)
+    assert all(m.fused for m in fused.modules() if type(m).__name__ == "_MPNN")
+    state, fused_state = plain.state_dict(), fused.state_dict()
+    assert list(state) == list(fused_state)
+    for key, value in state.items():
+        assert torch.equal(value, fused_state[key]), key
+    inputs = _molecule_batch()
+    for mode in ("train", "eval"):
+        results = []
+        for model in (plain, fused):
+            getattr(model, mode)()
+            model.zero_grad(set_to_none=True)
+            out, pe_grad = _forward_backward(model, inputs)
+            torch.manual_seed(3)
+            model(**inputs).square().sum().backward()
+            results.append((out, pe_grad, {n: p.grad for n, p in model.named_parameters()}))
+        (out, pe_grad, grads), (out_f, pe_grad_f, grads_f) = results
+        assert not torch.equal(out, out_f)  # another summation order
+        torch.testing.assert_close(out_f, out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pe_grad_f, pe_grad, rtol=1e-4, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grads_f[name], grad, rtol=1e-4, atol=1e-6, msg=name)
