@@ -82,10 +82,8 @@ class _GatedGCN(torch.autograd.Function):
             d_gate = torch.ops.aten.sigmoid_backward(d_msg * value, gate)
             d_src = torch.cat([d_gate, d_msg * gate], 1)                # (E, 2O): q v
             d_q = torch.cat([d_gate, d_src], 1)                         # (E, 3O): k q v
-            d_p = xc.new_empty(n, 4 * o)
-            d_p[:, :o].zero_().index_add_(0, dst, d_gate)
-            d_p[:, o:3 * o].zero_().index_add_(0, src, d_src)
-            d_p[:, 3 * o:] = dc
+            d_p = torch.cat([xc.new_zeros(n, o).index_add_(0, dst, d_gate),
+                             xc.new_zeros(n, 2 * o).index_add_(0, src, d_src), dc], 1)
             dx = _cast(d_p.mm(w_nodes), t_x)
             d_w_nodes = d_p.t().mm(xc)                                  # (4O, D)
             de = _cast(d_q.mm(w_edges), t_e)
