@@ -1,4 +1,5 @@
-"""PyG's ``ResGatedGraphConv`` with edge features as one autograd function (``gated_gcn``).
+"""PyG's ``ResGatedGraphConv`` with edge features as one autograd function (``gated_gcn``),
+and the message passing of ``GINEConv`` before its MLP (``gine_aggregate``).
 
 With edge features, ``ResGatedGraphConv`` (the GatedGCN branch of the graph models) computes
 for every edge ``j -> i``::
@@ -13,6 +14,13 @@ W^x x + W^e e``: one matmul of the nodes with ``W^x_k, W^x_q, W^x_v, W_s`` stack
 edges with ``W^e_k, W^e_q, W^e_v``, two gathers, the gate, one scatter; the backward is written
 out (~35 operators). The same math; the float rounding differs (the node part of a projection
 is computed before its gather, the sums run in another order).
+
+``GINEConv`` with edge features computes ``nn(sum_j relu(x_j + lin(e_ji)) + (1 + eps) x_i)``;
+the token encoder of the graph models runs it on the members of every token, over the edges
+between them, whose features are gathered from the graph's edges (``eid``). ``gine_aggregate``
+is the part before ``nn`` as one autograd function: ``lin`` applied to the graph's edges before
+the gather (fewer rows; the same values row by row), one gather per side, one scatter, the
+backward written out.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch.autograd.function import once_differentiable
 # the matmul dtype under autocast, and a cast that is no operator call where nothing changes
 from geossm.nn.packed_mixer import _cast, _compute_dtype
 
-__all__ = ["gated_gcn", "can_fuse"]
+__all__ = ["gated_gcn", "can_fuse", "gine_aggregate", "can_fuse_gine"]
 
 
 def can_fuse(conv) -> bool:
@@ -116,3 +124,71 @@ def gated_gcn(conv, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
                            conv.lin_key.weight, conv.lin_key.bias, conv.lin_query.weight,
                            conv.lin_query.bias, conv.lin_value.weight, conv.lin_value.bias,
                            conv.lin_skip.weight, conv.bias)
+
+
+def can_fuse_gine(conv) -> bool:
+    """Whether ``gine_aggregate`` computes ``conv``'s message passing: a
+    ``torch_geometric.nn.GINEConv`` with an edge ``lin`` (with bias), sum aggregation, messages
+    from source to target."""
+    from torch_geometric.nn import GINEConv
+
+    return (type(conv) is GINEConv and conv.lin is not None and conv.lin.bias is not None
+            and conv.aggr == "add" and conv.flow == "source_to_target")
+
+
+class _GINEAggregate(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, edge_attr, src, dst, eid, w, b, eps):
+        cd = _compute_dtype(edge_attr)
+        with torch.autocast(x.device.type, enabled=False):
+            ec = _cast(edge_attr, cd)
+            e = torch.addmm(_cast(b, cd), ec, _cast(w, cd).t())          # (E, D) per graph edge
+            msg = torch.relu(x.index_select(0, src) + e.index_select(0, eid))
+            out = x.new_zeros(x.shape[0], x.shape[1], dtype=msg.dtype).index_add_(0, dst, msg)
+            out = out + (1 + eps) * x
+        ctx.save_for_backward(x, ec, src, dst, eid, w, eps, msg)
+        ctx.dtypes = (cd, edge_attr.dtype, w.dtype, b.dtype)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        x, ec, src, dst, eid, w, eps, msg = ctx.saved_tensors
+        cd, t_e, t_w, t_b = ctx.dtypes
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            d_eps = (dout * x).sum().reshape(eps.shape).to(eps.dtype)
+            d_pre = torch.ops.aten.threshold_backward(dout.index_select(0, dst), msg, 0)
+            dx = (dout * (1 + eps)).index_add_(0, src, d_pre).to(x.dtype)
+            d_pre = _cast(d_pre, cd)
+            de = d_pre.new_zeros(ec.shape[0], d_pre.shape[1]).index_add_(0, eid, d_pre)
+            d_edge = _cast(de.mm(_cast(w, cd)), t_e)
+            d_w = _cast(de.t().mm(ec), t_w)
+            d_b = _cast(de.sum(0), t_b)
+        return dx, d_edge, None, None, None, d_w, d_b, d_eps
+
+
+def gine_aggregate(conv, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
+                   edge_id: Tensor) -> Tensor:
+    """``sum_j relu(x_j + lin(edge_attr)[edge_id]) + (1 + eps) x_i`` of a ``GINEConv`` that
+    ``can_fuse_gine``: what it feeds its ``nn`` for ``conv(x, edge_index,
+    edge_attr[edge_id])`` (see the module docstring), with the conv's own parameters.
+
+    Shapes: ``x (N, D)``, ``edge_index (2, E') long``, ``edge_attr (E, De)``, ``edge_id (E',)
+    long`` (rows of ``edge_attr``) -> ``(N, D)``; under autocast ``lin`` runs in its dtype and
+    the messages in the promotion of that and ``x``'s, as in the conv.
+    """
+    if not can_fuse_gine(conv):
+        raise ValueError("conv: expected a GINEConv with an edge lin (with bias) and sum "
+                         f"aggregation, got {conv!r}")
+    if edge_attr.dim() != 2 or edge_attr.shape[1] != conv.lin.in_channels:
+        raise ValueError(f"edge_attr: expected shape (E, {conv.lin.in_channels}), got "
+                         f"{tuple(edge_attr.shape)}")
+    if x.dim() != 2 or x.shape[1] != conv.lin.out_channels:
+        raise ValueError(f"x: expected shape (N, {conv.lin.out_channels}), got "
+                         f"{tuple(x.shape)}")
+    if edge_id.shape != (edge_index.shape[1],):
+        raise ValueError(f"edge_id: expected shape ({edge_index.shape[1]},), got "
+                         f"{tuple(edge_id.shape)}")
+    return _GINEAggregate.apply(x, edge_attr, edge_index[0], edge_index[1], edge_id,
+                                conv.lin.weight, conv.lin.bias, conv.eps)

@@ -56,7 +56,7 @@ from geossm.serialization import NeighbourhoodTokens, Serialization
 from geossm.serialization.graph import NUMBA_MIN_ROWS, numba_kernels
 from geossm.serialization.windows import device_constant
 
-from .fused_conv import can_fuse, gated_gcn
+from .fused_conv import can_fuse, can_fuse_gine, gated_gcn, gine_aggregate
 from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
 
 __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
@@ -321,6 +321,9 @@ class _TokenBranch(nn.Module):
         #: the packed BiMamba keeps only its normalised input for the backward
         #: (``residual_bimamba(recompute=True)``); False keeps the scan inputs
         self.packed_recompute = True
+        #: the GINE encoder's message passing as one autograd function
+        #: (``fused_conv.gine_aggregate``; float rounding only), where it applies
+        self.fused = False
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
         if self.source == "hops":
@@ -329,9 +332,14 @@ class _TokenBranch(nn.Module):
         if self.encoder == "gine":
             member = x.index_select(0, tok.index)  # (nnz, D)
             edges, eid = ctx.token_edges
-            ea = ctx.edge_attr.index_select(0, eid) if ctx.edge_attr is not None else \
-                member.new_zeros(eid.numel(), member.shape[1])
-            member = self.local(member, edges, ea)
+            if (self.fused and ctx.edge_attr is not None and can_fuse_gine(self.local)
+                    and not torch.compiler.is_compiling()):
+                member = self.local.nn(gine_aggregate(self.local, member, edges,
+                                                      ctx.edge_attr, eid))
+            else:
+                ea = ctx.edge_attr.index_select(0, eid) if ctx.edge_attr is not None else \
+                    member.new_zeros(eid.numel(), member.shape[1])
+                member = self.local(member, edges, ea)
             # PyG's scatter mean, its member counts shared by the layers
             t = scatter(member, tok.token, 0, dim_size=tok.num_tokens, reduce="sum") \
                 / token_count(ctx, member.dtype)
@@ -681,9 +689,11 @@ class GraphMambaNetwork(nn.Module):
             keys; an optimizer state saved without it does not resume), default False. The
             same math in ~80 fewer operators per BiMamba and step (the GPU step is bound by
             their dispatch); float rounding differs from the two calls.
-        fused_mpnn: run a ``gatedgcn`` branch with edge features as one autograd function
-            (``fused_conv.gated_gcn``: the conv's own parameters, ~50 fewer operators per
-            layer and step), default False; the same math, other float rounding.
+        fused_convs: run a ``gatedgcn`` branch with edge features as one autograd function
+            (``fused_conv.gated_gcn``) and the message passing of a ``gine`` token encoder
+            with edge features as another (``fused_conv.gine_aggregate``), with the convs'
+            own parameters (the same state dict), default False; the same math in fewer
+            operators per layer and step, other float rounding.
         packed_recompute: the packed BiMambas keep only their normalised input for the
             backward and recompute the scan inputs there, default True (the two-call path's
             activation memory); False keeps them (the same gradients; ~20 fewer operators
@@ -718,7 +728,7 @@ class GraphMambaNetwork(nn.Module):
                  branch_drop: float = 0.0, token_source: str = "walks",
                  hop_adjacency: str = "gcn", pre_norm: bool = True,
                  mpnn_raw: bool = False, packed_bimamba: bool = False,
-                 packed_recompute: bool = True, fused_mpnn: bool = False) -> None:
+                 packed_recompute: bool = True, fused_convs: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -805,8 +815,8 @@ class GraphMambaNetwork(nn.Module):
         for module in self.layers.modules():
             if isinstance(module, (GMNLayer, _TokenBranch)):
                 module.packed_recompute = bool(packed_recompute)
-            if isinstance(module, _MPNN):
-                module.fused = bool(fused_mpnn)
+            if isinstance(module, (_MPNN, _TokenBranch)):
+                module.fused = bool(fused_convs)
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else

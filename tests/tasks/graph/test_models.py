@@ -455,9 +455,10 @@ def test_categorical_encoder_refuses_a_value_outside_its_columns_vocabulary(valu
         CategoricalEncoder([119, 5, 3], 4)(x)  # 5 (-1): the next (previous) column's row
 
 
-def test_fused_mpnn_keeps_the_state_dict_and_only_moves_float_rounding():
-    plain, fused = _peptides_like(), _peptides_like(fused_mpnn=True)
-    assert all(m.fused for m in fused.modules() if type(m).__name__ == "_MPNN")
+def test_fused_convs_keep_the_state_dict_and_only_move_float_rounding():
+    plain, fused = _peptides_like(), _peptides_like(fused_convs=True)
+    flagged = [m for m in fused.modules() if type(m).__name__ in ("_MPNN", "_TokenBranch")]
+    assert len(flagged) == 4 and all(m.fused for m in flagged)  # two layers, two convs each
     state, fused_state = plain.state_dict(), fused.state_dict()
     assert list(state) == list(fused_state)
     for key, value in state.items():
