@@ -13,6 +13,11 @@ the real samples of ``../shared/data``, one ``Trainer._train_step``):
   and optimizer; roughly one kernel launch each on the GPU);
 - ``syncs``: dispatched operators and tensor reads that need the data on the host, by kind
   (``syncs_by_kind``: see ``SYNC_KINDS``);
+- ``model_aten_ops`` / ``model_dispatched_ops`` and ``optimizer_aten_ops`` /
+  ``optimizer_dispatched_ops`` (with ``--split``): the same counts of one more step split into
+  the forward, loss, backward and gradient clipping (``Trainer._backward_step``) and the
+  optimizer step with the schedule (fused AdamW: one operator on CUDA; on the CPU the
+  profiler also counts what the fused kernel runs inside);
 - ``step_ms``: median CPU wall time of ``--steps`` steps after ``--warmup``;
 - ``collate_ms``: median wall time of the task's ``collate`` for one batch (a loader worker's
   work per batch, e.g. the graph task's token plan), after one warm-up call;
@@ -21,7 +26,7 @@ the real samples of ``../shared/data``, one ``Trainer._train_step``):
   innermost frame, which for a shared helper says nothing about who called it).
 
     python benchmarks/step_ops.py [--tasks detection] [--batch-sizes 1 8] [--steps 3]
-        [--threads 1] [--out ops.jsonl] [--top 15] [--sync-stacks]
+        [--threads 1] [--out ops.jsonl] [--top 15] [--sync-stacks] [--split]
     python benchmarks/step_ops.py --tiny        # tiny models: the check a test runs
 """
 
@@ -197,6 +202,30 @@ def profiler_aten_ops(step, batch) -> int:
     return sum(ev.name.startswith("aten::") for ev in prof.events())
 
 
+def split_counts(trainer, optimizer, scheduler, clip: float, batch) -> dict:
+    """Profiler and dispatched operators of one step, split into the model's part (forward,
+    loss, backward, clipping) and the optimizer's (step and schedule): ``model_aten_ops``,
+    ``model_dispatched_ops``, ``optimizer_aten_ops``, ``optimizer_dispatched_ops``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def phases():
+        yield "model", lambda: trainer._backward_step(batch, optimizer, clip)
+        yield "optimizer", lambda: (optimizer.step(), scheduler.step())
+
+    row = {}
+    for name, run in phases():   # dispatched operators: one step under the counter
+        counter = OpCounter()
+        with counter:
+            run()
+        row[f"{name}_dispatched_ops"] = sum(counter.ops.values())
+    for name, run in phases():   # profiler events: another step (the counter adds its own)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        row[f"{name}_aten_ops"] = sum(ev.name.startswith("aten::") for ev in prof.events())
+    return {k: row[k] for k in ("model_aten_ops", "model_dispatched_ops",
+                                "optimizer_aten_ops", "optimizer_dispatched_ops")}
+
+
 def collate_ms(trainer, batch_size: int, count: int) -> float:
     """Median wall time (ms) of ``task.collate`` on ``count`` random batches of training
     samples, after one untimed call (lazy compilation, caches)."""
@@ -257,6 +286,8 @@ def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
                "top_ops": dict(counter.ops.most_common(args.top)),
                "top_sync_sites": dict(counter.sync_sites.most_common(args.top)),
                "threads": torch.get_num_threads()}
+        if args.split:
+            row.update(split_counts(trainer, optimizer, scheduler, clip, batches[0]))
         if args.sync_stacks:
             row["sync_stacks"] = dict(counter.sync_stacks.most_common())
         return row
@@ -278,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sync-stacks", type=int, nargs="?", const=6, default=0, metavar="DEPTH",
                     help="also print every sync with its project callers (DEPTH frames, "
                          "default 6)")
+    ap.add_argument("--split", action="store_true",
+                    help="also count the model's part (forward, loss, backward, clipping) and "
+                         "the optimizer's of one more step")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
     ap.add_argument("--tiny", action="store_true", help="tiny models (the test's check)")

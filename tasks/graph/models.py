@@ -54,7 +54,9 @@ from geossm.packed import mark_cu_seqlens_valid
 from geossm.registry import MODELS
 from geossm.serialization import NeighbourhoodTokens, Serialization
 from geossm.serialization.graph import NUMBA_MIN_ROWS, numba_kernels
+from geossm.serialization.windows import device_constant
 
+from .fused_conv import can_fuse, can_fuse_gine, gated_gcn, gine_aggregate
 from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
 
 __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
@@ -70,6 +72,14 @@ POOLS = ("mean", "sum", "max")
 class CategoricalEncoder(nn.Module):
     """Sum of one embedding per integer column (OGB's atom / bond encoders).
 
+    The tables are looked up as one: ``embedding(x + starts, cat(tables)).sum(1)``, one
+    lookup and one embedding backward instead of one per column (9 atom columns: ~25 fewer
+    operators per forward; the GPU step is bound by their dispatch). The same values: on the
+    CPU the column sum runs in the order of the column-by-column adds (bitwise equal,
+    ``tests/tasks/graph``), on the GPU it may round differently. Each column is checked
+    against its own vocabulary on the device (``torch._assert_async``: no host sync), as an
+    offset index out of its column would read the next column's table.
+
     Shapes: ``x (N, len(vocab)) long -> (N, dim)``; column ``j`` must lie in ``[0, vocab[j])``.
     """
 
@@ -79,16 +89,22 @@ class CategoricalEncoder(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(v, dim) for v in self.vocab)
         for e in self.embeddings:
             nn.init.xavier_uniform_(e.weight)
+        #: first row of every column's table in the concatenated tables
+        self._starts = tuple(sum(self.vocab[:j]) for j in range(len(self.vocab)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != len(self.vocab):
             raise ValueError(f"x: expected integer features of shape (N, {len(self.vocab)}), got "
                              f"{tuple(x.shape)}")
         x = x.long()
-        out = self.embeddings[0](x[:, 0])
-        for j in range(1, len(self.vocab)):
-            out = out + self.embeddings[j](x[:, j])
-        return out
+        if len(self.vocab) == 1:
+            return self.embeddings[0](x[:, 0])
+        vocab = device_constant(tuple(self.vocab), x.device)
+        torch._assert_async((x >= 0).logical_and_(x < vocab).all(),
+                            f"x: column j must lie in [0, vocab[j]) with vocab {self.vocab}")
+        table = torch.cat([e.weight for e in self.embeddings])
+        rows = x + device_constant(self._starts, x.device)
+        return F.embedding(rows, table).sum(1)
 
 
 def induced_token_edges(tokens: NeighbourhoodTokens, edge_index: torch.Tensor,
@@ -208,18 +224,24 @@ def token_gathers(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tens
 
 def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch.Tensor,
                      indices: Callable[[], Sequence[torch.Tensor]],
-                     serialization: Serialization | None = None) -> torch.Tensor:
+                     serialization: Serialization | None = None,
+                     recompute: bool = True) -> torch.Tensor:
     """``x + mixer(norm(x[order]), cu)[inverse]`` (no order: ``serialization`` None).
 
     A packed ``mixer`` (``pack_where_possible``) runs both directions as one Mamba of twice the width
     (``packed_bimamba``: one launch of every kernel and projection, ~80 fewer operators per
     call on a dispatch-bound GPU step; the same math, other float rounding); ``indices()``
-    gives its gathers (``bidirectional_indices``, shared by the layers). Elsewhere (the
-    ``torch`` backend, the unfused Mamba path, ``torch.compile``) the mixer's own two calls.
+    gives its gathers (``bidirectional_indices``, shared by the layers). ``recompute``
+    (default True): the packed path keeps only its normalised input for the backward and
+    recomputes the projections, convolution and gathers there; False keeps the scan inputs
+    (the same values, so the same gradients; ~20 fewer operators per call for ~8E + 4N more
+    values per row). Elsewhere (the ``torch`` backend, the unfused Mamba path,
+    ``torch.compile``) the mixer's own two calls.
     Shapes: ``x (T, D) -> (T, D)``, ``cu (S+1,) int32``."""
     backend = packed_backend(mixer, x)
     if backend is not None:
-        return packed_bimamba(x, norm.weight, mixer, indices(), cu, norm.eps, backend)
+        return packed_bimamba(x, norm.weight, mixer, indices(), cu, norm.eps, backend,
+                              recompute)
     bind_direction_weights(mixer)  # views of stacked parameters (moved by .to()), if any
     if serialization is None:
         return x + mixer(norm(x), cu)
@@ -296,6 +318,12 @@ class _TokenBranch(nn.Module):
             self.out: nn.Module = nn.Identity()
         else:
             self.out = nn.Linear(dim, dim)
+        #: the packed BiMamba keeps only its normalised input for the backward
+        #: (``residual_bimamba(recompute=True)``); False keeps the scan inputs
+        self.packed_recompute = True
+        #: the GINE encoder's message passing as one autograd function
+        #: (``fused_conv.gine_aggregate``; float rounding only), where it applies
+        self.fused = False
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
         if self.source == "hops":
@@ -304,9 +332,14 @@ class _TokenBranch(nn.Module):
         if self.encoder == "gine":
             member = x.index_select(0, tok.index)  # (nnz, D)
             edges, eid = ctx.token_edges
-            ea = ctx.edge_attr.index_select(0, eid) if ctx.edge_attr is not None else \
-                member.new_zeros(eid.numel(), member.shape[1])
-            member = self.local(member, edges, ea)
+            if (self.fused and ctx.edge_attr is not None and can_fuse_gine(self.local)
+                    and not torch.compiler.is_compiling()):
+                member = self.local.nn(gine_aggregate(self.local, member, edges,
+                                                      ctx.edge_attr, eid))
+            else:
+                ea = ctx.edge_attr.index_select(0, eid) if ctx.edge_attr is not None else \
+                    member.new_zeros(eid.numel(), member.shape[1])
+                member = self.local(member, edges, ea)
             # PyG's scatter mean, its member counts shared by the layers
             t = scatter(member, tok.token, 0, dim_size=tok.num_tokens, reduce="sum") \
                 / token_count(ctx, member.dtype)
@@ -314,7 +347,8 @@ class _TokenBranch(nn.Module):
             t = tok.aggregate(x, "mean")  # (K, D)
         t = t + self.length_embedding(tok.length)
         cu = tok.cu_seqlens
-        t = residual_bimamba(t, self.norm, self.mixer, cu, lambda: token_indices(ctx))
+        t = residual_bimamba(t, self.norm, self.mixer, cu, lambda: token_indices(ctx),
+                             recompute=self.packed_recompute)
         if self.readout == "last":
             y = t.index_select(0, last_tokens(ctx))  # the node's own token closes its sequence
         else:
@@ -354,8 +388,15 @@ class _MPNN(nn.Module):
         else:  # gatedgcn
             self.conv = pygnn.ResGatedGraphConv(dim, dim, edge_dim=edge_dim)
             self.uses_edges = edge_dim is not None
+        #: a GatedGCN with edge features as one autograd function (``fused_conv.gated_gcn``:
+        #: ~17 fewer dispatched operators per layer and step; float rounding only); not under
+        #: ``torch.compile``, which traces the conv itself
+        self.fused = False
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
+        if (self.fused and ctx.edge_attr is not None and can_fuse(self.conv)
+                and not torch.compiler.is_compiling()):
+            return gated_gcn(self.conv, x, ctx.edge_index, ctx.edge_attr)
         if self.kind == "gine":
             ea = ctx.edge_attr if ctx.edge_attr is not None else \
                 x.new_zeros(ctx.edge_index.shape[1], x.shape[1])
@@ -404,6 +445,8 @@ class GMNLayer(nn.Module):
             for mixer in (getattr(self.global_block, "mixer", None),
                           self.tokens.mixer if tokens and token_source == "walks" else None):
                 pack_where_possible(mixer)  # one parameter per direction pair
+        #: as ``_TokenBranch.packed_recompute``, for the global branch
+        self.packed_recompute = True
 
     def forward(self, h: torch.Tensor, ctx: _Context,
                 raw: torch.Tensor | None = None) -> torch.Tensor:
@@ -441,7 +484,7 @@ class GMNLayer(nn.Module):
         if not is_packed(block.mixer):
             return block(x, ctx.order)
         return residual_bimamba(x, block.norm1, block.mixer, ctx.order.cu_seqlens,
-                                lambda: order_indices(ctx), ctx.order)
+                                lambda: order_indices(ctx), ctx.order, self.packed_recompute)
 
 
 class PooledNorm(nn.BatchNorm1d):
@@ -646,6 +689,15 @@ class GraphMambaNetwork(nn.Module):
             keys; an optimizer state saved without it does not resume), default False. The
             same math in ~80 fewer operators per BiMamba and step (the GPU step is bound by
             their dispatch); float rounding differs from the two calls.
+        fused_convs: run a ``gatedgcn`` branch with edge features as one autograd function
+            (``fused_conv.gated_gcn``) and the message passing of a ``gine`` token encoder
+            with edge features as another (``fused_conv.gine_aggregate``), with the convs'
+            own parameters (the same state dict), default False; the same math in fewer
+            operators per layer and step, other float rounding.
+        packed_recompute: the packed BiMambas keep only their normalised input for the
+            backward and recompute the scan inputs there, default True (the two-call path's
+            activation memory); False keeps them (the same gradients; ~20 fewer operators
+            per BiMamba and step for ~8E + 4N more values per token or node).
         jumping_knowledge: sum the normalised input embedding and every layer's output before
             the pooling / head (GIN's readout over all depths), default False (last layer).
 
@@ -675,7 +727,8 @@ class GraphMambaNetwork(nn.Module):
                  mpnn_plus: bool = False, gate: bool = False, mpnn_norm: str | None = "batch",
                  branch_drop: float = 0.0, token_source: str = "walks",
                  hop_adjacency: str = "gcn", pre_norm: bool = True,
-                 mpnn_raw: bool = False, packed_bimamba: bool = False) -> None:
+                 mpnn_raw: bool = False, packed_bimamba: bool = False,
+                 packed_recompute: bool = True, fused_convs: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -759,6 +812,11 @@ class GraphMambaNetwork(nn.Module):
                      mpnn_norm, branch_drop, token_source, pre_norm,
                      raw_width if i == 0 else None, packed_bimamba)
             for i in range(num_layers))
+        for module in self.layers.modules():
+            if isinstance(module, (GMNLayer, _TokenBranch)):
+                module.packed_recompute = bool(packed_recompute)
+            if isinstance(module, (_MPNN, _TokenBranch)):
+                module.fused = bool(fused_convs)
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else

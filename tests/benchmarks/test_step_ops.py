@@ -85,3 +85,17 @@ def test_graph_training_step_has_no_host_sync(step_ops, capsys):
             if line.startswith("{")]
     assert len(rows) == 1 and rows[0]["dispatched_ops"] > 100
     assert rows[0]["syncs"] == 0, rows[0]["top_sync_sites"]
+
+
+def test_split_counts_the_model_and_the_optimizer_of_a_step(step_ops, capsys):
+    shared_path("graphs", "peptides-functional", "splits_random_stratified_peptide.pickle")
+    pytest.importorskip("rdkit", reason="the Peptides-func SMILES are converted with RDKit")
+    step_ops.main(["--tiny", "--tasks", "graph", "--batch-sizes", "8", "--split"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("{")]
+    row, = rows
+    assert row["model_dispatched_ops"] > 100 and row["optimizer_dispatched_ops"] > 0
+    # the same calls as the counted step, in two parts
+    assert row["model_dispatched_ops"] + row["optimizer_dispatched_ops"] == row["dispatched_ops"]
+    assert row["model_aten_ops"] > row["model_dispatched_ops"]
+    assert row["optimizer_aten_ops"] > 0

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
 from geossm.serialization import random_walk_tokens
@@ -400,3 +401,81 @@ def test_packed_bimamba_falls_back_to_the_two_calls_on_the_torch_backend():
     inputs = _molecule_batch()
     (out, grad), (out_p, grad_p) = (_forward_backward(m, inputs) for m in (plain, packed))
     assert torch.equal(out, out_p) and torch.equal(grad, grad_p)  # the same ops, the same bits
+
+
+def test_packed_recompute_off_keeps_the_scan_inputs_with_the_same_bits():
+    recomputed = _peptides_like(packed_bimamba=True)
+    kept = _peptides_like(packed_bimamba=True, packed_recompute=False)
+    assert all(not m.packed_recompute for m in kept.modules() if hasattr(m, "packed_recompute"))
+    inputs = _molecule_batch()
+    for mode in ("train", "eval"):
+        grads = []
+        for model in (recomputed, kept):
+            getattr(model, mode)()
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(3)
+            out = model(**inputs)
+            loss = out.square().sum()
+            pe_grad, = torch.autograd.grad(loss, inputs["pe"], retain_graph=True)
+            loss.backward()
+            grads.append((out.detach(), pe_grad,
+                          {n: p.grad for n, p in model.named_parameters()}))
+        (out, pe_grad, params), (out_k, pe_grad_k, params_k) = grads
+        assert torch.equal(out, out_k) and torch.equal(pe_grad, pe_grad_k)
+        assert params.keys() == params_k.keys()
+        for name, grad in params.items():
+            assert grad is not None and torch.equal(grad, params_k[name]), name
+
+
+def test_categorical_encoder_is_the_column_by_column_sum_bit_for_bit():
+    torch.manual_seed(0)
+    vocab = [119, 5, 12, 2]
+    encoder = CategoricalEncoder(vocab, 16)
+    x = torch.stack([torch.randint(0, v, (300,)) for v in vocab], 1)
+    out = encoder(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    got = [e.weight.grad for e in encoder.embeddings]
+    tables = [e.weight.detach().clone().requires_grad_() for e in encoder.embeddings]
+    want = F.embedding(x[:, 0], tables[0])
+    for j in range(1, len(vocab)):
+        want = want + F.embedding(x[:, j], tables[j])
+    want.backward(grad)
+    assert torch.equal(out, want)
+    for g, table in zip(got, tables):
+        assert torch.equal(g, table.grad)
+    single = CategoricalEncoder([7], 4)
+    assert torch.equal(single(x[:, 3:]), single.embeddings[0](x[:, 3]))
+
+
+@pytest.mark.parametrize("value", [-1, 5])
+def test_categorical_encoder_refuses_a_value_outside_its_columns_vocabulary(value):
+    x = torch.tensor([[0, 1, 2], [3, value, 0]])
+    with pytest.raises(RuntimeError, match=r"column j must lie in \[0, vocab\[j\]\)"):
+        CategoricalEncoder([119, 5, 3], 4)(x)  # 5 (-1): the next (previous) column's row
+
+
+def test_fused_convs_keep_the_state_dict_and_only_move_float_rounding():
+    plain, fused = _peptides_like(), _peptides_like(fused_convs=True)
+    flagged = [m for m in fused.modules() if type(m).__name__ in ("_MPNN", "_TokenBranch")]
+    assert len(flagged) == 4 and all(m.fused for m in flagged)  # two layers, two convs each
+    state, fused_state = plain.state_dict(), fused.state_dict()
+    assert list(state) == list(fused_state)
+    for key, value in state.items():
+        assert torch.equal(value, fused_state[key]), key
+    inputs = _molecule_batch()
+    for mode in ("train", "eval"):
+        results = []
+        for model in (plain, fused):
+            getattr(model, mode)()
+            model.zero_grad(set_to_none=True)
+            out, pe_grad = _forward_backward(model, inputs)
+            torch.manual_seed(3)
+            model(**inputs).square().sum().backward()
+            results.append((out, pe_grad, {n: p.grad for n, p in model.named_parameters()}))
+        (out, pe_grad, grads), (out_f, pe_grad_f, grads_f) = results
+        assert not torch.equal(out, out_f)  # another summation order
+        torch.testing.assert_close(out_f, out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pe_grad_f, pe_grad, rtol=1e-4, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grads_f[name], grad, rtol=1e-4, atol=1e-6, msg=name)
