@@ -370,6 +370,19 @@ def _forward_backward(model, inputs, seed: int = 3):
     return out.detach(), pe_grad
 
 
+def _outputs_and_all_grads(model, inputs, mode: str, seed: int = 3):
+    """``(out, pe_grad, {name: param.grad})`` of ``model`` in ``mode`` ("train" / "eval") on
+    ``inputs``, one forward with the loss ``out.square().sum()``."""
+    getattr(model, mode)()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model(**inputs)
+    loss = out.square().sum()
+    pe_grad, = torch.autograd.grad(loss, inputs["pe"], retain_graph=True)
+    loss.backward()
+    return out.detach(), pe_grad, {n: p.grad for n, p in model.named_parameters()}
+
+
 def test_packed_bimamba_keeps_the_weights_and_state_dict_and_only_moves_float_rounding():
     plain, packed = _peptides_like(), _peptides_like(packed_bimamba=True)
     assert sum(p.numel() for p in plain.parameters()) == \
@@ -409,18 +422,8 @@ def test_packed_recompute_off_keeps_the_scan_inputs_with_the_same_bits():
     assert all(not m.packed_recompute for m in kept.modules() if hasattr(m, "packed_recompute"))
     inputs = _molecule_batch()
     for mode in ("train", "eval"):
-        grads = []
-        for model in (recomputed, kept):
-            getattr(model, mode)()
-            model.zero_grad(set_to_none=True)
-            torch.manual_seed(3)
-            out = model(**inputs)
-            loss = out.square().sum()
-            pe_grad, = torch.autograd.grad(loss, inputs["pe"], retain_graph=True)
-            loss.backward()
-            grads.append((out.detach(), pe_grad,
-                          {n: p.grad for n, p in model.named_parameters()}))
-        (out, pe_grad, params), (out_k, pe_grad_k, params_k) = grads
+        (out, pe_grad, params), (out_k, pe_grad_k, params_k) = (
+            _outputs_and_all_grads(model, inputs, mode) for model in (recomputed, kept))
         assert torch.equal(out, out_k) and torch.equal(pe_grad, pe_grad_k)
         assert params.keys() == params_k.keys()
         for name, grad in params.items():
@@ -465,15 +468,8 @@ def test_fused_convs_keep_the_state_dict_and_only_move_float_rounding():
         assert torch.equal(value, fused_state[key]), key
     inputs = _molecule_batch()
     for mode in ("train", "eval"):
-        results = []
-        for model in (plain, fused):
-            getattr(model, mode)()
-            model.zero_grad(set_to_none=True)
-            out, pe_grad = _forward_backward(model, inputs)
-            torch.manual_seed(3)
-            model(**inputs).square().sum().backward()
-            results.append((out, pe_grad, {n: p.grad for n, p in model.named_parameters()}))
-        (out, pe_grad, grads), (out_f, pe_grad_f, grads_f) = results
+        (out, pe_grad, grads), (out_f, pe_grad_f, grads_f) = (
+            _outputs_and_all_grads(model, inputs, mode) for model in (plain, fused))
         assert not torch.equal(out, out_f)  # another summation order
         torch.testing.assert_close(out_f, out, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(pe_grad_f, pe_grad, rtol=1e-4, atol=1e-6)
