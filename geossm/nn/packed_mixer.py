@@ -47,7 +47,8 @@ from geossm.kernels._common import resolve_backend  # the kernels' own backend c
 from geossm.nn.stacked_weights import is_packed, stacked_weights
 from geossm.serialization.windows import device_constant
 
-__all__ = ["packed_bimamba", "packed_backend", "bidirectional_indices", "segment_reversal"]
+__all__ = ["packed_bimamba", "packed_backend", "bidirectional_indices", "segment_reversal",
+           "cast_if_needed", "compute_dtype"]
 
 
 def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
@@ -86,13 +87,15 @@ def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
     return into, scatter, grad_gather, from_grad
 
 
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+def cast_if_needed(t: Tensor, dtype: torch.dtype) -> Tensor:
     """``t.to(dtype)`` where the dtype differs, else ``t`` itself: a no-op ``to`` is still an
     operator call (host time on the GPU, ~50 per packed layer and step)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``x``'s matmuls run in: autocast's where it is on (float64 stays), else
+    ``x``'s own."""
     dev = x.device.type
     if torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
         return torch.get_autocast_dtype(dev)
@@ -154,27 +157,28 @@ class _PackedBiMamba(torch.autograd.Function):
     def forward(ctx, x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w,
                 into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
                 backend: str, recompute: bool):
-        cd = _compute_dtype(x)
+        cd = compute_dtype(x)
         dev = x.device.type
         n = A_log.shape[1]
         with torch.autocast(dev, enabled=False):
             f32 = torch.float32
-            xf = _cast(x, f32)
+            xf = cast_if_needed(x, f32)
             rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-            u16 = _cast(_cast(xf * rstd * _cast(norm_w, f32), x.dtype), cd)
+            normed = cast_if_needed(xf * rstd * cast_if_needed(norm_w, f32), x.dtype)
+            u16 = cast_if_needed(normed, cd)
             rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
             # the stacked weights are both directions' in the packed layout already
-            w_in = _cast(in_w, cd)
-            w_x = _cast(_block_diag_x(x_w, rows, halves), cd)
-            w_dt = _cast(_block_diag_dt(dt_w), cd)
+            w_in = cast_if_needed(in_w, cd)
+            w_x = cast_if_needed(_block_diag_x(x_w, rows, halves), cd)
+            w_dt = cast_if_needed(_block_diag_dt(dt_w), cd)
             xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
                                                into_scan, backend, n)
-            A = -torch.exp(_cast(A_log, f32))
-            D = _cast(D, f32)
-            bias = _cast(dt_b, f32)
+            A = -torch.exp(cast_if_needed(A_log, f32))
+            D = cast_if_needed(D, f32)
+            bias = cast_if_needed(dt_b, f32)
             y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
                                                            None, True, False, backend)
-            w_out = _cast(out_w, cd)                                      # (D, 2E)
+            w_out = cast_if_needed(out_w, cd)                                      # (D, 2E)
             e = conv_w.shape[0] // 2
             ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
             out = x + ys.mm(w_out.t())
@@ -203,37 +207,38 @@ class _PackedBiMamba(torch.autograd.Function):
                 kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
             xs, z, h, B, C, dt, delta = kept
             # out = x + ys @ w_out.T
-            dm = _cast(dout, cd)
+            dm = cast_if_needed(dout, cd)
             d_w_out = dm.t().mm(ys)                                           # (D, 2E)
             dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
             du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
                 dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
-            ddelta = _cast(ddelta, delta.dtype)
+            ddelta = cast_if_needed(ddelta, delta.dtype)
             ddt, d_w_dt = ddelta.mm(w_dt), ddelta.t().mm(dt)
-            d_dbl = torch.cat([_cast(dB, B.dtype).view(t, 2 * n),
-                               _cast(dC, C.dtype).view(t, 2 * n), ddt], 1)
-            dh = _cast(du, h.dtype) + d_dbl.mm(w_x)
+            d_dbl = torch.cat([cast_if_needed(dB, B.dtype).view(t, 2 * n),
+                               cast_if_needed(dC, C.dtype).view(t, 2 * n), ddt], 1)
+            dh = cast_if_needed(du, h.dtype) + d_dbl.mm(w_x)
             d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
             dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
                 dh, xs, conv_w, conv_b, cu, True, False, backend)
-            dxz = torch.stack([dxs, _cast(dz, z.dtype)]).view(4 * t, e).index_select(0, from_grad)
+            dxz = torch.stack([dxs, cast_if_needed(dz, z.dtype)]).view(4 * t, e)
+            dxz = dxz.index_select(0, from_grad)
             dxz = dxz.view(v, 4 * e)
             du16 = dxz.mm(w_in)
             d_w_in = dxz.t().mm(u16)                                          # (4E, D)
-            du16 = _cast(du16, x.dtype)
+            du16 = cast_if_needed(du16, x.dtype)
             dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
-            d_norm_w = _cast(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
+            d_norm_w = cast_if_needed(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
             # one gradient per stacked parameter, each contiguous in its layout
-            d_in = _cast(d_w_in, t_in)                                         # (4E, D)
-            d_conv = _cast(d_conv_w, t_conv)                                   # (2E, W)
-            d_conv_bias = None if conv_b is None else _cast(d_conv_b, t_conv)
-            d_x = _cast(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
+            d_in = cast_if_needed(d_w_in, t_in)                                         # (4E, D)
+            d_conv = cast_if_needed(d_conv_w, t_conv)                                   # (2E, W)
+            d_conv_bias = None if conv_b is None else cast_if_needed(d_conv_b, t_conv)
+            d_x = cast_if_needed(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
             both = device_constant([0, 1], x.device)
-            d_dt = _cast(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
-            d_bias = _cast(dbias, t_bias)
-            d_alog = _cast(dA * A, t_alog)                                     # (2E, N)
-            d_d = _cast(dD, t_d)
-            d_out = _cast(d_w_out, t_out)                                      # (D, 2E)
+            d_dt = cast_if_needed(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
+            d_bias = cast_if_needed(dbias, t_bias)
+            d_alog = cast_if_needed(dA * A, t_alog)                                     # (2E, N)
+            d_d = cast_if_needed(dD, t_d)
+            d_out = cast_if_needed(d_w_out, t_out)                                      # (D, 2E)
         return (dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out,
                 None, None, None, None, None, None, None, None)
 
@@ -242,15 +247,15 @@ def _rms_norm_backward(dy: Tensor, x: Tensor, rstd: Tensor, weight: Tensor) -> T
     """``d x`` of ``x * rstd * weight`` with ``rstd = rsqrt(mean(x^2) + eps)`` (float32):
     ``rstd * g - x * rstd^3 * mean(g * x)`` with ``g = dy * weight``."""
     f32 = torch.float32
-    xf = _cast(x, f32)
-    g = _cast(dy, f32) * _cast(weight, f32)
+    xf = cast_if_needed(x, f32)
+    g = cast_if_needed(dy, f32) * cast_if_needed(weight, f32)
     proj = (g * xf).mean(-1, keepdim=True) * rstd.pow(3)
-    return _cast(g * rstd - xf * proj, x.dtype)
+    return cast_if_needed(g * rstd - xf * proj, x.dtype)
 
 
 def _rms_norm_weight_grad(dy: Tensor, x: Tensor, rstd: Tensor) -> Tensor:
     f32 = torch.float32
-    return (_cast(dy, f32) * (_cast(x, f32) * rstd)).sum(0)
+    return (cast_if_needed(dy, f32) * (cast_if_needed(x, f32) * rstd)).sum(0)
 
 
 def packed_backend(bimamba, x: Tensor) -> str | None:

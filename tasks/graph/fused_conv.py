@@ -30,8 +30,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from torch_geometric.nn import GINEConv, ResGatedGraphConv
+
 # the matmul dtype under autocast, and a cast that is no operator call where nothing changes
-from geossm.nn.packed_mixer import _cast, _compute_dtype
+from geossm.nn.packed_mixer import cast_if_needed, compute_dtype
 
 __all__ = ["gated_gcn", "can_fuse", "gine_aggregate", "can_fuse_gine"]
 
@@ -40,8 +42,6 @@ def can_fuse(conv) -> bool:
     """Whether ``gated_gcn`` computes ``conv``: a ``torch_geometric.nn.ResGatedGraphConv`` with
     edge features, a sigmoid gate, the root weight, a bias and sum aggregation, messages from
     source to target."""
-    from torch_geometric.nn import ResGatedGraphConv
-
     return (type(conv) is ResGatedGraphConv and conv.edge_dim is not None
             and isinstance(conv.act, torch.nn.Sigmoid) and conv.lin_skip is not None
             and conv.bias is not None and conv.lin_key.bias is not None
@@ -53,16 +53,17 @@ class _GatedGCN(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, edge_attr, src, dst, w_k, b_k, w_q, b_q, w_v, b_v, w_s, bias):
-        cd = _compute_dtype(x)
+        cd = compute_dtype(x)
         n, d = x.shape
         o = w_s.shape[0]
         with torch.autocast(x.device.type, enabled=False):
-            w3 = _cast(torch.cat([w_k, w_q, w_v]), cd)                     # (3O, D + De)
-            w_nodes = torch.cat([w3[:, :d], _cast(w_s, cd)])                # (4O, D): k q v skip
+            w3 = cast_if_needed(torch.cat([w_k, w_q, w_v]), cd)                     # (3O, D + De)
+            w_nodes = torch.cat([w3[:, :d], cast_if_needed(w_s, cd)])   # (4O, D): k q v skip
             w_edges = w3[:, d:]                                         # (3O, De): k q v
-            xc, ec = _cast(x, cd), _cast(edge_attr, cd)
+            xc, ec = cast_if_needed(x, cd), cast_if_needed(edge_attr, cd)
             p = xc.mm(w_nodes.t())                                      # (N, 4O)
-            q = torch.addmm(_cast(torch.cat([b_k, b_q, b_v]), cd), ec, w_edges.t())  # (E, 3O)
+            b3 = cast_if_needed(torch.cat([b_k, b_q, b_v]), cd)
+            q = torch.addmm(b3, ec, w_edges.t())                        # (E, 3O)
             gate = p[:, :o].index_select(0, dst)
             src_qv = p[:, o:3 * o].index_select(0, src)                 # (E, 2O)
             gate += q[:, :o]
@@ -85,22 +86,22 @@ class _GatedGCN(torch.autograd.Function):
         n, d = xc.shape
         o = w_edges.shape[0] // 3
         with torch.no_grad(), torch.autocast(xc.device.type, enabled=False):
-            d_bias = _cast(dout.sum(0), t_bias)
-            dc = _cast(dout, xc.dtype)
+            d_bias = cast_if_needed(dout.sum(0), t_bias)
+            dc = cast_if_needed(dout, xc.dtype)
             d_msg = dc.index_select(0, dst)
             d_gate = torch.ops.aten.sigmoid_backward(d_msg * value, gate)
             d_src = torch.cat([d_gate, d_msg * gate], 1)                # (E, 2O): q v
             d_q = torch.cat([d_gate, d_src], 1)                         # (E, 3O): k q v
             d_p = torch.cat([xc.new_zeros(n, o).index_add_(0, dst, d_gate),
                              xc.new_zeros(n, 2 * o).index_add_(0, src, d_src), dc], 1)
-            dx = _cast(d_p.mm(w_nodes), t_x)
+            dx = cast_if_needed(d_p.mm(w_nodes), t_x)
             d_w_nodes = d_p.t().mm(xc)                                  # (4O, D)
-            de = _cast(d_q.mm(w_edges), t_e)
+            de = cast_if_needed(d_q.mm(w_edges), t_e)
             d_w_edges = d_q.t().mm(ec)                                  # (3O, De)
-            d_b = _cast(d_q.sum(0), t_b)
-            d_w = [_cast(torch.cat([d_w_nodes[i * o:(i + 1) * o],
+            d_b = cast_if_needed(d_q.sum(0), t_b)
+            d_w = [cast_if_needed(torch.cat([d_w_nodes[i * o:(i + 1) * o],
                                     d_w_edges[i * o:(i + 1) * o]], 1), t_w) for i in range(3)]
-            d_s = _cast(d_w_nodes[3 * o:], t_s)
+            d_s = cast_if_needed(d_w_nodes[3 * o:], t_s)
         return (dx, de, None, None, d_w[0], d_b[:o], d_w[1], d_b[o:2 * o], d_w[2],
                 d_b[2 * o:], d_s, d_bias)
 
@@ -131,8 +132,6 @@ def can_fuse_gine(conv) -> bool:
     """Whether ``gine_aggregate`` computes ``conv``'s message passing: a
     ``torch_geometric.nn.GINEConv`` with an edge ``lin`` (with bias), sum aggregation, messages
     from source to target."""
-    from torch_geometric.nn import GINEConv
-
     return (type(conv) is GINEConv and conv.lin is not None and conv.lin.bias is not None
             and conv.aggr == "add" and conv.flow == "source_to_target")
 
@@ -141,10 +140,10 @@ class _GINEAggregate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, edge_attr, src, dst, eid, w, b, eps):
-        cd = _compute_dtype(edge_attr)
+        cd = compute_dtype(edge_attr)
         with torch.autocast(x.device.type, enabled=False):
-            ec = _cast(edge_attr, cd)
-            e = torch.addmm(_cast(b, cd), ec, _cast(w, cd).t())          # (E, D) per graph edge
+            ec = cast_if_needed(edge_attr, cd)
+            e = torch.addmm(cast_if_needed(b, cd), ec, cast_if_needed(w, cd).t())  # (E, D)
             msg = torch.relu(x.index_select(0, src) + e.index_select(0, eid))
             out = x.new_zeros(x.shape[0], x.shape[1], dtype=msg.dtype).index_add_(0, dst, msg)
             out = out + (1 + eps) * x
@@ -161,11 +160,11 @@ class _GINEAggregate(torch.autograd.Function):
             d_eps = (dout * x).sum().reshape(eps.shape).to(eps.dtype)
             d_pre = torch.ops.aten.threshold_backward(dout.index_select(0, dst), msg, 0)
             dx = (dout * (1 + eps)).index_add_(0, src, d_pre).to(x.dtype)
-            d_pre = _cast(d_pre, cd)
+            d_pre = cast_if_needed(d_pre, cd)
             de = d_pre.new_zeros(ec.shape[0], d_pre.shape[1]).index_add_(0, eid, d_pre)
-            d_edge = _cast(de.mm(_cast(w, cd)), t_e)
-            d_w = _cast(de.t().mm(ec), t_w)
-            d_b = _cast(de.sum(0), t_b)
+            d_edge = cast_if_needed(de.mm(cast_if_needed(w, cd)), t_e)
+            d_w = cast_if_needed(de.t().mm(ec), t_w)
+            d_b = cast_if_needed(de.sum(0), t_b)
         return dx, d_edge, None, None, None, d_w, d_b, d_eps
 
 

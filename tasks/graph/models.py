@@ -332,8 +332,7 @@ class _TokenBranch(nn.Module):
         if self.encoder == "gine":
             member = x.index_select(0, tok.index)  # (nnz, D)
             edges, eid = ctx.token_edges
-            if (self.fused and ctx.edge_attr is not None and can_fuse_gine(self.local)
-                    and not torch.compiler.is_compiling()):
+            if self.fused and ctx.edge_attr is not None and not torch.compiler.is_compiling():
                 member = self.local.nn(gine_aggregate(self.local, member, edges,
                                                       ctx.edge_attr, eid))
             else:
@@ -394,8 +393,7 @@ class _MPNN(nn.Module):
         self.fused = False
 
     def forward(self, x: torch.Tensor, ctx: _Context) -> torch.Tensor:
-        if (self.fused and ctx.edge_attr is not None and can_fuse(self.conv)
-                and not torch.compiler.is_compiling()):
+        if self.fused and ctx.edge_attr is not None and not torch.compiler.is_compiling():
             return gated_gcn(self.conv, x, ctx.edge_index, ctx.edge_attr)
         if self.kind == "gine":
             ea = ctx.edge_attr if ctx.edge_attr is not None else \
@@ -815,8 +813,10 @@ class GraphMambaNetwork(nn.Module):
         for module in self.layers.modules():
             if isinstance(module, (GMNLayer, _TokenBranch)):
                 module.packed_recompute = bool(packed_recompute)
-            if isinstance(module, (_MPNN, _TokenBranch)):
-                module.fused = bool(fused_convs)
+            if isinstance(module, _MPNN):  # decided once: the forward only reads the flag
+                module.fused = bool(fused_convs) and can_fuse(module.conv)
+            if isinstance(module, _TokenBranch):
+                module.fused = bool(fused_convs) and can_fuse_gine(getattr(module, "local", None))
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
