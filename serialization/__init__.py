@@ -16,7 +16,8 @@ Layers consume one structure, ``Serialization(order, inverse, cu_seqlens, extras
 from geossm.packed import batch_to_cu_seqlens, cu_seqlens_to_batch
 
 from .curves import ORDERS, coarsen, decode, encode, fit_depth
-from .graph import NeighbourhoodTokens, degree_order, random_walk_tokens, random_walks, to_csr
+from .graph import (NeighbourhoodTokens, degree_order, index_order, random_walk_tokens,
+                    random_walks, to_csr)
 from .points import (Pooling, grid_coordinates, pool_grid, serialize, serialize_grid,
                      serialize_multi, serialized_pooling)
 from .structure import InsertedTokens, Serialization, apply, insert_tokens, undo
@@ -29,5 +30,6 @@ __all__ = [
     "serialize", "serialize_multi", "serialize_grid", "grid_coordinates",
     "serialized_pooling", "pool_grid", "Pooling",
     "window_groups", "window_groups_multi", "window_partition",
-    "random_walk_tokens", "random_walks", "NeighbourhoodTokens", "degree_order", "to_csr",
+    "random_walk_tokens", "random_walks", "NeighbourhoodTokens", "degree_order", "index_order",
+    "to_csr",
 ]

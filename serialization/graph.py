@@ -17,9 +17,10 @@ from torch import Tensor
 
 from geossm.packed import batch_to_cu_seqlens, check_int32_tokens, dense_cu_seqlens
 
-from .structure import Serialization, _check_integer, _unchecked
+from .structure import Serialization, _check_integer, _invert, _unchecked
 
-__all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "to_csr", "random_walks"]
+__all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "index_order", "to_csr",
+           "random_walks"]
 
 
 def _check_graph(edge_index, num_nodes) -> None:
@@ -316,3 +317,36 @@ def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
     inverse[order] = torch.arange(num_nodes, device=dev)
     cu = batch_to_cu_seqlens(batch, num_graphs)
     return _unchecked(order, inverse, cu, {"degree": deg, "batch": batch.long()})
+
+
+def index_order(num_nodes: int, batch: Tensor | None = None,
+                num_graphs: int | None = None) -> Serialization:
+    """Nodes of every graph in their stored order (node id ascending within each graph).
+
+    Molecules read from SMILES store their atoms in the string's depth-first order, which
+    follows the backbone of a chain molecule (a peptide's residues one after the other): the
+    sequence a long-range model should read, where a degree order (``degree_order``) mixes
+    the backbone's atoms at random. Deterministic: no draws.
+
+    Args:
+        num_nodes: ``n``.
+        batch: ``(n,)`` graph of every node (PyG's ``batch``), default None (one graph).
+        num_graphs: number of graphs ``G`` in ``batch``, default None (read from ``batch``:
+            one host sync).
+
+    Returns:
+        ``Serialization`` with one segment per graph and extra ``batch (n,)``; for a sorted
+        ``batch`` (PyG's) ``order = inverse = arange(n)``.
+    """
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        raise ValueError(f"num_nodes: expected a non-negative int, got {num_nodes!r}")
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long)
+        num_graphs = 1
+    elif not isinstance(batch, Tensor):
+        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+    elif batch.shape != (num_nodes,):
+        raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
+    order = torch.sort(batch.long(), stable=True).indices  # node ids ascending per graph
+    cu = batch_to_cu_seqlens(batch, num_graphs)
+    return _unchecked(order, _invert(order), cu, {"batch": batch.long()})

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geossm.serialization import (Serialization, degree_order, random_walk_tokens, random_walks,
-                                  to_csr)
+from geossm.serialization import (Serialization, degree_order, index_order, random_walk_tokens,
+                                  random_walks, to_csr)
 
 
 def _random_graph(n, p, seed, undirected=True):
@@ -179,3 +179,30 @@ def test_degree_order_noise_breaks_ties_randomly():
     assert len(orders) > 1
     assert degree_order(ei, n, noise=False).order.tolist() == list(range(n))
     assert degree_order(ei, n).cu_seqlens.tolist() == [0, n]
+
+
+@pytest.mark.parametrize("sorted_batch", [True, False])
+def test_index_order_keeps_node_ids_ascending_per_graph(sorted_batch):
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 4, (30,), generator=g)
+    batch = torch.sort(batch).values if sorted_batch else batch
+    s = index_order(30, batch, 5)  # graph 4 is empty: an empty segment
+    s = Serialization(s.order, s.inverse, s.cu_seqlens, s.extras)  # validates the structure
+    assert torch.equal(s.seqlens.long(), torch.bincount(batch, minlength=5))
+    seg = s.segment_ids()
+    assert torch.equal(batch[s.order], seg)
+    same = seg[1:] == seg[:-1]
+    assert bool((s.order[1:][same] > s.order[:-1][same]).all())
+    if sorted_batch:
+        assert torch.equal(s.order, torch.arange(30))
+    assert index_order(4).order.tolist() == [0, 1, 2, 3]
+    assert index_order(4).cu_seqlens.tolist() == [0, 4]
+
+
+def test_index_order_rejects_bad_input():
+    with pytest.raises(ValueError, match="num_nodes: expected a non-negative int"):
+        index_order(-1)
+    with pytest.raises(ValueError, match=r"batch: expected shape \(3,\)"):
+        index_order(3, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match="batch: expected a torch.Tensor"):
+        index_order(3, [0, 0, 0])
