@@ -49,6 +49,18 @@ def check_layer_cu_seqlens(cu_seqlens, x: torch.Tensor) -> None:
     check_cu_seqlens(cu_seqlens, LAYER)
 
 
+def inner_width(d_model: int, expand) -> int:
+    """``E = expand * d_model`` for an int ``expand >= 1`` or a fraction whose product with
+    ``d_model`` is a positive integer; ``ValueError`` otherwise."""
+    if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not expand > 0:
+        raise ValueError(f"expand must be a positive int or fraction, got {expand!r}")
+    inner = expand * d_model
+    if inner < 1 or inner != int(inner):
+        raise ValueError(f"expand * d_model must be a positive integer, got {expand!r} * "
+                         f"{d_model}")
+    return int(inner)
+
+
 class Mamba(nn.Module):
     r"""Mamba-1 mixer on packed ``(T, D)`` + ``cu_seqlens`` or dense ``(B, L, D)`` input.
 
@@ -76,7 +88,9 @@ class Mamba(nn.Module):
         d_model: model width ``D``.
         d_state: SSM state size ``N``, default 16.
         d_conv: causal convolution width, 2..8, default 4.
-        expand: inner width factor, ``E = expand * d_model``, default 2.
+        expand: inner width factor, ``E = expand * d_model``, default 2; a fraction
+            (``0.25``: a narrow branch beside a wide model) where ``E`` comes out a positive
+            integer.
         dt_rank: rank ``R`` of the step-size projection, default ``"auto"`` =
             ``ceil(d_model / 16)``.
         dt_min, dt_max: range of the initial step sizes, default 1e-3, 0.1.
@@ -110,9 +124,10 @@ class Mamba(nn.Module):
         super().__init__()
         if not isinstance(fused, bool):
             raise TypeError(f"fused must be a bool, got {fused!r}")
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("expand", expand)):
+        for name, value in (("d_model", d_model), ("d_state", d_state)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        inner = inner_width(d_model, expand)
         if isinstance(d_conv, bool) or not isinstance(d_conv, int) or not 2 <= d_conv <= 8:
             raise ValueError(f"d_conv must be an int in [2, 8] (kernel limit), got {d_conv!r}")
         if dt_rank == "auto":
@@ -126,11 +141,10 @@ class Mamba(nn.Module):
             raise ValueError(f"backend must be None, 'torch', 'numba' or 'triton', "
                              f"got {backend!r}")
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
-        self.d_inner = expand * d_model
+        self.d_inner = inner
         self.dt_rank = dt_rank
         self.backend = backend
         self.fused = fused
-        inner = self.d_inner
 
         self.in_proj = nn.Linear(d_model, 2 * inner, bias=bias)
         # Depthwise filters (E, W): weight[:, -1] multiplies the current token.

@@ -160,10 +160,23 @@ def test_torch_compile_fullgraph_matches_eager(packed):
     (dict(dt_rank="big"), "dt_rank must be 'auto' or a positive int"),
     (dict(dt_min=0.5, dt_max=0.1), "dt_min and dt_max"),
     (dict(backend="cuda"), "backend must be None"),
+    (dict(expand=0), "expand must be a positive int or fraction, got 0"),
+    (dict(expand=True), "expand must be a positive int or fraction, got True"),
+    (dict(expand=0.3), r"expand \* d_model must be a positive integer"),
 ])
 def test_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Mamba(DIM, **kwargs)
+
+
+def test_fractional_expand_gives_a_narrow_inner_width(packed):
+    x, cu = packed  # a quarter of the model width inside: the projections' shapes follow
+    m = Mamba(DIM, d_state=4, expand=0.25)
+    assert m.d_inner == DIM // 4
+    assert m.in_proj.weight.shape == (DIM // 2, DIM) and m.out_proj.weight.shape == (DIM, DIM // 4)
+    y = m(x, cu)
+    y.sum().backward()
+    assert y.shape == x.shape and m.A_log.grad.shape == (DIM // 4, 4)
 
 
 def test_forward_errors(packed):
