@@ -66,6 +66,7 @@ MPNNS = (None, "gcn", "sage", "gine", "gatedgcn")
 TOKEN_ENCODERS = ("mean", "gine")
 TOKEN_SOURCES = ("walks", "hops")
 HOP_ADJACENCIES = ("gcn", "mean")
+GLOBAL_ORDERS = ("degree", "index")
 POOLS = ("mean", "sum", "max")
 
 
@@ -634,7 +635,10 @@ class GraphMambaNetwork(nn.Module):
         readout: node output from its sequence, ``"last"`` (its own token), ``"mean"`` or
             ``"attention"`` (hop tokens only: a softmax over the hops, scored by the Mamba
             outputs, weights the raw hop averages), default ``"last"``.
-        global_mamba: BiMamba over the degree-ordered nodes of each graph, default False.
+        global_mamba: BiMamba over the ordered nodes of each graph, default False.
+        global_order: that order, ``"degree"`` (degree ascending, ties at random:
+            Graph-Mamba's) or ``"index"`` (node ids ascending: a molecule's SMILES atom
+            order, which follows a peptide's backbone), default ``"degree"``.
         mpnn: message-passing branch ``None``, ``"gcn"``, ``"sage"``, ``"gine"``, ``"gatedgcn"``,
             default None.
         edge_dim: edge feature width (float ``edge_attr``), default None.
@@ -726,7 +730,8 @@ class GraphMambaNetwork(nn.Module):
                  branch_drop: float = 0.0, token_source: str = "walks",
                  hop_adjacency: str = "gcn", pre_norm: bool = True,
                  mpnn_raw: bool = False, packed_bimamba: bool = False,
-                 packed_recompute: bool = True, fused_convs: bool = False) -> None:
+                 packed_recompute: bool = True, fused_convs: bool = False,
+                 global_order: str = "degree") -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -741,6 +746,9 @@ class GraphMambaNetwork(nn.Module):
         if readout == "attention" and token_source != "hops":
             raise ValueError(f"readout: 'attention' weights hop tokens; needs "
                              f"token_source='hops', got {token_source!r}")
+        if global_order not in GLOBAL_ORDERS:
+            raise ValueError(f"global_order: expected one of {GLOBAL_ORDERS}, got "
+                             f"{global_order!r}")
         if token_source not in TOKEN_SOURCES:
             raise ValueError(f"token_source: expected one of {TOKEN_SOURCES}, got "
                              f"{token_source!r}")
@@ -768,7 +776,7 @@ class GraphMambaNetwork(nn.Module):
         self.walk_length, self.num_walks, self.repeats = walk_length, num_walks, repeats
         self.use_tokens, self.token_encoder = tokens, token_encoder
         self.token_source, self.hop_kind = token_source, hop_adjacency
-        self.global_mamba = global_mamba
+        self.global_mamba, self.global_order = global_mamba, global_order
         self.sparse_adjacency = bool(sparse_adjacency) and mpnn in ("gcn", "sage")
         if mpnn_plus and not mpnn:
             raise ValueError("mpnn_plus: needs an mpnn ('gcn', 'sage', 'gine', 'gatedgcn'), got "
@@ -791,7 +799,9 @@ class GraphMambaNetwork(nn.Module):
                            else None)
         self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
         self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim and pe_norm else None
-        uses_edges = mpnn in ("gine", "gatedgcn") or (tokens and token_encoder == "gine")
+        # A GCN+ block reads edge features through its normalised edge term (baselines.py).
+        uses_edges = (mpnn in ("gine", "gatedgcn") or (mpnn_plus and mpnn == "gcn")
+                      or (tokens and token_encoder == "gine"))
         self.edge_encoder: nn.Module | None = None
         hidden_edge_dim = None
         if uses_edges and edge_vocab is not None:
@@ -840,7 +850,8 @@ class GraphMambaNetwork(nn.Module):
                             walks and self.token_encoder == "gine", self.global_mamba,
                             self.sparse_adjacency,
                             self.hop_kind if self._hop_tokens() else None,
-                            self.eval_samples, self.eval_seed, self.packed_bimamba)
+                            self.eval_samples, self.eval_seed, self.packed_bimamba,
+                            self.global_order)
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,

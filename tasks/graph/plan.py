@@ -33,6 +33,7 @@ from torch import Tensor
 from geossm.packed import mark_cu_seqlens_valid
 from geossm.serialization import NeighbourhoodTokens, Serialization, random_walk_tokens
 from geossm.serialization import degree_order as sample_degree_order
+from geossm.serialization import index_order
 from geossm.serialization.structure import _unchecked
 
 __all__ = ["GraphPlanner", "GraphPlan", "PlanDraw", "SparseParts", "checked_plan", "data_plan"]
@@ -105,8 +106,8 @@ class GraphPlanner:
         walk_tokens: sample random-walk tokens, default False.
         token_edges: also the edges inside every token (``token_encoder="gine"``), default
             False.
-        degree_order: a degree order with random tie-breaking (``global_mamba``), default
-            False.
+        degree_order: plan the global branch's node order (``global_mamba``; its kind is
+            ``global_order``), default False.
         sparse_adjacency: the ``(N, N)`` adjacency of a ``gcn`` / ``sage`` layer, default
             False.
         hop_adjacency: the hop tokens' propagation matrix kind (``"gcn"`` / ``"mean"``),
@@ -115,6 +116,9 @@ class GraphPlanner:
         eval_seed: seed of the evaluation draws, default 0.
         packed_gathers: also the gathers of the packed BiMamba path (``packed_bimamba``
             models) over the order and the tokens, default False.
+        global_order: that order's kind, ``"degree"`` (degree ascending, ties broken at
+            random: a fresh draw every batch) or ``"index"`` (node ids ascending, the same
+            every batch: ``serialization.index_order``), default ``"degree"``.
     """
 
     walk_length: int = 1
@@ -128,10 +132,13 @@ class GraphPlanner:
     eval_samples: int = 1
     eval_seed: int = 0
     packed_gathers: bool = False
+    global_order: str = "degree"
 
     @property
     def random(self) -> bool:
-        """Whether the plan holds random draws (else it is the same for every call)."""
+        """Whether the plan holds per-batch draws (random ones, and the global order, which
+        rides in the draws also when it is the deterministic ``"index"`` one); else the plan
+        is the same for every call."""
         return self.walk_tokens or self.degree_order
 
     def __call__(self, edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
@@ -189,8 +196,9 @@ class GraphPlanner:
             if self.token_edges:
                 token_edges = induced_token_edges(tokens, edge_index, num_nodes)
         if self.degree_order:
-            s = sample_degree_order(edge_index, num_nodes, batch, noise=True, generator=generator,
-                             num_graphs=num_graphs)
+            s = (index_order(num_nodes, batch, num_graphs) if self.global_order == "index" else
+                 sample_degree_order(edge_index, num_nodes, batch, noise=True,
+                                     generator=generator, num_graphs=num_graphs))
             order = (s.order, s.inverse, s.cu_seqlens)
         if self.packed_gathers:
             order_indices = order_gathers(*order) if order is not None else None

@@ -115,6 +115,34 @@ def test_graph_mamba_variant_orders_by_degree():
     assert torch.equal(model(x, ei), model(x, ei))
 
 
+def test_index_order_feeds_the_global_branch_each_graph_in_node_id_order():
+    torch.manual_seed(0)
+    b = _molecules()
+    model = GraphMambaNetwork(node_vocab=[5, 3], edge_vocab=[4], num_classes=2,
+                              task_level="graph", tokens=False, global_mamba=True,
+                              global_order="index", mpnn="gcn", mpnn_plus=True, gate=True,
+                              expand=0.5, **{k: v for k, v in TINY.items() if "walk" not in k})
+    plan = model.planner()(b.edge_index, b.num_nodes, b.batch, b.num_graphs)
+    order, inverse, cu = plan.draws[0].order
+    assert torch.equal(order, torch.arange(b.num_nodes)) and torch.equal(inverse, order)
+    assert torch.equal(cu.long(), b.ptr)
+    model.eval()
+    assert torch.equal(model(**_inputs(b)), model(**_inputs(b), plan=plan))  # deterministic
+    with pytest.raises(ValueError, match="global_order: expected one of"):
+        GraphMambaNetwork(in_channels=3, global_mamba=True, global_order="random")
+
+
+def test_gcn_plus_branch_reads_the_embedded_edge_features():
+    torch.manual_seed(0)
+    b = _molecules()
+    model = GraphMambaNetwork(node_vocab=[5, 3], edge_vocab=[4], num_classes=2,
+                              task_level="graph", tokens=False, mpnn="gcn", mpnn_plus=True,
+                              dropout=0.0, **TINY).eval()
+    assert model.edge_encoder is not None and model.layers[0].local.edge_proj is not None
+    other = _inputs(b) | {"edge_attr": (b.edge_attr + 1) % 4}
+    assert not torch.allclose(model(**_inputs(b)), model(**other))
+
+
 def test_karate_club_trains():
     torch.manual_seed(0)
     data = KarateClub(split="train")[0]
