@@ -7,8 +7,8 @@ Layers consume one structure, ``Serialization(order, inverse, cu_seqlens, extras
   ``encode`` / ``decode`` for ten orders) with PTv3 serialized pooling;
 - LiDAR voxels in LION window groups (``window_groups``, ``window_groups_multi``,
   ``window_partition``);
-- graphs: random-walk neighbourhood tokens and degree ordering (``random_walk_tokens``,
-  ``degree_order``);
+- graphs: random-walk neighbourhood tokens, degree and node-id orders (``random_walk_tokens``,
+  ``degree_order``, ``index_order``);
 - event streams (``geossm.serialization.events``: tonic-compatible slicers, frames, voxel grids,
   time surfaces, ``serialize_events``).
 """
