@@ -1,5 +1,5 @@
 """CPU numba kernels of the graph serializations: uniform random walks, the members of every
-walk token, the edges inside every token (serial loops on purpose).
+walk token, the edges inside every token, depth-first orders (serial loops on purpose).
 
 A walk is a loop over steps by nature; one pass per walk replaces ~10 full-array torch passes
 per step. The token kernels replace a row-wise sort and a global search over all memberships
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["walks", "unique_rows", "induced_edges"]
+__all__ = ["walks", "unique_rows", "induced_edges", "dfs_preorder"]
 
 
 @numba.njit(cache=True)
@@ -99,3 +99,34 @@ def induced_edges(rowptr, col, perm, index, token, ptr):
                 eids[t] = perm[p]
                 t += 1
     return rows[:t].copy(), hits[:t].copy(), eids[:t].copy()
+
+
+@numba.njit(cache=True)
+def dfs_preorder(rowptr, col, roots):
+    """Preorder of a depth-first search over a CSR graph (``graph.dfs_order``): a search from
+    every not yet visited node of ``roots`` in turn, each node's neighbours entered in their
+    CSR order (the first listed first). ``(n,)`` node ids."""
+    n = rowptr.shape[0] - 1
+    order = np.empty(n, dtype=np.int64)
+    visited = np.zeros(n, dtype=np.bool_)
+    stack = np.empty(col.shape[0] + n, dtype=np.int64)  # every push is one edge or one root
+    k = 0
+    for r in roots:
+        if visited[r]:
+            continue
+        stack[0] = r
+        top = 1
+        while top > 0:
+            top -= 1
+            v = stack[top]
+            if visited[v]:
+                continue
+            visited[v] = True
+            order[k] = v
+            k += 1
+            for e in range(rowptr[v + 1] - 1, rowptr[v] - 1, -1):  # last pushed, first entered
+                u = col[e]
+                if not visited[u]:
+                    stack[top] = u
+                    top += 1
+    return order

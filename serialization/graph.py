@@ -19,8 +19,8 @@ from geossm.packed import batch_to_cu_seqlens, check_int32_tokens, dense_cu_seql
 
 from .structure import Serialization, _check_integer, _invert, _unchecked
 
-__all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "index_order", "to_csr",
-           "random_walks"]
+__all__ = ["NeighbourhoodTokens", "random_walk_tokens", "degree_order", "index_order", "dfs_order",
+           "to_csr", "random_walks"]
 
 
 def _check_graph(edge_index, num_nodes) -> None:
@@ -348,5 +348,61 @@ def index_order(num_nodes: int, batch: Tensor | None = None,
     elif batch.shape != (num_nodes,):
         raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
     order = torch.sort(batch.long(), stable=True).indices  # node ids ascending per graph
+    cu = batch_to_cu_seqlens(batch, num_graphs)
+    return _unchecked(order, _invert(order), cu, {"batch": batch.long()})
+
+
+def dfs_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
+              noise: bool = False, generator: torch.Generator | None = None,
+              num_graphs: int | None = None) -> Serialization:
+    """Nodes of every graph in the preorder of a depth-first search.
+
+    Every node gets a key: its id, or with ``noise`` a uniform random number. The search of
+    each graph starts at its node of smallest key and enters neighbours in ascending key
+    order (a graph of several components: the next search starts at the unvisited node of
+    smallest key). With id keys, a molecule read from SMILES comes out in the string's atom
+    order (SMILES is itself such a search); random keys give another valid traversal of the
+    same molecule every call: the "randomised SMILES" augmentation of chemical sequence
+    models, for a model that reads molecules as sequences without memorising one order.
+
+    Args:
+        edge_index: ``(2, E)``, both directions for undirected graphs (PyG's convention);
+            the search follows ``edge_index[0] -> edge_index[1]``.
+        num_nodes: ``n``.
+        batch: ``(n,)`` graph of every node, default None (one graph).
+        noise: random keys (True) or node ids (False, default).
+        generator: torch generator of the random keys, default None.
+        num_graphs: number of graphs ``G`` in ``batch``, default None (read from ``batch``:
+            one host sync).
+
+    Returns:
+        ``Serialization`` with one segment per graph and extra ``batch (n,)``. The search
+        runs on the CPU (a numba kernel): CUDA inputs are copied there and back (host syncs).
+    """
+    _check_graph(edge_index, num_nodes)
+    dev = edge_index.device
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
+        num_graphs = 1
+    elif not isinstance(batch, Tensor):
+        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+    elif batch.shape != (num_nodes,):
+        raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
+    kernels = numba_kernels()
+    if kernels is None:
+        raise RuntimeError("dfs_order: needs numba (pip install numba)")
+    src, dst = edge_index.long().cpu()
+    key = (torch.rand(num_nodes, generator=generator, dtype=torch.float64) if noise
+           else torch.arange(num_nodes, dtype=torch.float64))
+    # CSR with every node's neighbours in ascending key order; roots in ascending key order.
+    perm = torch.sort(key[dst], stable=True).indices
+    perm = perm[torch.sort(src[perm], stable=True).indices]
+    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
+    rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=num_nodes), 0)
+    roots = torch.sort(key).indices
+    pre = torch.from_numpy(kernels.dfs_preorder(rowptr.numpy(), dst[perm].contiguous().numpy(),
+                                                roots.numpy()))
+    b = batch.long().cpu()
+    order = pre[torch.sort(b[pre], stable=True).indices].to(dev)  # grouped by graph
     cu = batch_to_cu_seqlens(batch, num_graphs)
     return _unchecked(order, _invert(order), cu, {"batch": batch.long()})

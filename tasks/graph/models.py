@@ -66,7 +66,7 @@ MPNNS = (None, "gcn", "sage", "gine", "gatedgcn")
 TOKEN_ENCODERS = ("mean", "gine")
 TOKEN_SOURCES = ("walks", "hops")
 HOP_ADJACENCIES = ("gcn", "mean")
-GLOBAL_ORDERS = ("degree", "index")
+GLOBAL_ORDERS = ("degree", "index", "dfs")
 POOLS = ("mean", "sum", "max")
 
 
@@ -637,8 +637,11 @@ class GraphMambaNetwork(nn.Module):
             outputs, weights the raw hop averages), default ``"last"``.
         global_mamba: BiMamba over the ordered nodes of each graph, default False.
         global_order: that order, ``"degree"`` (degree ascending, ties at random:
-            Graph-Mamba's) or ``"index"`` (node ids ascending: a molecule's SMILES atom
-            order, which follows a peptide's backbone), default ``"degree"``.
+            Graph-Mamba's), ``"index"`` (node ids ascending: a molecule's SMILES atom
+            order, which follows a peptide's backbone) or ``"dfs"`` (a depth-first search:
+            a random one every training batch, the node-id one, i.e. the SMILES order of a
+            SMILES molecule, at evaluation: randomised-SMILES augmentation), default
+            ``"degree"``.
         mpnn: message-passing branch ``None``, ``"gcn"``, ``"sage"``, ``"gine"``, ``"gatedgcn"``,
             default None.
         edge_dim: edge feature width (float ``edge_attr``), default None.

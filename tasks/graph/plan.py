@@ -33,7 +33,7 @@ from torch import Tensor
 from geossm.packed import mark_cu_seqlens_valid
 from geossm.serialization import NeighbourhoodTokens, Serialization, random_walk_tokens
 from geossm.serialization import degree_order as sample_degree_order
-from geossm.serialization import index_order
+from geossm.serialization import dfs_order, index_order
 from geossm.serialization.structure import _unchecked
 
 __all__ = ["GraphPlanner", "GraphPlan", "PlanDraw", "SparseParts", "checked_plan", "data_plan"]
@@ -117,8 +117,10 @@ class GraphPlanner:
         packed_gathers: also the gathers of the packed BiMamba path (``packed_bimamba``
             models) over the order and the tokens, default False.
         global_order: that order's kind, ``"degree"`` (degree ascending, ties broken at
-            random: a fresh draw every batch) or ``"index"`` (node ids ascending, the same
-            every batch: ``serialization.index_order``), default ``"degree"``.
+            random: a fresh draw every batch), ``"index"`` (node ids ascending, the same
+            every batch: ``serialization.index_order``) or ``"dfs"`` (a depth-first search:
+            in random key order while training, a fresh traversal every batch, in node-id
+            order at evaluation: ``serialization.dfs_order``), default ``"degree"``.
     """
 
     walk_length: int = 1
@@ -180,14 +182,17 @@ class GraphPlanner:
         if not self.random:
             return ()
         if training:
-            return (self.draw(edge_index, num_nodes, batch, num_graphs, None),)
+            return (self.draw(edge_index, num_nodes, batch, num_graphs, None, True),)
         gen = torch.Generator(device=edge_index.device).manual_seed(self.eval_seed)
-        return tuple(self.draw(edge_index, num_nodes, batch, num_graphs, gen)
+        return tuple(self.draw(edge_index, num_nodes, batch, num_graphs, gen, False)
                      for _ in range(self.eval_samples))
 
     def draw(self, edge_index: Tensor, num_nodes: int, batch: Tensor | None,
-             num_graphs: int | None, generator: torch.Generator | None) -> PlanDraw:
-        """One draw: walks first, then the order's noise (the in-model order of the draws)."""
+             num_graphs: int | None, generator: torch.Generator | None,
+             training: bool = True) -> PlanDraw:
+        """One draw: walks first, then the order's noise (the in-model order of the draws).
+        ``training``: a ``"dfs"`` order searches in random key order (else in node-id
+        order, the same every call)."""
         from .models import induced_token_edges, order_gathers, token_gathers
         tokens = token_edges = order = order_indices = token_indices = None
         if self.walk_tokens:
@@ -196,15 +201,25 @@ class GraphPlanner:
             if self.token_edges:
                 token_edges = induced_token_edges(tokens, edge_index, num_nodes)
         if self.degree_order:
-            s = (index_order(num_nodes, batch, num_graphs) if self.global_order == "index" else
-                 sample_degree_order(edge_index, num_nodes, batch, noise=True,
-                                     generator=generator, num_graphs=num_graphs))
+            s = self._global_order(edge_index, num_nodes, batch, num_graphs, generator, training)
             order = (s.order, s.inverse, s.cu_seqlens)
         if self.packed_gathers:
             order_indices = order_gathers(*order) if order is not None else None
             token_indices = (token_gathers(tokens.cu_seqlens, tokens.num_tokens)
                              if tokens is not None else None)
         return PlanDraw(tokens, token_edges, order, order_indices, token_indices)
+
+    def _global_order(self, edge_index: Tensor, num_nodes: int, batch: Tensor | None,
+                      num_graphs: int | None, generator: torch.Generator | None,
+                      training: bool) -> Serialization:
+        """The global branch's order of one draw (``global_order``)."""
+        if self.global_order == "index":
+            return index_order(num_nodes, batch, num_graphs)
+        if self.global_order == "dfs":
+            return dfs_order(edge_index, num_nodes, batch, noise=training, generator=generator,
+                             num_graphs=num_graphs)
+        return sample_degree_order(edge_index, num_nodes, batch, noise=True,
+                                   generator=generator, num_graphs=num_graphs)
 
 
 @dataclass(frozen=True, eq=False)

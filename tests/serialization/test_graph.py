@@ -3,7 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geossm.serialization import (Serialization, degree_order, index_order, random_walk_tokens,
+from geossm.serialization import (Serialization, degree_order, dfs_order, index_order,
+                                  random_walk_tokens,
                                   random_walks, to_csr)
 
 
@@ -206,3 +207,73 @@ def test_index_order_rejects_bad_input():
         index_order(3, torch.zeros(4, dtype=torch.long))
     with pytest.raises(TypeError, match="batch: expected a torch.Tensor"):
         index_order(3, [0, 0, 0])
+
+
+def _is_dfs_preorder(order: list[int], edges: set[tuple[int, int]]) -> bool:
+    """Whether ``order`` (one connected graph) is a depth-first preorder: every node after
+    the first is a neighbour of a node still on the search path (the path is the prefix's
+    nodes whose neighbours are not all visited yet, deepest last)."""
+    path = [order[0]]
+    nbrs: dict[int, set[int]] = {}
+    for a, b in edges:
+        nbrs.setdefault(a, set()).add(b)
+    seen = {order[0]}
+    for v in order[1:]:
+        while path and v not in nbrs.get(path[-1], set()):
+            if not nbrs.get(path[-1], set()) <= seen:
+                return False  # backtracked from a node with an unvisited neighbour
+            path.pop()
+        if not path:
+            return False
+        seen.add(v)
+        path.append(v)
+    return True
+
+
+def test_dfs_order_with_id_keys_is_the_id_ordered_preorder_per_graph():
+    # graph 0: the tree 0-1, 0-3, 1-2 (preorder 0, 1, 2, 3); graph 1: the path 4-6-5
+    und = [(0, 1), (0, 3), (1, 2), (4, 6), (6, 5)]
+    ei = torch.tensor(und + [(b, a) for a, b in und]).T
+    s = dfs_order(ei, 7, torch.tensor([0, 0, 0, 0, 1, 1, 1]))
+    s = Serialization(s.order, s.inverse, s.cu_seqlens, s.extras)
+    assert s.order.tolist() == [0, 1, 2, 3, 4, 6, 5]
+    assert s.cu_seqlens.tolist() == [0, 4, 7]
+    # two components in one graph: the second search starts at its smallest id
+    assert dfs_order(ei, 7).order.tolist() == [0, 1, 2, 3, 4, 6, 5]
+    tree = {e for e in map(tuple, ei.T.tolist()) if max(e) < 4}
+    assert _is_dfs_preorder([0, 1, 2, 3], tree) and not _is_dfs_preorder([0, 1, 3, 2], tree)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dfs_order_with_noise_is_a_random_valid_traversal(seed):
+    n = 20
+    a = torch.arange(n - 1)
+    g = torch.Generator().manual_seed(seed)
+    chords = torch.randint(0, n, (2, 5), generator=g)
+    ei = torch.cat([torch.stack([a, a + 1]), chords], 1)
+    ei = torch.cat([ei, ei.flip(0)], 1)
+    ei = ei[:, ei[0] != ei[1]]
+    edges = {tuple(e) for e in ei.T.tolist()}
+    orders = [dfs_order(ei, n, noise=True, generator=torch.Generator().manual_seed(seed * 10 + k))
+              .order.tolist() for k in range(3)]
+    for order in orders:
+        assert sorted(order) == list(range(n)) and _is_dfs_preorder(order, edges)
+    assert len({tuple(o) for o in orders}) > 1
+    assert _is_dfs_preorder(dfs_order(ei, n).order.tolist(), edges)
+
+
+def test_dfs_order_of_a_smiles_molecule_is_its_atom_order():
+    smiles2graph = pytest.importorskip("ogb.utils", reason="needs ogb + rdkit (the molecules "
+                                       "extra) to read SMILES").smiles2graph
+    g = smiles2graph("CC(C)C[C@H](NC(=O)[C@@H](N)Cc1ccccc1)C(=O)NCC(=O)O")  # Phe-Leu-Gly
+    ei, n = torch.as_tensor(g["edge_index"]), int(g["num_nodes"])
+    assert dfs_order(ei, n).order.tolist() == list(range(n))
+    assert degree_order(ei, n, noise=False).order.tolist() != list(range(n))
+
+
+def test_dfs_order_rejects_bad_input():
+    ei = torch.tensor([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match=r"batch: expected shape \(2,\)"):
+        dfs_order(ei, 2, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="edge_index"):
+        dfs_order(torch.tensor([[0, 5], [5, 0]]), 2)

@@ -132,6 +132,24 @@ def test_index_order_feeds_the_global_branch_each_graph_in_node_id_order():
         GraphMambaNetwork(in_channels=3, global_mamba=True, global_order="random")
 
 
+def test_dfs_order_draws_a_fresh_traversal_per_training_batch_and_the_id_one_to_evaluate():
+    b = _molecules()
+    model = GraphMambaNetwork(node_vocab=[5, 3], num_classes=2, task_level="graph",
+                              tokens=False, global_mamba=True, global_order="dfs", mpnn="gcn",
+                              **{k: v for k, v in TINY.items() if "walk" not in k})
+    planner = model.planner()
+    args = (b.edge_index, b.num_nodes, b.batch, b.num_graphs)
+    torch.manual_seed(0)
+    train_orders = {tuple(planner(*args).draws[0].order[0].tolist()) for _ in range(3)}
+    assert len(train_orders) > 1
+    for order in train_orders:  # each draw keeps every graph's nodes inside its segment
+        assert torch.equal(b.batch[list(order)], b.batch)
+    evals = [planner(*args, training=False).draws[0].order[0] for _ in range(2)]
+    assert torch.equal(evals[0], evals[1])
+    from geossm.serialization import dfs_order
+    assert torch.equal(evals[0], dfs_order(b.edge_index, b.num_nodes, b.batch).order)
+
+
 def test_gcn_plus_branch_reads_the_embedded_edge_features():
     torch.manual_seed(0)
     b = _molecules()
