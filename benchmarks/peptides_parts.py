@@ -1,7 +1,10 @@
-"""Helpers of benchmarks/peptides_parts.sh (Peptides-func trained in time-limited parts).
+"""Helpers of benchmarks/peptides_parts.sh and peptides_seeds.sh (Peptides-func trained in
+time-limited parts / several seeds at once).
 
     python3 benchmarks/peptides_parts.py epochs PREV_DIR TRAIN_S   # schedule length for a part
     python3 benchmarks/peptides_parts.py strip FULL.pt WEIGHTS.pt     # drop optimizer state
+    python3 benchmarks/peptides_parts.py fit LOG LEFT_S               # epochs of a re-sized run
+    python3 benchmarks/peptides_parts.py report LOG...                # per-run summary lines
 """
 
 from __future__ import annotations
@@ -50,6 +53,31 @@ def schedule_epochs(prev_dir: str, train_s: float) -> int:
     return done + int((train_s - STARTUP_S) / max(per_epoch) * MARGIN)
 
 
+def fit_epochs(log_path: str, left_s: float) -> int:
+    """Length of the schedule of a run that is stopped now and resumed with ``left_s`` seconds
+    to go: its finished epochs plus the epochs that fit, at the pace of its last epoch (the
+    first one holds the Triton compilation) with 8 % headroom, after ``STARTUP_S``."""
+    stamps = epoch_stamps(log_path)
+    if len(stamps) < 3:
+        raise SystemExit(f"{log_path}: fewer than 3 epochs to measure")
+    last = max(stamps)
+    per_epoch = ((stamps[last] - stamps[last - 1]).total_seconds() % 86400) * 1.08
+    return last + max(int((left_s - STARTUP_S) / max(per_epoch, 1.0)), 1)
+
+
+def report(log_path: str) -> str:
+    """One line per run: epochs, median epoch time, the best validation AP, the final test
+    lines (``weights=best`` / ``last``)."""
+    text = open(log_path).read()
+    times = sorted(float(t) for t in re.findall(r"epoch \d+ train: .*?time_s=([\d.]+)", text))
+    vals = [(int(e), float(a)) for e, a in re.findall(r"epoch (\d+) val: .*?ap=([\d.]+)", text)]
+    best = max(vals, key=lambda v: v[1]) if vals else None
+    tests = re.findall(r"test: weights=(\w+) .*?ap=([\d.]+)", text)
+    median = times[len(times) // 2] if times else None
+    return (f"{log_path} epochs={len(vals)} median_epoch_s={median} best_val={best} "
+            f"test={dict(tests)}")
+
+
 def strip_checkpoint(src: str, dst: str) -> None:
     """Keep the weights and the best-epoch record of a full training checkpoint."""
     import torch
@@ -62,5 +90,9 @@ if __name__ == "__main__":
         print(schedule_epochs(sys.argv[2], float(sys.argv[3])))
     elif sys.argv[1:2] == ["strip"] and len(sys.argv) == 4:
         strip_checkpoint(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["fit"] and len(sys.argv) == 4:
+        print(fit_epochs(sys.argv[2], float(sys.argv[3])))
+    elif sys.argv[1:2] == ["report"] and len(sys.argv) >= 3:
+        print("\n".join(report(log) for log in sys.argv[2:]))
     else:
         raise SystemExit(__doc__)

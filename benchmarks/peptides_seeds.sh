@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Peptides-func: several configs x seeds trained at once on one GPU (host-bound runs at batch 16
+# share it well), each run re-sized to end by a deadline. Two steps, for a device lent in calls of
+# at most ~10 minutes (the runs are started with setsid and outlive the first call):
+#
+#   DEADLINE=1100 bash benchmarks/peptides_seeds.sh start   # start, measure 3 epochs, re-size
+#   bash benchmarks/peptides_seeds.sh wait                    # later calls: wait, then report
+#
+# `start` launches every RUNS entry with the config's full schedule (train.epochs, e.g. 300),
+# waits until each has finished 3 epochs (the first holds the Triton compilation; all 3 are
+# inside the 5 warm-up epochs, whose learning rate does not depend on the schedule's length),
+# stops them (SIGINT; last.pt holds the last finished epoch) and resumes each with the
+# schedule length that its measured pace fits into the DEADLINE seconds counted from the start
+# (`peptides_parts.py fit`): the cosine then ends inside the time. Every run prints the test AP
+# of its best-validation weights at its end; `wait` returns when all have (or after MAX_S) and
+# prints `peptides_parts.py report` for every run.
+#
+# Environment: RUNS ("name:config:seed ...", default GCN+ and the Graph Mamba on GCN+ blocks,
+# seeds 0-2), DATA (folder holding graphs/peptides-functional; default ./shared/data), CACHE
+# (the compact .npz; default .devdata/peptides/peptides_func.npz), OUTDIR (default /tmp/pep),
+# DEADLINE (s), MAX_S (s of one wait, default 560), MPS (1: start CUDA MPS so the runs' kernels
+# share the GPU, default 1; checked with one CUDA call, off again if that fails), EXTRA.
+set -o pipefail
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+RUNS=${RUNS:-"gcn_s0:peptides_func_gcnplus:0 gcn_s1:peptides_func_gcnplus:1 gcn_s2:peptides_func_gcnplus:2 gmn_s0:peptides_func_gmnplus:0 gmn_s1:peptides_func_gmnplus:1 gmn_s2:peptides_func_gmnplus:2"}
+DATA=${DATA:-$PWD/shared/data}; CACHE=${CACHE:-$PWD/.devdata/peptides/peptides_func.npz}
+OUTDIR=${OUTDIR:-/tmp/pep}; NCPU=$(nproc)
+HERE=$(dirname "$0")
+mkdir -p "$OUTDIR"
+export TRITON_CACHE_DIR=$OUTDIR/triton
+
+launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME: two cores per run, after cores 0-3
+  local lo=$(( ($4 * 2 + 4) % NCPU ))
+  setsid nohup taskset -c "$lo-$(( lo + 1 ))" geossm train "configs/graph/$2.yaml" \
+    output_dir="$OUTDIR/$1" data.root="$DATA/graphs/peptides-functional" data.cache="$CACHE" \
+    seed="$3" train.epochs="$5" train.num_workers=2 train.progress=false resume="$6" ${EXTRA:-} \
+    >>"$OUTDIR/$1.log" 2>&1 </dev/null &
+  echo "$1 config=$2 seed=$3 cores=$lo-$(( lo + 1 )) epochs=$5 resume=$6 pid=$!"
+}
+
+start() {
+  : "${DEADLINE:?DEADLINE: seconds from now by which every run must end}"
+  local t0 slot=0 name cfg seed
+  t0=$(date +%s); echo "t0=$t0 deadline=$(( t0 + DEADLINE ))" | tee "$OUTDIR/deadline.txt"
+  if [ "${MPS:-1}" = 1 ] && nvidia-cuda-mps-control -d 2>/dev/null; then
+    if timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+      echo "MPS on"
+    else echo quit | nvidia-cuda-mps-control; echo "MPS off (the check failed)"; fi
+  fi
+  for run in $RUNS; do
+    IFS=: read -r name cfg seed <<<"$run"
+    launch "$name" "$cfg" "$seed" "$slot" "$(python3 -c "import yaml; print(yaml.safe_load(open('configs/graph/$cfg.yaml'))['train']['epochs'])")" false
+    slot=$(( slot + 1 ))
+  done
+  while [ $(( $(date +%s) - t0 )) -lt 300 ]; do  # every run: 3 epochs (or 300 s)
+    [ "$(grep -l "epoch 3 val:" "$OUTDIR"/*.log 2>/dev/null | wc -l)" -ge "$slot" ] && break
+    sleep 5
+  done
+  pkill -INT -f "geossm train configs/graph/peptides_func"; sleep 8
+  pkill -KILL -f "geossm train configs/graph/peptides_func"; sleep 2
+  slot=0
+  for run in $RUNS; do
+    IFS=: read -r name cfg seed <<<"$run"
+    launch "$name" "$cfg" "$seed" "$slot" \
+      "$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" $(( t0 + DEADLINE - $(date +%s) )))" true
+    slot=$(( slot + 1 ))
+  done
+}
+
+wait_runs() {
+  local t=$SECONDS n
+  n=$(wc -w <<<"$RUNS")
+  while [ $(( SECONDS - t )) -lt "${MAX_S:-560}" ]; do
+    [ "$(grep -l "test: weights=best" "$OUTDIR"/*.log 2>/dev/null | wc -l)" -ge "$n" ] && break
+    sleep 5
+  done
+  cat "$OUTDIR/deadline.txt"; echo "now $(date +%s)"
+  python3 "$HERE/peptides_parts.py" report "$OUTDIR"/*.log
+}
+
+case "${1:-}" in
+  start) start ;;
+  wait) wait_runs ;;
+  *) echo "usage: DEADLINE=S bash $0 start | bash $0 wait" >&2; exit 2 ;;
+esac

@@ -1,0 +1,35 @@
+import pytest
+
+from tests.benchmarks.conftest import load_benchmark
+
+parts = load_benchmark("peptides_parts")
+
+
+def _log(path, epoch_times, tests=()):
+    """A trainer log: epochs starting at 10:00:00, epoch k lasting epoch_times[k-1] s."""
+    lines, t = [], 36000
+    for k, dt in enumerate(epoch_times, 1):
+        t += dt
+        hms = f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}"
+        lines += [f"{hms} INFO epoch {k} train: loss=0.3  lr=0.001  time_s={dt - 1}.5",
+                  f"{hms} INFO epoch {k} val: loss=0.2  ap=0.{50 + k}"]
+    lines += [f"10:59:00 INFO epoch {e} test: weights={w}  loss=0.2  ap={ap}"
+              for e, w, ap in tests]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_fit_counts_the_finished_epochs_and_what_fits_at_the_last_pace(tmp_path):
+    log = _log(tmp_path / "run.log", [60, 10, 10, 20])  # the last epoch took 20 s
+    # 4 done + (400 s - 35 s start-up) / (20 s * 1.08) = 4 + 16
+    assert parts.fit_epochs(str(log), 400) == 20
+    assert parts.fit_epochs(str(log), 10) == 5  # at least one more epoch
+    with pytest.raises(SystemExit, match="fewer than 3 epochs"):
+        parts.fit_epochs(str(_log(tmp_path / "short.log", [60, 10])), 400)
+
+
+def test_report_names_the_best_validation_epoch_and_the_final_tests(tmp_path):
+    log = _log(tmp_path / "run.log", [30, 10, 12], tests=[(3, "last", 0.61), (3, "best", 0.62)])
+    line = parts.report(str(log))
+    assert "epochs=3 median_epoch_s=11.5 best_val=(3, 0.53)" in line
+    assert "test={'last': '0.61', 'best': '0.62'}" in line
