@@ -15,8 +15,9 @@
 # of its best-validation weights at its end; `wait` returns when all have (or after MAX_S) and
 # prints `peptides_parts.py report` for every run.
 #
-# Environment: RUNS ("name:config:seed ...", default GCN+ and the Graph Mamba on GCN+ blocks,
-# seeds 0-2), DATA (folder holding graphs/peptides-functional; default ./shared/data), CACHE
+# Environment: RUNS ("name:config:seed[:key=value,key=value] ...": per-run overrides after the
+# seed, e.g. "gmn_deg_s0:peptides_func_gmnplus:0:model.global_order=degree"; default GCN+ and
+# the Graph Mamba on GCN+ blocks, seeds 0-2), DATA (folder holding graphs/peptides-functional; default ./shared/data), CACHE
 # (the compact .npz; default .devdata/peptides/peptides_func.npz), OUTDIR (default /tmp/pep),
 # DEADLINE (s), MAX_S (s of one wait, default 560), MPS (1: start CUDA MPS so the runs' kernels
 # share the GPU, default 1; checked with one CUDA call, off again if that fails), EXTRA.
@@ -29,18 +30,19 @@ HERE=$(dirname "$0")
 mkdir -p "$OUTDIR"
 export TRITON_CACHE_DIR=$OUTDIR/triton
 
-launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME: two cores per run, after cores 0-3
-  local lo=$(( ($4 * 2 + 4) % NCPU ))
+launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME [OVERRIDES]: two cores per run, after
+  local lo=$(( ($4 * 2 + 4) % NCPU ))  # cores 0-3
   setsid nohup taskset -c "$lo-$(( lo + 1 ))" geossm train "configs/graph/$2.yaml" \
     output_dir="$OUTDIR/$1" data.root="$DATA/graphs/peptides-functional" data.cache="$CACHE" \
-    seed="$3" train.epochs="$5" train.num_workers=2 train.progress=false resume="$6" ${EXTRA:-} \
+    seed="$3" train.epochs="$5" train.num_workers=2 train.progress=false resume="$6" \
+    ${7//,/ } ${EXTRA:-} \
     >>"$OUTDIR/$1.log" 2>&1 </dev/null &
   echo "$1 config=$2 seed=$3 cores=$lo-$(( lo + 1 )) epochs=$5 resume=$6 pid=$!"
 }
 
 start() {
   : "${DEADLINE:?DEADLINE: seconds from now by which every run must end}"
-  local t0 slot=0 name cfg seed
+  local t0 slot=0 name cfg seed over
   t0=$(date +%s); echo "t0=$t0 deadline=$(( t0 + DEADLINE ))" | tee "$OUTDIR/deadline.txt"
   if [ "${MPS:-1}" = 1 ] && nvidia-cuda-mps-control -d 2>/dev/null; then
     if timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
@@ -48,8 +50,8 @@ start() {
     else echo quit | nvidia-cuda-mps-control; echo "MPS off (the check failed)"; fi
   fi
   for run in $RUNS; do
-    IFS=: read -r name cfg seed <<<"$run"
-    launch "$name" "$cfg" "$seed" "$slot" "$(python3 -c "import yaml; print(yaml.safe_load(open('configs/graph/$cfg.yaml'))['train']['epochs'])")" false
+    IFS=: read -r name cfg seed over <<<"$run"
+    launch "$name" "$cfg" "$seed" "$slot" "$(python3 -c "import yaml; print(yaml.safe_load(open('configs/graph/$cfg.yaml'))['train']['epochs'])")" false "$over"
     slot=$(( slot + 1 ))
   done
   while [ $(( $(date +%s) - t0 )) -lt 300 ]; do  # every run: 3 epochs (or 300 s)
@@ -60,9 +62,9 @@ start() {
   pkill -KILL -f "geossm train configs/graph/peptides_func"; sleep 2
   slot=0
   for run in $RUNS; do
-    IFS=: read -r name cfg seed <<<"$run"
+    IFS=: read -r name cfg seed over <<<"$run"
     launch "$name" "$cfg" "$seed" "$slot" \
-      "$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" $(( t0 + DEADLINE - $(date +%s) )))" true
+      "$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" $(( t0 + DEADLINE - $(date +%s) )))" true "$over"
     slot=$(( slot + 1 ))
   done
 }
