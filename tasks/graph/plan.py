@@ -218,8 +218,11 @@ class GraphPlanner:
         if self.global_order == "dfs":
             return dfs_order(edge_index, num_nodes, batch, noise=training, generator=generator,
                              num_graphs=num_graphs)
-        return sample_degree_order(edge_index, num_nodes, batch, noise=True,
-                                   generator=generator, num_graphs=num_graphs)
+        if self.global_order == "degree":
+            return sample_degree_order(edge_index, num_nodes, batch, noise=True,
+                                       generator=generator, num_graphs=num_graphs)
+        raise ValueError(f"global_order: expected 'degree', 'index' or 'dfs', got "
+                         f"{self.global_order!r}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -148,6 +148,9 @@ def test_dfs_order_draws_a_fresh_traversal_per_training_batch_and_the_id_one_to_
     assert torch.equal(evals[0], evals[1])
     from geossm.serialization import dfs_order
     assert torch.equal(evals[0], dfs_order(b.edge_index, b.num_nodes, b.batch).order)
+    from geossm.tasks.graph.plan import GraphPlanner
+    with pytest.raises(ValueError, match="global_order: expected 'degree', 'index' or 'dfs'"):
+        GraphPlanner(degree_order=True, global_order="bfs")(*args)
 
 
 def test_gcn_plus_branch_reads_the_embedded_edge_features():
