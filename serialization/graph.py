@@ -44,12 +44,17 @@ def to_csr(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
     (PyG's convention).
     """
     _check_graph(edge_index, num_nodes)
-    src, dst = edge_index[0].long(), edge_index[1].long()
-    perm = torch.sort(src * num_nodes + dst, stable=True).indices
-    col = dst[perm]
-    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=edge_index.device)
+    return _csr(edge_index[0].long(), edge_index[1].long(), num_nodes)
+
+
+def _csr(src: Tensor, dst: Tensor, num_nodes: int,
+         rank: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``to_csr`` of checked long edges; neighbours in ascending ``rank[dst]`` (``(n,)``
+    distinct ranks, default the ids)."""
+    perm = torch.sort(src * num_nodes + (dst if rank is None else rank[dst]), stable=True).indices
+    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=src.device)
     rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=num_nodes), 0)
-    return rowptr, col
+    return rowptr, dst[perm]
 
 
 _NUMBA: list = []
@@ -299,24 +304,34 @@ def degree_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None
     """
     _check_graph(edge_index, num_nodes)
     dev = edge_index.device
-    if batch is None:
-        batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
-        num_graphs = 1
-    else:
-        if not isinstance(batch, Tensor):
-            raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
-        if batch.shape != (num_nodes,):
-            raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
+    batch, num_graphs = _graph_batch(batch, num_nodes, num_graphs, dev)
     deg = torch.bincount(edge_index[0].long(), minlength=num_nodes)
     key = deg.to(torch.float64)
     if noise:
         key = key + torch.rand(num_nodes, generator=generator, device=dev, dtype=torch.float64)
-    order = torch.sort(key, stable=True).indices
+    return _per_graph(torch.sort(key, stable=True).indices, batch, num_graphs, {"degree": deg})
+
+
+def _graph_batch(batch: Tensor | None, num_nodes: int, num_graphs: int | None,
+                 device: torch.device | None) -> tuple[Tensor, int | None]:
+    """``(batch, num_graphs)`` of the graph serializers: zeros and 1 for None, else ``batch``
+    checked (a tensor of shape ``(num_nodes,)``) and ``num_graphs`` as given."""
+    if batch is None:
+        return torch.zeros(num_nodes, dtype=torch.long, device=device), 1
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
+    if batch.shape != (num_nodes,):
+        raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
+    return batch, num_graphs
+
+
+def _per_graph(order: Tensor, batch: Tensor, num_graphs: int | None,
+               extras: dict[str, Tensor]) -> Serialization:
+    """The ``Serialization`` of a node sequence ``order (n,)`` grouped by graph (stable: its
+    order kept inside every graph), with ``extras`` and ``batch`` as extras."""
     order = order[torch.sort(batch.long()[order], stable=True).indices]
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(num_nodes, device=dev)
     cu = batch_to_cu_seqlens(batch, num_graphs)
-    return _unchecked(order, inverse, cu, {"degree": deg, "batch": batch.long()})
+    return _unchecked(order, _invert(order), cu, {**extras, "batch": batch.long()})
 
 
 def index_order(num_nodes: int, batch: Tensor | None = None,
@@ -340,16 +355,8 @@ def index_order(num_nodes: int, batch: Tensor | None = None,
     """
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
         raise ValueError(f"num_nodes: expected a non-negative int, got {num_nodes!r}")
-    if batch is None:
-        batch = torch.zeros(num_nodes, dtype=torch.long)
-        num_graphs = 1
-    elif not isinstance(batch, Tensor):
-        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
-    elif batch.shape != (num_nodes,):
-        raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
-    order = torch.sort(batch.long(), stable=True).indices  # node ids ascending per graph
-    cu = batch_to_cu_seqlens(batch, num_graphs)
-    return _unchecked(order, _invert(order), cu, {"batch": batch.long()})
+    batch, num_graphs = _graph_batch(batch, num_nodes, num_graphs, None)
+    return _per_graph(torch.arange(num_nodes, device=batch.device), batch, num_graphs, {})
 
 
 def dfs_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
@@ -382,28 +389,16 @@ def dfs_order(edge_index: Tensor, num_nodes: int, batch: Tensor | None = None,
     """
     _check_graph(edge_index, num_nodes)
     dev = edge_index.device
-    if batch is None:
-        batch = torch.zeros(num_nodes, dtype=torch.long, device=dev)
-        num_graphs = 1
-    elif not isinstance(batch, Tensor):
-        raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
-    elif batch.shape != (num_nodes,):
-        raise ValueError(f"batch: expected shape ({num_nodes},), got {tuple(batch.shape)}")
+    batch, num_graphs = _graph_batch(batch, num_nodes, num_graphs, dev)
     kernels = numba_kernels()
     if kernels is None:
         raise RuntimeError("dfs_order: needs numba (pip install numba)")
     src, dst = edge_index.long().cpu()
     key = (torch.rand(num_nodes, generator=generator, dtype=torch.float64) if noise
            else torch.arange(num_nodes, dtype=torch.float64))
-    # CSR with every node's neighbours in ascending key order; roots in ascending key order.
-    perm = torch.sort(key[dst], stable=True).indices
-    perm = perm[torch.sort(src[perm], stable=True).indices]
-    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-    rowptr[1:] = torch.cumsum(torch.bincount(src, minlength=num_nodes), 0)
+    # Roots and every node's neighbours in ascending key order.
     roots = torch.sort(key).indices
-    pre = torch.from_numpy(kernels.dfs_preorder(rowptr.numpy(), dst[perm].contiguous().numpy(),
+    rowptr, col = _csr(src, dst, num_nodes, _invert(roots))
+    pre = torch.from_numpy(kernels.dfs_preorder(rowptr.numpy(), col.contiguous().numpy(),
                                                 roots.numpy()))
-    b = batch.long().cpu()
-    order = pre[torch.sort(b[pre], stable=True).indices].to(dev)  # grouped by graph
-    cu = batch_to_cu_seqlens(batch, num_graphs)
-    return _unchecked(order, _invert(order), cu, {"batch": batch.long()})
+    return _per_graph(pre.to(dev), batch, num_graphs, {})
