@@ -42,16 +42,42 @@ from torch_geometric.utils import scatter
 
 from geossm.registry import MODELS
 
-from .models import (CategoricalEncoder, _posint, check_node_inputs,
+from .models import (CategoricalEncoder, _posint, activation, check_node_inputs,
                      check_pool_and_node_features, encode_edges, example_graph_inputs,
-                     graph_forward_inputs, graph_readout, pooled_norm,
+                     graph_forward_inputs, graph_readout, mlp_head, pooled_norm,
                      sparse_adjacency)
 from .plan import GraphPlan, GraphPlanner, checked_plan, data_plan
 
-__all__ = ["GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
+__all__ = ["EdgeSumConv", "GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
 
-CONVS = ("gcn", "gine", "gatedgcn", "sage")
+CONVS = ("gcn", "gcne", "gine", "gatedgcn", "sage")
 NORMS = (None, "batch", "layer")
+
+
+class EdgeSumConv(nn.Module):
+    """GNN+'s GCN for molecules (its Peptides configs' ``gcne`` layer): every node sums the
+    rectified messages of its in-neighbours, with no self-loop and no degree normalisation::
+
+        out_v = b + Σ_{u->v} relu(W h_u + e_uv)
+
+    Shapes: ``h (N, in_dim)``, ``edge_index (2, E)``, ``edge_attr (E, edge_dim)`` or None (the
+    message is ``relu(W h_u)``), out ``(N, dim)``. Edge features wider or narrower than ``dim``
+    go through their own bias-free projection."""
+
+    def __init__(self, in_dim: int, dim: int, edge_dim: int | None = None) -> None:
+        super().__init__()
+        self.lin = nn.Linear(in_dim, dim, bias=False)
+        self.edge_proj = (None if not edge_dim else nn.Identity() if edge_dim == dim
+                          else nn.Linear(edge_dim, dim, bias=False))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor,
+                edge_attr: torch.Tensor | None = None) -> torch.Tensor:
+        src, dst = edge_index
+        message = self.lin(h)[src]
+        if self.edge_proj is not None and edge_attr is not None:
+            message = message + self.edge_proj(edge_attr)
+        return scatter(F.relu(message), dst, 0, dim_size=h.shape[0], reduce="sum") + self.bias
 
 
 def check_residual(residual: bool | str) -> None:
@@ -72,7 +98,7 @@ class GNNPlusLayer(nn.Module):
     """One GNN+ layer (see the module docstring): ``h (N, in_dim) -> (N, dim)``.
 
     Args:
-        conv: ``"gcn"``, ``"gine"``, ``"gatedgcn"`` or ``"sage"``.
+        conv: ``"gcn"``, ``"gcne"`` (``EdgeSumConv``), ``"gine"``, ``"gatedgcn"`` or ``"sage"``.
         in_dim, dim: input and output widths (the residual needs them equal).
         edge_dim: width of the (embedded) edge features, None = the graph has none.
         norm: ``"batch"``, ``"layer"`` or None, default ``"batch"``.
@@ -82,12 +108,13 @@ class GNNPlusLayer(nn.Module):
         mlp_ratio: FFN width factor, 0 = no FFN, default 0.
         final: the output layer (node logits): the convolution alone, no norm, activation,
             dropout, residual or FFN, default False.
+        act: ``"relu"`` or ``"gelu"``, after the norm and in the FFN, default ``"relu"``.
     """
 
     def __init__(self, conv: str, in_dim: int, dim: int, edge_dim: int | None = None,
                  norm: str | None = "batch", dropout: float = 0.0,
                  residual: bool | str = True, mlp_ratio: float = 0.0,
-                 final: bool = False) -> None:
+                 final: bool = False, act: str = "relu") -> None:
         super().__init__()
         import torch_geometric.nn as pygnn
         if conv not in CONVS:
@@ -100,7 +127,10 @@ class GNNPlusLayer(nn.Module):
         self.residual = bool(residual) and not linear and in_dim == dim and not final
         self.ego = nn.Linear(in_dim, dim) if linear else None
         self.edge_proj = None
-        if conv == "gcn":
+        self.act = activation(act)
+        if conv == "gcne":
+            self.conv = EdgeSumConv(in_dim, dim, edge_dim)
+        elif conv == "gcn":
             self.conv = pygnn.GCNConv(in_dim, dim)
             if edge_dim:  # embedded edges already at the layer's width are used as they are
                 self.edge_proj = (nn.Identity() if edge_dim == dim
@@ -117,7 +147,7 @@ class GNNPlusLayer(nn.Module):
         self.norm = _norm(norm, dim)
         self.drop = nn.Dropout(dropout)
         hidden = 0 if final else int(mlp_ratio * dim)
-        self.ffn = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+        self.ffn = (nn.Sequential(nn.Linear(dim, hidden), activation(act), nn.Dropout(dropout),
                                   nn.Linear(hidden, dim), nn.Dropout(dropout))
                     if hidden > 0 else None)
         self.norm2 = _norm(norm, dim) if hidden > 0 else None
@@ -132,13 +162,15 @@ class GNNPlusLayer(nn.Module):
             y = y + self.ego(h)
         if self.final:
             return y
-        y = self.drop(F.relu(self.norm(y)))
+        y = self.drop(self.act(self.norm(y)))
         h = h + y if self.residual else y
         if self.ffn is not None:
             h = self.norm2(h + self.ffn(h))
         return h
 
     def _conv(self, h, edge_index, edge_attr, adj_t) -> torch.Tensor:
+        if self.kind == "gcne":
+            return self.conv(h, edge_index, edge_attr)
         if self.kind in ("gine", "gatedgcn") and self.edge_dim:
             if edge_attr is None:
                 raise ValueError(f"edge_attr: the {self.kind} layer was built with edge_dim="
@@ -167,8 +199,8 @@ class GNNPlus(nn.Module):
         in_channels: float node feature width ``F``, default None (use ``node_vocab``).
         num_classes: output width ``C``, default 2.
         task_level: ``"node"`` or ``"graph"``, default ``"node"``.
-        conv: ``"gcn"``, ``"gine"`` (``GINConv`` without edge features), ``"gatedgcn"``,
-            ``"sage"``, default ``"gcn"``.
+        conv: ``"gcn"``, ``"gcne"`` (``EdgeSumConv``: GNN+'s Peptides layer), ``"gine"``
+            (``GINConv`` without edge features), ``"gatedgcn"``, ``"sage"``, default ``"gcn"``.
         dim: hidden width, default 256.
         num_layers: default 3.
         norm: ``"batch"``, ``"layer"`` or None, default ``"batch"``.
@@ -188,10 +220,13 @@ class GNNPlus(nn.Module):
             added to embedded categorical ones.
         pool: graph readout ``"mean"``, ``"sum"``, ``"max"``, default ``"mean"``.
         pool_norm: ``PooledNorm`` after pooling, default None = only for ``pool="sum"``.
-        head_layers: head depth after the layers (Linear-ReLU-Dropout ... Linear; one Linear
-            at node level), default 2. ``0`` (node level only): the last of the
+        head_layers: head depth after the layers (Linear-act-Dropout ... Linear, ``mlp_head``;
+            one Linear at node level), default 2. ``0`` (node level only): the last of the
             ``num_layers`` convolutions outputs the logits (Kipf & Welling's GCN).
         sparse_adjacency: ``gcn`` / ``sage`` as one sparse CSR product, default False.
+        act: ``"relu"`` or ``"gelu"`` in the layers, FFN and head, default ``"relu"``.
+        head_input_dropout: a dropout on the pooled vectors before the graph head's first
+            Linear (GNN+'s head), default False.
 
     Shapes::
 
@@ -211,7 +246,8 @@ class GNNPlus(nn.Module):
                  edge_vocab: Sequence[int] | None = None,
                  node_vocab: Sequence[int] | None = None, pe_dim: int = 0, pool: str = "mean",
                  pool_norm: bool | None = None, head_layers: int = 2,
-                 sparse_adjacency: bool = False) -> None:
+                 sparse_adjacency: bool = False, act: str = "relu",
+                 head_input_dropout: bool = False) -> None:
         super().__init__()
         conv = conv or self.default_conv
         if task_level not in ("node", "graph"):
@@ -254,15 +290,17 @@ class GNNPlus(nn.Module):
             final = head_layers == 0 and i == num_layers - 1
             layers.append(GNNPlusLayer(conv, width, num_classes if final else dim,
                                        hidden_edge_dim, norm, dropout, residual, mlp_ratio,
-                                       final))
+                                       final, act))
             width = dim
         self.layers = nn.ModuleList(layers)
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
-        head: list[nn.Module] = []
-        for _ in range(head_layers - 1 if task_level == "graph" else 0):
-            head += [nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout)]
-        self.head = (nn.Sequential(*head, nn.Linear(dim, num_classes)) if head_layers
-                     else nn.Identity())
+        if task_level == "graph":
+            self.head = mlp_head(dim, num_classes, head_layers, act, dropout,
+                                 head_input_dropout)
+        else:
+            # (a Sequential, as the graph head: the state dict's keys are head.0.*)
+            self.head = (nn.Sequential(nn.Linear(dim, num_classes)) if head_layers
+                         else nn.Identity())
 
     @classmethod
     def example(cls) -> tuple[dict, dict]:

@@ -62,7 +62,7 @@ from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
 __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
 
 TASK_LEVELS = ("node", "graph")
-MPNNS = (None, "gcn", "sage", "gine", "gatedgcn")
+MPNNS = (None, "gcn", "gcne", "sage", "gine", "gatedgcn")
 TOKEN_ENCODERS = ("mean", "gine")
 TOKEN_SOURCES = ("walks", "hops")
 HOP_ADJACENCIES = ("gcn", "mean")
@@ -418,7 +418,8 @@ class GMNLayer(nn.Module):
                  residual: bool | str = True, mpnn_plus: bool = False, gate: bool = False,
                  mpnn_norm: str | None = "batch", branch_drop: float = 0.0,
                  token_source: str = "walks", pre_norm: bool = True,
-                 local_in_dim: int | None = None, packed_bimamba: bool = False) -> None:
+                 local_in_dim: int | None = None, packed_bimamba: bool = False,
+                 mpnn_act: str = "relu") -> None:
         super().__init__()
         self.branch_drop = branch_drop
         self.residual = residual
@@ -431,7 +432,7 @@ class GMNLayer(nn.Module):
             from .baselines import GNNPlusLayer
             # local_in_dim: the first layer's GNN+ block may read the raw features (mpnn_raw).
             self.local = GNNPlusLayer(mpnn, local_in_dim or dim, dim, edge_dim, mpnn_norm,
-                                      dropout, residual)
+                                      dropout, residual, act=mpnn_act)
         # Zero-initialised per-channel gate on the Mamba branches (ReZero): the layer starts as
         # its MPNN and the sequence branches grow only as far as the loss asks for them.
         self.gate = nn.Parameter(torch.zeros(dim)) if gate else None
@@ -593,6 +594,27 @@ def graph_readout(h: torch.Tensor, batch: torch.Tensor | None, pool: str,
     return pool_norm(h) if pool_norm is not None else h
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def activation(name: str) -> nn.Module:
+    """``"relu"`` or ``"gelu"`` as a module; anything else raises ValueError."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"act: expected one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]()
+
+
+def mlp_head(dim: int, num_classes: int, layers: int, act: str, dropout: float,
+             input_dropout: bool = False) -> nn.Module:
+    """Graph-level head ``(G, dim) -> (G, num_classes)``: ``layers - 1`` blocks of Linear, act,
+    Dropout, then a Linear. ``input_dropout``: one more Dropout on the pooled vectors first
+    (GraphGPS's ``mlp_graph`` head, GNN+'s: a dropout before every Linear)."""
+    blocks: list[nn.Module] = [nn.Dropout(dropout)] if input_dropout else []
+    for _ in range(layers - 1):
+        blocks += [nn.Linear(dim, dim), activation(act), nn.Dropout(dropout)]
+    return nn.Sequential(*blocks, nn.Linear(dim, num_classes))
+
+
 def _posint(name: str, v: Any, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {v!r}")
@@ -643,7 +665,8 @@ class GraphMambaNetwork(nn.Module):
             SMILES molecule, at evaluation: randomised-SMILES augmentation), default
             ``"degree"``.
         mpnn: message-passing branch ``None``, ``"gcn"``, ``"sage"``, ``"gine"``, ``"gatedgcn"``,
-            default None.
+            or ``"gcne"`` (GNN+'s Peptides layer, ``baselines.EdgeSumConv``; with ``mpnn_plus``
+            only), default None.
         edge_dim: edge feature width (float ``edge_attr``), default None.
         node_vocab / edge_vocab: vocabulary sizes of integer node / edge features (embedded
             and summed, e.g. OGB atoms), default None.
@@ -667,6 +690,11 @@ class GraphMambaNetwork(nn.Module):
             False (the MPNN is one more branch on ``norm(h)``).
         mpnn_norm: the GNN+ layer's normalisation (``"batch"``, ``"layer"``, None), default
             ``"batch"``; its residual follows ``residual``.
+        mpnn_act: the GNN+ layer's activation, ``"relu"`` or ``"gelu"``, default ``"relu"``.
+        head_layers: depth of the graph-level head (``mlp_head``: Linear-GELU-Dropout ...
+            Linear), default 2; the node-level head is one Linear.
+        head_input_dropout: a dropout on the pooled vectors before the graph head (GNN+'s
+            head), default False.
         gate: zero-initialised per-channel gate on the Mamba branches' sum, default False.
         mpnn_raw: the first layer's GNN+ block reads the raw float features (with ``pe``
             concatenated) through its own convolution and ego weights, as GCN+ with
@@ -734,7 +762,8 @@ class GraphMambaNetwork(nn.Module):
                  hop_adjacency: str = "gcn", pre_norm: bool = True,
                  mpnn_raw: bool = False, packed_bimamba: bool = False,
                  packed_recompute: bool = True, fused_convs: bool = False,
-                 global_order: str = "degree") -> None:
+                 global_order: str = "degree", mpnn_act: str = "relu", head_layers: int = 2,
+                 head_input_dropout: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -766,8 +795,10 @@ class GraphMambaNetwork(nn.Module):
             raise ValueError("enable at least one branch: tokens, global_mamba or mpnn")
         for name, v in (("dim", dim), ("num_layers", num_layers), ("walk_length", walk_length),
                         ("num_walks", num_walks), ("repeats", repeats),
-                        ("num_classes", num_classes), ("eval_samples", eval_samples)):
+                        ("num_classes", num_classes), ("eval_samples", eval_samples),
+                        ("head_layers", head_layers)):
             _posint(name, v)
+        activation(mpnn_act)  # raises on an unknown name before any layer is built
         _posint("pe_dim", pe_dim, 0)
         if not 0 <= lap_dim <= pe_dim:
             raise ValueError(f"lap_dim: expected an int in [0, pe_dim={pe_dim}], got {lap_dim!r}")
@@ -784,6 +815,9 @@ class GraphMambaNetwork(nn.Module):
         if mpnn_plus and not mpnn:
             raise ValueError("mpnn_plus: needs an mpnn ('gcn', 'sage', 'gine', 'gatedgcn'), got "
                              "mpnn=None")
+        if mpnn == "gcne" and not mpnn_plus:
+            raise ValueError("mpnn: 'gcne' is a GNN+ layer and needs mpnn_plus=True, got "
+                             f"mpnn_plus={mpnn_plus!r}")
         if mpnn_raw and (not mpnn_plus or node_vocab is not None):
             raise ValueError("mpnn_raw: the first GNN+ block reads raw float features; needs "
                              f"mpnn_plus=True and in_channels, got mpnn_plus={mpnn_plus!r}, "
@@ -803,7 +837,7 @@ class GraphMambaNetwork(nn.Module):
         self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
         self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim and pe_norm else None
         # A GCN+ block reads edge features through its normalised edge term (baselines.py).
-        uses_edges = (mpnn in ("gine", "gatedgcn") or (mpnn_plus and mpnn == "gcn")
+        uses_edges = (mpnn in ("gine", "gatedgcn") or (mpnn_plus and mpnn in ("gcn", "gcne"))
                       or (tokens and token_encoder == "gine"))
         self.edge_encoder: nn.Module | None = None
         hidden_edge_dim = None
@@ -821,7 +855,7 @@ class GraphMambaNetwork(nn.Module):
             GMNLayer(dim, walk_length, tokens, token_encoder, global_mamba, mpnn, hidden_edge_dim,
                      readout, dropout, mlp_ratio, mamba_kwargs, residual, mpnn_plus, gate,
                      mpnn_norm, branch_drop, token_source, pre_norm,
-                     raw_width if i == 0 else None, packed_bimamba)
+                     raw_width if i == 0 else None, packed_bimamba, mpnn_act)
             for i in range(num_layers))
         for module in self.layers.modules():
             if isinstance(module, (GMNLayer, _TokenBranch)):
@@ -833,8 +867,8 @@ class GraphMambaNetwork(nn.Module):
         self.norm = RMSNorm(dim) if pre_norm else nn.Identity()
         self.pool_norm = pooled_norm(pool_norm, pool, task_level, dim)
         self.head = (nn.Linear(dim, num_classes) if task_level == "node" else
-                     nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
-                                   nn.Linear(dim, num_classes)))
+                     mlp_head(dim, num_classes, head_layers, "gelu", dropout,
+                              head_input_dropout))
 
     @classmethod
     def example(cls) -> tuple[dict, dict]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from geossm.registry import MODELS
-from geossm.tasks.graph.baselines import GCNPlus, GINPlus, GNNPlus, GNNPlusLayer
+from geossm.tasks.graph.baselines import EdgeSumConv, GCNPlus, GINPlus, GNNPlus, GNNPlusLayer
 
 
 def _two_graphs():
@@ -11,15 +11,16 @@ def _two_graphs():
     return torch.randn(9, 3), ei, torch.tensor([0] * 5 + [1] * 4)
 
 
-@pytest.mark.parametrize("name", ["GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"])
-def test_registered_baselines_run_node_and_graph_level_and_train(name):
+@pytest.mark.parametrize("name, conv", [("GCNPlus", {}), ("GINPlus", {}), ("GatedGCNPlus", {}),
+                                        ("SAGEPlus", {}), ("GNNPlus", {"conv": "gcne"})])
+def test_registered_baselines_run_node_and_graph_level_and_train(name, conv):
     torch.manual_seed(0)
     x, ei, batch = _two_graphs()
     node = MODELS.build({"name": name, "in_channels": 3, "num_classes": 4, "dim": 8,
-                         "num_layers": 2, "mlp_ratio": 2})
+                         "num_layers": 2, "mlp_ratio": 2, **conv})
     assert node(x, ei).shape == (9, 4)
     graph = MODELS.build({"name": name, "in_channels": 3, "num_classes": 2, "dim": 8,
-                          "task_level": "graph", "pool": "sum", "edge_dim": 2})
+                          "task_level": "graph", "pool": "sum", "edge_dim": 2, **conv})
     out = graph(x, ei, edge_attr=torch.randn(14, 2), batch=batch)
     assert out.shape == (2, 2)
     out.sum().backward()
@@ -103,3 +104,41 @@ def test_linear_residual_adds_the_ego_term_before_the_norm_and_replaces_h():
     assert GNNPlusLayer("gcn", 8, 8).ego is None
     with pytest.raises(ValueError, match="residual: expected True, False or 'linear'"):
         GNNPlusLayer("gcn", 8, 8, residual="identity")
+
+
+def test_gcne_sums_rectified_messages_without_self_loop_or_normalisation():
+    torch.manual_seed(0)
+    x, ei, _ = _two_graphs()
+    conv = EdgeSumConv(3, 4, edge_dim=2)
+    with torch.no_grad():
+        conv.bias.normal_()
+    e = torch.randn(14, 2)
+    want = conv.bias.detach().repeat(9, 1)
+    for k in range(14):
+        u, v = ei[:, k].tolist()
+        want[v] += torch.relu(conv.lin(x[u]) + conv.edge_proj(e[k]))
+    torch.testing.assert_close(conv(x, ei, e), want)
+    isolated = torch.cat([x, torch.randn(1, 3)])  # node 9: no incoming edge, only the bias
+    torch.testing.assert_close(conv(isolated, ei, e)[9], conv.bias)
+    assert isinstance(EdgeSumConv(3, 4, edge_dim=4).edge_proj, torch.nn.Identity)
+    assert EdgeSumConv(3, 4).edge_proj is None
+    assert EdgeSumConv(3, 4)(x, ei, None).shape == (9, 4)
+
+
+def test_gnnplus_peptides_recipe_gcne_gelu_and_dropout_before_every_head_linear():
+    torch.manual_seed(0)
+    x, ei, batch = _two_graphs()
+    model = GNNPlus(node_vocab=[5, 3], num_classes=2, conv="gcne", task_level="graph", dim=8,
+                    edge_vocab=[4], residual=False, act="gelu", head_layers=4,
+                    head_input_dropout=True, pe_dim=2)
+    kinds = [type(m).__name__ for m in model.head]
+    assert kinds == ["Dropout"] + ["Linear", "GELU", "Dropout"] * 3 + ["Linear"]
+    assert isinstance(model.layers[0].act, torch.nn.GELU) and not model.layers[0].residual
+    atoms, bonds = torch.randint(0, 3, (9, 2)), torch.randint(0, 4, (14, 1))
+    model.eval()
+    out = model(atoms, ei, edge_attr=bonds, batch=batch, pe=torch.randn(9, 2))
+    assert out.shape == (2, 2)
+    other = model(atoms, ei, edge_attr=(bonds + 1) % 4, batch=batch, pe=torch.randn(9, 2))
+    assert not torch.allclose(out, other)  # the bonds reach the messages
+    with pytest.raises(ValueError, match="act: expected one of"):
+        GNNPlus(3, 2, act="tanh")

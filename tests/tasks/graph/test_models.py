@@ -164,6 +164,28 @@ def test_gcn_plus_branch_reads_the_embedded_edge_features():
     assert not torch.allclose(model(**_inputs(b)), model(**other))
 
 
+def test_gcne_branch_is_gnn_plus_peptides_layer_with_its_activation_and_head():
+    from geossm.tasks.graph.baselines import EdgeSumConv
+    torch.manual_seed(0)
+    b = _molecules()
+    model = GraphMambaNetwork(node_vocab=[5, 3], edge_vocab=[4], num_classes=2,
+                              task_level="graph", tokens=False, mpnn="gcne", mpnn_plus=True,
+                              mpnn_act="gelu", head_layers=4, head_input_dropout=True,
+                              residual=False, dropout=0.0, **TINY).eval()
+    local = model.layers[0].local
+    assert isinstance(local.conv, EdgeSumConv) and isinstance(local.act, torch.nn.GELU)
+    kinds = [type(m).__name__ for m in model.head]
+    assert kinds == ["Dropout"] + ["Linear", "GELU", "Dropout"] * 3 + ["Linear"]
+    other = _inputs(b) | {"edge_attr": (b.edge_attr + 1) % 4}
+    assert not torch.allclose(model(**_inputs(b)), model(**other))
+    with pytest.raises(ValueError, match="'gcne' is a GNN\\+ layer and needs mpnn_plus"):
+        GraphMambaNetwork(3, 2, mpnn="gcne")
+    with pytest.raises(ValueError, match="act: expected one of"):
+        GraphMambaNetwork(3, 2, mpnn="gcn", mpnn_plus=True, mpnn_act="swish")
+    with pytest.raises(ValueError, match="head_layers: expected an int >= 1"):
+        GraphMambaNetwork(3, 2, mpnn="gcn", head_layers=0)
+
+
 def test_karate_club_trains():
     torch.manual_seed(0)
     data = KarateClub(split="train")[0]

@@ -21,7 +21,8 @@ KARATE = ["data.name=KarateClub", "data.root=null", "model.in_channels=34",
 
 @pytest.mark.parametrize("name", ["cora_gmn", "tolokers_gmn", "mutag_gmn", "peptides_func_gmn",
                                   "synthetic_gmn", "cora_gcnplus", "tolokers_gcnplus",
-                                  "mutag_ginplus", "peptides_func_gcnplus"])
+                                  "mutag_ginplus", "peptides_func_gcnplus",
+                                  "peptides_func_gmnplus"])
 def test_configs_name_registered_classes_and_build(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.task in TASKS.names() and cfg.data.name in DATASETS.names()
