@@ -9,7 +9,7 @@
 # `start` launches every RUNS entry with the config's full schedule (train.epochs, e.g. 300),
 # waits until each has finished 3 epochs (the first holds the Triton compilation; all 3 are
 # inside the 5 warm-up epochs, whose learning rate does not depend on the schedule's length),
-# stops them (SIGINT; last.pt holds the last finished epoch) and resumes each with the
+# stops them (last.pt holds the last finished epoch) and resumes each with the
 # schedule length that its measured pace fits into the DEADLINE seconds counted from the start
 # (`peptides_parts.py fit`): the cosine then ends inside the time. Every run prints the test AP
 # of its best-validation weights at its end; `wait` returns when all have (or after MAX_S) and
@@ -21,6 +21,14 @@
 # (the compact .npz; default .devdata/peptides/peptides_func.npz), OUTDIR (default /tmp/pep),
 # DEADLINE (s), MAX_S (s of one wait, default 560), MPS (1: start CUDA MPS so the runs' kernels
 # share the GPU, default 1; checked with one CUDA call, off again if that fails), EXTRA.
+#
+# A full schedule over several device sessions: FULL names runs kept on their config's own
+# schedule (e.g. 300 epochs; not re-sized). `wait` stops them at the DEADLINE (last.pt holds
+# the last finished epoch) and packs each into PACK/NAME.tar (default $OUT or
+# OUTDIR/pack): its folder with last.pt, best.pt without the optimizer state, metrics and log.
+# A later session passes FROM=folder holding those tars (carried to the device): the runs unpack
+# and resume where they stopped, and print the test AP of their best-validation weights when
+# their schedule ends.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 RUNS=${RUNS:-"gcn_s0:peptides_func_gcnplus:0 gcn_s1:peptides_func_gcnplus:1 gcn_s2:peptides_func_gcnplus:2 gmn_s0:peptides_func_gmnplus:0 gmn_s1:peptides_func_gmnplus:1 gmn_s2:peptides_func_gmnplus:2"}
@@ -37,12 +45,42 @@ launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME [OVERRIDES]: two cores 
     seed="$3" train.epochs="$5" train.num_workers=2 train.progress=false resume="$6" \
     ${7//,/ } ${EXTRA:-} \
     >>"$OUTDIR/$1.log" 2>&1 </dev/null &
+  echo $! >"$OUTDIR/$1.pid"
   echo "$1 config=$2 seed=$3 cores=$lo-$(( lo + 1 )) epochs=$5 resume=$6 pid=$!"
+}
+
+is_full() { [[ " ${FULL:-} " == *" $1 "* ]]; }
+
+config_epochs() {
+  python3 -c "import yaml; print(yaml.safe_load(open('configs/graph/$1.yaml'))['train']['epochs'])"
+}
+
+stop() {  # stop NAME...: SIGTERM, then wait for the exit (<= 60 s). Not SIGINT: a background job
+  # starts with SIGINT ignored. A checkpoint is written to a temporary file and renamed, so
+  # last.pt holds the last finished epoch whenever the run stops.
+  local name pid t
+  for name in "$@"; do kill -TERM "$(cat "$OUTDIR/$name.pid")" 2>/dev/null; done
+  for name in "$@"; do
+    pid=$(cat "$OUTDIR/$name.pid"); t=$SECONDS
+    while kill -0 "$pid" 2>/dev/null && [ $(( SECONDS - t )) -lt 60 ]; do sleep 1; done
+    kill -KILL "$pid" 2>/dev/null
+  done
+}
+
+pack() {  # pack NAME...: PACK/NAME.tar with the run folder (best.pt stripped) and its log
+  local dest=${PACK:-${OUT:-$OUTDIR/pack}} name
+  mkdir -p "$dest"
+  for name in "$@"; do
+    python3 "$HERE/peptides_parts.py" strip "$OUTDIR/$name/best.pt" "$OUTDIR/$name/best.pt.tmp" \
+      && mv "$OUTDIR/$name/best.pt.tmp" "$OUTDIR/$name/best.pt"
+    tar -cf "$dest/$name.tar" -C "$OUTDIR" --exclude=tb "$name" "$name.log"
+    ls -la "$dest/$name.tar"
+  done
 }
 
 start() {
   : "${DEADLINE:?DEADLINE: seconds from now by which every run must end}"
-  local t0 slot=0 name cfg seed over
+  local t0 slot=0 name cfg seed over resume fitted=()
   t0=$(date +%s); echo "t0=$t0 deadline=$(( t0 + DEADLINE ))" | tee "$OUTDIR/deadline.txt"
   if [ "${MPS:-1}" = 1 ] && nvidia-cuda-mps-control -d 2>/dev/null; then
     if timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
@@ -51,29 +89,51 @@ start() {
   fi
   for run in $RUNS; do
     IFS=: read -r name cfg seed over <<<"$run"
-    launch "$name" "$cfg" "$seed" "$slot" "$(python3 -c "import yaml; print(yaml.safe_load(open('configs/graph/$cfg.yaml'))['train']['epochs'])")" false "$over"
+    resume=false
+    if is_full "$name" && [ -n "${FROM:-}" ] && [ -f "$FROM/$name.tar" ]; then
+      tar -xf "$FROM/$name.tar" -C "$OUTDIR" && resume=true
+    fi
+    is_full "$name" || fitted+=("$name")
+    launch "$name" "$cfg" "$seed" "$slot" "$(config_epochs "$cfg")" "$resume" "$over"
     slot=$(( slot + 1 ))
   done
-  while [ $(( $(date +%s) - t0 )) -lt 300 ]; do  # every run: 3 epochs (or 300 s)
-    [ "$(grep -l "epoch 3 val:" "$OUTDIR"/*.log 2>/dev/null | wc -l)" -ge "$slot" ] && break
+  [ "${#fitted[@]}" -eq 0 ] && return
+  while [ $(( $(date +%s) - t0 )) -lt 300 ]; do  # every re-sized run: 3 epochs (or 300 s)
+    local done_n=0
+    for name in "${fitted[@]}"; do
+      grep -q "epoch 3 val:" "$OUTDIR/$name.log" 2>/dev/null && done_n=$(( done_n + 1 ))
+    done
+    [ "$done_n" -ge "${#fitted[@]}" ] && break
     sleep 5
   done
-  pkill -INT -f "geossm train configs/graph/peptides_func"; sleep 8
-  pkill -KILL -f "geossm train configs/graph/peptides_func"; sleep 2
+  stop "${fitted[@]}"
   slot=0
   for run in $RUNS; do
     IFS=: read -r name cfg seed over <<<"$run"
-    launch "$name" "$cfg" "$seed" "$slot" \
-      "$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" $(( t0 + DEADLINE - $(date +%s) )))" true "$over"
+    if ! is_full "$name"; then
+      launch "$name" "$cfg" "$seed" "$slot" \
+        "$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" $(( t0 + DEADLINE - $(date +%s) )))" true "$over"
+    fi
     slot=$(( slot + 1 ))
   done
 }
 
 wait_runs() {
-  local t=$SECONDS n
-  n=$(wc -w <<<"$RUNS")
+  local t=$SECONDS deadline name cfg seed over fitted=() full=() done_n
+  deadline=$(sed -n 's/.*deadline=\([0-9]*\).*/\1/p' "$OUTDIR/deadline.txt")
+  for run in $RUNS; do
+    IFS=: read -r name cfg seed over <<<"$run"
+    if is_full "$name"; then full+=("$name"); else fitted+=("$name"); fi
+  done
   while [ $(( SECONDS - t )) -lt "${MAX_S:-560}" ]; do
-    [ "$(grep -l "test: weights=best" "$OUTDIR"/*.log 2>/dev/null | wc -l)" -ge "$n" ] && break
+    if [ "${#full[@]}" -gt 0 ] && [ "$(date +%s)" -ge "$deadline" ]; then
+      stop "${full[@]}"; pack "${full[@]}"; full=()
+    fi
+    done_n=0
+    for name in "${fitted[@]}"; do
+      grep -q "test: weights=best" "$OUTDIR/$name.log" 2>/dev/null && done_n=$(( done_n + 1 ))
+    done
+    [ "$done_n" -ge "${#fitted[@]}" ] && [ "${#full[@]}" -eq 0 ] && break
     sleep 5
   done
   cat "$OUTDIR/deadline.txt"; echo "now $(date +%s)"
