@@ -27,13 +27,14 @@
 # the last finished epoch) and packs each into PACK/NAME.tar (default $OUT or
 # OUTDIR/pack): its folder with last.pt, best.pt without the optimizer state, metrics and log.
 # A later session passes FROM=folder holding those tars (carried to the device): the runs unpack
-# and resume where they stopped, and print the test AP of their best-validation weights when
+# and resume where they stopped (as they do without FROM when their folder is still in OUTDIR), and print the test AP of their best-validation weights when
 # their schedule ends.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 RUNS=${RUNS:-"gcn_s0:peptides_func_gcnplus:0 gcn_s1:peptides_func_gcnplus:1 gcn_s2:peptides_func_gcnplus:2 gmn_s0:peptides_func_gmnplus:0 gmn_s1:peptides_func_gmnplus:1 gmn_s2:peptides_func_gmnplus:2"}
 DATA=${DATA:-$PWD/shared/data}; CACHE=${CACHE:-$PWD/.devdata/peptides/peptides_func.npz}
-OUTDIR=${OUTDIR:-/tmp/pep}; NCPU=$(nproc)
+# nproc obeys OMP_NUM_THREADS (1 above): count the cores this process may use without it.
+OUTDIR=${OUTDIR:-/tmp/pep}; NCPU=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 HERE=$(dirname "$0")
 mkdir -p "$OUTDIR"
 export TRITON_CACHE_DIR=$OUTDIR/triton
@@ -90,8 +91,9 @@ start() {
   for run in $RUNS; do
     IFS=: read -r name cfg seed over <<<"$run"
     resume=false
-    if is_full "$name" && [ -n "${FROM:-}" ] && [ -f "$FROM/$name.tar" ]; then
-      tar -xf "$FROM/$name.tar" -C "$OUTDIR" && resume=true
+    if is_full "$name"; then  # from a tar of an earlier session, or stopped earlier here
+      [ -n "${FROM:-}" ] && [ -f "$FROM/$name.tar" ] && tar -xf "$FROM/$name.tar" -C "$OUTDIR"
+      [ -f "$OUTDIR/$name/last.pt" ] && resume=true
     fi
     is_full "$name" || fitted+=("$name")
     launch "$name" "$cfg" "$seed" "$slot" "$(config_epochs "$cfg")" "$resume" "$over"
@@ -111,8 +113,11 @@ start() {
   for run in $RUNS; do
     IFS=: read -r name cfg seed over <<<"$run"
     if ! is_full "$name"; then
-      launch "$name" "$cfg" "$seed" "$slot" \
-        "$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" $(( t0 + DEADLINE - $(date +%s) )))" true "$over"
+      local epochs
+      if epochs=$(python3 "$HERE/peptides_parts.py" fit "$OUTDIR/$name.log" \
+                  $(( t0 + DEADLINE - $(date +%s) ))); then
+        launch "$name" "$cfg" "$seed" "$slot" "$epochs" true "$over"
+      else echo "$name: not resumed"; fi
     fi
     slot=$(( slot + 1 ))
   done

@@ -252,7 +252,8 @@ def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
     # one per parameter and moment
     overrides += ["+train.optimizer.fused=true", *args.override]
     torch.manual_seed(0)
-    trainer, optimizer, scheduler = step_profile.build_trainer(task, overrides, "cpu")
+    trainer, optimizer, scheduler = step_profile.build_trainer(task, overrides, "cpu",
+                                                               args.config)
     try:
         trainer.model.train()
         clip = float(trainer.cfg.train.grad_clip or 0.0)
@@ -274,7 +275,8 @@ def measure(task: str, batch_size: int, args, tmp: Path) -> dict:
         counter = OpCounter(host_tensors=steps, stack_depth=args.sync_stacks)
         with counter:
             step(batches[0])
-        row = {"bench": "step_ops", "task": task, "config": step_profile.TASKS[task][0],
+        row = {"bench": "step_ops", "task": task,
+               "config": step_profile.task_config(task, args.config),
                "batch_size": batch_size, "tiny": bool(args.tiny),
                "items_per_batch": step_profile._items(batches[0]),
                "step_ms": round(1e3 * statistics.median(times), 1),
@@ -314,8 +316,12 @@ def main(argv: list[str] | None = None) -> None:
                          "the optimizer's of one more step")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
+    ap.add_argument("--config", default=None,
+                    help="another config of the task's family (path under configs/; one task)")
     ap.add_argument("--tiny", action="store_true", help="tiny models (the test's check)")
     args = ap.parse_args(argv)
+    if args.config and len(args.tasks) != 1:
+        ap.error("--config: name one task (--tasks)")
     if args.tiny:
         args.steps, args.warmup, args.batches, args.graphs = 1, 1, 1, 40
     torch.set_num_threads(args.threads)

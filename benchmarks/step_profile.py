@@ -49,6 +49,8 @@ step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = n
     python benchmarks/step_profile.py --tiny       # CPU check of the script: tiny models
     python benchmarks/step_profile.py --tasks events --cuda-graph
     python benchmarks/step_profile.py --tasks graph events --op-sources --steps 2
+    python benchmarks/step_profile.py --tasks graph --config graph/peptides_func_gcnplus.yaml \
+        --batch-sizes 16
 """
 
 from __future__ import annotations
@@ -124,13 +126,20 @@ def data_overrides(task: str, tmp: Path, graphs: int, peptides_cache: Path | Non
     return [f"data.root={root}"]
 
 
-def build_trainer(task: str, overrides: list[str], device: str):
-    """A ``Trainer`` on the task's config (its model, loss, step) plus optimizer and schedule."""
+def task_config(task: str, config: str | None = None) -> str:
+    """The config a task is measured on: ``config`` (a path under ``configs/``, e.g.
+    ``graph/peptides_func_gcnplus.yaml``) or the task's default in ``TASKS``."""
+    return config or TASKS[task][0]
+
+
+def build_trainer(task: str, overrides: list[str], device: str, config: str | None = None):
+    """A ``Trainer`` on the task's config (its model, loss, step) plus optimizer and schedule;
+    ``config``: another config of the task's family (``task_config``)."""
     from geossm.config import find_config, load_config
     from geossm.engine import Trainer
     from geossm.engine.optim import build_optimizer, build_scheduler
 
-    cfg = load_config(find_config(TASKS[task][0]),
+    cfg = load_config(find_config(task_config(task, config)),
                       overrides + [f"device={device}", "train.progress=false"])
     trainer = Trainer(cfg, config_name="step_profile")
     groups = trainer.task.parameter_groups(trainer.model, float(cfg.train.weight_decay))
@@ -330,7 +339,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
     if args.compile:
         overrides.append(f"train.compile={args.compile}")
     overrides += args.override
-    trainer, optimizer, scheduler = build_trainer(task, overrides, device)
+    trainer, optimizer, scheduler = build_trainer(task, overrides, device, args.config)
     dev = trainer.device
     try:
         set_memory_paths(trainer.model, args.paths)
@@ -356,7 +365,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             _sync(dev)
             times.append(time.perf_counter() - t0)
         step_ms = 1e3 * statistics.median(times)
-        row = {"bench": "step_profile", "task": task, "config": TASKS[task][0],
+        row = {"bench": "step_profile", "task": task, "config": task_config(task, args.config),
                "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
         prof = profile_steps(step, batches, args.steps, dev)
@@ -499,8 +508,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--override", nargs="*", default=[],
                     help="extra config overrides, e.g. model.packed_scan=false")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
+    ap.add_argument("--config", default=None,
+                    help="another config of the task's family (path under configs/, e.g. "
+                         "graph/peptides_func_gcnplus.yaml; one task)")
     ap.add_argument("--tiny", action="store_true", help="CPU check: tiny models and batches")
     args = ap.parse_args(argv)
+    if args.config and len(args.tasks) != 1:
+        ap.error("--config: name one task (--tasks)")
     if args.tiny:
         args.steps, args.warmup, args.batches, args.graphs = 1, 1, 1, 40
     if args.peptides_cache is None:
