@@ -39,15 +39,19 @@ HERE=$(dirname "$0")
 mkdir -p "$OUTDIR"
 export TRITON_CACHE_DIR=$OUTDIR/triton
 
-launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME [OVERRIDES]: two cores per run, after
-  local lo=$(( ($4 * 2 + 4) % NCPU ))  # cores 0-3
-  setsid nohup taskset -c "$lo-$(( lo + 1 ))" geossm train "configs/graph/$2.yaml" \
+launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME [OVERRIDES]: the cores after 0-3 shared
+  # out evenly (at least two per run: the trainer's process and its loader workers; fewer runs
+  # get more cores, e.g. four each for three runs on 16 cores)
+  local width lo
+  width=$(( (NCPU - 4) / $(wc -w <<<"$RUNS") )); [ "$width" -lt 2 ] && width=2
+  lo=$(( ($4 * width + 4) % NCPU ))
+  setsid nohup taskset -c "$lo-$(( lo + width - 1 ))" geossm train "configs/graph/$2.yaml" \
     output_dir="$OUTDIR/$1" data.root="$DATA/graphs/peptides-functional" data.cache="$CACHE" \
-    seed="$3" train.epochs="$5" train.num_workers=2 train.progress=false resume="$6" \
+    seed="$3" train.epochs="$5" train.num_workers="$width" train.progress=false resume="$6" \
     ${7//,/ } ${EXTRA:-} \
     >>"$OUTDIR/$1.log" 2>&1 </dev/null &
   echo $! >"$OUTDIR/$1.pid"
-  echo "$1 config=$2 seed=$3 cores=$lo-$(( lo + 1 )) epochs=$5 resume=$6 pid=$!"
+  echo "$1 config=$2 seed=$3 cores=$lo-$(( lo + width - 1 )) epochs=$5 resume=$6 pid=$!"
 }
 
 is_full() { [[ " ${FULL:-} " == *" $1 "* ]]; }
