@@ -28,6 +28,12 @@ graphs the separate ego term keeps it apart.
 ``GCNPlus`` with edge features adds GNN+'s edge term to ``GCNConv``: every edge's embedded
 feature (projected when its width differs from the layer's), weighted by the same symmetric
 normalisation ``1 / sqrt(d_u d_v)`` (degrees with the self-loop), summed into its target.
+
+``conv="gcne"`` is the GCN of the GNN+ authors' own Peptides configs (``EdgeSumConv``): the
+bond enters every message, ``out_v = b + Σ_{u->v} relu(W h_u + e_uv)``, with no self-loop and
+no degree normalisation. With GELU (``act``), no residual, no FFN and a 4-layer head with a
+dropout before every Linear (``head_input_dropout``) it is their Peptides-func recipe
+(``configs/graph/peptides_func_gcnplus.yaml``).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from .models import (CategoricalEncoder, _posint, activation, check_node_inputs,
                      sparse_adjacency)
 from .plan import GraphPlan, GraphPlanner, checked_plan, data_plan
 
-__all__ = ["EdgeSumConv", "GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus"]
+__all__ = ["EdgeSumConv", "GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus",
+           "SAGEPlus"]
 
 CONVS = ("gcn", "gcne", "gine", "gatedgcn", "sage")
 NORMS = (None, "batch", "layer")

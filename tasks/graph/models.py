@@ -836,7 +836,8 @@ class GraphMambaNetwork(nn.Module):
                            else None)
         self.pe_encoder = nn.Linear(pe_dim, dim) if pe_dim else None
         self.pe_norm = nn.BatchNorm1d(pe_dim) if pe_dim and pe_norm else None
-        # A GCN+ block reads edge features through its normalised edge term (baselines.py).
+        # A GCN+ block reads edge features through its normalised edge term, a gcne block in
+        # every message (baselines.py).
         uses_edges = (mpnn in ("gine", "gatedgcn") or (mpnn_plus and mpnn in ("gcn", "gcne"))
                       or (tokens and token_encoder == "gine"))
         self.edge_encoder: nn.Module | None = None
