@@ -53,6 +53,7 @@ from .models import (CategoricalEncoder, _posint, activation, check_node_inputs,
                      graph_forward_inputs, graph_readout, mlp_head, pooled_norm,
                      sparse_adjacency)
 from .plan import GraphPlan, GraphPlanner, checked_plan, data_plan
+from .static_batch import masked_batch_norm
 
 __all__ = ["EdgeSumConv", "GNNPlusLayer", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus",
            "SAGEPlus"]
@@ -161,18 +162,21 @@ class GNNPlusLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor,
                 edge_attr: torch.Tensor | None = None,
-                adj_t: torch.Tensor | None = None) -> torch.Tensor:
+                adj_t: torch.Tensor | None = None,
+                node_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``adj_t``: optional sparse CSR (target, source) matrix for ``gcn`` / ``sage`` (the
-        same product as ``edge_index``, faster on CPU); edge features need ``edge_index``."""
+        same product as ``edge_index``, faster on CPU); edge features need ``edge_index``.
+        ``node_mask (N,)``: 1 for real nodes, 0 for the padding of a static batch (BatchNorm
+        statistics over the real nodes only, ``static_batch.masked_batch_norm``)."""
         y = self._conv(h, edge_index, edge_attr, adj_t)
         if self.ego is not None:
             y = y + self.ego(h)
         if self.final:
             return y
-        y = self.drop(self.act(self.norm(y)))
+        y = self.drop(self.act(masked_batch_norm(y, self.norm, node_mask)))
         h = h + y if self.residual else y
         if self.ffn is not None:
-            h = self.norm2(h + self.ffn(h))
+            h = masked_batch_norm(h + self.ffn(h), self.norm2, node_mask)
         return h
 
     def _conv(self, h, edge_index, edge_attr, adj_t) -> torch.Tensor:
@@ -323,39 +327,59 @@ class GNNPlus(nn.Module):
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
-                pe: torch.Tensor | None = None, plan: GraphPlan | None = None) -> torch.Tensor:
+                pe: torch.Tensor | None = None, plan: GraphPlan | None = None,
+                node_mask: torch.Tensor | None = None,
+                num_graphs: int | None = None) -> torch.Tensor:
         """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
         ``edge_attr``, ``batch``, ``pe`` and ``plan`` are keyword-only (as
         ``GraphMambaNetwork``; ``plan`` from ``self.planner()``, default None: the adjacency
-        and graph count are found here)."""
+        and graph count are found here). ``node_mask (N,)`` and ``num_graphs``: a padded
+        static batch (``static_batch.StaticBatch``; graph level): padding nodes have mask 0
+        and graph id ``num_graphs``, and the output keeps the first ``num_graphs`` rows."""
+        if node_mask is not None:
+            self._check_static(num_graphs)
         plan = data_plan(x, plan)
         x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
             self, x, edge_index, extra, edge_attr, batch, pe)
         check_node_inputs(x, pe, self.pe_dim)
         if plan is not None:
             plan = checked_plan(plan, self.planner(), x.shape[0], int(edge_index.shape[1]))
-        h = self._embed(x, pe)
+        h = self._embed(x, pe, node_mask)
         ea = encode_edges(self.edge_encoder, edge_attr)
         if plan is not None and plan.adjacency is not None:
             adj_t = plan.adjacency.matrix()
         else:
             adj_t = sparse_adjacency(edge_index, x.shape[0]) if self.sparse_adjacency else None
         for layer in self.layers:
-            h = layer(h, edge_index, ea, adj_t)
-        if self.task_level == "graph":
+            h = layer(h, edge_index, ea, adj_t, node_mask)
+        if node_mask is not None:  # one more graph holds the padding nodes: dropped
+            h = graph_readout(h, batch, self.pool, None, num_graphs + 1)[:num_graphs]
+        elif self.task_level == "graph":
             h = graph_readout(h, batch, self.pool, self.pool_norm,
                               plan.num_graphs if plan is not None else None)
         return self.head(h)
 
-    def _embed(self, x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
+    def _check_static(self, num_graphs: int | None) -> None:
+        """What a padded batch needs: graph level, the graph count, no norm that mixes rows
+        without the mask (GIN's inner BatchNorm, the pooled-graph norm)."""
+        if self.task_level != "graph" or not isinstance(num_graphs, int):
+            raise ValueError("node_mask: padded static batches are graph-level and need "
+                             f"num_graphs (an int), got task_level={self.task_level!r}, "
+                             f"num_graphs={num_graphs!r}")
+        if self.pool_norm is not None or self.layers[0].kind == "gine":
+            raise ValueError("node_mask: a static batch needs BatchNorm only where the mask "
+                             "reaches it; GIN's inner BatchNorm and pool_norm do not take it")
+
+    def _embed(self, x: torch.Tensor, pe: torch.Tensor | None,
+               node_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.pe_norm is not None:
-            pe = self.pe_norm(pe.float())
+            pe = masked_batch_norm(pe.float(), self.pe_norm, node_mask)
         if self.categorical:
             h = self.input_encoder(x)
             return h + self.pe_encoder(pe) if self.pe_encoder is not None else h
         x = x.float()
         if self.input_norm is not None:
-            x = self.input_norm(x)
+            x = masked_batch_norm(x, self.input_norm, node_mask)
         if pe is not None and self.pe_norm is not None:
             x = torch.cat([x, pe], 1)
         return self.input_encoder(self.input_dropout(x))

@@ -43,6 +43,7 @@ from geossm.registry import DATASETS, TASKS
 
 from .losses import WithInputL2
 from .metrics import Accuracy, AveragePrecision, RocAuc
+from .static_batch import StaticBatch, is_static_batch
 from .transforms import AddPositionalEncodings, normalize_rows
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
@@ -103,6 +104,8 @@ class _GraphTask(Task):
     loss_keys: tuple[str, ...] = ()
     #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
     metric_from_dataset = True
+    #: Whether ``train.static_batch`` (padded training batches) fits the task's loss.
+    static_batches = False
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
@@ -112,6 +115,8 @@ class _GraphTask(Task):
         self.planner = None
         #: ``(edge_index, static parts)`` of recent one-graph batches (``_static_parts``).
         self._static_cache: dict[tuple, tuple] = {}
+        #: ``train.static_batch``: training batches padded to one layout (``static_batch``).
+        self.static_batch: StaticBatch | None = None
 
     def build_model(self) -> torch.nn.Module:
         """``MODELS[model.name](**model)`` after the ``auto`` keys are read from the training
@@ -133,7 +138,24 @@ class _GraphTask(Task):
         planner = getattr(built, "planner", None)
         self.planner = planner() if callable(planner) else None
         self._static_cache = {}
+        self.static_batch = self._static_batch(built)
         return built
+
+    def _static_batch(self, model: torch.nn.Module) -> StaticBatch | None:
+        """``train.static_batch`` checked against the task and the model: multi-label graph
+        targets and a model without a planner (the GNN+ baselines)."""
+        spec = StaticBatch.from_config(to_container(self.cfg.train.get("static_batch")),
+                                       int(self.cfg.train.batch_size))
+        if spec is None:
+            return None
+        if not self.static_batches:
+            raise ValueError(f"train.static_batch: {type(self).__name__} does not take padded "
+                             "batches (MultiLabelGraphTask does); set train.static_batch=null")
+        if self.planner is not None and self.planner != type(self.planner)():
+            raise ValueError(f"train.static_batch: {type(model).__name__} plans its batches "
+                             "(sequences, tokens or adjacencies); padded batches are for "
+                             "models without a plan (GNNPlus)")
+        return spec
 
     def _metric_from_dataset(self) -> bool:
         return self.metric_from_dataset and not self.cfg.eval.get("metric")
@@ -186,8 +208,10 @@ class _GraphTask(Task):
         if not samples:
             raise ValueError("collate: expected at least one graph, got an empty list")
         batch = Batch.from_data_list(list(samples))
+        training = getattr(samples, "split", "train") in ("train", None)
+        if training and self.static_batch is not None:
+            return self.static_batch.pad(batch)
         if self.planner is not None:
-            training = getattr(samples, "split", "train") in ("train", None)
             batch.plan = self.planner(batch.edge_index, int(batch.num_nodes), batch.batch,
                                       int(batch.num_graphs), training,
                                       self._static_parts(samples))
@@ -210,7 +234,7 @@ class _GraphTask(Task):
         return cached[1]
 
     def num_samples(self, batch: Batch) -> int:
-        return int(batch.num_graphs)
+        return int(batch["graphs"]) if is_static_batch(batch) else int(batch.num_graphs)
 
     def loss_options(self) -> dict[str, Any]:
         """The config's ``loss`` mapping; keys other than ``loss_keys`` raise ``ValueError``."""
@@ -229,7 +253,12 @@ class _GraphTask(Task):
         return self.loss
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """The model on the batch's tensors (and its ``plan``, when ``collate`` built one)."""
+        """The model on the batch's tensors (and its ``plan``, when ``collate`` built one; a
+        padded static batch with its node mask and graph count)."""
+        if is_static_batch(batch):
+            return model(batch["x"], batch["edge_index"], edge_attr=batch.get("edge_attr"),
+                         batch=batch["batch"], pe=batch.get("pe"), node_mask=batch["node_mask"],
+                         num_graphs=batch["num_graphs"])
         plan = getattr(batch, "plan", None)
         extra = {"plan": plan} if plan is not None else {}
         return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),
@@ -406,11 +435,12 @@ class MultiLabelGraphTask(_GraphTask):
 
     best_metric = "ap"
     metric_from_dataset = False
+    static_batches = True  # padded graphs have NaN labels: the loss skips them
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean binary cross-entropy over the labelled entries. A weighted mean (weight 0 on
         NaN labels) instead of boolean indexing: no host sync for the number of labels."""
-        y = batch.y.float()
+        y = (batch["y"] if is_static_batch(batch) else batch.y).float()
         known = ~torch.isnan(y)
         per_entry = F.binary_cross_entropy_with_logits(
             outputs.float(), torch.where(known, y, torch.zeros_like(y)), reduction="none")

@@ -11,38 +11,8 @@ import torch
 from geossm.config import load_config
 from geossm.engine import Trainer
 from geossm.engine.cuda_graph import GraphedStep, batch_signature
+from tests.cuda_graph_standin import RerunGraphedStep
 from toy_task import write_toy_config
-
-
-class RerunGraphedStep(GraphedStep):
-    """CPU stand-in: the capture runs the step once (a CUDA capture only records it), a
-    replay runs it again on the static inputs and writes its results into the buffers the
-    capture returned, as a replayed graph writes into its static tensors."""
-
-    def _new_graph(self):
-        return object()
-
-    def _capture_context(self, graph):
-        return contextlib.nullcontext()
-
-    def _replay(self, captured):
-        fresh = captured.step(captured.inputs)
-        for static, new in zip(_leaves(captured.outputs), _leaves(fresh)):
-            static.copy_(new)
-        for static, p in zip(captured.grads, self.params):
-            if static is not None:
-                static.copy_(p.grad)
-                p.grad = torch.full_like(p.grad, float("nan"))  # stale: must be re-pointed
-
-
-def _leaves(out):
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _leaves(out[k])]
-    if isinstance(out, (list, tuple)):
-        return [t for v in out for t in _leaves(v)]
-    return []
 
 
 def test_signature_describes_layout_and_refuses_other_objects():

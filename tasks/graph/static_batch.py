@@ -1,0 +1,140 @@
+"""Training batches of one fixed layout, for a graph step replayed as a CUDA graph.
+
+A Peptides-func step at batch 16 is ~150 small kernels of GPU work behind ~1,300 operator
+dispatches on the host: the GPU waits. ``train.cuda_graph`` (``geossm.engine.cuda_graph``)
+records a step once and replays it, but only for batches of one layout, while every batch of
+molecules has other node and edge counts. ``train.static_batch: {nodes: N, edges: E}`` pads each
+training batch (graph-level tasks with multi-label targets, models without a planner: the GNN+
+baselines) to ``N`` nodes, ``E`` edges and ``train.batch_size`` graphs::
+
+    padding nodes   features 0, pe 0, graph id G (one extra graph, dropped after pooling),
+                    node_mask 0
+    padding edges   the last node to itself (a padding node: real nodes receive nothing)
+    missing graphs  (the epoch's last, smaller batch) no nodes, labels NaN (the loss skips them)
+
+The model normalises with statistics of the real nodes only (``masked_batch_norm``) and pools
+``G + 1`` graphs, keeping the first ``G``: the outputs, loss and gradients of the unpadded batch
+(float rounding aside). A batch larger than ``N`` nodes or ``E`` edges stays unpadded (a PyG
+``Batch``, which the step runs eagerly: same results); the first one warns (once per loader
+worker), and ``StaticBatch.oversized`` counts them in the process that pads.
+
+The padded batch is a mapping (``train.cuda_graph`` keys its records by the tensors' shapes
+and the plain values)::
+
+    x (N, F), edge_index (2, E), edge_attr (E, ...), pe (N, P), batch (N,), node_mask (N,),
+    y (G, L), num_graphs G, graphs (the real graph count; the last batch's differs)
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+__all__ = ["StaticBatch", "masked_batch_norm", "is_static_batch"]
+
+#: Fields of a PyG batch padded per node / per edge (those the batch holds).
+NODE_FIELDS = ("x", "pe")
+EDGE_FIELDS = ("edge_attr",)
+
+
+def is_static_batch(batch: Any) -> bool:
+    """True for a padded training batch (``StaticBatch.pad``'s mapping)."""
+    return isinstance(batch, Mapping) and "node_mask" in batch
+
+
+@dataclass
+class StaticBatch:
+    """Pads PyG batches to ``nodes`` nodes, ``edges`` edges and ``graphs`` graphs (module
+    docstring). ``oversized`` counts the batches left unpadded because they did not fit (in
+    this process)."""
+
+    nodes: int
+    edges: int
+    graphs: int
+    oversized: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "edges", "graphs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"train.static_batch.{name}: expected an int >= 1, got "
+                                 f"{value!r}")
+
+    @classmethod
+    def from_config(cls, spec: Any, graphs: int) -> StaticBatch | None:
+        """``train.static_batch`` (``{nodes: N, edges: E}`` or null) for batches of ``graphs``
+        graphs; None when unset."""
+        if spec is None:
+            return None
+        if not isinstance(spec, Mapping) or set(spec) != {"nodes", "edges"}:
+            raise ValueError("train.static_batch: expected {nodes: N, edges: E} or null, got "
+                             f"{spec!r}")
+        return cls(int(spec["nodes"]), int(spec["edges"]), int(graphs))
+
+    def pad(self, batch: Batch) -> dict[str, Any] | Batch:
+        """``batch`` padded (module docstring), or ``batch`` itself when it does not fit.
+        The last node is always padding, so a batch needs fewer than ``nodes`` nodes."""
+        n, e, g = int(batch.num_nodes), int(batch.edge_index.shape[1]), int(batch.num_graphs)
+        if n >= self.nodes or e > self.edges or g > self.graphs:
+            if not self.oversized:
+                warnings.warn(f"train.static_batch: a batch of {g} graphs, {n} nodes and {e} "
+                              f"edges does not fit {self.nodes} nodes (one is padding) / "
+                              f"{self.edges} edges / {self.graphs} graphs; such batches run "
+                              "unpadded (same results, not replayed)", stacklevel=2)
+            self.oversized += 1
+            return batch
+        out: dict[str, Any] = {}
+        for key in NODE_FIELDS:
+            if getattr(batch, key, None) is not None:
+                out[key] = _pad_rows(batch[key], self.nodes, 0)
+        for key in EDGE_FIELDS:
+            if getattr(batch, key, None) is not None:
+                out[key] = _pad_rows(batch[key], self.edges, 0)
+        out["edge_index"] = _pad_rows(batch.edge_index.t(), self.edges, self.nodes - 1).t()
+        out["batch"] = _pad_rows(batch.batch, self.nodes, self.graphs)
+        out["node_mask"] = (torch.arange(self.nodes) < n).float()
+        out["y"] = _pad_rows(batch.y.float(), self.graphs, float("nan"))
+        out["num_graphs"], out["graphs"] = self.graphs, g
+        return out
+
+
+def _pad_rows(t: torch.Tensor, rows: int, value: float) -> torch.Tensor:
+    """``t (R, ...)`` with rows ``R..rows-1`` filled with ``value``: ``(rows, ...)``."""
+    out = t.new_full((rows, *t.shape[1:]), value)
+    out[: t.shape[0]] = t
+    return out.contiguous()
+
+
+def masked_batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d,
+                      node_mask: torch.Tensor | None) -> torch.Tensor:
+    """``bn(x)`` with the batch statistics of the rows where ``node_mask`` is 1 (training
+    only; evaluation, a mask of None and other norms run the module as it is).
+
+    The same normalisation (biased variance), running-statistics update (unbiased variance,
+    ``momentum`` or the cumulative average) and affine map as ``nn.BatchNorm1d`` on the masked
+    rows alone, in float32, with no host sync. Shapes: ``x (N, C)``, ``node_mask (N,)``."""
+    if node_mask is None or not isinstance(bn, nn.BatchNorm1d) or not bn.training \
+            or not bn.track_running_stats:
+        return bn(x)
+    w = node_mask.to(torch.float32).unsqueeze(1)
+    xf = x.float()
+    count = w.sum()
+    mean = (xf * w).sum(0) / count
+    var = ((xf - mean).square() * w).sum(0) / count
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = (1.0 / bn.num_batches_tracked.float() if bn.momentum is None
+                    else bn.momentum)
+        bn.running_mean.mul_(1 - momentum).add_(momentum * mean.to(bn.running_mean.dtype))
+        unbiased = var * count / (count - 1).clamp(min=1)
+        bn.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(bn.running_var.dtype))
+    y = (xf - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        y = y * bn.weight + bn.bias
+    return y.to(x.dtype)

@@ -1,0 +1,178 @@
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch_geometric.data import Batch, Data
+
+from geossm.config import load_config
+from geossm.tasks.graph.baselines import GNNPlus
+from geossm.tasks.graph.static_batch import StaticBatch, is_static_batch, masked_batch_norm
+from geossm.tasks.graph.task import GraphClassificationTask, MultiLabelGraphTask
+from tests.cuda_graph_standin import RerunGraphedStep
+from tests.shared_data import shared_path
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "graph"
+
+
+def _molecule(n: int, seed: int) -> Data:
+    g = torch.Generator().manual_seed(seed)
+    chain = torch.arange(n - 1)
+    edge_index = torch.cat([torch.stack([chain, chain + 1]), torch.stack([chain + 1, chain])], 1)
+    y = torch.randint(0, 2, (1, 3), generator=g).float()
+    y[0, 2] = float("nan") if seed == 1 else y[0, 2]  # one unlabelled entry
+    return Data(x=torch.randint(0, 4, (n, 2), generator=g), edge_index=edge_index,
+                edge_attr=torch.randint(0, 3, (edge_index.shape[1], 1), generator=g),
+                pe=torch.randn(n, 4, generator=g), y=y, num_nodes=n)
+
+
+def _batch() -> Batch:
+    return Batch.from_data_list([_molecule(5, 0), _molecule(7, 1), _molecule(4, 2)])
+
+
+def test_pad_fills_nodes_edges_and_graphs_with_inert_padding():
+    b = _batch()
+    out = StaticBatch(nodes=24, edges=40, graphs=4).pad(b)
+    assert is_static_batch(out) and out["num_graphs"] == 4 and out["graphs"] == 3
+    assert out["x"].shape == (24, 2) and out["pe"].shape == (24, 4)
+    assert out["edge_index"].shape == (2, 40) and out["edge_attr"].shape == (40, 1)
+    assert torch.equal(out["x"][:16], b.x) and not out["x"][16:].any()
+    assert torch.equal(out["node_mask"], (torch.arange(24) < 16).float())
+    assert torch.equal(out["batch"][:16], b.batch) and (out["batch"][16:] == 4).all()
+    pad_edges = out["edge_index"][:, b.edge_index.shape[1]:]
+    assert (pad_edges == 23).all()  # the last node, a padding node, to itself
+    assert torch.equal(out["y"][:3].isnan(), b.y.isnan()) and out["y"][3].isnan().all()
+
+
+def test_batches_that_do_not_fit_stay_unpadded_with_one_warning():
+    static = StaticBatch(nodes=16, edges=40, graphs=4)  # 16 real nodes leave no padding node
+    with pytest.warns(UserWarning, match="run unpadded"):
+        assert isinstance(static.pad(_batch()), Batch)
+        assert isinstance(StaticBatch(nodes=24, edges=10, graphs=4).pad(_batch()), Batch)
+    assert isinstance(static.pad(_batch()), Batch)  # no second warning from one instance
+    assert static.oversized == 2
+    with pytest.raises(ValueError, match="expected {nodes: N, edges: E}"):
+        StaticBatch.from_config({"nodes": 8}, 4)
+    with pytest.raises(ValueError, match="nodes: expected an int >= 1"):
+        StaticBatch(0, 8, 4)
+    assert StaticBatch.from_config(None, 4) is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_masked_batch_norm_is_batch_norm_of_the_real_rows(momentum):
+    torch.manual_seed(0)
+    x = torch.randn(10, 3)
+    mask = torch.tensor([1.0] * 7 + [0.0] * 3)
+    ref, bn = torch.nn.BatchNorm1d(3, momentum=momentum), torch.nn.BatchNorm1d(3, momentum=momentum)
+    for m in (ref, bn):
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 2.0)
+            m.bias.uniform_(-1.0, 1.0)
+        bn.load_state_dict(ref.state_dict())
+    for _ in range(2):  # two updates: the cumulative average's count matters with momentum None
+        want = ref(x[:7])
+        got = masked_batch_norm(x * 1.0, bn, mask)
+    torch.testing.assert_close(got[:7], want)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    bn.eval()
+    torch.testing.assert_close(masked_batch_norm(x, bn, mask), bn(x))  # evaluation: as is
+
+
+def test_padded_gnnplus_step_gives_the_unpadded_outputs_loss_and_gradients():
+    torch.manual_seed(0)
+    model = GNNPlus(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
+                    conv="gcne", dim=8, num_layers=2, residual=False, act="gelu", dropout=0.0,
+                    head_layers=3, head_input_dropout=True, pe_dim=4, mlp_ratio=1.0)
+    twin = GNNPlus(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
+                   conv="gcne", dim=8, num_layers=2, residual=False, act="gelu", dropout=0.0,
+                   head_layers=3, head_input_dropout=True, pe_dim=4, mlp_ratio=1.0)
+    twin.load_state_dict(model.state_dict())
+    task = MultiLabelGraphTask(OmegaConf.create({"model": {}, "data": {}, "train": {}}))
+    b = _batch()
+    padded = StaticBatch(nodes=24, edges=40, graphs=4).pad(b)
+    out = task.forward(model, b)
+    out_padded = task.forward(twin, padded)
+    assert out_padded.shape == (4, 3)
+    torch.testing.assert_close(out_padded[:3], out)
+    loss, loss_padded = task.loss(out, b), task.loss(out_padded, padded)
+    torch.testing.assert_close(loss_padded, loss)
+    loss.backward()
+    loss_padded.backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    for (name, r), s in zip(model.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(s, r, msg=name)
+    assert task.num_samples(padded) == 3 == task.num_samples(b)
+
+
+def _task(cls, model: dict, static: dict | None):
+    cfg = load_config(CONFIGS / "peptides_func_gcnplus.yaml")
+    OmegaConf.set_struct(cfg, False)
+    cfg.model, cfg.train.batch_size, cfg.train.static_batch = model, 4, static
+    task = cls(cfg)
+    task.build_model()
+    return task
+
+
+def test_task_pads_training_batches_only_and_checks_what_it_can_pad():
+    model = {"name": "GNNPlus", "node_vocab": [4, 4], "edge_vocab": [3], "num_classes": 3,
+             "task_level": "graph", "conv": "gcne", "dim": 8, "pe_dim": 4}
+    task = _task(MultiLabelGraphTask, model, {"nodes": 24, "edges": 40})
+    samples = [_molecule(5, 0), _molecule(7, 1)]
+    assert is_static_batch(task.collate(samples))
+
+    class ValSamples(list):
+        split = "val"
+
+    assert isinstance(task.collate(ValSamples(samples)), Batch)  # evaluation: unpadded
+    assert _task(MultiLabelGraphTask, model, None).static_batch is None
+    with pytest.raises(ValueError, match="GraphClassificationTask does not take padded"):
+        _task(GraphClassificationTask, model | {"num_classes": 2}, {"nodes": 24, "edges": 40})
+    gmn = {"name": "GraphMambaNetwork", "node_vocab": [4, 4], "num_classes": 3,
+           "task_level": "graph", "dim": 8, "num_layers": 1, "tokens": False,
+           "global_mamba": True, "d_state": 4}
+    with pytest.raises(ValueError, match="plans its batches"):
+        _task(MultiLabelGraphTask, gmn, {"nodes": 24, "edges": 40})
+    with pytest.raises(ValueError, match="GIN's inner BatchNorm"):
+        GNNPlus(3, 2, conv="gine", task_level="graph")(
+            torch.randn(4, 3), torch.tensor([[0, 1], [1, 0]]), batch=torch.zeros(4).long(),
+            node_mask=torch.ones(4), num_graphs=1)
+
+
+def _peptides_trainer(tmp_path, name: str, *overrides: str):
+    from geossm.engine import Trainer
+    root = shared_path("graphs", "peptides-functional")
+    pytest.importorskip("rdkit", reason="the Peptides-func SMILES are converted with RDKit")
+    cfg = load_config(CONFIGS / "peptides_func_gcnplus.yaml", [
+        f"output_dir={tmp_path / name}", f"data.root={root}", "+data.max_graphs=60",
+        f"data.cache={tmp_path / 'peptides_60.npz'}", "model.dim=16", "model.dropout=0.0",
+        "train.epochs=2", "train.batch_size=8", "train.num_workers=0", "train.warmup_epochs=0",
+        "train.progress=false", "device=cpu", "train.optimizer.name=SGD", *overrides])
+    return Trainer(cfg)
+
+
+def test_padded_training_on_real_molecules_matches_unpadded_and_graphed_replays(tmp_path):
+    """Two epochs on Peptides-func molecules: padded batches train the weights the unpadded
+    ones do (float rounding aside: SGD, as Adam would turn the rounding noise of the
+    gradients that BatchNorm cancels, the convolutions' biases, into whole steps), and a
+    graphed step replaying the padded layout (the CPU stand-in of the engine's tests) trains
+    exactly the eager padded step's weights."""
+    static = "train.static_batch={nodes: 2048, edges: 4096}"
+    plain = _peptides_trainer(tmp_path, "plain")
+    plain.fit()
+    padded = _peptides_trainer(tmp_path, "padded", static)
+    padded.fit()
+    graphed = _peptides_trainer(tmp_path, "graphed", static)
+    graphed.graphed_step = RerunGraphedStep(
+        [p for p in graphed.model.parameters() if p.requires_grad])
+    graphed.fit()
+    assert graphed.graphed_step.stats["replayed"] > 0
+    for (name, a), b in zip(plain.model.state_dict().items(),
+                            padded.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    # Parameters only: the stand-in runs the step at its capture too (a CUDA capture only
+    # records it), which moves the BatchNorm running statistics once more.
+    for (name, b), c in zip(padded.model.named_parameters(), graphed.model.parameters()):
+        assert torch.equal(c, b), name
