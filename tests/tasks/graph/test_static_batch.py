@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 from torch_geometric.data import Batch, Data
 
 from geossm.config import load_config
+from geossm.engine.task import move_to
 from geossm.tasks.graph.baselines import GNNPlus
 from geossm.tasks.graph.static_batch import StaticBatch, is_static_batch, masked_batch_norm
 from geossm.tasks.graph.task import GraphClassificationTask, MultiLabelGraphTask
@@ -176,3 +177,39 @@ def test_padded_training_on_real_molecules_matches_unpadded_and_graphed_replays(
     # records it), which moves the BatchNorm running statistics once more.
     for (name, b), c in zip(padded.model.named_parameters(), graphed.model.parameters()):
         assert torch.equal(c, b), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (a real CUDA graph of the padded step)")
+def test_padded_gnnplus_step_replays_as_a_cuda_graph():
+    """On a GPU: the padded GCN+ step (forward, loss, backward) is captured once (no host
+    sync, static shapes) and its replays give the eager step's loss and gradients on batches
+    of other molecules (dropout 0; float rounding aside)."""
+    from geossm.engine.cuda_graph import GraphedStep
+    torch.manual_seed(0)
+    kwargs = dict(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
+                  conv="gcne", dim=16, num_layers=3, residual=False, act="gelu", dropout=0.0,
+                  head_layers=4, head_input_dropout=True, pe_dim=4)
+    model, twin = GNNPlus(**kwargs).cuda(), GNNPlus(**kwargs).cuda()
+    twin.load_state_dict(model.state_dict())
+    task = MultiLabelGraphTask(OmegaConf.create({"model": {}, "data": {}, "train": {}}))
+    static = StaticBatch(nodes=64, edges=128, graphs=4)
+
+    def step(module):
+        def run(batch):
+            module.zero_grad(set_to_none=True)
+            loss = task.loss(task.forward(module, batch), batch)
+            loss.backward()
+            return loss.detach(), {}, None
+        return run
+
+    graphed = GraphedStep([p for p in twin.parameters()], warmup=2)
+    for i in range(6):
+        batch = Batch.from_data_list([_molecule(4 + (i + k) % 5, i * 4 + k) for k in range(4)])
+        padded = move_to(static.pad(batch), torch.device("cuda"))
+        loss, _, _ = graphed(padded, step(twin))
+        want, _, _ = step(model)(padded)
+        torch.testing.assert_close(loss, want)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert dict(graphed.stats) == {"eager": 2, "captured": 1, "replayed": 4}
