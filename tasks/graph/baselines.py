@@ -62,6 +62,15 @@ CONVS = ("gcn", "gcne", "gine", "gatedgcn", "sage")
 NORMS = (None, "batch", "layer")
 
 
+def edge_projection(edge_dim: int | None, dim: int) -> nn.Module | None:
+    """What maps embedded edge features ``(E, edge_dim)`` to a layer's width ``dim``: None
+    without edge features, the identity when they are already that wide (used as they are),
+    else a bias-free Linear."""
+    if not edge_dim:
+        return None
+    return nn.Identity() if edge_dim == dim else nn.Linear(edge_dim, dim, bias=False)
+
+
 class EdgeSumConv(nn.Module):
     """GNN+'s GCN for molecules (its Peptides configs' ``gcne`` layer): every node sums the
     rectified messages of its in-neighbours, with no self-loop and no degree normalisation::
@@ -75,8 +84,7 @@ class EdgeSumConv(nn.Module):
     def __init__(self, in_dim: int, dim: int, edge_dim: int | None = None) -> None:
         super().__init__()
         self.lin = nn.Linear(in_dim, dim, bias=False)
-        self.edge_proj = (None if not edge_dim else nn.Identity() if edge_dim == dim
-                          else nn.Linear(edge_dim, dim, bias=False))
+        self.edge_proj = edge_projection(edge_dim, dim)
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor,
@@ -140,9 +148,7 @@ class GNNPlusLayer(nn.Module):
             self.conv = EdgeSumConv(in_dim, dim, edge_dim)
         elif conv == "gcn":
             self.conv = pygnn.GCNConv(in_dim, dim)
-            if edge_dim:  # embedded edges already at the layer's width are used as they are
-                self.edge_proj = (nn.Identity() if edge_dim == dim
-                                  else nn.Linear(edge_dim, dim, bias=False))
+            self.edge_proj = edge_projection(edge_dim, dim)
         elif conv == "sage":
             self.conv = pygnn.SAGEConv(in_dim, dim)
         elif conv == "gine":

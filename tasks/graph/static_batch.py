@@ -96,7 +96,9 @@ class StaticBatch:
         for key in EDGE_FIELDS:
             if getattr(batch, key, None) is not None:
                 out[key] = _pad_rows(batch[key], self.edges, 0)
-        out["edge_index"] = _pad_rows(batch.edge_index.t(), self.edges, self.nodes - 1).t()
+        # (2, E) rows stay contiguous: every layer indexes them
+        out["edge_index"] = _pad_rows(batch.edge_index.t(), self.edges,
+                                      self.nodes - 1).t().contiguous()
         out["batch"] = _pad_rows(batch.batch, self.nodes, self.graphs)
         out["node_mask"] = (torch.arange(self.nodes) < n).float()
         out["y"] = _pad_rows(batch.y.float(), self.graphs, float("nan"))
