@@ -83,12 +83,10 @@ def test_masked_batch_norm_is_batch_norm_of_the_real_rows(momentum):
 
 def test_padded_gnnplus_step_gives_the_unpadded_outputs_loss_and_gradients():
     torch.manual_seed(0)
-    model = GNNPlus(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
-                    conv="gcne", dim=8, num_layers=2, residual=False, act="gelu", dropout=0.0,
-                    head_layers=3, head_input_dropout=True, pe_dim=4, mlp_ratio=1.0)
-    twin = GNNPlus(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
-                   conv="gcne", dim=8, num_layers=2, residual=False, act="gelu", dropout=0.0,
-                   head_layers=3, head_input_dropout=True, pe_dim=4, mlp_ratio=1.0)
+    kwargs = dict(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
+                  conv="gcne", dim=8, num_layers=2, residual=False, act="gelu", dropout=0.0,
+                  head_layers=3, head_input_dropout=True, pe_dim=4, mlp_ratio=1.0)
+    model, twin = GNNPlus(**kwargs), GNNPlus(**kwargs)
     twin.load_state_dict(model.state_dict())
     task = MultiLabelGraphTask(OmegaConf.create({"model": {}, "data": {}, "train": {}}))
     b = _batch()
