@@ -41,7 +41,10 @@ def test_pad_fills_nodes_edges_and_graphs_with_inert_padding():
     assert torch.equal(out["node_mask"], (torch.arange(24) < 16).float())
     assert torch.equal(out["batch"][:16], b.batch) and (out["batch"][16:] == 4).all()
     pad_edges = out["edge_index"][:, b.edge_index.shape[1]:]
-    assert (pad_edges == 23).all()  # the last node, a padding node, to itself
+    # self-loops of the padding nodes 16..23, round-robin: no row takes every padding edge
+    # (one row serialised every scatter-add: 10 ms of GPU per Peptides step instead of 2)
+    assert torch.equal(pad_edges[0], pad_edges[1]) and (pad_edges[0] >= 16).all()
+    assert torch.bincount(pad_edges[0]).max() == -(-pad_edges.shape[1] // 8)
     assert torch.equal(out["y"][:3].isnan(), b.y.isnan()) and out["y"][3].isnan().all()
 
 
