@@ -7,6 +7,7 @@ import torch
 
 from geossm.config import load_config
 from geossm.engine import Trainer
+from geossm.engine.task import move_to
 from geossm.registry import DATASETS, MODELS, TASKS
 from geossm.tasks.graph import crossval
 from geossm.tasks.graph.task import AUTO_MODEL_KEYS, split_spec
@@ -442,7 +443,7 @@ def _loader_plans(trainer, split: str, train: bool, epoch: int | None) -> list:
     loader = trainer._loader(trainer._build_dataset(split), train=train)
     if epoch is not None:
         trainer._set_epoch(loader, epoch)
-    return [b.plan for b in loader]
+    return [move_to(b, torch.device("cpu")).plan for b in loader]  # workers send BatchBuffers
 
 
 def _same_draws(a, b) -> bool:
