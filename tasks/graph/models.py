@@ -58,6 +58,7 @@ from geossm.serialization.windows import device_constant
 
 from .fused_conv import can_fuse, can_fuse_gine, gated_gcn, gine_aggregate
 from .plan import GraphPlan, GraphPlanner, PlanDraw, checked_plan, data_plan
+from .static_batch import masked_batch_norm
 
 __all__ = ["GraphMambaNetwork", "GraphMamba", "CategoricalEncoder", "induced_token_edges"]
 
@@ -160,6 +161,7 @@ class _Context:
     order: Serialization | None
     adj_t: torch.Tensor | None = None  # sparse CSR (target, source), for gcn / sage
     hop_adj: torch.Tensor | None = None  # normalised sparse CSR, for hop tokens
+    node_mask: torch.Tensor | None = None  # (N,): 0 for a static batch's padding nodes
     #: what every layer derives from the structure alone, computed by the first that asks
     #: (``shared``): not once per layer, a few operators each on a dispatch-bound GPU step
     cache: dict = field(default_factory=dict)
@@ -467,7 +469,8 @@ class GMNLayer(nn.Module):
         if self.local is not None:
             # GNN+ layer on h (conv -> BN -> ReLU -> dropout, residual); Mamba adds on top.
             local_in = h if raw is None else raw
-            h = self.local(local_in, ctx.edge_index, ctx.edge_attr, ctx.adj_t) + self.drop(out)
+            h = self.local(local_in, ctx.edge_index, ctx.edge_attr, ctx.adj_t,
+                           ctx.node_mask) + self.drop(out)
         else:
             if self.mpnn is not None:
                 out = out + self.mpnn(x, ctx)
@@ -893,7 +896,9 @@ class GraphMambaNetwork(nn.Module):
 
     def forward(self, x: Any, edge_index: torch.Tensor | None = None, *extra: Any,
                 edge_attr: torch.Tensor | None = None, batch: torch.Tensor | None = None,
-                pe: torch.Tensor | None = None, plan: GraphPlan | None = None) -> torch.Tensor:
+                pe: torch.Tensor | None = None, plan: GraphPlan | None = None,
+                node_mask: torch.Tensor | None = None,
+                num_graphs: int | None = None) -> torch.Tensor:
         """Logits ``(N, C)`` or ``(G, C)``; ``x`` may be a PyG ``Data`` / ``Batch``.
 
         ``edge_attr``, ``batch`` and ``pe`` are keyword-only: PyG models disagree on their third
@@ -906,7 +911,14 @@ class GraphMambaNetwork(nn.Module):
         with the same code). A plan whose draws are of the other kind (training / evaluation)
         than the model's mode gets fresh draws; one of another planner or graph size raises
         ``ValueError``.
+
+        ``node_mask (N,)`` and ``num_graphs``: a padded static batch (``static_batch``; graph
+        level, as ``GNNPlus``): padding nodes have mask 0 and graph id ``num_graphs``, BatchNorm
+        takes the real nodes' statistics, ``plan`` (required) was built on the padded graph
+        (``num_graphs + 1`` graphs), and the output keeps the first ``num_graphs`` rows.
         """
+        if node_mask is not None:
+            self._check_static(num_graphs, plan)
         plan = data_plan(x, plan)
         x, edge_index, edge_attr, batch, pe = graph_forward_inputs(
             self, x, edge_index, extra, edge_attr, batch, pe)
@@ -924,7 +936,7 @@ class GraphMambaNetwork(nn.Module):
             # their embedding: it regularises the first, largest matrix.
             x = x.float()
             if self.input_norm is not None:
-                x = self.input_norm(x)
+                x = masked_batch_norm(x, self.input_norm, node_mask)
             x = self.input_dropout(x)
             h = self.input_encoder(x)
         if self.pe_encoder is not None:
@@ -933,7 +945,7 @@ class GraphMambaNetwork(nn.Module):
                 sign = torch.randint(0, 2, (1, self.lap_dim), device=pe.device) * 2 - 1
                 pe = torch.cat([pe[:, :self.lap_dim] * sign, pe[:, self.lap_dim:]], 1)
             if self.pe_norm is not None:
-                pe = self.pe_norm(pe)
+                pe = masked_batch_norm(pe, self.pe_norm, node_mask)
             h = h + self.pe_encoder(pe)
         raw = None
         if self.mpnn_raw:  # the first GNN+ block reads [x, pe] (GCN+ with pre_linear=False)
@@ -944,9 +956,28 @@ class GraphMambaNetwork(nn.Module):
         adj_t = plan.adjacency.matrix() if plan.adjacency is not None else None
         hop_adj = plan.hop_adjacency.matrix() if plan.hop_adjacency is not None else None
         # One pass without random branches or while training; eval_samples averaged else.
-        outs = [self._run(h, edge_index, ea, batch, plan, draw, adj_t, hop_adj, raw)
+        outs = [self._run(h, edge_index, ea, batch, plan, draw, adj_t, hop_adj, raw, node_mask)
                 for draw in plan.draws or (PlanDraw(),)]
         return outs[0] if len(outs) == 1 else sum(outs) / len(outs)
+
+    def _check_static(self, num_graphs: int | None, plan: GraphPlan | None) -> None:
+        """What a padded batch needs: graph level, the graph count, a plan built on the padded
+        graph, and BatchNorm only where the mask reaches it (not in GIN's inner MLP nor on the
+        pooled graphs), no token branch (its encoders are not masked)."""
+        if self.task_level != "graph" or not isinstance(num_graphs, int):
+            raise ValueError("node_mask: padded static batches are graph-level and need "
+                             f"num_graphs (an int), got task_level={self.task_level!r}, "
+                             f"num_graphs={num_graphs!r}")
+        if plan is None or plan.num_graphs != num_graphs + 1:
+            raise ValueError("node_mask: a padded batch needs the plan of the padded graph "
+                             f"({num_graphs} graphs + 1 of padding), got "
+                             f"{None if plan is None else plan.num_graphs} graphs")
+        local = getattr(self.layers[0], "local", None)
+        if self.use_tokens or self.pool_norm is not None or \
+                (local is not None and local.kind == "gine"):
+            raise ValueError("node_mask: a static batch needs BatchNorm only where the mask "
+                             "reaches it and no token branch; tokens, pool_norm and GIN+ "
+                             "blocks do not take it")
 
     def _plan(self, plan: GraphPlan | None, edge_index: torch.Tensor, n: int,
               batch: torch.Tensor | None) -> GraphPlan:
@@ -965,9 +996,9 @@ class GraphMambaNetwork(nn.Module):
         return self.use_tokens and self.token_source == "hops"
 
     def _run(self, h, edge_index, edge_attr, batch, plan: GraphPlan, draw: PlanDraw,
-             adj_t=None, hop_adj=None, raw=None) -> torch.Tensor:
+             adj_t=None, hop_adj=None, raw=None, node_mask=None) -> torch.Tensor:
         ctx = _Context(edge_index, edge_attr, draw.checked_tokens(), draw.token_edges,
-                       draw.serialization(), adj_t, hop_adj)
+                       draw.serialization(), adj_t, hop_adj, node_mask)
         for key in ("order_indices", "token_indices"):  # built in the loader
             if getattr(draw, key) is not None:
                 ctx.cache[key] = getattr(draw, key)
@@ -980,7 +1011,9 @@ class GraphMambaNetwork(nn.Module):
             h = torch.stack([self.norm(d) for d in depths]).sum(0)  # every depth contributes
         else:
             h = self.norm(h)
-        if self.task_level == "graph":
+        if node_mask is not None:  # one more graph holds the padding nodes: dropped
+            h = graph_readout(h, batch, self.pool, None, plan.num_graphs)[:-1]
+        elif self.task_level == "graph":
             h = graph_readout(h, batch, self.pool, self.pool_norm, plan.num_graphs)
         return self.head(h)
 

@@ -4,8 +4,8 @@ A Peptides-func step at batch 16 is ~150 small kernels of GPU work behind ~1,300
 dispatches on the host: the GPU waits. ``train.cuda_graph`` (``geossm.engine.cuda_graph``)
 records a step once and replays it, but only for batches of one layout, while every batch of
 molecules has other node and edge counts. ``train.static_batch: {nodes: N, edges: E}`` pads each
-training batch (graph-level tasks with multi-label targets, models without a planner: the GNN+
-baselines) to ``N`` nodes, ``E`` edges and ``train.batch_size`` graphs::
+training batch (graph-level tasks with multi-label targets; the GNN+ baselines, and Graph Mambas
+whose plan is their global order) to ``N`` nodes, ``E`` edges and ``train.batch_size`` graphs::
 
     padding nodes   features 0, pe 0, graph id G (one extra graph, dropped after pooling),
                     node_mask 0
@@ -14,7 +14,9 @@ baselines) to ``N`` nodes, ``E`` edges and ``train.batch_size`` graphs::
 
 The model normalises with statistics of the real nodes only (``masked_batch_norm``) and pools
 ``G + 1`` graphs, keeping the first ``G``: the outputs, loss and gradients of the unpadded batch
-(float rounding aside). A batch larger than ``N`` nodes or ``E`` edges stays unpadded (a PyG
+(float rounding aside). A Graph Mamba's plan is built on the padded graph in the loader
+(``plan_fields``): the padding graph is one more sequence, which the scan keeps apart from the
+real ones. A batch larger than ``N`` nodes or ``E`` edges stays unpadded (a PyG
 ``Batch``, which the step runs eagerly: same results); the first one warns (once per loader
 worker), and ``StaticBatch.oversized`` counts them in the process that pads.
 
@@ -22,7 +24,8 @@ The padded batch is a mapping (``train.cuda_graph`` keys its records by the tens
 and the plain values)::
 
     x (N, F), edge_index (2, E), edge_attr (E, ...), pe (N, P), batch (N,), node_mask (N,),
-    y (G, L), num_graphs G, graphs (the real graph count; the last batch's differs)
+    y (G, L), num_graphs G, graphs (the real graph count; the last batch's differs),
+    order (order (N,), inverse (N,), cu_seqlens (G+2,)) and order_indices (a Graph Mamba's)
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-__all__ = ["StaticBatch", "masked_batch_norm", "is_static_batch"]
+from .plan import GraphPlan, GraphPlanner, PlanDraw
+
+__all__ = ["StaticBatch", "masked_batch_norm", "is_static_batch", "plan_fields", "padded_plan",
+           "check_flat_planner"]
 
 #: Fields of a PyG batch padded per node / per edge (those the batch holds).
 NODE_FIELDS = ("x", "pe")
@@ -142,3 +148,32 @@ def masked_batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d,
     if bn.affine:
         y = y * bn.weight + bn.bias
     return y.to(x.dtype)
+
+
+def check_flat_planner(planner: GraphPlanner) -> None:
+    """Raise ``ValueError`` unless ``planner``'s plans fit a padded batch's mapping: the global
+    order and its gathers only (tokens and sparse adjacencies are not flattened)."""
+    if planner.walk_tokens or planner.sparse_adjacency or planner.hop_adjacency is not None:
+        raise ValueError("train.static_batch: padded batches carry the global order's plan "
+                         "only; this model also plans tokens or sparse adjacencies (set "
+                         "train.static_batch=null)")
+
+
+def plan_fields(planner: GraphPlanner, padded: Mapping[str, Any]) -> dict[str, Any]:
+    """The training plan of a padded batch (``StaticBatch.pad``) as mapping fields: ``order``
+    ``(order (N,), inverse (N,), cu_seqlens (G+2,) int32)`` of its ``G + 1`` graphs (the
+    padding graph is one more sequence) and ``order_indices`` (the packed BiMamba's gathers,
+    or None); both None without a global order. ``padded_plan`` rebuilds the plan."""
+    check_flat_planner(planner)
+    plan = planner(padded["edge_index"], int(padded["batch"].shape[0]), padded["batch"],
+                   int(padded["num_graphs"]) + 1, training=True)
+    draw = plan.draws[0] if plan.draws else PlanDraw()
+    return {"order": draw.order, "order_indices": draw.order_indices}
+
+
+def padded_plan(planner: GraphPlanner, batch: Mapping[str, Any]) -> GraphPlan:
+    """The ``GraphPlan`` of a padded batch from its ``plan_fields`` (no copy, no host sync)."""
+    draws = (PlanDraw(order=batch["order"], order_indices=batch["order_indices"]),) \
+        if batch.get("order") is not None else ()
+    return GraphPlan(planner, True, int(batch["batch"].shape[0]),
+                     int(batch["edge_index"].shape[1]), int(batch["num_graphs"]) + 1, draws)

@@ -43,7 +43,8 @@ from geossm.registry import DATASETS, TASKS
 
 from .losses import WithInputL2
 from .metrics import Accuracy, AveragePrecision, RocAuc
-from .static_batch import StaticBatch, is_static_batch
+from .static_batch import (StaticBatch, check_flat_planner, is_static_batch, padded_plan,
+                           plan_fields)
 from .transforms import AddPositionalEncodings, normalize_rows
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
@@ -143,7 +144,8 @@ class _GraphTask(Task):
 
     def _static_batch(self, model: torch.nn.Module) -> StaticBatch | None:
         """``train.static_batch`` checked against the task and the model: multi-label graph
-        targets and a model without a planner (the GNN+ baselines)."""
+        targets and a model whose plan fits the padded mapping (the GNN+ baselines; a Graph
+        Mamba planning its global order only, ``check_flat_planner``)."""
         spec = StaticBatch.from_config(to_container(self.cfg.train.get("static_batch")),
                                        int(self.cfg.train.batch_size))
         if spec is None:
@@ -151,10 +153,8 @@ class _GraphTask(Task):
         if not self.static_batches:
             raise ValueError(f"train.static_batch: {type(self).__name__} does not take padded "
                              "batches (MultiLabelGraphTask does); set train.static_batch=null")
-        if self.planner is not None and self.planner != type(self.planner)():
-            raise ValueError(f"train.static_batch: {type(model).__name__} plans its batches "
-                             "(sequences, tokens or adjacencies); padded batches are for "
-                             "models without a plan (GNNPlus)")
+        if self.planner is not None:
+            check_flat_planner(self.planner)
         return spec
 
     def _metric_from_dataset(self) -> bool:
@@ -210,12 +210,21 @@ class _GraphTask(Task):
         batch = Batch.from_data_list(list(samples))
         training = getattr(samples, "split", "train") in ("train", None)
         if training and self.static_batch is not None:
-            return self.static_batch.pad(batch)
+            padded = self.static_batch.pad(batch)
+            if is_static_batch(padded):  # planned on the padded graph (its order as fields)
+                if self._plans():
+                    padded.update(plan_fields(self.planner, padded))
+                return padded
         if self.planner is not None:
             batch.plan = self.planner(batch.edge_index, int(batch.num_nodes), batch.batch,
                                       int(batch.num_graphs), training,
                                       self._static_parts(samples))
         return batch
+
+    def _plans(self) -> bool:
+        """Whether the built model plans its batches beyond the graph count (a Graph Mamba;
+        the GNN+ baselines' default planner plans nothing a padded batch needs)."""
+        return self.planner is not None and self.planner != type(self.planner)()
 
     def _static_parts(self, samples: Sequence[Data]) -> tuple | None:
         """The plan's deterministic part of a one-graph batch, computed once per graph (node
@@ -256,9 +265,10 @@ class _GraphTask(Task):
         """The model on the batch's tensors (and its ``plan``, when ``collate`` built one; a
         padded static batch with its node mask and graph count)."""
         if is_static_batch(batch):
+            extra = {"plan": padded_plan(self.planner, batch)} if self._plans() else {}
             return model(batch["x"], batch["edge_index"], edge_attr=batch.get("edge_attr"),
                          batch=batch["batch"], pe=batch.get("pe"), node_mask=batch["node_mask"],
-                         num_graphs=batch["num_graphs"])
+                         num_graphs=batch["num_graphs"], **extra)
         plan = getattr(batch, "plan", None)
         extra = {"plan": plan} if plan is not None else {}
         return model(batch.x, batch.edge_index, edge_attr=getattr(batch, "edge_attr", None),

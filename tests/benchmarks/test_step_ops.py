@@ -74,22 +74,29 @@ def test_tiny_run_prints_counts_per_batch_size(step_ops, capsys, tmp_path):
         assert {key.split()[0] for key in stacks} <= set(row["syncs_by_kind"])
 
 
-@pytest.mark.parametrize("config", [None, "graph/peptides_func_gcnplus.yaml",
-                                    "graph/peptides_func_gmnplus.yaml"])
-def test_graph_training_step_has_no_host_sync(step_ops, capsys, config):
+STATIC = "train.static_batch={nodes: 2304, edges: 4608}"
+
+
+@pytest.mark.parametrize("config, override", [
+    (None, None), ("graph/peptides_func_gcnplus.yaml", None),
+    ("graph/peptides_func_gmnplus.yaml", None), ("graph/peptides_func_gcnplus.yaml", STATIC),
+    ("graph/peptides_func_gmnplus.yaml", STATIC)])
+def test_graph_training_step_has_no_host_sync(step_ops, capsys, config, override):
     # The Peptides-func steps (tiny widths): tokens, token edges and the degree order come
     # with the batch (its plan, built in collate), so the step never reads sizes on the host
     # (34 syncs per step before the plan); the GCN+ yardstick and the Graph Mamba on its
-    # blocks too (--config).
+    # blocks too (--config), also on padded batches (a CUDA graph's condition).
     shared_path("graphs", "peptides-functional", "splits_random_stratified_peptide.pickle")
     pytest.importorskip("rdkit", reason="the Peptides-func SMILES are converted with RDKit")
     step_ops.main(["--tiny", "--tasks", "graph", "--batch-sizes", "8"]
-                  + (["--config", config] if config else []))
+                  + (["--config", config] if config else [])
+                  + (["--override", override] if override else []))
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
             if line.startswith("{")]
     assert len(rows) == 1 and rows[0]["dispatched_ops"] > 100
     assert rows[0]["config"] == (config or "graph/peptides_func_gmn.yaml")
     assert rows[0]["syncs"] == 0, rows[0]["top_sync_sites"]
+    assert (rows[0]["items_per_batch"] == 2304) == (override is not None)  # padded nodes
 
 
 def test_split_counts_the_model_and_the_optimizer_of_a_step(step_ops, capsys):

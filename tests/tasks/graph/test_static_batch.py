@@ -133,9 +133,9 @@ def test_task_pads_training_batches_only_and_checks_what_it_can_pad():
     with pytest.raises(ValueError, match="GraphClassificationTask does not take padded"):
         _task(GraphClassificationTask, model | {"num_classes": 2}, {"nodes": 24, "edges": 40})
     gmn = {"name": "GraphMambaNetwork", "node_vocab": [4, 4], "num_classes": 3,
-           "task_level": "graph", "dim": 8, "num_layers": 1, "tokens": False,
+           "task_level": "graph", "dim": 8, "num_layers": 1, "tokens": True,
            "global_mamba": True, "d_state": 4}
-    with pytest.raises(ValueError, match="plans its batches"):
+    with pytest.raises(ValueError, match="plans tokens or sparse adjacencies"):
         _task(MultiLabelGraphTask, gmn, {"nodes": 24, "edges": 40})
     with pytest.raises(ValueError, match="GIN's inner BatchNorm"):
         GNNPlus(3, 2, conv="gine", task_level="graph")(
@@ -143,11 +143,64 @@ def test_task_pads_training_batches_only_and_checks_what_it_can_pad():
             node_mask=torch.ones(4), num_graphs=1)
 
 
-def _peptides_trainer(tmp_path, name: str, *overrides: str):
+#: A Graph Mamba on GCN+ blocks (as peptides_func_gmnplus.yaml) in the deterministic index
+#: order: its padded plan orders the real graphs as the unpadded one does.
+GMN = {"name": "GraphMambaNetwork", "node_vocab": [4, 4], "edge_vocab": [3], "num_classes": 3,
+       "task_level": "graph", "dim": 8, "num_layers": 2, "tokens": False, "global_mamba": True,
+       "global_order": "index", "mpnn": "gcne", "mpnn_plus": True, "mpnn_norm": "batch",
+       "mpnn_act": "gelu", "residual": False, "gate": True, "pre_norm": False, "pe_dim": 4,
+       "pe_norm": True, "dropout": 0.0, "mlp_ratio": 0, "head_layers": 3,
+       "head_input_dropout": True, "d_state": 4, "expand": 1, "packed_bimamba": True}
+
+
+def _gmn_tasks(static: dict) -> tuple:
+    """Twin Graph Mamba tasks, unpadded and padded, with the same weights and open gates (the
+    config's zero gates would hide the Mamba branch)."""
+    torch.manual_seed(0)
+    pair = []
+    for spec in (None, static):
+        task = _task(MultiLabelGraphTask, GMN, spec)
+        task.model = task.build_model()  # the planner is the last built model's
+        pair.append(task)
+    with torch.no_grad():
+        for layer in pair[0].model.layers:
+            layer.gate.uniform_(0.5, 1.5)
+    pair[1].model.load_state_dict(pair[0].model.state_dict())
+    return tuple(pair)
+
+
+def test_padded_graph_mamba_step_matches_the_unpadded_one():
+    """The Graph Mamba's padded batch carries the plan of the padded graph (the padding graph
+    one more sequence); outputs, loss, gradients and BatchNorm statistics are the unpadded
+    step's (float rounding aside), and the mapping is graphable (tensors and plain values)."""
+    from geossm.engine.cuda_graph import batch_signature
+    plain, padded = _gmn_tasks({"nodes": 24, "edges": 40})
+    samples = [_molecule(5, 0), _molecule(7, 1), _molecule(4, 2)]
+    b, p = plain.collate(samples), padded.collate(samples)
+    assert is_static_batch(p) and batch_signature(p) is not None
+    # cu_seqlens: 3 molecules, the batch's missing 4th graph (empty), the padding graph
+    assert p["order"][2].tolist() == [0, 5, 12, 16, 16, 24]
+    out, out_padded = plain.forward(plain.model, b), padded.forward(padded.model, p)
+    assert out_padded.shape == (4, 3)
+    torch.testing.assert_close(out_padded[:3], out)
+    loss, loss_padded = plain.loss(out, b), padded.loss(out_padded, p)
+    torch.testing.assert_close(loss_padded, loss)
+    loss.backward()
+    loss_padded.backward()
+    for (name, a), c in zip(plain.model.named_parameters(), padded.model.parameters()):
+        torch.testing.assert_close(c.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, r), t in zip(plain.model.named_buffers(), padded.model.buffers()):
+        torch.testing.assert_close(t, r, msg=name)
+    with pytest.raises(ValueError, match="plan of the padded graph"):
+        padded.model(p["x"], p["edge_index"], edge_attr=p["edge_attr"], batch=p["batch"],
+                     pe=p["pe"], node_mask=p["node_mask"], num_graphs=4)
+
+
+def _peptides_trainer(tmp_path, name: str, config: str, *overrides: str):
     from geossm.engine import Trainer
     root = shared_path("graphs", "peptides-functional")
     pytest.importorskip("rdkit", reason="the Peptides-func SMILES are converted with RDKit")
-    cfg = load_config(CONFIGS / "peptides_func_gcnplus.yaml", [
+    cfg = load_config(CONFIGS / config, [
         f"output_dir={tmp_path / name}", f"data.root={root}", "+data.max_graphs=60",
         f"data.cache={tmp_path / 'peptides_60.npz'}", "model.dim=16", "model.dropout=0.0",
         "train.epochs=2", "train.batch_size=8", "train.num_workers=0", "train.warmup_epochs=0",
@@ -155,18 +208,23 @@ def _peptides_trainer(tmp_path, name: str, *overrides: str):
     return Trainer(cfg)
 
 
-def test_padded_training_on_real_molecules_matches_unpadded_and_graphed_replays(tmp_path):
+@pytest.mark.parametrize("config, overrides", [
+    ("peptides_func_gcnplus.yaml", ()),
+    # the index order: padded and unpadded plans order the real atoms alike
+    ("peptides_func_gmnplus.yaml", ("model.global_order=index",))])
+def test_padded_training_on_real_molecules_matches_unpadded_and_graphed_replays(
+        tmp_path, config, overrides):
     """Two epochs on Peptides-func molecules: padded batches train the weights the unpadded
     ones do (float rounding aside: SGD, as Adam would turn the rounding noise of the
     gradients that BatchNorm cancels, the convolutions' biases, into whole steps), and a
     graphed step replaying the padded layout (the CPU stand-in of the engine's tests) trains
     exactly the eager padded step's weights."""
     static = "train.static_batch={nodes: 2048, edges: 4096}"
-    plain = _peptides_trainer(tmp_path, "plain")
+    plain = _peptides_trainer(tmp_path, "plain", config, *overrides)
     plain.fit()
-    padded = _peptides_trainer(tmp_path, "padded", static)
+    padded = _peptides_trainer(tmp_path, "padded", config, static, *overrides)
     padded.fit()
-    graphed = _peptides_trainer(tmp_path, "graphed", static)
+    graphed = _peptides_trainer(tmp_path, "graphed", config, static, *overrides)
     graphed.graphed_step = RerunGraphedStep(
         [p for p in graphed.model.parameters() if p.requires_grad])
     graphed.fit()
@@ -213,4 +271,34 @@ def test_padded_gnnplus_step_replays_as_a_cuda_graph():
         torch.testing.assert_close(loss, want)
         for (name, p), q in zip(model.named_parameters(), twin.parameters()):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert dict(graphed.stats) == {"eager": 2, "captured": 1, "replayed": 4}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (a real CUDA graph of the padded step)")
+def test_padded_graph_mamba_step_replays_as_a_cuda_graph():
+    """On a GPU: the padded Graph Mamba step (its plan, the Triton scan over the packed
+    sequences, the padding graph one long sequence) is captured once and its replays give the
+    eager step's loss and gradients on batches of other molecules and sequence lengths."""
+    from geossm.engine.cuda_graph import GraphedStep
+    plain, padded = _gmn_tasks({"nodes": 64, "edges": 128})
+    model, twin = plain.model.cuda(), padded.model.cuda()
+
+    def step(module):
+        def run(batch):
+            module.zero_grad(set_to_none=True)
+            loss = padded.loss(padded.forward(module, batch), batch)
+            loss.backward()
+            return loss.detach(), {}, None
+        return run
+
+    graphed = GraphedStep([p for p in twin.parameters()], warmup=2)
+    for i in range(6):
+        samples = [_molecule(4 + (i + k) % 5, i * 4 + k) for k in range(4)]
+        batch = move_to(padded.collate(samples), torch.device("cuda"))
+        loss, _, _ = graphed(batch, step(twin))
+        want, _, _ = step(model)(batch)
+        torch.testing.assert_close(loss, want)
+        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
     assert dict(graphed.stats) == {"eager": 2, "captured": 1, "replayed": 4}
