@@ -274,7 +274,8 @@ def test_mpnn_plus_layer_is_the_gnn_plus_block_and_a_zero_gate_leaves_only_it():
     assert isinstance(layer.local, GNNPlusLayer) and layer.mpnn is None
     h = torch.randn(5, 8)
     ctx = type("Ctx", (), {"edge_index": ei, "edge_attr": None, "adj_t": None, "order": None,
-                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None})()
+                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None,
+                           "node_mask": None})()
     torch.testing.assert_close(layer(h, ctx), layer.local(h, ei))  # the gate starts at zero
     with torch.no_grad():
         layer.gate.fill_(1.0)
@@ -292,7 +293,8 @@ def test_branch_drop_zeroes_whole_nodes_of_the_sequence_branches_while_training(
     layer = model.layers[0]
     h = torch.randn(5, 8)
     ctx = type("Ctx", (), {"edge_index": ei, "edge_attr": None, "adj_t": None, "order": None,
-                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None})()
+                           "tokens": random_walk_tokens(ei, 5, 2, 2), "token_edges": None,
+                           "node_mask": None})()
     local = layer.local(h, ei)
     branch = layer(h, ctx) - local  # (N, D): zero rows where a node's branches were dropped
     dropped = (branch.abs().sum(1) == 0)

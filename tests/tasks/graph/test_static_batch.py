@@ -94,19 +94,24 @@ def test_padded_gnnplus_step_gives_the_unpadded_outputs_loss_and_gradients():
     task = MultiLabelGraphTask(OmegaConf.create({"model": {}, "data": {}, "train": {}}))
     b = _batch()
     padded = StaticBatch(nodes=24, edges=40, graphs=4).pad(b)
-    out = task.forward(model, b)
-    out_padded = task.forward(twin, padded)
+    _check_same_step(task, model, b, twin, padded)
+    assert task.num_samples(padded) == 3 == task.num_samples(b)
+
+
+def _check_same_step(task, model, batch, twin, padded, **tolerance) -> None:
+    """``twin`` on the ``padded`` batch gives ``model``'s outputs (first rows), loss, gradients
+    and BatchNorm statistics on the unpadded ``batch`` of 3 graphs (padded to 4)."""
+    out, out_padded = task.forward(model, batch), task.forward(twin, padded)
     assert out_padded.shape == (4, 3)
     torch.testing.assert_close(out_padded[:3], out)
-    loss, loss_padded = task.loss(out, b), task.loss(out_padded, padded)
+    loss, loss_padded = task.loss(out, batch), task.loss(out_padded, padded)
     torch.testing.assert_close(loss_padded, loss)
     loss.backward()
     loss_padded.backward()
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=name)
+        torch.testing.assert_close(q.grad, p.grad, msg=name, **tolerance)
     for (name, r), s in zip(model.named_buffers(), twin.buffers()):
         torch.testing.assert_close(s, r, msg=name)
-    assert task.num_samples(padded) == 3 == task.num_samples(b)
 
 
 def _task(cls, model: dict, static: dict | None):
@@ -180,17 +185,8 @@ def test_padded_graph_mamba_step_matches_the_unpadded_one():
     assert is_static_batch(p) and batch_signature(p) is not None
     # cu_seqlens: 3 molecules, the batch's missing 4th graph (empty), the padding graph
     assert p["order"][2].tolist() == [0, 5, 12, 16, 16, 24]
-    out, out_padded = plain.forward(plain.model, b), padded.forward(padded.model, p)
-    assert out_padded.shape == (4, 3)
-    torch.testing.assert_close(out_padded[:3], out)
-    loss, loss_padded = plain.loss(out, b), padded.loss(out_padded, p)
-    torch.testing.assert_close(loss_padded, loss)
-    loss.backward()
-    loss_padded.backward()
-    for (name, a), c in zip(plain.model.named_parameters(), padded.model.parameters()):
-        torch.testing.assert_close(c.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
-    for (name, r), t in zip(plain.model.named_buffers(), padded.model.buffers()):
-        torch.testing.assert_close(t, r, msg=name)
+    # one task runs both batches (its forward dispatches on the batch's kind)
+    _check_same_step(padded, plain.model, b, padded.model, p, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="plan of the padded graph"):
         padded.model(p["x"], p["edge_index"], edge_attr=p["edge_attr"], batch=p["batch"],
                      pe=p["pe"], node_mask=p["node_mask"], num_graphs=4)
@@ -238,21 +234,15 @@ def test_padded_training_on_real_molecules_matches_unpadded_and_graphed_replays(
         assert torch.equal(c, b), name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="needs a CUDA device (a real CUDA graph of the padded step)")
-def test_padded_gnnplus_step_replays_as_a_cuda_graph():
-    """On a GPU: the padded GCN+ step (forward, loss, backward) is captured once (no host
-    sync, static shapes) and its replays give the eager step's loss and gradients on batches
-    of other molecules (dropout 0; float rounding aside)."""
+def _molecules(i: int) -> list[Data]:
+    """Batch ``i`` of the replay tests: four molecules of 4-8 atoms, other sizes every batch."""
+    return [_molecule(4 + (i + k) % 5, i * 4 + k) for k in range(4)]
+
+
+def _check_replays(task, model, twin, batches, atol: float) -> None:
+    """``twin``'s step through a real ``GraphedStep`` (2 eager warm-up steps, a capture, 4
+    replays) gives ``model``'s eager loss and gradients on every one of the 6 ``batches``."""
     from geossm.engine.cuda_graph import GraphedStep
-    torch.manual_seed(0)
-    kwargs = dict(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
-                  conv="gcne", dim=16, num_layers=3, residual=False, act="gelu", dropout=0.0,
-                  head_layers=4, head_input_dropout=True, pe_dim=4)
-    model, twin = GNNPlus(**kwargs).cuda(), GNNPlus(**kwargs).cuda()
-    twin.load_state_dict(model.state_dict())
-    task = MultiLabelGraphTask(OmegaConf.create({"model": {}, "data": {}, "train": {}}))
-    static = StaticBatch(nodes=64, edges=128, graphs=4)
 
     def step(module):
         def run(batch):
@@ -263,42 +253,42 @@ def test_padded_gnnplus_step_replays_as_a_cuda_graph():
         return run
 
     graphed = GraphedStep([p for p in twin.parameters()], warmup=2)
-    for i in range(6):
-        batch = Batch.from_data_list([_molecule(4 + (i + k) % 5, i * 4 + k) for k in range(4)])
-        padded = move_to(static.pad(batch), torch.device("cuda"))
-        loss, _, _ = graphed(padded, step(twin))
-        want, _, _ = step(model)(padded)
-        torch.testing.assert_close(loss, want)
-        for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
-    assert dict(graphed.stats) == {"eager": 2, "captured": 1, "replayed": 4}
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(),
-                    reason="needs a CUDA device (a real CUDA graph of the padded step)")
-def test_padded_graph_mamba_step_replays_as_a_cuda_graph():
-    """On a GPU: the padded Graph Mamba step (its plan, the Triton scan over the packed
-    sequences, the padding graph one long sequence) is captured once and its replays give the
-    eager step's loss and gradients on batches of other molecules and sequence lengths."""
-    from geossm.engine.cuda_graph import GraphedStep
-    plain, padded = _gmn_tasks({"nodes": 64, "edges": 128})
-    model, twin = plain.model.cuda(), padded.model.cuda()
-
-    def step(module):
-        def run(batch):
-            module.zero_grad(set_to_none=True)
-            loss = padded.loss(padded.forward(module, batch), batch)
-            loss.backward()
-            return loss.detach(), {}, None
-        return run
-
-    graphed = GraphedStep([p for p in twin.parameters()], warmup=2)
-    for i in range(6):
-        samples = [_molecule(4 + (i + k) % 5, i * 4 + k) for k in range(4)]
-        batch = move_to(padded.collate(samples), torch.device("cuda"))
+    for batch in batches:
         loss, _, _ = graphed(batch, step(twin))
         want, _, _ = step(model)(batch)
         torch.testing.assert_close(loss, want)
         for (name, p), q in zip(model.named_parameters(), twin.parameters()):
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=atol, msg=name)
     assert dict(graphed.stats) == {"eager": 2, "captured": 1, "replayed": 4}
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                          reason="needs a CUDA device (a real CUDA graph of the padded step)")
+
+
+@CUDA
+def test_padded_gnnplus_step_replays_as_a_cuda_graph():
+    """On a GPU: the padded GCN+ step (forward, loss, backward) is captured once (no host
+    sync, static shapes) and its replays give the eager step's loss and gradients on batches
+    of other molecules (dropout 0; float rounding aside)."""
+    torch.manual_seed(0)
+    kwargs = dict(node_vocab=[4, 4], edge_vocab=[3], num_classes=3, task_level="graph",
+                  conv="gcne", dim=16, num_layers=3, residual=False, act="gelu", dropout=0.0,
+                  head_layers=4, head_input_dropout=True, pe_dim=4)
+    model, twin = GNNPlus(**kwargs).cuda(), GNNPlus(**kwargs).cuda()
+    twin.load_state_dict(model.state_dict())
+    task = MultiLabelGraphTask(OmegaConf.create({"model": {}, "data": {}, "train": {}}))
+    static = StaticBatch(nodes=64, edges=128, graphs=4)
+    batches = (move_to(static.pad(Batch.from_data_list(_molecules(i))), torch.device("cuda"))
+               for i in range(6))
+    _check_replays(task, model, twin, batches, atol=1e-6)
+
+
+@CUDA
+def test_padded_graph_mamba_step_replays_as_a_cuda_graph():
+    """On a GPU: the padded Graph Mamba step (its plan, the Triton scan over the packed
+    sequences, the padding graph one long sequence) is captured once and its replays give the
+    eager step's loss and gradients on batches of other molecules and sequence lengths."""
+    plain, padded = _gmn_tasks({"nodes": 64, "edges": 128})
+    batches = (move_to(padded.collate(_molecules(i)), torch.device("cuda")) for i in range(6))
+    _check_replays(padded, plain.model.cuda(), padded.model.cuda(), batches, atol=1e-5)
