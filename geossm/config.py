@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "oom_skip_limit": 3,    # CUDA out of memory: skip the batch; stop after this many in a row
         "cuda_graph": False,    # replay forward+backward+clip as a CUDA graph (static shapes)
         "compile": None,        # torch.compile the training forward: true or its kwargs
-        "static_batch": None,   # graph tasks: {nodes, edges}, training batches of one layout
+        "static_batch": None,   # graph tasks: {nodes, edges} or auto: batches of one layout
     },
     "eval": {
         "split": "val",         # validation split selecting best.pt (null: no validation)

@@ -31,11 +31,12 @@ and the plain values)::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch
 
@@ -43,6 +44,9 @@ from .plan import GraphPlan, GraphPlanner, PlanDraw
 
 __all__ = ["StaticBatch", "masked_batch_norm", "is_static_batch", "plan_fields", "padded_plan",
            "check_flat_planner"]
+
+#: ``train.static_batch: auto`` rounds its node and edge counts up to multiples of this.
+ROUND = 64
 
 #: Fields of a PyG batch padded per node / per edge (those the batch holds).
 NODE_FIELDS = ("x", "pe")
@@ -79,9 +83,37 @@ class StaticBatch:
         if spec is None:
             return None
         if not isinstance(spec, Mapping) or set(spec) != {"nodes", "edges"}:
-            raise ValueError("train.static_batch: expected {nodes: N, edges: E} or null, got "
-                             f"{spec!r}")
+            raise ValueError("train.static_batch: expected {nodes: N, edges: E}, auto or null, "
+                             f"got {spec!r}")
         return cls(int(spec["nodes"]), int(spec["edges"]), int(graphs))
+
+    @classmethod
+    def fitted(cls, nodes: Sequence[int], edges: Sequence[int], graphs: int, seed: int,
+               epochs: int) -> StaticBatch:
+        """``train.static_batch: auto``: the smallest layout (multiples of ``ROUND``) that holds
+        every training batch of epochs ``1..epochs`` of a one-process run, one node more for
+        the padding graph. The trainer's sampler (``DistributedSampler``, shuffled, one
+        replica) orders epoch ``e`` by ``torch.randperm(len(nodes))`` seeded with ``seed + e``;
+        the same permutations cut into batches of ``graphs`` give the exact batch sizes (under
+        ``torchrun`` a rank's shard may not fit: that batch runs unpadded, with the warning).
+        ``nodes`` / ``edges``: the counts of every training graph, ``(num_graphs,)``."""
+        n, e = torch.as_tensor(nodes, dtype=torch.long), torch.as_tensor(edges, dtype=torch.long)
+        if n.dim() != 1 or n.shape != e.shape or n.numel() == 0:
+            raise ValueError(f"train.static_batch: auto needs the node and edge counts of every "
+                             f"training graph, got shapes {tuple(n.shape)} / {tuple(e.shape)}")
+        rest = (-n.numel()) % graphs  # the last, smaller batch: zeros make it a full row
+        most_nodes = most_edges = 0
+        gen = torch.Generator()
+        for epoch in range(1, int(epochs) + 1):
+            gen.manual_seed(int(seed) + epoch)
+            order = torch.randperm(n.numel(), generator=gen)
+            for counts in (n, e):
+                sums = F.pad(counts[order], (0, rest)).view(-1, graphs).sum(1)
+                if counts is n:
+                    most_nodes = max(most_nodes, int(sums.max()))
+                else:
+                    most_edges = max(most_edges, int(sums.max()))
+        return cls(_round_up(most_nodes + 1), _round_up(max(most_edges, 1)), int(graphs))
 
     def pad(self, batch: Batch) -> dict[str, Any] | Batch:
         """``batch`` padded (module docstring), or ``batch`` itself when it does not fit.
@@ -112,6 +144,10 @@ class StaticBatch:
         out["y"] = _pad_rows(batch.y.float(), self.graphs, float("nan"))
         out["num_graphs"], out["graphs"] = self.graphs, g
         return out
+
+
+def _round_up(count: int) -> int:
+    return -(-count // ROUND) * ROUND
 
 
 def _pad_rows(t: torch.Tensor, rows: int, value: float) -> torch.Tensor:

@@ -37,6 +37,7 @@ from torch_geometric.data import Batch, Data
 from geossm.cache import main_process_first
 from geossm.config import to_container
 from geossm.engine.inputs import check_field
+from geossm.engine.logging import get_logger
 from geossm.engine.metrics import MetricCollection
 from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
@@ -55,6 +56,15 @@ STATIC_CACHE_SIZE = 4
 #: ``model.*`` keys that ``auto`` fills from the training dataset, and the attribute read.
 AUTO_MODEL_KEYS = {"in_channels": "num_features", "num_classes": "num_classes",
                    "edge_dim": "num_edge_features"}
+
+
+def graph_sizes(dataset: Sequence[Data]) -> tuple[list[int], list[int]]:
+    """The node and edge counts of every graph of ``dataset`` (``train.static_batch: auto``)."""
+    nodes, edges = [], []
+    for graph in dataset:
+        nodes.append(int(graph.num_nodes))
+        edges.append(int(graph.edge_index.shape[1]))
+    return nodes, edges
 
 
 def split_spec(split: str, default_index: Any) -> tuple[str, int]:
@@ -146,8 +156,7 @@ class _GraphTask(Task):
         """``train.static_batch`` checked against the task and the model: multi-label graph
         targets and a model whose plan fits the padded mapping (the GNN+ baselines; a Graph
         Mamba planning its global order only, ``check_flat_planner``)."""
-        spec = StaticBatch.from_config(to_container(self.cfg.train.get("static_batch")),
-                                       int(self.cfg.train.batch_size))
+        spec = to_container(self.cfg.train.get("static_batch"))
         if spec is None:
             return None
         if not self.static_batches:
@@ -155,7 +164,15 @@ class _GraphTask(Task):
                              "batches (MultiLabelGraphTask does); set train.static_batch=null")
         if self.planner is not None:
             check_flat_planner(self.planner)
-        return spec
+        graphs = int(self.cfg.train.batch_size)
+        if spec != "auto":
+            return StaticBatch.from_config(spec, graphs)
+        nodes, edges = graph_sizes(self._training_dataset())
+        static = StaticBatch.fitted(nodes, edges, graphs, int(self.cfg.seed),
+                                    int(self.cfg.train.epochs))
+        get_logger().info("train.static_batch: auto -> {nodes: %d, edges: %d} (every batch of %d epochs)",
+                 static.nodes, static.edges, int(self.cfg.train.epochs))
+        return static
 
     def _metric_from_dataset(self) -> bool:
         return self.metric_from_dataset and not self.cfg.eval.get("metric")

@@ -62,6 +62,41 @@ def test_batches_that_do_not_fit_stay_unpadded_with_one_warning():
     assert StaticBatch.from_config(None, 4) is None
 
 
+def _sampler_maximum(nodes, edges, graphs: int, seed: int, epochs: range) -> tuple[int, int]:
+    """The largest node and edge sums of a batch that the trainer's sampler yields."""
+    from torch.utils.data import DistributedSampler
+    sampler = DistributedSampler(range(len(nodes)), num_replicas=1, rank=0, shuffle=True,
+                                 seed=seed)
+    most = [0, 0]
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        for batch in torch.tensor(list(sampler)).split(graphs):
+            most = [max(most[0], int(nodes[batch].sum())), max(most[1], int(edges[batch].sum()))]
+    return most[0], most[1]
+
+
+@pytest.mark.parametrize("num_graphs", [41, 44])  # a last, smaller batch / none
+def test_auto_layout_is_the_largest_batch_of_the_samplers_epochs(monkeypatch, num_graphs):
+    """``fitted`` replays the trainer's sampler (``DistributedSampler``, one replica, seeded
+    with seed + epoch for epochs 1..E): with rounding off, its layout is exactly one node more
+    than the largest batch that sampler yields in those epochs, and its edge count the
+    largest edge sum (per seed, one epoch; then five epochs)."""
+    from geossm.tasks.graph import static_batch
+    monkeypatch.setattr(static_batch, "ROUND", 1)
+    g = torch.Generator().manual_seed(num_graphs)
+    nodes = torch.randint(1, 60, (num_graphs,), generator=g)
+    edges = 2 * nodes + torch.randint(0, 9, (num_graphs,), generator=g)
+    for seed, epochs in [(0, 1), (1, 1), (2, 1), (3, 1), (3, 5)]:
+        fitted = StaticBatch.fitted(nodes.tolist(), edges.tolist(), 4, seed, epochs)
+        most = _sampler_maximum(nodes, edges, 4, seed, range(1, epochs + 1))
+        assert (fitted.nodes - 1, fitted.edges, fitted.graphs) == (*most, 4), (seed, epochs)
+    monkeypatch.setattr(static_batch, "ROUND", 64)
+    rounded = StaticBatch.fitted(nodes.tolist(), edges.tolist(), 4, 3, 5)
+    assert rounded.nodes % 64 == 0 and fitted.nodes <= rounded.nodes < fitted.nodes + 64
+    with pytest.raises(ValueError, match="counts of every training graph"):
+        StaticBatch.fitted([], [], graphs=4, seed=0, epochs=1)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_masked_batch_norm_is_batch_norm_of_the_real_rows(momentum):
     torch.manual_seed(0)
@@ -202,6 +237,17 @@ def _peptides_trainer(tmp_path, name: str, config: str, *overrides: str):
         "train.epochs=2", "train.batch_size=8", "train.num_workers=0", "train.warmup_epochs=0",
         "train.progress=false", "device=cpu", "train.optimizer.name=SGD", *overrides])
     return Trainer(cfg)
+
+
+def test_auto_static_batch_pads_every_training_batch_of_a_run(tmp_path):
+    """``train.static_batch: auto`` on real molecules: the layout is fitted to the run's own
+    epochs, so no training batch is left unpadded."""
+    trainer = _peptides_trainer(tmp_path, "auto", "peptides_func_gcnplus.yaml",
+                                "train.static_batch=auto")
+    static = trainer.task.static_batch
+    assert isinstance(static, StaticBatch) and static.graphs == 8 and static.nodes % 64 == 0
+    trainer.fit()
+    assert static.oversized == 0
 
 
 @pytest.mark.parametrize("config, overrides", [
