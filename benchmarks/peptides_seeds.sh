@@ -15,6 +15,9 @@
 # of its best-validation weights at its end; `wait` returns when all have (or after MAX_S) and
 # prints `peptides_parts.py report` for every run.
 #
+# The runs import a snapshot of the tree (OUTDIR/src, installed from there): a later device
+# call copies the working tree over the repository while they run.
+#
 # Environment: RUNS ("name:config:seed[:key=value,key=value] ...": per-run overrides after the
 # seed, e.g. "gmn_deg_s0:peptides_func_gmnplus:0:model.global_order=degree"; default GCN+ and
 # the Graph Mamba on GCN+ blocks, seeds 0-2), DATA (folder holding graphs/peptides-functional; default ./shared/data), CACHE
@@ -45,7 +48,7 @@ launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME [OVERRIDES]: the cores 
   local width lo
   width=$(( (NCPU - 4) / $(wc -w <<<"$RUNS") )); [ "$width" -lt 2 ] && width=2
   lo=$(( ($4 * width + 4) % NCPU ))
-  setsid nohup taskset -c "$lo-$(( lo + width - 1 ))" geossm train "configs/graph/$2.yaml" \
+  setsid nohup taskset -c "$lo-$(( lo + width - 1 ))" geossm train "$OUTDIR/src/configs/graph/$2.yaml" \
     output_dir="$OUTDIR/$1" data.root="$DATA/graphs/peptides-functional" data.cache="$CACHE" \
     seed="$3" train.epochs="$5" train.num_workers="$width" train.progress=false resume="$6" \
     ${7//,/ } ${EXTRA:-} \
@@ -57,7 +60,7 @@ launch() {  # launch NAME CONFIG SEED SLOT EPOCHS RESUME [OVERRIDES]: the cores 
 is_full() { [[ " ${FULL:-} " == *" $1 "* ]]; }
 
 config_epochs() {
-  python3 -c "import yaml; print(yaml.safe_load(open('configs/graph/$1.yaml'))['train']['epochs'])"
+  python3 -c "import yaml; print(yaml.safe_load(open('$OUTDIR/src/configs/graph/$1.yaml'))['train']['epochs'])"
 }
 
 stop() {  # stop NAME...: SIGTERM, then wait for the exit (<= 60 s). Not SIGINT: a background job
@@ -83,10 +86,24 @@ pack() {  # pack NAME...: PACK/NAME.tar with the run folder (best.pt stripped) a
   done
 }
 
+snapshot() {  # the code the runs import: a copy of the tree, installed (editable) from there.
+  # A later device call copies the working tree over the repository while the runs still
+  # import modules lazily (one run died of a half-copied package so); a running process keeps
+  # the paths it started with when the repository is installed again.
+  local snap=$OUTDIR/src
+  rm -rf "$snap" && mkdir -p "$snap" || return 1
+  tar -c --exclude=./.git --exclude=./.devdata --exclude=./.whl --exclude=./.peer \
+    --exclude=./shared . | tar -x -C "$snap" || return 1
+  (cd "$snap" && python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+    >"$snap/.pip.txt" 2>&1) || { cat "$snap/.pip.txt"; return 1; }
+  echo "runs import the snapshot $snap"
+}
+
 start() {
   : "${DEADLINE:?DEADLINE: seconds from now by which every run must end}"
   local t0 slot=0 name cfg seed over resume fitted=()
   t0=$(date +%s); echo "t0=$t0 deadline=$(( t0 + DEADLINE ))" | tee "$OUTDIR/deadline.txt"
+  snapshot || { echo "snapshot failed" >&2; return 1; }
   if [ "${MPS:-1}" = 1 ] && nvidia-cuda-mps-control -d 2>/dev/null; then
     if timeout 60 python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
       echo "MPS on"
