@@ -101,19 +101,16 @@ class StaticBatch:
         if n.dim() != 1 or n.shape != e.shape or n.numel() == 0:
             raise ValueError(f"train.static_batch: auto needs the node and edge counts of every "
                              f"training graph, got shapes {tuple(n.shape)} / {tuple(e.shape)}")
-        rest = (-n.numel()) % graphs  # the last, smaller batch: zeros make it a full row
-        most_nodes = most_edges = 0
+        counts = torch.stack([n, e], 1)  # (num_graphs, 2)
+        rest = (-n.numel()) % graphs  # the last, smaller batch: zero rows make it a full one
+        most = torch.zeros(2, dtype=torch.long)
         gen = torch.Generator()
         for epoch in range(1, int(epochs) + 1):
             gen.manual_seed(int(seed) + epoch)
             order = torch.randperm(n.numel(), generator=gen)
-            for counts in (n, e):
-                sums = F.pad(counts[order], (0, rest)).view(-1, graphs).sum(1)
-                if counts is n:
-                    most_nodes = max(most_nodes, int(sums.max()))
-                else:
-                    most_edges = max(most_edges, int(sums.max()))
-        return cls(_round_up(most_nodes + 1), _round_up(max(most_edges, 1)), int(graphs))
+            sums = F.pad(counts[order], (0, 0, 0, rest)).view(-1, graphs, 2).sum(1)
+            most = torch.maximum(most, sums.amax(0))
+        return cls(_round_up(int(most[0]) + 1), _round_up(max(int(most[1]), 1)), int(graphs))
 
     def pad(self, batch: Batch) -> dict[str, Any] | Batch:
         """``batch`` padded (module docstring), or ``batch`` itself when it does not fit.

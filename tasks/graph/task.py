@@ -149,10 +149,10 @@ class _GraphTask(Task):
         planner = getattr(built, "planner", None)
         self.planner = planner() if callable(planner) else None
         self._static_cache = {}
-        self.static_batch = self._static_batch(built)
+        self.static_batch = self._static_batch()
         return built
 
-    def _static_batch(self, model: torch.nn.Module) -> StaticBatch | None:
+    def _static_batch(self) -> StaticBatch | None:
         """``train.static_batch`` checked against the task and the model: multi-label graph
         targets and a model whose plan fits the padded mapping (the GNN+ baselines; a Graph
         Mamba planning its global order only, ``check_flat_planner``)."""
@@ -170,8 +170,8 @@ class _GraphTask(Task):
         nodes, edges = graph_sizes(self._training_dataset())
         static = StaticBatch.fitted(nodes, edges, graphs, int(self.cfg.seed),
                                     int(self.cfg.train.epochs))
-        get_logger().info("train.static_batch: auto -> {nodes: %d, edges: %d} (every batch of %d epochs)",
-                 static.nodes, static.edges, int(self.cfg.train.epochs))
+        get_logger().info("train.static_batch: auto -> {nodes: %d, edges: %d} (every batch of "
+                          "%d epochs)", static.nodes, static.edges, int(self.cfg.train.epochs))
         return static
 
     def _metric_from_dataset(self) -> bool:
