@@ -31,10 +31,11 @@ ALIGN = 64
 
 
 def _packable(obj: Any) -> bool:
-    """A plain dense CPU tensor without autograd history (subclasses, parameters and sparse
-    tensors keep their own pickling; a sparse tensor's index and value tensors are packed)."""
+    """A plain dense CPU tensor without autograd history (subclasses, parameters, quantized and
+    sparse tensors keep their own pickling; a sparse tensor's index and value tensors are
+    packed)."""
     return (type(obj) is torch.Tensor and obj.layout == torch.strided
-            and obj.device.type == "cpu" and not obj.requires_grad)
+            and obj.device.type == "cpu" and not obj.requires_grad and not obj.is_quantized)
 
 
 class _Packer(pickle.Pickler):
@@ -98,7 +99,8 @@ class BatchBuffer:
             offset += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
         self.buffer = torch.empty(offset, dtype=torch.uint8)
         for (start, _, _), t in zip(self.layout, packer.tensors):
-            flat = t.contiguous().reshape(-1).view(torch.uint8)
+            # a lazy conjugate / negative view's bytes are the unconjugated values: resolve
+            flat = t.resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
             self.buffer[start:start + flat.numel()] = flat
 
     def unpack(self) -> Any:

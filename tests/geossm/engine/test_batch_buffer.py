@@ -30,6 +30,8 @@ def _nested() -> dict:
             "i32": torch.arange(5, dtype=torch.int32), "u8": torch.arange(3, dtype=torch.uint8),
             "bool": torch.tensor([True, False, True]), "scalar": torch.tensor(2.5),
             "empty": torch.zeros(0, 4), "transposed": base.t(), "strided": base[::2, 1:],
+            "conj": torch.complex(base[0], base[1]).conj(), "neg": torch.complex(
+                base[2], base[3]).conj().imag,
             "list": [torch.ones(2), (torch.zeros(1, dtype=torch.long), 3)], "plan": Plan(
                 torch.tensor([2, 0, 1]), [1, 2]), "text": "kept", "number": 7}
 
@@ -37,8 +39,9 @@ def _nested() -> dict:
 def _assert_same(a, b) -> None:
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(a.view(-1).view(torch.uint8) if a.is_contiguous() else a.contiguous()
-                           .view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+        assert not b.is_conj() and not b.is_neg()
+        a = a.resolve_conj().resolve_neg().contiguous()  # the values, bit for bit
+        assert torch.equal(a.view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
     elif isinstance(a, dict):
         assert a.keys() == b.keys()
         for k in a:
@@ -57,7 +60,7 @@ def _assert_same(a, b) -> None:
 def test_every_dense_tensor_goes_into_one_aligned_buffer_and_comes_back_bitwise():
     batch = _nested()
     packed = BatchBuffer(batch)
-    assert len(packed.layout) == 14  # every tensor once, the plan's too
+    assert len(packed.layout) == 16  # every tensor once, the plan's too
     assert all(offset % ALIGN == 0 for offset, _, _ in packed.layout)
     # the pickle carries structure only: the 4,000 bytes of tensor data are in the buffer
     assert len(packed.payload) < 1500 and packed.buffer.dtype == torch.uint8
