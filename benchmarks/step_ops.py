@@ -316,12 +316,8 @@ def main(argv: list[str] | None = None) -> None:
                          "the optimizer's of one more step")
     ap.add_argument("--override", nargs="*", default=[], help="extra config overrides")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
-    ap.add_argument("--config", default=None,
-                    help="another config of the task's family (path under configs/; one task)")
     ap.add_argument("--tiny", action="store_true", help="tiny models (the test's check)")
-    args = ap.parse_args(argv)
-    if args.config and len(args.tasks) != 1:
-        ap.error("--config: name one task (--tasks)")
+    args = step_profile.parse_with_config(ap, argv)
     if args.tiny:
         args.steps, args.warmup, args.batches, args.graphs = 1, 1, 1, 40
     torch.set_num_threads(args.threads)

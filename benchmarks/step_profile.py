@@ -132,6 +132,18 @@ def task_config(task: str, config: str | None = None) -> str:
     return config or TASKS[task][0]
 
 
+def parse_with_config(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``ap``'s arguments plus ``--config`` (``task_config``; it names one task's config, so
+    it needs exactly one ``--tasks``), parsed from ``argv``."""
+    ap.add_argument("--config", default=None,
+                    help="another config of the task's family (path under configs/, e.g. "
+                         "graph/peptides_func_gcnplus.yaml; one task)")
+    args = ap.parse_args(argv)
+    if args.config and len(args.tasks) != 1:
+        ap.error("--config: name one task (--tasks)")
+    return args
+
+
 def build_trainer(task: str, overrides: list[str], device: str, config: str | None = None):
     """A ``Trainer`` on the task's config (its model, loss, step) plus optimizer and schedule;
     ``config``: another config of the task's family (``task_config``)."""
@@ -508,13 +520,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--override", nargs="*", default=[],
                     help="extra config overrides, e.g. model.packed_scan=false")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")
-    ap.add_argument("--config", default=None,
-                    help="another config of the task's family (path under configs/, e.g. "
-                         "graph/peptides_func_gcnplus.yaml; one task)")
     ap.add_argument("--tiny", action="store_true", help="CPU check: tiny models and batches")
-    args = ap.parse_args(argv)
-    if args.config and len(args.tasks) != 1:
-        ap.error("--config: name one task (--tasks)")
+    args = parse_with_config(ap, argv)
     if args.tiny:
         args.steps, args.warmup, args.batches, args.graphs = 1, 1, 1, 40
     if args.peptides_cache is None:

@@ -15,6 +15,7 @@ batch; tensors that shared storage (views of one another) arrive as separate cop
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,16 +69,9 @@ class _Unpacker(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> torch.Tensor:
         if pid not in self._views:
             offset, dtype, shape = self.layout[pid]
-            nbytes = dtype.itemsize * _numel(shape)
+            nbytes = dtype.itemsize * math.prod(shape)
             self._views[pid] = self.buffer[offset:offset + nbytes].view(dtype).view(shape)
         return self._views[pid]
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for size in shape:
-        n *= int(size)
-    return n
 
 
 class BatchBuffer:

@@ -49,9 +49,9 @@ from torch_geometric.utils import scatter
 from geossm.registry import MODELS
 
 from .models import (CategoricalEncoder, _posint, activation, check_node_inputs,
-                     check_pool_and_node_features, encode_edges, example_graph_inputs,
-                     graph_forward_inputs, graph_readout, mlp_head, pooled_norm,
-                     sparse_adjacency)
+                     check_padded_model, check_pool_and_node_features, encode_edges,
+                     example_graph_inputs, graph_forward_inputs, graph_readout, mlp_head,
+                     padded_readout, pooled_norm, sparse_adjacency)
 from .plan import GraphPlan, GraphPlanner, checked_plan, data_plan
 from .static_batch import masked_batch_norm
 
@@ -358,8 +358,8 @@ class GNNPlus(nn.Module):
             adj_t = sparse_adjacency(edge_index, x.shape[0]) if self.sparse_adjacency else None
         for layer in self.layers:
             h = layer(h, edge_index, ea, adj_t, node_mask)
-        if node_mask is not None:  # one more graph holds the padding nodes: dropped
-            h = graph_readout(h, batch, self.pool, None, num_graphs + 1)[:num_graphs]
+        if node_mask is not None:
+            h = padded_readout(h, batch, self.pool, num_graphs)
         elif self.task_level == "graph":
             h = graph_readout(h, batch, self.pool, self.pool_norm,
                               plan.num_graphs if plan is not None else None)
@@ -368,13 +368,9 @@ class GNNPlus(nn.Module):
     def _check_static(self, num_graphs: int | None) -> None:
         """What a padded batch needs: graph level, the graph count, no norm that mixes rows
         without the mask (GIN's inner BatchNorm, the pooled-graph norm)."""
-        if self.task_level != "graph" or not isinstance(num_graphs, int):
-            raise ValueError("node_mask: padded static batches are graph-level and need "
-                             f"num_graphs (an int), got task_level={self.task_level!r}, "
-                             f"num_graphs={num_graphs!r}")
-        if self.pool_norm is not None or self.layers[0].kind == "gine":
-            raise ValueError("node_mask: a static batch needs BatchNorm only where the mask "
-                             "reaches it; GIN's inner BatchNorm and pool_norm do not take it")
+        check_padded_model(self.task_level, num_graphs,
+                           self.pool_norm is not None or self.layers[0].kind == "gine",
+                           "GIN's inner BatchNorm and pool_norm do not take it")
 
     def _embed(self, x: torch.Tensor, pe: torch.Tensor | None,
                node_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -597,6 +597,27 @@ def graph_readout(h: torch.Tensor, batch: torch.Tensor | None, pool: str,
     return pool_norm(h) if pool_norm is not None else h
 
 
+def padded_readout(h: torch.Tensor, batch: torch.Tensor, pool: str,
+                   num_graphs: int) -> torch.Tensor:
+    """Graph readout of a padded static batch (``static_batch``): ``num_graphs`` graphs and one
+    more holding the padding nodes, which is dropped. ``(N, D) -> (num_graphs, D)``."""
+    return graph_readout(h, batch, pool, None, num_graphs + 1)[:num_graphs]
+
+
+def check_padded_model(task_level: str, num_graphs: int | None, unmasked_norm: bool,
+                       what: str) -> None:
+    """Raise ``ValueError`` unless a model can take a padded static batch: graph level, the
+    graph count given, and no BatchNorm the node mask does not reach (``unmasked_norm``;
+    ``what`` names those parts in the message)."""
+    if task_level != "graph" or not isinstance(num_graphs, int):
+        raise ValueError("node_mask: padded static batches are graph-level and need "
+                         f"num_graphs (an int), got task_level={task_level!r}, "
+                         f"num_graphs={num_graphs!r}")
+    if unmasked_norm:
+        raise ValueError(f"node_mask: a static batch needs BatchNorm only where the mask "
+                         f"reaches it; {what}")
+
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -964,20 +985,15 @@ class GraphMambaNetwork(nn.Module):
         """What a padded batch needs: graph level, the graph count, a plan built on the padded
         graph, and BatchNorm only where the mask reaches it (not in GIN's inner MLP nor on the
         pooled graphs), no token branch (its encoders are not masked)."""
-        if self.task_level != "graph" or not isinstance(num_graphs, int):
-            raise ValueError("node_mask: padded static batches are graph-level and need "
-                             f"num_graphs (an int), got task_level={self.task_level!r}, "
-                             f"num_graphs={num_graphs!r}")
+        local = self.layers[0].local
+        check_padded_model(self.task_level, num_graphs,
+                           self.use_tokens or self.pool_norm is not None
+                           or (local is not None and local.kind == "gine"),
+                           "tokens, pool_norm and GIN+ blocks do not take it")
         if plan is None or plan.num_graphs != num_graphs + 1:
             raise ValueError("node_mask: a padded batch needs the plan of the padded graph "
                              f"({num_graphs} graphs + 1 of padding), got "
                              f"{None if plan is None else plan.num_graphs} graphs")
-        local = getattr(self.layers[0], "local", None)
-        if self.use_tokens or self.pool_norm is not None or \
-                (local is not None and local.kind == "gine"):
-            raise ValueError("node_mask: a static batch needs BatchNorm only where the mask "
-                             "reaches it and no token branch; tokens, pool_norm and GIN+ "
-                             "blocks do not take it")
 
     def _plan(self, plan: GraphPlan | None, edge_index: torch.Tensor, n: int,
               batch: torch.Tensor | None) -> GraphPlan:
@@ -1011,8 +1027,8 @@ class GraphMambaNetwork(nn.Module):
             h = torch.stack([self.norm(d) for d in depths]).sum(0)  # every depth contributes
         else:
             h = self.norm(h)
-        if node_mask is not None:  # one more graph holds the padding nodes: dropped
-            h = graph_readout(h, batch, self.pool, None, plan.num_graphs)[:-1]
+        if node_mask is not None:
+            h = padded_readout(h, batch, self.pool, plan.num_graphs - 1)
         elif self.task_level == "graph":
             h = graph_readout(h, batch, self.pool, self.pool_norm, plan.num_graphs)
         return self.head(h)

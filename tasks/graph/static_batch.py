@@ -196,8 +196,8 @@ def plan_fields(planner: GraphPlanner, padded: Mapping[str, Any]) -> dict[str, A
     """The training plan of a padded batch (``StaticBatch.pad``) as mapping fields: ``order``
     ``(order (N,), inverse (N,), cu_seqlens (G+2,) int32)`` of its ``G + 1`` graphs (the
     padding graph is one more sequence) and ``order_indices`` (the packed BiMamba's gathers,
-    or None); both None without a global order. ``padded_plan`` rebuilds the plan."""
-    check_flat_planner(planner)
+    or None); both None without a global order. ``padded_plan`` rebuilds the plan. The task
+    checks ``planner`` once (``check_flat_planner``), not at every batch."""
     plan = planner(padded["edge_index"], int(padded["batch"].shape[0]), padded["batch"],
                    int(padded["num_graphs"]) + 1, training=True)
     draw = plan.draws[0] if plan.draws else PlanDraw()
