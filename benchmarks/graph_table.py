@@ -8,10 +8,15 @@ test metric is the mean ± std (ddof 1) over its runs of the test metric of the 
 validation (``weights=best``; ``last`` for configs without a validation split, e.g. the TU folds,
 which test the last epoch). Every row prints the geossm MPNN baseline (``GNNPlus`` family) and
 the Graph Mamba model beside the published anchors, with the seeds / splits, the machine and the
-summed wall time of the runs::
+summed wall time of the runs (a run resumed in parts counts each part's own span, not the
+pauses between them). Runs that have no test line yet are shown as in progress (epochs done
+and best validation metric so far) where their model has no finished run::
 
     python benchmarks/graph_table.py runs/table_cpu:"CPU, 1 thread (shared 2-core)" \\
-        runs/table_gpu:"1x H200" [--out benchmarks/graph_results.md] [--readme README.md]
+        runs/table_gpu:"1x H200" [--out benchmarks/graph_results.md] [--readme README.md] [--keep]
+
+``--keep`` keeps the rows of the existing ``--out`` table whose dataset has no run under the
+given roots (rows measured earlier, from run directories that are not on this machine).
 
 ``ROOT:MACHINE`` labels the runs under ROOT (default: the config's ``device``). One JSON line per
 group is printed, then the table is written to ``--out`` and, with ``--readme``, between the
@@ -44,6 +49,7 @@ ANCHORS = {
 BASELINES = ("GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus")
 MAMBAS = ("GraphMambaNetwork", "GraphMamba")
 TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ")
+RUN_START = re.compile(r" INFO run\b")  # the trainer's first line, written again by every resume
 BEGIN, END = "<!-- graph-results:begin -->", "<!-- graph-results:end -->"
 
 
@@ -58,29 +64,47 @@ def read_run(run: Path) -> dict | None:
     finished run (None while it has no test line). ``value`` is the test metric of the
     validation-selected weights (``best``), or of the last weights without a validation split.
     """
+    row = read_progress(run)
+    return row if row["value"] is not None else None
+
+
+def read_progress(run: Path) -> dict:
+    """:func:`read_run`'s row for any run, finished or not, with ``value`` None until the run
+    has its test line, plus ``epochs`` (validated / trained so far), ``epochs_total`` (the
+    config's schedule) and ``best_val`` (the best validation metric so far, None without)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     metric = (cfg.get("eval") or {}).get("metric") or "acc"
     selected = "best" if (cfg.get("eval") or {}).get("split") else "last"
-    value = None
+    value, best_val, epochs = None, None, 0
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if row.get("split") == "test" and row.get("weights") == selected and metric in row:
             value = float(row[metric])
-    if value is None:
-        return None
+        elif row.get("split") == "train":
+            epochs = max(epochs, int(row.get("epoch", 0)))
+        elif row.get("split") == "val" and metric in row:
+            best_val = max(best_val or -math.inf, float(row[metric]))
     return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "metric": metric,
             "value": value, "split": cfg["data"].get("split"), "seed": cfg.get("seed"),
             "device": cfg.get("device"), "wall_s": wall_seconds(run / "train.log"),
-            "selected": selected}
+            "selected": selected, "epochs": epochs,
+            "epochs_total": (cfg.get("train") or {}).get("epochs"), "best_val": best_val}
 
 
 def wall_seconds(log: Path) -> float:
-    """Seconds between the first and the last timestamped line of ``train.log`` (0 if none)."""
+    """Seconds of ``train.log``: the span from each run-start line (the first run, or a resume)
+    to the last timestamped line before the next one, summed (0 if none)."""
     if not log.is_file():
         return 0.0
-    stamps = [TIME.match(line) for line in log.read_text().splitlines()]
-    stamps = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S") for m in stamps if m]
-    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else 0.0
+    parts: list[list[datetime]] = []
+    for line in log.read_text().splitlines():
+        stamp = TIME.match(line)
+        if stamp is None:
+            continue
+        if not parts or RUN_START.search(line):
+            parts.append([])
+        parts[-1].append(datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
+    return sum((p[-1] - p[0]).total_seconds() for p in parts)
 
 
 def summarize(values: list[float]) -> tuple[float, float]:
@@ -117,17 +141,33 @@ def _ranges(values: set) -> str:
         len(nums) > 1 else ",".join(map(str, nums))
 
 
-def _cell(g: dict | None) -> str:
+def _scaled(metric: str, value: float) -> str:
+    """A metric as printed: AP with 4 decimals, percentages with 1."""
+    return f"{value:.4f}" if metric == "ap" else f"{value * 100:.1f}"
+
+
+def _cell(g: dict | None, running: dict | None = None) -> str:
     if g is None:
-        return "not run"
-    scale = 1.0 if g["metric"] == "ap" else 100.0
-    digits = 4 if g["metric"] == "ap" else 1
-    spread = f" ± {g['std'] * scale:.{digits}f}" if g["n"] > 1 else ""
-    return f"{g['mean'] * scale:.{digits}f}{spread} ({g['model']}, n={g['n']})"
+        return _running_cell(running) if running else "not run"
+    spread = f" ± {_scaled(g['metric'], g['std'])}" if g["n"] > 1 else ""
+    return f"{_scaled(g['metric'], g['mean'])}{spread} ({g['model']}, n={g['n']})"
 
 
-def table(grouped: dict[tuple[str, str], dict]) -> str:
-    """The markdown table, one row per dataset."""
+def _running_cell(rows: list[dict]) -> str:
+    """Unfinished runs of one model: epochs so far and the mean best validation metric."""
+    first, vals = rows[0], [r["best_val"] for r in rows if r["best_val"] is not None]
+    done = sorted({r["epochs"] for r in rows})
+    epochs = f"{done[0]}-{done[-1]}" if len(done) > 1 else f"{done[0]}"
+    val = f", best val {_scaled(first['metric'], sum(vals) / len(vals))}" if vals else ""
+    return (f"in progress ({first['model']}, n={len(rows)}: epoch {epochs} of "
+            f"{first['epochs_total']}{val}, no test yet)")
+
+
+def table(grouped: dict[tuple[str, str], dict],
+          running: dict[tuple[str, str], list[dict]] | None = None) -> str:
+    """The markdown table, one row per dataset (``running``: unfinished runs by (dataset,
+    model), shown where that model has no finished run)."""
+    running = running or {}
     lines = ["| dataset | metric (test, selection) | geossm MPNN baseline | geossm Graph Mamba | "
              "published | seeds / splits | machine | wall time |",
              "|---|---|---|---|---|---|---|---|"]
@@ -135,6 +175,9 @@ def table(grouped: dict[tuple[str, str], dict]) -> str:
         rows = {m: g for (d, m), g in grouped.items() if d == dataset}
         base = next((rows[m] for m in BASELINES if m in rows), None)
         mamba = next((rows[m] for m in MAMBAS if m in rows), None)
+        waiting = {m: r for (d, m), r in running.items() if d == dataset}
+        base_run = next((waiting[m] for m in BASELINES if m in waiting), None)
+        mamba_run = next((waiting[m] for m in MAMBAS if m in waiting), None)
         shown = [g for g in (base, mamba) if g is not None]
         first = shown[0]
         seeds = "; ".join(dict.fromkeys(  # one entry when both models ran the same grid
@@ -142,9 +185,21 @@ def table(grouped: dict[tuple[str, str], dict]) -> str:
         machines = "; ".join(sorted(set().union(*(g["machines"] for g in shown))))
         wall = " + ".join(f"{g['wall_s'] / 60:.1f} min" for g in shown)
         lines.append(f"| {dataset} | {first['metric']} ({first['selected']} weights) | "
-                     f"{_cell(base)} | {_cell(mamba)} | {ANCHORS.get(dataset, '-')} | {seeds} | "
+                     f"{_cell(base, base_run)} | {_cell(mamba, mamba_run)} | {ANCHORS.get(dataset, '-')} | {seeds} | "
                      f"{machines} | {wall} |")
     return "\n".join(lines) + "\n"
+
+
+def keep_rows(body: str, old: str, measured: set[str]) -> str:
+    """``body`` (a table) with the rows of ``old`` (an earlier table) added whose dataset is
+    not in ``measured``, all rows sorted by dataset."""
+    def rows(text: str) -> dict[str, str]:
+        lines = [ln for ln in text.splitlines() if ln.startswith("| ")
+                 and not ln.startswith("| dataset |")]
+        return {ln.split("|")[1].strip(): ln for ln in lines}
+    head = body.splitlines()[:2]
+    merged = {d: ln for d, ln in rows(old).items() if d not in measured} | rows(body)
+    return "\n".join(head + [merged[d] for d in sorted(merged)]) + "\n"
 
 
 def replace_section(text: str, body: str) -> str:
@@ -162,14 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("roots", nargs="+", help="ROOT or ROOT:MACHINE")
     p.add_argument("--out", default="benchmarks/graph_results.md")
     p.add_argument("--readme", default=None, help="README to update between the markers")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the --out rows of datasets that have no run under the roots")
     ns = p.parse_args(argv)
-    runs = []
+    runs, running = [], {}
     for spec in ns.roots:
         root, _, machine = spec.partition(":")
         for run in find_runs(Path(root)):
-            row = read_run(run)
-            if row is not None:
+            row = read_progress(run)
+            if row["value"] is not None:
                 runs.append((row, machine or str(row["device"])))
+            else:
+                running.setdefault((row["dataset"], row["model"]), []).append(row)
     if not runs:
         raise SystemExit(f"no finished run directories under {ns.roots}")
     grouped = groups(runs)
@@ -177,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps({**g, "seeds": sorted(map(str, g["seeds"])),
                                      "splits": sorted(map(str, g["splits"])),
                                      "machines": sorted(g["machines"])}) + "\n")
-    body = table(grouped)
     out = Path(ns.out)
+    body = table(grouped, running)
+    if ns.keep and out.is_file():
+        body = keep_rows(body, out.read_text(), {d for d, _ in grouped})
     out.write_text("# Graph results (written by benchmarks/graph_table.py)\n\n"
                    "Test metrics, mean ± std (ddof 1) over the runs; weights selected on "
                    "validation only (best) or the last epoch where there is no validation "

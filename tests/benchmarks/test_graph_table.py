@@ -45,3 +45,38 @@ def test_runs_without_validation_report_the_last_weights(tmp_path):
     _run(tmp_path, "GINPlus", 0, 0.9, 0.7, eval_split=None)
     row = graph_table.read_run(tmp_path / "GINPlus_0")
     assert row["value"] == 0.7 and row["selected"] == "last" and row["wall_s"] == 90.0
+
+
+def test_resumed_runs_count_their_parts_not_the_pause_between(tmp_path):
+    _run(tmp_path, "GCNPlus", 0, 0.8, 0.8)
+    (tmp_path / "GCNPlus_0" / "train.log").write_text(
+        "2026-12-04 10:00:00,001 INFO run /x: GCNPlus\n"
+        "2026-12-04 10:01:00,001 INFO epoch 1 val\n"
+        "2026-12-05 09:00:00,001 INFO run /x: GCNPlus\n"     # resumed a day later
+        "2026-12-05 09:00:30,001 INFO resumed from /x/last.pt at epoch 1\n"
+        "2026-12-05 09:02:00,001 INFO epoch 2 test\n")
+    assert graph_table.read_run(tmp_path / "GCNPlus_0")["wall_s"] == 60.0 + 120.0
+
+
+def test_unfinished_runs_show_their_progress_and_kept_rows_stay(tmp_path):
+    _run(tmp_path / "runs", "GCNPlus", 0, 0.80, 0.1)
+    for seed, val in ((0, 0.40), (1, 0.50)):
+        run = tmp_path / "runs" / f"GraphMambaNetwork_{seed}"
+        run.mkdir()
+        cfg = {"data": {"name": "Cora", "split": 0}, "model": {"name": "GraphMambaNetwork"},
+               "seed": seed, "train": {"epochs": 300}, "eval": {"split": "val", "metric": "acc"}}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        rows = [{"epoch": e, "split": s, "acc": val if s == "val" else None, "loss": 1.0}
+                for e in (1, 2, 3 + seed) for s in ("train", "val")]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "results.md"
+    out.write_text("| dataset | metric |\n|---|---|\n| MUTAG | acc | old row |\n"
+                   "| Cora | acc | replaced |\n")
+    assert graph_table.main([str(tmp_path / "runs"), "--out", str(out), "--keep"]) == 0
+    text = out.read_text()
+    assert "in progress (GraphMambaNetwork, n=2: epoch 3-4 of 300, best val 45.0, no test " \
+           "yet)" in text
+    assert "| MUTAG | acc | old row |" in text and "replaced" not in text
+    assert text.index("| Cora |") < text.index("| MUTAG |")
+    assert graph_table.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert "MUTAG" not in out.read_text()
