@@ -39,6 +39,11 @@ def test_train_eval_predict_viz(tmp_path, capsys):
     metrics = json_line(out)["metrics"]
     assert set(metrics) == {"val", "test"}
     assert metrics["val"]["miou"] == pytest.approx(summary["best"]["miou"])
+    # a GPU run's config (its step replayed as a CUDA graph) evaluates on this CPU alike
+    code, out, err = run_cli(capsys, "eval", cfg, f"checkpoint={run / 'best.pt'}",
+                             "train.cuda_graph=true")
+    assert code == 0, err
+    assert json_line(out)["metrics"] == metrics
 
     rng = np.random.default_rng(1)
     coord = rng.uniform(-1, 1, (40, 3)).astype(np.float32)
