@@ -105,11 +105,9 @@ def _load_with_checkpoint(ns: argparse.Namespace, command: str):
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from geossm.engine import Trainer
+    from geossm.engine.predictor import inference_config
     cfg, name = _load_with_checkpoint(ns, "eval")
-    # evaluation runs no training step: a run whose step was replayed as a CUDA graph
-    # (train.cuda_graph, CUDA only) is evaluated on any device, e.g. its checkpoint on a CPU
-    cfg.train.cuda_graph = False
-    trainer = Trainer(cfg, config_name=name)
+    trainer = Trainer(inference_config(cfg), config_name=name)
     try:
         metrics = trainer.evaluate_checkpoint(str(cfg.checkpoint))
         if trainer.is_main:

@@ -37,10 +37,10 @@ from omegaconf import DictConfig, OmegaConf
 from geossm.config import DEFAULTS, apply_overrides, find_config, load_config
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import load_checkpoint, load_model_state
-from geossm.engine.task import Task, build_task, move_to
+from geossm.engine.task import SplitSamples, Task, build_task, move_to
 
-__all__ = ["Predictor", "load", "load_model", "checkpoint_config", "prediction_path",
-           "input_files"]
+__all__ = ["Predictor", "load", "load_model", "inference_config", "checkpoint_config",
+           "prediction_path", "input_files"]
 
 
 def checkpoint_config(checkpoint: Mapping[str, Any], source: str | os.PathLike,
@@ -71,11 +71,21 @@ def load_model(checkpoint: str | os.PathLike, *, config: str | os.PathLike | Non
         cfg = load_config(find_config(config), overrides)
     else:
         cfg = checkpoint_config(ckpt, checkpoint, overrides)
-    task = build_task(cfg)
+    task = build_task(inference_config(cfg))
     model = task.build_model()
     load_model_state(model, ckpt, checkpoint)
     target = dist.resolve_device(str(device) if device is not None else cfg.device)
     return model.to(target).eval(), task, cfg
+
+
+def inference_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the options of the training step turned off, in place: evaluation and
+    prediction run no training step, so a run trained with its step replayed as a CUDA graph
+    (``train.cuda_graph``: CUDA only) or on padded batches (``train.static_batch``; ``auto``
+    reads the training set) is evaluated and used on any device, without its training data."""
+    cfg.train.cuda_graph = False
+    cfg.train.static_batch = None
+    return cfg
 
 
 def load(checkpoint: str | os.PathLike, *, device: str | torch.device | None = None,
@@ -168,7 +178,9 @@ class Predictor:
     @torch.no_grad()
     def run(self, prepared: Any) -> dict[str, np.ndarray]:
         """The task's outputs on one prepared sample (``preprocess`` / ``load_input``'s)."""
-        batch = move_to(self.task.collate([prepared]), self.device)
+        # marked as prediction: a task whose training batches differ (random plans, padding)
+        # collates it as it collates evaluation batches
+        batch = move_to(self.task.collate(SplitSamples([prepared], "predict")), self.device)
         autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.amp
                     else contextlib.nullcontext())
         with autocast:

@@ -118,6 +118,18 @@ def _takes_non_blocking(cls: type) -> bool:
                for p in parameters)
 
 
+class SplitSamples(list):
+    """The samples of one batch with the ``split`` they come from (``"train"``, ``"val"``,
+    ``"test"``, or ``"predict"`` for ``Predictor``'s): a list, so every ``collate`` takes it;
+    a task whose batches differ between training and evaluation reads ``split`` (the graph
+    tasks: training plans with fresh random draws, padded static batches, only for
+    ``"train"``; a plain list counts as training)."""
+
+    def __init__(self, samples, split: str | None) -> None:
+        super().__init__(samples)
+        self.split = split
+
+
 def build_task(cfg: DictConfig) -> "Task":
     """``TASKS[cfg.task](cfg)``, after importing the modules of ``cfg.imports`` (where a
     project's own tasks and models register); ``ValueError`` when ``task`` is not set."""

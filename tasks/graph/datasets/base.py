@@ -10,21 +10,12 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
+from geossm.engine.task import SplitSamples  # noqa: F401 (the graph datasets' batches)
+
 from ..transforms import AddPositionalEncodings, normalize_rows
 
 
 SPLITS = ("train", "val", "test")
-
-
-class SplitSamples(list):
-    """The samples of one loader batch, with the ``split`` they come from (``"train"``,
-    ``"val"``, ``"test"``): what ``__getitems__`` hands the graph tasks' ``collate``, which
-    builds training plans (fresh random walks) for ``"train"`` and evaluation plans (drawn from
-    ``eval_seed``) for the others."""
-
-    def __init__(self, samples, split: str | None) -> None:
-        super().__init__(samples)
-        self.split = split
 
 
 def split_samples(dataset, indices) -> SplitSamples:

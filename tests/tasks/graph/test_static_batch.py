@@ -250,6 +250,38 @@ def test_auto_static_batch_pads_every_training_batch_of_a_run(tmp_path):
     assert static.oversized == 0
 
 
+def test_a_padded_cuda_graph_run_is_evaluated_and_used_without_its_training_data(tmp_path):
+    """A Graph Mamba trained on padded batches (``train.static_batch: auto``, which reads the
+    training set) and, as on a GPU, ``train.cuda_graph``: ``Predictor`` on this CPU with the
+    data folder gone builds no layout, pads nothing and plans as evaluation does (the same
+    logits as an evaluation batch of the molecule, on every call)."""
+    from geossm.engine.predictor import Predictor
+    from geossm.engine.task import SplitSamples
+    trainer = _peptides_trainer(tmp_path, "run", "peptides_func_gmnplus.yaml",
+                                "train.static_batch=auto", "train.epochs=1")
+    trainer.fit()
+    molecule = trainer.task.build_dataset("test")[0]
+    predictor = Predictor.from_checkpoint(
+        tmp_path / "run" / "best.pt", device="cpu",
+        overrides=[f"data.root={tmp_path / 'gone'}", f"data.cache={tmp_path / 'gone.npz'}",
+                   "train.cuda_graph=true"])
+    assert predictor.task.static_batch is None
+    fields = {k: molecule[k].numpy() for k in ("x", "edge_index", "edge_attr")}
+    first, again = predictor(fields)["logits"], predictor(fields)["logits"]
+    with torch.no_grad():
+        evaluated = predictor.task.predict_step(
+            predictor.model, predictor.task.collate(SplitSamples([molecule], "test")))
+    assert first.shape == (1, 10)
+    torch.testing.assert_close(torch.from_numpy(first), evaluated.float(), rtol=1e-5, atol=1e-5)
+    assert (first == again).all()
+    # the batch is collated as a prediction (evaluation plans), not as a training batch
+    splits, collate = [], predictor.task.collate
+    predictor.task.collate = lambda samples: splits.append(getattr(samples, "split", "train")) \
+        or collate(samples)
+    predictor(fields)
+    assert splits == ["predict"]
+
+
 @pytest.mark.parametrize("config, overrides", [
     ("peptides_func_gcnplus.yaml", ()),
     # the index order: padded and unpadded plans order the real atoms alike
