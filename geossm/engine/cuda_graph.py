@@ -33,10 +33,21 @@ from typing import Any
 
 import torch
 
-__all__ = ["GraphedStep", "batch_signature"]
+__all__ = ["GraphedStep", "batch_signature", "cuda_graph_wanted"]
 
 #: Leaves of a batch kept in a signature by value.
 PLAIN = (str, int, float, bool, type(None))
+
+
+def cuda_graph_wanted(setting: Any, device: torch.device, world_size: int) -> bool:
+    """``train.cuda_graph`` resolved: true / false as set; ``auto``: on for one CUDA process
+    (off on CPU and under DDP, whose backward all-reduces through hooks a graph cannot hold).
+    ``ValueError`` for any other value. Whether true is allowed is the trainer's check."""
+    if setting == "auto":
+        return device.type == "cuda" and world_size == 1
+    if not isinstance(setting, bool):
+        raise ValueError(f"train.cuda_graph: expected true, false or auto, got {setting!r}")
+    return setting
 
 
 def batch_signature(batch: Any) -> Any:

@@ -58,7 +58,7 @@ from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_checkpoint,
                                       load_model_state, save_checkpoint, seed_everything,
                                       set_rng_state)
-from geossm.engine.cuda_graph import GraphedStep
+from geossm.engine.cuda_graph import GraphedStep, cuda_graph_wanted
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
@@ -249,11 +249,7 @@ class Trainer:
         process only: a DDP backward all-reduces through hooks the graph cannot hold) or
         ``auto`` (on where true would be allowed, off on CPU and under DDP: for configs whose
         step has static shapes and no host syncs)."""
-        if enabled == "auto":
-            enabled = self.device.type == "cuda" and self.world_size == 1
-        if not isinstance(enabled, bool):
-            raise ValueError(f"train.cuda_graph: expected true, false or auto, got {enabled!r}")
-        if not enabled:
+        if not cuda_graph_wanted(enabled, self.device, self.world_size):
             return None
         if self.device.type != "cuda":
             raise ValueError(f"train.cuda_graph=true needs a CUDA device, got device "

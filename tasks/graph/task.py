@@ -36,6 +36,8 @@ from torch_geometric.data import Batch, Data
 
 from geossm.cache import main_process_first
 from geossm.config import to_container
+from geossm.engine import distributed as dist
+from geossm.engine.cuda_graph import cuda_graph_wanted
 from geossm.engine.inputs import check_field
 from geossm.engine.logging import get_logger
 from geossm.engine.metrics import MetricCollection
@@ -155,8 +157,13 @@ class _GraphTask(Task):
     def _static_batch(self) -> StaticBatch | None:
         """``train.static_batch`` checked against the task and the model: multi-label graph
         targets and a model whose plan fits the padded mapping (the GNN+ baselines; a Graph
-        Mamba planning its global order only, ``check_flat_planner``)."""
+        Mamba planning its global order only, ``check_flat_planner``). ``auto`` pads only what
+        a CUDA graph will replay (``train.cuda_graph`` on for this run, see
+        ``cuda_graph_wanted``): off on CPU, under DDP and where the task or the model does not
+        take padded batches, so configs can keep it on for their GPU runs."""
         spec = to_container(self.cfg.train.get("static_batch"))
+        if spec == "auto" and not self._pads_for_a_cuda_graph():
+            return None
         if spec is None:
             return None
         if not self.static_batches:
@@ -173,6 +180,25 @@ class _GraphTask(Task):
         get_logger().info("train.static_batch: auto -> {nodes: %d, edges: %d} (every batch of "
                           "%d epochs)", static.nodes, static.edges, int(self.cfg.train.epochs))
         return static
+
+    def _pads_for_a_cuda_graph(self) -> bool:
+        """Whether ``train.static_batch: auto`` pads this run: its step is replayed as a CUDA
+        graph and the task and the model take padded batches (logged when not)."""
+        device = dist.resolve_device(self.cfg.get("device"))
+        world = 2 if dist.launched_distributed() else dist.get_world_size()
+        why = None
+        if not cuda_graph_wanted(self.cfg.train.get("cuda_graph", False), device, world):
+            why = "the step is not replayed as a CUDA graph (train.cuda_graph)"
+        elif not self.static_batches:
+            why = f"{type(self).__name__} does not take padded batches"
+        elif self.planner is not None:
+            try:
+                check_flat_planner(self.planner)
+            except ValueError as err:
+                why = str(err)
+        if why is not None:
+            get_logger().info("train.static_batch: auto -> off: %s", why)
+        return why is None
 
     def _metric_from_dataset(self) -> bool:
         return self.metric_from_dataset and not self.cfg.eval.get("metric")

@@ -239,26 +239,66 @@ def _peptides_trainer(tmp_path, name: str, config: str, *overrides: str):
     return Trainer(cfg)
 
 
-def test_auto_static_batch_pads_every_training_batch_of_a_run(tmp_path):
-    """``train.static_batch: auto`` on real molecules: the layout is fitted to the run's own
-    epochs, so no training batch is left unpadded."""
+def test_auto_static_batch_pads_every_training_batch_of_a_run(tmp_path, monkeypatch):
+    """``train.static_batch: auto`` on real molecules, for a run whose step is a CUDA graph
+    (as on a GPU: the task is told so): the layout is fitted to the run's own epochs, so no
+    training batch is left unpadded."""
+    from geossm.tasks.graph import task as graph_task
+    monkeypatch.setattr(graph_task, "cuda_graph_wanted", lambda *args: True)
     trainer = _peptides_trainer(tmp_path, "auto", "peptides_func_gcnplus.yaml",
                                 "train.static_batch=auto")
     static = trainer.task.static_batch
     assert isinstance(static, StaticBatch) and static.graphs == 8 and static.nodes % 64 == 0
+    assert trainer.graphed_step is None  # the trainer itself builds no graph on this CPU
     trainer.fit()
     assert static.oversized == 0
 
 
-def test_a_padded_cuda_graph_run_is_evaluated_and_used_without_its_training_data(tmp_path):
+@pytest.mark.parametrize("overrides, why", [
+    ((), "not replayed as a CUDA graph"),  # this CPU: train.cuda_graph auto is off
+    (("train.cuda_graph=auto",), "not replayed as a CUDA graph"),
+    (("train.cuda_graph=true", "model.tokens=true"), "plans tokens or sparse adjacencies")])
+def test_auto_static_batch_pads_only_for_a_cuda_graph_of_a_flat_plan(tmp_path, monkeypatch,
+                                                                    overrides, why):
+    """``auto`` is off (logged, nothing padded) where no CUDA graph replays the step or the
+    model's plan does not fit a padded batch; an explicit layout is not (it is checked)."""
+    from geossm.tasks.graph import task as graph_task
+    if "train.cuda_graph=true" in overrides:  # the task's view of a GPU run
+        monkeypatch.setattr(graph_task, "cuda_graph_wanted", lambda *args: True)
+        overrides = tuple(o for o in overrides if o != "train.cuda_graph=true")
+    cfg = load_config(CONFIGS / "peptides_func_gmnplus.yaml",
+                      ["train.static_batch=auto", "device=cpu", *overrides])
+    import logging
+
+    from geossm.engine.logging import get_logger
+    records, handler, logger = [], logging.Handler(), get_logger()
+    handler.emit = records.append
+    level, logger.level = logger.level, logging.INFO
+    logger.addHandler(handler)
+    try:
+        task = MultiLabelGraphTask(cfg)
+        task.build_model()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert task.static_batch is None
+    logged = [r.getMessage() for r in records]
+    assert any("train.static_batch: auto -> off" in m and why in m for m in logged), logged
+
+
+def test_a_padded_cuda_graph_run_is_evaluated_and_used_without_its_training_data(tmp_path,
+                                                                                monkeypatch):
     """A Graph Mamba trained on padded batches (``train.static_batch: auto``, which reads the
     training set) and, as on a GPU, ``train.cuda_graph``: ``Predictor`` on this CPU with the
     data folder gone builds no layout, pads nothing and plans as evaluation does (the same
     logits as an evaluation batch of the molecule, on every call)."""
     from geossm.engine.predictor import Predictor
     from geossm.engine.task import SplitSamples
+    from geossm.tasks.graph import task as graph_task
+    monkeypatch.setattr(graph_task, "cuda_graph_wanted", lambda *args: True)  # as on a GPU
     trainer = _peptides_trainer(tmp_path, "run", "peptides_func_gmnplus.yaml",
                                 "train.static_batch=auto", "train.epochs=1")
+    assert trainer.task.static_batch is not None
     trainer.fit()
     molecule = trainer.task.build_dataset("test")[0]
     predictor = Predictor.from_checkpoint(
