@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 
-from geossm.engine.task import SplitSamples  # noqa: F401 (the graph datasets' batches)
+from geossm.engine.task import SplitSamples
 
 from ..transforms import AddPositionalEncodings, normalize_rows
 
