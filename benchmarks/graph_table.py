@@ -9,7 +9,7 @@ validation (``weights=best``; ``last`` for configs without a validation split, e
 which test the last epoch). Every row prints the geossm MPNN baseline (``GNNPlus`` family) and
 the Graph Mamba model beside the published anchors, with the seeds / splits, the machine and the
 summed wall time of the runs (a run resumed in parts counts each part's own span, not the
-pauses between them). Runs that have no test line yet are shown as in progress (epochs done
+pauses between them). Runs that have no test line yet are shown as unfinished (epochs done
 and best validation metric so far) where their model has no finished run::
 
     python benchmarks/graph_table.py runs/table_cpu:"CPU, 1 thread (shared 2-core)" \\
@@ -154,38 +154,50 @@ def _cell(g: dict | None, running: dict | None = None) -> str:
 
 
 def _running_cell(rows: list[dict]) -> str:
-    """Unfinished runs of one model: epochs so far and the mean best validation metric."""
+    """Unfinished runs of one model (running, stopped to resume, or crashed): epochs so far
+    and the mean best validation metric."""
     first, vals = rows[0], [r["best_val"] for r in rows if r["best_val"] is not None]
     done = sorted({r["epochs"] for r in rows})
     epochs = f"{done[0]}-{done[-1]}" if len(done) > 1 else f"{done[0]}"
     val = f", best val {_scaled(first['metric'], sum(vals) / len(vals))}" if vals else ""
-    return (f"in progress ({first['model']}, n={len(rows)}: epoch {epochs} of "
+    return (f"unfinished ({first['model']}, n={len(rows)}: epoch {epochs} of "
             f"{first['epochs_total']}{val}, no test yet)")
+
+
+def _as_group(rows: list[dict]) -> dict:
+    """The columns of a group (metric, seeds, splits, machines, wall) for unfinished runs."""
+    return {"metric": rows[0]["metric"], "selected": rows[0]["selected"],
+            "seeds": {r["seed"] for r in rows}, "splits": {r["split"] for r in rows},
+            "machines": {r["machine"] for r in rows}, "wall_s": sum(r["wall_s"] for r in rows)}
 
 
 def table(grouped: dict[tuple[str, str], dict],
           running: dict[tuple[str, str], list[dict]] | None = None) -> str:
     """The markdown table, one row per dataset (``running``: unfinished runs by (dataset,
-    model), shown where that model has no finished run)."""
+    model), each row with a ``machine``; shown where that model has no finished run)."""
     running = running or {}
     lines = ["| dataset | metric (test, selection) | geossm MPNN baseline | geossm Graph Mamba | "
              "published | seeds / splits | machine | wall time |",
              "|---|---|---|---|---|---|---|---|"]
-    for dataset in sorted({d for d, _ in grouped}):
+    for dataset in sorted({d for d, _ in grouped} | {d for d, _ in running}):
         rows = {m: g for (d, m), g in grouped.items() if d == dataset}
-        base = next((rows[m] for m in BASELINES if m in rows), None)
-        mamba = next((rows[m] for m in MAMBAS if m in rows), None)
         waiting = {m: r for (d, m), r in running.items() if d == dataset}
-        base_run = next((waiting[m] for m in BASELINES if m in waiting), None)
-        mamba_run = next((waiting[m] for m in MAMBAS if m in waiting), None)
-        shown = [g for g in (base, mamba) if g is not None]
+        cells, shown = [], []
+        for family in (BASELINES, MAMBAS):
+            done = next((rows[m] for m in family if m in rows), None)
+            unfinished = next((waiting[m] for m in family if m in waiting), None)
+            cells.append(_cell(done, unfinished))
+            if done is not None or unfinished is not None:
+                shown.append(done if done is not None else _as_group(unfinished))
+        if not shown:  # only models of neither family
+            continue
         first = shown[0]
         seeds = "; ".join(dict.fromkeys(  # one entry when both models ran the same grid
             f"seeds {_ranges(g['seeds'])} × splits {_ranges(g['splits'])}" for g in shown))
         machines = "; ".join(sorted(set().union(*(g["machines"] for g in shown))))
         wall = " + ".join(f"{g['wall_s'] / 60:.1f} min" for g in shown)
         lines.append(f"| {dataset} | {first['metric']} ({first['selected']} weights) | "
-                     f"{_cell(base, base_run)} | {_cell(mamba, mamba_run)} | {ANCHORS.get(dataset, '-')} | {seeds} | "
+                     f"{cells[0]} | {cells[1]} | {ANCHORS.get(dataset, '-')} | {seeds} | "
                      f"{machines} | {wall} |")
     return "\n".join(lines) + "\n"
 
@@ -228,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             if row["value"] is not None:
                 runs.append((row, machine or str(row["device"])))
             else:
+                row["machine"] = machine or str(row["device"])
                 running.setdefault((row["dataset"], row["model"]), []).append(row)
-    if not runs:
-        raise SystemExit(f"no finished run directories under {ns.roots}")
+    if not runs and not running:
+        raise SystemExit(f"no run directories under {ns.roots}")
     grouped = groups(runs)
     for g in grouped.values():
         sys.stdout.write(json.dumps({**g, "seeds": sorted(map(str, g["seeds"])),
@@ -239,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(ns.out)
     body = table(grouped, running)
     if ns.keep and out.is_file():
-        body = keep_rows(body, out.read_text(), {d for d, _ in grouped})
+        body = keep_rows(body, out.read_text(), {d for d, _ in grouped} | {d for d, _ in running})
     out.write_text("# Graph results (written by benchmarks/graph_table.py)\n\n"
                    "Test metrics, mean ± std (ddof 1) over the runs; weights selected on "
                    "validation only (best) or the last epoch where there is no validation "

@@ -31,8 +31,8 @@
 # OUTDIR/pack): its folder with last.pt, best.pt without the optimizer state, metrics and log.
 # A later session passes FROM=folder holding those tars (carried to the device): the runs unpack
 # and resume where they stopped (as they do without FROM when their folder is still in OUTDIR), and print the test AP of their best-validation weights when
-# their schedule ends. A full-schedule run that ends before the DEADLINE is packed when it
-# ends, and `wait` returns once every run has ended.
+# their schedule ends. A full-schedule run whose process ends before the DEADLINE (finished,
+# or died: it resumes from its last.pt) is packed then, and `wait` returns once all have.
 set -o pipefail
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 RUNS=${RUNS:-"gcn_s0:peptides_func_gcnplus:0 gcn_s1:peptides_func_gcnplus:1 gcn_s2:peptides_func_gcnplus:2 gmn_s0:peptides_func_gmnplus:0 gmn_s1:peptides_func_gmnplus:1 gmn_s2:peptides_func_gmnplus:2"}
@@ -156,10 +156,12 @@ wait_runs() {
     if [ "${#full[@]}" -gt 0 ] && [ "$(date +%s)" -ge "$deadline" ]; then
       stop "${full[@]}"; pack "${full[@]}"; full=()
     fi
-    local running=()  # a full-schedule run that has ended (its test line, process gone) is
-    for name in "${full[@]}"; do  # packed now, so the wait ends when every run has
-      if grep -q "test: weights=best" "$OUTDIR/$name.log" 2>/dev/null \
-         && ! kill -0 "$(cat "$OUTDIR/$name.pid")" 2>/dev/null; then pack "$name"
+    local running=()  # a full-schedule run whose process is gone (ended with its test line,
+    for name in "${full[@]}"; do  # or died: its last.pt resumes) is packed now, so the wait
+      if ! kill -0 "$(cat "$OUTDIR/$name.pid")" 2>/dev/null; then  # ends when all have
+        grep -q "test: weights=best" "$OUTDIR/$name.log" 2>/dev/null \
+          || echo "$name: its process is gone before the end of its schedule (see its log)"
+        pack "$name"
       else running+=("$name"); fi
     done
     full=("${running[@]}")

@@ -41,7 +41,8 @@ from omegaconf import OmegaConf
 
 from geossm.config import to_container
 from geossm.engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from geossm.engine.task import Task, build_task
+from geossm.engine.predictor import inference_config
+from geossm.engine.task import SplitSamples, Task, build_task
 
 FORMATS = {"safetensors": ".safetensors", "torch-export": ".pt2"}
 
@@ -62,7 +63,7 @@ def model_from_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, Any
     if not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"checkpoint {path}: holds no config (a plain state dict?); "
                               "export needs a checkpoint written by geossm train")
-    cfg = OmegaConf.create(ckpt["config"])
+    cfg = inference_config(OmegaConf.create(ckpt["config"]))  # no training-step options
     task = build_task(cfg)
     model = task.build_model()
     load_model_state(model, ckpt, path)
@@ -101,7 +102,7 @@ def example_batch(task: Task, cfg: Any, input_path: str | os.PathLike | None = N
             raise ExportError(f"export: the training split of {type(dataset).__name__} is "
                               "empty; give input=FILE as the example")
         samples = [dataset[i % len(dataset)] for i in range(batch_size)]
-    return task.collate(samples)
+    return task.collate(SplitSamples(samples, "predict"))  # collated as a prediction
 
 
 def export_safetensors(model: torch.nn.Module, path: str | os.PathLike,

@@ -12,7 +12,7 @@ A checkpoint stores its run's config, so it alone rebuilds the task and the mode
 path for both)::
 
     sample = task.preprocess(arrays)     # or task.load_input(path): checked, prepared
-    batch = task.collate([sample])
+    batch = task.collate(SplitSamples([sample], "predict"))   # collated as evaluation
     result = task.postprocess(task.predict_step(model, batch), batch)   # dict of numpy arrays
 
 What ``result`` holds is the task's (``postprocess``): segmentation ``logits (N, C)`` and

@@ -18,7 +18,7 @@ config key ``task``. The trainer calls, in this order::
 and for ``geossm predict`` (``geossm.Predictor``; in memory ``task.preprocess(arrays)``
 replaces ``load_input``)::
 
-    sample = task.load_input(path); batch = task.collate([sample])
+    sample = task.load_input(path); batch = task.collate(SplitSamples([sample], "predict"))
     result = task.postprocess(task.predict_step(model, batch), batch)  # dict of numpy arrays
     task.write_prediction(sample, result, out_npz)                     # .npz + .ply
 

@@ -575,6 +575,11 @@ class Trainer:
 
         logger = RunLogger(run_dir, enabled=self.is_main,
                            resume_epoch=start_epoch if resume_path is not None else None)
+        if self.is_main:  # first in train.log: each start or resume of a run begins with it
+            self.log.info("run %s: %s, %d parameters, %d train samples, %d process(es) on %s",
+                          run_dir, type(self.model).__name__,
+                          sum(p.numel() for p in self.model.parameters()), len(train_set),
+                          self.world_size, self.device)
         if init_report:
             self.log.info("%s", init_report)
         try:
@@ -582,10 +587,6 @@ class Trainer:
                 save_config(cfg, run_dir / "config.yaml")
                 if resume_path is None and (run_dir / "last.pt").exists():
                     self.log.warning("%s already holds a run; starting afresh over it", run_dir)
-                self.log.info("run %s: %s, %d parameters, %d train samples, %d process(es) on %s",
-                              run_dir, type(self.model).__name__,
-                              sum(p.numel() for p in self.model.parameters()), len(train_set),
-                              self.world_size, self.device)
             stop = min(epochs, until_epoch) if until_epoch else epochs
             bar = tqdm(range(start_epoch + 1, stop + 1), initial=start_epoch, total=epochs,
                        desc="epochs", disable=not self.progress, dynamic_ncols=True)

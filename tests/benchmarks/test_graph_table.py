@@ -53,7 +53,7 @@ def test_resumed_runs_count_their_parts_not_the_pause_between(tmp_path):
         "2026-12-04 10:00:00,001 INFO run /x: GCNPlus\n"
         "2026-12-04 10:01:00,001 INFO epoch 1 val\n"
         "2026-12-05 09:00:00,001 INFO run /x: GCNPlus\n"     # resumed a day later
-        "2026-12-05 09:00:30,001 INFO resumed from /x/last.pt at epoch 1\n"
+        "2026-12-05 09:00:30,001 INFO model.init_from=/y.pt ignored: resuming from /x\n"
         "2026-12-05 09:02:00,001 INFO epoch 2 test\n")
     assert graph_table.read_run(tmp_path / "GCNPlus_0")["wall_s"] == 60.0 + 120.0
 
@@ -74,9 +74,25 @@ def test_unfinished_runs_show_their_progress_and_kept_rows_stay(tmp_path):
                    "| Cora | acc | replaced |\n")
     assert graph_table.main([str(tmp_path / "runs"), "--out", str(out), "--keep"]) == 0
     text = out.read_text()
-    assert "in progress (GraphMambaNetwork, n=2: epoch 3-4 of 300, best val 45.0, no test " \
+    assert "unfinished (GraphMambaNetwork, n=2: epoch 3-4 of 300, best val 45.0, no test " \
            "yet)" in text
     assert "| MUTAG | acc | old row |" in text and "replaced" not in text
     assert text.index("| Cora |") < text.index("| MUTAG |")
     assert graph_table.main([str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert "MUTAG" not in out.read_text()
+
+
+def test_a_dataset_whose_runs_are_all_unfinished_has_its_row(tmp_path):
+    _run(tmp_path / "runs", "GCNPlus", 0, 0.80, 0.1)
+    run = tmp_path / "runs" / "peptides"
+    run.mkdir()
+    cfg = {"data": {"name": "PeptidesFunc"}, "model": {"name": "GNNPlus"}, "seed": 2,
+           "train": {"epochs": 300}, "eval": {"split": "val", "metric": "ap"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 7, "split": "train", "loss": 1}) +
+                                       "\n" + json.dumps({"epoch": 7, "split": "val", "ap": 0.6}))
+    out = tmp_path / "results.md"
+    assert graph_table.main([f"{tmp_path / 'runs'}:box", "--out", str(out)]) == 0
+    row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| PeptidesFunc"))
+    assert "| ap (best weights) | unfinished (GNNPlus, n=1: epoch 7 of 300, best val 0.6000, " \
+           "no test yet) | not run |" in row and "seeds 2 × splits -" in row and "| box |" in row

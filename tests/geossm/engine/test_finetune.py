@@ -47,7 +47,13 @@ def test_init_from_is_ignored_when_resuming(tmp_path, trained):
                    f"model.init_from={trained}")
     trainer = Trainer(cfg)
     trainer.fit(until_epoch=1)  # already at epoch 1: nothing trains, the weights are loaded
-    assert "ignored: resuming from" in (run / "train.log").read_text()
+    log = (run / "train.log").read_text().splitlines()
+    assert any("ignored: resuming from" in line for line in log)
+    # each start or resume of a run begins its part of train.log with the run line (the
+    # results table sums the parts' spans, not the pauses between them)
+    starts = [i for i, line in enumerate(log) if " INFO run " in line]
+    ignored = next(i for i, line in enumerate(log) if "ignored: resuming from" in line)
+    assert len(starts) == 2 and starts[0] == 0 and starts[1] < ignored
     for key, value in resumed_weights.items():
         torch.testing.assert_close(trainer.model.state_dict()[key], value, rtol=0, atol=0)
 

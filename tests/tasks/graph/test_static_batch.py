@@ -256,7 +256,7 @@ def test_auto_static_batch_pads_every_training_batch_of_a_run(tmp_path, monkeypa
 
 @pytest.mark.parametrize("overrides, why", [
     ((), "not replayed as a CUDA graph"),  # this CPU: train.cuda_graph auto is off
-    (("train.cuda_graph=auto",), "not replayed as a CUDA graph"),
+    (("ddp",), "not replayed as a CUDA graph"),  # auto on a GPU, but under torchrun
     (("train.cuda_graph=true", "model.tokens=true"), "plans tokens or sparse adjacencies")])
 def test_auto_static_batch_pads_only_for_a_cuda_graph_of_a_flat_plan(tmp_path, monkeypatch,
                                                                     overrides, why):
@@ -265,7 +265,10 @@ def test_auto_static_batch_pads_only_for_a_cuda_graph_of_a_flat_plan(tmp_path, m
     from geossm.tasks.graph import task as graph_task
     if "train.cuda_graph=true" in overrides:  # the task's view of a GPU run
         monkeypatch.setattr(graph_task, "cuda_graph_wanted", lambda *args: True)
-        overrides = tuple(o for o in overrides if o != "train.cuda_graph=true")
+    if "ddp" in overrides:  # a GPU (as the task sees it) in one of two torchrun processes
+        monkeypatch.setattr(graph_task.dist, "resolve_device", lambda spec: torch.device("cuda"))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    overrides = tuple(o for o in overrides if o not in ("train.cuda_graph=true", "ddp"))
     cfg = load_config(CONFIGS / "peptides_func_gmnplus.yaml",
                       ["train.static_batch=auto", "device=cpu", *overrides])
     import logging
@@ -320,6 +323,10 @@ def test_a_padded_cuda_graph_run_is_evaluated_and_used_without_its_training_data
         or collate(samples)
     predictor(fields)
     assert splits == ["predict"]
+    # geossm export too: its example batch is a prediction's, nothing padded or fitted
+    from geossm.engine.export import example_batch, model_from_checkpoint
+    _, cfg, task = model_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert task.static_batch is None and not is_static_batch(example_batch(task, cfg))
 
 
 @pytest.mark.parametrize("config, overrides", [
