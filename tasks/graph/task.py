@@ -159,46 +159,43 @@ class _GraphTask(Task):
         targets and a model whose plan fits the padded mapping (the GNN+ baselines; a Graph
         Mamba planning its global order only, ``check_flat_planner``). ``auto`` pads only what
         a CUDA graph will replay (``train.cuda_graph`` on for this run, see
-        ``cuda_graph_wanted``): off on CPU, under DDP and where the task or the model does not
-        take padded batches, so configs can keep it on for their GPU runs."""
+        ``cuda_graph_wanted``) and only where the task and the model take padded batches: off
+        otherwise (CPU, DDP, token plans), with the reason logged, so configs can keep it on
+        for their GPU runs; an explicit layout that does not fit raises."""
         spec = to_container(self.cfg.train.get("static_batch"))
-        if spec == "auto" and not self._pads_for_a_cuda_graph():
-            return None
         if spec is None:
             return None
-        if not self.static_batches:
-            raise ValueError(f"train.static_batch: {type(self).__name__} does not take padded "
-                             "batches (MultiLabelGraphTask does); set train.static_batch=null")
-        if self.planner is not None:
-            check_flat_planner(self.planner)
-        graphs = int(self.cfg.train.batch_size)
+        unfit = self._unpaddable()
         if spec != "auto":
-            return StaticBatch.from_config(spec, graphs)
+            if unfit is not None:
+                raise ValueError(f"train.static_batch: {unfit}")
+            return StaticBatch.from_config(spec, int(self.cfg.train.batch_size))
+        device = dist.resolve_device(self.cfg.get("device"))
+        world = 2 if dist.launched_distributed() else dist.get_world_size()
+        if unfit is None and not cuda_graph_wanted(self.cfg.train.get("cuda_graph", False),
+                                                   device, world):
+            unfit = "the step is not replayed as a CUDA graph (train.cuda_graph)"
+        if unfit is not None:
+            get_logger().info("train.static_batch: auto -> off: %s", unfit)
+            return None
         nodes, edges = graph_sizes(self._training_dataset())
-        static = StaticBatch.fitted(nodes, edges, graphs, int(self.cfg.seed),
-                                    int(self.cfg.train.epochs))
+        static = StaticBatch.fitted(nodes, edges, int(self.cfg.train.batch_size),
+                                    int(self.cfg.seed), int(self.cfg.train.epochs))
         get_logger().info("train.static_batch: auto -> {nodes: %d, edges: %d} (every batch of "
                           "%d epochs)", static.nodes, static.edges, int(self.cfg.train.epochs))
         return static
 
-    def _pads_for_a_cuda_graph(self) -> bool:
-        """Whether ``train.static_batch: auto`` pads this run: its step is replayed as a CUDA
-        graph and the task and the model take padded batches (logged when not)."""
-        device = dist.resolve_device(self.cfg.get("device"))
-        world = 2 if dist.launched_distributed() else dist.get_world_size()
-        why = None
-        if not cuda_graph_wanted(self.cfg.train.get("cuda_graph", False), device, world):
-            why = "the step is not replayed as a CUDA graph (train.cuda_graph)"
-        elif not self.static_batches:
-            why = f"{type(self).__name__} does not take padded batches"
-        elif self.planner is not None:
+    def _unpaddable(self) -> str | None:
+        """Why this task and model cannot take padded batches, or None when they can."""
+        if not self.static_batches:
+            return (f"{type(self).__name__} does not take padded batches (MultiLabelGraphTask "
+                    "does); set train.static_batch=null")
+        if self.planner is not None:
             try:
                 check_flat_planner(self.planner)
             except ValueError as err:
-                why = str(err)
-        if why is not None:
-            get_logger().info("train.static_batch: auto -> off: %s", why)
-        return why is None
+                return str(err).removeprefix("train.static_batch: ")
+        return None
 
     def _metric_from_dataset(self) -> bool:
         return self.metric_from_dataset and not self.cfg.eval.get("metric")
