@@ -34,7 +34,9 @@ steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, co
 operator of one step by the source line that called it (``TorchDispatchMode``): the
 ``top_sources`` and the data-dependent ops (``_local_scalar_dense`` = ``.item()`` / ``int()``,
 ``nonzero``, boolean indexing, ``repeat_interleave`` without ``output_size``, ``bincount``...),
-each a host sync on CUDA.
+each a host sync on CUDA. ``--host-top N``: the row also gets ``host``, where the host's time of
+a step goes (``host_breakdown``: the N operators with the most self CPU time, the forward of
+the model's modules and the backward's autograd nodes by CPU time, ms per step).
 
 ``--points 100000 1000000 2000000``: PCM base segmentation memory per point instead (the
 scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the real scans):
@@ -49,6 +51,7 @@ step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = n
     python benchmarks/step_profile.py --tiny       # CPU check of the script: tiny models
     python benchmarks/step_profile.py --tasks events --cuda-graph
     python benchmarks/step_profile.py --tasks graph events --op-sources --steps 2
+    python benchmarks/step_profile.py --tasks detection --batch-sizes 8 --host-top 25
     python benchmarks/step_profile.py --tasks graph --config graph/peptides_func_gcnplus.yaml \
         --batch-sizes 16
 """
@@ -249,6 +252,67 @@ def profile_steps(step, batches: list, steps: int, device: torch.device) -> dict
             "aten_ops": ops / steps, "syncs": syncs / steps, "dtoh_copies": dtoh / steps}
 
 
+#: ``host_breakdown``'s prefixes: its forward ranges per module, and autograd's backward nodes.
+MODULE_RANGE = "module::"
+BACKWARD_NODE = "autograd::engine::evaluate_function: "
+
+
+def host_breakdown(step, batches: list, steps: int, device: torch.device, model: torch.nn.Module,
+                   top: int, depth: int = 4) -> dict:
+    """Where the host's time of a step goes, in ms per step under ``torch.profiler`` (CPU
+    activity only, over ``steps`` more steps): for a step bound by the host, what to cut.
+
+    - ``ops``: the ``top`` operators by self CPU time (their own time, callees' excluded; on
+      CUDA it holds their kernel launches), ``ops_self_ms`` the sum over all operators;
+    - ``modules``: the forward of the model's modules down to ``depth`` levels of their
+      names (``blocks.0``, ``blocks.0.descriptor``, ``blocks.0.full.0``, ...), total CPU time
+      (their sub-modules' included);
+    - ``backward``: the autograd nodes by type, total CPU time (on CUDA autograd's own thread).
+    Step time that none of these hold is Python and the trainer's own work."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    open_ranges, hooks = [], []
+
+    def enter(module, args, name):
+        open_ranges.append(record_function(MODULE_RANGE + name))
+        open_ranges[-1].__enter__()
+
+    def leave(module, args, output):
+        open_ranges.pop().__exit__(None, None, None)
+
+    for name, module in model.named_modules():
+        if name and name.count(".") < depth:
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, a, _name=name: enter(m, a, _name)))
+            hooks.append(module.register_forward_hook(leave))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(steps):
+                step(batches[i % len(batches)])
+            _sync(device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def ms(us: float) -> float:
+        return round(us / 1e3 / steps, 3)
+
+    averages = prof.key_averages()
+    # operators: aten's and the custom ones (geossm::selective_scan, ...), not the ranges
+    ops = [a for a in averages if "::" in a.key
+           and not a.key.startswith((MODULE_RANGE, "autograd::", "profiler::"))]
+
+    def ranked(prefix: str) -> dict:
+        rows = [(a.key.removeprefix(prefix), ms(a.cpu_time_total)) for a in averages
+                if a.key.startswith(prefix)]
+        return dict(sorted(rows, key=lambda kv: -kv[1])[:top])
+
+    by_self = sorted(ops, key=lambda a: a.self_cpu_time_total, reverse=True)[:top]
+    return {"ops_self_ms": ms(sum(a.self_cpu_time_total for a in ops)),
+            "ops": {a.key: ms(a.self_cpu_time_total) for a in by_self},
+            "modules": ranked(MODULE_RANGE), "backward": ranked(BACKWARD_NODE)}
+
+
 #: Operators whose output size or value the host must read (a host sync on CUDA).
 DATA_DEPENDENT_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
                       "unique_consecutive", "unique_dim", "bincount", "masked_scatter", "equal",
@@ -392,6 +456,9 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         row["compile"] = args.compile
         if trainer.graphed_step is not None:
             row["graph_steps"] = dict(trainer.graphed_step.stats)
+        if args.host_top:
+            row["host"] = host_breakdown(step, batches, args.steps, dev, trainer.model,
+                                         args.host_top)
         if args.op_sources:
             row["op_sources"] = {"bench": "step_ops", "task": task, "batch_size": batch_size,
                                  **count_ops(step, batches[0])}
@@ -517,6 +584,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="events: N steps eager vs graphed from the same weights (one row)")
     ap.add_argument("--op-sources", action="store_true",
                     help="one more row per case: operators of one step by calling line")
+    ap.add_argument("--host-top", type=int, default=0, metavar="N",
+                    help="also where the host's time goes (row key 'host'): the N costliest "
+                         "operators, forward modules and backward nodes (host_breakdown)")
     ap.add_argument("--override", nargs="*", default=[],
                     help="extra config overrides, e.g. model.packed_scan=false")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON lines here")

@@ -102,6 +102,21 @@ def test_op_sources_row_on_cpu(step_profile, capsys, tmp_path, monkeypatch):
     assert not any("_validated_int32" in k for k in ops["data_dependent"])
 
 
+def test_host_breakdown_names_operators_modules_and_backward_nodes(step_profile, capsys,
+                                                                   tmp_path, monkeypatch):
+    shared_path("kitti", "kitti_object_6frames.tar.xz")
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    step_profile.main(["--tiny", "--tasks", "detection", "--batch-sizes", "1",
+                       "--host-top", "60"])
+    host = _rows(capsys)[0]["host"]
+    assert 10 < len(host["ops"]) <= 60 and sum(host["ops"].values()) <= host["ops_self_ms"]
+    assert all(v > 0 for part in ("ops", "modules", "backward") for v in host[part].values())
+    # the LION block's forward holds its group layers'; the layers' packed BiMamba backward
+    assert host["modules"]["blocks.0"] >= host["modules"]["blocks.0.full.0"] > 0
+    assert "_PackedBiMambaBackward" in host["backward"]
+    assert not any(k.startswith(("module::", "autograd::")) for k in host["ops"])
+
+
 def test_override_reaches_the_config(step_profile, capsys, tmp_path, monkeypatch):
     """``--override`` passes config overrides: LION's packed group layers on (the default)
     and off (``model.packed_scan=false``: the two Mamba calls of geossm.nn)."""
