@@ -296,7 +296,10 @@ class _TokenBranch(nn.Module):
     sequence ``[P^K x, ..., P x, x]`` (``hop_tokens``, ``K = walk_length``).
     ``readout="attention"`` (hops only): the Mamba outputs only score the hops, and the node's
     output is the softmax-weighted sum of its raw hop tokens (a per-node adaptive propagation
-    filter, as DAGNN's hop gates): no per-node feature transform that could memorise labels."""
+    filter, as DAGNN's hop gates): no per-node feature transform that could memorise labels.
+    ``readout="signed"``: the same scores through ``tanh`` instead of a softmax, so a hop can
+    also be subtracted (``h - P h``: the high-pass filters of FAGCN / ACM-GCN for heterophilous
+    graphs, which a convex mix of the hops cannot form)."""
 
     def __init__(self, dim: int, walk_length: int, encoder: str, edge_dim: int | None,
                  readout: str, mamba_kwargs: dict, source: str = "walks") -> None:
@@ -309,13 +312,13 @@ class _TokenBranch(nn.Module):
             self.local = GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
         # The attention readout only scores hops: its Mamba runs on a quarter of the width
         # (4x cheaper; the scan's cost is linear in the channels).
-        width = max(8, dim // 4) if readout == "attention" else dim
+        width = max(8, dim // 4) if readout in ("attention", "signed") else dim
         self.length_embedding = nn.Embedding(walk_length + 1, width)
         nn.init.zeros_(self.length_embedding.weight)
         self.narrow = nn.Linear(dim, width) if width != dim else nn.Identity()
         self.norm = RMSNorm(width)
         self.mixer = build_mixer(d_model=width, **mamba_kwargs)
-        if readout == "attention":
+        if readout in ("attention", "signed"):
             self.score = nn.Linear(width, 1)
             nn.init.zeros_(self.score.weight)  # starts as the plain mean over the hops
             self.out: nn.Module = nn.Identity()
@@ -366,8 +369,9 @@ class _TokenBranch(nn.Module):
         cu = torch.arange(0, (n + 1) * length, length, device=x.device, dtype=torch.int32)
         mark_cu_seqlens_valid(cu, n * length)  # built here: no host read of its values
         t = (t + self.mixer(self.norm(t), cu)).view(n, length, -1)
-        if self.readout == "attention":
-            weight = torch.softmax(self.score(t).squeeze(2), 1)  # (N, L)
+        if self.readout in ("attention", "signed"):
+            score = self.score(t).squeeze(2)
+            weight = torch.softmax(score, 1) if self.readout == "attention" else torch.tanh(score)
             return torch.einsum("nl,nld->nd", weight.to(raw.dtype), raw.view(n, length, -1))
         y = t[:, -1] if self.readout == "last" else t.mean(1)
         return self.out(y)
@@ -680,7 +684,8 @@ class GraphMambaNetwork(nn.Module):
             ``"mean"``.
         readout: node output from its sequence, ``"last"`` (its own token), ``"mean"`` or
             ``"attention"`` (hop tokens only: a softmax over the hops, scored by the Mamba
-            outputs, weights the raw hop averages), default ``"last"``.
+            outputs, weights the raw hop averages) or ``"signed"`` (the same with ``tanh``
+            weights in (-1, 1): hops can be subtracted), default ``"last"``.
         global_mamba: BiMamba over the ordered nodes of each graph, default False.
         global_order: that order, ``"degree"`` (degree ascending, ties at random:
             Graph-Mamba's), ``"index"`` (node ids ascending: a molecule's SMILES atom
@@ -796,11 +801,11 @@ class GraphMambaNetwork(nn.Module):
         if token_encoder not in TOKEN_ENCODERS:
             raise ValueError(f"token_encoder: expected one of {TOKEN_ENCODERS}, got "
                              f"{token_encoder!r}")
-        if readout not in ("last", "mean", "attention"):
-            raise ValueError(f"readout: expected 'last', 'mean' or 'attention', got "
-                             f"{readout!r}")
-        if readout == "attention" and token_source != "hops":
-            raise ValueError(f"readout: 'attention' weights hop tokens; needs "
+        if readout not in ("last", "mean", "attention", "signed"):
+            raise ValueError(f"readout: expected 'last', 'mean', 'attention' or 'signed', "
+                             f"got {readout!r}")
+        if readout in ("attention", "signed") and token_source != "hops":
+            raise ValueError(f"readout: {readout!r} weights hop tokens; needs "
                              f"token_source='hops', got {token_source!r}")
         if global_order not in GLOBAL_ORDERS:
             raise ValueError(f"global_order: expected one of {GLOBAL_ORDERS}, got "

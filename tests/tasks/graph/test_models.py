@@ -374,6 +374,33 @@ def test_attention_readout_is_a_convex_mix_of_the_raw_hops_starting_at_their_mea
         GraphMambaNetwork(3, 2, readout="attention")
 
 
+def test_signed_readout_weights_the_raw_hops_by_tanh_and_can_subtract_one():
+    from geossm.tasks.graph.models import _TokenBranch, hop_adjacency, hop_tokens
+    torch.manual_seed(0)
+    n, hops = 6, 2
+    branch = _TokenBranch(16, hops, "mean", None, "signed", {"d_state": 4, "mixer": "mamba"},
+                          source="hops")
+    p = hop_adjacency(_path(n), n, "mean")
+    x = torch.randn(n, 16)
+    ctx = type("Ctx", (), {"hop_adj": p})()
+    raw = hop_tokens(x, p, hops).view(n, hops + 1, 16)
+    # zero-initialised score weights: every hop gets tanh(bias), the scaled mean
+    w0 = torch.tanh(branch.score.bias)
+    torch.testing.assert_close(branch(x, ctx), w0 * raw.sum(1))
+    with torch.no_grad():
+        branch.score.weight.normal_(std=3.0)
+    captured = {}
+    branch.score.register_forward_hook(lambda m, a, out: captured.setdefault("s", out))
+    y = branch(x, ctx)
+    weight = torch.tanh(captured["s"].squeeze(2))                      # (N, hops + 1)
+    assert bool((weight < 0).any()) and bool((weight > 0).any())      # hops subtracted too
+    torch.testing.assert_close(y, torch.einsum("nl,nld->nd", weight, raw))
+    with pytest.raises(ValueError, match="readout: 'signed' weights hop tokens"):
+        GraphMambaNetwork(3, 2, readout="signed")
+    with pytest.raises(ValueError, match="'attention' or 'signed'"):
+        GraphMambaNetwork(3, 2, readout="softmax")
+
+
 def test_without_pre_norm_the_input_weights_scale_reaches_the_logits():
     # A norm right after the input projection makes the model invariant to the projection's
     # scale, so weight decay on it cannot regularise; pre_norm=False keeps the scale.
