@@ -289,6 +289,10 @@ def hop_tokens(x: torch.Tensor, hop_adj: torch.Tensor, hops: int) -> torch.Tenso
     return torch.stack(seq[::-1], 1).reshape(-1, x.shape[1])
 
 
+#: readouts that weight each node's raw hop tokens by scores of its Mamba outputs
+HOP_READOUTS = ("attention", "signed")
+
+
 class _TokenBranch(nn.Module):
     """Token features -> BiMamba over each node's token sequence -> the node's own token.
 
@@ -312,15 +316,16 @@ class _TokenBranch(nn.Module):
             self.local = GINEConv(mlp, train_eps=True, edge_dim=edge_dim)
         # The attention readout only scores hops: its Mamba runs on a quarter of the width
         # (4x cheaper; the scan's cost is linear in the channels).
-        width = max(8, dim // 4) if readout in ("attention", "signed") else dim
+        width = max(8, dim // 4) if readout in HOP_READOUTS else dim
         self.length_embedding = nn.Embedding(walk_length + 1, width)
         nn.init.zeros_(self.length_embedding.weight)
         self.narrow = nn.Linear(dim, width) if width != dim else nn.Identity()
         self.norm = RMSNorm(width)
         self.mixer = build_mixer(d_model=width, **mamba_kwargs)
-        if readout in ("attention", "signed"):
+        if readout in HOP_READOUTS:
             self.score = nn.Linear(width, 1)
-            nn.init.zeros_(self.score.weight)  # starts as the plain mean over the hops
+            # equal scores at the start: the mean over the hops (signed: tanh(bias) x their sum)
+            nn.init.zeros_(self.score.weight)
             self.out: nn.Module = nn.Identity()
         else:
             self.out = nn.Linear(dim, dim)
@@ -369,7 +374,7 @@ class _TokenBranch(nn.Module):
         cu = torch.arange(0, (n + 1) * length, length, device=x.device, dtype=torch.int32)
         mark_cu_seqlens_valid(cu, n * length)  # built here: no host read of its values
         t = (t + self.mixer(self.norm(t), cu)).view(n, length, -1)
-        if self.readout in ("attention", "signed"):
+        if self.readout in HOP_READOUTS:
             score = self.score(t).squeeze(2)
             weight = torch.softmax(score, 1) if self.readout == "attention" else torch.tanh(score)
             return torch.einsum("nl,nld->nd", weight.to(raw.dtype), raw.view(n, length, -1))
@@ -801,10 +806,10 @@ class GraphMambaNetwork(nn.Module):
         if token_encoder not in TOKEN_ENCODERS:
             raise ValueError(f"token_encoder: expected one of {TOKEN_ENCODERS}, got "
                              f"{token_encoder!r}")
-        if readout not in ("last", "mean", "attention", "signed"):
+        if readout not in ("last", "mean", *HOP_READOUTS):
             raise ValueError(f"readout: expected 'last', 'mean', 'attention' or 'signed', "
                              f"got {readout!r}")
-        if readout in ("attention", "signed") and token_source != "hops":
+        if readout in HOP_READOUTS and token_source != "hops":
             raise ValueError(f"readout: {readout!r} weights hop tokens; needs "
                              f"token_source='hops', got {token_source!r}")
         if global_order not in GLOBAL_ORDERS:
