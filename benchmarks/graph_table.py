@@ -116,6 +116,16 @@ def summarize(values: list[float]) -> tuple[float, float]:
 
 def groups(runs: list[tuple[dict, str]]) -> dict[tuple[str, str], dict]:
     """Runs grouped by (dataset, model): metric, mean, std, seeds, splits, machine, wall."""
+    out = columns(runs)
+    for g in out.values():
+        g["mean"], g["std"] = summarize(g["values"])
+        g["n"] = len(g.pop("values"))
+    return out
+
+
+def columns(runs: list[tuple[dict, str]]) -> dict[tuple[str, str], dict]:
+    """Runs grouped by (dataset, model), finished or not: metric, selection, ``values`` (their
+    test metrics), seeds, splits, machines and summed wall time."""
     out: dict[tuple[str, str], dict] = {}
     for run, machine in runs:
         g = out.setdefault((run["dataset"], run["model"]), {
@@ -127,9 +137,6 @@ def groups(runs: list[tuple[dict, str]]) -> dict[tuple[str, str], dict]:
         g["splits"].add(run["split"])
         g["machines"].add(machine)
         g["wall_s"] += run["wall_s"]
-    for g in out.values():
-        g["mean"], g["std"] = summarize(g["values"])
-        g["n"] = len(g.pop("values"))
     return out
 
 
@@ -164,13 +171,6 @@ def _running_cell(rows: list[dict]) -> str:
             f"{first['epochs_total']}{val}, no test yet)")
 
 
-def _as_group(rows: list[dict]) -> dict:
-    """The columns of a group (metric, seeds, splits, machines, wall) for unfinished runs."""
-    return {"metric": rows[0]["metric"], "selected": rows[0]["selected"],
-            "seeds": {r["seed"] for r in rows}, "splits": {r["split"] for r in rows},
-            "machines": {r["machine"] for r in rows}, "wall_s": sum(r["wall_s"] for r in rows)}
-
-
 def table(grouped: dict[tuple[str, str], dict],
           running: dict[tuple[str, str], list[dict]] | None = None) -> str:
     """The markdown table, one row per dataset (``running``: unfinished runs by (dataset,
@@ -188,7 +188,8 @@ def table(grouped: dict[tuple[str, str], dict],
             unfinished = next((waiting[m] for m in family if m in waiting), None)
             cells.append(_cell(done, unfinished))
             if done is not None or unfinished is not None:
-                shown.append(done if done is not None else _as_group(unfinished))
+                shown.append(done if done is not None else next(iter(columns(
+                    [(r, r["machine"]) for r in unfinished]).values())))
         if not shown:  # only models of neither family
             continue
         first = shown[0]

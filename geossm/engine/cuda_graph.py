@@ -39,12 +39,13 @@ __all__ = ["GraphedStep", "batch_signature", "cuda_graph_wanted"]
 PLAIN = (str, int, float, bool, type(None))
 
 
-def cuda_graph_wanted(setting: Any, device: torch.device, world_size: int) -> bool:
+def cuda_graph_wanted(setting: Any, device: torch.device, distributed: bool) -> bool:
     """``train.cuda_graph`` resolved: true / false as set; ``auto``: on for one CUDA process
-    (off on CPU and under DDP, whose backward all-reduces through hooks a graph cannot hold).
-    ``ValueError`` for any other value. Whether true is allowed is the trainer's check."""
+    (off on CPU and when ``distributed``: DDP's backward all-reduces through hooks a graph
+    cannot hold). ``ValueError`` for any other value. Whether true is allowed is the
+    trainer's check."""
     if setting == "auto":
-        return device.type == "cuda" and world_size == 1
+        return device.type == "cuda" and not distributed
     if not isinstance(setting, bool):
         raise ValueError(f"train.cuda_graph: expected true, false or auto, got {setting!r}")
     return setting

@@ -249,7 +249,7 @@ class Trainer:
         process only: a DDP backward all-reduces through hooks the graph cannot hold) or
         ``auto`` (on where true would be allowed, off on CPU and under DDP: for configs whose
         step has static shapes and no host syncs)."""
-        if not cuda_graph_wanted(enabled, self.device, self.world_size):
+        if not cuda_graph_wanted(enabled, self.device, self.world_size > 1):
             return None
         if self.device.type != "cuda":
             raise ValueError(f"train.cuda_graph=true needs a CUDA device, got device "

@@ -171,9 +171,10 @@ class _GraphTask(Task):
                 raise ValueError(f"train.static_batch: {unfit}")
             return StaticBatch.from_config(spec, int(self.cfg.train.batch_size))
         device = dist.resolve_device(self.cfg.get("device"))
-        world = 2 if dist.launched_distributed() else dist.get_world_size()
+        # the task may be built before torchrun's process group starts: its environment says
+        distributed = dist.launched_distributed() or dist.get_world_size() > 1
         if unfit is None and not cuda_graph_wanted(self.cfg.train.get("cuda_graph", False),
-                                                   device, world):
+                                                   device, distributed):
             unfit = "the step is not replayed as a CUDA graph (train.cuda_graph)"
         if unfit is not None:
             get_logger().info("train.static_batch: auto -> off: %s", unfit)
