@@ -48,6 +48,7 @@ from geossm.nn.stacked_weights import is_packed, stacked_weights
 from geossm.serialization.windows import device_constant
 
 __all__ = ["packed_bimamba", "packed_backend", "bidirectional_indices", "segment_reversal",
+           "padded_serialization",
            "cast_if_needed", "compute_dtype"]
 
 
@@ -58,6 +59,29 @@ def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
     cu = cu_seqlens.long()
     seg = torch.searchsorted(cu, pos, right=True) - 1
     return cu[seg] + cu[seg + 1] - 1 - pos
+
+
+def padded_serialization(order: Tensor, inverse: Tensor, reversal: Tensor, cu_seqlens: Tensor,
+                         tokens: int, segments: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(order, inverse, reversal, cu_seqlens)`` of ``V`` tokens in ``S`` segments grown to
+    ``tokens`` tokens and ``segments`` segments, for a layer run on a fixed size (a CUDA graph
+    replayed for every batch up to that size): the pad tokens ``V .. tokens-1`` stay in place
+    and form one segment after the last (their scan never meets a real token's state), the
+    segments after it are empty. Features of the pad tokens are zero and their output rows are
+    dropped, so no gradient comes from them.
+
+    Shapes: ``order, inverse (..., V)``, ``reversal (V,)``, ``cu_seqlens (S+1,)`` ->
+    ``(..., tokens)``, ``(tokens,)``, ``(segments+1,)``; needs ``tokens >= V`` and
+    ``segments >= S + (tokens > V)``."""
+    v, s = order.shape[-1], cu_seqlens.numel() - 1
+    if tokens < v or segments < s + (tokens > v):
+        raise ValueError(f"padded_serialization: {v} tokens in {s} segments do not fit "
+                         f"{tokens} tokens in {segments} segments (the pad tokens take one)")
+    pad = torch.arange(v, tokens, device=order.device, dtype=order.dtype)
+    grown = pad.expand(*order.shape[:-1], tokens - v)
+    return (torch.cat([order, grown], -1), torch.cat([inverse, grown], -1),
+            torch.cat([reversal, (v + tokens - 1) - pad]),
+            torch.cat([cu_seqlens, cu_seqlens.new_full((segments - s,), tokens)]))
 
 
 def bidirectional_indices(order: Tensor, inverse: Tensor, reversal: Tensor
@@ -151,6 +175,106 @@ def _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, d_state
     return xs, z, h, B, C, dt, delta
 
 
+def packed_forward(x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w,
+                   into_scan, from_scan, cu, eps: float, backend: str, recompute: bool,
+                   cd: torch.dtype) -> tuple[Tensor, tuple]:
+    """``(out (V, D), saved)``: ``packed_bimamba``'s forward without autograd, its matmuls in
+    ``cd``; ``saved`` is what ``packed_backward`` reads (activations, the weights as the
+    forward used them, indices; see ``SAVED``)."""
+    dev = x.device.type
+    n = A_log.shape[1]
+    with torch.no_grad(), torch.autocast(dev, enabled=False):
+        f32 = torch.float32
+        xf = cast_if_needed(x, f32)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        normed = cast_if_needed(xf * rstd * cast_if_needed(norm_w, f32), x.dtype)
+        u16 = cast_if_needed(normed, cd)
+        rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
+        # the stacked weights are both directions' in the packed layout already
+        w_in = cast_if_needed(in_w, cd)
+        w_x = cast_if_needed(_block_diag_x(x_w, rows, halves), cd)
+        w_dt = cast_if_needed(_block_diag_dt(dt_w), cd)
+        xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
+                                           into_scan, backend, n)
+        A = -torch.exp(cast_if_needed(A_log, f32))
+        D = cast_if_needed(D, f32)
+        bias = cast_if_needed(dt_b, f32)
+        y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
+                                                       None, True, False, backend)
+        w_out = cast_if_needed(out_w, cd)                                      # (D, 2E)
+        e = conv_w.shape[0] // 2
+        ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
+        out = x + ys.mm(w_out.t())
+    # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
+    # recompute, nothing of them: the backward rebuilds them from u16 (D values per voxel)
+    kept = (None,) * 7 if recompute else (xs, z, h, B, C, dt, delta)
+    return out, (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
+                 chunks, rows, halves, *kept)
+
+
+#: the names of ``packed_forward``'s ``saved`` tuple, in order (the 7 scan inputs last)
+SAVED = ("x", "rstd", "u16", "norm_w", "w_in", "conv_w", "conv_b", "w_x", "w_dt", "A", "D",
+         "bias", "w_out", "ys", "chunks", "rows", "halves",
+         "xs", "z", "h", "B", "C", "dt", "delta")
+
+
+def packed_backward(saved: Sequence, dout: Tensor, into_scan, grad_gather, from_grad, cu,
+                    backend: str, cd: torch.dtype, dtypes: Sequence[torch.dtype]) -> tuple:
+    """The 11 gradients ``(dx, d_norm_w, d_in_w, d_conv_w, d_conv_b, d_x_w, d_dt_w, d_dt_b,
+    d_A_log, d_D, d_out_w)`` of ``packed_forward`` for ``dout (V, D)``, each in its
+    parameter's dtype (``dtypes``: of ``in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b``;
+    ``d_conv_b`` None without a conv bias)."""
+    (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
+     chunks, rows, halves, *kept) = saved
+    t_in, t_conv, t_x, t_dt, t_out, t_alog, t_d, t_bias = dtypes
+    n = A.shape[1]
+    e = conv_w.shape[0] // 2
+    v, t = x.shape[0], grad_gather.numel() // 2
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        if kept[0] is None:
+            kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
+        xs, z, h, B, C, dt, delta = kept
+        # out = x + ys @ w_out.T
+        dm = cast_if_needed(dout, cd)
+        d_w_out = dm.t().mm(ys)                                           # (D, 2E)
+        dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
+            dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
+        ddelta = cast_if_needed(ddelta, delta.dtype)
+        ddt, d_w_dt = ddelta.mm(w_dt), ddelta.t().mm(dt)
+        d_dbl = torch.cat([cast_if_needed(dB, B.dtype).view(t, 2 * n),
+                           cast_if_needed(dC, C.dtype).view(t, 2 * n), ddt], 1)
+        dh = cast_if_needed(du, h.dtype) + d_dbl.mm(w_x)
+        d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
+        dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
+            dh, xs, conv_w, conv_b, cu, True, False, backend)
+        dxz = torch.stack([dxs, cast_if_needed(dz, z.dtype)]).view(4 * t, e)
+        dxz = dxz.index_select(0, from_grad)
+        dxz = dxz.view(v, 4 * e)
+        du16 = dxz.mm(w_in)
+        d_w_in = dxz.t().mm(u16)                                          # (4E, D)
+        du16 = cast_if_needed(du16, x.dtype)
+        dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
+        d_norm_w = cast_if_needed(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
+        # one gradient per stacked parameter, each contiguous in its layout
+        d_in = cast_if_needed(d_w_in, t_in)                                         # (4E, D)
+        d_conv = cast_if_needed(d_conv_w, t_conv)                                   # (2E, W)
+        d_conv_bias = None if conv_b is None else cast_if_needed(d_conv_b, t_conv)
+        d_x = cast_if_needed(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
+        both = device_constant([0, 1], x.device)
+        d_dt = cast_if_needed(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
+        d_bias = cast_if_needed(dbias, t_bias)
+        d_alog = cast_if_needed(dA * A, t_alog)                                     # (2E, N)
+        d_d = cast_if_needed(dD, t_d)
+        d_out = cast_if_needed(d_w_out, t_out)                                      # (D, 2E)
+    return dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out
+
+
+def weight_dtypes(in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b) -> tuple[torch.dtype, ...]:
+    """``packed_backward``'s ``dtypes``: the parameters' own, for their gradients."""
+    return tuple(p.dtype for p in (in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b))
+
+
 class _PackedBiMamba(torch.autograd.Function):
 
     @staticmethod
@@ -158,88 +282,19 @@ class _PackedBiMamba(torch.autograd.Function):
                 into_scan, from_scan, grad_gather, from_grad, cu, eps: float,
                 backend: str, recompute: bool):
         cd = compute_dtype(x)
-        dev = x.device.type
-        n = A_log.shape[1]
-        with torch.autocast(dev, enabled=False):
-            f32 = torch.float32
-            xf = cast_if_needed(x, f32)
-            rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-            normed = cast_if_needed(xf * rstd * cast_if_needed(norm_w, f32), x.dtype)
-            u16 = cast_if_needed(normed, cd)
-            rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
-            # the stacked weights are both directions' in the packed layout already
-            w_in = cast_if_needed(in_w, cd)
-            w_x = cast_if_needed(_block_diag_x(x_w, rows, halves), cd)
-            w_dt = cast_if_needed(_block_diag_dt(dt_w), cd)
-            xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
-                                               into_scan, backend, n)
-            A = -torch.exp(cast_if_needed(A_log, f32))
-            D = cast_if_needed(D, f32)
-            bias = cast_if_needed(dt_b, f32)
-            y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
-                                                           None, True, False, backend)
-            w_out = cast_if_needed(out_w, cd)                                      # (D, 2E)
-            e = conv_w.shape[0] // 2
-            ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
-            out = x + ys.mm(w_out.t())
-        # the scan inputs (xs, z, h, B, C, dt, delta: about 8E + 4N values per voxel) or, with
-        # recompute, nothing of them: the backward rebuilds them from u16 (D values per voxel)
-        kept = (None,) * 7 if recompute else (xs, z, h, B, C, dt, delta)
-        ctx.save_for_backward(x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D,
-                              bias, w_out, ys, into_scan, grad_gather, from_grad, cu, chunks,
-                              rows, halves, *kept)
-        ctx.flags = (backend, n, cd,
-                     tuple(p.dtype for p in (in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b)))
+        out, saved = packed_forward(x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D,
+                                    out_w, into_scan, from_scan, cu, eps, backend, recompute, cd)
+        ctx.save_for_backward(into_scan, grad_gather, from_grad, cu, *saved)
+        ctx.flags = (backend, cd, weight_dtypes(in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b))
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
-         into_scan, grad_gather, from_grad, cu, chunks, rows, halves,
-         *kept) = ctx.saved_tensors
-        backend, n, cd, dtypes = ctx.flags
-        t_in, t_conv, t_x, t_dt, t_out, t_alog, t_d, t_bias = dtypes
-        e = conv_w.shape[0] // 2
-        v, t = x.shape[0], grad_gather.numel() // 2
-        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
-            if kept[0] is None:
-                kept = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu, into_scan, backend, n)
-            xs, z, h, B, C, dt, delta = kept
-            # out = x + ys @ w_out.T
-            dm = cast_if_needed(dout, cd)
-            d_w_out = dm.t().mm(ys)                                           # (D, 2E)
-            dy = dm.mm(w_out).view(2 * v, e).index_select(0, grad_gather).view(t, 2 * e)
-            du, ddelta, dA, dB, dC, dD, dz, dbias, _ = torch.ops.geossm.selective_scan_backward(
-                dy, None, h, delta, A, B, C, D, z, bias, cu, None, True, False, backend, chunks)
-            ddelta = cast_if_needed(ddelta, delta.dtype)
-            ddt, d_w_dt = ddelta.mm(w_dt), ddelta.t().mm(dt)
-            d_dbl = torch.cat([cast_if_needed(dB, B.dtype).view(t, 2 * n),
-                               cast_if_needed(dC, C.dtype).view(t, 2 * n), ddt], 1)
-            dh = cast_if_needed(du, h.dtype) + d_dbl.mm(w_x)
-            d_w_x = d_dbl.t().mm(h)                                           # (4N + 2R, 2E)
-            dxs, d_conv_w, d_conv_b = torch.ops.geossm.causal_conv1d_backward(
-                dh, xs, conv_w, conv_b, cu, True, False, backend)
-            dxz = torch.stack([dxs, cast_if_needed(dz, z.dtype)]).view(4 * t, e)
-            dxz = dxz.index_select(0, from_grad)
-            dxz = dxz.view(v, 4 * e)
-            du16 = dxz.mm(w_in)
-            d_w_in = dxz.t().mm(u16)                                          # (4E, D)
-            du16 = cast_if_needed(du16, x.dtype)
-            dx = dout + _rms_norm_backward(du16, x, rstd, norm_w)
-            d_norm_w = cast_if_needed(_rms_norm_weight_grad(du16, x, rstd), norm_w.dtype)
-            # one gradient per stacked parameter, each contiguous in its layout
-            d_in = cast_if_needed(d_w_in, t_in)                                         # (4E, D)
-            d_conv = cast_if_needed(d_conv_w, t_conv)                                   # (2E, W)
-            d_conv_bias = None if conv_b is None else cast_if_needed(d_conv_b, t_conv)
-            d_x = cast_if_needed(d_w_x.view(-1, 2, e)[rows, halves], t_x)               # (2, K, E)
-            both = device_constant([0, 1], x.device)
-            d_dt = cast_if_needed(d_w_dt.view(2, e, 2, -1)[both, :, both], t_dt)       # (2, E, R)
-            d_bias = cast_if_needed(dbias, t_bias)
-            d_alog = cast_if_needed(dA * A, t_alog)                                     # (2E, N)
-            d_d = cast_if_needed(dD, t_d)
-            d_out = cast_if_needed(d_w_out, t_out)                                      # (D, 2E)
-        return (dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out,
+        into_scan, grad_gather, from_grad, cu, *saved = ctx.saved_tensors
+        backend, cd, dtypes = ctx.flags
+        return (*packed_backward(saved, dout, into_scan, grad_gather, from_grad, cu, backend,
+                                 cd, dtypes),
                 None, None, None, None, None, None, None, None)
 
 

@@ -204,3 +204,61 @@ def test_packed_layer_step_dispatches_few_operators(recompute, most):
     assert ops["cat"] <= 1 and ops["stack"] <= 1 and ops["unbind"] <= 2 - (not recompute)
     assert ops["detach"] == params + 1 and ops["new_empty_strided"] == 0   # + x's gradient
     assert sum(ops.values()) <= most, dict(ops)
+
+
+@pytest.mark.parametrize("extra_tokens,extra_segments,backend",
+                         [(0, 3, "numba"), (37, 1, "numba"), (64, 5, "numba"), (37, 2, "triton")])
+def test_packed_layer_on_padded_serialization_equals_the_unpadded_one(extra_tokens,
+                                                                      extra_segments, backend):
+    """A layer run on a fixed size (pad tokens in a segment of their own, then empty segments)
+    gives the real tokens' outputs, their gradients and every weight gradient of the unpadded
+    run: the pad rows' zero features and dropped outputs send nothing back. The Triton case
+    runs in its CPU interpreter (TRITON_INTERPRET=1, set by the test conftest without CUDA)."""
+    from geossm.nn.packed_mixer import padded_serialization
+    from geossm.tasks.detection.models import group_reversal
+
+    torch.manual_seed(0)
+    layer = LinearGroupLayer(8, (4, 4, 2), 16, "y", True, d_state=4, expand=2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sp = _voxels()
+    ser = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)[0]
+    rev = group_reversal(sp, ser, 16)
+    v, s = ser.num_tokens, ser.cu_seqlens.numel() - 1
+    block = layer.mixer
+    weight = torch.linspace(-1, 1, v * 8).view(v, 8)
+    results = []
+    for pad in (False, True):
+        order, inverse, reversal, cu = ser.order, ser.inverse, rev, ser.cu_seqlens
+        x = sp.features.clone().requires_grad_()
+        feats = x
+        if pad:
+            order, inverse, reversal, cu = padded_serialization(
+                order, inverse, reversal, cu, v + extra_tokens,
+                s + (extra_tokens > 0) + extra_segments)
+            assert cu.numel() == s + (extra_tokens > 0) + extra_segments + 1
+            feats = torch.cat([x, x.new_zeros(extra_tokens, 8)])
+        indices = bidirectional_indices(order, inverse, reversal)
+        out = packed_bimamba(feats, block.norm1.weight, block.mixer, indices, cu,
+                             block.norm1.eps, backend)[:v]
+        layer.zero_grad()
+        (out * weight).sum().backward()
+        results.append((out.detach(), x.grad, [p.grad.clone() for p in layer.parameters()]))
+    (o0, x0, g0), (o1, x1, g1) = results
+    for a, b in [(o1, o0), (x1, x0), *zip(g1, g0)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_padded_serialization_checks_the_size():
+    from geossm.nn.packed_mixer import padded_serialization
+
+    order = torch.arange(5)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    o, i, r, c = padded_serialization(order, order, torch.tensor([1, 0, 4, 3, 2]), cu, 8, 4)
+    assert o.tolist() == [0, 1, 2, 3, 4, 5, 6, 7] and r.tolist()[5:] == [7, 6, 5]
+    assert c.tolist() == [0, 2, 5, 8, 8] and c.dtype == torch.int32
+    with pytest.raises(ValueError, match="do not fit"):
+        padded_serialization(order, order, order, cu, 8, 2)   # no segment left for the pads
+    with pytest.raises(ValueError, match="do not fit"):
+        padded_serialization(order, order, order, cu, 4, 3)
