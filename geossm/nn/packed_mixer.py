@@ -184,24 +184,16 @@ def packed_forward(x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, o
     dev = x.device.type
     n = A_log.shape[1]
     with torch.no_grad(), torch.autocast(dev, enabled=False):
-        f32 = torch.float32
-        xf = cast_if_needed(x, f32)
+        xf = cast_if_needed(x, torch.float32)
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        normed = cast_if_needed(xf * rstd * cast_if_needed(norm_w, f32), x.dtype)
+        normed = cast_if_needed(xf * rstd * cast_if_needed(norm_w, torch.float32), x.dtype)
         u16 = cast_if_needed(normed, cd)
-        rows, halves = _x_proj_rows(dt_w.shape[2], n, x.device)
-        # the stacked weights are both directions' in the packed layout already
-        w_in = cast_if_needed(in_w, cd)
-        w_x = cast_if_needed(_block_diag_x(x_w, rows, halves), cd)
-        w_dt = cast_if_needed(_block_diag_dt(dt_w), cd)
+        w_in, w_x, w_dt, A, D, bias, w_out, rows, halves = derived_weights(
+            in_w, x_w, dt_w, dt_b, A_log, D, out_w, cd)
         xs, z, h, B, C, dt, delta = _inner(u16, w_in, conv_w, conv_b, w_x, w_dt, cu,
                                            into_scan, backend, n)
-        A = -torch.exp(cast_if_needed(A_log, f32))
-        D = cast_if_needed(D, f32)
-        bias = cast_if_needed(dt_b, f32)
         y, _, chunks = torch.ops.geossm.selective_scan(h, delta, A, B, C, D, z, bias, cu,
                                                        None, True, False, backend)
-        w_out = cast_if_needed(out_w, cd)                                      # (D, 2E)
         e = conv_w.shape[0] // 2
         ys = y.view(-1, e).index_select(0, from_scan).view(x.shape[0], 2 * e)
         out = x + ys.mm(w_out.t())
@@ -210,6 +202,19 @@ def packed_forward(x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, o
     kept = (None,) * 7 if recompute else (xs, z, h, B, C, dt, delta)
     return out, (x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, D, bias, w_out, ys,
                  chunks, rows, halves, *kept)
+
+
+def derived_weights(in_w, x_w, dt_w, dt_b, A_log, D, out_w, cd: torch.dtype) -> tuple:
+    """``(w_in, w_x, w_dt, A, D, bias, w_out, rows, halves)``: the stacked weights as the
+    packed forward uses them (matmul weights in ``cd``, the block-diagonal x-/dt-projections,
+    ``A = -exp(A_log)`` and the scan's float32 ``D`` / dt bias) and ``_x_proj_rows``."""
+    f32 = torch.float32
+    rows, halves = _x_proj_rows(dt_w.shape[2], A_log.shape[1], in_w.device)
+    # the stacked weights are both directions' in the packed layout already
+    return (cast_if_needed(in_w, cd), cast_if_needed(_block_diag_x(x_w, rows, halves), cd),
+            cast_if_needed(_block_diag_dt(dt_w), cd), -torch.exp(cast_if_needed(A_log, f32)),
+            cast_if_needed(D, f32), cast_if_needed(dt_b, f32), cast_if_needed(out_w, cd),
+            rows, halves)
 
 
 #: the names of ``packed_forward``'s ``saved`` tuple, in order (the 7 scan inputs last)

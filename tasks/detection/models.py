@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from geossm.nn import BiMamba, SerializedBlock
+from geossm.nn.packed_graphs import PackedGraphs
 from geossm.nn.packed_mixer import (bidirectional_indices, packed_backend, packed_bimamba,
                                     segment_reversal)
 from geossm.nn.stacked_weights import bind_direction_weights, is_packed, pack_where_possible
@@ -87,6 +88,9 @@ class LinearGroupLayer(nn.Module):
         #: the packed path keeps only its normalised input for the backward and recomputes
         #: the rest there (``packed_bimamba(recompute=True)``); False keeps the scan inputs.
         self.packed_recompute = True
+        #: a ``PackedGraphs`` that runs the packed path on padded sizes as CUDA graphs (on
+        #: CUDA, with ``packed_recompute``), or None (``LION(graph_layers=...)`` sets it)
+        self.graphs: PackedGraphs | None = None
 
     def forward(self, sp: SparseVoxels, serialization: Serialization | None = None,
                 indices: Sequence[Tensor] | None = None) -> SparseVoxels:
@@ -102,13 +106,26 @@ class LinearGroupLayer(nn.Module):
         if backend is None:
             bind_direction_weights(getattr(self.mixer, "mixer", None))  # if stacked
             return sp.replace(self.mixer(sp.features, serialization))
+        block = self.mixer
+        if self.graphed(sp.features):
+            return sp.replace(self.graphs(
+                sp.features, block.norm1.weight, block.mixer, serialization.order,
+                serialization.inverse, group_reversal(sp, serialization, self.group_size),
+                serialization.cu_seqlens, block.norm1.eps, backend))
         if indices is None:
             indices = bidirectional_indices(serialization.order, serialization.inverse,
                                             group_reversal(sp, serialization, self.group_size))
-        block = self.mixer
         return sp.replace(packed_bimamba(
             sp.features, block.norm1.weight, block.mixer, indices, serialization.cu_seqlens,
             block.norm1.eps, backend, self.packed_recompute))
+
+    def graphed(self, x: Tensor) -> bool:
+        """Whether the packed path runs on ``self.graphs`` for features ``x``: graphs set, the
+        packed path applies, ``packed_recompute`` on, and CUDA features (or graphs that run
+        their padded buffers eagerly, ``capture=False``)."""
+        return (self.graphs is not None and self.packed_recompute
+                and self.packed_backend(x) is not None
+                and (x.is_cuda or not self.graphs.capture))
 
     def packed_backend(self, x: Tensor) -> str | None:
         """The kernel backend ``packed_bimamba`` runs on for features ``x``, or None where it
@@ -140,7 +157,8 @@ def run_level(layers: Sequence[LinearGroupLayer], sp: SparseVoxels) -> SparseVox
                                first.group_size, [(l.axis, l.shift) for l in layers],
                                partition=group_partition(sp, first.group_size), check=False)
     indices = [None] * len(layers)
-    if any(layer.packed_backend(sp.features) is not None for layer in layers):
+    if any(layer.packed_backend(sp.features) is not None and not layer.graphed(sp.features)
+           for layer in layers):
         # the gathers of every layer's two directions at once (one set of index ops a level)
         stacked = bidirectional_indices(torch.stack([s.order for s in sers]),
                                         torch.stack([s.inverse for s in sers]),
@@ -431,6 +449,10 @@ class LION(nn.Module):
         packed_recompute: the packed layers keep only their normalised input for the backward
             and recompute the rest (the two-call path's activation memory), default True;
             False keeps the scan inputs (~20 fewer operators per layer, more memory).
+        graph_layers: on CUDA, run every packed group layer (with ``packed_recompute``) on a
+            few padded voxel counts, its forward and backward each replayed as one CUDA graph
+            (``geossm.nn.packed_graphs.PackedGraphs``): the same math, float rounding apart;
+            default False.
         sparse_backend: the submanifold convolutions' backend (``SubMConv3d``): ``"torch"``,
             ``"spconv"`` (raises ``MissingDependencyError`` here when spconv is missing) or
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
@@ -457,7 +479,7 @@ class LION(nn.Module):
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
                  max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
                  mixer: str = "mamba", packed_scan: bool = True, packed_recompute: bool = True,
-                 **_ignored):
+                 graph_layers: bool = False, **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:
             raise ValueError("point_cloud_range / voxel_size: expected 6 and 3 numbers, got "
@@ -487,10 +509,13 @@ class LION(nn.Module):
         self.blocks = nn.ModuleList([LIONBlock(dim, windows[i], group_sizes[i], merge_stride,
                                                sparse_backend=sparse_backend, **op)
                                      for i in range(num_blocks)])
+        #: ``graph_layers``: one ``PackedGraphs`` for every packed group layer (on CUDA)
+        self.layer_graphs = PackedGraphs() if graph_layers else None
         for module in self.blocks.modules():
             if isinstance(module, LinearGroupLayer):
                 module.packed = bool(packed_scan)
                 module.packed_recompute = bool(packed_recompute)
+                module.graphs = self.layer_graphs
         self.bev = BEVBackbone(dim, bev_channels, bev_layers)
         self.head = CenterHead(self.bev.out_channels, num_classes, bev_channels, head_branch_conv)
         self.decoder = BoxDecoder(bev_grid(self.pcr, self.voxel_size, self.stem_stride),

@@ -1,0 +1,134 @@
+"""``PackedGraphs``: packed BiMamba layers on padded sizes, as CUDA graphs on the GPU; on the CPU
+the same padded buffers run eagerly (``capture=False``) and must equal ``packed_bimamba``."""
+import pytest
+import torch
+
+from geossm.nn.packed_graphs import PackedGraphs, padded_size
+from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba
+from geossm.serialization import window_groups_multi
+from geossm.tasks.detection.models import LinearGroupLayer, group_reversal
+from geossm.tasks.detection.sparse import SparseVoxels
+
+
+def test_padded_size_steps():
+    assert padded_size(1) == 64 and padded_size(64) == 64 and padded_size(65) == 72
+    for n in (100, 1000, 4097, 150_001, 2 ** 20 + 1):
+        p = padded_size(n)
+        assert n <= p <= n * 1.125 + 1
+    assert [padded_size(n, 2, least=8) for n in (1, 9, 13, 17)] == [8, 12, 16, 24]
+
+
+def _voxels(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.unique(torch.stack([torch.randint(0, 3, (n,), generator=g)] +
+                                   [torch.randint(0, s, (n,), generator=g) for s in (3, 9, 10)],
+                                   1), dim=0)
+    return SparseVoxels(torch.randn(len(idx), 8, generator=g), idx, (3, 9, 10), 3)
+
+
+def _run(layer, sp, graphs, backend, autocast, device):
+    ser = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16,
+                              [(layer.axis, layer.shift)])[0]
+    rev = group_reversal(sp, ser, 16)
+    block = layer.mixer
+    x = sp.features.clone().requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+        if graphs is None:
+            out = packed_bimamba(x, block.norm1.weight, block.mixer,
+                                 bidirectional_indices(ser.order, ser.inverse, rev),
+                                 ser.cu_seqlens, block.norm1.eps, backend)
+        else:
+            out = graphs(x, block.norm1.weight, block.mixer, ser.order, ser.inverse, rev,
+                         ser.cu_seqlens, block.norm1.eps, backend)
+    layer.zero_grad()
+    weight = torch.linspace(-1, 1, out.numel(), device=device).view_as(out)
+    (out.float() * weight).sum().backward()
+    return [out.detach(), x.grad] + [p.grad.clone() for p in layer.parameters()]
+
+
+def _compare(layers, voxel_sets, graphs, backend, autocast, device):
+    for layer in layers:
+        for sp in voxel_sets:
+            ref = _run(layer, sp, None, backend, autocast, device)
+            got = _run(layer, sp, graphs, backend, autocast, device)
+            for a, b in zip(got, ref):
+                if autocast:
+                    torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-2 * float(b.abs().max()))
+                else:
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _layers(device, backend="numba"):
+    torch.manual_seed(0)
+    layers = [LinearGroupLayer(8, (4, 4, 2), 16, "x", False, d_state=4, expand=2,
+                               backend=backend),
+              LinearGroupLayer(8, (4, 4, 2), 16, "y", True, d_state=4, expand=2,
+                               conv_bias=False, backend=backend),
+              LinearGroupLayer(8, (4, 4, 2), 16, "y", True, d_state=4, expand=2,
+                               backend=backend)]
+    with torch.no_grad():
+        for layer in layers:
+            for p in layer.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return [layer.to(device) for layer in layers]
+
+
+def test_padded_eager_path_equals_packed_bimamba():
+    """Three layers (one without conv bias) share the buffers of each size; voxel sets of
+    different counts fall into one size and into different ones; the results of one call
+    never leak into the next."""
+    graphs = PackedGraphs(capture=False)
+    sets = [_voxels(n, seed) for n, seed in ((300, 1), (280, 2), (120, 3))]
+    _compare(_layers("cpu"), sets, graphs, "numba", False, "cpu")
+    assert graphs.stats["padded_eager"] == 9 and graphs.stats["replayed"] == 0
+    assert 2 <= len(graphs.sizes) <= 6       # sizes by voxel count x weight layout
+
+
+def test_past_max_sizes_runs_unpadded():
+    graphs = PackedGraphs(capture=False, max_sizes=1)
+    sets = [_voxels(300, 1), _voxels(120, 3)]
+    with pytest.warns(UserWarning, match="run eagerly"):
+        _compare(_layers("cpu")[:1], sets, graphs, "numba", False, "cpu")
+    assert graphs.stats["eager"] == 1 and len(graphs.sizes) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graphs)")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_graphs_on_cuda_equal_packed_bimamba(autocast):
+    """Recorded once per size and weight layout, replayed for every later call: the same
+    results as ``packed_bimamba`` (float32: rounding only; bf16 autocast: relative to scale)."""
+    graphs = PackedGraphs()
+    sets = []
+    for n, seed in ((300, 1), (280, 2), (120, 3)):
+        sp = _voxels(n, seed)
+        sets.append(SparseVoxels(sp.features.cuda(), sp.indices.cuda(), sp.spatial_shape,
+                                 sp.batch_size))
+    layers = _layers("cuda", backend="triton")
+    _compare(layers, sets, graphs, "triton", autocast, "cuda")
+    _compare(layers, sets[::-1], graphs, "triton", autocast, "cuda")   # replays only
+    assert graphs.stats["captured"] == len(graphs.sizes)
+    assert graphs.stats["replayed"] == 18
+
+
+def test_lion_graph_layers_equal_the_packed_path():
+    """``LION(graph_layers=True)``: every group layer goes through the model's ``PackedGraphs``
+    (here its padded buffers run eagerly on the CPU) with the packed path's results; the
+    stacked gathers of ``run_level`` are then not built at all."""
+    from geossm.tasks.detection.models import LION
+
+    kwargs, inputs = LION.example()
+    results = []
+    for graph_layers in (False, True):
+        torch.manual_seed(0)
+        model = LION(**kwargs, graph_layers=graph_layers)
+        if graph_layers:
+            model.layer_graphs.capture = False
+            layers = [m for m in model.modules() if isinstance(m, LinearGroupLayer)]
+            assert layers and all(m.graphs is model.layer_graphs for m in layers)
+        out = model(inputs["points"], inputs["cu_seqlens"])
+        (out["heatmap"].sum() + out["reg"].square().sum()).backward()
+        results.append((out["heatmap"].detach(), [p.grad.clone() for p in model.parameters()]))
+    assert model.layer_graphs.stats["padded_eager"] == len(layers)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
