@@ -132,3 +132,22 @@ def test_lion_graph_layers_equal_the_packed_path():
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
+def test_recorded_passes_have_no_host_sync():
+    """What a CUDA graph needs of the two passes once a size is warm: no host read (the
+    kernels' ``cu_seqlens`` check ran in the warm-up, the launch plan reads shapes only). The
+    Triton path runs in its CPU interpreter, the host code the GPU runs."""
+    from tests.benchmarks.conftest import load_benchmark
+
+    step_ops = load_benchmark("step_ops")
+    layer = _layers("cpu", backend="triton")[0]
+    sp = _voxels(120, 3)
+    graphs = PackedGraphs(capture=False)
+    _run(layer, sp, graphs, "triton", False, "cpu")           # warm-up: the size's first call
+    (size,) = graphs.sizes.values()
+    counter = step_ops.OpCounter()
+    with counter:
+        size.forward_pass()
+        size.backward_pass()
+    assert dict(counter.syncs) == {}
