@@ -35,12 +35,16 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from geossm.nn.packed_mixer import (bidirectional_indices, compute_dtype, derived_weights,
-                                    packed_backward, packed_bimamba, packed_forward,
-                                    weight_dtypes)
+from geossm.nn.packed_mixer import (SAVED, bidirectional_indices, compute_dtype,
+                                    derived_weights, packed_backward, packed_bimamba,
+                                    packed_forward, weight_dtypes)
 from geossm.nn.stacked_weights import stacked_weights
 
 __all__ = ["PackedGraphs", "padded_size"]
+
+#: the forward's activations a layer keeps for its backward (names of ``packed_mixer.SAVED``;
+#: the rest of ``saved`` is weights, rebuilt from them, and indices, rebuilt from the buffers)
+ACTS = ("rstd", "u16", "ys", "chunks")
 
 #: ``packed_bimamba``'s weights in ``_PackedBiMamba``'s order (``conv_bias`` may be absent)
 WEIGHTS = ("in_proj.weight", "conv_weight", "conv_bias", "x_proj.weight", "dt_proj.weight",
@@ -92,7 +96,7 @@ class _Size:
         into, scatter, _, _ = self._indices()
         out, saved = packed_forward(self.x, *self.weights, into, scatter, self.cu, self.eps,
                                     self.backend, True, self.cd)
-        return out, [saved[1], saved[2], saved[13], saved[14]]
+        return out, [saved[SAVED.index(name)] for name in ACTS]
 
     def backward_pass(self) -> tuple:
         """``packed_backward``'s 11 gradients from the buffers (``acts`` and ``dout``)."""
