@@ -48,8 +48,8 @@ from geossm.nn.stacked_weights import is_packed, stacked_weights
 from geossm.serialization.windows import device_constant
 
 __all__ = ["packed_bimamba", "packed_backend", "bidirectional_indices", "segment_reversal",
-           "padded_serialization",
-           "cast_if_needed", "compute_dtype"]
+           "padded_serialization", "packed_forward", "packed_backward", "derived_weights",
+           "weight_dtypes", "SAVED", "cast_if_needed", "compute_dtype"]
 
 
 def segment_reversal(cu_seqlens: Tensor, total: int) -> Tensor:
