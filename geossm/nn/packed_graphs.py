@@ -17,8 +17,8 @@ Here each layer's forward and backward run on buffers of a padded size instead:
   operators). The forward's activations (``rstd``, ``u16``, ``ys``, the scan's chunk states)
   are copied out for the layer's backward and back in there.
 
-All graphs share one memory pool: every graph's outputs are copied out right after its replay,
-so no graph's temporaries can overwrite a result still needed. The first call of a size runs
+All graphs of one instance share one memory pool: every graph's outputs are copied out right
+after its replay, so no graph's temporaries can overwrite a result still needed. The first call of a size runs
 two eager warm-up passes (Triton compilation, cuBLAS workspaces) before the capture.
 
 ``capture=False`` runs the same buffers eagerly (no graph): the CPU check of the padding and
@@ -131,8 +131,9 @@ class _Size:
         torch._foreach_copy_(self.acts, list(acts))
 
     # ------------------------------------------------------------------ graphs
-    def capture(self, warmup: int = 2) -> None:
-        """Eager warm-up passes on a side stream, then one graph per pass (the shared pool)."""
+    def capture(self, pool, warmup: int = 2) -> None:
+        """Eager warm-up passes on a side stream, then one graph per pass, both in ``pool``
+        (a ``torch.cuda.graph_pool_handle()``)."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -142,10 +143,10 @@ class _Size:
         torch.cuda.current_stream().wait_stream(stream)
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         # thread_local: the loader's pin-memory thread may call CUDA while this one records
-        with torch.cuda.graph(fwd, pool=PackedGraphs.pool(), capture_error_mode="thread_local"):
+        with torch.cuda.graph(fwd, pool=pool, capture_error_mode="thread_local"):
             out, acts = self.forward_pass()
         self.acts = [a.clone() for a in acts]     # the backward graph's own inputs
-        with torch.cuda.graph(bwd, pool=PackedGraphs.pool(), capture_error_mode="thread_local"):
+        with torch.cuda.graph(bwd, pool=pool, capture_error_mode="thread_local"):
             grads = self.backward_pass()
         self.graphs, self.results = (fwd, bwd), ((out, acts), grads)
 
@@ -180,8 +181,6 @@ class PackedGraphs:
         max_sizes: sizes kept; calls past them run ``packed_bimamba`` eagerly (warned once).
     """
 
-    _pool = None
-
     def __init__(self, capture: bool = True, steps_per_octave: int = 8, max_sizes: int = 48):
         self.capture, self.steps, self.max_sizes = bool(capture), int(steps_per_octave), max_sizes
         self.sizes: dict = {}
@@ -189,13 +188,16 @@ class PackedGraphs:
         #: (``capture=False``), unpadded ``packed_bimamba`` past ``max_sizes``
         self.stats = {"replayed": 0, "captured": 0, "padded_eager": 0, "eager": 0}
         self._warned = False
+        # one pool per instance, never per class: a pool dies with the last graph recorded in
+        # it, and recording into a handle whose graphs are gone fails inside the allocator
+        # (an INTERNAL ASSERT in torch 2.11, seen when a second model was built after a first)
+        self._pool = None
 
-    @classmethod
-    def pool(cls):
-        """The memory pool all graphs share (created on the first capture)."""
-        if cls._pool is None:
-            cls._pool = torch.cuda.graph_pool_handle()
-        return cls._pool
+    def pool(self):
+        """The memory pool this instance's graphs share (created on the first capture)."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
 
     def size_for(self, x: Tensor, weights: Sequence[Tensor | None], segments: int,
                  cd: torch.dtype, eps: float, backend: str) -> _Size | None:
@@ -241,7 +243,7 @@ class _GraphedPacked(torch.autograd.Function):
         ctx.size = size
         size.load(x, order, inverse, reversal, cu, weights)
         if graphs.capture and size.graphs is None:
-            size.capture()
+            size.capture(graphs.pool())
             graphs.stats["captured"] += 1
         out, acts = size.run_forward()
         graphs.stats["replayed" if size.graphs is not None else "padded_eager"] += 1
