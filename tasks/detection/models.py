@@ -452,7 +452,9 @@ class LION(nn.Module):
         graph_layers: on CUDA, run every packed group layer (with ``packed_recompute``) on a
             few padded voxel counts, its forward and backward each replayed as one CUDA graph
             (``geossm.nn.packed_graphs.PackedGraphs``): the same math, float rounding apart;
-            default False.
+            ``"padded"`` runs the same padded buffers eagerly (no graph: it separates what the
+            few repeated shapes save, e.g. cuBLAS's per-shape setup, from what the replay
+            saves); default False.
         sparse_backend: the submanifold convolutions' backend (``SubMConv3d``): ``"torch"``,
             ``"spconv"`` (raises ``MissingDependencyError`` here when spconv is missing) or
             ``"auto"`` (default: spconv on CUDA when installed, torch otherwise). Voxel
@@ -479,7 +481,7 @@ class LION(nn.Module):
                  score_threshold: float = 0.1, nms_threshold: float = 0.1,
                  max_detections: int = 50, pre_nms: int = 200, sparse_backend: str = "auto",
                  mixer: str = "mamba", packed_scan: bool = True, packed_recompute: bool = True,
-                 graph_layers: bool = False, **_ignored):
+                 graph_layers: bool | str = False, **_ignored):
         super().__init__()
         if len(point_cloud_range) != 6 or len(voxel_size) != 3:
             raise ValueError("point_cloud_range / voxel_size: expected 6 and 3 numbers, got "
@@ -510,7 +512,10 @@ class LION(nn.Module):
                                                sparse_backend=sparse_backend, **op)
                                      for i in range(num_blocks)])
         #: ``graph_layers``: one ``PackedGraphs`` for every packed group layer (on CUDA)
-        self.layer_graphs = PackedGraphs() if graph_layers else None
+        if graph_layers not in (False, True, "padded"):
+            raise ValueError(f"graph_layers must be false, true or 'padded', not {graph_layers!r}")
+        self.layer_graphs = (PackedGraphs(capture=graph_layers is True) if graph_layers
+                             else None)
         for module in self.blocks.modules():
             if isinstance(module, LinearGroupLayer):
                 module.packed = bool(packed_scan)

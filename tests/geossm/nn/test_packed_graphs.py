@@ -113,18 +113,18 @@ def test_graphs_on_cuda_equal_packed_bimamba(autocast):
 
 
 def test_lion_graph_layers_equal_the_packed_path():
-    """``LION(graph_layers=True)``: every group layer goes through the model's ``PackedGraphs``
-    (here its padded buffers run eagerly on the CPU) with the packed path's results; the
-    stacked gathers of ``run_level`` are then not built at all."""
+    """``LION(graph_layers="padded")``: every group layer goes through the model's
+    ``PackedGraphs``, its padded buffers run eagerly (on CUDA ``True`` replays them as graphs),
+    with the packed path's results; the stacked gathers of ``run_level`` are then not built."""
     from geossm.tasks.detection.models import LION
 
     kwargs, inputs = LION.example()
     results = []
-    for graph_layers in (False, True):
+    for graph_layers in (False, "padded"):
         torch.manual_seed(0)
         model = LION(**kwargs, graph_layers=graph_layers)
         if graph_layers:
-            model.layer_graphs.capture = False
+            assert not model.layer_graphs.capture
             layers = [m for m in model.modules() if isinstance(m, LinearGroupLayer)]
             assert layers and all(m.graphs is model.layer_graphs for m in layers)
         out = model(inputs["points"], inputs["cu_seqlens"])
@@ -134,6 +134,13 @@ def test_lion_graph_layers_equal_the_packed_path():
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-4, atol=1e-5)
     for a, b in zip(results[1][1], results[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+
+
+def test_lion_graph_layers_rejects_unknown_values():
+    from geossm.tasks.detection.models import LION
+
+    with pytest.raises(ValueError, match="graph_layers"):
+        LION(**LION.example()[0], graph_layers="yes")
 
 
 def test_recorded_passes_have_no_host_sync():
