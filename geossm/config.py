@@ -243,8 +243,8 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 
 
 #: Keys that take a bool or a string (``resume``: true/false or a checkpoint path;
-#: ``train.cuda_graph``: true/false or auto).
-BOOL_OR_PATH_KEYS = frozenset({"resume", "train.cuda_graph"})
+#: ``train.cuda_graph``: true/false or auto; ``model.graph_layers``: true/false or padded).
+BOOL_OR_PATH_KEYS = frozenset({"resume", "train.cuda_graph", "model.graph_layers"})
 
 
 def _check_type(text: str, key: str, old: Any, new: Any) -> None:

@@ -1,5 +1,7 @@
 """``PackedGraphs``: packed BiMamba layers on padded sizes, as CUDA graphs on the GPU; on the CPU
 the same padded buffers run eagerly (``capture=False``) and must equal ``packed_bimamba``."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +10,8 @@ from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba
 from geossm.serialization import window_groups_multi
 from geossm.tasks.detection.models import LinearGroupLayer, group_reversal
 from geossm.tasks.detection.sparse import SparseVoxels
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_padded_size_steps():
@@ -143,17 +147,30 @@ def test_lion_graph_layers_rejects_unknown_values():
         LION(**LION.example()[0], graph_layers="yes")
 
 
+def test_graph_layers_override_takes_a_bool_or_padded():
+    from geossm.config import apply_overrides, load_config
+
+    cfg = load_config(REPO / "configs" / "detection" / "kitti_lion.yaml")
+    assert cfg.model.graph_layers is False
+    assert apply_overrides(cfg, ["model.graph_layers=padded"]).model.graph_layers == "padded"
+    assert apply_overrides(cfg, ["model.graph_layers=true"]).model.graph_layers is True
+
+
 def test_recorded_passes_have_no_host_sync():
     """What a CUDA graph needs of the two passes once a size is warm: no host read (the
     kernels' ``cu_seqlens`` check ran in the warm-up, the launch plan reads shapes only). The
-    Triton path runs in its CPU interpreter, the host code the GPU runs."""
+    Triton path runs on CUDA where there is one, else in its CPU interpreter (the host code
+    the GPU runs)."""
     from tests.benchmarks.conftest import load_benchmark
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     step_ops = load_benchmark("step_ops")
-    layer = _layers("cpu", backend="triton")[0]
+    layer = _layers(device, backend="triton")[0]
     sp = _voxels(120, 3)
+    sp = SparseVoxels(sp.features.to(device), sp.indices.to(device), sp.spatial_shape,
+                      sp.batch_size)
     graphs = PackedGraphs(capture=False)
-    _run(layer, sp, graphs, "triton", False, "cpu")           # warm-up: the size's first call
+    _run(layer, sp, graphs, "triton", False, device)          # warm-up: the size's first call
     (size,) = graphs.sizes.values()
     counter = step_ops.OpCounter()
     with counter:

@@ -213,21 +213,26 @@ def test_packed_layer_on_padded_serialization_equals_the_unpadded_one(extra_toke
     """A layer run on a fixed size (pad tokens in a segment of their own, then empty segments)
     gives the real tokens' outputs, their gradients and every weight gradient of the unpadded
     run: the pad rows' zero features and dropped outputs send nothing back. The Triton case
-    runs in its CPU interpreter (TRITON_INTERPRET=1, set by the test conftest without CUDA)."""
+    runs on CUDA where there is one, else in its CPU interpreter (TRITON_INTERPRET=1, set by
+    the test conftest without CUDA)."""
     from geossm.nn.packed_mixer import padded_serialization
     from geossm.tasks.detection.models import group_reversal
 
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     layer = LinearGroupLayer(8, (4, 4, 2), 16, "y", True, d_state=4, expand=2)
     with torch.no_grad():
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
+    layer = layer.to(device)
     sp = _voxels()
+    sp = SparseVoxels(sp.features.to(device), sp.indices.to(device), sp.spatial_shape,
+                      sp.batch_size)
     ser = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)[0]
     rev = group_reversal(sp, ser, 16)
     v, s = ser.num_tokens, ser.cu_seqlens.numel() - 1
     block = layer.mixer
-    weight = torch.linspace(-1, 1, v * 8).view(v, 8)
+    weight = torch.linspace(-1, 1, v * 8, device=device).view(v, 8)
     results = []
     for pad in (False, True):
         order, inverse, reversal, cu = ser.order, ser.inverse, rev, ser.cu_seqlens
