@@ -132,3 +132,16 @@ def test_override_reaches_the_config(step_profile, capsys, tmp_path, monkeypatch
     packed, unpacked = sources
     assert "packed_mixer.py" in packed and "fused.py" not in packed
     assert "packed_mixer.py" not in unpacked and "fused.py" in unpacked
+
+
+def test_layer_graphs_row_counts_sizes_and_calls(step_profile, capsys, tmp_path, monkeypatch):
+    """``model.graph_layers=padded`` (the CPU's form of LION's graphed group layers): the row
+    says how many padded sizes the steps met and how the layer calls ran."""
+    shared_path("kitti", "kitti_object_6frames.tar.xz")
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    step_profile.main(["--tiny", "--tasks", "detection", "--batch-sizes", "1",
+                       "--override", "model.graph_layers=padded"])
+    row = _rows(capsys)[0]
+    graphs = row["layer_graphs"]
+    assert graphs["sizes"] >= 1 and graphs["padded_eager"] > 0
+    assert graphs["replayed"] == graphs["captured"] == 0 and graphs["eager"] == 0
