@@ -46,6 +46,9 @@ __all__ = ["PackedGraphs", "padded_size"]
 #: the rest of ``saved`` is weights, rebuilt from them, and indices, rebuilt from the buffers)
 ACTS = ("rstd", "u16", "ys", "chunks")
 
+#: ``packed_mixer.derived_weights``' results, by their names in ``SAVED``
+DERIVED = ("w_in", "w_x", "w_dt", "A", "D", "bias", "w_out", "rows", "halves")
+
 #: ``packed_bimamba``'s weights in ``_PackedBiMamba``'s order (``conv_bias`` may be absent)
 WEIGHTS = ("in_proj.weight", "conv_weight", "conv_bias", "x_proj.weight", "dt_proj.weight",
            "dt_proj.bias", "A_log", "D", "out_proj.weight")
@@ -81,7 +84,7 @@ class _Size:
         self.cu = torch.full((segments + 1,), tokens, dtype=torch.int32, device=dev)
         self.cu[0] = 0
         self.weights = [None if w is None else w.detach().clone() for w in weights]
-        self.dtypes = weight_dtypes(*(self.weights[i] for i in (1, 2, 4, 5, 9, 7, 8, 6)))
+        self.dtypes = weight_dtypes(*self.weights[1:])
         # the forward's activations for the backward, filled from the first forward
         self.acts: list[Tensor] | None = None
         self.graphs: tuple | None = None
@@ -102,11 +105,12 @@ class _Size:
         """``packed_backward``'s 11 gradients from the buffers (``acts`` and ``dout``)."""
         norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w = self.weights
         into, _, gather, from_grad = self._indices()
-        w_in, w_x, w_dt, A, Dm, bias, w_out, rows, halves = derived_weights(
-            in_w, x_w, dt_w, dt_b, A_log, D, out_w, self.cd)
-        rstd, u16, ys, chunks = self.acts
-        saved = (self.x, rstd, u16, norm_w, w_in, conv_w, conv_b, w_x, w_dt, A, Dm, bias,
-                 w_out, ys, chunks, rows, halves) + (None,) * 7
+        # packed_forward's ``saved`` by name (SAVED); its scan inputs are left None: recomputed
+        named = dict(zip(DERIVED, derived_weights(in_w, x_w, dt_w, dt_b, A_log, D, out_w,
+                                                  self.cd)),
+                     x=self.x, norm_w=norm_w, conv_w=conv_w, conv_b=conv_b,
+                     **dict(zip(ACTS, self.acts)))
+        saved = tuple(named.get(name) for name in SAVED)
         return packed_backward(saved, self.dout, into, gather, from_grad, self.cu,
                                self.backend, self.cd, self.dtypes)
 

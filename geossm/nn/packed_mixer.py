@@ -275,8 +275,10 @@ def packed_backward(saved: Sequence, dout: Tensor, into_scan, grad_gather, from_
     return dx, d_norm_w, d_in, d_conv, d_conv_bias, d_x, d_dt, d_bias, d_alog, d_d, d_out
 
 
-def weight_dtypes(in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b) -> tuple[torch.dtype, ...]:
-    """``packed_backward``'s ``dtypes``: the parameters' own, for their gradients."""
+def weight_dtypes(in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D, out_w
+                  ) -> tuple[torch.dtype, ...]:
+    """``packed_backward``'s ``dtypes``: the parameters' own, for their gradients (arguments
+    in ``packed_forward``'s order; ``conv_b`` shares ``conv_w``'s dtype)."""
     return tuple(p.dtype for p in (in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b))
 
 
@@ -290,7 +292,8 @@ class _PackedBiMamba(torch.autograd.Function):
         out, saved = packed_forward(x, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D,
                                     out_w, into_scan, from_scan, cu, eps, backend, recompute, cd)
         ctx.save_for_backward(into_scan, grad_gather, from_grad, cu, *saved)
-        ctx.flags = (backend, cd, weight_dtypes(in_w, conv_w, x_w, dt_w, out_w, A_log, D, dt_b))
+        ctx.flags = (backend, cd, weight_dtypes(in_w, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D,
+                                                out_w))
         return out
 
     @staticmethod
