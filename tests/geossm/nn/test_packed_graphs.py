@@ -10,6 +10,7 @@ from geossm.nn.packed_mixer import bidirectional_indices, packed_bimamba
 from geossm.serialization import window_groups_multi
 from geossm.tasks.detection.models import LinearGroupLayer, group_reversal
 from geossm.tasks.detection.sparse import SparseVoxels
+from tests.sparse_samples import random_voxels
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -20,14 +21,6 @@ def test_padded_size_steps():
         p = padded_size(n)
         assert n <= p <= n * 1.125 + 1
     assert [padded_size(n, 2, least=8) for n in (1, 9, 13, 17)] == [8, 12, 16, 24]
-
-
-def _voxels(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.unique(torch.stack([torch.randint(0, 3, (n,), generator=g)] +
-                                   [torch.randint(0, s, (n,), generator=g) for s in (3, 9, 10)],
-                                   1), dim=0)
-    return SparseVoxels(torch.randn(len(idx), 8, generator=g), idx, (3, 9, 10), 3)
 
 
 def _run(layer, sp, graphs, backend, autocast, device):
@@ -82,7 +75,7 @@ def test_padded_eager_path_equals_packed_bimamba():
     different counts fall into one size and into different ones; the results of one call
     never leak into the next."""
     graphs = PackedGraphs(capture=False)
-    sets = [_voxels(n, seed) for n, seed in ((300, 1), (280, 2), (120, 3))]
+    sets = [random_voxels(n, seed=seed) for n, seed in ((300, 1), (280, 2), (120, 3))]
     _compare(_layers("cpu"), sets, graphs, "numba", False, "cpu")
     assert graphs.stats["padded_eager"] == 9 and graphs.stats["replayed"] == 0
     assert 2 <= len(graphs.sizes) <= 6       # sizes by voxel count x weight layout
@@ -90,7 +83,7 @@ def test_padded_eager_path_equals_packed_bimamba():
 
 def test_past_max_sizes_runs_unpadded():
     graphs = PackedGraphs(capture=False, max_sizes=1)
-    sets = [_voxels(300, 1), _voxels(120, 3)]
+    sets = [random_voxels(300, seed=1), random_voxels(120, seed=3)]
     with pytest.warns(UserWarning, match="run eagerly"):
         _compare(_layers("cpu")[:1], sets, graphs, "numba", False, "cpu")
     assert graphs.stats["eager"] == 1 and len(graphs.sizes) == 1
@@ -106,7 +99,7 @@ def test_graphs_on_cuda_equal_packed_bimamba(autocast):
     graphs = PackedGraphs()
     sets = []
     for n, seed in ((300, 1), (280, 2), (120, 3)):
-        sp = _voxels(n, seed)
+        sp = random_voxels(n, seed=seed)
         sets.append(SparseVoxels(sp.features.cuda(), sp.indices.cuda(), sp.spatial_shape,
                                  sp.batch_size))
     layers = _layers("cuda", backend="triton")
@@ -166,7 +159,7 @@ def test_recorded_passes_have_no_host_sync():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     step_ops = load_benchmark("step_ops")
     layer = _layers(device, backend="triton")[0]
-    sp = _voxels(120, 3)
+    sp = random_voxels(120, seed=3)
     sp = SparseVoxels(sp.features.to(device), sp.indices.to(device), sp.spatial_shape,
                       sp.batch_size)
     graphs = PackedGraphs(capture=False)

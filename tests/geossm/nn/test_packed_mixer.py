@@ -6,14 +6,7 @@ from geossm.tasks.detection.models import LION, LinearGroupLayer
 from geossm.nn.packed_mixer import (bidirectional_indices, packed_bimamba,
                                                  segment_reversal)
 from geossm.tasks.detection.sparse import SparseVoxels
-
-
-def _voxels(n=300, dim=8, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.unique(torch.stack([torch.randint(0, 3, (n,), generator=g)] +
-                                   [torch.randint(0, s, (n,), generator=g) for s in (3, 9, 10)],
-                                   1), dim=0)
-    return SparseVoxels(torch.randn(len(idx), dim, generator=g), idx, (3, 9, 10), 3)
+from tests.sparse_samples import random_voxels
 
 
 def test_segment_reversal_reads_every_segment_backwards():
@@ -23,7 +16,7 @@ def test_segment_reversal_reads_every_segment_backwards():
 
 
 def test_bidirectional_indices_are_inverse_permutations():
-    sp = _voxels()
+    sp = random_voxels()
     sers = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)
     rev = segment_reversal(sers[0].cu_seqlens, sers[0].num_tokens)
     n = sers[0].num_tokens
@@ -55,7 +48,7 @@ def test_packed_layer_equals_the_two_mamba_calls(axis, shift, group, d_state, ex
     with torch.no_grad():   # distinct, non-trivial weights everywhere
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    sp = _voxels()
+    sp = random_voxels()
     results = []
     for packed in (False, True):
         layer.packed = packed
@@ -149,7 +142,7 @@ def test_packed_layer_on_the_triton_backend_equals_the_two_mamba_calls(autocast)
     torch.manual_seed(0)
     layer = LinearGroupLayer(8, (4, 4, 2), 16, "y", True, d_state=4, expand=2,
                              backend="triton").to(device)
-    sp = _voxels(n=120)
+    sp = random_voxels(n=120)
     sp = SparseVoxels(sp.features.to(device), sp.indices.to(device), sp.spatial_shape,
                       sp.batch_size)
     results = []
@@ -191,7 +184,7 @@ def test_packed_layer_step_dispatches_few_operators(recompute, most):
     torch.manual_seed(0)
     layer = LinearGroupLayer(8, (4, 4, 2), 16, "x", False, d_state=4)
     layer.packed_recompute = recompute
-    sp = _voxels()
+    sp = random_voxels()
     ser = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)[0]
     indices = bidirectional_indices(ser.order, ser.inverse, group_reversal(sp, ser, 16))
     x = sp.features.clone().requires_grad_()
@@ -225,7 +218,7 @@ def test_packed_layer_on_padded_serialization_equals_the_unpadded_one(extra_toke
         for p in layer.parameters():
             p.add_(0.1 * torch.randn_like(p))
     layer = layer.to(device)
-    sp = _voxels()
+    sp = random_voxels()
     sp = SparseVoxels(sp.features.to(device), sp.indices.to(device), sp.spatial_shape,
                       sp.batch_size)
     ser = window_groups_multi(sp.indices, sp.spatial_shape, (4, 4, 2), 16)[0]

@@ -13,6 +13,7 @@ from geossm.tasks.detection.models import (LION, LinearGroupLayer, decode_boxes,
                                            generate_merged_voxels, generate_voxels, run_level,
                                            _bev)
 from geossm.tasks.detection.sparse import SparseVoxels, SubMConv3d, merge_voxels
+from tests.sparse_samples import random_voxels
 
 
 def test_lion_example_runs_and_backpropagates():
@@ -242,11 +243,7 @@ def test_a_level_run_together_equals_its_layers_one_by_one():
     torch.manual_seed(0)
     layers = torch.nn.ModuleList([LinearGroupLayer(8, (4, 4, 2), 16, "x", False),
                                   LinearGroupLayer(8, (4, 4, 2), 16, "y", True)])
-    g = torch.Generator().manual_seed(1)
-    idx = torch.unique(torch.stack([torch.randint(0, 2, (200,), generator=g)] +
-                                   [torch.randint(0, s, (200,), generator=g) for s in (3, 9, 10)],
-                                   1), dim=0)
-    sp = SparseVoxels(torch.randn(len(idx), 8, generator=g), idx, (3, 9, 10), 2)
+    sp = random_voxels(200, seed=1, batch_size=2)
     one_by_one = sp
     for layer in layers:
         one_by_one = layer(one_by_one)
