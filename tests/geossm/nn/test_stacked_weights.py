@@ -6,7 +6,7 @@ import torch
 
 from geossm.tasks.detection.models import LinearGroupLayer
 from geossm.nn.stacked_weights import is_packed, pack_bimamba_weights, pack_where_possible
-from tests.geossm.nn.test_packed_mixer import _voxels
+from tests.sparse_samples import random_voxels
 
 
 def _direction_block(seed=0, **kw):
@@ -54,7 +54,7 @@ def test_stacked_weights_keep_weight_decay_and_follow_dtype_changes():
     assert decayed[0] == decayed[1] > 0
     layer.bfloat16()
     layer.packed = False       # the mixer's own calls read views of the stacked weights
-    sp = _voxels()
+    sp = random_voxels()
     out = layer(sp.replace(sp.features.bfloat16())).features
     f = layer.mixer.mixer.forward_mamba
     assert out.dtype == f.x_proj.weight.dtype == torch.bfloat16
