@@ -144,9 +144,9 @@ def test_graph_layers_override_takes_a_bool_or_padded():
     from geossm.config import apply_overrides, load_config
 
     cfg = load_config(REPO / "configs" / "detection" / "kitti_lion.yaml")
-    assert cfg.model.graph_layers is False
+    assert cfg.model.graph_layers is True
     assert apply_overrides(cfg, ["model.graph_layers=padded"]).model.graph_layers == "padded"
-    assert apply_overrides(cfg, ["model.graph_layers=true"]).model.graph_layers is True
+    assert apply_overrides(cfg, ["model.graph_layers=false"]).model.graph_layers is False
 
 
 def test_recorded_passes_have_no_host_sync():
