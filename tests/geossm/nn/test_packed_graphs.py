@@ -133,6 +133,27 @@ def test_lion_graph_layers_equal_the_packed_path():
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
 
 
+def test_lion_graph_layers_on_cpu_take_the_plain_path():
+    """``graph_layers=True`` (``kitti_lion.yaml``'s default) records graphs on CUDA only: on the
+    CPU every group layer runs the plain packed path, so outputs and gradients are bitwise
+    those of ``graph_layers=False`` and the graphs see no call."""
+    from geossm.tasks.detection.models import LION
+
+    kwargs, inputs = LION.example()
+    results = []
+    for graph_layers in (False, True):
+        torch.manual_seed(0)
+        model = LION(**kwargs, graph_layers=graph_layers)
+        out = model(inputs["points"], inputs["cu_seqlens"])
+        (out["heatmap"].sum() + out["reg"].square().sum()).backward()
+        results.append([out["heatmap"].detach(), out["reg"].detach(),
+                        *(p.grad.clone() for p in model.parameters())])
+    assert model.layer_graphs.capture and not any(model.layer_graphs.stats.values())
+    assert not model.layer_graphs.sizes
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 def test_lion_graph_layers_rejects_unknown_values():
     from geossm.tasks.detection.models import LION
 
