@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 
 from geossm.nn.packed_mixer import (SAVED, bidirectional_indices, compute_dtype,
                                     derived_weights, packed_backward, packed_bimamba,
-                                    packed_forward, weight_dtypes)
+                                    packed_forward, padded_serialization, weight_dtypes)
 from geossm.nn.stacked_weights import stacked_weights
 
 __all__ = ["PackedGraphs", "padded_size"]
@@ -77,10 +77,10 @@ class _Size:
             tokens, segments, cd, eps, backend)
         self.x = x.new_zeros(tokens, x.shape[1])
         self.dout = torch.zeros_like(self.x)
-        self.arange = torch.arange(tokens, device=dev)
-        self.flipped = self.arange.flip(0)
-        self.order, self.inverse = self.arange.clone(), self.arange.clone()
-        self.reversal = self.flipped.clone()
+        # the serialization buffers (``load`` fills them with ``padded_serialization``)
+        self.order = torch.arange(tokens, device=dev)
+        self.inverse = self.order.clone()
+        self.reversal = self.order.flip(0)
         self.cu = torch.full((segments + 1,), tokens, dtype=torch.int32, device=dev)
         self.cu[0] = 0
         self.weights = [None if w is None else w.detach().clone() for w in weights]
@@ -117,17 +117,13 @@ class _Size:
     # ------------------------------------------------------------------ buffers
     def load(self, x: Tensor, order: Tensor, inverse: Tensor, reversal: Tensor, cu: Tensor,
              weights: Sequence[Tensor | None]) -> None:
-        """Copy a layer's call into the buffers (pad rows zero, pad tokens in place)."""
-        v, s = x.shape[0], cu.numel() - 1
+        """Copy a layer's call into the buffers: pad rows zero, the serialization grown to the
+        size by ``padded_serialization``."""
+        v = x.shape[0]
         self.x[:v].copy_(x)
         self.x[v:].zero_()
-        for buf, src in ((self.order, order), (self.inverse, inverse)):
-            buf[:v].copy_(src)
-            buf[v:].copy_(self.arange[v:])
-        self.reversal[:v].copy_(reversal)
-        self.reversal[v:].copy_(self.flipped[:self.tokens - v])
-        self.cu[:s + 1].copy_(cu)
-        self.cu[s + 1:].fill_(self.tokens)
+        grown = padded_serialization(order, inverse, reversal, cu, self.tokens, self.segments)
+        torch._foreach_copy_([self.order, self.inverse, self.reversal, self.cu], list(grown))
         torch._foreach_copy_([b for b in self.weights if b is not None],
                              [w.detach() for w in weights if w is not None])
 
