@@ -195,10 +195,12 @@ def passes(ST, config):
                     dict(common, BD=bd), warps, bd))
         out.append(("fwd_output", fwd_output.fwd_output, dict(full, BD=bd, NEED_FINAL=True),
                     warps, bd))
+    sub = min(config.da_sub_chunk, config.chunk)
     out.append(("bwd_h_pass", bwd_h_pass.bwd_h_pass,
-                dict(full, BD=bd_bwd, HAS_DFINAL=False, NEED_DINIT=False), warps_bwd, bd_bwd))
+                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False), warps_bwd,
+                bd_bwd))
     out.append(("bwd_dh_pass", bwd_dh_pass.bwd_dh_pass,
-                dict(full, BD=bd_bwd, HAS_DFINAL=False), warps_bwd, bd_bwd))
+                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False), warps_bwd, bd_bwd))
     return out
 
 

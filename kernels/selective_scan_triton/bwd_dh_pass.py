@@ -1,5 +1,9 @@
 """Backward dh-pass (reverse order): dh inside each chunk from the gradient carried into its end;
-du, ddelta (over the h-pass's per-token terms), dB, dA's dh-terms, d(delta_bias)."""
+du, ddelta (over the h-pass's per-token terms), dB, dA's dh-terms, d(delta_bias).
+
+dA's terms are centred per sub-chunk of SUB steps, as in the h-pass: at an inner sub-chunk
+boundary b the term (gradient into h_b from later steps) * h_b enters with the two sub-chunks'
+half sums of dt (h_b and those sums come from the h-pass's ``hmid`` / ``ssub``)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,12 @@ from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay
 
 
 @triton.jit
-def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal, gbuf, kappa,
+def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfinal, gbuf, kappa,
                 init, dinit,
                 chunk_meta,
                 du, phi, dB, dA_part, dbias_part,
                 S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
-                L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+                L: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                 REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                 HAS_BIAS: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr,
@@ -26,6 +30,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
+    NSUB: tl.constexpr = L // SUB
     offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
         pdb, A2, dbias, Dsk, dpg, N, BD, NP, HAS_BIAS, HAS_D, STATE_IN_THREAD)
     slot = (pdb % nblk_g).to(tl.int64)
@@ -36,6 +41,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
         valid, s, k, nck, clen, base, nl0 = chunk_info(c, chunk_meta, n_chunks_bound,
                                                        L, REVERSE)
         s64 = s.to(tl.int64)
+        c64 = tl.cast(c, tl.int64)
         row = (nl0 + k).to(tl.int64)
         not_last = valid & (k < nck - 1)
         is_last = valid & (k == nck - 1)
@@ -46,19 +52,21 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
         # E at both ends of the chunk (gradient into a state times that state), for dA
         prev = (nl0 + k - 1).to(tl.int64)
         has_prev = valid & (k > 0)
-        eboth = q * hend + (load_state(gbuf + prev * DN, pdb, has_prev, N, BD, NP, STATE_IN_THREAD)
-                            * load_state(hs + prev * DN, pdb, has_prev, N, BD, NP,
-                                         STATE_IN_THREAD))
+        estart = (load_state(gbuf + prev * DN, pdb, has_prev, N, BD, NP, STATE_IN_THREAD)
+                  * load_state(hs + prev * DN, pdb, has_prev, N, BD, NP, STATE_IN_THREAD))
         if HAS_INIT:
             is_first = valid & (k == 0)
-            eboth += (load_state(dinit + s64 * DN, pdb, is_first, N, BD, NP, STATE_IN_THREAD)
-                      * load_state(init + s64 * DN, pdb, is_first, N, BD, NP, STATE_IN_THREAD))
-        # the chunk's sum of dt (pass 1 saved it for non-last chunks, the h-pass for last ones)
-        half = 0.5 * (tl.load(sdt + row * D + offs_d, mask=and_scalar(offs_d < D, not_last),
-                              other=0.0)
-                      + tl.load(stot + s64 * D + offs_d, mask=and_scalar(offs_d < D, is_last),
-                                other=0.0))
-        da_acc += eboth * half[None, :]
+            estart += (load_state(dinit + s64 * DN, pdb, is_first, N, BD, NP, STATE_IN_THREAD)
+                       * load_state(init + s64 * DN, pdb, is_first, N, BD, NP, STATE_IN_THREAD))
+        # half the sum of dt of the chunk's last sub-chunk (the h-pass saved every sub-chunk's)
+        has_steps = and_scalar(offs_d < D, clen > 0)
+        half = 0.5 * tl.load(ssub + (c64 * NSUB + tl.maximum(clen - 1, 0) // SUB) * D + offs_d,
+                             mask=has_steps, other=0.0)
+        if L > SUB:   # the ends of the chunk weigh with the halves of their own sub-chunks
+            half0 = 0.5 * tl.load(ssub + c64 * NSUB * D + offs_d, mask=has_steps, other=0.0)
+            da_acc += q * hend * half[None, :] + estart * half0[None, :]
+        else:
+            da_acc += (q * hend + estart) * half[None, :]
         if HAS_DFINAL:
             q += load_state(dfinal + s64 * DN, pdb, is_last, N, BD, NP, STATE_IN_THREAD)
             kap += tl.load(kappa + s64 * D + offs_d, mask=and_scalar(offs_d < D, is_last),
@@ -106,5 +114,15 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, sdt, stot, dfinal
             # -(S_t - Stot/2) * B_t dt_t u_t dh_t with S_t = Stot - rsum (dt summed after t)
             da_acc += (rsum - half)[None, :] * (v * bv[:, None])
             rsum += dt
+            if L > SUB:
+                i = clen - 1 - j
+                if (i % SUB == 0) & (i > 0):   # q is now the gradient into the boundary state
+                    jsub = i // SUB - 1           # the sub-chunk the loop enters next
+                    hb = load_state(hmid + (c64 * (NSUB - 1) + jsub) * DN, pdb, valid, N, BD,
+                                    NP, STATE_IN_THREAD)
+                    half_prev = 0.5 * tl.load(ssub + (c64 * NSUB + jsub) * D + offs_d)
+                    da_acc += q * hb * (half + half_prev)[None, :]
+                    half = half_prev
+                    rsum = tl.zeros([BD], dtype=tl.float32)
     tl.store(dA_part + pid.to(tl.int64) * DN + st_off, da_acc, mask=mask_n[:, None])
     tl.store(dbias_part + pid.to(tl.int64) * D + offs_d, db_acc)

@@ -1,6 +1,12 @@
 """Backward h-pass (forward order): recompute h inside each chunk from its saved start state;
 the h-part of the gradients (dz, dC, the per-token sum_n A C h dy into the ddelta buffer, the
-chunk's local gradient towards its start state, dA's h-terms, dD)."""
+chunk's local gradient towards its start state, dA's h-terms, dD).
+
+dA's terms are weighted by the time since the start of their sub-chunk of SUB steps, centred on
+the sub-chunk's middle; a chunk longer than SUB also records, for the dh-pass, its states and
+sums of dt at the inner sub-chunk boundaries (``hmid``, ``ssub``). The weights, and the float32
+cancellation between the two passes' terms, so stay those of SUB-step chunks whatever the chunk
+length L."""
 
 from __future__ import annotations
 
@@ -14,9 +20,9 @@ from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay
 @triton.jit
 def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                chunk_meta,
-               dz, phi, dC, gbuf, dinit, kappa, stot, dA_part, dD_part,
+               dz, phi, dC, gbuf, dinit, kappa, ssub, hmid, dA_part, dD_part,
                S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
-               L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
+               L: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
                HAS_BIAS: tl.constexpr,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
@@ -27,6 +33,7 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
+    NSUB: tl.constexpr = L // SUB
     offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
         pdb, A2, dbias, Dsk, dpg, N, BD, NP, HAS_BIAS, HAS_D, STATE_IN_THREAD)
     slot = (pdb % nblk_g).to(tl.int64)                     # partial-dC slice of this block
@@ -37,13 +44,14 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
         valid, s, k, nck, clen, base, nl0 = chunk_info(c, chunk_meta, n_chunks_bound,
                                                        L, REVERSE)
         s64 = s.to(tl.int64)
+        c64 = tl.cast(c, tl.int64)
         prev = (nl0 + k - 1).to(tl.int64)
         h = load_state(hs + prev * DN, pdb, valid & (k > 0), N, BD, NP, STATE_IN_THREAD)
         if HAS_INIT:
             h += load_state(init + s64 * DN, pdb, valid & (k == 0), N, BD, NP, STATE_IN_THREAD)
         p = tl.full([NP, BD], 1.0, dtype=tl.float32)     # decay from chunk start to t
         gl = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t p_t * C_t dy_t
-        sloc = tl.zeros([BD], dtype=tl.float32)          # sum of dt from chunk start, inclusive
+        sloc = tl.zeros([BD], dtype=tl.float32)          # sum of dt from sub-chunk start, incl.
         wa = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t sloc_t C_t dy_t h_t
         wb = tl.zeros([NP, BD], dtype=tl.float32)        # sum_t C_t dy_t h_t
         u_n, d_n, b_n, c_n, z_n, o_n, _p = step_inputs(
@@ -85,10 +93,21 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
             wa += sloc[None, :] * cvh
             wb += cvh
             dd_acc += dy * uu
-        # dA weights centred on the chunk's middle (S_t - Stot/2): halves the cancellation
+            if L > SUB:
+                if (i % SUB == SUB - 1) & (i < clen - 1):   # inner sub-chunk boundary
+                    jsub = i // SUB
+                    da_acc += wa - (0.5 * sloc)[None, :] * wb
+                    tl.store(ssub + (c64 * NSUB + jsub) * D + offs_d, sloc)
+                    tl.store(hmid + (c64 * (NSUB - 1) + jsub) * DN + st_off, h,
+                             mask=mask_n[:, None])
+                    wa = tl.zeros([NP, BD], dtype=tl.float32)
+                    wb = tl.zeros([NP, BD], dtype=tl.float32)
+                    sloc = tl.zeros([BD], dtype=tl.float32)
+        # dA weights centred on the (sub-)chunk's middle (S_t - Stot/2): halves the cancellation
         da_acc += wa - (0.5 * sloc)[None, :] * wb
         is_last = valid & (k == nck - 1)
-        tl.store(stot + s64 * D + offs_d, sloc, mask=and_scalar(offs_d < D, is_last))
+        tl.store(ssub + (c64 * NSUB + tl.maximum(clen - 1, 0) // SUB) * D + offs_d, sloc,
+                 mask=and_scalar(offs_d < D, clen > 0))
         x = gl
         if HAS_DFINAL:
             gf = load_state(dfinal + s64 * DN, pdb, is_last, N, BD, NP, STATE_IN_THREAD)

@@ -56,6 +56,11 @@ class LaunchConfig:
             (a channel's states over 16 lanes).
         serial_state_in_thread: the same for the serial / piece forward kernel (measured: its
             state-in-thread form beat the chunked v1 forward on many short segments).
+        da_sub_chunk, da_sub_chunk_interpret: the backward weighs dA's terms by the time since
+            the start of their sub-chunk of this many steps (GPU / interpreter; chunks no longer
+            than it are one sub-chunk). dA sums terms of both backward passes that cancel, and
+            their float32 error grows with the weights, so longer chunks keep it at this length
+            (64 / 8: a chunk of 128 has the dA error of one of 64).
         exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
             FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
             k = 4: the loops are not MUFU-bound).
@@ -63,6 +68,8 @@ class LaunchConfig:
 
     chunk: int = 64
     chunk_interpret: int = 16
+    da_sub_chunk: int = 64
+    da_sub_chunk_interpret: int = 8
     max_bd: int = 64
     max_bd_bwd: int = 32
     num_warps_fwd: int | None = None
@@ -84,10 +91,16 @@ class LaunchConfig:
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"forward must be one of {FORWARD_MODES}, got {self.forward!r}")
         for name in ("chunk", "chunk_interpret", "max_bd", "max_bd_bwd", "bd_serial",
-                     "programs_per_sm_fwd", "programs_per_sm_bwd", "serial_programs_per_sm"):
+                     "programs_per_sm_fwd", "programs_per_sm_bwd", "serial_programs_per_sm",
+                     "da_sub_chunk", "da_sub_chunk_interpret"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for chunk, sub in ((self.chunk, self.da_sub_chunk),
+                           (self.chunk_interpret, self.da_sub_chunk_interpret)):
+            if chunk > sub and chunk % sub:
+                raise ValueError(f"a chunk of {chunk} steps longer than its dA sub-chunk must "
+                                 f"be a multiple of it, got da_sub_chunk {sub}")
         if self.piece_chunks < 0:
             raise ValueError(f"piece_chunks must be >= 0, got {self.piece_chunks!r}")
         if self.exp_poly_every < 0:
@@ -95,6 +108,12 @@ class LaunchConfig:
 
     def chunk_length(self, device) -> int:
         return self.chunk if torch.device(device).type == "cuda" else self.chunk_interpret
+
+    def da_sub_length(self, device) -> int:
+        """Steps per dA sub-chunk on ``device``: at most the chunk length, which it divides."""
+        cuda = torch.device(device).type == "cuda"
+        sub = self.da_sub_chunk if cuda else self.da_sub_chunk_interpret
+        return min(sub, self.chunk_length(device))
 
 
 # the fastest measured per part (session 16, H200): v1 layout, 60 / 48 programs per SM, the
@@ -170,6 +189,7 @@ class Plan:
         L = config.chunk_length(dev)
         self.config = config
         self.S, self.T, self.D, self.G, self.N, self.L = S, T, D, G, N, L
+        self.SUB = config.da_sub_length(dev)
         self.dpg = D // G
         self.BD = pow2_divisor(self.dpg, config.max_bd)
         self.n_dblk = D // self.BD

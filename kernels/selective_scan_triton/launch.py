@@ -212,13 +212,17 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     if has_dfinal:
         dfinal_state = dfinal_state.contiguous().float()
     kappa = torch.empty(max(S, 1), Dm, dtype=torch.float32, device=dev) if has_dfinal else dm
-    stot = torch.empty(max(S, 1), Dm, dtype=torch.float32, device=dev)   # sum dt, last chunks
+    # sums of dt of every (chunk, dA sub-chunk); states at the inner sub-chunk boundaries
+    n_sub = plan.L // plan.SUB
+    ssub = torch.empty(plan.n_chunks_bound, n_sub, Dm, dtype=torch.float32, device=dev)
+    hmid = (torch.empty(plan.n_chunks_bound * (n_sub - 1), Dm, N, dtype=torch.float32,
+                        device=dev) if n_sub > 1 else dm)
     P = plan.nprog_bwd
     dA_part = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
     dA_part2 = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
     dD_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
     dbias_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
-    common = dict(L=plan.L, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
+    common = dict(L=plan.L, SUB=plan.SUB, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
                   FAST=not _interpreting(u),
                   HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
                   POLY_EVERY=config.exp_poly_every, STATE_IN_THREAD=config.state_in_thread)
@@ -230,7 +234,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             dfinal_state if has_dfinal else dm,
             plan.meta,
             dz if dz is not None else dm, phi, dC_buf, gbuf, dinit if need_dinit else dm, kappa,
-            stot, dA_part, dD_part,
+            ssub, hmid, dA_part, dD_part,
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
             HAS_INIT=initial_state is not None, HAS_DFINAL=has_dfinal, NEED_DINIT=need_dinit,
             num_warps=plan.num_warps_bwd, **common)
@@ -244,7 +248,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     if S > 0 and T > 0:
         bwd_dh_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
-            delta_bias if delta_bias is not None else dm, dout, hs, sdt, stot,
+            delta_bias if delta_bias is not None else dm, dout, hs, ssub, hmid,
             dfinal_state if has_dfinal else dm, gbuf, kappa,
             initial_state if initial_state is not None else dm, dinit if need_dinit else dm,
             plan.meta,
