@@ -26,8 +26,8 @@ class LaunchConfig:
 
     Attributes:
         chunk: time steps per chunk on the GPU (matters for multi-chunk segments only); 128
-            (session 30, H100: 4-9 % faster forward than 64, whose dA error the dA sub-chunks
-            keep).
+            (session 30, H100, against 64: forward 5-9 % and forward + backward 7-10 % faster
+            on multi-chunk segments; the dA sub-chunks keep dA's error that of 64).
         chunk_interpret: chunk under the interpreter (small tests still cross chunks); 16.
         max_bd: channels per forward program (a program keeps an (N, BD) float32 tile); 64.
         max_bd_bwd: channels per backward program (one warp: no cross-warp sums); 32.
@@ -98,11 +98,12 @@ class LaunchConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        for chunk, sub in ((self.chunk, self.da_sub_chunk),
-                           (self.chunk_interpret, self.da_sub_chunk_interpret)):
-            if chunk > sub and chunk % sub:
-                raise ValueError(f"a chunk of {chunk} steps longer than its dA sub-chunk must "
-                                 f"be a multiple of it, got da_sub_chunk {sub}")
+        for chunk, sub in (("chunk", "da_sub_chunk"),
+                           ("chunk_interpret", "da_sub_chunk_interpret")):
+            steps, sub_steps = getattr(self, chunk), getattr(self, sub)
+            if steps > sub_steps and steps % sub_steps:
+                raise ValueError(f"{chunk} ({steps}) must be a multiple of {sub} "
+                                 f"({sub_steps}) when longer than it")
         if self.piece_chunks < 0:
             raise ValueError(f"piece_chunks must be >= 0, got {self.piece_chunks!r}")
         if self.exp_poly_every < 0:
