@@ -76,51 +76,52 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
         u_n, d_n, b_n, c_n, z_n, o_n, p_n = step_inputs(
             tl.where(clen > 0, base + (clen - 1) * STEP, 0), u, delta, Bm, Cm, z, dout, phi,
             offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, True)
-        for j in range(0, clen):
-            tok = base + (clen - 1 - j) * STEP
-            uu = u_n.to(tl.float32)
-            dl = d_n.to(tl.float32) + bias
-            bv = b_n.to(tl.float32)
-            cv = c_n.to(tl.float32)
-            do = o_n.to(tl.float32)
-            ph = p_n
-            zz = z_n.to(tl.float32)
-            # prefetch the previous step (the first step re-reads its own row, before the
-            # ddelta store below overwrites its phi)
-            u_n, d_n, b_n, c_n, z_n, o_n, p_n = step_inputs(
-                base + (clen - 1 - tl.minimum(j + 1, clen - 1)) * STEP, u, delta, Bm, Cm, z,
-                dout, phi, offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, True)
-            dt = softplus(dl, SOFTPLUS, FAST)
-            if HAS_Z:
-                dy = do * zz * (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
-            else:
-                dy = do
-            dh = cv[:, None] * dy[None, :] + q
-            q = decay(a2, dt, j, POLY_EVERY) * dh
-            dhb = dh * bv[:, None]
-            sb = tl.reduce(dhb, 0, SUM)
-            sab = (tl.reduce(a2 * dhb, 0, SUM) * LN2)
-            dtu = dt * uu
-            tl.store(du + tok * D + offs_d, (dt * sb + dsk * dy).to(du.dtype.element_ty))
-            big_phi += ph - dtu * sab
-            ddt = uu * sb + big_phi
-            if SOFTPLUS:
-                ddt = ddt * (1.0 / (1.0 + tl.exp2(-dl * LOG2E)))
-            tl.store(phi + tok * D + offs_d, ddt)
-            db_acc += ddt
-            v = dh * dtu[None, :]
-            tl.store(dB + ((slot * T + tok) * G + g) * N + offs_n, tl.reduce(v, 1, SUM),
-                     mask=mask_n)
-            # -(S_t - Stot/2) * B_t dt_t u_t dh_t with S_t = Stot - rsum (dt summed after t)
-            da_acc += (rsum - half)[None, :] * (v * bv[:, None])
-            rsum += dt
+        nsub_c = (clen + SUB - 1) // SUB
+        for r in range(0, nsub_c):     # sub-chunks, last first: no branch per step
+            jsub = nsub_c - 1 - r
+            for j in range(clen - tl.minimum(jsub * SUB + SUB, clen), clen - jsub * SUB):
+                tok = base + (clen - 1 - j) * STEP
+                uu = u_n.to(tl.float32)
+                dl = d_n.to(tl.float32) + bias
+                bv = b_n.to(tl.float32)
+                cv = c_n.to(tl.float32)
+                do = o_n.to(tl.float32)
+                ph = p_n
+                zz = z_n.to(tl.float32)
+                # prefetch the previous step (the first step re-reads its own row, before the
+                # ddelta store below overwrites its phi)
+                u_n, d_n, b_n, c_n, z_n, o_n, p_n = step_inputs(
+                    base + (clen - 1 - tl.minimum(j + 1, clen - 1)) * STEP, u, delta, Bm, Cm, z,
+                    dout, phi, offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, True)
+                dt = softplus(dl, SOFTPLUS, FAST)
+                if HAS_Z:
+                    dy = do * zz * (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
+                else:
+                    dy = do
+                dh = cv[:, None] * dy[None, :] + q
+                q = decay(a2, dt, j, POLY_EVERY) * dh
+                dhb = dh * bv[:, None]
+                sb = tl.reduce(dhb, 0, SUM)
+                sab = (tl.reduce(a2 * dhb, 0, SUM) * LN2)
+                dtu = dt * uu
+                tl.store(du + tok * D + offs_d, (dt * sb + dsk * dy).to(du.dtype.element_ty))
+                big_phi += ph - dtu * sab
+                ddt = uu * sb + big_phi
+                if SOFTPLUS:
+                    ddt = ddt * (1.0 / (1.0 + tl.exp2(-dl * LOG2E)))
+                tl.store(phi + tok * D + offs_d, ddt)
+                db_acc += ddt
+                v = dh * dtu[None, :]
+                tl.store(dB + ((slot * T + tok) * G + g) * N + offs_n, tl.reduce(v, 1, SUM),
+                         mask=mask_n)
+                # -(S_t - Stot/2) * B_t dt_t u_t dh_t with S_t = Stot - rsum (dt summed after t)
+                da_acc += (rsum - half)[None, :] * (v * bv[:, None])
+                rsum += dt
             if L > SUB:
-                i = clen - 1 - j
-                if (i % SUB == 0) & (i > 0):   # q is now the gradient into the boundary state
-                    jsub = i // SUB - 1           # the sub-chunk the loop enters next
-                    hb = load_state(hmid + (c64 * (NSUB - 1) + jsub) * DN, pdb, valid, N, BD,
+                if jsub > 0:   # q is now the gradient into the state ending sub-chunk jsub-1
+                    hb = load_state(hmid + (c64 * (NSUB - 1) + jsub - 1) * DN, pdb, valid, N, BD,
                                     NP, STATE_IN_THREAD)
-                    half_prev = 0.5 * tl.load(ssub + (c64 * NSUB + jsub) * D + offs_d)
+                    half_prev = 0.5 * tl.load(ssub + (c64 * NSUB + jsub - 1) * D + offs_d)
                     da_acc += q * hb * (half + half_prev)[None, :]
                     half = half_prev
                     rsum = tl.zeros([BD], dtype=tl.float32)

@@ -57,45 +57,45 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
         u_n, d_n, b_n, c_n, z_n, o_n, _p = step_inputs(
             tl.where(clen > 0, base, 0), u, delta, Bm, Cm, z, dout, delta, offs_d, offs_n,
             mask_n, D, G, N, g, True, HAS_Z, True, False)
-        for i in range(0, clen):
-            tok = base + i * STEP
-            uu = u_n.to(tl.float32)
-            dt = d_n.to(tl.float32) + bias
-            bv = b_n.to(tl.float32)
-            cv = c_n.to(tl.float32)
-            do = o_n.to(tl.float32)
-            zz = z_n.to(tl.float32)
-            # prefetch the next step (the last step re-reads its own row)
-            u_n, d_n, b_n, c_n, z_n, o_n, _p = step_inputs(
-                base + tl.minimum(i + 1, clen - 1) * STEP, u, delta, Bm, Cm, z, dout, delta,
-                offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, False)
-            dt = softplus(dt, SOFTPLUS, FAST)
-            a = decay(a2, dt, i, POLY_EVERY)
-            h = a * h + bv[:, None] * (dt * uu)[None, :]
-            p = p * a
-            sloc += dt
-            hc = h * cv[:, None]
-            if HAS_Z:
-                y = tl.reduce(hc, 0, SUM) + dsk * uu
-                sz = (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
-                dy = do * zz * sz
-                dzv = do * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz + tok * D + offs_d, dzv.to(dz.dtype.element_ty))
-            else:
-                dy = do
-            cm = cv[:, None] * dy[None, :]
-            gl += p * cm
-            tl.store(phi + tok * D + offs_d, dy * (tl.reduce(a2 * hc, 0, SUM) * LN2))
-            v = h * dy[None, :]
-            tl.store(dC + ((slot * T + tok) * G + g) * N + offs_n, tl.reduce(v, 1, SUM),
-                     mask=mask_n)
-            cvh = v * cv[:, None]
-            wa += sloc[None, :] * cvh
-            wb += cvh
-            dd_acc += dy * uu
+        for jsub in range(0, (clen + SUB - 1) // SUB):     # sub-chunks: no branch per step
+            for i in range(jsub * SUB, tl.minimum(jsub * SUB + SUB, clen)):
+                tok = base + i * STEP
+                uu = u_n.to(tl.float32)
+                dt = d_n.to(tl.float32) + bias
+                bv = b_n.to(tl.float32)
+                cv = c_n.to(tl.float32)
+                do = o_n.to(tl.float32)
+                zz = z_n.to(tl.float32)
+                # prefetch the next step (the last step re-reads its own row)
+                u_n, d_n, b_n, c_n, z_n, o_n, _p = step_inputs(
+                    base + tl.minimum(i + 1, clen - 1) * STEP, u, delta, Bm, Cm, z, dout, delta,
+                    offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, False)
+                dt = softplus(dt, SOFTPLUS, FAST)
+                a = decay(a2, dt, i, POLY_EVERY)
+                h = a * h + bv[:, None] * (dt * uu)[None, :]
+                p = p * a
+                sloc += dt
+                hc = h * cv[:, None]
+                if HAS_Z:
+                    y = tl.reduce(hc, 0, SUM) + dsk * uu
+                    sz = (1.0 / (1.0 + tl.exp2(-zz * LOG2E)))
+                    dy = do * zz * sz
+                    dzv = do * y * sz * (1.0 + zz * (1.0 - sz))
+                    tl.store(dz + tok * D + offs_d, dzv.to(dz.dtype.element_ty))
+                else:
+                    dy = do
+                cm = cv[:, None] * dy[None, :]
+                gl += p * cm
+                tl.store(phi + tok * D + offs_d, dy * (tl.reduce(a2 * hc, 0, SUM) * LN2))
+                v = h * dy[None, :]
+                tl.store(dC + ((slot * T + tok) * G + g) * N + offs_n, tl.reduce(v, 1, SUM),
+                         mask=mask_n)
+                cvh = v * cv[:, None]
+                wa += sloc[None, :] * cvh
+                wb += cvh
+                dd_acc += dy * uu
             if L > SUB:
-                if (i % SUB == SUB - 1) & (i < clen - 1):   # inner sub-chunk boundary
-                    jsub = i // SUB
+                if jsub * SUB + SUB < clen:   # inner sub-chunk boundary: h is its state
                     da_acc += wa - (0.5 * sloc)[None, :] * wb
                     tl.store(ssub + (c64 * NSUB + jsub) * D + offs_d, sloc)
                     tl.store(hmid + (c64 * (NSUB - 1) + jsub) * DN + st_off, h,
