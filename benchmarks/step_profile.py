@@ -17,6 +17,10 @@ Per (task, batch) one JSON line: ``step_ms`` (median wall time of ``--steps`` st
 ``--warmup``, cycling over ``--batches`` distinct batches), under ``torch.profiler`` over the
 same steps: ``gpu_busy_ms`` (union of the intervals in which a kernel, copy or memset runs, per
 step), ``kernel_ms`` (sum of kernel durations), ``gpu_busy_frac`` = gpu_busy_ms / step_ms,
+``stream_step_ms`` (wall time of the same ``--steps`` steps run back to back with one sync at the
+end, per step: as an epoch runs them, the host free to queue the next step while the GPU works;
+``step_ms`` syncs before and after every step, so it also counts the host's lead-in and the
+sync of each step) and ``gpu_busy_frac_stream`` = gpu_busy_ms / stream_step_ms,
 ``kernels`` (kernel launches per step), ``aten_ops`` (operator calls per step), ``syncs``
 (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
 step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
@@ -209,6 +213,16 @@ def set_memory_paths(model: torch.nn.Module, paths: str) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _back_to_back_s(step, batches: list, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` steps run back to back (one sync before and one after them)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(batches[i % len(batches)])
+    _sync(device)
+    return time.perf_counter() - t0
 
 
 def _busy_union_us(intervals: list[tuple[float, float]]) -> float:
@@ -445,6 +459,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             _sync(dev)
             times.append(time.perf_counter() - t0)
         step_ms = 1e3 * statistics.median(times)
+        stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev) / args.steps
         row = {"bench": "step_profile", "task": task, "config": task_config(task, args.config),
                "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
@@ -452,6 +467,9 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         row.update({k: round(v, 3) for k, v in prof.items()})
         row["gpu_busy_frac"] = round(prof["gpu_busy_ms"] / step_ms, 3) if dev.type == "cuda" \
             else None
+        row["stream_step_ms"] = round(stream_ms, 2)
+        row["gpu_busy_frac_stream"] = (round(prof["gpu_busy_ms"] / stream_ms, 3)
+                                       if dev.type == "cuda" else None)
         row["sync_warnings"] = sync_warnings(step, batches[0], dev)
         row["peak_mem_gib"] = (round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
                                if dev.type == "cuda" else None)

@@ -42,6 +42,13 @@ def test_tiny_profile_of_every_task(step_profile, capsys, tmp_path, monkeypatch,
         assert row["step_ms"] > 0 and row["aten_ops"] > 100 and row["items_per_batch"] > 0
         # No CUDA on the CPU check: no kernels, syncs or GPU fraction to report.
         assert row["kernels"] == 0 and row["syncs"] == 0 and row["gpu_busy_frac"] is None
+        assert row["stream_step_ms"] > 0 and row["gpu_busy_frac_stream"] is None
+
+
+def test_back_to_back_steps_are_timed_together(step_profile):
+    calls = []
+    seconds = step_profile._back_to_back_s(calls.append, ["a", "b"], 5, torch.device("cpu"))
+    assert calls == ["a", "b", "a", "b", "a"] and seconds >= 0
 
 
 def test_tiny_points_mode_runs_every_set_of_memory_paths(step_profile, capsys):
