@@ -20,7 +20,9 @@ step), ``kernel_ms`` (sum of kernel durations), ``gpu_busy_frac`` = gpu_busy_ms 
 ``stream_step_ms`` (wall time of the same ``--steps`` steps run back to back with one sync at the
 end, per step: as an epoch runs them, the host free to queue the next step while the GPU works;
 ``step_ms`` syncs before and after every step, so it also counts the host's lead-in and the
-sync of each step) and ``gpu_busy_frac_stream`` = gpu_busy_ms / stream_step_ms,
+sync of each step; on the batches after the timed ones, fresh ones where ``--batches`` is at
+least the warm-up plus twice ``--steps``) and ``gpu_busy_frac_stream`` = gpu_busy_ms /
+stream_step_ms,
 ``kernels`` (kernel launches per step), ``aten_ops`` (operator calls per step), ``syncs``
 (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
 step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
@@ -215,11 +217,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _back_to_back_s(step, batches: list, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` steps run back to back (one sync before and one after them)."""
+def _back_to_back_s(step, batches: list, steps: int, device: torch.device,
+                    first: int = 0) -> float:
+    """Seconds for ``steps`` steps run back to back (one sync before and one after them), on
+    the batches from index ``first`` on (cycling)."""
     _sync(device)
     t0 = time.perf_counter()
-    for i in range(steps):
+    for i in range(first, first + steps):
         step(batches[i % len(batches)])
     _sync(device)
     return time.perf_counter() - t0
@@ -459,7 +463,9 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             _sync(dev)
             times.append(time.perf_counter() - t0)
         step_ms = 1e3 * statistics.median(times)
-        stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev) / args.steps
+        # on the batches after the timed ones: fresh where --batches >= warm-up + 2 x --steps
+        stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
+                                          first=args.steps) / args.steps
         row = {"bench": "step_profile", "task": task, "config": task_config(task, args.config),
                "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}

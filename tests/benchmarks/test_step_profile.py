@@ -47,8 +47,9 @@ def test_tiny_profile_of_every_task(step_profile, capsys, tmp_path, monkeypatch,
 
 def test_back_to_back_steps_are_timed_together(step_profile):
     calls = []
-    seconds = step_profile._back_to_back_s(calls.append, ["a", "b"], 5, torch.device("cpu"))
-    assert calls == ["a", "b", "a", "b", "a"] and seconds >= 0
+    seconds = step_profile._back_to_back_s(calls.append, ["a", "b", "c"], 4, torch.device("cpu"),
+                                           first=2)
+    assert calls == ["c", "a", "b", "c"] and seconds >= 0
 
 
 def test_tiny_points_mode_runs_every_set_of_memory_paths(step_profile, capsys):
