@@ -81,13 +81,16 @@ def test_chunked_scan_matches_float64(lengths, channels, state, groups, saved, r
     _check_against_float64(_tiny_chunks(), lengths, channels, state, groups, saved, reverse)
 
 
-def _check_against_float64(config, lengths, channels, state, groups, saved, reverse):
-    """Forward and backward of the kernels under launch ``config`` against float64 autograd."""
+_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "bias", "init"]
+
+
+def _kernels_and_float64(config, lengths, channels, state, groups, saved, reverse):
+    """The kernels' forward and backward under launch ``config`` and float64 autograd's, on the
+    same inputs: ``(out, final, grads, y, fin, want)`` with grads / want in ``_NAMES`` order."""
     from geossm.kernels import selective_scan_triton as ST
 
     x, cu = _inputs(lengths, channels, state, groups, torch.float64)
-    names = ["u", "delta", "A", "B", "C", "D", "z", "bias", "init"]
-    leaves = [x[n].requires_grad_() for n in names]
+    leaves = [x[n].requires_grad_() for n in _NAMES]
     y, fin = _scan64(*leaves[:8], cu, leaves[8], True, reverse)
     gen = torch.Generator().manual_seed(5)
     dout = torch.randn(y.shape, generator=gen, dtype=torch.float64)
@@ -96,24 +99,27 @@ def _check_against_float64(config, lengths, channels, state, groups, saved, reve
                                allow_unused=True, materialize_grads=True)
 
     dev = DEVICE
-    f32 = [x[n].detach().float().to(dev) for n in names]
+    f32 = [x[n].detach().float().to(dev) for n in _NAMES]
     args = (*f32[:8], cu.to(dev), f32[8], True, reverse)
-    if saved:
-        out, final, keep = ST.selective_scan_fwd(*args, config=config)
-    else:
-        out, final, _ = ST.selective_scan_fwd(*args, config=config)
-        keep = None
+    out, final, keep = ST.selective_scan_fwd(*args, config=config)
     got = ST.selective_scan_bwd(dout.float().to(dev), dfin.float().to(dev), *args,
-                                chunk_states=keep, config=config)
+                                chunk_states=keep if saved else None, config=config)
+    return out, final, got, y.detach(), fin.detach(), want
 
-    def err(a, b):
-        return float((a.detach().cpu().double() - b).norm() / b.norm().clamp_min(1e-12))
 
-    assert err(out, y.detach()) < 1e-5
-    assert err(final, fin.detach()) < 1e-5
-    for name, g, w in zip(names, got, want):
+def _rel_err(a, b):
+    return float((a.detach().cpu().double() - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _check_against_float64(config, lengths, channels, state, groups, saved, reverse):
+    """Forward and backward of the kernels under launch ``config`` against float64 autograd."""
+    out, final, got, y, fin, want = _kernels_and_float64(config, lengths, channels, state,
+                                                         groups, saved, reverse)
+    assert _rel_err(out, y) < 1e-5
+    assert _rel_err(final, fin) < 1e-5
+    for name, g, w in zip(_NAMES, got, want):
         assert torch.isfinite(g).all(), name
-        assert err(g, w) < 1e-5, f"d{name}: {err(g, w)}"
+        assert _rel_err(g, w) < 1e-5, f"d{name}: {_rel_err(g, w)}"
 
 
 # launch variants the GPU benchmark compares (LaunchConfig settings of selective_scan_triton)
@@ -147,22 +153,8 @@ def test_kernel_variants_match_float64(variant):
 
 def _dA_error(config, lengths, reverse):
     """Relative error of the kernels' dA against float64 autograd (8 channels, 4 states)."""
-    from geossm.kernels import selective_scan_triton as ST
-
-    x, cu = _inputs(lengths, 8, 4, 1, torch.float64)
-    names = ["u", "delta", "A", "B", "C", "D", "z", "bias", "init"]
-    leaves = [x[n].requires_grad_() for n in names]
-    y, fin = _scan64(*leaves[:8], cu, leaves[8], True, reverse)
-    gen = torch.Generator().manual_seed(5)
-    dout = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-    dfin = torch.randn(fin.shape, generator=gen, dtype=torch.float64)
-    (want,) = torch.autograd.grad((y * dout).sum() + (fin * dfin).sum(), [leaves[2]])
-    f32 = [x[n].detach().float().to(DEVICE) for n in names]
-    args = (*f32[:8], cu.to(DEVICE), f32[8], True, reverse)
-    _, _, keep = ST.selective_scan_fwd(*args, config=config)
-    got = ST.selective_scan_bwd(dout.float().to(DEVICE), dfin.float().to(DEVICE), *args,
-                                chunk_states=keep, config=config)[2]
-    return float((got.cpu().double() - want).norm() / want.norm())
+    _, _, got, _, _, want = _kernels_and_float64(config, lengths, 8, 4, 1, True, reverse)
+    return _rel_err(got[2], want[2])
 
 
 @needs_triton
