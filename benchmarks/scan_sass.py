@@ -195,7 +195,7 @@ def passes(ST, config):
                     dict(common, BD=bd), warps, bd))
         out.append(("fwd_output", fwd_output.fwd_output, dict(full, BD=bd, NEED_FINAL=True),
                     warps, bd))
-    sub = min(config.da_sub_chunk, config.chunk)
+    sub = config.da_sub_length("cuda")   # the GPU's dA sub-chunk (compiled for sm_90)
     out.append(("bwd_h_pass", bwd_h_pass.bwd_h_pass,
                 dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False), warps_bwd,
                 bd_bwd))

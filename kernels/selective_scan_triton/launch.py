@@ -222,8 +222,8 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     dA_part2 = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
     dD_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
     dbias_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
-    common = dict(L=plan.L, SUB=plan.SUB, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
-                  FAST=not _interpreting(u),
+    common = dict(L=plan.L, SUB=plan.SUB, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse,
+                  SOFTPLUS=delta_softplus, FAST=not _interpreting(u),
                   HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
                   POLY_EVERY=config.exp_poly_every, STATE_IN_THREAD=config.state_in_thread)
     if S > 0 and T > 0:
