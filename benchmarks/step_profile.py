@@ -21,7 +21,9 @@ step), ``kernel_ms`` (sum of kernel durations), ``gpu_busy_frac`` = gpu_busy_ms 
 end, per step: as an epoch runs them, the host free to queue the next step while the GPU works;
 ``step_ms`` syncs before and after every step, so it also counts the host's lead-in and the
 sync of each step; on the batches after the timed ones, fresh ones where ``--batches`` is at
-least the warm-up plus twice ``--steps``) and ``gpu_busy_frac_stream`` = gpu_busy_ms /
+least the warm-up plus twice ``--steps``), ``gpu_busy_ms_stream`` (GPU-busy time of those same
+batches, profiled in one more pass: batches differ in size, so each ratio takes its numerator
+and denominator from the same batches) and ``gpu_busy_frac_stream`` = gpu_busy_ms_stream /
 stream_step_ms,
 ``kernels`` (kernel launches per step), ``aten_ops`` (operator calls per step), ``syncs``
 (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
@@ -242,14 +244,15 @@ def _busy_union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def profile_steps(step, batches: list, steps: int, device: torch.device) -> dict:
-    """Per-step averages of GPU-busy time, kernel time, launches, operators and syncs."""
+def profile_steps(step, batches: list, steps: int, device: torch.device, first: int = 0) -> dict:
+    """Per-step averages of GPU-busy time, kernel time, launches, operators and syncs over
+    ``steps`` steps on the batches from index ``first`` on (cycling)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        for i in range(steps):
+        for i in range(first, first + steps):
             step(batches[i % len(batches)])
         _sync(device)
     intervals, kernel_us, kernels, ops, syncs, dtoh = [], 0.0, 0, 0, 0, 0
@@ -474,8 +477,13 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         row["gpu_busy_frac"] = round(prof["gpu_busy_ms"] / step_ms, 3) if dev.type == "cuda" \
             else None
         row["stream_step_ms"] = round(stream_ms, 2)
-        row["gpu_busy_frac_stream"] = (round(prof["gpu_busy_ms"] / stream_ms, 3)
-                                       if dev.type == "cuda" else None)
+        if dev.type == "cuda":  # GPU-busy time of the very batches the back-to-back steps ran
+            stream_busy = profile_steps(step, batches, args.steps, dev,
+                                        first=args.steps)["gpu_busy_ms"]
+            row["gpu_busy_ms_stream"] = round(stream_busy, 3)
+            row["gpu_busy_frac_stream"] = round(stream_busy / stream_ms, 3)
+        else:
+            row["gpu_busy_ms_stream"] = row["gpu_busy_frac_stream"] = None
         row["sync_warnings"] = sync_warnings(step, batches[0], dev)
         row["peak_mem_gib"] = (round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
                                if dev.type == "cuda" else None)

@@ -43,6 +43,7 @@ def test_tiny_profile_of_every_task(step_profile, capsys, tmp_path, monkeypatch,
         # No CUDA on the CPU check: no kernels, syncs or GPU fraction to report.
         assert row["kernels"] == 0 and row["syncs"] == 0 and row["gpu_busy_frac"] is None
         assert row["stream_step_ms"] > 0 and row["gpu_busy_frac_stream"] is None
+        assert row["gpu_busy_ms_stream"] is None
 
 
 def test_back_to_back_steps_are_timed_together(step_profile):
@@ -50,6 +51,13 @@ def test_back_to_back_steps_are_timed_together(step_profile):
     seconds = step_profile._back_to_back_s(calls.append, ["a", "b", "c"], 4, torch.device("cpu"),
                                            first=2)
     assert calls == ["c", "a", "b", "c"] and seconds >= 0
+
+
+def test_profiled_steps_start_at_the_batch_asked_for(step_profile):
+    calls = []
+    row = step_profile.profile_steps(calls.append, ["a", "b", "c"], 4, torch.device("cpu"),
+                                     first=2)
+    assert calls == ["c", "a", "b", "c"] and row["kernels"] == 0
 
 
 def test_tiny_points_mode_runs_every_set_of_memory_paths(step_profile, capsys):
