@@ -8,10 +8,11 @@
 #   bash benchmarks/gpu_tests.sh                       # the default files below
 #   FILES="tests/kernels/test_selective_scan.py" CAP=300 bash benchmarks/gpu_tests.sh
 #
-# Env: FILES (test files; default every tests/kernels/test_*.py and the layer / engine / sparse
-# files that hold CUDA cases), CAP (seconds per file, default 540), LOGS (default a new
+# Env: FILES (test files, relative to the repository root or absolute; default every
+# tests/kernels/test_*.py and the layer / engine / sparse files that hold CUDA cases), CAP (seconds per file, default 540), LOGS (default a new
 # temporary folder), PY (default python3), PYTEST_ARGS (more pytest arguments).
 set -u
+cd "$(dirname "$0")/.." || exit 2   # the repository root: the default FILES are relative to it
 DEFAULT_FILES="$(ls tests/kernels/test_*.py) tests/geossm/test_packed.py
 tests/geossm/nn/test_packed_mixer.py tests/geossm/nn/test_packed_graphs.py
 tests/geossm/nn/test_stacked_weights.py tests/geossm/engine/test_optim.py
