@@ -9,8 +9,9 @@
 #   FILES="tests/kernels/test_selective_scan.py" CAP=300 bash benchmarks/gpu_tests.sh
 #
 # Env: FILES (test files, relative to the repository root or absolute; default every
-# tests/kernels/test_*.py and the layer / engine / sparse files that hold CUDA cases), CAP (seconds per file, default 540), LOGS (default a new
-# temporary folder), PY (default python3), PYTEST_ARGS (more pytest arguments).
+# tests/kernels/test_*.py and the layer / engine / sparse files that hold CUDA cases), CAP
+# (seconds per file, default 540), LOGS (default a new temporary folder), PY (default python3),
+# PYTEST_ARGS (more pytest arguments).
 set -u
 cd "$(dirname "$0")/.." || exit 2   # the repository root: the default FILES are relative to it
 DEFAULT_FILES="$(ls tests/kernels/test_*.py) tests/geossm/test_packed.py
