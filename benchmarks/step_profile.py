@@ -219,14 +219,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _run_steps(step, batches: list, steps: int, first: int = 0) -> None:
+    """``steps`` steps on the batches from index ``first`` on (cycling over ``batches``)."""
+    for i in range(first, first + steps):
+        step(batches[i % len(batches)])
+
+
 def _back_to_back_s(step, batches: list, steps: int, device: torch.device,
                     first: int = 0) -> float:
     """Seconds for ``steps`` steps run back to back (one sync before and one after them), on
     the batches from index ``first`` on (cycling)."""
     _sync(device)
     t0 = time.perf_counter()
-    for i in range(first, first + steps):
-        step(batches[i % len(batches)])
+    _run_steps(step, batches, steps, first)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -252,8 +257,7 @@ def profile_steps(step, batches: list, steps: int, device: torch.device, first: 
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        for i in range(first, first + steps):
-            step(batches[i % len(batches)])
+        _run_steps(step, batches, steps, first)
         _sync(device)
     intervals, kernel_us, kernels, ops, syncs, dtoh = [], 0.0, 0, 0, 0, 0
     for ev in prof.events():
@@ -312,8 +316,7 @@ def host_breakdown(step, batches: list, steps: int, device: torch.device, model:
             hooks.append(module.register_forward_hook(leave))
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for i in range(steps):
-                step(batches[i % len(batches)])
+            _run_steps(step, batches, steps)
             _sync(device)
     finally:
         for hook in hooks:
@@ -454,8 +457,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         # A graphed step (train.cuda_graph, or auto in the config) also warms up and captures
         # before the timed steps.
         graph = trainer.graphed_step
-        for i in range(args.warmup + (graph.warmup + 1 if graph is not None else 0)):
-            step(batches[i % len(batches)])
+        _run_steps(step, batches, args.warmup + (graph.warmup + 1 if graph is not None else 0))
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         times = []
