@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "find_unused_parameters": False,
         "oom_skip_limit": 3,    # CUDA out of memory: skip the batch; stop after this many in a row
         "cuda_graph": False,    # replay forward+backward+clip as a CUDA graph (static shapes)
-        "compile": None,        # torch.compile the training forward: true or its kwargs
+        "compile": None,        # torch.compile the training forward: true, auto or its kwargs
         "static_batch": None,   # graph tasks: {nodes, edges} or auto: batches of one layout
     },
     "eval": {

@@ -32,7 +32,7 @@ of a recurring layout as one CUDA graph (``geossm.engine.cuda_graph``: static sh
 syncs in the step, one process; the epoch's ``train`` row then reports ``cuda_graph_replayed``,
 the replays so far); ``train.compile`` runs the training forward under ``torch.compile`` (true,
 or a mapping of its arguments such as ``{mode: reduce-overhead}``, or ``{modules: [RMSNorm]}``
-for named sub-module classes only).
+for named sub-module classes only; ``auto``: where the step is replayed as a CUDA graph).
 """
 
 from __future__ import annotations
@@ -200,20 +200,25 @@ class Trainer:
         self.best_metric, self.best_mode = task.selection_metric()
         if self.best_mode not in ("max", "min"):
             raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
-        self.ddp_model = self._compiled(self.ddp_model, cfg.train.get("compile"))
         #: ``train.cuda_graph``: the forward, backward and clipping replayed as a CUDA graph.
         self.graphed_step: GraphedStep | None = self._graphed_step(cfg.train.get("cuda_graph"))
+        self.ddp_model = self._compiled(self.ddp_model, cfg.train.get("compile"))
 
     # ----------------------------------------------------------------- plumbing
     def _compiled(self, module: torch.nn.Module, spec: Any) -> torch.nn.Module:
         """``module`` under ``torch.compile`` for ``train.compile``: null / false = off (the
         default), true = ``torch.compile``'s defaults, a mapping = its keyword arguments
-        (``mode: reduce-overhead``, ``dynamic``, ``backend``, ``fullgraph``). The whole model
+        (``mode: reduce-overhead``, ``dynamic``, ``backend``, ``fullgraph``), ``auto`` = true
+        where the step is replayed as a CUDA graph (``train.cuda_graph`` on for this run: its
+        shapes are static, so one compilation serves every batch) and off elsewhere (CPU,
+        DDP: batches of many sizes would recompile). The whole model
         runs compiled in the training forward only; evaluation, checkpoints and the optimizer
         see ``self.model``. With ``modules: [ClassName, ...]`` only the sub-modules of those
         classes are compiled, in place (``nn.Module.compile``; evaluation runs them compiled
         too): the dense parts of a model whose other parts (data-dependent sizes, custom
         kernels) cannot be traced."""
+        if spec == "auto":
+            spec = self.graphed_step is not None
         if spec is None or spec is False:
             return module
         if spec is True:
@@ -226,8 +231,8 @@ class Trainer:
                 raise ValueError(f"train.compile: unknown keys {sorted(unknown)} (known: "
                                  f"{', '.join(sorted(known))})")
         else:
-            raise ValueError(f"train.compile: expected null, true/false or a mapping of "
-                             f"torch.compile arguments, got {spec!r}")
+            raise ValueError(f"train.compile: expected null, true/false, auto or a mapping "
+                             f"of torch.compile arguments, got {spec!r}")
         names = options.pop("modules", None)
         if names is None:
             return torch.compile(module, **options)

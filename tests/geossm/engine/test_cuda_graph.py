@@ -135,6 +135,53 @@ def test_compiled_training_forward_trains_as_eager(tmp_path):
         torch.testing.assert_close(sd_eager[key], sd_compiled[key], rtol=1e-5, atol=1e-6)
 
 
+def test_compile_auto_follows_the_graphed_step(tmp_path, monkeypatch):
+    """``train.compile: auto`` compiles only where the step is replayed as a CUDA graph
+    (static shapes): off on CPU, on where a graphed step is set (the stand-in here)."""
+    assert Trainer(_toy_cfg(tmp_path, "cpu", "train.compile=auto")).ddp_model.__class__ \
+        is not torch._dynamo.eval_frame.OptimizedModule
+    monkeypatch.setattr(Trainer, "_graphed_step", lambda self, enabled: RerunGraphedStep(
+        [p for p in self.model.parameters() if p.requires_grad]))
+    graphed = Trainer(_toy_cfg(tmp_path, "graphed", "train.compile=auto"))
+    assert isinstance(graphed.ddp_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert graphed.ddp_model._orig_mod is graphed.model
+    with pytest.raises(ValueError, match="true/false, auto or a mapping"):
+        Trainer(_toy_cfg(tmp_path, "bad", "train.compile=sometimes"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a real capture of a "
+                    "compiled step (the CPU stand-in re-runs the step, so it cannot freeze "
+                    "random numbers)")
+def test_compiled_step_replayed_as_cuda_graph_draws_new_dropout_masks():
+    """A compiled forward inside a captured step: without dropout the replays give the eager
+    loss; with dropout every replay draws new masks (numbers frozen into the graph would
+    repeat the capture's loss)."""
+    torch.manual_seed(0)
+    batch = {"x": torch.randn(64, 16, device="cuda"), "y": torch.randn(64, 1, device="cuda")}
+    for p_drop in (0.0, 0.5):
+        model = torch.nn.Sequential(torch.nn.Linear(16, 256), torch.nn.Dropout(p_drop),
+                                    torch.nn.Linear(256, 1)).cuda()
+        compiled = torch.compile(model)
+        graphed = GraphedStep(list(model.parameters()), warmup=2, device="cuda")
+
+        def step(b):
+            model.zero_grad(set_to_none=True)
+            loss = ((compiled(b["x"]) - b["y"]) ** 2).mean()
+            loss.backward()
+            return loss.detach(), {}, None
+
+        losses = [float(graphed(batch, step)[0]) for _ in range(6)]
+        assert dict(graphed.stats) == {"eager": 2, "captured": 1, "replayed": 4}
+        replayed = losses[2:]
+        if p_drop == 0.0:
+            eager = float(((model(batch["x"]) - batch["y"]) ** 2).mean())
+            assert replayed == pytest.approx([eager] * 4, rel=1e-5)
+        else:
+            assert len(set(replayed)) == 4, replayed
+        assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+                   for p in model.parameters())
+
+
 def test_compile_of_named_submodules_only(tmp_path):
     """``train.compile.modules``: those classes compiled in place (the state dict keeps its
     keys); a class the model lacks raises, naming the model's classes."""
