@@ -38,11 +38,12 @@ whole run). Fresh batches in the timed steps, as in training: ``--batches`` larg
 replayed as one CUDA graph per batch layout; rows get ``"cuda_graph": true`` and the counts of
 ``eager`` / ``captured`` / ``replayed`` steps; the graph's warm-up and capture steps come on top
 of ``--warmup``). Configs with ``train.cuda_graph: auto`` (``events/nmnist_mamba``) are graphed
-on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: events only, N
-steps eager and N steps graphed from the same weights on the same batches (drop-path off: no
-randomness), one row with the largest loss and parameter differences. ``--compile SPEC``: the
-steps with ``train.compile=SPEC`` (the training forward under ``torch.compile``; the warm-up
-steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting every
+on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: N steps eager
+and N steps graphed (or with any two sets of overrides, ``--check-a`` / ``--check-b``) from the
+same weights on the same batches, randomness off, one row with the largest loss and parameter
+differences and both step times (the one task ``--tasks`` names, else events).
+``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training forward under
+``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting every
 operator of one step by the source line that called it (``TorchDispatchMode``): the
 ``top_sources`` and the data-dependent ops (``_local_scalar_dense`` = ``.item()`` / ``int()``,
 ``nonzero``, boolean indexing, ``repeat_interleave`` without ``output_size``, ``bincount``...),
@@ -66,6 +67,9 @@ step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = n
     python benchmarks/step_profile.py --tasks detection --batch-sizes 8 --host-top 25
     python benchmarks/step_profile.py --tasks graph --config graph/peptides_func_gcnplus.yaml \
         --batch-sizes 16
+    python benchmarks/step_profile.py --tasks graph --config graph/peptides_func_gcnplus.yaml \
+        --batch-sizes 16 --graph-check 200 --check-a train.compile=false \
+        --check-b train.compile=true
 """
 
 from __future__ import annotations
@@ -511,33 +515,54 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             torch.cuda.empty_cache()
 
 
-def graph_check(args, tmp: Path) -> dict:
-    """The events step ``args.graph_check`` times eagerly and as a CUDA graph, from the same
-    weights on the same batches, drop-path off: the largest differences of the losses and of
-    the final parameters (bf16 autocast: the two differ by float rounding at most)."""
+#: Overrides that take the randomness out of a task's step for ``--graph-check`` (graph
+#: models with random orders need theirs too, e.g. ``--override model.global_order=index``).
+NO_RANDOMNESS = {"events": ["model.drop_path=0.0", "model.dropout=0.0"],
+                 "graph": ["model.dropout=0.0"]}
+
+
+def graph_check(args, tmp: Path, device: str) -> dict:
+    """``args.graph_check`` steps of one task run twice from the same weights on the same
+    batches, randomness off (``NO_RANDOMNESS``): first with ``--check-a`` overrides (default
+    ``train.cuda_graph=false``), then with ``--check-b`` (default ``train.cuda_graph=true``),
+    e.g. ``--check-a train.compile=false --check-b train.compile=true`` for compiled against
+    eager graphed steps. Returns one row: the largest differences of the losses and of the
+    final parameters (bf16 autocast: float rounding at most where the two compute the same),
+    and each run's median step time (synced per step, after the warm-up and capture)."""
+    task = args.tasks[0] if len(args.tasks) == 1 else "events"
     steps = args.graph_check
-    overrides = data_overrides("events", tmp, args.graphs, args.peptides_cache) + \
-        ["model.drop_path=0.0", "model.dropout=0.0"]
+    shared = (data_overrides(task, tmp, args.graphs, args.peptides_cache)
+              + (TASKS[task][2] if args.tiny else []) + NO_RANDOMNESS.get(task, [])
+              + args.override)
+    batch_size = (args.batch_sizes or TASKS[task][1])[0]
     results = []
-    for graphed in (False, True):
-        trainer, optimizer, scheduler = build_trainer(
-            "events", overrides + [f"train.cuda_graph={str(graphed).lower()}"], "cuda")
+    for variant in (args.check_a, args.check_b):
+        trainer, optimizer, scheduler = build_trainer(task, shared + variant, device,
+                                                      args.config)
         trainer.model.train()
-        batches = make_batches(trainer, TASKS["events"][1][0], args.batches)
+        batches = make_batches(trainer, batch_size, args.batches)
         clip = float(trainer.cfg.train.grad_clip or 0.0)
-        losses = [float(trainer._train_step(batches[i % len(batches)], optimizer, scheduler,
-                                            clip)[0]) for i in range(steps)]
+        losses, times = [], []
+        for i in range(steps):
+            _sync(trainer.device)
+            t0 = time.perf_counter()
+            losses.append(float(trainer._train_step(batches[i % len(batches)], optimizer,
+                                                    scheduler, clip)[0]))
+            times.append(time.perf_counter() - t0)  # float(loss) above synced
         params = [p.detach().float().clone() for p in trainer.model.parameters()]
-        stats = dict(trainer.graphed_step.stats) if graphed else None
-        results.append((losses, params, stats))
+        stats = dict(trainer.graphed_step.stats) if trainer.graphed_step is not None else None
+        settle = min(steps - 1, args.warmup + 4)   # past the warm-up, capture and compile
+        results.append((losses, params, stats, 1e3 * statistics.median(times[settle:])))
         trainer.close()
-    (l0, p0, _), (l1, p1, stats) = results
-    return {"bench": "step_profile_graph_check", "task": "events", "steps": steps,
-            "graph_steps": stats, "loss_first": l0[0], "loss_last_eager": l0[-1],
-            "loss_last_graphed": l1[-1],
-            "max_loss_diff": max(abs(a - b) for a, b in zip(l0, l1)),
+    (l0, p0, s0, t0), (l1, p1, s1, t1) = results
+    return {"bench": "step_profile_graph_check", "task": task,
+            "config": task_config(task, args.config), "batch_size": batch_size,
+            "steps": steps, "a": args.check_a, "b": args.check_b,
+            "graph_steps_a": s0, "graph_steps_b": s1, "step_ms_a": round(t0, 3),
+            "step_ms_b": round(t1, 3), "loss_first": l0[0], "loss_last_a": l0[-1],
+            "loss_last_b": l1[-1], "max_loss_diff": max(abs(a - b) for a, b in zip(l0, l1)),
             "max_param_diff": max(float((a - b).abs().max()) for a, b in zip(p0, p1)),
-            "device": torch.cuda.get_device_name()}
+            "device": torch.cuda.get_device_name() if device == "cuda" else device}
 
 
 def _items(batch) -> int:
@@ -622,7 +647,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compile", default=None, metavar="SPEC",
                     help="train.compile=SPEC: true or a mapping, e.g. '{dynamic: true}'")
     ap.add_argument("--graph-check", type=int, default=0, metavar="N",
-                    help="events: N steps eager vs graphed from the same weights (one row)")
+                    help="N steps with --check-a vs --check-b from the same weights (one row; "
+                         "the task named in --tasks, else events)")
+    ap.add_argument("--check-a", nargs="*", default=["train.cuda_graph=false"],
+                    help="--graph-check: overrides of the first run")
+    ap.add_argument("--check-b", nargs="*", default=["train.cuda_graph=true"],
+                    help="--graph-check: overrides of the second run")
     ap.add_argument("--op-sources", action="store_true",
                     help="one more row per case: operators of one step by calling line")
     ap.add_argument("--host-top", type=int, default=0, metavar="N",
@@ -635,6 +665,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_with_config(ap, argv)
     if args.tiny:
         args.steps, args.warmup, args.batches, args.graphs = 1, 1, 1, 40
+        args.graph_check = min(args.graph_check, 3)
     if args.peptides_cache is None:
         found = REPO / ".cache" / f"peptides_func_{args.graphs}.npz"
         args.peptides_cache = found if found.is_file() else None
@@ -655,7 +686,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.graph_check:
         with tempfile.TemporaryDirectory() as tmp:
-            emit(graph_check(args, Path(tmp)))
+            emit(graph_check(args, Path(tmp), device))
         return
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:

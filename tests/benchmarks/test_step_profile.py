@@ -163,3 +163,23 @@ def test_layer_graphs_row_counts_sizes_and_calls(step_profile, capsys, tmp_path,
     graphs = row["layer_graphs"]
     assert graphs["sizes"] >= 1 and graphs["padded_eager"] > 0
     assert graphs["replayed"] == graphs["captured"] == 0 and graphs["eager"] == 0
+
+
+def test_paired_check_on_cpu_same_and_different_settings(step_profile, capsys, tmp_path,
+                                                         monkeypatch):
+    """``--graph-check``: two runs from the same weights on the same batches; the same settings
+    give the same losses and weights, a changed learning rate does not."""
+    shared_path("events", "nmnist_600train_100test.tar.xz")
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    base = ["--tiny", "--tasks", "events", "--batch-sizes", "2", "--graph-check", "3",
+            "--check-a", "train.lr=1e-3"]
+    step_profile.main(base + ["--check-b", "train.lr=1e-3"])
+    step_profile.main(base + ["--check-b", "train.lr=1e-2"])
+    same, changed = _rows(capsys)
+    assert same["bench"] == "step_profile_graph_check" and same["task"] == "events"
+    assert same["steps"] == 3 and same["b"] == ["train.lr=1e-3"]
+    assert same["graph_steps_a"] is None and same["device"] == "cpu"
+    assert same["max_loss_diff"] == 0.0 and same["max_param_diff"] == 0.0
+    assert changed["loss_first"] == same["loss_first"]   # the first step's loss: same weights
+    assert changed["max_param_diff"] > 0.0
+    assert changed["step_ms_a"] > 0 and changed["step_ms_b"] > 0
