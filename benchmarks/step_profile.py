@@ -42,6 +42,11 @@ on CUDA without the flag (``--cuda-graph false``: eager). ``--graph-check N``: N
 and N steps graphed (or with any two sets of overrides, ``--check-a`` / ``--check-b``) from the
 same weights on the same batches, randomness off, one row with the largest loss and parameter
 differences and both step times (the one task ``--tasks`` names, else events).
+``--loop N``: the row also times the trainer's own epoch loop over N batches of the dataset
+(``Trainer._train_epoch``: DataLoader workers, pinned copies, the step, the loss meter; the
+second of two epochs): ``loop_step_ms`` per step, ``loop_data_wait_ms`` of it waiting for the
+loader, and on CUDA ``loop_gpu_busy_frac``, the step's GPU-busy time over that: the share of
+an epoch the GPU works, where ``gpu_busy_frac`` is the share of the step alone.
 ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training forward under
 ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting every
 operator of one step by the source line that called it (``TorchDispatchMode``): the
@@ -501,6 +506,10 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         layer_graphs = getattr(trainer.model, "layer_graphs", None)
         if layer_graphs is not None:   # LION(graph_layers=...): sizes met, how the calls ran
             row["layer_graphs"] = {"sizes": len(layer_graphs.sizes), **layer_graphs.stats}
+        if args.loop:
+            row.update(measure_loop(trainer, optimizer, scheduler, batch_size, args.loop))
+            if dev.type == "cuda":
+                row["loop_gpu_busy_frac"] = round(prof["gpu_busy_ms"] / row["loop_step_ms"], 3)
         if args.host_top:
             row["host"] = host_breakdown(step, batches, args.steps, dev, trainer.model,
                                          args.host_top)
@@ -513,6 +522,36 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         del trainer, optimizer
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class _NoLog:
+    """The run logger ``Trainer._train_epoch`` writes its scalars to, dropped."""
+
+    def scalars(self, *args, **kwargs) -> None:
+        pass
+
+
+def measure_loop(trainer, optimizer, scheduler, batch_size: int, batches: int) -> dict:
+    """The trainer's own epoch loop (``Trainer._train_epoch``: its DataLoader with workers and
+    pinned memory, the copy to the device, the step, the loss meter) over the first
+    ``batches * batch_size`` training samples, run twice (the first pays the workers' start,
+    the capture of a new layout, compilation); the second epoch's wall time per step and its
+    wait for the loader, in ms. Against the step's GPU-busy time this says how much of an
+    epoch the GPU works (``step_ms`` times the step alone, on batches already on the GPU)."""
+    from torch.utils.data import Subset
+
+    dataset = trainer._build_dataset(str(trainer.cfg.data.split))
+    subset = Subset(dataset, range(min(len(dataset), batches * batch_size)))
+    trainer.cfg.train.batch_size = batch_size
+    loader = trainer._loader(subset, True)
+    for epoch in (1, 2):
+        trainer._set_epoch(loader, epoch)
+        stats = trainer._train_epoch(loader, epoch, (epoch - 1) * len(loader), optimizer,
+                                     scheduler, _NoLog())
+    steps = len(loader)
+    return {"loop_steps": steps, "loop_step_ms": round(1e3 * stats["time_s"] / steps, 3),
+            "loop_data_wait_ms": round(1e3 * stats["data_wait_s"] / steps, 3),
+            "loop_workers": int(trainer.cfg.train.num_workers)}
 
 
 #: Overrides that take the randomness out of a task's step for ``--graph-check`` (graph
@@ -653,6 +692,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="--graph-check: overrides of the first run")
     ap.add_argument("--check-b", nargs="*", default=["train.cuda_graph=true"],
                     help="--graph-check: overrides of the second run")
+    ap.add_argument("--loop", type=int, default=0, metavar="N",
+                    help="also time the trainer's epoch loop (its loader, copy, step, meters) "
+                         "over N batches, twice; row keys loop_*")
     ap.add_argument("--op-sources", action="store_true",
                     help="one more row per case: operators of one step by calling line")
     ap.add_argument("--host-top", type=int, default=0, metavar="N",

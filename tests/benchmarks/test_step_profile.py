@@ -183,3 +183,15 @@ def test_paired_check_on_cpu_same_and_different_settings(step_profile, capsys, t
     assert changed["loss_first"] == same["loss_first"]   # the first step's loss: same weights
     assert changed["max_param_diff"] > 0.0
     assert changed["step_ms_a"] > 0 and changed["step_ms_b"] > 0
+
+
+def test_loop_row_times_the_trainers_epoch_loop(step_profile, capsys, tmp_path, monkeypatch):
+    """``--loop N``: the trainer's own epoch loop over N batches (loader, copy, step, meters)."""
+    shared_path("events", "nmnist_600train_100test.tar.xz")
+    monkeypatch.setenv("GEOSSM_CACHE", str(tmp_path / "cache"))
+    step_profile.main(["--tiny", "--tasks", "events", "--batch-sizes", "2", "--loop", "3",
+                       "--override", "train.num_workers=1"])
+    row = _rows(capsys)[0]
+    assert row["loop_steps"] == 3 and row["loop_workers"] == 1
+    assert 0 <= row["loop_data_wait_ms"] < row["loop_step_ms"]
+    assert "loop_gpu_busy_frac" not in row   # CPU: no GPU-busy time
