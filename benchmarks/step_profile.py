@@ -48,13 +48,14 @@ second of two epochs): ``loop_step_ms`` per step, ``loop_data_wait_ms`` of it wa
 loader, and on CUDA ``loop_gpu_busy_frac``, the step's GPU-busy time over that: the share of
 an epoch the GPU works, where ``gpu_busy_frac`` is the share of the step alone.
 ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training forward under
-``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case, ``bench: step_ops``, counting every
-operator of one step by the source line that called it (``TorchDispatchMode``): the
-``top_sources`` and the data-dependent ops (``_local_scalar_dense`` = ``.item()`` / ``int()``,
-``nonzero``, boolean indexing, ``repeat_interleave`` without ``output_size``, ``bincount``...),
-each a host sync on CUDA. ``--host-top N``: the row also gets ``host``, where the host's time of
-a step goes (``host_breakdown``: the N operators with the most self CPU time, the forward of
-the model's modules and the backward's autograd nodes by CPU time, ms per step).
+``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case,
+``bench: step_ops``, counting every operator of one step by the source line that called it
+(``TorchDispatchMode``): the ``top_sources`` and the data-dependent ops
+(``_local_scalar_dense`` = ``.item()`` / ``int()``, ``nonzero``, boolean indexing,
+``repeat_interleave`` without ``output_size``, ``bincount``...), each a host sync on CUDA.
+``--host-top N``: the row also gets ``host``, where the host's time of a step goes
+(``host_breakdown``: the N operators with the most self CPU time, the forward of the model's
+modules and the backward's autograd nodes by CPU time, ms per step).
 
 ``--points 100000 1000000 2000000``: PCM base segmentation memory per point instead (the
 scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the real scans):
