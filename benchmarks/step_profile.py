@@ -185,11 +185,13 @@ def build_trainer(task: str, overrides: list[str], device: str, config: str | No
     return trainer, optimizer, scheduler
 
 
-def make_batches(trainer, batch_size: int, count: int) -> list:
-    """``count`` distinct batches of ``batch_size`` training samples, on the device."""
+def make_batches(trainer, batch_size: int, count: int, dataset=None) -> list:
+    """``count`` distinct batches of ``batch_size`` training samples, on the device
+    (``dataset``: the training split when already built, else built here)."""
     from geossm.engine.task import move_to
 
-    dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
+    if dataset is None:
+        dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
     g = np.random.default_rng(0)
     batches = []
     for _ in range(count):
@@ -233,6 +235,19 @@ def _run_steps(step, batches: list, steps: int, first: int = 0) -> None:
     """``steps`` steps on the batches from index ``first`` on (cycling over ``batches``)."""
     for i in range(first, first + steps):
         step(batches[i % len(batches)])
+
+
+def _synced_steps(step, batches: list, steps: int, device: torch.device) -> tuple[list, list]:
+    """``steps`` steps on the cycled batches, each between two syncs: what each returned and
+    its seconds."""
+    outputs, seconds = [], []
+    for i in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        outputs.append(step(batches[i % len(batches)]))
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return outputs, seconds
 
 
 def _back_to_back_s(step, batches: list, steps: int, device: torch.device,
@@ -459,7 +474,8 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         set_memory_paths(trainer.model, args.paths)
         trainer.model.train()
         clip = float(trainer.cfg.train.grad_clip or 0.0)
-        batches = make_batches(trainer, batch_size, args.batches)
+        dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
+        batches = make_batches(trainer, batch_size, args.batches, dataset)
 
         def step(batch) -> None:
             trainer._train_step(batch, optimizer, scheduler, clip)
@@ -470,14 +486,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         _run_steps(step, batches, args.warmup + (graph.warmup + 1 if graph is not None else 0))
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        times = []
-        for i in range(args.steps):
-            _sync(dev)
-            t0 = time.perf_counter()
-            step(batches[i % len(batches)])
-            _sync(dev)
-            times.append(time.perf_counter() - t0)
-        step_ms = 1e3 * statistics.median(times)
+        step_ms = 1e3 * statistics.median(_synced_steps(step, batches, args.steps, dev)[1])
         # on the batches after the timed ones: fresh where --batches >= warm-up + 2 x --steps
         stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
                                           first=args.steps) / args.steps
@@ -508,7 +517,8 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         if layer_graphs is not None:   # LION(graph_layers=...): sizes met, how the calls ran
             row["layer_graphs"] = {"sizes": len(layer_graphs.sizes), **layer_graphs.stats}
         if args.loop:
-            row.update(measure_loop(trainer, optimizer, scheduler, batch_size, args.loop))
+            row.update(measure_loop(trainer, optimizer, scheduler, dataset, batch_size,
+                                    args.loop))
             if dev.type == "cuda":
                 row["loop_gpu_busy_frac"] = round(prof["gpu_busy_ms"] / row["loop_step_ms"], 3)
         if args.host_top:
@@ -532,16 +542,17 @@ class _NoLog:
         pass
 
 
-def measure_loop(trainer, optimizer, scheduler, batch_size: int, batches: int) -> dict:
+def measure_loop(trainer, optimizer, scheduler, dataset, batch_size: int,
+                 batches: int) -> dict:
     """The trainer's own epoch loop (``Trainer._train_epoch``: its DataLoader with workers and
     pinned memory, the copy to the device, the step, the loss meter) over the first
-    ``batches * batch_size`` training samples, run twice (the first pays the workers' start,
-    the capture of a new layout, compilation); the second epoch's wall time per step and its
-    wait for the loader, in ms. Against the step's GPU-busy time this says how much of an
-    epoch the GPU works (``step_ms`` times the step alone, on batches already on the GPU)."""
+    ``batches * batch_size`` samples of ``dataset`` (the training split), run twice (the
+    first pays the workers' start, the capture of a new layout, compilation); the second
+    epoch's wall time per step and its wait for the loader, in ms. Against the step's GPU-busy
+    time this says how much of an epoch the GPU works (``step_ms`` times the step alone, on
+    batches already on the GPU)."""
     from torch.utils.data import Subset
 
-    dataset = trainer._build_dataset(str(trainer.cfg.data.split))
     subset = Subset(dataset, range(min(len(dataset), batches * batch_size)))
     trainer.cfg.train.batch_size = batch_size
     loader = trainer._loader(subset, True)
@@ -582,13 +593,10 @@ def graph_check(args, tmp: Path, device: str) -> dict:
         trainer.model.train()
         batches = make_batches(trainer, batch_size, args.batches)
         clip = float(trainer.cfg.train.grad_clip or 0.0)
-        losses, times = [], []
-        for i in range(steps):
-            _sync(trainer.device)
-            t0 = time.perf_counter()
-            losses.append(float(trainer._train_step(batches[i % len(batches)], optimizer,
-                                                    scheduler, clip)[0]))
-            times.append(time.perf_counter() - t0)  # float(loss) above synced
+        outputs, times = _synced_steps(
+            lambda batch: trainer._train_step(batch, optimizer, scheduler, clip)[0], batches,
+            steps, trainer.device)
+        losses = [float(loss) for loss in outputs]
         params = [p.detach().float().clone() for p in trainer.model.parameters()]
         stats = dict(trainer.graphed_step.stats) if trainer.graphed_step is not None else None
         settle = min(steps - 1, args.warmup + 4)   # past the warm-up, capture and compile
