@@ -32,7 +32,8 @@ of a recurring layout as one CUDA graph (``geossm.engine.cuda_graph``: static sh
 syncs in the step, one process; the epoch's ``train`` row then reports ``cuda_graph_replayed``,
 the replays so far); ``train.compile`` runs the training forward under ``torch.compile`` (true,
 or a mapping of its arguments such as ``{mode: reduce-overhead}``, or ``{modules: [RMSNorm]}``
-for named sub-module classes only; ``auto``: where the step is replayed as a CUDA graph).
+for named sub-module classes only, ``{devices: [cuda]}`` for those device types only; ``auto``:
+where the step is replayed as a CUDA graph).
 """
 
 from __future__ import annotations
@@ -216,7 +217,9 @@ class Trainer:
         see ``self.model``. With ``modules: [ClassName, ...]`` only the sub-modules of those
         classes are compiled, in place (``nn.Module.compile``; evaluation runs them compiled
         too): the dense parts of a model whose other parts (data-dependent sizes, custom
-        kernels) cannot be traced."""
+        kernels) cannot be traced. ``devices: [cuda]`` compiles only on those device types
+        (e.g. ``{dynamic: true, devices: [cuda]}``: an eager GPU step whose batches change size,
+        while CPU runs, whose compilation would cost more than it saves, stay eager)."""
         if spec == "auto":
             spec = self.graphed_step is not None
         if spec is None or spec is False:
@@ -225,7 +228,7 @@ class Trainer:
             options: dict[str, Any] = {}
         elif isinstance(spec, Mapping):
             options = dict(to_container(spec)) if isinstance(spec, DictConfig) else dict(spec)
-            known = {"mode", "dynamic", "backend", "fullgraph", "options", "modules"}
+            known = {"mode", "dynamic", "backend", "fullgraph", "options", "modules", "devices"}
             unknown = set(options) - known
             if unknown:
                 raise ValueError(f"train.compile: unknown keys {sorted(unknown)} (known: "
@@ -233,6 +236,13 @@ class Trainer:
         else:
             raise ValueError(f"train.compile: expected null, true/false, auto or a mapping "
                              f"of torch.compile arguments, got {spec!r}")
+        devices = options.pop("devices", None)
+        if devices is not None:
+            if isinstance(devices, str) or not all(isinstance(d, str) for d in devices):
+                raise ValueError(f"train.compile.devices: expected a list of device types "
+                                 f"such as [cuda], got {devices!r}")
+            if self.device.type not in devices:
+                return module
         names = options.pop("modules", None)
         if names is None:
             return torch.compile(module, **options)

@@ -149,6 +149,19 @@ def test_compile_auto_follows_the_graphed_step(tmp_path, monkeypatch):
         Trainer(_toy_cfg(tmp_path, "bad", "train.compile=sometimes"))
 
 
+def test_compile_devices_limits_compilation_to_those_device_types(tmp_path):
+    """``train.compile.devices``: compiled where the run's device type is listed, eager
+    elsewhere; a bare string is refused (it would match by characters)."""
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    spec = "train.compile={backend: aot_eager, devices: [%s]}"
+    assert not isinstance(Trainer(_toy_cfg(tmp_path, "gpu_only", spec % "cuda")).ddp_model,
+                          compiled)
+    assert isinstance(Trainer(_toy_cfg(tmp_path, "cpu_too", spec % "cuda, cpu")).ddp_model,
+                      compiled)
+    with pytest.raises(ValueError, match="train.compile.devices"):
+        Trainer(_toy_cfg(tmp_path, "str", "train.compile={devices: cuda}"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a real capture of a "
                     "compiled step (the CPU stand-in re-runs the step, so it cannot freeze "
                     "random numbers)")
