@@ -218,8 +218,8 @@ class Trainer:
         classes are compiled, in place (``nn.Module.compile``; evaluation runs them compiled
         too): the dense parts of a model whose other parts (data-dependent sizes, custom
         kernels) cannot be traced. ``devices: [cuda]`` compiles only on those device types
-        (e.g. ``{dynamic: true, devices: [cuda]}``: an eager GPU step whose batches change size,
-        while CPU runs, whose compilation would cost more than it saves, stay eager)."""
+        (e.g. ``{dynamic: true, devices: [cuda]}``: a config's GPU runs compiled while its CPU
+        runs, tests and checks stay eager)."""
         if spec == "auto":
             spec = self.graphed_step is not None
         if spec is None or spec is False:
