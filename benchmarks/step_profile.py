@@ -185,13 +185,18 @@ def build_trainer(task: str, overrides: list[str], device: str, config: str | No
     return trainer, optimizer, scheduler
 
 
+def training_split(trainer):
+    """The training split of ``trainer``'s config (``data.split``), built."""
+    return trainer.task.build_dataset(str(trainer.cfg.data.split))
+
+
 def make_batches(trainer, batch_size: int, count: int, dataset=None) -> list:
     """``count`` distinct batches of ``batch_size`` training samples, on the device
     (``dataset``: the training split when already built, else built here)."""
     from geossm.engine.task import move_to
 
     if dataset is None:
-        dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
+        dataset = training_split(trainer)
     g = np.random.default_rng(0)
     batches = []
     for _ in range(count):
@@ -474,7 +479,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         set_memory_paths(trainer.model, args.paths)
         trainer.model.train()
         clip = float(trainer.cfg.train.grad_clip or 0.0)
-        dataset = trainer.task.build_dataset(str(trainer.cfg.data.split))
+        dataset = training_split(trainer)
         batches = make_batches(trainer, batch_size, args.batches, dataset)
 
         def step(batch) -> None:

@@ -91,6 +91,16 @@ class OutOfMemoryStop(MemoryError, ValueError):
     user's settings cause."""
 
 
+def _pop_names(options: dict[str, Any], key: str, what: str) -> list[str] | None:
+    """``options[key]`` removed from ``train.compile``'s options: None when absent, else a list
+    of strings (a bare string is refused: ``in`` would match it by characters)."""
+    value = options.pop(key, None)
+    if value is not None and (isinstance(value, str)
+                              or not all(isinstance(v, str) for v in value)):
+        raise ValueError(f"train.compile.{key}: expected a list of {what}, got {value!r}")
+    return value
+
+
 def _gib(num_bytes: float) -> str:
     return f"{num_bytes / 2 ** 30:.2f} GiB"
 
@@ -236,19 +246,12 @@ class Trainer:
         else:
             raise ValueError(f"train.compile: expected null, true/false, auto or a mapping "
                              f"of torch.compile arguments, got {spec!r}")
-        devices = options.pop("devices", None)
-        if devices is not None:
-            if isinstance(devices, str) or not all(isinstance(d, str) for d in devices):
-                raise ValueError(f"train.compile.devices: expected a list of device types "
-                                 f"such as [cuda], got {devices!r}")
-            if self.device.type not in devices:
-                return module
-        names = options.pop("modules", None)
+        devices = _pop_names(options, "devices", "device types such as [cuda]")
+        names = _pop_names(options, "modules", "class names")
+        if devices is not None and self.device.type not in devices:
+            return module
         if names is None:
             return torch.compile(module, **options)
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"train.compile.modules: expected a list of class names, got "
-                             f"{names!r}")
         present = {type(m).__name__ for m in module.modules()}
         missing = sorted(set(names) - present)
         if missing:
