@@ -530,6 +530,73 @@ def test_packed_recompute_off_keeps_the_scan_inputs_with_the_same_bits():
             assert grad is not None and torch.equal(grad, params_k[name]), name
 
 
+def test_graph_layers_padded_runs_every_packed_bimamba_on_the_padded_buffers():
+    """``graph_layers="padded"``: the token and global BiMambas of every layer go through the
+    model's ``PackedGraphs`` (its padded buffers run eagerly on the CPU; on CUDA ``True``
+    replays them as graphs), with the packed path's outputs and gradients to float rounding,
+    in training and in evaluation."""
+    packed = _peptides_like(packed_bimamba=True)
+    graphed = _peptides_like(packed_bimamba=True, graph_layers="padded")
+    graphs = graphed.layer_graphs
+    assert not graphs.capture
+    holders = [m for m in graphed.modules() if hasattr(m, "graphs")]
+    assert len(holders) == 4 and all(m.graphs is graphs for m in holders)  # 2 layers x 2
+    inputs = _molecule_batch()
+    for mode in ("train", "eval"):
+        (out, pe_grad, params), (out_g, pe_grad_g, params_g) = (
+            _outputs_and_all_grads(model, inputs, mode) for model in (packed, graphed))
+        torch.testing.assert_close(out_g, out, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pe_grad_g, pe_grad, rtol=1e-3, atol=1e-5)
+        for name, grad in params.items():
+            torch.testing.assert_close(params_g[name], grad, rtol=1e-3,
+                                       atol=1e-3 * float(grad.abs().max()) + 1e-7, msg=name)
+    assert graphs.stats["padded_eager"] == 8 and graphs.stats["eager"] == 0
+    assert len(graphs.sizes) >= 2   # token sequences and node orders: sizes of their own
+
+
+def test_graph_layers_on_the_cpu_take_the_plain_packed_path_bit_for_bit():
+    """``graph_layers=True`` records graphs on CUDA only: on the CPU the packed BiMambas run
+    as without it, bit for bit, and the graphs see no call."""
+    packed = _peptides_like(packed_bimamba=True)
+    graphed = _peptides_like(packed_bimamba=True, graph_layers=True)
+    inputs = _molecule_batch()
+    (out, pe_grad, params), (out_g, pe_grad_g, params_g) = (
+        _outputs_and_all_grads(model, inputs, "train") for model in (packed, graphed))
+    assert torch.equal(out, out_g) and torch.equal(pe_grad, pe_grad_g)
+    assert all(torch.equal(grad, params_g[name]) for name, grad in params.items())
+    assert not any(graphed.layer_graphs.stats.values()) and not graphed.layer_graphs.sizes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CUDA graphs)")
+def test_graph_layers_on_cuda_replay_graphs_with_the_packed_paths_results():
+    """On CUDA ``graph_layers=True`` records a forward and a backward graph per padded size
+    and replays them for later batches: the packed path's outputs and gradients to float
+    rounding, batches of three sizes, each seen twice."""
+    packed = _peptides_like(packed_bimamba=True).cuda()
+    graphed = _peptides_like(packed_bimamba=True, graph_layers=True).cuda()
+    for count in (3, 6, 4, 3, 6, 4):
+        inputs = {k: v.cuda() for k, v in _inputs(_molecules(count=count, seed=count)).items()}
+        inputs["pe"].requires_grad_()
+        (out, pe_grad, params), (out_g, pe_grad_g, params_g) = (
+            _outputs_and_all_grads(model, inputs, "train") for model in (packed, graphed))
+        torch.testing.assert_close(out_g, out, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pe_grad_g, pe_grad, rtol=1e-3, atol=1e-5)
+        for name, grad in params.items():
+            torch.testing.assert_close(params_g[name], grad, rtol=1e-3,
+                                       atol=1e-3 * float(grad.abs().max()) + 1e-7, msg=name)
+    stats = graphed.layer_graphs.stats
+    assert stats["captured"] == len(graphed.layer_graphs.sizes) >= 2
+    assert stats["replayed"] == 6 * 4 and stats["eager"] == stats["padded_eager"] == 0
+
+
+def test_graph_layers_refuses_unknown_values_and_paths_without_the_packed_recompute():
+    with pytest.raises(ValueError, match="graph_layers must be"):
+        _peptides_like(packed_bimamba=True, graph_layers="yes")
+    for kwargs in ({}, {"packed_bimamba": True, "packed_recompute": False}):
+        with pytest.raises(ValueError, match="needs packed_bimamba=True and packed_recompute"):
+            _peptides_like(graph_layers=True, **kwargs)
+
+
 def test_categorical_encoder_is_the_column_by_column_sum_bit_for_bit():
     torch.manual_seed(0)
     vocab = [119, 5, 12, 2]
