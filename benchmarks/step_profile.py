@@ -45,7 +45,9 @@ differences and both step times (the one task ``--tasks`` names, else events).
 ``--loop N``: the row also times the trainer's own epoch loop over N batches of the dataset
 (``Trainer._train_epoch``: DataLoader workers, pinned copies, the step, the loss meter; the
 second of two epochs): ``loop_step_ms`` per step, ``loop_data_wait_ms`` of it waiting for the
-loader, and on CUDA ``loop_gpu_busy_frac``, the step's GPU-busy time over that: the share of
+loader, ``loop_copy_host_ms`` in the batch's copy to the device (``move_to``),
+``loop_step_host_ms`` in the step call (``Trainer._train_step``), ``loop_other_host_ms`` the
+rest (meters, callbacks, the progress bar), and on CUDA ``loop_gpu_busy_frac``, the step's GPU-busy time over that: the share of
 an epoch the GPU works, where ``gpu_busy_frac`` is the share of the step alone.
 ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training forward under
 ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case,
@@ -553,22 +555,60 @@ def measure_loop(trainer, optimizer, scheduler, dataset, batch_size: int,
     pinned memory, the copy to the device, the step, the loss meter) over the first
     ``batches * batch_size`` samples of ``dataset`` (the training split), run twice (the
     first pays the workers' start, the capture of a new layout, compilation); the second
-    epoch's wall time per step and its wait for the loader, in ms. Against the step's GPU-busy
+    epoch's wall time per step, its wait for the loader and the host's time in the copy, in
+    the step call and in the rest, in ms. Against the step's GPU-busy
     time this says how much of an epoch the GPU works (``step_ms`` times the step alone, on
     batches already on the GPU)."""
     from torch.utils.data import Subset
 
+    import geossm.engine.trainer as trainer_module
+
     subset = Subset(dataset, range(min(len(dataset), batches * batch_size)))
     trainer.cfg.train.batch_size = batch_size
     loader = trainer._loader(subset, True)
+    host = {"copy": 0.0, "step": 0.0}
     for epoch in (1, 2):
         trainer._set_epoch(loader, epoch)
-        stats = trainer._train_epoch(loader, epoch, (epoch - 1) * len(loader), optimizer,
-                                     scheduler, _NoLog())
+        with contextlib.ExitStack() as stack:
+            if epoch == 2:   # the host's time in the batch's copy and in the step call
+                stack.enter_context(patched(trainer_module, "move_to", host, "copy"))
+                stack.enter_context(patched(trainer, "_train_step", host, "step"))
+            stats = trainer._train_epoch(loader, epoch, (epoch - 1) * len(loader), optimizer,
+                                         scheduler, _NoLog())
     steps = len(loader)
-    return {"loop_steps": steps, "loop_step_ms": round(1e3 * stats["time_s"] / steps, 3),
-            "loop_data_wait_ms": round(1e3 * stats["data_wait_s"] / steps, 3),
+    per_step = {key: 1e3 * value / steps for key, value in host.items()}
+    loop_ms, wait_ms = 1e3 * stats["time_s"] / steps, 1e3 * stats["data_wait_s"] / steps
+    return {"loop_steps": steps, "loop_step_ms": round(loop_ms, 3),
+            "loop_data_wait_ms": round(wait_ms, 3),
+            "loop_copy_host_ms": round(per_step["copy"], 3),
+            "loop_step_host_ms": round(per_step["step"], 3),
+            "loop_other_host_ms": round(loop_ms - wait_ms - sum(per_step.values()), 3),
             "loop_workers": int(trainer.cfg.train.num_workers)}
+
+
+@contextlib.contextmanager
+def patched(owner, name: str, totals: dict, key: str):
+    """``owner.name`` replaced, while the block runs, by a wrapper that adds the host's
+    seconds in each call to ``totals[key]`` (no device sync added: the host's own time in
+    the call, with any wait for the device that the call itself does)."""
+    own = name in vars(owner)   # a module's function; else a class's method, then deleted
+    original = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[key] += time.perf_counter() - start
+
+    setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(owner, name, original)
+        else:
+            delattr(owner, name)
 
 
 #: Overrides that take the randomness out of a task's step for ``--graph-check`` (graph

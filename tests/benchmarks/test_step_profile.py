@@ -1,11 +1,13 @@
 """``benchmarks/step_profile.py --tiny``: the CPU check of the GPU step profile runs every task's
 config, dataset, collate, model, loss and optimizer step and prints one JSON line per case."""
 
+import importlib
 import json
 
 import pytest
 import torch
 
+from geossm.engine.task import move_to
 from tests.benchmarks.conftest import load_benchmark
 from tests.shared_data import shared_path
 
@@ -194,4 +196,11 @@ def test_loop_row_times_the_trainers_epoch_loop(step_profile, capsys, tmp_path, 
     row = _rows(capsys)[0]
     assert row["loop_steps"] == 3 and row["loop_workers"] == 1
     assert 0 <= row["loop_data_wait_ms"] < row["loop_step_ms"]
+    parts = ("loop_data_wait_ms", "loop_copy_host_ms", "loop_step_host_ms")
+    assert row["loop_copy_host_ms"] > 0 and row["loop_step_host_ms"] > 0
+    assert abs(sum(row[k] for k in parts) + row["loop_other_host_ms"] - row["loop_step_ms"]) \
+        < 0.01
+    assert row["loop_step_host_ms"] > row["loop_other_host_ms"]   # a CPU step is the work
+    trainer_module = importlib.import_module("geossm.engine.trainer")
+    assert trainer_module.move_to is move_to   # the timers are gone
     assert "loop_gpu_busy_frac" not in row   # CPU: no GPU-busy time
