@@ -29,9 +29,9 @@ stream_step_ms,
 (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
 step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
 ``torch.cuda.set_sync_debug_mode("warn")`` reports over one step); ``peak_mem_gib``. LION
-or a Graph Mamba with ``model.graph_layers`` set adds ``layer_graphs``: the padded sizes its
-packed layers met and how their calls ran (``replayed`` / ``captured`` / ``padded_eager`` /
-``eager``, over the whole run). Fresh batches in the timed steps, as in training: ``--batches`` larger than
+with ``model.graph_layers`` set adds ``layer_graphs``: the padded sizes its group layers met
+and how their calls ran (``replayed`` / ``captured`` / ``padded_eager`` / ``eager``, over the
+whole run). Fresh batches in the timed steps, as in training: ``--batches`` larger than
 ``--warmup`` plus ``--steps``.
 
 ``--cuda-graph``: the steps with ``train.cuda_graph=true`` (the forward, backward and clipping
@@ -521,7 +521,7 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         if trainer.graphed_step is not None:
             row["graph_steps"] = dict(trainer.graphed_step.stats)
         layer_graphs = getattr(trainer.model, "layer_graphs", None)
-        if layer_graphs is not None:   # model.graph_layers: sizes met, how the calls ran
+        if layer_graphs is not None:   # LION(graph_layers=...): sizes met, how the calls ran
             row["layer_graphs"] = {"sizes": len(layer_graphs.sizes), **layer_graphs.stats}
         if args.loop:
             row.update(measure_loop(trainer, optimizer, scheduler, dataset, batch_size,

@@ -47,7 +47,6 @@ from torch import nn
 from torch_geometric.utils import scatter, to_torch_csr_tensor
 
 from geossm.nn import MLP, RMSNorm, SerializedBlock, build_mixer
-from geossm.nn.packed_graphs import PackedGraphs
 from geossm.nn.packed_mixer import (bidirectional_indices, packed_backend, packed_bimamba,
                                     segment_reversal)
 from geossm.nn.stacked_weights import bind_direction_weights, is_packed, pack_where_possible
@@ -212,54 +211,24 @@ def token_indices(ctx: Any) -> tuple[torch.Tensor, ...]:
     return shared(ctx, "token_indices", lambda: token_gathers(tok.cu_seqlens, tok.num_tokens))
 
 
-def order_serial(ctx: Any) -> tuple[torch.Tensor, ...]:
-    """``(order, inverse, reversal)`` of ``ctx.order`` (``order_reading``), shared by the
-    layers: what ``PackedGraphs`` reads."""
-    s = ctx.order
-    return shared(ctx, "order_serial", lambda: order_reading(s.order, s.inverse, s.cu_seqlens))
-
-
-def token_serial(ctx: Any) -> tuple[torch.Tensor, ...]:
-    """``(order, inverse, reversal)`` of the token sequences of ``ctx.tokens``
-    (``token_reading``), shared by the layers: what ``PackedGraphs`` reads."""
-    tok = ctx.tokens
-    return shared(ctx, "token_serial", lambda: token_reading(tok.cu_seqlens, tok.num_tokens))
-
-
-def order_reading(order: torch.Tensor, inverse: torch.Tensor,
-                  cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(order, inverse, reversal)`` of a serialization ``(order (T,), inverse (T,),
-    cu_seqlens (S+1,))``: ``reversal (T,)`` reads every segment backwards."""
-    return order, inverse, segment_reversal(cu_seqlens, order.numel())
-
-
-def token_reading(cu_seqlens: torch.Tensor, num_tokens: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(order, inverse, reversal)`` of token sequences run in place (no order: both are the
-    rows): the segments of ``cu_seqlens`` over ``num_tokens`` rows."""
-    rows = torch.arange(num_tokens, device=cu_seqlens.device)
-    return rows, rows, segment_reversal(cu_seqlens, num_tokens)
-
-
 def order_gathers(order: torch.Tensor, inverse: torch.Tensor,
                   cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``packed_bimamba``'s four gathers (``bidirectional_indices``) of a serialization
     ``(order (T,), inverse (T,), cu_seqlens (S+1,))``."""
-    return bidirectional_indices(*order_reading(order, inverse, cu_seqlens))
+    return bidirectional_indices(order, inverse, segment_reversal(cu_seqlens, order.numel()))
 
 
 def token_gathers(cu_seqlens: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, ...]:
     """``packed_bimamba``'s four gathers of token sequences run in place (no order): the
     segments of ``cu_seqlens`` over ``num_tokens`` rows."""
-    return bidirectional_indices(*token_reading(cu_seqlens, num_tokens))
+    rows = torch.arange(num_tokens, device=cu_seqlens.device)
+    return bidirectional_indices(rows, rows, segment_reversal(cu_seqlens, num_tokens))
 
 
 def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch.Tensor,
                      indices: Callable[[], Sequence[torch.Tensor]],
                      serialization: Serialization | None = None,
-                     recompute: bool = True, graphs: PackedGraphs | None = None,
-                     reading: Callable[[], Sequence[torch.Tensor]] | None = None
-                     ) -> torch.Tensor:
+                     recompute: bool = True) -> torch.Tensor:
     """``x + mixer(norm(x[order]), cu)[inverse]`` (no order: ``serialization`` None).
 
     A packed ``mixer`` (``pack_where_possible``) runs both directions as one Mamba of twice the width
@@ -269,15 +238,10 @@ def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch
     (default True): the packed path keeps only its normalised input for the backward and
     recomputes the projections, convolution and gathers there; False keeps the scan inputs
     (the same values, so the same gradients; ~20 fewer operators per call for ~8E + 4N more
-    values per row). ``graphs`` (a ``PackedGraphs``, with ``recompute``): the packed path
-    on a padded size of ``x``, its forward and backward replayed as CUDA graphs (on CUDA, or
-    its padded buffers eagerly where the graphs do not capture); ``reading()`` gives its
-    ``(order, inverse, reversal)``. Elsewhere (the ``torch`` backend, the unfused Mamba path,
+    values per row). Elsewhere (the ``torch`` backend, the unfused Mamba path,
     ``torch.compile``) the mixer's own two calls.
     Shapes: ``x (T, D) -> (T, D)``, ``cu (S+1,) int32``."""
     backend = packed_backend(mixer, x)
-    if backend is not None and graphed(graphs, recompute, x):
-        return graphs(x, norm.weight, mixer, *reading(), cu, norm.eps, backend)
     if backend is not None:
         return packed_bimamba(x, norm.weight, mixer, indices(), cu, norm.eps, backend,
                               recompute)
@@ -286,13 +250,6 @@ def residual_bimamba(x: torch.Tensor, norm: RMSNorm, mixer: nn.Module, cu: torch
         return x + mixer(norm(x), cu)
     h = x.index_select(0, serialization.order)
     return (h + mixer(norm(h), cu)).index_select(0, serialization.inverse)
-
-
-def graphed(graphs: PackedGraphs | None, recompute: bool, x: torch.Tensor) -> bool:
-    """Whether a packed BiMamba runs on ``graphs``: graphs set, ``recompute`` on (the graphs
-    recompute the scan inputs in their backward), and CUDA features or graphs that run their
-    padded buffers eagerly (``capture=False``)."""
-    return graphs is not None and recompute and (x.is_cuda or not graphs.capture)
 
 
 def hop_adjacency(edge_index: torch.Tensor, n: int, kind: str = "gcn") -> torch.Tensor:
@@ -375,8 +332,6 @@ class _TokenBranch(nn.Module):
         #: the packed BiMamba keeps only its normalised input for the backward
         #: (``residual_bimamba(recompute=True)``); False keeps the scan inputs
         self.packed_recompute = True
-        #: a ``PackedGraphs`` for the packed BiMamba (``GraphMambaNetwork(graph_layers=...)``)
-        self.graphs: PackedGraphs | None = None
         #: the GINE encoder's message passing as one autograd function
         #: (``fused_conv.gine_aggregate``; float rounding only), where it applies
         self.fused = False
@@ -403,8 +358,7 @@ class _TokenBranch(nn.Module):
         t = t + self.length_embedding(tok.length)
         cu = tok.cu_seqlens
         t = residual_bimamba(t, self.norm, self.mixer, cu, lambda: token_indices(ctx),
-                             recompute=self.packed_recompute, graphs=self.graphs,
-                             reading=lambda: token_serial(ctx))
+                             recompute=self.packed_recompute)
         if self.readout == "last":
             y = t.index_select(0, last_tokens(ctx))  # the node's own token closes its sequence
         else:
@@ -504,8 +458,6 @@ class GMNLayer(nn.Module):
                 pack_where_possible(mixer)  # one parameter per direction pair
         #: as ``_TokenBranch.packed_recompute``, for the global branch
         self.packed_recompute = True
-        #: as ``_TokenBranch.graphs``, for the global branch
-        self.graphs: PackedGraphs | None = None
 
     def forward(self, h: torch.Tensor, ctx: _Context,
                 raw: torch.Tensor | None = None) -> torch.Tensor:
@@ -544,8 +496,7 @@ class GMNLayer(nn.Module):
         if not is_packed(block.mixer):
             return block(x, ctx.order)
         return residual_bimamba(x, block.norm1, block.mixer, ctx.order.cu_seqlens,
-                                lambda: order_indices(ctx), ctx.order, self.packed_recompute,
-                                self.graphs, lambda: order_serial(ctx))
+                                lambda: order_indices(ctx), ctx.order, self.packed_recompute)
 
 
 class PooledNorm(nn.BatchNorm1d):
@@ -816,12 +767,6 @@ class GraphMambaNetwork(nn.Module):
             per BiMamba and step for ~8E + 4N more values per token or node).
         jumping_knowledge: sum the normalised input embedding and every layer's output before
             the pooling / head (GIN's readout over all depths), default False (last layer).
-        graph_layers: on CUDA, run every packed BiMamba (with ``packed_bimamba`` and
-            ``packed_recompute``) on a few padded token / node counts, its forward and
-            backward each replayed as one CUDA graph (``geossm.nn.packed_graphs.PackedGraphs``,
-            as LION's group layers): the same math, float rounding apart, with ~110
-            dispatched operators per call replaced by a dozen copies; ``"padded"`` runs the
-            same padded buffers eagerly (no graph; the CPU check); default False.
 
     Shapes::
 
@@ -852,7 +797,7 @@ class GraphMambaNetwork(nn.Module):
                  mpnn_raw: bool = False, packed_bimamba: bool = False,
                  packed_recompute: bool = True, fused_convs: bool = False,
                  global_order: str = "degree", mpnn_act: str = "relu", head_layers: int = 2,
-                 head_input_dropout: bool = False, graph_layers: bool | str = False) -> None:
+                 head_input_dropout: bool = False) -> None:
         super().__init__()
         if task_level not in TASK_LEVELS:
             raise ValueError(f"task_level: expected one of {TASK_LEVELS}, got {task_level!r}")
@@ -947,20 +892,9 @@ class GraphMambaNetwork(nn.Module):
                      mpnn_norm, branch_drop, token_source, pre_norm,
                      raw_width if i == 0 else None, packed_bimamba, mpnn_act)
             for i in range(num_layers))
-        if graph_layers not in (False, True, "padded"):
-            raise ValueError(f"graph_layers must be false, true or 'padded', not {graph_layers!r}")
-        if graph_layers and not (packed_bimamba and packed_recompute):
-            raise ValueError("graph_layers runs the packed BiMambas, which recompute their scan "
-                             "inputs in the graphs: it needs packed_bimamba=True and "
-                             f"packed_recompute=True, got {packed_bimamba!r} and "
-                             f"{packed_recompute!r}")
-        #: ``graph_layers``: one ``PackedGraphs`` for every packed BiMamba (on CUDA)
-        self.layer_graphs = (PackedGraphs(capture=graph_layers is True) if graph_layers
-                             else None)
         for module in self.layers.modules():
             if isinstance(module, (GMNLayer, _TokenBranch)):
                 module.packed_recompute = bool(packed_recompute)
-                module.graphs = self.layer_graphs
             if isinstance(module, _MPNN):  # decided once: the forward only reads the flag
                 module.fused = bool(fused_convs) and can_fuse(module.conv)
             if isinstance(module, _TokenBranch):
