@@ -136,53 +136,11 @@ def knn(coord: torch.Tensor, cu_seqlens: torch.Tensor, k: int,
             out[a:b] = _pad_neighbours(_knn_kdtree(pts, min(k, n)) + a, k)
             continue
         step = max(1, max_elements // n)
-        # CUDA ranks by one matrix product (``gemm_score``); the CPU keeps ``cdist``, so its
-        # small brute-force samples get the neighbours they always got, ties included
-        gemm = pts.is_cuda
-        if gemm:
-            pts = pts - pts.mean(0)          # centred: smaller norms, less cancellation
-            sq_norms = pts.square().sum(1)   # (n,)
         for q in range(0, n, step):
-            score = (gemm_score(pts[q:q + step], pts, sq_norms) if gemm
-                     else torch.cdist(pts[q:q + step], pts))   # (chunk, n)
-            idx = smallest(score, min(k, n)) + a
+            d = torch.cdist(pts[q:q + step], pts)  # (chunk, n)
+            idx = d.topk(min(k, n), dim=1, largest=False).indices + a
             out[a + q:a + min(q + step, n)] = _pad_neighbours(idx, k)
     return out
-
-
-#: ``smallest``: rows longer than twice this many columns pick their ``k`` smallest in
-#: groups of ``KNN_GROUP`` columns first, then among the groups' winners
-KNN_GROUP = 1024
-
-
-def gemm_score(queries: torch.Tensor, pts: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
-    """``(m, n)`` ranking of ``pts (n, 3)`` by distance to each of ``queries (m, 3)``:
-    ``|p|^2 - 2 q.p``, the squared distance less the row's constant ``|q|^2``. One matrix
-    product, where ``cdist`` adds that constant, then clamps and takes square roots over the
-    whole matrix: the same order, ties and float rounding apart (centre the points first:
-    large norms would swamp small distances). ``sq_norms (n,)``: ``|p|^2``. Float32 under
-    autocast too (which would run the product in bf16, as it keeps ``cdist`` in float32)."""
-    with torch.autocast(queries.device.type, enabled=False):
-        return torch.addmm(sq_norms[None], queries, pts.t(), alpha=-2)
-
-
-def smallest(score: torch.Tensor, k: int, group: int | None = None) -> torch.Tensor:
-    """Column indices of the ``k`` smallest entries of every row of ``score (m, n)``, smallest
-    first. Rows longer than ``2 * group`` (default ``KNN_GROUP``) take the ``k`` smallest of
-    each group of ``group`` columns first and then the ``k`` smallest of those: the same
-    entries (every row's ``k`` smallest are among their groups' ``k`` smallest); on a GPU
-    many small selections replace one multi-pass radix selection over the long rows."""
-    m, n = score.shape
-    group = max(int(group or KNN_GROUP), k)
-    if n <= 2 * group:
-        return score.topk(k, dim=1, largest=False).indices
-    groups = -(-n // group)
-    if groups * group > n:   # the last group padded with +inf, never picked before a point
-        score = F.pad(score, (0, groups * group - n), value=float("inf"))
-    values, local = score.view(m, groups, group).topk(k, dim=2, largest=False)
-    columns = local + torch.arange(0, groups * group, group, device=score.device)[:, None]
-    pick = values.view(m, groups * k).topk(k, dim=1, largest=False).indices
-    return columns.view(m, groups * k).gather(1, pick)
 
 
 def _knn_kdtree(pts: torch.Tensor, k: int) -> torch.Tensor:

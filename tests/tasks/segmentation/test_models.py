@@ -21,54 +21,6 @@ def test_knn_matches_brute_force_per_sample():
         knn(coord, cu, 0)
 
 
-@pytest.mark.parametrize("n", [40, 64, 97])
-def test_smallest_in_groups_picks_one_topks_entries(n):
-    """``smallest`` over groups of 16 columns (rows of 40-97: padded and exact multiples)
-    picks the entries of one ``topk``, smallest first; rows up to twice the group take the
-    plain ``topk``."""
-    from geossm.tasks.segmentation.models import smallest
-
-    torch.manual_seed(n)
-    score = torch.randn(30, n)
-    want = score.topk(5, dim=1, largest=False)
-    got = smallest(score, 5, group=16)
-    assert got.shape == (30, 5)
-    assert torch.equal(got, want.indices)   # distinct values: the same columns, same order
-    assert torch.equal(smallest(score[:, :32], 5, group=16),
-                       score[:, :32].topk(5, dim=1, largest=False).indices)
-
-
-def test_gemm_ranking_of_centred_far_off_points_finds_the_float64_neighbours():
-    """CUDA's ranking (``gemm_score`` on centred points, then ``smallest``), run here on the
-    CPU: points 1 km from the origin and ~1 cm apart get their float64 nearest distances
-    (the centring keeps norms of 1e6 from swamping squared distances of 1e-4)."""
-    from geossm.tasks.segmentation.models import gemm_score, smallest
-
-    g = torch.Generator().manual_seed(0)
-    coord = 1000.0 + 0.01 * torch.randn(3000, 3, generator=g)
-    pts = coord - coord.mean(0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):   # the product stays float32
-        idx = smallest(gemm_score(pts, pts, pts.square().sum(1)), 6, group=256)
-    c64 = coord.double()
-    d = torch.cdist(c64, c64)
-    torch.testing.assert_close(d.gather(1, idx), d.topk(6, dim=1, largest=False).values,
-                               rtol=1e-5, atol=1e-9)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (its ranking)")
-def test_knn_on_cuda_finds_the_kdtrees_neighbour_distances():
-    """CUDA's brute force (matrix-product ranking, grouped selection over rows of 3,000) and
-    the CPU's float64 KD-tree find the same neighbour distances, under bf16 autocast too (as
-    the model calls it)."""
-    coord, _, cu = _example_inputs(3, lengths=(3000, 5, 2500))
-    coord = coord * 40.0   # a LiDAR scene's extent
-    tree = knn(coord, cu, k=16, method="kdtree")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        gpu = knn(coord.cuda(), cu.cuda(), k=16, max_elements=2 ** 20).cpu()
-    dist = lambda idx: (coord[idx].double() - coord[:, None].double()).norm(dim=-1)
-    torch.testing.assert_close(dist(gpu), dist(tree), atol=1e-5, rtol=1e-6)
-
-
 @pytest.mark.parametrize("lengths", [(30, 5, 12), (700, 0, 3)])
 def test_knn_kdtree_finds_the_same_neighbour_distances_as_brute_force(lengths):
     coord, _, cu = _example_inputs(3, lengths=lengths)
