@@ -148,8 +148,21 @@ def _knn_kdtree(pts: torch.Tensor, k: int) -> torch.Tensor:
     from scipy.spatial import cKDTree
 
     xyz = pts.detach().cpu().double().numpy()  # float64: the same ranking as the brute force
-    _, idx = cKDTree(xyz).query(xyz, k=k, workers=-1)
+    # one core per data-loader worker (the workers share the machine), all cores elsewhere
+    workers = 1 if torch.utils.data.get_worker_info() is not None else -1
+    _, idx = cKDTree(xyz).query(xyz, k=k, workers=workers)
     return torch.from_numpy(idx.reshape(len(xyz), k).astype("int64"))
+
+
+def checked_neighbours(neighbours: torch.Tensor, points: int, k: int) -> torch.Tensor:
+    """``neighbours`` as given to the kNN embedding: ``(points, k)`` integer indices on the
+    points' device (moved there, made long); other shapes raise ``ValueError``. The values are
+    not read (no host sync): ``knn`` made them."""
+    if neighbours.dim() != 2 or tuple(neighbours.shape) != (points, k) or \
+            neighbours.dtype.is_floating_point or neighbours.dtype == torch.bool:
+        raise ValueError(f"neighbours must be ({points}, {k}) integer indices (knn of the "
+                         f"batch's points), got {tuple(neighbours.shape)} {neighbours.dtype}")
+    return neighbours.long()
 
 
 def _pad_neighbours(idx: torch.Tensor, k: int) -> torch.Tensor:
@@ -187,8 +200,11 @@ class KNNEmbedding(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Tensor,
-                batch: torch.Tensor) -> torch.Tensor:
-        idx = knn(coord, cu_seqlens, self.k)                       # (N, k)
+                batch: torch.Tensor, neighbours: torch.Tensor | None = None) -> torch.Tensor:
+        """``neighbours (N, k)`` long: ``knn(coord, cu_seqlens, k)`` computed before (the
+        task's loader: ``train.knn_in_loader``); default None: computed here."""
+        idx = (knn(coord, cu_seqlens, self.k) if neighbours is None
+               else checked_neighbours(neighbours, coord.shape[0], self.k))   # (N, k)
         rel = coord[idx] - coord[:, None, :]                       # (N, k, 3)
         with torch.no_grad():
             reach = rel.norm(dim=-1).amax(1)                       # (N,) distance to the k-th
@@ -367,10 +383,12 @@ class PCMEncoder(nn.Module):
             self.block_orders.append([(j + b) % len(self.orders) for b in range(depth)])
             j += depth
 
-    def forward(self, coord: torch.Tensor, feat: torch.Tensor,
-                cu_seqlens: torch.Tensor) -> tuple[list[torch.Tensor], list[_Level]]:
+    def forward(self, coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Tensor,
+                neighbours: torch.Tensor | None = None
+                ) -> tuple[list[torch.Tensor], list[_Level]]:
         """Features and geometry of every stage: ``([x_0 (N, D0), x_1 (N_1, D1), ...],
-        [level_0, level_1, ...])``."""
+        [level_0, level_1, ...])``. ``neighbours (N, k)``: the embedding's kNN computed
+        before (``KNNEmbedding``), default None."""
         _check_packed(coord, feat, cu_seqlens, self.in_channels)
         num_samples = cu_seqlens.numel() - 1
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
@@ -385,7 +403,8 @@ class PCMEncoder(nn.Module):
         # under torch.export the depth is known at run time only (serialization.traceable)
         level = _Level(grid, batch, None if tracing() else fit_depth(grid), num_samples,
                        _sample_normalised(coord, batch, num_samples))
-        x = self.embed(coord, feat.to(coord.dtype), cu_seqlens.to(torch.int64), batch)
+        x = self.embed(coord, feat.to(coord.dtype), cu_seqlens.to(torch.int64), batch,
+                       neighbours)
         feats, levels = [], []
         for s, blocks in enumerate(self.stages):
             if s > 0:
@@ -481,8 +500,11 @@ class PointCloudMambaSeg(nn.Module):
                       "category": torch.tensor([0, 1, 1])}
 
     def forward(self, coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Tensor,
-                category: torch.Tensor | None = None) -> torch.Tensor:
-        feats, levels = self.encoder(coord, feat, cu_seqlens)
+                category: torch.Tensor | None = None,
+                neighbours: torch.Tensor | None = None) -> torch.Tensor:
+        """``neighbours (N, k)``: the kNN embedding's neighbours computed before
+        (``knn(coord, cu_seqlens, k)``, e.g. in the data loader), default None: here."""
+        feats, levels = self.encoder(coord, feat, cu_seqlens, neighbours)
         x = feats[-1]
         for i in range(len(feats) - 2, -1, -1):
             x = _run(self.up[i], self.encoder.grad_checkpoint, x, feats[i], levels[i + 1].pooling)
@@ -547,9 +569,10 @@ class PointCloudMambaCls(nn.Module):
                 "grid_size": 0.1, "d_state": 4}
         return init, {"coord": coord, "feat": feat, "cu_seqlens": cu}
 
-    def forward(self, coord: torch.Tensor, feat: torch.Tensor,
-                cu_seqlens: torch.Tensor) -> torch.Tensor:
-        feats, levels = self.encoder(coord, feat, cu_seqlens)
+    def forward(self, coord: torch.Tensor, feat: torch.Tensor, cu_seqlens: torch.Tensor,
+                neighbours: torch.Tensor | None = None) -> torch.Tensor:
+        """``neighbours (N, k)``: as ``PointCloudMambaSeg.forward``'s."""
+        feats, levels = self.encoder(coord, feat, cu_seqlens, neighbours)
         x, level = feats[-1], levels[-1]
         b = level.num_samples
         idx = level.batch[:, None].expand_as(x)

@@ -34,6 +34,7 @@ from .datasets import (SemanticKITTI, read_semantickitti_scan, semantickitti_lea
 from .losses import cross_entropy
 from .metrics import (ClassificationMetric, LabelFileWriter, PartSegMetric, SegmentationMetric,
                       masked_prediction, part_mask)
+from .models import knn
 from .transforms import PointPreprocess
 
 
@@ -61,12 +62,33 @@ class _PointTask(Task):
 
     def forward(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
         kwargs = {k: batch[k] for k in self.input_keys}
+        if "neighbours" in batch:   # the kNN embedding's, from the loader (train.knn_in_loader)
+            kwargs["neighbours"] = batch["neighbours"]
         if int(self.cfg.model.get("num_categories", 0) or 0) > 0:
             if "category" not in batch:
                 raise ValueError("model.num_categories > 0 needs samples with 'category' "
                                  f"(dataset {self.cfg.data.name} gives {sorted(batch)})")
             kwargs["category"] = batch["category"]
         return model(**kwargs)
+
+    def collate(self, samples) -> dict[str, Any]:
+        """``pack_collate``, with the kNN embedding's neighbours (``with_neighbours``)."""
+        return self.with_neighbours(pack_collate(samples, stack_keys=self.stack_keys))
+
+    def with_neighbours(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with ``neighbours (N, k)``: ``knn(coord, cu_seqlens, model.k)`` of its
+        packed points, where ``train.knn_in_loader`` is true (default false: the model computes
+        them; training, evaluation and prediction batches alike). In the loader's workers this is CPU work (SciPy's KD-tree, one core per worker)
+        overlapping the GPU's steps, in place of the model's brute force on the GPU; on the CPU
+        the same function gives the same neighbours as the model's own call."""
+        if not (self.cfg.get("train") or {}).get("knn_in_loader", False):
+            return batch
+        k = self.cfg.model.get("k")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError("train.knn_in_loader needs the kNN embedding's neighbour count as "
+                             f"model.k (an int >= 1), got {k!r}")
+        batch["neighbours"] = knn(batch["coord"].float(), batch["cu_seqlens"], k)
+        return batch
 
     def num_classes(self) -> int:
         n = self.cfg.model.get("num_classes")
@@ -219,7 +241,7 @@ class SegmentationTask(_PointTask):
         ``category`` per pass when ``V > 1``). Shapes: ``M`` original points of the batch."""
         batch = pack_collate(samples, stack_keys=self.stack_keys)
         if "inverse" not in batch:
-            return batch
+            return self.with_neighbours(batch)
         for key in ("inverse_cu_seqlens", "full_label_cu_seqlens", "vote_lengths_cu_seqlens",
                     "full_coord_cu_seqlens"):
             batch.pop(key, None)
@@ -235,7 +257,7 @@ class SegmentationTask(_PointTask):
             batch["category"] = torch.repeat_interleave(batch["category"], votes)
         batch["cu_seqlens"] = cu_seqlens_from_lengths(vote_lengths.tolist(), "collate: passes")
         batch["batch"] = torch.repeat_interleave(torch.arange(len(vote_lengths)), vote_lengths)
-        return batch
+        return self.with_neighbours(batch)   # per pass: the model sees one sample per pass
 
     def predict_step(self, model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
         """Logits of the packed points; with full-resolution samples a dict of those

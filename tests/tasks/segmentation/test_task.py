@@ -13,6 +13,7 @@ from geossm.engine import Trainer
 from geossm.packed import pack_collate
 from geossm.registry import DATASETS, MODELS, TASKS
 from geossm.tasks.segmentation import synthetic
+from geossm.tasks.segmentation.models import knn
 from geossm.tasks.segmentation.task import ClassificationTask, SegmentationTask
 
 TINY = ["model.dims=[8,16]", "model.depths=[0,1]", "model.strides=[8]", "model.d_state=4",
@@ -361,3 +362,66 @@ def test_eval_write_predictions_writes_the_split_as_label_files(tmp_path, kitti_
                                          r"files; data\.name is SyntheticParts"):
         SegmentationTask(load_config(find_config("default.yaml"),
                                      ["eval.write_predictions=x"])).build_metrics()
+
+
+# ------------------------------------------- the kNN embedding's neighbours from the loader
+
+def _knn_task(loader: bool, *extra: str) -> SegmentationTask:
+    return SegmentationTask(load_config(find_config("default.yaml"), TINY + [
+        f"+train.knn_in_loader={str(loader).lower()}", *extra]))
+
+
+def _scenes(task, count=3, seed=0):
+    dataset = task.build_dataset("train")
+    return [dataset[i] for i in range(seed, seed + count)]
+
+
+def test_knn_in_loader_gives_the_models_own_neighbours_and_the_same_step():
+    """``train.knn_in_loader=true``: the collate adds ``knn(coord, cu_seqlens, model.k)``, and
+    the model reading them gives bitwise the loss and gradients of computing them itself."""
+    plain, loaded = _knn_task(False), _knn_task(True)
+    samples = _scenes(plain)
+    batch, batch_n = plain.collate(samples), loaded.collate(samples)
+    assert "neighbours" not in batch
+    assert torch.equal(batch_n["neighbours"], knn(batch["coord"].float(), batch["cu_seqlens"], 6))
+    results = []
+    for task, b in ((plain, batch), (loaded, batch_n)):
+        torch.manual_seed(0)
+        model = task.build_model().train()
+        torch.manual_seed(1)   # drop-path draws
+        loss = task.loss(task.forward(model, b), b)
+        loss.backward()
+        results.append([loss.detach(), *(p.grad for p in model.parameters())])
+    for a, b in zip(*results):
+        assert (a is None and b is None) or torch.equal(a, b)
+    n = batch["coord"].shape[0]   # and the model reads them: every point its own neighbour
+    own = dict(batch_n, neighbours=torch.arange(n)[:, None].expand(n, 6))
+    model.eval()
+    assert not torch.equal(task.forward(model, own), task.forward(model, batch_n))
+
+
+def test_knn_in_loader_follows_the_passes_of_full_resolution_voting():
+    """With ``eval.votes=2`` every pass is one segment of the batch: the neighbours are those
+    of each pass, never across passes."""
+    task = _knn_task(True, "+data.grid_size=0.2", "eval.full_resolution=true", "eval.votes=2",
+                     "model.num_categories=0")
+    raw = {"coord": np.random.default_rng(3).uniform(0, 1, (200, 3)).astype(np.float32),
+           "label": np.arange(200) % 4}
+    batch = task.collate([task.preprocess(raw)])
+    cu = batch["cu_seqlens"]
+    assert cu.numel() == 3
+    assert torch.equal(batch["neighbours"], knn(batch["coord"].float(), cu, 6))
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        rows = batch["neighbours"][a:b]
+        assert ((rows >= a) & (rows < b)).all()
+
+
+def test_knn_in_loader_needs_model_k_and_the_model_checks_the_shape():
+    task = _knn_task(True, "model.k=null")
+    with pytest.raises(ValueError, match=r"train.knn_in_loader needs .* model.k"):
+        task.collate(_scenes(task, 1))
+    model = _knn_task(False).build_model()
+    batch = _knn_task(True).collate(_scenes(task, 2))
+    with pytest.raises(ValueError, match=r"neighbours must be \(\d+, 6\) integer indices"):
+        model(batch["coord"], batch["feat"], batch["cu_seqlens"], batch.get("category"),
+              neighbours=batch["neighbours"][:, :5])
