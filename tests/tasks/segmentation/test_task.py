@@ -425,3 +425,17 @@ def test_knn_in_loader_needs_model_k_and_the_model_checks_the_shape():
     with pytest.raises(ValueError, match=r"neighbours must be \(\d+, 6\) integer indices"):
         model(batch["coord"], batch["feat"], batch["cu_seqlens"], batch.get("category"),
               neighbours=batch["neighbours"][:, :5])
+
+
+def test_knn_in_loader_trains_through_loader_workers_to_the_same_metrics(tmp_path):
+    """Two epochs with one loader worker: neighbours computed in the worker (one KD-tree core)
+    and read by the model give the run of the model computing them, to the last bit."""
+    summaries = []
+    for loader in (False, True):
+        cfg = load_config(find_config("default.yaml"), TINY + [
+            f"output_dir={tmp_path / str(loader)}", "train.num_workers=1",
+            f"+train.knn_in_loader={str(loader).lower()}"])
+        summaries.append(Trainer(cfg, config_name="default").fit())
+    plain, loaded = summaries
+    for key in ("train_loss", "loss", "miou"):
+        assert loaded["last"][key] == plain["last"][key], key
