@@ -47,7 +47,9 @@ differences and both step times (the one task ``--tasks`` names, else events).
 second of two epochs): ``loop_step_ms`` per step, ``loop_data_wait_ms`` of it waiting for the
 loader, ``loop_copy_host_ms`` in the batch's copy to the device (``move_to``),
 ``loop_step_host_ms`` in the step call (``Trainer._train_step``), ``loop_other_host_ms`` the
-rest (meters, callbacks, the progress bar), and on CUDA ``loop_gpu_busy_frac``, the step's GPU-busy time over that: the share of
+rest (meters, callbacks, the progress bar, the epoch's start and end), ``loop_first_batch_ms``
+how long a fresh epoch waits for its first batch (the loader's workers start every epoch), and
+on CUDA ``loop_gpu_busy_frac``, the step's GPU-busy time over that: the share of
 an epoch the GPU works, where ``gpu_busy_frac`` is the share of the step alone.
 ``--compile SPEC``: the steps with ``train.compile=SPEC`` (the training forward under
 ``torch.compile``; the warm-up steps compile). ``--op-sources``: one more row per case,
@@ -576,6 +578,9 @@ def measure_loop(trainer, optimizer, scheduler, dataset, batch_size: int,
             stats = trainer._train_epoch(loader, epoch, (epoch - 1) * len(loader), optimizer,
                                          scheduler, _NoLog())
     steps = len(loader)
+    start = time.perf_counter()   # a fresh epoch's first batch: workers started, one collate
+    next(iter(loader))
+    first_batch_ms = 1e3 * (time.perf_counter() - start)
     per_step = {key: 1e3 * value / steps for key, value in host.items()}
     loop_ms, wait_ms = 1e3 * stats["time_s"] / steps, 1e3 * stats["data_wait_s"] / steps
     return {"loop_steps": steps, "loop_step_ms": round(loop_ms, 3),
@@ -583,6 +588,7 @@ def measure_loop(trainer, optimizer, scheduler, dataset, batch_size: int,
             "loop_copy_host_ms": round(per_step["copy"], 3),
             "loop_step_host_ms": round(per_step["step"], 3),
             "loop_other_host_ms": round(loop_ms - wait_ms - sum(per_step.values()), 3),
+            "loop_first_batch_ms": round(first_batch_ms, 3),
             "loop_workers": int(trainer.cfg.train.num_workers)}
 
 
