@@ -154,15 +154,16 @@ def _knn_kdtree(pts: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(idx.reshape(len(xyz), k).astype("int64"))
 
 
-def checked_neighbours(neighbours: torch.Tensor, points: int, k: int) -> torch.Tensor:
-    """``neighbours`` as given to the kNN embedding: ``(points, k)`` integer indices on the
-    points' device (moved there, made long); other shapes raise ``ValueError``. The values are
-    not read (no host sync): ``knn`` made them."""
+def checked_neighbours(neighbours: torch.Tensor, coord: torch.Tensor, k: int) -> torch.Tensor:
+    """``neighbours`` as given to the kNN embedding: ``(N, k)`` integer indices of the points
+    ``coord (N, 3)``, returned long on their device; other shapes and dtypes raise
+    ``ValueError``. The values are not read (no host sync): ``knn`` made them."""
+    points = coord.shape[0]
     if neighbours.dim() != 2 or tuple(neighbours.shape) != (points, k) or \
             neighbours.dtype.is_floating_point or neighbours.dtype == torch.bool:
         raise ValueError(f"neighbours must be ({points}, {k}) integer indices (knn of the "
                          f"batch's points), got {tuple(neighbours.shape)} {neighbours.dtype}")
-    return neighbours.long()
+    return neighbours.to(coord.device, torch.long)
 
 
 def _pad_neighbours(idx: torch.Tensor, k: int) -> torch.Tensor:
@@ -204,7 +205,7 @@ class KNNEmbedding(nn.Module):
         """``neighbours (N, k)`` long: ``knn(coord, cu_seqlens, k)`` computed before (the
         task's loader: ``train.knn_in_loader``); default None: computed here."""
         idx = (knn(coord, cu_seqlens, self.k) if neighbours is None
-               else checked_neighbours(neighbours, coord.shape[0], self.k))   # (N, k)
+               else checked_neighbours(neighbours, coord, self.k))   # (N, k)
         rel = coord[idx] - coord[:, None, :]                       # (N, k, 3)
         with torch.no_grad():
             reach = rel.norm(dim=-1).amax(1)                       # (N,) distance to the k-th

@@ -72,16 +72,17 @@ class _PointTask(Task):
         return model(**kwargs)
 
     def collate(self, samples) -> dict[str, Any]:
-        """``pack_collate``, with the kNN embedding's neighbours (``with_neighbours``)."""
-        return self.with_neighbours(pack_collate(samples, stack_keys=self.stack_keys))
+        """The packed batch, with the kNN embedding's neighbours (``with_neighbours``)."""
+        return self.with_neighbours(super().collate(samples))
 
     def with_neighbours(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` with ``neighbours (N, k)``: ``knn(coord, cu_seqlens, model.k)`` of its
         packed points, where ``train.knn_in_loader`` is true (default false: the model computes
-        them; training, evaluation and prediction batches alike). In the loader's workers this is CPU work (SciPy's KD-tree, one core per worker)
-        overlapping the GPU's steps, in place of the model's brute force on the GPU; on the CPU
-        the same function gives the same neighbours as the model's own call."""
-        if not (self.cfg.get("train") or {}).get("knn_in_loader", False):
+        them); training, evaluation and prediction batches alike. In the loader's workers this
+        is CPU work (SciPy's KD-tree, one core per worker) that overlaps the GPU's steps, in
+        place of the model's brute force on the GPU; on the CPU the same function gives the
+        same neighbours as the model's own call."""
+        if not self.cfg.train.get("knn_in_loader", False):
             return batch
         k = self.cfg.model.get("k")
         if not isinstance(k, int) or k < 1:
