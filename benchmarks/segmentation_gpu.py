@@ -140,7 +140,9 @@ def step_time(model, batch, iters: int, warmup: int = 1) -> tuple[float, float]:
         sync()
         t = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            logits = model(batch["coord"], batch["feat"], batch["cu_seqlens"])
+            logits = model(batch["coord"], batch["feat"], batch["cu_seqlens"],
+                           **({"neighbours": batch["neighbours"]} if "neighbours" in batch
+                              else {}))
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"])
         loss.backward()
         model.zero_grad(set_to_none=True)

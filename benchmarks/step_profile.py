@@ -66,7 +66,9 @@ scaling section of ``segmentation_gpu.py``: scenes of 50k points cut from the re
 peak memory, activation memory per point (peak minus the memory held before the step) and
 step time for each set of memory-saving paths (``set_memory_paths``: ``off`` = none,
 ``default`` = the library's defaults: fused Mamba, kNN embedding recomputed in the backward;
-``all`` = also the opt-in fused RMSNorm), no checkpointing.
+``all`` = also the opt-in fused RMSNorm), no checkpointing. ``--knn-in-loader``: the kNN
+embedding's neighbours searched once on the CPU before the steps and given to the model (what
+``train.knn_in_loader`` does in the loader), so the steps time the model without its search.
 
     python benchmarks/step_profile.py [--tasks segmentation detection graph events]
         [--steps 5] [--warmup 3] [--out steps.jsonl] [--paths off|default|all]
@@ -695,6 +697,10 @@ def measure_points(points: list[int], args, emit) -> None:
         k = max(1, math.ceil(total / per_scene))
         scenes = [seg.make_scene(scans, total // k, g) for _ in range(k)]
         batch = seg.batch_of(scenes, device)
+        if args.knn_in_loader:   # as train.knn_in_loader: the neighbours come with the batch
+            from geossm.tasks.segmentation.models import knn
+            batch["neighbours"] = knn(batch["coord"].float().cpu(), batch["cu_seqlens"].cpu(),
+                                      int(cfg.model.k)).to(device)
         if cfg.model.in_channels != batch["feat"].shape[1]:
             raise ValueError(f"the config's model.in_channels={cfg.model.in_channels} does not "
                              f"fit the scenes' {batch['feat'].shape[1]} features")
@@ -703,7 +709,8 @@ def measure_points(points: list[int], args, emit) -> None:
             held = torch.cuda.memory_allocated() if device.type == "cuda" else 0
             res = seg.step_or_oom(model, batch, iters=1 if args.tiny else 2, warmup=1)
             row = {"bench": "step_profile_points", "points": int(batch["coord"].shape[0]),
-                   "scenes": k, "paths": paths, "grad_checkpoint": False}
+                   "scenes": k, "paths": paths, "grad_checkpoint": False,
+                   "knn_in_loader": bool(args.knn_in_loader)}
             if res is None:
                 row["error"] = "out of memory"
             else:
@@ -740,6 +747,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="memory-saving paths (see PATHS; off = as before them)")
     ap.add_argument("--points", type=int, nargs="+", default=None,
                     help="PCM memory per point at these point counts instead of the tasks")
+    ap.add_argument("--knn-in-loader", action="store_true",
+                    help="--points: the kNN embedding's neighbours computed before the steps "
+                         "(on the CPU, as train.knn_in_loader does in the loader)")
     ap.add_argument("--cuda-graph", nargs="?", const="true", default=None,
                     choices=["true", "false", "auto"],
                     help="train.cuda_graph (bare flag: true; default: the config's)")

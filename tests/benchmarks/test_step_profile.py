@@ -70,6 +70,22 @@ def test_tiny_points_mode_runs_every_set_of_memory_paths(step_profile, capsys):
     assert all(r["points"] == 900 and r["step_s"] > 0 for r in rows)
 
 
+def test_tiny_points_with_neighbours_given_search_once_before_the_steps(step_profile, capsys,
+                                                                        monkeypatch):
+    """``--points --knn-in-loader``: the neighbours are searched once, before the timed steps
+    (as the loader would), and every step reads them instead of searching."""
+    import geossm.tasks.segmentation.models as models
+
+    shared_path("semantickitti", "semantickitti_npy_3scans.tar.xz")
+    calls = []
+    real = models.knn
+    monkeypatch.setattr(models, "knn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    step_profile.main(["--tiny", "--points", "900", "--knn-in-loader"])
+    rows = _rows(capsys)
+    assert [r["knn_in_loader"] for r in rows] == [True] * 3 and all(r["step_s"] > 0 for r in rows)
+    assert len(calls) == 1
+
+
 def test_busy_union_merges_overlapping_intervals(step_profile):
     assert step_profile._busy_union_us([(0, 4), (2, 6), (10, 11), (10.5, 10.7)]) == 7
     assert step_profile._busy_union_us([]) == 0
