@@ -82,7 +82,8 @@ class _PointTask(Task):
         is CPU work (SciPy's KD-tree, one core per worker) that overlaps the GPU's steps, in
         place of the model's brute force on the GPU; on the CPU the same function gives the
         same neighbours as the model's own call."""
-        if not self.cfg.train.get("knn_in_loader", False):
+        train = getattr(self.cfg, "train", None) or {}   # a task built without a config: off
+        if not train.get("knn_in_loader", False):
             return batch
         k = self.cfg.model.get("k")
         if not isinstance(k, int) or k < 1:
