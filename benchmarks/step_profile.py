@@ -594,12 +594,12 @@ def measure_loop(trainer, optimizer, scheduler, dataset, batch_size: int,
             "loop_workers": int(trainer.cfg.train.num_workers)}
 
 
-@contextlib.contextmanager
 def patched(owner, name: str, totals: dict, key: str):
-    """``owner.name`` replaced, while the block runs, by a wrapper that adds the host's
-    seconds in each call to ``totals[key]`` (no device sync added: the host's own time in
-    the call, with any wait for the device that the call itself does)."""
-    own = name in vars(owner)   # a module's function; else a class's method, then deleted
+    """A context in which ``owner.name`` is a wrapper that adds the host's seconds in each
+    call to ``totals[key]`` (no device sync added: the host's own time in the call, with any
+    wait for the device that the call itself does); ``mock.patch.object`` puts it back."""
+    from unittest import mock
+
     original = getattr(owner, name)
 
     def timed(*args, **kwargs):
@@ -609,14 +609,7 @@ def patched(owner, name: str, totals: dict, key: str):
         finally:
             totals[key] += time.perf_counter() - start
 
-    setattr(owner, name, timed)
-    try:
-        yield
-    finally:
-        if own:
-            setattr(owner, name, original)
-        else:
-            delattr(owner, name)
+    return mock.patch.object(owner, name, timed)
 
 
 #: Overrides that take the randomness out of a task's step for ``--graph-check`` (graph
