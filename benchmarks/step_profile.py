@@ -691,7 +691,7 @@ def measure_points(points: list[int], args, emit) -> None:
         scenes = [seg.make_scene(scans, total // k, g) for _ in range(k)]
         batch = seg.batch_of(scenes, device)
         if args.knn_in_loader:   # as train.knn_in_loader: the neighbours come with the batch
-            from geossm.tasks.segmentation.models import knn
+            from geossm.tasks.segmentation.neighbours import knn
             batch["neighbours"] = knn(batch["coord"].float().cpu(), batch["cu_seqlens"].cpu(),
                                       int(cfg.model.k)).to(device)
         if cfg.model.in_channels != batch["feat"].shape[1]:

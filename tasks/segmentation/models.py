@@ -38,7 +38,8 @@ from geossm.serialization import (ORDERS, Serialization, fit_depth, grid_coordin
                                   serialize_grid)
 from geossm.serialization.traceable import tracing
 
-from .traceable import knn_op
+from .neighbours import checked_neighbours, knn
+
 __all__ = ["PCM_ORDERS", "SIZES", "knn", "KNNEmbedding", "PCMEncoder", "PointCloudMambaSeg",
            "PointCloudMambaCls"]
 
@@ -90,87 +91,6 @@ def _run(module: nn.Module, enabled: bool, *args: Any) -> Any:
     if _checkpointing(module, enabled):
         return _checkpoint(module, *args, use_reentrant=False)
     return module(*args)
-
-
-#: below this many points per sample brute force beats building a KD-tree on the CPU
-KDTREE_MIN_POINTS = 4096
-
-
-@torch.no_grad()
-def knn(coord: torch.Tensor, cu_seqlens: torch.Tensor, k: int,
-        max_elements: int | None = None, method: str = "auto") -> torch.Tensor:
-    """Indices of the ``k`` nearest neighbours (self included) of every point, within its sample,
-    nearest first.
-
-    Exact either way. ``method="brute"``: pairwise distances per sample in chunks of queries of
-    at most ``max_elements`` distances each (default 2^28 on CUDA, 2^24 on CPU), so memory stays
-    bounded for scenes of any size — O(n²) work, the right choice on a GPU. ``method="kdtree"``
-    (CPU tensors only): SciPy's ``cKDTree`` on all cores, O(n log n) — a whole 120k-point LiDAR
-    scan in seconds instead of minutes. ``"auto"`` takes the KD-tree on the CPU for samples of at
-    least ``KDTREE_MIN_POINTS`` points. A sample with fewer than ``k`` points repeats its farthest
-    neighbour. Host syncs: ``cu_seqlens`` is read on the host (one loop iteration per sample).
-
-    Shapes: ``coord (N, 3)``, ``cu_seqlens (B+1,)`` -> ``(N, k) long`` (global indices).
-    """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    if method not in ("auto", "brute", "kdtree"):
-        raise ValueError(f"knn method must be 'auto', 'brute' or 'kdtree', got {method!r}")
-    if method == "kdtree" and coord.is_cuda:
-        raise ValueError("knn method='kdtree' runs on the CPU; use 'brute' (or 'auto') for CUDA tensors")
-    if max_elements is None:
-        max_elements = 2 ** 28 if coord.is_cuda else 2 ** 24
-    if tracing():
-        return knn_op(coord, cu_seqlens, k, max_elements, method)
-    out = torch.empty(coord.shape[0], k, dtype=torch.long, device=coord.device)
-    bounds = cu_seqlens.tolist()
-    pts_all = coord.float()
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        n = b - a
-        if n == 0:
-            continue
-        pts = pts_all[a:b]
-        use_tree = method == "kdtree" or (method == "auto" and not coord.is_cuda
-                                          and n >= KDTREE_MIN_POINTS)
-        if use_tree:
-            out[a:b] = _pad_neighbours(_knn_kdtree(pts, min(k, n)) + a, k)
-            continue
-        step = max(1, max_elements // n)
-        for q in range(0, n, step):
-            d = torch.cdist(pts[q:q + step], pts)  # (chunk, n)
-            idx = d.topk(min(k, n), dim=1, largest=False).indices + a
-            out[a + q:a + min(q + step, n)] = _pad_neighbours(idx, k)
-    return out
-
-
-def _knn_kdtree(pts: torch.Tensor, k: int) -> torch.Tensor:
-    """``(n, 3) float`` -> ``(n, k) long`` local indices, nearest first, via SciPy's cKDTree."""
-    from scipy.spatial import cKDTree
-
-    xyz = pts.detach().cpu().double().numpy()  # float64: the same ranking as the brute force
-    # one core per data-loader worker (the workers share the machine), all cores elsewhere
-    workers = 1 if torch.utils.data.get_worker_info() is not None else -1
-    _, idx = cKDTree(xyz).query(xyz, k=k, workers=workers)
-    return torch.from_numpy(idx.reshape(len(xyz), k).astype("int64"))
-
-
-def checked_neighbours(neighbours: torch.Tensor, coord: torch.Tensor, k: int) -> torch.Tensor:
-    """``neighbours`` as given to the kNN embedding: ``(N, k)`` integer indices of the points
-    ``coord (N, 3)``, returned long on their device; other shapes and dtypes raise
-    ``ValueError``. The values are not read (no host sync): ``knn`` made them."""
-    points = coord.shape[0]
-    if neighbours.dim() != 2 or tuple(neighbours.shape) != (points, k) or \
-            neighbours.dtype.is_floating_point or neighbours.dtype == torch.bool:
-        raise ValueError(f"neighbours must be ({points}, {k}) integer indices (knn of the "
-                         f"batch's points), got {tuple(neighbours.shape)} {neighbours.dtype}")
-    return neighbours.to(coord.device, torch.long)
-
-
-def _pad_neighbours(idx: torch.Tensor, k: int) -> torch.Tensor:
-    """Repeat the last (farthest) column of ``idx (n, kk)`` up to ``k`` columns."""
-    if idx.shape[1] < k:
-        idx = torch.cat([idx, idx[:, -1:].expand(-1, k - idx.shape[1])], 1)
-    return idx
 
 
 class KNNEmbedding(nn.Module):

@@ -34,7 +34,7 @@ from .datasets import (SemanticKITTI, read_semantickitti_scan, semantickitti_lea
 from .losses import cross_entropy
 from .metrics import (ClassificationMetric, LabelFileWriter, PartSegMetric, SegmentationMetric,
                       masked_prediction, part_mask)
-from .models import knn
+from .neighbours import knn
 from .transforms import PointPreprocess
 
 

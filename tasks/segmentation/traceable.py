@@ -17,7 +17,7 @@ __all__ = ["knn_op"]
 @torch.library.custom_op("geossm::knn", mutates_args=())
 def knn_op(coord: Tensor, cu_seqlens: Tensor, k: int, max_elements: int, method: str) -> Tensor:
     """``knn(coord, cu_seqlens, k, max_elements, method)``: ``(N, k)`` long neighbour indices."""
-    from .models import knn
+    from .neighbours import knn
     return knn(coord, cu_seqlens, k, max_elements, method)
 
 

@@ -2,48 +2,7 @@ import pytest
 import torch
 
 from geossm.tasks.segmentation.models import (PCM_ORDERS, SIZES, PointCloudMambaCls,
-                                              PointCloudMambaSeg, _example_inputs, knn)
-
-
-def test_knn_matches_brute_force_per_sample():
-    coord, _, cu = _example_inputs(3, lengths=(30, 5, 12))
-    idx = knn(coord, cu, k=8, max_elements=64)  # tiny chunks: exercises the chunk loop
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        pts = coord[a:b]
-        d = torch.cdist(pts, pts)
-        for i in range(b - a):
-            got = idx[a + i]
-            assert ((got >= a) & (got < b)).all()  # never crosses samples
-            kk = min(8, b - a)
-            ref = d[i].topk(kk, largest=False).values
-            torch.testing.assert_close(d[i][got - a][:kk].sort().values, ref.sort().values)
-    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
-        knn(coord, cu, 0)
-
-
-@pytest.mark.parametrize("lengths", [(30, 5, 12), (700, 0, 3)])
-def test_knn_kdtree_finds_the_same_neighbour_distances_as_brute_force(lengths):
-    coord, _, cu = _example_inputs(3, lengths=lengths)
-    brute = knn(coord, cu, k=8, method="brute")
-    tree = knn(coord, cu, k=8, method="kdtree")
-    dist = lambda idx: (coord[idx] - coord[:, None]).norm(dim=-1)  # (N, k), nearest first
-    torch.testing.assert_close(dist(tree), dist(brute), atol=1e-5, rtol=0)
-    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        assert ((tree[a:b] >= a) & (tree[a:b] < b)).all()
-
-
-def test_knn_auto_takes_the_tree_for_large_cpu_samples(monkeypatch):
-    import geossm.tasks.segmentation.models as seg
-
-    calls = []
-    real = seg._knn_kdtree
-    monkeypatch.setattr(seg, "_knn_kdtree", lambda pts, k: calls.append(len(pts)) or real(pts, k))
-    monkeypatch.setattr(seg, "KDTREE_MIN_POINTS", 20)
-    coord, _, cu = _example_inputs(3, lengths=(30, 5))
-    knn(coord, cu, k=4)
-    assert calls == [30]  # the 5-point sample stays brute force
-    with pytest.raises(ValueError, match="knn method must be 'auto', 'brute' or 'kdtree', got 'ball'"):
-        knn(coord, cu, k=4, method="ball")
+                                              PointCloudMambaSeg, _example_inputs)
 
 
 def small_seg(**kw):
