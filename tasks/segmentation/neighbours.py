@@ -22,7 +22,7 @@ KDTREE_MIN_POINTS = 4096
 #: from this many points per sample the block search beats brute force on a GPU
 BLOCKS_MIN_POINTS = 8192
 #: points per block of the block search (at least ``k``)
-BLOCK_POINTS = 64
+BLOCK_POINTS = 32
 #: blocks (the nearest by centre) whose points bound a block's k-th neighbour distance
 BOUND_BLOCKS = 4
 

@@ -124,3 +124,16 @@ def test_knn_blocks_small_samples_and_k_above_the_block_size():
     torch.testing.assert_close(dist2(coord, got), dist2(coord, tree), atol=1e-6, rtol=1e-6)
     assert (got[:5, :5].sort(dim=1).values == torch.arange(5)).all()  # all 5, then repeats
     assert (got[:5, 5:] == got[:5, 4:5]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the block search "
+                    "is the GPU's default for large samples; CPU runs of it are tested above)")
+def test_knn_auto_on_cuda_matches_the_kdtree():
+    """On a GPU, ``auto`` takes the block search for a LiDAR-like 20k-point sample and brute
+    force for a small one; both give the KD-tree's neighbour distances."""
+    pts = torch.cat([scenes()["rings"]] * 7)[:20_000] + torch.randn(20_000, 3) * 1e-3
+    pts = torch.cat([pts, torch.rand(500, 3)])
+    cu = torch.tensor([0, 20_000, 20_500])
+    got = knn(pts.cuda(), cu.cuda(), k=16).cpu()
+    tree = knn(pts, cu, k=16, method="kdtree")
+    torch.testing.assert_close(dist2(pts, got), dist2(pts, tree), atol=1e-4, rtol=1e-5)
