@@ -19,7 +19,8 @@ __all__ = ["KDTREE_MIN_POINTS", "checked_neighbours", "knn"]
 
 #: below this many points per sample brute force beats building a KD-tree on the CPU
 KDTREE_MIN_POINTS = 4096
-#: from this many points per sample the block search beats brute force on a GPU
+#: from this many points per sample a GPU takes the block search; below, brute force's n²
+#: distances are few (8,192² = 67M) and cost two launches (the crossover is not measured)
 BLOCKS_MIN_POINTS = 8192
 #: points per block of the block search (at least ``k``)
 BLOCK_POINTS = 32
