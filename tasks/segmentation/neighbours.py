@@ -153,14 +153,17 @@ def _kd_blocks(pts: torch.Tensor, block_points: int) -> tuple[torch.Tensor, torc
     leaves of a balanced k-d tree, built by batched sorts (no per-group loop).
 
     ``pts (n, 3)`` -> ``(perm (2^L s,) long, blocks (2^L, s, 3))``: ``blocks`` flattened is
-    ``pts`` padded to ``2^L s`` points with copies of the last one, in the order ``perm``
-    (``perm >= n``: a padding copy; each box still holds every real point of its block).
+    ``pts`` padded to ``2^L s`` points, in the order ``perm`` (``perm >= n``: a padding copy;
+    each box still holds every real point of its block). The fewer than ``2^L`` pads copy points
+    spread over the input, so they scatter over the leaves: copies of one point would fill whole
+    leaves of nothing but padding, whose bounds see no real point and prune nothing.
     """
     n = pts.shape[0]
     levels = max(0, (n // block_points).bit_length() - 1)  # 2^L <= n / block_points
     size = -(-n // 2 ** levels)
-    perm = torch.arange(2 ** levels * size, device=pts.device)
-    coords = pts[perm.clamp(max=n - 1)]
+    pads = 2 ** levels * size - n
+    perm = torch.arange(n + pads, device=pts.device)
+    coords = torch.cat([pts, pts[torch.arange(pads, device=pts.device) * n // max(pads, 1)]])
     for level in range(levels):
         groups = coords.view(2 ** level, -1, 3)
         axis = (groups.amax(1) - groups.amin(1)).argmax(1)  # (groups,) widest extent

@@ -115,6 +115,29 @@ def test_knn_blocks_compares_far_fewer_points_than_brute_force(monkeypatch):
     torch.testing.assert_close(dist2(pts, idx), dist2(pts, tree), atol=1e-6, rtol=1e-6)
 
 
+def test_knn_blocks_scatters_the_padding_over_the_leaves(monkeypatch):
+    """530 points in 64 leaves of 9 need 46 pads. Copies of one point would fill five leaves
+    with padding alone, whose bounds see no real point and take every leaf as a candidate;
+    spread copies leave every leaf mostly real and no leaf compared with all the others."""
+    g = torch.Generator().manual_seed(1)
+    pts = torch.rand(530, 3, generator=g)
+    perm, blocks = neighbours._kd_blocks(pts, 8)
+    assert blocks.shape == (64, 9, 3) and (perm >= 530).sum() == 46
+    assert (perm < 530).view(64, 9).sum(1).min() >= 5
+    candidates = []
+    real = neighbours._nearest_in_blocks
+
+    def counting(queries, blocks, real_points, cand, cand_ok, k):
+        candidates.append(cand.shape[1])
+        return real(queries, blocks, real_points, cand, cand_ok, k)
+
+    monkeypatch.setattr(neighbours, "_nearest_in_blocks", counting)
+    idx = neighbours._knn_blocks(pts, 4, 2 ** 24, block_points=8)
+    assert max(candidates) < 32
+    tree = neighbours._knn_kdtree(pts, 4)
+    torch.testing.assert_close(dist2(pts, idx), dist2(pts, tree), atol=1e-6, rtol=1e-6)
+
+
 def test_knn_blocks_small_samples_and_k_above_the_block_size():
     """Fewer points than ``k`` (the farthest repeated), ``k`` larger than ``BLOCK_POINTS``
     (blocks grow to ``k`` points) and samples too small to prune all match the KD-tree."""
