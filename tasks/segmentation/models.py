@@ -17,7 +17,7 @@ serialization order; block ``j`` (counted over the whole encoder) uses ``orders[
 order's point prompts at both ends of every sequence and a coordinate encoding added before it.
 
 Whole scenes are packed: ``cu_seqlens`` delimits samples of any sizes, every sequence op runs
-on the packed tensors (no padding); kNN runs per sample in torch, in chunks of queries.
+on the packed tensors (no padding); the exact kNN (``neighbours.knn``) runs per sample.
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ def _knn_kdtree(pts: torch.Tensor, k: int) -> torch.Tensor:
     """``(n, 3) float`` -> ``(n, k) long`` local indices, nearest first, via SciPy's cKDTree."""
     from scipy.spatial import cKDTree
 
-    xyz = pts.detach().cpu().double().numpy()  # float64: the same ranking as the brute force
+    xyz = pts.detach().cpu().double().numpy()  # float64: no rounding in the ranking
     # one core per data-loader worker (the workers share the machine), all cores elsewhere
     workers = 1 if torch.utils.data.get_worker_info() is not None else -1
     _, idx = cKDTree(xyz).query(xyz, k=k, workers=workers)
