@@ -160,3 +160,44 @@ def test_knn_auto_on_cuda_matches_the_kdtree():
     got = knn(pts.cuda(), cu.cuda(), k=16).cpu()
     tree = knn(pts, cu, k=16, method="kdtree")
     torch.testing.assert_close(dist2(pts, got), dist2(pts, tree), atol=1e-4, rtol=1e-5)
+
+
+hypothesis = pytest.importorskip("hypothesis", reason="hypothesis not installed: no property test")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SHAPES = ("volume", "plane", "line", "grid", "offset")
+
+
+def shaped_points(shape: str, n: int, seed: int) -> torch.Tensor:
+    """``n`` points of one kind the block search must handle: a volume, a plane, a line (boxes
+    of zero width), integer cells (many exact ties and twins), or a cloud far from the origin
+    (float32 rounding of the coordinates)."""
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.rand(n, 3, generator=g)
+    if shape == "plane":
+        pts[:, 2] = 0.5
+    elif shape == "line":
+        pts = pts[:, :1] * torch.tensor([1.0, 2.0, -3.0])
+    elif shape == "grid":
+        pts = (pts * 4).floor()
+    elif shape == "offset":
+        pts = pts * 10 + 1000
+    return pts
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from(SHAPES), n=st.integers(1, 700), k=st.integers(1, 20),
+       block_points=st.integers(1, 24), budget=st.sampled_from([2 ** 10, 2 ** 14, 2 ** 24]),
+       seed=st.integers(0, 2 ** 16))
+def test_knn_blocks_property_equals_the_kdtree(shape, n, k, block_points, budget, seed):
+    """Any size, ``k``, leaf size and distance budget: the block search returns, rank by rank,
+    the KD-tree's neighbour distances (ties may pick other points at the same distance)."""
+    pts = shaped_points(shape, n, seed)
+    cu = torch.tensor([0, n])
+    got = neighbours._knn_blocks(pts, min(k, n), budget, block_points=block_points)
+    tree = neighbours._knn_kdtree(pts, min(k, n))
+    scale = float(pts.abs().max()) ** 2 + 1
+    torch.testing.assert_close(dist2(pts, got), dist2(pts, tree), atol=1e-6 * scale, rtol=1e-5)
+    assert got.shape == (n, min(k, n)) and int(got.min()) >= 0 and int(got.max()) < n
+    assert knn(pts, cu, k, max_elements=budget, method="blocks").shape == (n, k)  # k > n: padded
