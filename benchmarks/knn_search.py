@@ -12,6 +12,7 @@ LiDAR coordinates of tens of metres swaps near-ties). The block search runs with
 
     python benchmarks/knn_search.py [--points 100000 1000000] [--block-points 32 64]
         [--device cuda] [--out knn.jsonl]
+    python benchmarks/knn_search.py --device cpu --points 3000 --repeats 1   # the CPU check
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--scans", type=Path, default=seg.ARCHIVE,
+                    help="the SemanticKITTI sample archive of ../shared/data")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    scans = seg.load_scans()
+    scans = seg.load_scans(args.scans)
     rows = []
     for total in args.points:
         batch = batch_of_scenes(scans, total, device)
