@@ -141,8 +141,7 @@ def step_time(model, batch, iters: int, warmup: int = 1) -> tuple[float, float]:
         t = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = model(batch["coord"], batch["feat"], batch["cu_seqlens"],
-                           **({"neighbours": batch["neighbours"]} if "neighbours" in batch
-                              else {}))
+                           neighbours=batch.get("neighbours"))
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["label"])
         loss.backward()
         model.zero_grad(set_to_none=True)

@@ -51,8 +51,8 @@ def knn(coord: torch.Tensor, cu_seqlens: torch.Tensor, k: int,
       block search on a GPU from ``BLOCKS_MIN_POINTS``, brute force below.
 
     A sample with fewer than ``k`` points repeats its farthest neighbour. Host syncs:
-    ``cu_seqlens`` is read on the host (one loop iteration per sample); the block search adds a
-    few per sample.
+    ``cu_seqlens`` is read on the host (one loop iteration per sample); the block search adds
+    one per sample (its candidate counts plan the chunks).
 
     Shapes: ``coord (N, 3)``, ``cu_seqlens (B+1,)`` -> ``(N, k) long`` (global indices).
     """
@@ -116,9 +116,10 @@ def _knn_blocks(pts: torch.Tensor, k: int, max_elements: int,
     the KD-tree's (float64) up to ties, and closer to it than brute force's.
     """
     n = pts.shape[0]
-    if n < (BOUND_BLOCKS + 1) * max(block_points or BLOCK_POINTS, k):
+    leaf_points = max(block_points or BLOCK_POINTS, k)
+    if n < (BOUND_BLOCKS + 1) * leaf_points:
         return _knn_brute(pts, k, max_elements)  # too few blocks to prune anything
-    perm, blocks = _kd_blocks(pts, max(block_points or BLOCK_POINTS, k))
+    perm, blocks = _kd_blocks(pts, leaf_points)
     nb, size, _ = blocks.shape
     real = (perm < n).view(nb, size)
     lo, hi = blocks.amin(1), blocks.amax(1)  # (nb, 3) bounding boxes

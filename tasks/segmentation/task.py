@@ -80,7 +80,7 @@ class _PointTask(Task):
         packed points, where ``train.knn_in_loader`` is true (default false: the model computes
         them); training, evaluation and prediction batches alike. In the loader's workers this
         is CPU work (SciPy's KD-tree, one core per worker) that overlaps the GPU's steps, in
-        place of the model's brute force on the GPU; on the CPU the same function gives the
+        place of the model's own search on the GPU; on the CPU the same function gives the
         same neighbours as the model's own call."""
         train = getattr(self.cfg, "train", None) or {}   # a task built without a config: off
         if not train.get("knn_in_loader", False):
