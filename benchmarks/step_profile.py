@@ -24,7 +24,10 @@ sync of each step; on the batches after the timed ones, fresh ones where ``--bat
 least the warm-up plus twice ``--steps``), ``gpu_busy_ms_stream`` (GPU-busy time of those same
 batches, profiled in one more pass: batches differ in size, so each ratio takes its numerator
 and denominator from the same batches) and ``gpu_busy_frac_stream`` = gpu_busy_ms_stream /
-stream_step_ms,
+stream_step_ms, ``stream_repeat_step_ms`` and ``gpu_busy_frac_stream_repeat`` (the same
+back-to-back steps run again right after: ``stream_step_ms`` is a mean, so it also holds what a
+batch costs only the first time, e.g. a kernel compiled or a CUDA graph captured for a size first
+met there; the repeat does not),
 ``kernels`` (kernel launches per step), ``aten_ops`` (operator calls per step), ``syncs``
 (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
 step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
@@ -501,6 +504,10 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         # on the batches after the timed ones: fresh where --batches >= warm-up + 2 x --steps
         stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
                                           first=args.steps) / args.steps
+        # the same steps once more: without what a batch costs only the first time it runs
+        # (a kernel compiled for a new size, a CUDA graph captured for a new padded size)
+        repeat_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
+                                          first=args.steps) / args.steps
         row = {"bench": "step_profile", "task": task, "config": task_config(task, args.config),
                "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
@@ -509,13 +516,16 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         row["gpu_busy_frac"] = round(prof["gpu_busy_ms"] / step_ms, 3) if dev.type == "cuda" \
             else None
         row["stream_step_ms"] = round(stream_ms, 2)
+        row["stream_repeat_step_ms"] = round(repeat_ms, 2)
         if dev.type == "cuda":  # GPU-busy time of the very batches the back-to-back steps ran
             stream_busy = profile_steps(step, batches, args.steps, dev,
                                         first=args.steps)["gpu_busy_ms"]
             row["gpu_busy_ms_stream"] = round(stream_busy, 3)
             row["gpu_busy_frac_stream"] = round(stream_busy / stream_ms, 3)
+            row["gpu_busy_frac_stream_repeat"] = round(stream_busy / repeat_ms, 3)
         else:
             row["gpu_busy_ms_stream"] = row["gpu_busy_frac_stream"] = None
+            row["gpu_busy_frac_stream_repeat"] = None
         row["sync_warnings"] = sync_warnings(step, batches[0], dev)
         row["peak_mem_gib"] = (round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
                                if dev.type == "cuda" else None)

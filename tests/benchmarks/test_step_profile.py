@@ -45,6 +45,7 @@ def test_tiny_profile_of_every_task(step_profile, capsys, tmp_path, monkeypatch,
         # No CUDA on the CPU check: no kernels, syncs or GPU fraction to report.
         assert row["kernels"] == 0 and row["syncs"] == 0 and row["gpu_busy_frac"] is None
         assert row["stream_step_ms"] > 0 and row["gpu_busy_frac_stream"] is None
+        assert row["stream_repeat_step_ms"] > 0 and row["gpu_busy_frac_stream_repeat"] is None
         assert row["gpu_busy_ms_stream"] is None
 
 
