@@ -27,7 +27,8 @@ and denominator from the same batches) and ``gpu_busy_frac_stream`` = gpu_busy_m
 stream_step_ms, ``stream_repeat_step_ms`` and ``gpu_busy_frac_stream_repeat`` (the same
 back-to-back steps run again right after: ``stream_step_ms`` is a mean, so it also holds what a
 batch costs only the first time, e.g. a kernel compiled or a CUDA graph captured for a size first
-met there; the repeat does not),
+met there; the repeat does not), ``triton_compiles`` (Triton kernel variants compiled in the
+warm-up, the synced, the back-to-back and the repeated steps: ``triton_variants``),
 ``kernels`` (kernel launches per step), ``aten_ops`` (operator calls per step), ``syncs``
 (``cudaStreamSynchronize`` / ``cudaDeviceSynchronize`` / ``cudaEventSynchronize`` calls per
 step), ``dtoh_copies`` (device-to-host copies per step) and ``sync_warnings`` (what
@@ -264,6 +265,39 @@ def _synced_steps(step, batches: list, steps: int, device: torch.device) -> tupl
     return outputs, seconds
 
 
+def _jit_functions(module) -> list:
+    """The Triton JIT functions a module holds at its top level (through the ``fn`` of an
+    autotuner or heuristics wrapper)."""
+    found = []
+    for obj in list(vars(module).values()):
+        for _ in range(4):  # unwrap Autotuner / Heuristics (each keeps the next in ``fn``)
+            if hasattr(obj, "device_caches") or type(obj).__name__ == "JITFunction":
+                found.append(obj)
+                break
+            obj = getattr(obj, "fn", None)
+            if obj is None or not hasattr(obj, "__dict__"):
+                break
+    return found
+
+
+def triton_variants(prefix: str = "geossm") -> int:
+    """Compiled Triton kernel variants held now by the JIT functions of the loaded modules
+    named ``prefix...`` (a kernel compiles one variant per new specialisation of its
+    arguments: dtypes, constexprs, an integer that is or is not a multiple of 16): the
+    difference over some steps counts the compiles they caused. 0 where nothing compiled
+    (the CPU, the Triton interpreter)."""
+    functions = {}   # by id: a kernel imported into several modules counts once
+    for name, module in list(sys.modules.items()):
+        if name.startswith(prefix) and module is not None:
+            functions.update((id(fn), fn) for fn in _jit_functions(module))
+    total = 0
+    for fn in functions.values():
+        caches = getattr(fn, "device_caches", None) or {}
+        # Triton >= 3.2: per device (kernel_cache, ...); the first item maps key -> kernel
+        total += sum(len(c[0]) if isinstance(c, tuple) else len(c) for c in caches.values())
+    return total
+
+
 def _back_to_back_s(step, batches: list, steps: int, device: torch.device,
                     first: int = 0) -> float:
     """Seconds for ``steps`` steps run back to back (one sync before and one after them), on
@@ -497,17 +531,22 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
         # A graphed step (train.cuda_graph, or auto in the config) also warms up and captures
         # before the timed steps.
         graph = trainer.graphed_step
+        compiled = [triton_variants()]
         _run_steps(step, batches, args.warmup + (graph.warmup + 1 if graph is not None else 0))
+        compiled.append(triton_variants())
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         step_ms = 1e3 * statistics.median(_synced_steps(step, batches, args.steps, dev)[1])
+        compiled.append(triton_variants())
         # on the batches after the timed ones: fresh where --batches >= warm-up + 2 x --steps
         stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
                                           first=args.steps) / args.steps
+        compiled.append(triton_variants())
         # the same steps once more: without what a batch costs only the first time it runs
         # (a kernel compiled for a new size, a CUDA graph captured for a new padded size)
         repeat_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
                                           first=args.steps) / args.steps
+        compiled.append(triton_variants())
         row = {"bench": "step_profile", "task": task, "config": task_config(task, args.config),
                "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
@@ -517,6 +556,8 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             else None
         row["stream_step_ms"] = round(stream_ms, 2)
         row["stream_repeat_step_ms"] = round(repeat_ms, 2)
+        row["triton_compiles"] = dict(zip(("warmup", "synced", "stream", "repeat"),
+                                          np.diff(compiled).tolist()))
         if dev.type == "cuda":  # GPU-busy time of the very batches the back-to-back steps ran
             stream_busy = profile_steps(step, batches, args.steps, dev,
                                         first=args.steps)["gpu_busy_ms"]
