@@ -271,11 +271,13 @@ def _jit_functions(module) -> list:
     found = []
     for obj in list(vars(module).values()):
         for _ in range(4):  # unwrap Autotuner / Heuristics (each keeps the next in ``fn``)
-            if hasattr(obj, "device_caches") or type(obj).__name__ == "JITFunction":
+            if type(obj).__name__ == "JITFunction" or "device_caches" in getattr(
+                    obj, "__dict__", {}):
                 found.append(obj)
                 break
-            obj = getattr(obj, "fn", None)
-            if obj is None or not hasattr(obj, "__dict__"):
+            # the instance's own attributes only: a lazy module's __getattr__ could import
+            obj = getattr(obj, "__dict__", {}).get("fn")
+            if obj is None:
                 break
     return found
 
