@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
         coord, cu = batch["coord"].float(), batch["cu_seqlens"]
         runs = {"brute": lambda: neighbours.knn(coord, cu, args.k, method="brute")}
         for bp in args.block_points:
-            runs[f"blocks{bp}"] = (lambda bp=bp: _with_block_points(
-                bp, lambda: neighbours.knn(coord, cu, args.k, method="blocks")))
+            runs[f"blocks{bp}"] = mock.patch.object(neighbours, "BLOCK_POINTS", bp)(
+                lambda: neighbours.knn(coord, cu, args.k, method="blocks"))
         if device.type == "cpu":
             runs["kdtree"] = lambda: neighbours.knn(coord, cu, args.k, method="kdtree")
         host = coord.cpu()
@@ -99,16 +100,6 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _with_block_points(block_points: int, fn):
-    """``fn()`` with ``neighbours.BLOCK_POINTS`` set to ``block_points``."""
-    saved = neighbours.BLOCK_POINTS
-    neighbours.BLOCK_POINTS = block_points
-    try:
-        return fn()
-    finally:
-        neighbours.BLOCK_POINTS = saved
 
 
 if __name__ == "__main__":

@@ -540,15 +540,15 @@ def measure_task(task: str, batch_size: int, args, tmp: Path, device: str) -> di
             torch.cuda.reset_peak_memory_stats(dev)
         step_ms = 1e3 * statistics.median(_synced_steps(step, batches, args.steps, dev)[1])
         compiled.append(triton_variants())
-        # on the batches after the timed ones: fresh where --batches >= warm-up + 2 x --steps
-        stream_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
-                                          first=args.steps) / args.steps
-        compiled.append(triton_variants())
-        # the same steps once more: without what a batch costs only the first time it runs
-        # (a kernel compiled for a new size, a CUDA graph captured for a new padded size)
-        repeat_ms = 1e3 * _back_to_back_s(step, batches, args.steps, dev,
-                                          first=args.steps) / args.steps
-        compiled.append(triton_variants())
+        # on the batches after the timed ones (fresh where --batches >= warm-up + 2 x --steps),
+        # then the same steps once more: without what a batch costs only the first time it
+        # runs (a kernel compiled for a new size, a CUDA graph captured for a new padded size)
+        back_to_back_ms = []
+        for _ in range(2):
+            back_to_back_ms.append(1e3 * _back_to_back_s(step, batches, args.steps, dev,
+                                                         first=args.steps) / args.steps)
+            compiled.append(triton_variants())
+        stream_ms, repeat_ms = back_to_back_ms
         row = {"bench": "step_profile", "task": task, "config": task_config(task, args.config),
                "batch_size": batch_size, "paths": args.paths,
                "items_per_batch": _items(batches[0]), "step_ms": round(step_ms, 2)}
