@@ -5,7 +5,11 @@
 # Mamba config runs as VARIANTS (JSON {name: [overrides]}; default: the config as it is,
 # "hops_att", and GMN's random-walk tokens, "walks"), and so may the GCN+ yardstick (GCN_VARIANTS,
 # default: the config as it is, "run"): the family's variant is then chosen on the validation
-# accuracy of Chameleon + Squirrel (the "best" rows' "acc"), never on test. Variants run
+# accuracy of Chameleon + Squirrel (the "best" rows' "acc"), never on test:
+#   python benchmarks/family_select.py ChameleonFiltered=$OUT/ChameleonFiltered.tolokers_gmn.jsonl \
+#       SquirrelFiltered=$OUT/SquirrelFiltered.tolokers_gmn.jsonl Tolokers=$OUT/Tolokers.tolokers_gmn.jsonl \
+#       --select-on ChameleonFiltered,SquirrelFiltered --reference hops_att
+# (paired by split; a variant replaces the reference only beyond one standard error). Variants run
 # split-major (every variant on split 0, then split 1, ...): a budget cut leaves them all on
 # the same splits.
 #
