@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(select_on) - set(data)
     if unknown:
         p.error(f"--select-on names datasets without a file: {sorted(unknown)}")
+    missing = [name for name in select_on if args.reference not in data[name]]
+    if missing:
+        p.error(f"reference variant {args.reference!r} has no runs in {missing} (--reference)")
     summary = compare(data, args.reference, select_on, args.metric)
     for item in summary:
         print(json.dumps(item))

@@ -92,6 +92,8 @@ def test_bad_arguments_are_reported(tmp_path):
         family_select.main([str(a)])
     with pytest.raises(SystemExit):
         family_select.main([f"A={a}", "--select-on", "B"])
+    with pytest.raises(SystemExit):  # the sweep's config variant has another name
+        family_select.main([f"A={a}", "--reference", "hops_att"])
 
 
 def test_a_gain_inside_its_standard_error_keeps_the_reference(tmp_path, capsys):
