@@ -61,10 +61,11 @@ def value(row: dict, metric: str, test: bool = False) -> float:
     return float(row[kind][("test_" if test else "") + name])
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (ddof 1; 0 for a single value)."""
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (ddof 1; 0 for a single value); None for no values (printed as
+    JSON null: no pairs to compare)."""
     if not values:
-        return math.nan, math.nan
+        return None, None
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
     return statistics.fmean(values), se
 
@@ -110,7 +111,7 @@ def choose(summary: list[dict], reference: str, min_se: float) -> dict:
     best = {"selected": reference, "gain": 0.0, "se": 0.0}
     for item in summary:
         gain, se = item["gain"], item["se"]
-        if item["variant"] == reference or math.isnan(gain) or item["keys"] < 2:
+        if item["variant"] == reference or gain is None or item["keys"] < 2:
             continue
         if gain > min_se * se and gain > best["gain"]:
             best = {"selected": item["variant"], "gain": gain, "se": se}
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"reference variant {args.reference!r} has no runs in {missing} (--reference)")
     summary = compare(data, args.reference, select_on, args.metric)
     for item in summary:
-        print(json.dumps(item))
+        print(json.dumps(item, allow_nan=False))
     print(json.dumps(choose(summary, args.reference, args.min_se)))
     return 0
 

@@ -82,6 +82,12 @@ def test_only_the_select_on_datasets_choose(tmp_path, capsys):
     assert v["datasets"]["T"]["metric"] == "best.roc_auc"
     assert v["datasets"]["T"]["val_diff"] == pytest.approx(-0.05)
     assert lines[-1]["selected"] == "v"
+    t_only = _dataset(tmp_path, "T2", {"only_on_t": 0.01}, NOISE)  # no pairs on A: null
+    family_select.main([f"A={a}", f"T={t_only}", "--select-on", "A"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    only = next(item for item in rows if item.get("variant") == "only_on_t")
+    assert only["gain"] is None and only["keys"] == 0
+    assert rows[-1]["selected"] == "v"
     family_select.main([f"A={a}", f"T={tol}"])  # both vote: the loss on T outweighs
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["selected"] == "base"
 
