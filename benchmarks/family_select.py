@@ -31,6 +31,8 @@ import math
 import statistics
 from collections import defaultdict
 
+from geossm.tasks.graph.metrics import mean_std
+
 Key = tuple[int, int]  # (split, seed)
 
 
@@ -62,12 +64,12 @@ def value(row: dict, metric: str, test: bool = False) -> float:
 
 
 def mean_se(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error (ddof 1; 0 for a single value); None for no values (printed as
-    JSON null: no pairs to compare)."""
+    """Mean and standard error (the sample std of ``metrics.mean_std`` over sqrt(n); 0 for a
+    single value); None for no values (printed as JSON null: no pairs to compare)."""
     if not values:
         return None, None
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return statistics.fmean(values), se
+    mean, std = mean_std(values)
+    return mean, std / math.sqrt(len(values))
 
 
 def paired(var: dict[Key, dict], ref: dict[Key, dict], metric: str) -> dict[Key, float]:
