@@ -341,6 +341,7 @@ def load_kernels_file(path: str):
 
     spec = importlib.util.spec_from_file_location("scan_triton_alt", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # a package's relative imports look it up there
     spec.loader.exec_module(module)
     return module
 

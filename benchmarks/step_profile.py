@@ -106,6 +106,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geossm.kernels._common import triton_variants
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GEOSSM_SHARED_DATA") or REPO.parent / "shared" / "data")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # segmentation_gpu (scenes, steps)
@@ -263,41 +265,6 @@ def _synced_steps(step, batches: list, steps: int, device: torch.device) -> tupl
         _sync(device)
         seconds.append(time.perf_counter() - t0)
     return outputs, seconds
-
-
-def _jit_functions(module) -> list:
-    """The Triton JIT functions a module holds at its top level (through the ``fn`` of an
-    autotuner or heuristics wrapper)."""
-    found = []
-    for obj in list(vars(module).values()):
-        for _ in range(4):  # unwrap Autotuner / Heuristics (each keeps the next in ``fn``)
-            if type(obj).__name__ == "JITFunction" or "device_caches" in getattr(
-                    obj, "__dict__", {}):
-                found.append(obj)
-                break
-            # the instance's own attributes only: a lazy module's __getattr__ could import
-            obj = getattr(obj, "__dict__", {}).get("fn")
-            if obj is None:
-                break
-    return found
-
-
-def triton_variants(prefix: str = "geossm") -> int:
-    """Compiled Triton kernel variants held now by the JIT functions of the loaded modules
-    named ``prefix...`` (a kernel compiles one variant per new specialisation of its
-    arguments: dtypes, constexprs, an integer that is or is not a multiple of 16): the
-    difference over some steps counts the compiles they caused. 0 where nothing compiled
-    (the CPU, the Triton interpreter)."""
-    functions = {}   # by id: a kernel imported into several modules counts once
-    for name, module in list(sys.modules.items()):
-        if name.startswith(prefix) and module is not None:
-            functions.update((id(fn), fn) for fn in _jit_functions(module))
-    total = 0
-    for fn in functions.values():
-        caches = getattr(fn, "device_caches", None) or {}
-        # Triton >= 3.2: per device (kernel_cache, ...); the first item maps key -> kernel
-        total += sum(len(c[0]) if isinstance(c, tuple) else len(c) for c in caches.values())
-    return total
 
 
 def _back_to_back_s(step, batches: list, steps: int, device: torch.device,

@@ -84,3 +84,42 @@ def segment_bounds(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     start = torch.repeat_interleave(cu[:-1], lengths)
     end = torch.repeat_interleave(cu[1:], lengths)
     return start, end
+
+
+def jit_functions(module) -> list:
+    """The Triton JIT functions a module holds at its top level (through the ``fn`` of an
+    autotuner or heuristics wrapper)."""
+    found = []
+    for obj in list(vars(module).values()):
+        for _ in range(4):  # unwrap Autotuner / Heuristics (each keeps the next in ``fn``)
+            if type(obj).__name__ == "JITFunction" or "device_caches" in getattr(
+                    obj, "__dict__", {}):
+                found.append(obj)
+                break
+            # the instance's own attributes only: a lazy module's __getattr__ could import
+            obj = getattr(obj, "__dict__", {}).get("fn")
+            if obj is None:
+                break
+    return found
+
+
+def compiled_variants(fn) -> int:
+    """Compiled variants a Triton JIT function holds over all devices (one per new
+    specialisation of its arguments: dtypes, constexprs, an int that is or is not 1 or a
+    multiple of 16, unless listed in ``do_not_specialize``); 0 under the interpreter."""
+    caches = getattr(fn, "device_caches", None) or {}
+    # Triton >= 3.2: per device (kernel_cache, ...); the first item maps key -> kernel
+    return sum(len(c[0]) if isinstance(c, tuple) else len(c) for c in caches.values())
+
+
+def triton_variants(prefix: str = "geossm") -> int:
+    """Compiled Triton kernel variants held now by the JIT functions of the loaded modules
+    named ``prefix...``: the difference over some steps counts the compiles they caused. 0
+    where nothing compiled (the CPU, the Triton interpreter)."""
+    import sys
+
+    functions = {}   # by id: a kernel imported into several modules counts once
+    for name, module in list(sys.modules.items()):
+        if name.startswith(prefix) and module is not None:
+            functions.update((id(fn), fn) for fn in jit_functions(module))
+    return sum(compiled_variants(fn) for fn in functions.values())

@@ -67,7 +67,7 @@ def _pre_at(x, w, bias, rows, start, end, offs_d, md, D, W: tl.constexpr, BT: tl
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T",))
 def _conv_fwd(x, w, bias, seg_of, cu_seq, out, T, D,
               W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
               HAS_BIAS: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr):
@@ -85,7 +85,7 @@ def _conv_fwd(x, w, bias, seg_of, cu_seq, out, T, D,
              acc.to(out.dtype.element_ty), mask=mrow[:, None] & md[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T", "nprog"))
 def _conv_bwd(x, w, bias, seg_of, cu_seq, dout, dx, dw_part, db_part, T, D, nprog,
               W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, WP: tl.constexpr,
               HAS_BIAS: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr):

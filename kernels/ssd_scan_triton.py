@@ -229,7 +229,7 @@ def _load_entering(local_ptr, prefix_ptr, group_ptr, c, h, H, K, L, PN, state_of
     return local + tl.load(prefix_ptr + c * H + h) * carried
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T",))
 def _chunk_state_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, bias_ptr, seg_ptr, start_ptr,
                         step_ptr, cum_ptr, states_ptr, decay_ptr, fresh_ptr, order_ptr,
                         T, H, P, G, N, heads_per_group,
@@ -298,7 +298,7 @@ def _chunk_of_step(j, K, REVERSE: tl.constexpr):
     return c
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("K", "L"))
 def _linear_scan_kernel(decay_ptr, drive_ptr, out_ptr, prefix_ptr, group_state_ptr,
                         group_decay_ptr, H, PN, K, L,
                         REVERSE: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
@@ -404,7 +404,7 @@ def linear_scan(decay: torch.Tensor, drive: torch.Tensor, reverse: bool) -> torc
     return local + prefix[..., None, None] * group[group_of_chunk]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T", "K", "L"))
 def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_ptr, step_ptr,
                        cum_ptr, local_ptr, prefix_ptr, group_ptr, init_ptr, out_ptr, order_ptr,
                        T, H, P, G, N, heads_per_group, K, L,
@@ -489,7 +489,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, A_ptr, seg_ptr, start_
         tl.store(out_ptr + x_offs, y.to(DTYPE), mask=x_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("K", "L"))
 def _final_state_kernel(x_ptr, B_ptr, A_ptr, cu_ptr, step_ptr, cum_ptr, local_ptr, prefix_ptr,
                         group_ptr, init_ptr, final_ptr, order_ptr, H, P, G, N,
                         heads_per_group, K, L,
@@ -699,7 +699,7 @@ def _decayed_dout_C(dout_ptr, z_ptr, C_ptr, cum_ptr, order_ptr, lo, hi, cum_base
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T",))
 def _entering_grad_kernel(dout_ptr, z_ptr, C_ptr, cum_ptr, seg_ptr, start_ptr, cu_ptr,
                           dfinal_ptr, dlocal_ptr, order_ptr, T, H, P, G, N, heads_per_group,
                           HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, Q: tl.constexpr,
@@ -753,7 +753,7 @@ def _exit_and_start(cum_ptr, cu_ptr, seg, start, cum, t, valid, c, h, H, Q: tl.c
     return to_exit, cum_exit, cum_b, factor
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T", "K", "L", "dL"))
 def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr,
                       seg_ptr, start_ptr, cu_ptr, step_ptr, cum_ptr, local_ptr, prefix_ptr,
                       group_ptr, dlocal_ptr, dprefix_ptr, dgroup_ptr, decay_ptr, init_ptr,
@@ -927,7 +927,7 @@ def _chunk_bwd_kernel(x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr
     tl.store(ddt_ptr + block * T * H + row * H + h, dstep, mask=valid)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T", "K", "L", "dL"))
 def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_ptr, cu_ptr,
                          step_ptr, cum_ptr, local_ptr, prefix_ptr, group_ptr, dlocal_ptr,
                          dprefix_ptr, dgroup_ptr, init_ptr, dfinal_ptr, dB_ptr, dC_ptr,
@@ -1018,7 +1018,7 @@ def _chunk_bwd_bc_kernel(x_ptr, B_ptr, C_ptr, z_ptr, dout_ptr, seg_ptr, start_pt
     tl.store(dC_ptr + bc_offs, dC.to(dC_ptr.dtype.element_ty), mask=bc_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("T", "K", "dL"))
 def _initial_grad_kernel(dout_ptr, z_ptr, C_ptr, cu_ptr, step_ptr, cum_ptr, dlocal_ptr,
                          dprefix_ptr, dgroup_ptr, dfinal_ptr, dinit_ptr, order_ptr,
                          T, H, P, G, N, heads_per_group, K, dL,

@@ -17,7 +17,7 @@ from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay
                    softplus, step_inputs)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("S", "n_chunks_bound", "nprog", "T"))
 def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                chunk_meta,
                dz, phi, dC, gbuf, dinit, kappa, ssub, hmid, dA_part, dD_part,

@@ -23,7 +23,7 @@ def _row_info(r, cu_seq, cu_nl, row_seg, S, n_rows_bound,
     return base.to(tl.int64)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("S", "n_rows_bound", "nprog"))
 def fwd_chunk_state(u, delta, A2, Bm, dbias, cu_seq, cu_nl, row_seg, hs, sdt,
                     S, n_rows_bound, nprog, D, G, N: tl.constexpr, dpg,
                     L: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,

@@ -9,7 +9,7 @@ import triton.language as tl
 from ._jit import and_scalar, channel_block, chunk_info, load_state, output_step, step_inputs
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("S", "n_chunks_bound", "nprog"))
 def fwd_output(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs,
                chunk_meta,
                S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg,

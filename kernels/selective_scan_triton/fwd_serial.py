@@ -19,7 +19,7 @@ from ._jit import (and_scalar, channel_block, load_state, meta_decode, meta_load
                    step_inputs)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("n_pieces_bound",))
 def fwd_serial(u, delta, A2, Bm, Cm, Dsk, z, dbias, out, init, final, hs, sdt, hp, piece_meta,
                cu_nl, n_pieces_bound, D, G, N: tl.constexpr, dpg,
                L: tl.constexpr, P: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,

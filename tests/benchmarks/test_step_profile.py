@@ -3,8 +3,6 @@ config, dataset, collate, model, loss and optimizer step and prints one JSON lin
 
 import importlib
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -51,27 +49,6 @@ def test_tiny_profile_of_every_task(step_profile, capsys, tmp_path, monkeypatch,
         # numba on the CPU: no Triton kernel compiles in any phase
         assert row["triton_compiles"] == {"warmup": 0, "synced": 0, "stream": 0, "repeat": 0}
         assert row["gpu_busy_ms_stream"] is None
-
-
-def test_triton_variants_counts_each_kernel_once(step_profile, monkeypatch):
-    class Kernel:  # what the counter reads of a Triton JITFunction: per device, (cache, ...)
-        def __init__(self, *keys):
-            self.device_caches = {0: ({k: object() for k in keys}, {}, None, None, None)}
-
-    class Autotuner:  # wrappers keep the next function in ``fn``
-        def __init__(self, fn):
-            self.fn = fn
-
-    scan, conv = Kernel("fp32", "bf16", "bf16/T%16"), Kernel("fp32")
-    first, second, other = (types.ModuleType(n) for n in ("geossm_t.a", "geossm_t.b", "x.c"))
-    first.scan, first.conv = scan, Autotuner(conv)
-    second.scan = scan                        # imported again elsewhere: counted once
-    other.kernel = Kernel("a", "b")           # outside the prefix
-    for module in (first, second, other):
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-    assert step_profile.triton_variants("geossm_t") == 4
-    scan.device_caches[1] = ({"fp32": object()}, {}, None, None, None)   # a second device
-    assert step_profile.triton_variants("geossm_t") == 5
 
 
 def test_back_to_back_steps_are_timed_together(step_profile):
