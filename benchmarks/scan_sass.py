@@ -11,9 +11,13 @@ them are MUFU / FP32 (FFMA, FMUL, FADD) / loads / stores / shuffles / branches, 
 channel, state) elements one thread advances per step, and ``instr_per_element`` = loop
 instructions per element per thread (a thread-instruction count; divide by 32 for
 warp-instructions). Constexprs are those of the benchmark workloads: bf16 inputs, N = 16,
-one group, softplus, delta_bias, D and z given, no initial state.
+one group, softplus, delta_bias, D and z given, no initial state, D = 128. The kernels are
+compiled as Triton's launcher specialises them on the GPU (``launch_specialisation``: pointers
+16-byte aligned, the one group a constant, D and D * N divisible by 16, the batch's counts
+unspecialised); ``--unspecialised`` drops that, as the counts of sessions 16-37 did: their
+step loops were 15-40 % longer than the ones the GPU runs.
 
-Usage: python benchmarks/scan_sass.py [--nvdisasm PATH] [--out FILE] [--arch 90]
+Usage: python benchmarks/scan_sass.py [--nvdisasm PATH] [--out FILE] [--arch 90] [--unspecialised]
 """
 
 from __future__ import annotations
@@ -53,8 +57,24 @@ def kernel_signature(fn, constexprs: dict) -> dict:
     return sig
 
 
-def compile_cubin(fn, constexprs: dict, num_warps: int, arch: int) -> bytes:
-    return compile_kernel(fn, constexprs, num_warps, arch).asm["cubin"]
+def launch_specialisation(fn, constexprs: dict, model_ints: dict) -> tuple[dict, dict]:
+    """The constexprs and attributes Triton's launcher gives ``fn`` at run time, for a compile
+    without a GPU: every pointer 16-byte aligned (PyTorch's allocations are), every int in
+    ``model_ints`` (the model's shapes: D, G, ...) a constant when it is 1 and divisible by 16
+    when it is; the batch's ints (token, segment, chunk and program counts) nothing, as the
+    kernels list them in ``do_not_specialize``. Returns ``(constexprs, attrs)`` for
+    ``compile_kernel``."""
+    constexprs = dict(constexprs)
+    for name, value in model_ints.items():
+        if value == 1 and name in inspect.signature(fn.fn).parameters:
+            constexprs[name] = 1
+    sig = kernel_signature(fn, constexprs)
+    attrs = {}
+    for index, (name, kind) in enumerate(sig.items()):
+        aligned = kind.startswith("*") or (kind == "i32" and model_ints.get(name, 1) % 16 == 0)
+        if aligned:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return constexprs, attrs
 
 
 def ptxas_report(text: str) -> dict:
@@ -97,9 +117,10 @@ def ptx_registers(ptx: str, arch: int = 90) -> dict:
 
 
 def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, signature: dict | None = None,
-                   num_stages: int | None = None):
+                   num_stages: int | None = None, attrs: dict | None = None):
     """``fn`` compiled for ``sm_<arch>`` on this machine (no GPU needed). ``signature``:
-    parameter name -> Triton type (default: the scan kernels' ``kernel_signature``)."""
+    parameter name -> Triton type (default: the scan kernels' ``kernel_signature``); ``attrs``:
+    ``{(index,): [["tt.divisibility", 16]]}`` (``launch_specialisation``), default none."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -107,7 +128,8 @@ def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, signature: d
     sig = signature if signature is not None else kernel_signature(fn, constexprs)
     names = list(sig)
     constexprs = {k: v for k, v in constexprs.items() if sig.get(k) == "constexpr"}
-    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                    attrs=attrs)
     options = dict(num_warps=num_warps)
     if num_stages is not None:
         options["num_stages"] = num_stages
@@ -159,6 +181,12 @@ def count(body: list[str]) -> dict:
                 stores=n(lambda op: op.startswith(("STG", "STS"))),
                 shuffles=n(lambda op: op.startswith("SHFL")),
                 barriers=n(lambda op: op.startswith("BAR")))
+
+
+def model_ints(D: int, bd: int) -> dict:
+    """The model-shape ints of a pass at ``D`` channels, one group and ``bd`` channels per
+    program, as the launcher passes them (``launch_specialisation``)."""
+    return dict(D=D, G=1, dpg=D, nblk_g=D // bd, DN=D * N_STATE)
 
 
 def passes(ST, config):
@@ -217,6 +245,9 @@ def main(argv=None) -> int:
     p.add_argument("--nvdisasm", default=None)
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--out", default=None)
+    p.add_argument("--unspecialised", action="store_true",
+                   help="compile without the launcher's specialisations (no pointer alignment, "
+                        "G an int): the counts of sessions 16-37, which overstated the loops")
     p.add_argument("--variants", default="v1;sit:forward=chunked,state_in_thread=true;"
                                          "serial:forward=serial;"
                                          "pieces:forward=pieces,piece_chunks=16;"
@@ -237,7 +268,10 @@ def main(argv=None) -> int:
 
     for vname, config in parse_variants(args.variants, ST):
         for name, fn, constexprs, warps, bd in passes(ST, config):
-            kernel = compile_kernel(fn, constexprs, warps, args.arch)
+            attrs = None
+            if not args.unspecialised:
+                constexprs, attrs = launch_specialisation(fn, constexprs, model_ints(128, bd))
+            kernel = compile_kernel(fn, constexprs, warps, args.arch, attrs=attrs)
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(kernel.asm["cubin"])
                 f.flush()
@@ -245,7 +279,7 @@ def main(argv=None) -> int:
                                       capture_output=True, text=True).stdout
             counts = count(step_loop(text))
             per_thread = bd * N_STATE / (32 * warps)
-            rec = dict(variant=vname, kernel=name,
+            rec = dict(variant=vname, kernel=name, specialised=not args.unspecialised,
                        triton=triton.__version__,
                        arch=f"sm_{args.arch}", BD=bd, num_warps=warps,
                        elements_per_thread_per_step=per_thread, **counts,

@@ -40,3 +40,23 @@ def test_ptxas_report_reads_registers_and_spills():
             "ptxas info    : Used 255 registers, used 1 barriers, 104 bytes cumulative stack\n")
     assert script.ptxas_report(text) == dict(n_regs=255, spill_store_bytes=100)
     assert script.ptxas_report("fatal") == dict(n_regs=None, spill_store_bytes=None)
+
+
+def test_launch_specialisation_matches_the_gpu_launcher():
+    """Pointers aligned, the one group a constant, D-like shapes divisible by 16; the batch's
+    counts (unspecialised by the kernels) get nothing."""
+    import pytest
+
+    pytest.importorskip("triton")
+    script = load_benchmark("scan_sass")
+    from geossm.kernels.selective_scan_triton.fwd_output import fwd_output
+
+    model = script.model_ints(128, 64)
+    assert model == dict(D=128, G=1, dpg=128, nblk_g=2, DN=2048)
+    constexprs, attrs = script.launch_specialisation(fwd_output, dict(N=16, BD=64), model)
+    assert constexprs["G"] == 1 and constexprs["BD"] == 64
+    sig = script.kernel_signature(fwd_output, constexprs)
+    aligned = {name for index, name in enumerate(sig) if (index,) in attrs}
+    assert {"u", "delta", "Bm", "out", "chunk_meta", "D", "dpg"} <= aligned
+    assert not aligned & {"S", "n_chunks_bound", "nprog", "G", "N"}
+    assert all(value == [["tt.divisibility", 16]] for value in attrs.values())
