@@ -117,7 +117,8 @@ def ptx_registers(ptx: str, arch: int = 90) -> dict:
 
 
 def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, signature: dict | None = None,
-                   num_stages: int | None = None, attrs: dict | None = None):
+                   num_stages: int | None = None, attrs: dict | None = None,
+                   maxnreg: int | None = None):
     """``fn`` compiled for ``sm_<arch>`` on this machine (no GPU needed). ``signature``:
     parameter name -> Triton type (default: the scan kernels' ``kernel_signature``); ``attrs``:
     ``{(index,): [["tt.divisibility", 16]]}`` (``launch_specialisation``), default none."""
@@ -133,6 +134,8 @@ def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, signature: d
     options = dict(num_warps=num_warps)
     if num_stages is not None:
         options["num_stages"] = num_stages
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
@@ -187,6 +190,15 @@ def model_ints(D: int, bd: int) -> dict:
     """The model-shape ints of a pass at ``D`` channels, one group and ``bd`` channels per
     program, as the launcher passes them (``launch_specialisation``)."""
     return dict(D=D, G=1, dpg=D, nblk_g=D // bd, DN=D * N_STATE)
+
+
+def register_cap(config, pass_name: str):
+    """The ``LaunchConfig`` register cap of a pass (as ``launch._reg_cap`` applies it)."""
+    if pass_name.startswith("fwd_chunk_state"):
+        return config.maxnreg_chunk_state or config.maxnreg_fwd
+    if pass_name.startswith("fwd_"):
+        return config.maxnreg_fwd
+    return {"bwd_h_pass": config.maxnreg_h_pass, "bwd_dh_pass": config.maxnreg_dh_pass}[pass_name]
 
 
 def passes(ST, config):
@@ -271,7 +283,8 @@ def main(argv=None) -> int:
             attrs = None
             if not args.unspecialised:
                 constexprs, attrs = launch_specialisation(fn, constexprs, model_ints(128, bd))
-            kernel = compile_kernel(fn, constexprs, warps, args.arch, attrs=attrs)
+            kernel = compile_kernel(fn, constexprs, warps, args.arch, attrs=attrs,
+                                    maxnreg=register_cap(config, name))
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(kernel.asm["cubin"])
                 f.flush()

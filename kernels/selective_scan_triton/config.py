@@ -33,6 +33,10 @@ class LaunchConfig:
         max_bd_bwd: channels per backward program (one warp: no cross-warp sums); 32.
         num_warps_fwd, num_warps_bwd: None = BD // 32 warps, so that N stays inside a thread.
         maxnreg_fwd: register cap per thread of the forward kernels; None = compiler's choice.
+        maxnreg_chunk_state, maxnreg_h_pass, maxnreg_dh_pass: the same for the forward's
+            chunk-state pass (None = ``maxnreg_fwd``) and the backward's two passes (None =
+            the compiler's choice). The passes are latency-bound with few resident warps, and
+            their registers set how many fit on an SM.
         programs_per_sm_fwd, programs_per_sm_bwd: programs per SM of the chunk-walking passes
             (more, shorter programs shrink the last wave; session 3 measured 60 / 48 best).
         forward: ``"chunked"`` (local chunk states, carry, rescan: two exponentials per element
@@ -77,6 +81,9 @@ class LaunchConfig:
     num_warps_fwd: int | None = None
     num_warps_bwd: int | None = None
     maxnreg_fwd: int | None = None
+    maxnreg_chunk_state: int | None = None
+    maxnreg_h_pass: int | None = None
+    maxnreg_dh_pass: int | None = None
     programs_per_sm_fwd: int = 60
     programs_per_sm_bwd: int = 48
     forward: str = "auto"
@@ -104,6 +111,10 @@ class LaunchConfig:
             if steps > sub_steps and steps % sub_steps:
                 raise ValueError(f"{chunk} ({steps}) must be a multiple of {sub} "
                                  f"({sub_steps}) when longer than it")
+        for name in ("maxnreg_fwd", "maxnreg_chunk_state", "maxnreg_h_pass", "maxnreg_dh_pass"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
+                raise ValueError(f"{name} must be None or an int in [24, 255], got {value!r}")
         if self.piece_chunks < 0:
             raise ValueError(f"piece_chunks must be >= 0, got {self.piece_chunks!r}")
         if self.exp_poly_every < 0:

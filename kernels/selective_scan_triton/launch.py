@@ -37,10 +37,14 @@ def _plan_and_a2(u, A, B, cu_seqlens, config: LaunchConfig) -> tuple[Plan, torch
 
 
 
-def _reg_cap(u, config: LaunchConfig) -> dict:
-    """Launch option capping the forward kernels' registers per thread (``maxnreg_fwd``)."""
-    if config.maxnreg_fwd and not _interpreting(u):
-        return dict(maxnreg=config.maxnreg_fwd)
+def _reg_cap(u, config: LaunchConfig, kernel: str = "fwd") -> dict:
+    """Launch option capping a pass's registers per thread: ``kernel`` is ``"fwd"`` (the
+    output and serial forwards), ``"chunk_state"``, ``"h_pass"`` or ``"dh_pass"``."""
+    cap = {"fwd": config.maxnreg_fwd,
+           "chunk_state": config.maxnreg_chunk_state or config.maxnreg_fwd,
+           "h_pass": config.maxnreg_h_pass, "dh_pass": config.maxnreg_dh_pass}[kernel]
+    if cap and not _interpreting(u):
+        return dict(maxnreg=cap)
     return {}
 
 
@@ -88,7 +92,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
             L=table.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
             FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
             POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
-            num_warps=plan.num_warps, **_reg_cap(u, plan.config))
+            num_warps=plan.num_warps, **_reg_cap(u, plan.config, "chunk_state"))
     DN = D * N
     fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
         A2, hs, sdt, table.cu_ch, table.cu_nl,
@@ -237,7 +241,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             ssub, hmid, dA_part, dD_part,
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
             HAS_INIT=initial_state is not None, HAS_DFINAL=has_dfinal, NEED_DINIT=need_dinit,
-            num_warps=plan.num_warps_bwd, **common)
+            num_warps=plan.num_warps_bwd, **common, **_reg_cap(u, config, "h_pass"))
     if S > 0:
         DN = Dm * N
         bwd_carry[(S, triton.cdiv(DN, plan.BDN))](
@@ -255,7 +259,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             du, phi, dB_buf, dA_part2, dbias_part,
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
             HAS_DFINAL=has_dfinal, HAS_INIT=initial_state is not None,
-            num_warps=plan.num_warps_bwd, **common)
+            num_warps=plan.num_warps_bwd, **common, **_reg_cap(u, config, "dh_pass"))
     dA = dA_part.sum(0) + dA_part2.sum(0)
     dB = dB_buf[0] if nb == 1 else dB_buf.sum(0)
     dC = dC_buf[0] if nb == 1 else dC_buf.sum(0)
