@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true",
                    help="three small batches; on a CPU through the Triton interpreter")
     args = p.parse_args(argv)
+    if args.dim < 16 or args.dim % 16:
+        p.error(f"--dim must be a positive multiple of 16 (SSD heads of 16), got {args.dim}")
     cuda = torch.cuda.is_available()
     if not cuda:
         if not args.tiny:

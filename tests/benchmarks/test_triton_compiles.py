@@ -31,3 +31,9 @@ def test_batches_cover_every_specialisation_case():
     for counts in (tokens, segments):
         assert 1 in counts
         assert any(c % 16 == 0 for c in counts) and any(c > 1 and c % 16 for c in counts)
+
+
+def test_dim_must_hold_whole_heads():
+    bench = load_benchmark("triton_compiles")
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--dim", "24"])
