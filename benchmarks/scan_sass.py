@@ -193,12 +193,12 @@ def model_ints(D: int, bd: int) -> dict:
 
 
 def register_cap(config, pass_name: str):
-    """The ``LaunchConfig`` register cap of a pass (as ``launch._reg_cap`` applies it)."""
+    """The ``LaunchConfig`` register cap of a pass, by the kernel it launches."""
     if pass_name.startswith("fwd_chunk_state"):
-        return config.maxnreg_chunk_state or config.maxnreg_fwd
+        return config.register_cap("chunk_state")
     if pass_name.startswith("fwd_"):
-        return config.maxnreg_fwd
-    return {"bwd_h_pass": config.maxnreg_h_pass, "bwd_dh_pass": config.maxnreg_dh_pass}[pass_name]
+        return config.register_cap("fwd")
+    return config.register_cap(pass_name.removeprefix("bwd_"))
 
 
 def passes(ST, config):

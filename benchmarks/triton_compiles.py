@@ -61,16 +61,10 @@ def run_batch(lengths, dim: int, device, seed: int) -> None:
 
 def kernel_variants() -> dict:
     """``{module.kernel: compiled variants}`` of every loaded geossm Triton kernel."""
-    import sys
+    from geossm.kernels._common import compiled_variants, loaded_kernels
 
-    from geossm.kernels._common import compiled_variants, jit_functions
-
-    counts = {}
-    for name, module in list(sys.modules.items()):
-        if name.startswith("geossm.kernels") and module is not None:
-            for fn in jit_functions(module):
-                counts[f"{name}.{fn.__name__}"] = compiled_variants(fn)
-    return counts
+    return {name: compiled_variants(fn)
+            for name, fn in loaded_kernels("geossm.kernels").items()}
 
 
 def timed_pass(batches, dim: int, device) -> float:

@@ -7,6 +7,8 @@ same device) and trust them. The segment boundaries are checked and canonicalise
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from geossm import _compat
@@ -112,14 +114,21 @@ def compiled_variants(fn) -> int:
     return sum(len(c[0]) if isinstance(c, tuple) else len(c) for c in caches.values())
 
 
+def loaded_kernels(prefix: str = "geossm") -> dict:
+    """``{module.kernel: JIT function}`` of every Triton kernel held by the loaded modules named
+    ``prefix...``; a kernel imported into several modules is listed once."""
+    found, seen = {}, set()
+    for name, module in list(sys.modules.items()):
+        if name.startswith(prefix) and module is not None:
+            for fn in jit_functions(module):
+                if id(fn) not in seen:
+                    seen.add(id(fn))
+                    found[f"{name}.{getattr(fn, '__name__', id(fn))}"] = fn
+    return found
+
+
 def triton_variants(prefix: str = "geossm") -> int:
     """Compiled Triton kernel variants held now by the JIT functions of the loaded modules
     named ``prefix...``: the difference over some steps counts the compiles they caused. 0
     where nothing compiled (the CPU, the Triton interpreter)."""
-    import sys
-
-    functions = {}   # by id: a kernel imported into several modules counts once
-    for name, module in list(sys.modules.items()):
-        if name.startswith(prefix) and module is not None:
-            functions.update((id(fn), fn) for fn in jit_functions(module))
-    return sum(compiled_variants(fn) for fn in functions.values())
+    return sum(compiled_variants(fn) for fn in loaded_kernels(prefix).values())

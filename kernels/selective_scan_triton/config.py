@@ -120,6 +120,13 @@ class LaunchConfig:
         if self.exp_poly_every < 0:
             raise ValueError(f"exp_poly_every must be >= 0, got {self.exp_poly_every!r}")
 
+    def register_cap(self, kernel: str) -> int | None:
+        """Register cap per thread of ``kernel``: ``"fwd"`` (the output and serial forwards),
+        ``"chunk_state"`` (falls back to the forward's), ``"h_pass"`` or ``"dh_pass"``."""
+        return {"fwd": self.maxnreg_fwd,
+                "chunk_state": self.maxnreg_chunk_state or self.maxnreg_fwd,
+                "h_pass": self.maxnreg_h_pass, "dh_pass": self.maxnreg_dh_pass}[kernel]
+
     def chunk_length(self, device) -> int:
         return self.chunk if torch.device(device).type == "cuda" else self.chunk_interpret
 

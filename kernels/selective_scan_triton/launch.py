@@ -38,11 +38,9 @@ def _plan_and_a2(u, A, B, cu_seqlens, config: LaunchConfig) -> tuple[Plan, torch
 
 
 def _reg_cap(u, config: LaunchConfig, kernel: str = "fwd") -> dict:
-    """Launch option capping a pass's registers per thread: ``kernel`` is ``"fwd"`` (the
-    output and serial forwards), ``"chunk_state"``, ``"h_pass"`` or ``"dh_pass"``."""
-    cap = {"fwd": config.maxnreg_fwd,
-           "chunk_state": config.maxnreg_chunk_state or config.maxnreg_fwd,
-           "h_pass": config.maxnreg_h_pass, "dh_pass": config.maxnreg_dh_pass}[kernel]
+    """Launch option capping a pass's registers per thread (``LaunchConfig.register_cap``);
+    none under the interpreter."""
+    cap = config.register_cap(kernel)
     if cap and not _interpreting(u):
         return dict(maxnreg=cap)
     return {}
