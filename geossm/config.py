@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
         "cuda_graph": False,    # replay forward+backward+clip as a CUDA graph (static shapes)
         "compile": None,        # torch.compile the training forward: true, auto or its kwargs
         "static_batch": None,   # graph tasks: {nodes, edges} or auto: batches of one layout
+        "ema": None,            # decay per step: evaluate / save a moving average of the weights
     },
     "eval": {
         "split": "val",         # validation split selecting best.pt (null: no validation)

@@ -60,6 +60,7 @@ from geossm.engine.checkpoint import (CheckpointError, get_rng_state, load_check
                                       load_model_state, save_checkpoint, seed_everything,
                                       set_rng_state)
 from geossm.engine.cuda_graph import GraphedStep, cuda_graph_wanted
+from geossm.engine.ema import build_weight_average
 from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
@@ -193,6 +194,9 @@ class Trainer:
         # ranks do not draw identical augmentations / dropout masks.
         self.model = task.build_model().to(self.device)
         self.loss_fn = task.build_loss(self.model)
+        #: ``train.ema``: the moving average of the weights that evaluation, checkpoints'
+        #: ``model`` entry and predict use (``geossm.engine.ema``); None when off.
+        self.ema = build_weight_average(self.model, cfg.train.get("ema"))
         seed_everything(int(cfg.seed) + self.rank)
         self.ddp_model: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -214,6 +218,12 @@ class Trainer:
         #: ``train.cuda_graph``: the forward, backward and clipping replayed as a CUDA graph.
         self.graphed_step: GraphedStep | None = self._graphed_step(cfg.train.get("cuda_graph"))
         self.ddp_model = self._compiled(self.ddp_model, cfg.train.get("compile"))
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The weights that are validated, tested, saved as ``model`` and used by predict:
+        the ``train.ema`` average when on, else the trained model."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ----------------------------------------------------------------- plumbing
     def _compiled(self, module: torch.nn.Module, spec: Any) -> torch.nn.Module:
@@ -330,9 +340,10 @@ class Trainer:
         return out, {}
 
     def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
-        """Load model weights from a checkpoint (``weights_only``); returns the checkpoint."""
+        """Load a checkpoint's ``model`` weights (``weights_only``) into the evaluated model
+        (``evaluated_model``); returns the checkpoint."""
         ckpt = load_checkpoint(path, map_location="cpu")
-        load_model_state(self.model, ckpt, path)
+        load_model_state(self.evaluated_model, ckpt, path)
         return ckpt
 
     def _init_from(self, resume_path: Path | None) -> str | None:
@@ -356,7 +367,8 @@ class Trainer:
         the same dict."""
         dataset = dataset if dataset is not None else self._build_dataset(split)
         loader = self._loader(dataset, train=False)
-        self.model.eval()
+        model = self.evaluated_model
+        model.eval()
         metrics = self.task.build_metrics().to(self.device)
         loss_meter = MeanMetric("loss").to(self.device)
         scored = self.task.evaluation_loss  # False: predict_step's outputs take no loss (tracking)
@@ -365,7 +377,7 @@ class Trainer:
             batch = move_to(batch, self.device, non_blocking=True)
             try:
                 with self.autocast():
-                    outputs = self.task.predict_step(self.model, batch)
+                    outputs = self.task.predict_step(model, batch)
                     if scored:
                         loss, _ = self._split_loss(self.loss_fn(outputs, batch))
                 failed = False
@@ -495,6 +507,8 @@ class Trainer:
                 self._skip_oom_batch(batch, n, epoch, index, consecutive_oom, optimizer)
                 continue
             consecutive_oom = 0
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             step += 1
             seen += n
             loss_meter.add(loss.float(), n)
@@ -581,6 +595,7 @@ class Trainer:
                     raise CheckpointError(f"resume: {resume_path} has no '{key}' (weights only?)")
             load_optimizer_state(optimizer, ckpt["optimizer"], resume_path)
             scheduler.load_state_dict(ckpt["scheduler"])
+            self._resume_trained_weights(ckpt, resume_path)
             start_epoch = int(ckpt["epoch"])
             best = dict(ckpt.get("best") or best)
             last = dict(ckpt.get("last_metrics") or {})
@@ -658,6 +673,20 @@ class Trainer:
         dist.barrier()
         return {"run_dir": str(run_dir), "best": best_row, "last": last_row}
 
+    def _resume_trained_weights(self, ckpt: dict[str, Any], path: Path) -> None:
+        """With ``train.ema`` the checkpoint's ``model`` (already loaded) is the average and
+        ``train_model`` the trained weights; resuming needs both, and the same setting."""
+        if self.ema is None:
+            if "train_model" in ckpt:
+                raise CheckpointError(f"resume: {path} was trained with train.ema (its 'model' is "
+                                      "the average); resume with the same train.ema")
+            return
+        if "train_model" not in ckpt:
+            raise CheckpointError(f"resume: {path} was trained without train.ema; resume "
+                                  "without it (train.ema=null)")
+        load_model_state(self.model, {"model": ckpt["train_model"]}, path)
+        self.ema.n_averaged.fill_(int(ckpt["ema_updates"]))
+
     def _save(self, run_dir: Path, epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any,
               best: dict[str, Any], last: dict[str, Any], improved: bool) -> None:
         # Every rank's RNG state, so a resumed DDP run continues each rank's stream.
@@ -665,7 +694,7 @@ class Trainer:
         if not self.is_main:
             return
         state = {
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
@@ -674,6 +703,9 @@ class Trainer:
             "last_metrics": last,
             "config": to_container(self.cfg),
         }
+        if self.ema is not None:  # the trained weights, for resuming (``model`` is the average)
+            state["train_model"] = self.model.state_dict()
+            state["ema_updates"] = int(self.ema.n_averaged)
         save_checkpoint(state, run_dir / "last.pt")
         if improved:
             save_checkpoint(state, run_dir / "best.pt")
@@ -691,7 +723,7 @@ class Trainer:
         from geossm.engine.predictor import Predictor
         if checkpoint is not None:
             self.load_weights(checkpoint)
-        predictor = Predictor(self.model, self.task, self.device, amp=self.amp)
+        predictor = Predictor(self.evaluated_model, self.task, self.device, amp=self.amp)
         return predictor.predict_path(input_path, output_path, progress=None if self.progress else False)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import torch
 
 from geossm.config import load_config
 from geossm.engine import Trainer, cosine_warmup_factor, load_checkpoint, resolve_run_dir
+from geossm.engine.checkpoint import CheckpointError
 from toy_task import write_toy_config
 
 
@@ -202,3 +203,56 @@ def test_resume_with_an_optimizer_state_of_another_parameter_layout_says_what_to
     same = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))])
     load_optimizer_state(same, old.state_dict(), path)  # a matching layout loads as before
     assert same.state_dict()["param_groups"] == old.state_dict()["param_groups"]
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed_exactly(tmp_path, restore_determinism):
+    """train.ema: checkpoints' ``model`` is the average of the trained weights after every
+    step (recomputed here from the steps), validation scores it (evaluating best.pt repeats the
+    logged metric), and a run stopped and resumed ends bit-identical to a straight one."""
+    common = ("train.epochs=4", "deterministic=true", "train.ema=0.6", "eval.test_split=test")
+    straight = tmp_path / "straight"
+    trainer = Trainer(make_cfg(tmp_path, f"output_dir={straight}", *common))
+    expected = {}
+
+    def track(tr, step, n):
+        for key, value in tr.model.state_dict().items():
+            value = value.detach().clone()
+            expected[key] = value if key not in expected else 0.6 * expected[key] + 0.4 * value
+
+    trainer.step_callbacks.append(track)
+    summary = trainer.fit()
+    last = load_checkpoint(straight / "last.pt")
+    assert last["ema_updates"] == 16  # 4 epochs x 4 steps
+    for key, value in expected.items():
+        torch.testing.assert_close(last["model"][key], value, msg=key)
+        torch.testing.assert_close(last["train_model"][key], trainer.model.state_dict()[key])
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in expected)
+
+    best = summary["best"]
+    scored = Trainer(make_cfg(tmp_path, *common)).evaluate_checkpoint(straight / "best.pt")
+    assert scored["val"]["miou"] == pytest.approx(best["miou"], abs=1e-6)
+    assert scored["test"]["miou"] == pytest.approx(best["test_miou"], abs=1e-6)
+
+    parted = tmp_path / "parted"
+    Trainer(make_cfg(tmp_path, f"output_dir={parted}", *common)).fit(until_epoch=2)
+    torch.manual_seed(12345)
+    Trainer(make_cfg(tmp_path, f"output_dir={parted}", "resume=true", *common)).fit()
+    resumed = load_checkpoint(parted / "last.pt")
+    for entry in ("model", "train_model"):
+        for key in last[entry]:
+            torch.testing.assert_close(resumed[entry][key], last[entry][key], rtol=0, atol=0,
+                                       msg=f"{entry}.{key}")
+    assert strip_timing(read_jsonl(straight / "metrics.jsonl")) == strip_timing(
+        read_jsonl(parted / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("first, then, message", [
+    ("train.ema=0.9", "train.ema=null", "was trained with train.ema"),
+    ("train.ema=null", "train.ema=0.9", "was trained without train.ema"),
+])
+def test_resume_with_another_ema_setting_is_an_error(tmp_path, first, then, message):
+    run = tmp_path / "run"
+    Trainer(make_cfg(tmp_path, f"output_dir={run}", "train.epochs=2", first)).fit(until_epoch=1)
+    with pytest.raises(CheckpointError, match=message):
+        Trainer(make_cfg(tmp_path, f"output_dir={run}", "train.epochs=2", "resume=true",
+                         then)).fit()
