@@ -194,7 +194,10 @@ def parse_variants(spec: str, ST) -> list[tuple[str, object]]:
 
 
 def parse_value(text: str):
-    """``"3"`` -> 3, ``"true"`` / ``"false"`` -> bool, anything else stays a string."""
+    """``"3"`` -> 3, ``"true"`` / ``"false"`` -> bool, ``"none"`` -> None (a field's
+    "off", e.g. a register cap), anything else stays a string."""
+    if text.lower() == "none":
+        return None
     if text.lstrip("-").isdigit():
         return int(text)
     if text.lower() in ("true", "false"):

@@ -196,6 +196,8 @@ def register_cap(config, pass_name: str):
     """The ``LaunchConfig`` register cap of a pass, by the kernel it launches."""
     if pass_name.startswith("fwd_chunk_state"):
         return config.register_cap("chunk_state")
+    if pass_name.startswith("fwd_output"):
+        return config.register_cap("output")
     if pass_name.startswith("fwd_"):
         return config.register_cap("fwd")
     return config.register_cap(pass_name.removeprefix("bwd_"))

@@ -33,10 +33,13 @@ class LaunchConfig:
         max_bd_bwd: channels per backward program (one warp: no cross-warp sums); 32.
         num_warps_fwd, num_warps_bwd: None = BD // 32 warps, so that N stays inside a thread.
         maxnreg_fwd: register cap per thread of the forward kernels; None = compiler's choice.
-        maxnreg_chunk_state, maxnreg_h_pass, maxnreg_dh_pass: the same for the forward's
-            chunk-state pass (None = ``maxnreg_fwd``) and the backward's two passes (None =
-            the compiler's choice). The passes are latency-bound with few resident warps, and
-            their registers set how many fit on an SM.
+        maxnreg_output, maxnreg_chunk_state, maxnreg_h_pass, maxnreg_dh_pass: the same for the
+            chunked forward's output pass and chunk-state pass (None = ``maxnreg_fwd``) and
+            the backward's two passes (None = the compiler's choice). The passes are
+            latency-bound with few resident warps, and their registers set how many fit on an
+            SM. Default output 80 (96 uncapped: 10 -> 12 programs per SM) and chunk-state 64
+            (80: 12 -> 16), no spills: forward -1.5 to -3.7 % on H100 (NOTES, session 39);
+            the serial forward stays uncapped (80 spills there: graph_tokens +2 %).
         programs_per_sm_fwd, programs_per_sm_bwd: programs per SM of the chunk-walking passes
             (more, shorter programs shrink the last wave; session 3 measured 60 / 48 best).
         forward: ``"chunked"`` (local chunk states, carry, rescan: two exponentials per element
@@ -81,7 +84,8 @@ class LaunchConfig:
     num_warps_fwd: int | None = None
     num_warps_bwd: int | None = None
     maxnreg_fwd: int | None = None
-    maxnreg_chunk_state: int | None = None
+    maxnreg_output: int | None = 80
+    maxnreg_chunk_state: int | None = 64
     maxnreg_h_pass: int | None = None
     maxnreg_dh_pass: int | None = None
     programs_per_sm_fwd: int = 60
@@ -111,7 +115,8 @@ class LaunchConfig:
             if steps > sub_steps and steps % sub_steps:
                 raise ValueError(f"{chunk} ({steps}) must be a multiple of {sub} "
                                  f"({sub_steps}) when longer than it")
-        for name in ("maxnreg_fwd", "maxnreg_chunk_state", "maxnreg_h_pass", "maxnreg_dh_pass"):
+        for name in ("maxnreg_fwd", "maxnreg_output", "maxnreg_chunk_state", "maxnreg_h_pass",
+                     "maxnreg_dh_pass"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
                 raise ValueError(f"{name} must be None or an int in [24, 255], got {value!r}")
@@ -121,9 +126,11 @@ class LaunchConfig:
             raise ValueError(f"exp_poly_every must be >= 0, got {self.exp_poly_every!r}")
 
     def register_cap(self, kernel: str) -> int | None:
-        """Register cap per thread of ``kernel``: ``"fwd"`` (the output and serial forwards),
-        ``"chunk_state"`` (falls back to the forward's), ``"h_pass"`` or ``"dh_pass"``."""
+        """Register cap per thread of ``kernel``: ``"fwd"`` (the serial forward),
+        ``"output"`` and ``"chunk_state"`` (the chunked forward's passes; both fall back to
+        the forward's), ``"h_pass"`` or ``"dh_pass"``."""
         return {"fwd": self.maxnreg_fwd,
+                "output": self.maxnreg_output or self.maxnreg_fwd,
                 "chunk_state": self.maxnreg_chunk_state or self.maxnreg_fwd,
                 "h_pass": self.maxnreg_h_pass, "dh_pass": self.maxnreg_dh_pass}[kernel]
 
@@ -141,7 +148,7 @@ class LaunchConfig:
 # serial forward where many short segments fill the GPU
 DEFAULT_CONFIG = LaunchConfig()
 V1_CONFIG = LaunchConfig(programs_per_sm_fwd=32, programs_per_sm_bwd=32, forward="chunked",
-                         state_in_thread=False)
+                         state_in_thread=False, maxnreg_output=None, maxnreg_chunk_state=None)
 
 
 def pow2_divisor(n: int, cap: int) -> int:

@@ -172,7 +172,8 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, cu_seqlens, initial_
             S, plan.n_chunks_bound, plan.nprog, Dm, plan.G, N, plan.dpg,
             L=plan.L, BD=plan.BD, HAS_INIT=initial_state is not None,
             NEED_FINAL=final is not None, num_warps=plan.num_warps,
-            **_flags(u, plan, delta_softplus, reverse, D, z, delta_bias), **_reg_cap(u, config))
+            **_flags(u, plan, delta_softplus, reverse, D, z, delta_bias),
+            **_reg_cap(u, config, "output"))
     return out, final, states
 
 

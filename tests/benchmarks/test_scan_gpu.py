@@ -42,3 +42,7 @@ def test_parse_variants_changes_only_the_given_fields():
     assert parsed["fast"].chunk == ST.DEFAULT_CONFIG.chunk
     with pytest.raises(ValueError, match="forward must be one of"):
         script.parse_variants("bad:forward=sideways", ST)
+    uncapped = dict(script.parse_variants("free:maxnreg_output=none,maxnreg_chunk_state=None",
+                                          ST))["free"]
+    assert uncapped.maxnreg_output is None and uncapped.maxnreg_chunk_state is None
+    assert ST.DEFAULT_CONFIG.maxnreg_output == 80  # so the variant above does change it

@@ -180,18 +180,25 @@ def test_chunk_must_be_a_multiple_of_its_dA_sub_chunk():
 
 def test_register_caps_are_checked_and_reach_their_pass(monkeypatch):
     """A cap outside the registers a thread can hold is refused; each pass gets its own cap
-    (the chunk-state pass falls back to the forward's) and none under the interpreter."""
+    (the output and chunk-state passes fall back to the forward's; by default they are
+    capped at 80 / 64 and the serial forward and backward are not) and none under the
+    interpreter."""
     from geossm.kernels.selective_scan_triton import LaunchConfig, launch
 
     for bad in (8, 256, 96.0):
         with pytest.raises(ValueError, match="maxnreg_h_pass"):
             LaunchConfig(maxnreg_h_pass=bad)
-    config = LaunchConfig(maxnreg_fwd=80, maxnreg_h_pass=168, maxnreg_dh_pass=128)
+    config = LaunchConfig(maxnreg_fwd=72, maxnreg_output=None, maxnreg_chunk_state=None,
+                          maxnreg_h_pass=168, maxnreg_dh_pass=128)
     monkeypatch.setattr(launch, "_interpreting", lambda u: False)
-    caps = {k: launch._reg_cap(None, config, k) for k in ("fwd", "chunk_state", "h_pass",
-                                                          "dh_pass")}
-    assert caps == dict(fwd=dict(maxnreg=80), chunk_state=dict(maxnreg=80),
-                        h_pass=dict(maxnreg=168), dh_pass=dict(maxnreg=128))
+    kernels = ("fwd", "output", "chunk_state", "h_pass", "dh_pass")
+    caps = {k: launch._reg_cap(None, config, k) for k in kernels}
+    assert caps == dict(fwd=dict(maxnreg=72), output=dict(maxnreg=72),
+                        chunk_state=dict(maxnreg=72), h_pass=dict(maxnreg=168),
+                        dh_pass=dict(maxnreg=128))
+    defaults = {k: launch._reg_cap(None, LaunchConfig(), k) for k in kernels}
+    assert defaults == dict(fwd={}, output=dict(maxnreg=80), chunk_state=dict(maxnreg=64),
+                            h_pass={}, dh_pass={})
     assert launch._reg_cap(None, LaunchConfig(maxnreg_fwd=80, maxnreg_chunk_state=64),
                            "chunk_state") == dict(maxnreg=64)
     assert launch._reg_cap(None, LaunchConfig(), "h_pass") == {}
