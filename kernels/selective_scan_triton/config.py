@@ -32,7 +32,8 @@ class LaunchConfig:
         max_bd: channels per forward program (a program keeps an (N, BD) float32 tile); 64.
         max_bd_bwd: channels per backward program (one warp: no cross-warp sums); 32.
         num_warps_fwd, num_warps_bwd: None = BD // 32 warps, so that N stays inside a thread.
-        maxnreg_fwd: register cap per thread of the forward kernels; None = compiler's choice.
+        maxnreg_fwd: register cap per thread of the serial forward, and of the chunked
+            forward's passes whose own cap below is None; None = compiler's choice.
         maxnreg_output, maxnreg_chunk_state, maxnreg_h_pass, maxnreg_dh_pass: the same for the
             chunked forward's output pass and chunk-state pass (None = ``maxnreg_fwd``) and
             the backward's two passes (None = the compiler's choice). The passes are

@@ -37,7 +37,7 @@ def _plan_and_a2(u, A, B, cu_seqlens, config: LaunchConfig) -> tuple[Plan, torch
 
 
 
-def _reg_cap(u, config: LaunchConfig, kernel: str = "fwd") -> dict:
+def _reg_cap(u, config: LaunchConfig, kernel: str) -> dict:
     """Launch option capping a pass's registers per thread (``LaunchConfig.register_cap``);
     none under the interpreter."""
     cap = config.register_cap(kernel)
@@ -130,7 +130,7 @@ def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, init
         L=plan.L, P=plan.piece_chunks, BD=plan.BD_serial, HAS_INIT=initial_state is not None,
         NEED_FINAL=final is not None, num_warps=plan.num_warps_serial,
         **_flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=True),
-        **_reg_cap(u, plan.config))
+        **_reg_cap(u, plan.config, "fwd"))
     return buf
 
 
