@@ -24,6 +24,7 @@ accuracy otherwise). The resolved values are written back into the config, so th
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -297,9 +298,22 @@ class _GraphTask(Task):
                              f"(known: {', '.join(self.loss_keys) or 'none'})")
         return options
 
+    @functools.cached_property
+    def label_smoothing(self) -> float:
+        """``loss.label_smoothing`` (tasks that list it in ``loss_keys``; default 0): the
+        cross-entropy's target is ``(1 - ε)·one_hot + ε / C``, in training and evaluation
+        alike (as ``torch.nn.functional.cross_entropy`` defines it)."""
+        value = self.loss_options().get("label_smoothing", 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"loss.label_smoothing: expected a number in [0, 1), got {value!r}")
+        return float(value)
+
     def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
-        """``self.loss`` (after checking the ``loss`` keys)."""
-        self.loss_options()
+        """``self.loss`` (after checking the ``loss`` keys and values)."""
+        if "label_smoothing" in self.loss_keys:
+            self.label_smoothing  # noqa: B018 -- a bad value fails before training starts
+        else:
+            self.loss_options()
         return self.loss
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -447,7 +461,7 @@ class NodeClassificationTask(_GraphTask):
     """Cross-entropy on the nodes of ``mask``; reports ``acc`` (and ``roc_auc`` for two
     classes). ``eval.metric: roc_auc`` selects checkpoints by ROC-AUC (Tolokers)."""
 
-    loss_keys = ("input_l2",)
+    loss_keys = ("input_l2", "label_smoothing")
 
     def num_samples(self, batch: Batch) -> int:
         return int(batch.mask.sum()) if hasattr(batch, "mask") else int(batch.num_nodes)
@@ -456,12 +470,14 @@ class NodeClassificationTask(_GraphTask):
         if not hasattr(batch, "mask"):
             raise ValueError("NodeClassificationTask: batches need 'mask' (a node dataset); got "
                              f"keys {sorted(batch.keys())}")
-        return F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask])
+        return F.cross_entropy(outputs[batch.mask].float(), batch.y[batch.mask],
+                               label_smoothing=self.label_smoothing)
 
     def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
         """``loss`` plus, with ``loss.input_l2 > 0``, the coupled L2 on ``model.input_encoder``
         while training (``WithInputL2``; none for an encoder without a weight matrix, e.g.
         categorical features)."""
+        self.label_smoothing  # noqa: B018 -- a bad value fails before training starts
         input_l2 = self.loss_options().get("input_l2") or 0.0
         if not isinstance(input_l2, (int, float)) or isinstance(input_l2, bool) or input_l2 < 0:
             raise ValueError(f"loss.input_l2: expected a number >= 0, got {input_l2!r}")
@@ -475,8 +491,11 @@ class NodeClassificationTask(_GraphTask):
 class GraphClassificationTask(_GraphTask):
     """Cross-entropy per graph; reports ``acc`` (and ``roc_auc`` for two classes)."""
 
+    loss_keys = ("label_smoothing",)
+
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), batch.y.view(-1))
+        return F.cross_entropy(outputs.float(), batch.y.view(-1),
+                               label_smoothing=self.label_smoothing)
 
 
 @TASKS.register
