@@ -95,11 +95,17 @@ def test_batch_dependent_ints_are_not_specialised():
 def test_batches_of_any_layout_compile_each_kernel_once():
     """Token counts of 1, multiples of 16 and neither, 1, 16 and other segment counts, one
     chunk and several: each kernel compiles once per direction (REVERSE is a constexpr), not
-    once per batch layout."""
+    once per batch layout. The SSD chunk-state kernel also runs once per chunk length (the
+    constexpr ``Q``): the forward's ``chunk`` and the backward's ``bwd_chunk``."""
+    from geossm.kernels.ssd_scan_triton import LaunchSettings
+
+    ssd = LaunchSettings()
+    allowed = {"geossm.kernels.ssd_scan_triton._chunk_state_kernel":
+               2 * len({ssd.chunk, ssd.bwd_chunk})}
     bench = load_benchmark("triton_compiles")
     before = bench.kernel_variants()
     bench.timed_pass(bench.BATCHES, 32, torch.device("cuda"))
     grown = {name: n - before.get(name, 0) for name, n in bench.kernel_variants().items()}
     assert sum(grown.values()) >= 15, grown
-    too_many = {name: n for name, n in grown.items() if n > 2}
+    too_many = {name: n for name, n in grown.items() if n > allowed.get(name, 2)}
     assert not too_many, too_many
