@@ -18,7 +18,7 @@ from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay
 def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfinal, gbuf, kappa,
                 init, dinit,
                 chunk_meta,
-                du, phi, dB, dA_part, dbias_part,
+                du, phi, ddelta, dB, dA_part, dbias_part,
                 S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
                 L: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                 REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
@@ -26,7 +26,8 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr,
                 HAS_INIT: tl.constexpr, POLY_EVERY: tl.constexpr,
                 STATE_IN_THREAD: tl.constexpr):
-    """Reverse-order pass of the backward: dh inside each chunk; du, ddelta (over phi), dB."""
+    """Reverse-order pass of the backward: dh inside each chunk; du, ddelta (over phi, the
+    h-pass's per-token terms; stored in ddelta's dtype), dB."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     STEP: tl.constexpr = -1 if REVERSE else 1
@@ -88,8 +89,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
                 do = o_n.to(tl.float32)
                 ph = p_n
                 zz = z_n.to(tl.float32)
-                # prefetch the previous step (the first step re-reads its own row, before the
-                # ddelta store below overwrites its phi)
+                # prefetch the previous step (the first step re-reads its own row)
                 u_n, d_n, b_n, c_n, z_n, o_n, p_n = step_inputs(
                     base + (clen - 1 - tl.minimum(j + 1, clen - 1)) * STEP, u, delta, Bm, Cm, z,
                     dout, phi, offs_d, offs_n, mask_n, D, G, N, g, True, HAS_Z, True, True)
@@ -109,7 +109,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
                 ddt = uu * sb + big_phi
                 if SOFTPLUS:
                     ddt = ddt * (1.0 / (1.0 + tl.exp2(-dl * LOG2E)))
-                tl.store(phi + tok * D + offs_d, ddt)
+                tl.store(ddelta + tok * D + offs_d, ddt.to(ddelta.dtype.element_ty))
                 db_acc += ddt
                 v = dh * dtu[None, :]
                 tl.store(dB + ((slot * T + tok) * G + g) * N + offs_n, tl.reduce(v, 1, SUM),

@@ -183,7 +183,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     """Backward of :func:`selective_scan_fwd` (math in the module docstring).
 
     Returns ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state)``: du in u.dtype,
-    dz in z.dtype, ddelta (T, D) float32, dA (D, N), dB/dC (T, G, N), dD/ddelta_bias (D,) and
+    dz in z.dtype, ddelta (T, D) in delta.dtype, dA (D, N), dB/dC (T, G, N), dD/ddelta_bias (D,) and
     dinitial_state (S, D, N) float32; None where the input is None. ``dfinal_state`` may be
     None. ``chunk_states`` is the third output of :func:`selective_scan_fwd`; without it the
     chunk states are recomputed (one extra recurrence pass); it must come from a forward with
@@ -204,7 +204,9 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     dm = _dummy(dev)
     du = torch.empty_like(u)
     dz = torch.empty_like(z) if z is not None else None
-    phi = torch.empty(T, Dm, dtype=torch.float32, device=dev)     # becomes ddelta
+    phi = torch.empty(T, Dm, dtype=torch.float32, device=dev)     # per-token terms, h-pass
+    # the dh-pass writes ddelta in delta's dtype: no cast pass over (T, D) afterwards
+    ddelta = torch.empty_like(delta)
     nb = plan.nblk_g_bwd
     dC_buf = torch.empty(nb, T, G, N, dtype=torch.float32, device=dev)
     dB_buf = torch.empty(nb, T, G, N, dtype=torch.float32, device=dev)
@@ -255,7 +257,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             dfinal_state if has_dfinal else dm, gbuf, kappa,
             initial_state if initial_state is not None else dm, dinit if need_dinit else dm,
             plan.meta,
-            du, phi, dB_buf, dA_part2, dbias_part,
+            du, phi, ddelta, dB_buf, dA_part2, dbias_part,
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
             HAS_DFINAL=has_dfinal, HAS_INIT=initial_state is not None,
             num_warps=plan.num_warps_bwd, **common, **_reg_cap(u, config, "dh_pass"))
@@ -264,4 +266,4 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     dC = dC_buf[0] if nb == 1 else dC_buf.sum(0)
     dD = dD_part.sum(0) if D is not None else None
     dbias = dbias_part.sum(0) if delta_bias is not None else None
-    return du, phi, dA, dB, dC, dD, dz, dbias, dinit
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit

@@ -178,6 +178,38 @@ def test_chunk_must_be_a_multiple_of_its_dA_sub_chunk():
     assert LaunchConfig(chunk=32, da_sub_chunk=64).da_sub_length("cuda") == 32
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ddelta_is_written_in_delta_dtype_as_the_rounded_float32_gradient(dtype):
+    """The dh-pass stores ddelta in delta's dtype (no cast pass after the kernels): the same
+    values as a float32 delta holding the same numbers gives, rounded once (to nearest even
+    on the GPU, as ``Tensor.to``; Triton's CPU interpreter truncates float32 -> bfloat16, so
+    there within one unit in the last place)."""
+    from geossm.kernels import selective_scan_triton as ST
+
+    x, cu = _inputs([7, 0, 12], 8, 4, 2, torch.float64)
+    f32 = {n: (None if v is None else v.float().to(DEVICE)) for n, v in x.items()}
+    low = f32["delta"].to(dtype)
+    grads = {}
+    for name, delta in (("low", low), ("f32", low.float())):
+        args = (f32["u"], delta, f32["A"], f32["B"], f32["C"], f32["D"], f32["z"], f32["bias"],
+                cu.to(DEVICE), f32["init"], True, False)
+        out, final, keep = ST.selective_scan_fwd(*args, config=_tiny_chunks())
+        dout = torch.ones_like(out)
+        grads[name] = ST.selective_scan_bwd(dout, None, *args, chunk_states=keep,
+                                            config=_tiny_chunks())
+    assert grads["low"][1].dtype == dtype and grads["f32"][1].dtype == torch.float32
+    if DEVICE == "cuda":
+        assert torch.equal(grads["low"][1], grads["f32"][1].to(dtype))
+    else:
+        ulp = torch.finfo(dtype).eps * grads["f32"][1].abs()   # one unit at the value's scale
+        assert ((grads["low"][1].float() - grads["f32"][1]).abs() <= ulp).all()
+        assert not torch.equal(grads["low"][1].float(), grads["f32"][1])   # it was rounded
+    for got, want in zip(grads["low"][2:], grads["f32"][2:]):   # the rest: unchanged
+        if want is not None:
+            assert torch.equal(got, want)
+
+
 def test_register_caps_are_checked_and_reach_their_pass(monkeypatch):
     """A cap outside the registers a thread can hold is refused; each pass gets its own cap
     (the output and chunk-state passes fall back to the forward's; by default they are
