@@ -288,7 +288,8 @@ class _GraphTask(Task):
         return int(batch["graphs"]) if is_static_batch(batch) else int(batch.num_graphs)
 
     def loss_options(self) -> dict[str, Any]:
-        """The config's ``loss`` mapping; keys other than ``loss_keys`` raise ``ValueError``."""
+        """The config's ``loss`` mapping; keys other than ``loss_keys`` and a
+        ``label_smoothing`` outside [0, 1) raise ``ValueError``."""
         if "input_l2" in self.cfg:  # a silently ignored penalty would change results
             raise ValueError("input_l2: the key moved to loss.input_l2")
         options = dict(to_container(self.cfg.get("loss")) or {})
@@ -296,24 +297,24 @@ class _GraphTask(Task):
         if unknown:
             raise ValueError(f"loss: unknown keys {sorted(unknown)} for {type(self).__name__} "
                              f"(known: {', '.join(self.loss_keys) or 'none'})")
+        smoothing = options.get("label_smoothing", 0.0)
+        if (isinstance(smoothing, bool) or not isinstance(smoothing, (int, float))
+                or not 0 <= smoothing < 1):
+            raise ValueError(f"loss.label_smoothing: expected a number in [0, 1), got "
+                             f"{smoothing!r}")
         return options
 
     @functools.cached_property
     def label_smoothing(self) -> float:
         """``loss.label_smoothing`` (tasks that list it in ``loss_keys``; default 0): the
         cross-entropy's target is ``(1 - ε)·one_hot + ε / C``, in training and evaluation
-        alike (as ``torch.nn.functional.cross_entropy`` defines it)."""
-        value = self.loss_options().get("label_smoothing", 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"loss.label_smoothing: expected a number in [0, 1), got {value!r}")
-        return float(value)
+        alike (as ``torch.nn.functional.cross_entropy`` defines it). Read once: ``loss`` runs
+        every step."""
+        return float(self.loss_options().get("label_smoothing", 0.0))
 
     def build_loss(self, model: torch.nn.Module) -> Callable[[torch.Tensor, Batch], torch.Tensor]:
         """``self.loss`` (after checking the ``loss`` keys and values)."""
-        if "label_smoothing" in self.loss_keys:
-            self.label_smoothing  # noqa: B018 -- a bad value fails before training starts
-        else:
-            self.loss_options()
+        self.loss_options()
         return self.loss
 
     def forward(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -477,7 +478,6 @@ class NodeClassificationTask(_GraphTask):
         """``loss`` plus, with ``loss.input_l2 > 0``, the coupled L2 on ``model.input_encoder``
         while training (``WithInputL2``; none for an encoder without a weight matrix, e.g.
         categorical features)."""
-        self.label_smoothing  # noqa: B018 -- a bad value fails before training starts
         input_l2 = self.loss_options().get("input_l2") or 0.0
         if not isinstance(input_l2, (int, float)) or isinstance(input_l2, bool) or input_l2 < 0:
             raise ValueError(f"loss.input_l2: expected a number >= 0, got {input_l2!r}")
