@@ -58,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": 1.0,       # max global grad norm; 0 or null disables clipping
         "amp": True,            # bf16 autocast on CUDA (ignored on CPU)
         "num_workers": 0,
+        "persistent_workers": False,  # workers live across epochs; batches carry their seeds
         "log_every": 10,        # steps between TensorBoard scalars
         "progress": True,       # tqdm bars
         "find_unused_parameters": False,

@@ -65,6 +65,7 @@ from geossm.engine.logging import RunLogger, setup_console
 from geossm.engine.metrics import MeanMetric
 from geossm.engine.finetune import init_from_checkpoint
 from geossm.engine.batch_buffer import BufferCollate
+from geossm.engine.seeded_batches import SeededBatchSampler, SeededFetch
 from geossm.engine.optim import (build_optimizer, build_scheduler, check_optimization_config,
                                   clip_grad_norm)
 from geossm.engine.task import Task, build_task, move_to
@@ -217,6 +218,11 @@ class Trainer:
             raise ValueError(f"eval.mode must be 'max' or 'min', got {self.best_mode!r}")
         #: ``train.cuda_graph``: the forward, backward and clipping replayed as a CUDA graph.
         self.graphed_step: GraphedStep | None = self._graphed_step(cfg.train.get("cuda_graph"))
+        #: ``train.persistent_workers`` with ``train.num_workers`` > 0: loader workers live for
+        #: the run, and each evaluated dataset keeps its loader (``_eval_loader``).
+        self.persistent_workers = (bool(cfg.train.get("persistent_workers"))
+                                   and int(cfg.train.num_workers) > 0)
+        self._eval_loaders: dict[int, tuple[Dataset, DataLoader]] = {}
         self.ddp_model = self._compiled(self.ddp_model, cfg.train.get("compile"))
 
     @property
@@ -296,7 +302,7 @@ class Trainer:
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16,
                               cache_enabled=self.graphed_step is None)
 
-    def _loader(self, dataset: Dataset, train: bool, epoch_seed: int = 0) -> DataLoader:
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         cfg = self.cfg
         bs = int(cfg.train.batch_size if train or not cfg.eval.batch_size else cfg.eval.batch_size)
         if bs < 1:
@@ -308,16 +314,33 @@ class Trainer:
         else:
             sampler = ShardSampler(len(dataset), self.rank, self.world_size)
         nw = int(cfg.train.num_workers)
-        # Workers are not persistent and draw their seeds from the loader's own generator,
-        # re-seeded every epoch (see _set_epoch): the random stream of epoch e is then a function
-        # of (seed, rank, e) alone, so a resumed run augments exactly as an uninterrupted one.
         # Their batches come packed into one buffer (receiving each tensor separately costs the
         # main process ~0.5 ms per tensor; ``batch_buffer``); ``move_to`` unpacks them.
         collate = BufferCollate(self.task.collate) if nw > 0 else self.task.collate
-        return DataLoader(dataset, batch_size=bs, sampler=sampler, collate_fn=collate,
-                          num_workers=nw, pin_memory=self.device.type == "cuda",
+        common = dict(collate_fn=collate, num_workers=nw,
+                      pin_memory=self.device.type == "cuda", generator=torch.Generator())
+        if self.persistent_workers:
+            # Workers live across epochs; every batch seeds them from (seed, rank, epoch, batch)
+            # (``seeded_batches``), so a resumed run draws what an uninterrupted one does.
+            batches = SeededBatchSampler(sampler, bs, key=(int(cfg.seed), self.rank))
+            return DataLoader(SeededFetch(dataset), batch_sampler=batches,
+                              persistent_workers=True, **common)
+        # Workers are started every epoch and draw their seeds from the loader's own generator,
+        # re-seeded every epoch (see _set_epoch): the random stream of epoch e is then a function
+        # of (seed, rank, e) alone, so a resumed run augments exactly as an uninterrupted one.
+        return DataLoader(dataset, batch_size=bs, sampler=sampler,
                           worker_init_fn=_seed_worker if nw > 0 else None,
-                          generator=torch.Generator(), persistent_workers=False)
+                          persistent_workers=False, **common)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        """The evaluation loader of ``dataset``: one per dataset with persistent workers (so
+        they start once per run, not once per validation), else a new one."""
+        if not self.persistent_workers:
+            return self._loader(dataset, train=False)
+        kept = self._eval_loaders.get(id(dataset))
+        if kept is None or kept[0] is not dataset:
+            kept = self._eval_loaders[id(dataset)] = (dataset, self._loader(dataset, train=False))
+        return kept[1]
 
     def _build_dataset(self, split: str) -> Dataset:
         """``task.build_dataset(split)``, on rank 0 first: the other ranks wait at a barrier and
@@ -327,6 +350,9 @@ class Trainer:
             return self.task.build_dataset(split)
 
     def _set_epoch(self, loader: DataLoader, epoch: int) -> None:
+        if isinstance(loader.batch_sampler, SeededBatchSampler):
+            loader.batch_sampler.set_epoch(epoch)  # the batches' seeds and the sampler's order
+            return
         loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         loader.generator.manual_seed(  # type: ignore[union-attr]
             (int(self.cfg.seed) * 1_000_003 + self.rank * 10_007 + epoch) % 2**63)
@@ -366,7 +392,7 @@ class Trainer:
         ``evaluation_loss`` is False, + the task's metrics), reduced over ranks; every rank gets
         the same dict."""
         dataset = dataset if dataset is not None else self._build_dataset(split)
-        loader = self._loader(dataset, train=False)
+        loader = self._eval_loader(dataset)
         model = self.evaluated_model
         model.eval()
         metrics = self.task.build_metrics().to(self.device)
@@ -727,5 +753,7 @@ class Trainer:
         return predictor.predict_path(input_path, output_path, progress=None if self.progress else False)
 
     def close(self) -> None:
-        """End the process group (if this process started one)."""
+        """Stop the kept evaluation loaders' workers and end the process group (if this
+        process started one)."""
+        self._eval_loaders.clear()
         dist.cleanup()

@@ -55,13 +55,15 @@ def restore_determinism():
     torch.use_deterministic_algorithms(False)  # deterministic=true is process-global
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_is_exact(tmp_path, restore_determinism, workers):
+@pytest.mark.parametrize("workers,persistent", [(0, False), (1, False), (2, True)])
+def test_resume_is_exact(tmp_path, restore_determinism, workers, persistent):
     """4 epochs straight == 2 epochs, stop, resume for 2 more: same weights and metrics
-    (the toy dataset augments with the global torch RNG, in the main process or in workers;
-    the worker variant skips validation to fork fewer worker processes)."""
+    (the toy dataset augments with the global torch RNG, in the main process or in workers,
+    started every epoch or kept for the run; the worker variants skip validation to fork
+    fewer worker processes)."""
     common = ("train.epochs=4", "deterministic=true", "train.warmup_epochs=1",
-              f"train.num_workers={workers}") + (("eval.split=null",) if workers else ())
+              f"train.num_workers={workers}", f"train.persistent_workers={persistent}") + (
+                  ("eval.split=null",) if workers else ())
     straight = tmp_path / "straight"
     Trainer(make_cfg(tmp_path, f"output_dir={straight}", *common)).fit()
 
@@ -86,6 +88,39 @@ def test_resume_is_exact(tmp_path, restore_determinism, workers):
     assert strip_timing(read_jsonl(straight / "metrics.jsonl")) == strip_timing(
         read_jsonl(parted / "metrics.jsonl"))
     assert a["best"] == b["best"]
+
+
+def test_persistent_workers_train_alike_with_any_worker_count(tmp_path, restore_determinism):
+    """With persistent workers every batch seeds its worker: 1 or 2 workers, same run."""
+    runs = {}
+    for workers in (1, 2):
+        run = tmp_path / f"w{workers}"
+        Trainer(make_cfg(tmp_path, f"output_dir={run}", "train.epochs=3", "deterministic=true",
+                         f"train.num_workers={workers}", "train.persistent_workers=true",
+                         "eval.split=null")).fit()
+        runs[workers] = load_checkpoint(run / "last.pt")["model"]
+        assert strip_timing(read_jsonl(run / "metrics.jsonl")) == strip_timing(
+            read_jsonl(tmp_path / "w1" / "metrics.jsonl"))
+    for key in runs[1]:
+        torch.testing.assert_close(runs[1][key], runs[2][key], rtol=0, atol=0, msg=key)
+
+
+def test_persistent_workers_evaluate_through_one_loader_per_dataset(tmp_path):
+    trainer = Trainer(make_cfg(tmp_path, f"output_dir={tmp_path / 'r'}", "train.num_workers=2",
+                               "train.persistent_workers=true"))
+    val = trainer._build_dataset("val")
+    first = trainer.evaluate("val", val)
+    loader = trainer._eval_loader(val)
+    pids = [w.pid for w in loader._iterator._workers]
+    assert trainer.evaluate("val", val) == first
+    assert trainer._eval_loader(val) is loader and len(pids) == 2
+    assert [w.pid for w in loader._iterator._workers] == pids  # the same worker processes
+    assert trainer._eval_loader(trainer._build_dataset("val")) is not loader  # another dataset
+    plain = Trainer(make_cfg(tmp_path, f"output_dir={tmp_path / 'p'}", "train.num_workers=2"))
+    assert not plain.persistent_workers and plain._eval_loader(val) is not plain._eval_loader(val)
+    # Without workers the option has nothing to keep: the plain loaders of the main process.
+    assert not Trainer(make_cfg(tmp_path, f"output_dir={tmp_path / 'z'}",
+                                "train.persistent_workers=true")).persistent_workers
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
