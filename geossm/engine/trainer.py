@@ -120,6 +120,10 @@ def _batch_description(batch: Any, num_samples: int) -> str:
     return text if rows is None else f"{text}, {rows:,} points"
 
 
+#: Evaluation loaders kept with ``train.persistent_workers``: validation and test.
+EVAL_LOADERS_KEPT = 2
+
+
 def _seed_worker(worker_id: int) -> None:
     # torch seeds each worker from the loader's base seed; NumPy and random would otherwise
     # start from the same forked state in every worker (identical "random" augmentations).
@@ -333,13 +337,18 @@ class Trainer:
                           persistent_workers=False, **common)
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
-        """The evaluation loader of ``dataset``: one per dataset with persistent workers (so
-        they start once per run, not once per validation), else a new one."""
+        """The evaluation loader of ``dataset``. With persistent workers the loaders of the
+        last ``EVAL_LOADERS_KEPT`` datasets are kept (a run's validation and test sets), so
+        their workers start once per run, not once per validation; an older one is dropped
+        with its workers."""
         if not self.persistent_workers:
             return self._loader(dataset, train=False)
-        kept = self._eval_loaders.get(id(dataset))
+        kept = self._eval_loaders.pop(id(dataset), None)
         if kept is None or kept[0] is not dataset:
-            kept = self._eval_loaders[id(dataset)] = (dataset, self._loader(dataset, train=False))
+            kept = (dataset, self._loader(dataset, train=False))
+        self._eval_loaders[id(dataset)] = kept  # the most recent last
+        while len(self._eval_loaders) > EVAL_LOADERS_KEPT:
+            self._eval_loaders.pop(next(iter(self._eval_loaders)))
         return kept[1]
 
     def _build_dataset(self, split: str) -> Dataset:

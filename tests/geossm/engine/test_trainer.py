@@ -115,7 +115,11 @@ def test_persistent_workers_evaluate_through_one_loader_per_dataset(tmp_path):
     assert trainer.evaluate("val", val) == first
     assert trainer._eval_loader(val) is loader and len(pids) == 2
     assert [w.pid for w in loader._iterator._workers] == pids  # the same worker processes
-    assert trainer._eval_loader(trainer._build_dataset("val")) is not loader  # another dataset
+    others = [trainer._build_dataset("val") for _ in range(2)]
+    assert trainer._eval_loader(others[0]) is not loader  # another dataset, another loader
+    assert trainer._eval_loader(val) is loader  # two kept: validation and test
+    trainer._eval_loader(others[1])  # a third drops the oldest (others[0]) and its workers
+    assert [kept for kept, _ in trainer._eval_loaders.values()] == [val, others[1]]
     plain = Trainer(make_cfg(tmp_path, f"output_dir={tmp_path / 'p'}", "train.num_workers=2"))
     assert not plain.persistent_workers and plain._eval_loader(val) is not plain._eval_loader(val)
     # Without workers the option has nothing to keep: the plain loaders of the main process.
