@@ -65,17 +65,34 @@ def fit_epochs(log_path: str, left_s: float) -> int:
     return last + max(int((left_s - STARTUP_S) / max(per_epoch, 1.0)), 1)
 
 
+def epoch_wall_seconds(text: str) -> float | None:
+    """Mean wall time of an epoch after the first (training, validation and checkpoints):
+    from one epoch's train line to the next one's, over consecutive epochs, leaving out the
+    pairs longer than 3x the median (a stop and resume in between). None below 3 epochs."""
+    stamps = {}
+    for hms, epoch in re.findall(r"^(\d\d:\d\d:\d\d)\S* INFO epoch (\d+) train:", text, re.M):
+        h, m, sec = map(int, hms.split(":"))
+        stamps[int(epoch)] = h * 3600 + m * 60 + sec  # a resumed epoch: its last run counts
+    gaps = [(stamps[e] - stamps[e - 1]) % 86400 for e in sorted(stamps) if e - 1 in stamps]
+    if len(gaps) < 2:
+        return None
+    usual = sorted(gaps)[len(gaps) // 2]
+    kept = [g for g in gaps if g <= 3 * usual]
+    return round(sum(kept) / len(kept), 3)
+
+
 def report(log_path: str) -> str:
-    """One line per run: epochs, median epoch time, the best validation AP, the final test
-    lines (``weights=best`` / ``last``)."""
+    """One line per run: epochs, median training time of an epoch, the mean wall time of an
+    epoch (``epoch_wall_seconds``), the best validation AP, the final test lines
+    (``weights=best`` / ``last``)."""
     text = open(log_path).read()
     times = sorted(float(t) for t in re.findall(r"epoch \d+ train: .*?time_s=([\d.]+)", text))
     vals = [(int(e), float(a)) for e, a in re.findall(r"epoch (\d+) val: .*?ap=([\d.]+)", text)]
     best = max(vals, key=lambda v: v[1]) if vals else None
     tests = re.findall(r"test: weights=(\w+) .*?ap=([\d.]+)", text)
     median = times[len(times) // 2] if times else None
-    return (f"{log_path} epochs={len(vals)} median_epoch_s={median} best_val={best} "
-            f"test={dict(tests)}")
+    return (f"{log_path} epochs={len(vals)} median_epoch_s={median} "
+            f"epoch_wall_s={epoch_wall_seconds(text)} best_val={best} test={dict(tests)}")
 
 
 def strip_checkpoint(src: str, dst: str) -> None:

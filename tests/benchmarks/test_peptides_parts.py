@@ -31,5 +31,14 @@ def test_fit_counts_the_finished_epochs_and_what_fits_at_the_last_pace(tmp_path)
 def test_report_names_the_best_validation_epoch_and_the_final_tests(tmp_path):
     log = _log(tmp_path / "run.log", [30, 10, 12], tests=[(3, "last", 0.61), (3, "best", 0.62)])
     line = parts.report(str(log))
-    assert "epochs=3 median_epoch_s=11.5 best_val=(3, 0.53)" in line
+    assert "epochs=3 median_epoch_s=11.5 epoch_wall_s=11.0 best_val=(3, 0.53)" in line
     assert "test={'last': '0.61', 'best': '0.62'}" in line
+
+
+def test_epoch_wall_time_leaves_out_the_first_epoch_and_a_resume():
+    log = "\n".join(f"{hms} INFO epoch {k} train: time_s=1" for hms, k in [
+        ("23:59:50", 1), ("23:59:55", 2), ("00:00:01", 3),  # across midnight
+        ("00:05:00", 3), ("00:05:05", 4), ("00:05:09", 5)])  # epoch 3 again after a resume
+    # Gaps 5 (epoch 2), 305 (the resumed epoch 3's stamp counts: left out), 5, 4.
+    assert parts.epoch_wall_seconds(log) == pytest.approx((5 + 5 + 4) / 3, abs=1e-3)
+    assert parts.epoch_wall_seconds("00:00:01 INFO epoch 1 train: time_s=1") is None
