@@ -18,15 +18,13 @@ uninterrupted one. Here every batch brings its seed instead:
 
 from __future__ import annotations
 
-import itertools
-import math
-import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
+
+from geossm.engine.checkpoint import seed_everything
 
 
 def batch_seed(key: Sequence[int], epoch: int, index: int) -> int:
@@ -34,13 +32,6 @@ def batch_seed(key: Sequence[int], epoch: int, index: int) -> int:
     entropy, so neighbouring batches get unrelated streams)."""
     words = np.random.SeedSequence([*map(int, key), int(epoch), int(index)]).generate_state(2)
     return int(words[0]) << 32 | int(words[1])
-
-
-def seed_all(seed: int) -> None:
-    """Seed torch (64 bits), NumPy and ``random`` (the low 32 bits) of this process."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed % 2**32)
 
 
 class SeededIndices(list):
@@ -51,9 +42,9 @@ class SeededIndices(list):
         self.seed = seed
 
 
-class SeededBatchSampler(Sampler[SeededIndices]):
-    """Batches of ``batch_size`` consecutive indices of ``sampler`` (the last one shorter),
-    each a ``SeededIndices``.
+class SeededBatchSampler(BatchSampler):
+    """DataLoader's ``BatchSampler`` over ``sampler`` (``batch_size`` consecutive indices, the
+    last batch shorter), each batch a ``SeededIndices``.
 
     Args:
         sampler: yields dataset indices; its ``set_epoch`` (if any) is called by ours.
@@ -62,10 +53,8 @@ class SeededBatchSampler(Sampler[SeededIndices]):
     """
 
     def __init__(self, sampler: Sampler[int], batch_size: int, key: Sequence[int]) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.sampler, self.batch_size, self.key = sampler, int(batch_size), tuple(key)
-        self.epoch = 0
+        super().__init__(sampler, batch_size, drop_last=False)
+        self.key, self.epoch = tuple(key), 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -73,15 +62,8 @@ class SeededBatchSampler(Sampler[SeededIndices]):
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[SeededIndices]:
-        indices = iter(self.sampler)
-        for index in itertools.count():
-            batch = [i for _, i in zip(range(self.batch_size), indices)]
-            if not batch:
-                return
+        for index, batch in enumerate(super().__iter__()):
             yield SeededIndices(batch, batch_seed(self.key, self.epoch, index))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
 
 
 class SeededFetch(Dataset):
@@ -102,7 +84,7 @@ class SeededFetch(Dataset):
         if seed is None:
             raise TypeError("SeededFetch reads batches of SeededBatchSampler (lists with a "
                             f"'seed'), got {type(indices).__name__}")
-        seed_all(seed)
+        seed_everything(seed)
         getitems = getattr(self.dataset, "__getitems__", None)
         # The dataset's own batch read keeps what it adds (e.g. the graph datasets tag their
         # samples with the split); it gets a plain list, as from DataLoader's BatchSampler.
