@@ -57,6 +57,28 @@ def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, final, D, N, DN,
             tl.store(hs + row * DN + dn, carry, mask=mdn)
 
 
+@triton.jit(do_not_specialize=("S",))
+def fwd_empty_finals(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.constexpr,
+                     HAS_INIT: tl.constexpr):
+    """The final state of every empty segment (its initial state, zeros without one): all that
+    ``fwd_carry`` has to do when no segment can have a second chunk. One program per BS
+    segments, so short-segment batches (e.g. 20,000 graph-token sequences) launch a few hundred
+    light programs instead of (segment, block) programs sized for the carry's scan."""
+    s = tl.program_id(0) * BS + tl.arange(0, BS)
+    ms = s < S
+    lens = (tl.load(cu_seqlens + s + 1, mask=ms, other=0)
+            - tl.load(cu_seqlens + s, mask=ms, other=0))
+    empty = ms & (lens == 0)
+    if tl.sum(empty.to(tl.int32), 0) > 0:
+        row = s.to(tl.int64)[:, None] * DN
+        for d0 in range(0, DN, BDN):
+            dn = d0 + tl.arange(0, BDN)
+            m = empty[:, None] & (dn < DN)[None, :]
+            if HAS_INIT:
+                v = tl.load(init + row + dn[None, :], mask=m, other=0.0)
+            else:
+                v = tl.zeros([BS, BDN], dtype=tl.float32)
+            tl.store(final + row + dn[None, :], v, mask=m)
 
 
 @triton.jit

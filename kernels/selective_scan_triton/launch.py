@@ -8,7 +8,7 @@ import triton
 from ._jit import LOG2E_HOST
 from .bwd_dh_pass import bwd_dh_pass
 from .bwd_h_pass import bwd_h_pass
-from .carry import bwd_carry, fwd_carry
+from .carry import bwd_carry, fwd_carry, fwd_empty_finals
 from .config import DEFAULT_CONFIG, LaunchConfig, Plan, plan_for
 from .fwd_chunk_state import fwd_chunk_state
 from .fwd_output import fwd_output
@@ -81,16 +81,21 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
     dm = _dummy(dev)
     if plan.S == 0:
         return buf
-    if plan.T > 0:
-        nprog = max(1, min(plan.nprog, table.n_rows))
-        fwd_chunk_state[(nprog, plan.n_dblk)](
-            u, delta, A2, B, delta_bias if delta_bias is not None else dm, cu_seqlens,
-            table.cu_nl, table.row_seg, hs, sdt,
-            plan.S, table.n_rows, nprog, D, plan.G, N, plan.dpg,
-            L=table.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
-            FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
-            POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
-            num_warps=plan.num_warps, **_reg_cap(u, plan.config, "chunk_state"))
+    if plan.T <= table.L:
+        # a non-last chunk is full, so no segment has one (known from shapes, no sync; e.g. the
+        # serial forward's whole-segment pieces): nothing to carry, no row is read
+        if final is not None:
+            _empty_finals(plan, cu_seqlens, initial_state, final)
+        return buf
+    nprog = max(1, min(plan.nprog, table.n_rows))
+    fwd_chunk_state[(nprog, plan.n_dblk)](
+        u, delta, A2, B, delta_bias if delta_bias is not None else dm, cu_seqlens,
+        table.cu_nl, table.row_seg, hs, sdt,
+        plan.S, table.n_rows, nprog, D, plan.G, N, plan.dpg,
+        L=table.L, BD=plan.BD, NP=plan.NP, REVERSE=reverse, SOFTPLUS=delta_softplus,
+        FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
+        POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
+        num_warps=plan.num_warps, **_reg_cap(u, plan.config, "chunk_state"))
     DN = D * N
     fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
         A2, hs, sdt, table.cu_ch, table.cu_nl,
@@ -106,6 +111,15 @@ def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=False) -> 
                 HAS_Z=z is not None, POLY_EVERY=plan.config.exp_poly_every,
                 STATE_IN_THREAD=(plan.config.serial_state_in_thread if serial
                                  else plan.config.state_in_thread))
+
+
+def _empty_finals(plan, cu_seqlens, initial_state, final, segments_per_program: int = 64):
+    """``final`` of the empty segments (their initial state or zeros)."""
+    DN = plan.D * plan.N
+    fwd_empty_finals[(triton.cdiv(plan.S, segments_per_program),)](
+        cu_seqlens, initial_state if initial_state is not None else final, final, plan.S, DN,
+        BS=segments_per_program, BDN=min(128, triton.next_power_of_2(DN)),
+        HAS_INIT=initial_state is not None, num_warps=4)
 
 
 def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, initial_state,
