@@ -62,8 +62,8 @@ def fwd_empty_finals(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.c
                      HAS_INIT: tl.constexpr):
     """The final state of every empty segment (its initial state, zeros without one): all that
     ``fwd_carry`` has to do when no segment can have a second chunk. One program per BS
-    segments, so short-segment batches (e.g. 20,000 graph-token sequences) launch a few hundred
-    light programs instead of (segment, block) programs sized for the carry's scan."""
+    segments, so short-segment batches (e.g. 20,000 graph-token sequences) launch S / BS light
+    programs instead of (segment, block) programs sized for the carry's scan."""
     s = tl.program_id(0) * BS + tl.arange(0, BS)
     ms = s < S
     lens = (tl.load(cu_seqlens + s + 1, mask=ms, other=0)

@@ -152,13 +152,14 @@ def test_kernel_variants_match_float64(variant):
 
 
 @needs_triton
-@pytest.mark.parametrize("init", [True, False])
-def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(monkeypatch, init):
+@pytest.mark.parametrize("init, channels", [(True, 8), (False, 8), (True, 40)])
+def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(monkeypatch, init,
+                                                                               channels):
     """When no segment can have a second chunk (tokens <= one chunk, e.g. the serial forward's
     whole-segment pieces), the forward launches no chunk-state or carry pass (known from shapes)
     and a light pass writes the empty segments' final states: their initial states or zeros.
-    More segments than one program's 64, many of them empty; NaN-filled buffers show any that
-    stays unwritten."""
+    Segments over many programs, many of them empty, and (40 channels x 4 states) more (d, n)
+    pairs than one tile; NaN-filled buffers show any that stays unwritten."""
     from geossm.kernels import selective_scan_triton as ST
     from geossm.kernels.selective_scan_triton import launch
 
@@ -171,14 +172,14 @@ def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(m
     monkeypatch.setattr(launch, "fwd_chunk_state", _Refused(refuse))
     lengths = short_lengths(150, seed=3)
     assert lengths.count(0) > 10
-    x, cu = _inputs(lengths, 8, 4, 1, torch.float64, init=init)
+    x, cu = _inputs(lengths, channels, 4, 1, torch.float64, init=init)
     y, fin = _scan64(*[x[n] for n in _NAMES[:8]], cu, x["init"], True, False)
     f32 = {n: (None if v is None else v.float().to(DEVICE)) for n, v in x.items()}
     args = (*[f32[n] for n in _NAMES[:8]], cu.to(DEVICE), f32["init"], True, False)
     out, final, _ = ST.selective_scan_fwd(*args, config=ST.LaunchConfig(forward="serial"))
     assert _rel_err(out, y) < 1e-5 and _rel_err(final, fin) < 1e-5
     empty = torch.tensor(lengths) == 0
-    want_empty = x["init"][empty].float() if init else torch.zeros(int(empty.sum()), 8, 4)
+    want_empty = x["init"][empty].float() if init else torch.zeros(int(empty.sum()), channels, 4)
     assert torch.equal(final[empty.to(final.device)].cpu(), want_empty)
 
 
