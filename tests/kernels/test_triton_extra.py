@@ -165,11 +165,8 @@ def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(m
 
     from .conftest import short_lengths
 
-    def refuse(*_, **__):
-        raise AssertionError("chunk-state / carry pass launched without a second chunk")
-
-    monkeypatch.setattr(launch, "fwd_carry", _Refused(refuse))
-    monkeypatch.setattr(launch, "fwd_chunk_state", _Refused(refuse))
+    for kernel in ("fwd_carry", "fwd_chunk_state"):
+        monkeypatch.setattr(launch, kernel, _RefusedKernel(kernel))
     lengths = short_lengths(150, seed=3)
     assert lengths.count(0) > 10
     x, cu = _inputs(lengths, channels, 4, 1, torch.float64, init=init)
@@ -183,14 +180,16 @@ def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(m
     assert torch.equal(final[empty.to(final.device)].cpu(), want_empty)
 
 
-class _Refused:
-    """Stands in for a jitted kernel: indexing by a grid gives ``fn``."""
+class _RefusedKernel:
+    """Stands in for a jitted kernel that must not be launched: launching it fails the test."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, name: str):
+        self.name = name
 
     def __getitem__(self, grid):
-        return self.fn
+        def launch(*_, **__):
+            raise AssertionError(f"{self.name} launched where no segment has a second chunk")
+        return launch
 
 
 def _dA_error(config, lengths, reverse):
