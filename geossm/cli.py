@@ -350,3 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = msg.removeprefix(f"{ns.command}: ")
         sys.stderr.write(f"geossm {ns.command}: error: {msg}\n")
         return 2
+
+
+if __name__ == "__main__":   # `python -m geossm.cli` as `python -m geossm` (geossm/__main__.py)
+    raise SystemExit(main())

@@ -110,10 +110,13 @@ def test_default_config_from_cwd(tmp_path, capsys, monkeypatch):
     assert run_dir.parent == Path("runs") / "default" and (tmp_path / run_dir / "last.pt").is_file()
 
 
-def test_python_m_geossm_error_has_no_traceback(tmp_path):
+@pytest.mark.parametrize("module", ["geossm", "geossm.cli"])
+def test_python_m_geossm_error_has_no_traceback(tmp_path, module):
+    """``python -m geossm`` and ``python -m geossm.cli`` both run the command (the second used to
+    exit 0 without doing anything)."""
     cfg = write_toy_config(tmp_path / "toy.yaml")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "geossm", "train", str(cfg), "trian.epochs=3"],
+    proc = subprocess.run([sys.executable, "-m", module, "train", str(cfg), "trian.epochs=3"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
