@@ -11,11 +11,11 @@ from ._jit import SUM, and_scalar, combine_affine
 
 
 @triton.jit
-def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, final, D, N, DN,
+def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, D, N, DN,
               K: tl.constexpr, BDN: tl.constexpr, HAS_INIT: tl.constexpr,
-              NEED_FINAL: tl.constexpr, USE_SCAN: tl.constexpr):
-    """h_end(c) = h_loc(c) + exp(A * sum dt(c)) * h_end(c-1), in place over ``hs``; also the
-    final state of empty segments."""
+              USE_SCAN: tl.constexpr):
+    """h_end(c) = h_loc(c) + exp(A * sum dt(c)) * h_end(c-1), in place over ``hs`` (empty
+    segments' final states: ``fwd_empty_finals``)."""
     s = tl.program_id(0)
     pb = tl.program_id(1)
     dn = pb * BDN + tl.arange(0, BDN)
@@ -27,9 +27,6 @@ def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, final, D, N, DN,
         carry = tl.load(init + s.to(tl.int64) * DN + dn, mask=mdn, other=0.0)
     else:
         carry = tl.zeros([BDN], dtype=tl.float32)
-    if NEED_FINAL:
-        # an empty segment's final state is its initial state
-        tl.store(final + s.to(tl.int64) * DN + dn, carry, mask=and_scalar(mdn, nck == 0))
     nrows = tl.maximum(nck - 1, 0)
     if USE_SCAN:
         # K rows at a time: wide loads in flight, associative scan along the rows
@@ -60,10 +57,11 @@ def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, final, D, N, DN,
 @triton.jit(do_not_specialize=("S",))
 def fwd_empty_finals(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.constexpr,
                      HAS_INIT: tl.constexpr):
-    """The final state of every empty segment (its initial state, zeros without one): all that
-    ``fwd_carry`` has to do when no segment can have a second chunk. One program per BS
-    segments, so short-segment batches (e.g. 20,000 graph-token sequences) launch S / BS light
-    programs instead of (segment, block) programs sized for the carry's scan."""
+    """The final state of every empty segment (its initial state, zeros without one; the other
+    segments' come from the pass that walks their last chunk). One program per BS segments,
+    storing only where a segment is empty: a light launch where no segment has a second chunk
+    and the carry is skipped (e.g. 20,000 graph-token sequences: S / BS programs instead of
+    (segment, block) programs sized for the carry's scan)."""
     s = tl.program_id(0) * BS + tl.arange(0, BS)
     ms = s < S
     lens = (tl.load(cu_seqlens + s + 1, mask=ms, other=0)

@@ -81,11 +81,11 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
     dm = _dummy(dev)
     if plan.S == 0:
         return buf
+    if final is not None:
+        _empty_finals(plan, cu_seqlens, initial_state, final)
     if plan.T <= table.L:
         # a non-last chunk is full, so no segment has one (known from shapes, no sync; e.g. the
         # serial forward's whole-segment pieces): nothing to carry, no row is read
-        if final is not None:
-            _empty_finals(plan, cu_seqlens, initial_state, final)
         return buf
     nprog = max(1, min(plan.nprog, table.n_rows))
     fwd_chunk_state[(nprog, plan.n_dblk)](
@@ -99,9 +99,9 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
     DN = D * N
     fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
         A2, hs, sdt, table.cu_ch, table.cu_nl,
-        initial_state if initial_state is not None else dm, final if final is not None else dm,
+        initial_state if initial_state is not None else dm,
         D, N, DN, K=plan.K, BDN=plan.BDN, HAS_INIT=initial_state is not None,
-        NEED_FINAL=final is not None, USE_SCAN=not _interpreting(u), num_warps=4)
+        USE_SCAN=not _interpreting(u), num_warps=4)
     return buf
 
 
