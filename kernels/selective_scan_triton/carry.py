@@ -1,6 +1,13 @@
 """The chunk-level carry passes: per (segment, block of (d, n) pairs) a scan over the segment's
 chunk rows (forward: true end states from local ones; backward: gradients reaching each chunk's
-end from later chunks)."""
+end from later chunks), and the light pass that fills the states of empty segments.
+
+Carry grids have ``min(S, rows)`` programs along axis 0 (``rows``: the bound on state rows,
+T // L). With fewer segments than rows, program ``p`` is segment ``p``. With more (many short
+segments, e.g. 20,000 graph-token sequences), program ``p`` is state row ``p`` and carries the
+segment whose first row it is: only a segment with a second chunk has rows, so no segment is
+missed, and most of the 20,000 segment programs, which would only find no rows, are never
+launched."""
 
 from __future__ import annotations
 
@@ -11,23 +18,36 @@ from ._jit import SUM, and_scalar, combine_affine
 
 
 @triton.jit
-def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, D, N, DN,
+def carry_segment(p, row_seg, cu_nl, S, by_row):
+    """Segment of carry program ``p``, its first state row and its row count (0 where the
+    program has nothing to carry). ``by_row`` (runtime int, not a constexpr, so one compiled
+    kernel serves both grids): program ``p`` stands for state row ``p`` (module docstring)."""
+    seg = p
+    if by_row != 0:
+        # rows past the true count map to segment S: clamp, the row test below rejects them
+        seg = tl.minimum(tl.load(row_seg + p), S - 1)
+    first = tl.load(cu_nl + seg)
+    nrows = tl.load(cu_nl + seg + 1) - first
+    owns = (by_row == 0) | (first == p)
+    return seg, first, tl.where(owns, nrows, 0)
+
+
+@triton.jit(do_not_specialize=("S", "by_row"))
+def fwd_carry(A2, hs, sdt, row_seg, cu_nl, init, S, by_row, D, N, DN,
               K: tl.constexpr, BDN: tl.constexpr, HAS_INIT: tl.constexpr,
               USE_SCAN: tl.constexpr):
     """h_end(c) = h_loc(c) + exp(A * sum dt(c)) * h_end(c-1), in place over ``hs`` (empty
-    segments' final states: ``fwd_empty_finals``)."""
-    s = tl.program_id(0)
+    segments' final states: ``empty_segment_states``)."""
+    s, nl0, nrows = carry_segment(tl.program_id(0), row_seg, cu_nl, S, by_row)
     pb = tl.program_id(1)
     dn = pb * BDN + tl.arange(0, BDN)
-    mdn = dn < DN
+    mdn = and_scalar(dn < DN, nrows > 0)
     a2 = tl.load(A2 + dn, mask=mdn, other=0.0)
-    nck = tl.load(cu_ch + s + 1) - tl.load(cu_ch + s)
-    nl0 = tl.load(cu_nl + s).to(tl.int64)
+    nl0 = nl0.to(tl.int64)
     if HAS_INIT:
         carry = tl.load(init + s.to(tl.int64) * DN + dn, mask=mdn, other=0.0)
     else:
         carry = tl.zeros([BDN], dtype=tl.float32)
-    nrows = tl.maximum(nck - 1, 0)
     if USE_SCAN:
         # K rows at a time: wide loads in flight, associative scan along the rows
         rk = tl.arange(0, K)
@@ -55,13 +75,14 @@ def fwd_carry(A2, hs, sdt, cu_ch, cu_nl, init, D, N, DN,
 
 
 @triton.jit(do_not_specialize=("S",))
-def fwd_empty_finals(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.constexpr,
-                     HAS_INIT: tl.constexpr):
-    """The final state of every empty segment (its initial state, zeros without one; the other
-    segments' come from the pass that walks their last chunk). One program per BS segments,
-    storing only where a segment is empty: a light launch where no segment has a second chunk
-    and the carry is skipped (e.g. 20,000 graph-token sequences: S / BS programs instead of
-    (segment, block) programs sized for the carry's scan)."""
+def empty_segment_states(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.constexpr,
+                         HAS_INIT: tl.constexpr):
+    """``final[s] = init[s]`` (zeros without ``init``) for every empty segment ``s``; (S, DN)
+    buffers. The forward's final states and the backward's initial-state gradients of empty
+    segments (their ``init``: the initial states / the final-state gradients); the other
+    segments' come from the passes that walk their chunks. One program per BS segments,
+    storing only where a segment is empty: a light launch (S / BS programs), not a
+    (segment, block) grid sized for the carry's scan."""
     s = tl.program_id(0) * BS + tl.arange(0, BS)
     ms = s < S
     lens = (tl.load(cu_seqlens + s + 1, mask=ms, other=0)
@@ -79,27 +100,20 @@ def fwd_empty_finals(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.c
             tl.store(final + row + dn[None, :], v, mask=m)
 
 
-@triton.jit
-def bwd_carry(A2, gbuf, sdt, cu_ch, cu_nl, dfinal, dinit, D, N, DN,
-              K: tl.constexpr, BDN: tl.constexpr, HAS_DFINAL: tl.constexpr,
-              NEED_DINIT: tl.constexpr, USE_SCAN: tl.constexpr):
-    """X(c) = g_loc(c) + exp(A sum dt(c)) X(c+1) over each segment's chunks, last to first."""
-    s = tl.program_id(0)
+@triton.jit(do_not_specialize=("S", "by_row"))
+def bwd_carry(A2, gbuf, sdt, row_seg, cu_nl, dinit, S, by_row, D, N, DN,
+              K: tl.constexpr, BDN: tl.constexpr, NEED_DINIT: tl.constexpr,
+              USE_SCAN: tl.constexpr):
+    """X(c) = g_loc(c) + exp(A sum dt(c)) X(c+1) over each segment's chunks, last to first
+    (empty segments' initial-state gradients: ``empty_segment_states``)."""
+    s, nl0, nrows = carry_segment(tl.program_id(0), row_seg, cu_nl, S, by_row)
     pb = tl.program_id(1)
     dn = pb * BDN + tl.arange(0, BDN)
-    mdn = dn < DN
+    mdn = and_scalar(dn < DN, nrows > 0)
     a2 = tl.load(A2 + dn, mask=mdn, other=0.0)
-    nck = tl.load(cu_ch + s + 1) - tl.load(cu_ch + s)
-    nl0 = tl.load(cu_nl + s).to(tl.int64)
+    nl0 = nl0.to(tl.int64)
     s64 = s.to(tl.int64)
-    if NEED_DINIT:
-        if HAS_DFINAL:
-            gf = tl.load(dfinal + s64 * DN + dn, mask=mdn, other=0.0)
-        else:
-            gf = tl.zeros([BDN], dtype=tl.float32)
-        tl.store(dinit + s64 * DN + dn, gf, mask=and_scalar(mdn, nck == 0))
     # gbuf row r holds g_loc(chunk r+1) (row nrows-1 already the complete X of the last chunk)
-    nrows = tl.maximum(nck - 1, 0)
     jk = tl.arange(0, K)
     carry = tl.zeros([BDN], dtype=tl.float32)
     if USE_SCAN:
@@ -127,8 +141,8 @@ def bwd_carry(A2, gbuf, sdt, cu_ch, cu_nl, dfinal, dinit, D, N, DN,
             carry = b + tl.exp2(a2 * sd) * carry
             tl.store(gbuf + row * DN + dn, carry, mask=mdn)
     if NEED_DINIT:
-        sd0 = tl.load(sdt + nl0 * D + dn // N, mask=and_scalar(mdn, nck >= 2), other=0.0)
-        cur = tl.load(dinit + s64 * DN + dn, mask=and_scalar(mdn, nck >= 2), other=0.0)
-        tl.store(dinit + s64 * DN + dn, cur + tl.exp2(a2 * sd0) * carry,
-                 mask=and_scalar(mdn, nck >= 2))
+        # a segment with rows has a second chunk (mdn is empty without rows)
+        sd0 = tl.load(sdt + nl0 * D + dn // N, mask=mdn, other=0.0)
+        cur = tl.load(dinit + s64 * DN + dn, mask=mdn, other=0.0)
+        tl.store(dinit + s64 * DN + dn, cur + tl.exp2(a2 * sd0) * carry, mask=mdn)
 

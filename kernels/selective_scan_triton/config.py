@@ -179,8 +179,8 @@ class ChunkTable:
     chunk of a segment may be shorter; chunks never cross segments). No host sync.
 
     Attributes: ``n_chunks_bound`` (>= the chunk count: ceil(len/L) <= len/L + 1 per segment),
-    ``n_rows`` (>= the non-last chunks, which are full: T // L), ``cu_ch`` / ``cu_nl`` (S+1,)
-    chunk and non-last-chunk offsets per segment, ``meta`` (one 8-int row per chunk: valid,
+    ``n_rows`` (>= the non-last chunks, which are full: T // L), ``cu_nl`` (S+1,)
+    non-last-chunk (state row) offsets per segment, ``meta`` (one 8-int row per chunk: valid,
     segment, k, chunks of the segment, segment's first token, segment length, segment's first
     state row, pad: one round trip per chunk) and ``row_seg`` (segment of every state row).
     """
@@ -193,13 +193,13 @@ class ChunkTable:
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
         nck = ((lens.long() + (L - 1)) // L).to(torch.int32)     # int64: L may be ~2**22
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
-        self.cu_ch = torch.cat([zero, torch.cumsum(nck, 0, dtype=torch.int32)])
+        cu_ch = torch.cat([zero, torch.cumsum(nck, 0, dtype=torch.int32)])
         self.cu_nl = torch.cat([zero, torch.cumsum((nck - 1).clamp_(min=0), 0, dtype=torch.int32)])
         ar = torch.arange(self.n_chunks_bound, device=dev, dtype=torch.int32)
-        chunk_seg = torch.searchsorted(self.cu_ch[1:], ar, right=True, out_int32=True)
+        chunk_seg = torch.searchsorted(cu_ch[1:], ar, right=True, out_int32=True)
         seg = chunk_seg.clamp(max=max(S - 1, 0)).long()
         if S > 0:
-            cols = [ar < self.cu_ch[-1], seg, ar - self.cu_ch[seg], nck[seg],
+            cols = [ar < cu_ch[-1], seg, ar - cu_ch[seg], nck[seg],
                     cu_seqlens[:-1][seg], lens[seg], self.cu_nl[seg], torch.zeros_like(ar)]
             self.meta = torch.stack([col.to(torch.int32) for col in cols], 1).contiguous()
         else:
@@ -237,7 +237,7 @@ class Plan:
         sms = num_sms(dev)
         self.forward = self._forward_mode(config, sms, dev)
         self.chunks = ChunkTable(cu_seqlens, L, T, dev)
-        self.cu_ch, self.cu_nl, self.meta = self.chunks.cu_ch, self.chunks.cu_nl, self.chunks.meta
+        self.cu_nl, self.meta = self.chunks.cu_nl, self.chunks.meta
         self.row_seg = self.chunks.row_seg
         self.n_chunks_bound, self.n_rows = self.chunks.n_chunks_bound, self.chunks.n_rows
         self.piece_chunks = self._piece_chunks(config, sms, dev)

@@ -8,7 +8,7 @@ import triton
 from ._jit import LOG2E_HOST
 from .bwd_dh_pass import bwd_dh_pass
 from .bwd_h_pass import bwd_h_pass
-from .carry import bwd_carry, fwd_carry, fwd_empty_finals
+from .carry import bwd_carry, empty_segment_states, fwd_carry
 from .config import DEFAULT_CONFIG, LaunchConfig, Plan, plan_for
 from .fwd_chunk_state import fwd_chunk_state
 from .fwd_output import fwd_output
@@ -82,7 +82,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
     if plan.S == 0:
         return buf
     if final is not None:
-        _empty_finals(plan, cu_seqlens, initial_state, final)
+        _empty_segment_states(plan, cu_seqlens, initial_state, final)
     if plan.T <= table.L:
         # a non-last chunk is full, so no segment has one (known from shapes, no sync; e.g. the
         # serial forward's whole-segment pieces): nothing to carry, no row is read
@@ -96,13 +96,20 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
         FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
         POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
         num_warps=plan.num_warps, **_reg_cap(u, plan.config, "chunk_state"))
-    DN = D * N
-    fwd_carry[(plan.S, triton.cdiv(DN, plan.BDN))](
-        A2, hs, sdt, table.cu_ch, table.cu_nl,
-        initial_state if initial_state is not None else dm,
-        D, N, DN, K=plan.K, BDN=plan.BDN, HAS_INIT=initial_state is not None,
+    programs, by_row = _carry_programs(plan, table)
+    fwd_carry[(programs, triton.cdiv(D * N, plan.BDN))](
+        A2, hs, sdt, table.row_seg, table.cu_nl,
+        initial_state if initial_state is not None else dm, plan.S, by_row,
+        D, N, D * N, K=plan.K, BDN=plan.BDN, HAS_INIT=initial_state is not None,
         USE_SCAN=not _interpreting(u), num_warps=4)
     return buf
+
+
+def _carry_programs(plan: Plan, table) -> tuple[int, int]:
+    """Programs along a carry grid's first axis and ``by_row`` (``carry`` module docstring):
+    one per segment, or one per state row of ``table`` where rows are fewer."""
+    by_row = int(table.n_rows < plan.S)
+    return (table.n_rows if by_row else plan.S), by_row
 
 
 def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=False) -> dict:
@@ -113,15 +120,16 @@ def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=False) -> 
                                  else plan.config.state_in_thread))
 
 
-def _empty_finals(plan, cu_seqlens, initial_state, final, segments_per_program: int = 8):
-    """``final`` of the empty segments (their initial state or zeros). Tiles of 8 segments x
-    128 (d, n) pairs: 25-28 registers per thread in the sm_90 build (64 x 128 took 255 and
-    spilled)."""
+def _empty_segment_states(plan, cu_seqlens, source, out, segments_per_program: int = 8):
+    """``out[s] = source[s]`` (zeros where ``source`` is None) for the empty segments: the
+    forward's final states (source: initial states), the backward's initial-state gradients
+    (source: final-state gradients). Tiles of 8 segments x 128 (d, n) pairs: 25-28 registers
+    per thread in the sm_90 build (64 x 128 took 255 and spilled)."""
     DN = plan.D * plan.N
-    fwd_empty_finals[(triton.cdiv(plan.S, segments_per_program),)](
-        cu_seqlens, initial_state if initial_state is not None else final, final, plan.S, DN,
+    empty_segment_states[(triton.cdiv(plan.S, segments_per_program),)](
+        cu_seqlens, source if source is not None else out, out, plan.S, DN,
         BS=segments_per_program, BDN=min(128, triton.next_power_of_2(DN)),
-        HAS_INIT=initial_state is not None, num_warps=4)
+        HAS_INIT=source is not None, num_warps=4)
 
 
 def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, initial_state,
@@ -259,13 +267,15 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T,
             HAS_INIT=initial_state is not None, HAS_DFINAL=has_dfinal, NEED_DINIT=need_dinit,
             num_warps=plan.num_warps_bwd, **common, **_reg_cap(u, config, "h_pass"))
-    if S > 0:
-        DN = Dm * N
-        bwd_carry[(S, triton.cdiv(DN, plan.BDN))](
-            A2, gbuf, sdt, plan.cu_ch, plan.cu_nl, dfinal_state if has_dfinal else dm,
-            dinit if need_dinit else dm, Dm, N, DN, K=plan.K, BDN=plan.BDN,
-            HAS_DFINAL=has_dfinal, NEED_DINIT=need_dinit, USE_SCAN=not _interpreting(u),
-            num_warps=4)
+    if need_dinit and S > 0:
+        _empty_segment_states(plan, cu_seqlens, dfinal_state if has_dfinal else None, dinit)
+    if S > 0 and T > plan.L:
+        # (T <= L: no segment has a second chunk, nothing to carry; known from shapes)
+        programs, by_row = _carry_programs(plan, plan.chunks)
+        bwd_carry[(programs, triton.cdiv(Dm * N, plan.BDN))](
+            A2, gbuf, sdt, plan.row_seg, plan.cu_nl, dinit if need_dinit else dm, S, by_row,
+            Dm, N, Dm * N, K=plan.K, BDN=plan.BDN, NEED_DINIT=need_dinit,
+            USE_SCAN=not _interpreting(u), num_warps=4)
     if S > 0 and T > 0:
         bwd_dh_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,

@@ -180,6 +180,37 @@ def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(m
     assert torch.equal(final[empty.to(final.device)].cpu(), want_empty)
 
 
+@needs_triton
+@pytest.mark.parametrize("by_row", [0, 1])
+@pytest.mark.parametrize("saved, reverse", [(False, False), (True, True)])
+def test_carry_grids_by_segment_and_by_row_match_float64(monkeypatch, by_row, saved, reverse):
+    """Both carry grids give the float64 forward and backward: one program per segment, or one
+    per state row that carries the segment whose first row it is (the default where rows are
+    fewer than segments). Many short and empty segments between segments of 2-5 chunks, so
+    that programs of rows that start no segment, rows past the true count and segments
+    without rows all occur; initial states and final-state gradients included."""
+    from geossm.kernels.selective_scan_triton import launch
+
+    from .conftest import short_lengths
+
+    lengths = short_lengths(30, seed=4)
+    for at, length in ((3, 13), (11, 9), (20, 17), (29, 5)):
+        lengths.insert(at, length)
+    config = _tiny_chunks()
+    rows, segments = sum(lengths) // 4, len(lengths)
+    assert rows < segments, "this case must default to the row grid"
+    default = launch._carry_programs
+    modes = []
+
+    def forced(plan, table):
+        modes.append(default(plan, table)[1])
+        return (table.n_rows if by_row else plan.S), by_row
+    monkeypatch.setattr(launch, "_carry_programs", forced)
+    _check_against_float64(config, lengths, 8, 4, 2, saved, reverse)
+    # forward carry, backward carry, and the backward's recomputed forward carry when unsaved
+    assert modes == [1] * (2 if saved else 3)
+
+
 class _RefusedKernel:
     """Stands in for a jitted kernel that must not be launched: launching it fails the test."""
 
