@@ -71,6 +71,11 @@ class LaunchConfig:
             than it are one sub-chunk). dA sums terms of both backward passes that cancel, and
             their float32 error grows with the weights, so longer chunks keep it at this length
             (64 / 8: a chunk of 128 has the dA error of one of 64).
+        carry_tile: (chunk rows x (d, n) pairs) a carry program scans per step (a power of
+            two); 4096.
+        num_warps_carry: warps per carry program; 4.
+        carry_programs_per_sm: the carries narrow their (d, n) blocks (down to 8 pairs) until
+            segments x blocks give this many programs per SM; 4.
         exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
             FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
             k = 4: the loops are not MUFU-bound).
@@ -100,13 +105,17 @@ class LaunchConfig:
     exp_poly_every: int = 0
     state_in_thread: bool = False
     serial_state_in_thread: bool = True
+    carry_tile: int = 4096
+    num_warps_carry: int = 4
+    carry_programs_per_sm: int = 4
 
     def __post_init__(self):
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"forward must be one of {FORWARD_MODES}, got {self.forward!r}")
         for name in ("chunk", "chunk_interpret", "max_bd", "max_bd_bwd", "bd_serial",
                      "programs_per_sm_fwd", "programs_per_sm_bwd", "serial_programs_per_sm",
-                     "da_sub_chunk", "da_sub_chunk_interpret"):
+                     "da_sub_chunk", "da_sub_chunk_interpret", "carry_tile", "num_warps_carry",
+                     "carry_programs_per_sm"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -121,6 +130,8 @@ class LaunchConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or not 24 <= value <= 255):
                 raise ValueError(f"{name} must be None or an int in [24, 255], got {value!r}")
+        if self.carry_tile & (self.carry_tile - 1):
+            raise ValueError(f"carry_tile must be a power of two, got {self.carry_tile!r}")
         if self.piece_chunks < 0:
             raise ValueError(f"piece_chunks must be >= 0, got {self.piece_chunks!r}")
         if self.exp_poly_every < 0:
@@ -253,10 +264,10 @@ class Plan:
         # so that enough programs run side by side; many short ones get wide blocks.
         DN = D * N
         bdn = triton.next_power_of_2(DN)
-        while bdn > 8 and S * triton.cdiv(DN, bdn) < 4 * sms:
+        while bdn > 8 and S * triton.cdiv(DN, bdn) < config.carry_programs_per_sm * sms:
             bdn //= 2
         self.BDN = min(bdn, 1024)
-        self.K = max(8, min(512, 4096 // self.BDN))
+        self.K = max(8, min(512, config.carry_tile // self.BDN))
 
     def _serial_programs_wanted(self, sms: int, dev) -> int:
         return (self.config.serial_programs_per_sm * sms) if dev.type == "cuda" else 4

@@ -101,7 +101,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
         A2, hs, sdt, table.row_seg, table.cu_nl,
         initial_state if initial_state is not None else dm, plan.S, by_row,
         D, N, D * N, K=plan.K, BDN=plan.BDN, HAS_INIT=initial_state is not None,
-        USE_SCAN=not _interpreting(u), num_warps=4)
+        USE_SCAN=not _interpreting(u), num_warps=plan.config.num_warps_carry)
     return buf
 
 
@@ -275,7 +275,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
         bwd_carry[(programs, triton.cdiv(Dm * N, plan.BDN))](
             A2, gbuf, sdt, plan.row_seg, plan.cu_nl, dinit if need_dinit else dm, S, by_row,
             Dm, N, Dm * N, K=plan.K, BDN=plan.BDN, NEED_DINIT=need_dinit,
-            USE_SCAN=not _interpreting(u), num_warps=4)
+            USE_SCAN=not _interpreting(u), num_warps=plan.config.num_warps_carry)
     if S > 0 and T > 0:
         bwd_dh_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,

@@ -138,6 +138,9 @@ _VARIANTS = {
     "polynomial_exp2_everywhere": dict(exp_poly_every=1, forward="serial"),
     "da_sub_chunks_of_two_steps": dict(da_sub_chunk=2, da_sub_chunk_interpret=2),
     "da_sub_chunks_of_one_step": dict(da_sub_chunk=1, da_sub_chunk_interpret=1),
+    # the carries' scan (GPU only; the interpreter walks rows one by one): 8 rows per step
+    "carry_small_tiles_many_programs": dict(carry_tile=64, num_warps_carry=8,
+                                            carry_programs_per_sm=16),
 }
 
 
@@ -248,6 +251,25 @@ def test_chunk_must_be_a_multiple_of_its_dA_sub_chunk():
     with pytest.raises(ValueError, match="multiple"):
         LaunchConfig(chunk=96, da_sub_chunk=64)
     assert LaunchConfig(chunk=32, da_sub_chunk=64).da_sub_length("cuda") == 32
+
+
+def test_carry_settings_are_checked_and_set_the_plan():
+    """``carry_tile`` (rows x pairs per scan step) must be a power of two; with one segment the
+    (d, n) blocks narrow until ``carry_programs_per_sm`` programs per SM, and the rows per step
+    follow the tile."""
+    from geossm.kernels.selective_scan_triton import LaunchConfig
+    from geossm.kernels.selective_scan_triton.config import Plan
+
+    with pytest.raises(ValueError, match="power of two"):
+        LaunchConfig(carry_tile=1000)
+    with pytest.raises(ValueError, match="num_warps_carry"):
+        LaunchConfig(num_warps_carry=0)
+    cu = torch.tensor([0, 4000], dtype=torch.int32)
+    plan = Plan(cu, 4000, 64, 1, 16, torch.device("cpu"), LaunchConfig(carry_tile=2048))
+    assert (plan.BDN, plan.K) == (64, 32)       # 16 blocks: 4 programs on each of 4 SMs
+    plan = Plan(cu, 4000, 64, 1, 16, torch.device("cpu"),
+                LaunchConfig(carry_tile=2048, carry_programs_per_sm=16))
+    assert (plan.BDN, plan.K) == (16, 128)
 
 
 @needs_triton
