@@ -254,22 +254,28 @@ def test_chunk_must_be_a_multiple_of_its_dA_sub_chunk():
 
 
 def test_carry_settings_are_checked_and_set_the_plan():
-    """``carry_tile`` (rows x pairs per scan step) must be a power of two; with one segment the
-    (d, n) blocks narrow until ``carry_programs_per_sm`` programs per SM, and the rows per step
-    follow the tile."""
+    """``carry_tile`` (rows x pairs per scan step) must be 0 (auto) or a power of two; with one
+    segment the (d, n) blocks narrow until ``carry_programs_per_sm`` programs per SM (the
+    interpreter counts 4 SMs), and the rows per step follow the tile: auto gives 512-tiles
+    from 2 programs per SM on, 4096-tiles below."""
     from geossm.kernels.selective_scan_triton import LaunchConfig
     from geossm.kernels.selective_scan_triton.config import Plan
 
-    with pytest.raises(ValueError, match="power of two"):
-        LaunchConfig(carry_tile=1000)
+    for bad in (1000, -4):
+        with pytest.raises(ValueError, match="power of two"):
+            LaunchConfig(carry_tile=bad)
     with pytest.raises(ValueError, match="num_warps_carry"):
         LaunchConfig(num_warps_carry=0)
     cu = torch.tensor([0, 4000], dtype=torch.int32)
-    plan = Plan(cu, 4000, 64, 1, 16, torch.device("cpu"), LaunchConfig(carry_tile=2048))
-    assert (plan.BDN, plan.K) == (64, 32)       # 16 blocks: 4 programs on each of 4 SMs
-    plan = Plan(cu, 4000, 64, 1, 16, torch.device("cpu"),
-                LaunchConfig(carry_tile=2048, carry_programs_per_sm=16))
-    assert (plan.BDN, plan.K) == (16, 128)
+
+    def blocks_and_rows(**settings):
+        plan = Plan(cu, 4000, 64, 1, 16, torch.device("cpu"), LaunchConfig(**settings))
+        return plan.BDN, plan.K
+
+    assert blocks_and_rows(carry_tile=2048) == (64, 32)         # 16 blocks: 4 per SM
+    assert blocks_and_rows(carry_tile=2048, carry_programs_per_sm=16) == (16, 128)
+    assert blocks_and_rows(carry_programs_per_sm=1) == (256, 16)    # 1 per SM: 4096 / 256
+    assert blocks_and_rows(carry_programs_per_sm=2) == (128, 8)     # 2 per SM: 512 / 128, at least 8
 
 
 @needs_triton
