@@ -75,7 +75,7 @@ class LaunchConfig:
             two), or 0 (default): 512 where the carry grid has at least 2 programs per SM (more
             than one wave of 4096-tiles, whose ~233 registers per thread fit 2 programs per SM),
             else 4096 (few programs walking long segments want long steps). H100, session 43
-            (NOTES): scene forward -3.9 %, windows -1.4 %, long unchanged against 4096.
+            (NOTES): scene forward -4.0 %, windows -1.2 %, long unchanged against 4096.
         num_warps_carry: warps per carry program; 4.
         carry_programs_per_sm: the carries narrow their (d, n) blocks (down to 8 pairs) until
             segments x blocks give this many programs per SM; 4.
@@ -265,8 +265,9 @@ class Plan:
         self.nprog_bwd = _programs(self.n_chunks_bound, config.programs_per_sm_bwd, sms,
                                    self.n_dblk_bwd, dev)
         # carry passes: one program per (segment, block of BDN (d, n) pairs), walking that
-        # segment's chunk rows K at a time. Few segments (one long sequence) get narrow blocks
-        # so that enough programs run side by side; many short ones get wide blocks.
+        # segment's chunk rows K at a time (or per (state row, block) where rows are fewer than
+        # segments: ``carry`` module docstring). Few segments (one long sequence) get narrow
+        # blocks so that enough programs run side by side; many short ones get wide blocks.
         DN = D * N
         bdn = triton.next_power_of_2(DN)
         while bdn > 8 and S * triton.cdiv(DN, bdn) < config.carry_programs_per_sm * sms:
