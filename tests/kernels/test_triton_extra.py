@@ -184,6 +184,24 @@ def test_forward_without_second_chunks_skips_the_carry_and_writes_empty_finals(m
 
 
 @needs_triton
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_without_second_chunks_skips_its_carry(monkeypatch, reverse):
+    """Tokens <= one chunk: the backward launches no carry either (known from shapes), and the
+    empty segments' initial-state gradients (their final-state gradients) come from the light
+    pass; forward and backward against float64, chunk states recomputed."""
+    from geossm.kernels.selective_scan_triton import LaunchConfig, launch
+
+    from .conftest import short_lengths
+
+    for kernel in ("fwd_carry", "fwd_chunk_state", "bwd_carry"):
+        monkeypatch.setattr(launch, kernel, _RefusedKernel(kernel))
+    lengths = short_lengths(20, seed=4)
+    assert sum(lengths) <= 64 and lengths.count(0) >= 2
+    config = LaunchConfig(forward="chunked", chunk_interpret=64)
+    _check_against_float64(config, lengths, 8, 4, 1, False, reverse)
+
+
+@needs_triton
 @pytest.mark.parametrize("by_row", [0, 1])
 @pytest.mark.parametrize("saved, reverse", [(False, False), (True, True)])
 def test_carry_grids_by_segment_and_by_row_match_float64(monkeypatch, by_row, saved, reverse):
