@@ -190,6 +190,13 @@ def _programs(bound: int, per_sm: int, sms: int, channel_blocks: int, dev) -> in
     return max(1, min(bound, (sms * per_sm) // max(1, channel_blocks)))
 
 
+def carry_grid(segments: int, rows: int) -> tuple[int, int]:
+    """Programs along a carry grid's first axis and ``by_row`` (``carry`` module docstring):
+    one per segment, or one per state row where rows are fewer."""
+    by_row = int(rows < segments)
+    return (rows if by_row else segments), by_row
+
+
 class ChunkTable:
     """Device-side metadata of the cut of every segment into chunks of ``L`` steps (the last
     chunk of a segment may be shorter; chunks never cross segments). No host sync.
@@ -198,7 +205,8 @@ class ChunkTable:
     ``n_rows`` (>= the non-last chunks, which are full: T // L), ``cu_nl`` (S+1,)
     non-last-chunk (state row) offsets per segment, ``meta`` (one 8-int row per chunk: valid,
     segment, k, chunks of the segment, segment's first token, segment length, segment's first
-    state row, pad: one round trip per chunk) and ``row_seg`` (segment of every state row).
+    state row, pad: one round trip per chunk), ``row_seg`` (segment of every state row) and
+    ``may_have_rows`` (False: no segment has a second chunk, so there is nothing to carry).
     """
 
     def __init__(self, cu_seqlens: torch.Tensor, L: int, T: int, dev):
@@ -206,6 +214,8 @@ class ChunkTable:
         self.L = L
         self.n_chunks_bound = max(1, T // L + S)
         self.n_rows = max(1, T // L)
+        # a non-last chunk is full, so a second chunk needs more than L tokens (shapes, no sync)
+        self.may_have_rows = T > L
         lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int32)
         nck = ((lens.long() + (L - 1)) // L).to(torch.int32)     # int64: L may be ~2**22
         zero = torch.zeros(1, dtype=torch.int32, device=dev)
@@ -273,9 +283,13 @@ class Plan:
         while bdn > 8 and S * triton.cdiv(DN, bdn) < config.carry_programs_per_sm * sms:
             bdn //= 2
         self.BDN = min(bdn, 1024)
-        programs = min(S, self.n_rows) * triton.cdiv(DN, self.BDN)
+        programs = carry_grid(S, self.n_rows)[0] * triton.cdiv(DN, self.BDN)
         tile = config.carry_tile or (512 if programs >= 2 * sms else 4096)
         self.K = max(8, min(512, tile // self.BDN))
+
+    def carry_programs(self, table: ChunkTable) -> tuple[int, int]:
+        """:func:`carry_grid` of a carry pass over ``table``'s state rows."""
+        return carry_grid(self.S, table.n_rows)
 
     def _serial_programs_wanted(self, sms: int, dev) -> int:
         return (self.config.serial_programs_per_sm * sms) if dev.type == "cuda" else 4

@@ -83,9 +83,8 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
         return buf
     if final is not None:
         _empty_segment_states(plan, cu_seqlens, initial_state, final)
-    if plan.T <= table.L:
-        # a non-last chunk is full, so no segment has one (known from shapes, no sync; e.g. the
-        # serial forward's whole-segment pieces): nothing to carry, no row is read
+    if not table.may_have_rows:
+        # e.g. the serial forward's whole-segment pieces: nothing to carry, no row is read
         return buf
     nprog = max(1, min(plan.nprog, table.n_rows))
     fwd_chunk_state[(nprog, plan.n_dblk)](
@@ -96,7 +95,7 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
         FAST=not _interpreting(u), HAS_BIAS=delta_bias is not None,
         POLY_EVERY=plan.config.exp_poly_every, STATE_IN_THREAD=plan.config.state_in_thread,
         num_warps=plan.num_warps, **_reg_cap(u, plan.config, "chunk_state"))
-    programs, by_row = _carry_programs(plan, table)
+    programs, by_row = plan.carry_programs(table)
     fwd_carry[(programs, triton.cdiv(D * N, plan.BDN))](
         A2, hs, sdt, table.row_seg, table.cu_nl,
         initial_state if initial_state is not None else dm, plan.S, by_row,
@@ -104,12 +103,6 @@ def _forward_states(plan, A2, u, delta, B, delta_bias, cu_seqlens, initial_state
         USE_SCAN=not _interpreting(u), num_warps=plan.config.num_warps_carry)
     return buf
 
-
-def _carry_programs(plan: Plan, table) -> tuple[int, int]:
-    """Programs along a carry grid's first axis and ``by_row`` (``carry`` module docstring):
-    one per segment, or one per state row of ``table`` where rows are fewer."""
-    by_row = int(table.n_rows < plan.S)
-    return (table.n_rows if by_row else plan.S), by_row
 
 
 def _flags(u, plan, delta_softplus, reverse, D, z, delta_bias, serial=False) -> dict:
@@ -269,9 +262,8 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             num_warps=plan.num_warps_bwd, **common, **_reg_cap(u, config, "h_pass"))
     if need_dinit and S > 0:
         _empty_segment_states(plan, cu_seqlens, dfinal_state if has_dfinal else None, dinit)
-    if S > 0 and T > plan.L:
-        # (T <= L: no segment has a second chunk, nothing to carry; known from shapes)
-        programs, by_row = _carry_programs(plan, plan.chunks)
+    if S > 0 and plan.chunks.may_have_rows:
+        programs, by_row = plan.carry_programs(plan.chunks)
         bwd_carry[(programs, triton.cdiv(Dm * N, plan.BDN))](
             A2, gbuf, sdt, plan.row_seg, plan.cu_nl, dinit if need_dinit else dm, S, by_row,
             Dm, N, Dm * N, K=plan.K, BDN=plan.BDN, NEED_DINIT=need_dinit,

@@ -210,7 +210,7 @@ def test_carry_grids_by_segment_and_by_row_match_float64(monkeypatch, by_row, sa
     fewer than segments). Many short and empty segments between segments of 2-5 chunks, so
     that programs of rows that start no segment, rows past the true count and segments
     without rows all occur; initial states and final-state gradients included."""
-    from geossm.kernels.selective_scan_triton import launch
+    from geossm.kernels.selective_scan_triton.config import Plan
 
     from .conftest import short_lengths
 
@@ -220,13 +220,13 @@ def test_carry_grids_by_segment_and_by_row_match_float64(monkeypatch, by_row, sa
     config = _tiny_chunks()
     rows, segments = sum(lengths) // 4, len(lengths)
     assert rows < segments, "this case must default to the row grid"
-    default = launch._carry_programs
+    default = Plan.carry_programs
     modes = []
 
     def forced(plan, table):
         modes.append(default(plan, table)[1])
         return (table.n_rows if by_row else plan.S), by_row
-    monkeypatch.setattr(launch, "_carry_programs", forced)
+    monkeypatch.setattr(Plan, "carry_programs", forced)
     _check_against_float64(config, lengths, 8, 4, 2, saved, reverse)
     # forward carry, backward carry, and the backward's recomputed forward carry when unsaved
     assert modes == [1] * (2 if saved else 3)
