@@ -75,11 +75,11 @@ def fwd_carry(A2, hs, sdt, row_seg, cu_nl, init, S, by_row, D, N, DN,
 
 
 @triton.jit(do_not_specialize=("S",))
-def empty_segment_states(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: tl.constexpr,
-                         HAS_INIT: tl.constexpr):
-    """``final[s] = init[s]`` (zeros without ``init``) for every empty segment ``s``; (S, DN)
+def empty_segment_states(cu_seqlens, source, out, S, DN, BS: tl.constexpr, BDN: tl.constexpr,
+                         HAS_SOURCE: tl.constexpr):
+    """``out[s] = source[s]`` (zeros without ``source``) for every empty segment ``s``; (S, DN)
     buffers. The forward's final states and the backward's initial-state gradients of empty
-    segments (their ``init``: the initial states / the final-state gradients); the other
+    segments (``source``: the initial states / the final-state gradients); the other
     segments' come from the passes that walk their chunks. One program per BS segments,
     storing only where a segment is empty: a light launch (S / BS programs), not a
     (segment, block) grid sized for the carry's scan."""
@@ -93,11 +93,11 @@ def empty_segment_states(cu_seqlens, init, final, S, DN, BS: tl.constexpr, BDN: 
         for d0 in range(0, DN, BDN):
             dn = d0 + tl.arange(0, BDN)
             m = empty[:, None] & (dn < DN)[None, :]
-            if HAS_INIT:
-                v = tl.load(init + row + dn[None, :], mask=m, other=0.0)
+            if HAS_SOURCE:
+                v = tl.load(source + row + dn[None, :], mask=m, other=0.0)
             else:
                 v = tl.zeros([BS, BDN], dtype=tl.float32)
-            tl.store(final + row + dn[None, :], v, mask=m)
+            tl.store(out + row + dn[None, :], v, mask=m)
 
 
 @triton.jit(do_not_specialize=("S", "by_row"))

@@ -122,7 +122,7 @@ def _empty_segment_states(plan, cu_seqlens, source, out, segments_per_program: i
     empty_segment_states[(triton.cdiv(plan.S, segments_per_program),)](
         cu_seqlens, source if source is not None else out, out, plan.S, DN,
         BS=segments_per_program, BDN=min(128, triton.next_power_of_2(DN)),
-        HAS_INIT=source is not None, num_warps=4)
+        HAS_SOURCE=source is not None, num_warps=4)
 
 
 def _serial_forward(plan, A2, u, delta, B, C, D, z, delta_bias, cu_seqlens, initial_state,
