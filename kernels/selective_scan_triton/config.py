@@ -79,6 +79,10 @@ class LaunchConfig:
         num_warps_carry: warps per carry program; 4.
         carry_programs_per_sm: the carries narrow their (d, n) blocks (down to 8 pairs) until
             segments x blocks give this many programs per SM; 4.
+        fuse_backward: where no segment has a second chunk (``T <= chunk``, or every segment
+            within one chunk by construction), one program runs the h-pass and the dh-pass
+            over each chunk (``bwd_fused.bwd_fused_pass``); bitwise the same results. Off by
+            default (NOTES, session 44).
         exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
             FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
             k = 4: the loops are not MUFU-bound).
@@ -111,6 +115,7 @@ class LaunchConfig:
     carry_tile: int = 0
     num_warps_carry: int = 4
     carry_programs_per_sm: int = 4
+    fuse_backward: bool = False
 
     def __post_init__(self):
         if self.forward not in FORWARD_MODES:

@@ -202,6 +202,44 @@ def test_backward_without_second_chunks_skips_its_carry(monkeypatch, reverse):
 
 
 @needs_triton
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_backward_is_bitwise_the_two_passes(monkeypatch, reverse):
+    """``fuse_backward`` where no segment has a second chunk: one kernel runs both sweeps (the
+    h-pass and dh-pass kernels refused), and every gradient is bitwise that of the two passes
+    (same programs, same partial sums) and matches float64. Chunks of 64 with dA sub-chunks of
+    8, so the fused dh sweep reads the h sweep's inner sub-chunk states; initial states,
+    final-state gradients and empty segments included."""
+    from geossm.kernels.selective_scan_triton import LaunchConfig, launch
+
+    from .conftest import short_lengths
+
+    lengths = short_lengths(12, seed=4)
+    lengths[3:3] = [17, 11]          # segments over two and three dA sub-chunks
+    assert sum(lengths) <= 64 and lengths.count(0) >= 2
+    chunks = dict(forward="chunked", chunk=64, chunk_interpret=64, da_sub_chunk=8,
+                  da_sub_chunk_interpret=8)
+    two_passes = LaunchConfig(**chunks)
+    fused = LaunchConfig(**chunks, fuse_backward=True)
+    *_, want, _, _, _ = _kernels_and_float64(two_passes, lengths, 8, 4, 1, False, reverse)
+    for kernel in ("bwd_h_pass", "bwd_dh_pass", "bwd_carry"):
+        monkeypatch.setattr(launch, kernel, _RefusedKernel(kernel))
+    _check_against_float64(fused, lengths, 8, 4, 1, False, reverse)
+    *_, got, _, _, _ = _kernels_and_float64(fused, lengths, 8, 4, 1, False, reverse)
+    for name, g, w in zip(_NAMES, got, want):
+        assert torch.equal(g, w), f"d{name} differs from the two passes'"
+
+
+@needs_triton
+def test_fused_backward_keeps_the_two_passes_where_segments_have_second_chunks(monkeypatch):
+    """Where a segment can span chunks the gradient must be carried between them, so
+    ``fuse_backward`` launches the two passes and the carry (the fused kernel refused)."""
+    from geossm.kernels.selective_scan_triton import launch
+
+    monkeypatch.setattr(launch, "bwd_fused_pass", _RefusedKernel("bwd_fused_pass"))
+    _check_against_float64(_tiny_chunks(fuse_backward=True), [13, 0, 7], 12, 3, 3, True, True)
+
+
+@needs_triton
 @pytest.mark.parametrize("by_row", [0, 1])
 @pytest.mark.parametrize("saved, reverse", [(False, False), (True, True)])
 def test_carry_grids_by_segment_and_by_row_match_float64(monkeypatch, by_row, saved, reverse):
@@ -240,7 +278,7 @@ class _RefusedKernel:
 
     def __getitem__(self, grid):
         def launch(*_, **__):
-            raise AssertionError(f"{self.name} launched where no segment has a second chunk")
+            raise AssertionError(f"{self.name} must not be launched here")
         return launch
 
 
