@@ -200,13 +200,15 @@ def register_cap(config, pass_name: str):
         return config.register_cap("output")
     if pass_name.startswith("fwd_"):
         return config.register_cap("fwd")
+    if pass_name == "bwd_fused_pass":   # launched with the h-pass's cap
+        return config.register_cap("h_pass")
     return config.register_cap(pass_name.removeprefix("bwd_"))
 
 
 def passes(ST, config):
     """``[(pass name, jit function, constexprs, num_warps, channels per program)]``."""
-    from geossm.kernels.selective_scan_triton import (bwd_dh_pass, bwd_h_pass, fwd_chunk_state,
-                                                      fwd_output, fwd_serial)
+    from geossm.kernels.selective_scan_triton import (bwd_dh_pass, bwd_fused, bwd_h_pass,
+                                                      fwd_chunk_state, fwd_output, fwd_serial)
 
     D = 128
     bd = min(config.max_bd, D)
@@ -243,6 +245,10 @@ def passes(ST, config):
                 bd_bwd))
     out.append(("bwd_dh_pass", bwd_dh_pass.bwd_dh_pass,
                 dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False), warps_bwd, bd_bwd))
+    if config.fuse_backward:   # both sweeps in one kernel: its step loop counted is the shorter
+        out.append(("bwd_fused_pass", bwd_fused.bwd_fused_pass,
+                    dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False),
+                    warps_bwd, bd_bwd))
     return out
 
 
@@ -267,7 +273,8 @@ def main(argv=None) -> int:
                                          "pieces:forward=pieces,piece_chunks=16;"
                                          "poly_all:forward=chunked,state_in_thread=true,"
                                          "exp_poly_every=1;"
-                                         "serial_poly_all:forward=serial,exp_poly_every=1",
+                                         "serial_poly_all:forward=serial,exp_poly_every=1;"
+                                         "serial_fused:forward=serial,fuse_backward=true",
                    help="as in scan_gpu.py; a loop with exp_poly_every=k > 1 holds both "
                         "branches, so count k = 1 (every step on the polynomial) and weight: "
                         "per step = ((k - 1) * count(k = 0) + count(k = 1)) / k")
