@@ -244,7 +244,8 @@ def passes(ST, config):
                 dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False), warps_bwd,
                 bd_bwd))
     out.append(("bwd_dh_pass", bwd_dh_pass.bwd_dh_pass,
-                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False), warps_bwd, bd_bwd))
+                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, ONLY_MULTI=config.fuse_backward),
+                warps_bwd, bd_bwd))
     if config.fuse_backward:   # both sweeps in one kernel: its step loop counted is the shorter
         out.append(("bwd_fused_pass", bwd_fused.bwd_fused_pass,
                     dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False),

@@ -23,14 +23,19 @@ def dh_chunk(c, da_acc, db_acc, pdb,
              L: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
              REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
              HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_INIT: tl.constexpr,
-             POLY_EVERY: tl.constexpr, STATE_IN_THREAD: tl.constexpr):
+             POLY_EVERY: tl.constexpr, STATE_IN_THREAD: tl.constexpr,
+             ONLY_MULTI: tl.constexpr):
     """The dh-pass over chunk ``c`` for channel block ``pdb`` (its ``channel_block`` values
     passed in): returns ``(da_acc, db_acc)`` plus this chunk's dA dh-terms ((NP, BD)) and
-    d(delta_bias) terms ((BD,))."""
+    d(delta_bias) terms ((BD,)). With ONLY_MULTI a segment's only chunk is skipped (the fused
+    kernel swept it) and adds nothing."""
     STEP: tl.constexpr = -1 if REVERSE else 1
     NSUB: tl.constexpr = L // SUB
     DN = D * N
     valid, s, k, nck, clen, base, nl0 = chunk_info(c, chunk_meta, n_chunks_bound, L, REVERSE)
+    if ONLY_MULTI:
+        valid = valid & (nck > 1)
+        clen = tl.where(valid, clen, 0)
     s64 = s.to(tl.int64)
     c64 = tl.cast(c, tl.int64)
     row = (nl0 + k).to(tl.int64)
@@ -129,9 +134,10 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
                 HAS_BIAS: tl.constexpr,
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DFINAL: tl.constexpr,
                 HAS_INIT: tl.constexpr, POLY_EVERY: tl.constexpr,
-                STATE_IN_THREAD: tl.constexpr):
+                STATE_IN_THREAD: tl.constexpr, ONLY_MULTI: tl.constexpr):
     """Reverse-order pass of the backward: dh inside each chunk; du, ddelta (over phi, the
-    h-pass's per-token terms; stored in ddelta's dtype), dB."""
+    h-pass's per-token terms; stored in ddelta's dtype), dB. With ONLY_MULTI only the chunks of
+    segments with several (after ``bwd_fused_pass``, which swept the others)."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
@@ -146,6 +152,6 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
             kappa, init, dinit, chunk_meta, du, phi, ddelta, dB,
             offs_d, offs_n, mask_n, g, a2, bias, dsk, slot,
             n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST, HAS_Z,
-            HAS_DFINAL, HAS_INIT, POLY_EVERY, STATE_IN_THREAD)
+            HAS_DFINAL, HAS_INIT, POLY_EVERY, STATE_IN_THREAD, ONLY_MULTI)
     tl.store(dA_part + pid.to(tl.int64) * DN + st_off, da_acc, mask=mask_n[:, None])
     tl.store(dbias_part + pid.to(tl.int64) * D + offs_d, db_acc)

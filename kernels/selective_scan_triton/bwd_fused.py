@@ -1,13 +1,15 @@
-"""Backward h-pass and dh-pass fused: one program runs both over each of its chunks, where no
-segment has a second chunk (``ChunkTable.may_have_rows`` false: no gradient is carried between
-chunks, so a chunk's dh sweep needs nothing from another program).
+"""Backward h-pass and dh-pass fused: one program sweeps each of its chunks forward (the h-pass)
+and, where the chunk is its segment's only one (no gradient is carried into its end, so the dh
+sweep needs nothing from another program), backward right after (the dh-pass). The chunks of
+segments with several are left to the carry and ``bwd_dh_pass`` with ``ONLY_MULTI``.
 
-It does the same arithmetic as ``bwd_h_pass`` then ``bwd_dh_pass`` with the same programs and
-partial sums, so its results are bitwise those of the two passes. What it saves is the second
-launch, the second decode of every chunk and the dh sweep's reads of the chunk's inputs from
-HBM (the h sweep has just read them). What it costs: one register allocation for both sweeps,
-the h-pass's (~234 per thread on sm_90 against the dh-pass's ~158), so the dh sweep runs with
-fewer resident programs per SM. ``LaunchConfig.fuse_backward`` selects it (off by default:
+It does the same arithmetic as ``bwd_h_pass`` then ``bwd_dh_pass`` with the same programs, so
+where every segment is one chunk its results are bitwise those of the two passes (elsewhere the
+dh terms of dA and d(delta_bias) are summed in another order). What it saves is the second
+launch's work on single-chunk segments: the second decode of those chunks and the dh sweep's
+reads of their inputs from HBM (the h sweep has just read them). What it costs: one register
+allocation for both sweeps, above the h-pass's (252 per thread on sm_90 against 234 and the
+dh-pass's 158), so the dh sweep runs with fewer resident programs per SM. ``LaunchConfig.fuse_backward`` selects it (off by default:
 NOTES_scan_gpu.md, session 44)."""
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ def bwd_fused_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                    HAS_DFINAL: tl.constexpr, NEED_DINIT: tl.constexpr,
                    POLY_EVERY: tl.constexpr,
                    STATE_IN_THREAD: tl.constexpr):
-    """Both backward sweeps per chunk: the h sweep (forward order) writes the chunk's per-token
-    terms (``phi``), dz, dC, its sub-chunk sums and states and, for a segment's last chunk,
-    ``kappa``; after a barrier (those stores come from other lanes) the dh sweep (reverse
-    order) reads them (chunks share no addresses, so the next chunk needs no second barrier) and writes du, ddelta, dB. dA / dD / d(delta_bias) partials go to the
+    """Both backward sweeps per single-chunk segment, the h sweep alone elsewhere: the h sweep
+    (forward order) writes the chunk's per-token terms (``phi``), dz, dC, its sub-chunk sums and
+    states and, for a segment's last chunk, ``kappa``; after a barrier (those stores come from
+    other lanes) the dh sweep (reverse order) reads them (chunks share no addresses, so the
+    next chunk needs no second barrier) and writes du, ddelta, dB. dA / dD / d(delta_bias) partials go to the
     same per-program buffers as the two passes'."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
@@ -49,19 +52,20 @@ def bwd_fused_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     da_dh = tl.zeros([NP, BD], dtype=tl.float32)
     db_acc = tl.zeros([BD], dtype=tl.float32)
     for c in range(pid, n_chunks_bound, nprog):
-        da_h, dd_acc = h_chunk(
+        da_h, dd_acc, single = h_chunk(
             c, da_h, dd_acc, pdb, u, delta, Bm, Cm, z, dout, init, hs, dfinal, chunk_meta,
             dz, phi, dC, gbuf, dinit, kappa, ssub, hmid,
             offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk, slot,
             n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST, HAS_Z,
             HAS_INIT, HAS_DFINAL, NEED_DINIT, POLY_EVERY, STATE_IN_THREAD)
-        tl.debug_barrier()
-        da_dh, db_acc = dh_chunk(
-            c, da_dh, db_acc, pdb, u, delta, Bm, Cm, z, dout, hs, ssub, hmid, dfinal, gbuf,
-            kappa, init, dinit, chunk_meta, du, phi, ddelta, dB,
-            offs_d, offs_n, mask_n, g, a2, bias, dsk, slot,
-            n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST, HAS_Z,
-            HAS_DFINAL, HAS_INIT, POLY_EVERY, STATE_IN_THREAD)
+        if single:   # uniform over the program: the barrier is reached by all its threads
+            tl.debug_barrier()
+            da_dh, db_acc = dh_chunk(
+                c, da_dh, db_acc, pdb, u, delta, Bm, Cm, z, dout, hs, ssub, hmid, dfinal,
+                gbuf, kappa, init, dinit, chunk_meta, du, phi, ddelta, dB,
+                offs_d, offs_n, mask_n, g, a2, bias, dsk, slot,
+                n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST, HAS_Z,
+                HAS_DFINAL, HAS_INIT, POLY_EVERY, STATE_IN_THREAD, False)
     tl.store(dA_part + pid.to(tl.int64) * DN + st_off, da_h, mask=mask_n[:, None])
     tl.store(dD_part + pid.to(tl.int64) * D + offs_d, dd_acc)
     tl.store(dA_part2 + pid.to(tl.int64) * DN + st_off, da_dh, mask=mask_n[:, None])

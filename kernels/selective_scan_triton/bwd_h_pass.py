@@ -29,8 +29,9 @@ def h_chunk(c, da_acc, dd_acc, pdb,
             HAS_DFINAL: tl.constexpr, NEED_DINIT: tl.constexpr,
             POLY_EVERY: tl.constexpr, STATE_IN_THREAD: tl.constexpr):
     """The h-pass over chunk ``c`` for channel block ``pdb`` (its ``channel_block`` values
-    passed in): returns ``(da_acc, dd_acc)`` plus this chunk's dA h-terms ((NP, BD)) and dD
-    terms ((BD,))."""
+    passed in): returns ``(da_acc, dd_acc, single)``: the accumulators plus this chunk's dA
+    h-terms ((NP, BD)) and dD terms ((BD,)), and whether the chunk is its segment's only one
+    (nothing is carried into its end, so its dh sweep may follow at once)."""
     STEP: tl.constexpr = -1 if REVERSE else 1
     NSUB: tl.constexpr = L // SUB
     DN = D * N
@@ -111,7 +112,7 @@ def h_chunk(c, da_acc, dd_acc, pdb,
     if NEED_DINIT:
         tl.store(dinit + s64 * DN + st_off, x,
                  mask=and_scalar(mask_n[:, None], valid & (k == 0)))
-    return da_acc, dd_acc
+    return da_acc, dd_acc, valid & (nck == 1)
 
 
 @triton.jit(do_not_specialize=("S", "n_chunks_bound", "nprog", "T"))
@@ -136,7 +137,7 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     da_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dd_acc = tl.zeros([BD], dtype=tl.float32)
     for c in range(pid, n_chunks_bound, nprog):
-        da_acc, dd_acc = h_chunk(
+        da_acc, dd_acc, _ = h_chunk(
             c, da_acc, dd_acc, pdb, u, delta, Bm, Cm, z, dout, init, hs, dfinal, chunk_meta,
             dz, phi, dC, gbuf, dinit, kappa, ssub, hmid,
             offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk, slot,

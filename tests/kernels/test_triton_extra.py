@@ -230,13 +230,17 @@ def test_fused_backward_is_bitwise_the_two_passes(monkeypatch, reverse):
 
 
 @needs_triton
-def test_fused_backward_keeps_the_two_passes_where_segments_have_second_chunks(monkeypatch):
-    """Where a segment can span chunks the gradient must be carried between them, so
-    ``fuse_backward`` launches the two passes and the carry (the fused kernel refused)."""
+@pytest.mark.parametrize("saved, reverse", [(True, False), (False, True)])
+def test_fused_backward_leaves_segments_of_several_chunks_to_the_carry(monkeypatch, saved,
+                                                                       reverse):
+    """Segments of one chunk and of several side by side: the fused kernel sweeps every chunk
+    forward and the single ones backward too; the carry and the dh-pass (``ONLY_MULTI``) take
+    the chunks of the longer segments. Against float64; the h-pass kernel refused."""
     from geossm.kernels.selective_scan_triton import launch
 
-    monkeypatch.setattr(launch, "bwd_fused_pass", _RefusedKernel("bwd_fused_pass"))
-    _check_against_float64(_tiny_chunks(fuse_backward=True), [13, 0, 7], 12, 3, 3, True, True)
+    monkeypatch.setattr(launch, "bwd_h_pass", _RefusedKernel("bwd_h_pass"))
+    _check_against_float64(_tiny_chunks(fuse_backward=True), [13, 3, 0, 7, 1, 4, 2, 9], 12, 3,
+                           3, saved, reverse)
 
 
 @needs_triton
