@@ -79,10 +79,11 @@ class LaunchConfig:
         num_warps_carry: warps per carry program; 4.
         carry_programs_per_sm: the carries narrow their (d, n) blocks (down to 8 pairs) until
             segments x blocks give this many programs per SM; 4.
-        fuse_backward: where no segment has a second chunk (``T <= chunk``, or every segment
-            within one chunk by construction), one program runs the h-pass and the dh-pass
-            over each chunk (``bwd_fused.bwd_fused_pass``); bitwise the same results. Off by
-            default (NOTES, session 44).
+        fuse_backward: one kernel (``bwd_fused.bwd_fused_pass``) runs the h-pass over every
+            chunk and, right after it, the dh-pass over each segment's only chunk; the carry
+            and the dh-pass take the chunks of longer segments. Bitwise the two passes' results
+            where every segment is one chunk (elsewhere dA / d(delta_bias) are summed in
+            another order). Off by default (NOTES, session 44).
         exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
             FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
             k = 4: the loops are not MUFU-bound).
