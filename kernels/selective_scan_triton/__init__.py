@@ -24,7 +24,9 @@ per pass; every pass is one launch for all segments:
   channel block) walks it once: one exponential per element, outputs and the chunk record;
   pieces get their start states from ``fwd_chunk_state`` + ``carry.fwd_carry`` over pieces);
 - backward: ``bwd_h_pass`` (forward order, recomputes h) -> ``carry.bwd_carry`` ->
-  ``bwd_dh_pass`` (reverse order, dh).
+  ``bwd_dh_pass`` (reverse order, dh); both passes are loops over a per-chunk function
+  (``h_chunk``, ``dh_chunk``). With ``LaunchConfig.fuse_backward``, ``bwd_fused`` calls both
+  per chunk where a segment is one chunk, and the dh-pass keeps only longer segments.
 
 Launch settings are a :class:`LaunchConfig` passed to the host functions (``DEFAULT_CONFIG``
 when None). The derivation of the backward (the E identity for dA), the layout choices and the
