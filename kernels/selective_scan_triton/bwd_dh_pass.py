@@ -137,15 +137,21 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
                 STATE_IN_THREAD: tl.constexpr, ONLY_MULTI: tl.constexpr):
     """Reverse-order pass of the backward: dh inside each chunk; du, ddelta (over phi, the
     h-pass's per-token terms; stored in ddelta's dtype), dB. With ONLY_MULTI only the chunks of
-    segments with several (after ``bwd_fused_pass``, which swept the others)."""
+    segments with several (after ``bwd_fused_pass``, which swept the others), adding to the
+    partials it wrote."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
         pdb, A2, dbias, Dsk, dpg, N, BD, NP, HAS_BIAS, HAS_D, STATE_IN_THREAD)
     slot = (pdb % nblk_g).to(tl.int64)
     DN = D * N
-    da_acc = tl.zeros([NP, BD], dtype=tl.float32)
-    db_acc = tl.zeros([BD], dtype=tl.float32)
+    if ONLY_MULTI:   # go on from the fused kernel's partials of this (program, block)
+        da_acc = tl.load(dA_part + pid.to(tl.int64) * DN + st_off, mask=mask_n[:, None],
+                         other=0.0)
+        db_acc = tl.load(dbias_part + pid.to(tl.int64) * D + offs_d)
+    else:
+        da_acc = tl.zeros([NP, BD], dtype=tl.float32)
+        db_acc = tl.zeros([BD], dtype=tl.float32)
     for c in range(pid, n_chunks_bound, nprog):
         da_acc, db_acc = dh_chunk(
             c, da_acc, db_acc, pdb, u, delta, Bm, Cm, z, dout, hs, ssub, hmid, dfinal, gbuf,

@@ -275,29 +275,21 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             A2, gbuf, sdt, plan.row_seg, plan.cu_nl, dinit if need_dinit else dm, S, by_row,
             Dm, N, Dm * N, K=plan.K, BDN=plan.BDN, NEED_DINIT=need_dinit,
             USE_SCAN=not _interpreting(u), num_warps=plan.config.num_warps_carry)
-    dh_parts = [(dA_part2, dbias_part)]   # per-program partials of dA's dh terms, d(bias)
+    # after the fused kernel only segments of several chunks are left (added to its partials)
     if S > 0 and T > 0 and (not fused or plan.chunks.may_have_rows):
-        if fused:   # the multi-chunk segments' dh terms, in partials of their own
-            dh_parts.append((torch.zeros_like(dA_part2), torch.zeros_like(dbias_part)))
         bwd_dh_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
             delta_bias if delta_bias is not None else dm, dout, hs, ssub, hmid,
             dfinal_state if has_dfinal else dm, gbuf, kappa,
             initial_state if initial_state is not None else dm, dinit if need_dinit else dm,
             plan.meta,
-            du, phi, ddelta, dB_buf, *dh_parts[-1],
+            du, phi, ddelta, dB_buf, dA_part2, dbias_part,
             *sizes,
             HAS_DFINAL=has_dfinal, HAS_INIT=initial_state is not None, ONLY_MULTI=fused,
             num_warps=plan.num_warps_bwd, **common, **_reg_cap(u, config, "dh_pass"))
-    dA = dA_part.sum(0)
-    for dA_dh, _ in dh_parts:
-        dA = dA + dA_dh.sum(0)
+    dA = dA_part.sum(0) + dA_part2.sum(0)
     dB = dB_buf[0] if nb == 1 else dB_buf.sum(0)
     dC = dC_buf[0] if nb == 1 else dC_buf.sum(0)
     dD = dD_part.sum(0) if D is not None else None
-    dbias = None
-    if delta_bias is not None:
-        dbias = dh_parts[0][1].sum(0)
-        for _, dbias_dh in dh_parts[1:]:
-            dbias = dbias + dbias_dh.sum(0)
+    dbias = dbias_part.sum(0) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit
