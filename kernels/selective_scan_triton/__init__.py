@@ -25,8 +25,9 @@ per pass; every pass is one launch for all segments:
   pieces get their start states from ``fwd_chunk_state`` + ``carry.fwd_carry`` over pieces);
 - backward: ``bwd_h_pass`` (forward order, recomputes h) -> ``carry.bwd_carry`` ->
   ``bwd_dh_pass`` (reverse order, dh); both passes are loops over a per-chunk function
-  (``h_chunk``, ``dh_chunk``). With ``LaunchConfig.fuse_backward``, ``bwd_fused`` calls both
-  per chunk where a segment is one chunk, and the dh-pass keeps only longer segments.
+  (``h_chunk``, ``dh_chunk``). With ``LaunchConfig.fuse_backward``, ``bwd_fused`` runs
+  ``h_chunk`` on every chunk and ``dh_chunk`` right after it where the chunk is its segment's
+  only one; the carry and the dh-pass then take the longer segments.
 
 Launch settings are a :class:`LaunchConfig` passed to the host functions (``DEFAULT_CONFIG``
 when None). The derivation of the backward (the E identity for dA), the layout choices and the

@@ -1,16 +1,26 @@
 """Backward h-pass and dh-pass fused: one program sweeps each of its chunks forward (the h-pass)
 and, where the chunk is its segment's only one (no gradient is carried into its end, so the dh
 sweep needs nothing from another program), backward right after (the dh-pass). The chunks of
-segments with several are left to the carry and ``bwd_dh_pass`` with ``ONLY_MULTI``.
+segments with several are left to the carry and ``bwd_dh_pass`` with ``ONLY_MULTI``, which
+adds their terms to this kernel's partial sums.
 
 It does the same arithmetic as ``bwd_h_pass`` then ``bwd_dh_pass`` with the same programs, so
 where every segment is one chunk its results are bitwise those of the two passes (elsewhere the
-dh terms of dA and d(delta_bias) are summed in another order). What it saves is the second
-launch's work on single-chunk segments: the second decode of those chunks and the dh sweep's
-reads of their inputs from HBM (the h sweep has just read them). What it costs: one register
-allocation for both sweeps, above the h-pass's (252 per thread on sm_90 against 234 and the
-dh-pass's 158), so the dh sweep runs with fewer resident programs per SM. ``LaunchConfig.fuse_backward`` selects it (off by default:
-NOTES_scan_gpu.md, session 44)."""
+dh terms of dA and d(delta_bias) are summed in another order). What it saves on single-chunk
+segments is the second decode of their chunks and the dh sweep's reads of their inputs from
+HBM (the h sweep has just read them); where some segment may span chunks (``T > L``, known
+from shapes) the dh-pass is still launched, and skips the single ones. What it costs: one
+register allocation for both sweeps, above the h-pass's (sm_90: 244 per thread against 229 and
+the dh-pass's 160 as the device's Triton 3.6 compiled them), so the dh sweep runs with fewer
+resident programs per SM. ``LaunchConfig.fuse_backward`` selects it (off by default:
+NOTES_scan_gpu.md, session 44).
+
+The dh sweep reads what other lanes of the program stored in the h sweep; ``tl.debug_barrier``
+(``bar.sync``) makes those global stores visible to the whole block (CUDA's rule for
+``__syncthreads``). The loads must stay plain ``ld.global`` (the read-only ``.nc`` path would
+not be coherent with those stores): they are in the sm_90 PTX (checked with Triton 3.9), and
+the bitwise test against the two passes guards it on the GPU.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +49,8 @@ def bwd_fused_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     (forward order) writes the chunk's per-token terms (``phi``), dz, dC, its sub-chunk sums and
     states and, for a segment's last chunk, ``kappa``; after a barrier (those stores come from
     other lanes) the dh sweep (reverse order) reads them (chunks share no addresses, so the
-    next chunk needs no second barrier) and writes du, ddelta, dB. dA / dD / d(delta_bias) partials go to the
-    same per-program buffers as the two passes'."""
+    next chunk needs no second barrier) and writes du, ddelta, dB. dA / dD / d(delta_bias)
+    partials go to the same per-program buffers as the two passes'."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
@@ -58,7 +68,7 @@ def bwd_fused_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
             offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk, slot,
             n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST, HAS_Z,
             HAS_INIT, HAS_DFINAL, NEED_DINIT, POLY_EVERY, STATE_IN_THREAD)
-        if single:   # uniform over the program: the barrier is reached by all its threads
+        if single:   # uniform over the program: all its threads reach the barrier
             tl.debug_barrier()
             da_dh, db_acc = dh_chunk(
                 c, da_dh, db_acc, pdb, u, delta, Bm, Cm, z, dout, hs, ssub, hmid, dfinal,
