@@ -141,6 +141,10 @@ _VARIANTS = {
     # the carries' scan (GPU only; the interpreter walks rows one by one): 8 rows per step
     "carry_small_tiles_many_programs": dict(carry_tile=64, num_warps_carry=8,
                                             carry_programs_per_sm=16),
+    # single-chunk segments swept both ways by one kernel, the others by the carry and dh-pass
+    "fused_backward": dict(fuse_backward=True),
+    "fused_backward_da_sub_chunks_of_two_steps": dict(fuse_backward=True, da_sub_chunk=2,
+                                                      da_sub_chunk_interpret=2),
 }
 
 
