@@ -83,9 +83,10 @@ class LaunchConfig:
             chunk and, right after it, the dh-pass over each segment's only chunk; the carry
             and the dh-pass take the chunks of longer segments. Bitwise the two passes' results
             where every segment is one chunk (elsewhere dA / d(delta_bias) are summed in
-            another order). Off: on graph_tokens (every segment one chunk) it measured 1.1 %
-            slower on an H100, its 244 registers fitting fewer programs per SM than the
-            dh-pass's 160 (NOTES, session 44).
+            another order). Off: not shown faster. On graph_tokens (every segment one chunk)
+            it measured 1.1 % slower on an H100, in a version that also zeroed and summed
+            extra partials (since removed); its 244 registers fit fewer programs per SM than
+            the dh-pass's 160 (NOTES, session 44).
         exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
             FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
             k = 4: the loops are not MUFU-bound).
