@@ -200,15 +200,13 @@ def register_cap(config, pass_name: str):
         return config.register_cap("output")
     if pass_name.startswith("fwd_"):
         return config.register_cap("fwd")
-    if pass_name == "bwd_fused_pass":   # launched with the h-pass's cap
-        return config.register_cap("h_pass")
-    return config.register_cap(pass_name.removeprefix("bwd_"))
+    return config.register_cap(pass_name.removeprefix("bwd_").split(" ")[0])
 
 
 def passes(ST, config):
     """``[(pass name, jit function, constexprs, num_warps, channels per program)]``."""
-    from geossm.kernels.selective_scan_triton import (bwd_dh_pass, bwd_fused, bwd_h_pass,
-                                                      fwd_chunk_state, fwd_output, fwd_serial)
+    from geossm.kernels.selective_scan_triton import (bwd_dh_pass, bwd_h_pass, fwd_chunk_state,
+                                                      fwd_output, fwd_serial)
 
     D = 128
     bd = min(config.max_bd, D)
@@ -240,16 +238,15 @@ def passes(ST, config):
         out.append(("fwd_output", fwd_output.fwd_output, dict(full, BD=bd, NEED_FINAL=True),
                     warps, bd))
     sub = config.da_sub_length("cuda")   # the GPU's dA sub-chunk (compiled for sm_90)
-    out.append(("bwd_h_pass", bwd_h_pass.bwd_h_pass,
-                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False), warps_bwd,
-                bd_bwd))
+    # fuse_backward: the h-pass also sweeps single chunks backward (the loop counted is the
+    # shorter of its two step loops)
+    fuse = config.fuse_backward
+    out.append(("bwd_h_pass (fused)" if fuse else "bwd_h_pass", bwd_h_pass.bwd_h_pass,
+                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False,
+                     FUSE_DH=fuse), warps_bwd, bd_bwd))
     out.append(("bwd_dh_pass", bwd_dh_pass.bwd_dh_pass,
-                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, ONLY_MULTI=config.fuse_backward),
+                dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, ONLY_MULTI=fuse),
                 warps_bwd, bd_bwd))
-    if config.fuse_backward:   # both sweeps in one kernel: its step loop counted is the shorter
-        out.append(("bwd_fused_pass", bwd_fused.bwd_fused_pass,
-                    dict(full, BD=bd_bwd, SUB=sub, HAS_DFINAL=False, NEED_DINIT=False),
-                    warps_bwd, bd_bwd))
     return out
 
 

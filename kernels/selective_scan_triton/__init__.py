@@ -25,7 +25,7 @@ per pass; every pass is one launch for all segments:
   pieces get their start states from ``fwd_chunk_state`` + ``carry.fwd_carry`` over pieces);
 - backward: ``bwd_h_pass`` (forward order, recomputes h) -> ``carry.bwd_carry`` ->
   ``bwd_dh_pass`` (reverse order, dh); both passes are loops over a per-chunk function
-  (``h_chunk``, ``dh_chunk``). With ``LaunchConfig.fuse_backward``, ``bwd_fused`` runs
+  (``h_chunk``, ``dh_chunk``). With ``LaunchConfig.fuse_backward``, ``bwd_h_pass`` runs
   ``h_chunk`` on every chunk and ``dh_chunk`` right after it where the chunk is its segment's
   only one; the carry and the dh-pass then take the longer segments.
 

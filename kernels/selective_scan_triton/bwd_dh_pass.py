@@ -28,7 +28,7 @@ def dh_chunk(c, da_acc, db_acc, pdb,
     """The dh-pass over chunk ``c`` for channel block ``pdb`` (its ``channel_block`` values
     passed in): returns ``(da_acc, db_acc)`` plus this chunk's dA dh-terms ((NP, BD)) and
     d(delta_bias) terms ((BD,)). With ONLY_MULTI a segment's only chunk is skipped (the fused
-    kernel swept it) and adds nothing."""
+    h-pass swept it) and adds nothing."""
     STEP: tl.constexpr = -1 if REVERSE else 1
     NSUB: tl.constexpr = L // SUB
     DN = D * N
@@ -137,7 +137,7 @@ def bwd_dh_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, hs, ssub, hmid, dfina
                 STATE_IN_THREAD: tl.constexpr, ONLY_MULTI: tl.constexpr):
     """Reverse-order pass of the backward: dh inside each chunk; du, ddelta (over phi, the
     h-pass's per-token terms; stored in ddelta's dtype), dB. With ONLY_MULTI only the chunks of
-    segments with several (after ``bwd_fused_pass``, which swept the others), adding to the
+    segments with several (after an h-pass with FUSE_DH, which swept the others), adding to the
     partials it wrote."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)

@@ -6,7 +6,24 @@ dA's terms are weighted by the time since the start of their sub-chunk of SUB st
 the sub-chunk's middle; a chunk longer than SUB also records, for the dh-pass, its states and
 sums of dt at the inner sub-chunk boundaries (``hmid``, ``ssub``). The weights, and the float32
 cancellation between the two passes' terms, so stay those of SUB-step chunks whatever the chunk
-length L."""
+length L.
+
+With FUSE_DH (``LaunchConfig.fuse_backward``) the same kernel also sweeps a chunk backward (the
+dh-pass's ``dh_chunk``) right after its h sweep where the chunk is its segment's only one: no
+gradient is carried into its end, so the dh sweep needs nothing from another program. The
+chunks of longer segments are left to the carry and ``bwd_dh_pass`` with ``ONLY_MULTI``, which
+adds their terms to this kernel's dh partials. Where every segment is one chunk the programs
+and partial sums are the two passes', so results are bitwise theirs. It saves, on single-chunk
+segments, the second decode of their chunks and the reads of their inputs from HBM; it costs
+one register allocation for both sweeps (sm_90, the device's Triton 3.6: 244 per thread
+against the h-pass's 229 and the dh-pass's 160), so the dh sweep runs with fewer programs per
+SM (NOTES_scan_gpu.md, session 44: not shown faster, off by default).
+
+The dh sweep reads what other lanes stored in the h sweep; ``tl.debug_barrier`` (``bar.sync``)
+makes those global stores visible to the whole block (CUDA's rule for ``__syncthreads``). The
+loads must stay plain ``ld.global`` (the read-only ``.nc`` path would not be coherent with those
+stores): they are in the sm_90 PTX (checked with Triton 3.9), and the bitwise test against the
+two passes guards it on the GPU."""
 
 from __future__ import annotations
 
@@ -15,6 +32,7 @@ import triton.language as tl
 
 from ._jit import (LN2, LOG2E, SUM, and_scalar, channel_block, chunk_info, decay, load_state,
                    softplus, step_inputs)
+from .bwd_dh_pass import dh_chunk
 
 
 @triton.jit
@@ -119,6 +137,7 @@ def h_chunk(c, da_acc, dd_acc, pdb,
 def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                chunk_meta,
                dz, phi, dC, gbuf, dinit, kappa, ssub, hmid, dA_part, dD_part,
+               du, ddelta, dB, dA_part2, dbias_part,
                S, n_chunks_bound, nprog, D, G, N: tl.constexpr, dpg, nblk_g, T,
                L: tl.constexpr, SUB: tl.constexpr, BD: tl.constexpr, NP: tl.constexpr,
                REVERSE: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr,
@@ -126,8 +145,12 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
                HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
                HAS_DFINAL: tl.constexpr, NEED_DINIT: tl.constexpr,
                POLY_EVERY: tl.constexpr,
-               STATE_IN_THREAD: tl.constexpr):
-    """Forward-order pass of the backward: recompute h inside each chunk (h-part of the grads)."""
+               STATE_IN_THREAD: tl.constexpr, FUSE_DH: tl.constexpr):
+    """Forward-order pass of the backward: recompute h inside each chunk (h-part of the grads).
+    With FUSE_DH, after a barrier (the h sweep's ``phi``, ``kappa``, ``ssub``, ``hmid`` stores
+    come from other lanes) also the dh sweep of every single-chunk segment: du, ddelta, dB and
+    the dh partials (``dA_part2``, ``dbias_part``; unused without FUSE_DH). Chunks share no
+    addresses, so the next chunk needs no second barrier."""
     pid = tl.program_id(0)
     pdb = tl.program_id(1)
     offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk = channel_block(
@@ -136,12 +159,26 @@ def bwd_h_pass(u, delta, A2, Bm, Cm, Dsk, z, dbias, dout, init, hs, dfinal,
     DN = D * N
     da_acc = tl.zeros([NP, BD], dtype=tl.float32)
     dd_acc = tl.zeros([BD], dtype=tl.float32)
+    da_dh = tl.zeros([NP, BD], dtype=tl.float32)
+    db_acc = tl.zeros([BD], dtype=tl.float32)
     for c in range(pid, n_chunks_bound, nprog):
-        da_acc, dd_acc, _ = h_chunk(
+        da_acc, dd_acc, single = h_chunk(
             c, da_acc, dd_acc, pdb, u, delta, Bm, Cm, z, dout, init, hs, dfinal, chunk_meta,
             dz, phi, dC, gbuf, dinit, kappa, ssub, hmid,
             offs_d, offs_n, mask_n, g, st_off, a2, bias, dsk, slot,
             n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST, HAS_Z,
             HAS_INIT, HAS_DFINAL, NEED_DINIT, POLY_EVERY, STATE_IN_THREAD)
+        if FUSE_DH:
+            if single:   # uniform over the program: all its threads reach the barrier
+                tl.debug_barrier()
+                da_dh, db_acc = dh_chunk(
+                    c, da_dh, db_acc, pdb, u, delta, Bm, Cm, z, dout, hs, ssub, hmid, dfinal,
+                    gbuf, kappa, init, dinit, chunk_meta, du, phi, ddelta, dB,
+                    offs_d, offs_n, mask_n, g, a2, bias, dsk, slot,
+                    n_chunks_bound, D, G, N, T, L, SUB, BD, NP, REVERSE, SOFTPLUS, FAST,
+                    HAS_Z, HAS_DFINAL, HAS_INIT, POLY_EVERY, STATE_IN_THREAD, False)
     tl.store(dA_part + pid.to(tl.int64) * DN + st_off, da_acc, mask=mask_n[:, None])
     tl.store(dD_part + pid.to(tl.int64) * D + offs_d, dd_acc)
+    if FUSE_DH:
+        tl.store(dA_part2 + pid.to(tl.int64) * DN + st_off, da_dh, mask=mask_n[:, None])
+        tl.store(dbias_part + pid.to(tl.int64) * D + offs_d, db_acc)

@@ -79,7 +79,7 @@ class LaunchConfig:
         num_warps_carry: warps per carry program; 4.
         carry_programs_per_sm: the carries narrow their (d, n) blocks (down to 8 pairs) until
             segments x blocks give this many programs per SM; 4.
-        fuse_backward: one kernel (``bwd_fused.bwd_fused_pass``) runs the h-pass over every
+        fuse_backward: the h-pass kernel (``FUSE_DH``) runs the h sweep over every
             chunk and, right after it, the dh-pass over each segment's only chunk; the carry
             and the dh-pass take the chunks of longer segments. Bitwise the two passes' results
             where every segment is one chunk (elsewhere dA / d(delta_bias) are summed in

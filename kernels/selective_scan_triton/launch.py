@@ -7,7 +7,6 @@ import triton
 
 from ._jit import LOG2E_HOST
 from .bwd_dh_pass import bwd_dh_pass
-from .bwd_fused import bwd_fused_pass
 from .bwd_h_pass import bwd_h_pass
 from .carry import bwd_carry, empty_segment_states, fwd_carry
 from .config import DEFAULT_CONFIG, LaunchConfig, Plan, plan_for
@@ -249,24 +248,22 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
                   SOFTPLUS=delta_softplus, FAST=not _interpreting(u),
                   HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,
                   POLY_EVERY=config.exp_poly_every, STATE_IN_THREAD=config.state_in_thread)
-    # the fused kernel sweeps single-chunk segments both ways; the dh-pass then takes the rest
+    # fuse_backward: the h-pass also sweeps single-chunk segments backward; the dh-pass the rest
     fused = config.fuse_backward
-    h_args = (u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
-              delta_bias if delta_bias is not None else dm, dout,
-              initial_state if initial_state is not None else dm, hs,
-              dfinal_state if has_dfinal else dm,
-              plan.meta,
-              dz if dz is not None else dm, phi, dC_buf, gbuf, dinit if need_dinit else dm,
-              kappa, ssub, hmid, dA_part, dD_part)
-    h_flags = dict(HAS_INIT=initial_state is not None, HAS_DFINAL=has_dfinal,
-                   NEED_DINIT=need_dinit, num_warps=plan.num_warps_bwd, **common,
-                   **_reg_cap(u, config, "h_pass"))
     sizes = (S, plan.n_chunks_bound, P, Dm, G, N, plan.dpg, nb, T)
-    if S > 0 and T > 0 and fused:
-        bwd_fused_pass[(P, plan.n_dblk_bwd)](
-            *h_args, du, ddelta, dB_buf, dA_part2, dbias_part, *sizes, **h_flags)
-    elif S > 0 and T > 0:
-        bwd_h_pass[(P, plan.n_dblk_bwd)](*h_args, *sizes, **h_flags)
+    if S > 0 and T > 0:
+        bwd_h_pass[(P, plan.n_dblk_bwd)](
+            u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,
+            delta_bias if delta_bias is not None else dm, dout,
+            initial_state if initial_state is not None else dm, hs,
+            dfinal_state if has_dfinal else dm,
+            plan.meta,
+            dz if dz is not None else dm, phi, dC_buf, gbuf, dinit if need_dinit else dm, kappa,
+            ssub, hmid, dA_part, dD_part,
+            *((du, ddelta, dB_buf, dA_part2, dbias_part) if fused else (dm,) * 5), *sizes,
+            HAS_INIT=initial_state is not None, HAS_DFINAL=has_dfinal, NEED_DINIT=need_dinit,
+            FUSE_DH=fused, num_warps=plan.num_warps_bwd, **common,
+            **_reg_cap(u, config, "h_pass"))
     if need_dinit and S > 0:
         _empty_segment_states(plan, cu_seqlens, dfinal_state if has_dfinal else None, dinit)
     if S > 0 and plan.chunks.may_have_rows:
@@ -275,7 +272,7 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
             A2, gbuf, sdt, plan.row_seg, plan.cu_nl, dinit if need_dinit else dm, S, by_row,
             Dm, N, Dm * N, K=plan.K, BDN=plan.BDN, NEED_DINIT=need_dinit,
             USE_SCAN=not _interpreting(u), num_warps=plan.config.num_warps_carry)
-    # after the fused kernel only segments of several chunks are left (added to its partials)
+    # after a fused h-pass only segments of several chunks are left (added to its partials)
     if S > 0 and T > 0 and (not fused or plan.chunks.may_have_rows):
         bwd_dh_pass[(P, plan.n_dblk_bwd)](
             u, delta, A2, B, C, D if D is not None else dm, z if z is not None else dm,

@@ -208,8 +208,8 @@ def test_backward_without_second_chunks_skips_its_carry(monkeypatch, reverse):
 @needs_triton
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_backward_is_bitwise_the_two_passes(monkeypatch, reverse):
-    """``fuse_backward`` where no segment has a second chunk: one kernel runs both sweeps (the
-    h-pass and dh-pass kernels refused), and every gradient is bitwise that of the two passes
+    """``fuse_backward`` where no segment has a second chunk: the h-pass kernel runs both sweeps
+    (the dh-pass and carry kernels refused), and every gradient is bitwise that of the two passes
     (same programs, same partial sums) and matches float64. Chunks of 64 with dA sub-chunks of
     8, so the fused dh sweep reads the h sweep's inner sub-chunk states; initial states,
     final-state gradients and empty segments included."""
@@ -225,7 +225,7 @@ def test_fused_backward_is_bitwise_the_two_passes(monkeypatch, reverse):
     two_passes = LaunchConfig(**chunks)
     fused = LaunchConfig(**chunks, fuse_backward=True)
     *_, want, _, _, _ = _kernels_and_float64(two_passes, lengths, 8, 4, 1, False, reverse)
-    for kernel in ("bwd_h_pass", "bwd_dh_pass", "bwd_carry"):
+    for kernel in ("bwd_dh_pass", "bwd_carry"):
         monkeypatch.setattr(launch, kernel, _RefusedKernel(kernel))
     _check_against_float64(fused, lengths, 8, 4, 1, False, reverse)
     *_, got, _, _, _ = _kernels_and_float64(fused, lengths, 8, 4, 1, False, reverse)
@@ -237,14 +237,16 @@ def test_fused_backward_is_bitwise_the_two_passes(monkeypatch, reverse):
 @pytest.mark.parametrize("saved, reverse", [(True, False), (False, True)])
 def test_fused_backward_leaves_segments_of_several_chunks_to_the_carry(monkeypatch, saved,
                                                                        reverse):
-    """Segments of one chunk and of several side by side: the fused kernel sweeps every chunk
+    """Segments of one chunk and of several side by side: the fused h-pass sweeps every chunk
     forward and the single ones backward too; the carry and the dh-pass (``ONLY_MULTI``) take
-    the chunks of the longer segments. Against float64; the h-pass kernel refused."""
+    the chunks of the longer segments. Against float64; every h-pass launch is the fused one."""
     from geossm.kernels.selective_scan_triton import launch
 
-    monkeypatch.setattr(launch, "bwd_h_pass", _RefusedKernel("bwd_h_pass"))
+    h_pass = _RecordedKernel(launch.bwd_h_pass)
+    monkeypatch.setattr(launch, "bwd_h_pass", h_pass)
     _check_against_float64(_tiny_chunks(fuse_backward=True), [13, 3, 0, 7, 1, 4, 2, 9], 12, 3,
                            3, saved, reverse)
+    assert h_pass.flags("FUSE_DH") == [True]
 
 
 @needs_triton
@@ -276,6 +278,22 @@ def test_carry_grids_by_segment_and_by_row_match_float64(monkeypatch, by_row, sa
     _check_against_float64(config, lengths, 8, 4, 2, saved, reverse)
     # forward carry, backward carry, and the backward's recomputed forward carry when unsaved
     assert modes == [1] * (2 if saved else 3)
+
+
+class _RecordedKernel:
+    """Stands in for a jitted kernel: launches it and records each launch's keyword arguments."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(kwargs)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+    def flags(self, name: str) -> list:
+        return [kwargs.get(name) for kwargs in self.launches]
 
 
 class _RefusedKernel:
