@@ -240,10 +240,13 @@ def selective_scan_bwd(dout, dfinal_state, u, delta, A, B, C, D, z, delta_bias, 
     hmid = (torch.empty(plan.n_chunks_bound * (n_sub - 1), Dm, N, dtype=torch.float32,
                         device=dev) if n_sub > 1 else dm)
     P = plan.nprog_bwd
-    dA_part = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
-    dA_part2 = torch.zeros(P, Dm, N, dtype=torch.float32, device=dev)
-    dD_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
-    dbias_part = torch.zeros(P, Dm, dtype=torch.float32, device=dev)
+    # every (program, channel block) of the passes stores all its partial rows, so no memset
+    # is needed when they run; with no segment or token they do not, and the sums are zeros
+    partial = torch.empty if S > 0 and T > 0 else torch.zeros
+    dA_part = partial(P, Dm, N, dtype=torch.float32, device=dev)
+    dA_part2 = partial(P, Dm, N, dtype=torch.float32, device=dev)
+    dD_part = partial(P, Dm, dtype=torch.float32, device=dev)
+    dbias_part = partial(P, Dm, dtype=torch.float32, device=dev)
     common = dict(L=plan.L, SUB=plan.SUB, BD=plan.BD_bwd, NP=plan.NP, REVERSE=reverse,
                   SOFTPLUS=delta_softplus, FAST=not _interpreting(u),
                   HAS_BIAS=delta_bias is not None, HAS_D=D is not None, HAS_Z=z is not None,

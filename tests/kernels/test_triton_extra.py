@@ -206,6 +206,17 @@ def test_backward_without_second_chunks_skips_its_carry(monkeypatch, reverse):
 
 
 @needs_triton
+@pytest.mark.parametrize("fused", [False, True])
+def test_backward_of_empty_segments_only_sums_zero_partials(fused):
+    """Two empty segments, no token: the backward passes do not run, so the per-program partial
+    sums (left unset where the passes write every row of them) must start as zeros; the
+    NaN-filled ``torch.empty`` of the kernel tests shows any that are not. Against float64."""
+    from geossm.kernels.selective_scan_triton import LaunchConfig
+
+    _check_against_float64(LaunchConfig(fuse_backward=fused), [0, 0], 8, 4, 1, False, False)
+
+
+@needs_triton
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_backward_is_bitwise_the_two_passes(monkeypatch, reverse):
     """``fuse_backward`` where no segment has a second chunk: the h-pass kernel runs both sweeps
