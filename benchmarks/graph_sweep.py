@@ -89,6 +89,12 @@ def run_all(items: list[tuple[str, dict]], jobs: int, deadline: float,
     return done
 
 
+def selection_mode(select: str, mode: str | None) -> str:
+    """``mode`` when given, else ``min`` for an MAE or loss (``best.mae``, ``best.loss``) and
+    ``max`` for the rest."""
+    return mode or ("min" if select.rsplit(".", 1)[-1] in ("mae", "loss") else "max")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("config")
@@ -96,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", default="0")
     p.add_argument("--seeds", default="0")
     p.add_argument("--select", default="best.acc", help="validation metric, e.g. best.roc_auc")
+    p.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="max or min of --select wins; default min for MAE and losses, else max")
     p.add_argument("--final-splits", default=None)
     p.add_argument("--final-seeds", default=None)
     p.add_argument("--final-overrides", default="", help="space-separated, for the final runs")
@@ -142,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
               "summary": summaries(rows)})
     if not scores:
         return 1
-    chosen = max(scores, key=scores.get)
+    chosen = (min if selection_mode(ns.select, ns.mode) == "min" else max)(scores,
+                                                                           key=scores.get)
     emit({"selected": chosen, "by": ns.select, "value": scores[chosen],
           "elapsed_s": time.monotonic() - t0})
     if ns.final_splits or ns.final_seeds:

@@ -45,6 +45,7 @@ ANCHORS = {
     "SquirrelFiltered": "tuned GCN 45.0 (Luo et al. 2024); GCN 39.5 (Platonov et al.)",
     "MUTAG": "GIN 89.4 ± 5.6",
     "PeptidesFunc": "GCN+ 0.726 (GNN+), GMN 0.7071, Graph-Mamba 0.6739, GPS 0.6535",
+    "PeptidesStruct": "GMN 0.2473, GPS 0.2500 (MAE: lower is better)",
 }
 BASELINES = ("GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus", "SAGEPlus")
 MAMBAS = ("GraphMambaNetwork", "GraphMamba")
@@ -73,8 +74,12 @@ def read_progress(run: Path) -> dict:
     has its test line, plus ``epochs`` (validated / trained so far), ``epochs_total`` (the
     config's schedule) and ``best_val`` (the best validation metric so far, None without)."""
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    metric = (cfg.get("eval") or {}).get("metric") or "acc"
-    selected = "best" if (cfg.get("eval") or {}).get("split") else "last"
+    evaluation = cfg.get("eval") or {}
+    metric = evaluation.get("metric") or "acc"
+    selected = "best" if evaluation.get("split") else "last"
+    # the direction the run selected by (a null mode: min for MAE, as GraphPropertyTask's)
+    better = min if (evaluation.get("mode") or ("min" if metric == "mae" else "max")) == "min" \
+        else max
     value, best_val, epochs = None, None, 0
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
@@ -83,7 +88,8 @@ def read_progress(run: Path) -> dict:
         elif row.get("split") == "train":
             epochs = max(epochs, int(row.get("epoch", 0)))
         elif row.get("split") == "val" and metric in row:
-            best_val = max(best_val or -math.inf, float(row[metric]))
+            val = float(row[metric])
+            best_val = val if best_val is None else better(best_val, val)
     return {"dataset": cfg["data"]["name"], "model": cfg["model"]["name"], "metric": metric,
             "value": value, "split": cfg["data"].get("split"), "seed": cfg.get("seed"),
             "device": cfg.get("device"), "wall_s": wall_seconds(run / "train.log"),
@@ -149,8 +155,8 @@ def _ranges(values: set) -> str:
 
 
 def _scaled(metric: str, value: float) -> str:
-    """A metric as printed: AP with 4 decimals, percentages with 1."""
-    return f"{value:.4f}" if metric == "ap" else f"{value * 100:.1f}"
+    """A metric as printed: AP and MAE with 4 decimals, percentages with 1."""
+    return f"{value:.4f}" if metric in ("ap", "mae") else f"{value * 100:.1f}"
 
 
 def _cell(g: dict | None, running: dict | None = None) -> str:

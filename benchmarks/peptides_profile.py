@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
-    cfg = load_config(find_config("graph/peptides_func_gmn"), [])
+    # the model is built here without the trainer, so the dataset-read width is named
+    cfg = load_config(find_config("graph/peptides_func_gmn"), ["model.num_classes=10"])
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = MODELS.build(cfg.model).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=dev.type == "cuda" or None)

@@ -41,7 +41,8 @@ STALL = os.environ.get("CACHE_TEST_STALL") == "1"
 
 
 def _replace(owner, name, function):
-    if isinstance(inspect.getattr_static(owner, name), staticmethod):
+    # a static or class method: ``function`` wraps the bound original, so it takes no self
+    if isinstance(inspect.getattr_static(owner, name), (staticmethod, classmethod)):
         function = staticmethod(function)
     setattr(owner, name, function)
 

@@ -1,8 +1,9 @@
-"""Graph metrics: accuracy, binary ROC-AUC, multi-label average precision, mean ± std.
+"""Graph metrics: accuracy, binary ROC-AUC, multi-label average precision, mean absolute
+error, mean ± std.
 
 All read ``outputs`` (logits, ``(N, C)`` for nodes or ``(G, C)`` for graphs) and the PyG batch
 (``y``; node tasks also ``mask (N,) bool``: only masked rows count). Accuracy keeps summable
-counts; ROC-AUC and AP need every score, so they keep the scores and gather them from all DDP
+counts (MAE: summed errors); ROC-AUC and AP need every score, so they keep the scores and gather them from all DDP
 ranks in ``reduce`` (``all_gather_lists``; a no-op in one process).
 """
 
@@ -16,7 +17,8 @@ import torch
 
 from geossm.engine.metrics import ListMetric, Metric
 
-__all__ = ["Accuracy", "RocAuc", "AveragePrecision", "roc_auc", "average_precision",
+__all__ = ["Accuracy", "RocAuc", "AveragePrecision", "MeanAbsoluteError", "roc_auc",
+           "average_precision",
            "mean_std", "summarize"]
 
 
@@ -159,6 +161,35 @@ class AveragePrecision(_Gathered):
     def compute(self) -> dict[str, float]:
         s, t = self._cat()
         return {f"{self.prefix}ap": average_precision(s, t) if s.numel() else float("nan")}
+
+
+class MeanAbsoluteError(Metric):
+    """Mean of ``|prediction - y|`` over every labelled entry; reports ``{prefix}mae``.
+
+    Shapes: predictions ``(G, K)``, ``y (G, K)`` float (NaN = unlabelled: padded graphs). With
+    every entry labelled this is sklearn's ``mean_absolute_error`` (uniform average over the K
+    targets), LRGB's metric for Peptides-struct.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.add_state("abs_error", torch.zeros((), dtype=torch.float64))
+        self.add_state("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, outputs: Any, batch: Any) -> None:
+        pred, y = _rows(outputs, batch)
+        if pred.shape != y.shape:
+            raise ValueError(f"MeanAbsoluteError: predictions {tuple(pred.shape)} for targets "
+                             f"{tuple(y.shape)}")
+        known = ~torch.isnan(y)
+        error = torch.where(known, (pred.double() - y.double()).abs(), 0.0)
+        self.abs_error += error.sum().to(self.abs_error)
+        self.count += known.sum().to(self.count)
+
+    def compute(self) -> dict[str, float]:
+        n = float(self.count)
+        return {f"{self.prefix}mae": float(self.abs_error) / n if n else float("nan")}
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

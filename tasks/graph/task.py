@@ -46,12 +46,16 @@ from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
 
 from .losses import WithInputL2
-from .metrics import Accuracy, AveragePrecision, RocAuc
+from .metrics import Accuracy, AveragePrecision, MeanAbsoluteError, RocAuc
 from .static_batch import (StaticBatch, check_flat_planner, is_static_batch, padded_plan,
                            plan_fields)
 from .transforms import AddPositionalEncodings, normalize_rows
 
-__all__ = ["NodeClassificationTask", "GraphClassificationTask", "MultiLabelGraphTask"]
+__all__ = ["NodeClassificationTask", "GraphClassificationTask", "GraphPropertyTask",
+           "MultiLabelGraphTask"]
+
+#: Selection metrics where lower is better (``eval.mode: null`` then selects the minimum).
+LOWER_IS_BETTER = frozenset({"mae", "loss"})
 
 #: One-graph batches whose plan's adjacencies ``collate`` keeps (train, val and test graphs).
 STATIC_CACHE_SIZE = 4
@@ -108,7 +112,7 @@ def _expected_layout(dataset: type) -> str | None:
         return (f"{name}/raw/{name}_A.txt, {name}_graph_indicator.txt, "
                 f"{name}_graph_labels.txt, ... (the TU collection's text files)")
     if family == "peptides":
-        return f"{dataset.CSV} and {dataset.SPLITS_FILE} (LRGB's Peptides-func layout)"
+        return f"{dataset.CSV} and {dataset.SPLITS_FILE} (LRGB's {dataset.TITLE} layout)"
     return None
 
 
@@ -190,7 +194,7 @@ class _GraphTask(Task):
     def _unpaddable(self) -> str | None:
         """Why this task and model cannot take padded batches, or None when they can."""
         if not self.static_batches:
-            return (f"{type(self).__name__} does not take padded batches (MultiLabelGraphTask "
+            return (f"{type(self).__name__} does not take padded batches (GraphPropertyTask "
                     "does); set train.static_batch=null")
         if self.planner is not None:
             try:
@@ -499,28 +503,71 @@ class GraphClassificationTask(_GraphTask):
 
 
 @TASKS.register
-class MultiLabelGraphTask(_GraphTask):
-    """Binary cross-entropy per graph and label (``y (G, L)``, NaN = unlabelled); reports
-    ``ap`` (mean average precision over labels, Peptides-func)."""
+class GraphPropertyTask(_GraphTask):
+    """Several targets per graph, ``y (G, K)`` (NaN = unlabelled), of the kind the dataset
+    class declares (``target_kind``), so one config serves a family by ``data.name`` alone:
+
+    - ``"multilabel"`` (Peptides-func): binary cross-entropy per label; reports ``ap`` (mean
+      average precision over labels);
+    - ``"regression"`` (Peptides-struct): L1 loss, LRGB's; reports ``mae``.
+
+    ``eval.metric: null`` takes the dataset's metric and ``eval.mode: null`` its direction (min
+    for ``mae``)."""
 
     best_metric = "ap"
-    metric_from_dataset = False
     static_batches = True  # padded graphs have NaN labels: the loss skips them
+    KINDS = ("multilabel", "regression")
+
+    @functools.cached_property
+    def target_kind(self) -> str:
+        """``target_kind`` of the class ``data.name`` names (read from the class: prediction
+        from a checkpoint needs no dataset files); ``"multilabel"`` where the class has none."""
+        name = self.cfg.data.get("name")
+        kind = getattr(DATASETS.get(str(name)), "target_kind", "") if name else ""
+        kind = kind or "multilabel"
+        if kind not in self.KINDS:
+            raise ValueError(f"{name}: target_kind {kind!r} is not one of {self.KINDS}")
+        return kind
+
+    def selection_metric(self) -> tuple[str, str]:
+        """``eval.metric`` / ``eval.mode`` when set, else the target kind's metric (``ap`` or
+        ``mae``) and its direction (``min`` for ``LOWER_IS_BETTER``, else ``max``); read from
+        the dataset class, so no dataset is built for it."""
+        metric = self.cfg.eval.get("metric") or ("mae" if self.target_kind == "regression"
+                                                 else self.best_metric)
+        mode = self.cfg.eval.get("mode") or ("min" if metric in LOWER_IS_BETTER else "max")
+        return str(metric), str(mode)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Mean binary cross-entropy over the labelled entries. A weighted mean (weight 0 on
-        NaN labels) instead of boolean indexing: no host sync for the number of labels."""
+        """Mean loss over the labelled entries (binary cross-entropy or L1, ``target_kind``). A
+        weighted mean (weight 0 on NaN labels) instead of boolean indexing: no host sync for the
+        number of labels."""
         y = (batch["y"] if is_static_batch(batch) else batch.y).float()
         known = ~torch.isnan(y)
-        per_entry = F.binary_cross_entropy_with_logits(
-            outputs.float(), torch.where(known, y, torch.zeros_like(y)), reduction="none")
+        target = torch.where(known, y, torch.zeros_like(y))
+        if self.target_kind == "regression":
+            per_entry = F.l1_loss(outputs.float(), target, reduction="none")
+        else:
+            per_entry = F.binary_cross_entropy_with_logits(outputs.float(), target,
+                                                           reduction="none")
         return (per_entry * known).sum() / known.sum()
 
     def build_metrics(self) -> MetricCollection:
+        if self.target_kind == "regression":
+            return MetricCollection(MeanAbsoluteError())
         return MetricCollection(AveragePrecision())
 
     def postprocess(self, outputs: torch.Tensor, batch: Batch) -> dict[str, Any]:
-        """``logits (G, L)``, ``pred`` (``logits > 0``) and ``probs`` (sigmoid) per label."""
-        logits = outputs.detach().float().cpu()
-        return {"logits": logits.numpy(), "pred": (logits > 0).long().numpy(),
-                "probs": torch.sigmoid(logits).numpy()}
+        """Regression: ``pred (G, K)``. Multi-label: ``logits (G, L)``, ``pred`` (``logits >
+        0``) and ``probs`` (sigmoid) per label."""
+        values = outputs.detach().float().cpu()
+        if self.target_kind == "regression":
+            return {"pred": values.numpy()}
+        return {"logits": values.numpy(), "pred": (values > 0).long().numpy(),
+                "probs": torch.sigmoid(values).numpy()}
+
+
+@TASKS.register
+class MultiLabelGraphTask(GraphPropertyTask):
+    """The name ``GraphPropertyTask`` had when it took only multi-label targets; kept so that
+    configs and run directories written before read as they did (the same task)."""

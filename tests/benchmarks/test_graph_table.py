@@ -96,3 +96,21 @@ def test_a_dataset_whose_runs_are_all_unfinished_has_its_row(tmp_path):
     row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| PeptidesFunc"))
     assert "| ap (best weights) | unfinished (GNNPlus, n=1: epoch 7 of 300, best val 0.6000, " \
            "no test yet) | not run |" in row and "seeds 2 × splits -" in row and "| box |" in row
+
+
+def test_mae_runs_keep_their_lowest_validation_and_four_decimals(tmp_path):
+    # Peptides-struct: a null eval.mode selects the lowest validation MAE, as the task does
+    run = tmp_path / "runs" / "struct"
+    run.mkdir(parents=True)
+    cfg = {"data": {"name": "PeptidesStruct"}, "model": {"name": "GNNPlus"}, "seed": 0,
+           "train": {"epochs": 300}, "eval": {"split": "val", "metric": "mae", "mode": None}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = [{"epoch": e, "split": "val", "mae": v} for e, v in ((1, 0.31), (2, 0.26), (3, 0.29))]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert graph_table.read_progress(run)["best_val"] == 0.26
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"epoch": 2, "split": "test", "weights": "best", "mae": 0.25}) + "\n")
+    out = tmp_path / "results.md"
+    assert graph_table.main([f"{tmp_path / 'runs'}:box", "--out", str(out)]) == 0
+    row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| PeptidesStruct"))
+    assert "| mae (best weights) | 0.2500 (GNNPlus, n=1) | not run | GMN 0.2473, GPS 0.2500" in row

@@ -5,7 +5,7 @@ Two kinds of tasks share one interface (``Dataset(root, split, split_index, ...)
 - **node tasks** on one graph (transductive): the dataset has one item, the whole graph, with
   ``mask (N,) bool`` marking the nodes of ``split`` (``"train"``, ``"val"``, ``"test"``);
   ``split_index`` picks one of the dataset's fixed splits (heterophilous graphs: 10);
-- **graph tasks** (TU, Peptides-func): one item per graph of ``split``; ``split_index`` picks the
+- **graph tasks** (TU, Peptides-func / -struct): one item per graph of ``split``; ``split_index`` picks the
   cross-validation fold (TU) or must be 0 (fixed splits).
 
 Families and their registered names (``data.name`` in a config)::
@@ -18,6 +18,8 @@ Families and their registered names (``data.name`` in a config)::
                     DD, IMDBBinary, COLLAB
     LRGB            PeptidesFunc                     root/raw/peptide_multi_class_dataset.csv.gz
                                                      + root/splits_random_stratified_peptide.pickle
+                    PeptidesStruct                   root/raw/peptide_structure_dataset.csv.gz
+                                                     + root/splits_random_stratified_peptide_structure.pickle
     built in        KarateClub                       (no files)
 
 One module per family (``planetoid``, ``heterophilous``, ``tu``, ``peptides``, ``karate``) on the
@@ -39,11 +41,12 @@ from .base import GraphDataset, NodeDataset
 from .heterophilous import (AmazonRatings, ChameleonFiltered, Heterophilous, Minesweeper,
                             Questions, RomanEmpire, SquirrelFiltered, Tolokers)
 from .karate import KarateClub
-from .peptides import PeptidesFunc
+from .peptides import LRGBPeptides, PeptidesFunc, PeptidesStruct
 from .planetoid import CiteSeer, Cora, Planetoid, PubMed
 from .tu import COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, IMDBBinary, TUGraphs
 
 __all__ = ["NodeDataset", "GraphDataset", "Planetoid", "Cora", "CiteSeer", "PubMed",
            "Heterophilous", "RomanEmpire", "AmazonRatings", "Minesweeper", "Tolokers",
            "Questions", "ChameleonFiltered", "SquirrelFiltered", "TUGraphs", "MUTAG", "PROTEINS",
-           "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "KarateClub"]
+           "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "LRGBPeptides", "PeptidesFunc",
+           "PeptidesStruct", "KarateClub"]

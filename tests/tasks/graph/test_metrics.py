@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from geossm.tasks.graph.metrics import (Accuracy, AveragePrecision, RocAuc, average_precision,
-                                        mean_std, roc_auc, summarize)
+from geossm.tasks.graph.metrics import (Accuracy, AveragePrecision, MeanAbsoluteError, RocAuc,
+                                        average_precision, mean_std, roc_auc, summarize)
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="reference values from sklearn")
 
@@ -29,6 +29,23 @@ def test_average_precision_matches_sklearn():
     ref = np.mean([sklearn_metrics.average_precision_score(target[:, j], score[:, j])
                    for j in range(3)])
     assert average_precision(score, target) == pytest.approx(ref, abs=1e-12)
+
+
+def test_mae_over_batches_matches_sklearn_and_skips_unlabelled_entries():
+    g = torch.Generator().manual_seed(0)
+    pred, y = torch.randn(12, 11, generator=g), torch.randn(12, 11, generator=g)
+    mae = MeanAbsoluteError(prefix="val_")
+    mae.update(pred[:5], Data(y=y[:5]))
+    mae.update(pred[5:], Data(y=y[5:]))
+    padded = torch.full((2, 11), float("nan"))  # padded graphs of a static batch
+    mae.update(torch.full((2, 11), float("nan")), Data(y=padded))
+    mae.reduce()
+    ref = sklearn_metrics.mean_absolute_error(y.double().numpy(), pred.double().numpy())
+    assert mae.compute()["val_mae"] == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(ValueError, match=r"predictions \(3, 11\) for targets \(3, 10\)"):
+        mae.update(pred[:3], Data(y=y[:3, :10]))
+    mae.reset()
+    assert math.isnan(mae.compute()["val_mae"])
 
 
 def test_masked_accuracy_and_auc_accumulate_over_batches():

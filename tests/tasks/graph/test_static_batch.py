@@ -153,6 +153,7 @@ def _task(cls, model: dict, static: dict | None):
     cfg = load_config(CONFIGS / "peptides_func_gcnplus.yaml")
     OmegaConf.set_struct(cfg, False)
     cfg.model, cfg.train.batch_size, cfg.train.static_batch = model, 4, static
+    cfg.eval.metric = "ap"  # named: a task that reads it from the dataset would need the files
     task = cls(cfg)
     task.build_model()
     return task
@@ -269,8 +270,10 @@ def test_auto_static_batch_pads_only_for_a_cuda_graph_of_a_flat_plan(tmp_path, m
         monkeypatch.setattr(graph_task.dist, "resolve_device", lambda spec: torch.device("cuda"))
         monkeypatch.setenv("WORLD_SIZE", "2")
     overrides = tuple(o for o in overrides if o not in ("train.cuda_graph=true", "ddp"))
+    # the width named: model.num_classes=auto would read it from the dataset's files
     cfg = load_config(CONFIGS / "peptides_func_gmnplus.yaml",
-                      ["train.static_batch=auto", "device=cpu", *overrides])
+                      ["train.static_batch=auto", "device=cpu", "model.num_classes=10",
+                       *overrides])
     import logging
 
     from geossm.engine.logging import get_logger

@@ -237,7 +237,7 @@ DEFAULT_ROOTS = [
     ("mutag_gmn", "GraphClassificationTask", r"MUTAG: dataset folder not found: data/TU/MUTAG/raw "
      r".*; set data.root=PATH to the folder holding MUTAG/raw/MUTAG_A\.txt, "
      r"MUTAG_graph_indicator\.txt"),
-    ("peptides_func_gmn", "MultiLabelGraphTask", r"PeptidesFunc: dataset file not found: "
+    ("peptides_func_gmn", "GraphPropertyTask", r"PeptidesFunc: dataset file not found: "
      r"data/peptides-functional/splits_random_stratified_peptide\.pickle .*; set data.root=PATH "
      r"to the folder holding raw/peptide_multi_class_dataset\.csv\.gz and "
      r"splits_random_stratified_peptide\.pickle"),
@@ -423,20 +423,52 @@ def test_model_selection_never_reads_test_labels(tmp_path, config):
     assert clean["best"]["test_loss"] != poisoned["best"]["test_loss"]  # the labels did change
 
 
-def test_multilabel_loss_averages_the_labelled_entries_only():
+@pytest.mark.parametrize("name, reference", [
+    ("PeptidesFunc", torch.nn.functional.binary_cross_entropy_with_logits),
+    ("PeptidesStruct", torch.nn.functional.l1_loss)])
+def test_graph_property_loss_averages_the_labelled_entries_only(name, reference):
     """The weighted mean (no boolean indexing, no host sync) equals the mean binary
-    cross-entropy over the entries whose label is not NaN."""
+    cross-entropy (multi-label set) or L1 (regression set) over the entries whose label is not
+    NaN; the kind is read from the dataset class, no file is needed."""
+    from omegaconf import OmegaConf
     from torch_geometric.data import Batch, Data
-    from geossm.tasks.graph.task import MultiLabelGraphTask
+    from geossm.tasks.graph.task import GraphPropertyTask
     torch.manual_seed(0)
     logits = torch.randn(3, 4)
     y = torch.tensor([[1.0, 0.0, float("nan"), 1.0], [float("nan")] * 4, [0.0, 1.0, 1.0, 0.0]])
     batch = Batch.from_data_list([Data(y=y[i:i + 1], num_nodes=1) for i in range(3)])
-    loss = MultiLabelGraphTask.loss(None, logits, batch)
+    task = GraphPropertyTask(OmegaConf.create({"model": {}, "data": {"name": name},
+                                               "train": {}, "eval": {}}))
+    loss = task.loss(logits, batch)
     known = ~torch.isnan(y)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(loss, reference(logits[known], y[known]))
     assert torch.isfinite(loss)
+
+
+def test_peptides_configs_carry_to_peptides_struct_by_its_name(tmp_path):
+    # Only data.name (and data.root) change: 11 regression targets, L1 loss, selection by the
+    # lowest validation MAE, predictions as values.
+    pytest.importorskip("rdkit", reason="Peptides-struct needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-struct needs OGB (pip install ogb)")
+    from geossm.tasks.graph.task import GraphPropertyTask
+
+    from .datasets.test_peptides import write_tiny_peptides_struct
+    root = write_tiny_peptides_struct(tmp_path / "peptides-structural")
+    for config in ("peptides_func_gcnplus", "peptides_func_gmnplus"):
+        cfg = _config_on_written_data(config, "PeptidesStruct", root, tmp_path / "cache",
+                                      "train.epochs=2", "train.batch_size=2",
+                                      f"output_dir={tmp_path / config}")
+        task = GraphPropertyTask(cfg)
+        assert task.selection_metric() == ("mae", "min")  # before any dataset is built
+        trainer, result = _fit(cfg)
+        assert cfg.model.num_classes == 11 and trainer.task.target_kind == "regression"
+        assert (trainer.best_metric, trainer.best_mode) == ("mae", "min")
+        assert np.isfinite(result["last"]["test_mae"]) and np.isfinite(result["best"]["mae"])
+        assert load_config(tmp_path / config / "config.yaml").eval.metric == "mae"
+        out = trainer.task.postprocess(torch.randn(2, 11), None)
+        assert set(out) == {"pred"} and out["pred"].shape == (2, 11)
+    cfg.eval.mode = "max"  # an explicit mode is kept
+    assert GraphPropertyTask(cfg).selection_metric() == ("mae", "max")
 
 
 def _loader_plans(trainer, split: str, train: bool, epoch: int | None) -> list:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geossm.tasks.graph.datasets import PeptidesFunc
+from geossm.tasks.graph.datasets import PeptidesFunc, PeptidesStruct
 from geossm.tasks.graph.transforms import add_positional_encodings
 
 
@@ -84,7 +84,7 @@ def test_peptides_compact_cache_round_trip_without_rdkit(peptides_root, tmp_path
 SETUP = r'''
 import numpy
 import ogb.utils  # imported once, before the fork (the conversion needs it)
-from geossm.tasks.graph.datasets import PeptidesFunc
+from geossm.tasks.graph.datasets import PeptidesFunc, PeptidesStruct
 
 count_builds(PeptidesFunc, "convert")
 if STALL:
@@ -163,3 +163,66 @@ def test_a_compact_cache_an_older_version_left_torn_is_converted_again(tmp_path)
     cache.write_bytes(b"PK\x03\x04 torn")
     assert len(PeptidesFunc(root, split="val", cache=cache)) == 1
     assert PeptidesFunc.load_compact(cache)["n_nodes"].shape == (6,)
+
+
+def write_tiny_peptides_struct(root: Path, rows: int = 8) -> Path:
+    """``rows`` small molecules (``SMILES`` repeated) in LRGB's Peptides-struct layout: csv.gz
+    with the 11 target columns (raw values, a column LRGB does not read in between) + the split
+    pickle (train 0-3, val 4, test 5; the last rows in no split)."""
+    (root / "raw").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(loc=np.arange(11) * 10.0, scale=np.arange(1, 12), size=(rows, 11))
+    names = list(PeptidesStruct.TARGETS)
+    with gzip.open(root / PeptidesStruct.CSV, "wt") as fh:
+        fh.write(",".join(["smiles", "peptide_seq"] + names) + "\n")
+        for i in range(rows):
+            values = ",".join(repr(float(v)) for v in raw[i])
+            fh.write(f"{SMILES[i % len(SMILES)]},SEQ{i},{values}\n")
+    with open(root / PeptidesStruct.SPLITS_FILE, "wb") as fh:
+        pickle.dump({"train": np.arange(4), "val": np.array([4]), "test": np.array([5])}, fh)
+    return root
+
+
+def test_peptides_struct_targets_are_standardised_over_the_whole_csv(tmp_path):
+    pytest.importorskip("rdkit", reason="Peptides-struct needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-struct needs OGB (pip install ogb)")
+    root = write_tiny_peptides_struct(tmp_path / "peptides-structural")
+    with gzip.open(root / PeptidesStruct.CSV, "rt") as fh:
+        header, *lines = fh.read().splitlines()
+    columns = header.split(",")
+    raw = np.array([[float(line.split(",")[columns.index(n)]) for n in PeptidesStruct.TARGETS]
+                    for line in lines])
+    # LRGB's loader: (x - mean) / std per column over every row (pandas: ddof 1), rows 6 and 7
+    # included although no split holds them
+    want = (raw - raw.mean(0)) / raw.std(0, ddof=1)
+    ds = PeptidesStruct(root, split="train", cache_dir=tmp_path / "cache")
+    assert len(ds) == 4 and ds.num_classes == 11 and ds.target_kind == "regression"
+    for i, item in enumerate(ds):
+        assert item.y.dtype == torch.float32 and item.y.shape == (1, 11)
+        np.testing.assert_allclose(item.y[0].numpy(), want[i], rtol=1e-6, atol=1e-6)
+        assert item.x.shape[1] == 9 and item.edge_attr.shape[1] == 3
+    cached = list((tmp_path / "cache").rglob("peptides_struct_all.npz"))
+    assert len(cached) == 1
+    back = PeptidesStruct.load_compact(cached[0])
+    assert back["y"].dtype == torch.float32
+    assert torch.equal(back["y"][:4], torch.cat([item.y for item in ds]))
+    test = PeptidesStruct(root, split="test", cache_dir=tmp_path / "cache")
+    np.testing.assert_allclose(test[0].y[0].numpy(), want[5], rtol=1e-6, atol=1e-6)
+
+
+def test_peptides_caches_and_csvs_of_the_other_set_are_refused(tmp_path):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    func_root = _tiny_peptides(tmp_path / "func")
+    graphs = PeptidesFunc.convert(func_root / PeptidesFunc.CSV)
+    path = PeptidesFunc.save_compact(graphs, tmp_path / "func.npz")
+    with pytest.raises(ValueError, match="targets stored as uint8, a Peptides-struct cache has "
+                                         "float32"):
+        PeptidesStruct.load_compact(path)
+    with pytest.raises(ValueError, match=r"missing target columns \['Inertia_mass_a'"):
+        PeptidesStruct.convert(func_root / PeptidesFunc.CSV)
+    struct_root = write_tiny_peptides_struct(tmp_path / "struct")
+    with pytest.raises(ValueError, match="expected columns 'smiles' and 'labels'"):
+        PeptidesFunc.convert(struct_root / PeptidesStruct.CSV)
+    with pytest.raises(FileNotFoundError, match="splits_random_stratified_peptide_structure"):
+        PeptidesStruct(func_root, cache_dir=tmp_path / "cache")
