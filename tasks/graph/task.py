@@ -45,6 +45,7 @@ from geossm.engine.metrics import MetricCollection
 from geossm.engine.task import Task
 from geossm.registry import DATASETS, TASKS
 
+from .datasets import dataset_class
 from .losses import WithInputL2
 from .metrics import Accuracy, AveragePrecision, MeanAbsoluteError, RocAuc
 from .static_batch import (StaticBatch, check_flat_planner, is_static_batch, padded_plan,
@@ -236,6 +237,7 @@ class _GraphTask(Task):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         part, index = split_spec(split, data.get("split"))
         data["split"], data["split_index"] = part, index
+        dataset_class(data["name"], data.get("root"))  # registers a TU set found by its name
         try:
             return DATASETS.build(data)
         except FileNotFoundError as err:
@@ -523,7 +525,8 @@ class GraphPropertyTask(_GraphTask):
         """``target_kind`` of the class ``data.name`` names (read from the class: prediction
         from a checkpoint needs no dataset files); ``"multilabel"`` where the class has none."""
         name = self.cfg.data.get("name")
-        kind = getattr(DATASETS.get(str(name)), "target_kind", "") if name else ""
+        kind = getattr(dataset_class(str(name), self.cfg.data.get("root")), "target_kind",
+                       "") if name else ""
         kind = kind or "multilabel"
         if kind not in self.KINDS:
             raise ValueError(f"{name}: target_kind {kind!r} is not one of {self.KINDS}")

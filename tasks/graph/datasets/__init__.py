@@ -15,7 +15,9 @@ Families and their registered names (``data.name`` in a config)::
                     Minesweeper, Tolokers, Questions
                     ChameleonFiltered, SquirrelFiltered   root/<name>_filtered.npz
     TU              MUTAG, PROTEINS, ENZYMES, NCI1,  root/<NAME>/raw/<NAME>_A.txt, ...
-                    DD, IMDBBinary, COLLAB
+                    DD, IMDBBinary, COLLAB, and any
+                    other set of the collection by
+                    its own name (``dataset_class``)
     LRGB            PeptidesFunc                     root/raw/peptide_multi_class_dataset.csv.gz
                                                      + root/splits_random_stratified_peptide.pickle
                     PeptidesStruct                   root/raw/peptide_structure_dataset.csv.gz
@@ -37,16 +39,38 @@ are computed once per graph by ``geossm.tasks.graph.transforms.AddPositionalEnco
 stored as ``data.pe (N, P)`` (Laplacian columns first).
 """
 
+import os
+
+from geossm.registry import DATASETS, RegistryError
+
 from .base import GraphDataset, NodeDataset
 from .heterophilous import (AmazonRatings, ChameleonFiltered, Heterophilous, Minesweeper,
                             Questions, RomanEmpire, SquirrelFiltered, Tolokers)
 from .karate import KarateClub
 from .peptides import LRGBPeptides, PeptidesFunc, PeptidesStruct
 from .planetoid import CiteSeer, Cora, Planetoid, PubMed
-from .tu import COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, IMDBBinary, TUGraphs
+from .tu import (COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, IMDBBinary, TUGraphs,
+                 tu_files_present, tu_set)
 
 __all__ = ["NodeDataset", "GraphDataset", "Planetoid", "Cora", "CiteSeer", "PubMed",
            "Heterophilous", "RomanEmpire", "AmazonRatings", "Minesweeper", "Tolokers",
            "Questions", "ChameleonFiltered", "SquirrelFiltered", "TUGraphs", "MUTAG", "PROTEINS",
            "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "LRGBPeptides", "PeptidesFunc",
-           "PeptidesStruct", "KarateClub"]
+           "PeptidesStruct", "KarateClub", "dataset_class"]
+
+
+def dataset_class(name: str, root: str | os.PathLike | None = None) -> type:
+    """The dataset class ``data.name`` names: the registered one, else, where
+    ``root/<name>/raw/<name>_A.txt`` exists, the TU collection set of that name (``tu_set``).
+
+    Raises ``RegistryError`` for any other name, saying where a TU set's files would be."""
+    try:
+        return DATASETS.get(name)
+    except RegistryError as err:
+        if tu_files_present(root, name):
+            return tu_set(name)
+        where = f"{root}/{name}/raw/{name}_A.txt" if root is not None else \
+            f"data.root/{name}/raw/{name}_A.txt"
+        raise RegistryError(f"{err.args[0]}; a set of the TU collection is read by its own "
+                            f"name from its files, and {where} does not exist") from None
+

@@ -1,9 +1,12 @@
 """TU graph classification sets (``MUTAG``, ``PROTEINS``, ``ENZYMES``, ``NCI1``, ``DD``,
-``IMDBBinary``, ``COLLAB``) with stratified cross-validation folds."""
+``IMDBBinary``, ``COLLAB``) with stratified cross-validation folds; any other set of the TU
+collection is read by its own name from its files (``tu_set``)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -161,3 +164,28 @@ class COLLAB(TUGraphs):
     node features (degree one-hot)."""
 
     name = "COLLAB"
+
+
+#: A TU collection name: letters, digits, ``_``, ``-`` and ``(``, ``)`` (e.g. ``PTC_MR``,
+#: ``IMDB-MULTI``, ``COIL-DEL``); the files are ``<NAME>/raw/<NAME>_A.txt`` and so on.
+TU_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_()\-]*")
+
+
+def tu_files_present(root: str | os.PathLike | None, name: str) -> bool:
+    """Whether ``root/<name>/raw/<name>_A.txt`` (a TU set's adjacency file) exists."""
+    return (root is not None and bool(TU_NAME.fullmatch(str(name)))
+            and (Path(root) / name / "raw" / f"{name}_A.txt").is_file())
+
+
+@functools.cache
+def tu_set(name: str) -> type[TUGraphs]:
+    """The ``TUGraphs`` class of the TU collection set ``name`` (one class per name, registered
+    in ``DATASETS`` under it), for the sets without a class of their own: the collection has
+    some 130 (``BZR``, ``COX2``, ``PTC_MR``, ``IMDB-MULTI``, ``REDDIT-BINARY``, ...), all in one
+    layout, so a config of the TU family reads any of them by ``data.name`` alone."""
+    if not TU_NAME.fullmatch(name):
+        raise ValueError(f"TU set name {name!r}: expected letters, digits, '_', '-', '(' or ')'")
+    cls = type(name, (TUGraphs,), {
+        "name": name, "__module__": __name__,
+        "__doc__": f"TU ``{name}`` (see ``TUGraphs``), read from ``<root>/{name}/raw``."})
+    return DATASETS.register(cls, name=name)

@@ -382,6 +382,26 @@ def test_graph_predict_inputs_are_checked(synthetic_checkpoint, tmp_path):
         predictor.task.load_input(tmp_path / "list.pt")
 
 
+@pytest.mark.parametrize("config", ["mutag_gmn", "mutag_ginplus"])
+def test_tu_configs_read_any_set_of_the_collection_by_its_name(tmp_path, config):
+    # BZR has no class of its own: its files under data.root make it a TU set by its name
+    from geossm.registry import RegistryError
+    from geossm.tasks.graph.synthetic import write_tu_folder
+    write_tu_folder(tmp_path / "data", "BZR", num_classes=2, num_graphs=40, attr_dim=3,
+                    min_nodes=8, max_nodes=12)
+    cfg = _config_on_written_data(config, "BZR", tmp_path / "data", tmp_path / "cache",
+                                  "train.epochs=2", f"output_dir={tmp_path / 'run'}")
+    trainer, result = _fit(cfg)
+    assert DATASETS.get("BZR").name == "BZR" and DATASETS.get("BZR").family == "TU"
+    assert cfg.model.in_channels == 3 + 3 and cfg.model.num_classes == 2
+    assert trainer.best_metric == "acc" and np.isfinite(result["last"]["test_acc"])
+    cfg = _config_on_written_data(config, "BZR_MD", tmp_path / "data", tmp_path / "cache")
+    with pytest.raises(RegistryError, match=r"unknown dataset 'BZR_MD' .*read by its own name "
+                                            r"from its files, and .*/BZR_MD/raw/BZR_MD_A\.txt "
+                                            r"does not exist"):
+        TASKS.get(cfg.task)(cfg).build_dataset("train")
+
+
 def test_mutag_config_learns_a_multiclass_tu_set_with_continuous_attributes(tmp_path):
     # The held-out failure: a 6-class TU set whose class signal is in continuous node
     # attributes (structure alone tells at most 4 of 6 classes apart: accuracy <= 2/3). Before
