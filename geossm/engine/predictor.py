@@ -19,7 +19,8 @@ What ``result`` holds is the task's (``postprocess``): segmentation ``logits (N,
 ``pred (N,)`` per prepared (grid-sampled) point; classification and event recognition
 ``logits (1, C)`` and ``pred (1,)``; detection ``pred_boxes (M, 7)``, ``pred_scores (M,)``,
 ``pred_labels (M,)`` (1-based) and ``pred_names``; graph tasks ``logits`` and ``pred`` per node
-or per graph; tracking ``tracks (1, K, 4)``.
+or per graph (regression targets, Peptides-struct: ``pred (1, K)`` values only); tracking
+``tracks (1, K, 4)``.
 """
 
 from __future__ import annotations
