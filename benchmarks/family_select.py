@@ -6,10 +6,11 @@
 ``graph_sweep.py`` prints (one file per dataset) and, for every variant against a reference
 variant (default ``base``), pairs the runs by ``(split, seed)``:
 
-- per dataset: mean validation metric, mean paired difference against the reference and its
-  standard error over the pairs, and the mean test metric (printed, never used to choose);
+- per dataset: mean validation metric, mean paired gain against the reference (the difference,
+  its sign turned for metrics where lower is better) and its standard error over the pairs,
+  and the mean test metric (printed, never used to choose);
 - the family gain: per pair key, the mean over the ``--select-on`` datasets of the paired
-  differences, then its mean and standard error over the keys that every one of them has.
+  gains, then its mean and standard error over the keys that every one of them has.
 
 A variant replaces the reference only if its family gain exceeds ``--min-se`` standard errors
 (default 1); the largest such gain wins. Small graphs (Chameleon-filtered tests ~180 nodes per
@@ -31,7 +32,7 @@ import math
 import statistics
 from collections import defaultdict
 
-from geossm.tasks.graph.metrics import mean_std
+from geossm.tasks.graph.metrics import mean_std, selection_mode
 
 Key = tuple[int, int]  # (split, seed)
 
@@ -73,8 +74,12 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def paired(var: dict[Key, dict], ref: dict[Key, dict], metric: str) -> dict[Key, float]:
-    """Validation difference variant - reference for every pair key both have."""
-    return {k: value(var[k], metric) - value(ref[k], metric) for k in var.keys() & ref.keys()}
+    """Validation gain of the variant over the reference for every pair key both have:
+    variant - reference, or reference - variant for a metric where lower is better (MAE, loss:
+    ``metrics.selection_mode``), so a positive gain is always an improvement."""
+    sign = -1.0 if selection_mode(metric) == "min" else 1.0
+    return {k: sign * (value(var[k], metric) - value(ref[k], metric))
+            for k in var.keys() & ref.keys()}
 
 
 def compare(data: dict[str, dict[str, dict[Key, dict]]], reference: str, select_on: list[str],

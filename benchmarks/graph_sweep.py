@@ -32,6 +32,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from geossm.tasks.graph.crossval import emit, parse_range, run, summaries
+from geossm.tasks.graph.metrics import selection_mode
 
 
 def metric(row: dict, key: str) -> float:
@@ -87,12 +88,6 @@ def run_all(items: list[tuple[str, dict]], jobs: int, deadline: float,
                 done.append((tag, row))
                 emit({"variant": tag, **row})
     return done
-
-
-def selection_mode(select: str, mode: str | None) -> str:
-    """``mode`` when given, else ``min`` for an MAE or loss (``best.mae``, ``best.loss``) and
-    ``max`` for the rest."""
-    return mode or ("min" if select.rsplit(".", 1)[-1] in ("mae", "loss") else "max")
 
 
 def main(argv: list[str] | None = None) -> int:

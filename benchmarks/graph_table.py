@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from geossm.tasks.graph.metrics import selection_mode
+
 #: Published anchors (test metric, percent or AP) per dataset name: facts from the papers.
 ANCHORS = {
     "Cora": "GCN 81.5, GAT 83.0",
@@ -77,9 +79,8 @@ def read_progress(run: Path) -> dict:
     evaluation = cfg.get("eval") or {}
     metric = evaluation.get("metric") or "acc"
     selected = "best" if evaluation.get("split") else "last"
-    # the direction the run selected by (a null mode: min for MAE, as GraphPropertyTask's)
-    better = min if (evaluation.get("mode") or ("min" if metric == "mae" else "max")) == "min" \
-        else max
+    # the direction the run selected by (a null mode: the metric's, as the graph tasks take it)
+    better = min if selection_mode(metric, evaluation.get("mode")) == "min" else max
     value, best_val, epochs = None, None, 0
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)

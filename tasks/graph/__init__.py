@@ -35,7 +35,8 @@ from .task import (GraphClassificationTask, GraphPropertyTask, MultiLabelGraphTa
 __all__ = ["baselines", "datasets", "metrics", "models", "plan", "task", "transforms",
            "Cora", "CiteSeer", "PubMed", "RomanEmpire", "AmazonRatings", "Minesweeper",
            "Tolokers", "Questions", "ChameleonFiltered", "SquirrelFiltered", "MUTAG", "PROTEINS",
-           "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "PeptidesStruct", "KarateClub",
+           "ENZYMES", "NCI1", "DD", "IMDBBinary", "COLLAB", "PeptidesFunc", "PeptidesStruct",
+           "KarateClub",
            "GraphMambaNetwork", "GraphMamba", "GNNPlus", "GCNPlus", "GINPlus", "GatedGCNPlus",
            "SAGEPlus", "NodeClassificationTask",
            "GraphClassificationTask", "GraphPropertyTask", "MultiLabelGraphTask"]

@@ -1,10 +1,10 @@
 """Graph metrics: accuracy, binary ROC-AUC, multi-label average precision, mean absolute
-error, mean ± std.
+error, mean ± std, and which direction of each is better (``selection_mode``).
 
 All read ``outputs`` (logits, ``(N, C)`` for nodes or ``(G, C)`` for graphs) and the PyG batch
 (``y``; node tasks also ``mask (N,) bool``: only masked rows count). Accuracy keeps summable
-counts (MAE: summed errors); ROC-AUC and AP need every score, so they keep the scores and gather them from all DDP
-ranks in ``reduce`` (``all_gather_lists``; a no-op in one process).
+counts (MAE: summed errors); ROC-AUC and AP need every score, so they keep the scores and
+gather them from all DDP ranks in ``reduce`` (``all_gather_lists``; a no-op in one process).
 """
 
 from __future__ import annotations
@@ -17,9 +17,24 @@ import torch
 
 from geossm.engine.metrics import ListMetric, Metric
 
-__all__ = ["Accuracy", "RocAuc", "AveragePrecision", "MeanAbsoluteError", "roc_auc",
-           "average_precision",
+__all__ = ["Accuracy", "RocAuc", "AveragePrecision", "MeanAbsoluteError", "LOWER_IS_BETTER",
+           "selection_mode", "roc_auc", "average_precision",
            "mean_std", "summarize"]
+
+
+#: Metrics where lower is better: their best run, epoch or variant is the minimum.
+LOWER_IS_BETTER = frozenset({"mae", "loss"})
+
+
+def selection_mode(metric: str, mode: str | None = None) -> str:
+    """``mode`` when given, else ``"min"`` for a ``LOWER_IS_BETTER`` metric and ``"max"`` for
+    the rest. ``metric`` may be prefixed (``best.mae``, ``val_loss``): the part after the last
+    ``.``, without a ``val_`` or ``test_`` prefix, counts."""
+    if mode:
+        return str(mode)
+    name = str(metric).rsplit(".", 1)[-1]
+    name = name.removeprefix("test_").removeprefix("val_")
+    return "min" if name in LOWER_IS_BETTER else "max"
 
 
 def _rows(outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

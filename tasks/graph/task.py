@@ -1,4 +1,5 @@
-"""Graph tasks: node classification (one graph, masks) and graph classification / multi-label.
+"""Graph tasks: node classification (one graph, masks), graph classification, and several
+targets per graph (``GraphPropertyTask``: multi-label or regression, as the dataset declares).
 
 Batches are PyG ``Batch`` objects (``x``, ``edge_index``, ``edge_attr``, ``batch``, ``y``, and
 ``mask`` for node tasks, ``pe`` when ``data.pe`` is set). ``data.split`` selects which fixed
@@ -16,10 +17,12 @@ while training, default 0; ``losses.WithInputL2``).
 One config serves a whole family of datasets (``data.name=CiteSeer`` with the Cora config):
 ``model.in_channels``, ``model.num_classes`` and ``model.edge_dim`` set to ``auto`` are read
 from the training dataset (``num_features``, ``num_classes``, ``num_edge_features``; no edge
-features gives ``edge_dim=None``), and ``eval.metric: null`` selects checkpoints by the
+features gives ``edge_dim=None``), ``eval.metric: null`` selects checkpoints by the
 dataset's published metric (``dataset.metric``: ROC-AUC for the binary heterophilous graphs,
-accuracy otherwise). The resolved values are written back into the config, so the run's
-``config.yaml`` holds the numbers.
+AP for Peptides-func, MAE for Peptides-struct, accuracy otherwise) and ``eval.mode: null`` in
+that metric's direction (``metrics.selection_mode``: min for MAE). The resolved values are
+written back into the config, so the run's ``config.yaml`` holds the numbers. Any set of the
+TU collection is read by its own name from its files (``datasets.dataset_class``).
 """
 
 from __future__ import annotations
@@ -47,16 +50,13 @@ from geossm.registry import DATASETS, TASKS
 
 from .datasets import dataset_class
 from .losses import WithInputL2
-from .metrics import Accuracy, AveragePrecision, MeanAbsoluteError, RocAuc
+from .metrics import Accuracy, AveragePrecision, MeanAbsoluteError, RocAuc, selection_mode
 from .static_batch import (StaticBatch, check_flat_planner, is_static_batch, padded_plan,
                            plan_fields)
 from .transforms import AddPositionalEncodings, normalize_rows
 
 __all__ = ["NodeClassificationTask", "GraphClassificationTask", "GraphPropertyTask",
            "MultiLabelGraphTask"]
-
-#: Selection metrics where lower is better (``eval.mode: null`` then selects the minimum).
-LOWER_IS_BETTER = frozenset({"mae", "loss"})
 
 #: One-graph batches whose plan's adjacencies ``collate`` keeps (train, val and test graphs).
 STATIC_CACHE_SIZE = 4
@@ -151,8 +151,9 @@ class _GraphTask(Task):
                     raise ValueError(f"model.{key}=auto: {type(dataset).__name__} does not say "
                                      f"its {AUTO_MODEL_KEYS[key]}; set model.{key}")
                 model[key] = int(value) if value else None
-        if self._metric_from_dataset():
-            self.cfg.eval.metric = self.selection_metric()[0]
+        if self._metric_from_dataset() or not self.cfg.eval.get("mode"):
+            # recorded for the run's config.yaml: what selects best.pt, and in which direction
+            self.cfg.eval.metric, self.cfg.eval.mode = self.selection_metric()
         built = super().build_model()
         planner = getattr(built, "planner", None)
         self.planner = planner() if callable(planner) else None
@@ -161,11 +162,11 @@ class _GraphTask(Task):
         return built
 
     def _static_batch(self) -> StaticBatch | None:
-        """``train.static_batch`` checked against the task and the model: multi-label graph
-        targets and a model whose plan fits the padded mapping (the GNN+ baselines; a Graph
-        Mamba planning its global order only, ``check_flat_planner``). ``auto`` pads only what
-        a CUDA graph will replay (``train.cuda_graph`` on for this run, see
-        ``cuda_graph_wanted``) and only where the task and the model take padded batches: off
+        """``train.static_batch`` checked against the task and the model: several targets per
+        graph (``GraphPropertyTask``) and a model whose plan fits the padded mapping (the GNN+
+        baselines; a Graph Mamba planning its global order only, ``check_flat_planner``).
+        ``auto`` pads only what a CUDA graph will replay (``train.cuda_graph`` on for this run,
+        see ``cuda_graph_wanted``) and only where the task and the model take padded batches: off
         otherwise (CPU, DDP, token plans), with the reason logged, so configs can keep it on
         for their GPU runs; an explicit layout that does not fit raises."""
         spec = to_container(self.cfg.train.get("static_batch"))
@@ -210,11 +211,12 @@ class _GraphTask(Task):
     def selection_metric(self) -> tuple[str, str]:
         """``eval.metric`` when set, else the training dataset's published ``metric`` (ROC-AUC
         for the binary heterophilous graphs, accuracy otherwise; ``metric_from_dataset``), else
-        ``best_metric``; the mode as ``Task.selection_metric``."""
-        metric, mode = super().selection_metric()
+        ``best_metric``; ``eval.mode`` when set, else the metric's direction
+        (``metrics.selection_mode``: min for MAE and losses)."""
+        metric, _ = super().selection_metric()
         if self._metric_from_dataset():
             metric = str(getattr(self._training_dataset(), "metric", self.best_metric))
-        return metric, mode
+        return metric, selection_mode(metric, self.cfg.eval.get("mode"))
 
     def _training_dataset(self) -> torch.utils.data.Dataset:
         """The training dataset, kept for the trainer's first ``build_dataset`` call (built
@@ -513,38 +515,59 @@ class GraphPropertyTask(_GraphTask):
       average precision over labels);
     - ``"regression"`` (Peptides-struct): L1 loss, LRGB's; reports ``mae``.
 
-    ``eval.metric: null`` takes the dataset's metric and ``eval.mode: null`` its direction (min
-    for ``mae``)."""
+    ``eval.metric: null`` selects by the dataset class's ``metric`` (the kind's), ``eval.mode:
+    null`` in its direction (min for ``mae``). An explicit metric the kind does not report, or
+    an explicit ``model.num_classes`` other than the class's, stops the run before training."""
 
     best_metric = "ap"
     static_batches = True  # padded graphs have NaN labels: the loss skips them
-    KINDS = ("multilabel", "regression")
+    #: The metric each kind of target reports (besides the loss).
+    REPORTS = {"multilabel": "ap", "regression": "mae"}
+
+    @functools.cached_property
+    def dataset_type(self) -> type | None:
+        """The class ``data.name`` names (``datasets.dataset_class``), None without a name:
+        read from the class, so prediction from a checkpoint needs no dataset files."""
+        name = self.cfg.data.get("name")
+        return dataset_class(str(name), self.cfg.data.get("root")) if name else None
 
     @functools.cached_property
     def target_kind(self) -> str:
-        """``target_kind`` of the class ``data.name`` names (read from the class: prediction
-        from a checkpoint needs no dataset files); ``"multilabel"`` where the class has none."""
-        name = self.cfg.data.get("name")
-        kind = getattr(dataset_class(str(name), self.cfg.data.get("root")), "target_kind",
-                       "") if name else ""
-        kind = kind or "multilabel"
-        if kind not in self.KINDS:
-            raise ValueError(f"{name}: target_kind {kind!r} is not one of {self.KINDS}")
+        """The dataset class's ``target_kind``; ``"multilabel"`` where it has none."""
+        kind = getattr(self.dataset_type, "target_kind", "") or "multilabel"
+        if kind not in self.REPORTS:
+            raise ValueError(f"{self.cfg.data.get('name')}: target_kind {kind!r} is not one of "
+                             f"{sorted(self.REPORTS)}")
         return kind
 
     def selection_metric(self) -> tuple[str, str]:
-        """``eval.metric`` / ``eval.mode`` when set, else the target kind's metric (``ap`` or
-        ``mae``) and its direction (``min`` for ``LOWER_IS_BETTER``, else ``max``); read from
-        the dataset class, so no dataset is built for it."""
-        metric = self.cfg.eval.get("metric") or ("mae" if self.target_kind == "regression"
-                                                 else self.best_metric)
-        mode = self.cfg.eval.get("mode") or ("min" if metric in LOWER_IS_BETTER else "max")
-        return str(metric), str(mode)
+        """``eval.metric`` / ``eval.mode`` when set, else the dataset class's ``metric`` (the
+        kind's: ``ap`` or ``mae``) and its direction (``metrics.selection_mode``); no dataset is
+        built for it. ``ValueError`` for a metric the kind does not report."""
+        reported = self.REPORTS[self.target_kind]
+        metric = str(self.cfg.eval.get("metric") or getattr(self.dataset_type, "metric", None)
+                     or reported)
+        if metric not in (reported, "loss"):
+            raise ValueError(f"eval.metric={metric}: {self.cfg.data.get('name')} has "
+                             f"{self.target_kind} targets, reported as {reported} (and loss); "
+                             "set eval.metric=null")
+        return metric, selection_mode(metric, self.cfg.eval.get("mode"))
+
+    def build_model(self) -> torch.nn.Module:
+        """As ``_GraphTask.build_model``, after checking that an explicit ``model.num_classes``
+        is the dataset class's target count (a config of the other set, e.g. 10 labels for
+        Peptides-struct's 11 targets, would fail at the first step)."""
+        want = getattr(self.dataset_type, "num_classes", 0)
+        given = self.cfg.model.get("num_classes")
+        if want and isinstance(given, int) and given != want:
+            raise ValueError(f"model.num_classes={given}: {self.cfg.data.get('name')} has "
+                             f"{want} targets; set model.num_classes=auto")
+        return super().build_model()
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean loss over the labelled entries (binary cross-entropy or L1, ``target_kind``). A
-        weighted mean (weight 0 on NaN labels) instead of boolean indexing: no host sync for the
-        number of labels."""
+        masked mean (``where``, not boolean indexing: no host sync for the number of labels, and
+        a non-finite output on a padded row cannot reach the sum)."""
         y = (batch["y"] if is_static_batch(batch) else batch.y).float()
         known = ~torch.isnan(y)
         target = torch.where(known, y, torch.zeros_like(y))
@@ -553,7 +576,7 @@ class GraphPropertyTask(_GraphTask):
         else:
             per_entry = F.binary_cross_entropy_with_logits(outputs.float(), target,
                                                            reduction="none")
-        return (per_entry * known).sum() / known.sum()
+        return torch.where(known, per_entry, 0.0).sum() / known.sum()
 
     def build_metrics(self) -> MetricCollection:
         if self.target_kind == "regression":

@@ -108,3 +108,15 @@ def test_a_gain_inside_its_standard_error_keeps_the_reference(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["selected"] == "base"
     family_select.main([f"A={a}", "--min-se", "0"])  # any positive gain
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["selected"] == "noisy"
+
+
+def test_a_lower_mae_is_the_gain(tmp_path, capsys):
+    """MAE (Peptides-struct): the variant whose validation MAE is lower on every split wins,
+    and its gain is reported positive."""
+    a = _dataset(tmp_path, "A", {"lower": -0.01, "higher": 0.01}, NOISE, metric="mae")
+    family_select.main([f"A={a}", "--metric", "best.mae"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {item["variant"]: item for item in lines[:-1]}
+    assert by_name["lower"]["gain"] == pytest.approx(0.01)
+    assert by_name["higher"]["gain"] == pytest.approx(-0.01)
+    assert lines[-1]["selected"] == "lower"

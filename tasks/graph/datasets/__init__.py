@@ -5,8 +5,8 @@ Two kinds of tasks share one interface (``Dataset(root, split, split_index, ...)
 - **node tasks** on one graph (transductive): the dataset has one item, the whole graph, with
   ``mask (N,) bool`` marking the nodes of ``split`` (``"train"``, ``"val"``, ``"test"``);
   ``split_index`` picks one of the dataset's fixed splits (heterophilous graphs: 10);
-- **graph tasks** (TU, Peptides-func / -struct): one item per graph of ``split``; ``split_index`` picks the
-  cross-validation fold (TU) or must be 0 (fixed splits).
+- **graph tasks** (TU, Peptides-func / -struct): one item per graph of ``split``;
+  ``split_index`` picks the cross-validation fold (TU) or must be 0 (fixed splits).
 
 Families and their registered names (``data.name`` in a config)::
 
@@ -21,7 +21,8 @@ Families and their registered names (``data.name`` in a config)::
     LRGB            PeptidesFunc                     root/raw/peptide_multi_class_dataset.csv.gz
                                                      + root/splits_random_stratified_peptide.pickle
                     PeptidesStruct                   root/raw/peptide_structure_dataset.csv.gz
-                                                     + root/splits_random_stratified_peptide_structure.pickle
+                                                     + root/splits_random_stratified_peptide_
+                                                       structure.pickle (one name)
     built in        KarateClub                       (no files)
 
 One module per family (``planetoid``, ``heterophilous``, ``tu``, ``peptides``, ``karate``) on the
@@ -50,7 +51,7 @@ from .karate import KarateClub
 from .peptides import LRGBPeptides, PeptidesFunc, PeptidesStruct
 from .planetoid import CiteSeer, Cora, Planetoid, PubMed
 from .tu import (COLLAB, DD, ENZYMES, MUTAG, NCI1, PROTEINS, IMDBBinary, TUGraphs,
-                 tu_files_present, tu_set)
+                 TU_NAME, tu_files_present, tu_set)
 
 __all__ = ["NodeDataset", "GraphDataset", "Planetoid", "Cora", "CiteSeer", "PubMed",
            "Heterophilous", "RomanEmpire", "AmazonRatings", "Minesweeper", "Tolokers",
@@ -63,14 +64,14 @@ def dataset_class(name: str, root: str | os.PathLike | None = None) -> type:
     """The dataset class ``data.name`` names: the registered one, else, where
     ``root/<name>/raw/<name>_A.txt`` exists, the TU collection set of that name (``tu_set``).
 
-    Raises ``RegistryError`` for any other name, saying where a TU set's files would be."""
+    Raises ``RegistryError`` for any other name (saying where a TU set's files would be)."""
     try:
         return DATASETS.get(name)
     except RegistryError as err:
         if tu_files_present(root, name):
             return tu_set(name)
-        where = f"{root}/{name}/raw/{name}_A.txt" if root is not None else \
-            f"data.root/{name}/raw/{name}_A.txt"
-        raise RegistryError(f"{err.args[0]}; a set of the TU collection is read by its own "
-                            f"name from its files, and {where} does not exist") from None
-
+        if not TU_NAME.fullmatch(str(name)):
+            raise
+        where = f"{root if root is not None else 'data.root'}/{name}/raw/{name}_A.txt"
+        raise RegistryError(f"{err.args[0]}; if '{name}' is a set of the TU collection, its "
+                            f"files belong at {where} (not found)") from None

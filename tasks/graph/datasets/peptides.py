@@ -45,7 +45,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 class LRGBPeptides(GraphDataset):
     """An LRGB peptides set (Dwivedi et al., 2022), from the original files::
 
-        root/raw/<CSV>       columns smiles and the targets (subclass: ``_targets``)
+        root/<CSV>           raw/<name>.csv.gz: columns smiles and the targets (``_targets``)
         root/<SPLITS_FILE>   {"train", "val", "test": index arrays}
 
     SMILES become graphs with OGB's ``smiles2graph`` (RDKit): ``x (N, 9)`` integer atom

@@ -4,9 +4,10 @@ collection is read by its own name from its files (``tu_set``)."""
 
 from __future__ import annotations
 
-import functools
+import copyreg
 import os
 import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -177,15 +178,33 @@ def tu_files_present(root: str | os.PathLike | None, name: str) -> bool:
             and (Path(root) / name / "raw" / f"{name}_A.txt").is_file())
 
 
-@functools.cache
+_TU_SET_LOCK = threading.Lock()
+
+
+class _TUSetType(type):
+    """Metaclass of the classes ``tu_set`` makes: they pickle as ``tu_set(name)``, so a process
+    that has not made them (a DataLoader worker started by spawn) makes them again."""
+
+
+copyreg.pickle(_TUSetType, lambda cls: (tu_set, (cls.name,)))
+
+
 def tu_set(name: str) -> type[TUGraphs]:
-    """The ``TUGraphs`` class of the TU collection set ``name`` (one class per name, registered
-    in ``DATASETS`` under it), for the sets without a class of their own: the collection has
-    some 130 (``BZR``, ``COX2``, ``PTC_MR``, ``IMDB-MULTI``, ``REDDIT-BINARY``, ...), all in one
-    layout, so a config of the TU family reads any of them by ``data.name`` alone."""
-    if not TU_NAME.fullmatch(name):
+    """The ``TUGraphs`` class of the TU collection set ``name``: the registered one where it
+    has its own (``MUTAG``, ...), else one made for it and registered in ``DATASETS`` under the
+    name. The collection has some 130 sets (``BZR``, ``COX2``, ``PTC_MR``, ``IMDB-MULTI``,
+    ``REDDIT-BINARY``, ...), all in one layout, so a config of the TU family reads any of them
+    by ``data.name`` alone."""
+    if not TU_NAME.fullmatch(str(name)):
         raise ValueError(f"TU set name {name!r}: expected letters, digits, '_', '-', '(' or ')'")
-    cls = type(name, (TUGraphs,), {
-        "name": name, "__module__": __name__,
-        "__doc__": f"TU ``{name}`` (see ``TUGraphs``), read from ``<root>/{name}/raw``."})
-    return DATASETS.register(cls, name=name)
+    with _TU_SET_LOCK:  # two first calls at once must not make two classes
+        if name in DATASETS:
+            known = DATASETS.get(name)
+            if not (isinstance(known, type) and issubclass(known, TUGraphs)):
+                raise ValueError(f"TU set name {name!r}: taken by {known.__qualname__}, not a "
+                                 "TU set")
+            return known
+        cls = _TUSetType(name, (TUGraphs,), {
+            "name": name, "__module__": __name__, "__qualname__": name,
+            "__doc__": f"TU ``{name}`` (see ``TUGraphs``), read from ``<root>/{name}/raw``."})
+        return DATASETS.register(cls, name=name)

@@ -6,7 +6,8 @@ import torch
 from torch_geometric.data import Data
 
 from geossm.tasks.graph.metrics import (Accuracy, AveragePrecision, MeanAbsoluteError, RocAuc,
-                                        average_precision, mean_std, roc_auc, summarize)
+                                        average_precision, mean_std, roc_auc, selection_mode,
+                                        summarize)
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="reference values from sklearn")
 
@@ -76,3 +77,12 @@ def test_ap_metric_and_summary():
     assert set(s) == {"acc"} and s["acc"]["mean"] == pytest.approx(0.85) and s["acc"]["n"] == 2
     with pytest.raises(ValueError, match="at least one run"):
         summarize({})
+
+
+@pytest.mark.parametrize("metric, mode, want", [
+    ("acc", None, "max"), ("best.roc_auc", None, "max"), ("ap", None, "max"),
+    ("mae", None, "min"), ("best.mae", None, "min"), ("val_loss", None, "min"),
+    ("best.test_mae", None, "min"), ("acc", "min", "min"), ("best.mae", "max", "max")])
+def test_selection_direction_follows_the_metric_unless_named(metric, mode, want):
+    # the task, graph_sweep, graph_table and family_select all ask this one function
+    assert selection_mode(metric, mode) == want

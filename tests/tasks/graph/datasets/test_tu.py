@@ -20,3 +20,32 @@ def test_mutag_folds_partition_and_stratify(tu_root, graph_cache):
     folds = stratified_folds(np.array([0] * 63 + [1] * 125), 10, 0)
     counts = np.bincount(folds, minlength=10)
     assert counts.max() - counts.min() <= 1
+
+
+def test_a_tu_set_without_a_class_reads_by_its_name_and_pickles_into_a_new_process(tmp_path):
+    # a spawned DataLoader worker unpickles the dataset in a process that never made its class
+    import pickle
+    import subprocess
+    import sys
+
+    import pytest
+
+    from geossm.registry import DATASETS
+    from geossm.tasks.graph.datasets import dataset_class
+    from geossm.tasks.graph.datasets.tu import tu_set
+    from geossm.tasks.graph.synthetic import write_tu_folder
+    write_tu_folder(tmp_path / "data", "COX2", num_classes=2, num_graphs=20, attr_dim=3,
+                    min_nodes=6, max_nodes=8)
+    cls = dataset_class("COX2", tmp_path / "data")
+    assert cls is tu_set("COX2") is DATASETS.get("COX2") and cls.name == "COX2"
+    ds = cls(tmp_path / "data", split="test", cache_dir=tmp_path / "cache")
+    code = ("import pickle, sys; ds = pickle.loads(sys.stdin.buffer.read()); "
+            "print(type(ds).__name__, type(ds).name, len(ds), ds.num_classes, ds.num_features)")
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(ds),
+                         capture_output=True, check=True).stdout.decode().split()
+    assert out == ["COX2", "COX2", str(len(ds)), "2", str(ds.num_features)]
+    assert tu_set("MUTAG") is MUTAG  # a set with its own class keeps it
+    with pytest.raises(ValueError, match="'Cora': taken by Cora, not a TU set"):
+        tu_set("Cora")
+    with pytest.raises(ValueError, match="expected letters, digits"):
+        tu_set("../COX2")
