@@ -1,5 +1,5 @@
-"""Helpers of benchmarks/peptides_parts.sh and peptides_seeds.sh (Peptides-func trained in
-time-limited parts / several seeds at once).
+"""Helpers of benchmarks/peptides_parts.sh and peptides_seeds.sh (Peptides-func or -struct
+trained in time-limited parts / several seeds at once).
 
     python3 benchmarks/peptides_parts.py epochs PREV_DIR TRAIN_S   # schedule length for a part
     python3 benchmarks/peptides_parts.py strip FULL.pt WEIGHTS.pt     # drop optimizer state
@@ -83,13 +83,15 @@ def epoch_wall_seconds(text: str) -> float | None:
 
 def report(log_path: str) -> str:
     """One line per run: epochs, median training time of an epoch, the mean wall time of an
-    epoch (``epoch_wall_seconds``), the best validation AP, the final test lines
-    (``weights=best`` / ``last``)."""
+    epoch (``epoch_wall_seconds``), the best validation AP (Peptides-func) or lowest MAE
+    (Peptides-struct), the final test lines (``weights=best`` / ``last``)."""
     text = open(log_path).read()
+    metric = "mae" if re.search(r"epoch \d+ val: .*?\bmae=", text) else "ap"
     times = sorted(float(t) for t in re.findall(r"epoch \d+ train: .*?time_s=([\d.]+)", text))
-    vals = [(int(e), float(a)) for e, a in re.findall(r"epoch (\d+) val: .*?ap=([\d.]+)", text)]
-    best = max(vals, key=lambda v: v[1]) if vals else None
-    tests = re.findall(r"test: weights=(\w+) .*?ap=([\d.]+)", text)
+    vals = [(int(e), float(a))
+            for e, a in re.findall(rf"epoch (\d+) val: .*?\b{metric}=([\d.]+)", text)]
+    best = (min if metric == "mae" else max)(vals, key=lambda v: v[1]) if vals else None
+    tests = re.findall(rf"test: weights=(\w+) .*?\b{metric}=([\d.]+)", text)
     median = times[len(times) // 2] if times else None
     return (f"{log_path} epochs={len(vals)} median_epoch_s={median} "
             f"epoch_wall_s={epoch_wall_seconds(text)} best_val={best} test={dict(tests)}")

@@ -42,3 +42,18 @@ def test_epoch_wall_time_leaves_out_the_first_epoch_and_a_resume():
     # Gaps 5 (epoch 2), 305 (the resumed epoch 3's stamp counts: left out), 5, 4.
     assert parts.epoch_wall_seconds(log) == pytest.approx((5 + 5 + 4) / 3, abs=1e-3)
     assert parts.epoch_wall_seconds("00:00:01 INFO epoch 1 train: time_s=1") is None
+
+
+def test_report_of_a_peptides_struct_run_takes_the_lowest_validation_mae(tmp_path):
+    log = tmp_path / "struct.log"
+    log.write_text("\n".join([
+        "10:00:00 INFO epoch 1 train: loss=0.5  time_s=10",
+        "10:00:10 INFO epoch 1 val: loss=0.31  mae=0.31",
+        "10:00:20 INFO epoch 2 train: loss=0.4  time_s=10",
+        "10:00:30 INFO epoch 2 val: loss=0.26  mae=0.26",
+        "10:00:40 INFO epoch 3 train: loss=0.3  time_s=10",
+        "10:00:50 INFO epoch 3 val: loss=0.28  mae=0.28",
+        "10:59:00 INFO epoch 2 test: weights=best  loss=0.25  mae=0.25"]) + "\n")
+    line = parts.report(str(log))
+    assert "epochs=3 " in line and "best_val=(2, 0.26)" in line
+    assert "test={'best': '0.25'}" in line

@@ -118,6 +118,7 @@ def test_family_configs_run_unchanged_on_another_dataset(tmp_path, config, name,
     assert f"test_{metric}" in result["last"]
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert saved.model.in_channels == channels and saved.eval.metric == metric
+    assert saved.eval.mode == "max"  # the direction is recorded too
 
 
 def test_selection_metric_is_asked_of_the_task_not_read_back_from_the_config(tmp_path):
@@ -485,7 +486,8 @@ def test_peptides_configs_carry_to_peptides_struct_by_its_name(tmp_path):
         assert cfg.model.num_classes == 11 and trainer.task.target_kind == "regression"
         assert (trainer.best_metric, trainer.best_mode) == ("mae", "min")
         assert np.isfinite(result["last"]["test_mae"]) and np.isfinite(result["best"]["mae"])
-        assert load_config(tmp_path / config / "config.yaml").eval.metric == "mae"
+        saved = load_config(tmp_path / config / "config.yaml").eval
+        assert (saved.metric, saved.mode) == ("mae", "min")
         out = trainer.task.postprocess(torch.randn(2, 11), None)
         assert set(out) == {"pred"} and out["pred"].shape == (2, 11)
     cfg.eval.mode = "max"  # an explicit mode is kept
