@@ -12,8 +12,8 @@
 # stops them (last.pt holds the last finished epoch) and resumes each with the
 # schedule length that its measured pace fits into the DEADLINE seconds counted from the start
 # (`peptides_parts.py fit`): the cosine then ends inside the time. Every run prints the test AP
-# of its best-validation weights at its end; `wait` returns when all have (or after MAX_S) and
-# prints `peptides_parts.py report` for every run.
+# (MAE for Peptides-struct) of its best-validation weights at its end; `wait` returns when all
+# have (or after MAX_S) and prints `peptides_parts.py report` for every run.
 #
 # The runs import a snapshot of the tree (OUTDIR/src, installed from there): a later device
 # call copies the working tree over the repository while they run.
@@ -30,7 +30,7 @@
 # the last finished epoch) and packs each into PACK/NAME.tar (default $OUT or
 # OUTDIR/pack): its folder with last.pt, best.pt without the optimizer state, metrics and log.
 # A later session passes FROM=folder holding those tars (carried to the device): the runs unpack
-# and resume where they stopped (as they do without FROM when their folder is still in OUTDIR), and print the test AP of their best-validation weights when
+# and resume where they stopped (as they do without FROM when their folder is still in OUTDIR), and print the test AP (or MAE) of their best-validation weights when
 # their schedule ends. A full-schedule run whose process ends before the DEADLINE (finished,
 # or died: it resumes from its last.pt) is packed then, and `wait` returns once all have.
 set -o pipefail

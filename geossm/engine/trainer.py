@@ -575,6 +575,15 @@ class Trainer:
             stats["cuda_graph_replayed"] = self.graphed_step.stats["replayed"]
         return stats
 
+    def _check_resumed_selection(self, best: Mapping[str, Any], resume_path) -> None:
+        """A resumed run must select ``best.pt`` as its checkpoint did: the kept best value is
+        only comparable under the same metric and direction."""
+        kept = (best.get("metric"), best.get("mode"))
+        if None not in kept and kept != (self.best_metric, self.best_mode):
+            raise ValueError(f"resume: {resume_path} selected best.pt by {kept[0]} ({kept[1]}), "
+                             f"this run by {self.best_metric} ({self.best_mode}); set "
+                             f"eval.metric={kept[0]} eval.mode={kept[1]}, or start a new run")
+
     def _better(self, value: float, best: float | None) -> bool:
         if value is None or not math.isfinite(value):
             return False
@@ -633,6 +642,7 @@ class Trainer:
             self._resume_trained_weights(ckpt, resume_path)
             start_epoch = int(ckpt["epoch"])
             best = dict(ckpt.get("best") or best)
+            self._check_resumed_selection(best, resume_path)
             last = dict(ckpt.get("last_metrics") or {})
             rng = ckpt.get("rng") or []
             if len(rng) == self.world_size:

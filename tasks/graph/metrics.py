@@ -28,12 +28,13 @@ LOWER_IS_BETTER = frozenset({"mae", "loss"})
 
 def selection_mode(metric: str, mode: str | None = None) -> str:
     """``mode`` when given, else ``"min"`` for a ``LOWER_IS_BETTER`` metric and ``"max"`` for
-    the rest. ``metric`` may be prefixed (``best.mae``, ``val_loss``): the part after the last
-    ``.``, without a ``val_`` or ``test_`` prefix, counts."""
+    the rest. ``metric`` may be prefixed (``best.mae``, ``last.train_loss``): the part after
+    the last ``.``, without a ``train_``, ``val_`` or ``test_`` prefix, counts."""
     if mode:
         return str(mode)
     name = str(metric).rsplit(".", 1)[-1]
-    name = name.removeprefix("test_").removeprefix("val_")
+    for prefix in ("test_", "val_", "train_"):
+        name = name.removeprefix(prefix)
     return "min" if name in LOWER_IS_BETTER else "max"
 
 

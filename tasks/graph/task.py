@@ -118,7 +118,9 @@ def _expected_layout(dataset: type) -> str | None:
 
 
 class _GraphTask(Task):
-    best_metric, best_mode = "acc", "max"
+    #: Selection metric without ``eval.metric`` or a dataset metric; the mode always follows the
+    #: metric (``metrics.selection_mode``) unless ``eval.mode`` names one.
+    best_metric = "acc"
     #: Keys of the config's ``loss`` mapping this task reads.
     loss_keys: tuple[str, ...] = ()
     #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
@@ -139,8 +141,9 @@ class _GraphTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         """``MODELS[model.name](**model)`` after the ``auto`` keys are read from the training
-        dataset; the widths and a null ``eval.metric`` (``selection_metric``) are written into
-        the config, so the run's ``config.yaml`` records them (see the module docstring)."""
+        dataset; the widths and a null ``eval.metric`` / ``eval.mode`` (``selection_metric``)
+        are written into the config, so the run's ``config.yaml`` records them (see the module
+        docstring)."""
         model = self.cfg.model
         auto = [k for k in AUTO_MODEL_KEYS if model.get(k) == "auto"]
         if auto:
@@ -541,17 +544,20 @@ class GraphPropertyTask(_GraphTask):
         return kind
 
     def selection_metric(self) -> tuple[str, str]:
-        """``eval.metric`` / ``eval.mode`` when set, else the dataset class's ``metric`` (the
-        kind's: ``ap`` or ``mae``) and its direction (``metrics.selection_mode``); no dataset is
-        built for it. ``ValueError`` for a metric the kind does not report."""
+        """``eval.metric`` / ``eval.mode`` when set, else the dataset class's ``metric`` where
+        the kind reports it (``ap`` or ``mae``; a class that inherits another gets the kind's)
+        and its direction (``metrics.selection_mode``); no dataset is built for it.
+        ``ValueError`` for an ``eval.metric`` the kind does not report."""
         reported = self.REPORTS[self.target_kind]
-        metric = str(self.cfg.eval.get("metric") or getattr(self.dataset_type, "metric", None)
-                     or reported)
-        if metric not in (reported, "loss"):
+        metric = self.cfg.eval.get("metric")
+        if metric is None:  # the class's own metric where the kind reports it (else inherited)
+            declared = getattr(self.dataset_type, "metric", None)
+            metric = declared if declared in (reported, "loss") else reported
+        elif metric not in (reported, "loss"):
             raise ValueError(f"eval.metric={metric}: {self.cfg.data.get('name')} has "
                              f"{self.target_kind} targets, reported as {reported} (and loss); "
                              "set eval.metric=null")
-        return metric, selection_mode(metric, self.cfg.eval.get("mode"))
+        return str(metric), selection_mode(metric, self.cfg.eval.get("mode"))
 
     def build_model(self) -> torch.nn.Module:
         """As ``_GraphTask.build_model``, after checking that an explicit ``model.num_classes``
@@ -566,16 +572,17 @@ class GraphPropertyTask(_GraphTask):
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Mean loss over the labelled entries (binary cross-entropy or L1, ``target_kind``). A
-        masked mean (``where``, not boolean indexing: no host sync for the number of labels, and
-        a non-finite output on a padded row cannot reach the sum)."""
+        masked mean (``where``, not boolean indexing: no host sync for the number of labels).
+        Unlabelled entries (padded graphs) are masked in the outputs too, so a non-finite
+        output there reaches neither the loss nor the gradients."""
         y = (batch["y"] if is_static_batch(batch) else batch.y).float()
         known = ~torch.isnan(y)
         target = torch.where(known, y, torch.zeros_like(y))
+        outputs = torch.where(known, outputs.float(), target)
         if self.target_kind == "regression":
-            per_entry = F.l1_loss(outputs.float(), target, reduction="none")
+            per_entry = F.l1_loss(outputs, target, reduction="none")
         else:
-            per_entry = F.binary_cross_entropy_with_logits(outputs.float(), target,
-                                                           reduction="none")
+            per_entry = F.binary_cross_entropy_with_logits(outputs, target, reduction="none")
         return torch.where(known, per_entry, 0.0).sum() / known.sum()
 
     def build_metrics(self) -> MetricCollection:

@@ -186,7 +186,14 @@ class _TUSetType(type):
     that has not made them (a DataLoader worker started by spawn) makes them again."""
 
 
-copyreg.pickle(_TUSetType, lambda cls: (tu_set, (cls.name,)))
+def _reduce_tu_set_class(cls: _TUSetType) -> tuple | str:
+    """``tu_set(name)`` for the class ``tu_set`` made; a subclass of it pickles by reference."""
+    if DATASETS.loaded().get(cls.name) is cls:
+        return tu_set, (cls.name,)
+    return cls.__qualname__
+
+
+copyreg.pickle(_TUSetType, _reduce_tu_set_class)
 
 
 def tu_set(name: str) -> type[TUGraphs]:
@@ -197,6 +204,7 @@ def tu_set(name: str) -> type[TUGraphs]:
     by ``data.name`` alone."""
     if not TU_NAME.fullmatch(str(name)):
         raise ValueError(f"TU set name {name!r}: expected letters, digits, '_', '-', '(' or ')'")
+    DATASETS.names()  # every task's classes registered first: a taken name is never made
     with _TU_SET_LOCK:  # two first calls at once must not make two classes
         if name in DATASETS:
             known = DATASETS.get(name)

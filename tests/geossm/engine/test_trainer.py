@@ -127,6 +127,21 @@ def test_persistent_workers_evaluate_through_one_loader_per_dataset(tmp_path):
                                 "train.persistent_workers=true")).persistent_workers
 
 
+def test_resume_under_another_selection_metric_or_direction_is_an_error(tmp_path):
+    # the kept best value was the max (or min) of one metric: comparing others with it would
+    # silently keep the wrong best.pt
+    run = tmp_path / "run"
+    Trainer(make_cfg(tmp_path, f"output_dir={run}", "train.epochs=2")).fit(until_epoch=1)
+    kept = load_checkpoint(run / "last.pt")["best"]
+    flipped = "min" if kept["mode"] == "max" else "max"
+    cfg = make_cfg(tmp_path, f"output_dir={run}", "train.epochs=2", "resume=true",
+                   f"eval.mode={flipped}")
+    with pytest.raises(ValueError, match=f"resume: .*last.pt selected best.pt by {kept['metric']} "
+                                         rf"\({kept['mode']}\), this run by {kept['metric']} "
+                                         rf"\({flipped}\); set eval.metric="):
+        Trainer(cfg).fit()
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     cfg = make_cfg(tmp_path, f"output_dir={tmp_path / 'none'}", "resume=true")
     with pytest.raises(FileNotFoundError, match="resume: checkpoint not found"):

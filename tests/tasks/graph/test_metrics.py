@@ -82,7 +82,8 @@ def test_ap_metric_and_summary():
 @pytest.mark.parametrize("metric, mode, want", [
     ("acc", None, "max"), ("best.roc_auc", None, "max"), ("ap", None, "max"),
     ("mae", None, "min"), ("best.mae", None, "min"), ("val_loss", None, "min"),
-    ("best.test_mae", None, "min"), ("acc", "min", "min"), ("best.mae", "max", "max")])
+    ("best.test_mae", None, "min"), ("last.train_loss", None, "min"), ("acc", "min", "min"),
+    ("best.mae", "max", "max")])
 def test_selection_direction_follows_the_metric_unless_named(metric, mode, want):
     # the task, graph_sweep, graph_table and family_select all ask this one function
     assert selection_mode(metric, mode) == want

@@ -463,8 +463,25 @@ def test_graph_property_loss_averages_the_labelled_entries_only(name, reference)
     loss = task.loss(logits, batch)
     known = ~torch.isnan(y)
     torch.testing.assert_close(loss, reference(logits[known], y[known]))
-    logits[1] = float("nan")  # a padded graph's output never reaches the sum
-    torch.testing.assert_close(task.loss(logits, batch), loss)
+    logits[1] = float("nan")  # a padded graph's output reaches neither the loss nor a gradient
+    logits.requires_grad_()
+    masked = task.loss(logits, batch)
+    torch.testing.assert_close(masked, loss)
+    masked.backward()
+    assert torch.isfinite(logits.grad).all() and not logits.grad[~known].any()
+
+
+def test_graph_property_task_on_a_class_without_its_own_metric_takes_the_kinds():
+    # KarateClub declares neither target_kind nor a metric the multi-label kind reports (its
+    # inherited metric is acc): the kind's AP selects, and only an explicit metric is refused
+    from omegaconf import OmegaConf
+    from geossm.tasks.graph.task import GraphPropertyTask
+    cfg = OmegaConf.create({"model": {}, "data": {"name": "KarateClub"}, "train": {},
+                            "eval": {"metric": None, "mode": None}})
+    assert GraphPropertyTask(cfg).selection_metric() == ("ap", "max")
+    cfg.eval.metric = "acc"
+    with pytest.raises(ValueError, match="eval.metric=acc: KarateClub has multilabel targets"):
+        GraphPropertyTask(cfg).selection_metric()
 
 
 def test_peptides_configs_carry_to_peptides_struct_by_its_name(tmp_path):
