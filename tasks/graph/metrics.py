@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from geossm.engine.metrics import ListMetric, Metric
+from geossm.engine.metrics import ListMetric, MeanMetric
 
 __all__ = ["Accuracy", "RocAuc", "AveragePrecision", "MeanAbsoluteError", "LOWER_IS_BETTER",
            "selection_mode", "roc_auc", "average_precision",
@@ -48,29 +48,22 @@ def _rows(outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, y
 
 
-class Accuracy(Metric):
+class Accuracy(MeanMetric):
     """Share of (masked) rows whose argmax equals ``y``; reports ``{prefix}acc``.
 
     Shapes: logits ``(N, C)``, ``y (N,)`` long, ``mask (N,)`` bool (optional).
     """
 
     def __init__(self, prefix: str = "") -> None:
-        super().__init__()
-        self.prefix = prefix
-        self.add_state("correct", torch.zeros((), dtype=torch.float64))
-        self.add_state("total", torch.zeros((), dtype=torch.float64))
+        super().__init__(f"{prefix}acc")
 
     def update(self, outputs: Any, batch: Any) -> None:
         logits, y = _rows(outputs, batch)
         y = y.view(-1)
         if logits.shape[0] != y.shape[0]:
             raise ValueError(f"Accuracy: {logits.shape[0]} predictions for {y.shape[0]} targets")
-        self.correct += (logits.argmax(-1) == y).sum().to(self.correct)
-        self.total += y.numel()
-
-    def compute(self) -> dict[str, float]:
-        t = float(self.total)
-        return {f"{self.prefix}acc": float(self.correct) / t if t else float("nan")}
+        self.total += (logits.argmax(-1) == y).sum().to(self.total)
+        self.weight += y.numel()
 
 
 class _Gathered(ListMetric):
@@ -179,7 +172,7 @@ class AveragePrecision(_Gathered):
         return {f"{self.prefix}ap": average_precision(s, t) if s.numel() else float("nan")}
 
 
-class MeanAbsoluteError(Metric):
+class MeanAbsoluteError(MeanMetric):
     """Mean of ``|prediction - y|`` over every labelled entry; reports ``{prefix}mae``.
 
     Shapes: predictions ``(G, K)``, ``y (G, K)`` float (NaN = unlabelled: padded graphs). With
@@ -188,10 +181,7 @@ class MeanAbsoluteError(Metric):
     """
 
     def __init__(self, prefix: str = "") -> None:
-        super().__init__()
-        self.prefix = prefix
-        self.add_state("abs_error", torch.zeros((), dtype=torch.float64))
-        self.add_state("count", torch.zeros((), dtype=torch.float64))
+        super().__init__(f"{prefix}mae")
 
     def update(self, outputs: Any, batch: Any) -> None:
         pred, y = _rows(outputs, batch)
@@ -199,13 +189,9 @@ class MeanAbsoluteError(Metric):
             raise ValueError(f"MeanAbsoluteError: predictions {tuple(pred.shape)} for targets "
                              f"{tuple(y.shape)}")
         known = ~torch.isnan(y)
-        error = torch.where(known, (pred.double() - y.double()).abs(), 0.0)
-        self.abs_error += error.sum().to(self.abs_error)
-        self.count += known.sum().to(self.count)
-
-    def compute(self) -> dict[str, float]:
-        n = float(self.count)
-        return {f"{self.prefix}mae": float(self.abs_error) / n if n else float("nan")}
+        self.total += torch.where(known, (pred.double() - y.double()).abs(), 0.0).sum().to(
+            self.total)
+        self.weight += known.sum().to(self.weight)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:

@@ -123,8 +123,6 @@ class _GraphTask(Task):
     best_metric = "acc"
     #: Keys of the config's ``loss`` mapping this task reads.
     loss_keys: tuple[str, ...] = ()
-    #: ``eval.metric: null`` takes the dataset's ``metric`` (False: the task's ``best_metric``).
-    metric_from_dataset = True
     #: Whether ``train.static_batch`` (padded training batches) fits the task's loss.
     static_batches = False
 
@@ -154,7 +152,7 @@ class _GraphTask(Task):
                     raise ValueError(f"model.{key}=auto: {type(dataset).__name__} does not say "
                                      f"its {AUTO_MODEL_KEYS[key]}; set model.{key}")
                 model[key] = int(value) if value else None
-        if self._metric_from_dataset() or not self.cfg.eval.get("mode"):
+        if not (self.cfg.eval.get("metric") and self.cfg.eval.get("mode")):
             # recorded for the run's config.yaml: what selects best.pt, and in which direction
             self.cfg.eval.metric, self.cfg.eval.mode = self.selection_metric()
         built = super().build_model()
@@ -208,18 +206,14 @@ class _GraphTask(Task):
                 return str(err).removeprefix("train.static_batch: ")
         return None
 
-    def _metric_from_dataset(self) -> bool:
-        return self.metric_from_dataset and not self.cfg.eval.get("metric")
-
     def selection_metric(self) -> tuple[str, str]:
         """``eval.metric`` when set, else the training dataset's published ``metric`` (ROC-AUC
-        for the binary heterophilous graphs, accuracy otherwise; ``metric_from_dataset``), else
-        ``best_metric``; ``eval.mode`` when set, else the metric's direction
+        for the binary heterophilous graphs, accuracy otherwise), else ``best_metric``;
+        ``eval.mode`` when set, else the metric's direction
         (``metrics.selection_mode``: min for MAE and losses)."""
-        metric, _ = super().selection_metric()
-        if self._metric_from_dataset():
-            metric = str(getattr(self._training_dataset(), "metric", self.best_metric))
-        return metric, selection_mode(metric, self.cfg.eval.get("mode"))
+        metric = self.cfg.eval.get("metric") or \
+            str(getattr(self._training_dataset(), "metric", self.best_metric))
+        return str(metric), selection_mode(metric, self.cfg.eval.get("mode"))
 
     def _training_dataset(self) -> torch.utils.data.Dataset:
         """The training dataset, kept for the trainer's first ``build_dataset`` call (built
@@ -242,11 +236,11 @@ class _GraphTask(Task):
             raise ValueError("config key 'data.name' is not set (the dataset class name)")
         part, index = split_spec(split, data.get("split"))
         data["split"], data["split_index"] = part, index
-        dataset_class(data["name"], data.get("root"))  # registers a TU set found by its name
+        dataset = dataset_class(data["name"], data.get("root"))  # a TU set by its name too
         try:
             return DATASETS.build(data)
         except FileNotFoundError as err:
-            layout = _expected_layout(DATASETS.get(data["name"]))
+            layout = _expected_layout(dataset)
             if layout is None:
                 raise
             raise FileNotFoundError(f"{data['name']}: {err}; set data.root=PATH to the folder "
