@@ -17,7 +17,7 @@ and partial sums are the two passes', so results are bitwise theirs. It saves, o
 segments, the second decode of their chunks and the reads of their inputs from HBM; it costs
 one register allocation for both sweeps (sm_90, the device's Triton 3.6: 244 per thread
 against the h-pass's 229 and the dh-pass's 160), so the dh sweep runs with fewer programs per
-SM (NOTES_scan_gpu.md, session 44: not shown faster, off by default).
+SM (NOTES_scan_gpu.md, session 46: ties at best, off by default).
 
 The dh sweep reads what other lanes stored in the h sweep; ``tl.debug_barrier`` (``bar.sync``)
 makes those global stores visible to the whole block (CUDA's rule for ``__syncthreads``). The

@@ -83,10 +83,9 @@ class LaunchConfig:
             chunk and, right after it, the dh-pass over each segment's only chunk; the carry
             and the dh-pass take the chunks of longer segments. Bitwise the two passes' results
             where every segment is one chunk (elsewhere dA / d(delta_bias) are summed in
-            another order). Off: not shown faster. On graph_tokens (every segment one chunk)
-            it measured 1.1 % slower on an H100, in a version that also zeroed and summed
-            extra partials (since removed); its 244 registers fit fewer programs per SM than
-            the dh-pass's 160 (NOTES, session 44).
+            another order). Off: not faster. On an H100 (NOTES, session 46) it ties on
+            graph_tokens (every segment one chunk) and is 0.0-0.2 % slower on the other
+            workloads: its 244 registers fit 8 programs per SM against the dh-pass's 12.
         exp_poly_every: k > 0 evaluates the decays of every k-th step with a polynomial on the
             FMA pipe instead of MUFU ``ex2``; 0 = all on MUFU (measured 17-30 % slower with
             k = 4: the loops are not MUFU-bound).
