@@ -3,10 +3,10 @@
 # once (the kernel files compile their own Triton variants, so in order they take ~15 min; side
 # by side ~5 min on an H100, bound by the longest file), each capped at CAP seconds. Prints one
 # line per file (its pytest summary, or "TIMED OUT" / "NO SUMMARY") and the totals; exits 1 if
-# any file failed, errored, timed out or printed no summary. The logs stay in LOGS.
-# A file that runs past CAP beside the others (their Triton compilations share the host's
-# cores) is run again alone once the others are done, capped at RETRY_CAP; its line then says
-# both, and the alone run's result counts.
+# any file failed, errored, timed out (alone too, below) or printed no summary. The logs stay
+# in LOGS. A file that runs past CAP beside the others (their Triton compilations share the
+# host's cores) is run again alone once the others are done, capped at RETRY_CAP; its line then
+# says both, and the alone run's result counts.
 #
 #   bash benchmarks/gpu_tests.sh                       # the default files below
 #   FILES="tests/kernels/test_selective_scan.py" CAP=300 bash benchmarks/gpu_tests.sh
@@ -75,7 +75,7 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   rc=$?
   line=$(summary "$LOGS/${names[$i]}.log" "$rc" "$CAP")
-  if [ "$rc" -eq 124 ] && [ "$RETRY_CAP" -gt 0 ]; then
+  if [ "$rc" -eq 124 ] && [ "$RETRY_CAP" -gt 0 ] && [ "${#pids[@]}" -gt 1 ]; then
     retry+=("$i")   # its counts come from the alone run below
     printf '%-55s %s; run again alone below\n' "${names[$i]}" "$line"
     continue
@@ -85,7 +85,8 @@ for i in "${!pids[@]}"; do
   count "$line"
 done
 
-for i in "${retry[@]}"; do
+# ${a[@]+...}: an empty array is an unbound variable under set -u before bash 4.4
+for i in ${retry[@]+"${retry[@]}"}; do
   log="$LOGS/${names[$i]}.alone.log"
   timeout "$RETRY_CAP" "$PY" -m pytest -q -rs -p no:cacheprovider ${PYTEST_ARGS:-} \
     "${files[$i]}" > "$log" 2>&1
