@@ -2,6 +2,7 @@
 # The Python packages a bare GPU machine lacks for geossm, in two steps, from the repository root:
 #
 #   bash benchmarks/device_env.sh download .whl    # here (package registry reachable): wheels
+#                                                  # (the folder defaults to .whl)
 #   source benchmarks/device_env.sh .whl           # there (no network), at the start of a call
 #
 # The GPU image already has torch, triton, torch-geometric, numba, tqdm, tensorboard, scipy,

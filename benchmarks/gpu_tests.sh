@@ -23,6 +23,11 @@ tests/geossm/nn/test_packed_mixer.py tests/geossm/nn/test_packed_graphs.py
 tests/geossm/nn/test_stacked_weights.py tests/geossm/engine/test_optim.py
 tests/geossm/engine/test_cuda_graph.py tests/tasks/detection/test_sparse.py"
 FILES=${FILES:-$DEFAULT_FILES}
+given=($FILES)   # split on any white space, as the loop below does
+if [ "${#given[@]}" -eq 0 ]; then
+  echo "no test files in FILES" >&2
+  exit 2
+fi
 CAP=${CAP:-540}
 RETRY_CAP=${RETRY_CAP:-$CAP}
 LOGS=${LOGS:-$(mktemp -d)}
