@@ -23,7 +23,7 @@ tests/geossm/nn/test_packed_mixer.py tests/geossm/nn/test_packed_graphs.py
 tests/geossm/nn/test_stacked_weights.py tests/geossm/engine/test_optim.py
 tests/geossm/engine/test_cuda_graph.py tests/tasks/detection/test_sparse.py"
 FILES=${FILES:-$DEFAULT_FILES}
-given=($FILES)   # split on any white space, as the loop below does
+given=($FILES)   # the files, split on any white space
 if [ "${#given[@]}" -eq 0 ]; then
   echo "no test files in FILES" >&2
   exit 2
@@ -37,7 +37,7 @@ mkdir -p "$LOGS"
 pids=()
 names=()
 files=()
-for file in $FILES; do
+for file in "${given[@]}"; do
   if [ ! -f "$file" ]; then
     echo "missing test file: $file" >&2
     exit 2

@@ -32,7 +32,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from geossm.tasks.graph.crossval import emit, parse_range, run, summaries
-from geossm.tasks.graph.metrics import selection_mode
+from geossm.tasks.graph.metrics import best_of
 
 
 def metric(row: dict, key: str) -> float:
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
               "summary": summaries(rows)})
     if not scores:
         return 1
-    chosen = (min if selection_mode(ns.select, ns.mode) == "min" else max)(scores,
-                                                                           key=scores.get)
+    chosen = best_of(ns.select, ns.mode)(scores, key=scores.get)
     emit({"selected": chosen, "by": ns.select, "value": scores[chosen],
           "elapsed_s": time.monotonic() - t0})
     if ns.final_splits or ns.final_seeds:

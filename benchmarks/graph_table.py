@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from geossm.tasks.graph.metrics import selection_mode
+from geossm.tasks.graph.metrics import best_of
 
 #: Published anchors (test metric, percent or AP) per dataset name: facts from the papers.
 ANCHORS = {
@@ -80,7 +80,7 @@ def read_progress(run: Path) -> dict:
     metric = evaluation.get("metric") or "acc"
     selected = "best" if evaluation.get("split") else "last"
     # the direction the run selected by (a null mode: the metric's, as the graph tasks take it)
-    better = min if selection_mode(metric, evaluation.get("mode")) == "min" else max
+    better = best_of(metric, evaluation.get("mode"))
     value, best_val, epochs = None, None, 0
     for line in (run / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)

@@ -18,7 +18,7 @@ import torch
 from geossm.engine.metrics import ListMetric, MeanMetric
 
 __all__ = ["Accuracy", "RocAuc", "AveragePrecision", "MeanAbsoluteError", "LOWER_IS_BETTER",
-           "selection_mode", "roc_auc", "average_precision",
+           "selection_mode", "best_of", "roc_auc", "average_precision",
            "mean_std", "summarize"]
 
 
@@ -36,6 +36,12 @@ def selection_mode(metric: str, mode: str | None = None) -> str:
     for prefix in ("test_", "val_", "train_"):
         name = name.removeprefix(prefix)
     return "min" if name in LOWER_IS_BETTER else "max"
+
+
+def best_of(metric: str, mode: str | None = None):
+    """``min`` or ``max`` (the builtin) that picks the best of ``metric``'s values
+    (``selection_mode``)."""
+    return min if selection_mode(metric, mode) == "min" else max
 
 
 def _rows(outputs: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:

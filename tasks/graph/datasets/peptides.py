@@ -79,8 +79,8 @@ class LRGBPeptides(GraphDataset):
     #: ``"multilabel"`` (binary labels, NaN = unlabelled) or ``"regression"``: the loss and
     #: metric ``GraphPropertyTask`` takes.
     target_kind = ""
-    #: Storage dtype of the targets in the compact cache.
-    TARGET_DTYPE = np.uint8
+    #: Storage dtype of the targets in the compact cache (each set names its own).
+    TARGET_DTYPE: type | None = None
     #: Vocabulary sizes of OGB's atom and bond features (``ogb.utils.features``).
     ATOM_DIMS = (119, 5, 12, 12, 10, 6, 6, 2, 2)
     BOND_DIMS = (5, 6, 2)
