@@ -222,7 +222,6 @@ def test_loop_row_times_the_trainers_epoch_loop(step_profile, capsys, tmp_path, 
     assert row["loop_copy_host_ms"] > 0 and row["loop_step_host_ms"] > 0
     assert abs(sum(row[k] for k in parts) + row["loop_other_host_ms"] - row["loop_step_ms"]) \
         < 0.01
-    assert row["loop_step_host_ms"] > row["loop_other_host_ms"]   # a CPU step is the work
     assert row["loop_first_batch_ms"] > 0
     trainer_module = importlib.import_module("geossm.engine.trainer")
     assert trainer_module.move_to is move_to   # the timers are gone
