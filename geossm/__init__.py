@@ -27,19 +27,24 @@ if TYPE_CHECKING:
 __all__ = ["load", "predictor", "Predictor", "__version__"]
 
 
-def load(checkpoint: Any, *, device: Any = None, overrides: Any = ()) -> tuple[Any, Any]:
+def load(checkpoint: Any, *, device: Any = None, config: Any = None,
+         overrides: Any = ()) -> tuple[Any, Any]:
     """``model, cfg = geossm.load("best.pt")``: the checkpoint's model (its stored config
-    rebuilds it) in eval mode on ``device`` (default: CUDA if available, else CPU) and the run
-    config; ``overrides`` are ``key=value`` strings. See ``geossm.engine.predictor.load``."""
+    rebuilds it, or ``config``, a path or name, for a bare state dict) in eval mode on
+    ``device`` (default: CUDA if available, else CPU) and the run config; ``overrides`` are
+    ``key=value`` strings. See ``geossm.engine.predictor.load``."""
     from geossm.engine.predictor import load as load_checkpoint_model
-    return load_checkpoint_model(checkpoint, device=device, overrides=overrides)
+    return load_checkpoint_model(checkpoint, device=device, config=config, overrides=overrides)
 
 
-def predictor(checkpoint: Any, *, device: Any = "auto", overrides: Any = ()) -> Predictor:
-    """``geossm.Predictor.from_checkpoint(checkpoint, device=..., overrides=...)``: call it on
-    arrays (``predictor(coord=xyz)``) or a PyG ``Data``; returns the task's numpy outputs."""
+def predictor(checkpoint: Any, *, device: Any = "auto", config: Any = None,
+              overrides: Any = ()) -> Predictor:
+    """``geossm.Predictor.from_checkpoint(checkpoint, device=..., config=..., overrides=...)``:
+    call it on arrays (``predictor(coord=xyz)``) or a PyG ``Data``; returns the task's numpy
+    outputs."""
     from geossm.engine.predictor import Predictor
-    return Predictor.from_checkpoint(checkpoint, device=device, overrides=overrides)
+    return Predictor.from_checkpoint(checkpoint, device=device, config=config,
+                                     overrides=overrides)
 
 
 def __getattr__(name: str) -> Any:

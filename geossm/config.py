@@ -220,8 +220,10 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Apply dotted overrides to ``cfg`` (a copy is returned). See ``parse_override``.
 
     A value replacing a number or a bool must be of a compatible type (an int may replace a
-    float); anything may replace ``null``.
+    float); anything may replace ``null``. A lone string is one override (not its characters).
     """
+    if isinstance(overrides, str):
+        overrides = [overrides]
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     missing = object()
     for text in overrides:

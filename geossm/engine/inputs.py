@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 #: ``kind`` of ``check_field`` -> the numpy dtype kinds it accepts and how the message says it.
 KINDS = {"int": ("iu", "integers"), "number": ("iuf", "numbers")}
@@ -49,7 +50,8 @@ def check_field(sample: Mapping[str, Any], key: str, *, source: str = "sample",
             ``"(model.num_categories=4)"``.
 
     Returns:
-        ``np.asarray(sample[key])`` (no copy, no dtype change), or None when absent and optional.
+        ``as_array(sample[key])`` (no copy, no dtype change but bfloat16's), or None when absent
+        and optional.
     """
     suffix = f" {note}" if note else ""
     if key not in sample or sample[key] is None:
@@ -57,7 +59,7 @@ def check_field(sample: Mapping[str, Any], key: str, *, source: str = "sample",
             of_shape = f" of {_describe_shape(shape)}" if shape else ""
             raise ValueError(f"{source}: expected '{key}'{of_shape}{suffix}, got {_keys(sample)}")
         return None
-    value = np.asarray(sample[key])
+    value = as_array(sample[key])
     if shape is not None and not _shape_matches(value.shape, shape):
         raise ValueError(f"{source}: {key}: expected {_describe_shape(shape)}, got shape "
                          f"{tuple(value.shape)}")
@@ -70,8 +72,21 @@ def check_field(sample: Mapping[str, Any], key: str, *, source: str = "sample",
     return value
 
 
+def as_array(value: Any) -> np.ndarray:
+    """``np.asarray(value)``, taking torch tensors on any device too: detached and moved to
+    the CPU; bfloat16 (which NumPy has no dtype for) comes back as float32, exactly."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
 def _keys(sample: Mapping[str, Any]) -> str:
-    return f"keys {sorted(sample)}" if sample else "no arrays"
+    # a PyG Data lists its unset fields (x=None) among its keys: they are not there
+    present = sorted(k for k, v in sample.items() if v is not None)
+    return f"keys {present}" if present else "no arrays"
 
 
 def _shape_matches(got: tuple[int, ...], expected: Sequence[int | str]) -> bool:

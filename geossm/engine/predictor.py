@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from geossm.config import DEFAULTS, apply_overrides, find_config, load_config
 from geossm.engine import distributed as dist
 from geossm.engine.checkpoint import load_checkpoint, load_model_state
+from geossm.engine.inputs import as_array
 from geossm.engine.task import SplitSamples, Task, build_task, move_to
 
 __all__ = ["Predictor", "load", "load_model", "inference_config", "checkpoint_config",
@@ -52,7 +53,9 @@ def checkpoint_config(checkpoint: Mapping[str, Any], source: str | os.PathLike,
     stored = checkpoint.get("config")
     if not isinstance(stored, Mapping) or not stored.get("task"):
         raise ValueError(f"checkpoint {source}: holds no run config (a bare state dict?); "
-                         "give the CONFIG it was trained with")
+                         "give the CONFIG it was trained with (geossm predict CONFIG "
+                         "checkpoint=...; in Python config=PATH or name: geossm.load, "
+                         "geossm.predictor, Predictor.from_checkpoint)")
     cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(dict(stored)))
     cfg = apply_overrides(cfg, overrides)
     OmegaConf.set_struct(cfg, True)
@@ -90,10 +93,12 @@ def inference_config(cfg: DictConfig) -> DictConfig:
 
 
 def load(checkpoint: str | os.PathLike, *, device: str | torch.device | None = None,
+         config: str | os.PathLike | None = None,
          overrides: Sequence[str] = ()) -> tuple[torch.nn.Module, DictConfig]:
     """``model, cfg = load("best.pt")``: the model of a checkpoint in eval mode on ``device``
-    (default ``auto``: CUDA if available, else CPU) and its run config (see ``load_model``)."""
-    model, _, cfg = load_model(checkpoint, overrides=overrides,
+    (default ``auto``: CUDA if available, else CPU) and its run config (see ``load_model``;
+    ``config``: the run config of a bare state dict)."""
+    model, _, cfg = load_model(checkpoint, config=config, overrides=overrides,
                                device="auto" if device is None else device)
     return model, cfg
 
@@ -174,6 +179,10 @@ class Predictor:
                 raise TypeError(f"Predictor: give a {type(sample).__name__} alone or keyword "
                                 f"arrays, not both (got keywords {sorted(fields)})")
             sample = {**sample, **fields}
+        if isinstance(sample, Mapping):
+            # tensors on any device and in any dtype (bfloat16 too) read as numpy arrays
+            sample = {k: as_array(v) if isinstance(v, torch.Tensor) else v
+                      for k, v in sample.items()}
         return self.run(self.task.preprocess(sample, source="sample"))
 
     @torch.no_grad()

@@ -89,6 +89,14 @@ class EventClassificationTask(Task):
         if events.dtype.names is None or not {"x", "y", "t", "p"} <= set(events.dtype.names):
             raise ValueError(f"{source}: events: expected a structured array with fields x, y, "
                              f"t, p (EVENT_DTYPE), got dtype {events.dtype}")
+        t = events["t"]
+        if len(t) > 1 and bool(np.any(t[1:] < t[:-1])):
+            # checked before the preprocessing shifts t to start at 0 (which would turn an
+            # unsorted recording into negative times)
+            bad = int(np.flatnonzero(t[1:] < t[:-1])[0])
+            raise ValueError(f"{source}: events['t']: expected timestamps sorted ascending (as "
+                             f"the readers return them), got t[{bad}] = {t[bad]} > t[{bad + 1}] "
+                             f"= {t[bad + 1]}")
         width, height = self._sensor_size()[:2]
         for axis, size in (("x", width), ("y", height)):
             key = f"events['{axis}']"

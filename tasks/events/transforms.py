@@ -172,7 +172,8 @@ class EventPreprocess:
             ev = ev[idx]
         t0 = int(ev["t"][0]) if len(ev) else 0
         cols = np.stack([ev["x"].astype(np.int64), ev["y"].astype(np.int64),
-                         ev["t"].astype(np.int64) - t0, ev["p"].astype(np.int64)], 1)
+                         ev["t"].astype(np.int64) - t0,
+                         (ev["p"] > 0).astype(np.int64)], 1)  # {-1, 1} or bool -> {0, 1}
         return {"events": cols.reshape(-1, 4)}
 
     def __repr__(self) -> str:

@@ -29,7 +29,9 @@ One layer (pre-norm, residual; ``x = norm(h)``)::
 
 Random walks and tie-breaking noise use the global RNG while training; at evaluation a
 generator seeded with ``eval_seed`` makes outputs repeatable, and ``eval_samples`` draws are
-averaged (logits). The graph tasks draw them ahead, in the data loader (``plan.GraphPlan``,
+averaged (logits). The generator is seeded once per batch, so a graph's draws (and its
+logits, a little) depend on the graphs batched with it: repeatable for the same batches, not
+for one graph alone against it in a batch; more ``eval_samples`` shrink that. The graph tasks draw them ahead, in the data loader (``plan.GraphPlan``,
 ``model(..., plan=plan)``): the step then has no host sync; without a plan the model builds
 one itself with the same code.
 """
@@ -574,7 +576,9 @@ def check_node_inputs(x: Any, pe: torch.Tensor | None, pe_dim: int) -> None:
     if pe_dim and (pe is None or pe.shape != (x.shape[0], pe_dim)):
         got = None if pe is None else tuple(pe.shape)
         raise ValueError(f"pe: expected shape ({x.shape[0]}, {pe_dim}) (model pe_dim="
-                         f"{pe_dim}; set data.pe), got {got}")
+                         f"{pe_dim}; set data.pe in a config; in Python pass pe=, e.g. "
+                         "AddPositionalEncodings(...)(data).pe with the run's data.pe "
+                         f"settings, or call a geossm.predictor, which adds them), got {got}")
 
 
 def encode_edges(edge_encoder: nn.Module | None,

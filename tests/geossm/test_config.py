@@ -1,8 +1,9 @@
 import pytest
 from omegaconf import OmegaConf
 
-from geossm.config import (DEFAULTS, ConfigError, ConfigKeyError, describe_config, find_config,
-                           list_configs, load_config, parse_override, parse_yaml, save_config)
+from geossm.config import (DEFAULTS, ConfigError, ConfigKeyError, apply_overrides,
+                           describe_config, find_config, list_configs, load_config,
+                           parse_override, parse_yaml, save_config)
 
 
 def write(path, text):
@@ -63,6 +64,11 @@ def test_overrides():
     assert list(cfg.extra.list) == [1, 2]
     assert load_config(None, ["resume=runs/x/last.pt"]).resume == "runs/x/last.pt"
     assert load_config(None, ["resume=true"]).resume is True
+
+
+def test_a_lone_override_string_is_one_override_not_its_characters():
+    cfg = load_config(None)
+    assert apply_overrides(cfg, "train.lr=0.25").train.lr == 0.25
 
 
 def test_unknown_key_names_the_key():

@@ -100,3 +100,17 @@ class EventTrackingTask(Task):
             raise ValueError(f"{source}: boxes: expected 1 to K={len(frames)} boxes (x, y, w, h; "
                              f"the first is the target in frame 0), got shape "
                              f"{tuple(boxes.shape)}")
+        _check_first_box(boxes[0], frames.shape[-1], frames.shape[-2], source)
+
+
+def _check_first_box(box: np.ndarray, width: int, height: int, source: str) -> None:
+    """The target box ``(4,)`` ``x, y, w, h`` (top-left corner, pixels) must have a positive
+    size and overlap the ``width x height`` frame: the tracker crops around it."""
+    x, y, w, h = (float(v) for v in box)
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{source}: boxes[0]: expected a positive width and height (x, y, w, h), "
+                         f"got w={w:g}, h={h:g}")
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise ValueError(f"{source}: boxes[0]: expected a box overlapping the {width} x {height} "
+                         f"frame (x, y the top-left corner), got x={x:g}, y={y:g}, w={w:g}, "
+                         f"h={h:g}")

@@ -3,8 +3,9 @@ what came; shapes before values."""
 
 import numpy as np
 import pytest
+import torch
 
-from geossm.engine.inputs import check_field
+from geossm.engine.inputs import as_array, check_field
 
 SAMPLE = {"coord": np.zeros((5, 3), np.float32), "category": np.int64(2),
           "label": np.arange(5), "points": np.zeros((5, 4), np.float32)}
@@ -49,3 +50,21 @@ def test_bad_fields_are_one_line_errors(sample, kwargs, message):
 def test_whole_floats_pass_as_integers_and_the_ignore_value_is_outside_the_range():
     label = np.array([0.0, 3.0, -1.0])
     assert check_field({"label": label}, "label", kind="int", low=0, high=4, ignore=-1) is label
+
+
+def test_torch_tensors_read_as_arrays_bfloat16_included():
+    exact = torch.tensor([[0.5, -2.0, 3.0]])  # values bfloat16 holds exactly
+    for tensor in (exact, exact.bfloat16(), exact.half(), exact.requires_grad_(True)):
+        out = check_field({"coord": tensor}, "coord", shape=("N", 3), kind="number")
+        assert isinstance(out, np.ndarray)
+        np.testing.assert_array_equal(out, exact.detach().numpy())
+    assert as_array(torch.arange(3)).dtype == np.int64
+    assert as_array([1, 2]).tolist() == [1, 2]
+
+
+def test_a_missing_field_lists_only_the_fields_that_are_set():
+    """A PyG ``Data`` built without ``x`` has ``x=None`` among its keys: not listed as there."""
+    with pytest.raises(ValueError, match=r"expected 'x', got keys \['edge_index'\]$"):
+        check_field({"x": None, "edge_index": np.zeros((2, 0))}, "x")
+    with pytest.raises(ValueError, match=r"expected 'x', got no arrays$"):
+        check_field({"x": None}, "x")

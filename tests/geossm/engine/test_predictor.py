@@ -48,6 +48,30 @@ def test_load_rebuilds_the_model_from_the_checkpoint_alone(toy_checkpoint):
     assert changed.eval.batch_size == 3
 
 
+def test_a_bare_state_dict_loads_with_the_config_it_was_trained_with(toy_checkpoint, tmp_path):
+    """A checkpoint without its run config (a bare state dict) loads through ``config=``, in
+    ``geossm.load`` and ``geossm.predictor``; without it the error says how."""
+    bare = tmp_path / "bare.pt"
+    torch.save({"model": torch.load(toy_checkpoint, weights_only=True)["model"]}, bare)
+    config = write_toy_config(tmp_path / "toy.yaml")
+    with pytest.raises(ValueError, match=r"holds no run config.*in Python config=PATH or name"):
+        geossm.load(bare, device="cpu")
+    model, cfg = geossm.load(bare, device="cpu", config=config)
+    assert cfg.task == "ToySegTask" and type(model).__name__ == "ToyPointNet"
+    scan = _scan(3)
+    expected = geossm.predictor(toy_checkpoint, device="cpu")(**scan)
+    got = geossm.predictor(bare, device="cpu", config=config)(**scan)
+    np.testing.assert_array_equal(got["pred"], expected["pred"])
+
+
+def test_tensor_inputs_predict_as_their_arrays_do_bfloat16_included(toy_checkpoint):
+    predictor = geossm.predictor(toy_checkpoint, device="cpu")
+    coord = torch.from_numpy(_scan(4)["coord"]).bfloat16()
+    expected = predictor(coord=coord.float().numpy())
+    got = predictor(coord=coord)
+    np.testing.assert_array_equal(got["pred"], expected["pred"])
+
+
 def test_python_predictor_equals_cli_predict_without_config(toy_checkpoint, tmp_path, capsys):
     scan = _scan(1)
     np.savez(tmp_path / "scan.npz", **scan)

@@ -129,3 +129,28 @@ def test_preprocess_needs_a_structured_recording():
     with pytest.raises(ValueError, match=r"^sample: events: expected a structured array with "
                                          r"fields x, y, t, p \(EVENT_DTYPE\), got dtype int64"):
         _task().preprocess({"events": np.zeros(5, np.int64)})
+
+
+@pytest.mark.parametrize("overrides", [(), SERIALIZED])
+def test_an_unsorted_recording_is_refused_for_what_it_is(overrides):
+    """Reversed timestamps: the serialized model used to report negative times (after the shift
+    to the first event), the windowed one the real cause; both now name the order."""
+    events = random_events(50, width=34, height=34)[::-1]
+    with pytest.raises(ValueError, match=r"^sample: events\['t'\]: expected timestamps sorted "
+                                         r"ascending \(as the readers return them\), got t\[0\]"):
+        _task(*overrides).preprocess({"events": events})
+
+
+def test_signed_polarities_prepare_as_zero_one_for_the_serialized_model():
+    """Polarity -1 / 1 (as some readers and simulators write it) is accepted by both models:
+    the serialized model's columns read it as 0 / 1, like bool polarities."""
+    events = random_events(50, width=34, height=34)
+    signed = np.zeros(50, [("x", "<i2"), ("y", "<i2"), ("t", "<i8"), ("p", "<i2")])
+    for key in ("x", "y", "t"):
+        signed[key] = events[key]
+    signed["p"] = np.where(events["p"], 1, -1)
+    task = _task(*SERIALIZED)
+    got = task.preprocess({"events": signed})["events"]
+    expected = task.preprocess({"events": events})["events"]
+    np.testing.assert_array_equal(got, expected)
+    assert set(np.unique(got[:, 3])) <= {0, 1}

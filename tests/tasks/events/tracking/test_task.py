@@ -82,7 +82,17 @@ def test_predict_inputs_are_checked_field_by_field(tmp_path):
              ({"frames": np.zeros((0, 2, 8, 8)), "boxes": np.ones((0, 4))},
               r"frames: expected at least one frame, got shape \(0, 2, 8, 8\)"),
              ({"boxes": np.ones((0, 4))}, r"boxes: expected 1 to K=3 boxes"),
-             ({"boxes": np.full((3, 4), np.nan)}, r"boxes: expected finite values")]
+             ({"boxes": np.full((3, 4), np.nan)}, r"boxes: expected finite values"),
+             ({"boxes": np.array([[2.0, 2.0, -5.0, 3.0]])},
+              r"boxes\[0\]: expected a positive width and height \(x, y, w, h\), got w=-5, h=3"),
+             ({"boxes": np.array([[2.0, 2.0, 3.0, 0.0]])}, r"boxes\[0\]: expected a positive"),
+             ({"boxes": np.array([[50.0, 2.0, 4.0, 4.0]])},
+              r"boxes\[0\]: expected a box overlapping the 8 x 8 frame \(x, y the top-left "
+              r"corner\), got x=50, y=2, w=4, h=4"),
+             ({"boxes": np.array([[-6.0, 2.0, 4.0, 4.0]])}, r"boxes\[0\]: expected a box "
+                                                            r"overlapping")]
+    # a box partly off the frame still overlaps it: tracked
+    assert task.preprocess({**good, "boxes": np.array([[-2.0, 6.0, 4.0, 4.0]])})
     for change, match in cases:
         with pytest.raises(ValueError, match=r"^sample: " + match):
             task.preprocess({**good, **change})
