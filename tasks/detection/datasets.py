@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,13 @@ class KittiDataset(_DetectionDataset):
             ids = [ln.strip() for ln in image_set.read_text().splitlines() if ln.strip()]
         else:
             ids = sorted(p.stem for p in velo.glob("*.bin"))
+            if split in ("train", "val"):
+                # the official download has no ImageSets: both splits would be every training
+                # frame, and a model would be selected and scored on the frames it trained on
+                warnings.warn(f"KITTI: no {image_set}: split '{split}' reads every frame of "
+                              f"{base} (train and val are then the same frames); put the "
+                              "train.txt / val.txt frame lists (e.g. OpenPCDet's ImageSets) "
+                              "there", stacklevel=2)
         if not ids:
             raise FileNotFoundError(f"no frames found in {velo}")
         self.frame_ids = ids

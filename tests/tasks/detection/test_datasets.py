@@ -1,4 +1,5 @@
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -135,3 +136,17 @@ def test_gt_database_built_once_into_a_cached_file_and_loaded(kitti_root, monkey
     # other classes or frames: another database
     other = KittiDataset(kitti_root, "train", classes=["Car"], augment=aug)
     assert other.gt_database_path() != path
+
+
+def test_train_and_val_without_image_sets_warn_that_they_are_the_same_frames(kitti_root):
+    """The official download has no ImageSets: train and val both read every training frame,
+    so validation would score the frames the model trained on; the reader says so."""
+    for split in ("train", "val"):
+        with pytest.warns(UserWarning, match=rf"KITTI: no .*ImageSets/{split}\.txt: split "
+                                             rf"'{split}' reads every frame of .*training "
+                                             r"\(train and val are then the same frames\)"):
+            KittiDataset(kitti_root, split)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the whole folder is what these splits mean
+        KittiDataset(kitti_root, "training")
+        KittiDataset(kitti_root, "trainval")
