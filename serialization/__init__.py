@@ -15,7 +15,7 @@ Layers consume one structure, ``Serialization(order, inverse, cu_seqlens, extras
 
 from geossm.packed import batch_to_cu_seqlens, cu_seqlens_to_batch
 
-from .curves import ORDERS, coarsen, decode, encode, fit_depth
+from .curves import ORDERS, coarsen, decode, encode, fit_depth, sample_depths
 from .graph import (NeighbourhoodTokens, degree_order, dfs_order, index_order,
                     random_walk_tokens, random_walks, to_csr)
 from .points import (Pooling, grid_coordinates, pool_grid, serialize, serialize_grid,
@@ -24,7 +24,7 @@ from .structure import InsertedTokens, Serialization, apply, insert_tokens, undo
 from .windows import window_groups, window_groups_multi, window_partition
 
 __all__ = [
-    "ORDERS", "encode", "decode", "coarsen", "fit_depth",
+    "ORDERS", "encode", "decode", "coarsen", "fit_depth", "sample_depths",
     "Serialization", "batch_to_cu_seqlens", "cu_seqlens_to_batch", "apply", "undo",
     "insert_tokens", "InsertedTokens",
     "serialize", "serialize_multi", "serialize_grid", "grid_coordinates",

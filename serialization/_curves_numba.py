@@ -11,7 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["hilbert_encode", "hilbert_decode"]
+__all__ = ["hilbert_encode", "hilbert_encode_depths", "hilbert_decode", "morton_encode",
+           "traverse_encode", "traverse_encode_depths"]
 
 
 @numba.njit(cache=True, inline="always")
@@ -32,32 +33,47 @@ def _invert_or_exchange(x0, xi, q, p):
     return x0 ^ t, xi ^ t
 
 
+@numba.njit(cache=True, inline="always")
+def _hilbert_one(x0, x1, x2, depth):
+    """The Hilbert code of one cell ``(x0, x1, x2)`` of a ``2^depth`` grid."""
+    q = np.int64(1) << (depth - 1)
+    while q > 1:
+        p = q - 1
+        if x0 & q:
+            x0 ^= p
+        x0, x1 = _invert_or_exchange(x0, x1, q, p)
+        x0, x2 = _invert_or_exchange(x0, x2, q, p)
+        q >>= 1
+    x1 ^= x0
+    x2 ^= x1
+    t = np.int64(0)
+    q = np.int64(1) << (depth - 1)
+    while q > 1:
+        if x2 & q:
+            t ^= q - 1
+        q >>= 1
+    return _interleave_one(x0 ^ t, x1 ^ t, x2 ^ t, depth)
+
+
 @numba.njit(cache=True)
 def hilbert_encode(g, depth):
     """``g: (N, 3) int64`` cells of a ``2^depth`` grid -> ``(N,) int64`` Hilbert codes."""
     n = g.shape[0]
     out = np.empty(n, dtype=np.int64)
     for j in range(n):
-        x0 = np.int64(g[j, 0])
-        x1 = np.int64(g[j, 1])
-        x2 = np.int64(g[j, 2])
-        q = np.int64(1) << (depth - 1)
-        while q > 1:
-            p = q - 1
-            if x0 & q:
-                x0 ^= p
-            x0, x1 = _invert_or_exchange(x0, x1, q, p)
-            x0, x2 = _invert_or_exchange(x0, x2, q, p)
-            q >>= 1
-        x1 ^= x0
-        x2 ^= x1
-        t = np.int64(0)
-        q = np.int64(1) << (depth - 1)
-        while q > 1:
-            if x2 & q:
-                t ^= q - 1
-            q >>= 1
-        out[j] = _interleave_one(x0 ^ t, x1 ^ t, x2 ^ t, depth)
+        out[j] = _hilbert_one(np.int64(g[j, 0]), np.int64(g[j, 1]), np.int64(g[j, 2]), depth)
+    return out
+
+
+@numba.njit(cache=True)
+def hilbert_encode_depths(g, depths):
+    """``hilbert_encode`` with a depth per point: ``g: (N, 3)``, ``depths: (N,) int64`` ->
+    ``(N,) int64``, point ``j`` coded on its own ``2^depths[j]`` grid."""
+    n = g.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        out[j] = _hilbert_one(np.int64(g[j, 0]), np.int64(g[j, 1]), np.int64(g[j, 2]),
+                              np.int64(depths[j]))
     return out
 
 
@@ -104,19 +120,33 @@ def morton_encode(g, depth):
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _traverse_one(a, b, c, depth):
+    top = (np.int64(1) << depth) - 1
+    if a & 1:
+        b = top - b
+    if b & 1:
+        c = top - c
+    return (((a << depth) | b) << depth) | c
+
+
 @numba.njit(cache=True)
 def traverse_encode(g, slow, mid, fast, depth):
     """``g: (N, 3) int64`` -> ``(N,) int64`` snake codes, axis ``slow`` slowest."""
     n = g.shape[0]
-    top = (np.int64(1) << depth) - 1
     out = np.empty(n, dtype=np.int64)
     for j in range(n):
-        a = np.int64(g[j, slow])
-        b = np.int64(g[j, mid])
-        c = np.int64(g[j, fast])
-        if a & 1:
-            b = top - b
-        if b & 1:
-            c = top - c
-        out[j] = (((a << depth) | b) << depth) | c
+        out[j] = _traverse_one(np.int64(g[j, slow]), np.int64(g[j, mid]), np.int64(g[j, fast]),
+                               np.int64(depth))
+    return out
+
+
+@numba.njit(cache=True)
+def traverse_encode_depths(g, slow, mid, fast, depths):
+    """``traverse_encode`` with a depth per point (``depths: (N,) int64``)."""
+    n = g.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        out[j] = _traverse_one(np.int64(g[j, slow]), np.int64(g[j, mid]), np.int64(g[j, fast]),
+                               np.int64(depths[j]))
     return out

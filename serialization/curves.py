@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .structure import _check_integer
 
-__all__ = ["ORDERS", "encode", "decode", "fit_depth", "coarsen"]
+__all__ = ["ORDERS", "encode", "decode", "fit_depth", "sample_depths", "coarsen"]
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans",
           "xyz", "xzy", "yxz", "yzx", "zxy", "zyx")
@@ -55,6 +55,38 @@ def fit_depth(grid_coord: Tensor) -> int:
     return max(1, int(grid_coord.max()).bit_length())
 
 
+def sample_depths(grid_coord: Tensor, batch: Tensor | None = None,
+                  num_samples: int | None = None) -> Tensor:
+    """``fit_depth`` of every sample on its own: the fewest bits per axis that hold the sample's
+    coordinates (at least 1; 1 for an empty sample).
+
+    Pass the result as ``depth`` to ``encode`` / ``serialize_grid`` / ``pool_grid`` to give each
+    sample of a packed batch the codes (hence the order) it gets alone: the Hilbert curve of a
+    ``2^d`` grid is not the restriction of the ``2^(d+1)`` one, so one depth for the whole batch
+    would make a sample's order depend on the others.
+
+    Args:
+        grid_coord: ``(N, 3)`` non-negative integers.
+        batch: ``(N,)`` sample index, default None (one sample).
+        num_samples: ``S``, default ``batch.max() + 1`` (one host sync; 1 without batch).
+
+    Returns:
+        ``(S,) int64``. Tensor ops only when ``num_samples`` is given (no host sync, traceable).
+    """
+    _check_integer("grid_coord", grid_coord)
+    if num_samples is None:
+        num_samples = 1 if batch is None or batch.numel() == 0 else int(batch.max()) + 1
+    dev = grid_coord.device
+    top = grid_coord.long().amax(1)  # (N,)
+    if batch is None:
+        batch = torch.zeros_like(top)
+    per = torch.zeros(num_samples, dtype=torch.long, device=dev).scatter_reduce(
+        0, batch.long(), top, "amax", include_self=True)
+    # bit_length, exactly (a float log2 rounds up just below powers of two)
+    shifts = torch.arange(MAX_BITS, device=dev)
+    return ((per[:, None] >> shifts) > 0).sum(1).clamp(min=1)
+
+
 def _batch_bits(batch: Tensor | None) -> int:
     if batch is None or batch.numel() == 0:
         return 0
@@ -69,7 +101,10 @@ def encode(grid_coord: Tensor, order: str = "hilbert", batch: Tensor | None = No
         grid_coord: ``(N, 3)`` non-negative integers in x, y, z order, each ``< 2^depth``.
         order: one of ``ORDERS`` (default ``"hilbert"``).
         batch: ``(N,)`` non-negative sample index, default None (all in sample 0).
-        depth: bits per axis, default the fewest that fit (one host sync).
+        depth: bits per axis, default the fewest that fit (one host sync); or an ``(S,)``
+            integer tensor of per-sample depths (``sample_depths``): sample ``s`` is coded on
+            its own ``2^depth[s]`` grid (the codes it gets alone) and the sample bits sit above
+            ``3·depth.max()``.
 
     Returns:
         ``code: (N,) int64``; ``3·depth`` + bits of ``batch.max()`` must be ``<= 63``.
@@ -99,7 +134,10 @@ def _encode_checked(grid_coord, order, batch, depth) -> tuple[Tensor, int]:
         raise ValueError(
             f"grid_coord: expected non-negative coordinates, got min {int(grid_coord.min())}"
         )
-    if depth is None:
+    point_depth = None
+    if isinstance(depth, Tensor):
+        point_depth, depth = _point_depths(grid_coord, batch, depth)
+    elif depth is None:
         depth = fit_depth(grid_coord)
     elif not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth: expected a positive int, got {depth!r}")
@@ -115,10 +153,38 @@ def _encode_checked(grid_coord, order, batch, depth) -> tuple[Tensor, int]:
             f"{3 * depth + bbits} bits, expected at most {MAX_BITS}"
         )
     g = grid_coord.long()
-    code = _encode_curve(g, order, depth)
+    code = _encode_curve(g, order, depth, point_depth)
     if batch is not None:
         code = code | (batch.long() << (3 * depth))
     return code, depth
+
+
+def _point_depths(grid_coord: Tensor, batch: Tensor | None,
+                  depth: Tensor) -> tuple[Tensor | None, int]:
+    """Checks per-sample depths ``(S,)``; returns ``(depth of every point (N,) or None when
+    all points share one, the largest depth)``."""
+    _check_integer("depth", depth)
+    n = grid_coord.shape[0]
+    need = 1 if batch is None or n == 0 else int(batch.max()) + 1
+    if depth.dim() != 1 or depth.numel() < need:
+        raise ValueError(f"depth: expected an int or a (S,) tensor with S >= {need} (one depth "
+                         f"per sample), got shape {tuple(depth.shape)}")
+    if depth.device != grid_coord.device:
+        raise ValueError(f"depth: expected device {grid_coord.device}, got {depth.device}")
+    if depth.numel() == 0 or n == 0:
+        return None, max(1, int(depth.max()) if depth.numel() else 1)
+    lo, hi = torch.aminmax(depth)
+    lo, hi = int(lo), int(hi)
+    if lo < 1 or hi > MAX_BITS // 3:
+        raise ValueError(f"depth: expected per-sample depths in [1, {MAX_BITS // 3}], got "
+                         f"{lo}..{hi}")
+    point = depth.long()[batch.long()] if batch is not None else depth.long()[:1].expand(n)
+    if bool(((grid_coord.long() >> point[:, None]) != 0).any()):
+        raise ValueError("grid_coord: expected the coordinates of sample s < 2^depth[s], got "
+                         "larger ones (use sample_depths for the fewest that fit)")
+    if int(point.min()) == int(point.max()):
+        return None, int(point.max())
+    return point, int(point.max())
 
 
 def decode(code: Tensor, order: str, depth: int) -> tuple[Tensor, Tensor]:
@@ -166,7 +232,9 @@ def coarsen(code: Tensor, order: str, depth: int, levels: int = 1) -> Tensor:
     return parent | (batch << (3 * (depth - levels)))
 
 
-def _encode_curve(g: Tensor, order: str, depth: int) -> Tensor:
+def _encode_curve(g: Tensor, order: str, depth: int, point_depth: Tensor | None = None) -> Tensor:
+    """Curve codes (no sample bits) of cells ``g (N, 3)`` at ``depth``, or where
+    ``point_depth (N,)`` is given, of every point at its own depth (``<= depth``)."""
     if order.endswith("-trans"):
         g = g[:, [1, 0, 2]]
         order = order[: -len("-trans")]
@@ -174,16 +242,21 @@ def _encode_curve(g: Tensor, order: str, depth: int) -> Tensor:
     if kernels is not None:
         # One pass per point instead of tens of full-array torch passes (CPU only).
         g = g.contiguous().numpy()
-        if order == "z":
+        if order == "z":  # Morton codes do not depend on the depth
             return torch.from_numpy(kernels.morton_encode(g, depth))
+        if point_depth is not None:
+            pd = point_depth.contiguous().numpy()
+            if order == "hilbert":
+                return torch.from_numpy(kernels.hilbert_encode_depths(g, pd))
+            return torch.from_numpy(kernels.traverse_encode_depths(g, *_TRAVERSE_AXES[order], pd))
         if order == "hilbert":
             return torch.from_numpy(kernels.hilbert_encode(g, depth))
         return torch.from_numpy(kernels.traverse_encode(g, *_TRAVERSE_AXES[order], depth))
     if order == "z":
         return _interleave(g[:, 0], g[:, 1], g[:, 2])
     if order == "hilbert":
-        return _hilbert_encode_torch(g, depth)
-    return _traverse_encode(g, _TRAVERSE_AXES[order], depth)
+        return _hilbert_encode_torch(g, depth, point_depth)
+    return _traverse_encode(g, _TRAVERSE_AXES[order], depth if point_depth is None else point_depth)
 
 
 def _decode_curve(local: Tensor, order: str, depth: int) -> Tensor:
@@ -227,7 +300,8 @@ def _deinterleave(v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _compact3(v >> 2), _compact3(v >> 1), _compact3(v)
 
 
-def _traverse_encode(g: Tensor, axes: tuple[int, int, int], depth: int) -> Tensor:
+def _traverse_encode(g: Tensor, axes: tuple[int, int, int], depth: int | Tensor) -> Tensor:
+    """Snake codes at ``depth``: an int, or ``(N,)`` per point."""
     top = (1 << depth) - 1
     a, b, c = g[:, axes[0]], g[:, axes[1]], g[:, axes[2]]
     b2 = torch.where((a & 1).bool(), top - b, b)
@@ -255,31 +329,44 @@ def _hilbert_decode(local: Tensor, depth: int) -> Tensor:
     return _hilbert_decode_torch(local, depth)
 
 
-def _hilbert_invert_or_exchange(x: list[Tensor], i: int, q: int, p: int) -> None:
+def _hilbert_invert_or_exchange(x: list[Tensor], i: int, q: int, p: int,
+                                active: Tensor | None = None) -> None:
     """Skilling's per-bit step, shared by encode and decode: where bit ``q`` of axis ``i`` is
-    set, invert the low bits ``p`` of axis 0; elsewhere exchange them between axes 0 and i."""
+    set, invert the low bits ``p`` of axis 0; elsewhere exchange them between axes 0 and i.
+    ``active (N,)`` bool, default all: points where the step runs (the others keep ``x``)."""
     bit = (x[i] & q).bool()
-    if i == 0:
-        x[0] = torch.where(bit, x[0] ^ p, x[0])
+    if active is None:
+        inv, keep = bit, bit
     else:
-        t = torch.where(bit, 0, (x[0] ^ x[i]) & p)
-        x[0] = torch.where(bit, x[0] ^ p, x[0] ^ t)
+        inv, keep = bit & active, bit | ~active
+    if i == 0:
+        x[0] = torch.where(inv, x[0] ^ p, x[0])
+    else:
+        t = torch.where(keep, 0, (x[0] ^ x[i]) & p)
+        x[0] = torch.where(inv, x[0] ^ p, x[0] ^ t)
         x[i] = x[i] ^ t
 
 
-def _hilbert_encode_torch(g: Tensor, depth: int) -> Tensor:
+def _hilbert_encode_torch(g: Tensor, depth: int, point_depth: Tensor | None = None) -> Tensor:
     """Skilling's AxesToTranspose, vectorised over points; then bit interleaving.
 
     Per level ``q`` (top down): a set bit of axis i inverts the lower bits of axis 0,
     a clear bit exchanges the lower bits of axes 0 and i; then Gray-code the transpose.
+    ``point_depth (N,)``, default all ``depth``: a point's own depth; its levels at and above
+    it are skipped, which gives its code on its own ``2^point_depth`` grid (the levels above
+    would exchange all-zero top bits, and that changes the lower ones: the curve depends on
+    the depth). The Gray-code pass needs no mask: those top bits stay zero.
     """
     x = [g[:, 0].clone(), g[:, 1].clone(), g[:, 2].clone()]
     q = 1 << (depth - 1)
+    level = depth - 1
     while q > 1:
         p = q - 1
+        active = None if point_depth is None else point_depth > level
         for i in range(3):
-            _hilbert_invert_or_exchange(x, i, q, p)
+            _hilbert_invert_or_exchange(x, i, q, p, active)
         q >>= 1
+        level -= 1
     x[1] = x[1] ^ x[0]
     x[2] = x[2] ^ x[1]
     t = torch.zeros_like(x[2])

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from geossm.packed import batch_to_cu_seqlens
 
-from .curves import ORDERS, _check_order, _encode_checked, _encode_curve, coarsen, decode, fit_depth
+from .curves import (ORDERS, _check_order, _deinterleave, _encode_checked, _encode_curve,
+                     _interleave, _point_depths, coarsen, decode, fit_depth)
 from .structure import Serialization, _unchecked
 from .traceable import grid_coordinates_op, grid_pooling_op, serialize_grid_op, tracing
 
@@ -33,6 +34,10 @@ def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
     Args:
         coord: ``(N, 3)`` real coordinates (x, y, z).
         grid_size: cell edge, a positive float or a ``(3,)`` sequence / tensor (per axis).
+
+    The arithmetic runs in float32 at least (float64 input and integer input in float64): in
+    float16 / bfloat16 the differences and quotients round to a few significant bits, and
+    most points would land in other cells than the same values give in float32.
 
     Returns:
         ``grid_coord: (N, 3) int64``, non-negative. Raises ``ValueError`` when the extent
@@ -48,7 +53,10 @@ def grid_coordinates(coord: Tensor, grid_size) -> Tensor:
         raise ValueError(f"coord: expected shape (N, 3), got {tuple(coord.shape)}")
     if coord.dtype.is_complex or coord.dtype == torch.bool:
         raise TypeError(f"coord: expected a real tensor, got dtype {coord.dtype}")
-    dtype = coord.dtype if coord.dtype.is_floating_point else torch.float64
+    if not coord.dtype.is_floating_point:
+        dtype = torch.float64
+    else:
+        dtype = torch.promote_types(coord.dtype, torch.float32)
     gs = torch.as_tensor(grid_size, dtype=dtype, device=coord.device).reshape(-1)
     if gs.numel() not in (1, 3):
         raise ValueError(f"grid_size: expected a float or 3 values, got {gs.numel()} values")
@@ -83,7 +91,8 @@ def _resolve_batch(batch, n: int, device) -> Tensor | None:
 
 
 def serialize_grid(grid_coord: Tensor, order: str = "hilbert", batch: Tensor | None = None,
-                   depth: int | None = None, num_samples: int | None = None) -> Serialization:
+                   depth: int | Tensor | None = None,
+                   num_samples: int | None = None) -> Serialization:
     """Serialize integer grid cells along one curve, one segment per sample.
 
     ``order = stable argsort(encode(grid_coord, order, batch, depth))``: samples ascending
@@ -93,27 +102,34 @@ def serialize_grid(grid_coord: Tensor, order: str = "hilbert", batch: Tensor | N
         grid_coord: ``(N, 3)`` non-negative integers (x, y, z).
         order: one of ``ORDERS``, default ``"hilbert"``.
         batch: ``(N,)`` sample index, default None (one sample).
-        depth: bits per axis, default the fewest that fit.
+        depth: bits per axis, default the fewest that fit the whole grid; or ``(S,)``
+            per-sample depths (``sample_depths``): every sample then gets the order it gets
+            alone (the Hilbert orders depend on the depth; the others do not).
         num_samples: number of segments ``S``, default ``batch.max() + 1`` (1 without batch).
 
     Returns:
         ``Serialization`` with extras ``code (N,)`` (source order), ``grid_coord (N, 3)``,
-        ``batch (N,)`` and ``depth`` (0-D int64). Host syncs: the input checks of ``encode``.
+        ``batch (N,)`` and ``depth`` (0-D int64, or the ``(S,)`` per-sample depths). Host
+        syncs: the input checks of ``encode``.
         Under ``torch.export`` the custom op ``geossm::serialize_grid`` (extras ``grid_coord``
         and ``batch`` only: code and depth are known at run time only).
     """
     if batch is not None and not isinstance(batch, Tensor):
         raise TypeError(f"batch: expected a torch.Tensor or None, got {type(batch).__name__}")
     if tracing():
-        order_, inverse, cu = serialize_grid_op(grid_coord, batch, order, depth, num_samples)
+        depths = depth if isinstance(depth, Tensor) else None
+        order_, inverse, cu = serialize_grid_op(grid_coord, batch, order,
+                                                None if depths is not None else depth,
+                                                num_samples, depths)
         extras = {"grid_coord": grid_coord} if batch is None else {"grid_coord": grid_coord,
                                                                      "batch": batch}
         return _unchecked(order_, inverse, cu, extras)
-    code, depth = _encode_checked(grid_coord, order, batch, depth)
-    return _from_code(code, grid_coord, batch, depth, num_samples)
+    code, top = _encode_checked(grid_coord, order, batch, depth)
+    return _from_code(code, grid_coord, batch, depth if isinstance(depth, Tensor) else top,
+                      num_samples)
 
 
-def _from_code(code: Tensor, grid_coord: Tensor, batch: Tensor | None, depth: int,
+def _from_code(code: Tensor, grid_coord: Tensor, batch: Tensor | None, depth: int | Tensor,
                num_samples: int | None) -> Serialization:
     n = code.numel()
     dev = code.device
@@ -125,13 +141,14 @@ def _from_code(code: Tensor, grid_coord: Tensor, batch: Tensor | None, depth: in
         if num_samples is None:
             num_samples = 1
     cu = batch_to_cu_seqlens(batch, num_samples)
+    depth = depth.long() if isinstance(depth, Tensor) else torch.tensor(depth, dtype=torch.long)
     extras = {"code": code, "grid_coord": grid_coord.long(), "batch": batch.long(),
-              "depth": torch.tensor(depth, dtype=torch.long)}
+              "depth": depth}
     return _unchecked(order, inverse, cu, extras)
 
 
 def serialize(coord: Tensor, grid_size, order: str = "hilbert", batch: Tensor | None = None,
-              depth: int | None = None) -> Serialization:
+              depth: int | Tensor | None = None) -> Serialization:
     """Serialize a (batched) point cloud along a space-filling curve.
 
     ``grid_coord = floor((coord - coord.min(0)) / grid_size)``, then ``serialize_grid``.
@@ -142,7 +159,10 @@ def serialize(coord: Tensor, grid_size, order: str = "hilbert", batch: Tensor | 
         order: one of ``ORDERS`` (``"z"``, ``"z-trans"``, ``"hilbert"``, ``"hilbert-trans"``,
             ``"xyz"`` ... ``"zyx"``), default ``"hilbert"``.
         batch: ``(N,)`` sample index, default None (one sample). Need not be sorted.
-        depth: bits per axis, default the fewest that fit.
+        depth: bits per axis, default the fewest that fit; or ``(S,)`` per-sample depths
+            (see ``serialize_grid``). The grid is anchored at the batch's minimum corner: for
+            a sample's cells (and order) not to depend on the others, quantise each sample at
+            its own minimum and use ``serialize_grid`` with ``sample_depths``.
 
     Returns:
         ``Serialization`` (``S = batch.max() + 1`` segments) with extras ``code``,
@@ -156,7 +176,7 @@ def serialize(coord: Tensor, grid_size, order: str = "hilbert", batch: Tensor | 
 
 def serialize_multi(coord: Tensor, grid_size, orders: Sequence[str] = ("z", "z-trans", "hilbert",
                     "hilbert-trans"), batch: Tensor | None = None,
-                    depth: int | None = None) -> tuple[Serialization, ...]:
+                    depth: int | Tensor | None = None) -> tuple[Serialization, ...]:
     """``serialize`` for several orders at once, sharing quantisation and checks.
 
     PTv3 shuffles four orders across its blocks; Point Cloud Mamba cycles traverse orders.
@@ -177,11 +197,14 @@ def serialize_multi(coord: Tensor, grid_size, orders: Sequence[str] = ("z", "z-t
         num_samples = int(batch.max()) + 1
     first = serialize_grid(grid, orders[0], batch, depth, num_samples)
     out = [first]
+    point_depth, top = None, depth
+    if isinstance(depth, Tensor):
+        point_depth, top = _point_depths(grid, batch, depth)
     for o in orders[1:]:
         # Inputs were checked by the first encode; skip re-validation for the others.
-        code = _encode_curve(grid, o, depth)
+        code = _encode_curve(grid, o, top, point_depth)
         if batch is not None:
-            code = code | (batch.long() << (3 * depth))
+            code = code | (batch.long() << (3 * top))
         out.append(_from_code(code, grid, batch, depth, num_samples))
     return tuple(out)
 
@@ -208,7 +231,7 @@ class Pooling:
     grid_coord: Tensor
     batch: Tensor
     head: Tensor
-    depth: int | None  # None under torch.export (see pool_grid)
+    depth: int | Tensor | None  # (S,) per sample, or None under torch.export (see pool_grid)
     order: str
     serialization: Serialization
 
@@ -262,10 +285,18 @@ def serialized_pooling(code: Tensor, order: str, depth: int, levels: int = 1,
         raise ValueError(f"depth: expected an int in [1, 21], got {depth!r}")
     parent = coarsen(code, order, depth, levels)
     pdepth = depth - levels
+    return _pooling(code, parent, order, pdepth, lambda uniq: decode(uniq, order, pdepth),
+                    num_samples)
+
+
+def _pooling(code: Tensor, parent: Tensor, order: str, pdepth: int | Tensor, decode_parents,
+             num_samples: int | None) -> Pooling:
+    """The ``Pooling`` of children ``code (N,)`` into the distinct ``parent (N,)`` codes;
+    ``decode_parents(uniq) -> (grid (M, 3), batch (M,))``."""
     uniq, cluster, counts = torch.unique(parent, sorted=True, return_inverse=True,
                                          return_counts=True)
     m = uniq.numel()
-    grid, batch = decode(uniq, order, pdepth)
+    grid, batch = decode_parents(uniq)
     # The first child in code order: smallest (code, index) among the cluster's members, found
     # with two scatter-min passes instead of another sort.
     n = code.numel()
@@ -280,16 +311,17 @@ def serialized_pooling(code: Tensor, order: str, depth: int, levels: int = 1,
         num_samples = int(batch.max()) + 1 if m else 0
     cu = batch_to_cu_seqlens(batch, num_samples)
     ident = torch.arange(m, device=code.device)
+    depth = pdepth if isinstance(pdepth, Tensor) else torch.tensor(pdepth, dtype=torch.long)
     ser = _unchecked(ident, ident.clone(), cu, {
-        "code": uniq, "grid_coord": grid, "batch": batch,
-        "depth": torch.tensor(pdepth, dtype=torch.long)})
+        "code": uniq, "grid_coord": grid, "batch": batch, "depth": depth})
     return Pooling(cluster, counts, uniq, grid, batch, head, pdepth, order, ser)
 
 
-def pool_grid(grid_coord: Tensor, batch: Tensor, depth: int | None, levels: int,
+def pool_grid(grid_coord: Tensor, batch: Tensor, depth: int | Tensor | None, levels: int,
               num_samples: int) -> Pooling:
     """Serialized pooling of grid cells along ``"z"`` by ``levels`` levels (a ``2^levels``
-    stride), at most ``depth - 1`` levels (one cell per axis left).
+    stride), at most ``depth - 1`` levels (one cell per axis left); a grid of depth 1 (at most
+    two cells per axis) pools by one level into one cell.
 
     ``encode(grid_coord, "z", batch, depth)``, then ``serialized_pooling``. Coarsening z codes is
     a shift (no decode) and the parents come out z-serialized.
@@ -297,29 +329,69 @@ def pool_grid(grid_coord: Tensor, batch: Tensor, depth: int | None, levels: int,
     Args:
         grid_coord: ``(N, 3)`` non-negative cells.
         batch: ``(N,)`` sample index.
-        depth: bits per axis of ``grid_coord``, None = the fewest that fit (``fit_depth``).
-        levels: wanted levels (clipped to ``depth - 1``).
+        depth: bits per axis of ``grid_coord``, None = the fewest that fit (``fit_depth``); or
+            ``(S,)`` per-sample depths (``sample_depths``): the levels are then clipped per
+            sample, so every sample is pooled as it would be alone.
+        levels: wanted levels, an int >= 1 (clipped to ``depth - 1``, to 1 at depth 1).
         num_samples: ``S`` segments of the parents' serialization.
 
     Returns:
-        ``Pooling`` (``M`` parents). Under ``torch.export`` the custom op
-        ``geossm::grid_pooling`` (``M`` symbolic); its ``depth`` is then None (the parents'
-        depth is their ``fit_depth``, known at run time) and the serialization has extras
-        ``grid_coord`` and ``batch`` only.
-
-    Raises ``ValueError`` when no level is left (``depth == 1``: a single cell per axis).
+        ``Pooling`` (``M`` parents); its ``depth`` is the parents' (``depth - levels``, at
+        least 1; ``(S,)`` for per-sample depths). Under ``torch.export`` the custom op
+        ``geossm::grid_pooling`` (``M`` symbolic); for an int or None ``depth`` its ``depth`` is
+        then None (the parents' depth is their ``fit_depth``, known at run time) and the
+        serialization has extras ``grid_coord`` and ``batch`` only.
     """
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise ValueError(f"levels: expected an int >= 1, got {levels!r}")
+    depths = depth if isinstance(depth, Tensor) else None
     if tracing():
         cluster, counts, code, grid, pbatch, head, cu = grid_pooling_op(
-            grid_coord, batch, depth, levels, num_samples)
+            grid_coord, batch, None if depths is not None else depth, levels, num_samples,
+            depths)
         ident = torch.arange(code.shape[0], device=code.device)
         ser = _unchecked(ident, ident.clone(), cu, {"grid_coord": grid, "batch": pbatch})
-        return Pooling(cluster, counts, code, grid, pbatch, head, None, "z", ser)
+        pdepth = None if depths is None else _clip_levels(depths.long(), levels)[1]
+        return Pooling(cluster, counts, code, grid, pbatch, head, pdepth, "z", ser)
+    if depths is not None:
+        return _pool_grid_per_sample(grid_coord, batch, depths, levels, num_samples)
     if depth is None:
         depth = fit_depth(grid_coord)
-    levels = max(0, min(levels, depth - 1))
-    if levels == 0:
-        raise ValueError(f"cannot pool further: the grid has depth {depth} (too few "
-                         "cells for another stage; lower grid_size or use fewer stages)")
+    if depth == 1:
+        # At most two cells per axis: one level more leaves one cell, of depth 1 again (a
+        # single point, or a cloud within one cell, then stays one cell at every stage).
+        code = _encode_checked(grid_coord, "z", batch, 1)[0]
+        return _pooling(code, batch.long(), "z", 1, lambda uniq: (
+            torch.zeros((uniq.numel(), 3), dtype=torch.long, device=uniq.device), uniq),
+            num_samples)
+    levels = min(levels, depth - 1)
     code = _encode_checked(grid_coord, "z", batch, depth)[0]
     return serialized_pooling(code, "z", depth, levels, num_samples)
+
+
+def _clip_levels(depth, levels: int):
+    """``(levels, parent depth)`` of a grid of ``depth`` bits (int or tensor): at most
+    ``depth - 1`` levels, one at depth 1; the parents keep at least 1 bit."""
+    if isinstance(depth, Tensor):
+        lv = (depth - 1).clamp(min=1).clamp(max=levels)
+        return lv, (depth - lv).clamp(min=1)
+    lv = min(levels, max(depth - 1, 1))
+    return lv, max(depth - lv, 1)
+
+
+def _pool_grid_per_sample(grid_coord: Tensor, batch: Tensor, depth: Tensor, levels: int,
+                          num_samples: int) -> Pooling:
+    """``pool_grid`` with ``(S,)`` per-sample depths: sample s pooled by its own clipped
+    levels. z codes do not depend on the depth, so the parent of a child is
+    ``z(grid >> levels[s])`` with the sample bits above the deepest parent."""
+    code, top = _encode_checked(grid_coord, "z", batch, depth)
+    lv, pdepth = _clip_levels(depth.long(), levels)
+    ptop = int(pdepth.max()) if pdepth.numel() else 1
+    g = grid_coord.long() >> lv[batch.long()][:, None]
+    parent = _interleave(g[:, 0], g[:, 1], g[:, 2]) | (batch.long() << (3 * ptop))
+
+    def decode_parents(uniq):
+        g = torch.stack(_deinterleave(uniq & ((1 << (3 * ptop)) - 1)), 1)
+        return g, uniq >> (3 * ptop)
+
+    return _pooling(code, parent, "z", pdepth, decode_parents, num_samples)

@@ -13,10 +13,10 @@ speed are those of the plain functions.
 Ops (``N`` points, ``S`` samples, ``M`` parent cells)::
 
     geossm::grid_coordinates(coord (N, 3), grid_size)           -> grid (N, 3) int64
-    geossm::serialize_grid(grid (N, 3), batch (N,)?, order, depth?, num_samples?)
+    geossm::serialize_grid(grid (N, 3), batch (N,)?, order, depth?, num_samples?, depths (S,)?)
                                                                  -> order (N,), inverse (N,),
                                                                     cu_seqlens (S+1,) int32
-    geossm::grid_pooling(grid (N, 3), batch (N,), depth?, levels, num_samples)
+    geossm::grid_pooling(grid (N, 3), batch (N,), depth?, levels, num_samples, depths (S,)?)
                                                                  -> cluster (N,), counts (M,),
                                                                     code (M,), grid (M, 3),
                                                                     batch (M,), head (M,),
@@ -27,7 +27,9 @@ Ops (``N`` points, ``S`` samples, ``M`` parent cells)::
 
 Where ``S`` is not given (``num_samples`` None with a ``batch``), ``S + 1`` is symbolic too.
 A depth of None (``depth?``) is the fewest bits that fit the grid (``fit_depth``), computed at
-run time: under export a model does not know it (see ``PCMEncoder``).
+run time. ``depths`` (given instead of ``depth``) are per-sample depths (``sample_depths``, tensor
+ops that trace): a model passes them so that every sample is serialized and pooled as it would be
+alone (see ``PCMEncoder``).
 """
 
 from __future__ import annotations
@@ -72,16 +74,18 @@ def _(coord, grid_size):
 
 @torch.library.custom_op("geossm::serialize_grid", mutates_args=())
 def serialize_grid_op(grid: Tensor, batch: Optional[Tensor], order: str, depth: Optional[int],
-                      num_samples: Optional[int]) -> tuple[Tensor, Tensor, Tensor]:
+                      num_samples: Optional[int], depths: Optional[Tensor] = None
+                      ) -> tuple[Tensor, Tensor, Tensor]:
     """``(order, inverse, cu_seqlens)`` of ``serialize_grid(grid, order, batch, depth,
-    num_samples)``."""
+    num_samples)`` (``depth = depths`` where given)."""
     from .points import serialize_grid
-    ser = serialize_grid(grid, order, batch, depth, num_samples)
+    ser = serialize_grid(grid, order, batch, depths if depths is not None else depth,
+                         num_samples)
     return ser.order, ser.inverse, ser.cu_seqlens
 
 
 @serialize_grid_op.register_fake
-def _(grid, batch, order, depth, num_samples):
+def _(grid, batch, order, depth, num_samples, depths=None):
     n = grid.shape[0]
     return (grid.new_empty((n,), dtype=torch.long), grid.new_empty((n,), dtype=torch.long),
             grid.new_empty((_boundaries(batch, num_samples),), dtype=torch.int32))
@@ -89,19 +93,19 @@ def _(grid, batch, order, depth, num_samples):
 
 @torch.library.custom_op("geossm::grid_pooling", mutates_args=())
 def grid_pooling_op(grid: Tensor, batch: Tensor, depth: Optional[int], levels: int,
-                    num_samples: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                               Tensor]:
-    """The tensors of ``pool_grid(grid, batch, depth, levels, num_samples)``: ``(cluster,
-    counts, code, grid, batch, head, cu_seqlens)``."""
+                    num_samples: int, depths: Optional[Tensor] = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The tensors of ``pool_grid(grid, batch, depth, levels, num_samples)`` (``depth =
+    depths`` where given): ``(cluster, counts, code, grid, batch, head, cu_seqlens)``."""
     from .points import pool_grid
-    p = pool_grid(grid, batch, depth, levels, num_samples)
+    p = pool_grid(grid, batch, depths if depths is not None else depth, levels, num_samples)
     # outputs of a custom op must not alias each other: the serialization's cu_seqlens is new
     return (p.cluster, p.counts, p.code, p.grid_coord, p.batch, p.head,
             p.serialization.cu_seqlens)
 
 
 @grid_pooling_op.register_fake
-def _(grid, batch, depth, levels, num_samples):
+def _(grid, batch, depth, levels, num_samples, depths=None):
     n = grid.shape[0]
     m = torch.library.get_ctx().new_dynamic_size()
     long = torch.long

@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from geossm.kernels import causal_conv1d, selective_scan
 from geossm.kernels._common import resolve_backend  # the kernels' own backend choice
-from geossm.packed import canonical_cu_seqlens
+from geossm.packed import canonical_cu_seqlens, check_none_for_dense
 
 __all__ = ["gelu_linear", "mamba_inner", "rms_norm"]
 
@@ -229,7 +229,13 @@ def mamba_inner(x: torch.Tensor, in_proj_weight: torch.Tensor,
         raise ValueError(f"x must have shape (T, {width}) or (B, L, {width}), got "
                          f"{tuple(x.shape)}")
     inner, dt_rank, d_state = conv_weight.shape[0], dt_proj_weight.shape[1], A_log.shape[1]
-    cu = canonical_cu_seqlens(cu_seqlens, tuple(x.shape[:-1]), x.device)
+    tokens = tuple(x.shape[:-1])
+    if x.dim() == 3 and x.shape[0] == 0:
+        # A dense batch of no sequences has no (S+1,) boundaries with S >= 1: run it as one
+        # empty packed segment (its output is empty all the same).
+        check_none_for_dense(cu_seqlens)
+        tokens = (0,)
+    cu = canonical_cu_seqlens(cu_seqlens, tokens, x.device)
     name = resolve_backend(backend, x.device)
     y = _MambaInner.apply(x.reshape(-1, width), in_proj_weight, in_proj_bias, conv_weight,
                           conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D, cu,

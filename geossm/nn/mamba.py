@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geossm.kernels import causal_conv1d, selective_scan
+from geossm.kernels._common import FLOAT_DTYPES  # what every kernel backend accepts
 from geossm.packed import LAYER, check_cu_seqlens, check_none_for_dense
 
 from .fused import mamba_inner
@@ -51,14 +52,28 @@ def check_layer_cu_seqlens(cu_seqlens, x: torch.Tensor) -> None:
 
 def inner_width(d_model: int, expand) -> int:
     """``E = expand * d_model`` for an int ``expand >= 1`` or a fraction whose product with
-    ``d_model`` is a positive integer; ``ValueError`` otherwise."""
+    ``d_model`` is a positive integer (up to float round-off: no float times 7 is exactly 29,
+    so ``29 / 7`` stands for 29 / 7); ``ValueError`` otherwise."""
     if isinstance(expand, bool) or not isinstance(expand, (int, float)) or not expand > 0:
         raise ValueError(f"expand must be a positive int or fraction, got {expand!r}")
     inner = expand * d_model
-    if inner < 1 or inner != int(inner):
+    whole = round(inner)
+    if whole < 1 or abs(inner - whole) > 1e-9 * whole:
         raise ValueError(f"expand * d_model must be a positive integer, got {expand!r} * "
                          f"{d_model}")
-    return int(inner)
+    return int(whole)
+
+
+def _expand_of(inner: int, d_model: int):
+    """The ``expand`` of ``inner`` channels over ``d_model``: an int where it divides, else the
+    float nearest ``inner / d_model`` from above with ``int(expand * d_model) == inner`` (the
+    width ``mamba_ssm.Mamba`` computes; a product just below ``inner`` would truncate)."""
+    if inner % d_model == 0:
+        return inner // d_model
+    expand = inner / d_model
+    while int(expand * d_model) < inner:
+        expand = math.nextafter(expand, math.inf)
+    return expand
 
 
 class Mamba(nn.Module):
@@ -112,6 +127,11 @@ class Mamba(nn.Module):
         x:          (T, D) packed or (B, L, D) dense
         cu_seqlens: (S+1,) int32, leading 0, last T (packed only; None = one segment)
         out:        like x
+
+    Dtypes: ``x`` and the parameters in float32, float16 or bfloat16 (autocast included), with
+    every backend (torch, numba, triton): the kernels compute in float32 and take no float64,
+    so ``Mamba(...).double()`` is refused with a ``TypeError`` (check gradients in float32
+    against the torch backend instead).
 
     Validating ``cu_seqlens`` costs one host sync per kernel call (skipped under
     ``torch.compile``).
@@ -183,6 +203,12 @@ class Mamba(nn.Module):
                 reverse: bool = False) -> torch.Tensor:
         """Mix along every segment (see the class docstring); returns a tensor shaped like x."""
         check_tokens("x", x, self.d_model)
+        for name, dtype in (("x", x.dtype), ("parameters", self.in_proj.weight.dtype)):
+            if dtype not in FLOAT_DTYPES:
+                raise TypeError(f"Mamba: {name} must be float32, float16 or bfloat16 with every "
+                                f"backend (torch, numba, triton: the kernels compute in float32 "
+                                f"and take no float64), got dtype {dtype} with backend="
+                                f"{self.backend!r}")
         check_layer_cu_seqlens(cu_seqlens, x)
         if self.fused and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             y = mamba_inner(x, self.in_proj.weight, self.in_proj.bias, self.conv_weight,
@@ -208,17 +234,16 @@ class Mamba(nn.Module):
         """A ``Mamba`` sized from a ``mamba_ssm.Mamba`` state dict, holding its weights.
 
         ``d_model``, ``d_state``, ``d_conv``, ``expand``, ``dt_rank``, ``conv_bias`` and
-        ``bias`` are read from the tensor shapes and keys; ``kwargs`` adds the others
+        ``bias`` are read from the tensor shapes and keys (``expand = d_inner / d_model``, an
+        int where it divides, else a fraction: mamba_ssm's ``d_inner = int(expand *
+        d_model)``); ``kwargs`` adds the others
         (``backend``). See ``from_mamba_ssm_state_dict`` for the mapping and its errors.
         """
         state = from_mamba_ssm_state_dict(state_dict, prefix)
         inner, d_model = state["in_proj.weight"].shape
         inner //= 2
-        if inner % d_model:
-            raise ValueError(f"mamba_ssm state dict: d_inner={inner} is not a multiple of "
-                             f"d_model={d_model} (geossm.nn.Mamba needs an integer expand)")
         module = cls(d_model, d_state=state["A_log"].shape[1],
-                     d_conv=state["conv_weight"].shape[1], expand=inner // d_model,
+                     d_conv=state["conv_weight"].shape[1], expand=_expand_of(inner, d_model),
                      dt_rank=state["dt_proj.weight"].shape[1],
                      conv_bias="conv_bias" in state, bias="in_proj.bias" in state, **kwargs)
         module.load_mamba_ssm_state_dict(state_dict, prefix)

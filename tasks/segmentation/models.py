@@ -34,8 +34,8 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from geossm.nn import CoordinateEncoding, PointPrompts, SerializedBlock
 from geossm.packed import cu_seqlens_from_lengths
 from geossm.registry import MODELS
-from geossm.serialization import (ORDERS, Serialization, fit_depth, grid_coordinates, pool_grid,
-                                  serialize_grid)
+from geossm.serialization import (ORDERS, Serialization, grid_coordinates, pool_grid,
+                                  sample_depths, serialize_grid)
 from geossm.serialization.traceable import tracing
 
 from .neighbours import checked_neighbours, knn
@@ -175,9 +175,12 @@ class _Up(nn.Module):
 
 class _Level:
     """Geometry of one hierarchy level (not a module): serializations by order, the pooling
-    that produced it from the level below, per-token normalised coordinates and sample ids."""
+    that produced it from the level below, per-token normalised coordinates and sample ids.
+    ``depth (S,)``: every sample's own grid depth, so that it is serialized and pooled as it
+    would be alone (Hilbert orders and the clipping of pooling levels depend on the depth)."""
 
-    def __init__(self, grid: torch.Tensor, batch: torch.Tensor, depth: int, num_samples: int,
+    def __init__(self, grid: torch.Tensor, batch: torch.Tensor, depth: torch.Tensor,
+                 num_samples: int,
                  coord: torch.Tensor, pooling=None) -> None:
         self.grid, self.batch, self.depth = grid, batch, depth
         self.num_samples, self.coord, self.pooling = num_samples, coord, pooling
@@ -321,8 +324,8 @@ class PCMEncoder(nn.Module):
         lo = coord.new_full((num_samples, 3), float("inf")).scatter_reduce(
             0, batch[:, None].expand(-1, 3), coord, "amin", include_self=True)
         grid = grid_coordinates(coord - lo[batch], self.grid_size)
-        # under torch.export the depth is known at run time only (serialization.traceable)
-        level = _Level(grid, batch, None if tracing() else fit_depth(grid), num_samples,
+        # Per-sample depths too: tensor ops, so they trace under torch.export as well.
+        level = _Level(grid, batch, sample_depths(grid, batch, num_samples), num_samples,
                        _sample_normalised(coord, batch, num_samples))
         x = self.embed(coord, feat.to(coord.dtype), cu_seqlens.to(torch.int64), batch,
                        neighbours)

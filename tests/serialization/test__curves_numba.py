@@ -38,3 +38,19 @@ def test_numba_morton_and_traverse_match_torch(depth):
         ref = curves._traverse_encode(coord, axes, depth)
         got = torch.from_numpy(numba_kernels.traverse_encode(coord.numpy(), *axes, depth))
         assert torch.equal(got, ref), order
+
+
+def test_numba_per_point_depth_kernels_match_torch():
+    g = torch.Generator().manual_seed(5)
+    depths = torch.randint(1, 12, (5000,), generator=g)
+    coord = (torch.rand(5000, 3, generator=g) * (1 << depths)[:, None]).long()
+    ref = curves._hilbert_encode_torch(coord, 11, depths)
+    got = torch.from_numpy(numba_kernels.hilbert_encode_depths(coord.numpy(), depths.numpy()))
+    assert torch.equal(got, ref)
+    for d in (1, 4, 11):  # every point at its own depth: its code at that depth
+        sel = depths == d
+        assert torch.equal(ref[sel], curves._hilbert_encode_torch(coord[sel], d))
+    for order, axes in curves._TRAVERSE_AXES.items():
+        ref = curves._traverse_encode(coord, axes, depths)
+        got = numba_kernels.traverse_encode_depths(coord.numpy(), *axes, depths.numpy())
+        assert torch.equal(torch.from_numpy(got), ref), order

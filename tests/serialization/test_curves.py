@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geossm.serialization import ORDERS, coarsen, decode, encode, fit_depth
+from geossm.serialization import ORDERS, coarsen, decode, encode, fit_depth, sample_depths
 
 TRAVERSE = ("xyz", "xzy", "yxz", "yzx", "zxy", "zyx")
 UNIT_STEP_ORDERS = ("hilbert", "hilbert-trans") + TRAVERSE
@@ -111,6 +111,57 @@ def test_default_depth_is_the_fewest_that_fit():
     assert fit_depth(torch.zeros(0, 3, dtype=torch.long)) == 1
     assert fit_depth(torch.zeros(4, 3, dtype=torch.long)) == 1
     assert torch.equal(encode(coord, "hilbert"), encode(coord, "hilbert", depth=3))
+
+
+def test_sample_depths_are_each_samples_fit_depth():
+    grid = torch.tensor([[0, 5, 2], [7, 1, 0], [1, 0, 0], [0, 0, 0], [40, 3, 9]])
+    batch = torch.tensor([0, 0, 1, 2, 3])
+    got = sample_depths(grid, batch, 5)  # sample 4 is empty
+    assert got.tolist() == [3, 1, 1, 6, 1]
+    assert got.tolist() == [fit_depth(grid[batch == s]) for s in range(4)] + [1]
+    assert sample_depths(grid).tolist() == [6]
+    # exact bit lengths at the powers of two (where a float log2 would round)
+    big = torch.tensor([[(1 << 20) - 1, 0, 0], [1 << 20, 0, 0]])
+    assert sample_depths(big, torch.tensor([0, 1])).tolist() == [20, 21]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("n", [300, 6000])  # torch, and the numba kernels from 4096 points
+def test_per_sample_depth_gives_each_sample_its_own_codes(order, n):
+    g = torch.Generator().manual_seed(n)
+    batch = torch.randint(0, 3, (n,), generator=g)
+    side = torch.tensor([2, 37, 1000])[batch]  # depths 1, 6, 10
+    grid = (torch.rand(n, 3, generator=g) * side[:, None]).long()
+    depths = sample_depths(grid, batch, 3)
+    assert depths.tolist() == [1, 6, 10]
+    code = encode(grid, order, batch, depths)
+    top = 3 * int(depths.max())
+    assert torch.equal(code >> top, batch)
+    for s in range(3):
+        alone = encode(grid[batch == s], order)  # at the sample's own fit_depth
+        assert torch.equal(code[batch == s] & ((1 << top) - 1), alone), s
+    if order.startswith("hilbert"):  # the curve depends on the depth: one depth would differ
+        assert not torch.equal(encode(grid[batch == 1], order, depth=10),
+                               encode(grid[batch == 1], order))
+
+
+def test_per_sample_depth_of_equal_depths_is_the_int_depth():
+    grid = torch.randint(0, 50, (200, 3), generator=torch.Generator().manual_seed(3))
+    batch = torch.arange(200) % 2
+    depths = sample_depths(grid, batch, 2)
+    for order in ORDERS:
+        assert torch.equal(encode(grid, order, batch, depths), encode(grid, order, batch))
+
+
+def test_per_sample_depth_errors():
+    grid = torch.tensor([[0, 5, 2], [7, 1, 0]])
+    batch = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"depth: expected an int or a \(S,\) tensor with S >= 2"):
+        encode(grid, "hilbert", batch, torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"depth: expected per-sample depths in \[1, 21\], got 0..3"):
+        encode(grid, "hilbert", batch, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"grid_coord: expected the coordinates of sample s < 2\^depth\[s\]"):
+        encode(grid, "hilbert", batch, torch.tensor([2, 3]))
 
 
 def test_63_bit_limit():

@@ -168,6 +168,76 @@ def test_pool_grid_is_z_encoding_then_serialized_pooling():
     # more levels than the grid has are clipped to depth - 1 (one cell per axis)
     assert torch.equal(pool_grid(grid, batch, None, 10, 3).grid_coord,
                        pool_grid(grid, batch, None, depth - 1, 3).grid_coord)
-    with pytest.raises(ValueError, match="cannot pool further: the grid has depth 1"):
-        pool_grid(torch.zeros(5, 3, dtype=torch.long), torch.zeros(5, dtype=torch.long), None,
-                  1, 1)
+    with pytest.raises(ValueError, match=r"levels: expected an int >= 1, got 0"):
+        pool_grid(grid, batch, None, 0, 3)
+
+
+@pytest.mark.parametrize("cells", [[[0, 0, 0]], [[0, 0, 0], [1, 0, 1], [1, 1, 1]]])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_pool_grid_of_depth_one_gives_one_cell(cells, per_sample):
+    # a single point, or a cloud within two cells per axis: one parent cell per sample, depth 1
+    from geossm.serialization import pool_grid, sample_depths
+    grid = torch.tensor(cells * 2)
+    batch = torch.repeat_interleave(torch.arange(2), len(cells))
+    depth = sample_depths(grid, batch, 2) if per_sample else None
+    pooled = pool_grid(grid, batch, depth, 3, 2)
+    assert pooled.grid_coord.tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert pooled.batch.tolist() == [0, 1] and pooled.counts.tolist() == [len(cells)] * 2
+    assert torch.equal(pooled.cluster, batch)
+    assert pooled.head.tolist() == [0, len(cells)]
+    assert pooled.serialization.cu_seqlens.tolist() == [0, 1, 2]
+    assert (pooled.depth.tolist() if per_sample else pooled.depth) == ([1, 1] if per_sample else 1)
+    again = pool_grid(pooled.grid_coord, pooled.batch, pooled.depth, 1, 2)
+    assert again.counts.tolist() == [1, 1]
+
+
+def test_per_sample_depths_serialize_and_pool_every_sample_as_alone():
+    from geossm.serialization import pool_grid, sample_depths
+    g = torch.Generator().manual_seed(8)
+    lengths = [70, 0, 120, 5, 1]
+    batch = torch.repeat_interleave(torch.arange(5), torch.tensor(lengths))
+    side = torch.tensor([3, 1, 900, 40, 1])[batch]  # depths 2, -, 10, 6, 1
+    grid = (torch.rand(batch.numel(), 3, generator=g) * side[:, None]).long()
+    depths = sample_depths(grid, batch, 5)
+    starts = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    for order in ORDERS:
+        ser = serialize_grid(grid, order, batch, depths, 5)
+        assert torch.equal(ser.extras["depth"], depths)
+        for s in range(5):
+            alone = serialize_grid(grid[batch == s], order)
+            seg = ser.order[ser.cu_seqlens[s]:ser.cu_seqlens[s + 1]]
+            assert torch.equal(seg - starts[s], alone.order), (order, s)
+        multi = serialize_multi(grid.float(), 1.0, ("z", order), batch, depths)
+        assert torch.equal(multi[1].order, ser.order)
+        assert torch.equal(multi[1].extras["code"], ser.extras["code"])
+    for levels in (1, 3, 12):
+        pooled = pool_grid(grid, batch, depths, levels, 5)
+        cu = pooled.serialization.cu_seqlens
+        for s in range(5):
+            if lengths[s] == 0:
+                assert cu[s + 1] == cu[s]
+                continue
+            alone = pool_grid(grid[batch == s], torch.zeros(lengths[s], dtype=torch.long), None,
+                              levels, 1)
+            assert torch.equal(pooled.grid_coord[cu[s]:cu[s + 1]], alone.grid_coord), (levels, s)
+            assert torch.equal(pooled.counts[cu[s]:cu[s + 1]], alone.counts)
+            assert torch.equal(pooled.cluster[batch == s] - cu[s], alone.cluster)
+            assert torch.equal(pooled.head[cu[s]:cu[s + 1]] - starts[s], alone.head)
+            assert int(pooled.depth[s]) == alone.depth
+    # one sample: per-sample depths pool exactly as an int depth does
+    one = batch == 2
+    a = pool_grid(grid[one], batch[one] * 0, depths[2:3], 3, 1)
+    b = pool_grid(grid[one], batch[one] * 0, int(depths[2]), 3, 1)
+    for name in ("cluster", "counts", "code", "grid_coord", "batch", "head"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grid_coordinates_of_half_precision_are_those_of_the_same_values_in_float32(dtype):
+    g = torch.Generator().manual_seed(0)
+    coord = (torch.rand(5000, 3, generator=g) * 4 - 2).to(dtype)
+    got = grid_coordinates(coord, 0.02)
+    assert torch.equal(got, grid_coordinates(coord.float(), 0.02))
+    c64 = torch.rand(100, 3, generator=g, dtype=torch.float64) * 1e3
+    assert torch.equal(grid_coordinates(c64, 1e-3),
+                       torch.floor((c64 - c64.min(0).values) / 1e-3).long())

@@ -4,7 +4,8 @@ trace under ``torch.export`` through them (shapes that follow the input's)."""
 import pytest
 import torch
 
-from geossm.serialization import (fit_depth, grid_coordinates, pool_grid, serialize_grid)
+from geossm.serialization import (fit_depth, grid_coordinates, pool_grid, sample_depths,
+                                  serialize_grid)
 from geossm.serialization.events import serialize_events
 from geossm.serialization.traceable import (grid_coordinates_op, grid_pooling_op,
                                             serialize_events_op, serialize_grid_op, tracing)
@@ -36,6 +37,59 @@ def test_ops_equal_the_eager_functions(order):
             pooled.head, pooled.serialization.cu_seqlens)
     for g, w in zip(got, want):
         assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("order", ["hilbert", "xzy"])
+def test_ops_with_per_sample_depths_equal_the_eager_functions(order):
+    coord, batch = _cloud((30, 0, 45), 0)
+    coord[batch == 2] *= 8  # a deeper grid for sample 2
+    grid = grid_coordinates(coord, 0.25)
+    depths = sample_depths(grid, batch, 3)
+    assert depths.tolist() == [4, 1, 7]
+    ser = serialize_grid(grid, order, batch, depths, 3)
+    for got, want in zip(serialize_grid_op(grid, batch, order, None, 3, depths),
+                         (ser.order, ser.inverse, ser.cu_seqlens)):
+        assert torch.equal(got, want)
+    pooled = pool_grid(grid, batch, depths, 3, 3)
+    got = grid_pooling_op(grid, batch, None, 3, 3, depths)
+    want = (pooled.cluster, pooled.counts, pooled.code, pooled.grid_coord, pooled.batch,
+            pooled.head, pooled.serialization.cu_seqlens)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+class _PerSample(torch.nn.Module):
+    """Serialize along hilbert and pool twice with per-sample depths (as ``PCMEncoder``)."""
+
+    def forward(self, coord, feat, batch, num_samples_like):
+        s = num_samples_like.shape[0]
+        grid = grid_coordinates(coord, 0.2)
+        depths = sample_depths(grid, batch, s)
+        ser = serialize_grid(grid, "hilbert", batch, depths, s)
+        x = feat.index_select(0, ser.order).cumsum(0).index_select(0, ser.inverse)
+        pooling = pool_grid(grid, batch, depths, 2, s)
+        ser2 = serialize_grid(pooling.grid_coord, "hilbert", pooling.batch, pooling.depth, s)
+        y = pooling.pool(x, "max")
+        y = y.index_select(0, ser2.order).cumsum(0).index_select(0, ser2.inverse)
+        coarse = pool_grid(pooling.grid_coord, pooling.batch, pooling.depth, 3, s)
+        return x + pooling.unpool(y + coarse.unpool(coarse.pool(y))), coarse.depth
+
+
+def test_per_sample_depths_export_and_match_eager_on_other_inputs():
+    module = _PerSample()
+    coord, batch = _cloud((40, 25), 2)
+    feat = torch.randn(coord.shape[0], 4)
+    dims = {"coord": {0: torch.export.Dim.AUTO}, "feat": {0: torch.export.Dim.AUTO},
+            "batch": {0: torch.export.Dim.AUTO}, "num_samples_like": {0: torch.export.Dim.AUTO}}
+    program = torch.export.export(module, (coord, feat, batch, torch.zeros(2)),
+                                  dynamic_shapes=dims)
+    coord, batch = _cloud((70, 0, 9, 1), 3)
+    coord[batch == 0] *= 10
+    feat = torch.randn(coord.shape[0], 4)
+    want = module(coord, feat, batch, torch.zeros(4))
+    got = program.module()(coord, feat, batch, torch.zeros(4))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
 def test_serialize_events_op_equals_the_function():

@@ -136,6 +136,22 @@ def test_switch_and_paths_without_gradients():
         Mamba(DIM, fused=1)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 5, DIM), (3, 0, DIM), (0, DIM)])
+def test_empty_input_gives_empty_output_and_gradients(backend, shape):
+    # A dense batch of no sequences has no (S+1,) boundaries: it runs as one empty segment.
+    fused, plain = twins(cls=Mamba, backend=backend)
+    x = torch.zeros(shape, device=DEVICE)
+    fused, plain = fused.to(DEVICE), plain.to(DEVICE)
+    for module in (fused, plain):
+        y, dx, grads = run(module, x, torch.zeros(shape, device=DEVICE))
+        assert y.shape == shape and dx.shape == shape
+        assert all(g is None or not g.any() for g in grads.values())
+    if len(shape) == 3:  # boundaries with dense input are still refused
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            fused(x, torch.tensor([0, 0], dtype=torch.int32, device=DEVICE))
+
+
 def test_mamba_inner_shape_error():
     m = Mamba(DIM, d_state=4)
     with pytest.raises(ValueError, match=r"x must have shape \(T, 8\) or \(B, L, 8\), got "

@@ -169,6 +169,22 @@ def test_constructor_errors(kwargs, match):
         Mamba(DIM, **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["torch", "numba", None])
+@pytest.mark.parametrize("fused", [True, False])
+def test_float64_is_refused_naming_the_dtypes_of_every_backend(backend, fused):
+    m = Mamba(DIM, d_state=4, backend=backend, fused=fused)
+    x = torch.randn(2, 5, DIM)
+    with pytest.raises(TypeError, match=r"Mamba: x must be float32, float16 or bfloat16 with "
+                                        r"every backend \(torch, numba, triton.*got dtype "
+                                        r"torch.float64 with backend="):
+        m.double()(x.double())
+    with pytest.raises(TypeError, match=r"Mamba: parameters must be float32.*torch.float64"):
+        m.double()(x)
+    with pytest.raises(TypeError, match=r"Mamba: x must be .*torch.float64"):
+        BiMamba(DIM, d_state=4, backend=backend)(x.double())
+    assert m.float()(x).dtype == torch.float32 and m.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
 def test_fractional_expand_gives_a_narrow_inner_width(packed):
     x, cu = packed  # a quarter of the model width inside: the projections' shapes follow
     m = Mamba(DIM, d_state=4, expand=0.25)
@@ -261,6 +277,19 @@ def test_mamba_ssm_weights_give_mamba_ssm_outputs(backend, bias):
     assert (built.in_proj.bias is not None) == bias
     with torch.no_grad():
         torch.testing.assert_close(built(x), m(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("d_model, expand", [(64, 1.5), (8, 0.25), (7, 29 / 7)])
+def test_mamba_ssm_round_trip_with_a_fractional_expand(d_model, expand):
+    m = Mamba(d_model, d_state=4, expand=expand, dt_rank=2)
+    back = Mamba.from_mamba_ssm(m.mamba_ssm_state_dict())
+    assert back.d_inner == m.d_inner == int(back.expand * d_model)  # mamba_ssm's d_inner
+    assert back.state_dict().keys() == m.state_dict().keys()
+    for key, value in m.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    x = torch.randn(2, 5, d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), m(x), rtol=0, atol=0)
 
 
 def test_mamba_ssm_round_trip_is_identity():

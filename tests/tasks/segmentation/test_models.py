@@ -25,6 +25,41 @@ def test_packing_equals_one_sample_at_a_time():
     assert packed.shape == (110, 4)
 
 
+@pytest.mark.parametrize("small_first", [True, False])
+def test_a_sample_beside_a_larger_one_gets_its_logits_alone(small_first):
+    """The grid depth is per sample: a small cloud packed beside a large one (a deeper grid)
+    keeps its Hilbert orders and pooling, hence its logits, bit for bit."""
+    torch.manual_seed(0)
+    model = PointCloudMambaSeg(in_channels=3, num_classes=5, size="tiny", dims=[16, 16, 16],
+                               depths=[0, 4, 4], strides=[8, 2], grid_size=0.02,
+                               d_state=4).eval()
+    assert "hilbert" in [model.encoder.orders[i] for i in model.encoder.block_orders[2]]
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(400, 3, generator=g) * 0.5
+    b = torch.rand(400, 3, generator=g) * 8.0
+    pair = (a, b) if small_first else (b, a)
+    cu = torch.tensor([0, 400, 800], dtype=torch.int32)
+    with torch.no_grad():
+        alone = model(a, a, torch.tensor([0, 400], dtype=torch.int32))
+        packed = model(torch.cat(pair), torch.cat(pair), cu)
+    got = packed[:400] if small_first else packed[400:]
+    torch.testing.assert_close(got, alone, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("coord", [torch.zeros(50, 3), torch.tensor([[0.3, -1.0, 2.0]])])
+def test_a_cloud_within_one_cell_is_predicted(coord):
+    """A single point or all points in one voxel: every stage pools to that one cell."""
+    model = PointCloudMambaSeg(in_channels=3, num_classes=5, size="tiny", dims=[16, 16, 16],
+                               depths=[0, 2, 2], strides=[8, 2], grid_size=0.02, d_state=4,
+                               k=4).eval()
+    with torch.no_grad():
+        out = model(coord, coord, torch.tensor([0, coord.shape[0]], dtype=torch.int32))
+        both = model(torch.cat([coord, coord + 5]), torch.cat([coord, coord]),
+                     torch.tensor([0, coord.shape[0], 2 * coord.shape[0]], dtype=torch.int32))
+    assert out.shape == (coord.shape[0], 5) and torch.isfinite(out).all()
+    torch.testing.assert_close(both[:coord.shape[0]], out, rtol=1e-5, atol=1e-5)
+
+
 def test_orders_cycle_and_presets():
     model = PointCloudMambaSeg(size="tiny")
     enc = model.encoder
