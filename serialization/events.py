@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .curves import sample_depths
 from .points import serialize_grid
 from .structure import Serialization, _unchecked
 from .traceable import serialize_events_op, tracing
@@ -430,7 +431,8 @@ def to_time_surface(events, sensor_size, dt, tau, overlap=0, include_incomplete=
 
 
 def serialize_events(events, sensor_size, time_scale: float, order: str = "hilbert",
-                     batch: Tensor | None = None, depth: int | None = None) -> Serialization:
+                     batch: Tensor | None = None, depth: int | None = None,
+                     per_sample: bool = False) -> Serialization:
     """Serialize raw events as points ``(x, y, floor((t - t_min)·time_scale))`` along a curve.
 
     Args:
@@ -440,6 +442,9 @@ def serialize_events(events, sensor_size, time_scale: float, order: str = "hilbe
         order: a curve of ``curves.ORDERS``, default ``"hilbert"``.
         batch: ``(N,)`` recording index for several concatenated recordings, default None.
         depth: bits per axis, default the fewest that fit.
+        per_sample: with ``batch``, ``t_min`` and the depth of each recording its own (``depth``
+            must be None): a recording gets the order it gets alone, whatever it is batched
+            with; default False (one time origin and depth for the whole batch).
 
     Returns:
         ``Serialization`` (one segment per recording) with extras ``code``, ``grid_coord``
@@ -453,13 +458,28 @@ def serialize_events(events, sensor_size, time_scale: float, order: str = "hilbe
     if tracing():
         order_, inverse, cu = serialize_events_op(cols["x"], cols["y"], cols["t"], cols["p"],
                                                   batch, list(sensor), float(time_scale),
-                                                  order, depth)
+                                                  order, depth, per_sample)
         return _unchecked(order_, inverse, cu)
+    if per_sample and depth is not None:
+        raise ValueError(f"depth: per_sample=True gives every recording its own depth; got "
+                         f"depth={depth!r} too")
+    per_sample = per_sample and batch is not None
     dev = cols["t"].device
     x, y, p = _pixels(cols, sensor, torch)
     t = cols["t"]
-    tcell = (torch.floor((t - t.min()).to(torch.float64) * time_scale).long()
+    t_min = _sample_min(t, batch) if per_sample else t.min() if t.numel() else 0
+    tcell = (torch.floor((t - t_min).to(torch.float64) * time_scale).long()
              if t.numel() else t.long())
     grid = torch.stack([x, y, tcell], 1).to(dev)
+    if per_sample:
+        depth = sample_depths(grid, batch)
     ser = serialize_grid(grid, order, batch, depth)
     return _unchecked(ser.order, ser.inverse, ser.cu_seqlens, {**ser.extras, "p": p})
+
+
+def _sample_min(t: Tensor, batch: Tensor) -> Tensor:
+    """``(N,)`` the smallest ``t`` of each event's recording."""
+    n_rec = int(batch.max()) + 1 if batch.numel() else 0
+    lo = torch.full((n_rec,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=t.device)
+    lo = lo.scatter_reduce(0, batch.long(), t.long(), "amin", include_self=True)
+    return lo[batch.long()]

@@ -118,17 +118,18 @@ def _(grid, batch, depth, levels, num_samples, depths=None):
 @torch.library.custom_op("geossm::serialize_events", mutates_args=())
 def serialize_events_op(x: Tensor, y: Tensor, t: Tensor, p: Tensor, batch: Optional[Tensor],
                         sensor_size: list[int], time_scale: float, order: str,
-                        depth: Optional[int]) -> tuple[Tensor, Tensor, Tensor]:
+                        depth: Optional[int], per_sample: bool = False
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     """``(order, inverse, cu_seqlens)`` of ``serialize_events({"x": x, "y": y, "t": t, "p": p},
-    sensor_size, time_scale, order, batch, depth)``."""
+    sensor_size, time_scale, order, batch, depth, per_sample)``."""
     from .events import serialize_events
     ser = serialize_events({"x": x, "y": y, "t": t, "p": p}, tuple(sensor_size), time_scale,
-                           order, batch, depth)
+                           order, batch, depth, per_sample)
     return ser.order, ser.inverse, ser.cu_seqlens
 
 
 @serialize_events_op.register_fake
-def _(x, y, t, p, batch, sensor_size, time_scale, order, depth):
+def _(x, y, t, p, batch, sensor_size, time_scale, order, depth, per_sample=False):
     n = x.shape[0]
     return (x.new_empty((n,), dtype=torch.long), x.new_empty((n,), dtype=torch.long),
             x.new_empty((_boundaries(batch, None),), dtype=torch.int32))

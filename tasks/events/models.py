@@ -210,8 +210,9 @@ class EventMambaCls(nn.Module):
                             t / t_max.clamp_min(1.0)[batch], events[:, 3].clamp(0, 1).float()], 1)
         x = self.embed(feat)
         cols = {"x": events[:, 0], "y": events[:, 1], "t": events[:, 2], "p": events[:, 3]}
-        sers = [serialize_events(cols, self.sensor_size, self.time_scale, order=o, batch=batch)
-                for o in self.orders]
+        # each recording ordered as it would be alone, whatever it is batched with
+        sers = [serialize_events(cols, self.sensor_size, self.time_scale, order=o, batch=batch,
+                                 per_sample=True) for o in self.orders]
         for i, blk in enumerate(self.blocks):
             x = blk(x, sers[i % len(sers)])
         return self.head(self.drop(segment_mean(self.norm(x), cu_seqlens)))

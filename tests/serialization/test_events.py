@@ -297,3 +297,24 @@ def test_serialize_events():
     batch = torch.arange(2).repeat_interleave(500)
     sb = ev.serialize_events(two, SENSOR, 1e-3, "z", batch=batch)
     assert sb.cu_seqlens.tolist() == [0, 500, 1000]
+
+
+def test_per_sample_serialization_orders_each_recording_as_alone():
+    """``per_sample=True``: a short recording batched with a long, later one keeps the order
+    (and local codes) it gets alone; the batch-wide default anchors time and the depth at the
+    whole batch, which changes the short recording's Hilbert order."""
+    short, long = _synthetic(300, 1), _synthetic(400, 2)
+    long["t"] = long["t"] * 40 + 7_000_000  # a later recording, 40x as long: more depth bits
+    alone = ev.serialize_events(short, SENSOR, 1e-3, "hilbert")
+    both = ev.as_tensors(np.concatenate([short, long]))
+    batch = torch.arange(2).repeat_interleave(torch.tensor([300, 400]))
+    for per_sample, same in ((True, True), (False, False)):
+        packed = ev.serialize_events(both, SENSOR, 1e-3, "hilbert", batch=batch,
+                                     per_sample=per_sample)
+        assert packed.cu_seqlens.tolist() == [0, 300, 700]
+        assert torch.equal(packed.order[:300], alone.order) is same
+    tail = ev.serialize_events(long, SENSOR, 1e-3, "hilbert")
+    packed = ev.serialize_events(both, SENSOR, 1e-3, "hilbert", batch=batch, per_sample=True)
+    assert torch.equal(packed.order[300:] - 300, tail.order)
+    with pytest.raises(ValueError, match=r"per_sample=True gives every recording its own depth"):
+        ev.serialize_events(both, SENSOR, 1e-3, batch=batch, depth=12, per_sample=True)

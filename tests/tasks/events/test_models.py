@@ -87,3 +87,22 @@ def test_windowed_patch_serializations_are_cached_per_batch_size():
     for size in range(1, event_models.REPEAT_CACHE_SIZE + 3):
         m._patch_serializations(size, torch.device("cpu"))
     assert len(m._repeat_cache) == event_models.REPEAT_CACHE_SIZE
+
+
+def test_serialized_logits_of_a_recording_do_not_depend_on_its_batch():
+    """A recording's logits alone equal its logits beside a longer recording (per-recording
+    time origin and curve depth in the serialization)."""
+    torch.manual_seed(0)
+    m = EventMambaCls(num_classes=3, mode="serialized", sensor_size=(16, 16, 2), dim=16,
+                      depth=2, orders=("hilbert", "hilbert-trans")).eval()
+
+    def recording(k, span):
+        return torch.stack([torch.randint(0, 16, (k,)), torch.randint(0, 16, (k,)),
+                            torch.sort(torch.randint(0, span, (k,))).values,
+                            torch.randint(0, 2, (k,))], 1)
+    short, long = recording(40, 3_000), recording(60, 25_000)  # depths 4 and 5
+    with torch.no_grad():
+        alone = m(events=short, cu_seqlens=torch.tensor([0, 40], dtype=torch.int32))
+        packed = m(events=torch.cat([short, long]),
+                   cu_seqlens=torch.tensor([0, 40, 100], dtype=torch.int32))
+    torch.testing.assert_close(packed[:1], alone, rtol=1e-5, atol=1e-6)
