@@ -21,13 +21,16 @@ build first while the other ranks wait at a barrier, then read what it wrote::
     with main_process_first():
         path = build_once(cache_root() / "peptides.npz", lambda tmp: np.savez(tmp, **arrays))
 
-The cache folder is ``$GEOSSM_CACHE``, else ``~/.cache/geossm`` (``cache_root``).
+The cache folder is ``$GEOSSM_CACHE``, else ``~/.cache/geossm`` (``cache_root``). A cache
+derived from files is named after what it was derived from (``files_digest``), so a file
+replaced in place, added or removed gives a new cache instead of the old one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -40,7 +43,7 @@ from typing import IO
 from filelock import FileLock, Timeout
 
 __all__ = ["COMPLETE_MARKER", "cache_root", "atomic_write", "atomic_path", "file_lock",
-           "build_once", "is_whole_npz", "main_process_first"]
+           "build_once", "is_whole_npz", "files_digest", "main_process_first"]
 
 #: Name of the file that marks a cached folder as complete (written last).
 COMPLETE_MARKER = ".complete"
@@ -197,6 +200,34 @@ def is_whole_npz(path: str | os.PathLike, keys: Iterable[str] = ()) -> bool:
     except (OSError, zipfile.BadZipFile):
         return False
     return all(f"{key}.npy" in names for key in keys)
+
+
+def files_digest(paths: Iterable[str | os.PathLike], content: bool = True) -> str:
+    """Hex SHA-1 of the files ``paths``, in the given order: each file's name (not its folder)
+    and, with ``content=True`` (default), its bytes, else its size and ``st_mtime_ns``.
+
+    Content is for files copied between machines (copies get other mtimes but must map to the
+    same cache); size and mtime for files too large to read on every start (a file replaced
+    with the same size and mtime goes unnoticed). A missing file hashes as missing, so adding
+    it later changes the digest.
+    """
+    h = hashlib.sha1()
+    for path in map(Path, paths):
+        h.update(f"{len(path.name)}:{path.name}".encode())  # length first: names never merge
+        try:
+            if content:
+                with open(path, "rb") as fh:
+                    # the size first, so one file's bytes never run into the next name
+                    h.update(f"content {os.fstat(fh.fileno()).st_size}:".encode())
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            else:
+                st = path.stat()
+                h.update(f"stat {st.st_size} {st.st_mtime_ns}".encode())
+        except FileNotFoundError:
+            h.update(b"missing")
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -25,6 +25,7 @@ that cannot be parsed raises ``ValueError`` naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geossm.cache import build_once, is_whole_npz
+from geossm.cache import build_once, files_digest, is_whole_npz
 from geossm.registry import DATASETS
 from geossm.transforms import Compose, build_transforms, torch_generator
 
@@ -347,7 +348,10 @@ class S3DIS(PointCloudDataset):
         feat_keys: default ``("coord", "color")`` (colour in [0, 1]).
         cache_dir: parsed rooms are stored there as ``.npz`` (the text files are slow to read),
             each parsed by one process and written whole (``geossm.cache.build_once``), default
-            None (no cache; never written beside the data).
+            None (no cache; never written beside the data). A room's file is
+            ``<area>_<room>_<key>.npz``, the key hashing the resolved room folder and its
+            annotation files' names, sizes and mtimes: two S3DIS copies, or a room edited in
+            place, never share a cache file.
         **kwargs: see ``PointCloudDataset``.
     """
 
@@ -373,8 +377,9 @@ class S3DIS(PointCloudDataset):
         if not self.rooms:
             raise FileNotFoundError(f"S3DIS: no room folders in {[str(root / f'Area_{a}') for a in areas]}")
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        #: Cache files this process has seen whole: later epochs skip the lock and the check.
-        self._cached_rooms: set[Path] = set()
+        #: Cache file of each room this process has seen whole: later epochs skip the key, the
+        #: lock and the check.
+        self._cached_rooms: dict[Path, Path] = {}
 
     def num_items(self) -> int:
         return len(self.rooms)
@@ -383,15 +388,25 @@ class S3DIS(PointCloudDataset):
         room = self.rooms[index]
         if self.cache_dir is None:
             return self._read_room(room)
-        cached = self.cache_dir / f"{room.parent.name}_{room.name}.npz"
-        # Parsed by one of the processes (DataLoader workers, runs) that ask at once, written
-        # whole; a file an older version wrote in place (maybe torn) is parsed again.
-        if cached not in self._cached_rooms:
+        cached = self._cached_rooms.get(room)
+        if cached is None:
+            cached = self.room_cache(room)
+            # Parsed by one of the processes (DataLoader workers, runs) that ask at once,
+            # written whole; a file an older version wrote in place (maybe torn) is parsed again.
             build_once(cached, lambda tmp: np.savez(tmp, **self._read_room(room)),
                        valid=lambda path: is_whole_npz(path, self.ROOM_KEYS))
-            self._cached_rooms.add(cached)
+            self._cached_rooms[room] = cached
         with np.load(cached) as z:
             return {key: z[key] for key in self.ROOM_KEYS}
+
+    def room_cache(self, room: Path) -> Path:
+        """The cache file of ``room``: ``<cache_dir>/<area>_<room>_<key>.npz``, ``key`` hashing
+        the resolved room folder and its annotation files' names, sizes and mtimes (not their
+        contents: rooms are tens of MB of text, and one ``stat`` per file is enough to see a
+        room replaced or edited)."""
+        files = sorted((room / "Annotations").glob("*.txt"))
+        key = hashlib.sha1(f"{room.resolve()}\0{files_digest(files, content=False)}".encode())
+        return self.cache_dir / f"{room.parent.name}_{room.name}_{key.hexdigest()[:12]}.npz"
 
     @staticmethod
     def _read_room(room: Path) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ import pytest
 
 from geossm import cache
 from geossm.cache import (COMPLETE_MARKER, atomic_path, atomic_write, build_once, file_lock,
-                          is_whole_npz)
+                          files_digest, is_whole_npz)
 
 # One worker process: waits for the start signal, then asks for the cache. Its builder writes
 # the cache in PIECES pieces, slowly, and logs one line per build into builds.log (O_APPEND:
@@ -217,6 +217,26 @@ def test_file_lock_timeout_names_the_lock_file(tmp_path):
                                                r".*\.c\.bin\.lock for more than 0\.1 s"):
             with file_lock(path, timeout=0.1):
                 pass
+
+
+def test_files_digest_follows_contents_names_and_missing_files_not_mtimes(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("1, 2\n")
+    first = files_digest([a, b])  # b missing
+    os.utime(a, ns=(10**9, 10**9))  # a copy on another machine: same bytes, another mtime
+    assert files_digest([a, b]) == first
+    b.write_text("")
+    assert files_digest([a, b]) != first  # a file added later (even empty)
+    b.unlink()
+    a.write_text("1, 3\n")  # replaced in place, same size
+    assert files_digest([a, b]) != first
+    assert files_digest([a]) != files_digest([tmp_path / "c.txt"])  # another name
+    # names, sizes and mtimes only: an edit that keeps the size shows through its mtime
+    stat = files_digest([a], content=False)
+    os.utime(a, ns=(2 * 10**9, 2 * 10**9))
+    assert files_digest([a], content=False) != stat
+    assert files_digest([b], content=False) == files_digest([b], content=False)
+    assert len(first) == 40 and int(first, 16) >= 0
 
 
 def test_cache_root_follows_geossm_cache(tmp_path, monkeypatch):

@@ -67,7 +67,7 @@ class NodeDataset(torch.utils.data.Dataset):
         self.root = Path(root) if root is not None else None
         self.cache_dir = cache_dir
         data, masks = self.load()
-        num_splits = next(iter(masks.values())).shape[1]
+        num_splits = self._check_loaded(data, masks)
         check_split(split, split_index, num_splits)
         self.split, self.split_index, self.num_splits = split, split_index, num_splits
         data.x = data.x.float()
@@ -90,6 +90,27 @@ class NodeDataset(torch.utils.data.Dataset):
 
     def load(self) -> tuple[Data, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def _check_loaded(self, data: Data, masks: Mapping[str, torch.Tensor]) -> int:
+        """The number of fixed splits ``S``, once ``load``'s ``x (N, F)``, ``y (N,)`` and masks
+        ``{split: (N, S)}`` (one ``S`` for all of ``SPLITS``) are checked: arrays shaped
+        otherwise would fail far away, in the loss. Raises ``ValueError`` naming the class."""
+        name = type(self).__name__
+        if data.x is None or data.x.dim() != 2:
+            raise ValueError(f"{name}: x: expected shape (N, F), got "
+                             f"{None if data.x is None else tuple(data.x.shape)}")
+        n = data.x.shape[0]
+        if data.y is None or tuple(data.y.shape) != (n,):
+            raise ValueError(f"{name}: y: expected shape (N,) = ({n},), got "
+                             f"{None if data.y is None else tuple(data.y.shape)}")
+        shapes = {s: tuple(masks[s].shape) if s in masks else None for s in SPLITS}
+        splits = {shape[1] for shape in shapes.values()
+                  if shape is not None and len(shape) == 2 and shape[0] == n}
+        if len(splits) != 1 or any(shape is None or len(shape) != 2 or shape[0] != n
+                                   for shape in shapes.values()):
+            raise ValueError(f"{name}: masks: expected shape (N, S) = ({n}, S) with one S for "
+                             f"{', '.join(SPLITS)}, got {shapes}")
+        return splits.pop()
 
     def __len__(self) -> int:
         return 1

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch_geometric.data import Data
@@ -10,15 +12,74 @@ from torch_geometric.data import Data
 from geossm.registry import DATASETS
 
 from .base import SPLITS, NodeDataset
-from .cache import cache_folder, pyg_dataset
+from .cache import MALFORMED, cache_folder, pyg_dataset
+
+#: Arrays of a heterophilous ``.npz`` (PyG's layout and the filtered sets alike).
+KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "test_masks")
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays ``KEYS`` of the heterophilous ``.npz`` at ``path``, shapes checked
+    (``check_arrays``).
+
+    Raises ``FileNotFoundError`` for a missing file; ``ValueError`` naming it for one that is
+    not a whole archive (truncated, another format), lacks a key or holds a misshapen array.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    try:
+        with np.load(path) as raw:
+            missing = [key for key in KEYS if key not in raw.files]
+            arrays = {key: raw[key] for key in KEYS if key in raw.files}
+    except MALFORMED as err:
+        raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err}); "
+                         f"expected np.savez's archive of {list(KEYS)}") from err
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing} (a heterophilous .npz holds "
+                         f"{list(KEYS)})")
+    check_arrays(path, arrays)
+    return arrays
+
+
+def check_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Raise ``ValueError`` naming ``path``, the key, the shape found and the shape expected
+    unless ``node_features (N, F)``, ``node_labels (N,)``, ``edges (E, 2)`` with node ids in
+    ``[0, N)``, and ``{train,val,test}_masks (S, N)`` with one ``S`` (the fixed splits): a
+    transposed mask would otherwise load and fail far away, in the loss."""
+    def refuse(key: str, expected: str, transposed: bool = False) -> None:
+        hint = " (stored transposed?)" if transposed else ""
+        raise ValueError(f"{path}: {key}: expected shape {expected}, got "
+                         f"{arrays[key].shape}{hint}")
+
+    if arrays["node_features"].ndim != 2:
+        refuse("node_features", "(N, F)")
+    n = arrays["node_features"].shape[0]
+    if arrays["node_labels"].shape != (n,):
+        refuse("node_labels", f"(N,) = ({n},) (one label per row of node_features)")
+    edges = arrays["edges"]
+    if edges.ndim != 2 or edges.shape[1] != 2:
+        refuse("edges", "(E, 2)", transposed=edges.ndim == 2 and edges.shape[0] == 2)
+    if edges.size and (edges.min() < 0 or edges.max() >= n):
+        raise ValueError(f"{path}: edges: expected node ids in [0, N={n}), got "
+                         f"[{edges.min()}, {edges.max()}]")
+    train = arrays["train_masks"]
+    splits = train.shape[0] if train.ndim == 2 else None
+    for split in SPLITS:
+        key = f"{split}_masks"
+        mask = arrays[key]
+        if mask.ndim != 2 or mask.shape[1] != n:
+            refuse(key, f"(splits, N) = (splits, {n})",
+                   transposed=mask.ndim == 2 and mask.shape[0] == n)
+        if mask.shape[0] != splits:
+            refuse(key, f"({splits}, {n}) (as many splits as train_masks)")
 
 
 class Heterophilous(NodeDataset):
     """Heterophilous benchmark graphs of Platonov et al. (2023), 10 fixed splits, edges made
     undirected. The five of PyG's ``HeterophilousGraphDataset`` are read by it from
     ``root/<name>/raw/<name>.npz``; the filtered Chameleon / Squirrel from
-    ``root/<name>_filtered.npz`` (same keys: ``node_features``, ``node_labels``, ``edges``,
-    ``{train,val,test}_masks``)."""
+    ``root/<name>_filtered.npz`` (same keys: ``node_features (N, F)``, ``node_labels (N,)``,
+    ``edges (E, 2)``, ``{train,val,test}_masks (10, N)``; checked, see ``check_arrays``)."""
 
     family = "heterophilous"
 
@@ -32,20 +93,19 @@ class Heterophilous(NodeDataset):
         from torch_geometric.utils import to_undirected
         root = self._require_root()
         if self.name.endswith("_filtered"):
-            path = root / f"{self.name}.npz"
-            if not path.is_file():
-                raise FileNotFoundError(f"dataset file not found: {path}")
-            with np.load(path) as raw:
-                x = torch.from_numpy(raw["node_features"])
-                y = torch.from_numpy(raw["node_labels"])
-                edges = torch.from_numpy(raw["edges"]).t().long()
-                masks = {s: torch.from_numpy(raw[f"{s}_masks"]).t().bool() for s in SPLITS}
+            raw = read_npz(root / f"{self.name}.npz")
+            x = torch.from_numpy(raw["node_features"])
+            y = torch.from_numpy(raw["node_labels"])
+            edges = torch.from_numpy(raw["edges"]).t().long()
+            masks = {s: torch.from_numpy(raw[f"{s}_masks"]).t().bool() for s in SPLITS}
             edge_index = to_undirected(edges, num_nodes=x.shape[0])
             return Data(x=x, edge_index=edge_index, y=y), masks
         from torch_geometric.datasets import HeterophilousGraphDataset
-        folder = cache_folder(root, self.family, self.cache_dir) / self.name
-        data = pyg_dataset(lambda path: HeterophilousGraphDataset(path, self.name),
-                           [root / self.name / "raw" / f"{self.name}.npz"], root, folder)[0]
+        path = root / self.name / "raw" / f"{self.name}.npz"
+        folder = cache_folder(root, self.family, self.cache_dir, [path]) / self.name
+        # PyG transposes the masks and edges without looking: checked before it processes.
+        data = pyg_dataset(lambda p: HeterophilousGraphDataset(p, self.name), [path], root,
+                           folder, check=lambda: read_npz(path))[0]
         masks = {s: getattr(data, f"{s}_mask").bool() for s in SPLITS}
         return Data(x=data.x, edge_index=data.edge_index, y=data.y), masks
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +22,7 @@ from torch_geometric.utils import cumsum
 from tqdm.auto import tqdm
 
 from geossm._compat import require
-from geossm.cache import atomic_write, build_once, is_whole_npz
+from geossm.cache import atomic_write, build_once, files_digest, is_whole_npz
 from geossm.registry import DATASETS
 
 from ..transforms import batched_positional_encodings
@@ -54,9 +55,11 @@ class LRGBPeptides(GraphDataset):
     rdkit``; some 140 s of one core, 15,535 molecules) and written to a compact compressed cache
     (``save_compact``: ~4.4 MB, uint8 features, int16 local edge ids); a run that finds the
     cache reads it and needs neither RDKit nor OGB, so the file can travel to a machine without
-    them. Encodings (``pe``) are computed for the whole split at construction, batched
-    (``batched_positional_encodings``: some 30 s of one core for all graphs), so DataLoader
-    workers only slice.
+    them (and without the csv). The cache keeps the csv's content digest (``SOURCE_DIGEST``): a
+    run that finds the csv changed converts again; a cache without the csv beside it, or one
+    written before the digest was kept, is read as it is. Encodings (``pe``) are computed for
+    the whole split at construction, batched (``batched_positional_encodings``: some 30 s of
+    one core for all graphs), so DataLoader workers only slice.
 
     Args:
         root: folder in the LRGB layout above.
@@ -86,6 +89,9 @@ class LRGBPeptides(GraphDataset):
     BOND_DIMS = (5, 6, 2)
     #: Arrays of the compact cache (``save_compact``).
     COMPACT_KEYS = ("x", "edge_index", "edge_attr", "y", "n_nodes", "n_edges")
+    #: Optional key of the compact cache: ``files_digest([csv])`` of the csv it was converted
+    #: from (caches of older versions have none).
+    SOURCE_DIGEST = "source_digest"
     num_classes = 0
 
     def __init__(self, root: str | os.PathLike | None = None, split: str = "train",
@@ -103,8 +109,11 @@ class LRGBPeptides(GraphDataset):
             raise FileNotFoundError(f"dataset file not found: {split_file} (LRGB {self.TITLE} "
                                     "layout)")
         tag = "all" if max_graphs is None else str(int(max_graphs))
+        # The folder is keyed on the root alone (files=()): the csv's digest is kept inside the
+        # cache, so a machine without the csv finds the same file.
         cached = Path(cache) if cache else \
-            cache_folder(root, self.family, cache_dir) / f"{self.CACHE_NAME}_{tag}.npz"
+            cache_folder(root, self.family, cache_dir, ()) / f"{self.CACHE_NAME}_{tag}.npz"
+        source = files_digest([csv]) if csv.is_file() else None
 
         def require_csv() -> None:
             if not csv.is_file():
@@ -114,13 +123,20 @@ class LRGBPeptides(GraphDataset):
         def build(tmp: Path) -> None:
             require_csv()
             with open(tmp, "wb") as fh:
-                self._write_compact(self.convert(csv, max_graphs), fh)
+                self._write_compact(self.convert(csv, max_graphs), fh, source)
+
+        def valid(path: Path) -> bool:
+            # Whole, and converted from this csv where both say which csv that was.
+            if not is_whole_npz(path, self.COMPACT_KEYS):
+                return False
+            stored = self.source_digest(path)
+            return source is None or stored is None or stored == source
 
         if not cached.is_file():
             require_csv()  # before anything is written to the cache folder
         # Converted once by one of the processes started together; a file an older version
-        # left torn is converted again.
-        build_once(cached, build, valid=lambda path: is_whole_npz(path, self.COMPACT_KEYS))
+        # left torn, or one converted from another csv, is converted again.
+        build_once(cached, build, valid=valid)
         graphs = self.load_compact(cached)
         with open(split_file, "rb") as fh:
             # The official split file is a pickle of NumPy index arrays: unpickled with only
@@ -133,7 +149,13 @@ class LRGBPeptides(GraphDataset):
         n = len(graphs["n_nodes"])
         if max_graphs is not None:
             n = min(n, int(max_graphs))  # a full cache read for the first max_graphs only
-        index = index[index < n]
+            index = index[index < n]
+        elif len(index) and (index.min() < 0 or index.max() >= n):
+            # A truncated csv, or a cache converted from a smaller one: never drop graphs.
+            raise ValueError(f"{split_file}: split '{split}' names graphs "
+                             f"{int(index.min())}..{int(index.max())}, but {cached} holds "
+                             f"n={n} graphs (rows of {csv.name}); expected ids in [0, {n}) "
+                             "(a truncated csv, or a cache converted from a smaller one?)")
         self.split, self.split_index = split, split_index
         self._store = s = self._select(graphs, index)
         self._node_ptr, self._edge_ptr = cumsum(s["n_nodes"].long()), cumsum(s["n_edges"].long())
@@ -163,9 +185,11 @@ class LRGBPeptides(GraphDataset):
                 "n_nodes": graphs["n_nodes"][idx], "n_edges": graphs["n_edges"][idx]}
 
     @classmethod
-    def _write_compact(cls, graphs: dict[str, torch.Tensor], fh: BinaryIO) -> None:
+    def _write_compact(cls, graphs: dict[str, torch.Tensor], fh: BinaryIO,
+                       source_digest: str | None = None) -> None:
         """``convert``'s output as a compressed ``.npz`` in small dtypes into the open file
-        ``fh`` (see ``save_compact``)."""
+        ``fh`` (see ``save_compact``), with ``source_digest`` under ``SOURCE_DIGEST`` if
+        given."""
         small = {"x": np.uint8, "edge_index": np.int16, "edge_attr": np.uint8,
                  "y": cls.TARGET_DTYPE, "n_nodes": np.int32, "n_edges": np.int32}
         arrays = {}
@@ -177,21 +201,36 @@ class LRGBPeptides(GraphDataset):
                     raise ValueError(f"save_compact: {key} spans [{a.min()}, {a.max()}], beyond "
                                      f"{np.dtype(dtype).name}")
             arrays[key] = a.astype(dtype)
+        if source_digest is not None:
+            arrays[cls.SOURCE_DIGEST] = np.array(source_digest)
         np.savez_compressed(fh, **arrays)
 
     @classmethod
-    def save_compact(cls, graphs: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    def save_compact(cls, graphs: dict[str, torch.Tensor], path: str | os.PathLike,
+                     source_digest: str | None = None) -> Path:
         """Write ``convert``'s output to a compressed ``.npz`` in small dtypes (atom / bond
         features uint8, targets ``TARGET_DTYPE``, local edge ids int16, counts int32),
         atomically (``geossm.cache.atomic_write``: a reader never sees half a file).
+        ``source_digest`` (default None: none kept), e.g. ``files_digest([csv])``, is kept
+        under ``SOURCE_DIGEST``: a reader that finds that csv changed converts again.
 
         Raises ``ValueError`` if a value does not fit its small dtype (a feature over 255, a
         graph over 32,767 nodes).
         """
         path = Path(path)
         with atomic_write(path) as fh:
-            cls._write_compact(graphs, fh)
+            cls._write_compact(graphs, fh, source_digest)
         return path
+
+    @classmethod
+    def source_digest(cls, path: str | os.PathLike) -> str | None:
+        """The csv digest kept in the compact cache ``path``, None for a cache without one
+        (written by an older version, or by ``save_compact`` without it) or a torn file."""
+        try:
+            with np.load(path) as z:
+                return str(z[cls.SOURCE_DIGEST]) if cls.SOURCE_DIGEST in z.files else None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
 
     @classmethod
     def load_compact(cls, path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ class Planetoid(NodeDataset):
         root = self._require_root()
         raw = root / self.name / "raw"
         files = [raw / f"ind.{self.name.lower()}.{f}" for f in self.FILES]
-        folder = cache_folder(root, self.family, self.cache_dir) / self.name
+        folder = cache_folder(root, self.family, self.cache_dir, files) / self.name
         data = pyg_dataset(lambda path: PygPlanetoid(path, self.name), files, root, folder)[0]
         masks = {s: getattr(data, f"{s}_mask").view(-1, 1) for s in SPLITS}
         return Data(x=data.x, edge_index=data.edge_index, y=data.y), masks

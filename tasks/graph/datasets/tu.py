@@ -16,12 +16,16 @@ import torch
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
+from geossm.engine.logging import get_logger
 from geossm.registry import DATASETS
 
 from ..transforms import AddPositionalEncodings
 from .base import GraphDataset, check_split
 from .cache import cache_folder, pyg_dataset
-from .folds import stratified_folds
+from .folds import stratified_folds, stratified_holdout
+
+#: Raw folders whose dropped edge attributes were told about (once per process, not per split).
+_TOLD_EDGE_ATTR: set[Path] = set()
 
 
 class TUGraphs(GraphDataset):
@@ -31,14 +35,19 @@ class TUGraphs(GraphDataset):
     Fold ``split_index`` is the test split; ``inner_val`` of the other nine folds (stratified)
     is the validation split and the rest trains. ``inner_val=0`` trains on all nine folds and
     leaves ``val`` empty (run with ``eval.split=null``: no model selection on the test fold).
-    Graphs without node features get their degree one-hot (capped at ``max_degree``).
+    Graphs without node features get their degree one-hot (capped at ``max_degree``). Graph
+    classification only: the labels of ``<NAME>_graph_labels.txt``, one per graph; a set with
+    regression targets (``<NAME>_graph_attributes.txt``) is refused.
 
     Args:
         root: folder holding ``<NAME>/raw``.
         split: ``"train"``, ``"val"``, ``"test"``, default ``"train"``.
         split_index: test fold, ``0 .. num_folds - 1``, default 0.
         num_folds: default 10.
-        inner_val: fraction of the training folds held out for validation, default 0.1.
+        inner_val: fraction of the training folds held out for validation, default 0.1: of
+            each class, ``inner_val`` of its graphs in those folds, rounded up or down
+            (``folds.stratified_holdout``; ``1/k`` holds out one of ``k`` stratified inner
+            folds). A value that leaves a class no training graph is refused.
         fold_seed: shuffling of the folds, default 0.
         pe: ``{"laplacian": k, "random_walk": k}``, default None.
         cache_dir: see the module docstring.
@@ -48,7 +57,10 @@ class TUGraphs(GraphDataset):
             default; the published TU baselines use them). A set whose only node features are
             attributes gets the degree one-hot when False.
         use_edge_attr: keep continuous edge attributes (``<NAME>_edge_attributes.txt``) in
-            front of the edge-label one-hot, default False (PyG's default).
+            front of the edge-label one-hot, default False (PyG's default; one info line says
+            they are dropped).
+
+    ``indices (len(self),)``: the split's graph ids, 0-based (the graph indicator's ids - 1).
     """
 
     family = "TU"
@@ -72,25 +84,33 @@ class TUGraphs(GraphDataset):
         raw = root / self.name / "raw"
         if not raw.is_dir():
             raise FileNotFoundError(f"dataset folder not found: {raw} (TU raw text files)")
+        self._check_raw(raw, bool(use_edge_attr))
+        files = sorted(p for p in raw.iterdir() if p.is_file())
+        folder = cache_folder(root, self.family, cache_dir, files) / self.name
         pyg = pyg_dataset(lambda path: TUDataset(path, self.name, use_node_attr=bool(use_node_attr),
                                                  use_edge_attr=bool(use_edge_attr)),
-                          sorted(p for p in raw.iterdir() if p.is_file()), root,
-                          cache_folder(root, self.family, cache_dir) / self.name)
-        labels = pyg._data.y.numpy()
+                          files, root, folder)
+        labels = self._graph_labels(pyg, raw)
         fold = stratified_folds(labels, num_folds, fold_seed)
         test = fold == split_index
         rest = np.flatnonzero(~test)
         val = np.zeros(len(labels), dtype=bool)
         if inner_val > 0:
-            # Stratified inner hold-out: the first inner_val of each class of a second shuffle.
-            inner = stratified_folds(labels[rest], int(round(1 / inner_val)), fold_seed + 1)
-            val[rest[inner == 0]] = True
+            # Stratified inner hold-out: inner_val of each class of a second shuffle.
+            val[rest[stratified_holdout(labels[rest], inner_val, fold_seed + 1)]] = True
         train = ~test & ~val
+        starved = np.setdiff1d(labels[rest], labels[train])
+        if len(starved):
+            raise ValueError(f"inner_val={inner_val}: holds out every training graph of class "
+                             f"{starved.tolist()} (fold {split_index}: "
+                             f"{[int((labels[rest] == c).sum()) for c in starved]} graph(s) in "
+                             "the training folds); expected a smaller inner_val")
         pick = {"train": train, "val": val, "test": test}[split]
+        self.indices = np.flatnonzero(pick)
         self.split, self.split_index = split, split_index
         self.num_classes = int(labels.max()) + 1
         self.graphs = []
-        for i in tqdm(np.flatnonzero(pick).tolist(), desc=f"{self.name} {split}", leave=False,
+        for i in tqdm(self.indices.tolist(), desc=f"{self.name} {split}", leave=False,
                       disable=len(pick) < 2000):
             g = pyg[i]
             x = g.x
@@ -107,6 +127,39 @@ class TUGraphs(GraphDataset):
         self.num_features = self.graphs[0].num_features if self.graphs else (
             pyg.num_features or max_degree + 1)
         self.num_edge_features = pyg.num_edge_features
+
+    def _check_raw(self, raw: Path, use_edge_attr: bool) -> None:
+        """Refuse what the reader does not serve, before PyG processes: regression targets,
+        no graph labels; tell (once per process) that edge attributes are dropped."""
+        labels = raw / f"{self.name}_graph_labels.txt"
+        targets = raw / f"{self.name}_graph_attributes.txt"
+        if targets.is_file():
+            # PyG reads these float targets instead of the labels: trained as classes they
+            # would be truncated to integers.
+            raise ValueError(f"{targets}: graph regression targets; geossm's TU reader serves "
+                             f"graph classification (class labels in {labels.name}): move "
+                             f"{targets.name} out of {raw} to classify by the labels")
+        if not labels.is_file():
+            raise FileNotFoundError(f"dataset file not found: {labels} (the TU graph labels, "
+                                    "one class per graph)")
+        edge_attributes = raw / f"{self.name}_edge_attributes.txt"
+        if not use_edge_attr and edge_attributes.is_file() and raw not in _TOLD_EDGE_ATTR:
+            _TOLD_EDGE_ATTR.add(raw)
+            get_logger().info("%s: continuous edge attributes dropped (use_edge_attr is false, "
+                              "PyG's default); set data.use_edge_attr=true to keep them",
+                              edge_attributes)
+
+    def _graph_labels(self, pyg, raw: Path) -> np.ndarray:
+        """The class of every graph, ``(G,)``; ``ValueError`` unless the labels file has one
+        line per graph of the graph indicator (PyG would leave the last graphs without a label
+        and the folds would drop them)."""
+        labels = pyg._data.y.numpy()
+        graphs = len(pyg.slices["y"]) - 1  # PyG's count: the largest graph id of the indicator
+        if len(labels) != graphs:
+            raise ValueError(f"{raw / f'{self.name}_graph_labels.txt'}: {len(labels)} labels "
+                             f"for {graphs} graphs (in {self.name}_graph_indicator.txt); "
+                             "expected one label per graph (a truncated file?)")
+        return labels
 
 
 @DATASETS.register

@@ -140,8 +140,8 @@ def test_s3dis_eight_processes_on_a_fresh_room_cache_parse_it_once(tmp_path):
     assert builds(tmp_path / "work") == 1
     reference = S3DIS._read_room(tmp_path / "s3dis" / "Area_1" / "hallway_2")  # rooms sorted
     assert out == [_room_digest(reference)] * 8
-    assert sorted(p.name for p in cache.iterdir()) == [".Area_1_hallway_2.npz.lock",
-                                                       "Area_1_hallway_2.npz"]
+    name = _room_cache(tmp_path / "s3dis", cache).name
+    assert sorted(p.name for p in cache.iterdir()) == [f".{name}.lock", name]
 
 
 def test_s3dis_room_builder_killed_mid_write_leaves_no_cache_and_the_next_run_parses_again(
@@ -151,23 +151,47 @@ def test_s3dis_room_builder_killed_mid_write_leaves_no_cache_and_the_next_run_pa
     cache = tmp_path / "cache"
     kill_mid_write(SETUP, FIRST_ROOM, tmp_path / "work",
                    env={"S3DIS_ROOT": str(tmp_path / "s3dis"), "S3DIS_CACHE": str(cache)})
-    assert not (cache / "Area_1_hallway_2.npz").exists()
-    torn = list(cache.glob(".Area_1_hallway_2.npz.*.tmp.npz"))
+    name = _room_cache(tmp_path / "s3dis", cache).name
+    assert not (cache / name).exists()
+    torn = list(cache.glob(f".{name}.*.tmp.npz"))
     assert len(torn) == 1 and torn[0].stat().st_size > 0
     ds = S3DIS(tmp_path / "s3dis", split="train", areas=[1], cache_dir=cache)
     reference = S3DIS._read_room(tmp_path / "s3dis" / "Area_1" / "hallway_2")
     assert _room_digest(ds.load(0)) == _room_digest(reference)
-    assert sorted(p.name for p in cache.iterdir()) == [".Area_1_hallway_2.npz.lock",
-                                                       "Area_1_hallway_2.npz"]
+    assert sorted(p.name for p in cache.iterdir()) == [f".{name}.lock", name]
 
 
 def test_s3dis_room_an_older_version_left_torn_is_parsed_again(tmp_path):
     write_s3dis(tmp_path / "s3dis", areas=(1,))
     (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "Area_1_hallway_2.npz").write_bytes(b"PK\x03\x04 torn")
+    _room_cache(tmp_path / "s3dis", tmp_path / "cache").write_bytes(b"PK\x03\x04 torn")
     ds = S3DIS(tmp_path / "s3dis", split="train", areas=[1], cache_dir=tmp_path / "cache")
     reference = S3DIS._read_room(tmp_path / "s3dis" / "Area_1" / "hallway_2")
     assert _room_digest(ds.load(0)) == _room_digest(reference)
+
+
+def test_two_s3dis_copies_or_an_edited_room_never_share_a_room_cache(tmp_path):
+    # Two copies of area 1, one room differing: each reads its own points through one cache.
+    for copy in ("a", "b"):
+        write_s3dis(tmp_path / copy, areas=(1,))
+    chair = tmp_path / "b" / "Area_1" / "hallway_2" / "Annotations" / "chair_2.txt"
+    np.savetxt(chair, np.hstack([np.full((7, 3), 9.0), np.zeros((7, 3))]), fmt="%.3f")
+    cache = tmp_path / "cache"
+    for copy in ("a", "b"):
+        ds = S3DIS(tmp_path / copy, split="train", areas=[1], cache_dir=cache)
+        reference = S3DIS._read_room(tmp_path / copy / "Area_1" / "hallway_2")
+        assert _room_digest(ds.load(0)) == _room_digest(reference), copy
+    assert len(list(cache.glob("Area_1_hallway_2_*.npz"))) == 2
+    # A room edited in place (its size changes): parsed again by a new dataset.
+    np.savetxt(chair, np.hstack([np.full((5, 3), 8.0), np.zeros((5, 3))]), fmt="%.3f")
+    ds = S3DIS(tmp_path / "b", split="train", areas=[1], cache_dir=cache)
+    assert (ds.load(0)["coord"] == 8.0).all(axis=1).sum() == 5
+
+
+def _room_cache(root, cache):
+    """The cache file of room 0 of area 1 (``hallway_2``, rooms sorted)."""
+    ds = S3DIS(root, split="train", areas=[1], cache_dir=cache)
+    return ds.room_cache(ds.rooms[0])
 
 
 def write_modelnet(root):

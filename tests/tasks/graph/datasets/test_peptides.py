@@ -226,3 +226,55 @@ def test_peptides_caches_and_csvs_of_the_other_set_are_refused(tmp_path):
         PeptidesFunc.convert(struct_root / PeptidesStruct.CSV)
     with pytest.raises(FileNotFoundError, match="splits_random_stratified_peptide_structure"):
         PeptidesStruct(func_root, cache_dir=tmp_path / "cache")
+
+
+def _write_labels(root: Path, flip: bool = False) -> None:
+    """Rewrite the csv of ``_tiny_peptides`` with the same molecules, labels flipped or not."""
+    with gzip.open(root / PeptidesFunc.CSV, "wt") as fh:
+        fh.write("smiles,labels\n")
+        for i, smiles in enumerate(SMILES):
+            labels = ", ".join(str((i + j + flip) % 2) for j in range(10))
+            fh.write(f'{smiles},"[{labels}]"\n')
+
+
+def test_a_changed_csv_is_converted_again_a_cache_without_csv_or_digest_read_as_is(
+        tmp_path, monkeypatch):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    root = _tiny_peptides(tmp_path / "peptides")
+    cache = tmp_path / "cache"
+    first = PeptidesFunc(root, split="val", cache_dir=cache)[0].y
+    _write_labels(root, flip=True)  # the csv replaced in place
+    assert torch.equal(PeptidesFunc(root, split="val", cache_dir=cache)[0].y, 1 - first)
+    cached = next(cache.rglob("peptides_func_all.npz"))
+    assert PeptidesFunc.source_digest(cached) is not None
+
+    def no_rdkit(*args, **kwargs):
+        raise AssertionError("the compact cache must be read without converting")
+
+    monkeypatch.setattr(PeptidesFunc, "convert", staticmethod(no_rdkit))
+    # A machine without the csv (nor RDKit): the cache is all there is, read as it is.
+    csv = (root / PeptidesFunc.CSV).read_bytes()
+    (root / PeptidesFunc.CSV).unlink()
+    assert torch.equal(PeptidesFunc(root, split="val", cache_dir=cache)[0].y, 1 - first)
+    # A cache an older version wrote keeps no digest: read as it is, the csv beside it or not.
+    (root / PeptidesFunc.CSV).write_bytes(csv)
+    old = PeptidesFunc.save_compact(PeptidesFunc.load_compact(cached), tmp_path / "old.npz")
+    assert PeptidesFunc.source_digest(old) is None
+    _write_labels(root, flip=False)
+    assert torch.equal(PeptidesFunc(root, split="val", cache=old)[0].y, 1 - first)
+
+
+def test_split_ids_beyond_the_csv_are_refused_not_dropped(tmp_path):
+    pytest.importorskip("rdkit", reason="Peptides-func needs RDKit (pip install rdkit)")
+    pytest.importorskip("ogb", reason="Peptides-func needs OGB (pip install ogb)")
+    root = _tiny_peptides(tmp_path / "peptides")  # 6 rows
+    with open(root / PeptidesFunc.SPLITS_FILE, "wb") as fh:
+        pickle.dump({"train": np.arange(9), "val": np.array([4]), "test": np.array([5])}, fh)
+    with pytest.raises(ValueError, match=r"splits_random_stratified_peptide\.pickle: split "
+                                         r"'train' names graphs 0\.\.8, but .*peptides_func_all"
+                                         r"\.npz holds n=6 graphs"):
+        PeptidesFunc(root, split="train", cache_dir=tmp_path / "cache")
+    # max_graphs reads the first rows on purpose: the ids beyond them are left out
+    assert len(PeptidesFunc(root, split="train", cache_dir=tmp_path / "cache",
+                            max_graphs=4)) == 4
