@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geossm.cache import cache_root
+from geossm.cache import cache_root, files_digest
 from geossm.registry import DATASETS
 from geossm.transforms import Compose, build_transforms
 
@@ -167,11 +167,10 @@ class KittiDataset(_DetectionDataset):
         header = [GT_DATABASE_VERSION, str(self.root.resolve()), self.split, list(self.classes),
                   self.fov_only]
         digest.update(json.dumps(header).encode())
-        for fid in self.frame_ids:
-            for path in (base / "label_2" / f"{fid}.txt", base / "velodyne" / f"{fid}.bin",
-                         base / "calib" / f"{fid}.txt"):
-                st = path.stat() if path.exists() else None
-                digest.update(f"{fid}:{st and st.st_size}:{st and st.st_mtime_ns};".encode())
+        frames = [base / folder / f"{fid}{suffix}" for fid in self.frame_ids
+                  for folder, suffix in (("label_2", ".txt"), ("velodyne", ".bin"),
+                                         ("calib", ".txt"))]
+        digest.update(files_digest(frames, content=False).encode())
         return cache_root() / "detection" / f"kitti_gt_database_{digest.hexdigest()[:16]}.npz"
 
     def raw(self, index: int) -> dict[str, Any]:

@@ -150,3 +150,13 @@ def test_train_and_val_without_image_sets_warn_that_they_are_the_same_frames(kit
         warnings.simplefilter("error")  # the whole folder is what these splits mean
         KittiDataset(kitti_root, "training")
         KittiDataset(kitti_root, "trainval")
+
+
+def test_an_edited_frame_makes_a_new_gt_database(kitti_root, tmp_path):
+    root = tmp_path / "k"
+    shutil.copytree(kitti_root, root)
+    path = KittiDataset(root, "training").gt_database_path()
+    assert KittiDataset(root, "training").gt_database_path() == path
+    label = root / "training" / "label_2" / "000001.txt"
+    label.write_text(label.read_text() + "DontCare -1 -1 -10 0 0 1 1 -1 -1 -1 -1000 -1000 -1000 -10\n")
+    assert KittiDataset(root, "training").gt_database_path() != path
