@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -642,6 +643,13 @@ class SemanticKITTI(PointCloudDataset):
                 if wanted is not None and scan.stem not in wanted:
                     continue
                 self.items.append((scan, _require_file(labels / scan.name, "SemanticKITTI labels")))
+            if wanted is None:
+                # no official split in this layout: every split would be the same scans, and a
+                # model would be selected and scored on the scans it trained on
+                warnings.warn(f"SemanticKITTI: npy layout under {root} without frames: split "
+                              f"'{split}' reads every scan (train, val and test are then the "
+                              "same scans); set data.frames={train: [...], val: [...]}",
+                              stacklevel=2)
         if wanted is not None:
             found = {p.stem for p, _ in self.items}
             missing = sorted(wanted - found)

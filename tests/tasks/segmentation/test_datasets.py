@@ -271,6 +271,14 @@ def test_semantickitti_npy_real_scans(kitti_npy_root):
         SemanticKITTI(kitti_npy_root, split="val", frames={"val": ["000009"]})
 
 
+def test_semantickitti_npy_without_frames_warns_that_the_splits_are_the_same(kitti_npy_root):
+    with pytest.warns(UserWarning, match=r"SemanticKITTI: npy layout under .* without frames: "
+                                         r"split 'val' reads every scan \(train, val and test "
+                                         r"are then the same scans\)"):
+        every = SemanticKITTI(kitti_npy_root, split="val")
+    assert len(every) == 3
+
+
 def test_semantickitti_label_writer_round_trips_through_the_reader(tmp_path):
     """Predictions (training labels) written as .label files in the submission layout, then
     read back by the dataset (learning map): the same labels; the ids are the raw ones."""
