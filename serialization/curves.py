@@ -74,6 +74,11 @@ def sample_depths(grid_coord: Tensor, batch: Tensor | None = None,
         ``(S,) int64``. Tensor ops only when ``num_samples`` is given (no host sync, traceable).
     """
     _check_integer("grid_coord", grid_coord)
+    if grid_coord.dim() != 2 or grid_coord.shape[1] != 3:
+        raise ValueError(f"grid_coord: expected shape (N, 3), got {tuple(grid_coord.shape)}")
+    if batch is not None and batch.shape != grid_coord.shape[:1]:
+        raise ValueError(f"batch: expected shape ({grid_coord.shape[0]},), got "
+                         f"{tuple(batch.shape)}")
     if num_samples is None:
         num_samples = 1 if batch is None or batch.numel() == 0 else int(batch.max()) + 1
     dev = grid_coord.device
@@ -161,30 +166,35 @@ def _encode_checked(grid_coord, order, batch, depth) -> tuple[Tensor, int]:
 
 def _point_depths(grid_coord: Tensor, batch: Tensor | None,
                   depth: Tensor) -> tuple[Tensor | None, int]:
-    """Checks per-sample depths ``(S,)``; returns ``(depth of every point (N,) or None when
-    all points share one, the largest depth)``."""
+    """Checks per-sample depths ``(S,)``; returns ``(depth of every point (N,), or None when
+    every point has the largest depth, the largest depth (where the sample bits go))``. Two
+    host syncs: the checks read their numbers together."""
     _check_integer("depth", depth)
     n = grid_coord.shape[0]
-    need = 1 if batch is None or n == 0 else int(batch.max()) + 1
-    if depth.dim() != 1 or depth.numel() < need:
-        raise ValueError(f"depth: expected an int or a (S,) tensor with S >= {need} (one depth "
-                         f"per sample), got shape {tuple(depth.shape)}")
+    if depth.dim() == 1 and depth.numel() == 0 and n == 0:
+        return None, 1  # no samples, no points
+    if depth.dim() != 1 or depth.numel() == 0:
+        raise ValueError(f"depth: expected an int or a (S,) tensor (one depth per sample), got "
+                         f"shape {tuple(depth.shape)}")
     if depth.device != grid_coord.device:
         raise ValueError(f"depth: expected device {grid_coord.device}, got {depth.device}")
-    if depth.numel() == 0 or n == 0:
-        return None, max(1, int(depth.max()) if depth.numel() else 1)
-    lo, hi = torch.aminmax(depth)
-    lo, hi = int(lo), int(hi)
+    top_batch = batch.max() if batch is not None and n else depth.new_zeros(())
+    lo, hi, last = torch.stack([depth.min(), depth.max(), top_batch.to(depth.dtype)]).tolist()
+    if depth.numel() <= last:
+        raise ValueError(f"depth: expected an int or a (S,) tensor with S >= {last + 1} (one "
+                         f"depth per sample), got shape {tuple(depth.shape)}")
     if lo < 1 or hi > MAX_BITS // 3:
         raise ValueError(f"depth: expected per-sample depths in [1, {MAX_BITS // 3}], got "
                          f"{lo}..{hi}")
+    if n == 0:
+        return None, hi
     point = depth.long()[batch.long()] if batch is not None else depth.long()[:1].expand(n)
-    if bool(((grid_coord.long() >> point[:, None]) != 0).any()):
+    beyond = ((grid_coord.long() >> point[:, None]) != 0).any()
+    shallowest, too_large = torch.stack([point.min(), beyond.long()]).tolist()
+    if too_large:
         raise ValueError("grid_coord: expected the coordinates of sample s < 2^depth[s], got "
                          "larger ones (use sample_depths for the fewest that fit)")
-    if int(point.min()) == int(point.max()):
-        return None, int(point.max())
-    return point, int(point.max())
+    return (None if shallowest == hi else point), hi
 
 
 def decode(code: Tensor, order: str, depth: int) -> tuple[Tensor, Tensor]:

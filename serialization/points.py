@@ -270,7 +270,9 @@ def serialized_pooling(code: Tensor, order: str, depth: int, levels: int = 1,
     Args:
         code: ``(N,)`` int64 from ``encode`` / ``serialize`` (``ser.extras["code"]``).
         order: the order the codes were made with.
-        depth: bits per axis of ``code`` (``int(ser.extras["depth"])``).
+        depth: bits per axis of ``code`` (``int(ser.extras["depth"])`` of a serialization made
+            with one depth; codes of per-sample depths, ``(S,)`` in ``extras["depth"]``, have
+            no single depth to coarsen at: pool those with ``pool_grid``).
         levels: ``k``, default 1 (stride 2).
         num_samples: segments of the parents' serialization, default ``max sample + 1``.
 
@@ -359,12 +361,13 @@ def pool_grid(grid_coord: Tensor, batch: Tensor, depth: int | Tensor | None, lev
         depth = fit_depth(grid_coord)
     if depth == 1:
         # At most two cells per axis: one level more leaves one cell, of depth 1 again (a
-        # single point, or a cloud within one cell, then stays one cell at every stage).
+        # single point, or a cloud within one cell, then stays one cell at every stage). Its
+        # code is cell 0 with the sample bits above 3 * 1, as every parent code is.
         code = _encode_checked(grid_coord, "z", batch, 1)[0]
-        return _pooling(code, batch.long(), "z", 1, lambda uniq: (
-            torch.zeros((uniq.numel(), 3), dtype=torch.long, device=uniq.device), uniq),
+        return _pooling(code, batch.long() << 3, "z", 1, lambda uniq: (
+            torch.zeros((uniq.numel(), 3), dtype=torch.long, device=uniq.device), uniq >> 3),
             num_samples)
-    levels = min(levels, depth - 1)
+    levels = _clip_levels(depth, levels)[0]
     code = _encode_checked(grid_coord, "z", batch, depth)[0]
     return serialized_pooling(code, "z", depth, levels, num_samples)
 

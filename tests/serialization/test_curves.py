@@ -209,3 +209,19 @@ def test_empty_input():
     assert code.shape == (0,)
     coord, batch = decode(code, "hilbert", 1)
     assert coord.shape == (0, 3) and batch.shape == (0,)
+
+
+def test_per_sample_depths_put_the_sample_bits_above_the_largest_depth():
+    """``encode``'s docstring: the sample bits sit above ``3 * depth.max()``, also where the
+    deepest sample has no point."""
+    g = torch.tensor([[1, 0, 1]])
+    code = encode(g, "z", torch.tensor([1]), torch.tensor([5, 2]))
+    assert int(code) >> 15 == 1 and int(code) & ((1 << 15) - 1) == int(encode(g, "z", depth=2))
+
+
+def test_sample_depths_refuse_misshapen_input_naming_the_argument():
+    from geossm.serialization import sample_depths
+    with pytest.raises(ValueError, match=r"grid_coord: expected shape \(N, 3\), got \(4,\)"):
+        sample_depths(torch.arange(4))
+    with pytest.raises(ValueError, match=r"batch: expected shape \(2,\), got \(3,\)"):
+        sample_depths(torch.zeros((2, 3), dtype=torch.long), torch.zeros(3, dtype=torch.long))

@@ -241,3 +241,16 @@ def test_grid_coordinates_of_half_precision_are_those_of_the_same_values_in_floa
     c64 = torch.rand(100, 3, generator=g, dtype=torch.float64) * 1e3
     assert torch.equal(grid_coordinates(c64, 1e-3),
                        torch.floor((c64 - c64.min(0).values) / 1e-3).long())
+
+
+def test_pooling_a_depth_one_grid_gives_parent_codes_with_the_sample_bits_above_one_level():
+    """The int-depth path of a depth-1 grid and the per-sample path agree on the parent codes
+    (cell 0, sample bits above 3 * 1), and the codes decode to the parents' samples."""
+    from geossm.serialization import decode, pool_grid
+    g = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 0, 0], [1, 0, 1]])
+    b = torch.tensor([0, 0, 1, 1])
+    by_int = pool_grid(g, b, 1, 1, 2)
+    by_sample = pool_grid(g, b, torch.tensor([1, 1]), 1, 2)
+    assert by_int.code.tolist() == by_sample.code.tolist() == [0, 8]
+    grid, batch = decode(by_int.code, "z", 1)
+    assert batch.tolist() == [0, 1] and grid.tolist() == [[0, 0, 0], [0, 0, 0]]

@@ -152,6 +152,16 @@ def test_empty_input_gives_empty_output_and_gradients(backend, shape):
             fused(x, torch.tensor([0, 0], dtype=torch.int32, device=DEVICE))
 
 
+def test_mamba_inner_refuses_boundaries_with_an_empty_dense_batch():
+    """``mamba_inner`` itself (not only ``Mamba.forward``) refuses ``cu_seqlens`` beside an
+    empty dense batch, which it runs as one empty packed segment."""
+    m = Mamba(DIM, d_state=4)
+    with pytest.raises(ValueError, match=r"cu_seqlens must be None for dense \(Bt, L, D\)"):
+        mamba_inner(torch.zeros(0, 5, DIM), m.in_proj.weight, m.in_proj.bias, m.conv_weight,
+                    m.conv_bias, m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log,
+                    m.D, cu_seqlens=torch.tensor([0, 0], dtype=torch.int32))
+
+
 def test_mamba_inner_shape_error():
     m = Mamba(DIM, d_state=4)
     with pytest.raises(ValueError, match=r"x must have shape \(T, 8\) or \(B, L, 8\), got "
